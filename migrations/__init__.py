@@ -1,0 +1,1 @@
+"""Alembic migrations of the ra results store (applied automatically on open)."""

@@ -1,0 +1,3 @@
+from racli.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""The `ra` command line: global options and the error boundary.
+
+Exit codes: 0 success; 2 bad input (one line on stderr, no traceback);
+1 a failure while working. `--debug` (anywhere on the line) shows the
+traceback. Commands are registered from `racli.commands`; none of them
+imports torch at start-up.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+try:  # newer typer vendors its own click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - typer with the external click
+    from click.exceptions import ClickException, UsageError
+
+from racli.errors import BadInput
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"ra: {msg}\n")
+
+
+class RaGroup(TyperGroup):
+    """Typer group whose `main` is the error boundary (also under CliRunner)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv or os.environ.get("RA_DEBUG") == "1"
+        argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
+        try:
+            rv = super().main(args=argv, prog_name=prog_name or "ra", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            if debug:
+                traceback.print_exc()
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _say(f"error: {exc.format_message()}{hint}")
+            sys.exit(2)
+        except BadInput as exc:
+            if debug:
+                traceback.print_exc()
+            _say(f"error: {exc}")
+            sys.exit(2)
+        except (typer.Abort, KeyboardInterrupt):
+            _say("interrupted")
+            sys.exit(130)
+        except ClickException as exc:
+            _say(f"error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # a failure while working
+            if debug:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _say(f"failed: {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=RaGroup,
+    name="ra",
+    help="ra: does an attention variant earn its place? Benchmark, train, compare, inspect gates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    db: Annotated[Optional[str], typer.Option(
+        "--db", help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
+        show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
+        show_default=False)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    from racli.commands import common
+
+    common.GLOBAL.update(db=db, config=config)
+
+
+def _register() -> None:
+    from racli.commands import db, runs
+
+    app.add_typer(runs.app, name="runs")
+    app.add_typer(db.app, name="db")
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

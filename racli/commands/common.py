@@ -1,0 +1,53 @@
+"""What every command shares: the global options and how they resolve.
+
+`--db` and `--config` are accepted before the command (`ra --db x.db runs`)
+and on every command (`ra runs --db x.db`); the command's own value wins.
+No torch here.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from racli.config import Config, load_config, resolve_db
+
+DbOpt = Annotated[Optional[str], typer.Option(
+    "--db", help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
+    show_default=False)]
+ConfigOpt = Annotated[Optional[str], typer.Option(
+    "--config", help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+GLOBAL: dict[str, Any] = {"db": None, "config": None, "debug": False}
+
+
+def config(path: str | None = None) -> Config:
+    return load_config(path or GLOBAL["config"])
+
+
+def db_location(db: str | None, cfg: Config) -> str:
+    return resolve_db(db or GLOBAL["db"], cfg)
+
+
+def open_db(db: str | None, cfg: Config, *, create: bool = True):
+    from racli.store.engine import open_store
+
+    return open_store(db_location(db, cfg), create=create)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+def parse_csv_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]

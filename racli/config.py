@@ -1,0 +1,341 @@
+"""ra.yaml -> typed, validated configuration.
+
+ra.yaml is the only place defaults live. `load_config(path)` reads the file
+given with `--config`, else `./ra.yaml` when present, else the copy packaged
+with ra (the same file, shipped as package data). Every key is checked: an
+unknown key, a wrong type or an out-of-range value raises `ConfigError`
+naming the file, the key and the reason.
+
+This module imports neither torch nor the database.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from racli.errors import BadInput
+
+ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
+BENCH_MODES = ("eager", "compile", "cuda_graph")
+
+
+class ConfigError(BadInput):
+    """An invalid configuration file or override."""
+
+    def __init__(self, source: str, key: str, reason: str):
+        self.source, self.key, self.reason = source, key, reason
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+
+
+def _check(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
+           lt: float | None = None, choices: tuple | None = None) -> dict:
+    return {"gt": gt, "ge": ge, "le": le, "lt": lt, "choices": choices}
+
+
+def _f(default, **check):
+    """A field with a default and range/choice constraints."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=_check(**check))
+    return field(default=default, metadata=_check(**check))
+
+
+@dataclass
+class ModelPreset:
+    n_layer: int = _f(2, ge=1)
+    n_head: int = _f(4, ge=1)
+    n_embd: int = _f(128, ge=1)
+    block_size: int = _f(128, ge=2)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    dropout: float = _f(0.0, ge=0.0, lt=1.0)
+    bias: bool = False
+    ra_rank: int = _f(4, ge=1)
+    w_std_init: float = 1.0
+    w_rec_init: float = 0.1
+    # Optional overrides of the preset's fields (`--set model.n_layer=4`).
+    n_layer: int | None = _f(None, ge=1)
+    n_head: int | None = _f(None, ge=1)
+    n_embd: int | None = _f(None, ge=1)
+    block_size: int | None = _f(None, ge=2)
+    vocab_size: int | None = _f(None, ge=2)
+
+
+@dataclass
+class BenchShape:
+    batch: int = _f(2, ge=1)
+    seq: int = _f(64, ge=1)
+    heads: int = _f(4, ge=1)
+    head_dim: int = _f(32, ge=2)
+
+
+@dataclass
+class BenchConfig:
+    shape: str = "auto"
+    shapes: dict[str, BenchShape] = field(default_factory=dict)
+    attn: list[str] = field(default_factory=lambda: ["baseline", "ra_v5"])
+    modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
+    repeats: int = _f(100, ge=1)
+    warmup: int = _f(20, ge=0)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _f(32, ge=1)
+    lr: float = _f(6e-4, gt=0.0)
+    min_lr_ratio: float = _f(0.1, ge=0.0, le=1.0)
+    warmup_frac: float = _f(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = _f(0.1, ge=0.0)
+    beta1: float = _f(0.9, ge=0.0, lt=1.0)
+    beta2: float = _f(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = _f(1.0, ge=0.0)
+    gate_lr_mult: float = _f(1.0, gt=0.0)
+    eval_interval: int = _f(100, ge=1)
+    eval_batches: int = _f(20, ge=1)
+    final_eval_batches: int = _f(100, ge=1)
+    log_interval: int = _f(10, ge=1)
+    checkpoint_minutes: float = _f(5.0, gt=0.0)
+    val_fraction: float = _f(0.1, gt=0.0, lt=1.0)
+    compile: str = _f("auto", choices=("auto", "on", "off"))
+
+
+@dataclass
+class VerdictConfig:
+    threshold: float = _f(0.01, gt=0.0, lt=1.0)
+    speed_tolerance: float = _f(0.10, gt=0.0, lt=1.0)
+    confidence: float = _f(0.95, gt=0.5, lt=1.0)
+
+
+@dataclass
+class GatesConfig:
+    reciprocity_threshold: float = _f(0.05, ge=0.0)
+    moved_tolerance: float = _f(1e-6, ge=0.0)
+
+
+@dataclass
+class Config:
+    db: str = "ra.db"
+    models: dict[str, ModelPreset] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    # ---- derived views -------------------------------------------------
+    def model_fields(self, preset: str | None = None) -> dict[str, Any]:
+        """The GPTConfig fields for a preset, with the `model` section applied."""
+        name = preset or self.model.preset
+        if name not in self.models:
+            raise BadInput(f"unknown model preset '{name}' (valid: {', '.join(sorted(self.models))})")
+        fields = dataclasses.asdict(self.models[name])
+        m = dataclasses.asdict(self.model)
+        m.pop("preset")
+        for key, value in m.items():
+            if value is not None:
+                fields[key] = value
+        return fields
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+# ---- validation ---------------------------------------------------------
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _convert(value, inner, key, source)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"must be a mapping, got {_describe(value)}")
+        return _build(tp, value, source, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"must be a mapping, got {_describe(value)}")
+        vt = args[1]
+        return {str(k): _convert(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"must be a list, got {_describe(value)}")
+        return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"must be true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"must be an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(source, key, f"must be a finite number, got {value}")
+            return float(value)
+        raise ConfigError(source, key, f"must be a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(source, key, f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_range(value: Any, meta: dict, key: str, source: str) -> None:
+    if value is None or not meta:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(source, key, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
+    for op, bound, text in (("gt", meta.get("gt"), ">"), ("ge", meta.get("ge"), ">="),
+                            ("lt", meta.get("lt"), "<"), ("le", meta.get("le"), "<=")):
+        if bound is None:
+            continue
+        ok = {"gt": value > bound, "ge": value >= bound, "lt": value < bound, "le": value <= bound}[op]
+        if not ok:
+            raise ConfigError(source, key, f"must be {text} {bound}, got {value}")
+
+
+def _build(cls: type, data: dict, source: str, prefix: str = ""):
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in known:
+            raise ConfigError(source, key, f"unknown key (valid: {', '.join(known)})")
+        kwargs[k] = _convert(v, hints[k], key, source)
+        _check_range(kwargs[k], dict(known[k].metadata), key, source)
+    return cls(**kwargs)
+
+
+def _validate_cross(cfg: Config) -> None:
+    src = cfg.source
+    if not cfg.models:
+        raise ConfigError(src, "models", "at least one model preset is needed")
+    if cfg.model.preset not in cfg.models:
+        raise ConfigError(src, "model.preset", f"unknown preset '{cfg.model.preset}' "
+                          f"(valid: {', '.join(cfg.models)})")
+    for name, p in cfg.models.items():
+        if p.n_embd % p.n_head:
+            raise ConfigError(src, f"models.{name}", f"n_embd {p.n_embd} is not divisible by n_head {p.n_head}")
+    for i, a in enumerate(cfg.bench.attn):
+        if a not in ATTENTION_NAMES:
+            raise ConfigError(src, f"bench.attn[{i}]", f"unknown attention '{a}' (valid: {', '.join(ATTENTION_NAMES)})")
+    for i, m in enumerate(cfg.bench.modes):
+        if m not in BENCH_MODES:
+            raise ConfigError(src, f"bench.modes[{i}]", f"unknown mode '{m}' (valid: {', '.join(BENCH_MODES)})")
+    if cfg.bench.shape != "auto" and cfg.bench.shape not in cfg.bench.shapes:
+        raise ConfigError(src, "bench.shape", f"unknown shape '{cfg.bench.shape}' (valid: auto, {', '.join(cfg.bench.shapes)})")
+    fields = cfg.model_fields()
+    head_dim = fields["n_embd"] // fields["n_head"] if fields["n_embd"] % fields["n_head"] == 0 else None
+    if head_dim is None:
+        raise ConfigError(src, "model", f"n_embd {fields['n_embd']} is not divisible by n_head {fields['n_head']}")
+    if not 0 < cfg.model.ra_rank < head_dim:
+        raise ConfigError(src, "model.ra_rank", f"must be between 1 and head_dim-1 = {head_dim - 1}, got {cfg.model.ra_rank}")
+
+
+def packaged_config_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("racli") / "ra.yaml"))
+
+
+def config_from_dict(data: Any, source: str) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", f"must be a mapping of keys, got {_describe(data)}")
+    cfg = _build(Config, data, source)
+    cfg.source = source
+    _validate_cross(cfg)
+    return cfg
+
+
+def resolve_config_path(path: str | os.PathLike | None) -> Path:
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise BadInput(f"config file not found: {p}")
+        return p
+    local = Path("ra.yaml")
+    if local.is_file():
+        return local
+    return packaged_config_path()
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate ra.yaml (see module docstring for which file)."""
+    import yaml
+
+    p = resolve_config_path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, "", f"YAML syntax error: {where}{problem}") from exc
+    return config_from_dict(data, source)
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str], sections: tuple[str, ...] = ("model", "train")) -> Config:
+    """Apply `KEY=VALUE` overrides (e.g. `model.ra_rank=8`) and validate like the file."""
+    if not overrides:
+        return cfg
+    data = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("--set", item, "expected KEY=VALUE, e.g. model.ra_rank=8")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError("--set", key, f"expected SECTION.FIELD with SECTION one of {', '.join(sections)}")
+        section, name = parts
+        if name not in data[section]:
+            valid = [f.name for f in dataclasses.fields(type(getattr(cfg, section)))]
+            raise ConfigError("--set", key, f"unknown key (valid: {', '.join(valid)})")
+        data[section][name] = _parse_scalar(raw)
+    return config_from_dict(data, "--set")
+
+
+def resolve_db(cli_value: str | None, cfg: Config) -> str:
+    """--db beats RA_DB beats ra.yaml's `db`."""
+    return cli_value or os.environ.get("RA_DB") or cfg.db

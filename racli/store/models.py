@@ -1,0 +1,131 @@
+"""ORM models of the results store (SQLAlchemy 2.0, typed).
+
+Table and column names are a public interface: users query this database
+with sqlite3 and pandas. Every schema change is an Alembic revision in
+`migrations/versions/`; `tests/test_store.py` checks that the revisions
+produce exactly these tables.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Environment(Base):
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    os: Mapped[str | None] = mapped_column(String(255))
+    python: Mapped[str | None] = mapped_column(String(64))
+    torch: Mapped[str | None] = mapped_column(String(64))
+    cuda: Mapped[str | None] = mapped_column(String(64))
+    cudnn: Mapped[str | None] = mapped_column(String(64))
+    gpu_name: Mapped[str | None] = mapped_column(String(255))
+    gpu_count: Mapped[int | None] = mapped_column(Integer)
+    gpu_memory_gb: Mapped[float | None] = mapped_column(Float)
+    driver: Mapped[str | None] = mapped_column(String(64))
+    cpu: Mapped[str | None] = mapped_column(String(255))
+    cpu_count: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="environment")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # bench | train
+    attn: Mapped[str | None] = mapped_column(String(64))
+    # running | finished | failed | interrupted | diverged
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    config: Mapped[dict] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    tag: Mapped[str | None] = mapped_column(String(255))
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    env_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    # final figures of a train run
+    iterations: Mapped[int | None] = mapped_column(Integer)
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    epochs: Mapped[float | None] = mapped_column(Float)  # revision 0002
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+
+    environment: Mapped[Environment | None] = relationship(back_populates="runs")
+
+    __table_args__ = (
+        Index("ix_runs_kind_status", "kind", "status"),
+        Index("ix_runs_config_hash", "config_hash"),
+    )
+
+
+class Timing(Base):
+    __tablename__ = "timings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    attn: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(32))
+    phase: Mapped[str] = mapped_column(String(16))
+    batch: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    heads: Mapped[int] = mapped_column(Integer)
+    head_dim: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(16))
+    median_ms: Mapped[float | None] = mapped_column(Float)
+    p10_ms: Mapped[float | None] = mapped_column(Float)
+    p90_ms: Mapped[float | None] = mapped_column(Float)
+    iters: Mapped[int | None] = mapped_column(Integer)
+    tflops: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | skipped | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    backend: Mapped[str | None] = mapped_column(String(32))  # revision 0003: SDPA backend that ran
+    compile_s: Mapped[float | None] = mapped_column(Float)  # revision 0003: compile/capture time
+
+    __table_args__ = (Index("ix_timings_run", "run_id"),)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    elapsed_s: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_metrics_run_name_step", "run_id", "name", "step"),)
+
+
+class GateValue(Base):
+    __tablename__ = "gate_values"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    layer: Mapped[int] = mapped_column(Integer)
+    head: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_gate_values_run_step", "run_id", "step"),)

@@ -1,0 +1,203 @@
+"""The run lifecycle used by `ra bench` and `ra train`.
+
+    rec = RunRecorder.start(store, kind="train", attn="ra_v5", config=cfg, seed=1, tag="x")
+    rec.metric(step, "train_loss", 2.3, elapsed_s)     # buffered, cheap
+    rec.gates(step, {0: {"w_std": [...], "w_rec": [...]}})
+    rec.timing(attn=..., mode=..., ...)
+    rec.finish(iterations=..., val_loss=...)           # or fail(err) / end("interrupted")
+
+Rows are buffered in memory and written in batches by a background writer
+thread every `flush_interval` seconds (and by `flush()`); the same thread
+keeps `heartbeat_at` fresh, so a run whose process died shows a stale
+heartbeat while its status still says `running`. Rows already flushed
+survive a `kill -9`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from racli.store.engine import Store
+from racli.store.models import Environment, GateValue, Metric, Run, Timing, utcnow
+
+END_STATES = ("finished", "failed", "interrupted", "diverged")
+# A `running` run whose heartbeat is older than this is shown as crashed.
+STALE_AFTER = timedelta(seconds=120)
+NON_COMPARABLE_KEYS = ("attn", "seed", "tag")
+
+
+def config_hash(config: dict, exclude: tuple[str, ...] = NON_COMPARABLE_KEYS) -> str:
+    """Hash of the comparable part of a run's config: everything but attn, seed, tag."""
+    comparable = {k: v for k, v in config.items() if k not in exclude}
+    blob = json.dumps(comparable, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def environment_id(store: Store, info: dict | None = None) -> int:
+    """The id of this machine's environment row, created on first sight."""
+    from racli import environment
+
+    info = info if info is not None else environment.collect()
+    fp = environment.fingerprint_of(info)
+    with store.write_session() as s, s.begin():
+        env = s.scalar(select(Environment).where(Environment.fingerprint == fp))
+        if env is None:
+            env = Environment(fingerprint=fp, **info)
+            s.add(env)
+            s.flush()
+        return env.id
+
+
+def is_stale(run: Run, now: datetime | None = None) -> bool:
+    if run.status != "running":
+        return False
+    now = now or utcnow()
+    last = run.heartbeat_at or run.started_at
+    return now - last > STALE_AFTER
+
+
+def display_status(run: Run, now: datetime | None = None) -> str:
+    return "crashed" if is_stale(run, now) else run.status
+
+
+class RunRecorder:
+    """Records one run: buffered rows, a heartbeat, and its end state."""
+
+    def __init__(self, store: Store, run_id: int, *, flush_interval: float = 5.0,
+                 heartbeat: bool = True):
+        self.store = store
+        self.run_id = run_id
+        self.flush_interval = flush_interval
+        self._metrics: list[dict] = []
+        self._gates: list[dict] = []
+        self._timings: list[dict] = []
+        self._lock = threading.Lock()  # one writer at a time (thread vs. main)
+        self._stop = threading.Event()
+        self._ended = False
+        self._thread: threading.Thread | None = None
+        self.write_seconds = 0.0  # time spent writing (for overhead measurements)
+        if heartbeat:
+            self._thread = threading.Thread(target=self._writer, name=f"ra-run-{run_id}", daemon=True)
+            self._thread.start()
+
+    # ---- creation ------------------------------------------------------
+    @classmethod
+    def start(cls, store: Store, *, kind: str, config: dict, attn: str | None = None,
+              seed: int | None = None, tag: str | None = None, env_info: dict | None = None,
+              git_commit: str | None = None, flush_interval: float = 5.0,
+              heartbeat: bool = True) -> RunRecorder:
+        from racli import environment
+
+        env_id = environment_id(store, env_info)
+        commit = git_commit if git_commit is not None else environment.git_commit()
+        now = utcnow()
+        with store.writing() as conn:
+            run_id = conn.execute(insert(Run).values(
+                kind=kind, attn=attn, status="running", config=config,
+                config_hash=config_hash(config), seed=seed, tag=tag, git_commit=commit,
+                env_id=env_id, started_at=now, heartbeat_at=now,
+            )).inserted_primary_key[0]
+        return cls(store, run_id, flush_interval=flush_interval, heartbeat=heartbeat)
+
+    @classmethod
+    def resume(cls, store: Store, run_id: int, **kw) -> RunRecorder:
+        """Take up a run again (status back to `running`, error cleared)."""
+        with store.writing() as conn:
+            conn.execute(update(Run).where(Run.id == run_id).values(
+                status="running", heartbeat_at=utcnow(), finished_at=None, error=None))
+        return cls(store, run_id, **kw)
+
+    # ---- buffered rows -------------------------------------------------
+    def metric(self, step: int, name: str, value: float, elapsed_s: float | None = None) -> None:
+        self._metrics.append({"run_id": self.run_id, "step": int(step), "name": name,
+                              "value": float(value), "elapsed_s": elapsed_s})
+
+    def metrics(self, step: int, values: dict[str, float], elapsed_s: float | None = None) -> None:
+        for name, value in values.items():
+            self.metric(step, name, value, elapsed_s)
+
+    def gates(self, step: int, values: dict[int, dict[str, Any]]) -> None:
+        """values: layer -> gate name -> per-head values (list, array or tensor)."""
+        for layer, named in values.items():
+            for name, per_head in named.items():
+                seq = per_head.tolist() if hasattr(per_head, "tolist") else list(per_head)
+                for head, v in enumerate(seq):
+                    self._gates.append({"run_id": self.run_id, "step": int(step), "layer": int(layer),
+                                        "head": head, "name": name, "value": float(v)})
+
+    def timing(self, **row: Any) -> None:
+        self._timings.append({"run_id": self.run_id, **row})
+
+    # ---- writing -------------------------------------------------------
+    def flush(self) -> None:
+        """Write every buffered row now and refresh the heartbeat."""
+        with self._lock:
+            t0 = time.perf_counter()
+            # swap the buffers first: appends from the main thread go to the new lists
+            metrics, self._metrics = self._metrics, []
+            gates, self._gates = self._gates, []
+            timings, self._timings = self._timings, []
+            with self.store.writing() as conn:
+                if metrics:
+                    conn.execute(insert(Metric), metrics)
+                if gates:
+                    conn.execute(insert(GateValue), gates)
+                if timings:
+                    conn.execute(insert(Timing), timings)
+                if not self._ended:
+                    conn.execute(update(Run).where(Run.id == self.run_id).values(heartbeat_at=utcnow()))
+            self.write_seconds += time.perf_counter() - t0
+
+    def _writer(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            try:
+                self.flush()
+            except Exception:  # a busy database must not kill the run; the next flush retries
+                pass
+
+    def update(self, **fields: Any) -> None:
+        """Set columns of the run row now (e.g. running figures)."""
+        with self._lock, self.store.writing() as conn:
+            conn.execute(update(Run).where(Run.id == self.run_id).values(**fields))
+
+    # ---- ending --------------------------------------------------------
+    def end(self, status: str, *, error: str | None = None, **figures: Any) -> None:
+        """Flush and end the run as finished / failed / interrupted / diverged."""
+        if status not in END_STATES:
+            raise ValueError(f"unknown end state {status!r}")
+        if self._ended:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+        self._ended = True
+        with self._lock, self.store.writing() as conn:
+            conn.execute(update(Run).where(Run.id == self.run_id).values(
+                status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow(), **figures))
+
+    def finish(self, **figures: Any) -> None:
+        self.end("finished", **figures)
+
+    def fail(self, error: BaseException | str, **figures: Any) -> None:
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.end("failed", error=text, **figures)
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._ended:
+            return
+        if exc is None:
+            self.finish()
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end("interrupted", error="interrupted")
+        else:
+            self.fail(exc)

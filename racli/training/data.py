@@ -1,0 +1,397 @@
+"""Training data: loading token streams and drawing reproducible batches.
+
+Two kinds of data are understood:
+
+* text (the built-in Shakespeare corpus, a ``.txt`` file, or a directory of ``.txt`` files),
+  tokenised as raw bytes (vocabulary 256); the last ``val_fraction`` of the bytes is the fixed
+  validation split;
+* a prepared directory holding ``train.bin`` and ``val.bin`` (flat little-endian ``uint16``
+  token ids, as written by nanoGPT's ``prepare.py``) and optionally ``meta.pkl`` (a pickled
+  dict with ``vocab_size``); the files are memory-mapped, not read.
+
+:class:`BatchSampler` draws random training windows from a seeded numpy generator, so the
+sequence of batches depends only on (data, seed, batch size, block size, world size) and never
+on the model; :func:`eval_batches` returns a fixed set of validation batches shared by every run.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BYTE_VOCAB_SIZE = 256
+DEFAULT_BIN_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as in nanoGPT
+BUILTIN_NAME = "builtin:shakespeare"
+_BUILTIN_SPECS = ("builtin", BUILTIN_NAME)
+_BUILTIN_RESOURCE = "data/corpus.txt.gz"
+_STATE_VERSION = 1
+
+
+class DataError(ValueError):
+    """Unusable data: a missing path, empty or too-short data, a malformed prepared directory.
+
+    The message is a single line naming the path and the reason.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+@dataclass
+class Dataset:
+    name: str  # "builtin:shakespeare", or the path as given
+    vocab_size: int
+    train: np.ndarray  # 1-D token array: np.uint8 (bytes) or np.uint16 memmap (.bin)
+    val: np.ndarray
+
+    @property
+    def train_tokens(self) -> int:
+        return int(self.train.shape[0])
+
+    @property
+    def val_tokens(self) -> int:
+        return int(self.val.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_dataset(spec: str | os.PathLike | None, val_fraction: float, block_size: int) -> Dataset:
+    """Load the data named by ``spec``.
+
+    ``None``, ``"builtin"`` or ``"builtin:shakespeare"``: the corpus shipped with the package.
+    A ``.txt`` file, or a directory of ``.txt`` files (sorted by name and concatenated): byte
+    tokens, the last ``val_fraction`` of them held out for validation. A directory containing
+    ``train.bin`` and ``val.bin``: nanoGPT token shards (``val_fraction`` is not used).
+    Raises :class:`DataError` when the data is missing, empty, or either split is shorter than
+    ``block_size + 2`` tokens.
+    """
+    if block_size < 1:
+        raise DataError(f"block_size must be at least 1, got {block_size}")
+    if spec is None or (isinstance(spec, str) and spec.strip() in _BUILTIN_SPECS):
+        text = _read_builtin()
+        return _split_bytes(BUILTIN_NAME, text, val_fraction, block_size)
+    if isinstance(spec, str) and spec.strip().startswith("builtin:"):
+        raise DataError(f"{spec}: unknown built-in corpus (available: {BUILTIN_NAME})")
+    name = os.fspath(spec)
+    if not name.strip():
+        raise DataError("empty data path (use 'builtin' for the built-in corpus)")
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise DataError(f"{name}: no such file or directory")
+    if path.is_dir():
+        if (path / "train.bin").exists() or (path / "val.bin").exists():
+            return _load_bin_dir(name, path, block_size)
+        return _split_bytes(name, _read_txt_dir(name, path), val_fraction, block_size)
+    if path.suffix.lower() == ".bin":
+        raise DataError(
+            f"{name}: a .bin shard; pass the directory that holds train.bin and val.bin instead"
+        )
+    return _split_bytes(name, _read_file(name, path), val_fraction, block_size)
+
+
+def _read_builtin() -> np.ndarray:
+    resource = importlib.resources.files("racli") / _BUILTIN_RESOURCE
+    try:
+        blob = resource.read_bytes()
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(
+            f"{BUILTIN_NAME}: built-in corpus racli/{_BUILTIN_RESOURCE} is missing "
+            f"from the installed package ({exc.__class__.__name__})"
+        ) from exc
+    try:
+        raw = gzip.decompress(blob)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{BUILTIN_NAME}: built-in corpus is not valid gzip ({exc})") from exc
+    return np.frombuffer(bytearray(raw), dtype=np.uint8)
+
+
+def _read_file(name: str, path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from exc
+    if data.size == 0:
+        raise DataError(f"{name}: file is empty")
+    return data
+
+
+def _read_txt_dir(name: str, path: Path) -> np.ndarray:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+    if not files:
+        raise DataError(f"{name}: directory has no .txt files and no train.bin/val.bin")
+    parts: list[bytes] = []
+    for file in files:
+        try:
+            chunk = file.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{file}: cannot read ({exc.strerror or exc})") from exc
+        if not chunk:
+            continue
+        parts.append(chunk if chunk.endswith(b"\n") else chunk + b"\n")
+    if not parts:
+        raise DataError(f"{name}: all {len(files)} .txt files are empty")
+    return np.frombuffer(bytearray(b"".join(parts)), dtype=np.uint8)
+
+
+def _split_bytes(name: str, tokens: np.ndarray, val_fraction: float, block_size: int) -> Dataset:
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise DataError(f"{name}: val_fraction must be between 0 and 1, got {val_fraction}")
+    n = int(tokens.shape[0])
+    if n == 0:
+        raise DataError(f"{name}: no data")
+    n_val = round(n * float(val_fraction))
+    train, val = tokens[: n - n_val], tokens[n - n_val:]
+    _check_split(name, "train", train, block_size, hint="use a larger corpus or a smaller block")
+    _check_split(name, "validation", val, block_size,
+                 hint="raise val_fraction, use a larger corpus or a smaller block")
+    return Dataset(name=name, vocab_size=BYTE_VOCAB_SIZE, train=train, val=val)
+
+
+def _check_split(name: str, split: str, tokens: np.ndarray, block_size: int, hint: str) -> None:
+    need = block_size + 2
+    have = int(tokens.shape[0])
+    if have < need:
+        raise DataError(
+            f"{name}: {split} split has {have} tokens, fewer than block_size + 2 = {need} ({hint})"
+        )
+
+
+def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
+    arrays = {}
+    for split in ("train", "val"):
+        file = path / f"{split}.bin"
+        if not file.is_file():
+            other = "val" if split == "train" else "train"
+            raise DataError(f"{name}: has {other}.bin but no {split}.bin")
+        size = file.stat().st_size
+        if size == 0:
+            raise DataError(f"{file}: file is empty")
+        if size % 2:
+            raise DataError(f"{file}: size {size} bytes is not a whole number of uint16 tokens")
+        arrays[split] = np.memmap(file, dtype=np.uint16, mode="r")
+    vocab_size = _read_meta_vocab(path / "meta.pkl")
+    _check_split(name, "train", arrays["train"], block_size, hint="train.bin is too short")
+    _check_split(name, "validation", arrays["val"], block_size, hint="val.bin is too short")
+    return Dataset(name=name, vocab_size=vocab_size, train=arrays["train"], val=arrays["val"])
+
+
+def _read_meta_vocab(meta: Path) -> int:
+    if not meta.exists():
+        return DEFAULT_BIN_VOCAB_SIZE
+    try:
+        with meta.open("rb") as fh:
+            info = pickle.load(fh)
+    except Exception as exc:  # a corrupt pickle can raise almost anything
+        raise DataError(f"{meta}: cannot read meta.pkl ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(info, dict) or "vocab_size" not in info:
+        raise DataError(f"{meta}: meta.pkl is not a dict with a 'vocab_size' key")
+    vocab = info["vocab_size"]
+    if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)):
+        raise DataError(f"{meta}: vocab_size must be an integer, got {vocab!r}")
+    if not 1 <= int(vocab) <= 65536:
+        raise DataError(f"{meta}: vocab_size {int(vocab)} does not fit uint16 tokens (1..65536)")
+    return int(vocab)
+
+
+# --------------------------------------------------------------------------------------------
+# byte-level text helpers
+
+
+def encode_text(text: str) -> np.ndarray:
+    """UTF-8 bytes of ``text`` as byte tokens (the tokenisation used for text data)."""
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+
+
+def decode_bytes(tokens) -> str:
+    """Inverse of :func:`encode_text`; invalid UTF-8 sequences become U+FFFD."""
+    arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+    return bytes(arr.astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------------------------
+# batches
+
+
+def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) token windows -> contiguous int64 (x, y) on ``device``."""
+    w = torch.from_numpy(np.asarray(windows).astype(np.int64, copy=False))
+    x = w[:, :-1].contiguous()
+    y = w[:, 1:].contiguous()
+    if device.type == "cuda":
+        # a fresh pinned buffer per batch: the caching host allocator keeps it alive until the
+        # asynchronous copy has finished, so nothing is overwritten mid-transfer
+        x = x.pin_memory().to(device, non_blocking=True)
+        y = y.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+class BatchSampler:
+    """Random windows of ``block_size + 1`` tokens, drawn from a numpy Generator seeded by `seed`.
+
+    Two samplers with the same tokens, seed, batch size, block size and world size produce the
+    same batches in the same order, whatever the model. For data parallelism, every rank owns
+    an identical generator; each step draws ``world_size * batch_size`` window starts and rank
+    ``r`` takes the ``r``-th slice of ``batch_size`` of them, so ranks see distinct windows and
+    the global batch equals that of one process with batch ``world_size * batch_size``.
+
+    Batch ``n + 1`` is prepared (and, on CUDA, its copy started) as soon as batch ``n`` is handed
+    out. :meth:`state_dict` describes the position *before* that prefetched batch, so after
+    :meth:`load_state_dict` the next :meth:`next` returns exactly what the original would have.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        block_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be a 1-D array, got shape {tokens.shape}")
+        if batch_size < 1 or block_size < 1:
+            raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size}, "
+                             f"{block_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
+                             f"world_size={world_size}")
+        n = int(tokens.shape[0])
+        if n < block_size + 1:
+            raise DataError(f"token array has {n} tokens, fewer than one window of "
+                            f"block_size + 1 = {block_size + 1}")
+        self.tokens = tokens
+        self.batch_size = int(batch_size)
+        self.block_size = int(block_size)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.device = torch.device(device)
+        self._n_starts = n - self.block_size  # valid window starts: 0 .. n - block_size - 1
+        self._offsets = np.arange(self.block_size + 1, dtype=np.int64)
+        self._rng = np.random.default_rng(self.seed % 2**64)
+        self._batches = 0
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending_rng_state: dict | None = None  # generator state before the pending draw
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self._rng.integers(0, self._n_starts, size=self.world_size * self.batch_size,
+                                    dtype=np.int64)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        windows = self.tokens[mine[:, None] + self._offsets]  # one gather for the whole batch
+        return _to_device(windows, self.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y) pair: int64 tensors of shape (batch_size, block_size), y = x + 1."""
+        if self._pending is None:
+            self._pending = self._draw()
+        batch = self._pending
+        self._batches += 1
+        self._pending_rng_state = self._rng.bit_generator.state
+        self._pending = self._draw()
+        return batch
+
+    def __iter__(self) -> BatchSampler:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.next()
+
+    @property
+    def batches_drawn(self) -> int:
+        """Batches handed out by :meth:`next` (the prefetched one is not counted)."""
+        return self._batches
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens handed out on this rank: batches drawn * batch_size * block_size."""
+        return self._batches * self.batch_size * self.block_size
+
+    @property
+    def global_tokens_seen(self) -> int:
+        """Tokens handed out over all ranks: ``tokens_seen * world_size``."""
+        return self.tokens_seen * self.world_size
+
+    def state_dict(self) -> dict:
+        """Plain-Python state (JSON- and ``torch.load(weights_only=True)``-safe)."""
+        if self._pending is not None:
+            rng_state = self._pending_rng_state
+        else:
+            rng_state = self._rng.bit_generator.state
+        return {
+            "version": _STATE_VERSION,
+            "rng": rng_state,
+            "batches_drawn": self._batches,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "world_size": self.world_size,
+            "n_tokens": int(self.tokens.shape[0]),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`. The batch size, block size, world size and number of
+        tokens must match (otherwise the stream could not continue identically): ValueError.
+        The state is the same on every rank, so any rank's copy may be loaded."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported sampler state version {state.get('version')!r}")
+        for key in ("batch_size", "block_size", "world_size", "n_tokens"):
+            mine = int(self.tokens.shape[0]) if key == "n_tokens" else getattr(self, key)
+            if int(state[key]) != mine:
+                raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, now {mine}")
+        rng_state = state["rng"]
+        if rng_state.get("bit_generator") != type(self._rng.bit_generator).__name__:
+            raise ValueError(f"cannot resume sampler: saved generator "
+                             f"{rng_state.get('bit_generator')!r} is not "
+                             f"{type(self._rng.bit_generator).__name__}")
+        self._rng.bit_generator.state = rng_state
+        self._batches = int(state["batches_drawn"])
+        self.seed = int(state.get("seed", self.seed))
+        self._pending = None
+        self._pending_rng_state = None
+
+
+def eval_batches(
+    tokens: np.ndarray,
+    batch_size: int,
+    block_size: int,
+    n_batches: int,
+    device: str | torch.device = "cpu",
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed list of ``n_batches`` validation batches, identical for every run.
+
+    The ``n_batches * batch_size`` windows start at evenly spaced offsets spanning the whole
+    split (no randomness), so validation losses of different runs are directly comparable.
+    """
+    if batch_size < 1 or block_size < 1 or n_batches < 1:
+        raise ValueError(f"batch_size, block_size and n_batches must be >= 1, got "
+                         f"{batch_size}, {block_size}, {n_batches}")
+    n = int(tokens.shape[0])
+    last_start = n - block_size - 1
+    if last_start < 0:
+        raise DataError(f"validation split has {n} tokens, fewer than one window of "
+                        f"block_size + 1 = {block_size + 1}")
+    count = batch_size * n_batches
+    starts = np.rint(np.linspace(0, last_start, num=count)).astype(np.int64)
+    windows = tokens[starts[:, None] + np.arange(block_size + 1, dtype=np.int64)]
+    windows = np.asarray(windows).reshape(n_batches, batch_size, block_size + 1)
+    dev = torch.device(device)
+    return [_to_device(windows[i], dev) for i in range(n_batches)]
+
+
+def epochs(tokens_seen: int, train_tokens: int) -> float:
+    """Passes over the training split: ``tokens_seen / train_tokens``."""
+    if train_tokens <= 0:
+        raise ValueError(f"train_tokens must be positive, got {train_tokens}")
+    return float(tokens_seen) / float(train_tokens)
