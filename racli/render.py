@@ -1,0 +1,505 @@
+"""Text rendering of the blocks users read: bench progress and results, the
+seed's "FAIR COMPARISON (Best vs Best)", "FINAL COMPARISON (Matched Speed)" and
+VERDICT blocks, and the gate tables.
+
+Every function returns a plain string (no torch, no rich, no database).
+Symbols are real unicode (✅ ❌ 🎉); :func:`for_stream` swaps them for ASCII
+when the output stream cannot encode them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from racli.verdict import (
+    RECOMMENDATIONS,
+    TimingRow,
+    Verdict,
+    format_seeds_needed,
+)
+
+if TYPE_CHECKING:
+    from racli.gate_report import GateReport
+
+RULE = "=" * 70
+THIN = "-" * 70
+
+PRETTY_NAMES = {"baseline": "Baseline", "ra_v5": "RA v5"}
+
+METRIC_NAMES = {
+    "val_loss": "Validation loss",
+    "train_loss": "Training loss",
+    "tokens_per_s": "Throughput (tok/s)",
+}
+
+_ASCII = {
+    "✅": "[OK]",
+    "❌": "[X]",
+    "🎉": "***",
+    "⚠️": "!!",
+    "⚠": "!!",
+    "❓": "[?]",
+    "—": "-",
+    "\u2013": "-",
+    "±": "+/-",
+    "Δ": "d",
+    "…": "...",
+    "·": ".",
+    "●": "*",
+    "≈": "~",
+}
+
+
+def pretty(attn: str) -> str:
+    """``baseline`` -> "Baseline", ``ra_v5`` -> "RA v5", others unchanged."""
+    return PRETTY_NAMES.get(attn, attn)
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def to_ascii(text: str) -> str:
+    """Replace the symbols this module uses by ASCII equivalents."""
+    for k in sorted(_ASCII, key=len, reverse=True):
+        text = text.replace(k, _ASCII[k])
+    text = text.replace("\ufe0f", "")
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def for_stream(text: str, encoding: str | None) -> str:
+    """``text`` unchanged when ``encoding`` can encode it, else :func:`to_ascii`."""
+    try:
+        text.encode(encoding or "ascii")
+        return text
+    except (UnicodeEncodeError, LookupError):
+        return to_ascii(text)
+
+
+# --------------------------------------------------------------------------
+# small formatting helpers
+# --------------------------------------------------------------------------
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def _ms(x: float | None) -> str:
+    if not _finite(x):
+        return "-"
+    if x >= 100:
+        return f"{x:.1f}"
+    if x >= 10:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def _pct_signed(x: float | None, digits: int = 1) -> str:
+    if not _finite(x):
+        return "-"
+    return f"{x * 100:+.{digits}f}%"
+
+
+def _int(x: float | None) -> str:
+    if not _finite(x):
+        return "-"
+    return f"{x:,.0f}"
+
+
+def _value(x: float | None) -> str:
+    if not _finite(x):
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.4f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """A fixed-width text table; ``align`` has one of '<' or '>' per column."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=False)
+        ).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return out
+
+
+# --------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------
+
+
+def bench_progress_line(
+    i: int,
+    attn: str,
+    mode: str,
+    phase: str,
+    median_ms: float | None,
+    status: str,
+    reason: str | None = None,
+    *,
+    ratio: float | None = None,
+    width: int = 36,
+) -> str:
+    """``"1. baseline eager fwd ...... 0.219 ms/iter"`` (dots align the figures).
+
+    ``ratio`` (to the baseline's eager time) adds the seed's ``(0.87x)``;
+    skipped and failed rows show their reason instead of a time.
+    """
+    label = f"{i}. {attn} {mode} {phase} "
+    dots = "." * max(3, width - len(label))
+    if status == "ok" and _finite(median_ms):
+        figure = f"{_ms(median_ms)} ms/iter"
+        if _finite(ratio):
+            figure += f" ({ratio:.2f}x)"
+    elif status == "skipped":
+        figure = f"skipped ({reason})" if reason else "skipped"
+    else:
+        figure = f"FAILED ({reason})" if reason else "FAILED"
+    return f"{label}{dots} {figure}"
+
+
+def _shape_line(shape: dict | None) -> str | None:
+    if not shape:
+        return None
+    parts = []
+    for key, label in (("batch", "B"), ("seq", "T"), ("heads", "H"), ("head_dim", "D")):
+        if shape.get(key) is not None:
+            parts.append(f"{label}={shape[key]}")
+    for key in ("dtype", "device"):
+        if shape.get(key):
+            parts.append(str(shape[key]))
+    return " ".join(parts) if parts else None
+
+
+def bench_results(
+    rows: list[TimingRow],
+    shape: dict | None = None,
+    *,
+    baseline: str = "baseline",
+) -> str:
+    """The RESULTS table: one line per (attn, mode, phase, backend).
+
+    ``vs base eager`` is the ratio to the baseline's eager time in the same
+    phase and backend (the seed's "(0.87x)"). ``shape`` may hold batch, seq,
+    heads, head_dim, dtype, device.
+    """
+    base_eager: dict[tuple[str, str | None], float] = {}
+    for r in rows:
+        if r.attn == baseline and r.mode == "eager" and r.status == "ok" and _finite(r.median_ms):
+            base_eager[(r.phase, r.backend)] = r.median_ms
+    show_backend = any(r.backend for r in rows)
+    headers = ["#", "attn", "mode", "phase"] + (["backend"] if show_backend else [])
+    headers += ["ms/iter", "p10-p90", "TFLOP/s", "vs base eager"]
+    table_rows = []
+    notes = []
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), r.attn, r.mode, r.phase] + ([r.backend or "-"] if show_backend else [])
+        if r.status == "ok" and _finite(r.median_ms):
+            ref = base_eager.get((r.phase, r.backend))
+            spread = (
+                f"{_ms(r.p10_ms)}-{_ms(r.p90_ms)}"
+                if _finite(r.p10_ms) and _finite(r.p90_ms)
+                else "-"
+            )
+            tfl = f"{r.tflops:.1f}" if _finite(r.tflops) else "-"
+            ratio = f"{r.median_ms / ref:.2f}x" if ref else "-"
+            cells += [_ms(r.median_ms), spread, tfl, ratio]
+        else:
+            word = "skipped" if r.status == "skipped" else "FAILED"
+            cells += [word, "-", "-", "-"]
+            notes.append(
+                f"  #{i} {r.attn} {r.mode} {r.phase} {word}: {r.reason or 'no reason given'}"
+            )
+        table_rows.append(cells)
+    align = "><<<" + ("<" if show_backend else "") + ">>>>"
+    out = ["RESULTS", RULE]
+    sl = _shape_line(shape)
+    if sl:
+        out.append(f"Shape: {sl}")
+    out += _table(headers, table_rows, align)
+    if notes:
+        out.append("")
+        out += notes
+    return "\n".join(out)
+
+
+def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
+    """The seed's "FAIR COMPARISON (Best vs Best)" block, one section per phase.
+
+    ``best`` is the output of :func:`racli.verdict.best_vs_best`.
+    """
+    out = ["FAIR COMPARISON (Best vs Best)", RULE]
+    if not best:
+        out.append("No successful timings to compare.")
+        return "\n".join(out)
+    groups: dict[tuple[str, str | None], list[dict]] = {}
+    for b in best:
+        groups.setdefault((b["phase"], b.get("backend")), []).append(b)
+    first = True
+    for (phase, backend), items in groups.items():
+        if not first:
+            out.append("")
+        first = False
+        out.append(f"[{phase}]" + (f" backend {backend}" if backend else ""))
+        labels = {b["attn"]: f"Best {pretty(b['attn'])}:" for b in items}
+        width = max(len(v) for v in labels.values()) + 2
+        for b in items:
+            out.append(f"{labels[b['attn']]:<{width}}{_ms(b['best_ms'])}ms ({b['best_mode']})")
+        for b in items:
+            if b["attn"] == baseline:
+                continue
+            name = f"{pretty(b['attn'])} / {pretty(baseline)}:"
+            if b.get("ratio") is None:
+                out.append(f"{name} no {pretty(baseline)} timing in this phase to compare with")
+            else:
+                out.append(f"{name} {b['ratio']:.2f}x  {b['wording']}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------
+
+
+def recommendation(outcome: str, candidate_name: str = "ra_v5") -> str:
+    """The seed's recommendation for ``outcome``, naming the candidate."""
+    return RECOMMENDATIONS[outcome].replace("RA v5", pretty(candidate_name))
+
+
+def _method_line(v: Verdict) -> str:
+    if v.method == "single-run":
+        return (
+            f"Evidence: single run per side ({v.candidate.n} vs {v.baseline.n}) "
+            "— limited evidence, no confidence interval"
+        )
+    if v.method == "paired":
+        return f"Method: paired by seed ({v.candidate.n} seeds)"
+    if v.method == "welch":
+        return f"Method: Welch, unpaired ({v.candidate.n} vs {v.baseline.n} runs)"
+    return "Method: speed check (quality not judged)"
+
+
+def final_comparison(
+    verdict: Verdict,
+    candidate_name: str = "ra_v5",
+    baseline_name: str = "baseline",
+) -> str:
+    """The seed's FINAL COMPARISON (Matched Speed) table, per-side statistics
+    and the VERDICT block with its recommendation."""
+    v = verdict
+    cn, bn = pretty(candidate_name), pretty(baseline_name)
+    c, b = v.candidate, v.baseline
+    out = ["FINAL COMPARISON (Matched Speed)", RULE]
+    head = f"{'Metric':<26}{bn:>14}{cn:>14}{'Difference':>15}"
+    out += [head, THIN]
+
+    def rel(x: float | None, y: float | None) -> float | None:
+        return (x - y) / y if _finite(x) and _finite(y) and y != 0 else None
+
+    out.append(
+        f"{'Iterations completed':<26}{_int(b.iterations_mean):>14}{_int(c.iterations_mean):>14}"
+        f"{_pct_signed(rel(c.iterations_mean, b.iterations_mean)):>15}"
+    )
+    if v.metric != "tokens_per_s":
+        out.append(
+            f"{metric_label(v.metric):<26}{_value(b.mean):>14}{_value(c.mean):>14}"
+            f"{_pct_signed(rel(c.mean, b.mean)):>15}"
+        )
+        bt, ct = b.median_tokens_per_s, c.median_tokens_per_s
+    else:
+        bt, ct = b.mean, c.mean
+    out.append(
+        f"{'Throughput (tok/s)':<26}{_int(bt):>14}{_int(ct):>14}{_pct_signed(rel(ct, bt)):>15}"
+    )
+
+    # per-side statistics
+    out.append("")
+    col = 28
+    out.append(f"{'Per side':<26}{bn:<{col}}{cn:<{col}}".rstrip())
+    out.append(THIN)
+
+    def side(label: str, fn) -> None:
+        out.append(f"{label:<26}{fn(b):<{col}}{fn(c):<{col}}".rstrip())
+
+    side("  runs (n)", lambda s: str(s.n))
+    side(
+        "  mean ± std",
+        lambda s: f"{_value(s.mean)} ± {_value(s.std)}" if _finite(s.std) else _value(s.mean),
+    )
+    side(
+        f"  {v.confidence:.0%} CI of mean",
+        lambda s: (
+            f"[{_value(s.ci_low)}, {_value(s.ci_high)}]" if _finite(s.ci_low) else "- (n < 2)"
+        ),
+    )
+
+    def tps(s) -> str:
+        if s.median_tokens_per_s is None:
+            return "-"
+        lo, hi = s.tokens_per_s_spread
+        return f"{_int(s.median_tokens_per_s)} ({_int(lo)}-{_int(hi)})"
+
+    side("  tok/s median (min-max)", tps)
+
+    # the verdict
+    out += ["", "VERDICT", RULE]
+    if v.speed_ok is True:
+        out.append(
+            f"✅ Speed parity confirmed: {v.speed_ratio:.2f}x (within {v.speed_tolerance:.0%})"
+        )
+    elif v.speed_ok is False:
+        out.append(
+            f"❌ Speed mismatch: {cn} runs at {v.speed_ratio:.2f}x {bn}'s tokens/s "
+            f"(tolerance {v.speed_tolerance:.0%})"
+        )
+    elif v.metric == "tokens_per_s":
+        out.append("Speed check skipped: the metric is throughput itself")
+    else:
+        out.append("Speed check skipped: no throughput recorded on one side")
+    out.append("")
+
+    what = metric_label(v.metric).lower()
+    size = f"{abs(v.improvement) * 100:.1f}%"
+    if v.outcome == "WIN":
+        better = "higher" if v.metric == "tokens_per_s" else "better"
+        out.append(f"🎉 {cn} WINS: {size} {better} {what}!")
+    elif v.outcome == "LOSE":
+        out.append(f"❌ {cn} LOSES: {size} worse {what}")
+    elif v.outcome == "PARITY":
+        out.append(
+            f"PARITY: {cn} within {v.threshold:.0%} of {bn} on {what} ({_pct_signed(v.d, 2)})"
+        )
+    elif v.outcome == "INCONCLUSIVE":
+        out.append(
+            f"❓ INCONCLUSIVE: {cn} vs {bn} on {what} is not settled yet ({_pct_signed(v.d, 2)})"
+        )
+    else:
+        out.append(f"❌ INVALID: speed mismatch, {what} is not compared at matched speed")
+
+    ind = "   "
+    if v.speed_ok is True and v.outcome in ("WIN", "LOSE", "PARITY"):
+        out.append(
+            f"{ind}At the SAME speed ({_int(c.median_tokens_per_s)} vs "
+            f"{_int(b.median_tokens_per_s)} tok/s)"
+        )
+    out.append(ind + _method_line(v))
+    if v.ci is not None:
+        lo, hi = v.ci
+        out.append(
+            f"{ind}{v.confidence:.0%} CI of the difference: [{_pct_signed(lo, 2)}, "
+            f"{_pct_signed(hi, 2)}] (point {_pct_signed(v.d, 2)}; threshold ±{v.threshold:.0%})"
+        )
+    if v.outcome == "INCONCLUSIVE" and v.seeds_needed is not None:
+        out.append(
+            f"{ind}Seeds needed: about {format_seeds_needed(v.seeds_needed)} runs per side "
+            "to settle it at the observed spread"
+        )
+    out.append(f"{ind}Why: {v.reason}")
+    epochs = [e for e in (c.epochs_mean, b.epochs_mean) if e is not None]
+    if epochs and max(epochs) > 1:
+        out.append(
+            f"{ind}⚠️ Warning: the runs saw the training data {max(epochs):.1f} times "
+            "(epochs > 1): validation loss measures memorisation as much as modelling"
+        )
+    out.append("")
+    out.append(f"{ind}Recommendation: {recommendation(v.outcome, candidate_name)}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# gates
+# --------------------------------------------------------------------------
+
+
+def _cell(x: float) -> str:
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if abs(x) < 10:
+        return f"{x:+.3f}"
+    return f"{x:+.3g}"
+
+
+def gate_tables(report: GateReport, *, title: str | None = None) -> str:
+    """One layer x head table per gate name: values at the report's step (with
+    ``*`` on heads whose state is on), their movement from init (Δ), the
+    summary lines and the warnings (dead gates first, loudly)."""
+    out: list[str] = []
+    out.append(title or f"LEARNED GATES at step {report.step}")
+    out.append(RULE)
+    for w in report.warnings:
+        if w.startswith("DEAD GATES"):
+            out.append(f"⚠️ {w}")
+    if any(w.startswith("DEAD GATES") for w in report.warnings):
+        out.append("")
+
+    names = report.names or sorted({e.name for e in report.entries})
+    layers = report.layers
+    heads = report.heads
+    dead = set(report.dead)
+    for name in names:
+        grid = {(e.layer, e.head): e for e in report.entries if e.name == name}
+        inits = {round(e.init, 9) for e in grid.values()}
+        init_text = (
+            f"init {_cell(next(iter(grid.values())).init)} for every head"
+            if len(inits) == 1
+            else "init varies by head"
+        )
+        on = sum(1 for e in grid.values() if e.state == "on")
+        stated = sum(1 for e in grid.values() if e.state in ("on", "off"))
+        state_text = f"; {on}/{stated} heads on" if stated else ""
+        out.append(f"{name} ({init_text}{state_text})")
+        hdr = ["layer"] + [f"h{h}" for h in heads]
+        rows_v, rows_d = [], []
+        for la in layers:
+            rv, rd = [str(la)], [str(la)]
+            for h in heads:
+                e = grid.get((la, h))
+                if e is None:
+                    rv.append("")
+                    rd.append("")
+                    continue
+                mark = "!" if (la, h, name) in dead else ("*" if e.state == "on" else " ")
+                rv.append(_cell(e.value) + mark)
+                rd.append(_cell(e.moved) + " ")
+            rows_v.append(rv)
+            rows_d.append(rd)
+        align = "<" + ">" * len(heads)
+        out.append("  value")
+        out += ["  " + line for line in _table(hdr, rows_v, align)]
+        out.append("  Δ from init")
+        out += ["  " + line for line in _table(hdr, rows_d, align)]
+        if len(inits) > 1:
+            rows_i = [
+                [str(la)]
+                + [_cell(grid[(la, h)].init) + " " if (la, h) in grid else "" for h in heads]
+                for la in layers
+            ]
+            out.append("  init")
+            out += ["  " + line for line in _table(hdr, rows_i, align)]
+        out.append("")
+    legend = []
+    if any(e.name in ("w_std", "w_rec") for e in report.entries):
+        legend.append(f"* on: |w_rec/w_std| > {report.ratio_threshold:g}")
+    if any(e.name == "beta" for e in report.entries):
+        legend.append(f"* on: |tanh(beta)| > {report.ratio_threshold:g}")
+    if dead:
+        legend.append("! never moved from init")
+    if legend:
+        out.append("Legend: " + "; ".join(legend))
+    out.append("Summary:")
+    out += [f"  {s}" for s in report.summary]
+    other = [w for w in report.warnings if not w.startswith("DEAD GATES")]
+    if other:
+        out.append("Warnings:")
+        out += [f"  ⚠️ {w}" for w in other]
+    return "\n".join(out)

@@ -1,0 +1,180 @@
+"""Gate analysis: classification, dead gates, step selection, summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from racli.gate_report import analyse_gates, trajectories
+
+
+def ra_rows(final_rec, *, steps=(0, 100, 200), w_std_init=1.0, dead_layers=()):
+    """w_std/w_rec rows for a 2-layer x 3-head model; w_rec goes linearly to ``final_rec``."""
+    rows = []
+    last = steps[-1]
+    for step in steps:
+        for layer in range(2):
+            for head in range(3):
+                frac = 0.0 if layer in dead_layers else step / last
+                rows.append((step, layer, head, "w_std", w_std_init + 0.1 * frac))
+                rows.append((step, layer, head, "w_rec", final_rec[layer][head] * frac))
+    return rows
+
+
+FINAL = [[0.5, 0.01, -0.2], [0.0, 0.06, 0.05]]
+
+
+def test_classification_ratio_on_off():
+    rep = analyse_gates(ra_rows(FINAL))
+    assert rep.step == 200 and rep.steps == [0, 100, 200]
+    states = {(e.layer, e.head): e.state for e in rep.entries if e.name == "w_rec"}
+    # |w_rec / w_std| with w_std = 1.1 at the end
+    assert states == {
+        (0, 0): "on",
+        (0, 1): "off",
+        (0, 2): "on",
+        (1, 0): "off",
+        (1, 1): "on",
+        (1, 2): "off",  # 0.05 / 1.1 = 0.045: below
+    }
+    # both entries of a head share its state
+    for e in rep.entries:
+        if e.name == "w_std":
+            assert e.state == states[(e.layer, e.head)]
+
+
+def test_init_value_and_movement():
+    rep = analyse_gates(ra_rows(FINAL))
+    e = rep.entry(0, 0, "w_rec")
+    assert e.init == 0.0 and e.value == pytest.approx(0.5) and e.moved == pytest.approx(0.5)
+    s = rep.entry(1, 2, "w_std")
+    assert s.init == 1.0 and s.moved == pytest.approx(0.1)
+
+
+def test_beta_and_other_gates():
+    rows = [(0, 0, h, "beta", 0.0) for h in range(3)]
+    rows += [(10, 0, 0, "beta", 0.2), (10, 0, 1, "beta", -0.04), (10, 0, 2, "beta", -0.3)]
+    rows += [(0, 0, 0, "gate", 0.5), (10, 0, 0, "gate", 0.62)]
+    rep = analyse_gates(rows)
+    st = {(e.name, e.head): e.state for e in rep.entries}
+    assert st[("beta", 0)] == "on"  # tanh(0.2) = 0.197
+    assert st[("beta", 1)] == "off"
+    assert st[("beta", 2)] == "on"
+    assert st[("gate", 0)] == "-"
+    beta_line = next(s for s in rep.summary if s.startswith("beta:"))
+    assert "2/3 heads above 0.05" in beta_line and "layer 0 head 2" in beta_line
+    assert any(s.startswith("gate:") for s in rep.summary)
+
+
+def test_dead_gate_detection():
+    rep = analyse_gates(ra_rows(FINAL, dead_layers=(1,)))
+    assert set(rep.dead) == {(1, h, n) for h in range(3) for n in ("w_std", "w_rec")}
+    assert rep.warnings and rep.warnings[0].startswith("DEAD GATES: 6 of 12")
+
+
+def test_gate_moving_then_returning_is_not_dead():
+    rows = [(0, 0, 0, "w_rec", 0.0), (1, 0, 0, "w_rec", 0.3), (2, 0, 0, "w_rec", 0.0)]
+    rows += [(s, 0, 0, "w_std", 1.0) for s in (0, 1, 2)]
+    rep = analyse_gates(rows)
+    assert rep.dead == [(0, 0, "w_std")]
+    assert rep.entry(0, 0, "w_rec").moved == 0.0
+
+
+def test_all_dead_like_the_seed_module():
+    rows = ra_rows([[0.0] * 3, [0.0] * 3], dead_layers=(0, 1))
+    rep = analyse_gates(rows)
+    assert len(rep.dead) == 12
+    assert "never moved" in rep.warnings[0]
+    line = next(s for s in rep.summary if s.startswith("w_rec:"))
+    assert line.startswith("w_rec: 0/6 heads above 0.05")
+
+
+def test_moved_tolerance():
+    rows = [(0, 0, 0, "w_rec", 0.0), (5, 0, 0, "w_rec", 1e-7)]
+    assert analyse_gates(rows).dead == [(0, 0, "w_rec")]
+    assert analyse_gates(rows, moved_tolerance=1e-8).dead == []
+
+
+def test_single_snapshot_warns_and_judges_nothing():
+    rep = analyse_gates([(0, 0, 0, "w_std", 1.0), (0, 0, 0, "w_rec", 0.0)])
+    assert rep.dead == []
+    assert any("only one snapshot" in w for w in rep.warnings)
+
+
+def test_step_selection():
+    rows = ra_rows(FINAL)
+    rep = analyse_gates(rows, step=100)
+    assert rep.step == 100
+    assert rep.entry(0, 0, "w_rec").value == pytest.approx(0.25)
+    rep0 = analyse_gates(rows, step=0)
+    assert all(e.moved == 0 for e in rep0.entries)
+    with pytest.raises(ValueError, match=r"step 150 was not recorded; recorded steps: 0, 100, 200"):
+        analyse_gates(rows, step=150)
+
+
+def test_empty_rows_raise():
+    with pytest.raises(ValueError, match="run has no gate values"):
+        analyse_gates([])
+
+
+def test_summary_line_names_largest_head():
+    rep = analyse_gates(ra_rows(FINAL))
+    line = next(s for s in rep.summary if s.startswith("w_rec:"))
+    assert line.startswith("w_rec: 3/6 heads above 0.05")
+    assert "largest layer 0 head 0" in line
+    assert len(rep.summary) == 2 and rep.summary[0].startswith("w_std:")
+
+
+def test_ratio_threshold_parameter():
+    rep = analyse_gates(ra_rows(FINAL), ratio_threshold=0.3)
+    on = [(e.layer, e.head) for e in rep.entries if e.name == "w_rec" and e.state == "on"]
+    assert on == [(0, 0)]
+
+
+def test_zero_w_std():
+    rows = [
+        (0, 0, 0, "w_std", 0.0),
+        (0, 0, 0, "w_rec", 0.1),
+        (0, 0, 1, "w_std", 0.0),
+        (0, 0, 1, "w_rec", 0.0),
+    ]
+    st = {e.head: e.state for e in analyse_gates(rows).entries if e.name == "w_rec"}
+    assert st == {0: "on", 1: "off"}
+
+
+def test_accepts_attribute_rows():
+    rows = [
+        SimpleNamespace(step=s, layer=0, head=0, name="beta", value=v)
+        for s, v in ((0, 0.0), (10, 0.5))
+    ]
+    rep = analyse_gates(rows)
+    assert rep.entries[0].state == "on"
+
+
+def test_to_dict_json():
+    rep = analyse_gates(ra_rows(FINAL, dead_layers=(1,)))
+    d = rep.to_dict(42, "ra_v5")
+    json.dumps(d, allow_nan=False)
+    assert d["run"] == 42 and d["attn"] == "ra_v5" and d["step"] == 200
+    assert set(d["gates"][0]) == {"layer", "head", "name", "init", "value", "moved", "state"}
+    assert len(d["gates"]) == 12 and len(d["dead"]) == 6
+    assert d["summary"] == rep.summary and d["warnings"] == rep.warnings
+
+
+def test_nan_values_warn_and_serialise():
+    rows = [(0, 0, 0, "beta", 0.0), (5, 0, 0, "beta", math.nan)]
+    rep = analyse_gates(rows)
+    assert any("not finite" in w for w in rep.warnings)
+    assert rep.to_dict(1, "ra_beta")["gates"][0]["value"] is None
+
+
+def test_trajectories():
+    tr = trajectories(reversed(ra_rows(FINAL)))
+    assert list(tr) == ["w_std", "w_rec"]
+    series = tr["w_rec"][(0, 0)]
+    assert [s for s, _ in series] == [0, 100, 200]
+    assert series[-1][1] == pytest.approx(0.5)
+    assert len(tr["w_std"]) == 6

@@ -1,0 +1,236 @@
+"""Text blocks users read, PNG plots, and no torch import from these modules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from racli import plots, render
+from racli.gate_report import analyse_gates, trajectories
+from racli.verdict import Sample, TimingRow, best_vs_best, compare_runs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_torch_import():
+    code = (
+        "import racli.verdict, racli.gate_report, racli.render, racli.plots, sys; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------- bench
+
+ROWS = [
+    TimingRow("baseline", "eager", "fwd", 1.33, 1.30, 1.36, "ok", tflops=52.1),
+    TimingRow("baseline", "compile", "fwd", 1.15, 1.12, 1.18, "ok"),
+    TimingRow("baseline", "cuda_graph", "fwd", 1.06, 1.05, 1.08, "ok"),
+    TimingRow("ra_v5", "eager", "fwd", 1.33, 1.31, 1.35, "ok"),
+    TimingRow("ra_v5", "compile", "fwd", 1.15, 1.13, 1.17, "ok"),
+    TimingRow("ra_v5", "cuda_graph", "fwd", None, None, None, "skipped", reason="no CUDA device"),
+]
+
+
+def test_bench_progress_line():
+    line = render.bench_progress_line(1, "baseline", "eager", "fwd", 0.219, "ok", None)
+    assert line.startswith("1. baseline eager fwd ...") and line.endswith("0.219 ms/iter")
+    line2 = render.bench_progress_line(12, "ra_v5", "cuda_graph", "fwd_bwd", 0.5, "ok", None)
+    assert line.index("0.219") == line2.index("0.500")  # dots align the figures
+    skipped = render.bench_progress_line(
+        6, "ra_v5", "cuda_graph", "fwd", None, "skipped", "no CUDA device"
+    )
+    assert "skipped (no CUDA device)" in skipped
+    failed = render.bench_progress_line(7, "ra_v5", "compile", "fwd", None, "failed", "OOM")
+    assert "FAILED (OOM)" in failed
+    withratio = render.bench_progress_line(
+        2, "baseline", "compile", "fwd", 1.15, "ok", None, ratio=0.8647
+    )
+    assert withratio.endswith("(0.86x)")
+
+
+def test_bench_results_table():
+    text = render.bench_results(
+        ROWS, {"batch": 8, "seq": 1024, "heads": 12, "head_dim": 64, "dtype": "float16"}
+    )
+    assert text.startswith("RESULTS")
+    assert "B=8 T=1024 H=12 D=64 float16" in text
+    lines = text.splitlines()
+    compile_line = next(ln for ln in lines if "baseline" in ln and "compile" in ln)
+    assert "0.86x" in compile_line  # 1.15 / 1.33, the seed's "(0.87x)"
+    graph_line = next(ln for ln in lines if "baseline" in ln and "cuda_graph" in ln)
+    assert "0.80x" in graph_line
+    assert "52.1" in text
+    assert "skipped: no CUDA device" in text
+
+
+def test_fair_comparison_block():
+    text = render.fair_comparison(best_vs_best(ROWS))
+    assert "FAIR COMPARISON (Best vs Best)" in text
+    assert "Best Baseline:  1.060ms (cuda_graph)" in text
+    assert "Best RA v5:     1.150ms (compile)" in text
+    assert "RA v5 / Baseline: 1.08x" in text and "acceptable overhead" in text
+
+
+def test_fair_comparison_missing_baseline():
+    rows = [TimingRow("ra_v5", "eager", "fwd", 1.0, 1.0, 1.0, "ok")]
+    text = render.fair_comparison(best_vs_best(rows))
+    assert "no Baseline timing" in text
+    assert "No successful timings" in render.fair_comparison([])
+
+
+# ---------------------------------------------------------------- compare
+
+
+def seed_example():
+    c = [Sample(2, None, 3.3912, 512_000.0, iterations=12480)]
+    b = [Sample(1, None, 3.4521, 512_000.0, iterations=12500)]
+    return compare_runs(c, b)
+
+
+def test_final_comparison_seed_example():
+    text = render.final_comparison(seed_example(), "ra_v5", "baseline")
+    for heading in (
+        "FINAL COMPARISON (Matched Speed)",
+        "VERDICT",
+        "Iterations completed",
+        "Validation loss",
+        "Throughput (tok/s)",
+        "Difference",
+    ):
+        assert heading in text
+    assert "3.4521" in text and "3.3912" in text and "-1.8%" in text
+    assert "Speed parity confirmed: 1.00x (within 10%)" in text
+    assert "RA v5 WINS: 1.8% better validation loss!" in text
+    assert "limited evidence" in text
+    assert "Recommendation: INTEGRATE RA v5 into the training pipeline" in text
+    assert "\ufffd" not in text and "\u201a" not in text
+
+
+def _multi(effect, noise, tps_c=500_000.0, epochs=None, paired=True):
+    rng = np.random.default_rng(3)
+    b = [
+        Sample(i, i, 3.0 * (1 + noise * rng.standard_normal()), 500_000.0, 1000, epochs)
+        for i in range(5)
+    ]
+    c = [
+        Sample(
+            10 + i,
+            i if paired else 50 + i,
+            3.0 * (1 + effect) * (1 + noise * rng.standard_normal()),
+            tps_c,
+            1000,
+            epochs,
+        )
+        for i in range(5)
+    ]
+    return compare_runs(c, b)
+
+
+@pytest.mark.parametrize(
+    "effect, noise, tps_c, headline, extra",
+    [
+        (-0.03, 0.005, 500_000.0, "RA v5 WINS", "paired by seed"),
+        (0.03, 0.005, 500_000.0, "RA v5 LOSES", "Tune initialisation"),
+        (0.0, 0.0005, 500_000.0, "PARITY", "8+ hours"),
+        (0.0, 0.05, 500_000.0, "INCONCLUSIVE", "Seeds needed: about"),
+        (-0.03, 0.005, 400_000.0, "INVALID", "Speed mismatch"),
+    ],
+)
+def test_final_comparison_outcomes(effect, noise, tps_c, headline, extra):
+    v = _multi(effect, noise, tps_c)
+    text = render.final_comparison(v)
+    assert headline in text and extra in text
+    assert "Recommendation:" in text
+    if v.ci is not None:
+        assert "95% CI of the difference" in text
+
+
+def test_final_comparison_welch_and_epochs_warning():
+    text = render.final_comparison(_multi(-0.03, 0.005, epochs=3.0, paired=False))
+    assert "Welch" in text
+    assert "memorisation" in text
+
+
+def test_final_comparison_other_candidate_name():
+    text = render.final_comparison(_multi(-0.03, 0.005), "ra_beta", "baseline")
+    assert "ra_beta WINS" in text and "INTEGRATE ra_beta" in text
+
+
+def test_ascii_fallback():
+    text = render.final_comparison(seed_example())
+    ascii_text = render.for_stream(text, "ascii")
+    ascii_text.encode("ascii")
+    assert "[OK] Speed parity confirmed" in ascii_text
+    assert render.for_stream(text, "utf-8") == text
+
+
+# ---------------------------------------------------------------- gates
+
+
+def gate_rows(dead=False):
+    rows = []
+    for step in (0, 50, 100):
+        for layer in range(2):
+            for head in range(4):
+                f = 0.0 if dead else step / 100
+                rows.append((step, layer, head, "w_std", 1.0 - 0.05 * f))
+                rows.append((step, layer, head, "w_rec", 0.02 * f * (layer * 4 + head + 1)))
+    return rows
+
+
+def test_gate_tables():
+    text = render.gate_tables(analyse_gates(gate_rows()))
+    assert "w_rec" in text and "w_std" in text
+    assert "layer" in text and "h3" in text
+    assert "Δ from init" in text
+    assert "*" in text  # heads using reciprocity are marked
+    assert "w_rec: 6/8 heads above 0.05" in text
+    assert "DEAD" not in text
+
+
+def test_gate_tables_dead_gates_are_loud():
+    text = render.gate_tables(analyse_gates(gate_rows(dead=True)))
+    first = text.splitlines()[2]
+    assert "DEAD GATES" in first and "never moved" in first
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_plot_loss_curves(tmp_path):
+    curves = {
+        "baseline": [(1, [(0, 5.0), (100, 4.0), (200, 3.5)]), (2, [(0, 5.1), (100, 4.1)])],
+        "ra_v5": [(3, [(0, 5.0), (100, 3.9), (200, float("nan"))])],
+    }
+    out = plots.plot_loss_curves(curves, tmp_path / "loss.png", "Validation loss")
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_plot_gates(tmp_path):
+    rows = gate_rows()
+    rep = analyse_gates(rows)
+    p1 = plots.plot_gates(rep, tmp_path / "gates.png", trajectories=trajectories(rows))
+    assert p1.read_bytes()[:8] == PNG_SIGNATURE
+    p2 = plots.plot_gates(rep, tmp_path / "heat.png")
+    assert p2.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_plot_missing_directory(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.plot_loss_curves({"a": [(1, [(0, 1.0)])]}, tmp_path / "nope" / "x.png", "t")
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.plot_gates(analyse_gates(gate_rows()), tmp_path / "nope" / "g.png")
+
+
+def test_plot_nothing_to_draw(tmp_path):
+    with pytest.raises(ValueError, match="no loss curves"):
+        plots.plot_loss_curves({}, tmp_path / "x.png", "t")
