@@ -1,0 +1,9 @@
+"""Attention variants, the GPT that hosts them, and the registry (no CLI, no database).
+
+    from racli_models import ATTENTION, GPT, GPTConfig, build_attention, UnknownAttentionError
+"""
+from .attention import ATTENTION, UnknownAttentionError, build_attention
+from .config import GPTConfig
+from .gpt import GPT
+
+__all__ = ["ATTENTION", "GPT", "GPTConfig", "UnknownAttentionError", "build_attention"]

@@ -1,0 +1,59 @@
+"""Model configuration shared by the GPT and every attention variant."""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT-2 style model (defaults: a tiny test model).
+
+    `attn` names an attention variant of `racli_models.ATTENTION`; `ra_rank` is
+    the rank R of the reciprocal path of the RA variants (the head dim D is split
+    D = D_std + R); `w_std_init` / `w_rec_init` are the initial per-head gates of
+    the RA variants.
+    """
+
+    vocab_size: int = 256
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    attn: str = "baseline"
+    ra_rank: int = 4
+    bias: bool = False
+    w_std_init: float = 1.0
+    w_rec_init: float = 0.1
+
+    def __post_init__(self) -> None:
+        from .attention import check_attention_name
+
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0 < self.ra_rank < self.head_dim:
+            raise ValueError(
+                f"ra_rank must satisfy 0 < ra_rank < head_dim ({self.head_dim}), "
+                f"got {self.ra_rank!r}"
+            )
+        check_attention_name(self.attn)
+
+    @property
+    def head_dim(self) -> int:
+        """D = n_embd / n_head."""
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def for_block(cls, heads: int, head_dim: int, seq: int, attn: str, **kw) -> GPTConfig:
+        """Config of a single attention block of shape (heads, head_dim, seq), for benchmarks."""
+        kw.setdefault("n_layer", 1)
+        return cls(n_head=heads, n_embd=heads * head_dim, block_size=seq, attn=attn, **kw)

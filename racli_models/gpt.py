@@ -1,0 +1,163 @@
+"""A GPT-2 language model (nanoGPT layout) with a pluggable attention variant."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import INIT_STD, build_attention
+from .config import GPTConfig
+
+
+class MLP(nn.Module):
+    """x -> c_proj(gelu(c_fc(x))), hidden width 4C."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = build_attention(cfg.attn, cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2: token + position embeddings, n_layer blocks, final LayerNorm, tied LM head.
+
+    Init (nanoGPT): every Linear and Embedding weight ~ N(0, 0.02), biases 0,
+    and the residual projections (every `c_proj.weight`) ~ N(0, 0.02 / sqrt(2 n_layer))
+    so the residual stream's variance does not grow with depth. The attention
+    variants' own parameters (RA weights, P, gates) keep the init their module
+    documents.
+    """
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                "wpe": nn.Embedding(cfg.block_size, cfg.n_embd),
+                "drop": nn.Dropout(cfg.dropout),
+                "h": nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                "ln_f": nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
+            }
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        loss = mean cross-entropy of logits[b, t] against targets[b, t] over all
+        positions (targets are already shifted by the caller; -1 is ignored).
+        """
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (the tied token embedding counted once).
+
+        non_embedding=True leaves out the position embeddings; the token
+        embedding stays in, since it is also the LM head's weight (nanoGPT).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The per-head gate parameters of every layer (empty for baseline and sdpa_gate)."""
+        return [p for block in self.transformer.h for p in block.attn.gate_parameters()]
+
+    def gate_values(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Layer index -> gate name -> detached float32 per-head values (H,).
+
+        Layers whose attention has no gates are left out, so a baseline model
+        returns {}.
+        """
+        out = {}
+        for i, block in enumerate(self.transformer.h):
+            values = block.attn.gate_values()
+            if values:
+                out[i] = values
+        return out
+
+    def configure_optimizer(
+        self,
+        weight_decay: float,
+        lr: float,
+        betas: tuple[float, float],
+        gate_lr_mult: float = 1.0,
+        fused: bool | None = None,
+    ) -> torch.optim.AdamW:
+        """AdamW with up to three parameter groups, each tagged `name` and `lr_mult`.
+
+        - "decay": every weight of 2+ dims (matrices, embeddings, P) with `weight_decay`;
+        - "no_decay": biases and LayerNorm weights, weight decay 0;
+        - "gates": `gate_parameters()`, weight decay 0, lr = lr * gate_lr_mult.
+        A scheduler sets `group["lr"] = base_lr * group["lr_mult"]`. fused=None
+        means fused on CUDA only. Empty groups are left out.
+        """
+        gate_ids = {id(p) for p in self.gate_parameters()}
+        params = [p for p in self.parameters() if p.requires_grad]
+        gates = [p for p in params if id(p) in gate_ids]
+        decay = [p for p in params if id(p) not in gate_ids and p.dim() >= 2]
+        no_decay = [p for p in params if id(p) not in gate_ids and p.dim() < 2]
+        groups = [
+            {"name": "decay", "params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+            {"name": "gates", "params": gates, "weight_decay": 0.0, "lr_mult": float(gate_lr_mult)},
+        ]
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["lr"] = lr * g["lr_mult"]
+        if fused is None:
+            fused = bool(params) and all(p.is_cuda for p in params)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
