@@ -1,0 +1,246 @@
+"""`ra compare`: a verdict from the recorded history (DESIGN.md, "Verdict rules").
+
+Thin: options are checked here, the history is read by :mod:`racli.history`,
+judged by :mod:`racli.verdict` and printed by :mod:`racli.render`. Only reads
+the store; no torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from racli.commands import common
+from racli.errors import BadInput
+
+_SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
+_SHOW_GROUPS = 10
+
+
+def check_plot_path(plot: Path | None) -> None:
+    if plot is None:
+        return
+    parent = plot.parent if str(plot.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
+    if plot.is_dir():
+        raise BadInput(f"cannot write plot {plot}: it is a directory")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise BadInput(f"{name} is a fraction between 0 and 1 (0.01 = 1%), got {value:g}")
+
+
+def _ids(ids: list[int]) -> str:
+    if len(ids) <= _SHOW_IDS:
+        return ", ".join(map(str, ids))
+    return ", ".join(map(str, ids[:_SHOW_IDS])) + f", ... ({len(ids) - _SHOW_IDS} more)"
+
+
+def header_text(cmp) -> str:
+    """The lines above FINAL COMPARISON: what was compared, from which runs."""
+    c, b = cmp.candidate, cmp.baseline
+    g = cmp.group
+    lines = [f"Comparing {c} (candidate) with {b} (baseline) on {cmp.metric}"]
+    filters = []
+    if cmp.tag is not None:
+        filters.append(f"tag '{cmp.tag}'")
+    if cmp.since is not None:
+        filters.append(f"started since {cmp.since.isoformat(sep=' ', timespec='minutes')}")
+    lines.append(
+        "Runs: finished train runs"
+        + (f" with {' and '.join(filters)}" if filters else "")
+        + (", any environment class" if cmp.any_env else "")
+    )
+    lines.append(f"Group: {g.label()}")
+    if cmp.any_env and len(g.env_classes) > 1:
+        lines.append(f"  environment classes pooled: {'; '.join(g.env_classes)}")
+    for attn in (c, b):
+        ids = [r.id for r in g.side(attn)]
+        lines.append(f"  {attn}: {len(ids)} run(s) (ids {_ids(ids)})")
+    if cmp.others:
+        lines.append(f"Other groups, not compared ({len(cmp.others)}):")
+        for o in cmp.others[:_SHOW_GROUPS]:
+            note = "" if o.comparable else " (one side only)"
+            lines.append(f"  {o.label()}: {o.n_candidate} {c}, {o.n_baseline} {b}{note}")
+        if len(cmp.others) > _SHOW_GROUPS:
+            lines.append(f"  ... and {len(cmp.others) - _SHOW_GROUPS} more (see --json)")
+    for attn, n in cmp.left_out.items():
+        lines.append(f"Left out: {n} finished {attn} run(s) without a recorded {cmp.metric}")
+    return "\n".join(lines)
+
+
+def _shape_text(shape: dict) -> str:
+    return (
+        f"B={shape['batch']} T={shape['seq']} H={shape['heads']} D={shape['head_dim']} "
+        f"{shape['dtype']} {shape['device']}"
+    )
+
+
+def bench_text(bc) -> str:
+    from racli import render
+
+    n_runs = len({i for g in bc.groups for i in g.run_ids})
+    lines = [
+        f"Comparing {bc.candidate} with {bc.baseline} on bench timings (ms): best mode of each "
+        f"attention over {n_runs} finished bench run(s)"
+        + (", any environment class" if bc.any_env else ""),
+        f"{len(bc.groups)} group(s) of shape, dtype, device"
+        + ("" if bc.any_env else " and environment class")
+        + ", newest first",
+    ]
+    for g in bc.groups:
+        env = g.env_class if g.env_class is not None else "any environment"
+        lines += [
+            "",
+            f"Shape {_shape_text(g.shape)} on {env} (bench runs {_ids(g.run_ids)})",
+            render.fair_comparison(g.best, baseline=bc.baseline),
+        ]
+    return "\n".join(lines)
+
+
+def _echo(text: str) -> None:
+    from racli import render
+
+    sys.stdout.write(render.for_stream(text, sys.stdout.encoding) + "\n")
+
+
+def compare(
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="val_loss (train runs), tokens_per_s (train runs) or ms (bench timings).",
+        ),
+    ] = "val_loss",
+    candidate: Annotated[
+        str, typer.Option("--candidate", help="Attention variant judged.")
+    ] = "ra_v5",
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="Attention variant compared against.")
+    ] = "baseline",
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Quality threshold as a fraction (default: ra.yaml verdict.threshold, 0.01).",
+            show_default=False,
+        ),
+    ] = None,
+    speed_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--speed-tolerance",
+            help="Throughput difference above which the verdict is INVALID "
+            "(default: ra.yaml verdict.speed_tolerance, 0.10).",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", help="Only runs with this tag.", show_default=False)
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only runs started at or after this date (YYYY-MM-DD or ISO datetime, UTC).",
+            show_default=False,
+        ),
+    ] = None,
+    any_env: Annotated[
+        bool,
+        typer.Option("--any-env", help="Pool environment classes (GPU name + torch version)."),
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write the compared runs' curves of the metric (a PNG).",
+            show_default=False,
+        ),
+    ] = None,
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
+) -> None:
+    """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
+    from racli import history
+
+    # ---- validate everything before any work
+    history.check_metric(metric)
+    if candidate == baseline:
+        raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
+    cfg = common.config(config)
+    threshold = cfg.verdict.threshold if threshold is None else threshold
+    speed_tolerance = cfg.verdict.speed_tolerance if speed_tolerance is None else speed_tolerance
+    _fraction("--threshold", threshold)
+    _fraction("--speed-tolerance", speed_tolerance)
+    since_at = history.parse_since(since)
+    if plot is not None and metric == "ms":
+        raise BadInput("--plot draws training curves: it does not apply to --metric ms")
+    check_plot_path(plot)
+    store = common.open_db(db, cfg, create=False)
+
+    if metric == "ms":
+        bc = history.load_bench_comparison(
+            store,
+            candidate=candidate,
+            baseline=baseline,
+            tag=tag,
+            since=since_at,
+            any_env=any_env,
+        )
+        if json:
+            common.print_json(bc.to_dict())
+        else:
+            _echo(bench_text(bc))
+        return
+
+    cmp = history.load_comparison(
+        store,
+        metric=metric,
+        candidate=candidate,
+        baseline=baseline,
+        tag=tag,
+        since=since_at,
+        any_env=any_env,
+        threshold=threshold,
+        speed_tolerance=speed_tolerance,
+        confidence=cfg.verdict.confidence,
+    )
+    written = None
+    if plot is not None:
+        written = _plot(store, cmp, plot)
+
+    if json:
+        data = cmp.to_dict()
+        data["plot"] = str(written) if written else None
+        common.print_json(data)
+        return
+    from racli import render
+
+    text = header_text(cmp) + "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
+    if written:
+        text += f"\n\nPlot written to {written}"
+    _echo(text)
+
+
+def _plot(store, cmp, path: Path) -> Path:
+    from racli import history, plots, render
+
+    runs = {attn: [r.id for r in cmp.group.side(attn)] for attn in (cmp.baseline, cmp.candidate)}
+    curves = history.metric_curves(store, runs, name=cmp.metric)
+    if not any(points for per_run in curves.values() for _, points in per_run):
+        raise BadInput(f"no {cmp.metric} curves recorded for the compared runs: no plot written")
+    title = (
+        f"{render.metric_label(cmp.metric)}: {render.pretty(cmp.candidate)} vs "
+        f"{render.pretty(cmp.baseline)} ({cmp.group.label()})"
+    )
+    try:
+        return plots.plot_loss_curves(curves, path, title, ylabel=cmp.metric)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc

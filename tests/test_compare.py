@@ -1,0 +1,623 @@
+"""`ra compare` end to end: synthetic histories recorded through the store API,
+read back by racli.history and the CLI (human and --json output), plots, bench
+timings (--metric ms), bad input, no torch import, and speed over 10,000 runs."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from racli import history
+from racli.cli import app
+from racli.errors import BadInput
+from racli.store.engine import open_store
+from racli.store.recorder import RunRecorder
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def env(gpu="NVIDIA H100 80GB HBM3", torch="2.11.0", hostname="node1") -> dict:
+    return {
+        "hostname": hostname,
+        "os": "Linux-6.8",
+        "python": "3.11.9",
+        "torch": torch,
+        "cuda": "13.0",
+        "cudnn": "91000",
+        "gpu_name": gpu,
+        "gpu_count": 1,
+        "gpu_memory_gb": 79.2,
+        "driver": "580.65",
+        "cpu": "Xeon",
+        "cpu_count": 16,
+    }
+
+
+ENV_A = env()
+ENV_A2 = env(hostname="node2")  # another machine of the same class
+ENV_B = env(torch="2.10.0")  # another class: other torch version
+CFG_X = {"model": {"preset": "tiny"}, "train": {"lr": 6e-4, "steps": 300}, "data": "builtin"}
+CFG_Y = {"model": {"preset": "small"}, "train": {"lr": 6e-4, "steps": 300}, "data": "builtin"}
+TPS = 500_000.0
+
+
+def add_run(
+    store,
+    attn,
+    seed,
+    val_loss,
+    tps=TPS,
+    *,
+    environment=ENV_A,
+    cfg=CFG_X,
+    tag=None,
+    status="finished",
+    curve=True,
+):
+    rec = RunRecorder.start(
+        store,
+        kind="train",
+        config={**cfg, "attn": attn, "seed": seed, "tag": tag},
+        attn=attn,
+        seed=seed,
+        tag=tag,
+        env_info=environment,
+        git_commit="0123abc",
+        heartbeat=False,
+    )
+    if curve:
+        for step in (100, 200, 300):
+            rec.metric(step, "val_loss", val_loss + 0.2 * (300 - step) / 100, step / 10)
+            rec.metric(step, "tokens_per_s", tps, step / 10)
+    if status == "finished":
+        rec.finish(
+            iterations=300,
+            tokens=300 * 4096,
+            epochs=0.4,
+            train_seconds=300 * 4096 / tps,
+            val_loss=val_loss,
+            tokens_per_s=tps,
+        )
+    elif status == "running":
+        rec.flush()
+    else:
+        rec.end(status, error="boom")
+    return rec.run_id
+
+
+def add_history(store, *, n=5, effect=0.0, noise=0.005, seed=0, speed=1.0, **kw):
+    """``n`` seeds a side; candidate = baseline * (1 + effect), both with ``noise``."""
+    rng = np.random.default_rng(seed)
+    ids = {"ra_v5": [], "baseline": []}
+    for s in range(n):
+        ids["baseline"].append(
+            add_run(store, "baseline", s, 3.0 * (1 + noise * rng.standard_normal()), TPS, **kw)
+        )
+        ids["ra_v5"].append(
+            add_run(
+                store,
+                "ra_v5",
+                s,
+                3.0 * (1 + effect) * (1 + noise * rng.standard_normal()),
+                TPS * speed,
+                **kw,
+            )
+        )
+    return ids
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """An empty, migrated database, copied for each test (migrations run once)."""
+    path = tmp_path_factory.mktemp("template") / "empty.db"
+    open_store(str(path)).close()
+    return path
+
+
+@pytest.fixture
+def db(template, tmp_path) -> Path:
+    path = tmp_path / "ra.db"
+    shutil.copy(template, path)
+    return path
+
+
+@pytest.fixture
+def store(db):
+    s = open_store(str(db))
+    yield s
+    s.close()
+
+
+def ra(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def compare_json(db, *args) -> dict:
+    res = ra("compare", "--db", db, "--json", *args)
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def one_line_error(res) -> str:
+    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert err.startswith("ra: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_aa_history_is_not_a_win_or_lose(db, store):
+    add_history(store, n=5, effect=0.0, noise=0.01, seed=7)
+    res = ra("compare", "--db", db)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert "FINAL COMPARISON (Matched Speed)" in out and "VERDICT" in out
+    assert "WINS" not in out and "LOSES" not in out
+    data = compare_json(db)
+    v = data["verdict"]
+    assert v["outcome"] in ("PARITY", "INCONCLUSIVE")
+    assert v["method"] == "paired" and v["candidate"]["n"] == 5 and v["baseline"]["n"] == 5
+    if v["outcome"] == "INCONCLUSIVE":
+        assert v["seeds_needed"] > 5 and "Seeds needed: about" in out
+        assert "Run more seeds" in out
+    else:
+        assert "Try longer training" in out
+
+
+def test_planted_improvement_wins_and_json_agrees(db, store):
+    ids = add_history(store, n=5, effect=-0.03, noise=0.005, seed=1)
+    res = ra("compare", "--db", db)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    data = compare_json(db)
+    v = data["verdict"]
+    assert v["outcome"] == "WIN" and v["method"] == "paired" and not v["limited_evidence"]
+    assert "RA v5 WINS" in out and "Recommendation: INTEGRATE RA v5" in out
+    assert "✅ Speed parity confirmed: 1.00x (within 10%)" in out
+    # the same numbers in both outputs
+    for side in ("candidate", "baseline"):
+        assert f"{v[side]['mean']:.4f} ± {v[side]['std']:.4f}" in out
+        assert f"[{v[side]['ci_low']:.4f}, {v[side]['ci_high']:.4f}]" in out
+        assert f"{v[side]['median_tokens_per_s']:,.0f}" in out
+    lo, hi = v["ci"]
+    assert f"[{lo * 100:+.2f}%, {hi * 100:+.2f}%]" in out
+    assert f"(point {v['d'] * 100:+.2f}%" in out
+    assert hi < 0 and v["improvement"] > 0.01
+    # the runs used, with their ids
+    assert data["group"]["run_ids"] == ids
+    assert data["group"]["runs"] == {"ra_v5": 5, "baseline": 5}
+    assert data["other_groups"] == [] and data["plot"] is None
+    assert "Iterations completed" in out and "Validation loss" in out
+
+
+def test_planted_degradation_loses(db, store):
+    add_history(store, n=5, effect=+0.03, noise=0.005, seed=2)
+    v = compare_json(db)["verdict"]
+    assert v["outcome"] == "LOSE"
+    out = ra("compare", "--db", db).stdout
+    assert "RA v5 LOSES" in out and "Tune initialisation" in out
+
+
+def test_speed_mismatch_is_invalid(db, store):
+    add_history(store, n=3, effect=-0.03, noise=0.005, seed=3, speed=0.8)
+    out = ra("compare", "--db", db).stdout
+    assert "INVALID" in out and "Speed mismatch" in out and "0.80x" in out
+    v = compare_json(db)["verdict"]
+    assert v["outcome"] == "INVALID" and v["speed_ok"] is False
+    assert v["speed_ratio"] == pytest.approx(0.8)
+    # a wider tolerance lets it through
+    v = compare_json(db, "--speed-tolerance", "0.25")["verdict"]
+    assert v["outcome"] == "WIN" and v["speed_tolerance"] == 0.25
+
+
+def test_one_run_a_side_is_limited_evidence(db, store):
+    add_run(store, "baseline", 0, 3.00)
+    add_run(store, "ra_v5", 0, 2.94)
+    res = ra("compare", "--db", db)
+    assert res.exit_code == 0, res.stderr
+    assert "limited evidence" in res.stdout and "RA v5 WINS: 2.0%" in res.stdout
+    v = compare_json(db)["verdict"]
+    assert v["outcome"] == "WIN" and v["limited_evidence"] and v["method"] == "single-run"
+    assert v["ci"] is None
+    # a threshold above the difference makes it parity
+    v = compare_json(db, "--threshold", "0.05")["verdict"]
+    assert v["outcome"] == "PARITY" and v["threshold"] == 0.05
+
+
+def test_metric_tokens_per_s(db, store):
+    rng = np.random.default_rng(4)
+    for s in range(4):
+        add_run(store, "baseline", s, 3.0, TPS * (1 + 0.005 * rng.standard_normal()))
+        add_run(store, "ra_v5", s, 3.0, TPS * 1.05 * (1 + 0.005 * rng.standard_normal()))
+    res = ra("compare", "--db", db, "--metric", "tokens_per_s")
+    assert res.exit_code == 0, res.stderr
+    assert "RA v5 WINS" in res.stdout and "higher throughput" in res.stdout
+    assert "Speed check skipped: the metric is throughput itself" in res.stdout
+    data = compare_json(db, "--metric", "tokens_per_s")
+    v = data["verdict"]
+    assert data["metric"] == "tokens_per_s" and v["outcome"] == "WIN"
+    assert not v["lower_is_better"] and v["d"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_only_finished_runs_count_and_runs_without_value_are_left_out(db, store):
+    add_history(store, n=2, seed=5)
+    add_run(store, "ra_v5", 9, 2.0, status="failed")
+    add_run(store, "ra_v5", 10, 2.0, status="running")
+    add_run(store, "ra_v5", 11, 2.0, status="diverged")
+    add_run(store, "ra_v5", 12, None, curve=False)  # finished without a val_loss
+    data = compare_json(db)
+    assert data["group"]["runs"] == {"ra_v5": 2, "baseline": 2}
+    assert data["left_out"] == {"ra_v5": 1}
+    assert (
+        "Left out: 1 finished ra_v5 run(s) without a recorded val_loss"
+        in ra("compare", "--db", db).stdout
+    )
+
+
+# ---------------------------------------------------------------- groups
+
+
+def test_groups_by_config_and_environment_class(db, store):
+    a = add_history(store, n=2, seed=10, environment=ENV_A)
+    a2 = add_history(store, n=1, seed=11, environment=ENV_A2)  # same class as ENV_A
+    add_history(store, n=2, seed=12, environment=ENV_B)
+    add_history(store, n=1, seed=13, cfg=CFG_Y)
+    add_run(store, "ra_v5", 0, 3.0, environment=ENV_B, cfg=CFG_Y)  # one side only
+    data = compare_json(db)
+    g = data["group"]
+    assert g["env_class"] == "NVIDIA H100 80GB HBM3 / torch 2.11.0"
+    assert g["runs"] == {"ra_v5": 3, "baseline": 3}
+    assert sorted(g["run_ids"]["ra_v5"]) == sorted(a["ra_v5"] + a2["ra_v5"])
+    assert sorted(g["run_ids"]["baseline"]) == sorted(a["baseline"] + a2["baseline"])
+    others = data["other_groups"]
+    sizes = [(o["env_class"], o["runs"]["ra_v5"], o["runs"]["baseline"]) for o in others]
+    assert sizes == [
+        ("NVIDIA H100 80GB HBM3 / torch 2.10.0", 2, 2),
+        ("NVIDIA H100 80GB HBM3 / torch 2.11.0", 1, 1),
+        ("NVIDIA H100 80GB HBM3 / torch 2.10.0", 1, 0),
+    ]
+    assert [o["comparable"] for o in others] == [True, True, False]
+    assert others[0]["config_hash"] == g["config_hash"] != others[1]["config_hash"]
+
+    out = ra("compare", "--db", db).stdout
+    assert f"Group: config {g['config_hash']} on NVIDIA H100 80GB HBM3 / torch 2.11.0" in out
+    assert "Other groups, not compared (3):" in out
+    assert f"config {g['config_hash']} on NVIDIA H100 80GB HBM3 / torch 2.10.0: 2 ra_v5" in out
+    assert "(one side only)" in out
+
+    # --any-env pools the environment classes of one config
+    data = compare_json(db, "--any-env")
+    assert data["group"]["env_class"] is None
+    assert data["group"]["runs"] == {"ra_v5": 5, "baseline": 5}
+    assert len(data["group"]["env_classes"]) == 2
+    assert [o["runs"] for o in data["other_groups"]] == [{"ra_v5": 2, "baseline": 1}]
+    assert "environment classes pooled" in ra("compare", "--db", db, "--any-env").stdout
+
+
+def test_largest_group_wins_even_when_older(db, store):
+    add_history(store, n=3, seed=20, environment=ENV_B)  # older but larger
+    add_history(store, n=2, seed=21, environment=ENV_A)
+    assert compare_json(db)["group"]["env_class"].endswith("torch 2.10.0")
+
+
+def test_no_comparable_group(db, store):
+    add_run(store, "ra_v5", 0, 3.0, environment=ENV_A)
+    add_run(store, "baseline", 0, 3.0, environment=ENV_B)
+    err = one_line_error(ra("compare", "--db", db))
+    assert "no comparable runs" in err and "--any-env" in err
+    assert compare_json(db, "--any-env")["group"]["runs"] == {"ra_v5": 1, "baseline": 1}
+
+
+def test_tag_and_since_filters(db, store):
+    add_history(store, n=2, seed=30, tag="old")
+    new = add_history(store, n=3, seed=31, tag="new")
+    data = compare_json(db, "--tag", "new")
+    assert data["group"]["run_ids"] == new and data["filters"]["tag"] == "new"
+    assert compare_json(db, "--since", "2000-01-01")["group"]["runs"]["ra_v5"] == 5
+    assert compare_json(db, "--since", "2000-01-01T00:00:00+02:00")["verdict"]["outcome"]
+    err = one_line_error(ra("compare", "--db", db, "--since", "3000-01-01"))
+    assert "no finished train runs of 'ra_v5'" in err and "started since 3000-01-01" in err
+    err = one_line_error(ra("compare", "--db", db, "--tag", "nope"))
+    assert "with tag 'nope'" in err
+
+
+def test_history_functions_directly(store):
+    add_history(store, n=2, seed=40)
+    add_history(store, n=1, seed=41, environment=ENV_B)
+    rows = history.load_train_runs(store, attns=("ra_v5", "baseline"))
+    assert len(rows) == 6 and {r.env_class for r in rows} == {
+        "NVIDIA H100 80GB HBM3 / torch 2.11.0",
+        "NVIDIA H100 80GB HBM3 / torch 2.10.0",
+    }
+    groups = history.group_runs(rows, candidate="ra_v5", baseline="baseline")
+    assert [g.size for g in groups] == [4, 2]
+    assert len(history.group_runs(rows, candidate="ra_v5", baseline="baseline", any_env=True)) == 1
+    cmp = history.load_comparison(store)
+    assert cmp.verdict.candidate.n == 2 and len(cmp.others) == 1
+    curves = history.metric_curves(store, {"baseline": cmp.verdict.baseline.run_ids})
+    assert [len(points) for _, points in curves["baseline"]] == [3, 3]
+    assert history.parse_since("2025-06-01").isoformat() == "2025-06-01T00:00:00"
+    assert history.parse_since("2025-06-01T12:00+02:00").hour == 10
+    with pytest.raises(BadInput):
+        history.parse_since("yesterday")
+
+
+# ---------------------------------------------------------------- plot
+
+
+def test_plot_writes_a_png(db, store, tmp_path):
+    add_history(store, n=2, seed=50)
+    png = tmp_path / "curves.png"
+    res = ra("compare", "--db", db, "--plot", png)
+    assert res.exit_code == 0, res.stderr
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert f"Plot written to {png}" in res.stdout
+    png2 = tmp_path / "curves2.png"
+    data = compare_json(db, "--plot", png2)
+    assert data["plot"] == str(png2) and png2.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_plot_without_curves_or_directory(db, store, tmp_path):
+    add_run(store, "baseline", 0, 3.0, curve=False)
+    add_run(store, "ra_v5", 0, 3.0, curve=False)
+    err = one_line_error(ra("compare", "--db", db, "--plot", tmp_path / "x.png"))
+    assert "no val_loss curves" in err and not (tmp_path / "x.png").exists()
+    err = one_line_error(ra("compare", "--db", db, "--plot", tmp_path / "no" / "x.png"))
+    assert "does not exist" in err
+
+
+# ---------------------------------------------------------------- bench timings
+
+
+def add_bench(store, rows, *, environment=ENV_A, status="finished", shape=(8, 1024, 12, 64)):
+    rec = RunRecorder.start(
+        store,
+        kind="bench",
+        config={"bench": {"shape": list(shape)}},
+        env_info=environment,
+        git_commit="0123abc",
+        heartbeat=False,
+    )
+    b, t, h, d = shape
+    for attn, mode, phase, ms, st in rows:
+        rec.timing(
+            attn=attn, mode=mode, phase=phase, batch=b, seq=t, heads=h, head_dim=d,
+            dtype="float16", device="cuda", backend="flash", median_ms=ms,
+            p10_ms=None if ms is None else ms * 0.98, p90_ms=None if ms is None else ms * 1.02,
+            iters=100, tflops=None, status=st, reason=None if st == "ok" else "no CUDA graph",
+        )  # fmt: skip
+    if status == "finished":
+        rec.finish()
+    else:
+        rec.end(status)
+    return rec.run_id
+
+
+SEED_TIMINGS = [
+    ("baseline", "eager", "fwd", 1.33, "ok"),
+    ("baseline", "compile", "fwd", 1.15, "ok"),
+    ("baseline", "cuda_graph", "fwd", 1.07, "ok"),
+    ("ra_v5", "eager", "fwd", 1.33, "ok"),
+    ("ra_v5", "compile", "fwd", 1.15, "ok"),
+    ("ra_v5", "cuda_graph", "fwd", None, "skipped"),
+    ("baseline", "eager", "fwd_bwd", 4.0, "ok"),
+    ("baseline", "cuda_graph", "fwd_bwd", 3.0, "ok"),
+    ("ra_v5", "eager", "fwd_bwd", 4.2, "ok"),
+    ("ra_v5", "compile", "fwd_bwd", 3.3, "ok"),
+    ("ra_beta", "eager", "fwd", 0.5, "ok"),  # another variant: not part of this comparison
+]
+
+
+def test_metric_ms_best_vs_best(db, store):
+    first = add_bench(store, SEED_TIMINGS)
+    # a later run of the same shape and environment: a better ra_v5 graph time counts
+    second = add_bench(store, [("ra_v5", "cuda_graph", "fwd", 1.06, "ok")])
+    add_bench(store, [("ra_v5", "eager", "fwd", 0.01, "ok")], status="failed")  # ignored
+    other = add_bench(
+        store,
+        [("baseline", "eager", "fwd", 0.2, "ok"), ("ra_v5", "eager", "fwd", 0.4, "ok")],
+        shape=(2, 64, 4, 32),
+    )
+    res = ra("compare", "--db", db, "--metric", "ms")
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    assert out.count("FAIR COMPARISON (Best vs Best)") == 2
+    assert "Best Baseline:  1.070ms (cuda_graph)" in out
+    assert "Best RA v5:     1.060ms (cuda_graph)" in out
+    assert "RA v5 / Baseline: 0.99x  ✅ parity: within 5%" in out
+    assert "RA v5 / Baseline: 1.10x  within 15%: acceptable overhead (10.0% slower)" in out
+    assert "RA v5 / Baseline: 2.00x  ❌ overhead: 100.0% slower" in out
+    assert "ra_beta" not in out and "Ra_beta" not in out
+    # newest group first
+    assert out.index("B=2 T=64") < out.index("B=8 T=1024")
+
+    data = compare_json(db, "--metric", "ms")
+    assert data["metric"] == "ms"
+    g_new, g_old = data["groups"]
+    assert g_new["run_ids"] == [other] and g_old["run_ids"] == [first, second]
+    assert g_old["shape"] == {
+        "batch": 8, "seq": 1024, "heads": 12, "head_dim": 64, "dtype": "float16", "device": "cuda"
+    }  # fmt: skip
+    best = {(b["phase"], b["attn"]): b for b in g_old["best"]}
+    assert best[("fwd", "ra_v5")]["best_ms"] == 1.06
+    assert best[("fwd", "ra_v5")]["best_mode"] == "cuda_graph"
+    assert best[("fwd", "ra_v5")]["wording"] == "✅ parity: within 5%"
+    assert best[("fwd_bwd", "ra_v5")]["ratio"] == pytest.approx(1.1)
+    for b in g_old["best"]:
+        if b["ratio"] is not None and b["attn"] != "baseline":
+            assert f"{b['ratio']:.2f}x  {b['wording']}" in out
+
+
+def test_metric_ms_groups_by_environment_class(db, store):
+    add_bench(store, SEED_TIMINGS, environment=ENV_A)
+    add_bench(store, SEED_TIMINGS, environment=ENV_B)
+    data = compare_json(db, "--metric", "ms")
+    assert [g["env_class"][-6:] for g in data["groups"]] == ["2.10.0", "2.11.0"]
+    data = compare_json(db, "--metric", "ms", "--any-env")
+    assert len(data["groups"]) == 1 and data["groups"][0]["env_class"] is None
+
+
+def test_metric_ms_without_bench_runs(db, store):
+    add_history(store, n=1)
+    err = one_line_error(ra("compare", "--db", db, "--metric", "ms"))
+    assert "no ok bench timings of 'ra_v5'" in err and "ra bench" in err
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--metric", "perplexity"], "unknown metric 'perplexity'"),
+        (["--candidate", "baseline"], "nothing to compare"),
+        (["--threshold", "1"], "--threshold is a fraction"),
+        (["--speed-tolerance", "0"], "--speed-tolerance is a fraction"),
+        (["--since", "last week"], "bad --since 'last week'"),
+        (["--metric", "ms", "--plot", "x.png"], "does not apply to --metric ms"),
+        (["--candidate", "ra_beta"], "no finished train runs of 'ra_beta' (use `ra train --attn"),
+        (["--baseline", "sdpa_gate"], "no finished train runs of 'sdpa_gate'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(db, store, args, words):
+    add_history(store, n=1)
+    err = one_line_error(ra("compare", "--db", db, *args))
+    assert words in err
+
+
+def test_missing_database_is_bad_input(tmp_path):
+    err = one_line_error(ra("compare", "--db", tmp_path / "none.db"))
+    assert "no database" in err and not (tmp_path / "none.db").exists()
+
+
+def test_empty_database(db):
+    err = one_line_error(ra("compare", "--db", db))
+    assert "no finished train runs of 'ra_v5'" in err
+
+
+def test_compare_imports_no_torch(db, store, tmp_path):
+    add_history(store, n=2, seed=60)
+    add_bench(store, SEED_TIMINGS)
+    png = tmp_path / "p.png"
+    code = f"""
+import sys
+from racli.cli import app
+codes = []
+for args in (["compare", "--db", {str(db)!r}, "--plot", {str(png)!r}],
+             ["compare", "--db", {str(db)!r}, "--json", "--metric", "tokens_per_s"],
+             ["compare", "--db", {str(db)!r}, "--metric", "ms"]):
+    try:
+        app(args)
+    except SystemExit as exc:
+        codes.append(exc.code)
+assert codes == [0, 0, 0], codes
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------- 10,000 runs
+
+
+N_BIG = 10_000
+
+
+@pytest.fixture(scope="module")
+def big_db(template, tmp_path_factory) -> Path:
+    """10,000 finished train runs (plus some unfinished), inserted in one transaction."""
+    from sqlalchemy import insert
+
+    from racli.environment import fingerprint_of
+    from racli.store.models import Environment, Run, utcnow
+    from racli.store.recorder import config_hash
+
+    path = tmp_path_factory.mktemp("big") / "big.db"
+    shutil.copy(template, path)
+    store = open_store(str(path))
+    rnd = random.Random(0)
+    envs = [ENV_A, ENV_B, env(gpu="NVIDIA H200")]
+    configs = [{**CFG_X, "train": {**CFG_X["train"], "lr": lr}} for lr in (3e-4, 6e-4, 1e-3)]
+    hashes = [config_hash(c) for c in configs]
+    now = utcnow()
+    rows = []
+    for i in range(N_BIG + 500):
+        attn = ("baseline", "ra_v5", "ra_beta", "ra_v5_untied")[i % 4]
+        k = rnd.randrange(len(configs))
+        seed = i // 4
+        rows.append(
+            {
+                "kind": "train",
+                "attn": attn,
+                "status": "finished" if i < N_BIG else "failed",
+                "config": {**configs[k], "attn": attn, "seed": seed},
+                "config_hash": hashes[k],
+                "seed": seed,
+                "tag": None,
+                "git_commit": "0123abc",
+                "env_id": rnd.randrange(len(envs)) + 1,
+                "started_at": now,
+                "finished_at": now,
+                "heartbeat_at": now,
+                "iterations": 300,
+                "tokens": 300 * 4096,
+                "epochs": 0.4,
+                "train_seconds": 2.5,
+                "val_loss": 3.0 * (1 + 0.01 * rnd.gauss(0, 1)),
+                "tokens_per_s": TPS * (1 + 0.01 * rnd.gauss(0, 1)),
+            }
+        )
+    with store.writing() as conn:
+        conn.execute(
+            insert(Environment),
+            [{"fingerprint": fingerprint_of(e), **e} for e in envs],
+        )
+        conn.execute(insert(Run), rows)
+    store.close()
+    return path
+
+
+def test_compare_10000_runs(benchmark, big_db):
+    store = open_store(str(big_db), create=False)
+    try:
+        cmp = benchmark.pedantic(history.load_comparison, args=(store,), rounds=5, iterations=1)
+    finally:
+        store.close()
+    total = sum(g.size for g in [cmp.group, *cmp.others])
+    assert total == N_BIG // 2  # the baseline and ra_v5 halves of the finished runs
+    assert len(cmp.others) == 8  # 3 configs x 3 environment classes
+    assert cmp.verdict.outcome in ("PARITY", "INCONCLUSIVE")
+
+    t0 = time.perf_counter()
+    res = ra("compare", "--db", big_db, "--json")
+    cli_s = time.perf_counter() - t0
+    assert res.exit_code == 0, res.stderr
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "racli", "compare", "--db", str(big_db)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    process_s = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    benchmark.extra_info["runs"] = N_BIG
+    benchmark.extra_info["cli_in_process_s"] = round(cli_s, 3)
+    benchmark.extra_info["cli_new_process_s"] = round(process_s, 3)
+    print(
+        f"\ncompare over {N_BIG} runs: CLI in process {cli_s:.3f} s, "
+        f"`python -m racli compare` in a new process {process_s:.3f} s"
+    )
