@@ -1,0 +1,620 @@
+"""The timing harness of `ra bench`: one attention block, every mode and phase.
+
+Plain functions, no CLI and no printing; `racli.commands.bench` drives them
+and tests call them directly.
+
+What is timed
+-------------
+One attention block from `racli_models` (input projection, causal SDPA,
+output projection), built fresh for every configuration with identical
+initial weights (`torch.manual_seed(seed)` right before construction; the
+same seed for every configuration), on a random input `x` of shape
+(B, T, C = H*D) drawn from a generator seeded with the same seed. Dropout is
+0: the bench times the block, not the regulariser.
+
+- `fwd`: inference-style forward, as the seed timed it: module in `eval()`,
+  under `torch.no_grad()`.
+- `fwd_bwd`: forward plus backward of the scalar loss L = sum(out * G) for a
+  fixed random G (same seed), seeded as `out.backward(G)` so the loss adds no
+  kernels of its own; gradients of every parameter and of the input. Parameter
+  and input gradients are set to None before each step (as
+  `zero_grad(set_to_none=True)` does in a training loop), outside the timed
+  region.
+
+Modes
+-----
+- `eager`: the module as is.
+- `compile`: `torch.compile(module, dynamic=False)` (dynamo caches reset
+  first, so nothing is reused between configurations). The first call (and,
+  for fwd_bwd, its backward) traces and compiles: its wall time is recorded
+  as `compile_s` and never enters the timings; the warm-up follows.
+- `cuda_graph`: warm-up steps on a side stream, then one step is captured
+  into a `torch.cuda.CUDAGraph` with static input (and, for fwd_bwd, static
+  output gradient G; parameter/input grads are set to None before capture so
+  they are allocated in the graph's private pool and rewritten by every
+  replay); replays are timed. Capture time is recorded as `compile_s`.
+  Needs CUDA: on the CPU the row is `skipped` with the reason.
+
+Timing
+------
+After `warmup` untimed steps: on CUDA a pair of CUDA events is recorded around
+each of `repeats` steps on the current stream, with a single synchronize at
+the end; on the CPU `time.perf_counter()` around each step. The row holds the
+median, p10 and p90 over the repeats (numpy percentiles) and `iters` =
+repeats.
+
+SDPA backend
+------------
+`sdpa_backend` is `auto` (torch's own choice) or one of `flash`, `cudnn`,
+`efficient`, `math`, forced with `torch.nn.attention.sdpa_kernel([backend])`
+around everything (probe, warm-up, compile, capture, timing). The backend that
+actually ran is recorded on every row, found by :func:`detect_backend`: one
+eager step of the configuration's own module, with the configuration's grad
+mode, dtype, shapes and layouts, under a `TorchDispatchMode` that sees the
+fused attention kernel each SDPA call dispatched to
+(`_scaled_dot_product_flash_attention` -> `flash`, `..._cudnn_attention` ->
+`cudnn`, `..._efficient_attention` -> `efficient`,
+`..._flash_attention_for_cpu` -> `cpu_flash`, the CPU's fused kernel; an SDPA
+call, counted by a `TorchFunctionMode`, that reached no fused kernel ran the
+composite `math` path). This reads torch's selection instead of re-deriving
+its priority rules (which change between releases and, on sm90/sm100 with a
+recent cuDNN, put cuDNN first). `compile` and `cuda_graph` run the kernel that
+eager selection picks under the same flags (the compiled graph is traced, and
+the CUDA graph captured, under them). A forced backend that cannot serve the
+variant (the eager step raises) makes the row `skipped`, with torch's reason.
+
+FLOP count
+----------
+See :func:`block_flops`.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from racli.config import BenchShape
+from racli.errors import BadInput
+
+MODES = ("eager", "compile", "cuda_graph")
+PHASES = ("fwd", "fwd_bwd")
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+GRAPH_WARMUP = 3  # side-stream steps before a CUDA-graph capture (at least)
+
+# fused SDPA kernels (aten op names) -> the backend name recorded in `timings.backend`
+KERNEL_BACKENDS = {
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_flash_attention_for_cpu": "cpu_flash",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_efficient_attention": "efficient",
+    "_scaled_dot_product_fused_attention_overrideable": "overrideable",
+    "_scaled_dot_product_attention_math_for_mps": "mps_math",
+}
+
+
+# --------------------------------------------------------------------------
+# inputs: shapes, lists, dtypes, devices
+# --------------------------------------------------------------------------
+
+
+def parse_shape(text: str, presets: dict[str, BenchShape]) -> tuple[str, BenchShape]:
+    """A preset name from ra.yaml (`tiny`, `gpt2`, ...) or `B,T,H,D` -> (name, shape).
+
+    The name of an explicit shape is the text itself, normalised ("8,1024,12,64").
+    Raises BadInput on anything else.
+    """
+    text = (text or "").strip()
+    if text in presets:
+        return text, presets[text]
+    valid = ", ".join(presets) if presets else "none"
+    if "," not in text:
+        raise BadInput(f"unknown shape '{text}' (valid: a preset ({valid}) or B,T,H,D)")
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(parts) != 4 or len(values) != 4 or any(v < 1 for v in values):
+        raise BadInput(f"bad shape '{text}': expected B,T,H,D as four positive integers, "
+                       "e.g. 8,1024,12,64")
+    if values[3] < 2:
+        raise BadInput(f"bad shape '{text}': head_dim must be at least 2")
+    b, t, h, d = values
+    return ",".join(map(str, values)), BenchShape(batch=b, seq=t, heads=h, head_dim=d)
+
+
+def parse_modes(text: str | list[str]) -> list[str]:
+    """`eager,compile` -> ["eager", "compile"]; `all` -> the three modes. BadInput otherwise."""
+    items = _items(text)
+    out: list[str] = []
+    for item in items:
+        names = MODES if item == "all" else (item,)
+        for name in names:
+            if name not in MODES:
+                raise BadInput(f"unknown mode '{name}' (valid: {', '.join(MODES)}, all)")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise BadInput(f"no mode given (valid: {', '.join(MODES)}, all)")
+    return out
+
+
+def parse_phases(text: str) -> list[str]:
+    """`fwd`, `fwd_bwd` or `both` (also a comma list) -> the phases, in order."""
+    out: list[str] = []
+    for item in _items(text):
+        names = PHASES if item == "both" else (item,)
+        for name in names:
+            if name not in PHASES:
+                raise BadInput(f"unknown phase '{name}' (valid: fwd, fwd_bwd, both)")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise BadInput("no phase given (valid: fwd, fwd_bwd, both)")
+    return out
+
+
+def parse_attns(text: str | list[str], registry) -> list[str]:
+    """Comma list of attention names; each must be in `registry`. BadInput otherwise."""
+    out: list[str] = []
+    for name in _items(text):
+        if name not in registry:
+            raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(registry))})")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise BadInput(f"no attention given (valid: {', '.join(sorted(registry))})")
+    return out
+
+
+def _items(text: str | list[str] | None) -> list[str]:
+    if isinstance(text, (list, tuple)):
+        return [str(t).strip() for t in text if str(t).strip()]
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def resolve_device(name: str) -> str:
+    """`auto` -> `cuda` when available, else `cpu`. Asking for absent CUDA is BadInput."""
+    name = (name or "auto").strip().lower()
+    if name not in DEVICES:
+        raise BadInput(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: CUDA is not available on this machine")
+    return name
+
+
+def resolve_dtype(name: str | None, device: str) -> str:
+    """Canonical dtype name; default float16 on CUDA, float32 on the CPU."""
+    if name is None or name == "auto":
+        return "float16" if torch.device(device).type == "cuda" else "float32"
+    key = name.strip().lower()
+    if key not in DTYPES:
+        raise BadInput(f"unknown dtype '{name}' (valid: float32, float16, bfloat16)")
+    return str(DTYPES[key]).removeprefix("torch.")
+
+
+def check_sdpa_backend(name: str) -> str:
+    name = (name or "auto").strip().lower()
+    if name not in SDPA_BACKENDS:
+        raise BadInput(f"unknown SDPA backend '{name}' (valid: {', '.join(SDPA_BACKENDS)})")
+    return name
+
+
+# --------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------
+
+
+def block_flops(batch: int, seq: int, heads: int, head_dim: int, phase: str = "fwd",
+                causal: bool = True) -> int:
+    """Nominal FLOPs of one attention block (a multiply-add counts 2).
+
+    With C = heads * head_dim:
+        projections  2*B*T*C*(3C)  (q, k, v)  +  2*B*T*C*C  (output)  = 8*B*T*C^2
+        attention    2*B*H*T*T*D  (Q K^T)  +  2*B*H*T*T*D  (P V)      = 4*B*H*T^2*D,
+                     halved for causal attention (half the T^2 work)   = 2*B*H*T^2*D
+        fwd          projections + attention
+        fwd_bwd      3 * fwd (the backward does twice the forward's matmul work)
+    Softmax, masking and elementwise work are not counted. Every variant gets
+    the same nominal count, the work of a standard block, so TFLOP/s compares
+    like with like: a variant's extra work (ra_beta's second attention,
+    sdpa_gate's gate projection, ra_v5's weight composition) shows as lower
+    TFLOP/s, not as more useful work.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r} (valid: {', '.join(PHASES)})")
+    c = heads * head_dim
+    proj = 2 * batch * seq * c * (3 * c) + 2 * batch * seq * c * c
+    attn = 2 * (2 * batch * heads * seq * seq * head_dim)
+    if causal:
+        attn //= 2
+    fwd = proj + attn
+    return fwd if phase == "fwd" else 3 * fwd
+
+
+def tflops(flops: int, median_ms: float | None) -> float | None:
+    """TFLOP/s achieved by `flops` in `median_ms` milliseconds."""
+    if median_ms is None or not math.isfinite(median_ms) or median_ms <= 0:
+        return None
+    return flops / (median_ms * 1e-3) / 1e12
+
+
+def percentiles(times_ms: list[float]) -> tuple[float, float, float]:
+    """(median, p10, p90) of the per-repeat times."""
+    p10, p50, p90 = np.percentile(np.asarray(times_ms, dtype=np.float64), [10, 50, 90])
+    return float(p50), float(p10), float(p90)
+
+
+# --------------------------------------------------------------------------
+# modules and inputs
+# --------------------------------------------------------------------------
+
+
+def block_config(attn: str, shape: BenchShape, model_kw: dict | None = None):
+    """The GPTConfig of one block; ValueError for a shape the variant cannot take."""
+    from racli_models import GPTConfig
+
+    kw = dict(model_kw or {})
+    kw["dropout"] = 0.0
+    return GPTConfig.for_block(shape.heads, shape.head_dim, shape.seq, attn, **kw)
+
+
+def build_module(attn: str, shape: BenchShape, *, dtype: str = "float32", device: str = "cpu",
+                 seed: int = 0, model_kw: dict | None = None) -> torch.nn.Module:
+    """A fresh block with the weights every configuration of this seed gets."""
+    from racli_models import build_attention
+
+    cfg = block_config(attn, shape, model_kw)
+    torch.manual_seed(seed)
+    module = build_attention(attn, cfg)
+    return module.to(device=torch.device(device), dtype=DTYPES[dtype])
+
+
+def make_inputs(shape: BenchShape, *, dtype: str = "float32", device: str = "cpu",
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, G): the block input and the output gradient of the fwd_bwd loss, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    size = (shape.batch, shape.seq, shape.heads * shape.head_dim)
+    x = torch.randn(size, generator=g)
+    dout = torch.randn(size, generator=g)
+    dev, dt = torch.device(device), DTYPES[dtype]
+    return x.to(device=dev, dtype=dt), dout.to(device=dev, dtype=dt)
+
+
+def backend_context(name: str):
+    """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    enum = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+    return sdpa_kernel([enum])
+
+
+# --------------------------------------------------------------------------
+# backend detection
+# --------------------------------------------------------------------------
+
+
+def detect_backend(step: Callable[[], Any]) -> str:
+    """Run `step` once and name the SDPA backend(s) its attention calls ran.
+
+    A TorchFunctionMode counts calls of `F.scaled_dot_product_attention`; a
+    TorchDispatchMode sees the fused forward kernel each call dispatched to
+    (see the module docstring for the names). Calls that reached no fused
+    kernel ran the composite math path. Several distinct backends (possible
+    for a variant with two attention calls) are joined with "+"; "none" when
+    the step made no SDPA call.
+    """
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    class _Calls(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is sdpa:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    class _Kernels(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name.split("::")[-1]
+            if name in KERNEL_BACKENDS:
+                self.seen.append(KERNEL_BACKENDS[name])
+            return func(*args, **(kwargs or {}))
+
+    with _Calls() as calls, _Kernels() as kernels:
+        step()
+    names = list(kernels.seen)
+    names += ["math"] * max(0, calls.n - len(kernels.seen))
+    unique = list(dict.fromkeys(names))
+    return "+".join(unique) if unique else "none"
+
+
+# --------------------------------------------------------------------------
+# one configuration
+# --------------------------------------------------------------------------
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    for line in str(text).splitlines():
+        line = line.strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return ""
+
+
+def _reason(exc: BaseException) -> str:
+    first = _first_line(str(exc))
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(step: Callable[[], Any], before: Callable[[], None], device: torch.device,
+             repeats: int) -> list[float]:
+    """Per-repeat times (ms) of `step`; `before` runs outside the timed region."""
+    times: list[float] = []
+    if device.type == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for i in range(repeats):
+            before()
+            starts[i].record()
+            step()
+            ends[i].record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    for _ in range(repeats):
+        before()
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _row(attn, mode, phase, shape, dtype, device, **extra) -> dict:
+    row = {"attn": attn, "mode": mode, "phase": phase, "batch": shape.batch, "seq": shape.seq,
+           "heads": shape.heads, "head_dim": shape.head_dim, "dtype": dtype, "device": device,
+           "median_ms": None, "p10_ms": None, "p90_ms": None, "iters": None, "tflops": None,
+           "status": "ok", "reason": None, "backend": None, "compile_s": None}
+    row.update(extra)
+    return row
+
+
+class _Skip(Exception):
+    """The configuration cannot run here (becomes a `skipped` row)."""
+
+
+def _probe(step: Callable[[], Any], sdpa_backend: str) -> str:
+    """One eager step under the backend flags; the backend that ran.
+
+    With a forced backend, a RuntimeError (other than running out of memory)
+    means the backend cannot serve this variant: _Skip with torch's reason
+    (the most specific warning it printed, else the error's first line).
+    """
+    if sdpa_backend == "auto":
+        return detect_backend(step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return detect_backend(step)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            why = [_first_line(str(w.message)) for w in caught
+                   if issubclass(w.category, UserWarning)]
+            why = [w for w in why if w and not w.lower().endswith("because:")
+                   and ("attention" in w.lower() or "kernel" in w.lower())]
+            detail = why[0] if why else _first_line(str(exc))
+            raise _Skip(f"SDPA backend '{sdpa_backend}' unavailable for this configuration: "
+                        f"{detail}") from exc
+
+
+def time_config(attn: str, mode: str, phase: str, shape: BenchShape, *, dtype: str = "float32",
+                device: str = "cpu", repeats: int = 100, warmup: int = 20,
+                sdpa_backend: str = "auto", seed: int = 0, model_kw: dict | None = None) -> dict:
+    """Time one (attn, mode, phase) configuration; returns its `timings` row as a dict.
+
+    Keys: attn, mode, phase, batch, seq, heads, head_dim, dtype, device,
+    median_ms, p10_ms, p90_ms, iters, tflops, status (ok | skipped | failed),
+    reason, backend, compile_s. Never raises for a configuration that cannot
+    run (except KeyboardInterrupt): the row says `skipped` (cannot run here:
+    CUDA graph without CUDA, a forced SDPA backend the variant cannot use) or
+    `failed` (anything else, e.g. a compile error), with the reason.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (valid: {', '.join(MODES)})")
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r} (valid: {', '.join(PHASES)})")
+    dtype = resolve_dtype(dtype, device)
+    dev = torch.device(device)
+    row = _row(attn, mode, phase, shape, dtype, dev.type)
+    if mode == "cuda_graph" and (dev.type != "cuda" or not torch.cuda.is_available()):
+        row.update(status="skipped",
+                   reason=f"CUDA graphs need a CUDA device; this bench runs on {dev.type}")
+        return row
+    if sdpa_backend != "auto":
+        row["backend"] = sdpa_backend
+    state: dict[str, Any] = {}
+    try:
+        with backend_context(sdpa_backend):
+            times, backend, compile_s = _run(attn, mode, phase, shape, dtype, dev, repeats, warmup,
+                                             sdpa_backend, seed, model_kw, state)
+    except KeyboardInterrupt:
+        raise
+    except _Skip as exc:
+        row.update(status="skipped", reason=str(exc))
+        return row
+    except Exception as exc:  # noqa: BLE001 - a configuration that fails must not stop the others
+        row.update(status="failed", reason=_reason(exc))
+        return row
+    finally:
+        state.clear()
+        if mode == "compile":
+            torch._dynamo.reset()
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    median, p10, p90 = percentiles(times)
+    flops = block_flops(shape.batch, shape.seq, shape.heads, shape.head_dim, phase)
+    row.update(median_ms=median, p10_ms=p10, p90_ms=p90, iters=len(times),
+               tflops=tflops(flops, median), backend=backend, compile_s=compile_s)
+    return row
+
+
+def make_step(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dout: torch.Tensor,
+              phase: str) -> Callable[[], torch.Tensor]:
+    """One step of `phase` on `fn` (a module or its compiled form).
+
+    fwd: `fn(x)` under `torch.no_grad()`. fwd_bwd: `fn(x)`, then the backward
+    of L = sum(out * dout), seeded as `out.backward(dout)`; parameter grads
+    (and x's, when x requires grad) accumulate into `.grad` unless cleared.
+    """
+    if phase == "fwd":
+        def step() -> torch.Tensor:
+            with torch.no_grad():
+                return fn(x)
+    else:
+        def step() -> torch.Tensor:
+            out = fn(x)
+            out.backward(dout)
+            return out
+    return step
+
+
+def _run(attn, mode, phase, shape, dtype, dev, repeats, warmup, sdpa_backend, seed, model_kw,
+         state) -> tuple[list[float], str, float | None]:
+    module = build_module(attn, shape, dtype=dtype, device=str(dev), seed=seed, model_kw=model_kw)
+    x, dout = make_inputs(shape, dtype=dtype, device=str(dev), seed=seed)
+    state.update(module=module, x=x, dout=dout)
+    params = list(module.parameters())
+    if phase == "fwd":
+        module.eval()
+    else:
+        module.train()
+        x.requires_grad_(True)
+
+    def clear_grads() -> None:
+        for p in params:
+            p.grad = None
+        x.grad = None
+
+    def no_op() -> None:
+        pass
+
+    eager = make_step(module, x, dout, phase)
+    backend = _probe(eager, sdpa_backend)
+    clear_grads()
+    compile_s = None
+    before = clear_grads if phase == "fwd_bwd" else no_op
+
+    if mode == "eager":
+        step = eager
+    elif mode == "compile":
+        torch._dynamo.reset()
+        compiled = torch.compile(module, dynamic=False)
+        state["compiled"] = compiled
+        step = make_step(compiled, x, dout, phase)
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        compile_s = time.perf_counter() - t0
+        clear_grads()
+    else:  # cuda_graph
+        step, compile_s = _capture(eager, clear_grads, phase, dev, warmup, state)
+        before = no_op
+
+    for _ in range(warmup):
+        before()
+        step()
+    _sync(dev)
+    times = _measure(step, before, dev, repeats)
+    return times, backend, compile_s
+
+
+def _capture(eager: Callable[[], Any], clear_grads: Callable[[], None], phase: str,
+             dev: torch.device, warmup: int, state: dict) -> tuple[Callable[[], Any], float]:
+    """Warm up on a side stream, capture one step into a CUDA graph; (replay, capture seconds)."""
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(max(GRAPH_WARMUP, min(warmup, 10))):
+            clear_grads()
+            eager()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    torch.cuda.synchronize(dev)
+    graph = torch.cuda.CUDAGraph()
+    # grads set to None before capture: backward allocates them from the graph's
+    # pool, and each replay rewrites those same tensors (no accumulation)
+    clear_grads()
+    t0 = time.perf_counter()
+    with torch.cuda.graph(graph):
+        state["static_out"] = eager()
+    torch.cuda.synchronize(dev)
+    capture_s = time.perf_counter() - t0
+    state["graph"] = graph
+    return graph.replay, capture_s
+
+
+# --------------------------------------------------------------------------
+# plans and summaries
+# --------------------------------------------------------------------------
+
+
+def plan(attns: list[str], modes: list[str], phases: list[str]) -> Iterator[tuple[str, str, str]]:
+    """Configurations in the seed's order: per attention, per mode, per phase."""
+    for attn in attns:
+        for mode in modes:
+            for phase in phases:
+                yield attn, mode, phase
+
+
+def timing_rows(rows: list[dict]):
+    """`racli.verdict.TimingRow`s of result dicts (for best-vs-best and rendering)."""
+    from racli.verdict import TimingRow
+
+    return [TimingRow(attn=r["attn"], mode=r["mode"], phase=r["phase"], median_ms=r["median_ms"],
+                      p10_ms=r["p10_ms"], p90_ms=r["p90_ms"], status=r["status"],
+                      backend=r.get("backend"), reason=r.get("reason"), tflops=r.get("tflops"))
+            for r in rows]
+
+
+def baseline_eager_ratio(row: dict, rows: list[dict], baseline: str = "baseline") -> float | None:
+    """`row`'s median over the baseline's eager median, same phase and backend (or None)."""
+    if row.get("status") != "ok" or row.get("median_ms") is None:
+        return None
+    for r in rows:
+        if (r["attn"] == baseline and r["mode"] == "eager" and r["phase"] == row["phase"]
+                and r.get("backend") == row.get("backend") and r["status"] == "ok"
+                and r.get("median_ms")):
+            return row["median_ms"] / r["median_ms"]
+    return None
