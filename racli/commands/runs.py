@@ -45,21 +45,43 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-def runs_table(rows: list[dict]):
+# (header, justify, value of a row dict); the key columns come first and never wrap
+RUN_TABLE_COLUMNS = (
+    ("id", "right", lambda r: str(r["id"])),
+    ("kind", "left", lambda r: r["kind"]),
+    ("attn", "left", lambda r: r["attn"] or "-"),
+    ("status", "left", lambda r: r["status"]),
+    ("seed", "right", lambda r: _fmt(r["seed"])),
+    ("tag", "left", lambda r: r["tag"] or "-"),
+    ("val_loss", "right", lambda r: _fmt(r["val_loss"])),
+    ("tok/s", "right", lambda r: _fmt(r["tokens_per_s"])),
+    ("iters", "right", lambda r: _fmt(r["iterations"])),
+    ("started", "left", lambda r: (r["started_at"] or "")[:16]),
+    ("epochs", "right", lambda r: _fmt(r["epochs"], 3)),
+)
+STATUS_COLOURS = {"finished": "green", "failed": "red", "crashed": "red", "diverged": "magenta",
+                  "interrupted": "yellow", "running": "cyan"}
+
+
+def runs_table(rows: list[dict], width: int = 200):
+    """A Rich table of runs; on a narrow terminal the trailing columns are left
+    out (whole, never cut mid-value): `--json` or `ra runs show` has them all."""
     from rich.table import Table
 
+    cells = [[get(r) for _, _, get in RUN_TABLE_COLUMNS] for r in rows]
+    keep, used = 0, 1
+    for i, (header, _, _) in enumerate(RUN_TABLE_COLUMNS):
+        w = max([len(header)] + [len(c[i]) for c in cells]) + 3
+        if used + w > width and keep >= 4:
+            break
+        used, keep = used + w, keep + 1
     table = Table(title=f"{len(rows)} run(s), newest first")
-    for col, justify in (("id", "right"), ("kind", "left"), ("attn", "left"), ("status", "left"),
-                         ("seed", "right"), ("tag", "left"), ("started", "left"), ("iters", "right"),
-                         ("val_loss", "right"), ("tok/s", "right"), ("epochs", "right")):
-        table.add_column(col, justify=justify)
-    colours = {"finished": "green", "failed": "red", "crashed": "red", "diverged": "magenta",
-               "interrupted": "yellow", "running": "cyan"}
-    for r in rows:
-        st = r["status"]
-        table.add_row(str(r["id"]), r["kind"], r["attn"] or "-", f"[{colours.get(st, 'white')}]{st}[/]",
-                      _fmt(r["seed"]), r["tag"] or "-", (r["started_at"] or "")[:16], _fmt(r["iterations"]),
-                      _fmt(r["val_loss"]), _fmt(r["tokens_per_s"]), _fmt(r["epochs"], 3))
+    for header, justify, _ in RUN_TABLE_COLUMNS[:keep]:
+        table.add_column(header, justify=justify, no_wrap=True)
+    for r, row in zip(rows, cells):
+        row = row[:keep]
+        row[3] = f"[{STATUS_COLOURS.get(r['status'], 'white')}]{row[3]}[/]"
+        table.add_row(*row)
     return table
 
 
@@ -89,7 +111,8 @@ def runs(
     elif not rows:
         typer.echo("no runs recorded" + (" match the filters" if any((kind, attn, status, tag)) else ""))
     else:
-        common.console().print(runs_table(rows))
+        con = common.console()
+        con.print(runs_table(rows, width=con.width))
 
 
 def _inherit(ctx: typer.Context, db, config):

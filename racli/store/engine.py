@@ -48,9 +48,11 @@ def make_engine(db: str) -> Engine:
             # delays it and breaks busy waiting), then set the pragmas.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            # No journal_mode here: switching to WAL rewrites the file header,
+            # and a database refused by open_store must stay untouched
+            # (open_store enables WAL once the schema check has passed).
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
@@ -89,18 +91,56 @@ def known_revisions() -> list[str]:
     return [r.revision for r in script.walk_revisions()]
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def enable_wal(engine: Engine) -> None:
+    """Switch a SQLite database to WAL journaling (persistent in the file)."""
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()
+    try:
+        dbapi = raw.driver_connection
+        if str(dbapi.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            dbapi.execute("PRAGMA journal_mode=WAL")
+    finally:
+        raw.close()
+
+
+def _migrate(engine: Engine, action: str, revision: str) -> None:
+    """Run an Alembic command in one write transaction.
+
+    SQLite: the transaction takes the write lock up front (BEGIN IMMEDIATE),
+    so processes opening a fresh database at once migrate one after the
+    other instead of failing with 'database is locked'; and foreign-key
+    enforcement is off while it runs, because batch migrations rebuild a
+    table (copy, DROP, rename) and a DROP of `runs` with enforcement on
+    would cascade-delete every metric, timing and gate value.
+    """
     from alembic import command
 
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        dbapi = None
+        if sqlite:
+            conn.execution_options(ra_write=True)
+            dbapi = conn.connection.driver_connection
+            dbapi.execute("PRAGMA foreign_keys=OFF")  # only effective outside a transaction
+        try:
+            with conn.begin():
+                getattr(command, action)(_alembic_config(conn), revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration to {revision} broke foreign keys: {broken[:3]}")
+        finally:
+            if dbapi is not None:
+                dbapi.execute("PRAGMA foreign_keys=ON")
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    _migrate(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    from alembic import command
-
-    with engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), revision)
+    _migrate(engine, "downgrade", revision)
 
 
 @dataclass
@@ -167,6 +207,12 @@ def open_store(db: str, *, create: bool = True, migrate: bool = True) -> Store:
             engine.dispose()
             raise BadInput(f"database {db} holds tables ({', '.join(sorted(tables)[:4])}) "
                            f"but no ra schema version: not an ra database")
+    try:
+        enable_wal(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
+        raise BadInput(f"cannot open database {db}: {msg}") from exc
     if migrate and rev != HEAD_REVISION:
         try:
             upgrade(engine)

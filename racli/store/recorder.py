@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from datetime import datetime, timedelta
@@ -30,6 +31,8 @@ END_STATES = ("finished", "failed", "interrupted", "diverged")
 # A `running` run whose heartbeat is older than this is shown as crashed.
 STALE_AFTER = timedelta(seconds=120)
 NON_COMPARABLE_KEYS = ("attn", "seed", "tag")
+TIMING_FIELDS = tuple(c.name for c in Timing.__table__.columns if c.name not in ("id", "run_id"))
+TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 
 
 def config_hash(config: dict, exclude: tuple[str, ...] = NON_COMPARABLE_KEYS) -> str:
@@ -77,6 +80,8 @@ class RunRecorder:
         self._metrics: list[dict] = []
         self._gates: list[dict] = []
         self._timings: list[dict] = []
+        self._buffer_lock = threading.Lock()  # appends vs. the writer's buffer swap
+        self.skipped_non_finite = 0  # metric values that were NaN/inf (not storable)
         self._lock = threading.Lock()  # one writer at a time (thread vs. main)
         self._stop = threading.Event()
         self._ended = False
@@ -115,8 +120,17 @@ class RunRecorder:
 
     # ---- buffered rows -------------------------------------------------
     def metric(self, step: int, name: str, value: float, elapsed_s: float | None = None) -> None:
-        self._metrics.append({"run_id": self.run_id, "step": int(step), "name": name,
-                              "value": float(value), "elapsed_s": elapsed_s})
+        """Buffer one metric value. NaN/inf cannot be stored (SQLite turns NaN
+        into NULL): such values are counted in `skipped_non_finite`, and the
+        trainer records the divergence on the run itself."""
+        value = float(value)
+        if not math.isfinite(value):
+            self.skipped_non_finite += 1
+            return
+        row = {"run_id": self.run_id, "step": int(step), "name": name, "value": value,
+               "elapsed_s": elapsed_s}
+        with self._buffer_lock:
+            self._metrics.append(row)
 
     def metrics(self, step: int, values: dict[str, float], elapsed_s: float | None = None) -> None:
         for name, value in values.items():
@@ -124,15 +138,26 @@ class RunRecorder:
 
     def gates(self, step: int, values: dict[int, dict[str, Any]]) -> None:
         """values: layer -> gate name -> per-head values (list, array or tensor)."""
+        rows = []
         for layer, named in values.items():
             for name, per_head in named.items():
                 seq = per_head.tolist() if hasattr(per_head, "tolist") else list(per_head)
-                for head, v in enumerate(seq):
-                    self._gates.append({"run_id": self.run_id, "step": int(step), "layer": int(layer),
-                                        "head": head, "name": name, "value": float(v)})
+                rows.extend({"run_id": self.run_id, "step": int(step), "layer": int(layer),
+                             "head": head, "name": name, "value": float(v)}
+                            for head, v in enumerate(seq) if math.isfinite(float(v)))
+        with self._buffer_lock:
+            self._gates.extend(rows)
 
     def timing(self, **row: Any) -> None:
-        self._timings.append({"run_id": self.run_id, **row})
+        """One timing row; columns left out are NULL (status defaults to ok).
+
+        Every buffered row carries every column, so rows with different keys
+        (a skipped mode has no median_ms) insert together in one batch."""
+        unknown = set(row) - set(TIMING_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown timing field(s): {', '.join(sorted(unknown))}")
+        with self._buffer_lock:
+            self._timings.append({**TIMING_DEFAULTS, **row, "run_id": self.run_id})
 
     # ---- writing -------------------------------------------------------
     def flush(self) -> None:
@@ -140,18 +165,28 @@ class RunRecorder:
         with self._lock:
             t0 = time.perf_counter()
             # swap the buffers first: appends from the main thread go to the new lists
-            metrics, self._metrics = self._metrics, []
-            gates, self._gates = self._gates, []
-            timings, self._timings = self._timings, []
-            with self.store.writing() as conn:
-                if metrics:
-                    conn.execute(insert(Metric), metrics)
-                if gates:
-                    conn.execute(insert(GateValue), gates)
-                if timings:
-                    conn.execute(insert(Timing), timings)
-                if not self._ended:
-                    conn.execute(update(Run).where(Run.id == self.run_id).values(heartbeat_at=utcnow()))
+            with self._buffer_lock:
+                metrics, self._metrics = self._metrics, []
+                gates, self._gates = self._gates, []
+                timings, self._timings = self._timings, []
+            try:
+                with self.store.writing() as conn:
+                    if metrics:
+                        conn.execute(insert(Metric), metrics)
+                    if gates:
+                        conn.execute(insert(GateValue), gates)
+                    if timings:
+                        conn.execute(insert(Timing), timings)
+                    if not self._ended:
+                        conn.execute(update(Run).where(Run.id == self.run_id).values(heartbeat_at=utcnow()))
+            except BaseException:
+                # the transaction rolled back: put the rows back, ahead of any
+                # appended meanwhile, so that the next flush writes them
+                with self._buffer_lock:
+                    self._metrics[:0] = metrics
+                    self._gates[:0] = gates
+                    self._timings[:0] = timings
+                raise
             self.write_seconds += time.perf_counter() - t0
 
     def _writer(self) -> None:

@@ -1,0 +1,240 @@
+"""Tests for racli.config: the packaged ra.yaml, which file is read, validation, overrides, --db."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from racli.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    packaged_config_path,
+    resolve_config_path,
+    resolve_db,
+)
+from racli.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _packaged_data() -> dict:
+    return yaml.safe_load((REPO / "ra.yaml").read_text())
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---- the packaged file ----------------------------------------------------
+
+def test_packaged_presets_shapes_and_verdict():
+    cfg = load_config(packaged_config_path())
+    presets = {name: (p.n_layer, p.n_head, p.n_embd, p.block_size) for name, p in cfg.models.items()}
+    assert presets == {"tiny": (2, 4, 128, 128), "small": (6, 6, 384, 256), "gpt2": (12, 12, 768, 1024)}
+    shapes = {name: (s.batch, s.seq, s.heads, s.head_dim) for name, s in cfg.bench.shapes.items()}
+    assert shapes["tiny"] == (2, 64, 4, 32)
+    assert shapes["gpt2"] == (8, 1024, 12, 64)
+    assert cfg.verdict.threshold == pytest.approx(0.01)
+    assert cfg.verdict.speed_tolerance == pytest.approx(0.10)
+    assert cfg.db == "ra.db"
+    assert cfg.model.preset == "tiny" and cfg.model.ra_rank == 4
+    assert cfg.bench.attn == ["baseline", "ra_v5"]
+    assert cfg.bench.modes == ["eager", "compile", "cuda_graph"]
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(6e-4)
+    assert cfg.model_fields("gpt2")["n_embd"] == 768
+
+
+def test_packaged_file_is_the_repository_file_not_a_copy():
+    packaged = packaged_config_path()
+    assert packaged.is_file()
+    assert packaged.read_bytes() == (REPO / "ra.yaml").read_bytes()
+    assert os.path.samefile(packaged, REPO / "ra.yaml")
+    in_package = REPO / "racli" / "ra.yaml"
+    assert in_package.is_symlink(), "racli/ra.yaml must be a link to ra.yaml, not a second copy"
+    assert in_package.resolve() == (REPO / "ra.yaml").resolve()
+
+
+def test_every_key_of_the_packaged_file_is_known():
+    # the dataclass defaults and the file agree on the set of keys
+    cfg = load_config(packaged_config_path())
+    data = _packaged_data()
+    as_dict = cfg.to_dict()
+    for section, value in data.items():
+        assert section in as_dict
+        if isinstance(value, dict) and section not in ("models",):
+            assert set(value) <= set(as_dict[section])
+
+
+# ---- which file -----------------------------------------------------------
+
+def test_config_option_picks_another_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _packaged_data()
+    data["db"] = "other.db"
+    data["verdict"]["threshold"] = 0.02
+    other = _write(tmp_path / "other.yaml", data)
+    cfg = load_config(str(other))
+    assert cfg.db == "other.db"
+    assert cfg.verdict.threshold == pytest.approx(0.02)
+    assert cfg.source == str(other)
+
+
+def test_local_ra_yaml_is_used_when_present(tmp_path, monkeypatch):
+    data = _packaged_data()
+    data["db"] = "local.db"
+    _write(tmp_path / "ra.yaml", data)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path(None) == Path("ra.yaml")
+    cfg = load_config()
+    assert cfg.db == "local.db"
+    assert Path(cfg.source).resolve() == (tmp_path / "ra.yaml").resolve()
+
+
+def test_packaged_file_is_used_without_local_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path(None) == packaged_config_path()
+    cfg = load_config()
+    assert cfg.db == "ra.db"
+    assert os.path.samefile(cfg.source, REPO / "ra.yaml")
+
+
+def test_missing_config_file_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_partial_file_keeps_defaults(tmp_path):
+    p = tmp_path / "mini.yaml"
+    p.write_text("models:\n  tiny: {n_layer: 2, n_head: 4, n_embd: 128, block_size: 128}\n")
+    cfg = load_config(p)
+    assert cfg.train.batch_size == 32 and cfg.verdict.threshold == pytest.approx(0.01)
+
+
+# ---- validation -----------------------------------------------------------
+
+def _edit(data: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return data
+
+
+BAD_VALUES = [
+    # (dotted key, value, key named in the message, words of the reason)
+    ("bogus", 1, "bogus", "unknown key"),
+    ("train.bogus", 1, "train.bogus", "unknown key"),
+    ("models.tiny.n_lyer", 2, "models.tiny.n_lyer", "unknown key"),
+    ("train.batch_size", "32", "train.batch_size", "must be an integer"),
+    ("train.batch_size", True, "train.batch_size", "must be an integer"),
+    ("models.tiny.n_head", 4.5, "models.tiny.n_head", "must be an integer"),
+    ("model.bias", "yes please", "model.bias", "must be true or false"),
+    ("train.lr", -0.001, "train.lr", "must be > 0"),
+    ("train.lr", "fast", "train.lr", "must be a number"),
+    ("verdict.threshold", 1.0, "verdict.threshold", "must be < 1"),
+    ("verdict.threshold", 1.5, "verdict.threshold", "must be < 1"),
+    ("train.compile", "maybe", "train.compile", "must be one of"),
+    ("model.preset", "huge", "model.preset", "unknown preset"),
+    ("models.tiny.n_embd", 130, "models.tiny", "not divisible by n_head"),
+    ("model.ra_rank", 32, "model.ra_rank", "between 1 and head_dim-1"),
+    ("bench.attn", ["baseline", "flash9"], "bench.attn[1]", "unknown attention"),
+    ("bench.modes", ["eager", "warp"], "bench.modes[1]", "unknown mode"),
+    ("bench.shape", "huge", "bench.shape", "unknown shape"),
+    ("train", 5, "train", "must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("dotted,value,key,reason", BAD_VALUES,
+                         ids=[f"{d}={v!r}" for d, v, _, _ in BAD_VALUES])
+def test_invalid_value_names_file_key_and_reason(tmp_path, dotted, value, key, reason):
+    path = _write(tmp_path / "bad.yaml", _edit(_packaged_data(), dotted, value))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    msg = str(err)
+    assert isinstance(err, BadInput)
+    assert "\n" not in msg, msg
+    assert msg.startswith(f"{path}: "), msg
+    assert f": {key}: " in msg, msg
+    assert reason in msg, msg
+    assert err.key == key
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    text = (REPO / "ra.yaml").read_text().replace("  lr: 6.0e-4", "  lr: [6.0e-4")
+    assert text != (REPO / "ra.yaml").read_text()
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path))
+    assert "YAML syntax error" in msg and "line " in msg
+
+
+def test_tab_indentation_is_a_syntax_error(tmp_path):
+    path = tmp_path / "tabs.yaml"
+    path.write_text("train:\n\tlr: 0.1\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+# ---- overrides ------------------------------------------------------------
+
+def test_apply_overrides_sets_values():
+    cfg = load_config(packaged_config_path())
+    out = apply_overrides(cfg, ["model.ra_rank=8", "train.gate_lr_mult=10"])
+    assert out.model.ra_rank == 8
+    assert out.train.gate_lr_mult == 10.0 and isinstance(out.train.gate_lr_mult, float)
+    # the input is left as it was
+    assert cfg.model.ra_rank == 4 and cfg.train.gate_lr_mult == 1.0
+    # a preset field through the model section
+    assert apply_overrides(cfg, ["model.n_layer=3"]).model_fields()["n_layer"] == 3
+    assert apply_overrides(cfg, []) is cfg
+
+
+@pytest.mark.parametrize("item,reason", [
+    ("model.ra_rank", "expected KEY=VALUE"),
+    ("model.ra_rank=abc", "must be an integer"),
+    ("model.ra_rank=32", "between 1 and head_dim-1"),
+    ("model.nope=1", "unknown key"),
+    ("verdict.threshold=0.5", "SECTION.FIELD"),
+    ("ra_rank=8", "SECTION.FIELD"),
+    ("train.lr=-1", "must be > 0"),
+    ("train.gate_lr_mult=0", "must be > 0"),
+    ("model.preset=huge", "unknown preset"),
+])
+def test_apply_overrides_rejects_bad_items(item, reason):
+    cfg = load_config(packaged_config_path())
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(cfg, [item])
+    msg = str(info.value)
+    assert reason in msg and "\n" not in msg
+    assert msg.startswith("--set")
+
+
+# ---- the database location -------------------------------------------------
+
+def test_resolve_db_precedence(monkeypatch):
+    cfg = Config(db="from_file.db")
+    monkeypatch.delenv("RA_DB", raising=False)
+    assert resolve_db(None, cfg) == "from_file.db"
+    monkeypatch.setenv("RA_DB", "from_env.db")
+    assert resolve_db(None, cfg) == "from_env.db"
+    assert resolve_db("from_cli.db", cfg) == "from_cli.db"
+    monkeypatch.delenv("RA_DB")
+    assert resolve_db("from_cli.db", cfg) == "from_cli.db"
