@@ -43,7 +43,14 @@ class RaGroup(TyperGroup):
             if debug:
                 traceback.print_exc()
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            _say(f"error: {exc.format_message()}{hint}")
+            message = exc.format_message().strip()
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                # the help is the message (or was already printed by rich): show it on
+                # stdout and say in one line what was missing
+                if message:
+                    sys.stdout.write(message + "\n")
+                message = "missing command"
+            _say(f"error: {message}{hint}")
             sys.exit(2)
         except BadInput as exc:
             if debug:
@@ -92,10 +99,18 @@ def _root(
 
 
 def _register() -> None:
-    from racli.commands import db, runs
+    from racli.commands import bench, db, runs
 
+    app.command("bench")(bench.bench)
     app.add_typer(runs.app, name="runs")
     app.add_typer(db.app, name="db")
+    from racli.commands import compare, gates
+
+    app.command("compare")(compare.compare)
+    app.command("gates")(gates.gates)
+    from racli.commands import train
+
+    app.command("train")(train.train)
 
 
 _register()

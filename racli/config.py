@@ -310,9 +310,15 @@ def _parse_scalar(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a number was meant
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(cfg: Config, overrides: list[str], sections: tuple[str, ...] = ("model", "train")) -> Config:

@@ -38,7 +38,7 @@ def make_block(attn: str, bias: bool = False, **kw):
     m = build_attention(attn, cfg)
     set_gates(m)
     with torch.no_grad():  # O(1) scores (the 0.02 init gives near-uniform attention)
-        for name, p in m.named_parameters():
+        for p in m.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 1.0 / math.sqrt(C))
     if bias:  # random biases, so the bias paths are checked too
@@ -158,7 +158,9 @@ def test_gate_parameters_get_nonzero_gradients(attn):
 
 def _std_qkv(m, x):
     """Standard q, k (D_std per head) and v of ra_v5, straight from W_q, W_k, W_v."""
-    heads = lambda t: t.view(B, T, H, -1).transpose(1, 2)
+    def heads(t):
+        return t.view(B, T, H, -1).transpose(1, 2)
+
     return heads(x @ m.W_q.T), heads(x @ m.W_k.T), heads(x @ m.W_v.T)
 
 

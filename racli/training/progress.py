@@ -1,0 +1,151 @@
+"""What a training run shows while it runs, and the summary block at its end.
+
+`ConsoleReporter` draws a Rich progress bar on stderr (step, loss, tokens/s,
+time left) when stderr is a terminal, and prints a plain line every
+`every_s` seconds otherwise (logs, CI). The trainer calls it at log points
+only, so it costs nothing per step. `NullReporter` is silent (tests, ranks
+other than 0). `summary_text` is the per-run summary printed on stdout.
+No torch here.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TextIO
+
+EPOCH_WARNING = "validation loss measures memorisation as much as modelling"
+
+
+def epoch_warning(epochs: float) -> str:
+    return (f"WARNING: {epochs:.2f} passes over the training split (past one epoch): "
+            f"{EPOCH_WARNING}")
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "-"
+    s = max(0.0, s)
+    if s < 10:
+        return f"{s:.1f}s"
+    if s < 60:
+        return f"{s:.0f}s"
+    m, sec = divmod(round(s), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+class NullReporter:
+    """Shows nothing."""
+
+    def start(self, *, run_id: int | None, attn: str, total: float, unit: str,
+              done: float = 0.0) -> None:
+        pass
+
+    def update(self, *, step: int, done: float, loss: float | None,
+               tokens_per_s: float | None, left_s: float | None) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ConsoleReporter(NullReporter):
+    """A Rich progress bar on a terminal; periodic plain lines otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = 10.0,
+                 bar: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self.bar = self.stream.isatty() if bar is None else bar
+        self._progress = None
+        self._task = None
+        self._last_line = -math.inf
+        self._label = ""
+
+    def start(self, *, run_id, attn, total, unit, done=0.0) -> None:
+        self._label = f"{attn} run {run_id}" if run_id is not None else attn
+        self._unit = unit
+        if not self.bar:
+            what = f"{total:g} steps" if unit == "steps" else f"{fmt_seconds(total)} of training"
+            self._line(f"training {self._label}: {what}")
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("step {task.fields[step]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[left]} left"),
+            console=Console(file=self.stream),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self._label, total=total, completed=done,
+                                             step="0", loss="-", tps="-", left="-")
+
+    def update(self, *, step, done, loss, tokens_per_s, left_s) -> None:
+        loss_s = _num(loss, ".4f")
+        tps_s = _num(tokens_per_s, ",.0f")
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, step=str(step), loss=loss_s,
+                                  tps=tps_s, left=fmt_seconds(left_s))
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.every_s:
+            self._last_line = now
+            self._line(f"step {step}  loss {loss_s}  {tps_s} tok/s  {fmt_seconds(left_s)} left")
+
+    def note(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            self._line(text)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def summary_text(r) -> str:
+    """The per-run summary block (seed style) of a TrainResult-like object."""
+    rule = "=" * 70
+    title = f"Training summary: {r.attn} (run {r.run_id if r.run_id is not None else '-'})"
+    rows = [
+        ("Status", r.status),
+        ("Iterations completed", f"{r.iterations}"),
+        ("Training loss", _num(r.train_loss, ".4f")),
+        ("Validation loss", _num(r.val_loss, ".4f")),
+        ("Throughput (it/s)", _num(r.it_per_s, ".2f")),
+        ("Throughput (tokens/s)", _num(r.tokens_per_s, ",.0f")),
+        ("Tokens", f"{r.tokens:,}"),
+        ("Epochs", _num(r.epochs, ".3g")),
+        ("Training time", fmt_seconds(r.train_seconds)
+         + f" (compile warm-up {fmt_seconds(r.compile_s)}, evaluation {fmt_seconds(r.eval_s)},"
+           f" not charged)"),
+        ("Run id", f"{r.run_id if r.run_id is not None else '-'}"),
+    ]
+    lines = [title, rule]
+    lines += [f"{name:<30} {value}" for name, value in rows]
+    if r.epochs is not None and r.epochs > 1.0:
+        lines.append(epoch_warning(r.epochs))
+    if r.error:
+        lines.append(f"Note: {r.error}")
+    return "\n".join(lines)

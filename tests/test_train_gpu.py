@@ -1,0 +1,73 @@
+"""`ra train` on CUDA: compile, bf16 autocast, TF32, fused AdamW (skipped without CUDA)."""
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pytest
+import torch
+
+from racli.config import load_config, packaged_config_path
+from racli.store.engine import open_store
+from racli.training import loop
+from racli.training.data import load_dataset
+
+pytestmark = pytest.mark.gpu
+
+SMALL = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.block_size=256",
+         "train.batch_size=32", "train.lr=0.002", "train.eval_interval=50",
+         "train.eval_batches=4", "train.final_eval_batches=16", "train.log_interval=10"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(str(tmp_path / "ra.db"))
+    yield s
+    s.close()
+
+
+def _spec(attn, *, compile, steps=None, minutes=None, seed=0):
+    cfg = load_config(packaged_config_path())
+    return loop.spec_from_config(cfg, attn=attn, steps=steps, minutes=minutes, seed=seed,
+                                 device="cuda", compile=compile, overrides=SMALL)
+
+
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
+def test_cuda_compile_bf16_run(store, attn):
+    spec = _spec(attn, compile=True, steps=150)
+    data = load_dataset(None, 0.1, 256)
+    r = loop.train(spec, store, dataset=data)
+    assert r.status == "finished" and r.iterations == 150
+    assert math.isfinite(r.val_loss) and r.val_loss < 3.0  # well below ln(256) = 5.55
+    assert r.compile_s > 0 and r.tokens_per_s > 0
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with sqlite3.connect(store.db) as conn:
+        (autocast, compiled, device) = conn.execute(
+            "SELECT json_extract(config, '$.autocast'), json_extract(config, '$.compile'), "
+            "json_extract(config, '$.device') FROM runs WHERE id=?", (r.run_id,)).fetchone()
+    assert (autocast, compiled, device) == ("bfloat16", 1, "cuda")
+
+
+def test_cuda_minutes_budget_and_throughput_agree_between_seeds(store):
+    """Two seeds of one config: tokens/s within a few percent (the matched-speed premise)."""
+    data = load_dataset(None, 0.1, 256)
+    rates = []
+    for seed in (1, 2):
+        r = loop.train(_spec("baseline", compile=True, minutes=0.25, seed=seed), store,
+                       dataset=data)
+        assert r.status == "finished" and 15.0 <= r.train_seconds < 17.0
+        rates.append(r.tokens_per_s)
+    assert abs(rates[0] - rates[1]) / max(rates) < 0.03, rates
+
+
+def test_cuda_resume_continues_the_run(store):
+    data = load_dataset(None, 0.1, 256)
+    import threading
+
+    stop = threading.Event()
+    first = loop.train(_spec("ra_v5", compile=False, steps=40), store, dataset=data, stop=stop,
+                       on_step=lambda i: stop.set() if i.step == 20 else None)
+    assert first.status == "interrupted" and first.iterations == 20
+    second = loop.resume(store, first.run_id)
+    assert second.status == "finished" and second.iterations == 40
+    assert second.run_id == first.run_id and math.isfinite(second.val_loss)
