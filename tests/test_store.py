@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import contextlib
 import sqlite3
 import subprocess
 from datetime import datetime, timezone
@@ -44,8 +45,17 @@ def _columns(conn, table: str) -> set[str]:
     return {c["name"] for c in inspect(conn).get_columns(table)}
 
 
-def _sqlite(path) -> sqlite3.Connection:
-    return sqlite3.connect(str(path))
+@contextlib.contextmanager
+def _sqlite(path):
+    """A raw connection that commits and CLOSES on exit (sqlite3's own context
+    manager only commits: an open WAL connection would leave rows in the -wal
+    file, and the next reader's checkpoint would rewrite the main file)."""
+    raw = sqlite3.connect(str(path))
+    try:
+        with raw:
+            yield raw
+    finally:
+        raw.close()
 
 
 # ---- schema ------------------------------------------------------------------
