@@ -1,8 +1,8 @@
 """Tests for racli.store.engine/models (schema, migrations, opening) and racli.environment."""
 from __future__ import annotations
 
-import shutil
 import contextlib
+import shutil
 import sqlite3
 import subprocess
 from datetime import datetime, timezone
