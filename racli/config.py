@@ -103,6 +103,7 @@ class TrainConfig:
     checkpoint_minutes: float = _f(5.0, gt=0.0)
     val_fraction: float = _f(0.1, gt=0.0, lt=1.0)
     compile: str = _f("auto", choices=("auto", "on", "off"))
+    sdpa_backend: str = _f("auto", choices=("auto", "flash", "cudnn", "efficient", "math"))
 
 
 @dataclass

@@ -428,9 +428,18 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def _autocast(self):
+        """bf16 autocast on CUDA, and the SDPA backend of `train.sdpa_backend`."""
+        stack = contextlib.ExitStack()
         if self.cuda:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+            stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        backend = self.t.get("sdpa_backend", "auto")
+        if backend != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            names = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                     "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+            stack.enter_context(sdpa_kernel([getattr(SDPBackend, names[backend])]))
+        return stack
 
     @property
     def epochs(self) -> float:
