@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import GPTConfig
 
 INIT_STD = 0.02  # nanoGPT's std for every projection weight
@@ -201,11 +202,14 @@ class RAv5Attention(_FoldedRA):
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """W_f (3C x C) and b_f (3C or None) such that [Qf | Kf | V] = x W_f^T + b_f."""
         H, Ds, C = self.n_head, self.d_std, self.n_embd
-        W_q = self.W_q.view(H, Ds, C)
-        W_k = self.W_k.view(H, Ds, C)
-        PtW_q = torch.einsum("hdr,hdc->hrc", self.P, W_q)  # rows of P^T q
-        PtW_k = torch.einsum("hdr,hdc->hrc", self.P, W_k)  # rows of P^T k
-        W_f = self._fold(W_q, PtW_k, W_k, PtW_q, self.W_v)
+        if fused.use_fused(self.W_q):  # the same W_f in one Triton kernel (racli_models.fused)
+            W_f = fused.compose_ra_v5(self.W_q, self.W_k, self.W_v, self.P, self.w_std, self.w_rec)
+        else:
+            W_q = self.W_q.view(H, Ds, C)
+            W_k = self.W_k.view(H, Ds, C)
+            PtW_q = torch.einsum("hdr,hdc->hrc", self.P, W_q)  # rows of P^T q
+            PtW_k = torch.einsum("hdr,hdc->hrc", self.P, W_k)  # rows of P^T k
+            W_f = self._fold(W_q, PtW_k, W_k, PtW_q, self.W_v)
         if self.b_q is None:
             return W_f, None
         b_q, b_k = self.b_q.view(H, Ds), self.b_k.view(H, Ds)
@@ -245,10 +249,15 @@ class RAv5UntiedAttention(_FoldedRA):
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """W_f (3C x C) and b_f (3C or None) such that [Qf | Kf | V] = x W_f^T + b_f."""
         H, R, Ds, C = self.n_head, self.rank, self.d_std, self.n_embd
-        W_f = self._fold(
-            self.W_qs.view(H, Ds, C), self.W_qr.view(H, R, C),
-            self.W_ks.view(H, Ds, C), self.W_kr.view(H, R, C), self.W_v,
-        )
+        if fused.use_fused(self.W_qs):  # the same W_f in one Triton kernel (racli_models.fused)
+            W_f = fused.compose_untied(
+                self.W_qs, self.W_qr, self.W_ks, self.W_kr, self.W_v, self.w_std, self.w_rec
+            )
+        else:
+            W_f = self._fold(
+                self.W_qs.view(H, Ds, C), self.W_qr.view(H, R, C),
+                self.W_ks.view(H, Ds, C), self.W_kr.view(H, R, C), self.W_v,
+            )
         if self.b_qs is None:
             return W_f, None
         b_f = self._fold(

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One GPU-machine session: the gpu-marked tests, then the full bench at the
+# GPT-2 block shape, into $OUT (results.db, logs). Used for docs/results.md.
+# Usage (from the project root on the GPU machine): bash tools/gpu_check.sh [pytest args]
+set -uo pipefail
+OUT=${OUT:-/tmp/ra_out}
+mkdir -p "$OUT"
+export RA_DB="$OUT/results.db" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -m pytest -q -m gpu -p no:cacheprovider "$@" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+python3 -m racli bench --modes all --attn baseline,ra_v5,ra_v5_untied,ra_beta,sdpa_gate \
+    --shape gpt2 --repeats 200 --warmup 30 2>&1 | tee "$OUT/bench_fp16.log"
