@@ -48,16 +48,25 @@ def test_cuda_compile_bf16_run(store, attn):
     assert (autocast, compiled, device) == ("bfloat16", 1, "cuda")
 
 
+# GPU-bound: a 6-layer GPT-2-width model at T=1024 (a tiny model is bound by the
+# host's launch rate, whose jitter measured 5.6% between two seeds on the H100).
+BUSY = ["model.n_layer=6", "model.n_head=12", "model.n_embd=768", "model.block_size=1024",
+        "train.batch_size=16", "train.eval_interval=100000", "train.eval_batches=2",
+        "train.final_eval_batches=2", "train.log_interval=10"]
+
+
 def test_cuda_minutes_budget_and_throughput_agree_between_seeds(store):
-    """Two seeds of one config: tokens/s within a few percent (the matched-speed premise)."""
-    data = load_dataset(None, 0.1, 256)
+    """Two seeds of one config: tokens/s within 2% (the matched-speed premise)."""
+    cfg = load_config(packaged_config_path())
+    data = load_dataset(None, 0.1, 1024)
     rates = []
     for seed in (1, 2):
-        r = loop.train(_spec("baseline", compile=True, minutes=0.25, seed=seed), store,
-                       dataset=data)
-        assert r.status == "finished" and 15.0 <= r.train_seconds < 17.0
+        spec = loop.spec_from_config(cfg, attn="baseline", minutes=0.5, seed=seed,
+                                     device="cuda", compile=True, overrides=BUSY)
+        r = loop.train(spec, store, dataset=data)
+        assert r.status == "finished" and 30.0 <= r.train_seconds < 33.0
         rates.append(r.tokens_per_s)
-    assert abs(rates[0] - rates[1]) / max(rates) < 0.03, rates
+    assert abs(rates[0] - rates[1]) / max(rates) < 0.02, rates
 
 
 def test_cuda_resume_continues_the_run(store):
