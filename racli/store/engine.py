@@ -169,6 +169,30 @@ class Store:
         self.engine.dispose()
 
 
+def _connect(db: str) -> tuple[Engine, str | None]:
+    """An engine on `db` and its schema revision; bad input when it cannot be read."""
+    path = sqlite_path(db)
+    if path is not None and path.is_dir():
+        raise BadInput(f"database path {path} is a directory")
+    try:
+        engine = make_engine(db)
+    except Exception as exc:  # bad URL, missing driver
+        raise BadInput(f"cannot open database {db}: {exc}") from exc
+    try:
+        return engine, current_revision(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
+        raise BadInput(f"cannot open database {db}: {msg}") from exc
+
+
+def read_revision(db: str) -> str | None:
+    """The schema revision of an existing database, reading only."""
+    engine, rev = _connect(db)
+    engine.dispose()
+    return rev
+
+
 def open_store(db: str, *, create: bool = True, migrate: bool = True) -> Store:
     """Open (and by default create and migrate) the results store at `db`.
 
@@ -184,18 +208,7 @@ def open_store(db: str, *, create: bool = True, migrate: bool = True) -> Store:
                                f"`ra train`, or create one with `ra db upgrade`)")
             if not path.parent.is_dir():
                 raise BadInput(f"cannot create database {path}: directory {path.parent} does not exist")
-        elif path.is_dir():
-            raise BadInput(f"database path {path} is a directory")
-    try:
-        engine = make_engine(db)
-    except Exception as exc:  # bad URL, missing driver
-        raise BadInput(f"cannot open database {db}: {exc}") from exc
-    try:
-        rev = current_revision(engine)
-    except DBAPIError as exc:
-        engine.dispose()
-        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
-        raise BadInput(f"cannot open database {db}: {msg}") from exc
+    engine, rev = _connect(db)
     if rev is not None and rev != HEAD_REVISION and rev not in known_revisions():
         engine.dispose()
         raise BadInput(f"database {db} has schema revision {rev}, newer than this ra knows "
