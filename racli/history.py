@@ -97,6 +97,11 @@ def _filters_text(tag: str | None, since: datetime | None) -> str:
 # --------------------------------------------------------------------------
 
 
+
+def _filters(tag: str | None, since: datetime | None, any_env: bool) -> dict[str, Any]:
+    """The history filters of a comparison, as JSON-ready data."""
+    return {"tag": tag, "since": since.isoformat(sep=" ") if since else None, "any_env": any_env}
+
 @dataclass(frozen=True)
 class RunRow:
     """One finished train run, as much as a comparison needs."""
@@ -205,11 +210,7 @@ class Comparison:
             "metric": self.metric,
             "candidate": self.candidate,
             "baseline": self.baseline,
-            "filters": {
-                "tag": self.tag,
-                "since": self.since.isoformat(sep=" ") if self.since else None,
-                "any_env": self.any_env,
-            },
+            "filters": _filters(self.tag, self.since, self.any_env),
             "group": self.group.to_dict(),
             "other_groups": [g.to_dict() for g in self.others],
             "left_out": dict(self.left_out),
@@ -451,11 +452,7 @@ class BenchComparison:
             "metric": "ms",
             "candidate": self.candidate,
             "baseline": self.baseline,
-            "filters": {
-                "tag": self.tag,
-                "since": self.since.isoformat(sep=" ") if self.since else None,
-                "any_env": self.any_env,
-            },
+            "filters": _filters(self.tag, self.since, self.any_env),
             "groups": [g.to_dict() for g in self.groups],
         }
 
