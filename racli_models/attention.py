@@ -12,6 +12,10 @@ float32, bfloat16 and float16.
 """
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +25,33 @@ from .config import GPTConfig
 
 INIT_STD = 0.02  # nanoGPT's std for every projection weight
 RMS_EPS = 1e-6  # epsilon of the parameter-free RMS norm of ra_beta
+
+
+# inside composed_once(): module -> (key, W_f, b_f); weak keys, so a dropped module takes
+# its entry along (and a new module at the same address cannot inherit it)
+_REUSE: weakref.WeakKeyDictionary | None = None
+
+
+@contextlib.contextmanager
+def composed_once() -> Iterator[None]:
+    """Inside this block each folded-RA layer composes W_f once and reuses it.
+
+    For inference and evaluation with fixed weights: a no-grad forward of
+    ra_v5 / ra_v5_untied then costs what the baseline's does (one GEMM, one
+    SDPA call), since W_f depends on the parameters alone. A stored W_f is used
+    again only while grad mode is off, outside torch.compile tracing, with the
+    same autocast dtype, and while every parameter keeps its storage and its
+    version counter (an in-place update such as an optimizer step composes
+    anew; a write through `.data` is not seen, so do not make one inside the
+    block). The stored weights are dropped when the block ends.
+    """
+    global _REUSE
+    outer, _REUSE = _REUSE, (weakref.WeakKeyDictionary() if _REUSE is None else _REUSE)
+    try:
+        yield
+    finally:
+        if outer is None:
+            _REUSE = None
 
 
 class UnknownAttentionError(ValueError):
@@ -135,9 +166,25 @@ class _FoldedRA(CausalSelfAttention):
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
+    def _weight_once(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`folded_weight()`, or inside `composed_once()` the W_f stored for these parameters."""
+        # is_compiling() first: a traced graph then never reads (nor guards on) the store
+        if torch.compiler.is_compiling() or _REUSE is None or torch.is_grad_enabled():
+            return self.folded_weight()
+        params = list(self.parameters(recurse=False))
+        dev = params[0].device.type
+        cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        key = (cast, tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+        hit = _REUSE.get(self)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        W_f, b_f = self.folded_weight()
+        _REUSE[self] = (key, W_f, b_f)
+        return W_f, b_f
+
     def folded_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Qf, Kf, V, each (B, H, T, D), from one GEMM with the composed weight."""
-        W_f, b_f = self.folded_weight()
+        W_f, b_f = self._weight_once()
         qf, kf, v = F.linear(x, W_f, b_f).split(self.n_embd, dim=2)
         return self._heads(qf), self._heads(kf), self._heads(v)
 

@@ -56,17 +56,24 @@ BUSY = ["model.n_layer=6", "model.n_head=12", "model.n_embd=768", "model.block_s
 
 
 def test_cuda_minutes_budget_and_throughput_agree_between_seeds(store):
-    """Two seeds of one config: tokens/s within 2% (the matched-speed premise)."""
+    """Two seeds of one config: tokens/s within 2% (the matched-speed premise).
+
+    Under sustained load the H100 sits at its power cap and its clock falls as
+    it warms (1725 -> 1605 MHz over two minutes, docs/results.md), so the runs
+    go in the order 1, 2, 2, 1: a drift that is linear in time then hits both
+    seeds alike, and what is left is the difference `ra train` itself makes.
+    """
     cfg = load_config(packaged_config_path())
     data = load_dataset(None, 0.1, 1024)
-    rates = []
-    for seed in (1, 2):
-        spec = loop.spec_from_config(cfg, attn="baseline", minutes=0.5, seed=seed,
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for seed in (1, 2, 2, 1):
+        spec = loop.spec_from_config(cfg, attn="baseline", minutes=0.25, seed=seed,
                                      device="cuda", compile=True, overrides=BUSY)
         r = loop.train(spec, store, dataset=data)
-        assert r.status == "finished" and 30.0 <= r.train_seconds < 33.0
-        rates.append(r.tokens_per_s)
-    assert abs(rates[0] - rates[1]) / max(rates) < 0.02, rates
+        assert r.status == "finished" and 15.0 <= r.train_seconds < 17.0
+        rates[seed].append(r.tokens_per_s)
+    one, two = (sum(v) / len(v) for v in (rates[1], rates[2]))
+    assert abs(one - two) / max(one, two) < 0.02, rates
 
 
 def test_cuda_resume_continues_the_run(store):

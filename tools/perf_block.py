@@ -42,7 +42,7 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from racli_models import GPTConfig, build_attention, fused
+from racli_models import GPTConfig, attention, build_attention, composed_once, fused
 
 B, T, H, D = 8, 1024, 12, 64
 C = H * D
@@ -60,6 +60,7 @@ VARIANTS = {  # label -> (registry name, plain composition)
     "ra_v5_plain": ("ra_v5", True),
     "untied": ("ra_v5_untied", False),
     "untied_plain": ("ra_v5_untied", True),
+    "ra_v5_once": ("ra_v5", False),  # inside composed_once(): W_f built once (no-grad only)
 }
 
 ROWS: list[dict] = []
@@ -137,12 +138,14 @@ def record(kind: str, runners: list[Runner], **key) -> None:
 
 # --- building ------------------------------------------------------------------------------
 
-def contexts(plain: bool, amp: bool, backend: str | None):
+def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False):
     """A factory of the context stack a configuration runs (and is captured) under."""
 
     @contextlib.contextmanager
     def ctx():
         with contextlib.ExitStack() as stack:
+            if once:
+                stack.enter_context(composed_once())
             if backend is not None:
                 stack.enter_context(sdpa_kernel([BACKENDS[backend]]))
             if plain:
@@ -191,8 +194,8 @@ def graph_of(step, prep=None):
 def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=None) -> Runner:
     attn, plain = VARIANTS[label]
     amp = dtype_name == "amp"
-    ctx = contexts(plain, amp, backend)
     m = build_block(attn, dtype_name)
+    ctx = contexts(plain, amp, backend, once=label.endswith("_once"))
     x, w = block_inputs(dtype_name)
     bwd = phase == "fwd_bwd"
     m.train(bwd)
@@ -231,7 +234,13 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
         if mode in ("cuda_graph", "compile_graph"):
             replay = graph_of(step, prep if bwd else None)
             torch.cuda.synchronize()
-            return Runner(label, replay, None, ctx, time.perf_counter() - t0)
+            # a W_f stored by composed_once() was captured by address: keep it alive
+            kept = list((attention._REUSE or {}).values())
+
+            def run(replay=replay, kept=kept):
+                replay()
+
+            return Runner(label, run, None, ctx, time.perf_counter() - t0)
     return Runner(label, step, prep if bwd else None, ctx, time.perf_counter() - t0)
 
 
@@ -432,8 +441,50 @@ def copy_floor(repeats: int, warmup: int) -> None:
     record("floor", [r], dtype="fp16", mode="cuda_graph_x20", phase="copy")
 
 
-def block_group(dtype_name, mode, labels, repeats, warmup, backend=None, cache=None) -> None:
+def eager_throughput(repeats: int, warmup: int) -> None:
+    """Eager mode as a host sees it: wall time per call over back-to-back calls (one sync at
+    the end), next to the GPU time of the same step captured in a CUDA graph; and the host
+    time of one `folded_weight()` call (no sync: the kernel is shorter than its launch)."""
     for phase in ("fwd", "fwd_bwd"):
+        for label in ("baseline", "ra_v5", "ra_v5_once"):
+            if label.endswith("_once") and phase == "fwd_bwd":
+                continue
+            r = block_runner(label, "bf16", "eager", phase)
+            with r.ctx():
+                for _ in range(warmup):
+                    if r.prep:
+                        r.prep()
+                    r.step()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    if r.prep:
+                        r.prep()
+                    r.step()
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) / repeats * 1e3
+            ROWS.append({"kind": "eager_wall", "dtype": "bf16", "phase": phase,
+                         "variant": label, "wall_ms_per_call": ms})
+            print(f"[eager_wall] bf16 {phase} {label}: {ms:.4f} ms per call", flush=True)
+    m = build_block("ra_v5", "bf16")
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            for _ in range(warmup):
+                m.folded_weight()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                m.folded_weight()
+            us = (time.perf_counter() - t0) / repeats * 1e6
+            torch.cuda.synchronize()
+        ROWS.append({"kind": "compose_host", "grad": grad, "host_us_per_call": us})
+        print(f"[compose_host] grad={grad}: {us:.1f} us host time per folded_weight()",
+              flush=True)
+
+
+def block_group(dtype_name, mode, labels, repeats, warmup, backend=None, cache=None,
+                phases=("fwd", "fwd_bwd")) -> None:
+    for phase in phases:
         runners = []
         for lbl in labels:
             try:
@@ -542,6 +593,8 @@ def main() -> int:
     ap.add_argument("--select", action="store_true",
                     help="keep the fastest kernel configuration of the sweep for the blocks")
     ap.add_argument("--profile", action="store_true", help="launch the kernels for ncu, no timing")
+    ap.add_argument("--once", action="store_true",
+                    help="first: no-grad forwards inside composed_once(), and eager wall times")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("perf_block: needs CUDA", file=sys.stderr)
@@ -581,6 +634,11 @@ def main() -> int:
         plan.append((f"block {dt} compile", 90, lambda dt=dt: [
             block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W, cache=cache)
             for mode in ("compile", "compile_graph")]))
+    if args.once:
+        plan.insert(0, ("composed once", 20, lambda: [
+            block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_once"), R, W, phases=("fwd",))
+            for dt in dtypes for mode in ("cuda_graph", "eager")]))
+        plan.insert(1, ("eager wall", 15, lambda: eager_throughput(R, W)))
     if not args.quick:
         for be in BACKENDS:
             plan.append((f"block backend {be}", 15, lambda be=be: [

@@ -478,14 +478,19 @@ class Trainer:
     # ---- evaluation, gates, checkpoints ------------------------------------
     @torch.no_grad()
     def evaluate(self, batches) -> float:
-        """Mean validation loss over `batches` (sharded over ranks)."""
+        """Mean validation loss over `batches` (sharded over ranks). The weights are
+        fixed meanwhile, so without torch.compile RA's composed weight is built once
+        per evaluation; a compiled model composes inside its graph."""
+        from racli_models import composed_once
+
         self.fwd.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for x, y in batches[self.info.rank::self.info.world_size]:
-            with self._autocast():
-                _, loss = self.fwd(x, y)
-            total[0] += loss.double()
-            total[1] += 1
+        with composed_once() if not self.spec.compile else contextlib.nullcontext():
+            for x, y in batches[self.info.rank::self.info.world_size]:
+                with self._autocast():
+                    _, loss = self.fwd(x, y)
+                total[0] += loss.double()
+                total[1] += 1
         self.fwd.train()
         ddp.all_reduce_sum(total, self.info)
         return (total[0] / total[1]).item()
