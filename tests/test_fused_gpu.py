@@ -52,6 +52,13 @@ def make(attn: str, shape=(6, 48, 3), dtype=torch.float32, bias: bool = False, s
     return m.to(device=DEV, dtype=dtype)
 
 
+@pytest.fixture(autouse=True)
+def true_float32(monkeypatch):
+    """float32 matmuls of the plain composition in full float32, whatever ran before."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """Every buffer the fused kernels write starts as NaN, so an unwritten element shows."""

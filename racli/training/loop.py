@@ -710,6 +710,8 @@ def train(spec: TrainSpec | None, store, *, dataset: Dataset | None = None,
         data_path = data_location(spec, dataset)
 
     device = ddp.setup(info, spec.device)
+    # the Trainer turns TF32 on for CUDA runs; the caller's settings come back at the end
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
         rec = _NullRecorder()
         if info.is_main:
@@ -724,6 +726,7 @@ def train(spec: TrainSpec | None, store, *, dataset: Dataset | None = None,
                                ckpt_path=ckpt_path, state=state, reporter=reporter, stop=stop,
                                on_step=on_step, data_path=data_path)
     finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         reporter.close()
         ddp.teardown()
 
