@@ -171,7 +171,7 @@ class _FoldedRA(CausalSelfAttention):
         # is_compiling() first: a traced graph then never reads (nor guards on) the store
         if torch.compiler.is_compiling() or _REUSE is None or torch.is_grad_enabled():
             return self.folded_weight()
-        params = list(self.parameters(recurse=False))
+        params = [p for p in self._parameters.values() if p is not None]  # this module's own
         dev = params[0].device.type
         cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         key = (cast, tuple((p.data_ptr(), p._version, p.dtype) for p in params))
