@@ -136,35 +136,30 @@ def parse_shape(text: str, presets: dict[str, BenchShape]) -> tuple[str, BenchSh
     return ",".join(map(str, values)), BenchShape(batch=b, seq=t, heads=h, head_dim=d)
 
 
-def parse_modes(text: str | list[str]) -> list[str]:
-    """`eager,compile` -> ["eager", "compile"]; `all` -> the three modes. BadInput otherwise."""
-    items = _items(text)
+def _expand(text: str | list[str], valid: tuple[str, ...], alias: str, what: str) -> list[str]:
+    """A comma list of names from `valid` (`alias` = all of them) -> the names, once each, in
+    order. BadInput for an unknown name or an empty list."""
+    choices = f"valid: {', '.join(valid)}, {alias}"
     out: list[str] = []
-    for item in items:
-        names = MODES if item == "all" else (item,)
-        for name in names:
-            if name not in MODES:
-                raise BadInput(f"unknown mode '{name}' (valid: {', '.join(MODES)}, all)")
+    for item in _items(text):
+        for name in valid if item == alias else (item,):
+            if name not in valid:
+                raise BadInput(f"unknown {what} '{name}' ({choices})")
             if name not in out:
                 out.append(name)
     if not out:
-        raise BadInput(f"no mode given (valid: {', '.join(MODES)}, all)")
+        raise BadInput(f"no {what} given ({choices})")
     return out
+
+
+def parse_modes(text: str | list[str]) -> list[str]:
+    """`eager,compile` -> ["eager", "compile"]; `all` -> the three modes. BadInput otherwise."""
+    return _expand(text, MODES, "all", "mode")
 
 
 def parse_phases(text: str) -> list[str]:
     """`fwd`, `fwd_bwd` or `both` (also a comma list) -> the phases, in order."""
-    out: list[str] = []
-    for item in _items(text):
-        names = PHASES if item == "both" else (item,)
-        for name in names:
-            if name not in PHASES:
-                raise BadInput(f"unknown phase '{name}' (valid: fwd, fwd_bwd, both)")
-            if name not in out:
-                out.append(name)
-    if not out:
-        raise BadInput("no phase given (valid: fwd, fwd_bwd, both)")
-    return out
+    return _expand(text, PHASES, "both", "phase")
 
 
 def parse_attns(text: str | list[str], registry) -> list[str]:

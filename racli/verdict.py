@@ -394,6 +394,7 @@ def compare_runs(
         n = len(r)
         d = float(r.mean())
         sd_diff = float(r.std(ddof=1))
+        spread = {"sd_diff": sd_diff}
         half = float(_t_quantile(confidence, n - 1)) * sd_diff / math.sqrt(n)
         ci = (d - half, d + half)
         current_n = n
@@ -401,6 +402,7 @@ def compare_runs(
         method = "welch"
         var_c = cstats.std**2
         var_b = bstats.std**2
+        spread = {"var_c": var_c, "var_b": var_b, "mean_b": bstats.mean}
         se = math.sqrt(var_c / cstats.n + var_b / bstats.n)
         if se == 0:
             half_abs = 0.0
@@ -447,24 +449,9 @@ def compare_runs(
 
     a = abs(imp)
     margin = a if a > threshold else threshold - a
-    if method == "paired":
-        needed = _seeds_needed(
-            method=method,
-            margin=margin,
-            confidence=confidence,
-            current_n=current_n,
-            sd_diff=sd_diff,
-        )
-    else:
-        needed = _seeds_needed(
-            method=method,
-            margin=margin,
-            confidence=confidence,
-            current_n=current_n,
-            var_c=var_c,
-            var_b=var_b,
-            mean_b=bstats.mean,
-        )
+    needed = _seeds_needed(
+        method=method, margin=margin, confidence=confidence, current_n=current_n, **spread
+    )
     if a > threshold:
         why = f"the point estimate ({_pct(imp)}) passes the threshold but the {conf} interval "
         why += f"{ci_text} includes 0"

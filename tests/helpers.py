@@ -131,3 +131,20 @@ def python_env(**extra) -> dict:
 def run_python(code: str, *args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=python_env(), check=False, **kw)
+
+
+def ra_inprocess(*args):
+    """`ra ARGS` run in this process (typer's CliRunner): exit_code, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from racli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(res) -> str:
+    """The error line of a result that must be bad input: exit 2, one `ra: error:` line."""
+    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert err.startswith("ra: error: ") and "\n" not in err and "Traceback" not in err
+    return err

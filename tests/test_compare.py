@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import one_line_error
+from helpers import ra_inprocess as ra
 
 from racli import history
-from racli.cli import app
 from racli.errors import BadInput
 from racli.store.engine import open_store
 from racli.store.recorder import RunRecorder
@@ -138,21 +138,10 @@ def store(db):
     s.close()
 
 
-def ra(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def compare_json(db, *args) -> dict:
     res = ra("compare", "--db", db, "--json", *args)
     assert res.exit_code == 0, res.stderr
     return json.loads(res.stdout)
-
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
-    err = res.stderr.strip()
-    assert err.startswith("ra: error: ") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 # ---------------------------------------------------------------- verdicts

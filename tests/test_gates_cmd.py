@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from helpers import one_line_error
+from helpers import ra_inprocess as ra
 
-from racli.cli import app
 from racli.store.engine import open_store
 from racli.store.recorder import RunRecorder
 
@@ -113,21 +113,10 @@ def ids(recorded) -> dict[str, int]:
     return recorded[1]
 
 
-def ra(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def gates_json(db, *args) -> dict:
     res = ra("gates", "--db", db, "--json", *args)
     assert res.exit_code == 0, res.stderr
     return json.loads(res.stdout)
-
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
-    err = res.stderr.strip()
-    assert err.startswith("ra: error: ") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 def test_tables_dead_gate_and_summary(db, ids):
