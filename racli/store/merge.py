@@ -48,7 +48,7 @@ from racli.store.engine import (
     sqlite_path,
     upgrade,
 )
-from racli.store.models import Environment, GateValue, Metric, Run, Timing, legacy_uuid
+from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
 from racli.store.recorder import is_stale
 
 _IN_CHUNK = 900  # bound parameters per IN (...)
@@ -232,25 +232,47 @@ def _merge_one(conn, src: _Source, uuids: set[str], env_ids: dict[str, int],
         # metrics, timings, gate values: streamed in chunks, inserted in batches
         src_ids = list(id_map)
         for name, model in CHILD_TABLES:
-            table = model.__table__
-            cols = [c for c in _columns(src.engine, table) if c.name != "id"]
-            n = 0
-            for chunk in _chunks(src_ids):
-                q = select(*cols).where(table.c.run_id.in_(chunk)).order_by(table.c.id)
-                pending: list[dict] = []
-                for r in sconn.execution_options(yield_per=BATCH).execute(q):
-                    row = dict(r._mapping)
-                    row["run_id"] = id_map[row["run_id"]]
-                    pending.append(row)
-                    if len(pending) >= BATCH:
-                        conn.execute(insert(table), pending)
-                        n += len(pending)
-                        pending = []
-                if pending:
-                    conn.execute(insert(table), pending)
-                    n += len(pending)
-            setattr(out, name, n)
+            cols = [c.name for c in _columns(src.engine, model.__table__) if c.name != "id"]
+            setattr(out, name, _copy_rows(sconn, conn, model.__tablename__, cols, id_map, src_ids))
     return out
+
+
+def _copy_rows(sconn, conn, table: str, cols: list[str], id_map: dict[int, int],
+               src_ids: list[int]) -> int:
+    """Copy the rows of `table` belonging to `src_ids` with their run ids mapped.
+
+    Plain DBAPI tuples both ways (these tables hold only numbers and text): the
+    per-row work of SQL expression parameters would dominate a large merge."""
+    cols = ["run_id", *[c for c in cols if c != "run_id"]]
+    q_src = sconn.dialect.identifier_preparer.quote
+    q_dst = conn.dialect.identifier_preparer.quote
+    select_sql = (f"SELECT {', '.join(map(q_src, cols))} FROM {q_src(table)} "
+                  f"WHERE {q_src('run_id')} IN ({{ids}}) ORDER BY {q_src('id')}")
+    style = conn.dialect.paramstyle
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(style)
+    if mark is None:  # a driver with another parameter style: SQL expressions
+        stmt, named = insert(Base.metadata.tables[table]), True
+    else:
+        stmt, named = (f"INSERT INTO {q_dst(table)} ({', '.join(map(q_dst, cols))}) "
+                       f"VALUES ({', '.join([mark] * len(cols))})"), False
+    n = 0
+
+    def write(rows: list[tuple]) -> None:
+        if named:
+            conn.execute(stmt, [dict(zip(cols, r)) for r in rows])
+        else:
+            conn.exec_driver_sql(stmt, rows)
+
+    for chunk in _chunks(src_ids):
+        result = sconn.execution_options(stream_results=True).exec_driver_sql(
+            select_sql.format(ids=", ".join(str(int(i)) for i in chunk)))
+        while True:
+            rows = result.fetchmany(BATCH)
+            if not rows:
+                break
+            write([(id_map[r[0]], *r[1:]) for r in rows])
+            n += len(rows)
+    return n
 
 
 class _RunView:
