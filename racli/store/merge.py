@@ -186,7 +186,9 @@ def _merge_one(conn, src: _Source, uuids: set[str], env_ids: dict[str, int],
         src_envs = {row["id"]: row for row in
                     (dict(r._mapping) for r in sconn.execute(select(*env_cols)))}
         new_runs: list[dict] = []
+        n_source_runs = 0
         for r in sconn.execute(select(*run_cols).order_by(run_t.c.id)):
+            n_source_runs += 1
             row = dict(r._mapping)
             if "uuid" not in run_names or not row.get("uuid"):
                 row["uuid"] = legacy_uuid(row["id"], row["kind"], row["config_hash"],
@@ -233,12 +235,13 @@ def _merge_one(conn, src: _Source, uuids: set[str], env_ids: dict[str, int],
         src_ids = list(id_map)
         for name, model in CHILD_TABLES:
             cols = [c.name for c in _columns(src.engine, model.__table__) if c.name != "id"]
-            setattr(out, name, _copy_rows(sconn, conn, model.__tablename__, cols, id_map, src_ids))
+            setattr(out, name, _copy_rows(sconn, conn, model.__tablename__, cols, id_map, src_ids,
+                                          full_scan_from=max(1, n_source_runs // 2)))
     return out
 
 
 def _copy_rows(sconn, conn, table: str, cols: list[str], id_map: dict[int, int],
-               src_ids: list[int]) -> int:
+               src_ids: list[int], full_scan_from: int) -> int:
     """Copy the rows of `table` belonging to `src_ids` with their run ids mapped.
 
     Plain DBAPI tuples both ways (these tables hold only numbers and text): the
@@ -263,15 +266,26 @@ def _copy_rows(sconn, conn, table: str, cols: list[str], id_map: dict[int, int],
         else:
             conn.exec_driver_sql(stmt, rows)
 
-    for chunk in _chunks(src_ids):
-        result = sconn.execution_options(stream_results=True).exec_driver_sql(
-            select_sql.format(ids=", ".join(str(int(i)) for i in chunk)))
+    if len(src_ids) >= full_scan_from:
+        # most of the source is new: one pass in id order beats many index searches and sorts
+        queries = [select_sql.split(" WHERE ")[0] + f" ORDER BY {q_src('id')}"]
+    else:
+        queries = [select_sql.format(ids=", ".join(str(int(i)) for i in chunk))
+                   for chunk in _chunks(src_ids)]
+    for sql in queries:
+        if sconn.dialect.name == "sqlite":  # sqlite3's own cursor steps lazily: plain tuples, fastest
+            result = sconn.connection.driver_connection.cursor()
+            result.execute(sql)
+        else:  # a server-side cursor: constant memory
+            result = sconn.execution_options(stream_results=True).exec_driver_sql(sql)
         while True:
             rows = result.fetchmany(BATCH)
             if not rows:
                 break
-            write([(id_map[r[0]], *r[1:]) for r in rows])
-            n += len(rows)
+            batch = [(id_map[r[0]], *r[1:]) for r in rows if r[0] in id_map]
+            if batch:
+                write(batch)
+                n += len(batch)
     return n
 
 

@@ -103,7 +103,7 @@ class RunRecorder:
         commit = git_commit if git_commit is not None else environment.git_commit()
         # ra's own code is part of the config (and so of its hash): runs from
         # different ra code never pool into one verdict
-        config = {**config, "code": config.get("code") or provenance.current()}
+        config = {**config, "code": config.get("code") or dict(provenance.current())}
         now = utcnow()
         with store.writing() as conn:
             run_id = conn.execute(insert(Run).values(
