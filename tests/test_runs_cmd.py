@@ -8,7 +8,15 @@ import json
 import sqlite3
 
 import pytest
-from helpers import GPU_ENV_INFO, TRAIN_CONFIG, db_state, make_db, one_line_error, ra_inprocess, record_run
+from helpers import (
+    GPU_ENV_INFO,
+    TRAIN_CONFIG,
+    db_state,
+    make_db,
+    one_line_error,
+    ra_inprocess,
+    record_run,
+)
 
 from racli.commands import runs as runs_cmd
 from racli.errors import BadInput

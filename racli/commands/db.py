@@ -62,7 +62,7 @@ def current(db: common.DbOpt = None, config: common.ConfigOpt = None,
 @app.command("merge")
 def merge(
     sources: Annotated[list[str], typer.Argument(
-        metavar="SOURCE...", help="Stores to import runs from: SQLite paths or SQLAlchemy URLs.",
+        metavar="SOURCE", help="Stores to import runs from: SQLite paths or SQLAlchemy URLs.",
         show_default=False)],
     db: common.DbOpt = None, config: common.ConfigOpt = None, json: common.JsonOpt = False,
 ) -> None:

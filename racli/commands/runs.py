@@ -408,8 +408,7 @@ def diff_cmd(
     only: Annotated[bool, typer.Option("--only-differences", help="Show the differing rows only.")] = False,
     db: common.DbOpt = None, config: common.ConfigOpt = None, json: common.JsonOpt = False,
 ) -> None:
-    """Two runs side by side: run, code (ra version and commits), environment, config, final
-    figures; differences marked *."""
+    """Two runs side by side (run, code, environment, config, final figures), differences marked *."""
     from racli.run_diff import diff_runs, diff_text
     from racli.store.manage import get_runs
 
