@@ -1,7 +1,6 @@
 """`ra db merge` (racli.store.merge) and the run identity of migration 0004."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sqlite3
@@ -318,11 +317,11 @@ def test_migration_0004_fills_identities_and_keeps_every_row(tmp_path):
 
 
 def test_migration_keeps_a_frozen_copy_of_the_legacy_identity():
-    spec = importlib.util.spec_from_file_location(
-        "m0004", REPO / "migrations" / "versions" / "0004_run_identity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     from datetime import datetime
+
+    from alembic.script import ScriptDirectory
+
+    mod = ScriptDirectory.from_config(store_engine._alembic_config()).get_revision("0004").module
 
     when = datetime(2026, 1, 2, 3, 4, 5, 6789)
     assert mod.legacy_uuid(7, "train", "abc", when) == legacy_uuid(7, "train", "abc", when)
