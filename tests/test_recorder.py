@@ -71,8 +71,8 @@ def test_start_creates_a_running_run(store):
     run = _run(store, rec.run_id)
     assert run.status == "running"
     assert (run.kind, run.attn, run.seed, run.tag, run.git_commit) == ("train", "ra_v5", 3, "t", "cafe1234")
-    assert run.config == TRAIN_CONFIG
-    assert run.config_hash == config_hash(TRAIN_CONFIG)
+    assert run.config == {**TRAIN_CONFIG, "code": run.config["code"]}  # plus ra's own provenance
+    assert run.config_hash == config_hash(run.config)
     assert run.finished_at is None and run.error is None
     assert run.heartbeat_at is not None and before <= run.heartbeat_at <= utcnow()
     assert before <= run.started_at <= utcnow()

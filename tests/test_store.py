@@ -26,7 +26,8 @@ PUBLIC_COLUMNS = {
                      "gpu_count", "driver", "cpu", "created_at"},
     "runs": {"id", "kind", "attn", "status", "config", "config_hash", "seed", "tag", "git_commit",
              "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations", "tokens",
-             "epochs", "train_seconds", "val_loss", "tokens_per_s"},
+             "epochs", "train_seconds", "val_loss", "tokens_per_s",
+             "uuid", "excluded", "exclude_reason", "origin"},
     "timings": {"run_id", "attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype",
                 "device", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "status", "reason"},
     "metrics": {"run_id", "step", "name", "value", "elapsed_s"},
@@ -77,7 +78,7 @@ def test_head_revision_matches_the_migration_scripts(store):
     assert script.get_current_head() == HEAD_REVISION
     assert len(script.get_heads()) == 1
     assert current_revision(store.engine) == HEAD_REVISION
-    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003"}
+    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003", "0004"}
 
 
 def _diffs(engine, metadata) -> list:

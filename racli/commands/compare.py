@@ -169,6 +169,7 @@ def compare(
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
     from racli import history
+    from racli.store.manage import excluded_runs, excluded_text
 
     # ---- validate everything before any work
     history.check_metric(metric)
@@ -194,10 +195,11 @@ def compare(
             since=since_at,
             any_env=any_env,
         )
+        excluded = excluded_runs(store, kind="bench", tag=tag, since=since_at)
         if json:
-            common.print_json(bc.to_dict())
+            common.print_json({**bc.to_dict(), "excluded": excluded})
         else:
-            _echo(bench_text(bc))
+            _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))
         return
 
     cmp = history.load_comparison(
@@ -212,6 +214,7 @@ def compare(
         speed_tolerance=speed_tolerance,
         confidence=cfg.verdict.confidence,
     )
+    excluded = excluded_runs(store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at)
     written = None
     if plot is not None:
         written = _plot(store, cmp, plot)
@@ -219,11 +222,13 @@ def compare(
     if json:
         data = cmp.to_dict()
         data["plot"] = str(written) if written else None
+        data["excluded"] = excluded
         common.print_json(data)
         return
     from racli import render
 
-    text = header_text(cmp) + "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
+    text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
+    text += "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
     if written:
         text += f"\n\nPlot written to {written}"
     _echo(text)

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from racli.store.engine import Store
-from racli.store.models import Environment, GateValue, Metric, Run, Timing, utcnow
+from racli.store.models import Environment, GateValue, Metric, Run, Timing, new_uuid, utcnow
 
 END_STATES = ("finished", "failed", "interrupted", "diverged")
 # A `running` run whose heartbeat is older than this is shown as crashed.
@@ -97,16 +97,19 @@ class RunRecorder:
               seed: int | None = None, tag: str | None = None, env_info: dict | None = None,
               git_commit: str | None = None, flush_interval: float = 5.0,
               heartbeat: bool = True) -> RunRecorder:
-        from racli import environment
+        from racli import environment, provenance
 
         env_id = environment_id(store, env_info)
         commit = git_commit if git_commit is not None else environment.git_commit()
+        # ra's own code is part of the config (and so of its hash): runs from
+        # different ra code never pool into one verdict
+        config = {**config, "code": config.get("code") or dict(provenance.current())}
         now = utcnow()
         with store.writing() as conn:
             run_id = conn.execute(insert(Run).values(
                 kind=kind, attn=attn, status="running", config=config,
                 config_hash=config_hash(config), seed=seed, tag=tag, git_commit=commit,
-                env_id=env_id, started_at=now, heartbeat_at=now,
+                env_id=env_id, started_at=now, heartbeat_at=now, uuid=new_uuid(),
             )).inserted_primary_key[0]
         return cls(store, run_id, flush_interval=flush_interval, heartbeat=heartbeat)
 
