@@ -104,7 +104,7 @@ def runs(
         return
     _check_filters(kind, status)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     rows = list_run_dicts(store, kind=kind, attn=attn, status=status, tag=tag, limit=limit or None)
     if json:
         common.print_json(rows)
@@ -161,7 +161,7 @@ def show(
 
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     d = run_details(store, run_id)
     if json:
         common.print_json(d)
@@ -215,7 +215,7 @@ def export(
         raise BadInput(f"cannot write {output}: directory {output.parent} does not exist")
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     rows = export_rows(store, kind=kind, attn=attn, status=status, tag=tag)
     text = to_csv(rows) if fmt == "csv" else jsonlib.dumps(rows, indent=2, default=str) + "\n"
     if output is None:
