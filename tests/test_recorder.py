@@ -8,10 +8,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta
-
-import threading
 
 import numpy as np
 import pytest
