@@ -435,3 +435,47 @@ def test_round_trip_keeps_datetimes_naive_utc(store):
     assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - run.started_at).total_seconds()) < 60
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+
+
+# ---- packaging of the migration scripts -------------------------------------------------
+
+def test_scripts_come_from_the_checkout_without_a_top_level_package():
+    import sys
+
+    from helpers import REPO
+
+    assert store_engine.script_location() == REPO / "migrations"
+    assert "migrations" not in sys.modules  # never imported as a top-level package
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_scripts_as_racli_migrations(tmp_path):
+    """A built wheel holds the scripts under racli/_migrations (no top-level
+    `migrations` package), and an install of it finds and runs them."""
+    import sys
+    import zipfile
+
+    from helpers import REPO
+
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(tmp_path),
+                          "--no-deps", "-q"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = tmp_path.glob("ra-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+        assert zf.read(top_level).decode().split() == ["racli", "racli_models"]
+        zf.extractall(tmp_path / "site")
+    scripts = {n for n in names if n.startswith("racli/_migrations/")}
+    assert {"racli/_migrations/env.py", "racli/_migrations/script.py.mako",
+            "racli/_migrations/versions/0001_initial.py"} <= scripts
+    assert not any(n.startswith("migrations/") for n in names)
+    # the installed copy (here: the unpacked wheel, away from the checkout) migrates a store
+    code = ("import sys; from racli.store.engine import open_store, script_location, "
+            "current_revision; s = open_store(sys.argv[1]); "
+            "print(script_location(), current_revision(s.engine))")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.db")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(tmp_path / "site" / "racli" / "_migrations"), HEAD_REVISION]
