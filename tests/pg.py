@@ -8,7 +8,7 @@ empty database and returns its SQLAlchemy URL (`postgresql+psycopg://...`);
 
 PostgreSQL refuses to run as root: when the tests run as root, the cluster is
 made and run as the `postgres` system user (created if missing), through
-`runuser`. Binaries are looked up with `pg_config --bindir`, then
+`runuser` (or `su`). Binaries are looked up with `pg_config --bindir`, then
 /usr/lib/postgresql/*/bin, then PATH.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -79,9 +80,11 @@ class PgServer:
         self.started = False
 
     def _cmd(self, *args: str) -> list[str]:
-        if self.as_root:
+        if not self.as_root:
+            return list(args)
+        if shutil.which("runuser"):
             return ["runuser", "-u", RUN_AS, "--", *args]
-        return list(args)
+        return ["su", "-s", "/bin/sh", RUN_AS, "-c", shlex.join(args)]
 
     def _run(self, *args: str, timeout: float = 120) -> None:
         res = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout,

@@ -36,10 +36,26 @@ PG_MIGRATION_LOCK = 0x7261_6462  # "radb"
 
 
 def database_url(db: str) -> str:
-    """A filesystem path becomes a SQLite URL; a URL is kept as it is."""
+    """A filesystem path becomes a SQLite URL; a URL is kept as it is, except that a
+    plain PostgreSQL URL (`postgresql://`, `postgres://`) gets ra's driver, psycopg 3."""
     if "://" in db:
+        scheme, rest = db.split("://", 1)
+        if scheme in ("postgresql", "postgres"):
+            return f"postgresql+psycopg://{rest}"
         return db
     return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def shown(db: str) -> str:
+    """`db` as messages print it: a URL's password masked."""
+    if "://" not in db:
+        return db
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(db).render_as_string(hide_password=True)
+    except Exception:
+        return db
 
 
 def sqlite_path(db: str) -> Path | None:
@@ -234,13 +250,17 @@ def _connect(db: str, *, readonly: bool = False,
         raise BadInput(f"database path {path} is a directory")
     try:
         engine = make_engine(db, readonly=readonly, immutable=immutable)
-    except Exception as exc:  # bad URL, missing driver
-        raise BadInput(f"cannot open database {db}: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        hint = " (pip install 'ra[postgres]')" if "psycopg" in str(exc) else ""
+        raise BadInput(f"cannot open database {shown(db)}: the database driver is not "
+                       f"installed: {exc}{hint}") from exc
+    except Exception as exc:  # bad URL
+        raise BadInput(f"cannot open database {shown(db)}: {exc}") from exc
     try:
         return engine, current_revision(engine)
     except DBAPIError as exc:
         engine.dispose()
-        raise BadInput(f"cannot open database {db}: {_first_line(exc)}") from exc
+        raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
 
 
 def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
@@ -286,13 +306,13 @@ def _connect_readonly(db: str) -> tuple[Engine, str | None]:
         return _connect(db, readonly=True)
     wal = Path(f"{path}-wal")
     if "file is not a database" in error or "malformed" in error:
-        raise BadInput(f"cannot open database {db}: {error}")
+        raise BadInput(f"cannot open database {shown(db)}: {error}")
     if wal.exists() and wal.stat().st_size > 0:
         raise BadInput(f"cannot read database {path} read-only ({error}): its -wal file holds "
                        f"changes not yet in the main file; open it once with write access (or "
                        f"copy the folder) to checkpoint them")
     if _probe_sqlite_ro(path, immutable=True) is not None:
-        raise BadInput(f"cannot open database {db}: {error}")
+        raise BadInput(f"cannot open database {shown(db)}: {error}")
     return _connect(db, readonly=True, immutable=True)
 
 
@@ -325,17 +345,17 @@ def _refuse_unversioned(engine: Engine, db: str, *, empty_ok: bool) -> None:
     with engine.connect() as conn:
         tables = inspect(conn).get_table_names()
     if tables:
-        raise BadInput(f"database {db} holds tables ({', '.join(sorted(tables)[:4])}) "
+        raise BadInput(f"database {shown(db)} holds tables ({', '.join(sorted(tables)[:4])}) "
                        f"but no ra schema version: not an ra database")
     if not empty_ok:
-        raise BadInput(f"database {db} holds no ra store yet (record a run with `ra bench` or "
+        raise BadInput(f"database {shown(db)} holds no ra store yet (record a run with `ra bench` or "
                        f"`ra train`, or create the schema with `ra db upgrade`)")
 
 
 def _check_known(engine: Engine, db: str, rev: str | None) -> None:
     if rev is not None and rev != HEAD_REVISION and rev not in known_revisions():
         engine.dispose()
-        raise BadInput(f"database {db} has schema revision {rev}, newer than this ra knows "
+        raise BadInput(f"database {shown(db)} has schema revision {rev}, newer than this ra knows "
                        f"(latest {HEAD_REVISION}): upgrade ra to use it")
 
 
@@ -346,8 +366,8 @@ def _open_readonly(db: str) -> Store:
         if rev is None:
             _refuse_unversioned(engine, db, empty_ok=False)
         if rev != HEAD_REVISION:
-            raise BadInput(f"database {db} has schema revision {rev}, older than this ra's "
-                           f"{HEAD_REVISION}: run `ra db upgrade --db {db}` once (read commands "
+            raise BadInput(f"database {shown(db)} has schema revision {rev}, older than this ra's "
+                           f"{HEAD_REVISION}: run `ra db upgrade --db {shown(db)}` once (read commands "
                            f"never change a store)")
     except BaseException:
         engine.dispose()
@@ -386,11 +406,11 @@ def open_store(db: str, *, create: bool = True, migrate: bool = True,
         enable_wal(engine)
     except DBAPIError as exc:
         engine.dispose()
-        raise BadInput(f"cannot open database {db}: {_first_line(exc)}") from exc
+        raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
     if migrate and rev != HEAD_REVISION:
         try:
             upgrade(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise BadInput(f"cannot migrate database {db}: {_first_line(exc)}") from exc
+            raise BadInput(f"cannot migrate database {shown(db)}: {_first_line(exc)}") from exc
     return Store(db=db, engine=engine)
