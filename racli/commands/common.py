@@ -33,10 +33,10 @@ def db_location(db: str | None, cfg: Config) -> str:
     return resolve_db(db or GLOBAL["db"], cfg)
 
 
-def open_db(db: str | None, cfg: Config, *, create: bool = True):
+def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):
     from racli.store.engine import open_store
 
-    return open_store(db_location(db, cfg), create=create)
+    return open_store(db_location(db, cfg), create=create, readonly=readonly)
 
 
 def print_json(data: Any) -> None:

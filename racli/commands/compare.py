@@ -184,7 +184,7 @@ def compare(
     if plot is not None and metric == "ms":
         raise BadInput("--plot draws training curves: it does not apply to --metric ms")
     check_plot_path(plot)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
 
     if metric == "ms":
         bc = history.load_bench_comparison(

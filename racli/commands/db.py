@@ -42,15 +42,11 @@ def upgrade(db: common.DbOpt = None, config: common.ConfigOpt = None) -> None:
 def current(db: common.DbOpt = None, config: common.ConfigOpt = None,
             json: common.JsonOpt = False) -> None:
     """Show the database's schema revision and this ra's newest."""
-    from racli.errors import BadInput
-    from racli.store.engine import HEAD_REVISION, read_revision, sqlite_path
+    from racli.store.engine import HEAD_REVISION, inspect_store
 
     cfg = common.config(config)
     location = common.db_location(db, cfg)
-    path = sqlite_path(location)
-    if path is not None and not path.exists():
-        raise BadInput(f"no database at {path}")
-    rev = read_revision(location)
+    rev = inspect_store(location)
     if json:
         common.print_json({"db": location, "revision": rev, "head": HEAD_REVISION,
                            "up_to_date": rev == HEAD_REVISION})

@@ -59,7 +59,7 @@ def gates(
 
     check_plot_path(plot)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     r = get_run(store, run)
     if r.kind != "train":
         raise BadInput(

@@ -127,7 +127,7 @@ def runs(
         return
     _check_filters(kind, status)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     rows = list_run_dicts(store, kind=kind, attn=attn, status=status, tag=tag, limit=limit or None)
     if json:
         common.print_json(rows)
@@ -192,7 +192,7 @@ def show(
     """Everything about one run: figures, code, environment, metrics, timings, config."""
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     d = run_details(store, run_id)
     if json:
         common.print_json(d)
@@ -281,7 +281,7 @@ def export(
         raise BadInput(f"cannot write {output}: directory {output.parent} does not exist")
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     filters = {"kind": kind, "attn": attn, "status": status, "tag": tag}
     if metrics:
         wanted = common.parse_csv_list(names) or None

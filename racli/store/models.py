@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -82,7 +82,8 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # final figures of a train run
     iterations: Mapped[int | None] = mapped_column(Integer)
-    tokens: Mapped[int | None] = mapped_column(Integer)
+    # 64-bit on PostgreSQL (long runs pass 2^31 tokens); SQLite integers are 64-bit anyway
+    tokens: Mapped[int | None] = mapped_column(Integer().with_variant(BigInteger(), "postgresql"))
     epochs: Mapped[float | None] = mapped_column(Float)  # revision 0002
     train_seconds: Mapped[float | None] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
