@@ -641,7 +641,10 @@ def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(cfg, dataset
                 folder.write_text("not a folder")
 
         hook = replace_folder
-    r = training.train(make_spec(cfg, steps=6), store, dataset=dataset, on_step=hook)
+    # with the folder replaced, the periodic checkpoint (step 5) fails during training too
+    extra = ["train.checkpoint_minutes=0.0001"] if hook is not None else []
+    r = training.train(make_spec(cfg, steps=6, extra=extra), store, dataset=dataset,
+                       on_step=hook)
     path = folder / f"run_{r.run_id}.pt"
     assert r.status == "finished" and r.iterations == 6 and r.val_loss is not None
     assert r.checkpoint is None and "checkpoint missing" in r.error and str(path) in r.error
@@ -654,3 +657,5 @@ def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(cfg, dataset
         assert not list(folder.glob("*.tmp")) and not path.exists()
     else:
         assert "is a file, not a folder" in error
+        assert q(store, "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='checkpoint_s'",
+                 r.run_id)[0][0] == 2  # step 5 and the end, both tried

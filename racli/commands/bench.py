@@ -30,7 +30,7 @@ ShapeOpt = Annotated[str | None, typer.Option(
 DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).",
     show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 RepeatsOpt = Annotated[int | None, typer.Option(
     "--repeats", min=1, help="Timed repeats per configuration (default from ra.yaml).",
     show_default=False)]
