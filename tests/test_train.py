@@ -462,7 +462,7 @@ def test_console_reporter_bar_and_plain_lines():
 
 
 def test_train_command_module_does_not_import_torch():
-    code = ("import sys, racli.cli, racli.commands.train; "
+    code = ("import sys, racli.cli, racli.commands.train, racli.training.spec; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=60, check=False)

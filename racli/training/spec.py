@@ -9,6 +9,8 @@ The train settings travel as the typed `TrainConfig` of ra.yaml; the recorded
 `train` section is that dataclass without `compile` (resolved into
 `TrainSpec.compile` and recorded as `compile`), in field order, so the
 recorded JSON and its `config_hash` do not depend on how the spec was built.
+Importing this module does not import torch (the data and the model are
+imported where they are needed).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from racli.config import TrainConfig
 from racli.errors import BadInput
 from racli.names import check_attention, device_type, resolve_device
-from racli.training.data import DataError, Dataset, load_dataset
+
+if TYPE_CHECKING:
+    from racli.training.data import Dataset
 
 # TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
 _TRAIN_SKIP = ("compile",)
@@ -135,6 +139,8 @@ def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
 
 def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
     """The spec's dataset (or `path`'s); unusable data is BadInput (one line)."""
+    from racli.training.data import DataError, load_dataset
+
     try:
         return load_dataset(path if path is not None else spec.data,
                             val_fraction=spec.train.val_fraction,
