@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from racli.config import Config, load_config, resolve_db
+from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
 
 DbOpt = Annotated[Optional[str], typer.Option(
     "--db", help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
@@ -47,7 +48,3 @@ def console():
     from rich.console import Console
 
     return Console()
-
-
-def parse_csv_list(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]

@@ -15,19 +15,10 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
+from racli.names import check_plot_path
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
 _SHOW_GROUPS = 10
-
-
-def check_plot_path(plot: Path | None) -> None:
-    if plot is None:
-        return
-    parent = plot.parent if str(plot.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
-    if plot.is_dir():
-        raise BadInput(f"cannot write plot {plot}: it is a directory")
 
 
 def _fraction(name: str, value: float) -> None:
