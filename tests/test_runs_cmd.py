@@ -183,7 +183,7 @@ def test_delete_needs_yes_without_a_terminal(db):
 
 def test_delete_removes_rows_and_checkpoint(db):
     ckpt = checkpoint_files(str(db), 4)[0]
-    ckpt.parent.mkdir()
+    ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"weights")
     other = checkpoint_files(str(db), 3)[0]
     other.write_bytes(b"weights")

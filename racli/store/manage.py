@@ -14,21 +14,19 @@ from pathlib import Path
 from sqlalchemy import delete, false, func, select, true, update
 
 from racli.errors import BadInput
-from racli.store.engine import Store, sqlite_path
+from racli.store.engine import Store
 from racli.store.models import GateValue, Metric, Run, Timing
 from racli.store.recorder import is_stale
 
 _IN_CHUNK = 900  # bound parameters per IN (...)
-CHECKPOINT_DIRNAME = "ra_checkpoints"
 
 
 def checkpoint_files(db: str, run_id: int) -> list[Path]:
-    """The checkpoint file of a run (and a half-written one), torch-free: the same
-    place as racli.training.checkpoint.checkpoint_path (`ra_checkpoints/run_<id>.pt`
-    beside a SQLite database, under the working directory for a URL)."""
-    path = sqlite_path(db)
-    base = (path.parent if path is not None else Path.cwd()) / CHECKPOINT_DIRNAME
-    return [base / f"run_{run_id}.pt", base / f"run_{run_id}.pt.tmp"]
+    """The checkpoint file of a run (and a half-written one), in its store's own folder."""
+    from racli.training.ckpt_paths import checkpoint_path
+
+    path = checkpoint_path(db, run_id)
+    return [path, path.with_name(path.name + ".tmp")]
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
