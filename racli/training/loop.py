@@ -48,6 +48,7 @@ import torch
 from racli.errors import BadInput
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
+from racli.training.budget import EpochBudget
 from racli.training.data import BatchSampler, DataError, Dataset, eval_batches, load_dataset
 from racli.training.progress import NullReporter, epoch_warning
 from racli.training.schedule import lr_at, step_progress, time_progress
@@ -147,15 +148,17 @@ def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | N
     if preset is not None:
         overrides.insert(0, f"model.preset={preset}")
     cfg = apply_overrides(cfg, overrides)
-    model = cfg.model_fields(cfg.model.preset)
+    dev = resolve_device(device)
+    preset = cfg.resolve_preset(cfg.model.preset, dev)  # `auto`: gpt2 on CUDA, tiny on CPU
+    cfg = apply_overrides(cfg, [f"model.preset={preset}"]) if preset != cfg.model.preset else cfg
+    model = cfg.model_fields(preset)
     model.setdefault("vocab_size", None)
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _TRAIN_SKIP}
-    dev = resolve_device(device)
     if compile is None:
         compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
     return TrainSpec(attn=attn, model=model, train=train, data=data, minutes=minutes,
                      steps=steps, seed=int(seed), tag=tag, device=dev, compile=bool(compile),
-                     preset=cfg.model.preset)
+                     preset=preset)
 
 
 def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
@@ -171,11 +174,9 @@ def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What the config records about the data: a name and its size, not where it lives,
     so runs on machines with different paths to the same corpus stay comparable."""
-    name = dataset.name
-    if not name.startswith("builtin:"):
-        name = Path(name.rstrip("/\\")).name or name
-    return {"name": name, "vocab_size": dataset.vocab_size,
-            "train_tokens": dataset.train_tokens, "val_tokens": dataset.val_tokens}
+    from racli.training.data import dataset_identity  # name, sizes, tokenizer, content hash
+
+    return dataset_identity(dataset)
 
 
 def data_location(spec: TrainSpec, dataset: Dataset) -> str:
@@ -421,6 +422,7 @@ class Trainer:
         self.val_loss: float | None = None
         self.error: str | None = None
         self.last_checkpoint = time.monotonic()
+        self.budget = EpochBudget(self)  # epoch estimate, --max-epochs
 
     # ---- small helpers ----------------------------------------------------
     def _sync(self) -> None:
@@ -575,6 +577,7 @@ class Trainer:
         groups = opt.param_groups
         stopped_by_user = False
         status = "finished"
+        self.budget.start(self)
 
         while True:
             if warmup:
@@ -610,6 +613,7 @@ class Trainer:
                 self.on_step(StepInfo(self.step, x, y, self.raw))
 
             done = spec.steps is not None and self.step >= spec.steps
+            done = self.budget.after_step(self) or done
             user_stop = self.stop.is_set()
             if not self.info.enabled:
                 if user_stop:
