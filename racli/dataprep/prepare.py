@@ -108,8 +108,9 @@ class NullProgress:
 class ConsoleProgress(NullProgress):
     """A Rich progress bar on stderr: documents, tokens, tokens/s (bar: bytes read)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, bar: bool | None = None):
         self.stream = stream or sys.stderr
+        self.bar = self.stream.isatty() if bar is None else bar  # no bar in logs and pipes
         self._progress = None
         self._t0 = time.perf_counter()
 
@@ -121,6 +122,8 @@ class ConsoleProgress(NullProgress):
             self.stream.flush()
 
     def start(self, total_bytes: int | None) -> None:
+        if not self.bar:
+            return
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -130,7 +133,7 @@ class ConsoleProgress(NullProgress):
             TextColumn("{task.fields[docs]} documents"),
             TextColumn("{task.fields[tokens]} tokens"),
             TextColumn("{task.fields[rate]} tokens/s"), TimeElapsedColumn(),
-            console=Console(file=self.stream), transient=False)
+            console=Console(file=self.stream, force_terminal=True), transient=False)
         self._progress.start()
         self._task = self._progress.add_task("prepare", total=total_bytes, docs="0",
                                              tokens="0", rate="-")

@@ -20,6 +20,7 @@ there. Work is cut into chunks that a worker process turns into documents with
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -33,7 +34,6 @@ DEFAULT_GLOBS = ("**/*.txt", "**/*.md")
 DOC_CHARS = 64 * 1024  # long text files are cut into documents of about this many characters
 CHUNK_BYTES = 2 << 20  # work handed to a worker at a time
 CHUNK_FILES = 512
-_SNIFF = 8192
 
 
 class SourceError(BadInput):
@@ -181,10 +181,28 @@ class TextFileSource(Source):
         self.size = path.stat().st_size
         if self.size == 0:
             raise SourceError(f"{spec}: file is empty")
-        with open(path, "rb") as fh:
-            head = fh.read(_SNIFF)
-        if b"\x00" in head:
-            raise SourceError(f"{spec}: binary file (holds NUL bytes), not text")
+        # read it through once now, so that a file that is not text is refused before any work
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        blank = True
+        try:
+            with open(path, "rb") as fh:
+                offset = 0
+                while block := fh.read(CHUNK_BYTES):
+                    if b"\x00" in block:
+                        raise SourceError(f"{spec}: binary file (holds NUL bytes), not text")
+                    try:
+                        blank = not decoder.decode(block).strip() and blank
+                    except UnicodeDecodeError as exc:
+                        raise SourceError(f"{spec}: binary file or not UTF-8 text (byte "
+                                          f"{offset + exc.start})") from None
+                    offset += len(block)
+                decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise SourceError(f"{spec}: not UTF-8 text (it ends inside a character)") from None
+        except OSError as exc:
+            raise SourceError(f"{spec}: cannot read ({exc.strerror or exc})") from None
+        if blank:
+            raise SourceError(f"{spec}: file holds only white space")
 
     def describe(self) -> dict:
         return {"kind": self.kind, "path": self.spec, "bytes": self.size}
