@@ -209,6 +209,7 @@ def test_hub_without_the_datasets_package_is_one_line(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- tokenizers
 
 
+@pytest.mark.slow
 def test_trained_bpe_tokenizer(corpus, tmp_path):
     from tokenizers import Tokenizer
 
@@ -474,6 +475,7 @@ def _metrics(db: Path, name: str) -> list[tuple]:
                             (name,)).fetchall()
 
 
+@pytest.mark.slow
 def test_ra_train_on_a_prepared_folder(corpus, tmp_path):
     out = tmp_path / "prep"
     meta = prepare(make_settings([corpus], out, tokenizer="train:300"))
@@ -493,7 +495,7 @@ def test_ra_train_on_a_prepared_folder(corpus, tmp_path):
     assert f"hash {meta['content_hash']}" in shown.stdout and "tokenizer train:300" in \
         shown.stdout
     # another corpus: another config_hash, so the runs never pool
-    other = prepare(make_settings([corpus], tmp_path / "prep2", tokenizer="train:300", seed=9))
+    other = prepare(make_settings([corpus], tmp_path / "prep2", seed=9))
     assert other["content_hash"] != meta["content_hash"]
     res = ra_inprocess("train", "--db", db, "--attn", "baseline", "--steps", 3, "--data",
                        tmp_path / "prep2", "--device", "cpu", "--no-compile", *TINY)
@@ -503,6 +505,7 @@ def test_ra_train_on_a_prepared_folder(corpus, tmp_path):
     assert hashes[0] == config_hash and hashes[1] != config_hash
 
 
+@pytest.mark.slow
 def test_epochs_warning_at_once_and_estimate_recorded(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 40)  # 1.8 kB
@@ -555,6 +558,7 @@ def test_minutes_budget_estimate_from_the_first_steps():
     assert len(metrics) == 1  # once
 
 
+@pytest.mark.slow
 def test_max_epochs_stops_the_run_finished(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 40)
