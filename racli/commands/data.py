@@ -18,10 +18,11 @@ app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 def prepare(
     sources: Annotated[list[str], typer.Argument(
         help="Text files (.txt, .md), folders (files chosen by --glob), .jsonl/.jsonl.gz, "
-        ".parquet, or hf:NAME for a Hugging Face dataset.", show_default=False)],
+        ".parquet, or hf:NAME for a Hugging Face dataset.", metavar="SOURCE",
+        show_default=False)],
     out: Annotated[str, typer.Option(
         "--out", help="The folder to write: train.bin, val.bin, meta.json "
-        "(and tokenizer.json).", show_default=False)],
+        "(and tokenizer.json).", metavar="DIR", show_default=False)],
     tokenizer: Annotated[str, typer.Option(
         "--tokenizer", help="gpt2 (tiktoken; needs its files once), train:VOCAB (a byte-level "
         "BPE trained on the corpus, offline; e.g. train:32768) or bytes.")] = "gpt2",
@@ -86,7 +87,7 @@ def summary_text(out: str, meta: dict) -> str:
         f"  content hash   {meta['content_hash']}",
     ]
     if meta["skipped"]["files"]:
-        lines.append(f"  skipped        {meta['skipped']['files']} files (empty, binary or "
-                     f"not UTF-8), e.g. {meta['skipped']['first'][0]}")
+        lines.append(f"  skipped        {meta['skipped']['files']} files (binary or not "
+                     f"UTF-8 text), e.g. {meta['skipped']['first'][0]}")
     lines.append(f"train on it: ra train --attn ra_v5 --data {out}")
     return "\n".join(lines)

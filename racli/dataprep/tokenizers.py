@@ -192,15 +192,12 @@ class Encoder:
         else:
             ids = [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
         lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-        tokens = np.empty(int(lengths.sum()), dtype=self.dtype)
-        ends = np.cumsum(lengths)
-        tokens[ends - 1] = self.eot
-        pos = 0
-        for x, n in zip(ids, lengths):
-            if n > 1:
-                tokens[pos:pos + n - 1] = x
-            pos += int(n)
-        return tokens, lengths
+        eot = np.array([self.eot], dtype=self.dtype)
+        parts = []
+        for x in ids:
+            parts.append(np.array(x, dtype=self.dtype))
+            parts.append(eot)
+        return np.concatenate(parts), lengths
 
     def describe(self) -> dict:
         return {"vocab_size": self.vocab_size, "eot_token": self.eot,
