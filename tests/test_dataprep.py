@@ -622,3 +622,15 @@ def test_train_model_auto_option(tmp_path):
     with sqlite3.connect(db) as conn:
         (preset,) = conn.execute("SELECT json_extract(config, '$.preset') FROM runs").fetchone()
     assert preset == "tiny"
+
+
+@pytest.mark.slow
+def test_bad_record_deep_in_a_file_stops_the_workers_with_one_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps({"text": doc_text(i)}) for i in range(30)]
+    lines.append(json.dumps({"txt": "wrong field"}))
+    path.write_text("\n".join(lines) + "\n")
+    err = one_line_error(ra_inprocess("data", "prepare", path, "--out", tmp_path / "o",
+                                      "--tokenizer", "bytes", "--workers", 2))
+    assert f"{path}:31: no field 'text' (fields: txt)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
