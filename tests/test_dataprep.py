@@ -451,6 +451,9 @@ def test_progress_bar_shows_documents_tokens_and_speed(corpus, tmp_path):
     prepare(make_settings([corpus], tmp_path / "o"), ConsoleProgress(stream, bar=True))
     shown = stream.getvalue()
     assert "documents" in shown and "tokens/s" in shown and "31" in shown
+    plain = io.StringIO()  # not a terminal: a plain line every `every_s` seconds
+    prepare(make_settings([corpus], tmp_path / "p"), ConsoleProgress(plain, bar=False, every_s=0))
+    assert "tokenising: " in plain.getvalue() and "tokens/s" in plain.getvalue()
 
 
 def test_data_command_does_not_import_torch():

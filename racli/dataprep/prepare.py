@@ -108,11 +108,12 @@ class NullProgress:
 class ConsoleProgress(NullProgress):
     """A Rich progress bar on stderr: documents, tokens, tokens/s (bar: bytes read)."""
 
-    def __init__(self, stream=None, bar: bool | None = None):
+    def __init__(self, stream=None, bar: bool | None = None, every_s: float = 30.0):
         self.stream = stream or sys.stderr
-        self.bar = self.stream.isatty() if bar is None else bar  # no bar in logs and pipes
+        self.bar = self.stream.isatty() if bar is None else bar  # logs and pipes: plain lines
+        self.every_s = every_s
         self._progress = None
-        self._t0 = time.perf_counter()
+        self._t0 = self._last = time.perf_counter()
 
     def note(self, text: str) -> None:
         if self._progress is not None:
@@ -122,6 +123,7 @@ class ConsoleProgress(NullProgress):
             self.stream.flush()
 
     def start(self, total_bytes: int | None) -> None:
+        self._t0 = self._last = time.perf_counter()
         if not self.bar:
             return
         from rich.console import Console
@@ -139,9 +141,14 @@ class ConsoleProgress(NullProgress):
                                              tokens="0", rate="-")
 
     def update(self, *, documents, tokens, nbytes) -> None:
+        now = time.perf_counter()
+        dt = now - self._t0
         if self._progress is None:
+            if not self.bar and now - self._last >= self.every_s:
+                self._last = now
+                self.note(f"tokenising: {documents:,} documents, {tokens:,} tokens, "
+                          f"{tokens / dt:,.0f} tokens/s")
             return
-        dt = time.perf_counter() - self._t0
         self._progress.update(self._task, completed=nbytes, docs=f"{documents:,}",
                               tokens=f"{tokens:,}",
                               rate=f"{tokens / dt:,.0f}" if dt > 0 else "-")
