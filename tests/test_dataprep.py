@@ -637,3 +637,23 @@ def test_bad_record_deep_in_a_file_stops_the_workers_with_one_line(tmp_path):
                                       "--tokenizer", "bytes", "--workers", 2))
     assert f"{path}:31: no field 'text' (fields: txt)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_sigterm_stops_a_prepare_like_ctrl_c(corpus, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from racli.commands import data as data_cmd
+
+    real_add = DatasetWriter.add
+
+    def add_then_term(self, split, tokens, documents):
+        real_add(self, split, tokens, documents)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(DatasetWriter, "add", add_then_term)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        data_cmd._stoppable(lambda: prepare(make_settings([corpus], tmp_path / "out")))
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]

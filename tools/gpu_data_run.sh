@@ -75,6 +75,11 @@ print(f"speed:       tokenising {meta['tokens_per_s']:,} tokens/s over "
       f"{meta['seconds']['tokenize']:.1f}s; BPE training {meta['seconds']['tokenizer']:.1f}s; "
       f"whole command {wall:.1f}s ({total / wall:,.0f} tokens/s)")
 print(f"vocabulary:  {meta['vocab_size']:,} ({meta['dtype']}), content hash {meta['content_hash']}")
+rate = 500_000  # GPT-2 124M training on one H100/H200-class GPU, tokens/s (docs/results.md)
+print(f"epochs:      5 minutes at ~{rate:,} tokens/s use ~{rate * 300 / 1e6:.0f}M tokens = "
+      f"{rate * 300 / tok['train']:.2f} passes over the training split"
+      + (" (over one: prepare more, e.g. MAX_TOKENS=250M GLOBS='**/*.py **/*.pyi **/*.h')"
+         if rate * 300 > tok["train"] else ""))
 if total < 100_000_000:
     print(f"NOTE: {total:,} tokens is under 100M: add sources (e.g. GLOBS='**/*.py **/*.pyi "
           f"**/*.h') or raise MAX_TOKENS")

@@ -64,11 +64,25 @@ def prepare(
         max_tokens=parse_count(max_tokens, "--max-tokens"), val_fraction=val_fraction,
         seed=seed, workers=workers, force=force,
         tokenizer_sample_bytes=parse_count(tokenizer_sample, "--tokenizer-sample"))
-    meta = run_prepare(settings, ConsoleProgress())
+    meta = _stoppable(lambda: run_prepare(settings, ConsoleProgress()))
     if json:
         common.print_json(meta)
         return
     typer.echo(summary_text(out, meta))
+
+
+def _stoppable(job):
+    """Run `job` with SIGTERM treated like Ctrl-C: the temporary folder is removed."""
+    import signal
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return job()
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def summary_text(out: str, meta: dict) -> str:

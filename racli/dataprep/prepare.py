@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -165,8 +166,10 @@ _ENCODER: toks.Encoder | None = None
 _DOC_CHARS = src.DOC_CHARS
 
 
-def _init_worker(recipe: tuple, doc_chars: int) -> None:
+def _init_worker(recipe: tuple, doc_chars: int, in_pool: bool = True) -> None:
     global _ENCODER, _DOC_CHARS
+    if in_pool:  # Ctrl-C is the main process's to handle: it stops the pool and cleans up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _ENCODER = toks.Encoder(recipe)
     _DOC_CHARS = doc_chars
@@ -181,7 +184,7 @@ def _work(chunk):
 def _results(chunks, recipe: tuple, workers: int, doc_chars: int):
     """Results of ``_work`` for each chunk, in order, with at most 2 x workers in flight."""
     if workers == 1:
-        _init_worker(recipe, doc_chars)
+        _init_worker(recipe, doc_chars, in_pool=False)
         for chunk in chunks:
             yield _work(chunk)
         return
