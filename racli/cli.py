@@ -122,6 +122,9 @@ def _register() -> None:
     from racli.commands import train
 
     app.command("train")(train.train)
+    from racli.commands import data
+
+    app.add_typer(data.app, name="data")
 
 
 _register()

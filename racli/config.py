@@ -21,6 +21,9 @@ from racli.errors import BadInput
 from racli.names import ATTENTION_NAMES, SDPA_BACKENDS, comma_list
 
 BENCH_MODES = ("eager", "compile", "cuda_graph")
+# model.preset `auto`: the preset that fits the device (resolved where the device is known)
+AUTO_PRESET = "auto"
+AUTO_PRESETS = {"cuda": "gpt2", "cpu": "tiny"}
 
 
 class ConfigError(BadInput):
@@ -104,6 +107,7 @@ class TrainConfig:
     val_fraction: float = _f(0.1, gt=0.0, lt=1.0)
     compile: str = _f("auto", choices=("auto", "on", "off"))
     sdpa_backend: str = _f("auto", choices=SDPA_BACKENDS)
+    max_epochs: float | None = _f(None, gt=0.0)  # stop a run after this many passes
 
 
 @dataclass
@@ -131,9 +135,17 @@ class Config:
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     # ---- derived views -------------------------------------------------
-    def model_fields(self, preset: str | None = None) -> dict[str, Any]:
-        """The GPTConfig fields for a preset, with the `model` section applied."""
+    def resolve_preset(self, preset: str | None = None, device_type: str = "cpu") -> str:
+        """The preset's name, with `auto` resolved for `device_type` (cuda: gpt2, else tiny)."""
         name = preset or self.model.preset
+        if name == AUTO_PRESET:
+            return AUTO_PRESETS["cuda" if device_type.split(":")[0] == "cuda" else "cpu"]
+        return name
+
+    def model_fields(self, preset: str | None = None, device_type: str = "cpu") -> dict[str, Any]:
+        """The GPTConfig fields for a preset (`auto`: for `device_type`), with the `model`
+        section applied."""
+        name = self.resolve_preset(preset, device_type)
         if name not in self.models:
             raise BadInput(f"unknown model preset '{name}' (valid: {', '.join(sorted(self.models))})")
         fields = dataclasses.asdict(self.models[name])
@@ -236,9 +248,14 @@ def _validate_cross(cfg: Config) -> None:
     src = cfg.source
     if not cfg.models:
         raise ConfigError(src, "models", "at least one model preset is needed")
-    if cfg.model.preset not in cfg.models:
+    if cfg.model.preset == AUTO_PRESET:
+        missing = [p for p in AUTO_PRESETS.values() if p not in cfg.models]
+        if missing:
+            raise ConfigError(src, "model.preset", f"auto needs the presets "
+                              f"{', '.join(AUTO_PRESETS.values())} (missing: {', '.join(missing)})")
+    elif cfg.model.preset not in cfg.models:
         raise ConfigError(src, "model.preset", f"unknown preset '{cfg.model.preset}' "
-                          f"(valid: {', '.join(cfg.models)})")
+                          f"(valid: {AUTO_PRESET}, {', '.join(cfg.models)})")
     for name, p in cfg.models.items():
         if p.n_embd % p.n_head:
             raise ConfigError(src, f"models.{name}", f"n_embd {p.n_embd} is not divisible by n_head {p.n_head}")
@@ -250,6 +267,7 @@ def _validate_cross(cfg: Config) -> None:
             raise ConfigError(src, f"bench.modes[{i}]", f"unknown mode '{m}' (valid: {', '.join(BENCH_MODES)})")
     if cfg.bench.shape != "auto" and cfg.bench.shape not in cfg.bench.shapes:
         raise ConfigError(src, "bench.shape", f"unknown shape '{cfg.bench.shape}' (valid: auto, {', '.join(cfg.bench.shapes)})")
+    # `auto` is checked as it resolves without a device (tiny); a run checks its resolution
     fields = cfg.model_fields()
     head_dim = fields["n_embd"] // fields["n_head"] if fields["n_embd"] % fields["n_head"] == 0 else None
     if head_dim is None:

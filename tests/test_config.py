@@ -42,7 +42,7 @@ def test_packaged_presets_shapes_and_verdict():
     assert cfg.verdict.threshold == pytest.approx(0.01)
     assert cfg.verdict.speed_tolerance == pytest.approx(0.10)
     assert cfg.db == "ra.db"
-    assert cfg.model.preset == "tiny" and cfg.model.ra_rank == 4
+    assert cfg.model.preset == "auto" and cfg.model.ra_rank == 4
     assert cfg.bench.attn == ["baseline", "ra_v5"]
     assert cfg.bench.modes == ["eager", "compile", "cuda_graph"]
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(6e-4)

@@ -154,6 +154,13 @@ def show_text(d: dict) -> str:
                 "tokens_per_s", "error"):
         if d.get(key) is not None:
             lines.append(f"  {key:<14} {_fmt(d[key], 6) if not isinstance(d[key], str) else d[key]}")
+    data = (d.get("config") or {}).get("data")
+    if isinstance(data, dict) and data.get("name"):
+        n = {k: f"{data[k]:,}" if isinstance(data.get(k), int) else "-"
+             for k in ("train_tokens", "val_tokens", "vocab_size")}
+        lines.append(f"  {'data':<14} {data['name']}: train {n['train_tokens']}, val {n['val_tokens']} "
+                     f"tokens, vocabulary {n['vocab_size']}, tokenizer {data.get('tokenizer') or '-'}, "
+                     f"hash {data.get('content_hash') or '-'}")
     lines.append("Code:")
     lines.append(f"  {'ra':<14} {describe(d.get('code'))}")
     if (d.get("code") or {}).get("commit"):

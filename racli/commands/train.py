@@ -36,11 +36,13 @@ def train(
         "--steps", help="Budget: number of optimizer steps (instead of --minutes).",
         show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Model preset from ra.yaml (default: model.preset).",
+        "--model", help="Model preset from ra.yaml, or auto: gpt2 on CUDA, tiny on the CPU "
+        "(default: model.preset).",
         show_default=False)] = None,
     data: Annotated[str | None, typer.Option(
-        "--data", help="Training text: a .txt file, a directory of .txt files, or a nanoGPT "
-        "directory with train.bin/val.bin (default: the built-in corpus).",
+        "--data", help="Training data: a folder from `ra data prepare`, a nanoGPT folder with "
+        "train.bin/val.bin, a .txt file or a folder of .txt files (default: the built-in "
+        "corpus).",
         show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Seed of the model init and of the batch order (default 0).",
@@ -56,6 +58,9 @@ def train(
     compile: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="torch.compile the model (default: train.compile; "
         "auto = on with CUDA).", show_default=False)] = None,
+    max_epochs: Annotated[float | None, typer.Option(
+        "--max-epochs", help="Stop after this many passes over the training split "
+        "(train.max_epochs).", show_default=False)] = None,
     tag: Annotated[str | None, typer.Option(
         "--tag", help="A label stored on the run.", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option(
@@ -82,7 +87,8 @@ def train(
     if resume is not None:
         conflicts = _resume_conflicts(attn=attn, minutes=minutes, steps=steps, model=model,
                                       data=data, seed=seed, batch_size=batch_size, lr=lr,
-                                      device=device, compile=compile, tag=tag, set=set_)
+                                      device=device, compile=compile, tag=tag, set=set_,
+                                      max_epochs=max_epochs)
         if conflicts:
             raise BadInput(f"--resume continues run {resume} with its recorded configuration "
                            f"and budget: drop {', '.join(conflicts)}")
@@ -96,6 +102,8 @@ def train(
             overrides.append(f"train.batch_size={batch_size}")
         if lr is not None:
             overrides.append(f"train.lr={lr:.17e}")  # YAML needs the dot and sign
+        if max_epochs is not None:
+            overrides.append(f"train.max_epochs={max_epochs:.17e}")
         spec = training.spec_from_config(cfg, attn=attn, preset=model, data=data,
                                          minutes=minutes, steps=steps,
                                          seed=0 if seed is None else seed, tag=tag,

@@ -108,15 +108,17 @@ def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | N
     if preset is not None:
         overrides.insert(0, f"model.preset={preset}")
     cfg = apply_overrides(cfg, overrides)
-    model = cfg.model_fields(cfg.model.preset)
-    model.setdefault("vocab_size", None)
     dev = resolve_device(device)
+    preset = cfg.resolve_preset(cfg.model.preset, dev)  # `auto`: gpt2 on CUDA, tiny on CPU
+    cfg = apply_overrides(cfg, [f"model.preset={preset}"]) if preset != cfg.model.preset else cfg
+    model = cfg.model_fields(preset)
+    model.setdefault("vocab_size", None)
     if compile is None:
         compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
     train = dataclasses.replace(cfg.train, compile="on" if compile else "off")
     return TrainSpec(attn=attn, model=model, train=train, data=data, minutes=minutes,
                      steps=steps, seed=int(seed), tag=tag, device=dev, compile=bool(compile),
-                     preset=cfg.model.preset)
+                     preset=preset)
 
 
 def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
@@ -152,11 +154,9 @@ def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What the config records about the data: a name and its size, not where it lives,
     so runs on machines with different paths to the same corpus stay comparable."""
-    name = dataset.name
-    if not name.startswith("builtin:"):
-        name = Path(name.rstrip("/\\")).name or name
-    return {"name": name, "vocab_size": dataset.vocab_size,
-            "train_tokens": dataset.train_tokens, "val_tokens": dataset.val_tokens}
+    from racli.training.data import dataset_identity  # name, sizes, tokenizer, content hash
+
+    return dataset_identity(dataset)
 
 
 def data_location(spec: TrainSpec, dataset: Dataset) -> str:

@@ -45,6 +45,7 @@ import torch
 from racli.names import sdpa_backend_context
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
+from racli.training.budget import EpochBudget
 from racli.training.data import BatchSampler, Dataset, eval_batches
 from racli.training.progress import epoch_warning
 from racli.training.result import StepInfo
@@ -138,6 +139,8 @@ class Trainer:
         self.status = "finished"
         self.stopped_by_user = False
         self.warmup = True  # the session's first step: compile + set-up, not charged
+        self.budget = EpochBudget(self)  # epoch estimate, --max-epochs
+        self.epochs_stop = False  # --max-epochs reached
         self.loss_acc = torch.zeros((), device=device, dtype=torch.float32)
         self.since_log = 0
         self.last_log_tokens, self.last_log_secs = self.timed_tokens, 0.0
@@ -299,8 +302,10 @@ class Trainer:
         """Train until the budget is used, a stop is asked for, or the loss diverges.
         Returns the end status: finished, interrupted or diverged."""
         self._begin()
+        self.budget.start(self)
         while True:
             lr = self._train_step()
+            self.epochs_stop = self.budget.after_step(self)
             done = self._stop_decision()
             if self.step % self.t.log_interval == 0 or done:
                 done = self._log_point(lr, done)
@@ -366,7 +371,7 @@ class Trainer:
         One process decides after every step. Under DDP a rank decides alone only on the
         step budget; the rest is decided together at log points, from `joint` = (any rank
         was asked to stop, rank 0's time is up), so that every rank stops at one step."""
-        done = self.spec.steps is not None and self.step >= self.spec.steps
+        done = (self.spec.steps is not None and self.step >= self.spec.steps) or self.epochs_stop
         if self.info.enabled:
             user_stop, time_up = joint if joint is not None else (False, False)
         else:
