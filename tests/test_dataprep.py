@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import sqlite3
+import types
 from pathlib import Path
 
 import numpy as np
@@ -540,7 +541,7 @@ def test_minutes_budget_estimate_from_the_first_steps():
     t.dataset = Fake()
     t.dataset.train_tokens, t.dataset.name = 1000, "d"
     t.config = {"data": {"name": "d"}}
-    t.t = {"max_epochs": None}
+    t.t = types.SimpleNamespace(max_epochs=None)
     t.rec = Fake()
     t.rec.metric = lambda step, name, value, secs: metrics.append((step, name, value))
     t.reporter = Fake()

@@ -497,7 +497,7 @@ KNOWN_CONFIG = (
     '"lr": 0.003, "min_lr_ratio": 0.1, "warmup_frac": 0.05, "weight_decay": 0.1, "beta1": 0.9, '
     '"beta2": 0.95, "grad_clip": 1.0, "gate_lr_mult": 1.0, "eval_interval": 100, '
     '"eval_batches": 20, "final_eval_batches": 100, "log_interval": 10, '
-    '"checkpoint_minutes": 5.0, "val_fraction": 0.1, "sdpa_backend": "math"}, '
+    '"checkpoint_minutes": 5.0, "val_fraction": 0.1, "sdpa_backend": "math", "max_epochs": null}, '
     '"budget": {"steps": 7}, "device": "cpu", "compile": false, "autocast": null, '
     '"world_size": 2, "global_batch_size": 32, "tokens_per_step": 2048}')
 
