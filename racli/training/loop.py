@@ -50,6 +50,7 @@ from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
 from racli.training.data import BatchSampler, DataError, Dataset, eval_batches, load_dataset
 from racli.training.progress import NullReporter, epoch_warning
+from racli.training.reciprocity import record_measures
 from racli.training.schedule import lr_at, step_progress, time_progress
 
 # train fields that are not part of the recorded `train` section (resolved elsewhere)
@@ -74,6 +75,7 @@ class TrainSpec:
     device: str = "cpu"  # cpu | cuda | cuda:N
     compile: bool = False
     preset: str | None = None
+    measures: dict[str, Any] = field(default_factory=dict)  # ra.yaml `gates` (reciprocity.py)
 
     @property
     def device_type(self) -> str:
@@ -155,6 +157,7 @@ def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | N
         compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
     return TrainSpec(attn=attn, model=model, train=train, data=data, minutes=minutes,
                      steps=steps, seed=int(seed), tag=tag, device=dev, compile=bool(compile),
+                     measures=dataclasses.asdict(cfg.gates),
                      preset=cfg.model.preset)
 
 
@@ -505,19 +508,22 @@ class Trainer:
         secs = self.clock.seconds
         self.rec.metrics(self.step, _finite({"val_loss": self.val_loss, "eval_s": dt,
                                              "epochs": self.epochs}), secs)
-        self._record_gates()
+        self._record_gates(final=final)
         self.reporter.note(f"step {self.step}: {'final ' if final else ''}val_loss "
                            f"{self.val_loss:.4f} ({len(batches)} batches, {dt:.1f}s)")
         if not final:
             self.rec.update(**self.row_figures())
             self.clock.start()
 
-    def _record_gates(self) -> None:
+    def _record_gates(self, final: bool = False) -> None:
         if self.last_gate_step == self.step:
             return
         gates = self.raw.gate_values()
         if gates:
             self.rec.gates(self.step, gates)
+        if self.info.is_main:  # reciprocity measures (racli/training/reciprocity.py)
+            record_measures(self.raw, self.eval_set, self.rec, self.step, self.spec.measures,
+                            final=final, elapsed_s=self.clock.seconds)
         self.last_gate_step = self.step
 
     def checkpoint_state(self) -> dict[str, Any]:
