@@ -32,7 +32,7 @@ ABLATION_CHOICES = ("every", "ends", "never")
 @dataclass(frozen=True)
 class MeasureSettings:
     batches: int = 2  # evaluation batches measured; 0 disables the measures
-    rows: int = 8  # sequences per batch; 0: the whole batch
+    rows: int = 4  # sequences per batch; 0: the whole batch
     ablation: str = "ends"  # every | ends | never
 
     @classmethod
