@@ -51,12 +51,12 @@ def gate_tables(report: GateReport, *, title: str | None = None) -> str:
     from init (Δ) and, where it varies by head, the init; then the legend,
     the summary lines and the warnings (dead gates first, loudly)."""
     out: list[str] = [title or f"LEARNED GATES at step {report.step}", RULE]
-    if report.note:
-        out += [f"Note: {report.note}", ""]
     dead_lines = [w for w in report.warnings if w.startswith("DEAD GATES")]
     out += [f"⚠️ {w}" for w in dead_lines]
     if dead_lines:
         out.append("")
+    if report.note:
+        out += [f"Note: {report.note}", ""]
 
     names = report.names or sorted({e.name for e in report.entries})
     layers, heads = report.layers, report.heads
