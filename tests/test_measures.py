@@ -318,3 +318,30 @@ def test_training_losses_identical_with_and_without_measures(tmp_path):
     assert (8, "rec_ablation") in gates_m and (4, "rec_ablation") in gates_m
     assert not any(n.startswith("rec_") for _, n in gates_0) and cost0 == []
     assert [s for s, _ in cost] == [0, 4, 8]
+
+
+@pytest.mark.gpu
+def test_cuda_measures_match_cpu_and_leave_the_model_alone():
+    """On CUDA the composed weight comes from the fused kernel: the measures agree with a
+    float64 CPU computation, and record_measures changes nothing under bf16 training flags."""
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=64, block_size=32, attn="ra_v5")
+    model = GPT(cfg)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.w_rec.fill_(0.8)
+    batches = token_batches(n=2, B=3, T=32)
+    want = model_measures(copy.deepcopy(model).double(), batches)
+    gpu = model.cuda().train()
+    state = {k: v.clone() for k, v in gpu.state_dict().items()}
+    rec = FakeRecorder()
+    cuda_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # the trainer's context
+        record_measures(gpu, cuda_batches, rec, 0, {"measure_batches": 2, "measure_rows": 0})
+    got = rec.gate_rows[0][1]
+    for layer in range(2):
+        for name in ("rec_share", "rec_effect", "rec_ablation"):
+            assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-3,
+                                                     abs=1e-6)
+    assert gpu.training and all(torch.equal(v, state[k]) for k, v in gpu.state_dict().items())
