@@ -397,3 +397,22 @@ def test_fresh_cpu_run_shows_the_new_classification(tmp_path):
     assert "Note:" not in res.stdout and "Legend: * uses reciprocity: rec_share > 5%" in res.stdout
     assert "rec_share: 0/4 heads above 5%" in res.stdout  # w_rec starts small: not in use
     assert "rec_ablation (loss change" in res.stdout
+
+
+def test_several_runs_import_no_torch(seeds_db, tmp_path):
+    db, ids = seeds_db
+    png = tmp_path / "runs.png"
+    code = f"""
+import sys
+from racli.cli import app
+try:
+    app(["gates", "--db", {str(db)!r}, "--runs", "{ids[1]},{ids[2]}", "--plot", {str(png)!r}])
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert png.read_bytes()[:8] == PNG_SIGNATURE

@@ -261,10 +261,14 @@ def test_record_measures_leaves_the_model_as_it_was():
 def test_settings_batches_rows_and_ablation_schedule():
     batches = token_batches(n=3, B=4)
     s = MeasureSettings.from_mapping({"measure_batches": 2, "measure_rows": 3, "ablation": "ends"})
-    picked = measured_batches(batches, s)
+    picked = measured_batches(batches, s)  # batches 0 and 2, rows 0, 2 (1.5 rounds) and 3
     assert len(picked) == 2 and picked[0][0].shape == (3, 16)
-    assert torch.equal(picked[1][1], batches[1][1][:3])
+    assert torch.equal(picked[1][1], batches[2][1][[0, 2, 3]])
+    assert torch.equal(picked[0][0], batches[0][0][[0, 2, 3]])
     assert len(measured_batches(batches, MeasureSettings(rows=0))[0][0]) == 4
+    assert len(measured_batches(batches, MeasureSettings(batches=5, rows=9))) == 3
+    one = measured_batches(batches, MeasureSettings(batches=1, rows=1))
+    assert len(one) == 1 and torch.equal(one[0][0], batches[0][0][[0]])
     assert s.ablate_at(0, False) and s.ablate_at(500, True) and not s.ablate_at(100, False)
     assert MeasureSettings(ablation="every").ablate_at(100, False)
     assert not MeasureSettings(ablation="never").ablate_at(0, True)

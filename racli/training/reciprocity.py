@@ -1,8 +1,8 @@
 """Recording the reciprocity measures of a model while it trains.
 
 The trainer calls `record_measures` with its gate snapshot: at step 0, at
-every evaluation and at the end. It measures the first `measure_batches`
-evaluation batches (their first `measure_rows` sequences) with
+every evaluation and at the end. It measures `measure_batches` of the
+evaluation batches (`measure_rows` sequences of each, spread evenly) with
 `racli_models.measures` and records the values into `gate_values` beside the
 raw gates, plus a metric `measure_s` (its time, not charged to training).
 
@@ -32,7 +32,7 @@ ABLATION_CHOICES = ("every", "ends", "never")
 @dataclass(frozen=True)
 class MeasureSettings:
     batches: int = 2  # evaluation batches measured; 0 disables the measures
-    rows: int = 4  # sequences per batch; 0: the whole batch
+    rows: int = 2  # sequences per batch; 0: the whole batch
     ablation: str = "ends"  # every | ends | never
 
     @classmethod
@@ -50,10 +50,28 @@ class MeasureSettings:
         return self.ablation == "every" or (self.ablation == "ends" and (step == 0 or final))
 
 
+def _spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), first and last included (all when k >= n)."""
+    if k >= n or k == 0:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
 def measured_batches(batches: Sequence, settings: MeasureSettings) -> list:
-    """The first `settings.batches` batches, each cut to its first `settings.rows` rows."""
-    rows = settings.rows or None
-    return [(x[:rows], y[:rows]) for x, y in list(batches)[: settings.batches]]
+    """`settings.batches` of the evaluation batches and `settings.rows` sequences of each,
+    spread evenly (the evaluation windows run in order through the validation split, so
+    spreading them samples all of it); the same ones at every evaluation."""
+    batches = list(batches)
+    if settings.batches == 0:
+        return []
+    out = []
+    for b in _spread(len(batches), settings.batches):
+        x, y = batches[b]
+        rows = _spread(x.shape[0], settings.rows) if settings.rows else list(range(x.shape[0]))
+        out.append((x[rows], y[rows]))
+    return out
 
 
 def has_measures(model: torch.nn.Module) -> bool:
