@@ -305,3 +305,24 @@ def test_rank_correlation():
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_correlation([1, 1, 1], [1, 2, 3]) is None and rank_correlation([1, 2], [1, 2]) \
         is None
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("ablation", "sometimes", "gates.ablation: must be one of every, ends, never"),
+        ("use_threshold", 1.5, "gates.use_threshold"),
+        ("measure_batches", -1, "gates.measure_batches"),
+        ("measure_rows", "four", "gates.measure_rows"),
+    ],
+)
+def test_gates_settings_are_validated(key, value, words):
+    import yaml
+
+    from racli.config import ConfigError, config_from_dict, packaged_config_path
+
+    data = yaml.safe_load(packaged_config_path().read_text())
+    assert data["gates"]["use_threshold"] == 0.05 and data["gates"]["ablation"] == "ends"
+    data["gates"][key] = value
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        config_from_dict(data, "ra.yaml")
