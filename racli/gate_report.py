@@ -202,10 +202,14 @@ def analyse_gates(
     use = next((m for m in USE_MEASURES if m in present), None)
     note = None
     if use is None and present & {"w_rec", "beta"}:
+        why = (
+            f"at step {step}"
+            if any(k[2] in USE_MEASURES for k in series)
+            else "for this run (recorded before they existed, or with gates.measure_batches = 0)"
+        )
         note = (
-            "no reciprocity measures recorded for this run (recorded before they existed, or "
-            "with gates.measure_batches = 0): heads are classified by raw gate, which cannot "
-            "measure use (scale moves freely between w_rec and P)"
+            f"no reciprocity measures recorded {why}: heads are classified by raw gate, which "
+            "cannot measure use (scale moves freely between w_rec and P)"
         )
 
     def state_of(key: Key) -> str:

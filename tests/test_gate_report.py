@@ -326,3 +326,11 @@ def test_gates_settings_are_validated(key, value, words):
     data["gates"][key] = value
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         config_from_dict(data, "ra.yaml")
+
+
+def test_step_without_measures_says_so():
+    rows = measured_rows(SHARES) + [(300, la, h, n, 0.1 if n == "w_rec" else 1.0)
+                                    for la in range(2) for h in range(3) for n in ("w_std", "w_rec")]
+    rep = analyse_gates(rows)  # step 300 has the raw gates only
+    assert rep.classified_by == "raw gate" and "no reciprocity measures recorded at step 300" \
+        in rep.note
