@@ -362,6 +362,7 @@ def test_several_runs_by_ids_and_by_tag(seeds_db, tmp_path):
         (("--runs", "1,2", "--step", "0"), "--step goes with --run"),
         (("--runs", "1,2", "--attn", "ra_v5"), "--attn goes with --tag"),
         (("--runs", "1,999"), "no run with id 999"),
+        (("--tag", "seeds", "--attn", "ra_v6"), "unknown attention 'ra_v6' (valid: baseline,"),
     ],
 )
 def test_several_runs_bad_input(seeds_db, args, words):

@@ -105,6 +105,11 @@ def gates(
                        + (f" (got {', '.join(chosen)})" if chosen else ""))
     if attn is not None and tag is None:
         raise BadInput("--attn goes with --tag (to pick runs); --run and --runs name them")
+    if attn is not None:
+        from racli.config import ATTENTION_NAMES
+
+        if attn not in ATTENTION_NAMES:
+            raise BadInput(f"unknown attention '{attn}' (valid: {', '.join(sorted(ATTENTION_NAMES))})")
     if step is not None and run is None:
         raise BadInput("--step goes with --run: several runs are read at their last step")
     check_plot_path(plot)
