@@ -231,8 +231,9 @@ def model_measures(
     is measured as it passes. For the ablation, the residual stream entering
     each block is kept; the pass from that block on is run again with its
     reciprocal term removed. Call it under torch.no_grad() in eval mode
-    (`racli.training.reciprocity.record_measures` does); nothing in the model
-    is changed.
+    (`racli.training.reciprocity.record_measures` does). No parameter is
+    changed; as any forward does, it updates sdpa_gate's `gate_mean` buffer
+    (`record_measures` puts the buffers back).
     """
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
