@@ -88,6 +88,19 @@ def test_w_rec_zero_reads_zero_and_w_std_zero_reads_one(name):
     assert (m["rec_effect"] > 0).all()
 
 
+def test_float32_is_accurate_for_a_small_reciprocal_term():
+    """A trained model's reciprocal term is tiny (KL ~ 1e-9): float32 must still read it
+    (log p - log q in float32 gave noise there, even negative values)."""
+    attn, x = attn_module("ra_v5"), inputs(T=16)
+    with torch.no_grad():
+        attn.w_rec.fill_(0.001)
+        want = head_measures(attn, x)
+        got = head_measures(copy.deepcopy(attn).float(), x.float())
+    for name in ("rec_share", "rec_effect"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-2, atol=0)
+    assert (want["rec_effect"] > 0).all() and (want["rec_effect"] < 1e-8).all()
+
+
 def test_scale_moved_between_P_and_w_rec_changes_nothing():
     attn, x = attn_module("ra_v5"), inputs()
     with torch.no_grad():
