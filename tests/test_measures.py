@@ -259,7 +259,13 @@ def test_record_measures_leaves_the_model_as_it_was():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     buffers = [b.clone() for b in model.buffers()]
     rec = FakeRecorder()
-    dt = record_measures(model, batches, rec, 0, {"measure_batches": 2, "measure_rows": 2})
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        dt = record_measures(model, batches, rec, 0, {"measure_batches": 2, "measure_rows": 2})
+        assert torch.backends.cuda.matmul.allow_tf32  # put back after the ablation
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     assert dt > 0 and model.training and all(m.training for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])

@@ -14,8 +14,9 @@ Rows written (layer, head, name):
   the default: it costs about (n_layer + 1) / 2 forwards per batch), or never.
 
 Training is not changed: the measures run under no_grad, in eval mode, in
-float32 without autocast, on the bare model (not a compiled or DDP wrapper),
-read the parameters only, and the train/eval flags and buffers are put back.
+float32 without autocast (and, with the ablation, without TF32 matmuls), on
+the bare model (not a compiled or DDP wrapper), read the parameters only, and
+the train/eval flags, buffers and the TF32 setting are put back.
 """
 from __future__ import annotations
 
@@ -90,13 +91,17 @@ def measure(model: torch.nn.Module, batches: Sequence, *, ablation: bool
     flags = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     dev = next(model.parameters()).device.type
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
         model.eval()
+        if ablation:  # loss changes of 1e-5 need full float32 matmuls, not TF32's 10-bit mantissa
+            torch.backends.cuda.matmul.allow_tf32 = False
         with torch.no_grad(), torch.autocast(device_type=dev, enabled=False):
             values = model_measures(model, batches, ablation=ablation)
         return {layer: {name: v.tolist() for name, v in named.items()}
                 for layer, named in values.items()}
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         for m, flag in flags.items():
             m.training = flag
         with torch.no_grad():
