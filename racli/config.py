@@ -121,6 +121,11 @@ class VerdictConfig:
 class GatesConfig:
     reciprocity_threshold: float = _f(0.05, ge=0.0)
     moved_tolerance: float = _f(1e-6, ge=0.0)
+    # reciprocity measures (racli_models.measures): classification and recording
+    use_threshold: float = _f(0.05, ge=0.0, le=1.0)
+    measure_batches: int = _f(2, ge=0)
+    measure_rows: int = _f(2, ge=0)
+    ablation: str = _f("ends", choices=("every", "ends", "never"))
 
 
 @dataclass

@@ -5,6 +5,9 @@
 * :func:`plot_gates` -- a heatmap of the gate values at the report's step
   (layers x heads, one panel per gate name) and, when trajectories are given,
   each gate's value over the recorded steps.
+* :func:`plot_gates_runs` -- several runs: a heatmap of the mean of the
+  reciprocity measure (layers x heads) and of the share of runs above the
+  threshold.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from racli.gate_report import GateReport
+    from racli.gate_report import GateReport, RunsReport
 
 Curve = list[tuple[int, float]]
 
@@ -156,6 +159,45 @@ def plot_gates(
                 ax2.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(p, format="png")
+    return p
+
+
+def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = None) -> Path:
+    """Two heatmaps (layers x heads) of several runs: the mean of the measure and
+    the fraction of runs where the head is above the threshold."""
+    import numpy as np
+
+    p = _check_path(path)
+    if not rep.heads:
+        raise ValueError("no heads to plot")
+    layers, heads = rep.layers, rep.head_ids
+    li = {la: i for i, la in enumerate(layers)}
+    hi = {h: i for i, h in enumerate(heads)}
+    mean = np.full((len(layers), len(heads)), np.nan)
+    above = np.full_like(mean, np.nan)
+    for h in rep.heads:
+        mean[li[h.layer], hi[h.head]] = h.mean
+        above[li[h.layer], hi[h.head]] = h.above / max(1, h.n)
+    scale = 100.0 if rep.by_measure else 1.0
+    fig = _figure(max(9.0, 0.5 * len(heads) * 2 + 3), max(4.0, 0.35 * len(layers) + 2))
+    panels = (
+        (mean * scale, f"mean {rep.measure}{' (%)' if rep.by_measure else ''}", "viridis", None),
+        (above, f"runs above {rep.threshold * scale:g}{'%' if rep.by_measure else ''}",
+         "Greys", (0.0, 1.0)),
+    )
+    for k, (grid, name, cmap, lim) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        kw = {"vmin": lim[0], "vmax": lim[1]} if lim else {}
+        im = ax.imshow(grid, cmap=cmap, aspect="auto", **kw)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+        ax.set_yticks(range(len(layers)), [str(la) for la in layers])
+    fig.suptitle(title or f"{rep.measure} over runs {', '.join(map(str, rep.runs))}")
     fig.tight_layout()
     fig.savefig(p, format="png")
     return p

@@ -421,85 +421,8 @@ def final_comparison(
 # --------------------------------------------------------------------------
 
 
-def _cell(x: float) -> str:
-    if not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if abs(x) < 10:
-        return f"{x:+.3f}"
-    return f"{x:+.3g}"
-
-
 def gate_tables(report: GateReport, *, title: str | None = None) -> str:
-    """One layer x head table per gate name: values at the report's step (with
-    ``*`` on heads whose state is on), their movement from init (Δ), the
-    summary lines and the warnings (dead gates first, loudly)."""
-    out: list[str] = []
-    out.append(title or f"LEARNED GATES at step {report.step}")
-    out.append(RULE)
-    for w in report.warnings:
-        if w.startswith("DEAD GATES"):
-            out.append(f"⚠️ {w}")
-    if any(w.startswith("DEAD GATES") for w in report.warnings):
-        out.append("")
+    """The gate and reciprocity tables of one run: see :func:`racli.gate_render.gate_tables`."""
+    from racli.gate_render import gate_tables as tables
 
-    names = report.names or sorted({e.name for e in report.entries})
-    layers = report.layers
-    heads = report.heads
-    dead = set(report.dead)
-    for name in names:
-        grid = {(e.layer, e.head): e for e in report.entries if e.name == name}
-        inits = {round(e.init, 9) for e in grid.values()}
-        init_text = (
-            f"init {_cell(next(iter(grid.values())).init)} for every head"
-            if len(inits) == 1
-            else "init varies by head"
-        )
-        on = sum(1 for e in grid.values() if e.state == "on")
-        stated = sum(1 for e in grid.values() if e.state in ("on", "off"))
-        state_text = f"; {on}/{stated} heads on" if stated else ""
-        out.append(f"{name} ({init_text}{state_text})")
-        hdr = ["layer"] + [f"h{h}" for h in heads]
-        rows_v, rows_d = [], []
-        for la in layers:
-            rv, rd = [str(la)], [str(la)]
-            for h in heads:
-                e = grid.get((la, h))
-                if e is None:
-                    rv.append("")
-                    rd.append("")
-                    continue
-                mark = "!" if (la, h, name) in dead else ("*" if e.state == "on" else " ")
-                rv.append(_cell(e.value) + mark)
-                rd.append(_cell(e.moved) + " ")
-            rows_v.append(rv)
-            rows_d.append(rd)
-        align = "<" + ">" * len(heads)
-        out.append("  value")
-        out += ["  " + line for line in _table(hdr, rows_v, align)]
-        out.append("  Δ from init")
-        out += ["  " + line for line in _table(hdr, rows_d, align)]
-        if len(inits) > 1:
-            rows_i = [
-                [str(la)]
-                + [_cell(grid[(la, h)].init) + " " if (la, h) in grid else "" for h in heads]
-                for la in layers
-            ]
-            out.append("  init")
-            out += ["  " + line for line in _table(hdr, rows_i, align)]
-        out.append("")
-    legend = []
-    if any(e.name in ("w_std", "w_rec") for e in report.entries):
-        legend.append(f"* on: |w_rec/w_std| > {report.ratio_threshold:g}")
-    if any(e.name == "beta" for e in report.entries):
-        legend.append(f"* on: |tanh(beta)| > {report.ratio_threshold:g}")
-    if dead:
-        legend.append("! never moved from init")
-    if legend:
-        out.append("Legend: " + "; ".join(legend))
-    out.append("Summary:")
-    out += [f"  {s}" for s in report.summary]
-    other = [w for w in report.warnings if not w.startswith("DEAD GATES")]
-    if other:
-        out.append("Warnings:")
-        out += [f"  ⚠️ {w}" for w in other]
-    return "\n".join(out)
+    return tables(report, title=title)

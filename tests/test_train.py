@@ -136,14 +136,15 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
 
     # gates: w_std and w_rec of every layer and head, at 0 (init), each evaluation and the end
     gates = q(store, "SELECT step, COUNT(*), COUNT(DISTINCT layer), COUNT(DISTINCT head), "
-                     "GROUP_CONCAT(DISTINCT name) FROM gate_values WHERE run_id=? GROUP BY step "
+                     "GROUP_CONCAT(DISTINCT name) FROM gate_values WHERE run_id=? "
+                     "AND name IN ('w_std', 'w_rec') GROUP BY step "
                      "ORDER BY step", r.run_id)
     assert [g[0] for g in gates] == [0, 20, 40, 60]
     for _, n, layers, heads, names in gates:
         assert (n, layers, heads) == (2 * 2 * 4, 2, 4)
         assert set(names.split(",")) == {"w_std", "w_rec"}
     init = dict(q(store, "SELECT name, AVG(value) FROM gate_values WHERE run_id=? AND step=0 "
-                         "GROUP BY name", r.run_id))
+                         "AND name IN ('w_std', 'w_rec') GROUP BY name", r.run_id))
     assert init == {"w_std": pytest.approx(1.0), "w_rec": pytest.approx(0.1)}
     moved = q(store, "SELECT COUNT(*) FROM gate_values a JOIN gate_values b ON a.run_id=b.run_id "
                      "AND a.layer=b.layer AND a.head=b.head AND a.name=b.name WHERE a.run_id=? "

@@ -85,3 +85,28 @@ def run_details(store: Store, run_id: int) -> dict:
         d["gate_snapshots"] = gate_steps[0]
         d["gate_last_step"] = gate_steps[1]
     return d
+
+
+# ---- gate values (`ra gates`) -------------------------------------------------------------
+
+GateRow = tuple[int, int, int, str, float]  # (step, layer, head, name, value)
+
+
+def gate_rows(store: Store, run_id: int) -> list[GateRow]:
+    """The `gate_values` rows of one run as (step, layer, head, name, value), by step then
+    recording order (raw gates and reciprocity measures alike)."""
+    return gate_rows_by_run(store, [run_id]).get(run_id, [])
+
+
+def gate_rows_by_run(store: Store, run_ids: list[int]) -> dict[int, list[GateRow]]:
+    """run id -> its `gate_values` rows as in `gate_rows`, in one query; runs without rows
+    are left out."""
+    q = (select(GateValue.run_id, GateValue.step, GateValue.layer, GateValue.head,
+                GateValue.name, GateValue.value)
+         .where(GateValue.run_id.in_(list(run_ids)))
+         .order_by(GateValue.run_id, GateValue.step, GateValue.id))
+    out: dict[int, list[GateRow]] = {}
+    with store.engine.connect() as conn:
+        for r in conn.execute(q):
+            out.setdefault(r.run_id, []).append((r.step, r.layer, r.head, r.name, r.value))
+    return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ class TrainSpec:
     device: str = "cpu"  # cpu | cuda | cuda:N
     compile: bool = False
     preset: str | None = None
+    measures: dict[str, Any] = field(default_factory=dict)  # ra.yaml `gates` (reciprocity.py)
 
     @property
     def device_type(self) -> str:
@@ -118,7 +119,7 @@ def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | N
     train = dataclasses.replace(cfg.train, compile="on" if compile else "off")
     return TrainSpec(attn=attn, model=model, train=train, data=data, minutes=minutes,
                      steps=steps, seed=int(seed), tag=tag, device=dev, compile=bool(compile),
-                     preset=preset)
+                     measures=dataclasses.asdict(cfg.gates), preset=preset)
 
 
 def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:

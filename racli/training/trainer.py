@@ -48,6 +48,7 @@ from racli.training import distributed as ddp
 from racli.training.budget import EpochBudget
 from racli.training.data import BatchSampler, Dataset, eval_batches
 from racli.training.progress import epoch_warning
+from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
 from racli.training.spec import TrainSpec, model_config
@@ -235,19 +236,22 @@ class Trainer:
         secs = self.clock.seconds
         self.rec.metrics(self.step, finite({"val_loss": self.val_loss, "eval_s": dt,
                                             "epochs": self.epochs}), secs)
-        self._record_gates()
+        self._record_gates(final=final)
         self.reporter.note(f"step {self.step}: {'final ' if final else ''}val_loss "
                            f"{self.val_loss:.4f} ({len(batches)} batches, {dt:.1f}s)")
         if not final:
             self.rec.update(**self.row_figures())
             self.clock.start()
 
-    def _record_gates(self) -> None:
+    def _record_gates(self, final: bool = False) -> None:
         if self.last_gate_step == self.step:
             return
         gates = self.raw.gate_values()
         if gates:
             self.rec.gates(self.step, gates)
+        if self.info.is_main:  # reciprocity measures (racli/training/reciprocity.py)
+            record_measures(self.raw, self.eval_set, self.rec, self.step, self.spec.measures,
+                            final=final, elapsed_s=self.clock.seconds)
         self.last_gate_step = self.step
 
     # ---- checkpoints ---------------------------------------------------------
