@@ -366,13 +366,48 @@ def _open_readonly(db: str) -> Store:
         if rev is None:
             _refuse_unversioned(engine, db, empty_ok=False)
         if rev != HEAD_REVISION:
-            raise BadInput(f"database {shown(db)} has schema revision {rev}, older than this ra's "
-                           f"{HEAD_REVISION}: run `ra db upgrade --db {shown(db)}` once (read commands "
-                           f"never change a store)")
+            path = sqlite_path(db)
+            if path is None:
+                raise BadInput(f"database {shown(db)} has schema revision {rev}, older than this "
+                               f"ra's {HEAD_REVISION}: run `ra db upgrade --db {shown(db)}` once "
+                               f"(read commands never change a store)")
+            engine.dispose()
+            engine = upgraded_copy(path)
+            import sys
+
+            sys.stderr.write(f"ra: note: {path} has schema revision {rev} (this ra: "
+                             f"{HEAD_REVISION}); read through an upgraded temporary copy, the "
+                             f"store itself is unchanged (`ra db upgrade` upgrades it)\n")
     except BaseException:
         engine.dispose()
         raise
     return Store(db=db, engine=engine, readonly=True)
+
+
+def upgraded_copy(path: Path) -> Engine:
+    """An engine on a temporary copy of the SQLite store at `path`, migrated to this ra's
+    schema; the store itself is only read. The copy is removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    tmpdir = Path(tempfile.mkdtemp(prefix="ra-read-"))
+    atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
+    copy = tmpdir / path.name
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    dst = sqlite3.connect(str(copy))
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    engine = make_engine(str(copy))
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def open_store(db: str, *, create: bool = True, migrate: bool = True,
