@@ -106,7 +106,7 @@ def test_four_processes_record_into_one_database(tmp_path):
         statuses = raw.execute("SELECT status, error, finished_at IS NOT NULL FROM runs").fetchall()
         assert statuses == [("finished", None, 1)] * WORKERS
         assert raw.execute("SELECT count(*) FROM environments").fetchone()[0] == 1
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
         started = [r[0] for r in raw.execute("SELECT started_at FROM runs ORDER BY id")]
         finished = [r[0] for r in raw.execute("SELECT finished_at FROM runs ORDER BY id")]
         assert max(started) < min(finished), "the runs did not overlap"

@@ -33,6 +33,8 @@ class Environment(Base):
     cuda: Mapped[str | None] = mapped_column(String(64))
     cudnn: Mapped[str | None] = mapped_column(String(64))
     gpu_name: Mapped[str | None] = mapped_column(String(255))
+    gpu_index: Mapped[int | None] = mapped_column(Integer)  # the CUDA device the run used
+    gpu_uuid: Mapped[str | None] = mapped_column(String(64))
     gpu_count: Mapped[int | None] = mapped_column(Integer)
     gpu_memory_gb: Mapped[float | None] = mapped_column(Float)
     driver: Mapped[str | None] = mapped_column(String(64))
