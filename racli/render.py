@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from racli.verdict import (
-    PRETTY_NAMES,
+    PRETTY_NAMES,  # noqa: F401 - re-exported
     TimingRow,
     Verdict,
     display_name,

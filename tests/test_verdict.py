@@ -11,7 +11,6 @@ import pytest
 from racli import render
 from racli.verdict import (
     SEEDS_NEEDED_CAP,
-    Noise,
     Sample,
     TimingRow,
     best_vs_best,
