@@ -23,7 +23,7 @@ from racli.store.recorder import environment_id
 
 PUBLIC_COLUMNS = {
     "environments": {"id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "gpu_name",
-                     "gpu_count", "driver", "cpu", "created_at"},
+                     "gpu_index", "gpu_uuid", "gpu_count", "driver", "cpu", "created_at"},
     "runs": {"id", "kind", "attn", "status", "config", "config_hash", "seed", "tag", "git_commit",
              "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations", "tokens",
              "epochs", "train_seconds", "val_loss", "tokens_per_s"},
@@ -323,8 +323,8 @@ def test_reopening_is_idempotent(tmp_path):
 
 # ---- environment --------------------------------------------------------------------
 
-ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_count",
-              "gpu_memory_gb", "driver", "cpu", "cpu_count"}
+ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_index",
+              "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu", "cpu_count"}
 
 
 def test_collect_fields():
@@ -416,3 +416,19 @@ def test_round_trip_keeps_datetimes_naive_utc(store):
     assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - run.started_at).total_seconds()) < 60
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+
+
+@pytest.mark.gpu
+def test_environment_is_per_device():
+    import torch
+
+    from racli.environment import env_class
+
+    a = environment.collect(0)
+    assert a["gpu_index"] == 0 and a["gpu_name"] == torch.cuda.get_device_name(0)
+    assert a["gpu_uuid"] is None or a["gpu_uuid"].startswith("GPU-")
+    if torch.cuda.device_count() > 1:  # two GPUs of one host: two environments, one class
+        b = environment.collect(1)
+        assert b["gpu_index"] == 1 and b["gpu_uuid"] != a["gpu_uuid"]
+        assert environment.fingerprint_of(a) != environment.fingerprint_of(b)
+        assert env_class(a["gpu_name"], a["torch"]) == env_class(b["gpu_name"], b["torch"])
