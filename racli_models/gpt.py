@@ -108,7 +108,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """Every random weight from (seed, name); biases 0, norms 1, gates as built."""
+        """Every random weight from (seed, name); biases 0; norms and gates as built."""
         cfg = self.config
         attn: dict[str, dict[str, torch.Tensor]] = {}
         for name, p in self.named_parameters():
@@ -119,13 +119,13 @@ class GPT(nn.Module):
                 if leaf in attn[layer]:
                     p.copy_(attn[layer][leaf])
                     continue
-            if p.dim() < 2:  # biases, LayerNorm weights, gates: constants already
+            if p.dim() < 2:  # norms and gates keep their constant init; Linear biases start at 0
                 if name.endswith("bias"):
                     p.zero_()
-                elif ".ln_" in name or name.startswith("transformer.ln_f"):
-                    p.fill_(1.0)
                 continue
-            std = INIT_STD / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else INIT_STD
+            std = INIT_STD
+            if name.endswith("c_proj.weight"):  # residual projections
+                std /= math.sqrt(2 * cfg.n_layer)
             p.copy_(_normal(seed, name, tuple(p.shape), std))
 
     def forward(
