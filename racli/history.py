@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -67,6 +68,9 @@ METRICS: dict[str, tuple[str | None, bool]] = {
     "tokens_per_s": ("tokens_per_s", False),
     "ms": (None, True),
 }
+
+_env_class = lru_cache(maxsize=1024)(env_class)
+_device_label = lru_cache(maxsize=4096)(device_label)
 
 #: config keys that are not part of the comparison key
 _PER_RUN_KEYS = ("attn", "seed", "tag")
@@ -142,19 +146,19 @@ class RunRow:
     device: str = "? cpu"
 
     @classmethod
-    def from_record(cls, r: dict) -> RunRow:
+    def from_record(cls, r) -> RunRow:
         """From a row of :func:`racli.store.queries.finished_train_runs`."""
         return cls(
             id=r["id"],
             attn=r["attn"],
             seed=r["seed"],
             config_hash=r["config_hash"],
-            env_class=env_class(r.get("gpu_name"), r.get("torch")),
+            env_class=_env_class(r.get("gpu_name"), r.get("torch")),
             val_loss=r.get("val_loss"),
             tokens_per_s=r.get("tokens_per_s"),
             iterations=r.get("iterations"),
             epochs=r.get("epochs"),
-            device=device_label(r.get("hostname"), r.get("gpu_index"), r.get("gpu_uuid")),
+            device=_device_label(r.get("hostname"), r.get("gpu_index"), r.get("gpu_uuid")),
         )
 
     def value(self, metric: str) -> float | None:

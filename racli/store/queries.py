@@ -100,11 +100,11 @@ def _chunks(ids: list[int]):
 
 
 def finished_train_runs(store: Store, *, attns, tag: str | None = None,
-                        since: datetime | None = None) -> list[dict]:
+                        since: datetime | None = None) -> list:
     """Finished train runs of `attns` with their environment's identity (one query).
 
-    Keys: id, attn, seed, config_hash, val_loss, tokens_per_s, iterations, epochs,
-    gpu_name, torch, hostname, gpu_index, gpu_uuid.
+    Mappings (read by name) with keys: id, attn, seed, config_hash, val_loss, tokens_per_s,
+    iterations, epochs, gpu_name, torch, hostname, gpu_index, gpu_uuid.
     """
     q = (select(Run.id, Run.attn, Run.seed, Run.config_hash, Run.val_loss, Run.tokens_per_s,
                 Run.iterations, Run.epochs, Environment.gpu_name, Environment.torch,
@@ -117,7 +117,7 @@ def finished_train_runs(store: Store, *, attns, tag: str | None = None,
     if since is not None:
         q = q.where(Run.started_at >= since)
     with store.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(q)]
+        return [row._mapping for row in conn.execute(q)]
 
 
 def run_configs(store: Store, ids: list[int]) -> dict[int, dict]:
