@@ -15,7 +15,8 @@ RUN_COLUMNS = ("id", "kind", "attn", "status", "config_hash", "seed", "tag", "gi
                "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations",
                "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
 ENV_COLUMNS = ("id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "cudnn",
-               "gpu_name", "gpu_count", "gpu_memory_gb", "driver", "cpu", "cpu_count", "created_at")
+               "gpu_name", "gpu_index", "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu",
+               "cpu_count", "created_at")
 TIMING_COLUMNS = ("attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype", "device",
                   "backend", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "compile_s",
                   "status", "reason")
