@@ -192,6 +192,7 @@ class Estimate:
     spread_source: str  # "observed" | "history" | "assumed"
     paired: bool  # seeds_needed: paired or two-sample design
     correlation: float | None = None
+    runs: int = 0  # runs per side now (the larger side)
 
 
 @dataclass
@@ -499,7 +500,7 @@ def estimate(
         imp = sign * d_
         iv = None if half is None else (imp - half, imp + half)
         iv90 = None if half90 is None else (imp - half90, imp + half90)
-        return Estimate(method, why, d_, imp, iv, iv90, spread, source, paired, r)
+        return Estimate(method, why, d_, imp, iv, iv90, spread, source, paired, r, max(nc, nb))
 
     if nc < 2 or nb < 2:
         runs = f"{nc} candidate and {nb} baseline run(s)"
@@ -642,10 +643,16 @@ def decide(
         "history": "the history's spread",
         "assumed": "an assumed spread (none measured yet)",
     }[est.spread_source]
+    note = ""
+    if needed <= est.runs:
+        note = (
+            " (already reached: the true difference likely lies near the threshold or between "
+            "0 and it; more runs narrow the interval further)"
+        )
     return (
         "INCONCLUSIVE",
         f"{why}; about {format_seeds_needed(needed)} runs per side give 80% power at the "
-        f"{threshold:.0%} threshold at {spread} ({_pct(est.spread)})",
+        f"{threshold:.0%} threshold at {spread} ({_pct(est.spread)}){note}",
         needed,
     )
 
