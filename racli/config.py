@@ -26,6 +26,13 @@ AUTO_PRESET = "auto"
 AUTO_PRESETS = {"cuda": "gpt2", "cpu": "tiny"}
 
 
+#: keys older ra.yaml files may hold that are read and ignored
+RETIRED_KEYS = {
+    # replaced by the speed check of `ra compare` (the loss gap the speed gap explains)
+    "verdict.speed_tolerance",
+}
+
+
 class ConfigError(BadInput):
     """An invalid configuration file or override."""
 
@@ -86,6 +93,7 @@ class BenchConfig:
     modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
     repeats: int = _f(100, ge=1)
     warmup: int = _f(20, ge=0)
+    noise_ratio: float = _f(1.5, gt=1.0)  # p90/p10 above this: a timing too noisy to rank
 
 
 @dataclass
@@ -113,7 +121,6 @@ class TrainConfig:
 @dataclass
 class VerdictConfig:
     threshold: float = _f(0.01, gt=0.0, lt=1.0)
-    speed_tolerance: float = _f(0.10, gt=0.0, lt=1.0)
     confidence: float = _f(0.95, gt=0.5, lt=1.0)
 
 
@@ -242,6 +249,8 @@ def _build(cls: type, data: dict, source: str, prefix: str = ""):
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if key in RETIRED_KEYS:
+            continue  # a key of an older ra.yaml that no longer means anything
         if k not in known:
             raise ConfigError(source, key, f"unknown key (valid: {', '.join(known)})")
         kwargs[k] = _convert(v, hints[k], key, source)

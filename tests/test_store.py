@@ -26,7 +26,7 @@ from racli.store.recorder import environment_id
 
 PUBLIC_COLUMNS = {
     "environments": {"id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "gpu_name",
-                     "gpu_count", "driver", "cpu", "created_at"},
+                     "gpu_index", "gpu_uuid", "gpu_count", "driver", "cpu", "created_at"},
     "runs": {"id", "kind", "attn", "status", "config", "config_hash", "seed", "tag", "git_commit",
              "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations", "tokens",
              "epochs", "train_seconds", "val_loss", "tokens_per_s",
@@ -88,7 +88,7 @@ def test_head_revision_matches_the_migration_scripts(store):
     assert script.get_current_head() == HEAD_REVISION
     assert len(script.get_heads()) == 1
     assert current_revision(store.engine) == HEAD_REVISION
-    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003", "0004"}
+    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003", "0004", "0005"}
 
 
 def _diffs(engine, metadata) -> list:
@@ -343,8 +343,8 @@ def test_reopening_is_idempotent(tmp_path):
 
 # ---- environment --------------------------------------------------------------------
 
-ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_count",
-              "gpu_memory_gb", "driver", "cpu", "cpu_count"}
+ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_index",
+              "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu", "cpu_count"}
 
 
 def test_collect_fields():
@@ -480,3 +480,19 @@ def test_wheel_ships_the_scripts_as_racli_migrations(tmp_path):
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [str(tmp_path / "site" / "racli" / "_migrations"), HEAD_REVISION]
+
+
+@pytest.mark.gpu
+def test_environment_is_per_device():
+    import torch
+
+    from racli.environment import env_class
+
+    a = environment.collect(0)
+    assert a["gpu_index"] == 0 and a["gpu_name"] == torch.cuda.get_device_name(0)
+    assert a["gpu_uuid"] is None or a["gpu_uuid"].startswith("GPU-")
+    if torch.cuda.device_count() > 1:  # two GPUs of one host: two environments, one class
+        b = environment.collect(1)
+        assert b["gpu_index"] == 1 and b["gpu_uuid"] != a["gpu_uuid"]
+        assert environment.fingerprint_of(a) != environment.fingerprint_of(b)
+        assert env_class(a["gpu_name"], a["torch"]) == env_class(b["gpu_name"], b["torch"])

@@ -44,6 +44,9 @@ SeedOpt = Annotated[int, typer.Option(
 TagOpt = Annotated[str | None, typer.Option(
     "--tag", help="A label stored with the run.", show_default=False)]
 
+#: a test hook: called inside the timed region of every repeat (see BenchSettings.in_step)
+IN_STEP = None
+
 FLOPS_NOTE = ("TFLOP/s from nominal block FLOPs: projections 8*B*T*C^2 + causal attention "
               "2*B*H*T^2*D; fwd_bwd = 3x fwd.")
 
@@ -128,10 +131,16 @@ def bench(
     run_config = {**plan_cfg, "seed": seed}
     block = BenchShape(**plan_cfg["shape"])
     shape_info = {**plan_cfg["shape"], "dtype": plan_cfg["dtype"], "device": plan_cfg["device"]}
-    configs = list(harness.plan(plan_cfg["attn"], plan_cfg["modes"], plan_cfg["phases"]))
+    settings = harness.BenchSettings(
+        shape=block, dtype=plan_cfg["dtype"], device=plan_cfg["device"],
+        repeats=plan_cfg["repeats"], warmup=plan_cfg["warmup"],
+        sdpa_backend=plan_cfg["sdpa_backend"], seed=seed, model_kw=plan_cfg["model"],
+        in_step=IN_STEP)
+    rounds = harness.rounds(plan_cfg["attn"], plan_cfg["modes"], plan_cfg["phases"])
+    n_configs = sum(len(r) for r in rounds)
 
     store = common.open_db(db, cfg)
-    rows: list[dict] = []
+    rows: list = []
     try:
         rec = RunRecorder.start(store, kind="bench", config=run_config, seed=seed, tag=tag)
         s = plan_cfg["shape"]
@@ -139,32 +148,32 @@ def bench(
               f"(B={s['batch']} T={s['seq']} H={s['heads']} D={s['head_dim']}), "
               f"{plan_cfg['dtype']} on {plan_cfg['device']}, "
               f"SDPA backend {plan_cfg['sdpa_backend']}, {plan_cfg['repeats']} repeats after "
-              f"{plan_cfg['warmup']} warm-up, {len(configs)} configurations", err=json)
+              f"{plan_cfg['warmup']} warm-up, {n_configs} configurations, the "
+              "configurations of each phase timed interleaved", err=json)
         with rec:
-            for i, (a, m, p) in enumerate(configs, 1):
-                row = harness.time_config(
-                    a, m, p, block, dtype=plan_cfg["dtype"], device=plan_cfg["device"],
-                    repeats=plan_cfg["repeats"], warmup=plan_cfg["warmup"],
-                    sdpa_backend=plan_cfg["sdpa_backend"], seed=seed, model_kw=plan_cfg["model"])
-                rows.append(row)
-                rec.timing(**row)
-                line = render.bench_progress_line(
-                    i, a, m, p, row["median_ms"], row["status"], row["reason"],
-                    ratio=harness.baseline_eager_ratio(row, rows))
-                if row["status"] == "ok" and row["compile_s"] is not None:
-                    what = "compile" if m == "compile" else "capture"
-                    line += f"  [{what} {row['compile_s']:.2f} s]"
-                _echo(line, err=json)
-            rec.flush()
+            for configs in rounds:
+                _echo(f"  timing {len(configs)} {configs[0].phase} configurations "
+                      "round-robin ...", err=json)
+                for row in harness.time_round(configs, settings):
+                    rows.append(row)
+                    rec.timing(**row.record())
+                    line = render.bench_progress_line(
+                        len(rows), row.attn, row.mode, row.phase, row.median_ms, row.status,
+                        row.reason, ratio=harness.baseline_eager_ratio(row, rows))
+                    if row.status == "ok" and row.compile_s is not None:
+                        what = "compile" if row.mode == "compile" else "capture"
+                        line += f"  [{what} {row.compile_s:.2f} s]"
+                    _echo(line, err=json)
+                rec.flush()
     finally:
         store.close()
 
     trows = harness.timing_rows(rows)
-    best = best_vs_best(trows)
+    best = best_vs_best(trows, noise_ratio=cfg.bench.noise_ratio)
     if json:
         common.print_json({
             "run_id": rec.run_id, "config": run_config,
-            "timings": [{"index": i, **r} for i, r in enumerate(rows, 1)],
+            "timings": [{"index": i, **r.record()} for i, r in enumerate(rows, 1)],
             "best_vs_best": best,
         })
         return
@@ -173,7 +182,7 @@ def bench(
     _echo(FLOPS_NOTE)
     _echo("")
     _echo(render.fair_comparison(best))
-    n_ok = sum(r["status"] == "ok" for r in rows)
+    n_ok = sum(r.status == "ok" for r in rows)
     _echo("")
     _echo(f"Recorded bench run {rec.run_id}: {len(rows)} timings ({n_ok} ok) "
           f"in {common.db_location(db, cfg)}")

@@ -32,8 +32,32 @@ def _ids(ids: list[int]) -> str:
     return ", ".join(map(str, ids[:_SHOW_IDS])) + f", ... ({len(ids) - _SHOW_IDS} more)"
 
 
+def _data_text(data: dict | None) -> str:
+    if not data:
+        return "not recorded"
+    parts = [str(data.get("name", "?"))]
+    if data.get("train_tokens") is not None:
+        parts.append(f"{data['train_tokens']:,} train tokens")
+    if data.get("val_tokens") is not None:
+        parts.append(f"{data['val_tokens']:,} validation tokens")
+    content = data.get("content_hash")
+    if content:
+        parts.append(f"content {str(content)[:12]}")
+    return ", ".join(parts)
+
+
+def _budget_text(budget: dict | None) -> str:
+    if not isinstance(budget, dict):
+        return "not recorded (treated as wall-clock)"
+    if budget.get("steps") is not None:
+        return f"{budget['steps']} steps a side (compared at equal steps)"
+    if budget.get("minutes") is not None:
+        return f"{budget['minutes']:g} minutes wall-clock a side (speed check applies)"
+    return "not recorded (treated as wall-clock)"
+
+
 def header_text(cmp) -> str:
-    """The lines above FINAL COMPARISON: what was compared, from which runs."""
+    """The lines above FINAL COMPARISON: what was compared, from which runs, on what."""
     c, b = cmp.candidate, cmp.baseline
     g = cmp.group
     lines = [f"Comparing {c} (candidate) with {b} (baseline) on {cmp.metric}"]
@@ -53,11 +77,19 @@ def header_text(cmp) -> str:
     for attn in (c, b):
         ids = [r.id for r in g.side(attn)]
         lines.append(f"  {attn}: {len(ids)} run(s) (ids {_ids(ids)})")
+    lines.append(f"Data: {_data_text(cmp.data)}")
+    lines.append(f"Budget: {_budget_text(cmp.budget)}")
+    devices = cmp.devices
+    if cmp.different_devices:
+        lines.append("Devices: the two sides ran on different devices")
+        for attn in (c, b):
+            lines.append(f"  {attn}: {'; '.join(devices[attn][:_SHOW_IDS])}")
     if cmp.others:
         lines.append(f"Other groups, not compared ({len(cmp.others)}):")
         for o in cmp.others[:_SHOW_GROUPS]:
             note = "" if o.comparable else " (one side only)"
-            lines.append(f"  {o.label()}: {o.n_candidate} {c}, {o.n_baseline} {b}{note}")
+            why = f" [{'; '.join(o.differs)}]" if o.differs else ""
+            lines.append(f"  {o.label()}: {o.n_candidate} {c}, {o.n_baseline} {b}{note}{why}")
         if len(cmp.others) > _SHOW_GROUPS:
             lines.append(f"  ... and {len(cmp.others) - _SHOW_GROUPS} more (see --json)")
     for attn, n in cmp.left_out.items():
@@ -122,15 +154,14 @@ def compare(
             show_default=False,
         ),
     ] = None,
-    speed_tolerance: Annotated[
-        float | None,
+    allow_epochs: Annotated[
+        bool,
         typer.Option(
-            "--speed-tolerance",
-            help="Throughput difference above which the verdict is INVALID "
-            "(default: ra.yaml verdict.speed_tolerance, 0.10).",
-            show_default=False,
+            "--allow-epochs",
+            help="Judge runs that went past one epoch of their data (labelled; "
+            "otherwise INVALID).",
         ),
-    ] = None,
+    ] = False,
     tag: Annotated[
         str | None, typer.Option("--tag", help="Only runs with this tag.", show_default=False)
     ] = None,
@@ -168,9 +199,7 @@ def compare(
         raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
     cfg = common.config(config)
     threshold = cfg.verdict.threshold if threshold is None else threshold
-    speed_tolerance = cfg.verdict.speed_tolerance if speed_tolerance is None else speed_tolerance
     _fraction("--threshold", threshold)
-    _fraction("--speed-tolerance", speed_tolerance)
     since_at = history.parse_since(since)
     if plot is not None and metric == "ms":
         raise BadInput("--plot draws training curves: it does not apply to --metric ms")
@@ -185,6 +214,7 @@ def compare(
             tag=tag,
             since=since_at,
             any_env=any_env,
+            noise_ratio=cfg.bench.noise_ratio,
         )
         excluded = excluded_runs(store, kind="bench", tag=tag, since=since_at)
         if json:
@@ -202,8 +232,8 @@ def compare(
         since=since_at,
         any_env=any_env,
         threshold=threshold,
-        speed_tolerance=speed_tolerance,
         confidence=cfg.verdict.confidence,
+        allow_epochs=allow_epochs,
     )
     excluded = excluded_runs(store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at)
     written = None
@@ -219,7 +249,7 @@ def compare(
     from racli import render
 
     text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
-    text += "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
+    text += "\n\n" + render.final_comparison(cmp.verdict)
     if written:
         text += f"\n\nPlot written to {written}"
     _echo(text)

@@ -10,7 +10,18 @@ from __future__ import annotations
 import uuid as uuidlib
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -52,6 +63,8 @@ class Environment(Base):
     cuda: Mapped[str | None] = mapped_column(String(64))
     cudnn: Mapped[str | None] = mapped_column(String(64))
     gpu_name: Mapped[str | None] = mapped_column(String(255))
+    gpu_index: Mapped[int | None] = mapped_column(Integer)  # the CUDA device the run used
+    gpu_uuid: Mapped[str | None] = mapped_column(String(64))
     gpu_count: Mapped[int | None] = mapped_column(Integer)
     gpu_memory_gb: Mapped[float | None] = mapped_column(Float)
     driver: Mapped[str | None] = mapped_column(String(64))
