@@ -111,6 +111,9 @@ def _register() -> None:
     from racli.commands import train
 
     app.command("train")(train.train)
+    from racli.commands import experiment
+
+    app.command("experiment")(experiment.experiment)
 
 
 _register()

@@ -63,6 +63,9 @@ def train(
     resume: Annotated[int | None, typer.Option(
         "--resume", help="Continue run RUN from its checkpoint with its recorded configuration "
         "and remaining budget.", metavar="RUN", show_default=False)] = None,
+    extra_config: Annotated[str | None, typer.Option(
+        "--extra-config", hidden=True, help="JSON entries of `ra experiment` recorded in the "
+        "run's config (its arm and budget source).", show_default=False)] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
 ) -> None:
@@ -80,7 +83,8 @@ def train(
     if resume is not None:
         conflicts = _resume_conflicts(attn=attn, minutes=minutes, steps=steps, model=model,
                                       data=data, seed=seed, batch_size=batch_size, lr=lr,
-                                      device=device, compile=compile, tag=tag, set=set_)
+                                      device=device, compile=compile, tag=tag, set=set_,
+                                      extra_config=extra_config)
         if conflicts:
             raise BadInput(f"--resume continues run {resume} with its recorded configuration "
                            f"and budget: drop {', '.join(conflicts)}")
@@ -97,6 +101,10 @@ def train(
         spec = loop.spec_from_config(cfg, attn=attn, preset=model, data=data, minutes=minutes,
                                      steps=steps, seed=0 if seed is None else seed, tag=tag,
                                      device=device, compile=compile, overrides=overrides)
+        if extra_config is not None:
+            from racli.experiment.plan import parse_extra_config
+
+            spec.extra = parse_extra_config(extra_config)
         dataset = loop.load_data(spec)
         loop.run_config(spec, dataset, info.world_size)  # validates the model config
         store = common.open_db(location, cfg) if info.is_main else None

@@ -48,6 +48,7 @@ import torch
 from racli.errors import BadInput
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
+from racli.training.clocks import ClockSampler
 from racli.training.data import BatchSampler, DataError, Dataset, eval_batches, load_dataset
 from racli.training.progress import NullReporter, epoch_warning
 from racli.training.schedule import lr_at, step_progress, time_progress
@@ -74,6 +75,7 @@ class TrainSpec:
     device: str = "cpu"  # cpu | cuda | cuda:N
     compile: bool = False
     preset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded as is (ra experiment's arm)
 
     @property
     def device_type(self) -> str:
@@ -222,6 +224,7 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "world_size": world_size,
         "global_batch_size": bs * world_size,
         "tokens_per_step": bs * world_size * mcfg.block_size,
+        **spec.extra,
     }
 
 
@@ -421,6 +424,7 @@ class Trainer:
         self.val_loss: float | None = None
         self.error: str | None = None
         self.last_checkpoint = time.monotonic()
+        self.clocks = ClockSampler(device)  # GPU clock, power, temperature at log points
 
     # ---- small helpers ----------------------------------------------------
     def _sync(self) -> None:
@@ -647,7 +651,8 @@ class Trainer:
                     break
                 self.train_loss = mean_loss
                 self.rec.metrics(self.step, _finite({"train_loss": mean_loss, "lr": lr,
-                                                     "tokens_per_s": tps}), secs)
+                                                     "tokens_per_s": tps,
+                                                     **self.clocks.sample()}), secs)
                 self.reporter.update(step=self.step,
                                      done=self.step if spec.steps is not None else secs,
                                      loss=mean_loss, tokens_per_s=tps, left_s=self._left_s())
