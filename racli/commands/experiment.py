@@ -68,6 +68,7 @@ def experiment(
     json: common.JsonOpt = False,
 ) -> None:
     """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge."""
+    from racli.config import ATTENTION_NAMES
     from racli.experiment import plan
     from racli.experiment.report import check_report_path
     from racli.experiment.runner import (
@@ -77,7 +78,6 @@ def experiment(
         experiment_config,
         run_experiment,
     )
-    from racli.config import ATTENTION_NAMES
     from racli.experiment.view import make_view
 
     cfg = common.config(config)

@@ -3,8 +3,8 @@ side by side in one process on the device.
 
 Every arm's model, optimizer and batch stream are built from the public pieces
 the trainer uses (``racli_models.GPT`` and its ``configure_optimizer``, the
-``BatchSampler``, bf16 autocast and TF32 on CUDA, ``torch.compile`` when the
-runs compile). After `warmup_steps` untimed steps per arm (compilation,
+``BatchSampler``, bf16 autocast and TF32 on CUDA, ``train.sdpa_backend``,
+``torch.compile`` when the runs compile). After `warmup_steps` untimed steps per arm (compilation,
 allocator), rounds of timed blocks of `block_steps` steps run in the order
 A B ... B A (each arm twice per round, mirrored, so a drift within a round
 falls on every arm alike). A block is timed from a device synchronisation to
@@ -183,13 +183,24 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
             params = [p for p in raw.parameters() if p.requires_grad]
             arms.append((fwd, opt, sampler, params, t["grad_clip"]))
 
+        backend = None  # train.sdpa_backend, as the trainer applies it
+        name = specs[0].train.get("sdpa_backend", "auto")
+        if name != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            backend = getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                                           "efficient": "EFFICIENT_ATTENTION",
+                                           "math": "MATH"}[name])
+
         def steps(arm, n: int) -> None:
             fwd, opt, sampler, params, clip = arm
             for _ in range(n):
                 x, y = sampler.next()
-                ctx = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda
-                       else contextlib.nullcontext())
-                with ctx:
+                with contextlib.ExitStack() as ctx:
+                    if cuda:
+                        ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+                    if backend is not None:
+                        ctx.enter_context(sdpa_kernel([backend]))
                     _, loss = fwd(x, y)
                 loss.backward()
                 if clip > 0:

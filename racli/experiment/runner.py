@@ -286,9 +286,10 @@ class Context:
 
 
 def _eta(ctx: Context, left: int, running: int) -> float | None:
-    if not ctx.durations:
-        return None
-    per = sum(ctx.durations) / len(ctx.durations)
+    """Seconds left: runs to go x the mean duration of the runs done so far (before the
+    first, the matched minutes plus a fifth for start-up and evaluation)."""
+    per = (sum(ctx.durations) / len(ctx.durations) if ctx.durations
+           else ctx.settings.minutes * 60.0 * 1.2)
     return per * (left + running) / max(1, len(ctx.devices))
 
 
@@ -330,6 +331,7 @@ def run_in_process(ctx: Context, jobs: list[Job], confidence: float) -> list[Job
     todo = _pending(ctx, jobs, results)
     ctx.view.state.total = len(jobs)
     ctx.view.state.done = len(jobs) - len(todo)
+    ctx.view.state.eta_s = _eta(ctx, len(todo), 0)
     for job, action, run in todo:
         if ctx.stop.is_set():
             break
@@ -360,7 +362,7 @@ def run_in_process(ctx: Context, jobs: list[Job], confidence: float) -> list[Job
                 continue
         ctx.view.state.done += result.status in ("finished", "diverged")
         ctx.durations.append(time.monotonic() - t0)
-        ctx.view.state.eta_s = _eta(ctx, len(jobs) - ctx.view.state.done - 1, 0)
+        ctx.view.state.eta_s = _eta(ctx, len(jobs) - ctx.view.state.done, 0)
         extra = f"val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         ctx.view.finished(device, ctx.label(job, result.run_id), result.status, extra)
         results.append(JobResult(job, result.run_id, result.status))
@@ -462,6 +464,7 @@ def run_children(ctx: Context, jobs: list[Job], confidence: float) -> list[JobRe
         per_device[item[0].device].append(item)
     ctx.view.state.total = len(jobs)
     ctx.view.state.done = len(jobs) - len(todo)
+    ctx.view.state.eta_s = _eta(ctx, len(todo), 0)
     running: dict[int, _Child] = {}
     bad_input: str | None = None
     last_poll = 0.0

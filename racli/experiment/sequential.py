@@ -106,14 +106,15 @@ def boundaries(looks: Sequence[int], alpha: float = 0.05,
             sd = math.sqrt(i_k - info[k - 1])
             w = _weights(len(grid), grid[1] - grid[0]) * dens
 
-            def exit_prob(b: float) -> float:
-                return float(np.sum(w * (ndtr((-b - grid) / sd) + ndtr((grid - b) / sd))))
+            def excess(b: float, w=w, grid=grid, sd=sd, a_k=a_k) -> float:
+                """P(first crossing at this look | boundary b) - the share to spend."""
+                return float(np.sum(w * (ndtr((-b - grid) / sd) + ndtr((grid - b) / sd)))) - a_k
 
             hi = (abs(grid).max() + 12.0 * sd)
-            if a_k <= 0 or exit_prob(hi) >= a_k:
+            if a_k <= 0 or excess(hi) >= 0:
                 b = math.inf
             else:
-                b = brentq(lambda b: exit_prob(b) - a_k, 1e-9, hi, xtol=1e-10)
+                b = brentq(excess, 1e-9, hi, xtol=1e-10)
             c = b / math.sqrt(i_k)
         out.append(c)
         # the density of S_k on (-b_k, b_k), for the next look
