@@ -342,3 +342,24 @@ def test_sigint_is_forwarded_once_to_children():
         os.kill(os.getpid(), signal.SIGINT)
         assert child.wait(timeout=20) == 130
     assert stop.is_set()
+
+
+def test_live_view_draws_runs_devices_and_verdict():
+    import io
+
+    from racli.experiment.view import make_view
+
+    stream = io.StringIO()
+    view = make_view(stream, live=True)
+    view.phase("training 2 arms x 2 seeds")
+    view.state.total = 4
+    view.started("cuda:0", "ra_v5 seed 1 (run 3)", 700)
+    view.step("cuda:0", 350)
+    view.state.done = 1
+    view.finished("cuda:0", "ra_v5 seed 1 (run 3)", "finished", "val_loss 1.5606")
+    view.verdict(["ra_v5 vs baseline: INCONCLUSIVE (d +0.10%, 1 vs 1 runs)"])
+    view.close()
+    view.close()  # idempotent
+    out = stream.getvalue()
+    assert "ra_v5 seed 1 (run 3): finished val_loss 1.5606" in out
+    assert "1/4 runs done" in out and "verdict so far: ra_v5 vs baseline" in out

@@ -159,7 +159,8 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
     cuda = device.type == "cuda"
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if cuda:
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
@@ -239,6 +240,8 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
                 return cal
     finally:
         del arms
+        if any(spec.compile for spec in specs):
+            torch._dynamo.reset()  # compiled graphs hold the models: let them go
         if cuda:
             torch.cuda.empty_cache()
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
