@@ -363,3 +363,18 @@ def test_live_view_draws_runs_devices_and_verdict():
     out = stream.getvalue()
     assert "ra_v5 seed 1 (run 3): finished val_loss 1.5606" in out
     assert "1/4 runs done" in out and "verdict so far: ra_v5 vs baseline" in out
+
+
+def test_experiment_keys_of_ra_yaml_are_validated():
+    from racli.config import ConfigError, apply_overrides, load_config, packaged_config_path
+
+    cfg = load_config(packaged_config_path())
+    assert cfg.experiment.calibration_precision == 0.005
+    assert cfg.experiment.spending == "obrien_fleming"
+    sections = ("model", "train", "experiment")
+    ok = apply_overrides(cfg, ["experiment.calibration_max_s=30"], sections=sections)
+    assert ok.experiment.calibration_max_s == 30.0
+    for bad in ("experiment.calibration_precision=0", "experiment.spending=haybittle",
+                "experiment.calibration_min_rounds=1", "experiment.false_decision_rate=0.7"):
+        with pytest.raises(ConfigError):
+            apply_overrides(cfg, [bad], sections=sections)
