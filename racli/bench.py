@@ -69,7 +69,6 @@ See :func:`block_flops`.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
@@ -82,11 +81,13 @@ import torch
 
 from racli.config import BenchShape
 from racli.errors import BadInput
+from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
+from racli.names import comma_list
+from racli.names import resolve_device as resolve_device
+from racli.names import sdpa_backend_context as backend_context
 
 MODES = ("eager", "compile", "cuda_graph")
 PHASES = ("fwd", "fwd_bwd")
-SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
-DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -141,7 +142,7 @@ def _expand(text: str | list[str], valid: tuple[str, ...], alias: str, what: str
     order. BadInput for an unknown name or an empty list."""
     choices = f"valid: {', '.join(valid)}, {alias}"
     out: list[str] = []
-    for item in _items(text):
+    for item in comma_list(text):
         for name in valid if item == alias else (item,):
             if name not in valid:
                 raise BadInput(f"unknown {what} '{name}' ({choices})")
@@ -165,7 +166,7 @@ def parse_phases(text: str) -> list[str]:
 def parse_attns(text: str | list[str], registry) -> list[str]:
     """Comma list of attention names; each must be in `registry`. BadInput otherwise."""
     out: list[str] = []
-    for name in _items(text):
+    for name in comma_list(text):
         if name not in registry:
             raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(registry))})")
         if name not in out:
@@ -173,24 +174,6 @@ def parse_attns(text: str | list[str], registry) -> list[str]:
     if not out:
         raise BadInput(f"no attention given (valid: {', '.join(sorted(registry))})")
     return out
-
-
-def _items(text: str | list[str] | None) -> list[str]:
-    if isinstance(text, (list, tuple)):
-        return [str(t).strip() for t in text if str(t).strip()]
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def resolve_device(name: str) -> str:
-    """`auto` -> `cuda` when available, else `cpu`. Asking for absent CUDA is BadInput."""
-    name = (name or "auto").strip().lower()
-    if name not in DEVICES:
-        raise BadInput(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: CUDA is not available on this machine")
-    return name
 
 
 def resolve_dtype(name: str | None, device: str) -> str:
@@ -201,13 +184,6 @@ def resolve_dtype(name: str | None, device: str) -> str:
     if key not in DTYPES:
         raise BadInput(f"unknown dtype '{name}' (valid: float32, float16, bfloat16)")
     return str(DTYPES[key]).removeprefix("torch.")
-
-
-def check_sdpa_backend(name: str) -> str:
-    name = (name or "auto").strip().lower()
-    if name not in SDPA_BACKENDS:
-        raise BadInput(f"unknown SDPA backend '{name}' (valid: {', '.join(SDPA_BACKENDS)})")
-    return name
 
 
 # --------------------------------------------------------------------------
@@ -289,17 +265,6 @@ def make_inputs(shape: BenchShape, *, dtype: str = "float32", device: str = "cpu
     dout = torch.randn(size, generator=g)
     dev, dt = torch.device(device), DTYPES[dtype]
     return x.to(device=dev, dtype=dt), dout.to(device=dev, dtype=dt)
-
-
-def backend_context(name: str):
-    """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`."""
-    if name == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    enum = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel([enum])
 
 
 # --------------------------------------------------------------------------

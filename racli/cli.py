@@ -83,6 +83,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from racli.provenance import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     db: Annotated[Optional[str], typer.Option(
@@ -92,6 +100,9 @@ def _root(
         "--config", help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
         show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=lambda v: _print_version(v),
+        help="Print ra's version (and its source commit) and exit.")] = False,
 ) -> None:
     from racli.commands import common
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from racli.errors import BadInput
+from racli.names import ATTENTION_NAMES, SDPA_BACKENDS, comma_list
 
-ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
 BENCH_MODES = ("eager", "compile", "cuda_graph")
 
 
@@ -103,7 +103,7 @@ class TrainConfig:
     checkpoint_minutes: float = _f(5.0, gt=0.0)
     val_fraction: float = _f(0.1, gt=0.0, lt=1.0)
     compile: str = _f("auto", choices=("auto", "on", "off"))
-    sdpa_backend: str = _f("auto", choices=("auto", "flash", "cudnn", "efficient", "math"))
+    sdpa_backend: str = _f("auto", choices=SDPA_BACKENDS)
 
 
 @dataclass
@@ -188,7 +188,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         return {str(k): _convert(v, vt, f"{key}.{k}", source) for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = comma_list(value)
         if not isinstance(value, list):
             raise ConfigError(source, key, f"must be a list, got {_describe(value)}")
         return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]

@@ -245,6 +245,7 @@ def load_train_runs(
         )
         .outerjoin(Environment, Run.env_id == Environment.id)
         .where(Run.kind == "train", Run.status == "finished", Run.attn.in_(list(attns)))
+        .where(Run.excluded.is_(False))  # `ra runs exclude`: kept, left out of verdicts
         .order_by(Run.id)
     )
     if tag is not None:
@@ -499,6 +500,7 @@ def load_bench_comparison(
         .where(
             Run.kind == "bench",
             Run.status == "finished",
+            Run.excluded.is_(False),
             Timing.status == "ok",
             Timing.attn.in_([candidate, baseline]),
         )

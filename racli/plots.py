@@ -20,11 +20,13 @@ Curve = list[tuple[int, float]]
 
 
 def _check_path(path: str | Path) -> Path:
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"cannot write plot {p}: directory {parent} does not exist")
-    return p
+    from racli.errors import BadInput
+    from racli.names import check_plot_path
+
+    try:
+        return check_plot_path(path)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _figure(width: float, height: float):

@@ -141,7 +141,9 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
                                                        ("ra_v5", 1, "interrupted")]
     stopped_id, stopped_at = rows[1][0], rows[1][4]
     assert 0 < stopped_at < 6
-    assert (tmp_path / "ra_checkpoints" / f"run_{stopped_id}.pt").is_file()
+    from racli.training import checkpoint
+
+    assert checkpoint.checkpoint_path(str(db), stopped_id).is_file()
 
     outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
     store.close()

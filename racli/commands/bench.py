@@ -30,7 +30,7 @@ ShapeOpt = Annotated[str | None, typer.Option(
 DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).",
     show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 RepeatsOpt = Annotated[int | None, typer.Option(
     "--repeats", min=1, help="Timed repeats per configuration (default from ra.yaml).",
     show_default=False)]
@@ -60,21 +60,21 @@ def validate(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup,
              sdpa_backend) -> dict:
     """Every input checked and resolved (BadInput on the first bad one); no database."""
     from racli import bench
-    from racli_models import ATTENTION
+    from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list, resolve_device
 
-    attns = bench.parse_attns(attn if attn is not None else cfg.bench.attn, ATTENTION)
+    attns = bench.parse_attns(attn if attn is not None else cfg.bench.attn, ATTENTION_NAMES)
     explicit_modes = modes is not None
     mode_list = bench.parse_modes(modes if explicit_modes else cfg.bench.modes)
     phases = bench.parse_phases(phase)
-    backend = bench.check_sdpa_backend(sdpa_backend)
-    dev = bench.resolve_device(device)
-    if explicit_modes and "cuda_graph" in bench._items(modes) and dev != "cuda":
+    backend = check_sdpa_backend(sdpa_backend)
+    dev = resolve_device(device)
+    if explicit_modes and "cuda_graph" in comma_list(modes) and not dev.startswith("cuda"):
         raise BadInput(f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
                        "(--modes all records CUDA-graph rows as skipped instead)")
     dt = bench.resolve_dtype(dtype, dev)
     shape_text = shape if shape is not None else cfg.bench.shape
     if shape_text == "auto":
-        shape_text = "gpt2" if dev == "cuda" else "tiny"
+        shape_text = "gpt2" if dev.startswith("cuda") else "tiny"
     shape_name, block = bench.parse_shape(shape_text, cfg.bench.shapes)
     model_kw = {"ra_rank": cfg.model.ra_rank, "bias": cfg.model.bias,
                 "w_std_init": cfg.model.w_std_init, "w_rec_init": cfg.model.w_rec_init}

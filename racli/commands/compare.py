@@ -15,19 +15,10 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
+from racli.names import check_plot_path
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
 _SHOW_GROUPS = 10
-
-
-def check_plot_path(plot: Path | None) -> None:
-    if plot is None:
-        return
-    parent = plot.parent if str(plot.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
-    if plot.is_dir():
-        raise BadInput(f"cannot write plot {plot}: it is a directory")
 
 
 def _fraction(name: str, value: float) -> None:
@@ -169,6 +160,7 @@ def compare(
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
     from racli import history
+    from racli.store.manage import excluded_runs, excluded_text
 
     # ---- validate everything before any work
     history.check_metric(metric)
@@ -183,7 +175,7 @@ def compare(
     if plot is not None and metric == "ms":
         raise BadInput("--plot draws training curves: it does not apply to --metric ms")
     check_plot_path(plot)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
 
     if metric == "ms":
         bc = history.load_bench_comparison(
@@ -194,10 +186,11 @@ def compare(
             since=since_at,
             any_env=any_env,
         )
+        excluded = excluded_runs(store, kind="bench", tag=tag, since=since_at)
         if json:
-            common.print_json(bc.to_dict())
+            common.print_json({**bc.to_dict(), "excluded": excluded})
         else:
-            _echo(bench_text(bc))
+            _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))
         return
 
     cmp = history.load_comparison(
@@ -212,6 +205,7 @@ def compare(
         speed_tolerance=speed_tolerance,
         confidence=cfg.verdict.confidence,
     )
+    excluded = excluded_runs(store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at)
     written = None
     if plot is not None:
         written = _plot(store, cmp, plot)
@@ -219,11 +213,13 @@ def compare(
     if json:
         data = cmp.to_dict()
         data["plot"] = str(written) if written else None
+        data["excluded"] = excluded
         common.print_json(data)
         return
     from racli import render
 
-    text = header_text(cmp) + "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
+    text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
+    text += "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
     if written:
         text += f"\n\nPlot written to {written}"
     _echo(text)

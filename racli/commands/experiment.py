@@ -68,7 +68,6 @@ def experiment(
     json: common.JsonOpt = False,
 ) -> None:
     """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge."""
-    from racli.config import ATTENTION_NAMES
     from racli.experiment import plan
     from racli.experiment.report import check_report_path
     from racli.experiment.runner import (
@@ -79,6 +78,7 @@ def experiment(
         run_experiment,
     )
     from racli.experiment.view import make_view
+    from racli.names import ATTENTION_NAMES
 
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)

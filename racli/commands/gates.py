@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from racli.commands import common
-from racli.commands.compare import check_plot_path
 from racli.errors import BadInput
+from racli.names import check_plot_path
 
 
 def load_gate_rows(store, run_id: int) -> list[tuple[int, int, int, str, float]]:
@@ -59,7 +59,7 @@ def gates(
 
     check_plot_path(plot)
     cfg = common.config(config)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
     r = get_run(store, run)
     if r.kind != "train":
         raise BadInput(

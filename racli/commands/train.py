@@ -1,7 +1,8 @@
 """`ra train`: train one model on real text for a budget and record the run.
 
-A thin layer over `racli.training.loop`: options -> validated spec (every
-bad input is refused before the database is touched) -> trainer -> summary.
+A thin layer over `racli.training`: options -> validated spec (every bad
+input, an unwritable checkpoint folder included, is refused before the
+database is touched) -> trainer -> summary.
 SIGINT/SIGTERM stop at the next step (a second one stops at once). Exit
 codes: 0 finished; 130 interrupted (after the final evaluation and a
 checkpoint; the run can be resumed); 1 diverged or failed; 2 bad input.
@@ -73,8 +74,9 @@ def train(
     import signal
     import threading
 
+    from racli import training
+    from racli.training import checkpoint as ckpt
     from racli.training import distributed as ddp
-    from racli.training import loop
     from racli.training.progress import ConsoleReporter, summary_text
 
     info = ddp.detect()
@@ -89,7 +91,7 @@ def train(
             raise BadInput(f"--resume continues run {resume} with its recorded configuration "
                            f"and budget: drop {', '.join(conflicts)}")
         store = _open_for_resume(location, cfg, info)
-        spec, dataset, _ = loop.prepare_resume(store, resume, info)
+        spec, dataset, _ = training.prepare_resume(store, resume, info)
     else:
         if attn is None:
             raise BadInput("--attn is required (e.g. --attn ra_v5), or --resume RUN")
@@ -98,15 +100,18 @@ def train(
             overrides.append(f"train.batch_size={batch_size}")
         if lr is not None:
             overrides.append(f"train.lr={lr:.17e}")  # YAML needs the dot and sign
-        spec = loop.spec_from_config(cfg, attn=attn, preset=model, data=data, minutes=minutes,
-                                     steps=steps, seed=0 if seed is None else seed, tag=tag,
-                                     device=device, compile=compile, overrides=overrides)
+        spec = training.spec_from_config(cfg, attn=attn, preset=model, data=data,
+                                         minutes=minutes, steps=steps,
+                                         seed=0 if seed is None else seed, tag=tag,
+                                         device=device, compile=compile, overrides=overrides)
         if extra_config is not None:
             from racli.experiment.plan import parse_extra_config
 
             spec.extra = parse_extra_config(extra_config)
-        dataset = loop.load_data(spec)
-        loop.run_config(spec, dataset, info.world_size)  # validates the model config
+        dataset = training.load_data(spec)
+        training.run_config(spec, dataset, info.world_size)  # validates the model config
+        if info.is_main:
+            ckpt.ensure_writable(location)  # before the database is created
         store = common.open_db(location, cfg) if info.is_main else None
 
     reporter = ConsoleReporter() if info.is_main else None
@@ -122,8 +127,8 @@ def train(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = loop.train(spec, store, dataset=dataset, resume_run=resume, reporter=reporter,
-                            stop=stop, dist_info=info)
+        result = training.train(spec, store, dataset=dataset, resume_run=resume,
+                                reporter=reporter, stop=stop, dist_info=info)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -151,6 +151,7 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
     steps have run. `stop` (a threading.Event) ends it after the current round."""
     import torch
 
+    from racli.names import sdpa_backend_context
     from racli.training import model_config
     from racli.training.data import BatchSampler
     from racli_models import GPT
@@ -174,24 +175,17 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
             t = spec.train
             torch.manual_seed(0)
             raw = GPT(model_config(spec, dataset)).to(device)
-            opt = raw.configure_optimizer(t["weight_decay"], t["lr"], (t["beta1"], t["beta2"]),
-                                          gate_lr_mult=t["gate_lr_mult"], fused=cuda)
+            opt = raw.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2),
+                                          gate_lr_mult=t.gate_lr_mult, fused=cuda)
             for g in opt.param_groups:  # a steady, small rate: speed does not depend on it
-                g["lr"] = 0.1 * t["lr"] * g["lr_mult"]
-            sampler = BatchSampler(dataset.train, t["batch_size"], raw.config.block_size,
+                g["lr"] = 0.1 * t.lr * g["lr_mult"]
+            sampler = BatchSampler(dataset.train, t.batch_size, raw.config.block_size,
                                    seed=0, device=device)
             fwd = torch.compile(raw) if spec.compile else raw
             params = [p for p in raw.parameters() if p.requires_grad]
-            arms.append((fwd, opt, sampler, params, t["grad_clip"]))
+            arms.append((fwd, opt, sampler, params, t.grad_clip))
 
-        backend = None  # train.sdpa_backend, as the trainer applies it
-        name = specs[0].train.get("sdpa_backend", "auto")
-        if name != "auto":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            backend = getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                                           "efficient": "EFFICIENT_ATTENTION",
-                                           "math": "MATH"}[name])
+        backend = specs[0].train.sdpa_backend  # as the trainer applies it
 
         def steps(arm, n: int) -> None:
             fwd, opt, sampler, params, clip = arm
@@ -200,8 +194,7 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
                 with contextlib.ExitStack() as ctx:
                     if cuda:
                         ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-                    if backend is not None:
-                        ctx.enter_context(sdpa_kernel([backend]))
+                    ctx.enter_context(sdpa_backend_context(backend))
                     _, loss = fwd(x, y)
                 loss.backward()
                 if clip > 0:

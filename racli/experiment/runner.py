@@ -118,7 +118,7 @@ def train_overrides(overrides: list[str]) -> list[str]:
 
 
 def resolve_devices(devices: list[str], processes: bool | None = None) -> list[str]:
-    from racli.training.loop import resolve_device
+    from racli.names import resolve_device
 
     out = [resolve_device(d) for d in devices]
     if len(out) > 1 and any(d == "cpu" for d in out) and not processes:
@@ -166,6 +166,7 @@ def calibrate(store, settings: Settings, ecfg, specs, dataset, key: str, tag: st
     """Time the arms, record a `calibration` run, return the Calibration."""
     from racli.experiment import calibrate as cal_mod
     from racli.store.recorder import RunRecorder
+    from racli.training.spec import train_section
 
     e = ecfg.experiment
     labels = [a.label for a in settings.arms]
@@ -173,7 +174,8 @@ def calibrate(store, settings: Settings, ecfg, specs, dataset, key: str, tag: st
         plan.EXPERIMENT_KEY: {"key": key, "arms": labels},
         "attn": [a.attn for a in settings.arms],
         "device": specs[0].device_type, "compile": specs[0].compile,
-        "model": specs[0].model, "train": specs[0].train, "preset": specs[0].preset,
+        "model": specs[0].model, "train": train_section(specs[0].train),
+        "preset": specs[0].preset,
         "settings": {"precision": e.calibration_precision, "max_s": e.calibration_max_s,
                      "min_rounds": e.calibration_min_rounds,
                      "block_steps": e.calibration_block_steps,
