@@ -198,3 +198,36 @@ def test_child_processes_rotate_over_two_slots(tmp_path, fixed_speed):
     logs = list((tmp_path / "ra_experiment_logs" / outcome.key).glob("*.log"))
     assert len(logs) == 4
     assert outcome.verdicts[0].comparison is not None
+
+
+@pytest.mark.gpu
+def test_clock_sampler_reads_the_gpu():
+    pytest.importorskip("pynvml")
+    from racli.training.clocks import ClockSampler
+
+    sample = ClockSampler("cuda:0").sample()
+    assert set(sample) == {"sm_clock_mhz", "power_w", "temp_c"}
+    assert sample["sm_clock_mhz"] > 0
+
+
+@pytest.mark.gpu
+def test_gpu_experiment_children_record_clocks(tmp_path):
+    """One GPU, the child-process path, a small model without compile: budgets from a real
+    CUDA calibration, runs on CUDA_VISIBLE_DEVICES, clocks recorded per log interval."""
+    import json
+
+    db = tmp_path / "ra.db"
+    res = ra_inprocess("experiment", "--db", db, "--attn", "baseline,ra_v5", "--seeds", "1-2",
+                       "--minutes", "0.05", "--devices", "0", "--no-compile", *TINY_CLI,
+                       "--json")
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    data = json.loads(res.stdout)
+    assert data["calibration"]["device"].startswith("cuda")
+    rows = q(db, "SELECT id, status FROM runs WHERE kind='train'")
+    assert [st for _, st in rows] == ["finished"] * 4
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return
+    names = {n for (n,) in q(db, "SELECT DISTINCT name FROM metrics WHERE run_id=?", rows[0][0])}
+    assert {"sm_clock_mhz", "power_w", "temp_c"} <= names
