@@ -125,6 +125,9 @@ def _register() -> None:
     from racli.commands import data
 
     app.add_typer(data.app, name="data")
+    from racli.commands import experiment
+
+    app.command("experiment")(experiment.experiment)
 
 
 _register()

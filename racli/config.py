@@ -136,6 +136,19 @@ class GatesConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """`ra experiment`: speed calibration and the sequential design."""
+
+    calibration_precision: float = _f(0.005, gt=0.0, lt=0.5)  # target half-width of each ratio's 95% interval
+    calibration_max_s: float = _f(120.0, gt=0.0)  # time cap of the timed rounds (compile not counted)
+    calibration_min_rounds: int = _f(3, ge=2)
+    calibration_block_steps: int = _f(10, ge=1)  # training steps per timed block
+    calibration_warmup_steps: int = _f(3, ge=1)  # untimed steps per variant first (compile)
+    spending: str = _f("obrien_fleming", choices=("obrien_fleming", "pocock"))
+    false_decision_rate: float = _f(0.05, gt=0.0, lt=0.5)  # WIN/LOSE error of --until-settled
+
+
+@dataclass
 class Config:
     db: str = "ra.db"
     models: dict[str, ModelPreset] = field(default_factory=dict)
@@ -144,6 +157,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     # ---- derived views -------------------------------------------------

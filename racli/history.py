@@ -458,14 +458,17 @@ def load_comparison(
     threshold: float = 0.01,
     confidence: float = 0.95,
     allow_epochs: bool = False,
+    rows: list[RunRow] | None = None,
 ) -> Comparison:
-    """History -> groups -> samples -> verdict, for ``metric`` val_loss or tokens_per_s."""
+    """History -> groups -> samples -> verdict, for ``metric`` val_loss or tokens_per_s.
+    ``rows``: judge these runs instead of the store's (one experiment's, by arm)."""
     from racli.store import queries
 
     check_metric(metric)
     if metric == "ms":
         raise ValueError("bench timings: use load_bench_comparison")
-    rows = load_train_runs(store, attns=(candidate, baseline), tag=tag, since=since)
+    if rows is None:
+        rows = load_train_runs(store, attns=(candidate, baseline), tag=tag, since=since)
     group, others, left_out = select_group(
         rows,
         metric=metric,

@@ -20,10 +20,10 @@ from racli.errors import BadInput
 app = typer.Typer(help="List recorded runs (newest first); show, diff, tag, exclude, include, "
                        "delete, export.", invoke_without_command=True)
 
-KINDS = ("bench", "train")
+KINDS = ("bench", "train", "calibration")
 STATUSES = ("running", "finished", "failed", "interrupted", "diverged", "crashed")
 
-KindOpt = Annotated[Optional[str], typer.Option("--kind", help="bench or train.", show_default=False)]
+KindOpt = Annotated[Optional[str], typer.Option("--kind", help="bench, train or calibration.", show_default=False)]
 AttnOpt = Annotated[Optional[str], typer.Option("--attn", help="Attention variant (train runs).",
                                                 show_default=False)]
 StatusOpt = Annotated[Optional[str], typer.Option(
@@ -177,6 +177,12 @@ def show_text(d: dict) -> str:
         lines.append("Metrics (count, last step, last value):")
         for name, m in sorted(d["metrics"].items()):
             lines.append(f"  {name:<14} {m['count']:>6}  step {m['last_step']:<7} {_fmt(m['last'], 6)}")
+    if d.get("clocks"):
+        c = d["clocks"]
+        lines.append("GPU (median over log points): " + ", ".join(
+            f"{label} {c[k]:.0f}{unit}" for k, label, unit in (
+                ("sm_clock_mhz", "SM clock", " MHz"), ("power_w", "power", " W"),
+                ("temp_c", "temperature", " C")) if k in c))
     if d["gate_snapshots"]:
         lines.append(f"Gate snapshots: {d['gate_snapshots']} (last step {d['gate_last_step']}; see `ra gates --run {d['id']}`)")
     if d["timings"]:
@@ -201,6 +207,9 @@ def show(
     cfg = common.config(config)
     store = common.open_db(db, cfg, readonly=True)
     d = run_details(store, run_id)
+    from racli.training.clocks import recorded_medians
+
+    d["clocks"] = recorded_medians(store, run_id)
     if json:
         common.print_json(d)
     else:

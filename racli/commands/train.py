@@ -69,6 +69,9 @@ def train(
     resume: Annotated[int | None, typer.Option(
         "--resume", help="Continue run RUN from its checkpoint with its recorded configuration "
         "and remaining budget.", metavar="RUN", show_default=False)] = None,
+    extra_config: Annotated[str | None, typer.Option(
+        "--extra-config", hidden=True, help="JSON entries of `ra experiment` recorded in the "
+        "run's config (its arm and budget source).", show_default=False)] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
 ) -> None:
@@ -88,7 +91,7 @@ def train(
         conflicts = _resume_conflicts(attn=attn, minutes=minutes, steps=steps, model=model,
                                       data=data, seed=seed, batch_size=batch_size, lr=lr,
                                       device=device, compile=compile, tag=tag, set=set_,
-                                      max_epochs=max_epochs)
+                                      max_epochs=max_epochs, extra_config=extra_config)
         if conflicts:
             raise BadInput(f"--resume continues run {resume} with its recorded configuration "
                            f"and budget: drop {', '.join(conflicts)}")
@@ -108,6 +111,10 @@ def train(
                                          minutes=minutes, steps=steps,
                                          seed=0 if seed is None else seed, tag=tag,
                                          device=device, compile=compile, overrides=overrides)
+        if extra_config is not None:
+            from racli.experiment.plan import parse_extra_config
+
+            spec.extra = parse_extra_config(extra_config)
         dataset = training.load_data(spec)
         training.run_config(spec, dataset, info.world_size)  # validates the model config
         if info.is_main:

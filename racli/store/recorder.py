@@ -34,7 +34,8 @@ END_STATES = ("finished", "failed", "interrupted", "diverged")
 RESUMABLE = ("interrupted", "failed", "diverged")
 # A `running` run whose heartbeat is older than this is shown as crashed.
 STALE_AFTER = timedelta(seconds=120)
-NON_COMPARABLE_KEYS = ("attn", "seed", "tag")
+# `experiment` and `budget_source` (ra experiment) differ per arm of one experiment
+NON_COMPARABLE_KEYS = ("attn", "seed", "tag", "experiment", "budget_source")
 TIMING_FIELDS = tuple(c.name for c in Timing.__table__.columns if c.name not in ("id", "run_id"))
 TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 
@@ -42,6 +43,10 @@ TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 def config_hash(config: dict, exclude: tuple[str, ...] = NON_COMPARABLE_KEYS) -> str:
     """Hash of the comparable part of a run's config: everything but attn, seed, tag."""
     comparable = {k: v for k, v in config.items() if k not in exclude}
+    source = config.get("budget_source")
+    if isinstance(source, dict) and source.get("kind") == "matched_time":
+        # matched-time arms differ in steps by design: what they share is the time budget
+        comparable["budget"] = {"matched_minutes": source.get("minutes")}
     blob = json.dumps(comparable, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

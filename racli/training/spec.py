@@ -47,6 +47,7 @@ class TrainSpec:
     compile: bool = False
     preset: str | None = None
     measures: dict[str, Any] = field(default_factory=dict)  # ra.yaml `gates` (reciprocity.py)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded as is (ra experiment's arm)
 
     @property
     def device_type(self) -> str:
@@ -207,6 +208,7 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "world_size": world_size,
         "global_batch_size": bs * world_size,
         "tokens_per_step": bs * world_size * mcfg.block_size,
+        **spec.extra,
     }
 
 

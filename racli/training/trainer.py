@@ -46,6 +46,7 @@ from racli.names import sdpa_backend_context
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
 from racli.training.budget import EpochBudget
+from racli.training.clocks import ClockSampler
 from racli.training.data import BatchSampler, Dataset, eval_batches
 from racli.training.progress import epoch_warning
 from racli.training.reciprocity import record_measures
@@ -136,6 +137,7 @@ class Trainer:
         self.error: str | None = None
         self.checkpoint_error: str | None = None  # why the last checkpoint write failed
         self.last_checkpoint = time.monotonic()
+        self.clocks = ClockSampler(device)  # GPU clock, power, temperature at log points
         # the loop's state between log points
         self.status = "finished"
         self.stopped_by_user = False
@@ -417,7 +419,8 @@ class Trainer:
             return True
         self.train_loss = mean_loss
         self.rec.metrics(self.step, finite({"train_loss": mean_loss, "lr": lr,
-                                            "tokens_per_s": tps}), secs)
+                                            "tokens_per_s": tps, **self.clocks.sample()}),
+                         secs)
         self.reporter.update(step=self.step,
                              done=self.step if self.spec.steps is not None else secs,
                              loss=mean_loss, tokens_per_s=tps, left_s=self._left_s())
