@@ -1,4 +1,6 @@
-"""PNG plots with matplotlib's Agg canvas (imported lazily; no pyplot state).
+"""Plots (PNG, PDF or SVG, by the file's suffix) with matplotlib's Agg canvas
+(imported lazily; no pyplot state). :func:`check_plot_path` is the one check
+of a `--plot` path, made before any work.
 
 * :func:`plot_loss_curves` -- validation-loss curves, one colour per variant,
   one line per run.
@@ -13,18 +15,42 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from racli.errors import BadInput
+
 if TYPE_CHECKING:
     from racli.gate_report import GateReport
 
 Curve = list[tuple[int, float]]
 
 
-def _check_path(path: str | Path) -> Path:
+# what `--plot FILE` may be: the suffix chooses the format
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+def check_plot_path(path: str | Path | None) -> Path | None:
+    """The one check of a `--plot` path (None passes): a .png, .pdf or .svg file in an
+    existing directory, not a directory itself. BadInput (one line) otherwise."""
+    if path is None:
+        return None
     p = Path(path)
+    if p.suffix.lower() not in PLOT_FORMATS:
+        got = f"'{p.suffix}'" if p.suffix else "no suffix"
+        raise BadInput(f"cannot write plot {p}: the file name must end in "
+                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise ValueError(f"cannot write plot {p}: directory {parent} does not exist")
+        raise BadInput(f"cannot write plot {p}: directory {parent} does not exist")
+    if p.is_dir():
+        raise BadInput(f"cannot write plot {p}: it is a directory")
     return p
+
+
+def _check_path(path: str | Path) -> Path:
+    return check_plot_path(path)
+
+
+def _save(fig, p: Path) -> None:
+    fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
 
 
 def _figure(width: float, height: float):
@@ -83,7 +109,7 @@ def plot_loss_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(p, format="png")
+    _save(fig, p)
     return p
 
 
@@ -155,5 +181,5 @@ def plot_gates(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(p, format="png")
+    _save(fig, p)
     return p

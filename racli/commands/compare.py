@@ -15,19 +15,11 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
+from racli.plots import check_plot_path  # the one check of a --plot path (gates uses it too)
+from racli.textsafe import visible
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
 _SHOW_GROUPS = 10
-
-
-def check_plot_path(plot: Path | None) -> None:
-    if plot is None:
-        return
-    parent = plot.parent if str(plot.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
-    if plot.is_dir():
-        raise BadInput(f"cannot write plot {plot}: it is a directory")
 
 
 def _fraction(name: str, value: float) -> None:
@@ -106,7 +98,7 @@ def bench_text(bc) -> str:
 def _echo(text: str) -> None:
     from racli import render
 
-    sys.stdout.write(render.for_stream(text, sys.stdout.encoding) + "\n")
+    sys.stdout.write(render.for_stream(visible(text), sys.stdout.encoding) + "\n")
 
 
 def compare(
@@ -159,7 +151,7 @@ def compare(
         Path | None,
         typer.Option(
             "--plot",
-            help="Write the compared runs' curves of the metric (a PNG).",
+            help="Write the compared runs' curves of the metric (.png, .pdf or .svg).",
             show_default=False,
         ),
     ] = None,

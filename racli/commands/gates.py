@@ -16,6 +16,8 @@ import typer
 from racli.commands import common
 from racli.commands.compare import check_plot_path
 from racli.errors import BadInput
+from racli.runid import check_run_id
+from racli.textsafe import visible
 
 
 def load_gate_rows(store, run_id: int) -> list[tuple[int, int, int, str, float]]:
@@ -45,7 +47,7 @@ def gates(
         Path | None,
         typer.Option(
             "--plot",
-            help="Write a heatmap of the values and their trajectories (a PNG).",
+            help="Write a heatmap of the values and their trajectories (.png, .pdf or .svg).",
             show_default=False,
         ),
     ] = None,
@@ -57,6 +59,7 @@ def gates(
     from racli import gate_report, render
     from racli.store.queries import get_run
 
+    check_run_id(run, "--run")
     check_plot_path(plot)
     cfg = common.config(config)
     store = common.open_db(db, cfg, create=False)
@@ -110,4 +113,4 @@ def gates(
     text = render.gate_tables(report, title=title)
     if written:
         text += f"\n\nPlot written to {written}"
-    sys.stdout.write(render.for_stream(text, sys.stdout.encoding) + "\n")
+    sys.stdout.write(render.for_stream(visible(text), sys.stdout.encoding) + "\n")

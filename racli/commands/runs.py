@@ -11,11 +11,15 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
+from racli.runid import check_run_id
+from racli.tables import Column, print_table
+from racli.textsafe import one_line, visible
 
 app = typer.Typer(help="List recorded runs (newest first); show one; export them.",
                   invoke_without_command=True)
 
 KINDS = ("bench", "train")
+TAG_WIDTH = 24  # a tag longer than this is cut in the table (whole in show and --json)
 STATUSES = ("running", "finished", "failed", "interrupted", "diverged", "crashed")
 
 KindOpt = Annotated[Optional[str], typer.Option("--kind", help="bench or train.", show_default=False)]
@@ -45,44 +49,35 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-# (header, justify, value of a row dict); the key columns come first and never wrap
+# (column, value of a row dict); the key columns come first and are never left out
 RUN_TABLE_COLUMNS = (
-    ("id", "right", lambda r: str(r["id"])),
-    ("kind", "left", lambda r: r["kind"]),
-    ("attn", "left", lambda r: r["attn"] or "-"),
-    ("status", "left", lambda r: r["status"]),
-    ("seed", "right", lambda r: _fmt(r["seed"])),
-    ("tag", "left", lambda r: r["tag"] or "-"),
-    ("val_loss", "right", lambda r: _fmt(r["val_loss"])),
-    ("tok/s", "right", lambda r: _fmt(r["tokens_per_s"])),
-    ("iters", "right", lambda r: _fmt(r["iterations"])),
-    ("started", "left", lambda r: (r["started_at"] or "")[:16]),
-    ("epochs", "right", lambda r: _fmt(r["epochs"], 3)),
+    (Column("id", "right", None), lambda r: str(r["id"])),
+    (Column("kind"), lambda r: r["kind"]),
+    (Column("attn"), lambda r: r["attn"] or "-"),
+    (Column("status"), lambda r: (r["status"], STATUS_COLOURS.get(r["status"], ""))),
+    (Column("seed", "right"), lambda r: _fmt(r["seed"])),
+    (Column("tag", width=TAG_WIDTH), lambda r: r["tag"] or "-"),
+    (Column("val_loss", "right"), lambda r: _fmt(r["val_loss"])),
+    (Column("tok/s", "right"), lambda r: _fmt(r["tokens_per_s"])),
+    (Column("iters", "right"), lambda r: _fmt(r["iterations"])),
+    (Column("started"), lambda r: (r["started_at"] or "")[:16]),
+    (Column("epochs", "right"), lambda r: _fmt(r["epochs"], 3)),
 )
+KEY_COLUMNS = 4  # id, kind, attn, status
 STATUS_COLOURS = {"finished": "green", "failed": "red", "crashed": "red", "diverged": "magenta",
                   "interrupted": "yellow", "running": "cyan"}
 
 
-def runs_table(rows: list[dict], width: int = 200):
-    """A Rich table of runs; on a narrow terminal the trailing columns are left
-    out (whole, never cut mid-value): `--json` or `ra runs show` has them all."""
-    from rich.table import Table
+def run_table_rows(rows: list[dict]) -> list[list]:
+    return [[get(r) for _, get in RUN_TABLE_COLUMNS] for r in rows]
 
-    cells = [[get(r) for _, _, get in RUN_TABLE_COLUMNS] for r in rows]
-    keep, used = 0, 1
-    for i, (header, _, _) in enumerate(RUN_TABLE_COLUMNS):
-        w = max([len(header)] + [len(c[i]) for c in cells]) + 3
-        if used + w > width and keep >= 4:
-            break
-        used, keep = used + w, keep + 1
-    table = Table(title=f"{len(rows)} run(s), newest first")
-    for header, justify, _ in RUN_TABLE_COLUMNS[:keep]:
-        table.add_column(header, justify=justify, no_wrap=True)
-    for r, row in zip(rows, cells):
-        row = row[:keep]
-        row[3] = f"[{STATUS_COLOURS.get(r['status'], 'white')}]{row[3]}[/]"
-        table.add_row(*row)
-    return table
+
+def print_runs_table(rows: list[dict]) -> None:
+    """The runs as a table: Rich on a terminal (trailing columns left out whole, with a
+    note, when it is too narrow), tab-separated with every column in a pipe."""
+    columns = [c for c, _ in RUN_TABLE_COLUMNS]
+    print_table(columns, run_table_rows(rows), title=f"{len(rows)} run(s), newest first",
+                keep_min=KEY_COLUMNS)
 
 
 def list_run_dicts(store, **filters) -> list[dict]:
@@ -111,8 +106,7 @@ def runs(
     elif not rows:
         typer.echo("no runs recorded" + (" match the filters" if any((kind, attn, status, tag)) else ""))
     else:
-        con = common.console()
-        con.print(runs_table(rows, width=con.width))
+        print_runs_table(rows)
 
 
 def _inherit(ctx: typer.Context, db, config):
@@ -121,18 +115,19 @@ def _inherit(ctx: typer.Context, db, config):
 
 
 def show_text(d: dict) -> str:
-    lines = [f"Run {d['id']}: {d['kind']}" + (f" {d['attn']}" if d["attn"] else "") + f" [{d['status']}]"]
+    lines = [f"Run {d['id']}: {one_line(d['kind'])}" + (f" {one_line(d['attn'])}" if d["attn"] else "")
+             + f" [{one_line(d['status'])}]"]
     for key in ("seed", "tag", "config_hash", "git_commit", "started_at", "finished_at", "heartbeat_at",
                 "iterations", "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s", "error"):
         if d.get(key) is not None:
-            lines.append(f"  {key:<14} {_fmt(d[key], 6) if not isinstance(d[key], str) else d[key]}")
+            lines.append(f"  {key:<14} {_fmt(d[key], 6) if not isinstance(d[key], str) else one_line(d[key])}")
     env = d.get("environment")
     if env:
         lines.append("Environment:")
         for key in ("hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_count",
                     "driver", "cpu", "cpu_count", "fingerprint"):
             if env.get(key) is not None:
-                lines.append(f"  {key:<14} {env[key]}")
+                lines.append(f"  {key:<14} {one_line(env[key])}")
     if d["metrics"]:
         lines.append("Metrics (count, last step, last value):")
         for name, m in sorted(d["metrics"].items()):
@@ -143,7 +138,7 @@ def show_text(d: dict) -> str:
         lines.append("Timings:")
         for t in d["timings"]:
             ms = f"{t['median_ms']:.4f} ms" if t["median_ms"] is not None else t["status"]
-            extra = f" ({t['reason']})" if t["reason"] else ""
+            extra = f" ({one_line(t['reason'])})" if t["reason"] else ""
             lines.append(f"  {t['attn']:<13} {t['mode']:<11} {t['phase']:<8} {t['backend'] or '-':<9} {ms}{extra}")
     lines.append("Config:")
     lines.extend("  " + line for line in jsonlib.dumps(d["config"], indent=2, default=str).splitlines())
@@ -159,6 +154,7 @@ def show(
     """Everything about one run: figures, environment, metrics, timings, config."""
     from racli.store.queries import run_details
 
+    check_run_id(run_id)
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
     store = common.open_db(db, cfg, create=False)
@@ -166,7 +162,7 @@ def show(
     if json:
         common.print_json(d)
     else:
-        typer.echo(show_text(d))
+        typer.echo(visible(show_text(d)))
 
 
 def export_rows(store, **filters) -> list[dict]:
