@@ -209,6 +209,9 @@ def export(
     _check_filters(kind, status)
     if output is not None and not output.parent.resolve().is_dir():
         raise BadInput(f"cannot write {output}: directory {output.parent} does not exist")
+    if output is not None and output.is_dir():
+        raise BadInput(f"cannot write {output}: it is a directory (give a file name, e.g. "
+                       f"{output / ('runs.' + fmt)})")
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
     store = common.open_db(db, cfg, create=False)

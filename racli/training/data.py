@@ -180,7 +180,18 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
     vocab_size = _read_meta_vocab(path / "meta.pkl")
     _check_split(name, "train", arrays["train"], block_size, hint="train.bin is too short")
     _check_split(name, "validation", arrays["val"], block_size, hint="val.bin is too short")
+    source = "meta.pkl" if (path / "meta.pkl").exists() else "the default without meta.pkl"
+    for split, tokens in arrays.items():
+        _check_token_ids(path / f"{split}.bin", tokens, vocab_size, source)
     return Dataset(name=name, vocab_size=vocab_size, train=arrays["train"], val=arrays["val"])
+
+
+def _check_token_ids(file: Path, tokens: np.ndarray, vocab_size: int, source: str) -> None:
+    """Every token id must index the vocabulary (one pass over the memmap, no copy)."""
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise DataError(f"{file}: token id {top} is outside the vocabulary: vocab_size is "
+                        f"{vocab_size} ({source}), so ids must be below it")
 
 
 def _read_meta_vocab(meta: Path) -> int:

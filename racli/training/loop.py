@@ -267,7 +267,9 @@ def prepare_resume(store, run_id: int, dist_info: ddp.DistInfo | None = None):
     try:
         state = ckpt.load(path)
     except Exception as exc:
-        raise BadInput(f"cannot read checkpoint {path}: {exc}") from exc
+        from racli.training.load_errors import describe_load_error
+
+        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
     if (spec.steps is not None and int(state["step"]) >= spec.steps) or (
             spec.minutes is not None and float(state["train_seconds"]) >= spec.minutes * 60):
         raise BadInput(f"run {run_id} has used its whole budget: nothing left to train")
