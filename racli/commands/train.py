@@ -165,6 +165,10 @@ def train(
         "progress and notes stay on stderr.")] = False,
 ) -> None:
     """Train a GPT-2 style model with one attention variant; record losses, throughput, gates."""
+    if resume is not None:
+        check_run_id(resume, "--resume")
+    check_budget_range(minutes, steps)
+
     import signal
     import threading
 
@@ -172,9 +176,6 @@ def train(
     from racli.training import distributed as ddp
     from racli.training.progress import ConsoleReporter
 
-    if resume is not None:
-        check_run_id(resume, "--resume")
-    check_budget_range(minutes, steps)
     info = ddp.detect()
     cfg = common.config(config)
     location = common.db_location(db, cfg)
