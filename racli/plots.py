@@ -27,21 +27,25 @@ Curve = list[tuple[int, float]]
 PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
 
+class PlotPathError(BadInput, ValueError):
+    """A path no plot can be written to (bad input; a ValueError to the plot functions' callers)."""
+
+
 def check_plot_path(path: str | Path | None) -> Path | None:
     """The one check of a `--plot` path (None passes): a .png, .pdf or .svg file in an
-    existing directory, not a directory itself. BadInput (one line) otherwise."""
+    existing directory, not a directory itself. PlotPathError (bad input) otherwise."""
     if path is None:
         return None
     p = Path(path)
     if p.suffix.lower() not in PLOT_FORMATS:
         got = f"'{p.suffix}'" if p.suffix else "no suffix"
-        raise BadInput(f"cannot write plot {p}: the file name must end in "
+        raise PlotPathError(f"cannot write plot {p}: the file name must end in "
                        f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise BadInput(f"cannot write plot {p}: directory {parent} does not exist")
+        raise PlotPathError(f"cannot write plot {p}: directory {parent} does not exist")
     if p.is_dir():
-        raise BadInput(f"cannot write plot {p}: it is a directory")
+        raise PlotPathError(f"cannot write plot {p}: it is a directory")
     return p
 
 
