@@ -69,12 +69,12 @@ See :func:`block_flops`.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -82,11 +82,13 @@ import torch
 
 from racli.config import BenchShape
 from racli.errors import BadInput
+from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
+from racli.names import comma_list
+from racli.names import resolve_device as resolve_device
+from racli.names import sdpa_backend_context as backend_context
 
 MODES = ("eager", "compile", "cuda_graph")
 PHASES = ("fwd", "fwd_bwd")
-SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
-DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -141,7 +143,7 @@ def _expand(text: str | list[str], valid: tuple[str, ...], alias: str, what: str
     order. BadInput for an unknown name or an empty list."""
     choices = f"valid: {', '.join(valid)}, {alias}"
     out: list[str] = []
-    for item in _items(text):
+    for item in comma_list(text):
         for name in valid if item == alias else (item,):
             if name not in valid:
                 raise BadInput(f"unknown {what} '{name}' ({choices})")
@@ -165,7 +167,7 @@ def parse_phases(text: str) -> list[str]:
 def parse_attns(text: str | list[str], registry) -> list[str]:
     """Comma list of attention names; each must be in `registry`. BadInput otherwise."""
     out: list[str] = []
-    for name in _items(text):
+    for name in comma_list(text):
         if name not in registry:
             raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(registry))})")
         if name not in out:
@@ -173,24 +175,6 @@ def parse_attns(text: str | list[str], registry) -> list[str]:
     if not out:
         raise BadInput(f"no attention given (valid: {', '.join(sorted(registry))})")
     return out
-
-
-def _items(text: str | list[str] | None) -> list[str]:
-    if isinstance(text, (list, tuple)):
-        return [str(t).strip() for t in text if str(t).strip()]
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def resolve_device(name: str) -> str:
-    """`auto` -> `cuda` when available, else `cpu`. Asking for absent CUDA is BadInput."""
-    name = (name or "auto").strip().lower()
-    if name not in DEVICES:
-        raise BadInput(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: CUDA is not available on this machine")
-    return name
 
 
 def resolve_dtype(name: str | None, device: str) -> str:
@@ -201,13 +185,6 @@ def resolve_dtype(name: str | None, device: str) -> str:
     if key not in DTYPES:
         raise BadInput(f"unknown dtype '{name}' (valid: float32, float16, bfloat16)")
     return str(DTYPES[key]).removeprefix("torch.")
-
-
-def check_sdpa_backend(name: str) -> str:
-    name = (name or "auto").strip().lower()
-    if name not in SDPA_BACKENDS:
-        raise BadInput(f"unknown SDPA backend '{name}' (valid: {', '.join(SDPA_BACKENDS)})")
-    return name
 
 
 # --------------------------------------------------------------------------
@@ -291,17 +268,6 @@ def make_inputs(shape: BenchShape, *, dtype: str = "float32", device: str = "cpu
     return x.to(device=dev, dtype=dt), dout.to(device=dev, dtype=dt)
 
 
-def backend_context(name: str):
-    """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`."""
-    if name == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    enum = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel([enum])
-
-
 # --------------------------------------------------------------------------
 # backend detection
 # --------------------------------------------------------------------------
@@ -352,8 +318,70 @@ def detect_backend(step: Callable[[], Any]) -> str:
 
 
 # --------------------------------------------------------------------------
-# one configuration
+# typed rows and settings
 # --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration to time."""
+
+    attn: str
+    mode: str
+    phase: str
+
+
+@dataclass
+class BenchSettings:
+    """What every configuration of one bench shares."""
+
+    shape: BenchShape
+    dtype: str = "float32"
+    device: str = "cpu"
+    repeats: int = 100
+    warmup: int = 20
+    sdpa_backend: str = "auto"
+    seed: int = 0
+    model_kw: dict | None = None
+    #: called inside the timed region of every repeat as ``in_step(config, i)``: lets a test
+    #: inject jitter into one side's repeats; None in normal use
+    in_step: Callable[[Config, int], None] | None = None
+
+
+@dataclass
+class BenchRow:
+    """One `timings` row (keys as the table's columns)."""
+
+    attn: str
+    mode: str
+    phase: str
+    batch: int
+    seq: int
+    heads: int
+    head_dim: int
+    dtype: str
+    device: str
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    iters: int | None = None
+    tflops: float | None = None
+    status: str = "ok"  # ok | skipped | failed
+    reason: str | None = None
+    backend: str | None = None
+    compile_s: float | None = None
+
+    def record(self) -> dict:
+        """The row as keyword arguments of `RunRecorder.timing` (and for --json)."""
+        return asdict(self)
+
+    def timing_row(self):
+        from racli.verdict import TimingRow
+
+        return TimingRow(attn=self.attn, mode=self.mode, phase=self.phase,
+                         median_ms=self.median_ms, p10_ms=self.p10_ms, p90_ms=self.p90_ms,
+                         status=self.status, backend=self.backend, reason=self.reason,
+                         tflops=self.tflops)
 
 
 def _first_line(text: str, limit: int = 300) -> str:
@@ -372,37 +400,6 @@ def _reason(exc: BaseException) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _measure(step: Callable[[], Any], before: Callable[[], None], device: torch.device,
-             repeats: int) -> list[float]:
-    """Per-repeat times (ms) of `step`; `before` runs outside the timed region."""
-    times: list[float] = []
-    if device.type == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        for i in range(repeats):
-            before()
-            starts[i].record()
-            step()
-            ends[i].record()
-        torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    for _ in range(repeats):
-        before()
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def _row(attn, mode, phase, shape, dtype, device, **extra) -> dict:
-    row = {"attn": attn, "mode": mode, "phase": phase, "batch": shape.batch, "seq": shape.seq,
-           "heads": shape.heads, "head_dim": shape.head_dim, "dtype": dtype, "device": device,
-           "median_ms": None, "p10_ms": None, "p90_ms": None, "iters": None, "tflops": None,
-           "status": "ok", "reason": None, "backend": None, "compile_s": None}
-    row.update(extra)
-    return row
 
 
 class _Skip(Exception):
@@ -434,58 +431,6 @@ def _probe(step: Callable[[], Any], sdpa_backend: str) -> str:
                         f"{detail}") from exc
 
 
-def time_config(attn: str, mode: str, phase: str, shape: BenchShape, *, dtype: str = "float32",
-                device: str = "cpu", repeats: int = 100, warmup: int = 20,
-                sdpa_backend: str = "auto", seed: int = 0, model_kw: dict | None = None) -> dict:
-    """Time one (attn, mode, phase) configuration; returns its `timings` row as a dict.
-
-    Keys: attn, mode, phase, batch, seq, heads, head_dim, dtype, device,
-    median_ms, p10_ms, p90_ms, iters, tflops, status (ok | skipped | failed),
-    reason, backend, compile_s. Never raises for a configuration that cannot
-    run (except KeyboardInterrupt): the row says `skipped` (cannot run here:
-    CUDA graph without CUDA, a forced SDPA backend the variant cannot use) or
-    `failed` (anything else, e.g. a compile error), with the reason.
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r} (valid: {', '.join(MODES)})")
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r} (valid: {', '.join(PHASES)})")
-    dtype = resolve_dtype(dtype, device)
-    dev = torch.device(device)
-    row = _row(attn, mode, phase, shape, dtype, dev.type)
-    if mode == "cuda_graph" and (dev.type != "cuda" or not torch.cuda.is_available()):
-        row.update(status="skipped",
-                   reason=f"CUDA graphs need a CUDA device; this bench runs on {dev.type}")
-        return row
-    if sdpa_backend != "auto":
-        row["backend"] = sdpa_backend
-    state: dict[str, Any] = {}
-    try:
-        with backend_context(sdpa_backend):
-            times, backend, compile_s = _run(attn, mode, phase, shape, dtype, dev, repeats, warmup,
-                                             sdpa_backend, seed, model_kw, state)
-    except KeyboardInterrupt:
-        raise
-    except _Skip as exc:
-        row.update(status="skipped", reason=str(exc))
-        return row
-    except Exception as exc:  # noqa: BLE001 - a configuration that fails must not stop the others
-        row.update(status="failed", reason=_reason(exc))
-        return row
-    finally:
-        state.clear()
-        if mode == "compile":
-            torch._dynamo.reset()
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    median, p10, p90 = percentiles(times)
-    flops = block_flops(shape.batch, shape.seq, shape.heads, shape.head_dim, phase)
-    row.update(median_ms=median, p10_ms=p10, p90_ms=p90, iters=len(times),
-               tflops=tflops(flops, median), backend=backend, compile_s=compile_s)
-    return row
-
-
 def make_step(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dout: torch.Tensor,
               phase: str) -> Callable[[], torch.Tensor]:
     """One step of `phase` on `fn` (a module or its compiled form).
@@ -506,13 +451,32 @@ def make_step(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dout:
     return step
 
 
-def _run(attn, mode, phase, shape, dtype, dev, repeats, warmup, sdpa_backend, seed, model_kw,
-         state) -> tuple[list[float], str, float | None]:
-    module = build_module(attn, shape, dtype=dtype, device=str(dev), seed=seed, model_kw=model_kw)
-    x, dout = make_inputs(shape, dtype=dtype, device=str(dev), seed=seed)
-    state.update(module=module, x=x, dout=dout)
+# --------------------------------------------------------------------------
+# one configuration, ready to time
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _Ready:
+    """A configuration built, probed, compiled or captured and warmed up."""
+
+    config: Config
+    step: Callable[[], Any]
+    before: Callable[[], None]  # outside the timed region (clears grads for fwd_bwd)
+    backend: str
+    compile_s: float | None
+    keep: dict = field(default_factory=dict)  # module, inputs, compiled module, graph
+
+
+def _prepare(c: Config, s: BenchSettings) -> _Ready:
+    """Build, probe and warm up one configuration (see the module docstring)."""
+    dev = torch.device(s.device)
+    module = build_module(c.attn, s.shape, dtype=s.dtype, device=s.device, seed=s.seed,
+                          model_kw=s.model_kw)
+    x, dout = make_inputs(s.shape, dtype=s.dtype, device=s.device, seed=s.seed)
+    keep: dict[str, Any] = {"module": module, "x": x, "dout": dout}
     params = list(module.parameters())
-    if phase == "fwd":
+    if c.phase == "fwd":
         module.eval()
     else:
         module.train()
@@ -526,34 +490,29 @@ def _run(attn, mode, phase, shape, dtype, dev, repeats, warmup, sdpa_backend, se
     def no_op() -> None:
         pass
 
-    eager = make_step(module, x, dout, phase)
-    backend = _probe(eager, sdpa_backend)
+    eager = make_step(module, x, dout, c.phase)
+    backend = _probe(eager, s.sdpa_backend)
     clear_grads()
     compile_s = None
-    before = clear_grads if phase == "fwd_bwd" else no_op
-
-    if mode == "eager":
+    before = clear_grads if c.phase == "fwd_bwd" else no_op
+    if c.mode == "eager":
         step = eager
-    elif mode == "compile":
-        torch._dynamo.reset()
-        compiled = torch.compile(module, dynamic=False)
-        state["compiled"] = compiled
-        step = make_step(compiled, x, dout, phase)
+    elif c.mode == "compile":
+        compiled = keep["compiled"] = torch.compile(module, dynamic=False)
+        step = make_step(compiled, x, dout, c.phase)
         t0 = time.perf_counter()
         step()
         _sync(dev)
         compile_s = time.perf_counter() - t0
         clear_grads()
     else:  # cuda_graph
-        step, compile_s = _capture(eager, clear_grads, phase, dev, warmup, state)
+        step, compile_s = _capture(eager, clear_grads, c.phase, dev, s.warmup, keep)
         before = no_op
-
-    for _ in range(warmup):
+    for _ in range(s.warmup):
         before()
         step()
     _sync(dev)
-    times = _measure(step, before, dev, repeats)
-    return times, backend, compile_s
+    return _Ready(c, step, before, backend, compile_s, keep)
 
 
 def _capture(eager: Callable[[], Any], clear_grads: Callable[[], None], phase: str,
@@ -580,36 +539,148 @@ def _capture(eager: Callable[[], Any], clear_grads: Callable[[], None], phase: s
     return graph.replay, capture_s
 
 
+def _interleaved(ready: list[_Ready], s: BenchSettings) -> dict[Config, list[float] | str]:
+    """Per-repeat times (ms) of every ready configuration, timed round-robin: repeat i of
+    each configuration runs before repeat i + 1 of any, so drift in the machine's load
+    hits every configuration alike. A configuration that raises drops out (its reason)."""
+    dev = torch.device(s.device)
+    cuda = dev.type == "cuda"
+    times: dict[Config, list] = {r.config: [] for r in ready}
+    out: dict[Config, list[float] | str] = {}
+    live = list(ready)
+    for i in range(s.repeats):
+        for r in list(live):
+            try:
+                r.before()
+                if cuda:
+                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                    start.record()
+                else:
+                    t0 = time.perf_counter()
+                r.step()
+                if s.in_step is not None:
+                    s.in_step(r.config, i)
+                if cuda:
+                    end.record()
+                    times[r.config].append((start, end))
+                else:
+                    times[r.config].append((time.perf_counter() - t0) * 1e3)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failing configuration must not stop the rest
+                out[r.config] = _reason(exc)
+                live.remove(r)
+    _sync(dev)
+    for r in live:
+        t = times[r.config]
+        out[r.config] = [a.elapsed_time(b) for a, b in t] if cuda else t
+    return out
+
+
+# --------------------------------------------------------------------------
+# rounds: the configurations of one phase, timed together
+# --------------------------------------------------------------------------
+
+
+def time_round(configs: list[Config], s: BenchSettings) -> list[BenchRow]:
+    """Time ``configs`` (one phase) interleaved; their rows, in the order given.
+
+    Never raises for a configuration that cannot run (except KeyboardInterrupt):
+    its row says `skipped` (CUDA graph without CUDA, a forced SDPA backend the
+    variant cannot use) or `failed` (anything else, e.g. a compile error), with
+    the reason.
+    """
+    dtype = resolve_dtype(s.dtype, s.device)
+    s = replace(s, dtype=dtype)
+    dev = torch.device(s.device)
+    shape = s.shape
+    rows = {c: BenchRow(c.attn, c.mode, c.phase, shape.batch, shape.seq, shape.heads,
+                        shape.head_dim, dtype, dev.type) for c in configs}
+    for c in configs:
+        if c.mode not in MODES:
+            raise ValueError(f"unknown mode {c.mode!r} (valid: {', '.join(MODES)})")
+        if c.phase not in PHASES:
+            raise ValueError(f"unknown phase {c.phase!r} (valid: {', '.join(PHASES)})")
+        if s.sdpa_backend != "auto":
+            rows[c].backend = s.sdpa_backend
+    ready: list[_Ready] = []
+    timed: dict[Config, list[float] | str] = {}
+    try:
+        with backend_context(s.sdpa_backend):
+            torch._dynamo.reset()  # nothing compiled before this round is reused
+            for c in configs:
+                row = rows[c]
+                if c.mode == "cuda_graph" and (dev.type != "cuda" or not torch.cuda.is_available()):
+                    row.status = "skipped"
+                    row.reason = f"CUDA graphs need a CUDA device; this bench runs on {dev.type}"
+                    continue
+                try:
+                    ready.append(_prepare(c, s))
+                except KeyboardInterrupt:
+                    raise
+                except _Skip as exc:
+                    row.status, row.reason = "skipped", str(exc)
+                except Exception as exc:  # noqa: BLE001 - the others still run
+                    row.status, row.reason = "failed", _reason(exc)
+            found = {r.config: (r.backend, r.compile_s) for r in ready}
+            timed = _interleaved(ready, s)
+    finally:
+        for r in ready:
+            r.keep.clear()
+        ready.clear()
+        torch._dynamo.reset()
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    for c, result in timed.items():
+        row = rows[c]
+        if isinstance(result, str):
+            row.status, row.reason = "failed", result
+            continue
+        median, p10, p90 = percentiles(result)
+        flops = block_flops(shape.batch, shape.seq, shape.heads, shape.head_dim, c.phase)
+        row.median_ms, row.p10_ms, row.p90_ms, row.iters = median, p10, p90, len(result)
+        row.tflops = tflops(flops, median)
+        row.backend, row.compile_s = found[c]
+    return [rows[c] for c in configs]
+
+
+def time_config(attn: str, mode: str, phase: str, shape: BenchShape, **settings) -> BenchRow:
+    """Time one configuration alone (keyword settings of :class:`BenchSettings`)."""
+    return time_round([Config(attn, mode, phase)], BenchSettings(shape=shape, **settings))[0]
+
+
 # --------------------------------------------------------------------------
 # plans and summaries
 # --------------------------------------------------------------------------
 
 
 def plan(attns: list[str], modes: list[str], phases: list[str]) -> Iterator[tuple[str, str, str]]:
-    """Configurations in the seed's order: per attention, per mode, per phase."""
-    for attn in attns:
-        for mode in modes:
-            for phase in phases:
+    """Configurations in timing order: per phase (one interleaved round), per attention,
+    per mode."""
+    for phase in phases:
+        for attn in attns:
+            for mode in modes:
                 yield attn, mode, phase
 
 
-def timing_rows(rows: list[dict]):
-    """`racli.verdict.TimingRow`s of result dicts (for best-vs-best and rendering)."""
-    from racli.verdict import TimingRow
-
-    return [TimingRow(attn=r["attn"], mode=r["mode"], phase=r["phase"], median_ms=r["median_ms"],
-                      p10_ms=r["p10_ms"], p90_ms=r["p90_ms"], status=r["status"],
-                      backend=r.get("backend"), reason=r.get("reason"), tflops=r.get("tflops"))
-            for r in rows]
+def rounds(attns: list[str], modes: list[str], phases: list[str]) -> list[list[Config]]:
+    """The configurations of each phase: what one round times interleaved."""
+    return [[Config(a, m, p) for a in attns for m in modes] for p in phases]
 
 
-def baseline_eager_ratio(row: dict, rows: list[dict], baseline: str = "baseline") -> float | None:
+def timing_rows(rows: list[BenchRow]):
+    """`racli.verdict.TimingRow`s of bench rows (for best-vs-best and rendering)."""
+    return [r.timing_row() for r in rows]
+
+
+def baseline_eager_ratio(row: BenchRow, rows: list[BenchRow],
+                         baseline: str = "baseline") -> float | None:
     """`row`'s median over the baseline's eager median, same phase and backend (or None)."""
-    if row.get("status") != "ok" or row.get("median_ms") is None:
+    if row.status != "ok" or row.median_ms is None:
         return None
     for r in rows:
-        if (r["attn"] == baseline and r["mode"] == "eager" and r["phase"] == row["phase"]
-                and r.get("backend") == row.get("backend") and r["status"] == "ok"
-                and r.get("median_ms")):
-            return row["median_ms"] / r["median_ms"]
+        if (r.attn == baseline and r.mode == "eager" and r.phase == row.phase
+                and r.backend == row.backend and r.status == "ok" and r.median_ms):
+            return row.median_ms / r.median_ms
     return None

@@ -86,6 +86,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from racli.provenance import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     db: Annotated[Optional[str], typer.Option(
@@ -95,6 +103,9 @@ def _root(
         "--config", help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
         show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=lambda v: _print_version(v),
+        help="Print ra's version (and its source commit) and exit.")] = False,
 ) -> None:
     from racli.commands import common
 
@@ -114,6 +125,12 @@ def _register() -> None:
     from racli.commands import train
 
     app.command("train")(train.train)
+    from racli.commands import data
+
+    app.add_typer(data.app, name="data", cls=HelpWhenEmptyGroup)
+    from racli.commands import experiment
+
+    app.command("experiment")(experiment.experiment)
 
 
 _register()

@@ -21,9 +21,19 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from racli.errors import BadInput
+from racli.names import ATTENTION_NAMES, SDPA_BACKENDS, comma_list
 
-ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
 BENCH_MODES = ("eager", "compile", "cuda_graph")
+# model.preset `auto`: the preset that fits the device (resolved where the device is known)
+AUTO_PRESET = "auto"
+AUTO_PRESETS = {"cuda": "gpt2", "cpu": "tiny"}
+
+
+#: keys older ra.yaml files may hold that are read and ignored
+RETIRED_KEYS = {
+    # replaced by the speed check of `ra compare` (the loss gap the speed gap explains)
+    "verdict.speed_tolerance",
+}
 
 
 class ConfigError(BadInput):
@@ -86,6 +96,7 @@ class BenchConfig:
     modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
     repeats: int = _f(100, ge=1)
     warmup: int = _f(20, ge=0)
+    noise_ratio: float = _f(1.5, gt=1.0)  # p90/p10 above this: a timing too noisy to rank
 
 
 @dataclass
@@ -106,13 +117,13 @@ class TrainConfig:
     checkpoint_minutes: float = _f(5.0, gt=0.0)
     val_fraction: float = _f(0.1, gt=0.0, lt=1.0)
     compile: str = _f("auto", choices=("auto", "on", "off"))
-    sdpa_backend: str = _f("auto", choices=("auto", "flash", "cudnn", "efficient", "math"))
+    sdpa_backend: str = _f("auto", choices=SDPA_BACKENDS)
+    max_epochs: float | None = _f(None, gt=0.0)  # stop a run after this many passes
 
 
 @dataclass
 class VerdictConfig:
     threshold: float = _f(0.01, gt=0.0, lt=1.0)
-    speed_tolerance: float = _f(0.10, gt=0.0, lt=1.0)
     confidence: float = _f(0.95, gt=0.5, lt=1.0)
 
 
@@ -120,6 +131,24 @@ class VerdictConfig:
 class GatesConfig:
     reciprocity_threshold: float = _f(0.05, ge=0.0)
     moved_tolerance: float = _f(1e-6, ge=0.0)
+    # reciprocity measures (racli_models.measures): classification and recording
+    use_threshold: float = _f(0.05, ge=0.0, le=1.0)
+    measure_batches: int = _f(2, ge=0)
+    measure_rows: int = _f(2, ge=0)
+    ablation: str = _f("ends", choices=("every", "ends", "never"))
+
+
+@dataclass
+class ExperimentConfig:
+    """`ra experiment`: speed calibration and the sequential design."""
+
+    calibration_precision: float = _f(0.005, gt=0.0, lt=0.5)  # target half-width of each ratio's 95% interval
+    calibration_max_s: float = _f(120.0, gt=0.0)  # time cap of the timed rounds (compile not counted)
+    calibration_min_rounds: int = _f(3, ge=2)
+    calibration_block_steps: int = _f(10, ge=1)  # training steps per timed block
+    calibration_warmup_steps: int = _f(3, ge=1)  # untimed steps per variant first (compile)
+    spending: str = _f("obrien_fleming", choices=("obrien_fleming", "pocock"))
+    false_decision_rate: float = _f(0.05, gt=0.0, lt=0.5)  # WIN/LOSE error of --until-settled
 
 
 @dataclass
@@ -131,12 +160,21 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     # ---- derived views -------------------------------------------------
-    def model_fields(self, preset: str | None = None) -> dict[str, Any]:
-        """The GPTConfig fields for a preset, with the `model` section applied."""
+    def resolve_preset(self, preset: str | None = None, device_type: str = "cpu") -> str:
+        """The preset's name, with `auto` resolved for `device_type` (cuda: gpt2, else tiny)."""
         name = preset or self.model.preset
+        if name == AUTO_PRESET:
+            return AUTO_PRESETS["cuda" if device_type.split(":")[0] == "cuda" else "cpu"]
+        return name
+
+    def model_fields(self, preset: str | None = None, device_type: str = "cpu") -> dict[str, Any]:
+        """The GPTConfig fields for a preset (`auto`: for `device_type`), with the `model`
+        section applied."""
+        name = self.resolve_preset(preset, device_type)
         if name not in self.models:
             raise BadInput(f"unknown model preset '{name}' (valid: {', '.join(sorted(self.models))})")
         fields = dataclasses.asdict(self.models[name])
@@ -178,7 +216,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         return {str(k): _convert(v, vt, f"{key}.{k}", source) for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = comma_list(value)
         if not isinstance(value, list):
             raise ConfigError(source, key, f"must be a list, got {_describe(value)}")
         return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
@@ -231,6 +269,8 @@ def _build(cls: type, data: dict, source: str, prefix: str = ""):
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if key in RETIRED_KEYS:
+            continue  # a key of an older ra.yaml that no longer means anything
         if k not in known:
             raise ConfigError(source, key, f"unknown key (valid: {', '.join(known)})")
         kwargs[k] = _convert(v, hints[k], key, source)
@@ -242,9 +282,14 @@ def _validate_cross(cfg: Config) -> None:
     src = cfg.source
     if not cfg.models:
         raise ConfigError(src, "models", "at least one model preset is needed")
-    if cfg.model.preset not in cfg.models:
+    if cfg.model.preset == AUTO_PRESET:
+        missing = [p for p in AUTO_PRESETS.values() if p not in cfg.models]
+        if missing:
+            raise ConfigError(src, "model.preset", f"auto needs the presets "
+                              f"{', '.join(AUTO_PRESETS.values())} (missing: {', '.join(missing)})")
+    elif cfg.model.preset not in cfg.models:
         raise ConfigError(src, "model.preset", f"unknown preset '{cfg.model.preset}' "
-                          f"(valid: {', '.join(cfg.models)})")
+                          f"(valid: {AUTO_PRESET}, {', '.join(cfg.models)})")
     for name, p in cfg.models.items():
         if p.n_embd % p.n_head:
             raise ConfigError(src, f"models.{name}", f"n_embd {p.n_embd} is not divisible by n_head {p.n_head}")
@@ -256,6 +301,7 @@ def _validate_cross(cfg: Config) -> None:
             raise ConfigError(src, f"bench.modes[{i}]", f"unknown mode '{m}' (valid: {', '.join(BENCH_MODES)})")
     if cfg.bench.shape != "auto" and cfg.bench.shape not in cfg.bench.shapes:
         raise ConfigError(src, "bench.shape", f"unknown shape '{cfg.bench.shape}' (valid: auto, {', '.join(cfg.bench.shapes)})")
+    # `auto` is checked as it resolves without a device (tiny); a run checks its resolution
     fields = cfg.model_fields()
     head_dim = fields["n_embd"] // fields["n_head"] if fields["n_embd"] % fields["n_head"] == 0 else None
     if head_dim is None:

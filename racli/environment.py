@@ -2,8 +2,11 @@
 
 torch is imported here only when a fingerprint is taken, never at CLI start.
 The fingerprint is a hash of every field, so one row per distinct
-environment lands in `environments`. The environment *class* used to decide
-which runs are comparable is GPU name + torch version (`env_class`).
+environment lands in `environments`. The environment is per device: the
+CUDA device the run uses (its index and UUID) is part of it, so two GPUs of
+one host are two environments. The environment *class* used to decide which
+runs are comparable is GPU name + torch version (`env_class`), the same for
+both.
 """
 from __future__ import annotations
 
@@ -38,11 +41,24 @@ def _driver_version() -> str | None:
     return lines[0].strip() if out.returncode == 0 and lines else None
 
 
-def collect() -> dict:
-    """The environment's fields (imports torch)."""
+def _gpu_uuid(props) -> str | None:
+    uuid = getattr(props, "uuid", None)
+    if uuid is None:
+        return None
+    text = str(uuid)
+    return text if text.startswith("GPU-") else f"GPU-{text}"
+
+
+def collect(device_index: int | None = None) -> dict:
+    """The environment's fields (imports torch), for CUDA device `device_index`
+    (default: the current device, which training sets before it records a run)."""
     import torch
 
     cuda_ok = torch.cuda.is_available()
+    idx = None
+    if cuda_ok:
+        idx = torch.cuda.current_device() if device_index is None else int(device_index)
+    props = torch.cuda.get_device_properties(idx) if cuda_ok else None
     info = {
         "hostname": socket.gethostname(),
         "os": platform.platform(),
@@ -50,10 +66,11 @@ def collect() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda_ok else None,
         "cudnn": str(torch.backends.cudnn.version()) if cuda_ok and torch.backends.cudnn.is_available() else None,
-        "gpu_name": torch.cuda.get_device_name(0) if cuda_ok else None,
+        "gpu_name": props.name if cuda_ok else None,
+        "gpu_index": idx,
+        "gpu_uuid": _gpu_uuid(props) if cuda_ok else None,
         "gpu_count": torch.cuda.device_count() if cuda_ok else 0,
-        "gpu_memory_gb": (round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-                          if cuda_ok else None),
+        "gpu_memory_gb": round(props.total_memory / 2**30, 1) if cuda_ok else None,
         "driver": _driver_version() if cuda_ok else None,
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -64,6 +81,15 @@ def collect() -> dict:
 def fingerprint_of(info: dict) -> str:
     blob = json.dumps(info, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def device_label(hostname: str | None, gpu_index: int | None, gpu_uuid: str | None) -> str:
+    """Where a run ran: "node1 cuda:1 (GPU-3f2a9c1e)", "node1 cpu"."""
+    host = hostname or "?"
+    if gpu_index is None and gpu_uuid is None:
+        return f"{host} cpu"
+    where = f"cuda:{gpu_index}" if gpu_index is not None else "cuda"
+    return f"{host} {where}" + (f" ({gpu_uuid[:12]})" if gpu_uuid else "")
 
 
 def env_class(gpu_name: str | None, torch_version: str | None) -> str:

@@ -1,9 +1,9 @@
-"""The read side of `ra compare`: finished runs out of the store, grouped into
-comparable sets, turned into the inputs of :mod:`racli.verdict`.
+"""The read side of `ra compare`: finished runs grouped into comparable sets and
+turned into the inputs of :mod:`racli.verdict`.
 
-No torch. Queries are SQLAlchemy Core selects of only the columns needed
-(one query for runs joined with their environment), so that a comparison
-over tens of thousands of stored runs stays well under a second.
+No torch, no SQL: the rows come from :mod:`racli.store.queries` (read by
+column name), so the grouping below runs on plain data and tests without a
+database. The ``load_*`` functions only fetch and hand over.
 
 Train runs (``--metric val_loss`` / ``tokens_per_s``)
 -----------------------------------------------------
@@ -11,14 +11,20 @@ Train runs (``--metric val_loss`` / ``tokens_per_s``)
   and the baseline attention are read; ``--tag`` keeps runs with that exact
   tag; ``--since`` keeps runs *started* at or after the given date or time
   (UTC, like every time in the store).
-* Runs without a finite value of the metric (column ``val_loss`` or
-  ``tokens_per_s`` of the run row) are left out and counted.
-* Comparable runs share ``config_hash`` and environment class (GPU name +
-  torch version, :func:`racli.environment.env_class`); with ``any_env`` only
-  ``config_hash``.
+* Runs without a finite value of the metric are left out and counted.
+* Comparable runs share ``config_hash`` (every recorded setting but attn, seed
+  and tag: model, training, budget, the data's identity and content hash, ra's
+  code version) and environment class (GPU name + torch version,
+  :func:`racli.environment.env_class`); with ``any_env`` only ``config_hash``.
 * The group used is the one with the most runs among those holding both
   sides; ties go to the more balanced group (larger smaller side), then to
-  the group with the newest run. Every other group is listed with its sizes.
+  the group with the newest run. Every other group is listed with its sizes
+  and what differs from the group used ("code version differs", "data
+  differs", ...), from one recorded config per group.
+* For the verdict: the data and budget of the group (one config), a noise
+  estimate pooled from the group's arms with 3+ runs (used only when a side
+  has fewer than two runs), and for wall-clock budgets the baseline runs'
+  val-loss curves (the speed check). The devices each side ran on are listed.
 
 Bench timings (``--metric ms``)
 -------------------------------
@@ -28,7 +34,7 @@ Bench timings (``--metric ms``)
   environment class (not the class with ``any_env``). Within a group each
   attention's best row over modes *and over every bench run of the group*
   is compared per phase (and SDPA backend), as in the seed's "FAIR
-  COMPARISON (Best vs Best)".
+  COMPARISON (Best vs Best)", with the same noise rule as `ra bench`.
 * Every group is reported, newest first (by its latest bench run): a new
   shape or a new machine does not hide the older measurements.
 """
@@ -39,11 +45,21 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
-from racli.environment import env_class
+from racli.environment import device_label, env_class
 from racli.errors import BadInput
-from racli.verdict import Sample, TimingRow, Verdict, best_vs_best, compare_runs
+from racli.verdict import (
+    NOISE_RATIO,
+    Noise,
+    Sample,
+    TimingRow,
+    Verdict,
+    best_vs_best,
+    compare_runs,
+    pooled_noise,
+)
 
 #: --metric choices: the run-row column compared (None: bench timings) and
 #: whether lower values are better.
@@ -53,7 +69,19 @@ METRICS: dict[str, tuple[str | None, bool]] = {
     "ms": (None, True),
 }
 
-_IN_CHUNK = 900  # bound parameters per IN (...) clause (SQLite's limit is larger)
+_env_class = lru_cache(maxsize=1024)(env_class)
+_device_label = lru_cache(maxsize=4096)(device_label)
+
+#: config keys that are not part of the comparison key
+_PER_RUN_KEYS = ("attn", "seed", "tag")
+#: what a difference in a config key means, in words
+_DIFF_WORDS = {
+    "code": "code version differs",
+    "data": "data differs",
+    "model": "model differs",
+    "train": "training settings differ",
+    "budget": "budget differs",
+}
 
 
 # --------------------------------------------------------------------------
@@ -92,15 +120,15 @@ def _filters_text(tag: str | None, since: datetime | None) -> str:
     return (" with " + " and ".join(parts)) if parts else ""
 
 
+def _filters(tag: str | None, since: datetime | None, any_env: bool) -> dict[str, Any]:
+    """The history filters of a comparison, as JSON-ready data."""
+    return {"tag": tag, "since": since.isoformat(sep=" ") if since else None, "any_env": any_env}
+
+
 # --------------------------------------------------------------------------
 # train runs
 # --------------------------------------------------------------------------
 
-
-
-def _filters(tag: str | None, since: datetime | None, any_env: bool) -> dict[str, Any]:
-    """The history filters of a comparison, as JSON-ready data."""
-    return {"tag": tag, "since": since.isoformat(sep=" ") if since else None, "any_env": any_env}
 
 @dataclass(frozen=True)
 class RunRow:
@@ -115,6 +143,23 @@ class RunRow:
     tokens_per_s: float | None
     iterations: int | None
     epochs: float | None
+    device: str = "? cpu"
+
+    @classmethod
+    def from_record(cls, r) -> RunRow:
+        """From a row of :func:`racli.store.queries.finished_train_runs`."""
+        return cls(
+            id=r["id"],
+            attn=r["attn"],
+            seed=r["seed"],
+            config_hash=r["config_hash"],
+            env_class=_env_class(r.get("gpu_name"), r.get("torch")),
+            val_loss=r.get("val_loss"),
+            tokens_per_s=r.get("tokens_per_s"),
+            iterations=r.get("iterations"),
+            epochs=r.get("epochs"),
+            device=_device_label(r.get("hostname"), r.get("gpu_index"), r.get("gpu_uuid")),
+        )
 
     def value(self, metric: str) -> float | None:
         column = METRICS[metric][0]
@@ -132,6 +177,25 @@ class RunRow:
         )
 
 
+def config_differences(ours: dict | None, theirs: dict | None) -> list[str]:
+    """What differs between two recorded configs, in words ("code version differs", ...)."""
+    if ours is None or theirs is None:
+        return ["config not recorded"]
+    keys = sorted((set(ours) | set(theirs)) - set(_PER_RUN_KEYS))
+    out = []
+    for k in keys:
+        if ours.get(k) == theirs.get(k):
+            continue
+        word = _DIFF_WORDS.get(k, f"{k} differs")
+        a, b = ours.get(k), theirs.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and k != "code":
+            sub = sorted(j for j in set(a) | set(b) if a.get(j) != b.get(j))
+            if sub:
+                word += f" ({', '.join(sub)})"
+        out.append(word)
+    return out or ["config differs"]
+
+
 @dataclass
 class Group:
     """Comparable runs: one config_hash (and environment class unless any_env)."""
@@ -141,6 +205,7 @@ class Group:
     runs: list[RunRow]
     candidate: str
     baseline: str
+    differs: list[str] = field(default_factory=list)  # from the group compared (others only)
 
     @property
     def size(self) -> int:
@@ -172,6 +237,9 @@ class Group:
     def newest(self) -> int:
         return max(r.id for r in self.runs)
 
+    def devices(self, attn: str) -> list[str]:
+        return sorted({r.device for r in self.runs if r.attn == attn})
+
     def label(self) -> str:
         env = self.env_class if self.env_class is not None else "any environment"
         return f"config {self.config_hash} on {env}"
@@ -187,6 +255,7 @@ class Group:
                 self.baseline: [r.id for r in self.side(self.baseline)],
             },
             "comparable": self.comparable,
+            "differs": list(self.differs),
         }
 
 
@@ -204,6 +273,18 @@ class Comparison:
     tag: str | None = None
     since: datetime | None = None
     left_out: dict[str, int] = field(default_factory=dict)  # attn -> runs without the metric
+    data: dict[str, Any] | None = None  # the group's config["data"]
+    budget: dict[str, Any] | None = None  # the group's config["budget"]
+    noise: Noise | None = None
+
+    @property
+    def devices(self) -> dict[str, list[str]]:
+        return {a: self.group.devices(a) for a in (self.candidate, self.baseline)}
+
+    @property
+    def different_devices(self) -> bool:
+        d = self.devices
+        return d[self.candidate] != d[self.baseline]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,52 +295,12 @@ class Comparison:
             "group": self.group.to_dict(),
             "other_groups": [g.to_dict() for g in self.others],
             "left_out": dict(self.left_out),
+            "data": self.data,
+            "budget": self.budget,
+            "devices": self.devices,
+            "different_devices": self.different_devices,
             "verdict": self.verdict.to_dict(),
         }
-
-
-def load_train_runs(
-    store,
-    *,
-    attns: tuple[str, ...] | list[str],
-    tag: str | None = None,
-    since: datetime | None = None,
-) -> list[RunRow]:
-    """Finished train runs of ``attns`` with their environment class (one query)."""
-    from sqlalchemy import select
-
-    from racli.store.models import Environment, Run
-
-    q = (
-        select(
-            Run.id,
-            Run.attn,
-            Run.seed,
-            Run.config_hash,
-            Environment.gpu_name,
-            Environment.torch,
-            Run.val_loss,
-            Run.tokens_per_s,
-            Run.iterations,
-            Run.epochs,
-        )
-        .outerjoin(Environment, Run.env_id == Environment.id)
-        .where(Run.kind == "train", Run.status == "finished", Run.attn.in_(list(attns)))
-        .order_by(Run.id)
-    )
-    if tag is not None:
-        q = q.where(Run.tag == tag)
-    if since is not None:
-        q = q.where(Run.started_at >= since)
-    classes: dict[tuple[str | None, str | None], str] = {}
-    out: list[RunRow] = []
-    with store.engine.connect() as conn:
-        for rid, attn, seed, chash, gpu, torch_v, vl, tps, its, eps in conn.execute(q):
-            cls = classes.get((gpu, torch_v))
-            if cls is None:
-                cls = classes[(gpu, torch_v)] = env_class(gpu, torch_v)
-            out.append(RunRow(rid, attn, seed, chash, cls, vl, tps, its, eps))
-    return out
 
 
 def group_runs(
@@ -277,6 +318,18 @@ def group_runs(
         reverse=True,
     )
     return groups
+
+
+def describe_differences(group: Group, others: list[Group], configs: dict[int, dict]) -> None:
+    """Fill each other group's ``differs`` (configs: run id -> config, one run per group)."""
+    ours = configs.get(group.runs[0].id)
+    for g in others:
+        words = []
+        if g.config_hash != group.config_hash:
+            words += config_differences(ours, configs.get(g.runs[0].id))
+        if g.env_class != group.env_class:
+            words.append("environment class differs")
+        g.differs = words
 
 
 def _no_runs(attn: str, tag, since, metric: str | None = None) -> BadInput:
@@ -329,6 +382,70 @@ def select_group(
     return best, groups[1:], left_out
 
 
+def group_noise(group: Group, metric: str) -> Noise | None:
+    """The pooled within-arm spread of the group's arms with 3+ runs (see verdict)."""
+    arms: dict[str, list[float]] = defaultdict(list)
+    for r in group.runs:
+        arms[r.attn].append(r.value(metric))
+    return pooled_noise(dict(arms))
+
+
+def is_wall_clock(config: dict | None) -> bool:
+    """True unless the recorded budget is in steps (an unknown budget counts as wall-clock)."""
+    budget = (config or {}).get("budget")
+    return not (isinstance(budget, dict) and budget.get("steps") is not None)
+
+
+def judge(
+    group: Group,
+    *,
+    metric: str,
+    config: dict | None,
+    curves: dict[int, list[tuple[int, float]]] | None = None,
+    threshold: float = 0.01,
+    confidence: float = 0.95,
+    allow_epochs: bool = False,
+) -> tuple[Verdict, Noise | None]:
+    """The verdict of one group (pure: its recorded config and baseline curves given)."""
+    c, b = group.candidate, group.baseline
+    noise = group_noise(group, metric)
+    base_runs = group.side(b)
+    try:
+        verdict = compare_runs(
+            [r.sample(metric) for r in group.side(c)],
+            [r.sample(metric) for r in base_runs],
+            metric=metric,
+            lower_is_better=METRICS[metric][1],
+            threshold=threshold,
+            confidence=confidence,
+            candidate_attn=c,
+            baseline_attn=b,
+            noise=noise,
+            allow_epochs=allow_epochs,
+            wall_clock=is_wall_clock(config),
+            baseline_curves=[(curves or {}).get(r.id, []) for r in base_runs],
+        )
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    return verdict, noise
+
+
+def load_train_runs(
+    store,
+    *,
+    attns: tuple[str, ...] | list[str],
+    tag: str | None = None,
+    since: datetime | None = None,
+) -> list[RunRow]:
+    """Finished train runs of ``attns`` with their environment class (one query)."""
+    from racli.store import queries
+
+    return [
+        RunRow.from_record(r)
+        for r in queries.finished_train_runs(store, attns=attns, tag=tag, since=since)
+    ]
+
+
 def load_comparison(
     store,
     *,
@@ -339,14 +456,19 @@ def load_comparison(
     since: datetime | None = None,
     any_env: bool = False,
     threshold: float = 0.01,
-    speed_tolerance: float = 0.10,
     confidence: float = 0.95,
+    allow_epochs: bool = False,
+    rows: list[RunRow] | None = None,
 ) -> Comparison:
-    """History -> groups -> samples -> verdict, for ``metric`` val_loss or tokens_per_s."""
+    """History -> groups -> samples -> verdict, for ``metric`` val_loss or tokens_per_s.
+    ``rows``: judge these runs instead of the store's (one experiment's, by arm)."""
+    from racli.store import queries
+
     check_metric(metric)
     if metric == "ms":
         raise ValueError("bench timings: use load_bench_comparison")
-    rows = load_train_runs(store, attns=(candidate, baseline), tag=tag, since=since)
+    if rows is None:
+        rows = load_train_runs(store, attns=(candidate, baseline), tag=tag, since=since)
     group, others, left_out = select_group(
         rows,
         metric=metric,
@@ -356,19 +478,21 @@ def load_comparison(
         tag=tag,
         since=since,
     )
-    lower_is_better = METRICS[metric][1]
-    try:
-        verdict = compare_runs(
-            [r.sample(metric) for r in group.side(candidate)],
-            [r.sample(metric) for r in group.side(baseline)],
-            metric=metric,
-            lower_is_better=lower_is_better,
-            threshold=threshold,
-            speed_tolerance=speed_tolerance,
-            confidence=confidence,
-        )
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
+    configs = queries.run_configs(store, [g.runs[0].id for g in [group, *others]])
+    describe_differences(group, others, configs)
+    config = configs.get(group.runs[0].id)
+    curves = None
+    if metric != "tokens_per_s" and is_wall_clock(config):
+        curves = queries.metric_points(store, [r.id for r in group.side(baseline)], "val_loss")
+    verdict, noise = judge(
+        group,
+        metric=metric,
+        config=config,
+        curves=curves,
+        threshold=threshold,
+        confidence=confidence,
+        allow_epochs=allow_epochs,
+    )
     return Comparison(
         metric=metric,
         candidate=candidate,
@@ -380,6 +504,11 @@ def load_comparison(
         tag=tag,
         since=since,
         left_out={k: v for k, v in left_out.items() if v},
+        data=(config or {}).get("data") if isinstance((config or {}).get("data"), dict) else (
+            {"name": config["data"]} if config and config.get("data") else None
+        ),
+        budget=(config or {}).get("budget"),
+        noise=noise,
     )
 
 
@@ -387,22 +516,10 @@ def metric_curves(
     store, runs_by_variant: dict[str, list[int]], name: str = "val_loss"
 ) -> dict[str, list[tuple[int, list[tuple[int, float]]]]]:
     """``variant -> [(run_id, [(step, value)])]`` of metric ``name``, for the plot."""
-    from sqlalchemy import select
-
-    from racli.store.models import Metric
+    from racli.store import queries
 
     ids = [i for run_ids in runs_by_variant.values() for i in run_ids]
-    points: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    with store.engine.connect() as conn:
-        for k in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[k : k + _IN_CHUNK]
-            q = (
-                select(Metric.run_id, Metric.step, Metric.value)
-                .where(Metric.name == name, Metric.run_id.in_(chunk))
-                .order_by(Metric.run_id, Metric.step, Metric.id)
-            )
-            for rid, step, value in conn.execute(q):
-                points[rid].append((int(step), float(value)))
+    points = queries.metric_points(store, ids, name)
     return {
         variant: [(rid, points.get(rid, [])) for rid in run_ids]
         for variant, run_ids in runs_by_variant.items()
@@ -457,6 +574,40 @@ class BenchComparison:
         }
 
 
+def group_timings(
+    records: list[dict],
+    *,
+    candidate: str,
+    baseline: str,
+    any_env: bool = False,
+    noise_ratio: float = NOISE_RATIO,
+) -> list[BenchGroup]:
+    """Rows of :func:`racli.store.queries.ok_bench_timings` -> best vs best per group,
+    newest group first."""
+    buckets: dict[tuple, tuple[set[int], list[TimingRow]]] = {}
+    for r in records:
+        med = r["median_ms"]
+        if med is None or not math.isfinite(med):
+            continue
+        cls = None if any_env else env_class(r["gpu_name"], r["torch"])
+        key = (r["batch"], r["seq"], r["heads"], r["head_dim"], r["dtype"], r["device"], cls)
+        ids, rows = buckets.setdefault(key, (set(), []))
+        ids.add(r["run_id"])
+        rows.append(
+            TimingRow(
+                r["attn"], r["mode"], r["phase"], med, r["p10_ms"], r["p90_ms"], "ok",
+                r["backend"], None, r["tflops"],
+            )
+        )  # fmt: skip
+    groups = []
+    for (b, t, h, d, dtype, device, cls), (ids, rows) in buckets.items():
+        shape = {"batch": b, "seq": t, "heads": h, "head_dim": d, "dtype": dtype, "device": device}
+        best = best_vs_best(rows, baseline=baseline, noise_ratio=noise_ratio)
+        groups.append(BenchGroup(shape, cls, sorted(ids), rows, best))
+    groups.sort(key=lambda g: g.newest, reverse=True)
+    return groups
+
+
 def load_bench_comparison(
     store,
     *,
@@ -465,71 +616,19 @@ def load_bench_comparison(
     tag: str | None = None,
     since: datetime | None = None,
     any_env: bool = False,
+    noise_ratio: float = NOISE_RATIO,
 ) -> BenchComparison:
     """Best vs best per shape group from every finished bench run (newest group first)."""
-    from sqlalchemy import select
+    from racli.store import queries
 
-    from racli.store.models import Environment, Run, Timing
-
-    q = (
-        select(
-            Timing.run_id,
-            Timing.attn,
-            Timing.mode,
-            Timing.phase,
-            Timing.batch,
-            Timing.seq,
-            Timing.heads,
-            Timing.head_dim,
-            Timing.dtype,
-            Timing.device,
-            Timing.backend,
-            Timing.median_ms,
-            Timing.p10_ms,
-            Timing.p90_ms,
-            Timing.tflops,
-            Environment.gpu_name,
-            Environment.torch,
-        )
-        .join(Run, Timing.run_id == Run.id)
-        .outerjoin(Environment, Run.env_id == Environment.id)
-        .where(
-            Run.kind == "bench",
-            Run.status == "finished",
-            Timing.status == "ok",
-            Timing.attn.in_([candidate, baseline]),
-        )
-        .order_by(Timing.run_id, Timing.id)
-    )
-    if tag is not None:
-        q = q.where(Run.tag == tag)
-    if since is not None:
-        q = q.where(Run.started_at >= since)
-
-    buckets: dict[tuple, tuple[set[int], list[TimingRow]]] = {}
-    with store.engine.connect() as conn:
-        for row in conn.execute(q):
-            rid, attn, mode, phase, b, t, h, d, dtype, device, backend = row[:11]
-            med, p10, p90, tfl, gpu, torch_v = row[11:]
-            if med is None or not math.isfinite(med):
-                continue
-            cls = None if any_env else env_class(gpu, torch_v)
-            key = (b, t, h, d, dtype, device, cls)
-            ids, rows = buckets.setdefault(key, (set(), []))
-            ids.add(rid)
-            rows.append(TimingRow(attn, mode, phase, med, p10, p90, "ok", backend, None, tfl))
-
+    records = queries.ok_bench_timings(store, attns=(candidate, baseline), tag=tag, since=since)
     for attn in (candidate, baseline):
-        if not any(r.attn == attn for _, rows in buckets.values() for r in rows):
+        if not any(r["attn"] == attn and r["median_ms"] is not None for r in records):
             raise BadInput(
                 f"no ok bench timings of '{attn}' in finished bench runs"
                 f"{_filters_text(tag, since)} (use `ra bench --attn {baseline},{candidate}`)"
             )
-    groups = []
-    for (b, t, h, d, dtype, device, cls), (ids, rows) in buckets.items():
-        shape = {"batch": b, "seq": t, "heads": h, "head_dim": d, "dtype": dtype, "device": device}
-        groups.append(
-            BenchGroup(shape, cls, sorted(ids), rows, best_vs_best(rows, baseline=baseline))
-        )
-    groups.sort(key=lambda g: g.newest, reverse=True)
+    groups = group_timings(
+        records, candidate=candidate, baseline=baseline, any_env=any_env, noise_ratio=noise_ratio
+    )
     return BenchComparison(candidate, baseline, groups, any_env, tag, since)

@@ -1,12 +1,13 @@
-"""Plots (PNG, PDF or SVG, by the file's suffix) with matplotlib's Agg canvas
-(imported lazily; no pyplot state). :func:`check_plot_path` is the one check
-of a `--plot` path, made before any work.
+"""Plots (PNG, PDF or SVG, by the file's suffix) with matplotlib's Agg canvas (lazy; no pyplot).
 
 * :func:`plot_loss_curves` -- validation-loss curves, one colour per variant,
   one line per run.
 * :func:`plot_gates` -- a heatmap of the gate values at the report's step
   (layers x heads, one panel per gate name) and, when trajectories are given,
   each gate's value over the recorded steps.
+* :func:`plot_gates_runs` -- several runs: a heatmap of the mean of the
+  reciprocity measure (layers x heads) and of the share of runs above the
+  threshold.
 """
 
 from __future__ import annotations
@@ -15,45 +16,26 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from racli.errors import BadInput
-
 if TYPE_CHECKING:
-    from racli.gate_report import GateReport
+    from racli.gate_report import GateReport, RunsReport
 
 Curve = list[tuple[int, float]]
 
 
-# what `--plot FILE` may be: the suffix chooses the format
-PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
-
-
-class PlotPathError(BadInput, ValueError):
-    """A path no plot can be written to (bad input; a ValueError to the plot functions' callers)."""
-
-
-def check_plot_path(path: str | Path | None) -> Path | None:
-    """The one check of a `--plot` path (None passes): a .png, .pdf or .svg file in an
-    existing directory, not a directory itself. PlotPathError (bad input) otherwise."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.suffix.lower() not in PLOT_FORMATS:
-        got = f"'{p.suffix}'" if p.suffix else "no suffix"
-        raise PlotPathError(f"cannot write plot {p}: the file name must end in "
-                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise PlotPathError(f"cannot write plot {p}: directory {parent} does not exist")
-    if p.is_dir():
-        raise PlotPathError(f"cannot write plot {p}: it is a directory")
-    return p
-
-
 def _check_path(path: str | Path) -> Path:
-    return check_plot_path(path)
+    from racli.errors import BadInput
+    from racli.names import check_plot_path
+
+    try:
+        return check_plot_path(path)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _save(fig, p: Path) -> None:
+    """Write the figure in the format of the file's suffix (checked by `_check_path`)."""
+    from racli.names import PLOT_FORMATS
+
     fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
 
 
@@ -184,6 +166,45 @@ def plot_gates(
                 ax2.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, p)
+    return p
+
+
+def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = None) -> Path:
+    """Two heatmaps (layers x heads) of several runs: the mean of the measure and
+    the fraction of runs where the head is above the threshold."""
+    import numpy as np
+
+    p = _check_path(path)
+    if not rep.heads:
+        raise ValueError("no heads to plot")
+    layers, heads = rep.layers, rep.head_ids
+    li = {la: i for i, la in enumerate(layers)}
+    hi = {h: i for i, h in enumerate(heads)}
+    mean = np.full((len(layers), len(heads)), np.nan)
+    above = np.full_like(mean, np.nan)
+    for h in rep.heads:
+        mean[li[h.layer], hi[h.head]] = h.mean
+        above[li[h.layer], hi[h.head]] = h.above / max(1, h.n)
+    scale = 100.0 if rep.by_measure else 1.0
+    fig = _figure(max(9.0, 0.5 * len(heads) * 2 + 3), max(4.0, 0.35 * len(layers) + 2))
+    panels = (
+        (mean * scale, f"mean {rep.measure}{' (%)' if rep.by_measure else ''}", "viridis", None),
+        (above, f"runs above {rep.threshold * scale:g}{'%' if rep.by_measure else ''}",
+         "Greys", (0.0, 1.0)),
+    )
+    for k, (grid, name, cmap, lim) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        kw = {"vmin": lim[0], "vmax": lim[1]} if lim else {}
+        im = ax.imshow(grid, cmap=cmap, aspect="auto", **kw)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+        ax.set_yticks(range(len(layers)), [str(la) for la in layers])
+    fig.suptitle(title or f"{rep.measure} over runs {', '.join(map(str, rep.runs))}")
     fig.tight_layout()
     _save(fig, p)
     return p

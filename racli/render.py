@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from racli.verdict import (
-    RECOMMENDATIONS,
+    PRETTY_NAMES,  # noqa: F401 - re-exported
     TimingRow,
     Verdict,
+    display_name,
     format_seeds_needed,
 )
 
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 
 RULE = "=" * 70
 THIN = "-" * 70
-
-PRETTY_NAMES = {"baseline": "Baseline", "ra_v5": "RA v5"}
 
 METRIC_NAMES = {
     "val_loss": "Validation loss",
@@ -53,8 +52,8 @@ _ASCII = {
 
 
 def pretty(attn: str) -> str:
-    """``baseline`` -> "Baseline", ``ra_v5`` -> "RA v5", others unchanged."""
-    return PRETTY_NAMES.get(attn, attn)
+    """``baseline`` -> "Baseline", ``ra_v5`` -> "RA v5", others unchanged (see PRETTY_NAMES)."""
+    return display_name(attn)
 
 
 def metric_label(metric: str) -> str:
@@ -261,6 +260,9 @@ def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
             name = f"{pretty(b['attn'])} / {pretty(baseline)}:"
             if b.get("ratio") is None:
                 out.append(f"{name} no {pretty(baseline)} timing in this phase to compare with")
+            elif b.get("noisy"):
+                out.append(f"{name} {b['ratio']:.2f}x  ⚠️ noisy: {b['noisy']}; re-run on an "
+                           "idle machine (no parity or speed-up mark)")
             else:
                 out.append(f"{name} {b['ratio']:.2f}x  {b['wording']}")
     return "\n".join(out)
@@ -271,33 +273,49 @@ def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
 # --------------------------------------------------------------------------
 
 
-def recommendation(outcome: str, candidate_name: str = "ra_v5") -> str:
-    """The seed's recommendation for ``outcome``, naming the candidate."""
-    return RECOMMENDATIONS[outcome].replace("RA v5", pretty(candidate_name))
-
-
 def _method_line(v: Verdict) -> str:
-    if v.method == "single-run":
-        return (
-            f"Evidence: single run per side ({v.candidate.n} vs {v.baseline.n}) "
-            "— limited evidence, no confidence interval"
-        )
-    if v.method == "paired":
-        return f"Method: paired by seed ({v.candidate.n} seeds)"
-    if v.method == "welch":
-        return f"Method: Welch, unpaired ({v.candidate.n} vs {v.baseline.n} runs)"
-    return "Method: speed check (quality not judged)"
+    names = {
+        "paired": "paired by seed",
+        "welch": "Welch, unpaired",
+        "prediction": "prediction interval from the history's noise",
+        "none": "no interval",
+    }
+    return f"Method: {names[v.method]} ({v.candidate.n} vs {v.baseline.n} runs): {v.method_why}"
+
+
+def _speed_lines(v: Verdict, cn: str, bn: str) -> list[str]:
+    g = v.speed_gap
+    if v.metric == "tokens_per_s":
+        return ["Speed check skipped: the metric is throughput itself"]
+    if g is None:
+        if v.speed_ratio is None:
+            return ["Speed check skipped: no throughput recorded on one side"]
+        return [f"Step budget: compared at equal steps (speed {v.speed_ratio:.3f}x does not "
+                "change what either side trained on)"]
+    if g.explained is None:
+        return [f"⚠️ Speed {g.ratio:.3f}x under a wall-clock budget: its effect on the loss is "
+                f"not estimated ({g.basis})"]
+    mark = "❌" if g.too_large else "✅"
+    verdict = "more" if g.too_large else "no more"
+    return [
+        f"{mark} Speed gap: {cn} runs at {g.ratio:.3f}x {bn}'s tokens/s; under a wall-clock "
+        f"budget that alone explains a {g.explained * 100:.2f}% loss gap, {verdict} than half "
+        f"the threshold ({g.limit * 100:.2f}%)",
+        f"   ({g.basis})",
+    ]
 
 
 def final_comparison(
     verdict: Verdict,
-    candidate_name: str = "ra_v5",
-    baseline_name: str = "baseline",
+    candidate_name: str | None = None,
+    baseline_name: str | None = None,
 ) -> str:
     """The seed's FINAL COMPARISON (Matched Speed) table, per-side statistics
-    and the VERDICT block with its recommendation."""
+    and the VERDICT block with its headline and recommendation (both from
+    :mod:`racli.verdict`, so the text and --json say the same)."""
     v = verdict
-    cn, bn = pretty(candidate_name), pretty(baseline_name)
+    cn = pretty(candidate_name) if candidate_name else v.candidate_name
+    bn = pretty(baseline_name) if baseline_name else v.baseline_name
     c, b = v.candidate, v.baseline
     out = ["FINAL COMPARISON (Matched Speed)", RULE]
     head = f"{'Metric':<26}{bn:>14}{cn:>14}{'Difference':>15}"
@@ -320,6 +338,9 @@ def final_comparison(
         bt, ct = b.mean, c.mean
     out.append(
         f"{'Throughput (tok/s)':<26}{_int(bt):>14}{_int(ct):>14}{_pct_signed(rel(ct, bt)):>15}"
+    )
+    out.append(
+        f"{'Epochs (max)':<26}{_num(b.epochs_max):>14}{_num(c.epochs_max):>14}"
     )
 
     # per-side statistics
@@ -353,67 +374,38 @@ def final_comparison(
 
     # the verdict
     out += ["", "VERDICT", RULE]
-    if v.speed_ok is True:
-        out.append(
-            f"✅ Speed parity confirmed: {v.speed_ratio:.2f}x (within {v.speed_tolerance:.0%})"
-        )
-    elif v.speed_ok is False:
-        out.append(
-            f"❌ Speed mismatch: {cn} runs at {v.speed_ratio:.2f}x {bn}'s tokens/s "
-            f"(tolerance {v.speed_tolerance:.0%})"
-        )
-    elif v.metric == "tokens_per_s":
-        out.append("Speed check skipped: the metric is throughput itself")
-    else:
-        out.append("Speed check skipped: no throughput recorded on one side")
+    out += _speed_lines(v, cn, bn)
     out.append("")
-
-    what = metric_label(v.metric).lower()
-    size = f"{abs(v.improvement) * 100:.1f}%"
-    if v.outcome == "WIN":
-        better = "higher" if v.metric == "tokens_per_s" else "better"
-        out.append(f"🎉 {cn} WINS: {size} {better} {what}!")
-    elif v.outcome == "LOSE":
-        out.append(f"❌ {cn} LOSES: {size} worse {what}")
-    elif v.outcome == "PARITY":
-        out.append(
-            f"PARITY: {cn} within {v.threshold:.0%} of {bn} on {what} ({_pct_signed(v.d, 2)})"
-        )
-    elif v.outcome == "INCONCLUSIVE":
-        out.append(
-            f"❓ INCONCLUSIVE: {cn} vs {bn} on {what} is not settled yet ({_pct_signed(v.d, 2)})"
-        )
-    else:
-        out.append(f"❌ INVALID: speed mismatch, {what} is not compared at matched speed")
-
+    mark = {"WIN": "🎉 ", "LOSE": "❌ ", "INCONCLUSIVE": "❓ ", "INVALID": "❌ "}.get(v.outcome, "")
+    out.append(mark + v.headline)
     ind = "   "
-    if v.speed_ok is True and v.outcome in ("WIN", "LOSE", "PARITY"):
-        out.append(
-            f"{ind}At the SAME speed ({_int(c.median_tokens_per_s)} vs "
-            f"{_int(b.median_tokens_per_s)} tok/s)"
-        )
     out.append(ind + _method_line(v))
-    if v.ci is not None:
-        lo, hi = v.ci
-        out.append(
-            f"{ind}{v.confidence:.0%} CI of the difference: [{_pct_signed(lo, 2)}, "
-            f"{_pct_signed(hi, 2)}] (point {_pct_signed(v.d, 2)}; threshold ±{v.threshold:.0%})"
+    if v.interval is not None:
+        lo, hi = v.interval
+        line = (
+            f"{ind}Improvement ({cn} better when positive): {_pct_signed(v.improvement, 2)}, "
+            f"{v.confidence:.0%} interval [{_pct_signed(lo, 2)}, {_pct_signed(hi, 2)}]"
         )
+        if v.interval90 is not None:
+            lo90, hi90 = v.interval90
+            line += f", 90% [{_pct_signed(lo90, 2)}, {_pct_signed(hi90, 2)}]"
+        out.append(line + f"; threshold ±{v.threshold:.0%}")
     if v.outcome == "INCONCLUSIVE" and v.seeds_needed is not None:
         out.append(
             f"{ind}Seeds needed: about {format_seeds_needed(v.seeds_needed)} runs per side "
-            "to settle it at the observed spread"
+            f"(80% power at the {v.threshold:.0%} threshold, spread {v.spread * 100:.2f}%, "
+            f"{v.spread_source})"
         )
     out.append(f"{ind}Why: {v.reason}")
-    epochs = [e for e in (c.epochs_mean, b.epochs_mean) if e is not None]
-    if epochs and max(epochs) > 1:
-        out.append(
-            f"{ind}⚠️ Warning: the runs saw the training data {max(epochs):.1f} times "
-            "(epochs > 1): validation loss measures memorisation as much as modelling"
-        )
+    for label in v.labels:
+        out.append(f"{ind}⚠️ Labelled: {label}")
     out.append("")
-    out.append(f"{ind}Recommendation: {recommendation(v.outcome, candidate_name)}")
+    out.append(f"{ind}Recommendation: {v.recommendation}")
     return "\n".join(out)
+
+
+def _num(x: float | None) -> str:
+    return f"{x:.3g}" if _finite(x) else "-"
 
 
 # --------------------------------------------------------------------------
@@ -421,85 +413,8 @@ def final_comparison(
 # --------------------------------------------------------------------------
 
 
-def _cell(x: float) -> str:
-    if not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if abs(x) < 10:
-        return f"{x:+.3f}"
-    return f"{x:+.3g}"
-
-
 def gate_tables(report: GateReport, *, title: str | None = None) -> str:
-    """One layer x head table per gate name: values at the report's step (with
-    ``*`` on heads whose state is on), their movement from init (Δ), the
-    summary lines and the warnings (dead gates first, loudly)."""
-    out: list[str] = []
-    out.append(title or f"LEARNED GATES at step {report.step}")
-    out.append(RULE)
-    for w in report.warnings:
-        if w.startswith("DEAD GATES"):
-            out.append(f"⚠️ {w}")
-    if any(w.startswith("DEAD GATES") for w in report.warnings):
-        out.append("")
+    """The gate and reciprocity tables of one run: see :func:`racli.gate_render.gate_tables`."""
+    from racli.gate_render import gate_tables as tables
 
-    names = report.names or sorted({e.name for e in report.entries})
-    layers = report.layers
-    heads = report.heads
-    dead = set(report.dead)
-    for name in names:
-        grid = {(e.layer, e.head): e for e in report.entries if e.name == name}
-        inits = {round(e.init, 9) for e in grid.values()}
-        init_text = (
-            f"init {_cell(next(iter(grid.values())).init)} for every head"
-            if len(inits) == 1
-            else "init varies by head"
-        )
-        on = sum(1 for e in grid.values() if e.state == "on")
-        stated = sum(1 for e in grid.values() if e.state in ("on", "off"))
-        state_text = f"; {on}/{stated} heads on" if stated else ""
-        out.append(f"{name} ({init_text}{state_text})")
-        hdr = ["layer"] + [f"h{h}" for h in heads]
-        rows_v, rows_d = [], []
-        for la in layers:
-            rv, rd = [str(la)], [str(la)]
-            for h in heads:
-                e = grid.get((la, h))
-                if e is None:
-                    rv.append("")
-                    rd.append("")
-                    continue
-                mark = "!" if (la, h, name) in dead else ("*" if e.state == "on" else " ")
-                rv.append(_cell(e.value) + mark)
-                rd.append(_cell(e.moved) + " ")
-            rows_v.append(rv)
-            rows_d.append(rd)
-        align = "<" + ">" * len(heads)
-        out.append("  value")
-        out += ["  " + line for line in _table(hdr, rows_v, align)]
-        out.append("  Δ from init")
-        out += ["  " + line for line in _table(hdr, rows_d, align)]
-        if len(inits) > 1:
-            rows_i = [
-                [str(la)]
-                + [_cell(grid[(la, h)].init) + " " if (la, h) in grid else "" for h in heads]
-                for la in layers
-            ]
-            out.append("  init")
-            out += ["  " + line for line in _table(hdr, rows_i, align)]
-        out.append("")
-    legend = []
-    if any(e.name in ("w_std", "w_rec") for e in report.entries):
-        legend.append(f"* on: |w_rec/w_std| > {report.ratio_threshold:g}")
-    if any(e.name == "beta" for e in report.entries):
-        legend.append(f"* on: |tanh(beta)| > {report.ratio_threshold:g}")
-    if dead:
-        legend.append("! never moved from init")
-    if legend:
-        out.append("Legend: " + "; ".join(legend))
-    out.append("Summary:")
-    out += [f"  {s}" for s in report.summary]
-    other = [w for w in report.warnings if not w.startswith("DEAD GATES")]
-    if other:
-        out.append("Warnings:")
-        out += [f"  ⚠️ {w}" for w in other]
-    return "\n".join(out)
+    return tables(report, title=title)

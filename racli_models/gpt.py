@@ -1,6 +1,7 @@
 """A GPT-2 language model (nanoGPT layout) with a pluggable attention variant."""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -40,17 +41,56 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _normal(seed: int, name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
+    """N(0, std) draws from a generator seeded by (seed, name) alone."""
+    key = int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little")
+    g = torch.Generator().manual_seed(key)
+    return torch.randn(shape, generator=g) * std
+
+
+def _attention_weights(seed: int, layer: str, cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """Initial weights of the attention parameters of `layer`, by parameter name.
+
+    Every variant takes its weights from the same per-layer draws: q and k of shape
+    (H, D, C), v of (C, C). The baseline's fused c_attn is [q | k | v]; the RA variants'
+    standard W_q, W_k are the first D_std dims of each head's q, k (the dims that meet in
+    their standard score), the untied variant's W_qr, W_kr the last R dims, and W_v is v.
+    """
+    H, D, C = cfg.n_head, cfg.head_dim, cfg.n_embd
+    ds = D - cfg.ra_rank
+    q, k = (_normal(seed, f"{layer}.attn.{n}", (H, D, C), INIT_STD) for n in ("q", "k"))
+    v = _normal(seed, f"{layer}.attn.v", (C, C), INIT_STD)
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, C)
+
+    std_q, std_k = rows(q[:, :ds]), rows(k[:, :ds])
+    p = torch.linalg.qr(_normal(seed, f"{layer}.attn.P", (H, ds, cfg.ra_rank), 1.0)).Q
+    return {
+        "c_attn.weight": torch.cat([rows(q), rows(k), v]),
+        "W_q": std_q, "W_qs": std_q, "W_k": std_k, "W_ks": std_k,
+        "W_qr": rows(q[:, ds:]), "W_kr": rows(k[:, ds:]), "W_v": v, "P": p,
+    }  # fmt: skip
+
+
 class GPT(nn.Module):
     """GPT-2: token + position embeddings, n_layer blocks, final LayerNorm, tied LM head.
 
     Init (nanoGPT): every Linear and Embedding weight ~ N(0, 0.02), biases 0,
     and the residual projections (every `c_proj.weight`) ~ N(0, 0.02 / sqrt(2 n_layer))
     so the residual stream's variance does not grow with depth. The attention
-    variants' own parameters (RA weights, P, gates) keep the init their module
-    documents.
+    variants' own parameters keep the init their module documents (P orthonormal,
+    gates constant).
+
+    Pairing: each random weight is drawn from a generator seeded by (`seed`, its
+    name), never from the global generator, so for one seed every parameter two
+    variants share starts identical, whatever was built or drawn before
+    (embeddings, MLPs, norms, c_proj, and the attention weights they have in
+    common: see `_attention_weights`). `seed=None` takes `torch.initial_seed()`,
+    the seed last given to `torch.manual_seed`.
     """
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, seed: int | None = None):
         super().__init__()
         self.config = cfg
         self.transformer = nn.ModuleDict(
@@ -64,19 +104,29 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+        self.init_weights(torch.initial_seed() if seed is None else seed)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Every random weight from (seed, name); biases 0; norms and gates as built."""
+        cfg = self.config
+        attn: dict[str, dict[str, torch.Tensor]] = {}
+        for name, p in self.named_parameters():
+            layer, _, leaf = name.partition(".attn.")
+            if leaf and not leaf.startswith("c_proj."):
+                if layer not in attn:
+                    attn[layer] = _attention_weights(seed, layer, cfg)
+                if leaf in attn[layer]:
+                    p.copy_(attn[layer][leaf])
+                    continue
+            if p.dim() < 2:  # norms and gates keep their constant init; Linear biases start at 0
+                if name.endswith("bias"):
+                    p.zero_()
+                continue
+            std = INIT_STD
+            if name.endswith("c_proj.weight"):  # residual projections
+                std /= math.sqrt(2 * cfg.n_layer)
+            p.copy_(_normal(seed, name, tuple(p.shape), std))
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None

@@ -1,9 +1,18 @@
-"""Shared test set-up: the `gpu` marker skips without CUDA."""
+"""Shared test set-up: the `gpu` marker skips without CUDA; the store backends.
+
+`store_url` runs a test once per backend: a SQLite file in the test's temporary
+directory, and a fresh database on a throwaway PostgreSQL server (tests/pg.py)
+started once per session. Without PostgreSQL binaries the postgres cases are
+skipped, except under CI (`CI` set), where they fail: CI must test both.
+"""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
+
+BACKENDS = ["sqlite", "postgres"]
 
 
 def _cuda_available() -> bool:
@@ -20,3 +29,54 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str):
+    if _in_ci():
+        pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server for the session (started on first use)."""
+    from pg import PgServer, find_bindir
+
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("the psycopg driver is not installed (pip install 'ra[postgres]')")
+    bindir = find_bindir()
+    if bindir is None:
+        _unavailable("initdb/pg_ctl not found (install PostgreSQL, e.g. apt-get install postgresql)")
+    server = PgServer(bindir)
+    try:
+        server.start()
+    except Exception:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database for one test."""
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_url(backend, request, tmp_path) -> str:
+    """Where a test's store lives: a SQLite path, or a PostgreSQL URL."""
+    if backend == "sqlite":
+        return str(tmp_path / "ra.db")
+    return request.getfixturevalue("pg_url")

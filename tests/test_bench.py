@@ -171,16 +171,16 @@ def test_detect_backend_sees_the_kernel_that_ran(attn):
 @pytest.mark.parametrize("phase", ["fwd", "fwd_bwd"])
 def test_time_config_eager_row(phase):
     row = bench.time_config("ra_v5", "eager", phase, TINY, repeats=5, warmup=1)
-    assert row["status"] == "ok" and row["reason"] is None
-    assert (row["attn"], row["mode"], row["phase"]) == ("ra_v5", "eager", phase)
-    assert (row["batch"], row["seq"], row["heads"], row["head_dim"]) == (2, 64, 4, 32)
-    assert (row["dtype"], row["device"], row["iters"]) == ("float32", "cpu", 5)
-    assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
-    assert row["backend"] == "cpu_flash"
-    assert row["compile_s"] is None
+    assert row.status == "ok" and row.reason is None
+    assert (row.attn, row.mode, row.phase) == ("ra_v5", "eager", phase)
+    assert (row.batch, row.seq, row.heads, row.head_dim) == (2, 64, 4, 32)
+    assert (row.dtype, row.device, row.iters) == ("float32", "cpu", 5)
+    assert 0 < row.p10_ms <= row.median_ms <= row.p90_ms
+    assert row.backend == "cpu_flash"
+    assert row.compile_s is None
     flops = bench.block_flops(2, 64, 4, 32, phase)
-    assert row["tflops"] == pytest.approx(flops / (row["median_ms"] * 1e-3) / 1e12)
-    assert set(row) == {"attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype",
+    assert row.tflops == pytest.approx(flops / (row.median_ms * 1e-3) / 1e12)
+    assert set(row.record()) == {"attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype",
                         "device", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "status",
                         "reason", "backend", "compile_s"}
 
@@ -202,7 +202,7 @@ def test_fwd_bwd_step_grads_every_parameter_and_the_input(attn):
 
 def test_compile_mode_uses_dynamic_false_and_records_compile_time(fake_compile):
     row = bench.time_config("ra_v5", "compile", "fwd_bwd", TINY, repeats=2, warmup=0)
-    assert row["status"] == "ok" and row["compile_s"] is not None
+    assert row.status == "ok" and row.compile_s is not None
     assert fake_compile == [{"dynamic": False}]
 
 
@@ -210,23 +210,23 @@ def test_compile_mode_uses_dynamic_false_and_records_compile_time(fake_compile):
 @pytest.mark.parametrize("phase", ["fwd", "fwd_bwd"])
 def test_cuda_graph_on_cpu_is_skipped_with_reason(phase):
     row = bench.time_config("baseline", "cuda_graph", phase, TINY, repeats=3, warmup=1)
-    assert row["status"] == "skipped"
-    assert "CUDA" in row["reason"]
-    assert row["median_ms"] is None and row["tflops"] is None
+    assert row.status == "skipped"
+    assert "CUDA" in row.reason
+    assert row.median_ms is None and row.tflops is None
 
 
 def test_forced_backend_math_runs_and_unavailable_backend_is_skipped():
     row = bench.time_config("baseline", "eager", "fwd", TINY, repeats=3, warmup=1,
                             sdpa_backend="math")
-    assert row["status"] == "ok" and row["backend"] == "math"
+    assert row.status == "ok" and row.backend == "math"
     row = bench.time_config("ra_v5", "eager", "fwd_bwd", TINY, repeats=3, warmup=1,
                             sdpa_backend="efficient")
     if CUDA:  # pragma: no cover - the efficient kernel exists on CUDA
         return
-    assert row["status"] == "skipped"
-    assert row["backend"] == "efficient"
-    assert row["reason"].startswith("SDPA backend 'efficient' unavailable")
-    assert "\n" not in row["reason"]
+    assert row.status == "skipped"
+    assert row.backend == "efficient"
+    assert row.reason.startswith("SDPA backend 'efficient' unavailable")
+    assert "\n" not in row.reason
 
 
 def test_forced_backend_reason_is_torchs_most_specific_line():
@@ -255,16 +255,16 @@ def test_compile_failure_is_a_failed_row(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     row = bench.time_config("baseline", "compile", "fwd", TINY, repeats=3, warmup=1)
-    assert row["status"] == "failed"
-    assert row["reason"] == "RuntimeError: backend exploded"
+    assert row.status == "failed"
+    assert row.reason == "RuntimeError: backend exploded"
 
 
 # ---------------------------------------------------------------- best vs best
 
 
 def _r(attn, mode, phase, ms, status="ok", backend="flash"):
-    return {"attn": attn, "mode": mode, "phase": phase, "median_ms": ms, "p10_ms": ms, "p90_ms": ms,
-            "status": status, "backend": backend, "reason": None, "tflops": None}
+    return bench.BenchRow(attn, mode, phase, 2, 64, 4, 32, "float32", "cpu", median_ms=ms,
+                          p10_ms=ms, p90_ms=ms, status=status, backend=backend)
 
 
 def test_best_vs_best_selection():
@@ -438,3 +438,46 @@ def test_cli_bad_input_creates_no_database(tmp_path):
     res = invoke("--attn", "nope", "--db", str(db))
     assert res.exit_code == 2
     assert not db.exists()
+
+
+# ---------------------------------------------------------------- interleaving and noise
+
+
+def test_round_times_configurations_interleaved():
+    seen = []
+    settings = bench.BenchSettings(shape=TINY, repeats=3, warmup=0,
+                                   in_step=lambda c, i: seen.append((c.attn, i)))
+    configs = [bench.Config("baseline", "eager", "fwd"), bench.Config("ra_v5", "eager", "fwd")]
+    rows = bench.time_round(configs, settings)
+    assert [r.status for r in rows] == ["ok", "ok"] and [r.iters for r in rows] == [3, 3]
+    # round-robin: repeat i of every configuration before repeat i + 1 of any
+    assert seen == [("baseline", 0), ("ra_v5", 0), ("baseline", 1), ("ra_v5", 1),
+                    ("baseline", 2), ("ra_v5", 2)]
+
+
+def test_injected_jitter_is_reported_as_noisy_not_as_a_speed_up(tmp_path, monkeypatch):
+    import time
+
+    from racli.commands import bench as command
+
+    def jitter(config, i):  # a busy machine, on one side's repeats only
+        if config.attn == "baseline" and i % 2:
+            time.sleep(0.2)
+
+    monkeypatch.setattr(command, "IN_STEP", jitter)
+    db = tmp_path / "ra.db"
+    args = ["--modes", "eager", "--phase", "fwd", "--shape", "1,16,2,8", "--repeats", "8",
+            "--warmup", "0", "--db", str(db)]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    fair = out[out.index("FAIR COMPARISON"):]
+    assert "RA v5 / Baseline:" in fair and "noisy" in fair
+    assert "✅" not in fair and "faster" not in fair and "overhead" not in fair
+    res = invoke(*args, "--json")
+    (ra,) = [b for b in json.loads(res.stdout)["best_vs_best"] if b["attn"] == "ra_v5"]
+    assert ra["noisy"] and ra["wording"] == "noisy: no mark"
+    # ra compare --metric ms follows the same rule
+    cmp = CliRunner().invoke(app, ["compare", "--db", str(db), "--metric", "ms"])
+    assert cmp.exit_code == 0, cmp.output
+    assert "noisy" in cmp.stdout and "✅" not in cmp.stdout

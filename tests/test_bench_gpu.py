@@ -23,15 +23,15 @@ KERNELS = {"flash", "cudnn", "efficient", "math"}
 def test_every_mode_runs_on_cuda(attn, mode, phase, dtype):
     row = bench.time_config(attn, mode, phase, SMALL, dtype=dtype, device="cuda", repeats=10,
                             warmup=3)
-    assert row["status"] == "ok", row["reason"]
-    assert (row["device"], row["dtype"], row["iters"]) == ("cuda", dtype, 10)
-    assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
-    assert row["backend"] in KERNELS
-    assert row["tflops"] > 0
+    assert row.status == "ok", row.reason
+    assert (row.device, row.dtype, row.iters) == ("cuda", dtype, 10)
+    assert 0 < row.p10_ms <= row.median_ms <= row.p90_ms
+    assert row.backend in KERNELS
+    assert row.tflops > 0
     if mode == "eager":
-        assert row["compile_s"] is None
+        assert row.compile_s is None
     else:  # compile time / capture time, recorded apart from the timings
-        assert row["compile_s"] > 0
+        assert row.compile_s > 0
 
 
 @pytest.mark.gpu
@@ -39,21 +39,21 @@ def test_every_mode_runs_on_cuda(attn, mode, phase, dtype):
 def test_forced_backend_is_the_one_that_ran(backend):
     row = bench.time_config("baseline", "eager", "fwd", SMALL, dtype="float16", device="cuda",
                             repeats=5, warmup=2, sdpa_backend=backend)
-    if backend == "cudnn" and row["status"] == "skipped":  # builds without cuDNN attention
-        assert row["reason"]
+    if backend == "cudnn" and row.status == "skipped":  # builds without cuDNN attention
+        assert row.reason
         return
-    assert row["status"] == "ok", row["reason"]
-    assert row["backend"] == backend
+    assert row.status == "ok", row.reason
+    assert row.backend == backend
 
 
 @pytest.mark.gpu
 def test_auto_backend_matches_a_forced_run_of_the_same_kernel():
     auto = bench.time_config("ra_v5", "eager", "fwd_bwd", SMALL, dtype="float16", device="cuda",
                              repeats=5, warmup=2)
-    assert auto["status"] == "ok" and auto["backend"] in KERNELS
+    assert auto.status == "ok" and auto.backend in KERNELS
     forced = bench.time_config("ra_v5", "eager", "fwd_bwd", SMALL, dtype="float16", device="cuda",
-                               repeats=5, warmup=2, sdpa_backend=auto["backend"])
-    assert forced["status"] == "ok" and forced["backend"] == auto["backend"]
+                               repeats=5, warmup=2, sdpa_backend=auto.backend)
+    assert forced.status == "ok" and forced.backend == auto.backend
 
 
 @pytest.mark.gpu

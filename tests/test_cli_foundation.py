@@ -267,7 +267,7 @@ def test_runs_show_text_and_json(populated):
         assert piece in text, piece
     d = json.loads(ok("runs", "show", train_id, "--db", db, "--json").stdout)
     assert (d["id"], d["kind"], d["attn"], d["status"], d["seed"]) == (train_id, "train", "ra_v5", "finished", 1)
-    assert d["config"] == TRAIN_CONFIG
+    assert d["config"] == {**TRAIN_CONFIG, "code": d["config"]["code"]}
     assert d["environment"]["hostname"] == ENV_INFO["hostname"]
     assert d["environment"]["cpu_count"] == ENV_INFO["cpu_count"]
     assert d["metrics"]["train_loss"] == {"count": 5, "last_step": 40, "last": pytest.approx(3.6)}
@@ -306,7 +306,7 @@ def test_export_csv_to_stdout(populated):
         assert (r["kind"], r["attn"] or None, r["status"], r["tag"] or None) == (kind, attn, status, tag)
         assert (int(r["seed"]) if r["seed"] else None) == seed
         assert (float(r["val_loss"]) if r["val_loss"] else None) == val_loss
-        assert json.loads(r["config"]) == TRAIN_CONFIG
+        assert {k: v for k, v in json.loads(r["config"]).items() if k != "code"} == TRAIN_CONFIG
         assert r["torch"] == ENV_INFO["torch"]
     assert ok("runs", "export", "--format", "csv", "--db", db).stdout == res.stdout
 
@@ -315,7 +315,7 @@ def test_export_json_to_stdout_and_filters(populated):
     db, ids = populated
     rows = json.loads(ok("runs", "export", "--format", "json", "--db", db).stdout)
     assert [r["id"] for r in rows] == sorted(ids, reverse=True)
-    assert all(r["config"] == TRAIN_CONFIG and r["torch"] == ENV_INFO["torch"] for r in rows)
+    assert all(r["config"] == {**TRAIN_CONFIG, "code": r["code"]} and r["torch"] == ENV_INFO["torch"] for r in rows)
     assert all("gpu_name" in r for r in rows)
     train = json.loads(ok("runs", "export", "--format", "json", "--kind", "train", "--db", db).stdout)
     assert [r["id"] for r in train] == sorted(ids[1:], reverse=True)

@@ -5,6 +5,7 @@ timings (--metric ms), bad input, no torch import, and speed over 10,000 runs.""
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -48,6 +49,8 @@ ENV_A2 = env(hostname="node2")  # another machine of the same class
 ENV_B = env(torch="2.10.0")  # another class: other torch version
 CFG_X = {"model": {"preset": "tiny"}, "train": {"lr": 6e-4, "steps": 300}, "data": "builtin"}
 CFG_Y = {"model": {"preset": "small"}, "train": {"lr": 6e-4, "steps": 300}, "data": "builtin"}
+CFG_STEPS = {**CFG_X, "budget": {"steps": 300}}
+CFG_MINUTES = {**CFG_X, "budget": {"minutes": 2.0}}
 TPS = 500_000.0
 
 
@@ -63,6 +66,7 @@ def add_run(
     tag=None,
     status="finished",
     curve=True,
+    epochs=0.4,
 ):
     rec = RunRecorder.start(
         store,
@@ -83,7 +87,7 @@ def add_run(
         rec.finish(
             iterations=300,
             tokens=300 * 4096,
-            epochs=0.4,
+            epochs=epochs,
             train_seconds=300 * 4096 / tps,
             val_loss=val_loss,
             tokens_per_s=tps,
@@ -157,9 +161,10 @@ def test_aa_history_is_not_a_win_or_lose(db, store):
     data = compare_json(db)
     v = data["verdict"]
     assert v["outcome"] in ("PARITY", "INCONCLUSIVE")
-    assert v["method"] == "paired" and v["candidate"]["n"] == 5 and v["baseline"]["n"] == 5
+    assert v["method"] == "welch" and v["candidate"]["n"] == 5 and v["baseline"]["n"] == 5
+    assert "not measurably correlated" in v["method_why"]
     if v["outcome"] == "INCONCLUSIVE":
-        assert v["seeds_needed"] > 5 and "Seeds needed: about" in out
+        assert v["seeds_needed"] > 1 and "Seeds needed: about" in out
         assert "Run more seeds" in out
     else:
         assert "Try longer training" in out
@@ -172,57 +177,129 @@ def test_planted_improvement_wins_and_json_agrees(db, store):
     out = res.stdout
     data = compare_json(db)
     v = data["verdict"]
-    assert v["outcome"] == "WIN" and v["method"] == "paired" and not v["limited_evidence"]
-    assert "RA v5 WINS" in out and "Recommendation: INTEGRATE RA v5" in out
-    assert "✅ Speed parity confirmed: 1.00x (within 10%)" in out
+    assert v["outcome"] == "WIN" and v["method"] == "welch" and not v["limited_evidence"]
+    assert v["headline"] in out and "RA v5 WINS: validation loss better by" in out
+    assert "by at least 1%" in out and v["clears_threshold"]
+    assert "Recommendation: INTEGRATE RA v5" in out
+    assert v["recommendation"] == "INTEGRATE RA v5 into the training pipeline"
+    assert "Speed gap: RA v5 runs at 1.000x" in out and "0.00% loss gap" in out
     # the same numbers in both outputs
     for side in ("candidate", "baseline"):
         assert f"{v[side]['mean']:.4f} ± {v[side]['std']:.4f}" in out
         assert f"[{v[side]['ci_low']:.4f}, {v[side]['ci_high']:.4f}]" in out
         assert f"{v[side]['median_tokens_per_s']:,.0f}" in out
-    lo, hi = v["ci"]
-    assert f"[{lo * 100:+.2f}%, {hi * 100:+.2f}%]" in out
-    assert f"(point {v['d'] * 100:+.2f}%" in out
-    assert hi < 0 and v["improvement"] > 0.01
-    # the runs used, with their ids
+    lo, hi = v["interval"]  # the improvement's: positive = candidate better, text and JSON
+    assert f"95% interval [{lo * 100:+.2f}%, {hi * 100:+.2f}%]" in out
+    assert f"better by {lo * 100:.2f}% to {hi * 100:.2f}%" in out
+    assert 0.01 < lo < v["improvement"] < hi and v["d"] < 0
+    # the runs used, with their ids; the data they ran on
     assert data["group"]["run_ids"] == ids
     assert data["group"]["runs"] == {"ra_v5": 5, "baseline": 5}
     assert data["other_groups"] == [] and data["plot"] is None
+    assert data["data"] == {"name": "builtin"} and "Data: builtin" in out
+    assert not data["different_devices"] and "different devices" not in out
     assert "Iterations completed" in out and "Validation loss" in out
 
 
 def test_planted_degradation_loses(db, store):
     add_history(store, n=5, effect=+0.03, noise=0.005, seed=2)
     v = compare_json(db)["verdict"]
-    assert v["outcome"] == "LOSE"
+    assert v["outcome"] == "LOSE" and v["interval"][1] < 0
     out = ra("compare", "--db", db).stdout
-    assert "RA v5 LOSES" in out and "Tune initialisation" in out
+    assert "RA v5 LOSES: validation loss worse by" in out and "Tune initialisation" in out
 
 
-def test_speed_mismatch_is_invalid(db, store):
+def test_speed_gap_on_recorded_curves_is_invalid(db, store):
+    # each baseline curve falls 0.2 per 100 steps: a 0.8x speed explains ~3.7% of loss
     add_history(store, n=3, effect=-0.03, noise=0.005, seed=3, speed=0.8)
-    out = ra("compare", "--db", db).stdout
-    assert "INVALID" in out and "Speed mismatch" in out and "0.80x" in out
+    res = ra("compare", "--db", db)
+    out = res.stdout
+    assert "INVALID: speed gap" in out and "runs at 0.800x Baseline's tokens/s" in out
     v = compare_json(db)["verdict"]
-    assert v["outcome"] == "INVALID" and v["speed_ok"] is False
-    assert v["speed_ratio"] == pytest.approx(0.8)
-    # a wider tolerance lets it through
-    v = compare_json(db, "--speed-tolerance", "0.25")["verdict"]
-    assert v["outcome"] == "WIN" and v["speed_tolerance"] == 0.25
+    assert v["outcome"] == "INVALID" and v["invalid_causes"] == ["speed"]
+    gap = v["speed_gap"]
+    assert gap["ratio"] == pytest.approx(0.8) and gap["too_large"]
+    expected = 0.2 / math.log(1.5) * math.log(1 / 0.8) / 3.0
+    assert gap["explained"] == pytest.approx(expected, rel=0.05)
+    assert f"{gap['explained'] * 100:.2f}% loss gap" in out
+    assert "Compare at equal steps" in v["recommendation"] and v["recommendation"] in out
 
 
-def test_one_run_a_side_is_limited_evidence(db, store):
-    add_run(store, "baseline", 0, 3.00)
-    add_run(store, "ra_v5", 0, 2.94)
+def test_step_budget_compares_at_equal_steps(db, store):
+    add_history(store, n=3, effect=-0.03, noise=0.005, seed=3, speed=0.8, cfg=CFG_STEPS)
+    data = compare_json(db)
+    assert data["budget"] == {"steps": 300} and data["verdict"]["speed_gap"] is None
+    assert data["verdict"]["outcome"] == "WIN"
+    out = ra("compare", "--db", db).stdout
+    assert "Budget: 300 steps a side (compared at equal steps)" in out
+
+
+def test_relabelled_same_seed_pair_is_inconclusive(db, store):
+    # one config, one seed, 1.3% apart by noise alone; one run relabelled ra_v5
+    add_run(store, "baseline", 0, 3.00, cfg=CFG_MINUTES)
+    add_run(store, "ra_v5", 0, 2.96, cfg=CFG_MINUTES)
     res = ra("compare", "--db", db)
     assert res.exit_code == 0, res.stderr
-    assert "limited evidence" in res.stdout and "RA v5 WINS: 2.0%" in res.stdout
+    assert "INCONCLUSIVE" in res.stdout and "WINS" not in res.stdout
     v = compare_json(db)["verdict"]
-    assert v["outcome"] == "WIN" and v["limited_evidence"] and v["method"] == "single-run"
-    assert v["ci"] is None
-    # a threshold above the difference makes it parity
-    v = compare_json(db, "--threshold", "0.05")["verdict"]
-    assert v["outcome"] == "PARITY" and v["threshold"] == 0.05
+    assert v["outcome"] == "INCONCLUSIVE" and v["limited_evidence"] and v["method"] == "none"
+    assert v["interval"] is None and v["seeds_needed"] > 1
+    assert "Seeds needed: about" in res.stdout
+    # the mirror relabel too
+    mirror = compare_json(db, "--candidate", "baseline", "--baseline", "ra_v5")["verdict"]
+    assert mirror["outcome"] == "INCONCLUSIVE"
+
+
+def test_single_run_with_history_noise_gets_a_prediction_interval(db, store):
+    rng = np.random.default_rng(9)
+    for s in range(4):
+        add_run(store, "baseline", s, 3.0 * (1 + 0.003 * rng.standard_normal()))
+    add_run(store, "ra_v5", 0, 2.85)
+    v = compare_json(db)["verdict"]
+    assert v["method"] == "prediction" and v["outcome"] == "WIN"
+    assert "history noise" in v["method_why"] and v["spread_source"] == "history"
+
+
+def test_past_one_epoch_is_invalid_unless_allowed(db, store):
+    add_history(store, n=3, effect=-0.03, noise=0.005, seed=4, epochs=10.0, cfg=CFG_STEPS)
+    res = ra("compare", "--db", db)
+    assert res.exit_code == 0, res.stderr
+    assert "INVALID: past one epoch" in res.stdout and "memorisation" in res.stdout
+    data = compare_json(db)
+    assert data["verdict"]["outcome"] == "INVALID"
+    assert data["verdict"]["invalid_causes"] == ["epochs"]
+    res = ra("compare", "--db", db, "--allow-epochs")
+    assert "RA v5 WINS" in res.stdout and "allowed by --allow-epochs" in res.stdout
+    v = compare_json(db, "--allow-epochs")["verdict"]
+    assert v["outcome"] == "WIN" and "--allow-epochs" in v["labels"][0]
+    assert "--allow-epochs" in v["headline"]
+
+
+def test_different_devices_are_shown(db, store):
+    gpu0 = {**env(), "gpu_index": 0, "gpu_uuid": "GPU-aaaaaaaa-0000"}
+    gpu1 = {**env(), "gpu_index": 1, "gpu_uuid": "GPU-bbbbbbbb-1111"}
+    rng = np.random.default_rng(5)
+    for s in range(3):
+        add_run(store, "baseline", s, 3.0 * (1 + 0.005 * rng.standard_normal()), environment=gpu0)
+        add_run(store, "ra_v5", s, 3.0 * (1 + 0.005 * rng.standard_normal()), environment=gpu1)
+    data = compare_json(db)
+    assert data["different_devices"] and len(data["other_groups"]) == 0  # one env class
+    assert data["devices"]["baseline"] == ["node1 cuda:0 (GPU-aaaaaaaa)"]
+    out = ra("compare", "--db", db).stdout
+    assert "Devices: the two sides ran on different devices" in out
+    assert "node1 cuda:1 (GPU-bbbbbbbb)" in out
+
+
+def test_groups_that_differ_say_what_differs(db, store):
+    add_history(store, n=2, seed=6, cfg={**CFG_X, "code": "v1.0+abc"})
+    add_history(store, n=1, seed=7, cfg={**CFG_X, "code": "v1.0+abc-dirty"})
+    data_b = {**CFG_X, "code": "v1.0+abc", "data": {"name": "owt", "content_hash": "1234"}}
+    add_history(store, n=1, seed=8, cfg=data_b)
+    data = compare_json(db)
+    differs = [o["differs"] for o in data["other_groups"]]
+    assert ["code version differs"] in differs and ["data differs"] in differs
+    out = ra("compare", "--db", db).stdout
+    assert "[code version differs]" in out and "[data differs]" in out
 
 
 def test_metric_tokens_per_s(db, store):
@@ -232,7 +309,7 @@ def test_metric_tokens_per_s(db, store):
         add_run(store, "ra_v5", s, 3.0, TPS * 1.05 * (1 + 0.005 * rng.standard_normal()))
     res = ra("compare", "--db", db, "--metric", "tokens_per_s")
     assert res.exit_code == 0, res.stderr
-    assert "RA v5 WINS" in res.stdout and "higher throughput" in res.stdout
+    assert "RA v5 WINS: throughput higher by" in res.stdout
     assert "Speed check skipped: the metric is throughput itself" in res.stdout
     data = compare_json(db, "--metric", "tokens_per_s")
     v = data["verdict"]
@@ -473,7 +550,6 @@ def test_metric_ms_without_bench_runs(db, store):
         (["--metric", "perplexity"], "unknown metric 'perplexity'"),
         (["--candidate", "baseline"], "nothing to compare"),
         (["--threshold", "1"], "--threshold is a fraction"),
-        (["--speed-tolerance", "0"], "--speed-tolerance is a fraction"),
         (["--since", "last week"], "bad --since 'last week'"),
         (["--metric", "ms", "--plot", "x.png"], "does not apply to --metric ms"),
         (["--candidate", "ra_beta"], "no finished train runs of 'ra_beta' (use `ra train --attn"),
@@ -610,3 +686,46 @@ def test_compare_10000_runs(benchmark, big_db):
         f"\ncompare over {N_BIG} runs: CLI in process {cli_s:.3f} s, "
         f"`python -m racli compare` in a new process {process_s:.3f} s"
     )
+
+
+# ---------------------------------------------------------------- history without a database
+
+
+def _record(i, attn, seed, val_loss, **kw):
+    base = {"id": i, "attn": attn, "seed": seed, "config_hash": "h1", "val_loss": val_loss,
+            "tokens_per_s": TPS, "iterations": 300, "epochs": 0.5, "gpu_name": "H200",
+            "torch": "2.11", "hostname": "n1", "gpu_index": 0, "gpu_uuid": "GPU-1"}
+    return history.RunRow.from_record({**base, **kw})
+
+
+def test_history_groups_and_judges_plain_rows():
+    rows = [_record(i, "baseline" if i % 2 else "ra_v5", i // 2, 3.0 - 0.03 * (i % 2 == 0))
+            for i in range(8)]
+    rows.append(_record(99, "ra_v5", 0, 3.0, config_hash="h2"))
+    group, others, left = history.select_group(rows, metric="val_loss", candidate="ra_v5",
+                                               baseline="baseline")
+    assert group.config_hash == "h1" and group.size == 8 and others[0].config_hash == "h2"
+    assert group.devices("ra_v5") == ["n1 cuda:0 (GPU-1)"] and left == {"ra_v5": 0, "baseline": 0}
+    history.describe_differences(group, others, {0: {"code": "a", "x": 1}, 99: {"code": "b"}})
+    assert others[0].differs == ["code version differs", "x differs"]
+    config = {"budget": {"steps": 300}}
+    verdict, noise = history.judge(group, metric="val_loss", config=config)
+    assert verdict.outcome == "WIN" and verdict.speed_gap is None and noise is not None
+    assert not history.is_wall_clock(config) and history.is_wall_clock({"budget": {"minutes": 1}})
+    assert history.is_wall_clock({})
+
+
+def test_history_groups_bench_timings_from_plain_rows():
+    def t(attn, ms, p10, p90, run_id=1):
+        return {"run_id": run_id, "attn": attn, "mode": "eager", "phase": "fwd", "batch": 2,
+                "seq": 64, "heads": 4, "head_dim": 32, "dtype": "float32", "device": "cpu",
+                "backend": "math", "median_ms": ms, "p10_ms": p10, "p90_ms": p90,
+                "tflops": None, "gpu_name": None, "torch": "2.13"}
+
+    (g,) = history.group_timings([t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.3, 9.0)],
+                                 candidate="ra_v5", baseline="baseline")
+    ra = [b for b in g.best if b["attn"] == "ra_v5"][0]
+    assert ra["noisy"] and ra["wording"] == "noisy: no mark"
+    (g,) = history.group_timings([t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.49, 0.51)],
+                                 candidate="ra_v5", baseline="baseline")
+    assert [b for b in g.best if b["attn"] == "ra_v5"][0]["wording"].startswith("✅ faster")

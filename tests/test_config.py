@@ -40,9 +40,9 @@ def test_packaged_presets_shapes_and_verdict():
     assert shapes["tiny"] == (2, 64, 4, 32)
     assert shapes["gpt2"] == (8, 1024, 12, 64)
     assert cfg.verdict.threshold == pytest.approx(0.01)
-    assert cfg.verdict.speed_tolerance == pytest.approx(0.10)
+    assert cfg.bench.noise_ratio == pytest.approx(1.5) and not hasattr(cfg.verdict, "speed_tolerance")
     assert cfg.db == "ra.db"
-    assert cfg.model.preset == "tiny" and cfg.model.ra_rank == 4
+    assert cfg.model.preset == "auto" and cfg.model.ra_rank == 4
     assert cfg.bench.attn == ["baseline", "ra_v5"]
     assert cfg.bench.modes == ["eager", "compile", "cuda_graph"]
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(6e-4)
@@ -238,6 +238,17 @@ def test_resolve_db_precedence(monkeypatch):
     assert resolve_db("from_cli.db", cfg) == "from_cli.db"
     monkeypatch.delenv("RA_DB")
     assert resolve_db("from_cli.db", cfg) == "from_cli.db"
+
+
+def test_older_file_with_the_retired_speed_tolerance_still_loads(tmp_path):
+    data = _packaged_data()
+    data["verdict"]["speed_tolerance"] = 0.10  # replaced by the speed check of ra compare
+    data["bench"]["noise_ratio"] = 2.0
+    cfg = load_config(str(_write(tmp_path / "old.yaml", data)))
+    assert cfg.verdict.threshold == pytest.approx(0.01) and cfg.bench.noise_ratio == 2.0
+    data["bench"]["noise_ratio"] = 1.0
+    with pytest.raises(ConfigError, match="bench.noise_ratio: must be > 1.0"):
+        load_config(str(_write(tmp_path / "bad.yaml", data)))
 
 
 # ---- a partial file overlays the packaged defaults ----------------------------

@@ -328,3 +328,79 @@ def test_bad_val_fraction(tmp_path):
     path.write_text("abc " * 100)
     assert "val_fraction" in _one_line_error(path, val_fraction=0.0)
     assert "val_fraction" in _one_line_error(path, val_fraction=1.0)
+
+
+# ---------------------------------------------------------------------------- content hash
+
+
+def test_every_dataset_carries_a_content_hash(builtin, tmp_path):
+    from racli.training.data import dataset_identity
+
+    assert len(builtin.content_hash) == 64 and builtin.tokenizer == "bytes"
+    again = load_dataset("builtin", val_fraction=0.1, block_size=64)
+    assert again.content_hash == builtin.content_hash
+    assert load_dataset(None, val_fraction=0.2, block_size=64).content_hash != \
+        builtin.content_hash  # another split is other data
+    ident = dataset_identity(builtin)
+    assert ident["content_hash"] == builtin.content_hash and ident["name"] == "builtin:shakespeare"
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 100)
+    a = load_dataset(text, 0.1, 8).content_hash
+    text.write_text("abd " * 100)
+    assert load_dataset(text, 0.1, 8).content_hash != a
+
+
+def test_nanogpt_folder_hash_is_cached_beside_the_files(tmp_path):
+    from racli.dataprep.identity import SIDECAR, arrays_hash
+
+    d = _write_bin_dir(tmp_path / "prep", vocab=65)
+    ds = load_dataset(d, val_fraction=0.1, block_size=8)
+    assert ds.content_hash == arrays_hash(np.asarray(ds.train), np.asarray(ds.val))
+    cache = json.loads((d / SIDECAR).read_text())
+    assert set(cache) == {"train.bin", "val.bin"}
+    assert cache["train.bin"]["sha256"] == hashlib.sha256((d / "train.bin").read_bytes()).hexdigest()
+    # a cached digest is used while size and mtime match ...
+    cache["val.bin"]["sha256"] = "0" * 64
+    (d / SIDECAR).write_text(json.dumps(cache))
+    assert load_dataset(d, 0.1, 8).content_hash != ds.content_hash
+    # ... and a changed file is hashed again
+    np.arange(100, dtype=np.uint16)[::-1].tofile(d / "val.bin")
+    changed = load_dataset(d, 0.1, 8)
+    assert changed.content_hash == arrays_hash(np.asarray(changed.train), np.asarray(changed.val))
+    assert changed.content_hash != ds.content_hash
+
+
+def _write_prepared(path, train, val, dtype="uint16", vocab=300, **extra):
+    from racli.dataprep.identity import arrays_hash
+
+    path.mkdir()
+    train = np.asarray(train, dtype=dtype)
+    val = np.asarray(val, dtype=dtype)
+    train.tofile(path / "train.bin")
+    val.tofile(path / "val.bin")
+    meta = {"format": "ra-data/1", "tokenizer": {"name": "train:300"}, "vocab_size": vocab,
+            "dtype": dtype, "tokens": {"train": len(train), "val": len(val)},
+            "content_hash": arrays_hash(train, val), **extra}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_prepared_folder_uint32_and_meta(tmp_path):
+    d = _write_prepared(tmp_path / "big", np.arange(500) * 200, np.arange(100) * 300,
+                        dtype="uint32", vocab=100_000)
+    ds = load_dataset(d, val_fraction=0.1, block_size=16)
+    assert ds.train.dtype == np.uint32 and ds.vocab_size == 100_000 and ds.tokenizer == "train:300"
+    x, _ = BatchSampler(ds.train, 2, 16, seed=0).next()
+    assert int(x.max()) > 65535
+    assert ds.content_hash == json.loads((d / "meta.json").read_text())["content_hash"]
+
+
+def test_prepared_folder_that_does_not_match_its_meta(tmp_path):
+    d = _write_prepared(tmp_path / "p", np.arange(500), np.arange(100))
+    with open(d / "train.bin", "ab") as fh:
+        fh.write(b"\x00\x00")  # one token more than meta.json says
+    assert "incomplete or altered" in _one_line_error(d)
+    bad = _write_prepared(tmp_path / "q", np.arange(500), np.arange(100), vocab=70_000)
+    assert "does not fit uint16" in _one_line_error(bad)
+    (bad / "meta.json").write_text("{not json")
+    assert "cannot read meta.json" in _one_line_error(bad)

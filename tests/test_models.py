@@ -455,3 +455,87 @@ def test_configure_optimizer_without_gates():
     model = tiny_gpt("baseline")
     opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), gate_lr_mult=10.0)
     assert [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
+
+
+# ---------------------------------------------------------------- init pairing
+
+
+def _gpt_after_noise(attn: str, seed: int, noise: int) -> GPT:
+    torch.manual_seed(1000 + noise)  # a different global generator state each time
+    torch.randn(noise + 1)
+    return GPT(GPTConfig(attn=attn, bias=True), seed=seed)
+
+
+@pytest.mark.parametrize("attn", sorted(ATTENTION))
+def test_init_depends_on_the_seed_not_the_global_rng(attn):
+    a = _gpt_after_noise(attn, seed=5, noise=0)
+    b = _gpt_after_noise(attn, seed=5, noise=7)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    c = _gpt_after_noise(attn, seed=6, noise=0)
+    assert not torch.equal(a.transformer.wpe.weight, c.transformer.wpe.weight)
+    torch.manual_seed(5)  # seed=None takes the seed given to torch.manual_seed
+    d = GPT(GPTConfig(attn=attn, bias=True))
+    assert torch.equal(d.lm_head.weight, a.lm_head.weight)
+
+
+@pytest.mark.parametrize("attn", ["ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate"])
+def test_init_two_variants_share_their_common_weights(attn):
+    cfg = GPTConfig(attn="baseline", bias=True)
+    base = dict(_gpt_after_noise("baseline", seed=3, noise=1).named_parameters())
+    other = dict(_gpt_after_noise(attn, seed=3, noise=2).named_parameters())
+    shared = [n for n in base if n in other]
+    # embeddings, MLPs, norms, output projections: everything outside the attention's input
+    assert len(shared) >= len(base) - cfg.n_layer * 2
+    for name in shared:
+        assert torch.equal(base[name], other[name]), name
+    C, H, D = cfg.n_embd, cfg.n_head, cfg.head_dim
+    ds = D - cfg.ra_rank
+    for i in range(cfg.n_layer):
+        qkv = base[f"transformer.h.{i}.attn.c_attn.weight"]
+        q, k, v = qkv[:C].view(H, D, C), qkv[C : 2 * C].view(H, D, C), qkv[2 * C :]
+        a = f"transformer.h.{i}.attn."
+        if attn == "ra_v5":
+            assert torch.equal(other[a + "W_q"], q[:, :ds].reshape(-1, C))
+            assert torch.equal(other[a + "W_k"], k[:, :ds].reshape(-1, C))
+            assert torch.equal(other[a + "W_v"], v)
+        elif attn == "ra_v5_untied":
+            assert torch.equal(other[a + "W_qs"], q[:, :ds].reshape(-1, C))
+            assert torch.equal(other[a + "W_kr"], k[:, ds:].reshape(-1, C))
+            assert torch.equal(other[a + "W_v"], v)
+        else:
+            assert torch.equal(other[a + "c_attn.weight"], qkv)
+
+
+def test_init_untied_at_unit_gates_equals_the_baseline():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 16))
+    base = GPT(GPTConfig(attn="baseline"), seed=4)
+    untied = GPT(GPTConfig(attn="ra_v5_untied", w_rec_init=1.0), seed=4)
+    torch.testing.assert_close(untied(x)[0], base(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_init_keeps_the_documented_scales():
+    m = GPT(GPTConfig(attn="ra_v5", n_layer=4, n_embd=256, n_head=4), seed=0)
+    std = dict((n, p.std().item()) for n, p in m.named_parameters() if p.dim() >= 2)
+    assert std["transformer.wte.weight"] == pytest.approx(0.02, rel=0.05)
+    assert std["transformer.h.0.mlp.c_proj.weight"] == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
+    p = m.transformer.h[0].attn.P
+    eye = torch.eye(p.shape[-1]).expand(p.shape[0], -1, -1)
+    torch.testing.assert_close(p.transpose(1, 2) @ p, eye, atol=1e-5, rtol=0)
+
+
+def test_init_pairing_batches_are_equal():
+    import numpy as np
+
+    from racli.training.data import BatchSampler
+
+    tokens = np.arange(5000, dtype=np.int64) % 251
+    a = BatchSampler(tokens, 4, 32, seed=7)
+    torch.manual_seed(123)  # the model's init draws nothing from these generators
+    GPT(GPTConfig(attn="ra_v5"), seed=7)
+    b = BatchSampler(tokens, 4, 32, seed=7)
+    for _ in range(5):
+        xa, ya = a.next()
+        xb, yb = b.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -1,4 +1,5 @@
-"""Tests for racli.store.recorder: the run lifecycle, buffered writes, heartbeat, crashes."""
+"""Tests for racli.store.recorder: the run lifecycle, buffered writes, heartbeat, crashes,
+one owner per resumed run. Store-level tests run on SQLite and PostgreSQL (`store_url`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -18,6 +20,7 @@ from typer.testing import CliRunner
 
 from racli import environment
 from racli.cli import app
+from racli.errors import BadInput
 from racli.store.engine import open_store
 from racli.store.models import Environment, GateValue, Metric, Run, Timing, utcnow
 from racli.store.recorder import (
@@ -31,8 +34,8 @@ from racli.store.recorder import (
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = open_store(str(tmp_path / "ra.db"))
+def store(store_url):
+    s = open_store(store_url)
     yield s
     s.close()
 
@@ -71,8 +74,8 @@ def test_start_creates_a_running_run(store):
     run = _run(store, rec.run_id)
     assert run.status == "running"
     assert (run.kind, run.attn, run.seed, run.tag, run.git_commit) == ("train", "ra_v5", 3, "t", "cafe1234")
-    assert run.config == TRAIN_CONFIG
-    assert run.config_hash == config_hash(TRAIN_CONFIG)
+    assert run.config == {**TRAIN_CONFIG, "code": run.config["code"]}  # plus ra's own provenance
+    assert run.config_hash == config_hash(run.config)
     assert run.finished_at is None and run.error is None
     assert run.heartbeat_at is not None and before <= run.heartbeat_at <= utcnow()
     assert before <= run.started_at <= utcnow()
@@ -334,11 +337,14 @@ def test_crashed_in_ra_runs(store, tmp_path):
     alive = _start(store)
     done = _start(store)
     done.finish()
-    # a user's sqlite3 edit in SQLite's own datetime format works too
-    with sqlite3.connect(store.engine.url.database) as raw:
-        raw.execute("UPDATE runs SET heartbeat_at = datetime('now', '-10 minutes') WHERE id = ?",
-                    (crashed.run_id,))
-    db = store.engine.url.database
+    if store.engine.dialect.name == "sqlite":
+        # a user's sqlite3 edit in SQLite's own datetime format works too
+        with sqlite3.connect(store.engine.url.database) as raw:
+            raw.execute("UPDATE runs SET heartbeat_at = datetime('now', '-10 minutes') "
+                        "WHERE id = ?", (crashed.run_id,))
+    else:
+        set_heartbeat_minutes_ago(store, crashed.run_id, 10)
+    db = store.db
     rows = {r["id"]: r for r in _runs_json(db)}
     assert rows[crashed.run_id]["status"] == "crashed"
     assert rows[crashed.run_id]["recorded_status"] == "running"
@@ -373,8 +379,8 @@ for i in range(50, 10**9):
 """
 
 
-def test_killed_process_keeps_flushed_rows(tmp_path):
-    db = str(tmp_path / "killed.db")
+def test_killed_process_keeps_flushed_rows(store_url):
+    db = store_url
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, db, json.dumps(ENV_INFO)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
     try:
@@ -388,8 +394,9 @@ def test_killed_process_keeps_flushed_rows(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    if "://" not in db:
+        with sqlite3.connect(db) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     store = open_store(db, create=False)
     try:
         run = _run(store, run_id)
@@ -413,3 +420,87 @@ def test_stale_uses_started_at_without_heartbeat(store):
     assert display_status(run) == "crashed"
     run.status = "failed"
     assert display_status(run) == "failed"
+
+
+# ---- one owner per resumed run ---------------------------------------------------------
+
+def _metric_keys(store, run_id) -> list:
+    with store.session() as s:
+        return list(s.execute(select(Metric.step, Metric.name).where(Metric.run_id == run_id)))
+
+
+def test_resume_claims_the_run_once(store):
+    rec = _start(store)
+    rec.end("interrupted", error="interrupted")
+    owner = RunRecorder.resume(store, rec.run_id, heartbeat=False)
+    assert _run(store, rec.run_id).status == "running"
+    # the run is now owned (fresh heartbeat): a second claimant is refused, nothing written
+    before = _run(store, rec.run_id).heartbeat_at
+    with pytest.raises(BadInput, match=f"run {rec.run_id} is being resumed by another process"):
+        RunRecorder.resume(store, rec.run_id, heartbeat=False)
+    assert _run(store, rec.run_id).heartbeat_at == before
+    owner.finish()
+    with pytest.raises(BadInput, match="is finished: it cannot be resumed"):
+        RunRecorder.resume(store, rec.run_id, heartbeat=False)
+    with pytest.raises(BadInput, match="no run 987654"):
+        RunRecorder.resume(store, 987654, heartbeat=False)
+
+
+@pytest.mark.parametrize("status", ["failed", "diverged"])
+def test_resume_from_other_end_states(store, status):
+    rec = _start(store)
+    rec.end(status, error="x")
+    RunRecorder.resume(store, rec.run_id, heartbeat=False).finish()
+    assert _run(store, rec.run_id).status == "finished"
+
+
+def test_a_crashed_run_can_be_claimed_once_its_heartbeat_is_stale(store):
+    rec = _start(store)  # running, process "died": nothing refreshes the heartbeat
+    with pytest.raises(BadInput, match="being resumed by another process"):
+        RunRecorder.resume(store, rec.run_id, heartbeat=False)  # fresh: still owned
+    set_heartbeat_minutes_ago(store, rec.run_id, 10)
+    again = RunRecorder.resume(store, rec.run_id, heartbeat=False)
+    assert utcnow() - _run(store, rec.run_id).heartbeat_at < timedelta(seconds=30)
+    again.finish()
+
+
+def test_concurrent_resumes_give_one_owner_and_no_duplicate_rows(store):
+    """Eight threads, each with its own engine (own connections), claim one crashed
+    run at the same moment: one owns it and writes; the others write nothing."""
+    rec = _start(store)
+    rec.metric(0, "train_loss", 3.0)
+    rec.end("interrupted", error="interrupted")
+    barrier = threading.Barrier(8)
+    outcome: dict[int, str] = {}
+
+    def claim(i: int) -> None:
+        mine = open_store(store.db, migrate=False)
+        try:
+            barrier.wait(timeout=30)
+            try:
+                owner = RunRecorder.resume(mine, rec.run_id, heartbeat=False)
+            except BadInput as exc:
+                outcome[i] = str(exc)
+                return
+            outcome[i] = "owner"
+            for step in (10, 20, 30):
+                owner.metric(step, "train_loss", 2.0)
+            owner.metric(30, "compile_s", 0.5)
+            owner.finish(iterations=30)
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert list(outcome.values()).count("owner") == 1, outcome
+    refused = [m for m in outcome.values() if m != "owner"]
+    assert len(refused) == 7
+    assert all("being resumed by another process" in m or "is finished" in m for m in refused)
+    keys = _metric_keys(store, rec.run_id)
+    assert sorted(keys) == [(0, "train_loss"), (10, "train_loss"), (20, "train_loss"),
+                            (30, "compile_s"), (30, "train_loss")]
+    run = _run(store, rec.run_id)
+    assert (run.status, run.iterations) == ("finished", 30)

@@ -1,4 +1,7 @@
-"""Tests for racli.store.engine/models (schema, migrations, opening) and racli.environment."""
+"""Tests for racli.store.engine/models (schema, migrations, opening) and racli.environment.
+
+The store-level tests run on both backends (`store_url`: SQLite and a throwaway
+PostgreSQL server, see conftest.py); SQLite-only behaviour uses `sqlite_store`."""
 from __future__ import annotations
 
 import contextlib
@@ -23,10 +26,11 @@ from racli.store.recorder import environment_id
 
 PUBLIC_COLUMNS = {
     "environments": {"id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "gpu_name",
-                     "gpu_count", "driver", "cpu", "created_at"},
+                     "gpu_index", "gpu_uuid", "gpu_count", "driver", "cpu", "created_at"},
     "runs": {"id", "kind", "attn", "status", "config", "config_hash", "seed", "tag", "git_commit",
              "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations", "tokens",
-             "epochs", "train_seconds", "val_loss", "tokens_per_s"},
+             "epochs", "train_seconds", "val_loss", "tokens_per_s",
+             "uuid", "excluded", "exclude_reason", "origin"},
     "timings": {"run_id", "attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype",
                 "device", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "status", "reason"},
     "metrics": {"run_id", "step", "name", "value", "elapsed_s"},
@@ -35,7 +39,14 @@ PUBLIC_COLUMNS = {
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     s = open_store(str(tmp_path / "ra.db"))
     yield s
     s.close()
@@ -77,7 +88,7 @@ def test_head_revision_matches_the_migration_scripts(store):
     assert script.get_current_head() == HEAD_REVISION
     assert len(script.get_heads()) == 1
     assert current_revision(store.engine) == HEAD_REVISION
-    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003"}
+    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003", "0004", "0005"}
 
 
 def _diffs(engine, metadata) -> list:
@@ -106,7 +117,8 @@ def test_metadata_comparison_would_see_drift(store):
     assert "modify_nullable" in kinds
 
 
-def test_sqlite_pragmas(store):
+def test_sqlite_pragmas(sqlite_store):
+    store = sqlite_store
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -117,7 +129,7 @@ def test_sqlite_pragmas(store):
 
 
 def test_foreign_keys_are_enforced(store):
-    with pytest.raises(Exception, match="FOREIGN KEY"), store.writing() as conn:
+    with pytest.raises(Exception, match="(?i)foreign key"), store.writing() as conn:
         conn.execute(Metric.__table__.insert().values(run_id=12345, step=0, name="x", value=1.0))
 
 
@@ -163,12 +175,14 @@ def test_round_trip_every_table(store):
         assert (m.step, m.name, m.value, m.elapsed_s) == (10, "train_loss", 2.5, 1.5)
         g = s.scalars(select(GateValue).where(GateValue.run_id == run_id)).one()
         assert (g.step, g.layer, g.head, g.name, g.value) == (10, 1, 3, "w_rec", -0.25)
-    # and users reading with sqlite3 see the same values under the public names
-    with _sqlite(store.engine.url.database) as raw:
-        row = raw.execute("SELECT kind, attn, status, seed, val_loss, epochs FROM runs").fetchone()
-        assert row == ("train", "ra_v5", "finished", 7, 3.125, 1.25)
-        cfg = raw.execute("SELECT json_extract(config, '$.a[1]') FROM runs").fetchone()[0]
-        assert cfg == 2
+    # and users reading with plain SQL see the same values under the public names
+    with store.engine.connect() as conn:
+        row = conn.execute(text("SELECT kind, attn, status, seed, val_loss, epochs, tokens "
+                                "FROM runs")).one()
+        assert tuple(row) == ("train", "ra_v5", "finished", 7, 3.125, 1.25, 10_000_000_000)
+        json_item = ("(config->'a'->>1)::int" if store.engine.dialect.name == "postgresql"
+                     else "json_extract(config, '$.a[1]')")
+        assert conn.execute(text(f"SELECT {json_item} FROM runs")).scalar() == 2
 
 
 def test_defaults_of_a_new_run(store):
@@ -183,56 +197,62 @@ def test_defaults_of_a_new_run(store):
 
 # ---- migrations keep data ------------------------------------------------------------
 
-def _counts(path) -> dict:
-    with _sqlite(path) as raw:
-        return {t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("environments", "runs", "timings", "metrics", "gate_values")}
+TABLES = ("environments", "runs", "timings", "metrics", "gate_values")
 
 
-def test_downgrade_upgrade_keeps_data(tmp_path):
-    path = tmp_path / "cycle.db"
-    store = open_store(str(path))
+def _counts(engine) -> dict:
+    with engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES}
+
+
+def _metric_rows(engine) -> list:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT run_id, step, name, value FROM metrics ORDER BY id"))]
+
+
+def test_downgrade_upgrade_keeps_data(store_url):
+    store = open_store(store_url)
     train = record_run(store, kind="train", n_metrics=6)
     bench = record_run(store, kind="bench")
-    store.close()
-    before = _counts(path)
+    before = _counts(store.engine)
     assert before == {"environments": 1, "runs": 2, "timings": 2, "metrics": 7, "gate_values": 8}
-    with _sqlite(path) as raw:
-        metrics_before = raw.execute("SELECT run_id, step, name, value FROM metrics ORDER BY id").fetchall()
+    metrics_before = _metric_rows(store.engine)
+    store.close()
 
-    store = open_store(str(path), migrate=False)
+    store = open_store(store_url, migrate=False)
     store_engine.downgrade(store.engine, "0001")
     assert current_revision(store.engine) == "0001"
     with store.engine.connect() as conn:
         assert "epochs" not in _columns(conn, "runs")
         assert "backend" not in _columns(conn, "timings")
+    assert _counts(store.engine) == before, "a downgrade must not lose rows"
+    assert _metric_rows(store.engine) == metrics_before
+    with store.engine.connect() as conn:
+        assert tuple(conn.execute(text("SELECT status, val_loss FROM runs WHERE id=:i"),
+                                  {"i": train}).one()) == ("finished", 3.51)
     store.close()
-    assert _counts(path) == before, "a downgrade must not lose rows"
-    with _sqlite(path) as raw:
-        assert raw.execute("SELECT run_id, step, name, value FROM metrics ORDER BY id").fetchall() == \
-            metrics_before
-        assert raw.execute("SELECT status, val_loss FROM runs WHERE id=?", (train,)).fetchone() == \
-            ("finished", 3.51)
 
-    # opening the old database upgrades it (as every command does)
-    store = open_store(str(path))
+    # opening the old database for writing upgrades it (as every writing command does)
+    store = open_store(store_url)
     assert current_revision(store.engine) == HEAD_REVISION
     with store.engine.connect() as conn:
         assert "epochs" in _columns(conn, "runs")
         assert {"backend", "compile_s"} <= _columns(conn, "timings")
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+        if store.engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute(text("SELECT epochs FROM runs WHERE id=:i"), {"i": train}).scalar() is None
+        assert conn.execute(text("SELECT kind FROM runs WHERE id=:i"), {"i": bench}).scalar() == "bench"
+        # the (rebuilt, on SQLite) runs table is still the parent of metrics, cascade wired
+        fks = inspect(conn).get_foreign_keys("metrics")
+        assert [(f["referred_table"], f["constrained_columns"], f["referred_columns"],
+                 (f.get("options") or {}).get("ondelete", "").upper()) for f in fks] == \
+            [("runs", ["run_id"], ["id"], "CASCADE")]
     assert _diffs(store.engine, Base.metadata) == []
+    assert _counts(store.engine) == before, "an upgrade must not lose rows"
+    assert _metric_rows(store.engine) == metrics_before
     store.close()
-    assert _counts(path) == before, "an upgrade must not lose rows"
-    with _sqlite(path) as raw:
-        assert raw.execute("SELECT run_id, step, name, value FROM metrics ORDER BY id").fetchall() == \
-            metrics_before
-        assert raw.execute("SELECT epochs FROM runs WHERE id=?", (train,)).fetchone() == (None,)
-        assert raw.execute("SELECT kind FROM runs WHERE id=?", (bench,)).fetchone() == ("bench",)
-        # the rebuilt runs table is still the parent of metrics (cascade still wired)
-        fk = raw.execute("PRAGMA foreign_key_list(metrics)").fetchall()
-        assert [(r[2], r[3], r[4], r[6]) for r in fk] == [("runs", "run_id", "id", "CASCADE")]
 
 
 # ---- opening -----------------------------------------------------------------------
@@ -323,8 +343,8 @@ def test_reopening_is_idempotent(tmp_path):
 
 # ---- environment --------------------------------------------------------------------
 
-ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_count",
-              "gpu_memory_gb", "driver", "cpu", "cpu_count"}
+ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_index",
+              "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu", "cpu_count"}
 
 
 def test_collect_fields():
@@ -416,3 +436,63 @@ def test_round_trip_keeps_datetimes_naive_utc(store):
     assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - run.started_at).total_seconds()) < 60
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+
+
+# ---- packaging of the migration scripts -------------------------------------------------
+
+def test_scripts_come_from_the_checkout_without_a_top_level_package():
+    import sys
+
+    from helpers import REPO
+
+    assert store_engine.script_location() == REPO / "migrations"
+    assert "migrations" not in sys.modules  # never imported as a top-level package
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_scripts_as_racli_migrations(tmp_path):
+    """A built wheel holds the scripts under racli/_migrations (no top-level
+    `migrations` package), and an install of it finds and runs them."""
+    import sys
+    import zipfile
+
+    from helpers import REPO
+
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(tmp_path),
+                          "--no-deps", "-q"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = tmp_path.glob("ra-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+        assert zf.read(top_level).decode().split() == ["racli", "racli_models"]
+        zf.extractall(tmp_path / "site")
+    scripts = {n for n in names if n.startswith("racli/_migrations/")}
+    assert {"racli/_migrations/env.py", "racli/_migrations/script.py.mako",
+            "racli/_migrations/versions/0001_initial.py"} <= scripts
+    assert not any(n.startswith("migrations/") for n in names)
+    # the installed copy (here: the unpacked wheel, away from the checkout) migrates a store
+    code = ("import sys; from racli.store.engine import open_store, script_location, "
+            "current_revision; s = open_store(sys.argv[1]); "
+            "print(script_location(), current_revision(s.engine))")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.db")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [str(tmp_path / "site" / "racli" / "_migrations"), HEAD_REVISION]
+
+
+@pytest.mark.gpu
+def test_environment_is_per_device():
+    import torch
+
+    from racli.environment import env_class
+
+    a = environment.collect(0)
+    assert a["gpu_index"] == 0 and a["gpu_name"] == torch.cuda.get_device_name(0)
+    assert a["gpu_uuid"] is None or a["gpu_uuid"].startswith("GPU-")
+    if torch.cuda.device_count() > 1:  # two GPUs of one host: two environments, one class
+        b = environment.collect(1)
+        assert b["gpu_index"] == 1 and b["gpu_uuid"] != a["gpu_uuid"]
+        assert environment.fingerprint_of(a) != environment.fingerprint_of(b)
+        assert env_class(a["gpu_name"], a["torch"]) == env_class(b["gpu_name"], b["torch"])

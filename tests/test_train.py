@@ -1,4 +1,4 @@
-"""Tests for `ra train` (racli.training.loop / schedule / checkpoint and the command), on CPU.
+"""Tests for `ra train` (racli.training: spec, trainer, run, schedule, checkpoint; the command), on CPU.
 
 A tiny model (2 layers, 64 wide, block 64) trains for a few dozen steps on the
 built-in corpus; everything runs eagerly except one compile test.
@@ -20,12 +20,12 @@ import torch
 from helpers import REPO, record_run
 from typer.testing import CliRunner
 
+from racli import training
 from racli.cli import app
 from racli.config import load_config, packaged_config_path
 from racli.errors import BadInput
 from racli.store.engine import open_store
 from racli.training import checkpoint as ckpt
-from racli.training import loop
 from racli.training.data import load_dataset
 from racli.training.progress import EPOCH_WARNING, summary_text
 from racli.training.schedule import lr_at, step_progress, time_progress
@@ -56,7 +56,7 @@ def store(tmp_path):
 
 
 def make_spec(cfg, attn="ra_v5", steps=40, seed=0, extra=(), minutes=None):
-    return loop.spec_from_config(cfg, attn=attn, steps=None if minutes else steps,
+    return training.spec_from_config(cfg, attn=attn, steps=None if minutes else steps,
                                  minutes=minutes, seed=seed, device="cpu", compile=False,
                                  overrides=TINY + list(extra))
 
@@ -101,7 +101,7 @@ def test_schedule_progress_of_budgets():
 
 def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     spec = make_spec(cfg, steps=60, extra=["train.checkpoint_minutes=0.0001"])
-    r = loop.train(spec, store, dataset=dataset)
+    r = training.train(spec, store, dataset=dataset)
     assert r.status == "finished" and r.iterations == 60
     # next-token prediction learns: far below the uniform loss ln(256) = 5.545
     assert r.val_loss < 3.5 < math.log(256)
@@ -136,14 +136,15 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
 
     # gates: w_std and w_rec of every layer and head, at 0 (init), each evaluation and the end
     gates = q(store, "SELECT step, COUNT(*), COUNT(DISTINCT layer), COUNT(DISTINCT head), "
-                     "GROUP_CONCAT(DISTINCT name) FROM gate_values WHERE run_id=? GROUP BY step "
+                     "GROUP_CONCAT(DISTINCT name) FROM gate_values WHERE run_id=? "
+                     "AND name IN ('w_std', 'w_rec') GROUP BY step "
                      "ORDER BY step", r.run_id)
     assert [g[0] for g in gates] == [0, 20, 40, 60]
     for _, n, layers, heads, names in gates:
         assert (n, layers, heads) == (2 * 2 * 4, 2, 4)
         assert set(names.split(",")) == {"w_std", "w_rec"}
     init = dict(q(store, "SELECT name, AVG(value) FROM gate_values WHERE run_id=? AND step=0 "
-                         "GROUP BY name", r.run_id))
+                         "AND name IN ('w_std', 'w_rec') GROUP BY name", r.run_id))
     assert init == {"w_std": pytest.approx(1.0), "w_rec": pytest.approx(0.1)}
     moved = q(store, "SELECT COUNT(*) FROM gate_values a JOIN gate_values b ON a.run_id=b.run_id "
                      "AND a.layer=b.layer AND a.head=b.head AND a.name=b.name WHERE a.run_id=? "
@@ -152,11 +153,12 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
 
     # the checkpoint beside the database, loadable without unpickling code
     path = Path(r.checkpoint)
-    assert path == Path(store.db).parent / "ra_checkpoints" / f"run_{r.run_id}.pt"
+    assert path == Path(store.db).parent / "ra_checkpoints" / "ra.db" / f"run_{r.run_id}.pt"
     state = ckpt.load(path)
-    assert state["step"] == 60 and state["tokens"] == tokens and state["run_id"] == r.run_id
-    assert set(state) >= {"model", "optimizer", "sampler", "rng", "config", "train_seconds"}
-    assert state["config"]["budget"] == {"steps": 60}
+    assert state.step == 60 and state.tokens == tokens and state.run_id == r.run_id
+    assert set(state.to_dict()) >= {"model", "optimizer", "sampler", "rng", "config",
+                                    "train_seconds"}
+    assert state.config["budget"] == {"steps": 60}
     assert not list(path.parent.glob("*.tmp"))
 
     text = summary_text(r)
@@ -174,7 +176,7 @@ def test_same_seed_same_batches_for_two_variants(cfg, dataset, store):
 
     results = {}
     for attn, seed in (("baseline", 7), ("ra_v5", 7), ("ra_v5", 8)):
-        results[attn, seed] = loop.train(make_spec(cfg, attn=attn, steps=4, seed=seed), store,
+        results[attn, seed] = training.train(make_spec(cfg, attn=attn, steps=4, seed=seed), store,
                                          dataset=dataset, on_step=recorder((attn, seed)))
     a, b, c = seen["baseline", 7], seen["ra_v5", 7], seen["ra_v5", 8]
     assert len(a) == len(b) == 4
@@ -189,7 +191,7 @@ def test_same_seed_same_batches_for_two_variants(cfg, dataset, store):
 
 def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
     straight_batches, resumed_batches = [], []
-    straight = loop.train(make_spec(cfg, steps=20, seed=3), store, dataset=dataset,
+    straight = training.train(make_spec(cfg, steps=20, seed=3), store, dataset=dataset,
                           on_step=lambda i: straight_batches.append(i.x.clone()))
     stop = threading.Event()
 
@@ -198,7 +200,7 @@ def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
         if info.step == 10:
             stop.set()  # what SIGINT/SIGTERM do
 
-    first = loop.train(make_spec(cfg, steps=20, seed=3), store, dataset=dataset, stop=stop,
+    first = training.train(make_spec(cfg, steps=20, seed=3), store, dataset=dataset, stop=stop,
                        on_step=stop_at_10)
     assert first.status == "interrupted" and first.iterations == 10
     assert first.val_loss is not None and first.checkpoint
@@ -208,7 +210,7 @@ def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
     assert q(store, "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='train_loss'",
              first.run_id)[0][0] == 2
 
-    second = loop.resume(store, first.run_id,
+    second = training.resume(store, first.run_id,
                          on_step=lambda i: resumed_batches.append(i.x.clone()))
     assert second.run_id == first.run_id and second.status == "finished"
     assert second.iterations == 20 and second.tokens == straight.tokens
@@ -222,12 +224,12 @@ def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
     (status, iters) = q(store, "SELECT status, iterations FROM runs WHERE id=?", first.run_id)[0]
     assert (status, iters) == ("finished", 20)
     with pytest.raises(BadInput, match="finished"):
-        loop.resume(store, first.run_id)
+        training.resume(store, first.run_id)
 
 
 def test_cli_resumes_an_interrupted_run(cfg, dataset, store):
     stop = threading.Event()
-    first = loop.train(make_spec(cfg, steps=10, seed=2), store, dataset=dataset, stop=stop,
+    first = training.train(make_spec(cfg, steps=10, seed=2), store, dataset=dataset, stop=stop,
                        on_step=lambda i: stop.set() if i.step == 4 else None)
     assert first.status == "interrupted"
     res = invoke("train", "--db", store.db, "--resume", first.run_id)
@@ -240,7 +242,7 @@ def test_cli_resumes_an_interrupted_run(cfg, dataset, store):
 
 def test_minutes_budget_excludes_warmup_and_evaluation(cfg, dataset, store):
     spec = make_spec(cfg, minutes=0.02, extra=["train.eval_interval=10"])  # 1.2 s
-    r = loop.train(spec, store, dataset=dataset)
+    r = training.train(spec, store, dataset=dataset)
     assert r.status == "finished"
     assert 1.2 <= r.train_seconds < 3.0
     assert r.compile_s > 0 and r.eval_s > 0
@@ -256,7 +258,7 @@ def test_nan_loss_diverges(cfg, dataset, store):
             with torch.no_grad():
                 info.model.lm_head.weight.fill_(float("nan"))
 
-    r = loop.train(make_spec(cfg, steps=40), store, dataset=dataset, on_step=poison)
+    r = training.train(make_spec(cfg, steps=40), store, dataset=dataset, on_step=poison)
     assert r.status == "diverged" and r.iterations == 5  # caught at the first log point
     assert "nan" in r.error and r.val_loss is None and r.checkpoint is None
     (status, error, val, iters) = q(store, "SELECT status, error, val_loss, iterations FROM runs "
@@ -271,7 +273,7 @@ def test_exception_marks_run_failed(cfg, dataset, store):
             raise RuntimeError("simulated failure")
 
     with pytest.raises(RuntimeError):
-        loop.train(make_spec(cfg, steps=10), store, dataset=dataset, on_step=boom)
+        training.train(make_spec(cfg, steps=10), store, dataset=dataset, on_step=boom)
     (status, error, iters) = q(store, "SELECT status, error, iterations FROM runs")[0]
     assert status == "failed" and "simulated failure" in error and iters == 2
 
@@ -432,8 +434,8 @@ def test_sigint_leaves_an_interrupted_run_with_metrics_and_checkpoint(tmp_path):
         status, iters, val = conn.execute("SELECT status, iterations, val_loss FROM runs").fetchone()
         n_loss = conn.execute("SELECT COUNT(*) FROM metrics WHERE name='train_loss'").fetchone()[0]
     assert status == "interrupted" and 0 < iters < 100000 and val is not None and n_loss >= 1
-    state = ckpt.load(tmp_path / "ra_checkpoints" / "run_1.pt")
-    assert state["step"] == iters
+    state = ckpt.load(tmp_path / "ra_checkpoints" / "ra.db" / "run_1.pt")
+    assert state.step == iters
 
 
 def test_console_reporter_bar_and_plain_lines():
@@ -461,7 +463,7 @@ def test_console_reporter_bar_and_plain_lines():
 
 
 def test_train_command_module_does_not_import_torch():
-    code = ("import sys, racli.cli, racli.commands.train; "
+    code = ("import sys, racli.cli, racli.commands.train, racli.training.spec; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=60, check=False)
@@ -470,11 +472,11 @@ def test_train_command_module_does_not_import_torch():
 
 def test_compile_on_cpu(cfg, dataset, store):
     """The one compile test: a few steps through torch.compile (slow on CPU)."""
-    spec = loop.spec_from_config(cfg, attn="ra_v5", steps=3, device="cpu", compile=True,
+    spec = training.spec_from_config(cfg, attn="ra_v5", steps=3, device="cpu", compile=True,
                                  overrides=TINY + ["train.log_interval=1",
                                                    "train.final_eval_batches=1"])
     t0 = time.perf_counter()
-    r = loop.train(spec, store, dataset=dataset)
+    r = training.train(spec, store, dataset=dataset)
     assert r.status == "finished" and r.iterations == 3 and math.isfinite(r.val_loss)
     (compiled,) = q(store, "SELECT json_extract(config, '$.compile') FROM runs WHERE id=?",
                     r.run_id)[0]
@@ -482,3 +484,179 @@ def test_compile_on_cpu(cfg, dataset, store):
     # compilation happens in the warm-up step, which the budget does not pay for
     assert r.compile_s > r.train_seconds
     assert time.perf_counter() - t0 < 300
+
+
+# ---------------------------------------------------------------------------- the recorded config
+
+# run_config of a known spec, as the dict-based builder recorded it (compact JSON, the `data`
+# section aside: data.py owns it). The recorded config and its config_hash must not change
+# with how the settings travel; a field added on purpose changes this text.
+KNOWN_CONFIG = (
+    '{"attn": "ra_v5", "seed": 3, "tag": "x", "preset": "tiny", "model": {"vocab_size": 256, '
+    '"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64, "dropout": 0.0, "ra_rank": 4, '
+    '"bias": false, "w_std_init": 1.0, "w_rec_init": 0.1}, "train": {"batch_size": 16, '
+    '"lr": 0.003, "min_lr_ratio": 0.1, "warmup_frac": 0.05, "weight_decay": 0.1, "beta1": 0.9, '
+    '"beta2": 0.95, "grad_clip": 1.0, "gate_lr_mult": 1.0, "eval_interval": 100, '
+    '"eval_batches": 20, "final_eval_batches": 100, "log_interval": 10, '
+    '"checkpoint_minutes": 5.0, "val_fraction": 0.1, "sdpa_backend": "math", "max_epochs": null}, '
+    '"budget": {"steps": 7}, "device": "cpu", "compile": false, "autocast": null, '
+    '"world_size": 2, "global_batch_size": 32, "tokens_per_step": 2048}')
+
+
+def test_run_config_is_byte_identical_and_survives_resume(dataset):
+    import json
+
+    from racli.config import config_from_dict
+    from racli.store.recorder import config_hash
+
+    cfg = config_from_dict({
+        "models": {"tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64}},
+        "train": {"batch_size": 16, "lr": 0.003, "min_lr_ratio": 0.1, "warmup_frac": 0.05,
+                  "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0,
+                  "gate_lr_mult": 1.0, "eval_interval": 100, "eval_batches": 20,
+                  "final_eval_batches": 100, "log_interval": 10, "checkpoint_minutes": 5.0,
+                  "val_fraction": 0.1, "compile": "auto", "sdpa_backend": "math"}}, "test")
+    spec = training.spec_from_config(cfg, attn="ra_v5", steps=7, seed=3, tag="x",
+                                     device="cpu", compile=False)
+    config = training.run_config(spec, dataset, 2)
+    assert config["data"] == training.data_identity(dataset)
+    assert json.dumps({k: v for k, v in config.items() if k != "data"}) == KNOWN_CONFIG
+    # a resumed run's spec (typed settings rebuilt from the record) records the same config
+    again = training.run_config(training.spec_from_run_config(config), dataset, 2)
+    assert json.dumps(again) == json.dumps(config)
+    assert config_hash(again) == config_hash(config)
+    assert spec.train.sdpa_backend == "math" and spec.train.compile == "off"
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_state_both_ways_and_format_1_dicts_load(tmp_path):
+    state = ckpt.CheckpointState(
+        run_id=4, config={"budget": {"steps": 9}}, model={"w": torch.ones(2)},
+        optimizer={"state": {}, "param_groups": []}, sampler={"pos": 3}, rng=ckpt.rng_state(),
+        data_path="builtin:x", step=5, tokens=50, timed_tokens=40, timed_steps=4,
+        train_seconds=1.5, compile_s=0.5, eval_s=0.25, checkpoint_s=0.125, train_loss=2.0,
+        epoch_warned=True)
+    assert ckpt.CheckpointState.from_dict(state.to_dict()) == state
+    path = tmp_path / "run_4.pt"
+    ckpt.save(path, state)
+    back = ckpt.load(path)
+    assert back.step == 5 and back.run_id == 4 and back.train_loss == 2.0 and back.epoch_warned
+    assert torch.equal(back.model["w"], torch.ones(2)) and not list(tmp_path.glob("*.tmp"))
+    # a format-1 checkpoint as written key by key (no data_path, train_loss, epoch_warned)
+    old = {"version": 1, "run_id": 2, "config": {}, "model": {}, "optimizer": {},
+           "sampler": {}, "step": 3, "tokens": 30, "timed_tokens": 20, "timed_steps": 2,
+           "train_seconds": 1, "compile_s": 0, "eval_s": 0, "checkpoint_s": 0,
+           "rng": ckpt.rng_state()}
+    torch.save(old, tmp_path / "old.pt")
+    back = ckpt.load(tmp_path / "old.pt")
+    assert (back.run_id, back.step, back.train_seconds, back.data_path, back.train_loss,
+            back.epoch_warned) == (2, 3, 1.0, None, None, False)
+    torch.save({**old, "version": 7}, tmp_path / "new.pt")
+    with pytest.raises(ValueError, match="version 7"):
+        ckpt.load(tmp_path / "new.pt")
+
+
+def test_checkpoint_folder_is_keyed_to_the_store(tmp_path, monkeypatch):
+    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    assert ckpt.checkpoint_path(a, 1) == tmp_path / "ra_checkpoints" / "a.db" / "run_1.pt"
+    assert ckpt.checkpoint_path(a, 1) != ckpt.checkpoint_path(b, 1)
+    monkeypatch.chdir(tmp_path)
+    pg = ckpt.checkpoint_dir("postgresql+psycopg://ra:secret@host/lab")
+    assert pg.parent == tmp_path / "ra_checkpoints" and pg.name.startswith("postgresql-")
+    # the password is not part of the key; the rest of the URL is
+    assert pg == ckpt.checkpoint_dir("postgresql+psycopg://ra:other@host/lab")
+    assert pg != ckpt.checkpoint_dir("postgresql+psycopg://ra:secret@host/lab2")
+    assert "secret" not in str(pg)
+
+
+def test_two_stores_in_one_folder_each_resume_their_own_checkpoint(cfg, dataset, tmp_path):
+    stores = {name: open_store(str(tmp_path / name)) for name in ("a.db", "b.db")}
+    try:
+        stop_at = {"a.db": 2, "b.db": 4}
+        for name, s in stores.items():
+            stop = threading.Event()
+            r = training.train(make_spec(cfg, steps=6, seed=1), s, dataset=dataset, stop=stop,
+                               on_step=lambda i, n=stop_at[name], e=stop: e.set()
+                               if i.step == n else None)
+            assert (r.run_id, r.status, r.iterations) == (1, "interrupted", stop_at[name])
+        for name, s in stores.items():
+            first: list[int] = []
+            r = training.resume(s, 1, on_step=lambda i, f=first: f.append(i.step))
+            assert first[0] == stop_at[name] + 1, name  # from its own store's checkpoint
+            assert (r.status, r.iterations) == ("finished", 6)
+            assert Path(r.checkpoint).parent == tmp_path / "ra_checkpoints" / name
+    finally:
+        for s in stores.values():
+            s.close()
+
+
+def test_resume_hints_at_a_checkpoint_in_the_old_shared_place(tmp_path):
+    db = tmp_path / "ra.db"
+    s = open_store(str(db))
+    record_run(s, status="interrupted")
+    s.close()
+    (tmp_path / "ra_checkpoints").mkdir()
+    (tmp_path / "ra_checkpoints" / "run_1.pt").write_bytes(b"x")
+    res = invoke("train", "--db", db, "--resume", 1)
+    assert res.exit_code == 2 and "has no checkpoint at" in res.stderr
+    assert "move it to" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_checkpoint_folder_exits_2_before_training(cfg, dataset, tmp_path):
+    (tmp_path / "ra_checkpoints").write_text("a file where the folder goes")
+    db = tmp_path / "ra.db"
+    res = invoke("train", "--db", db, "--attn", "baseline", "--steps", 3, "--device", "cpu",
+                 "--no-compile", *TINY_CLI)
+    assert res.exit_code == 2, res.output
+    assert "cannot write checkpoints to" in res.stderr and "ra_checkpoints" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not db.exists()
+    # through the library on an existing store: refused before anything is recorded
+    s = open_store(str(db))
+    try:
+        with pytest.raises(BadInput, match="cannot write checkpoints"):
+            training.train(make_spec(cfg, steps=3), s, dataset=dataset)
+        assert q(s, "SELECT COUNT(*) FROM runs")[0][0] == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("failure", ["disk full", "folder replaced by a file"])
+def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(cfg, dataset, store,
+                                                                    monkeypatch, failure):
+    import errno
+
+    folder = ckpt.checkpoint_dir(store.db)
+    hook = None
+    if failure == "disk full":
+        def full(obj, fh, *a, **k):
+            fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(torch, "save", full)
+    else:
+        def replace_folder(info):
+            if info.step == 2:
+                os.rmdir(folder)
+                folder.write_text("not a folder")
+
+        hook = replace_folder
+    # with the folder replaced, the periodic checkpoint (step 5) fails during training too
+    extra = ["train.checkpoint_minutes=0.0001"] if hook is not None else []
+    r = training.train(make_spec(cfg, steps=6, extra=extra), store, dataset=dataset,
+                       on_step=hook)
+    path = folder / f"run_{r.run_id}.pt"
+    assert r.status == "finished" and r.iterations == 6 and r.val_loss is not None
+    assert r.checkpoint is None and "checkpoint missing" in r.error and str(path) in r.error
+    (status, error, iters, val) = q(store, "SELECT status, error, iterations, val_loss "
+                                           "FROM runs WHERE id=?", r.run_id)[0]
+    assert (status, iters) == ("finished", 6) and val == pytest.approx(r.val_loss)
+    assert error == r.error
+    if failure == "disk full":
+        assert "No space left on device" in error
+        assert not list(folder.glob("*.tmp")) and not path.exists()
+    else:
+        assert "is a file, not a folder" in error
+        assert q(store, "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='checkpoint_s'",
+                 r.run_id)[0][0] == 2  # step 5 and the end, both tried

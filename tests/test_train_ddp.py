@@ -52,7 +52,7 @@ def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path):
     assert tokens == STEPS * 2 * BATCH * BLOCK  # global tokens
     assert tps > 0 and val is not None
     assert n_loss == STEPS // 2 and n_gates == 3  # steps 0, 3 and 6
-    assert (tmp_path / "ra_checkpoints" / f"run_{run_id}.pt").is_file()
+    assert (tmp_path / "ra_checkpoints" / "ra.db" / f"run_{run_id}.pt").is_file()
 
 
 def test_two_process_ddp_minutes_budget_stops_every_rank_together(tmp_path):

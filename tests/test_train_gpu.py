@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 import torch
 
+from racli import training
 from racli.config import load_config, packaged_config_path
 from racli.store.engine import open_store
-from racli.training import loop
 from racli.training.data import load_dataset
 
 pytestmark = pytest.mark.gpu
@@ -28,7 +28,7 @@ def store(tmp_path):
 
 def _spec(attn, *, compile, steps=None, minutes=None, seed=0):
     cfg = load_config(packaged_config_path())
-    return loop.spec_from_config(cfg, attn=attn, steps=steps, minutes=minutes, seed=seed,
+    return training.spec_from_config(cfg, attn=attn, steps=steps, minutes=minutes, seed=seed,
                                  device="cuda", compile=compile, overrides=SMALL)
 
 
@@ -38,7 +38,7 @@ def test_cuda_compile_bf16_run(store, attn):
     data = load_dataset(None, 0.1, 256)
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     seen = []
-    r = loop.train(spec, store, dataset=data, on_step=lambda i: seen.append(
+    r = training.train(spec, store, dataset=data, on_step=lambda i: seen.append(
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
     assert r.status == "finished" and r.iterations == 150
     assert math.isfinite(r.val_loss) and r.val_loss < 3.0  # well below ln(256) = 5.55
@@ -75,9 +75,9 @@ def test_cuda_minutes_budget_and_throughput_agree_between_seeds(store):
     data = load_dataset(None, 0.1, 1024)
     rates: dict[int, list[float]] = {1: [], 2: []}
     for seed in (1, 2, 2, 1):
-        spec = loop.spec_from_config(cfg, attn="baseline", minutes=0.5, seed=seed,
+        spec = training.spec_from_config(cfg, attn="baseline", minutes=0.5, seed=seed,
                                      device="cuda", compile=True, overrides=BUSY)
-        r = loop.train(spec, store, dataset=data)
+        r = training.train(spec, store, dataset=data)
         assert r.status == "finished" and 30.0 <= r.train_seconds < 32.0
         rates[seed].append(r.tokens_per_s)
     one, two = (sum(v) / len(v) for v in (rates[1], rates[2]))
@@ -89,9 +89,9 @@ def test_cuda_resume_continues_the_run(store):
     import threading
 
     stop = threading.Event()
-    first = loop.train(_spec("ra_v5", compile=False, steps=40), store, dataset=data, stop=stop,
+    first = training.train(_spec("ra_v5", compile=False, steps=40), store, dataset=data, stop=stop,
                        on_step=lambda i: stop.set() if i.step == 20 else None)
     assert first.status == "interrupted" and first.iterations == 20
-    second = loop.resume(store, first.run_id)
+    second = training.resume(store, first.run_id)
     assert second.status == "finished" and second.iterations == 40
     assert second.run_id == first.run_id and math.isfinite(second.val_loss)

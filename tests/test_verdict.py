@@ -8,14 +8,20 @@ import math
 import numpy as np
 import pytest
 
+from racli import render
 from racli.verdict import (
-    RECOMMENDATIONS,
     SEEDS_NEEDED_CAP,
     Sample,
     TimingRow,
     best_vs_best,
     compare_runs,
+    decide,
+    estimate,
     format_seeds_needed,
+    pooled_noise,
+    recommendation,
+    seeds_needed,
+    speed_explained_gap,
     speed_wording,
 )
 
@@ -47,6 +53,11 @@ def history(rng, n, *, effect=0.0, noise=0.005, seed_effect=0.0, paired=True):
     return side(c, seeds=c_seeds, start_id=1000), side(b, seeds=b_seeds)
 
 
+def judge(c, b, **kw):
+    kw.setdefault("wall_clock", False)
+    return compare_runs(c, b, **kw)
+
+
 # ---------------------------------------------------------------- A/A
 
 
@@ -57,22 +68,23 @@ def test_aa_false_positive_rate_at_most_5_percent(paired):
     methods = set()
     for _ in range(400):
         c, b = history(rng, 5, noise=0.01, seed_effect=0.01, paired=paired)
-        v = compare_runs(c, b)
+        v = judge(c, b)
         methods.add(v.method)
         wrong += v.outcome in ("WIN", "LOSE")
-    assert methods == {"paired" if paired else "welch"}
+    # a shared seed effect as large as the noise: pairs correlate, often measurably
+    assert methods == ({"paired", "welch"} if paired else {"welch"})
     assert wrong <= 20, f"{wrong}/400 A/A histories gave WIN or LOSE"
 
 
 @pytest.mark.parametrize("paired", [True, False])
-def test_aa_interval_calibrated_without_threshold(paired):
-    # with threshold 0 the rule reduces to "interval excludes 0": ~5% expected
+def test_aa_interval_covers_zero_95_percent(paired):
     rng = np.random.default_rng(99 if paired else 98)
-    wrong = 0
+    missed = 0
     for _ in range(400):
-        c, b = history(rng, 5, noise=0.01, paired=paired)
-        wrong += compare_runs(c, b, threshold=0.0).outcome in ("WIN", "LOSE")
-    assert wrong <= 36  # 9%: well above the 5% mean + 3 sd
+        c, b = history(rng, 5, noise=0.01, seed_effect=0.01, paired=paired)
+        lo, hi = judge(c, b).interval
+        missed += not lo <= 0 <= hi
+    assert missed <= 32  # 8%: the 5% mean + 3 sd
 
 
 # ---------------------------------------------------------------- planted effects
@@ -81,195 +93,232 @@ def test_aa_interval_calibrated_without_threshold(paired):
 def test_planted_improvement_wins():
     rng = np.random.default_rng(7)
     c, b = history(rng, 5, effect=-0.03, noise=0.005)
-    v = compare_runs(c, b)
-    assert v.outcome == "WIN"
-    assert v.method == "paired"
-    assert not v.limited_evidence
+    v = judge(c, b)
+    assert v.outcome == "WIN" and not v.limited_evidence
     assert v.d < 0 and v.improvement > 0.02
-    lo, hi = v.ci
-    assert lo < v.d < hi < 0
-    assert v.improvement_ci[0] > 0
+    lo, hi = v.interval
+    assert 0 < lo < v.improvement < hi
     assert v.seeds_needed is None
-    assert v.recommendation == RECOMMENDATIONS["WIN"]
+    assert v.recommendation == "INTEGRATE RA v5 into the training pipeline"
 
 
 def test_planted_degradation_loses():
     rng = np.random.default_rng(8)
     c, b = history(rng, 5, effect=+0.03, noise=0.005, paired=False)
-    v = compare_runs(c, b)
-    assert v.outcome == "LOSE"
-    assert v.method == "welch"
-    assert v.improvement < -0.02
-    assert v.ci[0] > 0
+    v = judge(c, b)
+    assert v.outcome == "LOSE" and v.method == "welch"
+    assert v.improvement < -0.02 and v.interval[1] < 0
+
+
+def test_win_says_at_least_the_threshold_only_when_the_interval_clears_it():
+    rng = np.random.default_rng(17)
+    c, b = history(rng, 8, effect=-0.03, noise=0.003, paired=False)
+    v = judge(c, b)
+    assert v.outcome == "WIN" and v.interval[0] > 0.01 and v.clears_threshold
+    assert "by at least 1%" in v.headline
+    lo, hi = v.interval
+    assert f"better by {lo * 100:.2f}% to {hi * 100:.2f}%" in v.headline
+    # a real but small gain: WIN, but never "by at least 1%"
+    c, b = history(rng, 8, effect=-0.006, noise=0.001, paired=False)
+    v = judge(c, b)
+    assert v.outcome == "WIN" and 0 < v.interval[0] < 0.01
+    assert "by at least" not in v.headline and "not shown to reach the 1%" in v.headline
 
 
 def test_throughput_metric_higher_is_better():
     c = side([520_000, 521_000, 519_000], tps=None)
     b = side([500_000, 501_000, 499_000], tps=None)
-    v = compare_runs(c, b, metric="tokens_per_s", lower_is_better=False)
-    assert v.outcome == "WIN"
+    v = judge(c, b, metric="tokens_per_s", lower_is_better=False)
+    assert v.outcome == "WIN" and "throughput higher by" in v.headline
     assert v.d > 0 and v.improvement == pytest.approx(v.d)
-
-
-def test_tokens_per_s_metric_skips_speed_check():
-    c = [Sample(i, i, 600_000.0 + i, 600_000.0 + i) for i in range(3)]
-    b = [Sample(10 + i, i, 500_000.0 + i, 500_000.0 + i) for i in range(3)]
-    v = compare_runs(c, b, metric="tokens_per_s", lower_is_better=False)
-    assert v.outcome == "WIN"
-    assert v.speed_ok is None
-    assert v.speed_ratio == pytest.approx(1.2, rel=1e-3)
+    assert v.interval[0] > 0
 
 
 def test_tiny_noise_equal_means_is_parity():
     rng = np.random.default_rng(9)
     c, b = history(rng, 5, effect=0.0, noise=0.0005)
-    v = compare_runs(c, b)
+    v = judge(c, b)
     assert v.outcome == "PARITY"
-    assert v.ci[0] >= -0.01 and v.ci[1] <= 0.01
+    assert -0.01 < v.interval90[0] and v.interval90[1] < 0.01
+    assert "TOST" in v.reason
 
 
 def test_large_noise_is_inconclusive_with_seeds_needed():
     rng = np.random.default_rng(10)
     for paired in (True, False):
         c, b = history(rng, 3, effect=-0.004, noise=0.03, paired=paired)
-        v = compare_runs(c, b)
+        v = judge(c, b)
         assert v.outcome == "INCONCLUSIVE", v.reason
         assert v.seeds_needed is not None and v.seeds_needed > 3
-        assert "runs per side" in v.reason
+        assert "runs per side give 80% power" in v.reason
 
 
-def test_seeds_needed_settles_when_spread_holds():
-    # paired differences: mean -2%, sd ~2.3% -> undecided with 5 seeds
-    r = np.array([-0.02, 0.01, -0.05, -0.01, -0.03])
-    v = compare_runs(side(BASE * (1 + r), start_id=100), side([BASE] * 5), threshold=0.01)
-    assert v.outcome == "INCONCLUSIVE"
-    n = v.seeds_needed
-    assert 5 < n <= SEEDS_NEEDED_CAP
-    # the same mean and spread with n seeds must decide; with n - 1 it must not
-    for k, expected in ((n, "WIN"), (n - 1, "INCONCLUSIVE")):
-        reps = np.resize(r - r.mean(), k)
-        reps = reps / reps.std(ddof=1) * r.std(ddof=1) + r.mean()
-        v2 = compare_runs(side(BASE * (1 + reps), start_id=100), side([BASE] * k))
-        assert v2.outcome == expected, (k, v2.reason)
+# ---------------------------------------------------------------- seeds needed
+
+
+def test_seeds_needed_is_continuous_in_the_estimate():
+    # the same spread, point estimates just either side of the threshold: the same answer
+    spread = np.array([0.02, -0.02, 0.0])
+    seeds = [10, 11, 12]
+    a = judge(side(BASE * (1 - 0.0101 + spread), seeds=seeds, start_id=9), side(BASE + spread))
+    b = judge(side(BASE * (1 - 0.0099 + spread), seeds=seeds, start_id=9), side(BASE + spread))
+    assert a.outcome == b.outcome == "INCONCLUSIVE"
+    assert a.seeds_needed == b.seeds_needed
+    # and it grows smoothly with the spread (square law)
+    n1, n2 = seeds_needed(0.01, 0.01), seeds_needed(0.02, 0.01)
+    assert 3.3 < n2 / n1 < 4.7
+
+
+def test_seeds_needed_gives_80_percent_power_at_the_threshold():
+    noise = 0.01
+    n = seeds_needed(noise, 0.01)
+    assert 10 < n < 40
+    rng = np.random.default_rng(21)
+    wins = 0
+    for _ in range(300):
+        c, b = history(rng, n, effect=-0.01, noise=noise, paired=False)
+        wins += judge(c, b).outcome == "WIN"
+    assert 0.72 <= wins / 300 <= 0.95
 
 
 def test_seeds_needed_capped():
-    # the point estimate sits just inside the threshold (0.999%): settling it as
-    # PARITY needs a half-width below 0.001 percentage points
-    c = side([BASE * (1 - 0.00999 + e) for e in (0.02, -0.02, 0.0)], start_id=100)
-    b = side([BASE] * 3)
-    v = compare_runs(c, b)
-    assert v.outcome == "INCONCLUSIVE"
-    assert v.seeds_needed > SEEDS_NEEDED_CAP
-    assert format_seeds_needed(v.seeds_needed) == "> 1000"
-    assert v.to_dict()["seeds_needed_text"] == "> 1000"
+    assert seeds_needed(0.5, 0.01) == SEEDS_NEEDED_CAP + 1
+    assert format_seeds_needed(SEEDS_NEEDED_CAP + 1) == "> 1000"
+    c = side([BASE * (1 + e) for e in (0.5, -0.5, 0.0)], start_id=100)
+    v = judge(c, side([BASE] * 3))
+    assert v.outcome == "INCONCLUSIVE" and v.to_dict()["seeds_needed_text"] == "> 1000"
 
 
-# ---------------------------------------------------------------- speed
+# ---------------------------------------------------------------- one run a side
 
 
-def test_speed_mismatch_is_invalid():
-    rng = np.random.default_rng(11)
+def test_one_run_a_side_without_history_is_inconclusive():
+    # the relabelled same-seed pair: 1.3% apart by noise alone
+    c = [Sample(2, 1337, 3.3912, 500_000.0, iterations=12480)]
+    b = [Sample(1, 1337, 3.4360, 500_000.0, iterations=12500)]
+    v = judge(c, b)
+    assert v.outcome == "INCONCLUSIVE" and v.limited_evidence and v.method == "none"
+    assert v.interval is None and v.spread_source == "assumed"
+    assert v.seeds_needed == seeds_needed(0.01, 0.01)
+
+
+def test_one_run_a_side_with_history_noise_uses_a_prediction_interval():
+    noise = pooled_noise({"baseline": [3.0, 3.02, 2.98, 3.01], "ra_v5": [2.9, 2.91, 2.89]})
+    assert noise.df == 5 and noise.runs == 7 and 0.003 < noise.sd < 0.01
+    c, b = side([2.85], start_id=5), side([3.0])
+    v = judge(c, b, noise=noise)
+    assert v.method == "prediction" and v.outcome == "WIN"
+    half = v.interval[1] - v.improvement
+    from scipy.special import stdtrit
+
+    assert half == pytest.approx(stdtrit(5, 0.975) * noise.sd * math.sqrt(2))
+    # a small difference: the prediction interval keeps it open
+    v = judge(side([2.99], start_id=5), b, noise=noise)
+    assert v.outcome == "INCONCLUSIVE" and v.spread_source == "history"
+
+
+def test_pooled_noise_needs_three_runs_an_arm():
+    assert pooled_noise({"a": [3.0, 3.1], "b": [2.9]}) is None
+
+
+# ---------------------------------------------------------------- validity
+
+
+def test_past_one_epoch_is_invalid_unless_allowed():
+    rng = np.random.default_rng(12)
     c, b = history(rng, 5, effect=-0.03)
-    c = [Sample(s.run_id, s.seed, s.value, 400_000.0) for s in c]  # 20% slower
-    v = compare_runs(c, b)
-    assert v.outcome == "INVALID"
-    assert v.method == "speed"
-    assert v.speed_ok is False
-    assert v.speed_ratio == pytest.approx(0.8)
-    assert v.ci is None
-    assert "speed" in v.reason
+    c = [Sample(s.run_id, s.seed, s.value, s.tokens_per_s, s.iterations, 2.5) for s in c]
+    v = judge(c, b)
+    assert v.outcome == "INVALID" and v.invalid_causes == ["epochs"]
+    assert "memorisation" in v.reason and "one epoch" in v.recommendation
+    v = judge(c, b, allow_epochs=True)
+    assert v.outcome == "WIN" and "allowed by --allow-epochs" in v.labels[0]
+    assert "--allow-epochs" in v.headline
 
 
-def test_speed_within_tolerance_is_ok():
-    c = side([3.3912], tps=460_000.0, start_id=5)
-    b = side([3.4521], tps=500_000.0)
-    v = compare_runs(c, b)
-    assert v.speed_ok is True and v.outcome == "WIN"
+def test_speed_gap_on_a_constructed_curve():
+    # loss = 4 - ln(step / 100): a 2.5% speed gap moves it by ln(1/0.975) / 1.70 = 1.49%
+    curve = [(s, 4.0 - math.log(s / 100)) for s in (100, 200, 400, 800, 1000)]
+    final = curve[-1][1]
+    assert speed_explained_gap(curve, 0.975) == pytest.approx(-math.log(0.975) / final)
+    assert speed_explained_gap(curve[:1], 0.9) is None
+    rng = np.random.default_rng(13)
+    c, b = history(rng, 5, effect=-0.03)
+    c = [Sample(s.run_id, s.seed, s.value, 500_000.0 * 0.975) for s in c]
+    v = compare_runs(c, b, wall_clock=True, baseline_curves=[curve] * 5)
+    assert v.outcome == "INVALID" and v.invalid_causes == ["speed"]
+    assert v.speed_gap.explained == pytest.approx(-math.log(0.975) / final)
+    assert v.speed_gap.too_large and "explains a 1.49% loss gap" in v.reason
+    # a flat curve explains nothing; a step budget skips the check
+    flat = [(s, 3.0) for s in (100, 200, 400)]
+    assert compare_runs(c, b, wall_clock=True, baseline_curves=[flat]).outcome == "WIN"
+    v = compare_runs(c, b, wall_clock=False, baseline_curves=[curve])
+    assert v.outcome == "WIN" and v.speed_gap is None
+    # no curve to estimate from: judged, and labelled
+    v = compare_runs(c, b, wall_clock=True)
+    assert v.outcome == "WIN" and "not estimated" in v.labels[0]
 
 
-def test_missing_throughput_skips_speed_check():
-    c = side([3.3912], tps=None, start_id=5)
-    b = side([3.4521])
-    v = compare_runs(c, b)
-    assert v.speed_ok is None and v.speed_ratio is None
-
-
-# ---------------------------------------------------------------- single run
-
-
-def test_single_run_rule_matches_the_seed_example():
-    c = [Sample(2, 1337, 3.3912, 3.47, iterations=12480)]
-    b = [Sample(1, 1337, 3.4521, 3.47, iterations=12500)]
-    v = compare_runs(c, b)
-    assert v.outcome == "WIN"
-    assert v.limited_evidence is True
-    assert v.method == "single-run"
-    assert v.ci is None
-    assert round(v.improvement * 100, 1) == 1.8
-    assert v.d == pytest.approx((3.3912 - 3.4521) / 3.4521)
-    assert v.speed_ok is True and v.speed_ratio == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize(
-    "cand, outcome", [(3.0 * 1.02, "LOSE"), (3.0 * 1.005, "PARITY"), (3.0 * 0.98, "WIN")]
-)
-def test_single_run_thresholds(cand, outcome):
-    v = compare_runs(side([cand], start_id=1), side([3.0]))
-    assert v.outcome == outcome and v.limited_evidence
-
-
-def test_one_side_single_run_uses_single_run_rule():
-    v = compare_runs(side([2.9], start_id=9), side([3.0, 3.01, 2.99]))
-    assert v.method == "single-run" and v.limited_evidence and v.outcome == "WIN"
+def test_tokens_per_s_metric_skips_speed_check():
+    c = [Sample(i, i, 600_000.0 + i, 600_000.0 + i) for i in range(3)]
+    b = [Sample(10 + i, i, 500_000.0 + i, 500_000.0 + i) for i in range(3)]
+    v = compare_runs(c, b, metric="tokens_per_s", lower_is_better=False)
+    assert v.outcome == "WIN" and v.speed_gap is None
+    assert v.speed_ratio == pytest.approx(1.2, rel=1e-3)
 
 
 # ---------------------------------------------------------------- method selection
 
 
-def test_paired_only_when_seed_sets_match_exactly():
-    b = side([3.0, 3.01, 2.99], seeds=[1, 2, 3])
-    assert compare_runs(side([2.9, 2.91, 2.89], seeds=[3, 1, 2], start_id=9), b).method == "paired"
-    assert compare_runs(side([2.9, 2.91, 2.89], seeds=[1, 2, 4], start_id=9), b).method == "welch"
-    assert compare_runs(side([2.9, 2.91], seeds=[1, 2], start_id=9), b).method == "welch"
-    dup = side([2.9, 2.91, 2.89, 2.9], seeds=[1, 2, 3, 3], start_id=9)
-    assert compare_runs(dup, b).method == "welch"
-    none = side([2.9, 2.91, 2.89], seeds=[None, 2, 3], start_id=9)
-    assert compare_runs(none, b).method == "welch"
-
-
-def test_paired_uses_per_seed_differences():
-    # a large shared seed effect: pairing removes it, Welch cannot
+def test_paired_only_when_pairs_are_measurably_correlated():
     offsets = np.array([-0.05, 0.03, 0.0, 0.04, -0.02])
     b = BASE * (1 + offsets)
     c = b * 0.98 * (1 + np.array([0.001, -0.001, 0.0005, -0.0005, 0.0]))
-    paired = compare_runs(side(c, start_id=100), side(b))
-    welch = compare_runs(side(c, seeds=[10, 11, 12, 13, 14], start_id=100), side(b))
+    paired = judge(side(c, start_id=100), side(b))
+    welch = judge(side(c, seeds=[10, 11, 12, 13, 14], start_id=100), side(b))
     assert paired.method == "paired" and paired.outcome == "WIN"
+    assert paired.correlation > 0.99 and "correlated" in paired.method_why
     assert welch.method == "welch" and welch.outcome == "INCONCLUSIVE"
+    assert "not paired by seed" in welch.method_why
     r = (c - b) / b
-    from scipy import stats
+    from scipy.special import stdtrit
 
-    half = stats.t.ppf(0.975, 4) * r.std(ddof=1) / math.sqrt(5)
+    half = stdtrit(4, 0.975) * r.std(ddof=1) / math.sqrt(5)
     assert paired.d == pytest.approx(r.mean())
-    assert paired.ci == pytest.approx((r.mean() - half, r.mean() + half))
+    assert paired.interval == pytest.approx((-r.mean() - half, -r.mean() + half))
+    # the same seeds, uncorrelated values: Welch, and it says why
+    un = judge(side([2.9, 2.95, 2.91, 2.93, 2.92], start_id=9), side([3.0, 2.99, 3.02, 3.0, 3.01]))
+    assert un.method == "welch" and "not measurably correlated" in un.method_why
+    two = judge(side([2.9, 2.95], start_id=9), side([3.0, 3.05]))
+    assert two.method == "welch" and "too few" in two.method_why
 
 
 def test_welch_interval_matches_formula():
     c = np.array([2.90, 2.95, 2.92, 2.97])
     b = np.array([3.00, 3.02, 2.98])
-    v = compare_runs(side(c, seeds=[5, 6, 7, 8], start_id=9), side(b))
-    from scipy import stats
+    v = judge(side(c, seeds=[5, 6, 7, 8], start_id=9), side(b))
+    from scipy.special import stdtrit
 
     va, vb = c.var(ddof=1) / 4, b.var(ddof=1) / 3
     df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
-    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb) / b.mean()
-    d = (c.mean() - b.mean()) / b.mean()
-    assert v.d == pytest.approx(d)
-    assert v.ci == pytest.approx((d - half, d + half))
+    half = stdtrit(df, 0.975) * math.sqrt(va + vb) / b.mean()
+    half90 = stdtrit(df, 0.95) * math.sqrt(va + vb) / b.mean()
+    imp = -(c.mean() - b.mean()) / b.mean()
+    assert v.interval == pytest.approx((imp - half, imp + half))
+    assert v.interval90 == pytest.approx((imp - half90, imp + half90))
 
 
-# ---------------------------------------------------------------- errors, JSON
+def test_interval_and_decision_steps_compose():
+    rng = np.random.default_rng(14)
+    c, b = history(rng, 5, effect=-0.03, noise=0.005, paired=False)
+    est = estimate(c, b)
+    outcome, reason, needed = decide(est, threshold=0.01, confidence=0.95)
+    v = judge(c, b)
+    assert (outcome, reason, needed) == (v.outcome, v.reason, v.seeds_needed)
+    assert decide(est, threshold=0.01, confidence=0.95, invalid=["x"])[0] == "INVALID"
+
+
+# ---------------------------------------------------------------- errors, JSON, text
 
 
 def test_empty_side_raises():
@@ -284,19 +333,49 @@ def test_non_finite_value_raises():
         compare_runs(side([float("nan")]), side([3.0]))
 
 
-def test_to_dict_is_json_ready():
-    v = compare_runs(side([3.3912], start_id=2), side([3.4521]))
-    d = v.to_dict()
-    text = json.dumps(d, allow_nan=False)
-    assert '"outcome": "WIN"' in text
-    assert d["candidate"]["std"] is None and d["ci"] is None
-    assert d["recommendation"] == RECOMMENDATIONS["WIN"]
+def _outcomes() -> dict[str, dict]:
+    rng = np.random.default_rng(3)
+    c, b = history(rng, 5, effect=-0.03, noise=0.005)
+    out = {"WIN": {"candidate": c, "baseline": b}}
+    out["LOSE"] = dict(zip(("candidate", "baseline"), history(rng, 5, effect=0.03, noise=0.005)))
+    out["PARITY"] = dict(zip(("candidate", "baseline"), history(rng, 5, noise=0.0005)))
+    out["INCONCLUSIVE"] = dict(zip(("candidate", "baseline"), history(rng, 3, noise=0.05)))
+    c, b = history(rng, 5, effect=-0.03, noise=0.005)
+    out["INVALID"] = {
+        "candidate": [Sample(s.run_id, s.seed, s.value, s.tokens_per_s, 10, 3.0) for s in c],
+        "baseline": b,
+    }
+    return out
+
+
+@pytest.mark.parametrize("attn", ["ra_v5", "ra_beta", "sdpa_gate", "ra_v5_untied"])
+def test_text_and_json_agree_for_every_outcome_and_variant(attn):
+    for outcome, sides in _outcomes().items():
+        v = judge(sides["candidate"], sides["baseline"], candidate_attn=attn)
+        assert v.outcome == outcome
+        data = json.loads(json.dumps(v.to_dict(), allow_nan=False))
+        text = render.final_comparison(v)
+        assert f"Recommendation: {data['recommendation']}" in text
+        assert data["headline"] in text
+        name = render.pretty(attn)
+        assert data["candidate_name"] == name
+        if outcome in ("WIN", "LOSE"):
+            assert name in data["recommendation"] and "RA v5" not in data["recommendation"].replace(
+                name, ""
+            )
+        if data["interval"] is not None:  # one sign convention: the improvement's
+            lo, hi = data["interval"]
+            assert lo <= data["improvement"] <= hi
+            assert f"[{lo * 100:+.2f}%, {hi * 100:+.2f}%]" in text
 
 
 def test_recommendations_cover_all_outcomes():
-    assert set(RECOMMENDATIONS) == {"WIN", "LOSE", "PARITY", "INCONCLUSIVE", "INVALID"}
-    assert "INTEGRATE RA v5" in RECOMMENDATIONS["WIN"]
-    assert "8+ hours" in RECOMMENDATIONS["PARITY"]
+    assert recommendation("WIN", "ra_beta") == "INTEGRATE ra_beta into the training pipeline"
+    assert "8+ hours" in recommendation("PARITY", "ra_v5")
+    assert "RA v5" in recommendation("LOSE", "ra_v5")
+    assert "seeds" in recommendation("INCONCLUSIVE", "ra_v5")
+    both = recommendation("INVALID", "ra_v5", ["epochs", "speed"])
+    assert "one epoch" in both and "equal steps" in both
 
 
 # ---------------------------------------------------------------- best vs best
@@ -334,15 +413,48 @@ def test_best_vs_best_picks_lowest_ok_median():
     ra = key[("fwd", None, "ra_v5")]
     assert ra["best_mode"] == "compile" and ra["best_ms"] == 1.20
     assert ra["ratio"] == pytest.approx(1.20 / 1.15)
-    assert "parity" in ra["wording"]
+    assert "parity" in ra["wording"] and ra["noisy"] is None
     bwd = key[("fwd_bwd", None, "ra_v5")]
     assert bwd["ratio"] == pytest.approx(1.25) and "overhead" in bwd["wording"]
     cpu = key[("fwd", "cpu", "ra_v5")]  # other backend: never compared with the cuda baseline
     assert cpu["ratio"] is None and cpu["wording"] is None
     assert out[0]["attn"] == "baseline"
-    assert set(out[0]) == {"phase", "backend", "attn", "best_mode", "best_ms", "ratio", "wording"}
+
+
+def test_best_vs_best_noisy_rows_get_no_mark():
+    # the busy-machine report: a wide spread on the candidate's side
+    rows = [
+        TimingRow("baseline", "eager", "fwd", 79.99, 70.0, 90.0, "ok"),
+        TimingRow("ra_v5", "eager", "fwd", 1.109, 0.63, 48.9, "ok"),
+    ]
+    ra = best_vs_best(rows)[1]
+    assert ra["noisy"] and "p10-p90" in ra["noisy"] and ra["wording"] == "noisy: no mark"
+    text = render.fair_comparison(best_vs_best(rows))
+    assert "noisy" in text and "faster" not in text and "✅" not in text
+    # narrow rows whose intervals overlap while the medians differ by 10%
+    rows = [
+        TimingRow("baseline", "eager", "fwd", 1.0, 0.9, 1.2, "ok"),
+        TimingRow("ra_v5", "eager", "fwd", 1.1, 1.0, 1.3, "ok"),
+    ]
+    assert "overlap" in best_vs_best(rows)[1]["noisy"]
+    # the threshold comes from the caller (ra.yaml bench.noise_ratio)
+    rows = [
+        TimingRow("baseline", "eager", "fwd", 1.0, 0.99, 1.01, "ok"),
+        TimingRow("ra_v5", "eager", "fwd", 2.0, 1.5, 2.5, "ok"),
+    ]
+    assert best_vs_best(rows, noise_ratio=2.0)[1]["noisy"] is None
+    assert best_vs_best(rows, noise_ratio=1.2)[1]["noisy"]
 
 
 def test_best_vs_best_ignores_non_ok_rows_entirely():
     rows = [TimingRow("baseline", "eager", "fwd", None, None, None, "skipped", reason="x")]
     assert best_vs_best(rows) == []
+
+
+def test_seeds_needed_already_reached_says_so():
+    from racli.verdict import Estimate
+
+    est = Estimate("welch", "x", -0.005, 0.005, (-0.001, 0.011), (0.0, 0.0105), 0.006,
+                   "observed", False, None, runs=12)
+    outcome, reason, needed = decide(est, threshold=0.01, confidence=0.95)
+    assert outcome == "INCONCLUSIVE" and needed <= 12 and "already reached" in reason

@@ -40,19 +40,16 @@ import sys
 import time
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
+from racli.names import sdpa_kernel_of
 from racli_models import GPTConfig, attention, build_attention, composed_once, fused
 
 B, T, H, D = 8, 1024, 12, 64
 C = H * D
 SEED = 1234
 DEV = "cuda"
-BACKENDS = {
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-}
+BACKENDS = {name: sdpa_kernel_of(name) for name in ("flash", "cudnn", "efficient")}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float32}
 VARIANTS = {  # label -> (registry name, plain composition)
     "baseline": ("baseline", False),

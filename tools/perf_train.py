@@ -5,7 +5,7 @@
 Each configuration builds the model from the same seed (racli_models GPT, the
 `gpt2` preset with the 50,304-token output layer), fused AdamW with `ra train`'s
 groups, TF32 on, bf16 autocast, loss on random token ids, gradient clipping at
-1.0, `zero_grad(set_to_none=True)`: the step of `racli/training/loop.py`
+1.0, `zero_grad(set_to_none=True)`: the step of `racli/training/trainer.py`
 without its recording. It warms up (compile) for 3 steps, then times
 `--steps` steps with CUDA events around each: median and p10/p90 ms per step,
 tokens/s from the median, and MFU = tokens/s x (6 N + 12 L H D T) / 989e12.
@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from racli.names import comma_list
 from racli_models import GPT, GPTConfig
 
 PEAK = 989e12  # H100 dense bf16
@@ -176,7 +177,7 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     t_start = time.perf_counter()
     skipped = []
-    for name in args.configs.split(","):
+    for name in comma_list(args.configs):
         if time.perf_counter() - t_start > args.budget_s:
             skipped.append(name)
             continue

@@ -51,7 +51,8 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.DateTime()),
         sa.Column("error", sa.Text()),
         sa.Column("iterations", sa.Integer()),
-        sa.Column("tokens", sa.Integer()),
+        # 64-bit on PostgreSQL; the SQLite DDL is unchanged (INTEGER)
+        sa.Column("tokens", sa.Integer().with_variant(sa.BigInteger(), "postgresql")),
         sa.Column("train_seconds", sa.Float()),
         sa.Column("val_loss", sa.Float()),
         sa.Column("tokens_per_s", sa.Float()),

@@ -30,7 +30,7 @@ ShapeOpt = Annotated[str | None, typer.Option(
 DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).",
     show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 RepeatsOpt = Annotated[int | None, typer.Option(
     "--repeats", min=1, help="Timed repeats per configuration (default from ra.yaml).",
     show_default=False)]
@@ -43,6 +43,9 @@ SeedOpt = Annotated[int, typer.Option(
     "--seed", help="Seed of the weights and inputs (the same for every configuration).")]
 TagOpt = Annotated[str | None, typer.Option(
     "--tag", help="A label stored with the run.", show_default=False)]
+
+#: a test hook: called inside the timed region of every repeat (see BenchSettings.in_step)
+IN_STEP = None
 
 FLOPS_NOTE = ("TFLOP/s from nominal block FLOPs: projections 8*B*T*C^2 + causal attention "
               "2*B*H*T^2*D; fwd_bwd = 3x fwd.")
@@ -61,21 +64,21 @@ def validate(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup,
              sdpa_backend) -> dict:
     """Every input checked and resolved (BadInput on the first bad one); no database."""
     from racli import bench
-    from racli_models import ATTENTION
+    from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list, resolve_device
 
-    attns = bench.parse_attns(attn if attn is not None else cfg.bench.attn, ATTENTION)
+    attns = bench.parse_attns(attn if attn is not None else cfg.bench.attn, ATTENTION_NAMES)
     explicit_modes = modes is not None
     mode_list = bench.parse_modes(modes if explicit_modes else cfg.bench.modes)
     phases = bench.parse_phases(phase)
-    backend = bench.check_sdpa_backend(sdpa_backend)
-    dev = bench.resolve_device(device)
-    if explicit_modes and "cuda_graph" in bench._items(modes) and dev != "cuda":
+    backend = check_sdpa_backend(sdpa_backend)
+    dev = resolve_device(device)
+    if explicit_modes and "cuda_graph" in comma_list(modes) and not dev.startswith("cuda"):
         raise BadInput(f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
                        "(--modes all records CUDA-graph rows as skipped instead)")
     dt = bench.resolve_dtype(dtype, dev)
     shape_text = shape if shape is not None else cfg.bench.shape
     if shape_text == "auto":
-        shape_text = "gpt2" if dev == "cuda" else "tiny"
+        shape_text = "gpt2" if dev.startswith("cuda") else "tiny"
     shape_name, block = bench.parse_shape(shape_text, cfg.bench.shapes)
     model_kw = {"ra_rank": cfg.model.ra_rank, "bias": cfg.model.bias,
                 "w_std_init": cfg.model.w_std_init, "w_rec_init": cfg.model.w_rec_init}
@@ -129,10 +132,16 @@ def bench(
     run_config = {**plan_cfg, "seed": seed}
     block = BenchShape(**plan_cfg["shape"])
     shape_info = {**plan_cfg["shape"], "dtype": plan_cfg["dtype"], "device": plan_cfg["device"]}
-    configs = list(harness.plan(plan_cfg["attn"], plan_cfg["modes"], plan_cfg["phases"]))
+    settings = harness.BenchSettings(
+        shape=block, dtype=plan_cfg["dtype"], device=plan_cfg["device"],
+        repeats=plan_cfg["repeats"], warmup=plan_cfg["warmup"],
+        sdpa_backend=plan_cfg["sdpa_backend"], seed=seed, model_kw=plan_cfg["model"],
+        in_step=IN_STEP)
+    rounds = harness.rounds(plan_cfg["attn"], plan_cfg["modes"], plan_cfg["phases"])
+    n_configs = sum(len(r) for r in rounds)
 
     store = common.open_db(db, cfg)
-    rows: list[dict] = []
+    rows: list = []
     try:
         rec = RunRecorder.start(store, kind="bench", config=run_config, seed=seed, tag=tag)
         s = plan_cfg["shape"]
@@ -140,23 +149,23 @@ def bench(
               f"(B={s['batch']} T={s['seq']} H={s['heads']} D={s['head_dim']}), "
               f"{plan_cfg['dtype']} on {plan_cfg['device']}, "
               f"SDPA backend {plan_cfg['sdpa_backend']}, {plan_cfg['repeats']} repeats after "
-              f"{plan_cfg['warmup']} warm-up, {len(configs)} configurations", err=json)
+              f"{plan_cfg['warmup']} warm-up, {n_configs} configurations, the "
+              "configurations of each phase timed interleaved", err=json)
         with rec:
-            for i, (a, m, p) in enumerate(configs, 1):
-                row = harness.time_config(
-                    a, m, p, block, dtype=plan_cfg["dtype"], device=plan_cfg["device"],
-                    repeats=plan_cfg["repeats"], warmup=plan_cfg["warmup"],
-                    sdpa_backend=plan_cfg["sdpa_backend"], seed=seed, model_kw=plan_cfg["model"])
-                rows.append(row)
-                rec.timing(**row)
-                line = render.bench_progress_line(
-                    i, a, m, p, row["median_ms"], row["status"], row["reason"],
-                    ratio=harness.baseline_eager_ratio(row, rows))
-                if row["status"] == "ok" and row["compile_s"] is not None:
-                    what = "compile" if m == "compile" else "capture"
-                    line += f"  [{what} {row['compile_s']:.2f} s]"
-                _echo(line, err=json)
-            rec.flush()
+            for configs in rounds:
+                _echo(f"  timing {len(configs)} {configs[0].phase} configurations "
+                      "round-robin ...", err=json)
+                for row in harness.time_round(configs, settings):
+                    rows.append(row)
+                    rec.timing(**row.record())
+                    line = render.bench_progress_line(
+                        len(rows), row.attn, row.mode, row.phase, row.median_ms, row.status,
+                        row.reason, ratio=harness.baseline_eager_ratio(row, rows))
+                    if row.status == "ok" and row.compile_s is not None:
+                        what = "compile" if row.mode == "compile" else "capture"
+                        line += f"  [{what} {row.compile_s:.2f} s]"
+                    _echo(line, err=json)
+                rec.flush()
             all_failed = all_configs_failed(rows)
             if all_failed:  # nothing was timed: the run failed (not `finished`)
                 rec.end("failed", error=all_failed)
@@ -164,11 +173,11 @@ def bench(
         store.close()
 
     trows = harness.timing_rows(rows)
-    best = best_vs_best(trows)
+    best = best_vs_best(trows, noise_ratio=cfg.bench.noise_ratio)
     if json:
         common.print_json({
             "run_id": rec.run_id, "config": run_config,
-            "timings": [{"index": i, **r} for i, r in enumerate(rows, 1)],
+            "timings": [{"index": i, **r.record()} for i, r in enumerate(rows, 1)],
             "best_vs_best": best,
         })
         if all_failed:
@@ -180,7 +189,7 @@ def bench(
     _echo(FLOPS_NOTE)
     _echo("")
     _echo(render.fair_comparison(best))
-    n_ok = sum(r["status"] == "ok" for r in rows)
+    n_ok = sum(r.status == "ok" for r in rows)
     _echo("")
     _echo(f"Recorded bench run {rec.run_id}: {len(rows)} timings ({n_ok} ok) "
           f"in {common.db_location(db, cfg)}")
@@ -189,9 +198,9 @@ def bench(
         raise typer.Exit(1)
 
 
-def all_configs_failed(rows: list[dict]) -> str | None:
+def all_configs_failed(rows: list) -> str | None:
     """The error of a bench run in which no configuration was timed and some failed, else None."""
-    failed = sum(r["status"] == "failed" for r in rows)
-    if failed == 0 or any(r["status"] == "ok" for r in rows):
+    failed = sum(r.status == "failed" for r in rows)
+    if failed == 0 or any(r.status == "ok" for r in rows):
         return None
     return f"every configuration failed or was skipped ({failed} of {len(rows)} failed)"

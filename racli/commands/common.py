@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from racli.config import Config, load_config, resolve_db
+from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
 
 DbOpt = Annotated[Optional[str], typer.Option(
     "--db", help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
@@ -33,10 +34,10 @@ def db_location(db: str | None, cfg: Config) -> str:
     return resolve_db(db or GLOBAL["db"], cfg)
 
 
-def open_db(db: str | None, cfg: Config, *, create: bool = True):
+def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):
     from racli.store.engine import open_store
 
-    return open_store(db_location(db, cfg), create=create)
+    return open_store(db_location(db, cfg), create=create, readonly=readonly)
 
 
 def print_json(data: Any) -> None:
@@ -47,7 +48,3 @@ def console():
     from rich.console import Console
 
     return Console()
-
-
-def parse_csv_list(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]

@@ -15,7 +15,7 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
-from racli.plots import check_plot_path  # the one check of a --plot path (gates uses it too)
+from racli.names import check_plot_path
 from racli.textsafe import visible
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
@@ -33,8 +33,32 @@ def _ids(ids: list[int]) -> str:
     return ", ".join(map(str, ids[:_SHOW_IDS])) + f", ... ({len(ids) - _SHOW_IDS} more)"
 
 
+def _data_text(data: dict | None) -> str:
+    if not data:
+        return "not recorded"
+    parts = [str(data.get("name", "?"))]
+    if data.get("train_tokens") is not None:
+        parts.append(f"{data['train_tokens']:,} train tokens")
+    if data.get("val_tokens") is not None:
+        parts.append(f"{data['val_tokens']:,} validation tokens")
+    content = data.get("content_hash")
+    if content:
+        parts.append(f"content {str(content)[:12]}")
+    return ", ".join(parts)
+
+
+def _budget_text(budget: dict | None) -> str:
+    if not isinstance(budget, dict):
+        return "not recorded (treated as wall-clock)"
+    if budget.get("steps") is not None:
+        return f"{budget['steps']} steps a side (compared at equal steps)"
+    if budget.get("minutes") is not None:
+        return f"{budget['minutes']:g} minutes wall-clock a side (speed check applies)"
+    return "not recorded (treated as wall-clock)"
+
+
 def header_text(cmp) -> str:
-    """The lines above FINAL COMPARISON: what was compared, from which runs."""
+    """The lines above FINAL COMPARISON: what was compared, from which runs, on what."""
     c, b = cmp.candidate, cmp.baseline
     g = cmp.group
     lines = [f"Comparing {c} (candidate) with {b} (baseline) on {cmp.metric}"]
@@ -54,11 +78,19 @@ def header_text(cmp) -> str:
     for attn in (c, b):
         ids = [r.id for r in g.side(attn)]
         lines.append(f"  {attn}: {len(ids)} run(s) (ids {_ids(ids)})")
+    lines.append(f"Data: {_data_text(cmp.data)}")
+    lines.append(f"Budget: {_budget_text(cmp.budget)}")
+    devices = cmp.devices
+    if cmp.different_devices:
+        lines.append("Devices: the two sides ran on different devices")
+        for attn in (c, b):
+            lines.append(f"  {attn}: {'; '.join(devices[attn][:_SHOW_IDS])}")
     if cmp.others:
         lines.append(f"Other groups, not compared ({len(cmp.others)}):")
         for o in cmp.others[:_SHOW_GROUPS]:
             note = "" if o.comparable else " (one side only)"
-            lines.append(f"  {o.label()}: {o.n_candidate} {c}, {o.n_baseline} {b}{note}")
+            why = f" [{'; '.join(o.differs)}]" if o.differs else ""
+            lines.append(f"  {o.label()}: {o.n_candidate} {c}, {o.n_baseline} {b}{note}{why}")
         if len(cmp.others) > _SHOW_GROUPS:
             lines.append(f"  ... and {len(cmp.others) - _SHOW_GROUPS} more (see --json)")
     for attn, n in cmp.left_out.items():
@@ -123,15 +155,14 @@ def compare(
             show_default=False,
         ),
     ] = None,
-    speed_tolerance: Annotated[
-        float | None,
+    allow_epochs: Annotated[
+        bool,
         typer.Option(
-            "--speed-tolerance",
-            help="Throughput difference above which the verdict is INVALID "
-            "(default: ra.yaml verdict.speed_tolerance, 0.10).",
-            show_default=False,
+            "--allow-epochs",
+            help="Judge runs that went past one epoch of their data (labelled; "
+            "otherwise INVALID).",
         ),
-    ] = None,
+    ] = False,
     tag: Annotated[
         str | None, typer.Option("--tag", help="Only runs with this tag.", show_default=False)
     ] = None,
@@ -161,6 +192,7 @@ def compare(
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
     from racli import history
+    from racli.store.manage import excluded_runs, excluded_text
 
     # ---- validate everything before any work
     history.check_metric(metric)
@@ -168,14 +200,12 @@ def compare(
         raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
     cfg = common.config(config)
     threshold = cfg.verdict.threshold if threshold is None else threshold
-    speed_tolerance = cfg.verdict.speed_tolerance if speed_tolerance is None else speed_tolerance
     _fraction("--threshold", threshold)
-    _fraction("--speed-tolerance", speed_tolerance)
     since_at = history.parse_since(since)
     if plot is not None and metric == "ms":
         raise BadInput("--plot draws training curves: it does not apply to --metric ms")
     check_plot_path(plot)
-    store = common.open_db(db, cfg, create=False)
+    store = common.open_db(db, cfg, readonly=True)
 
     if metric == "ms":
         bc = history.load_bench_comparison(
@@ -185,11 +215,13 @@ def compare(
             tag=tag,
             since=since_at,
             any_env=any_env,
+            noise_ratio=cfg.bench.noise_ratio,
         )
+        excluded = excluded_runs(store, kind="bench", tag=tag, since=since_at)
         if json:
-            common.print_json(bc.to_dict())
+            common.print_json({**bc.to_dict(), "excluded": excluded})
         else:
-            _echo(bench_text(bc))
+            _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))
         return
 
     cmp = history.load_comparison(
@@ -201,9 +233,10 @@ def compare(
         since=since_at,
         any_env=any_env,
         threshold=threshold,
-        speed_tolerance=speed_tolerance,
         confidence=cfg.verdict.confidence,
+        allow_epochs=allow_epochs,
     )
+    excluded = excluded_runs(store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at)
     written = None
     if plot is not None:
         written = _plot(store, cmp, plot)
@@ -211,11 +244,13 @@ def compare(
     if json:
         data = cmp.to_dict()
         data["plot"] = str(written) if written else None
+        data["excluded"] = excluded
         common.print_json(data)
         return
     from racli import render
 
-    text = header_text(cmp) + "\n\n" + render.final_comparison(cmp.verdict, candidate, baseline)
+    text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
+    text += "\n\n" + render.final_comparison(cmp.verdict)
     if written:
         text += f"\n\nPlot written to {written}"
     _echo(text)

@@ -1,7 +1,8 @@
 """`ra train`: train one model on real text for a budget and record the run.
 
 A thin layer over `racli.training`: options -> validated spec (every bad
-input is refused before the database is touched) -> trainer -> summary.
+input, an unwritable checkpoint folder or database included, is refused before
+the database is touched) -> trainer -> summary.
 SIGINT/SIGTERM stop at the next step (a second one stops at once: the run is
 recorded `interrupted` without a final evaluation, and its summary is still
 printed). `--json` prints the summary as JSON on stdout (progress and notes
@@ -130,11 +131,13 @@ def train(
         "--steps", help="Budget: number of optimizer steps (instead of --minutes).",
         show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Model preset from ra.yaml (default: model.preset).",
+        "--model", help="Model preset from ra.yaml, or auto: gpt2 on CUDA, tiny on the CPU "
+        "(default: model.preset).",
         show_default=False)] = None,
     data: Annotated[str | None, typer.Option(
-        "--data", help="Training text: a .txt file, a directory of .txt files, or a nanoGPT "
-        "directory with train.bin/val.bin (default: the built-in corpus).",
+        "--data", help="Training data: a folder from `ra data prepare`, a nanoGPT folder with "
+        "train.bin/val.bin, a .txt file or a folder of .txt files (default: the built-in "
+        "corpus).",
         show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Seed of the model init and of the batch order (default 0).",
@@ -150,6 +153,9 @@ def train(
     compile: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="torch.compile the model (default: train.compile; "
         "auto = on with CUDA).", show_default=False)] = None,
+    max_epochs: Annotated[float | None, typer.Option(
+        "--max-epochs", help="Stop after this many passes over the training split "
+        "(train.max_epochs).", show_default=False)] = None,
     tag: Annotated[str | None, typer.Option(
         "--tag", help="A label stored on the run.", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option(
@@ -158,6 +164,9 @@ def train(
     resume: Annotated[int | None, typer.Option(
         "--resume", help="Continue run RUN from its checkpoint with its recorded configuration "
         "and remaining budget.", metavar="RUN", show_default=False)] = None,
+    extra_config: Annotated[str | None, typer.Option(
+        "--extra-config", hidden=True, help="JSON entries of `ra experiment` recorded in the "
+        "run's config (its arm and budget source).", show_default=False)] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: Annotated[bool, typer.Option(
@@ -173,6 +182,7 @@ def train(
     import threading
 
     from racli import training
+    from racli.training import checkpoint as ckpt
     from racli.training import distributed as ddp
     from racli.training.progress import ConsoleReporter
 
@@ -184,7 +194,8 @@ def train(
     if resume is not None:
         conflicts = _resume_conflicts(attn=attn, minutes=minutes, steps=steps, model=model,
                                       data=data, seed=seed, batch_size=batch_size, lr=lr,
-                                      device=device, compile=compile, tag=tag, set=set_)
+                                      device=device, compile=compile, tag=tag, set=set_,
+                                      max_epochs=max_epochs, extra_config=extra_config)
         if conflicts:
             raise BadInput(f"--resume continues run {resume} with its recorded configuration "
                            f"and budget: drop {', '.join(conflicts)}")
@@ -198,11 +209,20 @@ def train(
             overrides.append(f"train.batch_size={batch_size}")
         if lr is not None:
             overrides.append(f"train.lr={lr:.17e}")  # YAML needs the dot and sign
-        spec = training.spec_from_config(cfg, attn=attn, preset=model, data=data, minutes=minutes,
-                                     steps=steps, seed=0 if seed is None else seed, tag=tag,
-                                     device=device, compile=compile, overrides=overrides)
+        if max_epochs is not None:
+            overrides.append(f"train.max_epochs={max_epochs:.17e}")
+        spec = training.spec_from_config(cfg, attn=attn, preset=model, data=data,
+                                         minutes=minutes, steps=steps,
+                                         seed=0 if seed is None else seed, tag=tag,
+                                         device=device, compile=compile, overrides=overrides)
+        if extra_config is not None:
+            from racli.experiment.plan import parse_extra_config
+
+            spec.extra = parse_extra_config(extra_config)
         dataset = training.load_data(spec)
         training.run_config(spec, dataset, info.world_size)  # validates the model config
+        if info.is_main:
+            ckpt.ensure_writable(location)  # before the database is created
         store = (_open_store(lambda: common.open_db(location, cfg), location)
                  if info.is_main else None)
 

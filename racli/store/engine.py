@@ -1,14 +1,26 @@
 """Opening the results store: engine set-up and migrations on open.
 
 SQLite (the default) gets WAL journaling, a busy timeout and foreign keys;
-any other SQLAlchemy URL (e.g. PostgreSQL for a shared team store) is used
-as given. Opening a database applies the pending Alembic revisions; a
-database whose schema is newer than this program is refused untouched.
+any other SQLAlchemy URL (PostgreSQL through psycopg 3 for a shared team
+store: `postgresql+psycopg://user@host/db`) is used as given. Opening a
+database for writing applies the pending Alembic revisions (one process at a
+time); a database whose schema is newer than this program is refused untouched.
+
+`open_store(db, readonly=True)` is what read commands use: it never changes
+the store. SQLite is opened with `mode=ro` (no journal-mode switch, no schema
+created, no migration); when that cannot open it (a WAL database in a folder
+the user cannot write, without its -shm file) and no un-checkpointed -wal
+holds changes, it falls back to `immutable=1`. PostgreSQL sessions are
+read-only transactions. An empty or foreign database, or an older schema, is
+bad input with one line.
 """
 from __future__ import annotations
 
+import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -17,15 +29,33 @@ from sqlalchemy.orm import Session, sessionmaker
 from racli.errors import BadInput
 
 # The newest revision in migrations/versions (tests check that they agree).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0005"
 BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL: migrations of concurrent openers queue on this advisory lock.
+PG_MIGRATION_LOCK = 0x7261_6462  # "radb"
 
 
 def database_url(db: str) -> str:
-    """A filesystem path becomes a SQLite URL; a URL is kept as it is."""
+    """A filesystem path becomes a SQLite URL; a URL is kept as it is, except that a
+    plain PostgreSQL URL (`postgresql://`, `postgres://`) gets ra's driver, psycopg 3."""
     if "://" in db:
+        scheme, rest = db.split("://", 1)
+        if scheme in ("postgresql", "postgres"):
+            return f"postgresql+psycopg://{rest}"
         return db
     return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def shown(db: str) -> str:
+    """`db` as messages print it: a URL's password masked."""
+    if "://" not in db:
+        return db
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(db).render_as_string(hide_password=True)
+    except Exception:
+        return db
 
 
 def sqlite_path(db: str) -> Path | None:
@@ -36,11 +66,23 @@ def sqlite_path(db: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def make_engine(db: str) -> Engine:
+def _sqlite_ro_uri(path: Path, immutable: bool) -> str:
+    flag = "immutable=1" if immutable else "mode=ro"
+    return f"file:{quote(str(path))}?{flag}"
+
+
+def make_engine(db: str, *, readonly: bool = False, immutable: bool = False) -> Engine:
+    """An engine on `db`. `readonly`: SQLite through a `mode=ro` URI (or
+    `immutable=1`), PostgreSQL with read-only transactions."""
     url = database_url(db)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000,
-                                                   "check_same_thread": False})
+        args = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        path = sqlite_path(db)
+        if readonly and path is not None:
+            uri = _sqlite_ro_uri(path, immutable)
+            engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, **args))
+        else:
+            engine = create_engine(url, connect_args=args)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):
@@ -62,16 +104,38 @@ def make_engine(db: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {}
+    if readonly and url.startswith("postgresql"):
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def script_location() -> Path:
+    """The Alembic scripts: the repository's top-level `migrations/` folder when
+    ra runs from a source checkout, else the packaged copy `racli._migrations`
+    (a wheel, or an editable install that maps the name)."""
+    import importlib.util
+
+    import racli
+
+    package = Path(racli.__file__).resolve().parent
+    checkout = package.parent / "migrations"
+    if (package.parent / "pyproject.toml").is_file() and (checkout / "env.py").is_file():
+        return checkout
+    packaged = package / "_migrations"
+    if (packaged / "env.py").is_file():
+        return packaged
+    spec = importlib.util.find_spec("racli._migrations")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
+    raise RuntimeError("ra's migration scripts are missing from this installation")
 
 
 def _alembic_config(connection=None):
     from alembic.config import Config as AlembicConfig
 
-    import migrations
-
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("script_location", str(script_location()))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
@@ -109,7 +173,8 @@ def _migrate(engine: Engine, action: str, revision: str) -> None:
 
     SQLite: the transaction takes the write lock up front (BEGIN IMMEDIATE),
     so processes opening a fresh database at once migrate one after the
-    other instead of failing with 'database is locked'; and foreign-key
+    other instead of failing with 'database is locked' (PostgreSQL: an
+    advisory lock does the same); and foreign-key
     enforcement is off while it runs, because batch migrations rebuild a
     table (copy, DROP, rename) and a DROP of `runs` with enforcement on
     would cascade-delete every metric, timing and gate value.
@@ -125,6 +190,9 @@ def _migrate(engine: Engine, action: str, revision: str) -> None:
             dbapi.execute("PRAGMA foreign_keys=OFF")  # only effective outside a transaction
         try:
             with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    # one migrator at a time; the next one finds the schema done
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
                 getattr(command, action)(_alembic_config(conn), revision)
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
@@ -149,6 +217,7 @@ class Store:
 
     db: str
     engine: Engine
+    readonly: bool = False
 
     def __post_init__(self) -> None:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -169,37 +238,189 @@ class Store:
         self.engine.dispose()
 
 
-def _connect(db: str) -> tuple[Engine, str | None]:
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+
+
+def _connect(db: str, *, readonly: bool = False,
+             immutable: bool = False) -> tuple[Engine, str | None]:
     """An engine on `db` and its schema revision; bad input when it cannot be read."""
     path = sqlite_path(db)
     if path is not None and path.is_dir():
         raise BadInput(f"database path {path} is a directory")
     try:
-        engine = make_engine(db)
-    except Exception as exc:  # bad URL, missing driver
-        raise BadInput(f"cannot open database {db}: {exc}") from exc
+        engine = make_engine(db, readonly=readonly, immutable=immutable)
+    except ModuleNotFoundError as exc:
+        hint = " (pip install 'ra[postgres]')" if "psycopg" in str(exc) else ""
+        raise BadInput(f"cannot open database {shown(db)}: the database driver is not "
+                       f"installed: {exc}{hint}") from exc
+    except Exception as exc:  # bad URL
+        raise BadInput(f"cannot open database {shown(db)}: {exc}") from exc
     try:
         return engine, current_revision(engine)
     except DBAPIError as exc:
         engine.dispose()
-        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
-        raise BadInput(f"cannot open database {db}: {msg}") from exc
+        raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
+
+
+def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
+    """None when SQLite can read `path` this way, else the error text."""
+    try:
+        conn = sqlite3.connect(_sqlite_ro_uri(path, immutable), uri=True,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
+
+
+def _connect_readonly(db: str) -> tuple[Engine, str | None]:
+    """A read-only engine on an existing store and its revision; never writes.
+
+    SQLite: `mode=ro` first (it sees committed changes of concurrent writers,
+    WAL included). A WAL database whose folder the user cannot write opens in
+    `mode=ro` only while its -shm file exists; otherwise `immutable=1` is used,
+    which reads the main file alone: allowed only when no -wal file holds
+    un-checkpointed changes (those would be invisible)."""
+    path = sqlite_path(db)
+    if path is None:
+        return _connect(db, readonly=True)
+    if path.is_dir():
+        raise BadInput(f"database path {path} is a directory")
+    if not path.exists():
+        raise BadInput(f"no database at {path} (record a run with `ra bench` or `ra train`, "
+                       f"or create one with `ra db upgrade`)")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadInput(f"cannot read database {path}: {exc.strerror}") from exc
+    if size == 0:
+        raise BadInput(f"database {path} is an empty file: not an ra store")
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"cannot read database {path}: permission denied")
+    error = _probe_sqlite_ro(path, immutable=False)
+    if error is None:
+        return _connect(db, readonly=True)
+    wal = Path(f"{path}-wal")
+    if "file is not a database" in error or "malformed" in error:
+        raise BadInput(f"cannot open database {shown(db)}: {error}")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise BadInput(f"cannot read database {path} read-only ({error}): its -wal file holds "
+                       f"changes not yet in the main file; open it once with write access (or "
+                       f"copy the folder) to checkpoint them")
+    if _probe_sqlite_ro(path, immutable=True) is not None:
+        raise BadInput(f"cannot open database {shown(db)}: {error}")
+    return _connect(db, readonly=True, immutable=True)
+
+
+def inspect_store(db: str) -> str | None:
+    """The schema revision of an existing store, read-only (None: an empty
+    PostgreSQL database). A missing, empty or foreign file is bad input."""
+    engine, rev = _connect_readonly(db)
+    try:
+        if rev is None:
+            _refuse_unversioned(engine, db, empty_ok=sqlite_path(db) is None)
+        return rev
+    finally:
+        engine.dispose()
 
 
 def read_revision(db: str) -> str | None:
-    """The schema revision of an existing database, reading only."""
-    engine, rev = _connect(db)
+    """The schema revision of an existing database, reading only (None: no ra
+    schema yet). Used before `ra db upgrade`: an empty file is not an error."""
+    path = sqlite_path(db)
+    if path is not None and path.is_file() and path.stat().st_size == 0:
+        return None
+    engine, rev = _connect_readonly(db)
     engine.dispose()
     return rev
 
 
-def open_store(db: str, *, create: bool = True, migrate: bool = True) -> Store:
+def _refuse_unversioned(engine: Engine, db: str, *, empty_ok: bool) -> None:
+    """BadInput for a database without an ra schema version (tables of someone
+    else, or -- unless `empty_ok` -- nothing at all)."""
+    with engine.connect() as conn:
+        tables = inspect(conn).get_table_names()
+    if tables:
+        raise BadInput(f"database {shown(db)} holds tables ({', '.join(sorted(tables)[:4])}) "
+                       f"but no ra schema version: not an ra database")
+    if not empty_ok:
+        raise BadInput(f"database {shown(db)} holds no ra store yet (record a run with `ra bench` or "
+                       f"`ra train`, or create the schema with `ra db upgrade`)")
+
+
+def _check_known(engine: Engine, db: str, rev: str | None) -> None:
+    if rev is not None and rev != HEAD_REVISION and rev not in known_revisions():
+        engine.dispose()
+        raise BadInput(f"database {shown(db)} has schema revision {rev}, newer than this ra knows "
+                       f"(latest {HEAD_REVISION}): upgrade ra to use it")
+
+
+def _open_readonly(db: str) -> Store:
+    engine, rev = _connect_readonly(db)
+    try:
+        _check_known(engine, db, rev)
+        if rev is None:
+            _refuse_unversioned(engine, db, empty_ok=False)
+        if rev != HEAD_REVISION:
+            path = sqlite_path(db)
+            if path is None:
+                raise BadInput(f"database {shown(db)} has schema revision {rev}, older than this "
+                               f"ra's {HEAD_REVISION}: run `ra db upgrade --db {shown(db)}` once "
+                               f"(read commands never change a store)")
+            engine.dispose()
+            engine = upgraded_copy(path)
+            import sys
+
+            sys.stderr.write(f"ra: note: {path} has schema revision {rev} (this ra: "
+                             f"{HEAD_REVISION}); read through an upgraded temporary copy, the "
+                             f"store itself is unchanged (`ra db upgrade` upgrades it)\n")
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(db=db, engine=engine, readonly=True)
+
+
+def upgraded_copy(path: Path) -> Engine:
+    """An engine on a temporary copy of the SQLite store at `path`, migrated to this ra's
+    schema; the store itself is only read. The copy is removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    tmpdir = Path(tempfile.mkdtemp(prefix="ra-read-"))
+    atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
+    copy = tmpdir / path.name
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    dst = sqlite3.connect(str(copy))
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    engine = make_engine(str(copy))
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def open_store(db: str, *, create: bool = True, migrate: bool = True,
+               readonly: bool = False) -> Store:
     """Open (and by default create and migrate) the results store at `db`.
 
-    `create=False` refuses a SQLite file that does not exist (read commands
-    never create databases). A schema newer than this program, or a file that
-    is not a database, is bad input: nothing is touched.
+    `create=False` refuses a SQLite file that does not exist. `readonly=True`
+    (read commands) opens an existing store at the current schema without
+    changing anything (see the module's doc). A schema newer than this
+    program, or a file that is not a database, is bad input: nothing is touched.
     """
+    if readonly:
+        return _open_readonly(db)
     path = sqlite_path(db)
     if path is not None:
         if not path.exists():
@@ -209,27 +430,22 @@ def open_store(db: str, *, create: bool = True, migrate: bool = True) -> Store:
             if not path.parent.is_dir():
                 raise BadInput(f"cannot create database {path}: directory {path.parent} does not exist")
     engine, rev = _connect(db)
-    if rev is not None and rev != HEAD_REVISION and rev not in known_revisions():
-        engine.dispose()
-        raise BadInput(f"database {db} has schema revision {rev}, newer than this ra knows "
-                       f"(latest {HEAD_REVISION}): upgrade ra to use it")
+    _check_known(engine, db, rev)
     if rev is None:
-        with engine.connect() as conn:
-            tables = inspect(conn).get_table_names()
-        if tables:
+        try:
+            _refuse_unversioned(engine, db, empty_ok=True)
+        except BadInput:
             engine.dispose()
-            raise BadInput(f"database {db} holds tables ({', '.join(sorted(tables)[:4])}) "
-                           f"but no ra schema version: not an ra database")
+            raise
     try:
         enable_wal(engine)
     except DBAPIError as exc:
         engine.dispose()
-        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
-        raise BadInput(f"cannot open database {db}: {msg}") from exc
+        raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
     if migrate and rev != HEAD_REVISION:
         try:
             upgrade(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise BadInput(f"cannot migrate database {db}: {exc.orig}") from exc
+            raise BadInput(f"cannot migrate database {shown(db)}: {_first_line(exc)}") from exc
     return Store(db=db, engine=engine)

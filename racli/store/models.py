@@ -7,14 +7,44 @@ produce exactly these tables.
 """
 from __future__ import annotations
 
+import uuid as uuidlib
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_uuid() -> str:
+    """A new run's identity across stores (revision 0004)."""
+    return str(uuidlib.uuid4())
+
+
+# Namespace of the identities given to runs recorded before revision 0004.
+LEGACY_UUID_NAMESPACE = uuidlib.UUID("6f1d3a52-8c1e-4b8e-9a57-0d2b6c4e7a10")
+
+
+def legacy_uuid(run_id: int, kind: str, config_hash: str, started_at: datetime) -> str:
+    """The identity of a run recorded before revision 0004, derived from what it
+    already holds, so that the same old run gets the same identity in every copy
+    of its store (an old store merged, upgraded, then merged again adds nothing).
+    Frozen: migrations/versions/0004_run_identity.py holds the same function."""
+    key = f"{run_id}|{kind}|{config_hash}|{started_at.isoformat()}"
+    return str(uuidlib.uuid5(LEGACY_UUID_NAMESPACE, key))
 
 
 class Base(DeclarativeBase):
@@ -33,6 +63,8 @@ class Environment(Base):
     cuda: Mapped[str | None] = mapped_column(String(64))
     cudnn: Mapped[str | None] = mapped_column(String(64))
     gpu_name: Mapped[str | None] = mapped_column(String(255))
+    gpu_index: Mapped[int | None] = mapped_column(Integer)  # the CUDA device the run used
+    gpu_uuid: Mapped[str | None] = mapped_column(String(64))
     gpu_count: Mapped[int | None] = mapped_column(Integer)
     gpu_memory_gb: Mapped[float | None] = mapped_column(Float)
     driver: Mapped[str | None] = mapped_column(String(64))
@@ -63,17 +95,24 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # final figures of a train run
     iterations: Mapped[int | None] = mapped_column(Integer)
-    tokens: Mapped[int | None] = mapped_column(Integer)
+    # 64-bit on PostgreSQL (long runs pass 2^31 tokens); SQLite integers are 64-bit anyway
+    tokens: Mapped[int | None] = mapped_column(Integer().with_variant(BigInteger(), "postgresql"))
     epochs: Mapped[float | None] = mapped_column(Float)  # revision 0002
     train_seconds: Mapped[float | None] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    # revision 0004: identity across stores, exclusion from verdicts, where a merged run came from
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid)
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    exclude_reason: Mapped[str | None] = mapped_column(Text)
+    origin: Mapped[str | None] = mapped_column(Text)
 
     environment: Mapped[Environment | None] = relationship(back_populates="runs")
 
     __table_args__ = (
         Index("ix_runs_kind_status", "kind", "status"),
         Index("ix_runs_config_hash", "config_hash"),
+        Index("ix_runs_uuid", "uuid", unique=True),
     )
 
 

@@ -15,7 +15,8 @@ RUN_COLUMNS = ("id", "kind", "attn", "status", "config_hash", "seed", "tag", "gi
                "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations",
                "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
 ENV_COLUMNS = ("id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "cudnn",
-               "gpu_name", "gpu_count", "gpu_memory_gb", "driver", "cpu", "cpu_count", "created_at")
+               "gpu_name", "gpu_index", "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu",
+               "cpu_count", "created_at")
 TIMING_COLUMNS = ("attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype", "device",
                   "backend", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "compile_s",
                   "status", "reason")
@@ -85,3 +86,109 @@ def run_details(store: Store, run_id: int) -> dict:
         d["gate_snapshots"] = gate_steps[0]
         d["gate_last_step"] = gate_steps[1]
     return d
+
+
+# ---- gate values (`ra gates`) -------------------------------------------------------------
+
+GateRow = tuple[int, int, int, str, float]  # (step, layer, head, name, value)
+
+
+def gate_rows(store: Store, run_id: int) -> list[GateRow]:
+    """The `gate_values` rows of one run as (step, layer, head, name, value), by step then
+    recording order (raw gates and reciprocity measures alike)."""
+    return gate_rows_by_run(store, [run_id]).get(run_id, [])
+
+
+def gate_rows_by_run(store: Store, run_ids: list[int]) -> dict[int, list[GateRow]]:
+    """run id -> its `gate_values` rows as in `gate_rows`, in one query; runs without rows
+    are left out."""
+    q = (select(GateValue.run_id, GateValue.step, GateValue.layer, GateValue.head,
+                GateValue.name, GateValue.value)
+         .where(GateValue.run_id.in_(list(run_ids)))
+         .order_by(GateValue.run_id, GateValue.step, GateValue.id))
+    out: dict[int, list[GateRow]] = {}
+    with store.engine.connect() as conn:
+        for r in conn.execute(q):
+            out.setdefault(r.run_id, []).append((r.step, r.layer, r.head, r.name, r.value))
+    return out
+
+
+# --------------------------------------------------------------------------
+# history reads of `ra compare` (rows as dicts, read by column name)
+# --------------------------------------------------------------------------
+
+_IN_CHUNK = 900  # bound parameters per IN (...) clause (SQLite's limit is larger)
+
+
+def _chunks(ids: list[int]):
+    for k in range(0, len(ids), _IN_CHUNK):
+        yield ids[k:k + _IN_CHUNK]
+
+
+def finished_train_runs(store: Store, *, attns, tag: str | None = None,
+                        since: datetime | None = None) -> list:
+    """Finished train runs of `attns` with their environment's identity (one query).
+
+    Mappings (read by name) with keys: id, attn, seed, config_hash, val_loss, tokens_per_s,
+    iterations, epochs, gpu_name, torch, hostname, gpu_index, gpu_uuid.
+    """
+    q = (select(Run.id, Run.attn, Run.seed, Run.config_hash, Run.val_loss, Run.tokens_per_s,
+                Run.iterations, Run.epochs, Environment.gpu_name, Environment.torch,
+                Environment.hostname, Environment.gpu_index, Environment.gpu_uuid)
+         .outerjoin(Environment, Run.env_id == Environment.id)
+         .where(Run.kind == "train", Run.status == "finished", Run.excluded.is_(False),
+                Run.attn.in_(list(attns)))
+         .order_by(Run.id))
+    if tag is not None:
+        q = q.where(Run.tag == tag)
+    if since is not None:
+        q = q.where(Run.started_at >= since)
+    with store.engine.connect() as conn:
+        return [row._mapping for row in conn.execute(q)]
+
+
+def run_configs(store: Store, ids: list[int]) -> dict[int, dict]:
+    """run id -> its recorded config."""
+    out: dict[int, dict] = {}
+    with store.engine.connect() as conn:
+        for chunk in _chunks(list(ids)):
+            for row in conn.execute(select(Run.id, Run.config).where(Run.id.in_(chunk))):
+                out[row.id] = row.config or {}
+    return out
+
+
+def metric_points(store: Store, ids: list[int], name: str) -> dict[int, list[tuple[int, float]]]:
+    """run id -> [(step, value)] of metric `name`, in step order."""
+    points: dict[int, list[tuple[int, float]]] = {i: [] for i in ids}
+    with store.engine.connect() as conn:
+        for chunk in _chunks(list(ids)):
+            q = (select(Metric.run_id, Metric.step, Metric.value)
+                 .where(Metric.name == name, Metric.run_id.in_(chunk))
+                 .order_by(Metric.run_id, Metric.step, Metric.id))
+            for row in conn.execute(q):
+                points[row.run_id].append((int(row.step), float(row.value)))
+    return points
+
+
+def ok_bench_timings(store: Store, *, attns, tag: str | None = None,
+                     since: datetime | None = None) -> list[dict]:
+    """ok timings of finished bench runs of `attns`, with the run's environment class fields.
+
+    Keys: run_id, attn, mode, phase, batch, seq, heads, head_dim, dtype, device, backend,
+    median_ms, p10_ms, p90_ms, tflops, gpu_name, torch.
+    """
+    q = (select(Timing.run_id, Timing.attn, Timing.mode, Timing.phase, Timing.batch, Timing.seq,
+                Timing.heads, Timing.head_dim, Timing.dtype, Timing.device, Timing.backend,
+                Timing.median_ms, Timing.p10_ms, Timing.p90_ms, Timing.tflops,
+                Environment.gpu_name, Environment.torch)
+         .join(Run, Timing.run_id == Run.id)
+         .outerjoin(Environment, Run.env_id == Environment.id)
+         .where(Run.kind == "bench", Run.status == "finished", Run.excluded.is_(False),
+                Timing.status == "ok", Timing.attn.in_(list(attns)))
+         .order_by(Timing.run_id, Timing.id))
+    if tag is not None:
+        q = q.where(Run.tag == tag)
+    if since is not None:
+        q = q.where(Run.started_at >= since)
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(q)]

@@ -22,15 +22,20 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from racli.errors import BadInput
 from racli.store.engine import Store
-from racli.store.models import Environment, GateValue, Metric, Run, Timing, utcnow
+from racli.store.models import Environment, GateValue, Metric, Run, Timing, new_uuid, utcnow
 
 END_STATES = ("finished", "failed", "interrupted", "diverged")
+# End states a run can be resumed from (besides `running` with a stale heartbeat).
+RESUMABLE = ("interrupted", "failed", "diverged")
 # A `running` run whose heartbeat is older than this is shown as crashed.
 STALE_AFTER = timedelta(seconds=120)
-NON_COMPARABLE_KEYS = ("attn", "seed", "tag")
+# `experiment` and `budget_source` (ra experiment) differ per arm of one experiment
+NON_COMPARABLE_KEYS = ("attn", "seed", "tag", "experiment", "budget_source")
 TIMING_FIELDS = tuple(c.name for c in Timing.__table__.columns if c.name not in ("id", "run_id"))
 TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 
@@ -38,6 +43,10 @@ TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 def config_hash(config: dict, exclude: tuple[str, ...] = NON_COMPARABLE_KEYS) -> str:
     """Hash of the comparable part of a run's config: everything but attn, seed, tag."""
     comparable = {k: v for k, v in config.items() if k not in exclude}
+    source = config.get("budget_source")
+    if isinstance(source, dict) and source.get("kind") == "matched_time":
+        # matched-time arms differ in steps by design: what they share is the time budget
+        comparable["budget"] = {"matched_minutes": source.get("minutes")}
     blob = json.dumps(comparable, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -48,13 +57,21 @@ def environment_id(store: Store, info: dict | None = None) -> int:
 
     info = info if info is not None else environment.collect()
     fp = environment.fingerprint_of(info)
-    with store.write_session() as s, s.begin():
-        env = s.scalar(select(Environment).where(Environment.fingerprint == fp))
-        if env is None:
-            env = Environment(fingerprint=fp, **info)
-            s.add(env)
-            s.flush()
-        return env.id
+    for attempt in range(3):
+        try:
+            with store.write_session() as s, s.begin():
+                env = s.scalar(select(Environment).where(Environment.fingerprint == fp))
+                if env is None:
+                    env = Environment(fingerprint=fp, **info)
+                    s.add(env)
+                    s.flush()
+                return env.id
+        except IntegrityError:
+            # PostgreSQL: another process inserted the same fingerprint meanwhile
+            # (SQLite serialises writers, so only there is this never seen)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def is_stale(run: Run, now: datetime | None = None) -> bool:
@@ -63,6 +80,17 @@ def is_stale(run: Run, now: datetime | None = None) -> bool:
     now = now or utcnow()
     last = run.heartbeat_at or run.started_at
     return now - last > STALE_AFTER
+
+
+def _unclaimable(store: Store, run_id: int) -> str:
+    with store.session() as s:
+        status = s.scalar(select(Run.status).where(Run.id == run_id))
+    if status is None:
+        return f"no run {run_id} in the store"
+    if status == "running":
+        return (f"run {run_id} is being resumed by another process (its heartbeat is fresh): "
+                f"a run has one owner at a time")
+    return f"run {run_id} is {status}: it cannot be resumed"
 
 
 def display_status(run: Run, now: datetime | None = None) -> str:
@@ -97,25 +125,44 @@ class RunRecorder:
               seed: int | None = None, tag: str | None = None, env_info: dict | None = None,
               git_commit: str | None = None, flush_interval: float = 5.0,
               heartbeat: bool = True) -> RunRecorder:
-        from racli import environment
+        from racli import environment, provenance
 
         env_id = environment_id(store, env_info)
         commit = git_commit if git_commit is not None else environment.git_commit()
+        # ra's own code is part of the config (and so of its hash): runs from
+        # different ra code never pool into one verdict
+        config = {**config, "code": config.get("code") or dict(provenance.current())}
         now = utcnow()
         with store.writing() as conn:
             run_id = conn.execute(insert(Run).values(
                 kind=kind, attn=attn, status="running", config=config,
                 config_hash=config_hash(config), seed=seed, tag=tag, git_commit=commit,
-                env_id=env_id, started_at=now, heartbeat_at=now,
+                env_id=env_id, started_at=now, heartbeat_at=now, uuid=new_uuid(),
             )).inserted_primary_key[0]
         return cls(store, run_id, flush_interval=flush_interval, heartbeat=heartbeat)
 
     @classmethod
     def resume(cls, store: Store, run_id: int, **kw) -> RunRecorder:
-        """Take up a run again (status back to `running`, error cleared)."""
+        """Take up a run again (status back to `running`, error cleared).
+
+        The run is claimed atomically: one UPDATE that succeeds only while the
+        run is resumable (an end state other than finished, or `running` with
+        a stale heartbeat), so of two processes resuming one run at once
+        exactly one becomes its owner; the other gets BadInput and writes
+        nothing. (SQLite: the write transaction holds the database lock;
+        PostgreSQL: the second UPDATE waits for the first and then re-checks
+        the row, which no longer matches.)"""
+        now = utcnow()
+        claimable = or_(
+            Run.status.in_(RESUMABLE),
+            and_(Run.status == "running",
+                 func.coalesce(Run.heartbeat_at, Run.started_at) < now - STALE_AFTER),
+        )
         with store.writing() as conn:
-            conn.execute(update(Run).where(Run.id == run_id).values(
-                status="running", heartbeat_at=utcnow(), finished_at=None, error=None))
+            claimed = conn.execute(update(Run).where(Run.id == run_id, claimable).values(
+                status="running", heartbeat_at=now, finished_at=None, error=None)).rowcount
+        if claimed != 1:
+            raise BadInput(_unclaimable(store, run_id))
         return cls(store, run_id, **kw)
 
     # ---- buffered rows -------------------------------------------------

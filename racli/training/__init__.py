@@ -1,5 +1,10 @@
 """Training: `ra train`'s spec, trainer, data, checkpoints and schedule.
 
+One job per module: spec.py (what a run is, its recorded config, resume
+checks), trainer.py (the Trainer: step, log point, stop decision,
+evaluation), run.py (set-up, the recorded run and its end), result.py,
+checkpoint.py, data.py, schedule.py, progress.py, distributed.py.
+
 The public entry points are re-exported lazily (importing this package does
 not import torch):
 
@@ -10,18 +15,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "TrainSpec": "racli.training.loop",
-    "TrainResult": "racli.training.loop",
-    "StepInfo": "racli.training.loop",
-    "spec_from_config": "racli.training.loop",
-    "spec_from_run_config": "racli.training.loop",
-    "prepare_resume": "racli.training.loop",
-    "load_data": "racli.training.loop",
-    "run_config": "racli.training.loop",
-    "model_config": "racli.training.loop",
-    "data_identity": "racli.training.loop",
-    "train": "racli.training.loop",
-    "resume": "racli.training.loop",
+    "TrainSpec": "racli.training.spec",
+    "spec_from_config": "racli.training.spec",
+    "spec_from_run_config": "racli.training.spec",
+    "prepare_resume": "racli.training.spec",
+    "load_data": "racli.training.spec",
+    "run_config": "racli.training.spec",
+    "model_config": "racli.training.spec",
+    "data_identity": "racli.training.spec",
+    "TrainResult": "racli.training.result",
+    "StepInfo": "racli.training.result",
+    "Trainer": "racli.training.trainer",
+    "CheckpointState": "racli.training.checkpoint",
+    "train": "racli.training.run",
+    "resume": "racli.training.run",
 }
 
 __all__ = sorted(_EXPORTS)

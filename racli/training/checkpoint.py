@@ -1,18 +1,30 @@
 """Training checkpoints: where they live, what they hold, atomic writes.
 
-A run's checkpoint is `<directory of the SQLite database>/ra_checkpoints/run_<id>.pt`
-(`./ra_checkpoints/` for a database given as a non-SQLite URL). It is one
-`torch.save` dict, loadable with `torch.load(..., weights_only=True)`:
+Checkpoints belong to their store. A run's checkpoint is
+
+    <folder of the SQLite database>/ra_checkpoints/<database file name>/run_<id>.pt
+
+so `a.db` and `b.db` in one folder never share one (`ra_checkpoints/a.db/run_1.pt`
+and `ra_checkpoints/b.db/run_1.pt`). For a database given as a non-SQLite URL
+it is `./ra_checkpoints/<dialect>-<hash>/run_<id>.pt` under the working
+directory, `<hash>` a short hash of the URL without its password. A resume
+looks only in its own store's folder. `ensure_writable` creates the folder
+and writes and removes a probe file before training starts.
+
+A checkpoint is one `CheckpointState`, written as a plain dict with
+`torch.save` and loadable with `torch.load(..., weights_only=True)`:
 
     version        1
     run_id         the run it belongs to
     config         the run's resolved config (as recorded on the run row)
+    data_path      where the data was found (absolute path or the built-in name)
     model          state_dict of the bare model (not the compiled / DDP wrapper)
     optimizer      AdamW state_dict (param groups carry `name` and `lr_mult`)
     sampler        BatchSampler.state_dict(): the exact position in the batch stream
     step           optimizer steps taken
     tokens         tokens trained on, over all ranks
     timed_tokens   tokens of the steps counted in train_seconds (warm-up steps excluded)
+    timed_steps    the steps counted in train_seconds
     train_seconds  training time spent so far (what the budget is charged)
     compile_s, eval_s, checkpoint_s   time spent outside the budget so far
     train_loss     the last logged training loss (or None)
@@ -20,33 +32,90 @@ A run's checkpoint is `<directory of the SQLite database>/ra_checkpoints/run_<id
     rng            torch, cuda (per device), numpy and python RNG states (rank 0's)
 
 Each write goes to `run_<id>.pt.tmp` and is renamed over the old file, so a
-crash mid-write leaves the previous checkpoint intact.
+crash mid-write leaves the previous checkpoint intact; a failed write removes
+its temporary file and raises `CheckpointError` naming the checkpoint path.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from racli.errors import BadInput  # noqa: F401  (re-exported for callers)
+from racli.training.ckpt_paths import (  # noqa: F401  (the public place to ask)
+    DIRNAME,
+    _make_folder,
+    checkpoint_dir,
+    checkpoint_path,
+    ensure_writable,
+    legacy_hint,
+    store_key,
+)
+
 FORMAT_VERSION = 1
-DIRNAME = "ra_checkpoints"
 
 
-def checkpoint_dir(db: str) -> Path:
-    """The checkpoint directory that goes with database location `db`."""
-    from racli.store.engine import sqlite_path
-
-    path = sqlite_path(db)
-    base = path.parent if path is not None else Path.cwd()
-    return base / DIRNAME
+class CheckpointError(Exception):
+    """A checkpoint could not be written (its message names the checkpoint path)."""
 
 
-def checkpoint_path(db: str, run_id: int) -> Path:
-    return checkpoint_dir(db) / f"run_{run_id}.pt"
+# ---------------------------------------------------------------------------- what
+
+
+@dataclass
+class CheckpointState:
+    """Everything a resumed run needs, written and read as one piece."""
+
+    run_id: int | None
+    config: dict[str, Any]
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    sampler: dict[str, Any]
+    rng: dict[str, Any]
+    data_path: str | None = None
+    step: int = 0
+    tokens: int = 0
+    timed_tokens: int = 0
+    timed_steps: int = 0
+    train_seconds: float = 0.0
+    compile_s: float = 0.0
+    eval_s: float = 0.0
+    checkpoint_s: float = 0.0
+    train_loss: float | None = None
+    epoch_warned: bool = False
+    version: int = field(default=FORMAT_VERSION)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict `torch.save` writes (plain data and tensors: weights_only-loadable)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointState:
+        """The state of a saved dict (format 1). ValueError for anything else."""
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"unsupported checkpoint format (version {version!r})")
+        missing = [k for k in ("config", "model", "optimizer", "sampler", "rng", "step")
+                   if k not in data]
+        if missing:
+            raise ValueError(f"checkpoint lacks {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        kw.setdefault("run_id", None)
+        state = cls(**kw)
+        state.step, state.tokens = int(state.step), int(state.tokens)
+        state.timed_tokens, state.timed_steps = int(state.timed_tokens), int(state.timed_steps)
+        for name in ("train_seconds", "compile_s", "eval_s", "checkpoint_s"):
+            setattr(state, name, float(getattr(state, name)))
+        state.epoch_warned = bool(state.epoch_warned)
+        return state
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,21 +144,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+# ---------------------------------------------------------------------------- writing, reading
+
+
+def save(path: Path, state: CheckpointState) -> None:
+    """Write `state` to `path` atomically (temporary file, then rename). On failure the
+    temporary file is removed, the previous checkpoint stays, and CheckpointError says why."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save({"version": FORMAT_VERSION, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        _make_folder(path.parent)
+        with open(tmp, "wb") as fh:
+            torch.save(state.to_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if not isinstance(exc, Exception):  # KeyboardInterrupt and the like go on as they are
+            raise
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from exc
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> CheckpointState:
     """Read a checkpoint written by `save` (tensors land on the CPU)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
-        version = state.get("version") if isinstance(state, dict) else None
-        raise ValueError(f"{path}: unsupported checkpoint format (version {version!r})")
-    return state
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return CheckpointState.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

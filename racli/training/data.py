@@ -5,9 +5,15 @@ Two kinds of data are understood:
 * text (the built-in Shakespeare corpus, a ``.txt`` file, or a directory of ``.txt`` files),
   tokenised as raw bytes (vocabulary 256); the last ``val_fraction`` of the bytes is the fixed
   validation split;
-* a prepared directory holding ``train.bin`` and ``val.bin`` (flat little-endian ``uint16``
-  token ids, as written by nanoGPT's ``prepare.py``) and optionally ``meta.pkl`` (a pickled
-  dict with ``vocab_size``); the files are memory-mapped, not read.
+* a prepared directory holding ``train.bin`` and ``val.bin`` (flat little-endian token ids):
+  written by ``ra data prepare`` (with ``meta.json``: tokenizer, vocabulary, ``dtype`` uint16
+  or uint32, token counts, content hash), or by nanoGPT's ``prepare.py`` (``uint16``, and
+  optionally ``meta.pkl``, a pickled dict with ``vocab_size``); the files are memory-mapped,
+  not read.
+
+Every dataset carries a content hash (``racli.dataprep.identity``): the one in meta.json, the
+hash of the .bin files for a nanoGPT folder (cached beside them), the hash of the byte tokens
+for text. :func:`dataset_identity` is what a run records about its data.
 
 :class:`BatchSampler` draws random training windows from a seeded numpy generator, so the
 sequence of batches depends only on (data, seed, batch size, block size, world size) and never
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -24,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from racli.dataprep.identity import arrays_hash, files_hash
 
 BYTE_VOCAB_SIZE = 256
 DEFAULT_BIN_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as in nanoGPT
@@ -47,8 +56,10 @@ class DataError(ValueError):
 class Dataset:
     name: str  # "builtin:shakespeare", or the path as given
     vocab_size: int
-    train: np.ndarray  # 1-D token array: np.uint8 (bytes) or np.uint16 memmap (.bin)
+    train: np.ndarray  # 1-D token array: np.uint8 (bytes) or a uint16/uint32 memmap (.bin)
     val: np.ndarray
+    content_hash: str | None = None  # racli.dataprep.identity's hash of the two splits
+    tokenizer: str | None = None  # "bytes", "gpt2", "train:32768", ... (None: not known)
 
     @property
     def train_tokens(self) -> int:
@@ -152,7 +163,8 @@ def _split_bytes(name: str, tokens: np.ndarray, val_fraction: float, block_size:
     _check_split(name, "train", train, block_size, hint="use a larger corpus or a smaller block")
     _check_split(name, "validation", val, block_size,
                  hint="raise val_fraction, use a larger corpus or a smaller block")
-    return Dataset(name=name, vocab_size=BYTE_VOCAB_SIZE, train=train, val=val)
+    return Dataset(name=name, vocab_size=BYTE_VOCAB_SIZE, train=train, val=val,
+                   content_hash=arrays_hash(train, val), tokenizer="bytes")
 
 
 def _check_split(name: str, split: str, tokens: np.ndarray, block_size: int, hint: str) -> None:
@@ -165,6 +177,8 @@ def _check_split(name: str, split: str, tokens: np.ndarray, block_size: int, hin
 
 
 def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
+    meta = _read_meta_json(path / "meta.json")
+    dtype = np.dtype(meta["dtype"]) if meta else np.dtype(np.uint16)
     arrays = {}
     for split in ("train", "val"):
         file = path / f"{split}.bin"
@@ -174,16 +188,61 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
         size = file.stat().st_size
         if size == 0:
             raise DataError(f"{file}: file is empty")
-        if size % 2:
-            raise DataError(f"{file}: size {size} bytes is not a whole number of uint16 tokens")
-        arrays[split] = np.memmap(file, dtype=np.uint16, mode="r")
-    vocab_size = _read_meta_vocab(path / "meta.pkl")
+        if size % dtype.itemsize:
+            raise DataError(f"{file}: size {size} bytes is not a whole number of "
+                            f"{dtype.name} tokens")
+        if meta and size != meta["tokens"][split] * dtype.itemsize:
+            raise DataError(f"{file}: holds {size // dtype.itemsize} tokens, meta.json says "
+                            f"{meta['tokens'][split]}: incomplete or altered; prepare it again")
+        arrays[split] = np.memmap(file, dtype=dtype, mode="r")
     _check_split(name, "train", arrays["train"], block_size, hint="train.bin is too short")
     _check_split(name, "validation", arrays["val"], block_size, hint="val.bin is too short")
-    source = "meta.pkl" if (path / "meta.pkl").exists() else "the default without meta.pkl"
-    for split, tokens in arrays.items():
-        _check_token_ids(path / f"{split}.bin", tokens, vocab_size, source)
-    return Dataset(name=name, vocab_size=vocab_size, train=arrays["train"], val=arrays["val"])
+    if meta:
+        vocab_size, digest = meta["vocab_size"], meta["content_hash"]
+        tokenizer = meta["tokenizer"]
+    else:  # a nanoGPT folder: its ids are checked against the vocabulary (one pass each)
+        vocab_size = _read_meta_vocab(path / "meta.pkl")
+        source = "meta.pkl" if (path / "meta.pkl").exists() else "the default without meta.pkl"
+        for split, tokens in arrays.items():
+            _check_token_ids(path / f"{split}.bin", tokens, vocab_size, source)
+        try:
+            digest = files_hash(path, dtype.name)
+        except OSError as exc:
+            raise DataError(f"{name}: cannot read the token files ({exc.strerror or exc})") \
+                from exc
+        tokenizer = None
+    return Dataset(name=name, vocab_size=vocab_size, train=arrays["train"], val=arrays["val"],
+                   content_hash=digest, tokenizer=tokenizer)
+
+
+def _read_meta_json(meta: Path) -> dict | None:
+    """meta.json of `ra data prepare`, checked; None when the folder has none."""
+    if not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{meta}: cannot read meta.json ({exc.__class__.__name__}: {exc})") \
+            from exc
+    try:
+        dtype = info["dtype"]
+        if dtype not in ("uint16", "uint32"):
+            raise ValueError(f"dtype {dtype!r} is not uint16 or uint32")
+        vocab = info["vocab_size"]
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+            raise ValueError(f"vocab_size {vocab!r} is not a positive integer")
+        if vocab > np.iinfo(np.dtype(dtype)).max + 1:
+            raise ValueError(f"vocab_size {vocab} does not fit {dtype} tokens")
+        tokens = {s: int(info["tokens"][s]) for s in ("train", "val")}
+        digest = info["content_hash"]
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise ValueError("content_hash is not a sha256")
+        tok = info.get("tokenizer") or {}
+        name = tok.get("name") if isinstance(tok, dict) else str(tok)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{meta}: not a meta.json of ra data prepare ({exc})") from exc
+    return {"dtype": dtype, "vocab_size": vocab, "tokens": tokens, "content_hash": digest,
+            "tokenizer": name}
 
 
 def _check_token_ids(file: Path, tokens: np.ndarray, vocab_size: int, source: str) -> None:
@@ -210,6 +269,19 @@ def _read_meta_vocab(meta: Path) -> int:
     if not 1 <= int(vocab) <= 65536:
         raise DataError(f"{meta}: vocab_size {int(vocab)} does not fit uint16 tokens (1..65536)")
     return int(vocab)
+
+
+def dataset_identity(dataset: Dataset) -> dict:
+    """What a run's config records about its data (part of config_hash): a name, its size,
+    the tokenizer and the content hash, not where it lives, so runs on machines with
+    different paths to the same corpus stay comparable and runs on different data never
+    pool."""
+    name = dataset.name
+    if not name.startswith("builtin:"):
+        name = Path(name.rstrip("/\\")).name or name
+    return {"name": name, "vocab_size": dataset.vocab_size,
+            "train_tokens": dataset.train_tokens, "val_tokens": dataset.val_tokens,
+            "tokenizer": dataset.tokenizer, "content_hash": dataset.content_hash}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Names and small parsers shared by config validation, training, bench and the tools.
+
+One home for each rule:
+
+- attention variant names (`ATTENTION_NAMES`; the model registry
+  `racli_models.ATTENTION` holds the same names, a test keeps them in step);
+- SDPA backend names and their torch kernels (`SDPA_BACKENDS`,
+  `check_sdpa_backend`, `sdpa_backend_context`);
+- the device rule (`resolve_device`: auto, cpu, cuda, cuda:N);
+- comma lists (`comma_list`);
+- plot paths (`check_plot_path`).
+
+This module imports neither torch nor the database (torch is imported inside
+the functions that need it).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from racli.errors import BadInput
+
+ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
+
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+# backend name -> member of torch.nn.attention.SDPBackend
+SDPA_KERNELS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+# ---------------------------------------------------------------------------- lists
+
+
+def comma_list(text: str | Iterable[str] | None) -> list[str]:
+    """`"a, b,,c"` -> ["a", "b", "c"]; a list or tuple gives its items, stripped; empty
+    items are dropped, the order and repeats are kept."""
+    if text is None:
+        return []
+    if isinstance(text, str):
+        items = text.split(",")
+    else:
+        items = [str(t) for t in text]
+    return [t.strip() for t in items if t.strip()]
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def check_attention(name: str) -> None:
+    """BadInput for a name that is no attention variant."""
+    if name not in ATTENTION_NAMES:
+        raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(ATTENTION_NAMES))})")
+
+
+# ---------------------------------------------------------------------------- SDPA backends
+
+
+def check_sdpa_backend(name: str | None) -> str:
+    """The canonical backend name (`auto` for None); BadInput for an unknown one."""
+    name = (name or "auto").strip().lower()
+    if name not in SDPA_BACKENDS:
+        raise BadInput(f"unknown SDPA backend '{name}' (valid: {', '.join(SDPA_BACKENDS)})")
+    return name
+
+
+def sdpa_kernel_of(name: str):
+    """The `torch.nn.attention.SDPBackend` member of a backend name (not `auto`)."""
+    from torch.nn.attention import SDPBackend
+
+    return getattr(SDPBackend, SDPA_KERNELS[name])
+
+
+def sdpa_backend_context(name: str):
+    """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel([sdpa_kernel_of(name)])
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str | None) -> str:
+    """'auto' (or None) -> 'cuda' when available else 'cpu'; 'cpu', 'cuda' and 'cuda:N' as
+    given. Unknown names, and CUDA (or device N) asked for but absent, are BadInput."""
+    name = (name or "auto").strip().lower()
+    if name == "cpu":
+        return "cpu"
+    if name not in ("auto", "cuda") and not name.startswith("cuda:"):
+        raise BadInput(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: CUDA is not available on this machine")
+    if name.startswith("cuda:"):
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise BadInput(f"--device {name}: no such CUDA device "
+                           f"({torch.cuda.device_count()} present)")
+    return name
+
+
+def device_type(device: str) -> str:
+    """'cuda:1' -> 'cuda'; 'cpu' -> 'cpu'."""
+    return device.split(":")[0]
+
+
+# ---------------------------------------------------------------------------- plot paths
+
+
+# what `--plot FILE` may be: the suffix chooses the format
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+def check_plot_path(plot: str | Path | None) -> Path | None:
+    """BadInput unless a plot can be written at `plot`: a .png, .pdf or .svg file (the
+    suffix is the format) in an existing folder, not a folder itself."""
+    if plot is None:
+        return None
+    plot = Path(plot)
+    if plot.suffix.lower() not in PLOT_FORMATS:
+        got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
+        raise BadInput(f"cannot write plot {plot}: the file name must end in "
+                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
+    parent = plot.parent if str(plot.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
+    if plot.is_dir():
+        raise BadInput(f"cannot write plot {plot}: it is a directory")
+    return plot

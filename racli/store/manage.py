@@ -1,0 +1,192 @@
+"""Run management: tag, exclude / include, delete, and the reads that go with them.
+
+Every function checks all the ids it is given before changing anything (an
+unknown id is bad input and nothing changes) and makes its change in one
+transaction. No torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import delete, false, func, select, true, update
+
+from racli.errors import BadInput
+from racli.store.engine import Store
+from racli.store.models import GateValue, Metric, Run, Timing
+from racli.store.recorder import is_stale
+
+_IN_CHUNK = 900  # bound parameters per IN (...)
+
+
+def checkpoint_files(db: str, run_id: int) -> list[Path]:
+    """The checkpoint file of a run (and a half-written one), in its store's own folder."""
+    from racli.training.ckpt_paths import checkpoint_path
+
+    path = checkpoint_path(db, run_id)
+    return [path, path.with_name(path.name + ".tmp")]
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for k in range(0, len(ids), _IN_CHUNK):
+        yield ids[k:k + _IN_CHUNK]
+
+
+def unique_ids(ids) -> list[int]:
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def get_runs(store: Store, ids) -> list[Run]:
+    """The runs with these ids, in the order given; BadInput naming the first unknown id."""
+    ids = unique_ids(ids)
+    if not ids:
+        raise BadInput("no run id given")
+    found: dict[int, Run] = {}
+    with store.session() as s:
+        for chunk in _chunks(ids):
+            found.update((r.id, r) for r in s.scalars(select(Run).where(Run.id.in_(chunk))))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more unknown id(s))" if len(missing) > 1 else ""
+        raise BadInput(f"no run with id {missing[0]} in {store.db}{more}")
+    return [found[i] for i in ids]
+
+
+def set_tag(store: Store, run_id: int, tag: str | None) -> tuple[str | None, str | None]:
+    """Set (or with None clear) a run's tag; returns (old tag, new tag).
+
+    A train run's config holds its tag too (what `--resume` takes up again):
+    it follows. The tag is not part of config_hash, so the run stays in its group."""
+    if tag is not None and not tag.strip():
+        raise BadInput("the tag is empty (use --clear to remove a run's tag)")
+    if tag is not None and len(tag) > 255:
+        raise BadInput(f"the tag is {len(tag)} characters long (at most 255)")
+    run = get_runs(store, [run_id])[0]
+    values: dict = {"tag": tag}
+    if isinstance(run.config, dict) and "tag" in run.config:
+        values["config"] = {**run.config, "tag": tag}
+    with store.writing() as conn:
+        conn.execute(update(Run).where(Run.id == run.id).values(**values))
+    return run.tag, tag
+
+
+def set_excluded(store: Store, ids, *, excluded: bool, reason: str | None = None) -> list[Run]:
+    """Exclude runs from verdicts (kept, shown, listed by `ra compare`) or include
+    them again. Returns the runs as they were before."""
+    if excluded and not (reason and reason.strip()):
+        raise BadInput("say why the run is excluded: --reason TEXT")
+    runs = get_runs(store, ids)
+    with store.writing() as conn:
+        for chunk in _chunks([r.id for r in runs]):
+            conn.execute(update(Run).where(Run.id.in_(chunk)).values(
+                excluded=excluded, exclude_reason=reason.strip() if excluded else None))
+    return runs
+
+
+@dataclass
+class Deleted:
+    runs: list[int]
+    metrics: int = 0
+    timings: int = 0
+    gate_values: int = 0
+    checkpoints: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"runs": self.runs, "metrics": self.metrics, "timings": self.timings,
+                "gate_values": self.gate_values, "checkpoints": self.checkpoints}
+
+
+def check_deletable(store: Store, ids) -> list[Run]:
+    """The runs to delete; BadInput for an unknown id or a run still running."""
+    runs = get_runs(store, ids)
+    for r in runs:
+        if r.status == "running" and not is_stale(r):
+            raise BadInput(f"run {r.id} is still running (fresh heartbeat): stop it first")
+    return runs
+
+
+def delete_runs(store: Store, ids) -> Deleted:
+    """Delete runs with their metrics, timings and gate values (one transaction),
+    then their checkpoint files."""
+    runs = check_deletable(store, ids)
+    run_ids = [r.id for r in runs]
+    out = Deleted(runs=run_ids)
+    with store.writing() as conn:
+        for chunk in _chunks(run_ids):
+            out.metrics += conn.execute(delete(Metric).where(Metric.run_id.in_(chunk))).rowcount
+            out.timings += conn.execute(delete(Timing).where(Timing.run_id.in_(chunk))).rowcount
+            out.gate_values += conn.execute(
+                delete(GateValue).where(GateValue.run_id.in_(chunk))).rowcount
+            conn.execute(delete(Run).where(Run.id.in_(chunk)))
+    for rid in run_ids:
+        for path in checkpoint_files(store.db, rid):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            if path.suffix == ".pt":
+                out.checkpoints.append(str(path))
+    return out
+
+
+def row_counts(store: Store, ids) -> dict[str, int]:
+    """How many metrics, timings and gate values these runs hold (what delete would remove)."""
+    ids = unique_ids(ids)
+    counts = {"metrics": 0, "timings": 0, "gate_values": 0}
+    with store.engine.connect() as conn:
+        for chunk in _chunks(ids):
+            for key, model in (("metrics", Metric), ("timings", Timing), ("gate_values", GateValue)):
+                counts[key] += conn.execute(
+                    select(func.count()).select_from(model).where(model.run_id.in_(chunk))).scalar()
+    return counts
+
+
+def excluded_runs(store: Store, *, kind: str, attns=None, tag: str | None = None,
+                  since: datetime | None = None) -> list[dict]:
+    """The finished, excluded runs a comparison with these filters leaves out:
+    [{"id", "attn", "reason"}], oldest first."""
+    q = (select(Run.id, Run.attn, Run.exclude_reason)
+         .where(Run.kind == kind, Run.status == "finished", Run.excluded == true())
+         .order_by(Run.id))
+    if attns:
+        q = q.where(Run.attn.in_(list(attns)))
+    if tag is not None:
+        q = q.where(Run.tag == tag)
+    if since is not None:
+        q = q.where(Run.started_at >= since)
+    with store.engine.connect() as conn:
+        return [{"id": i, "attn": a, "reason": reason} for i, a, reason in conn.execute(q)]
+
+
+def excluded_text(excluded: list[dict]) -> str:
+    """'excluded: run 12 (bad data), run 14 (crashed machine)' (empty without any)."""
+    if not excluded:
+        return ""
+    return "excluded: " + ", ".join(f"run {e['id']} ({e['reason'] or 'no reason given'})"
+                                    for e in excluded)
+
+
+def included_filter():
+    """The WHERE clause that keeps runs not excluded (for verdict queries)."""
+    return Run.excluded == false()
+
+
+METRIC_EXPORT_COLUMNS = ("run_id", "step", "name", "value", "elapsed_s")
+
+
+def metric_rows(store: Store, run_ids, names: list[str] | None = None,
+                batch: int = 10_000) -> Iterator[dict]:
+    """Long-format curves of these runs: {run_id, step, name, value, elapsed_s}, by run id,
+    name and step; streamed, so a store of any size exports in constant memory."""
+    ids = sorted(unique_ids(run_ids))
+    with store.engine.connect() as conn:
+        for chunk in _chunks(ids):
+            q = (select(Metric.run_id, Metric.step, Metric.name, Metric.value, Metric.elapsed_s)
+                 .where(Metric.run_id.in_(chunk))
+                 .order_by(Metric.run_id, Metric.name, Metric.step, Metric.id))
+            if names:
+                q = q.where(Metric.name.in_(names))
+            for row in conn.execution_options(yield_per=batch).execute(q):
+                yield dict(zip(METRIC_EXPORT_COLUMNS, row))

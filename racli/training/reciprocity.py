@@ -1,0 +1,128 @@
+"""Recording the reciprocity measures of a model while it trains.
+
+The trainer calls `record_measures` with its gate snapshot: at step 0, at
+every evaluation and at the end. It measures `measure_batches` of the
+evaluation batches (`measure_rows` sequences of each, spread evenly) with
+`racli_models.measures` and records the values into `gate_values` beside the
+raw gates, plus a metric `measure_s` (its time, not charged to training).
+
+Rows written (layer, head, name):
+* per head: ``rec_share``, ``rec_effect`` (ra_v5, ra_v5_untied),
+  ``rec_norm_ratio`` (ra_beta), ``gate_mean``, ``gate_std`` (sdpa_gate);
+* per layer: ``rec_ablation`` with head = 0 (ra_v5, ra_v5_untied, ra_beta), at
+  every evaluation (``ablation: every``), at step 0 and the end (``ends``,
+  the default: it costs about (n_layer + 1) / 2 forwards per batch), or never.
+
+Training is not changed: the measures run under no_grad, in eval mode, in
+float32 without autocast (and, with the ablation, without TF32 matmuls), on
+the bare model (not a compiled or DDP wrapper), read the parameters only, and
+the train/eval flags, buffers and the TF32 setting are put back.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+ABLATION_CHOICES = ("every", "ends", "never")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    batches: int = 2  # evaluation batches measured; 0 disables the measures
+    rows: int = 2  # sequences per batch; 0: the whole batch
+    ablation: str = "ends"  # every | ends | never
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> MeasureSettings:
+        """From the `gates` section of ra.yaml (as a dict); missing keys take the defaults."""
+        d = d or {}
+        s = cls(batches=int(d.get("measure_batches", cls.batches)),
+                rows=int(d.get("measure_rows", cls.rows)),
+                ablation=str(d.get("ablation", cls.ablation)))
+        if s.batches < 0 or s.rows < 0 or s.ablation not in ABLATION_CHOICES:
+            raise ValueError(f"bad measure settings {s}")
+        return s
+
+    def ablate_at(self, step: int, final: bool) -> bool:
+        return self.ablation == "every" or (self.ablation == "ends" and (step == 0 or final))
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), first and last included (all when k >= n)."""
+    if k >= n or k == 0:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def measured_batches(batches: Sequence, settings: MeasureSettings) -> list:
+    """`settings.batches` of the evaluation batches and `settings.rows` sequences of each,
+    spread evenly (the evaluation windows run in order through the validation split, so
+    spreading them samples all of it); the same ones at every evaluation."""
+    batches = list(batches)
+    if settings.batches == 0:
+        return []
+    out = []
+    for b in _spread(len(batches), settings.batches):
+        x, y = batches[b]
+        rows = _spread(x.shape[0], settings.rows) if settings.rows else list(range(x.shape[0]))
+        out.append((x[rows], y[rows]))
+    return out
+
+
+def has_measures(model: torch.nn.Module) -> bool:
+    from racli_models.attention import RABetaAttention, SDPAGateAttention, _FoldedRA
+
+    kinds = (_FoldedRA, RABetaAttention, SDPAGateAttention)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def measure(model: torch.nn.Module, batches: Sequence, *, ablation: bool
+            ) -> dict[int, dict[str, list[float]]]:
+    """Layer -> name -> values of `racli_models.measures.model_measures`, with the
+    model's train flags and buffers put back afterwards."""
+    from racli_models.measures import model_measures
+
+    flags = {m: m.training for m in model.modules()}
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    dev = next(model.parameters()).device.type
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        model.eval()
+        if ablation:  # loss changes of 1e-5 need full float32 matmuls, not TF32's 10-bit mantissa
+            torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.no_grad(), torch.autocast(device_type=dev, enabled=False):
+            values = model_measures(model, batches, ablation=ablation)
+        return {layer: {name: v.tolist() for name, v in named.items()}
+                for layer, named in values.items()}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        for m, flag in flags.items():
+            m.training = flag
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def record_measures(model: torch.nn.Module, batches: Sequence, recorder, step: int,
+                    settings: MeasureSettings | Mapping[str, Any] | None = None, *,
+                    final: bool = False, elapsed_s: float | None = None) -> float:
+    """Measure `model` on `batches` and record the values at `step`; returns the seconds
+    it took (0.0 when disabled or when the model has nothing to measure)."""
+    if not isinstance(settings, MeasureSettings):
+        settings = MeasureSettings.from_mapping(settings)
+    if settings.batches == 0 or not batches or not has_measures(model):
+        return 0.0
+    t0 = time.perf_counter()
+    values = measure(model, measured_batches(batches, settings),
+                     ablation=settings.ablate_at(step, final))
+    dt = time.perf_counter() - t0  # .tolist() above waited for the device
+    if values:
+        recorder.gates(step, values)
+    recorder.metric(step, "measure_s", dt, elapsed_s)
+    return dt

@@ -1,0 +1,172 @@
+"""The training run behind `ra train`: set-up, the recorded run, and how it ends.
+
+    spec = spec_from_config(cfg, attn="ra_v5", steps=200, seed=1)   # validates (spec.py)
+    data = load_data(spec)                                           # DataError -> BadInput
+    result = train(spec, store, dataset=data)                        # records one `train` run
+
+    result = resume(store, run_id)       # validates (prepare_resume), then continues the run
+
+Budget: `--steps N` or `--minutes M` (wall-clock seconds of training steps,
+see trainer.py for what is not charged).
+
+Under torchrun (WORLD_SIZE > 1) every rank runs this same function; only
+rank 0 records and writes checkpoints. `--batch-size` is per rank; the
+global batch and global tokens/s are what is recorded.
+
+Resume: the checkpoint restores the model, optimizer, batch-stream position
+and RNG states, and the run continues under its recorded config with the same
+run id and step numbers until the rest of its budget is used. Metric rows a
+killed process flushed after its last checkpoint stay; the resumed run writes
+those steps again.
+
+Checkpoints live in the store's own folder (checkpoint.py), checked writable
+before anything is recorded (BadInput otherwise). A checkpoint write that
+fails later does not cost the run: it ends with its figures and status, and
+its `error` says that the checkpoint is missing and why.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+
+from racli.training import checkpoint as ckpt
+from racli.training import distributed as ddp
+from racli.training.data import Dataset
+from racli.training.progress import NullReporter
+from racli.training.result import StepInfo, TrainResult
+from racli.training.spec import TrainSpec, data_location, load_data, prepare_resume, run_config
+from racli.training.trainer import Trainer, finite
+
+
+class _NullRecorder:
+    """Stands in for the recorder on ranks other than 0."""
+
+    run_id = None
+    write_seconds = 0.0
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def train(spec: TrainSpec | None, store, *, dataset: Dataset | None = None,
+          resume_run: int | None = None, reporter=None, stop: threading.Event | None = None,
+          on_step: Callable[[StepInfo], None] | None = None,
+          dist_info: ddp.DistInfo | None = None, flush_interval: float = 5.0) -> TrainResult:
+    """Run one training run and record it in `store` (rank 0 only; other ranks may pass None
+    for a fresh run). `resume_run`: continue that run from its checkpoint with its recorded
+    spec (pass `spec=None`, or the spec and dataset from `prepare_resume`).
+
+    Raises BadInput for bad input (an unwritable checkpoint folder included) before
+    anything is recorded; once the run is recorded, a NaN/inf loss ends it `diverged`, a set
+    `stop` event (SIGINT / SIGTERM) ends it `interrupted` after the final evaluation and a
+    checkpoint, a failed checkpoint write is recorded on the run and training goes on, and
+    any other exception ends it `failed` and is re-raised.
+    """
+    from racli.store.recorder import RunRecorder
+
+    info = dist_info or ddp.detect()
+    reporter = reporter or NullReporter()
+    stop = stop or threading.Event()
+    if spec is not None:
+        spec.check()
+    state = None
+    if resume_run is not None and dataset is None:
+        spec, dataset, _ = prepare_resume(store, resume_run, info)
+    elif dataset is None:
+        dataset = load_data(spec)
+    if resume_run is not None:
+        state = ckpt.load(ckpt.checkpoint_path(store.db, resume_run))
+        config = state.config
+        data_path = state.data_path or data_location(spec, dataset)
+    else:
+        config = run_config(spec, dataset, info.world_size)
+        data_path = data_location(spec, dataset)
+    if info.is_main:
+        ckpt.ensure_writable(store.db)
+
+    device = ddp.setup(info, spec.device)
+    # the Trainer turns TF32 on for CUDA runs; the caller's settings come back at the end
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        rec = _NullRecorder()
+        if info.is_main:
+            if resume_run is not None:
+                rec = RunRecorder.resume(store, resume_run, flush_interval=flush_interval)
+            else:
+                rec = RunRecorder.start(store, kind="train", attn=spec.attn, config=config,
+                                        seed=spec.seed, tag=spec.tag,
+                                        flush_interval=flush_interval)
+        ckpt_path = ckpt.checkpoint_path(store.db, rec.run_id) if info.is_main else None
+        return _train_recorded(spec, dataset, rec=rec, info=info, device=device, config=config,
+                               ckpt_path=ckpt_path, state=state, reporter=reporter, stop=stop,
+                               on_step=on_step, data_path=data_path)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        reporter.close()
+        ddp.teardown()
+
+
+def resume(store, run_id: int, **kw) -> TrainResult:
+    """Validate `run_id` for resumption (BadInput if it cannot be) and continue it."""
+    return train(None, store, resume_run=run_id, **kw)
+
+
+def _train_recorded(spec, dataset, *, rec, info, device, config, ckpt_path, state, reporter,
+                    stop, on_step, data_path) -> TrainResult:
+    trainer = None
+    try:
+        trainer = Trainer(spec, dataset, rec=rec, info=info, device=device, config=config,
+                          ckpt_path=ckpt_path, state=state, reporter=reporter, stop=stop,
+                          on_step=on_step, data_path=data_path)
+        status = trainer.run()
+    except KeyboardInterrupt:
+        figures = trainer.row_figures() if trainer is not None else {}
+        rec.end("interrupted", error="interrupted (forced: no final evaluation, no checkpoint)",
+                **figures)
+        raise
+    except BaseException as exc:
+        figures = trainer.row_figures() if trainer is not None else {}
+        rec.fail(exc, **figures)
+        raise
+    return record_end(trainer, status, rec=rec, info=info, spec=spec, config=config,
+                      ckpt_path=ckpt_path)
+
+
+def end_error(trainer: Trainer, status: str) -> str | None:
+    """The run row's `error` at the end: why it diverged or stopped, and a checkpoint that
+    could not be written."""
+    if status == "diverged":
+        return trainer.error
+    reason = (f"stopped on request (SIGINT/SIGTERM) at step {trainer.step}"
+              if status == "interrupted" else None)
+    note = trainer.checkpoint_note()
+    return "; ".join(t for t in (reason, note) if t) or None
+
+
+def record_end(trainer: Trainer, status: str, *, rec, info, spec, config,
+               ckpt_path) -> TrainResult:
+    """Record how the session ended (figures, overhead, status, error) and its result."""
+    figures = trainer.figures()
+    if status == "diverged":
+        figures["val_loss"] = None  # an earlier evaluation says nothing about the end state
+    secs = figures["train_seconds"]
+    overhead = rec.write_seconds / secs if secs > 0 else None
+    rec.metrics(trainer.step, finite({"record_overhead": overhead}), secs)
+    error = end_error(trainer, status)
+    row = {k: v for k, v in figures.items() if v is not None}
+    if status == "diverged":
+        row["val_loss"] = None  # clear the figure a periodic evaluation left on the row
+    rec.end(status, error=error, **row)
+    return TrainResult(
+        run_id=rec.run_id, attn=spec.attn, status=status, iterations=trainer.step,
+        tokens=trainer.tokens, epochs=trainer.epochs, train_seconds=secs,
+        val_loss=figures["val_loss"], train_loss=trainer.train_loss,
+        tokens_per_s=figures["tokens_per_s"],
+        it_per_s=trainer.timed_steps / secs if secs > 0 else None,
+        compile_s=trainer.compile_s, eval_s=trainer.eval_s, checkpoint_s=trainer.checkpoint_s,
+        record_overhead=overhead, error=error,
+        checkpoint=str(ckpt_path) if ckpt_path is not None and ckpt_path.exists()
+        and status != "diverged" else None,
+        world_size=info.world_size, config=config)

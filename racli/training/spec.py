@@ -1,0 +1,264 @@
+"""What one training run is: its spec, the config recorded for it, and the resume checks.
+
+    spec = spec_from_config(cfg, attn="ra_v5", steps=200, seed=1)   # validates
+    data = load_data(spec)                                           # DataError -> BadInput
+    config = run_config(spec, data)                                  # what the run row records
+    spec, data, path = prepare_resume(store, run_id)                 # BadInput if it cannot resume
+
+The train settings travel as the typed `TrainConfig` of ra.yaml; the recorded
+`train` section is that dataclass without `compile` (resolved into
+`TrainSpec.compile` and recorded as `compile`), in field order, so the
+recorded JSON and its `config_hash` do not depend on how the spec was built.
+Importing this module does not import torch (the data and the model are
+imported where they are needed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from racli.config import TrainConfig
+from racli.errors import BadInput
+from racli.names import check_attention, device_type, resolve_device
+
+if TYPE_CHECKING:
+    from racli.training.data import Dataset
+
+# TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
+_TRAIN_SKIP = ("compile",)
+
+
+@dataclass
+class TrainSpec:
+    """Everything that defines one training run (resolved, validated by `check`)."""
+
+    attn: str
+    model: dict[str, Any]  # GPTConfig fields except attn; vocab_size None = the data's
+    train: TrainConfig  # train.compile says "on"/"off" as `compile` below
+    data: str | None = None  # None / "builtin": the built-in corpus; else a path
+    minutes: float | None = None
+    steps: int | None = None
+    seed: int = 0
+    tag: str | None = None
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    compile: bool = False
+    preset: str | None = None
+    measures: dict[str, Any] = field(default_factory=dict)  # ra.yaml `gates` (reciprocity.py)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded as is (ra experiment's arm)
+
+    @property
+    def device_type(self) -> str:
+        return device_type(self.device)
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.minutes is None else self.minutes * 60.0
+
+    def budget(self) -> dict[str, float | int]:
+        return {"minutes": self.minutes} if self.minutes is not None else {"steps": self.steps}
+
+    def check(self) -> None:
+        """Raise BadInput for an unusable spec (budget, attention name)."""
+        check_budget(self.minutes, self.steps)
+        check_attention(self.attn)
+
+
+def check_budget(minutes: float | None, steps: int | None) -> None:
+    if minutes is not None and steps is not None:
+        raise BadInput("give either --minutes or --steps, not both")
+    if minutes is None and steps is None:
+        raise BadInput("give a budget: --minutes M (wall-clock training time) or --steps N")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise BadInput(f"--minutes must be a positive number, got {minutes}")
+    if steps is not None and steps <= 0:
+        raise BadInput(f"--steps must be a positive integer, got {steps}")
+
+
+def train_section(train: TrainConfig) -> dict[str, Any]:
+    """The recorded `train` section: the TrainConfig fields but `compile`, in field order."""
+    return {k: v for k, v in dataclasses.asdict(train).items() if k not in _TRAIN_SKIP}
+
+
+def train_settings(section: dict[str, Any], compile: bool) -> TrainConfig:
+    """The TrainConfig of a recorded `train` section (fields it lacks take their defaults)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(_TRAIN_SKIP)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise BadInput(f"the run's recorded train settings hold unknown keys "
+                       f"({', '.join(unknown)}): it was recorded by another version of ra")
+    return TrainConfig(**section, compile="on" if compile else "off")
+
+
+def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | None = None,
+                     minutes: float | None = None, steps: int | None = None, seed: int = 0,
+                     tag: str | None = None, device: str | None = "auto",
+                     compile: bool | None = None, overrides: list[str] | tuple = ()) -> TrainSpec:
+    """A validated TrainSpec from ra.yaml (`cfg`) and the command's options.
+
+    `overrides` are `--set KEY=VALUE` items (`--model`, `--batch-size`, `--lr`
+    are passed as overrides of model.preset, train.batch_size, train.lr), so
+    they are validated exactly like the file.
+    """
+    from racli.config import apply_overrides
+
+    check_budget(minutes, steps)
+    check_attention(attn)
+    overrides = list(overrides)
+    if preset is not None:
+        overrides.insert(0, f"model.preset={preset}")
+    cfg = apply_overrides(cfg, overrides)
+    dev = resolve_device(device)
+    preset = cfg.resolve_preset(cfg.model.preset, dev)  # `auto`: gpt2 on CUDA, tiny on CPU
+    cfg = apply_overrides(cfg, [f"model.preset={preset}"]) if preset != cfg.model.preset else cfg
+    model = cfg.model_fields(preset)
+    model.setdefault("vocab_size", None)
+    if compile is None:
+        compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
+    train = dataclasses.replace(cfg.train, compile="on" if compile else "off")
+    return TrainSpec(attn=attn, model=model, train=train, data=data, minutes=minutes,
+                     steps=steps, seed=int(seed), tag=tag, device=dev, compile=bool(compile),
+                     measures=dataclasses.asdict(cfg.gates), preset=preset)
+
+
+def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
+    """The spec of a recorded run (for --resume)."""
+    try:
+        budget = config["budget"]
+        compile = bool(config["compile"])
+        return TrainSpec(
+            attn=config["attn"], model=dict(config["model"]),
+            train=train_settings(dict(config["train"]), compile),
+            data=None, minutes=budget.get("minutes"), steps=budget.get("steps"),
+            seed=int(config["seed"]), tag=config.get("tag"), device=config["device"],
+            compile=compile, preset=config.get("preset"))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BadInput(f"the run's recorded config is not a train config ({exc})") from exc
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
+    """The spec's dataset (or `path`'s); unusable data is BadInput (one line)."""
+    from racli.training.data import DataError, load_dataset
+
+    try:
+        return load_dataset(path if path is not None else spec.data,
+                            val_fraction=spec.train.val_fraction,
+                            block_size=spec.model["block_size"])
+    except DataError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+def data_identity(dataset: Dataset) -> dict[str, Any]:
+    """What the config records about the data: a name and its size, not where it lives,
+    so runs on machines with different paths to the same corpus stay comparable."""
+    from racli.training.data import dataset_identity  # name, sizes, tokenizer, content hash
+
+    return dataset_identity(dataset)
+
+
+def data_location(spec: TrainSpec, dataset: Dataset) -> str:
+    """Where to find the data again on resume (absolute path, or the built-in name)."""
+    if dataset.name.startswith("builtin:"):
+        return dataset.name
+    return str(Path(dataset.name).expanduser().resolve())
+
+
+# ---------------------------------------------------------------------------- the recorded config
+
+
+def model_config(spec: TrainSpec, dataset: Dataset):
+    """The GPTConfig of a spec on a dataset (vocab from the data unless overridden)."""
+    from racli_models import GPTConfig
+
+    fields = dict(spec.model)
+    vocab = fields.get("vocab_size")
+    if vocab is None:
+        fields["vocab_size"] = dataset.vocab_size
+    elif vocab < dataset.vocab_size:
+        raise BadInput(f"model.vocab_size {vocab} is smaller than the data's vocabulary "
+                       f"({dataset.vocab_size})")
+    try:
+        return GPTConfig(attn=spec.attn, **fields)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"model: {exc}") from exc
+
+
+def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[str, Any]:
+    """The config recorded on the run row; `config_hash` covers all of it but attn/seed/tag."""
+    mcfg = model_config(spec, dataset)
+    model = {k: v for k, v in dataclasses.asdict(mcfg).items() if k != "attn"}
+    bs = spec.train.batch_size
+    return {
+        "attn": spec.attn,
+        "seed": spec.seed,
+        "tag": spec.tag,
+        "preset": spec.preset,
+        "model": model,
+        "train": train_section(spec.train),
+        "data": data_identity(dataset),
+        "budget": spec.budget(),
+        "device": spec.device_type,
+        "compile": spec.compile,
+        "autocast": "bfloat16" if spec.device_type == "cuda" else None,
+        "world_size": world_size,
+        "global_batch_size": bs * world_size,
+        "tokens_per_step": bs * world_size * mcfg.block_size,
+        **spec.extra,
+    }
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def prepare_resume(store, run_id: int, dist_info=None):
+    """Validate `--resume RUN` and return (spec, dataset, checkpoint path). BadInput if the run
+    is unknown, not a train run, finished, still running, or has no checkpoint in this store's
+    checkpoint folder."""
+    from racli.store.queries import get_run
+    from racli.store.recorder import is_stale
+    from racli.training import checkpoint as ckpt
+    from racli.training import distributed as ddp
+
+    info = dist_info or ddp.detect()
+    run = get_run(store, run_id)
+    if run.kind != "train":
+        raise BadInput(f"run {run_id} is a {run.kind} run, not a train run")
+    if run.status == "finished":
+        raise BadInput(f"run {run_id} is finished: its budget is used up")
+    if run.status == "running" and not is_stale(run):
+        raise BadInput(f"run {run_id} is still running (its heartbeat is fresh; if its process "
+                       f"is gone, resume it once the heartbeat is 2 minutes old)")
+    path = ckpt.checkpoint_path(store.db, run_id)
+    if not path.is_file():
+        raise BadInput(f"run {run_id} has no checkpoint at {path}{ckpt.legacy_hint(store.db, run_id)}")
+    spec = spec_from_run_config(run.config)
+    check_attention(spec.attn)
+    if spec.device_type == "cuda":
+        resolve_device("cuda")
+    recorded_world = int(run.config.get("world_size", 1))
+    if recorded_world != info.world_size:
+        raise BadInput(f"run {run_id} was trained on {recorded_world} process(es); resume it "
+                       f"with the same number (now {info.world_size})")
+    try:
+        state = ckpt.load(path)
+    except Exception as exc:
+        from racli.training.load_errors import describe_load_error
+
+        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
+    if state.run_id is not None and state.run_id != run_id:
+        raise BadInput(f"checkpoint {path} belongs to run {state.run_id}, not run {run_id}")
+    if (spec.steps is not None and state.step >= spec.steps) or (
+            spec.minutes is not None and state.train_seconds >= spec.minutes * 60):
+        raise BadInput(f"run {run_id} has used its whole budget: nothing left to train")
+    dataset = load_data(spec, state.data_path)
+    recorded = run.config.get("data", {})
+    if (recorded.get("train_tokens"), recorded.get("val_tokens")) != (
+            dataset.train_tokens, dataset.val_tokens):
+        raise BadInput(f"the data at {state.data_path} changed since run {run_id} "
+                       f"started (train/val tokens differ)")
+    return spec, dataset, path

@@ -1,0 +1,449 @@
+"""The trainer: one training session (a fresh run or a resumed one) on one process.
+
+`Trainer.run()` repeats three named parts until the stop decision says so:
+
+    _train_step()      one optimizer step (the session's first is the warm-up)
+    _stop_decision()   budget used, time up, or a stop asked for
+    _log_point()       every `train.log_interval` steps: the loss, recording, progress,
+                       the periodic checkpoint (and, under DDP, the joint stop decision)
+
+with the evaluation point (`_eval_and_record`, which records the gates through
+`_record_gates`) every `train.eval_interval` steps and at the end.
+
+The first step of every session is a warm-up step: it triggers compilation
+and CUDA set-up, so its time is recorded as metric `compile_s` and neither
+charged to the budget nor counted in the throughput (its tokens do count as
+trained on). Evaluation and checkpoint time are paused out of the budget too
+(`eval_s`, `checkpoint_s`).
+
+The step loop does no host synchronisation: the loss is accumulated on the
+device and read once per log interval (which is also where a NaN/inf loss is
+caught), the learning rate is set on the optimizer's few param groups, and
+batches are prepared one step ahead by the BatchSampler (pinned memory,
+non-blocking copies on CUDA).
+
+Under torchrun every rank runs a Trainer; stop decisions other than a step
+budget (time up, SIGINT/SIGTERM) are taken together at log points so that
+every rank stops at the same step; only rank 0 records and writes checkpoints.
+
+A checkpoint that cannot be written does not end the run: the cause (naming
+the checkpoint path) is noted, put on the run row's `error`, and training goes
+on; `checkpoint_error` holds it at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from racli.names import sdpa_backend_context
+from racli.training import checkpoint as ckpt
+from racli.training import distributed as ddp
+from racli.training.budget import EpochBudget
+from racli.training.clocks import ClockSampler
+from racli.training.data import BatchSampler, Dataset, eval_batches
+from racli.training.progress import epoch_warning
+from racli.training.reciprocity import record_measures
+from racli.training.result import StepInfo
+from racli.training.schedule import lr_at, step_progress, time_progress
+from racli.training.spec import TrainSpec, model_config
+
+
+def finite(values: dict[str, float | None]) -> dict[str, float]:
+    """The values that are numbers and finite (what the metrics table can store)."""
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+class _Clock:
+    """Training time: runs only while training steps run."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.base = seconds
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._t0 is not None:
+            self.base += time.perf_counter() - self._t0
+            self._t0 = None
+
+    @property
+    def running(self) -> bool:
+        return self._t0 is not None
+
+    @property
+    def seconds(self) -> float:
+        return self.base + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+
+class Trainer:
+    """One training session (a fresh run or a resumed one). Use `racli.training.train()`."""
+
+    def __init__(self, spec: TrainSpec, dataset: Dataset, *, rec, info: ddp.DistInfo,
+                 device: torch.device, config: dict, ckpt_path: Path | None,
+                 state: ckpt.CheckpointState | None, reporter, stop: threading.Event,
+                 on_step: Callable[[StepInfo], None] | None, data_path: str):
+        from racli_models import GPT
+
+        self.spec, self.dataset, self.rec, self.info = spec, dataset, rec, info
+        self.device, self.config, self.ckpt_path = device, config, ckpt_path
+        self.reporter, self.stop, self.on_step = reporter, stop, on_step
+        self.data_path = data_path
+        t = self.t = spec.train
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(spec.seed)
+        self.mcfg = model_config(spec, dataset)
+        self.raw = GPT(self.mcfg).to(device)
+        self.opt = self.raw.configure_optimizer(
+            t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult,
+            fused=self.cuda)
+        self.sampler = BatchSampler(dataset.train, t.batch_size, self.mcfg.block_size,
+                                    seed=spec.seed, rank=info.rank, world_size=info.world_size,
+                                    device=device)
+        self.tokens_per_step = t.batch_size * self.mcfg.block_size * info.world_size
+        # progress counters (restored from a checkpoint on resume)
+        self.step = 0
+        self.tokens = 0
+        self.timed_tokens = 0
+        self.timed_steps = 0
+        self.compile_s = self.eval_s = self.checkpoint_s = 0.0
+        self.train_loss: float | None = None
+        self.epoch_warned = False
+        self.checkpoint_step: int | None = None  # the step of the checkpoint on disk
+        train_seconds = 0.0
+        if state is not None:
+            self._restore(state)
+            train_seconds = state.train_seconds
+        self.clock = _Clock(train_seconds)
+        self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        self.fwd = torch.compile(self.raw) if spec.compile else self.raw
+        self.model = ddp.wrap_ddp(self.fwd, device, info)
+        self.eval_set = eval_batches(dataset.val, t.batch_size, self.mcfg.block_size,
+                                     t.eval_batches, device)
+        self.last_gate_step: int | None = None
+        self.val_loss: float | None = None
+        self.error: str | None = None
+        self.checkpoint_error: str | None = None  # why the last checkpoint write failed
+        self.last_checkpoint = time.monotonic()
+        self.clocks = ClockSampler(device)  # GPU clock, power, temperature at log points
+        # the loop's state between log points
+        self.status = "finished"
+        self.stopped_by_user = False
+        self.warmup = True  # the session's first step: compile + set-up, not charged
+        self.budget = EpochBudget(self)  # epoch estimate, --max-epochs
+        self.epochs_stop = False  # --max-epochs reached
+        self.loss_acc = torch.zeros((), device=device, dtype=torch.float32)
+        self.since_log = 0
+        self.last_log_tokens, self.last_log_secs = self.timed_tokens, 0.0
+
+    def _restore(self, state: ckpt.CheckpointState) -> None:
+        self.raw.load_state_dict(state.model)
+        self.opt.load_state_dict(state.optimizer)
+        self.sampler.load_state_dict(state.sampler)
+        ckpt.set_rng_state(state.rng)
+        self.step, self.tokens = state.step, state.tokens
+        self.timed_tokens, self.timed_steps = state.timed_tokens, state.timed_steps
+        self.compile_s, self.eval_s = state.compile_s, state.eval_s
+        self.checkpoint_s = state.checkpoint_s
+        self.train_loss, self.epoch_warned = state.train_loss, state.epoch_warned
+        self.checkpoint_step = state.step
+
+    # ---- small helpers ----------------------------------------------------
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def _autocast(self):
+        """bf16 autocast on CUDA, and the SDPA backend of `train.sdpa_backend`."""
+        stack = contextlib.ExitStack()
+        if self.cuda:
+            stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        stack.enter_context(sdpa_backend_context(self.t.sdpa_backend))
+        return stack
+
+    @property
+    def epochs(self) -> float:
+        return self.tokens / self.dataset.train_tokens
+
+    def _progress(self, train_seconds: float) -> float:
+        if self.spec.steps is not None:
+            return step_progress(self.step, self.spec.steps)
+        return time_progress(train_seconds, self.spec.budget_seconds)
+
+    def _time_up(self) -> bool:
+        budget = self.spec.budget_seconds
+        return budget is not None and self.clock.seconds >= budget
+
+    def figures(self) -> dict[str, Any]:
+        """The run row's final columns as they stand (None where there is no value yet)."""
+        secs = self.clock.seconds
+        val = self.val_loss if self.val_loss is not None and math.isfinite(self.val_loss) else None
+        return {"iterations": self.step, "tokens": self.tokens, "epochs": self.epochs,
+                "train_seconds": secs,
+                "tokens_per_s": self.timed_tokens / secs if secs > 0 else None,
+                "val_loss": val}
+
+    def row_figures(self) -> dict[str, Any]:
+        """`figures()` without the missing values, for the run row."""
+        return {k: v for k, v in self.figures().items() if v is not None}
+
+    def _left_s(self) -> float | None:
+        secs = self.clock.seconds
+        if self.spec.budget_seconds is not None:
+            return max(0.0, self.spec.budget_seconds - secs)
+        if self.timed_steps == 0:
+            return None
+        return (self.spec.steps - self.step) * secs / self.timed_steps
+
+    # ---- the evaluation point ------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        """Mean validation loss over `batches` (sharded over ranks). The weights are
+        fixed meanwhile, so without torch.compile RA's composed weight is built once
+        per evaluation; a compiled model composes inside its graph."""
+        from racli_models import composed_once
+
+        self.fwd.eval()
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        with composed_once() if not self.spec.compile else contextlib.nullcontext():
+            for x, y in batches[self.info.rank::self.info.world_size]:
+                with self._autocast():
+                    _, loss = self.fwd(x, y)
+                total[0] += loss.double()
+                total[1] += 1
+        self.fwd.train()
+        ddp.all_reduce_sum(total, self.info)
+        return (total[0] / total[1]).item()
+
+    def _eval_and_record(self, batches, *, final: bool) -> None:
+        """The evaluation point: validation loss and gate values, recorded at this step."""
+        self._sync()
+        self.clock.pause()
+        t0 = time.perf_counter()
+        self.val_loss = self.evaluate(batches)
+        dt = time.perf_counter() - t0
+        self.eval_s += dt
+        secs = self.clock.seconds
+        self.rec.metrics(self.step, finite({"val_loss": self.val_loss, "eval_s": dt,
+                                            "epochs": self.epochs}), secs)
+        self._record_gates(final=final)
+        self.reporter.note(f"step {self.step}: {'final ' if final else ''}val_loss "
+                           f"{self.val_loss:.4f} ({len(batches)} batches, {dt:.1f}s)")
+        if not final:
+            self.rec.update(**self.row_figures())
+            self.clock.start()
+
+    def _record_gates(self, final: bool = False) -> None:
+        if self.last_gate_step == self.step:
+            return
+        gates = self.raw.gate_values()
+        if gates:
+            self.rec.gates(self.step, gates)
+        if self.info.is_main:  # reciprocity measures (racli/training/reciprocity.py)
+            record_measures(self.raw, self.eval_set, self.rec, self.step, self.spec.measures,
+                            final=final, elapsed_s=self.clock.seconds)
+        self.last_gate_step = self.step
+
+    # ---- checkpoints ---------------------------------------------------------
+    def checkpoint_state(self) -> ckpt.CheckpointState:
+        return ckpt.CheckpointState(
+            run_id=self.rec.run_id, config=self.config, data_path=self.data_path,
+            model=self.raw.state_dict(), optimizer=self.opt.state_dict(),
+            sampler=self.sampler.state_dict(), rng=ckpt.rng_state(), step=self.step,
+            tokens=self.tokens, timed_tokens=self.timed_tokens, timed_steps=self.timed_steps,
+            train_seconds=self.clock.seconds, compile_s=self.compile_s, eval_s=self.eval_s,
+            checkpoint_s=self.checkpoint_s, train_loss=self.train_loss,
+            epoch_warned=self.epoch_warned)
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint (rank 0). A failed write is noted and kept in
+        `checkpoint_error`; training goes on."""
+        if not self.info.is_main or self.ckpt_path is None:
+            return
+        running = self.clock.running
+        self._sync()
+        self.clock.pause()
+        t0 = time.perf_counter()
+        try:
+            ckpt.save(self.ckpt_path, self.checkpoint_state())
+        except ckpt.CheckpointError as exc:
+            self.checkpoint_error = str(exc)
+            self.reporter.note(f"step {self.step}: {exc}")
+            self.rec.update(error=self.checkpoint_note())
+        else:
+            if self.checkpoint_error is not None:
+                self.rec.update(error=None)
+            self.checkpoint_error = None
+            self.checkpoint_step = self.step
+        dt = time.perf_counter() - t0
+        self.checkpoint_s += dt
+        self.rec.metric(self.step, "checkpoint_s", dt, self.clock.seconds)
+        self.last_checkpoint = time.monotonic()
+        if running:
+            self.clock.start()
+
+    def checkpoint_note(self) -> str | None:
+        """What the run row says when the last checkpoint write failed (None otherwise)."""
+        if self.checkpoint_error is None:
+            return None
+        if self.checkpoint_step is None:
+            return f"checkpoint missing: {self.checkpoint_error}"
+        return (f"checkpoint out of date (it holds step {self.checkpoint_step}): "
+                f"{self.checkpoint_error}")
+
+    # ---- the loop ----------------------------------------------------------
+    def run(self) -> str:
+        """Train until the budget is used, a stop is asked for, or the loss diverges.
+        Returns the end status: finished, interrupted or diverged."""
+        self._begin()
+        self.budget.start(self)
+        while True:
+            lr = self._train_step()
+            self.epochs_stop = self.budget.after_step(self)
+            done = self._stop_decision()
+            if self.step % self.t.log_interval == 0 or done:
+                done = self._log_point(lr, done)
+            if done:
+                break
+            if self.step % self.t.eval_interval == 0:
+                self._eval_and_record(self.eval_set, final=False)
+        return self._end()
+
+    def _begin(self) -> None:
+        spec = self.spec
+        self.last_checkpoint = time.monotonic()
+        if self.step == 0:
+            self._record_gates()  # the initial gate values
+        self.reporter.start(run_id=self.rec.run_id, attn=spec.attn,
+                            total=spec.steps if spec.steps is not None else spec.budget_seconds,
+                            unit="steps" if spec.steps is not None else "seconds",
+                            done=self.step if spec.steps is not None else self.clock.seconds)
+        self.last_log_tokens, self.last_log_secs = self.timed_tokens, self.clock.seconds
+
+    def _train_step(self) -> float:
+        """One optimizer step; returns its learning rate. The session's first step is the
+        warm-up: timed as `compile_s`, not charged to the budget."""
+        warmup = self.warmup
+        if warmup:
+            self._sync()
+            t_warm = time.perf_counter()
+        t = self.t
+        lr = lr_at(self._progress(self.clock.seconds), t.lr, t.warmup_frac, t.min_lr_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+        x, y = self.sampler.next()
+        with self._autocast():
+            _, loss = self.model(x, y)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_acc += loss.detach()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        self.since_log += 1
+        if warmup:
+            self._sync()
+            dt = time.perf_counter() - t_warm
+            self.compile_s += dt
+            self.rec.metric(self.step, "compile_s", dt, self.clock.seconds)
+            self.warmup = False
+            self.clock.start()
+            self.last_log_secs = self.clock.seconds
+        else:
+            self.timed_tokens += self.tokens_per_step
+            self.timed_steps += 1
+        if self.on_step is not None:
+            self.on_step(StepInfo(self.step, x, y, self.raw))
+        return lr
+
+    def _stop_decision(self, joint: tuple[bool, bool] | None = None) -> bool:
+        """Whether training stops after the step just taken: the step budget is used, or
+        a stop was asked for (SIGINT/SIGTERM: `stopped_by_user`), or the time budget is up.
+
+        One process decides after every step. Under DDP a rank decides alone only on the
+        step budget; the rest is decided together at log points, from `joint` = (any rank
+        was asked to stop, rank 0's time is up), so that every rank stops at one step."""
+        done = (self.spec.steps is not None and self.step >= self.spec.steps) or self.epochs_stop
+        if self.info.enabled:
+            user_stop, time_up = joint if joint is not None else (False, False)
+        else:
+            user_stop = self.stop.is_set()
+            time_up = not user_stop and self._time_up()
+        if user_stop:
+            self.stopped_by_user = True
+            return True
+        return done or time_up
+
+    def _log_point(self, lr: float, done: bool) -> bool:
+        """Every `train.log_interval` steps and at the last: one host sync for the mean loss
+        (and, under DDP, the joint stop decision), the loss check, the metrics, progress and
+        the periodic checkpoint. Returns whether training stops (a diverged loss sets
+        `status`)."""
+        if self.info.enabled:
+            joint = torch.zeros(3, device=self.device, dtype=torch.float64)
+            joint[0] = self.loss_acc
+            joint[1] = 1.0 if self.stop.is_set() else 0.0
+            joint[2] = 1.0 if self.info.is_main and self._time_up() else 0.0
+            ddp.all_reduce_sum(joint, self.info)
+            loss_sum, any_stop, time_up = joint.tolist()
+            loss_sum /= self.info.world_size
+            done = self._stop_decision((any_stop > 0, time_up > 0))
+        else:
+            loss_sum = self.loss_acc.item()
+        mean_loss = loss_sum / self.since_log
+        self.loss_acc.zero_()
+        self.since_log = 0
+        secs = self.clock.seconds
+        d_tok, d_sec = self.timed_tokens - self.last_log_tokens, secs - self.last_log_secs
+        tps = d_tok / d_sec if d_sec > 0 and d_tok > 0 else None
+        self.last_log_tokens, self.last_log_secs = self.timed_tokens, secs
+        if not math.isfinite(mean_loss):
+            self.error = (f"training loss is {mean_loss} at step {self.step} "
+                          f"(diverged; lr {lr:.3g})")
+            self.reporter.note(f"step {self.step}: {self.error}")
+            self.status = "diverged"
+            return True
+        self.train_loss = mean_loss
+        self.rec.metrics(self.step, finite({"train_loss": mean_loss, "lr": lr,
+                                            "tokens_per_s": tps, **self.clocks.sample()}),
+                         secs)
+        self.reporter.update(step=self.step,
+                             done=self.step if self.spec.steps is not None else secs,
+                             loss=mean_loss, tokens_per_s=tps, left_s=self._left_s())
+        if not self.epoch_warned and self.epochs > 1.0:
+            self.epoch_warned = True
+            self.reporter.note(epoch_warning(self.epochs))
+        if (not done and self.info.is_main
+                and time.monotonic() - self.last_checkpoint >= self.t.checkpoint_minutes * 60.0):
+            self.save_checkpoint()
+        return done
+
+    def _end(self) -> str:
+        """After the loop: the final evaluation and checkpoint (not for a diverged run)."""
+        self._sync()
+        self.clock.pause()
+        if self.status == "diverged":
+            return self.status
+        if self.stopped_by_user:
+            self.reporter.note(f"step {self.step}: stop requested: final evaluation and "
+                               f"checkpoint, then exit")
+        final = eval_batches(self.dataset.val, self.t.batch_size, self.mcfg.block_size,
+                             self.t.final_eval_batches, self.device)
+        self._eval_and_record(final, final=True)
+        self.save_checkpoint()
+        self.status = "interrupted" if self.stopped_by_user else "finished"
+        return self.status

@@ -1,0 +1,288 @@
+"""How much each layer and head uses its reciprocal term, measured on inputs.
+
+The raw gates cannot say it. In ra_v5 the reciprocal logit is
+w_rec (P^T k_i).(P^T q_j) with P learned too: scaling P by c and w_rec by
+1/c^2 gives the same model, so |w_rec / w_std| can be anything for one
+function. The measures below are computed from what the model computes (the
+logits, the attention distributions, the loss), so they do not depend on how
+the scale is split. They are read from the composed weights of the module
+(`folded_qkv`, the same W_f the forward uses) and never change a parameter.
+
+Folded RA (``ra_v5``, ``ra_v5_untied``): the logits of head h are
+    L_ij = S_ij + R_ij,  S_ij = w_std (a_i . c_j) / sqrt(D),  R_ij = w_rec (b_i . d_j) / sqrt(D)
+over causal pairs j <= i, with Qf = [w_std a | w_rec b] and Kf = [c | d].
+
+* ``rec_share`` (per head): the share of the logits' variance over causal
+  query-key pairs that comes from the reciprocal term,
+      rec_share = V(R) / (V(S) + V(R)),
+      V(X) = sum over sequences b and queries i of sum_{j<=i} (X_ij - mean_{j'<=i} X_ij')^2.
+  Each term is centred within its query row first: softmax ignores a shift
+  shared by one query's logits, so only the spread over the keys a query can
+  see moves attention. It is 0 when w_rec = 0, 1 when w_std = 0, lies in
+  [0, 1], and is unchanged by P -> cP, w_rec -> w_rec / c^2 (R is unchanged).
+  The cross term is left out on purpose: with it the share could leave [0, 1].
+* ``rec_effect`` (per head): mean over sequences and queries (query 0
+  included, where it is 0) of KL(softmax(S + R) || softmax(S)) over j <= i,
+  in nats: what removing the reciprocal term would change in where the head
+  attends. 0 when w_rec = 0; invariant under the same rescaling.
+* ``rec_ablation`` (per layer): the relative change of the loss on the given
+  batches when that layer's reciprocal term is removed (w_rec = 0; for
+  ``ra_beta`` beta = 0), every other layer unchanged:
+  (loss_without - loss) / loss. The causal test: positive means the layer's
+  reciprocal term helps.
+
+``ra_beta``: ``rec_norm_ratio`` (per head) = ||tanh(beta) rmsnorm(SDPA(k, q, v))||
+/ ||SDPA(q, k, v)||, norms over every sequence, position and head dim: the
+size of the gated reciprocal branch relative to the standard branch's output.
+
+``sdpa_gate``: ``gate_mean`` and ``gate_std`` (per head): mean and standard
+deviation (population) of sigmoid(x W_g^T + b_g) over sequences, positions
+and the head's dims.
+
+Every measure is first accumulated as additive sums (`layer_parts`) so that
+several batches pool exactly, then turned into values (`finish`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
+
+Parts = dict[str, torch.Tensor]
+
+#: names of the measures per head, by attention class, and the per-layer one
+HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std")
+LAYER_MEASURES = ("rec_ablation",)
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """Sums are kept in float64 so that pooling many batches loses nothing."""
+    return t.to(torch.float64)
+
+
+def causal_mask(T: int, device) -> torch.Tensor:
+    """(T, T) bool, True where key j <= query i."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+# ---------------------------------------------------------------- folded RA
+
+
+def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of the folded logits, each (B, H, T, T), before the mask:
+        S = (w_std a) c^T / sqrt(D),   R = (w_rec b) d^T / sqrt(D)
+    from Qf = [w_std a | w_rec b] and Kf = [c | d] of the composed weight."""
+    qf, kf, _ = attn.folded_qkv(x)
+    ds = attn.d_std
+    scale = 1.0 / math.sqrt(attn.head_dim)
+    std = qf[..., :ds] @ kf[..., :ds].transpose(-1, -2) * scale
+    rec = qf[..., ds:] @ kf[..., ds:].transpose(-1, -2) * scale
+    return std, rec
+
+
+def row_centred_power(term: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """V(X) per head (H,): sum over b, i, j <= i of (X_ij - mean_{j'<=i} X_ij')^2."""
+    t = term.masked_fill(~mask, 0.0)
+    n_keys = mask.sum(-1, keepdim=True).to(term.dtype)  # i + 1 keys for query i
+    centred = (t - t.sum(-1, keepdim=True) / n_keys).masked_fill(~mask, 0.0)
+    return _acc(centred.pow(2).sum(dim=(0, 2, 3)))
+
+
+def kl_sum(std: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per head (H,): sum over b, i of KL(softmax(S + R) || softmax(S)) over keys j <= i.
+
+    With q = softmax(S) and p = q e^R / E_q[e^R]: KL(p || q) = E_p[R] - log E_q[e^R].
+    Both terms are taken with R centred under q, r = R - E_q[R] (E_q[r] = 0):
+        KL = E_q[r expm1(r)] / (1 + u) - log1p(u),   u = E_q[expm1(r)],
+    exact, and free of the difference of nearly equal numbers that log p - log q
+    suffers when R is small (KL ~ Var_q(R) / 2, far below float32's resolution of
+    the log-probabilities)."""
+    q = torch.softmax(std.masked_fill(~mask, -math.inf), dim=-1)  # 0 above the diagonal
+    r = rec - (q * rec).sum(-1, keepdim=True)
+    e = torch.expm1(r)
+    u = (q * e).sum(-1)
+    kl = (q * r * e).sum(-1) / (1 + u) - torch.log1p(u)  # (B, H, T)
+    return _acc(kl.sum(dim=(0, 2)))
+
+
+def folded_parts(attn: _FoldedRA, x: torch.Tensor) -> Parts:
+    std, rec = score_terms(attn, x)
+    B, _, T, _ = std.shape
+    mask = causal_mask(T, x.device)
+    return {"v_std": row_centred_power(std, mask), "v_rec": row_centred_power(rec, mask),
+            "kl": kl_sum(std, rec, mask),
+            "queries": torch.tensor(float(B * T), dtype=torch.float64, device=x.device)}
+
+
+def folded_finish(parts: Parts) -> dict[str, torch.Tensor]:
+    total = parts["v_std"] + parts["v_rec"]
+    share = torch.where(total > 0, parts["v_rec"] / total.clamp_min(1e-300),
+                        torch.zeros_like(total))
+    return {"rec_share": share, "rec_effect": parts["kl"] / parts["queries"]}
+
+
+# ---------------------------------------------------------------- ra_beta, sdpa_gate
+
+
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + causal mask) v, as the modules compute it (no dropout)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _beta_branches(attn: RABetaAttention, x: torch.Tensor):
+    q, k, v = attn.c_attn(x).split(attn.n_embd, dim=2)
+    q, k, v = attn._heads(q), attn._heads(k), attn._heads(v)
+    y_std = _causal_attention(q, k, v)
+    y_rec = F.rms_norm(_causal_attention(k, q, v), (attn.head_dim,), eps=RMS_EPS)
+    return y_std, y_rec  # (B, H, T, D) each; the module adds tanh(beta) * y_rec
+
+
+def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
+    y_std, y_rec = _beta_branches(attn, x)
+    return {"std_sq": _acc(y_std.pow(2).sum(dim=(0, 2, 3))),
+            "rec_sq": _acc(y_rec.pow(2).sum(dim=(0, 2, 3)))}
+
+
+def beta_finish(attn: RABetaAttention, parts: Parts) -> dict[str, torch.Tensor]:
+    gate = torch.tanh(_acc(attn.beta.detach())).abs()
+    ratio = gate * (parts["rec_sq"] / parts["std_sq"].clamp_min(1e-300)).sqrt()
+    return {"rec_norm_ratio": ratio}
+
+
+def gate_parts(attn: SDPAGateAttention, x: torch.Tensor) -> Parts:
+    B, T, _ = x.shape
+    g = _acc(torch.sigmoid(attn.g_proj(x)).view(B, T, attn.n_head, attn.head_dim))
+    return {"g": g.sum(dim=(0, 1, 3)), "g2": g.pow(2).sum(dim=(0, 1, 3)),
+            "n": torch.tensor(float(B * T * attn.head_dim), dtype=torch.float64, device=x.device)}
+
+
+def gate_finish(parts: Parts) -> dict[str, torch.Tensor]:
+    mean = parts["g"] / parts["n"]
+    var = (parts["g2"] / parts["n"] - mean.pow(2)).clamp_min(0.0)
+    return {"gate_mean": mean, "gate_std": var.sqrt()}
+
+
+# ---------------------------------------------------------------- one layer
+
+
+def layer_parts(attn, x: torch.Tensor) -> Parts:
+    """Additive sums of the measures of one attention module on its input x (B, T, C);
+    {} for a variant without measures (baseline)."""
+    if isinstance(attn, _FoldedRA):
+        return folded_parts(attn, x)
+    if isinstance(attn, RABetaAttention):
+        return beta_parts(attn, x)
+    if isinstance(attn, SDPAGateAttention):
+        return gate_parts(attn, x)
+    return {}
+
+
+def finish(attn, parts: Parts) -> dict[str, torch.Tensor]:
+    """Measure name -> per-head float64 values (H,) from pooled `layer_parts` sums."""
+    if not parts:
+        return {}
+    if isinstance(attn, _FoldedRA):
+        return folded_finish(parts)
+    if isinstance(attn, RABetaAttention):
+        return beta_finish(attn, parts)
+    return gate_finish(parts)
+
+
+def head_measures(attn, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-head measures of one attention module on one input x (B, T, C)."""
+    return finish(attn, layer_parts(attn, x))
+
+
+def without_reciprocal(attn, x: torch.Tensor) -> torch.Tensor | None:
+    """The module's output with its reciprocal term removed (folded RA: w_rec = 0;
+    ra_beta: beta = 0), computed from its parameters without changing them;
+    None for a variant without one."""
+    if isinstance(attn, _FoldedRA):
+        qf, kf, v = attn.folded_qkv(x)
+        ds = attn.d_std
+        qf = torch.cat([qf[..., :ds], torch.zeros_like(qf[..., ds:])], dim=-1)
+        return attn._out(attn._merge(_causal_attention(qf, kf, v)))
+    if isinstance(attn, RABetaAttention):
+        y_std, _ = _beta_branches(attn, x)
+        return attn._out(attn._merge(y_std))
+    return None
+
+
+# ---------------------------------------------------------------- a whole model
+
+
+def _embed(model, idx: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering block 0 (as GPT.forward computes it)."""
+    pos = torch.arange(idx.shape[1], dtype=torch.long, device=idx.device)
+    return model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))
+
+
+def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """Summed cross-entropy of the final residual stream x and the number of targets."""
+    logits = model.lm_head(model.transformer.ln_f(x))
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).double(), targets.reshape(-1),
+                           ignore_index=-1, reduction="sum")
+    return float(loss), int((targets != -1).sum())
+
+
+def model_measures(
+    model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ablation: bool = True
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Layer -> measure name -> values for a GPT on (idx, targets) batches.
+
+    Per-head measures have shape (H,); ``rec_ablation`` (layers with a
+    reciprocal term, when `ablation`) has shape (1,). The forward is the
+    model's own, block by block (GPT.forward): each block's attention input
+    is measured as it passes. For the ablation, the residual stream entering
+    each block is kept; the pass from that block on is run again with its
+    reciprocal term removed. Call it under torch.no_grad() in eval mode
+    (`racli.training.reciprocity.record_measures` does). No parameter is
+    changed; as any forward does, it updates sdpa_gate's `gate_mean` buffer
+    (`record_measures` puts the buffers back).
+    """
+    blocks = list(model.transformer.h)
+    parts: list[Parts] = [{} for _ in blocks]
+    base = [0.0, 0]
+    removed: dict[int, list] = {}
+    for idx, targets in batches:
+        x = _embed(model, idx)
+        entering = []
+        for i, block in enumerate(blocks):
+            entering.append(x)
+            h = block.ln_1(x)
+            for name, value in layer_parts(block.attn, h).items():
+                parts[i][name] = parts[i][name] + value if name in parts[i] else value
+            x = x + block.attn(h)
+            x = x + block.mlp(block.ln_2(x))
+        if not ablation:
+            continue
+        s, n = _loss_sum(model, x, targets)
+        base[0] += s
+        base[1] += n
+        for i, block in enumerate(blocks):
+            x = entering[i]
+            y = without_reciprocal(block.attn, block.ln_1(x))
+            if y is None:
+                continue
+            x = x + y
+            x = x + block.mlp(block.ln_2(x))
+            for later in blocks[i + 1:]:
+                x = later(x)
+            s, n = _loss_sum(model, x, targets)
+            acc = removed.setdefault(i, [0.0, 0])
+            acc[0] += s
+            acc[1] += n
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for i, block in enumerate(blocks):
+        values = finish(block.attn, parts[i])
+        if i in removed and base[1] > 0:
+            loss = base[0] / base[1]
+            without = removed[i][0] / removed[i][1]
+            values["rec_ablation"] = torch.tensor([(without - loss) / loss], dtype=torch.float64)
+        if values:
+            out[i] = values
+    return out

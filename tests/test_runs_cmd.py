@@ -1,0 +1,331 @@
+"""`ra runs` management through the CLI: tag, exclude / include, delete, diff, export --metrics,
+and `ra compare` leaving excluded runs out."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+
+import pytest
+from helpers import (
+    GPU_ENV_INFO,
+    TRAIN_CONFIG,
+    db_state,
+    make_db,
+    one_line_error,
+    ra_inprocess,
+    record_run,
+)
+
+from racli.commands import runs as runs_cmd
+from racli.errors import BadInput
+from racli.run_diff import diff_runs, diff_text, flatten
+from racli.store.engine import open_store
+from racli.store.manage import checkpoint_files, metric_rows
+
+
+def ok(*args):
+    res = ra_inprocess(*args)
+    assert res.exit_code == 0, (res.exit_code, res.stdout, res.stderr)
+    return res
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "ra.db"
+    make_db(path)  # ids 1..6: bench; baseline s1; ra_v5 s1; ra_v5 failed; baseline interrupted; ra_v5 diverged
+    return path
+
+
+@pytest.fixture
+def verdict_db(tmp_path):
+    """Three finished runs a side, one ra_v5 run far off (the run to exclude)."""
+    path = tmp_path / "v.db"
+    store = open_store(str(path))
+    ids = {}
+    for attn in ("baseline", "ra_v5"):
+        for seed in (1, 2, 3):
+            ids[(attn, seed)] = record_run(store, attn=attn, seed=seed)
+    bad = record_run(store, attn="ra_v5", seed=4)
+    from sqlalchemy import update
+
+    from racli.store.models import Run
+    with store.writing() as conn:
+        conn.execute(update(Run).where(Run.id == bad).values(val_loss=9.0))
+    store.close()
+    return path, bad
+
+
+def _row(path, run_id, cols="tag, excluded, exclude_reason"):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"SELECT {cols} FROM runs WHERE id=?", (run_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+# ---- unknown ids: exit 2, one line, nothing changes ----------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ("tag", "99", "x"), ("exclude", "99", "--reason", "r"), ("include", "99"),
+    ("delete", "99", "--yes"), ("diff", "2", "99"), ("diff", "99", "2"), ("show", "99"),
+    ("exclude", "2", "99", "--reason", "r"), ("delete", "2", "99", "--yes"),
+])
+def test_unknown_ids_are_one_line_and_change_nothing(db, args):
+    before = db_state(db)
+    err = one_line_error(ra_inprocess("runs", *args, "--db", db))
+    assert "no run with id 99" in err
+    assert db_state(db) == before
+
+
+# ---- tag -----------------------------------------------------------------------------------
+
+def test_tag_sets_replaces_and_clears(db):
+    res = ok("runs", "tag", 3, "good", "--db", db)
+    assert res.stdout.strip() == "run 3: tag sweep -> good"
+    assert _row(db, 3, "tag") == ("good",)
+    ok("runs", "tag", 3, "better", "--db", db)
+    assert _row(db, 3, "tag") == ("better",)
+    assert "tag" not in json.loads(_row(db, 3, "config")[0])  # a config without a tag keeps none
+    listed = json.loads(ok("runs", "--tag", "better", "--json", "--db", db).stdout)
+    assert [r["id"] for r in listed] == [3]
+    ok("runs", "tag", 3, "--clear", "--db", db)
+    assert _row(db, 3, "tag") == (None,)
+    for bad in (("tag", 3), ("tag", 3, "x", "--clear"), ("tag", 3, "  ")):
+        one_line_error(ra_inprocess("runs", *bad, "--db", db))
+
+
+def test_tag_follows_into_a_config_that_holds_one(tmp_path):
+    path = tmp_path / "t.db"
+    store = open_store(str(path))
+    rid = record_run(store, config={**TRAIN_CONFIG, "tag": "old"}, tag="old")
+    store.close()
+    ok("runs", "tag", rid, "new", "--db", path)
+    assert _row(path, rid, "tag") == ("new",)
+    assert json.loads(_row(path, rid, "config")[0])["tag"] == "new"
+
+
+# ---- exclude / include and ra compare ------------------------------------------------------
+
+def test_exclude_is_kept_shown_and_left_out_of_verdicts(verdict_db):
+    path, bad = verdict_db
+    before = json.loads(ok("compare", "--db", path, "--json").stdout)
+    assert bad in before["group"]["run_ids"]["ra_v5"]
+    assert before["excluded"] == []
+
+    res = ok("runs", "exclude", bad, "--reason", "wrong data file", "--db", path)
+    assert res.stdout.strip() == f"run {bad}: excluded from verdicts (wrong data file)"
+    assert _row(path, bad)[1:] == (1, "wrong data file")
+    # kept and shown
+    listed = json.loads(ok("runs", "--json", "--db", path).stdout)
+    assert {r["id"]: (r["excluded"], r["exclude_reason"]) for r in listed}[bad] == (True, "wrong data file")
+    assert ", excluded" in ok("runs", "--db", path).stdout
+    shown = ok("runs", "show", bad, "--db", path).stdout
+    assert "EXCLUDED from verdicts: wrong data file" in shown
+    assert json.loads(ok("runs", "show", bad, "--json", "--db", path).stdout)["excluded"] is True
+    # left out of the verdict, and listed
+    after = json.loads(ok("compare", "--db", path, "--json").stdout)
+    assert bad not in after["group"]["run_ids"]["ra_v5"]
+    assert after["excluded"] == [{"id": bad, "attn": "ra_v5", "reason": "wrong data file"}]
+    assert after["verdict"] != before["verdict"]
+    text = ok("compare", "--db", path).stdout
+    assert f"excluded: run {bad} (wrong data file)" in text
+    assert [e["id"] for e in json.loads(ok("compare", "--db", path, "--json", "--any-env").stdout)["excluded"]] == [bad]
+
+    res = ok("runs", "include", bad, "--db", path)
+    assert res.stdout.strip() == f"run {bad}: included in verdicts again"
+    assert _row(path, bad)[1:] == (0, None)
+    assert json.loads(ok("compare", "--db", path, "--json").stdout) == before
+    assert "was not excluded" in ok("runs", "include", bad, "--db", path).stdout
+
+
+def test_exclude_needs_a_reason(db):
+    before = db_state(db)
+    res = ra_inprocess("runs", "exclude", 3, "--db", db)
+    assert res.exit_code == 2 and "--reason" in res.stderr
+    one_line_error(ra_inprocess("runs", "exclude", 3, "--reason", " ", "--db", db))
+    assert db_state(db) == before
+
+
+def test_excluded_bench_runs_leave_bench_comparisons(tmp_path):
+    path = tmp_path / "b.db"
+    shape = {"batch": 2, "seq": 64, "heads": 4, "head_dim": 32, "dtype": "float32", "device": "cpu"}
+    store = open_store(str(path))
+    ids = [record_run(store, kind="bench", timings=[
+        {"attn": a, "mode": "eager", "phase": "fwd", **shape, "median_ms": ms, "status": "ok"}
+        for a, ms in (("baseline", 1.0), ("ra_v5", m))]) for m in (1.1, 5.0)]
+    store.close()
+    ok("runs", "exclude", ids[1], "--reason", "throttled GPU", "--db", path)
+    out = json.loads(ok("compare", "--metric", "ms", "--json", "--db", path).stdout)
+    assert out["groups"][0]["run_ids"] == [ids[0]]
+    assert out["excluded"] == [{"id": ids[1], "attn": None, "reason": "throttled GPU"}]
+    assert f"excluded: run {ids[1]} (throttled GPU)" in ok("compare", "--metric", "ms", "--db", path).stdout
+
+
+# ---- delete --------------------------------------------------------------------------------
+
+def _counts(path, run_id):
+    conn = sqlite3.connect(path)
+    try:
+        return tuple(conn.execute(f"SELECT count(*) FROM {t} WHERE run_id=?", (run_id,)).fetchone()[0]
+                     for t in ("metrics", "timings", "gate_values"))
+    finally:
+        conn.close()
+
+
+def test_delete_needs_yes_without_a_terminal(db):
+    before = db_state(db)
+    err = one_line_error(ra_inprocess("runs", "delete", 3, "--db", db))
+    assert "--yes" in err
+    assert db_state(db) == before
+
+
+def test_delete_removes_rows_and_checkpoint(db):
+    ckpt = checkpoint_files(str(db), 4)[0]
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    other = checkpoint_files(str(db), 3)[0]
+    other.write_bytes(b"weights")
+    assert _counts(db, 4) == (6, 0, 8) and _counts(db, 1) == (0, 2, 0)
+    res = ok("runs", "delete", 4, 1, "--yes", "--db", db)
+    assert "deleted 2 run(s) (4, 1): 6 metric value(s), 2 timing(s), 8 gate value(s)" in res.stdout
+    assert f"removed checkpoint {ckpt}" in res.stdout
+    assert not ckpt.exists() and other.exists()
+    assert _counts(db, 4) == (0, 0, 0) and _counts(db, 1) == (0, 0, 0)
+    assert _row(db, 4) is None and _row(db, 1) is None
+    ids = [r["id"] for r in json.loads(ok("runs", "--json", "--db", db).stdout)]
+    assert ids == [6, 5, 3, 2]
+    out = json.loads(ok("runs", "delete", 2, "--yes", "--json", "--db", db).stdout)
+    assert out == {"runs": [2], "metrics": 6, "timings": 0, "gate_values": 8, "checkpoints": []}
+
+
+def test_delete_refuses_a_live_run(db):
+    from racli.store.recorder import RunRecorder
+
+    store = open_store(str(db))
+    rec = RunRecorder.start(store, kind="train", attn="ra_v5", config={}, heartbeat=False,
+                            env_info=GPU_ENV_INFO, git_commit="c")
+    store.close()
+    before = db_state(db)
+    assert "still running" in one_line_error(ra_inprocess("runs", "delete", rec.run_id, "--yes", "--db", db))
+    assert db_state(db) == before
+
+
+def test_delete_confirmation_prompt(db, monkeypatch):
+    runs = open_store(str(db))
+    from racli.store.manage import get_runs
+    targets = get_runs(runs, [3])
+    runs.close()
+    asked = []
+    monkeypatch.setattr(runs_cmd.typer, "confirm", lambda text, default: asked.append(text) or False)
+    counts = {"metrics": 6, "timings": 0, "gate_values": 8}
+    assert runs_cmd.confirm_delete(targets, counts, yes=False, interactive=True) is False
+    assert "Delete 1 run(s) (3) with 6 metric value(s)" in asked[0]
+    assert runs_cmd.confirm_delete(targets, counts, yes=True) is True
+    with pytest.raises(BadInput, match="--yes"):
+        runs_cmd.confirm_delete(targets, counts, yes=False, interactive=False)
+
+
+# ---- diff ----------------------------------------------------------------------------------
+
+def test_diff_marks_differences(tmp_path):
+    path = tmp_path / "d.db"
+    store = open_store(str(path))
+    a = record_run(store, attn="baseline", seed=1)
+    b = record_run(store, attn="ra_v5", seed=2, env_info=GPU_ENV_INFO,
+                   config={**TRAIN_CONFIG, "train": {"lr": 1e-3, "batch_size": 32}})
+    store.close()
+    text = ok("runs", "diff", a, b, "--db", path).stdout
+    lines = text.splitlines()
+    assert lines[0].startswith(f"Run {a} vs run {b}:")
+
+    def line(key):
+        return next(x for x in lines if x[4:].startswith(key + " "))
+    assert line("attn").startswith("  * ") and "baseline" in line("attn") and "ra_v5" in line("attn")
+    assert line("train.lr").startswith("  * ")
+    assert line("train.batch_size").startswith("    ")
+    assert line("gpu_name").startswith("  * ") and "NVIDIA H100" in line("gpu_name")
+    assert line("ra_version").startswith("    ")
+    assert line("git_commit (working directory)").startswith("    ")
+    assert line("val_loss").startswith("  * ") and "(+0.28%)" in line("val_loss")
+    for section in ("Run:", "Code:", "Environment:", "Config:", "Final figures:"):
+        assert section in lines
+    only = ok("runs", "diff", a, b, "--only-differences", "--db", path).stdout
+    assert "train.batch_size" not in only and "train.lr" in only
+
+    d = json.loads(ok("runs", "diff", a, b, "--json", "--db", path).stdout)
+    assert (d["a"], d["b"]) == (a, b)
+    rows = {(s["name"], r["key"]): r for s in d["sections"] for r in s["rows"]}
+    assert rows[("config", "train.lr")] == {"key": "train.lr", "a": 6e-4, "b": 1e-3, "differs": True}
+    assert rows[("code", "ra_version")]["differs"] is False
+    assert d["differences"] == sum(r["differs"] for r in rows.values())
+
+
+def test_diff_of_a_run_with_itself_has_no_differences(db):
+    d = json.loads(ok("runs", "diff", 2, 2, "--json", "--db", db).stdout)
+    assert d["differences"] == 0
+
+
+def test_diff_pure_helpers():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+    a = {"id": 1, "kind": "train", "config": {"x": 1, "code": {"version": "0.1.0", "commit": "a" * 40}},
+         "environment": None, "metrics": {}, "timings": []}
+    b = {**a, "id": 2, "config": {"x": 2, "code": {"version": "0.2.0", "commit": None}}}
+    d = diff_runs(a, b)
+    rows = {r["key"]: r for s in d["sections"] for r in s["rows"]}
+    assert rows["ra_version"]["differs"] and rows["x"]["differs"] and not rows["kind"]["differs"]
+    assert "code" not in rows  # the code is its own section, not a config row
+    assert "* ra_commit" in diff_text(d)
+
+
+# ---- show: both commits --------------------------------------------------------------------
+
+def test_show_prints_ra_code_and_working_directory_commit(db):
+    text = ok("runs", "show", 3, "--db", db).stdout
+    assert "Code:" in text
+    assert "0123abcd (working directory)" in text
+    from racli.provenance import current, describe
+    assert f"ra             {describe(current())}" in text
+    d = json.loads(ok("runs", "show", 3, "--json", "--db", db).stdout)
+    assert d["code"] == current() and d["git_commit"] == "0123abcd"
+    assert len(d["uuid"]) == 36 and d["origin"] is None
+
+
+# ---- export --------------------------------------------------------------------------------
+
+def test_export_metrics_csv_and_jsonl(db, tmp_path):
+    res = ok("runs", "export", "--metrics", "--db", db)
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0]) == ["run_id", "step", "name", "value", "elapsed_s"]
+    conn = sqlite3.connect(db)
+    truth = conn.execute("SELECT run_id, step, name, value, elapsed_s FROM metrics "
+                         "ORDER BY run_id, name, step").fetchall()
+    conn.close()
+    assert [(int(r["run_id"]), int(r["step"]), r["name"], float(r["value"]),
+             float(r["elapsed_s"]) if r["elapsed_s"] else None) for r in rows] == truth
+    lines = ok("runs", "export", "--metrics", "--format", "jsonl", "--db", db).stdout.splitlines()
+    assert [tuple(json.loads(x).values()) for x in lines] == truth
+    # the run filters of export, and metric names
+    only = ok("runs", "export", "--metrics", "--format", "jsonl", "--attn", "baseline",
+              "--status", "finished", "--name", "val_loss", "--db", db).stdout.splitlines()
+    assert [json.loads(x) for x in only] == [{"run_id": 2, "step": 50, "name": "val_loss",
+                                              "value": 3.5, "elapsed_s": 5.0}]
+    out = tmp_path / "curves.csv"
+    res = ok("runs", "export", "--metrics", "-o", out, "--db", db)
+    assert f"wrote {len(truth)} metric value(s) to {out}" in res.stderr
+    assert out.read_text() == ok("runs", "export", "--metrics", "--db", db).stdout
+    one_line_error(ra_inprocess("runs", "export", "--metrics", "--format", "xml", "--db", db))
+    one_line_error(ra_inprocess("runs", "export", "--name", "val_loss", "--db", db))
+
+
+def test_metric_rows_stream_every_run(db):
+    store = open_store(str(db))
+    rows = list(metric_rows(store, [6, 2, 3], batch=2))
+    store.close()
+    assert [r["run_id"] for r in rows] == [2] * 6 + [3] * 6 + [6] * 6
+
+
+def test_export_runs_has_identity_columns(db):
+    rows = list(csv.DictReader(io.StringIO(ok("runs", "export", "--db", db).stdout)))
+    assert all(len(r["uuid"]) == 36 and r["excluded"] == "False" and r["ra_version"] for r in rows)
