@@ -281,7 +281,9 @@ def test_partial_local_ra_yaml_overlays_too(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ra.yaml").write_text("db: here.db\nverdict: {threshold: 0.02}\n")
     cfg = load_config()
-    assert (cfg.db, cfg.verdict.threshold, cfg.model.preset) == ("here.db", 0.02, "tiny")
+    packaged = load_config(packaged_config_path())
+    assert (cfg.db, cfg.verdict.threshold) == ("here.db", 0.02)
+    assert cfg.model == packaged.model and cfg.train == packaged.train
 
 
 @pytest.mark.parametrize("text,key,reason", [
