@@ -125,13 +125,13 @@ def check_plot_path(plot: str | Path | None) -> Path | None:
     if plot is None:
         return None
     plot = Path(plot)
-    if plot.suffix.lower() not in PLOT_FORMATS:
-        got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
-        raise BadInput(f"cannot write plot {plot}: the file name must end in "
-                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
     parent = plot.parent if str(plot.parent) else Path(".")
     if not parent.is_dir():
         raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
     if plot.is_dir():
         raise BadInput(f"cannot write plot {plot}: it is a directory")
+    if plot.suffix.lower() not in PLOT_FORMATS:
+        got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
+        raise BadInput(f"cannot write plot {plot}: the file name must end in "
+                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
     return plot
