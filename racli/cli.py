@@ -15,19 +15,29 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-try:  # newer typer vendors its own click
-    from typer._click.exceptions import ClickException, UsageError
-except ImportError:  # pragma: no cover - typer with the external click
-    from click.exceptions import ClickException, UsageError
-
+from racli import textsafe
 from racli.errors import BadInput
 
 
 def _say(msg: str) -> None:
-    sys.stderr.write(f"ra: {msg}\n")
+    """One line on stderr, control characters made visible (messages quote user input)."""
+    sys.stderr.write(f"ra: {textsafe.one_line(msg)}\n")
 
 
-class RaGroup(TyperGroup):
+class HelpWhenEmptyGroup(TyperGroup):
+    """A group that, given no command, prints its help on stdout and stops with one
+    error line (exit 2) instead of raising typer's internal no-arguments error."""
+
+    def parse_args(self, ctx, args):
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            text = ctx.get_help()  # rich prints the help itself and returns ""
+            if text:
+                sys.stdout.write(text + "\n")
+            raise BadInput(f"missing command (see '{ctx.command_path} --help')")
+        return super().parse_args(ctx, args)
+
+
+class RaGroup(HelpWhenEmptyGroup):
     """Typer group whose `main` is the error boundary (also under CliRunner)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -39,19 +49,6 @@ class RaGroup(TyperGroup):
                               standalone_mode=False, **extra)
         except typer.Exit as exc:
             sys.exit(exc.exit_code)
-        except UsageError as exc:
-            if debug:
-                traceback.print_exc()
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            message = exc.format_message().strip()
-            if type(exc).__name__ == "NoArgsIsHelpError":
-                # the help is the message (or was already printed by rich): show it on
-                # stdout and say in one line what was missing
-                if message:
-                    sys.stdout.write(message + "\n")
-                message = "missing command"
-            _say(f"error: {message}{hint}")
-            sys.exit(2)
         except BadInput as exc:
             if debug:
                 traceback.print_exc()
@@ -60,9 +57,15 @@ class RaGroup(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             _say("interrupted")
             sys.exit(130)
-        except ClickException as exc:
-            _say(f"error: {exc.format_message()}")
-            sys.exit(exc.exit_code)
+        except typer.TyperException as exc:
+            # typer's own errors; usage errors (bad option, missing value, ...) have exit code 2
+            if debug:
+                traceback.print_exc()
+            ctx = getattr(exc, "ctx", None)
+            usage = exc.exit_code == 2
+            hint = f" (see '{ctx.command_path} --help')" if usage and ctx is not None else ""
+            _say(f"error: {exc.format_message().strip()}{hint}")
+            sys.exit(2 if usage else exc.exit_code)
         except Exception as exc:  # a failure while working
             if debug:
                 traceback.print_exc()
@@ -77,7 +80,7 @@ app = typer.Typer(
     name="ra",
     help="ra: does an attention variant earn its place? Benchmark, train, compare, inspect gates.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -113,8 +116,8 @@ def _register() -> None:
     from racli.commands import bench, db, runs
 
     app.command("bench")(bench.bench)
-    app.add_typer(runs.app, name="runs")
-    app.add_typer(db.app, name="db")
+    app.add_typer(runs.app, name="runs", cls=HelpWhenEmptyGroup)
+    app.add_typer(db.app, name="db", cls=HelpWhenEmptyGroup)
     from racli.commands import compare, gates
 
     app.command("compare")(compare.compare)
@@ -124,7 +127,7 @@ def _register() -> None:
     app.command("train")(train.train)
     from racli.commands import data
 
-    app.add_typer(data.app, name="data")
+    app.add_typer(data.app, name="data", cls=HelpWhenEmptyGroup)
     from racli.commands import experiment
 
     app.command("experiment")(experiment.experiment)

@@ -2,9 +2,11 @@
 
 ra.yaml is the only place defaults live. `load_config(path)` reads the file
 given with `--config`, else `./ra.yaml` when present, else the copy packaged
-with ra (the same file, shipped as package data). Every key is checked: an
-unknown key, a wrong type or an out-of-range value raises `ConfigError`
-naming the file, the key and the reason.
+with ra (the same file, shipped as package data). A file other than the
+packaged one is laid over the packaged defaults (mappings merge key by key,
+lists and values replace), so `train: {lr: 1e-3}` alone is a whole config.
+Every key is checked: an unknown key, a wrong type or an out-of-range value
+raises `ConfigError` naming the file, the key and the reason.
 
 This module imports neither torch nor the database.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -190,6 +193,7 @@ class Config:
 
 # ---- validation ---------------------------------------------------------
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
@@ -225,6 +229,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise ConfigError(source, key, f"must be an integer, got {_describe(value)}")
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; a number was meant
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(float(value)):
                 raise ConfigError(source, key, f"must be a finite number, got {value}")
@@ -310,11 +316,27 @@ def packaged_config_path() -> Path:
     return Path(str(files("racli") / "ra.yaml"))
 
 
-def config_from_dict(data: Any, source: str) -> Config:
+def overlay(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: Any, source: str, *, defaults: dict | None = None) -> Config:
+    """A validated Config from ``data``; with ``defaults`` (the packaged file's data),
+    ``data`` is a partial file laid over them. Errors name ``source``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, "", f"must be a mapping of keys, got {_describe(data)}")
+    if defaults is not None:
+        _build(Config, data, source)  # the file's own keys, types and ranges first
+        data = overlay(defaults, data)
     cfg = _build(Config, data, source)
     cfg.source = source
     _validate_cross(cfg)
@@ -334,10 +356,20 @@ def resolve_config_path(path: str | os.PathLike | None) -> Path:
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Load and validate ra.yaml (see module docstring for which file)."""
+    """Load and validate ra.yaml (see module docstring for which file): a file other
+    than the packaged one is laid over the packaged defaults, so it needs only the
+    keys it changes."""
+    p = resolve_config_path(path)
+    packaged = packaged_config_path()
+    data = _read_yaml(p)
+    if p.resolve() == packaged.resolve():
+        return config_from_dict(data, str(p))
+    return config_from_dict(data, str(p), defaults=_read_yaml(packaged))
+
+
+def _read_yaml(p: Path) -> Any:
     import yaml
 
-    p = resolve_config_path(path)
     source = str(p)
     try:
         text = p.read_text(encoding="utf-8")
@@ -350,7 +382,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(source, "", f"YAML syntax error: {where}{problem}") from exc
-    return config_from_dict(data, source)
+    return data
 
 
 def _parse_scalar(text: str) -> Any:

@@ -115,8 +115,13 @@ def device_type(device: str) -> str:
 # ---------------------------------------------------------------------------- plot paths
 
 
+# what `--plot FILE` may be: the suffix chooses the format
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
 def check_plot_path(plot: str | Path | None) -> Path | None:
-    """BadInput unless a plot can be written at `plot` (its folder exists, it is no folder)."""
+    """BadInput unless a plot can be written at `plot`: a .png, .pdf or .svg file (the
+    suffix is the format) in an existing folder, not a folder itself."""
     if plot is None:
         return None
     plot = Path(plot)
@@ -125,4 +130,8 @@ def check_plot_path(plot: str | Path | None) -> Path | None:
         raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
     if plot.is_dir():
         raise BadInput(f"cannot write plot {plot}: it is a directory")
+    if plot.suffix.lower() not in PLOT_FORMATS:
+        got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
+        raise BadInput(f"cannot write plot {plot}: the file name must end in "
+                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
     return plot

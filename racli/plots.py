@@ -1,4 +1,4 @@
-"""PNG plots with matplotlib's Agg canvas (imported lazily; no pyplot state).
+"""Plots (PNG, PDF or SVG, by the file's suffix) with matplotlib's Agg canvas (lazy; no pyplot).
 
 * :func:`plot_loss_curves` -- validation-loss curves, one colour per variant,
   one line per run.
@@ -30,6 +30,13 @@ def _check_path(path: str | Path) -> Path:
         return check_plot_path(path)
     except BadInput as exc:
         raise ValueError(str(exc)) from None
+
+
+def _save(fig, p: Path) -> None:
+    """Write the figure in the format of the file's suffix (checked by `_check_path`)."""
+    from racli.names import PLOT_FORMATS
+
+    fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
 
 
 def _figure(width: float, height: float):
@@ -88,7 +95,7 @@ def plot_loss_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(p, format="png")
+    _save(fig, p)
     return p
 
 
@@ -160,7 +167,7 @@ def plot_gates(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(p, format="png")
+    _save(fig, p)
     return p
 
 
@@ -199,5 +206,5 @@ def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = No
         ax.set_yticks(range(len(layers)), [str(la) for la in layers])
     fig.suptitle(title or f"{rep.measure} over runs {', '.join(map(str, rep.runs))}")
     fig.tight_layout()
-    fig.savefig(p, format="png")
+    _save(fig, p)
     return p

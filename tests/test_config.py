@@ -249,3 +249,72 @@ def test_older_file_with_the_retired_speed_tolerance_still_loads(tmp_path):
     data["bench"]["noise_ratio"] = 1.0
     with pytest.raises(ConfigError, match="bench.noise_ratio: must be > 1.0"):
         load_config(str(_write(tmp_path / "bad.yaml", data)))
+
+
+# ---- a partial file overlays the packaged defaults ----------------------------
+
+def test_partial_file_with_one_key_overlays_the_defaults(tmp_path):
+    p = tmp_path / "lr.yaml"
+    p.write_text("train: {lr: 1e-3}\n")  # YAML 1.1 reads 1e-3 as a string; it is a number here
+    cfg = load_config(p)
+    packaged = load_config(packaged_config_path())
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.source == str(p)
+    assert cfg.models == packaged.models and cfg.model == packaged.model
+    assert cfg.bench == packaged.bench and cfg.verdict == packaged.verdict
+    assert cfg.train.batch_size == packaged.train.batch_size
+
+
+def test_partial_file_merges_mappings_and_replaces_lists(tmp_path):
+    p = _write(tmp_path / "mine.yaml", {
+        "models": {"tiny": {"n_layer": 3}, "mine": {"n_layer": 1, "n_head": 2, "n_embd": 64,
+                                                    "block_size": 32}},
+        "bench": {"attn": ["ra_v5"]},
+    })
+    cfg = load_config(p)
+    assert set(cfg.models) == {"tiny", "small", "gpt2", "mine"}
+    assert (cfg.models["tiny"].n_layer, cfg.models["tiny"].n_embd) == (3, 128)
+    assert cfg.bench.attn == ["ra_v5"] and set(cfg.bench.shapes) == {"tiny", "gpt2"}
+
+
+def test_partial_local_ra_yaml_overlays_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ra.yaml").write_text("db: here.db\nverdict: {threshold: 0.02}\n")
+    cfg = load_config()
+    packaged = load_config(packaged_config_path())
+    assert (cfg.db, cfg.verdict.threshold) == ("here.db", 0.02)
+    assert cfg.model == packaged.model and cfg.train == packaged.train
+
+
+@pytest.mark.parametrize("text,key,reason", [
+    ("train: {lr: 1e-3, lerning_rate: 2}\n", "train.lerning_rate", "unknown key"),
+    ("bogus: 1\n", "bogus", "unknown key"),
+    ("train: {lr: -1}\n", "train.lr", "must be > 0"),
+    ("train: {lr: 1e-3x}\n", "train.lr", "must be a number"),
+    ("model: {preset: huge}\n", "model.preset", "unknown preset"),
+    ("models: {tiny: {n_embd: 130}}\n", "models.tiny", "not divisible by n_head"),
+])
+def test_partial_file_errors_name_the_file_key_and_reason(tmp_path, text, key, reason):
+    p = tmp_path / "partial.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}: {key}: ") and reason in msg and "\n" not in msg, msg
+
+
+def test_partial_config_file_through_the_cli(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from racli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RA_DB", raising=False)
+    (tmp_path / "p.yaml").write_text("db: partial.db\ntrain: {lr: 1e-3}\n")
+    res = CliRunner().invoke(app, ["--config", "p.yaml", "db", "upgrade"])
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "partial.db").exists()
+    (tmp_path / "u.yaml").write_text("train: {lr: 1e-3, bogus: 1}\n")
+    res = CliRunner().invoke(app, ["--config", "u.yaml", "runs", "--db", "partial.db"])
+    assert res.exit_code == 2
+    assert res.stderr.startswith("ra: error: u.yaml: train.bogus: unknown key")

@@ -53,9 +53,10 @@ FLOPS_NOTE = ("TFLOP/s from nominal block FLOPs: projections 8*B*T*C^2 + causal 
 
 def _echo(text: str, err: bool = False) -> None:
     from racli.render import for_stream
+    from racli.textsafe import visible
 
     stream = sys.stderr if err else sys.stdout
-    typer.echo(for_stream(text, getattr(stream, "encoding", None)), err=err)
+    typer.echo(for_stream(visible(text), getattr(stream, "encoding", None)), err=err)
     stream.flush()
 
 
@@ -165,6 +166,9 @@ def bench(
                         line += f"  [{what} {row.compile_s:.2f} s]"
                     _echo(line, err=json)
                 rec.flush()
+            all_failed = all_configs_failed(rows)
+            if all_failed:  # nothing was timed: the run failed (not `finished`)
+                rec.end("failed", error=all_failed)
     finally:
         store.close()
 
@@ -176,6 +180,9 @@ def bench(
             "timings": [{"index": i, **r.record()} for i, r in enumerate(rows, 1)],
             "best_vs_best": best,
         })
+        if all_failed:
+            _echo(f"ra: failed: bench run {rec.run_id}: {all_failed}", err=True)
+            raise typer.Exit(1)
         return
     _echo("")
     _echo(render.bench_results(trows, shape_info))
@@ -186,3 +193,14 @@ def bench(
     _echo("")
     _echo(f"Recorded bench run {rec.run_id}: {len(rows)} timings ({n_ok} ok) "
           f"in {common.db_location(db, cfg)}")
+    if all_failed:
+        _echo(f"ra: failed: bench run {rec.run_id}: {all_failed}", err=True)
+        raise typer.Exit(1)
+
+
+def all_configs_failed(rows: list) -> str | None:
+    """The error of a bench run in which no configuration was timed and some failed, else None."""
+    failed = sum(r.status == "failed" for r in rows)
+    if failed == 0 or any(r.status == "ok" for r in rows):
+        return None
+    return f"every configuration failed or was skipped ({failed} of {len(rows)} failed)"

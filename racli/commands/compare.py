@@ -16,6 +16,7 @@ import typer
 from racli.commands import common
 from racli.errors import BadInput
 from racli.names import check_plot_path
+from racli.textsafe import visible
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
 _SHOW_GROUPS = 10
@@ -129,7 +130,7 @@ def bench_text(bc) -> str:
 def _echo(text: str) -> None:
     from racli import render
 
-    sys.stdout.write(render.for_stream(text, sys.stdout.encoding) + "\n")
+    sys.stdout.write(render.for_stream(visible(text), sys.stdout.encoding) + "\n")
 
 
 def compare(
@@ -181,7 +182,7 @@ def compare(
         Path | None,
         typer.Option(
             "--plot",
-            help="Write the compared runs' curves of the metric (a PNG).",
+            help="Write the compared runs' curves of the metric (.png, .pdf or .svg).",
             show_default=False,
         ),
     ] = None,

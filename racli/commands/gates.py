@@ -20,6 +20,8 @@ import typer
 from racli.commands import common
 from racli.errors import BadInput
 from racli.names import check_plot_path
+from racli.runid import check_run_id
+from racli.textsafe import visible
 
 
 def parse_run_ids(text: str) -> list[int]:
@@ -34,6 +36,7 @@ def parse_run_ids(text: str) -> list[int]:
             raise BadInput(f"--runs: {item!r} is not a run id or a range like 12-16") from None
         if a < 1 or b < a:
             raise BadInput(f"--runs: {item!r} is not a run id or a range like 12-16")
+        check_run_id(b, "--runs")
         ids.update(range(a, b + 1))
     if not ids:
         raise BadInput("--runs: give run ids, e.g. --runs 12,14,16")
@@ -89,7 +92,7 @@ def gates(
         Path | None,
         typer.Option(
             "--plot",
-            help="Write a heatmap (and, for one run, trajectories) to a PNG.",
+            help="Write a heatmap (and, for one run, trajectories): .png, .pdf or .svg.",
             show_default=False,
         ),
     ] = None,
@@ -111,6 +114,8 @@ def gates(
         check_attention(attn)
     if step is not None and run is None:
         raise BadInput("--step goes with --run: several runs are read at their last step")
+    if run is not None:
+        check_run_id(run, "--run")
     check_plot_path(plot)
     cfg = common.config(config)
     store = common.open_db(db, cfg, readonly=True)
@@ -226,4 +231,4 @@ def _write(text: str, written) -> None:
 
     if written:
         text += f"\n\nPlot written to {written}"
-    sys.stdout.write(render.for_stream(text, sys.stdout.encoding) + "\n")
+    sys.stdout.write(render.for_stream(visible(text), sys.stdout.encoding) + "\n")

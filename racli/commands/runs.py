@@ -16,11 +16,15 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
+from racli.runid import check_run_id
+from racli.tables import Column, print_table
+from racli.textsafe import one_line, visible
 
 app = typer.Typer(help="List recorded runs (newest first); show, diff, tag, exclude, include, "
                        "delete, export.", invoke_without_command=True)
 
 KINDS = ("bench", "train", "calibration")
+TAG_WIDTH = 24  # a tag longer than this is cut in the table (whole in show and --json)
 STATUSES = ("running", "finished", "failed", "interrupted", "diverged", "crashed")
 
 KindOpt = Annotated[Optional[str], typer.Option("--kind", help="bench, train or calibration.", show_default=False)]
@@ -52,44 +56,36 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-# (header, justify, value of a row dict); the key columns come first and never wrap
+# (column, value of a row dict); the key columns come first and are never left out
 RUN_TABLE_COLUMNS = (
-    ("id", "right", lambda r: str(r["id"])),
-    ("kind", "left", lambda r: r["kind"]),
-    ("attn", "left", lambda r: r["attn"] or "-"),
-    ("status", "left", lambda r: r["status"] + (", excluded" if r.get("excluded") else "")),
-    ("seed", "right", lambda r: _fmt(r["seed"])),
-    ("tag", "left", lambda r: r["tag"] or "-"),
-    ("val_loss", "right", lambda r: _fmt(r["val_loss"])),
-    ("tok/s", "right", lambda r: _fmt(r["tokens_per_s"])),
-    ("iters", "right", lambda r: _fmt(r["iterations"])),
-    ("started", "left", lambda r: (r["started_at"] or "")[:16]),
-    ("epochs", "right", lambda r: _fmt(r["epochs"], 3)),
+    (Column("id", "right", None), lambda r: str(r["id"])),
+    (Column("kind"), lambda r: r["kind"]),
+    (Column("attn"), lambda r: r["attn"] or "-"),
+    (Column("status"), lambda r: (r["status"] + (", excluded" if r.get("excluded") else ""),
+                                  STATUS_COLOURS.get(r["status"], ""))),
+    (Column("seed", "right"), lambda r: _fmt(r["seed"])),
+    (Column("tag", width=TAG_WIDTH), lambda r: r["tag"] or "-"),
+    (Column("val_loss", "right"), lambda r: _fmt(r["val_loss"])),
+    (Column("tok/s", "right"), lambda r: _fmt(r["tokens_per_s"])),
+    (Column("iters", "right"), lambda r: _fmt(r["iterations"])),
+    (Column("started"), lambda r: (r["started_at"] or "")[:16]),
+    (Column("epochs", "right"), lambda r: _fmt(r["epochs"], 3)),
 )
+KEY_COLUMNS = 4  # id, kind, attn, status
 STATUS_COLOURS = {"finished": "green", "failed": "red", "crashed": "red", "diverged": "magenta",
                   "interrupted": "yellow", "running": "cyan"}
 
 
-def runs_table(rows: list[dict], width: int = 200):
-    """A Rich table of runs; on a narrow terminal the trailing columns are left
-    out (whole, never cut mid-value): `--json` or `ra runs show` has them all."""
-    from rich.table import Table
+def run_table_rows(rows: list[dict]) -> list[list]:
+    return [[get(r) for _, get in RUN_TABLE_COLUMNS] for r in rows]
 
-    cells = [[get(r) for _, _, get in RUN_TABLE_COLUMNS] for r in rows]
-    keep, used = 0, 1
-    for i, (header, _, _) in enumerate(RUN_TABLE_COLUMNS):
-        w = max([len(header)] + [len(c[i]) for c in cells]) + 3
-        if used + w > width and keep >= 4:
-            break
-        used, keep = used + w, keep + 1
-    table = Table(title=f"{len(rows)} run(s), newest first")
-    for header, justify, _ in RUN_TABLE_COLUMNS[:keep]:
-        table.add_column(header, justify=justify, no_wrap=True)
-    for r, row in zip(rows, cells):
-        row = row[:keep]
-        row[3] = f"[{STATUS_COLOURS.get(r['status'], 'white')}]{row[3]}[/]"
-        table.add_row(*row)
-    return table
+
+def print_runs_table(rows: list[dict]) -> None:
+    """The runs as a table: Rich on a terminal (trailing columns left out whole, with a
+    note, when it is too narrow), tab-separated with every column in a pipe."""
+    columns = [c for c, _ in RUN_TABLE_COLUMNS]
+    print_table(columns, run_table_rows(rows), title=f"{len(rows)} run(s), newest first",
+                keep_min=KEY_COLUMNS)
 
 
 def with_identity(d: dict, run) -> dict:
@@ -134,8 +130,7 @@ def runs(
     elif not rows:
         typer.echo("no runs recorded" + (" match the filters" if any((kind, attn, status, tag)) else ""))
     else:
-        con = common.console()
-        con.print(runs_table(rows, width=con.width))
+        print_runs_table(rows)
 
 
 def _inherit(ctx: typer.Context, db, config):
@@ -146,19 +141,20 @@ def _inherit(ctx: typer.Context, db, config):
 def show_text(d: dict) -> str:
     from racli.provenance import describe
 
-    lines = [f"Run {d['id']}: {d['kind']}" + (f" {d['attn']}" if d["attn"] else "") + f" [{d['status']}]"]
+    lines = [f"Run {d['id']}: {one_line(d['kind'])}" + (f" {one_line(d['attn'])}" if d["attn"] else "")
+             + f" [{one_line(d['status'])}]"]
     if d.get("excluded"):
-        lines.append(f"  EXCLUDED from verdicts: {d.get('exclude_reason') or 'no reason given'}")
+        lines.append(f"  EXCLUDED from verdicts: {one_line(d.get('exclude_reason') or 'no reason given')}")
     for key in ("seed", "tag", "config_hash", "uuid", "origin", "started_at", "finished_at",
                 "heartbeat_at", "iterations", "tokens", "epochs", "train_seconds", "val_loss",
                 "tokens_per_s", "error"):
         if d.get(key) is not None:
-            lines.append(f"  {key:<14} {_fmt(d[key], 6) if not isinstance(d[key], str) else d[key]}")
+            lines.append(f"  {key:<14} {_fmt(d[key], 6) if not isinstance(d[key], str) else one_line(d[key])}")
     data = (d.get("config") or {}).get("data")
     if isinstance(data, dict) and data.get("name"):
         n = {k: f"{data[k]:,}" if isinstance(data.get(k), int) else "-"
              for k in ("train_tokens", "val_tokens", "vocab_size")}
-        lines.append(f"  {'data':<14} {data['name']}: train {n['train_tokens']}, val {n['val_tokens']} "
+        lines.append(f"  {'data':<14} {one_line(data['name'])}: train {n['train_tokens']}, val {n['val_tokens']} "
                      f"tokens, vocabulary {n['vocab_size']}, tokenizer {data.get('tokenizer') or '-'}, "
                      f"hash {data.get('content_hash') or '-'}")
     lines.append("Code:")
@@ -172,7 +168,7 @@ def show_text(d: dict) -> str:
         for key in ("hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_count",
                     "driver", "cpu", "cpu_count", "fingerprint"):
             if env.get(key) is not None:
-                lines.append(f"  {key:<14} {env[key]}")
+                lines.append(f"  {key:<14} {one_line(env[key])}")
     if d["metrics"]:
         lines.append("Metrics (count, last step, last value):")
         for name, m in sorted(d["metrics"].items()):
@@ -189,7 +185,7 @@ def show_text(d: dict) -> str:
         lines.append("Timings:")
         for t in d["timings"]:
             ms = f"{t['median_ms']:.4f} ms" if t["median_ms"] is not None else t["status"]
-            extra = f" ({t['reason']})" if t["reason"] else ""
+            extra = f" ({one_line(t['reason'])})" if t["reason"] else ""
             lines.append(f"  {t['attn']:<13} {t['mode']:<11} {t['phase']:<8} {t['backend'] or '-':<9} {ms}{extra}")
     lines.append("Config:")
     lines.extend("  " + line for line in jsonlib.dumps(d["config"], indent=2, default=str).splitlines())
@@ -203,6 +199,7 @@ def show(
     db: common.DbOpt = None, config: common.ConfigOpt = None, json: common.JsonOpt = False,
 ) -> None:
     """Everything about one run: figures, code, environment, metrics, timings, config."""
+    check_run_id(run_id)
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
     store = common.open_db(db, cfg, readonly=True)
@@ -213,7 +210,7 @@ def show(
     if json:
         common.print_json(d)
     else:
-        typer.echo(show_text(d))
+        typer.echo(visible(show_text(d)))
 
 
 def export_rows(store, **filters) -> list[dict]:
@@ -295,6 +292,9 @@ def export(
     _check_filters(kind, status)
     if output is not None and not output.parent.resolve().is_dir():
         raise BadInput(f"cannot write {output}: directory {output.parent} does not exist")
+    if output is not None and output.is_dir():
+        raise BadInput(f"cannot write {output}: it is a directory (give a file name, e.g. "
+                       f"{output / ('runs.' + fmt)})")
     db, config = _inherit(ctx, db, config)
     cfg = common.config(config)
     store = common.open_db(db, cfg, readonly=True)
@@ -322,6 +322,11 @@ def export(
 IdsArg = Annotated[list[int], typer.Argument(help="Run id(s).", show_default=False)]
 
 
+def _check_ids(run_ids) -> None:
+    for run_id in run_ids:
+        check_run_id(run_id)
+
+
 def _store(ctx: typer.Context, db, config):
     db, config = _inherit(ctx, db, config)
     return common.open_db(db, common.config(config), create=False)
@@ -341,8 +346,9 @@ def tag_cmd(
 
     if clear == (new_tag is not None):
         raise BadInput("give either a TAG or --clear" if not clear else "give a TAG or --clear, not both")
+    check_run_id(run_id)
     old, new = set_tag(_store(ctx, db, config), run_id, new_tag)
-    typer.echo(f"run {run_id}: tag {old or '(none)'} -> {new or '(none)'}")
+    typer.echo(f"run {run_id}: tag {one_line(old or '(none)')} -> {one_line(new or '(none)')}")
 
 
 @app.command("exclude")
@@ -356,9 +362,10 @@ def exclude_cmd(
     """Leave runs out of every verdict; they stay recorded and shown (`ra runs include` undoes it)."""
     from racli.store.manage import set_excluded
 
+    _check_ids(run_ids)
     runs = set_excluded(_store(ctx, db, config), run_ids, excluded=True, reason=reason)
     for r in runs:
-        typer.echo(f"run {r.id}: excluded from verdicts ({reason.strip()})")
+        typer.echo(f"run {r.id}: excluded from verdicts ({one_line(reason.strip())})")
 
 
 @app.command("include")
@@ -369,6 +376,7 @@ def include_cmd(
     """Count excluded runs in verdicts again."""
     from racli.store.manage import set_excluded
 
+    _check_ids(run_ids)
     runs = set_excluded(_store(ctx, db, config), run_ids, excluded=False)
     for r in runs:
         typer.echo(f"run {r.id}: " + ("included in verdicts again" if r.excluded
@@ -400,6 +408,7 @@ def delete_cmd(
     """Delete runs for good: their metrics, timings, gate values and checkpoint files too."""
     from racli.store.manage import check_deletable, delete_runs, row_counts
 
+    _check_ids(run_ids)
     store = _store(ctx, db, config)
     runs = check_deletable(store, run_ids)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):
@@ -428,10 +437,11 @@ def diff_cmd(
     from racli.run_diff import diff_runs, diff_text
     from racli.store.manage import get_runs
 
+    _check_ids([run_a, run_b])
     store = _store(ctx, db, config)
     get_runs(store, [run_a, run_b])  # both unknown ids checked before any output
     diff = diff_runs(run_details(store, run_a), run_details(store, run_b))
     if json:
         common.print_json(diff)
     else:
-        typer.echo(diff_text(diff, only_differences=only))
+        typer.echo(visible(diff_text(diff, only_differences=only)))

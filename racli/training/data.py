@@ -200,8 +200,11 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
     if meta:
         vocab_size, digest = meta["vocab_size"], meta["content_hash"]
         tokenizer = meta["tokenizer"]
-    else:
+    else:  # a nanoGPT folder: its ids are checked against the vocabulary (one pass each)
         vocab_size = _read_meta_vocab(path / "meta.pkl")
+        source = "meta.pkl" if (path / "meta.pkl").exists() else "the default without meta.pkl"
+        for split, tokens in arrays.items():
+            _check_token_ids(path / f"{split}.bin", tokens, vocab_size, source)
         try:
             digest = files_hash(path, dtype.name)
         except OSError as exc:
@@ -240,6 +243,14 @@ def _read_meta_json(meta: Path) -> dict | None:
         raise DataError(f"{meta}: not a meta.json of ra data prepare ({exc})") from exc
     return {"dtype": dtype, "vocab_size": vocab, "tokens": tokens, "content_hash": digest,
             "tokenizer": name}
+
+
+def _check_token_ids(file: Path, tokens: np.ndarray, vocab_size: int, source: str) -> None:
+    """Every token id must index the vocabulary (one pass over the memmap, no copy)."""
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise DataError(f"{file}: token id {top} is outside the vocabulary: vocab_size is "
+                        f"{vocab_size} ({source}), so ids must be below it")
 
 
 def _read_meta_vocab(meta: Path) -> int:

@@ -247,7 +247,9 @@ def prepare_resume(store, run_id: int, dist_info=None):
     try:
         state = ckpt.load(path)
     except Exception as exc:
-        raise BadInput(f"cannot read checkpoint {path}: {exc}") from exc
+        from racli.training.load_errors import describe_load_error
+
+        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
     if state.run_id is not None and state.run_id != run_id:
         raise BadInput(f"checkpoint {path} belongs to run {state.run_id}, not run {run_id}")
     if (spec.steps is not None and state.step >= spec.steps) or (

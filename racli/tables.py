@@ -1,0 +1,116 @@
+"""Tables for a terminal and for a pipe.
+
+On a terminal a table is drawn by Rich at the terminal's width; when the
+columns do not fit, trailing columns are left out whole (never cut
+mid-value) and a note under the table names them. When stdout is not a
+terminal (a pipe, a file, a CI log) the table is printed as tab-separated
+values with every column, the header first, so nothing depends on a width
+nobody chose (`column -t -s $'\\t'` aligns it; `--json` has every field whole).
+
+Every cell goes through :mod:`racli.textsafe`: control characters are made
+visible, Rich markup in a cell stays text, and a cell longer than its
+column's ``width`` is cut with an ellipsis, in both forms.
+
+`TTY_COMPATIBLE=1` / `TTY_COMPATIBLE=0` (the variable Rich reads) forces
+either form. No torch; rich is imported only to draw the terminal form.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO, Union
+
+from racli import textsafe
+
+Cell = Union[str, tuple[str, str]]  # text, or (text, Rich style) on a terminal
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    justify: str = "left"  # left | right
+    width: int | None = 32  # the most characters a cell shows; None: whole
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (default stdout) is a terminal; TTY_COMPATIBLE=1/0 overrides."""
+    forced = os.environ.get("TTY_COMPATIBLE", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    stream = sys.stdout if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _text(c: Cell) -> str:
+    return c[0] if isinstance(c, tuple) else c
+
+
+def _style(c: Cell) -> str:
+    return c[1] if isinstance(c, tuple) else ""
+
+
+def tsv(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> str:
+    """Header and rows as tab-separated lines (each cell one visible line, cut to its width)."""
+    lines = ["\t".join(textsafe.field(c.header) for c in columns)]
+    for row in rows:
+        lines.append("\t".join(textsafe.field(_text(v), c.width) for c, v in zip(columns, row)))
+    return "\n".join(lines) + "\n"
+
+
+def fit(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int,
+        keep_min: int = 1) -> int:
+    """How many leading columns fit ``width`` characters (at least ``keep_min``)."""
+    used, keep = 1, 0  # the left border
+    for i, c in enumerate(columns):
+        cells = [len(textsafe.field(_text(r[i]), c.width)) for r in rows]
+        w = max([len(c.header), *cells]) + 3  # padding and the border
+        if used + w > width and keep >= keep_min:
+            break
+        used, keep = used + w, keep + 1
+    return keep
+
+
+def rich_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str = "",
+               keep: int | None = None):
+    """A Rich table of the first ``keep`` columns (all by default); cells are never markup."""
+    from rich.table import Table
+
+    keep = len(columns) if keep is None else keep
+    table = Table(title=textsafe.field(title) or None)
+    for c in columns[:keep]:
+        table.add_column(textsafe.field(c.header), justify=c.justify, no_wrap=True)
+    for row in rows:
+        table.add_row(*[textsafe.cell(_text(v), c.width, _style(v))
+                        for c, v in zip(columns[:keep], row)])
+    return table
+
+
+def left_out_note(columns: Sequence[Column], keep: int, width: int) -> str:
+    names = ", ".join(c.header for c in columns[keep:])
+    n = len(columns) - keep
+    return (f"{n} column{'s' if n != 1 else ''} not shown to fit {width} columns: {names} "
+            "(widen the terminal, or use --json or a pipe for every column)")
+
+
+def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str = "",
+                keep_min: int = 1, stream: TextIO | None = None) -> None:
+    """Print the table on ``stream`` (default stdout): Rich on a terminal, TSV otherwise."""
+    stream = sys.stdout if stream is None else stream
+    if not is_terminal(stream):
+        stream.write(tsv(columns, rows))
+        stream.flush()
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=stream, force_terminal=True)
+    keep = fit(columns, rows, console.width, keep_min)
+    console.print(rich_table(columns, rows, title=title, keep=keep))
+    if keep < len(columns):
+        console.print(Text(left_out_note(columns, keep, console.width), style="yellow"))
