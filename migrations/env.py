@@ -4,6 +4,7 @@
 connection (`config.attributes["connection"]`). The plain `alembic` command
 works too, from the project root: `alembic -x db=PATH_OR_URL upgrade head`.
 """
+
 from __future__ import annotations
 
 from alembic import context
@@ -31,7 +32,9 @@ if connection is not None:
 else:
     from racli.store.engine import database_url
 
-    url = context.get_x_argument(as_dictionary=True).get("db") or config.get_main_option("sqlalchemy.url")
+    url = context.get_x_argument(as_dictionary=True).get("db") or config.get_main_option(
+        "sqlalchemy.url"
+    )
     engine = create_engine(database_url(url or "ra.db"))
     with engine.begin() as conn:
         _run(conn)

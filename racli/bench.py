@@ -67,6 +67,7 @@ FLOP count
 ----------
 See :func:`block_flops`.
 """
+
 from __future__ import annotations
 
 import gc
@@ -90,9 +91,14 @@ from racli.names import sdpa_backend_context as backend_context
 MODES = ("eager", "compile", "cuda_graph")
 PHASES = ("fwd", "fwd_bwd")
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
 }
 GRAPH_WARMUP = 3  # side-stream steps before a CUDA-graph capture (at least)
 
@@ -130,8 +136,9 @@ def parse_shape(text: str, presets: dict[str, BenchShape]) -> tuple[str, BenchSh
     except ValueError:
         values = []
     if len(parts) != 4 or len(values) != 4 or any(v < 1 for v in values):
-        raise BadInput(f"bad shape '{text}': expected B,T,H,D as four positive integers, "
-                       "e.g. 8,1024,12,64")
+        raise BadInput(
+            f"bad shape '{text}': expected B,T,H,D as four positive integers, e.g. 8,1024,12,64"
+        )
     if values[3] < 2:
         raise BadInput(f"bad shape '{text}': head_dim must be at least 2")
     b, t, h, d = values
@@ -192,8 +199,9 @@ def resolve_dtype(name: str | None, device: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def block_flops(batch: int, seq: int, heads: int, head_dim: int, phase: str = "fwd",
-                causal: bool = True) -> int:
+def block_flops(
+    batch: int, seq: int, heads: int, head_dim: int, phase: str = "fwd", causal: bool = True
+) -> int:
     """Nominal FLOPs of one attention block (a multiply-add counts 2).
 
     With C = heads * head_dim:
@@ -246,8 +254,15 @@ def block_config(attn: str, shape: BenchShape, model_kw: dict | None = None):
     return GPTConfig.for_block(shape.heads, shape.head_dim, shape.seq, attn, **kw)
 
 
-def build_module(attn: str, shape: BenchShape, *, dtype: str = "float32", device: str = "cpu",
-                 seed: int = 0, model_kw: dict | None = None) -> torch.nn.Module:
+def build_module(
+    attn: str,
+    shape: BenchShape,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+    model_kw: dict | None = None,
+) -> torch.nn.Module:
     """A fresh block with the weights every configuration of this seed gets."""
     from racli_models import build_attention
 
@@ -257,8 +272,9 @@ def build_module(attn: str, shape: BenchShape, *, dtype: str = "float32", device
     return module.to(device=torch.device(device), dtype=DTYPES[dtype])
 
 
-def make_inputs(shape: BenchShape, *, dtype: str = "float32", device: str = "cpu",
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(
+    shape: BenchShape, *, dtype: str = "float32", device: str = "cpu", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, G): the block input and the output gradient of the fwd_bwd loss, seeded."""
     g = torch.Generator().manual_seed(seed)
     size = (shape.batch, shape.seq, shape.heads * shape.head_dim)
@@ -378,10 +394,18 @@ class BenchRow:
     def timing_row(self):
         from racli.verdict import TimingRow
 
-        return TimingRow(attn=self.attn, mode=self.mode, phase=self.phase,
-                         median_ms=self.median_ms, p10_ms=self.p10_ms, p90_ms=self.p90_ms,
-                         status=self.status, backend=self.backend, reason=self.reason,
-                         tflops=self.tflops)
+        return TimingRow(
+            attn=self.attn,
+            mode=self.mode,
+            phase=self.phase,
+            median_ms=self.median_ms,
+            p10_ms=self.p10_ms,
+            p90_ms=self.p90_ms,
+            status=self.status,
+            backend=self.backend,
+            reason=self.reason,
+            tflops=self.tflops,
+        )
 
 
 def _first_line(text: str, limit: int = 300) -> str:
@@ -422,17 +446,25 @@ def _probe(step: Callable[[], Any], sdpa_backend: str) -> str:
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as exc:
-            why = [_first_line(str(w.message)) for w in caught
-                   if issubclass(w.category, UserWarning)]
-            why = [w for w in why if w and not w.lower().endswith("because:")
-                   and ("attention" in w.lower() or "kernel" in w.lower())]
+            why = [
+                _first_line(str(w.message)) for w in caught if issubclass(w.category, UserWarning)
+            ]
+            why = [
+                w
+                for w in why
+                if w
+                and not w.lower().endswith("because:")
+                and ("attention" in w.lower() or "kernel" in w.lower())
+            ]
             detail = why[0] if why else _first_line(str(exc))
-            raise _Skip(f"SDPA backend '{sdpa_backend}' unavailable for this configuration: "
-                        f"{detail}") from exc
+            raise _Skip(
+                f"SDPA backend '{sdpa_backend}' unavailable for this configuration: {detail}"
+            ) from exc
 
 
-def make_step(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dout: torch.Tensor,
-              phase: str) -> Callable[[], torch.Tensor]:
+def make_step(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dout: torch.Tensor, phase: str
+) -> Callable[[], torch.Tensor]:
     """One step of `phase` on `fn` (a module or its compiled form).
 
     fwd: `fn(x)` under `torch.no_grad()`. fwd_bwd: `fn(x)`, then the backward
@@ -440,14 +472,17 @@ def make_step(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dout:
     (and x's, when x requires grad) accumulate into `.grad` unless cleared.
     """
     if phase == "fwd":
+
         def step() -> torch.Tensor:
             with torch.no_grad():
                 return fn(x)
     else:
+
         def step() -> torch.Tensor:
             out = fn(x)
             out.backward(dout)
             return out
+
     return step
 
 
@@ -471,8 +506,9 @@ class _Ready:
 def _prepare(c: Config, s: BenchSettings) -> _Ready:
     """Build, probe and warm up one configuration (see the module docstring)."""
     dev = torch.device(s.device)
-    module = build_module(c.attn, s.shape, dtype=s.dtype, device=s.device, seed=s.seed,
-                          model_kw=s.model_kw)
+    module = build_module(
+        c.attn, s.shape, dtype=s.dtype, device=s.device, seed=s.seed, model_kw=s.model_kw
+    )
     x, dout = make_inputs(s.shape, dtype=s.dtype, device=s.device, seed=s.seed)
     keep: dict[str, Any] = {"module": module, "x": x, "dout": dout}
     params = list(module.parameters())
@@ -515,8 +551,14 @@ def _prepare(c: Config, s: BenchSettings) -> _Ready:
     return _Ready(c, step, before, backend, compile_s, keep)
 
 
-def _capture(eager: Callable[[], Any], clear_grads: Callable[[], None], phase: str,
-             dev: torch.device, warmup: int, state: dict) -> tuple[Callable[[], Any], float]:
+def _capture(
+    eager: Callable[[], Any],
+    clear_grads: Callable[[], None],
+    phase: str,
+    dev: torch.device,
+    warmup: int,
+    state: dict,
+) -> tuple[Callable[[], Any], float]:
     """Warm up on a side stream, capture one step into a CUDA graph; (replay, capture seconds)."""
     side = torch.cuda.Stream(device=dev)
     side.wait_stream(torch.cuda.current_stream(dev))
@@ -594,8 +636,20 @@ def time_round(configs: list[Config], s: BenchSettings) -> list[BenchRow]:
     s = replace(s, dtype=dtype)
     dev = torch.device(s.device)
     shape = s.shape
-    rows = {c: BenchRow(c.attn, c.mode, c.phase, shape.batch, shape.seq, shape.heads,
-                        shape.head_dim, dtype, dev.type) for c in configs}
+    rows = {
+        c: BenchRow(
+            c.attn,
+            c.mode,
+            c.phase,
+            shape.batch,
+            shape.seq,
+            shape.heads,
+            shape.head_dim,
+            dtype,
+            dev.type,
+        )
+        for c in configs
+    }
     for c in configs:
         if c.mode not in MODES:
             raise ValueError(f"unknown mode {c.mode!r} (valid: {', '.join(MODES)})")
@@ -674,13 +728,20 @@ def timing_rows(rows: list[BenchRow]):
     return [r.timing_row() for r in rows]
 
 
-def baseline_eager_ratio(row: BenchRow, rows: list[BenchRow],
-                         baseline: str = "baseline") -> float | None:
+def baseline_eager_ratio(
+    row: BenchRow, rows: list[BenchRow], baseline: str = "baseline"
+) -> float | None:
     """`row`'s median over the baseline's eager median, same phase and backend (or None)."""
     if row.status != "ok" or row.median_ms is None:
         return None
     for r in rows:
-        if (r.attn == baseline and r.mode == "eager" and r.phase == row.phase
-                and r.backend == row.backend and r.status == "ok" and r.median_ms):
+        if (
+            r.attn == baseline
+            and r.mode == "eager"
+            and r.phase == row.phase
+            and r.backend == row.backend
+            and r.status == "ok"
+            and r.median_ms
+        ):
             return row.median_ms / r.median_ms
     return None

@@ -5,6 +5,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr, no traceback);
 traceback. Commands are registered from `racli.commands`; none of them
 imports torch at start-up.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,13 @@ class RaGroup(HelpWhenEmptyGroup):
         debug = "--debug" in argv or os.environ.get("RA_DEBUG") == "1"
         argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
         try:
-            rv = super().main(args=argv, prog_name=prog_name or "ra", complete_var=complete_var,
-                              standalone_mode=False, **extra)
+            rv = super().main(
+                args=argv,
+                prog_name=prog_name or "ra",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
         except typer.Exit as exc:
             sys.exit(exc.exit_code)
         except BadInput as exc:
@@ -96,16 +102,32 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    db: Annotated[Optional[str], typer.Option(
-        "--db", help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
-        show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option(
-        "--config", help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
-        show_default=False)] = None,
+    db: Annotated[
+        Optional[str],
+        typer.Option(
+            "--db",
+            help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[str],
+        typer.Option(
+            "--config",
+            help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
+            show_default=False,
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
-    version: Annotated[bool, typer.Option(
-        "--version", is_eager=True, callback=lambda v: _print_version(v),
-        help="Print ra's version (and its source commit) and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=lambda v: _print_version(v),
+            help="Print ra's version (and its source commit) and exit.",
+        ),
+    ] = False,
 ) -> None:
     from racli.commands import common
 

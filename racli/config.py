@@ -10,6 +10,7 @@ raises `ConfigError` naming the file, the key and the reason.
 
 This module imports neither torch nor the database.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,14 @@ class ConfigError(BadInput):
         super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
 
 
-def _check(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
-           lt: float | None = None, choices: tuple | None = None) -> dict:
+def _check(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple | None = None,
+) -> dict:
     return {"gt": gt, "ge": ge, "le": le, "lt": lt, "choices": choices}
 
 
@@ -142,8 +149,12 @@ class GatesConfig:
 class ExperimentConfig:
     """`ra experiment`: speed calibration and the sequential design."""
 
-    calibration_precision: float = _f(0.005, gt=0.0, lt=0.5)  # target half-width of each ratio's 95% interval
-    calibration_max_s: float = _f(120.0, gt=0.0)  # time cap of the timed rounds (compile not counted)
+    calibration_precision: float = _f(
+        0.005, gt=0.0, lt=0.5
+    )  # target half-width of each ratio's 95% interval
+    calibration_max_s: float = _f(
+        120.0, gt=0.0
+    )  # time cap of the timed rounds (compile not counted)
     calibration_min_rounds: int = _f(3, ge=2)
     calibration_block_steps: int = _f(10, ge=1)  # training steps per timed block
     calibration_warmup_steps: int = _f(3, ge=1)  # untimed steps per variant first (compile)
@@ -176,7 +187,9 @@ class Config:
         section applied."""
         name = self.resolve_preset(preset, device_type)
         if name not in self.models:
-            raise BadInput(f"unknown model preset '{name}' (valid: {', '.join(sorted(self.models))})")
+            raise BadInput(
+                f"unknown model preset '{name}' (valid: {', '.join(sorted(self.models))})"
+            )
         fields = dataclasses.asdict(self.models[name])
         m = dataclasses.asdict(self.model)
         m.pop("preset")
@@ -253,12 +266,20 @@ def _check_range(value: Any, meta: dict, key: str, source: str) -> None:
     if value is None or not meta:
         return
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(source, key, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
-    for op, bound, text in (("gt", meta.get("gt"), ">"), ("ge", meta.get("ge"), ">="),
-                            ("lt", meta.get("lt"), "<"), ("le", meta.get("le"), "<=")):
+        raise ConfigError(
+            source, key, f"must be one of {', '.join(meta['choices'])}, got {value!r}"
+        )
+    for op, bound, text in (
+        ("gt", meta.get("gt"), ">"),
+        ("ge", meta.get("ge"), ">="),
+        ("lt", meta.get("lt"), "<"),
+        ("le", meta.get("le"), "<="),
+    ):
         if bound is None:
             continue
-        ok = {"gt": value > bound, "ge": value >= bound, "lt": value < bound, "le": value <= bound}[op]
+        ok = {"gt": value > bound, "ge": value >= bound, "lt": value < bound, "le": value <= bound}[
+            op
+        ]
         if not ok:
             raise ConfigError(source, key, f"must be {text} {bound}, got {value}")
 
@@ -285,29 +306,56 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.model.preset == AUTO_PRESET:
         missing = [p for p in AUTO_PRESETS.values() if p not in cfg.models]
         if missing:
-            raise ConfigError(src, "model.preset", f"auto needs the presets "
-                              f"{', '.join(AUTO_PRESETS.values())} (missing: {', '.join(missing)})")
+            raise ConfigError(
+                src,
+                "model.preset",
+                f"auto needs the presets "
+                f"{', '.join(AUTO_PRESETS.values())} (missing: {', '.join(missing)})",
+            )
     elif cfg.model.preset not in cfg.models:
-        raise ConfigError(src, "model.preset", f"unknown preset '{cfg.model.preset}' "
-                          f"(valid: {AUTO_PRESET}, {', '.join(cfg.models)})")
+        raise ConfigError(
+            src,
+            "model.preset",
+            f"unknown preset '{cfg.model.preset}' (valid: {AUTO_PRESET}, {', '.join(cfg.models)})",
+        )
     for name, p in cfg.models.items():
         if p.n_embd % p.n_head:
-            raise ConfigError(src, f"models.{name}", f"n_embd {p.n_embd} is not divisible by n_head {p.n_head}")
+            raise ConfigError(
+                src, f"models.{name}", f"n_embd {p.n_embd} is not divisible by n_head {p.n_head}"
+            )
     for i, a in enumerate(cfg.bench.attn):
         if a not in ATTENTION_NAMES:
-            raise ConfigError(src, f"bench.attn[{i}]", f"unknown attention '{a}' (valid: {', '.join(ATTENTION_NAMES)})")
+            raise ConfigError(
+                src,
+                f"bench.attn[{i}]",
+                f"unknown attention '{a}' (valid: {', '.join(ATTENTION_NAMES)})",
+            )
     for i, m in enumerate(cfg.bench.modes):
         if m not in BENCH_MODES:
-            raise ConfigError(src, f"bench.modes[{i}]", f"unknown mode '{m}' (valid: {', '.join(BENCH_MODES)})")
+            raise ConfigError(
+                src, f"bench.modes[{i}]", f"unknown mode '{m}' (valid: {', '.join(BENCH_MODES)})"
+            )
     if cfg.bench.shape != "auto" and cfg.bench.shape not in cfg.bench.shapes:
-        raise ConfigError(src, "bench.shape", f"unknown shape '{cfg.bench.shape}' (valid: auto, {', '.join(cfg.bench.shapes)})")
+        raise ConfigError(
+            src,
+            "bench.shape",
+            f"unknown shape '{cfg.bench.shape}' (valid: auto, {', '.join(cfg.bench.shapes)})",
+        )
     # `auto` is checked as it resolves without a device (tiny); a run checks its resolution
     fields = cfg.model_fields()
-    head_dim = fields["n_embd"] // fields["n_head"] if fields["n_embd"] % fields["n_head"] == 0 else None
+    head_dim = (
+        fields["n_embd"] // fields["n_head"] if fields["n_embd"] % fields["n_head"] == 0 else None
+    )
     if head_dim is None:
-        raise ConfigError(src, "model", f"n_embd {fields['n_embd']} is not divisible by n_head {fields['n_head']}")
+        raise ConfigError(
+            src, "model", f"n_embd {fields['n_embd']} is not divisible by n_head {fields['n_head']}"
+        )
     if not 0 < cfg.model.ra_rank < head_dim:
-        raise ConfigError(src, "model.ra_rank", f"must be between 1 and head_dim-1 = {head_dim - 1}, got {cfg.model.ra_rank}")
+        raise ConfigError(
+            src,
+            "model.ra_rank",
+            f"must be between 1 and head_dim-1 = {head_dim - 1}, got {cfg.model.ra_rank}",
+        )
 
 
 def packaged_config_path() -> Path:
@@ -400,7 +448,9 @@ def _parse_scalar(text: str) -> Any:
     return value
 
 
-def apply_overrides(cfg: Config, overrides: list[str], sections: tuple[str, ...] = ("model", "train")) -> Config:
+def apply_overrides(
+    cfg: Config, overrides: list[str], sections: tuple[str, ...] = ("model", "train")
+) -> Config:
     """Apply `KEY=VALUE` overrides (e.g. `model.ra_rank=8`) and validate like the file."""
     if not overrides:
         return cfg
@@ -412,7 +462,9 @@ def apply_overrides(cfg: Config, overrides: list[str], sections: tuple[str, ...]
         key = key.strip()
         parts = key.split(".")
         if len(parts) != 2 or parts[0] not in sections:
-            raise ConfigError("--set", key, f"expected SECTION.FIELD with SECTION one of {', '.join(sections)}")
+            raise ConfigError(
+                "--set", key, f"expected SECTION.FIELD with SECTION one of {', '.join(sections)}"
+            )
         section, name = parts
         if name not in data[section]:
             valid = [f.name for f in dataclasses.fields(type(getattr(cfg, section)))]

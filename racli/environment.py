@@ -8,6 +8,7 @@ one host are two environments. The environment *class* used to decide which
 runs are comparable is GPU name + torch version (`env_class`), the same for
 both.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,9 @@ def _driver_version() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -65,7 +68,9 @@ def collect(device_index: int | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda_ok else None,
-        "cudnn": str(torch.backends.cudnn.version()) if cuda_ok and torch.backends.cudnn.is_available() else None,
+        "cudnn": str(torch.backends.cudnn.version())
+        if cuda_ok and torch.backends.cudnn.is_available()
+        else None,
         "gpu_name": props.name if cuda_ok else None,
         "gpu_index": idx,
         "gpu_uuid": _gpu_uuid(props) if cuda_ok else None,
@@ -100,12 +105,18 @@ def env_class(gpu_name: str | None, torch_version: str | None) -> str:
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """HEAD of the git checkout at cwd (with '-dirty' if it has changes), else None."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     sha = head.stdout.strip()

@@ -6,6 +6,7 @@ run id, CUDA asked for but absent, a database from a newer schema). Its
 message is the one line printed on stderr.
 Anything else raised while working is a failure (exit 1).
 """
+
 from __future__ import annotations
 
 

@@ -135,8 +135,10 @@ def runs_tables(rep: RunsReport, *, title: str) -> str:
     align = "<" + ">" * len(heads)
 
     def grid(cell) -> list[list[str]]:
-        return [[str(la)] + [cell(cells[(la, h)]) if (la, h) in cells else "" for h in heads]
-                for la in layers]
+        return [
+            [str(la)] + [cell(cells[(la, h)]) if (la, h) in cells else "" for h in heads]
+            for la in layers
+        ]
 
     def mark(h) -> str:
         return "*" if h.above == n else ("+" if h.above else " ")

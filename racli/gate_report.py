@@ -38,15 +38,24 @@ from typing import Any
 Key = tuple[int, int, str]  # (layer, head, name)
 
 #: Display order of known names; others follow alphabetically.
-GATE_ORDER = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std",
-              "w_std", "w_rec", "beta", "gate", "rec_ablation")
+GATE_ORDER = (
+    "rec_share",
+    "rec_effect",
+    "rec_norm_ratio",
+    "gate_mean",
+    "gate_std",
+    "w_std",
+    "w_rec",
+    "beta",
+    "gate",
+    "rec_ablation",
+)
 #: Measures of use, in order of preference: a head is on when its value is above use_threshold.
 USE_MEASURES = ("rec_share", "rec_norm_ratio")
 #: Measures recorded per layer (head 0), not per head.
 LAYER_MEASURES = ("rec_ablation",)
 #: Everything that is a measure rather than a learned parameter.
-MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std",
-            "rec_ablation")
+MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std", "rec_ablation")
 RAW_CLASSIFICATION = "raw gate"
 
 
@@ -671,7 +680,7 @@ def aggregate_runs(
 
     pairs = []
     for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
+        for b in runs[i + 1 :]:
             common = [h for h in heads if a in h.values and b in h.values]
             r = rank_correlation([h.values[a] for h in common], [h.values[b] for h in common])
             if r is not None:
@@ -722,6 +731,8 @@ def _runs_summary(rep: RunsReport, n_pairs: int) -> list[str]:
         for layer, per_run in sorted(rep.ablation.items()):
             xs = list(per_run.values())
             parts.append(f"layer {layer} {100 * _mean(xs):+.2g}% (sd {100 * _sd(xs):.2g}%)")
-        out.append("rec_ablation (loss change without the layer's reciprocal term), mean over "
-                   "runs: " + ", ".join(parts))
+        out.append(
+            "rec_ablation (loss change without the layer's reciprocal term), mean over "
+            "runs: " + ", ".join(parts)
+        )
     return out

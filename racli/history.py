@@ -504,9 +504,9 @@ def load_comparison(
         tag=tag,
         since=since,
         left_out={k: v for k, v in left_out.items() if v},
-        data=(config or {}).get("data") if isinstance((config or {}).get("data"), dict) else (
-            {"name": config["data"]} if config and config.get("data") else None
-        ),
+        data=(config or {}).get("data")
+        if isinstance((config or {}).get("data"), dict)
+        else ({"name": config["data"]} if config and config.get("data") else None),
         budget=(config or {}).get("budget"),
         noise=noise,
     )

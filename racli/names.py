@@ -13,6 +13,7 @@ One home for each rule:
 This module imports neither torch nor the database (torch is imported inside
 the functions that need it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,12 @@ ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 # backend name -> member of torch.nn.attention.SDPBackend
-SDPA_KERNELS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+SDPA_KERNELS = {
+    "flash": "FLASH_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+}
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -102,8 +107,9 @@ def resolve_device(name: str | None) -> str:
     if name.startswith("cuda:"):
         index = name.split(":", 1)[1]
         if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise BadInput(f"--device {name}: no such CUDA device "
-                           f"({torch.cuda.device_count()} present)")
+            raise BadInput(
+                f"--device {name}: no such CUDA device ({torch.cuda.device_count()} present)"
+            )
     return name
 
 
@@ -132,6 +138,8 @@ def check_plot_path(plot: str | Path | None) -> Path | None:
         raise BadInput(f"cannot write plot {plot}: it is a directory")
     if plot.suffix.lower() not in PLOT_FORMATS:
         got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
-        raise BadInput(f"cannot write plot {plot}: the file name must end in "
-                       f"{', '.join(PLOT_FORMATS)} (the format), got {got}")
+        raise BadInput(
+            f"cannot write plot {plot}: the file name must end in "
+            f"{', '.join(PLOT_FORMATS)} (the format), got {got}"
+        )
     return plot

@@ -191,8 +191,12 @@ def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = No
     fig = _figure(max(9.0, 0.5 * len(heads) * 2 + 3), max(4.0, 0.35 * len(layers) + 2))
     panels = (
         (mean * scale, f"mean {rep.measure}{' (%)' if rep.by_measure else ''}", "viridis", None),
-        (above, f"runs above {rep.threshold * scale:g}{'%' if rep.by_measure else ''}",
-         "Greys", (0.0, 1.0)),
+        (
+            above,
+            f"runs above {rep.threshold * scale:g}{'%' if rep.by_measure else ''}",
+            "Greys",
+            (0.0, 1.0),
+        ),
     )
     for k, (grid, name, cmap, lim) in enumerate(panels):
         ax = fig.add_subplot(1, 2, k + 1)

@@ -17,6 +17,7 @@ separate thing: `racli.environment.git_commit`, the runs' `git_commit` column.
 No torch, no database. Computed once per process (the code a process runs is
 the code it imported when it started).
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,9 @@ def ra_version() -> str:
 
 def _git(cwd: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
-                             timeout=_GIT_TIMEOUT_S)
+        out = subprocess.run(
+            ["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None

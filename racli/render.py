@@ -261,8 +261,10 @@ def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
             if b.get("ratio") is None:
                 out.append(f"{name} no {pretty(baseline)} timing in this phase to compare with")
             elif b.get("noisy"):
-                out.append(f"{name} {b['ratio']:.2f}x  ⚠️ noisy: {b['noisy']}; re-run on an "
-                           "idle machine (no parity or speed-up mark)")
+                out.append(
+                    f"{name} {b['ratio']:.2f}x  ⚠️ noisy: {b['noisy']}; re-run on an "
+                    "idle machine (no parity or speed-up mark)"
+                )
             else:
                 out.append(f"{name} {b['ratio']:.2f}x  {b['wording']}")
     return "\n".join(out)
@@ -290,11 +292,15 @@ def _speed_lines(v: Verdict, cn: str, bn: str) -> list[str]:
     if g is None:
         if v.speed_ratio is None:
             return ["Speed check skipped: no throughput recorded on one side"]
-        return [f"Step budget: compared at equal steps (speed {v.speed_ratio:.3f}x does not "
-                "change what either side trained on)"]
+        return [
+            f"Step budget: compared at equal steps (speed {v.speed_ratio:.3f}x does not "
+            "change what either side trained on)"
+        ]
     if g.explained is None:
-        return [f"⚠️ Speed {g.ratio:.3f}x under a wall-clock budget: its effect on the loss is "
-                f"not estimated ({g.basis})"]
+        return [
+            f"⚠️ Speed {g.ratio:.3f}x under a wall-clock budget: its effect on the loss is "
+            f"not estimated ({g.basis})"
+        ]
     mark = "❌" if g.too_large else "✅"
     verdict = "more" if g.too_large else "no more"
     return [
@@ -339,9 +345,7 @@ def final_comparison(
     out.append(
         f"{'Throughput (tok/s)':<26}{_int(bt):>14}{_int(ct):>14}{_pct_signed(rel(ct, bt)):>15}"
     )
-    out.append(
-        f"{'Epochs (max)':<26}{_num(b.epochs_max):>14}{_num(c.epochs_max):>14}"
-    )
+    out.append(f"{'Epochs (max)':<26}{_num(b.epochs_max):>14}{_num(c.epochs_max):>14}")
 
     # per-side statistics
     out.append("")

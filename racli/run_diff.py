@@ -7,16 +7,43 @@ version and source commit, and the working directory's commit), the
 environment, the config (flattened to dotted keys), the final figures (with
 each metric's last value and, for bench runs, each timing).
 """
+
 from __future__ import annotations
 
 import json
 import math
 from typing import Any
 
-RUN_KEYS = ("kind", "attn", "status", "seed", "tag", "excluded", "exclude_reason", "config_hash",
-            "uuid", "origin", "started_at", "finished_at", "error")
-ENV_KEYS = ("hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_count",
-            "gpu_memory_gb", "driver", "cpu", "cpu_count", "fingerprint")
+RUN_KEYS = (
+    "kind",
+    "attn",
+    "status",
+    "seed",
+    "tag",
+    "excluded",
+    "exclude_reason",
+    "config_hash",
+    "uuid",
+    "origin",
+    "started_at",
+    "finished_at",
+    "error",
+)
+ENV_KEYS = (
+    "hostname",
+    "os",
+    "python",
+    "torch",
+    "cuda",
+    "cudnn",
+    "gpu_name",
+    "gpu_count",
+    "gpu_memory_gb",
+    "driver",
+    "cpu",
+    "cpu_count",
+    "fingerprint",
+)
 FIGURE_KEYS = ("iterations", "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
 _WIDTH = 42  # characters of a value shown in the text (--json has them whole)
 
@@ -38,17 +65,24 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _rows(a: dict, b: dict, keys=None) -> list[dict]:
     keys = list(keys) if keys is not None else sorted(set(a) | set(b))
-    return [{"key": k, "a": a.get(k), "b": b.get(k), "differs": a.get(k) != b.get(k)}
-            for k in keys if a.get(k) is not None or b.get(k) is not None]
+    return [
+        {"key": k, "a": a.get(k), "b": b.get(k), "differs": a.get(k) != b.get(k)}
+        for k in keys
+        if a.get(k) is not None or b.get(k) is not None
+    ]
 
 
 def code_of(d: dict) -> dict:
     """The code-provenance fields of a run's details."""
     config = d.get("config") if isinstance(d.get("config"), dict) else {}
     code = config.get("code") if isinstance(config.get("code"), dict) else {}
-    return {"ra_version": code.get("version"), "ra_commit": code.get("commit"),
-            "ra_dirty": code.get("dirty"), "ra_diff": code.get("diff"),
-            "git_commit (working directory)": d.get("git_commit")}
+    return {
+        "ra_version": code.get("version"),
+        "ra_commit": code.get("commit"),
+        "ra_dirty": code.get("dirty"),
+        "ra_diff": code.get("diff"),
+        "git_commit (working directory)": d.get("git_commit"),
+    }
 
 
 def _figures(d: dict) -> dict:
@@ -56,7 +90,9 @@ def _figures(d: dict) -> dict:
     for name, m in sorted((d.get("metrics") or {}).items()):
         out[f"last {name}"] = m.get("last")
     for t in d.get("timings") or []:
-        key = f"{t['attn']} {t['mode']} {t['phase']}" + (f" {t['backend']}" if t.get("backend") else "")
+        key = f"{t['attn']} {t['mode']} {t['phase']}" + (
+            f" {t['backend']}" if t.get("backend") else ""
+        )
         out[f"ms {key}"] = t["median_ms"] if t.get("median_ms") is not None else t.get("status")
     return out
 
@@ -90,14 +126,21 @@ def _cell(v: Any) -> str:
     else:
         text = str(v)
     text = " ".join(text.split())  # one line per row
-    return text if len(text) <= _WIDTH else text[:_WIDTH - 3] + "..."
+    return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
 
 
 def _change(a: Any, b: Any) -> str:
     """'+1.23%' of b against a, for two finite numbers that differ."""
     nums = (int, float)
-    if (isinstance(a, nums) and isinstance(b, nums) and not isinstance(a, bool)
-            and not isinstance(b, bool) and a and math.isfinite(a) and math.isfinite(b)):
+    if (
+        isinstance(a, nums)
+        and isinstance(b, nums)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a
+        and math.isfinite(a)
+        and math.isfinite(b)
+    ):
         return f"{(b - a) / abs(a):+.2%}"
     return ""
 
@@ -106,8 +149,10 @@ def diff_text(diff: dict, *, only_differences: bool = False) -> str:
     rows = [r for s in diff["sections"] for r in s["rows"]]
     kw = max([len(r["key"]) for r in rows] + [10])
     wa = max([len(_cell(r["a"])) for r in rows] + [len(f"run {diff['a']}")])
-    lines = [f"Run {diff['a']} vs run {diff['b']}: {diff['differences']} difference(s), marked *",
-             f"    {'':<{kw}}  {'run ' + str(diff['a']):<{wa}}  run {diff['b']}"]
+    lines = [
+        f"Run {diff['a']} vs run {diff['b']}: {diff['differences']} difference(s), marked *",
+        f"    {'':<{kw}}  {'run ' + str(diff['a']):<{wa}}  run {diff['b']}",
+    ]
     for s in diff["sections"]:
         shown = [r for r in s["rows"] if r["differs"] or not only_differences]
         if not shown:
@@ -115,7 +160,9 @@ def diff_text(diff: dict, *, only_differences: bool = False) -> str:
         lines.append(f"{s['name'].capitalize()}:")
         for r in shown:
             mark = "*" if r["differs"] else " "
-            change = _change(r["a"], r["b"]) if r["differs"] and s["name"] == "final figures" else ""
+            change = (
+                _change(r["a"], r["b"]) if r["differs"] and s["name"] == "final figures" else ""
+            )
             line = f"  {mark} {r['key']:<{kw}}  {_cell(r['a']):<{wa}}  {_cell(r['b'])}"
             lines.append(line + (f"  ({change})" if change else ""))
     return "\n".join(line.rstrip() for line in lines)

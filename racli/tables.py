@@ -63,8 +63,9 @@ def tsv(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fit(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int,
-        keep_min: int = 1) -> int:
+def fit(
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int, keep_min: int = 1
+) -> int:
     """How many leading columns fit ``width`` characters (at least ``keep_min``)."""
     used, keep = 1, 0  # the left border
     for i, c in enumerate(columns):
@@ -76,8 +77,13 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int,
     return keep
 
 
-def rich_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str = "",
-               keep: int | None = None):
+def rich_table(
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[Cell]],
+    *,
+    title: str = "",
+    keep: int | None = None,
+):
     """A Rich table of the first ``keep`` columns (all by default); cells are never markup."""
     from rich.table import Table
 
@@ -86,20 +92,29 @@ def rich_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, tit
     for c in columns[:keep]:
         table.add_column(textsafe.field(c.header), justify=c.justify, no_wrap=True)
     for row in rows:
-        table.add_row(*[textsafe.cell(_text(v), c.width, _style(v))
-                        for c, v in zip(columns[:keep], row)])
+        table.add_row(
+            *[textsafe.cell(_text(v), c.width, _style(v)) for c, v in zip(columns[:keep], row)]
+        )
     return table
 
 
 def left_out_note(columns: Sequence[Column], keep: int, width: int) -> str:
     names = ", ".join(c.header for c in columns[keep:])
     n = len(columns) - keep
-    return (f"{n} column{'s' if n != 1 else ''} not shown to fit {width} columns: {names} "
-            "(widen the terminal, or use --json or a pipe for every column)")
+    return (
+        f"{n} column{'s' if n != 1 else ''} not shown to fit {width} columns: {names} "
+        "(widen the terminal, or use --json or a pipe for every column)"
+    )
 
 
-def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str = "",
-                keep_min: int = 1, stream: TextIO | None = None) -> None:
+def print_table(
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[Cell]],
+    *,
+    title: str = "",
+    keep_min: int = 1,
+    stream: TextIO | None = None,
+) -> None:
     """Print the table on ``stream`` (default stdout): Rich on a terminal, TSV otherwise."""
     stream = sys.stdout if stream is None else stream
     if not is_terminal(stream):

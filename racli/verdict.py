@@ -413,8 +413,12 @@ def seeds_needed(
         return int(n[ok[0]]) if len(ok) else None
 
     # the normal approximation is a lower bound (t quantiles exceed z): start just below it
-    z = float(max(_t(1 - alpha / 2, np.inf) + _t(POWER, np.inf),
-                  _t(1 - alpha, np.inf) + _t(0.5 + POWER / 2, np.inf)))
+    z = float(
+        max(
+            _t(1 - alpha / 2, np.inf) + _t(POWER, np.inf),
+            _t(1 - alpha, np.inf) + _t(0.5 + POWER / 2, np.inf),
+        )
+    )
     n0 = (z * spread / threshold) ** 2 * (1 if paired else 2)
     start = int(max(2, min(math.floor(n0) - 1, SEEDS_NEEDED_CAP)))
     window = np.arange(start, min(start + 16, SEEDS_NEEDED_CAP + 1), dtype=float)
@@ -555,8 +559,10 @@ def estimate(
                 True,
                 corr[0],
             )
-        what = "have no spread" if corr is None else (
-            f"are not measurably correlated (r = {corr[0]:.2f}, one-sided p = {corr[1]:.2f})"
+        what = (
+            "have no spread"
+            if corr is None
+            else (f"are not measurably correlated (r = {corr[0]:.2f}, one-sided p = {corr[1]:.2f})")
         )
         why = f"paired by seed, but the pairs {what}"
     vc, vb = float(cs.var(ddof=1)), float(bs.var(ddof=1))
@@ -839,8 +845,9 @@ def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> 
                 f"{r.attn} {r.mode} p10-p90 {r.p10_ms:.3g}-{r.p90_ms:.3g} ms "
                 f"({spread:.2f}x > {noise_ratio:g}x)"
             )
-    if base is None or not all(_finite(x) for x in (row.p10_ms, row.p90_ms, base.p10_ms,
-                                                    base.p90_ms)):
+    if base is None or not all(
+        _finite(x) for x in (row.p10_ms, row.p90_ms, base.p10_ms, base.p90_ms)
+    ):
         return None
     ratio = row.median_ms / base.median_ms
     overlap = row.p10_ms <= base.p90_ms and base.p10_ms <= row.p90_ms

@@ -10,6 +10,7 @@ Nothing here syncs with the host or branches on data, so every module runs
 eagerly, under `torch.compile(dynamic=False)` and under CUDA-graph capture, in
 float32, bfloat16 and float16.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -302,14 +303,20 @@ class RAv5UntiedAttention(_FoldedRA):
             )
         else:
             W_f = self._fold(
-                self.W_qs.view(H, Ds, C), self.W_qr.view(H, R, C),
-                self.W_ks.view(H, Ds, C), self.W_kr.view(H, R, C), self.W_v,
+                self.W_qs.view(H, Ds, C),
+                self.W_qr.view(H, R, C),
+                self.W_ks.view(H, Ds, C),
+                self.W_kr.view(H, R, C),
+                self.W_v,
             )
         if self.b_qs is None:
             return W_f, None
         b_f = self._fold(
-            self.b_qs.view(H, Ds), self.b_qr.view(H, R),
-            self.b_ks.view(H, Ds), self.b_kr.view(H, R), self.b_v,
+            self.b_qs.view(H, Ds),
+            self.b_qr.view(H, R),
+            self.b_ks.view(H, Ds),
+            self.b_kr.view(H, R),
+            self.b_v,
         )
         return W_f, b_f
 
@@ -392,4 +399,3 @@ def build_attention(name: str, cfg: GPTConfig) -> CausalSelfAttention:
     """The attention module registered under `name`, built from `cfg`."""
     check_attention_name(name)
     return ATTENTION[name](cfg)
-

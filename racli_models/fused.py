@@ -48,6 +48,7 @@ torch.compile) `IN_COMPILE`. The kernels launch from plain Python, so dynamo
 traces them as user-defined Triton kernels; nothing syncs with the host, so
 they run under CUDA-graph capture.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -116,10 +117,22 @@ if HAS_TRITON:
 
     @triton.jit
     def _ra_v5_fwd_kernel(
-        wq_ptr, wk_ptr, wv_ptr, p_ptr, ws_ptr, wr_ptr, out_ptr, C,
-        D: tl.constexpr, DS: tl.constexpr, R: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-        DOT: tl.constexpr, FP64: tl.constexpr,
+        wq_ptr,
+        wk_ptr,
+        wv_ptr,
+        p_ptr,
+        ws_ptr,
+        wr_ptr,
+        out_ptr,
+        C,
+        D: tl.constexpr,
+        DS: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        DOT: tl.constexpr,
+        FP64: tl.constexpr,
     ):
         h = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -145,7 +158,8 @@ if HAS_TRITON:
             rr = tl.arange(0, BLOCK_R)
             pt = tl.load(  # P_h^T, zero-padded to BLOCK_R x BLOCK_D
                 p_ptr + (h * DS + rows[None, :]) * R + rr[:, None],
-                mask=(rr[:, None] < R) & (rows[None, :] < DS), other=0.0,
+                mask=(rr[:, None] < R) & (rows[None, :] < DS),
+                other=0.0,
             ).to(ty)
             ptk = tl.dot(pt, wk_in.to(ty))
             ptq = tl.dot(pt, wq_in.to(ty))
@@ -157,8 +171,7 @@ if HAS_TRITON:
             wq = _up(wq_in, FP64)
             wk = _up(wk_in, FP64)
             for r in tl.static_range(R):
-                p_r = _up(tl.load(p_ptr + (h * DS + rows) * R + r, mask=rows < DS, other=0.0),
-                          FP64)
+                p_r = _up(tl.load(p_ptr + (h * DS + rows) * R + r, mask=rows < DS, other=0.0), FP64)
                 ptk = tl.sum(p_r[:, None] * wk, axis=0)  # row r of P^T W_k,h
                 ptq = tl.sum(p_r[:, None] * wq, axis=0)  # row r of P^T W_q,h
                 tl.store(dst_q + (DS + r) * C + cols, (w_rec * ptk).to(ty), mask=cmask)
@@ -166,11 +179,28 @@ if HAS_TRITON:
 
     @triton.jit
     def _ra_v5_bwd_kernel(
-        g_ptr, wq_ptr, wk_ptr, p_ptr, ws_ptr, wr_ptr,
-        dwq_ptr, dwk_ptr, dwv_ptr, part_ptr, std_ptr, C, H,
-        D: tl.constexpr, DS: tl.constexpr, R: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-        COPY_V: tl.constexpr, DOT: tl.constexpr, FP64: tl.constexpr,
+        g_ptr,
+        wq_ptr,
+        wk_ptr,
+        p_ptr,
+        ws_ptr,
+        wr_ptr,
+        dwq_ptr,
+        dwk_ptr,
+        dwv_ptr,
+        part_ptr,
+        std_ptr,
+        C,
+        H,
+        D: tl.constexpr,
+        DS: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        COPY_V: tl.constexpr,
+        DOT: tl.constexpr,
+        FP64: tl.constexpr,
     ):
         h = tl.program_id(0)
         t = tl.program_id(1)
@@ -232,8 +262,19 @@ if HAS_TRITON:
 
     @triton.jit
     def _ra_v5_reduce_kernel(
-        part_ptr, std_ptr, p_ptr, wr_ptr, dp_ptr, dws_ptr, dwr_ptr, n_tiles, H,
-        DS: tl.constexpr, R: tl.constexpr, BLOCK_DR: tl.constexpr, BLOCK_T: tl.constexpr,
+        part_ptr,
+        std_ptr,
+        p_ptr,
+        wr_ptr,
+        dp_ptr,
+        dws_ptr,
+        dwr_ptr,
+        n_tiles,
+        H,
+        DS: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK_DR: tl.constexpr,
+        BLOCK_T: tl.constexpr,
         FP64: tl.constexpr,
     ):
         h = tl.program_id(0)
@@ -258,9 +299,21 @@ if HAS_TRITON:
 
     @triton.jit
     def _untied_fwd_kernel(
-        qs_ptr, qr_ptr, ks_ptr, kr_ptr, wv_ptr, ws_ptr, wr_ptr, out_ptr, C,
-        D: tl.constexpr, DS: tl.constexpr, R: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, FP64: tl.constexpr,
+        qs_ptr,
+        qr_ptr,
+        ks_ptr,
+        kr_ptr,
+        wv_ptr,
+        ws_ptr,
+        wr_ptr,
+        out_ptr,
+        C,
+        D: tl.constexpr,
+        DS: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        FP64: tl.constexpr,
     ):
         h = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -290,10 +343,25 @@ if HAS_TRITON:
 
     @triton.jit
     def _untied_bwd_kernel(
-        g_ptr, qs_ptr, qr_ptr, ws_ptr, wr_ptr,
-        dqs_ptr, dqr_ptr, dks_ptr, dkr_ptr, dwv_ptr, part_ptr, C, H,
-        D: tl.constexpr, DS: tl.constexpr, R: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, COPY_V: tl.constexpr,
+        g_ptr,
+        qs_ptr,
+        qr_ptr,
+        ws_ptr,
+        wr_ptr,
+        dqs_ptr,
+        dqr_ptr,
+        dks_ptr,
+        dkr_ptr,
+        dwv_ptr,
+        part_ptr,
+        C,
+        H,
+        D: tl.constexpr,
+        DS: tl.constexpr,
+        R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        COPY_V: tl.constexpr,
         FP64: tl.constexpr,
     ):
         h = tl.program_id(0)
@@ -340,7 +408,7 @@ def _grad_v(G: torch.Tensor, W_v: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """dW_v: the V rows of G when the dtypes agree (a contiguous view), else a buffer to fill."""
     C = W_v.shape[0]
     if G.dtype == W_v.dtype:
-        return G[2 * C:], False
+        return G[2 * C :], False
     return _alloc(W_v.shape, device=G.device, dtype=W_v.dtype), True
 
 
@@ -355,9 +423,22 @@ class ComposeRAv5(torch.autograd.Function):
         D, BLOCK_D, n_tiles = _dims(H, C)
         W_f = _alloc((3 * C, C), device=W_q.device, dtype=dtype)
         _ra_v5_fwd_kernel[(H, n_tiles)](
-            W_q, W_k, W_v, P, w_std, w_rec, W_f, C,
-            D=D, DS=DS, R=R, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, BLOCK_R=_pow2(R),
-            DOT=USE_DOT and dtype in _DOT_DTYPES, FP64=W_q.dtype == torch.float64,
+            W_q,
+            W_k,
+            W_v,
+            P,
+            w_std,
+            w_rec,
+            W_f,
+            C,
+            D=D,
+            DS=DS,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=BLOCK_C,
+            BLOCK_R=_pow2(R),
+            DOT=USE_DOT and dtype in _DOT_DTYPES,
+            FP64=W_q.dtype == torch.float64,
             num_warps=NUM_WARPS,
         )
         ctx.save_for_backward(W_q, W_k, W_v, P, w_std, w_rec)
@@ -378,17 +459,48 @@ class ComposeRAv5(torch.autograd.Function):
         std_part = _alloc((n_tiles, H), device=dev, dtype=acc)
         fp64 = acc == torch.float64
         _ra_v5_bwd_kernel[(H, n_tiles)](
-            G, W_q, W_k, P, w_std, w_rec, dW_q, dW_k, dW_v, part, std_part, C, H,
-            D=D, DS=DS, R=R, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, BLOCK_R=_pow2(R),
-            COPY_V=copy_v, DOT=USE_DOT and G.dtype in _DOT_DTYPES, FP64=fp64,
+            G,
+            W_q,
+            W_k,
+            P,
+            w_std,
+            w_rec,
+            dW_q,
+            dW_k,
+            dW_v,
+            part,
+            std_part,
+            C,
+            H,
+            D=D,
+            DS=DS,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=BLOCK_C,
+            BLOCK_R=_pow2(R),
+            COPY_V=copy_v,
+            DOT=USE_DOT and G.dtype in _DOT_DTYPES,
+            FP64=fp64,
             num_warps=NUM_WARPS,
         )
         dP = _alloc(P.shape, device=dev, dtype=P.dtype)
         dw_std = _alloc(w_std.shape, device=dev, dtype=w_std.dtype)
         dw_rec = _alloc(w_rec.shape, device=dev, dtype=w_rec.dtype)
         _ra_v5_reduce_kernel[(H,)](
-            part, std_part, P, w_rec, dP, dw_std, dw_rec, n_tiles, H,
-            DS=DS, R=R, BLOCK_DR=_pow2(DS * R), BLOCK_T=min(32, _pow2(n_tiles)), FP64=fp64,
+            part,
+            std_part,
+            P,
+            w_rec,
+            dP,
+            dw_std,
+            dw_rec,
+            n_tiles,
+            H,
+            DS=DS,
+            R=R,
+            BLOCK_DR=_pow2(DS * R),
+            BLOCK_T=min(32, _pow2(n_tiles)),
+            FP64=fp64,
             num_warps=8,
         )
         return dW_q, dW_k, dW_v, dP, dw_std, dw_rec, None
@@ -399,18 +511,29 @@ class ComposeUntied(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype):
-        W_qs, W_qr, W_ks, W_kr, W_v = (
-            t.contiguous() for t in (W_qs, W_qr, W_ks, W_kr, W_v)
-        )
+        W_qs, W_qr, W_ks, W_kr, W_v = (t.contiguous() for t in (W_qs, W_qr, W_ks, W_kr, W_v))
         H = w_std.shape[0]
         C = W_v.shape[1]
         D, BLOCK_D, n_tiles = _dims(H, C)
         R = W_qr.shape[0] // H
         W_f = _alloc((3 * C, C), device=W_qs.device, dtype=dtype)
         _untied_fwd_kernel[(H, n_tiles)](
-            W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, W_f, C,
-            D=D, DS=D - R, R=R, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C,
-            FP64=W_qs.dtype == torch.float64, num_warps=NUM_WARPS,
+            W_qs,
+            W_qr,
+            W_ks,
+            W_kr,
+            W_v,
+            w_std,
+            w_rec,
+            W_f,
+            C,
+            D=D,
+            DS=D - R,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=BLOCK_C,
+            FP64=W_qs.dtype == torch.float64,
+            num_warps=NUM_WARPS,
         )
         ctx.save_for_backward(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec)
         return W_f
@@ -430,9 +553,27 @@ class ComposeUntied(torch.autograd.Function):
         dW_v, copy_v = _grad_v(G, W_v)
         part = _alloc((n_tiles, 2, H), device=dev, dtype=acc)
         _untied_bwd_kernel[(H, n_tiles)](
-            G, W_qs, W_qr, w_std, w_rec, dW_qs, dW_qr, dW_ks, dW_kr, dW_v, part, C, H,
-            D=D, DS=D - R, R=R, BLOCK_D=BLOCK_D, BLOCK_C=BLOCK_C, COPY_V=copy_v,
-            FP64=acc == torch.float64, num_warps=NUM_WARPS,
+            G,
+            W_qs,
+            W_qr,
+            w_std,
+            w_rec,
+            dW_qs,
+            dW_qr,
+            dW_ks,
+            dW_kr,
+            dW_v,
+            part,
+            C,
+            H,
+            D=D,
+            DS=D - R,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=BLOCK_C,
+            COPY_V=copy_v,
+            FP64=acc == torch.float64,
+            num_warps=NUM_WARPS,
         )
         gates = part.sum(0)  # (2, H): dw_std, dw_rec
         dw_std = gates[0].to(w_std.dtype)

@@ -1,4 +1,5 @@
 """A GPT-2 language model (nanoGPT layout) with a pluggable attention variant."""
+
 from __future__ import annotations
 
 import hashlib

@@ -42,6 +42,7 @@ and the head's dims.
 Every measure is first accumulated as additive sums (`layer_parts`) so that
 several batches pool exactly, then turned into values (`finish`).
 """
+
 from __future__ import annotations
 
 import math
@@ -113,15 +114,19 @@ def folded_parts(attn: _FoldedRA, x: torch.Tensor) -> Parts:
     std, rec = score_terms(attn, x)
     B, _, T, _ = std.shape
     mask = causal_mask(T, x.device)
-    return {"v_std": row_centred_power(std, mask), "v_rec": row_centred_power(rec, mask),
-            "kl": kl_sum(std, rec, mask),
-            "queries": torch.tensor(float(B * T), dtype=torch.float64, device=x.device)}
+    return {
+        "v_std": row_centred_power(std, mask),
+        "v_rec": row_centred_power(rec, mask),
+        "kl": kl_sum(std, rec, mask),
+        "queries": torch.tensor(float(B * T), dtype=torch.float64, device=x.device),
+    }
 
 
 def folded_finish(parts: Parts) -> dict[str, torch.Tensor]:
     total = parts["v_std"] + parts["v_rec"]
-    share = torch.where(total > 0, parts["v_rec"] / total.clamp_min(1e-300),
-                        torch.zeros_like(total))
+    share = torch.where(
+        total > 0, parts["v_rec"] / total.clamp_min(1e-300), torch.zeros_like(total)
+    )
     return {"rec_share": share, "rec_effect": parts["kl"] / parts["queries"]}
 
 
@@ -143,8 +148,10 @@ def _beta_branches(attn: RABetaAttention, x: torch.Tensor):
 
 def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
     y_std, y_rec = _beta_branches(attn, x)
-    return {"std_sq": _acc(y_std.pow(2).sum(dim=(0, 2, 3))),
-            "rec_sq": _acc(y_rec.pow(2).sum(dim=(0, 2, 3)))}
+    return {
+        "std_sq": _acc(y_std.pow(2).sum(dim=(0, 2, 3))),
+        "rec_sq": _acc(y_rec.pow(2).sum(dim=(0, 2, 3))),
+    }
 
 
 def beta_finish(attn: RABetaAttention, parts: Parts) -> dict[str, torch.Tensor]:
@@ -156,8 +163,11 @@ def beta_finish(attn: RABetaAttention, parts: Parts) -> dict[str, torch.Tensor]:
 def gate_parts(attn: SDPAGateAttention, x: torch.Tensor) -> Parts:
     B, T, _ = x.shape
     g = _acc(torch.sigmoid(attn.g_proj(x)).view(B, T, attn.n_head, attn.head_dim))
-    return {"g": g.sum(dim=(0, 1, 3)), "g2": g.pow(2).sum(dim=(0, 1, 3)),
-            "n": torch.tensor(float(B * T * attn.head_dim), dtype=torch.float64, device=x.device)}
+    return {
+        "g": g.sum(dim=(0, 1, 3)),
+        "g2": g.pow(2).sum(dim=(0, 1, 3)),
+        "n": torch.tensor(float(B * T * attn.head_dim), dtype=torch.float64, device=x.device),
+    }
 
 
 def gate_finish(parts: Parts) -> dict[str, torch.Tensor]:
@@ -224,8 +234,12 @@ def _embed(model, idx: torch.Tensor) -> torch.Tensor:
 def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
     """Summed cross-entropy of the final residual stream x and the number of targets."""
     logits = model.lm_head(model.transformer.ln_f(x))
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).double(), targets.reshape(-1),
-                           ignore_index=-1, reduction="sum")
+    loss = F.cross_entropy(
+        logits.view(-1, logits.size(-1)).double(),
+        targets.reshape(-1),
+        ignore_index=-1,
+        reduction="sum",
+    )
     return float(loss), int((targets != -1).sum())
 
 
@@ -270,7 +284,7 @@ def model_measures(
                 continue
             x = x + y
             x = x + block.mlp(block.ln_2(x))
-            for later in blocks[i + 1:]:
+            for later in blocks[i + 1 :]:
                 x = later(x)
             s, n = _loss_sum(model, x, targets)
             acc = removed.setdefault(i, [0.0, 0])

@@ -6,6 +6,7 @@ q k^T / sqrt(D), a causal mask of -inf, softmax, @ v, output projection. It
 never calls the module's forward, its composed weight or SDPA, so tests and
 benchmarks can use it to check the fast paths.
 """
+
 from __future__ import annotations
 
 import math

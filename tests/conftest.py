@@ -5,6 +5,7 @@ directory, and a fresh database on a throwaway PostgreSQL server (tests/pg.py)
 started once per session. Without PostgreSQL binaries the postgres cases are
 skipped, except under CI (`CI` set), where they fail: CI must test both.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,7 +51,9 @@ def pg_server():
         _unavailable("the psycopg driver is not installed (pip install 'ra[postgres]')")
     bindir = find_bindir()
     if bindir is None:
-        _unavailable("initdb/pg_ctl not found (install PostgreSQL, e.g. apt-get install postgresql)")
+        _unavailable(
+            "initdb/pg_ctl not found (install PostgreSQL, e.g. apt-get install postgresql)"
+        )
     server = PgServer(bindir)
     try:
         server.start()

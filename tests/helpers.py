@@ -3,6 +3,7 @@
 Nothing here imports torch: runs are recorded with a made-up environment
 (`ENV_INFO`) and a fixed git commit, so no fingerprint is taken.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,15 +19,34 @@ from sqlalchemy import update
 REPO = Path(__file__).resolve().parents[1]
 
 ENV_INFO = {
-    "hostname": "testhost", "os": "Linux-test", "python": "3.11.0", "torch": "2.13.0",
-    "cuda": None, "cudnn": None, "gpu_name": None, "gpu_count": 0, "gpu_memory_gb": None,
-    "driver": None, "cpu": "Test CPU", "cpu_count": 2,
+    "hostname": "testhost",
+    "os": "Linux-test",
+    "python": "3.11.0",
+    "torch": "2.13.0",
+    "cuda": None,
+    "cudnn": None,
+    "gpu_name": None,
+    "gpu_count": 0,
+    "gpu_memory_gb": None,
+    "driver": None,
+    "cpu": "Test CPU",
+    "cpu_count": 2,
 }
-GPU_ENV_INFO = {**ENV_INFO, "cuda": "13.0", "cudnn": "91000", "gpu_name": "NVIDIA H100 80GB HBM3",
-                "gpu_count": 1, "gpu_memory_gb": 79.2, "driver": "580.00"}
+GPU_ENV_INFO = {
+    **ENV_INFO,
+    "cuda": "13.0",
+    "cudnn": "91000",
+    "gpu_name": "NVIDIA H100 80GB HBM3",
+    "gpu_count": 1,
+    "gpu_memory_gb": 79.2,
+    "driver": "580.00",
+}
 
-TRAIN_CONFIG = {"model": {"preset": "tiny", "ra_rank": 4}, "train": {"lr": 6e-4, "batch_size": 32},
-                "minutes": 1.0}
+TRAIN_CONFIG = {
+    "model": {"preset": "tiny", "ra_rank": 4},
+    "train": {"lr": 6e-4, "batch_size": 32},
+    "minutes": 1.0,
+}
 
 # (kind, attn, end status, seed, tag) of the runs `make_db` records, oldest first.
 PLAN = [
@@ -39,25 +59,67 @@ PLAN = [
 ]
 
 
-def record_run(store, *, kind="train", attn="ra_v5", status="finished", seed=1, tag=None,
-               config=None, env_info=None, n_metrics=5, gates=True, timings=None):
+def record_run(
+    store,
+    *,
+    kind="train",
+    attn="ra_v5",
+    status="finished",
+    seed=1,
+    tag=None,
+    config=None,
+    env_info=None,
+    n_metrics=5,
+    gates=True,
+    timings=None,
+):
     """One complete run through the recorder; returns its id."""
     from racli.store.recorder import RunRecorder
 
     cfg = dict(TRAIN_CONFIG if config is None else config)
-    rec = RunRecorder.start(store, kind=kind, attn=attn if kind == "train" else None, config=cfg,
-                            seed=seed, tag=tag, env_info=env_info or ENV_INFO,
-                            git_commit="0123abcd", heartbeat=False)
+    rec = RunRecorder.start(
+        store,
+        kind=kind,
+        attn=attn if kind == "train" else None,
+        config=cfg,
+        seed=seed,
+        tag=tag,
+        env_info=env_info or ENV_INFO,
+        git_commit="0123abcd",
+        heartbeat=False,
+    )
     if kind == "bench":
-        shape = {"batch": 2, "seq": 64, "heads": 4, "head_dim": 32, "dtype": "float32",
-                 "device": "cpu"}
+        shape = {
+            "batch": 2,
+            "seq": 64,
+            "heads": 4,
+            "head_dim": 32,
+            "dtype": "float32",
+            "device": "cpu",
+        }
         for row in timings or [
-            {"attn": "baseline", "mode": "eager", "phase": "fwd", **shape, "median_ms": 1.25,
-             "p10_ms": 1.2, "p90_ms": 1.4, "iters": 10, "tflops": 0.01, "status": "ok",
-             "backend": "math"},
+            {
+                "attn": "baseline",
+                "mode": "eager",
+                "phase": "fwd",
+                **shape,
+                "median_ms": 1.25,
+                "p10_ms": 1.2,
+                "p90_ms": 1.4,
+                "iters": 10,
+                "tflops": 0.01,
+                "status": "ok",
+                "backend": "math",
+            },
             # a skipped mode has no figures: a row with fewer keys
-            {"attn": "baseline", "mode": "cuda_graph", "phase": "fwd", **shape,
-             "status": "skipped", "reason": "no CUDA"},
+            {
+                "attn": "baseline",
+                "mode": "cuda_graph",
+                "phase": "fwd",
+                **shape,
+                "status": "skipped",
+                "reason": "no CUDA",
+            },
         ]:
             rec.timing(**row)
     else:
@@ -69,9 +131,14 @@ def record_run(store, *, kind="train", attn="ra_v5", status="finished", seed=1, 
             rec.gates(10, {0: {"w_std": [0.9, 1.1], "w_rec": [0.2, 0.05]}})
     figures = {}
     if kind == "train" and status == "finished":
-        figures = {"iterations": n_metrics * 10, "tokens": 1000 * n_metrics, "epochs": 0.5,
-                   "train_seconds": 60.0, "val_loss": 3.5 + 0.01 * (seed or 0),
-                   "tokens_per_s": 12345.0}
+        figures = {
+            "iterations": n_metrics * 10,
+            "tokens": 1000 * n_metrics,
+            "epochs": 0.5,
+            "train_seconds": 60.0,
+            "val_loss": 3.5 + 0.01 * (seed or 0),
+            "tokens_per_s": 12345.0,
+        }
     if status == "failed":
         rec.fail(RuntimeError("boom"), **figures)
     else:
@@ -85,8 +152,10 @@ def make_db(path, plan=PLAN) -> list[int]:
 
     store = open_store(str(path))
     try:
-        return [record_run(store, kind=k, attn=a, status=st, seed=sd, tag=tg)
-                for k, a, st, sd, tg in plan]
+        return [
+            record_run(store, kind=k, attn=a, status=st, seed=sd, tag=tg)
+            for k, a, st, sd, tg in plan
+        ]
     finally:
         store.close()
 
@@ -95,8 +164,11 @@ def set_heartbeat_minutes_ago(store, run_id: int, minutes: float) -> None:
     from racli.store.models import Run, utcnow
 
     with store.writing() as conn:
-        conn.execute(update(Run).where(Run.id == run_id)
-                     .values(heartbeat_at=utcnow() - timedelta(minutes=minutes)))
+        conn.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(heartbeat_at=utcnow() - timedelta(minutes=minutes))
+        )
 
 
 def sha256(path) -> str:
@@ -129,8 +201,15 @@ def python_env(**extra) -> dict:
 
 
 def run_python(code: str, *args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=python_env(), check=False, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=python_env(),
+        check=False,
+        **kw,
+    )
 
 
 def ra_inprocess(*args):

@@ -11,6 +11,7 @@ made and run as the `postgres` system user (created if missing), through
 `runuser` (or `su`). Binaries are looked up with `pg_config --bindir`, then
 /usr/lib/postgresql/*/bin, then PATH.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,8 +33,9 @@ def find_bindir() -> Path | None:
     candidates: list[Path] = []
     if shutil.which("pg_config"):
         try:
-            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                                 timeout=10, check=False).stdout.strip()
+            out = subprocess.run(
+                ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
             if out:
                 candidates.append(Path(out))
         except (OSError, subprocess.SubprocessError):
@@ -43,8 +45,9 @@ def find_bindir() -> Path | None:
         tail = Path(p).parent.name
         return tuple(int(x) for x in tail.split(".") if x.isdigit())
 
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version,
-                                           reverse=True)]
+    candidates += [
+        Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    ]
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
@@ -64,8 +67,11 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        name], check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(name)
 
 
@@ -87,23 +93,53 @@ class PgServer:
         return ["su", "-s", "/bin/sh", RUN_AS, "-c", shlex.join(args)]
 
     def _run(self, *args: str, timeout: float = 120) -> None:
-        res = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout,
-                             check=False, cwd=self.root)
+        res = subprocess.run(
+            self._cmd(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.root,
+        )
         if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({res.returncode}): "
-                               f"{(res.stderr or res.stdout).strip()[-1500:]}")
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed ({res.returncode}): "
+                f"{(res.stderr or res.stdout).strip()[-1500:]}"
+            )
 
     def start(self) -> PgServer:
         if self.as_root:
             user = _ensure_user(RUN_AS)
             os.chown(self.root, user.pw_uid, user.pw_gid)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
-                  "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -F "
-                f"-c full_page_writes=off -c synchronous_commit=off -c max_connections=100 "
-                f"-c shared_buffers=16MB")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
-                  str(self.root / "server.log"), "-o", opts, "-w", "-t", "60", "start")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -F "
+            f"-c full_page_writes=off -c synchronous_commit=off -c max_connections=100 "
+            f"-c shared_buffers=16MB"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self.started = True
         return self
 
@@ -113,8 +149,9 @@ class PgServer:
     def _admin(self, sql: str) -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(sql)
 
     def new_database(self) -> str:
@@ -134,7 +171,15 @@ class PgServer:
     def stop(self) -> None:
         try:
             if self.started:
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                          "-w", "stop", timeout=60)
+                self._run(
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                    timeout=60,
+                )
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

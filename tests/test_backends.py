@@ -1,6 +1,7 @@
 """The same work on both store backends (SQLite and a throwaway PostgreSQL server):
 a tiny CPU training run recorded and read back, `ra compare` giving the same
 verdict, and two concurrent `ra train --resume` of one run giving one owner."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,18 @@ from racli.config import load_config, packaged_config_path
 from racli.store.engine import open_store
 from racli.store.recorder import RunRecorder
 
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-        "train.batch_size=4", "train.lr=0.003", "train.eval_interval=4", "train.eval_batches=2",
-        "train.final_eval_batches=2", "train.log_interval=2"]
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=4",
+    "train.lr=0.003",
+    "train.eval_interval=4",
+    "train.eval_batches=2",
+    "train.final_eval_batches=2",
+    "train.log_interval=2",
+]
 
 
 @pytest.fixture
@@ -38,8 +48,15 @@ def _rows(store, sql, **kw) -> list[tuple]:
 def _spec(steps: int, seed: int = 0):
     from racli.training import spec_from_config
 
-    return spec_from_config(load_config(packaged_config_path()), attn="ra_v5", steps=steps,
-                            seed=seed, device="cpu", compile=False, overrides=TINY)
+    return spec_from_config(
+        load_config(packaged_config_path()),
+        attn="ra_v5",
+        steps=steps,
+        seed=seed,
+        device="cpu",
+        compile=False,
+        overrides=TINY,
+    )
 
 
 @pytest.mark.slow
@@ -50,15 +67,19 @@ def test_a_training_run_is_recorded(store):
     r = train(spec, store, dataset=load_data(spec))
     assert r.status == "finished" and r.iterations == 8
     ((status, iters, tokens, val, env_id),) = _rows(
-        store, "SELECT status, iterations, tokens, val_loss, env_id FROM runs WHERE id=:i",
-        i=r.run_id)
+        store,
+        "SELECT status, iterations, tokens, val_loss, env_id FROM runs WHERE id=:i",
+        i=r.run_id,
+    )
     assert (status, iters, tokens) == ("finished", 8, 8 * 4 * 32)
     assert val == pytest.approx(r.val_loss) and env_id is not None
-    names = dict(_rows(store, "SELECT name, count(*) FROM metrics WHERE run_id=:i GROUP BY name",
-                       i=r.run_id))
+    names = dict(
+        _rows(store, "SELECT name, count(*) FROM metrics WHERE run_id=:i GROUP BY name", i=r.run_id)
+    )
     assert names["train_loss"] == 4 and names["val_loss"] == 2 and names["compile_s"] == 1
-    assert _rows(store, "SELECT count(DISTINCT step) FROM gate_values WHERE run_id=:i",
-                 i=r.run_id) == [(3,)]  # init, step 4, the end
+    assert _rows(
+        store, "SELECT count(DISTINCT step) FROM gate_values WHERE run_id=:i", i=r.run_id
+    ) == [(3,)]  # init, step 4, the end
     res = ra_inprocess("runs", "--db", store.db, "--json")
     assert res.exit_code == 0
     assert [(d["id"], d["status"]) for d in json.loads(res.stdout)] == [(r.run_id, "finished")]
@@ -69,13 +90,26 @@ def _planted(store, effect: float) -> None:
     cfg = {"model": {"preset": "tiny"}, "train": {"lr": 6e-4, "steps": 300}, "data": "builtin"}
     for seed in range(5):
         for attn, scale in (("baseline", 1.0), ("ra_v5", 1.0 + effect)):
-            rec = RunRecorder.start(store, kind="train", attn=attn, seed=seed,
-                                    config={**cfg, "attn": attn, "seed": seed},
-                                    env_info=ENV_INFO, git_commit="abc", heartbeat=False)
+            rec = RunRecorder.start(
+                store,
+                kind="train",
+                attn=attn,
+                seed=seed,
+                config={**cfg, "attn": attn, "seed": seed},
+                env_info=ENV_INFO,
+                git_commit="abc",
+                heartbeat=False,
+            )
             val = 3.0 * scale * (1 + 0.003 * rng.standard_normal())
             rec.metric(300, "val_loss", val, 30.0)
-            rec.finish(iterations=300, tokens=300 * 4096, epochs=0.4, train_seconds=2.5,
-                       val_loss=val, tokens_per_s=500_000.0)
+            rec.finish(
+                iterations=300,
+                tokens=300 * 4096,
+                epochs=0.4,
+                train_seconds=2.5,
+                val_loss=val,
+                tokens_per_s=500_000.0,
+            )
 
 
 @pytest.mark.parametrize("effect, verdict", [(-0.03, "WIN"), (0.03, "LOSE")])
@@ -109,23 +143,39 @@ def test_two_concurrent_cli_resumes_give_one_owner(store):
 
     spec = _spec(12, seed=2)
     stop = threading.Event()
-    first = train(spec, store, dataset=load_data(spec), stop=stop,
-                  on_step=lambda i: stop.set() if i.step == 4 else None)
+    first = train(
+        spec,
+        store,
+        dataset=load_data(spec),
+        stop=stop,
+        on_step=lambda i: stop.set() if i.step == 4 else None,
+    )
     assert first.status == "interrupted"
     cmd = [sys.executable, "-m", "racli", "train", "--db", store.db, "--resume", str(first.run_id)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=python_env()) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env()
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], outs
     err = next(e for p, (_, e) in zip(procs, outs) if p.returncode == 2).strip()
     assert err.startswith("ra: error: ") and "\n" not in err, err
-    assert any(w in err for w in ("being resumed by another process", "still running",
-                                  "is finished")), err
-    assert _rows(store, "SELECT status, iterations FROM runs WHERE id=:i", i=first.run_id) == \
-        [("finished", 12)]
-    dup = _rows(store, "SELECT step, name, count(*) FROM metrics WHERE run_id=:i "
-                       "GROUP BY step, name HAVING count(*) > 1", i=first.run_id)
+    assert any(
+        w in err for w in ("being resumed by another process", "still running", "is finished")
+    ), err
+    assert _rows(store, "SELECT status, iterations FROM runs WHERE id=:i", i=first.run_id) == [
+        ("finished", 12)
+    ]
+    dup = _rows(
+        store,
+        "SELECT step, name, count(*) FROM metrics WHERE run_id=:i "
+        "GROUP BY step, name HAVING count(*) > 1",
+        i=first.run_id,
+    )
     assert dup == []
-    assert _rows(store, "SELECT count(*) FROM metrics WHERE run_id=:i AND name='compile_s'",
-                 i=first.run_id) == [(2,)]  # the first session and the one resumed session
+    assert _rows(
+        store, "SELECT count(*) FROM metrics WHERE run_id=:i AND name='compile_s'", i=first.run_id
+    ) == [(2,)]  # the first session and the one resumed session

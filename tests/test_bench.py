@@ -3,6 +3,7 @@
 Only one configuration in this file really compiles (compile on the CPU is
 slow); the other compile rows go through a stand-in for `torch.compile`.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,9 @@ def test_parse_shape_presets_and_explicit():
     assert (shape.batch, shape.seq, shape.heads, shape.head_dim) == (8, 1024, 12, 64)
 
 
-@pytest.mark.parametrize("text", ["huge", "1,2,3", "1,2,3,4,5", "0,64,4,32", "a,b,c,d", "2,64,4,1",
-                                  ""])
+@pytest.mark.parametrize(
+    "text", ["huge", "1,2,3", "1,2,3,4,5", "0,64,4,32", "a,b,c,d", "2,64,4,1", ""]
+)
 def test_parse_shape_rejects(text):
     with pytest.raises(BadInput):
         bench.parse_shape(text, {"tiny": TINY})
@@ -106,12 +108,15 @@ def test_parse_modes_phases_attns():
     assert bench.parse_phases("both") == ["fwd", "fwd_bwd"]
     assert bench.parse_phases("fwd_bwd") == ["fwd_bwd"]
     assert bench.parse_attns("ra_v5,baseline", {"baseline": 1, "ra_v5": 2}) == ["ra_v5", "baseline"]
-    for bad in (lambda: bench.parse_modes("eager,jit"), lambda: bench.parse_modes(""),
-                lambda: bench.parse_phases("bwd"),
-                lambda: bench.parse_attns("flash", {"baseline": 1}),
-                lambda: bench.check_sdpa_backend("xformers"),
-                lambda: bench.resolve_dtype("int8", "cpu"),
-                lambda: bench.resolve_device("tpu")):
+    for bad in (
+        lambda: bench.parse_modes("eager,jit"),
+        lambda: bench.parse_modes(""),
+        lambda: bench.parse_phases("bwd"),
+        lambda: bench.parse_attns("flash", {"baseline": 1}),
+        lambda: bench.check_sdpa_backend("xformers"),
+        lambda: bench.resolve_dtype("int8", "cpu"),
+        lambda: bench.resolve_device("tpu"),
+    ):
         with pytest.raises(BadInput):
             bad()
 
@@ -141,8 +146,9 @@ def test_fresh_modules_have_identical_weights(attn):
     c = bench.build_module(attn, TINY, seed=1).state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], c[k]) for k in a
-               if a[k].is_floating_point() and a[k].numel() > 8)
+    assert any(
+        not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 8
+    )
     x1, g1 = bench.make_inputs(TINY, seed=0)
     x2, g2 = bench.make_inputs(TINY, seed=0)
     assert torch.equal(x1, x2) and torch.equal(g1, g2) and x1.shape == (2, 64, 128)
@@ -180,9 +186,26 @@ def test_time_config_eager_row(phase):
     assert row.compile_s is None
     flops = bench.block_flops(2, 64, 4, 32, phase)
     assert row.tflops == pytest.approx(flops / (row.median_ms * 1e-3) / 1e12)
-    assert set(row.record()) == {"attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype",
-                        "device", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "status",
-                        "reason", "backend", "compile_s"}
+    assert set(row.record()) == {
+        "attn",
+        "mode",
+        "phase",
+        "batch",
+        "seq",
+        "heads",
+        "head_dim",
+        "dtype",
+        "device",
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "iters",
+        "tflops",
+        "status",
+        "reason",
+        "backend",
+        "compile_s",
+    }
 
 
 @pytest.mark.parametrize("attn", VARIANTS)
@@ -216,11 +239,13 @@ def test_cuda_graph_on_cpu_is_skipped_with_reason(phase):
 
 
 def test_forced_backend_math_runs_and_unavailable_backend_is_skipped():
-    row = bench.time_config("baseline", "eager", "fwd", TINY, repeats=3, warmup=1,
-                            sdpa_backend="math")
+    row = bench.time_config(
+        "baseline", "eager", "fwd", TINY, repeats=3, warmup=1, sdpa_backend="math"
+    )
     assert row.status == "ok" and row.backend == "math"
-    row = bench.time_config("ra_v5", "eager", "fwd_bwd", TINY, repeats=3, warmup=1,
-                            sdpa_backend="efficient")
+    row = bench.time_config(
+        "ra_v5", "eager", "fwd_bwd", TINY, repeats=3, warmup=1, sdpa_backend="efficient"
+    )
     if CUDA:  # pragma: no cover - the efficient kernel exists on CUDA
         return
     assert row.status == "skipped"
@@ -234,8 +259,9 @@ def test_forced_backend_reason_is_torchs_most_specific_line():
 
     def step():  # what a forced kernel that cannot serve the inputs does on CUDA
         warnings.warn("Flash attention kernel not used because:", stacklevel=1)
-        warnings.warn("Flash attention requires q,k,v to have the same last dimension",
-                      stacklevel=1)
+        warnings.warn(
+            "Flash attention requires q,k,v to have the same last dimension", stacklevel=1
+        )
         raise RuntimeError("No available kernel. Aborting execution.\nmore")
 
     with pytest.raises(bench._Skip, match="'flash' unavailable .*: Flash attention requires q,k,v"):
@@ -244,8 +270,9 @@ def test_forced_backend_reason_is_torchs_most_specific_line():
     def bare():
         raise RuntimeError("No available kernel. Aborting execution.\nmore")
 
-    with pytest.raises(bench._Skip,
-                       match=r"unavailable .*: No available kernel\. Aborting execution\.$"):
+    with pytest.raises(
+        bench._Skip, match=r"unavailable .*: No available kernel\. Aborting execution\.$"
+    ):
         bench._probe(bare, "cudnn")
 
 
@@ -263,18 +290,35 @@ def test_compile_failure_is_a_failed_row(monkeypatch):
 
 
 def _r(attn, mode, phase, ms, status="ok", backend="flash"):
-    return bench.BenchRow(attn, mode, phase, 2, 64, 4, 32, "float32", "cpu", median_ms=ms,
-                          p10_ms=ms, p90_ms=ms, status=status, backend=backend)
+    return bench.BenchRow(
+        attn,
+        mode,
+        phase,
+        2,
+        64,
+        4,
+        32,
+        "float32",
+        "cpu",
+        median_ms=ms,
+        p10_ms=ms,
+        p90_ms=ms,
+        status=status,
+        backend=backend,
+    )
 
 
 def test_best_vs_best_selection():
     rows = [
-        _r("baseline", "eager", "fwd", 1.33), _r("baseline", "compile", "fwd", 1.15),
+        _r("baseline", "eager", "fwd", 1.33),
+        _r("baseline", "compile", "fwd", 1.15),
         _r("baseline", "cuda_graph", "fwd", 1.06),
-        _r("ra_v5", "eager", "fwd", 1.33), _r("ra_v5", "compile", "fwd", 1.02),
+        _r("ra_v5", "eager", "fwd", 1.33),
+        _r("ra_v5", "compile", "fwd", 1.02),
         _r("ra_v5", "cuda_graph", "fwd", None, status="skipped", backend=None),
         _r("ra_v5", "cuda_graph", "fwd", 0.5, status="failed"),  # never counts
-        _r("baseline", "eager", "fwd_bwd", 4.0), _r("ra_v5", "eager", "fwd_bwd", 5.0),
+        _r("baseline", "eager", "fwd_bwd", 4.0),
+        _r("ra_v5", "eager", "fwd_bwd", 5.0),
         _r("ra_v5", "compile", "fwd_bwd", 4.4),
         _r("ra_v5", "eager", "fwd_bwd", 1.0, backend="math"),  # other backend: not compared
     ]
@@ -290,8 +334,11 @@ def test_best_vs_best_selection():
 
 
 def test_baseline_eager_ratio():
-    rows = [_r("baseline", "eager", "fwd", 2.0), _r("ra_v5", "compile", "fwd", 1.0),
-            _r("ra_v5", "compile", "fwd", 1.0, backend="math")]
+    rows = [
+        _r("baseline", "eager", "fwd", 2.0),
+        _r("ra_v5", "compile", "fwd", 1.0),
+        _r("ra_v5", "compile", "fwd", 1.0, backend="math"),
+    ]
     assert bench.baseline_eager_ratio(rows[0], rows) == pytest.approx(1.0)
     assert bench.baseline_eager_ratio(rows[1], rows) == pytest.approx(0.5)
     assert bench.baseline_eager_ratio(rows[2], rows) is None
@@ -303,8 +350,21 @@ def test_baseline_eager_ratio():
 @pytest.mark.skipif(CUDA, reason="checks a machine without CUDA")
 def test_cli_modes_all_on_cpu_with_a_real_compile(tmp_path):
     db = tmp_path / "ra.db"
-    res = invoke("--modes", "all", "--attn", "baseline", "--phase", "fwd", "--shape", "tiny",
-                 *FAST, "--db", str(db), "--tag", "t1")
+    res = invoke(
+        "--modes",
+        "all",
+        "--attn",
+        "baseline",
+        "--phase",
+        "fwd",
+        "--shape",
+        "tiny",
+        *FAST,
+        "--db",
+        str(db),
+        "--tag",
+        "t1",
+    )
     assert res.exit_code == 0, res.output
     out = res.stdout
     assert "1. baseline eager fwd " in out and "ms/iter" in out
@@ -326,8 +386,14 @@ def test_cli_modes_all_on_cpu_with_a_real_compile(tmp_path):
     assert t["cuda_graph"]["status"] == "skipped" and "CUDA" in t["cuda_graph"]["reason"]
     for x in (t["eager"], t["compile"]):
         assert x["iters"] == 3 and x["backend"] == "cpu_flash" and x["tflops"] > 0
-        assert (x["batch"], x["seq"], x["heads"], x["head_dim"], x["dtype"], x["device"]) == \
-            (2, 64, 4, 32, "float32", "cpu")
+        assert (x["batch"], x["seq"], x["heads"], x["head_dim"], x["dtype"], x["device"]) == (
+            2,
+            64,
+            4,
+            32,
+            "float32",
+            "cpu",
+        )
 
 
 @pytest.mark.skipif(CUDA, reason="checks a machine without CUDA")
@@ -359,8 +425,9 @@ def test_cli_failed_configuration_does_not_stop_the_others(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     (run,) = runs_in(db)
     assert run.status == "finished"
-    st = {(r["attn"], r["mode"]): (r["status"], r["reason"])
-          for r in details(db, run.id)["timings"]}
+    st = {
+        (r["attn"], r["mode"]): (r["status"], r["reason"]) for r in details(db, run.id)["timings"]
+    }
     assert st[("baseline", "eager")] == ("ok", None) and st[("ra_v5", "eager")] == ("ok", None)
     assert st[("baseline", "compile")] == ("failed", "RuntimeError: no compiler here")
     assert "FAILED (RuntimeError: no compiler here)" in res.stdout
@@ -368,9 +435,24 @@ def test_cli_failed_configuration_does_not_stop_the_others(tmp_path, monkeypatch
 
 def test_cli_json(tmp_path):
     db = tmp_path / "ra.db"
-    res = invoke("--modes", "eager", "--attn", "baseline,ra_v5", "--phase", "both",
-                 "--shape", "2,32,2,16", "--device", "cpu", "--sdpa-backend", "math", *FAST,
-                 "--db", str(db), "--json")
+    res = invoke(
+        "--modes",
+        "eager",
+        "--attn",
+        "baseline,ra_v5",
+        "--phase",
+        "both",
+        "--shape",
+        "2,32,2,16",
+        "--device",
+        "cpu",
+        "--sdpa-backend",
+        "math",
+        *FAST,
+        "--db",
+        str(db),
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["run_id"] == runs_in(db)[0].id
@@ -379,7 +461,11 @@ def test_cli_json(tmp_path):
     assert [t["index"] for t in doc["timings"]] == [1, 2, 3, 4]
     assert all(t["status"] == "ok" and t["backend"] == "math" for t in doc["timings"])
     assert {(b["phase"], b["attn"]) for b in doc["best_vs_best"]} == {
-        ("fwd", "baseline"), ("fwd", "ra_v5"), ("fwd_bwd", "baseline"), ("fwd_bwd", "ra_v5")}
+        ("fwd", "baseline"),
+        ("fwd", "ra_v5"),
+        ("fwd_bwd", "baseline"),
+        ("fwd_bwd", "ra_v5"),
+    }
     assert "1. baseline eager fwd" in res.stderr  # progress goes to stderr with --json
 
 
@@ -445,14 +531,21 @@ def test_cli_bad_input_creates_no_database(tmp_path):
 
 def test_round_times_configurations_interleaved():
     seen = []
-    settings = bench.BenchSettings(shape=TINY, repeats=3, warmup=0,
-                                   in_step=lambda c, i: seen.append((c.attn, i)))
+    settings = bench.BenchSettings(
+        shape=TINY, repeats=3, warmup=0, in_step=lambda c, i: seen.append((c.attn, i))
+    )
     configs = [bench.Config("baseline", "eager", "fwd"), bench.Config("ra_v5", "eager", "fwd")]
     rows = bench.time_round(configs, settings)
     assert [r.status for r in rows] == ["ok", "ok"] and [r.iters for r in rows] == [3, 3]
     # round-robin: repeat i of every configuration before repeat i + 1 of any
-    assert seen == [("baseline", 0), ("ra_v5", 0), ("baseline", 1), ("ra_v5", 1),
-                    ("baseline", 2), ("ra_v5", 2)]
+    assert seen == [
+        ("baseline", 0),
+        ("ra_v5", 0),
+        ("baseline", 1),
+        ("ra_v5", 1),
+        ("baseline", 2),
+        ("ra_v5", 2),
+    ]
 
 
 def test_injected_jitter_is_reported_as_noisy_not_as_a_speed_up(tmp_path, monkeypatch):
@@ -466,12 +559,24 @@ def test_injected_jitter_is_reported_as_noisy_not_as_a_speed_up(tmp_path, monkey
 
     monkeypatch.setattr(command, "IN_STEP", jitter)
     db = tmp_path / "ra.db"
-    args = ["--modes", "eager", "--phase", "fwd", "--shape", "1,16,2,8", "--repeats", "8",
-            "--warmup", "0", "--db", str(db)]
+    args = [
+        "--modes",
+        "eager",
+        "--phase",
+        "fwd",
+        "--shape",
+        "1,16,2,8",
+        "--repeats",
+        "8",
+        "--warmup",
+        "0",
+        "--db",
+        str(db),
+    ]
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     out = res.stdout
-    fair = out[out.index("FAIR COMPARISON"):]
+    fair = out[out.index("FAIR COMPARISON") :]
     assert "RA v5 / Baseline:" in fair and "noisy" in fair
     assert "✅" not in fair and "faster" not in fair and "overhead" not in fair
     res = invoke(*args, "--json")

@@ -1,4 +1,5 @@
 """`ra bench` on CUDA: every mode, both phases, float16 and bfloat16 (needs a GPU)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,9 @@ KERNELS = {"flash", "cudnn", "efficient", "math"}
 @pytest.mark.parametrize("mode", ["eager", "compile", "cuda_graph"])
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
 def test_every_mode_runs_on_cuda(attn, mode, phase, dtype):
-    row = bench.time_config(attn, mode, phase, SMALL, dtype=dtype, device="cuda", repeats=10,
-                            warmup=3)
+    row = bench.time_config(
+        attn, mode, phase, SMALL, dtype=dtype, device="cuda", repeats=10, warmup=3
+    )
     assert row.status == "ok", row.reason
     assert (row.device, row.dtype, row.iters) == ("cuda", dtype, 10)
     assert 0 < row.p10_ms <= row.median_ms <= row.p90_ms
@@ -37,8 +39,17 @@ def test_every_mode_runs_on_cuda(attn, mode, phase, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["flash", "efficient", "math", "cudnn"])
 def test_forced_backend_is_the_one_that_ran(backend):
-    row = bench.time_config("baseline", "eager", "fwd", SMALL, dtype="float16", device="cuda",
-                            repeats=5, warmup=2, sdpa_backend=backend)
+    row = bench.time_config(
+        "baseline",
+        "eager",
+        "fwd",
+        SMALL,
+        dtype="float16",
+        device="cuda",
+        repeats=5,
+        warmup=2,
+        sdpa_backend=backend,
+    )
     if backend == "cudnn" and row.status == "skipped":  # builds without cuDNN attention
         assert row.reason
         return
@@ -48,11 +59,21 @@ def test_forced_backend_is_the_one_that_ran(backend):
 
 @pytest.mark.gpu
 def test_auto_backend_matches_a_forced_run_of_the_same_kernel():
-    auto = bench.time_config("ra_v5", "eager", "fwd_bwd", SMALL, dtype="float16", device="cuda",
-                             repeats=5, warmup=2)
+    auto = bench.time_config(
+        "ra_v5", "eager", "fwd_bwd", SMALL, dtype="float16", device="cuda", repeats=5, warmup=2
+    )
     assert auto.status == "ok" and auto.backend in KERNELS
-    forced = bench.time_config("ra_v5", "eager", "fwd_bwd", SMALL, dtype="float16", device="cuda",
-                               repeats=5, warmup=2, sdpa_backend=auto.backend)
+    forced = bench.time_config(
+        "ra_v5",
+        "eager",
+        "fwd_bwd",
+        SMALL,
+        dtype="float16",
+        device="cuda",
+        repeats=5,
+        warmup=2,
+        sdpa_backend=auto.backend,
+    )
     assert forced.status == "ok" and forced.backend == auto.backend
 
 
@@ -88,9 +109,24 @@ def test_cuda_graph_replays_rewrite_grads_like_one_eager_step(attn):
 @pytest.mark.gpu
 def test_cli_modes_all_on_cuda(tmp_path):
     db = tmp_path / "ra.db"
-    res = CliRunner().invoke(app, ["bench", "--modes", "all", "--device", "cuda",
-                                   "--shape", "2,256,4,64", "--repeats", "5", "--warmup", "2",
-                                   "--db", str(db)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--modes",
+            "all",
+            "--device",
+            "cuda",
+            "--shape",
+            "2,256,4,64",
+            "--repeats",
+            "5",
+            "--warmup",
+            "2",
+            "--db",
+            str(db),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "FAIR COMPARISON (Best vs Best)" in res.stdout
     store = open_store(str(db))
@@ -111,8 +147,28 @@ def test_cli_modes_all_on_cuda(tmp_path):
 @pytest.mark.gpu
 def test_cli_explicit_cuda_graph_on_cuda_is_accepted(tmp_path):
     db = tmp_path / "ra.db"
-    res = CliRunner().invoke(app, ["bench", "--modes", "cuda_graph", "--attn", "baseline",
-                                   "--phase", "fwd", "--dtype", "bfloat16", "--shape", "2,256,4,64",
-                                   "--repeats", "5", "--warmup", "2", "--db", str(db), "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--modes",
+            "cuda_graph",
+            "--attn",
+            "baseline",
+            "--phase",
+            "fwd",
+            "--dtype",
+            "bfloat16",
+            "--shape",
+            "2,256,4,64",
+            "--repeats",
+            "5",
+            "--warmup",
+            "2",
+            "--db",
+            str(db),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "1. baseline cuda_graph fwd" in res.stderr

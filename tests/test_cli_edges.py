@@ -23,9 +23,17 @@ from typer.testing import CliRunner
 from racli.cli import app
 from racli.errors import BadInput
 
-TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-        "train.batch_size=4", "train.eval_interval=1000", "train.eval_batches=2",
-        "train.final_eval_batches=2", "train.log_interval=5"]
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=4",
+    "train.eval_interval=1000",
+    "train.eval_batches=2",
+    "train.final_eval_batches=2",
+    "train.log_interval=5",
+]
 TINY_CLI = [a for item in TINY for a in ("--set", item)]
 CPU = ["--device", "cpu", "--no-compile"]
 
@@ -50,10 +58,23 @@ def _isolated(tmp_path, monkeypatch):
 
 # ---- ra train --json ------------------------------------------------------------------------
 
+
 def test_train_json_prints_the_summary_and_run_id_on_stdout(tmp_path):
     db = tmp_path / "ra.db"
-    res = ra("train", "--db", db, "--attn", "baseline", "--steps", 6, "--tag", "j", *CPU,
-             *TINY_CLI, "--json")
+    res = ra(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "baseline",
+        "--steps",
+        6,
+        "--tag",
+        "j",
+        *CPU,
+        *TINY_CLI,
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)  # stdout is the JSON and nothing else
     assert summary["status"] == "finished" and summary["iterations"] == 6
@@ -67,14 +88,30 @@ def test_train_json_prints_the_summary_and_run_id_on_stdout(tmp_path):
 
 # ---- a double Ctrl-C still prints the summary -----------------------------------------------
 
+
 @pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_and_prints_the_summary(tmp_path):
     db = tmp_path / "ra.db"
-    cmd = [sys.executable, "-m", "racli", "train", "--db", str(db), "--attn", "baseline",
-           "--steps", "1000000", *CPU, *TINY_CLI, "--set", "train.final_eval_batches=5000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "racli",
+        "train",
+        "--db",
+        str(db),
+        "--attn",
+        "baseline",
+        "--steps",
+        "1000000",
+        *CPU,
+        *TINY_CLI,
+        "--set",
+        "train.final_eval_batches=5000",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     lines: list[str] = []
     stepping = threading.Event()
 
@@ -108,6 +145,7 @@ def test_second_ctrl_c_stops_at_once_and_prints_the_summary(tmp_path):
 
 
 # ---- a read-only store ----------------------------------------------------------------------
+
 
 def _make_read_only(path: Path) -> str:
     """Make `path` unwritable even for root (immutable), else by its mode; returns how."""
@@ -159,6 +197,7 @@ def test_store_writable_check_names_the_file_and_the_folder(tmp_path, monkeypatc
 
 # ---- token ids outside the vocabulary -------------------------------------------------------
 
+
 def _bin_dir(path: Path, top: int, vocab: int | None) -> Path:
     path.mkdir()
     rng = np.random.default_rng(0)
@@ -179,8 +218,19 @@ def test_token_ids_beyond_the_vocabulary_are_bad_input(tmp_path):
     bad = _bin_dir(tmp_path / "bad", top=300, vocab=256)
     with pytest.raises(DataError, match=r"val.bin: token id 300 is outside the vocabulary"):
         load_dataset(bad, val_fraction=0.1, block_size=32)
-    res = ra("train", "--db", tmp_path / "ra.db", "--attn", "baseline", "--steps", 2,
-             "--data", bad, *CPU, *TINY_CLI)
+    res = ra(
+        "train",
+        "--db",
+        tmp_path / "ra.db",
+        "--attn",
+        "baseline",
+        "--steps",
+        2,
+        "--data",
+        bad,
+        *CPU,
+        *TINY_CLI,
+    )
     line = one_error_line(res)
     assert "token id 300" in line and "vocab_size is 256 (meta.pkl)" in line
     assert not (tmp_path / "ra.db").exists()
@@ -193,6 +243,7 @@ def test_token_ids_beyond_the_vocabulary_are_bad_input(tmp_path):
 
 
 # ---- a hostile checkpoint -------------------------------------------------------------------
+
 
 class _Payload:
     def __init__(self, marker: Path):
@@ -238,6 +289,7 @@ def test_load_error_description_is_one_line():
 
 # ---- a bench in which every configuration failed ---------------------------------------------
 
+
 def test_bench_with_every_configuration_failed_is_recorded_failed(tmp_path, monkeypatch):
     from racli_models import ATTENTION
 
@@ -247,8 +299,21 @@ def test_bench_with_every_configuration_failed_is_recorded_failed(tmp_path, monk
     for name in ("baseline", "ra_v5"):
         monkeypatch.setattr(ATTENTION[name], "forward", broken)
     db = tmp_path / "ra.db"
-    res = ra("bench", "--db", db, "--modes", "eager", "--phase", "fwd", "--device", "cpu",
-             "--repeats", 2, "--warmup", 1)
+    res = ra(
+        "bench",
+        "--db",
+        db,
+        "--modes",
+        "eager",
+        "--phase",
+        "fwd",
+        "--device",
+        "cpu",
+        "--repeats",
+        2,
+        "--warmup",
+        1,
+    )
     assert res.exit_code == 1, (res.stdout, res.stderr)
     assert "every configuration failed" in res.stderr
     with sqlite3.connect(db) as conn:

@@ -1,4 +1,5 @@
 """Tests for the CLI foundation: the error boundary, global options, `ra runs` and `ra db`."""
+
 from __future__ import annotations
 
 import csv
@@ -102,6 +103,7 @@ def assert_bad_input(res, *, contains: str | None = None):
 
 # ---- help --------------------------------------------------------------------------
 
+
 def test_help_lists_the_commands():
     res = ok("--help")
     assert "runs" in res.stdout and "db" in res.stdout
@@ -155,8 +157,9 @@ def test_help_wall_time():
     best = float("inf")
     for _ in range(2):
         t0 = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), timeout=60,
-                             check=False)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, env=python_env(), timeout=60, check=False
+        )
         best = min(best, time.perf_counter() - t0)
         assert res.returncode == 0, res.stderr
         assert "runs" in res.stdout
@@ -164,6 +167,7 @@ def test_help_wall_time():
 
 
 # ---- ra runs -------------------------------------------------------------------------
+
 
 def test_runs_on_an_empty_database(tmp_path):
     db = tmp_path / "empty.db"
@@ -190,7 +194,13 @@ def test_runs_lists_newest_first_and_json_agrees(populated):
     by_id = {r["id"]: r for r in rows}
     for run_id, (kind, attn, status, seed, tag) in zip(ids, PLAN):
         r = by_id[run_id]
-        assert (r["kind"], r["attn"], r["status"], r["seed"], r["tag"]) == (kind, attn, status, seed, tag)
+        assert (r["kind"], r["attn"], r["status"], r["seed"], r["tag"]) == (
+            kind,
+            attn,
+            status,
+            seed,
+            tag,
+        )
     finished_train = [r for r in rows if r["kind"] == "train" and r["status"] == "finished"]
     assert all(r["val_loss"] is not None and r["epochs"] == 0.5 for r in finished_train)
 
@@ -203,8 +213,16 @@ def test_runs_table_is_readable_in_80_columns(populated):
     out = strip_ansi(res.stdout)
     assert "┃" in out  # a terminal gets the Rich table
     assert max(len(line) for line in out.splitlines()) <= 80
-    for word in ("bench", "train", "baseline", "ra_v5", "finished", "failed", "interrupted",
-                 "diverged"):
+    for word in (
+        "bench",
+        "train",
+        "baseline",
+        "ra_v5",
+        "finished",
+        "failed",
+        "interrupted",
+        "diverged",
+    ):
         assert word in out, f"{word!r} is cut in an 80-column table:\n{out}"
     assert table_ids(out) == table_ids(ok("runs", "--db", db).stdout)
     if "epochs" not in out:  # columns left out: a note says which
@@ -218,26 +236,45 @@ def test_piped_runs_keep_every_column(populated):
     for columns in ("60", "80", "200"):
         out = ok("runs", "--db", db, env={"COLUMNS": columns}).stdout
         lines = out.splitlines()
-        assert lines[0].split("\t") == ["id", "kind", "attn", "status", "seed", "tag", "val_loss",
-                                         "tok/s", "iters", "started", "epochs"]
+        assert lines[0].split("\t") == [
+            "id",
+            "kind",
+            "attn",
+            "status",
+            "seed",
+            "tag",
+            "val_loss",
+            "tok/s",
+            "iters",
+            "started",
+            "epochs",
+        ]
         assert len(lines) == len(ids) + 1
         assert all(len(line.split("\t")) == 11 for line in lines)
     rows = table_rows(out)
     assert rows[ids[2]][9].startswith("20") and rows[ids[2]][10] == "0.5"  # started, epochs
 
 
-@pytest.mark.parametrize("filters,expect", [
-    (["--kind", "train"], lambda p: p[0] == "train"),
-    (["--kind", "bench"], lambda p: p[0] == "bench"),
-    (["--attn", "ra_v5"], lambda p: p[1] == "ra_v5"),
-    (["--status", "finished"], lambda p: p[2] == "finished"),
-    (["--status", "failed"], lambda p: p[2] == "failed"),
-    (["--status", "crashed"], lambda p: False),
-    (["--tag", "sweep"], lambda p: p[4] == "sweep"),
-    (["--attn", "ra_v5", "--status", "finished"], lambda p: p[1] == "ra_v5" and p[2] == "finished"),
-    (["--kind", "train", "--tag", "sweep", "--attn", "baseline"],
-     lambda p: p[0] == "train" and p[4] == "sweep" and p[1] == "baseline"),
-])
+@pytest.mark.parametrize(
+    "filters,expect",
+    [
+        (["--kind", "train"], lambda p: p[0] == "train"),
+        (["--kind", "bench"], lambda p: p[0] == "bench"),
+        (["--attn", "ra_v5"], lambda p: p[1] == "ra_v5"),
+        (["--status", "finished"], lambda p: p[2] == "finished"),
+        (["--status", "failed"], lambda p: p[2] == "failed"),
+        (["--status", "crashed"], lambda p: False),
+        (["--tag", "sweep"], lambda p: p[4] == "sweep"),
+        (
+            ["--attn", "ra_v5", "--status", "finished"],
+            lambda p: p[1] == "ra_v5" and p[2] == "finished",
+        ),
+        (
+            ["--kind", "train", "--tag", "sweep", "--attn", "baseline"],
+            lambda p: p[0] == "train" and p[4] == "sweep" and p[1] == "baseline",
+        ),
+    ],
+)
 def test_runs_filters(populated, filters, expect):
     db, ids = populated
     want = sorted((i for i, p in zip(ids, PLAN) if expect(p)), reverse=True)
@@ -262,11 +299,26 @@ def test_runs_show_text_and_json(populated):
     train_id = ids[2]  # train ra_v5 finished, seed 1
     text = ok("runs", "show", train_id, "--db", db).stdout
     assert text.startswith(f"Run {train_id}: train ra_v5 [finished]")
-    for piece in ("Environment:", ENV_INFO["hostname"], "Metrics", "train_loss", "val_loss",
-                  "Gate snapshots: 2", "Config:", '"preset": "tiny"', "config_hash"):
+    for piece in (
+        "Environment:",
+        ENV_INFO["hostname"],
+        "Metrics",
+        "train_loss",
+        "val_loss",
+        "Gate snapshots: 2",
+        "Config:",
+        '"preset": "tiny"',
+        "config_hash",
+    ):
         assert piece in text, piece
     d = json.loads(ok("runs", "show", train_id, "--db", db, "--json").stdout)
-    assert (d["id"], d["kind"], d["attn"], d["status"], d["seed"]) == (train_id, "train", "ra_v5", "finished", 1)
+    assert (d["id"], d["kind"], d["attn"], d["status"], d["seed"]) == (
+        train_id,
+        "train",
+        "ra_v5",
+        "finished",
+        1,
+    )
     assert d["config"] == {**TRAIN_CONFIG, "code": d["config"]["code"]}
     assert d["environment"]["hostname"] == ENV_INFO["hostname"]
     assert d["environment"]["cpu_count"] == ENV_INFO["cpu_count"]
@@ -279,8 +331,10 @@ def test_runs_show_text_and_json(populated):
     text = ok("runs", "show", bench_id, "--db", db).stdout
     assert "Timings:" in text and "skipped" in text and "no CUDA" in text
     d = json.loads(ok("runs", "show", bench_id, "--db", db, "--json").stdout)
-    assert [(t["mode"], t["status"], t["reason"]) for t in d["timings"]] == \
-        [("eager", "ok", None), ("cuda_graph", "skipped", "no CUDA")]
+    assert [(t["mode"], t["status"], t["reason"]) for t in d["timings"]] == [
+        ("eager", "ok", None),
+        ("cuda_graph", "skipped", "no CUDA"),
+    ]
     assert d["timings"][0]["median_ms"] == 1.25 and d["timings"][0]["backend"] == "math"
 
     failed = json.loads(ok("runs", "show", ids[3], "--db", db, "--json").stdout)
@@ -290,7 +344,10 @@ def test_runs_show_text_and_json(populated):
 
 def _sqlite_runs(db) -> dict[int, tuple]:
     with sqlite3.connect(db) as raw:
-        return {r[0]: r[1:] for r in raw.execute("SELECT id, kind, attn, status, seed, tag, val_loss FROM runs")}
+        return {
+            r[0]: r[1:]
+            for r in raw.execute("SELECT id, kind, attn, status, seed, tag, val_loss FROM runs")
+        }
 
 
 def test_export_csv_to_stdout(populated):
@@ -303,7 +360,12 @@ def test_export_csv_to_stdout(populated):
     truth = _sqlite_runs(db)
     for r in rows:
         kind, attn, status, seed, tag, val_loss = truth[int(r["id"])]
-        assert (r["kind"], r["attn"] or None, r["status"], r["tag"] or None) == (kind, attn, status, tag)
+        assert (r["kind"], r["attn"] or None, r["status"], r["tag"] or None) == (
+            kind,
+            attn,
+            status,
+            tag,
+        )
         assert (int(r["seed"]) if r["seed"] else None) == seed
         assert (float(r["val_loss"]) if r["val_loss"] else None) == val_loss
         assert {k: v for k, v in json.loads(r["config"]).items() if k != "code"} == TRAIN_CONFIG
@@ -315,11 +377,18 @@ def test_export_json_to_stdout_and_filters(populated):
     db, ids = populated
     rows = json.loads(ok("runs", "export", "--format", "json", "--db", db).stdout)
     assert [r["id"] for r in rows] == sorted(ids, reverse=True)
-    assert all(r["config"] == {**TRAIN_CONFIG, "code": r["code"]} and r["torch"] == ENV_INFO["torch"] for r in rows)
+    assert all(
+        r["config"] == {**TRAIN_CONFIG, "code": r["code"]} and r["torch"] == ENV_INFO["torch"]
+        for r in rows
+    )
     assert all("gpu_name" in r for r in rows)
-    train = json.loads(ok("runs", "export", "--format", "json", "--kind", "train", "--db", db).stdout)
+    train = json.loads(
+        ok("runs", "export", "--format", "json", "--kind", "train", "--db", db).stdout
+    )
     assert [r["id"] for r in train] == sorted(ids[1:], reverse=True)
-    tagged = json.loads(ok("runs", "export", "--format", "json", "--tag", "sweep", "--db", db).stdout)
+    tagged = json.loads(
+        ok("runs", "export", "--format", "json", "--tag", "sweep", "--db", db).stdout
+    )
     assert {r["id"] for r in tagged} == {i for i, p in zip(ids, PLAN) if p[4] == "sweep"}
 
 
@@ -335,13 +404,16 @@ def test_export_to_a_file(populated, tmp_path, fmt):
     if fmt == "json":
         assert [r["id"] for r in json.loads(text)] == sorted(ids, reverse=True)
     else:
-        assert [int(r["id"]) for r in csv.DictReader(io.StringIO(text))] == sorted(ids, reverse=True)
+        assert [int(r["id"]) for r in csv.DictReader(io.StringIO(text))] == sorted(
+            ids, reverse=True
+        )
     # -o is the short form, and it agrees with stdout
     ok("runs", "export", "--format", fmt, "-o", out, "--db", db)
     assert out.read_text() == ok("runs", "export", "--format", fmt, "--db", db).stdout
 
 
 # ---- ra db -----------------------------------------------------------------------
+
 
 def test_db_upgrade_new_path_then_up_to_date(tmp_path):
     db = tmp_path / "fresh.db"
@@ -351,7 +423,12 @@ def test_db_upgrade_new_path_then_up_to_date(tmp_path):
     res = ok("db", "upgrade", "--db", db)
     assert "up to date" in res.stdout
     cur = json.loads(ok("db", "current", "--db", db, "--json").stdout)
-    assert cur == {"db": str(db), "revision": HEAD_REVISION, "head": HEAD_REVISION, "up_to_date": True}
+    assert cur == {
+        "db": str(db),
+        "revision": HEAD_REVISION,
+        "head": HEAD_REVISION,
+        "up_to_date": True,
+    }
     assert "up to date" in ok("db", "current", "--db", db).stdout
 
 
@@ -363,7 +440,9 @@ def test_db_upgrade_from_an_old_revision_keeps_runs(populated):
     cur = json.loads(ok("db", "current", "--db", db, "--json").stdout)
     assert (cur["revision"], cur["up_to_date"]) == ("0001", False)
     assert f"upgraded from 0001 to {HEAD_REVISION}" in ok("db", "upgrade", "--db", db).stdout
-    assert [r["id"] for r in json.loads(ok("runs", "--db", db, "--json").stdout)] == sorted(ids, reverse=True)
+    assert [r["id"] for r in json.loads(ok("runs", "--db", db, "--json").stdout)] == sorted(
+        ids, reverse=True
+    )
     with sqlite3.connect(db) as raw:
         assert raw.execute("SELECT count(*) FROM metrics").fetchone()[0] == 6 * 5
 
@@ -371,19 +450,26 @@ def test_db_upgrade_from_an_old_revision_keeps_runs(populated):
 def test_db_url(populated):
     db, ids = populated
     url = f"sqlite:///{db}"
-    assert [r["id"] for r in json.loads(ok("runs", "--db", url, "--json").stdout)] == sorted(ids, reverse=True)
-    assert json.loads(ok("db", "current", "--db", url, "--json").stdout)["revision"] == HEAD_REVISION
+    assert [r["id"] for r in json.loads(ok("runs", "--db", url, "--json").stdout)] == sorted(
+        ids, reverse=True
+    )
+    assert (
+        json.loads(ok("db", "current", "--db", url, "--json").stdout)["revision"] == HEAD_REVISION
+    )
 
 
 # ---- global options ----------------------------------------------------------------------
+
 
 def test_global_options_before_and_after_the_command(populated, tmp_path):
     db, ids = populated
     after = ok("runs", "--db", db, "--json").stdout
     before = ok("--db", db, "runs", "--json").stdout
     assert after == before and len(json.loads(after)) == len(ids)
-    assert ok("--db", db, "runs", "show", ids[1], "--json").stdout == \
-        ok("runs", "show", ids[1], "--db", db, "--json").stdout
+    assert (
+        ok("--db", db, "runs", "show", ids[1], "--json").stdout
+        == ok("runs", "show", ids[1], "--db", db, "--json").stdout
+    )
     assert json.loads(ok("runs", "--db", db, "show", ids[1], "--json").stdout)["id"] == ids[1]
     assert ok("--db", db, "runs", "export").stdout == ok("runs", "export", "--db", db).stdout
     assert json.loads(ok("--db", db, "db", "current", "--json").stdout)["revision"] == HEAD_REVISION
@@ -399,8 +485,11 @@ def test_config_option_chooses_the_database(populated, tmp_path):
     data["db"] = db
     cfg = tmp_path / "team.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    for args in (["--config", cfg, "runs", "--json"], ["runs", "--config", cfg, "--json"],
-                 ["--config", cfg, "runs", "export", "--format", "json"]):
+    for args in (
+        ["--config", cfg, "runs", "--json"],
+        ["runs", "--config", cfg, "--json"],
+        ["--config", cfg, "runs", "export", "--format", "json"],
+    ):
         assert len(json.loads(ok(*args).stdout)) == len(ids), args
     # ./ra.yaml is read when present
     (tmp_path / "ra.yaml").write_text(yaml.safe_dump(data))
@@ -430,6 +519,7 @@ def test_ra_db_environment_variable(populated, tmp_path, monkeypatch):
 
 # ---- bad input: exit 2, one line, nothing changed -----------------------------------------
 
+
 def _bad_yaml(tmp_path, kind: str) -> Path:
     text = (REPO / "ra.yaml").read_text()
     path = tmp_path / f"bad_{kind}.yaml"
@@ -454,23 +544,29 @@ BAD_ARGS = {
     "unknown export status": (["runs", "export", "--status", "done"], "unknown status"),
     "negative limit": (["runs", "--limit", "-1"], "--limit"),
     "unknown format": (["runs", "export", "--format", "xml"], "unknown format 'xml'"),
-    "export to a missing directory": (["runs", "export", "--output", "{tmp}/nodir/out.csv"],
-                                      "does not exist"),
+    "export to a missing directory": (
+        ["runs", "export", "--output", "{tmp}/nodir/out.csv"],
+        "does not exist",
+    ),
     "missing config file": (["--config", "{tmp}/nope.yaml", "runs"], "config file not found"),
-    "missing config file after": (["runs", "show", "1", "--config", "{tmp}/nope.yaml"], "not found"),
+    "missing config file after": (
+        ["runs", "show", "1", "--config", "{tmp}/nope.yaml"],
+        "not found",
+    ),
     "unknown option": (["runs", "--bogus"], "No such option"),
     "unknown command": (["frobnicate"], "frobnicate"),
     "unknown db subcommand": (["db", "downgrade"], "downgrade"),
     "run id beyond 2^63": (["runs", "show", str(2**63)], "below 2^63"),
     "gates run id beyond 2^63": (["gates", "--run", str(2**63)], "below 2^63"),
     "resume id beyond 2^63": (["train", "--resume", str(2**63)], "below 2^63"),
-    "negative run id beyond 2^63": (["gates", "--run", str(-2**63 - 1)], "below 2^63"),
-    "steps beyond any budget": (["train", "--attn", "baseline", "--steps", str(10**23)],
-                                "--steps"),
+    "negative run id beyond 2^63": (["gates", "--run", str(-(2**63) - 1)], "below 2^63"),
+    "steps beyond any budget": (["train", "--attn", "baseline", "--steps", str(10**23)], "--steps"),
     "export to a directory": (["runs", "export", "-o", "{tmp}"], "is a directory"),
     "compare plot of a text file": (["compare", "--plot", "{tmp}/c.txt"], "must end in .png"),
-    "gates plot without a suffix": (["gates", "--run", "3", "--plot", "{tmp}/heat"],
-                                    "must end in .png"),
+    "gates plot without a suffix": (
+        ["gates", "--run", "3", "--plot", "{tmp}/heat"],
+        "must end in .png",
+    ),
 }
 
 
@@ -501,14 +597,20 @@ def test_invalid_ra_yaml_is_bad_input(populated, tmp_path, kind, where):
         res = ra("runs", "--db", db)
     assert_bad_input(res, contains="ra.yaml" if where == "cwd" else bad.name)
     line = res.stderr.strip()
-    expect = {"syntax": "YAML syntax error", "unknown_key": "train.lerning_rate: unknown key",
-              "bad_value": "verdict.threshold: must be < 1", "wrong_type": "train.batch_size: must be an integer"}
+    expect = {
+        "syntax": "YAML syntax error",
+        "unknown_key": "train.lerning_rate: unknown key",
+        "bad_value": "verdict.threshold: must be < 1",
+        "wrong_type": "train.batch_size: must be an integer",
+    }
     assert expect[kind] in line
     assert db_state(db) == before
 
 
-@pytest.mark.parametrize("args", [["runs"], ["runs", "show", "1"], ["runs", "export"],
-                                  ["db", "current"], ["runs", "--json"]])
+@pytest.mark.parametrize(
+    "args",
+    [["runs"], ["runs", "show", "1"], ["runs", "export"], ["db", "current"], ["runs", "--json"]],
+)
 def test_read_commands_never_create_a_database(tmp_path, args):
     missing = tmp_path / "missing.db"
     assert_bad_input(ra(*args, "--db", missing), contains="no database")
@@ -524,7 +626,9 @@ def _newer(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args", [["runs"], ["runs", "show", "1"], ["runs", "export"], ["db", "upgrade"]])
+@pytest.mark.parametrize(
+    "args", [["runs"], ["runs", "show", "1"], ["runs", "export"], ["db", "upgrade"]]
+)
 def test_newer_schema_database_is_bad_input_and_untouched(tmp_path, args):
     db = _newer(tmp_path / "newer.db")
     digest = sha256(db)
@@ -558,7 +662,10 @@ def test_foreign_sqlite_database_is_bad_input(tmp_path):
 
 def test_debug_shows_the_traceback(populated):
     db, _ = populated
-    for args in (["--debug", "runs", "show", "999", "--db", db], ["runs", "show", "999", "--db", db, "--debug"]):
+    for args in (
+        ["--debug", "runs", "show", "999", "--db", db],
+        ["runs", "show", "999", "--db", db, "--debug"],
+    ):
         res = ra(*args)
         assert res.exit_code == 2
         assert "Traceback" in res.stderr
@@ -579,13 +686,16 @@ def test_failure_while_working_is_exit_1(populated, monkeypatch):
     res = ra("runs", "show", "1", "--db", db)
     assert res.exit_code == 1
     lines = res.stderr.splitlines()
-    assert lines == ["ra: failed: RuntimeError: disk on fire (rerun with --debug for the traceback)"]
+    assert lines == [
+        "ra: failed: RuntimeError: disk on fire (rerun with --debug for the traceback)"
+    ]
     assert db_state(db) == before
     res = ra("--debug", "runs", "show", "1", "--db", db)
     assert res.exit_code == 1 and "Traceback" in res.stderr
 
 
 # ---- CLI conventions ----------------------------------------------------------------
+
 
 def test_every_group_without_a_command_shows_help_and_one_error_line():
     for args, path in (([], "ra"), (["db"], "ra db")):
@@ -601,10 +711,14 @@ def test_shell_completion_is_on():
 
 
 def test_completion_completes_commands():
-    res = subprocess.run([sys.executable, "-m", "racli"], capture_output=True, text=True,
-                         timeout=60, check=False,
-                         env=python_env(_RA_COMPLETE="complete_bash", COMP_WORDS="ra ru",
-                                        COMP_CWORD="1"))
+    res = subprocess.run(
+        [sys.executable, "-m", "racli"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=python_env(_RA_COMPLETE="complete_bash", COMP_WORDS="ra ru", COMP_CWORD="1"),
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["runs"]
 
@@ -621,13 +735,17 @@ def test_error_boundary_uses_no_private_typer_api():
 
 def test_usage_errors_still_exit_2_with_one_line(populated):
     db, _ = populated
-    for args, contains in ((["runs", "--limit", "x"], "--limit"),
-                           (["runs", "show"], "Missing argument"),
-                           (["gates"], "--run")):
+    for args, contains in (
+        (["runs", "--limit", "x"], "--limit"),
+        (["runs", "show"], "Missing argument"),
+        (["gates"], "--run"),
+    ):
         assert_bad_input(ra(*args, "--db", db), contains=contains)
 
 
-@pytest.mark.parametrize("suffix,magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")])
+@pytest.mark.parametrize(
+    "suffix,magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")]
+)
 def test_plots_are_written_in_the_format_of_their_suffix(populated, tmp_path, suffix, magic):
     db, ids = populated
     curves = tmp_path / f"curves{suffix}"

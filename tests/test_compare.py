@@ -692,18 +692,33 @@ def test_compare_10000_runs(benchmark, big_db):
 
 
 def _record(i, attn, seed, val_loss, **kw):
-    base = {"id": i, "attn": attn, "seed": seed, "config_hash": "h1", "val_loss": val_loss,
-            "tokens_per_s": TPS, "iterations": 300, "epochs": 0.5, "gpu_name": "H200",
-            "torch": "2.11", "hostname": "n1", "gpu_index": 0, "gpu_uuid": "GPU-1"}
+    base = {
+        "id": i,
+        "attn": attn,
+        "seed": seed,
+        "config_hash": "h1",
+        "val_loss": val_loss,
+        "tokens_per_s": TPS,
+        "iterations": 300,
+        "epochs": 0.5,
+        "gpu_name": "H200",
+        "torch": "2.11",
+        "hostname": "n1",
+        "gpu_index": 0,
+        "gpu_uuid": "GPU-1",
+    }
     return history.RunRow.from_record({**base, **kw})
 
 
 def test_history_groups_and_judges_plain_rows():
-    rows = [_record(i, "baseline" if i % 2 else "ra_v5", i // 2, 3.0 - 0.03 * (i % 2 == 0))
-            for i in range(8)]
+    rows = [
+        _record(i, "baseline" if i % 2 else "ra_v5", i // 2, 3.0 - 0.03 * (i % 2 == 0))
+        for i in range(8)
+    ]
     rows.append(_record(99, "ra_v5", 0, 3.0, config_hash="h2"))
-    group, others, left = history.select_group(rows, metric="val_loss", candidate="ra_v5",
-                                               baseline="baseline")
+    group, others, left = history.select_group(
+        rows, metric="val_loss", candidate="ra_v5", baseline="baseline"
+    )
     assert group.config_hash == "h1" and group.size == 8 and others[0].config_hash == "h2"
     assert group.devices("ra_v5") == ["n1 cuda:0 (GPU-1)"] and left == {"ra_v5": 0, "baseline": 0}
     history.describe_differences(group, others, {0: {"code": "a", "x": 1}, 99: {"code": "b"}})
@@ -717,15 +732,36 @@ def test_history_groups_and_judges_plain_rows():
 
 def test_history_groups_bench_timings_from_plain_rows():
     def t(attn, ms, p10, p90, run_id=1):
-        return {"run_id": run_id, "attn": attn, "mode": "eager", "phase": "fwd", "batch": 2,
-                "seq": 64, "heads": 4, "head_dim": 32, "dtype": "float32", "device": "cpu",
-                "backend": "math", "median_ms": ms, "p10_ms": p10, "p90_ms": p90,
-                "tflops": None, "gpu_name": None, "torch": "2.13"}
+        return {
+            "run_id": run_id,
+            "attn": attn,
+            "mode": "eager",
+            "phase": "fwd",
+            "batch": 2,
+            "seq": 64,
+            "heads": 4,
+            "head_dim": 32,
+            "dtype": "float32",
+            "device": "cpu",
+            "backend": "math",
+            "median_ms": ms,
+            "p10_ms": p10,
+            "p90_ms": p90,
+            "tflops": None,
+            "gpu_name": None,
+            "torch": "2.13",
+        }
 
-    (g,) = history.group_timings([t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.3, 9.0)],
-                                 candidate="ra_v5", baseline="baseline")
+    (g,) = history.group_timings(
+        [t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.3, 9.0)],
+        candidate="ra_v5",
+        baseline="baseline",
+    )
     ra = [b for b in g.best if b["attn"] == "ra_v5"][0]
     assert ra["noisy"] and ra["wording"] == "noisy: no mark"
-    (g,) = history.group_timings([t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.49, 0.51)],
-                                 candidate="ra_v5", baseline="baseline")
+    (g,) = history.group_timings(
+        [t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.49, 0.51)],
+        candidate="ra_v5",
+        baseline="baseline",
+    )
     assert [b for b in g.best if b["attn"] == "ra_v5"][0]["wording"].startswith("✅ faster")

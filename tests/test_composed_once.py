@@ -1,4 +1,5 @@
 """`composed_once()`: RA's composed weight built once while the weights are fixed."""
+
 from __future__ import annotations
 
 import pytest

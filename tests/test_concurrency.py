@@ -1,6 +1,7 @@
 """Processes recording runs into one store at the same time, on SQLite and PostgreSQL:
 four writers racing to create a fresh store, and (slow) eight writers with readers
 running `ra compare` in a loop. No row may be lost or written twice."""
+
 from __future__ import annotations
 
 import json
@@ -92,11 +93,25 @@ print(json.dumps({"reads": n}))
 
 
 def _start_workers(db, n, start_at, seconds):
-    return [subprocess.Popen([sys.executable, "-c", WORKER, str(db), str(start_at), str(seconds),
-                              str(i), json.dumps(ENV_INFO)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=python_env())
-            for i in range(n)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(db),
+                str(start_at),
+                str(seconds),
+                str(i),
+                json.dumps(ENV_INFO),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=python_env(),
+        )
+        for i in range(n)
+    ]
 
 
 def _collect(procs, timeout=240) -> list[dict]:
@@ -120,6 +135,7 @@ def _check_rows(db, results, *, extra_runs=0, extra_envs=0) -> None:
     engine = create_engine(database_url(db))
     try:
         with engine.connect() as conn:
+
             def one(sql, **kw):
                 return conn.execute(text(sql), kw).scalar()
 
@@ -128,13 +144,21 @@ def _check_rows(db, results, *, extra_runs=0, extra_envs=0) -> None:
             for r in results:
                 rid = r["run_id"]
                 assert one("SELECT count(*) FROM metrics WHERE run_id=:r", r=rid) == r["metrics"], r
-                assert one("SELECT count(*) FROM gate_values WHERE run_id=:r", r=rid) == r["gates"], r
-                dup = one("SELECT count(*) FROM (SELECT step, name FROM metrics WHERE run_id=:r "
-                          "GROUP BY step, name HAVING count(*) > 1) d", r=rid)
+                assert (
+                    one("SELECT count(*) FROM gate_values WHERE run_id=:r", r=rid) == r["gates"]
+                ), r
+                dup = one(
+                    "SELECT count(*) FROM (SELECT step, name FROM metrics WHERE run_id=:r "
+                    "GROUP BY step, name HAVING count(*) > 1) d",
+                    r=rid,
+                )
                 assert dup == 0
-                assert tuple(conn.execute(text(
-                    "SELECT status, error, finished_at IS NOT NULL FROM runs WHERE id=:r"),
-                    {"r": rid}).one()) == ("finished", None, True)
+                assert tuple(
+                    conn.execute(
+                        text("SELECT status, error, finished_at IS NOT NULL FROM runs WHERE id=:r"),
+                        {"r": rid},
+                    ).one()
+                ) == ("finished", None, True)
             ids = [r["run_id"] for r in results]
             assert len(set(ids)) == len(results)
             assert one("SELECT count(*) FROM runs") == len(results) + extra_runs
@@ -143,7 +167,8 @@ def _check_rows(db, results, *, extra_runs=0, extra_envs=0) -> None:
             assert one("SELECT count(*) FROM alembic_version") == 1
             span = text("SELECT max(started_at), min(finished_at) FROM runs WHERE id IN :ids")
             last_start, first_end = conn.execute(
-                span.bindparams(bindparam("ids", expanding=True)), {"ids": ids}).one()
+                span.bindparams(bindparam("ids", expanding=True)), {"ids": ids}
+            ).one()
             assert last_start < first_end, "the runs did not overlap"
     finally:
         engine.dispose()
@@ -172,9 +197,16 @@ def test_eight_writers_with_readers_running_compare(store_url, tmp_path):
             record_run(seeded, attn=attn, seed=seed)
     seeded.close()
     stop_file = tmp_path / "stop"
-    readers = [subprocess.Popen([sys.executable, "-c", READER, store_url, str(stop_file)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=python_env()) for _ in range(2)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER, store_url, str(stop_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=python_env(),
+        )
+        for _ in range(2)
+    ]
     try:
         writers = _start_workers(store_url, 8, time.time() + 3.0, SECONDS)
         results = _collect(writers)

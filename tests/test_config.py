@@ -1,4 +1,5 @@
 """Tests for racli.config: the packaged ra.yaml, which file is read, validation, overrides, --db."""
+
 from __future__ import annotations
 
 import os
@@ -32,15 +33,24 @@ def _write(path: Path, data: dict) -> Path:
 
 # ---- the packaged file ----------------------------------------------------
 
+
 def test_packaged_presets_shapes_and_verdict():
     cfg = load_config(packaged_config_path())
-    presets = {name: (p.n_layer, p.n_head, p.n_embd, p.block_size) for name, p in cfg.models.items()}
-    assert presets == {"tiny": (2, 4, 128, 128), "small": (6, 6, 384, 256), "gpt2": (12, 12, 768, 1024)}
+    presets = {
+        name: (p.n_layer, p.n_head, p.n_embd, p.block_size) for name, p in cfg.models.items()
+    }
+    assert presets == {
+        "tiny": (2, 4, 128, 128),
+        "small": (6, 6, 384, 256),
+        "gpt2": (12, 12, 768, 1024),
+    }
     shapes = {name: (s.batch, s.seq, s.heads, s.head_dim) for name, s in cfg.bench.shapes.items()}
     assert shapes["tiny"] == (2, 64, 4, 32)
     assert shapes["gpt2"] == (8, 1024, 12, 64)
     assert cfg.verdict.threshold == pytest.approx(0.01)
-    assert cfg.bench.noise_ratio == pytest.approx(1.5) and not hasattr(cfg.verdict, "speed_tolerance")
+    assert cfg.bench.noise_ratio == pytest.approx(1.5) and not hasattr(
+        cfg.verdict, "speed_tolerance"
+    )
     assert cfg.db == "ra.db"
     assert cfg.model.preset == "auto" and cfg.model.ra_rank == 4
     assert cfg.bench.attn == ["baseline", "ra_v5"]
@@ -71,6 +81,7 @@ def test_every_key_of_the_packaged_file_is_known():
 
 
 # ---- which file -----------------------------------------------------------
+
 
 def test_config_option_picks_another_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -117,6 +128,7 @@ def test_partial_file_keeps_defaults(tmp_path):
 
 # ---- validation -----------------------------------------------------------
 
+
 def _edit(data: dict, dotted: str, value) -> dict:
     *parents, last = dotted.split(".")
     node = data
@@ -150,8 +162,9 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("dotted,value,key,reason", BAD_VALUES,
-                         ids=[f"{d}={v!r}" for d, v, _, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    "dotted,value,key,reason", BAD_VALUES, ids=[f"{d}={v!r}" for d, v, _, _ in BAD_VALUES]
+)
 def test_invalid_value_names_file_key_and_reason(tmp_path, dotted, value, key, reason):
     path = _write(tmp_path / "bad.yaml", _edit(_packaged_data(), dotted, value))
     with pytest.raises(ConfigError) as info:
@@ -195,6 +208,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 # ---- overrides ------------------------------------------------------------
 
+
 def test_apply_overrides_sets_values():
     cfg = load_config(packaged_config_path())
     out = apply_overrides(cfg, ["model.ra_rank=8", "train.gate_lr_mult=10"])
@@ -207,17 +221,20 @@ def test_apply_overrides_sets_values():
     assert apply_overrides(cfg, []) is cfg
 
 
-@pytest.mark.parametrize("item,reason", [
-    ("model.ra_rank", "expected KEY=VALUE"),
-    ("model.ra_rank=abc", "must be an integer"),
-    ("model.ra_rank=32", "between 1 and head_dim-1"),
-    ("model.nope=1", "unknown key"),
-    ("verdict.threshold=0.5", "SECTION.FIELD"),
-    ("ra_rank=8", "SECTION.FIELD"),
-    ("train.lr=-1", "must be > 0"),
-    ("train.gate_lr_mult=0", "must be > 0"),
-    ("model.preset=huge", "unknown preset"),
-])
+@pytest.mark.parametrize(
+    "item,reason",
+    [
+        ("model.ra_rank", "expected KEY=VALUE"),
+        ("model.ra_rank=abc", "must be an integer"),
+        ("model.ra_rank=32", "between 1 and head_dim-1"),
+        ("model.nope=1", "unknown key"),
+        ("verdict.threshold=0.5", "SECTION.FIELD"),
+        ("ra_rank=8", "SECTION.FIELD"),
+        ("train.lr=-1", "must be > 0"),
+        ("train.gate_lr_mult=0", "must be > 0"),
+        ("model.preset=huge", "unknown preset"),
+    ],
+)
 def test_apply_overrides_rejects_bad_items(item, reason):
     cfg = load_config(packaged_config_path())
     with pytest.raises(ConfigError) as info:
@@ -228,6 +245,7 @@ def test_apply_overrides_rejects_bad_items(item, reason):
 
 
 # ---- the database location -------------------------------------------------
+
 
 def test_resolve_db_precedence(monkeypatch):
     cfg = Config(db="from_file.db")
@@ -253,6 +271,7 @@ def test_older_file_with_the_retired_speed_tolerance_still_loads(tmp_path):
 
 # ---- a partial file overlays the packaged defaults ----------------------------
 
+
 def test_partial_file_with_one_key_overlays_the_defaults(tmp_path):
     p = tmp_path / "lr.yaml"
     p.write_text("train: {lr: 1e-3}\n")  # YAML 1.1 reads 1e-3 as a string; it is a number here
@@ -266,11 +285,16 @@ def test_partial_file_with_one_key_overlays_the_defaults(tmp_path):
 
 
 def test_partial_file_merges_mappings_and_replaces_lists(tmp_path):
-    p = _write(tmp_path / "mine.yaml", {
-        "models": {"tiny": {"n_layer": 3}, "mine": {"n_layer": 1, "n_head": 2, "n_embd": 64,
-                                                    "block_size": 32}},
-        "bench": {"attn": ["ra_v5"]},
-    })
+    p = _write(
+        tmp_path / "mine.yaml",
+        {
+            "models": {
+                "tiny": {"n_layer": 3},
+                "mine": {"n_layer": 1, "n_head": 2, "n_embd": 64, "block_size": 32},
+            },
+            "bench": {"attn": ["ra_v5"]},
+        },
+    )
     cfg = load_config(p)
     assert set(cfg.models) == {"tiny", "small", "gpt2", "mine"}
     assert (cfg.models["tiny"].n_layer, cfg.models["tiny"].n_embd) == (3, 128)
@@ -286,14 +310,17 @@ def test_partial_local_ra_yaml_overlays_too(tmp_path, monkeypatch):
     assert cfg.model == packaged.model and cfg.train == packaged.train
 
 
-@pytest.mark.parametrize("text,key,reason", [
-    ("train: {lr: 1e-3, lerning_rate: 2}\n", "train.lerning_rate", "unknown key"),
-    ("bogus: 1\n", "bogus", "unknown key"),
-    ("train: {lr: -1}\n", "train.lr", "must be > 0"),
-    ("train: {lr: 1e-3x}\n", "train.lr", "must be a number"),
-    ("model: {preset: huge}\n", "model.preset", "unknown preset"),
-    ("models: {tiny: {n_embd: 130}}\n", "models.tiny", "not divisible by n_head"),
-])
+@pytest.mark.parametrize(
+    "text,key,reason",
+    [
+        ("train: {lr: 1e-3, lerning_rate: 2}\n", "train.lerning_rate", "unknown key"),
+        ("bogus: 1\n", "bogus", "unknown key"),
+        ("train: {lr: -1}\n", "train.lr", "must be > 0"),
+        ("train: {lr: 1e-3x}\n", "train.lr", "must be a number"),
+        ("model: {preset: huge}\n", "model.preset", "unknown preset"),
+        ("models: {tiny: {n_embd: 130}}\n", "models.tiny", "not divisible by n_head"),
+    ],
+)
 def test_partial_file_errors_name_the_file_key_and_reason(tmp_path, text, key, reason):
     p = tmp_path / "partial.yaml"
     p.write_text(text)

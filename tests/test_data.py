@@ -1,4 +1,5 @@
 """Tests for racli.training.data: corpus, loaders, batch sampling, resume, eval batches."""
+
 from __future__ import annotations
 
 import gzip
@@ -339,8 +340,9 @@ def test_every_dataset_carries_a_content_hash(builtin, tmp_path):
     assert len(builtin.content_hash) == 64 and builtin.tokenizer == "bytes"
     again = load_dataset("builtin", val_fraction=0.1, block_size=64)
     assert again.content_hash == builtin.content_hash
-    assert load_dataset(None, val_fraction=0.2, block_size=64).content_hash != \
-        builtin.content_hash  # another split is other data
+    assert (
+        load_dataset(None, val_fraction=0.2, block_size=64).content_hash != builtin.content_hash
+    )  # another split is other data
     ident = dataset_identity(builtin)
     assert ident["content_hash"] == builtin.content_hash and ident["name"] == "builtin:shakespeare"
     text = tmp_path / "t.txt"
@@ -358,7 +360,9 @@ def test_nanogpt_folder_hash_is_cached_beside_the_files(tmp_path):
     assert ds.content_hash == arrays_hash(np.asarray(ds.train), np.asarray(ds.val))
     cache = json.loads((d / SIDECAR).read_text())
     assert set(cache) == {"train.bin", "val.bin"}
-    assert cache["train.bin"]["sha256"] == hashlib.sha256((d / "train.bin").read_bytes()).hexdigest()
+    assert (
+        cache["train.bin"]["sha256"] == hashlib.sha256((d / "train.bin").read_bytes()).hexdigest()
+    )
     # a cached digest is used while size and mtime match ...
     cache["val.bin"]["sha256"] = "0" * 64
     (d / SIDECAR).write_text(json.dumps(cache))
@@ -378,16 +382,23 @@ def _write_prepared(path, train, val, dtype="uint16", vocab=300, **extra):
     val = np.asarray(val, dtype=dtype)
     train.tofile(path / "train.bin")
     val.tofile(path / "val.bin")
-    meta = {"format": "ra-data/1", "tokenizer": {"name": "train:300"}, "vocab_size": vocab,
-            "dtype": dtype, "tokens": {"train": len(train), "val": len(val)},
-            "content_hash": arrays_hash(train, val), **extra}
+    meta = {
+        "format": "ra-data/1",
+        "tokenizer": {"name": "train:300"},
+        "vocab_size": vocab,
+        "dtype": dtype,
+        "tokens": {"train": len(train), "val": len(val)},
+        "content_hash": arrays_hash(train, val),
+        **extra,
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
 
 def test_prepared_folder_uint32_and_meta(tmp_path):
-    d = _write_prepared(tmp_path / "big", np.arange(500) * 200, np.arange(100) * 300,
-                        dtype="uint32", vocab=100_000)
+    d = _write_prepared(
+        tmp_path / "big", np.arange(500) * 200, np.arange(100) * 300, dtype="uint32", vocab=100_000
+    )
     ds = load_dataset(d, val_fraction=0.1, block_size=16)
     assert ds.train.dtype == np.uint32 and ds.vocab_size == 100_000 and ds.tokenizer == "train:300"
     x, _ = BatchSampler(ds.train, 2, 16, seed=0).next()

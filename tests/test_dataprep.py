@@ -1,5 +1,6 @@
 """Tests for `ra data prepare` (racli.dataprep), the prepared data in `ra train`, the `auto`
 preset, the epoch estimate and --max-epochs. Small files made in each test, CPU only."""
+
 from __future__ import annotations
 
 import gzip
@@ -23,8 +24,10 @@ from racli.dataprep.split import val_mask
 from racli.dataprep.writer import DatasetWriter
 from racli.errors import BadInput
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
-         "rho sigma tau upsilon phi chi psi omega").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+    "rho sigma tau upsilon phi chi psi omega"
+).split()
 
 
 def doc_text(i: int, words: int = 40) -> str:
@@ -68,8 +71,7 @@ def test_text_file_is_cut_into_whole_documents(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text(text)
     out = tmp_path / "out"
-    meta = prepare(make_settings([path], out, val_fraction=0.3,
-                                 doc_chars=4096))
+    meta = prepare(make_settings([path], out, val_fraction=0.3, doc_chars=4096))
     total = meta["tokens"]["train"] + meta["tokens"]["val"]
     assert total == len(text.encode())  # bytes: every byte, nothing added
     assert meta["documents"]["val"] >= 1 and meta["documents"]["train"] >= 1
@@ -78,8 +80,9 @@ def test_text_file_is_cut_into_whole_documents(tmp_path):
     for split in ("train", "val"):
         body = split_text(out, split)
         assert body.startswith("document ") and body.endswith(".\n\n")
-    assert sorted((split_text(out, "train") + split_text(out, "val")).split("\n\n")) == \
-        sorted(text.split("\n\n"))
+    assert sorted((split_text(out, "train") + split_text(out, "val")).split("\n\n")) == sorted(
+        text.split("\n\n")
+    )
     assert meta["sources"][0]["kind"] == "text" and meta["dtype"] == "uint16"
     assert (out / "train.bin").stat().st_size == meta["tokens"]["train"] * 2
 
@@ -104,8 +107,19 @@ def test_folder_with_globs_skips_binary_files(corpus, tmp_path):
 
 
 def test_folder_of_one_python_file_cannot_split(corpus, tmp_path):
-    res = ra_inprocess("data", "prepare", corpus, "--glob", "**/*.py", "--out", tmp_path / "o",
-                       "--tokenizer", "bytes", "--workers", 1)
+    res = ra_inprocess(
+        "data",
+        "prepare",
+        corpus,
+        "--glob",
+        "**/*.py",
+        "--out",
+        tmp_path / "o",
+        "--tokenizer",
+        "bytes",
+        "--workers",
+        1,
+    )
     assert "no document fell in the validation split" in one_line_error(res)
     assert not (tmp_path / "o").exists()
     assert not list(tmp_path.glob(".o.tmp-*"))
@@ -120,10 +134,15 @@ def test_jsonl_gz_with_text_field(tmp_path):
                 fh.write("\n")  # blank lines are allowed
     meta = prepare(make_settings([path], tmp_path / "out", text_field="content"))
     assert meta["documents"]["train"] + meta["documents"]["val"] == 50
-    assert meta["tokens"]["train"] + meta["tokens"]["val"] == \
-        sum(len(doc_text(i).encode()) for i in range(50))
-    assert meta["sources"][0] == {"kind": "jsonl", "path": str(path), "text_field": "content",
-                                  "bytes": path.stat().st_size}
+    assert meta["tokens"]["train"] + meta["tokens"]["val"] == sum(
+        len(doc_text(i).encode()) for i in range(50)
+    )
+    assert meta["sources"][0] == {
+        "kind": "jsonl",
+        "path": str(path),
+        "text_field": "content",
+        "bytes": path.stat().st_size,
+    }
 
 
 def test_parquet_column(tmp_path):
@@ -131,8 +150,7 @@ def test_parquet_column(tmp_path):
     import pyarrow.parquet as pq
 
     path = tmp_path / "docs.parquet"
-    pq.write_table(pa.table({"text": [doc_text(i) for i in range(40)],
-                             "n": list(range(40))}), path)
+    pq.write_table(pa.table({"text": [doc_text(i) for i in range(40)], "n": list(range(40))}), path)
     meta = prepare(make_settings([path], tmp_path / "out"))
     assert meta["documents"]["train"] + meta["documents"]["val"] == 40
     assert meta["sources"][0]["rows"] == 40
@@ -165,26 +183,52 @@ def test_hub_source_through_a_stand_in(tmp_path, monkeypatch):
         return _Stream([{"text": doc_text(i), "url": f"u{i}"} for i in range(60)])
 
     monkeypatch.setattr(src, "hf_load_dataset", fake_load)
-    res = ra_inprocess("data", "prepare", "hf:org/corpus", "--subset", "sample-10BT",
-                       "--split", "train", "--out", tmp_path / "hub", "--tokenizer", "bytes",
-                       "--workers", 1, "--max-tokens", "2k", "--val-fraction", 0.25)
+    res = ra_inprocess(
+        "data",
+        "prepare",
+        "hf:org/corpus",
+        "--subset",
+        "sample-10BT",
+        "--split",
+        "train",
+        "--out",
+        tmp_path / "hub",
+        "--tokenizer",
+        "bytes",
+        "--workers",
+        1,
+        "--max-tokens",
+        "2k",
+        "--val-fraction",
+        0.25,
+    )
     assert res.exit_code == 0, res.stderr
     meta = json.loads((tmp_path / "hub" / "meta.json").read_text())
     assert asked[0] == ("org/corpus", "sample-10BT", "train")
-    assert meta["sources"] == [{"kind": "hf", "name": "org/corpus", "subset": "sample-10BT",
-                                "split": "train", "text_field": "text"}]
+    assert meta["sources"] == [
+        {
+            "kind": "hf",
+            "name": "org/corpus",
+            "subset": "sample-10BT",
+            "split": "train",
+            "text_field": "text",
+        }
+    ]
     total = meta["tokens"]["train"] + meta["tokens"]["val"]
     assert 2000 <= total < 2000 + len(doc_text(0).encode()) + 10  # stopped at --max-tokens
 
 
 def test_hub_offline_is_one_line(tmp_path, monkeypatch):
     def offline(name, subset, split):
-        raise ConnectionError("Failed to resolve 'huggingface.co' ([Errno -3] Temporary "
-                              "failure in name resolution)\nmore lines")
+        raise ConnectionError(
+            "Failed to resolve 'huggingface.co' ([Errno -3] Temporary "
+            "failure in name resolution)\nmore lines"
+        )
 
     monkeypatch.setattr(src, "hf_load_dataset", offline)
-    res = ra_inprocess("data", "prepare", "hf:org/corpus", "--out", tmp_path / "hub",
-                       "--tokenizer", "bytes")
+    res = ra_inprocess(
+        "data", "prepare", "hf:org/corpus", "--out", tmp_path / "hub", "--tokenizer", "bytes"
+    )
     err = one_line_error(res)
     assert "hf:org/corpus: cannot read it from the Hugging Face hub" in err
     assert "ConnectionError" in err and "local files" in err
@@ -202,8 +246,9 @@ def test_hub_without_the_datasets_package_is_one_line(tmp_path, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_datasets)
-    err = one_line_error(ra_inprocess("data", "prepare", "hf:x/y", "--out", tmp_path / "o",
-                                      "--tokenizer", "bytes"))
+    err = one_line_error(
+        ra_inprocess("data", "prepare", "hf:x/y", "--out", tmp_path / "o", "--tokenizer", "bytes")
+    )
     assert "pip install 'ra[hf]'" in err
 
 
@@ -216,8 +261,9 @@ def test_trained_bpe_tokenizer(corpus, tmp_path):
 
     out = tmp_path / "bpe"
     meta = prepare(make_settings([corpus], out, tokenizer="train:300", workers=2))
-    assert meta["tokenizer"]["name"] == "train:300" and meta["tokenizer"]["file"] == \
-        "tokenizer.json"
+    assert (
+        meta["tokenizer"]["name"] == "train:300" and meta["tokenizer"]["file"] == "tokenizer.json"
+    )
     assert 257 <= meta["vocab_size"] <= 300 and meta["dtype"] == "uint16"
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     eot = tok.token_to_id(toks.EOT_TEXT)
@@ -261,8 +307,12 @@ def test_gpt2_path_puts_end_of_text_between_documents(tmp_path, monkeypatch):
     import tiktoken
 
     ranks = {bytes([b]): b for b in range(256)}
-    stand_in = tiktoken.Encoding("gpt2-stand-in", pat_str=toks.GPT2_PATTERN,
-                                 mergeable_ranks=ranks, special_tokens={toks.EOT_TEXT: 256})
+    stand_in = tiktoken.Encoding(
+        "gpt2-stand-in",
+        pat_str=toks.GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={toks.EOT_TEXT: 256},
+    )
     monkeypatch.setattr(toks, "load_gpt2", lambda: stand_in)
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"text": doc_text(i)}) + "\n" for i in range(20)))
@@ -272,12 +322,18 @@ def test_gpt2_path_puts_end_of_text_between_documents(tmp_path, monkeypatch):
     assert int((ids == 256).sum()) == 20
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("train:abc", "whole number"), ("train:100", "between 257"), ("sentencepiece", "unknown"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("train:abc", "whole number"),
+        ("train:100", "between 257"),
+        ("sentencepiece", "unknown"),
+    ],
+)
 def test_bad_tokenizer_names(tmp_path, corpus, text, reason):
-    err = one_line_error(ra_inprocess("data", "prepare", corpus, "--out", tmp_path / "o",
-                                      "--tokenizer", text))
+    err = one_line_error(
+        ra_inprocess("data", "prepare", corpus, "--out", tmp_path / "o", "--tokenizer", text)
+    )
     assert reason in err
 
 
@@ -299,8 +355,7 @@ def test_validation_split_is_whole_documents_from_the_seed():
     # one validation document per stratum of ten: spread across the corpus
     assert (a.reshape(-1, 10).sum(axis=1) == 1).all()
     # the mask of a position does not depend on the chunk it comes in
-    assert np.array_equal(np.concatenate([val_mask(ids[:7], 0.1, 0), val_mask(ids[7:], 0.1, 0)]),
-                          a)
+    assert np.array_equal(np.concatenate([val_mask(ids[:7], 0.1, 0), val_mask(ids[7:], 0.1, 0)]), a)
 
 
 def test_content_hash_stable_and_specific(corpus, tmp_path):
@@ -363,8 +418,19 @@ def test_killed_prepare_leaves_nothing_ra_train_accepts(tmp_path):
 
 def test_refuses_to_overwrite_without_force(corpus, tmp_path):
     out = tmp_path / "out"
-    args = ("data", "prepare", corpus, "--out", out, "--tokenizer", "bytes", "--workers", 1,
-            "--val-fraction", 0.2)
+    args = (
+        "data",
+        "prepare",
+        corpus,
+        "--out",
+        out,
+        "--tokenizer",
+        "bytes",
+        "--workers",
+        1,
+        "--val-fraction",
+        0.2,
+    )
     assert ra_inprocess(*args).exit_code == 0
     first = json.loads((out / "meta.json").read_text())
     assert "--force" in one_line_error(ra_inprocess(*args, "--seed", 1))
@@ -378,8 +444,9 @@ def test_refuses_to_overwrite_without_force(corpus, tmp_path):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    err = one_line_error(ra_inprocess("data", "prepare", corpus, "--out", other,
-                                      "--tokenizer", "bytes", "--force"))
+    err = one_line_error(
+        ra_inprocess("data", "prepare", corpus, "--out", other, "--tokenizer", "bytes", "--force")
+    )
     assert "not a prepared dataset" in err and (other / "notes.txt").read_text() == "keep me"
 
 
@@ -416,8 +483,13 @@ def _bad_sources(tmp: Path) -> dict:
         pq.write_table(pa.table({"body": ["x"]}), tmp / "nocol.parquet")
         pq.write_table(pa.table({"text": [1, 2]}), tmp / "ints.parquet")
         (tmp / "broken.parquet").write_bytes(b"PAR1 nonsense")
-        cases.update({"nocol.parquet": "no column 'text' (columns: body)",
-                      "ints.parquet": "not text", "broken.parquet": "not a readable Parquet"})
+        cases.update(
+            {
+                "nocol.parquet": "no column 'text' (columns: body)",
+                "ints.parquet": "not text",
+                "broken.parquet": "not a readable Parquet",
+            }
+        )
     except ImportError:
         pass
     return cases
@@ -426,24 +498,37 @@ def _bad_sources(tmp: Path) -> dict:
 def test_every_bad_source_exits_2_with_one_line(tmp_path):
     cases = _bad_sources(tmp_path)
     for name, reason in cases.items():
-        res = ra_inprocess("data", "prepare", tmp_path / name, "--out", tmp_path / "o",
-                           "--tokenizer", "bytes", "--workers", 1)
+        res = ra_inprocess(
+            "data",
+            "prepare",
+            tmp_path / name,
+            "--out",
+            tmp_path / "o",
+            "--tokenizer",
+            "bytes",
+            "--workers",
+            1,
+        )
         err = one_line_error(res)
         assert reason in err and name in err, (name, err)
         assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("args,reason", [
-    (["--max-tokens", "many"], "--max-tokens"),
-    (["--val-fraction", "0.9"], "--val-fraction"),
-    (["--workers", "0"], "--workers"),
-    (["--glob", "**/*.py"], "no SOURCE is a folder"),
-])
+@pytest.mark.parametrize(
+    "args,reason",
+    [
+        (["--max-tokens", "many"], "--max-tokens"),
+        (["--val-fraction", "0.9"], "--val-fraction"),
+        (["--workers", "0"], "--workers"),
+        (["--glob", "**/*.py"], "no SOURCE is a folder"),
+    ],
+)
 def test_bad_options_exit_2(tmp_path, args, reason):
     f = tmp_path / "a.txt"
     f.write_text("hello\n")
-    err = one_line_error(ra_inprocess("data", "prepare", f, "--out", tmp_path / "o",
-                                      "--tokenizer", "bytes", *args))
+    err = one_line_error(
+        ra_inprocess("data", "prepare", f, "--out", tmp_path / "o", "--tokenizer", "bytes", *args)
+    )
     assert reason in err
 
 
@@ -460,23 +545,40 @@ def test_progress_bar_shows_documents_tokens_and_speed(corpus, tmp_path):
 def test_data_command_does_not_import_torch():
     from helpers import run_python
 
-    res = run_python("import sys\nfrom racli.cli import app\nimport racli.commands.data\n"
-                     "import racli.dataprep.prepare\nassert 'torch' not in sys.modules\n")
+    res = run_python(
+        "import sys\nfrom racli.cli import app\nimport racli.commands.data\n"
+        "import racli.dataprep.prepare\nassert 'torch' not in sys.modules\n"
+    )
     assert res.returncode == 0, res.stderr
 
 
 # ---------------------------------------------------------------------------- ra train
 
-TINY = ["--set", "model.n_layer=1", "--set", "model.n_head=2", "--set", "model.n_embd=32",
-        "--set", "model.block_size=16", "--set", "train.batch_size=4",
-        "--set", "train.eval_batches=2", "--set", "train.final_eval_batches=2",
-        "--set", "train.log_interval=1"]
+TINY = [
+    "--set",
+    "model.n_layer=1",
+    "--set",
+    "model.n_head=2",
+    "--set",
+    "model.n_embd=32",
+    "--set",
+    "model.block_size=16",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.eval_batches=2",
+    "--set",
+    "train.final_eval_batches=2",
+    "--set",
+    "train.log_interval=1",
+]
 
 
 def _metrics(db: Path, name: str) -> list[tuple]:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT step, value FROM metrics WHERE name = ? ORDER BY step",
-                            (name,)).fetchall()
+        return conn.execute(
+            "SELECT step, value FROM metrics WHERE name = ? ORDER BY step", (name,)
+        ).fetchall()
 
 
 @pytest.mark.slow
@@ -484,25 +586,55 @@ def test_ra_train_on_a_prepared_folder(corpus, tmp_path):
     out = tmp_path / "prep"
     meta = prepare(make_settings([corpus], out, tokenizer="train:300"))
     db = tmp_path / "ra.db"
-    res = ra_inprocess("train", "--db", db, "--attn", "ra_v5", "--steps", 3, "--data", out,
-                       "--device", "cpu", "--no-compile", *TINY)
+    res = ra_inprocess(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "ra_v5",
+        "--steps",
+        3,
+        "--data",
+        out,
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY,
+    )
     assert res.exit_code == 0, res.stderr
     with sqlite3.connect(db) as conn:
         config, config_hash = conn.execute("SELECT config, config_hash FROM runs").fetchone()
     data = json.loads(config)["data"]
-    assert data == {"name": "prep", "vocab_size": meta["vocab_size"],
-                    "train_tokens": meta["tokens"]["train"], "val_tokens": meta["tokens"]["val"],
-                    "tokenizer": "train:300", "content_hash": meta["content_hash"]}
+    assert data == {
+        "name": "prep",
+        "vocab_size": meta["vocab_size"],
+        "train_tokens": meta["tokens"]["train"],
+        "val_tokens": meta["tokens"]["val"],
+        "tokenizer": "train:300",
+        "content_hash": meta["content_hash"],
+    }
     assert json.loads(config)["model"]["vocab_size"] == meta["vocab_size"]
     shown = ra_inprocess("runs", "--db", db, "show", 1)
     assert shown.exit_code == 0, shown.stderr
-    assert f"hash {meta['content_hash']}" in shown.stdout and "tokenizer train:300" in \
-        shown.stdout
+    assert f"hash {meta['content_hash']}" in shown.stdout and "tokenizer train:300" in shown.stdout
     # another corpus: another config_hash, so the runs never pool
     other = prepare(make_settings([corpus], tmp_path / "prep2", seed=9))
     assert other["content_hash"] != meta["content_hash"]
-    res = ra_inprocess("train", "--db", db, "--attn", "baseline", "--steps", 3, "--data",
-                       tmp_path / "prep2", "--device", "cpu", "--no-compile", *TINY)
+    res = ra_inprocess(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "baseline",
+        "--steps",
+        3,
+        "--data",
+        tmp_path / "prep2",
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY,
+    )
     assert res.exit_code == 0, res.stderr
     with sqlite3.connect(db) as conn:
         hashes = [h for (h,) in conn.execute("SELECT config_hash FROM runs ORDER BY id")]
@@ -514,8 +646,21 @@ def test_epochs_warning_at_once_and_estimate_recorded(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 40)  # 1.8 kB
     db = tmp_path / "ra.db"
-    res = ra_inprocess("train", "--db", db, "--attn", "baseline", "--steps", 40, "--data",
-                       text, "--device", "cpu", "--no-compile", *TINY)
+    res = ra_inprocess(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "baseline",
+        "--steps",
+        40,
+        "--data",
+        text,
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY,
+    )
     assert res.exit_code == 0, res.stderr
     # 40 steps x 4 x 16 tokens = 2,560 tokens over 1,620 training tokens: 1.6 passes
     lines = res.stderr.splitlines()
@@ -523,7 +668,7 @@ def test_epochs_warning_at_once_and_estimate_recorded(tmp_path):
     assert "2,560 tokens = 1.6 passes over the 1,620 training tokens of small.txt" in note
     assert "ra data prepare" in note and "--max-epochs" in note
     assert lines.index(note) < next(i for i, line in enumerate(lines) if "WARNING" in line)
-    (step, value), = _metrics(db, "epochs_estimate")
+    ((step, value),) = _metrics(db, "epochs_estimate")
     assert step == 0 and value == pytest.approx(2560 / 1620)
 
 
@@ -567,14 +712,30 @@ def test_max_epochs_stops_the_run_finished(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 40)
     db = tmp_path / "ra.db"
-    res = ra_inprocess("train", "--db", db, "--attn", "ra_v5", "--steps", 500, "--data", text,
-                       "--device", "cpu", "--no-compile", "--max-epochs", 0.5, *TINY)
+    res = ra_inprocess(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "ra_v5",
+        "--steps",
+        500,
+        "--data",
+        text,
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--max-epochs",
+        0.5,
+        *TINY,
+    )
     assert res.exit_code == 0, res.stderr
     assert "stopped at --max-epochs 0.5" in res.stderr
     assert "this run stops at --max-epochs 0.5" in res.stderr
     with sqlite3.connect(db) as conn:
         status, iterations, epochs, config = conn.execute(
-            "SELECT status, iterations, epochs, config FROM runs").fetchone()
+            "SELECT status, iterations, epochs, config FROM runs"
+        ).fetchone()
     # 0.5 x 1,620 tokens = 810 tokens = 13 steps of 64
     assert (status, iterations) == ("finished", 13) and 0.5 <= epochs < 0.55
     assert json.loads(config)["train"]["max_epochs"] == 0.5
@@ -596,17 +757,22 @@ def test_auto_preset_resolves_by_device(monkeypatch):
     monkeypatch.setattr(loop, "resolve_device", lambda name: "cuda")
     spec = loop.spec_from_config(cfg, attn="baseline", steps=1, device="cuda", compile=False)
     assert spec.preset == "gpt2" and spec.model["n_embd"] == 768 and spec.model["n_layer"] == 12
-    spec = loop.spec_from_config(cfg, attn="baseline", steps=1, preset="auto", device="cuda",
-                                 compile=False)
+    spec = loop.spec_from_config(
+        cfg, attn="baseline", steps=1, preset="auto", device="cuda", compile=False
+    )
     assert spec.preset == "gpt2"
 
 
 def test_auto_preset_config_validation(tmp_path):
     from racli.config import ConfigError, config_from_dict
 
-    cfg = config_from_dict({"models": {"tiny": {}, "gpt2": {"n_layer": 12, "n_head": 12,
-                                                            "n_embd": 768}},
-                            "model": {"preset": "auto"}}, "x.yaml")
+    cfg = config_from_dict(
+        {
+            "models": {"tiny": {}, "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768}},
+            "model": {"preset": "auto"},
+        },
+        "x.yaml",
+    )
     assert cfg.model_fields()["n_embd"] == 128
     assert cfg.model_fields(device_type="cuda")["n_embd"] == 768
     with pytest.raises(ConfigError, match="auto needs the presets gpt2, tiny"):
@@ -614,14 +780,29 @@ def test_auto_preset_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="valid: auto"):
         config_from_dict({"models": {"tiny": {}}, "model": {"preset": "huge"}}, "x.yaml")
     with pytest.raises(ConfigError, match="train.max_epochs"):
-        config_from_dict({"models": {"tiny": {}}, "model": {"preset": "tiny"},
-                          "train": {"max_epochs": 0}}, "x.yaml")
+        config_from_dict(
+            {"models": {"tiny": {}}, "model": {"preset": "tiny"}, "train": {"max_epochs": 0}},
+            "x.yaml",
+        )
 
 
 def test_train_model_auto_option(tmp_path):
     db = tmp_path / "ra.db"
-    res = ra_inprocess("train", "--db", db, "--attn", "baseline", "--steps", 1, "--model", "auto",
-                       "--device", "cpu", "--no-compile", *TINY)
+    res = ra_inprocess(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "baseline",
+        "--steps",
+        1,
+        "--model",
+        "auto",
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY,
+    )
     assert res.exit_code == 0, res.stderr
     with sqlite3.connect(db) as conn:
         (preset,) = conn.execute("SELECT json_extract(config, '$.preset') FROM runs").fetchone()
@@ -634,8 +815,11 @@ def test_bad_record_deep_in_a_file_stops_the_workers_with_one_line(tmp_path):
     lines = [json.dumps({"text": doc_text(i)}) for i in range(30)]
     lines.append(json.dumps({"txt": "wrong field"}))
     path.write_text("\n".join(lines) + "\n")
-    err = one_line_error(ra_inprocess("data", "prepare", path, "--out", tmp_path / "o",
-                                      "--tokenizer", "bytes", "--workers", 2))
+    err = one_line_error(
+        ra_inprocess(
+            "data", "prepare", path, "--out", tmp_path / "o", "--tokenizer", "bytes", "--workers", 2
+        )
+    )
     assert f"{path}:31: no field 'text' (fields: txt)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 

@@ -1,6 +1,7 @@
 """`ra experiment`'s pure parts: plan (arms, seeds, order, devices, budgets, key),
 calibration statistics, the config_hash of matched-time arms, the sequential
 design and its simulation, GPU clock sampling on CPU, and bad input. No training."""
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,10 @@ def test_arms_label_repeated_variants():
     arms = plan.parse_arms("baseline,ra_v5")
     assert [a.label for a in arms] == ["baseline", "ra_v5"]
     aa = plan.parse_arms("baseline, baseline")
-    assert [(a.label, a.attn) for a in aa] == [("baseline#1", "baseline"), ("baseline#2", "baseline")]
+    assert [(a.label, a.attn) for a in aa] == [
+        ("baseline#1", "baseline"),
+        ("baseline#2", "baseline"),
+    ]
     three = plan.parse_arms("baseline,ra_v5,baseline")
     assert [a.label for a in three] == ["baseline#1", "ra_v5", "baseline#2"]
 
@@ -57,8 +61,15 @@ def test_one_device_runs_seed_pairs_a_b_b_a():
     arms = plan.parse_arms("baseline,ra_v5")
     jobs = plan.schedule(arms, [1, 2, 3, 4], 1)
     assert [(j.arm.label, j.seed) for j in jobs] == [
-        ("baseline", 1), ("ra_v5", 1), ("ra_v5", 2), ("baseline", 2),
-        ("baseline", 3), ("ra_v5", 3), ("ra_v5", 4), ("baseline", 4)]
+        ("baseline", 1),
+        ("ra_v5", 1),
+        ("ra_v5", 2),
+        ("baseline", 2),
+        ("baseline", 3),
+        ("ra_v5", 3),
+        ("ra_v5", 4),
+        ("baseline", 4),
+    ]
     assert all(j.device == 0 for j in jobs)
 
 
@@ -88,14 +99,18 @@ def test_step_budgets_follow_the_speed_ratio():
 def test_key_is_stable_and_names_the_comparable_settings():
     arms = plan.parse_arms("baseline,ra_v5")
     k = plan.experiment_key(arms=arms, comparable={"model": {"n_layer": 2}}, minutes=1, tag=None)
-    assert k == plan.experiment_key(arms=arms, comparable={"model": {"n_layer": 2}}, minutes=1.0,
-                                    tag=None)
-    assert k != plan.experiment_key(arms=arms, comparable={"model": {"n_layer": 3}}, minutes=1,
-                                    tag=None)
-    assert k != plan.experiment_key(arms=arms, comparable={"model": {"n_layer": 2}}, minutes=2,
-                                    tag=None)
-    assert k != plan.experiment_key(arms=arms[::-1], comparable={"model": {"n_layer": 2}},
-                                    minutes=1, tag=None)
+    assert k == plan.experiment_key(
+        arms=arms, comparable={"model": {"n_layer": 2}}, minutes=1.0, tag=None
+    )
+    assert k != plan.experiment_key(
+        arms=arms, comparable={"model": {"n_layer": 3}}, minutes=1, tag=None
+    )
+    assert k != plan.experiment_key(
+        arms=arms, comparable={"model": {"n_layer": 2}}, minutes=2, tag=None
+    )
+    assert k != plan.experiment_key(
+        arms=arms[::-1], comparable={"model": {"n_layer": 2}}, minutes=1, tag=None
+    )
 
 
 def test_matched_time_arms_share_config_hash():
@@ -104,18 +119,32 @@ def test_matched_time_arms_share_config_hash():
     common = {"model": {"n_layer": 2}, "train": {"lr": 1e-3}, "device": "cuda"}
     configs = []
     for arm in arms:
-        extra = plan.extra_config(key="k", arm=arm, arms=arms, budget=budgets[arm.label],
-                                  minutes=2, calibration_run=1,
-                                  reference_steps=budgets["baseline"].steps)
-        configs.append({**common, "attn": arm.attn, "seed": 1,
-                        "budget": {"steps": budgets[arm.label].steps}, **extra})
+        extra = plan.extra_config(
+            key="k",
+            arm=arm,
+            arms=arms,
+            budget=budgets[arm.label],
+            minutes=2,
+            calibration_run=1,
+            reference_steps=budgets["baseline"].steps,
+        )
+        configs.append(
+            {
+                **common,
+                "attn": arm.attn,
+                "seed": 1,
+                "budget": {"steps": budgets[arm.label].steps},
+                **extra,
+            }
+        )
     assert configs[0]["budget"] != configs[1]["budget"]
     assert config_hash(configs[0]) == config_hash(configs[1])
     # a wall-clock run of the same minutes is another design: not pooled
     assert config_hash({**common, "budget": {"minutes": 2.0}}) != config_hash(configs[0])
     # and a step run without an experiment keeps its own budget in the hash
     assert config_hash({**common, "budget": {"steps": 10}}) != config_hash(
-        {**common, "budget": {"steps": 11}})
+        {**common, "budget": {"steps": 11}}
+    )
 
 
 def test_extra_config_accepts_only_the_experiment_entries():
@@ -134,14 +163,24 @@ def test_ratio_interval_and_settling():
     slow = list(0.104 * (1 + rng.normal(0, 0.002, 20)))
     ratio, lo, hi = calibrate.ratio_interval(ref, slow)
     assert lo < ratio < hi and lo < 0.100 / 0.104 < hi
-    cal = calibrate.summarise(["baseline", "ra_v5"], ["baseline", "ra_v5"],
-                              {"baseline": ref, "ra_v5": slow}, block_steps=10,
-                              precision=0.005, timed_s=4.0)
+    cal = calibrate.summarise(
+        ["baseline", "ra_v5"],
+        ["baseline", "ra_v5"],
+        {"baseline": ref, "ra_v5": slow},
+        block_steps=10,
+        precision=0.005,
+        timed_s=4.0,
+    )
     assert cal.settled and cal.arm("ra_v5").half_width <= 0.005
     assert cal.arm("baseline").steps_per_s == pytest.approx(1 / np.mean(ref))
-    loose = calibrate.summarise(["baseline", "ra_v5"], ["baseline", "ra_v5"],
-                                {"baseline": ref[:3], "ra_v5": slow[:3]}, block_steps=10,
-                                precision=0.0001, timed_s=1.0)
+    loose = calibrate.summarise(
+        ["baseline", "ra_v5"],
+        ["baseline", "ra_v5"],
+        {"baseline": ref[:3], "ra_v5": slow[:3]},
+        block_steps=10,
+        precision=0.0001,
+        timed_s=1.0,
+    )
     assert not loose.settled
     back = calibrate.Calibration.from_dict(cal.to_dict())
     assert back.arm("ra_v5").ratio == cal.arm("ra_v5").ratio
@@ -149,9 +188,13 @@ def test_ratio_interval_and_settling():
 
 def test_variant_ratios_pool_arms_of_one_variant():
     cal = calibrate.summarise(
-        ["baseline#1", "ra_v5", "baseline#2"], ["baseline", "ra_v5", "baseline"],
+        ["baseline#1", "ra_v5", "baseline#2"],
+        ["baseline", "ra_v5", "baseline"],
         {"baseline#1": [0.1, 0.1], "ra_v5": [0.11, 0.11], "baseline#2": [0.1, 0.1]},
-        block_steps=5, precision=0.005, timed_s=1.0)
+        block_steps=5,
+        precision=0.005,
+        timed_s=1.0,
+    )
     ratios = cal.variant_ratios()
     assert ratios["ra_v5"][0] == pytest.approx(0.1 / 0.11)
     assert ratios["baseline"][0] == pytest.approx(1.0)
@@ -198,6 +241,7 @@ def test_design_looks_and_confidence():
 def paired_judge(threshold: float):
     """The verdict rule on paired relative differences (what `ra compare` does with seed
     pairs), vectorised-cheap for thousands of histories."""
+
     def judge(c, b, confidence):
         r = (c - b) / b
         n = len(r)
@@ -211,6 +255,7 @@ def paired_judge(threshold: float):
         if threshold > 0 and -threshold <= lo and hi <= threshold:
             return "PARITY"
         return "INCONCLUSIVE"
+
     return judge
 
 
@@ -218,8 +263,15 @@ def test_simulation_aa_false_win_lose_at_most_5_percent():
     design = sequential.Design.plan(2, 10)
     r = sequential.simulate(paired_judge(0.01), design, noise=0.007, histories=1000, rng_seed=3)
     assert r.rate("WIN", "LOSE") <= 0.05, r.outcomes
-    naive = sequential.simulate(paired_judge(0.0), None, looks=design.looks, confidence=0.95,
-                                noise=0.007, histories=1000, rng_seed=3)
+    naive = sequential.simulate(
+        paired_judge(0.0),
+        None,
+        looks=design.looks,
+        confidence=0.95,
+        noise=0.007,
+        histories=1000,
+        rng_seed=3,
+    )
     assert naive.rate("WIN", "LOSE") > 0.10  # what repeated 95% looks would do
 
 
@@ -227,15 +279,15 @@ def test_simulation_aa_false_win_lose_at_most_5_percent():
 def test_simulation_bare_test_spends_5_percent_no_more():
     # with no threshold (the bare test) the design spends its 5%, no more
     design = sequential.Design.plan(2, 10)
-    bare = sequential.simulate(paired_judge(0.0), design, noise=0.007, histories=10000,
-                               rng_seed=3)
+    bare = sequential.simulate(paired_judge(0.0), design, noise=0.007, histories=10000, rng_seed=3)
     assert bare.rate("WIN", "LOSE") == pytest.approx(0.05, abs=0.0045), bare.outcomes
 
 
 def test_simulation_planted_3_percent_is_found():
     design = sequential.Design.plan(2, 10)
-    r = sequential.simulate(paired_judge(0.01), design, effect=0.03, noise=0.007,
-                            histories=400, rng_seed=4)
+    r = sequential.simulate(
+        paired_judge(0.01), design, effect=0.03, noise=0.007, histories=400, rng_seed=4
+    )
     assert r.rate("LOSE") >= 0.95  # a 3% higher loss: LOSE
     assert np.median(r.seeds_used) <= 6  # a fixed design needs about 4 seeds at this noise
 
@@ -252,8 +304,7 @@ def test_simulation_with_the_compare_rules():
     design = sequential.Design.plan(2, 10)
     aa = sequential.simulate(judge, design, noise=0.007, histories=400, rng_seed=5)
     assert aa.rate("WIN", "LOSE") <= 0.05, aa.outcomes
-    found = sequential.simulate(judge, design, effect=-0.03, noise=0.007, histories=400,
-                                rng_seed=6)
+    found = sequential.simulate(judge, design, effect=-0.03, noise=0.007, histories=400, rng_seed=6)
     assert found.rate("WIN") >= 0.95, found.outcomes
 
 
@@ -290,31 +341,88 @@ def test_runs_show_prints_clock_medians(tmp_path):
 # ---------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--attn", "baseline", "--seeds", "1-2", "--minutes", "1"], "at least two variants"),
-    (["--attn", "baseline,nope", "--seeds", "1-2", "--minutes", "1"], "unknown attention 'nope'"),
-    (["--attn", "baseline,ra_v5", "--seeds", "2-1", "--minutes", "1"], "runs backwards"),
-    (["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "1", "--devices", "0",
-      "--device", "cpu"], "not both"),
-    (["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "1", "--set",
-      "experiment.nope=1"], "experiment.nope"),
-    (["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "1", "--report",
-      "/no/such/dir/r.md"], "does not exist"),
-    (["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "0", "--device", "cpu"],
-     "--minutes must be a positive"),
-    (["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "1", "--device", "cpu",
-      "--until-settled"], "--max-seeds"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--attn", "baseline", "--seeds", "1-2", "--minutes", "1"], "at least two variants"),
+        (
+            ["--attn", "baseline,nope", "--seeds", "1-2", "--minutes", "1"],
+            "unknown attention 'nope'",
+        ),
+        (["--attn", "baseline,ra_v5", "--seeds", "2-1", "--minutes", "1"], "runs backwards"),
+        (
+            [
+                "--attn",
+                "baseline,ra_v5",
+                "--seeds",
+                "1-2",
+                "--minutes",
+                "1",
+                "--devices",
+                "0",
+                "--device",
+                "cpu",
+            ],
+            "not both",
+        ),
+        (
+            [
+                "--attn",
+                "baseline,ra_v5",
+                "--seeds",
+                "1-2",
+                "--minutes",
+                "1",
+                "--set",
+                "experiment.nope=1",
+            ],
+            "experiment.nope",
+        ),
+        (
+            [
+                "--attn",
+                "baseline,ra_v5",
+                "--seeds",
+                "1-2",
+                "--minutes",
+                "1",
+                "--report",
+                "/no/such/dir/r.md",
+            ],
+            "does not exist",
+        ),
+        (
+            ["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "0", "--device", "cpu"],
+            "--minutes must be a positive",
+        ),
+        (
+            [
+                "--attn",
+                "baseline,ra_v5",
+                "--seeds",
+                "1-2",
+                "--minutes",
+                "1",
+                "--device",
+                "cpu",
+                "--until-settled",
+            ],
+            "--max-seeds",
+        ),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, args, needle):
     res = ra_inprocess("experiment", "--db", tmp_path / "ra.db", *args)
     assert needle in one_line_error(res)
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from racli.cli import app; from typer.testing import CliRunner; "
-            "r = CliRunner().invoke(app, ['experiment', '--help']); "
-            "assert r.exit_code == 0 and 'until-settled' in r.stdout, r.stdout; "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from racli.cli import app; from typer.testing import CliRunner; "
+        "r = CliRunner().invoke(app, ['experiment', '--help']); "
+        "assert r.exit_code == 0 and 'until-settled' in r.stdout, r.stdout; "
+        "assert 'torch' not in sys.modules"
+    )
     from tests.helpers import run_python
 
     res = run_python(code)
@@ -329,9 +437,14 @@ def test_sigint_is_forwarded_once_to_children():
 
     from racli.experiment.runner import interruptible
 
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import time\ntry:\n time.sleep(30)\nexcept KeyboardInterrupt:\n"
-                              " raise SystemExit(130)"], start_new_session=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\ntry:\n time.sleep(30)\nexcept KeyboardInterrupt:\n raise SystemExit(130)",
+        ],
+        start_new_session=True,
+    )
 
     class Ctx:
         children = [child]
@@ -374,7 +487,11 @@ def test_experiment_keys_of_ra_yaml_are_validated():
     sections = ("model", "train", "experiment")
     ok = apply_overrides(cfg, ["experiment.calibration_max_s=30"], sections=sections)
     assert ok.experiment.calibration_max_s == 30.0
-    for bad in ("experiment.calibration_precision=0", "experiment.spending=haybittle",
-                "experiment.calibration_min_rounds=1", "experiment.false_decision_rate=0.7"):
+    for bad in (
+        "experiment.calibration_precision=0",
+        "experiment.spending=haybittle",
+        "experiment.calibration_min_rounds=1",
+        "experiment.false_decision_rate=0.7",
+    ):
         with pytest.raises(ConfigError):
             apply_overrides(cfg, [bad], sections=sections)

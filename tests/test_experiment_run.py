@@ -1,6 +1,7 @@
 """`ra experiment` end to end on the CPU with a very small model: calibration recorded,
 step budgets in the speed ratio, A B B A order, verdict, report with PNGs; the A/A
 experiment; SIGINT then the same command again; child processes over two slots."""
+
 from __future__ import annotations
 
 import os
@@ -17,11 +18,22 @@ from tests.helpers import ra_inprocess
 
 pytestmark = pytest.mark.slow  # each test trains a few tiny runs (seconds on an idle CPU)
 
-TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-        "train.batch_size=4", "train.eval_interval=1000", "train.eval_batches=2",
-        "train.final_eval_batches=2", "train.log_interval=2", "train.warmup_frac=0.0",
-        "experiment.calibration_max_s=0.1", "experiment.calibration_block_steps=2",
-        "experiment.calibration_warmup_steps=1", "experiment.calibration_min_rounds=2"]
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=4",
+    "train.eval_interval=1000",
+    "train.eval_batches=2",
+    "train.final_eval_batches=2",
+    "train.log_interval=2",
+    "train.warmup_frac=0.0",
+    "experiment.calibration_max_s=0.1",
+    "experiment.calibration_block_steps=2",
+    "experiment.calibration_warmup_steps=1",
+    "experiment.calibration_min_rounds=2",
+]
 TINY_CLI = [a for item in TINY for a in ("--set", item)]
 
 
@@ -42,8 +54,9 @@ def fixed_speed(monkeypatch):
     def measure(specs, labels, dataset, **kw):
         per_round = {lab: [1 / (6.0 * ratios[s.attn])] * 3 for lab, s in zip(labels, specs)}
         per_round[labels[-1]] = [t * f for t, f in zip(per_round[labels[-1]], (1.0, 1.01, 0.99))]
-        return calibrate.summarise(labels, [s.attn for s in specs], per_round, block_steps=2,
-                                   precision=0.005, timed_s=1.0)
+        return calibrate.summarise(
+            labels, [s.attn for s in specs], per_round, block_steps=2, precision=0.005, timed_s=1.0
+        )
 
     monkeypatch.setattr(calibrate, "measure", measure)
     return ratios
@@ -52,24 +65,50 @@ def fixed_speed(monkeypatch):
 def test_two_variants_two_seeds_end_to_end(tmp_path):
     db = tmp_path / "ra.db"
     report = tmp_path / "exp.md"
-    res = ra_inprocess("experiment", "--db", db, "--attn", "baseline,ra_v5", "--seeds", "1-2",
-                       "--minutes", "0.003", "--device", "cpu", *TINY_CLI, "--report", report)
+    res = ra_inprocess(
+        "experiment",
+        "--db",
+        db,
+        "--attn",
+        "baseline,ra_v5",
+        "--seeds",
+        "1-2",
+        "--minutes",
+        "0.003",
+        "--device",
+        "cpu",
+        *TINY_CLI,
+        "--report",
+        report,
+    )
     assert res.exit_code == 0, (res.stdout, res.stderr)
     # the calibration: its own run kind, ratios with intervals as metrics and in its config
-    (cal_id, cal_status, cal_config), = q(db, "SELECT id, status, config FROM runs "
-                                              "WHERE kind='calibration'")
+    ((cal_id, cal_status, cal_config),) = q(
+        db, "SELECT id, status, config FROM runs WHERE kind='calibration'"
+    )
     import json
 
     cal = json.loads(cal_config)["calibration"]
     assert cal_status == "finished" and cal["rounds"] >= 2
     names = {n for (n,) in q(db, "SELECT name FROM metrics WHERE run_id=?", cal_id)}
-    assert {"steps_per_s:baseline", "speed_ratio:ra_v5", "speed_ratio_lo:ra_v5",
-            "speed_ratio_hi:ra_v5"} <= names
+    assert {
+        "steps_per_s:baseline",
+        "speed_ratio:ra_v5",
+        "speed_ratio_lo:ra_v5",
+        "speed_ratio_hi:ra_v5",
+    } <= names
     # budgets: S for the first, S x ratio for the other; the order A B B A
-    rows = q(db, "SELECT id, attn, seed, status, iterations, config, config_hash FROM runs "
-                 "WHERE kind='train' ORDER BY id")
-    assert [(a, s) for _, a, s, *_ in rows] == [("baseline", 1), ("ra_v5", 1), ("ra_v5", 2),
-                                               ("baseline", 2)]
+    rows = q(
+        db,
+        "SELECT id, attn, seed, status, iterations, config, config_hash FROM runs "
+        "WHERE kind='train' ORDER BY id",
+    )
+    assert [(a, s) for _, a, s, *_ in rows] == [
+        ("baseline", 1),
+        ("ra_v5", 1),
+        ("ra_v5", 2),
+        ("baseline", 2),
+    ]
     configs = [json.loads(r[5]) for r in rows]
     s0 = configs[0]["budget"]["steps"]
     ratio = cal["arms"][1]["ratio"]
@@ -89,8 +128,21 @@ def test_two_variants_two_seeds_end_to_end(tmp_path):
     assert (tmp_path / "exp-val_loss.png").stat().st_size > 1000
     assert (tmp_path / "exp-train_loss.png").is_file()
     # the same command again: nothing to do, same runs, calibration reused
-    again = ra_inprocess("experiment", "--db", db, "--attn", "baseline,ra_v5", "--seeds", "1-2",
-                         "--minutes", "0.003", "--device", "cpu", *TINY_CLI, "--json")
+    again = ra_inprocess(
+        "experiment",
+        "--db",
+        db,
+        "--attn",
+        "baseline,ra_v5",
+        "--seeds",
+        "1-2",
+        "--minutes",
+        "0.003",
+        "--device",
+        "cpu",
+        *TINY_CLI,
+        "--json",
+    )
     assert again.exit_code == 0, again.stderr
     assert "reusing run" in again.stderr
     assert q(db, "SELECT count(*) FROM runs") == [(5,)]
@@ -102,8 +154,21 @@ def test_aa_experiment_compares_its_two_arms(tmp_path, fixed_speed):
     import json
 
     db = tmp_path / "ra.db"
-    res = ra_inprocess("experiment", "--db", db, "--attn", "baseline,baseline", "--seeds", "1-2",
-                       "--minutes", "0.02", "--device", "cpu", *TINY_CLI, "--json")
+    res = ra_inprocess(
+        "experiment",
+        "--db",
+        db,
+        "--attn",
+        "baseline,baseline",
+        "--seeds",
+        "1-2",
+        "--minutes",
+        "0.02",
+        "--device",
+        "cpu",
+        *TINY_CLI,
+        "--json",
+    )
     assert res.exit_code == 0, (res.stdout, res.stderr)
     data = json.loads(res.stdout)
     assert data["arms"] == ["baseline#1", "baseline#2"]
@@ -115,16 +180,24 @@ def test_aa_experiment_compares_its_two_arms(tmp_path, fixed_speed):
     # on the CPU training is deterministic: same seed, same variant, same budget, same loss
     # (the speed check may still call it INVALID on a busy machine: tokens/s is noisy here)
     assert verdict["d"] == 0.0
-    arms = [json.loads(c)["experiment"]["arm"]
-            for (c,) in q(db, "SELECT config FROM runs WHERE kind='train' ORDER BY id")]
+    arms = [
+        json.loads(c)["experiment"]["arm"]
+        for (c,) in q(db, "SELECT config FROM runs WHERE kind='train' ORDER BY id")
+    ]
     assert arms == ["baseline#1", "baseline#2", "baseline#2", "baseline#1"]
 
 
 def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_speed):
     cfg = load_config(packaged_config_path())
     db = tmp_path / "ra.db"
-    settings = runner.Settings(arms=plan.parse_arms("baseline,ra_v5"), seeds=[1, 2],
-                               minutes=0.02, devices=["cpu"], overrides=list(TINY), db=str(db))
+    settings = runner.Settings(
+        arms=plan.parse_arms("baseline,ra_v5"),
+        seeds=[1, 2],
+        minutes=0.02,
+        devices=["cpu"],
+        overrides=list(TINY),
+        db=str(db),
+    )
     calls = []
 
     def interrupt(info):
@@ -137,8 +210,10 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
         runner.run_experiment(settings, cfg, store, view=PlainView(), on_step=interrupt)
     assert "run the same command again" in str(exc.value)
     rows = q(db, "SELECT id, attn, seed, status, iterations FROM runs WHERE kind='train'")
-    assert [(a, s, st) for _, a, s, st, _ in rows] == [("baseline", 1, "finished"),
-                                                       ("ra_v5", 1, "interrupted")]
+    assert [(a, s, st) for _, a, s, st, _ in rows] == [
+        ("baseline", 1, "finished"),
+        ("ra_v5", 1, "interrupted"),
+    ]
     stopped_id, stopped_at = rows[1][0], rows[1][4]
     assert 0 < stopped_at < 6
     from racli.training import checkpoint
@@ -147,11 +222,15 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
 
     outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
     store.close()
-    rows = q(db, "SELECT id, attn, seed, status, iterations FROM runs WHERE kind='train' "
-                 "ORDER BY id")
+    rows = q(
+        db, "SELECT id, attn, seed, status, iterations FROM runs WHERE kind='train' ORDER BY id"
+    )
     assert [(a, s, st) for _, a, s, st, _ in rows] == [
-        ("baseline", 1, "finished"), ("ra_v5", 1, "finished"), ("ra_v5", 2, "finished"),
-        ("baseline", 2, "finished")]
+        ("baseline", 1, "finished"),
+        ("ra_v5", 1, "finished"),
+        ("ra_v5", 2, "finished"),
+        ("baseline", 2, "finished"),
+    ]
     assert rows[1][0] == stopped_id and rows[1][4] == 6  # resumed under its own id
     assert q(db, "SELECT count(*) FROM runs WHERE kind='calibration'") == [(1,)]
     assert outcome.verdicts[0].comparison is not None
@@ -160,9 +239,16 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
 def test_until_settled_adds_seed_pairs_up_to_the_maximum(tmp_path, fixed_speed):
     cfg = load_config(packaged_config_path())
     db = tmp_path / "ra.db"
-    settings = runner.Settings(arms=plan.parse_arms("baseline,ra_v5"), seeds=[1, 2],
-                               minutes=0.01, devices=["cpu"], overrides=list(TINY),
-                               until_settled=True, max_seeds=4, db=str(db))
+    settings = runner.Settings(
+        arms=plan.parse_arms("baseline,ra_v5"),
+        seeds=[1, 2],
+        minutes=0.01,
+        devices=["cpu"],
+        overrides=list(TINY),
+        until_settled=True,
+        max_seeds=4,
+        db=str(db),
+    )
     store = open_store(str(db))
     outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
     store.close()
@@ -181,16 +267,25 @@ def test_child_processes_rotate_over_two_slots(tmp_path, fixed_speed):
 
     cfg = load_config(packaged_config_path())
     db = tmp_path / "ra.db"
-    settings = runner.Settings(arms=plan.parse_arms("baseline,ra_v5"), seeds=[1, 2],
-                               minutes=0.02, devices=["cpu", "cpu"], overrides=list(TINY),
-                               processes=True, db=str(db))
+    settings = runner.Settings(
+        arms=plan.parse_arms("baseline,ra_v5"),
+        seeds=[1, 2],
+        minutes=0.02,
+        devices=["cpu", "cpu"],
+        overrides=list(TINY),
+        processes=True,
+        db=str(db),
+    )
     store = open_store(str(db))
     outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
     store.close()
     rows = q(db, "SELECT attn, seed, status, iterations, config FROM runs WHERE kind='train'")
     assert sorted((a, s, st) for a, s, st, *_ in rows) == [
-        ("baseline", 1, "finished"), ("baseline", 2, "finished"), ("ra_v5", 1, "finished"),
-        ("ra_v5", 2, "finished")]
+        ("baseline", 1, "finished"),
+        ("baseline", 2, "finished"),
+        ("ra_v5", 1, "finished"),
+        ("ra_v5", 2, "finished"),
+    ]
     for attn, _, _, its, config in rows:
         c = json.loads(config)
         assert its == (7 if attn == "baseline" else round(7 * 0.8))
@@ -217,9 +312,22 @@ def test_gpu_experiment_children_record_clocks(tmp_path):
     import json
 
     db = tmp_path / "ra.db"
-    res = ra_inprocess("experiment", "--db", db, "--attn", "baseline,ra_v5", "--seeds", "1-2",
-                       "--minutes", "0.05", "--devices", "0", "--no-compile", *TINY_CLI,
-                       "--json")
+    res = ra_inprocess(
+        "experiment",
+        "--db",
+        db,
+        "--attn",
+        "baseline,ra_v5",
+        "--seeds",
+        "1-2",
+        "--minutes",
+        "0.05",
+        "--devices",
+        "0",
+        "--no-compile",
+        *TINY_CLI,
+        "--json",
+    )
     assert res.exit_code == 0, (res.stdout, res.stderr)
     data = json.loads(res.stdout)
     assert data["calibration"]["device"].startswith("cuda")

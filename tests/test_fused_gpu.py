@@ -3,6 +3,7 @@ folded RA weight W_f against the plain torch composition and a float64 reference
 and backward, with every kernel output poisoned with NaN first; float64 gradcheck; bf16
 autocast (W_f born in bf16, never cast again); CUDA-graph capture; torch.compile; biases;
 shapes that are not powers of two."""
+
 from __future__ import annotations
 
 import copy
@@ -115,6 +116,7 @@ def dot(request, monkeypatch):
 
 # --- forward -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("attn", ATTNS)
@@ -131,9 +133,9 @@ def test_forward_matches_reference(attn, shape, dtype, poison, dot):
     assert rel_err(W, ref) < FWD_TOL[dtype]
     assert rel_err(W, W_plain) < FWD_TOL[dtype] * 4
     # copied rows are exact: the V block and the standard key rows
-    assert torch.equal(W[2 * C:], m.W_v)
+    assert torch.equal(W[2 * C :], m.W_v)
     W_ks = m.W_k if attn == "ra_v5" else m.W_ks
-    assert torch.equal(W[C:2 * C].view(H, D, C)[:, : D - R], W_ks.view(H, D - R, C))
+    assert torch.equal(W[C : 2 * C].view(H, D, C)[:, : D - R], W_ks.view(H, D - R, C))
 
 
 def test_routing():
@@ -146,6 +148,7 @@ def test_routing():
 
 
 # --- backward ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("attn", ATTNS)
@@ -162,7 +165,7 @@ def test_backward_matches_plain_and_reference_fp32(attn, shape, poison):
         assert torch.isfinite(g).all(), n
         assert rel_err(g, g_plain[n]) < 1e-5, n
         assert rel_err(g, g_ref[n]) < 1e-5, n
-    assert torch.equal(g_fused["W_v"], G[2 * C:])
+    assert torch.equal(g_fused["W_v"], G[2 * C :])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -200,6 +203,7 @@ def test_backward_is_deterministic(attn, dot):
 
 
 # --- in the block: bias, autocast, no host sync ----------------------------------------------
+
 
 def block_step(m, x, w, plain: bool):
     m.zero_grad(set_to_none=True)
@@ -276,6 +280,7 @@ def test_no_host_sync(attn):
 
 
 # --- CUDA graphs and torch.compile ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("attn", ATTNS)
 def test_cuda_graph_replay_recomposes(attn):

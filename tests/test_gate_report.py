@@ -193,9 +193,12 @@ def measured_rows(final_share, *, steps=(0, 100, 200), init_share=0.002, ablatio
         for layer in range(2):
             for head in range(3):
                 share = init_share + (final_share[layer][head] - init_share) * frac
-                rows += [(step, layer, head, "w_std", 1.0), (step, layer, head, "w_rec", 0.1),
-                         (step, layer, head, "rec_share", share),
-                         (step, layer, head, "rec_effect", share / 10)]
+                rows += [
+                    (step, layer, head, "w_std", 1.0),
+                    (step, layer, head, "w_rec", 0.1),
+                    (step, layer, head, "rec_share", share),
+                    (step, layer, head, "rec_effect", share / 10),
+                ]
             if ablation and step in (0, last):
                 rows.append((step, layer, 0, "rec_ablation", 0.001 * (layer + 1) * frac))
     return rows
@@ -214,12 +217,17 @@ def test_measures_classify_heads_not_the_raw_gate():
         if e.name in ("w_rec", "w_std", "rec_effect"):
             assert (e.state == "on") == ((e.layer, e.head) in on)
     line = rep.summary[0]
-    assert line == ("rec_share: 3/6 heads above 5%; largest layer 1 head 2 (30%); "
-                    "at init (step 0) 0/6 above, largest 0.2%")
+    assert line == (
+        "rec_share: 3/6 heads above 5%; largest layer 1 head 2 (30%); "
+        "at init (step 0) 0/6 above, largest 0.2%"
+    )
     assert rep.entry(1, 2, "rec_share").init == pytest.approx(0.002)
     assert rep.entry(1, 2, "rec_share").moved == pytest.approx(0.298)
-    assert analyse_gates(measured_rows(SHARES), use_threshold=0.2).summary[0].startswith(
-        "rec_share: 1/6 heads above 20%")
+    assert (
+        analyse_gates(measured_rows(SHARES), use_threshold=0.2)
+        .summary[0]
+        .startswith("rec_share: 1/6 heads above 20%")
+    )
 
 
 def test_measures_are_not_dead_gates_and_layer_measures_kept_apart():
@@ -229,8 +237,10 @@ def test_measures_are_not_dead_gates_and_layer_measures_kept_apart():
     assert rep.names == ["rec_share", "rec_effect", "w_std", "w_rec"]
     assert rep.layer_names == ["rec_ablation"]
     abl = [s for s in rep.summary if s.startswith("rec_ablation")]
-    assert abl == ["rec_ablation (loss change with the layer's reciprocal term removed): "
-                   "layer 0 +0.1%, layer 1 +0.2%; at init (step 0) +0%, +0%"]
+    assert abl == [
+        "rec_ablation (loss change with the layer's reciprocal term removed): "
+        "layer 0 +0.1%, layer 1 +0.2%; at init (step 0) +0%, +0%"
+    ]
 
 
 def test_layer_measure_missing_at_a_step_is_not_a_warning():
@@ -248,9 +258,14 @@ def test_old_rows_fall_back_to_raw_gate_with_a_note():
 
 def test_beta_runs_classify_on_norm_ratio():
     rows = [(0, 0, h, "beta", 0.0) for h in range(2)] + [
-        (0, 0, h, "rec_norm_ratio", 0.0) for h in range(2)]
-    rows += [(9, 0, 0, "beta", 0.01), (9, 0, 1, "beta", 0.5),
-             (9, 0, 0, "rec_norm_ratio", 0.2), (9, 0, 1, "rec_norm_ratio", 0.01)]
+        (0, 0, h, "rec_norm_ratio", 0.0) for h in range(2)
+    ]
+    rows += [
+        (9, 0, 0, "beta", 0.01),
+        (9, 0, 1, "beta", 0.5),
+        (9, 0, 0, "rec_norm_ratio", 0.2),
+        (9, 0, 1, "rec_norm_ratio", 0.01),
+    ]
     rep = analyse_gates(rows)
     assert rep.classified_by == "rec_norm_ratio"
     st = {(e.name, e.head): e.state for e in rep.entries}
@@ -274,8 +289,9 @@ def test_aggregate_runs_mean_spread_and_agreement():
     assert cell[(0, 0)].mean == pytest.approx(0.18) and cell[(0, 0)].std == pytest.approx(0.02)
     assert cell[(0, 2)].above == 2 and cell[(1, 2)].above == 3
     assert rep.counts() == (2, 1, 3)
-    assert rep.summary[0] == ("rec_share over 3 runs (1, 2, 3): 2/6 heads above 5% in every "
-                              "run, 1 in some, 3 in none")
+    assert rep.summary[0] == (
+        "rec_share over 3 runs (1, 2, 3): 2/6 heads above 5% in every run, 1 in some, 3 in none"
+    )
     assert "largest mean layer 1 head 2: 30%" in rep.summary[1]
     assert 0.8 < rep.agreement <= 1.0 and "seed agreement" in rep.summary[2]
     assert rep.ablation[1] == {1: 0.002, 2: 0.002, 3: 0.002}
@@ -289,8 +305,11 @@ def test_aggregate_leaves_out_old_runs_or_falls_back_to_raw():
     from racli.gate_report import aggregate_runs
 
     rep = aggregate_runs({1: measured_rows(SHARES), 2: ra_rows(FINAL), 3: []})
-    assert rep.runs == [1] and rep.left_out == [2, 3] and "run(s) 2 have no rec_share" in \
-        rep.warnings[0]
+    assert (
+        rep.runs == [1]
+        and rep.left_out == [2, 3]
+        and "run(s) 2 have no rec_share" in rep.warnings[0]
+    )
     raw = aggregate_runs({2: ra_rows(FINAL), 4: ra_rows(FINAL)})
     assert raw.measure == "|w_rec/w_std|" and not raw.by_measure and "raw gate" in raw.note
     assert raw.heads[0].mean == pytest.approx(0.5 / 1.1)
@@ -303,8 +322,9 @@ def test_rank_correlation():
 
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert rank_correlation([1, 1, 1], [1, 2, 3]) is None and rank_correlation([1, 2], [1, 2]) \
-        is None
+    assert (
+        rank_correlation([1, 1, 1], [1, 2, 3]) is None and rank_correlation([1, 2], [1, 2]) is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -329,8 +349,14 @@ def test_gates_settings_are_validated(key, value, words):
 
 
 def test_step_without_measures_says_so():
-    rows = measured_rows(SHARES) + [(300, la, h, n, 0.1 if n == "w_rec" else 1.0)
-                                    for la in range(2) for h in range(3) for n in ("w_std", "w_rec")]
+    rows = measured_rows(SHARES) + [
+        (300, la, h, n, 0.1 if n == "w_rec" else 1.0)
+        for la in range(2)
+        for h in range(3)
+        for n in ("w_std", "w_rec")
+    ]
     rep = analyse_gates(rows)  # step 300 has the raw gates only
-    assert rep.classified_by == "raw gate" and "no reciprocity measures recorded at step 300" \
-        in rep.note
+    assert (
+        rep.classified_by == "raw gate"
+        and "no reciprocity measures recorded at step 300" in rep.note
+    )

@@ -241,16 +241,28 @@ assert "torch" not in sys.modules, "torch was imported"
 def record_measured(store, seed, shares, tag="seeds", attn="ra_v5") -> int:
     """A run with the reciprocity measures: rec_share from 0.3% at step 0 to `shares` at
     step 100; the raw gates sit at w_rec/w_std = 0.1 (all 'on' by the old rule)."""
-    rec = RunRecorder.start(store, kind="train", config={"model": {"preset": "tiny"}},
-                            attn=attn, seed=seed, tag=tag, env_info=ENV, git_commit="0123abc",
-                            heartbeat=False)
+    rec = RunRecorder.start(
+        store,
+        kind="train",
+        config={"model": {"preset": "tiny"}},
+        attn=attn,
+        seed=seed,
+        tag=tag,
+        env_info=ENV,
+        git_commit="0123abc",
+        heartbeat=False,
+    )
     for step in (0, 100):
         snap = {}
         for layer in range(LAYERS):
             share = [0.003] * HEADS if step == 0 else shares[layer]
-            snap[layer] = {"w_std": [1.0] * HEADS, "w_rec": [0.1 + 0.001 * step / 100] * HEADS,
-                           "rec_share": share, "rec_effect": [s / 10 for s in share],
-                           "rec_ablation": [0.0004 * step / 100 * (layer + 1)]}
+            snap[layer] = {
+                "w_std": [1.0] * HEADS,
+                "w_rec": [0.1 + 0.001 * step / 100] * HEADS,
+                "rec_share": share,
+                "rec_effect": [s / 10 for s in share],
+                "rec_ablation": [0.0004 * step / 100 * (layer + 1)],
+            }
         rec.gates(step, snap)
     rec.finish(iterations=100, val_loss=2.9, tokens_per_s=1e5)
     return rec.run_id
@@ -284,11 +296,15 @@ def test_one_run_is_classified_by_rec_share(seeds_db):
     assert "rec_share (init 0.3% for every head; 3/8 heads on)" in out
     assert "w_rec (init +0.100 for every head; 3/8 heads on)" in out  # raw gate: same states
     assert "18%*" in out and "0.2%" in out
-    assert ("rec_share: 3/8 heads above 5%; largest layer 1 head 2 (30%); at init (step 0) "
-            "0/8 above, largest 0.3%") in out
+    assert (
+        "rec_share: 3/8 heads above 5%; largest layer 1 head 2 (30%); at init (step 0) "
+        "0/8 above, largest 0.3%"
+    ) in out
     assert "Legend: * uses reciprocity: rec_share > 5%" in out
-    assert "rec_ablation (loss change with the layer's reciprocal term removed): layer 0 " \
-           "+0.04%, layer 1 +0.08%" in out
+    assert (
+        "rec_ablation (loss change with the layer's reciprocal term removed): layer 0 "
+        "+0.04%, layer 1 +0.08%" in out
+    )
     data = gates_json(db, "--run", ids[1])
     assert data["classified_by"] == "rec_share" and data["use_threshold"] == 0.05
     assert data["note"] is None
@@ -385,11 +401,20 @@ def test_fresh_cpu_run_shows_the_new_classification(tmp_path):
 
     cfg = load_config(ROOT / "ra.yaml")
     cfg = dataclasses.replace(cfg, gates=dataclasses.replace(cfg.gates, measure_batches=1))
-    sets = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-            "train.batch_size=4", "train.eval_interval=3", "train.eval_batches=1",
-            "train.final_eval_batches=1", "train.log_interval=3"]
-    spec = spec_from_config(cfg, attn="ra_v5", steps=3, seed=1, device="cpu", compile=False,
-                            overrides=sets)
+    sets = [
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.n_embd=32",
+        "model.block_size=32",
+        "train.batch_size=4",
+        "train.eval_interval=3",
+        "train.eval_batches=1",
+        "train.final_eval_batches=1",
+        "train.log_interval=3",
+    ]
+    spec = spec_from_config(
+        cfg, attn="ra_v5", steps=3, seed=1, device="cpu", compile=False, overrides=sets
+    )
     store = open_store(str(tmp_path / "ra.db"))
     run_id = train(spec, store, dataset=load_data(spec)).run_id
     store.close()

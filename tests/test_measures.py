@@ -1,6 +1,7 @@
 """Reciprocity measures (racli_models.measures) in float64 against explicit
 references, their invariances, and their recording during training
 (racli.training.reciprocity): no change to the model or to training."""
+
 from __future__ import annotations
 
 import copy
@@ -42,11 +43,11 @@ def reference(attn, x):
     B, T, _ = x.shape
     W_f, _ = attn.folded_weight()
     qkv = x @ W_f.T
-    qf, kf = qkv[..., :attn.n_embd], qkv[..., attn.n_embd:2 * attn.n_embd]
+    qf, kf = qkv[..., : attn.n_embd], qkv[..., attn.n_embd : 2 * attn.n_embd]
     shares, effects = [], []
     for h in range(H):
-        q = qf[..., h * D:(h + 1) * D]
-        k = kf[..., h * D:(h + 1) * D]
+        q = qf[..., h * D : (h + 1) * D]
+        k = kf[..., h * D : (h + 1) * D]
         v_std = v_rec = kl = 0.0
         for b in range(B):
             for i in range(T):
@@ -176,11 +177,13 @@ def test_sdpa_gate_mean_and_spread():
         m = head_measures(attn, x)
         attn(x)  # the module's own per-head mean of the gate
         g = torch.sigmoid(attn.g_proj(x)).view(2, 12, 3, 16)
-    torch.testing.assert_close(m["gate_mean"], attn.gate_values()["gate"].double(), rtol=1e-6,
-                               atol=1e-7)
+    torch.testing.assert_close(
+        m["gate_mean"], attn.gate_values()["gate"].double(), rtol=1e-6, atol=1e-7
+    )
     for h in range(3):
-        assert float(m["gate_std"][h]) == pytest.approx(float(g[:, :, h].std(unbiased=False)),
-                                                        rel=1e-10)
+        assert float(m["gate_std"][h]) == pytest.approx(
+            float(g[:, :, h].std(unbiased=False)), rel=1e-10
+        )
 
 
 def test_baseline_has_no_measures():
@@ -311,19 +314,31 @@ def _train_losses(tmp_path, name, measure_batches):
 
     torch.set_default_dtype(torch.float32)
     cfg = load_config(packaged_config_path())
-    sets = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-            "train.batch_size=4", "train.eval_interval=4", "train.eval_batches=2",
-            "train.final_eval_batches=2", "train.log_interval=2"]
-    cfg = dataclasses.replace(cfg, gates=dataclasses.replace(
-        cfg.gates, measure_batches=measure_batches, ablation="every"))
-    spec = spec_from_config(cfg, attn="ra_v5", steps=8, seed=3, device="cpu", compile=False,
-                            overrides=sets)
+    sets = [
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.n_embd=32",
+        "model.block_size=32",
+        "train.batch_size=4",
+        "train.eval_interval=4",
+        "train.eval_batches=2",
+        "train.final_eval_batches=2",
+        "train.log_interval=2",
+    ]
+    cfg = dataclasses.replace(
+        cfg, gates=dataclasses.replace(cfg.gates, measure_batches=measure_batches, ablation="every")
+    )
+    spec = spec_from_config(
+        cfg, attn="ra_v5", steps=8, seed=3, device="cpu", compile=False, overrides=sets
+    )
     store = open_store(str(tmp_path / f"{name}.db"))
     result = train(spec, store, dataset=load_data(spec))
     store.close()
     with sqlite3.connect(tmp_path / f"{name}.db") as conn:
-        losses = conn.execute("SELECT step, name, value FROM metrics WHERE name IN "
-                              "('train_loss', 'val_loss') ORDER BY step, name").fetchall()
+        losses = conn.execute(
+            "SELECT step, name, value FROM metrics WHERE name IN "
+            "('train_loss', 'val_loss') ORDER BY step, name"
+        ).fetchall()
         gates = conn.execute("SELECT DISTINCT step, name FROM gate_values").fetchall()
         cost = conn.execute("SELECT step, value FROM metrics WHERE name = 'measure_s'").fetchall()
     return result, losses, set(gates), cost
@@ -335,9 +350,11 @@ def test_training_losses_identical_with_and_without_measures(tmp_path):
     r0, without, gates_0, cost0 = _train_losses(tmp_path, "without", 0)
     assert with_m == without and len(with_m) >= 6
     assert r1.val_loss == r0.val_loss and r1.train_loss == r0.train_loss
-    assert {(s, n) for s, n in gates_m if n == "rec_share"} == {(0, "rec_share"),
-                                                               (4, "rec_share"),
-                                                               (8, "rec_share")}
+    assert {(s, n) for s, n in gates_m if n == "rec_share"} == {
+        (0, "rec_share"),
+        (4, "rec_share"),
+        (8, "rec_share"),
+    }
     assert (8, "rec_ablation") in gates_m and (4, "rec_ablation") in gates_m
     assert not any(n.startswith("rec_") for _, n in gates_0) and cost0 == []
     assert [s for s, _ in cost] == [0, 4, 8]
@@ -365,6 +382,5 @@ def test_cuda_measures_match_cpu_and_leave_the_model_alone():
     got = rec.gate_rows[0][1]
     for layer in range(2):
         for name in ("rec_share", "rec_effect", "rec_ablation"):
-            assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-3,
-                                                     abs=1e-6)
+            assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-3, abs=1e-6)
     assert gpu.training and all(torch.equal(v, state[k]) for k, v in gpu.state_dict().items())

@@ -1,4 +1,5 @@
 """`ra db merge` (racli.store.merge) and the run identity of migration 0004."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,17 @@ for kind, attn, seed, gpu in json.loads(sys.argv[2]):
 store.close()
 """
 SHARED = [["train", "baseline", 1, False]]
-MORE_A = [["train", "ra_v5", 1, False], ["train", "baseline", 2, False], ["bench", None, None, False]]
-MORE_B = [["train", "ra_v5", 2, False], ["train", "baseline", 3, False], ["train", "ra_v5", 3, False],
-          ["train", "ra_v5", 1, True]]
+MORE_A = [
+    ["train", "ra_v5", 1, False],
+    ["train", "baseline", 2, False],
+    ["bench", None, None, False],
+]
+MORE_B = [
+    ["train", "ra_v5", 2, False],
+    ["train", "baseline", 3, False],
+    ["train", "ra_v5", 3, False],
+    ["train", "ra_v5", 1, True],
+]
 
 
 def _record(path, plan) -> None:
@@ -87,40 +96,73 @@ def test_merge_two_stores_exact_counts_and_again_nothing(two_stores, tmp_path):
     out = json.loads(res.stdout)
     by_source = {Path(s["source"]).name: s for s in out["sources"]}
     # A: 4 runs (3 train, 1 bench) on the CPU environment
-    assert {k: by_source["a.db"][k] for k in ("runs", "metrics", "timings", "gate_values",
-                                              "environments", "already_present")} == \
-        {"runs": 4, "metrics": 18, "timings": 2, "gate_values": 24, "environments": 1,
-         "already_present": 0}
+    assert {
+        k: by_source["a.db"][k]
+        for k in ("runs", "metrics", "timings", "gate_values", "environments", "already_present")
+    } == {
+        "runs": 4,
+        "metrics": 18,
+        "timings": 2,
+        "gate_values": 24,
+        "environments": 1,
+        "already_present": 0,
+    }
     # B: its copy of the shared run is already there; 4 new train runs, one on a new environment
-    assert {k: by_source["b.db"][k] for k in ("runs", "metrics", "timings", "gate_values",
-                                              "environments", "already_present")} == \
-        {"runs": 4, "metrics": 24, "timings": 0, "gate_values": 32, "environments": 1,
-         "already_present": 1}
-    assert _counts(target) == {"environments": 2, "runs": 8, "timings": 2, "metrics": 42,
-                               "gate_values": 56}
+    assert {
+        k: by_source["b.db"][k]
+        for k in ("runs", "metrics", "timings", "gate_values", "environments", "already_present")
+    } == {
+        "runs": 4,
+        "metrics": 24,
+        "timings": 0,
+        "gate_values": 32,
+        "environments": 1,
+        "already_present": 1,
+    }
+    assert _counts(target) == {
+        "environments": 2,
+        "runs": 8,
+        "timings": 2,
+        "metrics": 42,
+        "gate_values": 56,
+    }
     assert out["total"]["runs"] == 8
     # the sources are only read
     assert (sha256(a), sha256(b)) == (a_before, b_before)
 
     # every run arrived whole: same row (but id, env_id, origin), same curves, its origin
-    cols = "uuid, kind, attn, status, config, config_hash, seed, tag, git_commit, started_at, " \
-           "finished_at, iterations, tokens, epochs, train_seconds, val_loss, tokens_per_s"
+    cols = (
+        "uuid, kind, attn, status, config, config_hash, seed, tag, git_commit, started_at, "
+        "finished_at, iterations, tokens, epochs, train_seconds, val_loss, tokens_per_s"
+    )
     merged = {r[0]: r for r in _rows(target, f"SELECT {cols} FROM runs")}
     for src in (a, b):
         for row in _rows(src, f"SELECT {cols} FROM runs"):
             assert merged[row[0]] == row
         for rid, uuid in _rows(src, "SELECT id, uuid FROM runs"):
-            curves = _rows(src, f"SELECT step, name, value, elapsed_s FROM metrics WHERE run_id={rid} ORDER BY id")
-            (tid,), = _rows(target, f"SELECT id FROM runs WHERE uuid='{uuid}'")
-            assert _rows(target, f"SELECT step, name, value, elapsed_s FROM metrics WHERE run_id={tid} "
-                                 "ORDER BY id") == curves
+            curves = _rows(
+                src,
+                f"SELECT step, name, value, elapsed_s FROM metrics WHERE run_id={rid} ORDER BY id",
+            )
+            ((tid,),) = _rows(target, f"SELECT id FROM runs WHERE uuid='{uuid}'")
+            assert (
+                _rows(
+                    target,
+                    f"SELECT step, name, value, elapsed_s FROM metrics WHERE run_id={tid} "
+                    "ORDER BY id",
+                )
+                == curves
+            )
     # where each run came from: A's runs from A (the shared one too: A came first), B's new ones from B
     a_ids = dict(_rows(a, "SELECT uuid, id FROM runs"))
     b_ids = dict(_rows(b, "SELECT uuid, id FROM runs"))
     for uuid, origin in _rows(target, "SELECT uuid, origin FROM runs"):
         assert origin == (f"{a}#{a_ids[uuid]}" if uuid in a_ids else f"{b}#{b_ids[uuid]}")
-    gpu_run = _rows(target, "SELECT e.gpu_name FROM runs r JOIN environments e ON r.env_id = e.id "
-                            "WHERE r.origin = '%s#5'" % b)
+    gpu_run = _rows(
+        target,
+        "SELECT e.gpu_name FROM runs r JOIN environments e ON r.env_id = e.id "
+        "WHERE r.origin = '%s#5'" % b,
+    )
     assert gpu_run == [("NVIDIA H100 80GB HBM3",)]
     assert not _rows(target, "PRAGMA foreign_key_check")
 
@@ -128,8 +170,10 @@ def test_merge_two_stores_exact_counts_and_again_nothing(two_stores, tmp_path):
     dump = db_dump(target)
     res = ra_inprocess("db", "merge", a, b, "--db", target)
     assert res.exit_code == 0, res.output
-    assert f"{a}: added 0 run(s), 0 metric value(s), 0 timing(s), 0 gate value(s), " \
-           "0 environment(s); 4 run(s) already present" in res.stdout
+    assert (
+        f"{a}: added 0 run(s), 0 metric value(s), 0 timing(s), 0 gate value(s), "
+        "0 environment(s); 4 run(s) already present" in res.stdout
+    )
     assert "total: added 0 run(s)" in res.stdout
     assert db_dump(target) == dump
 
@@ -150,7 +194,9 @@ def test_compare_on_the_merged_store_equals_one_store(two_stores, tmp_path):
     _record(single, SHARED + MORE_A + MORE_B)
     for extra in ((), ("--any-env",), ("--metric", "tokens_per_s")):
         assert _compare(target, *extra) == _compare(single, *extra)
-        assert json.loads(_compare(target, *extra, "--json")) == json.loads(_compare(single, *extra, "--json"))
+        assert json.loads(_compare(target, *extra, "--json")) == json.loads(
+            _compare(single, *extra, "--json")
+        )
 
 
 def _newer_schema_db(path):
@@ -222,8 +268,15 @@ def test_still_running_runs_wait(tmp_path):
     src = tmp_path / "s.db"
     store = open_store(str(src))
     record_run(store)
-    live = RunRecorder.start(store, kind="train", attn="ra_v5", config={"x": 1}, env_info=ENV_INFO,
-                             git_commit="c", heartbeat=False)
+    live = RunRecorder.start(
+        store,
+        kind="train",
+        attn="ra_v5",
+        config={"x": 1},
+        env_info=ENV_INFO,
+        git_commit="c",
+        heartbeat=False,
+    )
     store.close()
     target = tmp_path / "t.db"
     (r,) = merge_stores(str(target), [str(src)])
@@ -237,6 +290,7 @@ def test_still_running_runs_wait(tmp_path):
 
 
 # ---- older sources and the identity of old runs ---------------------------------------------
+
 
 def _old_store(path, revision="0003"):
     make_db(path)
@@ -263,7 +317,9 @@ def test_older_source_is_merged_from_a_copy_never_upgraded(tmp_path):
     open_store(str(old)).close()
     (r,) = merge_stores(str(target), [str(old)])
     assert (r.runs, r.already_present) == (0, 6)
-    assert sorted(_rows(old, "SELECT uuid FROM runs")) == sorted(_rows(target, "SELECT uuid FROM runs"))
+    assert sorted(_rows(old, "SELECT uuid FROM runs")) == sorted(
+        _rows(target, "SELECT uuid FROM runs")
+    )
 
 
 def test_older_source_read_as_is(tmp_path, monkeypatch):
@@ -282,8 +338,9 @@ def test_older_source_read_as_is(tmp_path, monkeypatch):
     (r,) = merge_stores(str(target), [str(old)])
     assert (r.revision, r.runs, r.metrics, r.timings, r.gate_values) == ("0001", 6, 30, 2, 40)
     cols = "uuid, kind, attn, status, config, seed, val_loss, excluded, origin"
-    assert _rows(target, f"SELECT {cols} FROM runs ORDER BY id") == \
-        _rows(copy_target, f"SELECT {cols} FROM runs ORDER BY id")
+    assert _rows(target, f"SELECT {cols} FROM runs ORDER BY id") == _rows(
+        copy_target, f"SELECT {cols} FROM runs ORDER BY id"
+    )
 
 
 def test_migration_0004_fills_identities_and_keeps_every_row(tmp_path):
@@ -299,7 +356,9 @@ def test_migration_0004_fills_identities_and_keeps_every_row(tmp_path):
         runs = list(s.query(Run).order_by(Run.id))
     store.close()
     assert _counts(path) == before
-    assert _rows(path, "SELECT run_id, step, name, value FROM metrics ORDER BY id") == metrics_before
+    assert (
+        _rows(path, "SELECT run_id, step, name, value FROM metrics ORDER BY id") == metrics_before
+    )
     assert [r.id for r in runs] == [r[0] for r in runs_before]
     assert all(r.uuid == legacy_uuid(r.id, r.kind, r.config_hash, r.started_at) for r in runs)
     assert len({r.uuid for r in runs}) == len(runs)
@@ -345,8 +404,14 @@ def test_bulk_merge_of_a_larger_store(tmp_path):
     store = open_store(str(src))
     ids = [record_run(store, n_metrics=1, gates=False) for _ in range(10)]
     with store.writing() as conn:
-        conn.execute(insert(Metric), [{"run_id": rid, "step": s, "name": "train_loss", "value": 1.0,
-                                       "elapsed_s": None} for rid in ids for s in range(2000)])
+        conn.execute(
+            insert(Metric),
+            [
+                {"run_id": rid, "step": s, "name": "train_loss", "value": 1.0, "elapsed_s": None}
+                for rid in ids
+                for s in range(2000)
+            ],
+        )
     store.close()
     (r,) = merge_stores(str(tmp_path / "t.db"), [str(src)])
     assert (r.runs, r.metrics) == (10, 10 * 2002)

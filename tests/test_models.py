@@ -1,6 +1,7 @@
 """CPU tests of racli_models: every variant against an explicit float64 reference,
 causality, live gates, the ra_v5 reductions and tying, parameter counts, dtypes,
 torch.compile, the optimizer's parameter groups. Tiny shapes throughout."""
+
 from __future__ import annotations
 
 import math
@@ -50,12 +51,14 @@ def make_block(attn: str, bias: bool = False, **kw):
 
 
 def tiny_gpt(attn: str, **kw) -> GPT:
-    cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=H, n_embd=C, block_size=T, attn=attn,
-                    ra_rank=R, **kw)
+    cfg = GPTConfig(
+        vocab_size=64, n_layer=2, n_head=H, n_embd=C, block_size=T, attn=attn, ra_rank=R, **kw
+    )
     return GPT(cfg)
 
 
 # --- every variant against the float64 reference -------------------------------------------
+
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("attn", VARIANTS)
@@ -85,17 +88,18 @@ def test_reciprocal_path_matters(attn):
 
 # --- causality -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("attn", VARIANTS)
 def test_attention_is_causal(attn):
     m = make_block(attn)
     x = torch.randn(B, T, C)
     t = T // 2
     x2 = x.clone()
-    x2[:, t + 1:] = torch.randn(B, T - t - 1, C)
+    x2[:, t + 1 :] = torch.randn(B, T - t - 1, C)
     with torch.no_grad():
         y, y2 = m(x), m(x2)
     torch.testing.assert_close(y[:, : t + 1], y2[:, : t + 1], rtol=0, atol=1e-6)
-    assert (y[:, t + 1:] - y2[:, t + 1:]).abs().max() > 1e-4
+    assert (y[:, t + 1 :] - y2[:, t + 1 :]).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("attn", VARIANTS)
@@ -107,16 +111,17 @@ def test_gpt_is_causal(attn):
     idx = torch.randint(0, 64, (B, T))
     t = 4
     idx2 = idx.clone()
-    idx2[:, t + 1:] = (idx[:, t + 1:] + 1 + torch.randint(0, 62, (B, T - t - 1))) % 64
+    idx2[:, t + 1 :] = (idx[:, t + 1 :] + 1 + torch.randint(0, 62, (B, T - t - 1))) % 64
     with torch.no_grad():
         logits, _ = model(idx)
         logits2, _ = model(idx2)
     assert logits.shape == (B, T, 64)
     torch.testing.assert_close(logits[:, : t + 1], logits2[:, : t + 1], rtol=0, atol=1e-6)
-    assert (logits[:, t + 1:] - logits2[:, t + 1:]).abs().max() > 1e-4
+    assert (logits[:, t + 1 :] - logits2[:, t + 1 :]).abs().max() > 1e-4
 
 
 # --- gradients -----------------------------------------------------------------------------
+
 
 def next_token_loss(model: GPT) -> torch.Tensor:
     idx = torch.randint(0, model.config.vocab_size, (B, T + 1))
@@ -156,8 +161,10 @@ def test_gate_parameters_get_nonzero_gradients(attn):
 
 # --- ra_v5: reductions and tying -----------------------------------------------------------
 
+
 def _std_qkv(m, x):
     """Standard q, k (D_std per head) and v of ra_v5, straight from W_q, W_k, W_v."""
+
     def heads(t):
         return t.view(B, T, H, -1).transpose(1, 2)
 
@@ -236,9 +243,10 @@ def test_folded_weight_shape_and_one_gemm(attn):
     assert W_f.shape == (3 * C, C) and b_f.shape == (3 * C,)
     x = torch.randn(B, T, C)
     qf, kf, v = m.folded_qkv(x)
-    torch.testing.assert_close(torch.cat([qf, kf, v], dim=-1).transpose(1, 2).reshape(B, T, -1),
-                               F.linear(x, W_f, b_f).view(B, T, 3, H, D).transpose(2, 3)
-                               .reshape(B, T, -1))
+    torch.testing.assert_close(
+        torch.cat([qf, kf, v], dim=-1).transpose(1, 2).reshape(B, T, -1),
+        F.linear(x, W_f, b_f).view(B, T, 3, H, D).transpose(2, 3).reshape(B, T, -1),
+    )
 
 
 # --- parameter counts at the gpt2 preset ---------------------------------------------------
@@ -272,6 +280,7 @@ def test_num_params_non_embedding():
 
 # --- registry and configuration ------------------------------------------------------------
 
+
 def test_registry_names():
     assert set(ATTENTION) == {"baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate"}
 
@@ -280,8 +289,9 @@ def test_unknown_attention_lists_valid_names():
     with pytest.raises(UnknownAttentionError) as err:
         build_attention("foo", GPTConfig())
     msg = str(err.value)
-    assert msg == ("unknown attention 'foo' (valid: baseline, ra_beta, ra_v5, ra_v5_untied, "
-                   "sdpa_gate)")
+    assert msg == (
+        "unknown attention 'foo' (valid: baseline, ra_beta, ra_v5, ra_v5_untied, sdpa_gate)"
+    )
     assert isinstance(err.value, ValueError) and "\n" not in msg
     with pytest.raises(UnknownAttentionError):
         GPTConfig(attn="foo")
@@ -317,6 +327,7 @@ def test_sequence_longer_than_block_size_is_rejected():
 
 # --- gate values ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("attn", VARIANTS)
 def test_gate_values(attn):
     m = make_block(attn)
@@ -324,8 +335,13 @@ def test_gate_values(attn):
     with torch.no_grad():
         m(x)
     values = m.gate_values()
-    expected = {"baseline": set(), "ra_v5": {"w_std", "w_rec"}, "ra_v5_untied": {"w_std", "w_rec"},
-                "ra_beta": {"beta"}, "sdpa_gate": {"gate"}}[attn]
+    expected = {
+        "baseline": set(),
+        "ra_v5": {"w_std", "w_rec"},
+        "ra_v5_untied": {"w_std", "w_rec"},
+        "ra_beta": {"beta"},
+        "sdpa_gate": {"gate"},
+    }[attn]
     assert set(values) == expected
     for v in values.values():
         assert v.shape == (H,) and v.dtype == torch.float32 and not v.requires_grad
@@ -349,6 +365,7 @@ def test_gpt_gate_values_by_layer():
 
 
 # --- dtypes --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("attn", VARIANTS)
@@ -399,6 +416,7 @@ def test_dropout_train_and_eval(attn):
 
 # --- torch.compile -------------------------------------------------------------------------
 
+
 def test_ra_v5_torch_compile_matches_eager():
     """One compile test (slow on two cores): ra_v5, forward + backward, dynamic=False."""
     torch._dynamo.reset()
@@ -421,6 +439,7 @@ def test_ra_v5_torch_compile_matches_eager():
 
 
 # --- optimizer -----------------------------------------------------------------------------
+
 
 def test_configure_optimizer_groups():
     model = tiny_gpt("ra_v5", bias=True)

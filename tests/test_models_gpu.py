@@ -1,6 +1,7 @@
 """CUDA tests of racli_models (skipped without CUDA): every variant with the flash SDPA
 backend in float16 / bfloat16 against the float64 reference, under torch.compile and
 under CUDA-graph capture (forward and forward + backward), and without host syncs."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """racli.names: the shared names and parsers, and that every user of a rule uses this one."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,8 +68,7 @@ def test_resolve_device():
 
     cuda = torch.cuda.is_available()
     assert names.resolve_device("cpu") == "cpu" and names.resolve_device(" CPU ") == "cpu"
-    assert names.resolve_device(None) == names.resolve_device("auto") == (
-        "cuda" if cuda else "cpu")
+    assert names.resolve_device(None) == names.resolve_device("auto") == ("cuda" if cuda else "cpu")
     with pytest.raises(BadInput, match=r"unknown device 'tpu' \(valid: auto, cpu, cuda, cuda:N\)"):
         names.resolve_device("tpu")
     if not cuda:
@@ -97,6 +97,12 @@ def test_check_plot_path(tmp_path):
 
 def test_names_imports_no_torch():
     code = "import sys, racli.names, racli.config; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
     assert out.stdout.strip() == "False", out.stderr

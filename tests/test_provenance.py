@@ -1,4 +1,5 @@
 """racli.provenance: ra's version and source checkout, recorded with every run; `ra --version`."""
+
 from __future__ import annotations
 
 import shutil
@@ -15,9 +16,22 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
 def git(cwd, *args) -> str:
-    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
-                          "-c", "commit.gpgsign=false", *args], cwd=cwd, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -44,7 +58,12 @@ def test_checkout_commit_dirty_and_diff(tmp_path):
     pkg = tmp_path / "ra" / "racli"
     assert provenance.source_checkout(pkg) == (tmp_path / "ra").resolve()
     clean = provenance.code_provenance(pkg)
-    assert clean == {"version": provenance.ra_version(), "commit": head, "dirty": False, "diff": None}
+    assert clean == {
+        "version": provenance.ra_version(),
+        "commit": head,
+        "dirty": False,
+        "diff": None,
+    }
     (pkg / "attn.py").write_text("x = 2\n")
     one = provenance.code_provenance(pkg)
     assert (one["commit"], one["dirty"]) == (head, True) and len(one["diff"]) == 12
@@ -58,8 +77,10 @@ def test_checkout_commit_dirty_and_diff(tmp_path):
 def test_a_copy_nested_in_another_repository_reports_no_commit(tmp_path):
     outer = tmp_path / "outer"
     # the outer repository even has a racli/ of its own at its top
-    make_repo(outer, {"README": "other project\n", "racli/__init__.py": "",
-                      "vendor/ra/racli/__init__.py": ""})
+    make_repo(
+        outer,
+        {"README": "other project\n", "racli/__init__.py": "", "vendor/ra/racli/__init__.py": ""},
+    )
     copy = outer / "vendor" / "ra" / "racli"
     assert provenance.source_checkout(copy) is None
     assert provenance.code_provenance(copy)["commit"] is None
@@ -71,19 +92,31 @@ def test_a_copy_nested_in_another_repository_reports_no_commit(tmp_path):
 def test_not_a_checkout(tmp_path):
     pkg = tmp_path / "site-packages" / "racli"
     pkg.mkdir(parents=True)
-    assert provenance.code_provenance(pkg) == {"version": provenance.ra_version(), "commit": None,
-                                               "dirty": None, "diff": None}
+    assert provenance.code_provenance(pkg) == {
+        "version": provenance.ra_version(),
+        "commit": None,
+        "dirty": None,
+        "diff": None,
+    }
 
 
-def test_recorded_commit_of_a_checkout_nested_in_another_repository_is_ras_own(tmp_path, monkeypatch):
+def test_recorded_commit_of_a_checkout_nested_in_another_repository_is_ras_own(
+    tmp_path, monkeypatch
+):
     outer_head = make_repo(tmp_path / "work", {"experiment.py": "print(1)\n"})
     inner = tmp_path / "work" / "tools" / "ra"  # ra's own checkout inside the user's repository
     inner_head = make_repo(inner, {"racli/__init__.py": "", "pyproject.toml": "[project]\n"})
     monkeypatch.setattr(provenance, "package_dir", lambda: (inner / "racli").resolve())
     monkeypatch.chdir(tmp_path / "work")
     store = open_store(str(tmp_path / "ra.db"))
-    rec = RunRecorder.start(store, kind="train", attn="ra_v5", config=dict(TRAIN_CONFIG),
-                            env_info=ENV_INFO, heartbeat=False)
+    rec = RunRecorder.start(
+        store,
+        kind="train",
+        attn="ra_v5",
+        config=dict(TRAIN_CONFIG),
+        env_info=ENV_INFO,
+        heartbeat=False,
+    )
     rec.finish()
     from racli.store.queries import get_run
 
@@ -98,8 +131,11 @@ def test_recorded_commit_of_a_checkout_nested_in_another_repository_is_ras_own(t
 def test_runs_from_different_code_never_pool(tmp_path, monkeypatch):
     store = open_store(str(tmp_path / "ra.db"))
     a = record_run(store)
-    monkeypatch.setattr(provenance, "current", lambda: {"version": "0.1.0", "commit": "f" * 40,
-                                                        "dirty": False, "diff": None})
+    monkeypatch.setattr(
+        provenance,
+        "current",
+        lambda: {"version": "0.1.0", "commit": "f" * 40, "dirty": False, "diff": None},
+    )
     b = record_run(store)
     from racli.store.queries import get_run
 
@@ -131,9 +167,11 @@ def test_ra_version_option():
 
 
 def test_version_option_imports_no_torch():
-    code = ("import sys\nsys.argv = ['ra', '--version']\nfrom racli import cli\n"
-            "try:\n    cli.main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "assert 'torch' not in sys.modules\nimport racli.provenance\n")
+    code = (
+        "import sys\nsys.argv = ['ra', '--version']\nfrom racli import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules\nimport racli.provenance\n"
+    )
     res = run_python(code, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ra ")

@@ -7,6 +7,7 @@ As root, "cannot write" is made real by dropping the capabilities that let
 root ignore file permissions (setpriv), so the commands run as a user without
 write access would.
 """
+
 from __future__ import annotations
 
 import json
@@ -184,9 +185,14 @@ def _lock(path: Path) -> None:
 
 def _run_readers(path: Path, train_id: int) -> list[dict]:
     cmds = _read_commands(str(path), train_id)
-    res = subprocess.run(_without_write_access([sys.executable, "-c", READER, json.dumps(cmds)]),
-                         capture_output=True, text=True, timeout=180, env=python_env(),
-                         check=False)
+    res = subprocess.run(
+        _without_write_access([sys.executable, "-c", READER, json.dumps(cmds)]),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=python_env(),
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -197,9 +203,12 @@ def test_store_the_user_cannot_write_is_readable_and_unchanged(locked):
     assert _journal_byte(path) == (2, 2)  # WAL, as ra leaves every store it writes
     _lock(path)
     # really read-only for the commands' process
-    probe = subprocess.run(_without_write_access(
-        [sys.executable, "-c", f"open({str(path)!r}, 'ab')"]), capture_output=True, text=True,
-        check=False)
+    probe = subprocess.run(
+        _without_write_access([sys.executable, "-c", f"open({str(path)!r}, 'ab')"]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert probe.returncode != 0 and "Permission denied" in probe.stderr
     digest, files = sha256(path), _files(path.parent)
     for r in _run_readers(path, train_id):
@@ -237,6 +246,7 @@ def test_locked_wal_store_with_pending_changes_is_one_line(locked):
 
 
 # ---- PostgreSQL ------------------------------------------------------------------
+
 
 def test_postgres_read_commands_change_nothing(pg_url):
     store = open_store(pg_url)

@@ -1,5 +1,6 @@
 """Tests for racli.store.recorder: the run lifecycle, buffered writes, heartbeat, crashes,
 one owner per resumed run. Store-level tests run on SQLite and PostgreSQL (`store_url`)."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,16 @@ def store(store_url):
 
 
 def _start(store, **kw) -> RunRecorder:
-    args = {"kind": "train", "attn": "ra_v5", "config": dict(TRAIN_CONFIG), "seed": 3, "tag": "t",
-            "env_info": dict(ENV_INFO), "git_commit": "cafe1234", "heartbeat": False}
+    args = {
+        "kind": "train",
+        "attn": "ra_v5",
+        "config": dict(TRAIN_CONFIG),
+        "seed": 3,
+        "tag": "t",
+        "env_info": dict(ENV_INFO),
+        "git_commit": "cafe1234",
+        "heartbeat": False,
+    }
     args.update(kw)
     return RunRecorder.start(store, **args)
 
@@ -68,12 +77,19 @@ def _wait_until(predicate, timeout=5.0, step=0.02) -> bool:
 
 # ---- start -------------------------------------------------------------------
 
+
 def test_start_creates_a_running_run(store):
     before = utcnow()
     rec = _start(store)
     run = _run(store, rec.run_id)
     assert run.status == "running"
-    assert (run.kind, run.attn, run.seed, run.tag, run.git_commit) == ("train", "ra_v5", 3, "t", "cafe1234")
+    assert (run.kind, run.attn, run.seed, run.tag, run.git_commit) == (
+        "train",
+        "ra_v5",
+        3,
+        "t",
+        "cafe1234",
+    )
     assert run.config == {**TRAIN_CONFIG, "code": run.config["code"]}  # plus ra's own provenance
     assert run.config_hash == config_hash(run.config)
     assert run.finished_at is None and run.error is None
@@ -115,38 +131,70 @@ def test_runs_share_an_environment_row(store):
 
 # ---- config hash -------------------------------------------------------------------
 
+
 def test_config_hash_ignores_attn_seed_tag():
-    base = {"model": {"preset": "tiny", "ra_rank": 4}, "train": {"lr": 6e-4}, "minutes": 60,
-            "attn": "baseline", "seed": 1, "tag": "a"}
+    base = {
+        "model": {"preset": "tiny", "ra_rank": 4},
+        "train": {"lr": 6e-4},
+        "minutes": 60,
+        "attn": "baseline",
+        "seed": 1,
+        "tag": "a",
+    }
     h = config_hash(base)
     assert config_hash({**base, "attn": "ra_v5", "seed": 99, "tag": "other"}) == h
     assert config_hash({k: v for k, v in base.items() if k not in ("attn", "seed", "tag")}) == h
     assert config_hash(dict(reversed(list(base.items())))) == h
 
 
-@pytest.mark.parametrize("change", [
-    {"minutes": 61},
-    {"model": {"preset": "tiny", "ra_rank": 8}},
-    {"model": {"preset": "small", "ra_rank": 4}},
-    {"train": {"lr": 6e-4, "batch_size": 16}},
-    {"data": "shakespeare"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"minutes": 61},
+        {"model": {"preset": "tiny", "ra_rank": 8}},
+        {"model": {"preset": "small", "ra_rank": 4}},
+        {"train": {"lr": 6e-4, "batch_size": 16}},
+        {"data": "shakespeare"},
+    ],
+)
 def test_config_hash_changes_with_anything_else(change):
-    base = {"model": {"preset": "tiny", "ra_rank": 4}, "train": {"lr": 6e-4}, "minutes": 60,
-            "attn": "baseline", "seed": 1}
+    base = {
+        "model": {"preset": "tiny", "ra_rank": 4},
+        "train": {"lr": 6e-4},
+        "minutes": 60,
+        "attn": "baseline",
+        "seed": 1,
+    }
     assert config_hash({**base, **change}) != config_hash(base)
 
 
 # ---- buffered rows ----------------------------------------------------------------
 
+
 def test_rows_are_buffered_until_flush(store):
     rec = _start(store)
     rec.metric(0, "train_loss", 4.2, elapsed_s=0.5)
     rec.metrics(10, {"train_loss": 3.9, "lr": 1e-4})
-    rec.gates(10, {0: {"w_std": np.array([1.0, 0.9]), "w_rec": [0.1, 0.2]},
-                   1: {"w_std": (1.1, 1.2), "w_rec": np.array([0.3, 0.4], dtype=np.float32)}})
-    rec.timing(attn="ra_v5", mode="eager", phase="fwd", batch=2, seq=64, heads=4, head_dim=32,
-               dtype="float32", device="cpu", median_ms=1.5, status="ok")
+    rec.gates(
+        10,
+        {
+            0: {"w_std": np.array([1.0, 0.9]), "w_rec": [0.1, 0.2]},
+            1: {"w_std": (1.1, 1.2), "w_rec": np.array([0.3, 0.4], dtype=np.float32)},
+        },
+    )
+    rec.timing(
+        attn="ra_v5",
+        mode="eager",
+        phase="fwd",
+        batch=2,
+        seq=64,
+        heads=4,
+        head_dim=32,
+        dtype="float32",
+        device="cpu",
+        median_ms=1.5,
+        status="ok",
+    )
     assert _count(store, Metric, rec.run_id) == 0
     assert _count(store, GateValue, rec.run_id) == 0
     assert _count(store, Timing, rec.run_id) == 0
@@ -157,8 +205,11 @@ def test_rows_are_buffered_until_flush(store):
     with store.session() as s:
         m = s.scalars(select(Metric).where(Metric.name == "train_loss").order_by(Metric.step)).all()
         assert [(x.step, x.value, x.elapsed_s) for x in m] == [(0, 4.2, 0.5), (10, 3.9, None)]
-        g = s.scalars(select(GateValue).where(GateValue.layer == 1, GateValue.name == "w_rec")
-                      .order_by(GateValue.head)).all()
+        g = s.scalars(
+            select(GateValue)
+            .where(GateValue.layer == 1, GateValue.name == "w_rec")
+            .order_by(GateValue.head)
+        ).all()
         assert [(x.head, round(x.value, 6)) for x in g] == [(0, 0.3), (1, 0.4)]
     rec.flush()  # nothing buffered: writes nothing more
     assert _count(store, Metric, rec.run_id) == 3
@@ -167,15 +218,43 @@ def test_rows_are_buffered_until_flush(store):
 
 def test_timing_rows_with_different_columns_flush_together(store):
     rec = _start(store, kind="bench", attn=None)
-    shape = {"batch": 2, "seq": 64, "heads": 4, "head_dim": 32, "dtype": "float16", "device": "cuda"}
-    rec.timing(attn="baseline", mode="eager", phase="fwd", median_ms=0.12, p10_ms=0.11, p90_ms=0.13,
-               iters=100, tflops=50.0, backend="flash", **shape)
-    rec.timing(attn="baseline", mode="cuda_graph", phase="fwd", status="skipped", reason="no CUDA", **shape)
-    rec.timing(attn="ra_v5", mode="compile", phase="fwd", status="failed", reason="boom",
-               compile_s=3.0, **shape)
+    shape = {
+        "batch": 2,
+        "seq": 64,
+        "heads": 4,
+        "head_dim": 32,
+        "dtype": "float16",
+        "device": "cuda",
+    }
+    rec.timing(
+        attn="baseline",
+        mode="eager",
+        phase="fwd",
+        median_ms=0.12,
+        p10_ms=0.11,
+        p90_ms=0.13,
+        iters=100,
+        tflops=50.0,
+        backend="flash",
+        **shape,
+    )
+    rec.timing(
+        attn="baseline", mode="cuda_graph", phase="fwd", status="skipped", reason="no CUDA", **shape
+    )
+    rec.timing(
+        attn="ra_v5",
+        mode="compile",
+        phase="fwd",
+        status="failed",
+        reason="boom",
+        compile_s=3.0,
+        **shape,
+    )
     rec.flush()
     with store.session() as s:
-        rows = s.scalars(select(Timing).where(Timing.run_id == rec.run_id).order_by(Timing.id)).all()
+        rows = s.scalars(
+            select(Timing).where(Timing.run_id == rec.run_id).order_by(Timing.id)
+        ).all()
     assert [(t.mode, t.status, t.median_ms, t.reason, t.compile_s) for t in rows] == [
         ("eager", "ok", 0.12, None, None),
         ("cuda_graph", "skipped", None, "no CUDA", None),
@@ -202,7 +281,9 @@ def test_a_failed_flush_keeps_its_rows_for_the_next(store, monkeypatch):
     monkeypatch.undo()
     rec.flush()
     with store.session() as s:
-        steps = s.scalars(select(Metric.step).where(Metric.run_id == rec.run_id).order_by(Metric.id)).all()
+        steps = s.scalars(
+            select(Metric.step).where(Metric.run_id == rec.run_id).order_by(Metric.id)
+        ).all()
     assert steps == [0, 1, 2, 3, 4, 5]
     assert _count(store, GateValue, rec.run_id) == 2
     rec.finish()
@@ -217,8 +298,9 @@ def test_background_writer_flushes_by_itself(store):
         rec.gates(0, {0: {"w_std": [1.0, 1.0]}})
         assert _wait_until(lambda: _count(store, Metric, rec.run_id) == 20), "writer never flushed"
         assert _wait_until(lambda: _count(store, GateValue, rec.run_id) == 2)
-        assert _wait_until(lambda: _run(store, rec.run_id).heartbeat_at > first_beat), \
+        assert _wait_until(lambda: _run(store, rec.run_id).heartbeat_at > first_beat), (
             "heartbeat not refreshed"
+        )
         rec.metric(20, "train_loss", 0.01)
         assert _wait_until(lambda: _count(store, Metric, rec.run_id) == 21)
     finally:
@@ -231,16 +313,29 @@ def test_background_writer_flushes_by_itself(store):
 
 # ---- ending ----------------------------------------------------------------------
 
+
 def test_finish_sets_status_figures_and_flushes(store):
     rec = _start(store, heartbeat=True, flush_interval=30)
     rec.metric(1, "val_loss", 3.2)
-    rec.finish(iterations=100, tokens=12_800, epochs=0.25, train_seconds=59.5, val_loss=3.2,
-               tokens_per_s=215.1)
+    rec.finish(
+        iterations=100,
+        tokens=12_800,
+        epochs=0.25,
+        train_seconds=59.5,
+        val_loss=3.2,
+        tokens_per_s=215.1,
+    )
     run = _run(store, rec.run_id)
     assert run.status == "finished" and run.error is None
     assert run.finished_at is not None and run.finished_at >= run.started_at
-    assert (run.iterations, run.tokens, run.epochs, run.train_seconds, run.val_loss, run.tokens_per_s) \
-        == (100, 12_800, 0.25, 59.5, 3.2, 215.1)
+    assert (
+        run.iterations,
+        run.tokens,
+        run.epochs,
+        run.train_seconds,
+        run.val_loss,
+        run.tokens_per_s,
+    ) == (100, 12_800, 0.25, 59.5, 3.2, 215.1)
     assert _count(store, Metric, rec.run_id) == 1
     finished_at = run.finished_at
     rec.finish(iterations=1)  # a second end is ignored
@@ -311,13 +406,16 @@ def test_update_and_resume(store):
 
 # ---- crashed runs ---------------------------------------------------------------------
 
+
 def test_stale_heartbeat_shows_as_crashed(store):
     rec = _start(store)  # no writer thread: nothing refreshes the heartbeat
     done = _start(store)
     done.finish()
     run = _run(store, rec.run_id)
     assert display_status(run) == "running" and not is_stale(run)
-    assert display_status(run, now=run.heartbeat_at + STALE_AFTER + timedelta(seconds=1)) == "crashed"
+    assert (
+        display_status(run, now=run.heartbeat_at + STALE_AFTER + timedelta(seconds=1)) == "crashed"
+    )
     set_heartbeat_minutes_ago(store, rec.run_id, 10)
     set_heartbeat_minutes_ago(store, done.run_id, 10)
     run = _run(store, rec.run_id)
@@ -340,8 +438,10 @@ def test_crashed_in_ra_runs(store, tmp_path):
     if store.engine.dialect.name == "sqlite":
         # a user's sqlite3 edit in SQLite's own datetime format works too
         with sqlite3.connect(store.engine.url.database) as raw:
-            raw.execute("UPDATE runs SET heartbeat_at = datetime('now', '-10 minutes') "
-                        "WHERE id = ?", (crashed.run_id,))
+            raw.execute(
+                "UPDATE runs SET heartbeat_at = datetime('now', '-10 minutes') WHERE id = ?",
+                (crashed.run_id,),
+            )
     else:
         set_heartbeat_minutes_ago(store, crashed.run_id, 10)
     db = store.db
@@ -381,8 +481,13 @@ for i in range(50, 10**9):
 
 def test_killed_process_keeps_flushed_rows(store_url):
     db = store_url
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, db, json.dumps(ENV_INFO)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SCRIPT, db, json.dumps(ENV_INFO)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip().isdigit(), proc.stderr.read()
@@ -415,14 +520,21 @@ def test_killed_process_keeps_flushed_rows(store_url):
 
 
 def test_stale_uses_started_at_without_heartbeat(store):
-    run = Run(kind="train", status="running", config={}, config_hash="x",
-              started_at=datetime(2020, 1, 1), heartbeat_at=None)
+    run = Run(
+        kind="train",
+        status="running",
+        config={},
+        config_hash="x",
+        started_at=datetime(2020, 1, 1),
+        heartbeat_at=None,
+    )
     assert display_status(run) == "crashed"
     run.status = "failed"
     assert display_status(run) == "failed"
 
 
 # ---- one owner per resumed run ---------------------------------------------------------
+
 
 def _metric_keys(store, run_id) -> list:
     with store.session() as s:
@@ -500,7 +612,12 @@ def test_concurrent_resumes_give_one_owner_and_no_duplicate_rows(store):
     assert len(refused) == 7
     assert all("being resumed by another process" in m or "is finished" in m for m in refused)
     keys = _metric_keys(store, rec.run_id)
-    assert sorted(keys) == [(0, "train_loss"), (10, "train_loss"), (20, "train_loss"),
-                            (30, "compile_s"), (30, "train_loss")]
+    assert sorted(keys) == [
+        (0, "train_loss"),
+        (10, "train_loss"),
+        (20, "train_loss"),
+        (30, "compile_s"),
+        (30, "train_loss"),
+    ]
     run = _run(store, rec.run_id)
     assert (run.status, run.iterations) == ("finished", 30)

@@ -1,5 +1,6 @@
 """`ra runs` management through the CLI: tag, exclude / include, delete, diff, export --metrics,
 and `ra compare` leaving excluded runs out."""
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,9 @@ def ok(*args):
 @pytest.fixture
 def db(tmp_path):
     path = tmp_path / "ra.db"
-    make_db(path)  # ids 1..6: bench; baseline s1; ra_v5 s1; ra_v5 failed; baseline interrupted; ra_v5 diverged
+    make_db(
+        path
+    )  # ids 1..6: bench; baseline s1; ra_v5 s1; ra_v5 failed; baseline interrupted; ra_v5 diverged
     return path
 
 
@@ -51,6 +54,7 @@ def verdict_db(tmp_path):
     from sqlalchemy import update
 
     from racli.store.models import Run
+
     with store.writing() as conn:
         conn.execute(update(Run).where(Run.id == bad).values(val_loss=9.0))
     store.close()
@@ -67,11 +71,21 @@ def _row(path, run_id, cols="tag, excluded, exclude_reason"):
 
 # ---- unknown ids: exit 2, one line, nothing changes ----------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ("tag", "99", "x"), ("exclude", "99", "--reason", "r"), ("include", "99"),
-    ("delete", "99", "--yes"), ("diff", "2", "99"), ("diff", "99", "2"), ("show", "99"),
-    ("exclude", "2", "99", "--reason", "r"), ("delete", "2", "99", "--yes"),
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tag", "99", "x"),
+        ("exclude", "99", "--reason", "r"),
+        ("include", "99"),
+        ("delete", "99", "--yes"),
+        ("diff", "2", "99"),
+        ("diff", "99", "2"),
+        ("show", "99"),
+        ("exclude", "2", "99", "--reason", "r"),
+        ("delete", "2", "99", "--yes"),
+    ],
+)
 def test_unknown_ids_are_one_line_and_change_nothing(db, args):
     before = db_state(db)
     err = one_line_error(ra_inprocess("runs", *args, "--db", db))
@@ -80,6 +94,7 @@ def test_unknown_ids_are_one_line_and_change_nothing(db, args):
 
 
 # ---- tag -----------------------------------------------------------------------------------
+
 
 def test_tag_sets_replaces_and_clears(db):
     res = ok("runs", "tag", 3, "good", "--db", db)
@@ -108,6 +123,7 @@ def test_tag_follows_into_a_config_that_holds_one(tmp_path):
 
 # ---- exclude / include and ra compare ------------------------------------------------------
 
+
 def test_exclude_is_kept_shown_and_left_out_of_verdicts(verdict_db):
     path, bad = verdict_db
     before = json.loads(ok("compare", "--db", path, "--json").stdout)
@@ -119,7 +135,10 @@ def test_exclude_is_kept_shown_and_left_out_of_verdicts(verdict_db):
     assert _row(path, bad)[1:] == (1, "wrong data file")
     # kept and shown
     listed = json.loads(ok("runs", "--json", "--db", path).stdout)
-    assert {r["id"]: (r["excluded"], r["exclude_reason"]) for r in listed}[bad] == (True, "wrong data file")
+    assert {r["id"]: (r["excluded"], r["exclude_reason"]) for r in listed}[bad] == (
+        True,
+        "wrong data file",
+    )
     assert ", excluded" in ok("runs", "--db", path).stdout
     shown = ok("runs", "show", bad, "--db", path).stdout
     assert "EXCLUDED from verdicts: wrong data file" in shown
@@ -131,7 +150,10 @@ def test_exclude_is_kept_shown_and_left_out_of_verdicts(verdict_db):
     assert after["verdict"] != before["verdict"]
     text = ok("compare", "--db", path).stdout
     assert f"excluded: run {bad} (wrong data file)" in text
-    assert [e["id"] for e in json.loads(ok("compare", "--db", path, "--json", "--any-env").stdout)["excluded"]] == [bad]
+    assert [
+        e["id"]
+        for e in json.loads(ok("compare", "--db", path, "--json", "--any-env").stdout)["excluded"]
+    ] == [bad]
 
     res = ok("runs", "include", bad, "--db", path)
     assert res.stdout.strip() == f"run {bad}: included in verdicts again"
@@ -152,24 +174,45 @@ def test_excluded_bench_runs_leave_bench_comparisons(tmp_path):
     path = tmp_path / "b.db"
     shape = {"batch": 2, "seq": 64, "heads": 4, "head_dim": 32, "dtype": "float32", "device": "cpu"}
     store = open_store(str(path))
-    ids = [record_run(store, kind="bench", timings=[
-        {"attn": a, "mode": "eager", "phase": "fwd", **shape, "median_ms": ms, "status": "ok"}
-        for a, ms in (("baseline", 1.0), ("ra_v5", m))]) for m in (1.1, 5.0)]
+    ids = [
+        record_run(
+            store,
+            kind="bench",
+            timings=[
+                {
+                    "attn": a,
+                    "mode": "eager",
+                    "phase": "fwd",
+                    **shape,
+                    "median_ms": ms,
+                    "status": "ok",
+                }
+                for a, ms in (("baseline", 1.0), ("ra_v5", m))
+            ],
+        )
+        for m in (1.1, 5.0)
+    ]
     store.close()
     ok("runs", "exclude", ids[1], "--reason", "throttled GPU", "--db", path)
     out = json.loads(ok("compare", "--metric", "ms", "--json", "--db", path).stdout)
     assert out["groups"][0]["run_ids"] == [ids[0]]
     assert out["excluded"] == [{"id": ids[1], "attn": None, "reason": "throttled GPU"}]
-    assert f"excluded: run {ids[1]} (throttled GPU)" in ok("compare", "--metric", "ms", "--db", path).stdout
+    assert (
+        f"excluded: run {ids[1]} (throttled GPU)"
+        in ok("compare", "--metric", "ms", "--db", path).stdout
+    )
 
 
 # ---- delete --------------------------------------------------------------------------------
 
+
 def _counts(path, run_id):
     conn = sqlite3.connect(path)
     try:
-        return tuple(conn.execute(f"SELECT count(*) FROM {t} WHERE run_id=?", (run_id,)).fetchone()[0]
-                     for t in ("metrics", "timings", "gate_values"))
+        return tuple(
+            conn.execute(f"SELECT count(*) FROM {t} WHERE run_id=?", (run_id,)).fetchone()[0]
+            for t in ("metrics", "timings", "gate_values")
+        )
     finally:
         conn.close()
 
@@ -204,21 +247,33 @@ def test_delete_refuses_a_live_run(db):
     from racli.store.recorder import RunRecorder
 
     store = open_store(str(db))
-    rec = RunRecorder.start(store, kind="train", attn="ra_v5", config={}, heartbeat=False,
-                            env_info=GPU_ENV_INFO, git_commit="c")
+    rec = RunRecorder.start(
+        store,
+        kind="train",
+        attn="ra_v5",
+        config={},
+        heartbeat=False,
+        env_info=GPU_ENV_INFO,
+        git_commit="c",
+    )
     store.close()
     before = db_state(db)
-    assert "still running" in one_line_error(ra_inprocess("runs", "delete", rec.run_id, "--yes", "--db", db))
+    assert "still running" in one_line_error(
+        ra_inprocess("runs", "delete", rec.run_id, "--yes", "--db", db)
+    )
     assert db_state(db) == before
 
 
 def test_delete_confirmation_prompt(db, monkeypatch):
     runs = open_store(str(db))
     from racli.store.manage import get_runs
+
     targets = get_runs(runs, [3])
     runs.close()
     asked = []
-    monkeypatch.setattr(runs_cmd.typer, "confirm", lambda text, default: asked.append(text) or False)
+    monkeypatch.setattr(
+        runs_cmd.typer, "confirm", lambda text, default: asked.append(text) or False
+    )
     counts = {"metrics": 6, "timings": 0, "gate_values": 8}
     assert runs_cmd.confirm_delete(targets, counts, yes=False, interactive=True) is False
     assert "Delete 1 run(s) (3) with 6 metric value(s)" in asked[0]
@@ -229,12 +284,18 @@ def test_delete_confirmation_prompt(db, monkeypatch):
 
 # ---- diff ----------------------------------------------------------------------------------
 
+
 def test_diff_marks_differences(tmp_path):
     path = tmp_path / "d.db"
     store = open_store(str(path))
     a = record_run(store, attn="baseline", seed=1)
-    b = record_run(store, attn="ra_v5", seed=2, env_info=GPU_ENV_INFO,
-                   config={**TRAIN_CONFIG, "train": {"lr": 1e-3, "batch_size": 32}})
+    b = record_run(
+        store,
+        attn="ra_v5",
+        seed=2,
+        env_info=GPU_ENV_INFO,
+        config={**TRAIN_CONFIG, "train": {"lr": 1e-3, "batch_size": 32}},
+    )
     store.close()
     text = ok("runs", "diff", a, b, "--db", path).stdout
     lines = text.splitlines()
@@ -242,7 +303,10 @@ def test_diff_marks_differences(tmp_path):
 
     def line(key):
         return next(x for x in lines if x[4:].startswith(key + " "))
-    assert line("attn").startswith("  * ") and "baseline" in line("attn") and "ra_v5" in line("attn")
+
+    assert (
+        line("attn").startswith("  * ") and "baseline" in line("attn") and "ra_v5" in line("attn")
+    )
     assert line("train.lr").startswith("  * ")
     assert line("train.batch_size").startswith("    ")
     assert line("gpu_name").startswith("  * ") and "NVIDIA H100" in line("gpu_name")
@@ -257,7 +321,12 @@ def test_diff_marks_differences(tmp_path):
     d = json.loads(ok("runs", "diff", a, b, "--json", "--db", path).stdout)
     assert (d["a"], d["b"]) == (a, b)
     rows = {(s["name"], r["key"]): r for s in d["sections"] for r in s["rows"]}
-    assert rows[("config", "train.lr")] == {"key": "train.lr", "a": 6e-4, "b": 1e-3, "differs": True}
+    assert rows[("config", "train.lr")] == {
+        "key": "train.lr",
+        "a": 6e-4,
+        "b": 1e-3,
+        "differs": True,
+    }
     assert rows[("code", "ra_version")]["differs"] is False
     assert d["differences"] == sum(r["differs"] for r in rows.values())
 
@@ -268,9 +337,19 @@ def test_diff_of_a_run_with_itself_has_no_differences(db):
 
 
 def test_diff_pure_helpers():
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
-    a = {"id": 1, "kind": "train", "config": {"x": 1, "code": {"version": "0.1.0", "commit": "a" * 40}},
-         "environment": None, "metrics": {}, "timings": []}
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": {},
+    }
+    a = {
+        "id": 1,
+        "kind": "train",
+        "config": {"x": 1, "code": {"version": "0.1.0", "commit": "a" * 40}},
+        "environment": None,
+        "metrics": {},
+        "timings": [],
+    }
     b = {**a, "id": 2, "config": {"x": 2, "code": {"version": "0.2.0", "commit": None}}}
     d = diff_runs(a, b)
     rows = {r["key"]: r for s in d["sections"] for r in s["rows"]}
@@ -281,11 +360,13 @@ def test_diff_pure_helpers():
 
 # ---- show: both commits --------------------------------------------------------------------
 
+
 def test_show_prints_ra_code_and_working_directory_commit(db):
     text = ok("runs", "show", 3, "--db", db).stdout
     assert "Code:" in text
     assert "0123abcd (working directory)" in text
     from racli.provenance import current, describe
+
     assert f"ra             {describe(current())}" in text
     d = json.loads(ok("runs", "show", 3, "--json", "--db", db).stdout)
     assert d["code"] == current() and d["git_commit"] == "0123abcd"
@@ -294,23 +375,47 @@ def test_show_prints_ra_code_and_working_directory_commit(db):
 
 # ---- export --------------------------------------------------------------------------------
 
+
 def test_export_metrics_csv_and_jsonl(db, tmp_path):
     res = ok("runs", "export", "--metrics", "--db", db)
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert list(rows[0]) == ["run_id", "step", "name", "value", "elapsed_s"]
     conn = sqlite3.connect(db)
-    truth = conn.execute("SELECT run_id, step, name, value, elapsed_s FROM metrics "
-                         "ORDER BY run_id, name, step").fetchall()
+    truth = conn.execute(
+        "SELECT run_id, step, name, value, elapsed_s FROM metrics ORDER BY run_id, name, step"
+    ).fetchall()
     conn.close()
-    assert [(int(r["run_id"]), int(r["step"]), r["name"], float(r["value"]),
-             float(r["elapsed_s"]) if r["elapsed_s"] else None) for r in rows] == truth
+    assert [
+        (
+            int(r["run_id"]),
+            int(r["step"]),
+            r["name"],
+            float(r["value"]),
+            float(r["elapsed_s"]) if r["elapsed_s"] else None,
+        )
+        for r in rows
+    ] == truth
     lines = ok("runs", "export", "--metrics", "--format", "jsonl", "--db", db).stdout.splitlines()
     assert [tuple(json.loads(x).values()) for x in lines] == truth
     # the run filters of export, and metric names
-    only = ok("runs", "export", "--metrics", "--format", "jsonl", "--attn", "baseline",
-              "--status", "finished", "--name", "val_loss", "--db", db).stdout.splitlines()
-    assert [json.loads(x) for x in only] == [{"run_id": 2, "step": 50, "name": "val_loss",
-                                              "value": 3.5, "elapsed_s": 5.0}]
+    only = ok(
+        "runs",
+        "export",
+        "--metrics",
+        "--format",
+        "jsonl",
+        "--attn",
+        "baseline",
+        "--status",
+        "finished",
+        "--name",
+        "val_loss",
+        "--db",
+        db,
+    ).stdout.splitlines()
+    assert [json.loads(x) for x in only] == [
+        {"run_id": 2, "step": 50, "name": "val_loss", "value": 3.5, "elapsed_s": 5.0}
+    ]
     out = tmp_path / "curves.csv"
     res = ok("runs", "export", "--metrics", "-o", out, "--db", db)
     assert f"wrote {len(truth)} metric value(s) to {out}" in res.stderr

@@ -2,6 +2,7 @@
 
 The store-level tests run on both backends (`store_url`: SQLite and a throwaway
 PostgreSQL server, see conftest.py); SQLite-only behaviour uses `sqlite_store`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,14 +26,67 @@ from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing
 from racli.store.recorder import environment_id
 
 PUBLIC_COLUMNS = {
-    "environments": {"id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "gpu_name",
-                     "gpu_index", "gpu_uuid", "gpu_count", "driver", "cpu", "created_at"},
-    "runs": {"id", "kind", "attn", "status", "config", "config_hash", "seed", "tag", "git_commit",
-             "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations", "tokens",
-             "epochs", "train_seconds", "val_loss", "tokens_per_s",
-             "uuid", "excluded", "exclude_reason", "origin"},
-    "timings": {"run_id", "attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype",
-                "device", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "status", "reason"},
+    "environments": {
+        "id",
+        "fingerprint",
+        "hostname",
+        "os",
+        "python",
+        "torch",
+        "cuda",
+        "gpu_name",
+        "gpu_index",
+        "gpu_uuid",
+        "gpu_count",
+        "driver",
+        "cpu",
+        "created_at",
+    },
+    "runs": {
+        "id",
+        "kind",
+        "attn",
+        "status",
+        "config",
+        "config_hash",
+        "seed",
+        "tag",
+        "git_commit",
+        "env_id",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "error",
+        "iterations",
+        "tokens",
+        "epochs",
+        "train_seconds",
+        "val_loss",
+        "tokens_per_s",
+        "uuid",
+        "excluded",
+        "exclude_reason",
+        "origin",
+    },
+    "timings": {
+        "run_id",
+        "attn",
+        "mode",
+        "phase",
+        "batch",
+        "seq",
+        "heads",
+        "head_dim",
+        "dtype",
+        "device",
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "iters",
+        "tflops",
+        "status",
+        "reason",
+    },
     "metrics": {"run_id", "step", "name", "value", "elapsed_s"},
     "gate_values": {"run_id", "step", "layer", "head", "name", "value"},
 }
@@ -71,6 +125,7 @@ def _sqlite(path):
 
 # ---- schema ------------------------------------------------------------------
 
+
 def test_migrations_create_exactly_the_public_tables(store):
     with store.engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
@@ -78,8 +133,11 @@ def test_migrations_create_exactly_the_public_tables(store):
         for table, cols in PUBLIC_COLUMNS.items():
             missing = cols - _columns(conn, table)
             assert not missing, f"{table} lacks {missing}"
-        fks = {(fk["referred_table"], tuple(fk["constrained_columns"]))
-               for t in ("timings", "metrics", "gate_values") for fk in inspect(conn).get_foreign_keys(t)}
+        fks = {
+            (fk["referred_table"], tuple(fk["constrained_columns"]))
+            for t in ("timings", "metrics", "gate_values")
+            for fk in inspect(conn).get_foreign_keys(t)
+        }
         assert fks == {("runs", ("run_id",))}
 
 
@@ -93,8 +151,9 @@ def test_head_revision_matches_the_migration_scripts(store):
 
 def _diffs(engine, metadata) -> list:
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True,
-                                                     "compare_server_default": True})
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
         return compare_metadata(ctx, metadata)
 
 
@@ -135,53 +194,140 @@ def test_foreign_keys_are_enforced(store):
 
 # ---- round trip ----------------------------------------------------------------
 
+
 def test_round_trip_every_table(store):
     now = datetime(2026, 1, 2, 3, 4, 5, 678000)
     with store.write_session() as s, s.begin():
         env = Environment(fingerprint="f" * 32, created_at=now, **GPU_ENV_INFO)
-        run = Run(kind="train", attn="ra_v5", status="finished", config={"a": [1, 2], "b": {"c": None}},
-                  config_hash="h" * 16, seed=7, tag="t", git_commit="abc-dirty", environment=env,
-                  started_at=now, finished_at=now, heartbeat_at=now, error=None, iterations=100,
-                  tokens=10_000_000_000, epochs=1.25, train_seconds=3600.5, val_loss=3.125,
-                  tokens_per_s=512_345.5)
+        run = Run(
+            kind="train",
+            attn="ra_v5",
+            status="finished",
+            config={"a": [1, 2], "b": {"c": None}},
+            config_hash="h" * 16,
+            seed=7,
+            tag="t",
+            git_commit="abc-dirty",
+            environment=env,
+            started_at=now,
+            finished_at=now,
+            heartbeat_at=now,
+            error=None,
+            iterations=100,
+            tokens=10_000_000_000,
+            epochs=1.25,
+            train_seconds=3600.5,
+            val_loss=3.125,
+            tokens_per_s=512_345.5,
+        )
         s.add(run)
         s.flush()
-        s.add_all([
-            Timing(run_id=run.id, attn="ra_v5", mode="compile", phase="fwd_bwd", batch=8, seq=1024,
-                   heads=12, head_dim=64, dtype="float16", device="cuda", median_ms=0.489,
-                   p10_ms=0.48, p90_ms=0.5, iters=100, tflops=123.4, status="ok", reason=None,
-                   backend="flash", compile_s=12.5),
-            Metric(run_id=run.id, step=10, name="train_loss", value=2.5, elapsed_s=1.5),
-            GateValue(run_id=run.id, step=10, layer=1, head=3, name="w_rec", value=-0.25),
-        ])
+        s.add_all(
+            [
+                Timing(
+                    run_id=run.id,
+                    attn="ra_v5",
+                    mode="compile",
+                    phase="fwd_bwd",
+                    batch=8,
+                    seq=1024,
+                    heads=12,
+                    head_dim=64,
+                    dtype="float16",
+                    device="cuda",
+                    median_ms=0.489,
+                    p10_ms=0.48,
+                    p90_ms=0.5,
+                    iters=100,
+                    tflops=123.4,
+                    status="ok",
+                    reason=None,
+                    backend="flash",
+                    compile_s=12.5,
+                ),
+                Metric(run_id=run.id, step=10, name="train_loss", value=2.5, elapsed_s=1.5),
+                GateValue(run_id=run.id, step=10, layer=1, head=3, name="w_rec", value=-0.25),
+            ]
+        )
         run_id = run.id
     with store.session() as s:
         got = s.get(Run, run_id)
-        assert (got.kind, got.attn, got.status, got.seed, got.tag, got.git_commit) == \
-            ("train", "ra_v5", "finished", 7, "t", "abc-dirty")
+        assert (got.kind, got.attn, got.status, got.seed, got.tag, got.git_commit) == (
+            "train",
+            "ra_v5",
+            "finished",
+            7,
+            "t",
+            "abc-dirty",
+        )
         assert got.config == {"a": [1, 2], "b": {"c": None}}
         assert got.started_at == now and got.finished_at == now and got.heartbeat_at == now
-        assert (got.iterations, got.tokens, got.epochs, got.train_seconds, got.val_loss,
-                got.tokens_per_s) == (100, 10_000_000_000, 1.25, 3600.5, 3.125, 512_345.5)
+        assert (
+            got.iterations,
+            got.tokens,
+            got.epochs,
+            got.train_seconds,
+            got.val_loss,
+            got.tokens_per_s,
+        ) == (100, 10_000_000_000, 1.25, 3600.5, 3.125, 512_345.5)
         env = got.environment
         assert env.fingerprint == "f" * 32 and env.created_at == now
         assert {k: getattr(env, k) for k in GPU_ENV_INFO} == GPU_ENV_INFO
         t = s.scalars(select(Timing).where(Timing.run_id == run_id)).one()
-        assert (t.attn, t.mode, t.phase, t.batch, t.seq, t.heads, t.head_dim, t.dtype, t.device,
-                t.median_ms, t.p10_ms, t.p90_ms, t.iters, t.tflops, t.status, t.reason, t.backend,
-                t.compile_s) == ("ra_v5", "compile", "fwd_bwd", 8, 1024, 12, 64, "float16", "cuda",
-                                 0.489, 0.48, 0.5, 100, 123.4, "ok", None, "flash", 12.5)
+        assert (
+            t.attn,
+            t.mode,
+            t.phase,
+            t.batch,
+            t.seq,
+            t.heads,
+            t.head_dim,
+            t.dtype,
+            t.device,
+            t.median_ms,
+            t.p10_ms,
+            t.p90_ms,
+            t.iters,
+            t.tflops,
+            t.status,
+            t.reason,
+            t.backend,
+            t.compile_s,
+        ) == (
+            "ra_v5",
+            "compile",
+            "fwd_bwd",
+            8,
+            1024,
+            12,
+            64,
+            "float16",
+            "cuda",
+            0.489,
+            0.48,
+            0.5,
+            100,
+            123.4,
+            "ok",
+            None,
+            "flash",
+            12.5,
+        )
         m = s.scalars(select(Metric).where(Metric.run_id == run_id)).one()
         assert (m.step, m.name, m.value, m.elapsed_s) == (10, "train_loss", 2.5, 1.5)
         g = s.scalars(select(GateValue).where(GateValue.run_id == run_id)).one()
         assert (g.step, g.layer, g.head, g.name, g.value) == (10, 1, 3, "w_rec", -0.25)
     # and users reading with plain SQL see the same values under the public names
     with store.engine.connect() as conn:
-        row = conn.execute(text("SELECT kind, attn, status, seed, val_loss, epochs, tokens "
-                                "FROM runs")).one()
+        row = conn.execute(
+            text("SELECT kind, attn, status, seed, val_loss, epochs, tokens FROM runs")
+        ).one()
         assert tuple(row) == ("train", "ra_v5", "finished", 7, 3.125, 1.25, 10_000_000_000)
-        json_item = ("(config->'a'->>1)::int" if store.engine.dialect.name == "postgresql"
-                     else "json_extract(config, '$.a[1]')")
+        json_item = (
+            "(config->'a'->>1)::int"
+            if store.engine.dialect.name == "postgresql"
+            else "json_extract(config, '$.a[1]')"
+        )
         assert conn.execute(text(f"SELECT {json_item} FROM runs")).scalar() == 2
 
 
@@ -207,8 +353,10 @@ def _counts(engine) -> dict:
 
 def _metric_rows(engine) -> list:
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT run_id, step, name, value FROM metrics ORDER BY id"))]
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT run_id, step, name, value FROM metrics ORDER BY id"))
+        ]
 
 
 def test_downgrade_upgrade_keeps_data(store_url):
@@ -229,8 +377,9 @@ def test_downgrade_upgrade_keeps_data(store_url):
     assert _counts(store.engine) == before, "a downgrade must not lose rows"
     assert _metric_rows(store.engine) == metrics_before
     with store.engine.connect() as conn:
-        assert tuple(conn.execute(text("SELECT status, val_loss FROM runs WHERE id=:i"),
-                                  {"i": train}).one()) == ("finished", 3.51)
+        assert tuple(
+            conn.execute(text("SELECT status, val_loss FROM runs WHERE id=:i"), {"i": train}).one()
+        ) == ("finished", 3.51)
     store.close()
 
     # opening the old database for writing upgrades it (as every writing command does)
@@ -242,13 +391,24 @@ def test_downgrade_upgrade_keeps_data(store_url):
         if store.engine.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
-        assert conn.execute(text("SELECT epochs FROM runs WHERE id=:i"), {"i": train}).scalar() is None
-        assert conn.execute(text("SELECT kind FROM runs WHERE id=:i"), {"i": bench}).scalar() == "bench"
+        assert (
+            conn.execute(text("SELECT epochs FROM runs WHERE id=:i"), {"i": train}).scalar() is None
+        )
+        assert (
+            conn.execute(text("SELECT kind FROM runs WHERE id=:i"), {"i": bench}).scalar()
+            == "bench"
+        )
         # the (rebuilt, on SQLite) runs table is still the parent of metrics, cascade wired
         fks = inspect(conn).get_foreign_keys("metrics")
-        assert [(f["referred_table"], f["constrained_columns"], f["referred_columns"],
-                 (f.get("options") or {}).get("ondelete", "").upper()) for f in fks] == \
-            [("runs", ["run_id"], ["id"], "CASCADE")]
+        assert [
+            (
+                f["referred_table"],
+                f["constrained_columns"],
+                f["referred_columns"],
+                (f.get("options") or {}).get("ondelete", "").upper(),
+            )
+            for f in fks
+        ] == [("runs", ["run_id"], ["id"], "CASCADE")]
     assert _diffs(store.engine, Base.metadata) == []
     assert _counts(store.engine) == before, "an upgrade must not lose rows"
     assert _metric_rows(store.engine) == metrics_before
@@ -256,6 +416,7 @@ def test_downgrade_upgrade_keeps_data(store_url):
 
 
 # ---- opening -----------------------------------------------------------------------
+
 
 def _newer_schema_db(path, journal="delete"):
     with _sqlite(path) as raw:
@@ -343,8 +504,22 @@ def test_reopening_is_idempotent(tmp_path):
 
 # ---- environment --------------------------------------------------------------------
 
-ENV_FIELDS = {"hostname", "os", "python", "torch", "cuda", "cudnn", "gpu_name", "gpu_index",
-              "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu", "cpu_count"}
+ENV_FIELDS = {
+    "hostname",
+    "os",
+    "python",
+    "torch",
+    "cuda",
+    "cudnn",
+    "gpu_name",
+    "gpu_index",
+    "gpu_uuid",
+    "gpu_count",
+    "gpu_memory_gb",
+    "driver",
+    "cpu",
+    "cpu_count",
+}
 
 
 def test_collect_fields():
@@ -394,14 +569,31 @@ def test_environment_id_one_row_per_fingerprint(store):
 
 
 def test_env_class():
-    assert environment.env_class("NVIDIA H100", "2.13.0") == environment.env_class("NVIDIA H100", "2.13.0")
+    assert environment.env_class("NVIDIA H100", "2.13.0") == environment.env_class(
+        "NVIDIA H100", "2.13.0"
+    )
     assert environment.env_class(None, "2.13.0") != environment.env_class("NVIDIA H100", "2.13.0")
-    assert environment.env_class("NVIDIA H100", "2.13.0") != environment.env_class("NVIDIA H100", "2.14.0")
+    assert environment.env_class("NVIDIA H100", "2.13.0") != environment.env_class(
+        "NVIDIA H100", "2.14.0"
+    )
 
 
 def _git(cwd, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
-                    "-c", "commit.gpgsign=false", *args], cwd=cwd, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -414,8 +606,9 @@ def test_git_commit(tmp_path, monkeypatch):
     (repo / "f.txt").write_text("one\n")
     _git(repo, "add", "f.txt")
     _git(repo, "commit", "-q", "-m", "first")
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert len(sha) == 40
     assert environment.git_commit(repo) == sha
     (repo / "untracked.txt").write_text("ignored by the dirty check\n")
@@ -433,12 +626,15 @@ def test_round_trip_keeps_datetimes_naive_utc(store):
     with store.session() as s:
         run = s.get(Run, run_id)
     assert run.started_at.tzinfo is None
-    assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - run.started_at).total_seconds()) < 60
+    assert (
+        abs((datetime.now(timezone.utc).replace(tzinfo=None) - run.started_at).total_seconds()) < 60
+    )
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
 
 
 # ---- packaging of the migration scripts -------------------------------------------------
+
 
 def test_scripts_come_from_the_checkout_without_a_top_level_package():
     import sys
@@ -458,8 +654,12 @@ def test_wheel_ships_the_scripts_as_racli_migrations(tmp_path):
 
     from helpers import REPO
 
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(tmp_path),
-                          "--no-deps", "-q"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(tmp_path), "--no-deps", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     (wheel,) = tmp_path.glob("ra-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -468,16 +668,26 @@ def test_wheel_ships_the_scripts_as_racli_migrations(tmp_path):
         assert zf.read(top_level).decode().split() == ["racli", "racli_models"]
         zf.extractall(tmp_path / "site")
     scripts = {n for n in names if n.startswith("racli/_migrations/")}
-    assert {"racli/_migrations/env.py", "racli/_migrations/script.py.mako",
-            "racli/_migrations/versions/0001_initial.py"} <= scripts
+    assert {
+        "racli/_migrations/env.py",
+        "racli/_migrations/script.py.mako",
+        "racli/_migrations/versions/0001_initial.py",
+    } <= scripts
     assert not any(n.startswith("migrations/") for n in names)
     # the installed copy (here: the unpacked wheel, away from the checkout) migrates a store
-    code = ("import sys; from racli.store.engine import open_store, script_location, "
-            "current_revision; s = open_store(sys.argv[1]); "
-            "print(script_location(), current_revision(s.engine))")
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.db")],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
+    code = (
+        "import sys; from racli.store.engine import open_store, script_location, "
+        "current_revision; s = open_store(sys.argv[1]); "
+        "print(script_location(), current_revision(s.engine))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [str(tmp_path / "site" / "racli" / "_migrations"), HEAD_REVISION]
 

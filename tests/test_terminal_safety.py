@@ -20,8 +20,19 @@ NASTY = "a\rb\x07c\x9bd\u202ee\x1b]8;;http://evil\x1b\\f"  # CR, BEL, CSI (C1), 
 LONG = "L" * 120_000
 # raw sequences that must never reach the terminal from a user string
 RAW = ("\x1b[2J", "\x1b]8;", "\r", "\x07", "\x9b", "\u202e")
-HEADERS = ["id", "kind", "attn", "status", "seed", "tag", "val_loss", "tok/s", "iters", "started",
-           "epochs"]
+HEADERS = [
+    "id",
+    "kind",
+    "attn",
+    "status",
+    "seed",
+    "tag",
+    "val_loss",
+    "tok/s",
+    "iters",
+    "started",
+    "epochs",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +51,10 @@ def hostile_db(tmp_path_factory):
     ids = {}
     try:
         for tag in (MARKUP, CLEAR, NASTY, LONG):
-            ids[tag] = [record_run(store, attn=attn, tag=tag, seed=1, env_info=env)
-                        for attn in ("baseline", "ra_v5")]
+            ids[tag] = [
+                record_run(store, attn=attn, tag=tag, seed=1, env_info=env)
+                for attn in ("baseline", "ra_v5")
+            ]
     finally:
         store.close()
     return str(path), ids
@@ -64,6 +77,7 @@ def assert_harmless(text: str) -> None:
 
 
 # ---- the helpers --------------------------------------------------------------------------
+
 
 def test_visible_escapes_controls_and_keeps_text():
     assert textsafe.visible(CLEAR) == "wipe\\x1b[2Jout"
@@ -93,6 +107,7 @@ def test_markup_escape_and_cells_print_literally():
 
 
 # ---- ra runs -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
 def test_runs_prints_tags_literally(hostile_db, terminal):
@@ -126,8 +141,10 @@ def test_compare_prints_tags_literally(hostile_db):
 
 def test_error_lines_show_user_input_literally(hostile_db):
     db, _ = hostile_db
-    for args in (["runs", "--db", db, "--kind", CLEAR], ["compare", "--db", db, "--tag", NASTY,
-                                                         "--candidate", "ra_beta"]):
+    for args in (
+        ["runs", "--db", db, "--kind", CLEAR],
+        ["compare", "--db", db, "--tag", NASTY, "--candidate", "ra_beta"],
+    ):
         res = ra(*args)
         assert res.exit_code == 2, res.stderr
         assert_harmless(res.stderr)
@@ -153,6 +170,7 @@ def test_a_120k_tag_keeps_every_column(hostile_db, terminal):
 
 
 # ---- tables in a pipe and on a terminal ----------------------------------------------------
+
 
 def test_piped_runs_table_is_tab_separated_with_every_column(hostile_db):
     db, ids = hostile_db

@@ -3,6 +3,7 @@
 A tiny model (2 layers, 64 wide, block 64) trains for a few dozen steps on the
 built-in corpus; everything runs eagerly except one compile test.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,19 @@ from racli.training.progress import EPOCH_WARNING, summary_text
 from racli.training.schedule import lr_at, step_progress, time_progress
 
 BLOCK = 64
-TINY = ["model.n_layer=2", "model.n_head=4", "model.n_embd=64", f"model.block_size={BLOCK}",
-        "train.batch_size=16", "train.lr=0.003", "train.warmup_frac=0.1",
-        "train.eval_interval=20", "train.eval_batches=4", "train.final_eval_batches=8",
-        "train.log_interval=5"]
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=4",
+    "model.n_embd=64",
+    f"model.block_size={BLOCK}",
+    "train.batch_size=16",
+    "train.lr=0.003",
+    "train.warmup_frac=0.1",
+    "train.eval_interval=20",
+    "train.eval_batches=4",
+    "train.final_eval_batches=8",
+    "train.log_interval=5",
+]
 TINY_CLI = [a for item in TINY for a in ("--set", item)]
 
 
@@ -56,9 +66,16 @@ def store(tmp_path):
 
 
 def make_spec(cfg, attn="ra_v5", steps=40, seed=0, extra=(), minutes=None):
-    return training.spec_from_config(cfg, attn=attn, steps=None if minutes else steps,
-                                 minutes=minutes, seed=seed, device="cpu", compile=False,
-                                 overrides=TINY + list(extra))
+    return training.spec_from_config(
+        cfg,
+        attn=attn,
+        steps=None if minutes else steps,
+        minutes=minutes,
+        seed=seed,
+        device="cpu",
+        compile=False,
+        overrides=TINY + list(extra),
+    )
 
 
 def q(store, sql, *args):
@@ -107,9 +124,13 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     assert r.val_loss < 3.5 < math.log(256)
     assert r.train_loss < 3.6
     tokens = 60 * 16 * BLOCK
-    (row,) = q(store, "SELECT kind, attn, status, iterations, tokens, epochs, train_seconds, "
-                      "val_loss, tokens_per_s, config_hash, seed, git_commit, env_id "
-                      "FROM runs WHERE id=?", r.run_id)
+    (row,) = q(
+        store,
+        "SELECT kind, attn, status, iterations, tokens, epochs, train_seconds, "
+        "val_loss, tokens_per_s, config_hash, seed, git_commit, env_id "
+        "FROM runs WHERE id=?",
+        r.run_id,
+    )
     kind, attn, status, iters, tok, epochs, secs, val, tps, chash, seed, _commit, env = row
     assert (kind, attn, status, iters, tok, seed) == ("train", "ra_v5", "finished", 60, tokens, 0)
     assert epochs == pytest.approx(tokens / dataset.train_tokens)
@@ -117,38 +138,64 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     # tokens/s is over the timed steps only (the warm-up step is not charged)
     assert tps == pytest.approx(59 * 16 * BLOCK / secs)
 
-    metrics = dict(q(store, "SELECT name, COUNT(*) FROM metrics WHERE run_id=? GROUP BY name",
-                     r.run_id))
+    metrics = dict(
+        q(store, "SELECT name, COUNT(*) FROM metrics WHERE run_id=? GROUP BY name", r.run_id)
+    )
     assert metrics["train_loss"] == metrics["lr"] == 12  # every 5 steps
     assert metrics["tokens_per_s"] >= 11  # the first interval holds the warm-up step
     assert metrics["val_loss"] == 3  # steps 20, 40 and the final evaluation at 60
     assert metrics["compile_s"] == 1 and metrics["record_overhead"] == 1
     assert metrics["checkpoint_s"] >= 1
-    steps = [s for (s,) in q(store, "SELECT step FROM metrics WHERE run_id=? AND "
-                                    "name='val_loss' ORDER BY step", r.run_id)]
+    steps = [
+        s
+        for (s,) in q(
+            store,
+            "SELECT step FROM metrics WHERE run_id=? AND name='val_loss' ORDER BY step",
+            r.run_id,
+        )
+    ]
     assert steps == [20, 40, 60]
-    (overhead,) = q(store, "SELECT value FROM metrics WHERE run_id=? AND name='record_overhead'",
-                    r.run_id)[0]
+    (overhead,) = q(
+        store, "SELECT value FROM metrics WHERE run_id=? AND name='record_overhead'", r.run_id
+    )[0]
     assert 0 <= overhead < 0.05
-    lrs = [v for (v,) in q(store, "SELECT value FROM metrics WHERE run_id=? AND name='lr' "
-                                  "ORDER BY step", r.run_id)]
+    lrs = [
+        v
+        for (v,) in q(
+            store, "SELECT value FROM metrics WHERE run_id=? AND name='lr' ORDER BY step", r.run_id
+        )
+    ]
     assert max(lrs) <= 0.003 + 1e-12 and lrs[-1] == pytest.approx(0.0003)  # cosine to 10%
 
     # gates: w_std and w_rec of every layer and head, at 0 (init), each evaluation and the end
-    gates = q(store, "SELECT step, COUNT(*), COUNT(DISTINCT layer), COUNT(DISTINCT head), "
-                     "GROUP_CONCAT(DISTINCT name) FROM gate_values WHERE run_id=? "
-                     "AND name IN ('w_std', 'w_rec') GROUP BY step "
-                     "ORDER BY step", r.run_id)
+    gates = q(
+        store,
+        "SELECT step, COUNT(*), COUNT(DISTINCT layer), COUNT(DISTINCT head), "
+        "GROUP_CONCAT(DISTINCT name) FROM gate_values WHERE run_id=? "
+        "AND name IN ('w_std', 'w_rec') GROUP BY step "
+        "ORDER BY step",
+        r.run_id,
+    )
     assert [g[0] for g in gates] == [0, 20, 40, 60]
     for _, n, layers, heads, names in gates:
         assert (n, layers, heads) == (2 * 2 * 4, 2, 4)
         assert set(names.split(",")) == {"w_std", "w_rec"}
-    init = dict(q(store, "SELECT name, AVG(value) FROM gate_values WHERE run_id=? AND step=0 "
-                         "AND name IN ('w_std', 'w_rec') GROUP BY name", r.run_id))
+    init = dict(
+        q(
+            store,
+            "SELECT name, AVG(value) FROM gate_values WHERE run_id=? AND step=0 "
+            "AND name IN ('w_std', 'w_rec') GROUP BY name",
+            r.run_id,
+        )
+    )
     assert init == {"w_std": pytest.approx(1.0), "w_rec": pytest.approx(0.1)}
-    moved = q(store, "SELECT COUNT(*) FROM gate_values a JOIN gate_values b ON a.run_id=b.run_id "
-                     "AND a.layer=b.layer AND a.head=b.head AND a.name=b.name WHERE a.run_id=? "
-                     "AND a.step=0 AND b.step=60 AND a.value != b.value", r.run_id)[0][0]
+    moved = q(
+        store,
+        "SELECT COUNT(*) FROM gate_values a JOIN gate_values b ON a.run_id=b.run_id "
+        "AND a.layer=b.layer AND a.head=b.head AND a.name=b.name WHERE a.run_id=? "
+        "AND a.step=0 AND b.step=60 AND a.value != b.value",
+        r.run_id,
+    )[0][0]
     assert moved > 0  # the gates learn
 
     # the checkpoint beside the database, loadable without unpickling code
@@ -156,14 +203,27 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     assert path == Path(store.db).parent / "ra_checkpoints" / "ra.db" / f"run_{r.run_id}.pt"
     state = ckpt.load(path)
     assert state.step == 60 and state.tokens == tokens and state.run_id == r.run_id
-    assert set(state.to_dict()) >= {"model", "optimizer", "sampler", "rng", "config",
-                                    "train_seconds"}
+    assert set(state.to_dict()) >= {
+        "model",
+        "optimizer",
+        "sampler",
+        "rng",
+        "config",
+        "train_seconds",
+    }
     assert state.config["budget"] == {"steps": 60}
     assert not list(path.parent.glob("*.tmp"))
 
     text = summary_text(r)
-    for needle in ("Iterations completed", "Training loss", "Validation loss",
-                   "Throughput (it/s)", "Throughput (tokens/s)", "Epochs", "Run id"):
+    for needle in (
+        "Iterations completed",
+        "Training loss",
+        "Validation loss",
+        "Throughput (it/s)",
+        "Throughput (tokens/s)",
+        "Epochs",
+        "Run id",
+    ):
         assert needle in text
     assert "WARNING" not in text
 
@@ -176,8 +236,12 @@ def test_same_seed_same_batches_for_two_variants(cfg, dataset, store):
 
     results = {}
     for attn, seed in (("baseline", 7), ("ra_v5", 7), ("ra_v5", 8)):
-        results[attn, seed] = training.train(make_spec(cfg, attn=attn, steps=4, seed=seed), store,
-                                         dataset=dataset, on_step=recorder((attn, seed)))
+        results[attn, seed] = training.train(
+            make_spec(cfg, attn=attn, steps=4, seed=seed),
+            store,
+            dataset=dataset,
+            on_step=recorder((attn, seed)),
+        )
     a, b, c = seen["baseline", 7], seen["ra_v5", 7], seen["ra_v5", 8]
     assert len(a) == len(b) == 4
     assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
@@ -185,14 +249,21 @@ def test_same_seed_same_batches_for_two_variants(cfg, dataset, store):
     assert all(torch.equal(x[:, 1:], y[:, :-1]) for x, y in a)  # next-token targets
     # the two variants are comparable: one config hash (attn/seed/tag aside)
     hashes = dict(q(store, "SELECT id, config_hash FROM runs"))
-    assert hashes[results["baseline", 7].run_id] == hashes[results["ra_v5", 7].run_id] \
+    assert (
+        hashes[results["baseline", 7].run_id]
+        == hashes[results["ra_v5", 7].run_id]
         == hashes[results["ra_v5", 8].run_id]
+    )
 
 
 def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
     straight_batches, resumed_batches = [], []
-    straight = training.train(make_spec(cfg, steps=20, seed=3), store, dataset=dataset,
-                          on_step=lambda i: straight_batches.append(i.x.clone()))
+    straight = training.train(
+        make_spec(cfg, steps=20, seed=3),
+        store,
+        dataset=dataset,
+        on_step=lambda i: straight_batches.append(i.x.clone()),
+    )
     stop = threading.Event()
 
     def stop_at_10(info):
@@ -200,26 +271,39 @@ def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
         if info.step == 10:
             stop.set()  # what SIGINT/SIGTERM do
 
-    first = training.train(make_spec(cfg, steps=20, seed=3), store, dataset=dataset, stop=stop,
-                       on_step=stop_at_10)
+    first = training.train(
+        make_spec(cfg, steps=20, seed=3), store, dataset=dataset, stop=stop, on_step=stop_at_10
+    )
     assert first.status == "interrupted" and first.iterations == 10
     assert first.val_loss is not None and first.checkpoint
-    (status, iters, val) = q(store, "SELECT status, iterations, val_loss FROM runs WHERE id=?",
-                             first.run_id)[0]
+    (status, iters, val) = q(
+        store, "SELECT status, iterations, val_loss FROM runs WHERE id=?", first.run_id
+    )[0]
     assert (status, iters) == ("interrupted", 10) and val == pytest.approx(first.val_loss)
-    assert q(store, "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='train_loss'",
-             first.run_id)[0][0] == 2
+    assert (
+        q(store, "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='train_loss'", first.run_id)[
+            0
+        ][0]
+        == 2
+    )
 
-    second = training.resume(store, first.run_id,
-                         on_step=lambda i: resumed_batches.append(i.x.clone()))
+    second = training.resume(
+        store, first.run_id, on_step=lambda i: resumed_batches.append(i.x.clone())
+    )
     assert second.run_id == first.run_id and second.status == "finished"
     assert second.iterations == 20 and second.tokens == straight.tokens
     assert all(torch.equal(a, b) for a, b in zip(straight_batches, resumed_batches))
     assert len(resumed_batches) == 20
     assert second.val_loss == pytest.approx(straight.val_loss, abs=1e-5)
     assert second.train_loss == pytest.approx(straight.train_loss, abs=1e-5)
-    steps = [s for (s,) in q(store, "SELECT step FROM metrics WHERE run_id=? AND "
-                                    "name='train_loss' ORDER BY step", first.run_id)]
+    steps = [
+        s
+        for (s,) in q(
+            store,
+            "SELECT step FROM metrics WHERE run_id=? AND name='train_loss' ORDER BY step",
+            first.run_id,
+        )
+    ]
     assert steps == [5, 10, 15, 20]
     (status, iters) = q(store, "SELECT status, iterations FROM runs WHERE id=?", first.run_id)[0]
     assert (status, iters) == ("finished", 20)
@@ -229,14 +313,22 @@ def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
 
 def test_cli_resumes_an_interrupted_run(cfg, dataset, store):
     stop = threading.Event()
-    first = training.train(make_spec(cfg, steps=10, seed=2), store, dataset=dataset, stop=stop,
-                       on_step=lambda i: stop.set() if i.step == 4 else None)
+    first = training.train(
+        make_spec(cfg, steps=10, seed=2),
+        store,
+        dataset=dataset,
+        stop=stop,
+        on_step=lambda i: stop.set() if i.step == 4 else None,
+    )
     assert first.status == "interrupted"
     res = invoke("train", "--db", store.db, "--resume", first.run_id)
     assert res.exit_code == 0, res.stderr
     assert f"(run {first.run_id})" in res.stdout and "finished" in res.stdout
-    (status, iters, n_runs) = q(store, "SELECT status, iterations, (SELECT COUNT(*) FROM runs) "
-                                       "FROM runs WHERE id=?", first.run_id)[0]
+    (status, iters, n_runs) = q(
+        store,
+        "SELECT status, iterations, (SELECT COUNT(*) FROM runs) FROM runs WHERE id=?",
+        first.run_id,
+    )[0]
     assert (status, iters, n_runs) == ("finished", 10, 1)
 
 
@@ -247,8 +339,9 @@ def test_minutes_budget_excludes_warmup_and_evaluation(cfg, dataset, store):
     assert 1.2 <= r.train_seconds < 3.0
     assert r.compile_s > 0 and r.eval_s > 0
     assert r.tokens_per_s == pytest.approx((r.iterations - 1) * 16 * BLOCK / r.train_seconds)
-    (budget,) = q(store, "SELECT json_extract(config, '$.budget.minutes') FROM runs WHERE id=?",
-                  r.run_id)[0]
+    (budget,) = q(
+        store, "SELECT json_extract(config, '$.budget.minutes') FROM runs WHERE id=?", r.run_id
+    )[0]
     assert budget == 0.02
 
 
@@ -261,8 +354,9 @@ def test_nan_loss_diverges(cfg, dataset, store):
     r = training.train(make_spec(cfg, steps=40), store, dataset=dataset, on_step=poison)
     assert r.status == "diverged" and r.iterations == 5  # caught at the first log point
     assert "nan" in r.error and r.val_loss is None and r.checkpoint is None
-    (status, error, val, iters) = q(store, "SELECT status, error, val_loss, iterations FROM runs "
-                                           "WHERE id=?", r.run_id)[0]
+    (status, error, val, iters) = q(
+        store, "SELECT status, error, val_loss, iterations FROM runs WHERE id=?", r.run_id
+    )[0]
     assert status == "diverged" and "nan" in error and val is None and iters == 5
     assert q(store, "SELECT COUNT(*) FROM gate_values WHERE run_id=? AND step=0", r.run_id)[0][0]
 
@@ -285,8 +379,25 @@ def test_cli_trains_on_a_small_file_and_warns_past_one_epoch(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 400)  # 18 kB
     db = tmp_path / "ra.db"
-    res = invoke("train", "--db", db, "--attn", "baseline", "--steps", 20, "--data", text,
-                 "--device", "cpu", "--no-compile", "--tag", "t1", "--seed", 5, *TINY_CLI)
+    res = invoke(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "baseline",
+        "--steps",
+        20,
+        "--data",
+        text,
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--tag",
+        "t1",
+        "--seed",
+        5,
+        *TINY_CLI,
+    )
     assert res.exit_code == 0, res.stderr
     assert "Training summary: baseline" in res.stdout and "Validation loss" in res.stdout
     assert "WARNING" in res.stdout and EPOCH_WARNING in res.stdout
@@ -294,20 +405,35 @@ def test_cli_trains_on_a_small_file_and_warns_past_one_epoch(tmp_path):
     with sqlite3.connect(db) as conn:
         (status, tag, seed, epochs, name, dev) = conn.execute(
             "SELECT status, tag, seed, epochs, json_extract(config, '$.data.name'), "
-            "json_extract(config, '$.device') FROM runs").fetchone()
+            "json_extract(config, '$.device') FROM runs"
+        ).fetchone()
     assert (status, tag, seed, name, dev) == ("finished", "t1", 5, "small.txt", "cpu")
     assert epochs > 1
 
 
 def test_cli_lr_1e30_diverges_with_exit_1(tmp_path):
     db = tmp_path / "ra.db"
-    res = invoke("train", "--db", db, "--attn", "ra_v5", "--steps", 30, "--lr", "1e30",
-                 "--device", "cpu", "--no-compile", *TINY_CLI)
+    res = invoke(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "ra_v5",
+        "--steps",
+        30,
+        "--lr",
+        "1e30",
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY_CLI,
+    )
     assert res.exit_code == 1
     assert "diverged" in res.stderr
     with sqlite3.connect(db) as conn:
-        (status, lr) = conn.execute("SELECT status, json_extract(config, '$.train.lr') "
-                                    "FROM runs").fetchone()
+        (status, lr) = conn.execute(
+            "SELECT status, json_extract(config, '$.train.lr') FROM runs"
+        ).fetchone()
     assert status == "diverged" and lr == 1e30
 
 
@@ -315,8 +441,10 @@ def _db_snapshot(db: Path):
     if not db.exists():
         return None
     with sqlite3.connect(db) as conn:
-        return (conn.execute("SELECT id, status, iterations FROM runs ORDER BY id").fetchall(),
-                conn.execute("SELECT COUNT(*) FROM metrics").fetchone())
+        return (
+            conn.execute("SELECT id, status, iterations FROM runs ORDER BY id").fetchall(),
+            conn.execute("SELECT COUNT(*) FROM metrics").fetchone(),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -335,22 +463,29 @@ BAD_FRESH = {
     "unknown attention": (["--attn", "nope", "--steps", "5"], "unknown attention 'nope'"),
     "no attention": (["--steps", "5"], "--attn is required"),
     "unknown preset": (["--attn", "ra_v5", "--steps", "5", "--model", "huge"], "huge"),
-    "missing data": (["--attn", "ra_v5", "--steps", "5", "--data", "/no/such/file.txt"],
-                     "no such file"),
+    "missing data": (
+        ["--attn", "ra_v5", "--steps", "5", "--data", "/no/such/file.txt"],
+        "no such file",
+    ),
     "both budgets": (["--attn", "ra_v5", "--steps", "5", "--minutes", "1"], "not both"),
     "no budget": (["--attn", "ra_v5"], "give a budget"),
     "zero steps": (["--attn", "ra_v5", "--steps", "0"], "--steps must be a positive"),
     "negative minutes": (["--attn", "ra_v5", "--minutes", "-1"], "--minutes must be a positive"),
-    "bad --set key": (["--attn", "ra_v5", "--steps", "5", "--set", "train.nope=1"],
-                      "unknown key"),
-    "bad --set value": (["--attn", "ra_v5", "--steps", "5", "--set", "model.ra_rank=abc"],
-                        "must be an integer"),
-    "bad --set rank": (["--attn", "ra_v5", "--steps", "5", "--set", "model.ra_rank=500"],
-                       "ra_rank"),
+    "bad --set key": (["--attn", "ra_v5", "--steps", "5", "--set", "train.nope=1"], "unknown key"),
+    "bad --set value": (
+        ["--attn", "ra_v5", "--steps", "5", "--set", "model.ra_rank=abc"],
+        "must be an integer",
+    ),
+    "bad --set rank": (
+        ["--attn", "ra_v5", "--steps", "5", "--set", "model.ra_rank=500"],
+        "ra_rank",
+    ),
     "bad batch size": (["--attn", "ra_v5", "--steps", "5", "--batch-size", "0"], "batch_size"),
     "unknown device": (["--attn", "ra_v5", "--steps", "5", "--device", "tpu"], "unknown device"),
-    "vocab too small": (["--attn", "ra_v5", "--steps", "5", "--set", "model.vocab_size=100"],
-                        "smaller than the data's vocabulary"),
+    "vocab too small": (
+        ["--attn", "ra_v5", "--steps", "5", "--set", "model.vocab_size=100"],
+        "smaller than the data's vocabulary",
+    ),
 }
 
 
@@ -378,8 +513,10 @@ BAD_RESUME = {
     "bench run": (["--resume", "1"], "not a train run"),
     "no checkpoint": (["--resume", "2"], "has no checkpoint"),
     "finished run": (["--resume", "3"], "finished"),
-    "conflicting flags": (["--resume", "2", "--attn", "baseline", "--steps", "5"],
-                          "drop --attn, --steps"),
+    "conflicting flags": (
+        ["--resume", "2", "--attn", "baseline", "--steps", "5"],
+        "drop --attn, --steps",
+    ),
 }
 
 
@@ -401,12 +538,28 @@ def test_cli_resume_of_missing_database_exits_2(tmp_path):
 
 def test_sigint_leaves_an_interrupted_run_with_metrics_and_checkpoint(tmp_path):
     db = tmp_path / "ra.db"
-    cmd = [sys.executable, "-m", "racli", "train", "--db", str(db), "--attn", "ra_v5",
-           "--steps", "100000", "--device", "cpu", "--no-compile", *TINY_CLI,
-           "--set", "train.eval_interval=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "racli",
+        "train",
+        "--db",
+        str(db),
+        "--attn",
+        "ra_v5",
+        "--steps",
+        "100000",
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY_CLI,
+        "--set",
+        "train.eval_interval=10",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     lines: list[str] = []
     stepping = threading.Event()
 
@@ -431,7 +584,9 @@ def test_sigint_leaves_an_interrupted_run_with_metrics_and_checkpoint(tmp_path):
     assert "Training summary" in out and "interrupted" in out
     assert any("--resume 1" in line for line in lines)
     with sqlite3.connect(db) as conn:
-        status, iters, val = conn.execute("SELECT status, iterations, val_loss FROM runs").fetchone()
+        status, iters, val = conn.execute(
+            "SELECT status, iterations, val_loss FROM runs"
+        ).fetchone()
         n_loss = conn.execute("SELECT COUNT(*) FROM metrics WHERE name='train_loss'").fetchone()[0]
     assert status == "interrupted" and 0 < iters < 100000 and val is not None and n_loss >= 1
     state = ckpt.load(tmp_path / "ra_checkpoints" / "ra.db" / "run_1.pt")
@@ -458,28 +613,44 @@ def test_console_reporter_bar_and_plain_lines():
     plain.update(step=10, done=5.0, loss=3.0, tokens_per_s=None, left_s=85.0)
     plain.update(step=20, done=10.0, loss=2.9, tokens_per_s=None, left_s=80.0)  # throttled
     lines = buf.getvalue().splitlines()
-    assert lines == ["training baseline run 4: 1m30s of training",
-                     "step 10  loss 3.0000  - tok/s  1m25s left"]
+    assert lines == [
+        "training baseline run 4: 1m30s of training",
+        "step 10  loss 3.0000  - tok/s  1m25s left",
+    ]
 
 
 def test_train_command_module_does_not_import_torch():
-    code = ("import sys, racli.cli, racli.commands.train, racli.training.spec; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, timeout=60, check=False)
+    code = (
+        "import sys, racli.cli, racli.commands.train, racli.training.spec; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
     assert out.stdout.strip() == "False", out.stderr
 
 
 def test_compile_on_cpu(cfg, dataset, store):
     """The one compile test: a few steps through torch.compile (slow on CPU)."""
-    spec = training.spec_from_config(cfg, attn="ra_v5", steps=3, device="cpu", compile=True,
-                                 overrides=TINY + ["train.log_interval=1",
-                                                   "train.final_eval_batches=1"])
+    spec = training.spec_from_config(
+        cfg,
+        attn="ra_v5",
+        steps=3,
+        device="cpu",
+        compile=True,
+        overrides=TINY + ["train.log_interval=1", "train.final_eval_batches=1"],
+    )
     t0 = time.perf_counter()
     r = training.train(spec, store, dataset=dataset)
     assert r.status == "finished" and r.iterations == 3 and math.isfinite(r.val_loss)
-    (compiled,) = q(store, "SELECT json_extract(config, '$.compile') FROM runs WHERE id=?",
-                    r.run_id)[0]
+    (compiled,) = q(
+        store, "SELECT json_extract(config, '$.compile') FROM runs WHERE id=?", r.run_id
+    )[0]
     assert compiled == 1
     # compilation happens in the warm-up step, which the budget does not pay for
     assert r.compile_s > r.train_seconds
@@ -500,7 +671,8 @@ KNOWN_CONFIG = (
     '"eval_batches": 20, "final_eval_batches": 100, "log_interval": 10, '
     '"checkpoint_minutes": 5.0, "val_fraction": 0.1, "sdpa_backend": "math", "max_epochs": null}, '
     '"budget": {"steps": 7}, "device": "cpu", "compile": false, "autocast": null, '
-    '"world_size": 2, "global_batch_size": 32, "tokens_per_step": 2048}')
+    '"world_size": 2, "global_batch_size": 32, "tokens_per_step": 2048}'
+)
 
 
 def test_run_config_is_byte_identical_and_survives_resume(dataset):
@@ -509,15 +681,34 @@ def test_run_config_is_byte_identical_and_survives_resume(dataset):
     from racli.config import config_from_dict
     from racli.store.recorder import config_hash
 
-    cfg = config_from_dict({
-        "models": {"tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64}},
-        "train": {"batch_size": 16, "lr": 0.003, "min_lr_ratio": 0.1, "warmup_frac": 0.05,
-                  "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0,
-                  "gate_lr_mult": 1.0, "eval_interval": 100, "eval_batches": 20,
-                  "final_eval_batches": 100, "log_interval": 10, "checkpoint_minutes": 5.0,
-                  "val_fraction": 0.1, "compile": "auto", "sdpa_backend": "math"}}, "test")
-    spec = training.spec_from_config(cfg, attn="ra_v5", steps=7, seed=3, tag="x",
-                                     device="cpu", compile=False)
+    cfg = config_from_dict(
+        {
+            "models": {"tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64}},
+            "train": {
+                "batch_size": 16,
+                "lr": 0.003,
+                "min_lr_ratio": 0.1,
+                "warmup_frac": 0.05,
+                "weight_decay": 0.1,
+                "beta1": 0.9,
+                "beta2": 0.95,
+                "grad_clip": 1.0,
+                "gate_lr_mult": 1.0,
+                "eval_interval": 100,
+                "eval_batches": 20,
+                "final_eval_batches": 100,
+                "log_interval": 10,
+                "checkpoint_minutes": 5.0,
+                "val_fraction": 0.1,
+                "compile": "auto",
+                "sdpa_backend": "math",
+            },
+        },
+        "test",
+    )
+    spec = training.spec_from_config(
+        cfg, attn="ra_v5", steps=7, seed=3, tag="x", device="cpu", compile=False
+    )
     config = training.run_config(spec, dataset, 2)
     assert config["data"] == training.data_identity(dataset)
     assert json.dumps({k: v for k, v in config.items() if k != "data"}) == KNOWN_CONFIG
@@ -533,11 +724,24 @@ def test_run_config_is_byte_identical_and_survives_resume(dataset):
 
 def test_checkpoint_state_both_ways_and_format_1_dicts_load(tmp_path):
     state = ckpt.CheckpointState(
-        run_id=4, config={"budget": {"steps": 9}}, model={"w": torch.ones(2)},
-        optimizer={"state": {}, "param_groups": []}, sampler={"pos": 3}, rng=ckpt.rng_state(),
-        data_path="builtin:x", step=5, tokens=50, timed_tokens=40, timed_steps=4,
-        train_seconds=1.5, compile_s=0.5, eval_s=0.25, checkpoint_s=0.125, train_loss=2.0,
-        epoch_warned=True)
+        run_id=4,
+        config={"budget": {"steps": 9}},
+        model={"w": torch.ones(2)},
+        optimizer={"state": {}, "param_groups": []},
+        sampler={"pos": 3},
+        rng=ckpt.rng_state(),
+        data_path="builtin:x",
+        step=5,
+        tokens=50,
+        timed_tokens=40,
+        timed_steps=4,
+        train_seconds=1.5,
+        compile_s=0.5,
+        eval_s=0.25,
+        checkpoint_s=0.125,
+        train_loss=2.0,
+        epoch_warned=True,
+    )
     assert ckpt.CheckpointState.from_dict(state.to_dict()) == state
     path = tmp_path / "run_4.pt"
     ckpt.save(path, state)
@@ -545,14 +749,33 @@ def test_checkpoint_state_both_ways_and_format_1_dicts_load(tmp_path):
     assert back.step == 5 and back.run_id == 4 and back.train_loss == 2.0 and back.epoch_warned
     assert torch.equal(back.model["w"], torch.ones(2)) and not list(tmp_path.glob("*.tmp"))
     # a format-1 checkpoint as written key by key (no data_path, train_loss, epoch_warned)
-    old = {"version": 1, "run_id": 2, "config": {}, "model": {}, "optimizer": {},
-           "sampler": {}, "step": 3, "tokens": 30, "timed_tokens": 20, "timed_steps": 2,
-           "train_seconds": 1, "compile_s": 0, "eval_s": 0, "checkpoint_s": 0,
-           "rng": ckpt.rng_state()}
+    old = {
+        "version": 1,
+        "run_id": 2,
+        "config": {},
+        "model": {},
+        "optimizer": {},
+        "sampler": {},
+        "step": 3,
+        "tokens": 30,
+        "timed_tokens": 20,
+        "timed_steps": 2,
+        "train_seconds": 1,
+        "compile_s": 0,
+        "eval_s": 0,
+        "checkpoint_s": 0,
+        "rng": ckpt.rng_state(),
+    }
     torch.save(old, tmp_path / "old.pt")
     back = ckpt.load(tmp_path / "old.pt")
-    assert (back.run_id, back.step, back.train_seconds, back.data_path, back.train_loss,
-            back.epoch_warned) == (2, 3, 1.0, None, None, False)
+    assert (
+        back.run_id,
+        back.step,
+        back.train_seconds,
+        back.data_path,
+        back.train_loss,
+        back.epoch_warned,
+    ) == (2, 3, 1.0, None, None, False)
     torch.save({**old, "version": 7}, tmp_path / "new.pt")
     with pytest.raises(ValueError, match="version 7"):
         ckpt.load(tmp_path / "new.pt")
@@ -577,9 +800,13 @@ def test_two_stores_in_one_folder_each_resume_their_own_checkpoint(cfg, dataset,
         stop_at = {"a.db": 2, "b.db": 4}
         for name, s in stores.items():
             stop = threading.Event()
-            r = training.train(make_spec(cfg, steps=6, seed=1), s, dataset=dataset, stop=stop,
-                               on_step=lambda i, n=stop_at[name], e=stop: e.set()
-                               if i.step == n else None)
+            r = training.train(
+                make_spec(cfg, steps=6, seed=1),
+                s,
+                dataset=dataset,
+                stop=stop,
+                on_step=lambda i, n=stop_at[name], e=stop: e.set() if i.step == n else None,
+            )
             assert (r.run_id, r.status, r.iterations) == (1, "interrupted", stop_at[name])
         for name, s in stores.items():
             first: list[int] = []
@@ -607,8 +834,19 @@ def test_resume_hints_at_a_checkpoint_in_the_old_shared_place(tmp_path):
 def test_unwritable_checkpoint_folder_exits_2_before_training(cfg, dataset, tmp_path):
     (tmp_path / "ra_checkpoints").write_text("a file where the folder goes")
     db = tmp_path / "ra.db"
-    res = invoke("train", "--db", db, "--attn", "baseline", "--steps", 3, "--device", "cpu",
-                 "--no-compile", *TINY_CLI)
+    res = invoke(
+        "train",
+        "--db",
+        db,
+        "--attn",
+        "baseline",
+        "--steps",
+        3,
+        "--device",
+        "cpu",
+        "--no-compile",
+        *TINY_CLI,
+    )
     assert res.exit_code == 2, res.output
     assert "cannot write checkpoints to" in res.stderr and "ra_checkpoints" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not db.exists()
@@ -623,19 +861,22 @@ def test_unwritable_checkpoint_folder_exits_2_before_training(cfg, dataset, tmp_
 
 
 @pytest.mark.parametrize("failure", ["disk full", "folder replaced by a file"])
-def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(cfg, dataset, store,
-                                                                    monkeypatch, failure):
+def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(
+    cfg, dataset, store, monkeypatch, failure
+):
     import errno
 
     folder = ckpt.checkpoint_dir(store.db)
     hook = None
     if failure == "disk full":
+
         def full(obj, fh, *a, **k):
             fh.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(torch, "save", full)
     else:
+
         def replace_folder(info):
             if info.step == 2:
                 os.rmdir(folder)
@@ -644,13 +885,13 @@ def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(cfg, dataset
         hook = replace_folder
     # with the folder replaced, the periodic checkpoint (step 5) fails during training too
     extra = ["train.checkpoint_minutes=0.0001"] if hook is not None else []
-    r = training.train(make_spec(cfg, steps=6, extra=extra), store, dataset=dataset,
-                       on_step=hook)
+    r = training.train(make_spec(cfg, steps=6, extra=extra), store, dataset=dataset, on_step=hook)
     path = folder / f"run_{r.run_id}.pt"
     assert r.status == "finished" and r.iterations == 6 and r.val_loss is not None
     assert r.checkpoint is None and "checkpoint missing" in r.error and str(path) in r.error
-    (status, error, iters, val) = q(store, "SELECT status, error, iterations, val_loss "
-                                           "FROM runs WHERE id=?", r.run_id)[0]
+    (status, error, iters, val) = q(
+        store, "SELECT status, error, iterations, val_loss FROM runs WHERE id=?", r.run_id
+    )[0]
     assert (status, iters) == ("finished", 6) and val == pytest.approx(r.val_loss)
     assert error == r.error
     if failure == "disk full":
@@ -658,5 +899,11 @@ def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(cfg, dataset
         assert not list(folder.glob("*.tmp")) and not path.exists()
     else:
         assert "is a file, not a folder" in error
-        assert q(store, "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='checkpoint_s'",
-                 r.run_id)[0][0] == 2  # step 5 and the end, both tried
+        assert (
+            q(
+                store,
+                "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='checkpoint_s'",
+                r.run_id,
+            )[0][0]
+            == 2
+        )  # step 5 and the end, both tried

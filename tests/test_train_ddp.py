@@ -1,4 +1,5 @@
 """`ra train` under torchrun: two CPU processes on the gloo backend, DistributedDataParallel."""
+
 from __future__ import annotations
 
 import json
@@ -11,41 +12,78 @@ import pytest
 import torch.distributed as dist
 from helpers import REPO
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 BLOCK = 32
 BATCH = 4
 STEPS = 6
-TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", f"model.block_size={BLOCK}",
-        f"train.batch_size={BATCH}", "train.eval_interval=3", "train.eval_batches=3",
-        "train.final_eval_batches=3", "train.log_interval=2"]
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    f"model.block_size={BLOCK}",
+    f"train.batch_size={BATCH}",
+    "train.eval_interval=3",
+    "train.eval_batches=3",
+    "train.final_eval_batches=3",
+    "train.log_interval=2",
+]
 
 
 def torchrun(tmp_path, *args, nproc=2, timeout=240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--standalone", "-m", "racli", "train", *[str(a) for a in args]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        "-m",
+        "racli",
+        "train",
+        *[str(a) for a in args],
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path):
     db = tmp_path / "ra.db"
     sets = [a for item in TINY for a in ("--set", item)]
-    res = torchrun(tmp_path, "--db", db, "--attn", "ra_v5", "--steps", STEPS, "--device", "cpu",
-                   "--no-compile", "--seed", 1, *sets)
+    res = torchrun(
+        tmp_path,
+        "--db",
+        db,
+        "--attn",
+        "ra_v5",
+        "--steps",
+        STEPS,
+        "--device",
+        "cpu",
+        "--no-compile",
+        "--seed",
+        1,
+        *sets,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.count("Training summary") == 1  # rank 0 alone reports
     with sqlite3.connect(db) as conn:
-        runs = conn.execute("SELECT id, status, iterations, tokens, tokens_per_s, val_loss, config "
-                            "FROM runs").fetchall()
+        runs = conn.execute(
+            "SELECT id, status, iterations, tokens, tokens_per_s, val_loss, config FROM runs"
+        ).fetchall()
         assert len(runs) == 1
         run_id, status, iters, tokens, tps, val, config = runs[0]
-        n_loss = conn.execute("SELECT COUNT(*) FROM metrics WHERE run_id=? AND "
-                              "name='train_loss'", (run_id,)).fetchone()[0]
-        n_gates = conn.execute("SELECT COUNT(DISTINCT step) FROM gate_values WHERE run_id=?",
-                               (run_id,)).fetchone()[0]
+        n_loss = conn.execute(
+            "SELECT COUNT(*) FROM metrics WHERE run_id=? AND name='train_loss'", (run_id,)
+        ).fetchone()[0]
+        n_gates = conn.execute(
+            "SELECT COUNT(DISTINCT step) FROM gate_values WHERE run_id=?", (run_id,)
+        ).fetchone()[0]
     config = json.loads(config)
     assert status == "finished" and iters == STEPS
     assert config["world_size"] == 2 and config["global_batch_size"] == 2 * BATCH
@@ -59,13 +97,28 @@ def test_two_process_ddp_minutes_budget_stops_every_rank_together(tmp_path):
     """A wall-clock budget under DDP: rank 0's clock decides for all at a log point (no rank
     left waiting in a collective); an odd number of evaluation batches is shared unevenly."""
     db = tmp_path / "ra.db"
-    sets = [a for item in [*TINY, "train.eval_batches=3", "train.eval_interval=7"]
-            for a in ("--set", item)]
-    res = torchrun(tmp_path, "--db", db, "--attn", "sdpa_gate", "--minutes", 0.02,
-                   "--device", "cpu", "--no-compile", *sets)
+    sets = [
+        a
+        for item in [*TINY, "train.eval_batches=3", "train.eval_interval=7"]
+        for a in ("--set", item)
+    ]
+    res = torchrun(
+        tmp_path,
+        "--db",
+        db,
+        "--attn",
+        "sdpa_gate",
+        "--minutes",
+        0.02,
+        "--device",
+        "cpu",
+        "--no-compile",
+        *sets,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     with sqlite3.connect(db) as conn:
         status, iters, secs, tokens = conn.execute(
-            "SELECT status, iterations, train_seconds, tokens FROM runs").fetchone()
+            "SELECT status, iterations, train_seconds, tokens FROM runs"
+        ).fetchone()
     assert status == "finished" and iters % 2 == 0  # stopped at a log point (every 2 steps)
     assert secs >= 1.2 and tokens == iters * 2 * BATCH * BLOCK

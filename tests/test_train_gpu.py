@@ -1,4 +1,5 @@
 """`ra train` on CUDA: compile, bf16 autocast, TF32, fused AdamW (skipped without CUDA)."""
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,18 @@ from racli.training.data import load_dataset
 
 pytestmark = pytest.mark.gpu
 
-SMALL = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.block_size=256",
-         "train.batch_size=32", "train.lr=0.002", "train.eval_interval=50",
-         "train.eval_batches=4", "train.final_eval_batches=16", "train.log_interval=10"]
+SMALL = [
+    "model.n_layer=4",
+    "model.n_head=4",
+    "model.n_embd=256",
+    "model.block_size=256",
+    "train.batch_size=32",
+    "train.lr=0.002",
+    "train.eval_interval=50",
+    "train.eval_batches=4",
+    "train.final_eval_batches=16",
+    "train.log_interval=10",
+]
 
 
 @pytest.fixture
@@ -28,8 +38,16 @@ def store(tmp_path):
 
 def _spec(attn, *, compile, steps=None, minutes=None, seed=0):
     cfg = load_config(packaged_config_path())
-    return training.spec_from_config(cfg, attn=attn, steps=steps, minutes=minutes, seed=seed,
-                                 device="cuda", compile=compile, overrides=SMALL)
+    return training.spec_from_config(
+        cfg,
+        attn=attn,
+        steps=steps,
+        minutes=minutes,
+        seed=seed,
+        device="cuda",
+        compile=compile,
+        overrides=SMALL,
+    )
 
 
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
@@ -38,8 +56,14 @@ def test_cuda_compile_bf16_run(store, attn):
     data = load_dataset(None, 0.1, 256)
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     seen = []
-    r = training.train(spec, store, dataset=data, on_step=lambda i: seen.append(
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    r = training.train(
+        spec,
+        store,
+        dataset=data,
+        on_step=lambda i: seen.append(
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        ),
+    )
     assert r.status == "finished" and r.iterations == 150
     assert math.isfinite(r.val_loss) and r.val_loss < 3.0  # well below ln(256) = 5.55
     assert r.compile_s > 0 and r.tokens_per_s > 0
@@ -50,7 +74,9 @@ def test_cuda_compile_bf16_run(store, attn):
     with sqlite3.connect(store.db) as conn:
         (autocast, compiled, device) = conn.execute(
             "SELECT json_extract(config, '$.autocast'), json_extract(config, '$.compile'), "
-            "json_extract(config, '$.device') FROM runs WHERE id=?", (r.run_id,)).fetchone()
+            "json_extract(config, '$.device') FROM runs WHERE id=?",
+            (r.run_id,),
+        ).fetchone()
     assert (autocast, compiled, device) == ("bfloat16", 1, "cuda")
 
 
@@ -58,9 +84,18 @@ def test_cuda_compile_bf16_run(store, attn):
 # host's jitter is hidden. Smaller models vary more between runs on the H100 (a 4-layer
 # 256-wide model 5.6% between two 15 s runs, a 6-layer 768-wide one at batch 16 up to
 # 17% between four 15 s runs; docs/results.md).
-BUSY = ["model.n_layer=12", "model.n_head=12", "model.n_embd=768", "model.block_size=1024",
-        "model.vocab_size=50304", "train.batch_size=32", "train.eval_interval=100000",
-        "train.eval_batches=2", "train.final_eval_batches=2", "train.log_interval=10"]
+BUSY = [
+    "model.n_layer=12",
+    "model.n_head=12",
+    "model.n_embd=768",
+    "model.block_size=1024",
+    "model.vocab_size=50304",
+    "train.batch_size=32",
+    "train.eval_interval=100000",
+    "train.eval_batches=2",
+    "train.final_eval_batches=2",
+    "train.log_interval=10",
+]
 
 
 def test_cuda_minutes_budget_and_throughput_agree_between_seeds(store):
@@ -75,8 +110,15 @@ def test_cuda_minutes_budget_and_throughput_agree_between_seeds(store):
     data = load_dataset(None, 0.1, 1024)
     rates: dict[int, list[float]] = {1: [], 2: []}
     for seed in (1, 2, 2, 1):
-        spec = training.spec_from_config(cfg, attn="baseline", minutes=0.5, seed=seed,
-                                     device="cuda", compile=True, overrides=BUSY)
+        spec = training.spec_from_config(
+            cfg,
+            attn="baseline",
+            minutes=0.5,
+            seed=seed,
+            device="cuda",
+            compile=True,
+            overrides=BUSY,
+        )
         r = training.train(spec, store, dataset=data)
         assert r.status == "finished" and 30.0 <= r.train_seconds < 32.0
         rates[seed].append(r.tokens_per_s)
@@ -89,8 +131,13 @@ def test_cuda_resume_continues_the_run(store):
     import threading
 
     stop = threading.Event()
-    first = training.train(_spec("ra_v5", compile=False, steps=40), store, dataset=data, stop=stop,
-                       on_step=lambda i: stop.set() if i.step == 20 else None)
+    first = training.train(
+        _spec("ra_v5", compile=False, steps=40),
+        store,
+        dataset=data,
+        stop=stop,
+        on_step=lambda i: stop.set() if i.step == 20 else None,
+    )
     assert first.status == "interrupted" and first.iterations == 20
     second = training.resume(store, first.run_id)
     assert second.status == "finished" and second.iterations == 40

@@ -454,7 +454,18 @@ def test_best_vs_best_ignores_non_ok_rows_entirely():
 def test_seeds_needed_already_reached_says_so():
     from racli.verdict import Estimate
 
-    est = Estimate("welch", "x", -0.005, 0.005, (-0.001, 0.011), (0.0, 0.0105), 0.006,
-                   "observed", False, None, runs=12)
+    est = Estimate(
+        "welch",
+        "x",
+        -0.005,
+        0.005,
+        (-0.001, 0.011),
+        (0.0, 0.0105),
+        0.006,
+        "observed",
+        False,
+        None,
+        runs=12,
+    )
     outcome, reason, needed = decide(est, threshold=0.01, confidence=0.95)
     assert outcome == "INCONCLUSIVE" and needed <= 12 and "already reached" in reason

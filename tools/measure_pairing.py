@@ -33,16 +33,25 @@ def train_one(attn, seed, init_seed, ds, a, dev):
     from racli.training.data import BatchSampler
     from racli_models import GPT, GPTConfig
 
-    cfg = GPTConfig(attn=attn, vocab_size=ds.vocab_size, n_layer=a.layers, n_head=a.heads,
-                    n_embd=a.embd, block_size=a.block)
+    cfg = GPTConfig(
+        attn=attn,
+        vocab_size=ds.vocab_size,
+        n_layer=a.layers,
+        n_head=a.heads,
+        n_embd=a.embd,
+        block_size=a.block,
+    )
     model = GPT(cfg, seed=init_seed).to(dev)
     opt = model.configure_optimizer(0.1, a.lr, (0.9, 0.95), fused=dev.type == "cuda")
     batches = BatchSampler(ds.train, a.batch, a.block, seed=seed, device=dev)
     warm = max(1, a.steps // 20)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     for step in range(a.steps):
-        f = (step + 1) / warm if step < warm else 0.1 + 0.45 * (
-            1 + math.cos(math.pi * (step - warm) / max(1, a.steps - warm)))
+        f = (
+            (step + 1) / warm
+            if step < warm
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / max(1, a.steps - warm)))
+        )
         for g in opt.param_groups:
             g["lr"] = a.lr * f * g["lr_mult"]
         x, y = batches.next()
@@ -88,10 +97,14 @@ def main() -> None:
         diff = (c - b) / b
         se_paired = diff.std(ddof=1) / math.sqrt(len(b))
         se_welch = math.sqrt(b.var(ddof=1) / len(b) + c.var(ddof=1) / len(c)) / b.mean()
-        print(f"{arm:9s} r = {r:+.3f}  paired SE / Welch SE = {se_paired / se_welch:.2f}  "
-              f"baseline sd {b.std(ddof=1) / b.mean():.2%}  {a.candidate} sd "
-              f"{c.std(ddof=1) / c.mean():.2%}  mean diff {diff.mean():+.2%}")
-        print("   baseline", np.round(b, 4).tolist(), f"\n   {a.candidate}", np.round(c, 4).tolist())
+        print(
+            f"{arm:9s} r = {r:+.3f}  paired SE / Welch SE = {se_paired / se_welch:.2f}  "
+            f"baseline sd {b.std(ddof=1) / b.mean():.2%}  {a.candidate} sd "
+            f"{c.std(ddof=1) / c.mean():.2%}  mean diff {diff.mean():+.2%}"
+        )
+        print(
+            "   baseline", np.round(b, 4).tolist(), f"\n   {a.candidate}", np.round(c, 4).tolist()
+        )
     print(f"{a.seeds} seeds, {a.steps} steps, {time.time() - t0:.0f} s on {a.device}")
 
 

@@ -27,6 +27,7 @@ The work is done in priority order; a group that would overrun `--budget-s`
 is skipped and listed. A compact table comes last; every row also goes to
 $OUT/perf.json when OUT is set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,6 +65,7 @@ ROWS: list[dict] = []
 
 
 # --- timing --------------------------------------------------------------------------------
+
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
@@ -110,8 +112,12 @@ def run_group(runners: list[Runner], repeats: int, warmup: int, rounds: int = 4)
 
 
 def stats(samples: list[float]) -> dict:
-    return {"median_ms": statistics.median(samples), "p10_ms": pct(samples, 0.1),
-            "p90_ms": pct(samples, 0.9), "n": len(samples)}
+    return {
+        "median_ms": statistics.median(samples),
+        "p10_ms": pct(samples, 0.1),
+        "p90_ms": pct(samples, 0.9),
+        "n": len(samples),
+    }
 
 
 def record(kind: str, runners: list[Runner], **key) -> None:
@@ -119,9 +125,15 @@ def record(kind: str, runners: list[Runner], **key) -> None:
     for r in runners:
         if not r.samples:
             continue
-        row = {"kind": kind, **key, "variant": r.label,
-               **stats([t / r.per for t in r.samples]), "per_step": r.per,
-               "setup_s": round(r.setup_s, 2), "note": r.note}
+        row = {
+            "kind": kind,
+            **key,
+            "variant": r.label,
+            **stats([t / r.per for t in r.samples]),
+            "per_step": r.per,
+            "setup_s": round(r.setup_s, 2),
+            "note": r.note,
+        }
         if r.label in ("baseline", "plain"):
             base = row["median_ms"]
         if base:
@@ -129,11 +141,15 @@ def record(kind: str, runners: list[Runner], **key) -> None:
         ROWS.append(row)
         keys = " ".join(f"{k}={v}" for k, v in key.items())
         ratio = f" ratio={row['ratio']:.3f}" if "ratio" in row else ""
-        print(f"[{kind}] {keys} {r.label}: median {row['median_ms']:.4f} ms "
-              f"[p10 {row['p10_ms']:.4f} p90 {row['p90_ms']:.4f}]{ratio}", flush=True)
+        print(
+            f"[{kind}] {keys} {r.label}: median {row['median_ms']:.4f} ms "
+            f"[p10 {row['p10_ms']:.4f} p90 {row['p90_ms']:.4f}]{ratio}",
+            flush=True,
+        )
 
 
 # --- building ------------------------------------------------------------------------------
+
 
 def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False):
     """A factory of the context stack a configuration runs (and is captured) under."""
@@ -149,7 +165,8 @@ def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False):
                 stack.enter_context(fused.disabled())
             if amp:  # no cast cache: a cached cast made outside a capture breaks it
                 stack.enter_context(
-                    torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
+                    torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+                )
             yield
 
     return ctx
@@ -217,9 +234,11 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
         x.grad = None
 
     if bwd:
+
         def step():
             fn(x).backward(w)
     else:
+
         def step():
             with torch.no_grad():
                 fn(x)
@@ -260,14 +279,17 @@ def compose_runner(label, dtype_name, mode, phase, per_graph: int = 1) -> Runner
             p.grad = None
 
     if phase == "fwd_bwd":  # autograd.grad: no accumulation into .grad between repeats
+
         def step():
             for _ in range(n):
                 torch.autograd.grad(m.folded_weight()[0], params, G, allow_unused=True)
     else:
+
         def step():
             with torch.no_grad():
                 for _ in range(n):
                     m.folded_weight()
+
     t0 = time.perf_counter()
     with ctx():
         prep()
@@ -282,6 +304,7 @@ def compose_runner(label, dtype_name, mode, phase, per_graph: int = 1) -> Runner
 
 
 # --- the measurements ----------------------------------------------------------------------
+
 
 def ceilings(repeats: int) -> None:
     n = 1 << 29  # 1 GiB of bf16
@@ -299,8 +322,9 @@ def ceilings(repeats: int) -> None:
     mm_ms = statistics.median(mm.samples)
     tflops = 2 * N**3 / (mm_ms * 1e-3) / 1e12
     ROWS.append({"kind": "ceiling", "variant": "copy", "median_ms": ms, "GB_per_s": gbs})
-    ROWS.append({"kind": "ceiling", "variant": "matmul_bf16", "median_ms": mm_ms,
-                 "TFLOP_per_s": tflops})
+    ROWS.append(
+        {"kind": "ceiling", "variant": "matmul_bf16", "median_ms": mm_ms, "TFLOP_per_s": tflops}
+    )
     print(f"[ceiling] device copy 1 GiB: {ms:.3f} ms = {gbs:.0f} GB/s (read + write)")
     print(f"[ceiling] bf16 matmul 8192^3: {mm_ms:.3f} ms = {tflops:.0f} TFLOP/s", flush=True)
 
@@ -313,11 +337,15 @@ def counts() -> None:
     comp_flops = 2 * 2 * H * R * Ds * C
     src = (2 * H * Ds * C + C * C) * 2 + H * Ds * R * 2
     dst = 3 * C * C * 2
-    print(f"[counts] block fwd {(proj + attn) / 1e9:.1f} GFLOP (projections {proj / 1e9:.1f}, "
-          f"causal attention {attn / 1e9:.1f}); fwd_bwd ~3x = {3 * (proj + attn) / 1e9:.1f} GFLOP")
-    print(f"[counts] composition fwd: {comp_flops / 1e6:.1f} MFLOP, reads {src / 1e6:.2f} MB, "
-          f"writes {dst / 1e6:.2f} MB (fp16); bwd reads dW_f {dst / 1e6:.2f} MB + weights "
-          f"{src / 1e6:.2f} MB, writes {(src - C * C * 2) / 1e6:.2f} MB (dW_v: a view of dW_f)")
+    print(
+        f"[counts] block fwd {(proj + attn) / 1e9:.1f} GFLOP (projections {proj / 1e9:.1f}, "
+        f"causal attention {attn / 1e9:.1f}); fwd_bwd ~3x = {3 * (proj + attn) / 1e9:.1f} GFLOP"
+    )
+    print(
+        f"[counts] composition fwd: {comp_flops / 1e6:.1f} MFLOP, reads {src / 1e6:.2f} MB, "
+        f"writes {dst / 1e6:.2f} MB (fp16); bwd reads dW_f {dst / 1e6:.2f} MB + weights "
+        f"{src / 1e6:.2f} MB, writes {(src - C * C * 2) / 1e6:.2f} MB (dW_v: a view of dW_f)"
+    )
 
 
 def composition(repeats: int, warmup: int, dtypes) -> None:
@@ -326,22 +354,31 @@ def composition(repeats: int, warmup: int, dtypes) -> None:
             for phase in ("fwd", "fwd_bwd"):
                 per = 20 if mode == "cuda_graph_x20" else 1
                 m = mode.removesuffix("_x20")
-                runners = [compose_runner(lbl, dtype_name, m, phase, per_graph=per)
-                           for lbl in ("ra_v5_plain", "ra_v5")]
+                runners = [
+                    compose_runner(lbl, dtype_name, m, phase, per_graph=per)
+                    for lbl in ("ra_v5_plain", "ra_v5")
+                ]
                 runners[0].label, runners[1].label = "plain", "fused"
                 run_group(runners, repeats, warmup)
-                record("compose", runners, attn="ra_v5", dtype=dtype_name, mode=mode,
-                       phase=phase)
+                record("compose", runners, attn="ra_v5", dtype=dtype_name, mode=mode, phase=phase)
 
 
 def composition_untied(repeats: int, warmup: int) -> None:
     for phase in ("fwd", "fwd_bwd"):
-        runners = [compose_runner(lbl, "bf16", "cuda_graph", phase, per_graph=20)
-                   for lbl in ("untied_plain", "untied")]
+        runners = [
+            compose_runner(lbl, "bf16", "cuda_graph", phase, per_graph=20)
+            for lbl in ("untied_plain", "untied")
+        ]
         runners[0].label, runners[1].label = "plain", "fused"
         run_group(runners, repeats, warmup)
-        record("compose", runners, attn="ra_v5_untied", dtype="bf16", mode="cuda_graph_x20",
-               phase=phase)
+        record(
+            "compose",
+            runners,
+            attn="ra_v5_untied",
+            dtype="bf16",
+            mode="cuda_graph_x20",
+            phase=phase,
+        )
 
 
 def profile() -> None:
@@ -364,8 +401,11 @@ def profile() -> None:
     kernel_info()
 
 
-CONFIGS = [(dot, bc, nw) for dot in (True, False)
-           for bc, nw in ((16, 2), (32, 2), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4), (128, 8))]
+CONFIGS = [
+    (dot, bc, nw)
+    for dot in (True, False)
+    for bc, nw in ((16, 2), (32, 2), (32, 4), (64, 2), (64, 4), (64, 8), (128, 4), (128, 8))
+]
 
 
 def set_config(cfg) -> None:
@@ -403,23 +443,33 @@ def tile_sweep(repeats: int, warmup: int, select: bool) -> None:
     if select and totals:
         best = min(totals, key=totals.get)
         set_config(best)
-        print(f"[tile_sweep] selected {config_name(best)}: fwd + fwd_bwd "
-              f"{1e3 * totals[best]:.2f} us (default {config_name(default)}: "
-              f"{1e3 * totals.get(default, float('nan')):.2f} us)", flush=True)
+        print(
+            f"[tile_sweep] selected {config_name(best)}: fwd + fwd_bwd "
+            f"{1e3 * totals[best]:.2f} us (default {config_name(default)}: "
+            f"{1e3 * totals.get(default, float('nan')):.2f} us)",
+            flush=True,
+        )
     kernel_info()
 
 
 def kernel_info() -> None:
     """Registers, spills and shared memory of every compiled fused kernel (Triton's cache)."""
-    for name in ("_ra_v5_fwd_kernel", "_ra_v5_bwd_kernel", "_ra_v5_reduce_kernel",
-                 "_untied_fwd_kernel", "_untied_bwd_kernel"):
+    for name in (
+        "_ra_v5_fwd_kernel",
+        "_ra_v5_bwd_kernel",
+        "_ra_v5_reduce_kernel",
+        "_untied_fwd_kernel",
+        "_untied_bwd_kernel",
+    ):
         fn = getattr(fused, name, None)
         try:
             for entry in getattr(fn, "device_caches", {}).values():
                 for key, k in entry[0].items():
                     md = k.metadata
-                    print(f"[kernel] {name} warps={md.num_warps} regs={k.n_regs} "
-                          f"spills={k.n_spills} shared={md.shared} key={str(key)[:160]}")
+                    print(
+                        f"[kernel] {name} warps={md.num_warps} regs={k.n_regs} "
+                        f"spills={k.n_spills} shared={md.shared} key={str(key)[:160]}"
+                    )
         except Exception as e:  # the cache layout differs between Triton versions
             print(f"[kernel] {name}: no info ({type(e).__name__}: {e})")
 
@@ -432,6 +482,7 @@ def copy_floor(repeats: int, warmup: int) -> None:
     def step():
         for _ in range(20):
             dst.copy_(src)
+
     r = Runner("copy_3.5MB", graph_of(step))
     r.per = 20
     run_group([r], repeats, warmup, rounds=1)
@@ -460,8 +511,15 @@ def eager_throughput(repeats: int, warmup: int) -> None:
                     r.step()
                 torch.cuda.synchronize()
             ms = (time.perf_counter() - t0) / repeats * 1e3
-            ROWS.append({"kind": "eager_wall", "dtype": "bf16", "phase": phase,
-                         "variant": label, "wall_ms_per_call": ms})
+            ROWS.append(
+                {
+                    "kind": "eager_wall",
+                    "dtype": "bf16",
+                    "phase": phase,
+                    "variant": label,
+                    "wall_ms_per_call": ms,
+                }
+            )
             print(f"[eager_wall] bf16 {phase} {label}: {ms:.4f} ms per call", flush=True)
     m = build_block("ra_v5", "bf16")
     for grad in (False, True):
@@ -475,12 +533,12 @@ def eager_throughput(repeats: int, warmup: int) -> None:
             us = (time.perf_counter() - t0) / repeats * 1e6
             torch.cuda.synchronize()
         ROWS.append({"kind": "compose_host", "grad": grad, "host_us_per_call": us})
-        print(f"[compose_host] grad={grad}: {us:.1f} us host time per folded_weight()",
-              flush=True)
+        print(f"[compose_host] grad={grad}: {us:.1f} us host time per folded_weight()", flush=True)
 
 
-def block_group(dtype_name, mode, labels, repeats, warmup, backend=None, cache=None,
-                phases=("fwd", "fwd_bwd")) -> None:
+def block_group(
+    dtype_name, mode, labels, repeats, warmup, backend=None, cache=None, phases=("fwd", "fwd_bwd")
+) -> None:
     for phase in phases:
         runners = []
         for lbl in labels:
@@ -489,18 +547,28 @@ def block_group(dtype_name, mode, labels, repeats, warmup, backend=None, cache=N
             except Exception as e:  # a backend that cannot serve, a compile failure: say so
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 print(f"[block] {dtype_name} {mode} {phase} {lbl} FAILED: {msg}", flush=True)
-                ROWS.append({"kind": "block", "dtype": dtype_name, "mode": mode,
-                             "phase": phase, "backend": backend or "auto", "variant": lbl,
-                             "failed": msg})
+                ROWS.append(
+                    {
+                        "kind": "block",
+                        "dtype": dtype_name,
+                        "mode": mode,
+                        "phase": phase,
+                        "backend": backend or "auto",
+                        "variant": lbl,
+                        "failed": msg,
+                    }
+                )
         run_group(runners, repeats, warmup)
-        record("block", runners, dtype=dtype_name, backend=backend or "auto", mode=mode,
-               phase=phase)
+        record(
+            "block", runners, dtype=dtype_name, backend=backend or "auto", mode=mode, phase=phase
+        )
         del runners
         gc.collect()
         torch.cuda.empty_cache()
 
 
 # --- report --------------------------------------------------------------------------------
+
 
 def table() -> str:
     out = []
@@ -511,11 +579,16 @@ def table() -> str:
         if k not in keys:
             keys.append(k)
     out.append(f"block B={B} T={T} H={H} D={D}: median ms (ratio to baseline in the same group)")
-    out.append(f"{'dtype':5} {'sdpa':9} {'mode':13} {'phase':7} {'baseline':>9} {'ra_v5':>9} "
-               f"{'ratio':>6} {'plain':>9} {'ratio':>6}")
+    out.append(
+        f"{'dtype':5} {'sdpa':9} {'mode':13} {'phase':7} {'baseline':>9} {'ra_v5':>9} "
+        f"{'ratio':>6} {'plain':>9} {'ratio':>6}"
+    )
     for k in keys:
-        by = {r["variant"]: r for r in blocks if (r["dtype"], r["backend"], r["mode"],
-                                                     r["phase"]) == k}
+        by = {
+            r["variant"]: r
+            for r in blocks
+            if (r["dtype"], r["backend"], r["mode"], r["phase"]) == k
+        }
         base = by.get("baseline", {}).get("median_ms")
 
         def cell(lbl, by=by, base=base):
@@ -526,24 +599,30 @@ def table() -> str:
             return f"{r['median_ms']:9.4f} {ratio}"
 
         bcell = f"{base:9.4f}" if base else f"{'-':>9}"
-        out.append(f"{k[0]:5} {k[1]:9} {k[2]:13} {k[3]:7} {bcell} {cell('ra_v5')} "
-                   f"{cell('ra_v5_plain')}")
+        out.append(
+            f"{k[0]:5} {k[1]:9} {k[2]:13} {k[3]:7} {bcell} {cell('ra_v5')} {cell('ra_v5_plain')}"
+        )
     out.append("")
     out.append("best vs best (min median over modes and SDPA backends):")
     for dtype_name in DTYPES:
         for phase in ("fwd", "fwd_bwd"):
             best = {}
             for lbl in ("baseline", "ra_v5", "ra_v5_plain"):
-                rs = [r for r in blocks if r["dtype"] == dtype_name and r["phase"] == phase
-                      and r["variant"] == lbl]
+                rs = [
+                    r
+                    for r in blocks
+                    if r["dtype"] == dtype_name and r["phase"] == phase and r["variant"] == lbl
+                ]
                 if rs:
                     best[lbl] = min(rs, key=lambda r: r["median_ms"])
             if "baseline" not in best or "ra_v5" not in best:
                 continue
             b, f = best["baseline"], best["ra_v5"]
-            line = (f"  {dtype_name:5} {phase:7} baseline {b['median_ms']:.4f} ({b['mode']}, "
-                    f"{b['backend']})  ra_v5 {f['median_ms']:.4f} ({f['mode']}, {f['backend']})"
-                    f"  ratio {f['median_ms'] / b['median_ms']:.3f}")
+            line = (
+                f"  {dtype_name:5} {phase:7} baseline {b['median_ms']:.4f} ({b['mode']}, "
+                f"{b['backend']})  ra_v5 {f['median_ms']:.4f} ({f['mode']}, {f['backend']})"
+                f"  ratio {f['median_ms'] / b['median_ms']:.3f}"
+            )
             if "ra_v5_plain" in best:
                 p = best["ra_v5_plain"]
                 line += f"  [plain {p['median_ms'] / b['median_ms']:.3f}]"
@@ -558,8 +637,11 @@ def table() -> str:
             if k not in keys:
                 keys.append(k)
         for k in keys:
-            rs = [r for r in comp if (r["kind"], r.get("attn", "-"), r["dtype"], r["mode"],
-                                      r["phase"]) == k]
+            rs = [
+                r
+                for r in comp
+                if (r["kind"], r.get("attn", "-"), r["dtype"], r["mode"], r["phase"]) == k
+            ]
             cells = "  ".join(f"{r['variant']} {1e3 * r['median_ms']:.2f}" for r in rs)
             out.append(f"  {k[1]:12} {k[2]:5} {k[3]:14} {k[4]:7} {cells}")
     sweep = [r for r in ROWS if r["kind"] == "tile_sweep"]
@@ -587,11 +669,17 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=240.0)
     ap.add_argument("--quick", action="store_true", help="fp16 only, no backends or untied")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile modes")
-    ap.add_argument("--select", action="store_true",
-                    help="keep the fastest kernel configuration of the sweep for the blocks")
+    ap.add_argument(
+        "--select",
+        action="store_true",
+        help="keep the fastest kernel configuration of the sweep for the blocks",
+    )
     ap.add_argument("--profile", action="store_true", help="launch the kernels for ncu, no timing")
-    ap.add_argument("--once", action="store_true",
-                    help="first: no-grad forwards inside composed_once(), and eager wall times")
+    ap.add_argument(
+        "--once",
+        action="store_true",
+        help="first: no-grad forwards inside composed_once(), and eager wall times",
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("perf_block: needs CUDA", file=sys.stderr)
@@ -605,13 +693,20 @@ def main() -> int:
     t_start = time.perf_counter()
     try:
         import triton
+
         tv = triton.__version__
     except ImportError:
         tv = "absent"
     props = torch.cuda.get_device_properties(0)
-    env = {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
-           "cuda": torch.version.cuda, "triton": tv, "python": platform.python_version(),
-           "fused_default": config_name((fused.USE_DOT, fused.BLOCK_C, fused.NUM_WARPS))}
+    env = {
+        "gpu": props.name,
+        "sms": props.multi_processor_count,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": tv,
+        "python": platform.python_version(),
+        "fused_default": config_name((fused.USE_DOT, fused.BLOCK_C, fused.NUM_WARPS)),
+    }
     print(f"[env] {env}", flush=True)
     R, W = args.repeats, args.warmup
     dtypes = ["fp16"] if args.quick else ["fp16", "bf16"]
@@ -624,26 +719,65 @@ def main() -> int:
         ("composition", 20, lambda: composition(R, W, dtypes + ["amp"])),
     ]
     for dt in dtypes:
-        plan.append((f"block {dt} graph+eager", 20, lambda dt=dt: [
-            block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W)
-            for mode in ("cuda_graph", "eager")]))
+        plan.append(
+            (
+                f"block {dt} graph+eager",
+                20,
+                lambda dt=dt: [
+                    block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W)
+                    for mode in ("cuda_graph", "eager")
+                ],
+            )
+        )
     for dt in [] if args.no_compile else dtypes:
-        plan.append((f"block {dt} compile", 90, lambda dt=dt: [
-            block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W, cache=cache)
-            for mode in ("compile", "compile_graph")]))
+        plan.append(
+            (
+                f"block {dt} compile",
+                90,
+                lambda dt=dt: [
+                    block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W, cache=cache)
+                    for mode in ("compile", "compile_graph")
+                ],
+            )
+        )
     if args.once:
-        plan.insert(0, ("composed once", 20, lambda: [
-            block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_once"), R, W, phases=("fwd",))
-            for dt in dtypes for mode in ("cuda_graph", "eager")]))
+        plan.insert(
+            0,
+            (
+                "composed once",
+                20,
+                lambda: [
+                    block_group(
+                        dt, mode, ("baseline", "ra_v5", "ra_v5_once"), R, W, phases=("fwd",)
+                    )
+                    for dt in dtypes
+                    for mode in ("cuda_graph", "eager")
+                ],
+            ),
+        )
         plan.insert(1, ("eager wall", 15, lambda: eager_throughput(R, W)))
     if not args.quick:
         for be in BACKENDS:
-            plan.append((f"block backend {be}", 15, lambda be=be: [
-                block_group(dt, "cuda_graph", ("baseline", "ra_v5"), R, W, backend=be)
-                for dt in dtypes]))
-        plan.append(("block amp", 15, lambda: [
-            block_group("amp", mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W)
-            for mode in ("cuda_graph", "eager")]))
+            plan.append(
+                (
+                    f"block backend {be}",
+                    15,
+                    lambda be=be: [
+                        block_group(dt, "cuda_graph", ("baseline", "ra_v5"), R, W, backend=be)
+                        for dt in dtypes
+                    ],
+                )
+            )
+        plan.append(
+            (
+                "block amp",
+                15,
+                lambda: [
+                    block_group("amp", mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W)
+                    for mode in ("cuda_graph", "eager")
+                ],
+            )
+        )
         plan.append(("untied composition", 5, lambda: composition_untied(R, W)))
     skipped = []
     for name, estimate_s, work in plan:

@@ -22,6 +22,7 @@ Every result is appended to $OUT/perf_train.jsonl as soon as it is measured,
 so a run cut short keeps what it finished. A configuration that would start
 after `--budget-s` seconds is skipped and listed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,16 @@ def parse(name: str) -> dict:
 
 def build(attn: str, batch: int):
     torch.manual_seed(1234)
-    cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=VOCAB,
-                    attn=attn, bias=False, dropout=0.0)
+    cfg = GPTConfig(
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=T,
+        vocab_size=VOCAB,
+        attn=attn,
+        bias=False,
+        dropout=0.0,
+    )
     model = GPT(cfg).cuda()
     opt = model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), fused=True)
     return cfg, model, opt
@@ -81,6 +90,7 @@ def make_step(model, opt, fwd, params):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
+
     return step
 
 
@@ -105,8 +115,10 @@ def run_config(c: dict, steps: int) -> dict:
         step(xs[i % 4], ys[i % 4])
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-          for _ in range(steps)]
+    ev = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(steps)
+    ]
     for i in range(steps):
         ev[i][0].record()
         step(xs[i % 4], ys[i % 4])
@@ -115,10 +127,16 @@ def run_config(c: dict, steps: int) -> dict:
     ms = [a.elapsed_time(b) for a, b in ev]
     med = statistics.median(ms)
     tps = c["batch"] * T / (med / 1e3)
-    out = dict(c, warm_s=round(warm_s, 1), ms_median=round(med, 3),
-               ms_p10=round(pct(ms, 0.1), 3), ms_p90=round(pct(ms, 0.9), 3),
-               tokens_per_s=round(tps), mfu=round(tps * flops_per_token(model, cfg) / PEAK, 4),
-               max_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
+    out = dict(
+        c,
+        warm_s=round(warm_s, 1),
+        ms_median=round(med, 3),
+        ms_p10=round(pct(ms, 0.1), 3),
+        ms_p90=round(pct(ms, 0.9), 3),
+        tokens_per_s=round(tps),
+        mfu=round(tps * flops_per_token(model, cfg) / PEAK, 4),
+        max_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+    )
     icfg.coordinate_descent_tuning = False
     return out
 
@@ -159,9 +177,14 @@ def profile(batch: int = 32) -> dict:
         by_class[cls] = by_class.get(cls, 0.0) + us / 3 / 1e3
         top.append((e.key[:90], us / 3 / 1e3))
     top.sort(key=lambda kv: -kv[1])
-    return {"name": "prof", "batch": batch,
-            "ms_per_step_by_class": {k: round(v, 2) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
-            "top_kernels_ms": [(k, round(v, 2)) for k, v in top[:25]]}
+    return {
+        "name": "prof",
+        "batch": batch,
+        "ms_per_step_by_class": {
+            k: round(v, 2) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])
+        },
+        "top_kernels_ms": [(k, round(v, 2)) for k, v in top[:25]],
+    }
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ end, `gates.ablation: ends`). Times are medians over `--repeats`, with CUDA
 events on CUDA (perf_counter on CPU). Prints one line per setting and, with
 --json, the figures as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,10 +81,14 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="a run's checkpoint (.pt) instead")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--measure-batches", type=int, default=None,
-                   help="default: ra.yaml gates.measure_batches")
-    p.add_argument("--measure-rows", default=None,
-                   help="comma-separated settings to time, e.g. 2,4,8 (default: ra.yaml's)")
+    p.add_argument(
+        "--measure-batches", type=int, default=None, help="default: ra.yaml gates.measure_batches"
+    )
+    p.add_argument(
+        "--measure-rows",
+        default=None,
+        help="comma-separated settings to time, e.g. 2,4,8 (default: ra.yaml's)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--json", action="store_true")
@@ -96,8 +101,11 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     gates = load_config(packaged_config_path()).gates
     n_measure = args.measure_batches if args.measure_batches is not None else gates.measure_batches
-    rows_list = ([int(r) for r in args.measure_rows.split(",")] if args.measure_rows
-                 else [gates.measure_rows])
+    rows_list = (
+        [int(r) for r in args.measure_rows.split(",")]
+        if args.measure_rows
+        else [gates.measure_rows]
+    )
     model = build_model(args, device).eval()
     T = model.config.block_size
     g = torch.Generator().manual_seed(1)
@@ -107,8 +115,9 @@ def main(argv=None) -> int:
         batches.append((idx[:, :-1].to(device), idx[:, 1:].to(device)))
     compiled = args.compile == "on" or (args.compile == "auto" and cuda)
     fwd = torch.compile(model) if compiled else model
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda \
-        else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    )
     timer = Timer(device)
 
     @torch.no_grad()
@@ -126,14 +135,24 @@ def main(argv=None) -> int:
         with timer(eval_ms):
             evaluate()
     ev = statistics.median(eval_ms)
-    results = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if cuda else None,
-               "attn": model.config.attn, "n_layer": model.config.n_layer,
-               "n_embd": model.config.n_embd, "block_size": T, "batch_size": args.batch_size,
-               "eval_batches": args.eval_batches, "compiled": compiled, "eval_ms": ev,
-               "settings": []}
-    print(f"{model.config.attn} {model.config.n_layer}x{model.config.n_embd} T={T} on {device}"
-          f"{' (' + results['gpu'] + ')' if cuda else ''}: evaluation of {args.eval_batches} "
-          f"batches x {args.batch_size} = {ev:.1f} ms (median of {args.repeats})")
+    results = {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "attn": model.config.attn,
+        "n_layer": model.config.n_layer,
+        "n_embd": model.config.n_embd,
+        "block_size": T,
+        "batch_size": args.batch_size,
+        "eval_batches": args.eval_batches,
+        "compiled": compiled,
+        "eval_ms": ev,
+        "settings": [],
+    }
+    print(
+        f"{model.config.attn} {model.config.n_layer}x{model.config.n_embd} T={T} on {device}"
+        f"{' (' + results['gpu'] + ')' if cuda else ''}: evaluation of {args.eval_batches} "
+        f"batches x {args.batch_size} = {ev:.1f} ms (median of {args.repeats})"
+    )
     for rows in rows_list:
         s = MeasureSettings(batches=n_measure, rows=rows)
         picked = measured_batches(batches, s)
@@ -149,11 +168,13 @@ def main(argv=None) -> int:
             entry[f"{key}_ratio"] = statistics.median(ms) / ev
         results["settings"].append(entry)
         seqs = n_measure * (rows or args.batch_size)
-        print(f"  measure_batches={n_measure} measure_rows={rows} ({seqs} sequences): "
-              f"measures {entry['measures_ms']:.1f} ms = {100 * entry['measures_ratio']:.2f}% "
-              f"of an evaluation (every evaluation); with the per-layer ablation "
-              f"{entry['with_ablation_ms']:.1f} ms = {100 * entry['with_ablation_ratio']:.1f}% "
-              f"(step 0 and the end)")
+        print(
+            f"  measure_batches={n_measure} measure_rows={rows} ({seqs} sequences): "
+            f"measures {entry['measures_ms']:.1f} ms = {100 * entry['measures_ratio']:.2f}% "
+            f"of an evaluation (every evaluation); with the per-layer ablation "
+            f"{entry['with_ablation_ms']:.1f} ms = {100 * entry['with_ablation_ratio']:.1f}% "
+            f"(step 0 and the end)"
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

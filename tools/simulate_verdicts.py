@@ -31,8 +31,16 @@ COLUMNS = {
 }
 
 
-def rate(n: int, improvement: float, outcomes: tuple[str, ...], *, trials: int, noise: float,
-         threshold: float = 0.01, seed: int = 0) -> float:
+def rate(
+    n: int,
+    improvement: float,
+    outcomes: tuple[str, ...],
+    *,
+    trials: int,
+    noise: float,
+    threshold: float = 0.01,
+    seed: int = 0,
+) -> float:
     """Share of ``trials`` simulated comparisons whose outcome is in ``outcomes``."""
     rng = np.random.default_rng(seed)
     hits = 0
@@ -56,8 +64,7 @@ def table(trials: int = 2000, noise: float = 0.007, sizes=SIZES) -> dict[int, di
 
 
 def markdown(rates: dict[int, dict[str, float]]) -> str:
-    lines = ["| runs a side | " + " | ".join(COLUMNS) + " |",
-             "|---:|" + "---:|" * len(COLUMNS)]
+    lines = ["| runs a side | " + " | ".join(COLUMNS) + " |", "|---:|" + "---:|" * len(COLUMNS)]
     for n, row in rates.items():
         lines.append(f"| {n} | " + " | ".join(f"{row[c]:.1%}" for c in COLUMNS) + " |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
 """
+
 from __future__ import annotations
 
 import uuid as uuidlib
@@ -42,18 +43,22 @@ _runs = sa.table(
 def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("uuid", sa.String(36)))
-        batch.add_column(sa.Column("excluded", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
+        batch.add_column(
+            sa.Column("excluded", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch.add_column(sa.Column("exclude_reason", sa.Text()))
         batch.add_column(sa.Column("origin", sa.Text()))
     bind = op.get_bind()
-    rows = bind.execute(sa.select(_runs.c.id, _runs.c.kind, _runs.c.config_hash,
-                                  _runs.c.started_at)).all()
+    rows = bind.execute(
+        sa.select(_runs.c.id, _runs.c.kind, _runs.c.config_hash, _runs.c.started_at)
+    ).all()
     if rows:
         bind.execute(
             _runs.update().where(_runs.c.id == sa.bindparam("rid")).values(uuid=sa.bindparam("u")),
-            [{"rid": r.id, "u": legacy_uuid(r.id, r.kind, r.config_hash, r.started_at)}
-             for r in rows],
+            [
+                {"rid": r.id, "u": legacy_uuid(r.id, r.kind, r.config_hash, r.started_at)}
+                for r in rows
+            ],
         )
     with op.batch_alter_table("runs") as batch:
         batch.alter_column("uuid", existing_type=sa.String(36), nullable=False)

@@ -6,6 +6,7 @@ with a `timings` row per configuration, prints a numbered progress line per
 configuration as it finishes, then the RESULTS table and the seed's
 FAIR COMPARISON (Best vs Best). torch is imported only when the command runs.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,39 +17,83 @@ import typer
 from racli.commands import common
 from racli.errors import BadInput
 
-AttnOpt = Annotated[str | None, typer.Option(
-    "--attn", help="Attention variants, comma list (default from ra.yaml: baseline,ra_v5).",
-    show_default=False)]
-ModesOpt = Annotated[str | None, typer.Option(
-    "--modes",
-    help="eager, compile, cuda_graph (comma list) or all (default from ra.yaml: all three).",
-    show_default=False)]
+AttnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--attn",
+        help="Attention variants, comma list (default from ra.yaml: baseline,ra_v5).",
+        show_default=False,
+    ),
+]
+ModesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--modes",
+        help="eager, compile, cuda_graph (comma list) or all (default from ra.yaml: all three).",
+        show_default=False,
+    ),
+]
 PhaseOpt = Annotated[str, typer.Option("--phase", help="fwd, fwd_bwd or both.")]
-ShapeOpt = Annotated[str | None, typer.Option(
-    "--shape", help="A shape preset of ra.yaml (tiny, gpt2, ...) or B,T,H,D "
-    "(default from ra.yaml: auto = gpt2 on CUDA, tiny on CPU).", show_default=False)]
-DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).",
-    show_default=False)]
+ShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shape",
+        help="A shape preset of ra.yaml (tiny, gpt2, ...) or B,T,H,D "
+        "(default from ra.yaml: auto = gpt2 on CUDA, tiny on CPU).",
+        show_default=False,
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="float16, bfloat16 or float32 (default: float16 on CUDA, float32 on CPU).",
+        show_default=False,
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-RepeatsOpt = Annotated[int | None, typer.Option(
-    "--repeats", min=1, help="Timed repeats per configuration (default from ra.yaml).",
-    show_default=False)]
-WarmupOpt = Annotated[int | None, typer.Option(
-    "--warmup", min=0, help="Untimed warm-up steps per configuration (default from ra.yaml).",
-    show_default=False)]
-BackendOpt = Annotated[str, typer.Option(
-    "--sdpa-backend", help="SDPA kernel: auto (torch's choice), flash, cudnn, efficient or math.")]
-SeedOpt = Annotated[int, typer.Option(
-    "--seed", help="Seed of the weights and inputs (the same for every configuration).")]
-TagOpt = Annotated[str | None, typer.Option(
-    "--tag", help="A label stored with the run.", show_default=False)]
+RepeatsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--repeats",
+        min=1,
+        help="Timed repeats per configuration (default from ra.yaml).",
+        show_default=False,
+    ),
+]
+WarmupOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--warmup",
+        min=0,
+        help="Untimed warm-up steps per configuration (default from ra.yaml).",
+        show_default=False,
+    ),
+]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--sdpa-backend",
+        help="SDPA kernel: auto (torch's choice), flash, cudnn, efficient or math.",
+    ),
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed of the weights and inputs (the same for every configuration)."
+    ),
+]
+TagOpt = Annotated[
+    str | None, typer.Option("--tag", help="A label stored with the run.", show_default=False)
+]
 
 #: a test hook: called inside the timed region of every repeat (see BenchSettings.in_step)
 IN_STEP = None
 
-FLOPS_NOTE = ("TFLOP/s from nominal block FLOPs: projections 8*B*T*C^2 + causal attention "
-              "2*B*H*T^2*D; fwd_bwd = 3x fwd.")
+FLOPS_NOTE = (
+    "TFLOP/s from nominal block FLOPs: projections 8*B*T*C^2 + causal attention "
+    "2*B*H*T^2*D; fwd_bwd = 3x fwd."
+)
 
 
 def _echo(text: str, err: bool = False) -> None:
@@ -60,8 +105,9 @@ def _echo(text: str, err: bool = False) -> None:
     stream.flush()
 
 
-def validate(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup,
-             sdpa_backend) -> dict:
+def validate(
+    *, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup, sdpa_backend
+) -> dict:
     """Every input checked and resolved (BadInput on the first bad one); no database."""
     from racli import bench
     from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list, resolve_device
@@ -73,25 +119,40 @@ def validate(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup,
     backend = check_sdpa_backend(sdpa_backend)
     dev = resolve_device(device)
     if explicit_modes and "cuda_graph" in comma_list(modes) and not dev.startswith("cuda"):
-        raise BadInput(f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
-                       "(--modes all records CUDA-graph rows as skipped instead)")
+        raise BadInput(
+            f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
+            "(--modes all records CUDA-graph rows as skipped instead)"
+        )
     dt = bench.resolve_dtype(dtype, dev)
     shape_text = shape if shape is not None else cfg.bench.shape
     if shape_text == "auto":
         shape_text = "gpt2" if dev.startswith("cuda") else "tiny"
     shape_name, block = bench.parse_shape(shape_text, cfg.bench.shapes)
-    model_kw = {"ra_rank": cfg.model.ra_rank, "bias": cfg.model.bias,
-                "w_std_init": cfg.model.w_std_init, "w_rec_init": cfg.model.w_rec_init}
+    model_kw = {
+        "ra_rank": cfg.model.ra_rank,
+        "bias": cfg.model.bias,
+        "w_std_init": cfg.model.w_std_init,
+        "w_rec_init": cfg.model.w_rec_init,
+    }
     for a in attns:
         try:
             bench.block_config(a, block, model_kw)
         except ValueError as exc:
             raise BadInput(f"shape {shape_name} does not fit {a}: {exc}") from exc
     return {
-        "attn": attns, "modes": mode_list, "phases": phases, "sdpa_backend": backend,
-        "device": dev, "dtype": dt, "shape_name": shape_name,
-        "shape": {"batch": block.batch, "seq": block.seq, "heads": block.heads,
-                  "head_dim": block.head_dim},
+        "attn": attns,
+        "modes": mode_list,
+        "phases": phases,
+        "sdpa_backend": backend,
+        "device": dev,
+        "dtype": dt,
+        "shape_name": shape_name,
+        "shape": {
+            "batch": block.batch,
+            "seq": block.seq,
+            "heads": block.heads,
+            "head_dim": block.head_dim,
+        },
         "repeats": repeats if repeats is not None else cfg.bench.repeats,
         "warmup": warmup if warmup is not None else cfg.bench.warmup,
         "model": model_kw,
@@ -120,8 +181,18 @@ def bench(
     recorded in one `bench` run (status ok, skipped or failed, with the reason).
     """
     cfg = common.config(config)
-    plan_cfg = validate(cfg=cfg, attn=attn, modes=modes, phase=phase, shape=shape, dtype=dtype,
-                        device=device, repeats=repeats, warmup=warmup, sdpa_backend=sdpa_backend)
+    plan_cfg = validate(
+        cfg=cfg,
+        attn=attn,
+        modes=modes,
+        phase=phase,
+        shape=shape,
+        dtype=dtype,
+        device=device,
+        repeats=repeats,
+        warmup=warmup,
+        sdpa_backend=sdpa_backend,
+    )
 
     from racli import bench as harness
     from racli import render
@@ -133,10 +204,16 @@ def bench(
     block = BenchShape(**plan_cfg["shape"])
     shape_info = {**plan_cfg["shape"], "dtype": plan_cfg["dtype"], "device": plan_cfg["device"]}
     settings = harness.BenchSettings(
-        shape=block, dtype=plan_cfg["dtype"], device=plan_cfg["device"],
-        repeats=plan_cfg["repeats"], warmup=plan_cfg["warmup"],
-        sdpa_backend=plan_cfg["sdpa_backend"], seed=seed, model_kw=plan_cfg["model"],
-        in_step=IN_STEP)
+        shape=block,
+        dtype=plan_cfg["dtype"],
+        device=plan_cfg["device"],
+        repeats=plan_cfg["repeats"],
+        warmup=plan_cfg["warmup"],
+        sdpa_backend=plan_cfg["sdpa_backend"],
+        seed=seed,
+        model_kw=plan_cfg["model"],
+        in_step=IN_STEP,
+    )
     rounds = harness.rounds(plan_cfg["attn"], plan_cfg["modes"], plan_cfg["phases"])
     n_configs = sum(len(r) for r in rounds)
 
@@ -145,22 +222,34 @@ def bench(
     try:
         rec = RunRecorder.start(store, kind="bench", config=run_config, seed=seed, tag=tag)
         s = plan_cfg["shape"]
-        _echo(f"ra bench: run {rec.run_id}, shape {plan_cfg['shape_name']} "
-              f"(B={s['batch']} T={s['seq']} H={s['heads']} D={s['head_dim']}), "
-              f"{plan_cfg['dtype']} on {plan_cfg['device']}, "
-              f"SDPA backend {plan_cfg['sdpa_backend']}, {plan_cfg['repeats']} repeats after "
-              f"{plan_cfg['warmup']} warm-up, {n_configs} configurations, the "
-              "configurations of each phase timed interleaved", err=json)
+        _echo(
+            f"ra bench: run {rec.run_id}, shape {plan_cfg['shape_name']} "
+            f"(B={s['batch']} T={s['seq']} H={s['heads']} D={s['head_dim']}), "
+            f"{plan_cfg['dtype']} on {plan_cfg['device']}, "
+            f"SDPA backend {plan_cfg['sdpa_backend']}, {plan_cfg['repeats']} repeats after "
+            f"{plan_cfg['warmup']} warm-up, {n_configs} configurations, the "
+            "configurations of each phase timed interleaved",
+            err=json,
+        )
         with rec:
             for configs in rounds:
-                _echo(f"  timing {len(configs)} {configs[0].phase} configurations "
-                      "round-robin ...", err=json)
+                _echo(
+                    f"  timing {len(configs)} {configs[0].phase} configurations round-robin ...",
+                    err=json,
+                )
                 for row in harness.time_round(configs, settings):
                     rows.append(row)
                     rec.timing(**row.record())
                     line = render.bench_progress_line(
-                        len(rows), row.attn, row.mode, row.phase, row.median_ms, row.status,
-                        row.reason, ratio=harness.baseline_eager_ratio(row, rows))
+                        len(rows),
+                        row.attn,
+                        row.mode,
+                        row.phase,
+                        row.median_ms,
+                        row.status,
+                        row.reason,
+                        ratio=harness.baseline_eager_ratio(row, rows),
+                    )
                     if row.status == "ok" and row.compile_s is not None:
                         what = "compile" if row.mode == "compile" else "capture"
                         line += f"  [{what} {row.compile_s:.2f} s]"
@@ -175,11 +264,14 @@ def bench(
     trows = harness.timing_rows(rows)
     best = best_vs_best(trows, noise_ratio=cfg.bench.noise_ratio)
     if json:
-        common.print_json({
-            "run_id": rec.run_id, "config": run_config,
-            "timings": [{"index": i, **r.record()} for i, r in enumerate(rows, 1)],
-            "best_vs_best": best,
-        })
+        common.print_json(
+            {
+                "run_id": rec.run_id,
+                "config": run_config,
+                "timings": [{"index": i, **r.record()} for i, r in enumerate(rows, 1)],
+                "best_vs_best": best,
+            }
+        )
         if all_failed:
             _echo(f"ra: failed: bench run {rec.run_id}: {all_failed}", err=True)
             raise typer.Exit(1)
@@ -191,8 +283,10 @@ def bench(
     _echo(render.fair_comparison(best))
     n_ok = sum(r.status == "ok" for r in rows)
     _echo("")
-    _echo(f"Recorded bench run {rec.run_id}: {len(rows)} timings ({n_ok} ok) "
-          f"in {common.db_location(db, cfg)}")
+    _echo(
+        f"Recorded bench run {rec.run_id}: {len(rows)} timings ({n_ok} ok) "
+        f"in {common.db_location(db, cfg)}"
+    )
     if all_failed:
         _echo(f"ra: failed: bench run {rec.run_id}: {all_failed}", err=True)
         raise typer.Exit(1)

@@ -4,6 +4,7 @@
 and on every command (`ra runs --db x.db`); the command's own value wins.
 No torch here.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,25 @@ import typer
 from racli.config import Config, load_config, resolve_db
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
 
-DbOpt = Annotated[Optional[str], typer.Option(
-    "--db", help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
-    show_default=False)]
-ConfigOpt = Annotated[Optional[str], typer.Option(
-    "--config", help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
-    show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--db",
+        help="Results database: a path or SQLAlchemy URL (default: ra.yaml's db; env RA_DB).",
+        show_default=False,
+    ),
+]
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--config",
+        help="Configuration file (default: ./ra.yaml, else the packaged defaults).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")
+]
 
 GLOBAL: dict[str, Any] = {"db": None, "config": None, "debug": False}
 

@@ -159,8 +159,7 @@ def compare(
         bool,
         typer.Option(
             "--allow-epochs",
-            help="Judge runs that went past one epoch of their data (labelled; "
-            "otherwise INVALID).",
+            help="Judge runs that went past one epoch of their data (labelled; otherwise INVALID).",
         ),
     ] = False,
     tag: Annotated[
@@ -236,7 +235,9 @@ def compare(
         confidence=cfg.verdict.confidence,
         allow_epochs=allow_epochs,
     )
-    excluded = excluded_runs(store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at)
+    excluded = excluded_runs(
+        store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at
+    )
     written = None
     if plot is not None:
         written = _plot(store, cmp, plot)

@@ -2,6 +2,7 @@
 
 A thin layer over `racli.dataprep.prepare`; no torch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,42 +17,90 @@ app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 
 @app.command("prepare")
 def prepare(
-    sources: Annotated[list[str], typer.Argument(
-        help="Text files (.txt, .md), folders (files chosen by --glob), .jsonl/.jsonl.gz, "
-        ".parquet, or hf:NAME for a Hugging Face dataset.", metavar="SOURCE",
-        show_default=False)],
-    out: Annotated[str, typer.Option(
-        "--out", help="The folder to write: train.bin, val.bin, meta.json "
-        "(and tokenizer.json).", metavar="DIR", show_default=False)],
-    tokenizer: Annotated[str, typer.Option(
-        "--tokenizer", help="gpt2 (tiktoken; needs its files once), train:VOCAB (a byte-level "
-        "BPE trained on the corpus, offline; e.g. train:32768) or bytes.")] = "gpt2",
-    glob: Annotated[list[str] | None, typer.Option(
-        "--glob", help="Which files of a folder to read (repeatable; default '**/*.txt' and "
-        "'**/*.md'), e.g. --glob '**/*.py'.", show_default=False)] = None,
-    text_field: Annotated[str, typer.Option(
-        "--text-field", help="The text field of .jsonl records, .parquet rows and hub "
-        "records.")] = "text",
-    subset: Annotated[str | None, typer.Option(
-        "--subset", help="Hub dataset configuration, e.g. sample-10BT.",
-        show_default=False)] = None,
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Text files (.txt, .md), folders (files chosen by --glob), .jsonl/.jsonl.gz, "
+            ".parquet, or hf:NAME for a Hugging Face dataset.",
+            metavar="SOURCE",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="The folder to write: train.bin, val.bin, meta.json (and tokenizer.json).",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ],
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            "--tokenizer",
+            help="gpt2 (tiktoken; needs its files once), train:VOCAB (a byte-level "
+            "BPE trained on the corpus, offline; e.g. train:32768) or bytes.",
+        ),
+    ] = "gpt2",
+    glob: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--glob",
+            help="Which files of a folder to read (repeatable; default '**/*.txt' and "
+            "'**/*.md'), e.g. --glob '**/*.py'.",
+            show_default=False,
+        ),
+    ] = None,
+    text_field: Annotated[
+        str,
+        typer.Option(
+            "--text-field", help="The text field of .jsonl records, .parquet rows and hub records."
+        ),
+    ] = "text",
+    subset: Annotated[
+        str | None,
+        typer.Option(
+            "--subset", help="Hub dataset configuration, e.g. sample-10BT.", show_default=False
+        ),
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="Hub dataset split.")] = "train",
-    max_tokens: Annotated[str | None, typer.Option(
-        "--max-tokens", help="Stop once this many tokens are written (e.g. 120M).",
-        show_default=False)] = None,
-    val_fraction: Annotated[float, typer.Option(
-        "--val-fraction", help="Share of the documents held out for validation (whole "
-        "documents).")] = 0.05,
-    seed: Annotated[int, typer.Option(
-        "--seed", help="Seed of the validation split and of the tokenizer's sample.")] = 0,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", help="Tokenising processes (default: every core).",
-        show_default=False)] = None,
-    tokenizer_sample: Annotated[str, typer.Option(
-        "--tokenizer-sample", help="Characters of text a train:VOCAB tokenizer is trained on "
-        "(drawn across the corpus).")] = "100M",
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace an existing prepared dataset at --out.")] = False,
+    max_tokens: Annotated[
+        str | None,
+        typer.Option(
+            "--max-tokens",
+            help="Stop once this many tokens are written (e.g. 120M).",
+            show_default=False,
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            help="Share of the documents held out for validation (whole documents).",
+        ),
+    ] = 0.05,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the validation split and of the tokenizer's sample."),
+    ] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="Tokenising processes (default: every core).", show_default=False
+        ),
+    ] = None,
+    tokenizer_sample: Annotated[
+        str,
+        typer.Option(
+            "--tokenizer-sample",
+            help="Characters of text a train:VOCAB tokenizer is trained on "
+            "(drawn across the corpus).",
+        ),
+    ] = "100M",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing prepared dataset at --out.")
+    ] = False,
     json: common.JsonOpt = False,
 ) -> None:
     """Tokenise SOURCE... into DIR: train.bin/val.bin (nanoGPT's format) and meta.json."""
@@ -59,11 +108,20 @@ def prepare(
     from racli.dataprep.prepare import prepare as run_prepare
 
     settings = PrepareSettings(
-        sources=list(sources), out=Path(out), tokenizer=tokenizer, globs=list(glob or []),
-        text_field=text_field, subset=subset, split=split,
-        max_tokens=parse_count(max_tokens, "--max-tokens"), val_fraction=val_fraction,
-        seed=seed, workers=workers, force=force,
-        tokenizer_sample_bytes=parse_count(tokenizer_sample, "--tokenizer-sample"))
+        sources=list(sources),
+        out=Path(out),
+        tokenizer=tokenizer,
+        globs=list(glob or []),
+        text_field=text_field,
+        subset=subset,
+        split=split,
+        max_tokens=parse_count(max_tokens, "--max-tokens"),
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=workers,
+        force=force,
+        tokenizer_sample_bytes=parse_count(tokenizer_sample, "--tokenizer-sample"),
+    )
     meta = _stoppable(lambda: run_prepare(settings, ConsoleProgress()))
     if json:
         common.print_json(meta)
@@ -97,11 +155,14 @@ def summary_text(out: str, meta: dict) -> str:
         f"  documents      {docs['train'] + docs['val']:,} (train {docs['train']:,}, "
         f"val {docs['val']:,})",
         f"  speed          {rate:,} tokens/s over {meta['seconds']['tokenize']:.1f}s"
-        if rate else "  speed          -",
+        if rate
+        else "  speed          -",
         f"  content hash   {meta['content_hash']}",
     ]
     if meta["skipped"]["files"]:
-        lines.append(f"  skipped        {meta['skipped']['files']} files (binary or not "
-                     f"UTF-8 text), e.g. {meta['skipped']['first'][0]}")
+        lines.append(
+            f"  skipped        {meta['skipped']['files']} files (binary or not "
+            f"UTF-8 text), e.g. {meta['skipped']['first'][0]}"
+        )
     lines.append(f"train on it: ra train --attn ra_v5 --data {out}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """`ra db`: the schema of the results store, and merging other stores into it."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -7,8 +8,9 @@ import typer
 
 from racli.commands import common
 
-app = typer.Typer(help="Results database: upgrade, current revision, merge other stores.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Results database: upgrade, current revision, merge other stores.", no_args_is_help=True
+)
 
 
 def upgrade_db(db: str) -> tuple[str | None, str]:
@@ -39,8 +41,9 @@ def upgrade(db: common.DbOpt = None, config: common.ConfigOpt = None) -> None:
 
 
 @app.command("current")
-def current(db: common.DbOpt = None, config: common.ConfigOpt = None,
-            json: common.JsonOpt = False) -> None:
+def current(
+    db: common.DbOpt = None, config: common.ConfigOpt = None, json: common.JsonOpt = False
+) -> None:
     """Show the database's schema revision and this ra's newest."""
     from racli.store.engine import HEAD_REVISION, inspect_store
 
@@ -48,8 +51,14 @@ def current(db: common.DbOpt = None, config: common.ConfigOpt = None,
     location = common.db_location(db, cfg)
     rev = inspect_store(location)
     if json:
-        common.print_json({"db": location, "revision": rev, "head": HEAD_REVISION,
-                           "up_to_date": rev == HEAD_REVISION})
+        common.print_json(
+            {
+                "db": location,
+                "revision": rev,
+                "head": HEAD_REVISION,
+                "up_to_date": rev == HEAD_REVISION,
+            }
+        )
     else:
         state = "up to date" if rev == HEAD_REVISION else f"this ra's newest is {HEAD_REVISION}"
         typer.echo(f"{location}: revision {rev or 'none'} ({state})")
@@ -57,10 +66,17 @@ def current(db: common.DbOpt = None, config: common.ConfigOpt = None,
 
 @app.command("merge")
 def merge(
-    sources: Annotated[list[str], typer.Argument(
-        metavar="SOURCE", help="Stores to import runs from: SQLite paths or SQLAlchemy URLs.",
-        show_default=False)],
-    db: common.DbOpt = None, config: common.ConfigOpt = None, json: common.JsonOpt = False,
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SOURCE",
+            help="Stores to import runs from: SQLite paths or SQLAlchemy URLs.",
+            show_default=False,
+        ),
+    ],
+    db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    json: common.JsonOpt = False,
 ) -> None:
     """Import the runs of other stores (with metrics, timings, gate values), matched by run
     uuid: merging twice adds nothing. One transaction; the sources are only read."""
@@ -71,12 +87,14 @@ def merge(
     cfg = common.config(config)
     target = common.db_location(db, cfg)
     quiet = json or not sys.stderr.isatty()
-    results = merge_stores(target, sources,
-                           progress=None if quiet else lambda msg: typer.echo(msg, err=True))
+    results = merge_stores(
+        target, sources, progress=None if quiet else lambda msg: typer.echo(msg, err=True)
+    )
     total = totals(results)
     if json:
-        common.print_json({"target": target, "sources": [r.to_dict() for r in results],
-                           "total": total})
+        common.print_json(
+            {"target": target, "sources": [r.to_dict() for r in results], "total": total}
+        )
         return
     for r in results:
         extra = []
@@ -84,8 +102,12 @@ def merge(
             extra.append(f"{r.already_present} run(s) already present")
         if r.still_running:
             extra.append(f"{r.still_running} still running, not merged (merge again once ended)")
-        typer.echo(f"{r.source}: added {r.added_text()}" + (f"; {'; '.join(extra)}" if extra else ""))
+        typer.echo(
+            f"{r.source}: added {r.added_text()}" + (f"; {'; '.join(extra)}" if extra else "")
+        )
     if len(results) > 1:
-        typer.echo(f"total: added {total['runs']} run(s), {total['metrics']} metric value(s), "
-                   f"{total['timings']} timing(s), {total['gate_values']} gate value(s), "
-                   f"{total['environments']} environment(s) to {target}")
+        typer.echo(
+            f"total: added {total['runs']} run(s), {total['metrics']} metric value(s), "
+            f"{total['timings']} timing(s), {total['gate_values']} gate value(s), "
+            f"{total['environments']} environment(s) to {target}"
+        )

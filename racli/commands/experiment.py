@@ -6,6 +6,7 @@ Exit codes: 0 done (whatever the verdict); 130 interrupted (run the same
 command again to continue); 1 a run failed; 2 bad input. torch is imported
 inside the command only.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -22,47 +23,107 @@ EXIT_INTERRUPTED = 130
 
 
 def experiment(
-    attn: Annotated[str, typer.Option(
-        "--attn", help="Variants, comma-separated; each is compared with the first. The same "
-        "variant twice makes an A/A experiment (arms baseline#1, baseline#2).",
-        show_default=False)],
-    seeds: Annotated[str, typer.Option(
-        "--seeds", help="Seeds: a range 1-5 or a list 1,3,5 (one run per arm and seed).",
-        show_default=False)],
-    minutes: Annotated[float, typer.Option(
-        "--minutes", help="Matched time per run: the first variant trains minutes x 60 x its "
-        "calibrated steps/s steps; the others that times their speed ratio.",
-        show_default=False)],
-    model: Annotated[str | None, typer.Option(
-        "--model", help="Model preset from ra.yaml.", show_default=False)] = None,
-    data: Annotated[str | None, typer.Option(
-        "--data", help="Training text or nanoGPT directory (default: the built-in corpus).",
-        show_default=False)] = None,
-    devices: Annotated[str | None, typer.Option(
-        "--devices", help="GPU indices to spread the runs over, e.g. 0,1 (one run per GPU at "
-        "a time).", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="One device: auto, cpu, cuda or cuda:N (default auto).",
-        show_default=False)] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a model, train or experiment field of ra.yaml, e.g. "
-        "--set model.vocab_size=50304 (repeatable).", metavar="KEY=VALUE",
-        show_default=False)] = None,
-    compile: Annotated[bool | None, typer.Option(
-        "--compile/--no-compile", help="torch.compile (default: train.compile; auto = on "
-        "with CUDA).", show_default=False)] = None,
-    tag: Annotated[str | None, typer.Option(
-        "--tag", help="Tag of the experiment's runs (default exp-<key>); part of the key.",
-        show_default=False)] = None,
-    report: Annotated[Path | None, typer.Option(
-        "--report", help="Write a Markdown report (and its PNG curves beside it).",
-        show_default=False)] = None,
-    until_settled: Annotated[bool, typer.Option(
-        "--until-settled", help="Add seed pairs while a verdict is INCONCLUSIVE (group-"
-        "sequential design: false WIN/LOSE held at 5%).")] = False,
-    max_seeds: Annotated[int | None, typer.Option(
-        "--max-seeds", help="With --until-settled: the most seeds per arm.",
-        show_default=False)] = None,
+    attn: Annotated[
+        str,
+        typer.Option(
+            "--attn",
+            help="Variants, comma-separated; each is compared with the first. The same "
+            "variant twice makes an A/A experiment (arms baseline#1, baseline#2).",
+            show_default=False,
+        ),
+    ],
+    seeds: Annotated[
+        str,
+        typer.Option(
+            "--seeds",
+            help="Seeds: a range 1-5 or a list 1,3,5 (one run per arm and seed).",
+            show_default=False,
+        ),
+    ],
+    minutes: Annotated[
+        float,
+        typer.Option(
+            "--minutes",
+            help="Matched time per run: the first variant trains minutes x 60 x its "
+            "calibrated steps/s steps; the others that times their speed ratio.",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model preset from ra.yaml.", show_default=False)
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Training text or nanoGPT directory (default: the built-in corpus).",
+            show_default=False,
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="GPU indices to spread the runs over, e.g. 0,1 (one run per GPU at a time).",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="One device: auto, cpu, cuda or cuda:N (default auto).",
+            show_default=False,
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a model, train or experiment field of ra.yaml, e.g. "
+            "--set model.vocab_size=50304 (repeatable).",
+            metavar="KEY=VALUE",
+            show_default=False,
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile (default: train.compile; auto = on with CUDA).",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag",
+            help="Tag of the experiment's runs (default exp-<key>); part of the key.",
+            show_default=False,
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write a Markdown report (and its PNG curves beside it).",
+            show_default=False,
+        ),
+    ] = None,
+    until_settled: Annotated[
+        bool,
+        typer.Option(
+            "--until-settled",
+            help="Add seed pairs while a verdict is INCONCLUSIVE (group-"
+            "sequential design: false WIN/LOSE held at 5%).",
+        ),
+    ] = False,
+    max_seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--max-seeds", help="With --until-settled: the most seeds per arm.", show_default=False
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -89,10 +150,21 @@ def experiment(
         raise BadInput(f"--max-seeds must be at least 2, got {max_seeds}")
     experiment_config(cfg, list(set_ or []))  # validates --set before any work
     location = common.db_location(db, cfg)
-    settings = Settings(arms=arms, seeds=seed_list, minutes=minutes, preset=model, data=data,
-                        devices=device_list, overrides=list(set_ or []), tag=tag,
-                        until_settled=until_settled, max_seeds=max_seeds, compile=compile,
-                        config_path=config or common.GLOBAL.get("config"), db=location)
+    settings = Settings(
+        arms=arms,
+        seeds=seed_list,
+        minutes=minutes,
+        preset=model,
+        data=data,
+        devices=device_list,
+        overrides=list(set_ or []),
+        tag=tag,
+        until_settled=until_settled,
+        max_seeds=max_seeds,
+        compile=compile,
+        config_path=config or common.GLOBAL.get("config"),
+        db=location,
+    )
     check_settings(settings)
     store = common.open_db(db, cfg)
     view = make_view(sys.stderr)
@@ -108,8 +180,11 @@ def experiment(
     if report is not None:
         from racli.experiment.report import write_report
 
-        command = "ra experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
-            if len(sys.argv) > 2 and sys.argv[1] == "experiment" else None
+        command = (
+            "ra experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+            if len(sys.argv) > 2 and sys.argv[1] == "experiment"
+            else None
+        )
         written = write_report(report, outcome, store, command=command)
     store.close()
     if json:
@@ -120,8 +195,11 @@ def experiment(
         _print(outcome, written)
     if outcome.failed:
         ids = ", ".join(f"{r.job.arm.label} seed {r.job.seed}" for r in outcome.failed)
-        typer.echo(f"ra: failed: {len(outcome.failed)} run(s) failed ({ids}); run the same "
-                   f"command again to retry them", err=True)
+        typer.echo(
+            f"ra: failed: {len(outcome.failed)} run(s) failed ({ids}); run the same "
+            f"command again to retry them",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
@@ -130,14 +208,18 @@ def _print(outcome, written) -> None:
     from racli.experiment import judge
     from racli.experiment.runner import _calibration_text
 
-    lines = [f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
-             _calibration_text(outcome.calibration),
-             "Step budgets: " + ", ".join(f"{k} {b.steps} (x{b.ratio:.4f})"
-                                          for k, b in outcome.budgets.items())]
+    lines = [
+        f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
+        _calibration_text(outcome.calibration),
+        "Step budgets: "
+        + ", ".join(f"{k} {b.steps} (x{b.ratio:.4f})" for k, b in outcome.budgets.items()),
+    ]
     if outcome.design:
-        lines.append(f"Sequential design: {outcome.design['spending']}, looks at "
-                     f"{outcome.design['looks']} seeds; stopped at {outcome.looks[-1]['seeds']} "
-                     f"(verdict at {outcome.confidence:.3%} confidence)")
+        lines.append(
+            f"Sequential design: {outcome.design['spending']}, looks at "
+            f"{outcome.design['looks']} seeds; stopped at {outcome.looks[-1]['seeds']} "
+            f"(verdict at {outcome.confidence:.3%} confidence)"
+        )
     for av in outcome.verdicts:
         lines += ["", judge.verdict_text(av)]
     if written:

@@ -76,9 +76,7 @@ def gates(
     ] = None,
     attn: Annotated[
         str | None,
-        typer.Option(
-            "--attn", help="With --tag: only runs of this attention.", show_default=False
-        ),
+        typer.Option("--attn", help="With --tag: only runs of this attention.", show_default=False),
     ] = None,
     step: Annotated[
         int | None,
@@ -104,8 +102,10 @@ def gates(
     across seeds with --runs or --tag."""
     chosen = [name for name, v in (("--run", run), ("--runs", runs), ("--tag", tag)) if v]
     if len(chosen) != 1:
-        raise BadInput("give one of --run ID, --runs IDS or --tag TAG"
-                       + (f" (got {', '.join(chosen)})" if chosen else ""))
+        raise BadInput(
+            "give one of --run ID, --runs IDS or --tag TAG"
+            + (f" (got {', '.join(chosen)})" if chosen else "")
+        )
     if attn is not None and tag is None:
         raise BadInput("--attn goes with --tag (to pick runs); --run and --runs name them")
     if attn is not None:
@@ -193,8 +193,9 @@ def show_runs(store, cfg, ids: list[int], *, plot, json, label: str | None) -> N
     found = {run_id: _train_run(store, run_id) for run_id in ids}
     attns = sorted({r.attn or "?" for r in found.values()})
     if len(attns) > 1:
-        by = ", ".join(f"{a}: {', '.join(str(i) for i, r in found.items() if r.attn == a)}"
-                       for a in attns)
+        by = ", ".join(
+            f"{a}: {', '.join(str(i) for i, r in found.items() if r.attn == a)}" for a in attns
+        )
         raise BadInput(f"the runs mix attentions ({by}): aggregate one attention at a time")
     attn = attns[0]
     rows = gate_rows_by_run(store, ids)
@@ -207,9 +208,12 @@ def show_runs(store, cfg, ids: list[int], *, plot, json, label: str | None) -> N
         )
     except ValueError as exc:
         raise BadInput(f"runs {', '.join(map(str, ids))} ({attn}): {exc}") from exc
-    title = (f"RECIPROCITY ACROSS RUNS: {rep.measure} of {attn} runs "
-             f"{', '.join(map(str, rep.runs))}" + (f" ({label})" if label else "")
-             + ", each at its last step")
+    title = (
+        f"RECIPROCITY ACROSS RUNS: {rep.measure} of {attn} runs "
+        f"{', '.join(map(str, rep.runs))}"
+        + (f" ({label})" if label else "")
+        + ", each at its last step"
+    )
     written = None
     if plot is not None:
         from racli import plots

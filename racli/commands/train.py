@@ -10,6 +10,7 @@ stay on stderr). Exit codes: 0 finished; 130 interrupted (after the final
 evaluation and a checkpoint; the run can be resumed); 1 diverged or failed;
 2 bad input. torch is imported inside the command only.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,10 @@ def check_store_writable(location: str) -> None:
     if path.is_dir():
         raise BadInput(f"cannot record the run in {path}: it is a directory")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise BadInput(f"cannot record the run in {path}: the database file is read-only "
-                       "(read commands still work on it; train needs a writable store, e.g. --db)")
+        raise BadInput(
+            f"cannot record the run in {path}: the database file is read-only "
+            "(read commands still work on it; train needs a writable store, e.g. --db)"
+        )
     if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(f"cannot record the run in {path}: its folder {folder} is read-only")
 
@@ -109,69 +112,165 @@ def forced_stop_result(store, run_id: int, attn: str, train_loss: float | None):
     r = get_run(store, run_id)
     secs = r.train_seconds or 0.0
     return TrainResult(
-        run_id=run_id, attn=attn, status=r.status, iterations=r.iterations or 0,
-        tokens=r.tokens or 0, epochs=r.epochs, train_seconds=secs, val_loss=r.val_loss,
-        train_loss=train_loss, tokens_per_s=r.tokens_per_s, it_per_s=None, compile_s=None,
-        eval_s=None, checkpoint_s=None, error=r.error, config=r.config or {})
+        run_id=run_id,
+        attn=attn,
+        status=r.status,
+        iterations=r.iterations or 0,
+        tokens=r.tokens or 0,
+        epochs=r.epochs,
+        train_seconds=secs,
+        val_loss=r.val_loss,
+        train_loss=train_loss,
+        tokens_per_s=r.tokens_per_s,
+        it_per_s=None,
+        compile_s=None,
+        eval_s=None,
+        checkpoint_s=None,
+        error=r.error,
+        config=r.config or {},
+    )
 
 
 def _resume_conflicts(**given) -> list[str]:
-    return [f"--{name.replace('_', '-')}" for name, value in given.items()
-            if value not in (None, [], ())]
+    return [
+        f"--{name.replace('_', '-')}"
+        for name, value in given.items()
+        if value not in (None, [], ())
+    ]
 
 
 def train(
-    attn: Annotated[str | None, typer.Option(
-        "--attn", help="Attention variant (baseline, ra_v5, ra_v5_untied, ra_beta, sdpa_gate).",
-        show_default=False)] = None,
-    minutes: Annotated[float | None, typer.Option(
-        "--minutes", help="Budget: wall-clock minutes of training steps (compile warm-up, "
-        "evaluation and checkpoints not counted).", show_default=False)] = None,
-    steps: Annotated[int | None, typer.Option(
-        "--steps", help="Budget: number of optimizer steps (instead of --minutes).",
-        show_default=False)] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", help="Model preset from ra.yaml, or auto: gpt2 on CUDA, tiny on the CPU "
-        "(default: model.preset).",
-        show_default=False)] = None,
-    data: Annotated[str | None, typer.Option(
-        "--data", help="Training data: a folder from `ra data prepare`, a nanoGPT folder with "
-        "train.bin/val.bin, a .txt file or a folder of .txt files (default: the built-in "
-        "corpus).",
-        show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", help="Seed of the model init and of the batch order (default 0).",
-        show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help="Sequences per step per process (train.batch_size).",
-        show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option(
-        "--lr", help="Peak learning rate (train.lr).", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="auto, cpu, cuda or cuda:N (default auto: cuda when available).",
-        show_default=False)] = None,
-    compile: Annotated[bool | None, typer.Option(
-        "--compile/--no-compile", help="torch.compile the model (default: train.compile; "
-        "auto = on with CUDA).", show_default=False)] = None,
-    max_epochs: Annotated[float | None, typer.Option(
-        "--max-epochs", help="Stop after this many passes over the training split "
-        "(train.max_epochs).", show_default=False)] = None,
-    tag: Annotated[str | None, typer.Option(
-        "--tag", help="A label stored on the run.", show_default=False)] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a model or train field of ra.yaml for this run, e.g. "
-        "--set model.ra_rank=8 (repeatable).", metavar="KEY=VALUE", show_default=False)] = None,
-    resume: Annotated[int | None, typer.Option(
-        "--resume", help="Continue run RUN from its checkpoint with its recorded configuration "
-        "and remaining budget.", metavar="RUN", show_default=False)] = None,
-    extra_config: Annotated[str | None, typer.Option(
-        "--extra-config", hidden=True, help="JSON entries of `ra experiment` recorded in the "
-        "run's config (its arm and budget source).", show_default=False)] = None,
+    attn: Annotated[
+        str | None,
+        typer.Option(
+            "--attn",
+            help="Attention variant (baseline, ra_v5, ra_v5_untied, ra_beta, sdpa_gate).",
+            show_default=False,
+        ),
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--minutes",
+            help="Budget: wall-clock minutes of training steps (compile warm-up, "
+            "evaluation and checkpoints not counted).",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            help="Budget: number of optimizer steps (instead of --minutes).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model preset from ra.yaml, or auto: gpt2 on CUDA, tiny on the CPU "
+            "(default: model.preset).",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Training data: a folder from `ra data prepare`, a nanoGPT folder with "
+            "train.bin/val.bin, a .txt file or a folder of .txt files (default: the built-in "
+            "corpus).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the model init and of the batch order (default 0).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Sequences per step per process (train.batch_size).",
+            show_default=False,
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Peak learning rate (train.lr).", show_default=False),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto, cpu, cuda or cuda:N (default auto: cuda when available).",
+            show_default=False,
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model (default: train.compile; auto = on with CUDA).",
+            show_default=False,
+        ),
+    ] = None,
+    max_epochs: Annotated[
+        float | None,
+        typer.Option(
+            "--max-epochs",
+            help="Stop after this many passes over the training split (train.max_epochs).",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", help="A label stored on the run.", show_default=False)
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a model or train field of ra.yaml for this run, e.g. "
+            "--set model.ra_rank=8 (repeatable).",
+            metavar="KEY=VALUE",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        int | None,
+        typer.Option(
+            "--resume",
+            help="Continue run RUN from its checkpoint with its recorded configuration "
+            "and remaining budget.",
+            metavar="RUN",
+            show_default=False,
+        ),
+    ] = None,
+    extra_config: Annotated[
+        str | None,
+        typer.Option(
+            "--extra-config",
+            hidden=True,
+            help="JSON entries of `ra experiment` recorded in the "
+            "run's config (its arm and budget source).",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
-    json: Annotated[bool, typer.Option(
-        "--json", help="Print the final summary (with the run id) as JSON on stdout; "
-        "progress and notes stay on stderr.")] = False,
+    json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the final summary (with the run id) as JSON on stdout; "
+            "progress and notes stay on stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Train a GPT-2 style model with one attention variant; record losses, throughput, gates."""
     if resume is not None:
@@ -192,13 +291,27 @@ def train(
     if info.is_main:
         check_store_writable(location)
     if resume is not None:
-        conflicts = _resume_conflicts(attn=attn, minutes=minutes, steps=steps, model=model,
-                                      data=data, seed=seed, batch_size=batch_size, lr=lr,
-                                      device=device, compile=compile, tag=tag, set=set_,
-                                      max_epochs=max_epochs, extra_config=extra_config)
+        conflicts = _resume_conflicts(
+            attn=attn,
+            minutes=minutes,
+            steps=steps,
+            model=model,
+            data=data,
+            seed=seed,
+            batch_size=batch_size,
+            lr=lr,
+            device=device,
+            compile=compile,
+            tag=tag,
+            set=set_,
+            max_epochs=max_epochs,
+            extra_config=extra_config,
+        )
         if conflicts:
-            raise BadInput(f"--resume continues run {resume} with its recorded configuration "
-                           f"and budget: drop {', '.join(conflicts)}")
+            raise BadInput(
+                f"--resume continues run {resume} with its recorded configuration "
+                f"and budget: drop {', '.join(conflicts)}"
+            )
         store = _open_store(lambda: _open_for_resume(location, cfg, info), location)
         spec, dataset, _ = training.prepare_resume(store, resume, info)
     else:
@@ -211,10 +324,19 @@ def train(
             overrides.append(f"train.lr={lr:.17e}")  # YAML needs the dot and sign
         if max_epochs is not None:
             overrides.append(f"train.max_epochs={max_epochs:.17e}")
-        spec = training.spec_from_config(cfg, attn=attn, preset=model, data=data,
-                                         minutes=minutes, steps=steps,
-                                         seed=0 if seed is None else seed, tag=tag,
-                                         device=device, compile=compile, overrides=overrides)
+        spec = training.spec_from_config(
+            cfg,
+            attn=attn,
+            preset=model,
+            data=data,
+            minutes=minutes,
+            steps=steps,
+            seed=0 if seed is None else seed,
+            tag=tag,
+            device=device,
+            compile=compile,
+            overrides=overrides,
+        )
         if extra_config is not None:
             from racli.experiment.plan import parse_extra_config
 
@@ -223,13 +345,16 @@ def train(
         training.run_config(spec, dataset, info.world_size)  # validates the model config
         if info.is_main:
             ckpt.ensure_writable(location)  # before the database is created
-        store = (_open_store(lambda: common.open_db(location, cfg), location)
-                 if info.is_main else None)
+        store = (
+            _open_store(lambda: common.open_db(location, cfg), location) if info.is_main else None
+        )
 
     reporter = _Watch(ConsoleReporter()) if info.is_main else None
     if reporter is not None and spec.device_type == "cuda" and dataset.name.startswith("builtin:"):
-        reporter.note(f"note: the built-in corpus ({dataset.train_tokens:,} training tokens) is "
-                      f"for CPU runs and short checks; GPU runs need a large corpus (--data)")
+        reporter.note(
+            f"note: the built-in corpus ({dataset.train_tokens:,} training tokens) is "
+            f"for CPU runs and short checks; GPU runs need a large corpus (--data)"
+        )
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -241,8 +366,15 @@ def train(
     forced = False
     try:
         try:
-            result = training.train(spec, store, dataset=dataset, resume_run=resume,
-                                    reporter=reporter, stop=stop, dist_info=info)
+            result = training.train(
+                spec,
+                store,
+                dataset=dataset,
+                resume_run=resume,
+                reporter=reporter,
+                stop=stop,
+                dist_info=info,
+            )
         except KeyboardInterrupt:  # stopped at once: the run is recorded interrupted
             if reporter is None or reporter.run_id is None:
                 raise
@@ -257,15 +389,21 @@ def train(
         raise typer.Exit(0 if result.status in ("finished", "interrupted") else 1)
     _print_summary(result, json)
     if forced:
-        typer.echo(f"ra: interrupted: run {result.run_id} stopped at once at step "
-                   f"{result.iterations} (no final evaluation, no checkpoint)", err=True)
+        typer.echo(
+            f"ra: interrupted: run {result.run_id} stopped at once at step "
+            f"{result.iterations} (no final evaluation, no checkpoint)",
+            err=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.status == "diverged":
         typer.echo(f"ra: failed: run {result.run_id} diverged: {result.error}", err=True)
         raise typer.Exit(1)
     if result.status == "interrupted":
-        typer.echo(f"ra: interrupted: run {result.run_id} stopped at step {result.iterations}; "
-                   f"continue it with `ra train --resume {result.run_id}`", err=True)
+        typer.echo(
+            f"ra: interrupted: run {result.run_id} stopped at step {result.iterations}; "
+            f"continue it with `ra train --resume {result.run_id}`",
+            err=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED)
 
 

@@ -13,4 +13,5 @@ One module per job:
 
 Nothing here imports torch.
 """
+
 from __future__ import annotations

@@ -6,6 +6,7 @@ give the same hash wherever they live (a prepared folder, a nanoGPT folder, text
 memory); any change to either split, or to where the split falls, changes it.
 No torch here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,7 @@ def array_part(arr: np.ndarray) -> tuple[str, int, str]:
     flat = arr.reshape(-1)
     step = max(1, _BLOCK // max(1, arr.itemsize))
     for start in range(0, flat.shape[0], step):
-        h.update(memoryview(np.ascontiguousarray(flat[start:start + step])).cast("B"))
+        h.update(memoryview(np.ascontiguousarray(flat[start : start + step])).cast("B"))
     return (arr.dtype.name, int(arr.nbytes), h.hexdigest())
 
 
@@ -76,8 +77,11 @@ def files_hash(folder: Path, dtype: str = "uint16") -> str:
         st = file.stat()
         key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         entry = cache.get(file.name)
-        if isinstance(entry, dict) and all(entry.get(k) == v for k, v in key.items()) \
-                and isinstance(entry.get("sha256"), str):
+        if (
+            isinstance(entry, dict)
+            and all(entry.get(k) == v for k, v in key.items())
+            and isinstance(entry.get("sha256"), str)
+        ):
             digest = entry["sha256"]
         else:
             digest = file_sha256(file)

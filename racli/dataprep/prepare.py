@@ -11,6 +11,7 @@ For ``train:VOCAB`` the BPE is first trained on a sample of the training documen
 ``tokenizer_sample_bytes`` of text, drawn across the corpus; validation documents are never
 in it). No torch here.
 """
+
 from __future__ import annotations
 
 import collections
@@ -82,8 +83,7 @@ def parse_count(text: str | int | None, option: str) -> int | None:
     try:
         value = float(t) * scale
     except ValueError:
-        raise BadInput(f"{option}: expected a number such as 120M or 50000, got {text!r}") \
-            from None
+        raise BadInput(f"{option}: expected a number such as 120M or 50000, got {text!r}") from None
     if not math.isfinite(value) or value < 1 or value != int(value):
         raise BadInput(f"{option}: expected a positive whole number, got {text!r}")
     return int(value)
@@ -132,14 +132,19 @@ class ConsoleProgress(NullProgress):
 
         self._t0 = time.perf_counter()
         self._progress = Progress(
-            TextColumn("[bold]tokenising"), BarColumn(),
+            TextColumn("[bold]tokenising"),
+            BarColumn(),
             TextColumn("{task.fields[docs]} documents"),
             TextColumn("{task.fields[tokens]} tokens"),
-            TextColumn("{task.fields[rate]} tokens/s"), TimeElapsedColumn(),
-            console=Console(file=self.stream, force_terminal=True), transient=False)
+            TextColumn("{task.fields[rate]} tokens/s"),
+            TimeElapsedColumn(),
+            console=Console(file=self.stream, force_terminal=True),
+            transient=False,
+        )
         self._progress.start()
-        self._task = self._progress.add_task("prepare", total=total_bytes, docs="0",
-                                             tokens="0", rate="-")
+        self._task = self._progress.add_task(
+            "prepare", total=total_bytes, docs="0", tokens="0", rate="-"
+        )
 
     def update(self, *, documents, tokens, nbytes) -> None:
         now = time.perf_counter()
@@ -147,12 +152,18 @@ class ConsoleProgress(NullProgress):
         if self._progress is None:
             if not self.bar and now - self._last >= self.every_s:
                 self._last = now
-                self.note(f"tokenising: {documents:,} documents, {tokens:,} tokens, "
-                          f"{tokens / dt:,.0f} tokens/s")
+                self.note(
+                    f"tokenising: {documents:,} documents, {tokens:,} tokens, "
+                    f"{tokens / dt:,.0f} tokens/s"
+                )
             return
-        self._progress.update(self._task, completed=nbytes, docs=f"{documents:,}",
-                              tokens=f"{tokens:,}",
-                              rate=f"{tokens / dt:,.0f}" if dt > 0 else "-")
+        self._progress.update(
+            self._task,
+            completed=nbytes,
+            docs=f"{documents:,}",
+            tokens=f"{tokens:,}",
+            rate=f"{tokens / dt:,.0f}" if dt > 0 else "-",
+        )
 
     def close(self) -> None:
         if self._progress is not None:
@@ -249,9 +260,13 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
     spec = toks.parse_tokenizer(settings.tokenizer)
     out = Path(settings.out).expanduser()
     check_output(out, settings.force)
-    sources = src.open_sources(settings.sources, globs=settings.globs,
-                               text_field=settings.text_field, subset=settings.subset,
-                               split=settings.split)
+    sources = src.open_sources(
+        settings.sources,
+        globs=settings.globs,
+        text_field=settings.text_field,
+        subset=settings.subset,
+        split=settings.split,
+    )
     for s in sources:
         if isinstance(s, src.HubSource):
             s.open()
@@ -279,8 +294,10 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
     encoder = toks.Encoder(recipe)
     t_tok = time.perf_counter() - t0
     if spec.kind == "train":
-        progress.note(f"tokenizer trained in {t_tok:.1f}s on {sample_chars:,} characters: "
-                      f"{encoder.vocab_size:,} tokens")
+        progress.note(
+            f"tokenizer trained in {t_tok:.1f}s on {sample_chars:,} characters: "
+            f"{encoder.vocab_size:,} tokens"
+        )
 
     with DatasetWriter(out, encoder.dtype, force=settings.force) as writer:
         if tokenizer_json is not None:
@@ -293,7 +310,8 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
         skipped: list[str] = []
         try:
             for tokens, lengths, chunk_bytes, chunk_skipped in _results(
-                    _all_chunks(sources), recipe, workers, settings.doc_chars):
+                _all_chunks(sources), recipe, workers, settings.doc_chars
+            ):
                 skipped.extend(chunk_skipped)
                 nbytes += chunk_bytes
                 n = int(lengths.shape[0])
@@ -304,7 +322,7 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
                     if keep < n:
                         stop = True
                         lengths = lengths[:keep]
-                        tokens = tokens[:int(lengths.sum())]
+                        tokens = tokens[: int(lengths.sum())]
                         n = keep
                 if n:
                     ids = np.arange(doc_id, doc_id + n, dtype=np.int64)
@@ -322,8 +340,12 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
         seconds = time.perf_counter() - t1
         _check_splits(writer, doc_id, settings)
         meta = {
-            "tokenizer": {"name": spec.name, "kind": spec.kind, **encoder.describe(),
-                          "file": TOKENIZER_FILE if tokenizer_json is not None else None},
+            "tokenizer": {
+                "name": spec.name,
+                "kind": spec.kind,
+                **encoder.describe(),
+                "file": TOKENIZER_FILE if tokenizer_json is not None else None,
+            },
             "vocab_size": encoder.vocab_size,
             "sources": [s.describe() for s in sources],
             "skipped": {"files": len(skipped), "first": skipped[:5]},
@@ -346,7 +368,8 @@ def _check_splits(writer: DatasetWriter, documents: int, settings: PrepareSettin
                 f"no document fell in the {name} split ({documents} documents at "
                 f"--val-fraction {settings.val_fraction:g}): give more documents (long text "
                 f"files are cut every {settings.doc_chars // 1024} KiB at blank lines), or "
-                f"change --val-fraction or --seed")
+                f"change --val-fraction or --seed"
+            )
 
 
 def _settings_record(settings: PrepareSettings, workers: int) -> dict:

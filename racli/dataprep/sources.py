@@ -18,6 +18,7 @@ missing path, an empty or binary file, a folder with nothing to read, a field th
 there. Work is cut into chunks that a worker process turns into documents with
 :func:`chunk_documents`. No torch here.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -78,7 +79,7 @@ def cut_text(text: str, doc_chars: int = DOC_CHARS) -> list[str]:
         cut = text.find("\n\n", start + doc_chars)
         if cut < 0:
             break
-        pieces.append(text[start:cut + 2])
+        pieces.append(text[start : cut + 2])
         start = cut + 2
     if start < n:
         pieces.append(text[start:])
@@ -134,8 +135,10 @@ def chunk_documents(chunk, doc_chars: int = DOC_CHARS) -> Documents:
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise SourceError(f"{where}: not a JSON line ({exc.__class__.__name__}: "
-                                  f"{str(exc).splitlines()[0][:80]})") from None
+                raise SourceError(
+                    f"{where}: not a JSON line ({exc.__class__.__name__}: "
+                    f"{str(exc).splitlines()[0][:80]})"
+                ) from None
             docs.texts.extend(_field_text(record, name, where))
         return docs
     raise TypeError(f"unknown chunk {type(chunk).__name__}")
@@ -143,12 +146,12 @@ def chunk_documents(chunk, doc_chars: int = DOC_CHARS) -> Documents:
 
 def _field_text(record, name: str, where: str) -> list[str]:
     if not isinstance(record, dict):
-        raise SourceError(f"{where}: a record must be a JSON object, got "
-                          f"{type(record).__name__}")
+        raise SourceError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     if name not in record:
         fields = ", ".join(list(map(str, record))[:10]) or "none"
-        raise SourceError(f"{where}: no field '{name}' (fields: {fields}); "
-                          f"choose one with --text-field")
+        raise SourceError(
+            f"{where}: no field '{name}' (fields: {fields}); choose one with --text-field"
+        )
     value = record[name]
     if value is None:
         return []
@@ -193,8 +196,9 @@ class TextFileSource(Source):
                     try:
                         blank = not decoder.decode(block).strip() and blank
                     except UnicodeDecodeError as exc:
-                        raise SourceError(f"{spec}: binary file or not UTF-8 text (byte "
-                                          f"{offset + exc.start})") from None
+                        raise SourceError(
+                            f"{spec}: binary file or not UTF-8 text (byte {offset + exc.start})"
+                        ) from None
                     offset += len(block)
                 decoder.decode(b"", final=True)
         except UnicodeDecodeError:
@@ -229,8 +233,10 @@ class FolderSource(Source):
                 if p.is_file():
                     found.setdefault(p.relative_to(path).as_posix(), p)
         if not found:
-            raise SourceError(f"{spec}: no files match {', '.join(repr(g) for g in self.globs)}"
-                              f" (set the patterns with --glob, e.g. --glob '**/*.py')")
+            raise SourceError(
+                f"{spec}: no files match {', '.join(repr(g) for g in self.globs)}"
+                f" (set the patterns with --glob, e.g. --glob '**/*.py')"
+            )
         self.files = [str(found[k]) for k in sorted(found)]
         self.size = 0
         for f in self.files:
@@ -242,8 +248,13 @@ class FolderSource(Source):
             raise SourceError(f"{spec}: all {len(self.files)} matching files are empty")
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "path": self.spec, "globs": self.globs,
-                "files": len(self.files), "bytes": self.size}
+        return {
+            "kind": self.kind,
+            "path": self.spec,
+            "globs": self.globs,
+            "files": len(self.files),
+            "bytes": self.size,
+        }
 
     def estimated_bytes(self) -> int:
         return self.size
@@ -290,8 +301,12 @@ class JsonlSource(Source):
         return gzip.open(self.path, "rb") if self.gz else open(self.path, "rb")
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "path": self.spec, "text_field": self.text_field,
-                "bytes": self.size}
+        return {
+            "kind": self.kind,
+            "path": self.spec,
+            "text_field": self.text_field,
+            "bytes": self.size,
+        }
 
     def estimated_bytes(self) -> int:
         return self.size * (4 if self.gz else 1)
@@ -307,8 +322,9 @@ class JsonlSource(Source):
                         yield LinesChunk(self.spec, first, lines, self.text_field)
                         lines, size, first = [], 0, number + 1
         except (OSError, EOFError) as exc:
-            raise SourceError(f"{self.spec}: cannot read ({exc.__class__.__name__}: "
-                              f"{exc})") from None
+            raise SourceError(
+                f"{self.spec}: cannot read ({exc.__class__.__name__}: {exc})"
+            ) from None
         if lines:
             yield LinesChunk(self.spec, first, lines, self.text_field)
 
@@ -321,20 +337,25 @@ class ParquetSource(Source):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise SourceError(f"{spec}: reading .parquet needs pyarrow: "
-                              f"pip install 'ra[parquet]'") from None
+            raise SourceError(
+                f"{spec}: reading .parquet needs pyarrow: pip install 'ra[parquet]'"
+            ) from None
         self.size = path.stat().st_size
         if self.size == 0:
             raise SourceError(f"{spec}: file is empty")
         try:
             self._file = pq.ParquetFile(path)
         except Exception as exc:  # pyarrow raises its own error types for bad files
-            raise SourceError(f"{spec}: not a readable Parquet file "
-                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+            raise SourceError(
+                f"{spec}: not a readable Parquet file "
+                f"({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+            ) from None
         names = self._file.schema_arrow.names
         if text_field not in names:
-            raise SourceError(f"{spec}: no column '{text_field}' (columns: "
-                              f"{', '.join(names[:10]) or 'none'}); choose one with --text-field")
+            raise SourceError(
+                f"{spec}: no column '{text_field}' (columns: "
+                f"{', '.join(names[:10]) or 'none'}); choose one with --text-field"
+            )
         kind = self._file.schema_arrow.field(text_field).type
         import pyarrow as pa
 
@@ -345,8 +366,13 @@ class ParquetSource(Source):
             raise SourceError(f"{spec}: no rows")
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "path": self.spec, "text_field": self.text_field,
-                "rows": self.rows, "bytes": self.size}
+        return {
+            "kind": self.kind,
+            "path": self.spec,
+            "text_field": self.text_field,
+            "rows": self.rows,
+            "bytes": self.size,
+        }
 
     def estimated_bytes(self) -> int:
         return self.size * 3
@@ -361,8 +387,9 @@ def hf_load_dataset(name: str, subset: str | None, split: str):
     try:
         import datasets
     except ImportError:
-        raise SourceError(f"hf:{name}: Hugging Face datasets need the 'datasets' package: "
-                          f"pip install 'ra[hf]'") from None
+        raise SourceError(
+            f"hf:{name}: Hugging Face datasets need the 'datasets' package: pip install 'ra[hf]'"
+        ) from None
     return datasets.load_dataset(name, subset, split=split, streaming=True)
 
 
@@ -376,15 +403,22 @@ class HubSource(Source):
         self._stream = None
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "subset": self.subset,
-                "split": self.split, "text_field": self.text_field}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "subset": self.subset,
+            "split": self.split,
+            "text_field": self.text_field,
+        }
 
     def _offline(self, exc: BaseException) -> SourceError:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
-        return SourceError(f"hf:{self.name}: cannot read it from the Hugging Face hub "
-                           f"({exc.__class__.__name__}: {first}); without network, prepare "
-                           f"local files instead (.txt/.md, folders with --glob, .jsonl, "
-                           f".parquet)")
+        return SourceError(
+            f"hf:{self.name}: cannot read it from the Hugging Face hub "
+            f"({exc.__class__.__name__}: {first}); without network, prepare "
+            f"local files instead (.txt/.md, folders with --glob, .jsonl, "
+            f".parquet)"
+        )
 
     def open(self) -> None:
         """Reach the hub now (so that a missing network is reported before any work)."""
@@ -422,12 +456,19 @@ class HubSource(Source):
 # ---------------------------------------------------------------------------- parsing
 
 
-def open_sources(specs: list[str], *, globs: list[str] | None = None, text_field: str = "text",
-                 subset: str | None = None, split: str = "train") -> list[Source]:
+def open_sources(
+    specs: list[str],
+    *,
+    globs: list[str] | None = None,
+    text_field: str = "text",
+    subset: str | None = None,
+    split: str = "train",
+) -> list[Source]:
     """The sources named on the command line, each checked; SourceError for a bad one."""
     if not specs:
-        raise SourceError("give at least one SOURCE (a file, a folder, .jsonl, .parquet or "
-                          "hf:NAME)")
+        raise SourceError(
+            "give at least one SOURCE (a file, a folder, .jsonl, .parquet or hf:NAME)"
+        )
     out: list[Source] = []
     for spec in specs:
         if spec.startswith("hf:"):
@@ -447,8 +488,9 @@ def open_sources(specs: list[str], *, globs: list[str] | None = None, text_field
         elif low.endswith(".parquet"):
             out.append(ParquetSource(path, spec, text_field))
         elif low.endswith(".gz"):
-            raise SourceError(f"{spec}: compressed text is read as .jsonl.gz only; "
-                              f"decompress it first")
+            raise SourceError(
+                f"{spec}: compressed text is read as .jsonl.gz only; decompress it first"
+            )
         else:
             out.append(TextFileSource(path, spec))
     if globs and not any(isinstance(s, FolderSource) for s in out):

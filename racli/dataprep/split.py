@@ -6,6 +6,7 @@ is a validation document. So the validation split holds about ``val_fraction`` o
 documents, spread evenly across the corpus, and which ones depends only on (seed, position):
 not on the number of workers, nor on where ``--max-tokens`` stops. No torch here.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,10 @@ def uniform(seed: int, index: np.ndarray, salt: int = 0) -> np.ndarray:
     (the splitmix64 finaliser of a counter)."""
     with np.errstate(over="ignore"):
         x = np.asarray(index, dtype=np.int64).astype(np.uint64)
-        x = x + np.uint64((int(seed) * 0x9E3779B97F4A7C15 + int(salt) * 0xD1B54A32D192ED03
-                           + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF)
+        x = x + np.uint64(
+            (int(seed) * 0x9E3779B97F4A7C15 + int(salt) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019)
+            & 0xFFFFFFFFFFFFFFFF
+        )
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))

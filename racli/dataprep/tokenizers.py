@@ -13,6 +13,7 @@
 An :class:`Encoder` is built in each worker process from a small picklable recipe and turns a
 list of documents into one token array plus the length of each document. No torch here.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ GPT2_EOT = 50256
 BYTE_VOCAB = 256
 MIN_TRAIN_VOCAB = 257  # the 256 bytes and <|endoftext|>
 MAX_TRAIN_VOCAB = 1 << 22
-GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
-                r"""|\s+(?!\S)|\s+""")
+GPT2_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
 OFFLINE_OPTIONS = "--tokenizer train:32768 (a BPE trained on your corpus) or --tokenizer bytes"
 
 
@@ -54,16 +57,18 @@ def parse_tokenizer(text: str) -> TokenizerSpec:
         if raw.endswith("k") and raw[:-1].isdigit():
             raw = str(int(raw[:-1]) * 1024)
         if not raw.isdigit():
-            raise BadInput(f"--tokenizer {text}: train:VOCAB takes a whole number, "
-                           f"e.g. train:32768")
+            raise BadInput(
+                f"--tokenizer {text}: train:VOCAB takes a whole number, e.g. train:32768"
+            )
         vocab = int(raw)
         if not MIN_TRAIN_VOCAB <= vocab <= MAX_TRAIN_VOCAB:
-            raise BadInput(f"--tokenizer {text}: the vocabulary must be between "
-                           f"{MIN_TRAIN_VOCAB} (the 256 bytes and end-of-text) and "
-                           f"{MAX_TRAIN_VOCAB}")
+            raise BadInput(
+                f"--tokenizer {text}: the vocabulary must be between "
+                f"{MIN_TRAIN_VOCAB} (the 256 bytes and end-of-text) and "
+                f"{MAX_TRAIN_VOCAB}"
+            )
         return TokenizerSpec("train", vocab)
-    raise BadInput(f"unknown tokenizer '{text}' (valid: gpt2, train:VOCAB e.g. train:32768, "
-                   f"bytes)")
+    raise BadInput(f"unknown tokenizer '{text}' (valid: gpt2, train:VOCAB e.g. train:32768, bytes)")
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -72,8 +77,11 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 
 def tiktoken_cache_dir() -> str:
-    return (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-            or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    return (
+        os.environ.get("TIKTOKEN_CACHE_DIR")
+        or os.environ.get("DATA_GYM_CACHE_DIR")
+        or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    )
 
 
 def load_gpt2():
@@ -81,8 +89,10 @@ def load_gpt2():
     try:
         import tiktoken
     except ImportError:
-        raise BadInput(f"--tokenizer gpt2 needs the tiktoken package (pip install tiktoken); "
-                       f"without it use {OFFLINE_OPTIONS}") from None
+        raise BadInput(
+            f"--tokenizer gpt2 needs the tiktoken package (pip install tiktoken); "
+            f"without it use {OFFLINE_OPTIONS}"
+        ) from None
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # requests/urllib/socket errors, hash mismatches, ...
@@ -92,7 +102,8 @@ def load_gpt2():
             f": not in its cache {tiktoken_cache_dir()} and not downloadable "
             f"({exc.__class__.__name__}: {first}). Offline, either copy a tiktoken cache "
             f"folder that holds them and point TIKTOKEN_CACHE_DIR at it, or use "
-            f"{OFFLINE_OPTIONS}") from None
+            f"{OFFLINE_OPTIONS}"
+        ) from None
 
 
 def train_bpe(texts: Iterable[str], vocab: int) -> str:
@@ -103,16 +114,23 @@ def train_bpe(texts: Iterable[str], vocab: int) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, min_frequency=2, special_tokens=[EOT_TEXT], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        vocab_size=vocab,
+        min_frequency=2,
+        special_tokens=[EOT_TEXT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok.to_str()
 
 
 def _byte_decoder() -> dict[str, int]:
     """The inverse of the byte-level alphabet: each of 256 printable characters -> its byte."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     chars = {b: b for b in keep}
     extra = 0
     for b in range(256):
@@ -136,10 +154,18 @@ def tiktoken_from_json(tokenizer_json: str):
     data = json.loads(tokenizer_json)
     special = {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
     decode = _byte_decoder()
-    ranks = {bytes(decode[ch] for ch in text): int(i)
-             for text, i in data["model"]["vocab"].items() if text not in special}
-    return tiktoken.Encoding("ra-trained-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens=special, explicit_n_vocab=len(ranks) + len(special))
+    ranks = {
+        bytes(decode[ch] for ch in text): int(i)
+        for text, i in data["model"]["vocab"].items()
+        if text not in special
+    }
+    return tiktoken.Encoding(
+        "ra-trained-bpe",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens=special,
+        explicit_n_vocab=len(ranks) + len(special),
+    )
 
 
 class Encoder:
@@ -200,5 +226,4 @@ class Encoder:
         return np.concatenate(parts), lengths
 
     def describe(self) -> dict:
-        return {"vocab_size": self.vocab_size, "eot_token": self.eot,
-                "dtype": self.dtype.name}
+        return {"vocab_size": self.vocab_size, "eot_token": self.eot, "dtype": self.dtype.name}

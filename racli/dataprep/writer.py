@@ -9,6 +9,7 @@ outright leaves only ``.part`` files, which `ra train` does not accept.
 An output that already holds a prepared dataset is replaced only with ``force``; a non-empty
 folder that is not a prepared dataset is never replaced. No torch here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,11 +42,14 @@ def check_output(out: Path, force: bool) -> None:
             raise BadInput(f"--out {out}: exists and is not a folder")
         if any(out.iterdir()):
             if not is_prepared(out):
-                raise BadInput(f"--out {out}: a non-empty folder that is not a prepared "
-                               f"dataset; choose a new folder")
+                raise BadInput(
+                    f"--out {out}: a non-empty folder that is not a prepared "
+                    f"dataset; choose a new folder"
+                )
             if not force:
-                raise BadInput(f"--out {out}: already holds a prepared dataset; add --force "
-                               f"to replace it")
+                raise BadInput(
+                    f"--out {out}: already holds a prepared dataset; add --force to replace it"
+                )
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise BadInput(f"--out {out}: {parent} is not a folder")
@@ -60,8 +64,9 @@ class DatasetWriter:
         self.dtype = np.dtype(dtype)
         check_output(self.out, force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-",
-                                         dir=self.out.parent))
+        self.tmp = Path(
+            tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-", dir=self.out.parent)
+        )
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is not
@@ -92,8 +97,9 @@ class DatasetWriter:
 
     def content_hash(self) -> str:
         size = self.dtype.itemsize
-        return combine({s: (self.dtype.name, self.tokens[s] * size, self._hash[s].hexdigest())
-                        for s in SPLITS})
+        return combine(
+            {s: (self.dtype.name, self.tokens[s] * size, self._hash[s].hexdigest()) for s in SPLITS}
+        )
 
     def finish(self, meta: dict) -> dict:
         """Close the files, write meta.json (with counts and content hash) and move the
@@ -102,9 +108,14 @@ class DatasetWriter:
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        meta = {"format": FORMAT, **meta, "dtype": self.dtype.name,
-                "tokens": dict(self.tokens), "documents": dict(self.documents),
-                "content_hash": self.content_hash()}
+        meta = {
+            "format": FORMAT,
+            **meta,
+            "dtype": self.dtype.name,
+            "tokens": dict(self.tokens),
+            "documents": dict(self.documents),
+            "content_hash": self.content_hash(),
+        }
         for s in SPLITS:
             os.replace(self.tmp / f"{s}.bin.part", self.tmp / f"{s}.bin")
         self.write_file(META, json.dumps(meta, indent=2) + "\n")

@@ -19,6 +19,7 @@ seconds reach `max_s`.
 
 The statistics are pure functions; torch is imported inside `measure` only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,14 +85,29 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        arms = [ArmSpeed(a["label"], a["attn"], a["steps_per_s"], a["ratio"],
-                         _nan_if_none(a["ratio_lo"]), _nan_if_none(a["ratio_hi"]))
-                for a in d["arms"]]
-        return cls(arms=arms, rounds=d["rounds"], timed_s=d["timed_s"],
-                   block_steps=d["block_steps"], precision=d["precision"],
-                   confidence=d.get("confidence", 0.95), settled=d.get("settled", False),
-                   device=d.get("device", "cpu"), run_id=d.get("run_id"),
-                   per_round=d.get("per_round", {}))
+        arms = [
+            ArmSpeed(
+                a["label"],
+                a["attn"],
+                a["steps_per_s"],
+                a["ratio"],
+                _nan_if_none(a["ratio_lo"]),
+                _nan_if_none(a["ratio_hi"]),
+            )
+            for a in d["arms"]
+        ]
+        return cls(
+            arms=arms,
+            rounds=d["rounds"],
+            timed_s=d["timed_s"],
+            block_steps=d["block_steps"],
+            precision=d["precision"],
+            confidence=d.get("confidence", 0.95),
+            settled=d.get("settled", False),
+            device=d.get("device", "cpu"),
+            run_id=d.get("run_id"),
+            per_round=d.get("per_round", {}),
+        )
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -102,8 +118,9 @@ def _nan_if_none(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
 
-def ratio_interval(ref: list[float], other: list[float],
-                   confidence: float = 0.95) -> tuple[float, float, float]:
+def ratio_interval(
+    ref: list[float], other: list[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
     """(ratio, low, high) of the speed ratio other/ref from per-round seconds per step."""
     from scipy.special import stdtrit
 
@@ -119,9 +136,17 @@ def ratio_interval(ref: list[float], other: list[float],
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
-def summarise(labels: list[str], attns: list[str], per_round: dict[str, list[float]], *,
-              block_steps: int, precision: float, timed_s: float,
-              confidence: float = 0.95, device: str = "cpu") -> Calibration:
+def summarise(
+    labels: list[str],
+    attns: list[str],
+    per_round: dict[str, list[float]],
+    *,
+    block_steps: int,
+    precision: float,
+    timed_s: float,
+    confidence: float = 0.95,
+    device: str = "cpu",
+) -> Calibration:
     """A Calibration from per-round seconds per step of every arm (first arm = reference)."""
     ref = per_round[labels[0]]
     arms = []
@@ -135,17 +160,35 @@ def summarise(labels: list[str], attns: list[str], per_round: dict[str, list[flo
         arms.append(ArmSpeed(label, attn, sps, ratio, lo, hi))
     rounds = len(ref)
     settled = rounds >= 2 and all(a.half_width <= precision for a in arms[1:])
-    return Calibration(arms=arms, rounds=rounds, timed_s=timed_s, block_steps=block_steps,
-                       precision=precision, confidence=confidence, settled=settled,
-                       device=device, per_round={k: list(v) for k, v in per_round.items()})
+    return Calibration(
+        arms=arms,
+        rounds=rounds,
+        timed_s=timed_s,
+        block_steps=block_steps,
+        precision=precision,
+        confidence=confidence,
+        settled=settled,
+        device=device,
+        per_round={k: list(v) for k, v in per_round.items()},
+    )
 
 
 # ---------------------------------------------------------------------------- timing (torch)
 
 
-def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s: float,
-            min_rounds: int = 3, block_steps: int = 10, warmup_steps: int = 3,
-            stop=None, on_round: Callable[[Calibration], None] | None = None) -> Calibration:
+def measure(
+    specs: list,
+    labels: list[str],
+    dataset,
+    *,
+    precision: float,
+    max_s: float,
+    min_rounds: int = 3,
+    block_steps: int = 10,
+    warmup_steps: int = 3,
+    stop=None,
+    on_round: Callable[[Calibration], None] | None = None,
+) -> Calibration:
     """Time training steps of every arm (`specs[i]` is arm `labels[i]`'s TrainSpec, all on
     one device) interleaved, until the ratios are known to `precision` or `max_s` of timed
     steps have run. `stop` (a threading.Event) ends it after the current round."""
@@ -175,12 +218,14 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
             t = spec.train
             torch.manual_seed(0)
             raw = GPT(model_config(spec, dataset)).to(device)
-            opt = raw.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2),
-                                          gate_lr_mult=t.gate_lr_mult, fused=cuda)
+            opt = raw.configure_optimizer(
+                t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult, fused=cuda
+            )
             for g in opt.param_groups:  # a steady, small rate: speed does not depend on it
                 g["lr"] = 0.1 * t.lr * g["lr_mult"]
-            sampler = BatchSampler(dataset.train, t.batch_size, raw.config.block_size,
-                                   seed=0, device=device)
+            sampler = BatchSampler(
+                dataset.train, t.batch_size, raw.config.block_size, seed=0, device=device
+            )
             fwd = torch.compile(raw) if spec.compile else raw
             params = [p for p in raw.parameters() if p.requires_grad]
             arms.append((fwd, opt, sampler, params, t.grad_clip))
@@ -220,8 +265,15 @@ def measure(specs: list, labels: list[str], dataset, *, precision: float, max_s:
             timed += sum(spent)
             for i, label in enumerate(labels):
                 per_round[label].append(spent[i] / (2 * block_steps))
-            cal = summarise(labels, attns, per_round, block_steps=block_steps,
-                            precision=precision, timed_s=timed, device=str(device))
+            cal = summarise(
+                labels,
+                attns,
+                per_round,
+                block_steps=block_steps,
+                precision=precision,
+                timed_s=timed,
+                device=str(device),
+            )
             if on_round is not None:
                 on_round(cal)
             rounds = len(per_round[labels[0]])

@@ -7,6 +7,7 @@ of an A/A experiment are two sides). Each arm after the first is then judged
 against the first by :func:`racli.history.load_comparison` with those rows, and
 printed by the same renderer as `ra compare`. No torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,11 @@ def experiment_runs(store, key: str, kind: str = "train") -> list[Any]:
 
     from racli.store.models import Run
 
-    q = (select(Run).where(Run.kind == kind,
-                           Run.config[EXPERIMENT_KEY]["key"].as_string() == key)
-         .order_by(Run.id))
+    q = (
+        select(Run)
+        .where(Run.kind == kind, Run.config[EXPERIMENT_KEY]["key"].as_string() == key)
+        .order_by(Run.id)
+    )
     with store.session() as s:
         return list(s.scalars(q))
 
@@ -41,8 +44,11 @@ def arm_rows(store, key: str, arms: list[Arm]):
 
     labels = {r.id: arm_of(r) for r in experiment_runs(store, key)}
     rows = history.load_train_runs(store, attns=sorted({a.attn for a in arms}))
-    return [dataclasses.replace(r, attn=labels[r.id]) for r in rows
-            if r.id in labels and labels[r.id] is not None]
+    return [
+        dataclasses.replace(r, attn=labels[r.id])
+        for r in rows
+        if r.id in labels and labels[r.id] is not None
+    ]
 
 
 @dataclass
@@ -67,13 +73,25 @@ class ArmVerdict:
         return text + f", {n})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidate": self.candidate, "baseline": self.baseline, "outcome": self.outcome,
-                "error": self.error,
-                "comparison": self.comparison.to_dict() if self.comparison is not None else None}
+        return {
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "outcome": self.outcome,
+            "error": self.error,
+            "comparison": self.comparison.to_dict() if self.comparison is not None else None,
+        }
 
 
-def verdicts(store, key: str, arms: list[Arm], *, threshold: float, speed_tolerance: float,
-             confidence: float, metric: str = "val_loss") -> list[ArmVerdict]:
+def verdicts(
+    store,
+    key: str,
+    arms: list[Arm],
+    *,
+    threshold: float,
+    speed_tolerance: float,
+    confidence: float,
+    metric: str = "val_loss",
+) -> list[ArmVerdict]:
     """Each arm after the first against the first, over the experiment's finished runs."""
     from racli import history
 
@@ -82,9 +100,15 @@ def verdicts(store, key: str, arms: list[Arm], *, threshold: float, speed_tolera
     for arm in arms[1:]:
         try:
             cmp = history.load_comparison(
-                store, metric=metric, candidate=arm.label, baseline=arms[0].label,
-                threshold=threshold, speed_tolerance=speed_tolerance, confidence=confidence,
-                rows=rows)
+                store,
+                metric=metric,
+                candidate=arm.label,
+                baseline=arms[0].label,
+                threshold=threshold,
+                speed_tolerance=speed_tolerance,
+                confidence=confidence,
+                rows=rows,
+            )
             out.append(ArmVerdict(arm.label, arms[0].label, cmp))
         except BadInput as exc:
             out.append(ArmVerdict(arm.label, arms[0].label, None, str(exc)))
@@ -99,5 +123,8 @@ def verdict_text(av: ArmVerdict) -> str:
     from racli.commands.compare import header_text
 
     cmp = av.comparison
-    return header_text(cmp) + "\n\n" + render.final_comparison(cmp.verdict, cmp.candidate,
-                                                               cmp.baseline)
+    return (
+        header_text(cmp)
+        + "\n\n"
+        + render.final_comparison(cmp.verdict, cmp.candidate, cmp.baseline)
+    )

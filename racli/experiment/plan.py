@@ -21,6 +21,7 @@ milliseconds:
   experiment (variants, comparable run config, minutes, tag), so running the
   same command again finds its runs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,10 @@ class Job:
 def parse_arms(text: str | None, valid: tuple[str, ...] | None = None) -> list[Arm]:
     names = [t.strip() for t in (text or "").split(",") if t.strip()]
     if len(names) < 2:
-        raise BadInput("--attn needs at least two variants, e.g. --attn baseline,ra_v5 "
-                       "(the same one twice for an A/A experiment)")
+        raise BadInput(
+            "--attn needs at least two variants, e.g. --attn baseline,ra_v5 "
+            "(the same one twice for an A/A experiment)"
+        )
     if valid is not None:
         for n in names:
             if n not in valid:
@@ -122,8 +125,9 @@ def arm_order(arms: list[Arm], seed_index: int) -> list[Arm]:
     return list(arms) if seed_index % 2 == 0 else list(reversed(arms))
 
 
-def schedule(arms: list[Arm], seeds: list[int], n_devices: int = 1,
-             first_index: int = 0) -> list[Job]:
+def schedule(
+    arms: list[Arm], seeds: list[int], n_devices: int = 1, first_index: int = 0
+) -> list[Job]:
     """Every (arm, seed) job in the experiment's order, each with its device.
 
     `first_index` is the position of seeds[0] among all the experiment's seeds, so
@@ -154,8 +158,12 @@ class Budget:
     ratio_ci: tuple[float, float] | None
 
 
-def step_budgets(arms: list[Arm], minutes: float, first_steps_per_s: float,
-                 ratios: dict[str, tuple[float, tuple[float, float] | None]]) -> dict[str, Budget]:
+def step_budgets(
+    arms: list[Arm],
+    minutes: float,
+    first_steps_per_s: float,
+    ratios: dict[str, tuple[float, tuple[float, float] | None]],
+) -> dict[str, Budget]:
     """`ratios`: variant -> (speed ratio to the first arm's variant, its interval).
 
     The first arm's variant gets S = minutes x 60 x first_steps_per_s (at least 1);
@@ -173,14 +181,23 @@ def step_budgets(arms: list[Arm], minutes: float, first_steps_per_s: float,
     return out
 
 
-def experiment_key(*, arms: list[Arm], comparable: dict[str, Any], minutes: float,
-                   tag: str | None) -> str:
+def experiment_key(
+    *, arms: list[Arm], comparable: dict[str, Any], minutes: float, tag: str | None
+) -> str:
     """Stable id of an experiment: what must match for two invocations to share runs.
 
     Seeds, devices, the report and --until-settled are left out: more seeds or
     other GPUs continue the same experiment."""
-    blob = json.dumps({"arms": [a.attn for a in arms], "config": comparable,
-                       "minutes": float(minutes), "tag": tag}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "arms": [a.attn for a in arms],
+            "config": comparable,
+            "minutes": float(minutes),
+            "tag": tag,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -189,15 +206,27 @@ def run_tag(tag: str | None, key: str) -> str:
     return tag if tag else f"exp-{key}"
 
 
-def extra_config(*, key: str, arm: Arm, arms: list[Arm], budget: Budget, minutes: float,
-                 calibration_run: int, reference_steps: int) -> dict[str, Any]:
+def extra_config(
+    *,
+    key: str,
+    arm: Arm,
+    arms: list[Arm],
+    budget: Budget,
+    minutes: float,
+    calibration_run: int,
+    reference_steps: int,
+) -> dict[str, Any]:
     """The entries an experiment adds to each run's config (kept out of config_hash)."""
     return {
         EXPERIMENT_KEY: {"key": key, "arm": arm.label, "arms": [a.label for a in arms]},
         BUDGET_SOURCE_KEY: {
-            "kind": "matched_time", "minutes": float(minutes), "calibration_run": calibration_run,
-            "reference": arms[0].label, "reference_steps": reference_steps,
-            "ratio": budget.ratio, "ratio_ci": list(budget.ratio_ci) if budget.ratio_ci else None,
+            "kind": "matched_time",
+            "minutes": float(minutes),
+            "calibration_run": calibration_run,
+            "reference": arms[0].label,
+            "reference_steps": reference_steps,
+            "ratio": budget.ratio,
+            "ratio_ci": list(budget.ratio_ci) if budget.ratio_ci else None,
             "steps": budget.steps,
         },
     }
@@ -213,8 +242,10 @@ def parse_extra_config(text: str) -> dict[str, Any]:
         raise BadInput("--extra-config must be a JSON object")
     unknown = set(data) - {EXPERIMENT_KEY, BUDGET_SOURCE_KEY}
     if unknown:
-        raise BadInput(f"--extra-config: unknown key(s) {', '.join(sorted(unknown))} "
-                       f"(valid: {EXPERIMENT_KEY}, {BUDGET_SOURCE_KEY})")
+        raise BadInput(
+            f"--extra-config: unknown key(s) {', '.join(sorted(unknown))} "
+            f"(valid: {EXPERIMENT_KEY}, {BUDGET_SOURCE_KEY})"
+        )
     return data
 
 

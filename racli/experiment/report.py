@@ -6,6 +6,7 @@ the step budgets, the table of runs, each verdict with its interval (and the
 summary, and the loss curves as PNG files written beside the report
 (``<stem>-val_loss.png``, ``<stem>-train_loss.png``). No torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _metric_medians(store, run_ids: list[int], names: tuple[str, ...]) -> dict[int, dict[str, float]]:
+def _metric_medians(
+    store, run_ids: list[int], names: tuple[str, ...]
+) -> dict[int, dict[str, float]]:
     from sqlalchemy import select
 
     from racli.store.models import Metric
@@ -53,7 +56,8 @@ def _metric_medians(store, run_ids: list[int], names: tuple[str, ...]) -> dict[i
         return {}
     with store.engine.connect() as conn:
         q = select(Metric.run_id, Metric.name, Metric.value).where(
-            Metric.run_id.in_(run_ids), Metric.name.in_(list(names)))
+            Metric.run_id.in_(run_ids), Metric.name.in_(list(names))
+        )
         for rid, name, value in conn.execute(q):
             values.setdefault(rid, {}).setdefault(name, []).append(float(value))
     return {rid: {n: statistics.median(v) for n, v in d.items()} for rid, d in values.items()}
@@ -75,37 +79,50 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     cal = outcome.calibration
     lines = [f"# Experiment {outcome.key}: {', '.join(a.label for a in arms)}", ""]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines.append(f"Written {when}. Runs tagged `{outcome.tag}`; devices "
-                 f"{', '.join(outcome.devices)}; seeds {', '.join(map(str, outcome.seeds))}.")
+    lines.append(
+        f"Written {when}. Runs tagged `{outcome.tag}`; devices "
+        f"{', '.join(outcome.devices)}; seeds {', '.join(map(str, outcome.seeds))}."
+    )
     if command:
         lines += ["", "```", command, "```"]
 
     # calibration
     lines += ["", "## Calibration", ""]
-    lines.append(f"Calibration run {cal.run_id} on {cal.device}: {cal.rounds} rounds of "
-                 f"{cal.block_steps}-step blocks in A B ... B A order, {cal.timed_s:.1f} s timed; "
-                 + ("every ratio's 95% interval within "
-                    f"+-{cal.precision:.2%}." if cal.settled else
-                    f"time cap reached before every interval was within +-{cal.precision:.2%}."))
+    lines.append(
+        f"Calibration run {cal.run_id} on {cal.device}: {cal.rounds} rounds of "
+        f"{cal.block_steps}-step blocks in A B ... B A order, {cal.timed_s:.1f} s timed; "
+        + (
+            f"every ratio's 95% interval within +-{cal.precision:.2%}."
+            if cal.settled
+            else f"time cap reached before every interval was within +-{cal.precision:.2%}."
+        )
+    )
     lines.append("")
     rows = []
     for a in cal.arms:
-        ci = (f"[{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else "-")
-        hw = f"+-{a.half_width:.2%}" if math.isfinite(a.half_width) and a is not cal.arms[0] else "-"
+        ci = f"[{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else "-"
+        hw = (
+            f"+-{a.half_width:.2%}" if math.isfinite(a.half_width) and a is not cal.arms[0] else "-"
+        )
         rows.append([a.label, a.attn, _num(a.steps_per_s, ".3f"), f"{a.ratio:.4f}", ci, hw])
-    lines += _table(["arm", "attention", "steps/s", "speed ratio", "95% interval", "half-width"],
-                    rows)
+    lines += _table(
+        ["arm", "attention", "steps/s", "speed ratio", "95% interval", "half-width"], rows
+    )
 
     # budgets
     lines += ["", "## Step budgets (matched time)", ""]
     minutes = runs[0].config.get("budget_source", {}).get("minutes") if runs else None
-    lines.append(f"The first arm gets {outcome.budgets[arms[0].label].steps} steps "
-                 f"(= {minutes if minutes is not None else '?'} min x 60 x its steps/s); every "
-                 f"other variant that many times its speed ratio; arms of one variant share "
-                 f"a budget.")
+    lines.append(
+        f"The first arm gets {outcome.budgets[arms[0].label].steps} steps "
+        f"(= {minutes if minutes is not None else '?'} min x 60 x its steps/s); every "
+        f"other variant that many times its speed ratio; arms of one variant share "
+        f"a budget."
+    )
     lines.append("")
-    lines += _table(["arm", "steps", "ratio"],
-                    [[k, str(b.steps), f"{b.ratio:.4f}"] for k, b in outcome.budgets.items()])
+    lines += _table(
+        ["arm", "steps", "ratio"],
+        [[k, str(b.steps), f"{b.ratio:.4f}"] for k, b in outcome.budgets.items()],
+    )
 
     # runs
     lines += ["", "## Runs", ""]
@@ -113,17 +130,45 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     rows = []
     for r in runs:
         c = clocks.get(r.id, {})
-        clock = (f"{c['sm_clock_mhz']:.0f} MHz" if "sm_clock_mhz" in c else "-")
-        rows.append([str(r.id), judge.arm_of(r) or "-", r.attn or "-", str(r.seed), r.status,
-                     str(r.iterations or "-"), _num(r.val_loss), _num(r.tokens_per_s, ",.0f"),
-                     _num(r.train_seconds, ".1f"), clock])
-    lines += _table(["run", "arm", "attention", "seed", "status", "steps", "val_loss", "tok/s",
-                     "train s", "SM clock (median)"], rows)
+        clock = f"{c['sm_clock_mhz']:.0f} MHz" if "sm_clock_mhz" in c else "-"
+        rows.append(
+            [
+                str(r.id),
+                judge.arm_of(r) or "-",
+                r.attn or "-",
+                str(r.seed),
+                r.status,
+                str(r.iterations or "-"),
+                _num(r.val_loss),
+                _num(r.tokens_per_s, ",.0f"),
+                _num(r.train_seconds, ".1f"),
+                clock,
+            ]
+        )
+    lines += _table(
+        [
+            "run",
+            "arm",
+            "attention",
+            "seed",
+            "status",
+            "steps",
+            "val_loss",
+            "tok/s",
+            "train s",
+            "SM clock (median)",
+        ],
+        rows,
+    )
     if any(clocks.values()):
         lines.append("")
-        lines.append("GPU medians per run (power, temperature): " + "; ".join(
-            f"run {rid}: {_num(c.get('power_w'), '.0f')} W, {_num(c.get('temp_c'), '.0f')} C"
-            for rid, c in sorted(clocks.items())))
+        lines.append(
+            "GPU medians per run (power, temperature): "
+            + "; ".join(
+                f"run {rid}: {_num(c.get('power_w'), '.0f')} W, {_num(c.get('temp_c'), '.0f')} C"
+                for rid, c in sorted(clocks.items())
+            )
+        )
 
     # verdicts
     lines += ["", "## Verdict", ""]
@@ -132,25 +177,40 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
             lines.append(f"- **{av.candidate} vs {av.baseline}**: no verdict ({av.error})")
             continue
         v = av.comparison.verdict
-        ci = (f"{v.confidence:.1%} interval of the difference [{v.ci[0] * 100:+.2f}%, "
-              f"{v.ci[1] * 100:+.2f}%]" if v.ci is not None else "no interval")
-        lines.append(f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- d "
-                     f"{v.d * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
-                     f"{v.baseline.n} runs). {v.reason}.")
+        ci = (
+            f"{v.confidence:.1%} interval of the difference [{v.ci[0] * 100:+.2f}%, "
+            f"{v.ci[1] * 100:+.2f}%]"
+            if v.ci is not None
+            else "no interval"
+        )
+        lines.append(
+            f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- d "
+            f"{v.d * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
+            f"{v.baseline.n} runs). {v.reason}."
+        )
     for av in outcome.verdicts:
         if av.comparison is not None:
             lines += ["", "```", judge.verdict_text(av), "```"]
     if outcome.design:
         d = outcome.design
         lines += ["", "### Sequential design", ""]
-        lines.append(f"--until-settled: {d['spending']} alpha spending, false WIN/LOSE rate "
-                     f"{d['alpha']:.0%} over planned looks at {', '.join(map(str, d['looks']))} "
-                     f"seeds per arm.")
+        lines.append(
+            f"--until-settled: {d['spending']} alpha spending, false WIN/LOSE rate "
+            f"{d['alpha']:.0%} over planned looks at {', '.join(map(str, d['looks']))} "
+            f"seeds per arm."
+        )
         lines.append("")
-        lines += _table(["look (seeds)", "confidence", "outcomes"],
-                        [[str(lk["seeds"]), f"{lk['confidence']:.4%}",
-                          ", ".join(f"{k}: {o}" for k, o in lk["outcomes"].items())]
-                         for lk in outcome.looks])
+        lines += _table(
+            ["look (seeds)", "confidence", "outcomes"],
+            [
+                [
+                    str(lk["seeds"]),
+                    f"{lk['confidence']:.4%}",
+                    ", ".join(f"{k}: {o}" for k, o in lk["outcomes"].items()),
+                ]
+                for lk in outcome.looks
+            ],
+        )
 
     # curves
     by_arm: dict[str, list[int]] = {}
@@ -159,12 +219,14 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
             by_arm.setdefault(judge.arm_of(r), []).append(r.id)
     lines += ["", "## Loss curves", ""]
     for metric in ("val_loss", "train_loss"):
-        curves = history.metric_curves(store, {a.label: by_arm.get(a.label, []) for a in arms},
-                                       name=metric)
+        curves = history.metric_curves(
+            store, {a.label: by_arm.get(a.label, []) for a in arms}, name=metric
+        )
         png = Path(f"{stem}-{metric}.png")
         try:
-            plots.plot_loss_curves(curves, png, f"{metric}: experiment {outcome.key}",
-                                   ylabel=metric)
+            plots.plot_loss_curves(
+                curves, png, f"{metric}: experiment {outcome.key}", ylabel=metric
+            )
         except ValueError:
             lines.append(f"No {metric} curves recorded.")
             continue
@@ -194,6 +256,8 @@ def _gate_lines(store, runs) -> list[str]:
             rep = gate_report.analyse_gates(rows)
         except ValueError:
             continue
-        out.append(f"- run {r.id} ({judge.arm_of(r)}, seed {r.seed}), step {rep.step}: "
-                   + "; ".join(rep.summary + rep.warnings))
+        out.append(
+            f"- run {r.id} ({judge.arm_of(r)}, seed {r.seed}), step {rep.step}: "
+            + "; ".join(rep.summary + rep.warnings)
+        )
     return out or ["No gated variant in this experiment (baseline has no gates)."]

@@ -19,6 +19,7 @@
   stop after their final evaluation and a checkpoint (a second signal stops
   them at once); then `Interrupted` is raised with the way to continue.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,13 +93,24 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "key": self.key, "tag": self.tag, "arms": [a.label for a in self.arms],
-            "attn": [a.attn for a in self.arms], "seeds": self.seeds, "devices": self.devices,
+            "key": self.key,
+            "tag": self.tag,
+            "arms": [a.label for a in self.arms],
+            "attn": [a.attn for a in self.arms],
+            "seeds": self.seeds,
+            "devices": self.devices,
             "calibration": self.calibration.to_dict() if self.calibration else None,
-            "budgets": {k: {"steps": b.steps, "ratio": b.ratio,
-                            "ratio_ci": list(b.ratio_ci) if b.ratio_ci else None}
-                        for k, b in self.budgets.items()},
-            "confidence": self.confidence, "design": self.design, "looks": self.looks,
+            "budgets": {
+                k: {
+                    "steps": b.steps,
+                    "ratio": b.ratio,
+                    "ratio_ci": list(b.ratio_ci) if b.ratio_ci else None,
+                }
+                for k, b in self.budgets.items()
+            },
+            "confidence": self.confidence,
+            "design": self.design,
+            "looks": self.looks,
             "verdicts": [v.to_dict() for v in self.verdicts],
         }
 
@@ -129,20 +141,32 @@ def resolve_devices(devices: list[str], processes: bool | None = None) -> list[s
 def base_specs(settings: Settings, cfg, device: str, steps: int = 1) -> list:
     from racli.training import spec_from_config
 
-    return [spec_from_config(cfg, attn=a.attn, preset=settings.preset, data=settings.data,
-                             steps=steps, seed=0, tag=settings.tag, device=device,
-                             compile=settings.compile,
-                             overrides=train_overrides(settings.overrides))
-            for a in settings.arms]
+    return [
+        spec_from_config(
+            cfg,
+            attn=a.attn,
+            preset=settings.preset,
+            data=settings.data,
+            steps=steps,
+            seed=0,
+            tag=settings.tag,
+            device=device,
+            compile=settings.compile,
+            overrides=train_overrides(settings.overrides),
+        )
+        for a in settings.arms
+    ]
 
 
 def comparable_config(spec, dataset) -> dict[str, Any]:
     from racli.training import run_config
 
     config = run_config(spec, dataset)
-    return {k: v for k, v in config.items()
-            if k not in ("attn", "seed", "tag", "budget", plan.EXPERIMENT_KEY,
-                         plan.BUDGET_SOURCE_KEY)}
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in ("attn", "seed", "tag", "budget", plan.EXPERIMENT_KEY, plan.BUDGET_SOURCE_KEY)
+    }
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -151,8 +175,11 @@ def comparable_config(spec, dataset) -> dict[str, Any]:
 def find_calibration(store, key: str):
     from racli.experiment.calibrate import Calibration
 
-    runs = [r for r in judge.experiment_runs(store, key, kind="calibration")
-            if r.status == "finished" and "calibration" in (r.config or {})]
+    runs = [
+        r
+        for r in judge.experiment_runs(store, key, kind="calibration")
+        if r.status == "finished" and "calibration" in (r.config or {})
+    ]
     if not runs:
         return None
     run = runs[-1]
@@ -161,8 +188,18 @@ def find_calibration(store, key: str):
     return cal
 
 
-def calibrate(store, settings: Settings, ecfg, specs, dataset, key: str, tag: str, *,
-              view, stop: threading.Event):
+def calibrate(
+    store,
+    settings: Settings,
+    ecfg,
+    specs,
+    dataset,
+    key: str,
+    tag: str,
+    *,
+    view,
+    stop: threading.Event,
+):
     """Time the arms, record a `calibration` run, return the Calibration."""
     from racli.experiment import calibrate as cal_mod
     from racli.store.recorder import RunRecorder
@@ -173,35 +210,54 @@ def calibrate(store, settings: Settings, ecfg, specs, dataset, key: str, tag: st
     config = {
         plan.EXPERIMENT_KEY: {"key": key, "arms": labels},
         "attn": [a.attn for a in settings.arms],
-        "device": specs[0].device_type, "compile": specs[0].compile,
-        "model": specs[0].model, "train": train_section(specs[0].train),
+        "device": specs[0].device_type,
+        "compile": specs[0].compile,
+        "model": specs[0].model,
+        "train": train_section(specs[0].train),
         "preset": specs[0].preset,
-        "settings": {"precision": e.calibration_precision, "max_s": e.calibration_max_s,
-                     "min_rounds": e.calibration_min_rounds,
-                     "block_steps": e.calibration_block_steps,
-                     "warmup_steps": e.calibration_warmup_steps, "minutes": settings.minutes},
+        "settings": {
+            "precision": e.calibration_precision,
+            "max_s": e.calibration_max_s,
+            "min_rounds": e.calibration_min_rounds,
+            "block_steps": e.calibration_block_steps,
+            "warmup_steps": e.calibration_warmup_steps,
+            "minutes": settings.minutes,
+        },
     }
     rec = RunRecorder.start(store, kind="calibration", config=config, tag=tag)
-    view.phase(f"calibrating {', '.join(labels)} on {specs[0].device} (run {rec.run_id}): "
-               f"until every speed ratio is within +-{e.calibration_precision:.2%} "
-               f"or {e.calibration_max_s:g} s of timed steps")
+    view.phase(
+        f"calibrating {', '.join(labels)} on {specs[0].device} (run {rec.run_id}): "
+        f"until every speed ratio is within +-{e.calibration_precision:.2%} "
+        f"or {e.calibration_max_s:g} s of timed steps"
+    )
 
     def on_round(cal) -> None:
         r = cal.rounds
         for a in cal.arms:
             rec.metric(r, f"s_per_step:{a.label}", cal.per_round[a.label][-1])
-        parts = [f"{a.label} {a.ratio:.4f}" + (f" +-{a.half_width:.2%}"
-                                               if math.isfinite(a.half_width) else "")
-                 for a in cal.arms[1:]]
-        view.note(f"calibration round {r}: {cal.arms[0].steps_per_s:.2f} steps/s "
-                  f"({cal.arms[0].label}); ratios {', '.join(parts)}")
+        parts = [
+            f"{a.label} {a.ratio:.4f}"
+            + (f" +-{a.half_width:.2%}" if math.isfinite(a.half_width) else "")
+            for a in cal.arms[1:]
+        ]
+        view.note(
+            f"calibration round {r}: {cal.arms[0].steps_per_s:.2f} steps/s "
+            f"({cal.arms[0].label}); ratios {', '.join(parts)}"
+        )
 
     try:
-        cal = cal_mod.measure(specs, labels, dataset, precision=e.calibration_precision,
-                              max_s=e.calibration_max_s, min_rounds=e.calibration_min_rounds,
-                              block_steps=e.calibration_block_steps,
-                              warmup_steps=e.calibration_warmup_steps, stop=stop,
-                              on_round=on_round)
+        cal = cal_mod.measure(
+            specs,
+            labels,
+            dataset,
+            precision=e.calibration_precision,
+            max_s=e.calibration_max_s,
+            min_rounds=e.calibration_min_rounds,
+            block_steps=e.calibration_block_steps,
+            warmup_steps=e.calibration_warmup_steps,
+            stop=stop,
+            on_round=on_round,
+        )
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             rec.end("interrupted", error="interrupted during calibration")
@@ -211,8 +267,12 @@ def calibrate(store, settings: Settings, ecfg, specs, dataset, key: str, tag: st
     cal.run_id = rec.run_id
     r = cal.rounds
     for a in cal.arms:
-        values = {f"steps_per_s:{a.label}": a.steps_per_s, f"speed_ratio:{a.label}": a.ratio,
-                  f"speed_ratio_lo:{a.label}": a.ratio_lo, f"speed_ratio_hi:{a.label}": a.ratio_hi}
+        values = {
+            f"steps_per_s:{a.label}": a.steps_per_s,
+            f"speed_ratio:{a.label}": a.ratio,
+            f"speed_ratio_lo:{a.label}": a.ratio_lo,
+            f"speed_ratio_hi:{a.label}": a.ratio_hi,
+        }
         rec.metrics(r, {k: v for k, v in values.items() if v is not None and math.isfinite(v)})
     rec.update(config={**config, "calibration": cal.to_dict()})
     if stop.is_set():
@@ -262,9 +322,22 @@ def log_path(db: str, key: str, job: Job) -> Path:
 class Context:
     """What every job of one invocation shares."""
 
-    def __init__(self, settings: Settings, cfg, store, *, key: str, tag: str, dataset,
-                 budgets: dict[str, Budget], cal, devices: list[str], view,
-                 stop: threading.Event, on_step=None):
+    def __init__(
+        self,
+        settings: Settings,
+        cfg,
+        store,
+        *,
+        key: str,
+        tag: str,
+        dataset,
+        budgets: dict[str, Budget],
+        cal,
+        devices: list[str],
+        view,
+        stop: threading.Event,
+        on_step=None,
+    ):
         self.settings, self.cfg, self.store = settings, cfg, store
         self.key, self.tag, self.dataset = key, tag, dataset
         self.budgets, self.cal, self.devices = budgets, cal, devices
@@ -274,11 +347,15 @@ class Context:
 
     def extra(self, job: Job) -> dict[str, Any]:
         arms = self.settings.arms
-        extra = plan.extra_config(key=self.key, arm=job.arm, arms=arms,
-                                  budget=self.budgets[job.arm.label],
-                                  minutes=self.settings.minutes,
-                                  calibration_run=self.cal.run_id,
-                                  reference_steps=self.budgets[arms[0].label].steps)
+        extra = plan.extra_config(
+            key=self.key,
+            arm=job.arm,
+            arms=arms,
+            budget=self.budgets[job.arm.label],
+            minutes=self.settings.minutes,
+            calibration_run=self.cal.run_id,
+            reference_steps=self.budgets[arms[0].label].steps,
+        )
         extra[plan.EXPERIMENT_KEY]["device"] = self.devices[job.device]  # where it started
         return extra
 
@@ -290,15 +367,24 @@ class Context:
 def _eta(ctx: Context, left: int, running: int) -> float | None:
     """Seconds left: runs to go x the mean duration of the runs done so far (before the
     first, the matched minutes plus a fifth for start-up and evaluation)."""
-    per = (sum(ctx.durations) / len(ctx.durations) if ctx.durations
-           else ctx.settings.minutes * 60.0 * 1.2)
+    per = (
+        sum(ctx.durations) / len(ctx.durations)
+        if ctx.durations
+        else ctx.settings.minutes * 60.0 * 1.2
+    )
     return per * (left + running) / max(1, len(ctx.devices))
 
 
 def _verdict_so_far(ctx: Context, confidence: float) -> None:
     v = ctx.cfg.verdict
-    found = judge.verdicts(ctx.store, ctx.key, ctx.settings.arms, threshold=v.threshold,
-                           speed_tolerance=v.speed_tolerance, confidence=confidence)
+    found = judge.verdicts(
+        ctx.store,
+        ctx.key,
+        ctx.settings.arms,
+        threshold=v.threshold,
+        speed_tolerance=v.speed_tolerance,
+        confidence=confidence,
+    )
     ctx.view.verdict([x.short() for x in found])
 
 
@@ -344,16 +430,23 @@ def run_in_process(ctx: Context, jobs: list[Job], confidence: float) -> list[Job
         if action == "resume":
             ctx.view.started(device, ctx.label(job, run.id) + " resumed", budget.steps)
             try:
-                result = training.resume(ctx.store, run.id, stop=ctx.stop, reporter=reporter,
-                                         on_step=ctx.on_step)
+                result = training.resume(
+                    ctx.store, run.id, stop=ctx.stop, reporter=reporter, on_step=ctx.on_step
+                )
             except BadInput as exc:
                 ctx.view.note(f"run {run.id} cannot be resumed ({exc}): starting it again")
         if result is None:
             spec = base_specs_for(ctx, job, device)
             ctx.view.started(device, ctx.label(job, None), budget.steps)
             try:
-                result = training.train(spec, ctx.store, dataset=ctx.dataset, stop=ctx.stop,
-                                        reporter=reporter, on_step=ctx.on_step)
+                result = training.train(
+                    spec,
+                    ctx.store,
+                    dataset=ctx.dataset,
+                    stop=ctx.stop,
+                    reporter=reporter,
+                    on_step=ctx.on_step,
+                )
             except KeyboardInterrupt:
                 raise
             except BadInput:
@@ -377,9 +470,18 @@ def base_specs_for(ctx: Context, job: Job, device: str):
     from racli.training import spec_from_config
 
     s = ctx.settings
-    spec = spec_from_config(ctx.cfg, attn=job.arm.attn, preset=s.preset, data=s.data,
-                            steps=ctx.budgets[job.arm.label].steps, seed=job.seed, tag=ctx.tag,
-                            device=device, compile=s.compile, overrides=train_overrides(s.overrides))
+    spec = spec_from_config(
+        ctx.cfg,
+        attn=job.arm.attn,
+        preset=s.preset,
+        data=s.data,
+        steps=ctx.budgets[job.arm.label].steps,
+        seed=job.seed,
+        tag=ctx.tag,
+        device=device,
+        compile=s.compile,
+        overrides=train_overrides(s.overrides),
+    )
     spec.extra = ctx.extra(job)
     return spec
 
@@ -412,8 +514,18 @@ def child_argv(ctx: Context, job: Job, resume: int | None) -> list[str]:
         return argv + ["--resume", str(resume)]
     budget = ctx.budgets[job.arm.label]
     device = "cpu" if ctx.devices[job.device] == "cpu" else "cuda"  # CUDA_VISIBLE_DEVICES picks
-    argv += ["--attn", job.arm.attn, "--steps", str(budget.steps), "--seed", str(job.seed),
-             "--tag", ctx.tag, "--device", device]
+    argv += [
+        "--attn",
+        job.arm.attn,
+        "--steps",
+        str(budget.steps),
+        "--seed",
+        str(job.seed),
+        "--tag",
+        ctx.tag,
+        "--device",
+        device,
+    ]
     if s.preset:
         argv += ["--model", s.preset]
     if s.data:
@@ -478,24 +590,33 @@ def run_children(ctx: Context, jobs: list[Job], confidence: float) -> list[JobRe
                 job, action, run = queue.pop(0)
                 resume = run.id if action == "resume" else None
                 if resume is not None and not _has_checkpoint(ctx, resume):
-                    ctx.view.note(f"run {resume} has no checkpoint: starting "
-                                  f"{job.arm.label} seed {job.seed} again")
+                    ctx.view.note(
+                        f"run {resume} has no checkpoint: starting "
+                        f"{job.arm.label} seed {job.seed} again"
+                    )
                     resume = None
                 path = log_path(ctx.settings.db, ctx.key, job)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 log = open(path, "a")
-                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                          f"{'resume ' + str(resume) if resume else 'start'} ===\n")
+                log.write(
+                    f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                    f"{'resume ' + str(resume) if resume else 'start'} ===\n"
+                )
                 log.flush()
                 env = child_env(ctx.devices[d]) if ctx.devices[d] != "cpu" else dict(os.environ)
-                proc = subprocess.Popen(child_argv(ctx, job, resume), stdout=log,
-                                        stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    child_argv(ctx, job, resume),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
                 ctx.children.append(proc)
                 total = ctx.budgets[job.arm.label].steps
                 running[d] = _Child(job, proc, log, time.monotonic(), resume, total)
-                ctx.view.started(ctx.devices[d], ctx.label(job, resume)
-                                 + (" resumed" if resume else ""), total)
+                ctx.view.started(
+                    ctx.devices[d], ctx.label(job, resume) + (" resumed" if resume else ""), total
+                )
         if not running:
             break
         time.sleep(0.25)
@@ -524,8 +645,11 @@ def run_children(ctx: Context, jobs: list[Job], confidence: float) -> list[JobRe
                 ctx.durations.append(now - child.started)
             left = sum(len(q) for q in per_device)
             ctx.view.state.eta_s = _eta(ctx, left, len(running))
-            extra = (f"val_loss {run.val_loss:.4f}" if run is not None and run.val_loss
-                     is not None and status == "finished" else note)
+            extra = (
+                f"val_loss {run.val_loss:.4f}"
+                if run is not None and run.val_loss is not None and status == "finished"
+                else note
+            )
             ctx.view.finished(ctx.devices[d], ctx.label(child.job, run_id), status, extra)
             results.append(JobResult(child.job, run_id, status, note))
             if status == "finished":
@@ -563,8 +687,11 @@ def _poll_steps(ctx: Context, running: dict[int, _Child]) -> None:
             child.run_id = run.id
             ctx.view.started(ctx.devices[d], ctx.label(child.job, run.id), child.total)
         with ctx.store.engine.connect() as conn:
-            step = conn.execute(select(func.max(Metric.step)).where(
-                Metric.run_id == child.run_id, Metric.name == "train_loss")).scalar()
+            step = conn.execute(
+                select(func.max(Metric.step)).where(
+                    Metric.run_id == child.run_id, Metric.name == "train_loss"
+                )
+            ).scalar()
         if step is not None:
             ctx.view.step(ctx.devices[d], int(step))
 
@@ -613,14 +740,17 @@ def check_settings(settings: Settings) -> None:
         if len(settings.seeds) < 2:
             raise BadInput("--until-settled needs at least 2 seeds to start (--seeds 1-2)")
         if settings.max_seeds < len(settings.seeds):
-            raise BadInput(f"--max-seeds {settings.max_seeds} is below the "
-                           f"{len(settings.seeds)} seeds of --seeds")
+            raise BadInput(
+                f"--max-seeds {settings.max_seeds} is below the "
+                f"{len(settings.seeds)} seeds of --seeds"
+            )
     elif settings.max_seeds is not None:
         raise BadInput("--max-seeds applies with --until-settled")
 
 
-def run_experiment(settings: Settings, cfg, store, *, view, stop: threading.Event | None = None,
-                   on_step=None) -> Outcome:
+def run_experiment(
+    settings: Settings, cfg, store, *, view, stop: threading.Event | None = None, on_step=None
+) -> Outcome:
     """Calibrate (or reuse the calibration), run every job not yet finished, judge.
 
     Raises BadInput before anything is recorded when the settings cannot work, and
@@ -638,12 +768,18 @@ def run_experiment(settings: Settings, cfg, store, *, view, stop: threading.Even
 
     for spec in specs:
         run_config(spec, dataset)  # validates every arm's model config
-    key = plan.experiment_key(arms=settings.arms, comparable=comparable_config(specs[0], dataset),
-                              minutes=settings.minutes, tag=settings.tag)
+    key = plan.experiment_key(
+        arms=settings.arms,
+        comparable=comparable_config(specs[0], dataset),
+        minutes=settings.minutes,
+        tag=settings.tag,
+    )
     tag = plan.run_tag(settings.tag, key)
-    view.note(f"experiment {key}: {', '.join(a.label for a in settings.arms)}; "
-              f"seeds {_seed_text(settings.seeds)}; {settings.minutes:g} min each at matched "
-              f"time; devices {', '.join(devices)}; runs tagged '{tag}'")
+    view.note(
+        f"experiment {key}: {', '.join(a.label for a in settings.arms)}; "
+        f"seeds {_seed_text(settings.seeds)}; {settings.minutes:g} min each at matched "
+        f"time; devices {', '.join(devices)}; runs tagged '{tag}'"
+    )
 
     ctx_ref: list = []
     with interruptible(ctx_ref, stop):
@@ -654,11 +790,24 @@ def run_experiment(settings: Settings, cfg, store, *, view, stop: threading.Even
             cal = calibrate(store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop)
         view.note(_calibration_text(cal))
         ratios = cal.variant_ratios()
-        budgets = plan.step_budgets(settings.arms, settings.minutes,
-                                    cal.arm(settings.arms[0].label).steps_per_s, ratios)
+        budgets = plan.step_budgets(
+            settings.arms, settings.minutes, cal.arm(settings.arms[0].label).steps_per_s, ratios
+        )
         view.note("step budgets: " + ", ".join(f"{k} {b.steps}" for k, b in budgets.items()))
-        ctx = Context(settings, ecfg, store, key=key, tag=tag, dataset=dataset, budgets=budgets,
-                      cal=cal, devices=devices, view=view, stop=stop, on_step=on_step)
+        ctx = Context(
+            settings,
+            ecfg,
+            store,
+            key=key,
+            tag=tag,
+            dataset=dataset,
+            budgets=budgets,
+            cal=cal,
+            devices=devices,
+            view=view,
+            stop=stop,
+            on_step=on_step,
+        )
         ctx_ref.append(ctx)
         children = settings.processes if settings.processes is not None else devices[0] != "cpu"
         run = run_children if children else run_in_process
@@ -668,17 +817,26 @@ def run_experiment(settings: Settings, cfg, store, *, view, stop: threading.Even
         if settings.until_settled:
             from racli.experiment.sequential import Design
 
-            design = Design.plan(len(seeds), settings.max_seeds,
-                                 alpha=ecfg.experiment.false_decision_rate,
-                                 kind=ecfg.experiment.spending)
+            design = Design.plan(
+                len(seeds),
+                settings.max_seeds,
+                alpha=ecfg.experiment.false_decision_rate,
+                kind=ecfg.experiment.spending,
+            )
         v = ecfg.verdict
         looks: list[dict] = []
         results: list[JobResult] = []
         while True:
             confidence = design.confidence(len(seeds)) if design else v.confidence
-            view.phase(f"training {len(settings.arms)} arms x {len(seeds)} seeds"
-                       + (f" (look {len(looks) + 1} of {len(design.looks)}, verdict at "
-                          f"{confidence:.3%} confidence)" if design else ""))
+            view.phase(
+                f"training {len(settings.arms)} arms x {len(seeds)} seeds"
+                + (
+                    f" (look {len(looks) + 1} of {len(design.looks)}, verdict at "
+                    f"{confidence:.3%} confidence)"
+                    if design
+                    else ""
+                )
+            )
             jobs = plan.schedule(settings.arms, seeds, len(devices))
             results = run(ctx, jobs, confidence)
             if stop.is_set():
@@ -686,13 +844,28 @@ def run_experiment(settings: Settings, cfg, store, *, view, stop: threading.Even
                 stopped = [r.run_id for r in results if r.status == "interrupted"]
                 raise Interrupted(
                     f"interrupted: {done} of {len(jobs)} runs finished"
-                    + (f"; runs {', '.join(map(str, stopped))} stopped with a checkpoint"
-                       if stopped else "")
-                    + "; run the same command again to continue")
-            verdicts = judge.verdicts(store, key, settings.arms, threshold=v.threshold,
-                                      speed_tolerance=v.speed_tolerance, confidence=confidence)
-            looks.append({"seeds": len(seeds), "confidence": confidence,
-                          "outcomes": {x.candidate: x.outcome for x in verdicts}})
+                    + (
+                        f"; runs {', '.join(map(str, stopped))} stopped with a checkpoint"
+                        if stopped
+                        else ""
+                    )
+                    + "; run the same command again to continue"
+                )
+            verdicts = judge.verdicts(
+                store,
+                key,
+                settings.arms,
+                threshold=v.threshold,
+                speed_tolerance=v.speed_tolerance,
+                confidence=confidence,
+            )
+            looks.append(
+                {
+                    "seeds": len(seeds),
+                    "confidence": confidence,
+                    "outcomes": {x.candidate: x.outcome for x in verdicts},
+                }
+            )
             if design is None:
                 break
             if not any(x.outcome == "INCONCLUSIVE" for x in verdicts):
@@ -701,13 +874,25 @@ def run_experiment(settings: Settings, cfg, store, *, view, stop: threading.Even
             if nxt is None:
                 break
             added = plan.next_seeds(seeds, nxt - len(seeds))
-            view.note(f"look at {len(seeds)} seeds: still INCONCLUSIVE; adding seeds "
-                      f"{_seed_text(added)}")
+            view.note(
+                f"look at {len(seeds)} seeds: still INCONCLUSIVE; adding seeds {_seed_text(added)}"
+            )
             seeds += added
     view.close()
-    return Outcome(key=key, tag=tag, arms=settings.arms, seeds=seeds, devices=devices,
-                   calibration=cal, budgets=budgets, verdicts=verdicts, confidence=confidence,
-                   design=design.to_dict() if design else None, looks=looks, results=results)
+    return Outcome(
+        key=key,
+        tag=tag,
+        arms=settings.arms,
+        seeds=seeds,
+        devices=devices,
+        calibration=cal,
+        budgets=budgets,
+        verdicts=verdicts,
+        confidence=confidence,
+        design=design.to_dict() if design else None,
+        looks=looks,
+        results=results,
+    )
 
 
 def _seed_text(seeds: list[int]) -> str:
@@ -720,9 +905,14 @@ def _calibration_text(cal) -> str:
     first = cal.arms[0]
     parts = [f"{first.label} {first.steps_per_s:.3f} steps/s"]
     for a in cal.arms[1:]:
-        ci = (f" [{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else "")
+        ci = f" [{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else ""
         parts.append(f"{a.label} x{a.ratio:.4f}{ci}")
-    state = ("settled" if cal.settled else
-             f"time cap reached, intervals wider than +-{cal.precision:.2%}")
-    return (f"calibration (run {cal.run_id}, {cal.rounds} rounds, {cal.timed_s:.1f} s, "
-            f"{state}): " + "; ".join(parts))
+    state = (
+        "settled"
+        if cal.settled
+        else f"time cap reached, intervals wider than +-{cal.precision:.2%}"
+    )
+    return (
+        f"calibration (run {cal.run_id}, {cal.rounds} rounds, {cal.timed_s:.1f} s, "
+        f"{state}): " + "; ".join(parts)
+    )

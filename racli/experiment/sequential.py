@@ -39,6 +39,7 @@ Pure numpy and scipy (no torch, no database). :func:`simulate` runs many
 histories of a comparison through any verdict function; the tests use it to
 check the 5% with the real rules.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,9 @@ def _weights(n: int, h: float) -> np.ndarray:
     return w * h / 3.0
 
 
-def boundaries(looks: Sequence[int], alpha: float = 0.05,
-               kind: str = "obrien_fleming") -> list[float]:
+def boundaries(
+    looks: Sequence[int], alpha: float = 0.05, kind: str = "obrien_fleming"
+) -> list[float]:
     """Two-sided critical values c_k of the standardised statistic at each look."""
     from scipy.optimize import brentq
     from scipy.special import ndtr, ndtri
@@ -110,7 +112,7 @@ def boundaries(looks: Sequence[int], alpha: float = 0.05,
                 """P(first crossing at this look | boundary b) - the share to spend."""
                 return float(np.sum(w * (ndtr((-b - grid) / sd) + ndtr((grid - b) / sd)))) - a_k
 
-            hi = (abs(grid).max() + 12.0 * sd)
+            hi = abs(grid).max() + 12.0 * sd
             if a_k <= 0 or excess(hi) >= 0:
                 b = math.inf
             else:
@@ -124,23 +126,33 @@ def boundaries(looks: Sequence[int], alpha: float = 0.05,
             dens = np.exp(-0.5 * new**2 / i_k) / math.sqrt(2 * math.pi * i_k)
         else:
             w = _weights(len(grid), grid[1] - grid[0]) * dens
-            kern = np.exp(-0.5 * ((new[:, None] - grid[None, :]) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+            kern = np.exp(-0.5 * ((new[:, None] - grid[None, :]) / sd) ** 2) / (
+                sd * math.sqrt(2 * math.pi)
+            )
             dens = kern @ w
         grid = new
     return out
 
 
-def nominal_levels(looks: Sequence[int], alpha: float = 0.05,
-                   kind: str = "obrien_fleming") -> list[float]:
+def nominal_levels(
+    looks: Sequence[int], alpha: float = 0.05, kind: str = "obrien_fleming"
+) -> list[float]:
     """The two-sided nominal significance level of each look: 2 (1 - Phi(c_k))."""
     from scipy.special import ndtr
 
-    return [float(2.0 * (1.0 - ndtr(c))) if math.isfinite(c) else 0.0
-            for c in boundaries(looks, alpha, kind)]
+    return [
+        float(2.0 * (1.0 - ndtr(c))) if math.isfinite(c) else 0.0
+        for c in boundaries(looks, alpha, kind)
+    ]
 
 
-def t_levels(looks: Sequence[int], alpha: float = 0.05, kind: str = "obrien_fleming",
-             paths: int = 200_000, seed: int = 0) -> list[float]:
+def t_levels(
+    looks: Sequence[int],
+    alpha: float = 0.05,
+    kind: str = "obrien_fleming",
+    paths: int = 200_000,
+    seed: int = 0,
+) -> list[float]:
     """Two-sided nominal levels of the paired t test at each look that spend alpha(t_k)
     exactly for the t statistic (fixed-seed simulation; see the module docstring)."""
     from scipy.special import stdtr
@@ -172,8 +184,11 @@ def t_levels(looks: Sequence[int], alpha: float = 0.05, kind: str = "obrien_flem
             continue
         cross = min(cross, len(candidates))
         # the critical |t|: half-way between the last crossing and the first staying value
-        c = candidates[cross - 1] if cross == len(candidates) else \
-            0.5 * (candidates[cross - 1] + candidates[cross])
+        c = (
+            candidates[cross - 1]
+            if cross == len(candidates)
+            else 0.5 * (candidates[cross - 1] + candidates[cross])
+        )
         alive &= ~(t > c)
         levels.append(float(2.0 * (1.0 - stdtr(n - 1, c))))
     return levels
@@ -189,8 +204,14 @@ class Design:
     levels: list[float] = field(default_factory=list)
 
     @classmethod
-    def plan(cls, first: int, max_seeds: int, alpha: float = 0.05,
-             kind: str = "obrien_fleming", step: int = 2) -> Design:
+    def plan(
+        cls,
+        first: int,
+        max_seeds: int,
+        alpha: float = 0.05,
+        kind: str = "obrien_fleming",
+        step: int = 2,
+    ) -> Design:
         looks = plan_looks(first, max_seeds, step)
         return cls(looks, alpha, kind, t_levels(looks, alpha, kind))
 
@@ -205,8 +226,12 @@ class Design:
         return next((m for m in self.looks if m > n), None)
 
     def to_dict(self) -> dict:
-        return {"looks": self.looks, "alpha": self.alpha, "spending": self.kind,
-                "confidence": [1.0 - p for p in self.levels]}
+        return {
+            "looks": self.looks,
+            "alpha": self.alpha,
+            "spending": self.kind,
+            "confidence": [1.0 - p for p in self.levels],
+        }
 
 
 # ---------------------------------------------------------------------------- simulation
@@ -224,10 +249,19 @@ class SimResult:
         return sum(self.outcomes.get(o, 0) for o in outcomes) / self.histories
 
 
-def simulate(judge: Judge, design: Design | None, *, effect: float = 0.0, noise: float = 0.007,
-             seed_noise: float = 0.0, histories: int = 400, rng_seed: int = 0,
-             looks: Sequence[int] | None = None, confidence: float = 0.95,
-             mean: float = 3.0) -> SimResult:
+def simulate(
+    judge: Judge,
+    design: Design | None,
+    *,
+    effect: float = 0.0,
+    noise: float = 0.007,
+    seed_noise: float = 0.0,
+    histories: int = 400,
+    rng_seed: int = 0,
+    looks: Sequence[int] | None = None,
+    confidence: float = 0.95,
+    mean: float = 3.0,
+) -> SimResult:
     """Run `histories` experiments through `judge(candidate, baseline, confidence) -> outcome`.
 
     Each run's value is ``mean * (1 + effect_arm + seed_term + e)`` with ``e ~ N(0, noise)``

@@ -4,6 +4,7 @@ On a terminal, a Rich live view: the runs done / running / left, each
 device's current run with its step, the time left, and the verdict so far.
 Elsewhere (logs, CI, tests) one plain line per event. No torch.
 """
+
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,11 @@ class PlainView:
 
     def started(self, device: str, label: str, total: int | None) -> None:
         self.state.slots[device] = Slot(device, label, 0, total)
-        self.note(f"[{device}] {label}: started ({total} steps)" if total else
-                  f"[{device}] {label}: started")
+        self.note(
+            f"[{device}] {label}: started ({total} steps)"
+            if total
+            else f"[{device}] {label}: started"
+        )
 
     def step(self, device: str, step: int) -> None:
         slot = self.state.slots.get(device)
@@ -61,8 +65,9 @@ class PlainView:
 
     def finished(self, device: str, label: str, status: str, extra: str = "") -> None:
         self.state.slots[device] = Slot(device)
-        self.note(f"[{device}] {label}: {status}{(' ' + extra) if extra else ''}"
-                  f"  ({self.counts()})")
+        self.note(
+            f"[{device}] {label}: {status}{(' ' + extra) if extra else ''}  ({self.counts()})"
+        )
 
     def counts(self) -> str:
         s = self.state
@@ -92,8 +97,9 @@ class LiveView(PlainView):
         from rich.live import Live
 
         self.console = Console(file=self.stream)
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4,
-                         transient=False)
+        self.live = Live(
+            self._render(), console=self.console, refresh_per_second=4, transient=False
+        )
         self.live.start()
         self._last = 0.0
 
@@ -108,8 +114,7 @@ class LiveView(PlainView):
         table.add_column("run")
         table.add_column("step", justify="right")
         for slot in s.slots.values():
-            step = (f"{slot.step}/{slot.total}" if slot.step is not None and slot.total
-                    else "-")
+            step = f"{slot.step}/{slot.total}" if slot.step is not None and slot.total else "-"
             table.add_row(slot.device, slot.label, step)
         parts = [Text(s.phase, style="bold"), Text(self.counts()), table]
         for line in s.verdict:

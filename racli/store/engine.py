@@ -14,6 +14,7 @@ holds changes, it falls back to `immutable=1`. PostgreSQL sessions are
 read-only transactions. An empty or foreign database, or an older schema, is
 bad input with one line.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,7 @@ def sqlite_path(db: str) -> Path | None:
     url = database_url(db)
     if not url.startswith("sqlite:///"):
         return None
-    path = url[len("sqlite:///"):]
+    path = url[len("sqlite:///") :]
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -197,7 +198,9 @@ def _migrate(engine: Engine, action: str, revision: str) -> None:
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                     if broken:
-                        raise RuntimeError(f"migration to {revision} broke foreign keys: {broken[:3]}")
+                        raise RuntimeError(
+                            f"migration to {revision} broke foreign keys: {broken[:3]}"
+                        )
         finally:
             if dbapi is not None:
                 dbapi.execute("PRAGMA foreign_keys=ON")
@@ -242,8 +245,9 @@ def _first_line(exc: BaseException) -> str:
     return str(getattr(exc, "orig", exc)).strip().splitlines()[0]
 
 
-def _connect(db: str, *, readonly: bool = False,
-             immutable: bool = False) -> tuple[Engine, str | None]:
+def _connect(
+    db: str, *, readonly: bool = False, immutable: bool = False
+) -> tuple[Engine, str | None]:
     """An engine on `db` and its schema revision; bad input when it cannot be read."""
     path = sqlite_path(db)
     if path is not None and path.is_dir():
@@ -252,8 +256,9 @@ def _connect(db: str, *, readonly: bool = False,
         engine = make_engine(db, readonly=readonly, immutable=immutable)
     except ModuleNotFoundError as exc:
         hint = " (pip install 'ra[postgres]')" if "psycopg" in str(exc) else ""
-        raise BadInput(f"cannot open database {shown(db)}: the database driver is not "
-                       f"installed: {exc}{hint}") from exc
+        raise BadInput(
+            f"cannot open database {shown(db)}: the database driver is not installed: {exc}{hint}"
+        ) from exc
     except Exception as exc:  # bad URL
         raise BadInput(f"cannot open database {shown(db)}: {exc}") from exc
     try:
@@ -266,8 +271,9 @@ def _connect(db: str, *, readonly: bool = False,
 def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
     """None when SQLite can read `path` this way, else the error text."""
     try:
-        conn = sqlite3.connect(_sqlite_ro_uri(path, immutable), uri=True,
-                               timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(
+            _sqlite_ro_uri(path, immutable), uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
@@ -291,8 +297,10 @@ def _connect_readonly(db: str) -> tuple[Engine, str | None]:
     if path.is_dir():
         raise BadInput(f"database path {path} is a directory")
     if not path.exists():
-        raise BadInput(f"no database at {path} (record a run with `ra bench` or `ra train`, "
-                       f"or create one with `ra db upgrade`)")
+        raise BadInput(
+            f"no database at {path} (record a run with `ra bench` or `ra train`, "
+            f"or create one with `ra db upgrade`)"
+        )
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -308,9 +316,11 @@ def _connect_readonly(db: str) -> tuple[Engine, str | None]:
     if "file is not a database" in error or "malformed" in error:
         raise BadInput(f"cannot open database {shown(db)}: {error}")
     if wal.exists() and wal.stat().st_size > 0:
-        raise BadInput(f"cannot read database {path} read-only ({error}): its -wal file holds "
-                       f"changes not yet in the main file; open it once with write access (or "
-                       f"copy the folder) to checkpoint them")
+        raise BadInput(
+            f"cannot read database {path} read-only ({error}): its -wal file holds "
+            f"changes not yet in the main file; open it once with write access (or "
+            f"copy the folder) to checkpoint them"
+        )
     if _probe_sqlite_ro(path, immutable=True) is not None:
         raise BadInput(f"cannot open database {shown(db)}: {error}")
     return _connect(db, readonly=True, immutable=True)
@@ -345,18 +355,24 @@ def _refuse_unversioned(engine: Engine, db: str, *, empty_ok: bool) -> None:
     with engine.connect() as conn:
         tables = inspect(conn).get_table_names()
     if tables:
-        raise BadInput(f"database {shown(db)} holds tables ({', '.join(sorted(tables)[:4])}) "
-                       f"but no ra schema version: not an ra database")
+        raise BadInput(
+            f"database {shown(db)} holds tables ({', '.join(sorted(tables)[:4])}) "
+            f"but no ra schema version: not an ra database"
+        )
     if not empty_ok:
-        raise BadInput(f"database {shown(db)} holds no ra store yet (record a run with `ra bench` or "
-                       f"`ra train`, or create the schema with `ra db upgrade`)")
+        raise BadInput(
+            f"database {shown(db)} holds no ra store yet (record a run with `ra bench` or "
+            f"`ra train`, or create the schema with `ra db upgrade`)"
+        )
 
 
 def _check_known(engine: Engine, db: str, rev: str | None) -> None:
     if rev is not None and rev != HEAD_REVISION and rev not in known_revisions():
         engine.dispose()
-        raise BadInput(f"database {shown(db)} has schema revision {rev}, newer than this ra knows "
-                       f"(latest {HEAD_REVISION}): upgrade ra to use it")
+        raise BadInput(
+            f"database {shown(db)} has schema revision {rev}, newer than this ra knows "
+            f"(latest {HEAD_REVISION}): upgrade ra to use it"
+        )
 
 
 def _open_readonly(db: str) -> Store:
@@ -368,16 +384,20 @@ def _open_readonly(db: str) -> Store:
         if rev != HEAD_REVISION:
             path = sqlite_path(db)
             if path is None:
-                raise BadInput(f"database {shown(db)} has schema revision {rev}, older than this "
-                               f"ra's {HEAD_REVISION}: run `ra db upgrade --db {shown(db)}` once "
-                               f"(read commands never change a store)")
+                raise BadInput(
+                    f"database {shown(db)} has schema revision {rev}, older than this "
+                    f"ra's {HEAD_REVISION}: run `ra db upgrade --db {shown(db)}` once "
+                    f"(read commands never change a store)"
+                )
             engine.dispose()
             engine = upgraded_copy(path)
             import sys
 
-            sys.stderr.write(f"ra: note: {path} has schema revision {rev} (this ra: "
-                             f"{HEAD_REVISION}); read through an upgraded temporary copy, the "
-                             f"store itself is unchanged (`ra db upgrade` upgrades it)\n")
+            sys.stderr.write(
+                f"ra: note: {path} has schema revision {rev} (this ra: "
+                f"{HEAD_REVISION}); read through an upgraded temporary copy, the "
+                f"store itself is unchanged (`ra db upgrade` upgrades it)\n"
+            )
     except BaseException:
         engine.dispose()
         raise
@@ -410,8 +430,9 @@ def upgraded_copy(path: Path) -> Engine:
     return engine
 
 
-def open_store(db: str, *, create: bool = True, migrate: bool = True,
-               readonly: bool = False) -> Store:
+def open_store(
+    db: str, *, create: bool = True, migrate: bool = True, readonly: bool = False
+) -> Store:
     """Open (and by default create and migrate) the results store at `db`.
 
     `create=False` refuses a SQLite file that does not exist. `readonly=True`
@@ -425,10 +446,14 @@ def open_store(db: str, *, create: bool = True, migrate: bool = True,
     if path is not None:
         if not path.exists():
             if not create:
-                raise BadInput(f"no database at {path} (record a run with `ra bench` or "
-                               f"`ra train`, or create one with `ra db upgrade`)")
+                raise BadInput(
+                    f"no database at {path} (record a run with `ra bench` or "
+                    f"`ra train`, or create one with `ra db upgrade`)"
+                )
             if not path.parent.is_dir():
-                raise BadInput(f"cannot create database {path}: directory {path.parent} does not exist")
+                raise BadInput(
+                    f"cannot create database {path}: directory {path.parent} does not exist"
+                )
     engine, rev = _connect(db)
     _check_known(engine, db, rev)
     if rev is None:

@@ -4,6 +4,7 @@ Every function checks all the ids it is given before changing anything (an
 unknown id is bad input and nothing changes) and makes its change in one
 transaction. No torch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ def checkpoint_files(db: str, run_id: int) -> list[Path]:
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
     for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k:k + _IN_CHUNK]
+        yield ids[k : k + _IN_CHUNK]
 
 
 def unique_ids(ids) -> list[int]:
@@ -80,8 +81,11 @@ def set_excluded(store: Store, ids, *, excluded: bool, reason: str | None = None
     runs = get_runs(store, ids)
     with store.writing() as conn:
         for chunk in _chunks([r.id for r in runs]):
-            conn.execute(update(Run).where(Run.id.in_(chunk)).values(
-                excluded=excluded, exclude_reason=reason.strip() if excluded else None))
+            conn.execute(
+                update(Run)
+                .where(Run.id.in_(chunk))
+                .values(excluded=excluded, exclude_reason=reason.strip() if excluded else None)
+            )
     return runs
 
 
@@ -94,8 +98,13 @@ class Deleted:
     checkpoints: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"runs": self.runs, "metrics": self.metrics, "timings": self.timings,
-                "gate_values": self.gate_values, "checkpoints": self.checkpoints}
+        return {
+            "runs": self.runs,
+            "metrics": self.metrics,
+            "timings": self.timings,
+            "gate_values": self.gate_values,
+            "checkpoints": self.checkpoints,
+        }
 
 
 def check_deletable(store: Store, ids) -> list[Run]:
@@ -118,7 +127,8 @@ def delete_runs(store: Store, ids) -> Deleted:
             out.metrics += conn.execute(delete(Metric).where(Metric.run_id.in_(chunk))).rowcount
             out.timings += conn.execute(delete(Timing).where(Timing.run_id.in_(chunk))).rowcount
             out.gate_values += conn.execute(
-                delete(GateValue).where(GateValue.run_id.in_(chunk))).rowcount
+                delete(GateValue).where(GateValue.run_id.in_(chunk))
+            ).rowcount
             conn.execute(delete(Run).where(Run.id.in_(chunk)))
     for rid in run_ids:
         for path in checkpoint_files(store.db, rid):
@@ -137,19 +147,27 @@ def row_counts(store: Store, ids) -> dict[str, int]:
     counts = {"metrics": 0, "timings": 0, "gate_values": 0}
     with store.engine.connect() as conn:
         for chunk in _chunks(ids):
-            for key, model in (("metrics", Metric), ("timings", Timing), ("gate_values", GateValue)):
+            for key, model in (
+                ("metrics", Metric),
+                ("timings", Timing),
+                ("gate_values", GateValue),
+            ):
                 counts[key] += conn.execute(
-                    select(func.count()).select_from(model).where(model.run_id.in_(chunk))).scalar()
+                    select(func.count()).select_from(model).where(model.run_id.in_(chunk))
+                ).scalar()
     return counts
 
 
-def excluded_runs(store: Store, *, kind: str, attns=None, tag: str | None = None,
-                  since: datetime | None = None) -> list[dict]:
+def excluded_runs(
+    store: Store, *, kind: str, attns=None, tag: str | None = None, since: datetime | None = None
+) -> list[dict]:
     """The finished, excluded runs a comparison with these filters leaves out:
     [{"id", "attn", "reason"}], oldest first."""
-    q = (select(Run.id, Run.attn, Run.exclude_reason)
-         .where(Run.kind == kind, Run.status == "finished", Run.excluded == true())
-         .order_by(Run.id))
+    q = (
+        select(Run.id, Run.attn, Run.exclude_reason)
+        .where(Run.kind == kind, Run.status == "finished", Run.excluded == true())
+        .order_by(Run.id)
+    )
     if attns:
         q = q.where(Run.attn.in_(list(attns)))
     if tag is not None:
@@ -164,8 +182,9 @@ def excluded_text(excluded: list[dict]) -> str:
     """'excluded: run 12 (bad data), run 14 (crashed machine)' (empty without any)."""
     if not excluded:
         return ""
-    return "excluded: " + ", ".join(f"run {e['id']} ({e['reason'] or 'no reason given'})"
-                                    for e in excluded)
+    return "excluded: " + ", ".join(
+        f"run {e['id']} ({e['reason'] or 'no reason given'})" for e in excluded
+    )
 
 
 def included_filter():
@@ -176,16 +195,19 @@ def included_filter():
 METRIC_EXPORT_COLUMNS = ("run_id", "step", "name", "value", "elapsed_s")
 
 
-def metric_rows(store: Store, run_ids, names: list[str] | None = None,
-                batch: int = 10_000) -> Iterator[dict]:
+def metric_rows(
+    store: Store, run_ids, names: list[str] | None = None, batch: int = 10_000
+) -> Iterator[dict]:
     """Long-format curves of these runs: {run_id, step, name, value, elapsed_s}, by run id,
     name and step; streamed, so a store of any size exports in constant memory."""
     ids = sorted(unique_ids(run_ids))
     with store.engine.connect() as conn:
         for chunk in _chunks(ids):
-            q = (select(Metric.run_id, Metric.step, Metric.name, Metric.value, Metric.elapsed_s)
-                 .where(Metric.run_id.in_(chunk))
-                 .order_by(Metric.run_id, Metric.name, Metric.step, Metric.id))
+            q = (
+                select(Metric.run_id, Metric.step, Metric.name, Metric.value, Metric.elapsed_s)
+                .where(Metric.run_id.in_(chunk))
+                .order_by(Metric.run_id, Metric.name, Metric.step, Metric.id)
+            )
             if names:
                 q = q.where(Metric.name.in_(names))
             for row in conn.execution_options(yield_per=batch).execute(q):

@@ -23,6 +23,7 @@
 * Rows are read in chunks and inserted in batches (executemany), so large
   stores merge in seconds and in bounded memory.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -74,8 +75,10 @@ class SourceResult:
         return asdict(self)
 
     def added_text(self) -> str:
-        return (f"{self.runs} run(s), {self.metrics} metric value(s), {self.timings} timing(s), "
-                f"{self.gate_values} gate value(s), {self.environments} environment(s)")
+        return (
+            f"{self.runs} run(s), {self.metrics} metric value(s), {self.timings} timing(s), "
+            f"{self.gate_values} gate value(s), {self.environments} environment(s)"
+        )
 
 
 def location(db: str) -> str:
@@ -134,13 +137,18 @@ def _open_source(db: str, target: str) -> _Source:
         raise BadInput(f"cannot open database {db}: {msg}") from exc
     if rev is None:
         engine.dispose()
-        what = f"holds tables ({', '.join(sorted(tables)[:4])}) but no ra schema version" \
-            if tables else "has no ra schema"
+        what = (
+            f"holds tables ({', '.join(sorted(tables)[:4])}) but no ra schema version"
+            if tables
+            else "has no ra schema"
+        )
         raise BadInput(f"source {db} {what}: not an ra database")
     if rev != HEAD_REVISION and rev not in known_revisions():
         engine.dispose()
-        raise BadInput(f"source {db} has schema revision {rev}, newer than this ra knows "
-                       f"(latest {HEAD_REVISION}): upgrade ra to merge it")
+        raise BadInput(
+            f"source {db} has schema revision {rev}, newer than this ra knows "
+            f"(latest {HEAD_REVISION}): upgrade ra to merge it"
+        )
     if rev == HEAD_REVISION or path is None:
         return _Source(db, engine, rev)
     # an older SQLite store: upgrade a temporary copy, never the source
@@ -172,27 +180,30 @@ def _columns(engine: Engine, table) -> list:
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
     for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k:k + _IN_CHUNK]
+        yield ids[k : k + _IN_CHUNK]
 
 
-def _merge_one(conn, src: _Source, uuids: set[str], env_ids: dict[str, int],
-               progress: Callable[[str], None]) -> SourceResult:
+def _merge_one(
+    conn, src: _Source, uuids: set[str], env_ids: dict[str, int], progress: Callable[[str], None]
+) -> SourceResult:
     out = SourceResult(source=src.db, revision=src.revision)
     where = location(src.db)
     env_t, run_t = Environment.__table__, Run.__table__
     env_cols, run_cols = _columns(src.engine, env_t), _columns(src.engine, run_t)
     run_names = {c.name for c in run_cols}
     with src.engine.connect() as sconn:
-        src_envs = {row["id"]: row for row in
-                    (dict(r._mapping) for r in sconn.execute(select(*env_cols)))}
+        src_envs = {
+            row["id"]: row for row in (dict(r._mapping) for r in sconn.execute(select(*env_cols)))
+        }
         new_runs: list[dict] = []
         n_source_runs = 0
         for r in sconn.execute(select(*run_cols).order_by(run_t.c.id)):
             n_source_runs += 1
             row = dict(r._mapping)
             if "uuid" not in run_names or not row.get("uuid"):
-                row["uuid"] = legacy_uuid(row["id"], row["kind"], row["config_hash"],
-                                          row["started_at"])
+                row["uuid"] = legacy_uuid(
+                    row["id"], row["kind"], row["config_hash"], row["started_at"]
+                )
             if row["uuid"] in uuids:
                 out.already_present += 1
                 continue
@@ -210,24 +221,33 @@ def _merge_one(conn, src: _Source, uuids: set[str], env_ids: dict[str, int],
                 continue
             if env["fingerprint"] not in env_ids:
                 values = {k: v for k, v in env.items() if k != "id"}
-                env_ids[env["fingerprint"]] = conn.execute(insert(env_t).values(**values)).inserted_primary_key[0]
+                env_ids[env["fingerprint"]] = conn.execute(
+                    insert(env_t).values(**values)
+                ).inserted_primary_key[0]
                 out.environments += 1
         fp_of = {i: e["fingerprint"] for i, e in src_envs.items()}
 
         # runs: new ids, in the source's order
         id_map: dict[int, int] = {}
         for k in range(0, len(new_runs), BATCH):
-            batch = new_runs[k:k + BATCH]
+            batch = new_runs[k : k + BATCH]
             rows = []
             for r in batch:
                 values = {c: v for c, v in r.items() if c != "id"}
-                values["env_id"] = env_ids.get(fp_of.get(r.get("env_id"))) if r.get("env_id") else None
+                values["env_id"] = (
+                    env_ids.get(fp_of.get(r.get("env_id"))) if r.get("env_id") else None
+                )
                 values["origin"] = r.get("origin") or f"{where}#{r['id']}"
                 values.setdefault("excluded", False)
                 rows.append(values)
             rows = _same_keys(rows)
-            new_ids = conn.execute(insert(run_t).returning(run_t.c.id, sort_by_parameter_order=True),
-                                   rows).scalars().all()
+            new_ids = (
+                conn.execute(
+                    insert(run_t).returning(run_t.c.id, sort_by_parameter_order=True), rows
+                )
+                .scalars()
+                .all()
+            )
             id_map.update(zip((r["id"] for r in batch), new_ids))
         out.runs = len(id_map)
 
@@ -235,13 +255,31 @@ def _merge_one(conn, src: _Source, uuids: set[str], env_ids: dict[str, int],
         src_ids = list(id_map)
         for name, model in CHILD_TABLES:
             cols = [c.name for c in _columns(src.engine, model.__table__) if c.name != "id"]
-            setattr(out, name, _copy_rows(sconn, conn, model.__tablename__, cols, id_map, src_ids,
-                                          full_scan_from=max(1, n_source_runs // 2)))
+            setattr(
+                out,
+                name,
+                _copy_rows(
+                    sconn,
+                    conn,
+                    model.__tablename__,
+                    cols,
+                    id_map,
+                    src_ids,
+                    full_scan_from=max(1, n_source_runs // 2),
+                ),
+            )
     return out
 
 
-def _copy_rows(sconn, conn, table: str, cols: list[str], id_map: dict[int, int],
-               src_ids: list[int], full_scan_from: int) -> int:
+def _copy_rows(
+    sconn,
+    conn,
+    table: str,
+    cols: list[str],
+    id_map: dict[int, int],
+    src_ids: list[int],
+    full_scan_from: int,
+) -> int:
     """Copy the rows of `table` belonging to `src_ids` with their run ids mapped.
 
     Plain DBAPI tuples both ways (these tables hold only numbers and text): the
@@ -249,15 +287,22 @@ def _copy_rows(sconn, conn, table: str, cols: list[str], id_map: dict[int, int],
     cols = ["run_id", *[c for c in cols if c != "run_id"]]
     q_src = sconn.dialect.identifier_preparer.quote
     q_dst = conn.dialect.identifier_preparer.quote
-    select_sql = (f"SELECT {', '.join(map(q_src, cols))} FROM {q_src(table)} "
-                  f"WHERE {q_src('run_id')} IN ({{ids}}) ORDER BY {q_src('id')}")
+    select_sql = (
+        f"SELECT {', '.join(map(q_src, cols))} FROM {q_src(table)} "
+        f"WHERE {q_src('run_id')} IN ({{ids}}) ORDER BY {q_src('id')}"
+    )
     style = conn.dialect.paramstyle
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(style)
     if mark is None:  # a driver with another parameter style: SQL expressions
         stmt, named = insert(Base.metadata.tables[table]), True
     else:
-        stmt, named = (f"INSERT INTO {q_dst(table)} ({', '.join(map(q_dst, cols))}) "
-                       f"VALUES ({', '.join([mark] * len(cols))})"), False
+        stmt, named = (
+            (
+                f"INSERT INTO {q_dst(table)} ({', '.join(map(q_dst, cols))}) "
+                f"VALUES ({', '.join([mark] * len(cols))})"
+            ),
+            False,
+        )
     n = 0
 
     def write(rows: list[tuple]) -> None:
@@ -270,10 +315,14 @@ def _copy_rows(sconn, conn, table: str, cols: list[str], id_map: dict[int, int],
         # most of the source is new: one pass in id order beats many index searches and sorts
         queries = [select_sql.split(" WHERE ")[0] + f" ORDER BY {q_src('id')}"]
     else:
-        queries = [select_sql.format(ids=", ".join(str(int(i)) for i in chunk))
-                   for chunk in _chunks(src_ids)]
+        queries = [
+            select_sql.format(ids=", ".join(str(int(i)) for i in chunk))
+            for chunk in _chunks(src_ids)
+        ]
     for sql in queries:
-        if sconn.dialect.name == "sqlite":  # sqlite3's own cursor steps lazily: plain tuples, fastest
+        if (
+            sconn.dialect.name == "sqlite"
+        ):  # sqlite3's own cursor steps lazily: plain tuples, fastest
             result = sconn.connection.driver_connection.cursor()
             result.execute(sql)
         else:  # a server-side cursor: constant memory
@@ -304,8 +353,9 @@ def _same_keys(rows: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in keys} for r in rows]
 
 
-def merge_stores(target: str, sources: list[str], *,
-                 progress: Callable[[str], None] | None = None) -> list[SourceResult]:
+def merge_stores(
+    target: str, sources: list[str], *, progress: Callable[[str], None] | None = None
+) -> list[SourceResult]:
     """Merge `sources` into the store at `target` (created when missing), in one
     transaction; returns what each source added. BadInput (target untouched) for a
     source that is missing, not an ra database, or of a newer schema."""
@@ -330,6 +380,13 @@ def merge_stores(target: str, sources: list[str], *,
 
 
 def totals(results: list[SourceResult]) -> dict[str, int]:
-    keys = ("runs", "metrics", "timings", "gate_values", "environments", "already_present",
-            "still_running")
+    keys = (
+        "runs",
+        "metrics",
+        "timings",
+        "gate_values",
+        "environments",
+        "already_present",
+        "still_running",
+    )
     return {k: sum(getattr(r, k) for r in results) for k in keys}

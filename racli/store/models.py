@@ -5,6 +5,7 @@ with sqlite3 and pandas. Every schema change is an Alembic revision in
 `migrations/versions/`; `tests/test_store.py` checks that the revisions
 produce exactly these tables.
 """
+
 from __future__ import annotations
 
 import uuid as uuidlib

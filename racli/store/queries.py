@@ -1,4 +1,5 @@
 """Read-side queries shared by `ra runs`, `ra compare` and `ra gates`."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -11,15 +12,66 @@ from racli.store.engine import Store
 from racli.store.models import Environment, GateValue, Metric, Run, Timing
 from racli.store.recorder import display_status
 
-RUN_COLUMNS = ("id", "kind", "attn", "status", "config_hash", "seed", "tag", "git_commit",
-               "env_id", "started_at", "finished_at", "heartbeat_at", "error", "iterations",
-               "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
-ENV_COLUMNS = ("id", "fingerprint", "hostname", "os", "python", "torch", "cuda", "cudnn",
-               "gpu_name", "gpu_index", "gpu_uuid", "gpu_count", "gpu_memory_gb", "driver", "cpu",
-               "cpu_count", "created_at")
-TIMING_COLUMNS = ("attn", "mode", "phase", "batch", "seq", "heads", "head_dim", "dtype", "device",
-                  "backend", "median_ms", "p10_ms", "p90_ms", "iters", "tflops", "compile_s",
-                  "status", "reason")
+RUN_COLUMNS = (
+    "id",
+    "kind",
+    "attn",
+    "status",
+    "config_hash",
+    "seed",
+    "tag",
+    "git_commit",
+    "env_id",
+    "started_at",
+    "finished_at",
+    "heartbeat_at",
+    "error",
+    "iterations",
+    "tokens",
+    "epochs",
+    "train_seconds",
+    "val_loss",
+    "tokens_per_s",
+)
+ENV_COLUMNS = (
+    "id",
+    "fingerprint",
+    "hostname",
+    "os",
+    "python",
+    "torch",
+    "cuda",
+    "cudnn",
+    "gpu_name",
+    "gpu_index",
+    "gpu_uuid",
+    "gpu_count",
+    "gpu_memory_gb",
+    "driver",
+    "cpu",
+    "cpu_count",
+    "created_at",
+)
+TIMING_COLUMNS = (
+    "attn",
+    "mode",
+    "phase",
+    "batch",
+    "seq",
+    "heads",
+    "head_dim",
+    "dtype",
+    "device",
+    "backend",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "iters",
+    "tflops",
+    "compile_s",
+    "status",
+    "reason",
+)
 
 
 def _jsonable(v: Any) -> Any:
@@ -35,8 +87,15 @@ def run_dict(run: Run, with_config: bool = False) -> dict:
     return d
 
 
-def list_runs(store: Store, *, kind: str | None = None, attn: str | None = None,
-              status: str | None = None, tag: str | None = None, limit: int | None = None) -> list[Run]:
+def list_runs(
+    store: Store,
+    *,
+    kind: str | None = None,
+    attn: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    limit: int | None = None,
+) -> list[Run]:
     q = select(Run).order_by(Run.id.desc())
     if kind:
         q = q.where(Run.kind == kind)
@@ -72,17 +131,29 @@ def run_details(store: Store, run_id: int) -> dict:
     with store.session() as s:
         env = s.get(Environment, run.env_id) if run.env_id else None
         d["environment"] = {c: _jsonable(getattr(env, c)) for c in ENV_COLUMNS} if env else None
-        d["timings"] = [{c: getattr(t, c) for c in TIMING_COLUMNS}
-                        for t in s.scalars(select(Timing).where(Timing.run_id == run_id).order_by(Timing.id))]
-        counts = s.execute(select(Metric.name, func.count(), func.max(Metric.step))
-                           .where(Metric.run_id == run_id).group_by(Metric.name)).all()
+        d["timings"] = [
+            {c: getattr(t, c) for c in TIMING_COLUMNS}
+            for t in s.scalars(select(Timing).where(Timing.run_id == run_id).order_by(Timing.id))
+        ]
+        counts = s.execute(
+            select(Metric.name, func.count(), func.max(Metric.step))
+            .where(Metric.run_id == run_id)
+            .group_by(Metric.name)
+        ).all()
         d["metrics"] = {}
         for name, n, last_step in counts:
-            last = s.scalar(select(Metric.value).where(Metric.run_id == run_id, Metric.name == name)
-                            .order_by(Metric.step.desc(), Metric.id.desc()).limit(1))
+            last = s.scalar(
+                select(Metric.value)
+                .where(Metric.run_id == run_id, Metric.name == name)
+                .order_by(Metric.step.desc(), Metric.id.desc())
+                .limit(1)
+            )
             d["metrics"][name] = {"count": n, "last_step": last_step, "last": last}
-        gate_steps = s.execute(select(func.count(func.distinct(GateValue.step)), func.max(GateValue.step))
-                               .where(GateValue.run_id == run_id)).one()
+        gate_steps = s.execute(
+            select(func.count(func.distinct(GateValue.step)), func.max(GateValue.step)).where(
+                GateValue.run_id == run_id
+            )
+        ).one()
         d["gate_snapshots"] = gate_steps[0]
         d["gate_last_step"] = gate_steps[1]
     return d
@@ -102,10 +173,18 @@ def gate_rows(store: Store, run_id: int) -> list[GateRow]:
 def gate_rows_by_run(store: Store, run_ids: list[int]) -> dict[int, list[GateRow]]:
     """run id -> its `gate_values` rows as in `gate_rows`, in one query; runs without rows
     are left out."""
-    q = (select(GateValue.run_id, GateValue.step, GateValue.layer, GateValue.head,
-                GateValue.name, GateValue.value)
-         .where(GateValue.run_id.in_(list(run_ids)))
-         .order_by(GateValue.run_id, GateValue.step, GateValue.id))
+    q = (
+        select(
+            GateValue.run_id,
+            GateValue.step,
+            GateValue.layer,
+            GateValue.head,
+            GateValue.name,
+            GateValue.value,
+        )
+        .where(GateValue.run_id.in_(list(run_ids)))
+        .order_by(GateValue.run_id, GateValue.step, GateValue.id)
+    )
     out: dict[int, list[GateRow]] = {}
     with store.engine.connect() as conn:
         for r in conn.execute(q):
@@ -122,23 +201,42 @@ _IN_CHUNK = 900  # bound parameters per IN (...) clause (SQLite's limit is large
 
 def _chunks(ids: list[int]):
     for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k:k + _IN_CHUNK]
+        yield ids[k : k + _IN_CHUNK]
 
 
-def finished_train_runs(store: Store, *, attns, tag: str | None = None,
-                        since: datetime | None = None) -> list:
+def finished_train_runs(
+    store: Store, *, attns, tag: str | None = None, since: datetime | None = None
+) -> list:
     """Finished train runs of `attns` with their environment's identity (one query).
 
     Mappings (read by name) with keys: id, attn, seed, config_hash, val_loss, tokens_per_s,
     iterations, epochs, gpu_name, torch, hostname, gpu_index, gpu_uuid.
     """
-    q = (select(Run.id, Run.attn, Run.seed, Run.config_hash, Run.val_loss, Run.tokens_per_s,
-                Run.iterations, Run.epochs, Environment.gpu_name, Environment.torch,
-                Environment.hostname, Environment.gpu_index, Environment.gpu_uuid)
-         .outerjoin(Environment, Run.env_id == Environment.id)
-         .where(Run.kind == "train", Run.status == "finished", Run.excluded.is_(False),
-                Run.attn.in_(list(attns)))
-         .order_by(Run.id))
+    q = (
+        select(
+            Run.id,
+            Run.attn,
+            Run.seed,
+            Run.config_hash,
+            Run.val_loss,
+            Run.tokens_per_s,
+            Run.iterations,
+            Run.epochs,
+            Environment.gpu_name,
+            Environment.torch,
+            Environment.hostname,
+            Environment.gpu_index,
+            Environment.gpu_uuid,
+        )
+        .outerjoin(Environment, Run.env_id == Environment.id)
+        .where(
+            Run.kind == "train",
+            Run.status == "finished",
+            Run.excluded.is_(False),
+            Run.attn.in_(list(attns)),
+        )
+        .order_by(Run.id)
+    )
     if tag is not None:
         q = q.where(Run.tag == tag)
     if since is not None:
@@ -162,30 +260,55 @@ def metric_points(store: Store, ids: list[int], name: str) -> dict[int, list[tup
     points: dict[int, list[tuple[int, float]]] = {i: [] for i in ids}
     with store.engine.connect() as conn:
         for chunk in _chunks(list(ids)):
-            q = (select(Metric.run_id, Metric.step, Metric.value)
-                 .where(Metric.name == name, Metric.run_id.in_(chunk))
-                 .order_by(Metric.run_id, Metric.step, Metric.id))
+            q = (
+                select(Metric.run_id, Metric.step, Metric.value)
+                .where(Metric.name == name, Metric.run_id.in_(chunk))
+                .order_by(Metric.run_id, Metric.step, Metric.id)
+            )
             for row in conn.execute(q):
                 points[row.run_id].append((int(row.step), float(row.value)))
     return points
 
 
-def ok_bench_timings(store: Store, *, attns, tag: str | None = None,
-                     since: datetime | None = None) -> list[dict]:
+def ok_bench_timings(
+    store: Store, *, attns, tag: str | None = None, since: datetime | None = None
+) -> list[dict]:
     """ok timings of finished bench runs of `attns`, with the run's environment class fields.
 
     Keys: run_id, attn, mode, phase, batch, seq, heads, head_dim, dtype, device, backend,
     median_ms, p10_ms, p90_ms, tflops, gpu_name, torch.
     """
-    q = (select(Timing.run_id, Timing.attn, Timing.mode, Timing.phase, Timing.batch, Timing.seq,
-                Timing.heads, Timing.head_dim, Timing.dtype, Timing.device, Timing.backend,
-                Timing.median_ms, Timing.p10_ms, Timing.p90_ms, Timing.tflops,
-                Environment.gpu_name, Environment.torch)
-         .join(Run, Timing.run_id == Run.id)
-         .outerjoin(Environment, Run.env_id == Environment.id)
-         .where(Run.kind == "bench", Run.status == "finished", Run.excluded.is_(False),
-                Timing.status == "ok", Timing.attn.in_(list(attns)))
-         .order_by(Timing.run_id, Timing.id))
+    q = (
+        select(
+            Timing.run_id,
+            Timing.attn,
+            Timing.mode,
+            Timing.phase,
+            Timing.batch,
+            Timing.seq,
+            Timing.heads,
+            Timing.head_dim,
+            Timing.dtype,
+            Timing.device,
+            Timing.backend,
+            Timing.median_ms,
+            Timing.p10_ms,
+            Timing.p90_ms,
+            Timing.tflops,
+            Environment.gpu_name,
+            Environment.torch,
+        )
+        .join(Run, Timing.run_id == Run.id)
+        .outerjoin(Environment, Run.env_id == Environment.id)
+        .where(
+            Run.kind == "bench",
+            Run.status == "finished",
+            Run.excluded.is_(False),
+            Timing.status == "ok",
+            Timing.attn.in_(list(attns)),
+        )
+        .order_by(Timing.run_id, Timing.id)
+    )
     if tag is not None:
         q = q.where(Run.tag == tag)
     if since is not None:

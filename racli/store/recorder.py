@@ -12,6 +12,7 @@ keeps `heartbeat_at` fresh, so a run whose process died shows a stale
 heartbeat while its status still says `running`. Rows already flushed
 survive a `kill -9`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,10 @@ def _unclaimable(store: Store, run_id: int) -> str:
     if status is None:
         return f"no run {run_id} in the store"
     if status == "running":
-        return (f"run {run_id} is being resumed by another process (its heartbeat is fresh): "
-                f"a run has one owner at a time")
+        return (
+            f"run {run_id} is being resumed by another process (its heartbeat is fresh): "
+            f"a run has one owner at a time"
+        )
     return f"run {run_id} is {status}: it cannot be resumed"
 
 
@@ -100,8 +103,9 @@ def display_status(run: Run, now: datetime | None = None) -> str:
 class RunRecorder:
     """Records one run: buffered rows, a heartbeat, and its end state."""
 
-    def __init__(self, store: Store, run_id: int, *, flush_interval: float = 5.0,
-                 heartbeat: bool = True):
+    def __init__(
+        self, store: Store, run_id: int, *, flush_interval: float = 5.0, heartbeat: bool = True
+    ):
         self.store = store
         self.run_id = run_id
         self.flush_interval = flush_interval
@@ -116,15 +120,27 @@ class RunRecorder:
         self._thread: threading.Thread | None = None
         self.write_seconds = 0.0  # time spent writing (for overhead measurements)
         if heartbeat:
-            self._thread = threading.Thread(target=self._writer, name=f"ra-run-{run_id}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._writer, name=f"ra-run-{run_id}", daemon=True
+            )
             self._thread.start()
 
     # ---- creation ------------------------------------------------------
     @classmethod
-    def start(cls, store: Store, *, kind: str, config: dict, attn: str | None = None,
-              seed: int | None = None, tag: str | None = None, env_info: dict | None = None,
-              git_commit: str | None = None, flush_interval: float = 5.0,
-              heartbeat: bool = True) -> RunRecorder:
+    def start(
+        cls,
+        store: Store,
+        *,
+        kind: str,
+        config: dict,
+        attn: str | None = None,
+        seed: int | None = None,
+        tag: str | None = None,
+        env_info: dict | None = None,
+        git_commit: str | None = None,
+        flush_interval: float = 5.0,
+        heartbeat: bool = True,
+    ) -> RunRecorder:
         from racli import environment, provenance
 
         env_id = environment_id(store, env_info)
@@ -134,11 +150,22 @@ class RunRecorder:
         config = {**config, "code": config.get("code") or dict(provenance.current())}
         now = utcnow()
         with store.writing() as conn:
-            run_id = conn.execute(insert(Run).values(
-                kind=kind, attn=attn, status="running", config=config,
-                config_hash=config_hash(config), seed=seed, tag=tag, git_commit=commit,
-                env_id=env_id, started_at=now, heartbeat_at=now, uuid=new_uuid(),
-            )).inserted_primary_key[0]
+            run_id = conn.execute(
+                insert(Run).values(
+                    kind=kind,
+                    attn=attn,
+                    status="running",
+                    config=config,
+                    config_hash=config_hash(config),
+                    seed=seed,
+                    tag=tag,
+                    git_commit=commit,
+                    env_id=env_id,
+                    started_at=now,
+                    heartbeat_at=now,
+                    uuid=new_uuid(),
+                )
+            ).inserted_primary_key[0]
         return cls(store, run_id, flush_interval=flush_interval, heartbeat=heartbeat)
 
     @classmethod
@@ -155,12 +182,17 @@ class RunRecorder:
         now = utcnow()
         claimable = or_(
             Run.status.in_(RESUMABLE),
-            and_(Run.status == "running",
-                 func.coalesce(Run.heartbeat_at, Run.started_at) < now - STALE_AFTER),
+            and_(
+                Run.status == "running",
+                func.coalesce(Run.heartbeat_at, Run.started_at) < now - STALE_AFTER,
+            ),
         )
         with store.writing() as conn:
-            claimed = conn.execute(update(Run).where(Run.id == run_id, claimable).values(
-                status="running", heartbeat_at=now, finished_at=None, error=None)).rowcount
+            claimed = conn.execute(
+                update(Run)
+                .where(Run.id == run_id, claimable)
+                .values(status="running", heartbeat_at=now, finished_at=None, error=None)
+            ).rowcount
         if claimed != 1:
             raise BadInput(_unclaimable(store, run_id))
         return cls(store, run_id, **kw)
@@ -174,8 +206,13 @@ class RunRecorder:
         if not math.isfinite(value):
             self.skipped_non_finite += 1
             return
-        row = {"run_id": self.run_id, "step": int(step), "name": name, "value": value,
-               "elapsed_s": elapsed_s}
+        row = {
+            "run_id": self.run_id,
+            "step": int(step),
+            "name": name,
+            "value": value,
+            "elapsed_s": elapsed_s,
+        }
         with self._buffer_lock:
             self._metrics.append(row)
 
@@ -189,9 +226,18 @@ class RunRecorder:
         for layer, named in values.items():
             for name, per_head in named.items():
                 seq = per_head.tolist() if hasattr(per_head, "tolist") else list(per_head)
-                rows.extend({"run_id": self.run_id, "step": int(step), "layer": int(layer),
-                             "head": head, "name": name, "value": float(v)}
-                            for head, v in enumerate(seq) if math.isfinite(float(v)))
+                rows.extend(
+                    {
+                        "run_id": self.run_id,
+                        "step": int(step),
+                        "layer": int(layer),
+                        "head": head,
+                        "name": name,
+                        "value": float(v),
+                    }
+                    for head, v in enumerate(seq)
+                    if math.isfinite(float(v))
+                )
         with self._buffer_lock:
             self._gates.extend(rows)
 
@@ -225,7 +271,9 @@ class RunRecorder:
                     if timings:
                         conn.execute(insert(Timing), timings)
                     if not self._ended:
-                        conn.execute(update(Run).where(Run.id == self.run_id).values(heartbeat_at=utcnow()))
+                        conn.execute(
+                            update(Run).where(Run.id == self.run_id).values(heartbeat_at=utcnow())
+                        )
             except BaseException:
                 # the transaction rolled back: put the rows back, ahead of any
                 # appended meanwhile, so that the next flush writes them
@@ -261,8 +309,17 @@ class RunRecorder:
         self.flush()
         self._ended = True
         with self._lock, self.store.writing() as conn:
-            conn.execute(update(Run).where(Run.id == self.run_id).values(
-                status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow(), **figures))
+            conn.execute(
+                update(Run)
+                .where(Run.id == self.run_id)
+                .values(
+                    status=status,
+                    error=error,
+                    finished_at=utcnow(),
+                    heartbeat_at=utcnow(),
+                    **figures,
+                )
+            )
 
     def finish(self, **figures: Any) -> None:
         self.end("finished", **figures)

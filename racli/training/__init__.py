@@ -10,6 +10,7 @@ not import torch):
 
     from racli.training import spec_from_config, load_data, train, resume
 """
+
 from __future__ import annotations
 
 import importlib

@@ -11,22 +11,33 @@ ends a run, status finished, once it has passed over the training split that man
 The trainer calls ``start`` before its first step and ``after_step`` after each step; the
 per-step cost is a couple of comparisons. The text functions are pure (no torch).
 """
+
 from __future__ import annotations
 
 import math
 
 TIMING_STEPS = 10  # timed steps (after the warm-up step) behind a --minutes estimate
-PREPARE_HINT = ("ra data prepare SOURCE... --out DIR --tokenizer train:32768 "
-                "(then ra train --data DIR)")
+PREPARE_HINT = (
+    "ra data prepare SOURCE... --out DIR --tokenizer train:32768 (then ra train --data DIR)"
+)
 
 
-def epochs_note(epochs: float, tokens: float, train_tokens: int, data_name: str, *,
-                timed: bool, max_epochs: float | None = None) -> str:
+def epochs_note(
+    epochs: float,
+    tokens: float,
+    train_tokens: int,
+    data_name: str,
+    *,
+    timed: bool,
+    max_epochs: float | None = None,
+) -> str:
     how = "at the speed of the first steps, the budget" if timed else "the budget"
-    text = (f"note: {how} trains on ~{tokens:,.0f} tokens = {epochs:.1f} passes over the "
-            f"{train_tokens:,} training tokens of {data_name}: past one epoch, validation "
-            f"loss measures memorisation as much as modelling. For a larger corpus: "
-            f"{PREPARE_HINT}")
+    text = (
+        f"note: {how} trains on ~{tokens:,.0f} tokens = {epochs:.1f} passes over the "
+        f"{train_tokens:,} training tokens of {data_name}: past one epoch, validation "
+        f"loss measures memorisation as much as modelling. For a larger corpus: "
+        f"{PREPARE_HINT}"
+    )
     if max_epochs is not None and epochs > max_epochs:
         text += f"; this run stops at --max-epochs {max_epochs:g}"
     else:
@@ -35,8 +46,10 @@ def epochs_note(epochs: float, tokens: float, train_tokens: int, data_name: str,
 
 
 def stop_note(step: int, epochs: float, max_epochs: float) -> str:
-    return (f"step {step}: stopped at --max-epochs {max_epochs:g} ({epochs:.3f} passes over "
-            f"the training split)")
+    return (
+        f"step {step}: stopped at --max-epochs {max_epochs:g} ({epochs:.3f} passes over "
+        f"the training split)"
+    )
 
 
 def max_epochs_tokens(max_epochs: float | None, train_tokens: int) -> int | None:
@@ -62,9 +75,16 @@ class EpochBudget:
         epochs = tokens / self.train_tokens
         trainer.rec.metric(trainer.step, "epochs_estimate", epochs, trainer.clock.seconds)
         if epochs > 1.0:
-            trainer.reporter.note(epochs_note(epochs, tokens, self.train_tokens,
-                                              self.data_name, timed=timed,
-                                              max_epochs=self.max_epochs))
+            trainer.reporter.note(
+                epochs_note(
+                    epochs,
+                    tokens,
+                    self.train_tokens,
+                    self.data_name,
+                    timed=timed,
+                    max_epochs=self.max_epochs,
+                )
+            )
 
     def start(self, trainer) -> None:
         """Before the first step: a budget in steps is known exactly."""
@@ -79,8 +99,7 @@ class EpochBudget:
             budget = self.spec.budget_seconds
             if budget is not None and secs > 0:
                 rate = trainer.timed_tokens / secs
-                self._record(trainer, trainer.tokens + rate * max(0.0, budget - secs),
-                             timed=True)
+                self._record(trainer, trainer.tokens + rate * max(0.0, budget - secs), timed=True)
             else:
                 self.estimated = True
         if self.limit is not None and trainer.tokens >= self.limit:

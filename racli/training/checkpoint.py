@@ -35,6 +35,7 @@ Each write goes to `run_<id>.pt.tmp` and is renamed over the old file, so a
 crash mid-write leaves the previous checkpoint intact; a failed write removes
 its temporary file and raises `CheckpointError` naming the checkpoint path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,8 +103,9 @@ class CheckpointState:
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
             version = data.get("version") if isinstance(data, dict) else None
             raise ValueError(f"unsupported checkpoint format (version {version!r})")
-        missing = [k for k in ("config", "model", "optimizer", "sampler", "rng", "step")
-                   if k not in data]
+        missing = [
+            k for k in ("config", "model", "optimizer", "sampler", "rng", "step") if k not in data
+        ]
         if missing:
             raise ValueError(f"checkpoint lacks {', '.join(missing)}")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -2,6 +2,7 @@
 
 See racli/training/checkpoint.py for the layout and what a checkpoint holds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,6 @@ from pathlib import Path
 from racli.errors import BadInput
 
 DIRNAME = "ra_checkpoints"
-
 
 
 def store_key(db: str) -> str:
@@ -30,8 +30,14 @@ def store_key(db: str) -> str:
 
         u = make_url(url)
         dialect = u.get_backend_name()
-        safe = URL.create(u.drivername, username=u.username, host=u.host, port=u.port,
-                          database=u.database, query=u.query).render_as_string()
+        safe = URL.create(
+            u.drivername,
+            username=u.username,
+            host=u.host,
+            port=u.port,
+            database=u.database,
+            query=u.query,
+        ).render_as_string()
     except Exception:  # not a URL SQLAlchemy reads: the store would not open either
         dialect, safe = "db", url
     digest = hashlib.sha256(safe.encode()).hexdigest()[:12]
@@ -60,8 +66,10 @@ def legacy_hint(db: str, run_id: int) -> str:
     old = (path.parent if path is not None else Path.cwd()) / DIRNAME / f"run_{run_id}.pt"
     if not old.is_file():
         return ""
-    return (f" (a checkpoint at {old} may be this run's, or another store's in this folder: "
-            f"if it is this run's, move it to {checkpoint_path(db, run_id)})")
+    return (
+        f" (a checkpoint at {old} may be this run's, or another store's in this folder: "
+        f"if it is this run's, move it to {checkpoint_path(db, run_id)})"
+    )
 
 
 def ensure_writable(db: str) -> Path:

@@ -8,6 +8,7 @@ a speed gap between runs can be traced to the machine (`ra runs show` prints
 their medians). On CPU, or without NVML, `sample()` returns ``{}``: nothing
 is recorded and nothing fails. A read costs a few NVML calls (microseconds).
 """
+
 from __future__ import annotations
 
 import os
@@ -89,8 +90,7 @@ def recorded_medians(store, run_id: int) -> dict[str, float]:
 
     values: dict[str, list[float]] = {}
     with store.engine.connect() as conn:
-        q = select(Metric.name, Metric.value).where(Metric.run_id == run_id,
-                                                    Metric.name.in_(NAMES))
+        q = select(Metric.name, Metric.value).where(Metric.run_id == run_id, Metric.name.in_(NAMES))
         for name, value in conn.execute(q):
             values.setdefault(name, []).append(float(value))
     return medians(values)

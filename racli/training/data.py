@@ -19,6 +19,7 @@ for text. :func:`dataset_identity` is what a run records about its data.
 sequence of batches depends only on (data, seed, batch size, block size, world size) and never
 on the model; :func:`eval_batches` returns a fixed set of validation batches shared by every run.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -159,12 +160,23 @@ def _split_bytes(name: str, tokens: np.ndarray, val_fraction: float, block_size:
     if n == 0:
         raise DataError(f"{name}: no data")
     n_val = round(n * float(val_fraction))
-    train, val = tokens[: n - n_val], tokens[n - n_val:]
+    train, val = tokens[: n - n_val], tokens[n - n_val :]
     _check_split(name, "train", train, block_size, hint="use a larger corpus or a smaller block")
-    _check_split(name, "validation", val, block_size,
-                 hint="raise val_fraction, use a larger corpus or a smaller block")
-    return Dataset(name=name, vocab_size=BYTE_VOCAB_SIZE, train=train, val=val,
-                   content_hash=arrays_hash(train, val), tokenizer="bytes")
+    _check_split(
+        name,
+        "validation",
+        val,
+        block_size,
+        hint="raise val_fraction, use a larger corpus or a smaller block",
+    )
+    return Dataset(
+        name=name,
+        vocab_size=BYTE_VOCAB_SIZE,
+        train=train,
+        val=val,
+        content_hash=arrays_hash(train, val),
+        tokenizer="bytes",
+    )
 
 
 def _check_split(name: str, split: str, tokens: np.ndarray, block_size: int, hint: str) -> None:
@@ -189,11 +201,14 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
         if size == 0:
             raise DataError(f"{file}: file is empty")
         if size % dtype.itemsize:
-            raise DataError(f"{file}: size {size} bytes is not a whole number of "
-                            f"{dtype.name} tokens")
+            raise DataError(
+                f"{file}: size {size} bytes is not a whole number of {dtype.name} tokens"
+            )
         if meta and size != meta["tokens"][split] * dtype.itemsize:
-            raise DataError(f"{file}: holds {size // dtype.itemsize} tokens, meta.json says "
-                            f"{meta['tokens'][split]}: incomplete or altered; prepare it again")
+            raise DataError(
+                f"{file}: holds {size // dtype.itemsize} tokens, meta.json says "
+                f"{meta['tokens'][split]}: incomplete or altered; prepare it again"
+            )
         arrays[split] = np.memmap(file, dtype=dtype, mode="r")
     _check_split(name, "train", arrays["train"], block_size, hint="train.bin is too short")
     _check_split(name, "validation", arrays["val"], block_size, hint="val.bin is too short")
@@ -208,11 +223,16 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
         try:
             digest = files_hash(path, dtype.name)
         except OSError as exc:
-            raise DataError(f"{name}: cannot read the token files ({exc.strerror or exc})") \
-                from exc
+            raise DataError(f"{name}: cannot read the token files ({exc.strerror or exc})") from exc
         tokenizer = None
-    return Dataset(name=name, vocab_size=vocab_size, train=arrays["train"], val=arrays["val"],
-                   content_hash=digest, tokenizer=tokenizer)
+    return Dataset(
+        name=name,
+        vocab_size=vocab_size,
+        train=arrays["train"],
+        val=arrays["val"],
+        content_hash=digest,
+        tokenizer=tokenizer,
+    )
 
 
 def _read_meta_json(meta: Path) -> dict | None:
@@ -222,8 +242,7 @@ def _read_meta_json(meta: Path) -> dict | None:
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{meta}: cannot read meta.json ({exc.__class__.__name__}: {exc})") \
-            from exc
+        raise DataError(f"{meta}: cannot read meta.json ({exc.__class__.__name__}: {exc})") from exc
     try:
         dtype = info["dtype"]
         if dtype not in ("uint16", "uint32"):
@@ -241,16 +260,23 @@ def _read_meta_json(meta: Path) -> dict | None:
         name = tok.get("name") if isinstance(tok, dict) else str(tok)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{meta}: not a meta.json of ra data prepare ({exc})") from exc
-    return {"dtype": dtype, "vocab_size": vocab, "tokens": tokens, "content_hash": digest,
-            "tokenizer": name}
+    return {
+        "dtype": dtype,
+        "vocab_size": vocab,
+        "tokens": tokens,
+        "content_hash": digest,
+        "tokenizer": name,
+    }
 
 
 def _check_token_ids(file: Path, tokens: np.ndarray, vocab_size: int, source: str) -> None:
     """Every token id must index the vocabulary (one pass over the memmap, no copy)."""
     top = int(tokens.max())
     if top >= vocab_size:
-        raise DataError(f"{file}: token id {top} is outside the vocabulary: vocab_size is "
-                        f"{vocab_size} ({source}), so ids must be below it")
+        raise DataError(
+            f"{file}: token id {top} is outside the vocabulary: vocab_size is "
+            f"{vocab_size} ({source}), so ids must be below it"
+        )
 
 
 def _read_meta_vocab(meta: Path) -> int:
@@ -279,9 +305,14 @@ def dataset_identity(dataset: Dataset) -> dict:
     name = dataset.name
     if not name.startswith("builtin:"):
         name = Path(name.rstrip("/\\")).name or name
-    return {"name": name, "vocab_size": dataset.vocab_size,
-            "train_tokens": dataset.train_tokens, "val_tokens": dataset.val_tokens,
-            "tokenizer": dataset.tokenizer, "content_hash": dataset.content_hash}
+    return {
+        "name": name,
+        "vocab_size": dataset.vocab_size,
+        "train_tokens": dataset.train_tokens,
+        "val_tokens": dataset.val_tokens,
+        "tokenizer": dataset.tokenizer,
+        "content_hash": dataset.content_hash,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,15 +376,19 @@ class BatchSampler:
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be a 1-D array, got shape {tokens.shape}")
         if batch_size < 1 or block_size < 1:
-            raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size}, "
-                             f"{block_size}")
+            raise ValueError(
+                f"batch_size and block_size must be >= 1, got {batch_size}, {block_size}"
+            )
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
-                             f"world_size={world_size}")
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
         n = int(tokens.shape[0])
         if n < block_size + 1:
-            raise DataError(f"token array has {n} tokens, fewer than one window of "
-                            f"block_size + 1 = {block_size + 1}")
+            raise DataError(
+                f"token array has {n} tokens, fewer than one window of "
+                f"block_size + 1 = {block_size + 1}"
+            )
         self.tokens = tokens
         self.batch_size = int(batch_size)
         self.block_size = int(block_size)
@@ -369,9 +404,10 @@ class BatchSampler:
         self._pending_rng_state: dict | None = None  # generator state before the pending draw
 
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self._rng.integers(0, self._n_starts, size=self.world_size * self.batch_size,
-                                    dtype=np.int64)
-        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        starts = self._rng.integers(
+            0, self._n_starts, size=self.world_size * self.batch_size, dtype=np.int64
+        )
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = self.tokens[mine[:, None] + self._offsets]  # one gather for the whole batch
         return _to_device(windows, self.device)
 
@@ -435,9 +471,11 @@ class BatchSampler:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, now {mine}")
         rng_state = state["rng"]
         if rng_state.get("bit_generator") != type(self._rng.bit_generator).__name__:
-            raise ValueError(f"cannot resume sampler: saved generator "
-                             f"{rng_state.get('bit_generator')!r} is not "
-                             f"{type(self._rng.bit_generator).__name__}")
+            raise ValueError(
+                f"cannot resume sampler: saved generator "
+                f"{rng_state.get('bit_generator')!r} is not "
+                f"{type(self._rng.bit_generator).__name__}"
+            )
         self._rng.bit_generator.state = rng_state
         self._batches = int(state["batches_drawn"])
         self.seed = int(state.get("seed", self.seed))
@@ -458,13 +496,17 @@ def eval_batches(
     split (no randomness), so validation losses of different runs are directly comparable.
     """
     if batch_size < 1 or block_size < 1 or n_batches < 1:
-        raise ValueError(f"batch_size, block_size and n_batches must be >= 1, got "
-                         f"{batch_size}, {block_size}, {n_batches}")
+        raise ValueError(
+            f"batch_size, block_size and n_batches must be >= 1, got "
+            f"{batch_size}, {block_size}, {n_batches}"
+        )
     n = int(tokens.shape[0])
     last_start = n - block_size - 1
     if last_start < 0:
-        raise DataError(f"validation split has {n} tokens, fewer than one window of "
-                        f"block_size + 1 = {block_size + 1}")
+        raise DataError(
+            f"validation split has {n} tokens, fewer than one window of "
+            f"block_size + 1 = {block_size + 1}"
+        )
     count = batch_size * n_batches
     starts = np.rint(np.linspace(0, last_start, num=count)).astype(np.int64)
     windows = tokens[starts[:, None] + np.arange(block_size + 1, dtype=np.int64)]

@@ -6,6 +6,7 @@ replica wrapped in DistributedDataParallel on its own shard of every batch
 (the BatchSampler hands rank r the r-th slice of a shared draw); only rank 0
 writes to the database and the checkpoint. NCCL on CUDA, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -63,8 +64,9 @@ def setup(info: DistInfo, device: str) -> torch.device:
         torch.cuda.set_device(dev)
     if info.enabled and not dist.is_initialized():
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend_for(dev.type), rank=info.rank,
-                                world_size=info.world_size, **kwargs)
+        dist.init_process_group(
+            backend=backend_for(dev.type), rank=info.rank, world_size=info.world_size, **kwargs
+        )
     return dev
 
 
@@ -89,6 +91,9 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> to
     # buffers here are diagnostics (e.g. sdpa_gate's last-batch gate mean): not synced at
     # forward, so a forward pass (evaluation included) never waits on the other ranks
     params = inspect.signature(DistributedDataParallel.__init__).parameters
-    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
-               else {"broadcast_buffers": False})
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in params
+        else {"broadcast_buffers": False}
+    )
     return DistributedDataParallel(model, device_ids=ids, **no_sync)

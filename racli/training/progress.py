@@ -7,6 +7,7 @@ only, so it costs nothing per step. `NullReporter` is silent (tests, ranks
 other than 0). `summary_text` is the per-run summary printed on stdout.
 No torch here.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,7 @@ EPOCH_WARNING = "validation loss measures memorisation as much as modelling"
 
 
 def epoch_warning(epochs: float) -> str:
-    return (f"WARNING: {epochs:.2f} passes over the training split (past one epoch): "
-            f"{EPOCH_WARNING}")
+    return f"WARNING: {epochs:.2f} passes over the training split (past one epoch): {EPOCH_WARNING}"
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -44,12 +44,20 @@ def _num(v: float | None, fmt: str) -> str:
 class NullReporter:
     """Shows nothing."""
 
-    def start(self, *, run_id: int | None, attn: str, total: float, unit: str,
-              done: float = 0.0) -> None:
+    def start(
+        self, *, run_id: int | None, attn: str, total: float, unit: str, done: float = 0.0
+    ) -> None:
         pass
 
-    def update(self, *, step: int, done: float, loss: float | None,
-               tokens_per_s: float | None, left_s: float | None) -> None:
+    def update(
+        self,
+        *,
+        step: int,
+        done: float,
+        loss: float | None,
+        tokens_per_s: float | None,
+        left_s: float | None,
+    ) -> None:
         pass
 
     def note(self, text: str) -> None:
@@ -62,8 +70,9 @@ class NullReporter:
 class ConsoleReporter(NullReporter):
     """A Rich progress bar on a terminal; periodic plain lines otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, every_s: float = 10.0,
-                 bar: bool | None = None):
+    def __init__(
+        self, stream: TextIO | None = None, every_s: float = 10.0, bar: bool | None = None
+    ):
         self.stream = stream or sys.stderr
         self.every_s = every_s
         self.bar = self.stream.isatty() if bar is None else bar
@@ -93,15 +102,22 @@ class ConsoleReporter(NullReporter):
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(self._label, total=total, completed=done,
-                                             step="0", loss="-", tps="-", left="-")
+        self._task = self._progress.add_task(
+            self._label, total=total, completed=done, step="0", loss="-", tps="-", left="-"
+        )
 
     def update(self, *, step, done, loss, tokens_per_s, left_s) -> None:
         loss_s = _num(loss, ".4f")
         tps_s = _num(tokens_per_s, ",.0f")
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, step=str(step), loss=loss_s,
-                                  tps=tps_s, left=fmt_seconds(left_s))
+            self._progress.update(
+                self._task,
+                completed=done,
+                step=str(step),
+                loss=loss_s,
+                tps=tps_s,
+                left=fmt_seconds(left_s),
+            )
             return
         now = time.monotonic()
         if now - self._last_line >= self.every_s:
@@ -137,9 +153,12 @@ def summary_text(r) -> str:
         ("Throughput (tokens/s)", _num(r.tokens_per_s, ",.0f")),
         ("Tokens", f"{r.tokens:,}"),
         ("Epochs", _num(r.epochs, ".3g")),
-        ("Training time", fmt_seconds(r.train_seconds)
-         + f" (compile warm-up {fmt_seconds(r.compile_s)}, evaluation {fmt_seconds(r.eval_s)},"
-           f" not charged)"),
+        (
+            "Training time",
+            fmt_seconds(r.train_seconds)
+            + f" (compile warm-up {fmt_seconds(r.compile_s)}, evaluation {fmt_seconds(r.eval_s)},"
+            f" not charged)",
+        ),
         ("Run id", f"{r.run_id if r.run_id is not None else '-'}"),
     ]
     lines = [title, rule]

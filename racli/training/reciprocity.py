@@ -18,6 +18,7 @@ float32 without autocast (and, with the ablation, without TF32 matmuls), on
 the bare model (not a compiled or DDP wrapper), read the parameters only, and
 the train/eval flags, buffers and the TF32 setting are put back.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,9 +41,11 @@ class MeasureSettings:
     def from_mapping(cls, d: Mapping[str, Any] | None) -> MeasureSettings:
         """From the `gates` section of ra.yaml (as a dict); missing keys take the defaults."""
         d = d or {}
-        s = cls(batches=int(d.get("measure_batches", cls.batches)),
-                rows=int(d.get("measure_rows", cls.rows)),
-                ablation=str(d.get("ablation", cls.ablation)))
+        s = cls(
+            batches=int(d.get("measure_batches", cls.batches)),
+            rows=int(d.get("measure_rows", cls.rows)),
+            ablation=str(d.get("ablation", cls.ablation)),
+        )
         if s.batches < 0 or s.rows < 0 or s.ablation not in ABLATION_CHOICES:
             raise ValueError(f"bad measure settings {s}")
         return s
@@ -82,8 +85,9 @@ def has_measures(model: torch.nn.Module) -> bool:
     return any(isinstance(m, kinds) for m in model.modules())
 
 
-def measure(model: torch.nn.Module, batches: Sequence, *, ablation: bool
-            ) -> dict[int, dict[str, list[float]]]:
+def measure(
+    model: torch.nn.Module, batches: Sequence, *, ablation: bool
+) -> dict[int, dict[str, list[float]]]:
     """Layer -> name -> values of `racli_models.measures.model_measures`, with the
     model's train flags and buffers put back afterwards."""
     from racli_models.measures import model_measures
@@ -98,8 +102,10 @@ def measure(model: torch.nn.Module, batches: Sequence, *, ablation: bool
             torch.backends.cuda.matmul.allow_tf32 = False
         with torch.no_grad(), torch.autocast(device_type=dev, enabled=False):
             values = model_measures(model, batches, ablation=ablation)
-        return {layer: {name: v.tolist() for name, v in named.items()}
-                for layer, named in values.items()}
+        return {
+            layer: {name: v.tolist() for name, v in named.items()}
+            for layer, named in values.items()
+        }
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         for m, flag in flags.items():
@@ -109,9 +115,16 @@ def measure(model: torch.nn.Module, batches: Sequence, *, ablation: bool
                 b.copy_(saved)
 
 
-def record_measures(model: torch.nn.Module, batches: Sequence, recorder, step: int,
-                    settings: MeasureSettings | Mapping[str, Any] | None = None, *,
-                    final: bool = False, elapsed_s: float | None = None) -> float:
+def record_measures(
+    model: torch.nn.Module,
+    batches: Sequence,
+    recorder,
+    step: int,
+    settings: MeasureSettings | Mapping[str, Any] | None = None,
+    *,
+    final: bool = False,
+    elapsed_s: float | None = None,
+) -> float:
     """Measure `model` on `batches` and record the values at `step`; returns the seconds
     it took (0.0 when disabled or when the model has nothing to measure)."""
     if not isinstance(settings, MeasureSettings):
@@ -119,8 +132,9 @@ def record_measures(model: torch.nn.Module, batches: Sequence, recorder, step: i
     if settings.batches == 0 or not batches or not has_measures(model):
         return 0.0
     t0 = time.perf_counter()
-    values = measure(model, measured_batches(batches, settings),
-                     ablation=settings.ablate_at(step, final))
+    values = measure(
+        model, measured_batches(batches, settings), ablation=settings.ablate_at(step, final)
+    )
     dt = time.perf_counter() - t0  # .tolist() above waited for the device
     if values:
         recorder.gates(step, values)

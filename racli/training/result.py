@@ -1,4 +1,5 @@
 """What a training session hands back: the result of a run and the per-step hook's record."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -24,6 +24,7 @@ before anything is recorded (BadInput otherwise). A checkpoint write that
 fails later does not cost the run: it ends with its figures and status, and
 its `error` says that the checkpoint is missing and why.
 """
+
 from __future__ import annotations
 
 import threading
@@ -50,10 +51,18 @@ class _NullRecorder:
         return lambda *a, **k: None
 
 
-def train(spec: TrainSpec | None, store, *, dataset: Dataset | None = None,
-          resume_run: int | None = None, reporter=None, stop: threading.Event | None = None,
-          on_step: Callable[[StepInfo], None] | None = None,
-          dist_info: ddp.DistInfo | None = None, flush_interval: float = 5.0) -> TrainResult:
+def train(
+    spec: TrainSpec | None,
+    store,
+    *,
+    dataset: Dataset | None = None,
+    resume_run: int | None = None,
+    reporter=None,
+    stop: threading.Event | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    dist_info: ddp.DistInfo | None = None,
+    flush_interval: float = 5.0,
+) -> TrainResult:
     """Run one training run and record it in `store` (rank 0 only; other ranks may pass None
     for a fresh run). `resume_run`: continue that run from its checkpoint with its recorded
     spec (pass `spec=None`, or the spec and dataset from `prepare_resume`).
@@ -95,13 +104,30 @@ def train(spec: TrainSpec | None, store, *, dataset: Dataset | None = None,
             if resume_run is not None:
                 rec = RunRecorder.resume(store, resume_run, flush_interval=flush_interval)
             else:
-                rec = RunRecorder.start(store, kind="train", attn=spec.attn, config=config,
-                                        seed=spec.seed, tag=spec.tag,
-                                        flush_interval=flush_interval)
+                rec = RunRecorder.start(
+                    store,
+                    kind="train",
+                    attn=spec.attn,
+                    config=config,
+                    seed=spec.seed,
+                    tag=spec.tag,
+                    flush_interval=flush_interval,
+                )
         ckpt_path = ckpt.checkpoint_path(store.db, rec.run_id) if info.is_main else None
-        return _train_recorded(spec, dataset, rec=rec, info=info, device=device, config=config,
-                               ckpt_path=ckpt_path, state=state, reporter=reporter, stop=stop,
-                               on_step=on_step, data_path=data_path)
+        return _train_recorded(
+            spec,
+            dataset,
+            rec=rec,
+            info=info,
+            device=device,
+            config=config,
+            ckpt_path=ckpt_path,
+            state=state,
+            reporter=reporter,
+            stop=stop,
+            on_step=on_step,
+            data_path=data_path,
+        )
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         reporter.close()
@@ -113,25 +139,53 @@ def resume(store, run_id: int, **kw) -> TrainResult:
     return train(None, store, resume_run=run_id, **kw)
 
 
-def _train_recorded(spec, dataset, *, rec, info, device, config, ckpt_path, state, reporter,
-                    stop, on_step, data_path) -> TrainResult:
+def _train_recorded(
+    spec,
+    dataset,
+    *,
+    rec,
+    info,
+    device,
+    config,
+    ckpt_path,
+    state,
+    reporter,
+    stop,
+    on_step,
+    data_path,
+) -> TrainResult:
     trainer = None
     try:
-        trainer = Trainer(spec, dataset, rec=rec, info=info, device=device, config=config,
-                          ckpt_path=ckpt_path, state=state, reporter=reporter, stop=stop,
-                          on_step=on_step, data_path=data_path)
+        trainer = Trainer(
+            spec,
+            dataset,
+            rec=rec,
+            info=info,
+            device=device,
+            config=config,
+            ckpt_path=ckpt_path,
+            state=state,
+            reporter=reporter,
+            stop=stop,
+            on_step=on_step,
+            data_path=data_path,
+        )
         status = trainer.run()
     except KeyboardInterrupt:
         figures = trainer.row_figures() if trainer is not None else {}
-        rec.end("interrupted", error="interrupted (forced: no final evaluation, no checkpoint)",
-                **figures)
+        rec.end(
+            "interrupted",
+            error="interrupted (forced: no final evaluation, no checkpoint)",
+            **figures,
+        )
         raise
     except BaseException as exc:
         figures = trainer.row_figures() if trainer is not None else {}
         rec.fail(exc, **figures)
         raise
-    return record_end(trainer, status, rec=rec, info=info, spec=spec, config=config,
-                      ckpt_path=ckpt_path)
+    return record_end(
+        trainer, status, rec=rec, info=info, spec=spec, config=config, ckpt_path=ckpt_path
+    )
 
 
 def end_error(trainer: Trainer, status: str) -> str | None:
@@ -139,14 +193,16 @@ def end_error(trainer: Trainer, status: str) -> str | None:
     could not be written."""
     if status == "diverged":
         return trainer.error
-    reason = (f"stopped on request (SIGINT/SIGTERM) at step {trainer.step}"
-              if status == "interrupted" else None)
+    reason = (
+        f"stopped on request (SIGINT/SIGTERM) at step {trainer.step}"
+        if status == "interrupted"
+        else None
+    )
     note = trainer.checkpoint_note()
     return "; ".join(t for t in (reason, note) if t) or None
 
 
-def record_end(trainer: Trainer, status: str, *, rec, info, spec, config,
-               ckpt_path) -> TrainResult:
+def record_end(trainer: Trainer, status: str, *, rec, info, spec, config, ckpt_path) -> TrainResult:
     """Record how the session ended (figures, overhead, status, error) and its result."""
     figures = trainer.figures()
     if status == "diverged":
@@ -160,13 +216,25 @@ def record_end(trainer: Trainer, status: str, *, rec, info, spec, config,
         row["val_loss"] = None  # clear the figure a periodic evaluation left on the row
     rec.end(status, error=error, **row)
     return TrainResult(
-        run_id=rec.run_id, attn=spec.attn, status=status, iterations=trainer.step,
-        tokens=trainer.tokens, epochs=trainer.epochs, train_seconds=secs,
-        val_loss=figures["val_loss"], train_loss=trainer.train_loss,
+        run_id=rec.run_id,
+        attn=spec.attn,
+        status=status,
+        iterations=trainer.step,
+        tokens=trainer.tokens,
+        epochs=trainer.epochs,
+        train_seconds=secs,
+        val_loss=figures["val_loss"],
+        train_loss=trainer.train_loss,
         tokens_per_s=figures["tokens_per_s"],
         it_per_s=trainer.timed_steps / secs if secs > 0 else None,
-        compile_s=trainer.compile_s, eval_s=trainer.eval_s, checkpoint_s=trainer.checkpoint_s,
-        record_overhead=overhead, error=error,
-        checkpoint=str(ckpt_path) if ckpt_path is not None and ckpt_path.exists()
-        and status != "diverged" else None,
-        world_size=info.world_size, config=config)
+        compile_s=trainer.compile_s,
+        eval_s=trainer.eval_s,
+        checkpoint_s=trainer.checkpoint_s,
+        record_overhead=overhead,
+        error=error,
+        checkpoint=str(ckpt_path)
+        if ckpt_path is not None and ckpt_path.exists() and status != "diverged"
+        else None,
+        world_size=info.world_size,
+        config=config,
+    )

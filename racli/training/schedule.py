@@ -8,6 +8,7 @@ warm-up, evaluation and checkpoints are not part of it). Fitting the
 schedule to the budget this way makes a one-hour run decay fully within its
 hour whatever the model's speed.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,10 @@ def lr_at(progress: float, base_lr: float, warmup_frac: float, min_lr_ratio: flo
       `base_lr * min_lr_ratio` at progress 1.
     """
     if base_lr < 0 or not 0.0 <= warmup_frac < 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"bad schedule: base_lr={base_lr}, warmup_frac={warmup_frac}, "
-                         f"min_lr_ratio={min_lr_ratio}")
+        raise ValueError(
+            f"bad schedule: base_lr={base_lr}, warmup_frac={warmup_frac}, "
+            f"min_lr_ratio={min_lr_ratio}"
+        )
     p = min(max(float(progress), 0.0), 1.0)
     if p < warmup_frac:
         return base_lr * p / warmup_frac

@@ -12,6 +12,7 @@ recorded JSON and its `config_hash` do not depend on how the spec was built.
 Importing this module does not import torch (the data and the model are
 imported where they are needed).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,9 @@ class TrainSpec:
     compile: bool = False
     preset: str | None = None
     measures: dict[str, Any] = field(default_factory=dict)  # ra.yaml `gates` (reciprocity.py)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded as is (ra experiment's arm)
+    extra: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # recorded as is (ra experiment's arm)
 
     @property
     def device_type(self) -> str:
@@ -87,15 +90,27 @@ def train_settings(section: dict[str, Any], compile: bool) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)} - set(_TRAIN_SKIP)
     unknown = sorted(set(section) - known)
     if unknown:
-        raise BadInput(f"the run's recorded train settings hold unknown keys "
-                       f"({', '.join(unknown)}): it was recorded by another version of ra")
+        raise BadInput(
+            f"the run's recorded train settings hold unknown keys "
+            f"({', '.join(unknown)}): it was recorded by another version of ra"
+        )
     return TrainConfig(**section, compile="on" if compile else "off")
 
 
-def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | None = None,
-                     minutes: float | None = None, steps: int | None = None, seed: int = 0,
-                     tag: str | None = None, device: str | None = "auto",
-                     compile: bool | None = None, overrides: list[str] | tuple = ()) -> TrainSpec:
+def spec_from_config(
+    cfg,
+    *,
+    attn: str,
+    preset: str | None = None,
+    data: str | None = None,
+    minutes: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    tag: str | None = None,
+    device: str | None = "auto",
+    compile: bool | None = None,
+    overrides: list[str] | tuple = (),
+) -> TrainSpec:
     """A validated TrainSpec from ra.yaml (`cfg`) and the command's options.
 
     `overrides` are `--set KEY=VALUE` items (`--model`, `--batch-size`, `--lr`
@@ -118,9 +133,20 @@ def spec_from_config(cfg, *, attn: str, preset: str | None = None, data: str | N
     if compile is None:
         compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
     train = dataclasses.replace(cfg.train, compile="on" if compile else "off")
-    return TrainSpec(attn=attn, model=model, train=train, data=data, minutes=minutes,
-                     steps=steps, seed=int(seed), tag=tag, device=dev, compile=bool(compile),
-                     measures=dataclasses.asdict(cfg.gates), preset=preset)
+    return TrainSpec(
+        attn=attn,
+        model=model,
+        train=train,
+        data=data,
+        minutes=minutes,
+        steps=steps,
+        seed=int(seed),
+        tag=tag,
+        device=dev,
+        compile=bool(compile),
+        measures=dataclasses.asdict(cfg.gates),
+        preset=preset,
+    )
 
 
 def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
@@ -129,11 +155,18 @@ def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
         budget = config["budget"]
         compile = bool(config["compile"])
         return TrainSpec(
-            attn=config["attn"], model=dict(config["model"]),
+            attn=config["attn"],
+            model=dict(config["model"]),
             train=train_settings(dict(config["train"]), compile),
-            data=None, minutes=budget.get("minutes"), steps=budget.get("steps"),
-            seed=int(config["seed"]), tag=config.get("tag"), device=config["device"],
-            compile=compile, preset=config.get("preset"))
+            data=None,
+            minutes=budget.get("minutes"),
+            steps=budget.get("steps"),
+            seed=int(config["seed"]),
+            tag=config.get("tag"),
+            device=config["device"],
+            compile=compile,
+            preset=config.get("preset"),
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise BadInput(f"the run's recorded config is not a train config ({exc})") from exc
 
@@ -146,9 +179,11 @@ def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
     from racli.training.data import DataError, load_dataset
 
     try:
-        return load_dataset(path if path is not None else spec.data,
-                            val_fraction=spec.train.val_fraction,
-                            block_size=spec.model["block_size"])
+        return load_dataset(
+            path if path is not None else spec.data,
+            val_fraction=spec.train.val_fraction,
+            block_size=spec.model["block_size"],
+        )
     except DataError as exc:
         raise BadInput(str(exc)) from exc
 
@@ -180,8 +215,9 @@ def model_config(spec: TrainSpec, dataset: Dataset):
     if vocab is None:
         fields["vocab_size"] = dataset.vocab_size
     elif vocab < dataset.vocab_size:
-        raise BadInput(f"model.vocab_size {vocab} is smaller than the data's vocabulary "
-                       f"({dataset.vocab_size})")
+        raise BadInput(
+            f"model.vocab_size {vocab} is smaller than the data's vocabulary ({dataset.vocab_size})"
+        )
     try:
         return GPTConfig(attn=spec.attn, **fields)
     except (TypeError, ValueError) as exc:
@@ -231,19 +267,25 @@ def prepare_resume(store, run_id: int, dist_info=None):
     if run.status == "finished":
         raise BadInput(f"run {run_id} is finished: its budget is used up")
     if run.status == "running" and not is_stale(run):
-        raise BadInput(f"run {run_id} is still running (its heartbeat is fresh; if its process "
-                       f"is gone, resume it once the heartbeat is 2 minutes old)")
+        raise BadInput(
+            f"run {run_id} is still running (its heartbeat is fresh; if its process "
+            f"is gone, resume it once the heartbeat is 2 minutes old)"
+        )
     path = ckpt.checkpoint_path(store.db, run_id)
     if not path.is_file():
-        raise BadInput(f"run {run_id} has no checkpoint at {path}{ckpt.legacy_hint(store.db, run_id)}")
+        raise BadInput(
+            f"run {run_id} has no checkpoint at {path}{ckpt.legacy_hint(store.db, run_id)}"
+        )
     spec = spec_from_run_config(run.config)
     check_attention(spec.attn)
     if spec.device_type == "cuda":
         resolve_device("cuda")
     recorded_world = int(run.config.get("world_size", 1))
     if recorded_world != info.world_size:
-        raise BadInput(f"run {run_id} was trained on {recorded_world} process(es); resume it "
-                       f"with the same number (now {info.world_size})")
+        raise BadInput(
+            f"run {run_id} was trained on {recorded_world} process(es); resume it "
+            f"with the same number (now {info.world_size})"
+        )
     try:
         state = ckpt.load(path)
     except Exception as exc:
@@ -253,12 +295,17 @@ def prepare_resume(store, run_id: int, dist_info=None):
     if state.run_id is not None and state.run_id != run_id:
         raise BadInput(f"checkpoint {path} belongs to run {state.run_id}, not run {run_id}")
     if (spec.steps is not None and state.step >= spec.steps) or (
-            spec.minutes is not None and state.train_seconds >= spec.minutes * 60):
+        spec.minutes is not None and state.train_seconds >= spec.minutes * 60
+    ):
         raise BadInput(f"run {run_id} has used its whole budget: nothing left to train")
     dataset = load_data(spec, state.data_path)
     recorded = run.config.get("data", {})
     if (recorded.get("train_tokens"), recorded.get("val_tokens")) != (
-            dataset.train_tokens, dataset.val_tokens):
-        raise BadInput(f"the data at {state.data_path} changed since run {run_id} "
-                       f"started (train/val tokens differ)")
+        dataset.train_tokens,
+        dataset.val_tokens,
+    ):
+        raise BadInput(
+            f"the data at {state.data_path} changed since run {run_id} "
+            f"started (train/val tokens differ)"
+        )
     return spec, dataset, path

@@ -30,6 +30,7 @@ A checkpoint that cannot be written does not end the run: the cause (naming
 the checkpoint path) is noted, put on the run row's `error`, and training goes
 on; `checkpoint_error` holds it at the end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -88,10 +89,22 @@ class _Clock:
 class Trainer:
     """One training session (a fresh run or a resumed one). Use `racli.training.train()`."""
 
-    def __init__(self, spec: TrainSpec, dataset: Dataset, *, rec, info: ddp.DistInfo,
-                 device: torch.device, config: dict, ckpt_path: Path | None,
-                 state: ckpt.CheckpointState | None, reporter, stop: threading.Event,
-                 on_step: Callable[[StepInfo], None] | None, data_path: str):
+    def __init__(
+        self,
+        spec: TrainSpec,
+        dataset: Dataset,
+        *,
+        rec,
+        info: ddp.DistInfo,
+        device: torch.device,
+        config: dict,
+        ckpt_path: Path | None,
+        state: ckpt.CheckpointState | None,
+        reporter,
+        stop: threading.Event,
+        on_step: Callable[[StepInfo], None] | None,
+        data_path: str,
+    ):
         from racli_models import GPT
 
         self.spec, self.dataset, self.rec, self.info = spec, dataset, rec, info
@@ -107,11 +120,17 @@ class Trainer:
         self.mcfg = model_config(spec, dataset)
         self.raw = GPT(self.mcfg).to(device)
         self.opt = self.raw.configure_optimizer(
-            t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult,
-            fused=self.cuda)
-        self.sampler = BatchSampler(dataset.train, t.batch_size, self.mcfg.block_size,
-                                    seed=spec.seed, rank=info.rank, world_size=info.world_size,
-                                    device=device)
+            t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult, fused=self.cuda
+        )
+        self.sampler = BatchSampler(
+            dataset.train,
+            t.batch_size,
+            self.mcfg.block_size,
+            seed=spec.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=device,
+        )
         self.tokens_per_step = t.batch_size * self.mcfg.block_size * info.world_size
         # progress counters (restored from a checkpoint on resume)
         self.step = 0
@@ -130,8 +149,9 @@ class Trainer:
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         self.fwd = torch.compile(self.raw) if spec.compile else self.raw
         self.model = ddp.wrap_ddp(self.fwd, device, info)
-        self.eval_set = eval_batches(dataset.val, t.batch_size, self.mcfg.block_size,
-                                     t.eval_batches, device)
+        self.eval_set = eval_batches(
+            dataset.val, t.batch_size, self.mcfg.block_size, t.eval_batches, device
+        )
         self.last_gate_step: int | None = None
         self.val_loss: float | None = None
         self.error: str | None = None
@@ -190,10 +210,14 @@ class Trainer:
         """The run row's final columns as they stand (None where there is no value yet)."""
         secs = self.clock.seconds
         val = self.val_loss if self.val_loss is not None and math.isfinite(self.val_loss) else None
-        return {"iterations": self.step, "tokens": self.tokens, "epochs": self.epochs,
-                "train_seconds": secs,
-                "tokens_per_s": self.timed_tokens / secs if secs > 0 else None,
-                "val_loss": val}
+        return {
+            "iterations": self.step,
+            "tokens": self.tokens,
+            "epochs": self.epochs,
+            "train_seconds": secs,
+            "tokens_per_s": self.timed_tokens / secs if secs > 0 else None,
+            "val_loss": val,
+        }
 
     def row_figures(self) -> dict[str, Any]:
         """`figures()` without the missing values, for the run row."""
@@ -218,7 +242,7 @@ class Trainer:
         self.fwd.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         with composed_once() if not self.spec.compile else contextlib.nullcontext():
-            for x, y in batches[self.info.rank::self.info.world_size]:
+            for x, y in batches[self.info.rank :: self.info.world_size]:
                 with self._autocast():
                     _, loss = self.fwd(x, y)
                 total[0] += loss.double()
@@ -236,11 +260,16 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.eval_s += dt
         secs = self.clock.seconds
-        self.rec.metrics(self.step, finite({"val_loss": self.val_loss, "eval_s": dt,
-                                            "epochs": self.epochs}), secs)
+        self.rec.metrics(
+            self.step,
+            finite({"val_loss": self.val_loss, "eval_s": dt, "epochs": self.epochs}),
+            secs,
+        )
         self._record_gates(final=final)
-        self.reporter.note(f"step {self.step}: {'final ' if final else ''}val_loss "
-                           f"{self.val_loss:.4f} ({len(batches)} batches, {dt:.1f}s)")
+        self.reporter.note(
+            f"step {self.step}: {'final ' if final else ''}val_loss "
+            f"{self.val_loss:.4f} ({len(batches)} batches, {dt:.1f}s)"
+        )
         if not final:
             self.rec.update(**self.row_figures())
             self.clock.start()
@@ -252,20 +281,38 @@ class Trainer:
         if gates:
             self.rec.gates(self.step, gates)
         if self.info.is_main:  # reciprocity measures (racli/training/reciprocity.py)
-            record_measures(self.raw, self.eval_set, self.rec, self.step, self.spec.measures,
-                            final=final, elapsed_s=self.clock.seconds)
+            record_measures(
+                self.raw,
+                self.eval_set,
+                self.rec,
+                self.step,
+                self.spec.measures,
+                final=final,
+                elapsed_s=self.clock.seconds,
+            )
         self.last_gate_step = self.step
 
     # ---- checkpoints ---------------------------------------------------------
     def checkpoint_state(self) -> ckpt.CheckpointState:
         return ckpt.CheckpointState(
-            run_id=self.rec.run_id, config=self.config, data_path=self.data_path,
-            model=self.raw.state_dict(), optimizer=self.opt.state_dict(),
-            sampler=self.sampler.state_dict(), rng=ckpt.rng_state(), step=self.step,
-            tokens=self.tokens, timed_tokens=self.timed_tokens, timed_steps=self.timed_steps,
-            train_seconds=self.clock.seconds, compile_s=self.compile_s, eval_s=self.eval_s,
-            checkpoint_s=self.checkpoint_s, train_loss=self.train_loss,
-            epoch_warned=self.epoch_warned)
+            run_id=self.rec.run_id,
+            config=self.config,
+            data_path=self.data_path,
+            model=self.raw.state_dict(),
+            optimizer=self.opt.state_dict(),
+            sampler=self.sampler.state_dict(),
+            rng=ckpt.rng_state(),
+            step=self.step,
+            tokens=self.tokens,
+            timed_tokens=self.timed_tokens,
+            timed_steps=self.timed_steps,
+            train_seconds=self.clock.seconds,
+            compile_s=self.compile_s,
+            eval_s=self.eval_s,
+            checkpoint_s=self.checkpoint_s,
+            train_loss=self.train_loss,
+            epoch_warned=self.epoch_warned,
+        )
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint (rank 0). A failed write is noted and kept in
@@ -300,8 +347,10 @@ class Trainer:
             return None
         if self.checkpoint_step is None:
             return f"checkpoint missing: {self.checkpoint_error}"
-        return (f"checkpoint out of date (it holds step {self.checkpoint_step}): "
-                f"{self.checkpoint_error}")
+        return (
+            f"checkpoint out of date (it holds step {self.checkpoint_step}): "
+            f"{self.checkpoint_error}"
+        )
 
     # ---- the loop ----------------------------------------------------------
     def run(self) -> str:
@@ -326,10 +375,13 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         if self.step == 0:
             self._record_gates()  # the initial gate values
-        self.reporter.start(run_id=self.rec.run_id, attn=spec.attn,
-                            total=spec.steps if spec.steps is not None else spec.budget_seconds,
-                            unit="steps" if spec.steps is not None else "seconds",
-                            done=self.step if spec.steps is not None else self.clock.seconds)
+        self.reporter.start(
+            run_id=self.rec.run_id,
+            attn=spec.attn,
+            total=spec.steps if spec.steps is not None else spec.budget_seconds,
+            unit="steps" if spec.steps is not None else "seconds",
+            done=self.step if spec.steps is not None else self.clock.seconds,
+        )
         self.last_log_tokens, self.last_log_secs = self.timed_tokens, self.clock.seconds
 
     def _train_step(self) -> float:
@@ -412,23 +464,33 @@ class Trainer:
         tps = d_tok / d_sec if d_sec > 0 and d_tok > 0 else None
         self.last_log_tokens, self.last_log_secs = self.timed_tokens, secs
         if not math.isfinite(mean_loss):
-            self.error = (f"training loss is {mean_loss} at step {self.step} "
-                          f"(diverged; lr {lr:.3g})")
+            self.error = f"training loss is {mean_loss} at step {self.step} (diverged; lr {lr:.3g})"
             self.reporter.note(f"step {self.step}: {self.error}")
             self.status = "diverged"
             return True
         self.train_loss = mean_loss
-        self.rec.metrics(self.step, finite({"train_loss": mean_loss, "lr": lr,
-                                            "tokens_per_s": tps, **self.clocks.sample()}),
-                         secs)
-        self.reporter.update(step=self.step,
-                             done=self.step if self.spec.steps is not None else secs,
-                             loss=mean_loss, tokens_per_s=tps, left_s=self._left_s())
+        self.rec.metrics(
+            self.step,
+            finite(
+                {"train_loss": mean_loss, "lr": lr, "tokens_per_s": tps, **self.clocks.sample()}
+            ),
+            secs,
+        )
+        self.reporter.update(
+            step=self.step,
+            done=self.step if self.spec.steps is not None else secs,
+            loss=mean_loss,
+            tokens_per_s=tps,
+            left_s=self._left_s(),
+        )
         if not self.epoch_warned and self.epochs > 1.0:
             self.epoch_warned = True
             self.reporter.note(epoch_warning(self.epochs))
-        if (not done and self.info.is_main
-                and time.monotonic() - self.last_checkpoint >= self.t.checkpoint_minutes * 60.0):
+        if (
+            not done
+            and self.info.is_main
+            and time.monotonic() - self.last_checkpoint >= self.t.checkpoint_minutes * 60.0
+        ):
             self.save_checkpoint()
         return done
 
@@ -439,10 +501,16 @@ class Trainer:
         if self.status == "diverged":
             return self.status
         if self.stopped_by_user:
-            self.reporter.note(f"step {self.step}: stop requested: final evaluation and "
-                               f"checkpoint, then exit")
-        final = eval_batches(self.dataset.val, self.t.batch_size, self.mcfg.block_size,
-                             self.t.final_eval_batches, self.device)
+            self.reporter.note(
+                f"step {self.step}: stop requested: final evaluation and checkpoint, then exit"
+            )
+        final = eval_batches(
+            self.dataset.val,
+            self.t.batch_size,
+            self.mcfg.block_size,
+            self.t.final_eval_batches,
+            self.device,
+        )
         self._eval_and_record(final, final=True)
         self.save_checkpoint()
         self.status = "interrupted" if self.stopped_by_user else "finished"
