@@ -154,6 +154,7 @@ def test_fresh_modules_have_identical_weights(attn):
     assert torch.equal(x1, x2) and torch.equal(g1, g2) and x1.shape == (2, 64, 128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attn", VARIANTS)
 def test_detect_backend_sees_the_kernel_that_ran(attn):
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -347,6 +348,7 @@ def test_baseline_eager_ratio():
 # ---------------------------------------------------------------- the command
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CUDA, reason="checks a machine without CUDA")
 def test_cli_modes_all_on_cpu_with_a_real_compile(tmp_path):
     db = tmp_path / "ra.db"

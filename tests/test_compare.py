@@ -572,6 +572,7 @@ def test_empty_database(db):
     assert "no finished train runs of 'ra_v5'" in err
 
 
+@pytest.mark.slow
 def test_compare_imports_no_torch(db, store, tmp_path):
     add_history(store, n=2, seed=60)
     add_bench(store, SEED_TIMINGS)
@@ -657,6 +658,7 @@ def big_db(template, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_compare_10000_runs(benchmark, big_db):
     store = open_store(str(big_db), create=False)
     try:

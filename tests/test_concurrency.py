@@ -174,6 +174,7 @@ def _check_rows(db, results, *, extra_runs=0, extra_envs=0) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_four_processes_record_into_one_fresh_store(store_url):
     db = store_url  # no schema yet: the workers race to create it
     results = _collect(_start_workers(db, WORKERS, time.time() + 1.5, SECONDS), timeout=90)

@@ -425,6 +425,7 @@ def test_fresh_cpu_run_shows_the_new_classification(tmp_path):
     assert "rec_ablation (loss change" in res.stdout
 
 
+@pytest.mark.slow
 def test_several_runs_import_no_torch(seeds_db, tmp_path):
     db, ids = seeds_db
     png = tmp_path / "runs.png"

@@ -417,6 +417,7 @@ def test_dropout_train_and_eval(attn):
 # --- torch.compile -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ra_v5_torch_compile_matches_eager():
     """One compile test (slow on two cores): ra_v5, forward + backward, dynamic=False."""
     torch._dynamo.reset()

@@ -536,6 +536,7 @@ def test_cli_resume_of_missing_database_exits_2(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.slow
 def test_sigint_leaves_an_interrupted_run_with_metrics_and_checkpoint(tmp_path):
     db = tmp_path / "ra.db"
     cmd = [
@@ -635,6 +636,7 @@ def test_train_command_module_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.slow
 def test_compile_on_cpu(cfg, dataset, store):
     """The one compile test: a few steps through torch.compile (slow on CPU)."""
     spec = training.spec_from_config(

@@ -52,6 +52,7 @@ def torchrun(tmp_path, *args, nproc=2, timeout=240):
     )
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path):
     db = tmp_path / "ra.db"
     sets = [a for item in TINY for a in ("--set", item)]
@@ -93,6 +94,7 @@ def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path):
     assert (tmp_path / "ra_checkpoints" / "ra.db" / f"run_{run_id}.pt").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_minutes_budget_stops_every_rank_together(tmp_path):
     """A wall-clock budget under DDP: rank 0's clock decides for all at a log point (no rank
     left waiting in a collective); an odd number of evaluation batches is shared unevenly."""
