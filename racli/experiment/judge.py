@@ -66,9 +66,13 @@ class ArmVerdict:
         if self.comparison is None:
             return f"{self.candidate} vs {self.baseline}: no verdict yet ({self.error})"
         v = self.comparison.verdict
-        text = f"{self.candidate} vs {self.baseline}: {v.outcome} (d {v.d * 100:+.2f}%"
-        if v.ci is not None:
-            text += f", {v.confidence:.1%} CI [{v.ci[0] * 100:+.2f}%, {v.ci[1] * 100:+.2f}%]"
+        text = (
+            f"{self.candidate} vs {self.baseline}: {v.outcome} "
+            f"(improvement {v.improvement * 100:+.2f}%"
+        )
+        if v.interval is not None:
+            lo, hi = v.interval
+            text += f", {v.confidence:.1%} interval [{lo * 100:+.2f}%, {hi * 100:+.2f}%]"
         n = f"{v.candidate.n} vs {v.baseline.n} runs"
         return text + f", {n})"
 
@@ -88,7 +92,6 @@ def verdicts(
     arms: list[Arm],
     *,
     threshold: float,
-    speed_tolerance: float,
     confidence: float,
     metric: str = "val_loss",
 ) -> list[ArmVerdict]:
@@ -105,7 +108,6 @@ def verdicts(
                 candidate=arm.label,
                 baseline=arms[0].label,
                 threshold=threshold,
-                speed_tolerance=speed_tolerance,
                 confidence=confidence,
                 rows=rows,
             )

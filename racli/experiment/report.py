@@ -178,14 +178,14 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
             continue
         v = av.comparison.verdict
         ci = (
-            f"{v.confidence:.1%} interval of the difference [{v.ci[0] * 100:+.2f}%, "
-            f"{v.ci[1] * 100:+.2f}%]"
-            if v.ci is not None
+            f"{v.confidence:.1%} interval of the improvement [{v.interval[0] * 100:+.2f}%, "
+            f"{v.interval[1] * 100:+.2f}%]"
+            if v.interval is not None
             else "no interval"
         )
         lines.append(
-            f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- d "
-            f"{v.d * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
+            f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- improvement "
+            f"{v.improvement * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
             f"{v.baseline.n} runs). {v.reason}."
         )
     for av in outcome.verdicts:
@@ -243,13 +243,13 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
 
 def _gate_lines(store, runs) -> list[str]:
     from racli import gate_report
-    from racli.commands.gates import load_gate_rows
+    from racli.store.queries import gate_rows
 
     out = []
     for r in runs:
         if r.status != "finished":
             continue
-        rows = load_gate_rows(store, r.id)
+        rows = gate_rows(store, r.id)
         if not rows:
             continue
         try:

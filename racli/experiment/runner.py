@@ -382,7 +382,6 @@ def _verdict_so_far(ctx: Context, confidence: float) -> None:
         ctx.key,
         ctx.settings.arms,
         threshold=v.threshold,
-        speed_tolerance=v.speed_tolerance,
         confidence=confidence,
     )
     ctx.view.verdict([x.short() for x in found])
@@ -856,7 +855,6 @@ def run_experiment(
                 key,
                 settings.arms,
                 threshold=v.threshold,
-                speed_tolerance=v.speed_tolerance,
                 confidence=confidence,
             )
             looks.append(
