@@ -11,12 +11,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import one_line_error, ra_inprocess
 from scipy.special import stdtrit
 
 from racli.errors import BadInput
 from racli.experiment import calibrate, plan, sequential
 from racli.store.recorder import config_hash
-from tests.helpers import one_line_error, ra_inprocess
 
 # ---------------------------------------------------------------------------- plan
 
@@ -320,8 +320,9 @@ def test_clock_sampler_is_silent_on_cpu():
 
 
 def test_runs_show_prints_clock_medians(tmp_path):
+    from helpers import record_run
+
     from racli.store.engine import open_store
-    from tests.helpers import record_run
 
     db = tmp_path / "ra.db"
     store = open_store(str(db))
@@ -423,7 +424,7 @@ def test_help_does_not_import_torch():
         "assert r.exit_code == 0 and 'until-settled' in r.stdout, r.stdout; "
         "assert 'torch' not in sys.modules"
     )
-    from tests.helpers import run_python
+    from helpers import run_python
 
     res = run_python(code)
     assert res.returncode == 0, res.stderr

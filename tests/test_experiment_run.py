@@ -9,12 +9,12 @@ import signal
 import sqlite3
 
 import pytest
+from helpers import ra_inprocess
 
 from racli.config import load_config, packaged_config_path
 from racli.experiment import calibrate, plan, runner
 from racli.experiment.view import PlainView
 from racli.store.engine import open_store
-from tests.helpers import ra_inprocess
 
 pytestmark = pytest.mark.slow  # each test trains a few tiny runs (seconds on an idle CPU)
 
