@@ -112,6 +112,7 @@ def _planted(store, effect: float) -> None:
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("effect, verdict", [(-0.03, "WIN"), (0.03, "LOSE")])
 def test_compare_gives_the_planted_verdict(store, effect, verdict):
     _planted(store, effect)

@@ -175,6 +175,7 @@ def test_detect_backend_sees_the_kernel_that_ran(attn):
 # ---------------------------------------------------------------- time_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["fwd", "fwd_bwd"])
 def test_time_config_eager_row(phase):
     row = bench.time_config("ra_v5", "eager", phase, TINY, repeats=5, warmup=1)
@@ -398,6 +399,7 @@ def test_cli_modes_all_on_cpu_with_a_real_compile(tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CUDA, reason="checks a machine without CUDA")
 def test_cli_default_attns_every_mode_and_phase(tmp_path, fake_compile):
     db = tmp_path / "ra.db"
@@ -507,6 +509,7 @@ if not CUDA:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_cli_bad_input_exits_2_and_leaves_the_db_alone(tmp_path, args, message):
     db = tmp_path / "ra.db"
@@ -550,6 +553,7 @@ def test_round_times_configurations_interleaved():
     ]
 
 
+@pytest.mark.slow
 def test_injected_jitter_is_reported_as_noisy_not_as_a_speed_up(tmp_path, monkeypatch):
     import time
 

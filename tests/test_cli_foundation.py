@@ -132,6 +132,7 @@ sys.stderr.write(f"\nEXIT={code} HEAVY={','.join(heavy)}\n")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["runs", "--help"], ["db", "current", "--json"]])
 def test_light_commands_do_not_import_torch(args, tmp_path):
     if args[0] == "db":
@@ -143,6 +144,7 @@ def test_light_commands_do_not_import_torch(args, tmp_path):
     assert "torch" not in tail, tail
 
 
+@pytest.mark.slow
 def test_runs_listing_does_not_import_torch(populated):
     db, _ = populated
     res = run_python(HELP_PROBE, "runs", "--db", db, "--json")
@@ -275,6 +277,7 @@ def test_piped_runs_keep_every_column(populated):
         ),
     ],
 )
+@pytest.mark.slow
 def test_runs_filters(populated, filters, expect):
     db, ids = populated
     want = sorted((i for i, p in zip(ids, PLAN) if expect(p)), reverse=True)
@@ -461,6 +464,7 @@ def test_db_url(populated):
 # ---- global options ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_global_options_before_and_after_the_command(populated, tmp_path):
     db, ids = populated
     after = ok("runs", "--db", db, "--json").stdout
@@ -570,6 +574,7 @@ BAD_ARGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_ARGS))
 def test_bad_input_exit_2_one_line_nothing_changed(populated, tmp_path, case):
     db, _ = populated
@@ -584,6 +589,7 @@ def test_bad_input_exit_2_one_line_nothing_changed(populated, tmp_path, case):
     assert after == [f for f in files if not f.startswith("runs.db-")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["syntax", "unknown_key", "bad_value", "wrong_type"])
 @pytest.mark.parametrize("where", ["option", "cwd"])
 def test_invalid_ra_yaml_is_bad_input(populated, tmp_path, kind, where):
@@ -629,6 +635,7 @@ def _newer(path: Path) -> Path:
 @pytest.mark.parametrize(
     "args", [["runs"], ["runs", "show", "1"], ["runs", "export"], ["db", "upgrade"]]
 )
+@pytest.mark.slow
 def test_newer_schema_database_is_bad_input_and_untouched(tmp_path, args):
     db = _newer(tmp_path / "newer.db")
     digest = sha256(db)
@@ -706,8 +713,17 @@ def test_every_group_without_a_command_shows_help_and_one_error_line():
 
 def test_shell_completion_is_on():
     assert "--install-completion" in ok("--help").stdout
-    script = ok("--show-completion", "bash").stdout
-    assert "_ra_completion" in script and "complete" in script
+    # the shell is detected from the process tree: run it under bash
+    res = subprocess.run(
+        ["bash", "-c", f"'{sys.executable}' -m racli --show-completion"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=python_env(),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "_ra_completion" in res.stdout and "complete" in res.stdout
 
 
 def test_completion_completes_commands():
@@ -746,6 +762,7 @@ def test_usage_errors_still_exit_2_with_one_line(populated):
 @pytest.mark.parametrize(
     "suffix,magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")]
 )
+@pytest.mark.slow
 def test_plots_are_written_in_the_format_of_their_suffix(populated, tmp_path, suffix, magic):
     db, ids = populated
     curves = tmp_path / f"curves{suffix}"

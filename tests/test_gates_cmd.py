@@ -181,6 +181,7 @@ def test_beta_gates(db, ids):
     assert "DEAD GATES" not in out
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(db, ids, tmp_path):
     png = tmp_path / "gates.png"
     res = ra("gates", "--db", db, "--run", ids["ra_v5"], "--plot", png)
@@ -216,6 +217,7 @@ def test_other_bad_input(db, ids, tmp_path):
     assert ra("gates", "--db", db, "--run", "abc").exit_code == 2
 
 
+@pytest.mark.slow
 def test_gates_imports_no_torch(db, ids, tmp_path):
     png = tmp_path / "g.png"
     run_id = ids["ra_v5"]

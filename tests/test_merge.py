@@ -207,6 +207,7 @@ def _newer_schema_db(path):
     return path
 
 
+@pytest.mark.slow
 def test_newer_schema_source_is_refused_target_unchanged(two_stores, tmp_path):
     a, _ = two_stores
     target = tmp_path / "t.db"

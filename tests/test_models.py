@@ -254,6 +254,7 @@ def test_folded_weight_shape_and_one_gemm(attn):
 GPT2 = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_parameter_counts_at_gpt2_preset(bias):
     counts = {}

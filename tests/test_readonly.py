@@ -59,6 +59,7 @@ def made(tmp_path):
     return path, ids[1]  # a finished baseline train run with gate values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_read_commands_leave_the_file_as_it_was(made, journal):
     path, train_id = made
@@ -89,6 +90,7 @@ def test_zero_byte_file_is_bad_input_and_stays_empty(tmp_path):
     assert _files(tmp_path) == ["empty.db"]
 
 
+@pytest.mark.slow
 def test_foreign_database_is_bad_input_and_unchanged(tmp_path):
     path = tmp_path / "other.db"
     raw = sqlite3.connect(path)
@@ -111,6 +113,7 @@ def test_text_file_is_bad_input(tmp_path):
     assert sha256(path) == digest
 
 
+@pytest.mark.slow
 def test_older_schema_is_not_migrated_by_a_read(made):
     path, train_id = made
     store = open_store(str(path), migrate=False)
@@ -248,6 +251,7 @@ def test_locked_wal_store_with_pending_changes_is_one_line(locked):
 # ---- PostgreSQL ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_postgres_read_commands_change_nothing(pg_url):
     store = open_store(pg_url)
     train_id = record_run(store, attn="baseline")
@@ -264,6 +268,7 @@ def test_postgres_read_commands_change_nothing(pg_url):
         ro.close()
 
 
+@pytest.mark.slow
 def test_postgres_empty_database_gets_no_schema_from_a_read(pg_url):
     for args in _read_commands(pg_url, 1)[:-1]:
         err = one_line_error(ra_inprocess(*args))

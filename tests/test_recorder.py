@@ -265,6 +265,7 @@ def test_timing_rows_with_different_columns_flush_together(store):
     rec.finish()
 
 
+@pytest.mark.slow
 def test_a_failed_flush_keeps_its_rows_for_the_next(store, monkeypatch):
     rec = _start(store)
     for i in range(5):
@@ -289,6 +290,7 @@ def test_a_failed_flush_keeps_its_rows_for_the_next(store, monkeypatch):
     rec.finish()
 
 
+@pytest.mark.slow
 def test_background_writer_flushes_by_itself(store):
     rec = _start(store, heartbeat=True, flush_interval=0.2)
     try:
@@ -358,6 +360,7 @@ def test_fail_records_the_error(store):
     assert _run(store, rec2.run_id).error == "plain message"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["interrupted", "diverged"])
 def test_end_states(store, state):
     rec = _start(store)
@@ -407,6 +410,7 @@ def test_update_and_resume(store):
 # ---- crashed runs ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stale_heartbeat_shows_as_crashed(store):
     rec = _start(store)  # no writer thread: nothing refreshes the heartbeat
     done = _start(store)
@@ -430,6 +434,7 @@ def _runs_json(db, *args) -> list[dict]:
     return json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_crashed_in_ra_runs(store, tmp_path):
     crashed = _start(store)
     alive = _start(store)
@@ -479,6 +484,7 @@ for i in range(50, 10**9):
 """
 
 
+@pytest.mark.slow
 def test_killed_process_keeps_flushed_rows(store_url):
     db = store_url
     proc = subprocess.Popen(

@@ -86,6 +86,7 @@ def _row(path, run_id, cols="tag, excluded, exclude_reason"):
         ("delete", "2", "99", "--yes"),
     ],
 )
+@pytest.mark.slow
 def test_unknown_ids_are_one_line_and_change_nothing(db, args):
     before = db_state(db)
     err = one_line_error(ra_inprocess("runs", *args, "--db", db))

@@ -359,6 +359,7 @@ def _metric_rows(engine) -> list:
         ]
 
 
+@pytest.mark.slow
 def test_downgrade_upgrade_keeps_data(store_url):
     store = open_store(store_url)
     train = record_run(store, kind="train", n_metrics=6)

@@ -116,6 +116,7 @@ def test_schedule_progress_of_budgets():
 # ---------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     spec = make_spec(cfg, steps=60, extra=["train.checkpoint_minutes=0.0001"])
     r = training.train(spec, store, dataset=dataset)
@@ -228,6 +229,7 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     assert "WARNING" not in text
 
 
+@pytest.mark.slow
 def test_same_seed_same_batches_for_two_variants(cfg, dataset, store):
     seen: dict[tuple[str, int], list] = {}
 
@@ -256,6 +258,7 @@ def test_same_seed_same_batches_for_two_variants(cfg, dataset, store):
     )
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
     straight_batches, resumed_batches = [], []
     straight = training.train(
@@ -311,6 +314,7 @@ def test_interrupt_then_resume_continues_exactly(cfg, dataset, store):
         training.resume(store, first.run_id)
 
 
+@pytest.mark.slow
 def test_cli_resumes_an_interrupted_run(cfg, dataset, store):
     stop = threading.Event()
     first = training.train(
@@ -332,6 +336,7 @@ def test_cli_resumes_an_interrupted_run(cfg, dataset, store):
     assert (status, iters, n_runs) == ("finished", 10, 1)
 
 
+@pytest.mark.slow
 def test_minutes_budget_excludes_warmup_and_evaluation(cfg, dataset, store):
     spec = make_spec(cfg, minutes=0.02, extra=["train.eval_interval=10"])  # 1.2 s
     r = training.train(spec, store, dataset=dataset)
@@ -375,6 +380,7 @@ def test_exception_marks_run_failed(cfg, dataset, store):
 # ---------------------------------------------------------------------------- the command
 
 
+@pytest.mark.slow
 def test_cli_trains_on_a_small_file_and_warns_past_one_epoch(tmp_path):
     text = tmp_path / "small.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 400)  # 18 kB
@@ -411,6 +417,7 @@ def test_cli_trains_on_a_small_file_and_warns_past_one_epoch(tmp_path):
     assert epochs > 1
 
 
+@pytest.mark.slow
 def test_cli_lr_1e30_diverges_with_exit_1(tmp_path):
     db = tmp_path / "ra.db"
     res = invoke(
@@ -489,6 +496,7 @@ BAD_FRESH = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_FRESH))
 def test_cli_bad_input_exits_2_and_creates_no_database(tmp_path, case):
     args, message = BAD_FRESH[case]
@@ -796,6 +804,7 @@ def test_checkpoint_folder_is_keyed_to_the_store(tmp_path, monkeypatch):
     assert "secret" not in str(pg)
 
 
+@pytest.mark.slow
 def test_two_stores_in_one_folder_each_resume_their_own_checkpoint(cfg, dataset, tmp_path):
     stores = {name: open_store(str(tmp_path / name)) for name in ("a.db", "b.db")}
     try:
@@ -862,6 +871,7 @@ def test_unwritable_checkpoint_folder_exits_2_before_training(cfg, dataset, tmp_
         s.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["disk full", "folder replaced by a file"])
 def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(
     cfg, dataset, store, monkeypatch, failure
