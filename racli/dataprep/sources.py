@@ -25,6 +25,7 @@ import codecs
 import gzip
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,17 +164,17 @@ def _field_text(record, name: str, where: str) -> list[str]:
 # ---------------------------------------------------------------------------- sources
 
 
-class Source:
+class Source(ABC):
     kind = "?"
 
-    def describe(self) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self) -> dict: ...
 
     def estimated_bytes(self) -> int | None:
         return None
 
-    def chunks(self) -> Iterator:
-        raise NotImplementedError
+    @abstractmethod
+    def chunks(self) -> Iterator: ...
 
 
 class TextFileSource(Source):

@@ -404,16 +404,18 @@ def _open_readonly(db: str) -> Store:
     return Store(db=db, engine=engine, readonly=True)
 
 
-def upgraded_copy(path: Path) -> Engine:
-    """An engine on a temporary copy of the SQLite store at `path`, migrated to this ra's
-    schema; the store itself is only read. The copy is removed when the process ends."""
-    import atexit
-    import shutil
-    import tempfile
+def upgraded_copy(path: Path, folder: Path | None = None) -> Engine:
+    """An engine on a copy of the SQLite store at `path` in `folder`, migrated to this ra's
+    schema; the store itself is only read. Without `folder`, the copy goes to a temporary
+    folder removed when the process ends."""
+    if folder is None:
+        import atexit
+        import shutil
+        import tempfile
 
-    tmpdir = Path(tempfile.mkdtemp(prefix="ra-read-"))
-    atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
-    copy = tmpdir / path.name
+        folder = Path(tempfile.mkdtemp(prefix="ra-read-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    copy = folder / path.name
     src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     dst = sqlite3.connect(str(copy))
     try:

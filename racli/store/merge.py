@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -47,7 +46,7 @@ from racli.store.engine import (
     make_engine,
     open_store,
     sqlite_path,
-    upgrade,
+    upgraded_copy,
 )
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
 from racli.store.recorder import is_stale
@@ -152,21 +151,11 @@ def _open_source(db: str, target: str) -> _Source:
     if rev == HEAD_REVISION or path is None:
         return _Source(db, engine, rev)
     # an older SQLite store: upgrade a temporary copy, never the source
+    engine.dispose()
     tmpdir = Path(tempfile.mkdtemp(prefix="ra-merge-"))
-    copy = tmpdir / "source.db"
     try:
-        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        dst = sqlite3.connect(str(copy))
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-            src.close()
-        engine.dispose()
-        engine = make_engine(str(copy))
-        upgrade(engine)
+        engine = upgraded_copy(path, tmpdir)
     except BaseException:
-        engine.dispose()
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     return _Source(db, engine, rev, tmpdir)
