@@ -217,3 +217,59 @@ def test_eight_writers_with_readers_running_compare(store_url, tmp_path):
     assert all(r["errors"] == 0 for r in results)
     assert all(r["reads"] >= 1 for r in reads), reads
     _check_rows(store_url, results, extra_runs=6)
+
+
+class _LockedThenFree:
+    """A SQLite engine stand-in whose WAL switch is refused `refusals` times with
+    the immediate 'database is locked' that SQLite gives to break a lock deadlock
+    (another process holds the write lock and waits for this one's read lock)."""
+
+    class dialect:  # noqa: N801
+        name = "sqlite"
+
+    def __init__(self, refusals: int):
+        self.refusals = refusals
+        self.switches = 0
+        self.closed = 0
+        outer = self
+
+        class Driver:
+            def execute(self, sql):
+                if sql == "PRAGMA journal_mode":
+                    return sqlite3.connect(":memory:").execute("SELECT 'delete'")
+                if outer.refusals:
+                    outer.refusals -= 1
+                    raise sqlite3.OperationalError("database is locked")
+                outer.switches += 1
+                return None
+
+        class Raw:
+            driver_connection = Driver()
+
+            def close(self):
+                outer.closed += 1
+
+        self._raw = Raw
+
+    def raw_connection(self):
+        return self._raw()
+
+
+def test_wal_switch_retries_an_immediate_lock_refusal():
+    from racli.store.engine import enable_wal
+
+    engine = _LockedThenFree(refusals=3)
+    enable_wal(engine)
+    assert engine.switches == 1
+    # each refused attempt gave its connection back (its read lock with it)
+    assert engine.closed == 4
+
+
+def test_wal_switch_gives_up_after_the_busy_timeout(monkeypatch):
+    from racli.store import engine as eng
+
+    monkeypatch.setattr(eng, "BUSY_TIMEOUT_MS", 50)
+    engine = _LockedThenFree(refusals=10**6)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        eng.enable_wal(engine)
+    assert engine.switches == 0

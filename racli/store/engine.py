@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -157,16 +158,34 @@ def known_revisions() -> list[str]:
 
 
 def enable_wal(engine: Engine) -> None:
-    """Switch a SQLite database to WAL journaling (persistent in the file)."""
+    """Switch a SQLite database to WAL journaling (persistent in the file).
+
+    The switch needs the file to itself. When several processes open a fresh
+    database at once, SQLite can answer 'database is locked' at once instead
+    of waiting on the busy timeout (a reader that would have to upgrade its
+    lock while another process waits for it is refused, not delayed), so the
+    switch is retried until the busy timeout has passed.
+    """
     if engine.dialect.name != "sqlite":
         return
-    raw = engine.raw_connection()
-    try:
-        dbapi = raw.driver_connection
-        if str(dbapi.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-            dbapi.execute("PRAGMA journal_mode=WAL")
-    finally:
-        raw.close()
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        raw = engine.raw_connection()
+        try:
+            dbapi = raw.driver_connection
+            if str(dbapi.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                dbapi.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        finally:
+            raw.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def _migrate(engine: Engine, action: str, revision: str) -> None:
@@ -466,7 +485,7 @@ def open_store(
             raise
     try:
         enable_wal(engine)
-    except DBAPIError as exc:
+    except (DBAPIError, sqlite3.Error) as exc:
         engine.dispose()
         raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
     if migrate and rev != HEAD_REVISION:
