@@ -294,6 +294,9 @@ def _build(cls: type, data: dict, source: str, prefix: str = ""):
             continue  # a key of an older ra.yaml that no longer means anything
         if k not in known:
             raise ConfigError(source, key, f"unknown key (valid: {', '.join(known)})")
+        choices = known[k].metadata.get("choices") or ()
+        if isinstance(v, bool) and {"on", "off"} <= set(choices):
+            v = "on" if v else "off"  # YAML 1.1 reads a bare on/off as true/false
         kwargs[k] = _convert(v, hints[k], key, source)
         _check_range(kwargs[k], dict(known[k].metadata), key, source)
     return cls(**kwargs)

@@ -549,6 +549,8 @@ def test_metric_ms_without_bench_runs(db, store):
     [
         (["--metric", "perplexity"], "unknown metric 'perplexity'"),
         (["--candidate", "baseline"], "nothing to compare"),
+        (["--candidate", "nope"], "unknown attention 'nope' (valid: baseline, ra_beta"),
+        (["--baseline", "nope"], "unknown attention 'nope'"),
         (["--threshold", "1"], "--threshold is a fraction"),
         (["--since", "last week"], "bad --since 'last week'"),
         (["--metric", "ms", "--plot", "x.png"], "does not apply to --metric ms"),

@@ -126,6 +126,18 @@ def test_partial_file_keeps_defaults(tmp_path):
     assert cfg.train.batch_size == 32 and cfg.verdict.threshold == pytest.approx(0.01)
 
 
+def test_bare_on_off_is_read_as_the_word(tmp_path):
+    # YAML 1.1 reads `compile: off` as false; the setting's choices are words
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  compile: off\n")
+    assert load_config(p).train.compile == "off"
+    p.write_text("train:\n  compile: on\n")
+    assert load_config(p).train.compile == "on"
+    p.write_text("gates:\n  ablation: off\n")  # not a setting with on/off: still refused
+    with pytest.raises(ConfigError, match="gates.ablation"):
+        load_config(p)
+
+
 # ---- validation -----------------------------------------------------------
 
 

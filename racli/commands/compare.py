@@ -15,7 +15,7 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
-from racli.names import check_plot_path
+from racli.names import check_attention, check_plot_path
 from racli.textsafe import visible
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
@@ -195,6 +195,8 @@ def compare(
 
     # ---- validate everything before any work
     history.check_metric(metric)
+    check_attention(candidate)
+    check_attention(baseline)
     if candidate == baseline:
         raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
     cfg = common.config(config)
