@@ -29,6 +29,7 @@ RUN_KEYS = (
     "finished_at",
     "error",
 )
+# the environment fields shown by `ra runs show` and compared by `ra runs diff`
 ENV_KEYS = (
     "hostname",
     "os",
@@ -37,6 +38,8 @@ ENV_KEYS = (
     "cuda",
     "cudnn",
     "gpu_name",
+    "gpu_index",
+    "gpu_uuid",
     "gpu_count",
     "gpu_memory_gb",
     "driver",

@@ -17,6 +17,7 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
+from racli.run_diff import ENV_KEYS
 from racli.runid import check_run_id
 from racli.tables import Column, print_table
 from racli.textsafe import one_line, visible
@@ -253,20 +254,7 @@ def show_text(d: dict) -> str:
     env = d.get("environment")
     if env:
         lines.append("Environment:")
-        for key in (
-            "hostname",
-            "os",
-            "python",
-            "torch",
-            "cuda",
-            "cudnn",
-            "gpu_name",
-            "gpu_count",
-            "driver",
-            "cpu",
-            "cpu_count",
-            "fingerprint",
-        ):
+        for key in ENV_KEYS:
             if env.get(key) is not None:
                 lines.append(f"  {key:<14} {one_line(env[key])}")
     if d["metrics"]:
