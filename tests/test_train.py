@@ -626,6 +626,9 @@ def test_console_reporter_bar_and_plain_lines():
         "training baseline run 4: 1m30s of training",
         "step 10  loss 3.0000  - tok/s  1m25s left",
     ]
+    plain.note("checkpoint at /tmp/a\x1b[2Jb\nc [bold]x[/bold]")  # a path from the user
+    last = buf.getvalue().splitlines()[-1]
+    assert "\x1b" not in buf.getvalue() and "[bold]x[/bold]" in last
 
 
 def test_train_command_module_does_not_import_torch():

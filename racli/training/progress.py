@@ -15,6 +15,8 @@ import sys
 import time
 from typing import TextIO
 
+from racli.textsafe import visible
+
 EPOCH_WARNING = "validation loss measures memorisation as much as modelling"
 
 
@@ -125,6 +127,7 @@ class ConsoleReporter(NullReporter):
             self._line(f"step {step}  loss {loss_s}  {tps_s} tok/s  {fmt_seconds(left_s)} left")
 
     def note(self, text: str) -> None:
+        text = visible(text)  # notes can quote user input (paths, tags)
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
         else:
