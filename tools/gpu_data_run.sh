@@ -7,7 +7,7 @@
 # Usage (from the project root):  bash tools/gpu_data_run.sh DIR [MAX_TOKENS]
 #   MAX_TOKENS  default 120M; the corpus stops there (or when the sources run out)
 #   env: TOKENIZER (default train:32768), GLOBS (default '**/*.py', space-separated),
-#        WORKERS (default: every core), PYTHON (default python3)
+#        WORKERS (default: every core), PYTHON (default python3), EXTRA_ROOTS (more folders)
 # Then, on the GPU, five minutes each with the defaults (gpt2 preset on CUDA):
 #   python3 -m racli train --attn baseline --minutes 5 --data DIR
 #   python3 -m racli train --attn ra_v5    --minutes 5 --data DIR
@@ -26,6 +26,9 @@ mapfile -t ROOTS < <("$PY" - <<'PYEOF'
 import os, site, sysconfig
 paths = list(site.getsitepackages()) + [site.getusersitepackages()]
 paths += [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+# EXTRA_ROOTS (space-separated folders) add text beyond the packages, e.g. the standard
+# library or /usr/include, when the packages alone hold too little for a run under one epoch
+paths += os.environ.get("EXTRA_ROOTS", "").split()
 real = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
 for p in real:
     if not any(p != q and p.startswith(q + os.sep) for q in real):
@@ -75,7 +78,7 @@ print(f"speed:       tokenising {meta['tokens_per_s']:,} tokens/s over "
       f"{meta['seconds']['tokenize']:.1f}s; BPE training {meta['seconds']['tokenizer']:.1f}s; "
       f"whole command {wall:.1f}s ({total / wall:,.0f} tokens/s)")
 print(f"vocabulary:  {meta['vocab_size']:,} ({meta['dtype']}), content hash {meta['content_hash']}")
-rate = 500_000  # GPT-2 124M training on one H100/H200-class GPU, tokens/s (docs/results.md)
+rate = 546_000  # GPT-2 124M training on one H200, tokens/s (docs/results.md)
 print(f"epochs:      5 minutes at ~{rate:,} tokens/s use ~{rate * 300 / 1e6:.0f}M tokens = "
       f"{rate * 300 / tok['train']:.2f} passes over the training split"
       + (" (over one: prepare more, e.g. MAX_TOKENS=250M GLOBS='**/*.py **/*.pyi **/*.h')"

@@ -17,7 +17,10 @@ DB=$WORK/h200.db
 mkdir -p "$WORK" "$OUT"
 export PYTHONUNBUFFERED=1
 if [ ! -f "$DATA/meta.json" ]; then
-  GLOBS=${GLOBS:-'**/*.py **/*.pyi **/*.h **/*.hpp **/*.cuh **/*.rst **/*.md'} \
+  # 485 MB of .py/.pyi/.h/.hpp/.cuh/.rst/.md gave 126.6M training tokens on the H200 machine,
+  # 1.29 passes in 5 minutes: C/C++/CUDA sources, text files and the standard library add more
+  GLOBS=${GLOBS:-'**/*.py **/*.pyi **/*.h **/*.hpp **/*.cuh **/*.rst **/*.md **/*.c **/*.cc **/*.cpp **/*.cu **/*.txt'} \
+    EXTRA_ROOTS=${EXTRA_ROOTS:-"$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') /usr/include /usr/local/cuda/include"} \
     bash tools/gpu_data_run.sh "$DATA" "$MAX_TOKENS" 2>&1 | tail -n 25
 fi
 cp "$DATA.sources.txt" "$OUT/" 2>/dev/null || true
