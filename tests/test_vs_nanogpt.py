@@ -1,0 +1,103 @@
+"""tools/vs_nanogpt.py: the side-by-side harness runs every arm and reports ratios.
+
+A stand-in for a nanoGPT checkout (its interface: GPTConfig, GPT(cfg)(idx, targets)
+-> (logits, loss), configure_optimizers(weight_decay, learning_rate, betas,
+device_type)) is written into the test's folder; the real comparison runs on the GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "vs_nanogpt.py"
+
+STAND_IN = """
+from dataclasses import dataclass, asdict
+import torch
+from racli_models import GPT as RaGPT, GPTConfig as RaConfig
+
+@dataclass
+class GPTConfig:
+    block_size: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = False
+
+class GPT(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.inner = RaGPT(RaConfig(**asdict(cfg)))
+
+    def forward(self, idx, targets=None):
+        return self.inner(idx, targets)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        print("stand-in optimizer")  # nanoGPT prints its groups: kept off stdout
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas,
+                                 weight_decay=weight_decay)
+"""
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("vs_nanogpt", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
+    (tmp_path / "model.py").write_text(STAND_IN)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    args = ["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny", "--no-compile"]
+    args += [
+        "--arms",
+        "nanogpt,baseline,ra_v5",
+        "--batch",
+        "1",
+        "--steps",
+        "2",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+    ]
+    assert _tool().main(args) == 0
+    out = capsys.readouterr().out
+    assert "stand-in optimizer" not in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "vs_nanogpt.json").read_text()) == result
+    arms = result["arms"]
+    assert list(arms) == ["nanogpt", "baseline", "ra_v5"]
+    assert arms["nanogpt"]["params"] == arms["baseline"]["params"]  # the same model
+    assert arms["nanogpt"]["speed_vs_nanogpt"] == 1.0
+    for a in arms.values():
+        assert a["ms_p10"] <= a["ms_median"] <= a["ms_p90"]
+        assert a["round_ratio_min"] <= a["round_ratio_max"]
+        assert a["tokens_per_s"] == round(64 / (a["ms_median"] / 1e3))
+
+
+@pytest.mark.parametrize(
+    "arms, words",
+    [
+        ("nanogpt,flash9", "unknown arm 'flash9'"),
+        ("baseline+oops", "bad setting 'oops'"),
+        ("nanogpt+bias=1", "takes no settings"),
+        ("baseline,baseline", "distinct arms"),
+    ],
+)
+def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
+    with pytest.raises(SystemExit, match=words):
+        _tool().main(["--nanogpt", str(tmp_path), "--arms", arms, "--device", "cpu"])
+
+
+def test_missing_checkout_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no model.py in"):
+        _tool().main(["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny"])

@@ -1,0 +1,280 @@
+"""ra's training step side by side with nanoGPT's, in one process, on one device.
+
+    python3 tools/vs_nanogpt.py --nanogpt PATH/TO/nanoGPT            # GPT-2 124M, batch 32, CUDA
+    python3 tools/vs_nanogpt.py --nanogpt DIR --arms nanogpt,baseline,ra_v5 --rounds 5
+    python3 tools/vs_nanogpt.py --nanogpt DIR --bench-py              # also nanoGPT's own bench.py
+
+PATH/TO/nanoGPT is a checkout of nanoGPT (its `model.py` is imported from there;
+nothing of it is part of ra). Every arm builds GPT-2 124M (12 x 768, T = 1024,
+the 50,304-token output layer, no biases, no dropout) and runs the same training
+step: bf16 autocast, forward with loss, backward, gradient clipping at 1.0,
+fused AdamW (each model's own optimizer set-up), `zero_grad(set_to_none=True)`.
+Arms:
+  nanogpt        nanoGPT's `GPT` and `configure_optimizers`, torch.compile
+  baseline       ra's `GPT` with attn=baseline, torch.compile
+  ra_v5, ...     any ra attention variant
+  ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=1
+The arms are compiled and warmed up first, then timed in `--rounds` rounds, the
+order reversed every other round (A B C, C B A, ...), `--steps` steps per arm
+and round with CUDA events around each step. Reported per arm: median and
+p10/p90 ms per step over all timed steps, tokens/s from the median, and the
+speed relative to the first arm (its median time over the arm's), with the
+smallest and largest per-round ratio beside it. The figures are JSON on stdout's
+last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
+
+`--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
+the same batch) in a subprocess afterwards and reports the ms per iteration it
+prints, for a reader who wants nanoGPT's own number (it has no clipping and
+times 20 steps with one wall clock).
+
+On the CPU (`--device cpu --preset tiny --no-compile`) the script only checks
+that the arms run: a CPU time says nothing about the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from racli.names import ATTENTION_NAMES, comma_list  # noqa: E402
+from racli_models import GPT, GPTConfig  # noqa: E402
+
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
+}
+LR, WD, BETAS, CLIP = 6e-4, 0.1, (0.9, 0.95), 1.0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def load_nanogpt(folder: Path):
+    path = folder / "model.py"
+    if not path.is_file():
+        raise SystemExit(f"vs_nanogpt: no model.py in {folder} (give a nanoGPT checkout)")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def parse_arm(arm: str) -> tuple[str, dict]:
+    """`ra_v5+fused_loss=1+x=2` -> ("ra_v5", {"fused_loss": 1, "x": 2})."""
+    name, *sets = arm.split("+")
+    extra = {}
+    for s in sets:
+        key, sep, value = s.partition("=")
+        if not sep:
+            raise SystemExit(f"vs_nanogpt: bad setting '{s}' in arm '{arm}' (KEY=VALUE)")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    if name != "nanogpt" and name not in ATTENTION_NAMES:
+        raise SystemExit(
+            f"vs_nanogpt: unknown arm '{name}' (nanogpt, {', '.join(ATTENTION_NAMES)})"
+        )
+    if name == "nanogpt" and extra:
+        raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings")
+    return name, extra
+
+
+def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
+    name, extra = parse_arm(arm)
+    torch.manual_seed(1234)
+    fused = device.startswith("cuda")
+    if name == "nanogpt":
+        cfg = nanogpt_mod.GPTConfig(**shape, dropout=0.0, bias=False)
+        model = nanogpt_mod.GPT(cfg).to(device)
+        with contextlib.redirect_stdout(sys.stderr):  # it prints its parameter groups
+            opt = model.configure_optimizers(WD, LR, BETAS, "cuda" if fused else "cpu")
+    else:
+        cfg = GPTConfig(**shape, attn=name, bias=False, dropout=0.0, **extra)
+        model = GPT(cfg).to(device)
+        opt = model.configure_optimizer(WD, LR, BETAS, fused=fused)
+    n_params = sum(p.numel() for p in model.parameters())
+    return model, opt, n_params
+
+
+def make_step(fwd, opt, params, device: str):
+    cuda = device.startswith("cuda")
+
+    def step(x, y):
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with ctx:
+            _, loss = fwd(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+class Timer:
+    """Per-step times in ms: CUDA events on CUDA, perf_counter on the CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def time(self, fn, n: int) -> list[float]:
+        if not self.cuda:
+            out = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+            return out
+        ev = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(n)
+        ]
+        for a, b in ev:
+            a.record()
+            fn()
+            b.record()
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) for a, b in ev]
+
+
+def run_bench_py(folder: Path, batch: int) -> dict:
+    cmd = [sys.executable, "bench.py", f"--batch_size={batch}", "--real_data=False"]
+    res = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
+    for line in res.stdout.splitlines():
+        if line.startswith("time per iteration:"):
+            ms = float(line.split(":")[1].split("ms")[0])
+            return {"command": " ".join(cmd), "ms_per_iter": ms, "line": line.strip()}
+    return {"command": " ".join(cmd), "error": (res.stderr or res.stdout).strip()[-500:]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nanogpt", required=True, type=Path, help="a nanoGPT checkout")
+    ap.add_argument("--arms", default="nanogpt,baseline,ra_v5")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per arm and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="gpt2")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--bench-py", action="store_true", help="also run nanoGPT's bench.py")
+    args = ap.parse_args(argv)
+
+    arms = comma_list(args.arms)
+    for a in arms:
+        parse_arm(a)  # every arm is checked before any work
+    if len(set(arms)) != len(arms) or not arms:
+        raise SystemExit("vs_nanogpt: give distinct arms")
+    folder = args.nanogpt.resolve()
+    mod = load_nanogpt(folder) if "nanogpt" in arms else None
+    device = args.device
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    shape = PRESETS[args.preset]
+    T, V = shape["block_size"], shape["vocab_size"]
+    g = torch.Generator(device=device).manual_seed(0)
+    batches = [
+        (
+            torch.randint(0, V, (args.batch, T), device=device, generator=g),
+            torch.randint(0, V, (args.batch, T), device=device, generator=g),
+        )
+        for _ in range(4)
+    ]
+
+    steps, info = {}, {}
+    for arm in arms:
+        model, opt, n_params = build_arm(arm, shape, device, mod)
+        fwd = model if args.no_compile else torch.compile(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        step = make_step(fwd, opt, params, device)
+        t0 = time.perf_counter()
+        for i in range(args.warmup):
+            loss = step(*batches[i % 4])
+        float(loss.detach())
+        info[arm] = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
+        steps[arm] = step
+        print(f"{arm}: {n_params:,} parameters, warm-up {info[arm]['warmup_s']} s", file=sys.stderr)
+
+    timer = Timer(device)
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    per_round: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(args.rounds):
+        order = arms if r % 2 == 0 else arms[::-1]
+        for arm in order:
+            i = iter(range(10**9))
+            ms = timer.time(lambda a=arm: steps[a](*batches[next(i) % 4]), args.steps)
+            times[arm] += ms
+            per_round[arm].append(statistics.median(ms))
+
+    first = arms[0]
+    tokens = args.batch * T
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "preset": args.preset,
+        "batch": args.batch,
+        "tokens_per_step": tokens,
+        "compile": not args.no_compile,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "arms": {},
+    }
+    for arm in arms:
+        med = statistics.median(times[arm])
+        ratios = [f / a for f, a in zip(per_round[first], per_round[arm], strict=True)]
+        result["arms"][arm] = {
+            **info[arm],
+            "ms_median": round(med, 3),
+            "ms_p10": round(pct(times[arm], 0.1), 3),
+            "ms_p90": round(pct(times[arm], 0.9), 3),
+            "tokens_per_s": round(tokens / (med / 1e3)),
+            f"speed_vs_{first}": round(statistics.median(times[first]) / med, 4),
+            "round_ratio_min": round(min(ratios), 4),
+            "round_ratio_max": round(max(ratios), 4),
+        }
+    if args.bench_py:
+        result["bench_py"] = run_bench_py(folder, args.batch)
+        if "ms_per_iter" in result["bench_py"]:
+            result["bench_py"]["tokens_per_s"] = round(
+                tokens / (result["bench_py"]["ms_per_iter"] / 1e3)
+            )
+
+    print(f"{'arm':<28} {'ms/step':>9} {'p10':>9} {'p90':>9} {'tokens/s':>11} {'vs ' + first:>12}")
+    for arm, a in result["arms"].items():
+        print(
+            f"{arm:<28} {a['ms_median']:>9.3f} {a['ms_p10']:>9.3f} {a['ms_p90']:>9.3f} "
+            f"{a['tokens_per_s']:>11,} {a[f'speed_vs_{first}']:>8.4f}x "
+            f"(rounds {a['round_ratio_min']:.4f}-{a['round_ratio_max']:.4f})"
+        )
+    if "bench_py" in result:
+        print(f"nanoGPT bench.py: {result['bench_py'].get('line') or result['bench_py']}")
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "vs_nanogpt.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
