@@ -36,12 +36,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -127,6 +129,10 @@ def make_step(fwd, opt, params, device: str):
         return loss
 
     return step
+
+
+def _one_step(step, batches, counter) -> None:
+    step(*batches[next(counter) % len(batches)])
 
 
 class Timer:
@@ -221,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         order = arms if r % 2 == 0 else arms[::-1]
         for arm in order:
-            i = iter(range(10**9))
-            ms = timer.time(lambda a=arm: steps[a](*batches[next(i) % 4]), args.steps)
+            counter = itertools.count()
+            ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
             times[arm] += ms
             per_round[arm].append(statistics.median(ms))
 
