@@ -4,9 +4,9 @@
     # same value and gradients as F.cross_entropy(h @ weight.T, targets, ignore_index=-1)
 
 The LM head's logits are the largest tensor of a GPT-2 step: N = B*T rows by
-V = 50304 columns (3.3 GB in bfloat16 at B=32, T=1024, twice that once the loss
-upcasts them to float32, all kept for the backward pass). This loss never holds
-them whole. Its forward walks over `chunk_rows` rows at a time and, per chunk,
+V = 50304 columns: 3.3 GB in bfloat16 at B=32, T=1024, and the plain loss keeps
+a float32 copy (6.6 GB) for the backward pass. This loss never holds them
+whole. Its forward walks over `chunk_rows` rows at a time and, per chunk,
 computes the logits in float32, their log-sum-exp, the loss, and at once the
 gradient of the mean loss with respect to the chunk's logits,
 

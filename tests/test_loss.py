@@ -198,17 +198,20 @@ def test_gpt_fused_loss_under_torch_compile():
 
 
 @pytest.mark.slow
-def test_gpt_fused_loss_under_torch_compile_aot_eager():
-    """The cheap compile path (dynamo + AOT autograd, no code generation) traces the loss."""
+def test_gpt_fused_loss_under_torch_compile_and_bf16_autocast():
+    """Dynamo + AOT autograd (no code generation, so quick) under CPU bf16 autocast, as a
+    CUDA run compiles and runs the model: same loss and gradients as the plain loss."""
     (off, on), x, y = gpt_pair(torch.float32, attn="baseline")
     compiled = torch.compile(on, backend="aot_eager", dynamic=False)
-    _, loss_c = compiled(x, y)
-    _, loss_off = off(x, y)
-    loss_c.backward()
-    loss_off.backward()
-    assert abs(loss_c - loss_off).item() < 1e-5
+    losses = []
+    for m in (off, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = m(x, y)
+        loss.backward()
+        losses.append(loss)
+    assert abs(losses[1] - losses[0]).item() < 1e-3
     for name, g in grads(off).items():
-        assert rel_err(grads(on)[name], g) < 1e-4, name
+        assert rel_err(grads(on)[name], g) < 2e-2, name
 
 
 # ---------------------------------------------------------------- ra train with the option
