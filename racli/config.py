@@ -79,6 +79,7 @@ class ModelConfig:
     ra_rank: int = _f(4, ge=1)
     w_std_init: float = 1.0
     w_rec_init: float = 0.1
+    fused_loss: bool = False  # chunked LM-head loss without full logits (racli_models.loss)
     # Optional overrides of the preset's fields (`--set model.n_layer=4`).
     n_layer: int | None = _f(None, ge=1)
     n_head: int | None = _f(None, ge=1)

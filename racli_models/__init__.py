@@ -2,11 +2,13 @@
 
 from racli_models import ATTENTION, GPT, GPTConfig, build_attention, UnknownAttentionError
 from racli_models import composed_once  # reuse RA's composed weight while weights are fixed
+from racli_models import linear_cross_entropy  # the LM head's loss without full logits
 """
 
 from .attention import ATTENTION, UnknownAttentionError, build_attention, composed_once
 from .config import GPTConfig
 from .gpt import GPT
+from .loss import linear_cross_entropy
 
 __all__ = [
     "ATTENTION",
@@ -15,4 +17,5 @@ __all__ = [
     "UnknownAttentionError",
     "build_attention",
     "composed_once",
+    "linear_cross_entropy",
 ]

@@ -13,7 +13,10 @@ class GPTConfig:
     `attn` names an attention variant of `racli_models.ATTENTION`; `ra_rank` is
     the rank R of the reciprocal path of the RA variants (the head dim D is split
     D = D_std + R); `w_std_init` / `w_rec_init` are the initial per-head gates of
-    the RA variants.
+    the RA variants. `fused_loss` computes the training loss with
+    `racli_models.loss.linear_cross_entropy` (chunked, no full logits) instead of
+    the LM head's logits and `F.cross_entropy`: same loss and gradients up to
+    float rounding.
     """
 
     vocab_size: int = 256
@@ -27,6 +30,7 @@ class GPTConfig:
     bias: bool = False
     w_std_init: float = 1.0
     w_rec_init: float = 0.1
+    fused_loss: bool = False
 
     def __post_init__(self) -> None:
         from .attention import check_attention_name
@@ -44,6 +48,8 @@ class GPTConfig:
                 f"ra_rank must satisfy 0 < ra_rank < head_dim ({self.head_dim}), "
                 f"got {self.ra_rank!r}"
             )
+        if not isinstance(self.fused_loss, bool):
+            raise ValueError(f"fused_loss must be true or false, got {self.fused_loss!r}")
         check_attention_name(self.attn)
 
     @property

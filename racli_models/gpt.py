@@ -11,6 +11,7 @@ from torch import nn
 
 from .attention import INIT_STD, build_attention
 from .config import GPTConfig
+from .loss import linear_cross_entropy
 
 
 class MLP(nn.Module):
@@ -131,11 +132,13 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         loss = mean cross-entropy of logits[b, t] against targets[b, t] over all
         positions (targets are already shifted by the caller; -1 is ignored).
+        With `config.fused_loss` and targets given, the loss is computed chunk by
+        chunk (racli_models.loss) and the logits returned are None.
         """
         T = idx.shape[1]
         if T > self.config.block_size:
@@ -144,7 +147,11 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        if targets is not None and self.config.fused_loss:
+            h = x.reshape(-1, x.size(-1))
+            return None, linear_cross_entropy(h, self.lm_head.weight, targets.reshape(-1))
+        logits = self.lm_head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

@@ -228,6 +228,8 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
     """The config recorded on the run row; `config_hash` covers all of it but attn/seed/tag."""
     mcfg = model_config(spec, dataset)
     model = {k: v for k, v in dataclasses.asdict(mcfg).items() if k != "attn"}
+    if not mcfg.fused_loss:  # recorded only when on: runs without it keep their config_hash
+        del model["fused_loss"]
     bs = spec.train.batch_size
     return {
         "attn": spec.attn,

@@ -1,0 +1,299 @@
+"""The chunked linear cross-entropy (racli_models.loss) against the plain loss
+F.cross_entropy(h @ W.T): value and gradients in float64 to 1e-10, float32 / bfloat16
+/ CPU autocast close, the GPT with `fused_loss` on and off, torch.compile, a training
+run with the option, and (with CUDA) the GPT-2 vocabulary in bfloat16."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from racli.cli import app
+from racli_models import GPT, GPTConfig, linear_cross_entropy
+from racli_models.loss import default_chunk_rows
+
+N, C, V = 45, 12, 37  # rows, width, vocabulary
+
+
+def inputs(dtype=torch.float64, device="cpu", n=N, c=C, v=V, seed=0):
+    """h (n, c), weight (v, c) requiring grad, targets (n,) with every 4th row ignored (-1)."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, c, generator=g, dtype=torch.float64)
+    w = torch.randn(v, c, generator=g, dtype=torch.float64) / c**0.5
+    t = torch.randint(0, v, (n,), generator=g)
+    t[::4] = -1
+    h, w = (x.to(device=device, dtype=dtype).requires_grad_() for x in (h, w))
+    return h, w, t.to(device)
+
+
+def plain(h, w, t):
+    """The model's plain loss: logits, then F.cross_entropy (mean, -1 ignored)."""
+    return F.cross_entropy(F.linear(h, w), t, ignore_index=-1)
+
+
+def loss_and_grads(fn, h, w, t, scale=1.0):
+    loss = fn(h, w, t)
+    gh, gw = torch.autograd.grad(loss * scale, (h, w))
+    return loss.detach(), gh, gw
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# chunks of one row, dividing N (5, 15), not dividing N (7), N itself, and larger than N
+@pytest.mark.parametrize("chunk_rows", [1, 5, 7, 15, N, 1000])
+def test_float64_loss_and_gradients_equal_the_plain_loss(chunk_rows):
+    h, w, t = inputs()
+    ref = loss_and_grads(plain, h, w, t, scale=2.5)  # an upstream gradient other than 1
+    out = loss_and_grads(
+        lambda *a: linear_cross_entropy(*a, chunk_rows=chunk_rows), h, w, t, scale=2.5
+    )
+    assert out[0].dtype == torch.float64
+    for got, want in zip(out, ref):
+        assert max_err(got, want) < 1e-10
+
+
+def test_ignored_rows_get_no_gradient_and_other_ignore_index():
+    h, w, t = inputs()
+    _, gh, _ = loss_and_grads(lambda *a: linear_cross_entropy(*a, chunk_rows=4), h, w, t)
+    assert (gh[t == -1] == 0).all() and (gh[t != -1] != 0).any()
+    t2 = torch.where(t == -1, 5, t)  # ignore class 5 instead
+    ref = F.cross_entropy(F.linear(h, w), t2, ignore_index=5)
+    assert max_err(linear_cross_entropy(h, w, t2, ignore_index=5), ref) < 1e-10
+
+
+def test_without_gradients_only_the_loss():
+    h, w, t = inputs()
+    ref = plain(h, w, t)
+    with torch.no_grad():
+        assert max_err(linear_cross_entropy(h, w, t, chunk_rows=6), ref) < 1e-10
+    # only the weight requires grad: h gets none, the weight's gradient is the plain one
+    hd = h.detach()
+    (gw,) = torch.autograd.grad(linear_cross_entropy(hd, w, t, chunk_rows=6), (w,))
+    (want,) = torch.autograd.grad(plain(hd, w, t), (w,))
+    assert max_err(gw, want) < 1e-10
+
+
+def test_float32_and_bfloat16_are_close():
+    h, w, t = inputs(torch.float32)
+    ref = loss_and_grads(plain, h, w, t)
+    out = loss_and_grads(lambda *a: linear_cross_entropy(*a, chunk_rows=7), h, w, t)
+    assert out[0].dtype == torch.float32
+    assert abs(out[0] - ref[0]).item() < 1e-5
+    assert rel_err(out[1], ref[1]) < 1e-5 and rel_err(out[2], ref[2]) < 1e-5
+    # bfloat16 inputs (logits rounded to bfloat16, the loss in float32) against the float64
+    # loss of the same values
+    hb, wb, _ = inputs(torch.bfloat16)
+    h64, w64 = (x.detach().double().requires_grad_() for x in (hb, wb))
+    ref = loss_and_grads(plain, h64, w64, t)
+    out = loss_and_grads(lambda *a: linear_cross_entropy(*a, chunk_rows=7), hb, wb, t)
+    assert out[0].dtype == torch.float32 and out[1].dtype == out[2].dtype == torch.bfloat16
+    assert abs(out[0] - ref[0]).item() < 1e-2
+    assert rel_err(out[1], ref[1]) < 2e-2 and rel_err(out[2], ref[2]) < 2e-2
+
+
+def test_cpu_bf16_autocast_matches_the_plain_loss_under_autocast():
+    h, w, t = inputs(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = loss_and_grads(plain, h, w, t)
+        out = loss_and_grads(lambda *a: linear_cross_entropy(*a, chunk_rows=7), h, w, t)
+    assert out[0].dtype == ref[0].dtype == torch.float32
+    assert out[1].dtype == out[2].dtype == torch.float32  # grads in the parameters' dtype
+    assert abs(out[0] - ref[0]).item() < 1e-4  # both round the logits to bfloat16 alike
+    assert rel_err(out[1], ref[1]) < 1e-2 and rel_err(out[2], ref[2]) < 1e-2
+
+
+def test_bad_arguments():
+    h, w, t = inputs()
+    with pytest.raises(ValueError, match="chunk_rows"):
+        linear_cross_entropy(h, w, t, chunk_rows=0)
+    with pytest.raises(ValueError, match="expected h"):
+        linear_cross_entropy(h, w, t[:-1])
+    assert default_chunk_rows(50304) == 1334 and default_chunk_rows(10**9) == 1
+
+
+def test_saves_no_logits_for_backward():
+    """What autograd keeps for the backward pass: N x V logits for the plain loss, none here."""
+    h, w, t = inputs(torch.float32, n=256, c=8, v=512)
+
+    def saved_elements(fn) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: sizes.append(x.numel()) or x, id):
+            fn(h, w, t)
+        return max(sizes)
+
+    assert saved_elements(plain) >= 256 * 512
+    assert saved_elements(lambda *a: linear_cross_entropy(*a, chunk_rows=16)) == 512 * 8
+
+
+# ---------------------------------------------------------------- the GPT with fused_loss
+
+
+def gpt_pair(dtype=torch.float32, attn="ra_v5"):
+    """The same tiny GPT (same seed, same weights) with the plain and the fused loss."""
+    kw = dict(vocab_size=61, n_layer=2, n_head=2, n_embd=16, block_size=12, attn=attn)
+    models = [GPT(GPTConfig(fused_loss=f, **kw), seed=3).to(dtype) for f in (False, True)]
+    idx = torch.randint(0, 61, (3, 13), generator=torch.Generator().manual_seed(1))
+    return models, idx[:, :-1], idx[:, 1:]
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_gpt_fused_loss_same_loss_and_parameter_gradients():
+    (off, on), x, y = gpt_pair(torch.float64)
+    y = y.clone()
+    y[0, :4] = -1  # some positions without a target
+    logits, loss_off = off(x, y)
+    none, loss_on = on(x, y)
+    assert logits.shape == (3, 12, 61) and none is None  # no full logits with the fused loss
+    assert on(x)[0].shape == (3, 12, 61)  # without targets: logits as before
+    loss_off.backward()
+    loss_on.backward()
+    assert abs(loss_on - loss_off).item() < 1e-10
+    g_off, g_on = grads(off), grads(on)
+    assert on.lm_head.weight is on.transformer.wte.weight  # tied: one gradient from both uses
+    assert g_on.keys() == g_off.keys()
+    for name, g in g_off.items():
+        assert max_err(g_on[name], g) < 1e-10, name
+
+
+def test_gpt_fused_loss_under_cpu_bf16_autocast():
+    (off, on), x, y = gpt_pair(torch.float32)
+    losses = []
+    for m in (off, on):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = m(x, y)
+        loss.backward()
+        losses.append(loss)
+    assert losses[0].dtype == losses[1].dtype == torch.float32
+    assert abs(losses[1] - losses[0]).item() < 1e-3
+    for name, g in grads(off).items():
+        assert rel_err(grads(on)[name], g) < 2e-2, name
+
+
+@pytest.mark.slow
+def test_gpt_fused_loss_under_torch_compile():
+    """torch.compile (inductor, CPU) of the fused-loss GPT: same loss and gradients as eager."""
+    (_, eager), x, y = gpt_pair(torch.float32, attn="baseline")
+    compiled_model = GPT(eager.config, seed=3)
+    compiled = torch.compile(compiled_model, dynamic=False)
+    _, loss_e = eager(x, y)
+    _, loss_c = compiled(x, y)
+    loss_e.backward()
+    loss_c.backward()
+    assert abs(loss_c - loss_e).item() < 1e-5
+    for name, g in grads(eager).items():
+        assert rel_err(grads(compiled_model)[name], g) < 1e-4, name
+
+
+@pytest.mark.slow
+def test_gpt_fused_loss_under_torch_compile_and_bf16_autocast():
+    """Dynamo + AOT autograd (no code generation, so quick) under CPU bf16 autocast, as a
+    CUDA run compiles and runs the model: same loss and gradients as the plain loss."""
+    (off, on), x, y = gpt_pair(torch.float32, attn="baseline")
+    compiled = torch.compile(on, backend="aot_eager", dynamic=False)
+    losses = []
+    for m in (off, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = m(x, y)
+        loss.backward()
+        losses.append(loss)
+    assert abs(losses[1] - losses[0]).item() < 1e-3
+    for name, g in grads(off).items():
+        assert rel_err(grads(on)[name], g) < 2e-2, name
+
+
+# ---------------------------------------------------------------- ra train with the option
+
+
+@pytest.mark.slow
+def test_train_with_fused_loss_records_the_option(tmp_path):
+    db = tmp_path / "ra.db"
+    args = ["train", "--db", db, "--attn", "ra_v5", "--steps", 3, "--device", "cpu"]
+    args += ["--no-compile", "--model", "tiny"]
+    small = ["model.n_embd=32", "model.block_size=32", "train.batch_size=4"]
+    small += ["train.eval_batches=1", "train.final_eval_batches=1", "train.log_interval=1"]
+    sets = [a for item in small for a in ("--set", item)]
+    on = CliRunner().invoke(app, [str(a) for a in [*args, *sets, "--set", "model.fused_loss=true"]])
+    assert on.exit_code == 0, on.stderr
+    off = CliRunner().invoke(app, [str(a) for a in [*args, *sets]])
+    assert off.exit_code == 0, off.stderr
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT status, json_extract(config, '$.model.fused_loss'), config_hash, val_loss "
+            "FROM runs ORDER BY id"
+        ).fetchall()
+    (status_on, fused_on, hash_on, loss_on), (status_off, fused_off, hash_off, loss_off) = rows
+    assert status_on == status_off == "finished"
+    assert fused_on == 1 and fused_off is None  # recorded only when on
+    assert hash_on != hash_off
+    assert abs(loss_on - loss_off) < 1e-3  # same seed, same batches: the same training
+
+
+def test_recorded_config_holds_the_option_only_when_on_and_survives_resume():
+    from racli import training
+    from racli.config import load_config, packaged_config_path
+    from racli.training.data import load_dataset
+
+    cfg = load_config(packaged_config_path())
+    data = load_dataset(None, val_fraction=0.1, block_size=32)
+    configs = []
+    for extra in ([], ["model.fused_loss=true"]):
+        spec = training.spec_from_config(
+            cfg, attn="ra_v5", steps=2, device="cpu", compile=False,
+            overrides=["model.preset=tiny", "model.block_size=32", *extra],
+        )  # fmt: skip
+        config = training.run_config(spec, data)
+        again = training.run_config(training.spec_from_run_config(config), data)
+        assert again == config
+        configs.append(config["model"])
+    assert "fused_loss" not in configs[0] and configs[1]["fused_loss"] is True
+    assert {**configs[0], "fused_loss": True} == configs[1]
+
+
+def test_bad_fused_loss_value_is_one_line_exit_2(tmp_path):
+    res = CliRunner().invoke(
+        app,
+        ["train", "--db", str(tmp_path / "ra.db"), "--attn", "baseline", "--steps", "1",
+         "--device", "cpu", "--set", "model.fused_loss=maybe"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "model.fused_loss" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "ra.db").exists()
+
+
+# ---------------------------------------------------------------- CUDA, GPT-2 vocabulary
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_gpt2_vocab_matches_the_plain_loss_with_less_memory():
+    """B*T = 8192 rows of width 768 against V = 50304 under bf16 autocast, as `ra train` runs
+    GPT-2 on CUDA. Tolerances: the loss within 2e-3 (both round the logits to bfloat16; the
+    GEMMs of different shapes may round differently), the gradients within 1% relative
+    (norm); and the fused loss's peak memory under a third of the plain one's."""
+    dev = torch.device("cuda")
+    h, w, t = inputs(torch.float32, device=dev, n=8192, c=768, v=50304)
+    results, peaks = [], []
+    for fn in (plain, linear_cross_entropy):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results.append(loss_and_grads(fn, h, w, t))
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    (loss_p, gh_p, gw_p), (loss_f, gh_f, gw_f) = results
+    assert loss_f.dtype == loss_p.dtype == torch.float32
+    assert abs(loss_f - loss_p).item() < 2e-3
+    assert rel_err(gh_f, gh_p) < 1e-2 and rel_err(gw_f, gw_p) < 1e-2
+    assert peaks[1] < peaks[0] / 3, peaks
