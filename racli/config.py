@@ -419,6 +419,26 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return config_from_dict(data, str(p), defaults=_read_yaml(packaged))
 
 
+def _unique_key_loader():
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently, so an edited ra.yaml could hold a setting that is never used)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def _read_yaml(p: Path) -> Any:
     import yaml
 
@@ -428,7 +448,7 @@ def _read_yaml(p: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, "", f"cannot read: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

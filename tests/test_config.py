@@ -126,6 +126,17 @@ def test_partial_file_keeps_defaults(tmp_path):
     assert cfg.train.batch_size == 32 and cfg.verdict.threshold == pytest.approx(0.01)
 
 
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    p = tmp_path / "twice.yaml"
+    p.write_text("train:\n  lr: 0.001\n  batch_size: 2\n  lr: 0.003\n")
+    with pytest.raises(ConfigError, match="line 4: key 'lr' given twice"):
+        load_config(p)
+
+
+def test_the_packaged_file_has_no_key_twice():
+    load_config(REPO / "ra.yaml")  # read with the same duplicate check
+
+
 def test_bare_on_off_is_read_as_the_word(tmp_path):
     # YAML 1.1 reads `compile: off` as false; the setting's choices are words
     p = tmp_path / "c.yaml"
