@@ -13,7 +13,7 @@ Arms:
   nanogpt        nanoGPT's `GPT` and `configure_optimizers`, torch.compile
   baseline       ra's `GPT` with attn=baseline, torch.compile
   ra_v5, ...     any ra attention variant
-  ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=1
+  ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=true
 The arms are compiled and warmed up first, then timed in `--rounds` rounds, the
 order reversed every other round (A B C, C B A, ...), `--steps` steps per arm
 and round with CUDA events around each step. Reported per arm: median and
