@@ -381,3 +381,26 @@ def test_grad_sync_holds_the_all_reduce_until_the_last_micro_batch(tmp_path):
             assert model.require_backward_grad_sync
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_experiment_calibration_times_whole_accumulated_steps(cfg, dataset, monkeypatch):
+    """`ra experiment` budgets steps from calibrated steps/s: with batch_tokens a timed step
+    is the whole global batch (one process) in its micro-batches, as the runs train it."""
+    from racli.experiment import calibrate
+    from racli.training import trainer
+
+    seen = []
+    real = trainer.accumulate_gradients
+
+    def spy(model, x, y, micro, autocast):
+        seen.append((tuple(x.shape), micro))
+        return real(model, x, y, micro, autocast)
+
+    monkeypatch.setattr(trainer, "accumulate_gradients", spy)
+    spec = make_spec(cfg, f"train.batch_tokens={6 * BLOCK}", "train.batch_size=4")
+    calibrate.measure(
+        [spec], ["a"], dataset, precision=0.5, max_s=0.0, min_rounds=2, block_steps=1,
+        warmup_steps=1,
+    )  # fmt: skip
+    assert seen and set(seen) == {((6, BLOCK), 3)}
