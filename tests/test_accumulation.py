@@ -404,3 +404,26 @@ def test_experiment_calibration_times_whole_accumulated_steps(cfg, dataset, monk
         warmup_steps=1,
     )  # fmt: skip
     assert seen and set(seen) == {((6, BLOCK), 3)}
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_compiled_accumulation_matches_one_micro_batch(cfg, dataset, store):
+    """On CUDA (bf16 autocast, torch.compile): 8 sequences per step as 1 x 8 and 4 x 2 reach
+    the same training loss (bf16 tolerance)."""
+    results = []
+    for batch_size in (8, 2):
+        spec = training.spec_from_config(
+            cfg,
+            attn="ra_v5",
+            steps=6,
+            seed=1,
+            device="cuda",
+            compile=True,
+            overrides=[*TINY, f"train.batch_size={batch_size}", f"train.batch_tokens={8 * BLOCK}"],
+        )
+        results.append(training.train(spec, store, dataset=dataset))
+    whole, split = results
+    assert whole.status == split.status == "finished"
+    assert whole.tokens == split.tokens == 6 * 8 * BLOCK
+    assert whole.train_loss == pytest.approx(split.train_loss, rel=2e-2)
