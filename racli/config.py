@@ -127,6 +127,9 @@ class TrainConfig:
     compile: str = _f("auto", choices=("auto", "on", "off"))
     sdpa_backend: str = _f("auto", choices=SDPA_BACKENDS)
     max_epochs: float | None = _f(None, gt=0.0)  # stop a run after this many passes
+    # global batch in tokens (None: batch_size sequences per process); batch_size is then
+    # the largest micro-batch, the rest is gradient accumulation (racli/training/global_batch.py)
+    batch_tokens: int | None = _f(None, ge=1)
 
 
 @dataclass

@@ -196,7 +196,8 @@ def train(
         int | None,
         typer.Option(
             "--batch-size",
-            help="Sequences per step per process (train.batch_size).",
+            help="Sequences per step per process (train.batch_size); with "
+            "train.batch_tokens, the largest micro-batch.",
             show_default=False,
         ),
     ] = None,

@@ -197,6 +197,7 @@ def measure(
     from racli.names import sdpa_backend_context
     from racli.training import model_config
     from racli.training.data import BatchSampler
+    from racli.training.trainer import accumulate_gradients
     from racli_models import GPT
 
     device = torch.device(specs[0].device)
@@ -223,25 +224,28 @@ def measure(
             )
             for g in opt.param_groups:  # a steady, small rate: speed does not depend on it
                 g["lr"] = 0.1 * t.lr * g["lr_mult"]
+            layout = spec.batch_layout(raw.config.block_size)  # one process, as each run
             sampler = BatchSampler(
-                dataset.train, t.batch_size, raw.config.block_size, seed=0, device=device
+                dataset.train, layout.per_rank, raw.config.block_size, seed=0, device=device
             )
             fwd = torch.compile(raw) if spec.compile else raw
             params = [p for p in raw.parameters() if p.requires_grad]
-            arms.append((fwd, opt, sampler, params, t.grad_clip))
+            arms.append((fwd, opt, sampler, params, t.grad_clip, layout.micro))
 
         backend = specs[0].train.sdpa_backend  # as the trainer applies it
 
-        def steps(arm, n: int) -> None:
-            fwd, opt, sampler, params, clip = arm
+        def autocast() -> contextlib.ExitStack:
+            ctx = contextlib.ExitStack()
+            if cuda:
+                ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+            ctx.enter_context(sdpa_backend_context(backend))
+            return ctx
+
+        def steps(arm, n: int) -> None:  # optimizer steps, accumulation included
+            fwd, opt, sampler, params, clip, micro = arm
             for _ in range(n):
                 x, y = sampler.next()
-                with contextlib.ExitStack() as ctx:
-                    if cuda:
-                        ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-                    ctx.enter_context(sdpa_backend_context(backend))
-                    _, loss = fwd(x, y)
-                loss.backward()
+                accumulate_gradients(fwd, x, y, micro, autocast)
                 if clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 opt.step()

@@ -37,13 +37,20 @@ RESUMABLE = ("interrupted", "failed", "diverged")
 STALE_AFTER = timedelta(seconds=120)
 # `experiment` and `budget_source` (ra experiment) differ per arm of one experiment
 NON_COMPARABLE_KEYS = ("attn", "seed", "tag", "experiment", "budget_source")
+# what a global batch in tokens leaves free: the same batches on any number of processes
+BATCH_SPLIT_KEYS = ("world_size", "micro_batch_size", "grad_accum_steps")
 TIMING_FIELDS = tuple(c.name for c in Timing.__table__.columns if c.name not in ("id", "run_id"))
 TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 
 
 def config_hash(config: dict, exclude: tuple[str, ...] = NON_COMPARABLE_KEYS) -> str:
-    """Hash of the comparable part of a run's config: everything but attn, seed, tag."""
+    """Hash of the comparable part of a run's config: everything but attn, seed, tag.
+    With a global batch in tokens (`train.batch_tokens`) the process count and the
+    micro-batch split are left out too: 1-, 2- and 4-GPU runs of one setup are one group."""
     comparable = {k: v for k, v in config.items() if k not in exclude}
+    train = config.get("train")
+    if isinstance(train, dict) and train.get("batch_tokens") is not None:
+        comparable = {k: v for k, v in comparable.items() if k not in BATCH_SPLIT_KEYS}
     source = config.get("budget_source")
     if isinstance(source, dict) and source.get("kind") == "matched_time":
         # matched-time arms differ in steps by design: what they share is the time budget

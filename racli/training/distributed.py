@@ -5,10 +5,13 @@ WORLD_SIZE, RANK and LOCAL_RANK in their environment. Each rank trains a
 replica wrapped in DistributedDataParallel on its own shard of every batch
 (the BatchSampler hands rank r the r-th slice of a shared draw); only rank 0
 writes to the database and the checkpoint. NCCL on CUDA, gloo on CPU.
+With gradient accumulation (`train.batch_tokens`), the micro-batches before the
+last of a step run under `no_sync()` (`grad_sync`): one all-reduce per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -80,6 +83,16 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def grad_sync(model: torch.nn.Module, last: bool):
+    """The context of one micro-batch's backward: gradients are all-reduced only on the last
+    micro-batch of an optimizer step (DDP's `no_sync()` before it); a plain model needs none."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if last or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:

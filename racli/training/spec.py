@@ -9,6 +9,9 @@ The train settings travel as the typed `TrainConfig` of ra.yaml; the recorded
 `train` section is that dataclass without `compile` (resolved into
 `TrainSpec.compile` and recorded as `compile`), in field order, so the
 recorded JSON and its `config_hash` do not depend on how the spec was built.
+`train.batch_tokens` is recorded only when set (with the micro-batch size and
+accumulation steps it gives on this world size), so configs without it record
+and hash as they did before it existed.
 Importing this module does not import torch (the data and the model are
 imported where they are needed).
 """
@@ -24,12 +27,16 @@ from typing import TYPE_CHECKING, Any
 from racli.config import TrainConfig
 from racli.errors import BadInput
 from racli.names import check_attention, device_type, resolve_device
+from racli.training.global_batch import BatchLayout, batch_layout
 
 if TYPE_CHECKING:
     from racli.training.data import Dataset
 
 # TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
 _TRAIN_SKIP = ("compile",)
+# fields left out of the recorded `train` section while null: a run recorded before they
+# existed and one recorded without them keep one config (and one config_hash)
+_TRAIN_OMIT_NULL = ("batch_tokens",)
 
 
 @dataclass
@@ -56,6 +63,16 @@ class TrainSpec:
     def device_type(self) -> str:
         return device_type(self.device)
 
+    def batch_layout(self, block_size: int, world_size: int = 1) -> BatchLayout:
+        """The split of one optimizer step's batch (BadInput for a batch_tokens that does not
+        divide; see global_batch.py)."""
+        return batch_layout(
+            batch_size=self.train.batch_size,
+            batch_tokens=self.train.batch_tokens,
+            block_size=block_size,
+            world_size=world_size,
+        )
+
     @property
     def budget_seconds(self) -> float | None:
         return None if self.minutes is None else self.minutes * 60.0
@@ -81,8 +98,13 @@ def check_budget(minutes: float | None, steps: int | None) -> None:
 
 
 def train_section(train: TrainConfig) -> dict[str, Any]:
-    """The recorded `train` section: the TrainConfig fields but `compile`, in field order."""
-    return {k: v for k, v in dataclasses.asdict(train).items() if k not in _TRAIN_SKIP}
+    """The recorded `train` section: the TrainConfig fields but `compile`, in field order
+    (`batch_tokens` only when set)."""
+    return {
+        k: v
+        for k, v in dataclasses.asdict(train).items()
+        if k not in _TRAIN_SKIP and not (k in _TRAIN_OMIT_NULL and v is None)
+    }
 
 
 def train_settings(section: dict[str, Any], compile: bool) -> TrainConfig:
@@ -225,12 +247,19 @@ def model_config(spec: TrainSpec, dataset: Dataset):
 
 
 def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[str, Any]:
-    """The config recorded on the run row; `config_hash` covers all of it but attn/seed/tag."""
+    """The config recorded on the run row; `config_hash` covers all of it but attn/seed/tag
+    (and, with train.batch_tokens, but the world size and the micro-batch split it implies).
+    BadInput for a model or a batch_tokens that does not fit."""
     mcfg = model_config(spec, dataset)
     model = {k: v for k, v in dataclasses.asdict(mcfg).items() if k != "attn"}
     if not mcfg.fused_loss:  # recorded only when on: runs without it keep their config_hash
         del model["fused_loss"]
-    bs = spec.train.batch_size
+    layout = spec.batch_layout(mcfg.block_size, world_size)
+    split = (
+        {"micro_batch_size": layout.micro, "grad_accum_steps": layout.accum}
+        if spec.train.batch_tokens is not None
+        else {}
+    )
     return {
         "attn": spec.attn,
         "seed": spec.seed,
@@ -244,8 +273,9 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "compile": spec.compile,
         "autocast": "bfloat16" if spec.device_type == "cuda" else None,
         "world_size": world_size,
-        "global_batch_size": bs * world_size,
-        "tokens_per_step": bs * world_size * mcfg.block_size,
+        "global_batch_size": layout.global_seqs,
+        "tokens_per_step": layout.tokens_per_step,
+        **split,
         **spec.extra,
     }
 

@@ -2,7 +2,9 @@
 
 `Trainer.run()` repeats three named parts until the stop decision says so:
 
-    _train_step()      one optimizer step (the session's first is the warm-up)
+    _train_step()      one optimizer step (the session's first is the warm-up): the
+                       process's share of the global batch in `accum` micro-batches
+                       (`accumulate_gradients`), one clip, one optimizer step
     _stop_decision()   budget used, time up, or a stop asked for
     _log_point()       every `train.log_interval` steps: the loss, recording, progress,
                        the periodic checkpoint (and, under DDP, the joint stop decision)
@@ -54,6 +56,30 @@ from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
 from racli.training.spec import TrainSpec, model_config
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Forward and backward over the batch `x, y` in micro-batches of `micro` sequences,
+    each loss scaled by 1/accum: the gradients add up to those of the whole batch's mean
+    loss (every sequence has the same number of tokens). Under DDP only the last
+    micro-batch all-reduces. Returns the batch's mean loss, detached (no host sync)."""
+    accum = x.shape[0] // micro
+    total = None
+    for i in range(accum):
+        xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+        with ddp.grad_sync(model, last=i == accum - 1):
+            with autocast():
+                _, loss = model(xs, ys)
+            (loss / accum if accum > 1 else loss).backward()
+        part = loss.detach() / accum if accum > 1 else loss.detach()
+        total = part if total is None else total + part
+    return total
 
 
 def finite(values: dict[str, float | None]) -> dict[str, float]:
@@ -122,16 +148,18 @@ class Trainer:
         self.opt = self.raw.configure_optimizer(
             t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult, fused=self.cuda
         )
+        # the process's share of the global batch per step, taken in layout.accum micro-batches
+        self.layout = spec.batch_layout(self.mcfg.block_size, info.world_size)
         self.sampler = BatchSampler(
             dataset.train,
-            t.batch_size,
+            self.layout.per_rank,
             self.mcfg.block_size,
             seed=spec.seed,
             rank=info.rank,
             world_size=info.world_size,
             device=device,
         )
-        self.tokens_per_step = t.batch_size * self.mcfg.block_size * info.world_size
+        self.tokens_per_step = self.layout.tokens_per_step  # global: every process's tokens
         # progress counters (restored from a checkpoint on resume)
         self.step = 0
         self.tokens = 0
@@ -382,6 +410,8 @@ class Trainer:
             unit="steps" if spec.steps is not None else "seconds",
             done=self.step if spec.steps is not None else self.clock.seconds,
         )
+        if spec.train.batch_tokens is not None:
+            self.reporter.note(self.layout.describe(self.info.world_size))
         self.last_log_tokens, self.last_log_secs = self.timed_tokens, self.clock.seconds
 
     def _train_step(self) -> float:
@@ -395,15 +425,13 @@ class Trainer:
         lr = lr_at(self._progress(self.clock.seconds), t.lr, t.warmup_frac, t.min_lr_ratio)
         for g in self.opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        x, y = self.sampler.next()
-        with self._autocast():
-            _, loss = self.model(x, y)
-        loss.backward()
+        x, y = self.sampler.next()  # this process's share of the global batch
+        loss = accumulate_gradients(self.model, x, y, self.layout.micro, self._autocast)
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.loss_acc += loss.detach()
+        self.loss_acc += loss
         self.step += 1
         self.tokens += self.tokens_per_step
         self.since_log += 1

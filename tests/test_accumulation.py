@@ -1,0 +1,429 @@
+"""Global batch with gradient accumulation (`train.batch_tokens`): the layout, the
+accumulated gradients, the trainer, the recorded config and its hash, the CLI's bad input,
+and (slow) two gloo processes against one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from helpers import REPO, record_run
+from typer.testing import CliRunner
+
+from racli import training
+from racli.cli import app
+from racli.config import load_config, packaged_config_path
+from racli.errors import BadInput
+from racli.store.engine import open_store
+from racli.store.recorder import config_hash
+from racli.training.data import load_dataset
+from racli.training.global_batch import batch_layout, largest_divisor_at_most
+from racli.training.spec import train_section
+
+BLOCK = 32
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    f"model.block_size={BLOCK}",
+    "train.batch_size=4",
+    "train.eval_interval=100",
+    "train.eval_batches=2",
+    "train.final_eval_batches=2",
+    "train.log_interval=1",
+]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    """The packaged defaults without reciprocity measures (they do not change training)."""
+    base = load_config(packaged_config_path())
+    return dataclasses.replace(base, gates=dataclasses.replace(base.gates, measure_batches=0))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset(None, val_fraction=0.1, block_size=BLOCK)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(str(tmp_path / "ra.db"))
+    yield s
+    s.close()
+
+
+def make_spec(cfg, *extra, attn="ra_v5", steps=3, seed=0):
+    return training.spec_from_config(
+        cfg,
+        attn=attn,
+        steps=steps,
+        seed=seed,
+        device="cpu",
+        compile=False,
+        overrides=TINY + list(extra),
+    )
+
+
+# ---------------------------------------------------------------------------- the layout (pure)
+
+
+def test_without_batch_tokens_the_global_batch_is_batch_size_per_process():
+    layout = batch_layout(batch_size=8, batch_tokens=None, block_size=64, world_size=4)
+    assert (layout.global_seqs, layout.per_rank, layout.micro, layout.accum) == (32, 8, 8, 1)
+    assert layout.tokens_per_step == 32 * 64
+
+
+@pytest.mark.parametrize(
+    "batch_size, world, expected",
+    [
+        (32, 1, (512, 32, 16)),  # 512 sequences of 1024: 16 micro-batches of 32
+        (32, 2, (256, 32, 8)),
+        (32, 4, (128, 32, 4)),
+        (48, 1, (512, 32, 16)),  # 48 does not divide 512: the largest divisor below is 32
+        (1000, 8, (64, 64, 1)),  # fits at once: no accumulation
+    ],
+)
+def test_batch_tokens_fixes_the_global_batch_whatever_the_world_size(batch_size, world, expected):
+    layout = batch_layout(
+        batch_size=batch_size, batch_tokens=524288, block_size=1024, world_size=world
+    )
+    assert layout.global_seqs == 512 and layout.tokens_per_step == 524288
+    assert (layout.per_rank, layout.micro, layout.accum) == expected
+    assert layout.micro * layout.accum * world == layout.global_seqs
+
+
+def test_largest_divisor():
+    assert [largest_divisor_at_most(12, c) for c in (1, 2, 5, 11, 12, 40)] == [1, 2, 4, 6, 12, 12]
+    assert largest_divisor_at_most(37, 32) == 1  # a prime count: micro-batches of one
+
+
+def test_batch_tokens_that_do_not_divide_are_bad_input():
+    with pytest.raises(BadInput, match=r"batch_tokens 1000 is not a multiple .*block_size 64"):
+        batch_layout(batch_size=4, batch_tokens=1000, block_size=64)
+    with pytest.raises(BadInput, match=r"6 sequences of 64 tokens.*over 4 processes"):
+        batch_layout(batch_size=4, batch_tokens=384, block_size=64, world_size=4)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5", "sdpa_gate"])
+def test_one_micro_batch_of_four_and_four_of_one_give_the_same_gradients(attn):
+    from racli.training.trainer import accumulate_gradients
+    from racli_models import GPT, GPTConfig
+
+    conf = GPTConfig(
+        attn=attn, vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=8, dropout=0.0
+    )
+    torch.manual_seed(0)
+    model = GPT(conf).double()
+    data = torch.randint(0, 50, (4, 9))
+    x, y = data[:, :-1], data[:, 1:]
+
+    def grads(micro):
+        model.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(model, x, y, micro)
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_1x4, g_1x4 = grads(4)
+    loss_4x1, g_4x1 = grads(1)
+    loss_2x2, g_2x2 = grads(2)
+    assert set(g_1x4) == set(g_4x1) == set(g_2x2) and g_1x4
+    assert torch.allclose(loss_1x4, loss_4x1, rtol=1e-12, atol=0)
+    assert torch.allclose(loss_1x4, loss_2x2, rtol=1e-12, atol=0)
+    for name in g_1x4:
+        assert torch.allclose(g_1x4[name], g_4x1[name], rtol=1e-10, atol=1e-13), name
+        assert torch.allclose(g_1x4[name], g_2x2[name], rtol=1e-10, atol=1e-13), name
+
+
+# ---------------------------------------------------------------------------- the recorded config
+
+
+def test_default_config_records_and_hashes_as_before(cfg, dataset):
+    """Without batch_tokens nothing new is recorded (the pinned config of test_train.py holds
+    the whole text); the world size stays part of the hash, as it always was."""
+    spec = make_spec(cfg)
+    assert spec.train.batch_tokens is None
+    assert "batch_tokens" not in train_section(spec.train)
+    one, two = (training.run_config(spec, dataset, w) for w in (1, 2))
+    for config in (one, two):
+        assert "micro_batch_size" not in config and "grad_accum_steps" not in config
+    assert two["global_batch_size"] == 8 and two["tokens_per_step"] == 8 * BLOCK
+    assert config_hash(one) != config_hash(two)
+    # a record from before batch_tokens existed resumes into the same spec and config
+    again = training.run_config(training.spec_from_run_config(two), dataset, 2)
+    assert json.dumps(again) == json.dumps(two)
+
+
+def test_batch_tokens_runs_on_1_2_and_4_processes_share_one_hash(cfg, dataset):
+    spec = make_spec(cfg, f"train.batch_tokens={16 * BLOCK}")
+    configs = {w: training.run_config(spec, dataset, w) for w in (1, 2, 4)}
+    assert {w: (c["micro_batch_size"], c["grad_accum_steps"]) for w, c in configs.items()} == {
+        1: (4, 4),
+        2: (4, 2),
+        4: (4, 1),
+    }
+    for w, c in configs.items():
+        assert c["world_size"] == w and c["train"]["batch_tokens"] == 16 * BLOCK
+        assert c["global_batch_size"] == 16 and c["tokens_per_step"] == 16 * BLOCK
+    assert len({config_hash(c) for c in configs.values()}) == 1
+    # anything else still separates: another global batch, or another model
+    other = training.run_config(make_spec(cfg, f"train.batch_tokens={8 * BLOCK}"), dataset, 1)
+    assert config_hash(other) != config_hash(configs[1])
+    # the recorded setting comes back on resume
+    assert training.spec_from_run_config(configs[2]).train.batch_tokens == 16 * BLOCK
+    with pytest.raises(BadInput, match="16 sequences of 32 tokens, which do not divide over 3"):
+        training.run_config(spec, dataset, 3)
+
+
+def test_compare_puts_one_and_two_gpu_runs_in_one_group(cfg, dataset, store):
+    from racli.history import group_runs, load_comparison, load_train_runs
+
+    spec = make_spec(cfg, f"train.batch_tokens={8 * BLOCK}")
+    ids = []
+    for seed, world in ((1, 1), (2, 2), (3, 1), (4, 2)):
+        for attn in ("baseline", "ra_v5"):
+            config = training.run_config(spec, dataset, world)
+            ids.append(record_run(store, attn=attn, seed=seed, config=config))
+    rows = load_train_runs(store, attns=("ra_v5", "baseline"))
+    groups = group_runs(rows, candidate="ra_v5", baseline="baseline")
+    assert len(groups) == 1 and sorted(r.id for r in groups[0].runs) == sorted(ids)
+    comparison = load_comparison(store)
+    assert comparison.group.size == 8 and not comparison.others
+    # without batch_tokens, the world size still splits the history
+    plain = make_spec(cfg)
+    for seed, world in ((5, 1), (6, 2)):
+        record_run(store, seed=seed, config=training.run_config(plain, dataset, world))
+    rows = load_train_runs(store, attns=("ra_v5", "baseline"))
+    assert len(group_runs(rows, candidate="ra_v5", baseline="baseline")) == 3
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+def _train_capturing(cfg, dataset, store, *extra, steps=2, stop_at=None, **kw):
+    """Train; return the result, the batches and the parameters after every step."""
+    batches, params = [], []
+    stop = threading.Event()
+
+    def on_step(info):
+        batches.append(info.x.clone())
+        params.append({k: v.detach().clone() for k, v in info.model.state_dict().items()})
+        if stop_at is not None and info.step == stop_at:
+            stop.set()
+
+    result = training.train(
+        make_spec(cfg, *extra, steps=steps, **kw),
+        store,
+        dataset=dataset,
+        stop=stop,
+        on_step=on_step,
+    )
+    return result, batches, params
+
+
+@pytest.mark.slow
+def test_trainer_accumulates_and_matches_one_big_micro_batch(cfg, dataset, store):
+    """batch_tokens = 4 sequences: batch_size 4 (no accumulation) and batch_size 1 (4
+    micro-batches) train on the same batches to the same weights (float64)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        tokens = f"train.batch_tokens={4 * BLOCK}"
+        whole, whole_x, whole_p = _train_capturing(cfg, dataset, store, tokens)
+        split, split_x, split_p = _train_capturing(
+            cfg, dataset, store, tokens, "train.batch_size=1"
+        )
+    finally:
+        torch.set_default_dtype(default)
+    assert next(iter(whole_p[0].values())).dtype == torch.float64
+    assert whole.status == split.status == "finished"
+    assert all(torch.equal(a, b) for a, b in zip(whole_x, split_x, strict=True))
+    assert whole_x[0].shape == (4, BLOCK)
+    for step in range(2):
+        for name, value in whole_p[step].items():
+            assert torch.allclose(value, split_p[step][name], rtol=1e-9, atol=1e-12), (step, name)
+    assert whole.train_loss == pytest.approx(split.train_loss, rel=1e-10)
+    with sqlite3.connect(store.db) as conn:
+        split_of = {
+            run_id: (json.loads(text)["micro_batch_size"], json.loads(text)["grad_accum_steps"])
+            for run_id, text in conn.execute("SELECT id, config FROM runs")
+        }
+    assert split_of == {whole.run_id: (4, 1), split.run_id: (1, 4)}
+    # tokens per optimizer step are the global batch's
+    assert whole.tokens == split.tokens == 2 * 4 * BLOCK
+
+
+@pytest.mark.slow
+def test_trainer_with_accumulation_records_and_resumes_exactly(cfg, dataset, store):
+    """A run of 4 steps of 3 micro-batches, stopped after step 2 and resumed, ends where the
+    straight run ends; tokens count optimizer steps x the global batch."""
+    tokens = (f"train.batch_tokens={6 * BLOCK}", "train.batch_size=2")
+    straight, straight_x, _ = _train_capturing(cfg, dataset, store, *tokens, steps=4, seed=5)
+    first, _, _ = _train_capturing(cfg, dataset, store, *tokens, steps=4, seed=5, stop_at=2)
+    assert first.status == "interrupted" and first.iterations == 2
+    assert first.tokens == 2 * 6 * BLOCK
+    resumed_x = []
+    second = training.resume(store, first.run_id, on_step=lambda i: resumed_x.append(i.x.clone()))
+    assert second.status == "finished" and second.iterations == 4
+    assert second.tokens == straight.tokens == 4 * 6 * BLOCK
+    assert all(torch.equal(a, b) for a, b in zip(straight_x[2:], resumed_x, strict=True))
+    assert second.val_loss == pytest.approx(straight.val_loss, abs=1e-5)
+    (config,) = (
+        sqlite3.connect(store.db)
+        .execute("SELECT config FROM runs WHERE id=?", (first.run_id,))
+        .fetchone()
+    )
+    config = json.loads(config)
+    assert (config["micro_batch_size"], config["grad_accum_steps"]) == (2, 3)
+    assert config["tokens_per_step"] == 6 * BLOCK
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("100", "train.batch_tokens 100 is not a multiple of the sequence length"),
+        ("0", "train.batch_tokens: must be >= 1"),
+        ("many", "train.batch_tokens: must be an integer"),
+    ],
+)
+def test_cli_bad_batch_tokens_exit_2_with_one_line(tmp_path, value, message):
+    db = tmp_path / "ra.db"
+    sets = [a for item in [*TINY, f"train.batch_tokens={value}"] for a in ("--set", item)]
+    res = CliRunner().invoke(
+        app, ["train", "--db", str(db), "--attn", "ra_v5", "--steps", "2", "--device", "cpu", *sets]
+    )
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not db.exists()
+
+
+# ---------------------------------------------------------------------------- two processes
+
+
+def _ra_train(tmp_path, nproc, db, *sets):
+    args = [
+        "train", "--db", str(db), "--attn", "ra_v5", "--steps", "4", "--device", "cpu",
+        "--no-compile", "--seed", "1", *[a for item in sets for a in ("--set", item)],
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--standalone", "-m", "racli", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with sqlite3.connect(db) as conn:
+        (run_id, chash, config, tokens) = conn.execute(
+            "SELECT id, config_hash, config, tokens FROM runs"
+        ).fetchone()
+        losses = [
+            v
+            for (v,) in conn.execute(
+                "SELECT value FROM metrics WHERE run_id=? AND name='train_loss' ORDER BY step",
+                (run_id,),
+            )
+        ]
+    return chash, json.loads(config), tokens, losses
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_follow_one_process_step_by_step(tmp_path):
+    """8 sequences per step with micro-batches of 2: 1 process accumulates 4, each of 2
+    processes accumulates 2 (under no_sync) and all-reduces once. Same losses, one hash."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    sets = [*TINY, "train.batch_size=2", f"train.batch_tokens={8 * BLOCK}"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _ra_train(tmp_path / "one", 1, tmp_path / "one" / "ra.db", *sets)
+    two = _ra_train(tmp_path / "two", 2, tmp_path / "two" / "ra.db", *sets)
+    assert (one[1]["world_size"], one[1]["grad_accum_steps"]) == (1, 4)
+    assert (two[1]["world_size"], two[1]["grad_accum_steps"]) == (2, 2)
+    assert one[0] == two[0]  # one config_hash
+    assert one[2] == two[2] == 4 * 8 * BLOCK
+    assert len(one[3]) == len(two[3]) == 4
+    assert one[3] == pytest.approx(two[3], rel=1e-5)
+
+
+@pytest.mark.slow  # the gloo set-up takes seconds
+def test_grad_sync_holds_the_all_reduce_until_the_last_micro_batch(tmp_path):
+    import contextlib
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from racli.training.distributed import grad_sync
+
+    assert isinstance(grad_sync(torch.nn.Linear(2, 2), last=False), contextlib.nullcontext)
+    if not dist.is_available() or not dist.is_gloo_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed with gloo and no process group yet")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.nn.Linear(2, 2))
+        with grad_sync(model, last=False):
+            assert not model.require_backward_grad_sync
+        with grad_sync(model, last=True):
+            assert model.require_backward_grad_sync
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_experiment_calibration_times_whole_accumulated_steps(cfg, dataset, monkeypatch):
+    """`ra experiment` budgets steps from calibrated steps/s: with batch_tokens a timed step
+    is the whole global batch (one process) in its micro-batches, as the runs train it."""
+    from racli.experiment import calibrate
+    from racli.training import trainer
+
+    seen = []
+    real = trainer.accumulate_gradients
+
+    def spy(model, x, y, micro, autocast):
+        seen.append((tuple(x.shape), micro))
+        return real(model, x, y, micro, autocast)
+
+    monkeypatch.setattr(trainer, "accumulate_gradients", spy)
+    spec = make_spec(cfg, f"train.batch_tokens={6 * BLOCK}", "train.batch_size=4")
+    calibrate.measure(
+        [spec], ["a"], dataset, precision=0.5, max_s=0.0, min_rounds=2, block_steps=1,
+        warmup_steps=1,
+    )  # fmt: skip
+    assert seen and set(seen) == {((6, BLOCK), 3)}
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_compiled_accumulation_matches_one_micro_batch(cfg, dataset, store):
+    """On CUDA (bf16 autocast, torch.compile): 8 sequences per step as 1 x 8 and 4 x 2 reach
+    the same training loss (bf16 tolerance)."""
+    results = []
+    for batch_size in (8, 2):
+        spec = training.spec_from_config(
+            cfg,
+            attn="ra_v5",
+            steps=6,
+            seed=1,
+            device="cuda",
+            compile=True,
+            overrides=[*TINY, f"train.batch_size={batch_size}", f"train.batch_tokens={8 * BLOCK}"],
+        )
+        results.append(training.train(spec, store, dataset=dataset))
+    whole, split = results
+    assert whole.status == split.status == "finished"
+    assert whole.tokens == split.tokens == 6 * 8 * BLOCK
+    assert whole.train_loss == pytest.approx(split.train_loss, rel=2e-2)
