@@ -10,8 +10,10 @@ Budget: `--steps N` or `--minutes M` (wall-clock seconds of training steps,
 see trainer.py for what is not charged).
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this same function; only
-rank 0 records and writes checkpoints. `--batch-size` is per rank; the
-global batch and global tokens/s are what is recorded.
+rank 0 records and writes checkpoints. `--batch-size` is per rank, unless
+`train.batch_tokens` fixes the global batch (then it is the largest
+micro-batch; see global_batch.py); the global batch and global tokens/s are
+what is recorded.
 
 Resume: the checkpoint restores the model, optimizer, batch-stream position
 and RNG states, and the run continues under its recorded config with the same
