@@ -41,10 +41,20 @@ and the head's dims.
 
 Every measure is first accumulated as additive sums (`layer_parts`) so that
 several batches pool exactly, then turned into values (`finish`).
+
+Cost. The sums over queries i may run over a spread-out subset of the rows
+(`query_rows`: n of the T positions, the middle of n equal strata), each row
+against all its causal keys: the values then estimate the ones over every row
+(the shares' numerator and denominator over the same rows; rec_effect the mean
+over those rows). On one sequence of GPT-2 (T = 1024), 256 rows cost a quarter
+of the (B, H, T, T) work. `model_measures` computes each layer's output and
+its measures from one projection (`layer_step`), and may run the blocks under
+bf16 autocast (as an evaluation does) while the statistics stay in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
@@ -65,12 +75,23 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64)
 
 
-def causal_mask(T: int, device) -> torch.Tensor:
-    """(T, T) bool, True where key j <= query i."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
-
-
 # ---------------------------------------------------------------- folded RA
+
+
+def query_rows(T: int, n: int, device=None) -> torch.Tensor:
+    """The query positions measured: n of 0..T-1 spread evenly, the middle of each
+    of n equal strata, (2k + 1) T // (2n) for k < n (for T = 1024, n = 256: 2, 6,
+    ..., 1022; their mean position is the mean of all T); all T when n is 0 or >= T.
+    Sums over these rows estimate the sums over every row (a systematic sample)."""
+    if n <= 0 or n >= T:
+        return torch.arange(T, device=device)
+    k = torch.arange(n, device=device)
+    return (2 * k + 1) * T // (2 * n)
+
+
+def key_mask(rows: torch.Tensor, T: int) -> torch.Tensor:
+    """(n, T) bool, True where key j <= the query position rows[r]."""
+    return torch.arange(T, device=rows.device) <= rows[:, None]
 
 
 def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,14 +106,6 @@ def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return std, rec
 
 
-def row_centred_power(term: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """V(X) per head (H,): sum over b, i, j <= i of (X_ij - mean_{j'<=i} X_ij')^2."""
-    t = term.masked_fill(~mask, 0.0)
-    n_keys = mask.sum(-1, keepdim=True).to(term.dtype)  # i + 1 keys for query i
-    centred = (t - t.sum(-1, keepdim=True) / n_keys).masked_fill(~mask, 0.0)
-    return _acc(centred.pow(2).sum(dim=(0, 2, 3)))
-
-
 def kl_sum(std: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per head (H,): sum over b, i of KL(softmax(S + R) || softmax(S)) over keys j <= i.
 
@@ -101,25 +114,47 @@ def kl_sum(std: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Te
         KL = E_q[r expm1(r)] / (1 + u) - log1p(u),   u = E_q[expm1(r)],
     exact, and free of the difference of nearly equal numbers that log p - log q
     suffers when R is small (KL ~ Var_q(R) / 2, far below float32's resolution of
-    the log-probabilities)."""
+    the log-probabilities). `rec` may hold anything finite where `mask` is False."""
     q = torch.softmax(std.masked_fill(~mask, -math.inf), dim=-1)  # 0 above the diagonal
-    r = rec - (q * rec).sum(-1, keepdim=True)
+    r = rec - torch.linalg.vecdot(q, rec).unsqueeze(-1)
     e = torch.expm1(r)
-    u = (q * e).sum(-1)
-    kl = (q * r * e).sum(-1) / (1 + u) - torch.log1p(u)  # (B, H, T)
+    u = torch.linalg.vecdot(q, e)
+    kl = torch.linalg.vecdot(q, r * e) / (1 + u) - torch.log1p(u)  # (B, H, n)
     return _acc(kl.sum(dim=(0, 2)))
 
 
-def folded_parts(attn: _FoldedRA, x: torch.Tensor) -> Parts:
-    std, rec = score_terms(attn, x)
-    B, _, T, _ = std.shape
-    mask = causal_mask(T, x.device)
+def folded_stats(qf: torch.Tensor, kf: torch.Tensor, d_std: int, rows: torch.Tensor) -> Parts:
+    """The additive sums of rec_share and rec_effect from the query rows `qf`
+    (B, H, n, D) at positions `rows` (n,) and every key `kf` (B, H, T, D), in
+    their dtype. S and R come out of one matmul: the n rows twice, once with
+    the reciprocal dims zeroed and once with the standard ones zeroed (zeros
+    add nothing, so each term is exactly its own dims' product, and R is
+    exactly 0 when w_rec = 0)."""
+    B, H, n, D = qf.shape
+    T = kf.shape[2]
+    mask = key_mask(rows, T)
+    pick = torch.zeros(2, 1, D, dtype=qf.dtype, device=qf.device)
+    pick[0, :, :d_std] = pick[1, :, d_std:] = 1.0 / math.sqrt(D)  # the scale, or 0
+    qs = (qf.unsqueeze(2) * pick).view(B, H, 2 * n, D)  # the rows as [a | 0], then [0 | b]
+    terms = (qs @ kf.transpose(-1, -2)).view(B, H, 2, n, T)
+    t = terms.masked_fill(~mask, 0.0)
+    n_keys = (rows + 1).to(terms.dtype).unsqueeze(-1)  # i + 1 keys for query i
+    centred = (t - t.sum(-1, keepdim=True) / n_keys).masked_fill_(~mask, 0.0)
+    power = _acc(torch.linalg.vecdot(centred, centred).sum(dim=(0, 3)))  # (H, 2)
     return {
-        "v_std": row_centred_power(std, mask),
-        "v_rec": row_centred_power(rec, mask),
-        "kl": kl_sum(std, rec, mask),
-        "queries": torch.tensor(float(B * T), dtype=torch.float64, device=x.device),
+        "v_std": power[:, 0],
+        "v_rec": power[:, 1],
+        "kl": kl_sum(terms[:, :, 0], t[:, :, 1], mask),
+        "queries": torch.tensor(float(B * n), dtype=torch.float64, device=qf.device),
     }
+
+
+def folded_parts(attn: _FoldedRA, x: torch.Tensor, rows: torch.Tensor | None = None) -> Parts:
+    """`folded_stats` of the module on its input x, over the query rows `rows` (all: None)."""
+    qf, kf, _ = attn.folded_qkv(x)
+    if rows is None:
+        rows = torch.arange(x.shape[1], device=x.device)
+    return folded_stats(qf[:, :, rows], kf, attn.d_std, rows)
 
 
 def folded_finish(parts: Parts) -> dict[str, torch.Tensor]:
@@ -146,12 +181,15 @@ def _beta_branches(attn: RABetaAttention, x: torch.Tensor):
     return y_std, y_rec  # (B, H, T, D) each; the module adds tanh(beta) * y_rec
 
 
-def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
-    y_std, y_rec = _beta_branches(attn, x)
+def _beta_sums(y_std: torch.Tensor, y_rec: torch.Tensor) -> Parts:
     return {
         "std_sq": _acc(y_std.pow(2).sum(dim=(0, 2, 3))),
         "rec_sq": _acc(y_rec.pow(2).sum(dim=(0, 2, 3))),
     }
+
+
+def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
+    return _beta_sums(*_beta_branches(attn, x))
 
 
 def beta_finish(attn: RABetaAttention, parts: Parts) -> dict[str, torch.Tensor]:
@@ -179,16 +217,58 @@ def gate_finish(parts: Parts) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- one layer
 
 
-def layer_parts(attn, x: torch.Tensor) -> Parts:
+def layer_parts(attn, x: torch.Tensor, rows: torch.Tensor | None = None) -> Parts:
     """Additive sums of the measures of one attention module on its input x (B, T, C);
-    {} for a variant without measures (baseline)."""
+    {} for a variant without measures (baseline). `rows`: the query positions of
+    the folded-RA measures (None: every one)."""
     if isinstance(attn, _FoldedRA):
-        return folded_parts(attn, x)
+        return folded_parts(attn, x, rows)
     if isinstance(attn, RABetaAttention):
         return beta_parts(attn, x)
     if isinstance(attn, SDPAGateAttention):
         return gate_parts(attn, x)
     return {}
+
+
+def _stats_dtype(t: torch.Tensor) -> torch.dtype:
+    """The measures' statistics are float32 at least (float64 stays float64)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def layer_step(attn, h: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+    """The module's output on its input h (B, T, C) and its `layer_parts`, sharing
+    the work: folded RA composes W_f once and runs its one GEMM once; ra_beta
+    computes its two branches once. The output is computed as the module's forward
+    computes it, in the context it is called in (under autocast for a bf16 forward);
+    the statistics run outside autocast, in float32 at least: when the forward's
+    projections came out in a lower precision, folded RA projects the measured
+    query rows and the keys again in float32 from the same W_f."""
+    dev = h.device.type
+    sd = _stats_dtype(h)
+    if isinstance(attn, _FoldedRA):
+        with torch.autocast(dev, enabled=False):
+            W_f, b_f = attn.folded_weight()
+        qf, kf, v = (attn._heads(t) for t in F.linear(h, W_f, b_f).split(attn.n_embd, dim=2))
+        y = attn._out(attn._merge(attn._attend(qf, kf, v)))
+        with torch.autocast(dev, enabled=False):
+            if qf.dtype != sd:
+                C = attn.n_embd
+                bq, bk = (None, None) if b_f is None else (b_f[:C], b_f[C : 2 * C])
+                hs = h.to(sd)
+                qf = attn._heads(F.linear(hs[:, rows], W_f[:C].to(sd), bq))
+                kf = attn._heads(F.linear(hs, W_f[C : 2 * C].to(sd), bk))
+            else:
+                qf = qf[:, :, rows]
+            return y, folded_stats(qf, kf, attn.d_std, rows)
+    if isinstance(attn, RABetaAttention):
+        y_std, y_rec = _beta_branches(attn, h)
+        y = y_std + torch.tanh(attn.beta).view(attn.n_head, 1, 1) * y_rec
+        with torch.autocast(dev, enabled=False):
+            parts = _beta_sums(y_std.to(sd), y_rec.to(sd))
+        return attn._out(attn._merge(y)), parts
+    y = attn(h)
+    with torch.autocast(dev, enabled=False):
+        return y, layer_parts(attn, h.to(sd))
 
 
 def finish(attn, parts: Parts) -> dict[str, torch.Tensor]:
@@ -244,34 +324,53 @@ def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int
 
 
 def model_measures(
-    model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ablation: bool = True
+    model,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    ablation: bool = True,
+    queries: int = 0,
+    forward_dtype: torch.dtype | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Layer -> measure name -> values for a GPT on (idx, targets) batches.
 
     Per-head measures have shape (H,); ``rec_ablation`` (layers with a
     reciprocal term, when `ablation`) has shape (1,). The forward is the
     model's own, block by block (GPT.forward): each block's attention input
-    is measured as it passes. For the ablation, the residual stream entering
-    each block is kept; the pass from that block on is run again with its
-    reciprocal term removed. Call it under torch.no_grad() in eval mode
-    (`racli.training.reciprocity.record_measures` does). No parameter is
-    changed; as any forward does, it updates sdpa_gate's `gate_mean` buffer
-    (`record_measures` puts the buffers back).
+    is measured as it passes (`layer_step`). `queries`: the folded-RA measures
+    score that many query rows of each sequence, spread evenly (`query_rows`),
+    each against all its causal keys (0: every row). `forward_dtype` (e.g.
+    torch.bfloat16): the blocks run under autocast to it, as an evaluation
+    does, while the statistics stay in float32; not with the ablation, whose
+    loss changes of 1e-5 need a full float32 forward. For the ablation, the
+    residual stream entering each block is kept; the pass from that block on
+    is run again with its reciprocal term removed. Call it under
+    torch.no_grad() in eval mode (`racli.training.reciprocity.measure` does).
+    No parameter is changed; as any forward does, it updates sdpa_gate's
+    `gate_mean` buffer (`record_measures` puts the buffers back).
     """
+    if ablation and forward_dtype is not None:
+        raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
     base = [0.0, 0]
     removed: dict[int, list] = {}
     for idx, targets in batches:
-        x = _embed(model, idx)
-        entering = []
-        for i, block in enumerate(blocks):
-            entering.append(x)
-            h = block.ln_1(x)
-            for name, value in layer_parts(block.attn, h).items():
-                parts[i][name] = parts[i][name] + value if name in parts[i] else value
-            x = x + block.attn(h)
-            x = x + block.mlp(block.ln_2(x))
+        rows = query_rows(idx.shape[1], queries, idx.device)
+        forward = (
+            torch.autocast(idx.device.type, dtype=forward_dtype)
+            if forward_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with forward:
+            x = _embed(model, idx)
+            entering = []
+            for i, block in enumerate(blocks):
+                entering.append(x)
+                y, named = layer_step(block.attn, block.ln_1(x), rows)
+                for name, value in named.items():
+                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
+                x = x + y
+                x = x + block.mlp(block.ln_2(x))
         if not ablation:
             continue
         s, n = _loss_sum(model, x, targets)
