@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
 
-Parts = dict[str, torch.Tensor]
+Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 
 #: names of the measures per head, by attention class, and the per-layer one
 HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std")
@@ -106,24 +106,62 @@ def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return std, rec
 
 
-def kl_sum(std: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per head (H,): sum over b, i of KL(softmax(S + R) || softmax(S)) over keys j <= i.
+class QueryRows:
+    """The measured query positions `rows` (n,) of sequences of length T, and what
+    every layer derives from them, built once and shared: the key mask (n, T),
+    True where key j <= rows[r], and the per-dtype counts of keys and the (2, 1, D)
+    pickers of the standard and reciprocal dims."""
+
+    def __init__(self, rows: torch.Tensor, T: int):
+        self.rows = rows
+        self.n = len(rows)
+        self.mask = key_mask(rows, T)
+        self.hidden = ~self.mask
+        self._cache: dict = {}
+
+    @classmethod
+    def spread(cls, T: int, n: int, device=None) -> QueryRows:
+        return cls(query_rows(T, n, device), T)
+
+    def n_keys(self, dtype: torch.dtype) -> torch.Tensor:
+        """(n, 1): i + 1 keys for query i."""
+        key = ("n_keys", dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.rows + 1).to(dtype).unsqueeze(-1)
+        return self._cache[key]
+
+    def pick(self, D: int, d_std: int, dtype: torch.dtype) -> torch.Tensor:
+        """(2, 1, D): [1/sqrt(D) on the standard dims, 0 elsewhere], then the same for the
+        reciprocal dims."""
+        key = ("pick", D, d_std, dtype)
+        if key not in self._cache:
+            pick = torch.zeros(2, 1, D, dtype=dtype, device=self.rows.device)
+            pick[0, :, :d_std] = pick[1, :, d_std:] = 1.0 / math.sqrt(D)
+            self._cache[key] = pick
+        return self._cache[key]
+
+
+def kl_sum(std: torch.Tensor, rec: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Per head (H,): sum over b, i of KL(softmax(S + R) || softmax(S)) over keys j <= i
+    (`hidden`: True where key j > query i; `rec` may hold anything finite there).
 
     With q = softmax(S) and p = q e^R / E_q[e^R]: KL(p || q) = E_p[R] - log E_q[e^R].
     Both terms are taken with R centred under q, r = R - E_q[R] (E_q[r] = 0):
         KL = E_q[r expm1(r)] / (1 + u) - log1p(u),   u = E_q[expm1(r)],
     exact, and free of the difference of nearly equal numbers that log p - log q
     suffers when R is small (KL ~ Var_q(R) / 2, far below float32's resolution of
-    the log-probabilities). `rec` may hold anything finite where `mask` is False."""
-    q = torch.softmax(std.masked_fill(~mask, -math.inf), dim=-1)  # 0 above the diagonal
-    r = rec - torch.linalg.vecdot(q, rec).unsqueeze(-1)
-    e = torch.expm1(r)
-    u = torch.linalg.vecdot(q, e)
-    kl = torch.linalg.vecdot(q, r * e) / (1 + u) - torch.log1p(u)  # (B, H, n)
+    the log-probabilities)."""
+    q = torch.softmax(std.masked_fill(hidden, -math.inf), dim=-1)  # 0 above the diagonal
+    r = rec - (q * rec).sum(-1, keepdim=True)
+    qe = q * torch.expm1(r)
+    u = qe.sum(-1)
+    kl = (qe * r).sum(-1) / (1 + u) - torch.log1p(u)  # (B, H, n)
     return _acc(kl.sum(dim=(0, 2)))
 
 
-def folded_stats(qf: torch.Tensor, kf: torch.Tensor, d_std: int, rows: torch.Tensor) -> Parts:
+def folded_stats(
+    qf: torch.Tensor, kf: torch.Tensor, d_std: int, rows: torch.Tensor | QueryRows
+) -> Parts:
     """The additive sums of rec_share and rec_effect from the query rows `qf`
     (B, H, n, D) at positions `rows` (n,) and every key `kf` (B, H, T, D), in
     their dtype. S and R come out of one matmul: the n rows twice, once with
@@ -132,29 +170,35 @@ def folded_stats(qf: torch.Tensor, kf: torch.Tensor, d_std: int, rows: torch.Ten
     exactly 0 when w_rec = 0)."""
     B, H, n, D = qf.shape
     T = kf.shape[2]
-    mask = key_mask(rows, T)
-    pick = torch.zeros(2, 1, D, dtype=qf.dtype, device=qf.device)
-    pick[0, :, :d_std] = pick[1, :, d_std:] = 1.0 / math.sqrt(D)  # the scale, or 0
-    qs = (qf.unsqueeze(2) * pick).view(B, H, 2 * n, D)  # the rows as [a | 0], then [0 | b]
+    if not isinstance(rows, QueryRows):
+        rows = QueryRows(rows, T)
+    hidden = rows.hidden
+    pick = rows.pick(D, d_std, qf.dtype)
+    qs = (qf.unsqueeze(2) * pick).reshape(B, H, 2 * n, D)  # the rows as [a | 0], then [0 | b]
     terms = (qs @ kf.transpose(-1, -2)).view(B, H, 2, n, T)
-    t = terms.masked_fill(~mask, 0.0)
-    n_keys = (rows + 1).to(terms.dtype).unsqueeze(-1)  # i + 1 keys for query i
-    centred = (t - t.sum(-1, keepdim=True) / n_keys).masked_fill_(~mask, 0.0)
-    power = _acc(torch.linalg.vecdot(centred, centred).sum(dim=(0, 3)))  # (H, 2)
+    t = terms.masked_fill(hidden, 0.0)
+    centred = (t - t.sum(-1, keepdim=True) / rows.n_keys(t.dtype)).masked_fill_(hidden, 0.0)
+    power = _acc(centred.pow_(2).sum(dim=(0, 3, 4)))  # (H, 2)
     return {
         "v_std": power[:, 0],
         "v_rec": power[:, 1],
-        "kl": kl_sum(terms[:, :, 0], t[:, :, 1], mask),
-        "queries": torch.tensor(float(B * n), dtype=torch.float64, device=qf.device),
+        "kl": kl_sum(terms[:, :, 0], t[:, :, 1], hidden),
+        "queries": float(B * n),
     }
 
 
-def folded_parts(attn: _FoldedRA, x: torch.Tensor, rows: torch.Tensor | None = None) -> Parts:
+def _positions(rows: torch.Tensor | QueryRows) -> torch.Tensor:
+    return rows.rows if isinstance(rows, QueryRows) else rows
+
+
+def folded_parts(
+    attn: _FoldedRA, x: torch.Tensor, rows: torch.Tensor | QueryRows | None = None
+) -> Parts:
     """`folded_stats` of the module on its input x, over the query rows `rows` (all: None)."""
     qf, kf, _ = attn.folded_qkv(x)
     if rows is None:
         rows = torch.arange(x.shape[1], device=x.device)
-    return folded_stats(qf[:, :, rows], kf, attn.d_std, rows)
+    return folded_stats(qf[:, :, _positions(rows)], kf, attn.d_std, rows)
 
 
 def folded_finish(parts: Parts) -> dict[str, torch.Tensor]:
@@ -193,7 +237,7 @@ def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
 
 
 def beta_finish(attn: RABetaAttention, parts: Parts) -> dict[str, torch.Tensor]:
-    gate = torch.tanh(_acc(attn.beta.detach())).abs()
+    gate = torch.tanh(_acc(attn.beta.detach()).to(parts["std_sq"].device)).abs()
     ratio = gate * (parts["rec_sq"] / parts["std_sq"].clamp_min(1e-300)).sqrt()
     return {"rec_norm_ratio": ratio}
 
@@ -204,7 +248,7 @@ def gate_parts(attn: SDPAGateAttention, x: torch.Tensor) -> Parts:
     return {
         "g": g.sum(dim=(0, 1, 3)),
         "g2": g.pow(2).sum(dim=(0, 1, 3)),
-        "n": torch.tensor(float(B * T * attn.head_dim), dtype=torch.float64, device=x.device),
+        "n": float(B * T * attn.head_dim),
     }
 
 
@@ -217,7 +261,7 @@ def gate_finish(parts: Parts) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- one layer
 
 
-def layer_parts(attn, x: torch.Tensor, rows: torch.Tensor | None = None) -> Parts:
+def layer_parts(attn, x: torch.Tensor, rows: torch.Tensor | QueryRows | None = None) -> Parts:
     """Additive sums of the measures of one attention module on its input x (B, T, C);
     {} for a variant without measures (baseline). `rows`: the query positions of
     the folded-RA measures (None: every one)."""
@@ -235,7 +279,7 @@ def _stats_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def layer_step(attn, h: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+def layer_step(attn, h: torch.Tensor, rows: torch.Tensor | QueryRows) -> tuple[torch.Tensor, Parts]:
     """The module's output on its input h (B, T, C) and its `layer_parts`, sharing
     the work: folded RA composes W_f once and runs its one GEMM once; ra_beta
     computes its two branches once. The output is computed as the module's forward
@@ -255,10 +299,10 @@ def layer_step(attn, h: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
                 C = attn.n_embd
                 bq, bk = (None, None) if b_f is None else (b_f[:C], b_f[C : 2 * C])
                 hs = h.to(sd)
-                qf = attn._heads(F.linear(hs[:, rows], W_f[:C].to(sd), bq))
+                qf = attn._heads(F.linear(hs[:, _positions(rows)], W_f[:C].to(sd), bq))
                 kf = attn._heads(F.linear(hs, W_f[C : 2 * C].to(sd), bk))
             else:
-                qf = qf[:, :, rows]
+                qf = qf[:, :, _positions(rows)]
             return y, folded_stats(qf, kf, attn.d_std, rows)
     if isinstance(attn, RABetaAttention):
         y_std, y_rec = _beta_branches(attn, h)
@@ -323,6 +367,21 @@ def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int
     return float(loss), int((targets != -1).sum())
 
 
+def _to_host(parts: list[Parts]) -> list[Parts]:
+    """The sums on the CPU, in one copy (one wait for the device instead of one per value);
+    the values are then finished there without launching more device work."""
+    tensors = [(i, k, v) for i, p in enumerate(parts) for k, v in p.items() if torch.is_tensor(v)]
+    if not tensors or all(v.device.type == "cpu" for _, _, v in tensors):
+        return parts
+    flat = torch.cat([v.reshape(-1).to(torch.float64) for _, _, v in tensors]).cpu()
+    out = [dict(p) for p in parts]
+    start = 0
+    for i, k, v in tensors:
+        out[i][k] = flat[start : start + v.numel()].view(v.shape)
+        start += v.numel()
+    return out
+
+
 def model_measures(
     model,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -355,7 +414,7 @@ def model_measures(
     base = [0.0, 0]
     removed: dict[int, list] = {}
     for idx, targets in batches:
-        rows = query_rows(idx.shape[1], queries, idx.device)
+        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
         forward = (
             torch.autocast(idx.device.type, dtype=forward_dtype)
             if forward_dtype is not None
@@ -389,6 +448,7 @@ def model_measures(
             acc = removed.setdefault(i, [0.0, 0])
             acc[0] += s
             acc[1] += n
+    parts = _to_host(parts)
     out: dict[int, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(blocks):
         values = finish(block.attn, parts[i])
