@@ -4,6 +4,7 @@
     python tools/reciprocity_cost.py --device cuda --checkpoint RUN.pt
     python tools/reciprocity_cost.py --device cpu --preset small --eval-batches 2 --batch-size 8
     python tools/reciprocity_cost.py --device cuda --measure-queries 128,256,0 --previous
+    python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
@@ -47,10 +48,10 @@ def build_model(args, device) -> GPT:
         from racli.training import checkpoint as ckpt
 
         state = ckpt.load(Path(args.checkpoint))
-        fields = dict(state["config"]["model"])
-        fields["attn"] = state["config"]["attn"]
+        fields = dict(state.config["model"])
+        fields["attn"] = state.config["attn"]
         model = GPT(GPTConfig(**fields))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
         return model.to(device)
     cfg = load_config(packaged_config_path())
     fields = cfg.model_fields(args.preset)
@@ -80,14 +81,25 @@ class Timer:
             out.append(1000 * (time.perf_counter() - t0))
 
 
+def data_batches(args, cfg, T: int, vocab_size: int, device) -> list:
+    """The trainer's evaluation batches (evenly spaced windows of the validation split)."""
+    from racli.training.data import eval_batches, load_dataset
+
+    dataset = load_dataset(args.data, val_fraction=cfg.train.val_fraction, block_size=T)
+    if dataset.vocab_size > vocab_size:
+        raise SystemExit(f"the data's vocabulary ({dataset.vocab_size}) exceeds the model's")
+    return eval_batches(dataset.val, args.batch_size, T, args.eval_batches, device)
+
+
 def parse_list(text: str | None, default: int) -> list[int]:
     return [int(v) for v in text.split(",")] if text else [default]
 
 
 def accuracy(model, batches, setting: MeasureSettings) -> dict:
     """How far a setting's rec_share and rec_effect are from the full computation (every
-    query row, float32, on every sequence of `batches`): the largest absolute difference
-    of rec_share over heads, and the median and largest relative difference of rec_effect."""
+    query row, float32, on every sequence of `batches`): the largest absolute and the
+    median relative difference of rec_share over heads, and the median and largest
+    relative difference of rec_effect."""
     full = measure(model, batches, ablation=False, queries=0, precision="float32")
     got = measure(
         model,
@@ -96,18 +108,20 @@ def accuracy(model, batches, setting: MeasureSettings) -> dict:
         queries=setting.queries,
         precision=setting.precision,
     )
-    share, effect = [], []
+    share, share_rel, effect = [], [], []
     for layer, named in full.items():
         if "rec_share" not in named:
             continue
         for h, want in enumerate(named["rec_share"]):
             share.append(abs(got[layer]["rec_share"][h] - want))
+            share_rel.append(share[-1] / max(want, 1e-30))
         for h, want in enumerate(named["rec_effect"]):
             effect.append(abs(got[layer]["rec_effect"][h] - want) / max(want, 1e-30))
     if not share:
         return {}
     return {
         "rec_share_max_abs_diff": max(share),
+        "rec_share_median_rel_diff": statistics.median(share_rel),
         "rec_share_mean_full": statistics.mean(
             v for named in full.values() for v in named.get("rec_share", [])
         ),
@@ -123,6 +137,12 @@ def main(argv=None) -> int:
     p.add_argument("--attn", default="ra_v5")
     p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--checkpoint", default=None, help="a run's checkpoint (.pt) instead")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="evaluate on this data's validation split (builtin, a .txt, a prepared folder) "
+        "instead of random tokens; use it with --checkpoint",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batches", type=int, default=20)
     p.add_argument(
@@ -188,11 +208,14 @@ def main(argv=None) -> int:
         settings.append(MeasureSettings(batches=2, rows=2, queries=0, precision="float32"))
     model = build_model(args, device).eval()
     T = model.config.block_size
-    g = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(args.eval_batches):
-        idx = torch.randint(0, model.config.vocab_size, (args.batch_size, T + 1), generator=g)
-        batches.append((idx[:, :-1].to(device), idx[:, 1:].to(device)))
+    if args.data:
+        batches = data_batches(args, cfg, T, model.config.vocab_size, device)
+    else:
+        g = torch.Generator().manual_seed(1)
+        batches = []
+        for _ in range(args.eval_batches):
+            idx = torch.randint(0, model.config.vocab_size, (args.batch_size, T + 1), generator=g)
+            batches.append((idx[:, :-1].to(device), idx[:, 1:].to(device)))
     compiled = args.compile == "on" or (args.compile == "auto" and cuda)
     fwd = torch.compile(model) if compiled else model
     autocast = (
@@ -290,7 +313,8 @@ def main(argv=None) -> int:
                 print(
                     f"    against the full computation on {len(batches) * args.batch_size} "
                     f"sequences (mean rec_share {100 * acc['rec_share_mean_full']:.2f}%): "
-                    f"rec_share off by at most {100 * acc['rec_share_max_abs_diff']:.3f} points; "
+                    f"rec_share off by at most {100 * acc['rec_share_max_abs_diff']:.3f} points "
+                    f"({100 * acc['rec_share_median_rel_diff']:.1f}% median over heads); "
                     f"rec_effect off by {100 * acc['rec_effect_median_rel_diff']:.1f}% "
                     f"(median over heads), at most {100 * acc['rec_effect_max_rel_diff']:.1f}%"
                 )
