@@ -395,7 +395,10 @@ def test_record_measures_leaves_the_model_as_it_was():
 
 def test_settings_batches_rows_and_ablation_schedule():
     batches = token_batches(n=3, B=4)
+    from racli.config import GatesConfig
+
     assert MeasureSettings() == MeasureSettings.from_mapping(None)
+    assert MeasureSettings() == MeasureSettings.from_mapping(dataclasses.asdict(GatesConfig()))
     assert (MeasureSettings().batches, MeasureSettings().rows) == (1, 1)  # one sequence
     assert MeasureSettings().queries == 256 and MeasureSettings().precision == "auto"
     custom = MeasureSettings.from_mapping({"measure_queries": 0, "measure_precision": "float32"})
