@@ -144,8 +144,10 @@ class GatesConfig:
     moved_tolerance: float = _f(1e-6, ge=0.0)
     # reciprocity measures (racli_models.measures): classification and recording
     use_threshold: float = _f(0.05, ge=0.0, le=1.0)
-    measure_batches: int = _f(2, ge=0)
-    measure_rows: int = _f(2, ge=0)
+    measure_batches: int = _f(1, ge=0)
+    measure_rows: int = _f(1, ge=0)
+    measure_queries: int = _f(256, ge=0)  # folded RA: query rows per sequence (0: all)
+    measure_precision: str = _f("auto", choices=("auto", "float32"))
     ablation: str = _f("ends", choices=("every", "ends", "never"))
 
 

@@ -41,10 +41,20 @@ and the head's dims.
 
 Every measure is first accumulated as additive sums (`layer_parts`) so that
 several batches pool exactly, then turned into values (`finish`).
+
+Cost. The sums over queries i may run over a spread-out subset of the rows
+(`query_rows`: n of the T positions, the middle of n equal strata), each row
+against all its causal keys: the values then estimate the ones over every row
+(the shares' numerator and denominator over the same rows; rec_effect the mean
+over those rows). On one sequence of GPT-2 (T = 1024), 256 rows cost a quarter
+of the (B, H, T, T) work. `model_measures` computes each layer's output and
+its measures from one projection (`layer_step`), and may run the blocks under
+bf16 autocast (as an evaluation does) while the statistics stay in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
@@ -53,7 +63,7 @@ import torch.nn.functional as F
 
 from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
 
-Parts = dict[str, torch.Tensor]
+Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 
 #: names of the measures per head, by attention class, and the per-layer one
 HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std")
@@ -65,12 +75,23 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64)
 
 
-def causal_mask(T: int, device) -> torch.Tensor:
-    """(T, T) bool, True where key j <= query i."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
-
-
 # ---------------------------------------------------------------- folded RA
+
+
+def query_rows(T: int, n: int, device=None) -> torch.Tensor:
+    """The query positions measured: n of 0..T-1 spread evenly, the middle of each
+    of n equal strata, (2k + 1) T // (2n) for k < n (for T = 1024, n = 256: 2, 6,
+    ..., 1022; their mean position is the mean of all T); all T when n is 0 or >= T.
+    Sums over these rows estimate the sums over every row (a systematic sample)."""
+    if n <= 0 or n >= T:
+        return torch.arange(T, device=device)
+    k = torch.arange(n, device=device)
+    return (2 * k + 1) * T // (2 * n)
+
+
+def key_mask(rows: torch.Tensor, T: int) -> torch.Tensor:
+    """(n, T) bool, True where key j <= the query position rows[r]."""
+    return torch.arange(T, device=rows.device) <= rows[:, None]
 
 
 def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,16 +106,44 @@ def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return std, rec
 
 
-def row_centred_power(term: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """V(X) per head (H,): sum over b, i, j <= i of (X_ij - mean_{j'<=i} X_ij')^2."""
-    t = term.masked_fill(~mask, 0.0)
-    n_keys = mask.sum(-1, keepdim=True).to(term.dtype)  # i + 1 keys for query i
-    centred = (t - t.sum(-1, keepdim=True) / n_keys).masked_fill(~mask, 0.0)
-    return _acc(centred.pow(2).sum(dim=(0, 2, 3)))
+class QueryRows:
+    """The measured query positions `rows` (n,) of sequences of length T, and what
+    every layer derives from them, built once and shared: the key mask (n, T),
+    True where key j <= rows[r], and the per-dtype counts of keys and the (2, 1, D)
+    pickers of the standard and reciprocal dims."""
+
+    def __init__(self, rows: torch.Tensor, T: int):
+        self.rows = rows
+        self.n = len(rows)
+        self.mask = key_mask(rows, T)
+        self.hidden = ~self.mask
+        self._cache: dict = {}
+
+    @classmethod
+    def spread(cls, T: int, n: int, device=None) -> QueryRows:
+        return cls(query_rows(T, n, device), T)
+
+    def n_keys(self, dtype: torch.dtype) -> torch.Tensor:
+        """(n, 1): i + 1 keys for query i."""
+        key = ("n_keys", dtype)
+        if key not in self._cache:
+            self._cache[key] = (self.rows + 1).to(dtype).unsqueeze(-1)
+        return self._cache[key]
+
+    def pick(self, D: int, d_std: int, dtype: torch.dtype) -> torch.Tensor:
+        """(2, 1, D): [1/sqrt(D) on the standard dims, 0 elsewhere], then the same for the
+        reciprocal dims."""
+        key = ("pick", D, d_std, dtype)
+        if key not in self._cache:
+            pick = torch.zeros(2, 1, D, dtype=dtype, device=self.rows.device)
+            pick[0, :, :d_std] = pick[1, :, d_std:] = 1.0 / math.sqrt(D)
+            self._cache[key] = pick
+        return self._cache[key]
 
 
-def kl_sum(std: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per head (H,): sum over b, i of KL(softmax(S + R) || softmax(S)) over keys j <= i.
+def kl_sum(std: torch.Tensor, rec: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Per head (H,): sum over b, i of KL(softmax(S + R) || softmax(S)) over keys j <= i
+    (`hidden`: True where key j > query i; `rec` may hold anything finite there).
 
     With q = softmax(S) and p = q e^R / E_q[e^R]: KL(p || q) = E_p[R] - log E_q[e^R].
     Both terms are taken with R centred under q, r = R - E_q[R] (E_q[r] = 0):
@@ -102,24 +151,54 @@ def kl_sum(std: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Te
     exact, and free of the difference of nearly equal numbers that log p - log q
     suffers when R is small (KL ~ Var_q(R) / 2, far below float32's resolution of
     the log-probabilities)."""
-    q = torch.softmax(std.masked_fill(~mask, -math.inf), dim=-1)  # 0 above the diagonal
+    q = torch.softmax(std.masked_fill(hidden, -math.inf), dim=-1)  # 0 above the diagonal
     r = rec - (q * rec).sum(-1, keepdim=True)
-    e = torch.expm1(r)
-    u = (q * e).sum(-1)
-    kl = (q * r * e).sum(-1) / (1 + u) - torch.log1p(u)  # (B, H, T)
+    qe = q * torch.expm1(r)
+    u = qe.sum(-1)
+    kl = (qe * r).sum(-1) / (1 + u) - torch.log1p(u)  # (B, H, n)
     return _acc(kl.sum(dim=(0, 2)))
 
 
-def folded_parts(attn: _FoldedRA, x: torch.Tensor) -> Parts:
-    std, rec = score_terms(attn, x)
-    B, _, T, _ = std.shape
-    mask = causal_mask(T, x.device)
+def folded_stats(
+    qf: torch.Tensor, kf: torch.Tensor, d_std: int, rows: torch.Tensor | QueryRows
+) -> Parts:
+    """The additive sums of rec_share and rec_effect from the query rows `qf`
+    (B, H, n, D) at positions `rows` (n,) and every key `kf` (B, H, T, D), in
+    their dtype. S and R come out of one matmul: the n rows twice, once with
+    the reciprocal dims zeroed and once with the standard ones zeroed (zeros
+    add nothing, so each term is exactly its own dims' product, and R is
+    exactly 0 when w_rec = 0)."""
+    B, H, n, D = qf.shape
+    T = kf.shape[2]
+    if not isinstance(rows, QueryRows):
+        rows = QueryRows(rows, T)
+    hidden = rows.hidden
+    pick = rows.pick(D, d_std, qf.dtype)
+    qs = (qf.unsqueeze(2) * pick).reshape(B, H, 2 * n, D)  # the rows as [a | 0], then [0 | b]
+    terms = (qs @ kf.transpose(-1, -2)).view(B, H, 2, n, T)
+    t = terms.masked_fill(hidden, 0.0)
+    centred = (t - t.sum(-1, keepdim=True) / rows.n_keys(t.dtype)).masked_fill_(hidden, 0.0)
+    power = _acc(centred.pow_(2).sum(dim=(0, 3, 4)))  # (H, 2)
     return {
-        "v_std": row_centred_power(std, mask),
-        "v_rec": row_centred_power(rec, mask),
-        "kl": kl_sum(std, rec, mask),
-        "queries": torch.tensor(float(B * T), dtype=torch.float64, device=x.device),
+        "v_std": power[:, 0],
+        "v_rec": power[:, 1],
+        "kl": kl_sum(terms[:, :, 0], t[:, :, 1], hidden),
+        "queries": float(B * n),
     }
+
+
+def _positions(rows: torch.Tensor | QueryRows) -> torch.Tensor:
+    return rows.rows if isinstance(rows, QueryRows) else rows
+
+
+def folded_parts(
+    attn: _FoldedRA, x: torch.Tensor, rows: torch.Tensor | QueryRows | None = None
+) -> Parts:
+    """`folded_stats` of the module on its input x, over the query rows `rows` (all: None)."""
+    qf, kf, _ = attn.folded_qkv(x)
+    if rows is None:
+        rows = torch.arange(x.shape[1], device=x.device)
+    return folded_stats(qf[:, :, _positions(rows)], kf, attn.d_std, rows)
 
 
 def folded_finish(parts: Parts) -> dict[str, torch.Tensor]:
@@ -146,16 +225,19 @@ def _beta_branches(attn: RABetaAttention, x: torch.Tensor):
     return y_std, y_rec  # (B, H, T, D) each; the module adds tanh(beta) * y_rec
 
 
-def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
-    y_std, y_rec = _beta_branches(attn, x)
+def _beta_sums(y_std: torch.Tensor, y_rec: torch.Tensor) -> Parts:
     return {
         "std_sq": _acc(y_std.pow(2).sum(dim=(0, 2, 3))),
         "rec_sq": _acc(y_rec.pow(2).sum(dim=(0, 2, 3))),
     }
 
 
+def beta_parts(attn: RABetaAttention, x: torch.Tensor) -> Parts:
+    return _beta_sums(*_beta_branches(attn, x))
+
+
 def beta_finish(attn: RABetaAttention, parts: Parts) -> dict[str, torch.Tensor]:
-    gate = torch.tanh(_acc(attn.beta.detach())).abs()
+    gate = torch.tanh(_acc(attn.beta.detach()).to(parts["std_sq"].device)).abs()
     ratio = gate * (parts["rec_sq"] / parts["std_sq"].clamp_min(1e-300)).sqrt()
     return {"rec_norm_ratio": ratio}
 
@@ -166,7 +248,7 @@ def gate_parts(attn: SDPAGateAttention, x: torch.Tensor) -> Parts:
     return {
         "g": g.sum(dim=(0, 1, 3)),
         "g2": g.pow(2).sum(dim=(0, 1, 3)),
-        "n": torch.tensor(float(B * T * attn.head_dim), dtype=torch.float64, device=x.device),
+        "n": float(B * T * attn.head_dim),
     }
 
 
@@ -179,16 +261,58 @@ def gate_finish(parts: Parts) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- one layer
 
 
-def layer_parts(attn, x: torch.Tensor) -> Parts:
+def layer_parts(attn, x: torch.Tensor, rows: torch.Tensor | QueryRows | None = None) -> Parts:
     """Additive sums of the measures of one attention module on its input x (B, T, C);
-    {} for a variant without measures (baseline)."""
+    {} for a variant without measures (baseline). `rows`: the query positions of
+    the folded-RA measures (None: every one)."""
     if isinstance(attn, _FoldedRA):
-        return folded_parts(attn, x)
+        return folded_parts(attn, x, rows)
     if isinstance(attn, RABetaAttention):
         return beta_parts(attn, x)
     if isinstance(attn, SDPAGateAttention):
         return gate_parts(attn, x)
     return {}
+
+
+def _stats_dtype(t: torch.Tensor) -> torch.dtype:
+    """The measures' statistics are float32 at least (float64 stays float64)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def layer_step(attn, h: torch.Tensor, rows: torch.Tensor | QueryRows) -> tuple[torch.Tensor, Parts]:
+    """The module's output on its input h (B, T, C) and its `layer_parts`, sharing
+    the work: folded RA composes W_f once and runs its one GEMM once; ra_beta
+    computes its two branches once. The output is computed as the module's forward
+    computes it, in the context it is called in (under autocast for a bf16 forward);
+    the statistics run outside autocast, in float32 at least: when the forward's
+    projections came out in a lower precision, folded RA projects the measured
+    query rows and the keys again in float32 from the same W_f."""
+    dev = h.device.type
+    sd = _stats_dtype(h)
+    if isinstance(attn, _FoldedRA):
+        with torch.autocast(dev, enabled=False):
+            W_f, b_f = attn.folded_weight()
+        qf, kf, v = (attn._heads(t) for t in F.linear(h, W_f, b_f).split(attn.n_embd, dim=2))
+        y = attn._out(attn._merge(attn._attend(qf, kf, v)))
+        with torch.autocast(dev, enabled=False):
+            if qf.dtype != sd:
+                C = attn.n_embd
+                bq, bk = (None, None) if b_f is None else (b_f[:C], b_f[C : 2 * C])
+                hs = h.to(sd)
+                qf = attn._heads(F.linear(hs[:, _positions(rows)], W_f[:C].to(sd), bq))
+                kf = attn._heads(F.linear(hs, W_f[C : 2 * C].to(sd), bk))
+            else:
+                qf = qf[:, :, _positions(rows)]
+            return y, folded_stats(qf, kf, attn.d_std, rows)
+    if isinstance(attn, RABetaAttention):
+        y_std, y_rec = _beta_branches(attn, h)
+        y = y_std + torch.tanh(attn.beta).view(attn.n_head, 1, 1) * y_rec
+        with torch.autocast(dev, enabled=False):
+            parts = _beta_sums(y_std.to(sd), y_rec.to(sd))
+        return attn._out(attn._merge(y)), parts
+    y = attn(h)
+    with torch.autocast(dev, enabled=False):
+        return y, layer_parts(attn, h.to(sd))
 
 
 def finish(attn, parts: Parts) -> dict[str, torch.Tensor]:
@@ -243,35 +367,69 @@ def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int
     return float(loss), int((targets != -1).sum())
 
 
+def _to_host(parts: list[Parts]) -> list[Parts]:
+    """The sums on the CPU, in one copy (one wait for the device instead of one per value);
+    the values are then finished there without launching more device work."""
+    tensors = [(i, k, v) for i, p in enumerate(parts) for k, v in p.items() if torch.is_tensor(v)]
+    if not tensors or all(v.device.type == "cpu" for _, _, v in tensors):
+        return parts
+    flat = torch.cat([v.reshape(-1).to(torch.float64) for _, _, v in tensors]).cpu()
+    out = [dict(p) for p in parts]
+    start = 0
+    for i, k, v in tensors:
+        out[i][k] = flat[start : start + v.numel()].view(v.shape)
+        start += v.numel()
+    return out
+
+
 def model_measures(
-    model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, ablation: bool = True
+    model,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    ablation: bool = True,
+    queries: int = 0,
+    forward_dtype: torch.dtype | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Layer -> measure name -> values for a GPT on (idx, targets) batches.
 
     Per-head measures have shape (H,); ``rec_ablation`` (layers with a
     reciprocal term, when `ablation`) has shape (1,). The forward is the
     model's own, block by block (GPT.forward): each block's attention input
-    is measured as it passes. For the ablation, the residual stream entering
-    each block is kept; the pass from that block on is run again with its
-    reciprocal term removed. Call it under torch.no_grad() in eval mode
-    (`racli.training.reciprocity.record_measures` does). No parameter is
-    changed; as any forward does, it updates sdpa_gate's `gate_mean` buffer
-    (`record_measures` puts the buffers back).
+    is measured as it passes (`layer_step`). `queries`: the folded-RA measures
+    score that many query rows of each sequence, spread evenly (`query_rows`),
+    each against all its causal keys (0: every row). `forward_dtype` (e.g.
+    torch.bfloat16): the blocks run under autocast to it, as an evaluation
+    does, while the statistics stay in float32; not with the ablation, whose
+    loss changes of 1e-5 need a full float32 forward. For the ablation, the
+    residual stream entering each block is kept; the pass from that block on
+    is run again with its reciprocal term removed. Call it under
+    torch.no_grad() in eval mode (`racli.training.reciprocity.measure` does).
+    No parameter is changed; as any forward does, it updates sdpa_gate's
+    `gate_mean` buffer (`record_measures` puts the buffers back).
     """
+    if ablation and forward_dtype is not None:
+        raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
     base = [0.0, 0]
     removed: dict[int, list] = {}
     for idx, targets in batches:
-        x = _embed(model, idx)
-        entering = []
-        for i, block in enumerate(blocks):
-            entering.append(x)
-            h = block.ln_1(x)
-            for name, value in layer_parts(block.attn, h).items():
-                parts[i][name] = parts[i][name] + value if name in parts[i] else value
-            x = x + block.attn(h)
-            x = x + block.mlp(block.ln_2(x))
+        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
+        forward = (
+            torch.autocast(idx.device.type, dtype=forward_dtype)
+            if forward_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with forward:
+            x = _embed(model, idx)
+            entering = []
+            for i, block in enumerate(blocks):
+                entering.append(x)
+                y, named = layer_step(block.attn, block.ln_1(x), rows)
+                for name, value in named.items():
+                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
+                x = x + y
+                x = x + block.mlp(block.ln_2(x))
         if not ablation:
             continue
         s, n = _loss_sum(model, x, targets)
@@ -290,6 +448,7 @@ def model_measures(
             acc = removed.setdefault(i, [0.0, 0])
             acc[0] += s
             acc[1] += n
+    parts = _to_host(parts)
     out: dict[int, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(blocks):
         values = finish(block.attn, parts[i])

@@ -334,6 +334,8 @@ def test_rank_correlation():
         ("use_threshold", 1.5, "gates.use_threshold"),
         ("measure_batches", -1, "gates.measure_batches"),
         ("measure_rows", "four", "gates.measure_rows"),
+        ("measure_queries", -1, "gates.measure_queries"),
+        ("measure_precision", "bf16", "gates.measure_precision: must be one of auto, float32"),
     ],
 )
 def test_gates_settings_are_validated(key, value, words):

@@ -13,10 +13,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from racli.training.reciprocity import MeasureSettings, measured_batches, record_measures
+from racli.training.reciprocity import (
+    MeasureSettings,
+    forward_dtype,
+    measured_batches,
+    record_measures,
+)
 from racli_models import GPT, GPTConfig
 from racli_models.attention import build_attention
-from racli_models.measures import head_measures, model_measures, score_terms
+from racli_models.measures import (
+    head_measures,
+    layer_parts,
+    layer_step,
+    model_measures,
+    query_rows,
+    score_terms,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -245,6 +257,107 @@ def test_ablation_is_zero_without_reciprocal_term():
     assert "rec_ablation" not in model_measures(model, batches, ablation=False)[0]
 
 
+# ---------------------------------------------------------------- the cheaper estimate
+
+
+def test_query_rows_are_spread_evenly():
+    rows = query_rows(1024, 256)
+    assert len(rows) == 256 and rows[0] == 2 and rows[-1] == 1022
+    assert (rows.diff() == 4).all() and float(rows.double().mean()) == 512.0
+    assert torch.equal(query_rows(12, 0), torch.arange(12))
+    assert torch.equal(query_rows(12, 12), torch.arange(12))
+    assert torch.equal(query_rows(12, 99), torch.arange(12))
+    rows = query_rows(10, 3)  # strata of 10/3: middles 1.67, 5, 8.33
+    assert rows.tolist() == [1, 5, 8]
+
+
+@pytest.mark.parametrize("name", ["baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate"])
+def test_layer_step_is_the_modules_forward_and_its_measures(name):
+    """The shared-work step gives the module's own output and the same sums as layer_parts."""
+    attn, x = attn_module(name), inputs()
+    rows = query_rows(12, 5)
+    with torch.no_grad():
+        if name == "ra_beta":
+            attn.beta.fill_(0.4)
+        y, parts = layer_step(attn, x, rows)
+        want_y, want = attn(x), layer_parts(attn, x, rows)
+    torch.testing.assert_close(y, want_y, rtol=1e-12, atol=1e-14)
+    assert set(parts) == set(want)
+    for key, value in want.items():
+        torch.testing.assert_close(parts[key], value, rtol=1e-12, atol=1e-15)
+
+
+def strong_reciprocal_gpt(seed=0, T=256):
+    """A tiny ra_v5 GPT whose reciprocal term matters: w_rec = 1 and query/key weights
+    10x nanoGPT's init, so its logits are O(1) (rec_share ~ 0.2, rec_effect ~ 0.15 nats)."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=T, attn="ra_v5")
+    model = GPT(cfg).double().eval()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.w_rec.fill_(1.0)
+            block.attn.W_q.mul_(10.0)
+            block.attn.W_k.mul_(10.0)
+    return model
+
+
+def per_head(values, name):
+    return torch.cat([values[layer][name] for layer in sorted(values)])
+
+
+def test_cheaper_estimate_agrees_with_the_full_computation():
+    """Stated tolerances (relative, largest over the 4 heads; this model reads rec_share
+    about 0.23 and rec_effect about 0.17 nats):
+    * a quarter of the query rows (64 of 256, as 256 of GPT-2's 1024) on the same 4
+      sequences: within 15% (on this random-token data, model seeds 0-3 give 3-15%);
+    * the blocks under bf16 autocast, statistics in float32: within 1% of float32;
+    * one sequence, a quarter of the rows, bf16 (the defaults) against all 4 sequences,
+      every row, float64: within 25% (seeds 0-3: 6-21%)."""
+    model = strong_reciprocal_gpt()
+    batches = token_batches(n=1, B=4, T=256, seed=10)
+    one = measured_batches(batches, MeasureSettings())  # the defaults: one sequence
+    assert len(one) == 1 and one[0][0].shape == (1, 256)
+    f32 = copy.deepcopy(model).float()
+    with torch.no_grad():
+        full = model_measures(model, batches, ablation=False)
+        rows = model_measures(model, batches, ablation=False, queries=64)
+        plain = model_measures(f32, batches, ablation=False)
+        low = model_measures(f32, batches, ablation=False, forward_dtype=torch.bfloat16)
+        cheap = model_measures(f32, one, ablation=False, queries=64, forward_dtype=torch.bfloat16)
+    for name in ("rec_share", "rec_effect"):
+        want = per_head(full, name)
+        assert (want > 0.1).all()  # non-negligible
+        torch.testing.assert_close(per_head(rows, name), want, rtol=0.15, atol=0)
+        torch.testing.assert_close(per_head(low, name), per_head(plain, name), rtol=1e-2, atol=0)
+        torch.testing.assert_close(per_head(cheap, name), want, rtol=0.25, atol=0)
+        assert per_head(low, name).dtype == torch.float64  # sums pooled in float64
+    assert not torch.equal(per_head(low, "rec_share"), per_head(plain, "rec_share"))
+
+
+def test_cheaper_estimate_reads_exactly_zero_without_reciprocal_term():
+    model = strong_reciprocal_gpt()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.w_rec.zero_()
+    f32 = copy.deepcopy(model).float()
+    one = token_batches(n=1, B=1, T=256, seed=10)
+    with torch.no_grad():
+        for m, dtype in ((model, None), (f32, None), (f32, torch.bfloat16)):
+            values = model_measures(m, one, ablation=False, queries=64, forward_dtype=dtype)
+            for layer in range(2):
+                assert (values[layer]["rec_share"] == 0).all()
+                assert (values[layer]["rec_effect"] == 0).all()
+
+
+def test_ablation_needs_a_float32_forward():
+    with pytest.raises(ValueError, match="ablation"):
+        model_measures(tiny_gpt(), token_batches(n=1), forward_dtype=torch.bfloat16)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert forward_dtype(cpu, "auto", False) is None  # bf16 only on CUDA
+    assert forward_dtype(cuda, "float32", False) is None
+    assert forward_dtype(cuda, "auto", True) is None
+
+
 class FakeRecorder:
     def __init__(self):
         self.gate_rows, self.metric_rows = [], []
@@ -282,6 +395,17 @@ def test_record_measures_leaves_the_model_as_it_was():
 
 def test_settings_batches_rows_and_ablation_schedule():
     batches = token_batches(n=3, B=4)
+    from racli.config import GatesConfig
+
+    assert MeasureSettings() == MeasureSettings.from_mapping(None)
+    assert MeasureSettings() == MeasureSettings.from_mapping(dataclasses.asdict(GatesConfig()))
+    assert (MeasureSettings().batches, MeasureSettings().rows) == (1, 1)  # one sequence
+    assert MeasureSettings().queries == 256 and MeasureSettings().precision == "auto"
+    custom = MeasureSettings.from_mapping({"measure_queries": 0, "measure_precision": "float32"})
+    assert custom.queries == 0 and custom.precision == "float32"
+    for bad in ({"measure_queries": -1}, {"measure_precision": "bf16"}, {"ablation": "x"}):
+        with pytest.raises(ValueError):
+            MeasureSettings.from_mapping(bad)
     s = MeasureSettings.from_mapping({"measure_batches": 2, "measure_rows": 3, "ablation": "ends"})
     picked = measured_batches(batches, s)  # batches 0 and 2, rows 0, 2 (1.5 rounds) and 3
     assert len(picked) == 2 and picked[0][0].shape == (3, 16)
@@ -384,3 +508,25 @@ def test_cuda_measures_match_cpu_and_leave_the_model_alone():
         for name in ("rec_share", "rec_effect", "rec_ablation"):
             assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-3, abs=1e-6)
     assert gpu.training and all(torch.equal(v, state[k]) for k, v in gpu.state_dict().items())
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_forward_measures_match_float64():
+    """Every evaluation's measures on CUDA (defaults: bf16 forward, float32 statistics
+    without TF32) agree with float64 on the CPU over the same rows and sequence."""
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=256).float()
+    batches = token_batches(n=1, B=4, T=256, seed=10)
+    s = MeasureSettings(queries=64)
+    want = model_measures(
+        copy.deepcopy(model).double(), measured_batches(batches, s), ablation=False, queries=64
+    )
+    gpu = model.cuda()
+    rec = FakeRecorder()
+    cuda_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    record_measures(gpu, cuda_batches, rec, 100, s)  # not an end: no ablation, bf16 forward
+    got = rec.gate_rows[0][1]
+    for layer in range(2):
+        assert "rec_ablation" not in got[layer]
+        for name in ("rec_share", "rec_effect"):
+            assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-2)

@@ -2,23 +2,32 @@
 
     python tools/reciprocity_cost.py --device cuda                 # GPT-2 124M ra_v5, fresh
     python tools/reciprocity_cost.py --device cuda --checkpoint RUN.pt
-    python tools/reciprocity_cost.py --device cpu --preset tiny    # quick check on CPU
+    python tools/reciprocity_cost.py --device cpu --preset small --eval-batches 2 --batch-size 8
+    python tools/reciprocity_cost.py --device cuda --measure-queries 128,256,0 --previous
+    python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
 CUDA, inside `composed_once()`, over `--eval-batches` batches of
 `--batch-size` sequences. The measures are `racli.training.reciprocity.measure`
-on the first `--measure-batches` batches cut to `--measure-rows` sequences:
-without the ablation (what every evaluation pays) and with it (step 0 and the
-end, `gates.ablation: ends`). Times are medians over `--repeats`, with CUDA
-events on CUDA (perf_counter on CPU). Prints one line per setting and, with
---json, the figures as JSON.
+on `--measure-batches` of those batches cut to `--measure-rows` sequences, with
+`--measure-queries` query rows per sequence and `--precision` (defaults: the
+`gates` section of ra.yaml): without the ablation (what every evaluation pays)
+and with it (step 0 and the end, `gates.ablation: ends`). `--previous` also
+times the former defaults (2 batches x 2 sequences, every query row, float32)
+with the same code. `--accuracy` compares each setting's rec_share and
+rec_effect with the full computation (every query row, float32) on all
+`--eval-batches` x `--batch-size` sequences (meaningful on a trained
+checkpoint). Times are medians over `--repeats`, with CUDA events on CUDA
+(perf_counter on CPU). Prints one line per setting and, with --json, the
+figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -39,10 +48,10 @@ def build_model(args, device) -> GPT:
         from racli.training import checkpoint as ckpt
 
         state = ckpt.load(Path(args.checkpoint))
-        fields = dict(state["config"]["model"])
-        fields["attn"] = state["config"]["attn"]
+        fields = dict(state.config["model"])
+        fields["attn"] = state.config["attn"]
         model = GPT(GPTConfig(**fields))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
         return model.to(device)
     cfg = load_config(packaged_config_path())
     fields = cfg.model_fields(args.preset)
@@ -72,6 +81,55 @@ class Timer:
             out.append(1000 * (time.perf_counter() - t0))
 
 
+def data_batches(args, cfg, T: int, vocab_size: int, device) -> list:
+    """The trainer's evaluation batches (evenly spaced windows of the validation split)."""
+    from racli.training.data import eval_batches, load_dataset
+
+    dataset = load_dataset(args.data, val_fraction=cfg.train.val_fraction, block_size=T)
+    if dataset.vocab_size > vocab_size:
+        raise SystemExit(f"the data's vocabulary ({dataset.vocab_size}) exceeds the model's")
+    return eval_batches(dataset.val, args.batch_size, T, args.eval_batches, device)
+
+
+def parse_list(text: str | None, default: int) -> list[int]:
+    return [int(v) for v in text.split(",")] if text else [default]
+
+
+def accuracy(model, batches, setting: MeasureSettings) -> dict:
+    """How far a setting's rec_share and rec_effect are from the full computation (every
+    query row, float32, on every sequence of `batches`): the largest absolute and the
+    median relative difference of rec_share over heads, and the median and largest
+    relative difference of rec_effect."""
+    full = measure(model, batches, ablation=False, queries=0, precision="float32")
+    got = measure(
+        model,
+        measured_batches(batches, setting),
+        ablation=False,
+        queries=setting.queries,
+        precision=setting.precision,
+    )
+    share, share_rel, effect = [], [], []
+    for layer, named in full.items():
+        if "rec_share" not in named:
+            continue
+        for h, want in enumerate(named["rec_share"]):
+            share.append(abs(got[layer]["rec_share"][h] - want))
+            share_rel.append(share[-1] / max(want, 1e-30))
+        for h, want in enumerate(named["rec_effect"]):
+            effect.append(abs(got[layer]["rec_effect"][h] - want) / max(want, 1e-30))
+    if not share:
+        return {}
+    return {
+        "rec_share_max_abs_diff": max(share),
+        "rec_share_median_rel_diff": statistics.median(share_rel),
+        "rec_share_mean_full": statistics.mean(
+            v for named in full.values() for v in named.get("rec_share", [])
+        ),
+        "rec_effect_median_rel_diff": statistics.median(effect),
+        "rec_effect_max_rel_diff": max(effect),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -79,6 +137,12 @@ def main(argv=None) -> int:
     p.add_argument("--attn", default="ra_v5")
     p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--checkpoint", default=None, help="a run's checkpoint (.pt) instead")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="evaluate on this data's validation split (builtin, a .txt, a prepared folder) "
+        "instead of random tokens; use it with --checkpoint",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batches", type=int, default=20)
     p.add_argument(
@@ -87,32 +151,71 @@ def main(argv=None) -> int:
     p.add_argument(
         "--measure-rows",
         default=None,
-        help="comma-separated settings to time, e.g. 2,4,8 (default: ra.yaml's)",
+        help="sequences per measured batch, comma-separated settings to time, e.g. 1,2,4 "
+        "(default: ra.yaml gates.measure_rows)",
+    )
+    p.add_argument(
+        "--measure-queries",
+        default=None,
+        help="query rows per sequence, comma-separated, 0 for all, e.g. 128,256,0 "
+        "(default: ra.yaml gates.measure_queries)",
+    )
+    p.add_argument(
+        "--precision", choices=("auto", "float32"), default=None, help="default: ra.yaml's"
+    )
+    p.add_argument(
+        "--previous",
+        action="store_true",
+        help="also time the former defaults: 2 batches x 2 sequences, every row, float32",
+    )
+    p.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="also compare each setting with the full computation on every evaluation sequence",
     )
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--no-ablation",
+        dest="ablation",
+        action="store_false",
+        help="do not time the measures with the per-layer ablation",
+    )
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of torch (default: torch's)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a loaded CPU, 1 thread times more steadily
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    gates = load_config(packaged_config_path()).gates
+    cfg = load_config(packaged_config_path())
+    gates = cfg.gates
+    full_seqs = cfg.train.eval_batches * cfg.train.batch_size  # what `ra train` evaluates
     n_measure = args.measure_batches if args.measure_batches is not None else gates.measure_batches
-    rows_list = (
-        [int(r) for r in args.measure_rows.split(",")]
-        if args.measure_rows
-        else [gates.measure_rows]
-    )
+    precision = args.precision or gates.measure_precision
+    settings = [
+        MeasureSettings(batches=n_measure, rows=rows, queries=queries, precision=precision)
+        for rows in parse_list(args.measure_rows, gates.measure_rows)
+        for queries in parse_list(args.measure_queries, gates.measure_queries)
+    ]
+    if args.previous:
+        settings.append(MeasureSettings(batches=2, rows=2, queries=0, precision="float32"))
     model = build_model(args, device).eval()
     T = model.config.block_size
-    g = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(args.eval_batches):
-        idx = torch.randint(0, model.config.vocab_size, (args.batch_size, T + 1), generator=g)
-        batches.append((idx[:, :-1].to(device), idx[:, 1:].to(device)))
+    if args.data:
+        batches = data_batches(args, cfg, T, model.config.vocab_size, device)
+    else:
+        g = torch.Generator().manual_seed(1)
+        batches = []
+        for _ in range(args.eval_batches):
+            idx = torch.randint(0, model.config.vocab_size, (args.batch_size, T + 1), generator=g)
+            batches.append((idx[:, :-1].to(device), idx[:, 1:].to(device)))
     compiled = args.compile == "on" or (args.compile == "auto" and cuda)
     fwd = torch.compile(model) if compiled else model
     autocast = (
@@ -129,12 +232,24 @@ def main(argv=None) -> int:
                     total += fwd(x, y)[1].double()
         return total.item()
 
-    evaluate()  # warm-up (and compilation)
-    eval_ms: list[float] = []
+    # what is timed: the evaluation, and each setting without / with the ablation; all of
+    # them in every round (interleaved, so a machine whose speed drifts charges each alike)
+    jobs = {"eval": evaluate}
+    picked = [measured_batches(batches, s) for s in settings]
+    for k, s in enumerate(settings):
+        for ablation in (False, True) if args.ablation else (False,):
+            kw = dict(ablation=ablation, queries=s.queries, precision=s.precision)
+            jobs[(k, ablation)] = functools.partial(measure, model, picked[k], **kw)
+    for job in jobs.values():
+        job()  # warm-up (and compilation)
+    times: dict = {key: [] for key in jobs}
     for _ in range(args.repeats):
-        with timer(eval_ms):
-            evaluate()
-    ev = statistics.median(eval_ms)
+        for key, job in jobs.items():
+            with timer(times[key]):
+                job()
+    ev = statistics.median(times["eval"])
+    timed_seqs = args.eval_batches * args.batch_size
+    ev_full = ev * full_seqs / timed_seqs  # an evaluation's time is linear in its sequences
     results = {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if cuda else None,
@@ -145,7 +260,10 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "eval_batches": args.eval_batches,
         "compiled": compiled,
+        "repeats": args.repeats,
         "eval_ms": ev,
+        "eval_ms_scaled": ev_full,
+        "eval_sequences_scaled": full_seqs,
         "settings": [],
     }
     print(
@@ -153,28 +271,54 @@ def main(argv=None) -> int:
         f"{' (' + results['gpu'] + ')' if cuda else ''}: evaluation of {args.eval_batches} "
         f"batches x {args.batch_size} = {ev:.1f} ms (median of {args.repeats})"
     )
-    for rows in rows_list:
-        s = MeasureSettings(batches=n_measure, rows=rows)
-        picked = measured_batches(batches, s)
-        entry = {"measure_batches": n_measure, "measure_rows": rows}
-        for ablation in (False, True):
-            measure(model, picked, ablation=ablation)  # warm-up
-            ms: list[float] = []
-            for _ in range(args.repeats):
-                with timer(ms):
-                    measure(model, picked, ablation=ablation)
+    for k, s in enumerate(settings):
+        entry = {
+            "measure_batches": s.batches,
+            "measure_rows": s.rows,
+            "measure_queries": s.queries,
+            "precision": s.precision,
+        }
+        for ablation in (False, True) if args.ablation else (False,):
             key = "with_ablation" if ablation else "measures"
-            entry[f"{key}_ms"] = statistics.median(ms)
-            entry[f"{key}_ratio"] = statistics.median(ms) / ev
-        results["settings"].append(entry)
-        seqs = n_measure * (rows or args.batch_size)
-        print(
-            f"  measure_batches={n_measure} measure_rows={rows} ({seqs} sequences): "
+            entry[f"{key}_ms"] = statistics.median(times[(k, ablation)])
+            entry[f"{key}_ratio"] = entry[f"{key}_ms"] / ev
+            entry[f"{key}_ratio_scaled"] = entry[f"{key}_ms"] / ev_full
+        seqs = sum(len(x) for x, _ in picked[k])
+        line = (
+            f"  measure_batches={s.batches} measure_rows={s.rows} measure_queries={s.queries} "
+            f"precision={s.precision} ({seqs} sequences): "
             f"measures {entry['measures_ms']:.1f} ms = {100 * entry['measures_ratio']:.2f}% "
-            f"of an evaluation (every evaluation); with the per-layer ablation "
-            f"{entry['with_ablation_ms']:.1f} ms = {100 * entry['with_ablation_ratio']:.1f}% "
-            f"(step 0 and the end)"
+            f"of an evaluation (every evaluation)"
         )
+        if args.ablation:
+            line += (
+                f"; with the per-layer ablation {entry['with_ablation_ms']:.1f} ms = "
+                f"{100 * entry['with_ablation_ratio']:.1f}% (step 0 and the end)"
+            )
+        if timed_seqs != full_seqs:
+            line += (
+                f" [of ra.yaml's evaluation of {full_seqs} sequences, scaled linearly: "
+                f"{100 * entry['measures_ratio_scaled']:.2f}%"
+                + (
+                    f", with the ablation {100 * entry['with_ablation_ratio_scaled']:.1f}%"
+                    if args.ablation
+                    else ""
+                )
+                + "]"
+            )
+        print(line)
+        if args.accuracy:
+            entry["accuracy"] = acc = accuracy(model, batches, s)
+            if acc:
+                print(
+                    f"    against the full computation on {len(batches) * args.batch_size} "
+                    f"sequences (mean rec_share {100 * acc['rec_share_mean_full']:.2f}%): "
+                    f"rec_share off by at most {100 * acc['rec_share_max_abs_diff']:.3f} points "
+                    f"({100 * acc['rec_share_median_rel_diff']:.1f}% median over heads); "
+                    f"rec_effect off by {100 * acc['rec_effect_median_rel_diff']:.1f}% "
+                    f"(median over heads), at most {100 * acc['rec_effect_max_rel_diff']:.1f}%"
+                )
+        results["settings"].append(entry)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

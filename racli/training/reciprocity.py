@@ -2,8 +2,10 @@
 
 The trainer calls `record_measures` with its gate snapshot: at step 0, at
 every evaluation and at the end. It measures `measure_batches` of the
-evaluation batches (`measure_rows` sequences of each, spread evenly) with
-`racli_models.measures` and records the values into `gate_values` beside the
+evaluation batches (`measure_rows` sequences of each, spread evenly; by
+default one sequence in all), folded RA on `measure_queries` query rows of
+each sequence (spread evenly, each against all its causal keys), with
+`racli_models.measures`, and records the values into `gate_values` beside the
 raw gates, plus a metric `measure_s` (its time, not charged to training).
 
 Rows written (layer, head, name):
@@ -13,10 +15,15 @@ Rows written (layer, head, name):
   every evaluation (``ablation: every``), at step 0 and the end (``ends``,
   the default: it costs about (n_layer + 1) / 2 forwards per batch), or never.
 
-Training is not changed: the measures run under no_grad, in eval mode, in
-float32 without autocast (and, with the ablation, without TF32 matmuls), on
-the bare model (not a compiled or DDP wrapper), read the parameters only, and
-the train/eval flags, buffers and the TF32 setting are put back.
+Precision (``measure_precision``): ``auto`` runs the blocks' forward under
+bf16 autocast on CUDA, as an evaluation does, with the statistics (logit
+variances, KL) in float32 without TF32; ``float32`` runs everything in float32.
+A measurement with the ablation always runs in float32 without TF32 (loss
+changes of 1e-5 need it).
+
+Training is not changed: the measures run under no_grad, in eval mode, on the
+bare model (not a compiled or DDP wrapper), read the parameters only, and the
+train/eval flags, buffers and the TF32 setting are put back.
 """
 
 from __future__ import annotations
@@ -31,10 +38,15 @@ import torch
 ABLATION_CHOICES = ("every", "ends", "never")
 
 
+PRECISION_CHOICES = ("auto", "float32")
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
-    batches: int = 2  # evaluation batches measured; 0 disables the measures
-    rows: int = 2  # sequences per batch; 0: the whole batch
+    batches: int = 1  # evaluation batches measured; 0 disables the measures
+    rows: int = 1  # sequences per batch; 0: the whole batch
+    queries: int = 256  # folded RA: query rows per sequence; 0: every row
+    precision: str = "auto"  # auto (bf16 forward on CUDA) | float32
     ablation: str = "ends"  # every | ends | never
 
     @classmethod
@@ -44,9 +56,15 @@ class MeasureSettings:
         s = cls(
             batches=int(d.get("measure_batches", cls.batches)),
             rows=int(d.get("measure_rows", cls.rows)),
+            queries=int(d.get("measure_queries", cls.queries)),
+            precision=str(d.get("measure_precision", cls.precision)),
             ablation=str(d.get("ablation", cls.ablation)),
         )
-        if s.batches < 0 or s.rows < 0 or s.ablation not in ABLATION_CHOICES:
+        if (
+            min(s.batches, s.rows, s.queries) < 0
+            or s.ablation not in ABLATION_CHOICES
+            or s.precision not in PRECISION_CHOICES
+        ):
             raise ValueError(f"bad measure settings {s}")
         return s
 
@@ -85,8 +103,21 @@ def has_measures(model: torch.nn.Module) -> bool:
     return any(isinstance(m, kinds) for m in model.modules())
 
 
+def forward_dtype(device: torch.device, precision: str, ablation: bool) -> torch.dtype | None:
+    """The autocast dtype of the measured forward: bf16 on CUDA under ``auto`` (when the
+    device has it), else None (float32); always None with the ablation."""
+    if ablation or precision != "auto" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
 def measure(
-    model: torch.nn.Module, batches: Sequence, *, ablation: bool
+    model: torch.nn.Module,
+    batches: Sequence,
+    *,
+    ablation: bool,
+    queries: int = 0,
+    precision: str = "float32",
 ) -> dict[int, dict[str, list[float]]]:
     """Layer -> name -> values of `racli_models.measures.model_measures`, with the
     model's train flags and buffers put back afterwards."""
@@ -94,14 +125,21 @@ def measure(
 
     flags = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    dev = next(model.parameters()).device.type
+    device = next(model.parameters()).device
     tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
         model.eval()
-        if ablation:  # loss changes of 1e-5 need full float32 matmuls, not TF32's 10-bit mantissa
-            torch.backends.cuda.matmul.allow_tf32 = False
-        with torch.no_grad(), torch.autocast(device_type=dev, enabled=False):
-            values = model_measures(model, batches, ablation=ablation)
+        # float32 statistics (and the ablation's losses) without TF32's 10-bit mantissa;
+        # a bf16 forward does not use TF32 anyway
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+            values = model_measures(
+                model,
+                batches,
+                ablation=ablation,
+                queries=queries,
+                forward_dtype=forward_dtype(device, precision, ablation),
+            )
         return {
             layer: {name: v.tolist() for name, v in named.items()}
             for layer, named in values.items()
@@ -133,7 +171,11 @@ def record_measures(
         return 0.0
     t0 = time.perf_counter()
     values = measure(
-        model, measured_batches(batches, settings), ablation=settings.ablate_at(step, final)
+        model,
+        measured_batches(batches, settings),
+        ablation=settings.ablate_at(step, final),
+        queries=settings.queries,
+        precision=settings.precision,
     )
     dt = time.perf_counter() - t0  # .tolist() above waited for the device
     if values:
