@@ -81,7 +81,8 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
     for a in arms.values():
         assert a["ms_p10"] <= a["ms_median"] <= a["ms_p90"]
         assert a["round_ratio_min"] <= a["round_ratio_max"]
-        assert a["tokens_per_s"] == round(64 / (a["ms_median"] / 1e3))
+        # tokens/s comes from the unrounded median; the printed ms has 3 decimals
+        assert a["tokens_per_s"] == pytest.approx(64 / (a["ms_median"] / 1e3), rel=1e-3)
 
 
 @pytest.mark.parametrize(
