@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from racli.bench import percentiles  # noqa: E402
 from racli.names import ATTENTION_NAMES, comma_list  # noqa: E402
 from racli_models import GPT, GPTConfig  # noqa: E402
 
@@ -58,13 +59,6 @@ PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
 }
 LR, WD, BETAS, CLIP = 6e-4, 0.1, (0.9, 0.95), 1.0
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def load_nanogpt(folder: Path):
@@ -247,15 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         "arms": {},
     }
     for arm in arms:
-        med = statistics.median(times[arm])
+        med, p10, p90 = percentiles(times[arm])
         ratios = [f / a for f, a in zip(per_round[first], per_round[arm], strict=True)]
         result["arms"][arm] = {
             **info[arm],
             "ms_median": round(med, 3),
-            "ms_p10": round(pct(times[arm], 0.1), 3),
-            "ms_p90": round(pct(times[arm], 0.9), 3),
+            "ms_p10": round(p10, 3),
+            "ms_p90": round(p90, 3),
             "tokens_per_s": round(tokens / (med / 1e3)),
-            f"speed_vs_{first}": round(statistics.median(times[first]) / med, 4),
+            f"speed_vs_{first}": round(percentiles(times[first])[0] / med, 4),
             "round_ratio_min": round(min(ratios), 4),
             "round_ratio_max": round(max(ratios), 4),
         }
