@@ -16,13 +16,13 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from racli import textsafe
 from racli.errors import BadInput
+from racli.text import terminal
 
 
 def _say(msg: str) -> None:
     """One line on stderr, control characters made visible (messages quote user input)."""
-    sys.stderr.write(f"ra: {textsafe.one_line(msg)}\n")
+    sys.stderr.write(f"ra: {terminal.one_line(msg)}\n")
 
 
 class HelpWhenEmptyGroup(TyperGroup):

@@ -143,3 +143,32 @@ def check_plot_path(plot: str | Path | None) -> Path | None:
             f"{', '.join(PLOT_FORMATS)} (the format), got {got}"
         )
     return plot
+
+
+MAX_RUN_ID = 2**63 - 1
+
+
+def check_run_id(run_id: int, option: str = "run id") -> int:
+    """``run_id`` unchanged, or BadInput naming ``option`` when it cannot be a run id."""
+    if not -MAX_RUN_ID - 1 <= run_id <= MAX_RUN_ID:
+        raise BadInput(f"no run with id {run_id} ({option}): run ids are below 2^63")
+    return run_id
+
+
+PRETTY_NAMES = {"baseline": "Baseline", "ra_v5": "RA v5"}
+
+
+def display_name(attn: str) -> str:
+    """``baseline`` -> "Baseline", ``ra_v5`` -> "RA v5", others unchanged."""
+    return PRETTY_NAMES.get(attn, attn)
+
+
+METRIC_NAMES = {
+    "val_loss": "Validation loss",
+    "train_loss": "Training loss",
+    "tokens_per_s": "Throughput (tok/s)",
+}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)

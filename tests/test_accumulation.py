@@ -185,7 +185,7 @@ def test_batch_tokens_runs_on_1_2_and_4_processes_share_one_hash(cfg, dataset):
 
 
 def test_compare_puts_one_and_two_gpu_runs_in_one_group(cfg, dataset, store):
-    from racli.history import group_runs, load_comparison, load_train_runs
+    from racli.compare.grouping import group_runs, load_comparison, load_train_runs
 
     spec = make_spec(cfg, f"train.batch_tokens={8 * BLOCK}")
     ids = []

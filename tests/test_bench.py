@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from racli import bench
+from racli.bench import harness, inputs
+from racli.bench.ranking import best_vs_best
 from racli.cli import app
 from racli.config import BenchShape
 from racli.errors import BadInput
 from racli.store import open_store
 from racli.store.queries import list_runs, run_details
-from racli.verdict import best_vs_best
 
 TINY = BenchShape(batch=2, seq=64, heads=4, head_dim=32)  # ra.yaml's `tiny`
 FAST = ["--repeats", "3", "--warmup", "1"]
@@ -68,18 +68,18 @@ def test_block_flops_formula_at_gpt2_shape():
     proj = 2 * B * T * C * (3 * C) + 2 * B * T * C * C
     attn_full = 2 * B * H * T * T * D + 2 * B * H * T * T * D
     fwd = proj + attn_full // 2
-    assert bench.block_flops(B, T, H, D, "fwd") == fwd == 51_539_607_552
-    assert bench.block_flops(B, T, H, D, "fwd_bwd") == 3 * fwd
-    assert bench.block_flops(B, T, H, D, "fwd", causal=False) == proj + attn_full
+    assert inputs.block_flops(B, T, H, D, "fwd") == fwd == 51_539_607_552
+    assert inputs.block_flops(B, T, H, D, "fwd_bwd") == 3 * fwd
+    assert inputs.block_flops(B, T, H, D, "fwd", causal=False) == proj + attn_full
     with pytest.raises(ValueError):
-        bench.block_flops(B, T, H, D, "bwd")
+        inputs.block_flops(B, T, H, D, "bwd")
 
 
 def test_tflops_from_median():
-    assert bench.tflops(2_000_000_000_000, 1000.0) == pytest.approx(2.0)
-    assert bench.tflops(10**12, 0.5) == pytest.approx(2000.0)
-    assert bench.tflops(10**12, None) is None
-    assert bench.tflops(10**12, 0.0) is None
+    assert inputs.tflops(2_000_000_000_000, 1000.0) == pytest.approx(2.0)
+    assert inputs.tflops(10**12, 0.5) == pytest.approx(2000.0)
+    assert inputs.tflops(10**12, None) is None
+    assert inputs.tflops(10**12, 0.0) is None
 
 
 # ---------------------------------------------------------------- input parsing
@@ -87,8 +87,8 @@ def test_tflops_from_median():
 
 def test_parse_shape_presets_and_explicit():
     presets = {"tiny": TINY}
-    assert bench.parse_shape("tiny", presets) == ("tiny", TINY)
-    name, shape = bench.parse_shape(" 8, 1024 ,12,64", presets)
+    assert inputs.parse_shape("tiny", presets) == ("tiny", TINY)
+    name, shape = inputs.parse_shape(" 8, 1024 ,12,64", presets)
     assert name == "8,1024,12,64"
     assert (shape.batch, shape.seq, shape.heads, shape.head_dim) == (8, 1024, 12, 64)
 
@@ -98,41 +98,44 @@ def test_parse_shape_presets_and_explicit():
 )
 def test_parse_shape_rejects(text):
     with pytest.raises(BadInput):
-        bench.parse_shape(text, {"tiny": TINY})
+        inputs.parse_shape(text, {"tiny": TINY})
 
 
 def test_parse_modes_phases_attns():
-    assert bench.parse_modes("all") == ["eager", "compile", "cuda_graph"]
-    assert bench.parse_modes("compile,eager,compile") == ["compile", "eager"]
-    assert bench.parse_modes(["eager"]) == ["eager"]
-    assert bench.parse_phases("both") == ["fwd", "fwd_bwd"]
-    assert bench.parse_phases("fwd_bwd") == ["fwd_bwd"]
-    assert bench.parse_attns("ra_v5,baseline", {"baseline": 1, "ra_v5": 2}) == ["ra_v5", "baseline"]
+    assert inputs.parse_modes("all") == ["eager", "compile", "cuda_graph"]
+    assert inputs.parse_modes("compile,eager,compile") == ["compile", "eager"]
+    assert inputs.parse_modes(["eager"]) == ["eager"]
+    assert inputs.parse_phases("both") == ["fwd", "fwd_bwd"]
+    assert inputs.parse_phases("fwd_bwd") == ["fwd_bwd"]
+    assert inputs.parse_attns("ra_v5,baseline", {"baseline": 1, "ra_v5": 2}) == [
+        "ra_v5",
+        "baseline",
+    ]
     for bad in (
-        lambda: bench.parse_modes("eager,jit"),
-        lambda: bench.parse_modes(""),
-        lambda: bench.parse_phases("bwd"),
-        lambda: bench.parse_attns("flash", {"baseline": 1}),
-        lambda: bench.check_sdpa_backend("xformers"),
-        lambda: bench.resolve_dtype("int8", "cpu"),
-        lambda: bench.resolve_device("tpu"),
+        lambda: inputs.parse_modes("eager,jit"),
+        lambda: inputs.parse_modes(""),
+        lambda: inputs.parse_phases("bwd"),
+        lambda: inputs.parse_attns("flash", {"baseline": 1}),
+        lambda: harness.check_sdpa_backend("xformers"),
+        lambda: inputs.resolve_dtype("int8", "cpu"),
+        lambda: harness.resolve_device("tpu"),
     ):
         with pytest.raises(BadInput):
             bad()
 
 
 def test_dtype_and_device_defaults():
-    assert bench.resolve_dtype(None, "cpu") == "float32"
-    assert bench.resolve_dtype(None, "cuda") == "float16"
-    assert bench.resolve_dtype("bf16", "cpu") == "bfloat16"
-    assert bench.resolve_device("cpu") == "cpu"
-    assert bench.resolve_device("auto") == ("cuda" if CUDA else "cpu")
+    assert inputs.resolve_dtype(None, "cpu") == "float32"
+    assert inputs.resolve_dtype(None, "cuda") == "float16"
+    assert inputs.resolve_dtype("bf16", "cpu") == "bfloat16"
+    assert harness.resolve_device("cpu") == "cpu"
+    assert harness.resolve_device("auto") == ("cuda" if CUDA else "cpu")
 
 
 @pytest.mark.skipif(CUDA, reason="checks a machine without CUDA")
 def test_resolve_device_cuda_absent_is_bad_input():
     with pytest.raises(BadInput, match="CUDA is not available"):
-        bench.resolve_device("cuda")
+        harness.resolve_device("cuda")
 
 
 # ---------------------------------------------------------------- modules
@@ -140,17 +143,17 @@ def test_resolve_device_cuda_absent_is_bad_input():
 
 @pytest.mark.parametrize("attn", VARIANTS)
 def test_fresh_modules_have_identical_weights(attn):
-    a = bench.build_module(attn, TINY, seed=0).state_dict()
+    a = inputs.build_module(attn, TINY, seed=0).state_dict()
     torch.randn(100)  # global RNG use in between must not matter
-    b = bench.build_module(attn, TINY, seed=0).state_dict()
-    c = bench.build_module(attn, TINY, seed=1).state_dict()
+    b = inputs.build_module(attn, TINY, seed=0).state_dict()
+    c = inputs.build_module(attn, TINY, seed=1).state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(
         not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 8
     )
-    x1, g1 = bench.make_inputs(TINY, seed=0)
-    x2, g2 = bench.make_inputs(TINY, seed=0)
+    x1, g1 = inputs.make_inputs(TINY, seed=0)
+    x2, g2 = inputs.make_inputs(TINY, seed=0)
     assert torch.equal(x1, x2) and torch.equal(g1, g2) and x1.shape == (2, 64, 128)
 
 
@@ -159,17 +162,17 @@ def test_fresh_modules_have_identical_weights(attn):
 def test_detect_backend_sees_the_kernel_that_ran(attn):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    m = bench.build_module(attn, TINY).eval()
-    x, _ = bench.make_inputs(TINY)
+    m = inputs.build_module(attn, TINY).eval()
+    x, _ = inputs.make_inputs(TINY)
 
     def step():
         with torch.no_grad():
             m(x)
 
-    assert bench.detect_backend(step) == "cpu_flash"
+    assert harness.detect_backend(step) == "cpu_flash"
     with sdpa_kernel([SDPBackend.MATH]):
-        assert bench.detect_backend(step) == "math"
-    assert bench.detect_backend(lambda: torch.ones(3) * 2) == "none"
+        assert harness.detect_backend(step) == "math"
+    assert harness.detect_backend(lambda: torch.ones(3) * 2) == "none"
 
 
 # ---------------------------------------------------------------- time_config
@@ -178,7 +181,7 @@ def test_detect_backend_sees_the_kernel_that_ran(attn):
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["fwd", "fwd_bwd"])
 def test_time_config_eager_row(phase):
-    row = bench.time_config("ra_v5", "eager", phase, TINY, repeats=5, warmup=1)
+    row = harness.time_config("ra_v5", "eager", phase, TINY, repeats=5, warmup=1)
     assert row.status == "ok" and row.reason is None
     assert (row.attn, row.mode, row.phase) == ("ra_v5", "eager", phase)
     assert (row.batch, row.seq, row.heads, row.head_dim) == (2, 64, 4, 32)
@@ -186,7 +189,7 @@ def test_time_config_eager_row(phase):
     assert 0 < row.p10_ms <= row.median_ms <= row.p90_ms
     assert row.backend == "cpu_flash"
     assert row.compile_s is None
-    flops = bench.block_flops(2, 64, 4, 32, phase)
+    flops = inputs.block_flops(2, 64, 4, 32, phase)
     assert row.tflops == pytest.approx(flops / (row.median_ms * 1e-3) / 1e12)
     assert set(row.record()) == {
         "attn",
@@ -212,21 +215,21 @@ def test_time_config_eager_row(phase):
 
 @pytest.mark.parametrize("attn", VARIANTS)
 def test_fwd_bwd_step_grads_every_parameter_and_the_input(attn):
-    m = bench.build_module(attn, TINY).train()
-    x, dout = bench.make_inputs(TINY)
+    m = inputs.build_module(attn, TINY).train()
+    x, dout = inputs.make_inputs(TINY)
     x.requires_grad_(True)
-    out = bench.make_step(m, x, dout, "fwd_bwd")()
+    out = harness.make_step(m, x, dout, "fwd_bwd")()
     assert out.shape == x.shape
     assert x.grad is not None and x.grad.abs().sum() > 0
     for name, p in m.named_parameters():
         assert p.grad is not None, name
     x.grad = None
-    out = bench.make_step(m, x, dout, "fwd")()
+    out = harness.make_step(m, x, dout, "fwd")()
     assert not out.requires_grad and x.grad is None
 
 
 def test_compile_mode_uses_dynamic_false_and_records_compile_time(fake_compile):
-    row = bench.time_config("ra_v5", "compile", "fwd_bwd", TINY, repeats=2, warmup=0)
+    row = harness.time_config("ra_v5", "compile", "fwd_bwd", TINY, repeats=2, warmup=0)
     assert row.status == "ok" and row.compile_s is not None
     assert fake_compile == [{"dynamic": False}]
 
@@ -234,18 +237,18 @@ def test_compile_mode_uses_dynamic_false_and_records_compile_time(fake_compile):
 @pytest.mark.skipif(CUDA, reason="checks a machine without CUDA")
 @pytest.mark.parametrize("phase", ["fwd", "fwd_bwd"])
 def test_cuda_graph_on_cpu_is_skipped_with_reason(phase):
-    row = bench.time_config("baseline", "cuda_graph", phase, TINY, repeats=3, warmup=1)
+    row = harness.time_config("baseline", "cuda_graph", phase, TINY, repeats=3, warmup=1)
     assert row.status == "skipped"
     assert "CUDA" in row.reason
     assert row.median_ms is None and row.tflops is None
 
 
 def test_forced_backend_math_runs_and_unavailable_backend_is_skipped():
-    row = bench.time_config(
+    row = harness.time_config(
         "baseline", "eager", "fwd", TINY, repeats=3, warmup=1, sdpa_backend="math"
     )
     assert row.status == "ok" and row.backend == "math"
-    row = bench.time_config(
+    row = harness.time_config(
         "ra_v5", "eager", "fwd_bwd", TINY, repeats=3, warmup=1, sdpa_backend="efficient"
     )
     if CUDA:  # pragma: no cover - the efficient kernel exists on CUDA
@@ -266,16 +269,18 @@ def test_forced_backend_reason_is_torchs_most_specific_line():
         )
         raise RuntimeError("No available kernel. Aborting execution.\nmore")
 
-    with pytest.raises(bench._Skip, match="'flash' unavailable .*: Flash attention requires q,k,v"):
-        bench._probe(step, "flash")
+    with pytest.raises(
+        harness._Skip, match="'flash' unavailable .*: Flash attention requires q,k,v"
+    ):
+        harness._probe(step, "flash")
 
     def bare():
         raise RuntimeError("No available kernel. Aborting execution.\nmore")
 
     with pytest.raises(
-        bench._Skip, match=r"unavailable .*: No available kernel\. Aborting execution\.$"
+        harness._Skip, match=r"unavailable .*: No available kernel\. Aborting execution\.$"
     ):
-        bench._probe(bare, "cudnn")
+        harness._probe(bare, "cudnn")
 
 
 def test_compile_failure_is_a_failed_row(monkeypatch):
@@ -283,7 +288,7 @@ def test_compile_failure_is_a_failed_row(monkeypatch):
         raise RuntimeError("backend exploded\nsecond line")
 
     monkeypatch.setattr(torch, "compile", broken)
-    row = bench.time_config("baseline", "compile", "fwd", TINY, repeats=3, warmup=1)
+    row = harness.time_config("baseline", "compile", "fwd", TINY, repeats=3, warmup=1)
     assert row.status == "failed"
     assert row.reason == "RuntimeError: backend exploded"
 
@@ -292,7 +297,7 @@ def test_compile_failure_is_a_failed_row(monkeypatch):
 
 
 def _r(attn, mode, phase, ms, status="ok", backend="flash"):
-    return bench.BenchRow(
+    return harness.BenchRow(
         attn,
         mode,
         phase,
@@ -324,7 +329,7 @@ def test_best_vs_best_selection():
         _r("ra_v5", "compile", "fwd_bwd", 4.4),
         _r("ra_v5", "eager", "fwd_bwd", 1.0, backend="math"),  # other backend: not compared
     ]
-    best = best_vs_best(bench.timing_rows(rows))
+    best = best_vs_best(harness.timing_rows(rows))
     by = {(b["phase"], b["backend"], b["attn"]): b for b in best}
     assert by[("fwd", "flash", "baseline")]["best_mode"] == "cuda_graph"
     assert by[("fwd", "flash", "ra_v5")]["best_mode"] == "compile"
@@ -341,9 +346,9 @@ def test_baseline_eager_ratio():
         _r("ra_v5", "compile", "fwd", 1.0),
         _r("ra_v5", "compile", "fwd", 1.0, backend="math"),
     ]
-    assert bench.baseline_eager_ratio(rows[0], rows) == pytest.approx(1.0)
-    assert bench.baseline_eager_ratio(rows[1], rows) == pytest.approx(0.5)
-    assert bench.baseline_eager_ratio(rows[2], rows) is None
+    assert harness.baseline_eager_ratio(rows[0], rows) == pytest.approx(1.0)
+    assert harness.baseline_eager_ratio(rows[1], rows) == pytest.approx(0.5)
+    assert harness.baseline_eager_ratio(rows[2], rows) is None
 
 
 # ---------------------------------------------------------------- the command
@@ -408,7 +413,9 @@ def test_cli_default_attns_every_mode_and_phase(tmp_path, fake_compile):
     (run,) = runs_in(db)
     rows = details(db, run.id)["timings"]
     order = [(r["attn"], r["mode"], r["phase"]) for r in rows]
-    assert order == list(bench.plan(["baseline", "ra_v5"], list(bench.MODES), list(bench.PHASES)))
+    assert order == list(
+        harness.plan(["baseline", "ra_v5"], list(inputs.MODES), list(inputs.PHASES))
+    )
     for r in rows:
         assert r["status"] == ("skipped" if r["mode"] == "cuda_graph" else "ok"), r
     assert fake_compile == [{"dynamic": False}] * 4
@@ -536,11 +543,11 @@ def test_cli_bad_input_creates_no_database(tmp_path):
 
 def test_round_times_configurations_interleaved():
     seen = []
-    settings = bench.BenchSettings(
+    settings = harness.BenchSettings(
         shape=TINY, repeats=3, warmup=0, in_step=lambda c, i: seen.append((c.attn, i))
     )
-    configs = [bench.Config("baseline", "eager", "fwd"), bench.Config("ra_v5", "eager", "fwd")]
-    rows = bench.time_round(configs, settings)
+    configs = [harness.Config("baseline", "eager", "fwd"), harness.Config("ra_v5", "eager", "fwd")]
+    rows = harness.time_round(configs, settings)
     assert [r.status for r in rows] == ["ok", "ok"] and [r.iters for r in rows] == [3, 3]
     # round-robin: repeat i of every configuration before repeat i + 1 of any
     assert seen == [

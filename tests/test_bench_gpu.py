@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from racli import bench
+from racli.bench import harness, inputs
 from racli.cli import app
 from racli.config import BenchShape
 from racli.store import open_store
@@ -22,7 +22,7 @@ KERNELS = {"flash", "cudnn", "efficient", "math"}
 @pytest.mark.parametrize("mode", ["eager", "compile", "cuda_graph"])
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
 def test_every_mode_runs_on_cuda(attn, mode, phase, dtype):
-    row = bench.time_config(
+    row = harness.time_config(
         attn, mode, phase, SMALL, dtype=dtype, device="cuda", repeats=10, warmup=3
     )
     assert row.status == "ok", row.reason
@@ -39,7 +39,7 @@ def test_every_mode_runs_on_cuda(attn, mode, phase, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["flash", "efficient", "math", "cudnn"])
 def test_forced_backend_is_the_one_that_ran(backend):
-    row = bench.time_config(
+    row = harness.time_config(
         "baseline",
         "eager",
         "fwd",
@@ -59,11 +59,11 @@ def test_forced_backend_is_the_one_that_ran(backend):
 
 @pytest.mark.gpu
 def test_auto_backend_matches_a_forced_run_of_the_same_kernel():
-    auto = bench.time_config(
+    auto = harness.time_config(
         "ra_v5", "eager", "fwd_bwd", SMALL, dtype="float16", device="cuda", repeats=5, warmup=2
     )
     assert auto.status == "ok" and auto.backend in KERNELS
-    forced = bench.time_config(
+    forced = harness.time_config(
         "ra_v5",
         "eager",
         "fwd_bwd",
@@ -81,8 +81,8 @@ def test_auto_backend_matches_a_forced_run_of_the_same_kernel():
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_beta", "sdpa_gate"])
 def test_cuda_graph_replays_rewrite_grads_like_one_eager_step(attn):
     dev = torch.device("cuda")
-    m = bench.build_module(attn, SMALL, dtype="float32", device="cuda").train()
-    x, dout = bench.make_inputs(SMALL, dtype="float32", device="cuda")
+    m = inputs.build_module(attn, SMALL, dtype="float32", device="cuda").train()
+    x, dout = inputs.make_inputs(SMALL, dtype="float32", device="cuda")
     x.requires_grad_(True)
     params = list(m.parameters())
 
@@ -91,12 +91,12 @@ def test_cuda_graph_replays_rewrite_grads_like_one_eager_step(attn):
             p.grad = None
         x.grad = None
 
-    step = bench.make_step(m, x, dout, "fwd_bwd")
+    step = harness.make_step(m, x, dout, "fwd_bwd")
     clear()
     step()
     want = [p.grad.clone() for p in params] + [x.grad.clone()]
     state: dict = {}
-    replay, capture_s = bench._capture(step, clear, "fwd_bwd", dev, 3, state)
+    replay, capture_s = harness._capture(step, clear, "fwd_bwd", dev, 3, state)
     assert capture_s > 0
     replay()
     replay()  # a second replay must not accumulate

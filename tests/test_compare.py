@@ -1,5 +1,5 @@
 """`ra compare` end to end: synthetic histories recorded through the store API,
-read back by racli.history and the CLI (human and --json output), plots, bench
+read back by racli.compare.grouping and the CLI (human and --json output), plots, bench
 timings (--metric ms), bad input, no torch import, and speed over 10,000 runs."""
 
 from __future__ import annotations
@@ -18,9 +18,21 @@ import pytest
 from helpers import one_line_error
 from helpers import ra_inprocess as ra
 
-from racli import history
+from racli.bench.history import group_timings
+from racli.compare.grouping import (
+    RunRow,
+    describe_differences,
+    group_runs,
+    is_wall_clock,
+    judge,
+    load_comparison,
+    load_train_runs,
+    metric_curves,
+    select_group,
+)
 from racli.errors import BadInput
 from racli.store.engine import open_store
+from racli.store.filters import parse_since
 from racli.store.recorder import RunRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,22 +414,22 @@ def test_tag_and_since_filters(db, store):
 def test_history_functions_directly(store):
     add_history(store, n=2, seed=40)
     add_history(store, n=1, seed=41, environment=ENV_B)
-    rows = history.load_train_runs(store, attns=("ra_v5", "baseline"))
+    rows = load_train_runs(store, attns=("ra_v5", "baseline"))
     assert len(rows) == 6 and {r.env_class for r in rows} == {
         "NVIDIA H100 80GB HBM3 / torch 2.11.0",
         "NVIDIA H100 80GB HBM3 / torch 2.10.0",
     }
-    groups = history.group_runs(rows, candidate="ra_v5", baseline="baseline")
+    groups = group_runs(rows, candidate="ra_v5", baseline="baseline")
     assert [g.size for g in groups] == [4, 2]
-    assert len(history.group_runs(rows, candidate="ra_v5", baseline="baseline", any_env=True)) == 1
-    cmp = history.load_comparison(store)
+    assert len(group_runs(rows, candidate="ra_v5", baseline="baseline", any_env=True)) == 1
+    cmp = load_comparison(store)
     assert cmp.verdict.candidate.n == 2 and len(cmp.others) == 1
-    curves = history.metric_curves(store, {"baseline": cmp.verdict.baseline.run_ids})
+    curves = metric_curves(store, {"baseline": cmp.verdict.baseline.run_ids})
     assert [len(points) for _, points in curves["baseline"]] == [3, 3]
-    assert history.parse_since("2025-06-01").isoformat() == "2025-06-01T00:00:00"
-    assert history.parse_since("2025-06-01T12:00+02:00").hour == 10
+    assert parse_since("2025-06-01").isoformat() == "2025-06-01T00:00:00"
+    assert parse_since("2025-06-01T12:00+02:00").hour == 10
     with pytest.raises(BadInput):
-        history.parse_since("yesterday")
+        parse_since("yesterday")
 
 
 # ---------------------------------------------------------------- plot
@@ -664,7 +676,7 @@ def big_db(template, tmp_path_factory) -> Path:
 def test_compare_10000_runs(benchmark, big_db):
     store = open_store(str(big_db), create=False)
     try:
-        cmp = benchmark.pedantic(history.load_comparison, args=(store,), rounds=5, iterations=1)
+        cmp = benchmark.pedantic(load_comparison, args=(store,), rounds=5, iterations=1)
     finally:
         store.close()
     total = sum(g.size for g in [cmp.group, *cmp.others])
@@ -711,7 +723,7 @@ def _record(i, attn, seed, val_loss, **kw):
         "gpu_index": 0,
         "gpu_uuid": "GPU-1",
     }
-    return history.RunRow.from_record({**base, **kw})
+    return RunRow.from_record({**base, **kw})
 
 
 def test_history_groups_and_judges_plain_rows():
@@ -720,18 +732,18 @@ def test_history_groups_and_judges_plain_rows():
         for i in range(8)
     ]
     rows.append(_record(99, "ra_v5", 0, 3.0, config_hash="h2"))
-    group, others, left = history.select_group(
+    group, others, left = select_group(
         rows, metric="val_loss", candidate="ra_v5", baseline="baseline"
     )
     assert group.config_hash == "h1" and group.size == 8 and others[0].config_hash == "h2"
     assert group.devices("ra_v5") == ["n1 cuda:0 (GPU-1)"] and left == {"ra_v5": 0, "baseline": 0}
-    history.describe_differences(group, others, {0: {"code": "a", "x": 1}, 99: {"code": "b"}})
+    describe_differences(group, others, {0: {"code": "a", "x": 1}, 99: {"code": "b"}})
     assert others[0].differs == ["code version differs", "x differs"]
     config = {"budget": {"steps": 300}}
-    verdict, noise = history.judge(group, metric="val_loss", config=config)
+    verdict, noise = judge(group, metric="val_loss", config=config)
     assert verdict.outcome == "WIN" and verdict.speed_gap is None and noise is not None
-    assert not history.is_wall_clock(config) and history.is_wall_clock({"budget": {"minutes": 1}})
-    assert history.is_wall_clock({})
+    assert not is_wall_clock(config) and is_wall_clock({"budget": {"minutes": 1}})
+    assert is_wall_clock({})
 
 
 def test_history_groups_bench_timings_from_plain_rows():
@@ -756,14 +768,14 @@ def test_history_groups_bench_timings_from_plain_rows():
             "torch": "2.13",
         }
 
-    (g,) = history.group_timings(
+    (g,) = group_timings(
         [t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.3, 9.0)],
         candidate="ra_v5",
         baseline="baseline",
     )
     ra = [b for b in g.best if b["attn"] == "ra_v5"][0]
     assert ra["noisy"] and ra["wording"] == "noisy: no mark"
-    (g,) = history.group_timings(
+    (g,) = group_timings(
         [t("baseline", 1.0, 0.99, 1.01), t("ra_v5", 0.5, 0.49, 0.51)],
         candidate="ra_v5",
         baseline="baseline",

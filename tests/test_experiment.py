@@ -294,7 +294,7 @@ def test_simulation_planted_3_percent_is_found():
 
 @pytest.mark.slow
 def test_simulation_with_the_compare_rules():
-    from racli.verdict import Sample, compare_runs
+    from racli.compare.verdict import Sample, compare_runs
 
     def judge(c, b, confidence):
         cs = [Sample(i, i, float(v), 1.0) for i, v in enumerate(c)]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from racli.gate_report import analyse_gates, trajectories
+from racli.gates.analysis import analyse_gates, trajectories
 
 
 def ra_rows(final_rec, *, steps=(0, 100, 200), w_std_init=1.0, dead_layers=()):
@@ -276,7 +276,7 @@ def test_beta_runs_classify_on_norm_ratio():
 
 
 def test_aggregate_runs_mean_spread_and_agreement():
-    from racli.gate_report import aggregate_runs
+    from racli.gates.aggregate import aggregate_runs
 
     rows = {
         1: measured_rows([[0.18, 0.01, 0.06], [0.0, 0.049, 0.3]]),
@@ -302,7 +302,7 @@ def test_aggregate_runs_mean_spread_and_agreement():
 
 
 def test_aggregate_leaves_out_old_runs_or_falls_back_to_raw():
-    from racli.gate_report import aggregate_runs
+    from racli.gates.aggregate import aggregate_runs
 
     rep = aggregate_runs({1: measured_rows(SHARES), 2: ra_rows(FINAL), 3: []})
     assert (
@@ -318,7 +318,7 @@ def test_aggregate_leaves_out_old_runs_or_falls_back_to_raw():
 
 
 def test_rank_correlation():
-    from racli.gate_report import rank_correlation
+    from racli.gates.aggregate import rank_correlation
 
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

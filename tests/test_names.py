@@ -21,7 +21,8 @@ def test_attention_names_agree_with_the_model_registry():
 
 
 def test_config_and_training_use_the_shared_names():
-    from racli import bench, config
+    from racli import config
+    from racli.bench import harness
     from racli.training import spec
 
     assert config.ATTENTION_NAMES is names.ATTENTION_NAMES
@@ -29,9 +30,9 @@ def test_config_and_training_use_the_shared_names():
     assert choices["sdpa_backend"] == names.SDPA_BACKENDS
     assert spec.check_attention is names.check_attention
     assert spec.resolve_device is names.resolve_device
-    assert bench.resolve_device is names.resolve_device
-    assert bench.check_sdpa_backend is names.check_sdpa_backend
-    assert bench.backend_context is names.sdpa_backend_context
+    assert harness.resolve_device is names.resolve_device
+    assert harness.check_sdpa_backend is names.check_sdpa_backend
+    assert harness.backend_context is names.sdpa_backend_context
 
 
 def test_check_attention():
@@ -89,7 +90,7 @@ def test_check_plot_path(tmp_path):
         names.check_plot_path(tmp_path / "no" / "a.png")
     with pytest.raises(BadInput, match="it is a directory"):
         names.check_plot_path(tmp_path)
-    from racli import plots  # the plotting functions keep their ValueError
+    from racli.text import plots  # the plotting functions keep their ValueError
 
     with pytest.raises(ValueError, match="it is a directory"):
         plots._check_path(tmp_path)

@@ -9,9 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from racli import plots, render
-from racli.gate_report import analyse_gates, trajectories
-from racli.verdict import Sample, TimingRow, best_vs_best, compare_runs
+from racli.bench.ranking import TimingRow, best_vs_best
+from racli.bench.text import bench_progress_line, bench_results, fair_comparison
+from racli.compare.plots import plot_loss_curves
+from racli.compare.text import final_comparison
+from racli.compare.verdict import Sample, compare_runs
+from racli.gates.analysis import analyse_gates, trajectories
+from racli.gates.plots import plot_gates
+from racli.gates.tables import gate_tables
+from racli.text.terminal import for_stream
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_no_torch_import():
     code = (
-        "import racli.verdict, racli.gate_report, racli.render, racli.plots, sys; "
+        "import racli.compare.verdict, racli.compare.text, racli.gates.analysis, racli.gates.tables, "
+        "racli.gates.plots, racli.compare.plots, racli.bench.text, racli.bench.ranking, sys; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     res = subprocess.run(
@@ -41,24 +48,22 @@ ROWS = [
 
 
 def test_bench_progress_line():
-    line = render.bench_progress_line(1, "baseline", "eager", "fwd", 0.219, "ok", None)
+    line = bench_progress_line(1, "baseline", "eager", "fwd", 0.219, "ok", None)
     assert line.startswith("1. baseline eager fwd ...") and line.endswith("0.219 ms/iter")
-    line2 = render.bench_progress_line(12, "ra_v5", "cuda_graph", "fwd_bwd", 0.5, "ok", None)
+    line2 = bench_progress_line(12, "ra_v5", "cuda_graph", "fwd_bwd", 0.5, "ok", None)
     assert line.index("0.219") == line2.index("0.500")  # dots align the figures
-    skipped = render.bench_progress_line(
+    skipped = bench_progress_line(
         6, "ra_v5", "cuda_graph", "fwd", None, "skipped", "no CUDA device"
     )
     assert "skipped (no CUDA device)" in skipped
-    failed = render.bench_progress_line(7, "ra_v5", "compile", "fwd", None, "failed", "OOM")
+    failed = bench_progress_line(7, "ra_v5", "compile", "fwd", None, "failed", "OOM")
     assert "FAILED (OOM)" in failed
-    withratio = render.bench_progress_line(
-        2, "baseline", "compile", "fwd", 1.15, "ok", None, ratio=0.8647
-    )
+    withratio = bench_progress_line(2, "baseline", "compile", "fwd", 1.15, "ok", None, ratio=0.8647)
     assert withratio.endswith("(0.86x)")
 
 
 def test_bench_results_table():
-    text = render.bench_results(
+    text = bench_results(
         ROWS, {"batch": 8, "seq": 1024, "heads": 12, "head_dim": 64, "dtype": "float16"}
     )
     assert text.startswith("RESULTS")
@@ -73,7 +78,7 @@ def test_bench_results_table():
 
 
 def test_fair_comparison_block():
-    text = render.fair_comparison(best_vs_best(ROWS))
+    text = fair_comparison(best_vs_best(ROWS))
     assert "FAIR COMPARISON (Best vs Best)" in text
     assert "Best Baseline:  1.060ms (cuda_graph)" in text
     assert "Best RA v5:     1.150ms (compile)" in text
@@ -82,9 +87,9 @@ def test_fair_comparison_block():
 
 def test_fair_comparison_missing_baseline():
     rows = [TimingRow("ra_v5", "eager", "fwd", 1.0, 1.0, 1.0, "ok")]
-    text = render.fair_comparison(best_vs_best(rows))
+    text = fair_comparison(best_vs_best(rows))
     assert "no Baseline timing" in text
-    assert "No successful timings" in render.fair_comparison([])
+    assert "No successful timings" in fair_comparison([])
 
 
 # ---------------------------------------------------------------- compare
@@ -97,7 +102,7 @@ def seed_example():
 
 
 def test_final_comparison_seed_example():
-    text = render.final_comparison(seed_example(), "ra_v5", "baseline")
+    text = final_comparison(seed_example(), "ra_v5", "baseline")
     for heading in (
         "FINAL COMPARISON (Matched Speed)",
         "VERDICT",
@@ -149,7 +154,7 @@ def _multi(effect, noise, tps_c=500_000.0, epochs=None, paired=True):
 )
 def test_final_comparison_outcomes(effect, noise, tps_c, headline, extra):
     v = _multi(effect, noise, tps_c)
-    text = render.final_comparison(v)
+    text = final_comparison(v)
     assert headline in text and extra in text
     assert f"Recommendation: {v.recommendation}" in text
     if v.interval is not None:
@@ -158,11 +163,11 @@ def test_final_comparison_outcomes(effect, noise, tps_c, headline, extra):
 
 def test_final_comparison_epochs_invalid_and_labelled():
     v = _multi(-0.03, 0.005, epochs=3.0, paired=False)
-    text = render.final_comparison(v)
+    text = final_comparison(v)
     assert "INVALID: past one epoch" in text and "one epoch" in v.recommendation
     c = [Sample(s, s, 2.9, 500_000.0, 1000, 3.0) for s in range(3)]
     b = [Sample(9 + s, s, 3.0 + 0.01 * s, 500_000.0, 1000, 3.0) for s in range(3)]
-    text = render.final_comparison(compare_runs(c, b, allow_epochs=True, wall_clock=False))
+    text = final_comparison(compare_runs(c, b, allow_epochs=True, wall_clock=False))
     assert "⚠️ Labelled: past one epoch" in text and "WINS" in text
 
 
@@ -170,17 +175,17 @@ def test_final_comparison_other_candidate_name():
     c = [Sample(10 + i, 50 + i, 2.9 + 0.001 * i, 500_000.0) for i in range(4)]
     b = [Sample(i, i, 3.0 + 0.001 * i, 500_000.0) for i in range(4)]
     v = compare_runs(c, b, candidate_attn="ra_beta", wall_clock=False)
-    text = render.final_comparison(v)
+    text = final_comparison(v)
     assert "ra_beta WINS" in text and "INTEGRATE ra_beta" in text
     assert v.to_dict()["recommendation"] == "INTEGRATE ra_beta into the training pipeline"
 
 
 def test_ascii_fallback():
-    text = render.final_comparison(seed_example())
-    ascii_text = render.for_stream(text, "ascii")
+    text = final_comparison(seed_example())
+    ascii_text = for_stream(text, "ascii")
     ascii_text.encode("ascii")
     assert "[OK] Speed gap" in ascii_text
-    assert render.for_stream(text, "utf-8") == text
+    assert for_stream(text, "utf-8") == text
 
 
 # ---------------------------------------------------------------- gates
@@ -198,7 +203,7 @@ def gate_rows(dead=False):
 
 
 def test_gate_tables():
-    text = render.gate_tables(analyse_gates(gate_rows()))
+    text = gate_tables(analyse_gates(gate_rows()))
     assert "w_rec" in text and "w_std" in text
     assert "layer" in text and "h3" in text
     assert "Δ from init" in text
@@ -208,7 +213,7 @@ def test_gate_tables():
 
 
 def test_gate_tables_dead_gates_are_loud():
-    text = render.gate_tables(analyse_gates(gate_rows(dead=True)))
+    text = gate_tables(analyse_gates(gate_rows(dead=True)))
     first = text.splitlines()[2]
     assert "DEAD GATES" in first and "never moved" in first
 
@@ -221,26 +226,26 @@ def test_plot_loss_curves(tmp_path):
         "baseline": [(1, [(0, 5.0), (100, 4.0), (200, 3.5)]), (2, [(0, 5.1), (100, 4.1)])],
         "ra_v5": [(3, [(0, 5.0), (100, 3.9), (200, float("nan"))])],
     }
-    out = plots.plot_loss_curves(curves, tmp_path / "loss.png", "Validation loss")
+    out = plot_loss_curves(curves, tmp_path / "loss.png", "Validation loss")
     assert out.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_plot_gates(tmp_path):
     rows = gate_rows()
     rep = analyse_gates(rows)
-    p1 = plots.plot_gates(rep, tmp_path / "gates.png", trajectories=trajectories(rows))
+    p1 = plot_gates(rep, tmp_path / "gates.png", trajectories=trajectories(rows))
     assert p1.read_bytes()[:8] == PNG_SIGNATURE
-    p2 = plots.plot_gates(rep, tmp_path / "heat.png")
+    p2 = plot_gates(rep, tmp_path / "heat.png")
     assert p2.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_plot_missing_directory(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        plots.plot_loss_curves({"a": [(1, [(0, 1.0)])]}, tmp_path / "nope" / "x.png", "t")
+        plot_loss_curves({"a": [(1, [(0, 1.0)])]}, tmp_path / "nope" / "x.png", "t")
     with pytest.raises(ValueError, match="does not exist"):
-        plots.plot_gates(analyse_gates(gate_rows()), tmp_path / "nope" / "g.png")
+        plot_gates(analyse_gates(gate_rows()), tmp_path / "nope" / "g.png")
 
 
 def test_plot_nothing_to_draw(tmp_path):
     with pytest.raises(ValueError, match="no loss curves"):
-        plots.plot_loss_curves({}, tmp_path / "x.png", "t")
+        plot_loss_curves({}, tmp_path / "x.png", "t")

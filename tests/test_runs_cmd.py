@@ -21,9 +21,9 @@ from helpers import (
 
 from racli.commands import runs as runs_cmd
 from racli.errors import BadInput
-from racli.run_diff import diff_runs, diff_text, flatten
 from racli.store.engine import open_store
 from racli.store.manage import checkpoint_files, metric_rows
+from racli.store.run_diff import diff_runs, diff_text, flatten
 
 
 def ok(*args):

@@ -10,9 +10,9 @@ import pytest
 from helpers import ENV_INFO, record_run
 from typer.testing import CliRunner
 
-from racli import tables, textsafe
 from racli.cli import app
 from racli.store.engine import open_store
+from racli.text import tables, terminal
 
 MARKUP = "[bold red]HACK[/] [link=http://evil]x[/link]"
 CLEAR = "wipe\x1b[2Jout"  # ESC[2J clears the screen
@@ -80,27 +80,27 @@ def assert_harmless(text: str) -> None:
 
 
 def test_visible_escapes_controls_and_keeps_text():
-    assert textsafe.visible(CLEAR) == "wipe\\x1b[2Jout"
-    assert textsafe.visible("a\rb\x07c\x9bd\u202ee\x7f") == "a\\rb\\x07c\\x9bd\\u202ee\\x7f"
-    assert textsafe.visible("two\nlines\tand tab") == "two\nlines\tand tab"
-    assert textsafe.one_line("two\nlines\tand tab") == "two\\nlines\\tand tab"
-    assert textsafe.visible("café ✅ 日本 [b]x[/b]") == "café ✅ 日本 [b]x[/b]"
-    assert_harmless(textsafe.one_line(NASTY))
+    assert terminal.visible(CLEAR) == "wipe\\x1b[2Jout"
+    assert terminal.visible("a\rb\x07c\x9bd\u202ee\x7f") == "a\\rb\\x07c\\x9bd\\u202ee\\x7f"
+    assert terminal.visible("two\nlines\tand tab") == "two\nlines\tand tab"
+    assert terminal.one_line("two\nlines\tand tab") == "two\\nlines\\tand tab"
+    assert terminal.visible("café ✅ 日本 [b]x[/b]") == "café ✅ 日本 [b]x[/b]"
+    assert_harmless(terminal.one_line(NASTY))
 
 
 def test_cut_uses_an_ellipsis():
-    assert textsafe.cut("abcdef", 4) == "abc…"
-    assert textsafe.cut("abc", 4) == "abc"
-    assert textsafe.field(LONG, 24) == "L" * 23 + "…"
+    assert terminal.cut("abcdef", 4) == "abc…"
+    assert terminal.cut("abc", 4) == "abc"
+    assert terminal.field(LONG, 24) == "L" * 23 + "…"
 
 
 def test_markup_escape_and_cells_print_literally():
     from rich.console import Console
 
     console = Console(record=True, width=200, force_terminal=True)
-    console.print(textsafe.markup(MARKUP))
-    console.print(textsafe.cell(MARKUP))
-    console.print(textsafe.cell(":skull: " + CLEAR))
+    console.print(terminal.markup(MARKUP))
+    console.print(terminal.cell(MARKUP))
+    console.print(terminal.cell(":skull: " + CLEAR))
     text = console.export_text()
     assert text.count(MARKUP) == 2 and ":skull: wipe\\x1b[2Jout" in text
     assert "\x1b]8;" not in console.export_text(styles=True)  # no hyperlink was made
@@ -124,7 +124,7 @@ def test_runs_show_prints_tag_and_environment_literally(hostile_db):
     for tag in (MARKUP, CLEAR, NASTY):
         out = ok("runs", "show", ids[tag][0], "--db", db).stdout
         assert_harmless(out)
-        assert textsafe.one_line(tag) in out
+        assert terminal.one_line(tag) in out
         assert "host\\x1b[2J" in out and "[blink]gpu[/blink]\\x1b[31m" in out
         d = json.loads(ok("runs", "show", ids[tag][0], "--db", db, "--json").stdout)
         assert d["tag"] == tag  # --json keeps the string exact (JSON escapes it)
@@ -135,7 +135,7 @@ def test_compare_prints_tags_literally(hostile_db):
     for tag in (MARKUP, CLEAR, NASTY):
         res = ok("compare", "--db", db, "--tag", tag)
         assert_harmless(res.stdout)
-        assert f"tag '{textsafe.one_line(tag)}'" in res.stdout
+        assert f"tag '{terminal.one_line(tag)}'" in res.stdout
         assert "[blink]gpu[/blink]" in res.stdout or "Group:" in res.stdout
 
 

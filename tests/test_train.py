@@ -25,6 +25,7 @@ from racli import training
 from racli.cli import app
 from racli.config import load_config, packaged_config_path
 from racli.errors import BadInput
+from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import open_store
 from racli.training import checkpoint as ckpt
 from racli.training.data import load_dataset
@@ -796,14 +797,14 @@ def test_checkpoint_state_both_ways_and_format_1_dicts_load(tmp_path):
 
 def test_checkpoint_folder_is_keyed_to_the_store(tmp_path, monkeypatch):
     a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
-    assert ckpt.checkpoint_path(a, 1) == tmp_path / "ra_checkpoints" / "a.db" / "run_1.pt"
-    assert ckpt.checkpoint_path(a, 1) != ckpt.checkpoint_path(b, 1)
+    assert ckpt_paths.checkpoint_path(a, 1) == tmp_path / "ra_checkpoints" / "a.db" / "run_1.pt"
+    assert ckpt_paths.checkpoint_path(a, 1) != ckpt_paths.checkpoint_path(b, 1)
     monkeypatch.chdir(tmp_path)
-    pg = ckpt.checkpoint_dir("postgresql+psycopg://ra:secret@host/lab")
+    pg = ckpt_paths.checkpoint_dir("postgresql+psycopg://ra:secret@host/lab")
     assert pg.parent == tmp_path / "ra_checkpoints" and pg.name.startswith("postgresql-")
     # the password is not part of the key; the rest of the URL is
-    assert pg == ckpt.checkpoint_dir("postgresql+psycopg://ra:other@host/lab")
-    assert pg != ckpt.checkpoint_dir("postgresql+psycopg://ra:secret@host/lab2")
+    assert pg == ckpt_paths.checkpoint_dir("postgresql+psycopg://ra:other@host/lab")
+    assert pg != ckpt_paths.checkpoint_dir("postgresql+psycopg://ra:secret@host/lab2")
     assert "secret" not in str(pg)
 
 
@@ -881,7 +882,7 @@ def test_checkpoint_write_failing_at_the_end_keeps_the_finished_run(
 ):
     import errno
 
-    folder = ckpt.checkpoint_dir(store.db)
+    folder = ckpt_paths.checkpoint_dir(store.db)
     hook = None
     if failure == "disk full":
 

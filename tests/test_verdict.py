@@ -1,4 +1,4 @@
-"""Statistics of racli.verdict on synthetic histories (fixed seeds)."""
+"""Statistics of racli.compare.verdict on synthetic histories (fixed seeds)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ import math
 import numpy as np
 import pytest
 
-from racli import render
-from racli.verdict import (
+from racli.bench.ranking import TimingRow, best_vs_best, speed_wording
+from racli.bench.text import fair_comparison
+from racli.compare.text import final_comparison
+from racli.compare.verdict import (
     SEEDS_NEEDED_CAP,
     Sample,
-    TimingRow,
-    best_vs_best,
     compare_runs,
     decide,
     estimate,
     format_seeds_needed,
     pooled_noise,
-    recommendation,
     seeds_needed,
     speed_explained_gap,
-    speed_wording,
 )
+from racli.compare.wording import recommendation
+from racli.names import display_name
 
 BASE = 3.0
 
@@ -354,10 +354,10 @@ def test_text_and_json_agree_for_every_outcome_and_variant(attn):
         v = judge(sides["candidate"], sides["baseline"], candidate_attn=attn)
         assert v.outcome == outcome
         data = json.loads(json.dumps(v.to_dict(), allow_nan=False))
-        text = render.final_comparison(v)
+        text = final_comparison(v)
         assert f"Recommendation: {data['recommendation']}" in text
         assert data["headline"] in text
-        name = render.pretty(attn)
+        name = display_name(attn)
         assert data["candidate_name"] == name
         if outcome in ("WIN", "LOSE"):
             assert name in data["recommendation"] and "RA v5" not in data["recommendation"].replace(
@@ -429,7 +429,7 @@ def test_best_vs_best_noisy_rows_get_no_mark():
     ]
     ra = best_vs_best(rows)[1]
     assert ra["noisy"] and "p10-p90" in ra["noisy"] and ra["wording"] == "noisy: no mark"
-    text = render.fair_comparison(best_vs_best(rows))
+    text = fair_comparison(best_vs_best(rows))
     assert "noisy" in text and "faster" not in text and "✅" not in text
     # narrow rows whose intervals overlap while the medians differ by 10%
     rows = [
@@ -452,7 +452,7 @@ def test_best_vs_best_ignores_non_ok_rows_entirely():
 
 
 def test_seeds_needed_already_reached_says_so():
-    from racli.verdict import Estimate
+    from racli.compare.verdict import Estimate
 
     est = Estimate(
         "welch",

@@ -3,7 +3,7 @@
 Each trial draws ``n`` runs a side of a loss near 3.0 with relative seed noise
 ``noise`` (independent runs, the same seeds on both sides so the pairing rule
 is exercised), the candidate shifted by a true relative improvement, and
-passes them through the real decision function `racli.verdict.compare_runs`.
+passes them through the real decision function `racli.compare.verdict.compare_runs`.
 
     python tools/simulate_verdicts.py                # the README table
     python tools/simulate_verdicts.py --trials 4000 --noise 0.007 --markdown
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from racli.verdict import Sample, compare_runs  # noqa: E402
+from racli.compare.verdict import Sample, compare_runs  # noqa: E402
 
 SIZES = (2, 3, 5, 8)
 #: column -> (true improvement, outcomes counted)

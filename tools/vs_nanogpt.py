@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from racli.bench import percentiles  # noqa: E402
+from racli.bench.inputs import percentiles  # noqa: E402
 from racli.names import ATTENTION_NAMES, comma_list  # noqa: E402
 from racli_models import GPT, GPTConfig  # noqa: E402
 

@@ -97,8 +97,7 @@ FLOPS_NOTE = (
 
 
 def _echo(text: str, err: bool = False) -> None:
-    from racli.render import for_stream
-    from racli.textsafe import visible
+    from racli.text.terminal import for_stream, visible
 
     stream = sys.stderr if err else sys.stdout
     typer.echo(for_stream(visible(text), getattr(stream, "encoding", None)), err=err)
@@ -109,13 +108,13 @@ def validate(
     *, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup, sdpa_backend
 ) -> dict:
     """Every input checked and resolved (BadInput on the first bad one); no database."""
-    from racli import bench
+    from racli.bench import inputs
     from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list, resolve_device
 
-    attns = bench.parse_attns(attn if attn is not None else cfg.bench.attn, ATTENTION_NAMES)
+    attns = inputs.parse_attns(attn if attn is not None else cfg.bench.attn, ATTENTION_NAMES)
     explicit_modes = modes is not None
-    mode_list = bench.parse_modes(modes if explicit_modes else cfg.bench.modes)
-    phases = bench.parse_phases(phase)
+    mode_list = inputs.parse_modes(modes if explicit_modes else cfg.bench.modes)
+    phases = inputs.parse_phases(phase)
     backend = check_sdpa_backend(sdpa_backend)
     dev = resolve_device(device)
     if explicit_modes and "cuda_graph" in comma_list(modes) and not dev.startswith("cuda"):
@@ -123,11 +122,11 @@ def validate(
             f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
             "(--modes all records CUDA-graph rows as skipped instead)"
         )
-    dt = bench.resolve_dtype(dtype, dev)
+    dt = inputs.resolve_dtype(dtype, dev)
     shape_text = shape if shape is not None else cfg.bench.shape
     if shape_text == "auto":
         shape_text = "gpt2" if dev.startswith("cuda") else "tiny"
-    shape_name, block = bench.parse_shape(shape_text, cfg.bench.shapes)
+    shape_name, block = inputs.parse_shape(shape_text, cfg.bench.shapes)
     model_kw = {
         "ra_rank": cfg.model.ra_rank,
         "bias": cfg.model.bias,
@@ -136,7 +135,7 @@ def validate(
     }
     for a in attns:
         try:
-            bench.block_config(a, block, model_kw)
+            inputs.block_config(a, block, model_kw)
         except ValueError as exc:
             raise BadInput(f"shape {shape_name} does not fit {a}: {exc}") from exc
     return {
@@ -194,11 +193,11 @@ def bench(
         sdpa_backend=sdpa_backend,
     )
 
-    from racli import bench as harness
-    from racli import render
+    from racli.bench import harness
+    from racli.bench.ranking import best_vs_best
+    from racli.bench.text import bench_progress_line, bench_results, fair_comparison
     from racli.config import BenchShape
     from racli.store import RunRecorder
-    from racli.verdict import best_vs_best
 
     run_config = {**plan_cfg, "seed": seed}
     block = BenchShape(**plan_cfg["shape"])
@@ -240,7 +239,7 @@ def bench(
                 for row in harness.time_round(configs, settings):
                     rows.append(row)
                     rec.timing(**row.record())
-                    line = render.bench_progress_line(
+                    line = bench_progress_line(
                         len(rows),
                         row.attn,
                         row.mode,
@@ -277,10 +276,10 @@ def bench(
             raise typer.Exit(1)
         return
     _echo("")
-    _echo(render.bench_results(trows, shape_info))
+    _echo(bench_results(trows, shape_info))
     _echo(FLOPS_NOTE)
     _echo("")
-    _echo(render.fair_comparison(best))
+    _echo(fair_comparison(best))
     n_ok = sum(r.status == "ok" for r in rows)
     _echo("")
     _echo(

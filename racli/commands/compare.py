@@ -1,7 +1,7 @@
 """`ra compare`: a verdict from the recorded history (DESIGN.md, "Verdict rules").
 
-Thin: options are checked here, the history is read by :mod:`racli.history`,
-judged by :mod:`racli.verdict` and printed by :mod:`racli.render`. Only reads
+Thin: options are checked here, the history is read by :mod:`racli.compare.grouping`,
+judged by :mod:`racli.compare.verdict` and printed by :mod:`racli.compare.text`. Only reads
 the store; no torch.
 """
 
@@ -16,7 +16,7 @@ import typer
 from racli.commands import common
 from racli.errors import BadInput
 from racli.names import check_attention, check_plot_path
-from racli.textsafe import visible
+from racli.text.terminal import visible
 
 _SHOW_IDS = 10  # run ids shown per side in the human header (--json has them all)
 _SHOW_GROUPS = 10
@@ -106,7 +106,7 @@ def _shape_text(shape: dict) -> str:
 
 
 def bench_text(bc) -> str:
-    from racli import render
+    from racli.bench.text import fair_comparison
 
     n_runs = len({i for g in bc.groups for i in g.run_ids})
     lines = [
@@ -122,15 +122,15 @@ def bench_text(bc) -> str:
         lines += [
             "",
             f"Shape {_shape_text(g.shape)} on {env} (bench runs {_ids(g.run_ids)})",
-            render.fair_comparison(g.best, baseline=bc.baseline),
+            fair_comparison(g.best, baseline=bc.baseline),
         ]
     return "\n".join(lines)
 
 
 def _echo(text: str) -> None:
-    from racli import render
+    from racli.text.terminal import for_stream
 
-    sys.stdout.write(render.for_stream(visible(text), sys.stdout.encoding) + "\n")
+    sys.stdout.write(for_stream(visible(text), sys.stdout.encoding) + "\n")
 
 
 def compare(
@@ -190,11 +190,13 @@ def compare(
     json: common.JsonOpt = False,
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
-    from racli import history
+    from racli.bench.history import load_bench_comparison
+    from racli.compare.grouping import check_metric, load_comparison
+    from racli.store.filters import parse_since
     from racli.store.manage import excluded_runs, excluded_text
 
     # ---- validate everything before any work
-    history.check_metric(metric)
+    check_metric(metric)
     check_attention(candidate)
     check_attention(baseline)
     if candidate == baseline:
@@ -202,14 +204,14 @@ def compare(
     cfg = common.config(config)
     threshold = cfg.verdict.threshold if threshold is None else threshold
     _fraction("--threshold", threshold)
-    since_at = history.parse_since(since)
+    since_at = parse_since(since)
     if plot is not None and metric == "ms":
         raise BadInput("--plot draws training curves: it does not apply to --metric ms")
     check_plot_path(plot)
     store = common.open_db(db, cfg, readonly=True)
 
     if metric == "ms":
-        bc = history.load_bench_comparison(
+        bc = load_bench_comparison(
             store,
             candidate=candidate,
             baseline=baseline,
@@ -225,7 +227,7 @@ def compare(
             _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))
         return
 
-    cmp = history.load_comparison(
+    cmp = load_comparison(
         store,
         metric=metric,
         candidate=candidate,
@@ -250,27 +252,29 @@ def compare(
         data["excluded"] = excluded
         common.print_json(data)
         return
-    from racli import render
+    from racli.compare.text import final_comparison
 
     text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
-    text += "\n\n" + render.final_comparison(cmp.verdict)
+    text += "\n\n" + final_comparison(cmp.verdict)
     if written:
         text += f"\n\nPlot written to {written}"
     _echo(text)
 
 
 def _plot(store, cmp, path: Path) -> Path:
-    from racli import history, plots, render
+    from racli.compare.grouping import metric_curves
+    from racli.compare.plots import plot_loss_curves
+    from racli.names import display_name, metric_label
 
     runs = {attn: [r.id for r in cmp.group.side(attn)] for attn in (cmp.baseline, cmp.candidate)}
-    curves = history.metric_curves(store, runs, name=cmp.metric)
+    curves = metric_curves(store, runs, name=cmp.metric)
     if not any(points for per_run in curves.values() for _, points in per_run):
         raise BadInput(f"no {cmp.metric} curves recorded for the compared runs: no plot written")
     title = (
-        f"{render.metric_label(cmp.metric)}: {render.pretty(cmp.candidate)} vs "
-        f"{render.pretty(cmp.baseline)} ({cmp.group.label()})"
+        f"{metric_label(cmp.metric)}: {display_name(cmp.candidate)} vs "
+        f"{display_name(cmp.baseline)} ({cmp.group.label()})"
     )
     try:
-        return plots.plot_loss_curves(curves, path, title, ylabel=cmp.metric)
+        return plot_loss_curves(curves, path, title, ylabel=cmp.metric)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc

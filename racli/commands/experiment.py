@@ -204,9 +204,9 @@ def experiment(
 
 
 def _print(outcome, written) -> None:
-    from racli import render
     from racli.experiment import judge
     from racli.experiment.runner import _calibration_text
+    from racli.text.terminal import for_stream
 
     lines = [
         f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
@@ -224,4 +224,4 @@ def _print(outcome, written) -> None:
         lines += ["", judge.verdict_text(av)]
     if written:
         lines += ["", "Report written to " + ", ".join(str(p) for p in written)]
-    sys.stdout.write(render.for_stream("\n".join(lines), sys.stdout.encoding) + "\n")
+    sys.stdout.write(for_stream("\n".join(lines), sys.stdout.encoding) + "\n")

@@ -6,7 +6,7 @@ scale-free measure when recorded, else by raw gate, with a note). Several runs
 (`--runs 12,14,16`, or `--tag T [--attn A]`): the mean and spread of the
 measure per layer and head, and whether the same heads use it from seed to
 seed. Reads the store through :mod:`racli.store.queries`, analyses with
-:mod:`racli.gate_report`, prints with :mod:`racli.gate_render`; no torch.
+:mod:`racli.gates.analysis`, prints with :mod:`racli.gates.tables`; no torch.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
-from racli.names import check_plot_path
-from racli.runid import check_run_id
-from racli.textsafe import visible
+from racli.names import check_plot_path, check_run_id
+from racli.text.terminal import visible
 
 
 def parse_run_ids(text: str) -> list[int]:
@@ -137,7 +136,8 @@ def _tagged(store, tag: str, attn: str | None) -> list[int]:
 
 
 def show_run(store, cfg, run_id: int, *, step, plot, json) -> None:
-    from racli import gate_render, gate_report
+    from racli.gates.analysis import analyse_gates, trajectories
+    from racli.gates.tables import gate_tables
     from racli.store.queries import gate_rows
 
     r = _train_run(store, run_id)
@@ -151,7 +151,7 @@ def show_run(store, cfg, run_id: int, *, step, plot, json) -> None:
         )
         raise BadInput(f"run {run_id} ({attn}) has no gate values: {why}")
     try:
-        report = gate_report.analyse_gates(
+        report = analyse_gates(
             rows,
             step=step,
             ratio_threshold=cfg.gates.reciprocity_threshold,
@@ -163,13 +163,13 @@ def show_run(store, cfg, run_id: int, *, step, plot, json) -> None:
 
     written = None
     if plot is not None:
-        from racli import plots
+        from racli.gates.plots import plot_gates
 
         try:
-            written = plots.plot_gates(
+            written = plot_gates(
                 report,
                 plot,
-                trajectories=gate_report.trajectories(rows),
+                trajectories=trajectories(rows),
                 title=f"run {run_id} ({r.attn}): gates and reciprocity measures",
             )
         except ValueError as exc:
@@ -183,11 +183,12 @@ def show_run(store, cfg, run_id: int, *, step, plot, json) -> None:
     title = f"LEARNED GATES: run {run_id} ({r.attn}, {r.status}) at step {report.step}"
     if len(report.steps) > 1:
         title += f" ({len(report.steps)} snapshots, steps {report.steps[0]}..{report.steps[-1]})"
-    _write(gate_render.gate_tables(report, title=title), written)
+    _write(gate_tables(report, title=title), written)
 
 
 def show_runs(store, cfg, ids: list[int], *, plot, json, label: str | None) -> None:
-    from racli import gate_render, gate_report
+    from racli.gates.aggregate import aggregate_runs
+    from racli.gates.tables import runs_tables
     from racli.store.queries import gate_rows_by_run
 
     found = {run_id: _train_run(store, run_id) for run_id in ids}
@@ -200,7 +201,7 @@ def show_runs(store, cfg, ids: list[int], *, plot, json, label: str | None) -> N
     attn = attns[0]
     rows = gate_rows_by_run(store, ids)
     try:
-        rep = gate_report.aggregate_runs(
+        rep = aggregate_runs(
             {run_id: rows.get(run_id, []) for run_id in ids},
             use_threshold=cfg.gates.use_threshold,
             ratio_threshold=cfg.gates.reciprocity_threshold,
@@ -216,10 +217,10 @@ def show_runs(store, cfg, ids: list[int], *, plot, json, label: str | None) -> N
     )
     written = None
     if plot is not None:
-        from racli import plots
+        from racli.gates.plots import plot_gates_runs
 
         try:
-            written = plots.plot_gates_runs(rep, plot, title=title)
+            written = plot_gates_runs(rep, plot, title=title)
         except ValueError as exc:
             raise BadInput(str(exc)) from exc
     if json:
@@ -227,12 +228,12 @@ def show_runs(store, cfg, ids: list[int], *, plot, json, label: str | None) -> N
         data["plot"] = str(written) if written else None
         common.print_json(data)
         return
-    _write(gate_render.runs_tables(rep, title=title), written)
+    _write(runs_tables(rep, title=title), written)
 
 
 def _write(text: str, written) -> None:
-    from racli import render
+    from racli.text.terminal import for_stream
 
     if written:
         text += f"\n\nPlot written to {written}"
-    sys.stdout.write(render.for_stream(visible(text), sys.stdout.encoding) + "\n")
+    sys.stdout.write(for_stream(visible(text), sys.stdout.encoding) + "\n")

@@ -1,7 +1,7 @@
 """`ra runs`: list, show, diff, tag, exclude / include, delete and export runs.
 
 Thin: the changes are made by :mod:`racli.store.manage`, the side-by-side view
-is :mod:`racli.run_diff`. No torch.
+is :mod:`racli.store.run_diff`. No torch.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
-from racli.run_diff import ENV_KEYS
-from racli.runid import check_run_id
-from racli.tables import Column, print_table
-from racli.textsafe import one_line, visible
+from racli.names import check_run_id
+from racli.store.run_diff import ENV_KEYS
+from racli.text.tables import Column, print_table
+from racli.text.terminal import one_line, visible
 
 app = typer.Typer(
     help="List recorded runs (newest first); show, diff, tag, exclude, include, delete, export.",
@@ -588,8 +588,8 @@ def diff_cmd(
     json: common.JsonOpt = False,
 ) -> None:
     """Two runs side by side (run, code, environment, config, final figures), differences marked *."""
-    from racli.run_diff import diff_runs, diff_text
     from racli.store.manage import get_runs
+    from racli.store.run_diff import diff_runs, diff_text
 
     _check_ids([run_a, run_b])
     store = _store(ctx, db, config)

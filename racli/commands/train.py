@@ -21,8 +21,8 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
-from racli.runid import check_run_id
-from racli.textsafe import visible
+from racli.names import check_run_id
+from racli.text.terminal import visible
 
 EXIT_INTERRUPTED = 130
 # budgets beyond these are typing mistakes (2^53: still exact as a float)
@@ -282,7 +282,7 @@ def train(
     import threading
 
     from racli import training
-    from racli.training import checkpoint as ckpt
+    from racli.store import checkpoints as ckpt_paths
     from racli.training import distributed as ddp
     from racli.training.progress import ConsoleReporter
 
@@ -345,7 +345,7 @@ def train(
         dataset = training.load_data(spec)
         training.run_config(spec, dataset, info.world_size)  # validates the model config
         if info.is_main:
-            ckpt.ensure_writable(location)  # before the database is created
+            ckpt_paths.ensure_writable(location)  # before the database is created
         store = (
             _open_store(lambda: common.open_db(location, cfg), location) if info.is_main else None
         )

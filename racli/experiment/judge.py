@@ -1,10 +1,10 @@
 """The verdict over exactly one experiment's runs, by the rules of `ra compare`.
 
 The experiment's finished train runs are read as `ra compare` reads history
-(:func:`racli.history.load_train_runs`), kept to those whose config carries the
+(:func:`racli.compare.grouping.load_train_runs`), kept to those whose config carries the
 experiment's key, and labelled by **arm** instead of attention (so the two arms
 of an A/A experiment are two sides). Each arm after the first is then judged
-against the first by :func:`racli.history.load_comparison` with those rows, and
+against the first by :func:`racli.compare.grouping.load_comparison` with those rows, and
 printed by the same renderer as `ra compare`. No torch.
 """
 
@@ -40,10 +40,10 @@ def arm_of(run) -> str | None:
 
 def arm_rows(store, key: str, arms: list[Arm]):
     """The experiment's finished train runs as `ra compare` rows, `attn` set to the arm."""
-    from racli import history
+    from racli.compare.grouping import load_train_runs
 
     labels = {r.id: arm_of(r) for r in experiment_runs(store, key)}
-    rows = history.load_train_runs(store, attns=sorted({a.attn for a in arms}))
+    rows = load_train_runs(store, attns=sorted({a.attn for a in arms}))
     return [
         dataclasses.replace(r, attn=labels[r.id])
         for r in rows
@@ -55,7 +55,7 @@ def arm_rows(store, key: str, arms: list[Arm]):
 class ArmVerdict:
     candidate: str
     baseline: str
-    comparison: Any | None  # racli.history.Comparison
+    comparison: Any | None  # racli.compare.grouping.Comparison
     error: str | None = None  # why there is no verdict yet
 
     @property
@@ -96,13 +96,13 @@ def verdicts(
     metric: str = "val_loss",
 ) -> list[ArmVerdict]:
     """Each arm after the first against the first, over the experiment's finished runs."""
-    from racli import history
+    from racli.compare.grouping import load_comparison
 
     rows = arm_rows(store, key, arms)
     out = []
     for arm in arms[1:]:
         try:
-            cmp = history.load_comparison(
+            cmp = load_comparison(
                 store,
                 metric=metric,
                 candidate=arm.label,
@@ -121,12 +121,8 @@ def verdict_text(av: ArmVerdict) -> str:
     """`ra compare`'s header and FINAL COMPARISON / VERDICT blocks for one pair of arms."""
     if av.comparison is None:
         return f"{av.candidate} vs {av.baseline}: no verdict ({av.error})"
-    from racli import render
     from racli.commands.compare import header_text
+    from racli.compare.text import final_comparison
 
     cmp = av.comparison
-    return (
-        header_text(cmp)
-        + "\n\n"
-        + render.final_comparison(cmp.verdict, cmp.candidate, cmp.baseline)
-    )
+    return header_text(cmp) + "\n\n" + final_comparison(cmp.verdict, cmp.candidate, cmp.baseline)

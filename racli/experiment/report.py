@@ -13,9 +13,9 @@ import math
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from racli.experiment import judge
+from racli.text.numbers import number
 
 CLOCK_METRICS = ("sm_clock_mhz", "power_w", "temp_c")
 
@@ -30,12 +30,6 @@ def check_report_path(path: Path | None) -> None:
         raise BadInput(f"cannot write report {path}: directory {parent} does not exist")
     if path.is_dir():
         raise BadInput(f"cannot write report {path}: it is a directory")
-
-
-def _num(x: Any, fmt: str = ".4f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, fmt)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -69,7 +63,8 @@ def _runs(store, key: str) -> list:
 
 def write_report(path: Path, outcome, store, *, command: str | None = None) -> list[Path]:
     """Write the report and its PNGs; returns the files written."""
-    from racli import history, plots
+    from racli.compare.grouping import metric_curves
+    from racli.compare.plots import plot_loss_curves
 
     path = Path(path)
     stem = path.with_suffix("")
@@ -104,7 +99,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
         hw = (
             f"+-{a.half_width:.2%}" if math.isfinite(a.half_width) and a is not cal.arms[0] else "-"
         )
-        rows.append([a.label, a.attn, _num(a.steps_per_s, ".3f"), f"{a.ratio:.4f}", ci, hw])
+        rows.append([a.label, a.attn, number(a.steps_per_s, ".3f"), f"{a.ratio:.4f}", ci, hw])
     lines += _table(
         ["arm", "attention", "steps/s", "speed ratio", "95% interval", "half-width"], rows
     )
@@ -139,9 +134,9 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
                 str(r.seed),
                 r.status,
                 str(r.iterations or "-"),
-                _num(r.val_loss),
-                _num(r.tokens_per_s, ",.0f"),
-                _num(r.train_seconds, ".1f"),
+                number(r.val_loss),
+                number(r.tokens_per_s, ",.0f"),
+                number(r.train_seconds, ".1f"),
                 clock,
             ]
         )
@@ -165,7 +160,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
         lines.append(
             "GPU medians per run (power, temperature): "
             + "; ".join(
-                f"run {rid}: {_num(c.get('power_w'), '.0f')} W, {_num(c.get('temp_c'), '.0f')} C"
+                f"run {rid}: {number(c.get('power_w'), '.0f')} W, {number(c.get('temp_c'), '.0f')} C"
                 for rid, c in sorted(clocks.items())
             )
         )
@@ -219,14 +214,10 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
             by_arm.setdefault(judge.arm_of(r), []).append(r.id)
     lines += ["", "## Loss curves", ""]
     for metric in ("val_loss", "train_loss"):
-        curves = history.metric_curves(
-            store, {a.label: by_arm.get(a.label, []) for a in arms}, name=metric
-        )
+        curves = metric_curves(store, {a.label: by_arm.get(a.label, []) for a in arms}, name=metric)
         png = Path(f"{stem}-{metric}.png")
         try:
-            plots.plot_loss_curves(
-                curves, png, f"{metric}: experiment {outcome.key}", ylabel=metric
-            )
+            plot_loss_curves(curves, png, f"{metric}: experiment {outcome.key}", ylabel=metric)
         except ValueError:
             lines.append(f"No {metric} curves recorded.")
             continue
@@ -242,7 +233,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
 
 
 def _gate_lines(store, runs) -> list[str]:
-    from racli import gate_report
+    from racli.gates.analysis import analyse_gates
     from racli.store.queries import gate_rows
 
     out = []
@@ -253,7 +244,7 @@ def _gate_lines(store, runs) -> list[str]:
         if not rows:
             continue
         try:
-            rep = gate_report.analyse_gates(rows)
+            rep = analyse_gates(rows)
         except ValueError:
             continue
         out.append(

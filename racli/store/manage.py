@@ -24,7 +24,7 @@ _IN_CHUNK = 900  # bound parameters per IN (...)
 
 def checkpoint_files(db: str, run_id: int) -> list[Path]:
     """The checkpoint file of a run (and a half-written one), in its store's own folder."""
-    from racli.training.ckpt_paths import checkpoint_path
+    from racli.store.checkpoints import checkpoint_path
 
     path = checkpoint_path(db, run_id)
     return [path, path.with_name(path.name + ".tmp")]

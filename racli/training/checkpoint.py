@@ -50,14 +50,8 @@ import numpy as np
 import torch
 
 from racli.errors import BadInput  # noqa: F401  (re-exported for callers)
-from racli.training.ckpt_paths import (  # noqa: F401  (the public place to ask)
-    DIRNAME,
+from racli.store.checkpoints import (
     _make_folder,
-    checkpoint_dir,
-    checkpoint_path,
-    ensure_writable,
-    legacy_hint,
-    store_key,
 )
 
 FORMAT_VERSION = 1

@@ -15,7 +15,8 @@ import sys
 import time
 from typing import TextIO
 
-from racli.textsafe import visible
+from racli.text.numbers import number
+from racli.text.terminal import visible
 
 EPOCH_WARNING = "validation loss measures memorisation as much as modelling"
 
@@ -37,10 +38,6 @@ def fmt_seconds(s: float | None) -> str:
         return f"{m}m{sec:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m"
-
-
-def _num(v: float | None, fmt: str) -> str:
-    return "-" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
 class NullReporter:
@@ -109,8 +106,8 @@ class ConsoleReporter(NullReporter):
         )
 
     def update(self, *, step, done, loss, tokens_per_s, left_s) -> None:
-        loss_s = _num(loss, ".4f")
-        tps_s = _num(tokens_per_s, ",.0f")
+        loss_s = number(loss, ".4f")
+        tps_s = number(tokens_per_s, ",.0f")
         if self._progress is not None:
             self._progress.update(
                 self._task,
@@ -150,12 +147,12 @@ def summary_text(r) -> str:
     rows = [
         ("Status", r.status),
         ("Iterations completed", f"{r.iterations}"),
-        ("Training loss", _num(r.train_loss, ".4f")),
-        ("Validation loss", _num(r.val_loss, ".4f")),
-        ("Throughput (it/s)", _num(r.it_per_s, ".2f")),
-        ("Throughput (tokens/s)", _num(r.tokens_per_s, ",.0f")),
+        ("Training loss", number(r.train_loss, ".4f")),
+        ("Validation loss", number(r.val_loss, ".4f")),
+        ("Throughput (it/s)", number(r.it_per_s, ".2f")),
+        ("Throughput (tokens/s)", number(r.tokens_per_s, ",.0f")),
         ("Tokens", f"{r.tokens:,}"),
-        ("Epochs", _num(r.epochs, ".3g")),
+        ("Epochs", number(r.epochs, ".3g")),
         (
             "Training time",
             fmt_seconds(r.train_seconds)

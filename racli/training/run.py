@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import torch
 
+from racli.store import checkpoints as ckpt_paths
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
 from racli.training.data import Dataset
@@ -88,14 +89,14 @@ def train(
     elif dataset is None:
         dataset = load_data(spec)
     if resume_run is not None:
-        state = ckpt.load(ckpt.checkpoint_path(store.db, resume_run))
+        state = ckpt.load(ckpt_paths.checkpoint_path(store.db, resume_run))
         config = state.config
         data_path = state.data_path or data_location(spec, dataset)
     else:
         config = run_config(spec, dataset, info.world_size)
         data_path = data_location(spec, dataset)
     if info.is_main:
-        ckpt.ensure_writable(store.db)
+        ckpt_paths.ensure_writable(store.db)
 
     device = ddp.setup(info, spec.device)
     # the Trainer turns TF32 on for CUDA runs; the caller's settings come back at the end
@@ -115,7 +116,7 @@ def train(
                     tag=spec.tag,
                     flush_interval=flush_interval,
                 )
-        ckpt_path = ckpt.checkpoint_path(store.db, rec.run_id) if info.is_main else None
+        ckpt_path = ckpt_paths.checkpoint_path(store.db, rec.run_id) if info.is_main else None
         return _train_recorded(
             spec,
             dataset,

@@ -287,6 +287,7 @@ def prepare_resume(store, run_id: int, dist_info=None):
     """Validate `--resume RUN` and return (spec, dataset, checkpoint path). BadInput if the run
     is unknown, not a train run, finished, still running, or has no checkpoint in this store's
     checkpoint folder."""
+    from racli.store import checkpoints as ckpt_paths
     from racli.store.queries import get_run
     from racli.store.recorder import is_stale
     from racli.training import checkpoint as ckpt
@@ -303,10 +304,10 @@ def prepare_resume(store, run_id: int, dist_info=None):
             f"run {run_id} is still running (its heartbeat is fresh; if its process "
             f"is gone, resume it once the heartbeat is 2 minutes old)"
         )
-    path = ckpt.checkpoint_path(store.db, run_id)
+    path = ckpt_paths.checkpoint_path(store.db, run_id)
     if not path.is_file():
         raise BadInput(
-            f"run {run_id} has no checkpoint at {path}{ckpt.legacy_hint(store.db, run_id)}"
+            f"run {run_id} has no checkpoint at {path}{ckpt_paths.legacy_hint(store.db, run_id)}"
         )
     spec = spec_from_run_config(run.config)
     check_attention(spec.attn)

@@ -7,7 +7,7 @@ terminal (a pipe, a file, a CI log) the table is printed as tab-separated
 values with every column, the header first, so nothing depends on a width
 nobody chose (`column -t -s $'\\t'` aligns it; `--json` has every field whole).
 
-Every cell goes through :mod:`racli.textsafe`: control characters are made
+Every cell goes through :mod:`racli.text.terminal`: control characters are made
 visible, Rich markup in a cell stays text, and a cell longer than its
 column's ``width`` is cut with an ellipsis, in both forms.
 
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO, Union
 
-from racli import textsafe
+from racli.text import terminal
 
 Cell = Union[str, tuple[str, str]]  # text, or (text, Rich style) on a terminal
 
@@ -57,9 +57,9 @@ def _style(c: Cell) -> str:
 
 def tsv(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> str:
     """Header and rows as tab-separated lines (each cell one visible line, cut to its width)."""
-    lines = ["\t".join(textsafe.field(c.header) for c in columns)]
+    lines = ["\t".join(terminal.field(c.header) for c in columns)]
     for row in rows:
-        lines.append("\t".join(textsafe.field(_text(v), c.width) for c, v in zip(columns, row)))
+        lines.append("\t".join(terminal.field(_text(v), c.width) for c, v in zip(columns, row)))
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +69,7 @@ def fit(
     """How many leading columns fit ``width`` characters (at least ``keep_min``)."""
     used, keep = 1, 0  # the left border
     for i, c in enumerate(columns):
-        cells = [len(textsafe.field(_text(r[i]), c.width)) for r in rows]
+        cells = [len(terminal.field(_text(r[i]), c.width)) for r in rows]
         w = max([len(c.header), *cells]) + 3  # padding and the border
         if used + w > width and keep >= keep_min:
             break
@@ -88,12 +88,12 @@ def rich_table(
     from rich.table import Table
 
     keep = len(columns) if keep is None else keep
-    table = Table(title=textsafe.field(title) or None)
+    table = Table(title=terminal.field(title) or None)
     for c in columns[:keep]:
-        table.add_column(textsafe.field(c.header), justify=c.justify, no_wrap=True)
+        table.add_column(terminal.field(c.header), justify=c.justify, no_wrap=True)
     for row in rows:
         table.add_row(
-            *[textsafe.cell(_text(v), c.width, _style(v)) for c, v in zip(columns[:keep], row)]
+            *[terminal.cell(_text(v), c.width, _style(v)) for c, v in zip(columns[:keep], row)]
         )
     return table
 
@@ -129,3 +129,25 @@ def print_table(
     console.print(rich_table(columns, rows, title=title, keep=keep))
     if keep < len(columns):
         console.print(Text(left_out_note(columns, keep, console.width), style="yellow"))
+
+
+RULE = "=" * 70
+
+
+THIN = "-" * 70
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """A fixed-width text table; ``align`` has one of '<' or '>' per column."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=False)
+        ).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return out

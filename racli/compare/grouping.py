@@ -1,5 +1,5 @@
 """The read side of `ra compare`: finished runs grouped into comparable sets and
-turned into the inputs of :mod:`racli.verdict`.
+turned into the inputs of :mod:`racli.compare.verdict`.
 
 No torch, no SQL: the rows come from :mod:`racli.store.queries` (read by
 column name), so the grouping below runs on plain data and tests without a
@@ -44,22 +44,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from racli.compare.verdict import Noise, Sample, Verdict, compare_runs, pooled_noise
 from racli.environment import device_label, env_class
 from racli.errors import BadInput
-from racli.verdict import (
-    NOISE_RATIO,
-    Noise,
-    Sample,
-    TimingRow,
-    Verdict,
-    best_vs_best,
-    compare_runs,
-    pooled_noise,
-)
+from racli.store.filters import filters_dict, filters_text
 
 #: --metric choices: the run-row column compared (None: bench timings) and
 #: whether lower values are better.
@@ -89,40 +81,9 @@ _DIFF_WORDS = {
 # --------------------------------------------------------------------------
 
 
-def parse_since(text: str | None) -> datetime | None:
-    """``YYYY-MM-DD`` or an ISO datetime -> naive UTC datetime (None stays None)."""
-    if text is None:
-        return None
-    raw = text.strip()
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadInput(
-            f"bad --since '{text}': expected a date YYYY-MM-DD or an ISO datetime "
-            "such as 2025-06-01T14:30 (UTC)"
-        ) from None
-    if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc).replace(tzinfo=None)
-    return when
-
-
 def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise BadInput(f"unknown metric '{metric}' (valid: {', '.join(METRICS)})")
-
-
-def _filters_text(tag: str | None, since: datetime | None) -> str:
-    parts = []
-    if tag is not None:
-        parts.append(f"tag '{tag}'")
-    if since is not None:
-        parts.append(f"started since {since.isoformat(sep=' ', timespec='minutes')}")
-    return (" with " + " and ".join(parts)) if parts else ""
-
-
-def _filters(tag: str | None, since: datetime | None, any_env: bool) -> dict[str, Any]:
-    """The history filters of a comparison, as JSON-ready data."""
-    return {"tag": tag, "since": since.isoformat(sep=" ") if since else None, "any_env": any_env}
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +252,7 @@ class Comparison:
             "metric": self.metric,
             "candidate": self.candidate,
             "baseline": self.baseline,
-            "filters": _filters(self.tag, self.since, self.any_env),
+            "filters": filters_dict(self.tag, self.since, self.any_env),
             "group": self.group.to_dict(),
             "other_groups": [g.to_dict() for g in self.others],
             "left_out": dict(self.left_out),
@@ -335,7 +296,7 @@ def describe_differences(group: Group, others: list[Group], configs: dict[int, d
 def _no_runs(attn: str, tag, since, metric: str | None = None) -> BadInput:
     what = f" with a recorded {metric}" if metric else ""
     return BadInput(
-        f"no finished train runs of '{attn}'{what}{_filters_text(tag, since)} "
+        f"no finished train runs of '{attn}'{what}{filters_text(tag, since)} "
         f"(use `ra train --attn {attn}`)"
     )
 
@@ -529,106 +490,3 @@ def metric_curves(
 # --------------------------------------------------------------------------
 # bench timings
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class BenchGroup:
-    """ok timings of one shape, dtype, device (and environment class)."""
-
-    shape: dict[str, Any]  # batch, seq, heads, head_dim, dtype, device
-    env_class: str | None  # None: environments pooled (--any-env)
-    run_ids: list[int]
-    rows: list[TimingRow]
-    best: list[dict]
-
-    @property
-    def newest(self) -> int:
-        return max(self.run_ids)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "shape": dict(self.shape),
-            "env_class": self.env_class,
-            "run_ids": list(self.run_ids),
-            "timings": len(self.rows),
-            "best": [dict(b) for b in self.best],
-        }
-
-
-@dataclass
-class BenchComparison:
-    candidate: str
-    baseline: str
-    groups: list[BenchGroup]  # newest first
-    any_env: bool
-    tag: str | None = None
-    since: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": "ms",
-            "candidate": self.candidate,
-            "baseline": self.baseline,
-            "filters": _filters(self.tag, self.since, self.any_env),
-            "groups": [g.to_dict() for g in self.groups],
-        }
-
-
-def group_timings(
-    records: list[dict],
-    *,
-    candidate: str,
-    baseline: str,
-    any_env: bool = False,
-    noise_ratio: float = NOISE_RATIO,
-) -> list[BenchGroup]:
-    """Rows of :func:`racli.store.queries.ok_bench_timings` -> best vs best per group,
-    newest group first."""
-    buckets: dict[tuple, tuple[set[int], list[TimingRow]]] = {}
-    for r in records:
-        med = r["median_ms"]
-        if med is None or not math.isfinite(med):
-            continue
-        cls = None if any_env else env_class(r["gpu_name"], r["torch"])
-        key = (r["batch"], r["seq"], r["heads"], r["head_dim"], r["dtype"], r["device"], cls)
-        ids, rows = buckets.setdefault(key, (set(), []))
-        ids.add(r["run_id"])
-        rows.append(
-            TimingRow(
-                r["attn"], r["mode"], r["phase"], med, r["p10_ms"], r["p90_ms"], "ok",
-                r["backend"], None, r["tflops"],
-            )
-        )  # fmt: skip
-    groups = []
-    for (b, t, h, d, dtype, device, cls), (ids, rows) in buckets.items():
-        shape = {"batch": b, "seq": t, "heads": h, "head_dim": d, "dtype": dtype, "device": device}
-        best = best_vs_best(rows, baseline=baseline, noise_ratio=noise_ratio)
-        groups.append(BenchGroup(shape, cls, sorted(ids), rows, best))
-    groups.sort(key=lambda g: g.newest, reverse=True)
-    return groups
-
-
-def load_bench_comparison(
-    store,
-    *,
-    candidate: str = "ra_v5",
-    baseline: str = "baseline",
-    tag: str | None = None,
-    since: datetime | None = None,
-    any_env: bool = False,
-    noise_ratio: float = NOISE_RATIO,
-) -> BenchComparison:
-    """Best vs best per shape group from every finished bench run (newest group first)."""
-    from racli.store import queries
-
-    records = queries.ok_bench_timings(store, attns=(candidate, baseline), tag=tag, since=since)
-    for attn in (candidate, baseline):
-        if not any(r["attn"] == attn and r["median_ms"] is not None for r in records):
-            raise BadInput(
-                f"no ok bench timings of '{attn}' in finished bench runs"
-                f"{_filters_text(tag, since)} (use `ra bench --attn {baseline},{candidate}`)"
-            )
-    groups = group_timings(
-        records, candidate=candidate, baseline=baseline, any_env=any_env, noise_ratio=noise_ratio
-    )
-    return BenchComparison(candidate, baseline, groups, any_env, tag, since)

@@ -1,19 +1,16 @@
 """Text tables of `ra gates`: one run (gates and reciprocity measures) or several.
 
-Pure formatting of :mod:`racli.gate_report` results; no torch, no database.
+Pure formatting of :mod:`racli.gates.analysis` results; no torch, no database.
 """
 
 from __future__ import annotations
 
 import math
 
-from racli.gate_report import (
-    USE_MEASURES,
-    GateReport,
-    RunsReport,
-    pct,
-)
-from racli.render import RULE, _table
+from racli.gates.aggregate import RunsReport
+from racli.gates.analysis import USE_MEASURES, GateReport
+from racli.text.numbers import share_pct
+from racli.text.tables import RULE, _table
 
 _PCT = USE_MEASURES  # shown as percentages
 _SCI = ("rec_effect",)  # shown with 3 significant digits
@@ -31,7 +28,7 @@ def _fmt(name: str, x: float, *, delta: bool = False) -> str:
     if not math.isfinite(x):
         return _cell(x)
     if name in _PCT:
-        return ("+" if delta and x >= 0 else "") + pct(x)
+        return ("+" if delta and x >= 0 else "") + share_pct(x)
     if name in _SCI:
         return f"{x:+.2e}" if delta else f"{x:.2e}"
     return _cell(x)
@@ -42,7 +39,9 @@ def _legend_for_use(report: GateReport) -> str:
         "rec_share": "the share of the attention logits' variance from the reciprocal term",
         "rec_norm_ratio": "the gated reciprocal branch's norm over the standard branch's",
     }[report.classified_by]
-    return f"* uses reciprocity: {report.classified_by} > {pct(report.use_threshold)} ({what})"
+    return (
+        f"* uses reciprocity: {report.classified_by} > {share_pct(report.use_threshold)} ({what})"
+    )
 
 
 def gate_tables(report: GateReport, *, title: str | None = None) -> str:
@@ -124,7 +123,7 @@ def gate_tables(report: GateReport, *, title: str | None = None) -> str:
 def runs_tables(rep: RunsReport, *, title: str) -> str:
     """Several runs: the mean and spread of the measure per layer and head, and in
     how many runs each head is above the threshold."""
-    fmt = pct if rep.by_measure else (lambda x: f"{x:.3g}")
+    fmt = share_pct if rep.by_measure else (lambda x: f"{x:.3g}")
     n = len(rep.runs)
     out: list[str] = [title, RULE]
     if rep.note:

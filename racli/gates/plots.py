@@ -1,102 +1,13 @@
-"""Plots (PNG, PDF or SVG, by the file's suffix) with matplotlib's Agg canvas (lazy; no pyplot).
-
-* :func:`plot_loss_curves` -- validation-loss curves, one colour per variant,
-  one line per run.
-* :func:`plot_gates` -- a heatmap of the gate values at the report's step
-  (layers x heads, one panel per gate name) and, when trajectories are given,
-  each gate's value over the recorded steps.
-* :func:`plot_gates_runs` -- several runs: a heatmap of the mean of the
-  reciprocity measure (layers x heads) and of the share of runs above the
-  threshold.
-"""
+"""`ra gates --plot`: a heatmap of one run's gates (and their trajectories), or of
+several runs' reciprocity measure and the share of runs above the threshold."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from racli.gate_report import GateReport, RunsReport
-
-Curve = list[tuple[int, float]]
-
-
-def _check_path(path: str | Path) -> Path:
-    from racli.errors import BadInput
-    from racli.names import check_plot_path
-
-    try:
-        return check_plot_path(path)
-    except BadInput as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _save(fig, p: Path) -> None:
-    """Write the figure in the format of the file's suffix (checked by `_check_path`)."""
-    from racli.names import PLOT_FORMATS
-
-    fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _colours(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
-
-
-def plot_loss_curves(
-    curves: dict[str, list[tuple[int, Curve]]],
-    path: str | Path,
-    title: str = "Validation loss",
-    *,
-    ylabel: str = "val_loss",
-) -> Path:
-    """Draw ``variant -> [(run_id, [(step, value)])]`` to a PNG at ``path``."""
-    p = _check_path(path)
-    if not any(points for runs in curves.values() for _, points in runs):
-        raise ValueError("no loss curves to plot")
-    fig = _figure(9, 5.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for colour, (variant, runs) in zip(_colours(len(curves)), curves.items(), strict=True):
-        labelled = False
-        for _run_id, points in runs:
-            pts = sorted((s, v) for s, v in points if v is not None and math.isfinite(v))
-            if not pts:
-                continue
-            xs, ys = zip(*pts, strict=True)
-            label = (
-                None if labelled else f"{variant} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
-            )
-            ax.plot(
-                xs,
-                ys,
-                color=colour,
-                alpha=0.8,
-                linewidth=1.4,
-                label=label,
-                marker="o" if len(pts) < 3 else None,
-                markersize=3,
-            )
-            labelled = True
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    _save(fig, p)
-    return p
+from racli.gates.aggregate import RunsReport
+from racli.gates.analysis import GateReport
+from racli.text.plots import Curve, _check_path, _colours, _figure, _save
 
 
 def plot_gates(
@@ -108,7 +19,7 @@ def plot_gates(
 ) -> Path:
     """Heatmaps of the report's gate values (layers x heads, one panel per
     gate name) and, with ``trajectories`` (from
-    :func:`racli.gate_report.trajectories`), their values over steps below."""
+    :func:`racli.gates.analysis.trajectories`), their values over steps below."""
     import numpy as np
 
     p = _check_path(path)

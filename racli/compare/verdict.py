@@ -65,11 +65,12 @@ from typing import Any
 
 import numpy as np
 
+from racli.compare.wording import headline, recommendation
+from racli.names import display_name
+from racli.text.numbers import finite, pct, signed_pct
+
 OUTCOMES = ("WIN", "LOSE", "PARITY", "INCONCLUSIVE", "INVALID")
 
-#: Largest number of runs per side that ``seeds_needed`` reports; beyond it
-#: the verdict carries ``SEEDS_NEEDED_CAP + 1`` and renders as "> 1000".
-SEEDS_NEEDED_CAP = 1000
 #: Spread assumed for the seeds-needed figure when nothing was measured yet
 #: (about the seed noise of GPT-2-small validation loss).
 ASSUMED_NOISE = 0.01
@@ -81,43 +82,9 @@ MIN_PAIRS = 3  # pairs needed to test their correlation
 PAIRING_LEVEL = 0.005
 MIN_NOISE_RUNS = 3  # runs an arm needs to count towards a history noise estimate
 
-PRETTY_NAMES = {"baseline": "Baseline", "ra_v5": "RA v5"}
-
-
-def display_name(attn: str) -> str:
-    """``baseline`` -> "Baseline", ``ra_v5`` -> "RA v5", others unchanged."""
-    return PRETTY_NAMES.get(attn, attn)
-
-
 # --------------------------------------------------------------------------
 # the recommendation: one home, with the candidate's name
 # --------------------------------------------------------------------------
-
-_RECOMMENDATIONS: dict[str, str] = {
-    "WIN": "INTEGRATE {c} into the training pipeline",
-    "PARITY": "Try longer training (8+ hours) or analyse the learned w_rec values (ra gates)",
-    "LOSE": "Tune initialisation, learning rates or gates of {c}, or redesign",
-    "INCONCLUSIVE": "Run more seeds: the interval is still too wide to decide",
-    "INVALID:epochs": (
-        "Train within one epoch (more data or fewer tokens) so validation loss measures "
-        "modelling, not memorisation; --allow-epochs judges anyway, labelled"
-    ),
-    "INVALID:speed": (
-        "Compare at equal steps (ra train --steps, or ra experiment) or on one device: "
-        "with wall-clock budgets the speed gap alone moves the loss"
-    ),
-}
-
-
-def recommendation(outcome: str, candidate: str, causes: tuple[str, ...] | list[str] = ()) -> str:
-    """The seed's recommendation for ``outcome``, naming the candidate (display name)."""
-    if outcome == "INVALID":
-        keys = [f"INVALID:{c}" for c in causes if f"INVALID:{c}" in _RECOMMENDATIONS]
-        text = " Then: ".join(_RECOMMENDATIONS[k] for k in keys) or "Fix the cause above first"
-    else:
-        text = _RECOMMENDATIONS[outcome]
-    return text.format(c=display_name(candidate))
-
 
 # --------------------------------------------------------------------------
 # data classes
@@ -276,23 +243,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def format_seeds_needed(n: int | None) -> str | None:
-    """``12`` -> "12"; above the cap -> "> 1000"; None -> None."""
-    if n is None:
-        return None
-    if n > SEEDS_NEEDED_CAP:
-        return f"> {SEEDS_NEEDED_CAP}"
-    return str(n)
-
-
-def _pct(x: float) -> str:
-    return f"{x * 100:.2f}%"
-
-
-def _spct(x: float) -> str:
-    return f"{x * 100:+.2f}%"
-
-
 # --------------------------------------------------------------------------
 # statistics helpers
 # --------------------------------------------------------------------------
@@ -305,10 +255,6 @@ def _t(p: float, df: float | np.ndarray) -> Any:
     return stdtrit(df, p)
 
 
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(float(x))
-
-
 def _side_stats(samples: list[Sample], confidence: float) -> SideStats:
     values = np.array([s.value for s in samples], dtype=float)
     n = len(values)
@@ -319,9 +265,9 @@ def _side_stats(samples: list[Sample], confidence: float) -> SideStats:
         ci_low, ci_high = mean - half, mean + half
     else:
         std = ci_low = ci_high = math.nan
-    tps = [float(s.tokens_per_s) for s in samples if _finite(s.tokens_per_s)]
+    tps = [float(s.tokens_per_s) for s in samples if finite(s.tokens_per_s)]
     its = [float(s.iterations) for s in samples if s.iterations is not None]
-    eps = [float(s.epochs) for s in samples if _finite(s.epochs)]
+    eps = [float(s.epochs) for s in samples if finite(s.epochs)]
     return SideStats(
         n=n,
         mean=mean,
@@ -374,7 +320,7 @@ def pooled_noise(arms: dict[str, list[float]], min_runs: int = MIN_NOISE_RUNS) -
     """
     ss, df, runs, used = 0.0, 0, 0, []
     for label, values in arms.items():
-        v = np.asarray([x for x in values if _finite(x)], dtype=float)
+        v = np.asarray([x for x in values if finite(x)], dtype=float)
         if len(v) < min_runs or v.mean() == 0:
             continue
         ss += float((((v - v.mean()) / v.mean()) ** 2).sum())
@@ -443,7 +389,7 @@ def speed_explained_gap(curve: list[tuple[float, float]], ratio: float) -> float
     Steps stand for tokens (a constant tokens per step drops out of the slope).
     None when fewer than two points lie in that half or the steps do not vary.
     """
-    pts = sorted((float(s), float(v)) for s, v in curve if s > 0 and _finite(v))
+    pts = sorted((float(s), float(v)) for s, v in curve if s > 0 and finite(v))
     if len(pts) < 2 or not (ratio > 0):
         return None
     last = pts[-1][0]
@@ -518,7 +464,7 @@ def estimate(
             why = f"{runs} and no noise estimate for this config in the history"
             return make("none", why, d, None, None, spread, source)
         se = noise.sd * math.sqrt(1 / nc + 1 / nb)
-        why = f"{runs}; history noise sd {_pct(noise.sd)}, df {noise.df} ({noise.source})"
+        why = f"{runs}; history noise sd {pct(noise.sd)}, df {noise.df} ({noise.source})"
         return make(
             "prediction",
             why,
@@ -607,8 +553,8 @@ def validity(
         causes.append("speed")
         reasons.append(
             f"the candidate runs at {gap.ratio:.3f}x the baseline's tokens/s under a wall-clock "
-            f"budget: that speed gap alone explains a {_pct(gap.explained)} loss gap, more than "
-            f"half the threshold ({_pct(gap.limit)})"
+            f"budget: that speed gap alone explains a {pct(gap.explained)} loss gap, more than "
+            f"half the threshold ({pct(gap.limit)})"
         )
     return causes, reasons, labels
 
@@ -627,7 +573,7 @@ def decide(
     c90 = f"{1 - 2 * (1 - confidence):.0%}"
     if est.interval is not None:
         lo, hi = est.interval
-        text = f"the {conf} interval of the improvement [{_spct(lo)}, {_spct(hi)}]"
+        text = f"the {conf} interval of the improvement [{signed_pct(lo, 2)}, {signed_pct(hi, 2)}]"
         if lo > 0:
             return "WIN", f"{text} excludes 0", None
         if hi < 0:
@@ -636,7 +582,7 @@ def decide(
         if -threshold < lo90 and hi90 < threshold:
             return (
                 "PARITY",
-                f"the {c90} interval [{_spct(lo90)}, {_spct(hi90)}] lies inside "
+                f"the {c90} interval [{signed_pct(lo90, 2)}, {signed_pct(hi90, 2)}] lies inside "
                 f"+-{threshold:.0%} (TOST at {(1 - confidence):.0%} a side)",
                 None,
             )
@@ -658,7 +604,7 @@ def decide(
     return (
         "INCONCLUSIVE",
         f"{why}; about {format_seeds_needed(needed)} runs per side give 80% power at the "
-        f"{threshold:.0%} threshold at {spread} ({_pct(est.spread)}){note}",
+        f"{threshold:.0%} threshold at {spread} ({pct(est.spread)}){note}",
         needed,
     )
 
@@ -694,7 +640,7 @@ def compare_runs(
     if threshold <= 0:
         raise ValueError("the threshold must be positive")
     for s in [*candidate, *baseline]:
-        if not _finite(s.value):
+        if not finite(s.value):
             raise ValueError(f"run {s.run_id} has a non-finite {metric}: {s.value}")
     cstats = _side_stats(candidate, confidence)
     bstats = _side_stats(baseline, confidence)
@@ -748,161 +694,20 @@ def compare_runs(
     )
 
 
-_METRIC_WORDS = {"val_loss": "validation loss", "tokens_per_s": "throughput"}
-
-
-def headline(v: Verdict) -> str:
-    """The verdict line, e.g. "RA v5 WINS: validation loss better by 0.40% to 2.10%"."""
-    cn, bn = v.candidate_name, v.baseline_name
-    what = _METRIC_WORDS.get(v.metric, v.metric)
-    if v.outcome in ("WIN", "LOSE"):
-        lo, hi = v.interval
-        word = "WINS" if v.outcome == "WIN" else "LOSES"
-        if v.outcome == "WIN":
-            better = "higher" if v.metric == "tokens_per_s" else "better"
-            size = f"{_pct(lo)} to {_pct(hi)}"
-        else:
-            better = "lower" if v.metric == "tokens_per_s" else "worse"
-            size = f"{_pct(-hi)} to {_pct(-lo)}"
-        line = f"{cn} {word}: {what} {better} by {size}"
-        if v.clears_threshold:
-            line += f", by at least {v.threshold:.0%}"
-        else:
-            line += f" (not shown to reach the {v.threshold:.0%} threshold)"
-    elif v.outcome == "PARITY":
-        lo, hi = v.interval90
-        line = (
-            f"PARITY: {cn} within {v.threshold:.0%} of {bn} on {what} "
-            f"(improvement {_spct(lo)} to {_spct(hi)})"
-        )
-    elif v.outcome == "INCONCLUSIVE":
-        line = f"INCONCLUSIVE: {cn} vs {bn} on {what} is not settled"
-        if v.interval is not None:
-            lo, hi = v.interval
-            line += f" (improvement {_spct(lo)} to {_spct(hi)})"
-    else:
-        causes = {"epochs": "past one epoch", "speed": "speed gap"}
-        line = f"INVALID: {' and '.join(causes[c] for c in v.invalid_causes)}, {what} not judged"
-    if v.labels and v.outcome != "INVALID":
-        line += " [" + "; ".join(v.labels) + "]"
-    return line
-
-
 # --------------------------------------------------------------------------
 # speed: best vs best
 # --------------------------------------------------------------------------
 
-#: p90/p10 of a timing row above which it is too noisy to rank (ra.yaml bench.noise_ratio)
-NOISE_RATIO = 1.5
+
+#: Largest number of runs per side that ``seeds_needed`` reports; beyond it
+#: the verdict carries ``SEEDS_NEEDED_CAP + 1`` and renders as "> 1000".
+SEEDS_NEEDED_CAP = 1000
 
 
-def speed_wording(ratio: float) -> str:
-    """Wording for ``ratio = candidate_ms / baseline_ms`` (the seed's best vs best).
-
-    Within 5% -> parity; 5-15% slower -> acceptable overhead; beyond -> overhead;
-    more than 5% faster -> faster.
-    """
-    if not math.isfinite(ratio) or ratio <= 0:
-        raise ValueError(f"speed ratio must be a positive number, got {ratio}")
-    eps = 1e-9  # 1.05 and 1.15 themselves count as inside their band
-    pct = abs(ratio - 1.0) * 100
-    if abs(ratio - 1.0) <= 0.05 + eps:
-        return "✅ parity: within 5%"
-    if ratio < 1.0:
-        return f"✅ faster: {pct:.1f}% faster"
-    if ratio <= 1.15 + eps:
-        return f"within 15%: acceptable overhead ({pct:.1f}% slower)"
-    return f"❌ overhead: {pct:.1f}% slower"
-
-
-@dataclass
-class TimingRow:
-    attn: str
-    mode: str
-    phase: str
-    median_ms: float | None
-    p10_ms: float | None
-    p90_ms: float | None
-    status: str  # "ok" | "skipped" | "failed"
-    backend: str | None = None
-    reason: str | None = None
-    tflops: float | None = None
-
-
-def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> str | None:
-    """Why the comparison of ``row`` with ``base`` is too noisy to mark, or None.
-
-    Noisy when either row's p90/p10 exceeds ``noise_ratio``, or when the two
-    p10-p90 intervals overlap while the medians differ by more than the 5%
-    parity band (the difference is then within each side's own scatter).
-    """
-    for r in (row, base):
-        if r is None or not (_finite(r.p10_ms) and _finite(r.p90_ms)) or r.p10_ms <= 0:
-            continue
-        spread = r.p90_ms / r.p10_ms
-        if spread > noise_ratio:
-            return (
-                f"{r.attn} {r.mode} p10-p90 {r.p10_ms:.3g}-{r.p90_ms:.3g} ms "
-                f"({spread:.2f}x > {noise_ratio:g}x)"
-            )
-    if base is None or not all(
-        _finite(x) for x in (row.p10_ms, row.p90_ms, base.p10_ms, base.p90_ms)
-    ):
+def format_seeds_needed(n: int | None) -> str | None:
+    """``12`` -> "12"; above the cap -> "> 1000"; None -> None."""
+    if n is None:
         return None
-    ratio = row.median_ms / base.median_ms
-    overlap = row.p10_ms <= base.p90_ms and base.p10_ms <= row.p90_ms
-    if overlap and abs(ratio - 1) > 0.05:
-        return (
-            f"medians differ by {abs(ratio - 1):.0%} but the p10-p90 intervals overlap "
-            f"({row.p10_ms:.3g}-{row.p90_ms:.3g} vs {base.p10_ms:.3g}-{base.p90_ms:.3g} ms)"
-        )
-    return None
-
-
-def best_vs_best(
-    rows: list[TimingRow], baseline: str = "baseline", noise_ratio: float = NOISE_RATIO
-) -> list[dict]:
-    """Per phase and backend, each attention's best (lowest median) ``ok`` row.
-
-    Variants are only compared on the same backend. Returns dicts
-    ``{phase, backend, attn, best_mode, best_ms, p10_ms, p90_ms, ratio, wording,
-    noisy}``: ``ratio`` is the attention's best over the baseline's best in
-    the same phase and backend (None, with wording None, when the baseline has
-    no ok row there); ``noisy`` says why the figure is too noisy to mark (see
-    :func:`timing_noise`), and then ``wording`` is "noisy" instead of a mark.
-    Order: phases, backends and attentions as first seen, baseline first.
-    """
-    groups: dict[tuple[str, str | None], dict[str, TimingRow]] = {}
-    for row in rows:
-        if row.status != "ok" or not _finite(row.median_ms):
-            continue
-        group = groups.setdefault((row.phase, row.backend), {})
-        best = group.get(row.attn)
-        if best is None or row.median_ms < best.median_ms:
-            group[row.attn] = row
-    out: list[dict] = []
-    for (phase, backend), best in groups.items():
-        base = best.get(baseline)
-        for attn in sorted(best, key=lambda a: a != baseline):  # stable: baseline first
-            row = best[attn]
-            ok = base is not None and base.median_ms > 0
-            ratio = row.median_ms / base.median_ms if ok else None
-            noisy = timing_noise(row, base, noise_ratio) if ok and attn != baseline else None
-            wording = None
-            if ratio is not None:
-                wording = "noisy: no mark" if noisy else speed_wording(ratio)
-            out.append(
-                {
-                    "phase": phase,
-                    "backend": backend,
-                    "attn": attn,
-                    "best_mode": row.mode,
-                    "best_ms": row.median_ms,
-                    "p10_ms": row.p10_ms,
-                    "p90_ms": row.p90_ms,
-                    "ratio": ratio,
-                    "wording": wording,
-                    "noisy": noisy,
-                }
-            )
-    return out
+    if n > SEEDS_NEEDED_CAP:
+        return f"> {SEEDS_NEEDED_CAP}"
+    return str(n)

@@ -73,3 +73,38 @@ def markup(text: object) -> str:
     from rich.markup import escape
 
     return escape(visible(text))
+
+
+_ASCII = {
+    "✅": "[OK]",
+    "❌": "[X]",
+    "🎉": "***",
+    "⚠️": "!!",
+    "⚠": "!!",
+    "❓": "[?]",
+    "—": "-",
+    "\u2013": "-",
+    "±": "+/-",
+    "Δ": "d",
+    "…": "...",
+    "·": ".",
+    "●": "*",
+    "≈": "~",
+}
+
+
+def to_ascii(text: str) -> str:
+    """Replace the symbols this module uses by ASCII equivalents."""
+    for k in sorted(_ASCII, key=len, reverse=True):
+        text = text.replace(k, _ASCII[k])
+    text = text.replace("\ufe0f", "")
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def for_stream(text: str, encoding: str | None) -> str:
+    """``text`` unchanged when ``encoding`` can encode it, else :func:`to_ascii`."""
+    try:
+        text.encode(encoding or "ascii")
+        return text
+    except (UnicodeEncodeError, LookupError):
+        return to_ascii(text)

@@ -1,0 +1,117 @@
+"""`ra compare --metric ms`: best vs best over every finished bench run, grouped by
+shape, dtype, device and environment class (newest group first)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from racli.bench.ranking import NOISE_RATIO, TimingRow, best_vs_best
+from racli.compare.grouping import filters_dict, filters_text
+from racli.environment import env_class
+from racli.errors import BadInput
+
+
+@dataclass
+class BenchGroup:
+    """ok timings of one shape, dtype, device (and environment class)."""
+
+    shape: dict[str, Any]  # batch, seq, heads, head_dim, dtype, device
+    env_class: str | None  # None: environments pooled (--any-env)
+    run_ids: list[int]
+    rows: list[TimingRow]
+    best: list[dict]
+
+    @property
+    def newest(self) -> int:
+        return max(self.run_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shape": dict(self.shape),
+            "env_class": self.env_class,
+            "run_ids": list(self.run_ids),
+            "timings": len(self.rows),
+            "best": [dict(b) for b in self.best],
+        }
+
+
+@dataclass
+class BenchComparison:
+    candidate: str
+    baseline: str
+    groups: list[BenchGroup]  # newest first
+    any_env: bool
+    tag: str | None = None
+    since: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": "ms",
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "filters": filters_dict(self.tag, self.since, self.any_env),
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+
+def group_timings(
+    records: list[dict],
+    *,
+    candidate: str,
+    baseline: str,
+    any_env: bool = False,
+    noise_ratio: float = NOISE_RATIO,
+) -> list[BenchGroup]:
+    """Rows of :func:`racli.store.queries.ok_bench_timings` -> best vs best per group,
+    newest group first."""
+    buckets: dict[tuple, tuple[set[int], list[TimingRow]]] = {}
+    for r in records:
+        med = r["median_ms"]
+        if med is None or not math.isfinite(med):
+            continue
+        cls = None if any_env else env_class(r["gpu_name"], r["torch"])
+        key = (r["batch"], r["seq"], r["heads"], r["head_dim"], r["dtype"], r["device"], cls)
+        ids, rows = buckets.setdefault(key, (set(), []))
+        ids.add(r["run_id"])
+        rows.append(
+            TimingRow(
+                r["attn"], r["mode"], r["phase"], med, r["p10_ms"], r["p90_ms"], "ok",
+                r["backend"], None, r["tflops"],
+            )
+        )  # fmt: skip
+    groups = []
+    for (b, t, h, d, dtype, device, cls), (ids, rows) in buckets.items():
+        shape = {"batch": b, "seq": t, "heads": h, "head_dim": d, "dtype": dtype, "device": device}
+        best = best_vs_best(rows, baseline=baseline, noise_ratio=noise_ratio)
+        groups.append(BenchGroup(shape, cls, sorted(ids), rows, best))
+    groups.sort(key=lambda g: g.newest, reverse=True)
+    return groups
+
+
+def load_bench_comparison(
+    store,
+    *,
+    candidate: str = "ra_v5",
+    baseline: str = "baseline",
+    tag: str | None = None,
+    since: datetime | None = None,
+    any_env: bool = False,
+    noise_ratio: float = NOISE_RATIO,
+) -> BenchComparison:
+    """Best vs best per shape group from every finished bench run (newest group first)."""
+    from racli.store import queries
+
+    records = queries.ok_bench_timings(store, attns=(candidate, baseline), tag=tag, since=since)
+    for attn in (candidate, baseline):
+        if not any(r["attn"] == attn and r["median_ms"] is not None for r in records):
+            raise BadInput(
+                f"no ok bench timings of '{attn}' in finished bench runs"
+                f"{filters_text(tag, since)} (use `ra bench --attn {baseline},{candidate}`)"
+            )
+    groups = group_timings(
+        records, candidate=candidate, baseline=baseline, any_env=any_env, noise_ratio=noise_ratio
+    )
+    return BenchComparison(candidate, baseline, groups, any_env, tag, since)

@@ -1,0 +1,1 @@
+"""`ra compare`: verdict statistics (pure), grouping of the recorded runs, and text."""

@@ -1,0 +1,145 @@
+"""The seed's "FINAL COMPARISON (Matched Speed)" and VERDICT blocks, as plain text."""
+
+from __future__ import annotations
+
+from racli.compare.verdict import Verdict, format_seeds_needed
+from racli.names import display_name, metric_label
+from racli.text.numbers import (
+    finite,
+    integer,
+    number,
+    signed_pct,
+    value,
+)
+from racli.text.tables import RULE, THIN
+
+
+def _method_line(v: Verdict) -> str:
+    names = {
+        "paired": "paired by seed",
+        "welch": "Welch, unpaired",
+        "prediction": "prediction interval from the history's noise",
+        "none": "no interval",
+    }
+    return f"Method: {names[v.method]} ({v.candidate.n} vs {v.baseline.n} runs): {v.method_why}"
+
+
+def _speed_lines(v: Verdict, cn: str, bn: str) -> list[str]:
+    g = v.speed_gap
+    if v.metric == "tokens_per_s":
+        return ["Speed check skipped: the metric is throughput itself"]
+    if g is None:
+        if v.speed_ratio is None:
+            return ["Speed check skipped: no throughput recorded on one side"]
+        return [
+            f"Step budget: compared at equal steps (speed {v.speed_ratio:.3f}x does not "
+            "change what either side trained on)"
+        ]
+    if g.explained is None:
+        return [
+            f"⚠️ Speed {g.ratio:.3f}x under a wall-clock budget: its effect on the loss is "
+            f"not estimated ({g.basis})"
+        ]
+    mark = "❌" if g.too_large else "✅"
+    verdict = "more" if g.too_large else "no more"
+    return [
+        f"{mark} Speed gap: {cn} runs at {g.ratio:.3f}x {bn}'s tokens/s; under a wall-clock "
+        f"budget that alone explains a {g.explained * 100:.2f}% loss gap, {verdict} than half "
+        f"the threshold ({g.limit * 100:.2f}%)",
+        f"   ({g.basis})",
+    ]
+
+
+def final_comparison(
+    verdict: Verdict,
+    candidate_name: str | None = None,
+    baseline_name: str | None = None,
+) -> str:
+    """The seed's FINAL COMPARISON (Matched Speed) table, per-side statistics
+    and the VERDICT block with its headline and recommendation (both from
+    :mod:`racli.compare.verdict`, so the text and --json say the same)."""
+    v = verdict
+    cn = display_name(candidate_name) if candidate_name else v.candidate_name
+    bn = display_name(baseline_name) if baseline_name else v.baseline_name
+    c, b = v.candidate, v.baseline
+    out = ["FINAL COMPARISON (Matched Speed)", RULE]
+    head = f"{'Metric':<26}{bn:>14}{cn:>14}{'Difference':>15}"
+    out += [head, THIN]
+
+    def rel(x: float | None, y: float | None) -> float | None:
+        return (x - y) / y if finite(x) and finite(y) and y != 0 else None
+
+    out.append(
+        f"{'Iterations completed':<26}{integer(b.iterations_mean):>14}{integer(c.iterations_mean):>14}"
+        f"{signed_pct(rel(c.iterations_mean, b.iterations_mean)):>15}"
+    )
+    if v.metric != "tokens_per_s":
+        out.append(
+            f"{metric_label(v.metric):<26}{value(b.mean):>14}{value(c.mean):>14}"
+            f"{signed_pct(rel(c.mean, b.mean)):>15}"
+        )
+        bt, ct = b.median_tokens_per_s, c.median_tokens_per_s
+    else:
+        bt, ct = b.mean, c.mean
+    out.append(
+        f"{'Throughput (tok/s)':<26}{integer(bt):>14}{integer(ct):>14}{signed_pct(rel(ct, bt)):>15}"
+    )
+    out.append(f"{'Epochs (max)':<26}{number(b.epochs_max):>14}{number(c.epochs_max):>14}")
+
+    # per-side statistics
+    out.append("")
+    col = 28
+    out.append(f"{'Per side':<26}{bn:<{col}}{cn:<{col}}".rstrip())
+    out.append(THIN)
+
+    def side(label: str, fn) -> None:
+        out.append(f"{label:<26}{fn(b):<{col}}{fn(c):<{col}}".rstrip())
+
+    side("  runs (n)", lambda s: str(s.n))
+    side(
+        "  mean ± std",
+        lambda s: f"{value(s.mean)} ± {value(s.std)}" if finite(s.std) else value(s.mean),
+    )
+    side(
+        f"  {v.confidence:.0%} CI of mean",
+        lambda s: f"[{value(s.ci_low)}, {value(s.ci_high)}]" if finite(s.ci_low) else "- (n < 2)",
+    )
+
+    def tps(s) -> str:
+        if s.median_tokens_per_s is None:
+            return "-"
+        lo, hi = s.tokens_per_s_spread
+        return f"{integer(s.median_tokens_per_s)} ({integer(lo)}-{integer(hi)})"
+
+    side("  tok/s median (min-max)", tps)
+
+    # the verdict
+    out += ["", "VERDICT", RULE]
+    out += _speed_lines(v, cn, bn)
+    out.append("")
+    mark = {"WIN": "🎉 ", "LOSE": "❌ ", "INCONCLUSIVE": "❓ ", "INVALID": "❌ "}.get(v.outcome, "")
+    out.append(mark + v.headline)
+    ind = "   "
+    out.append(ind + _method_line(v))
+    if v.interval is not None:
+        lo, hi = v.interval
+        line = (
+            f"{ind}Improvement ({cn} better when positive): {signed_pct(v.improvement, 2)}, "
+            f"{v.confidence:.0%} interval [{signed_pct(lo, 2)}, {signed_pct(hi, 2)}]"
+        )
+        if v.interval90 is not None:
+            lo90, hi90 = v.interval90
+            line += f", 90% [{signed_pct(lo90, 2)}, {signed_pct(hi90, 2)}]"
+        out.append(line + f"; threshold ±{v.threshold:.0%}")
+    if v.outcome == "INCONCLUSIVE" and v.seeds_needed is not None:
+        out.append(
+            f"{ind}Seeds needed: about {format_seeds_needed(v.seeds_needed)} runs per side "
+            f"(80% power at the {v.threshold:.0%} threshold, spread {v.spread * 100:.2f}%, "
+            f"{v.spread_source})"
+        )
+    out.append(f"{ind}Why: {v.reason}")
+    for label in v.labels:
+        out.append(f"{ind}⚠️ Labelled: {label}")
+    out.append("")
+    out.append(f"{ind}Recommendation: {v.recommendation}")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""`ra gates`: gate and reciprocity analysis (pure), aggregation over runs, tables, plots."""

@@ -1,0 +1,39 @@
+"""The history filters that read commands share: `--tag` and `--since` (UTC)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from racli.errors import BadInput
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """``YYYY-MM-DD`` or an ISO datetime -> naive UTC datetime (None stays None)."""
+    if text is None:
+        return None
+    raw = text.strip()
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadInput(
+            f"bad --since '{text}': expected a date YYYY-MM-DD or an ISO datetime "
+            "such as 2025-06-01T14:30 (UTC)"
+        ) from None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def filters_text(tag: str | None, since: datetime | None) -> str:
+    parts = []
+    if tag is not None:
+        parts.append(f"tag '{tag}'")
+    if since is not None:
+        parts.append(f"started since {since.isoformat(sep=' ', timespec='minutes')}")
+    return (" with " + " and ".join(parts)) if parts else ""
+
+
+def filters_dict(tag: str | None, since: datetime | None, any_env: bool) -> dict[str, Any]:
+    """The history filters of a comparison, as JSON-ready data."""
+    return {"tag": tag, "since": since.isoformat(sep=" ") if since else None, "any_env": any_env}

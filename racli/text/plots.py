@@ -1,0 +1,41 @@
+"""What every plot shares: the output path check, the figure, the colours, saving
+(matplotlib's Agg canvas, imported lazily; PNG, PDF or SVG by the file's suffix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+Curve = list[tuple[int, float]]
+
+
+def _check_path(path: str | Path) -> Path:
+    from racli.errors import BadInput
+    from racli.names import check_plot_path
+
+    try:
+        return check_plot_path(path)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _save(fig, p: Path) -> None:
+    """Write the figure in the format of the file's suffix (checked by `_check_path`)."""
+    from racli.names import PLOT_FORMATS
+
+    fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
