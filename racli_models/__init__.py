@@ -5,8 +5,8 @@ from racli_models import composed_once  # reuse RA's composed weight while weigh
 from racli_models import linear_cross_entropy  # the LM head's loss without full logits
 """
 
-from .attention import ATTENTION, UnknownAttentionError, build_attention, composed_once
-from .config import GPTConfig
+from .attention import ATTENTION, build_attention, composed_once
+from .config import GPTConfig, UnknownAttentionError
 from .gpt import GPT
 from .loss import linear_cross_entropy
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
-from .config import GPTConfig
+from .config import GPTConfig, check_attention_name
 
 INIT_STD = 0.02  # nanoGPT's std for every projection weight
 RMS_EPS = 1e-6  # epsilon of the parameter-free RMS norm of ra_beta
@@ -53,21 +53,6 @@ def composed_once() -> Iterator[None]:
     finally:
         if outer is None:
             _REUSE = None
-
-
-class UnknownAttentionError(ValueError):
-    """An attention name that is not in the registry."""
-
-    def __init__(self, name: object):
-        self.name = name
-        valid = ", ".join(sorted(ATTENTION))
-        super().__init__(f"unknown attention {name!r} (valid: {valid})")
-
-
-def check_attention_name(name: object) -> None:
-    """Raise UnknownAttentionError unless `name` is a registered variant."""
-    if not isinstance(name, str) or name not in ATTENTION:
-        raise UnknownAttentionError(name)
 
 
 def _init_linears(module: nn.Module) -> None:

@@ -5,6 +5,24 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+#: the attention variants, in the registry's order (racli_models.attention.ATTENTION)
+ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
+
+
+class UnknownAttentionError(ValueError):
+    """An attention name that is not in the registry."""
+
+    def __init__(self, name: object):
+        self.name = name
+        valid = ", ".join(sorted(ATTENTION_NAMES))
+        super().__init__(f"unknown attention {name!r} (valid: {valid})")
+
+
+def check_attention_name(name: object) -> None:
+    """Raise UnknownAttentionError unless `name` is a registered variant."""
+    if not isinstance(name, str) or name not in ATTENTION_NAMES:
+        raise UnknownAttentionError(name)
+
 
 @dataclass
 class GPTConfig:
@@ -33,8 +51,6 @@ class GPTConfig:
     fused_loss: bool = False
 
     def __post_init__(self) -> None:
-        from .attention import check_attention_name
-
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:

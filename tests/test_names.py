@@ -107,3 +107,10 @@ def test_names_imports_no_torch():
         check=False,
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_model_registry_matches_the_model_config_names():
+    from racli_models.attention import ATTENTION
+    from racli_models.config import ATTENTION_NAMES
+
+    assert tuple(ATTENTION) == ATTENTION_NAMES == names.ATTENTION_NAMES

@@ -7,6 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from scipy.stats import spearmanr
+
 from racli.gates.analysis import (
     RAW_CLASSIFICATION,
     USE_MEASURES,
@@ -118,46 +121,28 @@ class RunsReport:
         }
 
 
+def _finite(xs: list[float]) -> np.ndarray:
+    return np.asarray([x for x in xs if math.isfinite(x)], dtype=float)
+
+
 def _mean(xs: list[float]) -> float:
-    xs = [x for x in xs if math.isfinite(x)]
-    return sum(xs) / len(xs) if xs else math.nan
+    v = _finite(xs)
+    return float(v.mean()) if v.size else math.nan
 
 
 def _sd(xs: list[float]) -> float:
     """Sample standard deviation (n - 1); 0 for one value."""
-    xs = [x for x in xs if math.isfinite(x)]
-    if len(xs) < 2:
-        return 0.0 if xs else math.nan
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
+    v = _finite(xs)
+    if v.size < 2:
+        return 0.0 if v.size else math.nan
+    return float(v.std(ddof=1))
 
 
 def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
     """Spearman's rank correlation (ties averaged); None when either side is constant."""
-    if len(xs) != len(ys) or len(xs) < 3:
+    if len(xs) != len(ys) or len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
+    return float(spearmanr(xs, ys).statistic)
 
 
 def _run_measure(report: GateReport) -> tuple[str, dict[tuple[int, int], tuple[float, float]]]:
