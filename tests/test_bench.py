@@ -17,7 +17,7 @@ from racli.bench.ranking import best_vs_best
 from racli.cli import app
 from racli.config import BenchShape
 from racli.errors import BadInput
-from racli.store import open_store
+from racli.store.engine import open_store
 from racli.store.queries import list_runs, run_details
 
 TINY = BenchShape(batch=2, seq=64, heads=4, head_dim=32)  # ra.yaml's `tiny`

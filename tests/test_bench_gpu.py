@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from racli.bench import harness, inputs
 from racli.cli import app
 from racli.config import BenchShape
-from racli.store import open_store
+from racli.store.engine import open_store
 from racli.store.queries import list_runs, run_details
 
 SMALL = BenchShape(batch=2, seq=256, heads=4, head_dim=64)

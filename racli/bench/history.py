@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from racli.bench.ranking import NOISE_RATIO, TimingRow, best_vs_best
-from racli.store.filters import filters_dict, filters_text
 from racli.environment import env_class
 from racli.errors import BadInput
+from racli.store.filters import filters_dict, filters_text
 
 
 @dataclass

@@ -197,7 +197,7 @@ def bench(
     from racli.bench.ranking import best_vs_best
     from racli.bench.text import bench_progress_line, bench_results, fair_comparison
     from racli.config import BenchShape
-    from racli.store import RunRecorder
+    from racli.store.recorder import RunRecorder
 
     run_config = {**plan_cfg, "seed": seed}
     block = BenchShape(**plan_cfg["shape"])

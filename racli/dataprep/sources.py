@@ -1,22 +1,6 @@
 """What the SOURCE arguments of `ra data prepare` name, read as chunks of documents.
 
-Sources:
-
-* a text file (``.txt``, ``.md``, or any other file of UTF-8 text): one document, cut at
-  blank lines into pieces of about ``doc_chars`` characters when longer (so a single book
-  still splits into whole pieces for validation);
-* a folder: the files matching the ``--glob`` patterns (default ``**/*.txt`` and ``**/*.md``),
-  each read as a text file; empty, binary or non-UTF-8 files in a folder are skipped and
-  counted;
-* ``.jsonl`` / ``.jsonl.gz``: one document per line, the string in ``--text-field``;
-* ``.parquet``: one document per row, the string column ``--text-field``;
-* ``hf:NAME``: a Hugging Face dataset, streamed (``--subset``, ``--split``), one document per
-  record. Needs the ``datasets`` package (``pip install "ra[hf]"``) and the network.
-
-``open_sources`` checks every source up front and raises :class:`SourceError` (one line) for a
-missing path, an empty or binary file, a folder with nothing to read, a field that is not
-there. Work is cut into chunks that a worker process turns into documents with
-:func:`chunk_documents`. No torch here.
+Design notes: docs/internals/data.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """The tokenisers of `ra data prepare`.
 
-* ``gpt2``: GPT-2's BPE through ``tiktoken`` (vocabulary 50,257; ``<|endoftext|>`` = 50256
-  after every document). tiktoken downloads GPT-2's two BPE files on first use and caches
-  them (``TIKTOKEN_CACHE_DIR``); without network and without that cache it cannot work, and
-  :func:`load_gpt2` says so in one line with the options that work offline.
-* ``train:VOCAB``: a byte-level BPE with ``VOCAB`` tokens trained on the corpus itself with
-  Hugging Face ``tokenizers`` (GPT-2's pre-tokenisation, the 256 bytes as its alphabet, so
-  any text encodes; ``<|endoftext|>`` = 0 after every document). Saved beside the data as
-  ``tokenizer.json``. Works offline.
-* ``bytes``: UTF-8 bytes (vocabulary 256), documents simply concatenated.
-
-An :class:`Encoder` is built in each worker process from a small picklable recipe and turns a
-list of documents into one token array plus the length of each document. No torch here.
+Design notes: docs/internals/data.md.
 """
 
 from __future__ import annotations

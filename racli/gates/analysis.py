@@ -1,30 +1,6 @@
 """Analysis of learned gate values: pure functions, no torch, no database.
 
-Input rows are what the ``gate_values`` table records: ``(step, layer, head,
-name, value)`` -- plain tuples, or any objects with those attributes. Gate
-names:
-
-* ``w_std``, ``w_rec`` -- the RA v5 family: one pair per head; a head "uses
-  reciprocity" (state ``on``) when ``|w_rec / w_std| > ratio_threshold``.
-* ``beta`` -- ``ra_beta``: the reciprocal branch is weighted by ``tanh(beta)``;
-  ``on`` when ``|tanh(beta)| > ratio_threshold``.
-* ``gate`` -- ``sdpa_gate``: the mean of an input-dependent gate (state ``-``).
-
-Reciprocity measures (recorded beside the gates since they exist; see
-``racli_models.measures``): ``rec_share``, ``rec_effect`` (RA v5 family),
-``rec_norm_ratio`` (ra_beta), ``gate_mean``, ``gate_std`` (sdpa_gate) per head,
-and ``rec_ablation`` per layer (stored with head 0). When a run has a *use
-measure* (``rec_share``, else ``rec_norm_ratio``), every entry of a head takes
-its state from it: ``on`` when the measure is above ``use_threshold``. The raw
-gate ratio is the fallback for runs recorded before the measures, with a note
-saying so: it cannot measure use (in ra_v5, scaling P by c and w_rec by 1/c^2
-changes the ratio and not the model).
-
-A value's initial value is its value at the earliest step recorded for it (the
-trainer records a snapshot at step 0). A gate is *dead* when its value never
-moved from that initial value by more than ``moved_tolerance`` at any later
-recorded step: the signature of a parameter that receives no gradient. Only
-the raw gates are judged dead; the measures are not parameters.
+Design notes: docs/internals/gates.md.
 """
 
 from __future__ import annotations
@@ -182,14 +158,57 @@ def analyse_gates(
         step = steps[-1]
     elif step not in steps:
         raise ValueError(f"step {step} was not recorded; recorded steps: {_fmt_steps(steps)}")
+    series = _series(data)
+    values, inits, missing = _at_step(series, step)
+    present = {k[2] for k in values}
+    use = next((m for m in USE_MEASURES if m in present), None)
+    note = _raw_note(series, step) if use is None and present & {"w_rec", "beta"} else None
 
+    def state_of(key: Key) -> str:
+        return _state(key, values, use, use_threshold, ratio_threshold)
+
+    keys = sorted(values, key=lambda k: (_name_key(k[2]), k[0], k[1]))
+    entries = [
+        GateEntry(k[0], k[1], k[2], inits[k], values[k], values[k] - inits[k], state_of(k))
+        for k in keys
+    ]
+    dead = _dead_gates(series, moved_tolerance)
+    warnings = _warnings(steps, step, series, dead, missing, entries)
+    all_names = sorted({e.name for e in entries}, key=_name_key)
+    first = {k: pts[0][0] for k, pts in series.items()}
+    summary = [
+        _name_summary(name, [e for e in entries if e.name == name], first, values, use,
+                      use_threshold, ratio_threshold)
+        for name in all_names
+    ]  # fmt: skip
+    return GateReport(
+        step=step,
+        steps=steps,
+        entries=entries,
+        dead=dead,
+        summary=summary,
+        warnings=warnings,
+        ratio_threshold=ratio_threshold,
+        names=[n for n in all_names if n not in LAYER_MEASURES],
+        use_threshold=use_threshold,
+        classified_by=use or RAW_CLASSIFICATION,
+        note=note,
+        layer_names=[n for n in all_names if n in LAYER_MEASURES],
+    )
+
+
+def _series(data: list[tuple[int, int, int, str, float]]) -> dict[Key, list[tuple[int, float]]]:
+    """(layer, head, name) -> [(step, value)] in step order."""
     series: dict[Key, list[tuple[int, float]]] = defaultdict(list)
     for s, layer, head, name, value in data:
         series[(layer, head, name)].append((s, value))
     for pts in series.values():
         pts.sort(key=lambda p: p[0])
+    return series
 
-    warnings: list[str] = []
+
+def _at_step(series, step: int) -> tuple[dict[Key, float], dict[Key, float], list[Key]]:
+    """Each value at ``step``, each initial value, and the gates with no value there."""
     values: dict[Key, float] = {}
     inits: dict[Key, float] = {}
     missing: list[Key] = []
@@ -200,61 +219,49 @@ def analyse_gates(
             values[key] = at[-1]
         elif key[2] not in MEASURES:  # the ablation, say, is measured at the ends only
             missing.append(key)
-    if missing:
-        warnings.append(
-            f"{len(missing)} gate(s) have no value recorded at step {step} and are left out"
-        )
+    return values, inits, missing
 
-    present = {k[2] for k in values}
-    use = next((m for m in USE_MEASURES if m in present), None)
-    note = None
-    if use is None and present & {"w_rec", "beta"}:
-        why = (
-            f"at step {step}"
-            if any(k[2] in USE_MEASURES for k in series)
-            else "for this run (recorded before they existed, or with gates.measure_batches = 0)"
-        )
-        note = (
-            f"no reciprocity measures recorded {why}: heads are classified by raw gate, which "
-            "cannot measure use (scale moves freely between w_rec and P)"
-        )
 
-    def state_of(key: Key) -> str:
-        layer, head, name = key
-        if name in LAYER_MEASURES:
-            return "-"
-        if use is not None:
-            if name in ("w_std", "w_rec", "beta", "rec_effect", use):
-                u = values.get((layer, head, use))
-                if u is None:
-                    return "-"
-                return "on" if u > use_threshold else "off"
-            return "-"
-        if name in ("w_std", "w_rec"):
-            ws = values.get((layer, head, "w_std"))
-            wr = values.get((layer, head, "w_rec"))
-            if ws is None or wr is None:
-                return "-"
-            return "on" if _rec_ratio(ws, wr) > ratio_threshold else "off"
-        if name == "beta":
-            return "on" if abs(math.tanh(values[key])) > ratio_threshold else "off"
+def _raw_note(series, step: int) -> str:
+    why = (
+        f"at step {step}"
+        if any(k[2] in USE_MEASURES for k in series)
+        else "for this run (recorded before they existed, or with gates.measure_batches = 0)"
+    )
+    return (
+        f"no reciprocity measures recorded {why}: heads are classified by raw gate, which "
+        "cannot measure use (scale moves freely between w_rec and P)"
+    )
+
+
+def _state(
+    key: Key, values: dict[Key, float], use: str | None, use_threshold: float, ratio: float
+) -> str:
+    """``on`` / ``off`` / ``-`` for one entry: by the use measure when the run has one,
+    else by the raw gate ratio."""
+    layer, head, name = key
+    if name in LAYER_MEASURES:
         return "-"
+    if use is not None:
+        if name in ("w_std", "w_rec", "beta", "rec_effect", use):
+            u = values.get((layer, head, use))
+            if u is None:
+                return "-"
+            return "on" if u > use_threshold else "off"
+        return "-"
+    if name in ("w_std", "w_rec"):
+        ws = values.get((layer, head, "w_std"))
+        wr = values.get((layer, head, "w_rec"))
+        if ws is None or wr is None:
+            return "-"
+        return "on" if _rec_ratio(ws, wr) > ratio else "off"
+    if name == "beta":
+        return "on" if abs(math.tanh(values[key])) > ratio else "off"
+    return "-"
 
-    keys = sorted(values, key=lambda k: (_name_key(k[2]), k[0], k[1]))
-    entries = [
-        GateEntry(
-            layer=k[0],
-            head=k[1],
-            name=k[2],
-            init=inits[k],
-            value=values[k],
-            moved=values[k] - inits[k],
-            state=state_of(k),
-        )
-        for k in keys
-    ]
 
-    # dead gates: never moved at any recorded step after their first
+def _dead_gates(series, moved_tolerance: float) -> list[Key]:
+    """Gates (not measures) that never moved at any recorded step after their first."""
     dead: list[Key] = []
     for key in sorted(series, key=lambda k: (_name_key(k[2]), k[0], k[1])):
         pts = series[key]
@@ -263,54 +270,43 @@ def analyse_gates(
         init = pts[0][1]
         if all(abs(v - init) <= moved_tolerance for _, v in pts[1:]):
             dead.append(key)
-    if len(steps) < 2:
-        warnings.append(
-            f"only one snapshot recorded (step {steps[0]}): movement from init cannot be judged"
-        )
+    return dead
+
+
+def _warnings(steps: list[int], step: int, series, dead, missing, entries) -> list[str]:
+    """Dead gates first, then gates missing at ``step``, a single snapshot, non-finite values."""
+    out: list[str] = []
     if dead:
         n_judged = sum(1 for k, pts in series.items() if len(pts) >= 2 and k[2] not in MEASURES)
         names = sorted({k[2] for k in dead}, key=_name_key)
-        warnings.insert(
-            0,
+        out.append(
             f"DEAD GATES: {len(dead)} of {n_judged} gates never moved from their initial "
             f"values across steps {steps[0]}..{steps[-1]} ({', '.join(names)}): they "
             "most likely receive no gradient (wired into nothing), so they are not learned",
         )
+    if missing:
+        out.append(f"{len(missing)} gate(s) have no value recorded at step {step} and are left out")
+    if len(steps) < 2:
+        out.append(
+            f"only one snapshot recorded (step {steps[0]}): movement from init cannot be judged"
+        )
     nonfinite = [e for e in entries if not math.isfinite(e.value)]
     if nonfinite:
-        warnings.append(f"{len(nonfinite)} gate value(s) are not finite (NaN or inf)")
+        out.append(f"{len(nonfinite)} gate value(s) are not finite (NaN or inf)")
+    return out
 
-    all_names = sorted({e.name for e in entries}, key=_name_key)
-    names = [n for n in all_names if n not in LAYER_MEASURES]
-    layer_names = [n for n in all_names if n in LAYER_MEASURES]
-    first = {k: pts[0][0] for k, pts in series.items()}
-    summary = []
-    for name in all_names:
-        group = [e for e in entries if e.name == name]
-        if name in USE_MEASURES:
-            summary.append(_use_line(name, group, first, use_threshold))
-        elif name in LAYER_MEASURES:
-            summary.append(_layer_line(name, group, first))
-        elif name == "rec_effect":
-            summary.append(_effect_line(group, first))
-        elif use is not None and name in ("w_std", "w_rec", "beta"):
-            summary.append(_summary_line(name, group, values, ratio_threshold, raw=False))
-        else:
-            summary.append(_summary_line(name, group, values, ratio_threshold))
-    return GateReport(
-        step=step,
-        steps=steps,
-        entries=entries,
-        dead=dead,
-        summary=summary,
-        warnings=warnings,
-        ratio_threshold=ratio_threshold,
-        names=names,
-        use_threshold=use_threshold,
-        classified_by=use or RAW_CLASSIFICATION,
-        note=note,
-        layer_names=layer_names,
-    )
+
+def _name_summary(name, group, first, values, use, use_threshold, ratio_threshold) -> str:
+    """The summary line of one gate or measure name."""
+    if name in USE_MEASURES:
+        return _use_line(name, group, first, use_threshold)
+    if name in LAYER_MEASURES:
+        return _layer_line(name, group, first)
+    if name == "rec_effect":
+        return _effect_line(group, first)
+    if use is not None and name in ("w_std", "w_rec", "beta"):
+        return _summary_line(name, group, values, ratio_threshold, raw=False)
+    return _summary_line(name, group, values, ratio_threshold)
 
 
 def _rec_ratio(w_std: float, w_rec: float) -> float:

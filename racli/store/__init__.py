@@ -1,22 +1,5 @@
-"""The results store: ORM models, opening with migrations, the run recorder."""
+"""The results store: ORM models, engine and migrations, the run recorder, every query.
 
-from racli.store.engine import HEAD_REVISION, Store, database_url, open_store
-from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing
-from racli.store.recorder import RunRecorder, config_hash, display_status, environment_id
-
-__all__ = [
-    "HEAD_REVISION",
-    "Store",
-    "database_url",
-    "open_store",
-    "Base",
-    "Environment",
-    "GateValue",
-    "Metric",
-    "Run",
-    "Timing",
-    "RunRecorder",
-    "config_hash",
-    "display_status",
-    "environment_id",
-]
+Import the modules themselves (`racli.store.engine`, ...): this package file stays
+empty so that reading one small module does not load SQLAlchemy.
+"""

@@ -1,39 +1,6 @@
 """Training checkpoints: where they live, what they hold, atomic writes.
 
-Checkpoints belong to their store. A run's checkpoint is
-
-    <folder of the SQLite database>/ra_checkpoints/<database file name>/run_<id>.pt
-
-so `a.db` and `b.db` in one folder never share one (`ra_checkpoints/a.db/run_1.pt`
-and `ra_checkpoints/b.db/run_1.pt`). For a database given as a non-SQLite URL
-it is `./ra_checkpoints/<dialect>-<hash>/run_<id>.pt` under the working
-directory, `<hash>` a short hash of the URL without its password. A resume
-looks only in its own store's folder. `ensure_writable` creates the folder
-and writes and removes a probe file before training starts.
-
-A checkpoint is one `CheckpointState`, written as a plain dict with
-`torch.save` and loadable with `torch.load(..., weights_only=True)`:
-
-    version        1
-    run_id         the run it belongs to
-    config         the run's resolved config (as recorded on the run row)
-    data_path      where the data was found (absolute path or the built-in name)
-    model          state_dict of the bare model (not the compiled / DDP wrapper)
-    optimizer      AdamW state_dict (param groups carry `name` and `lr_mult`)
-    sampler        BatchSampler.state_dict(): the exact position in the batch stream
-    step           optimizer steps taken
-    tokens         tokens trained on, over all ranks
-    timed_tokens   tokens of the steps counted in train_seconds (warm-up steps excluded)
-    timed_steps    the steps counted in train_seconds
-    train_seconds  training time spent so far (what the budget is charged)
-    compile_s, eval_s, checkpoint_s   time spent outside the budget so far
-    train_loss     the last logged training loss (or None)
-    epoch_warned   whether the "past one epoch" warning has been given
-    rng            torch, cuda (per device), numpy and python RNG states (rank 0's)
-
-Each write goes to `run_<id>.pt.tmp` and is renamed over the old file, so a
-crash mid-write leaves the previous checkpoint intact; a failed write removes
-its temporary file and raises `CheckpointError` naming the checkpoint path.
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations

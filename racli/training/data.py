@@ -1,23 +1,6 @@
 """Training data: loading token streams and drawing reproducible batches.
 
-Two kinds of data are understood:
-
-* text (the built-in Shakespeare corpus, a ``.txt`` file, or a directory of ``.txt`` files),
-  tokenised as raw bytes (vocabulary 256); the last ``val_fraction`` of the bytes is the fixed
-  validation split;
-* a prepared directory holding ``train.bin`` and ``val.bin`` (flat little-endian token ids):
-  written by ``ra data prepare`` (with ``meta.json``: tokenizer, vocabulary, ``dtype`` uint16
-  or uint32, token counts, content hash), or by nanoGPT's ``prepare.py`` (``uint16``, and
-  optionally ``meta.pkl``, a pickled dict with ``vocab_size``); the files are memory-mapped,
-  not read.
-
-Every dataset carries a content hash (``racli.dataprep.identity``): the one in meta.json, the
-hash of the .bin files for a nanoGPT folder (cached beside them), the hash of the byte tokens
-for text. :func:`dataset_identity` is what a run records about its data.
-
-:class:`BatchSampler` draws random training windows from a seeded numpy generator, so the
-sequence of batches depends only on (data, seed, batch size, block size, world size) and never
-on the model; :func:`eval_batches` returns a fixed set of validation batches shared by every run.
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """How one optimizer step's batch is split over processes and micro-batches.
 
-    layout = batch_layout(batch_size=32, batch_tokens=524288, block_size=1024, world_size=2)
-    layout.global_seqs, layout.per_rank, layout.micro, layout.accum   # 512, 256, 32, 8
-
-Without `train.batch_tokens` (None) the global batch is `batch_size` sequences per
-process, one micro-batch each: `world_size x batch_size` sequences, no accumulation.
-
-With it, the global batch is fixed in tokens whatever the number of processes:
-`G = batch_tokens / block_size` sequences per optimizer step (it must divide), `G /
-world_size` per process (it must divide too), taken as `accum` micro-batches of
-`micro` sequences, `micro` being the largest divisor of the per-process count that is
-at most `batch_size` (the largest micro-batch that fits in memory). Runs of one
-setup on 1, 2 or 4 GPUs then train on the same batches and are one experiment.
-
-Pure logic: no torch, no database.
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations

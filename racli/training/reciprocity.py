@@ -1,29 +1,6 @@
 """Recording the reciprocity measures of a model while it trains.
 
-The trainer calls `record_measures` with its gate snapshot: at step 0, at
-every evaluation and at the end. It measures `measure_batches` of the
-evaluation batches (`measure_rows` sequences of each, spread evenly; by
-default one sequence in all), folded RA on `measure_queries` query rows of
-each sequence (spread evenly, each against all its causal keys), with
-`racli_models.measures`, and records the values into `gate_values` beside the
-raw gates, plus a metric `measure_s` (its time, not charged to training).
-
-Rows written (layer, head, name):
-* per head: ``rec_share``, ``rec_effect`` (ra_v5, ra_v5_untied),
-  ``rec_norm_ratio`` (ra_beta), ``gate_mean``, ``gate_std`` (sdpa_gate);
-* per layer: ``rec_ablation`` with head = 0 (ra_v5, ra_v5_untied, ra_beta), at
-  every evaluation (``ablation: every``), at step 0 and the end (``ends``,
-  the default: it costs about (n_layer + 1) / 2 forwards per batch), or never.
-
-Precision (``measure_precision``): ``auto`` runs the blocks' forward under
-bf16 autocast on CUDA, as an evaluation does, with the statistics (logit
-variances, KL) in float32 without TF32; ``float32`` runs everything in float32.
-A measurement with the ablation always runs in float32 without TF32 (loss
-changes of 1e-5 need it).
-
-Training is not changed: the measures run under no_grad, in eval mode, on the
-bare model (not a compiled or DDP wrapper), read the parameters only, and the
-train/eval flags, buffers and the TF32 setting are put back.
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations

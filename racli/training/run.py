@@ -1,30 +1,6 @@
 """The training run behind `ra train`: set-up, the recorded run, and how it ends.
 
-    spec = spec_from_config(cfg, attn="ra_v5", steps=200, seed=1)   # validates (spec.py)
-    data = load_data(spec)                                           # DataError -> BadInput
-    result = train(spec, store, dataset=data)                        # records one `train` run
-
-    result = resume(store, run_id)       # validates (prepare_resume), then continues the run
-
-Budget: `--steps N` or `--minutes M` (wall-clock seconds of training steps,
-see trainer.py for what is not charged).
-
-Under torchrun (WORLD_SIZE > 1) every rank runs this same function; only
-rank 0 records and writes checkpoints. `--batch-size` is per rank, unless
-`train.batch_tokens` fixes the global batch (then it is the largest
-micro-batch; see global_batch.py); the global batch and global tokens/s are
-what is recorded.
-
-Resume: the checkpoint restores the model, optimizer, batch-stream position
-and RNG states, and the run continues under its recorded config with the same
-run id and step numbers until the rest of its budget is used. Metric rows a
-killed process flushed after its last checkpoint stay; the resumed run writes
-those steps again.
-
-Checkpoints live in the store's own folder (checkpoint.py), checked writable
-before anything is recorded (BadInput otherwise). A checkpoint write that
-fails later does not cost the run: it ends with its figures and status, and
-its `error` says that the checkpoint is missing and why.
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """What one training run is: its spec, the config recorded for it, and the resume checks.
 
-    spec = spec_from_config(cfg, attn="ra_v5", steps=200, seed=1)   # validates
-    data = load_data(spec)                                           # DataError -> BadInput
-    config = run_config(spec, data)                                  # what the run row records
-    spec, data, path = prepare_resume(store, run_id)                 # BadInput if it cannot resume
-
-The train settings travel as the typed `TrainConfig` of ra.yaml; the recorded
-`train` section is that dataclass without `compile` (resolved into
-`TrainSpec.compile` and recorded as `compile`), in field order, so the
-recorded JSON and its `config_hash` do not depend on how the spec was built.
-`train.batch_tokens` is recorded only when set (with the micro-batch size and
-accumulation steps it gives on this world size), so configs without it record
-and hash as they did before it existed.
-Importing this module does not import torch (the data and the model are
-imported where they are needed).
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,6 @@
 """The trainer: one training session (a fresh run or a resumed one) on one process.
 
-`Trainer.run()` repeats three named parts until the stop decision says so:
-
-    _train_step()      one optimizer step (the session's first is the warm-up): the
-                       process's share of the global batch in `accum` micro-batches
-                       (`accumulate_gradients`), one clip, one optimizer step
-    _stop_decision()   budget used, time up, or a stop asked for
-    _log_point()       every `train.log_interval` steps: the loss, recording, progress,
-                       the periodic checkpoint (and, under DDP, the joint stop decision)
-
-with the evaluation point (`_eval_and_record`, which records the gates through
-`_record_gates`) every `train.eval_interval` steps and at the end.
-
-The first step of every session is a warm-up step: it triggers compilation
-and CUDA set-up, so its time is recorded as metric `compile_s` and neither
-charged to the budget nor counted in the throughput (its tokens do count as
-trained on). Evaluation and checkpoint time are paused out of the budget too
-(`eval_s`, `checkpoint_s`).
-
-The step loop does no host synchronisation: the loss is accumulated on the
-device and read once per log interval (which is also where a NaN/inf loss is
-caught), the learning rate is set on the optimizer's few param groups, and
-batches are prepared one step ahead by the BatchSampler (pinned memory,
-non-blocking copies on CUDA).
-
-Under torchrun every rank runs a Trainer; stop decisions other than a step
-budget (time up, SIGINT/SIGTERM) are taken together at log points so that
-every rank stops at the same step; only rank 0 records and writes checkpoints.
-
-A checkpoint that cannot be written does not end the run: the cause (naming
-the checkpoint path) is noted, put on the run row's `error`, and training goes
-on; `checkpoint_error` holds it at the end.
+Design notes: docs/internals/training.md.
 """
 
 from __future__ import annotations
