@@ -216,9 +216,9 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
     ]
     stopped_id, stopped_at = rows[1][0], rows[1][4]
     assert 0 < stopped_at < 6
-    from racli.training import checkpoint
+    from racli.store.checkpoints import checkpoint_path
 
-    assert checkpoint.checkpoint_path(str(db), stopped_id).is_file()
+    assert checkpoint_path(str(db), stopped_id).is_file()
 
     outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
     store.close()

@@ -659,9 +659,9 @@ def run_children(ctx: Context, jobs: list[Job], confidence: float) -> list[JobRe
 
 
 def _has_checkpoint(ctx: Context, run_id: int) -> bool:
-    from racli.training import checkpoint
+    from racli.store.checkpoints import checkpoint_path
 
-    return checkpoint.checkpoint_path(ctx.store.db, run_id).is_file()
+    return checkpoint_path(ctx.store.db, run_id).is_file()
 
 
 def _run_of(ctx: Context, child: _Child):
