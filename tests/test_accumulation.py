@@ -23,7 +23,7 @@ from racli.config import load_config, packaged_config_path
 from racli.errors import BadInput
 from racli.store.engine import open_store
 from racli.store.recorder import config_hash
-from racli.training.data import load_dataset
+from racli.training.datasets import load_dataset
 from racli.training.global_batch import batch_layout, largest_divisor_at_most
 from racli.training.spec import train_section
 

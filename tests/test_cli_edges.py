@@ -213,7 +213,7 @@ def _bin_dir(path: Path, top: int, vocab: int | None) -> Path:
 
 
 def test_token_ids_beyond_the_vocabulary_are_bad_input(tmp_path):
-    from racli.training.data import DataError, load_dataset
+    from racli.training.datasets import DataError, load_dataset
 
     bad = _bin_dir(tmp_path / "bad", top=300, vocab=256)
     with pytest.raises(DataError, match=r"val.bin: token id 300 is outside the vocabulary"):

@@ -1,4 +1,4 @@
-"""Tests for racli.training.data: corpus, loaders, batch sampling, resume, eval batches."""
+"""Tests for racli.training.datasets and batches: corpus, loaders, batch sampling, resume, eval batches."""
 
 from __future__ import annotations
 
@@ -13,16 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from racli.training.data import (
-    BatchSampler,
-    DataError,
-    Dataset,
-    decode_bytes,
-    encode_text,
-    epochs,
-    eval_batches,
-    load_dataset,
-)
+from racli.training.batches import BatchSampler, epochs, eval_batches
+from racli.training.datasets import DataError, Dataset, decode_bytes, encode_text, load_dataset
 
 CORPUS_SHA256 = "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f"
 
@@ -335,7 +327,7 @@ def test_bad_val_fraction(tmp_path):
 
 
 def test_every_dataset_carries_a_content_hash(builtin, tmp_path):
-    from racli.training.data import dataset_identity
+    from racli.training.datasets import dataset_identity
 
     assert len(builtin.content_hash) == 64 and builtin.tokenizer == "bytes"
     again = load_dataset("builtin", val_fraction=0.1, block_size=64)

@@ -281,7 +281,7 @@ def test_trained_bpe_tokenizer(corpus, tmp_path):
     expected = [p.read_text() for p in corpus.rglob("*") if p.suffix in (".txt", ".md")]
     assert sorted(docs) == sorted(expected)
     # ra train reads it: vocabulary, tokenizer and hash from meta.json
-    from racli.training.data import dataset_identity, load_dataset
+    from racli.training.datasets import dataset_identity, load_dataset
 
     ds = load_dataset(out, val_fraction=0.1, block_size=8)
     assert ds.vocab_size == meta["vocab_size"] and ds.tokenizer == "train:300"
@@ -404,7 +404,7 @@ def test_interrupted_prepare_leaves_nothing(corpus, tmp_path, monkeypatch):
 
 
 def test_killed_prepare_leaves_nothing_ra_train_accepts(tmp_path):
-    from racli.training.data import DataError, load_dataset
+    from racli.training.datasets import DataError, load_dataset
 
     writer = DatasetWriter(tmp_path / "out", np.uint16)
     writer.add("train", np.arange(1000, dtype=np.uint16), 1)

@@ -244,7 +244,7 @@ def test_train_with_fused_loss_records_the_option(tmp_path):
 def test_recorded_config_holds_the_option_only_when_on_and_survives_resume():
     from racli import training
     from racli.config import load_config, packaged_config_path
-    from racli.training.data import load_dataset
+    from racli.training.datasets import load_dataset
 
     cfg = load_config(packaged_config_path())
     data = load_dataset(None, val_fraction=0.1, block_size=32)

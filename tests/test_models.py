@@ -549,7 +549,7 @@ def test_init_keeps_the_documented_scales():
 def test_init_pairing_batches_are_equal():
     import numpy as np
 
-    from racli.training.data import BatchSampler
+    from racli.training.batches import BatchSampler
 
     tokens = np.arange(5000, dtype=np.int64) % 251
     a = BatchSampler(tokens, 4, 32, seed=7)

@@ -28,7 +28,7 @@ from racli.errors import BadInput
 from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import open_store
 from racli.training import checkpoint as ckpt
-from racli.training.data import load_dataset
+from racli.training.datasets import load_dataset
 from racli.training.progress import EPOCH_WARNING, summary_text
 from racli.training.schedule import lr_at, step_progress, time_progress
 

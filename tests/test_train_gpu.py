@@ -11,7 +11,7 @@ import torch
 from racli import training
 from racli.config import load_config, packaged_config_path
 from racli.store.engine import open_store
-from racli.training.data import load_dataset
+from racli.training.datasets import load_dataset
 
 pytestmark = pytest.mark.gpu
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def train_one(attn, seed, init_seed, ds, a, dev):
     import torch
 
-    from racli.training.data import BatchSampler
+    from racli.training.batches import BatchSampler
     from racli_models import GPT, GPTConfig
 
     cfg = GPTConfig(
@@ -84,7 +84,7 @@ def main() -> None:
     a = p.parse_args()
     import torch
 
-    from racli.training.data import load_dataset
+    from racli.training.datasets import load_dataset
 
     dev = torch.device(a.device)
     ds = load_dataset(None, 0.1, a.block)

@@ -83,7 +83,8 @@ class Timer:
 
 def data_batches(args, cfg, T: int, vocab_size: int, device) -> list:
     """The trainer's evaluation batches (evenly spaced windows of the validation split)."""
-    from racli.training.data import eval_batches, load_dataset
+    from racli.training.batches import eval_batches
+    from racli.training.datasets import load_dataset
 
     dataset = load_dataset(args.data, val_fraction=cfg.train.val_fraction, block_size=T)
     if dataset.vocab_size > vocab_size:

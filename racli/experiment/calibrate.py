@@ -196,7 +196,7 @@ def measure(
 
     from racli.names import sdpa_backend_context
     from racli.training import model_config
-    from racli.training.data import BatchSampler
+    from racli.training.batches import BatchSampler
     from racli.training.trainer import accumulate_gradients
     from racli_models import GPT
 

@@ -3,7 +3,8 @@
 One job per module: spec.py (what a run is, its recorded config, resume
 checks), trainer.py (the Trainer: step, log point, stop decision,
 evaluation), run.py (set-up, the recorded run and its end), result.py,
-checkpoint.py, data.py, schedule.py, progress.py, distributed.py.
+checkpoint.py, datasets.py (token streams), batches.py (sampling), schedule.py,
+progress.py, distributed.py.
 
 The public entry points are re-exported lazily (importing this package does
 not import torch):

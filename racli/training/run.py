@@ -13,7 +13,7 @@ import torch
 from racli.store import checkpoints as ckpt_paths
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
-from racli.training.data import Dataset
+from racli.training.datasets import Dataset
 from racli.training.progress import NullReporter
 from racli.training.result import StepInfo, TrainResult
 from racli.training.spec import TrainSpec, data_location, load_data, prepare_resume, run_config

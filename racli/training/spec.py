@@ -17,7 +17,7 @@ from racli.names import check_attention, device_type, resolve_device
 from racli.training.global_batch import BatchLayout, batch_layout
 
 if TYPE_CHECKING:
-    from racli.training.data import Dataset
+    from racli.training.datasets import Dataset
 
 # TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
 _TRAIN_SKIP = ("compile",)
@@ -185,7 +185,7 @@ def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
 
 def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
     """The spec's dataset (or `path`'s); unusable data is BadInput (one line)."""
-    from racli.training.data import DataError, load_dataset
+    from racli.training.datasets import DataError, load_dataset
 
     try:
         return load_dataset(
@@ -200,7 +200,7 @@ def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What the config records about the data: a name and its size, not where it lives,
     so runs on machines with different paths to the same corpus stay comparable."""
-    from racli.training.data import dataset_identity  # name, sizes, tokenizer, content hash
+    from racli.training.datasets import dataset_identity  # name, sizes, tokenizer, content hash
 
     return dataset_identity(dataset)
 

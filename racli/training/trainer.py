@@ -18,9 +18,10 @@ import torch
 from racli.names import sdpa_backend_context
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
+from racli.training.batches import BatchSampler, eval_batches
 from racli.training.budget import EpochBudget
 from racli.training.clocks import ClockSampler
-from racli.training.data import BatchSampler, Dataset, eval_batches
+from racli.training.datasets import Dataset
 from racli.training.progress import epoch_warning
 from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
