@@ -267,30 +267,10 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
         subset=settings.subset,
         split=settings.split,
     )
-    for s in sources:
-        if isinstance(s, src.HubSource):
-            s.open()
+    _open_hub(sources)
     workers = settings.workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    tokenizer_json = None
-    if spec.kind == "gpt2":
-        toks.load_gpt2()  # fail now, in one line, when GPT-2's files cannot be had
-        recipe: tuple = ("gpt2",)
-    elif spec.kind == "bytes":
-        recipe = ("bytes",)
-    else:
-        progress.note(f"training a byte-level BPE of {spec.vocab:,} tokens on the corpus ...")
-        sample = bpe_sample(sources, settings)
-        if not sample:
-            raise BadInput("no text to train the tokenizer on (every source is empty)")
-        sample_chars = sum(len(t) for t in sample)
-        tokenizer_json = toks.train_bpe(sample, spec.vocab)
-        del sample
-        recipe = ("train", tokenizer_json)
-        # the hub stream was consumed by the sample: open it again
-        for s in sources:
-            if isinstance(s, src.HubSource):
-                s.open()
+    recipe, tokenizer_json, sample_chars = _tokenizer(spec, sources, settings, progress)
     encoder = toks.Encoder(recipe)
     t_tok = time.perf_counter() - t0
     if spec.kind == "train":
@@ -298,47 +278,13 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
             f"tokenizer trained in {t_tok:.1f}s on {sample_chars:,} characters: "
             f"{encoder.vocab_size:,} tokens"
         )
-
     with DatasetWriter(out, encoder.dtype, force=settings.force) as writer:
         if tokenizer_json is not None:
             writer.write_file(TOKENIZER_FILE, tokenizer_json)
         t1 = time.perf_counter()
-        progress.start(_estimated_bytes(sources))
-        doc_id = 0
-        total = 0
-        nbytes = 0
-        skipped: list[str] = []
-        try:
-            for tokens, lengths, chunk_bytes, chunk_skipped in _results(
-                _all_chunks(sources), recipe, workers, settings.doc_chars
-            ):
-                skipped.extend(chunk_skipped)
-                nbytes += chunk_bytes
-                n = int(lengths.shape[0])
-                stop = False
-                if settings.max_tokens is not None and n:
-                    starts = total + np.cumsum(lengths) - lengths
-                    keep = int(np.searchsorted(starts, settings.max_tokens, side="left"))
-                    if keep < n:
-                        stop = True
-                        lengths = lengths[:keep]
-                        tokens = tokens[: int(lengths.sum())]
-                        n = keep
-                if n:
-                    ids = np.arange(doc_id, doc_id + n, dtype=np.int64)
-                    is_val = val_mask(ids, settings.val_fraction, settings.seed)
-                    per_token = np.repeat(is_val, lengths)
-                    writer.add("train", tokens[~per_token], int((~is_val).sum()))
-                    writer.add("val", tokens[per_token], int(is_val.sum()))
-                    doc_id += n
-                    total += int(lengths.sum())
-                progress.update(documents=doc_id, tokens=total, nbytes=nbytes)
-                if stop or (settings.max_tokens is not None and total >= settings.max_tokens):
-                    break
-        finally:
-            progress.close()
+        counts = _write_documents(writer, sources, recipe, workers, settings, progress)
         seconds = time.perf_counter() - t1
-        _check_splits(writer, doc_id, settings)
+        _check_splits(writer, counts.documents, settings)
         meta = {
             "tokenizer": {
                 "name": spec.name,
@@ -348,15 +294,90 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
             },
             "vocab_size": encoder.vocab_size,
             "sources": [s.describe() for s in sources],
-            "skipped": {"files": len(skipped), "first": skipped[:5]},
+            "skipped": {"files": len(counts.skipped), "first": counts.skipped[:5]},
             "settings": _settings_record(settings, workers),
             "seed": settings.seed,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": {"tokenizer": round(t_tok, 3), "tokenize": round(seconds, 3)},
-            "tokens_per_s": round(total / seconds) if seconds > 0 else None,
-            "bytes_read": nbytes,
+            "tokens_per_s": round(counts.tokens / seconds) if seconds > 0 else None,
+            "bytes_read": counts.nbytes,
         }
         return writer.finish(meta)
+
+
+def _open_hub(sources: list) -> None:
+    """(Re)open the streamed hub sources (a tokenizer sample consumes their stream)."""
+    for s in sources:
+        if isinstance(s, src.HubSource):
+            s.open()
+
+
+def _tokenizer(spec, sources: list, settings: PrepareSettings, progress):
+    """The encoder's recipe and, for a BPE trained on the corpus, its JSON and the
+    number of characters it was trained on."""
+    if spec.kind == "gpt2":
+        toks.load_gpt2()  # fail now, in one line, when GPT-2's files cannot be had
+        return ("gpt2",), None, 0
+    if spec.kind == "bytes":
+        return ("bytes",), None, 0
+    progress.note(f"training a byte-level BPE of {spec.vocab:,} tokens on the corpus ...")
+    sample = bpe_sample(sources, settings)
+    if not sample:
+        raise BadInput("no text to train the tokenizer on (every source is empty)")
+    sample_chars = sum(len(t) for t in sample)
+    tokenizer_json = toks.train_bpe(sample, spec.vocab)
+    del sample
+    _open_hub(sources)
+    return ("train", tokenizer_json), tokenizer_json, sample_chars
+
+
+@dataclass
+class _Counts:
+    documents: int = 0
+    tokens: int = 0
+    nbytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _write_documents(writer, sources, recipe, workers, settings, progress) -> _Counts:
+    """Tokenise every source in parallel and write each document to its split, up to
+    ``settings.max_tokens``."""
+    c = _Counts()
+    progress.start(_estimated_bytes(sources))
+    try:
+        for tokens, lengths, chunk_bytes, chunk_skipped in _results(
+            _all_chunks(sources), recipe, workers, settings.doc_chars
+        ):
+            c.skipped.extend(chunk_skipped)
+            c.nbytes += chunk_bytes
+            tokens, lengths, stop = _cut_at_cap(tokens, lengths, c.tokens, settings.max_tokens)
+            n = int(lengths.shape[0])
+            if n:
+                ids = np.arange(c.documents, c.documents + n, dtype=np.int64)
+                is_val = val_mask(ids, settings.val_fraction, settings.seed)
+                per_token = np.repeat(is_val, lengths)
+                writer.add("train", tokens[~per_token], int((~is_val).sum()))
+                writer.add("val", tokens[per_token], int(is_val.sum()))
+                c.documents += n
+                c.tokens += int(lengths.sum())
+            progress.update(documents=c.documents, tokens=c.tokens, nbytes=c.nbytes)
+            if stop or (settings.max_tokens is not None and c.tokens >= settings.max_tokens):
+                break
+    finally:
+        progress.close()
+    return c
+
+
+def _cut_at_cap(tokens, lengths, total: int, cap: int | None):
+    """Keep the documents that start before ``cap`` tokens; True when some were cut."""
+    if cap is None or not len(lengths):
+        return tokens, lengths, False
+    starts = total + np.cumsum(lengths) - lengths
+    keep = int(np.searchsorted(starts, cap, side="left"))
+    if keep >= len(lengths):
+        return tokens, lengths, False
+    lengths = lengths[:keep]
+    return tokens[: int(lengths.sum())], lengths, True
 
 
 def _check_splits(writer: DatasetWriter, documents: int, settings: PrepareSettings) -> None:
