@@ -206,9 +206,43 @@ def aggregate_runs(
             f"the runs carry different measures ({', '.join(scale_free)}): "
             "aggregate one attention at a time"
         )
+    measure, by_measure, threshold, note, warnings, left_out = _choose_measure(
+        per_run, scale_free, set(rows_by_run), use_threshold, ratio_threshold
+    )
+    runs = sorted(run for run, m in per_run.items() if m[0] == measure)
+    heads = _head_stats(runs, per_run, threshold)
+    ablation: dict[int, dict[int, float]] = {}
+    for run in runs:
+        for e in reports[run].entries:
+            if e.name == "rec_ablation":
+                ablation.setdefault(e.layer, {})[run] = e.value
+    pairs = _pair_agreements(runs, heads)
+    agreement = sum(pairs) / len(pairs) if pairs else None
+
+    rep = RunsReport(
+        runs=runs,
+        measure=measure,
+        by_measure=by_measure,
+        threshold=threshold,
+        steps={run: reports[run].step for run in runs},
+        heads=heads,
+        ablation=ablation,
+        agreement=agreement,
+        summary=[],
+        warnings=warnings,
+        note=note,
+        left_out=left_out,
+    )
+    rep.summary = _runs_summary(rep, len(pairs))
+    return rep
+
+
+def _choose_measure(per_run, scale_free, all_runs, use_threshold, ratio_threshold):
+    """The measure the runs are aggregated on, its threshold, and the note, warnings and
+    runs left out that the choice implies."""
     warnings: list[str] = []
     note = None
-    left_out = sorted(set(rows_by_run) - set(per_run))
+    left_out = sorted(all_runs - set(per_run))
     if scale_free:
         measure, by_measure, threshold = scale_free[0], True, use_threshold
         old = sorted(run for run, m in per_run.items() if m[0] != measure)
@@ -229,8 +263,10 @@ def aggregate_runs(
         )
     if left_out and not warnings:
         warnings.append(f"run(s) {', '.join(map(str, left_out))} have nothing to aggregate")
-    runs = sorted(run for run, m in per_run.items() if m[0] == measure)
+    return measure, by_measure, threshold, note, warnings, left_out
 
+
+def _head_stats(runs: list[int], per_run, threshold: float) -> list[HeadStats]:
     cells: dict[tuple[int, int], HeadStats] = {}
     for run in runs:
         for (layer, head), (value, init) in per_run[run][1].items():
@@ -238,13 +274,11 @@ def aggregate_runs(
             h.values[run] = value
             h.inits[run] = init
             h.above += value > threshold
-    heads = [cells[k] for k in sorted(cells)]
-    ablation: dict[int, dict[int, float]] = {}
-    for run in runs:
-        for e in reports[run].entries:
-            if e.name == "rec_ablation":
-                ablation.setdefault(e.layer, {})[run] = e.value
+    return [cells[k] for k in sorted(cells)]
 
+
+def _pair_agreements(runs: list[int], heads: list[HeadStats]) -> list[float]:
+    """Spearman's correlation of every pair of runs over the heads both measured."""
     pairs = []
     for i, a in enumerate(runs):
         for b in runs[i + 1 :]:
@@ -252,24 +286,7 @@ def aggregate_runs(
             r = rank_correlation([h.values[a] for h in common], [h.values[b] for h in common])
             if r is not None:
                 pairs.append(r)
-    agreement = sum(pairs) / len(pairs) if pairs else None
-
-    rep = RunsReport(
-        runs=runs,
-        measure=measure,
-        by_measure=by_measure,
-        threshold=threshold,
-        steps={run: reports[run].step for run in runs},
-        heads=heads,
-        ablation=ablation,
-        agreement=agreement,
-        summary=[],
-        warnings=warnings,
-        note=note,
-        left_out=left_out,
-    )
-    rep.summary = _runs_summary(rep, len(pairs))
-    return rep
+    return pairs
 
 
 def _runs_summary(rep: RunsReport, n_pairs: int) -> list[str]:
