@@ -16,7 +16,9 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
+from racli.commands import bench, common, compare, data, db, experiment, gates, runs, train
 from racli.errors import BadInput
+from racli.provenance import version_line
 from racli.text import terminal
 
 
@@ -94,8 +96,6 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from racli.provenance import version_line
-
         typer.echo(version_line())
         raise typer.Exit(0)
 
@@ -129,29 +129,18 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    from racli.commands import common
-
     common.GLOBAL.update(db=db, config=config)
 
 
 def _register() -> None:
-    from racli.commands import bench, db, runs
-
+    """The commands, in the order `ra --help` lists them."""
     app.command("bench")(bench.bench)
     app.add_typer(runs.app, name="runs", cls=HelpWhenEmptyGroup)
     app.add_typer(db.app, name="db", cls=HelpWhenEmptyGroup)
-    from racli.commands import compare, gates
-
     app.command("compare")(compare.compare)
     app.command("gates")(gates.gates)
-    from racli.commands import train
-
     app.command("train")(train.train)
-    from racli.commands import data
-
     app.add_typer(data.app, name="data", cls=HelpWhenEmptyGroup)
-    from racli.commands import experiment
-
     app.command("experiment")(experiment.experiment)
 
 

@@ -23,7 +23,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import subprocess
+from importlib import metadata
 from pathlib import Path
+
+import racli
 
 DIST_NAME = "ra"
 _GIT_TIMEOUT_S = 5
@@ -31,19 +34,13 @@ _GIT_TIMEOUT_S = 5
 
 def package_dir() -> Path:
     """The directory of the `racli` package that is running."""
-    import racli
-
     return Path(racli.__file__).resolve().parent
 
 
 def ra_version() -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(DIST_NAME)
     except metadata.PackageNotFoundError:
-        import racli
-
         return getattr(racli, "__version__", "unknown")
 
 

@@ -93,7 +93,7 @@ def test_check_plot_path(tmp_path):
     from racli.text import plots  # the plotting functions keep their ValueError
 
     with pytest.raises(ValueError, match="it is a directory"):
-        plots._check_path(tmp_path)
+        plots.check_path(tmp_path)
 
 
 def test_names_imports_no_torch():

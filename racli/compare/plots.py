@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from racli.text.plots import Curve, _check_path, _colours, _figure, _save
+from racli.text.plots import Curve, check_path, colours, figure, save
 
 
 def plot_loss_curves(
@@ -16,12 +16,12 @@ def plot_loss_curves(
     ylabel: str = "val_loss",
 ) -> Path:
     """Draw ``variant -> [(run_id, [(step, value)])]`` to a PNG at ``path``."""
-    p = _check_path(path)
+    p = check_path(path)
     if not any(points for runs in curves.values() for _, points in runs):
         raise ValueError("no loss curves to plot")
-    fig = _figure(9, 5.5)
+    fig = figure(9, 5.5)
     ax = fig.add_subplot(1, 1, 1)
-    for colour, (variant, runs) in zip(_colours(len(curves)), curves.items(), strict=True):
+    for colour, (variant, runs) in zip(colours(len(curves)), curves.items(), strict=True):
         labelled = False
         for _run_id, points in runs:
             pts = sorted((s, v) for s, v in points if v is not None and math.isfinite(v))
@@ -48,5 +48,5 @@ def plot_loss_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    _save(fig, p)
+    save(fig, p)
     return p

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from racli.gates.aggregate import RunsReport
 from racli.gates.analysis import GateReport
-from racli.text.plots import Curve, _check_path, _colours, _figure, _save
+from racli.text.plots import Curve, check_path, colours, figure, save
 
 
 def plot_gates(
@@ -20,16 +22,14 @@ def plot_gates(
     """Heatmaps of the report's gate values (layers x heads, one panel per
     gate name) and, with ``trajectories`` (from
     :func:`racli.gates.analysis.trajectories`), their values over steps below."""
-    import numpy as np
-
-    p = _check_path(path)
+    p = check_path(path)
     names = report.names or sorted({e.name for e in report.entries})
     if not names:
         raise ValueError("no gate values to plot")
     layers, heads = report.layers, report.heads
     n_rows = 2 if trajectories else 1
     ncol = len(names)
-    fig = _figure(max(5.0, 4.6 * ncol), 4.2 * n_rows)
+    fig = figure(max(5.0, 4.6 * ncol), 4.2 * n_rows)
     li = {la: i for i, la in enumerate(layers)}
     hi = {h: i for i, h in enumerate(heads)}
     for k, name in enumerate(names):
@@ -53,13 +53,13 @@ def plot_gates(
         if trajectories and name in trajectories:
             ax2 = fig.add_subplot(n_rows, ncol, ncol + k + 1)
             per_head = trajectories[name]
-            colours = _colours(max(1, len(layers)))
+            palette = colours(max(1, len(layers)))
             seen: set[int] = set()
             for (layer, _head), series in per_head.items():
                 if not series:
                     continue
                 xs, ys = zip(*series, strict=True)
-                c = colours[li.get(layer, 0) % len(colours)]
+                c = palette[li.get(layer, 0) % len(palette)]
                 ax2.plot(
                     xs,
                     ys,
@@ -78,16 +78,14 @@ def plot_gates(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, p)
+    save(fig, p)
     return p
 
 
 def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = None) -> Path:
     """Two heatmaps (layers x heads) of several runs: the mean of the measure and
     the fraction of runs where the head is above the threshold."""
-    import numpy as np
-
-    p = _check_path(path)
+    p = check_path(path)
     if not rep.heads:
         raise ValueError("no heads to plot")
     layers, heads = rep.layers, rep.head_ids
@@ -99,7 +97,7 @@ def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = No
         mean[li[h.layer], hi[h.head]] = h.mean
         above[li[h.layer], hi[h.head]] = h.above / max(1, h.n)
     scale = 100.0 if rep.by_measure else 1.0
-    fig = _figure(max(9.0, 0.5 * len(heads) * 2 + 3), max(4.0, 0.35 * len(layers) + 2))
+    fig = figure(max(9.0, 0.5 * len(heads) * 2 + 3), max(4.0, 0.35 * len(layers) + 2))
     panels = (
         (mean * scale, f"mean {rep.measure}{' (%)' if rep.by_measure else ''}", "viridis", None),
         (
@@ -121,5 +119,5 @@ def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = No
         ax.set_yticks(range(len(layers)), [str(la) for la in layers])
     fig.suptitle(title or f"{rep.measure} over runs {', '.join(map(str, rep.runs))}")
     fig.tight_layout()
-    _save(fig, p)
+    save(fig, p)
     return p

@@ -5,27 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from racli.errors import BadInput
+from racli.names import PLOT_FORMATS, check_plot_path
+
 Curve = list[tuple[int, float]]
 
 
-def _check_path(path: str | Path) -> Path:
-    from racli.errors import BadInput
-    from racli.names import check_plot_path
-
+def check_path(path: str | Path) -> Path:
     try:
         return check_plot_path(path)
     except BadInput as exc:
         raise ValueError(str(exc)) from None
 
 
-def _save(fig, p: Path) -> None:
-    """Write the figure in the format of the file's suffix (checked by `_check_path`)."""
-    from racli.names import PLOT_FORMATS
-
+def save(fig, p: Path) -> None:
+    """Write the figure in the format of the file's suffix (checked by `check_path`)."""
     fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -34,7 +32,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _colours(n: int) -> list:
+def colours(n: int) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from racli.dataprep.identity import arrays_hash, files_hash
 
@@ -308,7 +307,7 @@ def encode_text(text: str) -> np.ndarray:
 
 def decode_bytes(tokens) -> str:
     """Inverse of :func:`encode_text`; invalid UTF-8 sequences become U+FFFD."""
-    arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+    arr = np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens)  # a tensor or an array
     return bytes(arr.astype(np.uint8).tolist()).decode("utf-8", errors="replace")
 
 

@@ -11,10 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from racli.config import TrainConfig
+from racli.config import TrainConfig, apply_overrides
 from racli.errors import BadInput
 from racli.names import check_attention, device_type, resolve_device
+from racli.store import checkpoints as ckpt_paths
+from racli.store.queries import get_run
+from racli.store.recorder import is_stale
+from racli.training.datasets import DataError, dataset_identity, load_dataset
 from racli.training.global_batch import BatchLayout, batch_layout
+from racli.training.load_errors import describe_load_error
 
 if TYPE_CHECKING:
     from racli.training.datasets import Dataset
@@ -126,8 +131,6 @@ def spec_from_config(
     are passed as overrides of model.preset, train.batch_size, train.lr), so
     they are validated exactly like the file.
     """
-    from racli.config import apply_overrides
-
     check_budget(minutes, steps)
     check_attention(attn)
     overrides = list(overrides)
@@ -185,8 +188,6 @@ def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
 
 def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
     """The spec's dataset (or `path`'s); unusable data is BadInput (one line)."""
-    from racli.training.datasets import DataError, load_dataset
-
     try:
         return load_dataset(
             path if path is not None else spec.data,
@@ -200,8 +201,6 @@ def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What the config records about the data: a name and its size, not where it lives,
     so runs on machines with different paths to the same corpus stay comparable."""
-    from racli.training.datasets import dataset_identity  # name, sizes, tokenizer, content hash
-
     return dataset_identity(dataset)
 
 
@@ -274,9 +273,6 @@ def prepare_resume(store, run_id: int, dist_info=None):
     """Validate `--resume RUN` and return (spec, dataset, checkpoint path). BadInput if the run
     is unknown, not a train run, finished, still running, or has no checkpoint in this store's
     checkpoint folder."""
-    from racli.store import checkpoints as ckpt_paths
-    from racli.store.queries import get_run
-    from racli.store.recorder import is_stale
     from racli.training import checkpoint as ckpt
     from racli.training import distributed as ddp
 
@@ -309,8 +305,6 @@ def prepare_resume(store, run_id: int, dist_info=None):
     try:
         state = ckpt.load(path)
     except Exception as exc:
-        from racli.training.load_errors import describe_load_error
-
         raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
     if state.run_id is not None and state.run_id != run_id:
         raise BadInput(f"checkpoint {path} belongs to run {state.run_id}, not run {run_id}")
