@@ -1,25 +1,33 @@
 """ra.yaml -> typed, validated configuration.
 
-ra.yaml is the only place defaults live. `load_config(path)` reads the file
-given with `--config`, else `./ra.yaml` when present, else the copy packaged
-with ra (the same file, shipped as package data). A file other than the
-packaged one is laid over the packaged defaults (mappings merge key by key,
-lists and values replace), so `train: {lr: 1e-3}` alone is a whole config.
-Every key is checked: an unknown key, a wrong type or an out-of-range value
-raises `ConfigError` naming the file, the key and the reason.
+ra.yaml holds every value; the pydantic classes below declare only the types
+and ranges. `load_config(path)` reads the file given with `--config`, else
+`./ra.yaml` when present, else the copy packaged with ra (the same file). A file
+other than the packaged one is laid over the packaged defaults (mappings merge
+key by key, lists and values replace), so `train: {lr: 1e-3}` alone is a whole
+config. An unknown or missing key, a wrong type or an out-of-range value raises
+`ConfigError` naming the file, the key and the reason. docs/config.md: design notes.
 
 This module imports neither torch nor the database.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import re
-from dataclasses import dataclass, field
+import types
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from racli.errors import BadInput
 from racli.names import ATTENTION_NAMES, SDPA_BACKENDS, comma_list
@@ -45,140 +53,159 @@ class ConfigError(BadInput):
         super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
 
 
-def _check(
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    choices: tuple | None = None,
-) -> dict:
-    return {"gt": gt, "ge": ge, "le": le, "lt": lt, "choices": choices}
+# ---- what YAML gives -> what a setting holds -------------------------------
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _f(default, **check):
-    """A field with a default and range/choice constraints."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=_check(**check))
-    return field(default=default, metadata=_check(**check))
+def _yaml11_float(value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 (no dot) as a string; a number was meant."""
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
-@dataclass
-class ModelPreset:
-    n_layer: int = _f(2, ge=1)
-    n_head: int = _f(4, ge=1)
-    n_embd: int = _f(128, ge=1)
-    block_size: int = _f(128, ge=2)
+def _on_off_word(value: Any) -> Any:
+    """YAML 1.1 reads a bare on/off as true/false; the setting's choices are words."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
 
 
-@dataclass
-class ModelConfig:
-    preset: str = "tiny"
-    dropout: float = _f(0.0, ge=0.0, lt=1.0)
-    bias: bool = False
-    ra_rank: int = _f(4, ge=1)
-    w_std_init: float = 1.0
-    w_rec_init: float = 0.1
-    fused_loss: bool = False  # chunked LM-head loss without full logits (racli_models.loss)
-    # Optional overrides of the preset's fields (`--set model.n_layer=4`).
-    n_layer: int | None = _f(None, ge=1)
-    n_head: int | None = _f(None, ge=1)
-    n_embd: int | None = _f(None, ge=1)
-    block_size: int | None = _f(None, ge=2)
-    vocab_size: int | None = _f(None, ge=2)
+def _text_keys(value: Any) -> Any:
+    """YAML keys may be numbers (`1: ...`); a key is named by its text."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
-@dataclass
-class BenchShape:
-    batch: int = _f(2, ge=1)
-    seq: int = _f(64, ge=1)
-    heads: int = _f(4, ge=1)
-    head_dim: int = _f(32, ge=2)
+def _split(value: Any) -> Any:
+    return comma_list(value) if isinstance(value, str) else value
 
 
-@dataclass
-class BenchConfig:
-    shape: str = "auto"
-    shapes: dict[str, BenchShape] = field(default_factory=dict)
-    attn: list[str] = field(default_factory=lambda: ["baseline", "ra_v5"])
-    modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
-    repeats: int = _f(100, ge=1)
-    warmup: int = _f(20, ge=0)
-    noise_ratio: float = _f(1.5, gt=1.0)  # p90/p10 above this: a timing too noisy to rank
+Number = Annotated[float, BeforeValidator(_yaml11_float)]
+Names = Annotated[list[str], BeforeValidator(_split)]
+OnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off_word)]
 
 
-@dataclass
-class TrainConfig:
-    batch_size: int = _f(32, ge=1)
-    lr: float = _f(6e-4, gt=0.0)
-    min_lr_ratio: float = _f(0.1, ge=0.0, le=1.0)
-    warmup_frac: float = _f(0.05, ge=0.0, lt=1.0)
-    weight_decay: float = _f(0.1, ge=0.0)
-    beta1: float = _f(0.9, ge=0.0, lt=1.0)
-    beta2: float = _f(0.95, ge=0.0, lt=1.0)
-    grad_clip: float = _f(1.0, ge=0.0)
-    gate_lr_mult: float = _f(1.0, gt=0.0)
-    eval_interval: int = _f(100, ge=1)
-    eval_batches: int = _f(20, ge=1)
-    final_eval_batches: int = _f(100, ge=1)
-    log_interval: int = _f(10, ge=1)
-    checkpoint_minutes: float = _f(5.0, gt=0.0)
-    val_fraction: float = _f(0.1, gt=0.0, lt=1.0)
-    compile: str = _f("auto", choices=("auto", "on", "off"))
-    sdpa_backend: str = _f("auto", choices=SDPA_BACKENDS)
-    max_epochs: float | None = _f(None, gt=0.0)  # stop a run after this many passes
+class _Schema(BaseModel):
+    """Types and ranges only: no defaults, ra.yaml gives every value."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_as_text(cls, data: Any) -> Any:
+        return _text_keys(data)
+
+
+# ---- the schema (field order is the order of ra.yaml and of the recorded config) ----
+
+
+class ModelPreset(_Schema):
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_embd: int = Field(ge=1)
+    block_size: int = Field(ge=2)
+
+
+class ModelConfig(_Schema):
+    preset: str
+    dropout: Number = Field(ge=0.0, lt=1.0)
+    bias: bool
+    ra_rank: int = Field(ge=1)
+    w_std_init: Number
+    w_rec_init: Number
+    fused_loss: bool  # chunked LM-head loss without full logits (racli_models.loss)
+    # Overrides of the preset's fields (null: the preset's; `--set model.n_layer=4`).
+    n_layer: int | None = Field(ge=1)
+    n_head: int | None = Field(ge=1)
+    n_embd: int | None = Field(ge=1)
+    block_size: int | None = Field(ge=2)
+    vocab_size: int | None = Field(ge=2)
+
+
+class BenchShape(_Schema):
+    batch: int = Field(ge=1)
+    seq: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    head_dim: int = Field(ge=2)
+
+
+class BenchConfig(_Schema):
+    shape: str
+    shapes: Annotated[dict[str, BenchShape], BeforeValidator(_text_keys)]
+    attn: Names
+    modes: Names
+    repeats: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    noise_ratio: Number = Field(gt=1.0)  # p90/p10 above this: a timing too noisy to rank
+
+
+class TrainConfig(_Schema):
+    batch_size: int = Field(ge=1)
+    lr: Number = Field(gt=0.0)
+    min_lr_ratio: Number = Field(ge=0.0, le=1.0)
+    warmup_frac: Number = Field(ge=0.0, lt=1.0)
+    weight_decay: Number = Field(ge=0.0)
+    beta1: Number = Field(ge=0.0, lt=1.0)
+    beta2: Number = Field(ge=0.0, lt=1.0)
+    grad_clip: Number = Field(ge=0.0)
+    gate_lr_mult: Number = Field(gt=0.0)
+    eval_interval: int = Field(ge=1)
+    eval_batches: int = Field(ge=1)
+    final_eval_batches: int = Field(ge=1)
+    log_interval: int = Field(ge=1)
+    checkpoint_minutes: Number = Field(gt=0.0)
+    val_fraction: Number = Field(gt=0.0, lt=1.0)
+    compile: OnOff
+    sdpa_backend: Literal[SDPA_BACKENDS]
+    max_epochs: Number | None = Field(gt=0.0)  # stop a run after this many passes
     # global batch in tokens (None: batch_size sequences per process); batch_size is then
     # the largest micro-batch, the rest is gradient accumulation (racli/training/global_batch.py)
-    batch_tokens: int | None = _f(None, ge=1)
+    batch_tokens: int | None = Field(ge=1)
 
 
-@dataclass
-class VerdictConfig:
-    threshold: float = _f(0.01, gt=0.0, lt=1.0)
-    confidence: float = _f(0.95, gt=0.5, lt=1.0)
+class VerdictConfig(_Schema):
+    threshold: Number = Field(gt=0.0, lt=1.0)
+    confidence: Number = Field(gt=0.5, lt=1.0)
 
 
-@dataclass
-class GatesConfig:
-    reciprocity_threshold: float = _f(0.05, ge=0.0)
-    moved_tolerance: float = _f(1e-6, ge=0.0)
+class GatesConfig(_Schema):
+    reciprocity_threshold: Number = Field(ge=0.0)
+    moved_tolerance: Number = Field(ge=0.0)
     # reciprocity measures (racli_models.measures): classification and recording
-    use_threshold: float = _f(0.05, ge=0.0, le=1.0)
-    measure_batches: int = _f(1, ge=0)
-    measure_rows: int = _f(1, ge=0)
-    measure_queries: int = _f(256, ge=0)  # folded RA: query rows per sequence (0: all)
-    measure_precision: str = _f("auto", choices=("auto", "float32"))
-    ablation: str = _f("ends", choices=("every", "ends", "never"))
+    use_threshold: Number = Field(ge=0.0, le=1.0)
+    measure_batches: int = Field(ge=0)
+    measure_rows: int = Field(ge=0)
+    measure_queries: int = Field(ge=0)  # folded RA: query rows per sequence (0: all)
+    measure_precision: Literal["auto", "float32"]
+    ablation: Literal["every", "ends", "never"]
 
 
-@dataclass
-class ExperimentConfig:
+class ExperimentConfig(_Schema):
     """`ra experiment`: speed calibration and the sequential design."""
 
-    calibration_precision: float = _f(
-        0.005, gt=0.0, lt=0.5
-    )  # target half-width of each ratio's 95% interval
-    calibration_max_s: float = _f(
-        120.0, gt=0.0
-    )  # time cap of the timed rounds (compile not counted)
-    calibration_min_rounds: int = _f(3, ge=2)
-    calibration_block_steps: int = _f(10, ge=1)  # training steps per timed block
-    calibration_warmup_steps: int = _f(3, ge=1)  # untimed steps per variant first (compile)
-    spending: str = _f("obrien_fleming", choices=("obrien_fleming", "pocock"))
-    false_decision_rate: float = _f(0.05, gt=0.0, lt=0.5)  # WIN/LOSE error of --until-settled
+    calibration_precision: Number = Field(gt=0.0, lt=0.5)  # half-width of each ratio's 95% CI
+    calibration_max_s: Number = Field(gt=0.0)  # time cap of the timed rounds (not compile)
+    calibration_min_rounds: int = Field(ge=2)
+    calibration_block_steps: int = Field(ge=1)  # training steps per timed block
+    calibration_warmup_steps: int = Field(ge=1)  # untimed steps per variant first (compile)
+    spending: Literal["obrien_fleming", "pocock"]
+    false_decision_rate: Number = Field(gt=0.0, lt=0.5)  # WIN/LOSE error of --until-settled
 
 
-@dataclass
-class Config:
-    db: str = "ra.db"
-    models: dict[str, ModelPreset] = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    verdict: VerdictConfig = field(default_factory=VerdictConfig)
-    gates: GatesConfig = field(default_factory=GatesConfig)
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    source: str = field(default="<defaults>", metadata={"internal": True})
+class Config(_Schema):
+    db: str
+    models: Annotated[dict[str, ModelPreset], BeforeValidator(_text_keys)]
+    model: ModelConfig
+    bench: BenchConfig
+    train: TrainConfig
+    verdict: VerdictConfig
+    gates: GatesConfig
+    experiment: ExperimentConfig
+    _source: str = PrivateAttr(default="<not from a file>")  # set by config_from_dict
+
+    @property
+    def source(self) -> str:
+        """The file (or `--set`) the configuration was read from; error messages name it."""
+        return self._source
 
     # ---- derived views -------------------------------------------------
     def resolve_preset(self, preset: str | None = None, device_type: str = "cpu") -> str:
@@ -188,7 +215,11 @@ class Config:
             return AUTO_PRESETS["cuda" if device_type.split(":")[0] == "cuda" else "cpu"]
         return name
 
-    def model_fields(self, preset: str | None = None, device_type: str = "cpu") -> dict[str, Any]:
+    # ra's own method, older than this schema: it shadows pydantic's class property of
+    # the same name, which this module reads as `__pydantic_fields__`
+    def model_fields(  # type: ignore[override]
+        self, preset: str | None = None, device_type: str = "cpu"
+    ) -> dict[str, Any]:
         """The GPTConfig fields for a preset (`auto`: for `device_type`), with the `model`
         section applied."""
         name = self.resolve_preset(preset, device_type)
@@ -196,70 +227,33 @@ class Config:
             raise BadInput(
                 f"unknown model preset '{name}' (valid: {', '.join(sorted(self.models))})"
             )
-        fields = dataclasses.asdict(self.models[name])
-        m = dataclasses.asdict(self.model)
-        m.pop("preset")
-        for key, value in m.items():
+        fields = self.models[name].model_dump()
+        for key, value in self.model.model_dump(exclude={"preset"}).items():
             if value is not None:
                 fields[key] = value
         return fields
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("source")
-        return d
+        return self.model_dump()
 
 
-# ---- validation ---------------------------------------------------------
+# ---- pydantic's errors -> ConfigError --------------------------------------
 
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if origin is not None and type(None) in args:  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _convert(value, inner, key, source)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(source, key, f"must be a mapping, got {_describe(value)}")
-        return _build(tp, value, source, key)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(source, key, f"must be a mapping, got {_describe(value)}")
-        vt = args[1]
-        return {str(k): _convert(v, vt, f"{key}.{k}", source) for k, v in value.items()}
-    if origin is list:
-        if isinstance(value, str):
-            value = comma_list(value)
-        if not isinstance(value, list):
-            raise ConfigError(source, key, f"must be a list, got {_describe(value)}")
-        return [_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(source, key, f"must be true or false, got {_describe(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(source, key, f"must be an integer, got {_describe(value)}")
-    if tp is float:
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; a number was meant
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(float(value)):
-                raise ConfigError(source, key, f"must be a finite number, got {value}")
-            return float(value)
-        raise ConfigError(source, key, f"must be a number, got {_describe(value)}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(source, key, f"must be a string, got {_describe(value)}")
-    return value
+_TYPE_REASONS = {
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
 def _describe(value: Any) -> str:
@@ -268,44 +262,103 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _check_range(value: Any, meta: dict, key: str, source: str) -> None:
-    if value is None or not meta:
-        return
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(
-            source, key, f"must be one of {', '.join(meta['choices'])}, got {value!r}"
-        )
-    for op, bound, text in (
-        ("gt", meta.get("gt"), ">"),
-        ("ge", meta.get("ge"), ">="),
-        ("lt", meta.get("lt"), "<"),
-        ("le", meta.get("le"), "<="),
-    ):
-        if bound is None:
-            continue
-        ok = {"gt": value > bound, "ge": value >= bound, "lt": value < bound, "le": value <= bound}[
-            op
-        ]
-        if not ok:
-            raise ConfigError(source, key, f"must be {text} {bound}, got {value}")
+def _bare(tp: Any) -> Any:
+    """``tp`` without its Annotated metadata and its ``| None``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
 
 
-def _build(cls: type, data: dict, source: str, prefix: str = ""):
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if key in RETIRED_KEYS:
-            continue  # a key of an older ra.yaml that no longer means anything
-        if k not in known:
-            raise ConfigError(source, key, f"unknown key (valid: {', '.join(known)})")
-        choices = known[k].metadata.get("choices") or ()
-        if isinstance(v, bool) and {"on", "off"} <= set(choices):
-            v = "on" if v else "off"  # YAML 1.1 reads a bare on/off as true/false
-        kwargs[k] = _convert(v, hints[k], key, source)
-        _check_range(kwargs[k], dict(known[k].metadata), key, source)
-    return cls(**kwargs)
+def _schema_at(loc: tuple) -> Any:
+    """The declared type at ``loc`` (a pydantic error location) in `Config`."""
+    tp: Any = Config
+    for part in loc:
+        tp = _bare(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.__pydantic_fields__[part].annotation
+        else:  # dict[str, X] or list[X]: the entry's type
+            tp = get_args(tp)[-1]
+    return _bare(tp)
+
+
+def _dotted(loc: tuple) -> str:
+    """("bench", "attn", 1) -> "bench.attn[1]"."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key
+
+
+def _position(data: Any, loc: tuple) -> tuple:
+    """Where ``loc`` stands in ``data``, keys in the file's order (absent: after them)."""
+    where, node = [], data
+    for part in loc:
+        if isinstance(node, dict):
+            keys = [str(k) for k in node]
+            i = keys.index(part) if part in keys else len(keys)
+            node = list(node.values())[i] if i < len(keys) else None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            i, node = part, node[part]
+        else:
+            i, node = 0, None
+        where.append(i)
+    return tuple(where)
+
+
+def _reason(err: dict) -> str:
+    kind, value, loc = err["type"], err["input"], err["loc"]
+    if kind == "extra_forbidden":
+        return f"unknown key (valid: {', '.join(_schema_at(loc[:-1]).__pydantic_fields__)})"
+    if kind == "missing":
+        return "missing key"
+    if kind == "literal_error":
+        if isinstance(value, str):
+            return f"must be one of {', '.join(get_args(_schema_at(loc)))}, got {value!r}"
+        kind = "string_type"
+    if kind in _TYPE_REASONS:
+        return f"{_TYPE_REASONS[kind]}, got {_describe(value)}"
+    value = _yaml11_float(value)
+    if kind == "finite_number":
+        return f"must be a finite number, got {value}"
+    if kind in _BOUNDS:
+        name, sign = _BOUNDS[kind]
+        if _schema_at(loc) is float:
+            value = float(value)
+        return f"must be {sign} {err['ctx'][name]}, got {value}"
+    return f"{err['msg']}, got {_describe(value)}"  # no other check is declared
+
+
+def _without(data: Any, path: list[str]) -> Any:
+    """``data`` less the key at ``path`` (a copy where it held one)."""
+    head, *rest = path
+    if not isinstance(data, dict) or head not in data:
+        return data
+    if not rest:
+        return {k: v for k, v in data.items() if k != head}
+    return {**data, head: _without(data[head], rest)}
+
+
+def _first(errors: list[dict], order: dict) -> dict:
+    """The error to report: a wrong key or value before a missing key, then the first
+    in the order of ``order`` (the file as written)."""
+    return min(errors, key=lambda e: (e["type"] == "missing", _position(order, e["loc"])))
+
+
+def _validate(data: dict, source: str, order: dict) -> Config:
+    """`Config` of ``data``; its first error (see `_first`) becomes a ConfigError."""
+    for retired in RETIRED_KEYS:  # keys of an older ra.yaml that no longer mean anything
+        data = _without(data, retired.split("."))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        err = _first(exc.errors(include_url=False), order)
+        raise ConfigError(source, _dotted(err["loc"]), _reason(err)) from None
+    cfg._source = source
+    return cfg
 
 
 def _validate_cross(cfg: Config) -> None:
@@ -385,17 +438,14 @@ def overlay(base: dict, over: dict) -> dict:
 
 
 def config_from_dict(data: Any, source: str, *, defaults: dict | None = None) -> Config:
-    """A validated Config from ``data``; with ``defaults`` (the packaged file's data),
-    ``data`` is a partial file laid over them. Errors name ``source``."""
+    """A validated Config from ``data``, which gives every key (as the packaged file
+    does); with ``defaults`` (the packaged file's data), ``data`` is a partial file laid
+    over them. Errors name ``source`` and the first bad key in ``data``'s order."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, "", f"must be a mapping of keys, got {_describe(data)}")
-    if defaults is not None:
-        _build(Config, data, source)  # the file's own keys, types and ranges first
-        data = overlay(defaults, data)
-    cfg = _build(Config, data, source)
-    cfg.source = source
+    cfg = _validate(data if defaults is None else overlay(defaults, data), source, data)
     _validate_cross(cfg)
     return cfg
 
@@ -496,8 +546,7 @@ def apply_overrides(
             )
         section, name = parts
         if name not in data[section]:
-            valid = [f.name for f in dataclasses.fields(type(getattr(cfg, section)))]
-            raise ConfigError("--set", key, f"unknown key (valid: {', '.join(valid)})")
+            raise ConfigError("--set", key, f"unknown key (valid: {', '.join(data[section])})")
         data[section][name] = _parse_scalar(raw)
     return config_from_dict(data, "--set")
 

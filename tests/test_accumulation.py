@@ -4,7 +4,6 @@ and (slow) two gloo processes against one."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sqlite3
@@ -45,7 +44,7 @@ TINY = [
 def cfg():
     """The packaged defaults without reciprocity measures (they do not change training)."""
     base = load_config(packaged_config_path())
-    return dataclasses.replace(base, gates=dataclasses.replace(base.gates, measure_batches=0))
+    return base.model_copy(update={"gates": base.gates.model_copy(update={"measure_batches": 0})})
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from racli.config import (
     Config,
     ConfigError,
     apply_overrides,
+    config_from_dict,
     load_config,
     packaged_config_path,
     resolve_config_path,
@@ -24,6 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _packaged_data() -> dict:
     return yaml.safe_load((REPO / "ra.yaml").read_text())
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in data.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _dotted_keys(value, f"{prefix}{key}.")
+    return out
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -70,14 +81,31 @@ def test_packaged_file_is_the_repository_file_not_a_copy():
 
 
 def test_every_key_of_the_packaged_file_is_known():
-    # the dataclass defaults and the file agree on the set of keys
+    # the schema and the file agree on the set of keys
     cfg = load_config(packaged_config_path())
+    assert _dotted_keys(_packaged_data()) == _dotted_keys(cfg.to_dict())
+
+
+def test_ra_yaml_gives_every_value_and_the_schema_none():
+    # one source of defaults: no schema class holds a default of its own
+    from pydantic import BaseModel
+
+    from racli import config
+
+    schema = [
+        c
+        for c in vars(config).values()
+        if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == config.__name__
+    ]
+    assert Config in schema and config.BenchShape in schema
+    for cls in schema:
+        for name, info in cls.__pydantic_fields__.items():
+            assert info.is_required(), f"{cls.__name__}.{name} has a default"
+    # so a whole file (the packaged one) lacking a key is refused, naming it
     data = _packaged_data()
-    as_dict = cfg.to_dict()
-    for section, value in data.items():
-        assert section in as_dict
-        if isinstance(value, dict) and section not in ("models",):
-            assert set(value) <= set(as_dict[section])
+    del data["train"]["lr"]
+    with pytest.raises(ConfigError, match=r"^x\.yaml: train\.lr: missing key$"):
+        config_from_dict(data, "x.yaml")
 
 
 # ---- which file -----------------------------------------------------------
@@ -271,7 +299,7 @@ def test_apply_overrides_rejects_bad_items(item, reason):
 
 
 def test_resolve_db_precedence(monkeypatch):
-    cfg = Config(db="from_file.db")
+    cfg = load_config(packaged_config_path()).model_copy(update={"db": "from_file.db"})
     monkeypatch.delenv("RA_DB", raising=False)
     assert resolve_db(None, cfg) == "from_file.db"
     monkeypatch.setenv("RA_DB", "from_env.db")
@@ -322,6 +350,15 @@ def test_partial_file_merges_mappings_and_replaces_lists(tmp_path):
     assert set(cfg.models) == {"tiny", "small", "gpt2", "mine"}
     assert (cfg.models["tiny"].n_layer, cfg.models["tiny"].n_embd) == (3, 128)
     assert cfg.bench.attn == ["ra_v5"] and set(cfg.bench.shapes) == {"tiny", "gpt2"}
+
+
+def test_a_preset_of_ones_own_gives_every_key(tmp_path):
+    # a preset the packaged file lacks has no defaults to take its other keys from
+    p = _write(tmp_path / "mine.yaml", {"models": {"mine": {"n_layer": 1, "n_head": 2}}})
+    with pytest.raises(
+        ConfigError, match=f"^{re.escape(str(p))}: models\\.mine\\.n_embd: missing key$"
+    ):
+        load_config(p)
 
 
 def test_partial_local_ra_yaml_overlays_too(tmp_path, monkeypatch):

@@ -766,24 +766,17 @@ def test_auto_preset_resolves_by_device(monkeypatch):
 def test_auto_preset_config_validation(tmp_path):
     from racli.config import ConfigError, config_from_dict
 
-    cfg = config_from_dict(
-        {
-            "models": {"tiny": {}, "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768}},
-            "model": {"preset": "auto"},
-        },
-        "x.yaml",
-    )
+    whole = load_config(packaged_config_path()).to_dict()  # every key, model.preset auto
+    tiny_only = {**whole, "models": {"tiny": whole["models"]["tiny"]}}
+    cfg = config_from_dict(whole, "x.yaml")
     assert cfg.model_fields()["n_embd"] == 128
     assert cfg.model_fields(device_type="cuda")["n_embd"] == 768
     with pytest.raises(ConfigError, match="auto needs the presets gpt2, tiny"):
-        config_from_dict({"models": {"tiny": {}}, "model": {"preset": "auto"}}, "x.yaml")
+        config_from_dict(tiny_only, "x.yaml")
     with pytest.raises(ConfigError, match="valid: auto"):
-        config_from_dict({"models": {"tiny": {}}, "model": {"preset": "huge"}}, "x.yaml")
+        config_from_dict({**tiny_only, "model": {**whole["model"], "preset": "huge"}}, "x.yaml")
     with pytest.raises(ConfigError, match="train.max_epochs"):
-        config_from_dict(
-            {"models": {"tiny": {}}, "model": {"preset": "tiny"}, "train": {"max_epochs": 0}},
-            "x.yaml",
-        )
+        config_from_dict({**whole, "train": {**whole["train"], "max_epochs": 0}}, "x.yaml")
 
 
 def test_train_model_auto_option(tmp_path):

@@ -396,13 +396,11 @@ def test_several_runs_mixing_attentions_is_bad_input(seeds_db):
 
 @pytest.mark.slow
 def test_fresh_cpu_run_shows_the_new_classification(tmp_path):
-    import dataclasses
-
     from racli.config import load_config
     from racli.training import load_data, spec_from_config, train
 
     cfg = load_config(ROOT / "ra.yaml")
-    cfg = dataclasses.replace(cfg, gates=dataclasses.replace(cfg.gates, measure_batches=1))
+    cfg = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"measure_batches": 1})})
     sets = [
         "model.n_layer=2",
         "model.n_head=2",

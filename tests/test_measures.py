@@ -5,7 +5,6 @@ references, their invariances, and their recording during training
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import sqlite3
 
@@ -395,10 +394,11 @@ def test_record_measures_leaves_the_model_as_it_was():
 
 def test_settings_batches_rows_and_ablation_schedule():
     batches = token_batches(n=3, B=4)
-    from racli.config import GatesConfig
+    from racli.config import load_config, packaged_config_path
 
     assert MeasureSettings() == MeasureSettings.from_mapping(None)
-    assert MeasureSettings() == MeasureSettings.from_mapping(dataclasses.asdict(GatesConfig()))
+    gates = load_config(packaged_config_path()).gates  # ra.yaml's defaults
+    assert MeasureSettings() == MeasureSettings.from_mapping(gates.model_dump())
     assert (MeasureSettings().batches, MeasureSettings().rows) == (1, 1)  # one sequence
     assert MeasureSettings().queries == 256 and MeasureSettings().precision == "auto"
     custom = MeasureSettings.from_mapping({"measure_queries": 0, "measure_precision": "float32"})
@@ -449,9 +449,8 @@ def _train_losses(tmp_path, name, measure_batches):
         "train.final_eval_batches=2",
         "train.log_interval=2",
     ]
-    cfg = dataclasses.replace(
-        cfg, gates=dataclasses.replace(cfg.gates, measure_batches=measure_batches, ablation="every")
-    )
+    measures = {"measure_batches": measure_batches, "ablation": "every"}
+    cfg = cfg.model_copy(update={"gates": cfg.gates.model_copy(update=measures)})
     spec = spec_from_config(
         cfg, attn="ra_v5", steps=8, seed=3, device="cpu", compile=False, overrides=sets
     )

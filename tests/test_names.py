@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
+from typing import get_args
 
 import pytest
 from helpers import REPO
@@ -26,8 +26,9 @@ def test_config_and_training_use_the_shared_names():
     from racli.training import spec
 
     assert config.ATTENTION_NAMES is names.ATTENTION_NAMES
-    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(config.TrainConfig)}
-    assert choices["sdpa_backend"] == names.SDPA_BACKENDS
+    assert get_args(config.TrainConfig.model_fields["sdpa_backend"].annotation) == (
+        names.SDPA_BACKENDS
+    )
     assert spec.check_attention is names.check_attention
     assert spec.resolve_device is names.resolve_device
     assert harness.resolve_device is names.resolve_device

@@ -719,6 +719,7 @@ def test_run_config_is_byte_identical_and_survives_resume(dataset):
             },
         },
         "test",
+        defaults=load_config(packaged_config_path()).to_dict(),
     )
     spec = training.spec_from_config(
         cfg, attn="ra_v5", steps=7, seed=3, tag="x", device="cpu", compile=False

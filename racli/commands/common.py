@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from racli.config import Config, load_config, resolve_db
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
+
+if TYPE_CHECKING:  # racli.config imports pydantic, which `ra --help` need not wait for
+    from racli.config import Config
 
 DbOpt = Annotated[
     Optional[str],
@@ -40,10 +42,14 @@ GLOBAL: dict[str, Any] = {"db": None, "config": None, "debug": False}
 
 
 def config(path: str | None = None) -> Config:
+    from racli.config import load_config
+
     return load_config(path or GLOBAL["config"])
 
 
 def db_location(db: str | None, cfg: Config) -> str:
+    from racli.config import resolve_db
+
     return resolve_db(db or GLOBAL["db"], cfg)
 
 

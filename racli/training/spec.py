@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from racli.config import TrainConfig, apply_overrides
+from racli.config import TrainConfig, apply_overrides, load_config, packaged_config_path
 from racli.errors import BadInput
 from racli.names import check_attention, device_type, resolve_device
 from racli.store import checkpoints as ckpt_paths
@@ -94,21 +94,25 @@ def train_section(train: TrainConfig) -> dict[str, Any]:
     (`batch_tokens` only when set)."""
     return {
         k: v
-        for k, v in dataclasses.asdict(train).items()
+        for k, v in train.model_dump().items()
         if k not in _TRAIN_SKIP and not (k in _TRAIN_OMIT_NULL and v is None)
     }
 
 
 def train_settings(section: dict[str, Any], compile: bool) -> TrainConfig:
-    """The TrainConfig of a recorded `train` section (fields it lacks take their defaults)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(_TRAIN_SKIP)
+    """The TrainConfig of a recorded `train` section (a field it lacks: null if recorded only
+    while set, else the packaged ra.yaml's value)."""
+    known = set(TrainConfig.model_fields) - set(_TRAIN_SKIP)
     unknown = sorted(set(section) - known)
     if unknown:
         raise BadInput(
             f"the run's recorded train settings hold unknown keys "
             f"({', '.join(unknown)}): it was recorded by another version of ra"
         )
-    return TrainConfig(**section, compile="on" if compile else "off")
+    settings = load_config(packaged_config_path()).train.model_dump()
+    settings.update(dict.fromkeys(_TRAIN_OMIT_NULL))
+    settings.update(section, compile="on" if compile else "off")
+    return TrainConfig.model_construct(**settings)
 
 
 def spec_from_config(
@@ -144,7 +148,7 @@ def spec_from_config(
     model.setdefault("vocab_size", None)
     if compile is None:
         compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
-    train = dataclasses.replace(cfg.train, compile="on" if compile else "off")
+    train = cfg.train.model_copy(update={"compile": "on" if compile else "off"})
     return TrainSpec(
         attn=attn,
         model=model,
@@ -156,7 +160,7 @@ def spec_from_config(
         tag=tag,
         device=dev,
         compile=bool(compile),
-        measures=dataclasses.asdict(cfg.gates),
+        measures=cfg.gates.model_dump(),
         preset=preset,
     )
 
