@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from racli.compare.header import header_text
+from racli.compare.text import final_comparison
 from racli.errors import BadInput
 from racli.experiment.plan import EXPERIMENT_KEY, Arm
 
@@ -121,8 +123,5 @@ def verdict_text(av: ArmVerdict) -> str:
     """`ra compare`'s header and FINAL COMPARISON / VERDICT blocks for one pair of arms."""
     if av.comparison is None:
         return f"{av.candidate} vs {av.baseline}: no verdict ({av.error})"
-    from racli.commands.compare import header_text
-    from racli.compare.text import final_comparison
-
     cmp = av.comparison
     return header_text(cmp) + "\n\n" + final_comparison(cmp.verdict, cmp.candidate, cmp.baseline)
