@@ -19,7 +19,6 @@ imported where they are needed).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from racli.config import TrainConfig
 from racli.errors import BadInput
 from racli.names import check_attention, device_type, resolve_device
+from racli.training.budget import check_budget
 from racli.training.global_batch import BatchLayout, batch_layout
 
 if TYPE_CHECKING:
@@ -84,17 +84,6 @@ class TrainSpec:
         """Raise BadInput for an unusable spec (budget, attention name)."""
         check_budget(self.minutes, self.steps)
         check_attention(self.attn)
-
-
-def check_budget(minutes: float | None, steps: int | None) -> None:
-    if minutes is not None and steps is not None:
-        raise BadInput("give either --minutes or --steps, not both")
-    if minutes is None and steps is None:
-        raise BadInput("give a budget: --minutes M (wall-clock training time) or --steps N")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise BadInput(f"--minutes must be a positive number, got {minutes}")
-    if steps is not None and steps <= 0:
-        raise BadInput(f"--steps must be a positive integer, got {steps}")
 
 
 def train_section(train: TrainConfig) -> dict[str, Any]:
