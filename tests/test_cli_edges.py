@@ -179,20 +179,20 @@ def test_train_on_a_read_only_store_is_bad_input_before_training(tmp_path):
 
 
 def test_store_writable_check_names_the_file_and_the_folder(tmp_path, monkeypatch):
-    from racli.commands import train
+    from racli.training import launch
 
     db = tmp_path / "a.db"
     db.write_bytes(b"")
-    train.check_store_writable(str(db))  # writable: nothing to say
+    launch.check_store_writable(str(db))  # writable: nothing to say
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == db else real(p, mode))
     with pytest.raises(BadInput, match="database file is read-only"):
-        train.check_store_writable(str(db))
+        launch.check_store_writable(str(db))
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path)
     with pytest.raises(BadInput, match="folder .* is read-only"):
-        train.check_store_writable(str(tmp_path / "new.db"))
+        launch.check_store_writable(str(tmp_path / "new.db"))
     with pytest.raises(BadInput, match="is a directory"):
-        train.check_store_writable(str(tmp_path))
+        launch.check_store_writable(str(tmp_path))
 
 
 # ---- token ids outside the vocabulary -------------------------------------------------------
@@ -331,3 +331,51 @@ def test_bench_with_one_configuration_timed_is_finished():
     assert all_configs_failed([Row(status="failed"), Row(status="ok")]) is None
     assert all_configs_failed([Row(status="skipped")]) is None
     assert "1 of 2 failed" in all_configs_failed([Row(status="failed"), Row(status="skipped")])
+
+
+# ---- the work behind `ra train` (racli.training.launch), without training -------------------
+
+
+def test_launch_options_conflicts_and_overrides():
+    from racli.training import launch
+
+    opts = launch.TrainOptions(resume=3, steps=5, compile=False, seed=0, overrides=["a=b"])
+    assert opts.resume_conflicts() == ["--steps", "--seed", "--compile", "--set"]
+    assert launch.TrainOptions(resume=3).resume_conflicts() == []
+    opts = launch.TrainOptions(overrides=["model.n_layer=1"], batch_size=8, lr=0.003)
+    assert opts.train_overrides() == [
+        "model.n_layer=1",
+        "train.batch_size=8",
+        f"train.lr={0.003:.17e}",
+    ]
+    with pytest.raises(BadInput, match="beyond any budget"):
+        launch.check_options(launch.TrainOptions(steps=2**53 + 1))
+    with pytest.raises(BadInput, match="beyond any budget"):
+        launch.check_options(launch.TrainOptions(resume=1, minutes=1e300))
+    launch.check_options(launch.TrainOptions(minutes=float("inf")))  # refused by the spec later
+
+
+def test_launch_ending_lines_and_exit_codes():
+    from racli.training import launch
+    from racli.training.result import TrainResult
+
+    def end(status, forced=False, is_main=True, error=None):
+        r = TrainResult(run_id=4, attn="ra_v5", status=status, iterations=12, error=error)
+        return launch.ending(launch.Launched(r, forced, is_main))
+
+    assert end("finished") == (None, 0)
+    assert end("diverged", error="loss is nan") == ("ra: failed: run 4 diverged: loss is nan", 1)
+    assert end("interrupted") == (
+        "ra: interrupted: run 4 stopped at step 12; continue it with `ra train --resume 4`",
+        130,
+    )
+    assert end("interrupted", forced=True) == (
+        "ra: interrupted: run 4 stopped at once at step 12 (no final evaluation, no checkpoint)",
+        130,
+    )
+    assert end("interrupted", is_main=False) == (None, 0)
+    assert end("diverged", is_main=False) == (None, 1)
+    summary = launch.summary_dict(
+        TrainResult(run_id=1, attn="baseline", status="diverged", val_loss=float("nan"))
+    )
+    assert summary["val_loss"] is None and summary["run_id"] == 1

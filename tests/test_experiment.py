@@ -436,7 +436,7 @@ def test_sigint_is_forwarded_once_to_children():
     import threading
     import time
 
-    from racli.experiment.runner import interruptible
+    from racli.training.stopping import stop_on_signals
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         pytest.skip("SIGINT is ignored in this process (a background job)")
@@ -449,12 +449,9 @@ def test_sigint_is_forwarded_once_to_children():
         start_new_session=True,
     )
 
-    class Ctx:
-        children = [child]
-
     stop = threading.Event()
     time.sleep(0.3)  # let the child install Python's SIGINT handler
-    with interruptible([Ctx()], stop):
+    with stop_on_signals(stop, [child]):
         os.kill(os.getpid(), signal.SIGINT)
         assert child.wait(timeout=20) == 130
     assert stop.is_set()

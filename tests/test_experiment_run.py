@@ -12,7 +12,9 @@ import pytest
 from helpers import ra_inprocess
 
 from racli.config import load_config, packaged_config_path
-from racli.experiment import calibrate, plan, runner
+from racli.experiment import calibrate, plan
+from racli.experiment.orchestrate import run_experiment
+from racli.experiment.results import Interrupted, Settings
 from racli.experiment.view import PlainView
 from racli.store.engine import open_store
 
@@ -48,7 +50,7 @@ def q(db, sql, *args):
 @pytest.fixture
 def fixed_speed(monkeypatch):
     """Calibration figures fixed (6 steps/s for the first arm; ratios below), so that
-    budgets are known; the calibration run is still recorded by the runner."""
+    budgets are known; the calibration run is still recorded by the experiment."""
     ratios = {"baseline": 1.0, "ra_v5": 0.8}
 
     def measure(specs, labels, dataset, **kw):
@@ -190,7 +192,7 @@ def test_aa_experiment_compares_its_two_arms(tmp_path, fixed_speed):
 def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_speed):
     cfg = load_config(packaged_config_path())
     db = tmp_path / "ra.db"
-    settings = runner.Settings(
+    settings = Settings(
         arms=plan.parse_arms("baseline,ra_v5"),
         seeds=[1, 2],
         minutes=0.02,
@@ -206,8 +208,8 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
             os.kill(os.getpid(), signal.SIGINT)
 
     store = open_store(str(db))
-    with pytest.raises(runner.Interrupted) as exc:
-        runner.run_experiment(settings, cfg, store, view=PlainView(), on_step=interrupt)
+    with pytest.raises(Interrupted) as exc:
+        run_experiment(settings, cfg, store, view=PlainView(), on_step=interrupt)
     assert "run the same command again" in str(exc.value)
     rows = q(db, "SELECT id, attn, seed, status, iterations FROM runs WHERE kind='train'")
     assert [(a, s, st) for _, a, s, st, _ in rows] == [
@@ -220,7 +222,7 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
 
     assert checkpoint_path(str(db), stopped_id).is_file()
 
-    outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
+    outcome = run_experiment(settings, cfg, store, view=PlainView())
     store.close()
     rows = q(
         db, "SELECT id, attn, seed, status, iterations FROM runs WHERE kind='train' ORDER BY id"
@@ -239,7 +241,7 @@ def test_sigint_then_same_command_resumes_without_duplicates(tmp_path, fixed_spe
 def test_until_settled_adds_seed_pairs_up_to_the_maximum(tmp_path, fixed_speed):
     cfg = load_config(packaged_config_path())
     db = tmp_path / "ra.db"
-    settings = runner.Settings(
+    settings = Settings(
         arms=plan.parse_arms("baseline,ra_v5"),
         seeds=[1, 2],
         minutes=0.01,
@@ -250,7 +252,7 @@ def test_until_settled_adds_seed_pairs_up_to_the_maximum(tmp_path, fixed_speed):
         db=str(db),
     )
     store = open_store(str(db))
-    outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
+    outcome = run_experiment(settings, cfg, store, view=PlainView())
     store.close()
     assert outcome.design["looks"] == [2, 4]
     first = outcome.looks[0]
@@ -267,7 +269,7 @@ def test_child_processes_rotate_over_two_slots(tmp_path, fixed_speed):
 
     cfg = load_config(packaged_config_path())
     db = tmp_path / "ra.db"
-    settings = runner.Settings(
+    settings = Settings(
         arms=plan.parse_arms("baseline,ra_v5"),
         seeds=[1, 2],
         minutes=0.02,
@@ -277,7 +279,7 @@ def test_child_processes_rotate_over_two_slots(tmp_path, fixed_speed):
         db=str(db),
     )
     store = open_store(str(db))
-    outcome = runner.run_experiment(settings, cfg, store, view=PlainView())
+    outcome = run_experiment(settings, cfg, store, view=PlainView())
     store.close()
     rows = q(db, "SELECT attn, seed, status, iterations, config FROM runs WHERE kind='train'")
     assert sorted((a, s, st) for a, s, st, *_ in rows) == [

@@ -1,10 +1,8 @@
-"""`ra experiment`: the paired matrix at matched time, in one command.
+"""`ra experiment`: the paired matrix at matched time, in one command (docs/experiment.md).
 
-Thin: options are checked here; :mod:`racli.experiment.runner` calibrates,
-budgets, runs and judges; :mod:`racli.experiment.report` writes the report.
-Exit codes: 0 done (whatever the verdict); 130 interrupted (run the same
-command again to continue); 1 a run failed; 2 bad input. torch is imported
-inside the command only.
+Exit codes: 0 done (whatever the verdict); 130 interrupted (run the same command again to
+continue); 1 a run failed; 2 bad input. The experiment modules are imported inside the
+command (they bring torch and the database).
 """
 
 from __future__ import annotations
@@ -18,8 +16,10 @@ import typer
 
 from racli.commands import common
 from racli.errors import BadInput
-
-EXIT_INTERRUPTED = 130
+from racli.experiment import plan
+from racli.names import ATTENTION_NAMES
+from racli.text.terminal import for_stream
+from racli.training.stopping import EXIT_INTERRUPTED
 
 
 def experiment(
@@ -129,17 +129,13 @@ def experiment(
     json: common.JsonOpt = False,
 ) -> None:
     """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge."""
-    from racli.experiment import plan
-    from racli.experiment.report import check_report_path
-    from racli.experiment.runner import (
-        Interrupted,
-        Settings,
-        check_settings,
-        experiment_config,
-        run_experiment,
-    )
+    # imported here: the experiment modules take about a second to load (`ra --help`)
+    from racli.experiment.jobs import experiment_config
+    from racli.experiment.orchestrate import run_experiment
+    from racli.experiment.report import check_report_path, write_report
+    from racli.experiment.results import Interrupted, Settings, check_settings
+    from racli.experiment.text import outcome_text
     from racli.experiment.view import make_view
-    from racli.names import ATTENTION_NAMES
 
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
@@ -176,23 +172,14 @@ def experiment(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         view.close()
-    written = []
-    if report is not None:
-        from racli.experiment.report import write_report
-
-        command = (
-            "ra experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-            if len(sys.argv) > 2 and sys.argv[1] == "experiment"
-            else None
-        )
-        written = write_report(report, outcome, store, command=command)
+    written = write_report(report, outcome, store, command=_command()) if report is not None else []
     store.close()
     if json:
         data_out = outcome.to_dict()
         data_out["report"] = [str(p) for p in written]
         common.print_json(data_out)
     else:
-        _print(outcome, written)
+        sys.stdout.write(for_stream(outcome_text(outcome, written), sys.stdout.encoding) + "\n")
     if outcome.failed:
         ids = ", ".join(f"{r.job.arm.label} seed {r.job.seed}" for r in outcome.failed)
         typer.echo(
@@ -203,25 +190,8 @@ def experiment(
         raise typer.Exit(1)
 
 
-def _print(outcome, written) -> None:
-    from racli.experiment import judge
-    from racli.experiment.runner import _calibration_text
-    from racli.text.terminal import for_stream
-
-    lines = [
-        f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
-        _calibration_text(outcome.calibration),
-        "Step budgets: "
-        + ", ".join(f"{k} {b.steps} (x{b.ratio:.4f})" for k, b in outcome.budgets.items()),
-    ]
-    if outcome.design:
-        lines.append(
-            f"Sequential design: {outcome.design['spending']}, looks at "
-            f"{outcome.design['looks']} seeds; stopped at {outcome.looks[-1]['seeds']} "
-            f"(verdict at {outcome.confidence:.3%} confidence)"
-        )
-    for av in outcome.verdicts:
-        lines += ["", judge.verdict_text(av)]
-    if written:
-        lines += ["", "Report written to " + ", ".join(str(p) for p in written)]
-    sys.stdout.write(for_stream("\n".join(lines), sys.stdout.encoding) + "\n")
+def _command() -> str | None:
+    """The command line as typed, for the report (None when not run as `ra experiment`)."""
+    if len(sys.argv) > 2 and sys.argv[1] == "experiment":
+        return "ra experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    return None

@@ -14,23 +14,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from racli.compare.grouping import load_comparison, load_train_runs
+from racli.compare.header import header_text
+from racli.compare.text import final_comparison
 from racli.errors import BadInput
 from racli.experiment.plan import EXPERIMENT_KEY, Arm
-
-
-def experiment_runs(store, key: str, kind: str = "train") -> list[Any]:
-    """Every run (any status) of experiment `key`, oldest first, as ORM rows."""
-    from sqlalchemy import select
-
-    from racli.store.models import Run
-
-    q = (
-        select(Run)
-        .where(Run.kind == kind, Run.config[EXPERIMENT_KEY]["key"].as_string() == key)
-        .order_by(Run.id)
-    )
-    with store.session() as s:
-        return list(s.scalars(q))
+from racli.store.experiment_queries import experiment_runs
 
 
 def arm_of(run) -> str | None:
@@ -40,8 +29,6 @@ def arm_of(run) -> str | None:
 
 def arm_rows(store, key: str, arms: list[Arm]):
     """The experiment's finished train runs as `ra compare` rows, `attn` set to the arm."""
-    from racli.compare.grouping import load_train_runs
-
     labels = {r.id: arm_of(r) for r in experiment_runs(store, key)}
     rows = load_train_runs(store, attns=sorted({a.attn for a in arms}))
     return [
@@ -96,8 +83,6 @@ def verdicts(
     metric: str = "val_loss",
 ) -> list[ArmVerdict]:
     """Each arm after the first against the first, over the experiment's finished runs."""
-    from racli.compare.grouping import load_comparison
-
     rows = arm_rows(store, key, arms)
     out = []
     for arm in arms[1:]:
@@ -121,8 +106,5 @@ def verdict_text(av: ArmVerdict) -> str:
     """`ra compare`'s header and FINAL COMPARISON / VERDICT blocks for one pair of arms."""
     if av.comparison is None:
         return f"{av.candidate} vs {av.baseline}: no verdict ({av.error})"
-    from racli.commands.compare import header_text
-    from racli.compare.text import final_comparison
-
     cmp = av.comparison
     return header_text(cmp) + "\n\n" + final_comparison(cmp.verdict, cmp.candidate, cmp.baseline)

@@ -10,19 +10,20 @@ summary, and the loss curves as PNG files written beside the report
 from __future__ import annotations
 
 import math
-import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+from racli.compare.grouping import metric_curves
+from racli.errors import BadInput
 from racli.experiment import judge
+from racli.gates.analysis import analyse_gates
+from racli.store.experiment_queries import experiment_runs
+from racli.store.queries import gate_rows
 from racli.text.numbers import number
-
-CLOCK_METRICS = ("sm_clock_mhz", "power_w", "temp_c")
+from racli.training.clocks import medians_by_run
 
 
 def check_report_path(path: Path | None) -> None:
-    from racli.errors import BadInput
-
     if path is None:
         return
     parent = path.parent if str(path.parent) else Path(".")
@@ -38,38 +39,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _metric_medians(
-    store, run_ids: list[int], names: tuple[str, ...]
-) -> dict[int, dict[str, float]]:
-    from sqlalchemy import select
-
-    from racli.store.models import Metric
-
-    values: dict[int, dict[str, list[float]]] = {}
-    if not run_ids:
-        return {}
-    with store.engine.connect() as conn:
-        q = select(Metric.run_id, Metric.name, Metric.value).where(
-            Metric.run_id.in_(run_ids), Metric.name.in_(list(names))
-        )
-        for rid, name, value in conn.execute(q):
-            values.setdefault(rid, {}).setdefault(name, []).append(float(value))
-    return {rid: {n: statistics.median(v) for n, v in d.items()} for rid, d in values.items()}
-
-
-def _runs(store, key: str) -> list:
-    return judge.experiment_runs(store, key)
-
-
 def write_report(path: Path, outcome, store, *, command: str | None = None) -> list[Path]:
     """Write the report and its PNGs; returns the files written."""
-    from racli.compare.grouping import metric_curves
-    from racli.compare.plots import plot_loss_curves
+    from racli.compare.plots import plot_loss_curves  # matplotlib: only to write a report
 
     path = Path(path)
     stem = path.with_suffix("")
     written = [path]
-    runs = _runs(store, outcome.key)
+    runs = experiment_runs(store, outcome.key)
     arms = outcome.arms
     cal = outcome.calibration
     lines = [f"# Experiment {outcome.key}: {', '.join(a.label for a in arms)}", ""]
@@ -121,7 +98,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
 
     # runs
     lines += ["", "## Runs", ""]
-    clocks = _metric_medians(store, [r.id for r in runs], CLOCK_METRICS)
+    clocks = medians_by_run(store, [r.id for r in runs])
     rows = []
     for r in runs:
         c = clocks.get(r.id, {})
@@ -233,9 +210,6 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
 
 
 def _gate_lines(store, runs) -> list[str]:
-    from racli.gates.analysis import analyse_gates
-    from racli.store.queries import gate_rows
-
     out = []
     for r in runs:
         if r.status != "finished":

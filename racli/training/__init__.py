@@ -3,8 +3,9 @@
 One job per module: spec.py (what a run is, its recorded config, resume
 checks), trainer.py (the Trainer: step, log point, stop decision,
 evaluation), run.py (set-up, the recorded run and its end), result.py,
-checkpoint.py, datasets.py (token streams), batches.py (sampling), schedule.py,
-progress.py, distributed.py.
+checkpoint.py, datasets.py (token streams), batches.py (sampling), schedule.py, progress.py, distributed.py, budget.py (budget checks,
+epochs), launch.py (`ra train`'s work behind the command), stopping.py (the SIGINT/SIGTERM
+policy shared with `ra experiment`).
 
 The public entry points are re-exported lazily (importing this package does
 not import torch):

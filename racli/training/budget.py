@@ -1,25 +1,44 @@
-"""How much of its data a training budget will use, and the `--max-epochs` stop.
-
-Before training starts, the tokens the budget will consume are estimated (a budget in steps:
-exactly, steps x tokens per step; a budget in minutes: from the speed of the first
-``TIMING_STEPS`` timed steps) and compared with the training split. Past one epoch the run
-says so at once (the number of passes and the command that prepares a larger corpus) and the
-estimate is recorded as metric ``epochs_estimate``. ``train.max_epochs`` (``--max-epochs``)
-ends a run, status finished, once it has passed over the training split that many times
-(metric ``max_epochs_stop``). The learning-rate schedule still follows the budget.
-
-The trainer calls ``start`` before its first step and ``after_step`` after each step; the
-per-step cost is a couple of comparisons. The text functions are pure (no torch).
-"""
+"""A training budget: its checks (`--steps`, `--minutes`), the share of the data it will use
+and the `--max-epochs` stop (see docs/training.md, "Budgets and epochs"). No torch."""
 
 from __future__ import annotations
 
 import math
 
+from racli.errors import BadInput
+
+# budgets beyond these are typing mistakes (2^53: still exact as a float)
+MAX_STEPS = 2**53
+MAX_MINUTES = 2**53 / 60
 TIMING_STEPS = 10  # timed steps (after the warm-up step) behind a --minutes estimate
 PREPARE_HINT = (
     "ra data prepare SOURCE... --out DIR --tokenizer train:32768 (then ra train --data DIR)"
 )
+
+
+def check_minutes(minutes: float | None) -> None:
+    if minutes is None or not (math.isfinite(minutes) and minutes > 0):
+        raise BadInput(f"--minutes must be a positive number, got {minutes}")
+
+
+def check_budget(minutes: float | None, steps: int | None) -> None:
+    """Exactly one of a positive `minutes` and a positive `steps`."""
+    if minutes is not None and steps is not None:
+        raise BadInput("give either --minutes or --steps, not both")
+    if minutes is None and steps is None:
+        raise BadInput("give a budget: --minutes M (wall-clock training time) or --steps N")
+    if minutes is not None:
+        check_minutes(minutes)
+    if steps is not None and steps <= 0:
+        raise BadInput(f"--steps must be a positive integer, got {steps}")
+
+
+def check_budget_range(minutes: float | None, steps: int | None) -> None:
+    """No budget beyond any real one (checked first, --resume included)."""
+    if steps is not None and steps > MAX_STEPS:
+        raise BadInput(f"--steps {steps} is beyond any budget (at most 2^53 = {MAX_STEPS})")
+    if minutes is not None and math.isfinite(minutes) and minutes > MAX_MINUTES:
+        raise BadInput(f"--minutes {minutes:g} is beyond any budget (at most {MAX_MINUTES:.3g})")
 
 
 def epochs_note(

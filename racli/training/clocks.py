@@ -1,18 +1,14 @@
-"""The clock behind the speed: the GPU's SM clock, power and temperature.
+"""The GPU's SM clock, power and temperature behind a run's speed (NVML; `{}` on CPU).
 
-`ClockSampler(device).sample()` returns ``{"sm_clock_mhz", "power_w",
-"temp_c"}`` for a CUDA device, read through NVML (the ``nvidia-ml-py``
-package, optional extra ``ra[gpu]``; torch's own ``torch.cuda.clock_rate``
-needs it too). The trainer records them as metrics at every log interval, so
-a speed gap between runs can be traced to the machine (`ra runs show` prints
-their medians). On CPU, or without NVML, `sample()` returns ``{}``: nothing
-is recorded and nothing fails. A read costs a few NVML calls (microseconds).
-"""
+See docs/training.md, "GPU clocks"."""
 
 from __future__ import annotations
 
 import os
+import statistics
 from typing import Any
+
+from racli.store.experiment_queries import metric_values
 
 NAMES = ("sm_clock_mhz", "power_w", "temp_c")
 
@@ -77,20 +73,14 @@ class ClockSampler:
 
 def medians(values: dict[str, list[float]]) -> dict[str, float]:
     """Median of each clock metric that has values (for `ra runs show`)."""
-    import statistics
-
     return {k: statistics.median(v) for k, v in values.items() if k in NAMES and v}
+
+
+def medians_by_run(store, run_ids: list[int]) -> dict[int, dict[str, float]]:
+    """{run id: medians of its recorded clock metrics} of the runs that recorded any."""
+    return {rid: medians(v) for rid, v in metric_values(store, run_ids, NAMES).items()}
 
 
 def recorded_medians(store, run_id: int) -> dict[str, float]:
     """Medians of a run's recorded clock metrics ({} when none were recorded)."""
-    from sqlalchemy import select
-
-    from racli.store.models import Metric
-
-    values: dict[str, list[float]] = {}
-    with store.engine.connect() as conn:
-        q = select(Metric.name, Metric.value).where(Metric.run_id == run_id, Metric.name.in_(NAMES))
-        for name, value in conn.execute(q):
-            values.setdefault(name, []).append(float(value))
-    return medians(values)
+    return medians_by_run(store, [run_id]).get(run_id, {})

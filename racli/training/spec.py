@@ -6,7 +6,6 @@ Design notes: docs/internals/training.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from racli.names import check_attention, device_type, resolve_device
 from racli.store import checkpoints as ckpt_paths
 from racli.store.queries import get_run
 from racli.store.recorder import is_stale
+from racli.training.budget import check_budget
 from racli.training.datasets import DataError, dataset_identity, load_dataset
 from racli.training.global_batch import BatchLayout, batch_layout
 from racli.training.load_errors import describe_load_error
@@ -76,17 +76,6 @@ class TrainSpec:
         """Raise BadInput for an unusable spec (budget, attention name)."""
         check_budget(self.minutes, self.steps)
         check_attention(self.attn)
-
-
-def check_budget(minutes: float | None, steps: int | None) -> None:
-    if minutes is not None and steps is not None:
-        raise BadInput("give either --minutes or --steps, not both")
-    if minutes is None and steps is None:
-        raise BadInput("give a budget: --minutes M (wall-clock training time) or --steps N")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise BadInput(f"--minutes must be a positive number, got {minutes}")
-    if steps is not None and steps <= 0:
-        raise BadInput(f"--steps must be a positive integer, got {steps}")
 
 
 def train_section(train: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,115 @@
+"""The calibration as a recorded run (kind ``calibration``): found again, or measured here."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from racli.experiment import calibrate, plan, text
+from racli.experiment.results import Interrupted, Settings
+from racli.store.experiment_queries import experiment_runs
+from racli.store.recorder import RunRecorder
+from racli.training.spec import train_section
+
+
+def find_calibration(store, key: str):
+    """The newest finished calibration of experiment `key`, or None."""
+    runs = [
+        r
+        for r in experiment_runs(store, key, kind="calibration")
+        if r.status == "finished" and "calibration" in (r.config or {})
+    ]
+    if not runs:
+        return None
+    run = runs[-1]
+    cal = calibrate.Calibration.from_dict(run.config["calibration"])
+    cal.run_id = run.id
+    return cal
+
+
+def _config(settings: Settings, e, specs, key: str) -> dict:
+    """The recorded config of a calibration run (`e`: ra.yaml's `experiment` section)."""
+    return {
+        plan.EXPERIMENT_KEY: {"key": key, "arms": [a.label for a in settings.arms]},
+        "attn": [a.attn for a in settings.arms],
+        "device": specs[0].device_type,
+        "compile": specs[0].compile,
+        "model": specs[0].model,
+        "train": train_section(specs[0].train),
+        "preset": specs[0].preset,
+        "settings": {
+            "precision": e.calibration_precision,
+            "max_s": e.calibration_max_s,
+            "min_rounds": e.calibration_min_rounds,
+            "block_steps": e.calibration_block_steps,
+            "warmup_steps": e.calibration_warmup_steps,
+            "minutes": settings.minutes,
+        },
+    }
+
+
+def _record_speeds(rec: RunRecorder, cal) -> None:
+    for a in cal.arms:
+        values = {
+            f"steps_per_s:{a.label}": a.steps_per_s,
+            f"speed_ratio:{a.label}": a.ratio,
+            f"speed_ratio_lo:{a.label}": a.ratio_lo,
+            f"speed_ratio_hi:{a.label}": a.ratio_hi,
+        }
+        rec.metrics(
+            cal.rounds, {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
+        )
+
+
+def record_calibration(
+    store,
+    settings: Settings,
+    ecfg,
+    specs,
+    dataset,
+    key: str,
+    tag: str,
+    *,
+    view,
+    stop: threading.Event,
+):
+    """Time the arms, record a `calibration` run, return the Calibration (`Interrupted`
+    when `stop` is set meanwhile: the run is then recorded interrupted)."""
+    e = ecfg.experiment
+    labels = [a.label for a in settings.arms]
+    config = _config(settings, e, specs, key)
+    rec = RunRecorder.start(store, kind="calibration", config=config, tag=tag)
+    view.phase(text.calibrating_text(labels, specs[0].device, rec.run_id, e))
+
+    def on_round(cal) -> None:
+        for a in cal.arms:
+            rec.metric(cal.rounds, f"s_per_step:{a.label}", cal.per_round[a.label][-1])
+        view.note(text.round_text(cal))
+
+    try:
+        cal = calibrate.measure(
+            specs,
+            labels,
+            dataset,
+            precision=e.calibration_precision,
+            max_s=e.calibration_max_s,
+            min_rounds=e.calibration_min_rounds,
+            block_steps=e.calibration_block_steps,
+            warmup_steps=e.calibration_warmup_steps,
+            stop=stop,
+            on_round=on_round,
+        )
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            rec.end("interrupted", error="interrupted during calibration")
+        else:
+            rec.fail(exc)
+        raise
+    cal.run_id = rec.run_id
+    _record_speeds(rec, cal)
+    rec.update(config={**config, "calibration": cal.to_dict()})
+    if stop.is_set():
+        rec.end("interrupted", error="stopped on request during calibration")
+        raise Interrupted("interrupted during calibration (nothing trained yet)")
+    rec.finish(iterations=cal.rounds, train_seconds=cal.timed_s)
+    return cal

@@ -1,0 +1,176 @@
+"""The jobs of one invocation: what they share, their state in the store, specs and logs."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from racli.config import apply_overrides
+from racli.experiment import judge, plan
+from racli.experiment.plan import Budget, Job
+from racli.experiment.results import JobResult, Settings
+from racli.store.engine import sqlite_path
+from racli.store.experiment_queries import experiment_runs
+from racli.store.recorder import is_stale
+from racli.training import spec_from_config
+
+STALE_NOTE = "its heartbeat is fresh: another process is running it"
+
+
+def experiment_config(cfg, overrides: list[str]):
+    """ra.yaml with every --set applied (model., train. and experiment. keys)."""
+    return apply_overrides(cfg, overrides, sections=("model", "train", "experiment"))
+
+
+def train_overrides(overrides: list[str]) -> list[str]:
+    """The --set items a training run takes (all but the experiment. ones)."""
+    return [o for o in overrides if not o.strip().startswith("experiment.")]
+
+
+def arm_spec(settings: Settings, cfg, attn: str, *, device: str, steps: int, seed: int, tag):
+    """The TrainSpec of one arm's run (validated like `ra train`'s)."""
+    return spec_from_config(
+        cfg,
+        attn=attn,
+        preset=settings.preset,
+        data=settings.data,
+        steps=steps,
+        seed=seed,
+        tag=tag,
+        device=device,
+        compile=settings.compile,
+        overrides=train_overrides(settings.overrides),
+    )
+
+
+def job_state(runs: list) -> tuple[str, Any]:
+    """What to do with a job given its recorded runs (oldest first):
+    ("done", run) / ("resume", run) / ("busy", run) / ("new", None)."""
+    for r in runs:
+        if r.status == "finished":
+            return "done", r
+    if not runs:
+        return "new", None
+    last = runs[-1]
+    if last.status == "diverged":
+        return "done", last
+    if last.status == "running" and not is_stale(last):
+        return "busy", last
+    return "resume", last
+
+
+def runs_by_job(store, key: str) -> dict[tuple[str, int], list]:
+    out: dict[tuple[str, int], list] = {}
+    for r in experiment_runs(store, key):
+        out.setdefault((judge.arm_of(r), r.seed), []).append(r)
+    return out
+
+
+def log_path(db: str, key: str, job: Job) -> Path:
+    """Where a child process's output goes: beside a SQLite store, else in this folder."""
+    path = sqlite_path(db)
+    base = path.parent if path is not None else Path.cwd()
+    safe = job.arm.label.replace("#", "-")
+    return base / "ra_experiment_logs" / key / f"{safe}-seed{job.seed}.log"
+
+
+class Context:
+    """What every job of one invocation shares."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cfg,
+        store,
+        *,
+        key: str,
+        tag: str,
+        dataset,
+        budgets: dict[str, Budget],
+        cal,
+        devices: list[str],
+        view,
+        stop: threading.Event,
+        on_step=None,
+        children: list[subprocess.Popen] | None = None,
+    ):
+        self.settings, self.cfg, self.store = settings, cfg, store
+        self.key, self.tag, self.dataset = key, tag, dataset
+        self.budgets, self.cal, self.devices = budgets, cal, devices
+        self.view, self.stop, self.on_step = view, stop, on_step
+        self.children: list[subprocess.Popen] = [] if children is None else children
+        self.durations: list[float] = []
+
+    def extra(self, job: Job) -> dict[str, Any]:
+        arms = self.settings.arms
+        extra = plan.extra_config(
+            key=self.key,
+            arm=job.arm,
+            arms=arms,
+            budget=self.budgets[job.arm.label],
+            minutes=self.settings.minutes,
+            calibration_run=self.cal.run_id,
+            reference_steps=self.budgets[arms[0].label].steps,
+        )
+        extra[plan.EXPERIMENT_KEY]["device"] = self.devices[job.device]  # where it started
+        return extra
+
+    def job_spec(self, job: Job, device: str):
+        """The TrainSpec of a job's run, its experiment entries included."""
+        spec = arm_spec(
+            self.settings,
+            self.cfg,
+            job.arm.attn,
+            device=device,
+            steps=self.budgets[job.arm.label].steps,
+            seed=job.seed,
+            tag=self.tag,
+        )
+        spec.extra = self.extra(job)
+        return spec
+
+    def label(self, job: Job, run_id: int | None) -> str:
+        run = f" (run {run_id})" if run_id is not None else ""
+        return f"{job.arm.label} seed {job.seed}{run}"
+
+    def eta(self, left: int, running: int) -> float | None:
+        """Seconds left: runs to go x the mean duration of the runs done so far (before the
+        first, the matched minutes plus a fifth for start-up and evaluation)."""
+        per = (
+            sum(self.durations) / len(self.durations)
+            if self.durations
+            else self.settings.minutes * 60.0 * 1.2
+        )
+        return per * (left + running) / max(1, len(self.devices))
+
+    def verdict_so_far(self, confidence: float) -> None:
+        v = self.cfg.verdict
+        found = judge.verdicts(
+            self.store,
+            self.key,
+            self.settings.arms,
+            threshold=v.threshold,
+            confidence=confidence,
+        )
+        self.view.verdict([x.short() for x in found])
+
+    def pending(self, jobs: list[Job], results: list[JobResult]) -> list[tuple]:
+        """(job, action, run) of the jobs still to do; finished ones go to `results`. The
+        view's counts start from them."""
+        known = runs_by_job(self.store, self.key)
+        todo = []
+        for job in jobs:
+            action, run = job_state(known.get((job.arm.label, job.seed), []))
+            if action == "done":
+                results.append(JobResult(job, run.id, run.status, "recorded before"))
+            elif action == "busy":
+                self.view.note(f"{self.label(job, run.id)}: skipped, {STALE_NOTE}")
+                results.append(JobResult(job, run.id, "skipped", STALE_NOTE))
+            else:
+                todo.append((job, action, run))
+        self.view.state.total = len(jobs)
+        self.view.state.done = len(jobs) - len(todo)
+        self.view.state.eta_s = self.eta(len(todo), 0)
+        return todo

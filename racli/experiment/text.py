@@ -1,0 +1,108 @@
+"""The lines `ra experiment` prints: its progress notes and its final summary. No torch."""
+
+from __future__ import annotations
+
+import math
+
+from racli.experiment import judge
+
+
+def seed_text(seeds: list[int]) -> str:
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def start_text(key: str, settings, devices: list[str], tag: str) -> str:
+    return (
+        f"experiment {key}: {', '.join(a.label for a in settings.arms)}; "
+        f"seeds {seed_text(settings.seeds)}; {settings.minutes:g} min each at matched "
+        f"time; devices {', '.join(devices)}; runs tagged '{tag}'"
+    )
+
+
+def calibrating_text(labels: list[str], device: str, run_id: int, e) -> str:
+    """`e`: the `experiment` section of ra.yaml."""
+    return (
+        f"calibrating {', '.join(labels)} on {device} (run {run_id}): "
+        f"until every speed ratio is within +-{e.calibration_precision:.2%} "
+        f"or {e.calibration_max_s:g} s of timed steps"
+    )
+
+
+def round_text(cal) -> str:
+    """One calibration round: the first arm's speed and every other arm's ratio."""
+    parts = [
+        f"{a.label} {a.ratio:.4f}"
+        + (f" +-{a.half_width:.2%}" if math.isfinite(a.half_width) else "")
+        for a in cal.arms[1:]
+    ]
+    return (
+        f"calibration round {cal.rounds}: {cal.arms[0].steps_per_s:.2f} steps/s "
+        f"({cal.arms[0].label}); ratios {', '.join(parts)}"
+    )
+
+
+def calibration_text(cal) -> str:
+    first = cal.arms[0]
+    parts = [f"{first.label} {first.steps_per_s:.3f} steps/s"]
+    for a in cal.arms[1:]:
+        ci = f" [{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else ""
+        parts.append(f"{a.label} x{a.ratio:.4f}{ci}")
+    state = (
+        "settled"
+        if cal.settled
+        else f"time cap reached, intervals wider than +-{cal.precision:.2%}"
+    )
+    return (
+        f"calibration (run {cal.run_id}, {cal.rounds} rounds, {cal.timed_s:.1f} s, "
+        f"{state}): " + "; ".join(parts)
+    )
+
+
+def budgets_text(budgets) -> str:
+    return "step budgets: " + ", ".join(f"{k} {b.steps}" for k, b in budgets.items())
+
+
+def training_text(n_arms: int, n_seeds: int, design, n_looks: int, confidence: float) -> str:
+    """The phase line of one look (`n_looks` made before it)."""
+    return f"training {n_arms} arms x {n_seeds} seeds" + (
+        f" (look {n_looks + 1} of {len(design.looks)}, verdict at {confidence:.3%} confidence)"
+        if design
+        else ""
+    )
+
+
+def next_look_text(n_seeds: int, added: list[int]) -> str:
+    return f"look at {n_seeds} seeds: still INCONCLUSIVE; adding seeds {seed_text(added)}"
+
+
+def interrupted_text(results, n_jobs: int) -> str:
+    done = sum(r.status == "finished" for r in results)
+    stopped = [r.run_id for r in results if r.status == "interrupted"]
+    return (
+        f"interrupted: {done} of {n_jobs} runs finished"
+        + (f"; runs {', '.join(map(str, stopped))} stopped with a checkpoint" if stopped else "")
+        + "; run the same command again to continue"
+    )
+
+
+def outcome_text(outcome, written) -> str:
+    """The summary on stdout: calibration, budgets, the design and every verdict."""
+    lines = [
+        f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
+        calibration_text(outcome.calibration),
+        "Step budgets: "
+        + ", ".join(f"{k} {b.steps} (x{b.ratio:.4f})" for k, b in outcome.budgets.items()),
+    ]
+    if outcome.design:
+        lines.append(
+            f"Sequential design: {outcome.design['spending']}, looks at "
+            f"{outcome.design['looks']} seeds; stopped at {outcome.looks[-1]['seeds']} "
+            f"(verdict at {outcome.confidence:.3%} confidence)"
+        )
+    for av in outcome.verdicts:
+        lines += ["", judge.verdict_text(av)]
+    if written:
+        lines += ["", "Report written to " + ", ".join(str(p) for p in written)]
+    return "\n".join(lines)

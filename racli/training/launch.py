@@ -1,0 +1,321 @@
+"""`ra train`'s work: check the options, open the store, train (or resume), and say how it ended.
+
+    opts = TrainOptions(attn="ra_v5", steps=200)
+    check_options(opts)                        # before anything else
+    prepared = prepare(opts, cfg, location)    # BadInput before the store is written
+    launched = run(prepared)                   # under the stop policy of training.stopping
+    message, code = ending(launched)
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from racli import training
+from racli.errors import BadInput
+from racli.names import check_run_id
+from racli.store import checkpoints as ckpt_paths
+from racli.store.engine import open_store, sqlite_path
+from racli.store.queries import get_run
+from racli.training.budget import check_budget_range
+from racli.training.progress import ConsoleReporter
+from racli.training.result import TrainResult
+from racli.training.spec import TrainSpec, load_data, prepare_resume, run_config, spec_from_config
+from racli.training.stopping import EXIT_INTERRUPTED, stop_on_signals
+
+
+@dataclass
+class TrainOptions:
+    """What `ra train` was given (None: not given)."""
+
+    attn: str | None = None
+    minutes: float | None = None
+    steps: int | None = None
+    model: str | None = None
+    data: str | None = None
+    seed: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str | None = None
+    compile: bool | None = None
+    max_epochs: float | None = None
+    tag: str | None = None
+    overrides: list[str] = field(default_factory=list)  # --set items
+    resume: int | None = None
+    extra_config: str | None = None  # JSON from `ra experiment`
+
+    def resume_conflicts(self) -> list[str]:
+        """The options given with --resume that it would ignore (none may be)."""
+        given = {
+            "attn": self.attn,
+            "minutes": self.minutes,
+            "steps": self.steps,
+            "model": self.model,
+            "data": self.data,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "device": self.device,
+            "compile": self.compile,
+            "tag": self.tag,
+            "set": self.overrides,
+            "max_epochs": self.max_epochs,
+            "extra_config": self.extra_config,
+        }
+        return [
+            f"--{name.replace('_', '-')}"
+            for name, value in given.items()
+            if value not in (None, [], ())
+        ]
+
+    def train_overrides(self) -> list[str]:
+        """--set items, then --batch-size, --lr and --max-epochs as train.* overrides."""
+        overrides = list(self.overrides)
+        if self.batch_size is not None:
+            overrides.append(f"train.batch_size={self.batch_size}")
+        if self.lr is not None:
+            overrides.append(f"train.lr={self.lr:.17e}")  # YAML needs the dot and sign
+        if self.max_epochs is not None:
+            overrides.append(f"train.max_epochs={self.max_epochs:.17e}")
+        return overrides
+
+
+def check_options(opts: TrainOptions) -> None:
+    """What is wrong whatever the configuration: the run id and the budget's range."""
+    if opts.resume is not None:
+        check_run_id(opts.resume, "--resume")
+    check_budget_range(opts.minutes, opts.steps)
+
+
+def check_store_writable(location: str) -> None:
+    """BadInput unless a SQLite store at `location` (a file, or one to create) can be
+    written: train records its run there, so this is checked before any work."""
+    path = sqlite_path(location)
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else None
+    if path.is_dir():
+        raise BadInput(f"cannot record the run in {path}: it is a directory")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise BadInput(
+            f"cannot record the run in {path}: the database file is read-only "
+            "(read commands still work on it; train needs a writable store, e.g. --db)"
+        )
+    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot record the run in {path}: its folder {folder} is read-only")
+
+
+def open_writable(open_fn: Callable[[], Any], location: str):
+    """`open_fn()`, with a store SQLite refuses to write turned into bad input."""
+    try:
+        return open_fn()
+    except OperationalError as exc:
+        if "readonly" not in str(exc):
+            raise
+        raise BadInput(f"cannot record the run in {location}: the database is read-only") from exc
+
+
+@dataclass
+class Prepared:
+    """A run ready to start: its spec and data, the store (None on ranks but 0)."""
+
+    spec: TrainSpec
+    dataset: Any
+    store: Any
+    info: Any  # distributed.DistInfo
+    resume: int | None = None
+
+
+def _prepare_resume(opts: TrainOptions, location: str, info) -> Prepared:
+    conflicts = opts.resume_conflicts()
+    if conflicts:
+        raise BadInput(
+            f"--resume continues run {opts.resume} with its recorded configuration "
+            f"and budget: drop {', '.join(conflicts)}"
+        )
+    # rank 0 opens (and migrates) the store; other ranks only read it
+    store = open_writable(
+        lambda: open_store(location, create=False, migrate=info.is_main), location
+    )
+    spec, dataset, _ = prepare_resume(store, opts.resume, info)
+    return Prepared(spec, dataset, store, info, opts.resume)
+
+
+def prepare(
+    opts: TrainOptions, cfg, location: str, *, parse_extra: Callable[[str], dict] | None = None
+) -> Prepared:
+    """Validate everything (spec, data, model config, checkpoint folder, store) and open the
+    store; `parse_extra` reads --extra-config. Imports torch."""
+    from racli.training import distributed as ddp  # torch
+
+    info = ddp.detect()
+    if info.is_main:
+        check_store_writable(location)
+    if opts.resume is not None:
+        return _prepare_resume(opts, location, info)
+    if opts.attn is None:
+        raise BadInput("--attn is required (e.g. --attn ra_v5), or --resume RUN")
+    spec = spec_from_config(
+        cfg,
+        attn=opts.attn,
+        preset=opts.model,
+        data=opts.data,
+        minutes=opts.minutes,
+        steps=opts.steps,
+        seed=0 if opts.seed is None else opts.seed,
+        tag=opts.tag,
+        device=opts.device,
+        compile=opts.compile,
+        overrides=opts.train_overrides(),
+    )
+    if opts.extra_config is not None:
+        if parse_extra is None:
+            raise ValueError("--extra-config needs its parser (parse_extra)")
+        spec.extra = parse_extra(opts.extra_config)
+    dataset = load_data(spec)
+    run_config(spec, dataset, info.world_size)  # validates the model config
+    store = None
+    if info.is_main:
+        ckpt_paths.ensure_writable(location)  # before the database is created
+        store = open_writable(lambda: open_store(location), location)
+    return Prepared(spec, dataset, store, info)
+
+
+class Watch:
+    """Passes the reporter's calls on and remembers the run id and the last loss, so a
+    run stopped at once (second Ctrl-C) still gets its summary."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.run_id: int | None = None
+        self.loss: float | None = None
+
+    def start(self, *, run_id, **kw) -> None:
+        self.run_id = run_id
+        self.inner.start(run_id=run_id, **kw)
+
+    def update(self, *, loss, **kw) -> None:
+        if loss is not None:
+            self.loss = loss
+        self.inner.update(loss=loss, **kw)
+
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def forced_stop_result(store, run_id: int, attn: str, train_loss: float | None) -> TrainResult:
+    """The TrainResult of a run stopped at once, read back from its recorded row."""
+    r = get_run(store, run_id)
+    return TrainResult(
+        run_id=run_id,
+        attn=attn,
+        status=r.status,
+        iterations=r.iterations or 0,
+        tokens=r.tokens or 0,
+        epochs=r.epochs,
+        train_seconds=r.train_seconds or 0.0,
+        val_loss=r.val_loss,
+        train_loss=train_loss,
+        tokens_per_s=r.tokens_per_s,
+        it_per_s=None,
+        compile_s=None,
+        eval_s=None,
+        checkpoint_s=None,
+        error=r.error,
+        config=r.config or {},
+    )
+
+
+@dataclass
+class Launched:
+    result: TrainResult
+    forced: bool  # stopped at once (a second signal): no final evaluation, no checkpoint
+    is_main: bool = True
+
+
+def run(p: Prepared) -> Launched:
+    """Train (or resume) under the stop policy: a first SIGINT/SIGTERM ends the run after its
+    final evaluation and a checkpoint, a second at once. Closes the store."""
+    reporter = Watch(ConsoleReporter()) if p.info.is_main else None
+    if (
+        reporter is not None
+        and p.spec.device_type == "cuda"
+        and p.dataset.name.startswith("builtin:")
+    ):
+        reporter.note(
+            f"note: the built-in corpus ({p.dataset.train_tokens:,} training tokens) is "
+            f"for CPU runs and short checks; GPU runs need a large corpus (--data)"
+        )
+    stop = threading.Event()
+    forced = False
+    try:
+        with stop_on_signals(stop):
+            try:
+                result = training.train(
+                    p.spec,
+                    p.store,
+                    dataset=p.dataset,
+                    resume_run=p.resume,
+                    reporter=reporter,
+                    stop=stop,
+                    dist_info=p.info,
+                )
+            except KeyboardInterrupt:  # stopped at once: the run is recorded interrupted
+                if reporter is None or reporter.run_id is None:
+                    raise
+                forced = True
+                result = forced_stop_result(p.store, reporter.run_id, p.spec.attn, reporter.loss)
+    finally:
+        if p.store is not None:
+            p.store.close()
+    return Launched(result, forced, p.info.is_main)
+
+
+def ending(launched: Launched) -> tuple[str | None, int]:
+    """The closing line on stderr (None: none) and the exit code of a run's end."""
+    r = launched.result
+    if not launched.is_main:
+        return None, 0 if r.status in ("finished", "interrupted") else 1
+    if launched.forced:
+        return (
+            f"ra: interrupted: run {r.run_id} stopped at once at step "
+            f"{r.iterations} (no final evaluation, no checkpoint)",
+            EXIT_INTERRUPTED,
+        )
+    if r.status == "diverged":
+        return f"ra: failed: run {r.run_id} diverged: {r.error}", 1
+    if r.status == "interrupted":
+        return (
+            f"ra: interrupted: run {r.run_id} stopped at step {r.iterations}; "
+            f"continue it with `ra train --resume {r.run_id}`",
+            EXIT_INTERRUPTED,
+        )
+    return None, 0
+
+
+def json_ready(value):
+    """`value` with non-finite floats as None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def summary_dict(result: TrainResult) -> dict:
+    return json_ready(dataclasses.asdict(result))

@@ -1,0 +1,254 @@
+"""The parts of `ra experiment` around its runs, without training: the store queries, a job's
+state, the child launcher's start of a job, the stop policy and the printed text."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import types
+
+import pytest
+from helpers import record_run
+
+from racli.experiment import jobs, local, plan, text
+from racli.experiment.results import JobResult, Settings
+from racli.experiment.view import PlainView
+from racli.store import experiment_queries as eq
+from racli.store.engine import open_store
+from racli.store.recorder import RunRecorder
+from racli.training import clocks, stopping
+
+
+def _record(store, key, arm, seed, *, kind="train", status="finished", steps=()):
+    rec = RunRecorder.start(
+        store,
+        kind=kind,
+        attn=arm.split("#")[0] if kind == "train" else None,
+        config={plan.EXPERIMENT_KEY: {"key": key, "arm": arm}, "seed": seed},
+        seed=seed,
+        env_info={"hostname": "h", "cpu_count": 1},
+        git_commit="0123abcd",
+        heartbeat=False,
+    )
+    for step in steps:
+        rec.metric(step, "train_loss", 1.0)
+    if status == "finished":
+        rec.finish(iterations=1, train_seconds=1.0)
+    elif status != "running":
+        rec.end(status)
+    return rec.run_id
+
+
+def test_experiment_queries(store_url):
+    assert eq.EXPERIMENT_ENTRY == plan.EXPERIMENT_KEY
+    store = open_store(store_url)
+    try:
+        a = _record(store, "k1", "baseline", 1, steps=(0, 5, 10))
+        _record(store, "k2", "baseline", 1)
+        c = _record(store, "k1", "ra_v5", 1, status="interrupted")
+        cal = _record(store, "k1", "baseline", 0, kind="calibration")
+        other = record_run(store, attn="baseline", seed=1)  # not in an experiment
+        assert [r.id for r in eq.experiment_runs(store, "k1")] == [a, c]
+        assert [r.id for r in eq.experiment_runs(store, "k1", kind="calibration")] == [cal]
+        assert eq.experiment_runs(store, "nope") == []
+        assert eq.last_step(store, a) == 10 and eq.last_step(store, c) is None
+        assert eq.metric_values(store, [], ("train_loss",)) == {}
+        values = eq.metric_values(store, [a, c, other], ("train_loss",))
+        assert values[a] == {"train_loss": [1.0, 1.0, 1.0]} and c not in values
+        assert sorted(values[other]["train_loss"]) == pytest.approx([3.6, 3.7, 3.8, 3.9, 4.0])
+        assert clocks.recorded_medians(store, a) == {}
+        assert set(jobs.runs_by_job(store, "k1")) == {("baseline", 1), ("ra_v5", 1)}
+    finally:
+        store.close()
+
+
+def test_clock_medians_per_run(tmp_path):
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        a = _record(store, "k", "baseline", 1, status="running")
+        from racli.store.models import Metric
+
+        with store.session() as s:
+            for step, (mhz, watts) in enumerate([(1500, 300), (1700, 320), (1600, 310)]):
+                s.add(Metric(run_id=a, step=step, name="sm_clock_mhz", value=mhz))
+                s.add(Metric(run_id=a, step=step, name="power_w", value=watts))
+            s.add(Metric(run_id=a, step=0, name="train_loss", value=2.0))
+            s.commit()
+        assert clocks.recorded_medians(store, a) == {"sm_clock_mhz": 1600.0, "power_w": 310.0}
+        assert clocks.medians_by_run(store, [a, a + 1]) == {
+            a: {"sm_clock_mhz": 1600.0, "power_w": 310.0}
+        }
+    finally:
+        store.close()
+
+
+def test_job_state():
+    from datetime import timedelta
+
+    from racli.store.models import utcnow
+
+    def run(status, stale=True):
+        beat = utcnow() - (timedelta(hours=1) if stale else timedelta(0))
+        return types.SimpleNamespace(status=status, heartbeat_at=beat, started_at=beat)
+
+    assert jobs.job_state([]) == ("new", None)
+    done = run("finished")
+    assert jobs.job_state([run("interrupted"), done]) == ("done", done)
+    diverged = run("diverged")
+    assert jobs.job_state([diverged]) == ("done", diverged)
+    stopped = run("interrupted")
+    assert jobs.job_state([run("failed"), stopped]) == ("resume", stopped)
+    busy = run("running", stale=False)
+    assert jobs.job_state([busy]) == ("busy", busy)
+    dead = run("running", stale=True)
+    assert jobs.job_state([dead]) == ("resume", dead)
+
+
+def _context(tmp_path, store, devices=("cpu",)):
+    from racli.config import load_config, packaged_config_path
+
+    arms = plan.parse_arms("baseline,ra_v5")
+    settings = Settings(
+        arms=arms,
+        seeds=[1],
+        minutes=1.0,
+        devices=list(devices),
+        overrides=["model.n_layer=1", "experiment.calibration_max_s=3"],
+        db=str(tmp_path / "ra.db"),
+    )
+    budgets = plan.step_budgets(arms, 1.0, 10.0, {"baseline": (1.0, None), "ra_v5": (0.5, None)})
+    cal = types.SimpleNamespace(run_id=7)
+    return jobs.Context(
+        settings,
+        load_config(packaged_config_path()),
+        store,
+        key="k1",
+        tag="exp-k1",
+        dataset=None,
+        budgets=budgets,
+        cal=cal,
+        devices=list(devices),
+        view=PlainView(open(os.devnull, "w")),
+        stop=threading.Event(),
+    )
+
+
+def test_job_spec_and_child_argv(tmp_path):
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        ctx = _context(tmp_path, store)
+        job = plan.schedule(ctx.settings.arms, [3], 1)[1]
+        spec = ctx.job_spec(job, "cpu")
+        assert (spec.attn, spec.seed, spec.steps, spec.tag) == (job.arm.attn, 3, 300, "exp-k1")
+        assert spec.model["n_layer"] == 1  # train overrides only (no experiment. keys)
+        assert spec.extra[plan.EXPERIMENT_KEY]["arm"] == job.arm.label
+        assert spec.extra[plan.BUDGET_SOURCE_KEY]["calibration_run"] == 7
+        argv = local.child_argv(ctx, job, None)
+        assert argv[argv.index("--steps") + 1] == "300" and "--resume" not in argv
+        assert "experiment.calibration_max_s=3" not in argv
+        assert local.child_argv(ctx, job, 12)[-2:] == ["--resume", "12"]
+    finally:
+        store.close()
+
+
+def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
+    """An interrupted run with no checkpoint left is started again (not resumed)."""
+    store = open_store(str(tmp_path / "ra.db"))
+    started = []
+
+    class FakePopen:
+        def __init__(self, argv, **kw):
+            started.append(argv)
+
+    monkeypatch.setattr(local.subprocess, "Popen", FakePopen)
+    try:
+        ctx = _context(tmp_path, store)
+        lines = []
+        ctx.view.note = lines.append
+        ctx.view.started = lambda device, label, total: lines.append(f"{label} {total}")
+        job = plan.schedule(ctx.settings.arms, [1], 1)[0]
+        stopped = types.SimpleNamespace(id=5)
+        child = local._start_child(ctx, 0, job, "resume", stopped)
+        child.log.close()
+        assert lines == [
+            "run 5 has no checkpoint: starting baseline seed 1 again",
+            "baseline seed 1 600",
+        ]
+        assert "--resume" not in started[0] and ctx.children == [child.proc]
+        log = jobs.log_path(ctx.settings.db, "k1", job)
+        assert log == tmp_path / "ra_experiment_logs" / "k1" / "baseline-seed1.log"
+        assert log.read_text().strip().endswith("start ===")
+        # with its checkpoint in place, the run is resumed under its own id
+        from racli.store.checkpoints import checkpoint_path
+
+        path = checkpoint_path(ctx.store.db, 5)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        lines.clear()
+        local._start_child(ctx, 0, job, "resume", stopped).log.close()
+        assert started[1][-2:] == ["--resume", "5"] and lines == [
+            "baseline seed 1 (run 5) resumed 600"
+        ]
+        assert log.read_text().strip().endswith("resume 5 ===")
+    finally:
+        store.close()
+
+
+def test_pending_skips_done_and_busy_jobs(tmp_path):
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        ctx = _context(tmp_path, store)
+        done = _record(store, "k1", "baseline", 1)
+        busy = _record(store, "k1", "ra_v5", 1, status="running")
+        _record(store, "k1", "baseline", 2, status="interrupted")
+        all_jobs = plan.schedule(ctx.settings.arms, [1, 2], 1)
+        results: list[JobResult] = []
+        todo = ctx.pending(all_jobs, results)
+        assert [(j.arm.label, j.seed, action) for j, action, _ in todo] == [
+            ("ra_v5", 2, "new"),
+            ("baseline", 2, "resume"),
+        ]
+        assert [(r.run_id, r.status) for r in results] == [(done, "finished"), (busy, "skipped")]
+        assert (ctx.view.state.total, ctx.view.state.done) == (4, 2)
+        assert ctx.view.state.eta_s == pytest.approx(2 * 60 * 1.2)
+    finally:
+        store.close()
+
+
+def test_stop_policy_first_signal_stops_second_raises():
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored in this process (a background job)")
+    before = signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        with stopping.stop_on_signals(stop):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.is_set()
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(5)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) == before
+    # outside the main thread nothing is installed (and nothing fails)
+    seen = []
+    t = threading.Thread(
+        target=lambda: seen.append(stopping.stop_on_signals(threading.Event()).__enter__())
+    )
+    t.start()
+    t.join()
+    assert seen == [None] and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_texts():
+    assert text.seed_text([1, 2, 3]) == "1-3" and text.seed_text([1, 3]) == "1,3"
+    assert text.seed_text([1, 2]) == "1,2"
+    job = plan.schedule(plan.parse_arms("baseline,ra_v5"), [1], 1)[0]
+    results = [JobResult(job, 3, "finished"), JobResult(job, 4, "interrupted")]
+    assert text.interrupted_text(results, 4) == (
+        "interrupted: 1 of 4 runs finished; runs 4 stopped with a checkpoint; "
+        "run the same command again to continue"
+    )
+    design = types.SimpleNamespace(looks=[2, 4])
+    assert text.training_text(2, 2, design, 0, 0.99449) == (
+        "training 2 arms x 2 seeds (look 1 of 2, verdict at 99.449% confidence)"
+    )
+    assert text.training_text(2, 2, None, 0, 0.95) == "training 2 arms x 2 seeds"
