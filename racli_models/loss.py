@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 HAS_TRITON = triton is not None
+KERNEL = True  # the model's CUDA loss through the kernel (False: the logits and F.cross_entropy)
 CE_BLOCK = 8192  # logits per program and loop step of the kernel
 CE_WARPS = 32  # 1024 threads: two rows in flight per SM, so a row's second read hits L2
 IGNORE_INDEX = -1  # the model's targets mark positions without a target by -1
@@ -134,7 +135,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def use_kernel(h: torch.Tensor) -> bool:
     """Whether `lm_head_loss` (the Triton kernel) serves a final hidden state like `h`."""
-    return HAS_TRITON and h.is_cuda and h.dtype != torch.float64
+    return KERNEL and HAS_TRITON and h.is_cuda and h.dtype != torch.float64
 
 
 if HAS_TRITON:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -355,16 +356,15 @@ def _embed(model, idx: torch.Tensor) -> torch.Tensor:
     return model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))
 
 
-def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
-    """Summed cross-entropy of the final residual stream x and the number of targets."""
+def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy (float64, on the device) of the final residual stream x."""
     logits = model.lm_head(model.transformer.ln_f(x))
-    loss = F.cross_entropy(
+    return F.cross_entropy(
         logits.view(-1, logits.size(-1)).double(),
         targets.reshape(-1),
         ignore_index=-1,
         reduction="sum",
     )
-    return float(loss), int((targets != -1).sum())
 
 
 def _to_host(parts: list[Parts]) -> list[Parts]:
@@ -380,6 +380,111 @@ def _to_host(parts: list[Parts]) -> list[Parts]:
         out[i][k] = flat[start : start + v.numel()].view(v.shape)
         start += v.numel()
     return out
+
+
+def _forward_sums(
+    model, batches, queries: int, forward_dtype: torch.dtype | None, keep: list | None = None
+) -> list[Parts]:
+    """The per-layer `layer_parts` sums over `batches`, from the model's own forward block
+    by block; with `keep`, each batch's residual streams entering the blocks and its final
+    one are appended to it (for the ablation)."""
+    blocks = list(model.transformer.h)
+    parts: list[Parts] = [{} for _ in blocks]
+    for idx, _ in batches:
+        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
+        forward = (
+            torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
+            if forward_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with forward:
+            x = _embed(model, idx)
+            entering = []
+            for i, block in enumerate(blocks):
+                entering.append(x)
+                y, named = layer_step(block.attn, block.ln_1(x), rows)
+                for name, value in named.items():
+                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
+                x = x + y
+                x = x + block.mlp(block.ln_2(x))
+        if keep is not None:
+            keep.append((entering, x))
+    return parts
+
+
+#: on CUDA, the measures without the ablation are captured into a CUDA graph at their
+#: first call and replayed at the next ones (set False to always run them eagerly)
+GRAPH = True
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (key, replay)
+
+
+def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | None:
+    """`_forward_sums` through a CUDA graph kept per model; None where it does not apply.
+
+    The graph is keyed by the batches' shapes, the settings and the parameters'
+    addresses: it reads the parameters where they are (so it sees every in-place
+    update, such as an optimizer step) and is captured again when one moves. Its
+    first call runs eagerly (the warm-up) and then captures; later calls copy the
+    batches into the graph's inputs and replay it."""
+    from . import attention
+
+    params = list(model.parameters())
+    if not (GRAPH and params and params[0].is_cuda) or attention._REUSE is not None:
+        return None
+    if torch.cuda.is_current_stream_capturing():
+        return None
+    key = (
+        tuple((tuple(i.shape), i.dtype, tuple(t.shape), t.dtype) for i, t in batches),
+        queries,
+        forward_dtype,
+        tuple(p.data_ptr() for p in params),
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    hit = _GRAPHS.get(model)
+    if hit is not None and hit[0] == key:
+        inputs, parts, graph = hit[1]
+        for (i, t), (si, st) in zip(batches, inputs):
+            si.copy_(i)
+            st.copy_(t)
+        graph.replay()
+        return parts
+    parts = _forward_sums(model, batches, queries, forward_dtype)  # warm-up, and the answer
+    inputs = [(i.clone(), t.clone()) for i, t in batches]
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            static = _forward_sums(model, inputs, queries, forward_dtype)
+    except Exception:  # not capturable here: stay eager
+        _GRAPHS.pop(model, None)
+        return parts
+    _GRAPHS[model] = (key, (inputs, static, graph))
+    return parts
+
+
+def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
+    """The loss sums (float64, on the device) and target counts of the model and, per
+    layer with a reciprocal term, of the model with that layer's term removed, from the
+    residual streams `kept` by `_forward_sums`. Nothing waits for the host."""
+    blocks = list(model.transformer.h)
+    base: list = [0.0, 0]
+    removed: dict[int, list] = {}
+    for (_, targets), (entering, x) in zip(batches, kept):
+        n = int((targets != -1).sum())  # the batch's targets, the same for every pass
+        base[0] += _loss_sum(model, x, targets)
+        base[1] += n
+        for i, block in enumerate(blocks):
+            x = entering[i]
+            y = without_reciprocal(block.attn, block.ln_1(x))
+            if y is None:
+                continue
+            x = x + y
+            x = x + block.mlp(block.ln_2(x))
+            for later in blocks[i + 1 :]:
+                x = later(x)
+            acc = removed.setdefault(i, [0.0, 0])
+            acc[0] += _loss_sum(model, x, targets)
+            acc[1] += n
+    return base, removed
 
 
 def model_measures(
@@ -410,45 +515,20 @@ def model_measures(
     if ablation and forward_dtype is not None:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
     blocks = list(model.transformer.h)
-    parts: list[Parts] = [{} for _ in blocks]
-    base = [0.0, 0]
-    removed: dict[int, list] = {}
-    for idx, targets in batches:
-        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
-        forward = (
-            torch.autocast(idx.device.type, dtype=forward_dtype)
-            if forward_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with forward:
-            x = _embed(model, idx)
-            entering = []
-            for i, block in enumerate(blocks):
-                entering.append(x)
-                y, named = layer_step(block.attn, block.ln_1(x), rows)
-                for name, value in named.items():
-                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
-                x = x + y
-                x = x + block.mlp(block.ln_2(x))
-        if not ablation:
-            continue
-        s, n = _loss_sum(model, x, targets)
-        base[0] += s
-        base[1] += n
-        for i, block in enumerate(blocks):
-            x = entering[i]
-            y = without_reciprocal(block.attn, block.ln_1(x))
-            if y is None:
-                continue
-            x = x + y
-            x = x + block.mlp(block.ln_2(x))
-            for later in blocks[i + 1 :]:
-                x = later(x)
-            s, n = _loss_sum(model, x, targets)
-            acc = removed.setdefault(i, [0.0, 0])
-            acc[0] += s
-            acc[1] += n
+    if not ablation:
+        parts = _graphed_sums(model, batches, queries, forward_dtype)
+        if parts is None:
+            parts = _forward_sums(model, batches, queries, forward_dtype)
+        removed: dict[int, list] = {}
+        base: list = [0.0, 0]
+    else:
+        kept: list = []
+        parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
+        base, removed = _ablation_sums(model, batches, kept)
     parts = _to_host(parts)
+    base[0] = float(base[0])
+    for acc in removed.values():
+        acc[0] = float(acc[0])
     out: dict[int, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(blocks):
         values = finish(block.attn, parts[i])
