@@ -49,8 +49,8 @@ except ImportError:  # pragma: no cover - depends on the install
 
 HAS_TRITON = triton is not None
 KERNEL = True  # the model's CUDA loss through the kernel (False: the logits and F.cross_entropy)
-CE_BLOCK = 8192  # logits per program and loop step of the kernel
-CE_WARPS = 32  # 1024 threads: two rows in flight per SM, so a row's second read hits L2
+CE_BLOCK = 4096  # logits per program and loop step of the kernel (H200 sweep: performance.md)
+CE_WARPS = 8
 IGNORE_INDEX = -1  # the model's targets mark positions without a target by -1
 CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MiB in float32): 1334 rows at V = 50304
 

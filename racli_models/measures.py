@@ -415,7 +415,9 @@ def _forward_sums(
 #: on CUDA, the measures without the ablation are captured into a CUDA graph at their
 #: first call and replayed at the next ones (set False to always run them eagerly)
 GRAPH = True
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (key, replay)
+GRAPH_ERROR: str | None = None  # why the last capture failed, if one did
+GRAPHS_PER_MODEL = 4  # settings kept per model (each graph holds its own memory pool)
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: graph}
 
 
 def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | None:
@@ -425,13 +427,11 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
     addresses: it reads the parameters where they are (so it sees every in-place
     update, such as an optimizer step) and is captured again when one moves. Its
     first call runs eagerly (the warm-up) and then captures; later calls copy the
-    batches into the graph's inputs and replay it."""
-    from . import attention
-
+    batches into the graph's inputs and replay it. A setting that failed to capture
+    runs eagerly from then on (`GRAPH_ERROR` says why)."""
+    global GRAPH_ERROR
     params = list(model.parameters())
-    if not (GRAPH and params and params[0].is_cuda) or attention._REUSE is not None:
-        return None
-    if torch.cuda.is_current_stream_capturing():
+    if not (GRAPH and params and params[0].is_cuda) or torch.cuda.is_current_stream_capturing():
         return None
     key = (
         tuple((tuple(i.shape), i.dtype, tuple(t.shape), t.dtype) for i, t in batches),
@@ -440,9 +440,12 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
         tuple(p.data_ptr() for p in params),
         torch.backends.cuda.matmul.allow_tf32,
     )
-    hit = _GRAPHS.get(model)
-    if hit is not None and hit[0] == key:
-        inputs, parts, graph = hit[1]
+    graphs = _GRAPHS.setdefault(model, {})
+    if key in graphs and graphs[key] is None:
+        return None
+    hit = graphs.get(key)
+    if hit is not None:
+        inputs, parts, graph = hit
         for (i, t), (si, st) in zip(batches, inputs):
             si.copy_(i)
             st.copy_(t)
@@ -454,10 +457,13 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
     try:
         with torch.cuda.graph(graph):
             static = _forward_sums(model, inputs, queries, forward_dtype)
-    except Exception:  # not capturable here: stay eager
-        _GRAPHS.pop(model, None)
+    except Exception as exc:  # not capturable here: stay eager
+        GRAPH_ERROR = f"{type(exc).__name__}: {exc}"
+        graphs[key] = None
         return parts
-    _GRAPHS[model] = (key, (inputs, static, graph))
+    if len(graphs) >= GRAPHS_PER_MODEL:
+        graphs.pop(next(iter(graphs)))  # the oldest setting
+    graphs[key] = (inputs, static, graph)
     return parts
 
 

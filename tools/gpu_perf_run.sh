@@ -10,6 +10,7 @@
 #   PERF_STEP=profile,loss,eager   first run tools/perf_step.py with these parts
 #   EXTRA_ARMS=baseline+graph=false  more vs_nanogpt arms after nanogpt,baseline,ra_v5
 #   BLOCK_BUDGET=150  BLOCK_SKIP='tile sweep,...'  perf_block's --budget-s and --skip
+#   GPU_TESTS='tests/test_loss.py ...'  then run these files' gpu-marked tests (T_TEST s)
 # Each tool runs under `timeout` (T_STEP, T_VS, T_REC, T_BLOCK seconds) so the call ends
 # in time; about 8-9 minutes in all on an H200 with the defaults.
 set -uo pipefail
@@ -34,9 +35,14 @@ timeout "${T_REC:-120}" python3 tools/reciprocity_cost.py --device cuda --previo
 timeout "${T_BLOCK:-200}" python3 tools/perf_block.py --once --budget-s "${BLOCK_BUDGET:-150}" \
   --skip "${BLOCK_SKIP:-}" 2>&1 | tee -a "$LOG"
 nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv | tee -a "$LOG"
+if [ -n "${GPU_TESTS:-}" ]; then
+  # shellcheck disable=SC2086
+  timeout "${T_TEST:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS 2>&1 \
+    | tee -a "$LOG" | tail -n 15
+fi
 echo "===== summary"
 grep -E '^(arm |nanogpt |baseline|ra_v5|nanoGPT bench)' "$LOG" | grep -v parameters
-grep -E 'evaluation of|measure_batches=' "$LOG"
+grep -E 'evaluation of|measure_batches=|could not be captured' "$LOG"
 sed -n '/^best vs best/,/^$/p' "$LOG"
 grep -E '^(fp16|bf16|amp) .*(cuda_graph|eager) ' "$LOG"
 grep -E '"part": "(profile|loss|ce_kernel)"' "$OUT/perf_step.jsonl" 2>/dev/null | cut -c1-400

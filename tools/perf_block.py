@@ -251,7 +251,7 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
             replay = graph_of(step, prep if bwd else None)
             torch.cuda.synchronize()
             # a W_f stored by composed_once() was captured by address: keep it alive
-            kept = list((attention._REUSE or {}).values())
+            kept = list(attention._STORE.values())
 
             def run(replay=replay, kept=kept):
                 replay()

@@ -322,6 +322,11 @@ def main(argv=None) -> int:
                     f"(median over heads), at most {100 * acc['rec_effect_max_rel_diff']:.1f}%"
                 )
         results["settings"].append(entry)
+    from racli_models import measures
+
+    if measures.GRAPH_ERROR:
+        print(f"  (the measures' CUDA graph could not be captured: {measures.GRAPH_ERROR})")
+        results["graph_error"] = measures.GRAPH_ERROR
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
