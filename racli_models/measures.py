@@ -467,10 +467,41 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
     return parts
 
 
+LOSS_STREAMS = 4  # ablated streams per LM-head GEMM of the ablation
+
+
+def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per stream (k,): the summed cross-entropy (float64, on the device) of `streams`
+    (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T), in
+    groups of LOSS_STREAMS streams per LM-head GEMM."""
+    B = targets.shape[0]
+    k = streams.shape[0] // B
+    out = []
+    for s in range(0, k, LOSS_STREAMS):
+        group = streams[s * B : (s + LOSS_STREAMS) * B]
+        logits = model.lm_head(model.transformer.ln_f(group))
+        n = group.shape[0] // B
+        losses = F.cross_entropy(
+            logits.view(-1, logits.size(-1)).double(),
+            targets.reshape(-1).repeat(n),
+            ignore_index=-1,
+            reduction="none",
+        )
+        out.append(losses.view(n, -1).sum(1))
+    return torch.cat(out)
+
+
 def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
     """The loss sums (float64, on the device) and target counts of the model and, per
     layer with a reciprocal term, of the model with that layer's term removed, from the
-    residual streams `kept` by `_forward_sums`. Nothing waits for the host."""
+    residual streams `kept` by `_forward_sums`. Nothing waits for the host but one count
+    of targets per batch.
+
+    The ablated passes run side by side: at block j, the streams whose ablated layer
+    came before j pass through it as one batch, joined after the attention by the
+    stream that starts there (block j without its reciprocal term); so each block
+    runs one attention on the running streams, one without the reciprocal term, and
+    one MLP over all of them, in float32 as before."""
     blocks = list(model.transformer.h)
     base: list = [0.0, 0]
     removed: dict[int, list] = {}
@@ -478,17 +509,25 @@ def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
         n = int((targets != -1).sum())  # the batch's targets, the same for every pass
         base[0] += _loss_sum(model, x, targets)
         base[1] += n
-        for i, block in enumerate(blocks):
-            x = entering[i]
-            y = without_reciprocal(block.attn, block.ln_1(x))
-            if y is None:
+        streams, layers = None, []
+        for j, block in enumerate(blocks):
+            parts = []
+            if streams is not None:
+                parts.append(streams + block.attn(block.ln_1(streams)))
+            y = without_reciprocal(block.attn, block.ln_1(entering[j]))
+            if y is not None:
+                parts.append(entering[j] + y)
+                layers.append(j)
+            if not parts:
                 continue
-            x = x + y
-            x = x + block.mlp(block.ln_2(x))
-            for later in blocks[i + 1 :]:
-                x = later(x)
-            acc = removed.setdefault(i, [0.0, 0])
-            acc[0] += _loss_sum(model, x, targets)
+            streams = torch.cat(parts) if len(parts) > 1 else parts[0]
+            streams = streams + block.mlp(block.ln_2(streams))
+        if streams is None:
+            continue
+        sums = _loss_sums(model, streams, targets)
+        for k, layer in enumerate(layers):
+            acc = removed.setdefault(layer, [0.0, 0])
+            acc[0] += sums[k]
             acc[1] += n
     return base, removed
 
