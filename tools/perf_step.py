@@ -120,54 +120,53 @@ def profile_part(steps: int) -> None:
 def profile_one(name: str, kernel: bool, graph: bool, steps: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    if True:
-        L.KERNEL = kernel
-        torch.manual_seed(1234)
-        cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=V)
-        model = GPT(cfg).cuda()
-        opt = model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), fused=True)
-        step = TrainStep(
-            model,
-            opt,
-            fwd=torch.compile(model),
-            clip=1.0,
-            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
-            graph=graph,
-        )
-        g = torch.Generator(device="cuda").manual_seed(0)
-        xs = [torch.randint(0, V, (B, T), device="cuda", generator=g) for _ in range(2)]
-        ys = [torch.randint(0, V, (B, T), device="cuda", generator=g) for _ in range(2)]
-        t0 = time.perf_counter()
+    L.KERNEL = kernel
+    torch.manual_seed(1234)
+    cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=V)
+    model = GPT(cfg).cuda()
+    opt = model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), fused=True)
+    step = TrainStep(
+        model,
+        opt,
+        fwd=torch.compile(model),
+        clip=1.0,
+        autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
+        graph=graph,
+    )
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = [torch.randint(0, V, (B, T), device="cuda", generator=g) for _ in range(2)]
+    ys = [torch.randint(0, V, (B, T), device="cuda", generator=g) for _ in range(2)]
+    t0 = time.perf_counter()
+    for i in range(3):
+        step(xs[i % 2], ys[i % 2])
+    torch.cuda.synchronize()
+    warm = time.perf_counter() - t0
+    it = iter(range(10**9))
+    ms = events(lambda: step(xs[next(it) % 2], ys[0]), steps)
+    med = statistics.median(ms)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for i in range(3):
             step(xs[i % 2], ys[i % 2])
         torch.cuda.synchronize()
-        warm = time.perf_counter() - t0
-        it = iter(range(10**9))
-        ms = events(lambda: step(xs[next(it) % 2], ys[0]), steps)
-        med = statistics.median(ms)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for i in range(3):
-                step(xs[i % 2], ys[i % 2])
-            torch.cuda.synchronize()
-        classes, top, total = by_class(prof, 3)
-        emit(
-            {
-                "part": "profile",
-                "step": name,
-                "graph": step._graph is not None,
-                "graph_error": step.graph_error,
-                "warmup_s": round(warm, 1),
-                "ms_median": round(med, 3),
-                "ms_p10": round(pct(ms, 0.1), 3),
-                "ms_p90": round(pct(ms, 0.9), 3),
-                "tokens_per_s": round(B * T / (med / 1e3)),
-                "kernels_ms": round(total, 3),
-                "no_kernel_ms": round(med - total, 3),
-                "by_class_ms": classes,
-                "top": top,
-                "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-            }
-        )
+    classes, top, total = by_class(prof, 3)
+    emit(
+        {
+            "part": "profile",
+            "step": name,
+            "graph": step._graph is not None,
+            "graph_error": step.graph_error,
+            "warmup_s": round(warm, 1),
+            "ms_median": round(med, 3),
+            "ms_p10": round(pct(ms, 0.1), 3),
+            "ms_p90": round(pct(ms, 0.9), 3),
+            "tokens_per_s": round(B * T / (med / 1e3)),
+            "kernels_ms": round(total, 3),
+            "no_kernel_ms": round(med - total, 3),
+            "by_class_ms": classes,
+            "top": top,
+            "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        }
+    )
 
 
 def loss_part(reps: int) -> None:
@@ -281,44 +280,43 @@ def eager_part(reps: int) -> None:
 def eager_one(attn: str, reps: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    if True:
-        cfg = GPTConfig.for_block(heads=12, head_dim=64, seq=T, attn=attn)
-        torch.manual_seed(0)
-        m = build_attention(attn, cfg).to(device="cuda", dtype=torch.bfloat16)
-        x = torch.randn(8, T, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        w = torch.randn(8, T, 768, device="cuda", dtype=torch.bfloat16)
-        params = list(m.parameters())
+    cfg = GPTConfig.for_block(heads=12, head_dim=64, seq=T, attn=attn)
+    torch.manual_seed(0)
+    m = build_attention(attn, cfg).to(device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(8, T, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(8, T, 768, device="cuda", dtype=torch.bfloat16)
+    params = list(m.parameters())
 
-        def step():
-            for p in params:
-                p.grad = None
-            x.grad = None
-            m(x).backward(w)
+    def step():
+        for p in params:
+            p.grad = None
+        x.grad = None
+        m(x).backward(w)
 
+    for _ in range(20):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / reps * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(20):
             step()
         torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            step()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / reps * 1e3
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(20):
-                step()
-            torch.cuda.synchronize()
-        ops = sorted(
-            ((e.key[:60], e.self_cpu_time_total / 20, e.count // 20) for e in prof.key_averages()),
-            key=lambda r: -r[1],
-        )[:18]
-        emit(
-            {
-                "part": "eager",
-                "attn": attn,
-                "wall_ms_per_fwd_bwd": round(wall, 4),
-                "cpu_self_us_per_call": [(k, round(us, 1), n) for k, us, n in ops],
-            }
-        )
+    ops = sorted(
+        ((e.key[:60], e.self_cpu_time_total / 20, e.count // 20) for e in prof.key_averages()),
+        key=lambda r: -r[1],
+    )[:18]
+    emit(
+        {
+            "part": "eager",
+            "attn": attn,
+            "wall_ms_per_fwd_bwd": round(wall, 4),
+            "cpu_self_us_per_call": [(k, round(us, 1), n) for k, us, n in ops],
+        }
+    )
 
 
 def main() -> int:
