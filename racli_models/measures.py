@@ -571,9 +571,9 @@ def model_measures(
         parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
         base, removed = _ablation_sums(model, batches, kept)
     parts = _to_host(parts)
-    base[0] = float(base[0])
+    base[0] = float(torch.as_tensor(base[0]).detach())
     for acc in removed.values():
-        acc[0] = float(acc[0])
+        acc[0] = float(torch.as_tensor(acc[0]).detach())
     out: dict[int, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(blocks):
         values = finish(block.attn, parts[i])
