@@ -28,9 +28,13 @@ INIT_STD = 0.02  # nanoGPT's std for every projection weight
 RMS_EPS = 1e-6  # epsilon of the parameter-free RMS norm of ra_beta
 
 
-# inside composed_once(): module -> (key, W_f, b_f); weak keys, so a dropped module takes
-# its entry along (and a new module at the same address cannot inherit it)
-_REUSE: weakref.WeakKeyDictionary | None = None
+#: eager no-grad forwards of the folded-RA layers reuse W_f while the parameters are
+#: unchanged (see `_FoldedRA._weight_once`); False: only inside `composed_once()`
+REUSE = True
+# module -> (key, W_f, b_f); weak keys, so a dropped module takes its entry along (and a
+# new module at the same address cannot inherit it)
+_STORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ONCE_DEPTH = 0
 
 
 @contextlib.contextmanager
@@ -39,20 +43,24 @@ def composed_once() -> Iterator[None]:
 
     For inference and evaluation with fixed weights: a no-grad forward of
     ra_v5 / ra_v5_untied then costs what the baseline's does (one GEMM, one
-    SDPA call), since W_f depends on the parameters alone. A stored W_f is used
-    again only while grad mode is off, outside torch.compile tracing, with the
-    same autocast dtype, and while every parameter keeps its storage and its
-    version counter (an in-place update such as an optimizer step composes
-    anew; a write through `.data` is not seen, so do not make one inside the
-    block). The stored weights are dropped when the block ends.
+    SDPA call), since W_f depends on the parameters alone. With `REUSE` on (the
+    default) every eager no-grad forward does this already; the block keeps it
+    on where `REUSE` is off, and drops the stored weights at its end then. A
+    stored W_f is used again only while grad mode is off, outside torch.compile
+    tracing (and outside CUDA-graph capture, but for inside this block, whose
+    weights are fixed by contract), with the same autocast dtype, and while
+    every parameter keeps its storage and its version counter (an in-place
+    update such as an optimizer step composes anew; a write through `.data` is
+    not seen, so do not make one between no-grad forwards).
     """
-    global _REUSE
-    outer, _REUSE = _REUSE, (weakref.WeakKeyDictionary() if _REUSE is None else _REUSE)
+    global _ONCE_DEPTH
+    _ONCE_DEPTH += 1
     try:
         yield
     finally:
-        if outer is None:
-            _REUSE = None
+        _ONCE_DEPTH -= 1
+        if _ONCE_DEPTH == 0 and not REUSE:
+            _STORE.clear()
 
 
 def _init_linears(module: nn.Module) -> None:
@@ -153,19 +161,24 @@ class _FoldedRA(CausalSelfAttention):
         raise NotImplementedError
 
     def _weight_once(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`folded_weight()`, or inside `composed_once()` the W_f stored for these parameters."""
+        """`folded_weight()`, or in an eager no-grad forward (`REUSE`, `composed_once()`)
+        the W_f stored for these parameters."""
         # is_compiling() first: a traced graph then never reads (nor guards on) the store
-        if torch.compiler.is_compiling() or _REUSE is None or torch.is_grad_enabled():
+        if torch.compiler.is_compiling() or torch.is_grad_enabled():
+            return self.folded_weight()
+        if not (REUSE or _ONCE_DEPTH):
             return self.folded_weight()
         params = [p for p in self._parameters.values() if p is not None]  # this module's own
         dev = params[0].device.type
+        if not _ONCE_DEPTH and dev == "cuda" and torch.cuda.is_current_stream_capturing():
+            return self.folded_weight()  # a graph must compose from the parameters it reads
         cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         key = (cast, tuple((p.data_ptr(), p._version, p.dtype) for p in params))
-        hit = _REUSE.get(self)
+        hit = _STORE.get(self)
         if hit is not None and hit[0] == key:
             return hit[1], hit[2]
         W_f, b_f = self.folded_weight()
-        _REUSE[self] = (key, W_f, b_f)
+        _STORE[self] = (key, W_f, b_f)
         return W_f, b_f
 
     def folded_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,10 +31,12 @@ class GPTConfig:
     `attn` names an attention variant of `racli_models.ATTENTION`; `ra_rank` is
     the rank R of the reciprocal path of the RA variants (the head dim D is split
     D = D_std + R); `w_std_init` / `w_rec_init` are the initial per-head gates of
-    the RA variants. `fused_loss` computes the training loss with
-    `racli_models.loss.linear_cross_entropy` (chunked, no full logits) instead of
-    the LM head's logits and `F.cross_entropy`: same loss and gradients up to
-    float rounding.
+    the RA variants. `fused_loss` drops the logits from
+    the training forward's result: on CUDA both settings compute the loss with
+    `racli_models.loss.lm_head_loss` (one-pass kernel, gradient in the forward);
+    elsewhere `fused_loss` uses `linear_cross_entropy` (chunked, never all the
+    logits) instead of the LM head's logits and `F.cross_entropy`: same loss and
+    gradients up to float rounding.
     """
 
     vocab_size: int = 256

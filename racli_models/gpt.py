@@ -11,7 +11,7 @@ from torch import nn
 
 from .attention import INIT_STD, build_attention
 from .config import GPTConfig
-from .loss import linear_cross_entropy
+from .loss import linear_cross_entropy, lm_head_loss, use_kernel
 
 
 class MLP(nn.Module):
@@ -137,8 +137,11 @@ class GPT(nn.Module):
 
         loss = mean cross-entropy of logits[b, t] against targets[b, t] over all
         positions (targets are already shifted by the caller; -1 is ignored).
-        With `config.fused_loss` and targets given, the loss is computed chunk by
-        chunk (racli_models.loss) and the logits returned are None.
+        On CUDA the LM head and its loss are one node with the loss's gradient
+        computed in the forward (racli_models.loss.lm_head_loss); elsewhere the
+        logits and F.cross_entropy. With `config.fused_loss` and targets given,
+        the logits returned are None (off CUDA the loss is then computed chunk by
+        chunk, never holding all the logits).
         """
         T = idx.shape[1]
         if T > self.config.block_size:
@@ -148,15 +151,16 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
-        if targets is not None and self.config.fused_loss:
-            h = x.reshape(-1, x.size(-1))
-            return None, linear_cross_entropy(h, self.lm_head.weight, targets.reshape(-1))
+        if targets is None:
+            return self.lm_head(x), None
+        h, t = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+        if use_kernel(x):
+            loss, logits = lm_head_loss(h, self.lm_head.weight, t)
+            return (None if self.config.fused_loss else logits.view(*x.shape[:-1], -1)), loss
+        if self.config.fused_loss:
+            return None, linear_cross_entropy(h, self.lm_head.weight, t)
         logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
-            )
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), t, ignore_index=-1)
         return logits, loss
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -1,33 +1,56 @@
-"""Cross-entropy of a linear layer's output, computed chunk by chunk over rows.
+"""The LM head's cross-entropy: a one-pass CUDA kernel, and a chunked form for any device.
 
-    loss = linear_cross_entropy(h, weight, targets)
-    # same value and gradients as F.cross_entropy(h @ weight.T, targets, ignore_index=-1)
+    loss, logits = lm_head_loss(h, weight, targets)       # CUDA (Triton), the model's default
+    loss = linear_cross_entropy(h, weight, targets)        # any device, never all the logits
+    # both: the value and gradients of F.cross_entropy(h @ weight.T, targets, ignore_index=-1)
 
 The LM head's logits are the largest tensor of a GPT-2 step: N = B*T rows by
-V = 50304 columns: 3.3 GB in bfloat16 at B=32, T=1024, and the plain loss keeps
-a float32 copy (6.6 GB) for the backward pass. This loss never holds them
-whole. Its forward walks over `chunk_rows` rows at a time and, per chunk,
-computes the logits in float32, their log-sum-exp, the loss, and at once the
-gradient of the mean loss with respect to the chunk's logits,
+V = 50304 columns, 3.3 GB in bfloat16 at B=32, T=1024. The plain loss reads
+them in its forward, then reads them again and writes their gradient in its
+backward.
+
+`lm_head_loss` (CUDA) is one autograd node for the LM head and its loss. Its
+forward computes the logits with one GEMM, then one Triton kernel reads each
+row twice (the second read mostly from L2) and writes, in float32 arithmetic,
+the row's loss and at once the gradient of the mean loss with respect to the
+row's logits,
 
     dL/dlogits[i] = (softmax(logits[i]) - onehot(targets[i])) / n     (0 on ignored rows)
 
-(n: the number of rows not ignored), which it pushes through the matmul into
-grad_h (N, C) and grad_weight (V, C), accumulated in float32. The backward pass
-only scales those by the incoming gradient (a scalar). Memory is
-O(chunk_rows * V) instead of O(N * V); the logits are computed once, as before.
+(n: the number of rows not ignored, counted on the device), rounded once to
+the logits' dtype. Its backward is the two GEMMs of the LM head, dh = G W and
+dW = G^T h, scaled by the incoming gradient (a scalar) after the product, so
+that nothing of size N x V is touched a second time. Under autocast, h and
+the weight are cast as `nn.Linear` would cast them, so the logits are rounded
+as the plain LM head rounds them. Without gradients only the loss is
+computed. The logits are returned too (not differentiable), for a caller that
+wants them.
 
-Under autocast, h and weight are cast to the autocast dtype as `nn.Linear`
-would cast them, so the logits are rounded as the plain LM head rounds them,
-and the loss is computed in float32 as `F.cross_entropy` computes it under
-autocast. Without gradients (evaluation, `torch.no_grad()`) only the loss is
-computed.
+`linear_cross_entropy` is the memory-light form: it walks over `chunk_rows`
+rows at a time and, per chunk, computes the logits in float32, their
+log-sum-exp, the loss, and the gradient above, which it pushes through the
+matmul into grad_h (N, C) and grad_weight (V, C), accumulated in float32.
+The backward pass only scales those by the incoming gradient. Memory is
+O(chunk_rows * V) instead of O(N * V). It is the reference of the kernel's
+tests, the model's `fused_loss` path off CUDA, and slower than the kernel on
+CUDA (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import torch
 
+try:  # Triton ships with CUDA builds of torch; CPU installs use F.cross_entropy
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+HAS_TRITON = triton is not None
+KERNEL = True  # the model's CUDA loss through the kernel (False: the logits and F.cross_entropy)
+CE_BLOCK = 4096  # logits per program and loop step of the kernel (H200 sweep: performance.md)
+CE_WARPS = 8
 IGNORE_INDEX = -1  # the model's targets mark positions without a target by -1
 CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MiB in float32): 1334 rows at V = 50304
 
@@ -105,3 +128,113 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = (grad_h * grad_loss).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
         dw = (grad_w * grad_loss).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
         return dh, dw, None, None, None, None
+
+
+# ---------------------------------------------------------------- the CUDA kernel
+
+
+def use_kernel(h: torch.Tensor) -> bool:
+    """Whether `lm_head_loss` (the Triton kernel) serves a final hidden state like `h`."""
+    return KERNEL and HAS_TRITON and h.is_cuda and h.dtype != torch.float64
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _ce_kernel(
+        logits_ptr,
+        targets_ptr,
+        loss_ptr,
+        grad_ptr,
+        inv_n_ptr,
+        V,
+        ignore_index,
+        BLOCK: tl.constexpr,
+        GRAD: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        x_row = logits_ptr + row * V
+        offs = tl.arange(0, BLOCK)
+        m = tl.zeros([], dtype=tl.float32) - float("inf")  # running max
+        s = tl.zeros([], dtype=tl.float32)  # running sum of exp(x - m)
+        for start in range(0, V, BLOCK):
+            cols = start + offs
+            x = tl.load(x_row + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+        t = tl.load(targets_ptr + row)
+        valid = t != ignore_index
+        x_t = tl.load(x_row + tl.where(valid & (t >= 0) & (t < V), t, 0)).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(valid, lse - x_t, 0.0))
+        if GRAD:
+            coef = tl.where(valid, tl.load(inv_n_ptr), 0.0)  # 1/n, or 0 on an ignored row
+            g_row = grad_ptr + row * V
+            for start in range(0, V, BLOCK):
+                cols = start + offs
+                x = tl.load(x_row + cols, mask=cols < V, other=0.0).to(tl.float32)
+                p = tl.exp(x - lse)
+                g = tl.where(cols == t, p - 1.0, p) * coef
+                tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < V)
+
+
+def lm_head_loss(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy of h @ weight.T against targets, the logits) on CUDA.
+
+    h (N, C), weight (V, C), targets (N,); rows whose target is `ignore_index`
+    count neither in the sum nor in the mean (all ignored: NaN, as F.cross_entropy).
+    The logits (N, V) come back in the GEMM's dtype and carry no gradient."""
+    if h.dim() != 2 or weight.dim() != 2 or targets.shape != h.shape[:1]:
+        raise ValueError(
+            f"expected h (N, C), weight (V, C), targets (N,); got {tuple(h.shape)}, "
+            f"{tuple(weight.shape)}, {tuple(targets.shape)}"
+        )
+    if torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")  # what nn.Linear computes in under autocast
+        h, weight = h.to(dtype), weight.to(dtype)
+    with_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    return _LMHeadLoss.apply(h, weight, targets, ignore_index, with_grad)
+
+
+class _LMHeadLoss(torch.autograd.Function):
+    """The LM head's GEMM and the one-pass loss kernel (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index, with_grad):
+        logits = h @ weight.T  # (N, V), contiguous
+        N, V = logits.shape
+        targets = targets.contiguous()
+        n = (targets != ignore_index).sum().to(torch.float32)
+        inv_n = 1.0 / n  # inf when every row is ignored: the loss is then 0 * inf = NaN
+        rows = torch.empty(N, device=h.device, dtype=torch.float32)
+        grad = torch.empty_like(logits) if with_grad else rows
+        _ce_kernel[(N,)](
+            logits,
+            targets,
+            rows,
+            grad,
+            inv_n,
+            V,
+            ignore_index,
+            BLOCK=CE_BLOCK,
+            GRAD=with_grad,
+            num_warps=CE_WARPS,
+        )
+        ctx.mark_non_differentiable(logits)
+        if with_grad:
+            ctx.save_for_backward(grad, h, weight)
+        return rows.sum() * inv_n, logits
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logits):
+        grad, h, weight = ctx.saved_tensors
+        dh = (grad @ weight) * grad_loss if ctx.needs_input_grad[0] else None
+        dw = (grad.T @ h) * grad_loss if ctx.needs_input_grad[1] else None
+        return dh, dw, None, None, None

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -355,16 +356,15 @@ def _embed(model, idx: torch.Tensor) -> torch.Tensor:
     return model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))
 
 
-def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
-    """Summed cross-entropy of the final residual stream x and the number of targets."""
+def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy (float64, on the device) of the final residual stream x."""
     logits = model.lm_head(model.transformer.ln_f(x))
-    loss = F.cross_entropy(
+    return F.cross_entropy(
         logits.view(-1, logits.size(-1)).double(),
         targets.reshape(-1),
         ignore_index=-1,
         reduction="sum",
     )
-    return float(loss), int((targets != -1).sum())
 
 
 def _to_host(parts: list[Parts]) -> list[Parts]:
@@ -380,6 +380,156 @@ def _to_host(parts: list[Parts]) -> list[Parts]:
         out[i][k] = flat[start : start + v.numel()].view(v.shape)
         start += v.numel()
     return out
+
+
+def _forward_sums(
+    model, batches, queries: int, forward_dtype: torch.dtype | None, keep: list | None = None
+) -> list[Parts]:
+    """The per-layer `layer_parts` sums over `batches`, from the model's own forward block
+    by block; with `keep`, each batch's residual streams entering the blocks and its final
+    one are appended to it (for the ablation)."""
+    blocks = list(model.transformer.h)
+    parts: list[Parts] = [{} for _ in blocks]
+    for idx, _ in batches:
+        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
+        forward = (
+            torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
+            if forward_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with forward:
+            x = _embed(model, idx)
+            entering = []
+            for i, block in enumerate(blocks):
+                entering.append(x)
+                y, named = layer_step(block.attn, block.ln_1(x), rows)
+                for name, value in named.items():
+                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
+                x = x + y
+                x = x + block.mlp(block.ln_2(x))
+        if keep is not None:
+            keep.append((entering, x))
+    return parts
+
+
+#: on CUDA, the measures without the ablation are captured into a CUDA graph at their
+#: first call and replayed at the next ones (set False to always run them eagerly)
+GRAPH = True
+GRAPH_ERROR: str | None = None  # why the last capture failed, if one did
+GRAPHS_PER_MODEL = 4  # settings kept per model (each graph holds its own memory pool)
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: graph}
+
+
+def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | None:
+    """`_forward_sums` through a CUDA graph kept per model; None where it does not apply.
+
+    The graph is keyed by the batches' shapes, the settings and the parameters'
+    addresses: it reads the parameters where they are (so it sees every in-place
+    update, such as an optimizer step) and is captured again when one moves. Its
+    first call runs eagerly (the warm-up) and then captures; later calls copy the
+    batches into the graph's inputs and replay it. A setting that failed to capture
+    runs eagerly from then on (`GRAPH_ERROR` says why)."""
+    global GRAPH_ERROR
+    params = list(model.parameters())
+    if not (GRAPH and params and params[0].is_cuda) or torch.cuda.is_current_stream_capturing():
+        return None
+    key = (
+        tuple((tuple(i.shape), i.dtype, tuple(t.shape), t.dtype) for i, t in batches),
+        queries,
+        forward_dtype,
+        tuple(p.data_ptr() for p in params),
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    graphs = _GRAPHS.setdefault(model, {})
+    if key in graphs and graphs[key] is None:
+        return None
+    hit = graphs.get(key)
+    if hit is not None:
+        inputs, parts, graph = hit
+        for (i, t), (si, st) in zip(batches, inputs):
+            si.copy_(i)
+            st.copy_(t)
+        graph.replay()
+        return parts
+    parts = _forward_sums(model, batches, queries, forward_dtype)  # warm-up, and the answer
+    inputs = [(i.clone(), t.clone()) for i, t in batches]
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            static = _forward_sums(model, inputs, queries, forward_dtype)
+    except Exception as exc:  # not capturable here: stay eager
+        GRAPH_ERROR = f"{type(exc).__name__}: {exc}"
+        graphs[key] = None
+        return parts
+    if len(graphs) >= GRAPHS_PER_MODEL:
+        graphs.pop(next(iter(graphs)))  # the oldest setting
+    graphs[key] = (inputs, static, graph)
+    return parts
+
+
+LOSS_STREAMS = 4  # ablated streams per LM-head GEMM of the ablation
+
+
+def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per stream (k,): the summed cross-entropy (float64, on the device) of `streams`
+    (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T), in
+    groups of LOSS_STREAMS streams per LM-head GEMM."""
+    B = targets.shape[0]
+    k = streams.shape[0] // B
+    out = []
+    for s in range(0, k, LOSS_STREAMS):
+        group = streams[s * B : (s + LOSS_STREAMS) * B]
+        logits = model.lm_head(model.transformer.ln_f(group))
+        n = group.shape[0] // B
+        losses = F.cross_entropy(
+            logits.view(-1, logits.size(-1)).double(),
+            targets.reshape(-1).repeat(n),
+            ignore_index=-1,
+            reduction="none",
+        )
+        out.append(losses.view(n, -1).sum(1))
+    return torch.cat(out)
+
+
+def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
+    """The loss sums (float64, on the device) and target counts of the model and, per
+    layer with a reciprocal term, of the model with that layer's term removed, from the
+    residual streams `kept` by `_forward_sums`. Nothing waits for the host but one count
+    of targets per batch.
+
+    The ablated passes run side by side: at block j, the streams whose ablated layer
+    came before j pass through it as one batch, joined after the attention by the
+    stream that starts there (block j without its reciprocal term); so each block
+    runs one attention on the running streams, one without the reciprocal term, and
+    one MLP over all of them, in float32 as before."""
+    blocks = list(model.transformer.h)
+    base: list = [0.0, 0]
+    removed: dict[int, list] = {}
+    for (_, targets), (entering, x) in zip(batches, kept):
+        n = int((targets != -1).sum())  # the batch's targets, the same for every pass
+        base[0] += _loss_sum(model, x, targets)
+        base[1] += n
+        streams, layers = None, []
+        for j, block in enumerate(blocks):
+            parts = []
+            if streams is not None:
+                parts.append(streams + block.attn(block.ln_1(streams)))
+            y = without_reciprocal(block.attn, block.ln_1(entering[j]))
+            if y is not None:
+                parts.append(entering[j] + y)
+                layers.append(j)
+            if not parts:
+                continue
+            streams = torch.cat(parts) if len(parts) > 1 else parts[0]
+            streams = streams + block.mlp(block.ln_2(streams))
+        if streams is None:
+            continue
+        sums = _loss_sums(model, streams, targets)
+        for k, layer in enumerate(layers):
+            acc = removed.setdefault(layer, [0.0, 0])
+            acc[0] += sums[k]
+            acc[1] += n
+    return base, removed
 
 
 def model_measures(
@@ -410,45 +560,20 @@ def model_measures(
     if ablation and forward_dtype is not None:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
     blocks = list(model.transformer.h)
-    parts: list[Parts] = [{} for _ in blocks]
-    base = [0.0, 0]
-    removed: dict[int, list] = {}
-    for idx, targets in batches:
-        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
-        forward = (
-            torch.autocast(idx.device.type, dtype=forward_dtype)
-            if forward_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with forward:
-            x = _embed(model, idx)
-            entering = []
-            for i, block in enumerate(blocks):
-                entering.append(x)
-                y, named = layer_step(block.attn, block.ln_1(x), rows)
-                for name, value in named.items():
-                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
-                x = x + y
-                x = x + block.mlp(block.ln_2(x))
-        if not ablation:
-            continue
-        s, n = _loss_sum(model, x, targets)
-        base[0] += s
-        base[1] += n
-        for i, block in enumerate(blocks):
-            x = entering[i]
-            y = without_reciprocal(block.attn, block.ln_1(x))
-            if y is None:
-                continue
-            x = x + y
-            x = x + block.mlp(block.ln_2(x))
-            for later in blocks[i + 1 :]:
-                x = later(x)
-            s, n = _loss_sum(model, x, targets)
-            acc = removed.setdefault(i, [0.0, 0])
-            acc[0] += s
-            acc[1] += n
+    if not ablation:
+        parts = _graphed_sums(model, batches, queries, forward_dtype)
+        if parts is None:
+            parts = _forward_sums(model, batches, queries, forward_dtype)
+        removed: dict[int, list] = {}
+        base: list = [0.0, 0]
+    else:
+        kept: list = []
+        parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
+        base, removed = _ablation_sums(model, batches, kept)
     parts = _to_host(parts)
+    base[0] = float(torch.as_tensor(base[0]).detach())
+    for acc in removed.values():
+        acc[0] = float(torch.as_tensor(acc[0]).detach())
     out: dict[int, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(blocks):
         values = finish(block.attn, parts[i])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from racli_models import GPTConfig, build_attention, composed_once
+from racli_models import GPTConfig, attention, build_attention, composed_once
 
 FOLDED = ["ra_v5", "ra_v5_untied"]
 
@@ -26,6 +26,7 @@ def _counting(attn):
 
 @pytest.mark.parametrize("attn", FOLDED)
 def test_no_grad_forwards_compose_once_and_agree(attn):
+    """By default (`REUSE`) every eager no-grad forward reuses the stored weight."""
     m, calls = _counting(attn)
     x = torch.randn(2, 16, 64)
     with torch.no_grad():
@@ -33,9 +34,26 @@ def test_no_grad_forwards_compose_once_and_agree(attn):
         assert len(calls) == 1
         with composed_once():
             outs = [m(x) for _ in range(3)]
-        assert len(calls) == 2  # one composition for three forwards
+        outs.append(m(x))
+        assert len(calls) == 1  # one composition for five forwards
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attn", FOLDED)
+def test_without_reuse_only_the_block_reuses(attn, monkeypatch):
+    monkeypatch.setattr(attention, "REUSE", False)
+    m, calls = _counting(attn)
+    x = torch.randn(2, 16, 64)
+    with torch.no_grad():
+        ref = m(x)
         m(x)
-        assert len(calls) == 3  # the block's end dropped the stored weight
+        assert len(calls) == 2
+        with composed_once():
+            outs = [m(x) for _ in range(3)]
+        assert len(calls) == 3  # one composition for three forwards
+        m(x)
+        assert len(calls) == 4  # the block's end dropped the stored weight
     for out in outs:
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
 

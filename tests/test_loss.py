@@ -297,3 +297,93 @@ def test_cuda_bf16_gpt2_vocab_matches_the_plain_loss_with_less_memory():
     assert abs(loss_f - loss_p).item() < 2e-3
     assert rel_err(gh_f, gh_p) < 1e-2 and rel_err(gw_f, gw_p) < 1e-2
     assert peaks[1] < peaks[0] / 3, peaks
+
+
+# ---------------------------------------------------------------- CUDA: the one-pass kernel
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernel_matches_the_float64_loss(dtype):
+    """`lm_head_loss` (GEMM, Triton kernel, backward GEMMs) against the float64 loss of the
+    same (rounded) inputs, V off powers of two and off the kernel's block, ignored rows,
+    an upstream gradient other than 1; the gradient buffer poisoned first."""
+    from racli_models import loss as L
+
+    dev = torch.device("cuda")
+    h, w, t = inputs(dtype, device=dev, n=300, c=64, v=5003)
+    h64, w64 = (x.detach().double().requires_grad_() for x in (h, w))
+    ref = loss_and_grads(plain, h64, w64, t, scale=2.5)
+    real_empty = torch.empty_like
+    try:
+        torch.empty_like = lambda x, **kw: real_empty(x, **kw).fill_(float("nan"))
+        loss, logits = L.lm_head_loss(h, w, t)
+    finally:
+        torch.empty_like = real_empty
+    gh, gw = torch.autograd.grad(loss * 2.5, (h, w))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert loss.dtype == torch.float32 and not logits.requires_grad
+    assert abs(loss.item() - ref[0].item()) < (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel_err(gh, ref[1]) < tol and rel_err(gw, ref[2]) < tol
+    assert (gh[t == -1] == 0).all()
+    with torch.no_grad():
+        assert abs(L.lm_head_loss(h, w, t)[0].item() - ref[0].item()) < tol
+
+
+@pytest.mark.gpu
+def test_cuda_gpt_uses_the_kernel_and_matches_the_plain_path():
+    """The GPT on CUDA (kernel) against the same GPT with the kernel off (F.cross_entropy),
+    under bf16 autocast: loss and gradients close; fused_loss only drops the logits."""
+    from racli_models import loss as L
+
+    kw = dict(vocab_size=301, n_layer=2, n_head=2, n_embd=32, block_size=16, attn="ra_v5")
+    idx = torch.randint(0, 301, (4, 17), generator=torch.Generator().manual_seed(1)).cuda()
+    x, y = idx[:, :-1], idx[:, 1:].clone()
+    y[0, :5] = -1
+    results = []
+    for kernel, fused in ((False, False), (True, False), (True, True)):
+        L.KERNEL = kernel
+        try:
+            m = GPT(GPTConfig(fused_loss=fused, **kw), seed=3).cuda()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits, loss = m(x, y)
+            loss.backward()
+        finally:
+            L.KERNEL = True
+        assert (logits is None) == fused
+        results.append((loss.detach(), grads(m)))
+    (loss0, g0), *rest = results
+    for loss, g in rest:
+        assert abs(loss - loss0).item() < 2e-3
+        for name, ref in g0.items():
+            assert rel_err(g[name], ref) < 2e-2, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
+def test_cuda_graph_step_trains_like_the_plain_step(attn):
+    """TrainStep replaying one CUDA graph against the same step launched from Python:
+    same losses for 6 steps (the lr changed between them), same weights after."""
+    from racli_models.step import TrainStep
+
+    kw = dict(vocab_size=301, n_layer=2, n_head=2, n_embd=32, block_size=16, attn=attn)
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 301, (8, 17), generator=g).cuda() for _ in range(6)]
+    out = []
+    for graph in (False, True):
+        m = GPT(GPTConfig(**kw), seed=3).cuda()
+        opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=True)
+        step = TrainStep(
+            m, opt, micro=4, clip=1.0,
+            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16), graph=graph,
+        )  # fmt: skip
+        losses = []
+        for i, b in enumerate(batches):
+            step.set_lr(1e-3 * (1 - i / 10))
+            losses.append(step(b[:, :-1], b[:, 1:]).item())
+        assert (step._graph is not None) == graph, step.graph_error
+        out.append((losses, [p.detach().clone() for p in m.parameters()]))
+    (l0, p0), (l1, p1) = out
+    assert max(abs(a - b) for a, b in zip(l0, l1)) < 1e-4
+    for a, b in zip(p0, p1):
+        assert rel_err(b, a) < 1e-4

@@ -251,7 +251,7 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
             replay = graph_of(step, prep if bwd else None)
             torch.cuda.synchronize()
             # a W_f stored by composed_once() was captured by address: keep it alive
-            kept = list((attention._REUSE or {}).values())
+            kept = list(attention._STORE.values())
 
             def run(replay=replay, kept=kept):
                 replay()
@@ -680,6 +680,12 @@ def main() -> int:
         action="store_true",
         help="first: no-grad forwards inside composed_once(), and eager wall times",
     )
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated groups to leave out, by the names the run prints "
+        "(e.g. 'tile sweep,composition,untied composition')",
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("perf_block: needs CUDA", file=sys.stderr)
@@ -780,7 +786,12 @@ def main() -> int:
         )
         plan.append(("untied composition", 5, lambda: composition_untied(R, W)))
     skipped = []
+    leave_out = {g.strip() for g in args.skip.split(",") if g.strip()}
     for name, estimate_s, work in plan:
+        if name in leave_out:
+            skipped.append(name)
+            print(f"[skip] {name}: --skip", flush=True)
+            continue
         left = args.budget_s - (time.perf_counter() - t_start)
         if left < estimate_s:
             skipped.append(name)

@@ -9,11 +9,15 @@ nothing of it is part of ra). Every arm builds GPT-2 124M (12 x 768, T = 1024,
 the 50,304-token output layer, no biases, no dropout) and runs the same training
 step: bf16 autocast, forward with loss, backward, gradient clipping at 1.0,
 fused AdamW (each model's own optimizer set-up), `zero_grad(set_to_none=True)`.
+The nanoGPT arm runs that step as nanoGPT's train.py does; the ra arms run
+ra's own step (`racli_models.step.TrainStep`, what `ra train` runs), which
+on CUDA replays the whole step as one CUDA graph after its first call.
 Arms:
   nanogpt        nanoGPT's `GPT` and `configure_optimizers`, torch.compile
   baseline       ra's `GPT` with attn=baseline, torch.compile
   ra_v5, ...     any ra attention variant
-  ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=true
+  ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=true,
+                 or graph=false: ra's step without its CUDA-graph capture
 The arms are compiled and warmed up first, then timed in `--rounds` rounds, the
 order reversed every other round (A B C, C B A, ...), `--steps` steps per arm
 and round with CUDA events around each step. Reported per arm: median and
@@ -53,6 +57,9 @@ import torch  # noqa: E402
 from racli.bench.inputs import percentiles  # noqa: E402
 from racli.names import ATTENTION_NAMES, comma_list  # noqa: E402
 from racli_models import GPT, GPTConfig  # noqa: E402
+from racli_models.step import TrainStep  # noqa: E402
+
+STEP_KEYS = ("graph",)  # arm settings of the step, not of the model
 
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
@@ -94,6 +101,7 @@ def parse_arm(arm: str) -> tuple[str, dict]:
 
 def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
     name, extra = parse_arm(arm)
+    extra = {k: v for k, v in extra.items() if k not in STEP_KEYS}
     torch.manual_seed(1234)
     fused = device.startswith("cuda")
     if name == "nanogpt":
@@ -109,7 +117,14 @@ def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
     return model, opt, n_params
 
 
+def autocast_of(device: str):
+    if device.startswith("cuda"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def make_step(fwd, opt, params, device: str):
+    """nanoGPT's training step (train.py, without its gradient scaler, a no-op in bf16)."""
     cuda = device.startswith("cuda")
 
     def step(x, y):
@@ -206,12 +221,28 @@ def main(argv: list[str] | None = None) -> int:
         model, opt, n_params = build_arm(arm, shape, device, mod)
         fwd = model if args.no_compile else torch.compile(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        step = make_step(fwd, opt, params, device)
+        name, settings = parse_arm(arm)
+        if name == "nanogpt":
+            step = make_step(fwd, opt, params, device)
+        else:
+            step = TrainStep(
+                model,
+                opt,
+                fwd=fwd,
+                clip=CLIP,
+                autocast=autocast_of(device),
+                graph=bool(settings.get("graph", True)),
+            )
         t0 = time.perf_counter()
         for i in range(args.warmup):
             loss = step(*batches[i % 4])
         float(loss.detach())
         info[arm] = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
+        if isinstance(step, TrainStep):
+            info[arm]["graph"] = step._graph is not None
+            if step.graph_error:
+                info[arm]["graph_error"] = step.graph_error
+                print(f"{arm}: CUDA graph capture failed: {step.graph_error}", file=sys.stderr)
         steps[arm] = step
         print(f"{arm}: {n_params:,} parameters, warm-up {info[arm]['warmup_s']} s", file=sys.stderr)
 

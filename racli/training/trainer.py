@@ -148,6 +148,19 @@ class Trainer:
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         self.fwd = torch.compile(self.raw) if spec.compile else self.raw
         self.model = ddp.wrap_ddp(self.fwd, device, info)
+        # one process: the step of racli_models.step (on CUDA replayed as one CUDA graph)
+        self.stepper = None
+        if not info.enabled:
+            from racli_models.step import TrainStep
+
+            self.stepper = TrainStep(
+                self.raw,
+                self.opt,
+                fwd=self.fwd,
+                micro=self.layout.micro,
+                clip=t.grad_clip,
+                autocast=self._autocast,
+            )
         self.eval_set = eval_batches(
             dataset.val, t.batch_size, self.mcfg.block_size, t.eval_batches, device
         )
@@ -394,14 +407,18 @@ class Trainer:
             t_warm = time.perf_counter()
         t = self.t
         lr = lr_at(self._progress(self.clock.seconds), t.lr, t.warmup_frac, t.min_lr_ratio)
-        for g in self.opt.param_groups:
-            g["lr"] = lr * g["lr_mult"]
         x, y = self.sampler.next()  # this process's share of the global batch
-        loss = accumulate_gradients(self.model, x, y, self.layout.micro, self._autocast)
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        if self.stepper is not None:
+            self.stepper.set_lr(lr)
+            loss = self.stepper(x, y)
+        else:
+            for g in self.opt.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            loss = accumulate_gradients(self.model, x, y, self.layout.micro, self._autocast)
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
         self.loss_acc += loss
         self.step += 1
         self.tokens += self.tokens_per_step

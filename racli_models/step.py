@@ -1,0 +1,134 @@
+"""One training step, replayed as one CUDA graph on CUDA.
+
+    step = TrainStep(model, opt, fwd=torch.compile(model), micro=32, clip=1.0,
+                     autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+    step.set_lr(6e-4)              # each group's lr = base lr * group["lr_mult"] (default 1)
+    loss = step(x, y)              # the batch's mean loss, detached, on the device
+                                   # (in graph mode the next call overwrites it)
+
+A step is: the batch in micro-batches of `micro` sequences (each loss scaled by
+1/accum, so the gradients add up to those of the whole batch's mean loss),
+gradient clipping to `clip` (0: none), the optimizer step, the gradients set
+to None. Nothing in it waits for the host.
+
+With `graph=True` (the default on CUDA) the first call runs the step as
+above on a side stream (the warm-up: compilation, the optimizer's state, the
+library handles), then captures the next step into a CUDA graph without
+running it; every later call copies the batch into the graph's input buffers
+and replays the graph: one launch instead of about two thousand, and no gap
+while the host catches up. What that needs, and what it does:
+- each parameter group's lr lives in a device tensor (fused AdamW reads it
+  there); `set_lr` writes it, so the schedule reaches the replays. Set the lr
+  through `set_lr` only: a float written into `param_groups` would not.
+- the captured step reads the parameters, gradients and optimizer state at
+  their addresses: replace none of them afterwards (load a checkpoint before
+  the first call, or build a new TrainStep).
+- every batch has the shape of the first (a different one raises ValueError).
+- fused AdamW (or any optimizer whose step never syncs with the host) with
+  `capturable` set on its groups, which this class does.
+A capture that fails leaves the step uncaptured: `graph_error` says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+
+class TrainStep:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        *,
+        fwd: Callable | None = None,
+        micro: int | None = None,
+        clip: float = 1.0,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        graph: bool | None = None,
+    ):
+        self.model, self.opt = model, opt
+        self.fwd = fwd if fwd is not None else model
+        self.micro, self.clip, self.autocast = micro, clip, autocast
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        cuda = bool(self.params) and self.params[0].is_cuda
+        self.graph_on = cuda if graph is None else (graph and cuda)
+        self.graph_error: str | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._x = self._y = self._loss = None
+        dev = self.params[0].device if self.params else None
+        for g in opt.param_groups:  # graph: the lr in device tensors, read by fused AdamW there
+            lr = float(g["lr"])  # (a tensor when a checkpoint of a graph run was loaded)
+            g["lr"] = torch.tensor(lr, device=dev) if self.graph_on else lr
+
+    # ---- the step itself -------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        """Every group's lr = lr * its `lr_mult` (1 when it has none)."""
+        for g in self.opt.param_groups:
+            value = lr * g.get("lr_mult", 1.0)
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(value)
+            else:
+                g["lr"] = value
+
+    def _body(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        micro = self.micro or x.shape[0]
+        accum = x.shape[0] // micro
+        total = None
+        for i in range(accum):
+            xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+            with self.autocast():
+                _, loss = self.fwd(xs, ys)
+            (loss / accum if accum > 1 else loss).backward()
+            part = loss.detach() / accum if accum > 1 else loss.detach()
+            total = part if total is None else total + part
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.graph_on:
+            return self._body(x, y)
+        if self._graph is not None:
+            if x.shape != self._x.shape or y.shape != self._y.shape:
+                raise ValueError(
+                    f"batch of shape {tuple(x.shape)}; the captured step takes {tuple(self._x.shape)}"
+                )
+            self._x.copy_(x, non_blocking=True)
+            self._y.copy_(y, non_blocking=True)
+            self._graph.replay()
+            return self._loss
+        # first call: the real step on a side stream, then the capture (nothing runs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            loss = self._body(x, y)
+        torch.cuda.current_stream().wait_stream(side)
+        loss = loss.clone()  # the graph's own output buffer is written by every replay
+        self._capture(x, y)
+        return loss
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._x, self._y = x.clone(), y.clone()
+        capturable = [g.get("capturable", False) for g in self.opt.param_groups]
+        for g in self.opt.param_groups:
+            g["capturable"] = True
+        graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients
+        try:
+            with torch.cuda.graph(graph):
+                loss = self._body(self._x, self._y)
+        except Exception as exc:  # run on uncaptured: correct, only slower
+            self.graph_on = False
+            self.graph_error = f"{type(exc).__name__}: {exc}"
+            self.opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        else:
+            self._graph, self._loss = graph, loss
+        finally:  # the flag only guards step() against capture; replays never call it
+            for g, was in zip(self.opt.param_groups, capturable):
+                g["capturable"] = was
