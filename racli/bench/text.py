@@ -6,7 +6,7 @@ from __future__ import annotations
 from racli.bench.ranking import TimingRow
 from racli.names import display_name
 from racli.text.numbers import finite, ms
-from racli.text.tables import RULE, _table
+from racli.text.tables import RULE, Column, plain_table
 
 
 def bench_progress_line(
@@ -69,8 +69,9 @@ def bench_results(
         if r.attn == baseline and r.mode == "eager" and r.status == "ok" and finite(r.median_ms):
             base_eager[(r.phase, r.backend)] = r.median_ms
     show_backend = any(r.backend for r in rows)
-    headers = ["#", "attn", "mode", "phase"] + (["backend"] if show_backend else [])
-    headers += ["ms/iter", "p10-p90", "TFLOP/s", "vs base eager"]
+    left = ["attn", "mode", "phase"] + (["backend"] if show_backend else [])
+    right = ["ms/iter", "p10-p90", "TFLOP/s", "vs base eager"]
+    columns = [Column("#", "right"), *map(Column, left), *(Column(h, "right") for h in right)]
     table_rows = []
     notes = []
     for i, r in enumerate(rows, 1):
@@ -90,12 +91,11 @@ def bench_results(
                 f"  #{i} {r.attn} {r.mode} {r.phase} {word}: {r.reason or 'no reason given'}"
             )
         table_rows.append(cells)
-    align = "><<<" + ("<" if show_backend else "") + ">>>>"
     out = ["RESULTS", RULE]
     sl = _shape_line(shape)
     if sl:
         out.append(f"Shape: {sl}")
-    out += _table(headers, table_rows, align)
+    out += plain_table(columns, table_rows)
     if notes:
         out.append("")
         out += notes

@@ -7,7 +7,6 @@ No torch here.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any, Optional
 
@@ -15,6 +14,7 @@ import typer
 
 from racli.config import Config, load_config, resolve_db
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
+from racli.text import jsonout
 
 DbOpt = Annotated[
     Optional[str],
@@ -54,7 +54,8 @@ def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool 
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """`data` as JSON on stdout (racli.text.jsonout: NaN and infinity as null)."""
+    sys.stdout.write(jsonout.dumps(data) + "\n")
 
 
 def console():

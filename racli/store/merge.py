@@ -2,33 +2,16 @@
 
     results = merge_stores("team.db", ["gpu1.db", "postgresql+psycopg://.../ra"])
 
-* Runs are matched by `uuid`: a run already in the target (or met earlier in
-  the same merge) is skipped, so merging twice adds nothing. A run still
-  running in its source (fresh heartbeat) is skipped too, and counted: merge
-  it once it has ended.
-* Each new run comes with its metrics, timings and gate values; its
-  environment is matched by `fingerprint` (created when the target lacks it).
-  `config_hash`, `tag`, exclusion and every figure are copied as they are;
-  new ids are given, and `origin` records where the run came from
-  (`<source location>#<id there>`; a run that was itself merged keeps its
-  first origin).
-* One transaction for the whole merge: a failure leaves the target as it was.
-* Every source is checked before anything is written: a missing file, a
-  database that is not ra's, or a schema newer than this ra is bad input and
-  the target is untouched. Sources are never written to: SQLite files are
-  opened read-only; an older SQLite schema is upgraded in a temporary copy;
-  an older schema over a URL is read as it is (revisions only add columns;
-  runs from before revision 0004 get the identity the 0004 migration would
-  give them).
-* Rows are read in chunks and inserted in batches (executemany), so large
-  stores merge in seconds and in bounded memory.
+Runs are matched by `uuid` (merging twice adds nothing), with their metrics,
+timings and gate values, in one transaction; sources are only read. The
+rules: docs/store.md.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,11 +20,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from racli.errors import BadInput
+from racli.store.chunks import in_chunks
 from racli.store.engine import (
     HEAD_REVISION,
     Store,
     current_revision,
     database_url,
+    db_error,
     known_revisions,
     make_engine,
     open_store,
@@ -51,7 +36,6 @@ from racli.store.engine import (
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
 from racli.store.recorder import is_stale
 
-_IN_CHUNK = 900  # bound parameters per IN (...)
 BATCH = 5000  # rows per executemany
 CHILD_TABLES = (("metrics", Metric), ("timings", Timing), ("gate_values", GateValue))
 
@@ -132,8 +116,7 @@ def _open_source(db: str, target: str) -> _Source:
         tables = [] if rev is not None else inspect(engine).get_table_names()
     except DBAPIError as exc:
         engine.dispose()
-        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
-        raise BadInput(f"cannot open database {db}: {msg}") from exc
+        raise BadInput(f"cannot open database {db}: {db_error(exc)}") from exc
     if rev is None:
         engine.dispose()
         what = (
@@ -165,11 +148,6 @@ def _columns(engine: Engine, table) -> list:
     """The model's columns that the source's table has (all of them at HEAD_REVISION)."""
     present = {c["name"] for c in inspect(engine).get_columns(table.name)}
     return [c for c in table.columns if c.name in present]
-
-
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k : k + _IN_CHUNK]
 
 
 def _merge_one(
@@ -306,7 +284,7 @@ def _copy_rows(
     else:
         queries = [
             select_sql.format(ids=", ".join(str(int(i)) for i in chunk))
-            for chunk in _chunks(src_ids)
+            for chunk in in_chunks(src_ids)
         ]
     for sql in queries:
         if (
@@ -379,3 +357,25 @@ def totals(results: list[SourceResult]) -> dict[str, int]:
         "still_running",
     )
     return {k: sum(getattr(r, k) for r in results) for k in keys}
+
+
+def report_lines(results: list[SourceResult], target: str) -> list[str]:
+    """What `ra db merge` prints: a line per source, and the total of several."""
+    lines = []
+    for r in results:
+        extra = []
+        if r.already_present:
+            extra.append(f"{r.already_present} run(s) already present")
+        if r.still_running:
+            extra.append(f"{r.still_running} still running, not merged (merge again once ended)")
+        lines.append(
+            f"{r.source}: added {r.added_text()}" + (f"; {'; '.join(extra)}" if extra else "")
+        )
+    if len(results) > 1:
+        total = totals(results)
+        lines.append(
+            f"total: added {total['runs']} run(s), {total['metrics']} metric value(s), "
+            f"{total['timings']} timing(s), {total['gate_values']} gate value(s), "
+            f"{total['environments']} environment(s) to {target}"
+        )
+    return lines

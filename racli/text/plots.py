@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from racli.errors import BadInput
+from racli.names import PLOT_FORMATS, check_plot_path
+
 Curve = list[tuple[int, float]]
 
 
 def _check_path(path: str | Path) -> Path:
-    from racli.errors import BadInput
-    from racli.names import check_plot_path
-
     try:
         return check_plot_path(path)
     except BadInput as exc:
@@ -20,8 +20,6 @@ def _check_path(path: str | Path) -> Path:
 
 def _save(fig, p: Path) -> None:
     """Write the figure in the format of the file's suffix (checked by `_check_path`)."""
-    from racli.names import PLOT_FORMATS
-
     fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
 
 
