@@ -44,19 +44,16 @@ TagOpt = Annotated[
 IdsArg = Annotated[list[int], typer.Argument(help="Run id(s).", show_default=False)]
 
 
-def _inherit(ctx: typer.Context, db, config):
+def _store(ctx: typer.Context, db, config, *, readonly: bool):
+    """The store of `--db` (given here or before the subcommand); writing: must exist."""
     parent = ctx.obj or {}
-    return db or parent.get("db"), config or parent.get("config")
-
-
-def _reader(ctx: typer.Context, db, config):
-    db, config = _inherit(ctx, db, config)
-    return common.open_db(db, common.config(config), readonly=True)
-
-
-def _writer(ctx: typer.Context, db, config):
-    db, config = _inherit(ctx, db, config)
-    return common.open_db(db, common.config(config), create=False)
+    cfg = common.config(config or parent.get("config"))
+    db = db or parent.get("db")
+    return (
+        common.open_db(db, cfg, readonly=True)
+        if readonly
+        else common.open_db(db, cfg, create=False)
+    )
 
 
 def _check_ids(run_ids) -> None:
@@ -87,7 +84,7 @@ def runs(
     from racli.store.queries import run_rows
 
     check_kind_status(kind, status)
-    store = _reader(ctx, db, config)
+    store = _store(ctx, db, config, readonly=True)
     rows = run_rows(store, kind=kind, attn=attn, status=status, tag=tag, limit=limit or None)
     if json:
         common.print_json(rows)
@@ -111,7 +108,7 @@ def show(
     from racli.runs.view import show_text
 
     check_run_id(run_id)
-    d = details.show(_reader(ctx, db, config), run_id)
+    d = details.show(_store(ctx, db, config, readonly=True), run_id)
     if json:
         common.print_json(d)
     else:
@@ -159,7 +156,7 @@ def export(
     exporting.check_request(fmt, metrics=metrics, names=names)
     check_kind_status(kind, status)
     exporting.check_output(output, fmt)
-    store = _reader(ctx, db, config)
+    store = _store(ctx, db, config, readonly=True)
     filters = {"kind": kind, "attn": attn, "status": status, "tag": tag}
     if metrics:
         wanted = common.parse_csv_list(names) or None
@@ -200,7 +197,7 @@ def tag_cmd(
             "give either a TAG or --clear" if not clear else "give a TAG or --clear, not both"
         )
     check_run_id(run_id)
-    old, new = set_tag(_writer(ctx, db, config), run_id, new_tag)
+    old, new = set_tag(_store(ctx, db, config, readonly=False), run_id, new_tag)
     typer.echo(f"run {run_id}: tag {one_line(old or '(none)')} -> {one_line(new or '(none)')}")
 
 
@@ -221,7 +218,9 @@ def exclude_cmd(
     from racli.store.manage import set_excluded
 
     _check_ids(run_ids)
-    for r in set_excluded(_writer(ctx, db, config), run_ids, excluded=True, reason=reason):
+    for r in set_excluded(
+        _store(ctx, db, config, readonly=False), run_ids, excluded=True, reason=reason
+    ):
         typer.echo(f"run {r.id}: excluded from verdicts ({one_line(reason.strip())})")
 
 
@@ -236,7 +235,7 @@ def include_cmd(
     from racli.store.manage import set_excluded
 
     _check_ids(run_ids)
-    for r in set_excluded(_writer(ctx, db, config), run_ids, excluded=False):
+    for r in set_excluded(_store(ctx, db, config, readonly=False), run_ids, excluded=False):
         done = "included in verdicts again" if r.excluded else "was not excluded (nothing to do)"
         typer.echo(f"run {r.id}: {done}")
 
@@ -274,7 +273,7 @@ def delete_cmd(
     from racli.store.manage import check_deletable, delete_runs, row_counts
 
     _check_ids(run_ids)
-    store = _writer(ctx, db, config)
+    store = _store(ctx, db, config, readonly=False)
     runs = check_deletable(store, run_ids)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):
         typer.echo("nothing deleted", err=True)
@@ -305,7 +304,7 @@ def diff_cmd(
     from racli.store.run_diff import diff_text
 
     _check_ids([run_a, run_b])
-    diff = details.diff(_writer(ctx, db, config), run_a, run_b)
+    diff = details.diff(_store(ctx, db, config, readonly=False), run_a, run_b)
     if json:
         common.print_json(diff)
     else:

@@ -154,68 +154,16 @@ def _merge_one(
     conn, src: _Source, uuids: set[str], env_ids: dict[str, int], progress: Callable[[str], None]
 ) -> SourceResult:
     out = SourceResult(source=src.db, revision=src.revision)
-    where = location(src.db)
-    env_t, run_t = Environment.__table__, Run.__table__
-    env_cols, run_cols = _columns(src.engine, env_t), _columns(src.engine, run_t)
-    run_names = {c.name for c in run_cols}
     with src.engine.connect() as sconn:
+        new_runs, n_source_runs = _new_runs(sconn, src, uuids, out)
+        progress(f"{src.db}: {len(new_runs)} new run(s), {out.already_present} already present")
+        env_cols = _columns(src.engine, Environment.__table__)
         src_envs = {
             row["id"]: row for row in (dict(r._mapping) for r in sconn.execute(select(*env_cols)))
         }
-        new_runs: list[dict] = []
-        n_source_runs = 0
-        for r in sconn.execute(select(*run_cols).order_by(run_t.c.id)):
-            n_source_runs += 1
-            row = dict(r._mapping)
-            if "uuid" not in run_names or not row.get("uuid"):
-                row["uuid"] = legacy_uuid(
-                    row["id"], row["kind"], row["config_hash"], row["started_at"]
-                )
-            if row["uuid"] in uuids:
-                out.already_present += 1
-                continue
-            if row["status"] == "running" and not is_stale(_RunView(row)):
-                out.still_running += 1
-                continue
-            uuids.add(row["uuid"])
-            new_runs.append(row)
-        progress(f"{src.db}: {len(new_runs)} new run(s), {out.already_present} already present")
-
-        # environments, matched by fingerprint
-        for env_id in sorted({r["env_id"] for r in new_runs if r.get("env_id") is not None}):
-            env = src_envs.get(env_id)
-            if env is None:
-                continue
-            if env["fingerprint"] not in env_ids:
-                values = {k: v for k, v in env.items() if k != "id"}
-                env_ids[env["fingerprint"]] = conn.execute(
-                    insert(env_t).values(**values)
-                ).inserted_primary_key[0]
-                out.environments += 1
+        out.environments = _add_environments(conn, new_runs, src_envs, env_ids)
         fp_of = {i: e["fingerprint"] for i, e in src_envs.items()}
-
-        # runs: new ids, in the source's order
-        id_map: dict[int, int] = {}
-        for k in range(0, len(new_runs), BATCH):
-            batch = new_runs[k : k + BATCH]
-            rows = []
-            for r in batch:
-                values = {c: v for c, v in r.items() if c != "id"}
-                values["env_id"] = (
-                    env_ids.get(fp_of.get(r.get("env_id"))) if r.get("env_id") else None
-                )
-                values["origin"] = r.get("origin") or f"{where}#{r['id']}"
-                values.setdefault("excluded", False)
-                rows.append(values)
-            rows = _same_keys(rows)
-            new_ids = (
-                conn.execute(
-                    insert(run_t).returning(run_t.c.id, sort_by_parameter_order=True), rows
-                )
-                .scalars()
-                .all()
-            )
-            id_map.update(zip((r["id"] for r in batch), new_ids))
+        id_map = _insert_runs(conn, new_runs, location(src.db), env_ids, fp_of)
         out.runs = len(id_map)
 
         # metrics, timings, gate values: streamed in chunks, inserted in batches
@@ -236,6 +184,76 @@ def _merge_one(
                 ),
             )
     return out
+
+
+def _new_runs(sconn, src: _Source, uuids: set[str], out: SourceResult) -> tuple[list[dict], int]:
+    """The source's runs to add (not yet in `uuids`, not still running), in id order, and
+    how many runs the source holds; counts the others in `out`; adds the new uuids."""
+    run_t = Run.__table__
+    run_cols = _columns(src.engine, run_t)
+    run_names = {c.name for c in run_cols}
+    new_runs: list[dict] = []
+    n_source_runs = 0
+    for r in sconn.execute(select(*run_cols).order_by(run_t.c.id)):
+        n_source_runs += 1
+        row = dict(r._mapping)
+        if "uuid" not in run_names or not row.get("uuid"):
+            row["uuid"] = legacy_uuid(row["id"], row["kind"], row["config_hash"], row["started_at"])
+        if row["uuid"] in uuids:
+            out.already_present += 1
+            continue
+        if row["status"] == "running" and not is_stale(_RunView(row)):
+            out.still_running += 1
+            continue
+        uuids.add(row["uuid"])
+        new_runs.append(row)
+    return new_runs, n_source_runs
+
+
+def _add_environments(
+    conn, new_runs: list[dict], src_envs: dict[int, dict], env_ids: dict[str, int]
+) -> int:
+    """Insert the environments of `new_runs` that the target lacks (matched by
+    fingerprint, `env_ids` updated); returns how many were added."""
+    added = 0
+    for env_id in sorted({r["env_id"] for r in new_runs if r.get("env_id") is not None}):
+        env = src_envs.get(env_id)
+        if env is None:
+            continue
+        if env["fingerprint"] not in env_ids:
+            values = {k: v for k, v in env.items() if k != "id"}
+            env_ids[env["fingerprint"]] = conn.execute(
+                insert(Environment.__table__).values(**values)
+            ).inserted_primary_key[0]
+            added += 1
+    return added
+
+
+def _insert_runs(
+    conn, new_runs: list[dict], where: str, env_ids: dict[str, int], fp_of: dict[int, str]
+) -> dict[int, int]:
+    """Insert `new_runs` with new ids, in the source's order; source id -> target id."""
+    run_t = Run.__table__
+    id_map: dict[int, int] = {}
+    for k in range(0, len(new_runs), BATCH):
+        batch = new_runs[k : k + BATCH]
+        rows = []
+        for r in batch:
+            values = {c: v for c, v in r.items() if c != "id"}
+            values["env_id"] = env_ids.get(fp_of.get(r.get("env_id"))) if r.get("env_id") else None
+            values["origin"] = r.get("origin") or f"{where}#{r['id']}"
+            values.setdefault("excluded", False)
+            rows.append(values)
+        new_ids = (
+            conn.execute(
+                insert(run_t).returning(run_t.c.id, sort_by_parameter_order=True),
+                _same_keys(rows),
+            )
+            .scalars()
+            .all()
+        )
+        id_map.update(zip((r["id"] for r in batch), new_ids))
+    return id_map
 
 
 def _copy_rows(
