@@ -121,8 +121,8 @@ def verdict_text(av: ArmVerdict) -> str:
     """`ra compare`'s header and FINAL COMPARISON / VERDICT blocks for one pair of arms."""
     if av.comparison is None:
         return f"{av.candidate} vs {av.baseline}: no verdict ({av.error})"
-    from racli.commands.compare import header_text
     from racli.compare.text import final_comparison
+    from racli.compare.view import header_text
 
     cmp = av.comparison
     return header_text(cmp) + "\n\n" + final_comparison(cmp.verdict, cmp.candidate, cmp.baseline)
