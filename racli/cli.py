@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from racli.commands import bench, common, compare, data, db, experiment, gates, runs, train
-from racli.errors import BadInput
+from racli.errors import BadInput, first_line
 from racli.provenance import version_line
 from racli.text import terminal
 
@@ -77,8 +77,10 @@ class RaGroup(HelpWhenEmptyGroup):
         except Exception as exc:  # a failure while working
             if debug:
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            _say(f"failed: {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
+            _say(
+                f"failed: {type(exc).__name__}: {first_line(exc)} "
+                "(rerun with --debug for the traceback)"
+            )
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 

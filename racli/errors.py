@@ -12,3 +12,13 @@ from __future__ import annotations
 
 class BadInput(Exception):
     """Bad input from the user: one clear line, exit code 2."""
+
+
+def first_line(message: object, limit: int | None = None) -> str:
+    """The first non-blank line of `message` (an exception's text), stripped; cut to
+    `limit` characters with "..." when given. "" when there is none."""
+    for line in str(message).splitlines():
+        line = line.strip()
+        if line:
+            return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+    return ""

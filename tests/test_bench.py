@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from racli.bench import harness, inputs
-from racli.bench.ranking import best_vs_best
+from racli.bench.ranking import TimingRow, best_vs_best
 from racli.cli import app
 from racli.config import BenchShape
 from racli.errors import BadInput
@@ -297,21 +297,21 @@ def test_compile_failure_is_a_failed_row(monkeypatch):
 
 
 def _r(attn, mode, phase, ms, status="ok", backend="flash"):
-    return harness.BenchRow(
+    return TimingRow(
         attn,
         mode,
         phase,
-        2,
-        64,
-        4,
-        32,
-        "float32",
-        "cpu",
         median_ms=ms,
         p10_ms=ms,
         p90_ms=ms,
         status=status,
         backend=backend,
+        batch=2,
+        seq=64,
+        heads=4,
+        head_dim=32,
+        dtype="float32",
+        device="cpu",
     )
 
 
@@ -329,7 +329,7 @@ def test_best_vs_best_selection():
         _r("ra_v5", "compile", "fwd_bwd", 4.4),
         _r("ra_v5", "eager", "fwd_bwd", 1.0, backend="math"),  # other backend: not compared
     ]
-    best = best_vs_best(harness.timing_rows(rows))
+    best = best_vs_best(rows)
     by = {(b["phase"], b["backend"], b["attn"]): b for b in best}
     assert by[("fwd", "flash", "baseline")]["best_mode"] == "cuda_graph"
     assert by[("fwd", "flash", "ra_v5")]["best_mode"] == "compile"

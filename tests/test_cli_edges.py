@@ -326,7 +326,7 @@ def test_bench_with_every_configuration_failed_is_recorded_failed(tmp_path, monk
 def test_bench_with_one_configuration_timed_is_finished():
     from types import SimpleNamespace as Row
 
-    from racli.commands.bench import all_configs_failed
+    from racli.bench.run import all_configs_failed
 
     assert all_configs_failed([Row(status="failed"), Row(status="ok")]) is None
     assert all_configs_failed([Row(status="skipped")]) is None

@@ -28,7 +28,7 @@ from helpers import (
 from typer.testing import CliRunner
 
 from racli.cli import app
-from racli.commands.runs import EXPORT_COLUMNS
+from racli.store.columns import EXPORT_COLUMNS
 from racli.store.engine import HEAD_REVISION, downgrade, open_store
 
 

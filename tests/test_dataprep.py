@@ -821,7 +821,7 @@ def test_sigterm_stops_a_prepare_like_ctrl_c(corpus, tmp_path, monkeypatch):
     import os
     import signal
 
-    from racli.commands import data as data_cmd
+    from racli.dataprep.prepare import stoppable
 
     real_add = DatasetWriter.add
 
@@ -832,6 +832,6 @@ def test_sigterm_stops_a_prepare_like_ctrl_c(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(DatasetWriter, "add", add_then_term)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        data_cmd._stoppable(lambda: prepare(make_settings([corpus], tmp_path / "out")))
+        stoppable(lambda: prepare(make_settings([corpus], tmp_path / "out")))
     assert signal.getsignal(signal.SIGTERM) == before
     assert [p.name for p in tmp_path.iterdir()] == ["corpus"]

@@ -1,6 +1,8 @@
 """The timing harness of `ra bench`: one attention block, every mode and phase.
 
-Design notes: docs/internals/bench.md.
+Plain functions, no CLI and no printing; racli.bench.run drives them and
+tests call them directly. What is timed, how each mode runs, how the SDPA
+backend that ran is found: docs/bench.md.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import gc
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,11 +26,14 @@ from racli.bench.inputs import (
     resolve_dtype,
     tflops,
 )
+from racli.bench.ranking import TimingRow
 from racli.config import BenchShape
+from racli.errors import first_line
 from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
 from racli.names import resolve_device as resolve_device
 from racli.names import sdpa_backend_context as backend_context
 
+REASON_CHARS = 300  # the most characters of an error kept as a row's reason
 GRAPH_WARMUP = 3  # side-stream steps before a CUDA-graph capture (at least)
 
 # fused SDPA kernels (aten op names) -> the backend name recorded in `timings.backend`
@@ -40,21 +45,6 @@ KERNEL_BACKENDS = {
     "_scaled_dot_product_fused_attention_overrideable": "overrideable",
     "_scaled_dot_product_attention_math_for_mps": "mps_math",
 }
-
-
-# --------------------------------------------------------------------------
-# inputs: shapes, lists, dtypes, devices
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# FLOPs
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# modules and inputs
-# --------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------
@@ -107,7 +97,7 @@ def detect_backend(step: Callable[[], Any]) -> str:
 
 
 # --------------------------------------------------------------------------
-# typed rows and settings
+# configurations and settings
 # --------------------------------------------------------------------------
 
 
@@ -137,60 +127,8 @@ class BenchSettings:
     in_step: Callable[[Config, int], None] | None = None
 
 
-@dataclass
-class BenchRow:
-    """One `timings` row (keys as the table's columns)."""
-
-    attn: str
-    mode: str
-    phase: str
-    batch: int
-    seq: int
-    heads: int
-    head_dim: int
-    dtype: str
-    device: str
-    median_ms: float | None = None
-    p10_ms: float | None = None
-    p90_ms: float | None = None
-    iters: int | None = None
-    tflops: float | None = None
-    status: str = "ok"  # ok | skipped | failed
-    reason: str | None = None
-    backend: str | None = None
-    compile_s: float | None = None
-
-    def record(self) -> dict:
-        """The row as keyword arguments of `RunRecorder.timing` (and for --json)."""
-        return asdict(self)
-
-    def timing_row(self):
-        from racli.bench.ranking import TimingRow
-
-        return TimingRow(
-            attn=self.attn,
-            mode=self.mode,
-            phase=self.phase,
-            median_ms=self.median_ms,
-            p10_ms=self.p10_ms,
-            p90_ms=self.p90_ms,
-            status=self.status,
-            backend=self.backend,
-            reason=self.reason,
-            tflops=self.tflops,
-        )
-
-
-def _first_line(text: str, limit: int = 300) -> str:
-    for line in str(text).splitlines():
-        line = line.strip()
-        if line:
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return ""
-
-
 def _reason(exc: BaseException) -> str:
-    first = _first_line(str(exc))
+    first = first_line(exc, REASON_CHARS)
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
@@ -220,7 +158,9 @@ def _probe(step: Callable[[], Any], sdpa_backend: str) -> str:
             raise
         except RuntimeError as exc:
             why = [
-                _first_line(str(w.message)) for w in caught if issubclass(w.category, UserWarning)
+                first_line(w.message, REASON_CHARS)
+                for w in caught
+                if issubclass(w.category, UserWarning)
             ]
             why = [
                 w
@@ -229,7 +169,7 @@ def _probe(step: Callable[[], Any], sdpa_backend: str) -> str:
                 and not w.lower().endswith("because:")
                 and ("attention" in w.lower() or "kernel" in w.lower())
             ]
-            detail = why[0] if why else _first_line(str(exc))
+            detail = why[0] if why else first_line(exc, REASON_CHARS)
             raise _Skip(
                 f"SDPA backend '{sdpa_backend}' unavailable for this configuration: {detail}"
             ) from exc
@@ -397,7 +337,7 @@ def _interleaved(ready: list[_Ready], s: BenchSettings) -> dict[Config, list[flo
 # --------------------------------------------------------------------------
 
 
-def time_round(configs: list[Config], s: BenchSettings) -> list[BenchRow]:
+def time_round(configs: list[Config], s: BenchSettings) -> list[TimingRow]:
     """Time ``configs`` (one phase) interleaved; their rows, in the order given.
 
     Never raises for a configuration that cannot run (except KeyboardInterrupt):
@@ -410,16 +350,16 @@ def time_round(configs: list[Config], s: BenchSettings) -> list[BenchRow]:
     dev = torch.device(s.device)
     shape = s.shape
     rows = {
-        c: BenchRow(
+        c: TimingRow(
             c.attn,
             c.mode,
             c.phase,
-            shape.batch,
-            shape.seq,
-            shape.heads,
-            shape.head_dim,
-            dtype,
-            dev.type,
+            batch=shape.batch,
+            seq=shape.seq,
+            heads=shape.heads,
+            head_dim=shape.head_dim,
+            dtype=dtype,
+            device=dev.type,
         )
         for c in configs
     }
@@ -472,7 +412,7 @@ def time_round(configs: list[Config], s: BenchSettings) -> list[BenchRow]:
     return [rows[c] for c in configs]
 
 
-def time_config(attn: str, mode: str, phase: str, shape: BenchShape, **settings) -> BenchRow:
+def time_config(attn: str, mode: str, phase: str, shape: BenchShape, **settings) -> TimingRow:
     """Time one configuration alone (keyword settings of :class:`BenchSettings`)."""
     return time_round([Config(attn, mode, phase)], BenchSettings(shape=shape, **settings))[0]
 
@@ -496,13 +436,8 @@ def rounds(attns: list[str], modes: list[str], phases: list[str]) -> list[list[C
     return [[Config(a, m, p) for a in attns for m in modes] for p in phases]
 
 
-def timing_rows(rows: list[BenchRow]):
-    """`racli.bench.ranking.TimingRow`s of bench rows (for best-vs-best and rendering)."""
-    return [r.timing_row() for r in rows]
-
-
 def baseline_eager_ratio(
-    row: BenchRow, rows: list[BenchRow], baseline: str = "baseline"
+    row: TimingRow, rows: list[TimingRow], baseline: str = "baseline"
 ) -> float | None:
     """`row`'s median over the baseline's eager median, same phase and backend (or None)."""
     if row.status != "ok" or row.median_ms is None:

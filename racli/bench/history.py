@@ -11,7 +11,14 @@ from typing import Any
 from racli.bench.ranking import NOISE_RATIO, TimingRow, best_vs_best
 from racli.environment import env_class
 from racli.errors import BadInput
+from racli.store import queries
 from racli.store.filters import filters_dict, filters_text
+
+# what a row of racli.store.queries.ok_bench_timings gives a TimingRow
+_ROW_KEYS = (
+    *("attn", "mode", "phase", "median_ms", "p10_ms", "p90_ms", "backend", "tflops"),
+    *("batch", "seq", "heads", "head_dim", "dtype", "device"),
+)
 
 
 @dataclass
@@ -76,12 +83,7 @@ def group_timings(
         key = (r["batch"], r["seq"], r["heads"], r["head_dim"], r["dtype"], r["device"], cls)
         ids, rows = buckets.setdefault(key, (set(), []))
         ids.add(r["run_id"])
-        rows.append(
-            TimingRow(
-                r["attn"], r["mode"], r["phase"], med, r["p10_ms"], r["p90_ms"], "ok",
-                r["backend"], None, r["tflops"],
-            )
-        )  # fmt: skip
+        rows.append(TimingRow(**{k: r[k] for k in _ROW_KEYS}))
     groups = []
     for (b, t, h, d, dtype, device, cls), (ids, rows) in buckets.items():
         shape = {"batch": b, "seq": t, "heads": h, "head_dim": d, "dtype": dtype, "device": device}
@@ -102,8 +104,6 @@ def load_bench_comparison(
     noise_ratio: float = NOISE_RATIO,
 ) -> BenchComparison:
     """Best vs best per shape group from every finished bench run (newest group first)."""
-    from racli.store import queries
-
     records = queries.ok_bench_timings(store, attns=(candidate, baseline), tag=tag, since=since)
     for attn in (candidate, baseline):
         if not any(r["attn"] == attn and r["median_ms"] is not None for r in records):

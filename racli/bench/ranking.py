@@ -1,11 +1,16 @@
 """Best vs best: each attention's fastest mode per phase and backend, its ratio to
-the baseline, and the noise rule that withholds a mark (pure; no torch)."""
+the baseline, and the noise rule that withholds a mark (pure; no torch).
+
+`TimingRow` is the one row type of a timing: the harness fills it, the
+recorder stores it (`record()`: the `timings` columns), ranking and text read
+it, and `ra compare --metric ms` rebuilds it from the store."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from racli.store.columns import TIMING_FIELDS
 from racli.text.numbers import finite
 
 #: p90/p10 of a timing row above which it is too noisy to rank (ra.yaml bench.noise_ratio)
@@ -33,16 +38,32 @@ def speed_wording(ratio: float) -> str:
 
 @dataclass
 class TimingRow:
+    """One timing: a configuration (attn, mode, phase, shape, dtype, device) and its figures.
+
+    The fields ranking reads come first (tests and history build rows with them alone)."""
+
     attn: str
     mode: str
     phase: str
-    median_ms: float | None
-    p10_ms: float | None
-    p90_ms: float | None
-    status: str  # "ok" | "skipped" | "failed"
-    backend: str | None = None
-    reason: str | None = None
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    status: str = "ok"  # ok | skipped | failed
+    backend: str | None = None  # the SDPA backend that ran
+    reason: str | None = None  # why skipped or failed
     tflops: float | None = None
+    batch: int | None = None
+    seq: int | None = None
+    heads: int | None = None
+    head_dim: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    iters: int | None = None
+    compile_s: float | None = None  # compile or CUDA-graph capture time
+
+    def record(self) -> dict:
+        """The row as the `timings` columns, in table order (`RunRecorder.timing`, --json)."""
+        return {name: getattr(self, name) for name in TIMING_FIELDS}
 
 
 def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> str | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from racli.bench.ranking import TimingRow
 from racli.names import display_name
-from racli.text.numbers import finite, ms
-from racli.text.tables import RULE, _table
+from racli.text.numbers import finite, ids_text, ms
+from racli.text.tables import RULE, Column, plain_table
 
 
 def bench_progress_line(
@@ -69,8 +69,9 @@ def bench_results(
         if r.attn == baseline and r.mode == "eager" and r.status == "ok" and finite(r.median_ms):
             base_eager[(r.phase, r.backend)] = r.median_ms
     show_backend = any(r.backend for r in rows)
-    headers = ["#", "attn", "mode", "phase"] + (["backend"] if show_backend else [])
-    headers += ["ms/iter", "p10-p90", "TFLOP/s", "vs base eager"]
+    left = ["attn", "mode", "phase"] + (["backend"] if show_backend else [])
+    right = ["ms/iter", "p10-p90", "TFLOP/s", "vs base eager"]
+    columns = [Column("#", "right"), *map(Column, left), *(Column(h, "right") for h in right)]
     table_rows = []
     notes = []
     for i, r in enumerate(rows, 1):
@@ -90,12 +91,11 @@ def bench_results(
                 f"  #{i} {r.attn} {r.mode} {r.phase} {word}: {r.reason or 'no reason given'}"
             )
         table_rows.append(cells)
-    align = "><<<" + ("<" if show_backend else "") + ">>>>"
     out = ["RESULTS", RULE]
     sl = _shape_line(shape)
     if sl:
         out.append(f"Shape: {sl}")
-    out += _table(headers, table_rows, align)
+    out += plain_table(columns, table_rows)
     if notes:
         out.append("")
         out += notes
@@ -140,3 +140,30 @@ def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
             else:
                 out.append(f"{name} {b['ratio']:.2f}x  {b['wording']}")
     return "\n".join(out)
+
+
+def _shape_text(shape: dict) -> str:
+    return (
+        f"B={shape['batch']} T={shape['seq']} H={shape['heads']} D={shape['head_dim']} "
+        f"{shape['dtype']} {shape['device']}"
+    )
+
+
+def bench_text(bc) -> str:
+    n_runs = len({i for g in bc.groups for i in g.run_ids})
+    lines = [
+        f"Comparing {bc.candidate} with {bc.baseline} on bench timings (ms): best mode of each "
+        f"attention over {n_runs} finished bench run(s)"
+        + (", any environment class" if bc.any_env else ""),
+        f"{len(bc.groups)} group(s) of shape, dtype, device"
+        + ("" if bc.any_env else " and environment class")
+        + ", newest first",
+    ]
+    for g in bc.groups:
+        env = g.env_class if g.env_class is not None else "any environment"
+        lines += [
+            "",
+            f"Shape {_shape_text(g.shape)} on {env} (bench runs {ids_text(g.run_ids)})",
+            fair_comparison(g.best, baseline=bc.baseline),
+        ]
+    return "\n".join(lines)

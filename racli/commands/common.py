@@ -7,13 +7,13 @@ No torch here.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
+from racli.text import jsonout
 
 if TYPE_CHECKING:  # racli.config imports pydantic, which `ra --help` need not wait for
     from racli.config import Config
@@ -60,7 +60,8 @@ def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool 
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """`data` as JSON on stdout (racli.text.jsonout: NaN and infinity as null)."""
+    sys.stdout.write(jsonout.dumps(data) + "\n")
 
 
 def console():

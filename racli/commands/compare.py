@@ -1,8 +1,8 @@
 """`ra compare`: a verdict from the recorded history (DESIGN.md, "Verdict rules").
 
-Thin: options are checked here, the history is read by :mod:`racli.compare.grouping`,
-judged by :mod:`racli.compare.verdict` and printed by :mod:`racli.compare.text`. Only reads
-the store; no torch.
+Parse -> call -> print: the history is read by racli.compare.grouping (train runs)
+and racli.bench.history (timings), judged by racli.compare.verdict, printed by
+racli.compare.view and racli.compare.text. Only reads the store; no torch.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import Annotated
 import typer
 
 from racli.commands import common
-from racli.compare.header import header_text, ids_text
 from racli.errors import BadInput
 from racli.names import check_attention, check_plot_path
-from racli.text.terminal import visible
+from racli.text.terminal import for_stream, visible
 
 
 def _fraction(name: str, value: float) -> None:
@@ -25,38 +24,7 @@ def _fraction(name: str, value: float) -> None:
         raise BadInput(f"{name} is a fraction between 0 and 1 (0.01 = 1%), got {value:g}")
 
 
-def _shape_text(shape: dict) -> str:
-    return (
-        f"B={shape['batch']} T={shape['seq']} H={shape['heads']} D={shape['head_dim']} "
-        f"{shape['dtype']} {shape['device']}"
-    )
-
-
-def bench_text(bc) -> str:
-    from racli.bench.text import fair_comparison
-
-    n_runs = len({i for g in bc.groups for i in g.run_ids})
-    lines = [
-        f"Comparing {bc.candidate} with {bc.baseline} on bench timings (ms): best mode of each "
-        f"attention over {n_runs} finished bench run(s)"
-        + (", any environment class" if bc.any_env else ""),
-        f"{len(bc.groups)} group(s) of shape, dtype, device"
-        + ("" if bc.any_env else " and environment class")
-        + ", newest first",
-    ]
-    for g in bc.groups:
-        env = g.env_class if g.env_class is not None else "any environment"
-        lines += [
-            "",
-            f"Shape {_shape_text(g.shape)} on {env} (bench runs {ids_text(g.run_ids)})",
-            fair_comparison(g.best, baseline=bc.baseline),
-        ]
-    return "\n".join(lines)
-
-
 def _echo(text: str) -> None:
-    from racli.text.terminal import for_stream
-
     sys.stdout.write(for_stream(visible(text), sys.stdout.encoding) + "\n")
 
 
@@ -117,8 +85,9 @@ def compare(
     json: common.JsonOpt = False,
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
-    from racli.bench.history import load_bench_comparison
+    from racli.compare import view
     from racli.compare.grouping import check_metric, load_comparison
+    from racli.compare.text import final_comparison
     from racli.store.filters import parse_since
     from racli.store.manage import excluded_runs, excluded_text
 
@@ -138,20 +107,7 @@ def compare(
     store = common.open_db(db, cfg, readonly=True)
 
     if metric == "ms":
-        bc = load_bench_comparison(
-            store,
-            candidate=candidate,
-            baseline=baseline,
-            tag=tag,
-            since=since_at,
-            any_env=any_env,
-            noise_ratio=cfg.bench.noise_ratio,
-        )
-        excluded = excluded_runs(store, kind="bench", tag=tag, since=since_at)
-        if json:
-            common.print_json({**bc.to_dict(), "excluded": excluded})
-        else:
-            _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))
+        _compare_bench(store, cfg, candidate, baseline, tag, since_at, any_env, json)
         return
 
     cmp = load_comparison(
@@ -171,7 +127,7 @@ def compare(
     )
     written = None
     if plot is not None:
-        written = _plot(store, cmp, plot)
+        written = view.plot_compared(store, cmp, plot)
 
     if json:
         data = cmp.to_dict()
@@ -179,29 +135,30 @@ def compare(
         data["excluded"] = excluded
         common.print_json(data)
         return
-    from racli.compare.text import final_comparison
-
-    text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
+    text = view.header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
     text += "\n\n" + final_comparison(cmp.verdict)
     if written:
         text += f"\n\nPlot written to {written}"
     _echo(text)
 
 
-def _plot(store, cmp, path: Path) -> Path:
-    from racli.compare.grouping import metric_curves
-    from racli.compare.plots import plot_loss_curves
-    from racli.names import display_name, metric_label
+def _compare_bench(store, cfg, candidate, baseline, tag, since, any_env, json) -> None:
+    """`--metric ms`: best vs best per shape group over the finished bench runs."""
+    from racli.bench.history import load_bench_comparison
+    from racli.bench.text import bench_text
+    from racli.store.manage import excluded_runs, excluded_text
 
-    runs = {attn: [r.id for r in cmp.group.side(attn)] for attn in (cmp.baseline, cmp.candidate)}
-    curves = metric_curves(store, runs, name=cmp.metric)
-    if not any(points for per_run in curves.values() for _, points in per_run):
-        raise BadInput(f"no {cmp.metric} curves recorded for the compared runs: no plot written")
-    title = (
-        f"{metric_label(cmp.metric)}: {display_name(cmp.candidate)} vs "
-        f"{display_name(cmp.baseline)} ({cmp.group.label()})"
+    bc = load_bench_comparison(
+        store,
+        candidate=candidate,
+        baseline=baseline,
+        tag=tag,
+        since=since,
+        any_env=any_env,
+        noise_ratio=cfg.bench.noise_ratio,
     )
-    try:
-        return plot_loss_curves(curves, path, title, ylabel=cmp.metric)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
+    excluded = excluded_runs(store, kind="bench", tag=tag, since=since)
+    if json:
+        common.print_json({**bc.to_dict(), "excluded": excluded})
+    else:
+        _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))

@@ -104,7 +104,13 @@ def prepare(
     json: common.JsonOpt = False,
 ) -> None:
     """Tokenise SOURCE... into DIR: train.bin/val.bin (nanoGPT's format) and meta.json."""
-    from racli.dataprep.prepare import ConsoleProgress, PrepareSettings, parse_count
+    from racli.dataprep.prepare import (
+        ConsoleProgress,
+        PrepareSettings,
+        parse_count,
+        stoppable,
+        summary_text,
+    )
     from racli.dataprep.prepare import prepare as run_prepare
 
     settings = PrepareSettings(
@@ -122,47 +128,8 @@ def prepare(
         force=force,
         tokenizer_sample_bytes=parse_count(tokenizer_sample, "--tokenizer-sample"),
     )
-    meta = _stoppable(lambda: run_prepare(settings, ConsoleProgress()))
+    meta = stoppable(lambda: run_prepare(settings, ConsoleProgress()))
     if json:
         common.print_json(meta)
         return
     typer.echo(summary_text(out, meta))
-
-
-def _stoppable(job):
-    """Run `job` with SIGTERM treated like Ctrl-C: the temporary folder is removed."""
-    import signal
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        return job()
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def summary_text(out: str, meta: dict) -> str:
-    tok, docs = meta["tokens"], meta["documents"]
-    total = tok["train"] + tok["val"]
-    rate = meta.get("tokens_per_s")
-    lines = [
-        f"prepared {out}",
-        f"  tokenizer      {meta['tokenizer']['name']} (vocabulary {meta['vocab_size']:,}, "
-        f"{meta['dtype']})",
-        f"  tokens         {total:,} (train {tok['train']:,}, val {tok['val']:,})",
-        f"  documents      {docs['train'] + docs['val']:,} (train {docs['train']:,}, "
-        f"val {docs['val']:,})",
-        f"  speed          {rate:,} tokens/s over {meta['seconds']['tokenize']:.1f}s"
-        if rate
-        else "  speed          -",
-        f"  content hash   {meta['content_hash']}",
-    ]
-    if meta["skipped"]["files"]:
-        lines.append(
-            f"  skipped        {meta['skipped']['files']} files (binary or not "
-            f"UTF-8 text), e.g. {meta['skipped']['first'][0]}"
-        )
-    lines.append(f"train on it: ra train --attn ra_v5 --data {out}")
-    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -13,27 +14,14 @@ app = typer.Typer(
 )
 
 
-def upgrade_db(db: str) -> tuple[str | None, str]:
-    """Apply pending migrations; returns (revision before, revision after)."""
-    from racli.store.engine import current_revision, open_store, read_revision, sqlite_path
-
-    path = sqlite_path(db)
-    before = None
-    if path is None or path.exists():
-        before = read_revision(db)
-    store = open_store(db)
-    try:
-        return before, current_revision(store.engine)
-    finally:
-        store.close()
-
-
 @app.command("upgrade")
 def upgrade(db: common.DbOpt = None, config: common.ConfigOpt = None) -> None:
     """Apply pending migrations (ra also does this whenever it opens a database)."""
+    from racli.store.engine import upgrade_store
+
     cfg = common.config(config)
     location = common.db_location(db, cfg)
-    before, after = upgrade_db(location)
+    before, after = upgrade_store(location)
     if before == after:
         typer.echo(f"{location}: schema at revision {after} (up to date)")
     else:
@@ -80,9 +68,7 @@ def merge(
 ) -> None:
     """Import the runs of other stores (with metrics, timings, gate values), matched by run
     uuid: merging twice adds nothing. One transaction; the sources are only read."""
-    import sys
-
-    from racli.store.merge import merge_stores, totals
+    from racli.store.merge import merge_stores, report_lines, totals
 
     cfg = common.config(config)
     target = common.db_location(db, cfg)
@@ -90,24 +76,10 @@ def merge(
     results = merge_stores(
         target, sources, progress=None if quiet else lambda msg: typer.echo(msg, err=True)
     )
-    total = totals(results)
     if json:
         common.print_json(
-            {"target": target, "sources": [r.to_dict() for r in results], "total": total}
+            {"target": target, "sources": [r.to_dict() for r in results], "total": totals(results)}
         )
         return
-    for r in results:
-        extra = []
-        if r.already_present:
-            extra.append(f"{r.already_present} run(s) already present")
-        if r.still_running:
-            extra.append(f"{r.still_running} still running, not merged (merge again once ended)")
-        typer.echo(
-            f"{r.source}: added {r.added_text()}" + (f"; {'; '.join(extra)}" if extra else "")
-        )
-    if len(results) > 1:
-        typer.echo(
-            f"total: added {total['runs']} run(s), {total['metrics']} metric value(s), "
-            f"{total['timings']} timing(s), {total['gate_values']} gate value(s), "
-            f"{total['environments']} environment(s) to {target}"
-        )
+    for line in report_lines(results, target):
+        typer.echo(line)

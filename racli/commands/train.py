@@ -14,8 +14,6 @@ import typer
 from racli.commands import common
 from racli.experiment.plan import parse_extra_config
 from racli.text.terminal import visible
-from racli.training import launch
-from racli.training.progress import summary_text
 
 
 def train(
@@ -153,6 +151,9 @@ def train(
     ] = False,
 ) -> None:
     """Train a GPT-2 style model with one attention variant; record losses, throughput, gates."""
+    from racli.training import launch  # the store, the data and torch: not for --help
+    from racli.training.progress import summary_text
+
     opts = launch.TrainOptions(
         attn=attn,
         minutes=minutes,

@@ -404,3 +404,42 @@ def _settings_record(settings: PrepareSettings, workers: int) -> dict:
 
 def read_meta(folder: Path) -> dict:
     return json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+
+
+def stoppable(job):
+    """Run `job` with SIGTERM treated like Ctrl-C: the temporary folder is removed."""
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return job()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def summary_text(out: str, meta: dict) -> str:
+    """What `ra data prepare` prints when done: the tokenizer, counts, speed and hash."""
+    tok, docs = meta["tokens"], meta["documents"]
+    total = tok["train"] + tok["val"]
+    rate = meta.get("tokens_per_s")
+    lines = [
+        f"prepared {out}",
+        f"  tokenizer      {meta['tokenizer']['name']} (vocabulary {meta['vocab_size']:,}, "
+        f"{meta['dtype']})",
+        f"  tokens         {total:,} (train {tok['train']:,}, val {tok['val']:,})",
+        f"  documents      {docs['train'] + docs['val']:,} (train {docs['train']:,}, "
+        f"val {docs['val']:,})",
+        f"  speed          {rate:,} tokens/s over {meta['seconds']['tokenize']:.1f}s"
+        if rate
+        else "  speed          -",
+        f"  content hash   {meta['content_hash']}",
+    ]
+    if meta["skipped"]["files"]:
+        lines.append(
+            f"  skipped        {meta['skipped']['files']} files (binary or not "
+            f"UTF-8 text), e.g. {meta['skipped']['first'][0]}"
+        )
+    lines.append(f"train on it: ra train --attn ra_v5 --data {out}")
+    return "\n".join(lines)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from racli.compare.grouping import load_comparison, load_train_runs
-from racli.compare.header import header_text
 from racli.compare.text import final_comparison
+from racli.compare.view import header_text
 from racli.errors import BadInput
 from racli.experiment.plan import EXPERIMENT_KEY, Arm
 from racli.store.experiment_queries import experiment_runs

@@ -10,7 +10,7 @@ import math
 from racli.gates.aggregate import RunsReport
 from racli.gates.analysis import USE_MEASURES, GateReport
 from racli.text.numbers import share_pct
-from racli.text.tables import RULE, _table
+from racli.text.tables import RULE, Column, plain_table
 
 _PCT = USE_MEASURES  # shown as percentages
 _SCI = ("rec_effect",)  # shown with 3 significant digits
@@ -60,8 +60,7 @@ def gate_tables(report: GateReport, *, title: str | None = None) -> str:
     names = report.names or sorted({e.name for e in report.entries})
     layers, heads = report.layers, report.heads
     dead = set(report.dead)
-    hdr = ["layer"] + [f"h{h}" for h in heads]
-    align = "<" + ">" * len(heads)
+    hdr = [Column("layer")] + [Column(f"h{h}", "right") for h in heads]
     for name in names:
         grid = {(e.layer, e.head): e for e in report.entries if e.name == name}
         inits = {round(e.init, 9) for e in grid.values()}
@@ -92,12 +91,12 @@ def gate_tables(report: GateReport, *, title: str | None = None) -> str:
             rows_d.append(rd)
             rows_i.append(ri)
         out.append("  value")
-        out += ["  " + line for line in _table(hdr, rows_v, align)]
+        out += ["  " + line for line in plain_table(hdr, rows_v)]
         out.append("  Δ from init")
-        out += ["  " + line for line in _table(hdr, rows_d, align)]
+        out += ["  " + line for line in plain_table(hdr, rows_d)]
         if len(inits) > 1:
             out.append("  init")
-            out += ["  " + line for line in _table(hdr, rows_i, align)]
+            out += ["  " + line for line in plain_table(hdr, rows_i)]
         out.append("")
     legend = []
     if report.by_measure:
@@ -130,8 +129,7 @@ def runs_tables(rep: RunsReport, *, title: str) -> str:
         out += [f"Note: {rep.note}", ""]
     layers, heads = rep.layers, rep.head_ids
     cells = {(h.layer, h.head): h for h in rep.heads}
-    hdr = ["layer"] + [f"h{h}" for h in heads]
-    align = "<" + ">" * len(heads)
+    hdr = [Column("layer")] + [Column(f"h{h}", "right") for h in heads]
 
     def grid(cell) -> list[list[str]]:
         return [
@@ -143,13 +141,13 @@ def runs_tables(rep: RunsReport, *, title: str) -> str:
         return "*" if h.above == n else ("+" if h.above else " ")
 
     out.append(f"{rep.measure}: mean over runs")
-    out += ["  " + line for line in _table(hdr, grid(lambda h: fmt(h.mean) + mark(h)), align)]
+    out += ["  " + line for line in plain_table(hdr, grid(lambda h: fmt(h.mean) + mark(h)))]
     out.append(f"{rep.measure}: standard deviation over runs")
-    out += ["  " + line for line in _table(hdr, grid(lambda h: fmt(h.std) + " "), align)]
+    out += ["  " + line for line in plain_table(hdr, grid(lambda h: fmt(h.std) + " "))]
     out.append(f"runs above {fmt(rep.threshold)} (of {n})")
-    out += ["  " + line for line in _table(hdr, grid(lambda h: f"{h.above}/{h.n} "), align)]
+    out += ["  " + line for line in plain_table(hdr, grid(lambda h: f"{h.above}/{h.n} "))]
     out.append(f"{rep.measure}: mean at init")
-    out += ["  " + line for line in _table(hdr, grid(lambda h: fmt(h.init_mean) + " "), align)]
+    out += ["  " + line for line in plain_table(hdr, grid(lambda h: fmt(h.init_mean) + " "))]
     out.append("")
     out.append(f"Legend: * above {fmt(rep.threshold)} in every run; + in some runs")
     out.append("Summary:")

@@ -11,7 +11,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from sqlalchemy.engine import URL, make_url
+
 from racli.errors import BadInput
+from racli.store.engine import database_url, sqlite_path
 
 DIRNAME = "ra_checkpoints"
 
@@ -19,15 +22,11 @@ DIRNAME = "ra_checkpoints"
 def store_key(db: str) -> str:
     """The name of a store's checkpoint folder: the SQLite file's name, or for any other
     URL `<dialect>-<short hash of the URL without its password>`."""
-    from racli.store.engine import database_url, sqlite_path
-
     path = sqlite_path(db)
     if path is not None:
         return path.name
     url = database_url(db)
     try:
-        from sqlalchemy.engine import URL, make_url
-
         u = make_url(url)
         dialect = u.get_backend_name()
         safe = URL.create(
@@ -46,8 +45,6 @@ def store_key(db: str) -> str:
 
 def checkpoint_dir(db: str) -> Path:
     """The checkpoint folder of the store at database location `db`."""
-    from racli.store.engine import sqlite_path
-
     path = sqlite_path(db)
     base = path.parent if path is not None else Path.cwd()
     return base / DIRNAME / store_key(db)
@@ -60,8 +57,6 @@ def checkpoint_path(db: str, run_id: int) -> Path:
 def legacy_hint(db: str, run_id: int) -> str:
     """A note for a run whose checkpoint sits where ra once wrote every store's (shared by all
     stores of one folder), or "" when there is none."""
-    from racli.store.engine import sqlite_path
-
     path = sqlite_path(db)
     old = (path.parent if path is not None else Path.cwd()) / DIRNAME / f"run_{run_id}.pt"
     if not old.is_file():

@@ -1,34 +1,31 @@
 """Opening the results store: engine set-up and migrations on open.
 
-SQLite (the default) gets WAL journaling, a busy timeout and foreign keys;
-any other SQLAlchemy URL (PostgreSQL through psycopg 3 for a shared team
-store: `postgresql+psycopg://user@host/db`) is used as given. Opening a
-database for writing applies the pending Alembic revisions (one process at a
-time); a database whose schema is newer than this program is refused untouched.
-
-`open_store(db, readonly=True)` is what read commands use: it never changes
-the store. SQLite is opened with `mode=ro` (no journal-mode switch, no schema
-created, no migration); when that cannot open it (a WAL database in a folder
-the user cannot write, without its -shm file) and no un-checkpointed -wal
-holds changes, it falls back to `immutable=1`. PostgreSQL sessions are
-read-only transactions. An empty or foreign database, or an older schema, is
-bad input with one line.
+SQLite (the default; WAL, a busy timeout, foreign keys) or any SQLAlchemy URL
+(PostgreSQL through psycopg 3). Writing opens migrate; `open_store(db,
+readonly=True)` never changes the store; a newer schema is refused untouched.
+How read-only opening works on SQLite: docs/store.md.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
+import shutil
 import sqlite3
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from racli.errors import BadInput
+from racli.errors import BadInput, first_line
 
 # The newest revision in migrations/versions (tests check that they agree).
 HEAD_REVISION = "0005"
@@ -53,8 +50,6 @@ def shown(db: str) -> str:
     if "://" not in db:
         return db
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(db).render_as_string(hide_password=True)
     except Exception:
         return db
@@ -116,11 +111,7 @@ def script_location() -> Path:
     """The Alembic scripts: the repository's top-level `migrations/` folder when
     ra runs from a source checkout, else the packaged copy `racli._migrations`
     (a wheel, or an editable install that maps the name)."""
-    import importlib.util
-
-    import racli
-
-    package = Path(racli.__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     checkout = package.parent / "migrations"
     if (package.parent / "pyproject.toml").is_file() and (checkout / "env.py").is_file():
         return checkout
@@ -260,8 +251,9 @@ class Store:
         self.engine.dispose()
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+def db_error(exc: BaseException) -> str:
+    """The first line of a database error: the driver's own message when it has one."""
+    return first_line(getattr(exc, "orig", exc))
 
 
 def _connect(
@@ -284,7 +276,7 @@ def _connect(
         return engine, current_revision(engine)
     except DBAPIError as exc:
         engine.dispose()
-        raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
+        raise BadInput(f"cannot open database {shown(db)}: {db_error(exc)}") from exc
 
 
 def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
@@ -410,8 +402,6 @@ def _open_readonly(db: str) -> Store:
                 )
             engine.dispose()
             engine = upgraded_copy(path)
-            import sys
-
             sys.stderr.write(
                 f"ra: note: {path} has schema revision {rev} (this ra: "
                 f"{HEAD_REVISION}); read through an upgraded temporary copy, the "
@@ -428,10 +418,6 @@ def upgraded_copy(path: Path, folder: Path | None = None) -> Engine:
     schema; the store itself is only read. Without `folder`, the copy goes to a temporary
     folder removed when the process ends."""
     if folder is None:
-        import atexit
-        import shutil
-        import tempfile
-
         folder = Path(tempfile.mkdtemp(prefix="ra-read-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
     copy = folder / path.name
@@ -487,11 +473,24 @@ def open_store(
         enable_wal(engine)
     except (DBAPIError, sqlite3.Error) as exc:
         engine.dispose()
-        raise BadInput(f"cannot open database {shown(db)}: {_first_line(exc)}") from exc
+        raise BadInput(f"cannot open database {shown(db)}: {db_error(exc)}") from exc
     if migrate and rev != HEAD_REVISION:
         try:
             upgrade(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise BadInput(f"cannot migrate database {shown(db)}: {_first_line(exc)}") from exc
+            raise BadInput(f"cannot migrate database {shown(db)}: {db_error(exc)}") from exc
     return Store(db=db, engine=engine)
+
+
+def upgrade_store(db: str) -> tuple[str | None, str]:
+    """Apply pending migrations (`ra db upgrade`); returns (revision before, revision after)."""
+    path = sqlite_path(db)
+    before = None
+    if path is None or path.exists():
+        before = read_revision(db)
+    store = open_store(db)
+    try:
+        return before, current_revision(store.engine)
+    finally:
+        store.close()

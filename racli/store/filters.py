@@ -1,4 +1,4 @@
-"""The history filters that read commands share: `--tag` and `--since` (UTC)."""
+"""The filters that read commands share: `--kind`, `--status`, `--tag` and `--since` (UTC)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 from racli.errors import BadInput
+from racli.store.recorder import END_STATES
+
+KINDS = ("bench", "train", "calibration")
+# the statuses a run shows: `crashed` is a `running` run whose heartbeat went stale
+STATUSES = ("running", *END_STATES, "crashed")
+
+
+def check_kind_status(kind: str | None, status: str | None) -> None:
+    """BadInput for an unknown `--kind` or `--status`."""
+    if kind and kind not in KINDS:
+        raise BadInput(f"unknown kind '{kind}' (valid: {', '.join(KINDS)})")
+    if status and status not in STATUSES:
+        raise BadInput(f"unknown status '{status}' (valid: {', '.join(STATUSES)})")
 
 
 def parse_since(text: str | None) -> datetime | None:

@@ -15,24 +15,17 @@ from pathlib import Path
 from sqlalchemy import delete, false, func, select, true, update
 
 from racli.errors import BadInput
+from racli.store.checkpoints import checkpoint_path
+from racli.store.chunks import in_chunks
 from racli.store.engine import Store
 from racli.store.models import GateValue, Metric, Run, Timing
 from racli.store.recorder import is_stale
 
-_IN_CHUNK = 900  # bound parameters per IN (...)
-
 
 def checkpoint_files(db: str, run_id: int) -> list[Path]:
     """The checkpoint file of a run (and a half-written one), in its store's own folder."""
-    from racli.store.checkpoints import checkpoint_path
-
     path = checkpoint_path(db, run_id)
     return [path, path.with_name(path.name + ".tmp")]
-
-
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k : k + _IN_CHUNK]
 
 
 def unique_ids(ids) -> list[int]:
@@ -46,7 +39,7 @@ def get_runs(store: Store, ids) -> list[Run]:
         raise BadInput("no run id given")
     found: dict[int, Run] = {}
     with store.session() as s:
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             found.update((r.id, r) for r in s.scalars(select(Run).where(Run.id.in_(chunk))))
     missing = [i for i in ids if i not in found]
     if missing:
@@ -80,7 +73,7 @@ def set_excluded(store: Store, ids, *, excluded: bool, reason: str | None = None
         raise BadInput("say why the run is excluded: --reason TEXT")
     runs = get_runs(store, ids)
     with store.writing() as conn:
-        for chunk in _chunks([r.id for r in runs]):
+        for chunk in in_chunks([r.id for r in runs]):
             conn.execute(
                 update(Run)
                 .where(Run.id.in_(chunk))
@@ -106,6 +99,13 @@ class Deleted:
             "checkpoints": self.checkpoints,
         }
 
+    def summary(self) -> str:
+        return (
+            f"deleted {len(self.runs)} run(s) ({', '.join(map(str, self.runs))}): "
+            f"{self.metrics} metric value(s), {self.timings} timing(s), "
+            f"{self.gate_values} gate value(s)"
+        )
+
 
 def check_deletable(store: Store, ids) -> list[Run]:
     """The runs to delete; BadInput for an unknown id or a run still running."""
@@ -123,7 +123,7 @@ def delete_runs(store: Store, ids) -> Deleted:
     run_ids = [r.id for r in runs]
     out = Deleted(runs=run_ids)
     with store.writing() as conn:
-        for chunk in _chunks(run_ids):
+        for chunk in in_chunks(run_ids):
             out.metrics += conn.execute(delete(Metric).where(Metric.run_id.in_(chunk))).rowcount
             out.timings += conn.execute(delete(Timing).where(Timing.run_id.in_(chunk))).rowcount
             out.gate_values += conn.execute(
@@ -146,7 +146,7 @@ def row_counts(store: Store, ids) -> dict[str, int]:
     ids = unique_ids(ids)
     counts = {"metrics": 0, "timings": 0, "gate_values": 0}
     with store.engine.connect() as conn:
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             for key, model in (
                 ("metrics", Metric),
                 ("timings", Timing),
@@ -202,7 +202,7 @@ def metric_rows(
     name and step; streamed, so a store of any size exports in constant memory."""
     ids = sorted(unique_ids(run_ids))
     with store.engine.connect() as conn:
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             q = (
                 select(Metric.run_id, Metric.step, Metric.name, Metric.value, Metric.elapsed_s)
                 .where(Metric.run_id.in_(chunk))

@@ -2,33 +2,16 @@
 
     results = merge_stores("team.db", ["gpu1.db", "postgresql+psycopg://.../ra"])
 
-* Runs are matched by `uuid`: a run already in the target (or met earlier in
-  the same merge) is skipped, so merging twice adds nothing. A run still
-  running in its source (fresh heartbeat) is skipped too, and counted: merge
-  it once it has ended.
-* Each new run comes with its metrics, timings and gate values; its
-  environment is matched by `fingerprint` (created when the target lacks it).
-  `config_hash`, `tag`, exclusion and every figure are copied as they are;
-  new ids are given, and `origin` records where the run came from
-  (`<source location>#<id there>`; a run that was itself merged keeps its
-  first origin).
-* One transaction for the whole merge: a failure leaves the target as it was.
-* Every source is checked before anything is written: a missing file, a
-  database that is not ra's, or a schema newer than this ra is bad input and
-  the target is untouched. Sources are never written to: SQLite files are
-  opened read-only; an older SQLite schema is upgraded in a temporary copy;
-  an older schema over a URL is read as it is (revisions only add columns;
-  runs from before revision 0004 get the identity the 0004 migration would
-  give them).
-* Rows are read in chunks and inserted in batches (executemany), so large
-  stores merge in seconds and in bounded memory.
+Runs are matched by `uuid` (merging twice adds nothing), with their metrics,
+timings and gate values, in one transaction; sources are only read. The
+rules: docs/store.md.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,11 +20,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from racli.errors import BadInput
+from racli.store.chunks import in_chunks
 from racli.store.engine import (
     HEAD_REVISION,
     Store,
     current_revision,
     database_url,
+    db_error,
     known_revisions,
     make_engine,
     open_store,
@@ -51,7 +36,6 @@ from racli.store.engine import (
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
 from racli.store.recorder import is_stale
 
-_IN_CHUNK = 900  # bound parameters per IN (...)
 BATCH = 5000  # rows per executemany
 CHILD_TABLES = (("metrics", Metric), ("timings", Timing), ("gate_values", GateValue))
 
@@ -132,8 +116,7 @@ def _open_source(db: str, target: str) -> _Source:
         tables = [] if rev is not None else inspect(engine).get_table_names()
     except DBAPIError as exc:
         engine.dispose()
-        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
-        raise BadInput(f"cannot open database {db}: {msg}") from exc
+        raise BadInput(f"cannot open database {db}: {db_error(exc)}") from exc
     if rev is None:
         engine.dispose()
         what = (
@@ -167,77 +150,20 @@ def _columns(engine: Engine, table) -> list:
     return [c for c in table.columns if c.name in present]
 
 
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k : k + _IN_CHUNK]
-
-
 def _merge_one(
     conn, src: _Source, uuids: set[str], env_ids: dict[str, int], progress: Callable[[str], None]
 ) -> SourceResult:
     out = SourceResult(source=src.db, revision=src.revision)
-    where = location(src.db)
-    env_t, run_t = Environment.__table__, Run.__table__
-    env_cols, run_cols = _columns(src.engine, env_t), _columns(src.engine, run_t)
-    run_names = {c.name for c in run_cols}
     with src.engine.connect() as sconn:
+        new_runs, n_source_runs = _new_runs(sconn, src, uuids, out)
+        progress(f"{src.db}: {len(new_runs)} new run(s), {out.already_present} already present")
+        env_cols = _columns(src.engine, Environment.__table__)
         src_envs = {
             row["id"]: row for row in (dict(r._mapping) for r in sconn.execute(select(*env_cols)))
         }
-        new_runs: list[dict] = []
-        n_source_runs = 0
-        for r in sconn.execute(select(*run_cols).order_by(run_t.c.id)):
-            n_source_runs += 1
-            row = dict(r._mapping)
-            if "uuid" not in run_names or not row.get("uuid"):
-                row["uuid"] = legacy_uuid(
-                    row["id"], row["kind"], row["config_hash"], row["started_at"]
-                )
-            if row["uuid"] in uuids:
-                out.already_present += 1
-                continue
-            if row["status"] == "running" and not is_stale(_RunView(row)):
-                out.still_running += 1
-                continue
-            uuids.add(row["uuid"])
-            new_runs.append(row)
-        progress(f"{src.db}: {len(new_runs)} new run(s), {out.already_present} already present")
-
-        # environments, matched by fingerprint
-        for env_id in sorted({r["env_id"] for r in new_runs if r.get("env_id") is not None}):
-            env = src_envs.get(env_id)
-            if env is None:
-                continue
-            if env["fingerprint"] not in env_ids:
-                values = {k: v for k, v in env.items() if k != "id"}
-                env_ids[env["fingerprint"]] = conn.execute(
-                    insert(env_t).values(**values)
-                ).inserted_primary_key[0]
-                out.environments += 1
+        out.environments = _add_environments(conn, new_runs, src_envs, env_ids)
         fp_of = {i: e["fingerprint"] for i, e in src_envs.items()}
-
-        # runs: new ids, in the source's order
-        id_map: dict[int, int] = {}
-        for k in range(0, len(new_runs), BATCH):
-            batch = new_runs[k : k + BATCH]
-            rows = []
-            for r in batch:
-                values = {c: v for c, v in r.items() if c != "id"}
-                values["env_id"] = (
-                    env_ids.get(fp_of.get(r.get("env_id"))) if r.get("env_id") else None
-                )
-                values["origin"] = r.get("origin") or f"{where}#{r['id']}"
-                values.setdefault("excluded", False)
-                rows.append(values)
-            rows = _same_keys(rows)
-            new_ids = (
-                conn.execute(
-                    insert(run_t).returning(run_t.c.id, sort_by_parameter_order=True), rows
-                )
-                .scalars()
-                .all()
-            )
-            id_map.update(zip((r["id"] for r in batch), new_ids))
+        id_map = _insert_runs(conn, new_runs, location(src.db), env_ids, fp_of)
         out.runs = len(id_map)
 
         # metrics, timings, gate values: streamed in chunks, inserted in batches
@@ -258,6 +184,76 @@ def _merge_one(
                 ),
             )
     return out
+
+
+def _new_runs(sconn, src: _Source, uuids: set[str], out: SourceResult) -> tuple[list[dict], int]:
+    """The source's runs to add (not yet in `uuids`, not still running), in id order, and
+    how many runs the source holds; counts the others in `out`; adds the new uuids."""
+    run_t = Run.__table__
+    run_cols = _columns(src.engine, run_t)
+    run_names = {c.name for c in run_cols}
+    new_runs: list[dict] = []
+    n_source_runs = 0
+    for r in sconn.execute(select(*run_cols).order_by(run_t.c.id)):
+        n_source_runs += 1
+        row = dict(r._mapping)
+        if "uuid" not in run_names or not row.get("uuid"):
+            row["uuid"] = legacy_uuid(row["id"], row["kind"], row["config_hash"], row["started_at"])
+        if row["uuid"] in uuids:
+            out.already_present += 1
+            continue
+        if row["status"] == "running" and not is_stale(_RunView(row)):
+            out.still_running += 1
+            continue
+        uuids.add(row["uuid"])
+        new_runs.append(row)
+    return new_runs, n_source_runs
+
+
+def _add_environments(
+    conn, new_runs: list[dict], src_envs: dict[int, dict], env_ids: dict[str, int]
+) -> int:
+    """Insert the environments of `new_runs` that the target lacks (matched by
+    fingerprint, `env_ids` updated); returns how many were added."""
+    added = 0
+    for env_id in sorted({r["env_id"] for r in new_runs if r.get("env_id") is not None}):
+        env = src_envs.get(env_id)
+        if env is None:
+            continue
+        if env["fingerprint"] not in env_ids:
+            values = {k: v for k, v in env.items() if k != "id"}
+            env_ids[env["fingerprint"]] = conn.execute(
+                insert(Environment.__table__).values(**values)
+            ).inserted_primary_key[0]
+            added += 1
+    return added
+
+
+def _insert_runs(
+    conn, new_runs: list[dict], where: str, env_ids: dict[str, int], fp_of: dict[int, str]
+) -> dict[int, int]:
+    """Insert `new_runs` with new ids, in the source's order; source id -> target id."""
+    run_t = Run.__table__
+    id_map: dict[int, int] = {}
+    for k in range(0, len(new_runs), BATCH):
+        batch = new_runs[k : k + BATCH]
+        rows = []
+        for r in batch:
+            values = {c: v for c, v in r.items() if c != "id"}
+            values["env_id"] = env_ids.get(fp_of.get(r.get("env_id"))) if r.get("env_id") else None
+            values["origin"] = r.get("origin") or f"{where}#{r['id']}"
+            values.setdefault("excluded", False)
+            rows.append(values)
+        new_ids = (
+            conn.execute(
+                insert(run_t).returning(run_t.c.id, sort_by_parameter_order=True),
+                _same_keys(rows),
+            )
+            .scalars()
+            .all()
+        )
+        id_map.update(zip((r["id"] for r in batch), new_ids))
+    return id_map
 
 
 def _copy_rows(
@@ -306,7 +302,7 @@ def _copy_rows(
     else:
         queries = [
             select_sql.format(ids=", ".join(str(int(i)) for i in chunk))
-            for chunk in _chunks(src_ids)
+            for chunk in in_chunks(src_ids)
         ]
     for sql in queries:
         if (
@@ -379,3 +375,25 @@ def totals(results: list[SourceResult]) -> dict[str, int]:
         "still_running",
     )
     return {k: sum(getattr(r, k) for r in results) for k in keys}
+
+
+def report_lines(results: list[SourceResult], target: str) -> list[str]:
+    """What `ra db merge` prints: a line per source, and the total of several."""
+    lines = []
+    for r in results:
+        extra = []
+        if r.already_present:
+            extra.append(f"{r.already_present} run(s) already present")
+        if r.still_running:
+            extra.append(f"{r.still_running} still running, not merged (merge again once ended)")
+        lines.append(
+            f"{r.source}: added {r.added_text()}" + (f"; {'; '.join(extra)}" if extra else "")
+        )
+    if len(results) > 1:
+        total = totals(results)
+        lines.append(
+            f"total: added {total['runs']} run(s), {total['metrics']} metric value(s), "
+            f"{total['timings']} timing(s), {total['gate_values']} gate value(s), "
+            f"{total['environments']} environment(s) to {target}"
+        )
+    return lines

@@ -1,89 +1,41 @@
-"""Read-side queries shared by `ra runs`, `ra compare` and `ra gates`."""
+"""Read-side queries: runs (list, details, export) and the history that `ra compare`
+and `ra gates` read. Rows come back JSON-ready (dates as text) or as mappings."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
 from racli.errors import BadInput
+from racli.store.chunks import in_chunks
+from racli.store.columns import ENV_FIELDS, RUN_FIELDS, RUN_IDENTITY, TIMING_SHOWN
 from racli.store.engine import Store
 from racli.store.models import Environment, GateValue, Metric, Run, Timing
 from racli.store.recorder import display_status
 
-RUN_COLUMNS = (
-    "id",
-    "kind",
-    "attn",
-    "status",
-    "config_hash",
-    "seed",
-    "tag",
-    "git_commit",
-    "env_id",
-    "started_at",
-    "finished_at",
-    "heartbeat_at",
-    "error",
-    "iterations",
-    "tokens",
-    "epochs",
-    "train_seconds",
-    "val_loss",
-    "tokens_per_s",
-)
-ENV_COLUMNS = (
-    "id",
-    "fingerprint",
-    "hostname",
-    "os",
-    "python",
-    "torch",
-    "cuda",
-    "cudnn",
-    "gpu_name",
-    "gpu_index",
-    "gpu_uuid",
-    "gpu_count",
-    "gpu_memory_gb",
-    "driver",
-    "cpu",
-    "cpu_count",
-    "created_at",
-)
-TIMING_COLUMNS = (
-    "attn",
-    "mode",
-    "phase",
-    "batch",
-    "seq",
-    "heads",
-    "head_dim",
-    "dtype",
-    "device",
-    "backend",
-    "median_ms",
-    "p10_ms",
-    "p90_ms",
-    "iters",
-    "tflops",
-    "compile_s",
-    "status",
-    "reason",
-)
 
-
-def _jsonable(v: Any) -> Any:
+def _plain(v: Any) -> Any:
+    """A datetime as 'YYYY-MM-DD HH:MM:SS'; anything else as it is."""
     return v.isoformat(sep=" ", timespec="seconds") if isinstance(v, datetime) else v
 
 
 def run_dict(run: Run, with_config: bool = False) -> dict:
-    d = {c: _jsonable(getattr(run, c)) for c in RUN_COLUMNS}
+    d = {c: _plain(getattr(run, c)) for c in RUN_FIELDS}
     d["status"] = display_status(run)
     d["recorded_status"] = run.status
     if with_config:
         d["config"] = run.config
+    return d
+
+
+def with_identity(d: dict, run: Run) -> dict:
+    """`d` plus the run's identity and exclusion (revision 0004) and ra's code."""
+    d.update({c: getattr(run, c) for c in RUN_IDENTITY})
+    code = run.config.get("code") if isinstance(run.config, dict) else None
+    d["code"] = code if isinstance(code, dict) else None
     return d
 
 
@@ -96,6 +48,7 @@ def list_runs(
     tag: str | None = None,
     limit: int | None = None,
 ) -> list[Run]:
+    """Runs, newest first; `status` is the shown one (`crashed`: running, heartbeat stale)."""
     q = select(Run).order_by(Run.id.desc())
     if kind:
         q = q.where(Run.kind == kind)
@@ -116,6 +69,33 @@ def list_runs(
     return runs[:limit] if limit else runs
 
 
+def run_rows(store: Store, **filters) -> list[dict]:
+    """The runs of `list_runs` as `ra runs --json` lists them."""
+    return [with_identity(run_dict(r), r) for r in list_runs(store, **filters)]
+
+
+def export_rows(store: Store, **filters) -> list[dict]:
+    """The runs of `list_runs` with their config, environment class (gpu_name, torch),
+    identity and ra's code (version, commit): what `ra runs export` writes."""
+    runs = list_runs(store, **filters)
+    with store.engine.connect() as conn:
+        envs = {
+            row.id: row
+            for row in conn.execute(select(Environment.id, Environment.gpu_name, Environment.torch))
+        }
+    rows = []
+    for r in runs:
+        d = run_dict(r, with_config=True)
+        env = envs.get(r.env_id)
+        d["gpu_name"] = env.gpu_name if env else None
+        d["torch"] = env.torch if env else None
+        with_identity(d, r)
+        d["ra_version"] = (d["code"] or {}).get("version")
+        d["ra_commit"] = (d["code"] or {}).get("commit")
+        rows.append(d)
+    return rows
+
+
 def get_run(store: Store, run_id: int) -> Run:
     with store.session() as s:
         run = s.get(Run, run_id)
@@ -125,30 +105,18 @@ def get_run(store: Store, run_id: int) -> Run:
 
 
 def run_details(store: Store, run_id: int) -> dict:
-    """Everything about one run, as JSON-ready data."""
+    """Everything about one run, as JSON-ready data: its fields and config, environment,
+    timings, metric counts and last values, gate snapshots, identity and code."""
     run = get_run(store, run_id)
     d = run_dict(run, with_config=True)
     with store.session() as s:
         env = s.get(Environment, run.env_id) if run.env_id else None
-        d["environment"] = {c: _jsonable(getattr(env, c)) for c in ENV_COLUMNS} if env else None
+        d["environment"] = {c: _plain(getattr(env, c)) for c in ENV_FIELDS} if env else None
         d["timings"] = [
-            {c: getattr(t, c) for c in TIMING_COLUMNS}
+            {c: getattr(t, c) for c in TIMING_SHOWN}
             for t in s.scalars(select(Timing).where(Timing.run_id == run_id).order_by(Timing.id))
         ]
-        counts = s.execute(
-            select(Metric.name, func.count(), func.max(Metric.step))
-            .where(Metric.run_id == run_id)
-            .group_by(Metric.name)
-        ).all()
-        d["metrics"] = {}
-        for name, n, last_step in counts:
-            last = s.scalar(
-                select(Metric.value)
-                .where(Metric.run_id == run_id, Metric.name == name)
-                .order_by(Metric.step.desc(), Metric.id.desc())
-                .limit(1)
-            )
-            d["metrics"][name] = {"count": n, "last_step": last_step, "last": last}
+        d["metrics"] = _metric_summary(s, run_id)
         gate_steps = s.execute(
             select(func.count(func.distinct(GateValue.step)), func.max(GateValue.step)).where(
                 GateValue.run_id == run_id
@@ -156,7 +124,38 @@ def run_details(store: Store, run_id: int) -> dict:
         ).one()
         d["gate_snapshots"] = gate_steps[0]
         d["gate_last_step"] = gate_steps[1]
-    return d
+    return with_identity(d, run)
+
+
+def _metric_summary(s, run_id: int) -> dict[str, dict]:
+    """metric name -> {"count", "last_step", "last"} of one run."""
+    counts = s.execute(
+        select(Metric.name, func.count(), func.max(Metric.step))
+        .where(Metric.run_id == run_id)
+        .group_by(Metric.name)
+    ).all()
+    out = {}
+    for name, n, last_step in counts:
+        last = s.scalar(
+            select(Metric.value)
+            .where(Metric.run_id == run_id, Metric.name == name)
+            .order_by(Metric.step.desc(), Metric.id.desc())
+            .limit(1)
+        )
+        out[name] = {"count": n, "last_step": last_step, "last": last}
+    return out
+
+
+def metric_values(store: Store, run_id: int, names: Iterable[str]) -> dict[str, list[float]]:
+    """metric name -> every recorded value of one run, for the names given that it has."""
+    values: dict[str, list[float]] = {}
+    with store.engine.connect() as conn:
+        q = select(Metric.name, Metric.value).where(
+            Metric.run_id == run_id, Metric.name.in_(list(names))
+        )
+        for name, value in conn.execute(q):
+            values.setdefault(name, []).append(float(value))
+    return values
 
 
 # ---- gate values (`ra gates`) -------------------------------------------------------------
@@ -195,13 +194,6 @@ def gate_rows_by_run(store: Store, run_ids: list[int]) -> dict[int, list[GateRow
 # --------------------------------------------------------------------------
 # history reads of `ra compare` (rows as dicts, read by column name)
 # --------------------------------------------------------------------------
-
-_IN_CHUNK = 900  # bound parameters per IN (...) clause (SQLite's limit is larger)
-
-
-def _chunks(ids: list[int]):
-    for k in range(0, len(ids), _IN_CHUNK):
-        yield ids[k : k + _IN_CHUNK]
 
 
 def finished_train_runs(
@@ -249,7 +241,7 @@ def run_configs(store: Store, ids: list[int]) -> dict[int, dict]:
     """run id -> its recorded config."""
     out: dict[int, dict] = {}
     with store.engine.connect() as conn:
-        for chunk in _chunks(list(ids)):
+        for chunk in in_chunks(ids):
             for row in conn.execute(select(Run.id, Run.config).where(Run.id.in_(chunk))):
                 out[row.id] = row.config or {}
     return out
@@ -259,7 +251,7 @@ def metric_points(store: Store, ids: list[int], name: str) -> dict[int, list[tup
     """run id -> [(step, value)] of metric `name`, in step order."""
     points: dict[int, list[tuple[int, float]]] = {i: [] for i in ids}
     with store.engine.connect() as conn:
-        for chunk in _chunks(list(ids)):
+        for chunk in in_chunks(ids):
             q = (
                 select(Metric.run_id, Metric.step, Metric.value)
                 .where(Metric.name == name, Metric.run_id.in_(chunk))

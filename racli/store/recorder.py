@@ -1,16 +1,12 @@
-"""The run lifecycle used by `ra bench` and `ra train`.
+"""The run lifecycle used by `ra bench`, `ra train` and `ra experiment`.
 
     rec = RunRecorder.start(store, kind="train", attn="ra_v5", config=cfg, seed=1, tag="x")
     rec.metric(step, "train_loss", 2.3, elapsed_s)     # buffered, cheap
-    rec.gates(step, {0: {"w_std": [...], "w_rec": [...]}})
-    rec.timing(attn=..., mode=..., ...)
     rec.finish(iterations=..., val_loss=...)           # or fail(err) / end("interrupted")
 
-Rows are buffered in memory and written in batches by a background writer
-thread every `flush_interval` seconds (and by `flush()`); the same thread
-keeps `heartbeat_at` fresh, so a run whose process died shows a stale
-heartbeat while its status still says `running`. Rows already flushed
-survive a `kill -9`.
+`Recorder` is the interface training and bench code use; `NullRecorder`
+stands in on ranks that do not record. Buffering, the writer thread and the
+heartbeat: docs/store.md.
 """
 
 from __future__ import annotations
@@ -21,12 +17,14 @@ import math
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from racli import environment, provenance
 from racli.errors import BadInput
+from racli.store.columns import TIMING_FIELDS
 from racli.store.engine import Store
 from racli.store.models import Environment, GateValue, Metric, Run, Timing, new_uuid, utcnow
 
@@ -39,7 +37,6 @@ STALE_AFTER = timedelta(seconds=120)
 NON_COMPARABLE_KEYS = ("attn", "seed", "tag", "experiment", "budget_source")
 # what a global batch in tokens leaves free: the same batches on any number of processes
 BATCH_SPLIT_KEYS = ("world_size", "micro_batch_size", "grad_accum_steps")
-TIMING_FIELDS = tuple(c.name for c in Timing.__table__.columns if c.name not in ("id", "run_id"))
 TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}
 
 
@@ -61,8 +58,6 @@ def config_hash(config: dict, exclude: tuple[str, ...] = NON_COMPARABLE_KEYS) ->
 
 def environment_id(store: Store, info: dict | None = None) -> int:
     """The id of this machine's environment row, created on first sight."""
-    from racli import environment
-
     info = info if info is not None else environment.collect()
     fp = environment.fingerprint_of(info)
     for attempt in range(3):
@@ -107,6 +102,61 @@ def display_status(run: Run, now: datetime | None = None) -> str:
     return "crashed" if is_stale(run, now) else run.status
 
 
+class Recorder(Protocol):
+    """What training and bench code record a run through (RunRecorder, NullRecorder)."""
+
+    run_id: int | None
+    write_seconds: float
+
+    def metric(
+        self, step: int, name: str, value: float, elapsed_s: float | None = None
+    ) -> None: ...
+    def metrics(
+        self, step: int, values: dict[str, float], elapsed_s: float | None = None
+    ) -> None: ...
+    def gates(self, step: int, values: dict[int, dict[str, Any]]) -> None: ...
+    def timing(self, **row: Any) -> None: ...
+    def flush(self) -> None: ...
+    def update(self, **fields: Any) -> None: ...
+    def end(self, status: str, *, error: str | None = None, **figures: Any) -> None: ...
+    def finish(self, **figures: Any) -> None: ...
+    def fail(self, error: BaseException | str, **figures: Any) -> None: ...
+
+
+class NullRecorder:
+    """Records nothing: stands in for the recorder on ranks other than 0."""
+
+    run_id: int | None = None
+    write_seconds = 0.0
+
+    def metric(self, step, name, value, elapsed_s=None) -> None:
+        pass
+
+    def metrics(self, step, values, elapsed_s=None) -> None:
+        pass
+
+    def gates(self, step, values) -> None:
+        pass
+
+    def timing(self, **row) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def update(self, **fields) -> None:
+        pass
+
+    def end(self, status, *, error=None, **figures) -> None:
+        pass
+
+    def finish(self, **figures) -> None:
+        pass
+
+    def fail(self, error, **figures) -> None:
+        pass
+
+
 class RunRecorder:
     """Records one run: buffered rows, a heartbeat, and its end state."""
 
@@ -148,8 +198,6 @@ class RunRecorder:
         flush_interval: float = 5.0,
         heartbeat: bool = True,
     ) -> RunRecorder:
-        from racli import environment, provenance
-
         env_id = environment_id(store, env_info)
         commit = git_commit if git_commit is not None else environment.git_commit()
         # ra's own code is part of the config (and so of its hash): runs from

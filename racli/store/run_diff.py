@@ -1,12 +1,6 @@
-"""Two runs side by side (`ra runs diff A B`): pure functions, no torch, no database.
-
-Input: the JSON-ready details of each run (`racli.commands.runs.run_details`).
-Output: sections of rows {"key", "a", "b", "differs"}, and their text with the
-differing rows marked `*`. Sections: the run itself, the code that ran (ra's
-version and source commit, and the working directory's commit), the
-environment, the config (flattened to dotted keys), the final figures (with
-each metric's last value and, for bench runs, each timing).
-"""
+"""Two runs side by side (`ra runs diff A B`): pure functions over the details of each
+run (`racli.store.queries.run_details`); sections of rows {"key", "a", "b", "differs"}
+and their text, differing rows marked `*` (docs/store.md)."""
 
 from __future__ import annotations
 
@@ -14,40 +8,8 @@ import json
 import math
 from typing import Any
 
-RUN_KEYS = (
-    "kind",
-    "attn",
-    "status",
-    "seed",
-    "tag",
-    "excluded",
-    "exclude_reason",
-    "config_hash",
-    "uuid",
-    "origin",
-    "started_at",
-    "finished_at",
-    "error",
-)
-# the environment fields shown by `ra runs show` and compared by `ra runs diff`
-ENV_KEYS = (
-    "hostname",
-    "os",
-    "python",
-    "torch",
-    "cuda",
-    "cudnn",
-    "gpu_name",
-    "gpu_index",
-    "gpu_uuid",
-    "gpu_count",
-    "gpu_memory_gb",
-    "driver",
-    "cpu",
-    "cpu_count",
-    "fingerprint",
-)
-FIGURE_KEYS = ("iterations", "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
+from racli.store.columns import DIFF_FIELDS, ENV_SHOWN, RUN_FIGURES
+
 _WIDTH = 42  # characters of a value shown in the text (--json has them whole)
 
 
@@ -89,7 +51,7 @@ def code_of(d: dict) -> dict:
 
 
 def _figures(d: dict) -> dict:
-    out = {k: d.get(k) for k in FIGURE_KEYS}
+    out = {k: d.get(k) for k in RUN_FIGURES}
     for name, m in sorted((d.get("metrics") or {}).items()):
         out[f"last {name}"] = m.get("last")
     for t in d.get("timings") or []:
@@ -106,9 +68,9 @@ def diff_runs(a: dict, b: dict) -> dict:
     config_b = {k: v for k, v in (b.get("config") or {}).items() if k != "code"}
     fig_a, fig_b = _figures(a), _figures(b)
     sections = [
-        ("run", _rows(a, b, RUN_KEYS)),
+        ("run", _rows(a, b, DIFF_FIELDS)),
         ("code", _rows(code_of(a), code_of(b), list(code_of(a)))),
-        ("environment", _rows(a.get("environment") or {}, b.get("environment") or {}, ENV_KEYS)),
+        ("environment", _rows(a.get("environment") or {}, b.get("environment") or {}, ENV_SHOWN)),
         ("config", _rows(flatten(config_a), flatten(config_b))),
         ("final figures", _rows(fig_a, fig_b, list(dict.fromkeys([*fig_a, *fig_b])))),
     ]

@@ -67,3 +67,10 @@ def value(x: float | None) -> str:
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.4f}"
+
+
+def ids_text(ids: list[int], show: int = 10) -> str:
+    """Run ids, the first ``show`` of them: "1, 2, 3" or "1, ..., 10, ... (5 more)"."""
+    if len(ids) <= show:
+        return ", ".join(map(str, ids))
+    return ", ".join(map(str, ids[:show])) + f", ... ({len(ids) - show} more)"

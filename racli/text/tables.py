@@ -1,6 +1,6 @@
-"""Tables for a terminal and for a pipe.
+"""Tables: one column spec (`Column`), two forms.
 
-On a terminal a table is drawn by Rich at the terminal's width; when the
+`print_table` prints a listing (`ra runs`) for its reader: on a terminal a table is drawn by Rich at the terminal's width; when the
 columns do not fit, trailing columns are left out whole (never cut
 mid-value) and a note under the table names them. When stdout is not a
 terminal (a pipe, a file, a CI log) the table is printed as tab-separated
@@ -12,7 +12,9 @@ visible, Rich markup in a cell stays text, and a cell longer than its
 column's ``width`` is cut with an ellipsis, in both forms.
 
 `TTY_COMPATIBLE=1` / `TTY_COMPATIBLE=0` (the variable Rich reads) forces
-either form. No torch; rich is imported only to draw the terminal form.
+either form. `plain_table` is the fixed-width table inside a text report that
+reads the same everywhere (RESULTS, the gate tables). No torch; rich is
+imported only to draw the terminal form.
 """
 
 from __future__ import annotations
@@ -132,13 +134,15 @@ def print_table(
 
 
 RULE = "=" * 70
-
-
 THIN = "-" * 70
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
-    """A fixed-width text table; ``align`` has one of '<' or '>' per column."""
+def plain_table(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a fixed-width table (header, dashes, rows) inside a text report that
+    prints the same on a terminal and in a pipe (RESULTS, the gate tables): cells are
+    shown whole, and the report is made visible as a whole when printed."""
+    headers = [c.header for c in columns]
+    align = ["<" if c.justify == "left" else ">" for c in columns]
     widths = [len(h) for h in headers]
     for r in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]

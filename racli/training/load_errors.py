@@ -9,6 +9,8 @@ No torch here (it works on the message).
 
 from __future__ import annotations
 
+from racli.errors import first_line
+
 _REFUSED = "Weights only load failed"
 _DETAIL = "WeightsUnpickler error:"
 _ADVICE = ("Check the documentation of torch.load", "Please file an issue")
@@ -18,7 +20,7 @@ def describe_load_error(exc: BaseException) -> str:
     """A one-line reason for ``exc`` raised by ``torch.load`` (no torch advice)."""
     text = str(exc).strip()
     if _REFUSED not in text:
-        first = text.splitlines()[0].strip() if text else ""
+        first = first_line(text)
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     detail = text.split(_DETAIL, 1)[1] if _DETAIL in text else "\n".join(text.splitlines()[1:])
     lines = [ln.strip() for ln in detail.splitlines() if ln.strip()]

@@ -4,7 +4,8 @@
 time left) when stderr is a terminal, and prints a plain line every
 `every_s` seconds otherwise (logs, CI). The trainer calls it at log points
 only, so it costs nothing per step. `NullReporter` is silent (tests, ranks
-other than 0). `summary_text` is the per-run summary printed on stdout.
+other than 0); both, and the reporters of `ra train` and `ra experiment`, are
+`ProgressReporter`s. `summary_text` is the per-run summary printed on stdout.
 No torch here.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from racli.text.numbers import number
 from racli.text.terminal import visible
@@ -38,6 +39,25 @@ def fmt_seconds(s: float | None) -> str:
         return f"{m}m{sec:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m"
+
+
+class ProgressReporter(Protocol):
+    """What a training run reports its progress to."""
+
+    def start(
+        self, *, run_id: int | None, attn: str, total: float, unit: str, done: float = 0.0
+    ) -> None: ...
+    def update(
+        self,
+        *,
+        step: int,
+        done: float,
+        loss: float | None,
+        tokens_per_s: float | None,
+        left_s: float | None,
+    ) -> None: ...
+    def note(self, text: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class NullReporter:

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from racli.store.recorder import Recorder
+
 ABLATION_CHOICES = ("every", "ends", "never")
 
 
@@ -133,7 +135,7 @@ def measure(
 def record_measures(
     model: torch.nn.Module,
     batches: Sequence,
-    recorder,
+    recorder: Recorder,
     step: int,
     settings: MeasureSettings | Mapping[str, Any] | None = None,
     *,

@@ -11,23 +11,14 @@ from collections.abc import Callable
 import torch
 
 from racli.store import checkpoints as ckpt_paths
+from racli.store.recorder import NullRecorder, Recorder, RunRecorder
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
 from racli.training.datasets import Dataset
-from racli.training.progress import NullReporter
+from racli.training.progress import NullReporter, ProgressReporter
 from racli.training.result import StepInfo, TrainResult
 from racli.training.spec import TrainSpec, data_location, load_data, prepare_resume, run_config
 from racli.training.trainer import Trainer, finite
-
-
-class _NullRecorder:
-    """Stands in for the recorder on ranks other than 0."""
-
-    run_id = None
-    write_seconds = 0.0
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
 
 
 def train(
@@ -36,7 +27,7 @@ def train(
     *,
     dataset: Dataset | None = None,
     resume_run: int | None = None,
-    reporter=None,
+    reporter: ProgressReporter | None = None,
     stop: threading.Event | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     dist_info: ddp.DistInfo | None = None,
@@ -52,8 +43,6 @@ def train(
     checkpoint, a failed checkpoint write is recorded on the run and training goes on, and
     any other exception ends it `failed` and is re-raised.
     """
-    from racli.store.recorder import RunRecorder
-
     info = dist_info or ddp.detect()
     reporter = reporter or NullReporter()
     stop = stop or threading.Event()
@@ -78,7 +67,7 @@ def train(
     # the Trainer turns TF32 on for CUDA runs; the caller's settings come back at the end
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
-        rec = _NullRecorder()
+        rec: Recorder = NullRecorder()
         if info.is_main:
             if resume_run is not None:
                 rec = RunRecorder.resume(store, resume_run, flush_interval=flush_interval)
@@ -122,13 +111,13 @@ def _train_recorded(
     spec,
     dataset,
     *,
-    rec,
+    rec: Recorder,
     info,
     device,
     config,
     ckpt_path,
     state,
-    reporter,
+    reporter: ProgressReporter,
     stop,
     on_step,
     data_path,
@@ -181,7 +170,9 @@ def end_error(trainer: Trainer, status: str) -> str | None:
     return "; ".join(t for t in (reason, note) if t) or None
 
 
-def record_end(trainer: Trainer, status: str, *, rec, info, spec, config, ckpt_path) -> TrainResult:
+def record_end(
+    trainer: Trainer, status: str, *, rec: Recorder, info, spec, config, ckpt_path
+) -> TrainResult:
     """Record how the session ended (figures, overhead, status, error) and its result."""
     figures = trainer.figures()
     if status == "diverged":

@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from racli.names import sdpa_backend_context
+from racli.store.recorder import Recorder
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
 from racli.training.batches import BatchSampler, eval_batches
 from racli.training.budget import EpochBudget
 from racli.training.clocks import ClockSampler
 from racli.training.datasets import Dataset
-from racli.training.progress import epoch_warning
+from racli.training.progress import ProgressReporter, epoch_warning
 from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
@@ -91,13 +92,13 @@ class Trainer:
         spec: TrainSpec,
         dataset: Dataset,
         *,
-        rec,
+        rec: Recorder,
         info: ddp.DistInfo,
         device: torch.device,
         config: dict,
         ckpt_path: Path | None,
         state: ckpt.CheckpointState | None,
-        reporter,
+        reporter: ProgressReporter,
         stop: threading.Event,
         on_step: Callable[[StepInfo], None] | None,
         data_path: str,
