@@ -161,6 +161,8 @@ class ExperimentConfig:
     calibration_max_s: float = _f(
         120.0, gt=0.0
     )  # time cap of the timed rounds (compile not counted)
+    # ... and at most this share of the experiment's planned training time (arms x seeds x minutes)
+    calibration_max_share: float = _f(0.1, gt=0.0, le=1.0)
     calibration_min_rounds: int = _f(3, ge=2)
     calibration_block_steps: int = _f(10, ge=1)  # training steps per timed block
     calibration_warmup_steps: int = _f(3, ge=1)  # untimed steps per variant first (compile)

@@ -28,7 +28,8 @@ def experiment(
         typer.Option(
             "--attn",
             help="Variants, comma-separated; each is compared with the first. The same "
-            "variant twice makes an A/A experiment (arms baseline#1, baseline#2).",
+            "variant twice makes an A/A experiment (arms baseline#1, baseline#2; the second "
+            "trains on its own seeds, seed + 1,000,000).",
             show_default=False,
         ),
     ],
@@ -128,7 +129,10 @@ def experiment(
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
 ) -> None:
-    """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge."""
+    """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge.
+
+    Calibration cap: at most calibration_max_s (120 s) and calibration_max_share (10%) of the planned training time (arms x seeds x minutes), ra.yaml's experiment section; warm-up rounds are dropped, and budgets from a ratio that did not settle are flagged in the output, the report and every verdict.
+    """
     from racli.experiment import plan
     from racli.experiment.report import check_report_path
     from racli.experiment.runner import (
@@ -144,6 +148,7 @@ def experiment(
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
     seed_list = plan.parse_seeds(seeds)
+    plan.check_aa_seeds(arms, seed_list)
     device_list = plan.parse_devices(devices, device)
     check_report_path(report)
     if max_seeds is not None and max_seeds < 2:
@@ -205,14 +210,17 @@ def experiment(
 
 def _print(outcome, written) -> None:
     from racli.experiment import judge
-    from racli.experiment.runner import _calibration_text
+    from racli.experiment.calibrate import summary_text
     from racli.text.terminal import for_stream
+
+    def budget(b) -> str:
+        ci = f" [{b.ratio_ci[0]:.4f}, {b.ratio_ci[1]:.4f}]" if b.ratio_ci else ""
+        return f"{b.arm} {b.steps} (x{b.ratio:.4f}{ci})"
 
     lines = [
         f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
-        _calibration_text(outcome.calibration),
-        "Step budgets: "
-        + ", ".join(f"{k} {b.steps} (x{b.ratio:.4f})" for k, b in outcome.budgets.items()),
+        summary_text(outcome.calibration),
+        "Step budgets: " + ", ".join(budget(b) for b in outcome.budgets.values()),
     ]
     if outcome.design:
         lines.append(

@@ -3,9 +3,12 @@
 The experiment's finished train runs are read as `ra compare` reads history
 (:func:`racli.compare.grouping.load_train_runs`), kept to those whose config carries the
 experiment's key, and labelled by **arm** instead of attention (so the two arms
-of an A/A experiment are two sides). Each arm after the first is then judged
-against the first by :func:`racli.compare.grouping.load_comparison` with those rows, and
-printed by the same renderer as `ra compare`. No torch.
+of an A/A experiment are two sides). The experiment's diverged and failed runs
+are counted per arm the same way. Each arm after the first is then judged
+against the first by :func:`racli.compare.grouping.load_comparison` with those
+rows (paired by design: the arms of one seed share its initialisation and
+batches; an A/A experiment's further arms train on their own seeds, so its
+verdict is unpaired), and printed by the same renderer as `ra compare`. No torch.
 """
 
 from __future__ import annotations
@@ -40,15 +43,29 @@ def arm_of(run) -> str | None:
 
 def arm_rows(store, key: str, arms: list[Arm]):
     """The experiment's finished train runs as `ra compare` rows, `attn` set to the arm."""
-    from racli.compare.grouping import load_train_runs
+    return arm_runs(store, key, arms)[0]
 
-    labels = {r.id: arm_of(r) for r in experiment_runs(store, key)}
+
+def arm_runs(store, key: str, arms: list[Arm]):
+    """(finished runs as `ra compare` rows, diverged or failed runs), `attn` set to the arm."""
+    from racli.compare.design import UnfinishedRow
+    from racli.compare.grouping import load_train_runs
+    from racli.store.unfinished import NO_RESULT
+
+    runs = experiment_runs(store, key)
+    labels = {r.id: arm_of(r) for r in runs}
     rows = load_train_runs(store, attns=sorted({a.attn for a in arms}))
-    return [
+    finished = [
         dataclasses.replace(r, attn=labels[r.id])
         for r in rows
         if r.id in labels and labels[r.id] is not None
     ]
+    gone = [
+        UnfinishedRow(r.id, labels[r.id], r.seed, r.status, r.config_hash, None)
+        for r in runs
+        if r.status in NO_RESULT and labels[r.id] is not None and not r.excluded
+    ]
+    return finished, gone
 
 
 @dataclass
@@ -73,8 +90,15 @@ class ArmVerdict:
         if v.interval is not None:
             lo, hi = v.interval
             text += f", {v.confidence:.1%} interval [{lo * 100:+.2f}%, {hi * 100:+.2f}%]"
-        n = f"{v.candidate.n} vs {v.baseline.n} runs"
-        return text + f", {n})"
+        text += f", {v.method}, {v.candidate.n} vs {v.baseline.n} runs"
+        gone = [
+            f"{name} {s.diverged + s.failed}"
+            for name, s in ((self.candidate, v.candidate), (self.baseline, v.baseline))
+            if s.diverged is not None and s.diverged + s.failed
+        ]
+        if gone:
+            text += "; diverged or failed: " + ", ".join(gone)
+        return text + ")"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +122,7 @@ def verdicts(
     """Each arm after the first against the first, over the experiment's finished runs."""
     from racli.compare.grouping import load_comparison
 
-    rows = arm_rows(store, key, arms)
+    rows, gone = arm_runs(store, key, arms)
     out = []
     for arm in arms[1:]:
         try:
@@ -110,6 +134,7 @@ def verdicts(
                 threshold=threshold,
                 confidence=confidence,
                 rows=rows,
+                unfinished=gone,
             )
             out.append(ArmVerdict(arm.label, arms[0].label, cmp))
         except BadInput as exc:

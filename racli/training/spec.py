@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from racli.config import TrainConfig
 from racli.errors import BadInput
-from racli.names import check_attention, device_type, resolve_device
+from racli.names import PAIRING_RULE, check_attention, device_type, resolve_device
 from racli.training.global_batch import BatchLayout, batch_layout
 
 if TYPE_CHECKING:
@@ -275,6 +275,7 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "world_size": world_size,
         "global_batch_size": layout.global_seqs,
         "tokens_per_step": layout.tokens_per_step,
+        "pairing": dict(PAIRING_RULE),
         **split,
         **spec.extra,
     }
