@@ -148,7 +148,7 @@ def experiment(
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
     seed_list = plan.parse_seeds(seeds)
-    plan.check_aa_seeds(arms, seed_list)
+    plan.check_aa_seeds(arms, seed_list + ([max(seed_list) + max_seeds] if max_seeds else []))
     device_list = plan.parse_devices(devices, device)
     check_report_path(report)
     if max_seeds is not None and max_seeds < 2:
