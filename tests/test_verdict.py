@@ -20,6 +20,7 @@ from racli.compare.verdict import (
     MatchedTime,
     Noise,
     Sample,
+    Unfinished,
     compare_runs,
     decide,
     estimate,
@@ -274,6 +275,20 @@ def test_speed_gap_on_a_constructed_curve():
     # no curve to estimate from: judged, and labelled
     v = compare_runs(c, b, wall_clock=True)
     assert v.outcome == "WIN" and "not estimated" in v.labels[0]
+
+
+def test_missing_runs_with_unequal_attempts_need_shares_that_differ_beyond_chance():
+    rng = np.random.default_rng(15)
+    c, b = history(rng, 5, effect=-0.03, paired=False)
+    b = b + side(BASE * (1 + 0.005 * rng.standard_normal(15)), start_id=500)  # 20 baseline runs
+    ok = judge(c, b, unfinished=(Unfinished(failed=1), Unfinished(diverged=1)))
+    assert ok.outcome == "WIN" and ok.candidate.failed == 1 and ok.baseline.diverged == 1
+    ok = judge(c, b, unfinished=(Unfinished(diverged=1), Unfinished()))  # 1 of 6 vs 0 of 20
+    assert ok.outcome == "WIN"
+    bad = judge(c, b, unfinished=(Unfinished(diverged=5), Unfinished()))  # 5 of 10 vs 0 of 20
+    assert bad.outcome == "INVALID" and "Fisher" in bad.reason
+    # without counts nothing is claimed
+    assert judge(c, b).candidate.diverged is None
 
 
 def test_tokens_per_s_metric_skips_speed_check():

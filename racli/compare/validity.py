@@ -8,7 +8,8 @@
   ratio's interval the step budgets alone explain more than half the threshold;
   labelled when the calibration had not settled or the runs measured a speed
   outside its interval;
-* diverged or failed runs missing unevenly from the two sides.
+* diverged or failed runs missing unevenly from the two sides (any difference
+  with as many attempts a side, else shares that differ by Fisher's exact test).
 """
 
 from __future__ import annotations
@@ -132,6 +133,25 @@ def budget_check(
     return SpeedGap("matched_time", matched.ratio, explained, threshold / 2, basis, at, **kw)
 
 
+def missing_unevenly(cstats: SideStats, bstats: SideStats) -> str | None:
+    """Why the diverged or failed runs make the comparison uneven, or None. With as many
+    attempts on both sides (an experiment: one run per arm and seed), any difference; with
+    different numbers of attempts (history), lost shares that differ beyond chance (Fisher's
+    exact test at 5%)."""
+    gone = [(s.diverged, s.failed) for s in (cstats, bstats)]
+    if None in gone[0] + gone[1] or gone[0] == gone[1]:
+        return None
+    lost_c, lost_b = sum(gone[0]), sum(gone[1])
+    if cstats.n + lost_c == bstats.n + lost_b:
+        return "as many attempts on both sides"
+    if lost_c == lost_b == 0:
+        return None
+    from scipy.stats import fisher_exact  # seconds to import: only on this rare path
+
+    p = float(fisher_exact([[lost_c, cstats.n], [lost_b, bstats.n]]).pvalue)
+    return f"shares lost differ, Fisher's exact test p = {p:.3f}" if p < 0.05 else None
+
+
 def validity(
     cstats: SideStats,
     bstats: SideStats,
@@ -170,13 +190,14 @@ def validity(
                 f"{pct(abs(gap.explained))} loss gap in favour of {favours}, more than half "
                 f"the threshold ({pct(gap.limit)})"
             )
-    gone = [(s.diverged, s.failed) for s in (cstats, bstats)]
-    if None not in gone[0] + gone[1] and gone[0] != gone[1]:
+    uneven = missing_unevenly(cstats, bstats)
+    if uneven is not None:
+        gone = [(s.diverged, s.failed) for s in (cstats, bstats)]
         causes.append("unfinished")
         reasons.append(
             "runs are missing unevenly: "
             + "; ".join(f"{n} {d} diverged, {f} failed" for n, (d, f) in zip(names, gone))
-            + ": the finished runs alone would hide how the others ended"
+            + f" ({uneven}): the finished runs alone would hide how the others ended"
         )
     return causes, reasons, labels
 
