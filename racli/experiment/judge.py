@@ -41,11 +41,6 @@ def arm_of(run) -> str | None:
     return exp.get("arm")
 
 
-def arm_rows(store, key: str, arms: list[Arm]):
-    """The experiment's finished train runs as `ra compare` rows, `attn` set to the arm."""
-    return arm_runs(store, key, arms)[0]
-
-
 def arm_runs(store, key: str, arms: list[Arm]):
     """(finished runs as `ra compare` rows, diverged or failed runs), `attn` set to the arm."""
     from racli.compare.design import UnfinishedRow
