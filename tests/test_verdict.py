@@ -277,6 +277,18 @@ def test_speed_gap_on_a_constructed_curve():
     assert v.outcome == "WIN" and "not estimated" in v.labels[0]
 
 
+def test_fisher_exact_p_is_scipys():
+    from scipy.stats import fisher_exact
+
+    from racli.compare.stats import fisher_exact_p
+
+    rng = np.random.default_rng(1)
+    tables = [[[9, 273], [18, 302]], [[1, 2], [0, 3]], [[0, 5], [0, 7]], [[5, 5], [0, 20]]]
+    tables += [rng.integers(0, 30, (2, 2)).tolist() for _ in range(200)]
+    for t in tables:
+        assert fisher_exact_p(t) == pytest.approx(fisher_exact(t).pvalue, rel=1e-9, abs=1e-12)
+
+
 def test_missing_runs_with_unequal_attempts_need_shares_that_differ_beyond_chance():
     rng = np.random.default_rng(15)
     c, b = history(rng, 5, effect=-0.03, paired=False)

@@ -185,6 +185,26 @@ def format_seeds_needed(n: int | None) -> str | None:
     return f"> {SEEDS_NEEDED_CAP}" if n > SEEDS_NEEDED_CAP else str(n)
 
 
+def fisher_exact_p(table: list[list[int]]) -> float:
+    """Two-sided p-value of Fisher's exact test of a 2x2 table of counts: the total
+    hypergeometric probability of the tables with the same margins that are no more likely
+    than this one (scipy.stats.fisher_exact's definition, which the tests compare it with;
+    scipy.stats itself costs more to import than a whole `ra compare`)."""
+    from scipy.special import gammaln
+
+    (a, b), (c, d) = table
+    n1, n2, k = a + b, c + d, a + c
+
+    def log_choose(n, r):
+        return gammaln(n + 1) - gammaln(r + 1) - gammaln(n - r + 1)
+
+    x = np.arange(max(0, k - n2), min(k, n1) + 1)
+    logp = log_choose(n1, x) + log_choose(n2, k - x) - log_choose(n1 + n2, k)
+    p = np.exp(logp)
+    observed = p[a - x[0]]
+    return float(min(1.0, p[p <= observed * (1 + 1e-7)].sum()))
+
+
 # ---------------------------------------------------------------------------- speed and loss
 
 

@@ -146,9 +146,7 @@ def missing_unevenly(cstats: SideStats, bstats: SideStats) -> str | None:
         return "as many attempts on both sides"
     if lost_c == lost_b == 0:
         return None
-    from scipy.stats import fisher_exact  # seconds to import: only on this rare path
-
-    p = float(fisher_exact([[lost_c, cstats.n], [lost_b, bstats.n]]).pvalue)
+    p = stats.fisher_exact_p([[lost_c, cstats.n], [lost_b, bstats.n]])
     return f"shares lost differ, Fisher's exact test p = {p:.3f}" if p < 0.05 else None
 
 
