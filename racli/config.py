@@ -184,6 +184,8 @@ class ExperimentConfig(_Schema):
 
     calibration_precision: Number = Field(gt=0.0, lt=0.5)  # half-width of each ratio's 95% CI
     calibration_max_s: Number = Field(gt=0.0)  # time cap of the timed rounds (not compile)
+    # ... and at most this share of the experiment's planned training time (arms x seeds x minutes)
+    calibration_max_share: Number = Field(gt=0.0, le=1.0)
     calibration_min_rounds: int = Field(ge=2)
     calibration_block_steps: int = Field(ge=1)  # training steps per timed block
     calibration_warmup_steps: int = Field(ge=1)  # untimed steps per variant first (compile)

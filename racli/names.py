@@ -24,6 +24,11 @@ from racli.errors import BadInput
 
 ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
 
+#: recorded in every train run's config: a seed fixes the initial value of every weight (drawn
+#: from (seed, parameter name), racli_models.GPT) and the batch stream (BatchSampler), so two
+#: variants trained on one seed start from the same shared weights and see the same batches
+PAIRING_RULE = {"init": "seed+name", "batches": "seed"}
+
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 # backend name -> member of torch.nn.attention.SDPBackend
 SDPA_KERNELS = {

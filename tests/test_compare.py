@@ -174,7 +174,8 @@ def test_aa_history_is_not_a_win_or_lose(db, store):
     v = data["verdict"]
     assert v["outcome"] in ("PARITY", "INCONCLUSIVE")
     assert v["method"] == "welch" and v["candidate"]["n"] == 5 and v["baseline"]["n"] == 5
-    assert "not measurably correlated" in v["method_why"]
+    # the same seeds, but nothing recorded says they share an initialisation: independent
+    assert v["design"] == "independent" and "shared initialisation" in v["method_why"]
     if v["outcome"] == "INCONCLUSIVE":
         assert v["seeds_needed"] > 1 and "Seeds needed: about" in out
         assert "Run more seeds" in out
@@ -231,9 +232,10 @@ def test_speed_gap_on_recorded_curves_is_invalid(db, store):
     assert v["outcome"] == "INVALID" and v["invalid_causes"] == ["speed"]
     gap = v["speed_gap"]
     assert gap["ratio"] == pytest.approx(0.8) and gap["too_large"]
-    expected = 0.2 / math.log(1.5) * math.log(1 / 0.8) / 3.0
+    # signed: the slower candidate sees fewer tokens of a falling loss (favours the baseline)
+    expected = -0.2 / math.log(1.5) * math.log(1 / 0.8) / 3.0
     assert gap["explained"] == pytest.approx(expected, rel=0.05)
-    assert f"{gap['explained'] * 100:.2f}% loss gap" in out
+    assert f"{-gap['explained'] * 100:.2f}% loss gap in favour of Baseline" in out
     assert "Compare at equal steps" in v["recommendation"] and v["recommendation"] in out
 
 
@@ -610,6 +612,160 @@ assert "torch" not in sys.modules, "torch was imported"
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# ---------------------------------------------------------------- designs, experiments
+
+
+H200_STEPS = {"baseline": 2007, "ra_v5": 1998}
+H200_LOSS = {"baseline": (2.1531, 2.1841, 2.1881), "ra_v5": (2.1902, 2.2019, 2.2026)}
+
+
+def add_h200_experiment(store, *, pairing=False, key="h200exp", seed_offset=0):
+    """The six runs of the H200 report (GPT-2 124M, 2 minutes a run at matched time, seeds
+    1-3), as `ra experiment` records them: matched-time budgets from a calibrated ratio of
+    0.9957 [0.9910, 1.0004], val-loss curves, the experiment's key and arm in the config."""
+    cfg = {
+        "model": {"preset": "gpt2"},
+        "train": {"lr": 6e-4},
+        "data": {"name": "code", "train_tokens": 201_000_000},
+    }
+    if pairing:
+        from racli.names import PAIRING_RULE
+
+        cfg["pairing"] = dict(PAIRING_RULE)
+    ids = {}
+    for attn in ("baseline", "ra_v5"):
+        steps = H200_STEPS[attn]
+        ratio, ci = (1.0, None) if attn == "baseline" else (0.9957, [0.9910, 1.0004])
+        for seed, loss in zip((1, 2, 3), H200_LOSS[attn]):
+            config = {
+                **cfg,
+                "attn": attn,
+                "seed": seed + seed_offset,
+                "budget": {"steps": steps},
+                "experiment": {"key": key, "arm": attn, "arms": ["baseline", "ra_v5"]},
+                "budget_source": {
+                    "kind": "matched_time",
+                    "minutes": 2.0,
+                    "calibration_run": 1,
+                    "reference": "baseline",
+                    "reference_steps": 2007,
+                    "ratio": ratio,
+                    "ratio_ci": ci,
+                    "steps": steps,
+                },
+            }
+            rec = RunRecorder.start(
+                store, kind="train", config=config, attn=attn, seed=seed + seed_offset,
+                env_info=env(gpu="NVIDIA H200"), git_commit="0123abc", heartbeat=False,
+            )  # fmt: skip
+            for step in (500, 1000, 1500, steps):
+                rec.metric(step, "val_loss", loss + 0.05 * math.log(steps / step), step / 17)
+            rec.finish(
+                iterations=steps, tokens=steps * 524_288, epochs=0.5, train_seconds=120.0,
+                val_loss=loss, tokens_per_s=steps * 524_288 / 120.0,
+            )  # fmt: skip
+            ids.setdefault(attn, []).append(rec.run_id)
+    return ids
+
+
+@pytest.mark.parametrize("pairing", [False, True])
+def test_h200_experiment_runs_are_judged_paired(db, store, pairing):
+    add_h200_experiment(store, pairing=pairing)
+    res = ra("compare", "--db", db)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout
+    v = compare_json(db)["verdict"]
+    assert v["method"] == "paired" and v["design"] == "paired"
+    assert "paired by design" in v["method_why"] and "Method: paired by seed" in out
+    lo, hi = v["interval"]
+    assert (lo, hi) == pytest.approx((-0.0247, 0.0035), abs=2e-4)
+    assert hi - lo < 0.0086 - -0.0299  # narrower than the report's Welch [-2.99%, +0.86%]
+    # each arm's steps and the calibrated ratio, never "compared at equal steps"
+    assert "equal steps" not in out
+    assert (
+        "Budget: matched time, 2 minutes a side: baseline 2007 steps, ra_v5 1998 steps "
+        "(calibrated speed ratio 0.9957 [0.9910, 1.0004])" in out
+    )
+    assert "Matched time: RA v5 trained 1998 steps, Baseline 2007" in out
+    gap = v["speed_gap"]
+    assert gap["kind"] == "matched_time" and not gap["too_large"] and not gap["mismatch"]
+    assert abs(gap["explained"]) < 0.001 and "At either end of that interval" in out
+    assert v["outcome"] == "INCONCLUSIVE" and v["seeds_needed"] >= 4
+    assert v["seeds_needed_range"][0] < v["seeds_needed"] < v["seeds_needed_range"][1]
+
+
+def test_matched_time_with_a_wide_calibration_is_invalid(db, store):
+    ids = add_h200_experiment(store)
+    from sqlalchemy import update
+
+    from racli.store.models import Run
+
+    with store.writing() as conn:  # a CPU-like calibration: x0.9637 [0.4423, 2.0998]
+        for rid in ids["ra_v5"]:
+            row = conn.execute(Run.__table__.select().where(Run.id == rid)).mappings().one()
+            config = dict(row["config"])
+            config["budget_source"] = {
+                **config["budget_source"],
+                "ratio_ci": [0.4423, 2.0998],
+                "calibration_settled": False,
+            }
+            conn.execute(update(Run).where(Run.id == rid).values(config=config))
+    v = compare_json(db)["verdict"]
+    assert v["outcome"] == "INVALID" and v["invalid_causes"] == ["budget"]
+    assert "Calibrate longer" in v["recommendation"]
+    assert any("UNSETTLED CALIBRATION" in label for label in v["labels"])
+    out = ra("compare", "--db", db).stdout
+    assert "UNSETTLED" in out and "step budgets imprecise" in out
+
+
+def test_aa_experiment_runs_on_separate_seeds_are_independent():
+    from racli.compare.design import pairing
+
+    rows = [_record(i, "baseline#1", i, 3.0) for i in range(3)]
+    rows += [_record(10 + i, "baseline#2", 1_000_000 + i, 3.0) for i in range(3)]
+    configs = {r.id: {"experiment": {"key": "k"}} for r in rows}
+    d = pairing(rows[3:], rows[:3], configs, ("baseline#2", "baseline#1"))
+    assert not d.paired and "A/A" in d.why
+    d = pairing(rows[:3], rows[:3], configs, ("ra_v5", "baseline"))
+    assert d.paired and "ra experiment" in d.why
+    assert not pairing(rows[:3], rows[:3], {}, ("ra_v5", "baseline")).paired
+
+
+def test_diverged_or_failed_runs_count_and_unbalanced_is_invalid(db, store):
+    add_history(store, n=3, effect=-0.03, noise=0.005, seed=1, cfg=CFG_STEPS)
+    # one more seed a side, as an experiment runs them: ra_v5's diverged
+    gone = add_run(store, "ra_v5", 3, 9.9, cfg=CFG_STEPS, status="diverged")
+    add_run(store, "baseline", 3, 3.0, cfg=CFG_STEPS)
+    add_run(store, "ra_v5", 0, 9.9, cfg=CFG_STEPS, status="failed")  # seed 0 finished later
+    v = compare_json(db)["verdict"]
+    assert (v["candidate"]["diverged"], v["candidate"]["failed"]) == (1, 0)
+    assert (v["baseline"]["diverged"], v["baseline"]["failed"]) == (0, 0)
+    assert v["outcome"] == "INVALID" and v["invalid_causes"] == ["unfinished"]
+    assert "as many attempts on both sides" in v["reason"]
+    out = ra("compare", "--db", db).stdout
+    assert "runs missing unevenly" in out and "diverged / failed" in out
+    assert "ra runs show" in v["recommendation"]
+    # a baseline seed lost as well: balanced, judged
+    add_run(store, "baseline", 4, 9.9, cfg=CFG_STEPS, status="diverged")
+    add_run(store, "ra_v5", 4, 2.9, cfg=CFG_STEPS)
+    v = compare_json(db)["verdict"]
+    assert v["outcome"] == "WIN" and v["baseline"]["diverged"] == 1
+    # an excluded run does not count: 4 attempts against 5, one lost of 5 is chance
+    res = ra("runs", "exclude", str(gone), "--reason", "test", "--db", db)
+    assert res.exit_code == 0, res.stderr
+    v = compare_json(db)["verdict"]
+    assert v["outcome"] == "WIN" and v["candidate"]["diverged"] == 0
+
+
+def test_no_impossible_command_is_suggested():
+    rows = [_record(i, "baseline#1", i, 3.0) for i in range(2)]
+    with pytest.raises(BadInput) as exc:
+        select_group(rows, metric="val_loss", candidate="baseline#2", baseline="baseline#1")
+    assert "ra train" not in str(exc.value) and "baseline#2" in str(exc.value)
+    with pytest.raises(BadInput, match="ra train --attn ra_v5"):
+        select_group(rows, metric="val_loss", candidate="ra_v5", baseline="baseline#1")
 
 
 # ---------------------------------------------------------------- 10,000 runs

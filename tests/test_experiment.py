@@ -88,6 +88,22 @@ def test_devices_rotate_so_every_arm_visits_every_device_equally(n_arms, n_dev):
     assert sorted(len(q) for q in queues) == [len(jobs) // n_dev] * n_dev
 
 
+def test_aa_second_arm_trains_on_its_own_seeds():
+    arms = plan.parse_arms("baseline,ra_v5,baseline")
+    jobs = plan.schedule(arms, [1, 2], 1)
+    seeds = {(j.arm.label, j.seed) for j in jobs}
+    assert seeds == {
+        ("baseline#1", 1), ("baseline#1", 2), ("ra_v5", 1), ("ra_v5", 2),
+        ("baseline#2", 1_000_001), ("baseline#2", 1_000_002),
+    }  # fmt: skip
+    # a variant listed once keeps the experiment's seeds (the pairs of the verdict)
+    assert [j.seed for j in plan.schedule(plan.parse_arms("baseline,ra_v5"), [3], 1)] == [3, 3]
+    plan.check_aa_seeds(arms, [1, 999_999])
+    with pytest.raises(BadInput, match="below 1,000,000"):
+        plan.check_aa_seeds(arms, [1_000_000])
+    plan.check_aa_seeds(plan.parse_arms("baseline,ra_v5"), [5_000_000])
+
+
 def test_step_budgets_follow_the_speed_ratio():
     arms = plan.parse_arms("baseline,ra_v5,baseline")
     b = plan.step_budgets(arms, 10, 8.0, {"ra_v5": (0.97, (0.965, 0.975))})
@@ -157,33 +173,82 @@ def test_extra_config_accepts_only_the_experiment_entries():
 # ---------------------------------------------------------------------------- calibration
 
 
+def _summary(ref, other, precision=0.005, **kw):
+    return calibrate.summarise(
+        ["baseline", "ra_v5"],
+        ["baseline", "ra_v5"],
+        {"baseline": list(ref), "ra_v5": list(other)},
+        block_steps=10,
+        precision=precision,
+        timed_s=4.0,
+        **kw,
+    )
+
+
 def test_ratio_interval_and_settling():
     rng = np.random.default_rng(0)
     ref = list(0.100 * (1 + rng.normal(0, 0.002, 20)))
     slow = list(0.104 * (1 + rng.normal(0, 0.002, 20)))
     ratio, lo, hi = calibrate.ratio_interval(ref, slow)
     assert lo < ratio < hi and lo < 0.100 / 0.104 < hi
-    cal = calibrate.summarise(
-        ["baseline", "ra_v5"],
-        ["baseline", "ra_v5"],
-        {"baseline": ref, "ra_v5": slow},
-        block_steps=10,
-        precision=0.005,
-        timed_s=4.0,
+    cal = _summary(ref, slow)
+    assert cal.settled and cal.arm("ra_v5").half_width <= 0.005 and cal.halves_agree
+    kept = ref[cal.dropped :]
+    assert cal.arm("baseline").steps_per_s == pytest.approx(len(kept) / sum(kept))
+    # every arm's steps/s is the first arm's times its ratio: a slower arm never reads faster
+    assert cal.arm("ra_v5").steps_per_s == pytest.approx(
+        cal.arm("baseline").steps_per_s * cal.arm("ra_v5").ratio
     )
-    assert cal.settled and cal.arm("ra_v5").half_width <= 0.005
-    assert cal.arm("baseline").steps_per_s == pytest.approx(1 / np.mean(ref))
-    loose = calibrate.summarise(
-        ["baseline", "ra_v5"],
-        ["baseline", "ra_v5"],
-        {"baseline": ref[:3], "ra_v5": slow[:3]},
-        block_steps=10,
-        precision=0.0001,
-        timed_s=1.0,
-    )
-    assert not loose.settled
+    loose = _summary(ref[:3], slow[:3], precision=0.0001)
+    assert not loose.settled and "UNSETTLED" in calibrate.state_text(loose)
     back = calibrate.Calibration.from_dict(cal.to_dict())
     assert back.arm("ra_v5").ratio == cal.arm("ra_v5").ratio
+    assert (back.dropped, back.halves_agree) == (cal.dropped, cal.halves_agree)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_calibration_drops_a_planted_warm_up_drift(seed):
+    """The H200's drift: the per-round ratio climbs from 0.96 towards 0.9988 over the first
+    rounds. The plain mean of 14 rounds lands near 0.994; the kept rounds within 0.3%."""
+    rng = np.random.default_rng(seed)
+    r = np.arange(14)
+    steady = 0.9988
+    q = steady * (1 - 0.04 * np.exp(-r / 1.5)) * np.exp(rng.normal(0, 0.002, 14))
+    ref = 0.06 * (1 + 0.05 * np.exp(-r / 2)) * np.exp(rng.normal(0, 0.002, 14))
+    cal = _summary(ref, ref / q)
+    plain = math.exp(np.log(q).mean())
+    assert abs(plain / steady - 1) > 0.004  # what the old calibration used
+    assert cal.dropped >= 2
+    assert abs(cal.arm("ra_v5").ratio / steady - 1) < 0.003
+
+
+def test_calibration_with_halves_that_disagree_is_not_settled():
+    # a trend through every round: a narrow interval, but the kept halves disagree
+    rng = np.random.default_rng(3)
+    q = np.linspace(0.98, 1.01, 24) * np.exp(rng.normal(0, 0.0003, 24))
+    ref = np.full(24, 0.05)
+    cal = _summary(ref, ref / q, precision=0.005)
+    h1, h2 = cal.halves["ra_v5"]
+    assert abs(h2 / h1 - 1) > 0.005 and cal.arm("ra_v5").half_width < 0.005
+    assert not cal.settled and not cal.halves_agree
+    assert "halves" in calibrate.state_text(cal)
+    assert "UNSETTLED SPEED RATIO" in calibrate.summary_text(cal)
+
+
+def test_stop_rule_honours_min_rounds_and_the_cap():
+    rng = np.random.default_rng(4)
+    ref = 0.1 * np.exp(rng.normal(0, 0.05, 2))
+    wide = _summary(ref, ref * 1.5)  # two rounds: a wide interval
+    assert not wide.settled
+    # past the time cap, but fewer rounds than min_rounds: timing goes on
+    assert not calibrate.should_stop(wide, min_rounds=3, max_s=1.0)
+    assert calibrate.should_stop(wide, min_rounds=2, max_s=1.0)
+    assert calibrate.should_stop(wide, min_rounds=3, max_s=1.0, stopped=True)
+    steady = _summary(np.full(8, 0.1), np.full(8, 0.1))
+    assert steady.settled and calibrate.should_stop(steady, min_rounds=3, max_s=1e9)
+    # the cap: a share of the planned training, never more than max_s
+    assert calibrate.time_cap(120, 0.1, 2.0, 2, 3) == pytest.approx(72.0)
+    assert calibrate.time_cap(120, 0.1, 60.0, 2, 3) == 120.0
 
 
 def test_variant_ratios_pool_arms_of_one_variant():
@@ -198,6 +263,9 @@ def test_variant_ratios_pool_arms_of_one_variant():
     ratios = cal.variant_ratios()
     assert ratios["ra_v5"][0] == pytest.approx(0.1 / 0.11)
     assert ratios["baseline"][0] == pytest.approx(1.0)
+    assert ratios["ra_v5"][2] is cal.settled is False  # two rounds: too few kept to settle
+    budgets = plan.step_budgets(plan.parse_arms("baseline,ra_v5"), 1, 5.0, ratios)
+    assert not budgets["ra_v5"].settled
 
 
 # ---------------------------------------------------------------------------- sequential
@@ -238,74 +306,68 @@ def test_design_looks_and_confidence():
         sequential.Design.plan(1, 5)
 
 
-def paired_judge(threshold: float):
-    """The verdict rule on paired relative differences (what `ra compare` does with seed
-    pairs), vectorised-cheap for thousands of histories."""
+def real_rules(paired: bool = True, threshold: float = 0.01):
+    """The verdict rules of `ra compare` themselves (racli.compare.stats.outcomes, what
+    compare_runs calls), vectorised over histories."""
+    from racli.compare.stats import outcomes
 
     def judge(c, b, confidence):
-        r = (c - b) / b
-        n = len(r)
-        d = r.mean()
-        half = stdtrit(n - 1, 0.5 + confidence / 2) * r.std(ddof=1) / math.sqrt(n)
-        lo, hi = d - half, d + half
-        if -d > threshold and hi < 0:
-            return "WIN"
-        if d > threshold and lo > 0:
-            return "LOSE"
-        if threshold > 0 and -threshold <= lo and hi <= threshold:
-            return "PARITY"
-        return "INCONCLUSIVE"
+        return outcomes(c, b, paired=paired, threshold=threshold, confidence=confidence)
 
     return judge
 
 
-def test_simulation_aa_false_win_lose_at_most_5_percent():
+@pytest.mark.parametrize("paired", [True, False])
+def test_simulation_aa_false_win_lose_at_most_5_percent(paired):
     design = sequential.Design.plan(2, 10)
-    r = sequential.simulate(paired_judge(0.01), design, noise=0.007, histories=1000, rng_seed=3)
-    assert r.rate("WIN", "LOSE") <= 0.05, r.outcomes
+    r = sequential.simulate(real_rules(paired), design, noise=0.007, histories=4000, rng_seed=3)
+    assert r.rate("WIN", "LOSE") <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 4000), r.outcomes
     naive = sequential.simulate(
-        paired_judge(0.0),
+        real_rules(paired),
         None,
         looks=design.looks,
         confidence=0.95,
         noise=0.007,
-        histories=1000,
+        histories=4000,
         rng_seed=3,
     )
-    assert naive.rate("WIN", "LOSE") > 0.10  # what repeated 95% looks would do
+    assert naive.rate("WIN", "LOSE") > 0.08  # what repeated 95% looks would do
 
 
 @pytest.mark.slow
-def test_simulation_bare_test_spends_5_percent_no_more():
-    # with no threshold (the bare test) the design spends its 5%, no more
+@pytest.mark.parametrize("correlation", [0.0, 0.5, 0.9])
+def test_simulation_real_rules_spend_at_most_5_percent(correlation):
     design = sequential.Design.plan(2, 10)
-    bare = sequential.simulate(paired_judge(0.0), design, noise=0.007, histories=10000, rng_seed=3)
-    assert bare.rate("WIN", "LOSE") == pytest.approx(0.05, abs=0.0045), bare.outcomes
+    r = sequential.simulate(
+        real_rules(True), design, noise=0.007, correlation=correlation, histories=40_000,
+        rng_seed=13,
+    )  # fmt: skip
+    assert r.rate("WIN", "LOSE") <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 40_000), r.outcomes
 
 
 def test_simulation_planted_3_percent_is_found():
     design = sequential.Design.plan(2, 10)
     r = sequential.simulate(
-        paired_judge(0.01), design, effect=0.03, noise=0.007, histories=400, rng_seed=4
+        real_rules(True), design, effect=0.03, noise=0.007, histories=2000, rng_seed=4
     )
-    assert r.rate("LOSE") >= 0.95  # a 3% higher loss: LOSE
-    assert np.median(r.seeds_used) <= 6  # a fixed design needs about 4 seeds at this noise
+    assert r.rate("LOSE") >= 0.99  # a 3% higher loss: LOSE
+    assert np.median(r.seeds_used) <= 6
 
 
-@pytest.mark.slow
-def test_simulation_with_the_compare_rules():
-    from racli.compare.verdict import Sample, compare_runs
+def test_simulation_matches_compare_runs_history_by_history():
+    from racli.compare.verdict import Design, Sample, compare_runs
 
-    def judge(c, b, confidence):
-        cs = [Sample(i, i, float(v), 1.0) for i, v in enumerate(c)]
-        bs = [Sample(100 + i, i, float(v), 1.0) for i, v in enumerate(b)]
-        return compare_runs(cs, bs, threshold=0.01, confidence=confidence).outcome
-
-    design = sequential.Design.plan(2, 10)
-    aa = sequential.simulate(judge, design, noise=0.007, histories=400, rng_seed=5)
-    assert aa.rate("WIN", "LOSE") <= 0.05, aa.outcomes
-    found = sequential.simulate(judge, design, effect=-0.03, noise=0.007, histories=400, rng_seed=6)
-    assert found.rate("WIN") >= 0.95, found.outcomes
+    design = sequential.Design.plan(2, 6)
+    rng = np.random.default_rng(8)
+    c, b = sequential.draw(rng, 60, 6, effect=-0.01, noise=0.007, correlation=0.5)
+    for n in design.looks:
+        conf = design.confidence(n)
+        fast = real_rules(True)(c[:, :n], b[:, :n], conf)
+        for i in range(len(c)):
+            cs = [Sample(100 + k, k, float(v), None) for k, v in enumerate(c[i, :n])]
+            bs = [Sample(k, k, float(v), None) for k, v in enumerate(b[i, :n])]
+            v = compare_runs(cs, bs, confidence=conf, wall_clock=False, design=Design(True, "test"))
+            assert v.outcome == fast[i]
 
 
 # ---------------------------------------------------------------------------- clocks
@@ -422,6 +484,7 @@ def test_help_does_not_import_torch():
         "import sys; from racli.cli import app; from typer.testing import CliRunner; "
         "r = CliRunner().invoke(app, ['experiment', '--help']); "
         "assert r.exit_code == 0 and 'until-settled' in r.stdout, r.stdout; "
+        "assert 'calibration_max_share' in r.stdout, r.stdout; "
         "assert 'torch' not in sys.modules"
     )
     from helpers import run_python
@@ -475,7 +538,8 @@ def test_live_view_draws_runs_devices_and_verdict():
     view.close()  # idempotent
     out = stream.getvalue()
     assert "ra_v5 seed 1 (run 3): finished val_loss 1.5606" in out
-    assert "1/4 runs done" in out and "verdict so far: ra_v5 vs baseline" in out
+    assert "1/4 runs done" in out and "interim, not a verdict: ra_v5 vs baseline" in out
+    assert "verdict so far" not in out
 
 
 def test_experiment_keys_of_ra_yaml_are_validated():
@@ -487,11 +551,14 @@ def test_experiment_keys_of_ra_yaml_are_validated():
     sections = ("model", "train", "experiment")
     ok = apply_overrides(cfg, ["experiment.calibration_max_s=30"], sections=sections)
     assert ok.experiment.calibration_max_s == 30.0
+    assert cfg.experiment.calibration_max_share == 0.1
     for bad in (
         "experiment.calibration_precision=0",
         "experiment.spending=haybittle",
         "experiment.calibration_min_rounds=1",
         "experiment.false_decision_rate=0.7",
+        "experiment.calibration_max_share=0",
+        "experiment.calibration_max_share=1.5",
     ):
         with pytest.raises(ConfigError):
             apply_overrides(cfg, [bad], sections=sections)

@@ -98,7 +98,7 @@ def test_fair_comparison_missing_baseline():
 def seed_example():
     c = [Sample(2, None, 3.3912, 512_000.0, iterations=12480)]
     b = [Sample(1, None, 3.4521, 512_000.0, iterations=12500)]
-    return compare_runs(c, b, baseline_curves=[[(100, 3.6), (200, 3.5), (300, 3.4521)]])
+    return compare_runs(c, b, curves=[[(100, 3.6), (200, 3.5), (300, 3.4521)]])
 
 
 def test_final_comparison_seed_example():
@@ -139,7 +139,7 @@ def _multi(effect, noise, tps_c=500_000.0, epochs=None, paired=True):
         for i in range(5)
     ]
     curve = [(100, 3.6), (200, 3.3), (300, 3.0)]
-    return compare_runs(c, b, baseline_curves=[curve] * 5)
+    return compare_runs(c, b, curves=[curve] * 5)
 
 
 @pytest.mark.parametrize(

@@ -685,7 +685,8 @@ KNOWN_CONFIG = (
     '"eval_batches": 20, "final_eval_batches": 100, "log_interval": 10, '
     '"checkpoint_minutes": 5.0, "val_fraction": 0.1, "sdpa_backend": "math", "max_epochs": null}, '
     '"budget": {"steps": 7}, "device": "cpu", "compile": false, "autocast": null, '
-    '"world_size": 2, "global_batch_size": 32, "tokens_per_step": 2048}'
+    '"world_size": 2, "global_batch_size": 32, "tokens_per_step": 2048, '
+    '"pairing": {"init": "seed+name", "batches": "seed"}}'
 )
 
 

@@ -1,4 +1,6 @@
-"""Statistics of racli.compare.verdict on synthetic histories (fixed seeds)."""
+"""Statistics of racli.compare.verdict on synthetic histories (fixed seeds): the paired
+design decided in advance, log ratios that mirror when the sides swap, the decision rules,
+seeds needed, validity, text and JSON."""
 
 from __future__ import annotations
 
@@ -10,17 +12,21 @@ import pytest
 
 from racli.bench.ranking import TimingRow, best_vs_best, speed_wording
 from racli.bench.text import fair_comparison
+from racli.compare.stats import speed_explained_gap
 from racli.compare.text import final_comparison
 from racli.compare.verdict import (
     SEEDS_NEEDED_CAP,
+    Design,
+    MatchedTime,
+    Noise,
     Sample,
+    Unfinished,
     compare_runs,
     decide,
     estimate,
     format_seeds_needed,
     pooled_noise,
     seeds_needed,
-    speed_explained_gap,
 )
 from racli.compare.wording import recommendation
 from racli.names import display_name
@@ -53,8 +59,14 @@ def history(rng, n, *, effect=0.0, noise=0.005, seed_effect=0.0, paired=True):
     return side(c, seeds=c_seeds, start_id=1000), side(b, seeds=b_seeds)
 
 
+PAIRED = Design(True, "paired by design (test)")
+
+
 def judge(c, b, **kw):
+    """compare_runs without the speed check; paired when both sides hold the same seeds."""
     kw.setdefault("wall_clock", False)
+    if "design" not in kw and {s.seed for s in c} == {s.seed for s in b}:
+        kw["design"] = PAIRED
     return compare_runs(c, b, **kw)
 
 
@@ -71,8 +83,8 @@ def test_aa_false_positive_rate_at_most_5_percent(paired):
         v = judge(c, b)
         methods.add(v.method)
         wrong += v.outcome in ("WIN", "LOSE")
-    # a shared seed effect as large as the noise: pairs correlate, often measurably
-    assert methods == ({"paired", "welch"} if paired else {"welch"})
+    # the design decides, every time: never a switch on the data
+    assert methods == ({"paired"} if paired else {"welch"})
     assert wrong <= 20, f"{wrong}/400 A/A histories gave WIN or LOSE"
 
 
@@ -123,6 +135,7 @@ def test_win_says_at_least_the_threshold_only_when_the_interval_clears_it():
     v = judge(c, b)
     assert v.outcome == "WIN" and 0 < v.interval[0] < 0.01
     assert "by at least" not in v.headline and "not shown to reach the 1%" in v.headline
+    assert "INTEGRATE" not in v.recommendation and "1% bar" in v.recommendation
 
 
 def test_throughput_metric_higher_is_better():
@@ -240,23 +253,54 @@ def test_speed_gap_on_a_constructed_curve():
     # loss = 4 - ln(step / 100): a 2.5% speed gap moves it by ln(1/0.975) / 1.70 = 1.49%
     curve = [(s, 4.0 - math.log(s / 100)) for s in (100, 200, 400, 800, 1000)]
     final = curve[-1][1]
-    assert speed_explained_gap(curve, 0.975) == pytest.approx(-math.log(0.975) / final)
+    # signed: the slower candidate sees fewer tokens of a falling loss, which favours the baseline
+    assert speed_explained_gap(curve, 0.975) == pytest.approx(math.log(0.975) / final)
     assert speed_explained_gap(curve[:1], 0.9) is None
+    rising = [(s, 3.0 + 0.1 * math.log(s)) for s in (100, 200, 400)]  # loss rising: the sign flips
+    assert speed_explained_gap(rising, 1.1) < 0 < speed_explained_gap(curve, 1.1)
     rng = np.random.default_rng(13)
     c, b = history(rng, 5, effect=-0.03)
     c = [Sample(s.run_id, s.seed, s.value, 500_000.0 * 0.975) for s in c]
-    v = compare_runs(c, b, wall_clock=True, baseline_curves=[curve] * 5)
+    v = compare_runs(c, b, wall_clock=True, curves=[curve] * 10)
     assert v.outcome == "INVALID" and v.invalid_causes == ["speed"]
-    assert v.speed_gap.explained == pytest.approx(-math.log(0.975) / final)
-    assert v.speed_gap.too_large and "explains a 1.49% loss gap" in v.reason
+    assert v.speed_gap.explained == pytest.approx(math.log(0.975) / final)
+    assert v.speed_gap.too_large and "explains a 1.49% loss gap in favour of Baseline" in v.reason
+    # both sides' curves count, with their signs: opposite slopes cancel in the median
+    assert compare_runs(c, b, wall_clock=True, curves=[curve, rising, rising]).outcome == "WIN"
     # a flat curve explains nothing; a step budget skips the check
     flat = [(s, 3.0) for s in (100, 200, 400)]
-    assert compare_runs(c, b, wall_clock=True, baseline_curves=[flat]).outcome == "WIN"
-    v = compare_runs(c, b, wall_clock=False, baseline_curves=[curve])
+    assert compare_runs(c, b, wall_clock=True, curves=[flat]).outcome == "WIN"
+    v = compare_runs(c, b, wall_clock=False, curves=[curve])
     assert v.outcome == "WIN" and v.speed_gap is None
     # no curve to estimate from: judged, and labelled
     v = compare_runs(c, b, wall_clock=True)
     assert v.outcome == "WIN" and "not estimated" in v.labels[0]
+
+
+def test_fisher_exact_p_is_scipys():
+    from scipy.stats import fisher_exact
+
+    from racli.compare.stats import fisher_exact_p
+
+    rng = np.random.default_rng(1)
+    tables = [[[9, 273], [18, 302]], [[1, 2], [0, 3]], [[0, 5], [0, 7]], [[5, 5], [0, 20]]]
+    tables += [rng.integers(0, 30, (2, 2)).tolist() for _ in range(200)]
+    for t in tables:
+        assert fisher_exact_p(t) == pytest.approx(fisher_exact(t).pvalue, rel=1e-9, abs=1e-12)
+
+
+def test_missing_runs_with_unequal_attempts_need_shares_that_differ_beyond_chance():
+    rng = np.random.default_rng(15)
+    c, b = history(rng, 5, effect=-0.03, paired=False)
+    b = b + side(BASE * (1 + 0.005 * rng.standard_normal(15)), start_id=500)  # 20 baseline runs
+    ok = judge(c, b, unfinished=(Unfinished(failed=1), Unfinished(diverged=1)))
+    assert ok.outcome == "WIN" and ok.candidate.failed == 1 and ok.baseline.diverged == 1
+    ok = judge(c, b, unfinished=(Unfinished(diverged=1), Unfinished()))  # 1 of 6 vs 0 of 20
+    assert ok.outcome == "WIN"
+    bad = judge(c, b, unfinished=(Unfinished(diverged=5), Unfinished()))  # 5 of 10 vs 0 of 20
+    assert bad.outcome == "INVALID" and "Fisher" in bad.reason
+    # without counts nothing is claimed
+    assert judge(c, b).candidate.diverged is None
 
 
 def test_tokens_per_s_metric_skips_speed_check():
@@ -270,49 +314,137 @@ def test_tokens_per_s_metric_skips_speed_check():
 # ---------------------------------------------------------------- method selection
 
 
-def test_paired_only_when_pairs_are_measurably_correlated():
+def test_paired_by_design_not_by_the_data():
     offsets = np.array([-0.05, 0.03, 0.0, 0.04, -0.02])
     b = BASE * (1 + offsets)
     c = b * 0.98 * (1 + np.array([0.001, -0.001, 0.0005, -0.0005, 0.0]))
-    paired = judge(side(c, start_id=100), side(b))
-    welch = judge(side(c, seeds=[10, 11, 12, 13, 14], start_id=100), side(b))
-    assert paired.method == "paired" and paired.outcome == "WIN"
-    assert paired.correlation > 0.99 and "correlated" in paired.method_why
+    paired = judge(side(c, start_id=100), side(b), design=PAIRED)
+    welch = judge(side(c, start_id=100), side(b), design=Design(False, "independent (test)"))
+    assert paired.method == "paired" and paired.outcome == "WIN" and paired.design == "paired"
+    assert paired.method_why == PAIRED.why and paired.correlation > 0.99  # shown, not used
     assert welch.method == "welch" and welch.outcome == "INCONCLUSIVE"
-    assert "not paired by seed" in welch.method_why
-    r = (c - b) / b
+    assert welch.method_why == "independent (test)" and welch.design == "independent"
+    x = np.log(c) - np.log(b)  # per-seed log ratios
     from scipy.special import stdtrit
 
-    half = stdtrit(4, 0.975) * r.std(ddof=1) / math.sqrt(5)
-    assert paired.d == pytest.approx(r.mean())
-    assert paired.interval == pytest.approx((-r.mean() - half, -r.mean() + half))
-    # the same seeds, uncorrelated values: Welch, and it says why
+    half = stdtrit(4, 0.975) * x.std(ddof=1) / math.sqrt(5)
+    assert paired.d == pytest.approx(x.mean())
+    assert paired.interval == pytest.approx((-x.mean() - half, -x.mean() + half))
+    # the same seeds with uncorrelated values stay paired: no test on the data switches it
     un = judge(side([2.9, 2.95, 2.91, 2.93, 2.92], start_id=9), side([3.0, 2.99, 3.02, 3.0, 3.01]))
-    assert un.method == "welch" and "not measurably correlated" in un.method_why
+    assert un.method == "paired"
+    # two pairs are paired too (df 1), decided in advance
     two = judge(side([2.9, 2.95], start_id=9), side([3.0, 3.05]))
-    assert two.method == "welch" and "too few" in two.method_why
+    assert two.method == "paired"
+    # a paired design whose seeds do not match falls back to Welch and says so
+    off = judge(side(c, seeds=[10, 11, 12, 13, 14], start_id=100), side(b), design=PAIRED)
+    assert off.method == "welch" and "do not match" in off.method_why
 
 
-def test_welch_interval_matches_formula():
+def test_welch_interval_is_the_delta_method_on_the_log_ratio_of_means():
     c = np.array([2.90, 2.95, 2.92, 2.97])
     b = np.array([3.00, 3.02, 2.98])
     v = judge(side(c, seeds=[5, 6, 7, 8], start_id=9), side(b))
+    assert v.method == "welch"
     from scipy.special import stdtrit
 
-    va, vb = c.var(ddof=1) / 4, b.var(ddof=1) / 3
-    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
-    half = stdtrit(df, 0.975) * math.sqrt(va + vb) / b.mean()
-    half90 = stdtrit(df, 0.95) * math.sqrt(va + vb) / b.mean()
-    imp = -(c.mean() - b.mean()) / b.mean()
-    assert v.interval == pytest.approx((imp - half, imp + half))
-    assert v.interval90 == pytest.approx((imp - half90, imp + half90))
+    a_, b_ = c.var(ddof=1) / (4 * c.mean() ** 2), b.var(ddof=1) / (3 * b.mean() ** 2)
+    df = (a_ + b_) ** 2 / (a_**2 / 3 + b_**2 / 2)
+    se = math.sqrt(a_ + b_)
+    imp = -math.log(c.mean() / b.mean())
+    assert v.d == pytest.approx(-imp)
+    assert v.interval == pytest.approx(
+        (imp - stdtrit(df, 0.975) * se, imp + stdtrit(df, 0.975) * se)
+    )
+    assert v.interval90 == pytest.approx(
+        (imp - stdtrit(df, 0.95) * se, imp + stdtrit(df, 0.95) * se)
+    )
+
+
+MIRROR = {"WIN": "LOSE", "LOSE": "WIN", "PARITY": "PARITY", "INCONCLUSIVE": "INCONCLUSIVE"}
+
+
+def _random_history(rng):
+    """One random comparison: any sizes, paired or not, effects near the rule's edges,
+    sometimes one run a side with a history noise estimate."""
+    kind = rng.integers(0, 3)
+    noise = float(rng.choice([0.001, 0.005, 0.01, 0.03]))
+    effect = float(rng.normal(0, 0.015))
+    if kind == 0:  # paired
+        n = int(rng.integers(2, 9))
+        shared = noise * rng.standard_normal(n)
+        b = BASE * np.exp(shared + noise * rng.standard_normal(n))
+        c = BASE * np.exp(effect + shared + noise * rng.standard_normal(n))
+        return side(c, start_id=100), side(b), {"design": PAIRED}
+    nc, nb = (int(x) for x in rng.integers(1 if kind == 2 else 2, 9, 2))
+    b = BASE * np.exp(noise * rng.standard_normal(nb))
+    c = BASE * np.exp(effect + noise * rng.standard_normal(nc))
+    kw = {"design": Design(False, "independent")}
+    if kind == 2:
+        kw["noise"] = Noise(noise, int(rng.integers(2, 20)), 10, "test")
+    return side(c, seeds=list(range(50, 50 + nc)), start_id=100), side(b), kw
+
+
+@pytest.mark.parametrize(
+    "histories,seed", [(2000, 2024), pytest.param(20_000, 7, marks=pytest.mark.slow)]
+)
+def test_swapping_the_sides_mirrors_every_verdict(histories, seed):
+    """Over thousands of random histories: every interval negated exactly, every outcome
+    mirrored (WIN <-> LOSE), the same seeds needed."""
+    rng = np.random.default_rng(seed)
+    seen = set()
+    for _ in range(histories):
+        c, b, kw = _random_history(rng)
+        v = compare_runs(c, b, wall_clock=False, **kw)
+        w = compare_runs(b, c, wall_clock=False, **kw)
+        seen.add((v.method, v.outcome))
+        assert w.outcome == MIRROR[v.outcome], (v.outcome, w.outcome, v.interval, w.interval)
+        assert w.d == -v.d and w.improvement == -v.improvement
+        for a, b_ in ((v.interval, w.interval), (v.interval90, w.interval90)):
+            assert (a is None and b_ is None) or (b_[0] == -a[1] and b_[1] == -a[0])
+        assert w.seeds_needed == v.seeds_needed and w.spread == v.spread
+    # the histories reached every method and every outcome
+    assert {m for m, _ in seen} == {"paired", "welch", "prediction"}
+    assert {o for _, o in seen} == set(MIRROR)
+
+
+def test_swapping_mirrors_the_speed_and_budget_checks():
+    curve = [(s, 4.0 - math.log(s / 100)) for s in (100, 200, 400, 800, 1000)]
+    rng = np.random.default_rng(5)
+    c, b = history(rng, 4, effect=-0.02, noise=0.003)
+    c = [Sample(s.run_id, s.seed, s.value, 500_000.0 * 0.99, 990) for s in c]
+    b = [Sample(s.run_id, s.seed, s.value, 500_000.0, 1000) for s in b]
+    for kw in (
+        {"wall_clock": True},
+        {"matched": MatchedTime(0.99, (0.97, 1.01), True)},
+    ):
+        v = compare_runs(c, b, curves=[curve] * 8, design=PAIRED, **kw)
+        swapped = dict(kw)
+        if "matched" in kw:
+            swapped["matched"] = kw["matched"].swapped()
+        w = compare_runs(b, c, curves=[curve] * 8, design=PAIRED, **swapped)
+        assert v.speed_gap.explained == pytest.approx(-w.speed_gap.explained)
+        assert w.outcome == MIRROR.get(v.outcome, v.outcome)
+
+
+def test_the_h200_runs_are_judged_paired_and_narrower_than_welch():
+    """The six H200 runs of the report (GPT-2 124M, 2 minutes, seeds 1-3)."""
+    base = side([2.1531, 2.1841, 2.1881], seeds=[1, 2, 3], iterations=2007)
+    cand = side([2.1902, 2.2019, 2.2026], seeds=[1, 2, 3], start_id=10, iterations=1998)
+    paired = judge(cand, base, design=PAIRED)
+    welch = judge(cand, base, design=Design(False, "independent"))
+    assert welch.interval == pytest.approx((-0.0299, 0.0086), abs=2e-4)  # the report's Welch
+    assert paired.method == "paired" and paired.outcome == welch.outcome == "INCONCLUSIVE"
+    width = paired.interval[1] - paired.interval[0]
+    assert width < 0.75 * (welch.interval[1] - welch.interval[0])
+    assert paired.interval == pytest.approx((-0.0247, 0.0035), abs=2e-4)
 
 
 def test_interval_and_decision_steps_compose():
     rng = np.random.default_rng(14)
     c, b = history(rng, 5, effect=-0.03, noise=0.005, paired=False)
     est = estimate(c, b)
-    outcome, reason, needed = decide(est, threshold=0.01, confidence=0.95)
+    outcome, reason, needed, _ = decide(est, threshold=0.01, confidence=0.95)
     v = judge(c, b)
     assert (outcome, reason, needed) == (v.outcome, v.reason, v.seeds_needed)
     assert decide(est, threshold=0.01, confidence=0.95, invalid=["x"])[0] == "INVALID"
@@ -376,6 +508,19 @@ def test_recommendations_cover_all_outcomes():
     assert "seeds" in recommendation("INCONCLUSIVE", "ra_v5")
     both = recommendation("INVALID", "ra_v5", ["epochs", "speed"])
     assert "one epoch" in both and "equal steps" in both
+    # gate advice only for variants with gates
+    assert "ra gates" in recommendation("PARITY", "ra_v5")
+    assert "ra gates" not in recommendation("PARITY", "baseline")
+    assert "ra gates" not in recommendation("PARITY", "baseline#2", baseline="baseline#1")
+    # a WIN below the bar is no call to integrate
+    small = recommendation("WIN", "ra_v5", clears=False)
+    assert "INTEGRATE" not in small and "1% bar" in small
+    # an A/A comparison gets advice about noise, not about integrating a variant
+    for outcome in ("WIN", "LOSE", "PARITY", "INCONCLUSIVE"):
+        aa = recommendation(outcome, "baseline#2", baseline="baseline#1")
+        assert "INTEGRATE" not in aa and "Tune" not in aa
+    assert "unevenly" not in recommendation("INVALID", "ra_v5", ["unfinished"])
+    assert "ra runs show" in recommendation("INVALID", "ra_v5", ["unfinished"])
 
 
 # ---------------------------------------------------------------- best vs best
@@ -467,5 +612,6 @@ def test_seeds_needed_already_reached_says_so():
         None,
         runs=12,
     )
-    outcome, reason, needed = decide(est, threshold=0.01, confidence=0.95)
+    outcome, reason, needed, span = decide(est, threshold=0.01, confidence=0.95)
     assert outcome == "INCONCLUSIVE" and needed <= 12 and "already reached" in reason
+    assert span is None  # the spread's degrees of freedom were not given: no range

@@ -28,7 +28,8 @@ def experiment(
         typer.Option(
             "--attn",
             help="Variants, comma-separated; each is compared with the first. The same "
-            "variant twice makes an A/A experiment (arms baseline#1, baseline#2).",
+            "variant twice makes an A/A experiment (arms baseline#1, baseline#2; the second "
+            "trains on its own seeds, seed + 1,000,000).",
             show_default=False,
         ),
     ],
@@ -128,7 +129,13 @@ def experiment(
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
 ) -> None:
-    """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge."""
+    """Calibrate speeds, train every variant x seed at matched time in a balanced order, judge.
+
+    Calibration cap: at most calibration_max_s (120 s) and calibration_max_share (10%) of the
+    planned training time (arms x seeds x minutes), ra.yaml's experiment section; warm-up rounds
+    are dropped, and budgets from a ratio that did not settle are flagged in the output, the
+    report and every verdict.
+    """
     # imported here: the experiment modules take about a second to load (`ra --help`)
     from racli.experiment.jobs import experiment_config
     from racli.experiment.orchestrate import run_experiment
@@ -140,6 +147,7 @@ def experiment(
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
     seed_list = plan.parse_seeds(seeds)
+    plan.check_aa_seeds(arms, seed_list + ([max(seed_list) + max_seeds] if max_seeds else []))
     device_list = plan.parse_devices(devices, device)
     check_report_path(report)
     if max_seeds is not None and max_seeds < 2:

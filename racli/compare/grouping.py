@@ -21,22 +21,12 @@ Train runs (``--metric val_loss`` / ``tokens_per_s``)
   the group with the newest run. Every other group is listed with its sizes
   and what differs from the group used ("code version differs", "data
   differs", ...), from one recorded config per group.
-* For the verdict: the data and budget of the group (one config), a noise
-  estimate pooled from the group's arms with 3+ runs (used only when a side
-  has fewer than two runs), and for wall-clock budgets the baseline runs'
-  val-loss curves (the speed check). The devices each side ran on are listed.
-
-Bench timings (``--metric ms``)
--------------------------------
-* ``ok`` timings of finished bench runs (same ``--tag`` / ``--since``
-  filters) of the candidate and the baseline.
-* Grouped by shape (batch, seq, heads, head_dim), dtype, device and
-  environment class (not the class with ``any_env``). Within a group each
-  attention's best row over modes *and over every bench run of the group*
-  is compared per phase (and SDPA backend), as in the seed's "FAIR
-  COMPARISON (Best vs Best)", with the same noise rule as `ra bench`.
-* Every group is reported, newest first (by its latest bench run): a new
-  shape or a new machine does not hide the older measurements.
+* For the verdict: the group's data and budget, the design and matched-time
+  budgets from every run's config (:mod:`racli.compare.design`), the diverged
+  or failed runs of each side, a noise estimate pooled from the group's arms
+  with 3+ runs (used only when a side has fewer than two runs), and the
+  val-loss curves of both sides for the speed checks. Bench timings
+  (``--metric ms``): :mod:`racli.bench.history`.
 """
 
 from __future__ import annotations
@@ -48,6 +38,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from racli.compare import design as run_design
+from racli.compare.design import UnfinishedRow, config_differences
 from racli.compare.verdict import Noise, Sample, Verdict, compare_runs, pooled_noise
 from racli.environment import device_label, env_class
 from racli.errors import BadInput
@@ -63,18 +55,6 @@ METRICS: dict[str, tuple[str | None, bool]] = {
 
 _env_class = lru_cache(maxsize=1024)(env_class)
 _device_label = lru_cache(maxsize=4096)(device_label)
-
-#: config keys that are not part of the comparison key
-_PER_RUN_KEYS = ("attn", "seed", "tag")
-#: what a difference in a config key means, in words
-_DIFF_WORDS = {
-    "code": "code version differs",
-    "data": "data differs",
-    "model": "model differs",
-    "train": "training settings differ",
-    "budget": "budget differs",
-}
-
 
 # --------------------------------------------------------------------------
 # filters
@@ -136,25 +116,6 @@ class RunRow:
             iterations=self.iterations,
             epochs=self.epochs,
         )
-
-
-def config_differences(ours: dict | None, theirs: dict | None) -> list[str]:
-    """What differs between two recorded configs, in words ("code version differs", ...)."""
-    if ours is None or theirs is None:
-        return ["config not recorded"]
-    keys = sorted((set(ours) | set(theirs)) - set(_PER_RUN_KEYS))
-    out = []
-    for k in keys:
-        if ours.get(k) == theirs.get(k):
-            continue
-        word = _DIFF_WORDS.get(k, f"{k} differs")
-        a, b = ours.get(k), theirs.get(k)
-        if isinstance(a, dict) and isinstance(b, dict) and k != "code":
-            sub = sorted(j for j in set(a) | set(b) if a.get(j) != b.get(j))
-            if sub:
-                word += f" ({', '.join(sub)})"
-        out.append(word)
-    return out or ["config differs"]
 
 
 @dataclass
@@ -294,11 +255,11 @@ def describe_differences(group: Group, others: list[Group], configs: dict[int, d
 
 
 def _no_runs(attn: str, tag, since, metric: str | None = None) -> BadInput:
+    from racli.names import ATTENTION_NAMES
+
     what = f" with a recorded {metric}" if metric else ""
-    return BadInput(
-        f"no finished train runs of '{attn}'{what}{filters_text(tag, since)} "
-        f"(use `ra train --attn {attn}`)"
-    )
+    hint = f" (use `ra train --attn {attn}`)" if attn in ATTENTION_NAMES else ""
+    return BadInput(f"no finished train runs of '{attn}'{what}{filters_text(tag, since)}{hint}")
 
 
 def select_group(
@@ -366,15 +327,20 @@ def judge(
     threshold: float = 0.01,
     confidence: float = 0.95,
     allow_epochs: bool = False,
+    configs: dict[int, dict] | None = None,
+    unfinished: list[UnfinishedRow] | None = None,
 ) -> tuple[Verdict, Noise | None]:
-    """The verdict of one group (pure: its recorded config and baseline curves given)."""
+    """The verdict of one group (pure). ``configs``: run id -> config (the design and
+    matched-time budgets; none: independent); ``curves``: run id -> val-loss points of both
+    sides; ``unfinished``: diverged or failed runs (None: not counted)."""
     c, b = group.candidate, group.baseline
     noise = group_noise(group, metric)
-    base_runs = group.side(b)
+    cruns, bruns = group.side(c), group.side(b)
+    configs = configs or {}
     try:
         verdict = compare_runs(
-            [r.sample(metric) for r in group.side(c)],
-            [r.sample(metric) for r in base_runs],
+            [r.sample(metric) for r in cruns],
+            [r.sample(metric) for r in bruns],
             metric=metric,
             lower_is_better=METRICS[metric][1],
             threshold=threshold,
@@ -384,11 +350,28 @@ def judge(
             noise=noise,
             allow_epochs=allow_epochs,
             wall_clock=is_wall_clock(config),
-            baseline_curves=[(curves or {}).get(r.id, []) for r in base_runs],
+            curves=[(curves or {}).get(r.id, []) for r in [*cruns, *bruns]],
+            design=run_design.pairing(cruns, bruns, configs, (c, b)),
+            matched=run_design.matched_time(cruns, bruns, configs),
+            unfinished=(
+                run_design.count_unfinished(group, unfinished) if unfinished is not None else None
+            ),
         )
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     return verdict, noise
+
+
+def load_unfinished(
+    store, *, attns, tag: str | None = None, since: datetime | None = None
+) -> list[UnfinishedRow]:
+    """Diverged or failed train runs of ``attns`` (one query)."""
+    from racli.store.unfinished import unfinished_train_runs
+
+    return [
+        UnfinishedRow.from_record(r, _env_class)
+        for r in unfinished_train_runs(store, attns=attns, tag=tag, since=since)
+    ]
 
 
 def load_train_runs(
@@ -420,9 +403,11 @@ def load_comparison(
     confidence: float = 0.95,
     allow_epochs: bool = False,
     rows: list[RunRow] | None = None,
+    unfinished: list[UnfinishedRow] | None = None,
 ) -> Comparison:
     """History -> groups -> samples -> verdict, for ``metric`` val_loss or tokens_per_s.
-    ``rows``: judge these runs instead of the store's (one experiment's, by arm)."""
+    ``rows`` and ``unfinished``: judge these runs instead of the store's (one
+    experiment's, by arm)."""
     from racli.store import queries
 
     check_metric(metric)
@@ -430,6 +415,7 @@ def load_comparison(
         raise ValueError("bench timings: use load_bench_comparison")
     if rows is None:
         rows = load_train_runs(store, attns=(candidate, baseline), tag=tag, since=since)
+        unfinished = load_unfinished(store, attns=(candidate, baseline), tag=tag, since=since)
     group, others, left_out = select_group(
         rows,
         metric=metric,
@@ -439,12 +425,17 @@ def load_comparison(
         tag=tag,
         since=since,
     )
-    configs = queries.run_configs(store, [g.runs[0].id for g in [group, *others]])
+    configs = queries.run_configs(
+        store, [g.runs[0].id for g in others] + [r.id for r in group.runs]
+    )
     describe_differences(group, others, configs)
     config = configs.get(group.runs[0].id)
     curves = None
-    if metric != "tokens_per_s" and is_wall_clock(config):
-        curves = queries.metric_points(store, [r.id for r in group.side(baseline)], "val_loss")
+    compared = group.side(candidate) + group.side(baseline)
+    if metric != "tokens_per_s" and (
+        is_wall_clock(config) or run_design.BUDGET_SOURCE_KEY in (config or {})
+    ):
+        curves = queries.metric_points(store, [r.id for r in compared], "val_loss")
     verdict, noise = judge(
         group,
         metric=metric,
@@ -453,6 +444,8 @@ def load_comparison(
         threshold=threshold,
         confidence=confidence,
         allow_epochs=allow_epochs,
+        configs=configs,
+        unfinished=unfinished,
     )
     return Comparison(
         metric=metric,
@@ -485,8 +478,3 @@ def metric_curves(
         variant: [(rid, points.get(rid, [])) for rid in run_ids]
         for variant, run_ids in runs_by_variant.items()
     }
-
-
-# --------------------------------------------------------------------------
-# bench timings
-# --------------------------------------------------------------------------

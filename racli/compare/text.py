@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from racli.compare.verdict import Verdict, format_seeds_needed
+from racli.compare.stats import SPREAD_BOUND, format_seeds_needed
+from racli.compare.verdict import Verdict
 from racli.names import display_name, metric_label
 from racli.text.numbers import (
     finite,
@@ -24,6 +25,41 @@ def _method_line(v: Verdict) -> str:
     return f"Method: {names[v.method]} ({v.candidate.n} vs {v.baseline.n} runs): {v.method_why}"
 
 
+def _matched_lines(v: Verdict, g, cn: str, bn: str) -> list[str]:
+    """Matched time: each side's steps, the calibrated ratio, the check at its bounds."""
+    c, b = v.candidate.iterations_range, v.baseline.iterations_range
+
+    def steps(r) -> str:
+        return "?" if r is None else (f"{r[0]}" if r[0] == r[1] else f"{r[0]}-{r[1]}")
+
+    ci = f", 95% interval [{g.ratio_ci[0]:.4f}, {g.ratio_ci[1]:.4f}]" if g.ratio_ci else ""
+    out = [
+        f"Matched time: {cn} trained {steps(c)} steps, {bn} {steps(b)} (calibrated speed "
+        f"ratio {g.ratio:.4f}{ci})"
+    ]
+    if g.explained is None:
+        out.append(f"⚠️ The step budgets' precision is not checked ({g.basis})")
+    elif g.at_bounds == (0.0, 0.0):
+        out.append(f"✅ {g.basis}")
+    else:
+        mark, verdict = ("❌", "more") if g.too_large else ("✅", "no more")
+        favours = cn if g.explained > 0 else bn
+        out.append(
+            f"{mark} At either end of that interval the step budgets alone would explain a "
+            f"{abs(g.explained) * 100:.2f}% loss gap in favour of {favours}, {verdict} than "
+            f"half the threshold ({g.limit * 100:.2f}%)"
+        )
+        out.append(f"   ({g.basis})")
+    if g.measured_ratio is not None:
+        where = "outside" if g.mismatch else "inside"
+        mark = "⚠️ " if g.mismatch else ""
+        out.append(
+            f"{mark}Measured during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s, "
+            f"{where} the calibrated interval"
+        )
+    return out
+
+
 def _speed_lines(v: Verdict, cn: str, bn: str) -> list[str]:
     g = v.speed_gap
     if v.metric == "tokens_per_s":
@@ -32,22 +68,40 @@ def _speed_lines(v: Verdict, cn: str, bn: str) -> list[str]:
         if v.speed_ratio is None:
             return ["Speed check skipped: no throughput recorded on one side"]
         return [
-            f"Step budget: compared at equal steps (speed {v.speed_ratio:.3f}x does not "
-            "change what either side trained on)"
+            f"Step budget: {cn} and {bn} trained the steps set for them, whatever their "
+            f"speed ({v.speed_ratio:.3f}x tokens/s)"
         ]
+    if g.kind == "matched_time":
+        return _matched_lines(v, g, cn, bn)
     if g.explained is None:
         return [
             f"⚠️ Speed {g.ratio:.3f}x under a wall-clock budget: its effect on the loss is "
             f"not estimated ({g.basis})"
         ]
-    mark = "❌" if g.too_large else "✅"
-    verdict = "more" if g.too_large else "no more"
+    mark, verdict = ("❌", "more") if g.too_large else ("✅", "no more")
+    favours = cn if g.explained > 0 else bn
     return [
         f"{mark} Speed gap: {cn} runs at {g.ratio:.3f}x {bn}'s tokens/s; under a wall-clock "
-        f"budget that alone explains a {g.explained * 100:.2f}% loss gap, {verdict} than half "
-        f"the threshold ({g.limit * 100:.2f}%)",
+        f"budget that alone explains a {abs(g.explained) * 100:.2f}% loss gap in favour of "
+        f"{favours}, {verdict} than half the threshold ({g.limit * 100:.2f}%)",
         f"   ({g.basis})",
     ]
+
+
+def _seeds_needed_line(v: Verdict, ind: str) -> str:
+    span = v.seeds_needed_range
+    at = f"the {SPREAD_BOUND:.0%} upper bound of " if span else ""
+    rng = (
+        f"; {format_seeds_needed(span[0])} to {format_seeds_needed(span[1])} over the "
+        "spread's 95% interval"
+        if span
+        else ""
+    )
+    return (
+        f"{ind}Seeds needed: about {format_seeds_needed(v.seeds_needed)} runs per side "
+        f"(80% power at the {v.threshold:.0%} threshold, {v.design} design, at {at}the "
+        f"{v.spread_source} spread {v.spread * 100:.2f}% a run{rng})"
+    )
 
 
 def final_comparison(
@@ -112,6 +166,8 @@ def final_comparison(
         return f"{integer(s.median_tokens_per_s)} ({integer(lo)}-{integer(hi)})"
 
     side("  tok/s median (min-max)", tps)
+    if c.diverged is not None and b.diverged is not None:
+        side("  diverged / failed", lambda s: f"{s.diverged} / {s.failed}")
 
     # the verdict
     out += ["", "VERDICT", RULE]
@@ -124,7 +180,8 @@ def final_comparison(
     if v.interval is not None:
         lo, hi = v.interval
         line = (
-            f"{ind}Improvement ({cn} better when positive): {signed_pct(v.improvement, 2)}, "
+            f"{ind}Improvement ({cn} better when positive, log ratio): "
+            f"{signed_pct(v.improvement, 2)}, "
             f"{v.confidence:.0%} interval [{signed_pct(lo, 2)}, {signed_pct(hi, 2)}]"
         )
         if v.interval90 is not None:
@@ -132,11 +189,7 @@ def final_comparison(
             line += f", 90% [{signed_pct(lo90, 2)}, {signed_pct(hi90, 2)}]"
         out.append(line + f"; threshold ±{v.threshold:.0%}")
     if v.outcome == "INCONCLUSIVE" and v.seeds_needed is not None:
-        out.append(
-            f"{ind}Seeds needed: about {format_seeds_needed(v.seeds_needed)} runs per side "
-            f"(80% power at the {v.threshold:.0%} threshold, spread {v.spread * 100:.2f}%, "
-            f"{v.spread_source})"
-        )
+        out.append(_seeds_needed_line(v, ind))
     out.append(f"{ind}Why: {v.reason}")
     for label in v.labels:
         out.append(f"{ind}⚠️ Labelled: {label}")

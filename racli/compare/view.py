@@ -28,11 +28,34 @@ def _data_text(data: dict | None) -> str:
     return ", ".join(parts)
 
 
-def _budget_text(budget: dict | None) -> str:
+def _steps(r: tuple[int, int] | None) -> str:
+    if r is None:
+        return "? steps"
+    return f"{r[0]} steps" if r[0] == r[1] else f"{r[0]}-{r[1]} steps"
+
+
+def _budget_text(cmp) -> str:
+    """What each side trained on: its steps, and at matched time the calibrated ratio."""
+    budget, v = cmp.budget, cmp.verdict
+    if v.matched is not None:
+        m = v.matched
+        minutes = f"{m.minutes:g} minutes" if m.minutes is not None else "matched time"
+        c, b = v.candidate.iterations_range, v.baseline.iterations_range
+        if m.ratio == 1.0 and c is not None and c == b:
+            return f"matched time, {minutes} a side: {_steps(c)} each (one variant, one budget)"
+        ci = f" [{m.ratio_ci[0]:.4f}, {m.ratio_ci[1]:.4f}]" if m.ratio_ci else " (no interval)"
+        return (
+            f"matched time, {minutes} a side: {cmp.baseline} {_steps(b)}, "
+            f"{cmp.candidate} {_steps(c)} (calibrated speed ratio "
+            f"{m.ratio:.4f}{ci}{'' if m.settled else ', UNSETTLED'})"
+        )
     if not isinstance(budget, dict):
         return "not recorded (treated as wall-clock)"
     if budget.get("steps") is not None:
-        return f"{budget['steps']} steps a side (compared at equal steps)"
+        c, b = v.candidate.iterations_range, v.baseline.iterations_range
+        if c is not None and c == b and c[0] == c[1]:
+            return f"{c[0]} steps a side (compared at equal steps)"
+        return f"step budgets: {cmp.baseline} {_steps(b)}, {cmp.candidate} {_steps(c)}"
     if budget.get("minutes") is not None:
         return f"{budget['minutes']:g} minutes wall-clock a side (speed check applies)"
     return "not recorded (treated as wall-clock)"
@@ -60,7 +83,7 @@ def header_text(cmp) -> str:
         ids = [r.id for r in g.side(attn)]
         lines.append(f"  {attn}: {len(ids)} run(s) (ids {ids_text(ids)})")
     lines.append(f"Data: {_data_text(cmp.data)}")
-    lines.append(f"Budget: {_budget_text(cmp.budget)}")
+    lines.append(f"Budget: {_budget_text(cmp)}")
     devices = cmp.devices
     if cmp.different_devices:
         lines.append("Devices: the two sides ran on different devices")

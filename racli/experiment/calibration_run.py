@@ -27,6 +27,18 @@ def find_calibration(store, key: str):
     return cal
 
 
+def _cap_s(settings: Settings, e) -> float:
+    """The time cap of the timed rounds: calibration_max_s, and calibration_max_share of the
+    planned training time."""
+    return calibrate.time_cap(
+        e.calibration_max_s,
+        e.calibration_max_share,
+        settings.minutes,
+        len(settings.arms),
+        len(settings.seeds),
+    )
+
+
 def _config(settings: Settings, e, specs, key: str) -> dict:
     """The recorded config of a calibration run (`e`: ra.yaml's `experiment` section)."""
     return {
@@ -40,6 +52,8 @@ def _config(settings: Settings, e, specs, key: str) -> dict:
         "settings": {
             "precision": e.calibration_precision,
             "max_s": e.calibration_max_s,
+            "max_share": e.calibration_max_share,
+            "cap_s": _cap_s(settings, e),
             "min_rounds": e.calibration_min_rounds,
             "block_steps": e.calibration_block_steps,
             "warmup_steps": e.calibration_warmup_steps,
@@ -79,7 +93,8 @@ def record_calibration(
     labels = [a.label for a in settings.arms]
     config = _config(settings, e, specs, key)
     rec = RunRecorder.start(store, kind="calibration", config=config, tag=tag)
-    view.phase(text.calibrating_text(labels, specs[0].device, rec.run_id, e))
+    cap_s = _cap_s(settings, e)
+    view.phase(text.calibrating_text(labels, specs[0].device, rec.run_id, e, cap_s))
 
     def on_round(cal) -> None:
         for a in cal.arms:
@@ -92,7 +107,7 @@ def record_calibration(
             labels,
             dataset,
             precision=e.calibration_precision,
-            max_s=e.calibration_max_s,
+            max_s=cap_s,
             min_rounds=e.calibration_min_rounds,
             block_steps=e.calibration_block_steps,
             warmup_steps=e.calibration_warmup_steps,

@@ -3,9 +3,12 @@
 The experiment's finished train runs are read as `ra compare` reads history
 (:func:`racli.compare.grouping.load_train_runs`), kept to those whose config carries the
 experiment's key, and labelled by **arm** instead of attention (so the two arms
-of an A/A experiment are two sides). Each arm after the first is then judged
-against the first by :func:`racli.compare.grouping.load_comparison` with those rows, and
-printed by the same renderer as `ra compare`. No torch.
+of an A/A experiment are two sides). The experiment's diverged and failed runs
+are counted per arm the same way. Each arm after the first is then judged
+against the first by :func:`racli.compare.grouping.load_comparison` with those
+rows (paired by design: the arms of one seed share its initialisation and
+batches; an A/A experiment's further arms train on their own seeds, so its
+verdict is unpaired), and printed by the same renderer as `ra compare`. No torch.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from racli.compare.design import UnfinishedRow
 from racli.compare.grouping import load_comparison, load_train_runs
 from racli.compare.text import final_comparison
 from racli.compare.view import header_text
 from racli.errors import BadInput
 from racli.experiment.plan import EXPERIMENT_KEY, Arm
 from racli.store.experiment_queries import experiment_runs
+from racli.store.unfinished import NO_RESULT
 
 
 def arm_of(run) -> str | None:
@@ -27,15 +32,22 @@ def arm_of(run) -> str | None:
     return exp.get("arm")
 
 
-def arm_rows(store, key: str, arms: list[Arm]):
-    """The experiment's finished train runs as `ra compare` rows, `attn` set to the arm."""
-    labels = {r.id: arm_of(r) for r in experiment_runs(store, key)}
+def arm_runs(store, key: str, arms: list[Arm]):
+    """(finished runs as `ra compare` rows, diverged or failed runs), `attn` set to the arm."""
+    runs = experiment_runs(store, key)
+    labels = {r.id: arm_of(r) for r in runs}
     rows = load_train_runs(store, attns=sorted({a.attn for a in arms}))
-    return [
+    finished = [
         dataclasses.replace(r, attn=labels[r.id])
         for r in rows
         if r.id in labels and labels[r.id] is not None
     ]
+    gone = [
+        UnfinishedRow(r.id, labels[r.id], r.seed, r.status, r.config_hash, None)
+        for r in runs
+        if r.status in NO_RESULT and labels[r.id] is not None and not r.excluded
+    ]
+    return finished, gone
 
 
 @dataclass
@@ -60,8 +72,15 @@ class ArmVerdict:
         if v.interval is not None:
             lo, hi = v.interval
             text += f", {v.confidence:.1%} interval [{lo * 100:+.2f}%, {hi * 100:+.2f}%]"
-        n = f"{v.candidate.n} vs {v.baseline.n} runs"
-        return text + f", {n})"
+        text += f", {v.method}, {v.candidate.n} vs {v.baseline.n} runs"
+        gone = [
+            f"{name} {s.diverged + s.failed}"
+            for name, s in ((self.candidate, v.candidate), (self.baseline, v.baseline))
+            if s.diverged is not None and s.diverged + s.failed
+        ]
+        if gone:
+            text += "; diverged or failed: " + ", ".join(gone)
+        return text + ")"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,7 +102,7 @@ def verdicts(
     metric: str = "val_loss",
 ) -> list[ArmVerdict]:
     """Each arm after the first against the first, over the experiment's finished runs."""
-    rows = arm_rows(store, key, arms)
+    rows, gone = arm_runs(store, key, arms)
     out = []
     for arm in arms[1:]:
         try:
@@ -95,6 +114,7 @@ def verdicts(
                 threshold=threshold,
                 confidence=confidence,
                 rows=rows,
+                unfinished=gone,
             )
             out.append(ArmVerdict(arm.label, arms[0].label, cmp))
         except BadInput as exc:

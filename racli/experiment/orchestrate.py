@@ -8,6 +8,7 @@ from typing import Any
 from racli import training
 from racli.errors import BadInput
 from racli.experiment import judge, plan, text
+from racli.experiment.calibrate import summary_text
 from racli.experiment.calibration_run import find_calibration, record_calibration
 from racli.experiment.jobs import Context, arm_spec, experiment_config
 from racli.experiment.local import run_children, run_in_process
@@ -43,7 +44,7 @@ def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, st
         cal = record_calibration(
             store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
         )
-    view.note(text.calibration_text(cal))
+    view.note(summary_text(cal))
     budgets = plan.step_budgets(
         settings.arms,
         settings.minutes,

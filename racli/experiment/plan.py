@@ -7,6 +7,11 @@ milliseconds:
   ``baseline#2``. A variant listed once keeps its name as its label; a variant
   listed more than once (an A/A experiment) gets ``#1``, ``#2``... so its arms
   are told apart and compared like any pair. Every arm is compared with the first.
+* **seeds**: the arms of one seed train on that seed (shared initialisation and
+  batches: the pairs of the verdict), except the second and later arms of a
+  repeated variant, which train on their own seed stream (seed + 1,000,000 for
+  ``#2``, + 2,000,000 for ``#3``...): an A/A comparison of two arms that start
+  equal and see equal batches would be identical by construction.
 * **order**: on one device the arms of seed i run in the listed order when i is
   even and in reverse when i is odd (A B, B A, A B, ...: seed pairs run A B B A),
   so slow drifts (a warming GPU, a busy host) fall on both arms alike.
@@ -43,6 +48,10 @@ class Arm:
     label: str  # unique within the experiment: "ra_v5", or "baseline#2" for a repeated variant
     attn: str
     index: int
+
+
+#: seed offset of each further arm of a repeated variant (an A/A experiment's own stream)
+AA_SEED_STRIDE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,23 @@ def arm_order(arms: list[Arm], seed_index: int) -> list[Arm]:
     return list(arms) if seed_index % 2 == 0 else list(reversed(arms))
 
 
+def arm_seed(arm: Arm, arms: list[Arm], seed: int) -> int:
+    """The seed arm `arm` trains for the experiment's `seed`: the seed itself, or for the
+    k-th arm (k >= 2) of a repeated variant ``seed + (k - 1) x AA_SEED_STRIDE``."""
+    k = sum(1 for a in arms if a.attn == arm.attn and a.index < arm.index)
+    return seed + k * AA_SEED_STRIDE
+
+
+def check_aa_seeds(arms: list[Arm], seeds: list[int]) -> None:
+    """An A/A experiment's seeds stay below the stride, so its streams never meet."""
+    repeated = len({a.attn for a in arms}) < len(arms)
+    if repeated and seeds and max(seeds) >= AA_SEED_STRIDE:
+        raise BadInput(
+            f"an experiment with a repeated variant takes seeds below {AA_SEED_STRIDE:,} "
+            f"(its further arms train on seed + {AA_SEED_STRIDE:,} x k), got {max(seeds)}"
+        )
+
+
 def schedule(
     arms: list[Arm], seeds: list[int], n_devices: int = 1, first_index: int = 0
 ) -> list[Job]:
@@ -138,7 +164,7 @@ def schedule(
     for k, seed in enumerate(seeds):
         i = first_index + k
         for arm in arm_order(arms, i) if n_devices == 1 else arms:
-            jobs.append(Job(arm, seed, (i + arm.index) % n_devices, len(jobs)))
+            jobs.append(Job(arm, arm_seed(arm, arms, seed), (i + arm.index) % n_devices, len(jobs)))
     return jobs
 
 
@@ -156,28 +182,31 @@ class Budget:
     steps: int
     ratio: float  # this arm's variant's speed / the first arm's variant's speed
     ratio_ci: tuple[float, float] | None
+    settled: bool = True  # the calibration behind it settled
 
 
 def step_budgets(
     arms: list[Arm],
     minutes: float,
     first_steps_per_s: float,
-    ratios: dict[str, tuple[float, tuple[float, float] | None]],
+    ratios: dict[str, tuple],
 ) -> dict[str, Budget]:
-    """`ratios`: variant -> (speed ratio to the first arm's variant, its interval).
+    """`ratios`: variant -> (speed ratio to the first arm's variant, its interval[, whether
+    the calibration settled]).
 
     The first arm's variant gets S = minutes x 60 x first_steps_per_s (at least 1);
     every other variant round(S x ratio)."""
     if not (math.isfinite(first_steps_per_s) and first_steps_per_s > 0):
         raise ValueError(f"calibrated speed must be positive, got {first_steps_per_s}")
     s0 = max(1, round(minutes * 60.0 * first_steps_per_s))
+    settled = all(len(r) < 3 or bool(r[2]) for r in ratios.values())
     out = {}
     for arm in arms:
         if arm.attn == arms[0].attn:
             ratio, ci = 1.0, None
         else:
-            ratio, ci = ratios[arm.attn]
-        out[arm.label] = Budget(arm.label, max(1, round(s0 * ratio)), ratio, ci)
+            ratio, ci = ratios[arm.attn][0], ratios[arm.attn][1]
+        out[arm.label] = Budget(arm.label, max(1, round(s0 * ratio)), ratio, ci, settled)
     return out
 
 
@@ -228,6 +257,7 @@ def extra_config(
             "ratio": budget.ratio,
             "ratio_ci": list(budget.ratio_ci) if budget.ratio_ci else None,
             "steps": budget.steps,
+            "calibration_settled": budget.settled,
         },
     }
 

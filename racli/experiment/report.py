@@ -58,43 +58,8 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     if command:
         lines += ["", "```", command, "```"]
 
-    # calibration
-    lines += ["", "## Calibration", ""]
-    lines.append(
-        f"Calibration run {cal.run_id} on {cal.device}: {cal.rounds} rounds of "
-        f"{cal.block_steps}-step blocks in A B ... B A order, {cal.timed_s:.1f} s timed; "
-        + (
-            f"every ratio's 95% interval within +-{cal.precision:.2%}."
-            if cal.settled
-            else f"time cap reached before every interval was within +-{cal.precision:.2%}."
-        )
-    )
-    lines.append("")
-    rows = []
-    for a in cal.arms:
-        ci = f"[{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else "-"
-        hw = (
-            f"+-{a.half_width:.2%}" if math.isfinite(a.half_width) and a is not cal.arms[0] else "-"
-        )
-        rows.append([a.label, a.attn, number(a.steps_per_s, ".3f"), f"{a.ratio:.4f}", ci, hw])
-    lines += _table(
-        ["arm", "attention", "steps/s", "speed ratio", "95% interval", "half-width"], rows
-    )
-
-    # budgets
-    lines += ["", "## Step budgets (matched time)", ""]
-    minutes = runs[0].config.get("budget_source", {}).get("minutes") if runs else None
-    lines.append(
-        f"The first arm gets {outcome.budgets[arms[0].label].steps} steps "
-        f"(= {minutes if minutes is not None else '?'} min x 60 x its steps/s); every "
-        f"other variant that many times its speed ratio; arms of one variant share "
-        f"a budget."
-    )
-    lines.append("")
-    lines += _table(
-        ["arm", "steps", "ratio"],
-        [[k, str(b.steps), f"{b.ratio:.4f}"] for k, b in outcome.budgets.items()],
-    )
+    lines += _calibration_lines(cal)
+    lines += _budget_lines(outcome, runs)
 
     # runs
     lines += ["", "## Runs", ""]
@@ -155,11 +120,25 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
             if v.interval is not None
             else "no interval"
         )
+        gone = "; ".join(
+            f"{name}: {s.diverged} diverged, {s.failed} failed"
+            for name, s in ((av.candidate, v.candidate), (av.baseline, v.baseline))
+            if s.diverged is not None
+        )
         lines.append(
             f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- improvement "
             f"{v.improvement * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
-            f"{v.baseline.n} runs). {v.reason}."
+            f"{v.baseline.n} runs{'; ' + gone if gone else ''}). {v.method_why}. {v.reason}."
         )
+        for label in v.labels:
+            lines.append(f"  - ⚠️ {label}")
+        g = v.speed_gap
+        if g is not None and g.kind == "matched_time" and g.measured_ratio is not None:
+            where = "outside" if g.mismatch else "inside"
+            lines.append(
+                f"  - speed during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s, "
+                f"{where} the calibrated interval"
+            )
     for av in outcome.verdicts:
         if av.comparison is not None:
             lines += ["", "```", judge.verdict_text(av), "```"]
@@ -226,3 +205,67 @@ def _gate_lines(store, runs) -> list[str]:
             + "; ".join(rep.summary + rep.warnings)
         )
     return out or ["No gated variant in this experiment (baseline has no gates)."]
+
+
+def _calibration_lines(cal) -> list[str]:
+    from racli.experiment.calibrate import MIN_KEPT, state_text
+
+    lines = ["", "## Calibration", ""]
+    if not cal.settled:
+        lines += [
+            f"> ⚠️ **{state_text(cal)}.** The step budgets below come from a speed ratio that "
+            "had not settled; every verdict between arms of different budgets is labelled, and "
+            "INVALID when the ends of the ratio's interval alone could move the loss by half "
+            "the threshold.",
+            "",
+        ]
+    cap = f" (time cap {cal.cap_s:.3g} s)" if cal.cap_s is not None else ""
+    lines.append(
+        f"Calibration run {cal.run_id} on {cal.device}: {cal.rounds} rounds of "
+        f"{cal.block_steps}-step blocks in A B ... B A order, {cal.timed_s:.1f} s timed{cap}. "
+        f"The first {cal.dropped} round(s) were dropped as warm-up (MSER truncation); the "
+        f"ratios are over the {cal.rounds - cal.dropped} kept rounds. Settled means every "
+        f"ratio's 95% interval within +-{cal.precision:.2%}, the two halves of the kept "
+        f"rounds within {cal.precision:.2%} of each other and at least {MIN_KEPT} kept rounds: "
+        f"{state_text(cal)}."
+    )
+    lines.append("")
+    rows = []
+    for a in cal.arms:
+        first = a is cal.arms[0]
+        ci = f"[{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else "-"
+        hw = f"+-{a.half_width:.2%}" if math.isfinite(a.half_width) and not first else "-"
+        h = cal.halves.get(a.label)
+        halves = f"{h[0]:.4f} / {h[1]:.4f}" if h and not first else "-"
+        rows.append(
+            [a.label, a.attn, number(a.steps_per_s, ".3f"), f"{a.ratio:.4f}", ci, hw, halves]
+        )
+    lines += _table(
+        ["arm", "attention", "steps/s", "speed ratio", "95% interval", "half-width", "halves"],
+        rows,
+    )
+    return lines
+
+
+def _budget_lines(outcome, runs) -> list[str]:
+    arms = outcome.arms
+    lines = ["", "## Step budgets (matched time)", ""]
+    minutes = runs[0].config.get("budget_source", {}).get("minutes") if runs else None
+    lines.append(
+        f"The first arm gets {outcome.budgets[arms[0].label].steps} steps "
+        f"(= {minutes if minutes is not None else '?'} min x 60 x its steps/s); every "
+        f"other variant that many times its speed ratio; arms of one variant share "
+        f"a budget."
+    )
+    if any(a.attn == b.attn for i, a in enumerate(arms) for b in arms[:i]):
+        lines.append(
+            "A repeated variant's further arms train on their own seeds (seed + 1,000,000 x k), "
+            "so an A/A comparison is one of independent runs."
+        )
+    lines.append("")
+    rows = []
+    for k, b in outcome.budgets.items():
+        ci = f"[{b.ratio_ci[0]:.4f}, {b.ratio_ci[1]:.4f}]" if b.ratio_ci else "-"
+        rows.append([k, str(b.steps), f"{b.ratio:.4f}", ci])
+    lines += _table(["arm", "steps", "ratio", "95% interval"], rows)
+    return lines

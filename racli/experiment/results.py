@@ -93,6 +93,7 @@ class Outcome:
                     "steps": b.steps,
                     "ratio": b.ratio,
                     "ratio_ci": list(b.ratio_ci) if b.ratio_ci else None,
+                    "settled": b.settled,
                 }
                 for k, b in self.budgets.items()
             },

@@ -36,8 +36,9 @@ stopping for PARITY only ever removes WIN or LOSE chances, so the false
 WIN/LOSE rate stays at or below alpha.
 
 Pure numpy and scipy (no torch, no database). :func:`simulate` runs many
-histories of a comparison through any verdict function; the tests use it to
-check the 5% with the real rules.
+histories of a comparison through a vectorised verdict function; with the real
+rules (:func:`racli.compare.stats.outcomes`) it gives the README's figures
+(``python tools/simulate_verdicts.py``) and the tests check the 5%.
 """
 
 from __future__ import annotations
@@ -236,17 +237,40 @@ class Design:
 
 # ---------------------------------------------------------------------------- simulation
 
-Judge = Callable[[np.ndarray, np.ndarray, float], str]
+#: judge(candidate, baseline, confidence) -> outcomes, on (histories, seeds) arrays
+Judge = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
 @dataclass
 class SimResult:
     histories: int
     outcomes: dict[str, int]  # final outcome -> histories
-    seeds_used: list[int]  # seeds per arm at the stop, per history
+    seeds_used: np.ndarray  # seeds per arm at the stop, per history
 
     def rate(self, *outcomes: str) -> float:
         return sum(self.outcomes.get(o, 0) for o in outcomes) / self.histories
+
+
+def draw(
+    rng: np.random.Generator,
+    histories: int,
+    seeds: int,
+    *,
+    effect: float = 0.0,
+    noise: float = 0.007,
+    correlation: float = 0.0,
+    mean: float = 3.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate, baseline) values, (histories, seeds) each: ``mean x exp(e)`` with
+    ``e ~ N(0, noise)`` per run, of which a share ``correlation`` of the variance is common
+    to the two arms of a seed (same initialisation and batches); the candidate's values
+    are ``1 + effect`` times larger (effect < 0: better on a loss)."""
+    shape = (histories, seeds)
+    shared = math.sqrt(correlation) * noise * rng.standard_normal(shape)
+    own = math.sqrt(1.0 - correlation) * noise
+    b = mean * np.exp(shared + own * rng.standard_normal(shape))
+    c = mean * (1.0 + effect) * np.exp(shared + own * rng.standard_normal(shape))
+    return c, b
 
 
 def simulate(
@@ -255,36 +279,35 @@ def simulate(
     *,
     effect: float = 0.0,
     noise: float = 0.007,
-    seed_noise: float = 0.0,
+    correlation: float = 0.0,
     histories: int = 400,
     rng_seed: int = 0,
     looks: Sequence[int] | None = None,
     confidence: float = 0.95,
     mean: float = 3.0,
 ) -> SimResult:
-    """Run `histories` experiments through `judge(candidate, baseline, confidence) -> outcome`.
-
-    Each run's value is ``mean * (1 + effect_arm + seed_term + e)`` with ``e ~ N(0, noise)``
-    per run and ``seed_term ~ N(0, seed_noise)`` shared by the two arms of one seed;
-    the candidate carries ``effect``. With a `design`, each history stops at the first
-    look that is not INCONCLUSIVE; without one (`looks` and a fixed `confidence`), it
-    shows what naive repeated looks would do.
-    """
+    """Run `histories` experiments through `judge` (vectorised over histories; values from
+    :func:`draw`). With a `design`, each history stops at the first look that is not
+    INCONCLUSIVE; without one (`looks` and a fixed `confidence`), it shows what naive
+    repeated looks would do."""
     rng = np.random.default_rng(rng_seed)
     plan = design.looks if design is not None else list(looks or [])
     n_max = plan[-1]
-    outcomes: dict[str, int] = {}
-    used: list[int] = []
-    for _ in range(histories):
-        shared = rng.normal(0.0, seed_noise, n_max) if seed_noise > 0 else np.zeros(n_max)
-        base = mean * (1.0 + shared + rng.normal(0.0, noise, n_max))
-        cand = mean * (1.0 + effect + shared + rng.normal(0.0, noise, n_max))
-        outcome, n = "INCONCLUSIVE", n_max
-        for n in plan:
-            conf = design.confidence(n) if design is not None else confidence
-            outcome = judge(cand[:n], base[:n], conf)
-            if outcome != "INCONCLUSIVE":
-                break
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        used.append(n)
-    return SimResult(histories, outcomes, used)
+    c, b = draw(
+        rng, histories, n_max, effect=effect, noise=noise, correlation=correlation, mean=mean
+    )
+    final = np.full(histories, "INCONCLUSIVE", dtype=object)
+    used = np.full(histories, n_max)
+    open_ = np.ones(histories, dtype=bool)
+    for n in plan:
+        idx = np.nonzero(open_)[0]
+        if len(idx) == 0:
+            break
+        conf = design.confidence(n) if design is not None else confidence
+        out = np.asarray(judge(c[idx, :n], b[idx, :n], conf))
+        decided = out != "INCONCLUSIVE"
+        final[idx[decided]] = out[decided]
+        used[idx] = n
+        open_[idx[decided]] = False
+    names, counts = np.unique(final.astype(str), return_counts=True)
+    return SimResult(histories, dict(zip(names.tolist(), counts.tolist())), used)

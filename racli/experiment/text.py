@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from racli.experiment import judge
+from racli.experiment.calibrate import summary_text
 
 
 def seed_text(seeds: list[int]) -> str:
@@ -21,12 +22,12 @@ def start_text(key: str, settings, devices: list[str], tag: str) -> str:
     )
 
 
-def calibrating_text(labels: list[str], device: str, run_id: int, e) -> str:
-    """`e`: the `experiment` section of ra.yaml."""
+def calibrating_text(labels: list[str], device: str, run_id: int, e, cap_s: float) -> str:
+    """`e`: the `experiment` section of ra.yaml; `cap_s`: the time cap of the timed rounds."""
     return (
         f"calibrating {', '.join(labels)} on {device} (run {run_id}): "
         f"until every speed ratio is within +-{e.calibration_precision:.2%} "
-        f"or {e.calibration_max_s:g} s of timed steps"
+        f"or {cap_s:.3g} s of timed steps (at least {e.calibration_min_rounds} rounds)"
     )
 
 
@@ -40,23 +41,6 @@ def round_text(cal) -> str:
     return (
         f"calibration round {cal.rounds}: {cal.arms[0].steps_per_s:.2f} steps/s "
         f"({cal.arms[0].label}); ratios {', '.join(parts)}"
-    )
-
-
-def calibration_text(cal) -> str:
-    first = cal.arms[0]
-    parts = [f"{first.label} {first.steps_per_s:.3f} steps/s"]
-    for a in cal.arms[1:]:
-        ci = f" [{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else ""
-        parts.append(f"{a.label} x{a.ratio:.4f}{ci}")
-    state = (
-        "settled"
-        if cal.settled
-        else f"time cap reached, intervals wider than +-{cal.precision:.2%}"
-    )
-    return (
-        f"calibration (run {cal.run_id}, {cal.rounds} rounds, {cal.timed_s:.1f} s, "
-        f"{state}): " + "; ".join(parts)
     )
 
 
@@ -87,13 +71,17 @@ def interrupted_text(results, n_jobs: int) -> str:
     )
 
 
+def _budget_text(b) -> str:
+    ci = f" [{b.ratio_ci[0]:.4f}, {b.ratio_ci[1]:.4f}]" if b.ratio_ci else ""
+    return f"{b.arm} {b.steps} (x{b.ratio:.4f}{ci})"
+
+
 def outcome_text(outcome, written) -> str:
     """The summary on stdout: calibration, budgets, the design and every verdict."""
     lines = [
         f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
-        calibration_text(outcome.calibration),
-        "Step budgets: "
-        + ", ".join(f"{k} {b.steps} (x{b.ratio:.4f})" for k, b in outcome.budgets.items()),
+        summary_text(outcome.calibration),
+        "Step budgets: " + ", ".join(_budget_text(b) for b in outcome.budgets.values()),
     ]
     if outcome.design:
         lines.append(

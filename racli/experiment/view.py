@@ -1,8 +1,13 @@
 """What `ra experiment` shows while it works (on stderr).
 
 On a terminal, a Rich live view: the runs done / running / left, each
-device's current run with its step, the time left, and the verdict so far.
-Elsewhere (logs, CI, tests) one plain line per event. No torch.
+device's current run with its step, the time left, and the interim state of the
+comparison. Elsewhere (logs, CI, tests) one plain line per event. No torch.
+
+The interim lines after each run are labelled "interim, not a verdict": looking
+at a 95% interval after every run and stopping at the first decisive one would
+call two equal variants different far more often than 5% of the time (README). The verdict is the one
+printed at the end (or at a planned look of --until-settled).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from racli.training.progress import fmt_seconds
+
+INTERIM = "interim, not a verdict"
 
 
 @dataclass
@@ -79,7 +86,7 @@ class PlainView:
     def verdict(self, lines: list[str]) -> None:
         self.state.verdict = list(lines)
         for line in lines:
-            self.note(f"verdict so far: {line}")
+            self.note(f"{INTERIM}: {line}")
 
     def refresh(self) -> None:
         pass
@@ -118,7 +125,7 @@ class LiveView(PlainView):
             table.add_row(slot.device, slot.label, step)
         parts = [Text(s.phase, style="bold"), Text(self.counts()), table]
         for line in s.verdict:
-            parts.append(Text(f"verdict so far: {line}"))
+            parts.append(Text(f"{INTERIM}: {line}"))
         return Group(*parts)
 
     def note(self, text: str) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from racli.config import TrainConfig, apply_overrides, load_config, packaged_config_path
 from racli.errors import BadInput
-from racli.names import check_attention, device_type, resolve_device
+from racli.names import PAIRING_RULE, check_attention, device_type, resolve_device
 from racli.store import checkpoints as ckpt_paths
 from racli.store.queries import get_run
 from racli.store.recorder import is_stale
@@ -254,6 +254,7 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "world_size": world_size,
         "global_batch_size": layout.global_seqs,
         "tokens_per_step": layout.tokens_per_step,
+        "pairing": dict(PAIRING_RULE),
         **split,
         **spec.extra,
     }
