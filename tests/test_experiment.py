@@ -374,7 +374,8 @@ def test_simulation_matches_compare_runs_history_by_history():
 
 
 def test_clock_sampler_is_silent_on_cpu():
-    from racli.training.clocks import ClockSampler, medians
+    from racli.store.clocks import medians
+    from racli.training.clocks import ClockSampler
 
     s = ClockSampler("cpu")
     assert not s.available and s.sample() == {}

@@ -14,10 +14,11 @@ from helpers import record_run
 from racli.experiment import jobs, local, plan, text
 from racli.experiment.results import JobResult, Settings
 from racli.experiment.view import PlainView
+from racli.store import clocks
 from racli.store import experiment_queries as eq
 from racli.store.engine import open_store
 from racli.store.recorder import RunRecorder
-from racli.training import clocks, stopping
+from racli.training import stopping
 
 
 def _record(store, key, arm, seed, *, kind="train", status="finished", steps=()):

@@ -17,10 +17,10 @@ from racli.compare.grouping import metric_curves
 from racli.errors import BadInput
 from racli.experiment import judge
 from racli.gates.analysis import analyse_gates
+from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
 from racli.store.queries import gate_rows
 from racli.text.numbers import number
-from racli.training.clocks import medians_by_run
 
 
 def check_report_path(path: Path | None) -> None:

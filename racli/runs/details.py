@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from racli.store import queries
+from racli.store.clocks import NAMES as CLOCK_METRICS
+from racli.store.clocks import medians
 from racli.store.manage import get_runs
 from racli.store.run_diff import diff_runs
-from racli.training.clocks import NAMES as CLOCK_METRICS
-from racli.training.clocks import medians
 
 
 def show(store, run_id: int) -> dict:
