@@ -177,3 +177,18 @@ METRIC_NAMES = {
 
 def metric_label(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
+
+
+def check_utf8(value: str | None, option: str) -> None:
+    """BadInput when a command-line string is not valid UTF-8 text (bytes a shell passed as
+    they are arrive as lone surrogates, which no store column can hold)."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else repr(char)
+        raise BadInput(
+            f"{option} is not valid UTF-8 text ({byte} at position {exc.start}): give it in UTF-8"
+        ) from None

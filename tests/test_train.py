@@ -674,7 +674,7 @@ def test_compile_on_cpu(cfg, dataset, store):
 # ---------------------------------------------------------------------------- the recorded config
 
 # run_config of a known spec, as the dict-based builder recorded it (compact JSON, the `data`
-# section aside: data.py owns it). The recorded config and its config_hash must not change
+# section and `data_path` aside: data.py owns them). The recorded config and its config_hash must not change
 # with how the settings travel; a field added on purpose changes this text.
 KNOWN_CONFIG = (
     '{"attn": "ra_v5", "seed": 3, "tag": "x", "preset": "tiny", "model": {"vocab_size": 256, '
@@ -727,7 +727,10 @@ def test_run_config_is_byte_identical_and_survives_resume(dataset):
     )
     config = training.run_config(spec, dataset, 2)
     assert config["data"] == training.data_identity(dataset)
-    assert json.dumps({k: v for k, v in config.items() if k != "data"}) == KNOWN_CONFIG
+    assert config["data_path"] == "builtin:shakespeare"  # where it was read: not in the hash
+    assert config_hash(config) == config_hash({**config, "data_path": "/elsewhere"})
+    known = {k: v for k, v in config.items() if k not in ("data", "data_path")}
+    assert json.dumps(known) == KNOWN_CONFIG
     # a resumed run's spec (typed settings rebuilt from the record) records the same config
     again = training.run_config(training.spec_from_run_config(config), dataset, 2)
     assert json.dumps(again) == json.dumps(config)

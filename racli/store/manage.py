@@ -141,6 +141,19 @@ def delete_runs(store: Store, ids) -> Deleted:
     return out
 
 
+def delete_rows_after(store: Store, run_id: int, step: int) -> int:
+    """Delete the metric and gate values run `run_id` recorded past `step`, in one
+    transaction; returns how many went. A run resumed from its checkpoint at `step` records
+    the later steps again (so they are not kept twice); `step` -1 removes every row, for a
+    run trained again from its start."""
+    with store.writing() as conn:
+        n = conn.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step)).rowcount
+        n += conn.execute(
+            delete(GateValue).where(GateValue.run_id == run_id, GateValue.step > step)
+        ).rowcount
+    return n
+
+
 def row_counts(store: Store, ids) -> dict[str, int]:
     """How many metrics, timings and gate values these runs hold (what delete would remove)."""
     ids = unique_ids(ids)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from racli.dataprep.identity import arrays_hash, files_hash
+from racli.dataprep.identity import arrays_hash, files_hash, max_token_ids
 
 BYTE_VOCAB_SIZE = 256
 DEFAULT_BIN_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as in nanoGPT
@@ -80,6 +80,12 @@ def load_dataset(spec: str | os.PathLike | None, val_fraction: float, block_size
     if not path.exists():
         raise DataError(f"{name}: no such file or directory")
     if path.is_dir():
+        unfinished = sorted(p.name for p in path.glob("*.bin.part"))
+        if unfinished:
+            raise DataError(
+                f"{name}: holds {', '.join(unfinished)}: the unfinished output of an "
+                f"interrupted `ra data prepare`; prepare the data again"
+            )
         if (path / "train.bin").exists() or (path / "val.bin").exists():
             return _load_bin_dir(name, path, block_size)
         return _split_bytes(name, _read_txt_dir(name, path), val_fraction, block_size)
@@ -196,11 +202,11 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
     if meta:
         vocab_size, digest = meta["vocab_size"], meta["content_hash"]
         tokenizer = meta["tokenizer"]
+        _check_token_ids(path, arrays, vocab_size, "meta.json")
     else:  # a nanoGPT folder: its ids are checked against the vocabulary (one pass each)
         vocab_size = _read_meta_vocab(path / "meta.pkl")
         source = "meta.pkl" if (path / "meta.pkl").exists() else "the default without meta.pkl"
-        for split, tokens in arrays.items():
-            _check_token_ids(path / f"{split}.bin", tokens, vocab_size, source)
+        _check_token_ids(path, arrays, vocab_size, source)
         try:
             digest = files_hash(path, dtype.name)
         except OSError as exc:
@@ -250,14 +256,19 @@ def _read_meta_json(meta: Path) -> dict | None:
     }
 
 
-def _check_token_ids(file: Path, tokens: np.ndarray, vocab_size: int, source: str) -> None:
-    """Every token id must index the vocabulary (one pass over the memmap, no copy)."""
-    top = int(tokens.max())
-    if top >= vocab_size:
-        raise DataError(
-            f"{file}: token id {top} is outside the vocabulary: vocab_size is "
-            f"{vocab_size} ({source}), so ids must be below it"
-        )
+def _check_token_ids(path: Path, arrays: dict, vocab_size: int, source: str) -> None:
+    """Every token id must index the vocabulary (one pass over each split, cached beside
+    them by size and modification time, like the content hash)."""
+    try:
+        tops = max_token_ids(path, arrays)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the token files ({exc.strerror or exc})") from exc
+    for split, top in tops.items():
+        if top >= vocab_size:
+            raise DataError(
+                f"{path / f'{split}.bin'}: token id {top} is outside the vocabulary: "
+                f"vocab_size is {vocab_size} ({source}), so ids must be below it"
+            )
 
 
 def _read_meta_vocab(meta: Path) -> int:

@@ -22,16 +22,17 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from racli import training
-from racli.errors import BadInput
-from racli.names import check_run_id
+from racli.errors import BadInput, Interrupted
+from racli.names import check_run_id, check_utf8
 from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import open_store, sqlite_path
 from racli.store.queries import get_run
 from racli.training.budget import check_budget_range
+from racli.training.memory import check_fits
 from racli.training.progress import ConsoleReporter
 from racli.training.result import TrainResult
 from racli.training.spec import TrainSpec, load_data, prepare_resume, run_config, spec_from_config
-from racli.training.stopping import EXIT_INTERRUPTED, stop_on_signals
+from racli.training.stopping import EXIT_INTERRUPTED, stop_on_signals, stop_when_parent_dies
 
 
 @dataclass
@@ -95,6 +96,7 @@ def check_options(opts: TrainOptions) -> None:
     if opts.resume is not None:
         check_run_id(opts.resume, "--resume")
     check_budget_range(opts.minutes, opts.steps)
+    check_utf8(opts.tag, "--tag")
 
 
 def check_store_writable(location: str) -> None:
@@ -184,6 +186,7 @@ def prepare(
         spec.extra = parse_extra(opts.extra_config)
     dataset = load_data(spec)
     run_config(spec, dataset, info.world_size)  # validates the model config
+    check_fits(spec, dataset, info.world_size)
     store = None
     if info.is_main:
         ckpt_paths.ensure_writable(location)  # before the database is created
@@ -199,6 +202,9 @@ class Watch:
         self.inner = inner
         self.run_id: int | None = None
         self.loss: float | None = None
+
+    def recorded(self, run_id: int) -> None:
+        self.run_id = run_id
 
     def start(self, *, run_id, **kw) -> None:
         self.run_id = run_id
@@ -260,6 +266,9 @@ def run(p: Prepared) -> Launched:
             f"for CPU runs and short checks; GPU runs need a large corpus (--data)"
         )
     stop = threading.Event()
+    if reporter is not None:
+        gone = "the ra experiment process is gone: stopping the run"
+        stop_when_parent_dies(stop, on_stop=lambda: reporter.note(gone))
     forced = False
     try:
         with stop_on_signals(stop):
@@ -271,11 +280,16 @@ def run(p: Prepared) -> Launched:
                     resume_run=p.resume,
                     reporter=reporter,
                     stop=stop,
+                    on_recorded=reporter.recorded if reporter is not None else None,
                     dist_info=p.info,
                 )
             except KeyboardInterrupt:  # stopped at once: the run is recorded interrupted
-                if reporter is None or reporter.run_id is None:
+                if reporter is None:
                     raise
+                if reporter.run_id is None:
+                    raise Interrupted(
+                        "stopped before the run was recorded: nothing to continue"
+                    ) from None
                 forced = True
                 result = forced_stop_result(p.store, reporter.run_id, p.spec.attn, reporter.loss)
     finally:
@@ -292,7 +306,9 @@ def ending(launched: Launched) -> tuple[str | None, int]:
     if launched.forced:
         return (
             f"ra: interrupted: run {r.run_id} stopped at once at step "
-            f"{r.iterations} (no final evaluation, no checkpoint)",
+            f"{r.iterations} (no final evaluation, no checkpoint); continue it with "
+            f"`ra train --resume {r.run_id}` (from its last checkpoint, or from step 0 "
+            f"without one)",
             EXIT_INTERRUPTED,
         )
     if r.status == "diverged":

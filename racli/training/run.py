@@ -11,9 +11,12 @@ from collections.abc import Callable
 import torch
 
 from racli.store import checkpoints as ckpt_paths
+from racli.store.manage import delete_rows_after
+from racli.store.queries import get_run
 from racli.store.recorder import NullRecorder, Recorder, RunRecorder
 from racli.training import checkpoint as ckpt
 from racli.training import distributed as ddp
+from racli.training import memory
 from racli.training.datasets import Dataset
 from racli.training.progress import NullReporter, ProgressReporter
 from racli.training.result import StepInfo, TrainResult
@@ -30,6 +33,7 @@ def train(
     reporter: ProgressReporter | None = None,
     stop: threading.Event | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    on_recorded: Callable[[int], None] | None = None,
     dist_info: ddp.DistInfo | None = None,
     flush_interval: float = 5.0,
 ) -> TrainResult:
@@ -41,7 +45,8 @@ def train(
     anything is recorded; once the run is recorded, a NaN/inf loss ends it `diverged`, a set
     `stop` event (SIGINT / SIGTERM) ends it `interrupted` after the final evaluation and a
     checkpoint, a failed checkpoint write is recorded on the run and training goes on, and
-    any other exception ends it `failed` and is re-raised.
+    any other exception ends it `failed` and is re-raised. `on_recorded(run_id)` is called
+    as soon as the run is in the store (rank 0).
     """
     info = dist_info or ddp.detect()
     reporter = reporter or NullReporter()
@@ -54,9 +59,13 @@ def train(
     elif dataset is None:
         dataset = load_data(spec)
     if resume_run is not None:
-        state = ckpt.load(ckpt_paths.checkpoint_path(store.db, resume_run))
-        config = state.config
-        data_path = state.data_path or data_location(spec, dataset)
+        path = ckpt_paths.checkpoint_path(store.db, resume_run)
+        if path.is_file():
+            state = ckpt.load(path)
+            config = state.config
+        else:  # stopped before its first checkpoint: trained again from step 0, same config
+            config = get_run(store, resume_run).config
+        data_path = (state.data_path if state else None) or data_location(spec, dataset)
     else:
         config = run_config(spec, dataset, info.world_size)
         data_path = data_location(spec, dataset)
@@ -71,6 +80,7 @@ def train(
         if info.is_main:
             if resume_run is not None:
                 rec = RunRecorder.resume(store, resume_run, flush_interval=flush_interval)
+                _take_up(store, rec, state, reporter)
             else:
                 rec = RunRecorder.start(
                     store,
@@ -81,6 +91,8 @@ def train(
                     tag=spec.tag,
                     flush_interval=flush_interval,
                 )
+            if on_recorded is not None:
+                on_recorded(rec.run_id)
         ckpt_path = ckpt_paths.checkpoint_path(store.db, rec.run_id) if info.is_main else None
         return _train_recorded(
             spec,
@@ -102,9 +114,28 @@ def train(
         ddp.teardown()
 
 
+def _take_up(store, rec: RunRecorder, state, reporter: ProgressReporter) -> None:
+    """A resumed run's rows past its checkpoint go (the steps after it are trained and
+    recorded again); a run without a checkpoint starts again from step 0 under its own id,
+    its earlier rows and figures cleared."""
+    if state is not None:
+        delete_rows_after(store, rec.run_id, state.step)
+        return
+    dropped = delete_rows_after(store, rec.run_id, -1)
+    rec.update(**dict.fromkeys(FIGURE_COLUMNS))
+    reporter.note(
+        f"run {rec.run_id} has no checkpoint (it stopped before its first one): training it "
+        f"again from step 0 under its own id; the {dropped:,} value(s) it recorded are dropped"
+    )
+
+
 def resume(store, run_id: int, **kw) -> TrainResult:
     """Validate `run_id` for resumption (BadInput if it cannot be) and continue it."""
     return train(None, store, resume_run=run_id, **kw)
+
+
+# the run row's figures of a train run (cleared when it is trained again from step 0)
+FIGURE_COLUMNS = ("iterations", "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
 
 
 def _train_recorded(
@@ -149,6 +180,10 @@ def _train_recorded(
         raise
     except BaseException as exc:
         figures = trainer.row_figures() if trainer is not None else {}
+        if memory.allocation_failed(exc) and (trainer is None or trainer.warmup):
+            bad = memory.too_big(exc, spec)  # the batch does not fit: bad input
+            rec.fail(str(bad), **figures)
+            raise bad from exc
         rec.fail(exc, **figures)
         raise
     return record_end(

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 # TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
 _TRAIN_SKIP = ("compile",)
+# the config entry naming where the run's data was read (racli.store.recorder keeps it out
+# of config_hash: runs on machines with different paths to one corpus stay comparable)
+DATA_PATH_KEY = "data_path"
 # fields left out of the recorded `train` section while null: a run recorded before they
 # existed and one recorded without them keep one config (and one config_hash)
 _TRAIN_OMIT_NULL = ("batch_tokens",)
@@ -256,6 +259,9 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "tokens_per_step": layout.tokens_per_step,
         "pairing": dict(PAIRING_RULE),
         **split,
+        # where the data was read (left out of config_hash): a run with no checkpoint yet
+        # is trained again from it on --resume
+        DATA_PATH_KEY: data_location(spec, dataset),
         **spec.extra,
     }
 
@@ -265,9 +271,9 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
 
 def prepare_resume(store, run_id: int, dist_info=None):
     """Validate `--resume RUN` and return (spec, dataset, checkpoint path). BadInput if the run
-    is unknown, not a train run, finished, still running, or has no checkpoint in this store's
-    checkpoint folder."""
-    from racli.training import checkpoint as ckpt
+    is unknown, not a train run, finished, still running, or its checkpoint cannot be used.
+    A run without a checkpoint (stopped before its first one) is trained again from step 0:
+    the path returned does not exist then, and its data is found where its config says."""
     from racli.training import distributed as ddp
 
     info = dist_info or ddp.detect()
@@ -282,9 +288,11 @@ def prepare_resume(store, run_id: int, dist_info=None):
             f"is gone, resume it once the heartbeat is 2 minutes old)"
         )
     path = ckpt_paths.checkpoint_path(store.db, run_id)
-    if not path.is_file():
+    if not path.is_file() and (run.config or {}).get(DATA_PATH_KEY) is None:
         raise BadInput(
-            f"run {run_id} has no checkpoint at {path}{ckpt_paths.legacy_hint(store.db, run_id)}"
+            f"run {run_id} has no checkpoint at {path}"
+            f"{ckpt_paths.legacy_hint(store.db, run_id)}, and its record does not say "
+            f"where its data is (recorded by an older ra): start it again"
         )
     spec = spec_from_run_config(run.config)
     check_attention(spec.attn)
@@ -296,6 +304,29 @@ def prepare_resume(store, run_id: int, dist_info=None):
             f"run {run_id} was trained on {recorded_world} process(es); resume it "
             f"with the same number (now {info.world_size})"
         )
+    data_path = run.config.get(DATA_PATH_KEY)
+    if path.is_file():
+        data_path = _checked_checkpoint(path, run_id, spec).data_path or data_path
+    dataset = load_data(spec, data_path)
+    recorded = run.config.get("data", {})
+    if (recorded.get("train_tokens"), recorded.get("val_tokens")) != (
+        dataset.train_tokens,
+        dataset.val_tokens,
+    ):
+        raise BadInput(
+            f"the data at {data_path} changed since run {run_id} started (train/val tokens differ)"
+        )
+    if recorded.get("content_hash") not in (None, dataset.content_hash):
+        raise BadInput(
+            f"the data at {data_path} changed since run {run_id} started (its content differs)"
+        )
+    return spec, dataset, path
+
+
+def _checked_checkpoint(path: Path, run_id: int, spec: TrainSpec):
+    """The checkpoint at `path`, readable, of run `run_id` and with budget left."""
+    from racli.training import checkpoint as ckpt
+
     try:
         state = ckpt.load(path)
     except Exception as exc:
@@ -306,14 +337,4 @@ def prepare_resume(store, run_id: int, dist_info=None):
         spec.minutes is not None and state.train_seconds >= spec.minutes * 60
     ):
         raise BadInput(f"run {run_id} has used its whole budget: nothing left to train")
-    dataset = load_data(spec, state.data_path)
-    recorded = run.config.get("data", {})
-    if (recorded.get("train_tokens"), recorded.get("val_tokens")) != (
-        dataset.train_tokens,
-        dataset.val_tokens,
-    ):
-        raise BadInput(
-            f"the data at {state.data_path} changed since run {run_id} "
-            f"started (train/val tokens differ)"
-        )
-    return spec, dataset, path
+    return state

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
 
 EXIT_INTERRUPTED = 130  # the exit code of a stopped command (a run stopped, to be continued)
+# set by `ra experiment` in the environment of its `ra train` children: the parent's pid
+PARENT_ENV = "RA_PARENT_PID"
 
 
 @contextlib.contextmanager
@@ -40,3 +43,23 @@ def stop_on_signals(stop: threading.Event, children: Sequence = ()) -> Iterator[
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def stop_when_parent_dies(stop: threading.Event, on_stop=None, every_s: float = 1.0) -> None:
+    """In a child of `ra experiment` (PARENT_ENV set): once that process is gone (killed
+    outright, so it could not pass a signal on), set `stop`, as a first Ctrl-C would: the run
+    ends after its final evaluation and a checkpoint, and the same command resumes it."""
+    text = os.environ.get(PARENT_ENV, "")
+    if not text.isdigit():
+        return
+    parent = int(text)
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            if os.getppid() != parent:
+                if on_stop is not None:
+                    on_stop()
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="ra-parent-watch", daemon=True).start()

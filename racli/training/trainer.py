@@ -29,6 +29,10 @@ from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
 from racli.training.spec import TrainSpec, model_config
 
+# a run's first checkpoint comes this soon (or at its first evaluation, if earlier), so that
+# a run killed young can be resumed; later ones every train.checkpoint_minutes
+FIRST_CHECKPOINT_S = 60.0
+
 
 def accumulate_gradients(
     model: torch.nn.Module,
@@ -381,6 +385,8 @@ class Trainer:
                 break
             if self.step % self.t.eval_interval == 0:
                 self._eval_and_record(self.eval_set, final=False)
+                if self.checkpoint_step is None and self.checkpoint_error is None:
+                    self.save_checkpoint()  # the run's first: at its first evaluation
         return self._end()
 
     def _begin(self) -> None:
@@ -503,13 +509,17 @@ class Trainer:
         if not self.epoch_warned and self.epochs > 1.0:
             self.epoch_warned = True
             self.reporter.note(epoch_warning(self.epochs))
-        if (
-            not done
-            and self.info.is_main
-            and time.monotonic() - self.last_checkpoint >= self.t.checkpoint_minutes * 60.0
-        ):
+        if not done and self.info.is_main and self._checkpoint_due():
             self.save_checkpoint()
         return done
+
+    def _checkpoint_due(self) -> bool:
+        """Time for a periodic checkpoint: every train.checkpoint_minutes, and the run's first
+        within FIRST_CHECKPOINT_S of the session's start."""
+        every = self.t.checkpoint_minutes * 60.0
+        if self.checkpoint_step is None:
+            every = min(every, FIRST_CHECKPOINT_S)
+        return time.monotonic() - self.last_checkpoint >= every
 
     def _end(self) -> str:
         """After the loop: the final evaluation and checkpoint (not for a diverged run)."""
