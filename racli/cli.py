@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from racli.commands import bench, common, compare, data, db, experiment, gates, runs, train
-from racli.errors import BadInput, first_line
+from racli.errors import BadInput, Interrupted, first_line
 from racli.provenance import version_line
 from racli.text import terminal
 
@@ -43,6 +43,13 @@ class HelpWhenEmptyGroup(TyperGroup):
 class RaGroup(HelpWhenEmptyGroup):
     """Typer group whose `main` is the error boundary (also under CliRunner)."""
 
+    def invoke(self, ctx):
+        # typer turns a KeyboardInterrupt into a silent exit 130: say it instead
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv or os.environ.get("RA_DEBUG") == "1"
@@ -62,8 +69,9 @@ class RaGroup(HelpWhenEmptyGroup):
                 traceback.print_exc()
             _say(f"error: {exc}")
             sys.exit(2)
-        except (typer.Abort, KeyboardInterrupt):
-            _say("interrupted")
+        except (typer.Abort, KeyboardInterrupt, Interrupted) as exc:
+            how = str(exc) if isinstance(exc, Interrupted) else ""
+            _say(f"interrupted: {how}" if how else "interrupted")
             sys.exit(130)
         except typer.TyperException as exc:
             # typer's own errors; usage errors (bad option, missing value, ...) have exit code 2

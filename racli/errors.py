@@ -4,6 +4,8 @@
 asked (unknown attention, bad number, missing file, invalid ra.yaml, unknown
 run id, CUDA asked for but absent, a database from a newer schema). Its
 message is the one line printed on stderr.
+`Interrupted` (exit 130): the user stopped the command (Ctrl-C, SIGTERM); its message
+says what was kept and how to continue.
 Anything else raised while working is a failure (exit 1).
 """
 
@@ -12,6 +14,10 @@ from __future__ import annotations
 
 class BadInput(Exception):
     """Bad input from the user: one clear line, exit code 2."""
+
+
+class Interrupted(Exception):
+    """Stopped by the user: "ra: interrupted: <message>" on stderr, exit code 130."""
 
 
 def first_line(message: object, limit: int | None = None) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from racli.commands import common
+from racli.errors import Interrupted
 
 app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 
@@ -107,6 +108,7 @@ def prepare(
     from racli.dataprep.prepare import (
         ConsoleProgress,
         PrepareSettings,
+        interrupted_text,
         parse_count,
         stoppable,
         summary_text,
@@ -128,7 +130,10 @@ def prepare(
         force=force,
         tokenizer_sample_bytes=parse_count(tokenizer_sample, "--tokenizer-sample"),
     )
-    meta = stoppable(lambda: run_prepare(settings, ConsoleProgress()))
+    try:
+        meta = stoppable(lambda: run_prepare(settings, ConsoleProgress()))
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_text(settings.out)) from None
     if json:
         common.print_json(meta)
         return

@@ -17,7 +17,7 @@ import typer
 from racli.commands import common
 from racli.errors import BadInput
 from racli.experiment import plan
-from racli.names import ATTENTION_NAMES
+from racli.names import ATTENTION_NAMES, check_utf8
 from racli.text.terminal import for_stream
 from racli.training.stopping import EXIT_INTERRUPTED
 
@@ -139,11 +139,12 @@ def experiment(
     # imported here: the experiment modules take about a second to load (`ra --help`)
     from racli.experiment.jobs import experiment_config
     from racli.experiment.orchestrate import run_experiment
-    from racli.experiment.report import check_report_path, write_report
+    from racli.experiment.report import check_report_path
     from racli.experiment.results import Interrupted, Settings, check_settings
-    from racli.experiment.text import outcome_text
+    from racli.experiment.text import forced_text
     from racli.experiment.view import make_view
 
+    check_utf8(tag, "--tag")
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
     seed_list = plan.parse_seeds(seeds)
@@ -178,21 +179,46 @@ def experiment(
         view.close()
         typer.echo(f"ra: {exc}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: the run in progress stopped at once
+        view.close()
+        raise Interrupted(forced_text()) from None
     finally:
         view.close()
-    written = write_report(report, outcome, store, command=_command()) if report is not None else []
-    store.close()
-    if json:
-        data_out = outcome.to_dict()
-        data_out["report"] = [str(p) for p in written]
-        common.print_json(data_out)
-    else:
-        sys.stdout.write(for_stream(outcome_text(outcome, written), sys.stdout.encoding) + "\n")
+    _deliver(outcome, store, report, json)
     if outcome.failed:
         ids = ", ".join(f"{r.job.arm.label} seed {r.job.seed}" for r in outcome.failed)
         typer.echo(
             f"ra: failed: {len(outcome.failed)} run(s) failed ({ids}); run the same "
             f"command again to retry them",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _deliver(outcome, store, report: Path | None, json: bool) -> None:
+    """The verdict on stdout, then the report (a report that cannot be written does not
+    hide the verdict: exit 1 after it)."""
+    from racli.experiment.report import write_report
+    from racli.experiment.text import outcome_text, written_text
+
+    if not json:
+        sys.stdout.write(for_stream(outcome_text(outcome, []), sys.stdout.encoding) + "\n")
+        sys.stdout.flush()
+    written, error = [], None
+    if report is not None:
+        try:
+            written = write_report(report, outcome, store, command=_command())
+        except OSError as exc:
+            error = f"cannot write the report {report}: {exc.strerror or exc}"
+    store.close()
+    if json:
+        common.print_json({**outcome.to_dict(), "report": [str(p) for p in written]})
+    elif written:
+        sys.stdout.write(for_stream(written_text(written), sys.stdout.encoding) + "\n")
+    if error is not None:
+        typer.echo(
+            f"ra: failed: {error}; the verdict stands (the same command prints it again "
+            f"without training anything)",
             err=True,
         )
         raise typer.Exit(1)

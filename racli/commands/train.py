@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from racli.commands import common
+from racli.errors import Interrupted
 from racli.experiment.plan import parse_extra_config
 from racli.text.terminal import visible
 
@@ -174,7 +175,10 @@ def train(
     launch.check_options(opts)
     cfg = common.config(config)
     location = common.db_location(db, cfg)
-    prepared = launch.prepare(opts, cfg, location, parse_extra=parse_extra_config)
+    try:
+        prepared = launch.prepare(opts, cfg, location, parse_extra=parse_extra_config)
+    except KeyboardInterrupt:
+        raise Interrupted("stopped before the run was recorded: nothing to continue") from None
     launched = launch.run(prepared)
     if launched.is_main:
         if json:
