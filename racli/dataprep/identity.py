@@ -63,39 +63,64 @@ def files_hash(folder: Path, dtype: str = "uint16") -> str:
     file ``.ra_hash.json`` in the folder, keyed by each file's size and modification time; a
     changed file is hashed again. A folder that cannot be written to is hashed every time.
     """
-    sidecar = folder / SIDECAR
-    try:
-        cache = json.loads(sidecar.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
     parts: dict[str, tuple[str, int, str]] = {}
-    changed = False
-    for split in ("train", "val"):
-        file = folder / f"{split}.bin"
+    with _Cache(folder) as cache:
+        for split in ("train", "val"):
+            file = folder / f"{split}.bin"
+            digest = cache.value(file, "sha256", lambda f=file: file_sha256(f), str)
+            parts[split] = (dtype, file.stat().st_size, digest)
+    return combine(parts)
+
+
+def max_token_ids(folder: Path, arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """The largest token id of each split (``arrays``: split -> the tokens of
+    ``folder/<split>.bin``), cached in ``.ra_hash.json`` like the hash (one pass each)."""
+    out = {}
+    with _Cache(folder) as cache:
+        for split, tokens in arrays.items():
+            file = folder / f"{split}.bin"
+            out[split] = cache.value(file, "max_id", lambda t=tokens: int(t.max()), int)
+    return out
+
+
+class _Cache:
+    """The sidecar of per-file figures, keyed by each file's size and modification time;
+    written back (atomically, when it can be) if anything was added."""
+
+    def __init__(self, folder: Path):
+        self.sidecar = folder / SIDECAR
+        self.changed = False
+        try:
+            self.data = json.loads(self.sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.data = {}
+        if not isinstance(self.data, dict):
+            self.data = {}
+
+    def __enter__(self) -> _Cache:
+        return self
+
+    def value(self, file: Path, name: str, compute, kind: type):
         st = file.stat()
         key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        entry = cache.get(file.name)
-        if (
-            isinstance(entry, dict)
-            and all(entry.get(k) == v for k, v in key.items())
-            and isinstance(entry.get("sha256"), str)
-        ):
-            digest = entry["sha256"]
-        else:
-            digest = file_sha256(file)
-            cache[file.name] = {**key, "sha256": digest}
-            changed = True
-        parts[split] = (dtype, st.st_size, digest)
-    if changed:
-        tmp = sidecar.with_name(f"{SIDECAR}.{os.getpid()}.tmp")
+        entry = self.data.get(file.name)
+        if not (isinstance(entry, dict) and all(entry.get(k) == v for k, v in key.items())):
+            entry = dict(key)
+        if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+            entry[name] = compute()
+            self.data[file.name] = entry
+            self.changed = True
+        return entry[name]
+
+    def __exit__(self, *exc) -> None:
+        if not self.changed or exc[0] is not None:
+            return
+        tmp = self.sidecar.with_name(f"{SIDECAR}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, sidecar)
+            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.sidecar)
         except OSError:
             try:
                 tmp.unlink()
             except OSError:
                 pass
-    return combine(parts)

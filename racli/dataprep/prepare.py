@@ -32,7 +32,13 @@ import numpy as np
 from racli.dataprep import sources as src
 from racli.dataprep import tokenizers as toks
 from racli.dataprep.split import uniform, val_mask
-from racli.dataprep.writer import TOKENIZER_FILE, DatasetWriter, check_output
+from racli.dataprep.writer import (
+    TOKENIZER_FILE,
+    DatasetWriter,
+    check_output,
+    is_prepared,
+    tidy_leftovers,
+)
 from racli.errors import BadInput
 
 DEFAULT_VAL_FRACTION = 0.05
@@ -259,6 +265,7 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
     settings.check()
     spec = toks.parse_tokenizer(settings.tokenizer)
     out = Path(settings.out).expanduser()
+    tidy_leftovers(out, progress.note)
     check_output(out, settings.force)
     sources = src.open_sources(
         settings.sources,
@@ -417,6 +424,16 @@ def stoppable(job):
         return job()
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def interrupted_text(out: Path) -> str:
+    """What an interrupted prepare left at `out`, and how to continue."""
+    kept = (
+        f"the dataset already at {out} is kept"
+        if is_prepared(out)
+        else f"nothing was written to {out}"
+    )
+    return f"{kept} (the partial output is removed); run the same command again to prepare it"
 
 
 def summary_text(out: str, meta: dict) -> str:

@@ -1,13 +1,19 @@
 """The output folder of `ra data prepare`, written so that it is complete or absent.
 
-Everything is written into a temporary folder beside the output (``.NAME.tmp-PID-XXXX``):
-the token files as ``train.bin.part`` / ``val.bin.part`` while they grow, renamed to
-``train.bin`` / ``val.bin`` only once complete, then ``meta.json`` last, then the folder is
-renamed to the output. An interrupted prepare removes its temporary folder; one killed
-outright leaves only ``.part`` files, which `ra train` does not accept.
+Everything is written into a temporary folder beside the output
+(``.NAME.tmp-PID@HOST-XXXX``): the token files as ``train.bin.part`` / ``val.bin.part``
+while they grow, then ``meta.json``, then the token files are renamed to ``train.bin`` /
+``val.bin``, then the folder is renamed to the output. An interrupted prepare removes its
+temporary folder; one killed outright leaves ``.part`` files, which `ra train` refuses, and
+the next prepare of that output removes the folder once its process is gone (or a day after
+it last changed).
 
-An output that already holds a prepared dataset is replaced only with ``force``; a non-empty
-folder that is not a prepared dataset is never replaced. No torch here.
+An output that already holds a prepared dataset is replaced only with ``force``, in three
+steps that never leave it without a dataset: the old one is renamed aside
+(``.NAME.old-PID@HOST``), the new one renamed into place, then the old one deleted. A prepare
+killed between the two renames leaves the old dataset aside: the next prepare of that output
+puts it back first. A non-empty folder that is not a prepared dataset is never replaced.
+No torch here.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +74,7 @@ class DatasetWriter:
         check_output(self.out, force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(
-            tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-", dir=self.out.parent)
+            tempfile.mkdtemp(prefix=f"{_prefix(self.out, 'tmp')}{_owner()}-", dir=self.out.parent)
         )
         umask = os.umask(0)
         os.umask(umask)
@@ -116,26 +125,36 @@ class DatasetWriter:
             "documents": dict(self.documents),
             "content_hash": self.content_hash(),
         }
+        # meta.json before the token files get their names: a folder killed in between
+        # still holds a .part file, which `ra train` refuses
+        self.write_file(META, json.dumps(meta, indent=2) + "\n")
         for s in SPLITS:
             os.replace(self.tmp / f"{s}.bin.part", self.tmp / f"{s}.bin")
-        self.write_file(META, json.dumps(meta, indent=2) + "\n")
         self._publish()
         self.done = True
         return meta
 
     def _publish(self) -> None:
+        """The temporary folder becomes the output; an old dataset there is renamed aside
+        first and deleted only once the new one is in place."""
         out = self.out
-        old = None
-        if out.exists():
+        aside = None
+        if out.exists() or out.is_symlink():
             check_output(out, self.force)  # nothing else appeared meanwhile
-            if any(out.iterdir()):
-                old = out.parent / f".{out.name}.old-{os.getpid()}"
-                os.replace(out, old)
+            if out.is_dir() and any(out.iterdir()):
+                aside = out.parent / f"{_prefix(out, 'old')}{_owner()}"
+                os.replace(out, aside)
             else:
                 out.rmdir()
-        os.replace(self.tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(self.tmp, out)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, out)  # the old dataset goes back
+            raise
+        _sync_folder(out.parent)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
     def abort(self) -> None:
         for f in self._files.values():
@@ -145,3 +164,97 @@ class DatasetWriter:
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.done = True
+
+
+# ---------------------------------------------------------------------------- leftovers
+
+STALE_AFTER_S = 24 * 3600.0  # a leftover of another machine's prepare: untouched this long
+
+
+def _prefix(out: Path, kind: str) -> str:
+    """The name prefix of `out`'s temporary (``tmp``) or set-aside (``old``) folders."""
+    return f".{out.name}.{kind}-"
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or not ours to ask: alive
+        return True
+    return True
+
+
+def _last_change(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for p in folder.iterdir():
+        try:
+            times.append(p.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times)
+
+
+def _abandoned(folder: Path, owner: str) -> bool:
+    """Whether the prepare that made `folder` is gone: its process, when it ran on this
+    machine (or named no machine, as older ra did), else a day without a change."""
+    pid_text, _, host = owner.partition("@")
+    if pid_text.isdigit() and (not host or host == socket.gethostname()):
+        return not _pid_alive(int(pid_text))
+    try:
+        return time.time() - _last_change(folder) > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    """`out`'s folders of `kind` whose prepare is gone, with their owner, newest first."""
+    prefix = _prefix(out, kind)
+    try:
+        entries = [p for p in out.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError:
+        return []
+    found = []
+    for p in entries:
+        rest = p.name[len(prefix) :]
+        owner = rest.rsplit("-", 1)[0] if kind == "tmp" else rest
+        if _abandoned(p, owner):
+            found.append(p)
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return found
+
+
+def tidy_leftovers(out: Path, note: Callable[[str], None]) -> None:
+    """Before a prepare of `out`: put back an old dataset that a killed replacement left
+    aside (when `out` is missing), and remove the temporary and set-aside folders of
+    prepares of `out` that are gone, each with a note."""
+    out = Path(out)
+    for path in _leftovers(out, "old"):
+        if not (out.exists() or out.is_symlink()) and is_prepared(path):
+            os.replace(path, out)
+            note(f"note: put back the dataset at {out}: a replacement of it was killed midway")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            note(f"note: removed {path}: the old copy of {out} from a finished replacement")
+    for path in _leftovers(out, "tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+        note(f"note: removed {path}: the unfinished output of a prepare that was killed")
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable (where the system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
