@@ -111,7 +111,8 @@ class Context:
             arms=arms,
             budget=self.budgets[job.arm.label],
             minutes=self.settings.minutes,
-            calibration_run=self.cal.run_id,
+            calibration_run=self.budgets[job.arm.label].calibration_run
+            or (self.cal.run_id if self.cal is not None else None),
             reference_steps=self.budgets[arms[0].label].steps,
         )
         extra[plan.EXPERIMENT_KEY]["device"] = self.devices[job.device]  # where it started

@@ -19,6 +19,8 @@ from racli.experiment.plan import Job
 from racli.experiment.results import JobResult
 from racli.store.checkpoints import checkpoint_path
 from racli.store.experiment_queries import last_step
+from racli.training.spec import DATA_PATH_KEY
+from racli.training.stopping import PARENT_ENV
 
 POLL_S = 0.25  # how often the children are checked for their end
 STEPS_S = 2.0  # how often their latest step is read from the store
@@ -47,7 +49,8 @@ class _StepReporter:
 
 def _resume_in_process(ctx: Context, job: Job, run, device: str, reporter):
     """The run resumed under its own id, or None when it cannot be (started again then)."""
-    ctx.view.started(device, ctx.label(job, run.id) + " resumed", ctx.budgets[job.arm.label].steps)
+    how = " resumed" if checkpoint_path(ctx.store.db, run.id).is_file() else " again from step 0"
+    ctx.view.started(device, ctx.label(job, run.id) + how, ctx.budgets[job.arm.label].steps)
     try:
         return training.resume(
             ctx.store, run.id, stop=ctx.stop, reporter=reporter, on_step=ctx.on_step
@@ -175,10 +178,13 @@ def _start_child(ctx: Context, d: int, job: Job, action: str, run) -> _Child:
     """Start a job's child process on device `d`, its output appended to its log."""
     resume = run.id if action == "resume" else None
     if resume is not None and not checkpoint_path(ctx.store.db, resume).is_file():
-        ctx.view.note(
-            f"run {resume} has no checkpoint: starting {job.arm.label} seed {job.seed} again"
-        )
-        resume = None
+        if DATA_PATH_KEY in (run.config or {}):  # `ra train --resume` starts it from step 0
+            ctx.view.note(f"run {resume} has no checkpoint: training it again from step 0")
+        else:  # recorded by an older ra: a new run
+            ctx.view.note(
+                f"run {resume} has no checkpoint: starting {job.arm.label} seed {job.seed} again"
+            )
+            resume = None
     path = log_path(ctx.settings.db, ctx.key, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     log = open(path, "a")
@@ -188,6 +194,7 @@ def _start_child(ctx: Context, d: int, job: Job, action: str, run) -> _Child:
     )
     log.flush()
     env = child_env(ctx.devices[d]) if ctx.devices[d] != "cpu" else dict(os.environ)
+    env[PARENT_ENV] = str(os.getpid())  # the child stops cleanly if this process is killed
     proc = subprocess.Popen(
         child_argv(ctx, job, resume),
         stdout=log,

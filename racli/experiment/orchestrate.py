@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from racli import training
 from racli.errors import BadInput
+from racli.experiment import budgets as kept
 from racli.experiment import judge, plan, text
 from racli.experiment.calibrate import summary_text
 from racli.experiment.calibration_run import find_calibration, record_calibration
@@ -15,6 +17,8 @@ from racli.experiment.local import run_children, run_in_process
 from racli.experiment.results import Interrupted, JobResult, Outcome, Settings, check_settings
 from racli.experiment.sequential import Design
 from racli.names import resolve_device
+from racli.store.experiment_queries import experiment_runs
+from racli.training.memory import check_fits
 from racli.training.stopping import stop_on_signals
 
 
@@ -31,13 +35,32 @@ def comparable_config(spec, dataset) -> dict[str, Any]:
     return {
         k: v
         for k, v in config.items()
-        if k not in ("attn", "seed", "tag", "budget", plan.EXPERIMENT_KEY, plan.BUDGET_SOURCE_KEY)
+        if k
+        not in (
+            "attn",
+            "seed",
+            "tag",
+            "budget",
+            "data_path",  # where the data lives is not what it is: the key stays the same
+            plan.EXPERIMENT_KEY,
+            plan.BUDGET_SOURCE_KEY,
+        )
     }
 
 
 def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, stop) -> tuple:
-    """The calibration (the recorded one, else measured now) and the step budgets."""
+    """The calibration (the recorded one, else measured now; None when it is gone and the
+    runs recorded every arm's budget) and the step budgets (racli/experiment/budgets.py)."""
+    arms = settings.arms
+    recorded = kept.recorded_budgets(experiment_runs(store, key))
     cal = find_calibration(store, key)
+    if cal is None and kept.covers(arms, recorded):
+        found = kept.from_runs(arms, recorded)
+        view.note(text.missing_calibration_text(found))
+        for line in kept.notes(arms, found, None, recorded):
+            view.note(line)
+        view.note(text.budgets_text(found))
+        return None, found
     if cal is not None:
         view.note(f"calibration: reusing run {cal.run_id}")
     else:
@@ -45,14 +68,18 @@ def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, st
             store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
         )
     view.note(summary_text(cal))
-    budgets = plan.step_budgets(
-        settings.arms,
-        settings.minutes,
-        cal.arm(settings.arms[0].label).steps_per_s,
-        cal.variant_ratios(),
-    )
-    view.note(text.budgets_text(budgets))
-    return cal, budgets
+    ratios = cal.variant_ratios()
+    computed = {
+        k: replace(b, calibration_run=cal.run_id)
+        for k, b in plan.step_budgets(
+            arms, settings.minutes, cal.arm(arms[0].label).steps_per_s, ratios
+        ).items()
+    }
+    found = kept.reconcile(arms, settings.minutes, computed, recorded, ratios)
+    for line in kept.notes(arms, found, computed, recorded):
+        view.note(line)
+    view.note(text.budgets_text(found))
+    return cal, found
 
 
 def _design(settings: Settings, ecfg) -> Design | None:
@@ -122,6 +149,7 @@ def run_experiment(
     dataset = training.load_data(specs[0])
     for spec in specs:
         training.run_config(spec, dataset)  # validates every arm's model config
+        check_fits(spec, dataset)
     key = plan.experiment_key(
         arms=settings.arms,
         comparable=comparable_config(specs[0], dataset),

@@ -183,6 +183,7 @@ class Budget:
     ratio: float  # this arm's variant's speed / the first arm's variant's speed
     ratio_ci: tuple[float, float] | None
     settled: bool = True  # the calibration behind it settled
+    calibration_run: int | None = None  # the calibration run it comes from
 
 
 def step_budgets(

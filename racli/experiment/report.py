@@ -9,13 +9,16 @@ summary, and the loss curves as PNG files written beside the report
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
 from racli.compare.grouping import metric_curves
 from racli.errors import BadInput
-from racli.experiment import judge
+from racli.experiment import judge, text
 from racli.gates.analysis import analyse_gates
 from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
@@ -24,6 +27,9 @@ from racli.text.numbers import number
 
 
 def check_report_path(path: Path | None) -> None:
+    """BadInput unless the report (and its PNGs beside it) can be written: tried for real,
+    with a probe file created and removed in its folder. A special file (/dev/null, a pipe)
+    is written as it is, with no PNGs, so nothing is created beside it."""
     if path is None:
         return
     parent = path.parent if str(path.parent) else Path(".")
@@ -31,6 +37,30 @@ def check_report_path(path: Path | None) -> None:
         raise BadInput(f"cannot write report {path}: directory {parent} does not exist")
     if path.is_dir():
         raise BadInput(f"cannot write report {path}: it is a directory")
+    try:
+        if special_file(path):
+            with open(path, "a"):
+                pass
+            return
+        if path.exists():
+            with open(path, "a"):  # opened to append: nothing in it changes
+                pass
+        probe = parent / f".{path.name}.probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"ra")
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"cannot write report {path}: {exc.strerror or exc}") from exc
+
+
+def special_file(path: Path) -> bool:
+    """Whether `path` exists and is not a regular file (a device such as /dev/null, a pipe)."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -58,7 +88,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     if command:
         lines += ["", "```", command, "```"]
 
-    lines += _calibration_lines(cal)
+    lines += _calibration_lines(cal, outcome.budgets)
     lines += _budget_lines(outcome, runs)
 
     # runs
@@ -169,7 +199,9 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
         if r.status == "finished":
             by_arm.setdefault(judge.arm_of(r), []).append(r.id)
     lines += ["", "## Loss curves", ""]
-    for metric in ("val_loss", "train_loss"):
+    if special_file(path):  # /dev/null, a pipe: nothing is written beside it
+        lines.append("Not drawn: the report went to a special file.")
+    for metric in ("val_loss", "train_loss") if not special_file(path) else ():
         curves = metric_curves(store, {a.label: by_arm.get(a.label, []) for a in arms}, name=metric)
         png = Path(f"{stem}-{metric}.png")
         try:
@@ -207,10 +239,12 @@ def _gate_lines(store, runs) -> list[str]:
     return out or ["No gated variant in this experiment (baseline has no gates)."]
 
 
-def _calibration_lines(cal) -> list[str]:
+def _calibration_lines(cal, budgets) -> list[str]:
     from racli.experiment.calibrate import MIN_KEPT, state_text
 
     lines = ["", "## Calibration", ""]
+    if cal is None:
+        return lines + [text.missing_calibration_text(budgets) + "."]
     if not cal.settled:
         lines += [
             f"> ⚠️ **{state_text(cal)}.** The step budgets below come from a speed ratio that "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from racli import errors
 from racli.errors import BadInput
 from racli.experiment.plan import Arm, Budget, Job
 from racli.training.budget import check_minutes
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from racli.experiment.judge import ArmVerdict
 
 
-class Interrupted(Exception):
+class Interrupted(errors.Interrupted):
     """The experiment was stopped by a signal; the message says how to continue."""
 
 

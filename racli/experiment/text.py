@@ -44,6 +44,17 @@ def round_text(cal) -> str:
     )
 
 
+def missing_calibration_text(budgets) -> str:
+    """The calibration line when the calibration run is gone but every arm's runs recorded
+    their budget."""
+    ids = sorted({b.calibration_run for b in budgets.values() if b.calibration_run is not None})
+    which = f"run {', '.join(map(str, ids))}" if ids else "its run"
+    return (
+        f"calibration: {which} is no longer in the store; the step budgets are those the "
+        f"experiment's runs recorded from it (not measured again)"
+    )
+
+
 def budgets_text(budgets) -> str:
     return "step budgets: " + ", ".join(f"{k} {b.steps}" for k, b in budgets.items())
 
@@ -71,6 +82,15 @@ def interrupted_text(results, n_jobs: int) -> str:
     )
 
 
+def forced_text() -> str:
+    """What a second Ctrl-C left, and how to continue."""
+    return (
+        "stopped at once (the run in progress has no final evaluation); run the same "
+        "command again to continue: finished runs are kept, stopped ones resume under their "
+        "own ids from their last checkpoint (from step 0 without one)"
+    )
+
+
 def _budget_text(b) -> str:
     ci = f" [{b.ratio_ci[0]:.4f}, {b.ratio_ci[1]:.4f}]" if b.ratio_ci else ""
     return f"{b.arm} {b.steps} (x{b.ratio:.4f}{ci})"
@@ -80,7 +100,9 @@ def outcome_text(outcome, written) -> str:
     """The summary on stdout: calibration, budgets, the design and every verdict."""
     lines = [
         f"Experiment {outcome.key}: runs tagged '{outcome.tag}'",
-        summary_text(outcome.calibration),
+        summary_text(outcome.calibration)
+        if outcome.calibration is not None
+        else missing_calibration_text(outcome.budgets),
         "Step budgets: " + ", ".join(_budget_text(b) for b in outcome.budgets.values()),
     ]
     if outcome.design:
@@ -92,5 +114,9 @@ def outcome_text(outcome, written) -> str:
     for av in outcome.verdicts:
         lines += ["", judge.verdict_text(av)]
     if written:
-        lines += ["", "Report written to " + ", ".join(str(p) for p in written)]
+        lines += ["", written_text(written)]
     return "\n".join(lines)
+
+
+def written_text(written) -> str:
+    return "Report written to " + ", ".join(str(p) for p in written)
