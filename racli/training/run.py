@@ -1,6 +1,6 @@
 """The training run behind `ra train`: set-up, the recorded run, and how it ends.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations

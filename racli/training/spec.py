@@ -1,6 +1,6 @@
 """What one training run is: its spec, the config recorded for it, and the resume checks.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations

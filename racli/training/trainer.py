@@ -1,6 +1,6 @@
 """The trainer: one training session (a fresh run or a resumed one) on one process.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations
