@@ -370,7 +370,9 @@ def test_launch_ending_lines_and_exit_codes():
         130,
     )
     assert end("interrupted", forced=True) == (
-        "ra: interrupted: run 4 stopped at once at step 12 (no final evaluation, no checkpoint)",
+        "ra: interrupted: run 4 stopped at once at step 12 (no final evaluation, no "
+        "checkpoint); continue it with `ra train --resume 4` (from its last checkpoint, or "
+        "from step 0 without one)",
         130,
     )
     assert end("interrupted", is_main=False) == (None, 0)

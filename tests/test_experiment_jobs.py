@@ -154,7 +154,9 @@ def test_job_spec_and_child_argv(tmp_path):
 
 
 def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
-    """An interrupted run with no checkpoint left is started again (not resumed)."""
+    """An interrupted run with no checkpoint, recorded by an older ra (no data_path), is
+    started again as a new run; one recorded now is trained again from step 0 under its own
+    id (`ra train --resume`); with its checkpoint in place, it is resumed."""
     store = open_store(str(tmp_path / "ra.db"))
     started = []
 
@@ -169,7 +171,7 @@ def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
         ctx.view.note = lines.append
         ctx.view.started = lambda device, label, total: lines.append(f"{label} {total}")
         job = plan.schedule(ctx.settings.arms, [1], 1)[0]
-        stopped = types.SimpleNamespace(id=5)
+        stopped = types.SimpleNamespace(id=5, config={})
         child = local._start_child(ctx, 0, job, "resume", stopped)
         child.log.close()
         assert lines == [
@@ -180,6 +182,14 @@ def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
         log = jobs.log_path(ctx.settings.db, "k1", job)
         assert log == tmp_path / "ra_experiment_logs" / "k1" / "baseline-seed1.log"
         assert log.read_text().strip().endswith("start ===")
+        # recorded with where its data is: `ra train --resume` trains it again from step 0
+        lines.clear()
+        young = types.SimpleNamespace(id=5, config={"data_path": "builtin:shakespeare"})
+        local._start_child(ctx, 0, job, "resume", young).log.close()
+        assert started[1][-2:] == ["--resume", "5"] and lines == [
+            "run 5 has no checkpoint: training it again from step 0",
+            "baseline seed 1 (run 5) resumed 600",
+        ]
         # with its checkpoint in place, the run is resumed under its own id
         from racli.store.checkpoints import checkpoint_path
 
@@ -188,7 +198,7 @@ def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
         path.write_bytes(b"")
         lines.clear()
         local._start_child(ctx, 0, job, "resume", stopped).log.close()
-        assert started[1][-2:] == ["--resume", "5"] and lines == [
+        assert started[2][-2:] == ["--resume", "5"] and lines == [
             "baseline seed 1 (run 5) resumed 600"
         ]
         assert log.read_text().strip().endswith("resume 5 ===")
