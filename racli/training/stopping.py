@@ -45,7 +45,7 @@ def stop_on_signals(stop: threading.Event, children: Sequence = ()) -> Iterator[
             signal.signal(s, h)
 
 
-def stop_when_parent_dies(stop: threading.Event, on_stop=None, every_s: float = 1.0) -> None:
+def stop_when_parent_dies(stop: threading.Event, on_stop=None, every_s: float = 0.25) -> None:
     """In a child of `ra experiment` (PARENT_ENV set): once that process is gone (killed
     outright, so it could not pass a signal on), set `stop`, as a first Ctrl-C would: the run
     ends after its final evaluation and a checkpoint, and the same command resumes it."""
