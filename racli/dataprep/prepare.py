@@ -436,8 +436,15 @@ def interrupted_text(out: Path) -> str:
     return f"{kept} (the partial output is removed); run the same command again to prepare it"
 
 
+def shown(name: object) -> str:
+    """A file name as text any stream can print: bytes that are not UTF-8 (which Python
+    holds as lone surrogates) shown as \\xNN."""
+    return str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def summary_text(out: str, meta: dict) -> str:
     """What `ra data prepare` prints when done: the tokenizer, counts, speed and hash."""
+    out = shown(out)
     tok, docs = meta["tokens"], meta["documents"]
     total = tok["train"] + tok["val"]
     rate = meta.get("tokens_per_s")
@@ -456,7 +463,7 @@ def summary_text(out: str, meta: dict) -> str:
     if meta["skipped"]["files"]:
         lines.append(
             f"  skipped        {meta['skipped']['files']} files (binary or not "
-            f"UTF-8 text), e.g. {meta['skipped']['first'][0]}"
+            f"UTF-8 text), e.g. {shown(meta['skipped']['first'][0])}"
         )
     lines.append(f"train on it: ra train --attn ra_v5 --data {out}")
     return "\n".join(lines)
