@@ -179,16 +179,16 @@ def metric_label(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
-def check_utf8(value: str | None, option: str) -> None:
-    """BadInput when a command-line string is not valid UTF-8 text (bytes a shell passed as
-    they are arrive as lone surrogates, which no store column can hold)."""
-    if value is None:
+def check_tag(tag: str | None, option: str = "--tag") -> None:
+    """BadInput for a tag the store cannot hold: text that is not valid UTF-8 (bytes a shell
+    passed as they are arrive as lone surrogates, which no store column can hold)."""
+    if tag is None:
         return
     try:
-        value.encode("utf-8")
+        tag.encode("utf-8")
     except UnicodeEncodeError as exc:
-        char = value[exc.start]
-        byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else repr(char)
+        bad = tag[exc.start].encode("utf-8", "surrogateescape")
         raise BadInput(
-            f"{option} is not valid UTF-8 text ({byte} at position {exc.start}): give it in UTF-8"
+            f"{option} is not valid UTF-8 text (byte 0x{bad.hex()} at character "
+            f"{exc.start + 1}): give the tag as UTF-8"
         ) from None

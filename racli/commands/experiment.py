@@ -17,7 +17,7 @@ import typer
 from racli.commands import common
 from racli.errors import BadInput
 from racli.experiment import plan
-from racli.names import ATTENTION_NAMES, check_utf8
+from racli.names import ATTENTION_NAMES, check_tag
 from racli.text.terminal import for_stream
 from racli.training.stopping import EXIT_INTERRUPTED
 
@@ -144,7 +144,7 @@ def experiment(
     from racli.experiment.text import forced_text
     from racli.experiment.view import make_view
 
-    check_utf8(tag, "--tag")
+    check_tag(tag)
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
     seed_list = plan.parse_seeds(seeds)

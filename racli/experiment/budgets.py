@@ -12,16 +12,54 @@ behind them is gone (deleted, or in another store) and a new one was measured:
   so it trains at the same matched time as the runs it will be compared with;
 * when every arm has recorded runs, no calibration is needed at all.
 
-Pure functions (no torch, no database).
+`choose` is the whole rule; the rest are its parts. No torch and no database here: the runs,
+and how to find or measure a calibration, are handed in.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from racli.experiment import plan
+from racli.experiment import plan, text
+from racli.experiment.calibrate import summary_text
 from racli.experiment.plan import Arm, Budget
+
+
+def choose(
+    arms: list[Arm],
+    minutes: float,
+    runs,
+    find: Callable[[], object],
+    measure: Callable[[], object],
+    note: Callable[[str], None],
+) -> tuple:
+    """(calibration, budgets) of an experiment whose train runs so far are `runs`: `find()`
+    returns its recorded calibration or None, `measure()` records a new one (called only
+    when needed); every line worth saying goes to `note`. The calibration is None when it
+    is gone and every arm's runs recorded their budget."""
+    recorded = recorded_budgets(runs)
+    cal = find()
+    if cal is None and covers(arms, recorded):
+        budgets = from_runs(arms, recorded)
+        computed = None
+        note(text.missing_calibration_text(budgets))
+    else:
+        cal = cal if cal is not None else measure()
+        note(summary_text(cal))
+        ratios = cal.variant_ratios()
+        computed = {
+            k: replace(b, calibration_run=cal.run_id)
+            for k, b in plan.step_budgets(
+                arms, minutes, cal.arm(arms[0].label).steps_per_s, ratios
+            ).items()
+        }
+        budgets = reconcile(arms, minutes, computed, recorded, ratios)
+    for line in notes(arms, budgets, computed, recorded):
+        note(line)
+    note(text.budgets_text(budgets))
+    return cal, budgets
 
 
 @dataclass

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from typing import Any
 
 from racli import training
 from racli.errors import BadInput
 from racli.experiment import budgets as kept
 from racli.experiment import judge, plan, text
-from racli.experiment.calibrate import summary_text
 from racli.experiment.calibration_run import find_calibration, record_calibration
 from racli.experiment.jobs import Context, arm_spec, experiment_config
 from racli.experiment.local import run_children, run_in_process
@@ -51,35 +49,21 @@ def comparable_config(spec, dataset) -> dict[str, Any]:
 def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, stop) -> tuple:
     """The calibration (the recorded one, else measured now; None when it is gone and the
     runs recorded every arm's budget) and the step budgets (racli/experiment/budgets.py)."""
-    arms = settings.arms
-    recorded = kept.recorded_budgets(experiment_runs(store, key))
-    cal = find_calibration(store, key)
-    if cal is None and kept.covers(arms, recorded):
-        found = kept.from_runs(arms, recorded)
-        view.note(text.missing_calibration_text(found))
-        for line in kept.notes(arms, found, None, recorded):
-            view.note(line)
-        view.note(text.budgets_text(found))
-        return None, found
-    if cal is not None:
-        view.note(f"calibration: reusing run {cal.run_id}")
-    else:
-        cal = record_calibration(
+
+    def find():
+        cal = find_calibration(store, key)
+        if cal is not None:
+            view.note(f"calibration: reusing run {cal.run_id}")
+        return cal
+
+    def measure():
+        return record_calibration(
             store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
         )
-    view.note(summary_text(cal))
-    ratios = cal.variant_ratios()
-    computed = {
-        k: replace(b, calibration_run=cal.run_id)
-        for k, b in plan.step_budgets(
-            arms, settings.minutes, cal.arm(arms[0].label).steps_per_s, ratios
-        ).items()
-    }
-    found = kept.reconcile(arms, settings.minutes, computed, recorded, ratios)
-    for line in kept.notes(arms, found, computed, recorded):
-        view.note(line)
-    view.note(text.budgets_text(found))
-    return cal, found
+
+    return kept.choose(
+        settings.arms, settings.minutes, experiment_runs(store, key), find, measure, view.note
+    )
 
 
 def _design(settings: Settings, ecfg) -> Design | None:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from racli import training
 from racli.errors import BadInput, Interrupted
-from racli.names import check_run_id, check_utf8
+from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import open_store, sqlite_path
 from racli.store.queries import get_run
@@ -96,7 +96,7 @@ def check_options(opts: TrainOptions) -> None:
     if opts.resume is not None:
         check_run_id(opts.resume, "--resume")
     check_budget_range(opts.minutes, opts.steps)
-    check_utf8(opts.tag, "--tag")
+    check_tag(opts.tag)
 
 
 def check_store_writable(location: str) -> None:

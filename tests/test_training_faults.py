@@ -315,7 +315,7 @@ def test_a_tag_that_is_not_utf8_is_bad_input(tmp_path):
     err = one_line_error(
         ra_inprocess("train", "--db", db, "--attn", "baseline", "--steps", 2, "--tag", tag)
     )
-    assert "--tag is not valid UTF-8 text (byte 0xff at position 4)" in err
+    assert "--tag is not valid UTF-8 text (byte 0xff at character 5)" in err
     assert not db.exists()
     args = ["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", 1, "--tag", tag]
     err = one_line_error(ra_inprocess("experiment", "--db", db, *args))
