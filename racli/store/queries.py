@@ -318,7 +318,8 @@ def ok_bench_timings(
     """ok timings of finished bench runs of `attns`, with the run's environment class fields.
 
     Keys: run_id, attn, mode, phase, batch, seq, heads, head_dim, dtype, device, backend,
-    median_ms, p10_ms, p90_ms, tflops, gpu_name, torch.
+    median_ms, p10_ms, p90_ms, tflops, samples (every repeat's ms; None before revision
+    0008), gpu_name, torch.
     """
     q = (
         select(
@@ -337,6 +338,7 @@ def ok_bench_timings(
             Timing.p10_ms,
             Timing.p90_ms,
             Timing.tflops,
+            Timing.samples,
             Environment.gpu_name,
             Environment.torch,
         )
