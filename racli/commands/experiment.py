@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 from racli.errors import BadInput
 from racli.experiment import plan
 from racli.names import ATTENTION_NAMES
@@ -31,6 +31,7 @@ def experiment(
             "variant twice makes an A/A experiment (arms baseline#1, baseline#2; the second "
             "trains on its own seeds, seed + 1,000,000).",
             show_default=False,
+            autocompletion=completers.complete_arms,
         ),
     ],
     seeds: Annotated[
@@ -51,7 +52,13 @@ def experiment(
         ),
     ],
     model: Annotated[
-        str | None, typer.Option("--model", help="Model preset from ra.yaml.", show_default=False)
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model preset from ra.yaml.",
+            show_default=False,
+            autocompletion=completers.complete_model,
+        ),
     ] = None,
     data: Annotated[
         str | None,
