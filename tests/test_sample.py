@@ -304,3 +304,58 @@ def test_sample_and_export_commands_do_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+NANOGPT_NAMES = {
+    "transformer.wte.weight",
+    "transformer.wpe.weight",
+    "transformer.ln_f.weight",
+    *(
+        f"transformer.h.{i}.{n}"
+        for i in (0, 1)
+        for n in (
+            "ln_1.weight",
+            "attn.c_attn.weight",
+            "attn.c_proj.weight",
+            "ln_2.weight",
+            "mlp.c_fc.weight",
+            "mlp.c_proj.weight",
+        )
+    ),
+}
+
+
+@pytest.mark.slow
+def test_nanogpt_export_writes_ra_v5_as_its_composed_c_attn(runs, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "n"
+    r = invoke("runs", "export-weights", 1, "--out", out, "--nanogpt", "--db", runs)
+    assert r.exit_code == 0, r.output
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == NANOGPT_NAMES
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["attn"] == "baseline" and conf["composed_from"] == "ra_v5"
+    store = open_store(runs, readonly=True)
+    original = weights.from_run(store, 1)
+    store.close()
+    loaded = weights.from_folder(out)  # a baseline model: nanoGPT's attention
+    assert loaded.attn == "baseline"
+    x = torch.randint(0, 256, (2, BLOCK))
+    with torch.no_grad():
+        a, b = original.model(x)[0], loaded.model(x)[0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    by_run = sample_json(runs, "--run", 1, "--seed", 2, "--temperature", 0)
+    assert (
+        sample_json(runs, "--weights", out, "--seed", 2, "--temperature", 0)["samples"]
+        == (by_run["samples"])
+    )
+
+
+def test_nanogpt_export_refuses_variants_it_cannot_hold():
+    from racli.errors import BadInput
+
+    for attn in ("ra_beta", "sdpa_gate"):
+        model = GPT(GPTConfig(attn=attn, n_layer=1, n_head=2, n_embd=16, block_size=8), seed=0)
+        with pytest.raises(BadInput, match="no place"):
+            weights.nanogpt_tensors(model)

@@ -213,6 +213,9 @@ def _check_tensorboard_request(folder, run_ids, kind, other_output: bool) -> Non
     if kind not in (None, "train"):
         raise BadInput(f"--tensorboard exports train runs, not --kind {kind}")
     _check_ids(run_ids or [])
+    from racli.text.tensorboard import check_available
+
+    check_available()
 
 
 # ---- run management ----------------------------------------------------------------

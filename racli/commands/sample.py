@@ -126,6 +126,14 @@ def export_weights(
             "--out", "-o", help="Folder to write (created when absent).", show_default=False
         ),
     ],
+    nanogpt: Annotated[
+        bool,
+        typer.Option(
+            "--nanogpt",
+            help="Only nanoGPT's tensor names: ra_v5 / ra_v5_untied attention as its "
+            "composed c_attn weight (same outputs; gates and P folded in).",
+        ),
+    ] = False,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -142,7 +150,7 @@ def export_weights(
         trained = w.from_run(store, run_id)
     finally:
         store.close()
-    files = w.export(trained, out)
+    files = w.export(trained, out, nanogpt=nanogpt)
     if json:
         common.print_json({"run_id": run_id, "out": str(out), "files": [str(p) for p in files]})
         return

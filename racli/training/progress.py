@@ -188,12 +188,13 @@ class ConsoleReporter(NullReporter):
 
     def phase(self, label: str, done: int, total: int | None, *, end: bool = False) -> None:
         now = time.monotonic()
-        if label not in self._phases:
+        new = label not in self._phases
+        if new:
             self._phases[label] = (now, self._phase_task(label))
-            if not self.bar:
-                self._line(f"{label}: {total} batches" if total else f"{label} ...")
-                self._last_line = now
         start, task = self._phases[label]
+        if new and not self.bar:
+            self._line(f"{label}: {total} batches" if total else f"{label} ...")
+            self._last_line = now
         if self.bar:
             count = f"{done}/{total}" if total else ""
             full = total or 1  # an uncounted step: a pulsing bar, full at its end
@@ -202,7 +203,7 @@ class ConsoleReporter(NullReporter):
             )
         elif end:
             self._line(f"{label}: done in {fmt_seconds(now - start)}")
-        elif total and now - self._last_line >= self.every_s:
+        elif total and not new and now - self._last_line >= self.every_s:
             self._last_line = now
             self._line(f"{label}: {done}/{total} batches, {fmt_seconds(now - start)}")
         if end:

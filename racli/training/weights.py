@@ -32,6 +32,7 @@ FORMAT = "ra-weights/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TIED = {"lm_head.weight": "transformer.wte.weight"}  # left out of the file: the same tensor
+NANOGPT_ATTN = ("baseline", "ra_v5", "ra_v5_untied")  # what --nanogpt can write
 ARCHITECTURE = "GPT-2 (nanoGPT layout: pre-LayerNorm blocks, learned positions, tied LM head)"
 
 
@@ -168,7 +169,34 @@ def from_folder(folder: Path) -> Trained:
     return Trained(model, conf["attn"], tok.get("name"), text, info, str(folder))
 
 
-def export_config(t: Trained) -> dict[str, Any]:
+def nanogpt_tensors(model) -> dict[str, torch.Tensor]:
+    """The state dict in nanoGPT's own names alone: each folded-RA layer's attention
+    (ra_v5, ra_v5_untied) written as `attn.c_attn.weight` = its composed weight W_f
+    (and `.bias` = b_f), which gives the same attention output as the layer (one GEMM,
+    then SDPA at the baseline's shape and scale). BadInput for variants nanoGPT has no
+    place for."""
+    if model.config.attn not in NANOGPT_ATTN:
+        raise BadInput(
+            f"--nanogpt: {model.config.attn} has tensors nanoGPT's model.py has no place "
+            f"for (it takes {', '.join(NANOGPT_ATTN)})"
+        )
+    tensors = dict(model.state_dict())
+    for i, block in enumerate(model.transformer.h):
+        if not hasattr(block.attn, "folded_weight"):
+            continue
+        prefix = f"transformer.h.{i}.attn."
+        for name in [n for n in tensors if n.startswith(prefix)]:
+            if not name.startswith(prefix + "c_proj."):
+                del tensors[name]
+        with torch.no_grad():
+            W_f, b_f = block.attn.folded_weight()
+        tensors[prefix + "c_attn.weight"] = W_f
+        if b_f is not None:
+            tensors[prefix + "c_attn.bias"] = b_f
+    return tensors
+
+
+def export_config(t: Trained, nanogpt: bool = False) -> dict[str, Any]:
     """config.json: what the weights are and where they come from."""
     import dataclasses
 
@@ -181,7 +209,8 @@ def export_config(t: Trained) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "architecture": ARCHITECTURE,
-        "attn": t.attn,
+        "attn": "baseline" if nanogpt else t.attn,
+        "composed_from": t.attn if nanogpt and t.attn != "baseline" else None,
         "model": model,
         "vocab_size": model["vocab_size"],
         "tokenizer": {
@@ -206,11 +235,13 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def export(t: Trained, out: Path) -> list[Path]:
-    """Write WEIGHTS_FILE, CONFIG_FILE (and the tokenizer's file) into `out`. Each is
-    written to a temporary file first and renamed only once all are complete: a failure
-    leaves any earlier export in `out` as it was."""
+def export(t: Trained, out: Path, nanogpt: bool = False) -> list[Path]:
+    """Write WEIGHTS_FILE, CONFIG_FILE (and the tokenizer's file) into `out`; `nanogpt`:
+    in nanoGPT's names alone (`nanogpt_tensors`). Each file is written to a temporary
+    file first and renamed only once all are complete: a failure leaves any earlier
+    export in `out` as it was."""
     st = _safetensors()
+    state = nanogpt_tensors(t.model) if nanogpt else t.model.state_dict()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file, not a folder")
@@ -220,10 +251,10 @@ def export(t: Trained, out: Path) -> list[Path]:
         raise BadInput(f"cannot create {out}: {exc.strerror or exc}") from exc
     tensors = {
         k: v.detach().to("cpu", torch.float32).contiguous()
-        for k, v in t.model.state_dict().items()
+        for k, v in state.items()
         if k not in TIED
     }
-    texts = {CONFIG_FILE: json.dumps(export_config(t), indent=2, sort_keys=False) + "\n"}
+    texts = {CONFIG_FILE: json.dumps(export_config(t, nanogpt), indent=2) + "\n"}
     if t.tokenizer_json is not None:
         texts[TOKENIZER_FILE] = t.tokenizer_json
     tmp = {name: out / f".{name}.tmp-{os.getpid()}" for name in (WEIGHTS_FILE, *texts)}
