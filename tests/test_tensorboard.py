@@ -257,3 +257,37 @@ def test_a_stop_request_shows_the_final_evaluation_and_checkpoint(tmp_path):
     evaluated = next(i for i, line in enumerate(after) if line.startswith("final evaluation: done"))
     written = next(i for i, line in enumerate(after) if line.startswith("writing checkpoint: done"))
     assert evaluated < written and "writing checkpoint ..." in after
+
+
+@needs_tb
+@pytest.mark.slow
+def test_experiment_writes_a_folder_per_train_run(tmp_path):
+    db = tmp_path / "ra.db"
+    tiny = [
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.n_embd=32",
+        "model.block_size=32",
+        "train.batch_size=4",
+        "train.eval_interval=1000",
+        "train.eval_batches=2",
+        "train.final_eval_batches=2",
+        "train.log_interval=2",
+        "experiment.calibration_max_s=0.1",
+        "experiment.calibration_block_steps=2",
+        "experiment.calibration_warmup_steps=1",
+        "experiment.calibration_min_rounds=2",
+    ]
+    r = invoke("experiment", "--db", db, "--attn", "baseline,ra_v5", "--seeds", "1",
+               "--minutes", "0.003", "--device", "cpu", "--tensorboard", tmp_path / "tb",
+               *[a for item in tiny for a in ("--set", item)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with sqlite3.connect(db) as conn:
+        runs = conn.execute("SELECT id, attn FROM runs WHERE kind='train' ORDER BY id").fetchall()
+    assert [attn for _, attn in runs] and {attn for _, attn in runs} == {"baseline", "ra_v5"}
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == sorted(
+        run_folder(".", i, attn).name for i, attn in runs
+    )
+    for run_id, attn in runs:
+        events = read_events(run_folder(tmp_path / "tb", run_id, attn))
+        assert events["loss/train"] and events["loss/val"]
