@@ -359,3 +359,37 @@ def test_nanogpt_export_refuses_variants_it_cannot_hold():
         model = GPT(GPTConfig(attn=attn, n_layer=1, n_head=2, n_embd=16, block_size=8), seed=0)
         with pytest.raises(BadInput, match="no place"):
             weights.nanogpt_tensors(model)
+
+
+@pytest.mark.slow
+def test_a_nanogpt_character_folder_samples_with_its_meta_pkl(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    text = gzip.decompress(
+        importlib.resources.files("racli").joinpath("data/corpus.txt.gz").read_bytes()
+    ).decode()[:60_000]
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = tmp_path / "shakespeare_char"
+    data.mkdir()
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    ids[:54_000].tofile(data / "train.bin")
+    ids[54_000:].tofile(data / "val.bin")
+    meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+    (data / "meta.pkl").write_bytes(pickle.dumps(meta))
+    db = str(tmp_path / "ra.db")
+    store = open_store(db)
+    run_id = train_run(store, "baseline", 0, data=str(data), steps=3)
+    store.close()
+    out = sample_json(db, "--run", run_id, "--prompt", "ROMEO")
+    assert out["tokenizer"] == "chars" and out["prompt_ids"] == [stoi[c] for c in "ROMEO"]
+    assert out["samples"][0]["text"].startswith("ROMEO")
+    w = tmp_path / "w"
+    assert invoke("runs", "export-weights", run_id, "--out", w, "--db", db).exit_code == 0
+    conf = json.loads((w / "config.json").read_text())
+    assert conf["tokenizer"] == {"name": "chars", "file": None, "chars": chars}
+    assert sample_json(db, "--weights", w, "--prompt", "ROMEO")["samples"] == out["samples"]
+    r = invoke("sample", "--db", db, "--run", run_id, "--prompt", "R\u00e9")
+    assert r.exit_code == 2 and "do not include" in r.stderr

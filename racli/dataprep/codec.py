@@ -4,8 +4,9 @@
 with, by the name its data recorded (meta.json's `tokenizer.name`): `bytes` (the
 built-in corpus, text files), `gpt2` (tiktoken's GPT-2 BPE), `train:N` (the BPE
 trained by `ra data prepare`, from its tokenizer.json). A nanoGPT folder without
-meta.json names none: its ids are taken as GPT-2's, as nanoGPT's sample.py does,
-when the vocabulary is GPT-2's size or more. No torch.
+meta.json names none: the characters of its meta.pkl (`nanogpt_chars`) when it has
+them, else GPT-2's ids when the vocabulary is GPT-2's size or more, as nanoGPT's
+sample.py does. No torch.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ REPLACEMENT = "\ufffd".encode()  # an id the tokenizer does not know decodes to 
 class TextCodec:
     """encode(text) -> ids; decode(ids) -> text (bytes that are not UTF-8 become U+FFFD)."""
 
-    def __init__(self, name: str, encoding=None):
+    def __init__(self, name: str, encoding=None, chars: list[str] | None = None):
         self.name = name
-        self._enc = encoding  # a tiktoken Encoding; None: bytes
+        self._enc = encoding  # a tiktoken Encoding; None: bytes (or chars)
+        self._chars = chars  # a nanoGPT character vocabulary: id -> character
 
     @property
     def eot(self) -> int | None:
@@ -34,11 +36,20 @@ class TextCodec:
         return None if self._enc is None else int(self._enc.eot_token)
 
     def encode(self, text: str) -> list[int]:
+        if self._chars is not None:
+            ids = {c: i for i, c in enumerate(self._chars)}
+            unknown = sorted({c for c in text if c not in ids})
+            if unknown:
+                raise BadInput(f"the run's characters do not include {''.join(unknown)!r}")
+            return [ids[c] for c in text]
         if self._enc is None:
             return list(text.encode("utf-8"))
         return list(self._enc.encode(text, allowed_special="all"))
 
     def decode(self, ids: Sequence[int]) -> str:
+        if self._chars is not None:
+            n = len(self._chars)
+            return "".join(self._chars[i] if 0 <= i < n else "\ufffd" for i in ids)
         if self._enc is None:
             data = bytes(i if 0 <= i < 256 else 0xFF for i in ids)  # 0xFF: never valid UTF-8
         else:
@@ -49,8 +60,13 @@ class TextCodec:
         return data.decode("utf-8", errors="replace")
 
 
-def codec_for(name: str | None, tokenizer_json: str | None, vocab_size: int) -> TextCodec:
-    """The codec of a tokenizer `name`; BadInput (one line) when it cannot be had."""
+def codec_for(
+    name: str | None, tokenizer_json: str | None, vocab_size: int, chars: list[str] | None = None
+) -> TextCodec:
+    """The codec of a tokenizer `name` (`chars`: a nanoGPT character vocabulary, for data
+    that names none); BadInput (one line) when it cannot be had."""
+    if name is None and chars is not None:
+        return TextCodec("chars", chars=chars)
     if name == "bytes":
         return TextCodec("bytes")
     if name == "gpt2" or (name is None and vocab_size >= toks.GPT2_VOCAB):
@@ -102,3 +118,20 @@ def tokenizer_json(
             f"run's): its tokenizer may not be the run's"
         )
     return text
+
+
+def nanogpt_chars(folder: str | Path | None) -> list[str] | None:
+    """The character vocabulary of a nanoGPT folder (meta.pkl's `itos`, as its char-level
+    prepare.py writes), or None when it has none."""
+    import pickle
+
+    meta = Path(folder) / "meta.pkl" if folder else None
+    if meta is None or not meta.is_file():
+        return None
+    try:
+        with meta.open("rb") as fh:
+            itos = pickle.load(fh).get("itos")
+        chars = [itos[i] for i in range(len(itos))]
+    except Exception:  # no itos, or not the char-level form: not a character vocabulary
+        return None
+    return chars if all(isinstance(c, str) for c in chars) else None

@@ -46,9 +46,11 @@ class Trained:
     tokenizer_json: str | None  # the trained BPE's file, when the tokenizer is one
     info: dict[str, Any] = field(default_factory=dict)  # run_id, run_uuid, step, data, ...
     source: str = ""  # what it was loaded from, for messages
+    chars: list[str] | None = None  # a nanoGPT character vocabulary (data naming no tokenizer)
 
     def codec(self) -> codec.TextCodec:
-        return codec.codec_for(self.tokenizer, self.tokenizer_json, self.model.config.vocab_size)
+        vocab = self.model.config.vocab_size
+        return codec.codec_for(self.tokenizer, self.tokenizer_json, vocab, self.chars)
 
 
 def _safetensors():
@@ -131,6 +133,7 @@ def from_checkpoint(path: Path) -> Trained:
         tokenizer_json=codec.tokenizer_json(folder, name, data.get("content_hash")),
         info={"run_id": state.run_id, "step": state.step, "tokens": state.tokens, "data": data},
         source=str(path),
+        chars=codec.nanogpt_chars(folder) if name is None else None,
     )
 
 
@@ -166,7 +169,8 @@ def from_folder(folder: Path) -> Trained:
         except OSError as exc:
             raise BadInput(f"cannot read the tokenizer {folder / tok['file']}: {exc}") from exc
     info = {k: conf.get(k) for k in ("run_id", "run_uuid", "step", "data")}
-    return Trained(model, conf["attn"], tok.get("name"), text, info, str(folder))
+    name, chars = tok.get("name"), tok.get("chars")
+    return Trained(model, conf["attn"], None if chars else name, text, info, str(folder), chars)
 
 
 def nanogpt_tensors(model) -> dict[str, torch.Tensor]:
@@ -214,8 +218,9 @@ def export_config(t: Trained, nanogpt: bool = False) -> dict[str, Any]:
         "model": model,
         "vocab_size": model["vocab_size"],
         "tokenizer": {
-            "name": t.tokenizer,
+            "name": "chars" if t.chars else t.tokenizer,
             "file": TOKENIZER_FILE if t.tokenizer_json is not None else None,
+            **({"chars": t.chars} if t.chars else {}),
         },
         "data_hash": data.get("content_hash"),
         "data": data,
