@@ -20,7 +20,19 @@ from racli.text.tensorboard import gate_scalars, run_folder
 from racli.training.progress import ConsoleReporter, counted_phase, uncounted_phase
 from racli.training.spec import run_config
 
-HAVE_TB = importlib.util.find_spec("tensorboard") is not None
+
+def _have_tensorboard() -> bool:
+    from racli.errors import BadInput
+    from racli.text.tensorboard import check_available
+
+    try:
+        check_available()
+    except BadInput:
+        return False
+    return True
+
+
+HAVE_TB = _have_tensorboard()
 needs_tb = pytest.mark.skipif(not HAVE_TB, reason="needs the tensorboard package (ra[tb])")
 
 TINY = [

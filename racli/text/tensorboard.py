@@ -72,7 +72,11 @@ def check_available() -> None:
     """BadInput (one line naming the extra) unless the tensorboard package is installed."""
     import importlib.util
 
-    if importlib.util.find_spec("tensorboard") is None:
+    try:
+        found = importlib.util.find_spec("tensorboard") is not None
+    except (ImportError, ValueError):  # a module entry of None, a broken install
+        found = False
+    if not found:
         raise BadInput(f"TensorBoard output needs the tensorboard package: {INSTALL}")
 
 
