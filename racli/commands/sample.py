@@ -21,7 +21,8 @@ SEPARATOR = "-" * 40
 def _trained(run: int | None, checkpoint: Path | None, weights: Path | None, db, config):
     from racli.training import weights as w
 
-    given = [name for name, v in (("--run", run), ("--checkpoint", checkpoint), ("--weights", weights)) if v is not None]  # fmt: skip
+    sources = {"--run": run, "--checkpoint": checkpoint, "--weights": weights}
+    given = [name for name, value in sources.items() if value is not None]
     if len(given) != 1:
         raise BadInput(
             "give one of --run N, --checkpoint FILE, --weights DIR"
