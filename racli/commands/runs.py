@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from racli.commands import common, completers
+from racli.commands import common, completers, sample
 from racli.errors import BadInput
 from racli.names import check_run_id
 from racli.text.terminal import one_line, visible
@@ -197,13 +197,42 @@ def export(
     attn: AttnOpt = None,
     status: StatusOpt = None,
     tag: TagOpt = None,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--tensorboard",
+            metavar="DIR",
+            help="Write train runs as TensorBoard event files, DIR/run_<id>_<attn> "
+            "(pip install 'ra[tb]').",
+            show_default=False,
+        ),
+    ] = None,
+    run_ids: Annotated[
+        Optional[list[int]],
+        typer.Argument(
+            metavar="[RUNS]...",
+            help="With --tensorboard: these runs (default: the train runs the filters match).",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
 ) -> None:
-    """Export runs with their final figures as CSV or JSON, or (--metrics) their curves."""
+    """Export runs with their final figures as CSV or JSON, (--metrics) their curves, or
+    (--tensorboard) TensorBoard event files."""
     from racli.runs import export as exporting
     from racli.store.filters import check_kind_status
 
+    if tensorboard is not None or run_ids:
+        from racli.runs.tensorboard import export_runs
+
+        _check_tensorboard_request(tensorboard, run_ids, kind, metrics or output is not None)
+        check_kind_status(kind, status)
+        store = _store(ctx, db, config, readonly=True)
+        filters = {"attn": attn, "status": status, "tag": tag}
+        for done in export_runs(store, tensorboard, run_ids, **filters):
+            typer.echo(visible(done.line()))
+        return
     exporting.check_request(fmt, metrics=metrics, names=names)
     check_kind_status(kind, status)
     exporting.check_output(output, fmt)
@@ -224,6 +253,20 @@ def export(
     else:
         output.write_text(text)
         typer.echo(f"wrote {n} run(s) to {output}", err=True)
+
+
+def _check_tensorboard_request(folder, run_ids, kind, other_output: bool) -> None:
+    """BadInput for a --tensorboard export asked for with what does not go with it."""
+    if folder is None:
+        raise BadInput("run ids go with --tensorboard DIR (the other exports take filters)")
+    if other_output:
+        raise BadInput("--tensorboard writes event files: leave out --metrics and --output")
+    if kind not in (None, "train"):
+        raise BadInput(f"--tensorboard exports train runs, not --kind {kind}")
+    _check_ids(run_ids or [])
+    from racli.text.tensorboard import check_available
+
+    check_available()
 
 
 # ---- run management ----------------------------------------------------------------
@@ -366,3 +409,7 @@ def diff_cmd(
         common.print_json(diff)
     else:
         typer.echo(visible(diff_text(diff, only_differences=only)))
+
+
+# `ra runs export-weights RUN --out DIR`: with `ra sample`, in racli/commands/sample.py
+app.command("export-weights")(sample.export_weights)

@@ -142,6 +142,16 @@ def train(
             show_default=False,
         ),
     ] = None,
+    tensorboard: Annotated[
+        str | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard events to DIR/run_<id>_<attn> (train.tensorboard; "
+            "pip install 'ra[tb]').",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: Annotated[
@@ -173,6 +183,7 @@ def train(
         overrides=list(set_ or []),
         resume=resume,
         extra_config=extra_config,
+        tensorboard=tensorboard,
     )
     launch.check_options(opts)
     cfg = common.config(config)
