@@ -393,3 +393,29 @@ def test_a_nanogpt_character_folder_samples_with_its_meta_pkl(tmp_path):
     assert sample_json(db, "--weights", w, "--prompt", "ROMEO")["samples"] == out["samples"]
     r = invoke("sample", "--db", db, "--run", run_id, "--prompt", "R\u00e9")
     assert r.exit_code == 2 and "do not include" in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attn", ATTENTION_NAMES)
+def test_generate_on_cuda_is_seeded_and_greedy_takes_the_argmax(attn):
+    """On the GPU: one seed gives one sample, another seed another; greedy decoding
+    picks, at every position, the token of the model's own argmax."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=32, attn=attn)
+    model = GPT(cfg).cuda().eval()
+    idx = torch.randint(0, 97, (2, 5), device="cuda")
+
+    def draw(seed: int) -> torch.Tensor:
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        with torch.no_grad():
+            return model.generate(idx, 40, temperature=1.0, top_k=20, generator=g)
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert a.shape == (2, 45) and torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.max()) < 97 and int(a.min()) >= 0
+    with torch.no_grad():
+        greedy = model.generate(idx, 10, temperature=0)
+        logits, _ = model(greedy[:, :-1])
+    # the model's own argmax at each generated position is the token it chose
+    chosen = logits[:, 4:, :].argmax(-1)
+    assert torch.equal(chosen, greedy[:, 5:])
