@@ -27,6 +27,8 @@ from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import open_store, sqlite_path
 from racli.store.queries import get_run
+from racli.text import tensorboard as tb_files
+from racli.training import tensorboard
 from racli.training.budget import check_budget_range
 from racli.training.memory import check_fits
 from racli.training.progress import ConsoleReporter
@@ -54,6 +56,7 @@ class TrainOptions:
     overrides: list[str] = field(default_factory=list)  # --set items
     resume: int | None = None
     extra_config: str | None = None  # JSON from `ra experiment`
+    tensorboard: str | None = None  # --tensorboard DIR (also with --resume)
 
     def resume_conflicts(self) -> list[str]:
         """The options given with --resume that it would ignore (none may be)."""
@@ -88,6 +91,8 @@ class TrainOptions:
             overrides.append(f"train.lr={self.lr:.17e}")  # YAML needs the dot and sign
         if self.max_epochs is not None:
             overrides.append(f"train.max_epochs={self.max_epochs:.17e}")
+        if self.tensorboard is not None:
+            overrides.append(tensorboard.override(self.tensorboard))
         return overrides
 
 
@@ -138,7 +143,14 @@ class Prepared:
     resume: int | None = None
 
 
-def _prepare_resume(opts: TrainOptions, location: str, info) -> Prepared:
+def _check_tensorboard(spec: TrainSpec, info) -> None:
+    """BadInput before any work when TensorBoard output is asked for and cannot be had."""
+    if spec.train.tensorboard is not None and info.is_main:
+        tb_files.check_available()
+        tb_files.check_folder(spec.train.tensorboard)
+
+
+def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
     conflicts = opts.resume_conflicts()
     if conflicts:
         raise BadInput(
@@ -150,6 +162,10 @@ def _prepare_resume(opts: TrainOptions, location: str, info) -> Prepared:
         lambda: open_store(location, create=False, migrate=info.is_main), location
     )
     spec, dataset, _ = prepare_resume(store, opts.resume, info)
+    # where TensorBoard events go is not recorded: --tensorboard, else this ra.yaml's
+    folder = opts.tensorboard or cfg.train.tensorboard
+    spec.train = spec.train.model_copy(update={"tensorboard": folder})
+    _check_tensorboard(spec, info)
     return Prepared(spec, dataset, store, info, opts.resume)
 
 
@@ -164,7 +180,7 @@ def prepare(
     if info.is_main:
         check_store_writable(location)
     if opts.resume is not None:
-        return _prepare_resume(opts, location, info)
+        return _prepare_resume(opts, cfg, location, info)
     if opts.attn is None:
         raise BadInput("--attn is required (e.g. --attn ra_v5), or --resume RUN")
     spec = spec_from_config(
@@ -184,6 +200,7 @@ def prepare(
         if parse_extra is None:
             raise ValueError("--extra-config needs its parser (parse_extra)")
         spec.extra = parse_extra(opts.extra_config)
+    _check_tensorboard(spec, info)
     dataset = load_data(spec)
     run_config(spec, dataset, info.world_size)  # validates the model config
     check_fits(spec, dataset, info.world_size)
@@ -217,6 +234,9 @@ class Watch:
 
     def note(self, text: str) -> None:
         self.inner.note(text)
+
+    def phase(self, label: str, done: int, total: int | None, *, end: bool = False) -> None:
+        self.inner.phase(label, done, total, end=end)
 
     def close(self) -> None:
         self.inner.close()

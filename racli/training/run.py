@@ -21,6 +21,7 @@ from racli.training.datasets import Dataset
 from racli.training.progress import NullReporter, ProgressReporter
 from racli.training.result import StepInfo, TrainResult
 from racli.training.spec import TrainSpec, data_location, load_data, prepare_resume, run_config
+from racli.training.tensorboard import with_tensorboard
 from racli.training.trainer import Trainer, finite
 
 
@@ -91,6 +92,7 @@ def train(
                     tag=spec.tag,
                     flush_interval=flush_interval,
                 )
+            rec = with_tensorboard(rec, spec.train.tensorboard, spec.attn, note=reporter.note)
             if on_recorded is not None:
                 on_recorded(rec.run_id)
         ckpt_path = ckpt_paths.checkpoint_path(store.db, rec.run_id) if info.is_main else None

@@ -24,8 +24,9 @@ from racli.training.load_errors import describe_load_error
 if TYPE_CHECKING:
     from racli.training.datasets import Dataset
 
-# TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
-_TRAIN_SKIP = ("compile",)
+# TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere;
+# where TensorBoard events go changes nothing of the run)
+_TRAIN_SKIP = ("compile", "tensorboard")
 # the config entry naming where the run's data was read (racli.store.recorder keeps it out
 # of config_hash: runs on machines with different paths to one corpus stay comparable)
 DATA_PATH_KEY = "data_path"
