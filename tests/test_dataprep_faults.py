@@ -307,24 +307,28 @@ def test_file_names_that_are_not_utf8(tmp_path):
     assert b"prepared " + os.fsencode(tmp_path) + b"/out\\xe9\n" in proc.stdout
     meta = json.loads(open(out + b"/meta.json", "rb").read())
     assert meta["skipped"]["files"] == 1 and meta["documents"]["val"] > 0
-    db = os.path.join(root, b"ra.db")
-    train = [sys.executable.encode(), b"-m", b"racli", b"train", b"--db", db, b"--data", out]
-    train += [b"--attn", b"baseline", b"--steps", b"2", b"--device", b"cpu", b"--no-compile"]
-    train += [
-        b"--set",
-        b"model.n_layer=1",
-        b"--set",
-        b"model.n_embd=32",
-        b"--set",
-        b"model.n_head=2",
-        b"--set",
-        b"model.block_size=32",
-        b"--set",
-        b"train.batch_size=2",
-    ]
-    proc = subprocess.run(train, env=env, capture_output=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert b"Traceback" not in proc.stderr
+    # trained on, named as a command line gives it (bytes that are not UTF-8 as surrogates)
+    db = tmp_path / "ra.db"
+    tiny = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32"]
+    res = ra_inprocess(
+        "train",
+        "--db",
+        db,
+        "--data",
+        os.fsdecode(out),
+        "--attn",
+        "baseline",
+        "--steps",
+        2,
+        "--device",
+        "cpu",
+        "--no-compile",
+        *[a for t in tiny for a in ("--set", t)],
+        "--set",
+        "train.batch_size=2",
+    )
+    assert res.exit_code == 0, res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_train_on_a_folder_killed_before_its_token_files_were_named(tmp_path):
