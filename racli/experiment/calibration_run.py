@@ -13,7 +13,9 @@ from racli.training.spec import train_section
 
 
 def find_calibration(store, key: str):
-    """The newest finished calibration of experiment `key`, or None."""
+    """The first finished calibration of experiment `key`, or None. The first, so that a
+    second one (two stores of one experiment merged) never moves the budgets of runs
+    already made."""
     runs = [
         r
         for r in experiment_runs(store, key, kind="calibration")
@@ -21,7 +23,7 @@ def find_calibration(store, key: str):
     ]
     if not runs:
         return None
-    run = runs[-1]
+    run = runs[0]
     cal = calibrate.Calibration.from_dict(run.config["calibration"])
     cal.run_id = run.id
     return cal

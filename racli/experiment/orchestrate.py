@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 from racli import training
 from racli.errors import BadInput
-from racli.experiment import judge, plan, text
+from racli.experiment import judge, ownership, plan, text
 from racli.experiment.calibrate import summary_text
 from racli.experiment.calibration_run import find_calibration, record_calibration
-from racli.experiment.jobs import Context, arm_spec, experiment_config
+from racli.experiment.jobs import HELD_NOTE, Context, arm_spec, experiment_config
 from racli.experiment.local import run_children, run_in_process
 from racli.experiment.results import Interrupted, JobResult, Outcome, Settings, check_settings
 from racli.experiment.sequential import Design
 from racli.names import resolve_device
 from racli.training.stopping import stop_on_signals
+
+WAIT_S = 5.0  # how often a run or calibration held by another process is looked at again
 
 
 def resolve_devices(devices: list[str], processes: bool | None = None) -> list[str]:
@@ -35,15 +38,35 @@ def comparable_config(spec, dataset) -> dict[str, Any]:
     }
 
 
-def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, stop) -> tuple:
-    """The calibration (the recorded one, else measured now) and the step budgets."""
-    cal = find_calibration(store, key)
-    if cal is not None:
-        view.note(f"calibration: reusing run {cal.run_id}")
-    else:
-        cal = record_calibration(
-            store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
-        )
+def _calibration(store, settings: Settings, ecfg, specs, dataset, key, tag, view, stop, claims):
+    """The recorded calibration, else measured here by whoever claims it first; the
+    others wait for it (one calibration per experiment, however many commands)."""
+    unit = ownership.calibration_unit(key)
+    waiting = False
+    while True:
+        cal = find_calibration(store, key)
+        if cal is not None:
+            view.note(f"calibration: reusing run {cal.run_id}")
+            return cal
+        if claims.take(unit):
+            try:
+                cal = record_calibration(
+                    store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
+                )
+            except BaseException:
+                claims.done(unit, "interrupted" if stop.is_set() else "failed")
+                raise
+            claims.done(unit, "done", cal.run_id)
+            return cal
+        if not waiting:
+            view.note("calibration: another process is measuring it; waiting for its result")
+            waiting = True
+        if stop.wait(WAIT_S):
+            raise Interrupted("interrupted while waiting for the calibration (nothing trained)")
+
+
+def budgets_of(settings: Settings, cal, view) -> dict:
+    """The step budgets from a calibration (printed)."""
     view.note(summary_text(cal))
     budgets = plan.step_budgets(
         settings.arms,
@@ -52,7 +75,28 @@ def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, st
         cal.variant_ratios(),
     )
     view.note(text.budgets_text(budgets))
-    return cal, budgets
+    return budgets
+
+
+def run_held(ctx: Context, jobs, run, confidence: float) -> list[JobResult]:
+    """`run` over `jobs`, then again over those another process held, once they are free
+    or their runs ended (a run whose heartbeat is not yet stale is waited for, not skipped)."""
+    results: dict[tuple, JobResult] = {}
+    left = jobs
+    while True:
+        for r in run(ctx, left, confidence):
+            results[(r.job.arm.label, r.job.seed)] = r
+        if ctx.stop.is_set() or not ctx.held:
+            break
+        left = list(ctx.held)
+        ctx.view.phase(f"waiting for {len(left)} run(s) {HELD_NOTE}")
+        if ctx.stop.wait(WAIT_S):
+            break
+    return [results[k] for k in sorted(results, key=lambda k: _order(jobs, k))]
+
+
+def _order(jobs, k) -> int:
+    return next((j.order for j in jobs if (j.arm.label, j.seed) == k), 0)
 
 
 def _design(settings: Settings, ecfg) -> Design | None:
@@ -79,11 +123,16 @@ def _looks(ctx: Context, design: Design | None, run) -> tuple:
             text.training_text(len(settings.arms), len(seeds), design, len(looks), confidence)
         )
         jobs = plan.schedule(settings.arms, seeds, len(ctx.devices))
-        results: list[JobResult] = run(ctx, jobs, confidence)
+        results: list[JobResult] = run_held(ctx, jobs, run, confidence)
         if ctx.stop.is_set():
             raise Interrupted(text.interrupted_text(results, len(jobs)))
         verdicts = judge.verdicts(
-            ctx.store, ctx.key, settings.arms, threshold=v.threshold, confidence=confidence
+            ctx.store,
+            ctx.key,
+            settings.arms,
+            threshold=v.threshold,
+            confidence=confidence,
+            budgets=ctx.steps(),
         )
         looks.append(
             {
@@ -132,8 +181,10 @@ def run_experiment(
     view.note(text.start_text(key, settings, devices, tag))
 
     children: list = []  # the running child processes, for the signal handler
-    with stop_on_signals(stop, children):
-        cal, budgets = _budgets(store, settings, ecfg, specs, dataset, key, tag, view, stop)
+    claims = ownership.Claims(store, launcher="local")
+    with stop_on_signals(stop, children), contextlib.closing(claims):
+        cal = _calibration(store, settings, ecfg, specs, dataset, key, tag, view, stop, claims)
+        budgets = budgets_of(settings, cal, view)
         ctx = Context(
             settings,
             ecfg,
@@ -148,6 +199,7 @@ def run_experiment(
             stop=stop,
             on_step=on_step,
             children=children,
+            claims=claims,
         )
         processes = settings.processes if settings.processes is not None else devices[0] != "cpu"
         design = _design(settings, ecfg)

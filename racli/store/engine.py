@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from racli.errors import BadInput, first_line
 
 # The newest revision in migrations/versions (tests check that they agree).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0007"
 BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL: migrations of concurrent openers queue on this advisory lock.
 PG_MIGRATION_LOCK = 0x7261_6462  # "radb"
