@@ -22,8 +22,10 @@ HELD_NOTE = "held by another process (running, or its heartbeat not yet stale)"
 
 
 def experiment_config(cfg, overrides: list[str]):
-    """ra.yaml with every --set applied (model., train. and experiment. keys)."""
-    return apply_overrides(cfg, overrides, sections=("model", "train", "experiment"))
+    """ra.yaml with every --set applied (model., train., experiment., slurm. and ray. keys)."""
+    return apply_overrides(
+        cfg, overrides, sections=("model", "train", "experiment", "slurm", "ray")
+    )
 
 
 #: --set sections of `ra experiment` that a training run does not take

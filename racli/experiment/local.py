@@ -163,7 +163,7 @@ class _Child:
     total: int
 
 
-def _last_error(path: Path) -> str:
+def last_error(path: Path) -> str:
     """The last `ra: ...` line of a child's log (else its last line)."""
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
@@ -215,9 +215,9 @@ def _end_child(
     run_id = run.id if run is not None else None
     note = ""
     if rc == 2:
-        status, note = "failed", _last_error(log_path(ctx.settings.db, ctx.key, child.job))
+        status, note = "failed", last_error(log_path(ctx.settings.db, ctx.key, child.job))
     elif status != "finished" and rc not in (0, 130):
-        note = _last_error(log_path(ctx.settings.db, ctx.key, child.job))
+        note = last_error(log_path(ctx.settings.db, ctx.key, child.job))
     ctx.release(child.job, status, run_id, note)
     if status in ("finished", "diverged"):
         ctx.view.state.done += 1

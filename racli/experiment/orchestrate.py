@@ -4,78 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
 
-from racli import training
-from racli.errors import BadInput
-from racli.experiment import judge, ownership, plan, text
-from racli.experiment.calibrate import summary_text
-from racli.experiment.calibration_run import find_calibration, record_calibration
-from racli.experiment.jobs import HELD_NOTE, Context, arm_spec, experiment_config
+from racli.experiment import cluster, judge, ownership, plan, text
+from racli.experiment.calibration_run import WAIT_S, budgets_of, calibration_for
+from racli.experiment.jobs import HELD_NOTE, Context
 from racli.experiment.local import run_children, run_in_process
-from racli.experiment.results import Interrupted, JobResult, Outcome, Settings, check_settings
+from racli.experiment.prepare import prepare
+from racli.experiment.results import Interrupted, JobResult, Outcome, Settings
 from racli.experiment.sequential import Design
-from racli.names import resolve_device
 from racli.training.stopping import stop_on_signals
-
-WAIT_S = 5.0  # how often a run or calibration held by another process is looked at again
-
-
-def resolve_devices(devices: list[str], processes: bool | None = None) -> list[str]:
-    out = [resolve_device(d) for d in devices]
-    if len(out) > 1 and any(d == "cpu" for d in out) and not processes:
-        raise BadInput("several devices are GPUs: --devices takes CUDA indices")
-    return out
-
-
-def comparable_config(spec, dataset) -> dict[str, Any]:
-    """The run config of an arm without what differs between the experiment's runs."""
-    config = training.run_config(spec, dataset)
-    return {
-        k: v
-        for k, v in config.items()
-        if k not in ("attn", "seed", "tag", "budget", plan.EXPERIMENT_KEY, plan.BUDGET_SOURCE_KEY)
-    }
-
-
-def _calibration(store, settings: Settings, ecfg, specs, dataset, key, tag, view, stop, claims):
-    """The recorded calibration, else measured here by whoever claims it first; the
-    others wait for it (one calibration per experiment, however many commands)."""
-    unit = ownership.calibration_unit(key)
-    waiting = False
-    while True:
-        cal = find_calibration(store, key)
-        if cal is not None:
-            view.note(f"calibration: reusing run {cal.run_id}")
-            return cal
-        if claims.take(unit):
-            try:
-                cal = record_calibration(
-                    store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
-                )
-            except BaseException:
-                claims.done(unit, "interrupted" if stop.is_set() else "failed")
-                raise
-            claims.done(unit, "done", cal.run_id)
-            return cal
-        if not waiting:
-            view.note("calibration: another process is measuring it; waiting for its result")
-            waiting = True
-        if stop.wait(WAIT_S):
-            raise Interrupted("interrupted while waiting for the calibration (nothing trained)")
-
-
-def budgets_of(settings: Settings, cal, view) -> dict:
-    """The step budgets from a calibration (printed)."""
-    view.note(summary_text(cal))
-    budgets = plan.step_budgets(
-        settings.arms,
-        settings.minutes,
-        cal.arm(settings.arms[0].label).steps_per_s,
-        cal.variant_ratios(),
-    )
-    view.note(text.budgets_text(budgets))
-    return budgets
 
 
 def run_held(ctx: Context, jobs, run, confidence: float) -> list[JobResult]:
@@ -161,29 +98,23 @@ def run_experiment(
     `Interrupted` after a stop request (runs stopped cleanly, to be continued by the
     same command)."""
     stop = stop or threading.Event()
-    ecfg = experiment_config(cfg, settings.overrides)
-    check_settings(settings)
-    devices = resolve_devices(settings.devices, settings.processes)
-    specs = [
-        arm_spec(settings, ecfg, a.attn, device=devices[0], steps=1, seed=0, tag=settings.tag)
-        for a in settings.arms
-    ]
-    dataset = training.load_data(specs[0])
-    for spec in specs:
-        training.run_config(spec, dataset)  # validates every arm's model config
-    key = plan.experiment_key(
-        arms=settings.arms,
-        comparable=comparable_config(specs[0], dataset),
-        minutes=settings.minutes,
-        tag=settings.tag,
-    )
-    tag = plan.run_tag(settings.tag, key)
+    p = prepare(settings, cfg)
+    ecfg, devices, key, tag = p.ecfg, p.devices, p.key, p.tag
     view.note(text.start_text(key, settings, devices, tag))
+    remote = None
+    if settings.launcher != "local":
+        remote = cluster.ClusterRun(settings, ecfg, store, p, view=view, stop=stop)
 
     children: list = []  # the running child processes, for the signal handler
-    claims = ownership.Claims(store, launcher="local")
-    with stop_on_signals(stop, children), contextlib.closing(claims):
-        cal = _calibration(store, settings, ecfg, specs, dataset, key, tag, view, stop, claims)
+    claims = ownership.Claims(store, launcher=settings.launcher)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stop_on_signals(stop, children))
+        stack.enter_context(contextlib.closing(claims))
+        if remote is not None:
+            stack.enter_context(contextlib.closing(remote))
+            cal = remote.calibration()
+        else:
+            cal = calibration_for(store, settings, ecfg, p, view, stop, claims)
         budgets = budgets_of(settings, cal, view)
         ctx = Context(
             settings,
@@ -191,7 +122,7 @@ def run_experiment(
             store,
             key=key,
             tag=tag,
-            dataset=dataset,
+            dataset=p.dataset,
             budgets=budgets,
             cal=cal,
             devices=devices,
@@ -203,9 +134,11 @@ def run_experiment(
         )
         processes = settings.processes if settings.processes is not None else devices[0] != "cpu"
         design = _design(settings, ecfg)
-        seeds, looks, results, verdicts, confidence = _looks(
-            ctx, design, run_children if processes else run_in_process
-        )
+        if remote is not None:
+            run = remote.run
+        else:
+            run = run_children if processes else run_in_process
+        seeds, looks, results, verdicts, confidence = _looks(ctx, design, run)
     view.close()
     return Outcome(
         key=key,
