@@ -119,6 +119,6 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-6, abs=1e-6)
     lv, sv = json.loads(local.stdout)["verdicts"][0], data["verdicts"][0]
-    assert lv["outcome"] == sv["outcome"]
+    assert lv["outcome"] == sv["outcome"], json.dumps([lv, sv], indent=1)[-6000:]
     improvement = lv["comparison"]["verdict"]["improvement"]
     assert improvement == pytest.approx(sv["comparison"]["verdict"]["improvement"], abs=1e-6)

@@ -50,7 +50,7 @@ def _requeue(cluster, sid: str) -> None:
                 env=cluster.env(),
                 capture_output=True,
             )
-        return state in ("RUNNING", "COMPLETING", "")
+        return state in ("RUNNING", "")
 
     wait_until(restarted, "the requeued job to run again", 120)
 
@@ -153,6 +153,6 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-6, abs=1e-6)
     lv, sv = json.loads(local.stdout)["verdicts"][0], data["verdicts"][0]
-    assert lv["outcome"] == sv["outcome"]
+    assert lv["outcome"] == sv["outcome"], json.dumps([lv, sv], indent=1)[-6000:]
     improvement = lv["comparison"]["verdict"]["improvement"]
     assert improvement == pytest.approx(sv["comparison"]["verdict"]["improvement"], abs=1e-6)

@@ -7,6 +7,7 @@ command (they bring torch and the database).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -204,7 +205,10 @@ def experiment(
     store = common.open_db(db, cfg)
     view = make_view(sys.stderr)
     try:
-        outcome = run_experiment(settings, cfg, store, view=view)
+        # stdout carries the result alone: what libraries print meanwhile (Ray's notes of
+        # a retried task, say) goes to stderr with the live view
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_experiment(settings, cfg, store, view=view)
     except Interrupted as exc:
         view.close()
         typer.echo(f"ra: {exc}", err=True)

@@ -11,14 +11,15 @@ the owner's name starts with `<launcher>:<job name>:`, so a requeued Slurm job o
 restarted Ray actor takes its own units back at once, while a unit another process
 holds is waited for. A run whose process is still ending (its heartbeat fresh) is waited
 for, then resumed from its checkpoint; a run refusing its input (exit code 2) is not
-retried. Children get SIGTERM when the worker dies (PR_SET_PDEATHSIG), so a killed
-worker leaves an interrupted run with its checkpoint, not an orphan.
+retried. Each run is started through racli/experiment/guard.py, which gives it one
+SIGTERM when the worker dies, so a killed worker leaves an interrupted run with its
+checkpoint, not an orphan. A stop request to the worker itself (SIGTERM, SIGINT) starts
+no further run; the run under way gets the scheduler's signal directly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 import signal
@@ -41,6 +42,7 @@ from racli.experiment.view import PlainView
 from racli.store.checkpoints import checkpoint_path
 from racli.store.engine import open_store
 
+GUARD = "racli.experiment.guard"
 MAX_ATTEMPTS = 2  # starts of one arm's run per job incarnation before it counts as failed
 BAD_INPUT = "bad input"
 
@@ -204,12 +206,6 @@ def _arm(ctx: Context, job: Job, slot: str, per_run: int) -> JobResult:
     return JobResult(job, None, "interrupted")
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the process that started it dies (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def child_command(argv: list[str], per_run: int) -> list[str]:
     """`python -m racli train ...`, under torchrun for a run on several GPUs."""
     if per_run <= 1:
@@ -236,18 +232,13 @@ def _child(ctx: Context, job: Job, resume: int | None, slot: str, per_run: int) 
     with open(path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {what} ===\n")
         log.flush()
+        # through the guard (one SIGTERM to the run when this worker dies), in a session of
+        # its own (a killed worker's process group is not the run's)
         proc = subprocess.Popen(
-            child_command(child_argv(ctx, job, resume), per_run),
+            [sys.executable, "-m", GUARD, *child_command(child_argv(ctx, job, resume), per_run)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
-        signalled = False
-        while proc.poll() is None:
-            if ctx.stop.is_set() and not signalled:
-                with contextlib.suppress(OSError):
-                    proc.send_signal(signal.SIGTERM)
-                signalled = True
-            time.sleep(0.5)
-    return proc.returncode
+        return proc.wait()
