@@ -391,7 +391,7 @@ TINY = [
 ]
 
 
-def experiment_argv(url: str, launcher: str, *extra: str, minutes: str = "0.1") -> list[str]:
+def experiment_argv(url: str, launcher: str, *extra: str, minutes: str = "0.05") -> list[str]:
     """`python -m racli experiment` of the tests' 2 variants x 2 seeds CPU experiment."""
     argv = [
         sys.executable,
@@ -488,3 +488,23 @@ def training_run(url: str, work: Path):
     if logs and f"training {attn} run {run_id}:" in logs[0].read_text(errors="replace"):
         return found
     return None
+
+
+def assert_same_verdict(a: dict, b: dict, tol: float = 1e-5) -> None:
+    """Two experiments' verdicts (`--json`) over runs of equal losses agree: the same method
+    and design, the same improvement and intervals, and the same outcome, unless an
+    interval's end lies within `tol` of a decision boundary (0 or +-threshold), where a
+    last-bit difference of the losses may tip it."""
+    va, vb = a["comparison"]["verdict"], b["comparison"]["verdict"]
+    assert (va["method"], va["design"]) == (vb["method"], vb["design"])
+    assert abs(va["improvement"] - vb["improvement"]) <= tol
+    ends = []
+    for key in ("interval", "interval90"):
+        assert (va[key] is None) == (vb[key] is None)
+        if va[key] is not None:
+            assert all(abs(x - y) <= tol for x, y in zip(va[key], vb[key]))
+            ends += list(va[key])
+    t = va["threshold"]
+    near = any(abs(e - edge) <= tol for e in ends for edge in (0.0, t, -t))
+    if not near:
+        assert a["outcome"] == b["outcome"], (a["outcome"], b["outcome"], va["reason"])

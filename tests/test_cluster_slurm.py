@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster import experiment_argv, sql, train_runs, training_run, wait_until
+from cluster import assert_same_verdict, experiment_argv, sql, train_runs, training_run, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,4 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-6, abs=1e-6)
-    lv, sv = json.loads(local.stdout)["verdicts"][0], data["verdicts"][0]
-    assert lv["outcome"] == sv["outcome"], json.dumps([lv, sv], indent=1)[-6000:]
-    improvement = lv["comparison"]["verdict"]["improvement"]
-    assert improvement == pytest.approx(sv["comparison"]["verdict"]["improvement"], abs=1e-6)
+    assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])
