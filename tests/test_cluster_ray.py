@@ -4,9 +4,10 @@
 One experiment (2 variants x 2 seeds, tiny CPU model): the calibration runs as a Ray
 actor, then one actor per seed; one seed's worker process is killed (SIGKILL) mid-run:
 Ray restarts the actor, whose run resumes from the checkpoint the `ra train` child left
-when it got SIGTERM on its parent's death. Then: every run finished once; the same command
-again submits and records nothing; and `--launcher local` over the same calibration gives
-the same runs and the same verdict."""
+when it got SIGTERM on its parent's death; the command is stopped with Ctrl-C (leaving
+the actors running) and run again, re-attaching to them by name. Then: every run finished
+once; the same command again submits and records nothing; and `--launcher local` over the
+same calibration gives the same runs and the same verdict."""
 
 from __future__ import annotations
 
@@ -54,13 +55,18 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
         )
         assert sid.endswith(f"-seed{seed}") and owner.startswith(f"ray:{sid}:")
         os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the actor's worker process
-        out, err = proc.communicate(timeout=500)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the actors go on
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err[-4000:]
-    data = json.loads(out)
+    assert proc.returncode == 130 and "ray job(s) running" in err, err[-3000:]
+    # the same command again re-attaches to the actors it made (by name), makes none
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert attached.returncode == 0, attached.stderr[-4000:]
+    assert "re-attached to ray job" in attached.stderr and "submitted" not in attached.stderr
+    data = json.loads(attached.stdout)
     key = data["key"]
     runs = train_runs(url)
     # every arm and seed trained once and finished; the requeued run under its own id

@@ -3,13 +3,15 @@ logical nodes, fake GPUs, accounting through slurmdbd) and a throwaway PostgreSQ
 
 One experiment (2 variants x 2 seeds, tiny CPU model): the calibration runs as a Slurm
 job, then one array task per seed; one seed's job is requeued mid-run (`scontrol
-requeue`, as a preemption does) and must resume its run from the checkpoint. Then: every
-run finished once; the same command again submits and records nothing; and `--launcher
-local` over the same calibration gives the same runs and the same verdict."""
+requeue`, as a preemption does) and must resume its run from the checkpoint; the command
+is stopped with Ctrl-C (leaving the jobs running) and run again, re-attaching to them.
+Then: every run finished once; the same command again submits and records nothing; and
+`--launcher local` over the same calibration gives the same runs and the same verdict."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,13 +88,20 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
         )
         assert "_" in sid  # the seed jobs are one array
         _requeue(slurm_cluster, sid)
-        out, err = proc.communicate(timeout=500)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the jobs go on
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, (err[-4000:], slurm_cluster.logs())
-    data = json.loads(out)
+    assert proc.returncode == 130 and "slurm job(s) running" in err, err[-3000:]
+    # the same command again re-attaches to the jobs it submitted, submits none
+    jobs_before = _sacct_jobs(slurm_cluster)
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert attached.returncode == 0, (attached.stderr[-4000:], slurm_cluster.logs())
+    assert "re-attached to slurm job" in attached.stderr and "submitted" not in attached.stderr
+    assert _sacct_jobs(slurm_cluster) == jobs_before
+    data = json.loads(attached.stdout)
     key = data["key"]
     runs = train_runs(url)
     # every arm and seed trained once and finished; the requeued run under its own id

@@ -227,3 +227,42 @@ def test_two_identical_commands_at_once_share_the_work(tmp_path):
         assert v["comparison"]["verdict"]["candidate"]["n"] == 2
         assert v["comparison"]["verdict"]["baseline"]["n"] == 2
     assert verdicts[0]["outcome"] == verdicts[1]["outcome"]
+
+
+class _FakeLauncher:
+    name = "slurm"
+
+    def __init__(self):
+        self.cancelled: list[str] = []
+
+    def cancel(self, ids):
+        self.cancelled += ids
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_ctrl_c_cancels_the_jobs_or_leaves_them(tmp_path, cancel):
+    from racli.experiment.cluster import ClusterRun
+    from racli.experiment.results import Interrupted, Settings
+
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        units = [store_jobs.Unit("k1", store_jobs.TRAIN, a, 1) for a in ("baseline", "ra_v5")]
+        store_jobs.set_scheduler(store, units, launcher="slurm", scheduler_job="9_0")
+        run = object.__new__(ClusterRun)  # no launcher of a real scheduler behind it
+        run.settings = Settings(
+            arms=plan.parse_arms("baseline,ra_v5"), seeds=[1], minutes=1.0,
+            cancel_on_interrupt=cancel,
+        )  # fmt: skip
+        run.launcher, run.store, run.key = _FakeLauncher(), store, "k1"
+        with pytest.raises(Interrupted) as exc:
+            run._interrupt(["9_0"])
+        states = {r.state for r in store_jobs.experiment_jobs(store, "k1")}
+        if cancel:
+            assert run.launcher.cancelled == ["9_0"] and states == {"cancelled"}
+            assert "cancelled 1 slurm job(s) (9_0)" in str(exc.value)
+        else:
+            assert run.launcher.cancelled == [] and states == {"queued"}
+            assert "left 1 slurm job(s) running (9_0)" in str(exc.value)
+            assert "re-attach" in str(exc.value)
+    finally:
+        store.close()
