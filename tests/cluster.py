@@ -28,6 +28,12 @@ import time
 from pathlib import Path
 
 SLURM_BINARIES = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
+# the daemons live in /usr/sbin, which a user's PATH may lack
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def _bin(name: str) -> str:
+    return shutil.which(name, path=SEARCH_PATH) or name
 
 
 def free_port() -> int:
@@ -39,7 +45,7 @@ def free_port() -> int:
 def missing_slurm() -> list[str]:
     """The Slurm-side programs not found (empty: a cluster can be started)."""
     extra = ("mariadb-install-db",)
-    return [b for b in SLURM_BINARIES + extra if shutil.which(b) is None]
+    return [b for b in SLURM_BINARIES + extra if shutil.which(b, path=SEARCH_PATH) is None]
 
 
 def _wait(check, what: str, timeout: float = 30.0, log: Path | None = None) -> None:
@@ -90,7 +96,7 @@ class SlurmCluster:
         os.chmod(key, 0o400)
         subprocess.run(
             [
-                "munged",
+                _bin("munged"),
                 "--force",
                 f"--key-file={key}",
                 f"--socket={self.munge_socket}",
@@ -109,7 +115,7 @@ class SlurmCluster:
         data = self.root / "mysql"
         subprocess.run(
             [
-                "mariadb-install-db",
+                _bin("mariadb-install-db"),
                 f"--datadir={data}",
                 "--user=root",
                 "--auth-root-authentication-method=normal",
@@ -121,7 +127,7 @@ class SlurmCluster:
         )
         self._spawn(
             [
-                "mariadbd",
+                _bin("mariadbd"),
                 "--no-defaults",
                 f"--datadir={data}",
                 "--user=root",
@@ -190,6 +196,7 @@ class SlurmCluster:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["SLURM_CONF"] = str(self.conf)
+        env["PATH"] = SEARCH_PATH
         return env
 
     def run(self, *argv: str, timeout: float = 30) -> str:
@@ -213,14 +220,14 @@ class SlurmCluster:
             self._munge()
             self._mariadb()
             self._write_configs()
-            self._spawn(["slurmdbd", "-D"], "dbd.out")
+            self._spawn([_bin("slurmdbd"), "-D"], "dbd.out")
             _wait(lambda: _port_open(self.ports["dbd"]), "slurmdbd", 60, self.root / "slurmdbd.log")
-            self._spawn(["slurmctld", "-D", "-i", "-f", str(self.conf)], "ctld.out")
+            self._spawn([_bin("slurmctld"), "-D", "-i", "-f", str(self.conf)], "ctld.out")
             _wait(
                 lambda: _port_open(self.ports["ctld"]), "slurmctld", 30, self.root / "slurmctld.log"
             )
             for n in self.NODES:
-                self._spawn(["slurmd", "-D", "-N", n, "-f", str(self.conf)], f"d-{n}.out")
+                self._spawn([_bin("slurmd"), "-D", "-N", n, "-f", str(self.conf)], f"d-{n}.out")
             _wait(self._nodes_idle, "slurmd nodes", 60, self.root / "slurmctld.log")
         except BaseException:
             self.stop()

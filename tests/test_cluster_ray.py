@@ -122,6 +122,8 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     assert local.returncode == 0, local.stderr[-3000:]
     local_runs = train_runs(local_url)
     assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
+    # equal losses up to the last digits (another process, thread count, a resume): the
+    # spread between seeds is about 1e-2
     for mine, theirs in zip(local_runs, runs):
-        assert mine[4] == pytest.approx(theirs[4], rel=1e-6, abs=1e-6)
+        assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
     assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])

@@ -266,3 +266,42 @@ def test_ctrl_c_cancels_the_jobs_or_leaves_them(tmp_path, cancel):
             assert "re-attach" in str(exc.value)
     finally:
         store.close()
+
+
+def test_a_worker_does_not_retry_a_run_that_refused_its_input(tmp_path, monkeypatch):
+    from racli.experiment import ownership
+    from racli.experiment.jobs import Context
+    from racli.experiment.results import Settings
+    from racli.experiment.view import PlainView
+
+    store = open_store(str(tmp_path / "ra.db"))
+    claims = ownership.Claims(store, launcher="slurm", owner="slurm:ra-k1-seed1:h:1:a")
+    try:
+        arms = plan.parse_arms("baseline,ra_v5")
+        settings = Settings(
+            arms=arms, seeds=[1], minutes=1.0, devices=["cpu"], db=str(tmp_path / "ra.db")
+        )
+        budgets = plan.step_budgets(arms, 1.0, 10.0, {"ra_v5": (0.5, None)})
+        ctx = Context(
+            settings, None, store, key="k1", tag="t", dataset=None, budgets=budgets, cal=None,
+            devices=["cpu"], view=PlainView(), stop=__import__("threading").Event(), claims=claims,
+        )  # fmt: skip
+        starts = []
+
+        def child(ctx_, job, resume, slot, per_run):
+            starts.append(job.arm.label)
+            path = worker.log_path(settings.db, "k1", job)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("ra: unknown attention 'x'\n")
+            return 2
+
+        monkeypatch.setattr(worker, "_child", child)
+        job = worker.seed_jobs(arms, 1, 0, 1)[0]
+        result = worker._arm(ctx, job, "cpu", 0)
+        assert starts == ["baseline"]  # once: exit code 2 is not retried
+        assert result.status == "failed" and result.note == "bad input: ra: unknown attention 'x'"
+        row = store_jobs.get(store, ctx.unit(job))
+        assert (row.state, row.owner, row.note) == ("failed", None, result.note)
+    finally:
+        claims.close()
+        store.close()

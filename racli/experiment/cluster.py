@@ -130,8 +130,10 @@ class ClusterRun:
         self._watch({sid: [unit]}, None)
         cal = find_calibration(self.store, self.key)
         if cal is None:
+            row = store_jobs.get(self.store, unit)
+            why = f": {row.note}" if row is not None and row.note else ""
             raise RuntimeError(
-                f"{self.launcher.name} job {sid} ended without a calibration "
+                f"{self.launcher.name} job {sid} ended without a calibration{why} "
                 f"(its log: {self.launcher.log_of(sid)})"
             )
         return cal

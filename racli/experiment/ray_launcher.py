@@ -1,12 +1,13 @@
 """`ra experiment --launcher ray`: each job is a detached, named Ray actor (`pip install
-'ra[ray]'`) that runs `worker.run` once and then exits. Detached, so that the command may
-leave and re-attach by name; restarted by Ray when its worker process dies
-(`ray.max_restarts`), the interrupted call retried, the run resumed from its checkpoint.
+'ra[ray]'`) that runs `worker.run` once and then ends itself. Detached, so that the command
+may leave and re-attach by name; restarted by Ray when its worker process dies
+(`ray.max_restarts`), the work taken up again and the run resumed from its checkpoint.
 No scheduling of ra's own: Ray places the actors on nodes with the GPUs they ask for."""
 
 from __future__ import annotations
 
 import os
+import threading
 
 from racli.errors import BadInput
 from racli.experiment import worker
@@ -25,12 +26,24 @@ def _ray():
 
 
 class JobActor:
-    """One job of an experiment, run once; the actor ends itself afterwards."""
+    """One job of an experiment. The work starts in the constructor, in a thread, so that
+    Ray's restart of the actor after its worker died (which runs the constructor again)
+    takes the work up again without its caller: the command that created the actor may
+    be gone. When the work ends the actor kills itself for good, freeing its GPUs."""
 
-    def run(self, job: worker.WorkerJob) -> dict:
-        out = worker.run(job)
-        _ray().actor.exit_actor()
-        return out
+    def __init__(self, job: worker.WorkerJob):
+        self.job = job
+        self.thread = threading.Thread(target=self._work, name="ra-job", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            worker.run(self.job)
+        except BaseException as exc:  # noqa: BLE001 - the store is where the driver looks
+            worker.record_failure(self.job, f"{type(exc).__name__}: {exc}")
+        finally:
+            ray = _ray()
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def pid(self) -> int:
         return os.getpid()
@@ -52,26 +65,19 @@ class RayLauncher:
                 configure_logging=False,
             )
         self.actor_class = self.ray.remote(JobActor)
-        self.refs: dict = {}
-        self.errors: dict[str, str] = {}
 
     def submit(self, jobs: list[worker.WorkerJob], gpus: int, name: str) -> list[str]:
         """One detached actor per job, named after it; the names are the job ids."""
-        names = []
         for job in jobs:
-            actor = self.actor_class.options(
+            self.actor_class.options(
                 name=job.name,
                 namespace=NAMESPACE,
                 lifetime="detached",
                 num_cpus=float(self.cfg.cpus_per_job),
                 num_gpus=gpus,
                 max_restarts=int(self.cfg.max_restarts),
-                max_task_retries=int(self.cfg.max_restarts),
-                max_concurrency=2,  # pid() answers while run() works
-            ).remote()
-            self.refs[job.name] = actor.run.remote(job)
-            names.append(job.name)
-        return names
+            ).remote(job)
+        return [job.name for job in jobs]
 
     def _actor(self, name: str):
         try:
@@ -80,34 +86,16 @@ class RayLauncher:
             return None
 
     def states(self, ids: list[str]) -> dict[str, str]:
-        """RUNNING while the actor exists, ENDED once it is gone (its outcome is in the
-        store), FAILED when its call raised."""
-        out = {}
-        for name in ids:
-            ref = self.refs.get(name)
-            if ref is not None:
-                ready, _ = self.ray.wait([ref], timeout=0)
-                if not ready:
-                    out[name] = "RUNNING"
-                    continue
-                try:
-                    self.ray.get(ref)
-                    out[name] = "ENDED"
-                except self.ray.exceptions.RayActorError:
-                    out[name] = "ENDED"  # the actor ended itself (or died for good)
-                except self.ray.exceptions.RayTaskError as exc:
-                    out[name] = "FAILED"
-                    self.errors[name] = str(exc).strip().splitlines()[-1]
-                continue
-            out[name] = "RUNNING" if self._actor(name) is not None else "ENDED"
-        return out
+        """RUNNING while the actor exists (restarting included), ENDED once it is gone:
+        its outcome is in the store."""
+        return {name: "RUNNING" if self._actor(name) is not None else "ENDED" for name in ids}
 
     @staticmethod
     def ended(state: str) -> bool:
-        return state in ("ENDED", "FAILED")
+        return state == "ENDED"
 
     def log_of(self, job_id: str) -> str:
-        return self.errors.get(job_id, "the Ray worker's log")
+        return f"the Ray worker logs of actor {job_id} (namespace {NAMESPACE})"
 
     def cancel(self, ids: list[str]) -> None:
         for name in ids:

@@ -84,6 +84,27 @@ def run(job: WorkerJob) -> dict:
             store.close()
 
 
+def record_failure(job: WorkerJob, error: str) -> None:
+    """A job that raised: its units marked failed with the error, for the command to show."""
+    from racli.store import jobs as store_jobs
+
+    store = open_store(job.settings.db)
+    try:
+        if job.kind == "calibration":
+            units = [ownership.calibration_unit(job.key)]
+        else:
+            units = [
+                ownership.train_unit(
+                    job.key, a.label, plan.arm_seed(a, job.settings.arms, job.seed)
+                )
+                for a in job.settings.arms
+            ]
+        for unit in units:
+            store_jobs.set_state(store, unit, "failed", error[:2000])
+    finally:
+        store.close()
+
+
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event):
     if threading.current_thread() is not threading.main_thread():
