@@ -17,7 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster import assert_same_verdict, experiment_argv, sql, train_runs, training_run, wait_until
+from cluster_experiment import (
+    assert_same_verdict,
+    experiment_argv,
+    sql,
+    train_runs,
+    training_run,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

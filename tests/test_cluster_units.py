@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cluster import TINY
+from cluster_experiment import TINY
 from sqlalchemy import update
 
 from racli.errors import BadInput
