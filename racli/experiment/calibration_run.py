@@ -12,7 +12,7 @@ from racli.store.experiment_queries import experiment_runs
 from racli.store.recorder import RunRecorder
 from racli.training.spec import train_section
 
-WAIT_S = 5.0  # how often a unit held by another process is looked at again
+WAIT_S = 2.0  # how often a unit held by another process is looked at again
 
 
 def find_calibration(store, key: str):
