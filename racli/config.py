@@ -195,6 +195,31 @@ class ExperimentConfig(_Schema):
     false_decision_rate: Number = Field(gt=0.0, lt=0.5)  # WIN/LOSE error of --until-settled
 
 
+class SlurmConfig(_Schema):
+    """`ra experiment --launcher slurm` (submitit): what each sbatch job asks for."""
+
+    partition: str | None
+    account: str | None
+    gpus_per_run: int = Field(ge=0)  # GPUs of one arm's run; a seed's job holds arms x this
+    gpus_per_node: int = Field(ge=1)  # a run wanting more becomes one torchrun job of its own
+    cpus_per_task: int = Field(ge=1)
+    time_limit_min: int = Field(ge=1)
+    array_parallelism: int = Field(ge=1)  # seed jobs of one array running at once
+    extra_sbatch: Names  # further sbatch options, e.g. --qos=high
+    folder: str  # submitit's job folder (scripts, logs): on a filesystem every node sees
+    poll_s: Number = Field(gt=0.0)
+
+
+class RayConfig(_Schema):
+    """`ra experiment --launcher ray`: the cluster and each seed's actor."""
+
+    address: str  # auto: RAY_ADDRESS, else the cluster running on this machine
+    gpus_per_run: int = Field(ge=0)
+    cpus_per_job: Number = Field(ge=0.0)
+    max_restarts: int = Field(ge=0)  # a job whose worker died is restarted this many times
+    poll_s: Number = Field(gt=0.0)
+
+
 class Config(_Schema):
     db: str
     models: Annotated[dict[str, ModelPreset], BeforeValidator(_text_keys)]
@@ -204,6 +229,8 @@ class Config(_Schema):
     verdict: VerdictConfig
     gates: GatesConfig
     experiment: ExperimentConfig
+    slurm: SlurmConfig
+    ray: RayConfig
     _source: str = PrivateAttr(default="<not from a file>")  # set by config_from_dict
 
     @property

@@ -83,3 +83,43 @@ def store_url(backend, request, tmp_path) -> str:
     if backend == "sqlite":
         return str(tmp_path / "ra.db")
     return request.getfixturevalue("pg_url")
+
+
+# ---- clusters (tests/cluster.py): one of each per session, started on first use ----------
+
+
+def _cluster_unavailable(what: str, reason: str):
+    if _in_ci():
+        pytest.fail(f"{what} tests cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(f"{what} tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A single-host Slurm (two logical nodes, fake GPUs, accounting on)."""
+    from cluster import SlurmCluster, missing_slurm
+
+    if importlib.util.find_spec("submitit") is None:
+        _cluster_unavailable("Slurm", "submitit is not installed (pip install 'ra[slurm]')")
+    missing = missing_slurm()
+    if missing:
+        _cluster_unavailable(
+            "Slurm",
+            f"{', '.join(missing)} not found "
+            f"(apt-get install slurm-wlm slurmdbd munge mariadb-server)",
+        )
+    cluster = SlurmCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A one-node Ray cluster on 127.0.0.1."""
+    from cluster import RayCluster
+
+    if importlib.util.find_spec("ray") is None:
+        _cluster_unavailable("Ray", "ray is not installed (pip install 'ra[ray]')")
+    cluster = RayCluster().start()
+    yield cluster
+    cluster.stop()

@@ -418,7 +418,7 @@ def test_budgets_recorded_by_runs_win_over_a_new_calibration():
     got = budgets.from_runs(arms, rec)
     assert (got["baseline"].steps, got["ra_v5"].steps, got["ra_v5"].ratio) == (18, 14, 0.8)
     assert budgets.notes(arms, got, None, rec) == [
-        "baseline: run(s) 4 trained 27 steps, not 18; they are judged as recorded"
+        "baseline: run(s) 4 trained 27 steps, not 18; they are left out of the verdict (one budget a side)"
     ]
     # a tie goes to the newest run's budget
     rec = budgets.recorded_budgets([_run(1, "baseline", 18), _run(2, "baseline", 27)])

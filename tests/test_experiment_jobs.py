@@ -206,7 +206,7 @@ def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
         store.close()
 
 
-def test_pending_skips_done_and_busy_jobs(tmp_path):
+def test_pending_skips_done_jobs_and_holds_busy_ones(tmp_path):
     store = open_store(str(tmp_path / "ra.db"))
     try:
         ctx = _context(tmp_path, store)
@@ -220,9 +220,11 @@ def test_pending_skips_done_and_busy_jobs(tmp_path):
             ("ra_v5", 2, "new"),
             ("baseline", 2, "resume"),
         ]
-        assert [(r.run_id, r.status) for r in results] == [(done, "finished"), (busy, "skipped")]
-        assert (ctx.view.state.total, ctx.view.state.done) == (4, 2)
-        assert ctx.view.state.eta_s == pytest.approx(2 * 60 * 1.2)
+        # a run another process is running (fresh heartbeat) is not done: it is waited for
+        assert [(r.run_id, r.status) for r in results] == [(done, "finished")]
+        assert [(j.arm.label, j.seed) for j in ctx.held] == [("ra_v5", 1)] and busy
+        assert (ctx.view.state.total, ctx.view.state.done) == (4, 1)
+        assert ctx.view.state.eta_s == pytest.approx(3 * 60 * 1.2)
     finally:
         store.close()
 

@@ -89,6 +89,18 @@ PUBLIC_COLUMNS = {
     },
     "metrics": {"run_id", "step", "name", "value", "elapsed_s"},
     "gate_values": {"run_id", "step", "layer", "head", "name", "value"},
+    "jobs": {
+        "experiment",
+        "kind",
+        "arm",
+        "seed",
+        "launcher",
+        "scheduler_job",
+        "state",
+        "run_id",
+        "owner",
+        "claimed_at",
+    },
 }
 
 
@@ -146,7 +158,15 @@ def test_head_revision_matches_the_migration_scripts(store):
     assert script.get_current_head() == HEAD_REVISION
     assert len(script.get_heads()) == 1
     assert current_revision(store.engine) == HEAD_REVISION
-    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003", "0004", "0005", "0008"}
+    assert set(store_engine.known_revisions()) == {
+        "0001",
+        "0002",
+        "0003",
+        "0004",
+        "0005",
+        "0007",
+        "0008",
+    }
 
 
 def _diffs(engine, metadata) -> list:

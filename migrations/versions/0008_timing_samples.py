@@ -5,7 +5,7 @@ difference with a Mann-Whitney U test on the repeats; rows recorded before this
 revision keep NULL and are judged by the p10-p90 rule, labelled.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-04
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -7,6 +7,7 @@ command (they bring torch and the database).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -142,6 +143,33 @@ def experiment(
             show_default=False,
         ),
     ] = None,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            "--launcher",
+            autocompletion=common.complete_launcher,
+            help="Where the runs go: local (this host's devices), slurm (sbatch jobs through "
+            "submitit) or ray (Ray actors). slurm and ray take a PostgreSQL store and their "
+            "settings from ra.yaml's slurm / ray sections (--set slurm.partition=gpu).",
+        ),
+    ] = "local",
+    cancel_on_interrupt: Annotated[
+        bool | None,
+        typer.Option(
+            "--cancel-on-interrupt/--leave-on-interrupt",
+            help="slurm/ray: on Ctrl-C cancel the submitted jobs, or leave them running "
+            "(default: asked on a terminal, else left running).",
+            show_default=False,
+        ),
+    ] = None,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="Show the experiment's jobs and runs as the store has them, then exit "
+            "(nothing is submitted or trained).",
+        ),
+    ] = False,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -192,12 +220,20 @@ def experiment(
         compile=compile,
         config_path=config or common.GLOBAL.get("config"),
         db=location,
+        launcher=_launcher(launcher),
+        cancel_on_interrupt=cancel_on_interrupt,
     )
     check_settings(settings)
+    if status:
+        _status(settings, cfg, db, json)
+        return
     store = common.open_db(db, cfg)
     view = make_view(sys.stderr)
     try:
-        outcome = run_experiment(settings, cfg, store, view=view)
+        # stdout carries the result alone: what libraries print meanwhile (Ray's notes of
+        # a retried task, say) goes to stderr with the live view
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_experiment(settings, cfg, store, view=view)
     except Interrupted as exc:
         view.close()
         typer.echo(f"ra: {exc}", err=True)
@@ -245,6 +281,30 @@ def _deliver(outcome, store, report: Path | None, json: bool) -> None:
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _launcher(name: str) -> str:
+    name = name.strip().lower()
+    if name not in ("local", "slurm", "ray"):
+        raise BadInput(f"unknown --launcher '{name}' (valid: local, slurm, ray)")
+    return name
+
+
+def _status(settings, cfg, db, json: bool) -> None:
+    """--status: the experiment's units from the store (read only)."""
+    from racli.experiment.prepare import prepare
+    from racli.experiment.status import status_rows, status_text
+
+    p = prepare(settings, cfg)
+    store = common.open_db(db, cfg, readonly=True)
+    try:
+        rows = status_rows(store, p.key, settings.arms, settings.seeds)
+    finally:
+        store.close()
+    if json:
+        common.print_json({"key": p.key, "units": rows})
+    else:
+        sys.stdout.write(for_stream(status_text(p.key, rows), sys.stdout.encoding) + "\n")
 
 
 def _command() -> str | None:

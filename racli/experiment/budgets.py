@@ -7,7 +7,8 @@ gives to new runs must be the ones those runs trained on, even when the calibrat
 behind them is gone (deleted, or in another store) and a new one was measured:
 
 * an arm with recorded runs keeps the budget most of them trained on (ties: the newest);
-  runs on another budget are named in a note (they stay in the verdict, as recorded);
+  runs on another budget are named in a note and left out of the verdict (a verdict
+  never pools runs of different budgets);
 * an arm without runs gets the calibration's ratio times the first arm's recorded budget,
   so it trains at the same matched time as the runs it will be compared with;
 * when every arm has recorded runs, no calibration is needed at all.
@@ -162,6 +163,6 @@ def notes(
         for steps, ids in sorted(rec.others().items()) if rec else ():
             out.append(
                 f"{a.label}: run(s) {', '.join(map(str, ids))} trained {steps} steps, not "
-                f"{budgets[a.label].steps}; they are judged as recorded"
+                f"{budgets[a.label].steps}; they are left out of the verdict (one budget a side)"
             )
     return out

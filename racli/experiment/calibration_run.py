@@ -5,15 +5,20 @@ from __future__ import annotations
 import math
 import threading
 
-from racli.experiment import calibrate, plan, text
+from racli.experiment import calibrate, ownership, plan, text
+from racli.experiment.calibrate import summary_text
 from racli.experiment.results import Interrupted, Settings
 from racli.store.experiment_queries import experiment_runs
 from racli.store.recorder import RunRecorder
 from racli.training.spec import train_section
 
+WAIT_S = 2.0  # how often a unit held by another process is looked at again
+
 
 def find_calibration(store, key: str):
-    """The newest finished calibration of experiment `key`, or None."""
+    """The first finished calibration of experiment `key`, or None. The first, so that a
+    second one (two stores of one experiment merged) never moves the budgets of runs
+    already made."""
     runs = [
         r
         for r in experiment_runs(store, key, kind="calibration")
@@ -21,7 +26,7 @@ def find_calibration(store, key: str):
     ]
     if not runs:
         return None
-    run = runs[-1]
+    run = runs[0]
     cal = calibrate.Calibration.from_dict(run.config["calibration"])
     cal.run_id = run.id
     return cal
@@ -128,3 +133,44 @@ def record_calibration(
         raise Interrupted("interrupted during calibration (nothing trained yet)")
     rec.finish(iterations=cal.rounds, train_seconds=cal.timed_s)
     return cal
+
+
+def calibration_for(store, settings: Settings, ecfg, prepared, view, stop, claims):
+    """The recorded calibration, else measured here by whoever claims it first; the
+    others wait for it (one calibration per experiment, however many commands)."""
+    key, specs, dataset, tag = prepared.key, prepared.specs, prepared.dataset, prepared.tag
+    unit = ownership.calibration_unit(key)
+    waiting = False
+    while True:
+        cal = find_calibration(store, key)
+        if cal is not None:
+            view.note(f"calibration: reusing run {cal.run_id}")
+            return cal
+        if claims.take(unit):
+            try:
+                cal = record_calibration(
+                    store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
+                )
+            except BaseException:
+                claims.done(unit, "interrupted" if stop.is_set() else "failed")
+                raise
+            claims.done(unit, "done", cal.run_id)
+            return cal
+        if not waiting:
+            view.note("calibration: another process is measuring it; waiting for its result")
+            waiting = True
+        if stop.wait(WAIT_S):
+            raise Interrupted("interrupted while waiting for the calibration (nothing trained)")
+
+
+def budgets_of(settings: Settings, cal, view) -> dict:
+    """The step budgets from a calibration (printed)."""
+    view.note(summary_text(cal))
+    budgets = plan.step_budgets(
+        settings.arms,
+        settings.minutes,
+        cal.arm(settings.arms[0].label).steps_per_s,
+        cal.variant_ratios(),
+    )
+    view.note(text.budgets_text(budgets))
+    return budgets

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 from racli.config import apply_overrides
-from racli.experiment import judge, plan
+from racli.experiment import judge, ownership, plan
 from racli.experiment.plan import Budget, Job
 from racli.experiment.results import JobResult, Settings
 from racli.store.engine import sqlite_path
@@ -17,16 +18,23 @@ from racli.store.recorder import is_stale
 from racli.training import spec_from_config
 
 STALE_NOTE = "its heartbeat is fresh: another process is running it"
+HELD_NOTE = "held by another process (running, or its heartbeat not yet stale)"
 
 
 def experiment_config(cfg, overrides: list[str]):
-    """ra.yaml with every --set applied (model., train. and experiment. keys)."""
-    return apply_overrides(cfg, overrides, sections=("model", "train", "experiment"))
+    """ra.yaml with every --set applied (model., train., experiment., slurm. and ray. keys)."""
+    return apply_overrides(
+        cfg, overrides, sections=("model", "train", "experiment", "slurm", "ray")
+    )
+
+
+#: --set sections of `ra experiment` that a training run does not take
+EXPERIMENT_SECTIONS = ("experiment.", "slurm.", "ray.")
 
 
 def train_overrides(overrides: list[str]) -> list[str]:
-    """The --set items a training run takes (all but the experiment. ones)."""
-    return [o for o in overrides if not o.strip().startswith("experiment.")]
+    """The --set items a training run takes (all but the experiment., slurm. and ray. ones)."""
+    return [o for o in overrides if not o.strip().startswith(EXPERIMENT_SECTIONS)]
 
 
 def arm_spec(settings: Settings, cfg, attn: str, *, device: str, steps: int, seed: int, tag):
@@ -45,9 +53,12 @@ def arm_spec(settings: Settings, cfg, attn: str, *, device: str, steps: int, see
     )
 
 
-def job_state(runs: list) -> tuple[str, Any]:
+def job_state(runs: list, steps: int | None = None) -> tuple[str, Any]:
     """What to do with a job given its recorded runs (oldest first):
-    ("done", run) / ("resume", run) / ("busy", run) / ("new", None)."""
+    ("done", run) / ("resume", run) / ("busy", run) / ("new", None).
+    With `steps`, runs given another step budget (another calibration's) are left out."""
+    if steps is not None:
+        runs = [r for r in runs if judge.steps_of(r) in (None, steps)]
     for r in runs:
         if r.status == "finished":
             return "done", r
@@ -95,6 +106,7 @@ class Context:
         stop: threading.Event,
         on_step=None,
         children: list[subprocess.Popen] | None = None,
+        claims=None,
     ):
         self.settings, self.cfg, self.store = settings, cfg, store
         self.key, self.tag, self.dataset = key, tag, dataset
@@ -102,6 +114,8 @@ class Context:
         self.view, self.stop, self.on_step = view, stop, on_step
         self.children: list[subprocess.Popen] = [] if children is None else children
         self.durations: list[float] = []
+        self.claims = claims  # ownership.Claims: the units this process holds
+        self.held: list[Job] = []  # jobs another process holds (waited for, then retried)
 
     def extra(self, job: Job) -> dict[str, Any]:
         arms = self.settings.arms
@@ -116,7 +130,21 @@ class Context:
             reference_steps=self.budgets[arms[0].label].steps,
         )
         extra[plan.EXPERIMENT_KEY]["device"] = self.devices[job.device]  # where it started
+        extra[plan.EXPERIMENT_KEY]["host"] = socket.gethostname()
         return extra
+
+    def steps(self) -> dict[str, int]:
+        return {label: b.steps for label, b in self.budgets.items()}
+
+    def unit(self, job: Job):
+        return ownership.train_unit(self.key, job.arm.label, job.seed)
+
+    def release(self, job: Job, status: str, run_id: int | None = None, note: str = "") -> None:
+        """Let go of a job's claim once its run ended (state done / failed / interrupted)."""
+        if self.claims is None:
+            return
+        state = {"finished": "done", "diverged": "done"}.get(status, status)
+        self.claims.done(self.unit(job), state, run_id, note or None)
 
     def job_spec(self, job: Job, device: str):
         """The TrainSpec of a job's run, its experiment entries included."""
@@ -154,6 +182,7 @@ class Context:
             self.settings.arms,
             threshold=v.threshold,
             confidence=confidence,
+            budgets=self.steps(),
         )
         self.view.verdict([x.short() for x in found])
 
@@ -161,17 +190,23 @@ class Context:
         """(job, action, run) of the jobs still to do; finished ones go to `results`. The
         view's counts start from them."""
         known = runs_by_job(self.store, self.key)
-        todo = []
+        todo, self.held = [], []
+        steps = self.steps()
         for job in jobs:
-            action, run = job_state(known.get((job.arm.label, job.seed), []))
+            action, run = job_state(known.get((job.arm.label, job.seed), []), steps[job.arm.label])
             if action == "done":
                 results.append(JobResult(job, run.id, run.status, "recorded before"))
-            elif action == "busy":
-                self.view.note(f"{self.label(job, run.id)}: skipped, {STALE_NOTE}")
-                results.append(JobResult(job, run.id, "skipped", STALE_NOTE))
+                continue
+            if self.claims is not None and not self.claims.take(self.unit(job)):
+                action = "held"
+            if action in ("busy", "held"):
+                if action == "busy" and self.claims is not None:
+                    self.claims.done(self.unit(job), "running")
+                self.view.note(f"{self.label(job, run.id if run else None)}: waiting, {HELD_NOTE}")
+                self.held.append(job)
             else:
                 todo.append((job, action, run))
         self.view.state.total = len(jobs)
-        self.view.state.done = len(jobs) - len(todo)
-        self.view.state.eta_s = self.eta(len(todo), 0)
+        self.view.state.done = len(jobs) - len(todo) - len(self.held)
+        self.view.state.eta_s = self.eta(len(todo) + len(self.held), 0)
         return todo

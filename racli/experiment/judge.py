@@ -32,9 +32,37 @@ def arm_of(run) -> str | None:
     return exp.get("arm")
 
 
-def arm_runs(store, key: str, arms: list[Arm]):
-    """(finished runs as `ra compare` rows, diverged or failed runs), `attn` set to the arm."""
-    runs = experiment_runs(store, key)
+def steps_of(run) -> int | None:
+    """The step budget a run was given (None when it has none recorded)."""
+    budget = (run.config or {}).get("budget") or {}
+    steps = budget.get("steps")
+    return int(steps) if isinstance(steps, (int, float)) else None
+
+
+def judged_runs(runs: list, budgets: dict[str, int] | None) -> list:
+    """The runs a verdict may count: those at the arm's current step budget (`budgets`:
+    arm -> steps; None: any), and of several finished runs of one arm and seed (two
+    stores of one experiment merged) only the first. Runs of another budget (another
+    calibration) never pool with these."""
+    out, seen = [], set()
+    for r in runs:
+        arm = arm_of(r)
+        if arm is None:
+            continue
+        if budgets is not None and arm in budgets and steps_of(r) != budgets[arm]:
+            continue
+        if r.status == "finished":
+            if (arm, r.seed) in seen:
+                continue
+            seen.add((arm, r.seed))
+        out.append(r)
+    return out
+
+
+def arm_runs(store, key: str, arms: list[Arm], budgets: dict[str, int] | None = None):
+    """(finished runs as `ra compare` rows, diverged or failed runs), `attn` set to the arm.
+    `budgets` (arm -> steps): only runs at those budgets count (see `judged_runs`)."""
+    runs = judged_runs(experiment_runs(store, key), budgets)
     labels = {r.id: arm_of(r) for r in runs}
     rows = load_train_runs(store, attns=sorted({a.attn for a in arms}))
     finished = [
@@ -100,9 +128,11 @@ def verdicts(
     threshold: float,
     confidence: float,
     metric: str = "val_loss",
+    budgets: dict[str, int] | None = None,
 ) -> list[ArmVerdict]:
-    """Each arm after the first against the first, over the experiment's finished runs."""
-    rows, gone = arm_runs(store, key, arms)
+    """Each arm after the first against the first, over the experiment's finished runs
+    (with `budgets`, arm -> steps: only the runs at those budgets)."""
+    rows, gone = arm_runs(store, key, arms, budgets)
     out = []
     for arm in arms[1:]:
         try:

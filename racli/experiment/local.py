@@ -89,9 +89,11 @@ def run_in_process(ctx: Context, jobs: list[Job], confidence: float) -> list[Job
             except (KeyboardInterrupt, BadInput):
                 raise
             except Exception as exc:  # recorded as failed by the trainer
+                ctx.release(job, "failed", None, str(exc))
                 ctx.view.finished(device, ctx.label(job, None), "failed", str(exc))
                 results.append(JobResult(job, None, "failed", str(exc)))
                 continue
+        ctx.release(job, result.status, result.run_id)
         ctx.view.state.done += result.status in ("finished", "diverged")
         ctx.durations.append(time.monotonic() - t0)
         ctx.view.state.eta_s = ctx.eta(len(jobs) - ctx.view.state.done, 0)
@@ -164,7 +166,7 @@ class _Child:
     total: int
 
 
-def _last_error(path: Path) -> str:
+def last_error(path: Path) -> str:
     """The last `ra: ...` line of a child's log (else its last line)."""
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
@@ -220,9 +222,10 @@ def _end_child(
     run_id = run.id if run is not None else None
     note = ""
     if rc == 2:
-        status, note = "failed", _last_error(log_path(ctx.settings.db, ctx.key, child.job))
+        status, note = "failed", last_error(log_path(ctx.settings.db, ctx.key, child.job))
     elif status != "finished" and rc not in (0, 130):
-        note = _last_error(log_path(ctx.settings.db, ctx.key, child.job))
+        note = last_error(log_path(ctx.settings.db, ctx.key, child.job))
+    ctx.release(child.job, status, run_id, note)
     if status in ("finished", "diverged"):
         ctx.view.state.done += 1
         ctx.durations.append(now - child.started)

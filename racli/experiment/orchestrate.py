@@ -2,68 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
 
-from racli import training
-from racli.errors import BadInput
 from racli.experiment import budgets as kept
-from racli.experiment import judge, plan, text
-from racli.experiment.calibration_run import find_calibration, record_calibration
-from racli.experiment.jobs import Context, arm_spec, experiment_config
+from racli.experiment import cluster, judge, ownership, plan, text
+from racli.experiment.calibration_run import (
+    WAIT_S,
+    budgets_of,
+    calibration_for,
+    find_calibration,
+)
+from racli.experiment.jobs import HELD_NOTE, Context
 from racli.experiment.local import run_children, run_in_process
-from racli.experiment.results import Interrupted, JobResult, Outcome, Settings, check_settings
+from racli.experiment.prepare import prepare
+from racli.experiment.results import Interrupted, JobResult, Outcome, Settings
 from racli.experiment.sequential import Design
-from racli.names import resolve_device
 from racli.store.experiment_queries import experiment_runs
-from racli.training.memory import check_fits
 from racli.training.stopping import stop_on_signals
 
 
-def resolve_devices(devices: list[str], processes: bool | None = None) -> list[str]:
-    out = [resolve_device(d) for d in devices]
-    if len(out) > 1 and any(d == "cpu" for d in out) and not processes:
-        raise BadInput("several devices are GPUs: --devices takes CUDA indices")
-    return out
+def run_held(ctx: Context, jobs, run, confidence: float) -> list[JobResult]:
+    """`run` over `jobs`, then again over those another process held, once they are free
+    or their runs ended (a run whose heartbeat is not yet stale is waited for, not skipped)."""
+    results: dict[tuple, JobResult] = {}
+    left = jobs
+    while True:
+        for r in run(ctx, left, confidence):
+            results[(r.job.arm.label, r.job.seed)] = r
+        if ctx.stop.is_set() or not ctx.held:
+            break
+        left = list(ctx.held)
+        ctx.view.phase(f"waiting for {len(left)} run(s) {HELD_NOTE}")
+        if ctx.stop.wait(WAIT_S):
+            break
+    return [results[k] for k in sorted(results, key=lambda k: _order(jobs, k))]
 
 
-def comparable_config(spec, dataset) -> dict[str, Any]:
-    """The run config of an arm without what differs between the experiment's runs."""
-    config = training.run_config(spec, dataset)
-    return {
-        k: v
-        for k, v in config.items()
-        if k
-        not in (
-            "attn",
-            "seed",
-            "tag",
-            "budget",
-            "data_path",  # where the data lives is not what it is: the key stays the same
-            plan.EXPERIMENT_KEY,
-            plan.BUDGET_SOURCE_KEY,
-        )
-    }
-
-
-def _budgets(store, settings: Settings, ecfg, specs, dataset, key, tag, view, stop) -> tuple:
-    """The calibration (the recorded one, else measured now; None when it is gone and the
-    runs recorded every arm's budget) and the step budgets (racli/experiment/budgets.py)."""
-
-    def find():
-        cal = find_calibration(store, key)
-        if cal is not None:
-            view.note(f"calibration: reusing run {cal.run_id}")
-        return cal
-
-    def measure():
-        return record_calibration(
-            store, settings, ecfg, specs, dataset, key, tag, view=view, stop=stop
-        )
-
-    return kept.choose(
-        settings.arms, settings.minutes, experiment_runs(store, key), find, measure, view.note
-    )
+def _order(jobs, k) -> int:
+    return next((j.order for j in jobs if (j.arm.label, j.seed) == k), 0)
 
 
 def _design(settings: Settings, ecfg) -> Design | None:
@@ -90,11 +67,16 @@ def _looks(ctx: Context, design: Design | None, run) -> tuple:
             text.training_text(len(settings.arms), len(seeds), design, len(looks), confidence)
         )
         jobs = plan.schedule(settings.arms, seeds, len(ctx.devices))
-        results: list[JobResult] = run(ctx, jobs, confidence)
+        results: list[JobResult] = run_held(ctx, jobs, run, confidence)
         if ctx.stop.is_set():
             raise Interrupted(text.interrupted_text(results, len(jobs)))
         verdicts = judge.verdicts(
-            ctx.store, ctx.key, settings.arms, threshold=v.threshold, confidence=confidence
+            ctx.store,
+            ctx.key,
+            settings.arms,
+            threshold=v.threshold,
+            confidence=confidence,
+            budgets=ctx.steps(),
         )
         looks.append(
             {
@@ -114,6 +96,24 @@ def _looks(ctx: Context, design: Design | None, run) -> tuple:
     return seeds, looks, results, verdicts, confidence
 
 
+def _local_budgets(store, settings: Settings, ecfg, p, view, stop, claims) -> tuple:
+    """(calibration, budgets) by racli/experiment/budgets.py: what the runs recorded wins;
+    the calibration is found, else measured by whoever claims it first (None when it is
+    gone and every arm's runs recorded their budget)."""
+
+    def find():
+        cal = find_calibration(store, p.key)
+        if cal is not None:
+            view.note(f"calibration: reusing run {cal.run_id}")
+        return cal
+
+    def measure():
+        return calibration_for(store, settings, ecfg, p, view, stop, claims)
+
+    runs = experiment_runs(store, p.key)
+    return kept.choose(settings.arms, settings.minutes, runs, find, measure, view.note)
+
+
 def run_experiment(
     settings: Settings, cfg, store, *, view, stop: threading.Event | None = None, on_step=None
 ) -> Outcome:
@@ -123,36 +123,32 @@ def run_experiment(
     `Interrupted` after a stop request (runs stopped cleanly, to be continued by the
     same command)."""
     stop = stop or threading.Event()
-    ecfg = experiment_config(cfg, settings.overrides)
-    check_settings(settings)
-    devices = resolve_devices(settings.devices, settings.processes)
-    specs = [
-        arm_spec(settings, ecfg, a.attn, device=devices[0], steps=1, seed=0, tag=settings.tag)
-        for a in settings.arms
-    ]
-    dataset = training.load_data(specs[0])
-    for spec in specs:
-        training.run_config(spec, dataset)  # validates every arm's model config
-        check_fits(spec, dataset)
-    key = plan.experiment_key(
-        arms=settings.arms,
-        comparable=comparable_config(specs[0], dataset),
-        minutes=settings.minutes,
-        tag=settings.tag,
-    )
-    tag = plan.run_tag(settings.tag, key)
+    p = prepare(settings, cfg)
+    ecfg, devices, key, tag = p.ecfg, p.devices, p.key, p.tag
     view.note(text.start_text(key, settings, devices, tag))
+    remote = None
+    if settings.launcher != "local":
+        remote = cluster.ClusterRun(settings, ecfg, store, p, view=view, stop=stop)
 
     children: list = []  # the running child processes, for the signal handler
-    with stop_on_signals(stop, children):
-        cal, budgets = _budgets(store, settings, ecfg, specs, dataset, key, tag, view, stop)
+    claims = ownership.Claims(store, launcher=settings.launcher)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(stop_on_signals(stop, children))
+        stack.enter_context(contextlib.closing(claims))
+        if remote is not None:
+            # the seed jobs read their budgets from the calibration run: it must exist
+            stack.enter_context(contextlib.closing(remote))
+            cal = remote.calibration()
+            budgets = budgets_of(settings, cal, view)
+        else:
+            cal, budgets = _local_budgets(store, settings, ecfg, p, view, stop, claims)
         ctx = Context(
             settings,
             ecfg,
             store,
             key=key,
             tag=tag,
-            dataset=dataset,
+            dataset=p.dataset,
             budgets=budgets,
             cal=cal,
             devices=devices,
@@ -160,12 +156,15 @@ def run_experiment(
             stop=stop,
             on_step=on_step,
             children=children,
+            claims=claims,
         )
         processes = settings.processes if settings.processes is not None else devices[0] != "cpu"
         design = _design(settings, ecfg)
-        seeds, looks, results, verdicts, confidence = _looks(
-            ctx, design, run_children if processes else run_in_process
-        )
+        if remote is not None:
+            run = remote.run
+        else:
+            run = run_children if processes else run_in_process
+        seeds, looks, results, verdicts, confidence = _looks(ctx, design, run)
     view.close()
     return Outcome(
         key=key,

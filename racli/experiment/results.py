@@ -34,6 +34,8 @@ class Settings:
     processes: bool | None = None  # one child process per run (default: on CUDA)
     config_path: str | None = None  # handed to child processes
     db: str = "ra.db"  # the store's location, handed to child processes
+    launcher: str = "local"  # local | slurm | ray
+    cancel_on_interrupt: bool | None = None  # slurm/ray jobs on Ctrl-C (None: ask on a tty)
 
 
 def check_settings(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -188,3 +189,34 @@ class GateValue(Base):
     value: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_gate_values_run_step", "run_id", "step"),)
+
+
+class ExperimentJob(Base):
+    """One unit of work of an `ra experiment` (revision 0007): its calibration, or one arm
+    and seed. The row is the claim that makes one process its owner at a time, whatever
+    the launcher (local, slurm, ray), and it remembers the scheduler's job that holds it,
+    so that the same command run again re-attaches instead of submitting twice."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(32))  # the experiment key
+    kind: Mapped[str] = mapped_column(String(16))  # calibration | train
+    arm: Mapped[str] = mapped_column(String(64))  # the arm's label ("" for the calibration)
+    seed: Mapped[int] = mapped_column(Integer)  # the run's seed (0 for the calibration)
+    launcher: Mapped[str] = mapped_column(String(16))  # local | slurm | ray
+    scheduler_job: Mapped[str | None] = mapped_column(String(128))  # Slurm job id, Ray actor
+    scheduler_state: Mapped[str | None] = mapped_column(String(32))  # as last seen
+    # queued | running | done | failed | interrupted | cancelled
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    owner: Mapped[str | None] = mapped_column(String(255))  # host:pid:nonce of the holder
+    claimed_at: Mapped[datetime | None]  # refreshed while held; stale after STALE_AFTER
+    note: Mapped[str | None] = mapped_column(Text)  # why it failed, e.g. bad input
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("experiment", "kind", "arm", "seed", name="uq_jobs_unit"),
+        Index("ix_jobs_owner", "owner"),
+    )

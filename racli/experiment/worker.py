@@ -1,0 +1,265 @@
+"""What a Slurm job or Ray actor of `ra experiment` runs on its node.
+
+`run(WorkerJob)` is the whole job: the experiment's calibration (recorded in the shared
+store, like the local launcher's), or the arms of one seed side by side, each arm an
+`ra train` child process on `gpus_per_run` of the job's GPUs (`torchrun` past one), the
+GPU slots rotated by the seed's position in the whole list, so the balanced order of the
+local launcher holds. On the CPU the arms run one after the other in the A B / B A order.
+
+Each arm is claimed in the store's `jobs` table before it trains (one owner at a time);
+the owner's name starts with `<launcher>:<job name>:`, so a requeued Slurm job or a
+restarted Ray actor takes its own units back at once, while a unit another process
+holds is waited for. A run whose process is still ending (its heartbeat fresh) is waited
+for, then resumed from its checkpoint; a run refusing its input (exit code 2) is not
+retried. Each run is started through racli/experiment/guard.py, which gives it one
+SIGTERM when the worker dies, so a killed worker leaves an interrupted run with its
+checkpoint, not an orphan. A stop request to the worker itself (SIGTERM, SIGINT) starts
+no further run; the run under way gets the scheduler's signal directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from racli.config import load_config
+from racli.experiment import ownership, plan
+from racli.experiment.calibration_run import WAIT_S, calibration_for, find_calibration
+from racli.experiment.jobs import Context, experiment_config, job_state, log_path, runs_by_job
+from racli.experiment.local import child_argv, last_error
+from racli.experiment.plan import Job
+from racli.experiment.prepare import prepare
+from racli.experiment.results import JobResult, Settings
+from racli.experiment.view import PlainView
+from racli.store.checkpoints import checkpoint_path
+from racli.store.engine import open_store
+
+GUARD = "racli.experiment.guard"
+MAX_ATTEMPTS = 2  # starts of one arm's run per job incarnation before it counts as failed
+BAD_INPUT = "bad input"
+
+
+@dataclass
+class WorkerJob:
+    kind: str  # calibration | seed
+    settings: Settings  # devices: ["cpu"] or ["cuda"]
+    key: str
+    tag: str
+    launcher: str  # slurm | ray
+    name: str  # the job's name at its scheduler, e.g. ra-<key>-seed3
+    cwd: str  # the folder the command ran in (checkpoints, logs): every node sees it
+    seed: int = 0
+    seed_index: int = 0  # the seed's position among all the experiment's seeds
+    gpus_per_run: int = 0
+
+
+def owner_prefix(job: WorkerJob) -> str:
+    return f"{job.launcher}:{job.name}:"
+
+
+def run(job: WorkerJob) -> dict:
+    """The job, in its folder, with SIGTERM / SIGINT asking for a graceful stop."""
+    os.chdir(job.cwd)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        store = open_store(job.settings.db)
+        prefix = owner_prefix(job)
+        claims = ownership.Claims(
+            store, launcher=job.launcher, owner=ownership.owner_name(prefix), takeover=prefix
+        )
+        try:
+            if job.kind == "calibration":
+                return _calibrate(job, store, claims, stop)
+            return _seed(job, store, claims, stop)
+        finally:
+            claims.close("interrupted")
+            store.close()
+
+
+def record_failure(job: WorkerJob, error: str) -> None:
+    """A job that raised: its units marked failed with the error, for the command to show."""
+    from racli.store import jobs as store_jobs
+
+    store = open_store(job.settings.db)
+    try:
+        if job.kind == "calibration":
+            units = [ownership.calibration_unit(job.key)]
+        else:
+            units = [
+                ownership.train_unit(
+                    job.key, a.label, plan.arm_seed(a, job.settings.arms, job.seed)
+                )
+                for a in job.settings.arms
+            ]
+        for unit in units:
+            store_jobs.set_state(store, unit, "failed", error[:2000])
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda signum, frame: stop.set()  # noqa: E731
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _calibrate(job: WorkerJob, store, claims, stop) -> dict:
+    cfg = load_config(job.settings.config_path)
+    p = prepare(job.settings, cfg)
+    if p.key != job.key:
+        raise RuntimeError(
+            f"this node computes experiment key {p.key}, the command {job.key}: the data or "
+            f"ra.yaml differ between the submitting host and this node"
+        )
+    cal = calibration_for(store, job.settings, p.ecfg, p, PlainView(sys.stdout), stop, claims)
+    return {"calibration_run": cal.run_id}
+
+
+def gpu_slots(visible: str | None, per_run: int, n_arms: int) -> list[str]:
+    """The job's GPUs cut into slots of `per_run` (CUDA_VISIBLE_DEVICES lists); ["cpu"]
+    without GPUs. At most one slot per arm."""
+    ids = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    if per_run < 1 or not ids:
+        return ["cpu"]
+    n = max(1, min(n_arms, len(ids) // per_run))
+    return [",".join(ids[k * per_run : (k + 1) * per_run]) for k in range(n)]
+
+
+def seed_jobs(arms, seed: int, seed_index: int, n_slots: int) -> list[Job]:
+    """The arms of one seed with their slots: arm j on slot (seed position + j) mod slots,
+    in the local launcher's order for that position (A B, then B A)."""
+    base = plan.schedule(arms, [seed], 1, first_index=seed_index)
+    return [dataclasses.replace(j, device=(seed_index + j.arm.index) % n_slots) for j in base]
+
+
+def _seed(job: WorkerJob, store, claims, stop) -> dict:
+    s = job.settings
+    cfg = experiment_config(load_config(s.config_path), s.overrides)
+    cal = find_calibration(store, job.key)
+    if cal is None:
+        raise RuntimeError(f"experiment {job.key} has no finished calibration in the store")
+    budgets = plan.step_budgets(
+        s.arms, s.minutes, cal.arm(s.arms[0].label).steps_per_s, cal.variant_ratios()
+    )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if s.devices[0] != "cpu" else None
+    slots = gpu_slots(visible, job.gpus_per_run, len(s.arms))
+    devices = ["cpu"] if slots == ["cpu"] else [f"cuda:{ids}" for ids in slots]
+    ctx = Context(
+        s,
+        cfg,
+        store,
+        key=job.key,
+        tag=job.tag,
+        dataset=None,
+        budgets=budgets,
+        cal=cal,
+        devices=devices,
+        view=PlainView(sys.stdout),
+        stop=stop,
+        claims=claims,
+    )
+    queues: dict[int, list[Job]] = {}
+    for j in seed_jobs(s.arms, job.seed, job.seed_index, len(slots)):
+        queues.setdefault(j.device, []).append(j)
+
+    def work(queue: list[Job]) -> list[JobResult]:
+        return [_arm(ctx, j, slots[j.device], job.gpus_per_run) for j in queue]
+
+    with ThreadPoolExecutor(max_workers=len(queues)) as pool:
+        results = [r for rs in pool.map(work, queues.values()) for r in rs]
+    return {
+        "results": [(r.job.arm.label, r.job.seed, r.run_id, r.status, r.note) for r in results],
+        "interrupted": stop.is_set(),
+    }
+
+
+def _arm(ctx: Context, job: Job, slot: str, per_run: int) -> JobResult:
+    """Train one arm's run to its end: claim, resume or start, wait for a holder."""
+    unit, steps = ctx.unit(job), ctx.budgets[job.arm.label].steps
+    attempts, said = 0, False
+    while not ctx.stop.is_set():
+        runs = runs_by_job(ctx.store, ctx.key).get((job.arm.label, job.seed), [])
+        action, run = job_state(runs, steps)
+        if action == "done":
+            ctx.release(job, run.status, run.id)
+            return JobResult(job, run.id, run.status, "recorded before")
+        if action == "busy" or not ctx.claims.take(unit):
+            if not said:
+                ctx.view.note(f"{ctx.label(job, run.id if run else None)}: waiting (held)")
+                said = True
+            ctx.stop.wait(WAIT_S)
+            continue
+        resume = run.id if action == "resume" else None
+        if resume is not None and not checkpoint_path(ctx.store.db, resume).is_file():
+            resume = None
+        rc = _child(ctx, job, resume, slot, per_run)
+        runs = runs_by_job(ctx.store, ctx.key).get((job.arm.label, job.seed), [])
+        last = runs[-1] if runs else None
+        run_id = last.id if last is not None else None
+        if rc == 2:
+            note = f"{BAD_INPUT}: {last_error(log_path(ctx.settings.db, ctx.key, job))}"
+            ctx.release(job, "failed", run_id, note)
+            return JobResult(job, run_id, "failed", note)
+        if last is not None and last.status in ("finished", "diverged"):
+            ctx.release(job, last.status, last.id)
+            return JobResult(job, last.id, last.status)
+        attempts += 1
+        if not ctx.stop.is_set() and attempts >= MAX_ATTEMPTS:
+            note = f"run ended {last.status if last else 'unrecorded'} (exit code {rc})"
+            ctx.release(job, "failed", run_id, note)
+            return JobResult(job, run_id, "failed", note)
+    return JobResult(job, None, "interrupted")
+
+
+def child_command(argv: list[str], per_run: int) -> list[str]:
+    """`python -m racli train ...`, under torchrun for a run on several GPUs."""
+    if per_run <= 1:
+        return argv
+    return [
+        argv[0],
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={per_run}",
+        *argv[1:],
+    ]
+
+
+def _child(ctx: Context, job: Job, resume: int | None, slot: str, per_run: int) -> int:
+    """Run one `ra train` child to its end (SIGTERM passed on once on a stop request)."""
+    path = log_path(ctx.settings.db, ctx.key, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if slot != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    what = f"resume {resume}" if resume else "start"
+    ctx.view.note(f"{ctx.label(job, resume)}: {what} on {ctx.devices[job.device]}")
+    with open(path, "a") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {what} ===\n")
+        log.flush()
+        # through the guard (one SIGTERM to the run when this worker dies), in a session of
+        # its own (a killed worker's process group is not the run's)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", GUARD, *child_command(child_argv(ctx, job, resume), per_run)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        return proc.wait()

@@ -1,0 +1,149 @@
+"""Driving `ra experiment` against the test clusters (tests/cluster.py): the tiny CPU
+experiment's command line, store queries, waiting for a run under way, and the check that
+two verdicts over runs of equal losses agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TINY = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "train.batch_size=4",
+    "train.eval_interval=1000",
+    "train.eval_batches=2",
+    "train.final_eval_batches=2",
+    "train.log_interval=2",
+    "train.warmup_frac=0.0",
+    "experiment.calibration_max_s=0.1",
+    "experiment.calibration_block_steps=2",
+    "experiment.calibration_warmup_steps=1",
+    "experiment.calibration_min_rounds=2",
+]
+
+
+def experiment_argv(url: str, launcher: str, *extra: str, minutes: str = "0.05") -> list[str]:
+    """`python -m racli experiment` of the tests' 2 variants x 2 seeds CPU experiment."""
+    argv = [
+        sys.executable,
+        "-m",
+        "racli",
+        "experiment",
+        "--db",
+        url,
+        "--attn",
+        "baseline,ra_v5",
+        "--seeds",
+        "1-2",
+        "--minutes",
+        minutes,
+        "--device",
+        "cpu",
+        "--launcher",
+        launcher,
+        "--leave-on-interrupt",
+    ]
+    for item in TINY:
+        argv += ["--set", item]
+    return argv + list(extra)
+
+
+def sql(url: str, query: str, **params) -> list[tuple]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(query), params)]
+    finally:
+        engine.dispose()
+
+
+def wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None = None):
+    """Poll `check()` until it returns something truthy; fail after `timeout` seconds or
+    when `proc` ended meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the experiment ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def running_run(url: str, min_age_s: float = 2.0):
+    """(run id, attn, seed, the jobs row's scheduler job and owner) of a train run that has
+    been running for `min_age_s`, or None."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy.exc import ProgrammingError
+
+    try:
+        rows = sql(
+            url,
+            "SELECT r.id, r.attn, r.seed, r.started_at, j.scheduler_job, j.owner FROM runs r "
+            "JOIN jobs j ON j.kind = 'train' AND j.arm = r.attn AND j.seed = r.seed "
+            "WHERE r.kind = 'train' AND r.status = 'running' AND j.owner IS NOT NULL "
+            "ORDER BY r.id",
+        )
+    except ProgrammingError:  # the store is not made yet
+        return None
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for run_id, attn, seed, started, sid, owner in rows:
+        if (now - started).total_seconds() >= min_age_s:
+            return run_id, attn, seed, sid, owner
+    return None
+
+
+def train_runs(url: str) -> list[tuple]:
+    """(attn, seed, status, iterations, val_loss, id) of every train run, by arm and seed."""
+    return sql(
+        url,
+        "SELECT attn, seed, status, iterations, val_loss, id FROM runs WHERE kind = 'train' "
+        "ORDER BY attn, seed, id",
+    )
+
+
+def training_run(url: str, work: Path):
+    """(run id, attn, seed, scheduler job, owner) of a train run whose training loop has
+    begun (its log says `training <attn> run <id>:`), or None: a stop before that point
+    leaves no checkpoint to resume from."""
+    found = running_run(url, min_age_s=0.0)
+    if found is None:
+        return None
+    run_id, attn, seed, _, _ = found
+    logs = list(work.glob(f"ra_experiment_logs/*/{attn}-seed{seed}.log"))
+    if logs and f"training {attn} run {run_id}:" in logs[0].read_text(errors="replace"):
+        return found
+    return None
+
+
+def assert_same_verdict(a: dict, b: dict, tol: float = 1e-4, tol_ends: float = 2e-3) -> None:
+    """Two experiments' verdicts (`--json`) over runs of equal losses agree: the same method
+    and design, the same improvement (to `tol`) and intervals (to `tol_ends`), and the same
+    outcome unless an interval's end lies within `tol_ends` of a decision boundary (0 or
+    +-threshold). Equal losses means equal to their last digits (another process, another
+    thread count, a resume: about 1e-6 relative); at two seeds the interval's half-width is
+    12.7 standard errors of a spread taken from two differences, so those digits move its
+    ends by up to a few 1e-4."""
+    va, vb = a["comparison"]["verdict"], b["comparison"]["verdict"]
+    assert (va["method"], va["design"]) == (vb["method"], vb["design"])
+    assert abs(va["improvement"] - vb["improvement"]) <= tol, (va["improvement"], vb["improvement"])
+    ends = []
+    for key in ("interval", "interval90"):
+        assert (va[key] is None) == (vb[key] is None)
+        if va[key] is not None:
+            assert all(abs(x - y) <= tol_ends for x, y in zip(va[key], vb[key])), (va[key], vb[key])
+            ends += list(va[key])
+    t = va["threshold"]
+    near = any(abs(e - edge) <= tol_ends for e in ends for edge in (0.0, t, -t))
+    if not near:
+        assert a["outcome"] == b["outcome"], (a["outcome"], b["outcome"], va["reason"])

@@ -1,0 +1,136 @@
+"""`ra experiment --launcher ray` against a real local Ray cluster on 127.0.0.1
+(tests/cluster.py) and a throwaway PostgreSQL store.
+
+One experiment (2 variants x 2 seeds, tiny CPU model): the calibration runs as a Ray
+actor, then one actor per seed; one seed's worker process is killed (SIGKILL) mid-run:
+Ray restarts the actor, whose run resumes from the checkpoint the `ra train` child left
+when it got SIGTERM on its parent's death; the command is stopped with Ctrl-C (leaving
+the actors running) and run again, re-attaching to them by name. Then: every run finished
+once; the same command again submits and records nothing; and `--launcher local` over the
+same calibration gives the same runs and the same verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cluster_experiment import (
+    assert_same_verdict,
+    experiment_argv,
+    sql,
+    train_runs,
+    training_run,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY_SETTINGS = ["--set", "ray.poll_s=1", "--set", "ray.gpus_per_run=0"]
+
+
+def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "racli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_ray_experiment_survives_a_killed_worker_and_matches_local(
+    ray_cluster, pg_server, tmp_path
+):
+    url = pg_server.new_database()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(ray_cluster.env(), PYTHONPATH=str(ROOT))
+    argv = experiment_argv(url, "ray", *RAY_SETTINGS, "--json")
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id, attn, seed, sid, owner = wait_until(
+            lambda: training_run(url, work), "a seed job's run to be training", 300, proc
+        )
+        assert sid.endswith(f"-seed{seed}") and owner.startswith(f"ray:{sid}:")
+        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the actor's worker process
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the actors go on
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "ray job(s) running" in err, err[-3000:]
+    # the same command again re-attaches to the actors it made (by name), makes none
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert attached.returncode == 0, attached.stderr[-4000:]
+    assert "re-attached to ray job" in attached.stderr and "submitted" not in attached.stderr
+    data = json.loads(attached.stdout)
+    key = data["key"]
+    runs = train_runs(url)
+    # every arm and seed trained once and finished; the requeued run under its own id
+    assert [r[:3] for r in runs] == [
+        ("baseline", 1, "finished"),
+        ("baseline", 2, "finished"),
+        ("ra_v5", 1, "finished"),
+        ("ra_v5", 2, "finished"),
+    ]
+    assert run_id in [r[5] for r in runs]
+    log = (work / "ra_experiment_logs" / key / f"{attn}-seed{seed}.log").read_text()
+    assert f"resume {run_id} ===" in log, log[-2000:]
+    assert sql(url, "SELECT count(*) FROM runs WHERE kind = 'calibration'") == [(1,)]
+    # the host is recorded with the device; the jobs table holds the Slurm job ids
+    hosts = sql(url, "SELECT config FROM runs WHERE kind = 'train'")
+    assert all(json.loads(c)["experiment"]["host"] if isinstance(c, str) else c for (c,) in hosts)
+    units = sql(url, "SELECT kind, arm, seed, launcher, scheduler_job, state FROM jobs")
+    assert {(u[0], u[3], u[5]) for u in units} == {
+        ("calibration", "ray", "done"),
+        ("train", "ray", "done"),
+    }
+    assert len(units) == 5 and all(u[4] for u in units)
+    assert "INTERRUPTED" not in err and data["verdicts"][0]["outcome"] != "NONE"
+
+    # the same command again: re-attaches to nothing, submits nothing, records nothing
+    again = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stderr and "reusing run" in again.stderr
+    assert train_runs(url) == runs
+    assert json.loads(again.stdout)["verdicts"] == data["verdicts"]
+
+    # --status shows every unit from the store
+    status = _ra(*argv[3:-1], "--status", "--json", cwd=work, env=env)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)["units"]
+    assert [r["run_status"] for r in rows] == ["finished"] * 5
+    assert all(r["launcher"] == "ray" and r["job"] for r in rows)
+
+    # --launcher local over the same calibration: the same runs, the same verdict
+    local_url = pg_server.new_database()
+    assert _ra("db", "merge", url, "--db", local_url, cwd=work, env=env).returncode == 0
+    ids = [str(i) for (i,) in sql(local_url, "SELECT id FROM runs WHERE kind = 'train'")]
+    deleted = _ra("runs", "delete", *ids, "--yes", "--db", local_url, cwd=work, env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    local = subprocess.run(
+        experiment_argv(local_url, "local", "--json"),
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    local_runs = train_runs(local_url)
+    assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
+    # equal losses up to the last digits (another process, thread count, a resume): the
+    # spread between seeds is about 1e-2
+    for mine, theirs in zip(local_runs, runs):
+        assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
+    assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])

@@ -1,0 +1,173 @@
+"""`ra experiment --launcher slurm` against a real Slurm (tests/cluster.py: one host, two
+logical nodes, fake GPUs, accounting through slurmdbd) and a throwaway PostgreSQL store.
+
+One experiment (2 variants x 2 seeds, tiny CPU model): the calibration runs as a Slurm
+job, then one array task per seed; one seed's job is requeued mid-run (`scontrol
+requeue`, as a preemption does) and must resume its run from the checkpoint; the command
+is stopped with Ctrl-C (leaving the jobs running) and run again, re-attaching to them.
+Then: every run finished once; the same command again submits and records nothing; and
+`--launcher local` over the same calibration gives the same runs and the same verdict."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cluster_experiment import (
+    assert_same_verdict,
+    experiment_argv,
+    sql,
+    train_runs,
+    training_run,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SLURM_SETTINGS = [
+    "--set",
+    "slurm.poll_s=1",
+    "--set",
+    "slurm.cpus_per_task=1",
+    "--set",
+    "slurm.time_limit_min=15",
+    "--set",
+    "slurm.gpus_per_run=0",
+]
+
+
+def _squeue_state(cluster, sid: str) -> str:
+    return cluster.run("squeue", "-h", "-j", sid, "-o", "%T").strip()
+
+
+def _requeue(cluster, sid: str) -> None:
+    """`scontrol requeue` (Slurm sends SIGTERM and holds the job ~2 minutes), then the
+    hold skipped with StartTime=now."""
+    cluster.run("scontrol", "requeue", sid)
+    wait_until(lambda: _squeue_state(cluster, sid) != "RUNNING", "the requeue", 60)
+
+    def restarted() -> bool:
+        state = _squeue_state(cluster, sid)
+        if state == "PENDING":
+            subprocess.run(
+                ["scontrol", "update", f"JobId={sid}", "StartTime=now"],
+                env=cluster.env(),
+                capture_output=True,
+            )
+        return state in ("RUNNING", "")
+
+    wait_until(restarted, "the requeued job to run again", 120)
+
+
+def _sacct_jobs(cluster) -> set[str]:
+    out = cluster.run("sacct", "-a", "-X", "-n", "-P", "-o", "JobID")
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "racli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg_server, tmp_path):
+    url = pg_server.new_database()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(slurm_cluster.env(), PYTHONPATH=str(ROOT))
+    argv = experiment_argv(url, "slurm", *SLURM_SETTINGS, "--json")
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id, attn, seed, sid, _ = wait_until(
+            lambda: training_run(url, work), "a seed job's run to be training", 300, proc
+        )
+        assert "_" in sid  # the seed jobs are one array
+        _requeue(slurm_cluster, sid)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the jobs go on
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "slurm job(s) running" in err, err[-3000:]
+    # the same command again re-attaches to the jobs it submitted, submits none
+    jobs_before = _sacct_jobs(slurm_cluster)
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert attached.returncode == 0, (attached.stderr[-4000:], slurm_cluster.logs())
+    assert "re-attached to slurm job" in attached.stderr and "submitted" not in attached.stderr
+    assert _sacct_jobs(slurm_cluster) == jobs_before
+    data = json.loads(attached.stdout)
+    key = data["key"]
+    runs = train_runs(url)
+    # every arm and seed trained once and finished; the requeued run under its own id
+    assert [r[:3] for r in runs] == [
+        ("baseline", 1, "finished"),
+        ("baseline", 2, "finished"),
+        ("ra_v5", 1, "finished"),
+        ("ra_v5", 2, "finished"),
+    ]
+    assert run_id in [r[5] for r in runs]
+    log = (work / "ra_experiment_logs" / key / f"{attn}-seed{seed}.log").read_text()
+    assert f"resume {run_id} ===" in log, log[-2000:]
+    assert sql(url, "SELECT count(*) FROM runs WHERE kind = 'calibration'") == [(1,)]
+    # the host is recorded with the device; the jobs table holds the Slurm job ids
+    hosts = sql(url, "SELECT config FROM runs WHERE kind = 'train'")
+    assert all(json.loads(c)["experiment"]["host"] if isinstance(c, str) else c for (c,) in hosts)
+    units = sql(url, "SELECT kind, arm, seed, launcher, scheduler_job, state FROM jobs")
+    assert {(u[0], u[3], u[5]) for u in units} == {
+        ("calibration", "slurm", "done"),
+        ("train", "slurm", "done"),
+    }
+    assert len(units) == 5 and all(u[4] for u in units)
+    assert "INTERRUPTED" not in err and data["verdicts"][0]["outcome"] != "NONE"
+
+    # the same command again: re-attaches to nothing, submits nothing, records nothing
+    jobs_before = _sacct_jobs(slurm_cluster)
+    again = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stderr and "reusing run" in again.stderr
+    assert train_runs(url) == runs
+    assert _sacct_jobs(slurm_cluster) == jobs_before
+    assert json.loads(again.stdout)["verdicts"] == data["verdicts"]
+
+    # --status shows every unit from the store
+    status = _ra(*argv[3:-1], "--status", "--json", cwd=work, env=env)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)["units"]
+    assert [r["run_status"] for r in rows] == ["finished"] * 5
+    assert all(r["launcher"] == "slurm" and r["job"] for r in rows)
+
+    # --launcher local over the same calibration: the same runs, the same verdict
+    local_url = pg_server.new_database()
+    assert _ra("db", "merge", url, "--db", local_url, cwd=work, env=env).returncode == 0
+    ids = [str(i) for (i,) in sql(local_url, "SELECT id FROM runs WHERE kind = 'train'")]
+    deleted = _ra("runs", "delete", *ids, "--yes", "--db", local_url, cwd=work, env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    local = subprocess.run(
+        experiment_argv(local_url, "local", "--json"),
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    local_runs = train_runs(local_url)
+    assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
+    # equal losses up to the last digits (another process, thread count, a resume): the
+    # spread between seeds is about 1e-2
+    for mine, theirs in zip(local_runs, runs):
+        assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
+    assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])

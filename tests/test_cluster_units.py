@@ -1,0 +1,307 @@
+"""The pieces of the cluster launchers and of experiment ownership that need no cluster:
+claims in the `jobs` table (both backends), the runs a verdict counts, GPU slots and the
+seed's order inside a job, sbatch options, the store check, and two identical local
+experiments at once on one store (one calibration, one run per arm and seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import types
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cluster_experiment import TINY
+from sqlalchemy import update
+
+from racli.errors import BadInput
+from racli.experiment import judge, plan, worker
+from racli.experiment.cluster import check_store
+from racli.experiment.jobs import job_state, train_overrides
+from racli.experiment.slurm import sbatch_options
+from racli.store import jobs as store_jobs
+from racli.store.engine import open_store
+from racli.store.models import ExperimentJob, utcnow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def test_a_unit_has_one_holder_at_a_time(store):
+    unit = store_jobs.Unit("k1", store_jobs.TRAIN, "baseline", 1)
+    assert store_jobs.claim(store, unit, owner="h:1:a", launcher="local")
+    assert not store_jobs.claim(store, unit, owner="h:2:b", launcher="local")
+    assert store_jobs.claim(store, unit, owner="h:1:a", launcher="local")  # its own again
+    (row,) = store_jobs.experiment_jobs(store, "k1")
+    assert (row.owner, row.state, row.launcher) == ("h:1:a", "running", "local")
+    store_jobs.release(store, unit, "h:1:a", state="done", run_id=None, note="x")
+    row = store_jobs.get(store, unit)
+    assert (row.owner, row.state, row.note) == (None, "done", "x")
+    assert store_jobs.claim(store, unit, owner="h:2:b", launcher="local")
+    # a holder that stopped refreshing its claim (killed) loses it after STALE_AFTER
+    with store.writing() as conn:
+        conn.execute(update(ExperimentJob).values(claimed_at=utcnow() - timedelta(seconds=121)))
+    assert store_jobs.claim(store, unit, owner="h:3:c", launcher="local")
+    # refreshing keeps it: nobody else gets it
+    store_jobs.refresh(store, "h:3:c")
+    assert not store_jobs.claim(store, unit, owner="h:4:d", launcher="local")
+
+
+def test_a_requeued_job_takes_its_own_units_back_at_once(store):
+    unit = store_jobs.Unit("k1", store_jobs.TRAIN, "ra_v5", 2)
+    assert store_jobs.claim(
+        store,
+        unit,
+        owner="slurm:ra-k1-seed2:n1:10:aa",
+        launcher="slurm",
+        takeover="slurm:ra-k1-seed2:",
+    )
+    # another job's worker (or a local command) waits ...
+    assert not store_jobs.claim(
+        store,
+        unit,
+        owner="slurm:ra-k1-seed3:n2:11:bb",
+        launcher="slurm",
+        takeover="slurm:ra-k1-seed3:",
+    )
+    assert not store_jobs.claim(store, unit, owner="h:1:a", launcher="local")
+    # ... the same job after its requeue (a new process) does not
+    assert store_jobs.claim(
+        store,
+        unit,
+        owner="slurm:ra-k1-seed2:n2:12:cc",
+        launcher="slurm",
+        takeover="slurm:ra-k1-seed2:",
+    )
+    store_jobs.set_scheduler(store, [unit], launcher="slurm", scheduler_job="7_1")
+    store_jobs.set_scheduler_state(store, "k1", "7_1", "RUNNING")
+    row = store_jobs.get(store, unit)
+    assert (row.scheduler_job, row.scheduler_state, row.owner) == (
+        "7_1",
+        "RUNNING",
+        "slurm:ra-k1-seed2:n2:12:cc",
+    )
+    store_jobs.release_all(store, "slurm:ra-k1-seed2:n2:12:cc")
+    assert store_jobs.get(store, unit).owner is None
+
+
+def _run(id_, arm, seed, status, steps):
+    config = {"experiment": {"arm": arm}, "budget": {"steps": steps}}
+    return types.SimpleNamespace(id=id_, seed=seed, status=status, config=config)
+
+
+def test_a_verdict_counts_one_run_per_arm_and_seed_at_the_current_budgets():
+    runs = [
+        _run(1, "baseline", 1, "finished", 100),
+        _run(2, "ra_v5", 1, "finished", 90),
+        _run(3, "ra_v5", 1, "finished", 90),  # the same arm and seed again (merged stores)
+        _run(4, "baseline", 2, "finished", 120),  # another calibration's budget
+        _run(5, "ra_v5", 2, "failed", 90),
+    ]
+    kept = judge.judged_runs(runs, {"baseline": 100, "ra_v5": 90})
+    assert [r.id for r in kept] == [1, 2, 5]
+    assert [r.id for r in judge.judged_runs(runs, None)] == [1, 2, 4, 5]
+    # a finished run of another budget does not make its job done: it is trained again
+    assert job_state([runs[3]], 100) == ("new", None)
+    assert job_state([runs[3]], 120) == ("done", runs[3])
+
+
+def test_gpu_slots_and_the_order_of_a_seed_inside_its_job():
+    assert worker.gpu_slots(None, 1, 2) == ["cpu"]
+    assert worker.gpu_slots("0,1,2,3", 0, 2) == ["cpu"]
+    assert worker.gpu_slots("4,5", 1, 2) == ["4", "5"]
+    assert worker.gpu_slots("0,1,2,3", 2, 2) == ["0,1", "2,3"]
+    assert worker.gpu_slots("0,1,2,3", 1, 2) == ["0", "1"]  # at most one slot per arm
+    arms = plan.parse_arms("baseline,ra_v5")
+    # the seed at position 0 runs A B (arm j on slot j), at position 1 B A (slots rotated)
+    first = worker.seed_jobs(arms, 5, 0, 2)
+    second = worker.seed_jobs(arms, 6, 1, 2)
+    assert [(j.arm.label, j.seed, j.device) for j in first] == [
+        ("baseline", 5, 0),
+        ("ra_v5", 5, 1),
+    ]
+    assert [(j.arm.label, j.seed, j.device) for j in second] == [
+        ("ra_v5", 6, 0),
+        ("baseline", 6, 1),
+    ]
+    # over two seeds every arm visits every slot once
+    visits = {(j.arm.label, j.device) for j in first + second}
+    assert len(visits) == 4
+    argv = [sys.executable, "-m", "racli", "train"]
+    assert worker.child_command(argv, 1) == argv
+    assert worker.child_command(argv, 4)[1:6] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        "-m",
+    ]
+
+
+def test_launcher_settings_and_store_check(tmp_path):
+    assert sbatch_options(["--qos=high", "--exclusive", "--mem-per-gpu=40G"]) == {
+        "qos": "high",
+        "exclusive": True,
+        "mem_per_gpu": "40G",
+    }
+    with pytest.raises(BadInput, match="extra_sbatch"):
+        sbatch_options(["qos=high"])
+    with pytest.raises(BadInput, match="PostgreSQL"):
+        check_store(str(tmp_path / "ra.db"), "slurm")
+    check_store("postgresql://ra@db/ra", "ray")
+    assert train_overrides(
+        ["train.lr=1", "slurm.partition=x", "ray.address=a", "model.bias=1"]
+    ) == [
+        "train.lr=1",
+        "model.bias=1",
+    ]
+
+
+def test_cluster_launcher_refuses_a_sqlite_store(tmp_path):
+    from helpers import ra_inprocess
+
+    res = ra_inprocess(
+        "experiment",
+        "--db",
+        tmp_path / "ra.db",
+        "--attn",
+        "baseline,ra_v5",
+        "--seeds",
+        "1-2",
+        "--minutes",
+        "0.01",
+        "--device",
+        "cpu",
+        "--launcher",
+        "slurm",
+    )
+    assert res.exit_code == 2 and "PostgreSQL" in res.stderr
+    assert not (tmp_path / "ra.db").exists() or "calibration" not in res.stderr
+
+
+@pytest.mark.slow
+def test_two_identical_commands_at_once_share_the_work(tmp_path):
+    db = tmp_path / "ra.db"
+    argv = [sys.executable, "-m", "racli", "experiment", "--db", str(db)]
+    argv += ["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "0.01", "--device", "cpu"]
+    for item in TINY:
+        argv += ["--set", item]
+    argv.append("--json")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [
+        subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    conn = sqlite3.connect(db)
+    try:
+        kinds = conn.execute("SELECT kind, count(*) FROM runs GROUP BY kind").fetchall()
+        runs = conn.execute(
+            "SELECT attn, seed, status FROM runs WHERE kind='train' ORDER BY attn, seed"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert dict(kinds) == {"calibration": 1, "train": 4}
+    assert runs == [
+        ("baseline", 1, "finished"),
+        ("baseline", 2, "finished"),
+        ("ra_v5", 1, "finished"),
+        ("ra_v5", 2, "finished"),
+    ]
+    verdicts = [json.loads(out)["verdicts"][0] for out, _ in outs]
+    for v in verdicts:  # both judge the same 2 vs 2 runs
+        assert v["comparison"]["verdict"]["candidate"]["n"] == 2
+        assert v["comparison"]["verdict"]["baseline"]["n"] == 2
+    assert verdicts[0]["outcome"] == verdicts[1]["outcome"]
+
+
+class _FakeLauncher:
+    name = "slurm"
+
+    def __init__(self):
+        self.cancelled: list[str] = []
+
+    def cancel(self, ids):
+        self.cancelled += ids
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_ctrl_c_cancels_the_jobs_or_leaves_them(tmp_path, cancel):
+    from racli.experiment.cluster import ClusterRun
+    from racli.experiment.results import Interrupted, Settings
+
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        units = [store_jobs.Unit("k1", store_jobs.TRAIN, a, 1) for a in ("baseline", "ra_v5")]
+        store_jobs.set_scheduler(store, units, launcher="slurm", scheduler_job="9_0")
+        run = object.__new__(ClusterRun)  # no launcher of a real scheduler behind it
+        run.settings = Settings(
+            arms=plan.parse_arms("baseline,ra_v5"), seeds=[1], minutes=1.0,
+            cancel_on_interrupt=cancel,
+        )  # fmt: skip
+        run.launcher, run.store, run.key = _FakeLauncher(), store, "k1"
+        with pytest.raises(Interrupted) as exc:
+            run._interrupt(["9_0"])
+        states = {r.state for r in store_jobs.experiment_jobs(store, "k1")}
+        if cancel:
+            assert run.launcher.cancelled == ["9_0"] and states == {"cancelled"}
+            assert "cancelled 1 slurm job(s) (9_0)" in str(exc.value)
+        else:
+            assert run.launcher.cancelled == [] and states == {"queued"}
+            assert "left 1 slurm job(s) running (9_0)" in str(exc.value)
+            assert "re-attach" in str(exc.value)
+    finally:
+        store.close()
+
+
+def test_a_worker_does_not_retry_a_run_that_refused_its_input(tmp_path, monkeypatch):
+    from racli.experiment import ownership
+    from racli.experiment.jobs import Context
+    from racli.experiment.results import Settings
+    from racli.experiment.view import PlainView
+
+    store = open_store(str(tmp_path / "ra.db"))
+    claims = ownership.Claims(store, launcher="slurm", owner="slurm:ra-k1-seed1:h:1:a")
+    try:
+        arms = plan.parse_arms("baseline,ra_v5")
+        settings = Settings(
+            arms=arms, seeds=[1], minutes=1.0, devices=["cpu"], db=str(tmp_path / "ra.db")
+        )
+        budgets = plan.step_budgets(arms, 1.0, 10.0, {"ra_v5": (0.5, None)})
+        ctx = Context(
+            settings, None, store, key="k1", tag="t", dataset=None, budgets=budgets, cal=None,
+            devices=["cpu"], view=PlainView(), stop=__import__("threading").Event(), claims=claims,
+        )  # fmt: skip
+        starts = []
+
+        def child(ctx_, job, resume, slot, per_run):
+            starts.append(job.arm.label)
+            path = worker.log_path(settings.db, "k1", job)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("ra: unknown attention 'x'\n")
+            return 2
+
+        monkeypatch.setattr(worker, "_child", child)
+        job = worker.seed_jobs(arms, 1, 0, 1)[0]
+        result = worker._arm(ctx, job, "cpu", 0)
+        assert starts == ["baseline"]  # once: exit code 2 is not retried
+        assert result.status == "failed" and result.note == "bad input: ra: unknown attention 'x'"
+        row = store_jobs.get(store, ctx.unit(job))
+        assert (row.state, row.owner, row.note) == ("failed", None, result.note)
+    finally:
+        claims.close()
+        store.close()
