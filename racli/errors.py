@@ -4,6 +4,9 @@
 asked (unknown attention, bad number, missing file, invalid ra.yaml, unknown
 run id, CUDA asked for but absent, a database from a newer schema). Its
 message is the one line printed on stderr.
+`Stopped` (exit 1): work that cannot go on for a reason outside it (a run
+deleted or taken over by another process meanwhile, a store that stayed
+unwritable past its limit); its message is the one line printed on stderr.
 Anything else raised while working is a failure (exit 1).
 """
 
@@ -12,6 +15,10 @@ from __future__ import annotations
 
 class BadInput(Exception):
     """Bad input from the user: one clear line, exit code 2."""
+
+
+class Stopped(Exception):
+    """Work stopped cleanly for a reason outside it: one clear line, exit code 1."""
 
 
 def first_line(message: object, limit: int | None = None) -> str:

@@ -265,6 +265,14 @@ def delete_cmd(
     ctx: typer.Context,
     run_ids: IdsArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            help="Also delete the runs that depend on these (train runs whose budget came "
+            "from a calibration, runs resumed from one); without it such a run is refused.",
+        ),
+    ] = False,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -274,11 +282,11 @@ def delete_cmd(
 
     _check_ids(run_ids)
     store = _store(ctx, db, config, readonly=False)
-    runs = check_deletable(store, run_ids)
+    runs = check_deletable(store, run_ids, cascade=cascade)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):
         typer.echo("nothing deleted", err=True)
         raise typer.Exit(1)
-    out = delete_runs(store, [r.id for r in runs])
+    out = delete_runs(store, [r.id for r in runs], cascade=cascade)
     if json:
         common.print_json(out.to_dict())
         return

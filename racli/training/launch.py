@@ -23,9 +23,9 @@ from sqlalchemy.exc import OperationalError
 
 from racli import training
 from racli.errors import BadInput
-from racli.names import check_run_id
+from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
-from racli.store.engine import open_store, sqlite_path
+from racli.store.engine import check_writable, open_store, sqlite_path
 from racli.store.queries import get_run
 from racli.training.budget import check_budget_range
 from racli.training.progress import ConsoleReporter
@@ -95,13 +95,16 @@ def check_options(opts: TrainOptions) -> None:
     if opts.resume is not None:
         check_run_id(opts.resume, "--resume")
     check_budget_range(opts.minutes, opts.steps)
+    check_tag(opts.tag)
 
 
 def check_store_writable(location: str) -> None:
-    """BadInput unless a SQLite store at `location` (a file, or one to create) can be
-    written: train records its run there, so this is checked before any work."""
+    """BadInput unless the store at `location` (a SQLite file or one to create, a
+    server) can be written: train records its run there, so this is checked before any
+    work and before anything is created (racli.store.engine.check_writable)."""
     path = sqlite_path(location)
     if path is None:
+        check_writable(location)
         return
     folder = path.parent if str(path.parent) else None
     if path.is_dir():
@@ -113,6 +116,7 @@ def check_store_writable(location: str) -> None:
         )
     if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(f"cannot record the run in {path}: its folder {folder} is read-only")
+    check_writable(location)
 
 
 def open_writable(open_fn: Callable[[], Any], location: str):
@@ -136,7 +140,7 @@ class Prepared:
     resume: int | None = None
 
 
-def _prepare_resume(opts: TrainOptions, location: str, info) -> Prepared:
+def _prepare_resume(opts: TrainOptions, location: str, info, wait_s: float) -> Prepared:
     conflicts = opts.resume_conflicts()
     if conflicts:
         raise BadInput(
@@ -147,6 +151,7 @@ def _prepare_resume(opts: TrainOptions, location: str, info) -> Prepared:
     store = open_writable(
         lambda: open_store(location, create=False, migrate=info.is_main), location
     )
+    store.wait_s = wait_s
     spec, dataset, _ = prepare_resume(store, opts.resume, info)
     return Prepared(spec, dataset, store, info, opts.resume)
 
@@ -162,7 +167,7 @@ def prepare(
     if info.is_main:
         check_store_writable(location)
     if opts.resume is not None:
-        return _prepare_resume(opts, location, info)
+        return _prepare_resume(opts, location, info, cfg.db_wait_minutes * 60.0)
     if opts.attn is None:
         raise BadInput("--attn is required (e.g. --attn ra_v5), or --resume RUN")
     spec = spec_from_config(
@@ -186,8 +191,14 @@ def prepare(
     run_config(spec, dataset, info.world_size)  # validates the model config
     store = None
     if info.is_main:
+        made = ckpt_paths.missing_folders(location)
         ckpt_paths.ensure_writable(location)  # before the database is created
-        store = open_writable(lambda: open_store(location), location)
+        try:
+            store = open_writable(lambda: open_store(location), location)
+        except BaseException:
+            ckpt_paths.remove_folders(made)  # a store that cannot open leaves nothing
+            raise
+        store.wait_s = cfg.db_wait_minutes * 60.0
     return Prepared(spec, dataset, store, info)
 
 

@@ -70,7 +70,10 @@ def train(
         rec: Recorder = NullRecorder()
         if info.is_main:
             if resume_run is not None:
-                rec = RunRecorder.resume(store, resume_run, flush_interval=flush_interval)
+                # the steps after the checkpoint are trained again: their rows go
+                rec = RunRecorder.resume(
+                    store, resume_run, flush_interval=flush_interval, drop_after_step=state.step
+                )
             else:
                 rec = RunRecorder.start(
                     store,

@@ -332,6 +332,7 @@ class Trainer:
         `checkpoint_error`; training goes on."""
         if not self.info.is_main or self.ckpt_path is None:
             return
+        self.rec.before_checkpoint()  # the rows so far first; RunLost if the run is gone
         running = self.clock.running
         self._sync()
         self.clock.pause()
