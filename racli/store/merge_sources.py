@@ -65,8 +65,16 @@ def _damage(path: Path) -> str | None:
             conn.close()
     except sqlite3.Error as exc:
         return str(exc)
-    found = [str(r[0]) for r in rows]
-    return None if found == ["ok"] else "; ".join(found)
+    found = [
+        line.strip()
+        for r in rows
+        for line in str(r[0]).splitlines()
+        if line.strip() and not line.startswith("***")
+    ]
+    if found == ["ok"]:
+        return None
+    more = f" and {len(found) - 1} more problem(s)" if len(found) > 1 else ""
+    return f"{found[0] if found else 'quick_check failed'}{more}"
 
 
 def _same_file(path: Path, target: str) -> bool:
