@@ -163,7 +163,7 @@ def export(
         if output is None:
             exporting.write_metrics(store, sys.stdout, fmt, names=wanted, **filters)
             return
-        with output.open("w", newline="") as fh:
+        with exporting.atomic_output(output) as fh:
             n = exporting.write_metrics(store, fh, fmt, names=wanted, **filters)
         typer.echo(f"wrote {n} metric value(s) to {output}", err=True)
         return
@@ -171,7 +171,8 @@ def export(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        with exporting.atomic_output(output) as fh:
+            fh.write(text)
         typer.echo(f"wrote {n} run(s) to {output}", err=True)
 
 

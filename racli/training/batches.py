@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from racli.training.datasets import DataError
+from racli.training.datasets import DataError, TokenOutOfRange
 
 _STATE_VERSION = 1
 
 
-def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T+1) token windows -> contiguous int64 (x, y) on ``device``."""
-    w = torch.from_numpy(np.asarray(windows).astype(np.int64, copy=False))
+def _to_device(
+    windows: np.ndarray, device: torch.device, vocab_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) token windows -> contiguous int64 (x, y) on ``device``. With ``vocab_size``,
+    a token id outside the vocabulary raises TokenOutOfRange here, on the host, instead of
+    an index error in the model (on CUDA, a device-side assert that ends the process)."""
+    windows = np.asarray(windows)
+    if vocab_size is not None and windows.size and int(windows.max()) >= vocab_size:
+        raise TokenOutOfRange(int(windows.max()), vocab_size)
+    w = torch.from_numpy(windows.astype(np.int64, copy=False))
     x = w[:, :-1].contiguous()
     y = w[:, 1:].contiguous()
     if device.type == "cuda":
@@ -48,6 +55,7 @@ class BatchSampler:
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        vocab_size: int | None = None,
     ) -> None:
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be a 1-D array, got shape {tokens.shape}")
@@ -72,6 +80,7 @@ class BatchSampler:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.device = torch.device(device)
+        self.vocab_size = vocab_size  # ids checked per batch when given
         self._n_starts = n - self.block_size  # valid window starts: 0 .. n - block_size - 1
         self._offsets = np.arange(self.block_size + 1, dtype=np.int64)
         self._rng = np.random.default_rng(self.seed % 2**64)
@@ -85,7 +94,7 @@ class BatchSampler:
         )
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = self.tokens[mine[:, None] + self._offsets]  # one gather for the whole batch
-        return _to_device(windows, self.device)
+        return _to_device(windows, self.device, self.vocab_size)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) pair: int64 tensors of shape (batch_size, block_size), y = x + 1."""
@@ -165,6 +174,7 @@ def eval_batches(
     block_size: int,
     n_batches: int,
     device: str | torch.device = "cpu",
+    vocab_size: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed list of ``n_batches`` validation batches, identical for every run.
 
@@ -188,7 +198,7 @@ def eval_batches(
     windows = tokens[starts[:, None] + np.arange(block_size + 1, dtype=np.int64)]
     windows = np.asarray(windows).reshape(n_batches, batch_size, block_size + 1)
     dev = torch.device(device)
-    return [_to_device(windows[i], dev) for i in range(n_batches)]
+    return [_to_device(windows[i], dev, vocab_size) for i in range(n_batches)]
 
 
 def epochs(tokens_seen: int, train_tokens: int) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from racli.dataprep.identity import arrays_hash, files_hash
+from racli.errors import BadInput
 
 BYTE_VOCAB_SIZE = 256
 DEFAULT_BIN_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as in nanoGPT
@@ -248,6 +249,38 @@ def _read_meta_json(meta: Path) -> dict | None:
         "content_hash": digest,
         "tokenizer": name,
     }
+
+
+class TokenOutOfRange(BadInput):
+    """A token id at or above the vocabulary size, met in a batch (one line, exit 2)."""
+
+    def __init__(self, token: int, vocab_size: int):
+        super().__init__(
+            f"the data holds token id {token}, outside the vocabulary (vocab_size "
+            f"{vocab_size}): the token files do not match their meta.json; prepare the data "
+            f"again"
+        )
+
+
+CHECK_ALL_TOKENS = 100_000_000  # splits up to this many tokens are checked whole at start
+
+
+def check_token_ids(dataset: Dataset) -> None:
+    """BadInput when a split holds an id outside the vocabulary: the validation split and a
+    training split of up to CHECK_ALL_TOKENS tokens are read whole (a larger one is checked
+    batch by batch as training draws it)."""
+    for split, tokens in (("validation", dataset.val), ("train", dataset.train)):
+        if split == "train" and tokens.shape[0] > CHECK_ALL_TOKENS:
+            continue
+        if tokens.dtype == np.uint8 and dataset.vocab_size >= 256:
+            continue
+        top = int(tokens.max())
+        if top >= dataset.vocab_size:
+            raise BadInput(
+                f"{dataset.name}: the {split} split holds token id {top}, outside the "
+                f"vocabulary (vocab_size {dataset.vocab_size}): the token files do not match "
+                f"their meta.json; prepare the data again"
+            )
 
 
 def _check_token_ids(file: Path, tokens: np.ndarray, vocab_size: int, source: str) -> None:

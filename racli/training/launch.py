@@ -28,9 +28,17 @@ from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import check_writable, open_store, sqlite_path
 from racli.store.queries import get_run
 from racli.training.budget import check_budget_range
+from racli.training.fits import check_fits
 from racli.training.progress import ConsoleReporter
 from racli.training.result import TrainResult
-from racli.training.spec import TrainSpec, load_data, prepare_resume, run_config, spec_from_config
+from racli.training.spec import (
+    TrainSpec,
+    load_data,
+    model_config,
+    prepare_resume,
+    run_config,
+    spec_from_config,
+)
 from racli.training.stopping import EXIT_INTERRUPTED, stop_on_signals
 
 
@@ -189,6 +197,8 @@ def prepare(
         spec.extra = parse_extra(opts.extra_config)
     dataset = load_data(spec)
     run_config(spec, dataset, info.world_size)  # validates the model config
+    mcfg = model_config(spec, dataset)
+    check_fits(spec, mcfg, spec.batch_layout(mcfg.block_size, info.world_size).micro)
     store = None
     if info.is_main:
         made = ckpt_paths.missing_folders(location)

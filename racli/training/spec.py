@@ -17,7 +17,7 @@ from racli.store import checkpoints as ckpt_paths
 from racli.store.queries import get_run
 from racli.store.recorder import is_stale
 from racli.training.budget import check_budget
-from racli.training.datasets import DataError, dataset_identity, load_dataset
+from racli.training.datasets import DataError, check_token_ids, dataset_identity, load_dataset
 from racli.training.global_batch import BatchLayout, batch_layout
 from racli.training.load_errors import describe_load_error
 
@@ -182,13 +182,15 @@ def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
 def load_data(spec: TrainSpec, path: str | None = None) -> Dataset:
     """The spec's dataset (or `path`'s); unusable data is BadInput (one line)."""
     try:
-        return load_dataset(
+        dataset = load_dataset(
             path if path is not None else spec.data,
             val_fraction=spec.train.val_fraction,
             block_size=spec.model["block_size"],
         )
     except DataError as exc:
         raise BadInput(str(exc)) from exc
+    check_token_ids(dataset)
+    return dataset
 
 
 def data_identity(dataset: Dataset) -> dict[str, Any]:

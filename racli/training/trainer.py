@@ -130,6 +130,7 @@ class Trainer:
             rank=info.rank,
             world_size=info.world_size,
             device=device,
+            vocab_size=dataset.vocab_size,
         )
         self.tokens_per_step = self.layout.tokens_per_step  # global: every process's tokens
         # progress counters (restored from a checkpoint on resume)
@@ -163,7 +164,12 @@ class Trainer:
                 autocast=self._autocast,
             )
         self.eval_set = eval_batches(
-            dataset.val, t.batch_size, self.mcfg.block_size, t.eval_batches, device
+            dataset.val,
+            t.batch_size,
+            self.mcfg.block_size,
+            t.eval_batches,
+            device,
+            dataset.vocab_size,
         )
         self.last_gate_step: int | None = None
         self.val_loss: float | None = None
@@ -528,6 +534,7 @@ class Trainer:
             self.mcfg.block_size,
             self.t.final_eval_batches,
             self.device,
+            self.dataset.vocab_size,
         )
         self._eval_and_record(final, final=True)
         self.save_checkpoint()
