@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -52,9 +51,9 @@ def atomic_output(path: Path) -> Iterator[TextIO]:
     file beside it, renamed over `path` once complete. A write that fails (a full disk)
     removes the temporary file, leaves a previous file at `path` as it was, and is one line
     (BadInput)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
+        with open(tmp, "w", newline="") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
