@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 
 import pytest
 
@@ -83,3 +84,35 @@ def store_url(backend, request, tmp_path) -> str:
     if backend == "sqlite":
         return str(tmp_path / "ra.db")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(path, size)`: a small RAM file system mounted at `path` (unmounted after the
+    test): a disk that fills up. Mounting needs root; where it is impossible the test is
+    skipped, except under CI, where it fails."""
+    mounted = []
+
+    def mount(path, size: str = "4m"):
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            res = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            failure = None if res.returncode == 0 else (res.stderr or res.stdout).strip()
+        except OSError as exc:
+            failure = str(exc)
+        if failure is not None:
+            reason = f"cannot mount a tmpfs: {failure or 'not root?'}"
+            if _in_ci():
+                pytest.fail(f"disk-full tests cannot run under CI: {reason}", pytrace=False)
+            pytest.skip(f"disk-full tests skipped: {reason}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
