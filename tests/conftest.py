@@ -66,6 +66,29 @@ def pg_server():
 
 
 @pytest.fixture
+def own_pg_server():
+    """`own_pg_server(password=None)`: a PostgreSQL server of the test's own (one it may stop
+    and start again, or one that asks for a password), stopped after the test."""
+    from pg import PgServer, find_bindir
+
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("the psycopg driver is not installed (pip install 'ra[postgres]')")
+    bindir = find_bindir()
+    if bindir is None:
+        _unavailable("initdb/pg_ctl not found (install PostgreSQL)")
+    servers = []
+
+    def start(password: str | None = None):
+        server = PgServer(bindir, password=password)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def pg_url(pg_server):
     """A fresh, empty PostgreSQL database for one test."""
     url = pg_server.new_database()
