@@ -62,9 +62,10 @@ def comma_list(text: str | Iterable[str] | None) -> list[str]:
 TAG_MAX = 255
 
 
-def check_tag(tag: str | None, option: str = "--tag") -> None:
+def check_tag(tag: str | None, option: str = "--tag", max_len: int | None = TAG_MAX) -> None:
     """BadInput for a tag the store cannot hold: not valid UTF-8 (a shell passes such
-    bytes as lone surrogates), a NUL character, or longer than 255 characters."""
+    bytes as lone surrogates), a NUL character (PostgreSQL refuses it), or (unless
+    `max_len` is None) longer than 255 characters (the column's width)."""
     if tag is None:
         return
     try:
@@ -77,8 +78,8 @@ def check_tag(tag: str | None, option: str = "--tag") -> None:
         ) from None
     if "\x00" in tag:
         raise BadInput(f"{option} holds a NUL character")
-    if len(tag) > TAG_MAX:
-        raise BadInput(f"{option} is {len(tag)} characters long (at most {TAG_MAX})")
+    if max_len is not None and len(tag) > max_len:
+        raise BadInput(f"{option} is {len(tag)} characters long (at most {max_len})")
 
 
 # ---------------------------------------------------------------------------- attention

@@ -178,14 +178,16 @@ class RunRecorder:
         store: Store,
         run_id: int,
         *,
-        owner: str,
+        owner: str | None = None,
         flush_interval: float = 5.0,
         heartbeat: bool = True,
         wait_s: float | None = None,
     ):
         self.store = store
         self.run_id = run_id
-        self.owner = owner  # this recording session's id, written to runs.owner
+        # this recording session's id, written to runs.owner by start() and resume(); a
+        # recorder made directly without one writes without the ownership check
+        self.owner = owner
         self.flush_interval = flush_interval
         self._metrics: list[dict] = []
         self._gates: list[dict] = []
@@ -222,7 +224,7 @@ class RunRecorder:
         flush_interval: float = 5.0,
         heartbeat: bool = True,
     ) -> RunRecorder:
-        check_tag(tag)
+        check_tag(tag, max_len=None)  # the column's width: the commands check it
         env_id = environment_id(store, env_info)
         commit = git_commit if git_commit is not None else environment.git_commit()
         # ra's own code is part of the config (and so of its hash): runs from
@@ -431,11 +433,12 @@ class RunRecorder:
         values = dict(fields)
         if not self._ended:
             values["heartbeat_at"] = utcnow()
+        mine = Run.id == self.run_id
+        if self.owner is not None:
+            mine = and_(mine, Run.owner == self.owner)
         with self.store.writing() as conn:
             owned = conn.execute(
-                update(Run)
-                .where(Run.id == self.run_id, Run.owner == self.owner)
-                .values(**(values or {"owner": self.owner}))
+                update(Run).where(mine).values(**(values or {"status": Run.status}))
             ).rowcount
             if owned != 1:
                 raise _NotOwner
