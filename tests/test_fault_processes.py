@@ -149,7 +149,7 @@ def test_a_paused_run_resumed_by_another_process_is_left_to_it(tmp_path):
         "--attn",
         "baseline",
         "--minutes",
-        "0.15",
+        "0.05",
         "--set",
         "train.checkpoint_minutes=0.01",
         cwd=tmp_path,
@@ -203,7 +203,7 @@ def test_postgresql_stopped_in_the_middle_of_a_run_and_started_again(tmp_path, o
         "--attn",
         "baseline",
         "--minutes",
-        "0.2",
+        "0.15",
         "--set",
         "train.log_interval=5",
         "--set",
@@ -216,7 +216,7 @@ def test_postgresql_stopped_in_the_middle_of_a_run_and_started_again(tmp_path, o
         )
         ((run_id,),) = _q(url, "SELECT id FROM runs")
         server.stop_now()
-        time.sleep(3)  # the run goes on meanwhile; its rows wait in memory
+        time.sleep(2)  # the run goes on meanwhile; its rows wait in memory
         server.start_again()
         before = len(_pg_steps(url, run_id))
         _wait(lambda: len(_pg_steps(url, run_id)) > before + 2, proc)

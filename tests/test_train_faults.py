@@ -250,7 +250,7 @@ def test_a_store_full_past_the_limit_stops_the_run_and_it_resumes_later(tmp_path
         if info.step >= 3:
             time.sleep(0.05)
 
-    spec = _spec(60, "train.checkpoint_minutes=0.0001")
+    spec = _spec(20, "train.checkpoint_minutes=0.0001")
     with pytest.raises(StoreUnavailable, match="could not be written for 0 s.*full") as e:
         train(spec, store, dataset=load_data(spec), on_step=on_step, flush_interval=0.05)
     assert "\n" not in str(e.value)
@@ -264,8 +264,8 @@ def test_a_store_full_past_the_limit_stops_the_run_and_it_resumes_later(tmp_path
     res = ra_inprocess("train", "--db", db, "--resume", run_id)
     assert res.exit_code == 0, res.output
     store = open_store(db)
-    assert _q(store, "SELECT status, iterations FROM runs") == [("finished", 60)]
-    assert _steps(store, run_id) == list(range(1, 61))
+    assert _q(store, "SELECT status, iterations FROM runs") == [("finished", 20)]
+    assert _steps(store, run_id) == list(range(1, 21))
     store.close()
 
 
