@@ -266,7 +266,9 @@ def test_a_failure_leaves_whole_runs_and_merging_again_completes(two_stores, tmp
     uuids = [u for (u,) in _rows(a, "SELECT uuid FROM runs ORDER BY id")]
     for uuid in uuids[:2]:
         for table in ("metrics", "gate_values"):
-            sql = f"SELECT count(*) FROM {table} t JOIN runs r ON r.id = t.run_id WHERE uuid='{uuid}'"
+            sql = (
+                f"SELECT count(*) FROM {table} t JOIN runs r ON r.id = t.run_id WHERE uuid='{uuid}'"
+            )
             assert _rows(target, sql) == _rows(a, sql)
     assert not _rows(target, f"SELECT id FROM runs WHERE uuid='{uuids[2]}'")
     monkeypatch.setattr(merge_mod._Merge, "_copy", real)
