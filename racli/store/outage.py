@@ -28,6 +28,22 @@ class StoreUnavailable(Stopped):
     """The store could not be written for longer than its limit."""
 
 
+def lost_text(run_id: int, exists: bool | None) -> str:
+    """Why a recorder lost its run: the row is gone (`exists` False), another process owns it
+    (True), or that could not be read (None)."""
+    if exists is False:
+        return (
+            f"run {run_id} was deleted from the store while this process was recording it: "
+            f"nothing more is written (no checkpoint either)"
+        )
+    if exists:
+        return (
+            f"run {run_id} was taken over by another process (a `--resume` after this "
+            f"process's heartbeat went stale): this process stops and leaves the run to it"
+        )
+    return f"run {run_id} is no longer this process's: nothing more is written"
+
+
 def minutes_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
 

@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +29,14 @@ from racli.store import references
 from racli.store.columns import TIMING_FIELDS
 from racli.store.engine import Store, db_error, shown
 from racli.store.models import Environment, GateValue, Metric, Run, Timing, new_uuid, utcnow
-from racli.store.outage import DEFAULT_WAIT_S, Outage, RunLost, StoreUnavailable  # noqa: F401
+from racli.store.outage import (  # noqa: F401 (RunLost, StoreUnavailable: for callers)
+    DEFAULT_WAIT_S,
+    Outage,
+    RunLost,
+    StoreUnavailable,
+    lost_text,
+)
+from racli.store.recording import NullRecorder, Recorder  # noqa: F401 (re-exported)
 
 END_STATES = ("finished", "failed", "interrupted", "diverged")
 # End states a run can be resumed from (besides `running` with a stale heartbeat).
@@ -103,65 +110,6 @@ def _unclaimable(store: Store, run_id: int) -> str:
 
 def display_status(run: Run, now: datetime | None = None) -> str:
     return "crashed" if is_stale(run, now) else run.status
-
-
-class Recorder(Protocol):
-    """What training and bench code record a run through (RunRecorder, NullRecorder)."""
-
-    run_id: int | None
-    write_seconds: float
-
-    def metric(
-        self, step: int, name: str, value: float, elapsed_s: float | None = None
-    ) -> None: ...
-    def metrics(
-        self, step: int, values: dict[str, float], elapsed_s: float | None = None
-    ) -> None: ...
-    def gates(self, step: int, values: dict[int, dict[str, Any]]) -> None: ...
-    def timing(self, **row: Any) -> None: ...
-    def flush(self) -> None: ...
-    def update(self, **fields: Any) -> None: ...
-    def before_checkpoint(self) -> None: ...
-    def end(self, status: str, *, error: str | None = None, **figures: Any) -> None: ...
-    def finish(self, **figures: Any) -> None: ...
-    def fail(self, error: BaseException | str, **figures: Any) -> None: ...
-
-
-class NullRecorder:
-    """Records nothing: stands in for the recorder on ranks other than 0."""
-
-    run_id: int | None = None
-    write_seconds = 0.0
-
-    def metric(self, step, name, value, elapsed_s=None) -> None:
-        pass
-
-    def metrics(self, step, values, elapsed_s=None) -> None:
-        pass
-
-    def gates(self, step, values) -> None:
-        pass
-
-    def timing(self, **row) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def update(self, **fields) -> None:
-        pass
-
-    def before_checkpoint(self) -> None:
-        pass
-
-    def end(self, status, *, error=None, **figures) -> None:
-        pass
-
-    def finish(self, **figures) -> None:
-        pass
-
-    def fail(self, error, **figures) -> None:
-        pass
 
 
 class RunRecorder:
@@ -452,21 +400,10 @@ class RunRecorder:
     def _lost_text(self) -> str:
         try:
             with self.store.session() as s:
-                row = s.execute(select(Run.status, Run.owner).where(Run.id == self.run_id)).first()
+                row = s.execute(select(Run.status).where(Run.id == self.run_id)).first()
         except Exception:
-            row = ()
-        if row is None:
-            return (
-                f"run {self.run_id} was deleted from the store while this process was "
-                f"recording it: nothing more is written (no checkpoint either)"
-            )
-        if row:
-            return (
-                f"run {self.run_id} was taken over by another process (a `--resume` after "
-                f"this process's heartbeat went stale): this process stops and leaves "
-                f"the run to it"
-            )
-        return f"run {self.run_id} is no longer this process's: nothing more is written"
+            return lost_text(self.run_id, None)
+        return lost_text(self.run_id, row is not None)
 
     def _writer(self) -> None:
         wait = self.flush_interval
