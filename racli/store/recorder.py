@@ -429,7 +429,10 @@ class RunRecorder:
         if self._thread is not None:
             self._thread.join(timeout=30)
         with self._buffer_lock:
-            self._fields.update(status=status, error=error, finished_at=utcnow(), **figures)
+            now = utcnow()
+            self._fields.update(
+                status=status, error=error, finished_at=now, heartbeat_at=now, **figures
+            )
         self._ended = True
         if isinstance(self._dead, RunLost):
             raise self._dead
