@@ -338,10 +338,10 @@ class Trainer:
         `checkpoint_error`; training goes on."""
         if not self.info.is_main or self.ckpt_path is None:
             return
-        self.rec.before_checkpoint()  # the rows so far first; RunLost if the run is gone
         running = self.clock.running
         self._sync()
         self.clock.pause()
+        self.rec.before_checkpoint()  # the rows so far first; RunLost if the run is gone
         t0 = time.perf_counter()
         try:
             ckpt.save(self.ckpt_path, self.checkpoint_state())
