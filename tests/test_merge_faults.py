@@ -289,7 +289,7 @@ def test_merging_a_source_while_another_process_writes_to_it(tmp_path):
     src, target = tmp_path / "src.db", tmp_path / "t.db"
     make_db(src)
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(src), str(REPO / "tests"), "6"],
+        [sys.executable, "-c", WRITER, str(src), str(REPO / "tests"), "3"],
         env=python_env(),
         stderr=subprocess.PIPE,
         text=True,
