@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from racli.commands import bench, common, compare, data, db, experiment, gates, runs, train
+from racli.commands import bench, common, compare, data, db, experiment, gates, runs, sample, train
 from racli.errors import BadInput, Stopped, first_line
 from racli.provenance import version_line
 from racli.text import terminal
@@ -147,6 +147,7 @@ def _register() -> None:
     app.command("compare")(compare.compare)
     app.command("gates")(gates.gates)
     app.command("train")(train.train)
+    app.command("sample")(sample.sample)
     app.add_typer(data.app, name="data", cls=HelpWhenEmptyGroup)
     app.command("experiment")(experiment.experiment)
 

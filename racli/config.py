@@ -160,6 +160,8 @@ class TrainConfig(_Schema):
     # global batch in tokens (None: batch_size sequences per process); batch_size is then
     # the largest micro-batch, the rest is gradient accumulation (racli/training/global_batch.py)
     batch_tokens: int | None = Field(ge=1)
+    # a folder for TensorBoard event files (one folder per run; null: none); not recorded
+    tensorboard: str | None
 
 
 class VerdictConfig(_Schema):

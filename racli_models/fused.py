@@ -1,58 +1,13 @@
 """Fused composition of the folded RA weight W_f: one Triton kernel forward, two backward.
 
-`_FoldedRA.folded_weight()` builds W_f (3C x C) from the parameters on every
-forward. In plain torch that is a handful of tiny einsums, multiplies and cats
-(about 20 launches forward and backward); here it is one pass over the
-weights. Everything is per head h (H heads, head dim D = D_s + R, C = H D),
-head-major, in the layout of `_FoldedRA._fold`:
-
-ra_v5 (`ComposeRAv5`), with W_q,h and W_k,h the D_s x C row blocks of head h:
-
-    forward   Qf_h = [w_std,h W_q,h ; w_rec,h P_h^T W_k,h]      (rows h D .. h D + D of W_f)
-              Kf_h = [W_k,h ; P_h^T W_q,h]                      (rows C + h D ...)
-              V_h  = W_v,h                                      (rows 2C + h D ...)
-    backward  with G = dL/dW_f split the same way into G_Qs, G_Qr (R rows), G_Ks, G_Kr, G_V:
-              A_h = W_k,h G_Qr,h^T,  B_h = W_q,h G_Kr,h^T       (D_s x R)
-              dW_q,h  = w_std,h G_Qs,h + P_h G_Kr,h
-              dW_k,h  = G_Ks,h + w_rec,h P_h G_Qr,h
-              dW_v    = G_V
-              dP_h    = w_rec,h A_h + B_h
-              dw_std,h = <G_Qs,h, W_q,h>,   dw_rec,h = <P_h, A_h>
-
-ra_v5_untied (`ComposeUntied`):
-
-    forward   Qf_h = [w_std,h W_qs,h ; w_rec,h W_qr,h],  Kf_h = [W_ks,h ; W_kr,h],  V_h = W_v,h
-    backward  dW_qs,h = w_std,h G_Qs,h, dW_qr,h = w_rec,h G_Qr,h, dW_ks,h = G_Ks,h,
-              dW_kr,h = G_Kr,h, dW_v = G_V, dw_std,h = <G_Qs,h, W_qs,h>, dw_rec,h = <G_Qr,h, W_qr,h>
-
-Kernels: each program owns one head and one tile of BLOCK_C columns, so every
-weight element is read once and every W_f element written once. The
-backward's sums over columns (A, B, the gate inner products) are written as
-per-tile partials and added up by a second, tiny kernel (ra_v5) or one torch
-sum (untied): deterministic, no atomics. Accumulation is float32 (float64 for
-float64 inputs) and each output is rounded once. With 16-bit W_f (fp16/bf16
-weights, or autocast) and `USE_DOT`, the small rank-R products P^T W, P G and
-W G^T run on `tl.dot` with operands in that 16-bit dtype (exact products for
-16-bit weights; float32 weights are rounded first, as autocast's einsum would);
-otherwise they are exact column reductions, much slower at GPT-2 size
-(docs/performance.md).
-
-Output dtype: the parameters' dtype, or under CUDA autocast the autocast dtype
-(float32 weights under bf16 autocast give W_f in bf16 directly, so F.linear
-finds a weight already in its dtype and casts nothing). Gradients come back
-in each parameter's own dtype. When G_V already has W_v's dtype, dW_v is the
-contiguous row slice of G (no copy).
-
-`use_fused(t)` decides: CUDA tensor, Triton importable, `ENABLED`, and (under
-torch.compile) `IN_COMPILE`. The kernels launch from plain Python, so dynamo
-traces them as user-defined Triton kernels; nothing syncs with the host, so
-they run under CUDA-graph capture.
+Design notes: docs/models.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -64,12 +19,21 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 HAS_TRITON = triton is not None
-FAST_LAUNCH = True  # eager repeats launch through the compiled kernel's own launcher
-ENABLED = True  # fused kernels on CUDA tensors when Triton imports
-IN_COMPILE = True  # also inside torch.compile (traced as user-defined Triton kernels)
-BLOCK_C = 64  # columns per program (H100 sweep: docs/performance.md)
-NUM_WARPS = 4
-USE_DOT = True  # 16-bit operands: the small products P^T W, P G, W G^T via tl.dot
+
+
+@dataclass
+class FusedSettings:
+    """How the composition kernels run (tools and tests change them; ra itself does not)."""
+
+    enabled: bool = True  # fused kernels on CUDA tensors when Triton imports
+    in_compile: bool = True  # also inside torch.compile (traced as user-defined Triton kernels)
+    fast_launch: bool = True  # eager repeats launch through the compiled kernel's own launcher
+    block_c: int = 64  # columns per program (H100 sweep: docs/performance.md)
+    num_warps: int = 4
+    use_dot: bool = True  # 16-bit operands: the small products P^T W, P G, W G^T via tl.dot
+
+
+SETTINGS = FusedSettings()
 _DOT_DTYPES = (torch.float16, torch.bfloat16)
 
 _alloc = torch.empty  # every buffer the kernels write comes from here (tests poison it)
@@ -77,20 +41,19 @@ _alloc = torch.empty  # every buffer the kernels write comes from here (tests po
 
 def use_fused(t: torch.Tensor) -> bool:
     """Whether the fused composition serves weights like `t` here and now."""
-    if not (ENABLED and HAS_TRITON and t.is_cuda):
+    if not (SETTINGS.enabled and HAS_TRITON and t.is_cuda):
         return False
-    return IN_COMPILE or not torch.compiler.is_compiling()
+    return SETTINGS.in_compile or not torch.compiler.is_compiling()
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
     """Use the plain torch composition inside the block (reference and timing)."""
-    global ENABLED
-    before, ENABLED = ENABLED, False
+    before, SETTINGS.enabled = SETTINGS.enabled, False
     try:
         yield
     finally:
-        ENABLED = before
+        SETTINGS.enabled = before
 
 
 def out_dtype(t: torch.Tensor) -> torch.dtype:
@@ -419,7 +382,7 @@ def _launch(fn, grid: tuple, args: tuple, meta: dict, num_warps: int) -> None:
     not change with it (73.5 us before, 75.4 us after): Triton 3.6's own launch
     path is not where that time goes.
     """
-    if not FAST_LAUNCH or torch.compiler.is_compiling():
+    if not SETTINGS.fast_launch or torch.compiler.is_compiling():
         fn[grid](*args, **meta, num_warps=num_warps)
         return
     key = (fn, num_warps, tuple(meta.items()), tuple(map(_spec, args)))
@@ -441,7 +404,7 @@ def _launch(fn, grid: tuple, args: tuple, meta: dict, num_warps: int) -> None:
 
 def _dims(H: int, C: int) -> tuple[int, int, int]:
     D = C // H
-    return D, _pow2(D), (C + BLOCK_C - 1) // BLOCK_C
+    return D, _pow2(D), (C + SETTINGS.block_c - 1) // SETTINGS.block_c
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -484,12 +447,12 @@ class ComposeRAv5(torch.autograd.Function):
                 DS=DS,
                 R=R,
                 BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
+                BLOCK_C=SETTINGS.block_c,
                 BLOCK_R=_pow2(R),
-                DOT=USE_DOT and dtype in _DOT_DTYPES,
+                DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES,
                 FP64=W_q.dtype == torch.float64,
             ),
-            NUM_WARPS,
+            SETTINGS.num_warps,
         )
         ctx.save_for_backward(W_q, W_k, W_v, P, w_std, w_rec)
         return W_f
@@ -531,13 +494,13 @@ class ComposeRAv5(torch.autograd.Function):
                 DS=DS,
                 R=R,
                 BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
+                BLOCK_C=SETTINGS.block_c,
                 BLOCK_R=_pow2(R),
                 COPY_V=copy_v,
-                DOT=USE_DOT and G.dtype in _DOT_DTYPES,
+                DOT=SETTINGS.use_dot and G.dtype in _DOT_DTYPES,
                 FP64=fp64,
             ),
-            NUM_WARPS,
+            SETTINGS.num_warps,
         )
         dP = _alloc(P.shape, device=dev, dtype=P.dtype)
         dw_std = _alloc(w_std.shape, device=dev, dtype=w_std.dtype)
@@ -592,10 +555,10 @@ class ComposeUntied(torch.autograd.Function):
                 DS=D - R,
                 R=R,
                 BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
+                BLOCK_C=SETTINGS.block_c,
                 FP64=W_qs.dtype == torch.float64,
             ),
-            NUM_WARPS,
+            SETTINGS.num_warps,
         )
         ctx.save_for_backward(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec)
         return W_f
@@ -637,11 +600,11 @@ class ComposeUntied(torch.autograd.Function):
                 DS=D - R,
                 R=R,
                 BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
+                BLOCK_C=SETTINGS.block_c,
                 COPY_V=copy_v,
                 FP64=acc == torch.float64,
             ),
-            NUM_WARPS,
+            SETTINGS.num_warps,
         )
         gates = part.sum(0)  # (2, H): dw_std, dw_rec
         dw_std = gates[0].to(w_std.dtype)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import INIT_STD, build_attention
+from .attention import INIT_STD, build_attention, composed_once
 from .config import GPTConfig
 from .loss import linear_cross_entropy, lm_head_loss, use_kernel
 
@@ -162,6 +162,40 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), t, ignore_index=-1)
         return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) -> (B, T + max_new_tokens): each new token sampled from the model's
+        next-token distribution given the last `block_size` tokens.
+
+        The logits at the last position are divided by `temperature` (0: always the most
+        likely token) and, with `top_k`, cut to the k most likely before the softmax.
+        `generator` seeds the draws. Put the model in eval mode first (dropout). The
+        weights are fixed meanwhile, so RA's composed weight is built once (composed_once).
+        """
+        with composed_once():
+            for _ in range(max_new_tokens):
+                context = idx[:, -self.config.block_size :]
+                logits, _ = self(context)
+                logits = logits[:, -1, :].float()
+                if temperature == 0:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None:
+                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                        logits = logits.masked_fill(logits < kth, -float("inf"))
+                    probs = F.softmax(logits, dim=-1)
+                    nxt = torch.multinomial(probs, num_samples=1, generator=generator)
+                idx = torch.cat([idx, nxt], dim=1)
+        return idx
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (the tied token embedding counted once).

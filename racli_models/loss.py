@@ -1,39 +1,6 @@
 """The LM head's cross-entropy: a one-pass CUDA kernel, and a chunked form for any device.
 
-    loss, logits = lm_head_loss(h, weight, targets)       # CUDA (Triton), the model's default
-    loss = linear_cross_entropy(h, weight, targets)        # any device, never all the logits
-    # both: the value and gradients of F.cross_entropy(h @ weight.T, targets, ignore_index=-1)
-
-The LM head's logits are the largest tensor of a GPT-2 step: N = B*T rows by
-V = 50304 columns, 3.3 GB in bfloat16 at B=32, T=1024. The plain loss reads
-them in its forward, then reads them again and writes their gradient in its
-backward.
-
-`lm_head_loss` (CUDA) is one autograd node for the LM head and its loss. Its
-forward computes the logits with one GEMM, then one Triton kernel reads each
-row twice (the second read mostly from L2) and writes, in float32 arithmetic,
-the row's loss and at once the gradient of the mean loss with respect to the
-row's logits,
-
-    dL/dlogits[i] = (softmax(logits[i]) - onehot(targets[i])) / n     (0 on ignored rows)
-
-(n: the number of rows not ignored, counted on the device), rounded once to
-the logits' dtype. Its backward is the two GEMMs of the LM head, dh = G W and
-dW = G^T h, scaled by the incoming gradient (a scalar) after the product, so
-that nothing of size N x V is touched a second time. Under autocast, h and
-the weight are cast as `nn.Linear` would cast them, so the logits are rounded
-as the plain LM head rounds them. Without gradients only the loss is
-computed. The logits are returned too (not differentiable), for a caller that
-wants them.
-
-`linear_cross_entropy` is the memory-light form: it walks over `chunk_rows`
-rows at a time and, per chunk, computes the logits in float32, their
-log-sum-exp, the loss, and the gradient above, which it pushes through the
-matmul into grad_h (N, C) and grad_weight (V, C), accumulated in float32.
-The backward pass only scales those by the incoming gradient. Memory is
-O(chunk_rows * V) instead of O(N * V). It is the reference of the kernel's
-tests, the model's `fused_loss` path off CUDA, and slower than the kernel on
-CUDA (docs/performance.md).
+Design notes: docs/models.md.
 """
 
 from __future__ import annotations

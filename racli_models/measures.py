@@ -1,55 +1,6 @@
 """How much each layer and head uses its reciprocal term, measured on inputs.
 
-The raw gates cannot say it. In ra_v5 the reciprocal logit is
-w_rec (P^T k_i).(P^T q_j) with P learned too: scaling P by c and w_rec by
-1/c^2 gives the same model, so |w_rec / w_std| can be anything for one
-function. The measures below are computed from what the model computes (the
-logits, the attention distributions, the loss), so they do not depend on how
-the scale is split. They are read from the composed weights of the module
-(`folded_qkv`, the same W_f the forward uses) and never change a parameter.
-
-Folded RA (``ra_v5``, ``ra_v5_untied``): the logits of head h are
-    L_ij = S_ij + R_ij,  S_ij = w_std (a_i . c_j) / sqrt(D),  R_ij = w_rec (b_i . d_j) / sqrt(D)
-over causal pairs j <= i, with Qf = [w_std a | w_rec b] and Kf = [c | d].
-
-* ``rec_share`` (per head): the share of the logits' variance over causal
-  query-key pairs that comes from the reciprocal term,
-      rec_share = V(R) / (V(S) + V(R)),
-      V(X) = sum over sequences b and queries i of sum_{j<=i} (X_ij - mean_{j'<=i} X_ij')^2.
-  Each term is centred within its query row first: softmax ignores a shift
-  shared by one query's logits, so only the spread over the keys a query can
-  see moves attention. It is 0 when w_rec = 0, 1 when w_std = 0, lies in
-  [0, 1], and is unchanged by P -> cP, w_rec -> w_rec / c^2 (R is unchanged).
-  The cross term is left out on purpose: with it the share could leave [0, 1].
-* ``rec_effect`` (per head): mean over sequences and queries (query 0
-  included, where it is 0) of KL(softmax(S + R) || softmax(S)) over j <= i,
-  in nats: what removing the reciprocal term would change in where the head
-  attends. 0 when w_rec = 0; invariant under the same rescaling.
-* ``rec_ablation`` (per layer): the relative change of the loss on the given
-  batches when that layer's reciprocal term is removed (w_rec = 0; for
-  ``ra_beta`` beta = 0), every other layer unchanged:
-  (loss_without - loss) / loss. The causal test: positive means the layer's
-  reciprocal term helps.
-
-``ra_beta``: ``rec_norm_ratio`` (per head) = ||tanh(beta) rmsnorm(SDPA(k, q, v))||
-/ ||SDPA(q, k, v)||, norms over every sequence, position and head dim: the
-size of the gated reciprocal branch relative to the standard branch's output.
-
-``sdpa_gate``: ``gate_mean`` and ``gate_std`` (per head): mean and standard
-deviation (population) of sigmoid(x W_g^T + b_g) over sequences, positions
-and the head's dims.
-
-Every measure is first accumulated as additive sums (`layer_parts`) so that
-several batches pool exactly, then turned into values (`finish`).
-
-Cost. The sums over queries i may run over a spread-out subset of the rows
-(`query_rows`: n of the T positions, the middle of n equal strata), each row
-against all its causal keys: the values then estimate the ones over every row
-(the shares' numerator and denominator over the same rows; rec_effect the mean
-over those rows). On one sequence of GPT-2 (T = 1024), 256 rows cost a quarter
-of the (B, H, T, T) work. `model_measures` computes each layer's output and
-its measures from one projection (`layer_step`), and may run the blocks under
-bf16 autocast (as an evaluation does) while the statistics stay in float32.
+Design notes: docs/models.md.
 """
 
 from __future__ import annotations

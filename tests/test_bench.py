@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -189,6 +190,7 @@ def test_time_config_eager_row(phase):
     assert 0 < row.p10_ms <= row.median_ms <= row.p90_ms
     assert row.backend == "cpu_flash"
     assert row.compile_s is None
+    assert len(row.samples) == 5 and row.median_ms == pytest.approx(np.median(row.samples))
     flops = inputs.block_flops(2, 64, 4, 32, phase)
     assert row.tflops == pytest.approx(flops / (row.median_ms * 1e-3) / 1e12)
     assert set(row.record()) == {
@@ -210,6 +212,7 @@ def test_time_config_eager_row(phase):
         "reason",
         "backend",
         "compile_s",
+        "samples",
     }
 
 

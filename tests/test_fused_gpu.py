@@ -110,7 +110,7 @@ def grads_of(m, compose, G: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch
 @pytest.fixture(params=[True, False], ids=["dot", "nodot"])
 def dot(request, monkeypatch):
     """Both ways of the 16-bit kernels: small products on tl.dot, or column reductions."""
-    monkeypatch.setattr(fused, "USE_DOT", request.param)
+    monkeypatch.setattr(fused.SETTINGS, "use_dot", request.param)
     return request.param
 
 

@@ -33,6 +33,7 @@ def _read_commands(db: str, train_id: int) -> list[list[str]]:
         ["runs", "--db", db],
         ["runs", "--db", db, "--json"],
         ["runs", "show", str(train_id), "--db", db],
+        ["runs", "diff", "1", str(train_id), "--db", db],
         ["runs", "export", "--db", db],
         ["compare", "--db", db, "--json"],
         ["compare", "--db", db],

@@ -146,7 +146,15 @@ def test_head_revision_matches_the_migration_scripts(store):
     assert script.get_current_head() == HEAD_REVISION
     assert len(script.get_heads()) == 1
     assert current_revision(store.engine) == HEAD_REVISION
-    assert set(store_engine.known_revisions()) == {"0001", "0002", "0003", "0004", "0005", "0006"}
+    assert set(store_engine.known_revisions()) == {
+        "0001",
+        "0002",
+        "0003",
+        "0004",
+        "0005",
+        "0006",
+        "0008",
+    }
 
 
 def _diffs(engine, metadata) -> list:

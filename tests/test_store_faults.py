@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from racli.errors import BadInput
 from racli.store import engine as store_engine
-from racli.store.engine import current_revision, open_store
+from racli.store.engine import HEAD_REVISION, current_revision, open_store
 from racli.store.manage import delete_runs
 from racli.store.models import Run
 from racli.store.recorder import RunLost, RunRecorder, StoreUnavailable
@@ -101,15 +101,19 @@ def test_upgrading_a_populated_0005_store_keeps_every_row_and_never_reuses_ids(t
         raw.execute("DELETE FROM runs WHERE id = 6")
     before = _rows_without_owner(path)
     res = ra_inprocess("db", "upgrade", "--db", path)
-    assert res.exit_code == 0 and "from 0005 to 0006" in res.stdout, res.output
-    assert _rows_without_owner(path) == before
+    assert res.exit_code == 0 and f"from 0005 to {HEAD_REVISION}" in res.stdout, res.output
+    after = _rows_without_owner(path)  # the columns of 0005, as they were
+    assert {
+        t: [{k: r[k] for k in (rows[0] if rows else {})} for r in after[t]]
+        for t, rows in before.items()
+    } == before
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
         fks = raw.execute("PRAGMA foreign_key_list(metrics)").fetchall()
         assert [(r[2], r[3], r[4], r[6]) for r in fks] == [("runs", "run_id", "id", "CASCADE")]
     s = open_store(str(path))
     try:
-        assert current_revision(s.engine) == "0006"
+        assert current_revision(s.engine) == HEAD_REVISION
         # from the upgrade on, the largest id ever given is kept (ids deleted before it
         # cannot be known: 6 is given once more)
         delete_runs(s, [5])

@@ -117,7 +117,7 @@ def test_recorders_implement_the_protocol_explicitly():
 
 
 def test_reporters_implement_the_protocol():
-    wanted = {"start", "update", "note", "close"}
+    wanted = {"start", "update", "note", "phase", "close"}
     assert _public(ProgressReporter) == wanted
     for cls in (NullReporter, ConsoleReporter):
         for name in wanted:

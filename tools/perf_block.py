@@ -409,7 +409,8 @@ CONFIGS = [
 
 
 def set_config(cfg) -> None:
-    fused.USE_DOT, fused.BLOCK_C, fused.NUM_WARPS = cfg
+    s = fused.SETTINGS
+    s.use_dot, s.block_c, s.num_warps = cfg
 
 
 def config_name(cfg) -> str:
@@ -421,7 +422,7 @@ def tile_sweep(repeats: int, warmup: int, select: bool) -> None:
 
     With `select`, the configuration with the least fwd + fwd_bwd time is kept
     for the rest of the run."""
-    default = (fused.USE_DOT, fused.BLOCK_C, fused.NUM_WARPS)
+    default = (fused.SETTINGS.use_dot, fused.SETTINGS.block_c, fused.SETTINGS.num_warps)
     totals: dict = {}
     for phase in ("fwd", "fwd_bwd"):
         runners = []
@@ -711,7 +712,9 @@ def main() -> int:
         "cuda": torch.version.cuda,
         "triton": tv,
         "python": platform.python_version(),
-        "fused_default": config_name((fused.USE_DOT, fused.BLOCK_C, fused.NUM_WARPS)),
+        "fused_default": config_name(
+            (fused.SETTINGS.use_dot, fused.SETTINGS.block_c, fused.SETTINGS.num_warps)
+        ),
     }
     print(f"[env] {env}", flush=True)
     R, W = args.repeats, args.warmup
@@ -808,7 +811,9 @@ def main() -> int:
         if out:
             with open(os.path.join(out, "perf.json"), "w") as fh:
                 json.dump({"env": env, "rows": ROWS, "skipped": skipped}, fh, indent=1)
-    env["fused_config_blocks"] = config_name((fused.USE_DOT, fused.BLOCK_C, fused.NUM_WARPS))
+    env["fused_config_blocks"] = config_name(
+        (fused.SETTINGS.use_dot, fused.SETTINGS.block_c, fused.SETTINGS.num_warps)
+    )
     text = table()
     print(f"fused kernels in the block runs: {env['fused_config_blocks']}")
     print()

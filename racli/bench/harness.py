@@ -407,6 +407,7 @@ def time_round(configs: list[Config], s: BenchSettings) -> list[TimingRow]:
         median, p10, p90 = percentiles(result)
         flops = block_flops(shape.batch, shape.seq, shape.heads, shape.head_dim, c.phase)
         row.median_ms, row.p10_ms, row.p90_ms, row.iters = median, p10, p90, len(result)
+        row.samples = [float(t) for t in result]  # kept and recorded: the speed test reads them
         row.tflops = tflops(flops, median)
         row.backend, row.compile_s = found[c]
     return [rows[c] for c in configs]

@@ -17,7 +17,7 @@ from racli.store.filters import filters_dict, filters_text
 # what a row of racli.store.queries.ok_bench_timings gives a TimingRow
 _ROW_KEYS = (
     *("attn", "mode", "phase", "median_ms", "p10_ms", "p90_ms", "backend", "tflops"),
-    *("batch", "seq", "heads", "head_dim", "dtype", "device"),
+    *("batch", "seq", "heads", "head_dim", "dtype", "device", "samples"),
 )
 
 
@@ -83,7 +83,7 @@ def group_timings(
         key = (r["batch"], r["seq"], r["heads"], r["head_dim"], r["dtype"], r["device"], cls)
         ids, rows = buckets.setdefault(key, (set(), []))
         ids.add(r["run_id"])
-        rows.append(TimingRow(**{k: r[k] for k in _ROW_KEYS}))
+        rows.append(TimingRow(**{k: r[k] for k in _ROW_KEYS if k in r}))  # samples: 0008
     groups = []
     for (b, t, h, d, dtype, device, cls), (ids, rows) in buckets.items():
         shape = {"batch": b, "seq": t, "heads": h, "head_dim": d, "dtype": dtype, "device": device}

@@ -1,5 +1,14 @@
 """Best vs best: each attention's fastest mode per phase and backend, its ratio to
-the baseline, and the noise rule that withholds a mark (pure; no torch).
+the baseline, and the rule that decides whether the ratio earns a mark (pure; no torch).
+
+A speed difference is marked (faster, slower) only when the repeats tell the two
+apart, as benchstat does: a two-sided Mann-Whitney U test on the per-repeat times
+(`TimingRow.samples`) must give p < ALPHA (0.05) and the medians must differ by
+more than the 5% parity band; a ratio within the band is parity. A row whose
+p90/p10 exceeds `bench.noise_ratio` is too noisy to rank whatever the test says.
+Rows recorded without their samples (before revision 0008) fall back to the
+p10-p90 rule: intervals that overlap while the medians differ by more than 5%
+give no mark. Every comparison says which rule judged it (`test`, `p_value`).
 
 `TimingRow` is the one row type of a timing: the harness fills it, the
 recorder stores it (`record()`: the `timings` columns), ranking and text read
@@ -15,6 +24,12 @@ from racli.text.numbers import finite
 
 #: p90/p10 of a timing row above which it is too noisy to rank (ra.yaml bench.noise_ratio)
 NOISE_RATIO = 1.5
+#: significance level of the two-sided Mann-Whitney U test on the repeats
+ALPHA = 0.05
+PARITY_BAND = 0.05  # medians within 5%: parity (speed_wording)
+MIN_SAMPLES = 2  # repeats a side for the test (fewer: the p10-p90 rule)
+TEST_MWU = "mann-whitney-u"
+TEST_P10_P90 = "p10-p90 overlap (no samples recorded)"
 
 
 def speed_wording(ratio: float) -> str:
@@ -60,19 +75,15 @@ class TimingRow:
     device: str | None = None
     iters: int | None = None
     compile_s: float | None = None  # compile or CUDA-graph capture time
+    samples: list[float] | None = None  # every repeat's time (ms), in timing order
 
     def record(self) -> dict:
         """The row as the `timings` columns, in table order (`RunRecorder.timing`, --json)."""
         return {name: getattr(self, name) for name in TIMING_FIELDS}
 
 
-def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> str | None:
-    """Why the comparison of ``row`` with ``base`` is too noisy to mark, or None.
-
-    Noisy when either row's p90/p10 exceeds ``noise_ratio``, or when the two
-    p10-p90 intervals overlap while the medians differ by more than the 5%
-    parity band (the difference is then within each side's own scatter).
-    """
+def _spread_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> str | None:
+    """Why either row is too noisy to rank (p90/p10 above ``noise_ratio``), or None."""
     for r in (row, base):
         if r is None or not (finite(r.p10_ms) and finite(r.p90_ms)) or r.p10_ms <= 0:
             continue
@@ -82,6 +93,20 @@ def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> 
                 f"{r.attn} {r.mode} p10-p90 {r.p10_ms:.3g}-{r.p90_ms:.3g} ms "
                 f"({spread:.2f}x > {noise_ratio:g}x)"
             )
+    return None
+
+
+def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> str | None:
+    """Why the comparison of ``row`` with ``base`` is too noisy to mark by the p10-p90
+    rule (rows without samples), or None.
+
+    Noisy when either row's p90/p10 exceeds ``noise_ratio``, or when the two
+    p10-p90 intervals overlap while the medians differ by more than the 5%
+    parity band (the difference is then within each side's own scatter).
+    """
+    spread = _spread_noise(row, base, noise_ratio)
+    if spread:
+        return spread
     if base is None or not all(
         finite(x) for x in (row.p10_ms, row.p90_ms, base.p10_ms, base.p90_ms)
     ):
@@ -96,17 +121,56 @@ def timing_noise(row: TimingRow, base: TimingRow | None, noise_ratio: float) -> 
     return None
 
 
+def _has_samples(r: TimingRow | None) -> bool:
+    return r is not None and r.samples is not None and len(r.samples) >= MIN_SAMPLES
+
+
+def mann_whitney_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of the Mann-Whitney U test of samples ``a`` against ``b``."""
+    from scipy.stats import mannwhitneyu  # only when two sampled rows are compared
+
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def speed_test(row: TimingRow, base: TimingRow, noise_ratio: float) -> dict:
+    """Whether ``row`` and ``base`` may be marked against each other.
+
+    ``{"noisy": reason or None, "test": TEST_MWU or TEST_P10_P90, "p_value": p or
+    None}``. With samples on both sides: noisy when a row's p90/p10 exceeds
+    ``noise_ratio``, or when the medians differ by more than the parity band while
+    the Mann-Whitney U test gives p >= ALPHA. Without: :func:`timing_noise`.
+    """
+    if not (_has_samples(row) and _has_samples(base)):
+        return {
+            "noisy": timing_noise(row, base, noise_ratio),
+            "test": TEST_P10_P90,
+            "p_value": None,
+        }
+    p = mann_whitney_p(row.samples, base.samples)
+    out = {"noisy": _spread_noise(row, base, noise_ratio), "test": TEST_MWU, "p_value": p}
+    ratio = row.median_ms / base.median_ms
+    if out["noisy"] is None and abs(ratio - 1) > PARITY_BAND + 1e-9 and not p < ALPHA:
+        out["noisy"] = (
+            f"medians differ by {abs(ratio - 1):.0%} but the repeats do not tell them apart "
+            f"(Mann-Whitney U p = {p:.2g} >= {ALPHA:g}; {len(row.samples)} and "
+            f"{len(base.samples)} repeats)"
+        )
+    return out
+
+
 def best_vs_best(
     rows: list[TimingRow], baseline: str = "baseline", noise_ratio: float = NOISE_RATIO
 ) -> list[dict]:
     """Per phase and backend, each attention's best (lowest median) ``ok`` row.
 
     Variants are only compared on the same backend. Returns dicts
-    ``{phase, backend, attn, best_mode, best_ms, p10_ms, p90_ms, ratio, wording,
-    noisy}``: ``ratio`` is the attention's best over the baseline's best in
-    the same phase and backend (None, with wording None, when the baseline has
-    no ok row there); ``noisy`` says why the figure is too noisy to mark (see
-    :func:`timing_noise`), and then ``wording`` is "noisy" instead of a mark.
+    ``{phase, backend, attn, best_mode, best_ms, p10_ms, p90_ms, repeats, ratio,
+    wording, noisy, test, p_value}``: ``ratio`` is the attention's best over the
+    baseline's best in the same phase and backend (None, with wording None, when
+    the baseline has no ok row there); ``noisy`` says why the figure is too noisy
+    to mark (see :func:`speed_test`), and then ``wording`` is "noisy" instead of a
+    mark; ``test`` names the rule that judged it and ``p_value`` is the Mann-Whitney
+    U test's (None for the baseline's own row and for rows without samples).
     Order: phases, backends and attentions as first seen, baseline first.
     """
     groups: dict[tuple[str, str | None], dict[str, TimingRow]] = {}
@@ -124,7 +188,12 @@ def best_vs_best(
             row = best[attn]
             ok = base is not None and base.median_ms > 0
             ratio = row.median_ms / base.median_ms if ok else None
-            noisy = timing_noise(row, base, noise_ratio) if ok and attn != baseline else None
+            judged = (
+                speed_test(row, base, noise_ratio)
+                if ok and attn != baseline
+                else {"noisy": None, "test": None, "p_value": None}
+            )
+            noisy = judged["noisy"]
             wording = None
             if ratio is not None:
                 wording = "noisy: no mark" if noisy else speed_wording(ratio)
@@ -137,9 +206,12 @@ def best_vs_best(
                     "best_ms": row.median_ms,
                     "p10_ms": row.p10_ms,
                     "p90_ms": row.p90_ms,
+                    "repeats": len(row.samples) if row.samples is not None else row.iters,
                     "ratio": ratio,
                     "wording": wording,
                     "noisy": noisy,
+                    "test": judged["test"],
+                    "p_value": judged["p_value"],
                 }
             )
     return out

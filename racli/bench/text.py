@@ -3,7 +3,7 @@ the seed's "FAIR COMPARISON (Best vs Best)"."""
 
 from __future__ import annotations
 
-from racli.bench.ranking import TimingRow
+from racli.bench.ranking import TEST_MWU, TimingRow
 from racli.names import display_name
 from racli.text.numbers import finite, ids_text, ms
 from racli.text.tables import RULE, Column, plain_table
@@ -102,6 +102,15 @@ def bench_results(
     return "\n".join(out)
 
 
+def judged_by(b: dict) -> str:
+    """How a best-vs-best line was judged: the test's p-value, or the fallback rule."""
+    if b.get("test") == TEST_MWU and b.get("p_value") is not None:
+        return f"Mann-Whitney U p = {b['p_value']:.2g}"
+    if b.get("test"):
+        return "p10-p90 rule: recorded without per-repeat samples"
+    return ""
+
+
 def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
     """The seed's "FAIR COMPARISON (Best vs Best)" block, one section per phase.
 
@@ -135,10 +144,13 @@ def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
             elif b.get("noisy"):
                 out.append(
                     f"{name} {b['ratio']:.2f}x  ⚠️ noisy: {b['noisy']}; re-run on an "
-                    "idle machine (no parity or speed-up mark)"
+                    "idle machine or with more --repeats (no parity or speed-up mark)"
                 )
             else:
-                out.append(f"{name} {b['ratio']:.2f}x  {b['wording']}")
+                how = judged_by(b)
+                out.append(
+                    f"{name} {b['ratio']:.2f}x  {b['wording']}" + (f" ({how})" if how else "")
+                )
     return "\n".join(out)
 
 

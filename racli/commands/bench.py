@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 from racli.text.terminal import for_stream, visible
 
 AttnOpt = Annotated[
@@ -22,6 +22,7 @@ AttnOpt = Annotated[
         "--attn",
         help="Attention variants, comma list (default from ra.yaml: baseline,ra_v5).",
         show_default=False,
+        autocompletion=completers.complete_attentions,
     ),
 ]
 ModesOpt = Annotated[
@@ -30,9 +31,13 @@ ModesOpt = Annotated[
         "--modes",
         help="eager, compile, cuda_graph (comma list) or all (default from ra.yaml: all three).",
         show_default=False,
+        autocompletion=completers.complete_modes,
     ),
 ]
-PhaseOpt = Annotated[str, typer.Option("--phase", help="fwd, fwd_bwd or both.")]
+PhaseOpt = Annotated[
+    str,
+    typer.Option("--phase", help="fwd, fwd_bwd or both.", autocompletion=completers.complete_phase),
+]
 ShapeOpt = Annotated[
     str | None,
     typer.Option(
@@ -40,6 +45,7 @@ ShapeOpt = Annotated[
         help="A shape preset of ra.yaml (tiny, gpt2, ...) or B,T,H,D "
         "(default from ra.yaml: auto = gpt2 on CUDA, tiny on CPU).",
         show_default=False,
+        autocompletion=completers.complete_shape,
     ),
 ]
 DtypeOpt = Annotated[

@@ -12,12 +12,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from racli.commands.completers import (  # noqa: F401 (the completers options attach)
+    complete_attention,
+    complete_launcher,
+    complete_run_id,
+    complete_tag,
+    complete_train_run,
+)
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
 from racli.text import jsonout
 
 if TYPE_CHECKING:  # racli.config imports pydantic, which `ra --help` need not wait for
     from racli.config import Config
 
+# completion of option values: racli.commands.completers (complete_launcher for --launcher
+# local/slurm/ray, complete_run_id, complete_attention, ...), attached with
+# typer.Option(..., autocompletion=common.complete_launcher)
 DbOpt = Annotated[
     Optional[str],
     typer.Option(

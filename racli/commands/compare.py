@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 from racli.errors import BadInput
 from racli.names import check_attention, check_plot_path
 from racli.text.terminal import for_stream, visible
@@ -34,13 +34,24 @@ def compare(
         typer.Option(
             "--metric",
             help="val_loss (train runs), tokens_per_s (train runs) or ms (bench timings).",
+            autocompletion=completers.complete_metric,
         ),
     ] = "val_loss",
     candidate: Annotated[
-        str, typer.Option("--candidate", help="Attention variant judged.")
+        str,
+        typer.Option(
+            "--candidate",
+            help="Attention variant judged.",
+            autocompletion=completers.complete_attention,
+        ),
     ] = "ra_v5",
     baseline: Annotated[
-        str, typer.Option("--baseline", help="Attention variant compared against.")
+        str,
+        typer.Option(
+            "--baseline",
+            help="Attention variant compared against.",
+            autocompletion=completers.complete_attention,
+        ),
     ] = "baseline",
     threshold: Annotated[
         float | None,
@@ -58,7 +69,13 @@ def compare(
         ),
     ] = False,
     tag: Annotated[
-        str | None, typer.Option("--tag", help="Only runs with this tag.", show_default=False)
+        str | None,
+        typer.Option(
+            "--tag",
+            help="Only runs with this tag.",
+            show_default=False,
+            autocompletion=completers.complete_tag,
+        ),
     ] = None,
     since: Annotated[
         str | None,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 
 app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 
@@ -41,6 +41,7 @@ def prepare(
             "--tokenizer",
             help="gpt2 (tiktoken; needs its files once), train:VOCAB (a byte-level "
             "BPE trained on the corpus, offline; e.g. train:32768) or bytes.",
+            autocompletion=completers.complete_tokenizer,
         ),
     ] = "gpt2",
     glob: Annotated[

@@ -16,7 +16,9 @@ app = typer.Typer(
 
 @app.command("upgrade")
 def upgrade(db: common.DbOpt = None, config: common.ConfigOpt = None) -> None:
-    """Apply pending migrations (ra also does this whenever it opens a database)."""
+    """Apply pending migrations. Writing commands (bench, train, experiment, runs tag /
+    exclude / include / delete, db merge) also do it; read commands never change a
+    store: they read an older SQLite store through an upgraded temporary copy."""
     from racli.store.engine import upgrade_store
 
     cfg = common.config(config)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 from racli.errors import BadInput
 from racli.experiment import plan
 from racli.names import ATTENTION_NAMES
@@ -31,6 +31,7 @@ def experiment(
             "variant twice makes an A/A experiment (arms baseline#1, baseline#2; the second "
             "trains on its own seeds, seed + 1,000,000).",
             show_default=False,
+            autocompletion=completers.complete_arms,
         ),
     ],
     seeds: Annotated[
@@ -51,7 +52,13 @@ def experiment(
         ),
     ],
     model: Annotated[
-        str | None, typer.Option("--model", help="Model preset from ra.yaml.", show_default=False)
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model preset from ra.yaml.",
+            show_default=False,
+            autocompletion=completers.complete_model,
+        ),
     ] = None,
     data: Annotated[
         str | None,
@@ -125,6 +132,16 @@ def experiment(
             "--max-seeds", help="With --until-settled: the most seeds per arm.", show_default=False
         ),
     ] = None,
+    tensorboard: Annotated[
+        str | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also write every run's TensorBoard events to DIR/run_<id>_<attn> "
+            "(train.tensorboard; pip install 'ra[tb]').",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -143,6 +160,8 @@ def experiment(
     from racli.experiment.results import Interrupted, Settings, check_settings
     from racli.experiment.text import outcome_text
     from racli.experiment.view import make_view
+    from racli.text import tensorboard as tb_files
+    from racli.training import tensorboard as tb
 
     cfg = common.config(config)
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
@@ -152,7 +171,11 @@ def experiment(
     check_report_path(report)
     if max_seeds is not None and max_seeds < 2:
         raise BadInput(f"--max-seeds must be at least 2, got {max_seeds}")
-    experiment_config(cfg, list(set_ or []))  # validates --set before any work
+    overrides = list(set_ or []) + ([tb.override(tensorboard)] if tensorboard else [])
+    ecfg = experiment_config(cfg, overrides)  # validates --set before any work
+    if ecfg.train.tensorboard is not None:
+        tb_files.check_available()
+        tb_files.check_folder(ecfg.train.tensorboard)
     location = common.db_location(db, cfg)
     settings = Settings(
         arms=arms,
@@ -161,7 +184,7 @@ def experiment(
         preset=model,
         data=data,
         devices=device_list,
-        overrides=list(set_ or []),
+        overrides=overrides,
         tag=tag,
         until_settled=until_settled,
         max_seeds=max_seeds,

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 from racli.errors import BadInput
 from racli.names import check_attention, check_plot_path, check_run_id
 from racli.text.terminal import for_stream, visible
@@ -23,7 +23,12 @@ from racli.text.terminal import for_stream, visible
 def gates(
     run: Annotated[
         int | None,
-        typer.Option("--run", help="Id of a train run (see `ra runs`).", show_default=False),
+        typer.Option(
+            "--run",
+            help="Id of a train run (see `ra runs`).",
+            show_default=False,
+            autocompletion=completers.complete_train_run,
+        ),
     ] = None,
     runs: Annotated[
         str | None,
@@ -31,17 +36,26 @@ def gates(
             "--runs",
             help="Several train runs to aggregate (seeds): ids like 12,14,16 or 12-16.",
             show_default=False,
+            autocompletion=completers.complete_train_runs,
         ),
     ] = None,
     tag: Annotated[
         str | None,
         typer.Option(
-            "--tag", help="Aggregate the finished train runs with this tag.", show_default=False
+            "--tag",
+            help="Aggregate the finished train runs with this tag.",
+            show_default=False,
+            autocompletion=completers.complete_tag,
         ),
     ] = None,
     attn: Annotated[
         str | None,
-        typer.Option("--attn", help="With --tag: only runs of this attention.", show_default=False),
+        typer.Option(
+            "--attn",
+            help="With --tag: only runs of this attention.",
+            show_default=False,
+            autocompletion=completers.complete_attention,
+        ),
     ] = None,
     step: Annotated[
         int | None,

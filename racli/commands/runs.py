@@ -13,22 +13,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers, sample
 from racli.errors import BadInput
 from racli.names import check_run_id
 from racli.text.terminal import one_line, visible
 
 app = typer.Typer(
-    help="List recorded runs (newest first); show, diff, tag, exclude, include, delete, export.",
+    help="List recorded runs (newest first by start time); show, diff, tag, exclude, include, "
+    "delete, export.",
     invoke_without_command=True,
 )
 
 KindOpt = Annotated[
-    Optional[str], typer.Option("--kind", help="bench, train or calibration.", show_default=False)
+    Optional[str],
+    typer.Option(
+        "--kind",
+        help="bench, train or calibration.",
+        show_default=False,
+        autocompletion=completers.complete_kind,
+    ),
 ]
 AttnOpt = Annotated[
     Optional[str],
-    typer.Option("--attn", help="Attention variant (train runs).", show_default=False),
+    typer.Option(
+        "--attn",
+        help="Attention variant (train runs).",
+        show_default=False,
+        autocompletion=completers.complete_attention,
+    ),
 ]
 StatusOpt = Annotated[
     Optional[str],
@@ -36,12 +48,25 @@ StatusOpt = Annotated[
         "--status",
         help="running, finished, failed, interrupted, diverged or crashed.",
         show_default=False,
+        autocompletion=completers.complete_status,
     ),
 ]
 TagOpt = Annotated[
-    Optional[str], typer.Option("--tag", help="Only runs with this tag.", show_default=False)
+    Optional[str],
+    typer.Option(
+        "--tag",
+        help="Only runs with this tag.",
+        show_default=False,
+        autocompletion=completers.complete_tag,
+    ),
 ]
-IdsArg = Annotated[list[int], typer.Argument(help="Run id(s).", show_default=False)]
+IdsArg = Annotated[
+    list[int],
+    typer.Argument(
+        help="Run id(s).", show_default=False, autocompletion=completers.complete_run_id
+    ),
+]
+RunArg = Annotated[int, typer.Argument(help="Run id.", autocompletion=completers.complete_run_id)]
 
 
 def _store(ctx: typer.Context, db, config, *, readonly: bool):
@@ -71,34 +96,60 @@ def runs(
     limit: Annotated[
         int, typer.Option("--limit", help="Show at most N runs (0: all).", min=0)
     ] = 50,
+    sort: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sort",
+            help="Order by FIELD, ascending; -FIELD descends (default -started: newest "
+            "first). Fields: started, finished, id, kind, attn, status, seed, tag, val_loss, "
+            "tokens_per_s, iterations, tokens, epochs, train_seconds.",
+            metavar="[-]FIELD",
+            show_default=False,
+            autocompletion=completers.complete_sort,
+        ),
+    ] = None,
+    tsv: Annotated[
+        bool,
+        typer.Option(
+            "--tsv",
+            help="Tab-separated values with raw numbers, also on a terminal (a pipe gets "
+            "them anyway).",
+        ),
+    ] = False,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
 ) -> None:
-    """List runs, newest first (a `running` run with a stale heartbeat shows as crashed)."""
+    """List runs, newest first by start time (a `running` run with a stale heartbeat shows
+    as crashed); --sort orders by another field."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db, "config": config}
         return
     from racli.runs.view import print_runs_table
     from racli.store.filters import check_kind_status
-    from racli.store.queries import run_rows
+    from racli.store.queries import parse_sort, run_rows
 
     check_kind_status(kind, status)
+    parse_sort(sort)
+    if json and tsv:
+        raise BadInput("give --json or --tsv, not both")
     store = _store(ctx, db, config, readonly=True)
-    rows = run_rows(store, kind=kind, attn=attn, status=status, tag=tag, limit=limit or None)
+    rows = run_rows(
+        store, kind=kind, attn=attn, status=status, tag=tag, limit=limit or None, sort=sort
+    )
     if json:
         common.print_json(rows)
     elif not rows:
         filtered = any((kind, attn, status, tag))
         typer.echo("no runs recorded" + (" match the filters" if filtered else ""))
     else:
-        print_runs_table(rows)
+        print_runs_table(rows, sort=sort, tsv=tsv)
 
 
 @app.command("show")
 def show(
     ctx: typer.Context,
-    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    run_id: RunArg,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -146,13 +197,42 @@ def export(
     attn: AttnOpt = None,
     status: StatusOpt = None,
     tag: TagOpt = None,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--tensorboard",
+            metavar="DIR",
+            help="Write train runs as TensorBoard event files, DIR/run_<id>_<attn> "
+            "(pip install 'ra[tb]').",
+            show_default=False,
+        ),
+    ] = None,
+    run_ids: Annotated[
+        Optional[list[int]],
+        typer.Argument(
+            metavar="[RUNS]...",
+            help="With --tensorboard: these runs (default: the train runs the filters match).",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
 ) -> None:
-    """Export runs with their final figures as CSV or JSON, or (--metrics) their curves."""
+    """Export runs with their final figures as CSV or JSON, (--metrics) their curves, or
+    (--tensorboard) TensorBoard event files."""
     from racli.runs import export as exporting
     from racli.store.filters import check_kind_status
 
+    if tensorboard is not None or run_ids:
+        from racli.runs.tensorboard import export_runs
+
+        _check_tensorboard_request(tensorboard, run_ids, kind, metrics or output is not None)
+        check_kind_status(kind, status)
+        store = _store(ctx, db, config, readonly=True)
+        filters = {"attn": attn, "status": status, "tag": tag}
+        for done in export_runs(store, tensorboard, run_ids, **filters):
+            typer.echo(visible(done.line()))
+        return
     exporting.check_request(fmt, metrics=metrics, names=names)
     check_kind_status(kind, status)
     exporting.check_output(output, fmt)
@@ -176,13 +256,27 @@ def export(
         typer.echo(f"wrote {n} run(s) to {output}", err=True)
 
 
+def _check_tensorboard_request(folder, run_ids, kind, other_output: bool) -> None:
+    """BadInput for a --tensorboard export asked for with what does not go with it."""
+    if folder is None:
+        raise BadInput("run ids go with --tensorboard DIR (the other exports take filters)")
+    if other_output:
+        raise BadInput("--tensorboard writes event files: leave out --metrics and --output")
+    if kind not in (None, "train"):
+        raise BadInput(f"--tensorboard exports train runs, not --kind {kind}")
+    _check_ids(run_ids or [])
+    from racli.text.tensorboard import check_available
+
+    check_available()
+
+
 # ---- run management ----------------------------------------------------------------
 
 
 @app.command("tag")
 def tag_cmd(
     ctx: typer.Context,
-    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    run_id: RunArg,
     new_tag: Annotated[
         Optional[str], typer.Argument(metavar="TAG", help="The new tag.", show_default=False)
     ] = None,
@@ -299,8 +393,14 @@ def delete_cmd(
 @app.command("diff")
 def diff_cmd(
     ctx: typer.Context,
-    run_a: Annotated[int, typer.Argument(metavar="A", help="Run id.")],
-    run_b: Annotated[int, typer.Argument(metavar="B", help="Run id.")],
+    run_a: Annotated[
+        int,
+        typer.Argument(metavar="A", help="Run id.", autocompletion=completers.complete_run_id),
+    ],
+    run_b: Annotated[
+        int,
+        typer.Argument(metavar="B", help="Run id.", autocompletion=completers.complete_run_id),
+    ],
     only: Annotated[
         bool, typer.Option("--only-differences", help="Show the differing rows only.")
     ] = False,
@@ -313,8 +413,12 @@ def diff_cmd(
     from racli.store.run_diff import diff_text
 
     _check_ids([run_a, run_b])
-    diff = details.diff(_store(ctx, db, config, readonly=False), run_a, run_b)
+    diff = details.diff(_store(ctx, db, config, readonly=True), run_a, run_b)
     if json:
         common.print_json(diff)
     else:
         typer.echo(visible(diff_text(diff, only_differences=only)))
+
+
+# `ra runs export-weights RUN --out DIR`: with `ra sample`, in racli/commands/sample.py
+app.command("export-weights")(sample.export_weights)

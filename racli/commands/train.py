@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from racli.commands import common
+from racli.commands import common, completers
 from racli.experiment.plan import parse_extra_config
 from racli.text.terminal import visible
 
@@ -23,6 +23,7 @@ def train(
             "--attn",
             help="Attention variant (baseline, ra_v5, ra_v5_untied, ra_beta, sdpa_gate).",
             show_default=False,
+            autocompletion=completers.complete_attention,
         ),
     ] = None,
     minutes: Annotated[
@@ -49,6 +50,7 @@ def train(
             help="Model preset from ra.yaml, or auto: gpt2 on CUDA, tiny on the CPU "
             "(default: model.preset).",
             show_default=False,
+            autocompletion=completers.complete_model,
         ),
     ] = None,
     data: Annotated[
@@ -127,6 +129,7 @@ def train(
             "and remaining budget.",
             metavar="RUN",
             show_default=False,
+            autocompletion=completers.complete_train_run,
         ),
     ] = None,
     extra_config: Annotated[
@@ -136,6 +139,16 @@ def train(
             hidden=True,
             help="JSON entries of `ra experiment` recorded in the "
             "run's config (its arm and budget source).",
+            show_default=False,
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        str | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard events to DIR/run_<id>_<attn> (train.tensorboard; "
+            "pip install 'ra[tb]').",
+            metavar="DIR",
             show_default=False,
         ),
     ] = None,
@@ -170,6 +183,7 @@ def train(
         overrides=list(set_ or []),
         resume=resume,
         extra_config=extra_config,
+        tensorboard=tensorboard,
     )
     launch.check_options(opts)
     cfg = common.config(config)

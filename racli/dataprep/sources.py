@@ -1,6 +1,6 @@
 """What the SOURCE arguments of `ra data prepare` name, read as chunks of documents.
 
-Design notes: docs/internals/data.md.
+Design notes: docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The tokenisers of `ra data prepare`.
 
-Design notes: docs/internals/data.md.
+Design notes: docs/data.md.
 """
 
 from __future__ import annotations

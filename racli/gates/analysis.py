@@ -1,6 +1,6 @@
 """Analysis of learned gate values: pure functions, no torch, no database.
 
-Design notes: docs/internals/gates.md.
+Design notes: docs/gates.md.
 """
 
 from __future__ import annotations

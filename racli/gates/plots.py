@@ -1,5 +1,9 @@
 """`ra gates --plot`: a heatmap of one run's gates (and their trajectories), or of
-several runs' reciprocity measure and the share of runs above the threshold."""
+several runs' reciprocity measure and the share of runs above the threshold.
+
+One unit everywhere: a share (the use measures, rec_share and rec_norm_ratio, which
+the tables print as percentages, and the share of runs above the threshold) is drawn
+in percent in both plots, and every colour bar names its quantity and unit."""
 
 from __future__ import annotations
 
@@ -8,8 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from racli.gates.aggregate import RunsReport
-from racli.gates.analysis import GateReport
+from racli.gates.analysis import USE_MEASURES, GateReport
 from racli.text.plots import Curve, check_path, colours, figure, save
+
+
+def unit(name: str) -> tuple[float, str]:
+    """How `name` is drawn: (factor applied to its values, unit); shares in percent."""
+    return (100.0, "%") if name in USE_MEASURES else (1.0, "")
+
+
+def label(name: str) -> str:
+    """`name` with its unit, as a colour bar or an axis names it: "rec_share (%)"."""
+    u = unit(name)[1]
+    return f"{name} ({u})" if u else name
 
 
 def plot_gates(
@@ -33,10 +48,11 @@ def plot_gates(
     li = {la: i for i, la in enumerate(layers)}
     hi = {h: i for i, h in enumerate(heads)}
     for k, name in enumerate(names):
+        scale = unit(name)[0]
         grid = np.full((len(layers), len(heads)), np.nan)
         for e in report.entries:
             if e.name == name:
-                grid[li[e.layer], hi[e.head]] = e.value
+                grid[li[e.layer], hi[e.head]] = e.value * scale
         ax = fig.add_subplot(n_rows, ncol, k + 1)
         finite = grid[np.isfinite(grid)]
         if finite.size and finite.min() < 0 < finite.max():
@@ -44,8 +60,8 @@ def plot_gates(
             im = ax.imshow(grid, cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto")
         else:
             im = ax.imshow(grid, cmap="viridis", aspect="auto")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_title(f"{name} at step {report.step}")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(label(name))
+        ax.set_title(f"{label(name)} at step {report.step}")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(len(heads)), [str(h) for h in heads])
@@ -62,7 +78,7 @@ def plot_gates(
                 c = palette[li.get(layer, 0) % len(palette)]
                 ax2.plot(
                     xs,
-                    ys,
+                    [y * scale for y in ys],
                     color=c,
                     alpha=0.6,
                     linewidth=1,
@@ -71,7 +87,7 @@ def plot_gates(
                 seen.add(layer)
             ax2.set_title(f"{name} over steps")
             ax2.set_xlabel("step")
-            ax2.set_ylabel(name)
+            ax2.set_ylabel(label(name))
             ax2.grid(True, alpha=0.3)
             if 0 < len(seen) <= 12:
                 ax2.legend(fontsize=7, loc="best")
@@ -83,8 +99,9 @@ def plot_gates(
 
 
 def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = None) -> Path:
-    """Two heatmaps (layers x heads) of several runs: the mean of the measure and
-    the fraction of runs where the head is above the threshold."""
+    """Two heatmaps (layers x heads) of several runs: the mean of the measure (in the
+    unit of :func:`unit`, as one run's plot) and the percentage of runs where the head
+    is above the threshold."""
     p = check_path(path)
     if not rep.heads:
         raise ValueError("no heads to plot")
@@ -95,23 +112,24 @@ def plot_gates_runs(rep: RunsReport, path: str | Path, *, title: str | None = No
     above = np.full_like(mean, np.nan)
     for h in rep.heads:
         mean[li[h.layer], hi[h.head]] = h.mean
-        above[li[h.layer], hi[h.head]] = h.above / max(1, h.n)
-    scale = 100.0 if rep.by_measure else 1.0
+        above[li[h.layer], hi[h.head]] = 100.0 * h.above / max(1, h.n)
+    scale, u = unit(rep.measure)
     fig = figure(max(9.0, 0.5 * len(heads) * 2 + 3), max(4.0, 0.35 * len(layers) + 2))
     panels = (
-        (mean * scale, f"mean {rep.measure}{' (%)' if rep.by_measure else ''}", "viridis", None),
+        (mean * scale, f"mean {rep.measure}", f"mean {label(rep.measure)}", "viridis", None),
         (
             above,
-            f"runs above {rep.threshold * scale:g}{'%' if rep.by_measure else ''}",
+            f"runs above {rep.threshold * scale:g}{u}",
+            "runs above the threshold (%)",
             "Greys",
-            (0.0, 1.0),
+            (0.0, 100.0),
         ),
     )
-    for k, (grid, name, cmap, lim) in enumerate(panels):
+    for k, (grid, name, bar, cmap, lim) in enumerate(panels):
         ax = fig.add_subplot(1, 2, k + 1)
         kw = {"vmin": lim[0], "vmax": lim[1]} if lim else {}
         im = ax.imshow(grid, cmap=cmap, aspect="auto", **kw)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(bar)
         ax.set_title(name)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")

@@ -36,34 +36,54 @@ def _status(r: dict) -> tuple[str, str]:
     )
 
 
-# (column, its cell of a run's dict); the key columns come first
+def _field(name: str):
+    return lambda r: r[name]
+
+
+# (column, its cell on a terminal, its value in TSV: numbers whole, as stored); the key
+# columns come first
 RUN_TABLE_COLUMNS = (
-    (Column("id", "right", None), lambda r: str(r["id"])),
-    (Column("kind"), lambda r: r["kind"]),
-    (Column("attn"), lambda r: r["attn"] or "-"),
-    (Column("status"), _status),
-    (Column("seed", "right"), lambda r: _fmt(r["seed"])),
-    (Column("tag", width=TAG_WIDTH), lambda r: r["tag"] or "-"),
-    (Column("val_loss", "right"), lambda r: _fmt(r["val_loss"])),
-    (Column("tok/s", "right"), lambda r: _fmt(r["tokens_per_s"])),
-    (Column("iters", "right"), lambda r: _fmt(r["iterations"])),
-    (Column("started"), lambda r: (r["started_at"] or "")[:16]),
-    (Column("epochs", "right"), lambda r: _fmt(r["epochs"], 3)),
+    (Column("id", "right", None), lambda r: str(r["id"]), _field("id")),
+    (Column("kind"), lambda r: r["kind"], _field("kind")),
+    (Column("attn"), lambda r: r["attn"] or "-", lambda r: r["attn"] or "-"),
+    (Column("status"), _status, lambda r: _status(r)[0]),
+    (Column("seed", "right"), lambda r: _fmt(r["seed"]), _field("seed")),
+    (Column("tag", width=TAG_WIDTH), lambda r: r["tag"] or "-", lambda r: r["tag"] or "-"),
+    (Column("val_loss", "right"), lambda r: _fmt(r["val_loss"]), _field("val_loss")),
+    (Column("tok/s", "right"), lambda r: _fmt(r["tokens_per_s"]), _field("tokens_per_s")),
+    (Column("iters", "right"), lambda r: _fmt(r["iterations"]), _field("iterations")),
+    (Column("started"), lambda r: (r["started_at"] or "")[:16], _field("started_at")),
+    (Column("epochs", "right"), lambda r: _fmt(r["epochs"], 3), _field("epochs")),
 )
 
 
 def run_table_rows(rows: list[dict]) -> list[list]:
-    return [[get(r) for _, get in RUN_TABLE_COLUMNS] for r in rows]
+    return [[cell(r) for _, cell, _ in RUN_TABLE_COLUMNS] for r in rows]
 
 
-def print_runs_table(rows: list[dict]) -> None:
+def run_table_raw(rows: list[dict]) -> list[list]:
+    """The rows as TSV prints them: numbers as stored (no separators, every digit)."""
+    return [[value(r) for _, _, value in RUN_TABLE_COLUMNS] for r in rows]
+
+
+def _order_text(sort: str | None) -> str:
+    if not sort or sort.strip() in ("-started", "-started_at"):
+        return "newest first"
+    field = sort.strip()
+    return f"by {field.lstrip('-+')}" + (", descending" if field.startswith("-") else "")
+
+
+def print_runs_table(rows: list[dict], *, sort: str | None = None, tsv: bool = False) -> None:
     """The runs as a table: Rich on a terminal (trailing columns left out whole, with a
-    note, when it is too narrow), tab-separated with every column in a pipe."""
+    note, when it is too narrow), tab-separated with every column and raw numbers in a
+    pipe or with ``tsv``."""
     print_table(
-        [c for c, _ in RUN_TABLE_COLUMNS],
+        [c for c, _, _ in RUN_TABLE_COLUMNS],
         run_table_rows(rows),
-        title=f"{len(rows)} run(s), newest first",
+        title=f"{len(rows)} run(s), {_order_text(sort)}",
         keep_min=KEY_COLUMNS,
+        raw_rows=run_table_raw(rows),
+        force_tsv=tsv,
     )
 
 

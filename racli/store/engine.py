@@ -29,7 +29,7 @@ from racli.errors import BadInput, first_line
 from racli.store.outage import DEFAULT_WAIT_S
 
 # The newest revision in migrations/versions (tests check that they agree).
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0008"
 BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 # PostgreSQL: migrations of concurrent openers queue on this advisory lock.

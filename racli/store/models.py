@@ -8,8 +8,10 @@ produce exactly these tables.
 
 from __future__ import annotations
 
+import json
 import uuid as uuidlib
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -46,6 +49,20 @@ def legacy_uuid(run_id: int, kind: str, config_hash: str, started_at: datetime) 
     Frozen: migrations/versions/0004_run_identity.py holds the same function."""
     key = f"{run_id}|{kind}|{config_hash}|{started_at.isoformat()}"
     return str(uuidlib.uuid5(LEGACY_UUID_NAMESPACE, key))
+
+
+class JSONText(TypeDecorator):
+    """JSON kept as TEXT: a list or mapping in Python, its JSON text in the table (the
+    same on SQLite and PostgreSQL, and copied as text by `ra db merge`)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    def process_result_value(self, value: str | None, dialect) -> Any:
+        return None if value is None else json.loads(value)
 
 
 class Base(DeclarativeBase):
@@ -145,6 +162,8 @@ class Timing(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     backend: Mapped[str | None] = mapped_column(String(32))  # revision 0003: SDPA backend that ran
     compile_s: Mapped[float | None] = mapped_column(Float)  # revision 0003: compile/capture time
+    # revision 0008: every repeat's time in ms, in timing order (JSON list; NULL before 0008)
+    samples: Mapped[list[float] | None] = mapped_column(JSONText)
 
     __table_args__ = (Index("ix_timings_run", "run_id"),)
 

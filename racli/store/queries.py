@@ -39,6 +39,53 @@ def with_identity(d: dict, run: Run) -> dict:
     return d
 
 
+# `ra runs --sort FIELD`: the field names it takes (and their columns); "-FIELD" descends
+SORT_FIELDS = {
+    "started": Run.started_at,
+    "finished": Run.finished_at,
+    "id": Run.id,
+    "kind": Run.kind,
+    "attn": Run.attn,
+    "status": Run.status,
+    "seed": Run.seed,
+    "tag": Run.tag,
+    "val_loss": Run.val_loss,
+    "tokens_per_s": Run.tokens_per_s,
+    "iterations": Run.iterations,
+    "tokens": Run.tokens,
+    "epochs": Run.epochs,
+    "train_seconds": Run.train_seconds,
+}
+SORT_ALIASES = {"started_at": "started", "finished_at": "finished", "iters": "iterations"}
+DEFAULT_SORT = "-started"  # newest first by start time
+
+
+def parse_sort(text: str | None) -> tuple[str, bool]:
+    """`"-val_loss"` -> ("val_loss", True): the field and whether it descends; BadInput for
+    a field `ra runs` cannot sort by."""
+    text = (text or DEFAULT_SORT).strip()
+    descending = text.startswith("-")
+    name = text.lstrip("-+").strip().lower()
+    name = SORT_ALIASES.get(name, name)
+    if name not in SORT_FIELDS:
+        raise BadInput(
+            f"cannot sort runs by '{text}' (fields: {', '.join(SORT_FIELDS)}; "
+            "a leading '-' sorts from the largest or newest)"
+        )
+    return name, descending
+
+
+def _ordered(q, sort: str | None):
+    """`q` ordered by `sort` (see parse_sort): missing values last in either direction,
+    the run id as tie-break in the same direction."""
+    name, descending = parse_sort(sort)
+    col = SORT_FIELDS[name]
+    keys = [col.is_(None), col.desc() if descending else col.asc()]
+    if name != "id":
+        keys.append(Run.id.desc() if descending else Run.id.asc())
+    return q.order_by(*keys)
+
+
 def list_runs(
     store: Store,
     *,
@@ -47,9 +94,11 @@ def list_runs(
     status: str | None = None,
     tag: str | None = None,
     limit: int | None = None,
+    sort: str | None = None,
 ) -> list[Run]:
-    """Runs, newest first; `status` is the shown one (`crashed`: running, heartbeat stale)."""
-    q = select(Run).order_by(Run.id.desc())
+    """Runs, newest first by start time (or by `sort`: "-val_loss", "attn", ...; see
+    parse_sort); `status` is the shown one (`crashed`: running, heartbeat stale)."""
+    q = _ordered(select(Run), sort)
     if kind:
         q = q.where(Run.kind == kind)
     if attn:
@@ -60,12 +109,13 @@ def list_runs(
         q = q.where(Run.status == status)
     elif status == "crashed":
         q = q.where(Run.status == "running")
+    shown_status = status in ("crashed", "running")  # decided by the heartbeat, below
+    if limit and not shown_status:
+        q = q.limit(limit)
     with store.session() as s:
         runs = list(s.scalars(q))
-    if status == "crashed":
-        runs = [r for r in runs if display_status(r) == "crashed"]
-    elif status == "running":
-        runs = [r for r in runs if display_status(r) == "running"]
+    if shown_status:
+        runs = [r for r in runs if display_status(r) == status]
     return runs[:limit] if limit else runs
 
 
@@ -268,7 +318,8 @@ def ok_bench_timings(
     """ok timings of finished bench runs of `attns`, with the run's environment class fields.
 
     Keys: run_id, attn, mode, phase, batch, seq, heads, head_dim, dtype, device, backend,
-    median_ms, p10_ms, p90_ms, tflops, gpu_name, torch.
+    median_ms, p10_ms, p90_ms, tflops, samples (every repeat's ms; None before revision
+    0008), gpu_name, torch.
     """
     q = (
         select(
@@ -287,6 +338,7 @@ def ok_bench_timings(
             Timing.p10_ms,
             Timing.p90_ms,
             Timing.tflops,
+            Timing.samples,
             Environment.gpu_name,
             Environment.torch,
         )

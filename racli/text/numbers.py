@@ -69,6 +69,21 @@ def value(x: float | None) -> str:
     return f"{x:.4f}"
 
 
+def raw(x: Any) -> str:
+    """A value whole, for programs (TSV): an int as digits, a float as its shortest
+    round-tripping repr (12345.0, 0.0016, 3.5000000000000004), "nan"/"inf" as Python
+    writes them, a bool as true/false, a missing value as "-"; never a thousands separator."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return repr(x)
+    return str(x)
+
+
 def ids_text(ids: list[int], show: int = 10) -> str:
     """Run ids, the first ``show`` of them: "1, 2, 3" or "1, ..., 10, ... (5 more)"."""
     if len(ids) <= show:

@@ -3,9 +3,13 @@
 `print_table` prints a listing (`ra runs`) for its reader: on a terminal a table is drawn by Rich at the terminal's width; when the
 columns do not fit, trailing columns are left out whole (never cut
 mid-value) and a note under the table names them. When stdout is not a
-terminal (a pipe, a file, a CI log) the table is printed as tab-separated
-values with every column, the header first, so nothing depends on a width
-nobody chose (`column -t -s $'\\t'` aligns it; `--json` has every field whole).
+terminal (a pipe, a file, a CI log), or when asked (`--tsv`), the table is
+printed as tab-separated values with every column, the header first, so
+nothing depends on a width nobody chose (`column -t -s $'\\t'` aligns it;
+`--json` has every field whole). That form is for programs: given the rows'
+raw values, numbers are printed whole (:func:`racli.text.numbers.raw`: no
+thousands separators, every digit of the stored float) instead of as the
+terminal shows them.
 
 Every cell goes through :mod:`racli.text.terminal`: control characters are made
 visible, Rich markup in a cell stays text, and a cell longer than its
@@ -23,9 +27,10 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO, Union
+from typing import Any, TextIO, Union
 
 from racli.text import terminal
+from racli.text.numbers import raw
 
 Cell = Union[str, tuple[str, str]]  # text, or (text, Rich style) on a terminal
 
@@ -57,11 +62,19 @@ def _style(c: Cell) -> str:
     return c[1] if isinstance(c, tuple) else ""
 
 
-def tsv(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> str:
-    """Header and rows as tab-separated lines (each cell one visible line, cut to its width)."""
+def _tsv_text(v: Any) -> str:
+    """A TSV cell: text as it is, a number whole (numbers.raw), a missing value "-"."""
+    if isinstance(v, (str, tuple)):
+        return _text(v)
+    return raw(v)
+
+
+def tsv(columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> str:
+    """Header and rows as tab-separated lines (each cell one visible line, cut to its width;
+    numbers whole, see numbers.raw)."""
     lines = ["\t".join(terminal.field(c.header) for c in columns)]
     for row in rows:
-        lines.append("\t".join(terminal.field(_text(v), c.width) for c, v in zip(columns, row)))
+        lines.append("\t".join(terminal.field(_tsv_text(v), c.width) for c, v in zip(columns, row)))
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +118,7 @@ def left_out_note(columns: Sequence[Column], keep: int, width: int) -> str:
     n = len(columns) - keep
     return (
         f"{n} column{'s' if n != 1 else ''} not shown to fit {width} columns: {names} "
-        "(widen the terminal, or use --json or a pipe for every column)"
+        "(widen the terminal, or use --tsv, --json or a pipe for every column)"
     )
 
 
@@ -116,11 +129,15 @@ def print_table(
     title: str = "",
     keep_min: int = 1,
     stream: TextIO | None = None,
+    raw_rows: Sequence[Sequence[Any]] | None = None,
+    force_tsv: bool = False,
 ) -> None:
-    """Print the table on ``stream`` (default stdout): Rich on a terminal, TSV otherwise."""
+    """Print the table on ``stream`` (default stdout): Rich on a terminal, TSV otherwise
+    (or with ``force_tsv``). The TSV form prints ``raw_rows`` when given: the same cells
+    with numbers as stored (int, float, None), so that a program reads them whole."""
     stream = sys.stdout if stream is None else stream
-    if not is_terminal(stream):
-        stream.write(tsv(columns, rows))
+    if force_tsv or not is_terminal(stream):
+        stream.write(tsv(columns, rows if raw_rows is None else raw_rows))
         stream.flush()
         return
     from rich.console import Console

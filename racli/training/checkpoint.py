@@ -1,6 +1,6 @@
 """Training checkpoints: where they live, what they hold, atomic writes.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations

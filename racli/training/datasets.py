@@ -1,6 +1,6 @@
 """Training data: the token streams of a corpus, checked, split and identified.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How one optimizer step's batch is split over processes and micro-batches.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations

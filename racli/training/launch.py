@@ -27,6 +27,8 @@ from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import check_writable, open_store, sqlite_path
 from racli.store.queries import get_run
+from racli.text import tensorboard as tb_files
+from racli.training import tensorboard
 from racli.training.budget import check_budget_range
 from racli.training.fits import check_fits
 from racli.training.progress import ConsoleReporter
@@ -61,6 +63,7 @@ class TrainOptions:
     overrides: list[str] = field(default_factory=list)  # --set items
     resume: int | None = None
     extra_config: str | None = None  # JSON from `ra experiment`
+    tensorboard: str | None = None  # --tensorboard DIR (also with --resume)
 
     def resume_conflicts(self) -> list[str]:
         """The options given with --resume that it would ignore (none may be)."""
@@ -95,6 +98,8 @@ class TrainOptions:
             overrides.append(f"train.lr={self.lr:.17e}")  # YAML needs the dot and sign
         if self.max_epochs is not None:
             overrides.append(f"train.max_epochs={self.max_epochs:.17e}")
+        if self.tensorboard is not None:
+            overrides.append(tensorboard.override(self.tensorboard))
         return overrides
 
 
@@ -148,7 +153,14 @@ class Prepared:
     resume: int | None = None
 
 
-def _prepare_resume(opts: TrainOptions, location: str, info, wait_s: float) -> Prepared:
+def _check_tensorboard(spec: TrainSpec, info) -> None:
+    """BadInput before any work when TensorBoard output is asked for and cannot be had."""
+    if spec.train.tensorboard is not None and info.is_main:
+        tb_files.check_available()
+        tb_files.check_folder(spec.train.tensorboard)
+
+
+def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
     conflicts = opts.resume_conflicts()
     if conflicts:
         raise BadInput(
@@ -159,8 +171,12 @@ def _prepare_resume(opts: TrainOptions, location: str, info, wait_s: float) -> P
     store = open_writable(
         lambda: open_store(location, create=False, migrate=info.is_main), location
     )
-    store.wait_s = wait_s
+    store.wait_s = cfg.db_wait_minutes * 60.0
     spec, dataset, _ = prepare_resume(store, opts.resume, info)
+    # where TensorBoard events go is not recorded: --tensorboard, else this ra.yaml's
+    folder = opts.tensorboard or cfg.train.tensorboard
+    spec.train = spec.train.model_copy(update={"tensorboard": folder})
+    _check_tensorboard(spec, info)
     return Prepared(spec, dataset, store, info, opts.resume)
 
 
@@ -175,7 +191,7 @@ def prepare(
     if info.is_main:
         check_store_writable(location)
     if opts.resume is not None:
-        return _prepare_resume(opts, location, info, cfg.db_wait_minutes * 60.0)
+        return _prepare_resume(opts, cfg, location, info)
     if opts.attn is None:
         raise BadInput("--attn is required (e.g. --attn ra_v5), or --resume RUN")
     spec = spec_from_config(
@@ -195,6 +211,7 @@ def prepare(
         if parse_extra is None:
             raise ValueError("--extra-config needs its parser (parse_extra)")
         spec.extra = parse_extra(opts.extra_config)
+    _check_tensorboard(spec, info)
     dataset = load_data(spec)
     run_config(spec, dataset, info.world_size)  # validates the model config
     mcfg = model_config(spec, dataset)
@@ -232,6 +249,9 @@ class Watch:
 
     def note(self, text: str) -> None:
         self.inner.note(text)
+
+    def phase(self, label: str, done: int, total: int | None, *, end: bool = False) -> None:
+        self.inner.phase(label, done, total, end=end)
 
     def close(self) -> None:
         self.inner.close()

@@ -3,7 +3,9 @@
 `ConsoleReporter` draws a Rich progress bar on stderr (step, loss, tokens/s,
 time left) when stderr is a terminal, and prints a plain line every
 `every_s` seconds otherwise (logs, CI). The trainer calls it at log points
-only, so it costs nothing per step. `NullReporter` is silent (tests, ranks
+only, so it costs nothing per step. After training, `phase` shows the work
+still to do before the run ends (the final evaluation batch by batch, the
+checkpoint write), so a stop request (Ctrl-C) never leaves a silent wait. `NullReporter` is silent (tests, ranks
 other than 0); both, and the reporters of `ra train` and `ra experiment`, are
 `ProgressReporter`s. `summary_text` is the per-run summary printed on stdout.
 No torch here.
@@ -11,9 +13,11 @@ No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Protocol, TextIO
 
 from racli.text.numbers import number
@@ -57,7 +61,34 @@ class ProgressReporter(Protocol):
         left_s: float | None,
     ) -> None: ...
     def note(self, text: str) -> None: ...
+    def phase(self, label: str, done: int, total: int | None, *, end: bool = False) -> None:
+        """Progress of a step after training: `done` of `total` (None: not counted), called
+        with done=0 at its start, as it goes, and with end=True when it is over."""
+
     def close(self) -> None: ...
+
+
+def phase_of(reporter):
+    """`reporter.phase`, or a no-op for a reporter that has none (or for None)."""
+    return getattr(reporter, "phase", None) or (lambda *a, **kw: None)
+
+
+def counted_phase(reporter, label: str, total: int) -> Callable[[int], None]:
+    """Start showing `label` (`total` items); the returned function takes the count done."""
+    phase = phase_of(reporter)
+    phase(label, 0, total, end=total == 0)
+    return lambda done: phase(label, done, total, end=done >= total)
+
+
+@contextlib.contextmanager
+def uncounted_phase(reporter, label: str) -> Iterator[None]:
+    """Show `label` while the block runs."""
+    phase = phase_of(reporter)
+    phase(label, 0, None)
+    try:
+        yield
+    finally:
+        phase(label, 1, None, end=True)
 
 
 class NullReporter:
@@ -82,6 +113,9 @@ class NullReporter:
     def note(self, text: str) -> None:
         pass
 
+    def phase(self, label: str, done: int, total: int | None, *, end: bool = False) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -99,6 +133,8 @@ class ConsoleReporter(NullReporter):
         self._task = None
         self._last_line = -math.inf
         self._label = ""
+        self._phases: dict[str, tuple[float, object]] = {}  # label -> (start, rich task)
+        self._phase_bar = False  # the phases' progress display has replaced the training bar
 
     def start(self, *, run_id, attn, total, unit, done=0.0) -> None:
         self._label = f"{attn} run {run_id}" if run_id is not None else attn
@@ -150,10 +186,55 @@ class ConsoleReporter(NullReporter):
         else:
             self._line(text)
 
+    def phase(self, label: str, done: int, total: int | None, *, end: bool = False) -> None:
+        now = time.monotonic()
+        new = label not in self._phases
+        if new:
+            self._phases[label] = (now, self._phase_task(label))
+        start, task = self._phases[label]
+        if new and not self.bar:
+            self._line(f"{label}: {total} batches" if total else f"{label} ...")
+            self._last_line = now
+        if self.bar:
+            count = f"{done}/{total}" if total else ""
+            full = total or 1  # an uncounted step: a pulsing bar, full at its end
+            self._progress.update(
+                task, completed=full if end else done, total=full if end else total, count=count
+            )
+        elif end:
+            self._line(f"{label}: done in {fmt_seconds(now - start)}")
+        elif total and not new and now - self._last_line >= self.every_s:
+            self._last_line = now
+            self._line(f"{label}: {done}/{total} batches, {fmt_seconds(now - start)}")
+        if end:
+            del self._phases[label]
+
+    def _phase_task(self, label: str):
+        """A line of its own, below the training bar as it ended (None without a bar)."""
+        if not self.bar:
+            return None
+        if not self._phase_bar:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            if self._progress is not None:
+                self._progress.stop()  # one live display at a time; the bar stays printed
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[count]}"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+            )
+            self._progress.start()
+            self._phase_bar = True
+        return self._progress.add_task(label, total=None, count="")
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._phase_bar = False
 
     def _line(self, text: str) -> None:
         self.stream.write(text + "\n")

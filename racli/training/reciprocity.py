@@ -1,6 +1,6 @@
 """Recording the reciprocity measures of a model while it trains.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training run behind `ra train`: set-up, the recorded run, and how it ends.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from racli.training.datasets import Dataset
 from racli.training.progress import NullReporter, ProgressReporter
 from racli.training.result import StepInfo, TrainResult
 from racli.training.spec import TrainSpec, data_location, load_data, prepare_resume, run_config
+from racli.training.tensorboard import with_tensorboard
 from racli.training.trainer import Trainer, finite
 
 
@@ -84,6 +85,7 @@ def train(
                     tag=spec.tag,
                     flush_interval=flush_interval,
                 )
+            rec = with_tensorboard(rec, spec.train.tensorboard, spec.attn, note=reporter.note)
         ckpt_path = ckpt_paths.checkpoint_path(store.db, rec.run_id) if info.is_main else None
         return _train_recorded(
             spec,

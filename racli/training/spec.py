@@ -1,6 +1,6 @@
 """What one training run is: its spec, the config recorded for it, and the resume checks.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from racli.training.load_errors import describe_load_error
 if TYPE_CHECKING:
     from racli.training.datasets import Dataset
 
-# TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere)
-_TRAIN_SKIP = ("compile",)
+# TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere;
+# where TensorBoard events go changes nothing of the run)
+_TRAIN_SKIP = ("compile", "tensorboard")
 # fields left out of the recorded `train` section while null: a run recorded before they
 # existed and one recorded without them keep one config (and one config_hash)
 _TRAIN_OMIT_NULL = ("batch_tokens",)

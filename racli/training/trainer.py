@@ -1,6 +1,6 @@
 """The trainer: one training session (a fresh run or a resumed one) on one process.
 
-Design notes: docs/internals/training.md.
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from racli.training.batches import BatchSampler, eval_batches
 from racli.training.budget import EpochBudget
 from racli.training.clocks import ClockSampler
 from racli.training.datasets import Dataset
-from racli.training.progress import ProgressReporter, epoch_warning
+from racli.training.progress import (
+    ProgressReporter,
+    counted_phase,
+    epoch_warning,
+    uncounted_phase,
+)
 from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
@@ -252,20 +257,23 @@ class Trainer:
 
     # ---- the evaluation point ------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, batches) -> float:
-        """Mean validation loss over `batches` (sharded over ranks). The weights are
-        fixed meanwhile, so without torch.compile RA's composed weight is built once
-        per evaluation; a compiled model composes inside its graph."""
+    def evaluate(self, batches, on_batch: Callable[[int], None] | None = None) -> float:
+        """Mean validation loss over `batches` (sharded over ranks); `on_batch(n)` after the
+        n-th batch of this rank. The weights are fixed meanwhile, so without torch.compile
+        RA's composed weight is built once per evaluation; a compiled model composes
+        inside its graph."""
         from racli_models import composed_once
 
         self.fwd.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         with composed_once() if not self.spec.compile else contextlib.nullcontext():
-            for x, y in batches[self.info.rank :: self.info.world_size]:
+            for n, (x, y) in enumerate(batches[self.info.rank :: self.info.world_size], 1):
                 with self._autocast():
                     _, loss = self.fwd(x, y)
                 total[0] += loss.double()
                 total[1] += 1
+                if on_batch is not None:
+                    on_batch(n)
         self.fwd.train()
         ddp.all_reduce_sum(total, self.info)
         return (total[0] / total[1]).item()
@@ -275,7 +283,11 @@ class Trainer:
         self._sync()
         self.clock.pause()
         t0 = time.perf_counter()
-        self.val_loss = self.evaluate(batches)
+        show = None
+        if final and self.info.is_main:  # the final evaluation can take a while: shown
+            mine = len(batches[self.info.rank :: self.info.world_size])
+            show = counted_phase(self.reporter, "final evaluation", mine)
+        self.val_loss = self.evaluate(batches, show)
         dt = time.perf_counter() - t0
         self.eval_s += dt
         secs = self.clock.seconds
@@ -537,6 +549,8 @@ class Trainer:
             self.dataset.vocab_size,
         )
         self._eval_and_record(final, final=True)
-        self.save_checkpoint()
+        shown = self.info.is_main and self.ckpt_path is not None
+        with uncounted_phase(self.reporter if shown else None, "writing checkpoint"):
+            self.save_checkpoint()
         self.status = "interrupted" if self.stopped_by_user else "finished"
         return self.status
