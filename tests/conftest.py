@@ -67,8 +67,9 @@ def pg_server():
 
 @pytest.fixture
 def own_pg_server():
-    """`own_pg_server(password=None)`: a PostgreSQL server of the test's own (one it may stop
-    and start again, or one that asks for a password), stopped after the test."""
+    """`own_pg_server(password=None, durable=False)`: a PostgreSQL server of the test's own
+    (one it may stop and start again: durable, so that a commit survives the stop; or one
+    that asks for a password), stopped after the test."""
     from pg import PgServer, find_bindir
 
     if importlib.util.find_spec("psycopg") is None:
@@ -78,8 +79,8 @@ def own_pg_server():
         _unavailable("initdb/pg_ctl not found (install PostgreSQL)")
     servers = []
 
-    def start(password: str | None = None):
-        server = PgServer(bindir, password=password)
+    def start(password: str | None = None, durable: bool = False):
+        server = PgServer(bindir, password=password, durable=durable)
         servers.append(server)
         return server.start()
 

@@ -78,13 +78,16 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
 class PgServer:
     """`password`: connections over TCP must give it (scram-sha-256), else anyone may."""
 
-    def __init__(self, bindir: Path, password: str | None = None):
+    def __init__(self, bindir: Path, password: str | None = None, durable: bool = False):
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="ra-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         self.as_root = os.geteuid() == 0
         self.password = password
+        # durable: a commit is written out before it returns, so it survives a crash of the
+        # server (`stop_now`); the shared test server trades that for speed
+        self.durable = durable
         self._n = 0
         self.started = False
 
@@ -137,10 +140,10 @@ class PgServer:
 
     def start_again(self) -> None:
         """Start the server (again, after `stop_now`) on the same port and data."""
+        sync = "" if self.durable else "-c synchronous_commit=off "
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -F "
-            f"-c full_page_writes=off -c synchronous_commit=off -c max_connections=100 "
-            f"-c shared_buffers=16MB"
+            f"-c full_page_writes=off {sync}-c max_connections=100 -c shared_buffers=16MB"
         )
         self._run(
             str(self.bindir / "pg_ctl"),

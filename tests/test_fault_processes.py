@@ -196,7 +196,7 @@ def _pg_steps(url, run_id, name="train_loss"):
 
 
 def test_postgresql_stopped_in_the_middle_of_a_run_and_started_again(tmp_path, own_pg_server):
-    server = own_pg_server()
+    server = own_pg_server(durable=True)  # what a commit returned for survives the stop
     url = server.new_database()
     proc = _train(
         url,

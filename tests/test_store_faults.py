@@ -283,6 +283,42 @@ def test_a_store_away_past_the_limit_stops_the_run_with_one_line(store, monkeypa
         rec.fail(e.value)
 
 
+class _CommitThenBreak:
+    """store.writing() whose first transaction commits, then reports a broken connection
+    (a server stopped between the commit and its answer)."""
+
+    def __init__(self, store):
+        self.real, self.armed = store.writing, True
+
+    def __call__(self):
+        outer, cm = self, self.real()
+
+        class Writing:
+            def __enter__(self):
+                return cm.__enter__()
+
+            def __exit__(self, *exc):
+                done = cm.__exit__(*exc)
+                if outer.armed and exc[0] is None:
+                    outer.armed = False
+                    raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+                return done
+
+        return Writing()
+
+
+def test_a_write_committed_before_its_connection_broke_is_not_written_twice(store, monkeypatch):
+    rec = _start(store)
+    monkeypatch.setattr(store, "writing", _CommitThenBreak(store))
+    for step in (1, 2, 3):
+        rec.metric(step, "train_loss", 3.0)
+    with pytest.raises(OperationalError):
+        rec.flush()
+    rec.metric(4, "train_loss", 3.0)
+    rec.finish()
+    assert _q(store, "SELECT step FROM metrics ORDER BY step") == [(1,), (2,), (3,), (4,)]
+
+
 def test_update_names_only_run_columns(store):
     rec = _start(store)
     with pytest.raises(ValueError, match="unknown run column"):

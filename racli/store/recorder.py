@@ -148,6 +148,8 @@ class RunRecorder:
         self._ended = False
         self.outage = Outage(getattr(store, "wait_s", DEFAULT_WAIT_S) if wait_s is None else wait_s)
         self._dead: Stopped | None = None  # why the run cannot go on (raised to the caller)
+        # failed writes since the last one that succeeded: (heartbeat stamp, row counts)
+        self._unsure: list[tuple[datetime, int, int, int]] = []
         self._thread: threading.Thread | None = None
         self.write_seconds = 0.0  # time spent writing (for overhead measurements)
         if heartbeat:
@@ -355,13 +357,16 @@ class RunRecorder:
                 timings, self._timings = self._timings, []
                 fields, self._fields = self._fields, {}
             try:
-                self._write(metrics, gates, timings, fields)
+                stamp = utcnow()
+                self._write(metrics, gates, timings, fields, stamp)
             except _NotOwner:
                 self._dead = RunLost(self._lost_text())
                 raise self._dead from None
             except BaseException as exc:
-                # the transaction rolled back: put the rows back, ahead of any
+                # the transaction rolled back (or, if the connection broke during its
+                # commit, perhaps not: see _write): put the rows back, ahead of any
                 # appended meanwhile, so that the next flush writes them
+                self._unsure.append((stamp, len(metrics), len(gates), len(timings)))
                 with self._buffer_lock:
                     self._metrics[:0] = metrics
                     self._gates[:0] = gates
@@ -372,22 +377,31 @@ class RunRecorder:
                     if self.outage.over() and self._dead is None and not self._ended:
                         self._dead = self.outage.unavailable(self.run_id, shown(self.store.db))
                 raise
+            self._unsure.clear()
             self.outage.ok()
             self.write_seconds += time.perf_counter() - t0
 
-    def _write(self, metrics: list, gates: list, timings: list, fields: dict) -> None:
-        """One transaction: the ownership check (with the row's new fields and heartbeat),
-        then the rows. `_NotOwner` when the run is gone or another session's."""
-        values = dict(fields)
-        if not self._ended:
-            values["heartbeat_at"] = utcnow()
+    def _write(self, metrics: list, gates: list, timings: list, fields: dict, stamp) -> None:
+        """One transaction: the ownership check (with the row's new fields and the heartbeat
+        `stamp`), then the rows. `_NotOwner` when the run is gone or another session's.
+
+        A write whose connection broke during its commit (a server stopped at that moment)
+        may have been committed after all. The heartbeat stamp of every failed attempt is
+        kept: when the row holds one of them, that attempt's rows (the front of the lists)
+        are in the store already and are dropped here, so no row is written twice."""
+        values = {**fields, "heartbeat_at": stamp}
         mine = Run.id == self.run_id
         if self.owner is not None:
             mine = and_(mine, Run.owner == self.owner)
         with self.store.writing() as conn:
-            owned = conn.execute(
-                update(Run).where(mine).values(**(values or {"status": Run.status}))
-            ).rowcount
+            if self._unsure:
+                now = conn.execute(select(Run.heartbeat_at).where(mine)).scalar()
+                for old, n_metrics, n_gates, n_timings in reversed(self._unsure):
+                    if old == now:  # committed after all
+                        del metrics[:n_metrics], gates[:n_gates], timings[:n_timings]
+                        self._unsure.clear()
+                        break
+            owned = conn.execute(update(Run).where(mine).values(**values)).rowcount
             if owned != 1:
                 raise _NotOwner
             if metrics:
