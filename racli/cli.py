@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from racli.commands import bench, common, compare, data, db, experiment, gates, runs, sample, train
-from racli.errors import BadInput, Interrupted, first_line
+from racli.errors import BadInput, Interrupted, Stopped, first_line
 from racli.provenance import version_line
 from racli.text import terminal
 
@@ -69,6 +69,11 @@ class RaGroup(HelpWhenEmptyGroup):
                 traceback.print_exc()
             _say(f"error: {exc}")
             sys.exit(2)
+        except Stopped as exc:
+            if debug:
+                traceback.print_exc()
+            _say(f"stopped: {exc}")
+            sys.exit(1)
         except (typer.Abort, KeyboardInterrupt, Interrupted) as exc:
             how = str(exc) if isinstance(exc, Interrupted) else ""
             _say(f"interrupted: {how}" if how else "interrupted")

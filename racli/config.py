@@ -222,6 +222,7 @@ class RayConfig(_Schema):
 
 class Config(_Schema):
     db: str
+    db_wait_minutes: Number = Field(ge=0.0)  # a run waits this long for an unwritable store
     models: Annotated[dict[str, ModelPreset], BeforeValidator(_text_keys)]
     model: ModelConfig
     bench: BenchConfig

@@ -8,7 +8,8 @@ One home for each rule:
   `check_sdpa_backend`, `sdpa_backend_context`);
 - the device rule (`resolve_device`: auto, cpu, cuda, cuda:N);
 - comma lists (`comma_list`);
-- plot paths (`check_plot_path`).
+- plot paths (`check_plot_path`);
+- run tags (`check_tag`: text the store can hold).
 
 This module imports neither torch nor the database (torch is imported inside
 the functions that need it).
@@ -54,6 +55,31 @@ def comma_list(text: str | Iterable[str] | None) -> list[str]:
     else:
         items = [str(t) for t in text]
     return [t.strip() for t in items if t.strip()]
+
+
+# ---------------------------------------------------------------------------- tags
+
+TAG_MAX = 255
+
+
+def check_tag(tag: str | None, option: str = "--tag", max_len: int | None = TAG_MAX) -> None:
+    """BadInput for a tag the store cannot hold: not valid UTF-8 (a shell passes such
+    bytes as lone surrogates), a NUL character (PostgreSQL refuses it), or (unless
+    `max_len` is None) longer than 255 characters (the column's width)."""
+    if tag is None:
+        return
+    try:
+        tag.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = tag[exc.start].encode("utf-8", "surrogateescape")
+        raise BadInput(
+            f"{option} is not valid UTF-8 text (byte 0x{bad.hex()} at character "
+            f"{exc.start + 1}): give the tag as UTF-8"
+        ) from None
+    if "\x00" in tag:
+        raise BadInput(f"{option} holds a NUL character")
+    if max_len is not None and len(tag) > max_len:
+        raise BadInput(f"{option} is {len(tag)} characters long (at most {max_len})")
 
 
 # ---------------------------------------------------------------------------- attention
@@ -177,18 +203,3 @@ METRIC_NAMES = {
 
 def metric_label(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
-
-
-def check_tag(tag: str | None, option: str = "--tag") -> None:
-    """BadInput for a tag the store cannot hold: text that is not valid UTF-8 (bytes a shell
-    passed as they are arrive as lone surrogates, which no store column can hold)."""
-    if tag is None:
-        return
-    try:
-        tag.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = tag[exc.start].encode("utf-8", "surrogateescape")
-        raise BadInput(
-            f"{option} is not valid UTF-8 text (byte 0x{bad.hex()} at character "
-            f"{exc.start + 1}): give the tag as UTF-8"
-        ) from None

@@ -73,7 +73,10 @@ def wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None =
         if got:
             return got
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the experiment ended (exit {proc.returncode}) before {what}")
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            raise AssertionError(
+                f"the experiment ended (exit {proc.returncode}) before {what}:\n{err[-3000:]}"
+            )
         time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 

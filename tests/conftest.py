@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 
 import pytest
 
@@ -62,6 +63,30 @@ def pg_server():
         raise
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_pg_server():
+    """`own_pg_server(password=None, durable=False)`: a PostgreSQL server of the test's own
+    (one it may stop and start again: durable, so that a commit survives the stop; or one
+    that asks for a password), stopped after the test."""
+    from pg import PgServer, find_bindir
+
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("the psycopg driver is not installed (pip install 'ra[postgres]')")
+    bindir = find_bindir()
+    if bindir is None:
+        _unavailable("initdb/pg_ctl not found (install PostgreSQL)")
+    servers = []
+
+    def start(password: str | None = None, durable: bool = False):
+        server = PgServer(bindir, password=password, durable=durable)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
@@ -123,3 +148,35 @@ def ray_cluster():
     cluster = RayCluster().start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(path, size)`: a small RAM file system mounted at `path` (unmounted after the
+    test): a disk that fills up. Mounting needs root; where it is impossible the test is
+    skipped, except under CI, where it fails."""
+    mounted = []
+
+    def mount(path, size: str = "4m"):
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            res = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            failure = None if res.returncode == 0 else (res.stderr or res.stdout).strip()
+        except OSError as exc:
+            failure = str(exc)
+        if failure is not None:
+            reason = f"cannot mount a tmpfs: {failure or 'not root?'}"
+            if _in_ci():
+                pytest.fail(f"disk-full tests cannot run under CI: {reason}", pytrace=False)
+            pytest.skip(f"disk-full tests skipped: {reason}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

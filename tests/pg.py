@@ -76,12 +76,18 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
 
 
 class PgServer:
-    def __init__(self, bindir: Path):
+    """`password`: connections over TCP must give it (scram-sha-256), else anyone may."""
+
+    def __init__(self, bindir: Path, password: str | None = None, durable: bool = False):
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="ra-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         self.as_root = os.geteuid() == 0
+        self.password = password
+        # durable: a commit is written out before it returns, so it survives a crash of the
+        # server (`stop_now`); the shared test server trades that for speed
+        self.durable = durable
         self._n = 0
         self.started = False
 
@@ -111,21 +117,33 @@ class PgServer:
         if self.as_root:
             user = _ensure_user(RUN_AS)
             os.chown(self.root, user.pw_uid, user.pw_gid)
+        auth = ["--auth=trust"]
+        if self.password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self.as_root:
+                os.chown(pwfile, user.pw_uid, user.pw_gid)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         self._run(
             str(self.bindir / "initdb"),
             "-D",
             str(self.data),
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            *auth,
             "--encoding=UTF8",
             "--locale=C",
             "--no-sync",
         )
+        self.start_again()
+        return self
+
+    def start_again(self) -> None:
+        """Start the server (again, after `stop_now`) on the same port and data."""
+        sync = "" if self.durable else "-c synchronous_commit=off "
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -F "
-            f"-c full_page_writes=off -c synchronous_commit=off -c max_connections=100 "
-            f"-c shared_buffers=16MB"
+            f"-c full_page_writes=off {sync}-c max_connections=100 -c shared_buffers=16MB"
         )
         self._run(
             str(self.bindir / "pg_ctl"),
@@ -141,16 +159,28 @@ class PgServer:
             "start",
         )
         self.started = True
-        return self
+
+    def stop_now(self) -> None:
+        """Stop the server at once (`pg_ctl stop -m immediate`: like a crash), data kept."""
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"
+        )
+        self.started = False
 
     def url(self, dbname: str) -> str:
-        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        auth = SUPERUSER if self.password is None else f"{SUPERUSER}:{self.password}"
+        return f"postgresql+psycopg://{auth}@127.0.0.1:{self.port}/{dbname}"
 
     def _admin(self, sql: str) -> None:
         import psycopg
 
         with psycopg.connect(
-            host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
+            dbname="postgres",
+            autocommit=True,
         ) as conn:
             conn.execute(sql)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -93,6 +94,33 @@ def test_a_requeued_job_takes_its_own_units_back_at_once(store):
     )
     store_jobs.release_all(store, "slurm:ra-k1-seed2:n2:12:cc")
     assert store_jobs.get(store, unit).owner is None
+
+
+def test_a_claim_of_a_process_of_this_host_that_died_is_taken_at_once(store):
+    """kill -9 leaves a fresh claim behind; a process of the same host sees that its holder
+    no longer exists and takes it without waiting STALE_AFTER. A live holder, or one on
+    another host, keeps it."""
+    from racli.experiment import ownership
+
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process (until reused)
+    unit = store_jobs.Unit("k2", store_jobs.TRAIN, "baseline", 1)
+    live = f"{host}:{os.getppid()}:aa"  # pytest's parent: alive
+    elsewhere = f"another-host:{dead.pid}:bb"
+    gone = f"local:ra-k2-seed1:{host}:{dead.pid}:cc"
+    assert not ownership.holder_died(live) and not ownership.holder_died(elsewhere)
+    assert ownership.holder_died(gone)
+    claims = ownership.Claims(store, launcher="local", refresh_s=3600)
+    try:
+        for holder, taken in ((live, False), (elsewhere, False), (gone, True)):
+            with store.writing() as conn:  # released, then held by `holder` (a fresh claim)
+                conn.execute(update(ExperimentJob).values(owner=None))
+            assert store_jobs.claim(store, unit, owner=holder, launcher="local")
+            assert claims.take(unit) is taken, holder
+            assert store_jobs.get(store, unit).owner == (claims.owner if taken else holder)
+    finally:
+        claims.close()
 
 
 def _run(id_, arm, seed, status, steps):

@@ -239,28 +239,41 @@ def test_bad_sources_are_one_line_and_change_nothing(tmp_path, bad):
     assert db_state(target) == before
 
 
-def test_a_failure_leaves_the_target_as_it_was(two_stores, tmp_path, monkeypatch):
+def test_a_failure_leaves_whole_runs_and_merging_again_completes(two_stores, tmp_path, monkeypatch):
+    """Runs are written in short transactions (a few runs each, here one): a failure in the
+    middle of a run's rows leaves the runs before it whole and none of it; merging again gives what one
+    uninterrupted merge gives."""
     a, b = two_stores
+    whole = tmp_path / "whole.db"
+    make_db(whole, [("train", "baseline", "finished", 7, None)])
+    merge_stores(str(whole), [str(a), str(b)])
     target = tmp_path / "t.db"
     make_db(target, [("train", "baseline", "finished", 7, None)])
-    before = _counts(target)
-    dump = db_dump(target)
-    real = merge_mod._merge_one
+    real = merge_mod._Merge._copy
     calls = []
 
-    def failing(conn, src, *args):
-        calls.append(src.db)
-        out = real(conn, src, *args)  # the first source is written, then the second fails
-        if len(calls) == 2:
+    def failing(self, conn, table, src_id, target_id):
+        calls.append(table)
+        if len(calls) == 8:  # the third run's gate values
             raise RuntimeError("disk full")
-        return out
+        return real(self, conn, table, src_id, target_id)
 
-    monkeypatch.setattr(merge_mod, "_merge_one", failing)
+    monkeypatch.setattr(merge_mod._Merge, "_copy", failing)
+    monkeypatch.setattr(merge_mod, "GROUP_ROWS", 0)  # a transaction per run
     with pytest.raises(RuntimeError, match="disk full"):
         merge_stores(str(target), [str(a), str(b)])
-    assert len(calls) == 2
-    assert _counts(target) == before
-    assert db_dump(target) == dump
+    assert _counts(target)["runs"] == 1 + 2
+    uuids = [u for (u,) in _rows(a, "SELECT uuid FROM runs ORDER BY id")]
+    for uuid in uuids[:2]:
+        for table in ("metrics", "gate_values"):
+            sql = (
+                f"SELECT count(*) FROM {table} t JOIN runs r ON r.id = t.run_id WHERE uuid='{uuid}'"
+            )
+            assert _rows(target, sql) == _rows(a, sql)
+    assert not _rows(target, f"SELECT id FROM runs WHERE uuid='{uuids[2]}'")
+    monkeypatch.setattr(merge_mod._Merge, "_copy", real)
+    merge_stores(str(target), [str(a), str(b)])
+    assert _counts(target) == _counts(whole)
 
 
 def test_still_running_runs_wait(tmp_path):

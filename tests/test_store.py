@@ -164,6 +164,7 @@ def test_head_revision_matches_the_migration_scripts(store):
         "0003",
         "0004",
         "0005",
+        "0006",
         "0007",
         "0008",
     }

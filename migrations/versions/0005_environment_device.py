@@ -5,7 +5,7 @@ GPU name + torch version), so `ra compare` can tell when the two sides ran
 on different devices.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 

@@ -69,7 +69,9 @@ def merge(
     json: common.JsonOpt = False,
 ) -> None:
     """Import the runs of other stores (with metrics, timings, gate values), matched by run
-    uuid: merging twice adds nothing. One transaction; the sources are only read."""
+    uuid: merging twice changes nothing; a run that is newer in a source (an interrupted run
+    finished since) replaces the older copy. One transaction per run; sources are only read."""
+    from racli.store.engine import shown
     from racli.store.merge import merge_stores, report_lines, totals
 
     cfg = common.config(config)
@@ -80,7 +82,11 @@ def merge(
     )
     if json:
         common.print_json(
-            {"target": target, "sources": [r.to_dict() for r in results], "total": totals(results)}
+            {
+                "target": shown(target),
+                "sources": [r.to_dict() for r in results],
+                "total": totals(results),
+            }
         )
         return
     for line in report_lines(results, target):

@@ -243,7 +243,7 @@ def export(
         if output is None:
             exporting.write_metrics(store, sys.stdout, fmt, names=wanted, **filters)
             return
-        with output.open("w", newline="") as fh:
+        with exporting.atomic_output(output) as fh:
             n = exporting.write_metrics(store, fh, fmt, names=wanted, **filters)
         typer.echo(f"wrote {n} metric value(s) to {output}", err=True)
         return
@@ -251,7 +251,8 @@ def export(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        with exporting.atomic_output(output) as fh:
+            fh.write(text)
         typer.echo(f"wrote {n} run(s) to {output}", err=True)
 
 
@@ -359,6 +360,14 @@ def delete_cmd(
     ctx: typer.Context,
     run_ids: IdsArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            help="Also delete the runs that depend on these (train runs whose budget came "
+            "from a calibration, runs resumed from one); without it such a run is refused.",
+        ),
+    ] = False,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -368,11 +377,11 @@ def delete_cmd(
 
     _check_ids(run_ids)
     store = _store(ctx, db, config, readonly=False)
-    runs = check_deletable(store, run_ids)
+    runs = check_deletable(store, run_ids, cascade=cascade)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):
         typer.echo("nothing deleted", err=True)
         raise typer.Exit(1)
-    out = delete_runs(store, [r.id for r in runs])
+    out = delete_runs(store, [r.id for r in runs], cascade=cascade)
     if json:
         common.print_json(out.to_dict())
         return

@@ -20,6 +20,26 @@ def owner_name(prefix: str = "") -> str:
     return f"{prefix}{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def holder_died(owner: str) -> bool:
+    """Whether the process `owner` names (see owner_name) ran on this host and no longer
+    exists. Anything else (another host, a live or unknown process) is not known dead: its
+    claim is left until it goes stale."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    head, pid = parts[0], int(parts[1])
+    host = socket.gethostname()
+    if not (head == host or head.endswith(":" + host)) or pid in (0, os.getpid()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
+
+
 class Claims:
     """The units this process holds. `take` claims one (False: another process holds
     it); `done` lets go of it with its end state; `close` lets go of the rest."""
@@ -53,6 +73,13 @@ class Claims:
         got = store_jobs.claim(
             self.store, unit, owner=self.owner, launcher=self.launcher, takeover=self.takeover
         )
+        if not got:  # held: by a process of this host that died (kill -9), taken at once
+            row = store_jobs.get(self.store, unit)
+            holder = row.owner if row is not None else None
+            if holder and holder_died(holder):
+                got = store_jobs.claim(
+                    self.store, unit, owner=self.owner, launcher=self.launcher, dead=holder
+                )
         if got:
             self.held.add(unit)
         return got

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -40,6 +43,30 @@ def check_output(output: Path | None, fmt: str) -> None:
             f"cannot write {output}: it is a directory (give a file name, e.g. "
             f"{output / ('runs.' + fmt)})"
         )
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[TextIO]:
+    """`with atomic_output(path) as fh:` write a file whole or not at all: into a temporary
+    file beside it, renamed over `path` once complete. A write that fails (a full disk)
+    removes the temporary file, leaves a previous file at `path` as it was, and is one line
+    (BadInput)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        kept = " (the file there before is unchanged)" if path.exists() else ""
+        raise BadInput(f"cannot write {path}: {exc.strerror or exc}{kept}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -87,6 +87,24 @@ def ensure_writable(db: str) -> Path:
     return folder
 
 
+def missing_folders(db: str) -> list[Path]:
+    """The folders `ensure_writable(db)` would create (deepest first), to remove them again
+    with `remove_folders` when what follows fails."""
+    out = []
+    for p in (checkpoint_dir(db), *checkpoint_dir(db).parents):
+        if p.exists():
+            break
+        out.append(p)
+    return out
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, where they are empty."""
+    for p in folders:
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
 def _make_folder(folder: Path) -> None:
     """mkdir -p, with a plain reason when a file stands where a folder goes."""
     for p in (folder, *folder.parents):

@@ -26,10 +26,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from racli.errors import BadInput, first_line
+from racli.store.outage import DEFAULT_WAIT_S
 
 # The newest revision in migrations/versions (tests check that they agree).
 HEAD_REVISION = "0008"
 BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
 # PostgreSQL: migrations of concurrent openers queue on this advisory lock.
 PG_MIGRATION_LOCK = 0x7261_6462  # "radb"
 
@@ -102,8 +104,11 @@ def make_engine(db: str, *, readonly: bool = False, immutable: bool = False) -> 
 
         return engine
     connect_args = {}
-    if readonly and url.startswith("postgresql"):
-        connect_args["options"] = "-c default_transaction_read_only=on"
+    if url.startswith("postgresql"):
+        if readonly:
+            connect_args["options"] = "-c default_transaction_read_only=on"
+        if "connect_timeout" not in url:  # an unreachable host: an error, not a hang
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -231,6 +236,9 @@ class Store:
     db: str
     engine: Engine
     readonly: bool = False
+    # how long a recording run waits for this store to be writable again (ra.yaml's
+    # db_wait_minutes; racli/store/outage.py)
+    wait_s: float = DEFAULT_WAIT_S
 
     def __post_init__(self) -> None:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -256,10 +264,26 @@ def db_error(exc: BaseException) -> str:
     return first_line(getattr(exc, "orig", exc))
 
 
+def in_memory(db: str) -> bool:
+    """Whether `db` names a SQLite database in memory (`sqlite://`, `:memory:`), which
+    keeps nothing once the process ends."""
+    url = database_url(db)
+    return url.startswith("sqlite") and sqlite_path(db) is None
+
+
+def refuse_in_memory(db: str) -> None:
+    if in_memory(db):
+        raise BadInput(
+            f"database {shown(db)} is in memory: it keeps nothing once ra exits; give a "
+            f"file path or a server URL"
+        )
+
+
 def _connect(
     db: str, *, readonly: bool = False, immutable: bool = False
 ) -> tuple[Engine, str | None]:
     """An engine on `db` and its schema revision; bad input when it cannot be read."""
+    refuse_in_memory(db)
     path = sqlite_path(db)
     if path is not None and path.is_dir():
         raise BadInput(f"database path {path} is a directory")
@@ -345,6 +369,33 @@ def inspect_store(db: str) -> str | None:
         if rev is None:
             _refuse_unversioned(engine, db, empty_ok=sqlite_path(db) is None)
         return rev
+    finally:
+        engine.dispose()
+
+
+def check_writable(db: str) -> None:
+    """BadInput, before anything is created anywhere, when the store at `db` could not be
+    opened for writing: in memory, in a folder that does not exist, not a database (or a
+    corrupt one), another program's database, a newer schema, a server that refuses the
+    connection. Reads only; a SQLite file that does not exist yet is fine."""
+    refuse_in_memory(db)
+    path = sqlite_path(db)
+    if path is not None:
+        if path.is_dir():
+            raise BadInput(f"database path {path} is a directory")
+        if not path.exists():
+            if not path.parent.is_dir():
+                raise BadInput(
+                    f"cannot create database {path}: directory {path.parent} does not exist"
+                )
+            return
+        if path.stat().st_size == 0:
+            return
+    engine, rev = _connect_readonly(db)
+    try:
+        _check_known(engine, db, rev)
+        if rev is None:
+            _refuse_unversioned(engine, db, empty_ok=True)
     finally:
         engine.dispose()
 
@@ -450,6 +501,38 @@ def open_store(
     if readonly:
         return _open_readonly(db)
     path = sqlite_path(db)
+    created = path is not None and not path.exists()
+    try:
+        return _open_writable(db, path, create=create, migrate=migrate)
+    except BaseException:
+        if created:
+            remove_if_empty(path)
+        raise
+
+
+def remove_if_empty(path: Path) -> None:
+    """Remove a SQLite database that this process created and that holds no table (its
+    creation failed, e.g. on a full disk), with its side files: a failed creation must
+    not leave an empty store behind. A database another process has meanwhile filled,
+    or one that cannot be read now, is left alone."""
+    try:
+        if path.stat().st_size > 0:
+            conn = sqlite3.connect(_sqlite_ro_uri(path, immutable=False), uri=True, timeout=1)
+            try:
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    return
+            finally:
+                conn.close()
+    except (OSError, sqlite3.Error):
+        return
+    for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -> Store:
     if path is not None:
         if not path.exists():
             if not create:
@@ -477,9 +560,12 @@ def open_store(
     if migrate and rev != HEAD_REVISION:
         try:
             upgrade(engine)
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:
             engine.dispose()
             raise BadInput(f"cannot migrate database {shown(db)}: {db_error(exc)}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
     return Store(db=db, engine=engine)
 
 

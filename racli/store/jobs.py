@@ -74,13 +74,20 @@ def is_fresh(job: ExperimentJob, now: datetime | None = None) -> bool:
 
 
 def claim(
-    store: Store, unit: Unit, *, owner: str, launcher: str, takeover: str | None = None
+    store: Store,
+    unit: Unit,
+    *,
+    owner: str,
+    launcher: str,
+    takeover: str | None = None,
+    dead: str | None = None,
 ) -> bool:
     """Make `owner` the unit's holder; False when another holds it (a fresh claim).
 
     `takeover`: a prefix of owner names that may be replaced even when fresh (the
     earlier incarnation of the same scheduler job, which its scheduler ended: a
-    requeued Slurm job, a restarted Ray actor)."""
+    requeued Slurm job, a restarted Ray actor). `dead`: the exact name of a holder known
+    to have died (a process of this host that no longer exists)."""
     ensure(store, unit, launcher)
     now = utcnow()
     free = [
@@ -91,6 +98,8 @@ def claim(
     ]
     if takeover:
         free.append(ExperimentJob.owner.startswith(takeover, autoescape=True))
+    if dead:
+        free.append(ExperimentJob.owner == dead)
     with store.writing() as conn:
         got = conn.execute(
             update(ExperimentJob)

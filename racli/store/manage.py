@@ -15,6 +15,8 @@ from pathlib import Path
 from sqlalchemy import delete, false, func, select, true, update
 
 from racli.errors import BadInput
+from racli.names import check_tag
+from racli.store import references
 from racli.store.checkpoints import checkpoint_path
 from racli.store.chunks import in_chunks
 from racli.store.engine import Store
@@ -57,6 +59,7 @@ def set_tag(store: Store, run_id: int, tag: str | None) -> tuple[str | None, str
         raise BadInput("the tag is empty (use --clear to remove a run's tag)")
     if tag is not None and len(tag) > 255:
         raise BadInput(f"the tag is {len(tag)} characters long (at most 255)")
+    check_tag(tag, "the tag")
     run = get_runs(store, [run_id])[0]
     values: dict = {"tag": tag}
     if isinstance(run.config, dict) and "tag" in run.config:
@@ -107,22 +110,53 @@ class Deleted:
         )
 
 
-def check_deletable(store: Store, ids) -> list[Run]:
-    """The runs to delete; BadInput for an unknown id or a run still running."""
+def check_deletable(store: Store, ids, *, cascade: bool = False) -> list[Run]:
+    """The runs to delete: those given and, with `cascade`, every run that depends on
+    them (racli/store/references.py), in id order after the given ones. BadInput for an
+    unknown id, a run still running, or (without `cascade`) a run that others depend on,
+    naming them."""
     runs = get_runs(store, ids)
+    with store.engine.connect() as conn:
+        if cascade:
+            wanted = references.closure(conn, [(r.id, r.uuid) for r in runs])
+            extra = [i for i, _ in wanted if i not in {r.id for r in runs}]
+            if extra:
+                runs = runs + get_runs(store, extra)
+        else:
+            deps = references.dependants(conn, [(r.id, r.uuid) for r in runs])
+            given = {r.id for r in runs}
+            for r in runs:
+                outside = [(d, what) for d, what in deps.get(r.id, []) if d not in given]
+                if outside:
+                    raise BadInput(_dependants_text(r.id, outside))
     for r in runs:
         if r.status == "running" and not is_stale(r):
             raise BadInput(f"run {r.id} is still running (fresh heartbeat): stop it first")
     return runs
 
 
-def delete_runs(store: Store, ids) -> Deleted:
+def _dependants_text(run_id: int, deps: list[tuple[int, str]]) -> str:
+    by_what: dict[str, list[int]] = {}
+    for d, what in deps:
+        by_what.setdefault(what, []).append(d)
+    named = "; ".join(
+        f"run(s) {', '.join(map(str, ids[:10]))}{', ...' if len(ids) > 10 else ''} {what} it"
+        for what, ids in by_what.items()
+    )
+    return (
+        f"run {run_id} is needed by other runs ({named}): delete them too with --cascade, "
+        f"or keep it"
+    )
+
+
+def delete_runs(store: Store, ids, *, cascade: bool = False) -> Deleted:
     """Delete runs with their metrics, timings and gate values (one transaction),
-    then their checkpoint files."""
-    runs = check_deletable(store, ids)
+    then their checkpoint files. With `cascade`, the runs that depend on them too."""
+    runs = check_deletable(store, ids, cascade=cascade)
     run_ids = [r.id for r in runs]
     out = Deleted(runs=run_ids)
     with store.writing() as conn:
+        _refuse_started_meanwhile(conn, run_ids)
         for chunk in in_chunks(run_ids):
             out.metrics += conn.execute(delete(Metric).where(Metric.run_id.in_(chunk))).rowcount
             out.timings += conn.execute(delete(Timing).where(Timing.run_id.in_(chunk))).rowcount
@@ -141,17 +175,17 @@ def delete_runs(store: Store, ids) -> Deleted:
     return out
 
 
-def delete_rows_after(store: Store, run_id: int, step: int) -> int:
-    """Delete the metric and gate values run `run_id` recorded past `step`, in one
-    transaction; returns how many went. A run resumed from its checkpoint at `step` records
-    the later steps again (so they are not kept twice); `step` -1 removes every row, for a
-    run trained again from its start."""
-    with store.writing() as conn:
-        n = conn.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step)).rowcount
-        n += conn.execute(
-            delete(GateValue).where(GateValue.run_id == run_id, GateValue.step > step)
-        ).rowcount
-    return n
+def _refuse_started_meanwhile(conn, run_ids: list[int]) -> None:
+    """Inside the deleting transaction: BadInput when one of the runs was taken up again
+    (resumed, fresh heartbeat) since it was checked."""
+    for chunk in in_chunks(run_ids):
+        q = select(Run.id, Run.status, Run.heartbeat_at, Run.started_at).where(
+            Run.id.in_(chunk), Run.status == "running"
+        )
+        for rid, status, heartbeat_at, started_at in conn.execute(q):
+            view = Run(status=status, heartbeat_at=heartbeat_at, started_at=started_at)
+            if not is_stale(view):
+                raise BadInput(f"run {rid} is still running (fresh heartbeat): stop it first")
 
 
 def row_counts(store: Store, ids) -> dict[str, int]:

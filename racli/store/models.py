@@ -125,6 +125,8 @@ class Run(Base):
     excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     exclude_reason: Mapped[str | None] = mapped_column(Text)
     origin: Mapped[str | None] = mapped_column(Text)
+    # revision 0006: the recording session that owns the run (a process that lost it stops)
+    owner: Mapped[str | None] = mapped_column(String(36))
 
     environment: Mapped[Environment | None] = relationship(back_populates="runs")
 
@@ -132,6 +134,9 @@ class Run(Base):
         Index("ix_runs_kind_status", "kind", "status"),
         Index("ix_runs_config_hash", "config_hash"),
         Index("ix_runs_uuid", "uuid", unique=True),
+        # revision 0006: SQLite never gives a deleted run's id to a new run (PostgreSQL's
+        # sequence never does anyway)
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -25,7 +25,7 @@ from racli import training
 from racli.errors import BadInput, Interrupted
 from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
-from racli.store.engine import open_store, sqlite_path
+from racli.store.engine import check_writable, open_store, sqlite_path
 from racli.store.queries import get_run
 from racli.text import tensorboard as tb_files
 from racli.training import tensorboard
@@ -105,10 +105,12 @@ def check_options(opts: TrainOptions) -> None:
 
 
 def check_store_writable(location: str) -> None:
-    """BadInput unless a SQLite store at `location` (a file, or one to create) can be
-    written: train records its run there, so this is checked before any work."""
+    """BadInput unless the store at `location` (a SQLite file or one to create, a
+    server) can be written: train records its run there, so this is checked before any
+    work and before anything is created (racli.store.engine.check_writable)."""
     path = sqlite_path(location)
     if path is None:
+        check_writable(location)
         return
     folder = path.parent if str(path.parent) else None
     if path.is_dir():
@@ -120,6 +122,7 @@ def check_store_writable(location: str) -> None:
         )
     if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(f"cannot record the run in {path}: its folder {folder} is read-only")
+    check_writable(location)
 
 
 def open_writable(open_fn: Callable[[], Any], location: str):
@@ -161,6 +164,7 @@ def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
     store = open_writable(
         lambda: open_store(location, create=False, migrate=info.is_main), location
     )
+    store.wait_s = cfg.db_wait_minutes * 60.0
     spec, dataset, _ = prepare_resume(store, opts.resume, info)
     # where TensorBoard events go is not recorded: --tensorboard, else this ra.yaml's
     folder = opts.tensorboard or cfg.train.tensorboard
@@ -206,8 +210,14 @@ def prepare(
     check_fits(spec, dataset, info.world_size)
     store = None
     if info.is_main:
+        made = ckpt_paths.missing_folders(location)
         ckpt_paths.ensure_writable(location)  # before the database is created
-        store = open_writable(lambda: open_store(location), location)
+        try:
+            store = open_writable(lambda: open_store(location), location)
+        except BaseException:
+            ckpt_paths.remove_folders(made)  # a store that cannot open leaves nothing
+            raise
+        store.wait_s = cfg.db_wait_minutes * 60.0
     return Prepared(spec, dataset, store, info)
 
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 
 from racli.store import checkpoints as ckpt_paths
-from racli.store.manage import delete_rows_after
 from racli.store.queries import get_run
 from racli.store.recorder import NullRecorder, Recorder, RunRecorder
 from racli.training import checkpoint as ckpt
@@ -80,8 +79,14 @@ def train(
         rec: Recorder = NullRecorder()
         if info.is_main:
             if resume_run is not None:
-                rec = RunRecorder.resume(store, resume_run, flush_interval=flush_interval)
-                _take_up(store, rec, state, reporter)
+                # the steps after the checkpoint (all steps, without one) are trained again
+                rec = RunRecorder.resume(
+                    store,
+                    resume_run,
+                    flush_interval=flush_interval,
+                    drop_after_step=state.step if state is not None else -1,
+                )
+                _take_up(rec, state, reporter)
             else:
                 rec = RunRecorder.start(
                     store,
@@ -116,14 +121,12 @@ def train(
         ddp.teardown()
 
 
-def _take_up(store, rec: RunRecorder, state, reporter: ProgressReporter) -> None:
-    """A resumed run's rows past its checkpoint go (the steps after it are trained and
-    recorded again); a run without a checkpoint starts again from step 0 under its own id,
-    its earlier rows and figures cleared."""
+def _take_up(rec: RunRecorder, state, reporter: ProgressReporter) -> None:
+    """A run without a checkpoint starts again from step 0 under its own id: its figures are
+    cleared too (its rows went when it was taken up)."""
     if state is not None:
-        delete_rows_after(store, rec.run_id, state.step)
         return
-    dropped = delete_rows_after(store, rec.run_id, -1)
+    dropped = rec.dropped_rows
     rec.update(**dict.fromkeys(FIGURE_COLUMNS))
     reporter.note(
         f"run {rec.run_id} has no checkpoint (it stopped before its first one): training it "

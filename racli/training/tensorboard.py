@@ -59,6 +59,9 @@ class TensorBoardRecorder:
     def update(self, **fields: Any) -> None:
         self.inner.update(**fields)
 
+    def before_checkpoint(self) -> None:
+        self.inner.before_checkpoint()
+
     def _close(self) -> None:
         self._write(lambda: self.log.close())
         self.log = None

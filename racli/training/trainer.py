@@ -351,6 +351,7 @@ class Trainer:
         running = self.clock.running
         self._sync()
         self.clock.pause()
+        self.rec.before_checkpoint()  # the rows so far first; RunLost if the run is gone
         t0 = time.perf_counter()
         try:
             ckpt.save(self.ckpt_path, self.checkpoint_state())
