@@ -18,7 +18,6 @@ from typer.core import TyperGroup
 
 from racli.commands import bench, common, compare, data, db, experiment, gates, runs, sample, train
 from racli.errors import BadInput, Interrupted, Stopped, first_line
-from racli.provenance import version_line
 from racli.text import terminal
 
 
@@ -111,6 +110,8 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
+        from racli.provenance import version_line  # importlib.metadata: off the --help path
+
         typer.echo(version_line())
         raise typer.Exit(0)
 
