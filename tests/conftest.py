@@ -26,11 +26,13 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if any(item.get_closest_marker("gpu") for item in items) and not _cuda_available():
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu and not _cuda_available():
         skip = pytest.mark.skip(reason="needs CUDA")
-        for item in items:
-            if item.get_closest_marker("gpu"):
-                item.add_marker(skip)
+        for item in gpu:
+            item.add_marker(skip)
+    for item in gpu:  # one GPU: its tests run one at a time, on one pytest-xdist worker
+        item.add_marker(pytest.mark.xdist_group("gpu"))
 
 
 def _in_ci() -> bool:

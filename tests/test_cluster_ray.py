@@ -28,7 +28,7 @@ from cluster_experiment import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_SETTINGS = ["--set", "ray.poll_s=1", "--set", "ray.gpus_per_run=0"]

@@ -26,7 +26,7 @@ from cluster_experiment import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_SETTINGS = [
