@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
+from .split32 import float32_on_tensor_cores
 
 Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 
@@ -307,17 +308,6 @@ def _embed(model, idx: torch.Tensor) -> torch.Tensor:
     return model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))
 
 
-def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy (float64, on the device) of the final residual stream x."""
-    logits = model.lm_head(model.transformer.ln_f(x))
-    return F.cross_entropy(
-        logits.view(-1, logits.size(-1)).double(),
-        targets.reshape(-1),
-        ignore_index=-1,
-        reduction="sum",
-    )
-
-
 def _to_host(parts: list[Parts]) -> list[Parts]:
     """The sums on the CPU, in one copy (one wait for the device instead of one per value);
     the values are then finished there without launching more device work."""
@@ -363,6 +353,11 @@ def _forward_sums(
     return parts
 
 
+#: on CUDA, the float32 products of the measures and of the ablation (F.linear, matmul)
+#: run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: plain
+#: float32, whatever the TF32 flags say, as the callers set them)
+TENSOR_CORES = True
+
 #: on CUDA, the measures without the ablation are captured into a CUDA graph at their
 #: first call and replayed at the next ones (set False to always run them eagerly)
 GRAPH = True
@@ -390,6 +385,7 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
         forward_dtype,
         tuple(p.data_ptr() for p in params),
         torch.backends.cuda.matmul.allow_tf32,
+        TENSOR_CORES,
     )
     graphs = _GRAPHS.setdefault(model, {})
     if key in graphs and graphs[key] is None:
@@ -418,28 +414,26 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
     return parts
 
 
-LOSS_STREAMS = 4  # ablated streams per LM-head GEMM of the ablation
+LOSS_ROWS = 4096  # positions per LM-head GEMM of the ablation (4 sequences of 1024)
 
 
 def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per stream (k,): the summed cross-entropy (float64, on the device) of `streams`
-    (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T), in
-    groups of LOSS_STREAMS streams per LM-head GEMM."""
-    B = targets.shape[0]
-    k = streams.shape[0] // B
-    out = []
-    for s in range(0, k, LOSS_STREAMS):
-        group = streams[s * B : (s + LOSS_STREAMS) * B]
-        logits = model.lm_head(model.transformer.ln_f(group))
-        n = group.shape[0] // B
-        losses = F.cross_entropy(
-            logits.view(-1, logits.size(-1)).double(),
-            targets.reshape(-1).repeat(n),
-            ignore_index=-1,
-            reduction="none",
-        )
-        out.append(losses.view(n, -1).sum(1))
-    return torch.cat(out)
+    (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T),
+    LOSS_ROWS positions per LM-head GEMM. Each position's loss is logsumexp of its
+    logits minus its target's logit, in the logits' dtype (float32: off by about 1e-6
+    nats, far below the loss changes of 1e-5 relative that the ablation reads), and
+    the sums are taken in float64; targets -1 count nothing."""
+    k = streams.shape[0] // targets.shape[0]
+    x = streams.reshape(-1, streams.shape[-1])
+    every = targets.reshape(-1).repeat(k)
+    losses = []
+    for start in range(0, len(x), LOSS_ROWS):
+        logits = model.lm_head(model.transformer.ln_f(x[start : start + LOSS_ROWS]))
+        target = every[start : start + LOSS_ROWS]
+        picked = logits.gather(1, target.clamp_min(0)[:, None]).squeeze(1)
+        losses.append(torch.where(target != -1, torch.logsumexp(logits, 1) - picked, 0.0))
+    return torch.cat(losses).double().view(k, -1).sum(1)
 
 
 def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
@@ -448,18 +442,18 @@ def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
     residual streams `kept` by `_forward_sums`. Nothing waits for the host but one count
     of targets per batch.
 
-    The ablated passes run side by side: at block j, the streams whose ablated layer
-    came before j pass through it as one batch, joined after the attention by the
-    stream that starts there (block j without its reciprocal term); so each block
-    runs one attention on the running streams, one without the reciprocal term, and
-    one MLP over all of them, in float32 as before."""
+    Each ablated pass starts from the kept stream entering its layer (the blocks
+    before it are the model's own), and the passes run side by side: at block j,
+    the streams whose ablated layer came before j pass through it as one batch,
+    joined after the attention by the stream that starts there (block j without
+    its reciprocal term); so each block runs one attention on the running streams,
+    one without the reciprocal term, and one MLP over all of them. The model's own
+    final stream joins them at the LM head, so its loss is computed alike."""
     blocks = list(model.transformer.h)
     base: list = [0.0, 0]
     removed: dict[int, list] = {}
     for (_, targets), (entering, x) in zip(batches, kept):
         n = int((targets != -1).sum())  # the batch's targets, the same for every pass
-        base[0] += _loss_sum(model, x, targets)
-        base[1] += n
         streams, layers = None, []
         for j, block in enumerate(blocks):
             parts = []
@@ -473,9 +467,9 @@ def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
                 continue
             streams = torch.cat(parts) if len(parts) > 1 else parts[0]
             streams = streams + block.mlp(block.ln_2(streams))
-        if streams is None:
-            continue
-        sums = _loss_sums(model, streams, targets)
+        sums = _loss_sums(model, x if streams is None else torch.cat([streams, x]), targets)
+        base[0] += sums[-1]
+        base[1] += n
         for k, layer in enumerate(layers):
             acc = removed.setdefault(layer, [0.0, 0])
             acc[0] += sums[k]
@@ -506,27 +500,29 @@ def model_measures(
     is run again with its reciprocal term removed. Call it under
     torch.no_grad() in eval mode (`racli.training.reciprocity.measure` does).
     No parameter is changed; as any forward does, it updates sdpa_gate's
-    `gate_mean` buffer (`record_measures` puts the buffers back).
+    `gate_mean` buffer (`record_measures` puts the buffers back). On CUDA the
+    float32 products run on TF32 tensor cores at float32's precision
+    (`TENSOR_CORES`, `racli_models.split32`).
     """
     if ablation and forward_dtype is not None:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
-    blocks = list(model.transformer.h)
-    if not ablation:
-        parts = _graphed_sums(model, batches, queries, forward_dtype)
-        if parts is None:
-            parts = _forward_sums(model, batches, queries, forward_dtype)
-        removed: dict[int, list] = {}
-        base: list = [0.0, 0]
-    else:
-        kept: list = []
-        parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
-        base, removed = _ablation_sums(model, batches, kept)
+    with float32_on_tensor_cores(TENSOR_CORES):
+        if not ablation:
+            parts = _graphed_sums(model, batches, queries, forward_dtype)
+            if parts is None:
+                parts = _forward_sums(model, batches, queries, forward_dtype)
+            removed: dict[int, list] = {}
+            base: list = [0.0, 0]
+        else:
+            kept: list = []
+            parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
+            base, removed = _ablation_sums(model, batches, kept)
     parts = _to_host(parts)
     base[0] = float(torch.as_tensor(base[0]).detach())
     for acc in removed.values():
         acc[0] = float(torch.as_tensor(acc[0]).detach())
     out: dict[int, dict[str, torch.Tensor]] = {}
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(model.transformer.h):
         values = finish(block.attn, parts[i])
         if i in removed and base[1] > 0:
             loss = base[0] / base[1]
