@@ -22,6 +22,11 @@ Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std")
 LAYER_MEASURES = ("rec_ablation",)
 
+#: on CUDA, the float32 products of the measures and of the ablation (F.linear, matmul)
+#: run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: as
+#: torch's TF32 flags say, which `racli.training.reciprocity.measure` turns off)
+TENSOR_CORES = True
+
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """Sums are kept in float64 so that pooling many batches loses nothing."""
@@ -328,35 +333,33 @@ def _forward_sums(
 ) -> list[Parts]:
     """The per-layer `layer_parts` sums over `batches`, from the model's own forward block
     by block; with `keep`, each batch's residual streams entering the blocks and its final
-    one are appended to it (for the ablation)."""
+    one are appended to it (for the ablation). Its float32 products run as
+    `TENSOR_CORES` says, with weights split afresh in each call (a CUDA graph
+    captured from a call reads only what the call made)."""
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
-    for idx, _ in batches:
-        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
-        forward = (
-            torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
-            if forward_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with forward:
-            x = _embed(model, idx)
-            entering = []
-            for i, block in enumerate(blocks):
-                entering.append(x)
-                y, named = layer_step(block.attn, block.ln_1(x), rows)
-                for name, value in named.items():
-                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
-                x = x + y
-                x = x + block.mlp(block.ln_2(x))
-        if keep is not None:
-            keep.append((entering, x))
+    with float32_on_tensor_cores(TENSOR_CORES):
+        for idx, _ in batches:
+            rows = QueryRows.spread(idx.shape[1], queries, idx.device)
+            forward = (
+                torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
+                if forward_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with forward:
+                x = _embed(model, idx)
+                entering = []
+                for i, block in enumerate(blocks):
+                    entering.append(x)
+                    y, named = layer_step(block.attn, block.ln_1(x), rows)
+                    for name, value in named.items():
+                        parts[i][name] = parts[i][name] + value if name in parts[i] else value
+                    x = x + y
+                    x = x + block.mlp(block.ln_2(x))
+            if keep is not None:
+                keep.append((entering, x))
     return parts
 
-
-#: on CUDA, the float32 products of the measures and of the ablation (F.linear, matmul)
-#: run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: plain
-#: float32, whatever the TF32 flags say, as the callers set them)
-TENSOR_CORES = True
 
 #: on CUDA, the measures without the ablation are captured into a CUDA graph at their
 #: first call and replayed at the next ones (set False to always run them eagerly)
@@ -506,16 +509,16 @@ def model_measures(
     """
     if ablation and forward_dtype is not None:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
-    with float32_on_tensor_cores(TENSOR_CORES):
-        if not ablation:
-            parts = _graphed_sums(model, batches, queries, forward_dtype)
-            if parts is None:
-                parts = _forward_sums(model, batches, queries, forward_dtype)
-            removed: dict[int, list] = {}
-            base: list = [0.0, 0]
-        else:
-            kept: list = []
-            parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
+    if not ablation:
+        parts = _graphed_sums(model, batches, queries, forward_dtype)
+        if parts is None:
+            parts = _forward_sums(model, batches, queries, forward_dtype)
+        removed: dict[int, list] = {}
+        base: list = [0.0, 0]
+    else:
+        kept: list = []
+        parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
+        with float32_on_tensor_cores(TENSOR_CORES):
             base, removed = _ablation_sums(model, batches, kept)
     parts = _to_host(parts)
     base[0] = float(torch.as_tensor(base[0]).detach())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from racli.training.reciprocity import (
     MeasureSettings,
     forward_dtype,
+    measure,
     measured_batches,
     record_measures,
 )
@@ -616,3 +617,27 @@ def test_cuda_ablation_on_tensor_cores_resolves_1e5():
     print("largest |rec_ablation - float64| per precision:", errors)
     assert errors["split"] < 1e-6 and errors["float32"] < 1e-6
     assert errors["tf32"] > errors["split"]
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_of_alternating_settings_replay_what_eager_computes():
+    """Two settings measured in turn (each captured into its own CUDA graph at its first
+    call, with the allocator's cache emptied between calls) keep giving what an eager
+    run gives: a graph reads nothing that a later call frees."""
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=256).float().cuda()
+    batches = [(x.cuda(), y.cuda()) for x, y in token_batches(n=1, B=2, T=256, seed=3)]
+    settings = [dict(queries=64, precision="auto"), dict(queries=0, precision="float32")]
+    measures.GRAPH = False
+    try:
+        want = [measure(model, batches, ablation=False, **s) for s in settings]
+    finally:
+        measures.GRAPH = True
+    for _ in range(3):
+        for s, expected in zip(settings, want):
+            got = measure(model, batches, ablation=False, **s)
+            torch.cuda.empty_cache()
+            for layer in (0, 1):
+                for name in ("rec_share", "rec_effect"):
+                    assert got[layer][name] == pytest.approx(expected[layer][name], rel=1e-5)
+    assert measures.GRAPH_ERROR is None
