@@ -22,8 +22,8 @@ Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std")
 LAYER_MEASURES = ("rec_ablation",)
 
-#: on CUDA, the float32 products of the measures and of the ablation (F.linear, matmul)
-#: run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: as
+#: on CUDA, the float32 products of a float32 forward (the ablation's; the measures' with
+#: precision float32) and of the ablated passes (F.linear, matmul) run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: as
 #: torch's TF32 flags say, which `racli.training.reciprocity.measure` turns off)
 TENSOR_CORES = True
 
@@ -289,19 +289,28 @@ def head_measures(attn, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return finish(attn, layer_parts(attn, x))
 
 
-def without_reciprocal(attn, x: torch.Tensor) -> torch.Tensor | None:
-    """The module's output with its reciprocal term removed (folded RA: w_rec = 0;
-    ra_beta: beta = 0), computed from its parameters without changing them;
-    None for a variant without one."""
+def has_reciprocal(attn) -> bool:
+    """Whether the module has a reciprocal term to remove (folded RA, ra_beta)."""
+    return isinstance(attn, (_FoldedRA, RABetaAttention))
+
+
+def removing_reciprocal(attn, x: torch.Tensor, n: int) -> torch.Tensor:
+    """The module's output on x (N, T, C) with its reciprocal term removed from the
+    last n sequences (folded RA: w_rec = 0; ra_beta: beta = 0) and kept in the
+    others, computed from its parameters without changing them (the module's own
+    output for a variant without one)."""
     if isinstance(attn, _FoldedRA):
         qf, kf, v = attn.folded_qkv(x)
-        ds = attn.d_std
-        qf = torch.cat([qf[..., :ds], torch.zeros_like(qf[..., ds:])], dim=-1)
-        return attn._out(attn._merge(_causal_attention(qf, kf, v)))
+        kept = torch.ones(len(x), 1, 1, attn.head_dim, dtype=qf.dtype, device=x.device)
+        kept[len(x) - n :, :, :, attn.d_std :] = 0.0  # their reciprocal logits vanish
+        return attn._out(attn._merge(_causal_attention(qf * kept, kf, v)))
     if isinstance(attn, RABetaAttention):
-        y_std, _ = _beta_branches(attn, x)
-        return attn._out(attn._merge(y_std))
-    return None
+        y_std, y_rec = _beta_branches(attn, x)
+        kept = torch.ones(len(x), 1, 1, 1, dtype=y_rec.dtype, device=x.device)
+        kept[len(x) - n :] = 0.0
+        gate = torch.tanh(attn.beta).view(attn.n_head, 1, 1) * kept  # (N, H, 1, 1)
+        return attn._out(attn._merge(y_std + gate * y_rec))
+    return attn(x)
 
 
 # ---------------------------------------------------------------- a whole model
@@ -333,12 +342,13 @@ def _forward_sums(
 ) -> list[Parts]:
     """The per-layer `layer_parts` sums over `batches`, from the model's own forward block
     by block; with `keep`, each batch's residual streams entering the blocks and its final
-    one are appended to it (for the ablation). Its float32 products run as
-    `TENSOR_CORES` says, with weights split afresh in each call (a CUDA graph
-    captured from a call reads only what the call made)."""
+    one are appended to it (for the ablation). With a float32 forward its float32
+    products run as `TENSOR_CORES` says (under a bf16 forward only the statistics'
+    small products are float32: plain float32 is faster there), the weights split
+    afresh in each call (a CUDA graph captured from a call reads only what it made)."""
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
-    with float32_on_tensor_cores(TENSOR_CORES):
+    with float32_on_tensor_cores(TENSOR_CORES and forward_dtype is None):
         for idx, _ in batches:
             rows = QueryRows.spread(idx.shape[1], queries, idx.device)
             forward = (
@@ -423,10 +433,10 @@ LOSS_ROWS = 4096  # positions per LM-head GEMM of the ablation (4 sequences of 1
 def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per stream (k,): the summed cross-entropy (float64, on the device) of `streams`
     (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T),
-    LOSS_ROWS positions per LM-head GEMM. Each position's loss is logsumexp of its
-    logits minus its target's logit, in the logits' dtype (float32: off by about 1e-6
-    nats, far below the loss changes of 1e-5 relative that the ablation reads), and
-    the sums are taken in float64; targets -1 count nothing."""
+    LOSS_ROWS positions per LM-head GEMM. Each position's loss is taken in the
+    logits' dtype (float32: off by about 1e-6 nats, far below the loss changes of
+    1e-5 relative that the ablation reads) and the sums in float64; targets -1
+    count nothing."""
     k = streams.shape[0] // targets.shape[0]
     x = streams.reshape(-1, streams.shape[-1])
     every = targets.reshape(-1).repeat(k)
@@ -434,8 +444,7 @@ def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     for start in range(0, len(x), LOSS_ROWS):
         logits = model.lm_head(model.transformer.ln_f(x[start : start + LOSS_ROWS]))
         target = every[start : start + LOSS_ROWS]
-        picked = logits.gather(1, target.clamp_min(0)[:, None]).squeeze(1)
-        losses.append(torch.where(target != -1, torch.logsumexp(logits, 1) - picked, 0.0))
+        losses.append(F.cross_entropy(logits, target, ignore_index=-1, reduction="none"))
     return torch.cat(losses).double().view(k, -1).sum(1)
 
 
@@ -447,11 +456,10 @@ def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
 
     Each ablated pass starts from the kept stream entering its layer (the blocks
     before it are the model's own), and the passes run side by side: at block j,
-    the streams whose ablated layer came before j pass through it as one batch,
-    joined after the attention by the stream that starts there (block j without
-    its reciprocal term); so each block runs one attention on the running streams,
-    one without the reciprocal term, and one MLP over all of them. The model's own
-    final stream joins them at the LM head, so its loss is computed alike."""
+    the streams whose ablated layer came before j and the stream that starts at j
+    pass through the block as one batch, the reciprocal term removed from the
+    latter alone (`removing_reciprocal`). The model's own final stream joins them
+    at the LM head, so its loss is computed alike."""
     blocks = list(model.transformer.h)
     base: list = [0.0, 0]
     removed: dict[int, list] = {}
@@ -459,16 +467,14 @@ def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
         n = int((targets != -1).sum())  # the batch's targets, the same for every pass
         streams, layers = None, []
         for j, block in enumerate(blocks):
-            parts = []
-            if streams is not None:
-                parts.append(streams + block.attn(block.ln_1(streams)))
-            y = without_reciprocal(block.attn, block.ln_1(entering[j]))
-            if y is not None:
-                parts.append(entering[j] + y)
+            starts = has_reciprocal(block.attn)  # the pass without layer j's term
+            if starts:
                 layers.append(j)
-            if not parts:
+                streams = entering[j] if streams is None else torch.cat([streams, entering[j]])
+            if streams is None:
                 continue
-            streams = torch.cat(parts) if len(parts) > 1 else parts[0]
+            ablated = len(targets) if starts else 0
+            streams = streams + removing_reciprocal(block.attn, block.ln_1(streams), ablated)
             streams = streams + block.mlp(block.ln_2(streams))
         sums = _loss_sums(model, x if streams is None else torch.cat([streams, x]), targets)
         base[0] += sums[-1]

@@ -22,11 +22,13 @@ from racli.training.reciprocity import (
 from racli_models import GPT, GPTConfig, measures
 from racli_models.attention import build_attention
 from racli_models.measures import (
+    has_reciprocal,
     head_measures,
     layer_parts,
     layer_step,
     model_measures,
     query_rows,
+    removing_reciprocal,
     score_terms,
 )
 from racli_models.split32 import float32_on_tensor_cores, stacked, tf32_split
@@ -244,6 +246,26 @@ def test_ablation_equals_setting_the_gate_to_zero(attn):
         got = float(values[layer]["rec_ablation"][0])
         assert got == pytest.approx(want, rel=1e-8, abs=1e-13)
         assert got != 0.0
+
+
+@pytest.mark.parametrize("name", ["ra_v5", "ra_v5_untied", "ra_beta", "baseline"])
+def test_removing_reciprocal_from_the_last_sequences_only(name):
+    attn, x = attn_module(name), inputs(B=3)
+    gate = "beta" if name == "ra_beta" else "w_rec"
+    with torch.no_grad():
+        if name != "baseline":
+            getattr(attn, gate).fill_(0.6)
+        got = removing_reciprocal(attn, x, 1)
+        none_removed = removing_reciprocal(attn, x, 0)
+        own = attn(x)
+        if name != "baseline":
+            getattr(attn, gate).zero_()
+        gone = attn(x[2:])
+    torch.testing.assert_close(got[:2], own[:2], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got[2:], gone, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(none_removed, own, rtol=1e-12, atol=1e-14)
+    assert has_reciprocal(attn) == (name != "baseline")
+    assert torch.equal(got[2:], own[2:]) == (name == "baseline")
 
 
 def test_ablation_is_zero_without_reciprocal_term():
