@@ -14,12 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
+from .split32 import float32_on_tensor_cores
 
 Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 
 #: names of the measures per head, by attention class, and the per-layer one
 HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate_std")
 LAYER_MEASURES = ("rec_ablation",)
+
+#: on CUDA, the float32 products of a float32 forward (the ablation's; the measures' with
+#: precision float32) and of the ablated passes (F.linear, matmul) run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: as
+#: torch's TF32 flags say, which `racli.training.reciprocity.measure` turns off)
+TENSOR_CORES = True
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -283,19 +289,28 @@ def head_measures(attn, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return finish(attn, layer_parts(attn, x))
 
 
-def without_reciprocal(attn, x: torch.Tensor) -> torch.Tensor | None:
-    """The module's output with its reciprocal term removed (folded RA: w_rec = 0;
-    ra_beta: beta = 0), computed from its parameters without changing them;
-    None for a variant without one."""
+def has_reciprocal(attn) -> bool:
+    """Whether the module has a reciprocal term to remove (folded RA, ra_beta)."""
+    return isinstance(attn, (_FoldedRA, RABetaAttention))
+
+
+def removing_reciprocal(attn, x: torch.Tensor, n: int) -> torch.Tensor:
+    """The module's output on x (N, T, C) with its reciprocal term removed from the
+    last n sequences (folded RA: w_rec = 0; ra_beta: beta = 0) and kept in the
+    others, computed from its parameters without changing them (the module's own
+    output for a variant without one)."""
     if isinstance(attn, _FoldedRA):
         qf, kf, v = attn.folded_qkv(x)
-        ds = attn.d_std
-        qf = torch.cat([qf[..., :ds], torch.zeros_like(qf[..., ds:])], dim=-1)
-        return attn._out(attn._merge(_causal_attention(qf, kf, v)))
+        kept = torch.ones(len(x), 1, 1, attn.head_dim, dtype=qf.dtype, device=x.device)
+        kept[len(x) - n :, :, :, attn.d_std :] = 0.0  # their reciprocal logits vanish
+        return attn._out(attn._merge(_causal_attention(qf * kept, kf, v)))
     if isinstance(attn, RABetaAttention):
-        y_std, _ = _beta_branches(attn, x)
-        return attn._out(attn._merge(y_std))
-    return None
+        y_std, y_rec = _beta_branches(attn, x)
+        kept = torch.ones(len(x), 1, 1, 1, dtype=y_rec.dtype, device=x.device)
+        kept[len(x) - n :] = 0.0
+        gate = torch.tanh(attn.beta).view(attn.n_head, 1, 1) * kept  # (N, H, 1, 1)
+        return attn._out(attn._merge(y_std + gate * y_rec))
+    return attn(x)
 
 
 # ---------------------------------------------------------------- a whole model
@@ -305,17 +320,6 @@ def _embed(model, idx: torch.Tensor) -> torch.Tensor:
     """The residual stream entering block 0 (as GPT.forward computes it)."""
     pos = torch.arange(idx.shape[1], dtype=torch.long, device=idx.device)
     return model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))
-
-
-def _loss_sum(model, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy (float64, on the device) of the final residual stream x."""
-    logits = model.lm_head(model.transformer.ln_f(x))
-    return F.cross_entropy(
-        logits.view(-1, logits.size(-1)).double(),
-        targets.reshape(-1),
-        ignore_index=-1,
-        reduction="sum",
-    )
 
 
 def _to_host(parts: list[Parts]) -> list[Parts]:
@@ -338,28 +342,32 @@ def _forward_sums(
 ) -> list[Parts]:
     """The per-layer `layer_parts` sums over `batches`, from the model's own forward block
     by block; with `keep`, each batch's residual streams entering the blocks and its final
-    one are appended to it (for the ablation)."""
+    one are appended to it (for the ablation). With a float32 forward its float32
+    products run as `TENSOR_CORES` says (under a bf16 forward only the statistics'
+    small products are float32: plain float32 is faster there), the weights split
+    afresh in each call (a CUDA graph captured from a call reads only what it made)."""
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
-    for idx, _ in batches:
-        rows = QueryRows.spread(idx.shape[1], queries, idx.device)
-        forward = (
-            torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
-            if forward_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with forward:
-            x = _embed(model, idx)
-            entering = []
-            for i, block in enumerate(blocks):
-                entering.append(x)
-                y, named = layer_step(block.attn, block.ln_1(x), rows)
-                for name, value in named.items():
-                    parts[i][name] = parts[i][name] + value if name in parts[i] else value
-                x = x + y
-                x = x + block.mlp(block.ln_2(x))
-        if keep is not None:
-            keep.append((entering, x))
+    with float32_on_tensor_cores(TENSOR_CORES and forward_dtype is None):
+        for idx, _ in batches:
+            rows = QueryRows.spread(idx.shape[1], queries, idx.device)
+            forward = (
+                torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
+                if forward_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with forward:
+                x = _embed(model, idx)
+                entering = []
+                for i, block in enumerate(blocks):
+                    entering.append(x)
+                    y, named = layer_step(block.attn, block.ln_1(x), rows)
+                    for name, value in named.items():
+                        parts[i][name] = parts[i][name] + value if name in parts[i] else value
+                    x = x + y
+                    x = x + block.mlp(block.ln_2(x))
+            if keep is not None:
+                keep.append((entering, x))
     return parts
 
 
@@ -390,6 +398,7 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
         forward_dtype,
         tuple(p.data_ptr() for p in params),
         torch.backends.cuda.matmul.allow_tf32,
+        TENSOR_CORES,
     )
     graphs = _GRAPHS.setdefault(model, {})
     if key in graphs and graphs[key] is None:
@@ -418,28 +427,25 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
     return parts
 
 
-LOSS_STREAMS = 4  # ablated streams per LM-head GEMM of the ablation
+LOSS_ROWS = 4096  # positions per LM-head GEMM of the ablation (4 sequences of 1024)
 
 
 def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per stream (k,): the summed cross-entropy (float64, on the device) of `streams`
-    (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T), in
-    groups of LOSS_STREAMS streams per LM-head GEMM."""
-    B = targets.shape[0]
-    k = streams.shape[0] // B
-    out = []
-    for s in range(0, k, LOSS_STREAMS):
-        group = streams[s * B : (s + LOSS_STREAMS) * B]
-        logits = model.lm_head(model.transformer.ln_f(group))
-        n = group.shape[0] // B
-        losses = F.cross_entropy(
-            logits.view(-1, logits.size(-1)).double(),
-            targets.reshape(-1).repeat(n),
-            ignore_index=-1,
-            reduction="none",
-        )
-        out.append(losses.view(n, -1).sum(1))
-    return torch.cat(out)
+    (k * B, T, C), k final residual streams of the B sequences of `targets` (B, T),
+    LOSS_ROWS positions per LM-head GEMM. Each position's loss is taken in the
+    logits' dtype (float32: off by about 1e-6 nats, far below the loss changes of
+    1e-5 relative that the ablation reads) and the sums in float64; targets -1
+    count nothing."""
+    k = streams.shape[0] // targets.shape[0]
+    x = streams.reshape(-1, streams.shape[-1])
+    every = targets.reshape(-1).repeat(k)
+    losses = []
+    for start in range(0, len(x), LOSS_ROWS):
+        logits = model.lm_head(model.transformer.ln_f(x[start : start + LOSS_ROWS]))
+        target = every[start : start + LOSS_ROWS]
+        losses.append(F.cross_entropy(logits, target, ignore_index=-1, reduction="none"))
+    return torch.cat(losses).double().view(k, -1).sum(1)
 
 
 def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
@@ -448,34 +454,31 @@ def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
     residual streams `kept` by `_forward_sums`. Nothing waits for the host but one count
     of targets per batch.
 
-    The ablated passes run side by side: at block j, the streams whose ablated layer
-    came before j pass through it as one batch, joined after the attention by the
-    stream that starts there (block j without its reciprocal term); so each block
-    runs one attention on the running streams, one without the reciprocal term, and
-    one MLP over all of them, in float32 as before."""
+    Each ablated pass starts from the kept stream entering its layer (the blocks
+    before it are the model's own), and the passes run side by side: at block j,
+    the streams whose ablated layer came before j and the stream that starts at j
+    pass through the block as one batch, the reciprocal term removed from the
+    latter alone (`removing_reciprocal`). The model's own final stream joins them
+    at the LM head, so its loss is computed alike."""
     blocks = list(model.transformer.h)
     base: list = [0.0, 0]
     removed: dict[int, list] = {}
     for (_, targets), (entering, x) in zip(batches, kept):
         n = int((targets != -1).sum())  # the batch's targets, the same for every pass
-        base[0] += _loss_sum(model, x, targets)
-        base[1] += n
         streams, layers = None, []
         for j, block in enumerate(blocks):
-            parts = []
-            if streams is not None:
-                parts.append(streams + block.attn(block.ln_1(streams)))
-            y = without_reciprocal(block.attn, block.ln_1(entering[j]))
-            if y is not None:
-                parts.append(entering[j] + y)
+            starts = has_reciprocal(block.attn)  # the pass without layer j's term
+            if starts:
                 layers.append(j)
-            if not parts:
+                streams = entering[j] if streams is None else torch.cat([streams, entering[j]])
+            if streams is None:
                 continue
-            streams = torch.cat(parts) if len(parts) > 1 else parts[0]
+            ablated = len(targets) if starts else 0
+            streams = streams + removing_reciprocal(block.attn, block.ln_1(streams), ablated)
             streams = streams + block.mlp(block.ln_2(streams))
-        if streams is None:
-            continue
-        sums = _loss_sums(model, streams, targets)
+        sums = _loss_sums(model, x if streams is None else torch.cat([streams, x]), targets)
+        base[0] += sums[-1]
+        base[1] += n
         for k, layer in enumerate(layers):
             acc = removed.setdefault(layer, [0.0, 0])
             acc[0] += sums[k]
@@ -506,11 +509,12 @@ def model_measures(
     is run again with its reciprocal term removed. Call it under
     torch.no_grad() in eval mode (`racli.training.reciprocity.measure` does).
     No parameter is changed; as any forward does, it updates sdpa_gate's
-    `gate_mean` buffer (`record_measures` puts the buffers back).
+    `gate_mean` buffer (`record_measures` puts the buffers back). On CUDA the
+    float32 products run on TF32 tensor cores at float32's precision
+    (`TENSOR_CORES`, `racli_models.split32`).
     """
     if ablation and forward_dtype is not None:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
-    blocks = list(model.transformer.h)
     if not ablation:
         parts = _graphed_sums(model, batches, queries, forward_dtype)
         if parts is None:
@@ -520,13 +524,14 @@ def model_measures(
     else:
         kept: list = []
         parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
-        base, removed = _ablation_sums(model, batches, kept)
+        with float32_on_tensor_cores(TENSOR_CORES):
+            base, removed = _ablation_sums(model, batches, kept)
     parts = _to_host(parts)
     base[0] = float(torch.as_tensor(base[0]).detach())
     for acc in removed.values():
         acc[0] = float(torch.as_tensor(acc[0]).detach())
     out: dict[int, dict[str, torch.Tensor]] = {}
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(model.transformer.h):
         values = finish(block.attn, parts[i])
         if i in removed and base[1] > 0:
             loss = base[0] / base[1]

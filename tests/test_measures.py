@@ -15,19 +15,23 @@ import torch.nn.functional as F
 from racli.training.reciprocity import (
     MeasureSettings,
     forward_dtype,
+    measure,
     measured_batches,
     record_measures,
 )
-from racli_models import GPT, GPTConfig
+from racli_models import GPT, GPTConfig, measures
 from racli_models.attention import build_attention
 from racli_models.measures import (
+    has_reciprocal,
     head_measures,
     layer_parts,
     layer_step,
     model_measures,
     query_rows,
+    removing_reciprocal,
     score_terms,
 )
+from racli_models.split32 import float32_on_tensor_cores, stacked, tf32_split
 
 
 @pytest.fixture(autouse=True)
@@ -244,6 +248,26 @@ def test_ablation_equals_setting_the_gate_to_zero(attn):
         assert got != 0.0
 
 
+@pytest.mark.parametrize("name", ["ra_v5", "ra_v5_untied", "ra_beta", "baseline"])
+def test_removing_reciprocal_from_the_last_sequences_only(name):
+    attn, x = attn_module(name), inputs(B=3)
+    gate = "beta" if name == "ra_beta" else "w_rec"
+    with torch.no_grad():
+        if name != "baseline":
+            getattr(attn, gate).fill_(0.6)
+        got = removing_reciprocal(attn, x, 1)
+        none_removed = removing_reciprocal(attn, x, 0)
+        own = attn(x)
+        if name != "baseline":
+            getattr(attn, gate).zero_()
+        gone = attn(x[2:])
+    torch.testing.assert_close(got[:2], own[:2], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got[2:], gone, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(none_removed, own, rtol=1e-12, atol=1e-14)
+    assert has_reciprocal(attn) == (name != "baseline")
+    assert torch.equal(got[2:], own[2:]) == (name == "baseline")
+
+
 def test_ablation_is_zero_without_reciprocal_term():
     model, batches = tiny_gpt("ra_v5"), token_batches()
     with torch.no_grad():
@@ -428,6 +452,59 @@ def test_settings_batches_rows_and_ablation_schedule():
     assert rec.gate_rows[1][1][1]["rec_ablation"] != [0.0]
 
 
+# ---------------------------------------------------------------- float32 on tensor cores
+
+
+def as_tf32(t: torch.Tensor) -> torch.Tensor:
+    """What a TF32 tensor core reads of float32 t, at its worst: the 13 low mantissa bits
+    cut off (truncation; the hardware may round instead, which errs half as much)."""
+    return (t.view(torch.int32) & -(1 << 13)).view(torch.float32)
+
+
+def test_tf32_split_is_exact_and_its_high_part_is_tf32():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(1000, generator=g, dtype=torch.float32) * torch.logspace(
+        -20, 20, 1000, dtype=torch.float32
+    )
+    hi, lo = tf32_split(t)
+    assert torch.equal(as_tf32(hi), hi)  # TF32 reads hi exactly
+    assert torch.equal(hi + lo, t)  # the split loses nothing
+    assert (lo.abs() <= t.abs() * 2.0**-11).all()
+    assert torch.equal(tf32_split(-t)[0], -hi)  # rounds by magnitude, symmetric in sign
+
+
+def test_split_product_on_tf32_reads_is_float32_accurate():
+    """The stacked product, with every operand read as a TF32 core reads it, stays within
+    2^-20 of |a| |b| (float64 reference), where a plain TF32 product errs by ~1e-4."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(64, 256, generator=g, dtype=torch.float32)
+    b = torch.randn(256, 48, generator=g, dtype=torch.float32)
+    exact = a.double() @ b.double()
+    scale = a.double().abs() @ b.double().abs()
+    split = as_tf32(stacked(a, -1, lo_first=False)).double() @ as_tf32(stacked(b, 0, True)).double()
+    plain = as_tf32(a).double() @ as_tf32(b).double()
+    assert float(((split - exact).abs() / scale).max()) < 2.0**-20
+    assert float(((plain - exact).abs() / scale).max()) > 2.0**-13
+
+
+def test_the_split_mode_computes_the_same_measures():
+    """The split GEMMs, run on the CPU (no TF32 there: only the plumbing differs), give the
+    float32 measures and ablation within float32's rounding (the ablation: within 1e-7,
+    its resolution 1e-5)."""
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=64).float()
+    batches = token_batches(n=1, B=2, T=64, seed=4)
+    with torch.no_grad():
+        plain = model_measures(model, batches, queries=16)
+        with float32_on_tensor_cores(devices=("cpu",)):
+            split = model_measures(model, batches, queries=16)
+    for layer in range(2):
+        for name in ("rec_share", "rec_effect"):
+            torch.testing.assert_close(split[layer][name], plain[layer][name], rtol=1e-5, atol=0)
+        got, want = (float(m[layer]["rec_ablation"][0]) for m in (split, plain))
+        assert abs(got - want) < 1e-7 and want != 0.0
+
+
 # ---------------------------------------------------------------- training is unchanged
 
 
@@ -529,3 +606,60 @@ def test_cuda_bf16_forward_measures_match_float64():
         assert "rec_ablation" not in got[layer]
         for name in ("rec_share", "rec_effect"):
             assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-2)
+
+
+@pytest.mark.gpu
+def test_cuda_ablation_on_tensor_cores_resolves_1e5():
+    """The ablation reads loss changes of 1e-5 (relative): on CUDA, with its float32
+    products split over TF32 tensor cores (the default), every layer's rec_ablation
+    stays within 1e-6 of float64, and so do plain float32's; plain TF32 errs more."""
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=512, n_layer=4, n_head=4, n_embd=256, block_size=256, attn="ra_v5")
+    model = GPT(cfg).cuda().eval()  # w_rec at its init, 0.1: a small effect, as trained
+    batches = [(x.cuda(), y.cuda()) for x, y in token_batches(n=2, B=2, T=256, seed=7)]
+    with torch.no_grad():
+        want = model_measures(copy.deepcopy(model).double(), batches)
+    errors = {}
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, split, allow in (("split", True, False), ("float32", False, False),
+                                   ("tf32", False, True)):  # fmt: skip
+            measures.TENSOR_CORES = split
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            with torch.no_grad():
+                got = model_measures(model, batches)
+            errors[name] = max(
+                abs(float(got[i]["rec_ablation"][0]) - float(want[i]["rec_ablation"][0]))
+                for i in range(4)
+            )
+    finally:
+        measures.TENSOR_CORES = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    print("largest |rec_ablation - float64| per precision:", errors)
+    assert errors["split"] < 1e-6 and errors["float32"] < 1e-6
+    assert errors["tf32"] > errors["split"]
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_of_alternating_settings_replay_what_eager_computes():
+    """Two settings measured in turn (each captured into its own CUDA graph at its first
+    call, with the allocator's cache emptied between calls) keep giving what an eager
+    run gives: a graph reads nothing that a later call frees."""
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=256).float().cuda()
+    batches = [(x.cuda(), y.cuda()) for x, y in token_batches(n=1, B=2, T=256, seed=3)]
+    settings = [dict(queries=64, precision="auto"), dict(queries=0, precision="float32")]
+    measures.GRAPH = False
+    try:
+        want = [measure(model, batches, ablation=False, **s) for s in settings]
+    finally:
+        measures.GRAPH = True
+    for _ in range(3):
+        for s, expected in zip(settings, want):
+            got = measure(model, batches, ablation=False, **s)
+            torch.cuda.empty_cache()
+            for layer in (0, 1):
+                for name in ("rec_share", "rec_effect"):
+                    assert got[layer][name] == pytest.approx(expected[layer][name], rel=1e-5)
+    assert measures.GRAPH_ERROR is None

@@ -5,6 +5,7 @@
     python tools/reciprocity_cost.py --device cpu --preset small --eval-batches 2 --batch-size 8
     python tools/reciprocity_cost.py --device cuda --measure-queries 128,256,0 --previous
     python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
+    python tools/reciprocity_cost.py --device cuda --plain-float32 --ablation-accuracy --profile
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
@@ -18,7 +19,13 @@ times the former defaults (2 batches x 2 sequences, every query row, float32)
 with the same code. `--accuracy` compares each setting's rec_share and
 rec_effect with the full computation (every query row, float32) on all
 `--eval-batches` x `--batch-size` sequences (meaningful on a trained
-checkpoint). Times are medians over `--repeats`, with CUDA events on CUDA
+checkpoint). `--plain-float32` also times each setting with the float32
+products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds.
+`--ablation-accuracy` compares the first setting's rec_ablation with float64
+(the model in float64 on the same device), for the split TF32 products, plain
+float32 and plain TF32. `--profile` prints the kernels of one call of the
+first setting, without and with the ablation (torch.profiler). Times are
+medians over `--repeats` (with p10 and p90), with CUDA events on CUDA
 (perf_counter on CPU). Prints one line per setting and, with --json, the
 figures as JSON.
 """
@@ -131,6 +138,56 @@ def accuracy(model, batches, setting: MeasureSettings) -> dict:
     }
 
 
+def ablation_accuracy(model, batches, setting: MeasureSettings) -> dict:
+    """The largest |rec_ablation - float64's| over the layers, per precision of the
+    float32 products, and float64's values (the first setting's sequences)."""
+    import copy
+
+    from racli_models import measures
+    from racli_models.measures import model_measures
+
+    picked = measured_batches(batches, setting)
+    reference = copy.deepcopy(model).double()
+    with torch.no_grad():
+        want = model_measures(reference, picked, queries=setting.queries)
+    del reference
+    values = {i: float(v["rec_ablation"][0]) for i, v in want.items() if "rec_ablation" in v}
+    out = {"float64": values}
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, split, allow in (("split_tf32", True, False), ("float32", False, False),
+                                   ("tf32", False, True)):  # fmt: skip
+            measures.TENSOR_CORES = split
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            with torch.no_grad():
+                got = model_measures(model, picked, queries=setting.queries)
+            out[name] = max(abs(float(got[i]["rec_ablation"][0]) - v) for i, v in values.items())
+    finally:
+        measures.TENSOR_CORES = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return out
+
+
+def profile(job, label: str) -> None:
+    """The kernels of one call of `job`, by CUDA time, and the call's CUDA time in all."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as run
+
+    with run(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        job()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    total = sum(e.self_device_time_total for e in events) / 1000
+    print(f"  profile of {label}: {total:.2f} ms of kernels")
+    print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, p10 and p90."""
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
+    return statistics.median(values), q[0], q[-1]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +231,17 @@ def main(argv=None) -> int:
         action="store_true",
         help="also compare each setting with the full computation on every evaluation sequence",
     )
+    p.add_argument(
+        "--plain-float32",
+        action="store_true",
+        help="also time each setting with plain float32 products (TENSOR_CORES off)",
+    )
+    p.add_argument(
+        "--ablation-accuracy",
+        action="store_true",
+        help="compare the first setting's rec_ablation with float64, per precision",
+    )
+    p.add_argument("--profile", action="store_true", help="kernels of one call (CUDA)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
         "--no-ablation",
@@ -235,12 +303,23 @@ def main(argv=None) -> int:
 
     # what is timed: the evaluation, and each setting without / with the ablation; all of
     # them in every round (interleaved, so a machine whose speed drifts charges each alike)
+    from racli_models import measures
+
+    def plain(job):
+        measures.TENSOR_CORES = False
+        try:
+            return job()
+        finally:
+            measures.TENSOR_CORES = True
+
     jobs = {"eval": evaluate}
     picked = [measured_batches(batches, s) for s in settings]
     for k, s in enumerate(settings):
         for ablation in (False, True) if args.ablation else (False,):
             kw = dict(ablation=ablation, queries=s.queries, precision=s.precision)
             jobs[(k, ablation)] = functools.partial(measure, model, picked[k], **kw)
+            if args.plain_float32:
+                jobs[(k, ablation, "plain")] = functools.partial(plain, jobs[(k, ablation)])
     first: dict = {key: [] for key in jobs}
     for key, job in jobs.items():
         with timer(first[key]):
@@ -283,7 +362,11 @@ def main(argv=None) -> int:
         }
         for ablation in (False, True) if args.ablation else (False,):
             key = "with_ablation" if ablation else "measures"
-            entry[f"{key}_ms"] = statistics.median(times[(k, ablation)])
+            entry[f"{key}_ms"], entry[f"{key}_p10_ms"], entry[f"{key}_p90_ms"] = spread(
+                times[(k, ablation)]
+            )
+            if args.plain_float32:
+                entry[f"{key}_plain_float32_ms"] = statistics.median(times[(k, ablation, "plain")])
             entry[f"{key}_first_call_ms"] = first[(k, ablation)][0]
             entry[f"{key}_ratio"] = entry[f"{key}_ms"] / ev
             entry[f"{key}_ratio_scaled"] = entry[f"{key}_ms"] / ev_full
@@ -311,6 +394,21 @@ def main(argv=None) -> int:
                 + "]"
             )
         print(line)
+        if args.plain_float32:
+            print(
+                "    p10-p90: measures {measures_p10_ms:.1f}-{measures_p90_ms:.1f} ms".format(
+                    **entry
+                )
+                + (
+                    "; with the ablation {with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f} ms; "
+                    "plain float32 products: measures {measures_plain_float32_ms:.1f} ms, with the "
+                    "ablation {with_ablation_plain_float32_ms:.1f} ms".format(**entry)
+                    if args.ablation
+                    else "; plain float32 products: {measures_plain_float32_ms:.1f} ms".format(
+                        **entry
+                    )
+                )
+            )
         if args.accuracy:
             entry["accuracy"] = acc = accuracy(model, batches, s)
             if acc:
@@ -323,8 +421,17 @@ def main(argv=None) -> int:
                     f"(median over heads), at most {100 * acc['rec_effect_max_rel_diff']:.1f}%"
                 )
         results["settings"].append(entry)
-    from racli_models import measures
-
+    if args.ablation_accuracy and args.ablation:
+        results["ablation_accuracy"] = acc = ablation_accuracy(model, batches, settings[0])
+        print(
+            "  rec_ablation against float64 (the first setting): largest difference over layers "
+            f"{acc['split_tf32']:.2e} (split TF32, the default), {acc['float32']:.2e} (plain "
+            f"float32), {acc['tf32']:.2e} (plain TF32); float64 reads "
+            + ", ".join(f"{v:.2e}" for v in acc["float64"].values())
+        )
+    if args.profile and cuda:
+        for ablation in (False, True) if args.ablation else (False,):
+            profile(jobs[(0, ablation)], "with the ablation" if ablation else "the measures")
     if measures.GRAPH_ERROR:
         print(f"  (the measures' CUDA graph could not be captured: {measures.GRAPH_ERROR})")
         results["graph_error"] = measures.GRAPH_ERROR

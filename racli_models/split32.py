@@ -1,0 +1,107 @@
+"""float32 products on TF32 tensor cores, at float32's precision (split operands).
+
+TF32 keeps 10 of float32's 23 stored mantissa bits: a plain TF32 product is off by
+about 5e-4 relative, too coarse for the measures (the ablation reads loss changes
+of 1e-5). Each float32 operand is split exactly into a TF32 part and the rest,
+a = a_hi + a_lo with a_hi = a rounded to TF32 (|a_lo| <= 2^-11 |a|), and
+
+    a b = a_hi b_hi + a_lo b_hi + a_hi b_lo + a_lo b_lo
+
+is computed without its last term (at most 2^-22 of each product) as ONE TF32
+GEMM over three times the inner dimension: [a_hi | a_lo | a_hi] [b_hi ; b_hi ; b_lo].
+The parts a_hi, b_hi are exact in TF32, so the only other error is TF32's reading
+of a_lo, b_lo (at most 2^-10 of them, so 2^-21 of the product); the sum
+accumulates in float32. This is the 3xTF32 scheme of cuBLAS / CUTLASS, here from
+plain torch ops: three times the multiply-adds, at TF32's rate (the H200's
+datasheet: about 495 TFLOP/s dense TF32 against 67 TFLOP/s float32).
+
+`float32_on_tensor_cores()` applies it to every float32 F.linear and matmul on
+CUDA inside the block (not under autocast, whose products are 16-bit anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_ROUND = 1 << 12  # half of TF32's last kept mantissa bit (bit 13 of float32's 23)
+_KEEP = -(1 << 13)  # clears float32's 13 low mantissa bits
+
+
+def tf32_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo), t = hi + lo exactly: hi is float32 t rounded to nearest TF32 (its low
+    13 mantissa bits 0, so TF32 reads it exactly), lo = t - hi (|lo| <= 2^-11 |t|)."""
+    hi = t.view(torch.int32).add(_ROUND).bitwise_and_(_KEEP).view(torch.float32)
+    return hi, t - hi
+
+
+def stacked(t: torch.Tensor, dim: int, lo_first: bool) -> torch.Tensor:
+    """t's parts stacked along `dim` (its inner dimension): [hi | lo | hi] for the left
+    operand (lo_first False), [hi | hi | lo] for the right one."""
+    hi, lo = tf32_split(t)
+    return torch.cat([hi, lo, hi] if not lo_first else [hi, hi, lo], dim=dim)
+
+
+@contextlib.contextmanager
+def _tf32() -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _applies(*tensors) -> bool:
+    return all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in tensors
+    ) and not torch.is_autocast_enabled(tensors[0].device.type)
+
+
+class _Split(TorchFunctionMode):
+    """Routes float32 F.linear and matmul through the split TF32 GEMM; each weight is
+    split once per block, keyed by its address, shape, strides and version (the
+    weight is kept alive with its split, so no other tensor can take its address)."""
+
+    def __init__(self, device_types: tuple[str, ...]):
+        super().__init__()
+        self.device_types = device_types
+        self.weights: dict = {}
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        key = (w.data_ptr(), tuple(w.shape), w.stride(), w._version)
+        if key not in self.weights:
+            self.weights[key] = (w, stacked(w, 1, lo_first=True))
+        return self.weights[key][1]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and args[0].device.type in self.device_types:
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if _applies(x, w):
+                with _tf32():
+                    return F.linear(stacked(x, -1, lo_first=False), self.weight(w), b)
+        if func in (torch.matmul, torch.Tensor.__matmul__) and not kwargs:
+            a, b = args
+            if a.device.type in self.device_types and _applies(a, b):
+                with _tf32():
+                    return torch.matmul(stacked(a, -1, False), stacked(b, -2, True))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def float32_on_tensor_cores(enabled: bool = True, devices=("cuda",)) -> Iterator[None]:
+    """Inside the block, float32 F.linear and matmul (outside autocast) on `devices` run
+    as split TF32 GEMMs: float32-level results on tensor cores. `devices=("cpu",)`
+    runs the same arithmetic on the CPU (tests: there TF32 does not exist, so the
+    split is exact up to float32's own rounding)."""
+    if not enabled:
+        yield
+        return
+    with _Split(tuple(devices)):
+        yield
