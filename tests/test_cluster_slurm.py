@@ -171,3 +171,55 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
     assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])
+
+
+def test_slurm_runs_over_two_nodes(slurm_cluster, pg_server, tmp_path):
+    """`slurm.nodes_per_run=2` (CPU runs, gloo): each run is a Slurm job of its own over
+    n1 and n2, one torchrun agent per node; node 0 alone keeps the store's books."""
+    url = pg_server.new_database()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(slurm_cluster.env(), PYTHONPATH=str(ROOT))
+    argv = experiment_argv(
+        url, "slurm", *SLURM_SETTINGS, "--set", "slurm.nodes_per_run=2", "--json", seeds="1"
+    )
+    first = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert first.returncode == 0, (first.stderr[-4000:], slurm_cluster.logs())
+    data = json.loads(first.stdout)
+    key = data["key"]
+    runs = train_runs(url)
+    assert [r[:3] for r in runs] == [("baseline", 1, "finished"), ("ra_v5", 1, "finished")]
+    sizes = sql(url, "SELECT config FROM runs WHERE kind = 'train' ORDER BY id")
+    assert [_config(c)["world_size"] for (c,) in sizes] == [2, 2]
+    # one job per run over both nodes, submitted in the balanced order (seed 1: A then B)
+    units = sql(url, "SELECT arm, scheduler_job, state FROM jobs WHERE kind = 'train'")
+    jobs = {arm: sid for arm, sid, _ in units}
+    assert {s for _, _, s in units} == {"done"} and len(set(jobs.values())) == 2
+    assert _job_number(jobs["baseline"]) < _job_number(jobs["ra_v5"])
+    nodes = _sacct_nodes(slurm_cluster)
+    assert [nodes[jobs[a]] for a in ("baseline", "ra_v5")] == [("2", "n[1-2]")] * 2
+    for arm in ("baseline", "ra_v5"):
+        other = work / "ra_experiment_logs" / key / f"{arm}-seed1.node1.log"
+        assert "node 1, launch 0" in other.read_text(), other
+    assert data["verdicts"][0]["outcome"] != "NONE"
+
+    # the same command again: submits nothing, records nothing
+    again = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stderr and "reusing run" in again.stderr
+    assert train_runs(url) == runs
+
+
+def _config(value) -> dict:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _job_number(sid: str) -> tuple[int, int]:
+    head, _, task = sid.partition("_")
+    return int(head), int(task or 0)
+
+
+def _sacct_nodes(cluster) -> dict[str, tuple[str, str]]:
+    out = cluster.run("sacct", "-a", "-X", "-n", "-P", "-o", "JobID,NNodes,NodeList")
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return {r[0]: (r[1], r[2]) for r in rows}
