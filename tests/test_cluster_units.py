@@ -522,3 +522,36 @@ def test_ray_refuses_a_run_larger_than_its_largest_node():
         run._check_ray_fits(2)
     run.per_run = 8
     run._check_ray_fits(2)
+
+
+def test_under_torchrun_the_agent_passing_on_a_signal_is_not_a_second_one(monkeypatch):
+    """A scheduler (or a terminal) signals every process, and the torchrun agent passes
+    the signal on to its workers again: that echo must not stop a run at once (without
+    its checkpoint). A signal after the window still does."""
+    import signal
+    import threading
+
+    from racli.training import stopping
+
+    stop = threading.Event()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(KeyboardInterrupt, match="not raised by the handler"):
+        with stopping.stop_on_signals(stop):
+            os.kill(os.getpid(), signal.SIGTERM)  # Slurm's
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, the same request
+            time.sleep(0.05)
+            assert stop.is_set()
+            raise KeyboardInterrupt("not raised by the handler")  # reached: no forced stop
+    stop.clear()
+    with pytest.raises(KeyboardInterrupt, match="^$"):
+        with stopping.stop_on_signals(stop, echo_s=0.1):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)  # a second request: at once
+            threading.Event().wait(5)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    with pytest.raises(KeyboardInterrupt, match="^$"):
+        with stopping.stop_on_signals(stop):  # outside torchrun: two signals are two
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            threading.Event().wait(5)
