@@ -519,9 +519,9 @@ def test_ray_refuses_a_run_larger_than_its_largest_node():
     run = object.__new__(ClusterRun)
     run.launcher, run.per_run = launcher, 16
     with pytest.raises(BadInput, match="above the 8 GPUs.*--launcher slurm"):
-        run._check_ray_fits(2)
+        run._check_ray_fits()
     run.per_run = 8
-    run._check_ray_fits(2)
+    run._check_ray_fits()
 
 
 def test_under_torchrun_the_agent_passing_on_a_signal_is_not_a_second_one(monkeypatch):

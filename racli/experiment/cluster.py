@@ -79,13 +79,13 @@ class ClusterRun:
         )
         self.launcher = make_launcher(settings.launcher, ecfg)
         if settings.launcher == "ray":
-            self._check_ray_fits(len(settings.arms))
+            self._check_ray_fits()
         self.seed_order: list[int] = list(settings.seeds)
 
     def close(self) -> None:
         self.launcher.close()
 
-    def _check_ray_fits(self, n_arms: int) -> None:
+    def _check_ray_fits(self) -> None:
         """On Ray a seed's job (its arms side by side) runs on one node: one run larger than
         the largest node is refused (runs over several nodes: --launcher slurm)."""
         largest = self.launcher.largest_node_gpus()
