@@ -79,7 +79,11 @@ class ClusterRun:
         )
         self.launcher = make_launcher(settings.launcher, ecfg)
         if settings.launcher == "ray":
-            self._check_ray_fits()
+            try:
+                self._check_ray_fits()
+            except BadInput:
+                self.launcher.close()
+                raise
         self.seed_order: list[int] = list(settings.seeds)
 
     def close(self) -> None:
