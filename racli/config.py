@@ -202,6 +202,7 @@ class SlurmConfig(_Schema):
     account: str | None
     gpus_per_run: int = Field(ge=0)  # GPUs of one arm's run; a seed's job holds arms x this
     gpus_per_node: int = Field(ge=1)  # a run wanting more becomes one torchrun job of its own
+    nodes_per_run: int = Field(ge=1)  # CPU runs: nodes one run spans (one process per node)
     cpus_per_task: int = Field(ge=1)
     time_limit_min: int = Field(ge=1)
     array_parallelism: int = Field(ge=1)  # seed jobs of one array running at once

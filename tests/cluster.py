@@ -279,8 +279,11 @@ class SlurmCluster:
         pid = getattr(self, "munged_pid", None)
         if pid is not None and pid.exists():
             try:
-                os.kill(int(pid.read_text().strip()), signal.SIGTERM)
-            except (OSError, ValueError):
+                number = int(pid.read_text().strip())
+                os.kill(number, signal.SIGTERM)
+                # munged writes its seed file as it ends: wait, or the folder comes back
+                _wait(lambda: not Path(f"/proc/{number}").exists(), "munged's end", 10)
+            except (OSError, ValueError, RuntimeError):
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
 

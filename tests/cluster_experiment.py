@@ -27,7 +27,9 @@ TINY = [
 ]
 
 
-def experiment_argv(url: str, launcher: str, *extra: str, minutes: str = "0.05") -> list[str]:
+def experiment_argv(
+    url: str, launcher: str, *extra: str, minutes: str = "0.05", seeds: str = "1-2"
+) -> list[str]:
     """`python -m racli experiment` of the tests' 2 variants x 2 seeds CPU experiment."""
     argv = [
         sys.executable,
@@ -39,7 +41,7 @@ def experiment_argv(url: str, launcher: str, *extra: str, minutes: str = "0.05")
         "--attn",
         "baseline,ra_v5",
         "--seeds",
-        "1-2",
+        seeds,
         "--minutes",
         minutes,
         "--device",

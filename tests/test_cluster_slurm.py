@@ -171,3 +171,90 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
     assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])
+
+
+def test_slurm_runs_over_two_nodes_and_survive_a_requeue(slurm_cluster, pg_server, tmp_path):
+    """`slurm.nodes_per_run=2` (CPU runs, gloo; 2 variants x 1 seed): each run is a Slurm
+    job of its own over n1 and n2, one torchrun agent per node, node 0 alone keeping the
+    store's books. One run's job is requeued mid-run and resumes from its checkpoint; the
+    command is stopped with Ctrl-C and run again, re-attaching."""
+    url = pg_server.new_database()
+    work = tmp_path / "work"
+    work.mkdir()
+    # one thread a process: two runs of two processes each share the host's cores
+    env = dict(slurm_cluster.env(), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    argv = experiment_argv(
+        url,
+        "slurm",
+        *SLURM_SETTINGS,
+        "--set",
+        "slurm.nodes_per_run=2",
+        "--json",
+        seeds="1",
+        minutes="0.02",
+    )
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id, attn, seed, sid, _ = wait_until(
+            lambda: training_run(url, work), "a run to be training", 300, proc
+        )
+        _requeue(slurm_cluster, sid)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the jobs go on
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "slurm job(s) running" in err, err[-3000:]
+    jobs_before = _sacct_jobs(slurm_cluster)
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert attached.returncode == 0, (attached.stderr[-4000:], slurm_cluster.logs())
+    assert "re-attached to slurm job" in attached.stderr and "submitted" not in attached.stderr
+    assert _sacct_jobs(slurm_cluster) == jobs_before
+    data = json.loads(attached.stdout)
+    key = data["key"]
+    runs = train_runs(url)
+    assert [r[:3] for r in runs] == [("baseline", 1, "finished"), ("ra_v5", 1, "finished")]
+    assert run_id in [r[5] for r in runs]  # the requeued run under its own id
+    logs = work / "ra_experiment_logs" / key
+    assert f"resume {run_id} ===" in (logs / f"{attn}-seed{seed}.log").read_text()
+    # both nodes trained every run: two processes, one a node
+    sizes = sql(url, "SELECT config FROM runs WHERE kind = 'train' ORDER BY id")
+    assert [_config(c)["world_size"] for (c,) in sizes] == [2, 2]
+    for arm in ("baseline", "ra_v5"):
+        text = (logs / f"{arm}-seed1.node1.log").read_text()
+        # node 1 followed the requeued job's second incarnation too (a fresh exchange)
+        assert text.count("node 1, launch 0 ===") == (2 if arm == attn else 1), text[-3000:]
+    folders = sorted(p.name for p in (work / "ra_slurm" / "nodes").iterdir())
+    assert len(folders) == 2 and sorted(f[-2:] for f in folders) == [".0", ".1"], folders
+    # one job per run over both nodes, submitted in the balanced order (seed 1: A then B)
+    units = sql(url, "SELECT arm, scheduler_job, state FROM jobs WHERE kind = 'train'")
+    jobs = {arm: sid for arm, sid, _ in units}
+    assert {s for _, _, s in units} == {"done"} and len(set(jobs.values())) == 2
+    assert _job_number(jobs["baseline"]) < _job_number(jobs["ra_v5"])
+    nodes = _sacct_nodes(slurm_cluster)
+    assert [nodes[jobs[a]] for a in ("baseline", "ra_v5")] == [("2", "n[1-2]")] * 2
+    assert data["verdicts"][0]["outcome"] != "NONE"
+
+    # the same command again: submits nothing, records nothing
+    again = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stderr and "reusing run" in again.stderr
+    assert train_runs(url) == runs
+
+
+def _config(value) -> dict:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _job_number(sid: str) -> tuple[int, int]:
+    head, _, task = sid.partition("_")
+    return int(head), int(task or 0)
+
+
+def _sacct_nodes(cluster) -> dict[str, tuple[str, str]]:
+    out = cluster.run("sacct", "-a", "-X", "-n", "-P", "-o", "JobID,NNodes,NodeList")
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return {r[0]: (r[1], r[2]) for r in rows}

@@ -5,12 +5,14 @@ experiments at once on one store (one calibration, one run per arm and seed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import types
 from datetime import timedelta
 from pathlib import Path
@@ -296,7 +298,7 @@ def test_ctrl_c_cancels_the_jobs_or_leaves_them(tmp_path, cancel):
         store.close()
 
 
-def test_a_worker_does_not_retry_a_run_that_refused_its_input(tmp_path, monkeypatch):
+def test_a_worker_does_not_retry_a_run_that_refused_its_input(tmp_path):
     from racli.experiment import ownership
     from racli.experiment.jobs import Context
     from racli.experiment.results import Settings
@@ -316,16 +318,16 @@ def test_a_worker_does_not_retry_a_run_that_refused_its_input(tmp_path, monkeypa
         )  # fmt: skip
         starts = []
 
-        def child(ctx_, job, resume, slot, per_run):
+        job = worker.seed_jobs(arms, 1, 0, 1)[0]
+
+        def child(resume):
             starts.append(job.arm.label)
             path = worker.log_path(settings.db, "k1", job)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("ra: unknown attention 'x'\n")
             return 2
 
-        monkeypatch.setattr(worker, "_child", child)
-        job = worker.seed_jobs(arms, 1, 0, 1)[0]
-        result = worker._arm(ctx, job, "cpu", 0)
+        result = worker._arm(ctx, job, child)
         assert starts == ["baseline"]  # once: exit code 2 is not retried
         assert result.status == "failed" and result.note == "bad input: ra: unknown attention 'x'"
         row = store_jobs.get(store, ctx.unit(job))
@@ -333,3 +335,223 @@ def test_a_worker_does_not_retry_a_run_that_refused_its_input(tmp_path, monkeypa
     finally:
         claims.close()
         store.close()
+
+
+# ---- runs over several nodes ------------------------------------------------------------
+
+
+def _worker_ctx(tmp_path, store, arms):
+    import threading
+
+    from racli.experiment.jobs import Context
+    from racli.experiment.results import Settings
+    from racli.experiment.view import PlainView
+
+    settings = Settings(
+        arms=arms, seeds=[1], minutes=1.0, devices=["cpu"], db=str(tmp_path / "ra.db")
+    )
+    budgets = plan.step_budgets(arms, 1.0, 10.0, {"ra_v5": (0.5, None)})
+    return Context(
+        settings, None, store, key="k1", tag="t", dataset=None, budgets=budgets, cal=None,
+        devices=["cpu"], view=PlainView(), stop=threading.Event(),
+    )  # fmt: skip
+
+
+def test_a_run_over_nodes_starts_the_train_command_of_one_node_under_torchrun(tmp_path):
+    from racli.experiment.local import child_argv
+    from racli.experiment.multinode import Launch, Rendezvous, child_command
+
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        arms = plan.parse_arms("baseline,ra_v5")
+        ctx = _worker_ctx(tmp_path, store, arms)
+        job = worker.seed_jobs(arms, 1, 0, 1)[0]
+        argv = child_argv(ctx, job, None)  # what a run on one node starts
+    finally:
+        store.close()
+    assert argv[:4] == [sys.executable, "-m", "racli", "train"] and "--attn" in argv
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    rdzv = Rendezvous(nodes=2, node_rank=1, addr="10.1.2.3", port=29411)
+    assert child_command(argv, 4, rdzv) == [
+        *torchrun,
+        "--nnodes=2",
+        "--node-rank=1",
+        "--master-addr=10.1.2.3",
+        "--master-port=29411",
+        "--nproc-per-node=4",
+        *argv[1:],
+    ]
+    # every node starts the same train command; only its rank differs
+    launch = Launch(argv, 1, 2, "10.1.2.3", 29411, str(tmp_path / "logs" / "baseline-seed1.log"))
+    first, second = launch.command(0), launch.command(1)
+    assert first[3:8] == ["--nnodes=2", "--node-rank=0", *first[5:7], "--nproc-per-node=1"]
+    assert [a for a in first if a != "--node-rank=0"] == [a for a in second if a != "--node-rank=1"]
+    assert first[-len(argv) + 1 :] == argv[1:]
+    assert launch.log_of(0).name == "baseline-seed1.log"
+    assert launch.log_of(1).name == "baseline-seed1.node1.log"
+    # one node: as before (as is on one device, --standalone on several)
+    assert child_command(argv, 1) == argv
+    assert child_command(argv, 2)[3:5] == ["--standalone", "--nproc-per-node=2"]
+
+
+def test_the_nodes_of_a_run(monkeypatch):
+    from racli.experiment import multinode
+
+    def cfg(**kw):
+        return types.SimpleNamespace(**{"gpus_per_node": 8, "nodes_per_run": 1, **kw})
+
+    assert multinode.run_nodes(cfg(), cpu=False, per_run=8) == 1
+    assert multinode.run_nodes(cfg(), cpu=False, per_run=16) == 2
+    assert multinode.run_nodes(cfg(gpus_per_node=4), cpu=False, per_run=32) == 8
+    with pytest.raises(BadInput, match="not a multiple of it.*gpus_per_run=16"):
+        multinode.run_nodes(cfg(), cpu=False, per_run=12)
+    with pytest.raises(BadInput, match="nodes_per_run 2 is for CPU runs"):
+        multinode.run_nodes(cfg(nodes_per_run=2), cpu=False, per_run=8)
+    assert multinode.run_nodes(cfg(nodes_per_run=3), cpu=True, per_run=0) == 3
+    assert multinode.processes_per_node(16, 2) == 8
+    assert multinode.processes_per_node(0, 2) == 1  # CPU: one process a node
+    out = "NodeName=n1 Arch=x86_64 CoresPerSocket=1 NodeAddr=127.0.0.1 NodeHostName=localhost"
+    assert multinode.node_addr(out, "n1") == "127.0.0.1"
+    assert multinode.node_addr("", "gpu-017") == "gpu-017"
+
+
+def test_node_0_hands_each_launch_to_the_other_nodes(tmp_path, monkeypatch):
+    import threading
+
+    from racli.experiment import multinode
+
+    node0 = multinode.Node(rank=0, nodes=2, job_id="41", restart=0, name="n1")
+    node1 = dataclasses.replace(node0, rank=1, name="n2")
+    log = str(tmp_path / "logs" / "ra_v5-seed3.log")
+    started: list[list[str]] = []
+
+    def spawn(argv, out, env):
+        started.append(argv)
+        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=out)
+
+    monkeypatch.setattr(multinode.guard, "spawn", spawn)
+    exchange = multinode.Exchange(tmp_path / "nodes", node0)
+    stop = threading.Event()
+    got: dict = {}
+    follower = threading.Thread(
+        target=lambda: got.update(multinode.follow(tmp_path / "nodes", node1, stop, poll_s=0.05))
+    )
+    follower.start()
+    try:
+        for port, tail in ((29500, ["--attn", "ra_v5"]), (29501, ["--resume", "7"])):
+            n = len(started)
+            argv = ["py", "-m", "racli", "train", *tail]
+            exchange.publish(multinode.Launch(argv, 1, 2, "10.0.0.9", port, log))
+            wait_for(lambda: len(started) > n)  # noqa: B023
+        exchange.end()
+        follower.join(timeout=10)
+    finally:
+        stop.set()
+        follower.join(timeout=10)
+    assert not follower.is_alive() and got == {"node": 1, "launches": 2, "interrupted": False}
+    assert [a[3:7] for a in started] == [
+        ["--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.9", "--master-port=29500"],
+        ["--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.9", "--master-port=29501"],
+    ]
+    assert started[1][-2:] == ["--resume", "7"]
+    text = (tmp_path / "logs" / "ra_v5-seed3.node1.log").read_text()
+    assert "node 1, launch 0" in text and "node 1, launch 1" in text
+    # a requeued job is a new incarnation: a fresh folder, the old one gone
+    again = multinode.Exchange(tmp_path / "nodes", dataclasses.replace(node0, restart=1))
+    again.forget_older()
+    assert not exchange.folder.exists()
+    again.end()
+    assert again.wait(0, threading.Event(), poll_s=0.01) is None
+
+
+def wait_for(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_runs_over_nodes_are_jobs_of_their_own_in_the_balanced_order():
+    from racli.experiment.cluster import ClusterRun
+    from racli.experiment.results import Settings
+
+    arms = plan.parse_arms("baseline,ra_v5")
+    run = object.__new__(ClusterRun)  # no scheduler behind it
+    run.settings = run.worker_settings = Settings(arms=arms, seeds=[4, 5], minutes=1.0)
+    run.key, run.tag, run.per_run, run.seed_order = "k1", "t", 16, [4, 5]
+    run.nodes, run.exchange = 2, "/shared/ra_slurm/nodes"
+    run.launcher = types.SimpleNamespace(name="slurm")
+    ctx = types.SimpleNamespace(settings=run.settings)
+    groups = run._groups(ctx, plan.schedule(arms, [4, 5]))
+    assert [(what, [j.arm.label for j in js]) for what, js, _ in groups] == [
+        ("baseline seed 4", ["baseline"]),
+        ("ra_v5 seed 4", ["ra_v5"]),
+        ("ra_v5 seed 5", ["ra_v5"]),  # the second seed B A
+        ("baseline seed 5", ["baseline"]),
+    ]
+    jobs = [w for _, _, w in groups]
+    assert [(w.kind, w.arm, w.seed, w.seed_index, w.nodes) for w in jobs] == [
+        ("run", "baseline", 4, 0, 2),
+        ("run", "ra_v5", 4, 0, 2),
+        ("run", "ra_v5", 5, 1, 2),
+        ("run", "baseline", 5, 1, 2),
+    ]
+    assert jobs[0].exchange == "/shared/ra_slurm/nodes" and jobs[0].gpus_per_run == 16
+    assert len({worker.owner_prefix(w) for w in jobs}) == 4  # each its own claims
+    run.nodes = 1  # runs within a node: one job per seed, its arms side by side
+    groups = run._groups(ctx, plan.schedule(arms, [4, 5]))
+    assert [(w.kind, w.seed, len(js)) for _, js, w in groups] == [("seed", 4, 2), ("seed", 5, 2)]
+
+
+def test_ray_refuses_a_run_larger_than_its_largest_node():
+    from racli.experiment.cluster import ClusterRun
+    from racli.experiment.ray_launcher import RayLauncher
+
+    launcher = object.__new__(RayLauncher)
+    launcher.ray = types.SimpleNamespace(
+        nodes=lambda: [
+            {"Alive": True, "Resources": {"GPU": 8.0, "CPU": 64.0}},
+            {"Alive": False, "Resources": {"GPU": 16.0}},
+            {"Alive": True, "Resources": {"CPU": 8.0}},
+        ]
+    )
+    assert launcher.largest_node_gpus() == 8
+    run = object.__new__(ClusterRun)
+    run.launcher, run.per_run = launcher, 16
+    with pytest.raises(BadInput, match="above the 8 GPUs.*--launcher slurm"):
+        run._check_ray_fits()
+    run.per_run = 8
+    run._check_ray_fits()
+
+
+def test_under_torchrun_the_agent_passing_on_a_signal_is_not_a_second_one(monkeypatch):
+    """A scheduler (or a terminal) signals every process, and the torchrun agent passes
+    the signal on to its workers again: that echo must not stop a run at once (without
+    its checkpoint). A signal after the window still does."""
+    import signal
+    import threading
+
+    from racli.training import stopping
+
+    stop = threading.Event()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(KeyboardInterrupt, match="not raised by the handler"):
+        with stopping.stop_on_signals(stop):
+            os.kill(os.getpid(), signal.SIGTERM)  # Slurm's
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, the same request
+            time.sleep(0.05)
+            assert stop.is_set()
+            raise KeyboardInterrupt("not raised by the handler")  # reached: no forced stop
+    stop.clear()
+    with pytest.raises(KeyboardInterrupt, match="^$"):
+        with stopping.stop_on_signals(stop, echo_s=0.1):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)  # a second request: at once
+            threading.Event().wait(5)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    with pytest.raises(KeyboardInterrupt, match="^$"):
+        with stopping.stop_on_signals(stop):  # outside torchrun: two signals are two
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            threading.Event().wait(5)

@@ -1,5 +1,7 @@
 """`ra experiment --launcher slurm|ray` on the submitting host: submit the calibration
-job, then one job per seed (racli/experiment/worker.py runs them), watch them, judge.
+job, then one job per seed (racli/experiment/worker.py runs them), watch them, judge. A
+run larger than one node (Slurm only) is a job of its own over its nodes, one torchrun
+agent per node (racli/experiment/multinode.py); those jobs go in the balanced order.
 
 The store decides what is done, and its `jobs` table remembers each unit's scheduler
 job: the same command run again re-attaches to the jobs still queued or running and
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 from racli.errors import BadInput
-from racli.experiment import ownership
+from racli.experiment import multinode, ownership
 from racli.experiment.calibration_run import find_calibration
 from racli.experiment.jobs import Context, job_state, runs_by_job
 from racli.experiment.plan import Job
@@ -65,11 +67,10 @@ class ClusterRun:
         self.per_run = 0 if self.cpu else int(lcfg.gpus_per_run)
         if not self.cpu and self.per_run < 1:
             raise BadInput(f"{settings.launcher}.gpus_per_run is 0: give --device cpu for CPU runs")
-        if settings.launcher == "slurm" and self.per_run > ecfg.slurm.gpus_per_node:
-            raise BadInput(
-                f"slurm.gpus_per_run {self.per_run} is above slurm.gpus_per_node "
-                f"{ecfg.slurm.gpus_per_node}: runs over several nodes are not supported yet"
-            )
+        self.nodes, self.exchange = 1, ""
+        if settings.launcher == "slurm":
+            self.nodes = multinode.run_nodes(ecfg.slurm, self.cpu, self.per_run)
+            self.exchange = str(Path(ecfg.slurm.folder).resolve() / "nodes")
         self.settings, self.store, self.view, self.stop = settings, store, view, stop
         self.key, self.tag = prepared.key, prepared.tag
         config = settings.config_path and str(Path(settings.config_path).resolve())
@@ -77,25 +78,46 @@ class ClusterRun:
             settings, devices=["cpu"] if self.cpu else ["cuda"], processes=None, config_path=config
         )
         self.launcher = make_launcher(settings.launcher, ecfg)
+        if settings.launcher == "ray":
+            try:
+                self._check_ray_fits()
+            except BadInput:
+                self.launcher.close()
+                raise
         self.seed_order: list[int] = list(settings.seeds)
 
     def close(self) -> None:
         self.launcher.close()
 
-    def _job(self, kind: str, seed: int = 0) -> WorkerJob:
+    def _check_ray_fits(self) -> None:
+        """On Ray a seed's job (its arms side by side) runs on one node: one run larger than
+        the largest node is refused (runs over several nodes: --launcher slurm)."""
+        largest = self.launcher.largest_node_gpus()
+        if self.per_run and largest and self.per_run > largest:
+            raise BadInput(
+                f"ray.gpus_per_run {self.per_run} is above the {largest} GPUs of this Ray "
+                f"cluster's largest node: Ray runs a run on one node (a run over several "
+                f"nodes needs --launcher slurm)"
+            )
+
+    def _job(self, kind: str, seed: int = 0, arm: str = "") -> WorkerJob:
         if seed not in self.seed_order:
             self.seed_order.append(seed)
+        what = {"calibration": "calibration", "seed": f"seed{seed}"}.get(kind)
         return WorkerJob(
             kind=kind,
             settings=self.worker_settings,
             key=self.key,
             tag=self.tag,
             launcher=self.launcher.name,
-            name=job_name(self.key, "calibration" if kind == "calibration" else f"seed{seed}"),
+            name=job_name(self.key, what or f"{arm}-seed{seed}"),
             cwd=os.getcwd(),
             seed=seed,
             seed_index=self.seed_order.index(seed),
             gpus_per_run=self.per_run,
+            arm=arm,
+            nodes=self.nodes if kind == "run" else 1,
+            exchange=self.exchange if kind == "run" else "",
         )
 
     def _live_job(self, unit) -> str | None:
@@ -140,45 +162,59 @@ class ClusterRun:
 
     # ---- the seed jobs --------------------------------------------------------------
     def run(self, ctx: Context, jobs: list[Job], confidence: float) -> list[JobResult]:
-        """Submit (or re-attach to) one job per seed not yet done, watch them, and return
-        every job's result as the store has it."""
-        seeds = [j.seed for j in jobs if j.arm.index == 0]
-        arms_of = {
-            s: [j for j in jobs if j.order // len(ctx.settings.arms) == k]
-            for k, s in enumerate(seeds)
-        }
+        """Submit (or re-attach to) one job per seed not yet done (per run, for runs over
+        several nodes), watch them, and return every job's result as the store has it."""
+        groups = self._groups(ctx, jobs)
         pending: dict[str, list] = {}
-        submit: list[int] = []
+        submit: list[tuple[str, list[Job], WorkerJob]] = []
         known = runs_by_job(ctx.store, ctx.key)
-        for seed in seeds:
-            units = [ctx.unit(j) for j in arms_of[seed]]
-            if all(self._done(ctx, j, known) for j in arms_of[seed]):
+        for what, members, wjob in groups:
+            units = [ctx.unit(j) for j in members]
+            if all(self._done(ctx, j, known) for j in members):
                 continue
             sid = self._live_job(units[0])
             if sid is not None:
-                self.view.note(f"seed {seed}: re-attached to {self.launcher.name} job {sid}")
+                self.view.note(f"{what}: re-attached to {self.launcher.name} job {sid}")
                 pending[sid] = units
             else:
-                submit.append(seed)
+                submit.append((what, members, wjob))
         if submit:
-            ids = self.launcher.submit(
-                [self._job("seed", s) for s in submit],
-                self.per_run * len(ctx.settings.arms),
-                job_name(self.key, "seeds"),
-            )
-            for seed, sid in zip(submit, ids):
-                units = [ctx.unit(j) for j in arms_of[seed]]
+            gpus, nodes = self.per_run * len(ctx.settings.arms), 1
+            if self.nodes > 1:
+                gpus, nodes = self.per_run // self.nodes, self.nodes
+            name = job_name(self.key, "runs" if nodes > 1 else "seeds")
+            ids = self.launcher.submit([w for _, _, w in submit], gpus, name, nodes=nodes)
+            for (_, members, _), sid in zip(submit, ids):
+                units = [ctx.unit(j) for j in members]
                 store_jobs.set_scheduler(
                     self.store, units, launcher=self.launcher.name, scheduler_job=sid
                 )
                 pending[sid] = units
             self.view.note(
                 f"submitted {len(ids)} {self.launcher.name} job(s): "
-                + ", ".join(f"seed {s} -> {i}" for s, i in zip(submit, ids))
+                + ", ".join(f"{what} -> {i}" for (what, _, _), i in zip(submit, ids))
             )
-        ctx.view.phase(f"{len(pending)} {self.launcher.name} job(s) of {len(seeds)} seeds")
+        n_seeds = len({j.seed for j in jobs if j.arm.index == 0})
+        ctx.view.phase(f"{len(pending)} {self.launcher.name} job(s) of {n_seeds} seeds")
         self._watch(pending, ctx, jobs)
         return self._results(ctx, jobs)
+
+    def _groups(self, ctx: Context, jobs: list[Job]) -> list[tuple[str, list[Job], WorkerJob]]:
+        """(what, its jobs, the worker's job) of each scheduler job: one per seed holding
+        its arms, or, for runs over several nodes, one per run in the balanced order."""
+        n_arms = len(ctx.settings.arms)
+        seeds = [j.seed for j in jobs if j.arm.index == 0]
+        if self.nodes > 1:
+            return [
+                (
+                    f"{j.arm.label} seed {j.seed}",
+                    [j],
+                    self._job("run", seeds[j.order // n_arms], j.arm.label),
+                )
+                for j in jobs
+            ]
+        arms_of = {s: [j for j in jobs if j.order // n_arms == k] for k, s in enumerate(seeds)}
+        return [(f"seed {s}", arms_of[s], self._job("seed", s)) for s in seeds]
 
     def _done(self, ctx: Context, job: Job, known) -> bool:
         steps = ctx.budgets[job.arm.label].steps
@@ -214,7 +250,8 @@ class ClusterRun:
             states = self.launcher.states(list(pending))
             for sid, state in states.items():
                 units = pending[sid]
-                what = "calibration" if units[0].kind == "calibration" else f"seed job {sid}"
+                kind = "run" if self.nodes > 1 else "seed"
+                what = "calibration" if units[0].kind == "calibration" else f"{kind} job {sid}"
                 if seen.get(sid) != state:
                     seen[sid] = state
                     store_jobs.set_scheduler_state(self.store, self.key, sid, state)

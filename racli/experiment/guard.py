@@ -20,6 +20,19 @@ import subprocess
 import sys
 
 PR_SET_PDEATHSIG = 1
+MODULE = "racli.experiment.guard"
+
+
+def spawn(argv: list[str], log, env: dict[str, str]) -> subprocess.Popen:
+    """Start ARGV through the guard, its output to the open file `log`, in a session of its
+    own (a killed worker's process group is not the run's)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", MODULE, *argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -66,8 +66,17 @@ class RayLauncher:
             )
         self.actor_class = self.ray.remote(JobActor)
 
-    def submit(self, jobs: list[worker.WorkerJob], gpus: int, name: str) -> list[str]:
+    def largest_node_gpus(self) -> int:
+        """The most GPUs one live node of the cluster has (0: none has any)."""
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return int(max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0))
+
+    def submit(
+        self, jobs: list[worker.WorkerJob], gpus: int, name: str, nodes: int = 1
+    ) -> list[str]:
         """One detached actor per job, named after it; the names are the job ids."""
+        if nodes != 1:
+            raise ValueError("a Ray job runs on one node")
         for job in jobs:
             self.actor_class.options(
                 name=job.name,

@@ -55,7 +55,7 @@ class SlurmLauncher:
         self.submitit = _submitit()
         self.poll_s = float(scfg.poll_s)
 
-    def _executor(self, gpus: int, name: str):
+    def _executor(self, gpus: int, name: str, nodes: int = 1):
         ex = self.submitit.SlurmExecutor(folder=str(self.folder), max_num_timeout=0)
         params: dict = {
             "job_name": name,
@@ -70,12 +70,17 @@ class SlurmLauncher:
             params["account"] = self.cfg.account
         if gpus:
             params["gpus_per_node"] = gpus
+        if nodes > 1:  # a run over several nodes: one task per node; one failing ends them all
+            params.update(nodes=nodes, ntasks_per_node=1, srun_args=["--kill-on-bad-exit=1"])
         ex.update_parameters(**params)
         return ex
 
-    def submit(self, jobs: list[worker.WorkerJob], gpus: int, name: str) -> list[str]:
-        """One sbatch job per WorkerJob (an array when several); their Slurm job ids."""
-        ex = self._executor(gpus, name)
+    def submit(
+        self, jobs: list[worker.WorkerJob], gpus: int, name: str, nodes: int = 1
+    ) -> list[str]:
+        """One sbatch job per WorkerJob (an array when several, in the given order) on
+        `nodes` nodes with `gpus` GPUs each; their Slurm job ids."""
+        ex = self._executor(gpus, name, nodes)
         if len(jobs) == 1:
             return [ex.submit(worker.run, jobs[0]).job_id]
         with ex.batch():

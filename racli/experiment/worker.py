@@ -5,6 +5,8 @@ store, like the local launcher's), or the arms of one seed side by side, each ar
 `ra train` child process on `gpus_per_run` of the job's GPUs (`torchrun` past one), the
 GPU slots rotated by the seed's position in the whole list, so the balanced order of the
 local launcher holds. On the CPU the arms run one after the other in the A B / B A order.
+A run over several nodes is a job of its own (kind "run", racli/experiment/multinode.py):
+node 0's task is its worker, the other nodes' tasks only start their torchrun.
 
 Each arm is claimed in the store's `jobs` table before it trains (one owner at a time);
 the owner's name starts with `<launcher>:<job name>:`, so a requeued Slurm job or a
@@ -23,18 +25,20 @@ import contextlib
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from racli.config import load_config
-from racli.experiment import ownership, plan
+from racli.experiment import guard, multinode, ownership, plan
 from racli.experiment.calibration_run import WAIT_S, calibration_for, find_calibration
 from racli.experiment.jobs import Context, experiment_config, job_state, log_path, runs_by_job
 from racli.experiment.local import child_argv, last_error
+from racli.experiment.multinode import child_command
 from racli.experiment.plan import Job
 from racli.experiment.prepare import prepare
 from racli.experiment.results import JobResult, Settings
@@ -42,14 +46,13 @@ from racli.experiment.view import PlainView
 from racli.store.checkpoints import checkpoint_path
 from racli.store.engine import open_store
 
-GUARD = "racli.experiment.guard"
 MAX_ATTEMPTS = 2  # starts of one arm's run per job incarnation before it counts as failed
 BAD_INPUT = "bad input"
 
 
 @dataclass
 class WorkerJob:
-    kind: str  # calibration | seed
+    kind: str  # calibration | seed | run (one arm's run over several nodes)
     settings: Settings  # devices: ["cpu"] or ["cuda"]
     key: str
     tag: str
@@ -59,6 +62,9 @@ class WorkerJob:
     seed: int = 0
     seed_index: int = 0  # the seed's position among all the experiment's seeds
     gpus_per_run: int = 0
+    arm: str = ""  # kind run: the arm's label
+    nodes: int = 1  # kind run: the nodes it spans, one task (one torchrun agent) each
+    exchange: str = ""  # kind run: the folder of the launches node 0 hands the others
 
 
 def owner_prefix(job: WorkerJob) -> str:
@@ -70,6 +76,9 @@ def run(job: WorkerJob) -> dict:
     os.chdir(job.cwd)
     stop = threading.Event()
     with _stop_on_signals(stop):
+        node = multinode.this_node() if job.kind == "run" else None
+        if node is not None and node.rank != 0:
+            return multinode.follow(Path(job.exchange), node, stop)
         store = open_store(job.settings.db)
         prefix = owner_prefix(job)
         claims = ownership.Claims(
@@ -78,6 +87,8 @@ def run(job: WorkerJob) -> dict:
         try:
             if job.kind == "calibration":
                 return _calibrate(job, store, claims, stop)
+            if node is not None:
+                return _run_over_nodes(job, node, store, claims, stop)
             return _seed(job, store, claims, stop)
         finally:
             claims.close("interrupted")
@@ -98,6 +109,7 @@ def record_failure(job: WorkerJob, error: str) -> None:
                     job.key, a.label, plan.arm_seed(a, job.settings.arms, job.seed)
                 )
                 for a in job.settings.arms
+                if job.kind == "seed" or a.label == job.arm
             ]
         for unit in units:
             store_jobs.set_state(store, unit, "failed", error[:2000])
@@ -148,7 +160,8 @@ def seed_jobs(arms, seed: int, seed_index: int, n_slots: int) -> list[Job]:
     return [dataclasses.replace(j, device=(seed_index + j.arm.index) % n_slots) for j in base]
 
 
-def _seed(job: WorkerJob, store, claims, stop) -> dict:
+def _context(job: WorkerJob, store, claims, stop, per_slot: int, n_slots: int):
+    """The job's Context and its GPU slots (CUDA_VISIBLE_DEVICES lists, or ["cpu"])."""
     s = job.settings
     cfg = experiment_config(load_config(s.config_path), s.overrides)
     cal = find_calibration(store, job.key)
@@ -158,7 +171,7 @@ def _seed(job: WorkerJob, store, claims, stop) -> dict:
         s.arms, s.minutes, cal.arm(s.arms[0].label).steps_per_s, cal.variant_ratios()
     )
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") if s.devices[0] != "cpu" else None
-    slots = gpu_slots(visible, job.gpus_per_run, len(s.arms))
+    slots = gpu_slots(visible, per_slot, n_slots)
     devices = ["cpu"] if slots == ["cpu"] else [f"cuda:{ids}" for ids in slots]
     ctx = Context(
         s,
@@ -174,12 +187,24 @@ def _seed(job: WorkerJob, store, claims, stop) -> dict:
         stop=stop,
         claims=claims,
     )
+    return ctx, slots
+
+
+def _seed(job: WorkerJob, store, claims, stop) -> dict:
+    s = job.settings
+    ctx, slots = _context(job, store, claims, stop, job.gpus_per_run, len(s.arms))
     queues: dict[int, list[Job]] = {}
     for j in seed_jobs(s.arms, job.seed, job.seed_index, len(slots)):
         queues.setdefault(j.device, []).append(j)
 
+    def start(j: Job) -> Callable[[int | None], int]:
+        slot = slots[j.device]
+        return lambda resume: _child(
+            ctx, j, resume, child_command(child_argv(ctx, j, resume), job.gpus_per_run), slot
+        )
+
     def work(queue: list[Job]) -> list[JobResult]:
-        return [_arm(ctx, j, slots[j.device], job.gpus_per_run) for j in queue]
+        return [_arm(ctx, j, start(j)) for j in queue]
 
     with ThreadPoolExecutor(max_workers=len(queues)) as pool:
         results = [r for rs in pool.map(work, queues.values()) for r in rs]
@@ -189,8 +214,37 @@ def _seed(job: WorkerJob, store, claims, stop) -> dict:
     }
 
 
-def _arm(ctx: Context, job: Job, slot: str, per_run: int) -> JobResult:
-    """Train one arm's run to its end: claim, resume or start, wait for a holder."""
+def _run_over_nodes(job: WorkerJob, node, store, claims, stop) -> dict:
+    """Node 0 of a run over several nodes: the run's bookkeeping, and before each start
+    the launch handed to the other nodes (racli/experiment/multinode.py)."""
+    per_node = multinode.processes_per_node(job.gpus_per_run, job.nodes)
+    ctx, slots = _context(job, store, claims, stop, per_node, 1)
+    arms = seed_jobs(job.settings.arms, job.seed, job.seed_index, 1)
+    j = next(x for x in arms if x.arm.label == job.arm)
+    exchange = multinode.Exchange(Path(job.exchange), node)
+    exchange.forget_older()
+    addr = multinode.node_address(node.name)
+
+    def start(resume: int | None) -> int:
+        argv = child_argv(ctx, j, resume)
+        log = log_path(ctx.settings.db, ctx.key, j)
+        launch = multinode.Launch(argv, per_node, job.nodes, addr, multinode.free_port(), str(log))
+        exchange.publish(launch)
+        return _child(ctx, j, resume, launch.command(0), slots[0])
+
+    try:
+        r = _arm(ctx, j, start)
+    finally:
+        exchange.end()
+    return {
+        "results": [(r.job.arm.label, r.job.seed, r.run_id, r.status, r.note)],
+        "interrupted": stop.is_set(),
+    }
+
+
+def _arm(ctx: Context, job: Job, start: Callable[[int | None], int]) -> JobResult:
+    """Train one arm's run to its end: claim, resume or start (`start(resume)`: the run's
+    exit code), wait for a holder."""
     unit, steps = ctx.unit(job), ctx.budgets[job.arm.label].steps
     attempts, said = 0, False
     while not ctx.stop.is_set():
@@ -208,7 +262,7 @@ def _arm(ctx: Context, job: Job, slot: str, per_run: int) -> JobResult:
         resume = run.id if action == "resume" else None
         if resume is not None and not checkpoint_path(ctx.store.db, resume).is_file():
             resume = None
-        rc = _child(ctx, job, resume, slot, per_run)
+        rc = start(resume)
         runs = runs_by_job(ctx.store, ctx.key).get((job.arm.label, job.seed), [])
         last = runs[-1] if runs else None
         run_id = last.id if last is not None else None
@@ -227,22 +281,8 @@ def _arm(ctx: Context, job: Job, slot: str, per_run: int) -> JobResult:
     return JobResult(job, None, "interrupted")
 
 
-def child_command(argv: list[str], per_run: int) -> list[str]:
-    """`python -m racli train ...`, under torchrun for a run on several GPUs."""
-    if per_run <= 1:
-        return argv
-    return [
-        argv[0],
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={per_run}",
-        *argv[1:],
-    ]
-
-
-def _child(ctx: Context, job: Job, resume: int | None, slot: str, per_run: int) -> int:
-    """Run one `ra train` child to its end (SIGTERM passed on once on a stop request)."""
+def _child(ctx: Context, job: Job, resume: int | None, command: list[str], slot: str) -> int:
+    """Run one `ra train` child (`command`) to its end, through the guard."""
     path = log_path(ctx.settings.db, ctx.key, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -253,13 +293,5 @@ def _child(ctx: Context, job: Job, resume: int | None, slot: str, per_run: int) 
     with open(path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {what} ===\n")
         log.flush()
-        # through the guard (one SIGTERM to the run when this worker dies), in a session of
-        # its own (a killed worker's process group is not the run's)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", GUARD, *child_command(child_argv(ctx, job, resume), per_run)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        return proc.wait()
+        # through the guard: one SIGTERM to the run when this worker dies
+        return guard.spawn(command, log, env).wait()

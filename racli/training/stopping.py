@@ -6,27 +6,41 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 EXIT_INTERRUPTED = 130  # the exit code of a stopped command (a run stopped, to be continued)
 # set by `ra experiment` in the environment of its `ra train` children: the parent's pid
 PARENT_ENV = "RA_PARENT_PID"
+# under torchrun the agent passes on the signal its workers got already (a scheduler and a
+# terminal signal every process): a second signal this soon after the first is that one
+TORCHRUN_ECHO_S = 2.0
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, children: Sequence = ()) -> Iterator[None]:
+def stop_on_signals(
+    stop: threading.Event, children: Sequence = (), echo_s: float | None = None
+) -> Iterator[None]:
     """While inside, SIGINT and SIGTERM set `stop` and send one SIGINT to each process in
     `children` (read at each signal, so the caller may add and remove its child processes).
 
     The first signal asks for a graceful stop: the caller's runs end after their final
     evaluation and a checkpoint. A second one is passed on again (children stop at once)
-    and, once no child process is left, raises KeyboardInterrupt here. Outside the main
-    thread nothing is installed."""
-    count = 0
+    and, once no child process is left, raises KeyboardInterrupt here. A signal within
+    `echo_s` of the first counts as that one (default: TORCHRUN_ECHO_S under torchrun, else
+    0). Outside the main thread nothing is installed."""
+    if echo_s is None:
+        echo_s = TORCHRUN_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0
+    count, first = 0, 0.0
 
     def handler(signum, frame):
-        nonlocal count
+        nonlocal count, first
+        now = time.monotonic()
+        if count == 1 and now - first < echo_s:
+            return
         count += 1
+        if count == 1:
+            first = now
         stop.set()
         for proc in list(children):
             with contextlib.suppress(OSError):
