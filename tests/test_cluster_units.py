@@ -555,3 +555,70 @@ def test_under_torchrun_the_agent_passing_on_a_signal_is_not_a_second_one(monkey
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
             threading.Event().wait(5)
+
+
+class _Claims:
+    """Claims that always succeed, recording what was let go."""
+
+    def __init__(self, on_take=None):
+        self.on_take, self.released = on_take, []
+
+    def take(self, unit):
+        if self.on_take is not None:
+            self.on_take()
+        return True
+
+    def done(self, unit, state, run_id=None, note=None):
+        self.released.append((state, run_id))
+
+
+class _Notes:
+    def __init__(self):
+        self.notes = []
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+def test_a_calibration_finished_between_the_look_and_the_claim_is_reused(monkeypatch):
+    """Another process records the calibration and lets go of it just after this one
+    looked: the claim succeeds, and the calibration is reused, not measured again."""
+    from racli.experiment import calibration_run
+
+    recorded = types.SimpleNamespace(run_id=7)
+    looks = iter([None, recorded])
+    monkeypatch.setattr(calibration_run, "find_calibration", lambda store, key: next(looks))
+
+    def measure(*a, **kw):
+        raise AssertionError("measured a second calibration")
+
+    monkeypatch.setattr(calibration_run, "record_calibration", measure)
+    claims, view = _Claims(), _Notes()
+    prepared = types.SimpleNamespace(key="k3", specs=[], dataset=None, tag="t")
+    got = calibration_run.calibration_for(None, None, None, prepared, view, None, claims)
+    assert got is recorded and claims.released == [("done", 7)]
+    assert view.notes == ["calibration: reusing run 7"]
+
+
+def test_a_run_finished_between_the_look_and_the_claim_is_not_trained_again(monkeypatch):
+    """The same race for a training unit, in the one-host launcher's planning."""
+    from racli.experiment import jobs as exp_jobs
+
+    arms = plan.parse_arms("baseline,ra_v5")
+    job = plan.Job(arm=arms[0], seed=1, device=0, order=0)
+    finished = _run(11, "baseline", 1, "finished", 30)
+    looks = iter([{}, {("baseline", 1): [finished]}])
+    monkeypatch.setattr(exp_jobs, "runs_by_job", lambda store, key: next(looks))
+    ctx = types.SimpleNamespace(
+        store=None,
+        key="k4",
+        claims=_Claims(),
+        view=types.SimpleNamespace(state=types.SimpleNamespace()),
+        steps=lambda: {"baseline": 30, "ra_v5": 24},
+        unit=lambda j: ("unit", j.arm.label, j.seed),
+        eta=lambda *a: 0.0,
+    )
+    results: list = []
+    todo = exp_jobs.Context.pending(ctx, [job], results)
+    assert todo == [] and [(r.run_id, r.status) for r in results] == [(11, "finished")]
+    assert ctx.claims.released == [("finished", 11)]

@@ -197,8 +197,16 @@ class Context:
             if action == "done":
                 results.append(JobResult(job, run.id, run.status, "recorded before"))
                 continue
-            if self.claims is not None and not self.claims.take(self.unit(job)):
-                action = "held"
+            if self.claims is not None:
+                if not self.claims.take(self.unit(job)):
+                    action = "held"
+                else:  # its holder may have finished it between the look and the claim
+                    fresh = runs_by_job(self.store, self.key).get((job.arm.label, job.seed), [])
+                    action, run = job_state(fresh, steps[job.arm.label])
+                    if action == "done":
+                        self.claims.done(self.unit(job), run.status, run.id)
+                        results.append(JobResult(job, run.id, run.status, "recorded before"))
+                        continue
             if action in ("busy", "held"):
                 if action == "busy" and self.claims is not None:
                     self.claims.done(self.unit(job), "running")

@@ -247,13 +247,19 @@ def _arm(ctx: Context, job: Job, start: Callable[[int | None], int]) -> JobResul
     exit code), wait for a holder."""
     unit, steps = ctx.unit(job), ctx.budgets[job.arm.label].steps
     attempts, said = 0, False
+
+    def look():
+        return job_state(runs_by_job(ctx.store, ctx.key).get((job.arm.label, job.seed), []), steps)
+
     while not ctx.stop.is_set():
-        runs = runs_by_job(ctx.store, ctx.key).get((job.arm.label, job.seed), [])
-        action, run = job_state(runs, steps)
+        action, run = look()
+        held = action == "busy" or (action != "done" and not ctx.claims.take(unit))
+        if not held and action != "done":
+            action, run = look()  # its holder may have finished it between look and claim
         if action == "done":
             ctx.release(job, run.status, run.id)
             return JobResult(job, run.id, run.status, "recorded before")
-        if action == "busy" or not ctx.claims.take(unit):
+        if held or action == "busy":  # another process holds it, or its process is ending
             if not said:
                 ctx.view.note(f"{ctx.label(job, run.id if run else None)}: waiting (held)")
                 said = True
