@@ -42,6 +42,7 @@ from racli.compare.validity import (
 )
 from racli.compare.wording import headline, recommendation
 from racli.names import display_name
+from racli.text import jsonout
 from racli.text.numbers import finite, pct, signed_pct
 
 OUTCOMES = ("WIN", "LOSE", "PARITY", "INCONCLUSIVE", "INVALID")
@@ -186,7 +187,7 @@ class Verdict:
         return headline(self)
 
     def to_dict(self) -> dict[str, Any]:
-        out = _jsonable(asdict(self))
+        out = jsonout.ready(asdict(self))
         out["candidate_name"] = self.candidate_name
         out["baseline_name"] = self.baseline_name
         out["sign"] = (
@@ -200,21 +201,6 @@ class Verdict:
             out["speed_gap"]["too_large"] = self.speed_gap.too_large
             out["speed_gap"]["mismatch"] = self.speed_gap.mismatch
         return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 # --------------------------------------------------------------------------

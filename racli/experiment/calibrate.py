@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from racli.text import jsonout
+
 
 @dataclass
 class ArmSpeed:
@@ -99,10 +101,10 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["arms"] = [{**asdict(a), "half_width": _finite_or_none(a.half_width)} for a in self.arms]
+        d["arms"] = [{**asdict(a), "half_width": jsonout.ready(a.half_width)} for a in self.arms]
         for a in d["arms"]:
             for k in ("ratio_lo", "ratio_hi"):
-                a[k] = _finite_or_none(a[k])
+                a[k] = jsonout.ready(a[k])
         return d
 
     @classmethod
@@ -134,10 +136,6 @@ class Calibration:
             halves_agree=d.get("halves_agree", True),
             cap_s=d.get("cap_s"),
         )
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 def _nan_if_none(x: float | None) -> float:
