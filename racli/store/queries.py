@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from racli.errors import BadInput
 from racli.store.chunks import in_chunks
 from racli.store.columns import ENV_FIELDS, RUN_FIELDS, RUN_IDENTITY, TIMING_SHOWN
-from racli.store.engine import Store
+from racli.store.connection import Store
 from racli.store.models import Environment, GateValue, Metric, Run, Timing
 from racli.store.recorder import display_status
 

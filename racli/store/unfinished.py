@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from racli.store.engine import Store
+from racli.store.connection import Store
 from racli.store.models import Environment, Run
 from racli.store.queries import train_history
 

@@ -24,8 +24,9 @@ from racli import training
 from racli.errors import BadInput, Interrupted
 from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
-from racli.store.engine import check_writable, open_store, sqlite_path
+from racli.store.engine import check_writable, open_store
 from racli.store.queries import get_run
+from racli.store.urls import sqlite_path
 from racli.text import jsonout
 from racli.text import tensorboard as tb_files
 from racli.training import tensorboard
