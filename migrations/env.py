@@ -30,7 +30,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    from racli.store.engine import database_url
+    from racli.store.urls import database_url
 
     url = context.get_x_argument(as_dictionary=True).get("db") or config.get_main_option(
         "sqlalchemy.url"

@@ -25,7 +25,8 @@ from racli.bench.history import group_timings
 from racli.bench.ranking import TEST_MWU, TEST_P10_P90, TimingRow, best_vs_best
 from racli.bench.text import fair_comparison
 from racli.cli import app
-from racli.store.engine import downgrade, open_store, upgrade
+from racli.store.engine import open_store
+from racli.store.migrate import downgrade, upgrade
 from racli.store.recorder import RunRecorder
 
 REPEATS = 100  # ra.yaml's bench.repeats

@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 
 from racli.cli import app
 from racli.store.columns import EXPORT_COLUMNS
-from racli.store.engine import HEAD_REVISION, downgrade, open_store
+from racli.store.engine import open_store
+from racli.store.migrate import HEAD_REVISION, downgrade
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from racli.cli import app
 from racli.commands import common, completers
 from racli.names import ATTENTION_NAMES
-from racli.store.engine import downgrade, open_store
+from racli.store.engine import open_store
+from racli.store.migrate import downgrade
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ import pytest
 from helpers import ENV_INFO, python_env, record_run
 from sqlalchemy import bindparam, create_engine, text
 
-from racli.store.engine import HEAD_REVISION, database_url, open_store
+from racli.store.engine import open_store
+from racli.store.migrate import HEAD_REVISION
+from racli.store.urls import database_url
 
 WORKERS = 4
 SECONDS = 3.0
@@ -256,7 +258,7 @@ class _LockedThenFree:
 
 
 def test_wal_switch_retries_an_immediate_lock_refusal():
-    from racli.store.engine import enable_wal
+    from racli.store.connection import enable_wal
 
     engine = _LockedThenFree(refusals=3)
     enable_wal(engine)
@@ -266,7 +268,7 @@ def test_wal_switch_retries_an_immediate_lock_refusal():
 
 
 def test_wal_switch_gives_up_after_the_busy_timeout(monkeypatch):
-    from racli.store import engine as eng
+    from racli.store import connection as eng
 
     monkeypatch.setattr(eng, "BUSY_TIMEOUT_MS", 50)
     engine = _LockedThenFree(refusals=10**6)

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from racli.config import (
-    Config,
     ConfigError,
     apply_overrides,
     config_from_dict,
@@ -19,6 +18,7 @@ from racli.config import (
     resolve_config_path,
     resolve_db,
 )
+from racli.config_schema import Config
 from racli.errors import BadInput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,14 +90,16 @@ def test_ra_yaml_gives_every_value_and_the_schema_none():
     # one source of defaults: no schema class holds a default of its own
     from pydantic import BaseModel
 
-    from racli import config
+    from racli import config_schema
 
     schema = [
         c
-        for c in vars(config).values()
-        if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == config.__name__
+        for c in vars(config_schema).values()
+        if isinstance(c, type)
+        and issubclass(c, BaseModel)
+        and c.__module__ == config_schema.__name__
     ]
-    assert Config in schema and config.BenchShape in schema
+    assert Config in schema and config_schema.BenchShape in schema
     for cls in schema:
         for name, info in cls.__pydantic_fields__.items():
             assert info.is_required(), f"{cls.__name__}.{name} has a default"

@@ -22,10 +22,11 @@ from helpers import (
 )
 
 from racli.errors import BadInput
-from racli.store import engine as store_engine
 from racli.store import merge as merge_mod
-from racli.store.engine import HEAD_REVISION, current_revision, open_store
+from racli.store import migrate as store_migrate
+from racli.store.engine import open_store
 from racli.store.merge import merge_stores, totals
+from racli.store.migrate import HEAD_REVISION, current_revision
 from racli.store.models import legacy_uuid
 
 TABLES = ("environments", "runs", "timings", "metrics", "gate_values")
@@ -309,7 +310,7 @@ def test_still_running_runs_wait(tmp_path):
 def _old_store(path, revision="0003"):
     make_db(path)
     store = open_store(str(path), migrate=False)
-    store_engine.downgrade(store.engine, revision)
+    store_migrate.downgrade(store.engine, revision)
     assert current_revision(store.engine) == revision
     store.close()
     return path
@@ -384,7 +385,7 @@ def test_migration_0004_fills_identities_and_keeps_every_row(tmp_path):
     assert "UNIQUE" in index[0][0]
     # and back down: nothing lost
     store = open_store(str(path), migrate=False)
-    store_engine.downgrade(store.engine, "0003")
+    store_migrate.downgrade(store.engine, "0003")
     store.close()
     assert _counts(path) == before
 
@@ -394,7 +395,7 @@ def test_migration_keeps_a_frozen_copy_of_the_legacy_identity():
 
     from alembic.script import ScriptDirectory
 
-    mod = ScriptDirectory.from_config(store_engine._alembic_config()).get_revision("0004").module
+    mod = ScriptDirectory.from_config(store_migrate._alembic_config()).get_revision("0004").module
 
     when = datetime(2026, 1, 2, 3, 4, 5, 6789)
     assert mod.legacy_uuid(7, "train", "abc", when) == legacy_uuid(7, "train", "abc", when)

@@ -21,12 +21,12 @@ def test_attention_names_agree_with_the_model_registry():
 
 
 def test_config_and_training_use_the_shared_names():
-    from racli import config
+    from racli import config, config_schema
     from racli.bench import harness
     from racli.training import spec
 
     assert config.ATTENTION_NAMES is names.ATTENTION_NAMES
-    assert get_args(config.TrainConfig.model_fields["sdpa_backend"].annotation) == (
+    assert get_args(config_schema.TrainConfig.model_fields["sdpa_backend"].annotation) == (
         names.SDPA_BACKENDS
     )
     assert spec.check_attention is names.check_attention

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from racli.cli import app
 from racli.store.checkpoints import checkpoint_dir, checkpoint_path, store_key
-from racli.store.engine import HEAD_REVISION, downgrade, open_store
+from racli.store.engine import open_store
+from racli.store.migrate import HEAD_REVISION, downgrade
 
 README = (REPO / "README.md").read_text()
 FLAT = " ".join(README.split())  # the text with its line breaks as spaces

@@ -24,8 +24,9 @@ from helpers import make_db, one_line_error, python_env, ra_inprocess, record_ru
 from sqlalchemy import inspect, text
 
 from racli.errors import BadInput
-from racli.store import engine as store_engine
-from racli.store.engine import HEAD_REVISION, inspect_store, open_store
+from racli.store import connection, migrate
+from racli.store.engine import inspect_store, open_store
+from racli.store.migrate import HEAD_REVISION
 
 
 def _read_commands(db: str, train_id: int) -> list[list[str]]:
@@ -118,7 +119,7 @@ def test_text_file_is_bad_input(tmp_path):
 def test_older_schema_is_not_migrated_by_a_read(made):
     path, train_id = made
     store = open_store(str(path), migrate=False)
-    store_engine.downgrade(store.engine, "0002")
+    migrate.downgrade(store.engine, "0002")
     store.close()
     digest = sha256(path)
     for args in _read_commands(str(path), train_id)[:-1]:
@@ -276,7 +277,7 @@ def test_postgres_empty_database_gets_no_schema_from_a_read(pg_url):
         assert "holds no ra store yet" in err, (args, err)
     res = ra_inprocess("db", "current", "--db", pg_url, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["revision"] is None
-    engine = store_engine.make_engine(pg_url)
+    engine = connection.make_engine(pg_url)
     try:
         with engine.connect() as conn:
             assert inspect(conn).get_table_names() == []

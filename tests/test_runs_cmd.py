@@ -19,7 +19,7 @@ from helpers import (
     record_run,
 )
 
-from racli.commands import runs as runs_cmd
+from racli.commands import runs_manage
 from racli.errors import BadInput
 from racli.store.engine import open_store
 from racli.store.manage import checkpoint_files, metric_rows
@@ -273,14 +273,14 @@ def test_delete_confirmation_prompt(db, monkeypatch):
     runs.close()
     asked = []
     monkeypatch.setattr(
-        runs_cmd.typer, "confirm", lambda text, default: asked.append(text) or False
+        runs_manage.typer, "confirm", lambda text, default: asked.append(text) or False
     )
     counts = {"metrics": 6, "timings": 0, "gate_values": 8}
-    assert runs_cmd.confirm_delete(targets, counts, yes=False, interactive=True) is False
+    assert runs_manage.confirm_delete(targets, counts, yes=False, interactive=True) is False
     assert "Delete 1 run(s) (3) with 6 metric value(s)" in asked[0]
-    assert runs_cmd.confirm_delete(targets, counts, yes=True) is True
+    assert runs_manage.confirm_delete(targets, counts, yes=True) is True
     with pytest.raises(BadInput, match="--yes"):
-        runs_cmd.confirm_delete(targets, counts, yes=False, interactive=False)
+        runs_manage.confirm_delete(targets, counts, yes=False, interactive=False)
 
 
 # ---- diff ----------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ from sqlalchemy import Column, Integer, MetaData, String, inspect, select, text
 
 from racli import environment
 from racli.errors import BadInput
-from racli.store import engine as store_engine
-from racli.store.engine import HEAD_REVISION, current_revision, database_url, open_store
+from racli.store import migrate as store_migrate
+from racli.store.engine import open_store
+from racli.store.migrate import HEAD_REVISION, current_revision
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing
 from racli.store.recorder import environment_id
+from racli.store.urls import database_url
 
 PUBLIC_COLUMNS = {
     "environments": {
@@ -154,11 +156,11 @@ def test_migrations_create_exactly_the_public_tables(store):
 
 
 def test_head_revision_matches_the_migration_scripts(store):
-    script = ScriptDirectory.from_config(store_engine._alembic_config())
+    script = ScriptDirectory.from_config(store_migrate._alembic_config())
     assert script.get_current_head() == HEAD_REVISION
     assert len(script.get_heads()) == 1
     assert current_revision(store.engine) == HEAD_REVISION
-    assert set(store_engine.known_revisions()) == {
+    assert set(store_migrate.known_revisions()) == {
         "0001",
         "0002",
         "0003",
@@ -391,7 +393,7 @@ def test_downgrade_upgrade_keeps_data(store_url):
     store.close()
 
     store = open_store(store_url, migrate=False)
-    store_engine.downgrade(store.engine, "0001")
+    store_migrate.downgrade(store.engine, "0001")
     assert current_revision(store.engine) == "0001"
     with store.engine.connect() as conn:
         assert "epochs" not in _columns(conn, "runs")
@@ -663,7 +665,7 @@ def test_scripts_come_from_the_checkout_without_a_top_level_package():
 
     from helpers import REPO
 
-    assert store_engine.script_location() == REPO / "migrations"
+    assert store_migrate.script_location() == REPO / "migrations"
     assert "migrations" not in sys.modules  # never imported as a top-level package
 
 
@@ -698,8 +700,8 @@ def test_wheel_ships_the_scripts_as_racli_migrations(tmp_path):
     assert not any(n.startswith("migrations/") for n in names)
     # the installed copy (here: the unpacked wheel, away from the checkout) migrates a store
     code = (
-        "import sys; from racli.store.engine import open_store, script_location, "
-        "current_revision; s = open_store(sys.argv[1]); "
+        "import sys; from racli.store.engine import open_store; from racli.store.migrate import "
+        "script_location, current_revision; s = open_store(sys.argv[1]); "
         "print(script_location(), current_revision(s.engine))"
     )
     run = subprocess.run(

@@ -23,9 +23,10 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
 from racli.errors import BadInput
-from racli.store import engine as store_engine
-from racli.store.engine import HEAD_REVISION, current_revision, open_store
+from racli.store import migrate as store_migrate
+from racli.store.engine import open_store
 from racli.store.manage import delete_runs
+from racli.store.migrate import HEAD_REVISION, current_revision
 from racli.store.models import Run
 from racli.store.recorder import RunLost, RunRecorder, StoreUnavailable
 
@@ -84,7 +85,7 @@ def test_upgrading_a_populated_0005_store_keeps_every_row_and_never_reuses_ids(t
     path = tmp_path / "old.db"
     make_db(path)  # six runs with metrics, timings and gate values
     s = open_store(str(path), migrate=False)
-    store_engine.downgrade(s.engine, "0005")
+    store_migrate.downgrade(s.engine, "0005")
     s.close()
     with sqlite3.connect(path) as raw:  # the fault at 0005: the newest id comes back
         raw.execute("PRAGMA foreign_keys=ON")

@@ -296,13 +296,13 @@ def test_full_checkpoint_disk_is_noted_and_training_goes_on(tmp_path, tmpfs):
 
 @pytest.mark.slow
 def test_db_upgrade_on_a_full_disk_leaves_no_empty_store_and_an_old_one_as_it_was(tmp_path, tmpfs):
-    from racli.store import engine as store_engine
+    from racli.store import migrate as store_migrate
 
     disk = tmpfs(tmp_path / "disk", "1m")
     old = disk / "old.db"
     make_db(old, [("train", "baseline", "finished", 1, None)])
     s = open_store(str(old), migrate=False)
-    store_engine.downgrade(s.engine, "0005")
+    store_migrate.downgrade(s.engine, "0005")
     s.close()
     before = db_state(old)
     _fill(disk)

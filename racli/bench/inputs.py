@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from racli.config import BenchShape
+from racli.config_schema import BenchShape
 from racli.errors import BadInput
 from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
 from racli.names import comma_list
@@ -59,10 +59,12 @@ def parse_shape(text: str, presets: dict[str, BenchShape]) -> tuple[str, BenchSh
     return ",".join(map(str, values)), BenchShape(batch=b, seq=t, heads=h, head_dim=d)
 
 
-def _expand(text: str | list[str], valid: tuple[str, ...], alias: str, what: str) -> list[str]:
+def _expand(
+    text: str | list[str], valid, alias: str | None, what: str, choices: str = ""
+) -> list[str]:
     """A comma list of names from `valid` (`alias` = all of them) -> the names, once each, in
-    order. BadInput for an unknown name or an empty list."""
-    choices = f"valid: {', '.join(valid)}, {alias}"
+    order. BadInput for an unknown name or an empty list, naming the `choices`."""
+    choices = choices or f"valid: {', '.join(valid)}, {alias}"
     out: list[str] = []
     for item in comma_list(text):
         for name in valid if item == alias else (item,):
@@ -87,15 +89,7 @@ def parse_phases(text: str) -> list[str]:
 
 def parse_attns(text: str | list[str], registry) -> list[str]:
     """Comma list of attention names; each must be in `registry`. BadInput otherwise."""
-    out: list[str] = []
-    for name in comma_list(text):
-        if name not in registry:
-            raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(registry))})")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise BadInput(f"no attention given (valid: {', '.join(sorted(registry))})")
-    return out
+    return _expand(text, registry, None, "attention", f"valid: {', '.join(sorted(registry))}")
 
 
 def resolve_dtype(name: str | None, device: str) -> str:

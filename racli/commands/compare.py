@@ -15,7 +15,7 @@ import typer
 
 from racli.commands import common, completers
 from racli.errors import BadInput
-from racli.names import check_attention, check_plot_path
+from racli.names import check_plot_path
 from racli.text.terminal import for_stream, visible
 
 
@@ -103,17 +103,12 @@ def compare(
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
     from racli.compare import view
-    from racli.compare.grouping import check_metric, load_comparison
-    from racli.compare.text import final_comparison
+    from racli.compare.grouping import check_pair, load_comparison
     from racli.store.filters import parse_since
-    from racli.store.manage import excluded_runs, excluded_text
+    from racli.store.manage import excluded_runs
 
     # ---- validate everything before any work
-    check_metric(metric)
-    check_attention(candidate)
-    check_attention(baseline)
-    if candidate == baseline:
-        raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
+    check_pair(metric, candidate, baseline)
     cfg = common.config(config)
     threshold = cfg.verdict.threshold if threshold is None else threshold
     _fraction("--threshold", threshold)
@@ -142,21 +137,11 @@ def compare(
     excluded = excluded_runs(
         store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at
     )
-    written = None
-    if plot is not None:
-        written = view.plot_compared(store, cmp, plot)
-
+    written = view.plot_compared(store, cmp, plot) if plot is not None else None
     if json:
-        data = cmp.to_dict()
-        data["plot"] = str(written) if written else None
-        data["excluded"] = excluded
-        common.print_json(data)
-        return
-    text = view.header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
-    text += "\n\n" + final_comparison(cmp.verdict)
-    if written:
-        text += f"\n\nPlot written to {written}"
-    _echo(text)
+        common.print_json(view.comparison_data(cmp, excluded, written))
+    else:
+        _echo(view.comparison_text(cmp, excluded, written))
 
 
 def _compare_bench(store, cfg, candidate, baseline, tag, since, any_env, json) -> None:

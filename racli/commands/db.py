@@ -35,7 +35,8 @@ def current(
     db: common.DbOpt = None, config: common.ConfigOpt = None, json: common.JsonOpt = False
 ) -> None:
     """Show the database's schema revision and this ra's newest."""
-    from racli.store.engine import HEAD_REVISION, inspect_store
+    from racli.store.engine import inspect_store
+    from racli.store.migrate import HEAD_REVISION
 
     cfg = common.config(config)
     location = common.db_location(db, cfg)
@@ -71,8 +72,8 @@ def merge(
     """Import the runs of other stores (with metrics, timings, gate values), matched by run
     uuid: merging twice changes nothing; a run that is newer in a source (an interrupted run
     finished since) replaces the older copy. One transaction per run; sources are only read."""
-    from racli.store.engine import shown
     from racli.store.merge import merge_stores, report_lines, totals
+    from racli.store.urls import shown
 
     cfg = common.config(config)
     target = common.db_location(db, cfg)

@@ -16,9 +16,7 @@ from typing import Annotated
 import typer
 
 from racli.commands import common, completers
-from racli.errors import BadInput
-from racli.experiment import plan
-from racli.names import ATTENTION_NAMES, check_tag
+from racli.names import check_tag
 from racli.text.terminal import for_stream
 from racli.training.stopping import EXIT_INTERRUPTED
 
@@ -182,58 +180,56 @@ def experiment(
     report and every verdict.
     """
     # imported here: the experiment modules take about a second to load (`ra --help`)
-    from racli.experiment.jobs import experiment_config
-    from racli.experiment.orchestrate import run_experiment
-    from racli.experiment.report import check_report_path
-    from racli.experiment.results import Interrupted, Settings, check_settings
-    from racli.experiment.text import forced_text
-    from racli.experiment.view import make_view
-    from racli.text import tensorboard as tb_files
-    from racli.training import tensorboard as tb
+    from racli.experiment.options import settings_from_options
+    from racli.experiment.text import failed_text
 
     check_tag(tag)
     cfg = common.config(config)
-    arms = plan.parse_arms(attn, ATTENTION_NAMES)
-    seed_list = plan.parse_seeds(seeds)
-    plan.check_aa_seeds(arms, seed_list + ([max(seed_list) + max_seeds] if max_seeds else []))
-    device_list = plan.parse_devices(devices, device)
-    check_report_path(report)
-    if max_seeds is not None and max_seeds < 2:
-        raise BadInput(f"--max-seeds must be at least 2, got {max_seeds}")
-    overrides = list(set_ or []) + ([tb.override(tensorboard)] if tensorboard else [])
-    ecfg = experiment_config(cfg, overrides)  # validates --set before any work
-    if ecfg.train.tensorboard is not None:
-        tb_files.check_available()
-        tb_files.check_folder(ecfg.train.tensorboard)
-    location = common.db_location(db, cfg)
-    settings = Settings(
-        arms=arms,
-        seeds=seed_list,
+    settings = settings_from_options(
+        cfg,
+        attn=attn,
+        seeds=seeds,
+        devices=devices,
+        device=device,
+        report=report,
+        max_seeds=max_seeds,
+        overrides=set_,
+        tensorboard=tensorboard,
+        launcher=launcher,
         minutes=minutes,
         preset=model,
         data=data,
-        devices=device_list,
-        overrides=overrides,
         tag=tag,
         until_settled=until_settled,
-        max_seeds=max_seeds,
         compile=compile,
         config_path=config or common.GLOBAL.get("config"),
-        db=location,
-        launcher=_launcher(launcher),
+        db=common.db_location(db, cfg),
         cancel_on_interrupt=cancel_on_interrupt,
     )
-    check_settings(settings)
     if status:
         _status(settings, cfg, db, json)
         return
     store = common.open_db(db, cfg)
+    outcome = _run(settings, cfg, store)
+    _deliver(outcome, store, report, json)
+    if outcome.failed:
+        typer.echo(f"ra: failed: {failed_text(outcome.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+def _run(settings, cfg, store):
+    """The experiment with its live view on stderr; an interruption says how to go on."""
+    from racli.experiment.orchestrate import run_experiment
+    from racli.experiment.results import Interrupted
+    from racli.experiment.text import forced_text
+    from racli.experiment.view import make_view
+
     view = make_view(sys.stderr)
     try:
         # stdout carries the result alone: what libraries print meanwhile (Ray's notes of
         # a retried task, say) goes to stderr with the live view
         with contextlib.redirect_stdout(sys.stderr):
-            outcome = run_experiment(settings, cfg, store, view=view)
+            return run_experiment(settings, cfg, store, view=view)
     except Interrupted as exc:
         view.close()
         typer.echo(f"ra: {exc}", err=True)
@@ -243,51 +239,26 @@ def experiment(
         raise Interrupted(forced_text()) from None
     finally:
         view.close()
-    _deliver(outcome, store, report, json)
-    if outcome.failed:
-        ids = ", ".join(f"{r.job.arm.label} seed {r.job.seed}" for r in outcome.failed)
-        typer.echo(
-            f"ra: failed: {len(outcome.failed)} run(s) failed ({ids}); run the same "
-            f"command again to retry them",
-            err=True,
-        )
-        raise typer.Exit(1)
 
 
 def _deliver(outcome, store, report: Path | None, json: bool) -> None:
     """The verdict on stdout, then the report (a report that cannot be written does not
     hide the verdict: exit 1 after it)."""
-    from racli.experiment.report import write_report
-    from racli.experiment.text import outcome_text, written_text
+    from racli.experiment.report import try_write_report
+    from racli.experiment.text import outcome_text, report_failed_text, written_text
 
     if not json:
         sys.stdout.write(for_stream(outcome_text(outcome, []), sys.stdout.encoding) + "\n")
         sys.stdout.flush()
-    written, error = [], None
-    if report is not None:
-        try:
-            written = write_report(report, outcome, store, command=_command())
-        except OSError as exc:
-            error = f"cannot write the report {report}: {exc.strerror or exc}"
+    written, error = try_write_report(report, outcome, store, command=_command())
     store.close()
     if json:
         common.print_json({**outcome.to_dict(), "report": [str(p) for p in written]})
     elif written:
         sys.stdout.write(for_stream(written_text(written), sys.stdout.encoding) + "\n")
     if error is not None:
-        typer.echo(
-            f"ra: failed: {error}; the verdict stands (the same command prints it again "
-            f"without training anything)",
-            err=True,
-        )
+        typer.echo(f"ra: failed: {report_failed_text(error)}", err=True)
         raise typer.Exit(1)
-
-
-def _launcher(name: str) -> str:
-    name = name.strip().lower()
-    if name not in ("local", "slurm", "ray"):
-        raise BadInput(f"unknown --launcher '{name}' (valid: local, slurm, ray)")
-    return name
 
 
 def _status(settings, cfg, db, json: bool) -> None:

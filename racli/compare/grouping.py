@@ -43,6 +43,7 @@ from racli.compare.design import UnfinishedRow, config_differences
 from racli.compare.verdict import Noise, Sample, Verdict, compare_runs, pooled_noise
 from racli.environment import device_label, env_class
 from racli.errors import BadInput
+from racli.names import check_attention
 from racli.store.filters import filters_dict, filters_text
 
 #: --metric choices: the run-row column compared (None: bench timings) and
@@ -64,6 +65,15 @@ _device_label = lru_cache(maxsize=4096)(device_label)
 def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise BadInput(f"unknown metric '{metric}' (valid: {', '.join(METRICS)})")
+
+
+def check_pair(metric: str, candidate: str, baseline: str) -> None:
+    """BadInput for an unknown metric or attention, or the same attention on both sides."""
+    check_metric(metric)
+    check_attention(candidate)
+    check_attention(baseline)
+    if candidate == baseline:
+        raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
 
 
 # --------------------------------------------------------------------------

@@ -115,36 +115,57 @@ def final_comparison(
     v = verdict
     cn = display_name(candidate_name) if candidate_name else v.candidate_name
     bn = display_name(baseline_name) if baseline_name else v.baseline_name
+    out = _table_lines(v, cn, bn)
+    out.append("")
+    out += _side_lines(v, cn, bn)
+    out += ["", "VERDICT", RULE]
+    out += _speed_lines(v, cn, bn)
+    out.append("")
+    out += _verdict_lines(v, cn)
+    return "\n".join(out)
+
+
+def _rel(x: float | None, y: float | None) -> float | None:
+    return (x - y) / y if finite(x) and finite(y) and y != 0 else None
+
+
+def _table_lines(v: Verdict, cn: str, bn: str) -> list[str]:
+    """The FINAL COMPARISON table: iterations, the metric, throughput, epochs."""
     c, b = v.candidate, v.baseline
     out = ["FINAL COMPARISON (Matched Speed)", RULE]
     head = f"{'Metric':<26}{bn:>14}{cn:>14}{'Difference':>15}"
     out += [head, THIN]
-
-    def rel(x: float | None, y: float | None) -> float | None:
-        return (x - y) / y if finite(x) and finite(y) and y != 0 else None
-
     out.append(
         f"{'Iterations completed':<26}{integer(b.iterations_mean):>14}{integer(c.iterations_mean):>14}"
-        f"{signed_pct(rel(c.iterations_mean, b.iterations_mean)):>15}"
+        f"{signed_pct(_rel(c.iterations_mean, b.iterations_mean)):>15}"
     )
     if v.metric != "tokens_per_s":
         out.append(
             f"{metric_label(v.metric):<26}{value(b.mean):>14}{value(c.mean):>14}"
-            f"{signed_pct(rel(c.mean, b.mean)):>15}"
+            f"{signed_pct(_rel(c.mean, b.mean)):>15}"
         )
         bt, ct = b.median_tokens_per_s, c.median_tokens_per_s
     else:
         bt, ct = b.mean, c.mean
     out.append(
-        f"{'Throughput (tok/s)':<26}{integer(bt):>14}{integer(ct):>14}{signed_pct(rel(ct, bt)):>15}"
+        f"{'Throughput (tok/s)':<26}{integer(bt):>14}{integer(ct):>14}{signed_pct(_rel(ct, bt)):>15}"
     )
     out.append(f"{'Epochs (max)':<26}{number(b.epochs_max):>14}{number(c.epochs_max):>14}")
+    return out
 
-    # per-side statistics
-    out.append("")
+
+def _tps(s) -> str:
+    if s.median_tokens_per_s is None:
+        return "-"
+    lo, hi = s.tokens_per_s_spread
+    return f"{integer(s.median_tokens_per_s)} ({integer(lo)}-{integer(hi)})"
+
+
+def _side_lines(v: Verdict, cn: str, bn: str) -> list[str]:
+    """Per-side statistics: runs, mean and spread, the interval of the mean, speed."""
+    c, b = v.candidate, v.baseline
     col = 28
-    out.append(f"{'Per side':<26}{bn:<{col}}{cn:<{col}}".rstrip())
-    out.append(THIN)
+    out = [f"{'Per side':<26}{bn:<{col}}{cn:<{col}}".rstrip(), THIN]
 
     def side(label: str, fn) -> None:
         out.append(f"{label:<26}{fn(b):<{col}}{fn(c):<{col}}".rstrip())
@@ -158,23 +179,16 @@ def final_comparison(
         f"  {v.confidence:.0%} CI of mean",
         lambda s: f"[{value(s.ci_low)}, {value(s.ci_high)}]" if finite(s.ci_low) else "- (n < 2)",
     )
-
-    def tps(s) -> str:
-        if s.median_tokens_per_s is None:
-            return "-"
-        lo, hi = s.tokens_per_s_spread
-        return f"{integer(s.median_tokens_per_s)} ({integer(lo)}-{integer(hi)})"
-
-    side("  tok/s median (min-max)", tps)
+    side("  tok/s median (min-max)", _tps)
     if c.diverged is not None and b.diverged is not None:
         side("  diverged / failed", lambda s: f"{s.diverged} / {s.failed}")
+    return out
 
-    # the verdict
-    out += ["", "VERDICT", RULE]
-    out += _speed_lines(v, cn, bn)
-    out.append("")
+
+def _verdict_lines(v: Verdict, cn: str) -> list[str]:
+    """The headline, method, improvement, why, labels and recommendation."""
     mark = {"WIN": "🎉 ", "LOSE": "❌ ", "INCONCLUSIVE": "❓ ", "INVALID": "❌ "}.get(v.outcome, "")
-    out.append(mark + v.headline)
+    out = [mark + v.headline]
     ind = "   "
     out.append(ind + _method_line(v))
     if v.interval is not None:
@@ -195,4 +209,4 @@ def final_comparison(
         out.append(f"{ind}⚠️ Labelled: {label}")
     out.append("")
     out.append(f"{ind}Recommendation: {v.recommendation}")
-    return "\n".join(out)
+    return out

@@ -42,6 +42,7 @@ from racli.compare.validity import (
 )
 from racli.compare.wording import headline, recommendation
 from racli.names import display_name
+from racli.text import jsonout
 from racli.text.numbers import finite, pct, signed_pct
 
 OUTCOMES = ("WIN", "LOSE", "PARITY", "INCONCLUSIVE", "INVALID")
@@ -186,7 +187,7 @@ class Verdict:
         return headline(self)
 
     def to_dict(self) -> dict[str, Any]:
-        out = _jsonable(asdict(self))
+        out = jsonout.ready(asdict(self))
         out["candidate_name"] = self.candidate_name
         out["baseline_name"] = self.baseline_name
         out["sign"] = (
@@ -200,21 +201,6 @@ class Verdict:
             out["speed_gap"]["too_large"] = self.speed_gap.too_large
             out["speed_gap"]["mismatch"] = self.speed_gap.mismatch
         return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 # --------------------------------------------------------------------------
@@ -399,6 +385,38 @@ def decide(
     return "INCONCLUSIVE", reason, needed, span
 
 
+def _check_inputs(candidate, baseline, metric: str, threshold: float, confidence: float) -> None:
+    """ValueError for an empty side, a non-finite or non-positive value, or bad parameters."""
+    if not candidate:
+        raise ValueError("no finished candidate runs to compare")
+    if not baseline:
+        raise ValueError("no finished baseline runs to compare")
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must lie between 0.5 and 1, got {confidence}")
+    if threshold <= 0:
+        raise ValueError("the threshold must be positive")
+    for s in [*candidate, *baseline]:
+        if not finite(s.value):
+            raise ValueError(f"run {s.run_id} has a non-finite {metric}: {s.value}")
+        if s.value <= 0:
+            raise ValueError(f"run {s.run_id} has a {metric} of {s.value}: ratios need values > 0")
+
+
+def _speed(cstats, bstats, metric: str, curves, threshold: float, matched, wall_clock: bool):
+    """(the candidate's median tokens/s over the baseline's or None, the speed check): the
+    step budgets' check (matched time), the speed gap (a wall-clock budget), or None."""
+    ratio = None
+    if cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
+        ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
+    gap = None
+    if metric != "tokens_per_s":
+        if matched is not None:
+            gap = budget_check(matched, cstats, bstats, curves, threshold)
+        elif wall_clock:
+            gap = speed_gap(cstats, bstats, curves, threshold)
+    return ratio, gap
+
+
 def compare_runs(
     candidate: list[Sample],
     baseline: list[Sample],
@@ -426,32 +444,11 @@ def compare_runs(
     baseline) runs that diverged or failed. Raises ValueError for an empty side, a
     non-finite or non-positive value, or bad parameters.
     """
-    if not candidate:
-        raise ValueError("no finished candidate runs to compare")
-    if not baseline:
-        raise ValueError("no finished baseline runs to compare")
-    if not 0.5 < confidence < 1:
-        raise ValueError(f"confidence must lie between 0.5 and 1, got {confidence}")
-    if threshold <= 0:
-        raise ValueError("the threshold must be positive")
-    for s in [*candidate, *baseline]:
-        if not finite(s.value):
-            raise ValueError(f"run {s.run_id} has a non-finite {metric}: {s.value}")
-        if s.value <= 0:
-            raise ValueError(f"run {s.run_id} has a {metric} of {s.value}: ratios need values > 0")
+    _check_inputs(candidate, baseline, metric, threshold, confidence)
     gone = unfinished or (None, None)
     cstats = _side_stats(candidate, confidence, gone[0])
     bstats = _side_stats(baseline, confidence, gone[1])
-
-    ratio = None
-    if cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
-        ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
-    gap = None
-    if metric != "tokens_per_s":
-        if matched is not None:
-            gap = budget_check(matched, cstats, bstats, curves or [], threshold)
-        elif wall_clock:
-            gap = speed_gap(cstats, bstats, curves or [], threshold)
+    ratio, gap = _speed(cstats, bstats, metric, curves or [], threshold, matched, wall_clock)
     names = (display_name(candidate_attn), display_name(baseline_attn))
     causes, reasons, labels = validity(
         cstats, bstats, gap=gap, allow_epochs=allow_epochs, names=names

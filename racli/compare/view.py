@@ -1,5 +1,6 @@
 """What `ra compare` prints around the verdict: the header (what was compared, from
-which runs, on what data and budget) and the plot of the compared runs' curves."""
+which runs, on what data and budget), the whole text and JSON, and the plot of the
+compared runs' curves."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 
 from racli.compare.grouping import metric_curves
 from racli.compare.plots import plot_loss_curves
+from racli.compare.text import final_comparison
 from racli.errors import BadInput
 from racli.names import display_name, metric_label
+from racli.store.manage import excluded_text
 from racli.text.numbers import ids_text
 
 _SHOW_GROUPS = 10
@@ -100,6 +103,24 @@ def header_text(cmp) -> str:
     for attn, n in cmp.left_out.items():
         lines.append(f"Left out: {n} finished {attn} run(s) without a recorded {cmp.metric}")
     return "\n".join(lines)
+
+
+def comparison_text(cmp, excluded, written: Path | None) -> str:
+    """`ra compare`'s text: the header, the runs left out by exclusion, the verdict's blocks,
+    and the plot written."""
+    text = header_text(cmp) + ("\n" + excluded_text(excluded) if excluded else "")
+    text += "\n\n" + final_comparison(cmp.verdict)
+    if written:
+        text += f"\n\nPlot written to {written}"
+    return text
+
+
+def comparison_data(cmp, excluded, written: Path | None) -> dict:
+    """`ra compare --json`: the comparison, the plot written, the excluded runs."""
+    data = cmp.to_dict()
+    data["plot"] = str(written) if written else None
+    data["excluded"] = excluded
+    return data
 
 
 def plot_compared(store, cmp, path: Path) -> Path:

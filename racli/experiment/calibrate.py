@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from racli.text import jsonout
+
 
 @dataclass
 class ArmSpeed:
@@ -99,10 +101,10 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["arms"] = [{**asdict(a), "half_width": _finite_or_none(a.half_width)} for a in self.arms]
+        d["arms"] = [{**asdict(a), "half_width": jsonout.ready(a.half_width)} for a in self.arms]
         for a in d["arms"]:
             for k in ("ratio_lo", "ratio_hi"):
-                a[k] = _finite_or_none(a[k])
+                a[k] = jsonout.ready(a[k])
         return d
 
     @classmethod
@@ -134,10 +136,6 @@ class Calibration:
             halves_agree=d.get("halves_agree", True),
             cap_s=d.get("cap_s"),
         )
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 def _nan_if_none(x: float | None) -> float:
@@ -323,12 +321,6 @@ def measure(
     `stop` (a threading.Event) ends it after the current round."""
     import torch
 
-    from racli.names import sdpa_backend_context
-    from racli.training import model_config
-    from racli.training.batches import BatchSampler
-    from racli.training.trainer import accumulate_gradients
-    from racli_models import GPT
-
     device = torch.device(specs[0].device)
     cuda = device.type == "cuda"
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -337,77 +329,17 @@ def measure(
             torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
     arms = []
     try:
         for spec in specs:
-            t = spec.train
-            torch.manual_seed(0)
-            raw = GPT(model_config(spec, dataset)).to(device)
-            opt = raw.configure_optimizer(
-                t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult, fused=cuda
-            )
-            for g in opt.param_groups:  # a steady, small rate: speed does not depend on it
-                g["lr"] = 0.1 * t.lr * g["lr_mult"]
-            layout = spec.batch_layout(raw.config.block_size)  # one process, as each run
-            sampler = BatchSampler(
-                dataset.train, layout.per_rank, raw.config.block_size, seed=0, device=device
-            )
-            fwd = torch.compile(raw) if spec.compile else raw
-            params = [p for p in raw.parameters() if p.requires_grad]
-            arms.append((fwd, opt, sampler, params, t.grad_clip, layout.micro))
-
-        backend = specs[0].train.sdpa_backend  # as the trainer applies it
-
-        def autocast() -> contextlib.ExitStack:
-            ctx = contextlib.ExitStack()
-            if cuda:
-                ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-            ctx.enter_context(sdpa_backend_context(backend))
-            return ctx
-
-        def steps(arm, n: int) -> None:  # optimizer steps, accumulation included
-            fwd, opt, sampler, params, clip, micro = arm
-            for _ in range(n):
-                x, y = sampler.next()
-                accumulate_gradients(fwd, x, y, micro, autocast)
-                if clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
+            arms.append(_timed_arm(spec, dataset, device, cuda))
+        steps = _stepper(cuda, specs[0].train.sdpa_backend)  # as the trainer applies it
         for arm in arms:  # compile and warm up, untimed
             steps(arm, warmup_steps)
-        sync()
-        order = list(range(len(arms))) + list(reversed(range(len(arms))))
-        per_round: dict[str, list[float]] = {label: [] for label in labels}
-        timed = 0.0
-        attns = [s.attn for s in specs]
+        _sync(device)
+        rounds = _Rounds(labels, [s.attn for s in specs], block_steps, str(device))
         while True:
-            spent = [0.0] * len(arms)
-            for i in order:
-                sync()
-                t0 = time.perf_counter()
-                steps(arms[i], block_steps)
-                sync()
-                spent[i] += time.perf_counter() - t0
-            timed += sum(spent)
-            for i, label in enumerate(labels):
-                per_round[label].append(spent[i] / (2 * block_steps))
-            cal = summarise(
-                labels,
-                attns,
-                per_round,
-                block_steps=block_steps,
-                precision=precision,
-                timed_s=timed,
-                device=str(device),
-                cap_s=max_s,
-            )
+            cal = rounds.time_one(arms, steps, device, precision=precision, max_s=max_s)
             if on_round is not None:
                 on_round(cal)
             stopped = stop is not None and stop.is_set()
@@ -420,3 +352,96 @@ def measure(
         if cuda:
             torch.cuda.empty_cache()
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_arm(spec, dataset, device, cuda: bool) -> tuple:
+    """An arm's model (compiled as its runs are), optimizer and batches, seeded alike:
+    (forward, optimizer, sampler, parameters, grad clip, micro-batches)."""
+    import torch
+
+    from racli.training import model_config
+    from racli.training.batches import BatchSampler
+    from racli_models import GPT
+
+    t = spec.train
+    torch.manual_seed(0)
+    raw = GPT(model_config(spec, dataset)).to(device)
+    opt = raw.configure_optimizer(
+        t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult, fused=cuda
+    )
+    for g in opt.param_groups:  # a steady, small rate: speed does not depend on it
+        g["lr"] = 0.1 * t.lr * g["lr_mult"]
+    layout = spec.batch_layout(raw.config.block_size)  # one process, as each run
+    sampler = BatchSampler(
+        dataset.train, layout.per_rank, raw.config.block_size, seed=0, device=device
+    )
+    fwd = torch.compile(raw) if spec.compile else raw
+    params = [p for p in raw.parameters() if p.requires_grad]
+    return fwd, opt, sampler, params, t.grad_clip, layout.micro
+
+
+def _stepper(cuda: bool, backend: str) -> Callable[[tuple, int], None]:
+    """`steps(arm, n)`: n optimizer steps of an arm, gradient accumulation included."""
+    import torch
+
+    from racli.names import sdpa_backend_context
+    from racli.training.trainer import accumulate_gradients
+
+    def autocast() -> contextlib.ExitStack:
+        ctx = contextlib.ExitStack()
+        if cuda:
+            ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        ctx.enter_context(sdpa_backend_context(backend))
+        return ctx
+
+    def steps(arm, n: int) -> None:
+        fwd, opt, sampler, params, clip, micro = arm
+        for _ in range(n):
+            x, y = sampler.next()
+            accumulate_gradients(fwd, x, y, micro, autocast)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return steps
+
+
+class _Rounds:
+    """The timed rounds so far: each runs every arm's block forwards, then backwards."""
+
+    def __init__(self, labels: list[str], attns: list[str], block_steps: int, device: str):
+        self.labels, self.attns, self.block_steps, self.device = labels, attns, block_steps, device
+        self.per_round: dict[str, list[float]] = {label: [] for label in labels}
+        self.timed = 0.0
+
+    def time_one(self, arms, steps, device, *, precision: float, max_s: float) -> Calibration:
+        """Time one more round; the calibration of all rounds so far."""
+        order = list(range(len(arms))) + list(reversed(range(len(arms))))
+        spent = [0.0] * len(arms)
+        for i in order:
+            _sync(device)
+            t0 = time.perf_counter()
+            steps(arms[i], self.block_steps)
+            _sync(device)
+            spent[i] += time.perf_counter() - t0
+        self.timed += sum(spent)
+        for i, label in enumerate(self.labels):
+            self.per_round[label].append(spent[i] / (2 * self.block_steps))
+        return summarise(
+            self.labels,
+            self.attns,
+            self.per_round,
+            block_steps=self.block_steps,
+            precision=precision,
+            timed_s=self.timed,
+            device=self.device,
+            cap_s=max_s,
+        )

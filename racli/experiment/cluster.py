@@ -25,8 +25,8 @@ from racli.experiment.plan import Job
 from racli.experiment.results import Interrupted, JobResult, Settings
 from racli.experiment.worker import BAD_INPUT, WorkerJob
 from racli.store import jobs as store_jobs
-from racli.store.engine import shown, sqlite_path
 from racli.store.experiment_queries import last_step
+from racli.store.urls import shown, sqlite_path
 
 LAUNCHERS = ("local", "slurm", "ray")
 

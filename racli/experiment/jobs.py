@@ -12,9 +12,9 @@ from racli.config import apply_overrides
 from racli.experiment import judge, ownership, plan
 from racli.experiment.plan import Budget, Job
 from racli.experiment.results import JobResult, Settings
-from racli.store.engine import sqlite_path
 from racli.store.experiment_queries import experiment_runs
 from racli.store.recorder import is_stale
+from racli.store.urls import sqlite_path
 from racli.training import spec_from_config
 
 STALE_NOTE = "its heartbeat is fresh: another process is running it"

@@ -69,17 +69,38 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def try_write_report(
+    path: Path | None, outcome, store, *, command: str | None = None
+) -> tuple[list[Path], str | None]:
+    """(the files written, None) or ([], why the report could not be written): a report
+    that cannot be written does not hide the verdict. No report asked for: ([], None)."""
+    if path is None:
+        return [], None
+    try:
+        return write_report(path, outcome, store, command=command), None
+    except OSError as exc:
+        return [], f"cannot write the report {path}: {exc.strerror or exc}"
+
+
 def write_report(path: Path, outcome, store, *, command: str | None = None) -> list[Path]:
     """Write the report and its PNGs; returns the files written."""
-    from racli.compare.plots import plot_loss_curves  # matplotlib: only to write a report
-
     path = Path(path)
-    stem = path.with_suffix("")
     written = [path]
     runs = experiment_runs(store, outcome.key)
-    arms = outcome.arms
-    cal = outcome.calibration
-    lines = [f"# Experiment {outcome.key}: {', '.join(a.label for a in arms)}", ""]
+    lines = _head_lines(outcome, command)
+    lines += _calibration_lines(outcome.calibration, outcome.budgets)
+    lines += _budget_lines(outcome, runs)
+    lines += _run_lines(store, runs)
+    lines += _verdict_lines(outcome)
+    lines += _curve_lines(path, outcome, store, runs, written)
+    lines += ["## Gates", ""]
+    lines += _gate_lines(store, runs)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return written
+
+
+def _head_lines(outcome, command: str | None) -> list[str]:
+    lines = [f"# Experiment {outcome.key}: {', '.join(a.label for a in outcome.arms)}", ""]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(
         f"Written {when}. Runs tagged `{outcome.tag}`; devices "
@@ -87,12 +108,11 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     )
     if command:
         lines += ["", "```", command, "```"]
+    return lines
 
-    lines += _calibration_lines(cal, outcome.budgets)
-    lines += _budget_lines(outcome, runs)
 
-    # runs
-    lines += ["", "## Runs", ""]
+def _run_lines(store, runs) -> list[str]:
+    lines = ["", "## Runs", ""]
     clocks = medians_by_run(store, [r.id for r in runs])
     rows = []
     for r in runs:
@@ -136,73 +156,93 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
                 for rid, c in sorted(clocks.items())
             )
         )
+    return lines
 
-    # verdicts
-    lines += ["", "## Verdict", ""]
+
+def _verdict_lines(outcome) -> list[str]:
+    lines = ["", "## Verdict", ""]
     for av in outcome.verdicts:
         if av.comparison is None:
             lines.append(f"- **{av.candidate} vs {av.baseline}**: no verdict ({av.error})")
             continue
-        v = av.comparison.verdict
-        ci = (
-            f"{v.confidence:.1%} interval of the improvement [{v.interval[0] * 100:+.2f}%, "
-            f"{v.interval[1] * 100:+.2f}%]"
-            if v.interval is not None
-            else "no interval"
-        )
-        gone = "; ".join(
-            f"{name}: {s.diverged} diverged, {s.failed} failed"
-            for name, s in ((av.candidate, v.candidate), (av.baseline, v.baseline))
-            if s.diverged is not None
-        )
-        lines.append(
-            f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- improvement "
-            f"{v.improvement * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
-            f"{v.baseline.n} runs{'; ' + gone if gone else ''}). {v.method_why}. {v.reason}."
-        )
-        for label in v.labels:
-            lines.append(f"  - ⚠️ {label}")
-        g = v.speed_gap
-        if g is not None and g.kind == "matched_time" and g.measured_ratio is not None:
-            where = "outside" if g.mismatch else "inside"
-            lines.append(
-                f"  - speed during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s, "
-                f"{where} the calibrated interval"
-            )
+        lines += _one_verdict_lines(av)
     for av in outcome.verdicts:
         if av.comparison is not None:
             lines += ["", "```", judge.verdict_text(av), "```"]
     if outcome.design:
-        d = outcome.design
-        lines += ["", "### Sequential design", ""]
-        lines.append(
-            f"--until-settled: {d['spending']} alpha spending, false WIN/LOSE rate "
-            f"{d['alpha']:.0%} over planned looks at {', '.join(map(str, d['looks']))} "
-            f"seeds per arm."
-        )
-        lines.append("")
-        lines += _table(
-            ["look (seeds)", "confidence", "outcomes"],
-            [
-                [
-                    str(lk["seeds"]),
-                    f"{lk['confidence']:.4%}",
-                    ", ".join(f"{k}: {o}" for k, o in lk["outcomes"].items()),
-                ]
-                for lk in outcome.looks
-            ],
-        )
+        lines += _design_lines(outcome)
+    return lines
 
-    # curves
+
+def _one_verdict_lines(av) -> list[str]:
+    v = av.comparison.verdict
+    ci = (
+        f"{v.confidence:.1%} interval of the improvement [{v.interval[0] * 100:+.2f}%, "
+        f"{v.interval[1] * 100:+.2f}%]"
+        if v.interval is not None
+        else "no interval"
+    )
+    gone = "; ".join(
+        f"{name}: {s.diverged} diverged, {s.failed} failed"
+        for name, s in ((av.candidate, v.candidate), (av.baseline, v.baseline))
+        if s.diverged is not None
+    )
+    lines = [
+        f"- **{av.candidate} vs {av.baseline}: {v.outcome}** -- improvement "
+        f"{v.improvement * 100:+.2f}% ({ci}; {v.method}, {v.candidate.n} vs "
+        f"{v.baseline.n} runs{'; ' + gone if gone else ''}). {v.method_why}. {v.reason}."
+    ]
+    for label in v.labels:
+        lines.append(f"  - ⚠️ {label}")
+    g = v.speed_gap
+    if g is not None and g.kind == "matched_time" and g.measured_ratio is not None:
+        where = "outside" if g.mismatch else "inside"
+        lines.append(
+            f"  - speed during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s, "
+            f"{where} the calibrated interval"
+        )
+    return lines
+
+
+def _design_lines(outcome) -> list[str]:
+    d = outcome.design
+    lines = ["", "### Sequential design", ""]
+    lines.append(
+        f"--until-settled: {d['spending']} alpha spending, false WIN/LOSE rate "
+        f"{d['alpha']:.0%} over planned looks at {', '.join(map(str, d['looks']))} "
+        f"seeds per arm."
+    )
+    lines.append("")
+    lines += _table(
+        ["look (seeds)", "confidence", "outcomes"],
+        [
+            [
+                str(lk["seeds"]),
+                f"{lk['confidence']:.4%}",
+                ", ".join(f"{k}: {o}" for k, o in lk["outcomes"].items()),
+            ]
+            for lk in outcome.looks
+        ],
+    )
+    return lines
+
+
+def _curve_lines(path: Path, outcome, store, runs, written: list[Path]) -> list[str]:
+    """The loss curves section; the PNGs drawn are appended to `written`."""
+    from racli.compare.plots import plot_loss_curves  # matplotlib: only to write a report
+
+    stem = path.with_suffix("")
     by_arm: dict[str, list[int]] = {}
     for r in runs:
         if r.status == "finished":
             by_arm.setdefault(judge.arm_of(r), []).append(r.id)
-    lines += ["", "## Loss curves", ""]
+    lines = ["", "## Loss curves", ""]
     if special_file(path):  # /dev/null, a pipe: nothing is written beside it
         lines.append("Not drawn: the report went to a special file.")
-    for metric in ("val_loss", "train_loss") if not special_file(path) else ():
-        curves = metric_curves(store, {a.label: by_arm.get(a.label, []) for a in arms}, name=metric)
+        return lines
+    for metric in ("val_loss", "train_loss"):
+        groups = {a.label: by_arm.get(a.label, []) for a in outcome.arms}
+        curves = metric_curves(store, groups, name=metric)
         png = Path(f"{stem}-{metric}.png")
         try:
             plot_loss_curves(curves, png, f"{metric}: experiment {outcome.key}", ylabel=metric)
@@ -212,12 +252,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
         written.append(png)
         lines.append(f"![{metric}]({png.name})")
         lines.append("")
-
-    # gates
-    lines += ["## Gates", ""]
-    lines += _gate_lines(store, runs)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return written
+    return lines
 
 
 def _gate_lines(store, runs) -> list[str]:

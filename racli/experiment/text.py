@@ -120,3 +120,16 @@ def outcome_text(outcome, written) -> str:
 
 def written_text(written) -> str:
     return "Report written to " + ", ".join(str(p) for p in written)
+
+
+def failed_text(failed) -> str:
+    """The runs that failed (JobResults), and how to retry them."""
+    ids = ", ".join(f"{r.job.arm.label} seed {r.job.seed}" for r in failed)
+    return f"{len(failed)} run(s) failed ({ids}); run the same command again to retry them"
+
+
+def report_failed_text(error: str) -> str:
+    """A report that could not be written, under the verdict that stands."""
+    return (
+        f"{error}; the verdict stands (the same command prints it again without training anything)"
+    )

@@ -17,7 +17,8 @@ from racli.gates.analysis import (
     _rec_ratio,
     analyse_gates,
 )
-from racli.text.numbers import finite_or_none, share_pct
+from racli.text import jsonout
+from racli.text.numbers import share_pct
 
 RAW_MEASURES = {"w_rec": "|w_rec/w_std|", "beta": "|tanh(beta)|"}
 
@@ -89,28 +90,28 @@ class RunsReport:
             "heads_above_in_every_run": every,
             "heads_above_in_some_runs": some,
             "heads_above_in_no_run": none,
-            "agreement": finite_or_none(self.agreement),
+            "agreement": jsonout.ready(self.agreement),
             "heads": [
                 {
                     "layer": h.layer,
                     "head": h.head,
                     "n": h.n,
-                    "mean": finite_or_none(h.mean),
-                    "std": finite_or_none(h.std),
-                    "min": finite_or_none(min(h.values.values())),
-                    "max": finite_or_none(max(h.values.values())),
+                    "mean": jsonout.ready(h.mean),
+                    "std": jsonout.ready(h.std),
+                    "min": jsonout.ready(min(h.values.values())),
+                    "max": jsonout.ready(max(h.values.values())),
                     "above": h.above,
-                    "init_mean": finite_or_none(h.init_mean),
-                    "values": {str(r): finite_or_none(v) for r, v in h.values.items()},
+                    "init_mean": jsonout.ready(h.init_mean),
+                    "values": {str(r): jsonout.ready(v) for r, v in h.values.items()},
                 }
                 for h in self.heads
             ],
             "rec_ablation": [
                 {
                     "layer": layer,
-                    "mean": finite_or_none(_mean(list(per_run.values()))),
-                    "std": finite_or_none(_sd(list(per_run.values()))),
-                    "values": {str(r): finite_or_none(v) for r, v in per_run.items()},
+                    "mean": jsonout.ready(_mean(list(per_run.values()))),
+                    "std": jsonout.ready(_sd(list(per_run.values()))),
+                    "values": {str(r): jsonout.ready(v) for r, v in per_run.items()},
                 }
                 for layer, per_run in sorted(self.ablation.items())
             ],

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from racli.text.numbers import finite_or_none, share_pct
+from racli.text import jsonout
+from racli.text.numbers import share_pct
 
 Key = tuple[int, int, str]  # (layer, head, name)
 
@@ -96,9 +97,9 @@ class GateReport:
                     "layer": e.layer,
                     "head": e.head,
                     "name": e.name,
-                    "init": finite_or_none(e.init),
-                    "value": finite_or_none(e.value),
-                    "moved": finite_or_none(e.moved),
+                    "init": jsonout.ready(e.init),
+                    "value": jsonout.ready(e.value),
+                    "moved": jsonout.ready(e.moved),
                     "state": e.state,
                 }
                 for e in self.entries

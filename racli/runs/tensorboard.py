@@ -14,9 +14,23 @@ from datetime import timezone
 from pathlib import Path
 
 from racli.errors import BadInput
+from racli.names import check_run_id
 from racli.store import queries
 from racli.store.manage import get_runs, metric_rows
 from racli.text.tensorboard import EventLog, check_available, check_folder, run_folder
+
+
+def check_request(folder, run_ids, kind, other_output: bool) -> None:
+    """BadInput for a --tensorboard export asked for with what does not go with it."""
+    if folder is None:
+        raise BadInput("run ids go with --tensorboard DIR (the other exports take filters)")
+    if other_output:
+        raise BadInput("--tensorboard writes event files: leave out --metrics and --output")
+    if kind not in (None, "train"):
+        raise BadInput(f"--tensorboard exports train runs, not --kind {kind}")
+    for run_id in run_ids or []:
+        check_run_id(run_id)
+    check_available()
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 from racli.errors import BadInput
-from racli.store.engine import database_url, sqlite_path
+from racli.store.urls import database_url, sqlite_path
 
 DIRNAME = "ra_checkpoints"
 

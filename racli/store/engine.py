@@ -1,282 +1,32 @@
-"""Opening the results store: engine set-up and migrations on open.
+"""Opening the results store: the checks before it, read-only opening, creation and
+migration on open.
 
-SQLite (the default; WAL, a busy timeout, foreign keys) or any SQLAlchemy URL
-(PostgreSQL through psycopg 3). Writing opens migrate; `open_store(db,
-readonly=True)` never changes the store; a newer schema is refused untouched.
-How read-only opening works on SQLite: docs/store.md.
+Writing opens migrate (racli/store/migrate.py); `open_store(db, readonly=True)` never
+changes the store; a newer schema is refused untouched. How read-only opening works on
+SQLite: docs/store.md. Engines: racli/store/connection.py; names and URLs:
+racli/store/urls.py.
 """
 
 from __future__ import annotations
 
-import atexit
-import importlib.util
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
-from racli.errors import BadInput, first_line
-from racli.store.outage import DEFAULT_WAIT_S
-
-# The newest revision in migrations/versions (tests check that they agree).
-HEAD_REVISION = "0008"
-BUSY_TIMEOUT_MS = 30_000
-PG_CONNECT_TIMEOUT_S = 10
-# PostgreSQL: migrations of concurrent openers queue on this advisory lock.
-PG_MIGRATION_LOCK = 0x7261_6462  # "radb"
-
-
-def database_url(db: str) -> str:
-    """A filesystem path becomes a SQLite URL; a URL is kept as it is, except that a
-    plain PostgreSQL URL (`postgresql://`, `postgres://`) gets ra's driver, psycopg 3."""
-    if "://" in db:
-        scheme, rest = db.split("://", 1)
-        if scheme in ("postgresql", "postgres"):
-            return f"postgresql+psycopg://{rest}"
-        return db
-    return f"sqlite:///{Path(db).expanduser().resolve()}"
-
-
-def shown(db: str) -> str:
-    """`db` as messages print it: a URL's password masked."""
-    if "://" not in db:
-        return db
-    try:
-        return make_url(db).render_as_string(hide_password=True)
-    except Exception:
-        return db
-
-
-def sqlite_path(db: str) -> Path | None:
-    url = database_url(db)
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url[len("sqlite:///") :]
-    return None if path in ("", ":memory:") else Path(path)
-
-
-def _sqlite_ro_uri(path: Path, immutable: bool) -> str:
-    flag = "immutable=1" if immutable else "mode=ro"
-    return f"file:{quote(str(path))}?{flag}"
-
-
-def make_engine(db: str, *, readonly: bool = False, immutable: bool = False) -> Engine:
-    """An engine on `db`. `readonly`: SQLite through a `mode=ro` URI (or
-    `immutable=1`), PostgreSQL with read-only transactions."""
-    url = database_url(db)
-    if url.startswith("sqlite"):
-        args = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-        path = sqlite_path(db)
-        if readonly and path is not None:
-            uri = _sqlite_ro_uri(path, immutable)
-            engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, **args))
-        else:
-            engine = create_engine(url, connect_args=args)
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):
-            # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit handling
-            # delays it and breaks busy waiting), then set the pragmas.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            # No journal_mode here: switching to WAL rewrites the file header,
-            # and a database refused by open_store must stay untouched
-            # (open_store enables WAL once the schema check has passed).
-            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):
-            write = conn.get_execution_options().get("ra_write")
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
-    connect_args = {}
-    if url.startswith("postgresql"):
-        if readonly:
-            connect_args["options"] = "-c default_transaction_read_only=on"
-        if "connect_timeout" not in url:  # an unreachable host: an error, not a hang
-            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-
-
-def script_location() -> Path:
-    """The Alembic scripts: the repository's top-level `migrations/` folder when
-    ra runs from a source checkout, else the packaged copy `racli._migrations`
-    (a wheel, or an editable install that maps the name)."""
-    package = Path(__file__).resolve().parent.parent
-    checkout = package.parent / "migrations"
-    if (package.parent / "pyproject.toml").is_file() and (checkout / "env.py").is_file():
-        return checkout
-    packaged = package / "_migrations"
-    if (packaged / "env.py").is_file():
-        return packaged
-    spec = importlib.util.find_spec("racli._migrations")
-    if spec is not None and spec.origin:
-        return Path(spec.origin).parent
-    raise RuntimeError("ra's migration scripts are missing from this installation")
-
-
-def _alembic_config(connection=None):
-    from alembic.config import Config as AlembicConfig
-
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(script_location()))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
-def known_revisions() -> list[str]:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(_alembic_config())
-    return [r.revision for r in script.walk_revisions()]
-
-
-def enable_wal(engine: Engine) -> None:
-    """Switch a SQLite database to WAL journaling (persistent in the file).
-
-    The switch needs the file to itself. When several processes open a fresh
-    database at once, SQLite can answer 'database is locked' at once instead
-    of waiting on the busy timeout (a reader that would have to upgrade its
-    lock while another process waits for it is refused, not delayed), so the
-    switch is retried until the busy timeout has passed.
-    """
-    if engine.dialect.name != "sqlite":
-        return
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    pause = 0.005
-    while True:
-        raw = engine.raw_connection()
-        try:
-            dbapi = raw.driver_connection
-            if str(dbapi.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                dbapi.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() + pause > deadline:
-                raise
-        finally:
-            raw.close()
-        time.sleep(pause)
-        pause = min(pause * 2, 0.25)
-
-
-def _migrate(engine: Engine, action: str, revision: str) -> None:
-    """Run an Alembic command in one write transaction.
-
-    SQLite: the transaction takes the write lock up front (BEGIN IMMEDIATE),
-    so processes opening a fresh database at once migrate one after the
-    other instead of failing with 'database is locked' (PostgreSQL: an
-    advisory lock does the same); and foreign-key
-    enforcement is off while it runs, because batch migrations rebuild a
-    table (copy, DROP, rename) and a DROP of `runs` with enforcement on
-    would cascade-delete every metric, timing and gate value.
-    """
-    from alembic import command
-
-    sqlite = engine.dialect.name == "sqlite"
-    with engine.connect() as conn:
-        dbapi = None
-        if sqlite:
-            conn.execution_options(ra_write=True)
-            dbapi = conn.connection.driver_connection
-            dbapi.execute("PRAGMA foreign_keys=OFF")  # only effective outside a transaction
-        try:
-            with conn.begin():
-                if engine.dialect.name == "postgresql":
-                    # one migrator at a time; the next one finds the schema done
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
-                getattr(command, action)(_alembic_config(conn), revision)
-                if sqlite:
-                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                    if broken:
-                        raise RuntimeError(
-                            f"migration to {revision} broke foreign keys: {broken[:3]}"
-                        )
-        finally:
-            if dbapi is not None:
-                dbapi.execute("PRAGMA foreign_keys=ON")
-
-
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    _migrate(engine, "upgrade", revision)
-
-
-def downgrade(engine: Engine, revision: str) -> None:
-    _migrate(engine, "downgrade", revision)
-
-
-@dataclass
-class Store:
-    """An open results store: an engine and a session factory."""
-
-    db: str
-    engine: Engine
-    readonly: bool = False
-    # how long a recording run waits for this store to be writable again (ra.yaml's
-    # db_wait_minutes; racli/store/outage.py)
-    wait_s: float = DEFAULT_WAIT_S
-
-    def __post_init__(self) -> None:
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def session(self) -> Session:
-        return self._sessions()
-
-    def write_session(self) -> Session:
-        """A session whose transactions take the write lock up front (SQLite),
-        so that concurrent writers wait on the busy timeout instead of failing."""
-        return Session(self.engine.execution_options(ra_write=True), expire_on_commit=False)
-
-    def writing(self):
-        """`with store.writing() as conn:` a Core connection in a write transaction."""
-        return self.engine.execution_options(ra_write=True).begin()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def db_error(exc: BaseException) -> str:
-    """The first line of a database error: the driver's own message when it has one."""
-    return first_line(getattr(exc, "orig", exc))
-
-
-def in_memory(db: str) -> bool:
-    """Whether `db` names a SQLite database in memory (`sqlite://`, `:memory:`), which
-    keeps nothing once the process ends."""
-    url = database_url(db)
-    return url.startswith("sqlite") and sqlite_path(db) is None
-
-
-def refuse_in_memory(db: str) -> None:
-    if in_memory(db):
-        raise BadInput(
-            f"database {shown(db)} is in memory: it keeps nothing once ra exits; give a "
-            f"file path or a server URL"
-        )
+from racli.errors import BadInput
+from racli.store.connection import BUSY_TIMEOUT_MS, Store, db_error, enable_wal, make_engine
+from racli.store.migrate import (
+    HEAD_REVISION,
+    current_revision,
+    known_revisions,
+    upgrade,
+    upgraded_copy,
+)
+from racli.store.urls import refuse_in_memory, shown, sqlite_path, sqlite_ro_uri
 
 
 def _connect(
@@ -307,7 +57,7 @@ def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
     """None when SQLite can read `path` this way, else the error text."""
     try:
         conn = sqlite3.connect(
-            _sqlite_ro_uri(path, immutable), uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+            sqlite_ro_uri(path, immutable), uri=True, timeout=BUSY_TIMEOUT_MS / 1000
         )
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -464,30 +214,6 @@ def _open_readonly(db: str) -> Store:
     return Store(db=db, engine=engine, readonly=True)
 
 
-def upgraded_copy(path: Path, folder: Path | None = None) -> Engine:
-    """An engine on a copy of the SQLite store at `path` in `folder`, migrated to this ra's
-    schema; the store itself is only read. Without `folder`, the copy goes to a temporary
-    folder removed when the process ends."""
-    if folder is None:
-        folder = Path(tempfile.mkdtemp(prefix="ra-read-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    copy = folder / path.name
-    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    dst = sqlite3.connect(str(copy))
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
-    engine = make_engine(str(copy))
-    try:
-        upgrade(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
-
-
 def open_store(
     db: str, *, create: bool = True, migrate: bool = True, readonly: bool = False
 ) -> Store:
@@ -517,7 +243,7 @@ def remove_if_empty(path: Path) -> None:
     or one that cannot be read now, is left alone."""
     try:
         if path.stat().st_size > 0:
-            conn = sqlite3.connect(_sqlite_ro_uri(path, immutable=False), uri=True, timeout=1)
+            conn = sqlite3.connect(sqlite_ro_uri(path, immutable=False), uri=True, timeout=1)
             try:
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                     return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from racli.store.engine import Store
+from racli.store.connection import Store
 from racli.store.models import Metric, Run
 
 #: the config entry that ties a run to its experiment: {"experiment": {"key": ..., "arm": ...}}

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from racli.store.engine import Store
+from racli.store.connection import Store
 from racli.store.models import ExperimentJob, utcnow
 from racli.store.recorder import STALE_AFTER
 

@@ -19,7 +19,7 @@ from racli.names import check_tag
 from racli.store import references
 from racli.store.checkpoints import checkpoint_path
 from racli.store.chunks import in_chunks
-from racli.store.engine import Store
+from racli.store.connection import Store
 from racli.store.models import GateValue, Metric, Run, Timing
 from racli.store.recorder import is_stale
 

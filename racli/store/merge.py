@@ -24,11 +24,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from racli.errors import BadInput, Stopped
 from racli.store import references
-from racli.store.engine import Store, database_url, db_error, open_store, shown, sqlite_path
+from racli.store.connection import Store, db_error
+from racli.store.engine import open_store
 from racli.store.merge_sources import _readonly_engine, _Source  # noqa: F401 (tests)
 from racli.store.merge_sources import open_source as _open_source
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
 from racli.store.recorder import is_stale
+from racli.store.urls import database_url, shown, sqlite_path
 
 BATCH = 5000  # rows per executemany
 # a write transaction holds at most about this many rows or seconds (and one whole run), so a

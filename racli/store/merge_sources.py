@@ -19,18 +19,9 @@ from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.exc import DBAPIError
 
 from racli.errors import BadInput
-from racli.store.engine import (
-    HEAD_REVISION,
-    current_revision,
-    database_url,
-    db_error,
-    known_revisions,
-    make_engine,
-    refuse_in_memory,
-    shown,
-    sqlite_path,
-    upgraded_copy,
-)
+from racli.store.connection import db_error, make_engine
+from racli.store.migrate import HEAD_REVISION, current_revision, known_revisions, upgraded_copy
+from racli.store.urls import database_url, refuse_in_memory, shown, sqlite_path
 
 
 @dataclass

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from racli.errors import BadInput
 from racli.store.chunks import in_chunks
 from racli.store.columns import ENV_FIELDS, RUN_FIELDS, RUN_IDENTITY, TIMING_SHOWN
-from racli.store.engine import Store
+from racli.store.connection import Store
 from racli.store.models import Environment, GateValue, Metric, Run, Timing
 from racli.store.recorder import display_status
 
@@ -254,26 +254,38 @@ def finished_train_runs(
     Mappings (read by name) with keys: id, attn, seed, config_hash, val_loss, tokens_per_s,
     iterations, epochs, gpu_name, torch, hostname, gpu_index, gpu_uuid.
     """
+    columns = (
+        Run.id,
+        Run.attn,
+        Run.seed,
+        Run.config_hash,
+        Run.val_loss,
+        Run.tokens_per_s,
+        Run.iterations,
+        Run.epochs,
+        Environment.gpu_name,
+        Environment.torch,
+        Environment.hostname,
+        Environment.gpu_index,
+        Environment.gpu_uuid,
+    )
+    return train_history(
+        store, columns, Run.status == "finished", attns=attns, tag=tag, since=since
+    )
+
+
+def train_history(
+    store: Store, columns, status, *, attns, tag: str | None, since: datetime | None
+) -> list:
+    """`columns` (of Run and its Environment) of the non-excluded train runs of `attns`
+    whose status matches `status` (a clause), optionally of one tag and started since a
+    time, in run order: the history a verdict reads (one query)."""
     q = (
-        select(
-            Run.id,
-            Run.attn,
-            Run.seed,
-            Run.config_hash,
-            Run.val_loss,
-            Run.tokens_per_s,
-            Run.iterations,
-            Run.epochs,
-            Environment.gpu_name,
-            Environment.torch,
-            Environment.hostname,
-            Environment.gpu_index,
-            Environment.gpu_uuid,
-        )
+        select(*columns)
         .outerjoin(Environment, Run.env_id == Environment.id)
         .where(
             Run.kind == "train",
-            Run.status == "finished",
+            status,
             Run.excluded.is_(False),
             Run.attn.in_(list(attns)),
         )

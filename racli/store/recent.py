@@ -30,7 +30,7 @@ def _sql(kind: str | None, limit: int) -> tuple[str, tuple]:
 
 def _sqlite_file(db: str) -> Path | None:
     """The file of a SQLite location (a path or a sqlite:/// URL), None for other URLs;
-    the rule of racli.store.engine.sqlite_path without importing SQLAlchemy."""
+    the rule of racli.store.urls.sqlite_path without importing SQLAlchemy."""
     if "://" not in db:
         return Path(db).expanduser()
     if db.startswith("sqlite:///"):
@@ -60,7 +60,7 @@ def _read_sqlite(path: Path, sql: str, params: tuple) -> list[tuple]:
 def _read_url(db: str, sql: str, params: tuple) -> list[tuple]:
     from sqlalchemy import text
 
-    from racli.store.engine import make_engine
+    from racli.store.connection import make_engine
 
     names = [f"p{i}" for i in range(len(params))]
     for name in names:

@@ -27,7 +27,7 @@ from racli.errors import BadInput, Stopped
 from racli.names import check_tag
 from racli.store import references
 from racli.store.columns import TIMING_FIELDS
-from racli.store.engine import Store, db_error, shown
+from racli.store.connection import Store, db_error
 from racli.store.models import Environment, GateValue, Metric, Run, Timing, new_uuid, utcnow
 from racli.store.outage import (  # noqa: F401 (RunLost, StoreUnavailable: for callers)
     DEFAULT_WAIT_S,
@@ -37,6 +37,7 @@ from racli.store.outage import (  # noqa: F401 (RunLost, StoreUnavailable: for c
     lost_text,
 )
 from racli.store.recording import NullRecorder, Recorder  # noqa: F401 (re-exported)
+from racli.store.urls import shown
 
 END_STATES = ("finished", "failed", "interrupted", "diverged")
 # End states a run can be resumed from (besides `running` with a stale heartbeat).

@@ -11,10 +11,6 @@ def finite(x: Any) -> bool:
     return x is not None and math.isfinite(float(x))
 
 
-def finite_or_none(x: float | None) -> float | None:
-    return x if finite(x) else None
-
-
 def number(x: Any, spec: str = ".3g") -> str:
     """``format(x, spec)``, or "-" when ``x`` is missing or not finite."""
     return format(x, spec) if finite(x) else "-"

@@ -12,7 +12,6 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -25,8 +24,10 @@ from racli import training
 from racli.errors import BadInput, Interrupted
 from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
-from racli.store.engine import check_writable, open_store, sqlite_path
+from racli.store.engine import check_writable, open_store
 from racli.store.queries import get_run
+from racli.store.urls import sqlite_path
+from racli.text import jsonout
 from racli.text import tensorboard as tb_files
 from racli.training import tensorboard
 from racli.training.budget import check_budget_range
@@ -352,16 +353,5 @@ def ending(launched: Launched) -> tuple[str | None, int]:
     return None, 0
 
 
-def json_ready(value):
-    """`value` with non-finite floats as None (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
-
-
 def summary_dict(result: TrainResult) -> dict:
-    return json_ready(dataclasses.asdict(result))
+    return jsonout.ready(dataclasses.asdict(result))

@@ -53,22 +53,9 @@ def train(
     stop = stop or threading.Event()
     if spec is not None:
         spec.check()
-    state = None
-    if resume_run is not None and dataset is None:
-        spec, dataset, _ = prepare_resume(store, resume_run, info)
-    elif dataset is None:
-        dataset = load_data(spec)
-    if resume_run is not None:
-        path = ckpt_paths.checkpoint_path(store.db, resume_run)
-        if path.is_file():
-            state = ckpt.load(path)
-            config = state.config
-        else:  # stopped before its first checkpoint: trained again from step 0, same config
-            config = get_run(store, resume_run).config
-        data_path = (state.data_path if state else None) or data_location(spec, dataset)
-    else:
-        config = run_config(spec, dataset, info.world_size)
-        data_path = data_location(spec, dataset)
+    spec, dataset, state, config, data_path = _starting_point(
+        spec, store, dataset=dataset, resume_run=resume_run, info=info
+    )
     if info.is_main:
         ckpt_paths.ensure_writable(store.db)
 
@@ -78,26 +65,9 @@ def train(
     try:
         rec: Recorder = NullRecorder()
         if info.is_main:
-            if resume_run is not None:
-                # the steps after the checkpoint (all steps, without one) are trained again
-                rec = RunRecorder.resume(
-                    store,
-                    resume_run,
-                    flush_interval=flush_interval,
-                    drop_after_step=state.step if state is not None else -1,
-                )
-                _take_up(rec, state, reporter)
-            else:
-                rec = RunRecorder.start(
-                    store,
-                    kind="train",
-                    attn=spec.attn,
-                    config=config,
-                    seed=spec.seed,
-                    tag=spec.tag,
-                    flush_interval=flush_interval,
-                )
-            rec = with_tensorboard(rec, spec.train.tensorboard, spec.attn, note=reporter.note)
+            rec = _recorder(
+                spec, store, config, resume_run, state, reporter, flush_interval=flush_interval
+            )
             if on_recorded is not None:
                 on_recorded(rec.run_id)
         ckpt_path = ckpt_paths.checkpoint_path(store.db, rec.run_id) if info.is_main else None
@@ -119,6 +89,54 @@ def train(
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         reporter.close()
         ddp.teardown()
+
+
+def _starting_point(spec, store, *, dataset, resume_run, info) -> tuple:
+    """(spec, dataset, checkpoint state or None, run config, data path) of a fresh run or
+    of `resume_run` (its recorded spec and its checkpoint, when it has one)."""
+    state = None
+    if resume_run is not None and dataset is None:
+        spec, dataset, _ = prepare_resume(store, resume_run, info)
+    elif dataset is None:
+        dataset = load_data(spec)
+    if resume_run is not None:
+        path = ckpt_paths.checkpoint_path(store.db, resume_run)
+        if path.is_file():
+            state = ckpt.load(path)
+            config = state.config
+        else:  # stopped before its first checkpoint: trained again from step 0, same config
+            config = get_run(store, resume_run).config
+        data_path = (state.data_path if state else None) or data_location(spec, dataset)
+    else:
+        config = run_config(spec, dataset, info.world_size)
+        data_path = data_location(spec, dataset)
+    return spec, dataset, state, config, data_path
+
+
+def _recorder(
+    spec, store, config, resume_run, state, reporter: ProgressReporter, *, flush_interval
+) -> Recorder:
+    """The run's recorder (rank 0): a new run, or `resume_run` taken up again."""
+    if resume_run is not None:
+        # the steps after the checkpoint (all steps, without one) are trained again
+        rec = RunRecorder.resume(
+            store,
+            resume_run,
+            flush_interval=flush_interval,
+            drop_after_step=state.step if state is not None else -1,
+        )
+        _take_up(rec, state, reporter)
+    else:
+        rec = RunRecorder.start(
+            store,
+            kind="train",
+            attn=spec.attn,
+            config=config,
+            seed=spec.seed,
+            tag=spec.tag,
+            flush_interval=flush_interval,
+        )
+    return with_tensorboard(rec, spec.train.tensorboard, spec.attn, note=reporter.note)
 
 
 def _take_up(rec: RunRecorder, state, reporter: ProgressReporter) -> None:
@@ -143,37 +161,11 @@ def resume(store, run_id: int, **kw) -> TrainResult:
 FIGURE_COLUMNS = ("iterations", "tokens", "epochs", "train_seconds", "val_loss", "tokens_per_s")
 
 
-def _train_recorded(
-    spec,
-    dataset,
-    *,
-    rec: Recorder,
-    info,
-    device,
-    config,
-    ckpt_path,
-    state,
-    reporter: ProgressReporter,
-    stop,
-    on_step,
-    data_path,
-) -> TrainResult:
+def _train_recorded(spec, dataset, *, rec: Recorder, info, **trainer_args) -> TrainResult:
+    """Train with a Trainer made of `trainer_args` and record how it ends."""
     trainer = None
     try:
-        trainer = Trainer(
-            spec,
-            dataset,
-            rec=rec,
-            info=info,
-            device=device,
-            config=config,
-            ckpt_path=ckpt_path,
-            state=state,
-            reporter=reporter,
-            stop=stop,
-            on_step=on_step,
-            data_path=data_path,
-        )
+        trainer = Trainer(spec, dataset, rec=rec, info=info, **trainer_args)
         status = trainer.run()
     except KeyboardInterrupt:
         figures = trainer.row_figures() if trainer is not None else {}
@@ -191,6 +183,7 @@ def _train_recorded(
             raise bad from exc
         rec.fail(exc, **figures)
         raise
+    config, ckpt_path = trainer_args["config"], trainer_args["ckpt_path"]
     return record_end(
         trainer, status, rec=rec, info=info, spec=spec, config=config, ckpt_path=ckpt_path
     )

@@ -112,8 +112,6 @@ class Trainer:
         on_step: Callable[[StepInfo], None] | None,
         data_path: str,
     ):
-        from racli_models import GPT
-
         self.spec, self.dataset, self.rec, self.info = spec, dataset, rec, info
         self.device, self.config, self.ckpt_path = device, config, ckpt_path
         self.reporter, self.stop, self.on_step = reporter, stop, on_step
@@ -123,8 +121,26 @@ class Trainer:
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self._build()
+        self._zero_counters()
+        train_seconds = 0.0
+        if state is not None:
+            self._restore(state)
+            train_seconds = state.train_seconds
+        self.clock = _Clock(train_seconds)
+        self._wrap()
+        self.eval_set = eval_batches(
+            dataset.val, t.batch_size, self.mcfg.block_size, t.eval_batches, device
+        )
+        self._loop_state()
+
+    def _build(self) -> None:
+        """The model (seeded by the run's seed), its optimizer and the batch sampler."""
+        from racli_models import GPT
+
+        spec, t, info, device = self.spec, self.t, self.info, self.device
         torch.manual_seed(spec.seed)
-        self.mcfg = model_config(spec, dataset)
+        self.mcfg = model_config(spec, self.dataset)
         self.raw = GPT(self.mcfg).to(device)
         self.opt = self.raw.configure_optimizer(
             t.weight_decay, t.lr, (t.beta1, t.beta2), gate_lr_mult=t.gate_lr_mult, fused=self.cuda
@@ -132,7 +148,7 @@ class Trainer:
         # the process's share of the global batch per step, taken in layout.accum micro-batches
         self.layout = spec.batch_layout(self.mcfg.block_size, info.world_size)
         self.sampler = BatchSampler(
-            dataset.train,
+            self.dataset.train,
             self.layout.per_rank,
             self.mcfg.block_size,
             seed=spec.seed,
@@ -141,7 +157,9 @@ class Trainer:
             device=device,
         )
         self.tokens_per_step = self.layout.tokens_per_step  # global: every process's tokens
-        # progress counters (restored from a checkpoint on resume)
+
+    def _zero_counters(self) -> None:
+        """The progress counters of a fresh run (a checkpoint restores them on resume)."""
         self.step = 0
         self.tokens = 0
         self.timed_tokens = 0
@@ -150,17 +168,15 @@ class Trainer:
         self.train_loss: float | None = None
         self.epoch_warned = False
         self.checkpoint_step: int | None = None  # the step of the checkpoint on disk
-        train_seconds = 0.0
-        if state is not None:
-            self._restore(state)
-            train_seconds = state.train_seconds
-        self.clock = _Clock(train_seconds)
+
+    def _wrap(self) -> None:
+        """The model as it trains: compiled when asked, under DDP, and (one process) the step
+        of racli_models.step (on CUDA replayed as one CUDA graph)."""
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
-        self.fwd = torch.compile(self.raw) if spec.compile else self.raw
-        self.model = ddp.wrap_ddp(self.fwd, device, info)
-        # one process: the step of racli_models.step (on CUDA replayed as one CUDA graph)
+        self.fwd = torch.compile(self.raw) if self.spec.compile else self.raw
+        self.model = ddp.wrap_ddp(self.fwd, self.device, self.info)
         self.stepper = None
-        if not info.enabled:
+        if not self.info.enabled:
             from racli_models.step import TrainStep
 
             self.stepper = TrainStep(
@@ -168,25 +184,24 @@ class Trainer:
                 self.opt,
                 fwd=self.fwd,
                 micro=self.layout.micro,
-                clip=t.grad_clip,
+                clip=self.t.grad_clip,
                 autocast=self._autocast,
             )
-        self.eval_set = eval_batches(
-            dataset.val, t.batch_size, self.mcfg.block_size, t.eval_batches, device
-        )
+
+    def _loop_state(self) -> None:
+        """What the loop keeps between steps and log points."""
         self.last_gate_step: int | None = None
         self.val_loss: float | None = None
         self.error: str | None = None
         self.checkpoint_error: str | None = None  # why the last checkpoint write failed
         self.last_checkpoint = time.monotonic()
-        self.clocks = ClockSampler(device)  # GPU clock, power, temperature at log points
-        # the loop's state between log points
+        self.clocks = ClockSampler(self.device)  # GPU clock, power, temperature at log points
         self.status = "finished"
         self.stopped_by_user = False
         self.warmup = True  # the session's first step: compile + set-up, not charged
         self.budget = EpochBudget(self)  # epoch estimate, --max-epochs
         self.epochs_stop = False  # --max-epochs reached
-        self.loss_acc = torch.zeros((), device=device, dtype=torch.float32)
+        self.loss_acc = torch.zeros((), device=self.device, dtype=torch.float32)
         self.since_log = 0
         self.last_log_tokens, self.last_log_secs = self.timed_tokens, 0.0
 

@@ -1,0 +1,71 @@
+"""What the `ra runs` commands share: their options and arguments, the store they open."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from racli.commands import common, completers
+from racli.names import check_run_id
+
+KindOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--kind",
+        help="bench, train or calibration.",
+        show_default=False,
+        autocompletion=completers.complete_kind,
+    ),
+]
+AttnOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--attn",
+        help="Attention variant (train runs).",
+        show_default=False,
+        autocompletion=completers.complete_attention,
+    ),
+]
+StatusOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--status",
+        help="running, finished, failed, interrupted, diverged or crashed.",
+        show_default=False,
+        autocompletion=completers.complete_status,
+    ),
+]
+TagOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tag",
+        help="Only runs with this tag.",
+        show_default=False,
+        autocompletion=completers.complete_tag,
+    ),
+]
+IdsArg = Annotated[
+    list[int],
+    typer.Argument(
+        help="Run id(s).", show_default=False, autocompletion=completers.complete_run_id
+    ),
+]
+RunArg = Annotated[int, typer.Argument(help="Run id.", autocompletion=completers.complete_run_id)]
+
+
+def open_store(ctx: typer.Context, db, config, *, readonly: bool):
+    """The store of `--db` (given here or before the subcommand); writing: must exist."""
+    parent = ctx.obj or {}
+    cfg = common.config(config or parent.get("config"))
+    db = db or parent.get("db")
+    return (
+        common.open_db(db, cfg, readonly=True)
+        if readonly
+        else common.open_db(db, cfg, create=False)
+    )
+
+
+def check_ids(run_ids) -> None:
+    for run_id in run_ids:
+        check_run_id(run_id)
