@@ -190,23 +190,32 @@ class Context:
         """(job, action, run) of the jobs still to do; finished ones go to `results`. The
         view's counts start from them."""
         known = runs_by_job(self.store, self.key)
-        todo, self.held = [], []
         steps = self.steps()
+
+        def state(job: Job):
+            return job_state(known.get((job.arm.label, job.seed), []), steps[job.arm.label])
+
+        undone = []
         for job in jobs:
-            action, run = job_state(known.get((job.arm.label, job.seed), []), steps[job.arm.label])
+            action, run = state(job)
             if action == "done":
                 results.append(JobResult(job, run.id, run.status, "recorded before"))
+            else:
+                undone.append(job)
+        taken = {id(j) for j in undone if self.claims is None or self.claims.take(self.unit(j))}
+        if self.claims is not None and taken:
+            # read once more: a holder may have finished a unit between the look and the claim
+            known = runs_by_job(self.store, self.key)
+        todo, self.held = [], []
+        for job in undone:
+            action, run = state(job)
+            if action == "done":
+                if self.claims is not None:
+                    self.claims.done(self.unit(job), run.status, run.id)
+                results.append(JobResult(job, run.id, run.status, "recorded before"))
                 continue
-            if self.claims is not None:
-                if not self.claims.take(self.unit(job)):
-                    action = "held"
-                else:  # its holder may have finished it between the look and the claim
-                    fresh = runs_by_job(self.store, self.key).get((job.arm.label, job.seed), [])
-                    action, run = job_state(fresh, steps[job.arm.label])
-                    if action == "done":
-                        self.claims.done(self.unit(job), run.status, run.id)
-                        results.append(JobResult(job, run.id, run.status, "recorded before"))
-                        continue
+            if id(job) not in taken:
+                action = "held"
             if action in ("busy", "held"):
                 if action == "busy" and self.claims is not None:
                     self.claims.done(self.unit(job), "running")
