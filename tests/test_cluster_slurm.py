@@ -69,6 +69,32 @@ def _sacct_jobs(cluster) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
+def _requeued_then_reattached(cluster, url: str, work: Path, argv, env, what: str):
+    """Start the experiment; once a run trains, requeue its job and Ctrl-C the command
+    (--leave-on-interrupt: the jobs go on); then the same command again re-attaches to
+    the jobs it submitted and submits none. (run_id, attn, seed, job, stderr of the
+    first command, the second command)."""
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id, attn, seed, sid, _ = wait_until(lambda: training_run(url, work), what, 300, proc)
+        _requeue(cluster, sid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "slurm job(s) running" in err, err[-3000:]
+    jobs_before = _sacct_jobs(cluster)
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
+    assert attached.returncode == 0, (attached.stderr[-4000:], cluster.logs())
+    assert "re-attached to slurm job" in attached.stderr and "submitted" not in attached.stderr
+    assert _sacct_jobs(cluster) == jobs_before
+    return run_id, attn, seed, sid, err, attached
+
+
 def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "racli", *args],
@@ -86,28 +112,10 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     work.mkdir()
     env = dict(slurm_cluster.env(), PYTHONPATH=str(ROOT))
     argv = experiment_argv(url, "slurm", *SLURM_SETTINGS, "--json")
-    proc = subprocess.Popen(
-        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    run_id, attn, seed, sid, err, attached = _requeued_then_reattached(
+        slurm_cluster, url, work, argv, env, "a seed job's run to be training"
     )
-    try:
-        run_id, attn, seed, sid, _ = wait_until(
-            lambda: training_run(url, work), "a seed job's run to be training", 300, proc
-        )
-        assert "_" in sid  # the seed jobs are one array
-        _requeue(slurm_cluster, sid)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the jobs go on
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130 and "slurm job(s) running" in err, err[-3000:]
-    # the same command again re-attaches to the jobs it submitted, submits none
-    jobs_before = _sacct_jobs(slurm_cluster)
-    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
-    assert attached.returncode == 0, (attached.stderr[-4000:], slurm_cluster.logs())
-    assert "re-attached to slurm job" in attached.stderr and "submitted" not in attached.stderr
-    assert _sacct_jobs(slurm_cluster) == jobs_before
+    assert "_" in sid  # the seed jobs are one array
     data = json.loads(attached.stdout)
     key = data["key"]
     runs = train_runs(url)
@@ -193,26 +201,9 @@ def test_slurm_runs_over_two_nodes_and_survive_a_requeue(slurm_cluster, pg_serve
         seeds="1",
         minutes="0.02",
     )
-    proc = subprocess.Popen(
-        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    run_id, attn, seed, _, _, attached = _requeued_then_reattached(
+        slurm_cluster, url, work, argv, env, "a run to be training"
     )
-    try:
-        run_id, attn, seed, sid, _ = wait_until(
-            lambda: training_run(url, work), "a run to be training", 300, proc
-        )
-        _requeue(slurm_cluster, sid)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the jobs go on
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130 and "slurm job(s) running" in err, err[-3000:]
-    jobs_before = _sacct_jobs(slurm_cluster)
-    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
-    assert attached.returncode == 0, (attached.stderr[-4000:], slurm_cluster.logs())
-    assert "re-attached to slurm job" in attached.stderr and "submitted" not in attached.stderr
-    assert _sacct_jobs(slurm_cluster) == jobs_before
     data = json.loads(attached.stdout)
     key = data["key"]
     runs = train_runs(url)
