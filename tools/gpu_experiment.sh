@@ -1,41 +1,59 @@
 #!/usr/bin/env bash
-# The matched-time experiments of docs/results.md on a 2-GPU machine: baseline vs ra_v5
-# (part "ab") and the A/A check baseline vs baseline (part "aa"), GPT-2 124M, 2 seeds,
-# 2 minutes per run, spread over GPUs 0 and 1. Reports, curves, the store and the logs
-# land in $OUT (8 files: ab.md, ab-*.png, aa.md, aa-*.png, ra.db, logs.tgz).
+# The matched-time experiments of docs/results.md: baseline vs ra_v5 (part "ab") and the A/A
+# check baseline vs baseline (part "aa"), GPT-2 124M on a prepared corpus (tools/gpu_data_run.sh,
+# made in $WORK/pycorpus when absent). Reports, curves, the store and the logs land in $OUT
+# (ab.md, ab-*.png, aa.md, aa-*.png, ra.db, logs.tgz).
 #
 # Usage (from the project root on the GPU machine):
-#   bash tools/gpu_experiment.sh ab     # about 9 minutes
-#   bash tools/gpu_experiment.sh aa     # about 9 minutes
-#   bash tools/gpu_experiment.sh        # both (needs a call longer than 10 minutes)
-# Each part is resumable: the same call again (machine still warm) skips finished runs
-# and resumes interrupted ones; the store lives in $RA_EXPERIMENT_WORK (default
-# ./.gpu_experiment, ignored by git). RA_DATA=DIR adds --data DIR (a prepared corpus:
-# GPT-2 passes over the built-in one several times in 2 minutes).
+#   bash tools/gpu_experiment.sh ab     # DEVICES=0,1 SEEDS=1-4 MINUTES=2: ~11 minutes on 2 GPUs
+#   bash tools/gpu_experiment.sh aa
+#   bash tools/gpu_experiment.sh        # both
+# env: DEVICES (default 0,1; 0 on one GPU), SEEDS (default 1-4), MINUTES (default 2),
+#      STOP_AFTER=S (send the experiment SIGTERM after S seconds: it stops gracefully, the
+#      running run checkpointed, so a part longer than one 10-minute call spreads over
+#      several), RA_DATA=DIR (a corpus of your own instead of $WORK/pycorpus).
+# Each part is resumable: the same call again (machine still warm) skips finished runs and
+# resumes interrupted ones; the store lives in $RA_EXPERIMENT_WORK (default ./.gpu_experiment,
+# ignored by git).
 set -uo pipefail
 PART=${1:-all}
 OUT=${OUT:-/tmp/ra_out}
 WORK=${RA_EXPERIMENT_WORK:-$PWD/.gpu_experiment}
+DATA=${RA_DATA:-$WORK/pycorpus}
 mkdir -p "$OUT" "$WORK"
 export RA_DB="$WORK/ra.db" PYTHONUNBUFFERED=1
-SETTINGS=(--seeds 1-2 --minutes 2 --model gpt2 --set model.vocab_size=50304 --devices 0,1
-          --set experiment.calibration_max_s=60)
-if [ -n "${RA_DATA:-}" ]; then SETTINGS+=(--data "$RA_DATA"); fi
+if [ ! -f "$DATA/meta.json" ]; then
+  GLOBS=${GLOBS:-'**/*.py **/*.pyi **/*.h **/*.hpp **/*.cuh **/*.rst **/*.md **/*.c **/*.cc **/*.cpp **/*.cu **/*.txt'} \
+    EXTRA_ROOTS=${EXTRA_ROOTS:-"$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') /usr/include /usr/local/cuda/include"} \
+    bash tools/gpu_data_run.sh "$DATA" "${MAX_TOKENS:-250M}" 2>&1 | tail -n 12 | tee -a "$WORK/prepare.log"
+fi
+cp "$DATA/meta.json" "$OUT/corpus-meta.json" 2>/dev/null
+SETTINGS=(--seeds "${SEEDS:-1-4}" --minutes "${MINUTES:-2}" --model gpt2 --data "$DATA"
+          --devices "${DEVICES:-0,1}")
 
 { nvidia-smi --query-gpu=index,name,driver_version,clocks.max.sm,power.limit --format=csv
   python3 -c "import pynvml" 2>/dev/null || echo "note: nvidia-ml-py is missing: no clock metrics"
 } > "$WORK/gpus.txt" 2>&1
 cat "$WORK/gpus.txt"
 
+START=$(date +%s)
+part() {  # name, attn list
+  local left=""
+  if [ -n "${STOP_AFTER:-}" ]; then
+    left=$(( STOP_AFTER - ($(date +%s) - START) ))
+    if [ "$left" -le 30 ]; then echo "$1: no time left in this call"; return 1; fi
+  fi
+  if [ -n "$left" ]; then
+    timeout -s TERM -k 120 "$left" python3 -m racli experiment --attn "$2" "${SETTINGS[@]}" \
+      --report "$OUT/$1.md" 2>&1 | tee -a "$WORK/$1.log"
+  else
+    python3 -m racli experiment --attn "$2" "${SETTINGS[@]}" --report "$OUT/$1.md" \
+      2>&1 | tee -a "$WORK/$1.log"
+  fi
+}
 rc=0
-if [ "$PART" = ab ] || [ "$PART" = all ]; then
-  python3 -m racli experiment --attn baseline,ra_v5 "${SETTINGS[@]}" --report "$OUT/ab.md" \
-    2>&1 | tee -a "$WORK/ab.log" || rc=1
-fi
-if [ "$PART" = aa ] || [ "$PART" = all ]; then
-  python3 -m racli experiment --attn baseline,baseline "${SETTINGS[@]}" --report "$OUT/aa.md" \
-    2>&1 | tee -a "$WORK/aa.log" || rc=1
-fi
+if [ "$PART" = ab ] || [ "$PART" = all ]; then part ab baseline,ra_v5 || rc=1; fi
+if [ "$PART" = aa ] || [ "$PART" = all ]; then part aa baseline,baseline || rc=1; fi
 # one consistent file (WAL included) and the logs
 python3 - "$RA_DB" "$OUT/ra.db" <<'PY'
 import sqlite3, sys
@@ -43,6 +61,7 @@ src, dst = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])
 src.backup(dst)
 dst.close(); src.close()
 PY
-tar czf "$OUT/logs.tgz" -C "$WORK" --ignore-failed-read gpus.txt ab.log aa.log ra_experiment_logs 2>/dev/null
+tar czf "$OUT/logs.tgz" -C "$WORK" --ignore-failed-read gpus.txt prepare.log ab.log aa.log \
+  ra_experiment_logs 2>/dev/null
 python3 -m racli runs --db "$OUT/ra.db" --limit 20
 exit $rc
