@@ -26,6 +26,8 @@ while the host catches up. What that needs, and what it does:
 - every batch has the shape of the first (a different one raises ValueError).
 - fused AdamW (or any optimizer whose step never syncs with the host) with
   `capturable` set on its groups, which this class does.
+- each replay moves the parameters' version counters (as an eager optimizer step
+  does), so what is cached on them is rebuilt after it.
 A capture that fails leaves the step uncaptured: `graph_error` says why.
 """
 
@@ -101,6 +103,9 @@ class TrainStep:
             self._x.copy_(x, non_blocking=True)
             self._y.copy_(y, non_blocking=True)
             self._graph.replay()
+            # a replay writes the parameters without autograd seeing it: their version
+            # counters must move, or a cache keyed on them (RA's composed weight) goes stale
+            torch.autograd.graph.increment_version(self.params)
             return self._loss
         # first call: the real step on a side stream, then the capture (nothing runs)
         side = torch.cuda.Stream()

@@ -387,3 +387,92 @@ def test_cuda_graph_step_trains_like_the_plain_step(attn):
     assert max(abs(a - b) for a, b in zip(l0, l1)) < 1e-4
     for a, b in zip(p0, p1):
         assert rel_err(b, a) < 1e-4
+
+
+class _WritesLikeAGraph:
+    """A replay that changes the weights the way a CUDA graph does: in place, through
+    memory autograd does not watch (`.data`), so no version counter moves by itself."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def replay(self):
+        with torch.no_grad():
+            for p in self.params:
+                p.data.mul_(0.5).add_(0.01)
+
+
+@pytest.mark.parametrize("attn", ["ra_v5", "ra_v5_untied"])
+def test_a_replayed_step_leaves_no_stale_composed_weight(attn):
+    """RA's composed weight is cached on the parameters' versions for eager no-grad
+    forwards (evaluation, the measures); a replayed step must move them, or evaluations
+    and the ablation after it read the weights as they were before."""
+    from racli_models.step import TrainStep
+
+    kw = dict(vocab_size=61, n_layer=2, n_head=2, n_embd=32, block_size=16, attn=attn)
+    m = GPT(GPTConfig(**kw), seed=3).eval()
+    x = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(1))
+    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95))
+    step = TrainStep(m, opt, graph=False)
+    with torch.no_grad():
+        m(x)  # caches the composed weight of these parameters
+    step.graph_on, step._graph = True, _WritesLikeAGraph(step.params)
+    step._x, step._y, step._loss = x.clone(), x.clone(), torch.zeros(())
+    step(x, x)
+    with torch.no_grad():
+        cached, _ = m(x)
+        fresh = GPT(GPTConfig(**kw), seed=3).eval()
+        fresh.load_state_dict(m.state_dict())
+        want, _ = fresh(x)
+    assert torch.equal(cached, want)
+
+
+@pytest.mark.gpu
+def test_ablation_after_replayed_steps_equals_setting_the_gate_to_zero():
+    """On CUDA, after steps replayed as one CUDA graph: the eager evaluation and the
+    ablation read the trained weights (each layer's ablation equals the loss with that
+    layer's w_rec set to zero)."""
+    import copy
+
+    from racli_models.measures import model_measures
+    from racli_models.step import TrainStep
+
+    kw = dict(vocab_size=301, n_layer=3, n_head=2, n_embd=32, block_size=16, attn="ra_v5")
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 301, (8, 17), generator=g).cuda() for _ in range(8)]
+    m = GPT(GPTConfig(**kw), seed=3).cuda()
+    opt = m.configure_optimizer(0.1, 3e-3, (0.9, 0.95), fused=True)
+    step = TrainStep(m, opt, micro=8, clip=1.0)
+    evals = [(b[:2, :-1], b[:2, 1:]) for b in batches[:2]]
+
+    def mean_loss(model):
+        with torch.no_grad():
+            return sum(float(model(x, y)[1]) for x, y in evals) / len(evals)
+
+    m.eval()
+    mean_loss(m)  # an evaluation at step 0 caches the composed weight
+    with torch.no_grad():
+        model_measures(m, evals)
+    m.train()
+    for b in batches:
+        step(b[:, :-1], b[:, 1:])
+    assert step._graph is not None, step.graph_error
+    m.eval()
+    with torch.no_grad():
+        values = model_measures(m, evals)
+    loss = mean_loss(m)
+    fresh = copy.deepcopy(m)
+    from racli_models import attention
+
+    reuse, attention.REUSE = attention.REUSE, False
+    try:
+        assert mean_loss(fresh) == pytest.approx(loss, rel=1e-6)
+        for layer in range(3):
+            ablated = copy.deepcopy(m)
+            with torch.no_grad():
+                ablated.transformer.h[layer].attn.w_rec.zero_()
+            want = (mean_loss(ablated) - loss) / loss
+            got = float(values[layer]["rec_ablation"][0])
+            assert got == pytest.approx(want, rel=1e-3, abs=1e-6)
+    finally:
+        attention.REUSE = reuse
