@@ -2,7 +2,7 @@
 # The matched-time experiments of docs/results.md: baseline vs ra_v5 (part "ab") and the A/A
 # check baseline vs baseline (part "aa"), GPT-2 124M on a prepared corpus (tools/gpu_data_run.sh,
 # made in $WORK/pycorpus when absent). Reports, curves, the store and the logs land in $OUT
-# (ab.md, ab-*.png, aa.md, aa-*.png, ra.db, logs.tgz).
+# (ab.md, ab-*.png, aa.md, aa-*.png, ra.db, logs.tgz: 8 files, the most a device call returns).
 #
 # Usage (from the project root on the GPU machine):
 #   bash tools/gpu_experiment.sh ab     # DEVICES=0,1 SEEDS=1-4 MINUTES=2: ~11 minutes on 2 GPUs
@@ -27,7 +27,7 @@ if [ ! -f "$DATA/meta.json" ]; then
     EXTRA_ROOTS=${EXTRA_ROOTS:-"$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') /usr/include /usr/local/cuda/include"} \
     bash tools/gpu_data_run.sh "$DATA" "${MAX_TOKENS:-250M}" 2>&1 | tail -n 12 | tee -a "$WORK/prepare.log"
 fi
-cp "$DATA/meta.json" "$OUT/corpus-meta.json" 2>/dev/null
+cp "$DATA/meta.json" "$WORK/corpus-meta.json" 2>/dev/null
 SETTINGS=(--seeds "${SEEDS:-1-4}" --minutes "${MINUTES:-2}" --model gpt2 --data "$DATA"
           --devices "${DEVICES:-0,1}")
 
@@ -61,7 +61,7 @@ src, dst = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])
 src.backup(dst)
 dst.close(); src.close()
 PY
-tar czf "$OUT/logs.tgz" -C "$WORK" --ignore-failed-read gpus.txt prepare.log ab.log aa.log \
-  ra_experiment_logs 2>/dev/null
+tar czf "$OUT/logs.tgz" -C "$WORK" --ignore-failed-read gpus.txt prepare.log corpus-meta.json \
+  ab.log aa.log ra_experiment_logs 2>/dev/null
 python3 -m racli runs --db "$OUT/ra.db" --limit 20
 exit $rc
