@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from racli.bench import harness, inputs
 from racli.bench.ranking import TimingRow, best_vs_best
 from racli.cli import app
-from racli.config_schema import BenchShape
+from racli.config.schema import BenchShape
 from racli.errors import BadInput
 from racli.store.engine import open_store
 from racli.store.queries import list_runs, run_details

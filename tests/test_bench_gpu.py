@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from racli.bench import harness, inputs
 from racli.cli import app
-from racli.config_schema import BenchShape
+from racli.config.schema import BenchShape
 from racli.store.engine import open_store
 from racli.store.queries import list_runs, run_details
 

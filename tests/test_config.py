@@ -18,7 +18,7 @@ from racli.config import (
     resolve_config_path,
     resolve_db,
 )
-from racli.config_schema import Config
+from racli.config.schema import Config
 from racli.errors import BadInput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_ra_yaml_gives_every_value_and_the_schema_none():
     # one source of defaults: no schema class holds a default of its own
     from pydantic import BaseModel
 
-    from racli import config_schema
+    from racli.config import schema as config_schema
 
     schema = [
         c

@@ -68,3 +68,21 @@ def test_no_import_cycles(package):
 
 def _is_package(module: str) -> bool:
     return (ROOT.joinpath(*module.split(".")) / "__init__.py").is_file()
+
+
+# the house by feature: the foundations, the CLI, and one package per layer or feature
+TOP_MODULES = {"__init__", "__main__", "cli", "errors", "environment", "provenance", "names"}
+TOP_PACKAGES = {
+    *("config", "commands", "store", "text"),
+    *("bench", "compare", "gates", "experiment", "training", "dataprep"),
+}
+
+
+def test_racli_holds_only_the_planned_modules():
+    racli = ROOT / "racli"
+    modules = {p.stem for p in racli.glob("*.py")}
+    packages = {p.name for p in racli.iterdir() if (p / "__init__.py").is_file()}
+    assert modules == TOP_MODULES
+    assert packages == TOP_PACKAGES
+    # racli/data holds the packaged corpus, no code
+    assert not list((racli / "data").rglob("*.py"))

@@ -21,8 +21,9 @@ def test_attention_names_agree_with_the_model_registry():
 
 
 def test_config_and_training_use_the_shared_names():
-    from racli import config, config_schema
+    from racli import config
     from racli.bench import harness
+    from racli.config import schema as config_schema
     from racli.training import spec
 
     assert config.ATTENTION_NAMES is names.ATTENTION_NAMES

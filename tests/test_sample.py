@@ -296,7 +296,7 @@ def test_byte_codec_decodes_what_it_encodes_and_replaces_bad_bytes():
 
 def test_sample_and_export_commands_do_not_import_torch():
     code = (
-        "import sys, racli.cli, racli.commands.sample, racli.runs.tensorboard; "
+        "import sys, racli.cli, racli.commands.sample, racli.store.tensorboard_export; "
         "print(sorted(m for m in ('torch', 'safetensors', 'tensorboard') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -1,5 +1,5 @@
 """TensorBoard events (racli.text.tensorboard, racli.training.tensorboard,
-racli.runs.tensorboard): written while training and from the store, read back with
+racli.store.tensorboard_export): written while training and from the store, read back with
 tensorboard's EventAccumulator; and the progress shown after training."""
 
 from __future__ import annotations

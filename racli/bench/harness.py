@@ -27,7 +27,7 @@ from racli.bench.inputs import (
     tflops,
 )
 from racli.bench.ranking import TimingRow
-from racli.config_schema import BenchShape
+from racli.config.schema import BenchShape
 from racli.errors import first_line
 from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
 from racli.names import resolve_device as resolve_device

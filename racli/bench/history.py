@@ -9,10 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from racli.bench.ranking import NOISE_RATIO, TimingRow, best_vs_best
+from racli.bench.text import bench_text
 from racli.environment import env_class
 from racli.errors import BadInput
 from racli.store import queries
 from racli.store.filters import filters_dict, filters_text
+from racli.store.manage import excluded_runs, excluded_text
 
 # what a row of racli.store.queries.ok_bench_timings gives a TimingRow
 _ROW_KEYS = (
@@ -115,3 +117,42 @@ def load_bench_comparison(
         records, candidate=candidate, baseline=baseline, any_env=any_env, noise_ratio=noise_ratio
     )
     return BenchComparison(candidate, baseline, groups, any_env, tag, since)
+
+
+@dataclass
+class BenchVerdict:
+    """`ra compare --metric ms`: the comparison and the excluded bench runs it leaves out."""
+
+    comparison: BenchComparison
+    excluded: list[dict]
+
+    def data(self) -> dict[str, Any]:
+        return {**self.comparison.to_dict(), "excluded": self.excluded}
+
+    def text(self) -> str:
+        excluded = "\n" + excluded_text(self.excluded) if self.excluded else ""
+        return bench_text(self.comparison) + excluded
+
+
+def compare_bench(
+    store,
+    *,
+    candidate: str,
+    baseline: str,
+    tag: str | None,
+    since: datetime | None,
+    any_env: bool,
+    noise_ratio: float,
+) -> BenchVerdict:
+    """Best vs best per shape group over the finished bench runs (load_bench_comparison),
+    with the excluded runs the filters leave out."""
+    bc = load_bench_comparison(
+        store,
+        candidate=candidate,
+        baseline=baseline,
+        tag=tag,
+        since=since,
+        any_env=any_env,
+        noise_ratio=noise_ratio,
+    )
+    return BenchVerdict(bc, excluded_runs(store, kind="bench", tag=tag, since=since))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from racli.config_schema import BenchShape
+from racli.config.schema import BenchShape
 from racli.errors import BadInput
 from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
 from racli.names import comma_list

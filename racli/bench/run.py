@@ -8,7 +8,7 @@ from collections.abc import Callable
 from racli.bench import harness, inputs
 from racli.bench.ranking import TimingRow
 from racli.bench.text import bench_progress_line, bench_results, fair_comparison
-from racli.config_schema import BenchShape
+from racli.config.schema import BenchShape
 from racli.errors import BadInput
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list, resolve_device
 from racli.store.recorder import RunRecorder

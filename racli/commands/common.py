@@ -22,8 +22,8 @@ from racli.commands.completers import (  # noqa: F401 (the completers options at
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
 from racli.text import jsonout
 
-if TYPE_CHECKING:  # racli.config_schema imports pydantic, which `ra --help` need not wait for
-    from racli.config_schema import Config
+if TYPE_CHECKING:  # racli.config.schema imports pydantic, which `ra --help` need not wait for
+    from racli.config.schema import Config
 
 # completion of option values: racli.commands.completers (complete_launcher for --launcher
 # local/slurm/ray, complete_run_id, complete_attention, ...), attached with

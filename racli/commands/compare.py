@@ -1,8 +1,8 @@
 """`ra compare`: a verdict from the recorded history (DESIGN.md, "Verdict rules").
 
-Parse -> call -> print: the history is read by racli.compare.grouping (train runs)
-and racli.bench.history (timings), judged by racli.compare.verdict, printed by
-racli.compare.view and racli.compare.text. Only reads the store; no torch.
+Parse -> call -> print: racli.compare.view.compare_train (train runs: read by
+racli.compare.grouping, judged by racli.compare.verdict) or racli.bench.history.compare_bench
+(timings); each result gives its text and its JSON. Only reads the store; no torch.
 """
 
 from __future__ import annotations
@@ -102,10 +102,8 @@ def compare(
     json: common.JsonOpt = False,
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
-    from racli.compare import view
-    from racli.compare.grouping import check_pair, load_comparison
+    from racli.compare.grouping import check_pair
     from racli.store.filters import parse_since
-    from racli.store.manage import excluded_runs
 
     # ---- validate everything before any work
     check_pair(metric, candidate, baseline)
@@ -118,49 +116,25 @@ def compare(
     check_plot_path(plot)
     store = common.open_db(db, cfg, readonly=True)
 
-    if metric == "ms":
-        _compare_bench(store, cfg, candidate, baseline, tag, since_at, any_env, json)
-        return
+    filters = {"candidate": candidate, "baseline": baseline, "tag": tag, "since": since_at}
+    if metric == "ms":  # best vs best per shape group over the finished bench runs
+        from racli.bench.history import compare_bench
 
-    cmp = load_comparison(
-        store,
-        metric=metric,
-        candidate=candidate,
-        baseline=baseline,
-        tag=tag,
-        since=since_at,
-        any_env=any_env,
-        threshold=threshold,
-        confidence=cfg.verdict.confidence,
-        allow_epochs=allow_epochs,
-    )
-    excluded = excluded_runs(
-        store, kind="train", attns=(candidate, baseline), tag=tag, since=since_at
-    )
-    written = view.plot_compared(store, cmp, plot) if plot is not None else None
-    if json:
-        common.print_json(view.comparison_data(cmp, excluded, written))
+        result = compare_bench(store, **filters, any_env=any_env, noise_ratio=cfg.bench.noise_ratio)
     else:
-        _echo(view.comparison_text(cmp, excluded, written))
+        from racli.compare.view import compare_train
 
-
-def _compare_bench(store, cfg, candidate, baseline, tag, since, any_env, json) -> None:
-    """`--metric ms`: best vs best per shape group over the finished bench runs."""
-    from racli.bench.history import load_bench_comparison
-    from racli.bench.text import bench_text
-    from racli.store.manage import excluded_runs, excluded_text
-
-    bc = load_bench_comparison(
-        store,
-        candidate=candidate,
-        baseline=baseline,
-        tag=tag,
-        since=since,
-        any_env=any_env,
-        noise_ratio=cfg.bench.noise_ratio,
-    )
-    excluded = excluded_runs(store, kind="bench", tag=tag, since=since)
+        result = compare_train(
+            store,
+            metric=metric,
+            **filters,
+            any_env=any_env,
+            threshold=threshold,
+            confidence=cfg.verdict.confidence,
+            allow_epochs=allow_epochs,
+            plot=plot,
+        )
     if json:
-        common.print_json({**bc.to_dict(), "excluded": excluded})
+        common.print_json(result.data())
     else:
-        _echo(bench_text(bc) + ("\n" + excluded_text(excluded) if excluded else ""))
+        _echo(result.text())

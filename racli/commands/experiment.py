@@ -7,7 +7,6 @@ command (they bring torch and the database).
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -219,26 +218,17 @@ def experiment(
 
 def _run(settings, cfg, store):
     """The experiment with its live view on stderr; an interruption says how to go on."""
-    from racli.experiment.orchestrate import run_experiment
+    from racli.experiment.orchestrate import run_live
     from racli.experiment.results import Interrupted
     from racli.experiment.text import forced_text
-    from racli.experiment.view import make_view
 
-    view = make_view(sys.stderr)
     try:
-        # stdout carries the result alone: what libraries print meanwhile (Ray's notes of
-        # a retried task, say) goes to stderr with the live view
-        with contextlib.redirect_stdout(sys.stderr):
-            return run_experiment(settings, cfg, store, view=view)
-    except Interrupted as exc:
-        view.close()
+        return run_live(settings, cfg, store, sys.stderr)
+    except Interrupted as exc:  # the view is closed by then
         typer.echo(f"ra: {exc}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:  # a second Ctrl-C: the run in progress stopped at once
-        view.close()
         raise Interrupted(forced_text()) from None
-    finally:
-        view.close()
 
 
 def _deliver(outcome, store, report: Path | None, json: bool) -> None:

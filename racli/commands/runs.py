@@ -1,7 +1,7 @@
 """`ra runs`: list, show, diff, tag, exclude / include, delete and export runs.
 
-Parse -> call -> print over racli.runs (details, view, export) and
-racli.store (queries, manage). Those are imported when a command runs, so
+Parse -> call -> print over racli.store (queries, run_details, run_diff, manage) and
+racli.text.runs (the table and the page). Those are imported when a command runs, so
 that `ra --help` loads no database code; no torch. `export` is in runs_export.py,
 the commands that change runs in runs_manage.py, their shared options in
 runs_common.py.
@@ -64,9 +64,9 @@ def runs(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db, "config": config}
         return
-    from racli.runs.view import print_runs_table
     from racli.store.filters import check_kind_status
     from racli.store.queries import parse_sort, run_rows
+    from racli.text.runs import print_runs_table
 
     check_kind_status(kind, status)
     parse_sort(sort)
@@ -93,15 +93,16 @@ def show(
     json: common.JsonOpt = False,
 ) -> None:
     """Everything about one run: figures, code, environment, metrics, timings, config."""
-    from racli.runs import details
-    from racli.runs.view import show_text
+    from racli.store import run_details
+    from racli.store.columns import ENV_SHOWN, SHOW_FIELDS
+    from racli.text.runs import show_text
 
     check_run_id(run_id)
-    d = details.show(runs_common.open_store(ctx, db, config, readonly=True), run_id)
+    d = run_details.show(runs_common.open_store(ctx, db, config, readonly=True), run_id)
     if json:
         common.print_json(d)
     else:
-        typer.echo(visible(show_text(d)))
+        typer.echo(visible(show_text(d, fields=SHOW_FIELDS, env_fields=ENV_SHOWN)))
 
 
 def diff_cmd(
@@ -122,11 +123,11 @@ def diff_cmd(
     json: common.JsonOpt = False,
 ) -> None:
     """Two runs side by side (run, code, environment, config, final figures), differences marked *."""
-    from racli.runs import details
+    from racli.store import run_details
     from racli.store.run_diff import diff_text
 
     runs_common.check_ids([run_a, run_b])
-    diff = details.diff(runs_common.open_store(ctx, db, config, readonly=True), run_a, run_b)
+    diff = run_details.diff(runs_common.open_store(ctx, db, config, readonly=True), run_a, run_b)
     if json:
         common.print_json(diff)
     else:

@@ -1,5 +1,6 @@
 """`ra runs export`: runs as CSV or JSON, their curves (--metrics), or TensorBoard event
-files (--tensorboard); racli/runs/export.py and racli/runs/tensorboard.py do the work."""
+files (--tensorboard); racli/store/export.py and racli/store/tensorboard_export.py do the
+work."""
 
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def export(
 ) -> None:
     """Export runs with their final figures as CSV or JSON, (--metrics) their curves, or
     (--tensorboard) TensorBoard event files."""
-    from racli.runs import export as exporting
+    from racli.store import export as exporting
     from racli.store.filters import check_kind_status
 
     if tensorboard is not None or run_ids:
-        from racli.runs.tensorboard import check_request, export_runs
+        from racli.store.tensorboard_export import check_request, export_runs
 
         check_request(tensorboard, run_ids, kind, metrics or output is not None)
         check_kind_status(kind, status)

@@ -1,17 +1,19 @@
 """What `ra compare` prints around the verdict: the header (what was compared, from
 which runs, on what data and budget), the whole text and JSON, and the plot of the
-compared runs' curves."""
+compared runs' curves; `compare_train` gathers them for the command."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from racli.compare.grouping import metric_curves
+from racli.compare.grouping import Comparison, load_comparison, metric_curves
 from racli.compare.plots import plot_loss_curves
 from racli.compare.text import final_comparison
 from racli.errors import BadInput
 from racli.names import display_name, metric_label
-from racli.store.manage import excluded_text
+from racli.store.manage import excluded_runs, excluded_text
 from racli.text.numbers import ids_text
 
 _SHOW_GROUPS = 10
@@ -137,3 +139,52 @@ def plot_compared(store, cmp, path: Path) -> Path:
         return plot_loss_curves(curves, path, title, ylabel=cmp.metric)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
+
+
+@dataclass
+class TrainVerdict:
+    """`ra compare` on train runs: the comparison, the excluded runs it leaves out and the
+    plot written (None without --plot)."""
+
+    comparison: Comparison
+    excluded: list[dict]
+    written: Path | None
+
+    def data(self) -> dict:
+        return comparison_data(self.comparison, self.excluded, self.written)
+
+    def text(self) -> str:
+        return comparison_text(self.comparison, self.excluded, self.written)
+
+
+def compare_train(
+    store,
+    *,
+    metric: str,
+    candidate: str,
+    baseline: str,
+    tag: str | None,
+    since: datetime | None,
+    any_env: bool,
+    threshold: float,
+    confidence: float,
+    allow_epochs: bool,
+    plot: Path | None,
+) -> TrainVerdict:
+    """The verdict from the recorded train runs (racli.compare.grouping.load_comparison),
+    the excluded runs the filters leave out, and the curves plotted to `plot` if given."""
+    cmp = load_comparison(
+        store,
+        metric=metric,
+        candidate=candidate,
+        baseline=baseline,
+        tag=tag,
+        since=since,
+        any_env=any_env,
+        threshold=threshold,
+        confidence=confidence,
+        allow_epochs=allow_epochs,
+    )
+    excluded = excluded_runs(store, kind="train", attns=(candidate, baseline), tag=tag, since=since)
+    written = plot_compared(store, cmp, plot) if plot is not None else None
+    return TrainVerdict(cmp, excluded, written)

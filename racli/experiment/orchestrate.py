@@ -1,9 +1,11 @@
-"""`run_experiment`: calibration -> step budgets -> jobs -> verdict (docs/experiment.md)."""
+"""`run_experiment`: calibration -> step budgets -> jobs -> verdict (docs/experiment.md);
+`run_live`: the same with the live view that `ra experiment` shows."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from typing import TextIO
 
 from racli.experiment import budgets as kept
 from racli.experiment import cluster, judge, ownership, plan, text
@@ -18,6 +20,7 @@ from racli.experiment.local import run_children, run_in_process
 from racli.experiment.prepare import prepare
 from racli.experiment.results import Interrupted, JobResult, Outcome, Settings
 from racli.experiment.sequential import Design
+from racli.experiment.view import make_view
 from racli.store.experiment_queries import experiment_runs
 from racli.training.stopping import stop_on_signals
 
@@ -180,3 +183,16 @@ def run_experiment(
         looks=looks,
         results=results,
     )
+
+
+def run_live(settings: Settings, cfg, store, stream: TextIO) -> Outcome:
+    """`run_experiment` with its live view on `stream` (stderr), closed however it ends.
+
+    stdout carries the result alone: what libraries print meanwhile (Ray's notes of a
+    retried task, say) goes to `stream` with the live view."""
+    view = make_view(stream)
+    try:
+        with contextlib.redirect_stdout(stream):
+            return run_experiment(settings, cfg, store, view=view)
+    finally:
+        view.close()

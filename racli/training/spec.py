@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from racli.config import apply_overrides, load_config, packaged_config_path
-from racli.config_schema import TrainConfig
+from racli.config.schema import TrainConfig
 from racli.errors import BadInput
 from racli.names import PAIRING_RULE, check_attention, device_type, resolve_device
 from racli.store import checkpoints as ckpt_paths

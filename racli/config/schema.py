@@ -1,5 +1,5 @@
 """The schema of ra.yaml: pydantic classes that declare the types and ranges of every
-setting and no values (ra.yaml gives every value). racli/config.py reads the files,
+setting and no values (ra.yaml gives every value). racli/config/__init__.py reads the files,
 lays them over each other, validates them against this schema and words its errors.
 
 This module imports neither torch nor the database.

@@ -1,11 +1,15 @@
-"""The text of `ra runs`: the runs table and `ra runs show`'s page (no database)."""
+"""The text of `ra runs`: the runs table and `ra runs show`'s page (no database).
+
+Which run and environment fields the page lists is the store's choice
+(racli.store.columns.SHOW_FIELDS and ENV_SHOWN, derived from the ORM models): the
+command passes them in, so this module never imports the store."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from racli.provenance import describe
-from racli.store.columns import ENV_SHOWN, SHOW_FIELDS
 from racli.text.tables import Column, print_table
 from racli.text.terminal import one_line
 
@@ -87,8 +91,9 @@ def print_runs_table(rows: list[dict], *, sort: str | None = None, tsv: bool = F
     )
 
 
-def show_text(d: dict) -> str:
-    """`ra runs show`'s page of a run's details (racli.runs.details.show)."""
+def show_text(d: dict, *, fields: Sequence[str], env_fields: Sequence[str]) -> str:
+    """`ra runs show`'s page of a run's details (racli.store.run_details.show): `fields`
+    of the run listed under its title, `env_fields` of its environment, in those orders."""
     title = (
         f"Run {d['id']}: {one_line(d['kind'])}"
         + (f" {one_line(d['attn'])}" if d["attn"] else "")
@@ -99,13 +104,13 @@ def show_text(d: dict) -> str:
         lines.append(
             f"  EXCLUDED from verdicts: {one_line(d.get('exclude_reason') or 'no reason given')}"
         )
-    for key in SHOW_FIELDS:
+    for key in fields:
         v = d.get(key)
         if v is not None:
             lines.append(f"  {key:<14} {one_line(v) if isinstance(v, str) else _fmt(v, 6)}")
     lines += _data_lines(d)
     lines += _code_lines(d)
-    lines += _environment_lines(d.get("environment"))
+    lines += _environment_lines(d.get("environment"), env_fields)
     if d["metrics"]:
         lines.append("Metrics (count, last step, last value):")
         for name, m in sorted(d["metrics"].items()):
@@ -149,11 +154,11 @@ def _code_lines(d: dict) -> list[str]:
     return lines
 
 
-def _environment_lines(env: dict | None) -> list[str]:
+def _environment_lines(env: dict | None, fields: Sequence[str]) -> list[str]:
     if not env:
         return []
     return ["Environment:"] + [
-        f"  {key:<14} {one_line(env[key])}" for key in ENV_SHOWN if env.get(key) is not None
+        f"  {key:<14} {one_line(env[key])}" for key in fields if env.get(key) is not None
     ]
 
 

@@ -1,5 +1,6 @@
 """`ra runs export --tensorboard DIR [RUNS]`: recorded train runs as TensorBoard event files,
-with the tags and folders `ra train --tensorboard` writes (racli/text/tensorboard.py).
+with the tags and folders `ra train --tensorboard` writes (racli/text/tensorboard.py; the
+live writer is racli/training/tensorboard.py).
 
 A run whose folder already holds event files (written while it trained, or by an earlier
 export) is left as it is and reported as skipped: remove the folder to write it again.

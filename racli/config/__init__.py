@@ -1,6 +1,6 @@
 """ra.yaml -> typed, validated configuration.
 
-The schema (types and ranges, no values) is racli/config_schema.py; ra.yaml holds every
+The schema (types and ranges, no values) is racli/config/schema.py; ra.yaml holds every
 value. `load_config(path)` reads the file given with `--config`, else
 `./ra.yaml` when present, else the copy packaged with ra (the same file). A file
 other than the packaged one is laid over the packaged defaults (mappings merge
@@ -20,7 +20,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from racli.config_schema import AUTO_PRESET, AUTO_PRESETS, BENCH_MODES, Config, yaml11_float
+from racli.config.schema import AUTO_PRESET, AUTO_PRESETS, BENCH_MODES, Config, yaml11_float
 from racli.errors import BadInput
 from racli.names import ATTENTION_NAMES
 
