@@ -6,7 +6,9 @@ store, like the local launcher's), or the arms of one seed side by side, each ar
 GPU slots rotated by the seed's position in the whole list, so the balanced order of the
 local launcher holds. On the CPU the arms run one after the other in the A B / B A order.
 A run over several nodes is a job of its own (kind "run", racli/experiment/multinode.py):
-node 0's task is its worker, the other nodes' tasks only start their torchrun.
+under Slurm node 0's task is its worker, the other nodes' tasks only start their
+torchrun; under Ray the job's actor is its worker and each start runs on the nodes of a
+placement group (racli/experiment/ray_nodes.py).
 
 Each arm is claimed in the store's `jobs` table before it trains (one owner at a time);
 the owner's name starts with `<launcher>:<job name>:`, so a requeued Slurm job or a
