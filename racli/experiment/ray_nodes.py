@@ -3,18 +3,19 @@
 
 The run's job is a detached actor like a seed's (racli/experiment/ray_launcher.py); it
 keeps the run's books (racli/experiment/worker.py) and asks for no resources of its own.
-It makes a placement group of one bundle per node (the node's GPUs, or its CPUs), with
-strategy STRICT_SPREAD: every bundle on another node. For each start of the run one
-`NodeActor` per bundle runs that node's torchrun (`multinode.run_node`, as under Slurm);
-the node-0 bundle's actor gives its node's address and a port free there, the
+At the run's first start it makes a placement group of one bundle per node (the node's
+GPUs, or its CPUs), strategy STRICT_SPREAD: every bundle on another node. For each start
+one `NodeActor` per bundle runs that node's torchrun (`multinode.run_node`, as under
+Slurm); the node-0 bundle's actor gives its node's address and a port free there, the
 rendezvous. A node whose torchrun still runs after node 0's ended is stopped with
 SIGTERM, then SIGKILL (Ray blocks SIGINT in its workers).
 
 The group and the node actors belong to the job actor's worker process: Ray removes them
-when that process dies. A killed worker's node actors die with it (each torchrun gets one
-SIGTERM from its guard and the run stops with its checkpoint); the job actor, restarted
-by Ray (`ray.max_restarts`), makes a fresh group and resumes the run; once the job ends,
-the actor kills itself for good and the group goes with it.
+when that process dies. A killed worker's node actors die with it (Ray kills their child
+processes, the guards; each torchrun then gets one SIGTERM, racli/experiment/guard.py,
+and the run stops with its checkpoint); the job actor, restarted by Ray
+(`ray.max_restarts`), makes a fresh group and resumes the run; once the job ends, the
+actor kills itself for good and the group goes with it.
 """
 
 from __future__ import annotations
