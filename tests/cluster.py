@@ -9,7 +9,8 @@ environment a client needs (SLURM_CONF); `stop()` ends every daemon and removes 
 directory. Nothing system-wide is touched.
 
 `RayCluster.start()` starts a one-node Ray cluster on 127.0.0.1 with its temporary files
-under a fresh directory (`ray start --head`), so that drivers connect with its address.
+under a fresh directory (`ray start --head`), so that drivers connect with its address;
+`RayNodesCluster` one of two logical nodes on 127.0.0.1 (ray.cluster_utils.Cluster).
 
 Debian packages: slurm-wlm, slurmdbd, munge, mariadb-server (.ci/run installs them); the
 Python packages submitit and ray (`pip install -e '.[slurm,ray]'`).
@@ -17,6 +18,7 @@ Python packages submitit and ray (`pip install -e '.[slurm,ray]'`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -379,3 +381,64 @@ class RayCluster:
             while pids and time.monotonic() < deadline and self._pids():
                 time.sleep(0.3)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RayNodesCluster(RayCluster):
+    """A Ray cluster of two logical nodes on 127.0.0.1 (ray.cluster_utils.Cluster: a head
+    and one more node, `cpus` CPUs each), token authentication off, its session files
+    under a fresh directory. The nodes' processes are started from this process, with
+    this environment and the driver's variables; `stop()` shuts them down, then ends
+    whatever of the cluster is left (RayCluster.stop)."""
+
+    NODES = 2
+
+    def __init__(self, cpus: int = 2):
+        super().__init__(num_cpus=cpus)
+        self.cluster = None
+
+    @contextlib.contextmanager
+    def _environment(self):
+        """The cluster's variables in this process's environment (the nodes' processes
+        inherit them; Ray writes and removes its address file under RAY_TMPDIR)."""
+        saved = {k: os.environ.get(k) for k in self.variables()}
+        os.environ.update({k: v for k, v in self.variables().items() if k != "RAY_ADDRESS"})
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def start(self) -> RayNodesCluster:
+        from ray.cluster_utils import Cluster
+
+        args = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": 0,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+        }
+        try:
+            with self._environment():
+                self.cluster = Cluster(
+                    initialize_head=True,
+                    connect=False,
+                    head_node_args={**args, "temp_dir": str(self.root / "ray")},
+                )
+                for _ in range(self.NODES - 1):
+                    self.cluster.add_node(**args)
+                self.cluster.wait_for_nodes()
+            self.address = self.cluster.address
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            with self._environment(), contextlib.suppress(Exception):
+                self.cluster.shutdown()
+            self.cluster = None
+        super().stop()

@@ -152,6 +152,18 @@ def ray_cluster():
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_nodes_cluster():
+    """A Ray cluster of two logical nodes on 127.0.0.1."""
+    from cluster import RayNodesCluster
+
+    if importlib.util.find_spec("ray") is None:
+        _cluster_unavailable("Ray", "ray is not installed (pip install 'ra[ray]')")
+    cluster = RayNodesCluster().start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """`tmpfs(path, size)`: a small RAM file system mounted at `path` (unmounted after the

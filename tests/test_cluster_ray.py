@@ -113,13 +113,20 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     assert all(r["launcher"] == "ray" and r["job"] for r in rows)
 
     # --launcher local over the same calibration: the same runs, the same verdict
+    _same_as_local(pg_server, url, runs, data, work, env)
+
+
+def _same_as_local(pg_server, url, runs, data, work, env, *extra: str, **kw) -> None:
+    """`--launcher local` over the same calibration (`ra db merge`, train runs deleted)
+    gives the same runs and the same verdict as the cluster's (`runs`, `data`); `extra`
+    and `kw`: the experiment's further settings, its minutes and seeds."""
     local_url = pg_server.new_database()
     assert _ra("db", "merge", url, "--db", local_url, cwd=work, env=env).returncode == 0
     ids = [str(i) for (i,) in sql(local_url, "SELECT id FROM runs WHERE kind = 'train'")]
     deleted = _ra("runs", "delete", *ids, "--yes", "--db", local_url, cwd=work, env=env)
     assert deleted.returncode == 0, deleted.stderr
     local = subprocess.run(
-        experiment_argv(local_url, "local", "--json"),
+        experiment_argv(local_url, "local", *extra, "--json", **kw),
         cwd=work,
         env=env,
         capture_output=True,
@@ -134,3 +141,74 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
     assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])
+
+
+def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
+    ray_nodes_cluster, pg_server, tmp_path
+):
+    """`ray.nodes_per_run=2` (CPU runs, gloo; 2 variants x 1 seed) on a Ray cluster of two
+    logical nodes: each run is a job actor of its own whose starts take a placement group
+    of one bundle per node (STRICT_SPREAD), one torchrun agent per bundle. One run's job
+    actor is killed (SIGKILL) mid-run: its node actors and group go with it, Ray restarts
+    it, and it resumes the run from its checkpoint on a fresh group. The command is
+    stopped with Ctrl-C and run again, re-attaching; then the same runs and verdict as
+    `--launcher local`."""
+    url = pg_server.new_database()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(ray_nodes_cluster.env(), PYTHONPATH=str(ROOT))
+    shape = {"seeds": "1", "minutes": "0.02"}
+    # a global batch of 8 sequences: 2 processes x 4 here, 2 accumulation steps x 4 locally
+    batch = ["--set", "train.batch_tokens=256"]
+    argv = experiment_argv(
+        url, "ray", *RAY_SETTINGS, *batch, "--set", "ray.nodes_per_run=2", "--json", **shape
+    )
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id, attn, seed, sid, owner = wait_until(
+            lambda: training_run(url, work), "a run to be training", 300, proc
+        )
+        assert sid.endswith(f"-{attn}-seed{seed}") and owner.startswith(f"ray:{sid}:")
+        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the job actor's worker process
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "ray job(s) running" in err, err[-3000:]
+    # the same command again re-attaches to the actors still running (the runs are short:
+    # they may all have finished meanwhile), submits none
+    attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert attached.returncode == 0, attached.stderr[-4000:]
+    assert "submitted" not in attached.stderr, attached.stderr[-3000:]
+    data = json.loads(attached.stdout)
+    runs = train_runs(url)
+    assert [r[:3] for r in runs] == [("baseline", 1, "finished"), ("ra_v5", 1, "finished")]
+    assert run_id in [r[5] for r in runs]  # the killed run resumed under its own id
+    logs = work / "ra_experiment_logs" / data["key"]
+    assert f"resume {run_id} ===" in (logs / f"{attn}-seed{seed}.log").read_text()
+    # both nodes trained every run: two processes, one a node, on two nodes of the group
+    configs = [_config(c) for (c,) in sql(url, "SELECT config FROM runs WHERE kind = 'train'")]
+    assert [c["world_size"] for c in configs] == [2, 2]
+    assert all(len(c["experiment"]["hosts"]) == 2 for c in configs)
+    for arm in ("baseline", "ra_v5"):
+        text = (logs / f"{arm}-seed1.node1.log").read_text()
+        # the resumed run's node 1 in the restarted actor's fresh group: launch 0 again
+        assert text.count("node 1, launch 0 ===") == (2 if arm == attn else 1), text[-3000:]
+    units = sql(url, "SELECT arm, scheduler_job, state FROM jobs WHERE kind = 'train'")
+    assert {s for _, _, s in units} == {"done"} and len({j for _, j, _ in units}) == 2
+    assert data["verdicts"][0]["outcome"] != "NONE"
+
+    # the same command again: submits nothing, records nothing
+    again = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stderr and "reusing run" in again.stderr
+    assert train_runs(url) == runs
+    _same_as_local(pg_server, url, runs, data, work, env, *batch, **shape)
+
+
+def _config(value) -> dict:
+    return json.loads(value) if isinstance(value, str) else value

@@ -212,6 +212,9 @@ BAD_VALUES = [
     ("bench.modes", ["eager", "warp"], "bench.modes[1]", "unknown mode"),
     ("bench.shape", "huge", "bench.shape", "unknown shape"),
     ("train", 5, "train", "must be a mapping"),
+    ("ray.nodes_per_run", 0, "ray.nodes_per_run", "must be >= 1"),
+    ("ray.gpus_per_node", 0, "ray.gpus_per_node", "must be >= 1"),
+    ("ray.nodes_per_run", 1.5, "ray.nodes_per_run", "must be an integer"),
 ]
 
 

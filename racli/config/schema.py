@@ -184,6 +184,8 @@ class RayConfig(_Schema):
 
     address: str  # auto: RAY_ADDRESS, else the cluster running on this machine
     gpus_per_run: int = Field(ge=0)
+    gpus_per_node: int = Field(ge=1)  # a run wanting more spans nodes (a placement group)
+    nodes_per_run: int = Field(ge=1)  # CPU runs: nodes one run spans (one process per node)
     cpus_per_job: Number = Field(ge=0.0)
     max_restarts: int = Field(ge=0)  # a job whose worker died is restarted this many times
     poll_s: Number = Field(gt=0.0)

@@ -1,7 +1,8 @@
 """`ra experiment --launcher slurm|ray` on the submitting host: submit the calibration
 job, then one job per seed (racli/experiment/worker.py runs them), watch them, judge. A
-run larger than one node (Slurm only) is a job of its own over its nodes, one torchrun
-agent per node (racli/experiment/multinode.py); those jobs go in the balanced order.
+run larger than one node is a job of its own over its nodes, one torchrun agent per node
+(racli/experiment/multinode.py; under Ray in a placement group, ray_nodes.py); those jobs
+go in the balanced order.
 
 The store decides what is done, and its `jobs` table remembers each unit's scheduler
 job: the same command run again re-attaches to the jobs still queued or running and
@@ -67,9 +68,9 @@ class ClusterRun:
         self.per_run = 0 if self.cpu else int(lcfg.gpus_per_run)
         if not self.cpu and self.per_run < 1:
             raise BadInput(f"{settings.launcher}.gpus_per_run is 0: give --device cpu for CPU runs")
-        self.nodes, self.exchange = 1, ""
+        self.nodes = multinode.run_nodes(lcfg, self.cpu, self.per_run, settings.launcher)
+        self.exchange = ""
         if settings.launcher == "slurm":
-            self.nodes = multinode.run_nodes(ecfg.slurm, self.cpu, self.per_run)
             self.exchange = str(Path(ecfg.slurm.folder).resolve() / "nodes")
         self.settings, self.store, self.view, self.stop = settings, store, view, stop
         self.key, self.tag = prepared.key, prepared.tag
@@ -80,7 +81,7 @@ class ClusterRun:
         self.launcher = make_launcher(settings.launcher, ecfg)
         if settings.launcher == "ray":
             try:
-                self._check_ray_fits()
+                self.launcher.check_fits(self.per_run, self.nodes)
             except BadInput:
                 self.launcher.close()
                 raise
@@ -88,17 +89,6 @@ class ClusterRun:
 
     def close(self) -> None:
         self.launcher.close()
-
-    def _check_ray_fits(self) -> None:
-        """On Ray a seed's job (its arms side by side) runs on one node: one run larger than
-        the largest node is refused (runs over several nodes: --launcher slurm)."""
-        largest = self.launcher.largest_node_gpus()
-        if self.per_run and largest and self.per_run > largest:
-            raise BadInput(
-                f"ray.gpus_per_run {self.per_run} is above the {largest} GPUs of this Ray "
-                f"cluster's largest node: Ray runs a run on one node (a run over several "
-                f"nodes needs --launcher slurm)"
-            )
 
     def _job(self, kind: str, seed: int = 0, arm: str = "") -> WorkerJob:
         if seed not in self.seed_order:

@@ -116,6 +116,7 @@ class Context:
         self.durations: list[float] = []
         self.claims = claims  # ownership.Claims: the units this process holds
         self.held: list[Job] = []  # jobs another process holds (waited for, then retried)
+        self.hosts: list[str] = []  # a run over several nodes: its nodes' hosts, node 0 first
 
     def extra(self, job: Job) -> dict[str, Any]:
         arms = self.settings.arms
@@ -130,7 +131,9 @@ class Context:
             reference_steps=self.budgets[arms[0].label].steps,
         )
         extra[plan.EXPERIMENT_KEY]["device"] = self.devices[job.device]  # where it started
-        extra[plan.EXPERIMENT_KEY]["host"] = socket.gethostname()
+        extra[plan.EXPERIMENT_KEY]["host"] = self.hosts[0] if self.hosts else socket.gethostname()
+        if len(self.hosts) > 1:
+            extra[plan.EXPERIMENT_KEY]["hosts"] = list(self.hosts)
         return extra
 
     def steps(self) -> dict[str, int]:

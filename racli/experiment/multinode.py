@@ -1,6 +1,8 @@
-"""A run over several nodes (`--launcher slurm` with `slurm.gpus_per_run` above
-`slurm.gpus_per_node`, or `slurm.nodes_per_run` for CPU runs): one Slurm job of its own,
-one task per node, each task one `torchrun` agent with its node's rank.
+"""A run over several nodes (`slurm.gpus_per_run` above `slurm.gpus_per_node`, or
+`slurm.nodes_per_run` for CPU runs; the same settings under `ray.`): one `torchrun` agent
+per node with its node's rank, each started and stopped by `run_node`. Under Ray the
+placement group of racli/experiment/ray_nodes.py holds the nodes; under Slurm, below, the
+run is one Slurm job of its own, one task per node.
 
 Node 0's task is the run's worker (racli/experiment/worker.py): it claims the run in the
 store, decides whether to resume it and records how it ended. Before each start of the
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,23 +69,24 @@ def child_command(argv: list[str], per_node: int, rdzv: Rendezvous | None = None
     ]
 
 
-def run_nodes(scfg, cpu: bool, per_run: int) -> int:
-    """The nodes one run spans under `--launcher slurm`: `nodes_per_run` for CPU runs,
-    gpus_per_run / gpus_per_node for a GPU run larger than one node (whole nodes), else 1."""
+def run_nodes(cfg, cpu: bool, per_run: int, section: str = "slurm") -> int:
+    """The nodes one run spans under `--launcher slurm|ray` (`cfg`: that launcher's section
+    of ra.yaml, named `section`): `nodes_per_run` for CPU runs, gpus_per_run /
+    gpus_per_node for a GPU run larger than one node (whole nodes), else 1."""
     if cpu:
-        return int(scfg.nodes_per_run)
-    if scfg.nodes_per_run != 1:
+        return int(cfg.nodes_per_run)
+    if cfg.nodes_per_run != 1:
         raise BadInput(
-            f"slurm.nodes_per_run {scfg.nodes_per_run} is for CPU runs (--device cpu); a GPU "
-            f"run spans slurm.gpus_per_run / slurm.gpus_per_node nodes"
+            f"{section}.nodes_per_run {cfg.nodes_per_run} is for CPU runs (--device cpu); a GPU "
+            f"run spans {section}.gpus_per_run / {section}.gpus_per_node nodes"
         )
-    per_node = int(scfg.gpus_per_node)
+    per_node = int(cfg.gpus_per_node)
     if per_run <= per_node:
         return 1
     if per_run % per_node:
         raise BadInput(
-            f"slurm.gpus_per_run {per_run} is above slurm.gpus_per_node {per_node} and not a "
-            f"multiple of it: a run over several nodes takes whole nodes "
+            f"{section}.gpus_per_run {per_run} is above {section}.gpus_per_node {per_node} and "
+            f"not a multiple of it: a run over several nodes takes whole nodes "
             f"(e.g. gpus_per_run={per_node * -(-per_run // per_node)})"
         )
     return per_run // per_node
@@ -103,6 +107,7 @@ class Node:
     job_id: str  # SLURM_JOB_ID (an array task's own id)
     restart: int  # SLURM_RESTART_COUNT: how often the job was requeued
     name: str  # this node's name in Slurm
+    hosts: tuple[str, ...] = ()  # the names of the job's nodes, node 0 first
 
 
 def this_node() -> Node:
@@ -117,6 +122,7 @@ def this_node() -> Node:
         job_id=env.raw_job_id,
         restart=int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         name=os.environ.get("SLURMD_NODENAME") or names[env.node],
+        hosts=tuple(names),
     )
 
 
@@ -214,6 +220,32 @@ class Exchange:
         return None
 
 
+class SlurmNodes:
+    """Node 0 of a run's Slurm job (racli/experiment/worker.py keeps the run's books): each
+    start runs node 0's torchrun here, the launch handed to the other nodes' tasks."""
+
+    here = True  # node 0's torchrun runs in this task's environment (its GPUs)
+
+    def __init__(self, root: Path, node: Node):
+        self.node = node
+        self.exchange = Exchange(root, node)
+        self.exchange.forget_older()
+        self.addr = node_address(node.name)
+
+    def hosts(self) -> list[str]:
+        return list(self.node.hosts) or [self.node.name]
+
+    def run(self, argv: list[str], per_node: int, log: str, out, env: dict[str, str]) -> int:
+        """One start of the run (`argv`: its `ra train`): its launch published, node 0's
+        torchrun to its end (its output to `out`); the exit code."""
+        launch = Launch(argv, per_node, self.node.nodes, self.addr, free_port(), log)
+        self.exchange.publish(launch)
+        return guard.spawn(launch.command(0), out, env).wait()
+
+    def end(self) -> None:
+        self.exchange.end()
+
+
 def follow(root: Path, node: Node, stop: threading.Event, *, poll_s: float = 1.0) -> dict:
     """A node other than 0: start this node's torchrun for each launch node 0 writes."""
     exchange = Exchange(root, node)
@@ -227,20 +259,33 @@ def follow(root: Path, node: Node, stop: threading.Event, *, poll_s: float = 1.0
 
 
 def _follow_one(exchange: Exchange, k: int, launch: Launch, rank: int, stop, poll_s) -> int:
-    """This node's torchrun of launch k, to its end; stopped (SIGTERM, then SIGKILL, to its
-    process group) when node 0 moved on or a stop came and it still runs after GRACE_S."""
+    return run_node(launch, rank, k, lambda: stop.is_set() or exchange.moved_on(k), poll_s)
+
+
+def run_node(
+    launch: Launch,
+    rank: int,
+    k: int,
+    moved_on: Callable[[], bool],
+    poll_s: float = 1.0,
+    cwd: str | None = None,
+) -> int:
+    """This node's torchrun of launch k (through the guard, in folder `cwd`, its output to
+    the node's log), to its end; stopped (SIGTERM, then SIGKILL, to its process group) when
+    it still runs GRACE_S after `moved_on()` first said that node 0 moved on (or a stop
+    came)."""
     path = launch.log_of(rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} node {rank}, launch {k} ===\n")
         log.flush()
-        proc = guard.spawn(launch.command(rank), log, env)
+        proc = guard.spawn(launch.command(rank), log, env, cwd=cwd)
         since, sent = None, None
         while proc.poll() is None:
             time.sleep(poll_s)
             now = time.monotonic()
-            if since is None and (stop.is_set() or exchange.moved_on(k)):
+            if since is None and moved_on():
                 since = now
             if since is not None and now - since > GRACE_S:
                 sig = signal.SIGTERM if sent is None else signal.SIGKILL

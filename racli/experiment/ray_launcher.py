@@ -2,7 +2,9 @@
 'ra[ray]'`) that runs `worker.run` once and then ends itself. Detached, so that the command
 may leave and re-attach by name; restarted by Ray when its worker process dies
 (`ray.max_restarts`), the work taken up again and the run resumed from its checkpoint.
-No scheduling of ra's own: Ray places the actors on nodes with the GPUs they ask for."""
+No scheduling of ra's own: Ray places the actors on nodes with the GPUs they ask for, and
+the nodes of a run larger than one node through a placement group
+(racli/experiment/ray_nodes.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import os
 import threading
 
 from racli.errors import BadInput
-from racli.experiment import worker
+from racli.experiment import ray_nodes, worker
 
 NAMESPACE = "ra"
 
@@ -29,16 +31,21 @@ class JobActor:
     """One job of an experiment. The work starts in the constructor, in a thread, so that
     Ray's restart of the actor after its worker died (which runs the constructor again)
     takes the work up again without its caller: the command that created the actor may
-    be gone. When the work ends the actor kills itself for good, freeing its GPUs."""
+    be gone. When the work ends the actor kills itself for good, freeing its GPUs. A run
+    over several nodes (`need`: one node's bundle) starts on the nodes of a placement
+    group of its own (ray_nodes.RayNodes)."""
 
-    def __init__(self, job: worker.WorkerJob):
-        self.job = job
+    def __init__(self, job: worker.WorkerJob, need: dict[str, float] | None = None):
+        self.job, self.need = job, need
         self.thread = threading.Thread(target=self._work, name="ra-job", daemon=True)
         self.thread.start()
 
     def _work(self) -> None:
         try:
-            worker.run(self.job)
+            nodes = None
+            if self.need is not None:
+                nodes = ray_nodes.RayNodes(_ray(), self.job.nodes, self.need)
+            worker.run(self.job, nodes)
         except BaseException as exc:  # noqa: BLE001 - the store is where the driver looks
             worker.record_failure(self.job, f"{type(exc).__name__}: {exc}")
         finally:
@@ -66,26 +73,28 @@ class RayLauncher:
             )
         self.actor_class = self.ray.remote(JobActor)
 
-    def largest_node_gpus(self) -> int:
-        """The most GPUs one live node of the cluster has (0: none has any)."""
-        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
-        return int(max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0))
+    def check_fits(self, per_run: int, nodes: int) -> None:
+        """Refuse (one line) a run the live nodes of the cluster cannot hold."""
+        alive = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        ray_nodes.check_fits(alive, per_run, nodes, float(self.cfg.cpus_per_job))
 
     def submit(
         self, jobs: list[worker.WorkerJob], gpus: int, name: str, nodes: int = 1
     ) -> list[str]:
-        """One detached actor per job, named after it; the names are the job ids."""
-        if nodes != 1:
-            raise ValueError("a Ray job runs on one node")
+        """One detached actor per job, named after it; the names are the job ids. A job on
+        `nodes` nodes asks for nothing itself: each of its runs' starts takes a placement
+        group bundle of `gpus` GPUs (or CPUs only) a node."""
+        cpus = float(self.cfg.cpus_per_job)
+        need = ray_nodes.bundle(gpus, cpus) if nodes > 1 else None
         for job in jobs:
             self.actor_class.options(
                 name=job.name,
                 namespace=NAMESPACE,
                 lifetime="detached",
-                num_cpus=float(self.cfg.cpus_per_job),
-                num_gpus=gpus,
+                num_cpus=0 if need else cpus,
+                num_gpus=0 if need else gpus,
                 max_restarts=int(self.cfg.max_restarts),
-            ).remote(job)
+            ).remote(job, need)
         return [job.name for job in jobs]
 
     def _actor(self, name: str):

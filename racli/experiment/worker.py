@@ -6,7 +6,9 @@ store, like the local launcher's), or the arms of one seed side by side, each ar
 GPU slots rotated by the seed's position in the whole list, so the balanced order of the
 local launcher holds. On the CPU the arms run one after the other in the A B / B A order.
 A run over several nodes is a job of its own (kind "run", racli/experiment/multinode.py):
-node 0's task is its worker, the other nodes' tasks only start their torchrun.
+under Slurm node 0's task is its worker, the other nodes' tasks only start their
+torchrun; under Ray the job's actor is its worker and each start runs on the nodes of a
+placement group (racli/experiment/ray_nodes.py).
 
 Each arm is claimed in the store's `jobs` table before it trains (one owner at a time);
 the owner's name starts with `<launcher>:<job name>:`, so a requeued Slurm job or a
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from racli.config import load_config
 from racli.experiment import guard, multinode, ownership, plan
@@ -46,6 +49,7 @@ from racli.experiment.view import PlainView
 from racli.store.checkpoints import checkpoint_path
 from racli.store.engine import open_store
 
+Spawn = Callable[[IO[str], dict[str, str]], int]  # (the run's log, its env) -> exit code
 MAX_ATTEMPTS = 2  # starts of one arm's run per job incarnation before it counts as failed
 BAD_INPUT = "bad input"
 
@@ -71,14 +75,19 @@ def owner_prefix(job: WorkerJob) -> str:
     return f"{job.launcher}:{job.name}:"
 
 
-def run(job: WorkerJob) -> dict:
-    """The job, in its folder, with SIGTERM / SIGINT asking for a graceful stop."""
+def run(job: WorkerJob, nodes=None) -> dict:
+    """The job, in its folder, with SIGTERM / SIGINT asking for a graceful stop. `nodes`
+    (kind run under Ray: racli/experiment/ray_nodes.py) starts each launch of a run over
+    several nodes; under Slurm this task is one of the run's nodes, and node 0's
+    `multinode.SlurmNodes` starts them."""
     os.chdir(job.cwd)
     stop = threading.Event()
     with _stop_on_signals(stop):
-        node = multinode.this_node() if job.kind == "run" else None
-        if node is not None and node.rank != 0:
-            return multinode.follow(Path(job.exchange), node, stop)
+        if job.kind == "run" and nodes is None:
+            node = multinode.this_node()
+            if node.rank != 0:
+                return multinode.follow(Path(job.exchange), node, stop)
+            nodes = multinode.SlurmNodes(Path(job.exchange), node)
         store = open_store(job.settings.db)
         prefix = owner_prefix(job)
         claims = ownership.Claims(
@@ -87,8 +96,8 @@ def run(job: WorkerJob) -> dict:
         try:
             if job.kind == "calibration":
                 return _calibrate(job, store, claims, stop)
-            if node is not None:
-                return _run_over_nodes(job, node, store, claims, stop)
+            if job.kind == "run":
+                return _run_over_nodes(job, nodes, store, claims, stop)
             return _seed(job, store, claims, stop)
         finally:
             claims.close("interrupted")
@@ -194,13 +203,14 @@ def _seed(job: WorkerJob, store, claims, stop) -> dict:
     s = job.settings
     ctx, slots = _context(job, store, claims, stop, job.gpus_per_run, len(s.arms))
     queues: dict[int, list[Job]] = {}
+    per_run = job.gpus_per_run
     for j in seed_jobs(s.arms, job.seed, job.seed_index, len(slots)):
         queues.setdefault(j.device, []).append(j)
 
     def start(j: Job) -> Callable[[int | None], int]:
         slot = slots[j.device]
         return lambda resume: _child(
-            ctx, j, resume, child_command(child_argv(ctx, j, resume), job.gpus_per_run), slot
+            ctx, j, resume, slot, _guarded(child_command(child_argv(ctx, j, resume), per_run))
         )
 
     def work(queue: list[Job]) -> list[JobResult]:
@@ -214,28 +224,31 @@ def _seed(job: WorkerJob, store, claims, stop) -> dict:
     }
 
 
-def _run_over_nodes(job: WorkerJob, node, store, claims, stop) -> dict:
-    """Node 0 of a run over several nodes: the run's bookkeeping, and before each start
-    the launch handed to the other nodes (racli/experiment/multinode.py)."""
+def _run_over_nodes(job: WorkerJob, nodes, store, claims, stop) -> dict:
+    """The books of a run over several nodes: claim, resume or start it, record its end.
+    Each start goes through `nodes` (`run(argv, per_node, log, out, env)`: that start on
+    every node, node 0's exit code; `hosts()`; `end()`; `here`: node 0's torchrun runs in
+    this process's environment): multinode.SlurmNodes on node 0 of a Slurm job,
+    ray_nodes.RayNodes in a Ray job's actor."""
     per_node = multinode.processes_per_node(job.gpus_per_run, job.nodes)
     ctx, slots = _context(job, store, claims, stop, per_node, 1)
+    if job.gpus_per_run and not nodes.here:  # node 0's GPUs are those of its Ray bundle
+        ctx.devices, slots = ["cuda"], ["cpu"]  # (no CUDA_VISIBLE_DEVICES set from here)
     arms = seed_jobs(job.settings.arms, job.seed, job.seed_index, 1)
     j = next(x for x in arms if x.arm.label == job.arm)
-    exchange = multinode.Exchange(Path(job.exchange), node)
-    exchange.forget_older()
-    addr = multinode.node_address(node.name)
+    log = str(log_path(ctx.settings.db, ctx.key, j))
 
     def start(resume: int | None) -> int:
+        ctx.hosts = nodes.hosts()
         argv = child_argv(ctx, j, resume)
-        log = log_path(ctx.settings.db, ctx.key, j)
-        launch = multinode.Launch(argv, per_node, job.nodes, addr, multinode.free_port(), str(log))
-        exchange.publish(launch)
-        return _child(ctx, j, resume, launch.command(0), slots[0])
+        return _child(
+            ctx, j, resume, slots[0], lambda out, env: nodes.run(argv, per_node, log, out, env)
+        )
 
     try:
         r = _arm(ctx, j, start)
     finally:
-        exchange.end()
+        nodes.end()
     return {
         "results": [(r.job.arm.label, r.job.seed, r.run_id, r.status, r.note)],
         "interrupted": stop.is_set(),
@@ -287,8 +300,9 @@ def _arm(ctx: Context, job: Job, start: Callable[[int | None], int]) -> JobResul
     return JobResult(job, None, "interrupted")
 
 
-def _child(ctx: Context, job: Job, resume: int | None, command: list[str], slot: str) -> int:
-    """Run one `ra train` child (`command`) to its end, through the guard."""
+def _child(ctx: Context, job: Job, resume: int | None, slot: str, spawn: Spawn) -> int:
+    """Run one start of a job's run to its end: `spawn(log, env)` (its exit code) with the
+    run's log open and the environment of its GPU slot."""
     path = log_path(ctx.settings.db, ctx.key, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -299,5 +313,9 @@ def _child(ctx: Context, job: Job, resume: int | None, command: list[str], slot:
     with open(path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {what} ===\n")
         log.flush()
-        # through the guard: one SIGTERM to the run when this worker dies
-        return guard.spawn(command, log, env).wait()
+        return spawn(log, env)
+
+
+def _guarded(command: list[str]) -> Spawn:
+    """`command` through the guard: one SIGTERM to the run when this worker dies."""
+    return lambda log, env: guard.spawn(command, log, env).wait()
