@@ -174,10 +174,11 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     assert local.returncode == 0, local.stderr[-3000:]
     local_runs = train_runs(local_url)
     assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
-    # equal losses up to the last digits (another process, thread count, a resume): the
-    # spread between seeds is about 1e-2
+    # equal losses up to float rounding grown over the steps (another process and thread
+    # count, a resume; 1.1e-5 seen): the spread between seeds is about 1e-2, and an exact
+    # resume is tested on its own (test_train.py)
     for mine, theirs in zip(local_runs, runs):
-        assert mine[4] == pytest.approx(theirs[4], rel=1e-5)
+        assert mine[4] == pytest.approx(theirs[4], rel=1e-4)
     assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])
 
 
