@@ -357,7 +357,8 @@ class RayCluster:
             except (OSError, ValueError, IndexError):
                 continue
             parents[int(d.name)] = ppid
-            if str(self.root) in cmdline:
+            # its directory, or its address (Ray's client server names only the address)
+            if str(self.root) in cmdline or f"--address={self.address} " in cmdline + " ":
                 mine.add(int(d.name))
         grew = True
         while grew:
@@ -425,7 +426,11 @@ class RayNodesCluster(RayCluster):
                 self.cluster = Cluster(
                     initialize_head=True,
                     connect=False,
-                    head_node_args={**args, "temp_dir": str(self.root / "ray")},
+                    head_node_args={
+                        **args,
+                        "temp_dir": str(self.root / "ray"),
+                        "ray_client_server_port": free_port(),  # not the shared default 10001
+                    },
                 )
                 for _ in range(self.NODES - 1):
                     self.cluster.add_node(**args)
