@@ -51,7 +51,7 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     url = pg_server.new_database()
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(ray_cluster.env(), PYTHONPATH=str(ROOT))
+    env = dict(ray_cluster.env(), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     argv = experiment_argv(url, "ray", *RAY_SETTINGS, "--json")
     proc = subprocess.Popen(
         argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -157,7 +157,7 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     url = pg_server.new_database()
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(ray_nodes_cluster.env(), PYTHONPATH=str(ROOT))
+    env = dict(ray_nodes_cluster.env(), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     shape = {"seeds": "1", "minutes": "0.02"}
     # a global batch of 8 sequences: 2 processes x 4 here, 2 accumulation steps x 4 locally
     batch = ["--set", "train.batch_tokens=256"]
