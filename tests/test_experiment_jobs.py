@@ -153,6 +153,35 @@ def test_job_spec_and_child_argv(tmp_path):
         store.close()
 
 
+@pytest.mark.parametrize(
+    ("items", "want"),
+    [
+        ([], None),
+        (['train.tensorboard="./tb runs"'], "./tb runs"),
+        (["train.tensorboard=tb", "model.n_layer=1"], "tb"),
+        (["train.tensorboard=tb", "train.tensorboard=null"], None),
+    ],
+)
+def test_a_resumed_child_keeps_its_tensorboard_folder(tmp_path, items, want):
+    """`ra train --resume` takes no --set items: the folder goes as --tensorboard."""
+    from racli.training import tensorboard
+
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        ctx = _context(tmp_path, store)
+        ctx.settings.overrides = list(ctx.settings.overrides) + items
+        job = plan.schedule(ctx.settings.arms, [3], 1)[0]
+        argv = local.child_argv(ctx, job, 12)
+        tail = ["--resume", "12"] + (["--tensorboard", want] if want else [])
+        assert argv[argv.index("--resume") :] == tail
+        if items:  # a fresh start takes them as --set items
+            fresh = local.child_argv(ctx, job, None)
+            assert "--tensorboard" not in fresh and items[0] in fresh
+        assert tensorboard.folder_in([tensorboard.override("tb")]) == "./tb"
+    finally:
+        store.close()
+
+
 def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
     """An interrupted run with no checkpoint, recorded by an older ra (no data_path), is
     started again as a new run; one recorded now is trained again from step 0 under its own

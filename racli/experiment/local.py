@@ -19,6 +19,7 @@ from racli.experiment.plan import Job
 from racli.experiment.results import JobResult
 from racli.store.checkpoints import checkpoint_path
 from racli.store.experiment_queries import last_step
+from racli.training import tensorboard
 from racli.training.spec import DATA_PATH_KEY
 from racli.training.stopping import PARENT_ENV
 
@@ -115,7 +116,9 @@ def child_argv(ctx: Context, job: Job, resume: int | None) -> list[str]:
     if s.config_path:
         argv += ["--config", s.config_path]
     if resume is not None:
-        return argv + ["--resume", str(resume)]
+        # the run's recorded configuration comes back, the TensorBoard folder is not recorded
+        folder = tensorboard.folder_in(train_overrides(s.overrides))
+        return argv + ["--resume", str(resume)] + (["--tensorboard", folder] if folder else [])
     budget = ctx.budgets[job.arm.label]
     device = "cpu" if ctx.devices[job.device] == "cpu" else "cuda"  # CUDA_VISIBLE_DEVICES picks
     argv += [

@@ -105,3 +105,17 @@ def override(folder: str) -> str:
     if not os.path.isabs(text) and not text.startswith(("./", "../")):
         text = os.path.join(".", text)
     return f"train.tensorboard={json.dumps(text)}"
+
+
+def folder_in(overrides: list[str]) -> str | None:
+    """The TensorBoard folder the last `train.tensorboard=...` item of `overrides` names
+    (None where none does, or it names none): a resumed run is not given its --set items,
+    so it takes the folder as --tensorboard."""
+    import yaml
+
+    folder = None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "train.tensorboard":
+            folder = yaml.safe_load(value)
+    return None if folder is None else str(folder)
