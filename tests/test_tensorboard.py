@@ -303,3 +303,54 @@ def test_experiment_writes_a_folder_per_train_run(tmp_path):
     for run_id, attn in runs:
         events = read_events(run_folder(tmp_path / "tb", run_id, attn))
         assert events["loss/train"] and events["loss/val"]
+
+
+@needs_tb
+def test_a_restart_drops_the_events_of_the_earlier_attempt_from_its_step_on(tmp_path):
+    """A run resumed after its checkpoint (step 10) drops the events an earlier attempt
+    wrote past it, and one trained again from step 0 drops them all, as the store does."""
+    from racli.text.tensorboard import EventLog
+
+    def attempt(first_step, values):
+        log = EventLog(tmp_path / "run")
+        log.restart_at(first_step)
+        for step, v in values:
+            log.scalars(step, {"loss/train": v})
+        log.close()
+
+    attempt(0, [(5, 5.0), (10, 4.0), (15, 3.0)])  # checkpoint at 10, stopped after 15
+    attempt(11, [(15, 2.5), (20, 2.0)])
+    assert read_events(tmp_path / "run")["loss/train"] == [
+        (5, 5.0),
+        (10, 4.0),
+        (15, 2.5),
+        (20, 2.0),
+    ]
+    attempt(0, [(5, 6.0)])  # no checkpoint: trained again from step 0
+    assert read_events(tmp_path / "run")["loss/train"] == [(5, 6.0)]
+
+
+@pytest.mark.parametrize(
+    ("resume", "checkpoint_step", "first"), [(None, None, 0), (7, None, 0), (7, 10, 11)]
+)
+def test_the_recorder_names_the_step_a_run_goes_on_from(
+    monkeypatch, resume, checkpoint_step, first
+):
+    import types
+
+    from racli.training import run
+
+    seen = {}
+    monkeypatch.setattr(run.RunRecorder, "start", lambda *a, **k: "new")
+    monkeypatch.setattr(run.RunRecorder, "resume", lambda *a, **k: "taken up")
+    monkeypatch.setattr(run, "_take_up", lambda *a: None)
+    monkeypatch.setattr(
+        run, "with_tensorboard", lambda rec, *a, first_step, **k: seen.setdefault("f", first_step)
+    )
+    spec = types.SimpleNamespace(
+        attn="ra_v5", seed=0, tag=None, train=types.SimpleNamespace(tensorboard="tb")
+    )
+    state = None if checkpoint_step is None else types.SimpleNamespace(step=checkpoint_step)
+    reporter = types.SimpleNamespace(note=print)
+    run._recorder(spec, None, {}, resume, state, reporter, flush_interval=1.0)
+    assert seen["f"] == first

@@ -105,6 +105,19 @@ class EventLog:
         self.folder = Path(folder)
         self._writer = EventFileWriter(str(self.folder), flush_secs=flush_secs)
 
+    def restart_at(self, step: int) -> None:
+        """Mark a (re)start at `step`: TensorBoard drops what earlier event files of the
+        folder hold from that step on (a run resumed from a checkpoint, or trained again
+        from step 0), as the store drops those rows."""
+        import time
+
+        from tensorboard.compat.proto import event_pb2
+
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._writer.add_event(
+            self._event(wall_time=time.time(), step=int(step), session_log=start)
+        )
+
     def scalars(self, step: int, values: Mapping[str, float], wall_time: float | None = None):
         """Write `values` (tag -> number) at `step`; non-finite values are left out."""
         import time

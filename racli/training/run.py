@@ -136,7 +136,11 @@ def _recorder(
             tag=spec.tag,
             flush_interval=flush_interval,
         )
-    return with_tensorboard(rec, spec.train.tensorboard, spec.attn, note=reporter.note)
+    # the store keeps the rows up to the checkpoint's step; TensorBoard the same events
+    first = state.step + 1 if resume_run is not None and state is not None else 0
+    return with_tensorboard(
+        rec, spec.train.tensorboard, spec.attn, note=reporter.note, first_step=first
+    )
 
 
 def _take_up(rec: RunRecorder, state, reporter: ProgressReporter) -> None:

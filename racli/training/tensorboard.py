@@ -82,12 +82,15 @@ class TensorBoardRecorder:
             self._close()
 
 
-def with_tensorboard(rec, root: str | None, attn: str, note=None):
-    """`rec` itself when `root` is None, else `rec` writing to `root/run_<id>_<attn>` too."""
+def with_tensorboard(rec, root: str | None, attn: str, note=None, *, first_step: int = 0):
+    """`rec` itself when `root` is None, else `rec` writing to `root/run_<id>_<attn>` too;
+    events an earlier attempt of the run wrote from `first_step` on (the step it goes on
+    from) are dropped by TensorBoard."""
     if root is None or rec.run_id is None:
         return rec
     try:
         log = EventLog(run_folder(root, rec.run_id, attn))
+        log.restart_at(first_step)
     except Exception as exc:  # the run is recorded already: it trains without TensorBoard
         if note is not None:
             note(f"no TensorBoard output: {exc}")
