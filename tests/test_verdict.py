@@ -427,6 +427,31 @@ def test_swapping_mirrors_the_speed_and_budget_checks():
         assert w.outcome == MIRROR.get(v.outcome, v.outcome)
 
 
+def test_the_runs_speed_is_paired_by_seed_in_a_paired_design():
+    """The one-H200 experiment of docs/results.md (2026-12-04): seeds 1-2 ran on one GPU,
+    3-4 on another, both arms of a seed on the same one. The ratio of the sides' medians
+    compares GPUs (1.0018x, outside the calibrated [0.9922, 1.0011]); paired by seed it
+    is 1.0007x, inside. Swapping the sides inverts it exactly."""
+    losses = {1: (3.1805, 3.1710), 2: (3.1759, 3.2073), 3: (3.1880, 3.1950), 4: (3.1757, 3.2008)}
+    tps = {1: (576885, 576232), 2: (576543, 576443), 3: (580786, 579397), 4: (575253, 579066)}
+    b = [Sample(i, i, losses[i][0], float(tps[i][0]), 1059) for i in tps]
+    c = [Sample(10 + i, i, losses[i][1], float(tps[i][1]), 1055) for i in tps]
+    matched = MatchedTime(0.9966, (0.9922, 1.0011), True)
+    curve = [(s, 4.0 - 0.1 * math.log(s)) for s in (100, 300, 600, 1000)]
+    paired = compare_runs(c, b, curves=[curve] * 8, design=PAIRED, matched=matched)
+    assert paired.speed_gap.measured_by_seed
+    assert paired.speed_gap.measured_ratio == pytest.approx(1.00073, abs=1e-5)
+    assert not paired.speed_gap.mismatch and not any("calibrated" in x for x in paired.labels)
+    assert "(paired by seed), inside the calibrated interval" in final_comparison(paired)
+    unpaired = compare_runs(c, b, curves=[curve] * 8, matched=matched)
+    assert not unpaired.speed_gap.measured_by_seed and unpaired.speed_gap.mismatch
+    assert unpaired.speed_gap.measured_ratio == pytest.approx(577754.0 / 576714.0)
+    swapped = compare_runs(b, c, curves=[curve] * 8, design=PAIRED, matched=matched.swapped())
+    assert swapped.speed_gap.measured_ratio == pytest.approx(
+        1 / paired.speed_gap.measured_ratio, rel=1e-12
+    )
+
+
 def test_the_h200_runs_are_judged_paired_and_narrower_than_welch():
     """The six H200 runs of the report (GPT-2 124M, 2 minutes, seeds 1-3)."""
     base = side([2.1531, 2.1841, 2.1881], seeds=[1, 2, 3], iterations=2007)

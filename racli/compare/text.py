@@ -54,8 +54,8 @@ def _matched_lines(v: Verdict, g, cn: str, bn: str) -> list[str]:
         where = "outside" if g.mismatch else "inside"
         mark = "⚠️ " if g.mismatch else ""
         out.append(
-            f"{mark}Measured during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s, "
-            f"{where} the calibrated interval"
+            f"{mark}Measured during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s"
+            f"{' (paired by seed)' if g.measured_by_seed else ''}, {where} the calibrated interval"
         )
     return out
 

@@ -65,6 +65,7 @@ class SpeedGap:
     at_bounds: tuple[float, float] | None = None  # matched: at the interval's low, high end
     ratio_ci: tuple[float, float] | None = None
     measured_ratio: float | None = None  # matched: the runs' own tokens/s ratio
+    measured_by_seed: bool = False  # that ratio: the geometric mean of the seeds' ratios
 
     @property
     def too_large(self) -> bool:
@@ -105,16 +106,23 @@ def budget_check(
     bstats: SideStats,
     curves: list[list[tuple[float, float]]],
     threshold: float,
+    by_seed: float | None = None,
 ) -> SpeedGap:
     """Matched time: the improvement the step budgets alone would explain if the true speed
-    ratio lay at either end of the calibrated interval (the runs' steps as trained)."""
-    measured = None
-    if cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
+    ratio lay at either end of the calibrated interval (the runs' steps as trained).
+    `by_seed`: the runs' speed ratio paired by seed (a paired design), which cancels what
+    a seed's runs share (a machine, a GPU); else the ratio of the sides' medians."""
+    measured = by_seed
+    if measured is None and cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
         measured = cstats.median_tokens_per_s / bstats.median_tokens_per_s
     same = (
         cstats.iterations_range is not None and cstats.iterations_range == bstats.iterations_range
     )
-    kw = {"ratio_ci": matched.ratio_ci, "measured_ratio": measured}
+    kw = {
+        "ratio_ci": matched.ratio_ci,
+        "measured_ratio": measured,
+        "measured_by_seed": by_seed is not None,
+    }
     if same and matched.ratio == 1.0:
         basis = "both sides trained the same steps: one variant, one budget"
         return SpeedGap("matched_time", matched.ratio, 0.0, threshold / 2, basis, (0.0, 0.0), **kw)

@@ -402,16 +402,32 @@ def _check_inputs(candidate, baseline, metric: str, threshold: float, confidence
             raise ValueError(f"run {s.run_id} has a {metric} of {s.value}: ratios need values > 0")
 
 
-def _speed(cstats, bstats, metric: str, curves, threshold: float, matched, wall_clock: bool):
+def paired_speed_ratio(candidate: list[Sample], baseline: list[Sample]) -> float | None:
+    """The geometric mean over the seeds both sides ran of the candidate's tokens/s over
+    the baseline's (None without such a seed): swapping the sides inverts it exactly."""
+
+    def speed(s: Sample) -> float | None:
+        ok = s.seed is not None and finite(s.tokens_per_s) and s.tokens_per_s > 0
+        return float(s.tokens_per_s) if ok else None
+
+    base = {s.seed: speed(s) for s in baseline if speed(s) is not None}
+    logs = [math.log(speed(c) / base[c.seed]) for c in candidate if speed(c) and c.seed in base]
+    return math.exp(math.fsum(logs) / len(logs)) if logs else None
+
+
+def _speed(
+    cstats, bstats, metric: str, curves, threshold: float, matched, wall_clock: bool, by_seed
+):
     """(the candidate's median tokens/s over the baseline's or None, the speed check): the
-    step budgets' check (matched time), the speed gap (a wall-clock budget), or None."""
+    step budgets' check (matched time; `by_seed`: the paired speed ratio, or None), the
+    speed gap (a wall-clock budget), or None."""
     ratio = None
     if cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
         ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
     gap = None
     if metric != "tokens_per_s":
         if matched is not None:
-            gap = budget_check(matched, cstats, bstats, curves, threshold)
+            gap = budget_check(matched, cstats, bstats, curves, threshold, by_seed)
         elif wall_clock:
             gap = speed_gap(cstats, bstats, curves, threshold)
     return ratio, gap
@@ -448,7 +464,10 @@ def compare_runs(
     gone = unfinished or (None, None)
     cstats = _side_stats(candidate, confidence, gone[0])
     bstats = _side_stats(baseline, confidence, gone[1])
-    ratio, gap = _speed(cstats, bstats, metric, curves or [], threshold, matched, wall_clock)
+    by_seed = paired_speed_ratio(candidate, baseline) if design.paired else None
+    ratio, gap = _speed(
+        cstats, bstats, metric, curves or [], threshold, matched, wall_clock, by_seed
+    )
     names = (display_name(candidate_attn), display_name(baseline_attn))
     causes, reasons, labels = validity(
         cstats, bstats, gap=gap, allow_epochs=allow_epochs, names=names

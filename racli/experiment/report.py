@@ -198,8 +198,8 @@ def _one_verdict_lines(av) -> list[str]:
     if g is not None and g.kind == "matched_time" and g.measured_ratio is not None:
         where = "outside" if g.mismatch else "inside"
         lines.append(
-            f"  - speed during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s, "
-            f"{where} the calibrated interval"
+            f"  - speed during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s"
+            f"{' (paired by seed)' if g.measured_by_seed else ''}, {where} the calibrated interval"
         )
     return lines
 
