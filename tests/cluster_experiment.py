@@ -4,6 +4,7 @@ two verdicts over runs of equal losses agree."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -64,6 +65,11 @@ def sql(url: str, query: str, **params) -> list[tuple]:
             return [tuple(r) for r in conn.execute(text(query), params)]
     finally:
         engine.dispose()
+
+
+def config_of(value) -> dict:
+    """A run's recorded config as read back (JSON text from SQLite, a dict from PostgreSQL)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None = None):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from cluster_experiment import (
     assert_same_verdict,
+    config_of,
     experiment_argv,
     sql,
     train_runs,
@@ -45,6 +46,29 @@ def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+def _killed_then_interrupted(url: str, work: Path, argv, env, what: str):
+    """Start the experiment; once a run trains, SIGKILL its job actor's worker process and
+    Ctrl-C the command (--leave-on-interrupt: the actors go on). (run_id, attn, seed, job
+    name, stderr of the command)."""
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        run_id, attn, seed, sid, owner = wait_until(
+            lambda: training_run(url, work), what, 300, proc
+        )
+        assert owner.startswith(f"ray:{sid}:")
+        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the actor's worker process
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "ray job(s) running" in err, err[-3000:]
+    return run_id, attn, seed, sid, err
+
+
 def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     ray_cluster, pg_server, tmp_path
 ):
@@ -53,22 +77,10 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     work.mkdir()
     env = dict(ray_cluster.env(), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     argv = experiment_argv(url, "ray", *RAY_SETTINGS, "--json")
-    proc = subprocess.Popen(
-        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    run_id, attn, seed, sid, err = _killed_then_interrupted(
+        url, work, argv, env, "a seed job's run to be training"
     )
-    try:
-        run_id, attn, seed, sid, owner = wait_until(
-            lambda: training_run(url, work), "a seed job's run to be training", 300, proc
-        )
-        assert sid.endswith(f"-seed{seed}") and owner.startswith(f"ray:{sid}:")
-        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the actor's worker process
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, --leave-on-interrupt: the actors go on
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130 and "ray job(s) running" in err, err[-3000:]
+    assert sid.endswith(f"-seed{seed}")
     # the same command again re-attaches to the actors it made (by name), makes none
     attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=500)
     assert attached.returncode == 0, attached.stderr[-4000:]
@@ -164,22 +176,10 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     argv = experiment_argv(
         url, "ray", *RAY_SETTINGS, *batch, "--set", "ray.nodes_per_run=2", "--json", **shape
     )
-    proc = subprocess.Popen(
-        argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    run_id, attn, seed, sid, _ = _killed_then_interrupted(
+        url, work, argv, env, "a run to be training"
     )
-    try:
-        run_id, attn, seed, sid, owner = wait_until(
-            lambda: training_run(url, work), "a run to be training", 300, proc
-        )
-        assert sid.endswith(f"-{attn}-seed{seed}") and owner.startswith(f"ray:{sid}:")
-        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the job actor's worker process
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130 and "ray job(s) running" in err, err[-3000:]
+    assert sid.endswith(f"-{attn}-seed{seed}")
     # the same command again re-attaches to the actors still running (the runs are short:
     # they may all have finished meanwhile), submits none
     attached = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
@@ -192,7 +192,7 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     logs = work / "ra_experiment_logs" / data["key"]
     assert f"resume {run_id} ===" in (logs / f"{attn}-seed{seed}.log").read_text()
     # both nodes trained every run: two processes, one a node, on two nodes of the group
-    configs = [_config(c) for (c,) in sql(url, "SELECT config FROM runs WHERE kind = 'train'")]
+    configs = [config_of(c) for (c,) in sql(url, "SELECT config FROM runs WHERE kind = 'train'")]
     assert [c["world_size"] for c in configs] == [2, 2]
     assert all(len(c["experiment"]["hosts"]) == 2 for c in configs)
     for arm in ("baseline", "ra_v5"):
@@ -209,7 +209,3 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     assert "submitted" not in again.stderr and "reusing run" in again.stderr
     assert train_runs(url) == runs
     _same_as_local(pg_server, url, runs, data, work, env, *batch, **shape)
-
-
-def _config(value) -> dict:
-    return json.loads(value) if isinstance(value, str) else value

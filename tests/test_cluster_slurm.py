@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cluster_experiment import (
     assert_same_verdict,
+    config_of,
     experiment_argv,
     sql,
     train_runs,
@@ -220,7 +221,7 @@ def test_slurm_runs_over_two_nodes_and_survive_a_requeue(slurm_cluster, pg_serve
     assert f"resume {run_id} ===" in (logs / f"{attn}-seed{seed}.log").read_text()
     # both nodes trained every run: two processes, one a node
     sizes = sql(url, "SELECT config FROM runs WHERE kind = 'train' ORDER BY id")
-    assert [_config(c)["world_size"] for (c,) in sizes] == [2, 2]
+    assert [config_of(c)["world_size"] for (c,) in sizes] == [2, 2]
     for arm in ("baseline", "ra_v5"):
         text = (logs / f"{arm}-seed1.node1.log").read_text()
         # node 1 followed the requeued job's second incarnation too (a fresh exchange)
@@ -241,10 +242,6 @@ def test_slurm_runs_over_two_nodes_and_survive_a_requeue(slurm_cluster, pg_serve
     assert again.returncode == 0, again.stderr[-3000:]
     assert "submitted" not in again.stderr and "reusing run" in again.stderr
     assert train_runs(url) == runs
-
-
-def _config(value) -> dict:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _job_number(sid: str) -> tuple[int, int]:

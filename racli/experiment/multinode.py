@@ -254,12 +254,8 @@ def follow(root: Path, node: Node, stop: threading.Event, *, poll_s: float = 1.0
         launch = exchange.wait(k, stop, poll_s)
         if launch is None:
             return {"node": node.rank, "launches": k, "interrupted": stop.is_set()}
-        _follow_one(exchange, k, launch, node.rank, stop, poll_s)
+        run_node(launch, node.rank, k, lambda k=k: stop.is_set() or exchange.moved_on(k), poll_s)
         k += 1
-
-
-def _follow_one(exchange: Exchange, k: int, launch: Launch, rank: int, stop, poll_s) -> int:
-    return run_node(launch, rank, k, lambda: stop.is_set() or exchange.moved_on(k), poll_s)
 
 
 def run_node(
