@@ -314,7 +314,8 @@ def _read_yaml(p: Path) -> Any:
     return data
 
 
-def _parse_scalar(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """The value of a `--set KEY=VALUE` item, as YAML reads it (a 1e-3 a number)."""
     import yaml
 
     try:
@@ -349,7 +350,7 @@ def apply_overrides(
         section, name = parts
         if name not in data[section]:
             raise ConfigError("--set", key, f"unknown key (valid: {', '.join(data[section])})")
-        data[section][name] = _parse_scalar(raw)
+        data[section][name] = parse_value(raw)
     return config_from_dict(data, "--set")
 
 

@@ -114,11 +114,11 @@ def folder_in(overrides: list[str]) -> str | None:
     """The TensorBoard folder the last `train.tensorboard=...` item of `overrides` names
     (None where none does, or it names none): a resumed run is not given its --set items,
     so it takes the folder as --tensorboard."""
-    import yaml
+    from racli.config import parse_value  # the --set items' own reading
 
     folder = None
     for item in overrides:
         key, sep, value = item.partition("=")
         if sep and key.strip() == "train.tensorboard":
-            folder = yaml.safe_load(value)
+            folder = parse_value(value)
     return None if folder is None else str(folder)
