@@ -322,18 +322,40 @@ def _embed(model, idx: torch.Tensor) -> torch.Tensor:
     return model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))
 
 
-def _to_host(parts: list[Parts]) -> list[Parts]:
-    """The sums on the CPU, in one copy (one wait for the device instead of one per value);
-    the values are then finished there without launching more device work."""
-    tensors = [(i, k, v) for i, p in enumerate(parts) for k, v in p.items() if torch.is_tensor(v)]
-    if not tensors or all(v.device.type == "cpu" for _, _, v in tensors):
-        return parts
-    flat = torch.cat([v.reshape(-1).to(torch.float64) for _, _, v in tensors]).cpu()
-    out = [dict(p) for p in parts]
+Values = dict[int, dict[str, torch.Tensor]]  # layer -> measure name -> values
+Layout = list[tuple[int, str, torch.Size]]  # where each value lies in a packed vector
+
+
+def _finished(model, parts: list[Parts]) -> Values:
+    """Layer -> measure name -> values from each block's pooled sums, computed where the
+    sums are (on the device: no wait for the host)."""
+    out: Values = {}
+    for i, block in enumerate(model.transformer.h):
+        values = finish(block.attn, parts[i])
+        if values:
+            out[i] = values
+    return out
+
+
+def _pack(values: Values) -> tuple[torch.Tensor | None, Layout]:
+    """Every value in one float64 vector (so one copy brings them all to the host) and
+    where each lies."""
+    layout = [(i, k, v.shape) for i, named in values.items() for k, v in named.items()]
+    tensors = [v.reshape(-1).to(torch.float64) for named in values.values() for v in named.values()]
+    return (torch.cat(tensors) if tensors else None), layout
+
+
+def _unpack(flat: torch.Tensor | None, layout: Layout) -> Values:
+    """`_pack`'s values back from its vector, on the host (one copy, one wait)."""
+    out: Values = {}
+    if flat is None:
+        return out
+    flat = flat.cpu()
     start = 0
-    for i, k, v in tensors:
-        out[i][k] = flat[start : start + v.numel()].view(v.shape)
-        start += v.numel()
+    for i, k, shape in layout:
+        n = shape.numel()
+        out.setdefault(i, {})[k] = flat[start : start + n].view(shape)
+        start += n
     return out
 
 
@@ -379,15 +401,21 @@ GRAPHS_PER_MODEL = 4  # settings kept per model (each graph holds its own memory
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: graph}
 
 
-def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | None:
-    """`_forward_sums` through a CUDA graph kept per model; None where it does not apply.
+def _values(model, batches, queries: int, forward_dtype) -> tuple[torch.Tensor | None, Layout]:
+    """The measures without the ablation, packed (`_pack`), computed on the device."""
+    return _pack(_finished(model, _forward_sums(model, batches, queries, forward_dtype)))
+
+
+def _graphed_values(model, batches, queries: int, forward_dtype):
+    """`_values` through a CUDA graph kept per model; None where it does not apply.
 
     The graph is keyed by the batches' shapes, the settings and the parameters'
     addresses: it reads the parameters where they are (so it sees every in-place
     update, such as an optimizer step) and is captured again when one moves. Its
     first call runs eagerly (the warm-up) and then captures; later calls copy the
-    batches into the graph's inputs and replay it. A setting that failed to capture
-    runs eagerly from then on (`GRAPH_ERROR` says why)."""
+    batches into the graph's inputs and replay it: the forward, the statistics, their
+    finish and the packing into one vector, so the host then copies one vector. A
+    setting that failed to capture runs eagerly from then on (`GRAPH_ERROR` says why)."""
     global GRAPH_ERROR
     params = list(model.parameters())
     if not (GRAPH and params and params[0].is_cuda) or torch.cuda.is_current_stream_capturing():
@@ -405,26 +433,26 @@ def _graphed_sums(model, batches, queries: int, forward_dtype) -> list[Parts] | 
         return None
     hit = graphs.get(key)
     if hit is not None:
-        inputs, parts, graph = hit
+        inputs, packed, graph = hit
         for (i, t), (si, st) in zip(batches, inputs):
             si.copy_(i)
             st.copy_(t)
         graph.replay()
-        return parts
-    parts = _forward_sums(model, batches, queries, forward_dtype)  # warm-up, and the answer
+        return packed
+    packed = _values(model, batches, queries, forward_dtype)  # warm-up, and the answer
     inputs = [(i.clone(), t.clone()) for i, t in batches]
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
-            static = _forward_sums(model, inputs, queries, forward_dtype)
+            static = _values(model, inputs, queries, forward_dtype)
     except Exception as exc:  # not capturable here: stay eager
         GRAPH_ERROR = f"{type(exc).__name__}: {exc}"
         graphs[key] = None
-        return parts
+        return packed
     if len(graphs) >= GRAPHS_PER_MODEL:
         graphs.pop(next(iter(graphs)))  # the oldest setting
     graphs[key] = (inputs, static, graph)
-    return parts
+    return packed
 
 
 LOSS_ROWS = 4096  # positions per LM-head GEMM of the ablation (4 sequences of 1024)
@@ -516,27 +544,17 @@ def model_measures(
     if ablation and forward_dtype is not None:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
     if not ablation:
-        parts = _graphed_sums(model, batches, queries, forward_dtype)
-        if parts is None:
-            parts = _forward_sums(model, batches, queries, forward_dtype)
-        removed: dict[int, list] = {}
-        base: list = [0.0, 0]
-    else:
-        kept: list = []
-        parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
-        with float32_on_tensor_cores(TENSOR_CORES):
-            base, removed = _ablation_sums(model, batches, kept)
-    parts = _to_host(parts)
-    base[0] = float(torch.as_tensor(base[0]).detach())
-    for acc in removed.values():
-        acc[0] = float(torch.as_tensor(acc[0]).detach())
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    for i, block in enumerate(model.transformer.h):
-        values = finish(block.attn, parts[i])
-        if i in removed and base[1] > 0:
-            loss = base[0] / base[1]
-            without = removed[i][0] / removed[i][1]
-            values["rec_ablation"] = torch.tensor([(without - loss) / loss], dtype=torch.float64)
-        if values:
-            out[i] = values
-    return out
+        packed = _graphed_values(model, batches, queries, forward_dtype)
+        if packed is None:
+            packed = _values(model, batches, queries, forward_dtype)
+        return _unpack(*packed)
+    kept: list = []
+    parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
+    with float32_on_tensor_cores(TENSOR_CORES):
+        base, removed = _ablation_sums(model, batches, kept)
+    values = _finished(model, parts)
+    if base[1] > 0:
+        loss = base[0] / base[1]
+        for i, (total, n) in removed.items():
+            values.setdefault(i, {})["rec_ablation"] = ((total / n - loss) / loss).reshape(1)
+    return _unpack(*_pack(values))
