@@ -640,3 +640,22 @@ def test_seeds_needed_already_reached_says_so():
     outcome, reason, needed, span = decide(est, threshold=0.01, confidence=0.95)
     assert outcome == "INCONCLUSIVE" and needed <= 12 and "already reached" in reason
     assert span is None  # the spread's degrees of freedom were not given: no range
+
+
+def test_one_budget_for_both_sides_has_no_calibrated_ratio_to_miss():
+    """The one-H200 A/A experiment of docs/results.md (2026-12-04): both arms baseline, one
+    budget of 1050 steps, independent seeds. The runs went at 0.9991x; the interval
+    [1, 1] of one variant against itself set no budget, so nothing was missed."""
+    losses = {1: (3.1719, 3.1477), 2: (3.1928, 3.1592), 3: (3.2140, 3.1990), 4: (3.2072, 3.1613)}
+    tps = {1: (573964, 573047), 2: (573960, 573440), 3: (573662, 573438), 4: (574149, 573802)}
+    b = [Sample(i, i, losses[i][0], float(tps[i][0]), 1050) for i in tps]
+    c = [Sample(10 + i, 1_000_000 + i, losses[i][1], float(tps[i][1]), 1050) for i in tps]
+    curve = [(s, 4.0 - 0.1 * math.log(s)) for s in (100, 300, 600, 1000)]
+    v = compare_runs(c, b, curves=[curve] * 8, matched=MatchedTime(1.0, (1.0, 1.0), True))
+    g = v.speed_gap
+    assert g.same_budget and not g.mismatch and g.measured_ratio == pytest.approx(573439 / 573962)
+    assert not any("calibrated" in x for x in v.labels)
+    text = final_comparison(v)
+    assert "one budget for both sides, so no calibrated ratio to match" in text
+    assert "⚠️ Measured" not in text and "outside the calibrated" not in text
+    assert v.to_dict()["speed_gap"]["mismatch"] is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from racli.compare.stats import SPREAD_BOUND, format_seeds_needed
+from racli.compare.validity import SpeedGap
 from racli.compare.verdict import Verdict
 from racli.names import display_name, metric_label
 from racli.text.numbers import (
@@ -51,13 +52,20 @@ def _matched_lines(v: Verdict, g, cn: str, bn: str) -> list[str]:
         )
         out.append(f"   ({g.basis})")
     if g.measured_ratio is not None:
-        where = "outside" if g.mismatch else "inside"
         mark = "⚠️ " if g.mismatch else ""
-        out.append(
-            f"{mark}Measured during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s"
-            f"{' (paired by seed)' if g.measured_by_seed else ''}, {where} the calibrated interval"
-        )
+        out.append(f"{mark}Measured during the runs: {measured_speed(g)}")
     return out
+
+
+def measured_speed(g: SpeedGap) -> str:
+    """The runs' own speed ratio and where it lies against the calibrated interval."""
+    where = (
+        "one budget for both sides, so no calibrated ratio to match"
+        if g.same_budget
+        else f"{'outside' if g.mismatch else 'inside'} the calibrated interval"
+    )
+    paired = " (paired by seed)" if g.measured_by_seed else ""
+    return f"{g.measured_ratio:.4f}x the baseline's tokens/s{paired}, {where}"
 
 
 def _speed_lines(v: Verdict, cn: str, bn: str) -> list[str]:

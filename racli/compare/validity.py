@@ -72,9 +72,15 @@ class SpeedGap:
         return bool(self.explained is not None and abs(self.explained) > self.limit)
 
     @property
+    def same_budget(self) -> bool:
+        """Matched time with one variant on both sides: one step budget, no ratio applied."""
+        return self.kind == "matched_time" and self.at_bounds == (0.0, 0.0)
+
+    @property
     def mismatch(self) -> bool:
-        """Matched time: the runs' speed ratio falls outside the calibrated interval."""
-        if self.ratio_ci is None or self.measured_ratio is None:
+        """Matched time: the runs' speed ratio falls outside the calibrated interval (never
+        with one budget for both sides: no calibrated ratio set their steps)."""
+        if self.ratio_ci is None or self.measured_ratio is None or self.same_budget:
             return False
         lo, hi = self.ratio_ci
         return not lo <= self.measured_ratio <= hi
@@ -218,8 +224,9 @@ def speed_labels(gap: SpeedGap | None, matched: MatchedTime | None) -> list[str]
                 f"speed gap {gap.ratio:.3f}x under a wall-clock budget: its effect on the "
                 "loss was not estimated (no val-loss curve)"
             )
-    same_budget = gap is not None and gap.kind == "matched_time" and gap.at_bounds == (0.0, 0.0)
-    if same_budget:  # one variant, one budget: the calibration cannot favour either side
+    if (
+        gap is not None and gap.same_budget
+    ):  # one variant, one budget: the calibration cannot favour either side
         return out
     if matched is not None and not matched.settled:
         ci = matched.ratio_ci

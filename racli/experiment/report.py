@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from racli.compare.grouping import metric_curves
+from racli.compare.text import measured_speed
 from racli.errors import BadInput
 from racli.experiment import judge, text
 from racli.gates.analysis import analyse_gates
@@ -196,11 +197,7 @@ def _one_verdict_lines(av) -> list[str]:
         lines.append(f"  - ⚠️ {label}")
     g = v.speed_gap
     if g is not None and g.kind == "matched_time" and g.measured_ratio is not None:
-        where = "outside" if g.mismatch else "inside"
-        lines.append(
-            f"  - speed during the runs: {g.measured_ratio:.4f}x the baseline's tokens/s"
-            f"{' (paired by seed)' if g.measured_by_seed else ''}, {where} the calibrated interval"
-        )
+        lines.append(f"  - speed during the runs: {measured_speed(g)}")
     return lines
 
 
