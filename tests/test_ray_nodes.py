@@ -54,6 +54,12 @@ def test_a_run_the_live_nodes_cannot_hold_is_refused_with_one_line():
     with pytest.raises(BadInput, match="with 16 CPU each.*has 2"):
         ray_nodes.check_fits(alive, 0, 3, 16.0)
     ray_nodes.check_fits([{"CPU": 2.0}], 4, 1, 1.0)  # no GPU anywhere (yet): not judged here
+    # a one-node seed job holds its arms side by side: 2 arms x 4 GPUs fit a node of 8,
+    # 3 arms x 4 do not (its actor would wait for ever)
+    ray_nodes.check_fits(alive, 4, 1, 1.0, arms=2)
+    with pytest.raises(BadInput, match=r"^a seed's job runs its 3 arms .* 12 GPUs, above the 8"):
+        ray_nodes.check_fits(alive, 4, 1, 1.0, arms=3)
+    ray_nodes.check_fits(alive, 16, 2, 1.0, arms=3)  # runs over nodes: one job per run
 
 
 def test_the_launcher_asks_the_clusters_live_nodes():
@@ -68,6 +74,8 @@ def test_the_launcher_asks_the_clusters_live_nodes():
         ]
     )
     launcher.check_fits(8, 1)
+    with pytest.raises(BadInput, match="runs its 2 arms side by side"):
+        launcher.check_fits(8, 1, 2)
     with pytest.raises(BadInput, match="needs 2 Ray nodes.*has 1 alive"):
         launcher.check_fits(16, 2)  # the dead node does not count
 

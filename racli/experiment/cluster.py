@@ -81,7 +81,7 @@ class ClusterRun:
         self.launcher = make_launcher(settings.launcher, ecfg)
         if settings.launcher == "ray":
             try:
-                self.launcher.check_fits(self.per_run, self.nodes)
+                self.launcher.check_fits(self.per_run, self.nodes, len(settings.arms))
             except BadInput:
                 self.launcher.close()
                 raise

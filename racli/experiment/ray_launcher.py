@@ -73,10 +73,10 @@ class RayLauncher:
             )
         self.actor_class = self.ray.remote(JobActor)
 
-    def check_fits(self, per_run: int, nodes: int) -> None:
-        """Refuse (one line) a run the live nodes of the cluster cannot hold."""
+    def check_fits(self, per_run: int, nodes: int, arms: int = 1) -> None:
+        """Refuse (one line) a job the live nodes of the cluster cannot hold."""
         alive = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
-        ray_nodes.check_fits(alive, per_run, nodes, float(self.cfg.cpus_per_job))
+        ray_nodes.check_fits(alive, per_run, nodes, float(self.cfg.cpus_per_job), arms)
 
     def submit(
         self, jobs: list[worker.WorkerJob], gpus: int, name: str, nodes: int = 1

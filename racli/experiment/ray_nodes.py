@@ -43,16 +43,26 @@ def bundle(gpus: int, cpus: float) -> dict[str, float]:
     return out
 
 
-def check_fits(alive: list[dict[str, float]], per_run: int, nodes: int, cpus: float) -> None:
+def check_fits(
+    alive: list[dict[str, float]], per_run: int, nodes: int, cpus: float, arms: int = 1
+) -> None:
     """Refuse (one line) what the live nodes of the cluster (`alive`: their resources)
-    cannot hold: a one-node run above the largest node's GPUs, or a run over `nodes` nodes
-    when fewer nodes than that hold its bundle (its placement group would wait for ever)."""
+    cannot hold: a one-node seed job (its `arms` runs side by side, `per_run` GPUs each)
+    above the largest node's GPUs, or a run over `nodes` nodes when fewer nodes than that
+    hold its bundle (its placement group would wait for ever)."""
     largest = int(max((r.get("GPU", 0) for r in alive), default=0))
     if nodes == 1:
         if per_run and largest and per_run > largest:
             raise BadInput(
                 f"ray.gpus_per_run {per_run} is above the {largest} GPUs of this Ray cluster's "
                 f"largest node: set ray.gpus_per_node={largest} and a run spans whole nodes"
+            )
+        if per_run and largest and per_run * arms > largest:
+            raise BadInput(
+                f"a seed's job runs its {arms} arms side by side on one node: {arms} x "
+                f"ray.gpus_per_run {per_run} = {per_run * arms} GPUs, above the {largest} of "
+                f"this Ray cluster's largest node (lower ray.gpus_per_run, or set "
+                f"ray.gpus_per_node={largest} and a run spans whole nodes)"
             )
         return
     need = bundle(per_run // nodes, cpus)
