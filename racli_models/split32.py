@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-_ROUND = 1 << 12  # half of TF32's last kept mantissa bit (bit 13 of float32's 23)
-_KEEP = -(1 << 13)  # clears float32's 13 low mantissa bits
+# 0-dim int32 tensors rather than Python ints: a Python scalar is wrapped and converted
+# to int32 on every call (four more aten ops each), a 0-dim CPU tensor is passed as is
+_ROUND = torch.tensor(1 << 12, dtype=torch.int32)  # half of TF32's last kept mantissa bit
+_KEEP = torch.tensor(-(1 << 13), dtype=torch.int32)  # clears float32's 13 low mantissa bits
 
 
 def tf32_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
