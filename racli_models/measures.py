@@ -549,8 +549,8 @@ def model_measures(
             packed = _values(model, batches, queries, forward_dtype)
         return _unpack(*packed)
     kept: list = []
-    parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
-    with float32_on_tensor_cores(TENSOR_CORES):
+    with float32_on_tensor_cores(TENSOR_CORES):  # one block: the weights split once for both
+        parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
         base, removed = _ablation_sums(model, batches, kept)
     values = _finished(model, parts)
     if base[1] > 0:

@@ -96,14 +96,31 @@ class _Split(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_ACTIVE: list[_Split] = []  # the blocks open now, innermost last
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 @contextlib.contextmanager
 def float32_on_tensor_cores(enabled: bool = True, devices=("cuda",)) -> Iterator[None]:
     """Inside the block, float32 F.linear and matmul (outside autocast) on `devices` run
     as split TF32 GEMMs: float32-level results on tensor cores. `devices=("cpu",)`
     runs the same arithmetic on the CPU (tests: there TF32 does not exist, so the
-    split is exact up to float32's own rounding)."""
+    split is exact up to float32's own rounding). A block opened inside another for
+    the same devices adds nothing: the outer one's weights, split once, serve both
+    (but for inside a CUDA-graph capture, which must read only weights split in it)."""
     if not enabled:
         yield
         return
-    with _Split(tuple(devices)):
+    if _ACTIVE and _ACTIVE[-1].device_types == tuple(devices) and not _capturing():
         yield
+        return
+    mode = _Split(tuple(devices))
+    _ACTIVE.append(mode)
+    try:
+        with mode:
+            yield
+    finally:
+        _ACTIVE.pop()

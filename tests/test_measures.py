@@ -663,3 +663,21 @@ def test_cuda_graphs_of_alternating_settings_replay_what_eager_computes():
                 for name in ("rec_share", "rec_effect"):
                     assert got[layer][name] == pytest.approx(expected[layer][name], rel=1e-5)
     assert measures.GRAPH_ERROR is None
+
+
+def test_a_nested_split_block_shares_the_outer_blocks_weights():
+    """The ablation's forward and its ablated passes split each weight once: a block
+    opened inside another (same devices) adds no mode of its own."""
+    from racli_models import split32
+
+    w = torch.randn(8, 4, dtype=torch.float32)  # (this file's default dtype is float64)
+    x = torch.randn(3, 4, dtype=torch.float32)
+    with split32.float32_on_tensor_cores(devices=("cpu",)):
+        outer = split32._ACTIVE[-1]
+        torch.nn.functional.linear(x, w)
+        with split32.float32_on_tensor_cores(devices=("cpu",)):
+            assert split32._ACTIVE == [outer]
+            y = torch.nn.functional.linear(x, w)
+        assert len(outer.weights) == 1  # split once, used twice
+    assert split32._ACTIVE == []
+    assert torch.allclose(y, x @ w.T, atol=1e-6)
