@@ -1,4 +1,5 @@
-"""Shared test set-up: the `gpu` marker skips without CUDA; the store backends.
+"""Shared test set-up: one CPU thread a process; the `gpu` marker skips without CUDA; the
+store backends.
 
 `store_url` runs a test once per backend: a SQLite file in the test's temporary
 directory, and a fresh database on a throwaway PostgreSQL server (tests/pg.py)
@@ -15,6 +16,13 @@ import subprocess
 import pytest
 
 BACKENDS = ["sqlite", "postgres"]
+
+# One CPU thread a process (read by torch when it starts; child processes inherit it):
+# the tests' models are tiny, and the pytest-xdist workers (one a core), each with a
+# training child or two, would otherwise oversubscribe the cores with OpenMP threads
+# spinning against each other (the whole suite took 40% more CPU time). A setting of the
+# caller's own wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _cuda_available() -> bool:
