@@ -1,4 +1,5 @@
-"""Shared test set-up: the `gpu` marker skips without CUDA; the store backends.
+"""Shared test set-up: one CPU thread a process; the `gpu` marker skips without CUDA (and
+keeps the gpu tests on one pytest-xdist worker where they run); the store backends.
 
 `store_url` runs a test once per backend: a SQLite file in the test's temporary
 directory, and a fresh database on a throwaway PostgreSQL server (tests/pg.py)
@@ -16,6 +17,13 @@ import pytest
 
 BACKENDS = ["sqlite", "postgres"]
 
+# One CPU thread a process (read by torch when it starts; child processes inherit it):
+# the tests' models are tiny, and the pytest-xdist workers (one a core), each with a
+# training child or two, would otherwise oversubscribe the cores with OpenMP threads
+# spinning against each other (the whole suite took 40% more CPU time). A setting of the
+# caller's own wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _cuda_available() -> bool:
     if importlib.util.find_spec("torch") is None:
@@ -25,12 +33,21 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# tryfirst: pytest-xdist reads the xdist_group marks in a hook of its own, which must see
+# the one added here
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu and not _cuda_available():
+    if not gpu:
+        return
+    if not _cuda_available():
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in gpu:
             item.add_marker(skip)
+        # skipped tests need no group; and `--dist loadgroup` hands the groups out largest
+        # first, one a worker: a group of ~170 skipped tests would put both cluster groups
+        # (the suite's longest work) on the other worker, one after the other
+        return
     for item in gpu:  # one GPU: its tests run one at a time, on one pytest-xdist worker
         item.add_marker(pytest.mark.xdist_group("gpu"))
 

@@ -32,7 +32,7 @@ from cluster_experiment import (
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY_SETTINGS = ["--set", "ray.poll_s=1", "--set", "ray.gpus_per_run=0"]
+RAY_SETTINGS = ["--set", "ray.poll_s=0.5", "--set", "ray.gpus_per_run=0"]
 
 
 def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_SETTINGS = [
     "--set",
-    "slurm.poll_s=1",
+    "slurm.poll_s=0.5",
     "--set",
     "slurm.cpus_per_task=1",
     "--set",
