@@ -16,17 +16,26 @@ plain torch ops: three times the multiply-adds, at TF32's rate (the H200's
 datasheet: about 495 TFLOP/s dense TF32 against 67 TFLOP/s float32).
 
 `float32_on_tensor_cores()` applies it to every float32 F.linear and matmul on
-CUDA inside the block (not under autocast, whose products are 16-bit anyway).
+CUDA inside the block (not under autocast, whose products are 16-bit anyway). On
+CUDA one Triton kernel reads each operand once and writes its stacked parts
+(`KERNEL`); elsewhere, and without Triton, the same bits come from torch ops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from .fused import HAS_TRITON, _launch, tl, triton
+
+#: the stacked operand from one Triton kernel on CUDA (False: split and concatenate with
+#: torch ops, five kernels; tools/reciprocity_cost.py --split-ops times both)
+KERNEL = True
 
 # 0-dim int32 tensors rather than Python ints: a Python scalar is wrapped and converted
 # to int32 on every call (four more aten ops each), a 0-dim CPU tensor is passed as is
@@ -41,9 +50,42 @@ def tf32_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, t - hi
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _stacked_kernel(t_ptr, out_ptr, n, seg, LO_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+        """t viewed as (n / seg, seg) rows, seg = the split dimension times everything after
+        it; out as (n / seg, 3, seg): each row's parts [hi, lo, hi] (or [hi, hi, lo])."""
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < n
+        t = tl.load(t_ptr + i, mask=mask)
+        hi = ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+        lo = t - hi
+        at = out_ptr + (i // seg) * 2 * seg + i  # row r's first part starts at 3 r seg
+        tl.store(at, hi, mask=mask)
+        tl.store(at + seg, lo if not LO_FIRST else hi, mask=mask)
+        tl.store(at + 2 * seg, hi if not LO_FIRST else lo, mask=mask)
+
+
+def _stacked_by_kernel(t: torch.Tensor, dim: int, lo_first: bool) -> torch.Tensor:
+    """`stacked` in one launch: t is read once, its three parts written in place."""
+    t = t.contiguous()
+    dim = dim % t.dim()
+    shape = list(t.shape)
+    seg = math.prod(shape[dim:])  # the split dimension and all after it
+    shape[dim] *= 3
+    out = torch.empty(shape, device=t.device, dtype=t.dtype)
+    n, block = t.numel(), 1024
+    _launch(_stacked_kernel, (triton.cdiv(n, block),), (t, out, n, seg),
+            dict(LO_FIRST=lo_first, BLOCK=block), num_warps=4)  # fmt: skip
+    return out
+
+
 def stacked(t: torch.Tensor, dim: int, lo_first: bool) -> torch.Tensor:
     """t's parts stacked along `dim` (its inner dimension): [hi | lo | hi] for the left
     operand (lo_first False), [hi | hi | lo] for the right one."""
+    if KERNEL and HAS_TRITON and t.is_cuda and t.dtype == torch.float32 and t.numel():
+        return _stacked_by_kernel(t, dim, lo_first)
     hi, lo = tf32_split(t)
     return torch.cat([hi, lo, hi] if not lo_first else [hi, hi, lo], dim=dim)
 

@@ -487,6 +487,59 @@ def test_split_product_on_tf32_reads_is_float32_accurate():
     assert float(((plain - exact).abs() / scale).max()) > 2.0**-13
 
 
+SPLIT_CASES = [((5, 7), -1), ((5, 7), 1), ((2, 3, 4, 6), -2), ((2, 3, 4, 6), -1),
+               ((3, 1), 0), ((1,), 0), ((4, 5), 0), ((2, 1030, 3), 1)]  # fmt: skip
+
+
+def check_split_kernel(device: str) -> None:
+    """The one-launch split writes the same bits as the torch ops, for every dimension,
+    both orders and non-contiguous inputs (values from 1e-30 to 1e30, signed)."""
+    from racli_models import split32
+
+    g = torch.Generator().manual_seed(0)
+    for shape, dim in SPLIT_CASES:
+        n = math.prod(shape)
+        t = torch.randn(shape, generator=g, dtype=torch.float32)
+        t = (t * torch.logspace(-30, 30, n, dtype=torch.float32).reshape(shape)).to(device)
+        for source in (t, t.transpose(0, -1).contiguous().transpose(0, -1)):
+            for lo_first in (False, True):
+                got = split32._stacked_by_kernel(source, dim, lo_first)
+                hi, lo = tf32_split(source.contiguous())
+                want = torch.cat([hi, lo, hi] if not lo_first else [hi, hi, lo], dim=dim)
+                assert got.shape == want.shape and got.is_contiguous()
+                assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.gpu
+def test_the_split_kernel_writes_the_torch_ops_bits_on_cuda():
+    check_split_kernel("cuda")
+    from racli_models import split32
+
+    t = torch.randn(64, 96, device="cuda", dtype=torch.float32)
+    split32.KERNEL = False
+    try:
+        ops = stacked(t, -1, False)
+    finally:
+        split32.KERNEL = True
+    assert torch.equal(stacked(t, -1, False), ops)  # stacked() takes the kernel on CUDA
+
+
+def test_the_split_kernel_in_tritons_interpreter(tmp_path):
+    """The same check on the CPU through Triton's interpreter, where Triton is installed
+    (CUDA builds of torch ship it; the CPU build does not, and then this skips)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    code = "import tests.test_measures as t; t.check_split_kernel('cpu'); print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_the_split_mode_computes_the_same_measures():
     """The split GEMMs, run on the CPU (no TF32 there: only the plumbing differs), give the
     float32 measures and ablation within float32's rounding (the ablation: within 1e-7,

@@ -9,6 +9,7 @@
 # git ignores; name it in the device call's carry list). Optional environment:
 #   PERF_STEP=profile,loss,eager   first run tools/perf_step.py with these parts
 #   EXTRA_ARMS=baseline+graph=false  more vs_nanogpt arms after nanogpt,baseline,ra_v5
+#   REC_ARGS=--split-ops  more options of tools/reciprocity_cost.py
 #   BLOCK_BUDGET=150  BLOCK_SKIP='tile sweep,...'  perf_block's --budget-s and --skip
 #   GPU_TESTS='tests/test_loss.py ...'  then run these files' gpu-marked tests (T_TEST s)
 # Each tool runs under `timeout` (T_STEP, T_VS, T_REC, T_BLOCK seconds) so the call ends
@@ -30,7 +31,8 @@ if [ -n "${PERF_STEP:-}" ]; then
 fi
 timeout "${T_VS:-240}" python3 tools/vs_nanogpt.py --nanogpt "$NANOGPT" --rounds 5 --bench-py \
   --arms "nanogpt,baseline,ra_v5${EXTRA_ARMS:+,$EXTRA_ARMS}" 2>&1 | tee -a "$LOG"
-timeout "${T_REC:-120}" python3 tools/reciprocity_cost.py --device cuda --previous 2>&1 \
+# shellcheck disable=SC2086
+timeout "${T_REC:-120}" python3 tools/reciprocity_cost.py --device cuda --previous ${REC_ARGS:-} 2>&1 \
   | tee -a "$LOG"
 timeout "${T_BLOCK:-200}" python3 tools/perf_block.py --once --budget-s "${BLOCK_BUDGET:-150}" \
   --skip "${BLOCK_SKIP:-}" 2>&1 | tee -a "$LOG"

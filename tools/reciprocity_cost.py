@@ -6,6 +6,7 @@
     python tools/reciprocity_cost.py --device cuda --measure-queries 128,256,0 --previous
     python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
     python tools/reciprocity_cost.py --device cuda --plain-float32 --ablation-accuracy --profile
+    python tools/reciprocity_cost.py --device cuda --split-ops --precision float32
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
@@ -20,7 +21,9 @@ with the same code. `--accuracy` compares each setting's rec_share and
 rec_effect with the full computation (every query row, float32) on all
 `--eval-batches` x `--batch-size` sequences (meaningful on a trained
 checkpoint). `--plain-float32` also times each setting with the float32
-products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds.
+products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds;
+`--split-ops` with the split operands from torch ops instead of the one-launch
+kernel (`split32.KERNEL` off).
 `--ablation-accuracy` compares the first setting's rec_ablation with float64
 (the model in float64 on the same device), for the split TF32 products, plain
 float32 and plain TF32. `--profile` prints the kernels of one call of the
@@ -237,6 +240,12 @@ def main(argv=None) -> int:
         help="also time each setting with plain float32 products (TENSOR_CORES off)",
     )
     p.add_argument(
+        "--split-ops",
+        action="store_true",
+        help="also time each setting with the split TF32 operands from torch ops instead of "
+        "the one-launch kernel (split32.KERNEL off)",
+    )
+    p.add_argument(
         "--ablation-accuracy",
         action="store_true",
         help="compare the first setting's rec_ablation with float64, per precision",
@@ -312,6 +321,15 @@ def main(argv=None) -> int:
         finally:
             measures.TENSOR_CORES = True
 
+    def split_ops(job):
+        from racli_models import split32
+
+        split32.KERNEL = False
+        try:
+            return job()
+        finally:
+            split32.KERNEL = True
+
     jobs = {"eval": evaluate}
     picked = [measured_batches(batches, s) for s in settings]
     for k, s in enumerate(settings):
@@ -320,6 +338,8 @@ def main(argv=None) -> int:
             jobs[(k, ablation)] = functools.partial(measure, model, picked[k], **kw)
             if args.plain_float32:
                 jobs[(k, ablation, "plain")] = functools.partial(plain, jobs[(k, ablation)])
+            if args.split_ops:
+                jobs[(k, ablation, "ops")] = functools.partial(split_ops, jobs[(k, ablation)])
     first: dict = {key: [] for key in jobs}
     for key, job in jobs.items():
         with timer(first[key]):
@@ -367,6 +387,12 @@ def main(argv=None) -> int:
             )
             if args.plain_float32:
                 entry[f"{key}_plain_float32_ms"] = statistics.median(times[(k, ablation, "plain")])
+            if args.split_ops:
+                (
+                    entry[f"{key}_split_ops_ms"],
+                    entry[f"{key}_split_ops_p10_ms"],
+                    entry[f"{key}_split_ops_p90_ms"],
+                ) = spread(times[(k, ablation, "ops")])
             entry[f"{key}_first_call_ms"] = first[(k, ablation)][0]
             entry[f"{key}_ratio"] = entry[f"{key}_ms"] / ev
             entry[f"{key}_ratio_scaled"] = entry[f"{key}_ms"] / ev_full
@@ -407,6 +433,20 @@ def main(argv=None) -> int:
                     else "; plain float32 products: {measures_plain_float32_ms:.1f} ms".format(
                         **entry
                     )
+                )
+            )
+        if args.split_ops:
+            print(
+                "    split TF32 operands from torch ops (split32.KERNEL off): measures "
+                "{measures_split_ops_ms:.1f} ms ({measures_split_ops_p10_ms:.1f}-"
+                "{measures_split_ops_p90_ms:.1f})".format(**entry)
+                + (
+                    "; with the ablation {with_ablation_split_ops_ms:.1f} ms "
+                    "({with_ablation_split_ops_p10_ms:.1f}-{with_ablation_split_ops_p90_ms:.1f}); "
+                    "one-launch kernel: with the ablation {with_ablation_ms:.1f} ms "
+                    "({with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f})".format(**entry)
+                    if args.ablation
+                    else ""
                 )
             )
         if args.accuracy:
