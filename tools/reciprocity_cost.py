@@ -180,7 +180,8 @@ def profile(job, label: str) -> None:
         job()
         torch.cuda.synchronize()
     events = prof.key_averages()
-    total = sum(e.self_device_time_total for e in events) / 1000
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in kernels) / 1000  # not the ops launching them
     print(f"  profile of {label}: {total:.2f} ms of kernels")
     print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
 
