@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from . import folded_kernel, split32
 from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
 from .split32 import float32_on_tensor_cores
 
@@ -26,6 +27,11 @@ LAYER_MEASURES = ("rec_ablation",)
 #: precision float32) and of the ablated passes (F.linear, matmul) run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: as
 #: torch's TF32 flags say, which `racli.training.reciprocity.measure` turns off)
 TENSOR_CORES = True
+
+#: on CUDA, the folded-RA statistics of float32 terms as one Triton kernel per layer
+#: (`racli_models.folded_kernel`) instead of about twenty torch passes; off until it
+#: is timed and checked on a GPU (tools/reciprocity_cost.py --stats-kernel)
+STATS_KERNEL = False
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -134,6 +140,12 @@ def folded_stats(
     pick = rows.pick(D, d_std, qf.dtype)
     qs = (qf.unsqueeze(2) * pick).reshape(B, H, 2 * n, D)  # the rows as [a | 0], then [0 | b]
     terms = (qs @ kf.transpose(-1, -2)).view(B, H, 2, n, T)
+    if STATS_KERNEL and folded_kernel.applies(terms):
+        sums = folded_kernel.row_sums(terms, rows.rows)  # (B, H, n, 4): v_std, v_rec, a, u
+        power = _acc(sums[..., :2].sum(dim=(0, 2)))  # (H, 2)
+        a, u = sums[..., 2], sums[..., 3]
+        kl = _acc((a / (1 + u) - torch.log1p(u)).sum(dim=(0, 2)))  # kl_sum's formula
+        return {"v_std": power[:, 0], "v_rec": power[:, 1], "kl": kl, "queries": float(B * n)}
     t = terms.masked_fill(hidden, 0.0)
     centred = (t - t.sum(-1, keepdim=True) / rows.n_keys(t.dtype)).masked_fill_(hidden, 0.0)
     power = _acc(centred.pow_(2).sum(dim=(0, 3, 4)))  # (H, 2)
@@ -427,6 +439,8 @@ def _graphed_values(model, batches, queries: int, forward_dtype):
         tuple(p.data_ptr() for p in params),
         torch.backends.cuda.matmul.allow_tf32,
         TENSOR_CORES,
+        STATS_KERNEL,
+        split32.KERNEL,
     )
     graphs = _GRAPHS.setdefault(model, {})
     if key in graphs and graphs[key] is None:

@@ -524,9 +524,8 @@ def test_the_split_kernel_writes_the_torch_ops_bits_on_cuda():
     assert torch.equal(stacked(t, -1, False), ops)  # stacked() takes the kernel on CUDA
 
 
-def test_the_split_kernel_in_tritons_interpreter(tmp_path):
-    """The same check on the CPU through Triton's interpreter, where Triton is installed
-    (CUDA builds of torch ship it; the CPU build does not, and then this skips)."""
+def run_in_interpreter(check: str) -> None:
+    """Run this module's `check`('cpu') in a fresh process under TRITON_INTERPRET=1."""
     import importlib.util
     import os
     import subprocess
@@ -535,9 +534,90 @@ def test_the_split_kernel_in_tritons_interpreter(tmp_path):
     if importlib.util.find_spec("triton") is None:
         pytest.skip("Triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import tests.test_measures as t; t.check_split_kernel('cpu'); print('ok')"
+    code = f"import tests.test_measures as t; t.{check}('cpu'); print('ok')"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_split_kernel_in_tritons_interpreter():
+    """The same check on the CPU through Triton's interpreter, where Triton is installed
+    (CUDA builds of torch ship it; the CPU build does not, and then this skips)."""
+    run_in_interpreter("check_split_kernel")
+
+
+FOLDED_CASES = [  # B, H, n, T, D, d_std, scale of the reciprocal dims
+    (2, 3, 5, 37, 16, 12, 1.0), (1, 2, 7, 64, 8, 6, 1e-3), (2, 2, 4, 100, 8, 4, 3.0),
+    (1, 1, 3, 16, 4, 2, 0.0), (1, 2, 6, 1030, 8, 6, 0.3),
+]  # fmt: skip
+
+
+def check_folded_kernel(device: str) -> None:
+    """The one-kernel row sums give folded_stats' sums as close to float64 as the torch
+    float32 statistics do: v_std and v_rec within 1e-6, the KL within 1e-5 (1e-3 where R
+    is 1e-3 of S and the KL 1e-7 of it), zero reciprocal dims giving exactly zero."""
+    from racli_models import folded_kernel
+    from racli_models.measures import QueryRows, folded_stats
+
+    g = torch.Generator().manual_seed(0)
+    for B, H, n, T, D, ds, scale in FOLDED_CASES:
+        qf = torch.randn(B, H, n, D, generator=g, dtype=torch.float32)
+        qf[..., ds:] *= scale
+        kf = torch.randn(B, H, T, D, generator=g, dtype=torch.float32)
+        rows = torch.sort(torch.randperm(T, generator=g)[:n]).values
+        want = folded_stats(qf.double(), kf.double(), ds, QueryRows(rows, T))
+        pick = QueryRows(rows, T).pick(D, ds, torch.float32)
+        qs = (qf.unsqueeze(2) * pick).reshape(B, H, 2 * n, D)
+        terms = (qs @ kf.transpose(-1, -2)).view(B, H, 2, n, T)
+        sums = folded_kernel.row_sums(terms.to(device), rows.to(device)).double().cpu()
+        a, u = sums[..., 2], sums[..., 3]
+        got = {
+            "v_std": sums[..., 0].sum((0, 2)),
+            "v_rec": sums[..., 1].sum((0, 2)),
+            "kl": (a / (1 + u) - torch.log1p(u)).sum((0, 2)),
+        }
+        for name, bound in (
+            ("v_std", 1e-6),
+            ("v_rec", 1e-6),
+            ("kl", 1e-3 if scale < 0.01 else 1e-5),
+        ):
+            if scale == 0.0 and name != "v_std":
+                assert torch.equal(got[name], torch.zeros_like(got[name]))
+                continue
+            rel = ((got[name] - want[name]).abs() / want[name].abs()).max()
+            assert float(rel) < bound, (B, H, n, T, scale, name, float(rel))
+
+
+@pytest.mark.gpu
+def test_the_folded_stats_kernel_matches_float64_on_cuda():
+    check_folded_kernel("cuda")
+
+
+@pytest.mark.gpu
+def test_the_folded_stats_kernel_gives_the_models_measures_on_cuda():
+    """With `measures.STATS_KERNEL` on, the measures of a CUDA model (eager, then replayed
+    from the CUDA graph) agree with the torch statistics' within float32 rounding."""
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=256).float().cuda()
+    batches = [(x.cuda(), y.cuda()) for x, y in token_batches(n=1, B=2, T=256, seed=10)]
+    with torch.no_grad():
+        want = model_measures(model, batches, ablation=False, queries=64)
+        measures.STATS_KERNEL = True
+        try:
+            got = [model_measures(model, batches, ablation=False, queries=64) for _ in range(3)]
+        finally:
+            measures.STATS_KERNEL = False
+    for values in got:
+        for layer in range(2):
+            for name in ("rec_share", "rec_effect"):
+                torch.testing.assert_close(
+                    values[layer][name], want[layer][name], rtol=1e-4, atol=0
+                )
+
+
+def test_the_folded_stats_kernel_in_tritons_interpreter():
+    """check_folded_kernel on the CPU through Triton's interpreter, where Triton is
+    installed (skipped with the CPU build of torch, which does not ship it)."""
+    run_in_interpreter("check_folded_kernel")
 
 
 def test_the_split_mode_computes_the_same_measures():

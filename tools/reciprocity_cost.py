@@ -7,6 +7,7 @@
     python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
     python tools/reciprocity_cost.py --device cuda --plain-float32 --ablation-accuracy --profile
     python tools/reciprocity_cost.py --device cuda --split-ops --precision float32
+    python tools/reciprocity_cost.py --device cuda --stats-kernel
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
@@ -23,7 +24,8 @@ rec_effect with the full computation (every query row, float32) on all
 checkpoint). `--plain-float32` also times each setting with the float32
 products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds;
 `--split-ops` with the split operands from torch ops instead of the one-launch
-kernel (`split32.KERNEL` off).
+kernel (`split32.KERNEL` off); `--stats-kernel` with the folded-RA statistics as
+one Triton kernel per layer (`measures.STATS_KERNEL` on).
 `--ablation-accuracy` compares the first setting's rec_ablation with float64
 (the model in float64 on the same device), for the split TF32 products, plain
 float32 and plain TF32. `--profile` prints the kernels of one call of the
@@ -247,6 +249,12 @@ def main(argv=None) -> int:
         "the one-launch kernel (split32.KERNEL off)",
     )
     p.add_argument(
+        "--stats-kernel",
+        action="store_true",
+        help="also time each setting with the folded-RA statistics as one Triton kernel "
+        "per layer (measures.STATS_KERNEL on)",
+    )
+    p.add_argument(
         "--ablation-accuracy",
         action="store_true",
         help="compare the first setting's rec_ablation with float64, per precision",
@@ -331,6 +339,13 @@ def main(argv=None) -> int:
         finally:
             split32.KERNEL = True
 
+    def stats_kernel(job):
+        measures.STATS_KERNEL = True
+        try:
+            return job()
+        finally:
+            measures.STATS_KERNEL = False
+
     jobs = {"eval": evaluate}
     picked = [measured_batches(batches, s) for s in settings]
     for k, s in enumerate(settings):
@@ -341,6 +356,8 @@ def main(argv=None) -> int:
                 jobs[(k, ablation, "plain")] = functools.partial(plain, jobs[(k, ablation)])
             if args.split_ops:
                 jobs[(k, ablation, "ops")] = functools.partial(split_ops, jobs[(k, ablation)])
+            if args.stats_kernel:
+                jobs[(k, ablation, "stats")] = functools.partial(stats_kernel, jobs[(k, ablation)])
     first: dict = {key: [] for key in jobs}
     for key, job in jobs.items():
         with timer(first[key]):
@@ -394,6 +411,12 @@ def main(argv=None) -> int:
                     entry[f"{key}_split_ops_p10_ms"],
                     entry[f"{key}_split_ops_p90_ms"],
                 ) = spread(times[(k, ablation, "ops")])
+            if args.stats_kernel:
+                (
+                    entry[f"{key}_stats_kernel_ms"],
+                    entry[f"{key}_stats_kernel_p10_ms"],
+                    entry[f"{key}_stats_kernel_p90_ms"],
+                ) = spread(times[(k, ablation, "stats")])
             entry[f"{key}_first_call_ms"] = first[(k, ablation)][0]
             entry[f"{key}_ratio"] = entry[f"{key}_ms"] / ev
             entry[f"{key}_ratio_scaled"] = entry[f"{key}_ms"] / ev_full
@@ -446,6 +469,18 @@ def main(argv=None) -> int:
                     "({with_ablation_split_ops_p10_ms:.1f}-{with_ablation_split_ops_p90_ms:.1f}); "
                     "one-launch kernel: with the ablation {with_ablation_ms:.1f} ms "
                     "({with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f})".format(**entry)
+                    if args.ablation
+                    else ""
+                )
+            )
+        if args.stats_kernel:
+            print(
+                "    statistics in one kernel per layer (measures.STATS_KERNEL on): measures "
+                "{measures_stats_kernel_ms:.1f} ms ({measures_stats_kernel_p10_ms:.1f}-"
+                "{measures_stats_kernel_p90_ms:.1f}) against {measures_ms:.1f} ms "
+                "({measures_p10_ms:.1f}-{measures_p90_ms:.1f})".format(**entry)
+                + (
+                    "; with the ablation {with_ablation_stats_kernel_ms:.1f} ms".format(**entry)
                     if args.ablation
                     else ""
                 )
