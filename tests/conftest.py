@@ -53,7 +53,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    from helpers import in_ci
+
+    return in_ci()
 
 
 def _unavailable(reason: str):
