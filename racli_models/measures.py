@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from . import folded_kernel, split32
 from .attention import RMS_EPS, RABetaAttention, SDPAGateAttention, _FoldedRA
-from .split32 import float32_on_tensor_cores
 
 Parts = dict[str, torch.Tensor | float]  # additive sums (tensors, or counts)
 
@@ -382,7 +381,7 @@ def _forward_sums(
     afresh in each call (a CUDA graph captured from a call reads only what it made)."""
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
-    with float32_on_tensor_cores(TENSOR_CORES and forward_dtype is None):
+    with split32.float32_on_tensor_cores(TENSOR_CORES and forward_dtype is None):
         for idx, _ in batches:
             rows = QueryRows.spread(idx.shape[1], queries, idx.device)
             forward = (
@@ -563,7 +562,9 @@ def model_measures(
             packed = _values(model, batches, queries, forward_dtype)
         return _unpack(*packed)
     kept: list = []
-    with float32_on_tensor_cores(TENSOR_CORES):  # one block: the weights split once for both
+    with split32.float32_on_tensor_cores(
+        TENSOR_CORES
+    ):  # one block: the weights split once for both
         parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
         base, removed = _ablation_sums(model, batches, kept)
     values = _finished(model, parts)

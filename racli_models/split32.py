@@ -59,7 +59,8 @@ if HAS_TRITON:
         i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = i < n
         t = tl.load(t_ptr + i, mask=mask)
-        hi = ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+        bits = t.to(tl.int32, bitcast=True)
+        hi = ((bits + 4096) & -8192).to(tl.float32, bitcast=True)  # _ROUND, _KEEP
         lo = t - hi
         at = out_ptr + (i // seg) * 2 * seg + i  # row r's first part starts at 3 r seg
         tl.store(at, hi, mask=mask)

@@ -14,6 +14,7 @@ import os
 import subprocess
 
 import pytest
+from helpers import in_ci
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -52,14 +53,8 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group("gpu"))
 
 
-def _in_ci() -> bool:
-    from helpers import in_ci
-
-    return in_ci()
-
-
 def _unavailable(reason: str):
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL tests skipped: {reason}")
 
@@ -135,7 +130,7 @@ def store_url(backend, request, tmp_path) -> str:
 
 
 def _cluster_unavailable(what: str, reason: str):
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"{what} tests cannot run under CI: {reason}", pytrace=False)
     pytest.skip(f"{what} tests skipped: {reason}")
 
@@ -204,7 +199,7 @@ def tmpfs(tmp_path):
             failure = str(exc)
         if failure is not None:
             reason = f"cannot mount a tmpfs: {failure or 'not root?'}"
-            if _in_ci():
+            if in_ci():
                 pytest.fail(f"disk-full tests cannot run under CI: {reason}", pytrace=False)
             pytest.skip(f"disk-full tests skipped: {reason}")
         mounted.append(path)

@@ -321,30 +321,22 @@ def main(argv=None) -> int:
 
     # what is timed: the evaluation, and each setting without / with the ablation; all of
     # them in every round (interleaved, so a machine whose speed drifts charges each alike)
-    from racli_models import measures
+    from racli_models import measures, split32
 
-    def plain(job):
-        measures.TENSOR_CORES = False
+    # variants timed beside each setting in the same rounds: tag -> (asked, module, flag, value)
+    variants = {
+        "plain": (args.plain_float32, measures, "TENSOR_CORES", False),
+        "ops": (args.split_ops, split32, "KERNEL", False),
+        "stats": (args.stats_kernel, measures, "STATS_KERNEL", True),
+    }
+
+    def flagged(module, name, value, job):
+        before = getattr(module, name)
+        setattr(module, name, value)
         try:
             return job()
         finally:
-            measures.TENSOR_CORES = True
-
-    def split_ops(job):
-        from racli_models import split32
-
-        split32.KERNEL = False
-        try:
-            return job()
-        finally:
-            split32.KERNEL = True
-
-    def stats_kernel(job):
-        measures.STATS_KERNEL = True
-        try:
-            return job()
-        finally:
-            measures.STATS_KERNEL = False
+            setattr(module, name, before)
 
     jobs = {"eval": evaluate}
     picked = [measured_batches(batches, s) for s in settings]
@@ -352,12 +344,11 @@ def main(argv=None) -> int:
         for ablation in (False, True) if args.ablation else (False,):
             kw = dict(ablation=ablation, queries=s.queries, precision=s.precision)
             jobs[(k, ablation)] = functools.partial(measure, model, picked[k], **kw)
-            if args.plain_float32:
-                jobs[(k, ablation, "plain")] = functools.partial(plain, jobs[(k, ablation)])
-            if args.split_ops:
-                jobs[(k, ablation, "ops")] = functools.partial(split_ops, jobs[(k, ablation)])
-            if args.stats_kernel:
-                jobs[(k, ablation, "stats")] = functools.partial(stats_kernel, jobs[(k, ablation)])
+            for tag, (asked, module, name, value) in variants.items():
+                if asked:
+                    jobs[(k, ablation, tag)] = functools.partial(
+                        flagged, module, name, value, jobs[(k, ablation)]
+                    )
     first: dict = {key: [] for key in jobs}
     for key, job in jobs.items():
         with timer(first[key]):
@@ -405,18 +396,11 @@ def main(argv=None) -> int:
             )
             if args.plain_float32:
                 entry[f"{key}_plain_float32_ms"] = statistics.median(times[(k, ablation, "plain")])
-            if args.split_ops:
-                (
-                    entry[f"{key}_split_ops_ms"],
-                    entry[f"{key}_split_ops_p10_ms"],
-                    entry[f"{key}_split_ops_p90_ms"],
-                ) = spread(times[(k, ablation, "ops")])
-            if args.stats_kernel:
-                (
-                    entry[f"{key}_stats_kernel_ms"],
-                    entry[f"{key}_stats_kernel_p10_ms"],
-                    entry[f"{key}_stats_kernel_p90_ms"],
-                ) = spread(times[(k, ablation, "stats")])
+            for tag, field in (("ops", "split_ops"), ("stats", "stats_kernel")):
+                if (k, ablation, tag) in times:
+                    ms, p10, p90 = spread(times[(k, ablation, tag)])
+                    entry[f"{key}_{field}_ms"] = ms
+                    entry[f"{key}_{field}_p10_ms"], entry[f"{key}_{field}_p90_ms"] = p10, p90
             entry[f"{key}_first_call_ms"] = first[(k, ablation)][0]
             entry[f"{key}_ratio"] = entry[f"{key}_ms"] / ev
             entry[f"{key}_ratio_scaled"] = entry[f"{key}_ms"] / ev_full
