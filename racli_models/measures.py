@@ -28,9 +28,15 @@ LAYER_MEASURES = ("rec_ablation",)
 TENSOR_CORES = True
 
 #: on CUDA, the folded-RA statistics of float32 terms as one Triton kernel per layer
-#: (`racli_models.folded_kernel`) instead of about twenty torch passes; off until it
-#: is timed and checked on a GPU (tools/reciprocity_cost.py --stats-kernel)
-STATS_KERNEL = False
+#: (`racli_models.folded_kernel`) instead of about twenty torch passes (False: the torch
+#: passes; tools/reciprocity_cost.py --stats-ops times both)
+STATS_KERNEL = True
+
+#: with the ablation, the ablated passes advance block by block beside the model's own
+#: forward, so the device runs their large GEMMs while the host issues the measured
+#: forward's many small kernels (False: all ablated passes after the forward;
+#: tools/reciprocity_cost.py --separate-ablation times both; the results are the same)
+INTERLEAVED = True
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -374,16 +380,20 @@ def _forward_sums(
     model, batches, queries: int, forward_dtype: torch.dtype | None, keep: list | None = None
 ) -> list[Parts]:
     """The per-layer `layer_parts` sums over `batches`, from the model's own forward block
-    by block; with `keep`, each batch's residual streams entering the blocks and its final
-    one are appended to it (for the ablation). With a float32 forward its float32
-    products run as `TENSOR_CORES` says (under a bf16 forward only the statistics'
-    small products are float32: plain float32 is faster there), the weights split
-    afresh in each call (a CUDA graph captured from a call reads only what it made)."""
+    by block. With `keep` (the ablation), each batch's `_AblatedPasses` is appended to
+    it, run through every block (`INTERLEAVED`: block j's right after the forward's
+    block j; else all after the forward) and ended with the model's final stream. With a
+    float32 forward its float32 products run as `TENSOR_CORES` says (under a bf16
+    forward only the statistics' small products are float32: plain float32 is faster
+    there), the weights split afresh in each call (a CUDA graph captured from a call
+    reads only what it made)."""
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
     with split32.float32_on_tensor_cores(TENSOR_CORES and forward_dtype is None):
-        for idx, _ in batches:
+        for idx, targets in batches:
             rows = QueryRows.spread(idx.shape[1], queries, idx.device)
+            passes = _AblatedPasses(len(targets)) if keep is not None else None
+            entering = []
             forward = (
                 torch.autocast(idx.device.type, dtype=forward_dtype, cache_enabled=False)
                 if forward_dtype is not None
@@ -391,7 +401,6 @@ def _forward_sums(
             )
             with forward:
                 x = _embed(model, idx)
-                entering = []
                 for i, block in enumerate(blocks):
                     entering.append(x)
                     y, named = layer_step(block.attn, block.ln_1(x), rows)
@@ -399,9 +408,43 @@ def _forward_sums(
                         parts[i][name] = parts[i][name] + value if name in parts[i] else value
                     x = x + y
                     x = x + block.mlp(block.ln_2(x))
-            if keep is not None:
-                keep.append((entering, x))
+                    if passes is not None and INTERLEAVED:
+                        passes.through(block, i, entering[i])
+            if passes is not None:
+                if not INTERLEAVED:
+                    for i, block in enumerate(blocks):
+                        passes.through(block, i, entering[i])
+                passes.final = x
+                keep.append(passes)
     return parts
+
+
+class _AblatedPasses:
+    """One batch's passes with one layer's reciprocal term removed, side by side.
+
+    Each ablated pass starts from the model's stream entering its layer (the blocks
+    before it are the model's own), and the passes run as one batch: at block j, the
+    streams whose ablated layer came before j and the stream that starts at j pass
+    through the block together, the reciprocal term removed from the latter alone
+    (`removing_reciprocal`)."""
+
+    def __init__(self, sequences: int):
+        self.sequences = sequences  # per stream
+        self.streams: torch.Tensor | None = None
+        self.layers: list[int] = []  # the ablated layer of each stream, in order
+        self.final: torch.Tensor | None = None  # the model's own final stream
+
+    def through(self, block, j: int, entering: torch.Tensor) -> None:
+        starts = has_reciprocal(block.attn)  # the pass without layer j's term
+        if starts:
+            self.layers.append(j)
+            self.streams = entering if self.streams is None else torch.cat([self.streams, entering])
+        if self.streams is None:
+            return
+        ablated = self.sequences if starts else 0
+        s = self.streams
+        s = s + removing_reciprocal(block.attn, block.ln_1(s), ablated)
+        self.streams = s + block.mlp(block.ln_2(s))
 
 
 #: on CUDA, the measures without the ablation are captured into a CUDA graph at their
@@ -489,38 +532,27 @@ def _loss_sums(model, streams: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return torch.cat(losses).double().view(k, -1).sum(1)
 
 
-def _ablation_sums(model, batches, kept: list) -> tuple[list, dict[int, list]]:
-    """The loss sums (float64, on the device) and target counts of the model and, per
-    layer with a reciprocal term, of the model with that layer's term removed, from the
-    residual streams `kept` by `_forward_sums`. Nothing waits for the host but one count
-    of targets per batch.
+def _target_counts(batches) -> list[int]:
+    """Each batch's targets (those not -1), read by the host at once: called before any
+    of the measures' work is issued, so that no later read waits for the device."""
+    return torch.stack([(t != -1).sum() for _, t in batches]).tolist() if batches else []
 
-    Each ablated pass starts from the kept stream entering its layer (the blocks
-    before it are the model's own), and the passes run side by side: at block j,
-    the streams whose ablated layer came before j and the stream that starts at j
-    pass through the block as one batch, the reciprocal term removed from the
-    latter alone (`removing_reciprocal`). The model's own final stream joins them
-    at the LM head, so its loss is computed alike."""
-    blocks = list(model.transformer.h)
+
+def _ablation_sums(model, batches, kept: list, counts: list[int]) -> tuple[list, dict[int, list]]:
+    """The loss sums (float64, on the device) and target counts of the model and, per
+    layer with a reciprocal term, of the model with that layer's term removed, from each
+    batch's `_AblatedPasses` (`kept` by `_forward_sums`); `counts`: each batch's
+    targets (`_target_counts`). The model's own final stream joins the ablated ones at
+    the LM head, so its loss is computed alike."""
     base: list = [0.0, 0]
     removed: dict[int, list] = {}
-    for (_, targets), (entering, x) in zip(batches, kept):
-        n = int((targets != -1).sum())  # the batch's targets, the same for every pass
-        streams, layers = None, []
-        for j, block in enumerate(blocks):
-            starts = has_reciprocal(block.attn)  # the pass without layer j's term
-            if starts:
-                layers.append(j)
-                streams = entering[j] if streams is None else torch.cat([streams, entering[j]])
-            if streams is None:
-                continue
-            ablated = len(targets) if starts else 0
-            streams = streams + removing_reciprocal(block.attn, block.ln_1(streams), ablated)
-            streams = streams + block.mlp(block.ln_2(streams))
-        sums = _loss_sums(model, x if streams is None else torch.cat([streams, x]), targets)
+    for (_, targets), passes, n in zip(batches, kept, counts):
+        x = passes.final
+        streams = x if passes.streams is None else torch.cat([passes.streams, x])
+        sums = _loss_sums(model, streams, targets)
         base[0] += sums[-1]
         base[1] += n
-        for k, layer in enumerate(layers):
+        for k, layer in enumerate(passes.layers):
             acc = removed.setdefault(layer, [0.0, 0])
             acc[0] += sums[k]
             acc[1] += n
@@ -561,12 +593,14 @@ def model_measures(
         if packed is None:
             packed = _values(model, batches, queries, forward_dtype)
         return _unpack(*packed)
+    batches = list(batches)
+    counts = _target_counts(batches)  # the one host read before the work is issued
     kept: list = []
     with split32.float32_on_tensor_cores(
         TENSOR_CORES
     ):  # one block: the weights split once for both
         parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
-        base, removed = _ablation_sums(model, batches, kept)
+        base, removed = _ablation_sums(model, batches, kept, counts)
     values = _finished(model, parts)
     if base[1] > 0:
         loss = base[0] / base[1]

@@ -268,6 +268,30 @@ def test_removing_reciprocal_from_the_last_sequences_only(name):
     assert torch.equal(got[2:], own[2:]) == (name == "baseline")
 
 
+@pytest.mark.parametrize("attn", ["ra_v5", "ra_beta"])
+def test_ablated_passes_interleaved_or_after_the_forward_agree(attn, monkeypatch):
+    """`measures.INTERLEAVED` changes only when the ablated passes are issued: the same
+    values, bit for bit, with some targets ignored (-1) and a batch without any."""
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=32, block_size=16, attn=attn)
+    model = GPT(cfg).double().eval()
+    with torch.no_grad():
+        for block in model.transformer.h:  # so that every layer's term matters
+            getattr(block.attn, "beta" if attn == "ra_beta" else "w_rec").fill_(0.8)
+    batches = [(x, y.clone()) for x, y in token_batches(n=3)]  # y is a view of x's tensor
+    batches[1][1][0, :5] = -1
+    batches[2][1].fill_(-1)
+    got = {}
+    for order in (True, False):
+        monkeypatch.setattr(measures, "INTERLEAVED", order)
+        with torch.no_grad():
+            got[order] = model_measures(model, batches, queries=8)
+    for layer in range(3):
+        assert got[True][layer]["rec_ablation"][0] != 0.0
+        for name, value in got[False][layer].items():
+            assert torch.equal(got[True][layer][name], value), (layer, name)
+
+
 def test_ablation_is_zero_without_reciprocal_term():
     model, batches = tiny_gpt("ra_v5"), token_batches()
     with torch.no_grad():
@@ -599,18 +623,21 @@ def test_the_folded_stats_kernel_matches_float64_on_cuda():
 
 @pytest.mark.gpu
 def test_the_folded_stats_kernel_gives_the_models_measures_on_cuda():
-    """With `measures.STATS_KERNEL` on, the measures of a CUDA model (eager, then replayed
-    from the CUDA graph) agree with the torch statistics' within float32 rounding."""
+    """With `measures.STATS_KERNEL` on (the default), the measures of a CUDA model (eager,
+    then replayed from the CUDA graph) agree with the torch statistics' within float32
+    rounding."""
     torch.set_default_dtype(torch.float32)
     model = strong_reciprocal_gpt(T=256).float().cuda()
     batches = [(x.cuda(), y.cuda()) for x, y in token_batches(n=1, B=2, T=256, seed=10)]
+    before = measures.STATS_KERNEL
     with torch.no_grad():
-        want = model_measures(model, batches, ablation=False, queries=64)
-        measures.STATS_KERNEL = True
         try:
+            measures.STATS_KERNEL = False
+            want = model_measures(model, batches, ablation=False, queries=64)
+            measures.STATS_KERNEL = True
             got = [model_measures(model, batches, ablation=False, queries=64) for _ in range(3)]
         finally:
-            measures.STATS_KERNEL = False
+            measures.STATS_KERNEL = before
     for values in got:
         for layer in range(2):
             for name in ("rec_share", "rec_effect"):

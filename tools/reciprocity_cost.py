@@ -7,7 +7,7 @@
     python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
     python tools/reciprocity_cost.py --device cuda --plain-float32 --ablation-accuracy --profile
     python tools/reciprocity_cost.py --device cuda --split-ops --precision float32
-    python tools/reciprocity_cost.py --device cuda --stats-kernel
+    python tools/reciprocity_cost.py --device cuda --stats-ops --separate-ablation
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
@@ -24,8 +24,10 @@ rec_effect with the full computation (every query row, float32) on all
 checkpoint). `--plain-float32` also times each setting with the float32
 products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds;
 `--split-ops` with the split operands from torch ops instead of the one-launch
-kernel (`split32.KERNEL` off); `--stats-kernel` with the folded-RA statistics as
-one Triton kernel per layer (`measures.STATS_KERNEL` on).
+kernel (`split32.KERNEL` off); `--stats-ops` with the folded-RA statistics from
+about twenty torch passes instead of one Triton kernel per layer
+(`measures.STATS_KERNEL` off); `--separate-ablation` with the ablated passes run
+after the measured forward instead of beside it (`measures.INTERLEAVED` off).
 `--ablation-accuracy` compares the first setting's rec_ablation with float64
 (the model in float64 on the same device), for the split TF32 products, plain
 float32 and plain TF32. `--profile` prints the kernels of one call of the
@@ -249,10 +251,16 @@ def main(argv=None) -> int:
         "the one-launch kernel (split32.KERNEL off)",
     )
     p.add_argument(
-        "--stats-kernel",
+        "--stats-ops",
         action="store_true",
-        help="also time each setting with the folded-RA statistics as one Triton kernel "
-        "per layer (measures.STATS_KERNEL on)",
+        help="also time each setting with the folded-RA statistics from torch ops instead "
+        "of one Triton kernel per layer (measures.STATS_KERNEL off)",
+    )
+    p.add_argument(
+        "--separate-ablation",
+        action="store_true",
+        help="also time the ablation with its passes run after the measured forward "
+        "instead of beside it (measures.INTERLEAVED off)",
     )
     p.add_argument(
         "--ablation-accuracy",
@@ -323,11 +331,13 @@ def main(argv=None) -> int:
     # them in every round (interleaved, so a machine whose speed drifts charges each alike)
     from racli_models import measures, split32
 
-    # variants timed beside each setting in the same rounds: tag -> (asked, module, flag, value)
+    # variants timed beside each setting in the same rounds:
+    # tag -> (asked, module, flag, value, with the ablation only)
     variants = {
-        "plain": (args.plain_float32, measures, "TENSOR_CORES", False),
-        "ops": (args.split_ops, split32, "KERNEL", False),
-        "stats": (args.stats_kernel, measures, "STATS_KERNEL", True),
+        "plain": (args.plain_float32, measures, "TENSOR_CORES", False, False),
+        "ops": (args.split_ops, split32, "KERNEL", False, False),
+        "stats": (args.stats_ops, measures, "STATS_KERNEL", False, False),
+        "separate": (args.separate_ablation, measures, "INTERLEAVED", False, True),
     }
 
     def flagged(module, name, value, job):
@@ -344,8 +354,8 @@ def main(argv=None) -> int:
         for ablation in (False, True) if args.ablation else (False,):
             kw = dict(ablation=ablation, queries=s.queries, precision=s.precision)
             jobs[(k, ablation)] = functools.partial(measure, model, picked[k], **kw)
-            for tag, (asked, module, name, value) in variants.items():
-                if asked:
+            for tag, (asked, module, name, value, ablation_only) in variants.items():
+                if asked and (ablation or not ablation_only):
                     jobs[(k, ablation, tag)] = functools.partial(
                         flagged, module, name, value, jobs[(k, ablation)]
                     )
@@ -396,7 +406,11 @@ def main(argv=None) -> int:
             )
             if args.plain_float32:
                 entry[f"{key}_plain_float32_ms"] = statistics.median(times[(k, ablation, "plain")])
-            for tag, field in (("ops", "split_ops"), ("stats", "stats_kernel")):
+            for tag, field in (
+                ("ops", "split_ops"),
+                ("stats", "stats_ops"),
+                ("separate", "separate"),
+            ):
                 if (k, ablation, tag) in times:
                     ms, p10, p90 = spread(times[(k, ablation, tag)])
                     entry[f"{key}_{field}_ms"] = ms
@@ -457,17 +471,24 @@ def main(argv=None) -> int:
                     else ""
                 )
             )
-        if args.stats_kernel:
+        if args.stats_ops:
             print(
-                "    statistics in one kernel per layer (measures.STATS_KERNEL on): measures "
-                "{measures_stats_kernel_ms:.1f} ms ({measures_stats_kernel_p10_ms:.1f}-"
-                "{measures_stats_kernel_p90_ms:.1f}) against {measures_ms:.1f} ms "
+                "    statistics from torch ops (measures.STATS_KERNEL off): measures "
+                "{measures_stats_ops_ms:.1f} ms ({measures_stats_ops_p10_ms:.1f}-"
+                "{measures_stats_ops_p90_ms:.1f}) against {measures_ms:.1f} ms "
                 "({measures_p10_ms:.1f}-{measures_p90_ms:.1f})".format(**entry)
                 + (
-                    "; with the ablation {with_ablation_stats_kernel_ms:.1f} ms".format(**entry)
+                    "; with the ablation {with_ablation_stats_ops_ms:.1f} ms".format(**entry)
                     if args.ablation
                     else ""
                 )
+            )
+        if args.separate_ablation and args.ablation:
+            print(
+                "    ablated passes after the forward (measures.INTERLEAVED off): with the "
+                "ablation {with_ablation_separate_ms:.1f} ms ({with_ablation_separate_p10_ms:.1f}-"
+                "{with_ablation_separate_p90_ms:.1f}) against {with_ablation_ms:.1f} ms "
+                "({with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f})".format(**entry)
             )
         if args.accuracy:
             entry["accuracy"] = acc = accuracy(model, batches, s)
