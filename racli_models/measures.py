@@ -23,8 +23,10 @@ HEAD_MEASURES = ("rec_share", "rec_effect", "rec_norm_ratio", "gate_mean", "gate
 LAYER_MEASURES = ("rec_ablation",)
 
 #: on CUDA, the float32 products of a float32 forward (the ablation's; the measures' with
-#: precision float32) and of the ablated passes (F.linear, matmul) run as split TF32 GEMMs at float32's precision (`racli_models.split32`; False: as
-#: torch's TF32 flags say, which `racli.training.reciprocity.measure` turns off)
+#: precision float32) and of the ablated passes (the linear layers, the composed
+#: projection, the statistics' matmul) run as split TF32 GEMMs at float32's precision
+#: (`racli_models.split32`; False: as torch's TF32 flags say, which
+#: `racli.training.reciprocity.measure` turns off)
 TENSOR_CORES = True
 
 #: on CUDA, the folded-RA statistics of float32 terms as one Triton kernel per layer
@@ -63,15 +65,23 @@ def key_mask(rows: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=rows.device) <= rows[:, None]
 
 
+def folded_qkv(attn: _FoldedRA, x: torch.Tensor):
+    """The module's `folded_qkv` (Qf, Kf, V, each (B, H, T, D)) with its one GEMM through
+    `split32.linear`, so that a `float32_on_tensor_cores` block routes it."""
+    W_f, b_f = attn._weight_once()
+    qf, kf, v = split32.linear(x, W_f, b_f).split(attn.n_embd, dim=2)
+    return attn._heads(qf), attn._heads(kf), attn._heads(v)
+
+
 def score_terms(attn: _FoldedRA, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The two terms of the folded logits, each (B, H, T, T), before the mask:
         S = (w_std a) c^T / sqrt(D),   R = (w_rec b) d^T / sqrt(D)
     from Qf = [w_std a | w_rec b] and Kf = [c | d] of the composed weight."""
-    qf, kf, _ = attn.folded_qkv(x)
+    qf, kf, _ = folded_qkv(attn, x)
     ds = attn.d_std
     scale = 1.0 / math.sqrt(attn.head_dim)
-    std = qf[..., :ds] @ kf[..., :ds].transpose(-1, -2) * scale
-    rec = qf[..., ds:] @ kf[..., ds:].transpose(-1, -2) * scale
+    std = split32.matmul(qf[..., :ds], kf[..., :ds].transpose(-1, -2)) * scale
+    rec = split32.matmul(qf[..., ds:], kf[..., ds:].transpose(-1, -2)) * scale
     return std, rec
 
 
@@ -144,7 +154,7 @@ def folded_stats(
     hidden = rows.hidden
     pick = rows.pick(D, d_std, qf.dtype)
     qs = (qf.unsqueeze(2) * pick).reshape(B, H, 2 * n, D)  # the rows as [a | 0], then [0 | b]
-    terms = (qs @ kf.transpose(-1, -2)).view(B, H, 2, n, T)
+    terms = split32.matmul(qs, kf.transpose(-1, -2)).view(B, H, 2, n, T)
     if STATS_KERNEL and folded_kernel.applies(terms):
         sums = folded_kernel.row_sums(terms, rows.rows)  # (B, H, n, 4): v_std, v_rec, a, u
         power = _acc(sums[..., :2].sum(dim=(0, 2)))  # (H, 2)
@@ -170,7 +180,7 @@ def folded_parts(
     attn: _FoldedRA, x: torch.Tensor, rows: torch.Tensor | QueryRows | None = None
 ) -> Parts:
     """`folded_stats` of the module on its input x, over the query rows `rows` (all: None)."""
-    qf, kf, _ = attn.folded_qkv(x)
+    qf, kf, _ = folded_qkv(attn, x)
     if rows is None:
         rows = torch.arange(x.shape[1], device=x.device)
     return folded_stats(qf[:, :, _positions(rows)], kf, attn.d_std, rows)
@@ -267,15 +277,16 @@ def layer_step(attn, h: torch.Tensor, rows: torch.Tensor | QueryRows) -> tuple[t
     if isinstance(attn, _FoldedRA):
         with torch.autocast(dev, enabled=False):
             W_f, b_f = attn.folded_weight()
-        qf, kf, v = (attn._heads(t) for t in F.linear(h, W_f, b_f).split(attn.n_embd, dim=2))
+        qkv = split32.linear(h, W_f, b_f)
+        qf, kf, v = (attn._heads(t) for t in qkv.split(attn.n_embd, dim=2))
         y = attn._out(attn._merge(attn._attend(qf, kf, v)))
         with torch.autocast(dev, enabled=False):
             if qf.dtype != sd:
                 C = attn.n_embd
                 bq, bk = (None, None) if b_f is None else (b_f[:C], b_f[C : 2 * C])
                 hs = h.to(sd)
-                qf = attn._heads(F.linear(hs[:, _positions(rows)], W_f[:C].to(sd), bq))
-                kf = attn._heads(F.linear(hs, W_f[C : 2 * C].to(sd), bk))
+                qf = attn._heads(split32.linear(hs[:, _positions(rows)], W_f[:C].to(sd), bq))
+                kf = attn._heads(split32.linear(hs, W_f[C : 2 * C].to(sd), bk))
             else:
                 qf = qf[:, :, _positions(rows)]
             return y, folded_stats(qf, kf, attn.d_std, rows)
@@ -317,7 +328,7 @@ def removing_reciprocal(attn, x: torch.Tensor, n: int) -> torch.Tensor:
     others, computed from its parameters without changing them (the module's own
     output for a variant without one)."""
     if isinstance(attn, _FoldedRA):
-        qf, kf, v = attn.folded_qkv(x)
+        qf, kf, v = folded_qkv(attn, x)
         kept = torch.ones(len(x), 1, 1, attn.head_dim, dtype=qf.dtype, device=x.device)
         kept[len(x) - n :, :, :, attn.d_std :] = 0.0  # their reciprocal logits vanish
         return attn._out(attn._merge(_causal_attention(qf * kept, kf, v)))
@@ -389,7 +400,7 @@ def _forward_sums(
     reads only what it made)."""
     blocks = list(model.transformer.h)
     parts: list[Parts] = [{} for _ in blocks]
-    with split32.float32_on_tensor_cores(TENSOR_CORES and forward_dtype is None):
+    with split32.float32_on_tensor_cores(model, TENSOR_CORES and forward_dtype is None):
         for idx, targets in batches:
             rows = QueryRows.spread(idx.shape[1], queries, idx.device)
             passes = _AblatedPasses(len(targets)) if keep is not None else None
@@ -596,9 +607,8 @@ def model_measures(
     batches = list(batches)
     counts = _target_counts(batches)  # the one host read before the work is issued
     kept: list = []
-    with split32.float32_on_tensor_cores(
-        TENSOR_CORES
-    ):  # one block: the weights split once for both
+    # one block: the weights split once for both
+    with split32.float32_on_tensor_cores(model, TENSOR_CORES):
         parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
         base, removed = _ablation_sums(model, batches, kept, counts)
     values = _finished(model, parts)

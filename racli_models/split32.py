@@ -15,8 +15,10 @@ accumulates in float32. This is the 3xTF32 scheme of cuBLAS / CUTLASS, here from
 plain torch ops: three times the multiply-adds, at TF32's rate (the H200's
 datasheet: about 495 TFLOP/s dense TF32 against 67 TFLOP/s float32).
 
-`float32_on_tensor_cores()` applies it to every float32 F.linear and matmul on
-CUDA inside the block (not under autocast, whose products are 16-bit anyway). On
+`float32_on_tensor_cores(model)` applies it, on CUDA inside the block, to the
+float32 products of the model's linear layers and of `linear` and `matmul` (not
+under autocast, whose products are 16-bit anyway), and to nothing else: the rest
+of the forward pays no routing cost. On
 CUDA one Triton kernel reads each operand once and writes its stacked parts
 (`KERNEL`); elsewhere, and without Triton, the same bits come from torch ops.
 """
@@ -24,12 +26,13 @@ CUDA one Triton kernel reads each operand once and writes its stacked parts
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch import nn
 
 from .fused import HAS_TRITON, _launch, tl, triton
 
@@ -107,14 +110,13 @@ def _applies(*tensors) -> bool:
     ) and not torch.is_autocast_enabled(tensors[0].device.type)
 
 
-class _Split(TorchFunctionMode):
-    """Routes float32 F.linear and matmul through the split TF32 GEMM; each weight is
-    split once per block, keyed by its address, shape, strides and version (the
-    weight is kept alive with its split, so no other tensor can take its address)."""
+class _Block:
+    """An open block: its devices and its weights, each split once, keyed by its address,
+    shape, strides and version (the weight is kept alive with its split, so no other
+    tensor can take its address)."""
 
-    def __init__(self, device_types: tuple[str, ...]):
-        super().__init__()
-        self.device_types = device_types
+    def __init__(self, devices: tuple[str, ...]):
+        self.devices = devices
         self.weights: dict = {}
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
@@ -123,23 +125,61 @@ class _Split(TorchFunctionMode):
             self.weights[key] = (w, stacked(w, 1, lo_first=True))
         return self.weights[key][1]
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear and args[0].device.type in self.device_types:
-            x, w = args[0], args[1]
-            b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _applies(x, w):
-                with _tf32():
-                    return F.linear(stacked(x, -1, lo_first=False), self.weight(w), b)
-        if func in (torch.matmul, torch.Tensor.__matmul__) and not kwargs:
-            a, b = args
-            if a.device.type in self.device_types and _applies(a, b):
-                with _tf32():
-                    return torch.matmul(stacked(a, -1, False), stacked(b, -2, True))
-        return func(*args, **kwargs)
+
+def _routing(*tensors) -> _Block | None:
+    """The innermost open block for the operands' device, where they are float32 outside
+    autocast; else None."""
+    if not _ACTIVE:
+        return None
+    device = tensors[0].device.type
+    for block in reversed(_ACTIVE):
+        if device in block.devices:
+            return block if _applies(*tensors) else None
+    return None
 
 
-_ACTIVE: list[_Split] = []  # the blocks open now, innermost last
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, b); inside a `float32_on_tensor_cores` block, where it applies, as
+    one split TF32 GEMM ([x_hi | x_lo | x_hi] [w_hi ; w_hi ; w_lo])."""
+    block = _routing(x, w)
+    if block is None:
+        return F.linear(x, w, b)
+    with _tf32():
+        return F.linear(stacked(x, -1, lo_first=False), block.weight(w), b)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b; inside a `float32_on_tensor_cores` block, where it applies, as one split
+    TF32 GEMM."""
+    if _routing(a, b) is None:
+        return torch.matmul(a, b)
+    with _tf32():
+        return torch.matmul(stacked(a, -1, lo_first=False), stacked(b, -2, lo_first=True))
+
+
+def _linear_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x, module.weight, module.bias)
+
+
+@contextlib.contextmanager
+def _routed_linears(model: nn.Module | None) -> Iterator[None]:
+    """`model`'s nn.Linear layers call `linear` inside the block: each gets an instance
+    `forward` for the block's duration (removed afterwards, so the module is as before;
+    nothing is set on the class, so other models are untouched)."""
+    swapped = []
+    try:
+        if model is not None:
+            for m in model.modules():
+                if isinstance(m, nn.Linear) and "forward" not in m.__dict__:
+                    m.forward = functools.partial(_linear_forward, m)
+                    swapped.append(m)
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
+
+
+_ACTIVE: list[_Block] = []  # the blocks open now, innermost last
 
 
 def _capturing() -> bool:
@@ -147,23 +187,27 @@ def _capturing() -> bool:
 
 
 @contextlib.contextmanager
-def float32_on_tensor_cores(enabled: bool = True, devices=("cuda",)) -> Iterator[None]:
-    """Inside the block, float32 F.linear and matmul (outside autocast) on `devices` run
-    as split TF32 GEMMs: float32-level results on tensor cores. `devices=("cpu",)`
-    runs the same arithmetic on the CPU (tests: there TF32 does not exist, so the
-    split is exact up to float32's own rounding). A block opened inside another for
-    the same devices adds nothing: the outer one's weights, split once, serve both
+def float32_on_tensor_cores(
+    model: nn.Module | None = None, enabled: bool = True, devices=("cuda",)
+) -> Iterator[None]:
+    """Inside the block, the float32 products (outside autocast, on `devices`) of `model`'s
+    nn.Linear layers and of every `linear` and `matmul` call of this module run as split
+    TF32 GEMMs: float32-level results on tensor cores. Nothing else is routed, so the
+    rest of the forward runs at torch's own speed (the products it does not name, such
+    as attention's, stay in float32). `devices=("cpu",)` runs the same arithmetic on
+    the CPU (tests: there TF32 does not exist, so the split is exact up to float32's
+    own rounding). A block opened inside another for the same devices adds only the
+    routing of its model's layers: the outer one's weights, split once, serve both
     (but for inside a CUDA-graph capture, which must read only weights split in it)."""
     if not enabled:
         yield
         return
-    if _ACTIVE and _ACTIVE[-1].device_types == tuple(devices) and not _capturing():
-        yield
-        return
-    mode = _Split(tuple(devices))
-    _ACTIVE.append(mode)
-    try:
-        with mode:
+    with _routed_linears(model):
+        if _ACTIVE and _ACTIVE[-1].devices == tuple(devices) and not _capturing():
             yield
-    finally:
-        _ACTIVE.pop()
+            return
+        _ACTIVE.append(_Block(tuple(devices)))
+        try:
+            yield
+        finally:
+            _ACTIVE.pop()

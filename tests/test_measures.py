@@ -832,17 +832,51 @@ def test_cuda_graphs_of_alternating_settings_replay_what_eager_computes():
 
 def test_a_nested_split_block_shares_the_outer_blocks_weights():
     """The ablation's forward and its ablated passes split each weight once: a block
-    opened inside another (same devices) adds no mode of its own."""
+    opened inside another (same devices) adds no block of its own; one for other
+    devices leaves the outer one routing its devices."""
     from racli_models import split32
 
     w = torch.randn(8, 4, dtype=torch.float32)  # (this file's default dtype is float64)
     x = torch.randn(3, 4, dtype=torch.float32)
     with split32.float32_on_tensor_cores(devices=("cpu",)):
         outer = split32._ACTIVE[-1]
-        torch.nn.functional.linear(x, w)
+        split32.linear(x, w)
         with split32.float32_on_tensor_cores(devices=("cpu",)):
             assert split32._ACTIVE == [outer]
-            y = torch.nn.functional.linear(x, w)
-        assert len(outer.weights) == 1  # split once, used twice
+            y = split32.linear(x, w)
+        with split32.float32_on_tensor_cores(devices=("cuda",)):
+            assert len(split32._ACTIVE) == 2
+            split32.linear(x, w)
+        assert len(outer.weights) == 1  # split once, used three times
     assert split32._ACTIVE == []
     assert torch.allclose(y, x @ w.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("attn", ["ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate", "baseline"])
+def test_the_split_block_routes_every_product_of_the_measures(attn):
+    """Inside `model_measures` with the ablation (on the CPU, the split routed there), every
+    float32 F.linear and matmul that reaches torch has its inner dimension tripled (the
+    stacked [hi | lo | hi] operand): no product of any variant runs unsplit. Afterwards
+    the model's linear layers are as before."""
+    from torch.overrides import TorchFunctionMode
+
+    from racli_models import split32
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=16, attn=attn)
+    model = GPT(cfg).float().eval()
+    batches = token_batches(n=1, B=2, T=16)
+    seen = []
+
+    class Products(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul,
+                        torch.Tensor.__matmul__):  # fmt: skip
+                seen.append(args[0].shape[-1])
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), split32.float32_on_tensor_cores(devices=("cpu",)), Products():
+        model_measures(model, batches, queries=8)
+    plain = {16, 32, 128}  # head_dim, n_embd, 4 n_embd
+    assert seen and not plain & set(seen), sorted(set(seen))
+    assert all("forward" not in m.__dict__ for m in model.modules())
