@@ -852,6 +852,30 @@ def test_a_nested_split_block_shares_the_outer_blocks_weights():
     assert torch.allclose(y, x @ w.T, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_the_measures_leave_a_compiled_forward_without_recompiling(monkeypatch):
+    """The split block gives the model's linear layers an instance forward for its duration
+    only: the compiled forward of the model, run before and after the measures with the
+    ablation, is not compiled again (a guard that failed would recompile it at every
+    evaluation)."""
+    import torch._dynamo
+
+    from racli_models import split32
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16, attn="ra_v5")
+    raw = GPT(cfg).float().eval()
+    fwd = torch.compile(raw)
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        before = fwd(x, x)[1]
+        with split32.float32_on_tensor_cores(devices=("cpu",)):
+            model_measures(raw, [(x, x)], queries=8)
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        after = fwd(x, x)[1]
+    assert torch.equal(before, after)
+
+
 @pytest.mark.parametrize("attn", ["ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate", "baseline"])
 def test_the_split_block_routes_every_product_of_the_measures(attn):
     """Inside `model_measures` with the ablation (on the CPU, the split routed there), every
