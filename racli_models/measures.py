@@ -40,6 +40,14 @@ STATS_KERNEL = True
 #: tools/reciprocity_cost.py --separate-ablation times both; the results are the same)
 INTERLEAVED = True
 
+#: with the ablation, the measures come from their own forward, as at every other
+#: evaluation (`forward_dtype`, replayed from the CUDA graph), and the ablation from one
+#: float32 pass of the model's stream and the ablated ones as one batch, without
+#: statistics (`_ablation_alone`). False (the default until it is timed on a GPU with
+#: tools/reciprocity_cost.py --ablation-alone): both from one float32 forward, the
+#: measures of step 0 and the end then at float32 precision.
+ABLATION_ALONE = False
+
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """Sums are kept in float64 so that pooling many batches loses nothing."""
@@ -570,6 +578,36 @@ def _ablation_sums(model, batches, kept: list, counts: list[int]) -> tuple[list,
     return base, removed
 
 
+def _ablation_alone(model, batches, counts: list[int]) -> tuple[list, dict[int, list]]:
+    """`_ablation_sums`' loss sums and counts from a pass of their own: the model's stream
+    and, from each layer with a reciprocal term on, a copy of it with that layer's term
+    removed, all through each block as one batch (the model's stream first; at layer j
+    its copy is appended and the term removed from it alone), then through the LM head
+    together. No statistics: the only float32 pass the ablation needs."""
+    blocks = list(model.transformer.h)
+    base: list = [0.0, 0]
+    removed: dict[int, list] = {}
+    for (idx, targets), n in zip(batches, counts):
+        B = len(idx)
+        streams, layers = _embed(model, idx), []
+        for j, block in enumerate(blocks):
+            starts = has_reciprocal(block.attn)
+            if starts:
+                layers.append(j)
+                streams = torch.cat([streams, streams[:B]])
+            ablated = B if starts else 0
+            streams = streams + removing_reciprocal(block.attn, block.ln_1(streams), ablated)
+            streams = streams + block.mlp(block.ln_2(streams))
+        sums = _loss_sums(model, streams, targets)
+        base[0] += sums[0]
+        base[1] += n
+        for k, layer in enumerate(layers, start=1):
+            acc = removed.setdefault(layer, [0.0, 0])
+            acc[0] += sums[k]
+            acc[1] += n
+    return base, removed
+
+
 def model_measures(
     model,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -587,23 +625,33 @@ def model_measures(
     score that many query rows of each sequence, spread evenly (`query_rows`),
     each against all its causal keys (0: every row). `forward_dtype` (e.g.
     torch.bfloat16): the blocks run under autocast to it, as an evaluation
-    does, while the statistics stay in float32; not with the ablation, whose
-    loss changes of 1e-5 need a full float32 forward. For the ablation, the
-    residual stream entering each block is kept; the pass from that block on
-    is run again with its reciprocal term removed. Call it under
+    does, while the statistics stay in float32. The ablation's loss changes of
+    1e-5 need a full float32 forward: with `ABLATION_ALONE` it has a pass of its
+    own (`_ablation_alone`) and the measures keep `forward_dtype`; without it
+    (forward_dtype None) the residual stream entering each block is kept and the
+    pass from that block on is run again with its reciprocal term removed. Call it under
     torch.no_grad() in eval mode (`racli.training.reciprocity.measure` does).
     No parameter is changed; as any forward does, it updates sdpa_gate's
     `gate_mean` buffer (`record_measures` puts the buffers back). On CUDA the
     float32 products run on TF32 tensor cores at float32's precision
     (`TENSOR_CORES`, `racli_models.split32`).
     """
-    if ablation and forward_dtype is not None:
+    if ablation and forward_dtype is not None and not ABLATION_ALONE:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
-    if not ablation:
+    if not ablation or ABLATION_ALONE:
+        batches = list(batches)
+        counts = _target_counts(batches) if ablation else []  # before any work is issued
         packed = _graphed_values(model, batches, queries, forward_dtype)
         if packed is None:
             packed = _values(model, batches, queries, forward_dtype)
-        return _unpack(*packed)
+        if not ablation:
+            return _unpack(*packed)
+        with split32.float32_on_tensor_cores(model, TENSOR_CORES):
+            base, removed = _ablation_alone(model, batches, counts)
+        flat, layout = _pack(_ablation_values(base, removed))
+        if packed[0] is not None and flat is not None:
+            return _unpack(torch.cat([packed[0], flat]), packed[1] + layout)
+        return _unpack(*packed) if flat is None else _unpack(flat, layout)
     batches = list(batches)
     counts = _target_counts(batches)  # the one host read before the work is issued
     kept: list = []
@@ -612,8 +660,17 @@ def model_measures(
         parts = _forward_sums(model, batches, queries, forward_dtype, keep=kept)
         base, removed = _ablation_sums(model, batches, kept, counts)
     values = _finished(model, parts)
-    if base[1] > 0:
-        loss = base[0] / base[1]
-        for i, (total, n) in removed.items():
-            values.setdefault(i, {})["rec_ablation"] = ((total / n - loss) / loss).reshape(1)
+    for i, named in _ablation_values(base, removed).items():
+        values.setdefault(i, {}).update(named)
     return _unpack(*_pack(values))
+
+
+def _ablation_values(base: list, removed: dict[int, list]) -> Values:
+    """Layer -> {"rec_ablation": the relative change of the loss (1,)}, on the device;
+    nothing where no target was counted."""
+    if base[1] <= 0:
+        return {}
+    loss = base[0] / base[1]
+    return {
+        i: {"rec_ablation": ((t / n - loss) / loss).reshape(1)} for i, (t, n) in removed.items()
+    }

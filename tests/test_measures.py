@@ -229,8 +229,10 @@ def mean_loss(model, batches):
         return sum(float(model(x, y)[1]) for x, y in batches) / len(batches)
 
 
+@pytest.mark.parametrize("alone", [False, True])
 @pytest.mark.parametrize("attn", ["ra_v5", "ra_v5_untied", "ra_beta"])
-def test_ablation_equals_setting_the_gate_to_zero(attn):
+def test_ablation_equals_setting_the_gate_to_zero(attn, alone, monkeypatch):
+    monkeypatch.setattr(measures, "ABLATION_ALONE", alone)
     model, batches = tiny_gpt(attn), token_batches()
     gate = "beta" if attn == "ra_beta" else "w_rec"
     with torch.no_grad():
@@ -290,6 +292,62 @@ def test_ablated_passes_interleaved_or_after_the_forward_agree(attn, monkeypatch
         assert got[True][layer]["rec_ablation"][0] != 0.0
         for name, value in got[False][layer].items():
             assert torch.equal(got[True][layer][name], value), (layer, name)
+
+
+@pytest.mark.parametrize("attn", ["ra_v5", "ra_beta", "sdpa_gate"])
+def test_the_ablation_alone_gives_the_shared_forwards_values(attn, monkeypatch):
+    """`measures.ABLATION_ALONE` (the ablation from a pass of its own, the model's stream
+    batched with the ablated ones) gives the shared forward's values: the measures the
+    same, rec_ablation within float64 rounding; with some targets ignored and a batch
+    without any."""
+    torch.manual_seed(2)
+    cfg = GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=32, block_size=16, attn=attn)
+    model = GPT(cfg).double().eval()
+    if attn != "sdpa_gate":
+        with torch.no_grad():
+            for block in model.transformer.h:
+                getattr(block.attn, "beta" if attn == "ra_beta" else "w_rec").fill_(0.8)
+    batches = [(x, y.clone()) for x, y in token_batches(n=3)]
+    batches[1][1][0, :5] = -1
+    batches[2][1].fill_(-1)
+    got = {}
+    for alone in (False, True):
+        monkeypatch.setattr(measures, "ABLATION_ALONE", alone)
+        with torch.no_grad():
+            got[alone] = model_measures(model, batches, queries=8)
+    assert got[True].keys() == got[False].keys()
+    for layer, named in got[False].items():
+        assert named.keys() == got[True][layer].keys()
+        for name, value in named.items():
+            if name == "rec_ablation":
+                assert float(value[0]) != 0.0
+                torch.testing.assert_close(got[True][layer][name], value, rtol=1e-9, atol=1e-15)
+            else:
+                assert torch.equal(got[True][layer][name], value), (layer, name)
+
+
+def test_the_ablation_alone_keeps_the_measures_forward_dtype(monkeypatch):
+    """With `ABLATION_ALONE` the measures keep the evaluation's forward dtype (here bf16
+    autocast on the CPU) and equal those of a call without the ablation, while the
+    ablation is computed in float32 as always; without it, that call is refused."""
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=64).float()
+    batches = token_batches(n=1, B=2, T=64, seed=4)
+    kw = dict(queries=16, forward_dtype=torch.bfloat16)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="ablation"):
+            model_measures(model, batches, **kw)
+        monkeypatch.setattr(measures, "ABLATION_ALONE", True)
+        alone = model_measures(model, batches, **kw)
+        plain = model_measures(model, batches, ablation=False, **kw)
+        float32 = model_measures(model, batches, queries=16)
+    for layer in range(2):
+        for name in ("rec_share", "rec_effect"):
+            assert torch.equal(alone[layer][name], plain[layer][name])
+        got, want = (float(m[layer]["rec_ablation"][0]) for m in (alone, float32))
+        assert got == pytest.approx(want, rel=1e-5) and want != 0.0
+    cpu = torch.device("cpu")
+    assert forward_dtype(cpu, "auto", True) is None  # bf16 only on CUDA, with or without
 
 
 def test_ablation_is_zero_without_reciprocal_term():
@@ -774,10 +832,13 @@ def test_cuda_bf16_forward_measures_match_float64():
 
 
 @pytest.mark.gpu
-def test_cuda_ablation_on_tensor_cores_resolves_1e5():
+@pytest.mark.parametrize("alone", [False, True])
+def test_cuda_ablation_on_tensor_cores_resolves_1e5(alone, monkeypatch):
     """The ablation reads loss changes of 1e-5 (relative): on CUDA, with its float32
     products split over TF32 tensor cores (the default), every layer's rec_ablation
-    stays within 1e-6 of float64, and so do plain float32's; plain TF32 errs more."""
+    stays within 1e-6 of float64, and so do plain float32's; plain TF32 errs more.
+    Both with the shared forward and with the ablation's own pass (`ABLATION_ALONE`)."""
+    monkeypatch.setattr(measures, "ABLATION_ALONE", alone)
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=512, n_layer=4, n_head=4, n_embd=256, block_size=256, attn="ra_v5")
@@ -804,6 +865,33 @@ def test_cuda_ablation_on_tensor_cores_resolves_1e5():
     print("largest |rec_ablation - float64| per precision:", errors)
     assert errors["split"] < 1e-6 and errors["float32"] < 1e-6
     assert errors["tf32"] > errors["split"]
+
+
+@pytest.mark.gpu
+def test_cuda_ablation_alone_at_an_end_measures_as_every_evaluation(monkeypatch):
+    """With `ABLATION_ALONE`, `record_measures` at an end (step 0) records the measures of
+    the bf16 forward every evaluation uses (replayed from its CUDA graph: the same values
+    as at a step between) and rec_ablation within 1e-6 of float64."""
+    monkeypatch.setattr(measures, "ABLATION_ALONE", True)
+    torch.set_default_dtype(torch.float32)
+    model = strong_reciprocal_gpt(T=256).float()
+    batches = token_batches(n=1, B=2, T=256, seed=10)
+    s = MeasureSettings(queries=64)
+    with torch.no_grad():
+        want = model_measures(
+            copy.deepcopy(model).double(), measured_batches(batches, s), queries=64
+        )
+    gpu = model.cuda()
+    cuda_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    rec = FakeRecorder()
+    record_measures(gpu, cuda_batches, rec, 100, s)  # a step between: no ablation
+    record_measures(gpu, cuda_batches, rec, 0, s)  # an end: with the ablation
+    between, end = rec.gate_rows[0][1], rec.gate_rows[1][1]
+    for layer in range(2):
+        for name in ("rec_share", "rec_effect"):
+            assert end[layer][name] == between[layer][name]
+        got, ref = end[layer]["rec_ablation"][0], float(want[layer]["rec_ablation"][0])
+        assert abs(got - ref) < 1e-6 and ref != 0.0
 
 
 @pytest.mark.gpu
@@ -876,8 +964,9 @@ def test_the_measures_leave_a_compiled_forward_without_recompiling(monkeypatch):
     assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("alone", [False, True])
 @pytest.mark.parametrize("attn", ["ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate", "baseline"])
-def test_the_split_block_routes_every_product_of_the_measures(attn):
+def test_the_split_block_routes_every_product_of_the_measures(attn, alone, monkeypatch):
     """Inside `model_measures` with the ablation (on the CPU, the split routed there), every
     float32 F.linear and matmul that reaches torch has its inner dimension tripled (the
     stacked [hi | lo | hi] operand): no product of any variant runs unsplit. Afterwards
@@ -886,6 +975,7 @@ def test_the_split_block_routes_every_product_of_the_measures(attn):
 
     from racli_models import split32
 
+    monkeypatch.setattr(measures, "ABLATION_ALONE", alone)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=16, attn=attn)
     model = GPT(cfg).float().eval()

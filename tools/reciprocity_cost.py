@@ -27,7 +27,9 @@ products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds;
 kernel (`split32.KERNEL` off); `--stats-ops` with the folded-RA statistics from
 about twenty torch passes instead of one Triton kernel per layer
 (`measures.STATS_KERNEL` off); `--separate-ablation` with the ablated passes run
-after the measured forward instead of beside it (`measures.INTERLEAVED` off).
+after the measured forward instead of beside it (`measures.INTERLEAVED` off);
+`--ablation-alone` with the measures from their usual forward and the ablation
+from a float32 pass of its own (`measures.ABLATION_ALONE` on).
 `--ablation-accuracy` compares the first setting's rec_ablation with float64
 (the model in float64 on the same device), for the split TF32 products, plain
 float32 and plain TF32. `--profile` prints the kernels of one call of the
@@ -257,6 +259,12 @@ def main(argv=None) -> int:
         "of one Triton kernel per layer (measures.STATS_KERNEL off)",
     )
     p.add_argument(
+        "--ablation-alone",
+        action="store_true",
+        help="also time the ablation from a float32 pass of its own, the measures from "
+        "their usual forward (measures.ABLATION_ALONE on)",
+    )
+    p.add_argument(
         "--separate-ablation",
         action="store_true",
         help="also time the ablation with its passes run after the measured forward "
@@ -338,6 +346,7 @@ def main(argv=None) -> int:
         "ops": (args.split_ops, split32, "KERNEL", False, False),
         "stats": (args.stats_ops, measures, "STATS_KERNEL", False, False),
         "separate": (args.separate_ablation, measures, "INTERLEAVED", False, True),
+        "alone": (args.ablation_alone, measures, "ABLATION_ALONE", True, True),
     }
 
     def flagged(module, name, value, job):
@@ -410,6 +419,7 @@ def main(argv=None) -> int:
                 ("ops", "split_ops"),
                 ("stats", "stats_ops"),
                 ("separate", "separate"),
+                ("alone", "alone"),
             ):
                 if (k, ablation, tag) in times:
                     ms, p10, p90 = spread(times[(k, ablation, tag)])
@@ -482,6 +492,13 @@ def main(argv=None) -> int:
                     if args.ablation
                     else ""
                 )
+            )
+        if args.ablation_alone and args.ablation:
+            print(
+                "    the ablation from a pass of its own (measures.ABLATION_ALONE on): with the "
+                "ablation {with_ablation_alone_ms:.1f} ms ({with_ablation_alone_p10_ms:.1f}-"
+                "{with_ablation_alone_p90_ms:.1f}) against {with_ablation_ms:.1f} ms "
+                "({with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f})".format(**entry)
             )
         if args.separate_ablation and args.ablation:
             print(

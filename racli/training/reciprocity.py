@@ -84,8 +84,11 @@ def has_measures(model: torch.nn.Module) -> bool:
 
 def forward_dtype(device: torch.device, precision: str, ablation: bool) -> torch.dtype | None:
     """The autocast dtype of the measured forward: bf16 on CUDA under ``auto`` (when the
-    device has it), else None (float32); always None with the ablation."""
-    if ablation or precision != "auto" or device.type != "cuda":
+    device has it), else None (float32); None with the ablation unless it has a pass of
+    its own (`racli_models.measures.ABLATION_ALONE`)."""
+    from racli_models import measures
+
+    if (ablation and not measures.ABLATION_ALONE) or precision != "auto" or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
 
