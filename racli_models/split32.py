@@ -165,12 +165,14 @@ def _linear_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def _routed_linears(model: nn.Module | None) -> Iterator[None]:
     """`model`'s nn.Linear layers call `linear` inside the block: each gets an instance
     `forward` for the block's duration (removed afterwards, so the module is as before;
-    nothing is set on the class, so other models are untouched)."""
+    nothing is set on the class, so other models are untouched). A subclass with a
+    forward of its own is left alone."""
     swapped = []
     try:
         if model is not None:
             for m in model.modules():
-                if isinstance(m, nn.Linear) and "forward" not in m.__dict__:
+                plain = isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
+                if plain and "forward" not in m.__dict__:
                     m.forward = functools.partial(_linear_forward, m)
                     swapped.append(m)
         yield
