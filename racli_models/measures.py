@@ -445,13 +445,16 @@ class _AblatedPasses:
     before it are the model's own), and the passes run as one batch: at block j, the
     streams whose ablated layer came before j and the stream that starts at j pass
     through the block together, the reciprocal term removed from the latter alone
-    (`removing_reciprocal`)."""
+    (`removing_reciprocal`). Given `own` (the model's stream entering block 0), the
+    model's stream is carried first in that batch (the ablation's own pass); else
+    its final stream is set in `final` by the forward that fed the passes."""
 
-    def __init__(self, sequences: int):
+    def __init__(self, sequences: int, own: torch.Tensor | None = None):
         self.sequences = sequences  # per stream
-        self.streams: torch.Tensor | None = None
+        self.own = own is not None
+        self.streams: torch.Tensor | None = own
         self.layers: list[int] = []  # the ablated layer of each stream, in order
-        self.final: torch.Tensor | None = None  # the model's own final stream
+        self.final: torch.Tensor | None = None  # the model's own final stream (not `own`)
 
     def through(self, block, j: int, entering: torch.Tensor) -> None:
         starts = has_reciprocal(block.attn)  # the pass without layer j's term
@@ -464,6 +467,16 @@ class _AblatedPasses:
         s = self.streams
         s = s + removing_reciprocal(block.attn, block.ln_1(s), ablated)
         self.streams = s + block.mlp(block.ln_2(s))
+
+    def loss_sums(self, model, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's summed loss and each ablated pass's (`layers`' order), from one
+        LM-head pass over all the streams (`_loss_sums`)."""
+        if self.own:
+            sums = _loss_sums(model, self.streams, targets)
+            return sums[0], sums[1:]
+        streams = self.final if self.streams is None else torch.cat([self.streams, self.final])
+        sums = _loss_sums(model, streams, targets)
+        return sums[-1], sums[:-1]
 
 
 #: on CUDA, the measures without the ablation are captured into a CUDA graph at their
@@ -560,52 +573,34 @@ def _target_counts(batches) -> list[int]:
 def _ablation_sums(model, batches, kept: list, counts: list[int]) -> tuple[list, dict[int, list]]:
     """The loss sums (float64, on the device) and target counts of the model and, per
     layer with a reciprocal term, of the model with that layer's term removed, from each
-    batch's `_AblatedPasses` (`kept` by `_forward_sums`); `counts`: each batch's
-    targets (`_target_counts`). The model's own final stream joins the ablated ones at
-    the LM head, so its loss is computed alike."""
+    batch's `_AblatedPasses` (`kept` by `_forward_sums`, or `_ablation_alone`);
+    `counts`: each batch's targets (`_target_counts`)."""
     base: list = [0.0, 0]
     removed: dict[int, list] = {}
     for (_, targets), passes, n in zip(batches, kept, counts):
-        x = passes.final
-        streams = x if passes.streams is None else torch.cat([passes.streams, x])
-        sums = _loss_sums(model, streams, targets)
-        base[0] += sums[-1]
+        own, ablated = passes.loss_sums(model, targets)
+        base[0] += own
         base[1] += n
-        for k, layer in enumerate(passes.layers):
+        for layer, total in zip(passes.layers, ablated):
             acc = removed.setdefault(layer, [0.0, 0])
-            acc[0] += sums[k]
+            acc[0] += total
             acc[1] += n
     return base, removed
 
 
-def _ablation_alone(model, batches, counts: list[int]) -> tuple[list, dict[int, list]]:
-    """`_ablation_sums`' loss sums and counts from a pass of their own: the model's stream
-    and, from each layer with a reciprocal term on, a copy of it with that layer's term
-    removed, all through each block as one batch (the model's stream first; at layer j
-    its copy is appended and the term removed from it alone), then through the LM head
-    together. No statistics: the only float32 pass the ablation needs."""
-    blocks = list(model.transformer.h)
-    base: list = [0.0, 0]
-    removed: dict[int, list] = {}
-    for (idx, targets), n in zip(batches, counts):
+def _ablation_alone(model, batches) -> list:
+    """Each batch's `_AblatedPasses` from a pass of their own: the model's stream and, from
+    each layer with a reciprocal term on, a copy of it with that layer's term removed,
+    all through each block as one batch (the model's stream first). No statistics: the
+    only float32 pass the ablation needs."""
+    kept = []
+    for idx, _ in batches:
         B = len(idx)
-        streams, layers = _embed(model, idx), []
-        for j, block in enumerate(blocks):
-            starts = has_reciprocal(block.attn)
-            if starts:
-                layers.append(j)
-                streams = torch.cat([streams, streams[:B]])
-            ablated = B if starts else 0
-            streams = streams + removing_reciprocal(block.attn, block.ln_1(streams), ablated)
-            streams = streams + block.mlp(block.ln_2(streams))
-        sums = _loss_sums(model, streams, targets)
-        base[0] += sums[0]
-        base[1] += n
-        for k, layer in enumerate(layers, start=1):
-            acc = removed.setdefault(layer, [0.0, 0])
-            acc[0] += sums[k]
-            acc[1] += n
-    return base, removed
+        passes = _AblatedPasses(B, own=_embed(model, idx))
+        for j, block in enumerate(model.transformer.h):
+            passes.through(block, j, passes.streams[:B])  # the model's stream entering j
+        kept.append(passes)
+    return kept
 
 
 def model_measures(
@@ -647,7 +642,7 @@ def model_measures(
         if not ablation:
             return _unpack(*packed)
         with split32.float32_on_tensor_cores(model, TENSOR_CORES):
-            base, removed = _ablation_alone(model, batches, counts)
+            base, removed = _ablation_sums(model, batches, _ablation_alone(model, batches), counts)
         flat, layout = _pack(_ablation_values(base, removed))
         if packed[0] is not None and flat is not None:
             return _unpack(torch.cat([packed[0], flat]), packed[1] + layout)

@@ -270,24 +270,37 @@ def test_removing_reciprocal_from_the_last_sequences_only(name):
     assert torch.equal(got[2:], own[2:]) == (name == "baseline")
 
 
+def ablation_case(attn: str, seed: int):
+    """A 3-layer float64 GPT whose every reciprocal term matters (gate 0.8), and three
+    batches: one plain, one with some targets ignored (-1), one without any."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=32, block_size=16, attn=attn)
+    model = GPT(cfg).double().eval()
+    if attn in ("ra_v5", "ra_v5_untied", "ra_beta"):
+        with torch.no_grad():
+            for block in model.transformer.h:
+                getattr(block.attn, "beta" if attn == "ra_beta" else "w_rec").fill_(0.8)
+    batches = [(x, y.clone()) for x, y in token_batches(n=3)]  # y is a view of x's tensor
+    batches[1][1][0, :5] = -1
+    batches[2][1].fill_(-1)
+    return model, batches
+
+
+def measures_by_flag(model, batches, flag: str, monkeypatch) -> dict:
+    """{False: ..., True: ...}: the measures with the ablation, `measures.<flag>` off and on."""
+    got = {}
+    for value in (False, True):
+        monkeypatch.setattr(measures, flag, value)
+        with torch.no_grad():
+            got[value] = model_measures(model, batches, queries=8)
+    return got
+
+
 @pytest.mark.parametrize("attn", ["ra_v5", "ra_beta"])
 def test_ablated_passes_interleaved_or_after_the_forward_agree(attn, monkeypatch):
     """`measures.INTERLEAVED` changes only when the ablated passes are issued: the same
     values, bit for bit, with some targets ignored (-1) and a batch without any."""
-    torch.manual_seed(1)
-    cfg = GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=32, block_size=16, attn=attn)
-    model = GPT(cfg).double().eval()
-    with torch.no_grad():
-        for block in model.transformer.h:  # so that every layer's term matters
-            getattr(block.attn, "beta" if attn == "ra_beta" else "w_rec").fill_(0.8)
-    batches = [(x, y.clone()) for x, y in token_batches(n=3)]  # y is a view of x's tensor
-    batches[1][1][0, :5] = -1
-    batches[2][1].fill_(-1)
-    got = {}
-    for order in (True, False):
-        monkeypatch.setattr(measures, "INTERLEAVED", order)
-        with torch.no_grad():
-            got[order] = model_measures(model, batches, queries=8)
+    got = measures_by_flag(*ablation_case(attn, seed=1), "INTERLEAVED", monkeypatch)
     for layer in range(3):
         assert got[True][layer]["rec_ablation"][0] != 0.0
         for name, value in got[False][layer].items():
@@ -300,21 +313,7 @@ def test_the_ablation_alone_gives_the_shared_forwards_values(attn, monkeypatch):
     batched with the ablated ones) gives the shared forward's values: the measures the
     same, rec_ablation within float64 rounding; with some targets ignored and a batch
     without any."""
-    torch.manual_seed(2)
-    cfg = GPTConfig(vocab_size=64, n_layer=3, n_head=2, n_embd=32, block_size=16, attn=attn)
-    model = GPT(cfg).double().eval()
-    if attn != "sdpa_gate":
-        with torch.no_grad():
-            for block in model.transformer.h:
-                getattr(block.attn, "beta" if attn == "ra_beta" else "w_rec").fill_(0.8)
-    batches = [(x, y.clone()) for x, y in token_batches(n=3)]
-    batches[1][1][0, :5] = -1
-    batches[2][1].fill_(-1)
-    got = {}
-    for alone in (False, True):
-        monkeypatch.setattr(measures, "ABLATION_ALONE", alone)
-        with torch.no_grad():
-            got[alone] = model_measures(model, batches, queries=8)
+    got = measures_by_flag(*ablation_case(attn, seed=2), "ABLATION_ALONE", monkeypatch)
     assert got[True].keys() == got[False].keys()
     for layer, named in got[False].items():
         assert named.keys() == got[True][layer].keys()
