@@ -23,6 +23,7 @@ from cluster_experiment import (
     assert_same_verdict,
     config_of,
     experiment_argv,
+    same_curves,
     sql,
     train_runs,
     training_run,
@@ -153,7 +154,11 @@ def _same_as_local(pg_server, url, runs, data, work, env, *extra: str, **kw) -> 
     # resume is tested on its own (test_train.py)
     for mine, theirs in zip(local_runs, runs):
         assert mine[4] == pytest.approx(theirs[4], rel=1e-4)
-    assert_same_verdict(json.loads(local.stdout)["verdicts"][0], data["verdicts"][0])
+    assert_same_verdict(
+        json.loads(local.stdout)["verdicts"][0],
+        data["verdicts"][0],
+        same_curves=same_curves(url, local_url),
+    )
 
 
 def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
