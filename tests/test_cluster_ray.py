@@ -15,15 +15,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cluster_experiment import (
-    assert_same_verdict,
+    assert_same_as_local,
     config_of,
     experiment_argv,
-    same_curves,
+    ra_cli,
     sql,
     train_runs,
     training_run,
@@ -34,17 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_SETTINGS = ["--set", "ray.poll_s=0.5", "--set", "ray.gpus_per_run=0"]
-
-
-def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "racli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _killed_then_interrupted(url: str, work: Path, argv, env, what: str):
@@ -119,46 +107,14 @@ def test_ray_experiment_survives_a_killed_worker_and_matches_local(
     assert json.loads(again.stdout)["verdicts"] == data["verdicts"]
 
     # --status shows every unit from the store
-    status = _ra(*argv[3:-1], "--status", "--json", cwd=work, env=env)
+    status = ra_cli(*argv[3:-1], "--status", "--json", cwd=work, env=env)
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)["units"]
     assert [r["run_status"] for r in rows] == ["finished"] * 5
     assert all(r["launcher"] == "ray" and r["job"] for r in rows)
 
     # --launcher local over the same calibration: the same runs, the same verdict
-    _same_as_local(pg_server, url, runs, data, work, env)
-
-
-def _same_as_local(pg_server, url, runs, data, work, env, *extra: str, **kw) -> None:
-    """`--launcher local` over the same calibration (`ra db merge`, train runs deleted)
-    gives the same runs and the same verdict as the cluster's (`runs`, `data`); `extra`
-    and `kw`: the experiment's further settings, its minutes and seeds."""
-    local_url = pg_server.new_database()
-    assert _ra("db", "merge", url, "--db", local_url, cwd=work, env=env).returncode == 0
-    ids = [str(i) for (i,) in sql(local_url, "SELECT id FROM runs WHERE kind = 'train'")]
-    deleted = _ra("runs", "delete", *ids, "--yes", "--db", local_url, cwd=work, env=env)
-    assert deleted.returncode == 0, deleted.stderr
-    local = subprocess.run(
-        experiment_argv(local_url, "local", *extra, "--json", **kw),
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert local.returncode == 0, local.stderr[-3000:]
-    local_runs = train_runs(local_url)
-    assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
-    # equal losses up to float rounding grown over the steps (another process and thread
-    # count, a resume; 1.1e-5 seen): the spread between seeds is about 1e-2, and an exact
-    # resume is tested on its own (test_train.py)
-    for mine, theirs in zip(local_runs, runs):
-        assert mine[4] == pytest.approx(theirs[4], rel=1e-4)
-    assert_same_verdict(
-        json.loads(local.stdout)["verdicts"][0],
-        data["verdicts"][0],
-        same_curves=same_curves(url, local_url),
-    )
+    assert_same_as_local(pg_server, url, runs, data, work, env)
 
 
 def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
@@ -213,4 +169,4 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     assert again.returncode == 0, again.stderr[-3000:]
     assert "submitted" not in again.stderr and "reusing run" in again.stderr
     assert train_runs(url) == runs
-    _same_as_local(pg_server, url, runs, data, work, env, *batch, **shape)
+    assert_same_as_local(pg_server, url, runs, data, work, env, *batch, **shape)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cluster_experiment import (
-    assert_same_verdict,
+    assert_same_as_local,
     config_of,
     experiment_argv,
-    same_curves,
+    ra_cli,
     sql,
     train_runs,
     training_run,
@@ -103,17 +102,6 @@ def _requeued_then_reattached(
     return run_id, attn, seed, sid, err, attached
 
 
-def _ra(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "racli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg_server, tmp_path):
     url = pg_server.new_database()
     work = tmp_path / "work"
@@ -159,39 +147,14 @@ def test_slurm_experiment_survives_a_requeue_and_matches_local(slurm_cluster, pg
     assert json.loads(again.stdout)["verdicts"] == data["verdicts"]
 
     # --status shows every unit from the store
-    status = _ra(*argv[3:-1], "--status", "--json", cwd=work, env=env)
+    status = ra_cli(*argv[3:-1], "--status", "--json", cwd=work, env=env)
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)["units"]
     assert [r["run_status"] for r in rows] == ["finished"] * 5
     assert all(r["launcher"] == "slurm" and r["job"] for r in rows)
 
     # --launcher local over the same calibration: the same runs, the same verdict
-    local_url = pg_server.new_database()
-    assert _ra("db", "merge", url, "--db", local_url, cwd=work, env=env).returncode == 0
-    ids = [str(i) for (i,) in sql(local_url, "SELECT id FROM runs WHERE kind = 'train'")]
-    deleted = _ra("runs", "delete", *ids, "--yes", "--db", local_url, cwd=work, env=env)
-    assert deleted.returncode == 0, deleted.stderr
-    local = subprocess.run(
-        experiment_argv(local_url, "local", "--json"),
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert local.returncode == 0, local.stderr[-3000:]
-    local_runs = train_runs(local_url)
-    assert [r[:4] for r in local_runs] == [r[:4] for r in runs]
-    # equal losses up to float rounding grown over the steps (another process and thread
-    # count, a resume; 1.1e-5 seen): the spread between seeds is about 1e-2, and an exact
-    # resume is tested on its own (test_train.py)
-    for mine, theirs in zip(local_runs, runs):
-        assert mine[4] == pytest.approx(theirs[4], rel=1e-4)
-    assert_same_verdict(
-        json.loads(local.stdout)["verdicts"][0],
-        data["verdicts"][0],
-        same_curves=same_curves(url, local_url),
-    )
+    assert_same_as_local(pg_server, url, runs, data, work, env)
 
 
 def test_slurm_runs_over_two_nodes_and_survive_a_requeue(slurm_cluster, pg_server, tmp_path):
