@@ -8,6 +8,7 @@ known; the tests that train are `slow`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -273,12 +274,18 @@ def test_kill_9_of_the_experiment_while_its_children_train(tmp_path):
         db=str(db),
     )
     store = open_store(str(db))
+    shown = io.StringIO()
     try:  # the calibration is recorded: the same figures without measuring
-        run_experiment(settings, load_config(packaged_config_path()), store, view=PlainView())
+        run_experiment(settings, load_config(packaged_config_path()), store, view=PlainView(shown))
     finally:
         store.close()
     got = train_runs(db)
     assert sorted(v[0] for v in got.values()) == sorted(ids)  # resumed under their own ids
+    # each child's line: its wall time in this session (its training time, which counts
+    # the session before the kill too, is left out when it exceeds that)
+    for (attn, seed), (run_id, *_) in got.items():
+        assert f"{attn} seed {seed} (run {run_id}): finished val_loss " in shown.getvalue()
+    assert shown.getvalue().count("s in all") == 2, shown.getvalue()
     assert {k: v[1:3] for k, v in got.items()} == {
         ("baseline", 1): ("finished", 900),
         ("ra_v5", 1): ("finished", 720),

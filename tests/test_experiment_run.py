@@ -64,6 +64,9 @@ def fixed_speed(monkeypatch):
     return ratios
 
 
+LOSSES = "SELECT val_loss FROM runs WHERE kind='train' ORDER BY id"
+
+
 def test_two_variants_two_seeds_end_to_end(tmp_path):
     db = tmp_path / "ra.db"
     report = tmp_path / "exp.md"
@@ -127,6 +130,11 @@ def test_two_variants_two_seeds_end_to_end(tmp_path):
         assert c["budget_source"]["calibration_run"] == cal_id
         assert c["budget_source"]["ratio"] == pytest.approx(1.0 if attn == "baseline" else ratio)
     assert len({r[6] for r in rows}) == 1  # the arms pool: one config_hash
+    # each run's line: its val_loss, its wall time and the training time it was charged
+    for (run_id, attn, seed, *_), loss in zip(rows, [r[0] for r in q(db, LOSSES)]):
+        line = f"{attn} seed {seed} (run {run_id}): finished val_loss {loss:.4f} ("
+        assert line in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("s in all, ") == 4 and res.stderr.count("s of training)") == 4
     # the verdict, by the compare rules, and the report with its PNGs
     assert "FINAL COMPARISON (Matched Speed)" in res.stdout and "VERDICT" in res.stdout
     assert "ra_v5: 2 run(s)" in res.stdout

@@ -16,6 +16,7 @@ from racli.store.experiment_queries import experiment_runs
 from racli.store.recorder import is_stale
 from racli.store.urls import sqlite_path
 from racli.training import spec_from_config
+from racli.training.progress import fmt_seconds
 
 STALE_NOTE = "its heartbeat is fresh: another process is running it"
 HELD_NOTE = "held by another process (running, or its heartbeat not yet stale)"
@@ -166,6 +167,17 @@ class Context:
     def label(self, job: Job, run_id: int | None) -> str:
         run = f" (run {run_id})" if run_id is not None else ""
         return f"{job.arm.label} seed {job.seed}{run}"
+
+    @staticmethod
+    def finished_note(val_loss: float | None, wall_s: float, train_s: float | None) -> str:
+        """What a finished run's line adds: its val_loss, and its wall time beside the
+        training time it was charged (the rest: start-up, compile, evaluation, checkpoint).
+        A resumed run's training time counts its earlier sessions too: then it is left out."""
+        loss = f"val_loss {val_loss:.4f}" if val_loss is not None else ""
+        took = f"{fmt_seconds(wall_s)} in all"
+        if train_s is not None and 0 < train_s <= wall_s:
+            took += f", {fmt_seconds(train_s)} of training"
+        return f"{loss} ({took})" if loss else took
 
     def eta(self, left: int, running: int) -> float | None:
         """Seconds left: runs to go x the mean duration of the runs done so far (before the

@@ -96,9 +96,10 @@ def run_in_process(ctx: Context, jobs: list[Job], confidence: float) -> list[Job
                 continue
         ctx.release(job, result.status, result.run_id)
         ctx.view.state.done += result.status in ("finished", "diverged")
-        ctx.durations.append(time.monotonic() - t0)
+        wall = time.monotonic() - t0
+        ctx.durations.append(wall)
         ctx.view.state.eta_s = ctx.eta(len(jobs) - ctx.view.state.done, 0)
-        extra = f"val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+        extra = ctx.finished_note(result.val_loss, wall, result.train_seconds)
         ctx.view.finished(device, ctx.label(job, result.run_id), result.status, extra)
         results.append(JobResult(job, result.run_id, result.status))
         if result.status == "finished":
@@ -234,8 +235,8 @@ def _end_child(
         ctx.durations.append(now - child.started)
     ctx.view.state.eta_s = ctx.eta(left, running)
     extra = (
-        f"val_loss {run.val_loss:.4f}"
-        if run is not None and run.val_loss is not None and status == "finished"
+        ctx.finished_note(run.val_loss, now - child.started, run.train_seconds)
+        if run is not None and status == "finished"
         else note
     )
     ctx.view.finished(ctx.devices[d], ctx.label(child.job, run_id), status, extra)
