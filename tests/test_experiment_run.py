@@ -146,6 +146,9 @@ def test_two_variants_two_seeds_end_to_end(tmp_path):
     text = report.read_text()
     for needle in ("## Calibration", "## Runs", "## Verdict", "exp-val_loss.png", "## Gates"):
         assert needle in text
+    # the runs' table says where each run started; one device: no table by device
+    assert "| run | arm | attention | device | seed |" in text and "| baseline | cpu | 1 |" in text
+    assert "## Speed by device" not in text and "Speed by device" not in res.stdout
     assert (tmp_path / "exp-val_loss.png").stat().st_size > 1000
     assert (tmp_path / "exp-train_loss.png").is_file()
     # the same command again: nothing to do, same runs, calibration reused
@@ -169,6 +172,11 @@ def test_two_variants_two_seeds_end_to_end(tmp_path):
     assert q(db, "SELECT count(*) FROM runs") == [(5,)]
     data = json.loads(again.stdout)
     assert data["verdicts"][0]["candidate"] == "ra_v5"
+    ((speed,),) = [data["device_speeds"]]
+    tps = [t for (t,) in q(db, "SELECT tokens_per_s FROM runs WHERE attn='baseline'")]
+    assert speed["device"] == "cpu" and speed["runs"] == {"baseline": 2, "ra_v5": 2}
+    assert speed["tokens_per_s"]["baseline"] == pytest.approx(sum(tps) / 2)
+    assert speed["factor"] == pytest.approx(1.0)
 
 
 def test_aa_experiment_compares_its_two_arms(tmp_path, fixed_speed):

@@ -78,6 +78,26 @@ def arm_runs(store, key: str, arms: list[Arm], budgets: dict[str, int] | None = 
     return finished, gone
 
 
+def device_speeds(runs: list, arms: list[Arm]) -> list:
+    """Each arm's tokens/s on each device (`racli.experiment.speeds`) over the finished
+    runs among `runs` (as `judged_runs` gives them), by the device each started on."""
+    from racli.experiment.speeds import RunSpeed, by_device, device_label
+
+    finished = [r for r in runs if r.status == "finished" and r.tokens_per_s]
+    where = [((r.config or {}).get(EXPERIMENT_KEY) or {}) for r in finished]
+    several = len({w.get("host") for w in where}) > 1
+    speeds = [
+        RunSpeed(
+            arm_of(r),
+            device_label(w.get("device") or "-", w.get("host"), several),
+            float(r.tokens_per_s),
+        )
+        for r, w in zip(finished, where)
+        if arm_of(r) is not None
+    ]
+    return by_device(speeds, [a.label for a in arms])
+
+
 @dataclass
 class ArmVerdict:
     candidate: str

@@ -168,6 +168,8 @@ def run_experiment(
         else:
             run = run_children if processes else run_in_process
         seeds, looks, results, verdicts, confidence = _looks(ctx, design, run)
+        runs = judge.judged_runs(experiment_runs(store, key), ctx.steps())
+        speeds = judge.device_speeds(runs, settings.arms)
     view.close()
     return Outcome(
         key=key,
@@ -182,6 +184,7 @@ def run_experiment(
         design=design.to_dict() if design else None,
         looks=looks,
         results=results,
+        devices_speed=speeds,
     )
 
 

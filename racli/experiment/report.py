@@ -1,7 +1,8 @@
 """The Markdown report of an experiment (`ra experiment --report FILE.md`).
 
 Sections: the settings, the calibration (speed ratios with their intervals),
-the step budgets, the table of runs, each verdict with its interval (and the
+the step budgets, the table of runs (with the device each started on), each arm's
+speed on each device (with several devices), each verdict with its interval (and the
 `ra compare` blocks), the looks of --until-settled, the GPU clocks, the gate
 summary, and the loss curves as PNG files written beside the report
 (``<stem>-val_loss.png``, ``<stem>-train_loss.png``). No torch.
@@ -20,6 +21,7 @@ from racli.compare.grouping import metric_curves
 from racli.compare.text import measured_speed
 from racli.errors import BadInput
 from racli.experiment import judge, text
+from racli.experiment.plan import EXPERIMENT_KEY
 from racli.gates.analysis import analyse_gates
 from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
@@ -92,6 +94,7 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     lines += _calibration_lines(outcome.calibration, outcome.budgets)
     lines += _budget_lines(outcome, runs)
     lines += _run_lines(store, runs)
+    lines += _device_lines(outcome)
     lines += _verdict_lines(outcome)
     lines += _curve_lines(path, outcome, store, runs, written)
     lines += ["## Gates", ""]
@@ -124,6 +127,7 @@ def _run_lines(store, runs) -> list[str]:
                 str(r.id),
                 judge.arm_of(r) or "-",
                 r.attn or "-",
+                ((r.config or {}).get(EXPERIMENT_KEY) or {}).get("device") or "-",
                 str(r.seed),
                 r.status,
                 str(r.iterations or "-"),
@@ -138,6 +142,7 @@ def _run_lines(store, runs) -> list[str]:
             "run",
             "arm",
             "attention",
+            "device",
             "seed",
             "status",
             "steps",
@@ -157,6 +162,34 @@ def _run_lines(store, runs) -> list[str]:
                 for rid, c in sorted(clocks.items())
             )
         )
+    return lines
+
+
+def _device_lines(outcome) -> list[str]:
+    """Each arm's tokens/s on each device, with several devices (`speeds.by_device`)."""
+    speeds, arms = outcome.devices_speed, [a.label for a in outcome.arms]
+    if len(speeds) < 2:
+        return []
+    lines = ["", "## Speed by device", ""]
+    lines.append(
+        "Median tokens/s of each arm's finished runs on each device (the device each "
+        f"started on), how many runs, and the ratio to {arms[0]} on the same device, which "
+        "the device's own speed cancels from. Device factor: the median over the device's "
+        "runs of each run's tokens/s over its arm's median on every device."
+    )
+    lines.append("")
+    rows = []
+    for d in speeds:
+        row = [d.device]
+        for a in arms:
+            median, n = d.arms.get(a, (None, 0))
+            cell = f"{median:,.0f} ({n})" if median is not None else "-"
+            if a in d.ratios:
+                cell += f" x{d.ratios[a]:.4f}"
+            row.append(cell)
+        row.append(f"x{d.factor:.4f}" if d.factor is not None else "-")
+        rows.append(row)
+    lines += _table(["device", *arms, "device factor"], rows)
     return lines
 
 

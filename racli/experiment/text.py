@@ -111,11 +111,35 @@ def outcome_text(outcome, written) -> str:
             f"{outcome.design['looks']} seeds; stopped at {outcome.looks[-1]['seeds']} "
             f"(verdict at {outcome.confidence:.3%} confidence)"
         )
+    if len(outcome.devices_speed) > 1:
+        lines += ["", *device_speed_lines(outcome.devices_speed, [a.label for a in outcome.arms])]
     for av in outcome.verdicts:
         lines += ["", judge.verdict_text(av)]
     if written:
         lines += ["", written_text(written)]
     return "\n".join(lines)
+
+
+def device_speed_lines(speeds: list, arms: list[str]) -> list[str]:
+    """Each device's tokens/s per arm (`racli.experiment.speeds.DeviceSpeed`s): the median
+    over the arm's finished runs there with their count, the ratio to the first arm on the
+    same device, and the device's speed factor."""
+    lines = [
+        "Speed by device (median tokens/s of each arm's finished runs there, how many; "
+        f"x: to {arms[0]} on the same device; device: its runs' speed over their arms' medians):"
+    ]
+    for d in speeds:
+        cells = []
+        for a in arms:
+            if a not in d.arms:
+                cells.append(f"{a} -")
+                continue
+            median, n = d.arms[a]
+            ratio = f" x{d.ratios[a]:.4f}" if a in d.ratios else ""
+            cells.append(f"{a} {median:,.0f} ({n}){ratio}")
+        factor = f"device x{d.factor:.4f}" if d.factor is not None else "device -"
+        lines.append(f"  {d.device}: " + ", ".join(cells) + f"; {factor}")
+    return lines
 
 
 def written_text(written) -> str:
