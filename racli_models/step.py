@@ -29,6 +29,14 @@ while the host catches up. What that needs, and what it does:
 - each replay moves the parameters' version counters (as an eager optimizer step
   does), so what is cached on them is rebuilt after it.
 A capture that fails leaves the step uncaptured: `graph_error` says why.
+
+With `reduce` (several processes, racli.training.distributed.GradMean) the
+gradients are views into its flat buffers, zeroed by `reduce.start()` at the
+step's beginning, and `reduce()` averages them over the ranks after the last
+micro-batch, before the clipping: one all-reduce per step, inside the graph on
+CUDA. Every rank captures at the same step; if any rank's capture fails, every
+rank runs uncaptured (a graph's collective must be matched by graphs on every
+rank).
 """
 
 from __future__ import annotations
@@ -50,10 +58,12 @@ class TrainStep:
         clip: float = 1.0,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         graph: bool | None = None,
+        reduce=None,
     ):
         self.model, self.opt = model, opt
         self.fwd = fwd if fwd is not None else model
         self.micro, self.clip, self.autocast = micro, clip, autocast
+        self.reduce = reduce
         self.params = [p for p in model.parameters() if p.requires_grad]
         cuda = bool(self.params) and self.params[0].is_cuda
         self.graph_on = cuda if graph is None else (graph and cuda)
@@ -78,6 +88,8 @@ class TrainStep:
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         micro = self.micro or x.shape[0]
         accum = x.shape[0] // micro
+        if self.reduce is not None:
+            self.reduce.start()
         total = None
         for i in range(accum):
             xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
@@ -86,6 +98,8 @@ class TrainStep:
             (loss / accum if accum > 1 else loss).backward()
             part = loss.detach() / accum if accum > 1 else loss.detach()
             total = part if total is None else total + part
+        if self.reduce is not None:
+            self.reduce()
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
         self.opt.step()
@@ -137,3 +151,7 @@ class TrainStep:
         finally:  # the flag only guards step() against capture; replays never call it
             for g, was in zip(self.opt.param_groups, capturable):
                 g["capturable"] = was
+        if self.reduce is not None and not self.reduce.agree(self._graph is not None):
+            if self._graph is not None:
+                self.graph_error = "another rank's capture failed: every rank runs uncaptured"
+            self._graph, self._loss, self.graph_on = None, None, False

@@ -183,6 +183,41 @@ def test_batch_tokens_runs_on_1_2_and_4_processes_share_one_hash(cfg, dataset):
         training.run_config(spec, dataset, 3)
 
 
+def test_grad_reduce_is_recorded_for_several_processes_and_left_out_of_the_hash(cfg, dataset):
+    """`train.grad_reduce` is how several processes average the same gradients: recorded
+    beside the train section with more than one process, out of config_hash, and back on
+    resume; one process records nothing of it (its runs keep their config and hash)."""
+    ddp = make_spec(cfg, f"train.batch_tokens={16 * BLOCK}")
+    step = make_spec(cfg, f"train.batch_tokens={16 * BLOCK}", "train.grad_reduce=step")
+    one, two_ddp, two_step = (
+        training.run_config(ddp, dataset, 1),
+        training.run_config(ddp, dataset, 2),
+        training.run_config(step, dataset, 2),
+    )
+    assert "grad_reduce" not in one and "grad_reduce" not in one["train"]
+    assert (two_ddp["grad_reduce"], two_step["grad_reduce"]) == ("ddp", "step")
+    assert "grad_reduce" not in two_step["train"]
+    assert training.run_config(step, dataset, 1) == one
+    assert len({config_hash(c) for c in (one, two_ddp, two_step)}) == 1
+    assert training.spec_from_run_config(two_step).train.grad_reduce == "step"
+    assert training.spec_from_run_config(one).train.grad_reduce == "ddp"
+    again = training.run_config(training.spec_from_run_config(two_step), dataset, 2)
+    assert json.dumps(again) == json.dumps(two_step)
+
+
+@pytest.mark.parametrize("value", ["fast", "DDP", "1"])
+def test_cli_bad_grad_reduce_is_one_line(tmp_path, value):
+    from helpers import ra_inprocess
+
+    res = ra_inprocess(
+        "train", "--db", tmp_path / "ra.db", "--attn", "baseline", "--steps", "1",
+        "--device", "cpu", "--set", f"train.grad_reduce={value}",
+    )  # fmt: skip
+    assert res.exit_code == 2 and "grad_reduce" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "ra.db").exists()
+
+
 def test_compare_puts_one_and_two_gpu_runs_in_one_group(cfg, dataset, store):
     from racli.compare.grouping import group_runs, load_comparison, load_train_runs
 
@@ -339,9 +374,11 @@ def _ra_train(tmp_path, nproc, db, *sets):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_follow_one_process_step_by_step(tmp_path):
+@pytest.mark.parametrize("reduce", ["ddp", "step"])
+def test_two_gloo_processes_follow_one_process_step_by_step(tmp_path, reduce):
     """8 sequences per step with micro-batches of 2: 1 process accumulates 4, each of 2
-    processes accumulates 2 (under no_sync) and all-reduces once. Same losses, one hash."""
+    processes accumulates 2 and all-reduces once: under DDP's no_sync (`ddp`), or in the
+    one-process step with its own all-reduce at the end (`step`). Same losses, one hash."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
@@ -350,9 +387,13 @@ def test_two_gloo_processes_follow_one_process_step_by_step(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     one = _ra_train(tmp_path / "one", 1, tmp_path / "one" / "ra.db", *sets)
-    two = _ra_train(tmp_path / "two", 2, tmp_path / "two" / "ra.db", *sets)
+    two = _ra_train(
+        tmp_path / "two", 2, tmp_path / "two" / "ra.db", *sets, f"train.grad_reduce={reduce}"
+    )
     assert (one[1]["world_size"], one[1]["grad_accum_steps"]) == (1, 4)
     assert (two[1]["world_size"], two[1]["grad_accum_steps"]) == (2, 2)
+    assert "grad_reduce" not in one[1] and two[1]["grad_reduce"] == reduce
+    assert "grad_reduce" not in two[1]["train"]
     assert one[0] == two[0]  # one config_hash
     assert one[2] == two[2] == 4 * 8 * BLOCK
     assert len(one[3]) == len(two[3]) == 4
@@ -407,6 +448,43 @@ def test_experiment_calibration_times_whole_accumulated_steps(cfg, dataset, monk
 
 @pytest.mark.gpu
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs"
+)
+def test_two_gpus_step_and_ddp_follow_one_gpu(tmp_path):
+    """Two GPUs (NCCL, compiled, bf16) at one global batch in tokens: DDP and the step with
+    its own all-reduce (`train.grad_reduce: step`, one CUDA graph a step) follow one GPU's
+    losses, and no rank says its step was not captured as a CUDA graph."""
+
+    def run(name, nproc, *sets):
+        args = [
+            "train", "--db", str(tmp_path / name / "ra.db"), "--attn", "ra_v5", "--steps", "6",
+            "--device", "cuda", "--seed", "1",
+            *[a for item in [*TINY, "train.batch_size=4", f"train.batch_tokens={16 * BLOCK}",
+                             "train.log_interval=1", *sets] for a in ("--set", item)],
+        ]  # fmt: skip
+        (tmp_path / name).mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--standalone", "-m", "racli", *args]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO), "NCCL_NVLS_ENABLE": "0"}
+        res = subprocess.run(
+            cmd, cwd=tmp_path / name, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert "not captured as a CUDA graph" not in res.stdout + res.stderr
+        with sqlite3.connect(tmp_path / name / "ra.db") as conn:
+            return [v for (v,) in conn.execute(
+                "SELECT value FROM metrics WHERE name='train_loss' ORDER BY step")]  # fmt: skip
+
+    one = run("one", 1)
+    ddp = run("ddp", 2)
+    step = run("step", 2, "train.grad_reduce=step")
+    assert len(one) == len(ddp) == len(step) == 6
+    assert ddp == pytest.approx(one, rel=2e-3) and step == pytest.approx(one, rel=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
 def test_cuda_compiled_accumulation_matches_one_micro_batch(cfg, dataset, store):
     """On CUDA (bf16 autocast, torch.compile): 8 sequences per step as 1 x 8 and 4 x 2 reach
     the same training loss (bf16 tolerance)."""
@@ -426,3 +504,95 @@ def test_cuda_compiled_accumulation_matches_one_micro_batch(cfg, dataset, store)
     assert whole.status == split.status == "finished"
     assert whole.tokens == split.tokens == 6 * 8 * BLOCK
     assert whole.train_loss == pytest.approx(split.train_loss, rel=2e-2)
+
+
+def _grad_mean_rank(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from racli.training.distributed import DistInfo, GradMean, broadcast_parameters
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        info = DistInfo(rank=rank, local_rank=rank, world_size=2)
+        torch.manual_seed(rank)  # each rank its own weights, until the broadcast
+        model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1, bias=False))
+        broadcast_parameters(model, info)
+        params = list(model.parameters())
+        mean = GradMean(params, info)
+        mean.start()
+        x = torch.full((4, 3), float(rank + 1))
+        model(x).sum().backward()  # into the flat buffer's views
+        model(x).sum().backward()  # accumulated in place
+        assert all(p.grad is v for p, v in zip(params, mean.views))
+        mine = [p.grad.clone() for p in params]
+        mean()
+        torch.save(
+            {
+                "params": [p.detach() for p in params],
+                "mine": mine,
+                "mean": [p.grad for p in params],
+            },
+            f"{out}.{rank}",
+        )
+        assert mean.agree(True) and not mean.agree(rank == 0)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two gloo processes
+def test_grad_mean_averages_the_ranks_gradients_from_rank_0s_weights(tmp_path):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = str(tmp_path / "grads")
+    init = f"file://{tmp_path / 'pg'}"
+    mp.start_processes(_grad_mean_rank, args=(init, out), nprocs=2, start_method="spawn")
+    r0, r1 = (torch.load(f"{out}.{r}") for r in (0, 1))
+    for a, b in zip(r0["params"], r1["params"]):
+        assert torch.equal(a, b)  # rank 0's weights on both
+    # the ranks' own gradients differ (but for a bias that does not see the input) ...
+    assert sum(not torch.equal(g0, g1) for g0, g1 in zip(r0["mine"], r1["mine"])) == 2
+    for g0, g1, m0, m1 in zip(r0["mine"], r1["mine"], r0["mean"], r1["mean"]):
+        torch.testing.assert_close(m0, (g0 + g1) / 2)  # ... their mean, on both
+        assert torch.equal(m0, m1)
+    # start() zeroes the buffers and re-attaches the views a set_to_none dropped
+    from racli.training.distributed import DistInfo, GradMean
+
+    p = torch.nn.Parameter(torch.ones(3))
+    mean = GradMean([p], DistInfo())
+    mean.start()
+    p.grad.add_(1.0)
+    p.grad = None
+    mean.start()
+    assert p.grad is mean.views[0] and torch.equal(p.grad, torch.zeros(3))
+    mean()  # one process: nothing to average
+    assert mean.agree(True) and not mean.agree(False)
+
+
+def test_a_step_that_was_not_captured_says_so(cfg, dataset, store, monkeypatch):
+    """A training step whose CUDA-graph capture failed runs uncaptured (correct, slower):
+    the run says so once, after its first step."""
+    from racli_models import step as step_mod
+
+    real = step_mod.TrainStep.__call__
+
+    def failing(self, x, y):
+        out = real(self, x, y)
+        self.graph_error = "RuntimeError: capture refused"
+        return out
+
+    monkeypatch.setattr(step_mod.TrainStep, "__call__", failing)
+    notes = []
+
+    class Notes:
+        def __getattr__(self, name):
+            return notes.append if name == "note" else (lambda *a, **k: None)
+
+    training.train(make_spec(cfg, steps=3), store, dataset=dataset, reporter=Notes())
+    said = [n for n in notes if "not captured as a CUDA graph" in n]
+    assert said == [
+        "the training step was not captured as a CUDA graph (RuntimeError: capture refused): "
+        "it runs uncaptured, slower"
+    ]

@@ -53,9 +53,10 @@ def torchrun(tmp_path, *args, nproc=2, timeout=240):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path):
+@pytest.mark.parametrize("reduce", ["ddp", "step"])
+def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path, reduce):
     db = tmp_path / "ra.db"
-    sets = [a for item in TINY for a in ("--set", item)]
+    sets = [a for item in [*TINY, f"train.grad_reduce={reduce}"] for a in ("--set", item)]
     res = torchrun(
         tmp_path,
         "--db",
@@ -88,6 +89,7 @@ def test_two_process_ddp_on_gloo_records_one_run_with_global_figures(tmp_path):
     config = json.loads(config)
     assert status == "finished" and iters == STEPS
     assert config["world_size"] == 2 and config["global_batch_size"] == 2 * BATCH
+    assert config["grad_reduce"] == reduce
     assert tokens == STEPS * 2 * BATCH * BLOCK  # global tokens
     assert tps > 0 and val is not None
     assert n_loss == STEPS // 2 and n_gates == 3  # steps 0, 3 and 6

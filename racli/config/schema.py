@@ -128,6 +128,9 @@ class TrainConfig(_Schema):
     # global batch in tokens (None: batch_size sequences per process); batch_size is then
     # the largest micro-batch, the rest is gradient accumulation (racli/training/global_batch.py)
     batch_tokens: int | None = Field(ge=1)
+    # several processes: DistributedDataParallel, or one all-reduce at the end of each step
+    # (racli_models.step.TrainStep's `reduce`, inside its CUDA graph on CUDA)
+    grad_reduce: Literal["ddp", "step"]
     # a folder for TensorBoard event files (one folder per run; null: none); not recorded
     tensorboard: str | None
 

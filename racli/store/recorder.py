@@ -45,8 +45,17 @@ RESUMABLE = ("interrupted", "failed", "diverged")
 # A `running` run whose heartbeat is older than this is shown as crashed.
 STALE_AFTER = timedelta(seconds=120)
 # `experiment` and `budget_source` (ra experiment) differ per arm of one experiment;
-# `data_path` (where a train run read its data) differs between machines, not the data
-NON_COMPARABLE_KEYS = ("attn", "seed", "tag", "experiment", "budget_source", "data_path")
+# `data_path` (where a train run read its data) differs between machines, not the data;
+# `grad_reduce` (several processes) is how the same gradients are averaged
+NON_COMPARABLE_KEYS = (
+    "attn",
+    "seed",
+    "tag",
+    "experiment",
+    "budget_source",
+    "data_path",
+    "grad_reduce",
+)
 # what a global batch in tokens leaves free: the same batches on any number of processes
 BATCH_SPLIT_KEYS = ("world_size", "micro_batch_size", "grad_accum_steps")
 TIMING_DEFAULTS = {**{name: None for name in TIMING_FIELDS}, "status": "ok"}

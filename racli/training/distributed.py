@@ -7,6 +7,11 @@ replica wrapped in DistributedDataParallel on its own shard of every batch
 writes to the database and the checkpoint. NCCL on CUDA, gloo on CPU.
 With gradient accumulation (`train.batch_tokens`), the micro-batches before the
 last of a step run under `no_sync()` (`grad_sync`): one all-reduce per step.
+
+`train.grad_reduce: step` trains without DistributedDataParallel: every rank starts
+from rank 0's weights (`broadcast_parameters`) and runs the one-process step of
+racli_models.step, whose `reduce` (`GradMean`) all-reduces the gradients once, after
+the step's last micro-batch; on CUDA that step, all-reduce included, is one CUDA graph.
 """
 
 from __future__ import annotations
@@ -93,6 +98,62 @@ def grad_sync(model: torch.nn.Module, last: bool):
     if last or not isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()
+
+
+def broadcast_parameters(model: torch.nn.Module, info: DistInfo) -> None:
+    """Every rank takes rank 0's parameters and buffers (what DDP does when it wraps a
+    model), so that ranks that reduce their gradients themselves start alike."""
+    if info.enabled:
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t, src=0)
+
+
+class GradMean:
+    """The mean over the ranks of every gradient, in one all-reduce per dtype.
+
+    The gradients live in one flat buffer per dtype: `start()` zeroes it and makes each
+    parameter's `.grad` its view there (the backward then accumulates into it in place, as
+    DDP's gradient_as_bucket_view does); `__call__` sums the buffers over the ranks and
+    divides by their number. Nothing waits for the host, so a CUDA graph can hold it.
+    `agree(ok)`: whether every rank says ok (a host read; outside a graph only)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], info: DistInfo):
+        self.info = info
+        self.params = list(params)
+        self.flat: dict[torch.dtype, torch.Tensor] = {}
+        self.views: list[torch.Tensor] = []
+        sizes: dict[torch.dtype, int] = {}
+        for p in self.params:
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+        for dtype, n in sizes.items():
+            self.flat[dtype] = torch.zeros(n, dtype=dtype, device=self.params[0].device)
+        at = dict.fromkeys(sizes, 0)
+        for p in self.params:
+            flat, i = self.flat[p.dtype], at[p.dtype]
+            self.views.append(flat[i : i + p.numel()].view_as(p))
+            at[p.dtype] = i + p.numel()
+
+    def start(self) -> None:
+        for flat in self.flat.values():
+            flat.zero_()
+        for p, view in zip(self.params, self.views):
+            if p.grad is not view:
+                p.grad = view
+
+    def __call__(self) -> None:
+        if not self.info.enabled:
+            return
+        for flat in self.flat.values():
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.info.world_size)
+
+    def agree(self, ok: bool) -> bool:
+        if not self.info.enabled:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.params[0].device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+        return float(flag.item()) == 0.0
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:

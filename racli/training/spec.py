@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # TrainConfig fields that are not part of the recorded `train` section (resolved elsewhere;
 # where TensorBoard events go changes nothing of the run)
-_TRAIN_SKIP = ("compile", "tensorboard")
+_TRAIN_SKIP = ("compile", "tensorboard", "grad_reduce")
 # the config entry naming where the run's data was read (racli.store.recorder keeps it out
 # of config_hash: runs on machines with different paths to one corpus stay comparable)
 DATA_PATH_KEY = "data_path"
@@ -93,9 +93,10 @@ def train_section(train: TrainConfig) -> dict[str, Any]:
     }
 
 
-def train_settings(section: dict[str, Any], compile: bool) -> TrainConfig:
+def train_settings(section: dict[str, Any], compile: bool, grad_reduce: str = "ddp") -> TrainConfig:
     """The TrainConfig of a recorded `train` section (a field it lacks: null if recorded only
-    while set, else the packaged ra.yaml's value)."""
+    while set, else the packaged ra.yaml's value); `compile` and `grad_reduce` are recorded
+    beside it."""
     known = set(TrainConfig.model_fields) - set(_TRAIN_SKIP)
     unknown = sorted(set(section) - known)
     if unknown:
@@ -105,7 +106,7 @@ def train_settings(section: dict[str, Any], compile: bool) -> TrainConfig:
         )
     settings = load_config(packaged_config_path()).train.model_dump()
     settings.update(dict.fromkeys(_TRAIN_OMIT_NULL))
-    settings.update(section, compile="on" if compile else "off")
+    settings.update(section, compile="on" if compile else "off", grad_reduce=grad_reduce)
     return TrainConfig.model_construct(**settings)
 
 
@@ -167,7 +168,7 @@ def spec_from_run_config(config: dict[str, Any]) -> TrainSpec:
         return TrainSpec(
             attn=config["attn"],
             model=dict(config["model"]),
-            train=train_settings(dict(config["train"]), compile),
+            train=train_settings(dict(config["train"]), compile, config.get("grad_reduce", "ddp")),
             data=None,
             minutes=budget.get("minutes"),
             steps=budget.get("steps"),
@@ -257,6 +258,9 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "compile": spec.compile,
         "autocast": "bfloat16" if spec.device_type == "cuda" else None,
         "world_size": world_size,
+        # several processes: how the gradients are reduced (left out of config_hash: the
+        # same mean of the same gradients, in another order of float additions)
+        **({"grad_reduce": spec.train.grad_reduce} if world_size > 1 else {}),
         "global_batch_size": layout.global_seqs,
         "tokens_per_step": layout.tokens_per_step,
         "pairing": dict(PAIRING_RULE),

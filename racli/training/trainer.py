@@ -170,15 +170,22 @@ class Trainer:
         self.checkpoint_step: int | None = None  # the step of the checkpoint on disk
 
     def _wrap(self) -> None:
-        """The model as it trains: compiled when asked, under DDP, and (one process) the step
-        of racli_models.step (on CUDA replayed as one CUDA graph)."""
+        """The model as it trains: compiled when asked, and either under DDP or in the step
+        of racli_models.step (on CUDA replayed as one CUDA graph): one process, or several
+        with `train.grad_reduce: step` (rank 0's weights broadcast, then one all-reduce of
+        the gradients a step inside that step)."""
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         self.fwd = torch.compile(self.raw) if self.spec.compile else self.raw
-        self.model = ddp.wrap_ddp(self.fwd, self.device, self.info)
+        by_step = not self.info.enabled or self.t.grad_reduce == "step"
+        self.model = self.fwd if by_step else ddp.wrap_ddp(self.fwd, self.device, self.info)
         self.stepper = None
-        if not self.info.enabled:
+        if by_step:
             from racli_models.step import TrainStep
 
+            reduce = None
+            if self.info.enabled:
+                ddp.broadcast_parameters(self.raw, self.info)
+                reduce = ddp.GradMean(self.params, self.info)
             self.stepper = TrainStep(
                 self.raw,
                 self.opt,
@@ -186,6 +193,7 @@ class Trainer:
                 micro=self.layout.micro,
                 clip=self.t.grad_clip,
                 autocast=self._autocast,
+                reduce=reduce,
             )
 
     def _loop_state(self) -> None:
@@ -463,6 +471,11 @@ class Trainer:
             dt = time.perf_counter() - t_warm
             self.compile_s += dt
             self.rec.metric(self.step, "compile_s", dt, self.clock.seconds)
+            if self.stepper is not None and self.stepper.graph_error and self.info.is_main:
+                self.reporter.note(
+                    f"the training step was not captured as a CUDA graph "
+                    f"({self.stepper.graph_error}): it runs uncaptured, slower"
+                )
             self.warmup = False
             self.clock.start()
             self.last_log_secs = self.clock.seconds
