@@ -7,6 +7,7 @@
 # Usage (from the project root on the GPU machine):
 #   NGPU=2 bash tools/gpu_scaling.sh
 # env: NGPU (default: every GPU), ATTNS (default baseline,ra_v5), STEPS (default 60),
+#      REDUCES (train.grad_reduce settings timed on NGPU processes; default "ddp step"),
 #      BATCH_TOKENS (default 524288: 16 x 32 sequences of 1024 on one GPU), MODEL (gpt2),
 #      RA_DATA (a prepared corpus; default: made as tools/gpu_experiment.sh makes it),
 #      TRAIN_ARGS (more `ra train` arguments, e.g. "--device cpu --no-compile" and
@@ -32,12 +33,19 @@ if [ ! -f "$DATA/meta.json" ] && [ -z "${RA_DATA:-}" ]; then
 fi
 TAG=scaling-$(date +%Y%m%d-%H%M%S)
 read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
+REDUCES=${REDUCES:-ddp step}
+SIZES="1"
+for r in $REDUCES; do SIZES="$SIZES $NGPU:$r"; done
 for attn in ${ATTNS//,/ }; do
-  for n in 1 "$NGPU"; do
+  for size in $SIZES; do
+    n=${size%%:*}
+    reduce=${size#*:}; [ "$n" = 1 ] && reduce=
+    label=$n${reduce:+-$reduce}
     args=(train --attn "$attn" --steps "$STEPS" --model "$MODEL" --data "$DATA"
-          --set "train.batch_tokens=$BATCH_TOKENS" --tag "$TAG-$n" "${EXTRA[@]}")
-    log="$WORK/$attn-$n.log"
-    echo "== $attn on $n process(es)"
+          --set "train.batch_tokens=$BATCH_TOKENS" --tag "$TAG-$label" "${EXTRA[@]}")
+    [ -n "$reduce" ] && args+=(--set "train.grad_reduce=$reduce")
+    log="$WORK/$attn-$label.log"
+    echo "== $attn on $n process(es)${reduce:+, grad_reduce $reduce}"
     if [ "$n" = 1 ]; then
       CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python3 -m racli --db "$DB" "${args[@]}" \
         > "$log" 2>&1
@@ -54,27 +62,31 @@ db, tag, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 con = sqlite3.connect(db)
 rows = con.execute(
     "SELECT id, attn, tag, status, tokens_per_s, config_hash, config FROM runs "
-    "WHERE tag IN (?, ?) ORDER BY id", (f"{tag}-1", f"{tag}-{n}")).fetchall()
+    "WHERE tag LIKE ? ORDER BY id", (f"{tag}-%",)).fetchall()
 by = {}
 for rid, attn, t, status, tps, chash, config in rows:
     c = json.loads(config)
-    by[(attn, int(t.rsplit("-", 1)[1]))] = dict(
+    by[(attn, t[len(tag) + 1:])] = dict(
         run=rid, status=status, tokens_per_s=tps, config_hash=chash,
-        world_size=c.get("world_size"), micro_batch_size=c.get("micro_batch_size"),
-        grad_accum_steps=c.get("grad_accum_steps"))
+        world_size=c.get("world_size"), grad_reduce=c.get("grad_reduce"),
+        micro_batch_size=c.get("micro_batch_size"), grad_accum_steps=c.get("grad_accum_steps"))
 result = {"tag": tag, "processes": n, "arms": {}}
 for attn in sorted({a for a, _ in by}):
-    one, many = by.get((attn, 1)), by.get((attn, n))
-    entry = {"1": one, str(n): many}
-    if one and many and one["tokens_per_s"] and many["tokens_per_s"]:
-        speedup = many["tokens_per_s"] / one["tokens_per_s"]
-        entry |= {"speedup": speedup, "efficiency": speedup / n,
-                  "one_group": one["config_hash"] == many["config_hash"]}
-        print(f"{attn}: {one['tokens_per_s']:,.0f} tokens/s on 1, {many['tokens_per_s']:,.0f} "
-              f"on {n}: {speedup:.2f}x = {100 * speedup / n:.1f}% of linear; "
-              f"micro-batch x accumulation {one['micro_batch_size']} x {one['grad_accum_steps']} "
-              f"and {many['micro_batch_size']} x {many['grad_accum_steps']}; one config_hash: "
-              f"{entry['one_group']}")
+    one = by.get((attn, "1"))
+    entry = {"1": one}
+    for label in sorted(k for a, k in by if a == attn and k != "1"):
+        many = by[(attn, label)]
+        entry[label] = many
+        if one and many and one["tokens_per_s"] and many["tokens_per_s"]:
+            speedup = many["tokens_per_s"] / one["tokens_per_s"]
+            entry[label] |= {"speedup": speedup, "efficiency": speedup / n,
+                             "one_group": one["config_hash"] == many["config_hash"]}
+            print(f"{attn}: {one['tokens_per_s']:,.0f} tokens/s on 1, "
+                  f"{many['tokens_per_s']:,.0f} on {n} (grad_reduce {many['grad_reduce']}): "
+                  f"{speedup:.2f}x = {100 * speedup / n:.1f}% of linear; micro-batch x "
+                  f"accumulation {one['micro_batch_size']} x {one['grad_accum_steps']} and "
+                  f"{many['micro_batch_size']} x {many['grad_accum_steps']}; one config_hash: "
+                  f"{entry[label]['one_group']}")
     result["arms"][attn] = entry
 json.dump(result, open(out, "w"), indent=2)
 PY
