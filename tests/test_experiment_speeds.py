@@ -68,7 +68,7 @@ def test_device_speeds_from_runs_and_their_texts():
     ]
     lines = text.device_speed_lines(speeds, ["baseline", "ra_v5"])
     assert lines[1].startswith("  cuda:0: baseline 500 (1), ra_v5 495 (1) x0.9900; device x")
-    outcome = SimpleNamespace(devices_speed=speeds, arms=arms)
+    outcome = SimpleNamespace(device_speeds=speeds, arms=arms)
     section = "\n".join(report._device_lines(outcome))
     assert (
         "## Speed by device" in section
@@ -80,4 +80,4 @@ def test_device_speeds_from_runs_and_their_texts():
         [_run("baseline", "cuda:0", 1.0, host="a"), _run("baseline", "cuda:0", 1.0, host="b")], arms
     )
     assert [d.device for d in two] == ["a cuda:0", "b cuda:0"]
-    assert report._device_lines(SimpleNamespace(devices_speed=speeds[:1], arms=arms)) == []
+    assert report._device_lines(SimpleNamespace(device_speeds=speeds[:1], arms=arms)) == []

@@ -359,11 +359,10 @@ def test_cuda_gpt_uses_the_kernel_and_matches_the_plain_path():
             assert rel_err(g[name], ref) < 2e-2, name
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
-def test_cuda_graph_step_trains_like_the_plain_step(attn):
+def _graph_against_plain(attn: str, reduce_for=None) -> None:
     """TrainStep replaying one CUDA graph against the same step launched from Python:
-    same losses for 6 steps (the lr changed between them), same weights after."""
+    same losses for 6 steps (the lr changed between them), same weights after.
+    `reduce_for(params)`: the step's `reduce`, made anew for each."""
     from racli_models.step import TrainStep
 
     kw = dict(vocab_size=301, n_layer=2, n_head=2, n_embd=32, block_size=16, attn=attn)
@@ -373,9 +372,11 @@ def test_cuda_graph_step_trains_like_the_plain_step(attn):
     for graph in (False, True):
         m = GPT(GPTConfig(**kw), seed=3).cuda()
         opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=True)
+        params = [p for p in m.parameters() if p.requires_grad]
         step = TrainStep(
-            m, opt, micro=4, clip=1.0,
-            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16), graph=graph,
+            m, opt, micro=4, clip=1.0, graph=graph,
+            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
+            reduce=reduce_for(params) if reduce_for is not None else None,
         )  # fmt: skip
         losses = []
         for i, b in enumerate(batches):
@@ -390,16 +391,21 @@ def test_cuda_graph_step_trains_like_the_plain_step(attn):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
+def test_cuda_graph_step_trains_like_the_plain_step(attn):
+    _graph_against_plain(attn)
+
+
+@pytest.mark.gpu
 def test_cuda_graph_step_holds_the_nccl_all_reduce_of_grad_mean(tmp_path):
     """`train.grad_reduce: step` on CUDA: the step with GradMean's all-reduce (NCCL, a group
     of one process here, the reduction forced on) captured in its CUDA graph trains like
-    the same step launched from Python; the gradients are the flat buffer's views."""
+    the same step launched from Python."""
     import types
 
     import torch.distributed as dist
 
     from racli.training.distributed import DistInfo, GradMean
-    from racli_models.step import TrainStep
 
     if dist.is_initialized():
         pytest.skip("a process group exists already")
@@ -407,31 +413,14 @@ def test_cuda_graph_step_holds_the_nccl_all_reduce_of_grad_mean(tmp_path):
         "nccl", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1,
         device_id=torch.device("cuda", torch.cuda.current_device()),
     )  # fmt: skip
+
+    def reduce_for(params):
+        mean = GradMean(params, DistInfo())
+        mean.info = types.SimpleNamespace(enabled=True, world_size=1)  # all-reduce anyway
+        return mean
+
     try:
-        kw = dict(vocab_size=301, n_layer=2, n_head=2, n_embd=32, block_size=16, attn="ra_v5")
-        g = torch.Generator().manual_seed(2)
-        batches = [torch.randint(0, 301, (8, 17), generator=g).cuda() for _ in range(6)]
-        out = []
-        for graph in (False, True):
-            m = GPT(GPTConfig(**kw), seed=3).cuda()
-            opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=True)
-            params = [p for p in m.parameters() if p.requires_grad]
-            mean = GradMean(params, DistInfo())
-            mean.info = types.SimpleNamespace(enabled=True, world_size=1)  # all-reduce anyway
-            step = TrainStep(
-                m, opt, micro=4, clip=1.0, graph=graph, reduce=mean,
-                autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
-            )  # fmt: skip
-            losses = []
-            for i, b in enumerate(batches):
-                step.set_lr(1e-3 * (1 - i / 10))
-                losses.append(step(b[:, :-1], b[:, 1:]).item())
-            assert (step._graph is not None) == graph, step.graph_error
-            out.append((losses, [p.detach().clone() for p in m.parameters()]))
-        (l0, p0), (l1, p1) = out
-        assert max(abs(a - b) for a, b in zip(l0, l1)) < 1e-4
-        for a, b in zip(p0, p1):
-            assert rel_err(b, a) < 1e-4
+        _graph_against_plain("ra_v5", reduce_for)
     finally:
         dist.destroy_process_group()
 

@@ -184,7 +184,7 @@ def run_experiment(
         design=design.to_dict() if design else None,
         looks=looks,
         results=results,
-        devices_speed=speeds,
+        device_speeds=speeds,
     )
 
 

@@ -167,7 +167,7 @@ def _run_lines(store, runs) -> list[str]:
 
 def _device_lines(outcome) -> list[str]:
     """Each arm's tokens/s on each device, with several devices (`speeds.by_device`)."""
-    speeds, arms = outcome.devices_speed, [a.label for a in outcome.arms]
+    speeds, arms = outcome.device_speeds, [a.label for a in outcome.arms]
     if len(speeds) < 2:
         return []
     lines = ["", "## Speed by device", ""]

@@ -77,7 +77,7 @@ class Outcome:
     design: dict | None = None  # the sequential design, with --until-settled
     looks: list[dict] = field(default_factory=list)
     results: list[JobResult] = field(default_factory=list)
-    devices_speed: list = field(default_factory=list)  # speeds.DeviceSpeed, one a device
+    device_speeds: list = field(default_factory=list)  # speeds.DeviceSpeed, one a device
 
     @property
     def failed(self) -> list[JobResult]:
@@ -105,5 +105,5 @@ class Outcome:
             "design": self.design,
             "looks": self.looks,
             "verdicts": [v.to_dict() for v in self.verdicts],
-            "device_speeds": [d.to_dict() for d in self.devices_speed],
+            "device_speeds": [d.to_dict() for d in self.device_speeds],
         }

@@ -111,8 +111,8 @@ def outcome_text(outcome, written) -> str:
             f"{outcome.design['looks']} seeds; stopped at {outcome.looks[-1]['seeds']} "
             f"(verdict at {outcome.confidence:.3%} confidence)"
         )
-    if len(outcome.devices_speed) > 1:
-        lines += ["", *device_speed_lines(outcome.devices_speed, [a.label for a in outcome.arms])]
+    if len(outcome.device_speeds) > 1:
+        lines += ["", *device_speed_lines(outcome.device_speeds, [a.label for a in outcome.arms])]
     for av in outcome.verdicts:
         lines += ["", judge.verdict_text(av)]
     if written:

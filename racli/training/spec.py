@@ -258,9 +258,14 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
         "compile": spec.compile,
         "autocast": "bfloat16" if spec.device_type == "cuda" else None,
         "world_size": world_size,
-        # several processes: how the gradients are reduced (left out of config_hash: the
-        # same mean of the same gradients, in another order of float additions)
-        **({"grad_reduce": spec.train.grad_reduce} if world_size > 1 else {}),
+        # several processes reducing their gradients in their own step (left out of
+        # config_hash: the same mean of the same gradients, in another order of float
+        # additions); DDP, the default, is not recorded: its runs keep their config
+        **(
+            {"grad_reduce": spec.train.grad_reduce}
+            if world_size > 1 and spec.train.grad_reduce != "ddp"
+            else {}
+        ),
         "global_batch_size": layout.global_seqs,
         "tokens_per_step": layout.tokens_per_step,
         "pairing": dict(PAIRING_RULE),
