@@ -633,8 +633,8 @@ def model_measures(
     """
     if ablation and forward_dtype is not None and not ABLATION_ALONE:
         raise ValueError("the ablation needs a float32 forward (forward_dtype=None)")
+    batches = list(batches)
     if not ablation or ABLATION_ALONE:
-        batches = list(batches)
         counts = _target_counts(batches) if ablation else []  # before any work is issued
         packed = _graphed_values(model, batches, queries, forward_dtype)
         if packed is None:
@@ -647,7 +647,6 @@ def model_measures(
         if packed[0] is not None and flat is not None:
             return _unpack(torch.cat([packed[0], flat]), packed[1] + layout)
         return _unpack(*packed) if flat is None else _unpack(flat, layout)
-    batches = list(batches)
     counts = _target_counts(batches)  # the one host read before the work is issued
     kept: list = []
     # one block: the weights split once for both

@@ -178,17 +178,10 @@ def _device_lines(outcome) -> list[str]:
         "runs of each run's tokens/s over its arm's median on every device."
     )
     lines.append("")
-    rows = []
-    for d in speeds:
-        row = [d.device]
-        for a in arms:
-            median, n = d.arms.get(a, (None, 0))
-            cell = f"{median:,.0f} ({n})" if median is not None else "-"
-            if a in d.ratios:
-                cell += f" x{d.ratios[a]:.4f}"
-            row.append(cell)
-        row.append(f"x{d.factor:.4f}" if d.factor is not None else "-")
-        rows.append(row)
+    rows = [
+        [d.device, *(d.cell(a) for a in arms), f"x{d.factor:.4f}" if d.factor is not None else "-"]
+        for d in speeds
+    ]
     lines += _table(["device", *arms, "device factor"], rows)
     return lines
 

@@ -30,6 +30,15 @@ class DeviceSpeed:
     ratios: dict[str, float] = field(default_factory=dict)  # arm -> median / first arm's
     factor: float | None = None
 
+    def cell(self, arm: str) -> str:
+        """`arm`'s median tokens/s here with its run count, and its ratio to the first
+        arm's ("512,500 (2) x0.9900"); "-" without a run of it here."""
+        if arm not in self.arms:
+            return "-"
+        median, n = self.arms[arm]
+        ratio = f" x{self.ratios[arm]:.4f}" if arm in self.ratios else ""
+        return f"{median:,.0f} ({n}){ratio}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device,

@@ -129,16 +129,9 @@ def device_speed_lines(speeds: list, arms: list[str]) -> list[str]:
         f"x: to {arms[0]} on the same device; device: its runs' speed over their arms' medians):"
     ]
     for d in speeds:
-        cells = []
-        for a in arms:
-            if a not in d.arms:
-                cells.append(f"{a} -")
-                continue
-            median, n = d.arms[a]
-            ratio = f" x{d.ratios[a]:.4f}" if a in d.ratios else ""
-            cells.append(f"{a} {median:,.0f} ({n}){ratio}")
         factor = f"device x{d.factor:.4f}" if d.factor is not None else "device -"
-        lines.append(f"  {d.device}: " + ", ".join(cells) + f"; {factor}")
+        cells = ", ".join(f"{a} {d.cell(a)}" for a in arms)
+        lines.append(f"  {d.device}: {cells}; {factor}")
     return lines
 
 
