@@ -543,6 +543,29 @@ def test_live_view_draws_runs_devices_and_verdict():
     assert "verdict so far" not in out
 
 
+def test_a_run_named_once_its_id_is_known_is_started_once():
+    """A child's run id comes from the store after its start: the panel shows it, the
+    plain log keeps one `started` line a run (the finished line names the id)."""
+    import io
+
+    from racli.experiment.view import make_view
+
+    for live in (False, True):
+        stream = io.StringIO()
+        view = make_view(stream, live=live)
+        view.started("cuda:0", "baseline seed 1", 2140)
+        view.named("cuda:0", "baseline seed 1 (run 2)")
+        view.named("cuda:9", "nothing runs there")  # no slot: nothing to name
+        assert view.state.slots["cuda:0"].label == "baseline seed 1 (run 2)"
+        assert "cuda:9" not in view.state.slots
+        view.finished("cuda:0", "baseline seed 1 (run 2)", "finished", "val_loss 2.0905")
+        view.close()
+        out = stream.getvalue()
+        assert out.count("started") == 1, out
+        assert "[cuda:0] baseline seed 1: started (2140 steps)" in out
+        assert "[cuda:0] baseline seed 1 (run 2): finished val_loss 2.0905" in out
+
+
 def test_experiment_keys_of_ra_yaml_are_validated():
     from racli.config import ConfigError, apply_overrides, load_config, packaged_config_path
 

@@ -4,6 +4,7 @@ experiment; SIGINT then the same command again; child processes over two slots."
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sqlite3
@@ -313,8 +314,12 @@ def test_child_processes_rotate_over_two_slots(tmp_path, fixed_speed):
         db=str(db),
     )
     store = open_store(str(db))
-    outcome = run_experiment(settings, cfg, store, view=PlainView())
+    stream = io.StringIO()
+    outcome = run_experiment(settings, cfg, store, view=PlainView(stream))
     store.close()
+    said = stream.getvalue()
+    assert said.count(": started") == 4, said  # one line a run, named or not yet
+    assert said.count(": finished") == 4, said
     rows = q(db, "SELECT attn, seed, status, iterations, config FROM runs WHERE kind='train'")
     assert sorted((a, s, st) for a, s, st, *_ in rows) == [
         ("baseline", 1, "finished"),

@@ -299,7 +299,7 @@ def _poll_steps(ctx: Context, running: dict[int, _Child]) -> None:
             if run is None or run.status != "running":
                 continue
             child.run_id = run.id
-            ctx.view.started(ctx.devices[d], ctx.label(child.job, run.id), child.total)
+            ctx.view.named(ctx.devices[d], ctx.label(child.job, run.id))
         step = last_step(ctx.store, child.run_id)
         if step is not None:
             ctx.view.step(ctx.devices[d], int(step))

@@ -65,6 +65,14 @@ class PlainView:
             else f"[{device}] {label}: started"
         )
 
+    def named(self, device: str, label: str) -> None:
+        """The run on `device` has a label now (its run id, once the store has it): the
+        panel shows it; no line of its own (the start was said, the end names it)."""
+        slot = self.state.slots.get(device)
+        if slot is not None:
+            slot.label = label
+        self.refresh()
+
     def step(self, device: str, step: int) -> None:
         slot = self.state.slots.get(device)
         if slot is not None:
