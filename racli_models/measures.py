@@ -43,10 +43,11 @@ INTERLEAVED = True
 #: with the ablation, the measures come from their own forward, as at every other
 #: evaluation (`forward_dtype`, replayed from the CUDA graph), and the ablation from one
 #: float32 pass of the model's stream and the ablated ones as one batch, without
-#: statistics (`_ablation_alone`). False (the default until it is timed on a GPU with
-#: tools/reciprocity_cost.py --ablation-alone): both from one float32 forward, the
-#: measures of step 0 and the end then at float32 precision.
-ABLATION_ALONE = False
+#: statistics (`_ablation_alone`): on an H200 9.6% of an evaluation against 13.3% in the
+#: same process (docs/results.md). False: both from one float32 forward, the measures
+#: of step 0 and the end then at float32 precision (tools/reciprocity_cost.py
+#: --shared-ablation times it beside the default).
+ABLATION_ALONE = True
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:

@@ -300,6 +300,7 @@ def measures_by_flag(model, batches, flag: str, monkeypatch) -> dict:
 def test_ablated_passes_interleaved_or_after_the_forward_agree(attn, monkeypatch):
     """`measures.INTERLEAVED` changes only when the ablated passes are issued: the same
     values, bit for bit, with some targets ignored (-1) and a batch without any."""
+    monkeypatch.setattr(measures, "ABLATION_ALONE", False)  # the shared forward's order
     got = measures_by_flag(*ablation_case(attn, seed=1), "INTERLEAVED", monkeypatch)
     for layer in range(3):
         assert got[True][layer]["rec_ablation"][0] != 0.0
@@ -334,6 +335,7 @@ def test_the_ablation_alone_keeps_the_measures_forward_dtype(monkeypatch):
     batches = token_batches(n=1, B=2, T=64, seed=4)
     kw = dict(queries=16, forward_dtype=torch.bfloat16)
     with torch.no_grad():
+        monkeypatch.setattr(measures, "ABLATION_ALONE", False)
         with pytest.raises(ValueError, match="ablation"):
             model_measures(model, batches, **kw)
         monkeypatch.setattr(measures, "ABLATION_ALONE", True)
@@ -453,7 +455,9 @@ def test_cheaper_estimate_reads_exactly_zero_without_reciprocal_term():
                 assert (values[layer]["rec_effect"] == 0).all()
 
 
-def test_ablation_needs_a_float32_forward():
+def test_the_shared_ablation_needs_a_float32_forward(monkeypatch):
+    """Without `ABLATION_ALONE` the measures and the ablation share one forward: float32."""
+    monkeypatch.setattr(measures, "ABLATION_ALONE", False)
     with pytest.raises(ValueError, match="ablation"):
         model_measures(tiny_gpt(), token_batches(n=1), forward_dtype=torch.bfloat16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -783,9 +787,15 @@ def test_training_losses_identical_with_and_without_measures(tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_measures_match_cpu_and_leave_the_model_alone():
+@pytest.mark.parametrize("alone", [False, True])
+def test_cuda_measures_match_cpu_and_leave_the_model_alone(alone, monkeypatch):
     """On CUDA the composed weight comes from the fused kernel: the measures agree with a
-    float64 CPU computation, and record_measures changes nothing under bf16 training flags."""
+    float64 CPU computation, and record_measures changes nothing under bf16 training flags.
+    Step 0 (an end, with the ablation): with one float32 forward for both (`ABLATION_ALONE`
+    off) every measure within 2e-3 of float64; with the ablation's own pass (the default)
+    rec_ablation so, rec_share and rec_effect those of the bf16 forward of any evaluation
+    (a step between gives them bit for bit)."""
+    monkeypatch.setattr(measures, "ABLATION_ALONE", alone)
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=64, block_size=32, attn="ra_v5")
@@ -799,12 +809,19 @@ def test_cuda_measures_match_cpu_and_leave_the_model_alone():
     state = {k: v.clone() for k, v in gpu.state_dict().items()}
     rec = FakeRecorder()
     cuda_batches = [(x.cuda(), y.cuda()) for x, y in batches]
+    settings = {"measure_batches": 2, "measure_rows": 0}
     with torch.autocast("cuda", dtype=torch.bfloat16):  # the trainer's context
-        record_measures(gpu, cuda_batches, rec, 0, {"measure_batches": 2, "measure_rows": 0})
-    got = rec.gate_rows[0][1]
+        record_measures(gpu, cuda_batches, rec, 0, settings)
+        record_measures(gpu, cuda_batches, rec, 100, settings)  # a step between
+    got, between = rec.gate_rows[0][1], rec.gate_rows[1][1]
     for layer in range(2):
         for name in ("rec_share", "rec_effect", "rec_ablation"):
-            assert got[layer][name] == pytest.approx(want[layer][name].tolist(), rel=2e-3, abs=1e-6)
+            if alone and name != "rec_ablation":
+                assert got[layer][name] == between[layer][name]
+            else:
+                assert got[layer][name] == pytest.approx(
+                    want[layer][name].tolist(), rel=2e-3, abs=1e-6
+                )
     assert gpu.training and all(torch.equal(v, state[k]) for k, v in gpu.state_dict().items())
 
 

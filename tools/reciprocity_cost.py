@@ -7,7 +7,7 @@
     python tools/reciprocity_cost.py --checkpoint RUN.pt --data builtin --accuracy
     python tools/reciprocity_cost.py --device cuda --plain-float32 --ablation-accuracy --profile
     python tools/reciprocity_cost.py --device cuda --split-ops --precision float32
-    python tools/reciprocity_cost.py --device cuda --stats-ops --separate-ablation
+    python tools/reciprocity_cost.py --device cuda --stats-ops --shared-ablation --separate-ablation
 
 An evaluation is what the trainer does every `eval_interval` steps: the model
 (compiled with --compile, the default on CUDA) in eval mode, bf16 autocast on
@@ -26,10 +26,12 @@ products in plain float32 (`measures.TENSOR_CORES` off), in the same rounds;
 `--split-ops` with the split operands from torch ops instead of the one-launch
 kernel (`split32.KERNEL` off); `--stats-ops` with the folded-RA statistics from
 about twenty torch passes instead of one Triton kernel per layer
-(`measures.STATS_KERNEL` off); `--separate-ablation` with the ablated passes run
-after the measured forward instead of beside it (`measures.INTERLEAVED` off);
-`--ablation-alone` with the measures from their usual forward and the ablation
-from a float32 pass of its own (`measures.ABLATION_ALONE` on).
+(`measures.STATS_KERNEL` off); `--shared-ablation` with the measures and the
+ablation from one float32 forward, the way step 0 and the end were measured
+before (`measures.ABLATION_ALONE` off; by default the measures come from their
+usual bf16 forward and the ablation from a float32 pass of its own);
+`--separate-ablation` that shared forward with the ablated passes run after it
+instead of beside it (`measures.INTERLEAVED` off as well).
 `--ablation-accuracy` compares the first setting's rec_ablation with float64
 (the model in float64 on the same device), for the split TF32 products, plain
 float32 and plain TF32. `--profile` prints the kernels of one call of the
@@ -259,16 +261,16 @@ def main(argv=None) -> int:
         "of one Triton kernel per layer (measures.STATS_KERNEL off)",
     )
     p.add_argument(
-        "--ablation-alone",
+        "--shared-ablation",
         action="store_true",
-        help="also time the ablation from a float32 pass of its own, the measures from "
-        "their usual forward (measures.ABLATION_ALONE on)",
+        help="also time the measures and the ablation from one float32 forward "
+        "(measures.ABLATION_ALONE off; the default: the ablation from a pass of its own)",
     )
     p.add_argument(
         "--separate-ablation",
         action="store_true",
-        help="also time the ablation with its passes run after the measured forward "
-        "instead of beside it (measures.INTERLEAVED off)",
+        help="also time the shared float32 forward with the ablated passes run after it "
+        "instead of beside it (measures.ABLATION_ALONE and measures.INTERLEAVED off)",
     )
     p.add_argument(
         "--ablation-accuracy",
@@ -340,22 +342,28 @@ def main(argv=None) -> int:
     from racli_models import measures, split32
 
     # variants timed beside each setting in the same rounds:
-    # tag -> (asked, module, flag, value, with the ablation only)
+    # tag -> (asked, {(module, flag): value}, with the ablation only)
     variants = {
-        "plain": (args.plain_float32, measures, "TENSOR_CORES", False, False),
-        "ops": (args.split_ops, split32, "KERNEL", False, False),
-        "stats": (args.stats_ops, measures, "STATS_KERNEL", False, False),
-        "separate": (args.separate_ablation, measures, "INTERLEAVED", False, True),
-        "alone": (args.ablation_alone, measures, "ABLATION_ALONE", True, True),
+        "plain": (args.plain_float32, {(measures, "TENSOR_CORES"): False}, False),
+        "ops": (args.split_ops, {(split32, "KERNEL"): False}, False),
+        "stats": (args.stats_ops, {(measures, "STATS_KERNEL"): False}, False),
+        "shared": (args.shared_ablation, {(measures, "ABLATION_ALONE"): False}, True),
+        "separate": (
+            args.separate_ablation,
+            {(measures, "ABLATION_ALONE"): False, (measures, "INTERLEAVED"): False},
+            True,
+        ),
     }
 
-    def flagged(module, name, value, job):
-        before = getattr(module, name)
-        setattr(module, name, value)
+    def flagged(flags, job):
+        before = {key: getattr(*key) for key in flags}
+        for (module, name), value in flags.items():
+            setattr(module, name, value)
         try:
             return job()
         finally:
-            setattr(module, name, before)
+            for (module, name), value in before.items():
+                setattr(module, name, value)
 
     jobs = {"eval": evaluate}
     picked = [measured_batches(batches, s) for s in settings]
@@ -363,10 +371,10 @@ def main(argv=None) -> int:
         for ablation in (False, True) if args.ablation else (False,):
             kw = dict(ablation=ablation, queries=s.queries, precision=s.precision)
             jobs[(k, ablation)] = functools.partial(measure, model, picked[k], **kw)
-            for tag, (asked, module, name, value, ablation_only) in variants.items():
+            for tag, (asked, flags, ablation_only) in variants.items():
                 if asked and (ablation or not ablation_only):
                     jobs[(k, ablation, tag)] = functools.partial(
-                        flagged, module, name, value, jobs[(k, ablation)]
+                        flagged, flags, jobs[(k, ablation)]
                     )
     first: dict = {key: [] for key in jobs}
     for key, job in jobs.items():
@@ -418,8 +426,8 @@ def main(argv=None) -> int:
             for tag, field in (
                 ("ops", "split_ops"),
                 ("stats", "stats_ops"),
+                ("shared", "shared"),
                 ("separate", "separate"),
-                ("alone", "alone"),
             ):
                 if (k, ablation, tag) in times:
                     ms, p10, p90 = spread(times[(k, ablation, tag)])
@@ -493,16 +501,18 @@ def main(argv=None) -> int:
                     else ""
                 )
             )
-        if args.ablation_alone and args.ablation:
+        if args.shared_ablation and args.ablation:
             print(
-                "    the ablation from a pass of its own (measures.ABLATION_ALONE on): with the "
-                "ablation {with_ablation_alone_ms:.1f} ms ({with_ablation_alone_p10_ms:.1f}-"
-                "{with_ablation_alone_p90_ms:.1f}) against {with_ablation_ms:.1f} ms "
+                "    the measures and the ablation from one float32 forward "
+                "(measures.ABLATION_ALONE off): with the ablation {with_ablation_shared_ms:.1f} "
+                "ms ({with_ablation_shared_p10_ms:.1f}-{with_ablation_shared_p90_ms:.1f}) "
+                "against {with_ablation_ms:.1f} ms "
                 "({with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f})".format(**entry)
             )
         if args.separate_ablation and args.ablation:
             print(
-                "    ablated passes after the forward (measures.INTERLEAVED off): with the "
+                "    one float32 forward, the ablated passes after it (measures.ABLATION_ALONE "
+                "and INTERLEAVED off): with the "
                 "ablation {with_ablation_separate_ms:.1f} ms ({with_ablation_separate_p10_ms:.1f}-"
                 "{with_ablation_separate_p90_ms:.1f}) against {with_ablation_ms:.1f} ms "
                 "({with_ablation_p10_ms:.1f}-{with_ablation_p90_ms:.1f})".format(**entry)
