@@ -543,6 +543,27 @@ def test_live_view_draws_runs_devices_and_verdict():
     assert "verdict so far" not in out
 
 
+def test_an_interim_line_without_an_interval_says_so():
+    """The interim line names the method of its interval, or says there is none yet
+    (one run a side), rather than printing the estimate's internal name."""
+    import types
+
+    from racli.experiment.judge import ArmVerdict
+
+    side = types.SimpleNamespace(n=1, diverged=0, failed=0)
+    v = types.SimpleNamespace(
+        outcome="INCONCLUSIVE", improvement=0.0078, interval=None, confidence=0.95,
+        method="none", candidate=side, baseline=side,
+    )  # fmt: skip
+    line = ArmVerdict("ra_v5", "baseline", types.SimpleNamespace(verdict=v)).short()
+    assert (
+        line == "ra_v5 vs baseline: INCONCLUSIVE (improvement +0.78%, no interval yet, 1 vs 1 runs)"
+    )
+    v.interval, v.method, side.n = (-0.0163, 0.0161), "paired", 4
+    line = ArmVerdict("ra_v5", "baseline", types.SimpleNamespace(verdict=v)).short()
+    assert "95.0% interval [-1.63%, +1.61%], paired, 4 vs 4 runs)" in line
+
+
 def test_a_run_named_once_its_id_is_known_is_started_once():
     """A child's run id comes from the store after its start: the panel shows it, the
     plain log keeps one `started` line a run (the finished line names the id)."""

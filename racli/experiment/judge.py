@@ -120,7 +120,8 @@ class ArmVerdict:
         if v.interval is not None:
             lo, hi = v.interval
             text += f", {v.confidence:.1%} interval [{lo * 100:+.2f}%, {hi * 100:+.2f}%]"
-        text += f", {v.method}, {v.candidate.n} vs {v.baseline.n} runs"
+        how = v.method if v.interval is not None else "no interval yet"  # method "none"
+        text += f", {how}, {v.candidate.n} vs {v.baseline.n} runs"
         gone = [
             f"{name} {s.diverged + s.failed}"
             for name, s in ((self.candidate, v.candidate), (self.baseline, v.baseline))
