@@ -2,16 +2,20 @@
 # The matched-time experiments of docs/results.md: baseline vs ra_v5 (part "ab") and the A/A
 # check baseline vs baseline (part "aa"), GPT-2 124M on a prepared corpus (tools/gpu_data_run.sh,
 # made in $WORK/pycorpus when absent). Reports, curves, the store and the logs land in $OUT
-# (ab.md, ab-*.png, aa.md, aa-*.png, ra.db, logs.tgz: 8 files, the most a device call returns).
+# (ab.md, ab-*.png, aa.md, aa-*.png, ra.db, logs.tgz: 8 files, the most a device call returns;
+# while a part runs its output goes to $OUT/console.log too, so that a call stopped at its
+# limit still returns it).
 #
 # Usage (from the project root on the GPU machine):
 #   bash tools/gpu_experiment.sh ab     # DEVICES=0,1 SEEDS=1-4 MINUTES=2: ~11 minutes on 2 GPUs
 #   bash tools/gpu_experiment.sh aa
 #   bash tools/gpu_experiment.sh        # both
 # env: DEVICES (default 0,1; 0 on one GPU), SEEDS (default 1-4), MINUTES (default 2),
-#      STOP_AFTER=S (send the experiment SIGTERM after S seconds: it stops gracefully, the
-#      running run checkpointed, so a part longer than one 10-minute call spreads over
-#      several), RA_DATA=DIR (a corpus of your own instead of $WORK/pycorpus).
+#      STOP_AFTER=S (send the experiment SIGTERM S seconds after this script started,
+#      building the corpus included: it stops gracefully, the running run checkpointed, so
+#      a part longer than one 10-minute call spreads over several; leave a minute of the
+#      call for that stop and the copy of the store: STOP_AFTER=520 in a 600 s call),
+#      RA_DATA=DIR (a corpus of your own instead of $WORK/pycorpus).
 # Each part is resumable: the same call again (machine still warm) skips finished runs and
 # resumes interrupted ones; the store lives in $RA_EXPERIMENT_WORK (default ./.gpu_experiment,
 # ignored by git).
@@ -21,6 +25,7 @@ OUT=${OUT:-/tmp/ra_out}
 WORK=${RA_EXPERIMENT_WORK:-$PWD/.gpu_experiment}
 DATA=${RA_DATA:-$WORK/pycorpus}
 mkdir -p "$OUT" "$WORK"
+START=$(date +%s)  # STOP_AFTER counts from here
 export RA_DB="$WORK/ra.db" PYTHONUNBUFFERED=1
 if [ ! -f "$DATA/meta.json" ]; then
   GLOBS=${GLOBS:-'**/*.py **/*.pyi **/*.h **/*.hpp **/*.cuh **/*.rst **/*.md **/*.c **/*.cc **/*.cpp **/*.cu **/*.txt'} \
@@ -36,7 +41,6 @@ SETTINGS=(--seeds "${SEEDS:-1-4}" --minutes "${MINUTES:-2}" --model gpt2 --data 
 } > "$WORK/gpus.txt" 2>&1
 cat "$WORK/gpus.txt"
 
-START=$(date +%s)
 part() {  # name, attn list
   local left=""
   if [ -n "${STOP_AFTER:-}" ]; then
@@ -44,11 +48,11 @@ part() {  # name, attn list
     if [ "$left" -le 30 ]; then echo "$1: no time left in this call"; return 1; fi
   fi
   if [ -n "$left" ]; then
-    timeout -s TERM -k 120 "$left" python3 -m racli experiment --attn "$2" "${SETTINGS[@]}" \
-      --report "$OUT/$1.md" 2>&1 | tee -a "$WORK/$1.log"
+    timeout -s TERM -k 45 "$left" python3 -m racli experiment --attn "$2" "${SETTINGS[@]}" \
+      --report "$OUT/$1.md" 2>&1 | tee -a "$WORK/$1.log" "$OUT/console.log"
   else
     python3 -m racli experiment --attn "$2" "${SETTINGS[@]}" --report "$OUT/$1.md" \
-      2>&1 | tee -a "$WORK/$1.log"
+      2>&1 | tee -a "$WORK/$1.log" "$OUT/console.log"
   fi
 }
 rc=0
@@ -59,9 +63,13 @@ python3 - "$RA_DB" "$OUT/ra.db" <<'PY'
 import sqlite3, sys
 src, dst = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])
 src.backup(dst)
+dst.execute("PRAGMA journal_mode=DELETE")  # one file: no -wal / -shm beside it in $OUT
 dst.close(); src.close()
 PY
 tar czf "$OUT/logs.tgz" -C "$WORK" --ignore-failed-read gpus.txt prepare.log corpus-meta.json \
   ab.log aa.log ra_experiment_logs 2>/dev/null
-python3 -m racli runs --db "$OUT/ra.db" --limit 20
+python3 -m racli runs --db "$RA_DB" --limit 20
+# $OUT/console.log is for a call stopped at its limit (what came back then); the same
+# lines are in logs.tgz, and a device call returns at most 8 files
+rm -f "$OUT/console.log"
 exit $rc
