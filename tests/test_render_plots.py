@@ -230,6 +230,20 @@ def test_plot_loss_curves(tmp_path):
     assert out.read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_plot_loss_curves_zooms_on_the_second_half(tmp_path):
+    """Two panels: the whole run and its second half with the final values marked; a run
+    that stopped in the first half shows its last point there, a lone step-0 point too."""
+    from PIL import Image
+
+    curves = {
+        "baseline": [(1, [(s, 5.0 - s / 1000) for s in range(0, 2001, 100)])],
+        "ra_v5": [(2, [(0, 5.0), (300, 4.6)]), (3, [(0, 5.1)])],
+    }
+    out = plot_loss_curves(curves, tmp_path / "loss.png", "Validation loss")
+    assert Image.open(out).size == (1300, 550)  # 13 x 5.5 inches at 100 dpi: two panels
+    assert plot_loss_curves({"a": [(1, [(0, 2.0)])]}, tmp_path / "one.png").is_file()
+
+
 def test_plot_gates(tmp_path):
     rows = gate_rows()
     rep = analyse_gates(rows)

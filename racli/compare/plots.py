@@ -1,4 +1,6 @@
-"""`ra compare --plot`: loss curves, one colour per variant and one line per run."""
+"""`ra compare --plot`: loss curves, one colour per variant and one line per run; the
+whole run on the left, its second half on the right (where the verdict's final values
+and the budget check's slopes come from), each run's final value marked."""
 
 from __future__ import annotations
 
@@ -8,6 +10,10 @@ from pathlib import Path
 from racli.text.plots import Curve, check_path, colours, figure, save
 
 
+def _finite(points: Curve) -> list[tuple[float, float]]:
+    return sorted((s, v) for s, v in points if v is not None and math.isfinite(v))
+
+
 def plot_loss_curves(
     curves: dict[str, list[tuple[int, Curve]]],
     path: str | Path,
@@ -15,38 +21,33 @@ def plot_loss_curves(
     *,
     ylabel: str = "val_loss",
 ) -> Path:
-    """Draw ``variant -> [(run_id, [(step, value)])]`` to a PNG at ``path``."""
+    """Draw ``variant -> [(run_id, [(step, value)])]`` to an image at ``path``."""
     p = check_path(path)
-    if not any(points for runs in curves.values() for _, points in runs):
+    drawn = {v: [(i, _finite(pts)) for i, pts in runs] for v, runs in curves.items()}
+    if not any(pts for runs in drawn.values() for _, pts in runs):
         raise ValueError("no loss curves to plot")
-    fig = figure(9, 5.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for colour, (variant, runs) in zip(colours(len(curves)), curves.items(), strict=True):
-        labelled = False
-        for _run_id, points in runs:
-            pts = sorted((s, v) for s, v in points if v is not None and math.isfinite(v))
-            if not pts:
-                continue
+    half = max(s for runs in drawn.values() for _, pts in runs for s, _ in pts) / 2
+    fig = figure(13, 5.5)
+    whole, end = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for colour, (variant, runs) in zip(colours(len(drawn)), drawn.items(), strict=True):
+        label = f"{variant} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
+        for k, (_run_id, pts) in enumerate(p for p in runs if p[1]):
+            style = dict(color=colour, alpha=0.8, linewidth=1.4, markersize=3)
             xs, ys = zip(*pts, strict=True)
-            label = (
-                None if labelled else f"{variant} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
+            whole.plot(
+                xs, ys, label=None if k else label, marker="o" if len(pts) < 3 else None, **style
             )
-            ax.plot(
-                xs,
-                ys,
-                color=colour,
-                alpha=0.8,
-                linewidth=1.4,
-                label=label,
-                marker="o" if len(pts) < 3 else None,
-                markersize=3,
-            )
-            labelled = True
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
+            late = [(s, v) for s, v in pts if s >= half] or pts[-1:]
+            xs, ys = zip(*late, strict=True)
+            end.plot(xs, ys, marker="o" if len(late) < 3 else None, **style)
+            end.plot(xs[-1:], ys[-1:], marker="o", color=colour, markersize=5)  # final value
+    whole.set_title(title)
+    end.set_title(f"second half (steps >= {half:,.0f}), final values marked")
+    for ax in (whole, end):
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    whole.legend(loc="best")
     fig.tight_layout()
     save(fig, p)
     return p
