@@ -31,8 +31,8 @@ def plot_loss_curves(
     whole, end = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for colour, (variant, runs) in zip(colours(len(drawn)), drawn.items(), strict=True):
         label = f"{variant} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
-        for k, (_run_id, pts) in enumerate(p for p in runs if p[1]):
-            style = dict(color=colour, alpha=0.8, linewidth=1.4, markersize=3)
+        style = dict(color=colour, alpha=0.8, linewidth=1.4, markersize=3)
+        for k, pts in enumerate(pts for _run_id, pts in runs if pts):
             xs, ys = zip(*pts, strict=True)
             whole.plot(
                 xs, ys, label=None if k else label, marker="o" if len(pts) < 3 else None, **style

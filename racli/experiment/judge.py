@@ -27,9 +27,13 @@ from racli.store.experiment_queries import experiment_runs
 from racli.store.unfinished import NO_RESULT
 
 
+def experiment_entry(run) -> dict:
+    """What `ra experiment` recorded in a run's config (arm, device, host; {} if none)."""
+    return (run.config or {}).get(EXPERIMENT_KEY) or {}
+
+
 def arm_of(run) -> str | None:
-    exp = (run.config or {}).get(EXPERIMENT_KEY) or {}
-    return exp.get("arm")
+    return experiment_entry(run).get("arm")
 
 
 def steps_of(run) -> int | None:
@@ -84,7 +88,7 @@ def device_speeds(runs: list, arms: list[Arm]) -> list:
     from racli.experiment.speeds import RunSpeed, by_device, device_label
 
     finished = [r for r in runs if r.status == "finished" and r.tokens_per_s]
-    where = [((r.config or {}).get(EXPERIMENT_KEY) or {}) for r in finished]
+    where = [experiment_entry(r) for r in finished]
     several = len({w.get("host") for w in where}) > 1
     speeds = [
         RunSpeed(

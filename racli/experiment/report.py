@@ -21,7 +21,6 @@ from racli.compare.grouping import metric_curves
 from racli.compare.text import measured_speed
 from racli.errors import BadInput
 from racli.experiment import judge, text
-from racli.experiment.plan import EXPERIMENT_KEY
 from racli.gates.analysis import analyse_gates
 from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
@@ -127,7 +126,7 @@ def _run_lines(store, runs) -> list[str]:
                 str(r.id),
                 judge.arm_of(r) or "-",
                 r.attn or "-",
-                ((r.config or {}).get(EXPERIMENT_KEY) or {}).get("device") or "-",
+                judge.experiment_entry(r).get("device") or "-",
                 str(r.seed),
                 r.status,
                 str(r.iterations or "-"),
