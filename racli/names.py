@@ -91,6 +91,22 @@ def check_attention(name: str) -> None:
         raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(ATTENTION_NAMES))})")
 
 
+def split_arm(name: str) -> tuple[str, int | None]:
+    """``baseline#2`` -> ("baseline", 2), an arm of an experiment that repeats a variant
+    (`ra experiment --attn baseline,baseline`); ``ra_v5`` -> ("ra_v5", None). BadInput
+    for an unknown variant or a number that is not a positive integer."""
+    variant, sep, number = name.partition("#")
+    check_attention(variant)
+    if not sep:
+        return variant, None
+    if not number.isdigit() or int(number) < 1:
+        raise BadInput(
+            f"bad arm '{name}': an arm of a repeated variant is NAME#N with N >= 1, "
+            f"e.g. {variant}#2"
+        )
+    return variant, int(number)
+
+
 # ---------------------------------------------------------------------------- SDPA backends
 
 

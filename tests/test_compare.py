@@ -759,6 +759,62 @@ def test_diverged_or_failed_runs_count_and_unbalanced_is_invalid(db, store):
     assert v["outcome"] == "WIN" and v["candidate"]["diverged"] == 0
 
 
+def _arm_cfg(arm: str) -> dict:
+    return {**CFG_STEPS, "experiment": {"key": "k", "arm": arm, "device": "0"}}
+
+
+def test_compare_judges_the_arms_of_an_aa_experiment(db, store):
+    """`--candidate baseline#2 --baseline baseline#1`: an A/A experiment's arms from the
+    store alone, unpaired (separate seed streams), mirrored when swapped; a plain variant
+    on the other side means the runs of no repeated arm."""
+    arm1 = [add_run(store, "baseline", s, 3.0 + 0.01 * s, cfg=_arm_cfg("baseline#1"))
+            for s in range(3)]  # fmt: skip
+    arm2 = [add_run(store, "baseline", 1_000_000 + s, 3.02 + 0.01 * s, cfg=_arm_cfg("baseline#2"))
+            for s in range(3)]  # fmt: skip
+    gone = add_run(store, "baseline", 1_000_003, 9.9, cfg=_arm_cfg("baseline#2"), status="failed")
+    plain = add_history(store, n=3, noise=0.001, seed=3, cfg=CFG_STEPS)  # no arm: not A/A's
+    data = compare_json(db, "--candidate", "baseline#2", "--baseline", "baseline#1")
+    v = data["verdict"]
+    assert sorted(v["candidate"]["run_ids"]) == arm2 and sorted(v["baseline"]["run_ids"]) == arm1
+    assert v["design"] == "independent" and "A/A" in v["method_why"]
+    assert (v["candidate"]["failed"], v["baseline"]["failed"]) == (1, 0)  # the arm's own
+    assert v["improvement"] == pytest.approx(-math.log(3.03 / 3.01))
+    w = compare_json(db, "--candidate", "baseline#1", "--baseline", "baseline#2")["verdict"]
+    assert w["improvement"] == pytest.approx(-v["improvement"])
+    lo, hi = v["interval"]
+    assert w["interval"] == pytest.approx([-hi, -lo])
+    out = ra("compare", "--db", db, "--candidate", "baseline#2", "--baseline", "baseline#1")
+    assert out.exit_code == 0 and "baseline#2 vs baseline#1" in out.stdout
+    # a plain variant beside an arm: its runs outside every repeated arm
+    u = compare_json(db, "--candidate", "baseline", "--baseline", "baseline#1")["verdict"]
+    assert sorted(u["candidate"]["run_ids"]) == plain["baseline"] and gone not in plain["baseline"]
+    u = compare_json(db, "--candidate", "ra_v5", "--baseline", "baseline#2")["verdict"]
+    assert sorted(u["candidate"]["run_ids"]) == plain["ra_v5"]
+    assert sorted(u["baseline"]["run_ids"]) == arm2
+    # without an arm named, the A/A runs stay baseline runs, as before
+    v = compare_json(db)["verdict"]
+    assert v["baseline"]["n"] == 9 and v["candidate"]["n"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--candidate", "baseline#0"], "bad arm 'baseline#0'"),
+        (["--candidate", "baseline#two"], "bad arm 'baseline#two'"),
+        (["--candidate", "nope#2"], "unknown attention 'nope'"),
+        (["--candidate", "baseline#2", "--baseline", "baseline#2"], "both 'baseline#2'"),
+        (["--candidate", "baseline#2", "--metric", "ms"], "not bench timings"),
+        (["--candidate", "baseline#3", "--baseline", "baseline#1"],
+         "an arm of `ra experiment --attn baseline,baseline`"),
+    ],
+)  # fmt: skip
+def test_bad_arms_get_one_line(db, store, args, message):
+    add_run(store, "baseline", 1, 3.0, cfg=_arm_cfg("baseline#1"))
+    res = ra("compare", "--db", db, *args)
+    assert res.exit_code == 2
+    assert message in one_line_error(res)
+
+
 def test_no_impossible_command_is_suggested():
     rows = [_record(i, "baseline#1", i, 3.0) for i in range(2)]
     with pytest.raises(BadInput) as exc:

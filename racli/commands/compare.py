@@ -41,7 +41,7 @@ def compare(
         str,
         typer.Option(
             "--candidate",
-            help="Attention variant judged.",
+            help="Attention variant judged, or an arm of an A/A experiment (baseline#2).",
             autocompletion=completers.complete_attention,
         ),
     ] = "ra_v5",
@@ -49,7 +49,7 @@ def compare(
         str,
         typer.Option(
             "--baseline",
-            help="Attention variant compared against.",
+            help="Attention variant compared against (or an arm: baseline#1).",
             autocompletion=completers.complete_attention,
         ),
     ] = "baseline",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -43,7 +43,7 @@ from racli.compare.design import UnfinishedRow, config_differences
 from racli.compare.verdict import Noise, Sample, Verdict, compare_runs, pooled_noise
 from racli.environment import device_label, env_class
 from racli.errors import BadInput
-from racli.names import check_attention
+from racli.names import split_arm
 from racli.store.filters import filters_dict, filters_text
 
 #: --metric choices: the run-row column compared (None: bench timings) and
@@ -68,10 +68,15 @@ def check_metric(metric: str) -> None:
 
 
 def check_pair(metric: str, candidate: str, baseline: str) -> None:
-    """BadInput for an unknown metric or attention, or the same attention on both sides."""
+    """BadInput for an unknown metric or attention (or arm, ``baseline#2``), an arm with
+    bench timings, or the same name on both sides."""
     check_metric(metric)
-    check_attention(candidate)
-    check_attention(baseline)
+    for name in (candidate, baseline):
+        if split_arm(name)[1] is not None and metric == "ms":
+            raise BadInput(
+                f"'{name}' is an arm of `ra experiment`: arms have train runs, not bench "
+                "timings (--metric ms)"
+            )
     if candidate == baseline:
         raise BadInput(f"--candidate and --baseline are both '{candidate}': nothing to compare")
 
@@ -268,7 +273,11 @@ def _no_runs(attn: str, tag, since, metric: str | None = None) -> BadInput:
     from racli.names import ATTENTION_NAMES
 
     what = f" with a recorded {metric}" if metric else ""
-    hint = f" (use `ra train --attn {attn}`)" if attn in ATTENTION_NAMES else ""
+    variant, arm = split_arm(attn)
+    if arm is not None:
+        hint = f" (an arm of `ra experiment --attn {variant},{variant}`)"
+    else:
+        hint = f" (use `ra train --attn {attn}`)" if attn in ATTENTION_NAMES else ""
     return BadInput(f"no finished train runs of '{attn}'{what}{filters_text(tag, since)}{hint}")
 
 
@@ -400,6 +409,43 @@ def load_train_runs(
     ]
 
 
+def _arm_label(config: dict | None) -> str | None:
+    """The arm a run was recorded under when it is one of a repeated variant (``baseline#2``)."""
+    entry = (config or {}).get(run_design.EXPERIMENT_KEY)
+    arm = entry.get("arm") if isinstance(entry, dict) else None
+    if not isinstance(arm, str) or "#" not in arm:
+        return None
+    try:
+        return arm if split_arm(arm)[1] is not None else None
+    except BadInput:  # not an arm's label
+        return None
+
+
+def load_arm_rows(
+    store,
+    *,
+    candidate: str,
+    baseline: str,
+    tag: str | None = None,
+    since: datetime | None = None,
+) -> tuple[list[RunRow], list[UnfinishedRow]]:
+    """Finished and unfinished train runs of the sides' variants for a comparison that
+    names an arm (``baseline#2``): every run `ra experiment` recorded under an arm of a
+    repeated variant takes that arm as its name, every other run keeps its variant's, so
+    ``baseline#2`` is that arm's runs and ``baseline`` the runs of no such arm."""
+    from racli.store import queries
+
+    variants = sorted({split_arm(candidate)[0], split_arm(baseline)[0]})
+    rows = load_train_runs(store, attns=variants, tag=tag, since=since)
+    gone = load_unfinished(store, attns=variants, tag=tag, since=since)
+    configs = queries.run_configs(store, [r.id for r in rows] + [u.id for u in gone])
+    arms = {i: _arm_label(c) for i, c in configs.items()}
+    return (
+        [replace(r, attn=arms.get(r.id) or r.attn) for r in rows],
+        [replace(u, attn=arms.get(u.id) or u.attn) for u in gone],
+    )
+
+
 def load_comparison(
     store,
     *,
@@ -423,7 +469,11 @@ def load_comparison(
     check_metric(metric)
     if metric == "ms":
         raise ValueError("bench timings: use load_bench_comparison")
-    if rows is None:
+    if rows is None and (split_arm(candidate)[1] or split_arm(baseline)[1]):
+        rows, unfinished = load_arm_rows(
+            store, candidate=candidate, baseline=baseline, tag=tag, since=since
+        )
+    elif rows is None:
         rows = load_train_runs(store, attns=(candidate, baseline), tag=tag, since=since)
         unfinished = load_unfinished(store, attns=(candidate, baseline), tag=tag, since=since)
     group, others, left_out = select_group(

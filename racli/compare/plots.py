@@ -41,8 +41,9 @@ def plot_loss_curves(
             xs, ys = zip(*late, strict=True)
             end.plot(xs, ys, marker="o" if len(late) < 3 else None, **style)
             end.plot(xs[-1:], ys[-1:], marker="o", color=colour, markersize=5)  # final value
-    whole.set_title(title)
-    end.set_title(f"second half (steps >= {half:,.0f}), final values marked")
+    fig.suptitle(title, fontsize="medium")  # the whole width: a long title spans both panels
+    whole.set_title("whole run", fontsize="medium")
+    end.set_title(f"second half (steps >= {half:,.0f}), final values marked", fontsize="medium")
     for ax in (whole, end):
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
