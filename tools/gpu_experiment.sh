@@ -19,7 +19,29 @@
 # Each part is resumable: the same call again (machine still warm) skips finished runs and
 # resumes interrupted ones; the store lives in $RA_EXPERIMENT_WORK (default ./.gpu_experiment,
 # ignored by git).
+# On a fresh machine, an experiment of an earlier session goes on from its returned store:
+#   AT_COMMIT=C STORE_FROM=F bash tools/gpu_experiment.sh aa
+# runs the script and ra of commit C (the experiment's key holds ra's commit) from a git
+# worktree in /tmp/ra-at-C, starting from a copy of the store F (copied once; the same call
+# again goes on from the worktree's store). Runs that were interrupted there start again
+# from step 0 (their checkpoints stayed on the other machine).
 set -uo pipefail
+if [ -n "${AT_COMMIT:-}" ]; then
+  at=/tmp/ra-at-$AT_COMMIT
+  from=${STORE_FROM:+$(realpath "$STORE_FROM")}
+  if [ ! -d "$at" ]; then
+    git worktree add --detach -f "$at" "$AT_COMMIT" >/dev/null \
+      || { echo "gpu_experiment: cannot check out $AT_COMMIT" >&2; exit 2; }
+  fi
+  mkdir -p "$at/.gpu_experiment"
+  if [ -n "$from" ] && [ ! -f "$at/.gpu_experiment/ra.db" ]; then
+    cp "$from" "$at/.gpu_experiment/ra.db" || exit 2
+  fi
+  cd "$at" || exit 2
+  echo "gpu_experiment: ra at $(git rev-parse --short HEAD) in $at"
+  export PYTHONPATH="$at${PYTHONPATH:+:$PYTHONPATH}"
+  AT_COMMIT='' STORE_FROM='' RA_EXPERIMENT_WORK="$at/.gpu_experiment" exec bash tools/gpu_experiment.sh "$@"
+fi
 PART=${1:-all}
 OUT=${OUT:-/tmp/ra_out}
 WORK=${RA_EXPERIMENT_WORK:-$PWD/.gpu_experiment}
