@@ -180,3 +180,6 @@ def test_two_concurrent_cli_resumes_give_one_owner(store):
     assert _rows(
         store, "SELECT count(*) FROM metrics WHERE run_id=:i AND name='compile_s'", i=first.run_id
     ) == [(2,)]  # the first session and the one resumed session
+    assert _rows(
+        store, "SELECT count(*) FROM metrics WHERE run_id=:i AND name='setup_s'", i=first.run_id
+    ) == [(2,)]

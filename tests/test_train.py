@@ -147,6 +147,9 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     assert metrics["tokens_per_s"] >= 11  # the first interval holds the warm-up step
     assert metrics["val_loss"] == 3  # steps 20, 40 and the final evaluation at 60
     assert metrics["compile_s"] == 1 and metrics["record_overhead"] == 1
+    assert metrics["setup_s"] == 1  # the Trainer made until its first step
+    (setup,) = q(store, "SELECT value FROM metrics WHERE run_id=? AND name='setup_s'", r.run_id)
+    assert 0 < setup[0] == pytest.approx(r.setup_s)
     assert metrics["checkpoint_s"] >= 1
     steps = [
         s
@@ -228,6 +231,7 @@ def test_trains_records_metrics_gates_and_checkpoint(cfg, dataset, store):
     ):
         assert needle in text
     assert "WARNING" not in text
+    assert "(set-up " in text and "compile warm-up" in text and "not charged" in text
 
 
 @pytest.mark.slow

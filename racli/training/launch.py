@@ -268,6 +268,7 @@ def forced_stop_result(store, run_id: int, attn: str, train_loss: float | None) 
         train_loss=train_loss,
         tokens_per_s=r.tokens_per_s,
         it_per_s=None,
+        setup_s=None,
         compile_s=None,
         eval_s=None,
         checkpoint_s=None,

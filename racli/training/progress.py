@@ -257,7 +257,8 @@ def summary_text(r) -> str:
         (
             "Training time",
             fmt_seconds(r.train_seconds)
-            + f" (compile warm-up {fmt_seconds(r.compile_s)}, evaluation {fmt_seconds(r.eval_s)},"
+            + f" (set-up {fmt_seconds(r.setup_s)},"
+            f" compile warm-up {fmt_seconds(r.compile_s)}, evaluation {fmt_seconds(r.eval_s)},"
             f" not charged)",
         ),
         ("Run id", f"{r.run_id if r.run_id is not None else '-'}"),

@@ -22,6 +22,7 @@ class TrainResult:
     train_loss: float | None = None
     tokens_per_s: float | None = None
     it_per_s: float | None = None
+    setup_s: float | None = 0.0  # this session's: the Trainer made until its first step
     compile_s: float = 0.0
     eval_s: float = 0.0
     checkpoint_s: float = 0.0

@@ -234,6 +234,7 @@ def record_end(
         train_loss=trainer.train_loss,
         tokens_per_s=figures["tokens_per_s"],
         it_per_s=trainer.timed_steps / secs if secs > 0 else None,
+        setup_s=trainer.setup_s,
         compile_s=trainer.compile_s,
         eval_s=trainer.eval_s,
         checkpoint_s=trainer.checkpoint_s,

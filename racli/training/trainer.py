@@ -116,6 +116,8 @@ class Trainer:
         self.device, self.config, self.ckpt_path = device, config, ckpt_path
         self.reporter, self.stop, self.on_step = reporter, stop, on_step
         self.data_path = data_path
+        self.made_at = time.perf_counter()  # set-up: from here to the first step (`setup_s`)
+        self.setup_s = 0.0
         t = self.t = spec.train
         self.cuda = device.type == "cuda"
         if self.cuda:
@@ -448,6 +450,8 @@ class Trainer:
         if warmup:
             self._sync()
             t_warm = time.perf_counter()
+            # the model built and moved, the step wrapped, the validation batches placed
+            self.setup_s = t_warm - self.made_at
         t = self.t
         lr = lr_at(self._progress(self.clock.seconds), t.lr, t.warmup_frac, t.min_lr_ratio)
         x, y = self.sampler.next()  # this process's share of the global batch
@@ -470,6 +474,7 @@ class Trainer:
             self._sync()
             dt = time.perf_counter() - t_warm
             self.compile_s += dt
+            self.rec.metric(self.step, "setup_s", self.setup_s, self.clock.seconds)
             self.rec.metric(self.step, "compile_s", dt, self.clock.seconds)
             if self.stepper is not None and self.stepper.graph_error and self.info.is_main:
                 self.reporter.note(
