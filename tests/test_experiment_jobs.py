@@ -294,3 +294,55 @@ def test_texts():
         "training 2 arms x 2 seeds (look 1 of 2, verdict at 99.449% confidence)"
     )
     assert text.training_text(2, 2, None, 0, 0.95) == "training 2 arms x 2 seeds"
+
+
+def test_the_interim_judges_the_seeds_both_arms_finished(store_url):
+    """While runs are still to come the interim line follows the paired design: an arm is
+    judged on the seeds it and the first arm have both finished (the final verdict counts
+    every finished run; an A/A arm stays unpaired)."""
+    from racli.experiment import judge
+
+    store = open_store(store_url)
+
+    def add(key, arm, seed, loss):
+        rec = RunRecorder.start(
+            store,
+            kind="train",
+            attn=arm.split("#")[0],
+            config={plan.EXPERIMENT_KEY: {"key": key, "arm": arm}, "seed": seed},
+            seed=seed,
+            env_info={"hostname": "h", "cpu_count": 1},
+            git_commit="0123abcd",
+            heartbeat=False,
+        )
+        rec.finish(iterations=10, train_seconds=1.0, val_loss=loss, tokens_per_s=1000.0)
+
+    try:
+        arms = plan.parse_arms("baseline,ra_v5")
+        for arm, seed, loss in [("baseline", 1, 3.0), ("ra_v5", 1, 2.97), ("ra_v5", 2, 2.99),
+                                ("baseline", 2, 3.01), ("baseline", 3, 3.05)]:  # fmt: skip
+            add("k", arm, seed, loss)
+        (final,) = judge.verdicts(store, "k", arms, threshold=0.01, confidence=0.95)
+        v = final.comparison.verdict
+        assert (v.method, v.candidate.n, v.baseline.n) == ("welch", 2, 3)
+        (interim,) = judge.verdicts(
+            store, "k", arms, threshold=0.01, confidence=0.95, pairs_only=True
+        )
+        v = interim.comparison.verdict
+        assert (v.method, v.candidate.n, v.baseline.n) == ("paired", 2, 2)
+        assert "paired, 2 vs 2 runs" in interim.short()
+        # both arms have runs, but of different seeds: nothing to pair yet
+        add("k2", "baseline", 1, 3.0)
+        add("k2", "ra_v5", 2, 2.9)
+        (none,) = judge.verdicts(store, "k2", arms, threshold=0.01, confidence=0.95,
+                                 pairs_only=True)  # fmt: skip
+        assert none.comparison is None and "no seed finished on both" in none.short()
+        # an A/A arm trains on its own seeds: judged unpaired over every finished run
+        aa = plan.parse_arms("baseline,baseline")
+        for arm, seed, loss in [("baseline#1", 1, 3.0), ("baseline#1", 2, 3.02),
+                                ("baseline#2", 1_000_001, 3.01)]:  # fmt: skip
+            add("k3", arm, seed, loss)
+        (a,) = judge.verdicts(store, "k3", aa, threshold=0.01, confidence=0.95, pairs_only=True)
+        assert (a.comparison.verdict.candidate.n, a.comparison.verdict.baseline.n) == (1, 2)
+    finally:
+        store.close()

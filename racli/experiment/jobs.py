@@ -198,6 +198,7 @@ class Context:
             threshold=v.threshold,
             confidence=confidence,
             budgets=self.steps(),
+            pairs_only=True,
         )
         self.view.verdict([x.short() for x in found])
 

@@ -154,12 +154,25 @@ def verdicts(
     confidence: float,
     metric: str = "val_loss",
     budgets: dict[str, int] | None = None,
+    pairs_only: bool = False,
 ) -> list[ArmVerdict]:
     """Each arm after the first against the first, over the experiment's finished runs
-    (with `budgets`, arm -> steps: only the runs at those budgets)."""
+    (with `budgets`, arm -> steps: only the runs at those budgets). `pairs_only` (the
+    interim lines, while runs are still to come): an arm of another variant than the
+    first is judged on the seeds both have finished, so that the interim follows the
+    paired design the final verdict uses instead of an unpaired one over uneven sides."""
     rows, gone = arm_runs(store, key, arms, budgets)
     out = []
     for arm in arms[1:]:
+        mine = rows
+        if pairs_only and arm.attn != arms[0].attn:  # an A/A arm is unpaired by design
+            sides = (arm.label, arms[0].label)
+            both = {r.seed for r in rows if r.attn == sides[0]}
+            both &= {r.seed for r in rows if r.attn == sides[1]}
+            mine = [r for r in rows if r.attn not in sides or r.seed in both]
+            if not both and all(any(r.attn == side for r in rows) for side in sides):
+                out.append(ArmVerdict(arm.label, arms[0].label, None, "no seed finished on both"))
+                continue
         try:
             cmp = load_comparison(
                 store,
@@ -168,7 +181,7 @@ def verdicts(
                 baseline=arms[0].label,
                 threshold=threshold,
                 confidence=confidence,
-                rows=rows,
+                rows=mine,
                 unfinished=gone,
             )
             out.append(ArmVerdict(arm.label, arms[0].label, cmp))
