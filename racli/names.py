@@ -189,7 +189,30 @@ def check_plot_path(plot: str | Path | None) -> Path | None:
             f"cannot write plot {plot}: the file name must end in "
             f"{', '.join(PLOT_FORMATS)} (the format), got {got}"
         )
+    check_writable_file(plot, "plot")
     return plot
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """BadInput unless a file can be written at `path` (its folder exists): tried for real,
+    an existing file opened to append (nothing in it changes) and a probe file created and
+    removed beside it, so a read-only folder or a file system such as /proc is refused
+    before any work rather than when the result is written."""
+    import os
+
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        if path.exists():
+            with open(path, "a"):
+                pass
+        probe = parent / f".{path.name}.probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"ra")
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
 
 
 MAX_RUN_ID = 2**63 - 1

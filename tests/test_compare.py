@@ -456,6 +456,9 @@ def test_plot_without_curves_or_directory(db, store, tmp_path):
     assert "no val_loss curves" in err and not (tmp_path / "x.png").exists()
     err = one_line_error(ra("compare", "--db", db, "--plot", tmp_path / "no" / "x.png"))
     assert "does not exist" in err
+    # a folder that cannot be written: refused before the work, not when the image is saved
+    err = one_line_error(ra("compare", "--db", db, "--plot", "/proc/ra-curves.png"))
+    assert "cannot write plot /proc/ra-curves.png" in err
 
 
 # ---------------------------------------------------------------- bench timings

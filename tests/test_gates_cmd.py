@@ -211,6 +211,8 @@ def test_other_bad_input(db, ids, tmp_path):
     err = one_line_error(ra("gates", "--db", db, "--run", ids["ra_v5"], "--plot",
                             tmp_path / "missing" / "g.png"))  # fmt: skip
     assert "does not exist" in err
+    err = one_line_error(ra("gates", "--db", db, "--run", ids["ra_v5"], "--plot", "/proc/g.png"))
+    assert "cannot write plot /proc/g.png" in err
     err = one_line_error(ra("gates", "--db", tmp_path / "none.db", "--run", 1))
     assert "no database" in err
     assert ra("gates", "--db", db).exit_code == 2  # --run is required

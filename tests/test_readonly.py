@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_db, one_line_error, python_env, ra_inprocess, record_run, sha256
+from helpers import (
+    db_dump,
+    make_db,
+    one_line_error,
+    python_env,
+    ra_inprocess,
+    record_run,
+    sha256,
+)
 from sqlalchemy import inspect, text
 
 from racli.errors import BadInput
@@ -285,3 +293,28 @@ def test_postgres_empty_database_gets_no_schema_from_a_read(pg_url):
         engine.dispose()
     with pytest.raises(BadInput, match="holds no ra store"):
         open_store(pg_url, readonly=True)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--plot", "{db}"],
+        ["gates", "--run", "{run}", "--plot", "{db}"],
+        ["runs", "export", "--output", "{db}"],
+        ["runs", "export", "--metrics", "--output", "{db}"],
+        ["runs", "export", "--output", "{db}-wal"],
+        ["experiment", "--attn", "baseline,ra_v5", "--seeds", "1", "--minutes", "0.01",
+         "--report", "{db}"],
+    ],
+)  # fmt: skip
+def test_an_output_named_as_the_store_is_refused(tmp_path, args):
+    """A plot, an export or a report written over the store would replace what is recorded:
+    one line, exit 2, the store unchanged (named .png/.md so the suffix rules let it by)."""
+    suffix = ".md" if "--report" in args else ".csv" if "export" in args else ".png"
+    path = tmp_path / f"ra{suffix}"
+    ids = make_db(path)
+    before = db_dump(path)
+    argv = [a.format(db=path, run=ids[1]) for a in args] + ["--db", str(path)]
+    err = one_line_error(ra_inprocess(*argv))
+    assert "is the results database" in err and "choose another file" in err
+    assert db_dump(path) == before

@@ -8,6 +8,7 @@ No torch here.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -19,6 +20,7 @@ from racli.commands.completers import (  # noqa: F401 (the completers options at
     complete_tag,
     complete_train_run,
 )
+from racli.errors import BadInput
 from racli.names import comma_list as parse_csv_list  # noqa: F401 (one comma-list rule)
 from racli.text import jsonout
 
@@ -61,6 +63,31 @@ def db_location(db: str | None, cfg: Config) -> str:
     from racli.config import resolve_db
 
     return resolve_db(db or GLOBAL["db"], cfg)
+
+
+def check_not_store(path, db: str | None, cfg: Config, what: str) -> None:
+    """BadInput when an output file `path` is the store itself (or one of its -wal, -shm
+    or -journal files): writing it would replace what is recorded."""
+    if path is None:
+        return
+    from racli.store.urls import sqlite_path
+
+    try:
+        store = sqlite_path(db_location(db, cfg))
+    except (BadInput, ValueError):
+        return  # an unusable location is reported where the store is opened
+    if store is None:
+        return
+    mine = Path(path).expanduser().resolve()
+    files = [store.resolve()] + [store.with_name(store.name + s) for s in SQLITE_SIDE_FILES]
+    if mine in files:
+        raise BadInput(
+            f"{what} {path} is the results database ({store}): writing it would replace "
+            "what is recorded; choose another file"
+        )
+
+
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):

@@ -184,6 +184,11 @@ def experiment(
 
     check_tag(tag)
     cfg = common.config(config)
+    common.check_not_store(report, db, cfg, "--report")
+    if launcher.strip().lower() in ("slurm", "ray"):  # before anything is printed or created
+        from racli.experiment.cluster import check_store
+
+        check_store(common.db_location(db, cfg), launcher.strip().lower())
     settings = settings_from_options(
         cfg,
         attn=attn,

@@ -97,6 +97,7 @@ def gates(
         check_run_id(run, "--run")
     check_plot_path(plot)
     cfg = common.config(config)
+    common.check_not_store(plot, db, cfg, "--plot")
     store = common.open_db(db, cfg, readonly=True)
     if run is not None:
         view = gate_runs.one_run(store, cfg.gates, run, step=step, plot=plot)

@@ -66,6 +66,13 @@ def open_store(ctx: typer.Context, db, config, *, readonly: bool):
     )
 
 
+def check_not_store(ctx: typer.Context, db, config, path, what: str) -> None:
+    """BadInput when the output `path` is the store of `--db` (see common.check_not_store)."""
+    parent = ctx.obj or {}
+    cfg = common.config(config or parent.get("config"))
+    common.check_not_store(path, db or parent.get("db"), cfg, what)
+
+
 def check_ids(run_ids) -> None:
     for run_id in run_ids:
         check_run_id(run_id)

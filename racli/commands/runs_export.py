@@ -83,6 +83,7 @@ def export(
     exporting.check_request(fmt, metrics=metrics, names=names)
     check_kind_status(kind, status)
     exporting.check_output(output, fmt)
+    runs_common.check_not_store(ctx, db, config, output, "--output")
     store = runs_common.open_store(ctx, db, config, readonly=True)
     filters = {"kind": kind, "attn": attn, "status": status, "tag": tag}
     if metrics:

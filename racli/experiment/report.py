@@ -10,9 +10,7 @@ summary, and the loss curves as PNG files written beside the report
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from racli.compare.text import measured_speed
 from racli.errors import BadInput
 from racli.experiment import judge, text
 from racli.gates.analysis import analyse_gates
+from racli.names import check_writable_file
 from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
 from racli.store.queries import gate_rows
@@ -39,22 +38,14 @@ def check_report_path(path: Path | None) -> None:
         raise BadInput(f"cannot write report {path}: directory {parent} does not exist")
     if path.is_dir():
         raise BadInput(f"cannot write report {path}: it is a directory")
-    try:
-        if special_file(path):
+    if special_file(path):
+        try:
             with open(path, "a"):
                 pass
-            return
-        if path.exists():
-            with open(path, "a"):  # opened to append: nothing in it changes
-                pass
-        probe = parent / f".{path.name}.probe-{os.getpid()}"
-        try:
-            probe.write_bytes(b"ra")
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
-    except OSError as exc:
-        raise BadInput(f"cannot write report {path}: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            raise BadInput(f"cannot write report {path}: {exc.strerror or exc}") from exc
+        return
+    check_writable_file(path, "report")
 
 
 def special_file(path: Path) -> bool:
