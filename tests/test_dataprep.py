@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import socket
 import sqlite3
 import types
@@ -448,6 +449,70 @@ def test_refuses_to_overwrite_without_force(corpus, tmp_path):
         ra_inprocess("data", "prepare", corpus, "--out", other, "--tokenizer", "bytes", "--force")
     )
     assert "not a prepared dataset" in err and (other / "notes.txt").read_text() == "keep me"
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_force_refuses_an_output_that_holds_other_files(corpus, tmp_path):
+    out = tmp_path / "out"
+    prepare(make_settings([corpus], out))
+    (out / "doc01.txt").write_text("mine, named like a source")
+    (out / "notes.md").write_text("keep me")
+    (out / "sub").mkdir()
+    (out / "sub" / "k.txt").write_text("keep me too")
+    before = files_in(out)
+    with pytest.raises(BadInput, match="'doc01.txt', 'notes.md', 'sub'"):
+        prepare(make_settings([corpus], out, force=True, seed=1))
+    assert files_in(out) == before
+    err = one_line_error(
+        ra_inprocess("data", "prepare", corpus, "--out", out, "--tokenizer", "bytes", "--force")
+    )
+    assert "move them out or choose a new folder" in err
+    assert files_in(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out"]
+
+
+def test_force_replaces_the_files_ra_wrote(corpus, tmp_path):
+    out = tmp_path / "out"
+    prepare(make_settings([corpus], out))
+    (out / "tokenizer.json").write_text("{}")  # as a train:VOCAB prepare leaves it
+    files_hash(out)  # `ra train` caches figures beside the data
+    assert (out / ".ra_hash.json").is_file()
+    meta = prepare(make_settings([corpus], out, force=True, seed=1))
+    assert meta["seed"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_a_source_inside_the_output_is_refused(corpus, tmp_path):
+    out = tmp_path / "out"
+    prepare(make_settings([corpus], out))
+    before = files_in(out)
+    for source in (out, out / "meta.json"):
+        with pytest.raises(BadInput, match="lies inside --out"):
+            prepare(make_settings([corpus, source], out, force=True, globs=["**/*"]))
+        assert files_in(out) == before
+    err = one_line_error(
+        ra_inprocess(
+            "data", "prepare", out / "meta.json", "--out", out, "--tokenizer", "bytes", "--force"
+        )
+    )
+    assert "lies inside --out" in err and files_in(out) == before
+
+
+def test_the_output_is_never_read_as_input(corpus, tmp_path):
+    out = corpus / "out"
+    # the unfinished output of a prepare of `out` still running (this process) beside it
+    running = corpus / f".out.tmp-{os.getpid()}@{socket.gethostname()}-abcd"
+    running.mkdir()
+    (running / "train.bin.part").write_text("tokens being written")
+    first = prepare(make_settings([corpus], out, globs=["**/*"]))
+    second = prepare(make_settings([corpus], out, globs=["**/*"], force=True))
+    assert first["sources"][0]["files"] == second["sources"][0]["files"] == 32
+    assert second["content_hash"] == first["content_hash"]
+    assert second["skipped"] == first["skipped"]
+    assert running.is_dir()
 
 
 def _bad_sources(tmp: Path) -> dict:

@@ -23,6 +23,7 @@ from helpers import REPO, one_line_error, ra_inprocess
 from racli.dataprep import writer as writer_mod
 from racli.dataprep.prepare import PrepareSettings, prepare
 from racli.dataprep.writer import DatasetWriter, tidy_leftovers
+from racli.errors import BadInput
 
 
 def corpus(folder: Path, files: int = 40, lines: int = 40) -> Path:
@@ -281,6 +282,49 @@ def test_bad_sources_and_outputs_exit_2_and_change_nothing(tmp_path, case):
     err = one_line_error(prep(src, out))
     assert reason in err
     assert folder_state(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def _outputs_that_cannot_be_written(tmp_path: Path) -> dict:
+    (tmp_path / "afile").write_text("x")
+    cases = {"below a file, deeper": tmp_path / "afile" / "a" / "b" / "out"}
+    if Path("/proc/self").is_dir():
+        cases["in /proc"] = Path("/proc/ra-out")
+    if os.geteuid() != 0:  # root writes in read-only folders
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        cases["in a read-only folder"] = locked / "out"
+    return cases
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_tokenising(tmp_path, monkeypatch):
+    from racli.dataprep import prepare as prepare_mod
+
+    def no_tokenising(*args, **kw):
+        pytest.fail("tokenising started for an output that cannot be written")
+
+    monkeypatch.setattr(prepare_mod, "_tokenizer", no_tokenising)
+    src = corpus(tmp_path / "src", files=3)
+    for case, out in _outputs_that_cannot_be_written(tmp_path).items():
+        before = folder_state(tmp_path)
+        names = sorted(p.name for p in tmp_path.rglob("*"))
+        settings = PrepareSettings(sources=[str(src)], out=out, tokenizer="bytes", workers=1)
+        with pytest.raises(BadInput, match="is not a folder|cannot be written"):
+            prepare(settings)
+        assert folder_state(tmp_path) == before, case
+        assert sorted(p.name for p in tmp_path.rglob("*")) == names, case
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_output_in_proc_is_one_line(tmp_path):
+    src = corpus(tmp_path / "src", files=3)
+    err = one_line_error(prep(src, "/proc/ra-out"))
+    assert "--out /proc/ra-out: cannot be written" in err
+
+
+def test_the_writable_check_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    writer_mod.check_writable(out)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -101,7 +101,12 @@ def prepare(
         ),
     ] = "100M",
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing prepared dataset at --out.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing prepared dataset at --out (refused if --out holds "
+            "other files).",
+        ),
     ] = False,
     json: common.JsonOpt = False,
 ) -> None:

@@ -36,7 +36,9 @@ from racli.dataprep.writer import (
     TOKENIZER_FILE,
     DatasetWriter,
     check_output,
+    check_writable,
     is_prepared,
+    output_paths,
     tidy_leftovers,
 )
 from racli.errors import BadInput
@@ -267,13 +269,16 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
     out = Path(settings.out).expanduser()
     tidy_leftovers(out, progress.note)
     check_output(out, settings.force)
+    check_sources_outside(settings.sources, out)
     sources = src.open_sources(
         settings.sources,
         globs=settings.globs,
         text_field=settings.text_field,
         subset=settings.subset,
         split=settings.split,
+        skip=output_paths(out),
     )
+    check_writable(out)
     _open_hub(sources)
     workers = settings.workers or os.cpu_count() or 1
     t0 = time.perf_counter()
@@ -310,6 +315,17 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
             "bytes_read": counts.nbytes,
         }
         return writer.finish(meta)
+
+
+def check_sources_outside(specs: list[str], out: Path) -> None:
+    """BadInput for a file or folder named as a source that lies in ``out``: writing the
+    output would replace it. (Folders that hold ``out`` are read without it.)"""
+    inside = output_paths(out)
+    for spec in specs:
+        if not spec.startswith("hf:") and inside(Path(spec).expanduser()):
+            raise BadInput(
+                f"{spec}: lies inside --out {out}, which the output replaces; choose another --out"
+            )
 
 
 def _open_hub(sources: list) -> None:

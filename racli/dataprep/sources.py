@@ -10,7 +10,7 @@ import gzip
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +206,13 @@ class TextFileSource(Source):
 class FolderSource(Source):
     kind = "folder"
 
-    def __init__(self, path: Path, spec: str, globs: list[str]):
+    def __init__(
+        self,
+        path: Path,
+        spec: str,
+        globs: list[str],
+        skip: Callable[[Path], bool] | None = None,
+    ):
         self.path, self.spec, self.globs = path, spec, list(globs or DEFAULT_GLOBS)
         found: dict[str, Path] = {}
         for pattern in self.globs:
@@ -215,7 +221,7 @@ class FolderSource(Source):
             except (ValueError, NotImplementedError) as exc:
                 raise SourceError(f"--glob {pattern!r}: not a usable pattern ({exc})") from None
             for p in matches:
-                if p.is_file():
+                if p.is_file() and not (skip and skip(p)):
                     found.setdefault(p.relative_to(path).as_posix(), p)
         if not found:
             raise SourceError(
@@ -448,8 +454,10 @@ def open_sources(
     text_field: str = "text",
     subset: str | None = None,
     split: str = "train",
+    skip: Callable[[Path], bool] | None = None,
 ) -> list[Source]:
-    """The sources named on the command line, each checked; SourceError for a bad one."""
+    """The sources named on the command line, each checked; SourceError for a bad one.
+    A folder's files for which ``skip`` is true are left out (the output of this prepare)."""
     if not specs:
         raise SourceError(
             "give at least one SOURCE (a file, a folder, .jsonl, .parquet or hf:NAME)"
@@ -463,7 +471,7 @@ def open_sources(
         if not path.exists():
             raise SourceError(f"{spec}: no such file or folder")
         if path.is_dir():
-            out.append(FolderSource(path, spec, globs or []))
+            out.append(FolderSource(path, spec, globs or [], skip))
             continue
         if not path.is_file():
             raise SourceError(f"{spec}: not a regular file or folder")

@@ -12,7 +12,9 @@ An output that already holds a prepared dataset is replaced only with ``force``,
 steps that never leave it without a dataset: the old one is renamed aside
 (``.NAME.old-PID@HOST``), the new one renamed into place, then the old one deleted. A prepare
 killed between the two renames leaves the old dataset aside: the next prepare of that output
-puts it back first. A non-empty folder that is not a prepared dataset is never replaced.
+puts it back first. A non-empty folder that is not a prepared dataset is never replaced, nor
+is one that holds anything besides the files a prepare writes (``OWN_FILES``): the swap
+replaces the whole folder, so such an output is refused before any work.
 No torch here.
 """
 
@@ -30,22 +32,31 @@ from pathlib import Path
 
 import numpy as np
 
-from racli.dataprep.identity import combine
+from racli.dataprep.identity import SIDECAR, combine
 from racli.errors import BadInput
 
 META = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "ra-data/1"
 SPLITS = ("train", "val")
+# the files of a prepared folder, which a replacement may delete: what a prepare writes, and
+# the cache of figures about its token files that `ra train` keeps beside them
+OWN_FILES = frozenset({"train.bin", "val.bin", META, TOKENIZER_FILE, SIDECAR})
 
 
 def is_prepared(folder: Path) -> bool:
     return any((folder / name).exists() for name in (META, "train.bin", "val.bin", "meta.pkl"))
 
 
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in ``folder`` that a prepare does not write (sorted): its other files and
+    folders, which replacing ``folder`` would delete."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in OWN_FILES or p.is_dir())
+
+
 def check_output(out: Path, force: bool) -> None:
     """BadInput unless ``out`` may be written (absent, an empty folder, or a prepared dataset
-    with ``force``)."""
+    with ``force`` that holds nothing else)."""
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise BadInput(f"--out {out}: exists and is not a folder")
@@ -55,6 +66,14 @@ def check_output(out: Path, force: bool) -> None:
                     f"--out {out}: a non-empty folder that is not a prepared "
                     f"dataset; choose a new folder"
                 )
+            others = foreign_entries(out)
+            if others:
+                listed = ", ".join(repr(name) for name in others[:3])
+                more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+                raise BadInput(
+                    f"--out {out}: holds {listed}{more}, which ra data prepare does not write "
+                    f"and replacing the folder would delete; move them out or choose a new folder"
+                )
             if not force:
                 raise BadInput(
                     f"--out {out}: already holds a prepared dataset; add --force to replace it"
@@ -62,6 +81,56 @@ def check_output(out: Path, force: bool) -> None:
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise BadInput(f"--out {out}: {parent} is not a folder")
+
+
+def check_writable(out: Path) -> None:
+    """BadInput unless the folder that will hold ``out`` can be made and written: a real
+    write (a temporary folder made and removed there), not a permission check. Folders
+    made for it are removed again."""
+    parent = out.parent
+    missing = []
+    made = []
+    try:
+        existing = parent
+        while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+            missing.append(existing)
+            existing = existing.parent
+        if not existing.is_dir():
+            raise BadInput(f"--out {out}: {existing} is not a folder")
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
+        probe = tempfile.mkdtemp(prefix=f"{_prefix(out, 'tmp')}{_owner()}-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise BadInput(
+            f"--out {out}: cannot be written ({exc.strerror or exc}); choose another folder"
+        ) from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def output_paths(out: Path) -> Callable[[Path], bool]:
+    """A test of whether a path lies in ``out`` or in one of its temporary or set-aside
+    folders (symbolic links followed): what a prepare of ``out`` writes, never its input."""
+    try:
+        out = out.resolve()
+    except (OSError, RuntimeError):  # a link loop: no path lies in it
+        out = out.absolute()
+    hidden = (_prefix(out, "tmp"), _prefix(out, "old"))
+
+    def inside(path: Path) -> bool:
+        try:
+            rel = path.resolve().relative_to(out.parent)
+        except (OSError, RuntimeError, ValueError):  # a link loop, or not under out's folder
+            return False
+        return bool(rel.parts) and (rel.parts[0] == out.name or rel.parts[0].startswith(hidden))
+
+    return inside
 
 
 class DatasetWriter:
