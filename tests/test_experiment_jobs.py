@@ -9,7 +9,7 @@ import threading
 import types
 
 import pytest
-from helpers import record_run
+from helpers import one_line_error, ra_inprocess, record_run
 
 from racli.experiment import jobs, local, plan, text
 from racli.experiment.results import JobResult, Settings
@@ -231,6 +231,54 @@ def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
             "baseline seed 1 (run 5) resumed 600"
         ]
         assert log.read_text().strip().endswith("resume 5 ===")
+    finally:
+        store.close()
+
+
+def test_a_run_whose_checkpoint_is_elsewhere_is_kept_and_trained_anew(tmp_path, monkeypatch):
+    """A run that wrote a checkpoint whose file is not here (the store came from another
+    machine) is neither resumed nor trained again under its id (that would drop what it
+    recorded): the job starts a new run and the old one stays as it is; `ra train --resume`
+    of it is refused with one line."""
+    store = open_store(str(tmp_path / "ra.db"))
+    started = []
+
+    class FakePopen:
+        def __init__(self, argv, **kw):
+            started.append(argv)
+
+    try:
+        ctx = _context(tmp_path, store)
+        lines = []
+        ctx.view.note = lines.append
+        ctx.view.started = lambda device, label, total: lines.append(f"{label} {total}")
+        job = plan.schedule(ctx.settings.arms, [1], 1)[0]
+        rec = RunRecorder.start(
+            store, kind="train", attn="baseline", config={"data_path": "builtin:shakespeare"},
+            seed=1, env_info={"hostname": "h", "cpu_count": 1}, git_commit="0123abcd",
+            heartbeat=False,
+        )  # fmt: skip
+        for step in (10, 20):
+            rec.metric(step, "train_loss", 3.0)
+        rec.metric(20, "checkpoint_s", 1.5)
+        rec.end("interrupted")
+        monkeypatch.setattr(local.subprocess, "Popen", FakePopen)  # after git's provenance
+        gone = types.SimpleNamespace(id=rec.run_id, config={"data_path": "builtin:shakespeare"})
+        local._start_child(ctx, 0, job, "resume", gone).log.close()
+        assert "--resume" not in started[0]
+        assert lines[0] == (
+            f"run {rec.run_id}'s checkpoint (step 20) is not here: starting baseline seed 1 "
+            f"again as a new run; run {rec.run_id} is kept"
+        )
+        assert eq.metric_values(store, [rec.run_id], ("train_loss",))[rec.run_id] == {
+            "train_loss": [3.0, 3.0]
+        }
+        monkeypatch.undo()  # the command below starts real processes (git)
+        err = one_line_error(ra_inprocess("train", "--resume", str(rec.run_id),
+                                          "--db", str(tmp_path / "ra.db")))  # fmt: skip
+        assert "wrote a checkpoint (last at step 20)" in err and "is missing" in err
+        assert len(eq.metric_values(store, [rec.run_id], ("train_loss",))[rec.run_id]
+                   ["train_loss"]) == 2  # fmt: skip
     finally:
         store.close()
 

@@ -20,7 +20,7 @@ from racli.experiment.results import JobResult
 from racli.store.checkpoints import checkpoint_path
 from racli.store.experiment_queries import last_step
 from racli.training import tensorboard
-from racli.training.spec import DATA_PATH_KEY
+from racli.training.spec import DATA_PATH_KEY, checkpoint_written
 from racli.training.stopping import PARENT_ENV
 
 POLL_S = 0.25  # how often the children are checked for their end
@@ -184,7 +184,14 @@ def _start_child(ctx: Context, d: int, job: Job, action: str, run) -> _Child:
     """Start a job's child process on device `d`, its output appended to its log."""
     resume = run.id if action == "resume" else None
     if resume is not None and not checkpoint_path(ctx.store.db, resume).is_file():
-        if DATA_PATH_KEY in (run.config or {}):  # `ra train --resume` starts it from step 0
+        written = checkpoint_written(ctx.store, resume)
+        if written is not None:  # its file is gone (another machine): a new run, this one kept
+            ctx.view.note(
+                f"run {resume}'s checkpoint (step {written}) is not here: starting "
+                f"{job.arm.label} seed {job.seed} again as a new run; run {resume} is kept"
+            )
+            resume = None
+        elif DATA_PATH_KEY in (run.config or {}):  # `ra train --resume` starts it from step 0
             ctx.view.note(f"run {resume} has no checkpoint: training it again from step 0")
         else:  # recorded by an older ra: a new run
             ctx.view.note(

@@ -284,7 +284,9 @@ def prepare_resume(store, run_id: int, dist_info=None):
     """Validate `--resume RUN` and return (spec, dataset, checkpoint path). BadInput if the run
     is unknown, not a train run, finished, still running, or its checkpoint cannot be used.
     A run without a checkpoint (stopped before its first one) is trained again from step 0:
-    the path returned does not exist then, and its data is found where its config says."""
+    the path returned does not exist then, and its data is found where its config says. A
+    run that wrote a checkpoint whose file is gone (the store moved without its checkpoint
+    folder) is refused: training it again would drop what it recorded."""
     from racli.training import distributed as ddp
 
     info = dist_info or ddp.detect()
@@ -299,6 +301,13 @@ def prepare_resume(store, run_id: int, dist_info=None):
             f"is gone, resume it once the heartbeat is 2 minutes old)"
         )
     path = ckpt_paths.checkpoint_path(store.db, run_id)
+    written = None if path.is_file() else checkpoint_written(store, run_id)
+    if written is not None:  # its values after step 0 would be dropped: refused
+        raise BadInput(
+            f"run {run_id} wrote a checkpoint (last at step {written}) but {path} is missing: "
+            f"put the store's checkpoint folder back beside it to resume the run, or train "
+            f"a new run with the same settings"
+        )
     if not path.is_file() and (run.config or {}).get(DATA_PATH_KEY) is None:
         raise BadInput(
             f"run {run_id} has no checkpoint at {path}"
@@ -332,6 +341,14 @@ def prepare_resume(store, run_id: int, dist_info=None):
             f"the data at {data_path} changed since run {run_id} started (its content differs)"
         )
     return spec, dataset, path
+
+
+def checkpoint_written(store, run_id: int) -> int | None:
+    """The step of the last checkpoint run `run_id` recorded writing (its `checkpoint_s`
+    metric), None when it wrote none."""
+    from racli.store.experiment_queries import last_step
+
+    return last_step(store, run_id, "checkpoint_s")
 
 
 def _checked_checkpoint(path: Path, run_id: int, spec: TrainSpec):
