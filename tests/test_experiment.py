@@ -235,6 +235,14 @@ def test_calibration_with_halves_that_disagree_is_not_settled():
     assert "UNSETTLED SPEED RATIO" in calibrate.summary_text(cal)
 
 
+def test_calibration_summary_says_when_whole_rounds_went_past_the_cap():
+    ref = np.full(6, 0.05)
+    text = calibrate.summary_text(_summary(ref, ref, cap_s=1.2))  # 4.0 s timed
+    assert "4.0 s (past its cap of 1.2 s: whole rounds, a minimum of them)" in text
+    assert "of at most" not in text
+    assert "4.0 s of at most 96 s" in calibrate.summary_text(_summary(ref, ref, cap_s=96.0))
+
+
 def test_stop_rule_honours_min_rounds_and_the_cap():
     rng = np.random.default_rng(4)
     ref = 0.1 * np.exp(rng.normal(0, 0.05, 2))

@@ -284,7 +284,14 @@ def summary_text(cal: Calibration) -> str:
     for a in cal.arms[1:]:
         ci = f" [{a.ratio_lo:.4f}, {a.ratio_hi:.4f}]" if math.isfinite(a.ratio_lo) else ""
         parts.append(f"{a.label} x{a.ratio:.4f}{ci}")
-    cap = f" of at most {cal.cap_s:.3g} s" if cal.cap_s is not None else ""
+    cap = ""
+    if cal.cap_s is not None:  # a round is never cut, and the first rounds always run
+        over = cal.timed_s > cal.cap_s
+        cap = (
+            f" (past its cap of {cal.cap_s:.3g} s: whole rounds, a minimum of them)"
+            if over
+            else f" of at most {cal.cap_s:.3g} s"
+        )
     line = (
         f"calibration (run {cal.run_id}, {cal.rounds} rounds, first {cal.dropped} dropped as "
         f"warm-up, {cal.timed_s:.1f} s{cap}, {state_text(cal)}): " + "; ".join(parts)
