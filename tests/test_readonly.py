@@ -318,3 +318,18 @@ def test_an_output_named_as_the_store_is_refused(tmp_path, args):
     err = one_line_error(ra_inprocess(*argv))
     assert "is the results database" in err and "choose another file" in err
     assert db_dump(path) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["runs", "tag", "1", "x"], ["runs", "exclude", "1", "--reason", "r"],
+     ["runs", "delete", "1", "-y"], ["train", "--resume", "1"]],
+)  # fmt: skip
+def test_a_command_on_recorded_runs_leaves_an_empty_file_empty(tmp_path, args):
+    """Commands that work on recorded runs need a store holding them: an empty file is not
+    one, and is not turned into one."""
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    err = one_line_error(ra_inprocess(*args, "--db", str(path)))
+    assert "empty file, not an ra store" in err
+    assert path.stat().st_size == 0 and _files(tmp_path) == ["empty.db"]

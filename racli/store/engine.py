@@ -270,6 +270,12 @@ def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -
                 raise BadInput(
                     f"cannot create database {path}: directory {path.parent} does not exist"
                 )
+        elif not create and path.is_file() and path.stat().st_size == 0:
+            # a command that works on recorded runs: an empty file holds none to work on
+            raise BadInput(
+                f"{path} is an empty file, not an ra store (record a run with `ra bench` or "
+                f"`ra train`, or create one with `ra db upgrade`)"
+            )
     engine, rev = _connect(db)
     _check_known(engine, db, rev)
     if rev is None:
