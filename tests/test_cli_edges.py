@@ -1,5 +1,6 @@
 """Edges of `ra train` and `ra bench` on CPU: --json, a forced stop's summary, a read-only
-store, token ids outside the vocabulary, a hostile checkpoint, a bench where nothing ran.
+store, token ids outside the vocabulary, a hostile checkpoint, a bench where nothing ran,
+numbers past what the store, float32 or any memory holds.
 
 Tiny models, a few steps each; the double Ctrl-C test runs `ra` in a subprocess."""
 
@@ -381,3 +382,97 @@ def test_launch_ending_lines_and_exit_codes():
         TrainResult(run_id=1, attn="baseline", status="diverged", val_loss=float("nan"))
     )
     assert summary["val_loss"] is None and summary["run_id"] == 1
+
+
+# ---- numbers beyond what the store, float32 or memory can hold: bad input before any work ----
+
+HUGE = 99999999999999999999  # past a 64-bit integer
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--attn", "baseline", "--steps", 1, "--seed", HUGE], "--seed must be between"),
+        (["train", "--attn", "baseline", "--steps", 1, "--seed", -1], "got -1"),
+        (["bench", "--device", "cpu", "--seed", HUGE], "--seed must be between 0 and 2^63 - 1"),
+        (["bench", "--device", "cpu", "--seed", -1], "--seed must be between 0 and 2^63 - 1"),
+        (["experiment", "--attn", "baseline,ra_v5", "--seeds", HUGE], "2^63 - 1, got 9999"),
+        (["experiment", "--attn", "baseline,ra_v5", "--seeds", "2-3,-1"], "2^63 - 1, got -1"),
+        (["experiment", "--attn", "baseline,ra_v5", "--seeds", "1,,2"], "an empty item"),
+        (["experiment", "--attn", "baseline,ra_v5", "--seeds", "1,2,"], "an empty item"),
+        (
+            ["experiment", "--attn", "baseline,ra_v5", "--seeds", f"{2**63 - 3}-{2**63 - 2}"]
+            + ["--until-settled", "--max-seeds", 4],
+            "past 2^63 - 1",
+        ),
+        (
+            ["experiment", "--attn", "baseline,ra_v5", "--seeds", "1-2", "--until-settled"]
+            + ["--max-seeds", 10**12],
+            "--max-seeds must be between 2 and 10,000",
+        ),
+    ],
+)
+def test_seeds_beyond_the_store_are_bad_input_before_any_work(tmp_path, args, needle):
+    if args[0] == "experiment":
+        args = [*args, "--minutes", 0.01]
+    res = ra(*args, "--db", tmp_path / "ra.db", *CPU[:2])
+    assert needle in one_error_line(res)
+    assert not (tmp_path / "ra.db").exists()
+
+
+def test_a_seed_at_the_store_limit_is_kept(tmp_path):
+    db = tmp_path / "ra.db"
+    res = ra("train", "--db", db, "--attn", "baseline", "--steps", 1, "--seed", 2**63 - 1,
+             *CPU, *TINY_CLI, "--json")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT seed FROM runs").fetchone() == (2**63 - 1,)
+
+
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (["--lr", 1e308], "train.lr"),
+        (["--set", "train.lr=1e308"], "train.lr"),
+        (["--set", "train.gate_lr_mult=1e308"], "train.gate_lr_mult"),
+        (["--set", "model.w_std_init=1e308"], "model.w_std_init"),
+        (["--set", "model.w_rec_init=-1e308"], "model.w_rec_init"),
+        (["--max-epochs", 1e39], "train.max_epochs"),
+    ],
+)
+def test_float_settings_beyond_float32_are_bad_input_before_any_work(tmp_path, args, key):
+    res = ra("train", "--db", tmp_path / "ra.db", "--attn", "baseline", "--steps", 1, *args)
+    line = one_error_line(res)
+    assert f"{key}: must be a float32 number, at most 3.4028234663852886e+38" in line
+    assert not (tmp_path / "ra.db").exists()
+
+
+def test_experiment_minutes_beyond_any_budget_are_bad_input_before_any_work(tmp_path):
+    res = ra("experiment", "--db", tmp_path / "ra.db", "--attn", "baseline,ra_v5",
+             "--seeds", "1-2", "--minutes", 1e308, *CPU[:2])  # fmt: skip
+    assert "--minutes 1e+308 is beyond any budget" in one_error_line(res)
+    assert not (tmp_path / "ra.db").exists()
+
+
+@pytest.mark.parametrize(
+    "shape,needle",
+    [
+        (f"1,{HUGE},1,8", "each of B,T,H,D must be below 2^31"),
+        (f"1,{2**31},1,8", "each of B,T,H,D must be below 2^31"),
+        ("1024,1048576,16,64", "1,099,511,627,776 elements, not below 2^40"),
+    ],
+)
+def test_bench_shapes_beyond_any_memory_are_bad_input_before_any_work(tmp_path, shape, needle):
+    res = ra("bench", "--db", tmp_path / "ra.db", "--shape", shape, *CPU[:2])
+    assert needle in one_error_line(res)
+    assert not (tmp_path / "ra.db").exists()
+
+
+def test_a_bench_preset_beyond_any_memory_is_bad_input():
+    from racli.bench.inputs import parse_shape
+    from racli.config.schema import BenchShape
+
+    big = BenchShape(batch=2**20, seq=2**20, heads=1, head_dim=2)
+    with pytest.raises(BadInput, match="shape big is too large"):
+        parse_shape("big", {"big": big})
+    assert parse_shape("1023,1048576,16,64", {})[1].elements == 1023 * 2**30

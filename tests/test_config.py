@@ -215,6 +215,10 @@ BAD_VALUES = [
     ("ray.nodes_per_run", 0, "ray.nodes_per_run", "must be >= 1"),
     ("ray.gpus_per_node", 0, "ray.gpus_per_node", "must be >= 1"),
     ("ray.nodes_per_run", 1.5, "ray.nodes_per_run", "must be an integer"),
+    ("train.lr", 1e308, "train.lr", "must be a float32 number, at most 3.4028234663852886e+38"),
+    ("model.w_rec_init", -1e39, "model.w_rec_init", "at most 3.4028234663852886e+38"),
+    ("experiment.calibration_max_s", 1e39, "experiment.calibration_max_s", "float32"),
+    ("bench.shapes.tiny.seq", 2**31, "bench.shapes.tiny.seq", "must be <= 2147483647"),
 ]
 
 
@@ -275,6 +279,9 @@ def test_apply_overrides_sets_values():
     # a preset field through the model section
     assert apply_overrides(cfg, ["model.n_layer=3"]).model_fields()["n_layer"] == 3
     assert apply_overrides(cfg, []) is cfg
+    # the largest float32 is a float setting's limit, and kept as it is
+    edge = apply_overrides(cfg, ["model.w_rec_init=-3.4028234663852886e38"])
+    assert edge.model.w_rec_init == -3.4028234663852886e38
 
 
 @pytest.mark.parametrize(
@@ -289,6 +296,10 @@ def test_apply_overrides_sets_values():
         ("train.lr=-1", "must be > 0"),
         ("train.gate_lr_mult=0", "must be > 0"),
         ("model.preset=huge", "unknown preset"),
+        ("train.lr=1e308", "train.lr: must be a float32 number"),
+        ("train.gate_lr_mult=1e308", "at most 3.4028234663852886e+38 in magnitude"),
+        ("model.w_std_init=1e308", "model.w_std_init: must be a float32 number"),
+        ("model.w_rec_init=-1e308", "model.w_rec_init: must be a float32 number"),
     ],
 )
 def test_apply_overrides_rejects_bad_items(item, reason):

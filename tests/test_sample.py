@@ -171,6 +171,22 @@ def test_sample_bad_input_exits_2(runs, args, message):
     assert message in r.stderr and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tokens", 99999999999999999999], "--tokens must be at most 1,000,000"),
+        (["--tokens", 1_000_001], "--tokens must be at most 1,000,000, got 1000001"),
+        (["--samples", 99999999999999999999], "--samples must be at most 1,000"),
+    ],
+)
+def test_sample_counts_past_their_limit_are_bad_input_before_loading(tmp_path, args, message):
+    db = tmp_path / "ra.db"
+    r = invoke("sample", "--db", db, "--run", 1, *args)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"ra: error: {message}") and r.stderr.count("\n") == 1
+    assert not db.exists()
+
+
 # ---------------------------------------------------------------------------- export-weights
 
 

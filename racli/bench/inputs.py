@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from racli.config.schema import BenchShape
+from racli.config.schema import MAX_SHAPE_DIM, MAX_SHAPE_ELEMENTS, BenchShape
 from racli.errors import BadInput
 from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
 from racli.names import comma_list
@@ -40,7 +40,7 @@ def parse_shape(text: str, presets: dict[str, BenchShape]) -> tuple[str, BenchSh
     """
     text = (text or "").strip()
     if text in presets:
-        return text, presets[text]
+        return text, check_shape_size(text, presets[text])
     valid = ", ".join(presets) if presets else "none"
     if "," not in text:
         raise BadInput(f"unknown shape '{text}' (valid: a preset ({valid}) or B,T,H,D)")
@@ -55,8 +55,21 @@ def parse_shape(text: str, presets: dict[str, BenchShape]) -> tuple[str, BenchSh
         )
     if values[3] < 2:
         raise BadInput(f"bad shape '{text}': head_dim must be at least 2")
+    if max(values) > MAX_SHAPE_DIM:
+        raise BadInput(f"bad shape '{text}': each of B,T,H,D must be below 2^31")
     b, t, h, d = values
-    return ",".join(map(str, values)), BenchShape(batch=b, seq=t, heads=h, head_dim=d)
+    name = ",".join(map(str, values))
+    return name, check_shape_size(name, BenchShape(batch=b, seq=t, heads=h, head_dim=d))
+
+
+def check_shape_size(name: str, shape: BenchShape) -> BenchShape:
+    """`shape`, unless one q/k/v tensor of it is beyond any device's memory (BadInput)."""
+    if shape.elements >= MAX_SHAPE_ELEMENTS:
+        raise BadInput(
+            f"shape {name} is too large: one q/k/v tensor (B x T x H x D) has "
+            f"{shape.elements:,} elements, not below 2^40"
+        )
+    return shape
 
 
 def _expand(

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from racli.commands import common, completers
+from racli.experiment.plan import check_seed
 from racli.text.terminal import for_stream, visible
 
 AttnOpt = Annotated[
@@ -85,7 +86,8 @@ BackendOpt = Annotated[
 SeedOpt = Annotated[
     int,
     typer.Option(
-        "--seed", help="Seed of the weights and inputs (the same for every configuration)."
+        "--seed",
+        help="Seed of the weights and inputs (the same for every configuration), 0 to 2^63 - 1.",
     ),
 ]
 TagOpt = Annotated[
@@ -126,6 +128,7 @@ def bench(
     from racli.bench import run as bench_run
     from racli.bench.ranking import best_vs_best
 
+    check_seed(seed)
     cfg = common.config(config)
     p = bench_run.plan(
         cfg=cfg,

@@ -16,6 +16,17 @@ from racli.names import check_run_id
 from racli.text.terminal import visible
 
 SEPARATOR = "-" * 40
+# beyond these, a typing mistake: a million tokens is a few books of text per sample
+MAX_TOKENS = 1_000_000
+MAX_SAMPLES = 1_000
+
+
+def check_counts(tokens: int, samples: int) -> None:
+    """BadInput for more tokens or samples than anyone reads (before any model is loaded)."""
+    if tokens > MAX_TOKENS:
+        raise BadInput(f"--tokens must be at most {MAX_TOKENS:,}, got {tokens}")
+    if samples > MAX_SAMPLES:
+        raise BadInput(f"--samples must be at most {MAX_SAMPLES:,}, got {samples}")
 
 
 def _trained(run: int | None, checkpoint: Path | None, weights: Path | None, db, config):
@@ -69,7 +80,10 @@ def sample(
             show_default=False,
         ),
     ] = "\n",
-    tokens: Annotated[int, typer.Option("--tokens", help="New tokens per sample.")] = 200,
+    tokens: Annotated[
+        int,
+        typer.Option("--tokens", help="New tokens per sample (1 to 1,000,000: a few books)."),
+    ] = 200,
     temperature: Annotated[
         float,
         typer.Option("--temperature", help="Softmax temperature; 0 takes the likeliest token."),
@@ -78,8 +92,8 @@ def sample(
         Optional[int],
         typer.Option("--top-k", help="Draw from the k likeliest tokens only (0: all)."),
     ] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws.")] = 0,
-    samples: Annotated[int, typer.Option("--samples", help="Number of samples.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws (0 to 2^63 - 1).")] = 0,
+    samples: Annotated[int, typer.Option("--samples", help="Number of samples (1 to 1,000).")] = 1,
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: cuda when there).")
     ] = "auto",
@@ -101,6 +115,7 @@ def sample(
         device=device,
     )
     check_settings(settings)
+    check_counts(tokens, samples)
     trained = _trained(run, checkpoint, weights, db, config)
     out = draw(trained, settings)
     if json:

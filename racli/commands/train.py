@@ -13,7 +13,7 @@ import typer
 
 from racli.commands import common, completers
 from racli.errors import Interrupted
-from racli.experiment.plan import parse_extra_config
+from racli.experiment.plan import check_seed, parse_extra_config
 from racli.text.terminal import visible
 
 
@@ -68,7 +68,7 @@ def train(
         int | None,
         typer.Option(
             "--seed",
-            help="Seed of the model init and of the batch order (default 0).",
+            help="Seed of the model init and of the batch order, 0 to 2^63 - 1 (default 0).",
             show_default=False,
         ),
     ] = None,
@@ -187,6 +187,8 @@ def train(
         tensorboard=tensorboard,
     )
     launch.check_options(opts)
+    if seed is not None:
+        check_seed(seed)
     cfg = common.config(config)
     location = common.db_location(db, cfg)
     try:

@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from racli.errors import BadInput
 from racli.names import SDPA_BACKENDS, comma_list
@@ -47,7 +56,19 @@ def _split(value: Any) -> Any:
     return comma_list(value) if isinstance(value, str) else value
 
 
-Number = Annotated[float, BeforeValidator(yaml11_float)]
+# the largest float32: settings end up in float32 tensors, and a larger one overflows there
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise PydanticCustomError(
+            "float32_range", f"must be a float32 number, at most {FLOAT32_MAX!r} in magnitude"
+        )
+    return value
+
+
+Number = Annotated[float, BeforeValidator(yaml11_float), AfterValidator(_float32)]
 Names = Annotated[list[str], BeforeValidator(_split)]
 OnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off_word)]
 
@@ -89,11 +110,22 @@ class ModelConfig(_Schema):
     vocab_size: int | None = Field(ge=2)
 
 
+# a bench shape: each dimension below 2^31 (the reach of a kernel's 32-bit index), and one
+# q/k/v tensor (B x T x H x D) below 2^40 elements (2 TiB in float16: past any device's memory)
+MAX_SHAPE_DIM = 2**31 - 1
+MAX_SHAPE_ELEMENTS = 2**40
+
+
 class BenchShape(_Schema):
-    batch: int = Field(ge=1)
-    seq: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    head_dim: int = Field(ge=2)
+    batch: int = Field(ge=1, le=MAX_SHAPE_DIM)
+    seq: int = Field(ge=1, le=MAX_SHAPE_DIM)
+    heads: int = Field(ge=1, le=MAX_SHAPE_DIM)
+    head_dim: int = Field(ge=2, le=MAX_SHAPE_DIM)
+
+    @property
+    def elements(self) -> int:
+        """Elements of one q/k/v tensor."""
+        return self.batch * self.seq * self.heads * self.head_dim
 
 
 class BenchConfig(_Schema):

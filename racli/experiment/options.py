@@ -15,6 +15,7 @@ from racli.text import tensorboard as tb_files
 from racli.training import tensorboard as tb
 
 LAUNCHERS = ("local", "slurm", "ray")
+MAX_SEEDS = 10_000  # --max-seeds beyond this is a typing mistake (every look is planned ahead)
 
 
 def settings_from_options(
@@ -36,11 +37,18 @@ def settings_from_options(
     checked, the launcher named. `rest`: Settings fields taken as they are."""
     arms = plan.parse_arms(attn, ATTENTION_NAMES)
     seed_list = plan.parse_seeds(seeds)
-    plan.check_aa_seeds(arms, seed_list + ([max(seed_list) + max_seeds] if max_seeds else []))
+    if max_seeds is not None and not 2 <= max_seeds <= MAX_SEEDS:
+        raise BadInput(f"--max-seeds must be between 2 and {MAX_SEEDS:,}, got {max_seeds}")
+    # --until-settled adds seeds after the largest one: none goes past this
+    last_seed = max(seed_list) + (max_seeds or 0)
+    if last_seed > plan.MAX_SEED:
+        raise BadInput(
+            f"--seeds up to {max(seed_list)} with --max-seeds {max_seeds} would add seeds "
+            f"past 2^63 - 1, the largest seed"
+        )
+    plan.check_aa_seeds(arms, seed_list + [last_seed])
     device_list = plan.parse_devices(devices, device)
     check_report_path(report)
-    if max_seeds is not None and max_seeds < 2:
-        raise BadInput(f"--max-seeds must be at least 2, got {max_seeds}")
     overrides = list(overrides or []) + ([tb.override(tensorboard)] if tensorboard else [])
     ecfg = experiment_config(cfg, overrides)  # validates --set before any work
     if ecfg.train.tensorboard is not None:

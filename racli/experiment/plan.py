@@ -85,13 +85,25 @@ def parse_arms(text: str | None, valid: tuple[str, ...] | None = None) -> list[A
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
 
+#: the largest seed: the store keeps seeds in a signed 64-bit INTEGER column
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    """BadInput unless 0 <= seed <= MAX_SEED (the rule of every seed option)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"{option} must be between 0 and 2^63 - 1, got {seed}")
+
 
 def parse_seeds(text: str | None) -> list[int]:
     """``1-5`` / ``1,3,5`` / ``1-3,7`` -> sorted distinct seeds."""
+    text = text or ""
+    if not text.strip():
+        raise BadInput("--seeds is empty: give a range like 1-5 or a list like 1,3,5")
     seeds: list[int] = []
-    for part in (text or "").split(","):
+    for part in text.split(","):
         if not part.strip():
-            continue
+            raise BadInput(f"bad --seeds '{text}': an empty item (a comma too many)")
         m = _RANGE.match(part)
         if not m:
             raise BadInput(f"bad --seeds '{text}': expected a range like 1-5 or a list like 1,3,5")
@@ -101,11 +113,9 @@ def parse_seeds(text: str | None) -> list[int]:
             raise BadInput(f"bad --seeds '{text}': range {lo}-{hi} runs backwards")
         if hi - lo > 10_000:
             raise BadInput(f"bad --seeds '{text}': more than 10,000 seeds")
+        for seed in (lo, hi):
+            check_seed(seed, "every seed of --seeds")
         seeds.extend(range(lo, hi + 1))
-    if not seeds:
-        raise BadInput("--seeds is empty: give a range like 1-5 or a list like 1,3,5")
-    if any(s < 0 for s in seeds):
-        raise BadInput(f"bad --seeds '{text}': seeds are not negative")
     return sorted(set(seeds))
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from racli import errors
 from racli.errors import BadInput
 from racli.experiment.plan import Arm, Budget, Job
-from racli.training.budget import check_minutes
+from racli.training.budget import check_budget_range, check_minutes
 
 if TYPE_CHECKING:
     from racli.experiment.judge import ArmVerdict
@@ -41,6 +41,7 @@ class Settings:
 def check_settings(settings: Settings) -> None:
     """Bad input in the settings themselves (before any work)."""
     check_minutes(settings.minutes)
+    check_budget_range(settings.minutes, None)  # the limit of `ra train --minutes`
     if settings.until_settled:
         if settings.max_seeds is None:
             raise BadInput("--until-settled needs --max-seeds N (the most seeds per arm)")

@@ -256,8 +256,7 @@ def summary_text(r) -> str:
         ("Epochs", number(r.epochs, ".3g")),
         (
             "Training time",
-            fmt_seconds(r.train_seconds)
-            + f" (set-up {fmt_seconds(r.setup_s)},"
+            fmt_seconds(r.train_seconds) + f" (set-up {fmt_seconds(r.setup_s)},"
             f" compile warm-up {fmt_seconds(r.compile_s)}, evaluation {fmt_seconds(r.eval_s)},"
             f" not charged)",
         ),
