@@ -182,23 +182,29 @@ def test_a_resumed_child_keeps_its_tensorboard_folder(tmp_path, items, want):
         store.close()
 
 
-def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
-    """An interrupted run with no checkpoint, recorded by an older ra (no data_path), is
-    started again as a new run; one recorded now is trained again from step 0 under its own
-    id (`ra train --resume`); with its checkpoint in place, it is resumed."""
-    store = open_store(str(tmp_path / "ra.db"))
-    started = []
+def _watched_context(tmp_path, store):
+    """A context whose view notes and starts land in `lines`, and a Popen stand-in that
+    keeps each child's argv in `started` (patched in by the test)."""
+    started, lines = [], []
 
     class FakePopen:
         def __init__(self, argv, **kw):
             started.append(argv)
 
-    monkeypatch.setattr(local.subprocess, "Popen", FakePopen)
+    ctx = _context(tmp_path, store)
+    ctx.view.note = lines.append
+    ctx.view.started = lambda device, label, total: lines.append(f"{label} {total}")
+    return ctx, FakePopen, started, lines
+
+
+def test_child_without_checkpoint_starts_again(tmp_path, monkeypatch):
+    """An interrupted run with no checkpoint, recorded by an older ra (no data_path), is
+    started again as a new run; one recorded now is trained again from step 0 under its own
+    id (`ra train --resume`); with its checkpoint in place, it is resumed."""
+    store = open_store(str(tmp_path / "ra.db"))
     try:
-        ctx = _context(tmp_path, store)
-        lines = []
-        ctx.view.note = lines.append
-        ctx.view.started = lambda device, label, total: lines.append(f"{label} {total}")
+        ctx, fake_popen, started, lines = _watched_context(tmp_path, store)
+        monkeypatch.setattr(local.subprocess, "Popen", fake_popen)
         job = plan.schedule(ctx.settings.arms, [1], 1)[0]
         stopped = types.SimpleNamespace(id=5, config={})
         child = local._start_child(ctx, 0, job, "resume", stopped)
@@ -241,17 +247,8 @@ def test_a_run_whose_checkpoint_is_elsewhere_is_kept_and_trained_anew(tmp_path, 
     recorded): the job starts a new run and the old one stays as it is; `ra train --resume`
     of it is refused with one line."""
     store = open_store(str(tmp_path / "ra.db"))
-    started = []
-
-    class FakePopen:
-        def __init__(self, argv, **kw):
-            started.append(argv)
-
     try:
-        ctx = _context(tmp_path, store)
-        lines = []
-        ctx.view.note = lines.append
-        ctx.view.started = lambda device, label, total: lines.append(f"{label} {total}")
+        ctx, fake_popen, started, lines = _watched_context(tmp_path, store)
         job = plan.schedule(ctx.settings.arms, [1], 1)[0]
         rec = RunRecorder.start(
             store, kind="train", attn="baseline", config={"data_path": "builtin:shakespeare"},
@@ -262,7 +259,7 @@ def test_a_run_whose_checkpoint_is_elsewhere_is_kept_and_trained_anew(tmp_path, 
             rec.metric(step, "train_loss", 3.0)
         rec.metric(20, "checkpoint_s", 1.5)
         rec.end("interrupted")
-        monkeypatch.setattr(local.subprocess, "Popen", FakePopen)  # after git's provenance
+        monkeypatch.setattr(local.subprocess, "Popen", fake_popen)  # after git's provenance
         gone = types.SimpleNamespace(id=rec.run_id, config={"data_path": "builtin:shakespeare"})
         local._start_child(ctx, 0, job, "resume", gone).log.close()
         assert "--resume" not in started[0]
