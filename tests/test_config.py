@@ -300,6 +300,7 @@ def test_apply_overrides_sets_values():
         ("train.gate_lr_mult=1e308", "at most 3.4028234663852886e+38 in magnitude"),
         ("model.w_std_init=1e308", "model.w_std_init: must be a float32 number"),
         ("model.w_rec_init=-1e308", "model.w_rec_init: must be a float32 number"),
+        ("train.lr=1e38", "train.lr: 1e+38 (x gate_lr_mult 1) makes the optimizer's first step"),
     ],
 )
 def test_apply_overrides_rejects_bad_items(item, reason):
@@ -309,6 +310,14 @@ def test_apply_overrides_rejects_bad_items(item, reason):
     msg = str(info.value)
     assert reason in msg and "\n" not in msg
     assert msg.startswith("--set")
+
+
+def test_a_learning_rate_whose_first_step_overflows_is_refused():
+    cfg = load_config(packaged_config_path())
+    with pytest.raises(ConfigError, match="overflow float32"):
+        apply_overrides(cfg, ["train.lr=1e30", "train.gate_lr_mult=1e10"])  # 1e40 / 0.1
+    ok = apply_overrides(cfg, ["train.lr=1e30", "train.gate_lr_mult=1e7"])  # 1e38 fits
+    assert ok.train.lr == 1e30
 
 
 # ---- the database location -------------------------------------------------

@@ -20,7 +20,14 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from racli.config.schema import AUTO_PRESET, AUTO_PRESETS, BENCH_MODES, Config, yaml11_float
+from racli.config.schema import (
+    AUTO_PRESET,
+    AUTO_PRESETS,
+    BENCH_MODES,
+    FLOAT32_MAX,
+    Config,
+    yaml11_float,
+)
 from racli.errors import BadInput
 from racli.names import ATTENTION_NAMES
 
@@ -204,6 +211,16 @@ def _validate_cross(cfg: Config) -> None:
             src,
             "bench.shape",
             f"unknown shape '{cfg.bench.shape}' (valid: auto, {', '.join(cfg.bench.shapes)})",
+        )
+    t = cfg.train  # Adam's first step is lr / (1 - beta1), its decay lr x weight_decay
+    top = t.lr * max(1.0, t.gate_lr_mult)
+    if max(top / (1.0 - t.beta1), top * t.weight_decay) > FLOAT32_MAX:
+        raise ConfigError(
+            src,
+            "train.lr",
+            f"{t.lr:g} (x gate_lr_mult {t.gate_lr_mult:g}) makes the optimizer's first step "
+            f"lr / (1 - beta1) or its decay lr x weight_decay overflow float32 "
+            f"({FLOAT32_MAX:.4g})",
         )
     # `auto` is checked as it resolves without a device (tiny); a run checks its resolution
     fields = cfg.model_fields()
