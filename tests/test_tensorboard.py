@@ -196,6 +196,7 @@ def test_export_tensorboard_bad_input(tmp_path):
     for args, message in cases:
         r = invoke("runs", "export", "--db", db, *args)
         assert r.exit_code == 2 and message in r.stderr, (args, r.output)
+        assert not (tmp_path / "tb").exists(), args  # no folder made for a refused export
 
 
 def test_without_tensorboard_one_line_names_the_extra(tmp_path, monkeypatch):

@@ -102,9 +102,10 @@ def export_runs(
     """Write the train runs `run_ids` (else those matching `filters`, oldest first) under
     `root`, one folder per run."""
     check_available()
+    runs = _runs(store, run_ids, filters)  # unknown ids refused before the folder is made
     root = check_folder(root)
     out = []
-    for run in _runs(store, run_ids, filters):
+    for run in runs:
         folder = run_folder(root, run.id, run.attn)
         if folder.is_dir() and any(folder.glob("events.out.tfevents.*")):
             out.append(Exported(run.id, folder, 0, skipped=True))
