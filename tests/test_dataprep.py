@@ -586,6 +586,8 @@ def test_every_bad_source_exits_2_with_one_line(tmp_path):
         (["--val-fraction", "0.9"], "--val-fraction"),
         (["--workers", "0"], "--workers"),
         (["--glob", "**/*.py"], "no SOURCE is a folder"),
+        (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1"),
+        (["--seed", "99999999999999999999"], "--seed must be between 0 and 2^63 - 1"),
     ],
 )
 def test_bad_options_exit_2(tmp_path, args, reason):

@@ -72,8 +72,8 @@ class PrepareSettings:
             raise BadInput(f"--max-tokens must be a positive number, got {self.max_tokens}")
         if self.workers is not None and self.workers < 1:
             raise BadInput(f"--workers must be at least 1, got {self.workers}")
-        if self.seed < 0:
-            raise BadInput(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= 2**63 - 1:  # the rule of every seed option
+            raise BadInput(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
         if self.tokenizer_sample_bytes < 1:
             raise BadInput("the tokenizer sample must be at least one byte")
         if not self.text_field:
