@@ -333,3 +333,20 @@ def test_a_command_on_recorded_runs_leaves_an_empty_file_empty(tmp_path, args):
     err = one_line_error(ra_inprocess(*args, "--db", str(path)))
     assert "empty file, not an ra store" in err
     assert path.stat().st_size == 0 and _files(tmp_path) == ["empty.db"]
+
+
+def test_experiment_status_makes_no_folder_and_tries_no_report(tmp_path):
+    """`ra experiment --status` only reads: its --tensorboard folder is not made, its
+    --report is not tried for writing, the store is unchanged."""
+    path = tmp_path / "ra.db"
+    make_db(path)
+    before = db_dump(path)
+    res = ra_inprocess(
+        "experiment", "--attn", "baseline,ra_v5", "--seeds", "1", "--minutes", "0.01",
+        "--device", "cpu", "--status", "--tensorboard", str(tmp_path / "tb"),
+        "--report", str(tmp_path / "r.md"), "--db", str(path),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert "not started" in res.stdout
+    assert db_dump(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ra.db")) == []

@@ -195,10 +195,10 @@ def experiment(
         seeds=seeds,
         devices=devices,
         device=device,
-        report=report,
+        report=None if status else report,  # --status reads: nothing is tried for writing
         max_seeds=max_seeds,
         overrides=set_,
-        tensorboard=tensorboard,
+        tensorboard=None if status else tensorboard,  # outside the key (not a run setting)
         launcher=launcher,
         minutes=minutes,
         preset=model,
