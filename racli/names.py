@@ -18,6 +18,7 @@ the functions that need it).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -198,8 +199,6 @@ def check_writable_file(path: Path, what: str) -> None:
     an existing file opened to append (nothing in it changes) and a probe file created and
     removed beside it, so a read-only folder or a file system such as /proc is refused
     before any work rather than when the result is written."""
-    import os
-
     parent = path.parent if str(path.parent) else Path(".")
     try:
         if path.exists():
@@ -216,6 +215,14 @@ def check_writable_file(path: Path, what: str) -> None:
 
 
 MAX_RUN_ID = 2**63 - 1
+#: the largest seed: the store keeps seeds in a signed 64-bit INTEGER column
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    """BadInput unless 0 <= seed <= MAX_SEED (the rule of every seed option)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"{option} must be between 0 and 2^63 - 1, got {seed}")
 
 
 def check_run_id(run_id: int, option: str = "run id") -> int:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from racli.commands import common, completers
-from racli.experiment.plan import check_seed
+from racli.names import check_seed
 from racli.text.terminal import for_stream, visible
 
 AttnOpt = Annotated[

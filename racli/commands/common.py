@@ -70,7 +70,7 @@ def check_not_store(path, db: str | None, cfg: Config, what: str) -> None:
     or -journal files): writing it would replace what is recorded."""
     if path is None:
         return
-    from racli.store.urls import sqlite_path
+    from racli.store.urls import SQLITE_SIDE_FILES, sqlite_path
 
     try:
         store = sqlite_path(db_location(db, cfg))
@@ -85,9 +85,6 @@ def check_not_store(path, db: str | None, cfg: Config, what: str) -> None:
             f"{what} {path} is the results database ({store}): writing it would replace "
             "what is recorded; choose another file"
         )
-
-
-SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):

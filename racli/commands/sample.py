@@ -16,17 +16,6 @@ from racli.names import check_run_id
 from racli.text.terminal import visible
 
 SEPARATOR = "-" * 40
-# beyond these, a typing mistake: a million tokens is a few books of text per sample
-MAX_TOKENS = 1_000_000
-MAX_SAMPLES = 1_000
-
-
-def check_counts(tokens: int, samples: int) -> None:
-    """BadInput for more tokens or samples than anyone reads (before any model is loaded)."""
-    if tokens > MAX_TOKENS:
-        raise BadInput(f"--tokens must be at most {MAX_TOKENS:,}, got {tokens}")
-    if samples > MAX_SAMPLES:
-        raise BadInput(f"--samples must be at most {MAX_SAMPLES:,}, got {samples}")
 
 
 def _trained(run: int | None, checkpoint: Path | None, weights: Path | None, db, config):
@@ -115,7 +104,6 @@ def sample(
         device=device,
     )
     check_settings(settings)
-    check_counts(tokens, samples)
     trained = _trained(run, checkpoint, weights, db, config)
     out = draw(trained, settings)
     if json:

@@ -13,7 +13,8 @@ import typer
 
 from racli.commands import common, completers
 from racli.errors import Interrupted
-from racli.experiment.plan import check_seed, parse_extra_config
+from racli.experiment.plan import parse_extra_config
+from racli.names import check_seed
 from racli.text.terminal import visible
 
 

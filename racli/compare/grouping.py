@@ -413,10 +413,8 @@ def _arm_label(config: dict | None) -> str | None:
     """The arm a run was recorded under when it is one of a repeated variant (``baseline#2``)."""
     entry = (config or {}).get(run_design.EXPERIMENT_KEY)
     arm = entry.get("arm") if isinstance(entry, dict) else None
-    if not isinstance(arm, str) or "#" not in arm:
-        return None
     try:
-        return arm if split_arm(arm)[1] is not None else None
+        return arm if isinstance(arm, str) and split_arm(arm)[1] is not None else None
     except BadInput:  # not an arm's label
         return None
 

@@ -42,6 +42,7 @@ from racli.dataprep.writer import (
     tidy_leftovers,
 )
 from racli.errors import BadInput
+from racli.names import check_seed
 
 DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_SAMPLE_BYTES = 100_000_000
@@ -72,8 +73,7 @@ class PrepareSettings:
             raise BadInput(f"--max-tokens must be a positive number, got {self.max_tokens}")
         if self.workers is not None and self.workers < 1:
             raise BadInput(f"--workers must be at least 1, got {self.workers}")
-        if not 0 <= self.seed <= 2**63 - 1:  # the rule of every seed option
-            raise BadInput(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
+        check_seed(self.seed)
         if self.tokenizer_sample_bytes < 1:
             raise BadInput("the tokenizer sample must be at least one byte")
         if not self.text_field:

@@ -20,6 +20,7 @@ No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -108,10 +109,8 @@ def check_writable(out: Path) -> None:
         ) from None
     finally:
         for folder in reversed(made):
-            try:
+            with contextlib.suppress(OSError):
                 folder.rmdir()
-            except OSError:
-                pass
 
 
 def output_paths(out: Path) -> Callable[[Path], bool]:

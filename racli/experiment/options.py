@@ -10,7 +10,7 @@ from racli.experiment import plan
 from racli.experiment.jobs import experiment_config
 from racli.experiment.report import check_report_path
 from racli.experiment.results import Settings, check_settings
-from racli.names import ATTENTION_NAMES
+from racli.names import ATTENTION_NAMES, MAX_SEED
 from racli.text import tensorboard as tb_files
 from racli.training import tensorboard as tb
 
@@ -41,7 +41,7 @@ def settings_from_options(
         raise BadInput(f"--max-seeds must be between 2 and {MAX_SEEDS:,}, got {max_seeds}")
     # --until-settled adds seeds after the largest one: none goes past this
     last_seed = max(seed_list) + (max_seeds or 0)
-    if last_seed > plan.MAX_SEED:
+    if last_seed > MAX_SEED:
         raise BadInput(
             f"--seeds up to {max(seed_list)} with --max-seeds {max_seeds} would add seeds "
             f"past 2^63 - 1, the largest seed"

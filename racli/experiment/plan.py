@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from racli.errors import BadInput
+from racli.names import check_seed
 
 #: config keys written by an experiment on each of its runs (outside config_hash)
 EXPERIMENT_KEY = "experiment"
@@ -84,15 +85,6 @@ def parse_arms(text: str | None, valid: tuple[str, ...] | None = None) -> list[A
 
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
-
-#: the largest seed: the store keeps seeds in a signed 64-bit INTEGER column
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed: int, option: str = "--seed") -> None:
-    """BadInput unless 0 <= seed <= MAX_SEED (the rule of every seed option)."""
-    if not 0 <= seed <= MAX_SEED:
-        raise BadInput(f"{option} must be between 0 and 2^63 - 1, got {seed}")
 
 
 def parse_seeds(text: str | None) -> list[int]:

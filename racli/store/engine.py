@@ -26,7 +26,13 @@ from racli.store.migrate import (
     upgrade,
     upgraded_copy,
 )
-from racli.store.urls import refuse_in_memory, shown, sqlite_path, sqlite_ro_uri
+from racli.store.urls import (
+    SQLITE_SIDE_FILES,
+    refuse_in_memory,
+    shown,
+    sqlite_path,
+    sqlite_ro_uri,
+)
 
 
 def _connect(
@@ -251,7 +257,7 @@ def remove_if_empty(path: Path) -> None:
                 conn.close()
     except (OSError, sqlite3.Error):
         return
-    for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
+    for p in (path, *(Path(f"{path}{s}") for s in SQLITE_SIDE_FILES)):
         try:
             p.unlink()
         except OSError:

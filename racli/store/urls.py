@@ -40,6 +40,10 @@ def sqlite_path(db: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+#: the files SQLite keeps beside a database (write-ahead log, its index, rollback journal)
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 def sqlite_ro_uri(path: Path, immutable: bool) -> str:
     flag = "immutable=1" if immutable else "mode=ro"
     return f"file:{quote(str(path))}?{flag}"

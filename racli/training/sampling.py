@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from racli.errors import BadInput
-from racli.names import resolve_device
+from racli.names import check_seed, resolve_device
 
 DEFAULT_PROMPT = "\n"
 
@@ -31,6 +31,11 @@ class SampleSettings:
     device: str | None = "auto"
 
 
+# beyond these, a typing mistake: a million tokens is a few books of text per sample
+MAX_TOKENS = 1_000_000
+MAX_SAMPLES = 1_000
+
+
 def check_settings(s: SampleSettings) -> None:
     """BadInput for a value no model could sample with (before any model is loaded)."""
     if s.tokens < 1:
@@ -41,8 +46,11 @@ def check_settings(s: SampleSettings) -> None:
         raise BadInput(f"--top-k must be at least 1, got {s.top_k}")
     if s.samples < 1:
         raise BadInput(f"--samples must be at least 1, got {s.samples}")
-    if not 0 <= s.seed < 2**63:
-        raise BadInput(f"--seed must be between 0 and 2^63 - 1, got {s.seed}")
+    if s.tokens > MAX_TOKENS:
+        raise BadInput(f"--tokens must be at most {MAX_TOKENS:,}, got {s.tokens}")
+    if s.samples > MAX_SAMPLES:
+        raise BadInput(f"--samples must be at most {MAX_SAMPLES:,}, got {s.samples}")
+    check_seed(s.seed)
 
 
 @dataclass
