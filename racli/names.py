@@ -18,7 +18,6 @@ the functions that need it).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def check_tag(tag: str | None, option: str = "--tag", max_len: int | None = TAG_
         bad = tag[exc.start].encode("utf-8", "surrogateescape")
         raise BadInput(
             f"{option} is not valid UTF-8 text (byte 0x{bad.hex()} at character "
-            f"{exc.start + 1}): give the tag as UTF-8"
+            f"{exc.start + 1}): give it as UTF-8"
         ) from None
     if "\x00" in tag:
         raise BadInput(f"{option} holds a NUL character")
@@ -175,43 +174,19 @@ PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
 def check_plot_path(plot: str | Path | None) -> Path | None:
     """BadInput unless a plot can be written at `plot`: a .png, .pdf or .svg file (the
-    suffix is the format) in an existing folder, not a folder itself."""
+    suffix is the format) by the rules of every output file (racli.outputs)."""
+    from racli.outputs import check_output_file
+
     if plot is None:
         return None
     plot = Path(plot)
-    parent = plot.parent if str(plot.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write plot {plot}: directory {parent} does not exist")
-    if plot.is_dir():
-        raise BadInput(f"cannot write plot {plot}: it is a directory")
-    if plot.suffix.lower() not in PLOT_FORMATS:
+    if str(plot).strip() and plot.suffix.lower() not in PLOT_FORMATS and not plot.is_dir():
         got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
         raise BadInput(
             f"cannot write plot {plot}: the file name must end in "
             f"{', '.join(PLOT_FORMATS)} (the format), got {got}"
         )
-    check_writable_file(plot, "plot")
-    return plot
-
-
-def check_writable_file(path: Path, what: str) -> None:
-    """BadInput unless a file can be written at `path` (its folder exists): tried for real,
-    an existing file opened to append (nothing in it changes) and a probe file created and
-    removed beside it, so a read-only folder or a file system such as /proc is refused
-    before any work rather than when the result is written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        if path.exists():
-            with open(path, "a"):
-                pass
-        probe = parent / f".{path.name}.probe-{os.getpid()}"
-        try:
-            probe.write_bytes(b"ra")
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
-    except OSError as exc:
-        raise BadInput(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+    return check_output_file(plot, "plot")
 
 
 MAX_RUN_ID = 2**63 - 1

@@ -467,15 +467,17 @@ def test_report_to_dev_null_creates_nothing_in_dev():
 def test_a_read_only_report_folder_is_refused_before_any_work(tmp_path, monkeypatch):
     """os.access said yes where writing fails (a read-only mount, root on a folder it cannot
     write): the probe is a real write."""
+    from racli import outputs
+
     db = tmp_path / "ra.db"
-    real_write = Path.write_bytes
+    real_mkstemp = outputs.tempfile.mkstemp
 
-    def refuse(self, data):
-        if ".probe-" in self.name:
+    def refuse(*args, **kw):
+        if kw.get("suffix") == ".probe":
             raise PermissionError(13, "Permission denied")
-        return real_write(self, data)
+        return real_mkstemp(*args, **kw)
 
-    monkeypatch.setattr(Path, "write_bytes", refuse)
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
     res = ra_inprocess(
         "experiment", "--db", db, "--seeds", "1-2", *ARGS, "--report", tmp_path / "exp.md"
     )

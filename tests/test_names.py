@@ -90,11 +90,11 @@ def test_check_plot_path(tmp_path):
     assert names.check_plot_path(tmp_path / "a.png") == tmp_path / "a.png"
     with pytest.raises(BadInput, match="does not exist"):
         names.check_plot_path(tmp_path / "no" / "a.png")
-    with pytest.raises(BadInput, match="it is a directory"):
+    with pytest.raises(BadInput, match="it is a folder"):
         names.check_plot_path(tmp_path)
     from racli.text import plots  # the plotting functions keep their ValueError
 
-    with pytest.raises(ValueError, match="it is a directory"):
+    with pytest.raises(ValueError, match="it is a folder"):
         plots.check_path(tmp_path)
 
 

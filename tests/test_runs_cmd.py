@@ -241,7 +241,10 @@ def test_delete_removes_rows_and_checkpoint(db):
     ids = [r["id"] for r in json.loads(ok("runs", "--json", "--db", db).stdout)]
     assert ids == [6, 5, 3, 2]
     out = json.loads(ok("runs", "delete", 2, "--yes", "--json", "--db", db).stdout)
-    assert out == {"runs": [2], "metrics": 6, "timings": 0, "gate_values": 8, "checkpoints": []}
+    assert out == {
+        "runs": [2], "metrics": 6, "timings": 0, "gate_values": 8, "checkpoints": [],
+        "checkpoints_kept": [],
+    }  # fmt: skip
 
 
 def test_delete_refuses_a_live_run(db):

@@ -65,26 +65,29 @@ def db_location(db: str | None, cfg: Config) -> str:
     return resolve_db(db or GLOBAL["db"], cfg)
 
 
-def check_not_store(path, db: str | None, cfg: Config, what: str) -> None:
-    """BadInput when an output file `path` is the store itself (or one of its -wal, -shm
-    or -journal files): writing it would replace what is recorded."""
+def check_not_input(path, db: str | None, cfg: Config, what: str) -> None:
+    """BadInput when an output file `path` is one of the command's inputs: the store (or one
+    of its -wal, -shm or -journal files), or the config file; by name, link or hard link.
+    Writing it would replace what is recorded, or the settings."""
     if path is None:
         return
+    from racli.outputs import check_not_input as refuse_inputs
     from racli.store.urls import SQLITE_SIDE_FILES, sqlite_path
 
+    inputs = []
     try:
         store = sqlite_path(db_location(db, cfg))
     except (BadInput, ValueError):
-        return  # an unusable location is reported where the store is opened
-    if store is None:
-        return
-    mine = Path(path).expanduser().resolve()
-    files = [store.resolve()] + [store.with_name(store.name + s) for s in SQLITE_SIDE_FILES]
-    if mine in files:
-        raise BadInput(
-            f"{what} {path} is the results database ({store}): writing it would replace "
-            "what is recorded; choose another file"
-        )
+        store = None  # an unusable location is reported where the store is opened
+    if store is not None:
+        inputs.append((store, "the results database"))
+        inputs += [
+            (store.with_name(store.name + s), f"the results database's {s} file")
+            for s in SQLITE_SIDE_FILES
+        ]
+    if Path(cfg.source).is_file():
+        inputs.append((Path(cfg.source), "the config file"))
+    refuse_inputs(Path(path), what, inputs)
 
 
 def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):

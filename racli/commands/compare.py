@@ -114,7 +114,7 @@ def compare(
     if plot is not None and metric == "ms":
         raise BadInput("--plot draws training curves: it does not apply to --metric ms")
     check_plot_path(plot)
-    common.check_not_store(plot, db, cfg, "--plot")
+    common.check_not_input(plot, db, cfg, "--plot")
     store = common.open_db(db, cfg, readonly=True)
 
     filters = {"candidate": candidate, "baseline": baseline, "tag": tag, "since": since_at}

@@ -135,7 +135,7 @@ def experiment(
         typer.Option(
             "--tensorboard",
             help="Also write every run's TensorBoard events to DIR/run_<id>_<attn> "
-            "(train.tensorboard; pip install 'ra[tb]').",
+            "(train.tensorboard; pip install 'ra\\[tb]').",
             metavar="DIR",
             show_default=False,
         ),
@@ -184,7 +184,7 @@ def experiment(
 
     check_tag(tag)
     cfg = common.config(config)
-    common.check_not_store(report, db, cfg, "--report")
+    common.check_not_input(report, db, cfg, "--report")
     if launcher.strip().lower() in ("slurm", "ray"):  # before anything is printed or created
         from racli.experiment.cluster import check_store
 

@@ -81,12 +81,16 @@ def gates(
     across seeds with --runs or --tag."""
     from racli.gates import runs as gate_runs
 
-    chosen = [name for name, v in (("--run", run), ("--runs", runs), ("--tag", tag)) if v]
+    picks = (("--run", run), ("--runs", runs), ("--tag", tag))
+    chosen = [name for name, v in picks if v is not None]
     if len(chosen) != 1:
         raise BadInput(
             "give one of --run ID, --runs IDS or --tag TAG"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
+    for name, v in picks[1:]:
+        if v is not None and not v.strip():
+            raise BadInput(f"{name} is empty: give {'run ids' if name == '--runs' else 'a tag'}")
     if attn is not None and tag is None:
         raise BadInput("--attn goes with --tag (to pick runs); --run and --runs name them")
     if attn is not None:
@@ -97,7 +101,7 @@ def gates(
         check_run_id(run, "--run")
     check_plot_path(plot)
     cfg = common.config(config)
-    common.check_not_store(plot, db, cfg, "--plot")
+    common.check_not_input(plot, db, cfg, "--plot")
     store = common.open_db(db, cfg, readonly=True)
     if run is not None:
         view = gate_runs.one_run(store, cfg.gates, run, step=step, plot=plot)

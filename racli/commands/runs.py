@@ -15,7 +15,7 @@ import typer
 
 from racli.commands import common, completers, runs_common, runs_export, runs_manage, sample
 from racli.errors import BadInput
-from racli.names import check_run_id
+from racli.names import MAX_RUN_ID, check_run_id
 from racli.text.terminal import visible
 
 app = typer.Typer(
@@ -33,7 +33,7 @@ def runs(
     status: runs_common.StatusOpt = None,
     tag: runs_common.TagOpt = None,
     limit: Annotated[
-        int, typer.Option("--limit", help="Show at most N runs (0: all).", min=0)
+        int, typer.Option("--limit", help="Show at most N runs (0: all).", min=0, max=MAX_RUN_ID)
     ] = 50,
     sort: Annotated[
         Optional[str],
@@ -80,7 +80,10 @@ def runs(
         common.print_json(rows)
     elif not rows:
         filtered = any((kind, attn, status, tag))
-        typer.echo("no runs recorded" + (" match the filters" if filtered else ""))
+        note = "no runs recorded" + (" match the filters" if filtered else "")
+        if tsv:  # a script reads the header alone; the note goes to stderr
+            print_runs_table(rows, sort=sort, tsv=True)
+        typer.echo(note, err=tsv)
     else:
         print_runs_table(rows, sort=sort, tsv=tsv)
 
@@ -124,12 +127,12 @@ def diff_cmd(
 ) -> None:
     """Two runs side by side (run, code, environment, config, final figures), differences marked *."""
     from racli.store import run_details
-    from racli.store.run_diff import diff_text
+    from racli.store.run_diff import diff_text, only_differing
 
     runs_common.check_ids([run_a, run_b])
     diff = run_details.diff(runs_common.open_store(ctx, db, config, readonly=True), run_a, run_b)
     if json:
-        common.print_json(diff)
+        common.print_json(only_differing(diff) if only else diff)
     else:
         typer.echo(visible(diff_text(diff, only_differences=only)))
 

@@ -66,11 +66,11 @@ def open_store(ctx: typer.Context, db, config, *, readonly: bool):
     )
 
 
-def check_not_store(ctx: typer.Context, db, config, path, what: str) -> None:
-    """BadInput when the output `path` is the store of `--db` (see common.check_not_store)."""
+def check_not_input(ctx: typer.Context, db, config, path, what: str) -> None:
+    """BadInput when the output `path` is the store of `--db` (see common.check_not_input)."""
     parent = ctx.obj or {}
     cfg = common.config(config or parent.get("config"))
-    common.check_not_store(path, db or parent.get("db"), cfg, what)
+    common.check_not_input(path, db or parent.get("db"), cfg, what)
 
 
 def check_ids(run_ids) -> None:

@@ -45,12 +45,12 @@ def export(
     status: runs_common.StatusOpt = None,
     tag: runs_common.TagOpt = None,
     tensorboard: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "--tensorboard",
             metavar="DIR",
             help="Write train runs as TensorBoard event files, DIR/run_<id>_<attn> "
-            "(pip install 'ra[tb]').",
+            "(pip install 'ra\\[tb]').",
             show_default=False,
         ),
     ] = None,
@@ -67,6 +67,7 @@ def export(
 ) -> None:
     """Export runs with their final figures as CSV or JSON, (--metrics) their curves, or
     (--tensorboard) TensorBoard event files."""
+    from racli.outputs import atomic_write
     from racli.store import export as exporting
     from racli.store.filters import check_kind_status
 
@@ -77,13 +78,16 @@ def export(
         check_kind_status(kind, status)
         store = runs_common.open_store(ctx, db, config, readonly=True)
         filters = {"attn": attn, "status": status, "tag": tag}
-        for done in export_runs(store, tensorboard, run_ids, **filters):
-            typer.echo(visible(done.line()))
+        done = export_runs(store, tensorboard, run_ids, **filters)
+        for d in done:
+            typer.echo(visible(d.line()))
+        if not done:
+            typer.echo("ra: no train runs match: nothing written", err=True)
         return
     exporting.check_request(fmt, metrics=metrics, names=names)
     check_kind_status(kind, status)
     exporting.check_output(output, fmt)
-    runs_common.check_not_store(ctx, db, config, output, "--output")
+    runs_common.check_not_input(ctx, db, config, output, "--output")
     store = runs_common.open_store(ctx, db, config, readonly=True)
     filters = {"kind": kind, "attn": attn, "status": status, "tag": tag}
     if metrics:
@@ -91,14 +95,14 @@ def export(
         if output is None:
             exporting.write_metrics(store, sys.stdout, fmt, names=wanted, **filters)
             return
-        with exporting.atomic_output(output) as fh:
+        with atomic_write(output) as fh:
             n = exporting.write_metrics(store, fh, fmt, names=wanted, **filters)
-        typer.echo(f"wrote {n} metric value(s) to {output}", err=True)
+        typer.echo(visible(f"wrote {n} metric value(s) to {output}"), err=True)
         return
     text, n = exporting.runs_text(store, fmt, **filters)
     if output is None:
         typer.echo(text, nl=False)
     else:
-        with exporting.atomic_output(output) as fh:
+        with atomic_write(output) as fh:
             fh.write(text)
-        typer.echo(f"wrote {n} run(s) to {output}", err=True)
+        typer.echo(visible(f"wrote {n} run(s) to {output}"), err=True)

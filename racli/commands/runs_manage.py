@@ -11,7 +11,7 @@ import typer
 from racli.commands import common, runs_common
 from racli.errors import BadInput
 from racli.names import check_run_id
-from racli.text.terminal import one_line
+from racli.text.terminal import one_line, visible
 
 
 def tag_cmd(
@@ -126,7 +126,11 @@ def delete_cmd(
     out = delete_runs(store, [r.id for r in runs], cascade=cascade)
     if json:
         common.print_json(out.to_dict())
-        return
-    typer.echo(out.summary())
-    for path in out.checkpoints:
-        typer.echo(f"removed checkpoint {path}")
+    else:
+        typer.echo(out.summary())
+        for path in out.checkpoints:
+            typer.echo(visible(f"removed checkpoint {path}"))
+    for kept in out.kept:
+        typer.echo(visible(f"ra: failed: could not remove checkpoint {kept}"), err=True)
+    if out.kept:
+        raise typer.Exit(1)

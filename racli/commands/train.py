@@ -149,7 +149,7 @@ def train(
         typer.Option(
             "--tensorboard",
             help="Also write TensorBoard events to DIR/run_<id>_<attn> (train.tensorboard; "
-            "pip install 'ra[tb]').",
+            "pip install 'ra\\[tb]').",
             metavar="DIR",
             show_default=False,
         ),

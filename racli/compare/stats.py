@@ -146,7 +146,8 @@ def seeds_needed(
         t_quantile(1 - alpha / 2, np.inf) + t_quantile(POWER, np.inf),
         t_quantile(1 - alpha, np.inf) + t_quantile(0.5 + POWER / 2, np.inf),
     )
-    n0 = (float(z) * spread / threshold) ** 2 * (1 if paired else 2)
+    ratio = min(float(z) * spread / threshold, 1e9)  # capped: a tiny threshold overflows
+    n0 = ratio**2 * (1 if paired else 2)
     start = int(max(2, min(math.floor(n0) - 1, SEEDS_NEEDED_CAP)))
     found = first_ok(np.arange(start, min(start + 16, SEEDS_NEEDED_CAP + 1), dtype=float))
     if found is None and start + 16 <= SEEDS_NEEDED_CAP:

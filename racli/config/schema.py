@@ -68,7 +68,14 @@ def _float32(value: float) -> float:
     return value
 
 
+def _folder(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("empty_folder", "must name a folder (null: none)")
+    return value
+
+
 Number = Annotated[float, BeforeValidator(yaml11_float), AfterValidator(_float32)]
+Folder = Annotated[str, AfterValidator(_folder)]
 Names = Annotated[list[str], BeforeValidator(_split)]
 OnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off_word)]
 
@@ -164,7 +171,7 @@ class TrainConfig(_Schema):
     # (racli_models.step.TrainStep's `reduce`, inside its CUDA graph on CUDA)
     grad_reduce: Literal["ddp", "step"]
     # a folder for TensorBoard event files (one folder per run; null: none); not recorded
-    tensorboard: str | None
+    tensorboard: Folder | None
 
 
 class VerdictConfig(_Schema):

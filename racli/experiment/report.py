@@ -11,7 +11,6 @@ summary, and the loss curves as PNG files written beside the report
 from __future__ import annotations
 
 import math
-import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from racli.compare.text import measured_speed
 from racli.errors import BadInput
 from racli.experiment import judge, text
 from racli.gates.analysis import analyse_gates
-from racli.names import check_writable_file
+from racli.outputs import atomic_write, check_output_file
+from racli.outputs import is_special as special_file
 from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
 from racli.store.queries import gate_rows
@@ -28,32 +28,11 @@ from racli.text.numbers import number
 
 
 def check_report_path(path: Path | None) -> None:
-    """BadInput unless the report (and its PNGs beside it) can be written: tried for real,
-    with a probe file created and removed in its folder. A special file (/dev/null, a pipe)
-    is written as it is, with no PNGs, so nothing is created beside it."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"cannot write report {path}: directory {parent} does not exist")
-    if path.is_dir():
-        raise BadInput(f"cannot write report {path}: it is a directory")
-    if special_file(path):
-        try:
-            with open(path, "a"):
-                pass
-        except OSError as exc:
-            raise BadInput(f"cannot write report {path}: {exc.strerror or exc}") from exc
-        return
-    check_writable_file(path, "report")
-
-
-def special_file(path: Path) -> bool:
-    """Whether `path` exists and is not a regular file (a device such as /dev/null, a pipe)."""
-    try:
-        return not stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
+    """BadInput unless the report (and its PNGs beside it) can be written, by the rules of
+    every output file (racli.outputs). A device or a pipe something reads (/dev/null,
+    `>(cat)`) is written as it is, with no PNGs, so nothing is created beside it."""
+    if path is not None:
+        check_output_file(path, "report", special_ok=True)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -73,6 +52,8 @@ def try_write_report(
         return write_report(path, outcome, store, command=command), None
     except OSError as exc:
         return [], f"cannot write the report {path}: {exc.strerror or exc}"
+    except BadInput as exc:  # the report itself (racli.outputs.atomic_write)
+        return [], str(exc)
 
 
 def write_report(path: Path, outcome, store, *, command: str | None = None) -> list[Path]:
@@ -89,7 +70,8 @@ def write_report(path: Path, outcome, store, *, command: str | None = None) -> l
     lines += _curve_lines(path, outcome, store, runs, written)
     lines += ["## Gates", ""]
     lines += _gate_lines(store, runs)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with atomic_write(path, "wb") as fh:
+        fh.write(("\n".join(lines) + "\n").encode("utf-8"))
     return written
 
 

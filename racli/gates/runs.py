@@ -15,6 +15,9 @@ from racli.names import check_run_id, comma_list
 from racli.store.models import Run
 from racli.store.queries import gate_rows, gate_rows_by_run, get_run, list_runs
 
+#: the most run ids one --runs list may name (a range is expanded into its ids)
+MAX_RUNS = 100_000
+
 
 def parse_run_ids(text: str) -> list[int]:
     """'12,14,16' or '12-16' (or a mix) -> sorted unique ids; BadInput otherwise."""
@@ -29,6 +32,8 @@ def parse_run_ids(text: str) -> list[int]:
         if a < 1 or b < a:
             raise BadInput(f"--runs: {item!r} is not a run id or a range like 12-16")
         check_run_id(b, "--runs")
+        if b - a + 1 + len(ids) > MAX_RUNS:
+            raise BadInput(f"--runs: at most {MAX_RUNS:,} run ids at once, got more from {item!r}")
         ids.update(range(a, b + 1))
     if not ids:
         raise BadInput("--runs: give run ids, e.g. --runs 12,14,16")

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from racli.errors import BadInput
+from racli.outputs import check_output_file
 from racli.store import queries
 from racli.store.columns import EXPORT_COLUMNS
 from racli.store.manage import METRIC_EXPORT_COLUMNS, metric_rows
@@ -35,38 +33,9 @@ def check_request(fmt: str, *, metrics: bool, names: str | None) -> None:
 
 
 def check_output(output: Path | None, fmt: str) -> None:
-    """BadInput for an output file that cannot be written (a missing folder, a folder)."""
-    if output is not None and not output.parent.resolve().is_dir():
-        raise BadInput(f"cannot write {output}: directory {output.parent} does not exist")
-    if output is not None and output.is_dir():
-        raise BadInput(
-            f"cannot write {output}: it is a directory (give a file name, e.g. "
-            f"{output / ('runs.' + fmt)})"
-        )
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[TextIO]:
-    """`with atomic_output(path) as fh:` write a file whole or not at all: into a temporary
-    file beside it, renamed over `path` once complete. A write that fails (a full disk)
-    removes the temporary file, leaves a previous file at `path` as it was, and is one line
-    (BadInput)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        kept = " (the file there before is unchanged)" if path.exists() else ""
-        raise BadInput(f"cannot write {path}: {exc.strerror or exc}{kept}") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """BadInput for an output file that cannot be written (racli.outputs' rules)."""
+    if output is not None:
+        check_output_file(output, "output", example=f"runs.{fmt}")
 
 
 def to_csv(rows: list[dict]) -> str:

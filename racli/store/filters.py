@@ -34,7 +34,10 @@ def parse_since(text: str | None) -> datetime | None:
             "such as 2025-06-01T14:30 (UTC)"
         ) from None
     if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            when = when.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # year 1 or 9999 moved past the calendar's end
+            raise BadInput(f"bad --since '{text}': outside the years 1-9999 in UTC") from None
     return when
 
 

@@ -7,6 +7,7 @@ transaction. No torch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,11 +70,16 @@ def set_tag(store: Store, run_id: int, tag: str | None) -> tuple[str | None, str
     return run.tag, tag
 
 
+#: the longest --reason of an exclusion (it is shown beside the run in tables)
+REASON_MAX = 1000
+
+
 def set_excluded(store: Store, ids, *, excluded: bool, reason: str | None = None) -> list[Run]:
     """Exclude runs from verdicts (kept, shown, listed by `ra compare`) or include
     them again. Returns the runs as they were before."""
     if excluded and not (reason and reason.strip()):
         raise BadInput("say why the run is excluded: --reason TEXT")
+    check_tag(reason, "--reason", max_len=REASON_MAX)
     runs = get_runs(store, ids)
     with store.writing() as conn:
         for chunk in in_chunks([r.id for r in runs]):
@@ -92,6 +98,7 @@ class Deleted:
     timings: int = 0
     gate_values: int = 0
     checkpoints: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # checkpoint files that could not be removed
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +107,7 @@ class Deleted:
             "timings": self.timings,
             "gate_values": self.gate_values,
             "checkpoints": self.checkpoints,
+            "checkpoints_kept": self.kept,
         }
 
     def summary(self) -> str:
@@ -154,6 +162,7 @@ def delete_runs(store: Store, ids, *, cascade: bool = False) -> Deleted:
     then their checkpoint files. With `cascade`, the runs that depend on them too."""
     runs = check_deletable(store, ids, cascade=cascade)
     run_ids = [r.id for r in runs]
+    _check_removable([p for rid in run_ids for p in checkpoint_files(store.db, rid)])
     out = Deleted(runs=run_ids)
     with store.writing() as conn:
         _refuse_started_meanwhile(conn, run_ids)
@@ -170,9 +179,23 @@ def delete_runs(store: Store, ids, *, cascade: bool = False) -> Deleted:
                 path.unlink()
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # the runs are deleted: say what is left behind
+                out.kept.append(f"{path} ({exc.strerror or exc})")
+                continue
             if path.suffix == ".pt":
                 out.checkpoints.append(str(path))
     return out
+
+
+def _check_removable(paths: list[Path]) -> None:
+    """BadInput, before anything is deleted, when an existing checkpoint file could not be
+    removed (its folder is not writable): the runs' records would go and the file stay."""
+    for path in paths:
+        if os.path.lexists(path) and not os.access(path.parent, os.W_OK | os.X_OK):
+            raise BadInput(
+                f"cannot remove checkpoint {path}: its folder {path.parent} is not writable "
+                "(nothing deleted)"
+            )
 
 
 def _refuse_started_meanwhile(conn, run_ids: list[int]) -> None:

@@ -110,6 +110,12 @@ def _change(a: Any, b: Any) -> str:
     return ""
 
 
+def only_differing(diff: dict) -> dict:
+    """The diff with only its differing rows (sections left empty are dropped)."""
+    sections = [{**s, "rows": [r for r in s["rows"] if r["differs"]]} for s in diff["sections"]]
+    return {**diff, "sections": [s for s in sections if s["rows"]]}
+
+
 def diff_text(diff: dict, *, only_differences: bool = False) -> str:
     rows = [r for s in diff["sections"] for r in s["rows"]]
     kw = max([len(r["key"]) for r in rows] + [10])

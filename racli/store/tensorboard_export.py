@@ -25,6 +25,8 @@ def check_request(folder, run_ids, kind, other_output: bool) -> None:
     """BadInput for a --tensorboard export asked for with what does not go with it."""
     if folder is None:
         raise BadInput("run ids go with --tensorboard DIR (the other exports take filters)")
+    if not str(folder).strip():
+        raise BadInput("--tensorboard: give a folder (got an empty name)")
     if other_output:
         raise BadInput("--tensorboard writes event files: leave out --metrics and --output")
     if kind not in (None, "train"):
@@ -103,6 +105,12 @@ def export_runs(
     `root`, one folder per run."""
     check_available()
     runs = _runs(store, run_ids, filters)  # unknown ids refused before the folder is made
+    if not runs:
+        return []  # nothing to write: no folder made
+    for run in runs:
+        folder = run_folder(Path(root).expanduser(), run.id, run.attn)
+        if folder.exists() and not folder.is_dir():
+            raise BadInput(f"cannot write run {run.id}'s events: {folder} is a file, not a folder")
     root = check_folder(root)
     out = []
     for run in runs:

@@ -19,8 +19,12 @@ def check_path(path: str | Path) -> Path:
 
 
 def save(fig, p: Path) -> None:
-    """Write the figure in the format of the file's suffix (checked by `check_path`)."""
-    fig.savefig(p, format=PLOT_FORMATS[p.suffix.lower()])
+    """Write the figure in the format of the file's suffix (checked by `check_path`), whole
+    or not at all (racli.outputs.atomic_write)."""
+    from racli.outputs import atomic_write
+
+    with atomic_write(p, "wb") as fh:
+        fig.savefig(fh, format=PLOT_FORMATS[p.suffix.lower()])
 
 
 def figure(width: float, height: float):

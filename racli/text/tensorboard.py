@@ -81,7 +81,10 @@ def check_available() -> None:
 
 
 def check_folder(root: str | Path) -> Path:
-    """`root` created when absent; BadInput when it cannot be (a file there, no rights)."""
+    """`root` created when absent; BadInput when it cannot be (a file there, no rights, an
+    empty name)."""
+    if not str(root).strip():
+        raise BadInput("--tensorboard: give a folder (got an empty name)")
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise BadInput(f"--tensorboard {root}: a file, not a folder")

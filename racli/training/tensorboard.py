@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from racli.errors import BadInput
 from racli.text.tensorboard import EventLog, run_folder
 
 
@@ -104,6 +105,8 @@ def override(folder: str) -> str:
     import json
     import os
 
+    if not str(folder).strip():
+        raise BadInput("--tensorboard: give a folder (got an empty name)")
     text = os.path.expanduser(str(folder))
     if not os.path.isabs(text) and not text.startswith(("./", "../")):
         text = os.path.join(".", text)

@@ -1,0 +1,164 @@
+"""Files the user names for ra to write: `--plot`, `experiment --report`, `runs export
+--output`. One rule for all of them, checked before any work (`check_output_file`), and one
+way of writing them: whole or not at all (`atomic_write`).
+
+- The name must be a file's: not empty, not a folder, not a link to nothing, in a folder
+  that exists, short enough for its file system. A device, pipe or socket is refused,
+  except where the caller writes a stream (`special_ok`: a report to /dev/null or a pipe
+  something reads); a pipe nothing reads is refused instead of waiting for a reader.
+- The folder is tried for writing with a probe file (created and removed), and an existing
+  file is opened to append (nothing in it changes), so a read-only folder or file is
+  refused before the work rather than when the result is written.
+- It must not be one of the command's inputs (`check_not_input`: the results database, its
+  side files, the config file), by name, by link or by hard link.
+- A regular file is written into a temporary file beside it and renamed over it once
+  complete: a failed write leaves the file there before as it was, and a hard link to the
+  file (another name of the same data) is never written through.
+
+No torch, no database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from racli.errors import BadInput
+
+TEMP_PREFIX = ".ra-"  # the temporary and probe files beside an output
+
+
+def folder_of(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def is_special(path: Path) -> bool:
+    """Whether `path` exists and is not a regular file or a folder (a device, a pipe)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def check_output_file(
+    path: str | Path, what: str, *, special_ok: bool = False, example: str | None = None
+) -> Path:
+    """`path` as a Path, or BadInput (one line) when `what` cannot be written there (rules in
+    the module docstring). `example`: a file name suggested when `path` is a folder."""
+    if not str(path).strip():
+        raise BadInput(f"{what}: give a file name (got an empty one)")
+    path = Path(path)
+
+    def refuse(why: str) -> BadInput:
+        return BadInput(f"cannot write {what} {path}: {why}")
+
+    parent = folder_of(path)
+    try:
+        if not parent.is_dir():
+            if parent.exists():
+                raise refuse(f"{parent} is not a folder")
+            raise refuse(f"folder {parent} does not exist")
+        _check_name_length(path, parent)
+        if path.is_dir():
+            hint = f" (give a file name, e.g. {path / example})" if example else ""
+            raise refuse(f"it is a folder{hint}")
+        if path.is_symlink() and not path.exists():
+            raise refuse(f"it is a link to nothing ({os.readlink(path)})")
+        if is_special(path):
+            if not special_ok:
+                raise refuse("it is not a regular file (a device, pipe or socket)")
+            _try_special(path)
+            return path
+        if path.exists():
+            with open(path, "a"):
+                pass
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=TEMP_PREFIX, suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from exc
+    return path
+
+
+def _try_special(path: Path) -> None:
+    """Open a device or pipe for writing without waiting: a pipe with no reader is refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(exc.errno, "it is a pipe that nothing reads") from exc
+        raise
+    os.close(fd)
+
+
+def _check_name_length(path: Path, parent: Path) -> None:
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    if len(os.fsencode(path.name)) > limit:
+        raise OSError(errno.ENAMETOOLONG, f"the file name is longer than {limit} bytes")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two names reach one file (the same path, a link, or a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where the names lead
+        return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def check_not_input(path: Path | None, what: str, inputs: Iterable[tuple[Path, str]]) -> None:
+    """BadInput when the output `path` is one of `inputs` ((path, what it is) pairs)."""
+    if path is None:
+        return
+    for other, name in inputs:
+        if same_file(Path(path), Path(other)):
+            raise BadInput(
+                f"{what} {path} is {name} ({other}): writing it would replace it; "
+                "choose another file"
+            )
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
+    """`with atomic_write(path) as fh:` (`mode` "w" text, "wb" bytes): a regular file written
+    into a temporary file beside it and renamed over `path` once complete; a device or
+    pipe written as it is. A failure removes the temporary file, leaves the file there
+    before unchanged, and is one line (BadInput)."""
+    path = Path(path)
+    if is_special(path):
+        with open(path, mode.replace("w", "a")) as fh:
+            yield fh
+        return
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder_of(path), prefix=TEMP_PREFIX, suffix=".tmp")
+        kw = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
+        with os.fdopen(fd, mode, **kw) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        kept = " (the file there before is unchanged)" if path.exists() else ""
+        raise BadInput(f"cannot write {path}: {exc.strerror or exc}{kept}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
