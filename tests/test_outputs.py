@@ -216,6 +216,36 @@ def test_read_command_edges_are_one_line(tmp_path, args, why):
     assert why in one_line_error(res)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["runs", "--tag", ""],
+        ["runs", "--attn", " "],
+        ["runs", "--kind", ""],
+        ["runs", "--sort", ""],
+        ["runs", "export", "--metrics", "--name", ""],
+        ["runs", "export", "--tag", ""],
+        ["compare", "--tag", ""],
+        ["compare", "--since", " "],
+    ],
+)
+def test_an_empty_filter_is_refused_not_read_as_no_filter(tmp_path, args):
+    db = tmp_path / "ra.db"
+    make_db(db)
+    assert "is empty: give a value or leave the option out" in one_line_error(
+        ra_inprocess(*args, "--db", db)
+    )
+
+
+def test_filters_read_as_english_in_a_refusal(tmp_path):
+    db = tmp_path / "ra.db"
+    make_db(db)
+    err = one_line_error(ra_inprocess("compare", "--since", "3000-01-01", "--db", db))
+    assert "of 'ra_v5' started since 3000-01-01 00:00" in err
+    err = one_line_error(ra_inprocess("compare", "--tag", "x", "--since", "3000-01-01", "--db", db))
+    assert "with tag 'x' and started since" in err
+
+
 def test_diff_only_differences_in_json_keeps_the_differing_rows(tmp_path):
     db = tmp_path / "ra.db"
     ids = make_db(db)

@@ -69,8 +69,9 @@ def export(
     (--tensorboard) TensorBoard event files."""
     from racli.outputs import atomic_write
     from racli.store import export as exporting
-    from racli.store.filters import check_kind_status
+    from racli.store.filters import check_kind_status, check_not_blank
 
+    check_not_blank(attn=attn, tag=tag, name=names)
     if tensorboard is not None or run_ids:
         from racli.store.tensorboard_export import check_request, export_runs
 

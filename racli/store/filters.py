@@ -13,8 +13,19 @@ KINDS = ("bench", "train", "calibration")
 STATUSES = ("running", *END_STATES, "crashed")
 
 
+def check_not_blank(**options: str | None) -> None:
+    """BadInput for a filter given as an empty or blank string (`--tag ''`): it would
+    otherwise read as no filter at all. Keyword names are the options without dashes."""
+    for name, value in options.items():
+        if value is not None and not value.strip():
+            raise BadInput(
+                f"--{name.replace('_', '-')} is empty: give a value or leave the option out"
+            )
+
+
 def check_kind_status(kind: str | None, status: str | None) -> None:
     """BadInput for an unknown `--kind` or `--status`."""
+    check_not_blank(kind=kind, status=status)
     if kind and kind not in KINDS:
         raise BadInput(f"unknown kind '{kind}' (valid: {', '.join(KINDS)})")
     if status and status not in STATUSES:
@@ -44,10 +55,10 @@ def parse_since(text: str | None) -> datetime | None:
 def filters_text(tag: str | None, since: datetime | None) -> str:
     parts = []
     if tag is not None:
-        parts.append(f"tag '{tag}'")
+        parts.append(f"with tag '{tag}'")
     if since is not None:
         parts.append(f"started since {since.isoformat(sep=' ', timespec='minutes')}")
-    return (" with " + " and ".join(parts)) if parts else ""
+    return (" " + " and ".join(parts)) if parts else ""
 
 
 def filters_dict(tag: str | None, since: datetime | None, any_env: bool) -> dict[str, Any]:
