@@ -8,7 +8,6 @@ One home for each rule:
   `check_sdpa_backend`, `sdpa_backend_context`);
 - the device rule (`resolve_device`: auto, cpu, cuda, cuda:N);
 - comma lists (`comma_list`);
-- plot paths (`check_plot_path`);
 - run tags (`check_tag`: text the store can hold).
 
 This module imports neither torch nor the database (torch is imported inside
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from pathlib import Path
 
 from racli.errors import BadInput
 
@@ -166,27 +164,6 @@ def device_type(device: str) -> str:
 
 
 # ---------------------------------------------------------------------------- plot paths
-
-
-# what `--plot FILE` may be: the suffix chooses the format
-PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
-
-
-def check_plot_path(plot: str | Path | None) -> Path | None:
-    """BadInput unless a plot can be written at `plot`: a .png, .pdf or .svg file (the
-    suffix is the format) by the rules of every output file (racli.outputs)."""
-    from racli.outputs import check_output_file
-
-    if plot is None:
-        return None
-    plot = Path(plot)
-    if str(plot).strip() and plot.suffix.lower() not in PLOT_FORMATS and not plot.is_dir():
-        got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
-        raise BadInput(
-            f"cannot write plot {plot}: the file name must end in "
-            f"{', '.join(PLOT_FORMATS)} (the format), got {got}"
-        )
-    return check_output_file(plot, "plot")
 
 
 MAX_RUN_ID = 2**63 - 1

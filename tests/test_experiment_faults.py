@@ -467,7 +467,7 @@ def test_report_to_dev_null_creates_nothing_in_dev():
 def test_a_read_only_report_folder_is_refused_before_any_work(tmp_path, monkeypatch):
     """os.access said yes where writing fails (a read-only mount, root on a folder it cannot
     write): the probe is a real write."""
-    from racli import outputs
+    from racli.text import outputs
 
     db = tmp_path / "ra.db"
     real_mkstemp = outputs.tempfile.mkstemp

@@ -85,19 +85,6 @@ def test_resolve_device():
     assert names.device_type("cuda:3") == "cuda" and names.device_type("cpu") == "cpu"
 
 
-def test_check_plot_path(tmp_path):
-    assert names.check_plot_path(None) is None
-    assert names.check_plot_path(tmp_path / "a.png") == tmp_path / "a.png"
-    with pytest.raises(BadInput, match="does not exist"):
-        names.check_plot_path(tmp_path / "no" / "a.png")
-    with pytest.raises(BadInput, match="it is a folder"):
-        names.check_plot_path(tmp_path)
-    from racli.text import plots  # the plotting functions keep their ValueError
-
-    with pytest.raises(ValueError, match="it is a folder"):
-        plots.check_path(tmp_path)
-
-
 def test_names_imports_no_torch():
     code = "import sys, racli.names, racli.config; print('torch' in sys.modules)"
     out = subprocess.run(

@@ -1,6 +1,6 @@
 """Files the user names for ra to write (`--plot`, `--report`, `runs export --output`,
 `runs export --tensorboard`) and the read commands' other edges: one rule for every output
-(racli.outputs), checked before any work; the store, its side files and the config file
+(racli.text.outputs), checked before any work; the store, its side files and the config file
 never written over, by any name; nothing made before a refusal. Fast: no torch, no training."""
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import pytest
 from helpers import db_dump, make_db, one_line_error, ra_inprocess
 
 from racli.errors import BadInput
-from racli.outputs import atomic_write, check_not_input, check_output_file, same_file
+from racli.text.outputs import (
+    atomic_write,
+    check_not_input,
+    check_output_file,
+    check_plot_path,
+    same_file,
+)
 
 
 def listing(folder: Path) -> list[str]:
@@ -109,6 +115,19 @@ def test_an_input_is_recognised_by_any_name(tmp_path):
         with pytest.raises(BadInput, match="is the results database"):
             check_not_input(tmp_path / name, "--plot", [(store, "the results database")])
     assert not same_file(tmp_path / "new.png", store)
+
+
+def test_check_plot_path(tmp_path):
+    assert check_plot_path(None) is None
+    assert check_plot_path(tmp_path / "a.png") == tmp_path / "a.png"
+    with pytest.raises(BadInput, match="does not exist"):
+        check_plot_path(tmp_path / "no" / "a.png")
+    with pytest.raises(BadInput, match="it is a folder"):
+        check_plot_path(tmp_path)
+    from racli.text import plots  # the plotting functions keep their ValueError
+
+    with pytest.raises(ValueError, match="it is a folder"):
+        plots.check_path(tmp_path)
 
 
 # ---------------------------------------------------------------------------- commands

@@ -62,7 +62,18 @@ def config(path: str | None = None) -> Config:
 def db_location(db: str | None, cfg: Config) -> str:
     from racli.config import resolve_db
 
-    return resolve_db(db or GLOBAL["db"], cfg)
+    return resolve_db(db if db is not None else GLOBAL["db"], cfg)
+
+
+def location_text(location: str) -> str:
+    """A store's location as output shows it: a URL's password masked, bytes of a file
+    name that are not UTF-8 as \\xNN, control characters made visible."""
+    import os
+
+    from racli.store.urls import shown
+    from racli.text.terminal import visible
+
+    return visible(os.fsencode(shown(location)).decode("utf-8", "backslashreplace"))
 
 
 def check_not_input(path, db: str | None, cfg: Config, what: str) -> None:
@@ -71,8 +82,8 @@ def check_not_input(path, db: str | None, cfg: Config, what: str) -> None:
     Writing it would replace what is recorded, or the settings."""
     if path is None:
         return
-    from racli.outputs import check_not_input as refuse_inputs
     from racli.store.urls import SQLITE_SIDE_FILES, sqlite_path
+    from racli.text.outputs import check_not_input as refuse_inputs
 
     inputs = []
     try:

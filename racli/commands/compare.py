@@ -15,7 +15,7 @@ import typer
 
 from racli.commands import common, completers
 from racli.errors import BadInput
-from racli.names import check_plot_path
+from racli.text.outputs import check_plot_path
 from racli.text.terminal import for_stream, visible
 
 

@@ -24,10 +24,11 @@ def upgrade(db: common.DbOpt = None, config: common.ConfigOpt = None) -> None:
     cfg = common.config(config)
     location = common.db_location(db, cfg)
     before, after = upgrade_store(location)
+    where = common.location_text(location)
     if before == after:
-        typer.echo(f"{location}: schema at revision {after} (up to date)")
+        typer.echo(f"{where}: schema at revision {after} (up to date)")
     else:
-        typer.echo(f"{location}: schema upgraded from {before or 'empty'} to {after}")
+        typer.echo(f"{where}: schema upgraded from {before or 'empty'} to {after}")
 
 
 @app.command("current")
@@ -44,7 +45,7 @@ def current(
     if json:
         common.print_json(
             {
-                "db": location,
+                "db": common.location_text(location),
                 "revision": rev,
                 "head": HEAD_REVISION,
                 "up_to_date": rev == HEAD_REVISION,
@@ -52,7 +53,7 @@ def current(
         )
     else:
         state = "up to date" if rev == HEAD_REVISION else f"this ra's newest is {HEAD_REVISION}"
-        typer.echo(f"{location}: revision {rev or 'none'} ({state})")
+        typer.echo(f"{common.location_text(location)}: revision {rev or 'none'} ({state})")
 
 
 @app.command("merge")

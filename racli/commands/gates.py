@@ -16,7 +16,8 @@ import typer
 
 from racli.commands import common, completers
 from racli.errors import BadInput
-from racli.names import check_attention, check_plot_path, check_run_id
+from racli.names import check_attention, check_run_id
+from racli.text.outputs import check_plot_path
 from racli.text.terminal import for_stream, visible
 
 

@@ -67,9 +67,9 @@ def export(
 ) -> None:
     """Export runs with their final figures as CSV or JSON, (--metrics) their curves, or
     (--tensorboard) TensorBoard event files."""
-    from racli.outputs import atomic_write
     from racli.store import export as exporting
     from racli.store.filters import check_kind_status, check_not_blank
+    from racli.text.outputs import atomic_write
 
     check_not_blank(attn=attn, tag=tag, name=names)
     if tensorboard is not None or run_ids:

@@ -14,6 +14,7 @@ This module imports neither torch nor the database.
 from __future__ import annotations
 
 import os
+import stat
 import types
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -270,15 +271,38 @@ def config_from_dict(data: Any, source: str, *, defaults: dict | None = None) ->
 
 
 def resolve_config_path(path: str | os.PathLike | None) -> Path:
+    """The config file to read: `path` (--config), else ./ra.yaml when present, else the
+    packaged copy. BadInput when `path` is missing, a folder, not a regular file, or
+    cannot be reached."""
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not _regular_file(p, given=True):
             raise BadInput(f"config file not found: {p}")
         return p
     local = Path("ra.yaml")
-    if local.is_file():
+    if _regular_file(local, given=False):
         return local
     return packaged_config_path()
+
+
+def _regular_file(p: Path, *, given: bool) -> bool:
+    """Whether the config file `p` exists; BadInput when it cannot be read as one (a
+    folder, a device or pipe where it was `given`, a path that cannot be reached)."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BadInput(
+            f"cannot read config file {p}: {(exc.strerror or str(exc)).lower()}"
+        ) from None
+    if stat.S_ISREG(mode):
+        return True
+    if not given:
+        return False
+    if stat.S_ISDIR(mode):
+        raise BadInput(f"config path {p} is a folder, not a file")
+    raise BadInput(f"config file {p} is not a regular file (a device, pipe or socket)")
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:
@@ -372,5 +396,19 @@ def apply_overrides(
 
 
 def resolve_db(cli_value: str | None, cfg: Config) -> str:
-    """--db beats RA_DB beats ra.yaml's `db`."""
-    return cli_value or os.environ.get("RA_DB") or cfg.db
+    """--db beats RA_DB beats ra.yaml's `db`. An empty or blank location is bad input
+    naming where it came from; an empty RA_DB counts as unset."""
+    if cli_value is not None:
+        return _location(cli_value, "--db")
+    env = os.environ.get("RA_DB")
+    if env:
+        return _location(env, "RA_DB")
+    if not cfg.db.strip():
+        raise ConfigError(cfg.source, "db", f"{cfg.db!r} is empty: give a file path or a URL")
+    return cfg.db
+
+
+def _location(value: str, where: str) -> str:
+    if not value.strip():
+        raise BadInput(f"{where} {value!r} is empty: give a database file path or URL")
+    return value

@@ -19,17 +19,17 @@ from racli.compare.text import measured_speed
 from racli.errors import BadInput
 from racli.experiment import judge, text
 from racli.gates.analysis import analyse_gates
-from racli.outputs import atomic_write, check_output_file
-from racli.outputs import is_special as special_file
 from racli.store.clocks import medians_by_run
 from racli.store.experiment_queries import experiment_runs
 from racli.store.queries import gate_rows
 from racli.text.numbers import number
+from racli.text.outputs import atomic_write, check_output_file
+from racli.text.outputs import is_special as special_file
 
 
 def check_report_path(path: Path | None) -> None:
     """BadInput unless the report (and its PNGs beside it) can be written, by the rules of
-    every output file (racli.outputs). A device or a pipe something reads (/dev/null,
+    every output file (racli.text.outputs). A device or a pipe something reads (/dev/null,
     `>(cat)`) is written as it is, with no PNGs, so nothing is created beside it."""
     if path is not None:
         check_output_file(path, "report", special_ok=True)
@@ -52,7 +52,7 @@ def try_write_report(
         return write_report(path, outcome, store, command=command), None
     except OSError as exc:
         return [], f"cannot write the report {path}: {exc.strerror or exc}"
-    except BadInput as exc:  # the report itself (racli.outputs.atomic_write)
+    except BadInput as exc:  # the report itself (racli.text.outputs.atomic_write)
         return [], str(exc)
 
 

@@ -10,14 +10,16 @@ racli/store/urls.py.
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
+import stat
 import sys
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from racli.errors import BadInput
+from racli.errors import BadInput, first_line
 from racli.store.connection import BUSY_TIMEOUT_MS, Store, db_error, enable_wal, make_engine
 from racli.store.migrate import (
     HEAD_REVISION,
@@ -35,14 +37,59 @@ from racli.store.urls import (
 )
 
 
+class Damaged(BadInput):
+    """A SQLite file that is damaged or not a database; `detail` is what SQLite says."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+def is_damage(detail: str) -> bool:
+    """Whether a SQLite error says the file is damaged or not a database."""
+    return "malformed" in detail or "file is not a database" in detail
+
+
+def damaged(db: str, detail: str) -> Damaged:
+    """The error for the store at `db` that SQLite finds damaged or not a database."""
+    if "malformed" not in detail:
+        return Damaged(f"cannot open database {shown(db)}: {detail}", detail)
+    path = sqlite_path(db)
+    where = shlex.quote(str(path)) if path is not None else shown(db)
+    return Damaged(
+        f"database {shown(db)} is damaged ({detail}): "
+        f"`sqlite3 {where} .recover > saved.sql` saves what can still be read",
+        detail,
+    )
+
+
+def store_file(db: str) -> Path | None:
+    """The SQLite file of `db` (None for a server), refused before anything opens it
+    when it is a directory or exists and is not a regular file (a device, pipe or
+    socket, which SQLite would hang on or fail on late)."""
+    path = sqlite_path(db)
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise BadInput(f"cannot use database {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(mode):
+        raise BadInput(f"database path {path} is a directory")
+    if not stat.S_ISREG(mode):
+        raise BadInput(f"database {path} is not a regular file (a device, pipe or socket)")
+    return path
+
+
 def _connect(
     db: str, *, readonly: bool = False, immutable: bool = False
 ) -> tuple[Engine, str | None]:
-    """An engine on `db` and its schema revision; bad input when it cannot be read."""
+    """An engine on `db` and its schema revision; bad input when it cannot be read.
+    Damage SQLite meets later through the engine is bad input naming the store."""
     refuse_in_memory(db)
-    path = sqlite_path(db)
-    if path is not None and path.is_dir():
-        raise BadInput(f"database path {path} is a directory")
+    store_file(db)
     try:
         engine = make_engine(db, readonly=readonly, immutable=immutable)
     except ModuleNotFoundError as exc:
@@ -53,10 +100,27 @@ def _connect(
     except Exception as exc:  # bad URL
         raise BadInput(f"cannot open database {shown(db)}: {exc}") from exc
     try:
-        return engine, current_revision(engine)
+        rev = current_revision(engine)
     except DBAPIError as exc:
         engine.dispose()
+        if is_damage(db_error(exc)):
+            raise damaged(db, db_error(exc)) from exc
         raise BadInput(f"cannot open database {shown(db)}: {db_error(exc)}") from exc
+    _watch_damage(engine, db)
+    return engine, rev
+
+
+def _watch_damage(engine: Engine, db: str) -> None:
+    """Make an error of a damaged SQLite store, met while a command works, bad input
+    naming the store (not a failure of the command)."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "handle_error")
+    def _damage(context) -> None:
+        detail = first_line(context.original_exception)
+        if isinstance(context.original_exception, sqlite3.DatabaseError) and is_damage(detail):
+            raise damaged(db, detail)
 
 
 def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
@@ -74,19 +138,41 @@ def _probe_sqlite_ro(path: Path, immutable: bool) -> str | None:
     return None
 
 
-def _connect_readonly(db: str) -> tuple[Engine, str | None]:
-    """A read-only engine on an existing store and its revision; never writes.
+def readonly_mode(path: Path, name: str) -> bool:
+    """How SQLite reads the file at `path` without writing: `mode=ro` (False) or
+    `immutable=1` (True). BadInput naming it `name` when neither can: permission
+    denied, damaged or not a database (`Damaged`), un-checkpointed WAL changes.
 
-    SQLite: `mode=ro` first (it sees committed changes of concurrent writers,
-    WAL included). A WAL database whose folder the user cannot write opens in
-    `mode=ro` only while its -shm file exists; otherwise `immutable=1` is used,
-    which reads the main file alone: allowed only when no -wal file holds
-    un-checkpointed changes (those would be invisible)."""
-    path = sqlite_path(db)
+    `mode=ro` comes first (it sees committed changes of concurrent writers, WAL
+    included). A WAL database whose folder the user cannot write opens in `mode=ro`
+    only while its -shm file exists; otherwise `immutable=1` is used, which reads the
+    main file alone: allowed only when no -wal file holds un-checkpointed changes
+    (those would be invisible)."""
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"cannot read database {name}: permission denied")
+    error = _probe_sqlite_ro(path, immutable=False)
+    if error is None:
+        return False
+    if is_damage(error):
+        raise damaged(name, error)
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise BadInput(
+            f"cannot read database {path} read-only ({error}): its -wal file holds "
+            f"changes not yet in the main file; open it once with write access (or "
+            f"copy the folder) to checkpoint them"
+        )
+    if _probe_sqlite_ro(path, immutable=True) is not None:
+        raise BadInput(f"cannot open database {name}: {error}")
+    return True
+
+
+def _connect_readonly(db: str) -> tuple[Engine, str | None, bool]:
+    """A read-only engine on an existing store, its revision, and whether it reads the
+    file `immutable=1` (see `readonly_mode`); never writes."""
+    path = store_file(db)
     if path is None:
-        return _connect(db, readonly=True)
-    if path.is_dir():
-        raise BadInput(f"database path {path} is a directory")
+        return (*_connect(db, readonly=True), False)
     if not path.exists():
         raise BadInput(
             f"no database at {path} (record a run with `ra bench` or `ra train`, "
@@ -98,29 +184,14 @@ def _connect_readonly(db: str) -> tuple[Engine, str | None]:
         raise BadInput(f"cannot read database {path}: {exc.strerror}") from exc
     if size == 0:
         raise BadInput(f"database {path} is an empty file: not an ra store")
-    if not os.access(path, os.R_OK):
-        raise BadInput(f"cannot read database {path}: permission denied")
-    error = _probe_sqlite_ro(path, immutable=False)
-    if error is None:
-        return _connect(db, readonly=True)
-    wal = Path(f"{path}-wal")
-    if "file is not a database" in error or "malformed" in error:
-        raise BadInput(f"cannot open database {shown(db)}: {error}")
-    if wal.exists() and wal.stat().st_size > 0:
-        raise BadInput(
-            f"cannot read database {path} read-only ({error}): its -wal file holds "
-            f"changes not yet in the main file; open it once with write access (or "
-            f"copy the folder) to checkpoint them"
-        )
-    if _probe_sqlite_ro(path, immutable=True) is not None:
-        raise BadInput(f"cannot open database {shown(db)}: {error}")
-    return _connect(db, readonly=True, immutable=True)
+    immutable = readonly_mode(path, shown(db))
+    return (*_connect(db, readonly=True, immutable=immutable), immutable)
 
 
 def inspect_store(db: str) -> str | None:
     """The schema revision of an existing store, read-only (None: an empty
     PostgreSQL database). A missing, empty or foreign file is bad input."""
-    engine, rev = _connect_readonly(db)
+    engine, rev, _ = _connect_readonly(db)
     try:
         if rev is None:
             _refuse_unversioned(engine, db, empty_ok=sqlite_path(db) is None)
@@ -133,21 +204,15 @@ def check_writable(db: str) -> None:
     """BadInput, before anything is created anywhere, when the store at `db` could not be
     opened for writing: in memory, in a folder that does not exist, not a database (or a
     corrupt one), another program's database, a newer schema, a server that refuses the
-    connection. Reads only; a SQLite file that does not exist yet is fine."""
+    connection, a file or folder the user cannot write. Reads only; a SQLite file that
+    does not exist yet is fine."""
     refuse_in_memory(db)
-    path = sqlite_path(db)
+    path = store_file(db)
     if path is not None:
-        if path.is_dir():
-            raise BadInput(f"database path {path} is a directory")
-        if not path.exists():
-            if not path.parent.is_dir():
-                raise BadInput(
-                    f"cannot create database {path}: directory {path.parent} does not exist"
-                )
+        _check_file_writable(path)
+        if not path.exists() or path.stat().st_size == 0:
             return
-        if path.stat().st_size == 0:
-            return
-    engine, rev = _connect_readonly(db)
+    engine, rev, _ = _connect_readonly(db)
     try:
         _check_known(engine, db, rev)
         if rev is None:
@@ -159,10 +224,10 @@ def check_writable(db: str) -> None:
 def read_revision(db: str) -> str | None:
     """The schema revision of an existing database, reading only (None: no ra
     schema yet). Used before `ra db upgrade`: an empty file is not an error."""
-    path = sqlite_path(db)
+    path = store_file(db)
     if path is not None and path.is_file() and path.stat().st_size == 0:
         return None
-    engine, rev = _connect_readonly(db)
+    engine, rev, _ = _connect_readonly(db)
     engine.dispose()
     return rev
 
@@ -194,7 +259,7 @@ def _check_known(engine: Engine, db: str, rev: str | None) -> None:
 
 
 def _open_readonly(db: str) -> Store:
-    engine, rev = _connect_readonly(db)
+    engine, rev, immutable = _connect_readonly(db)
     try:
         _check_known(engine, db, rev)
         if rev is None:
@@ -208,7 +273,7 @@ def _open_readonly(db: str) -> Store:
                     f"(read commands never change a store)"
                 )
             engine.dispose()
-            engine = upgraded_copy(path)
+            engine = upgraded_copy(path, immutable=immutable)
             sys.stderr.write(
                 f"ra: note: {path} has schema revision {rev} (this ra: "
                 f"{HEAD_REVISION}); read through an upgraded temporary copy, the "
@@ -232,7 +297,7 @@ def open_store(
     """
     if readonly:
         return _open_readonly(db)
-    path = sqlite_path(db)
+    path = store_file(db)
     created = path is not None and not path.exists()
     try:
         return _open_writable(db, path, create=create, migrate=migrate)
@@ -264,24 +329,42 @@ def remove_if_empty(path: Path) -> None:
             pass
 
 
+def _check_file_writable(path: Path) -> None:
+    """BadInput when the SQLite file at `path` (or the file to create there) could not be
+    written: the file is read-only, or its folder is, where SQLite must create the
+    store's -wal and -shm files (or its rollback journal) to write it."""
+    folder = path.parent
+    if not path.exists():
+        if not folder.is_dir():
+            raise BadInput(f"cannot create database {path}: directory {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadInput(f"cannot create database {path}: its folder {folder} is read-only")
+        return
+    if not os.access(path, os.W_OK):
+        raise BadInput(
+            f"cannot write database {path}: the file is read-only (read commands still work on it)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(
+            f"cannot write database {path}: its folder {folder} is read-only (SQLite "
+            f"writes the store's -wal and -shm files there; read commands still work on it)"
+        )
+
+
 def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -> Store:
     if path is not None:
-        if not path.exists():
-            if not create:
-                raise BadInput(
-                    f"no database at {path} (record a run with `ra bench` or "
-                    f"`ra train`, or create one with `ra db upgrade`)"
-                )
-            if not path.parent.is_dir():
-                raise BadInput(
-                    f"cannot create database {path}: directory {path.parent} does not exist"
-                )
-        elif not create and path.is_file() and path.stat().st_size == 0:
+        if not path.exists() and not create:
+            raise BadInput(
+                f"no database at {path} (record a run with `ra bench` or "
+                f"`ra train`, or create one with `ra db upgrade`)"
+            )
+        if not create and path.stat().st_size == 0:
             # a command that works on recorded runs: an empty file holds none to work on
             raise BadInput(
                 f"{path} is an empty file, not an ra store (record a run with `ra bench` or "
                 f"`ra train`, or create one with `ra db upgrade`)"
             )
+        _check_file_writable(path)
     engine, rev = _connect(db)
     _check_known(engine, db, rev)
     if rev is None:
@@ -294,6 +377,8 @@ def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -
         enable_wal(engine)
     except (DBAPIError, sqlite3.Error) as exc:
         engine.dispose()
+        if is_damage(db_error(exc)):
+            raise damaged(db, db_error(exc)) from exc
         raise BadInput(f"cannot open database {shown(db)}: {db_error(exc)}") from exc
     if migrate and rev != HEAD_REVISION:
         try:
@@ -309,7 +394,7 @@ def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -
 
 def upgrade_store(db: str) -> tuple[str | None, str]:
     """Apply pending migrations (`ra db upgrade`); returns (revision before, revision after)."""
-    path = sqlite_path(db)
+    path = store_file(db)
     before = None
     if path is None or path.exists():
         before = read_revision(db)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TextIO
 
 from racli.errors import BadInput
-from racli.outputs import check_output_file
 from racli.store import queries
 from racli.store.columns import EXPORT_COLUMNS
 from racli.store.manage import METRIC_EXPORT_COLUMNS, metric_rows
 from racli.text import jsonout
+from racli.text.outputs import check_output_file
 
 RUN_FORMATS = ("csv", "json")
 METRIC_FORMATS = ("csv", "jsonl", "json")  # json is taken for jsonl (JSON Lines)
@@ -33,7 +33,7 @@ def check_request(fmt: str, *, metrics: bool, names: str | None) -> None:
 
 
 def check_output(output: Path | None, fmt: str) -> None:
-    """BadInput for an output file that cannot be written (racli.outputs' rules)."""
+    """BadInput for an output file that cannot be written (racli.text.outputs' rules)."""
     if output is not None:
         check_output_file(output, "output", example=f"runs.{fmt}")
 

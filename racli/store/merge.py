@@ -12,6 +12,7 @@ read, each run from one snapshot. The rules: docs/store.md.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from racli.errors import BadInput, Stopped
 from racli.store import references
 from racli.store.connection import Store, db_error
-from racli.store.engine import open_store
+from racli.store.engine import Damaged, open_store
 from racli.store.merge_sources import _readonly_engine, _Source  # noqa: F401 (tests)
 from racli.store.merge_sources import open_source as _open_source
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
@@ -71,10 +72,11 @@ class SourceResult:
 
 
 def location(db: str) -> str:
-    """How a store is named in `origin`: an absolute path, or its URL without password."""
+    """How a store is named in `origin`: an absolute path (bytes of a name that are not
+    UTF-8 written as \\xNN), or its URL without password."""
     path = sqlite_path(db)
     if path is not None:
-        return str(path)
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
     try:
         return make_url(database_url(db)).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy parses: keep it as given
@@ -269,26 +271,37 @@ class _Merge:
             f"WHERE {q_src('run_id')} = {int(src_id)} ORDER BY {q_src('id')}"
         )
         write = _writer(conn, table, cols)
+        result = _reading_source(self._source_cursor, sql)
         n = 0
-        try:
-            if self.sconn.dialect.name == "sqlite":  # sqlite3's own cursor: plain tuples
-                result = self.sconn.connection.driver_connection.cursor()
-                result.execute(sql)
-            else:  # a server-side cursor: constant memory
-                result = self.sconn.execution_options(stream_results=True).exec_driver_sql(sql)
-            while True:
-                rows = result.fetchmany(BATCH)
-                if not rows:
-                    break
-                write([(target_id, *r[1:]) for r in rows])
-                n += len(rows)
-        except DBAPIError as exc:
-            raise _SourceFailed(exc) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("sqlite3"):
-                raise _SourceFailed(exc) from exc
-            raise
+        while True:
+            rows = _reading_source(result.fetchmany, BATCH)
+            if not rows:
+                break
+            write([(target_id, *r[1:]) for r in rows])  # the target's errors are its own
+            n += len(rows)
         return n
+
+    def _source_cursor(self, sql: str):
+        """The rows of `sql` on the source, fetched in batches."""
+        if self.sconn.dialect.name == "sqlite":  # sqlite3's own cursor: plain tuples
+            result = self.sconn.connection.driver_connection.cursor()
+            result.execute(sql)
+            return result
+        # a server-side cursor: constant memory
+        return self.sconn.execution_options(stream_results=True).exec_driver_sql(sql)
+
+
+def _reading_source(read: Callable, *args):
+    """`read(*args)`, a read of a merge source: a driver's error becomes _SourceFailed, so
+    that it is reported as the source's and never confused with the target's."""
+    try:
+        return read(*args)
+    except DBAPIError as exc:
+        raise _SourceFailed(exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlite3"):
+            raise _SourceFailed(exc) from exc
+        raise
 
 
 class _TargetIds:
@@ -362,6 +375,10 @@ def merge_stores(
         store: Store = open_store(target)
         try:
             return [_merge_one(store, src, say) for src in opened]
+        except Damaged as exc:  # the target, met while merging
+            raise Damaged(
+                f"the target {exc}; every run merged so far is complete", exc.detail
+            ) from exc
         except OperationalError as exc:  # writing the target
             raise Stopped(
                 f"cannot write to {shown(target)}: {db_error(exc)}; every run merged so far "

@@ -1,10 +1,12 @@
 """The sources of `ra db merge`: opened read-only and checked before anything is written.
 
-A source is refused (BadInput, one line, the target untouched) when it is missing, the
-target itself, not a database (or damaged: SQLite files pass `PRAGMA quick_check`
-first), another program's database, or of a schema newer than this ra. An older SQLite
+A source is refused (BadInput, one line, the target untouched) when it is missing, not a
+regular file, the target itself, unreadable, not a database (or damaged: SQLite files
+pass `PRAGMA quick_check` first), another program's database, or of a schema newer than
+this ra. SQLite files are read as read commands read a store (`mode=ro`, or `immutable=1`
+in a folder the user cannot write: racli.store.engine.readonly_mode). An older SQLite
 source is read through an upgraded temporary copy; an older one behind a URL as it is.
-Sources are named with their passwords masked (`engine.shown`).
+Sources are named with their passwords masked (`urls.shown`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
 from racli.errors import BadInput
 from racli.store.connection import db_error, make_engine
+from racli.store.engine import Damaged, readonly_mode, store_file
 from racli.store.migrate import HEAD_REVISION, current_revision, known_revisions, upgraded_copy
-from racli.store.urls import database_url, refuse_in_memory, shown, sqlite_path
+from racli.store.urls import database_url, refuse_in_memory, shown, sqlite_path, sqlite_ro_uri
 
 
 @dataclass
@@ -42,14 +45,15 @@ class _Source:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-def _readonly_engine(path: Path) -> Engine:
-    return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+def _readonly_engine(path: Path, immutable: bool = False) -> Engine:
+    """A read-only engine on the SQLite file at `path` (`mode=ro`, or `immutable=1`)."""
+    return make_engine(str(path), readonly=True, immutable=immutable)
 
 
-def _damage(path: Path) -> str | None:
+def _damage(path: Path, immutable: bool = False) -> str | None:
     """None when SQLite finds the file sound (`PRAGMA quick_check`), else what it says."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(sqlite_ro_uri(path, immutable), uri=True, timeout=30)
         try:
             rows = conn.execute("PRAGMA quick_check(3)").fetchall()
         finally:
@@ -77,18 +81,21 @@ def open_source(db: str, target: str) -> _Source:
     """A read-only view of a source store, at HEAD_REVISION's schema or one readable as is."""
     name = shown(db)
     refuse_in_memory(db)
-    path = sqlite_path(db)
+    path = store_file(db)
+    immutable = False
     if path is not None:
         if not path.exists():
             raise BadInput(f"no database at {path}")
-        if path.is_dir():
-            raise BadInput(f"database path {path} is a directory")
         if _same_file(path, target):
             raise BadInput(f"{name} is the target database itself: nothing to merge")
-        damage = _damage(path)
+        try:
+            immutable = readonly_mode(path, name)
+            damage = _damage(path, immutable)
+        except Damaged as exc:
+            damage = exc.detail
         if damage is not None:
             raise BadInput(f"cannot merge {name}: the file is damaged or not a database ({damage})")
-        engine = _readonly_engine(path)
+        engine = _readonly_engine(path, immutable)
     else:
         if database_url(db) == database_url(target):
             raise BadInput(f"{name} is the target database itself: nothing to merge")
@@ -122,7 +129,7 @@ def open_source(db: str, target: str) -> _Source:
     engine.dispose()
     tmpdir = Path(tempfile.mkdtemp(prefix="ra-merge-"))
     try:
-        engine = upgraded_copy(path, tmpdir)
+        engine = upgraded_copy(path, tmpdir, immutable=immutable)
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise

@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import Engine, inspect, text
 
 from racli.store.connection import make_engine
+from racli.store.urls import sqlite_ro_uri, sqlite_uri
 
 # The newest revision in migrations/versions (tests check that they agree).
 HEAD_REVISION = "0008"
@@ -106,16 +107,17 @@ def downgrade(engine: Engine, revision: str) -> None:
     _migrate(engine, "downgrade", revision)
 
 
-def upgraded_copy(path: Path, folder: Path | None = None) -> Engine:
+def upgraded_copy(path: Path, folder: Path | None = None, *, immutable: bool = False) -> Engine:
     """An engine on a copy of the SQLite store at `path` in `folder`, migrated to this ra's
-    schema; the store itself is only read. Without `folder`, the copy goes to a temporary
-    folder removed when the process ends."""
+    schema; the store itself is only read (`mode=ro`, or `immutable=1` where its folder
+    cannot be written: racli.store.engine.readonly_mode). Without `folder`, the copy goes
+    to a temporary folder removed when the process ends."""
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="ra-read-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
     copy = folder / path.name
-    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    dst = sqlite3.connect(str(copy))
+    src = sqlite3.connect(sqlite_ro_uri(path, immutable), uri=True)
+    dst = sqlite3.connect(sqlite_uri(copy), uri=True)
     try:
         src.backup(dst)
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from racli.errors import BadInput
-from racli.names import PLOT_FORMATS, check_plot_path
+from racli.text.outputs import PLOT_FORMATS, check_plot_path
 
 Curve = list[tuple[int, float]]
 
@@ -20,8 +20,8 @@ def check_path(path: str | Path) -> Path:
 
 def save(fig, p: Path) -> None:
     """Write the figure in the format of the file's suffix (checked by `check_path`), whole
-    or not at all (racli.outputs.atomic_write)."""
-    from racli.outputs import atomic_write
+    or not at all (racli.text.outputs.atomic_write)."""
+    from racli.text.outputs import atomic_write
 
     with atomic_write(p, "wb") as fh:
         fig.savefig(fh, format=PLOT_FORMATS[p.suffix.lower()])

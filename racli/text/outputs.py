@@ -1,5 +1,5 @@
-"""Files the user names for ra to write: `--plot`, `experiment --report`, `runs export
---output`. One rule for all of them, checked before any work (`check_output_file`), and one
+"""Files the user names for ra to write: `--plot` (PNG, PDF or SVG by its suffix,
+`check_plot_path`), `experiment --report`, `runs export --output`. One rule for all of them, checked before any work (`check_output_file`), and one
 way of writing them: whole or not at all (`atomic_write`).
 
 - The name must be a file's: not empty, not a folder, not a link to nothing, in a folder
@@ -32,6 +32,9 @@ from typing import IO
 from racli.errors import BadInput
 
 TEMP_PREFIX = ".ra-"  # the temporary and probe files beside an output
+
+# what `--plot FILE` may be: the suffix chooses the format
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
 
 def folder_of(path: Path) -> Path:
@@ -162,3 +165,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_plot_path(plot: str | Path | None) -> Path | None:
+    """BadInput unless a plot can be written at `plot`: a .png, .pdf or .svg file (the
+    suffix is the format), by the rules of every output file."""
+    if plot is None:
+        return None
+    plot = Path(plot)
+    if str(plot).strip() and plot.suffix.lower() not in PLOT_FORMATS and not plot.is_dir():
+        got = f"'{plot.suffix}'" if plot.suffix else "no suffix"
+        raise BadInput(
+            f"cannot write plot {plot}: the file name must end in "
+            f"{', '.join(PLOT_FORMATS)} (the format), got {got}"
+        )
+    return check_output_file(plot, "plot")
