@@ -566,7 +566,7 @@ BAD_ARGS = {
     "resume id beyond 2^63": (["train", "--resume", str(2**63)], "below 2^63"),
     "negative run id beyond 2^63": (["gates", "--run", str(-(2**63) - 1)], "below 2^63"),
     "steps beyond any budget": (["train", "--attn", "baseline", "--steps", str(10**23)], "--steps"),
-    "export to a directory": (["runs", "export", "-o", "{tmp}"], "is a directory"),
+    "export to a directory": (["runs", "export", "-o", "{tmp}"], "it is a folder"),
     "compare plot of a text file": (["compare", "--plot", "{tmp}/c.txt"], "must end in .png"),
     "gates plot without a suffix": (
         ["gates", "--run", "3", "--plot", "{tmp}/heat"],
