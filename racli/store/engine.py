@@ -342,7 +342,8 @@ def _check_file_writable(path: Path) -> None:
         return
     if not os.access(path, os.W_OK):
         raise BadInput(
-            f"cannot write database {path}: the file is read-only (read commands still work on it)"
+            f"cannot write database {path}: the database file is read-only (read commands "
+            "still work on it)"
         )
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(

@@ -12,7 +12,6 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
 from racli.store.engine import check_writable, open_store
 from racli.store.queries import get_run
-from racli.store.urls import sqlite_path
 from racli.text import jsonout
 from racli.text import tensorboard as tb_files
 from racli.training import tensorboard
@@ -109,20 +107,6 @@ def check_store_writable(location: str) -> None:
     """BadInput unless the store at `location` (a SQLite file or one to create, a
     server) can be written: train records its run there, so this is checked before any
     work and before anything is created (racli.store.engine.check_writable)."""
-    path = sqlite_path(location)
-    if path is None:
-        check_writable(location)
-        return
-    folder = path.parent if str(path.parent) else None
-    if path.is_dir():
-        raise BadInput(f"cannot record the run in {path}: it is a directory")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise BadInput(
-            f"cannot record the run in {path}: the database file is read-only "
-            "(read commands still work on it; train needs a writable store, e.g. --db)"
-        )
-    if folder is not None and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot record the run in {path}: its folder {folder} is read-only")
     check_writable(location)
 
 
