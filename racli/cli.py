@@ -8,6 +8,7 @@ imports torch at start-up.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -89,12 +90,27 @@ class RaGroup(HelpWhenEmptyGroup):
         except Exception as exc:  # a failure while working
             if debug:
                 traceback.print_exc()
+            bad = _path_input_error(exc)
+            if bad is not None:  # a path given that no file can have: bad input
+                _say(f"error: {bad}")
+                sys.exit(2)
             _say(
                 f"failed: {type(exc).__name__}: {first_line(exc)} "
                 "(rerun with --debug for the traceback)"
             )
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _path_input_error(exc: Exception) -> str | None:
+    """The one line for an error that only a path given on the command line can cause (a
+    name too long, a symbolic link loop, `~user` of no user), None for any other."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}".replace("\n", " ")
+    if isinstance(exc, RuntimeError) and "home directory" in str(exc):
+        return f"cannot expand a ~user path: {first_line(exc)}"
+    return None
 
 
 app = typer.Typer(

@@ -61,11 +61,13 @@ TAG_MAX = 255
 
 
 def check_tag(tag: str | None, option: str = "--tag", max_len: int | None = TAG_MAX) -> None:
-    """BadInput for a tag the store cannot hold: not valid UTF-8 (a shell passes such
+    """BadInput for a tag the store cannot hold: empty or blank, not valid UTF-8 (a shell passes such
     bytes as lone surrogates), a NUL character (PostgreSQL refuses it), or (unless
     `max_len` is None) longer than 255 characters (the column's width)."""
     if tag is None:
         return
+    if not tag.strip():
+        raise BadInput(f"{option} is empty: give some text, or leave the option out")
     try:
         tag.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -97,7 +99,7 @@ def split_arm(name: str) -> tuple[str, int | None]:
     check_attention(variant)
     if not sep:
         return variant, None
-    if not number.isdigit() or int(number) < 1:
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
         raise BadInput(
             f"bad arm '{name}': an arm of a repeated variant is NAME#N with N >= 1, "
             f"e.g. {variant}#2"
@@ -123,6 +125,25 @@ def sdpa_kernel_of(name: str):
     return getattr(SDPBackend, SDPA_KERNELS[name])
 
 
+def check_sdpa_backend_on_cpu(name: str, head_dim: int) -> None:
+    """BadInput when the forced backend `name` has no CPU kernel for attention of head size
+    `head_dim` (cudnn and efficient are CUDA's alone): found by one tiny call, before a
+    run is recorded, rather than as a failed run. CUDA backends are left to the run."""
+    if name == "auto":
+        return
+    import torch
+    import torch.nn.functional as F
+
+    q = torch.zeros(1, 1, 4, head_dim)
+    try:
+        with sdpa_backend_context(name):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except RuntimeError:
+        raise BadInput(
+            f"train.sdpa_backend={name} has no kernel on the CPU (auto, flash and math run there)"
+        ) from None
+
+
 def sdpa_backend_context(name: str):
     """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`."""
     if name == "auto":
@@ -138,6 +159,8 @@ def sdpa_backend_context(name: str):
 def resolve_device(name: str | None) -> str:
     """'auto' (or None) -> 'cuda' when available else 'cpu'; 'cpu', 'cuda' and 'cuda:N' as
     given. Unknown names, and CUDA (or device N) asked for but absent, are BadInput."""
+    if name is not None and not name.strip():
+        raise BadInput(f"--device is empty (valid: {', '.join(DEVICES)})")
     name = (name or "auto").strip().lower()
     if name == "cpu":
         return "cpu"
@@ -151,7 +174,7 @@ def resolve_device(name: str | None) -> str:
         raise BadInput(f"--device {name}: CUDA is not available on this machine")
     if name.startswith("cuda:"):
         index = name.split(":", 1)[1]
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+        if not (index.isascii() and index.isdigit()) or int(index) >= torch.cuda.device_count():
             raise BadInput(
                 f"--device {name}: no such CUDA device ({torch.cuda.device_count()} present)"
             )
@@ -167,6 +190,8 @@ def device_type(device: str) -> str:
 
 
 MAX_RUN_ID = 2**63 - 1
+#: the most timed repeats or warm-up steps of one bench configuration
+MAX_BENCH_STEPS = 100_000
 #: the largest seed: the store keeps seeds in a signed 64-bit INTEGER column
 MAX_SEED = 2**63 - 1
 

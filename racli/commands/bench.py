@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from racli.commands import common, completers
-from racli.names import check_seed
+from racli.names import MAX_BENCH_STEPS, check_seed, check_tag
 from racli.text.terminal import for_stream, visible
 
 AttnOpt = Annotated[
@@ -63,6 +63,7 @@ RepeatsOpt = Annotated[
     typer.Option(
         "--repeats",
         min=1,
+        max=MAX_BENCH_STEPS,
         help="Timed repeats per configuration (default from ra.yaml).",
         show_default=False,
     ),
@@ -72,6 +73,7 @@ WarmupOpt = Annotated[
     typer.Option(
         "--warmup",
         min=0,
+        max=MAX_BENCH_STEPS,
         help="Untimed warm-up steps per configuration (default from ra.yaml).",
         show_default=False,
     ),
@@ -129,6 +131,7 @@ def bench(
     from racli.bench.ranking import best_vs_best
 
     check_seed(seed)
+    check_tag(tag)
     cfg = common.config(config)
     p = bench_run.plan(
         cfg=cfg,

@@ -56,7 +56,7 @@ GLOBAL: dict[str, Any] = {"db": None, "config": None, "debug": False}
 def config(path: str | None = None) -> Config:
     from racli.config import load_config
 
-    return load_config(path or GLOBAL["config"])
+    return load_config(path if path is not None else GLOBAL["config"])
 
 
 def db_location(db: str | None, cfg: Config) -> str:
@@ -76,18 +76,25 @@ def location_text(location: str) -> str:
     return visible(os.fsencode(shown(location)).decode("utf-8", "backslashreplace"))
 
 
-def check_not_input(path, db: str | None, cfg: Config, what: str) -> None:
-    """BadInput when an output file `path` is one of the command's inputs: the store (or one
-    of its -wal, -shm or -journal files), or the config file; by name, link or hard link.
-    Writing it would replace what is recorded, or the settings."""
+def check_not_input(
+    path, db: str | None, cfg: Config, what: str, *, data: str | None = None
+) -> None:
+    """BadInput when an output file `path` is one of the command's inputs, by name, link or
+    hard link: the store (or one of its -wal, -shm or -journal files), the config file in
+    use or the ./ra.yaml a later command would read; or lies in the store's checkpoint
+    folder or the data folder `data`. Writing there would replace what is recorded, the
+    settings, a run's weights or the data."""
     if path is None:
         return
+    from racli.store.checkpoints import checkpoint_dir
     from racli.store.urls import SQLITE_SIDE_FILES, sqlite_path
     from racli.text.outputs import check_not_input as refuse_inputs
 
-    inputs = []
+    inputs, folders = [], []
     try:
-        store = sqlite_path(db_location(db, cfg))
+        location = db_location(db, cfg)
+        store = sqlite_path(location)
+        folders.append((checkpoint_dir(location), "the store's checkpoint folder"))
     except (BadInput, ValueError):
         store = None  # an unusable location is reported where the store is opened
     if store is not None:
@@ -98,7 +105,10 @@ def check_not_input(path, db: str | None, cfg: Config, what: str) -> None:
         ]
     if Path(cfg.source).is_file():
         inputs.append((Path(cfg.source), "the config file"))
-    refuse_inputs(Path(path), what, inputs)
+    inputs.append((Path("ra.yaml"), "the config file ra reads in this folder"))
+    if data is not None and Path(data).expanduser().is_dir():
+        folders.append((Path(data).expanduser(), "the data folder"))
+    refuse_inputs(Path(path), what, inputs, folders)
 
 
 def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):

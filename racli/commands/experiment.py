@@ -184,7 +184,7 @@ def experiment(
 
     check_tag(tag)
     cfg = common.config(config)
-    common.check_not_input(report, db, cfg, "--report")
+    common.check_not_input(report, db, cfg, "--report", data=data)
     if launcher.strip().lower() in ("slurm", "ray"):  # before anything is printed or created
         from racli.experiment.cluster import check_store
 
@@ -206,29 +206,32 @@ def experiment(
         tag=tag,
         until_settled=until_settled,
         compile=compile,
-        config_path=config or common.GLOBAL.get("config"),
+        config_path=config if config is not None else common.GLOBAL.get("config"),
         db=common.db_location(db, cfg),
         cancel_on_interrupt=cancel_on_interrupt,
     )
     if status:
         _status(settings, cfg, db, json)
         return
+    from racli.experiment.prepare import prepare
+
+    prepared = prepare(settings, cfg)  # the data, devices and configs, before the store opens
     store = common.open_db(db, cfg)
-    outcome = _run(settings, cfg, store)
+    outcome = _run(settings, cfg, store, prepared)
     _deliver(outcome, store, report, json)
     if outcome.failed:
         typer.echo(f"ra: failed: {failed_text(outcome.failed)}", err=True)
         raise typer.Exit(1)
 
 
-def _run(settings, cfg, store):
+def _run(settings, cfg, store, prepared):
     """The experiment with its live view on stderr; an interruption says how to go on."""
     from racli.experiment.orchestrate import run_live
     from racli.experiment.results import Interrupted
     from racli.experiment.text import forced_text
 
     try:
-        return run_live(settings, cfg, store, sys.stderr)
+        return run_live(settings, cfg, store, sys.stderr, prepared)
     except Interrupted as exc:  # the view is closed by then
         typer.echo(f"ra: {exc}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -57,8 +57,8 @@ RunArg = Annotated[int, typer.Argument(help="Run id.", autocompletion=completers
 def open_store(ctx: typer.Context, db, config, *, readonly: bool):
     """The store of `--db` (given here or before the subcommand); writing: must exist."""
     parent = ctx.obj or {}
-    cfg = common.config(config or parent.get("config"))
-    db = db or parent.get("db")
+    cfg = common.config(config if config is not None else parent.get("config"))
+    db = db if db is not None else parent.get("db")
     return (
         common.open_db(db, cfg, readonly=True)
         if readonly
@@ -69,8 +69,8 @@ def open_store(ctx: typer.Context, db, config, *, readonly: bool):
 def check_not_input(ctx: typer.Context, db, config, path, what: str) -> None:
     """BadInput when the output `path` is the store of `--db` (see common.check_not_input)."""
     parent = ctx.obj or {}
-    cfg = common.config(config or parent.get("config"))
-    common.check_not_input(path, db or parent.get("db"), cfg, what)
+    cfg = common.config(config if config is not None else parent.get("config"))
+    common.check_not_input(path, db if db is not None else parent.get("db"), cfg, what)
 
 
 def check_ids(run_ids) -> None:

@@ -275,6 +275,8 @@ def resolve_config_path(path: str | os.PathLike | None) -> Path:
     packaged copy. BadInput when `path` is missing, a folder, not a regular file, or
     cannot be reached."""
     if path is not None:
+        if not str(path).strip():
+            raise BadInput("--config is empty: give a config file, or leave the option out")
         p = Path(path)
         if not _regular_file(p, given=True):
             raise BadInput(f"config file not found: {p}")

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from racli.errors import BadInput
-from racli.names import SDPA_BACKENDS, comma_list
+from racli.names import MAX_BENCH_STEPS, SDPA_BACKENDS, comma_list
 
 BENCH_MODES = ("eager", "compile", "cuda_graph")
 # model.preset `auto`: the preset that fits the device (resolved where the device is known)
@@ -140,8 +140,8 @@ class BenchConfig(_Schema):
     shapes: Annotated[dict[str, BenchShape], BeforeValidator(_text_keys)]
     attn: Names
     modes: Names
-    repeats: int = Field(ge=1)
-    warmup: int = Field(ge=0)
+    repeats: int = Field(ge=1, le=MAX_BENCH_STEPS)
+    warmup: int = Field(ge=0, le=MAX_BENCH_STEPS)
     noise_ratio: Number = Field(gt=1.0)  # p90/p10 above this: a timing too noisy to rank
 
 

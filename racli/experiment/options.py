@@ -49,7 +49,9 @@ def settings_from_options(
     plan.check_aa_seeds(arms, seed_list + [last_seed])
     device_list = plan.parse_devices(devices, device)
     check_report_path(report)
-    overrides = list(overrides or []) + ([tb.override(tensorboard)] if tensorboard else [])
+    overrides = list(overrides or []) + (
+        [tb.override(tensorboard)] if tensorboard is not None else []
+    )
     ecfg = experiment_config(cfg, overrides)  # validates --set before any work
     if ecfg.train.tensorboard is not None:
         tb_files.check_available()

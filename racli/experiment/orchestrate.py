@@ -17,7 +17,7 @@ from racli.experiment.calibration_run import (
 )
 from racli.experiment.jobs import HELD_NOTE, Context
 from racli.experiment.local import run_children, run_in_process
-from racli.experiment.prepare import prepare
+from racli.experiment.prepare import Prepared, prepare
 from racli.experiment.results import Interrupted, JobResult, Outcome, Settings
 from racli.experiment.sequential import Design
 from racli.experiment.view import make_view
@@ -118,15 +118,23 @@ def _local_budgets(store, settings: Settings, ecfg, p, view, stop, claims) -> tu
 
 
 def run_experiment(
-    settings: Settings, cfg, store, *, view, stop: threading.Event | None = None, on_step=None
+    settings: Settings,
+    cfg,
+    store,
+    *,
+    view,
+    stop: threading.Event | None = None,
+    on_step=None,
+    prepared: Prepared | None = None,
 ) -> Outcome:
     """Calibrate (or reuse the calibration), run every job not yet finished, judge.
+    `prepared`: the settings already validated (`prepare`), e.g. before the store opened.
 
     Raises BadInput before anything is recorded when the settings cannot work, and
     `Interrupted` after a stop request (runs stopped cleanly, to be continued by the
     same command)."""
     stop = stop or threading.Event()
-    p = prepare(settings, cfg)
+    p = prepared if prepared is not None else prepare(settings, cfg)
     ecfg, devices, key, tag = p.ecfg, p.devices, p.key, p.tag
     view.note(text.start_text(key, settings, devices, tag))
     remote = None
@@ -188,7 +196,9 @@ def run_experiment(
     )
 
 
-def run_live(settings: Settings, cfg, store, stream: TextIO) -> Outcome:
+def run_live(
+    settings: Settings, cfg, store, stream: TextIO, prepared: Prepared | None = None
+) -> Outcome:
     """`run_experiment` with its live view on `stream` (stderr), closed however it ends.
 
     stdout carries the result alone: what libraries print meanwhile (Ray's notes of a
@@ -196,6 +206,6 @@ def run_live(settings: Settings, cfg, store, stream: TextIO) -> Outcome:
     view = make_view(stream)
     try:
         with contextlib.redirect_stdout(stream):
-            return run_experiment(settings, cfg, store, view=view)
+            return run_experiment(settings, cfg, store, view=view, prepared=prepared)
     finally:
         view.close()

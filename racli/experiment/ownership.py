@@ -25,7 +25,7 @@ def holder_died(owner: str) -> bool:
     exists. Anything else (another host, a live or unknown process) is not known dead: its
     claim is left until it goes stale."""
     parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
         return False
     head, pid = parts[0], int(parts[1])
     host = socket.gethostname()

@@ -120,7 +120,7 @@ def parse_devices(devices: str | None, device: str | None) -> list[str]:
     out = []
     for part in devices.split(","):
         part = part.strip()
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):
             raise BadInput(f"bad --devices '{devices}': expected GPU indices like 0,1")
         name = f"cuda:{int(part)}"
         if name in out:

@@ -57,6 +57,11 @@ def check_output_file(
     the module docstring). `example`: a file name suggested when `path` is a folder."""
     if not str(path).strip():
         raise BadInput(f"{what}: give a file name (got an empty one)")
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes a shell passed that are not UTF-8
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise BadInput(f"cannot write {what} {shown}: the name is not valid UTF-8") from None
     path = Path(path)
 
     def refuse(why: str) -> BadInput:
@@ -118,8 +123,14 @@ def same_file(a: Path, b: Path) -> bool:
         return a.expanduser().resolve() == b.expanduser().resolve()
 
 
-def check_not_input(path: Path | None, what: str, inputs: Iterable[tuple[Path, str]]) -> None:
-    """BadInput when the output `path` is one of `inputs` ((path, what it is) pairs)."""
+def check_not_input(
+    path: Path | None,
+    what: str,
+    inputs: Iterable[tuple[Path, str]],
+    folders: Iterable[tuple[Path, str]] = (),
+) -> None:
+    """BadInput when the output `path` is one of `inputs`, or lies inside one of `folders`
+    ((path, what it is) pairs)."""
     if path is None:
         return
     for other, name in inputs:
@@ -128,6 +139,19 @@ def check_not_input(path: Path | None, what: str, inputs: Iterable[tuple[Path, s
                 f"{what} {path} is {name} ({other}): writing it would replace it; "
                 "choose another file"
             )
+    where = _where(Path(path))
+    for folder, name in folders:
+        if where.is_relative_to(_where(Path(folder))):
+            raise BadInput(
+                f"{what} {path} lies in {name} ({folder}): writing there could replace "
+                "what ra reads; choose another place"
+            )
+
+
+def _where(path: Path) -> Path:
+    """Where `path` leads: its folder resolved (links followed), then its name."""
+    path = path.expanduser()
+    return (path.parent.resolve() / path.name) if path.name else path.resolve()
 
 
 @contextlib.contextmanager

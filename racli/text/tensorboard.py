@@ -17,6 +17,7 @@ The step of every scalar is the training step it was recorded at.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -81,17 +82,24 @@ def check_available() -> None:
 
 
 def check_folder(root: str | Path) -> Path:
-    """`root` created when absent; BadInput when it cannot be (a file there, no rights, an
-    empty name)."""
+    """`root` as a Path; BadInput when event files could not be written under it (a file
+    there or on the way, a folder that cannot be written, an empty name). Nothing is
+    created: the folder is made when the first events are written."""
     if not str(root).strip():
         raise BadInput("--tensorboard: give a folder (got an empty name)")
-    root = Path(root).expanduser()
-    if root.exists() and not root.is_dir():
-        raise BadInput(f"--tensorboard {root}: a file, not a folder")
     try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"--tensorboard {root}: cannot create it ({exc.strerror or exc})") from exc
+        root = Path(root).expanduser()
+        existing = root
+        while not existing.exists():
+            if existing.is_symlink():
+                raise BadInput(f"--tensorboard {root}: {existing} is a link to nothing")
+            existing = existing.parent
+        if not existing.is_dir():
+            raise BadInput(f"--tensorboard {root}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise BadInput(f"--tensorboard {root}: cannot create it ({existing} is read-only)")
+    except (OSError, RuntimeError) as exc:  # a name too long, a ~user with no home
+        raise BadInput(f"--tensorboard {root}: {getattr(exc, 'strerror', None) or exc}") from exc
     return root
 
 

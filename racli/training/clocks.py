@@ -14,7 +14,7 @@ def _nvml_index(index: int) -> int:
     if not visible:
         return index
     ids = [v.strip() for v in visible.split(",") if v.strip()]
-    if index < len(ids) and ids[index].isdigit():
+    if index < len(ids) and (ids[index].isascii() and ids[index].isdigit()):
         return int(ids[index])
     return index  # UUIDs or MIG names: let torch's mapping below decide
 

@@ -152,7 +152,7 @@ def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
     store.wait_s = cfg.db_wait_minutes * 60.0
     spec, dataset, _ = prepare_resume(store, opts.resume, info)
     # where TensorBoard events go is not recorded: --tensorboard, else this ra.yaml's
-    folder = opts.tensorboard or cfg.train.tensorboard
+    folder = opts.tensorboard if opts.tensorboard is not None else cfg.train.tensorboard
     spec.train = spec.train.model_copy(update={"tensorboard": folder})
     _check_tensorboard(spec, info)
     return Prepared(spec, dataset, store, info, opts.resume)

@@ -51,10 +51,14 @@ def device_bytes(device: str) -> int | None:
 
 
 def check_fits(spec, dataset, world_size: int = 1) -> None:
-    """BadInput when the spec's batch cannot fit on its device whatever else happens."""
+    """BadInput when the spec's batch cannot fit on its device whatever else happens, or
+    its forced SDPA backend has no kernel there (checked on the CPU)."""
+    from racli.names import check_sdpa_backend_on_cpu
     from racli.training.spec import model_config
 
     mcfg = model_config(spec, dataset)
+    if spec.device_type == "cpu":
+        check_sdpa_backend_on_cpu(spec.train.sdpa_backend, mcfg.head_dim)
     micro = spec.batch_layout(mcfg.block_size, world_size).micro
     t = spec.train
     evals = max(t.eval_batches, t.final_eval_batches)

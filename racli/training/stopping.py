@@ -64,7 +64,7 @@ def stop_when_parent_dies(stop: threading.Event, on_stop=None, every_s: float = 
     outright, so it could not pass a signal on), set `stop`, as a first Ctrl-C would: the run
     ends after its final evaluation and a checkpoint, and the same command resumes it."""
     text = os.environ.get(PARENT_ENV, "")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         return
     parent = int(text)
 
