@@ -5,7 +5,6 @@ A thin layer over `racli.dataprep.prepare`; no torch.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -89,7 +88,9 @@ def prepare(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", help="Tokenising processes (default: every core).", show_default=False
+            "--workers",
+            help="Tokenising processes (default: every core; at most 4 per core).",
+            show_default=False,
         ),
     ] = None,
     tokenizer_sample: Annotated[
@@ -123,7 +124,7 @@ def prepare(
 
     settings = PrepareSettings(
         sources=list(sources),
-        out=Path(out),
+        out=out,
         tokenizer=tokenizer,
         globs=list(glob or []),
         text_field=text_field,

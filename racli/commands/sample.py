@@ -5,7 +5,6 @@ the store are imported only once a command runs."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -18,7 +17,8 @@ from racli.text.terminal import visible
 SEPARATOR = "-" * 40
 
 
-def _trained(run: int | None, checkpoint: Path | None, weights: Path | None, db, config):
+def _trained(run: int | None, checkpoint: str | None, weights: str | None, db, config):
+    from racli.dataprep.paths import user_path
     from racli.training import weights as w
 
     sources = {"--run": run, "--checkpoint": checkpoint, "--weights": weights}
@@ -29,9 +29,9 @@ def _trained(run: int | None, checkpoint: Path | None, weights: Path | None, db,
             + (f" (not {' and '.join(given)})" if given else "")
         )
     if checkpoint is not None:
-        return w.from_checkpoint(checkpoint)
+        return w.from_checkpoint(user_path(checkpoint, "--checkpoint"))
     if weights is not None:
-        return w.from_folder(weights)
+        return w.from_folder(user_path(weights, "--weights"))
     check_run_id(run, "--run")
     store = common.open_db(db, common.config(config), readonly=True)
     try:
@@ -46,18 +46,20 @@ def sample(
         typer.Option("--run", help="Sample from this train run's checkpoint.", show_default=False),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "--checkpoint",
             help="Sample from a checkpoint file of `ra train` (run_N.pt).",
+            metavar="FILE",
             show_default=False,
         ),
     ] = None,
     weights: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "--weights",
             help="Sample from a folder written by `ra runs export-weights`.",
+            metavar="DIR",
             show_default=False,
         ),
     ] = None,
@@ -125,9 +127,14 @@ def export_weights(
     ctx: typer.Context,
     run_id: Annotated[int, typer.Argument(metavar="RUN", help="Train run id.")],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--out", "-o", help="Folder to write (created when absent).", show_default=False
+            "--out",
+            "-o",
+            help="Folder to write: created when absent; an existing one must be empty or "
+            "hold only an earlier export, which is replaced.",
+            metavar="DIR",
+            show_default=False,
         ),
     ],
     nanogpt: Annotated[
@@ -146,15 +153,18 @@ def export_weights(
     from racli.training import weights as w
 
     check_run_id(run_id)
+    folder = w.check_export_folder(out)  # before the checkpoint is read
     parent = ctx.obj or {}
     store = common.open_db(
-        db or parent.get("db"), common.config(config or parent.get("config")), readonly=True
+        db if db is not None else parent.get("db"),
+        common.config(config if config is not None else parent.get("config")),
+        readonly=True,
     )
     try:
         trained = w.from_run(store, run_id)
     finally:
         store.close()
-    files = w.export(trained, out, nanogpt=nanogpt)
+    files = w.export(trained, folder, nanogpt=nanogpt)
     if json:
         common.print_json({"run_id": run_id, "out": str(out), "files": [str(p) for p in files]})
         return

@@ -90,8 +90,9 @@ class _Cache:
     def __init__(self, folder: Path):
         self.sidecar = folder / SIDECAR
         self.changed = False
-        try:
-            self.data = json.loads(self.sidecar.read_text(encoding="utf-8"))
+        try:  # a sidecar that is not a regular file (a pipe would wait) is no cache
+            regular = self.sidecar.is_file()
+            self.data = json.loads(self.sidecar.read_text(encoding="utf-8")) if regular else {}
         except (OSError, ValueError):
             self.data = {}
         if not isinstance(self.data, dict):

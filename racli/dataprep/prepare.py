@@ -31,6 +31,7 @@ import numpy as np
 
 from racli.dataprep import sources as src
 from racli.dataprep import tokenizers as toks
+from racli.dataprep.paths import user_path
 from racli.dataprep.split import uniform, val_mask
 from racli.dataprep.writer import (
     TOKENIZER_FILE,
@@ -47,12 +48,18 @@ from racli.names import check_seed
 DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_SAMPLE_BYTES = 100_000_000
 MAX_BYTES_PER_TOKEN = 8  # bounds the text read for the BPE sample under --max-tokens
+WORKERS_PER_CORE = 4  # past this, more processes only wait (and starting them can hang)
+
+
+def max_workers() -> int:
+    """The most tokenising processes a prepare starts: WORKERS_PER_CORE per core."""
+    return WORKERS_PER_CORE * (os.cpu_count() or 1)
 
 
 @dataclass
 class PrepareSettings:
     sources: list[str]
-    out: Path
+    out: Path | str
     tokenizer: str = "gpt2"
     globs: list[str] = field(default_factory=list)
     text_field: str = "text"
@@ -73,6 +80,11 @@ class PrepareSettings:
             raise BadInput(f"--max-tokens must be a positive number, got {self.max_tokens}")
         if self.workers is not None and self.workers < 1:
             raise BadInput(f"--workers must be at least 1, got {self.workers}")
+        if self.workers is not None and self.workers > max_workers():
+            raise BadInput(
+                f"--workers must be at most {max_workers()} ({WORKERS_PER_CORE} per core on "
+                f"this machine), got {self.workers}"
+            )
         check_seed(self.seed)
         if self.tokenizer_sample_bytes < 1:
             raise BadInput("the tokenizer sample must be at least one byte")
@@ -266,7 +278,7 @@ def prepare(settings: PrepareSettings, progress: NullProgress | None = None) -> 
     progress = progress or NullProgress()
     settings.check()
     spec = toks.parse_tokenizer(settings.tokenizer)
-    out = Path(settings.out).expanduser()
+    out = user_path(settings.out, "--out")
     tidy_leftovers(out, progress.note)
     check_output(out, settings.force)
     check_sources_outside(settings.sources, out)
@@ -322,7 +334,7 @@ def check_sources_outside(specs: list[str], out: Path) -> None:
     output would replace it. (Folders that hold ``out`` are read without it.)"""
     inside = output_paths(out)
     for spec in specs:
-        if not spec.startswith("hf:") and inside(Path(spec).expanduser()):
+        if not spec.startswith("hf:") and inside(user_path(spec, "SOURCE")):
             raise BadInput(
                 f"{spec}: lies inside --out {out}, which the output replaces; choose another --out"
             )
@@ -442,11 +454,11 @@ def stoppable(job):
         signal.signal(signal.SIGTERM, old)
 
 
-def interrupted_text(out: Path) -> str:
+def interrupted_text(out: Path | str) -> str:
     """What an interrupted prepare left at `out`, and how to continue."""
     kept = (
         f"the dataset already at {out} is kept"
-        if is_prepared(out)
+        if is_prepared(Path(out).expanduser())
         else f"nothing was written to {out}"
     )
     return f"{kept} (the partial output is removed); run the same command again to prepare it"

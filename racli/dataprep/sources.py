@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from racli.dataprep.paths import user_path
 from racli.errors import BadInput
 
 DEFAULT_GLOBS = ("**/*.txt", "**/*.md")
@@ -447,6 +448,22 @@ class HubSource(Source):
 # ---------------------------------------------------------------------------- parsing
 
 
+def _check_once(where: str, spec: str, seen: dict[str, str], *, inside: bool) -> None:
+    """SourceError when `where` was named already, or (`inside`: a file or folder) lies in
+    or holds a folder named already: its documents would be split twice, into train and
+    validation both, and the validation loss would measure memorisation."""
+    for other, other_spec in seen.items():
+        same = where == other
+        nested = inside and (Path(where).is_relative_to(other) or Path(other).is_relative_to(where))
+        if same or nested:
+            how = "is given twice" if same else "overlaps"
+            raise SourceError(
+                f"SOURCE {spec} {how} ({other_spec}): its documents would fall in both the "
+                "train and the validation split"
+            )
+    seen[where] = spec
+
+
 def open_sources(
     specs: list[str],
     *,
@@ -463,13 +480,16 @@ def open_sources(
             "give at least one SOURCE (a file, a folder, .jsonl, .parquet or hf:NAME)"
         )
     out: list[Source] = []
+    seen: dict[str, str] = {}  # where a source reads -> the SOURCE naming it
     for spec in specs:
         if spec.startswith("hf:"):
+            _check_once(spec.strip(), spec, seen, inside=False)
             out.append(HubSource(spec[3:].strip(), text_field, subset, split))
             continue
-        path = Path(spec).expanduser()
+        path = user_path(spec, "SOURCE")
         if not path.exists():
             raise SourceError(f"{spec}: no such file or folder")
+        _check_once(str(path.resolve()), spec, seen, inside=True)
         if path.is_dir():
             out.append(FolderSource(path, spec, globs or [], skip))
             continue

@@ -43,9 +43,9 @@ def parse_tokenizer(text: str) -> TokenizerSpec:
         return TokenizerSpec(t)
     if t.startswith("train:"):
         raw = t.split(":", 1)[1].replace("_", "")
-        if raw.endswith("k") and raw[:-1].isdigit():
+        if raw.endswith("k") and _is_whole(raw[:-1]):
             raw = str(int(raw[:-1]) * 1024)
-        if not raw.isdigit():
+        if not _is_whole(raw):
             raise BadInput(
                 f"--tokenizer {text}: train:VOCAB takes a whole number, e.g. train:32768"
             )
@@ -58,6 +58,12 @@ def parse_tokenizer(text: str) -> TokenizerSpec:
             )
         return TokenizerSpec("train", vocab)
     raise BadInput(f"unknown tokenizer '{text}' (valid: gpt2, train:VOCAB e.g. train:32768, bytes)")
+
+
+def _is_whole(text: str) -> bool:
+    """Whether `text` is ASCII digits alone: a whole number int() reads ('²' is a digit
+    to str.isdigit, and int() refuses it)."""
+    return text.isascii() and text.isdigit()
 
 
 def dtype_for(vocab_size: int) -> np.dtype:

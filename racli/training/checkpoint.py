@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,11 @@ def save(path: Path, state: CheckpointState) -> None:
 
 
 def load(path: Path) -> CheckpointState:
-    """Read a checkpoint written by `save` (tensors land on the CPU)."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint written by `save` (tensors land on the CPU). torch's warnings
+    about the file (e.g. its pickle protocol) are not shown: what cannot be read raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = torch.load(path, map_location="cpu", weights_only=True)
     try:
         return CheckpointState.from_dict(data)
     except ValueError as exc:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from racli.dataprep.identity import arrays_hash, files_hash, max_token_ids
+from racli.dataprep.paths import NOT_REGULAR, is_special, user_path
+from racli.errors import BadInput
 
 BYTE_VOCAB_SIZE = 256
 DEFAULT_BIN_VOCAB_SIZE = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as in nanoGPT
@@ -76,9 +78,13 @@ def load_dataset(spec: str | os.PathLike | None, val_fraction: float, block_size
     name = os.fspath(spec)
     if not name.strip():
         raise DataError("empty data path (use 'builtin' for the built-in corpus)")
-    path = Path(name).expanduser()
+    try:
+        path = user_path(name)
+    except BadInput as exc:
+        raise DataError(str(exc)) from None
     if not path.exists():
         raise DataError(f"{name}: no such file or directory")
+    _check_regular(name, path)
     if path.is_dir():
         unfinished = sorted(p.name for p in path.glob("*.bin.part"))
         if unfinished:
@@ -110,6 +116,13 @@ def _read_builtin() -> np.ndarray:
     except (OSError, EOFError) as exc:
         raise DataError(f"{BUILTIN_NAME}: built-in corpus is not valid gzip ({exc})") from exc
     return np.frombuffer(bytearray(raw), dtype=np.uint8)
+
+
+def _check_regular(name: str, path: Path) -> None:
+    """DataError for a device, pipe or socket: reading one may never end (a pipe waits
+    for a writer, /dev/zero has no end)."""
+    if is_special(path):
+        raise DataError(f"{name} {NOT_REGULAR}")
 
 
 def _read_file(name: str, path: Path) -> np.ndarray:
@@ -181,6 +194,7 @@ def _load_bin_dir(name: str, path: Path, block_size: int) -> Dataset:
     arrays = {}
     for split in ("train", "val"):
         file = path / f"{split}.bin"
+        _check_regular(str(file), file)
         if not file.is_file():
             other = "val" if split == "train" else "train"
             raise DataError(f"{name}: has {other}.bin but no {split}.bin")
@@ -226,6 +240,7 @@ def _read_meta_json(meta: Path) -> dict | None:
     """meta.json of `ra data prepare`, checked; None when the folder has none."""
     if not meta.exists():
         return None
+    _check_regular(str(meta), meta)
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -274,6 +289,7 @@ def _check_token_ids(path: Path, arrays: dict, vocab_size: int, source: str) -> 
 def _read_meta_vocab(meta: Path) -> int:
     if not meta.exists():
         return DEFAULT_BIN_VOCAB_SIZE
+    _check_regular(str(meta), meta)
     try:
         with meta.open("rb") as fh:
             info = pickle.load(fh)

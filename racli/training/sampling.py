@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from racli.errors import BadInput
-from racli.names import check_seed, resolve_device
+from racli.names import check_seed, check_tag, resolve_device
 
 DEFAULT_PROMPT = "\n"
 
@@ -34,14 +34,19 @@ class SampleSettings:
 # beyond these, a typing mistake: a million tokens is a few books of text per sample
 MAX_TOKENS = 1_000_000
 MAX_SAMPLES = 1_000
+# below it, logits / temperature overflow float32 (inf, then NaN probabilities)
+MIN_TEMPERATURE = 1e-6
 
 
 def check_settings(s: SampleSettings) -> None:
     """BadInput for a value no model could sample with (before any model is loaded)."""
     if s.tokens < 1:
         raise BadInput(f"--tokens must be at least 1, got {s.tokens}")
-    if not math.isfinite(s.temperature) or s.temperature < 0:
-        raise BadInput(f"--temperature must be 0 (greedy) or more, got {s.temperature}")
+    if not (s.temperature == 0 or MIN_TEMPERATURE <= s.temperature < math.inf):
+        raise BadInput(
+            f"--temperature must be 0 (greedy) or a finite number of at least "
+            f"{MIN_TEMPERATURE:g}, got {s.temperature}"
+        )
     if s.top_k is not None and s.top_k < 1:
         raise BadInput(f"--top-k must be at least 1, got {s.top_k}")
     if s.samples < 1:
@@ -51,6 +56,14 @@ def check_settings(s: SampleSettings) -> None:
     if s.samples > MAX_SAMPLES:
         raise BadInput(f"--samples must be at most {MAX_SAMPLES:,}, got {s.samples}")
     check_seed(s.seed)
+    check_prompt(s.prompt)
+
+
+def check_prompt(prompt: str) -> None:
+    """BadInput for a prompt that is not UTF-8 text (bytes a shell passes as lone
+    surrogates), by `check_tag`'s rule; an empty or blank prompt is allowed."""
+    if prompt.strip():
+        check_tag(prompt, "--prompt", max_len=None)
 
 
 @dataclass

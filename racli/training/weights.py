@@ -8,6 +8,12 @@ An exported folder holds the model's tensors under their names in racli_models.G
 the LM head left out (tied to `transformer.wte.weight`), and a config.json with the
 architecture, the attention variant, the tokenizer, the data's content hash and the
 run's uuid: enough for `ra sample --weights DIR` to load it back.
+
+An export writes only into a new or empty folder, or one that holds an earlier export
+and nothing else (`check_export_folder`): its files are replaced, nothing else ever is.
+A config.json that does not describe the tensors beside it (a missing key, a value of
+the wrong type or out of range, sizes the tensors do not have) is one line naming the
+folder, found before the model is built.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from typing import Any
 import torch
 
 from racli.dataprep import codec
+from racli.dataprep.paths import NOT_REGULAR, is_special, user_path
 from racli.dataprep.writer import TOKENIZER_FILE
-from racli.errors import BadInput
+from racli.errors import BadInput, first_line
 from racli.store import checkpoints as ckpt_paths
 from racli.store.queries import get_run
 from racli.training import checkpoint as ckpt
+from racli.training.load_errors import describe_load_error
 
 FORMAT = "ra-weights/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,6 +42,7 @@ CONFIG_FILE = "config.json"
 TIED = {"lm_head.weight": "transformer.wte.weight"}  # left out of the file: the same tensor
 NANOGPT_ATTN = ("baseline", "ra_v5", "ra_v5_untied")  # what --nanogpt can write
 ARCHITECTURE = "GPT-2 (nanoGPT layout: pre-LayerNorm blocks, learned positions, tied LM head)"
+EXPORT_FILES = frozenset({WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE})  # what `export` writes
 
 
 @dataclass
@@ -63,27 +72,66 @@ def _safetensors():
     return st
 
 
-def _build(attn: str, model_fields: dict[str, Any], source: str):
+def _build(attn: Any, model_fields: Any, source: str, tensors: Any):
+    """The model `model_fields` describe, once they are checked against `tensors` (its
+    weights): BadInput naming `source` for a model ra cannot build or sizes the weights
+    do not have, before anything of that size is allocated."""
     from racli_models import GPT, GPTConfig
 
+    if not isinstance(attn, str):
+        raise BadInput(f"{source}: the attention {attn!r} is not a name")
+    if not isinstance(model_fields, dict):
+        raise BadInput(f"{source}: the model settings {model_fields!r} are not an object")
     fields = {k: v for k, v in model_fields.items() if k != "attn"}
     fields["fused_loss"] = False  # sampling needs the logits
     try:
         cfg = GPTConfig(attn=attn, **fields)
     except (TypeError, ValueError) as exc:
         raise BadInput(f"{source}: not a model ra can build ({exc})") from exc
+    _check_sizes(cfg, tensors, source)
     return GPT(cfg, seed=0)
+
+
+def _check_sizes(cfg, tensors: Any, source: str) -> None:
+    """BadInput unless `tensors` hold the embeddings and layers the sizes of `cfg` give:
+    (vocab_size, n_embd) tokens, (block_size, n_embd) positions, n_layer blocks."""
+    if not isinstance(tensors, dict):
+        raise BadInput(f"{source}: the weights are not a dict of tensors")
+    want = {
+        "transformer.wte.weight": ((cfg.vocab_size, cfg.n_embd), "vocab_size x n_embd"),
+        "transformer.wpe.weight": ((cfg.block_size, cfg.n_embd), "block_size x n_embd"),
+    }
+    for name, (shape, what) in want.items():
+        got = tuple(getattr(tensors.get(name), "shape", ()))
+        if got != shape:
+            has = "x".join(map(str, got)) if got else "missing"
+            raise BadInput(
+                f"{source}: the weights do not match the config: {name} is {has}, "
+                f"the config's {what} is {shape[0]}x{shape[1]}"
+            )
+    layers = {k.split(".")[2] for k in tensors if str(k).startswith("transformer.h.")}
+    if len(layers) != cfg.n_layer:
+        held = f"{len(layers)} layer" + ("" if len(layers) == 1 else "s")
+        raise BadInput(
+            f"{source}: the weights do not match the config: they hold {held}, the "
+            f"config's n_layer is {cfg.n_layer}"
+        )
 
 
 def _load_tensors(model, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load `tensors` into `model`: every parameter must be there, nothing else (the LM
-    head may be left out: it is the token embedding)."""
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    head may be left out: it is the token embedding), each of its shape."""
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape than the model's
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        why = lines[0].rstrip(".") if lines else first_line(exc)
+        raise BadInput(f"{source}: the weights do not match the config ({why})") from exc
     missing = [k for k in missing if k not in TIED]
     if missing or unexpected:
         what = [f"missing {', '.join(missing[:3])}"] if missing else []
         what += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
-        raise BadInput(f"{source}: the tensors do not fit the model ({'; '.join(what)})")
+        raise BadInput(f"{source}: the weights do not match the config ({'; '.join(what)})")
     model.lm_head.weight = model.transformer.wte.weight  # keep the tie
     model.eval()
 
@@ -110,18 +158,21 @@ def from_run(store, run_id: int) -> Trained:
     return trained
 
 
-def from_checkpoint(path: Path) -> Trained:
+def from_checkpoint(path: str | Path) -> Trained:
     """The model a checkpoint file of `ra train` holds."""
-    if not Path(path).is_file():
+    path = user_path(path)
+    if is_special(path):
+        raise BadInput(f"checkpoint {path} {NOT_REGULAR}")
+    if not path.is_file():
         raise BadInput(f"no checkpoint file {path}")
     try:
-        state = ckpt.load(Path(path))
+        state = ckpt.load(path)
     except Exception as exc:  # a corrupt file, another format: torch raises many kinds
-        raise BadInput(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    config = state.config or {}
+        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
+    config = state.config if isinstance(state.config, dict) else {}
     if "model" not in config or "attn" not in config:
         raise BadInput(f"{path}: not a checkpoint of a train run (no model in its config)")
-    model = _build(config["attn"], dict(config["model"]), str(path))
+    model = _build(config["attn"], config["model"], str(path), state.model)
     _load_tensors(model, state.model, str(path))
     data = dict(config.get("data") or {})
     name = data.get("tokenizer")
@@ -140,13 +191,36 @@ def from_checkpoint(path: Path) -> Trained:
 # ---------------------------------------------------------------------------- exported
 
 
-def from_folder(folder: Path) -> Trained:
+def from_folder(folder: str | Path) -> Trained:
     """The model of a folder written by `export` (`ra runs export-weights`)."""
-    folder = Path(folder)
+    folder = user_path(folder)
     conf_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for p in (conf_path, weights_path):
+        if is_special(p):
+            raise BadInput(f"{p} {NOT_REGULAR}")
         if not p.is_file():
             raise BadInput(f"{folder} is not an export of ra runs export-weights (no {p.name})")
+    conf = read_config(folder)
+    st = _safetensors()
+    try:
+        tensors = st.load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise BadInput(f"cannot read {weights_path}: {type(exc).__name__}: {exc}") from exc
+    model = _build(conf["attn"], conf["model"], f"{folder}: {CONFIG_FILE}", tensors)
+    _load_tensors(model, tensors, f"{folder}: {CONFIG_FILE}")
+    tok = conf["tokenizer"]
+    text = None
+    if tok.get("file"):
+        text = _read_tokenizer(folder / tok["file"])
+    info = {k: conf.get(k) for k in ("run_id", "run_uuid", "step", "data")}
+    name, chars = tok.get("name"), tok.get("chars")
+    return Trained(model, conf["attn"], None if chars else name, text, info, str(folder), chars)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The config.json of an export in `folder`, its keys checked: BadInput naming the
+    folder for one that is missing or of the wrong type."""
+    conf_path = folder / CONFIG_FILE
     try:
         conf = json.loads(conf_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -154,23 +228,43 @@ def from_folder(folder: Path) -> Trained:
     if not isinstance(conf, dict) or conf.get("format") != FORMAT:
         got = conf.get("format") if isinstance(conf, dict) else None
         raise BadInput(f"{conf_path}: format {got!r} is not {FORMAT}")
-    st = _safetensors()
+    conf["tokenizer"] = conf.get("tokenizer") or {}  # none recorded: the data named none
+    for key, kind, what in (
+        ("attn", str, "an attention name"),
+        ("model", dict, "an object of model settings"),
+        ("tokenizer", dict, "an object"),
+    ):
+        if key not in conf:
+            raise BadInput(f"{folder}: {CONFIG_FILE} has no '{key}' key")
+        if not isinstance(conf[key], kind):
+            raise BadInput(f"{folder}: {CONFIG_FILE}'s '{key}' is {conf[key]!r}, not {what}")
+    _check_tokenizer(conf["tokenizer"], folder)
+    return conf
+
+
+def _check_tokenizer(tok: dict[str, Any], folder: Path) -> None:
+    """BadInput for a tokenizer entry of config.json that is not what `export` writes: a
+    name, a file beside config.json, a character list."""
+    name, file, chars = tok.get("name"), tok.get("file"), tok.get("chars")
+    where = f"{folder}: {CONFIG_FILE}'s tokenizer"
+    if name is not None and not isinstance(name, str):
+        raise BadInput(f"{where} name is {name!r}, not a name")
+    if file is not None and (not isinstance(file, str) or Path(file).name != file):
+        raise BadInput(f"{where} file is {file!r}, not the name of a file beside it")
+    if chars is not None and not (
+        isinstance(chars, list) and chars and all(isinstance(c, str) for c in chars)
+    ):
+        raise BadInput(f"{where} chars is not a list of characters")
+
+
+def _read_tokenizer(path: Path) -> str:
+    """The text of an export's tokenizer file (BadInput when it cannot be read)."""
+    if is_special(path):
+        raise BadInput(f"{path} {NOT_REGULAR}")
     try:
-        tensors = st.load_file(str(weights_path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise BadInput(f"cannot read {weights_path}: {type(exc).__name__}: {exc}") from exc
-    model = _build(conf["attn"], dict(conf["model"]), str(folder))
-    _load_tensors(model, tensors, str(weights_path))
-    tok = conf.get("tokenizer") or {}
-    text = None
-    if tok.get("file"):
-        try:
-            text = (folder / tok["file"]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BadInput(f"cannot read the tokenizer {folder / tok['file']}: {exc}") from exc
-    info = {k: conf.get(k) for k in ("run_id", "run_uuid", "step", "data")}
-    name, chars = tok.get("name"), tok.get("chars")
-    return Trained(model, conf["attn"], None if chars else name, text, info, str(folder), chars)
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read the tokenizer {path}: {exc}") from exc
 
 
 def nanogpt_tensors(model) -> dict[str, torch.Tensor]:
@@ -240,16 +334,65 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def export(t: Trained, out: Path, nanogpt: bool = False) -> list[Path]:
-    """Write WEIGHTS_FILE, CONFIG_FILE (and the tokenizer's file) into `out`; `nanogpt`:
-    in nanoGPT's names alone (`nanogpt_tensors`). Each file is written to a temporary
-    file first and renamed only once all are complete: a failure leaves any earlier
-    export in `out` as it was."""
+def _is_export_temporary(name: str) -> bool:
+    """Whether `name` is a temporary file of an export killed midway (`.NAME.tmp-PID`)."""
+    return any(name.startswith(f".{own}.tmp-") for own in EXPORT_FILES)
+
+
+def check_export_folder(out: str | Path) -> Path:
+    """`out` as a Path (`~` expanded) when an export may be written there: absent, an
+    empty folder, or a folder holding an earlier export (its config.json of FORMAT) and
+    nothing besides what `export` writes. BadInput (one line, nothing changed) for any
+    other: writing there would replace or mix with files an export does not own."""
+    out = user_path(out, "--out")
+    if not out.exists():
+        if out.is_symlink():
+            raise BadInput(f"--out {out} is a link to nothing ({os.readlink(out)})")
+        return out
+    if not out.is_dir():
+        raise BadInput(f"--out {out} is a file, not a folder")
+    entries = sorted(out.iterdir())
+    names = [p.name for p in entries]
+    others = [
+        p.name
+        for p in entries
+        if not (p.name in EXPORT_FILES or _is_export_temporary(p.name)) or not p.is_file()
+    ]
+    if others:
+        listed = ", ".join(repr(name) for name in others[:3])
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise BadInput(
+            f"--out {out}: holds {listed}{more}, which ra runs export-weights does not "
+            f"write; choose a new or empty folder"
+        )
+    if names and not _holds_export(out):
+        listed = ", ".join(repr(name) for name in names[:3])
+        raise BadInput(
+            f"--out {out}: holds {listed}, not an export of ra runs export-weights (its "
+            f"{CONFIG_FILE} is missing or not of format {FORMAT}); choose a new or empty folder"
+        )
+    return out
+
+
+def _holds_export(folder: Path) -> bool:
+    """Whether `folder`'s config.json is one `export` wrote."""
+    path = folder / CONFIG_FILE
+    try:
+        conf = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(conf, dict) and conf.get("format") == FORMAT
+
+
+def export(t: Trained, out: str | Path, nanogpt: bool = False) -> list[Path]:
+    """Write WEIGHTS_FILE, CONFIG_FILE (and the tokenizer's file) into `out`, which
+    `check_export_folder` allows; `nanogpt`: in nanoGPT's names alone
+    (`nanogpt_tensors`). Each file is written to a temporary file first and renamed only
+    once all are complete: a failure leaves any earlier export in `out` as it was. An
+    earlier export's tokenizer file that this export has none for is removed last."""
     st = _safetensors()
     state = nanogpt_tensors(t.model) if nanogpt else t.model.state_dict()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out} is a file, not a folder")
+    out = check_export_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -280,4 +423,7 @@ def export(t: Trained, out: Path, nanogpt: bool = False) -> list[Path]:
         for p in tmp.values():
             with contextlib.suppress(OSError):
                 p.unlink()
+    for name in EXPORT_FILES - set(tmp):  # an earlier export's, which no longer applies
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
     return [out / name for name in tmp]
