@@ -34,6 +34,10 @@ if [ -n "${AT_COMMIT:-}" ]; then
       || { echo "gpu_experiment: cannot check out $AT_COMMIT" >&2; exit 2; }
   fi
   mkdir -p "$at/.gpu_experiment"
+  # a resumed run reads the corpus where it was first recorded, this checkout's work folder
+  # (the earlier session ran from here): that path leads to the corpus built in the worktree
+  mkdir -p .gpu_experiment
+  [ -e .gpu_experiment/pycorpus ] || ln -sfn "$at/.gpu_experiment/pycorpus" .gpu_experiment/pycorpus
   if [ -n "$from" ] && [ ! -f "$at/.gpu_experiment/ra.db" ]; then
     cp "$from" "$at/.gpu_experiment/ra.db" || exit 2
   fi
