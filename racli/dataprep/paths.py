@@ -17,7 +17,7 @@ from pathlib import Path
 from racli.errors import BadInput
 from racli.text.outputs import is_special
 
-__all__ = ["NOT_REGULAR", "is_special", "user_path"]
+__all__ = ["NOT_REGULAR", "is_special", "listed", "user_path"]
 
 NOT_REGULAR = "is not a regular file (a device, pipe or socket)"
 NAME_MAX = 255  # the usual limits, where the file system does not say
@@ -70,3 +70,9 @@ def _limits(path: Path) -> tuple[int, int]:
         return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
     except (OSError, ValueError):
         return NAME_MAX, PATH_MAX
+
+
+def listed(names: list[str], most: int = 3) -> str:
+    """The first `most` names quoted, and how many more: "'a', 'b', 'c' and 2 more"."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(repr(name) for name in names[:most]) + more

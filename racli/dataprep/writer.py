@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from racli.dataprep.identity import SIDECAR, combine
+from racli.dataprep.paths import listed
 from racli.errors import BadInput
 
 META = "meta.json"
@@ -69,10 +70,8 @@ def check_output(out: Path, force: bool) -> None:
                 )
             others = foreign_entries(out)
             if others:
-                listed = ", ".join(repr(name) for name in others[:3])
-                more = f" and {len(others) - 3} more" if len(others) > 3 else ""
                 raise BadInput(
-                    f"--out {out}: holds {listed}{more}, which ra data prepare does not write "
+                    f"--out {out}: holds {listed(others)}, which ra data prepare does not write "
                     f"and replacing the folder would delete; move them out or choose a new folder"
                 )
             if not force:

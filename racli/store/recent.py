@@ -11,10 +11,10 @@ Nothing here raises: a store that cannot be read completes nothing.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
-from urllib.parse import quote_from_bytes
+
+from racli.store.urls import sqlite_ro_uri
 
 #: how many runs completion offers (newest first by start time)
 RECENT = 50
@@ -40,19 +40,14 @@ def _sqlite_file(db: str) -> Path | None:
     return None
 
 
-def _ro_uri(path: Path, immutable: bool) -> str:
-    """racli.store.urls.sqlite_ro_uri without importing SQLAlchemy: the path's bytes
-    percent-encoded, so `?`, `#`, `%` and names that are not UTF-8 are read literally."""
-    uri = "file:" + quote_from_bytes(os.fsencode(path), safe="/")
-    return f"{uri}?{'immutable=1' if immutable else 'mode=ro'}"
-
-
 def _read_sqlite(path: Path, sql: str, params: tuple) -> list[tuple]:
     if not path.is_file() or path.stat().st_size == 0:
         return []
     for immutable in (False, True):  # immutable: a WAL store in a folder not ours
         try:
-            conn = sqlite3.connect(_ro_uri(path.resolve(), immutable), uri=True, timeout=TIMEOUT_S)
+            conn = sqlite3.connect(
+                sqlite_ro_uri(path.resolve(), immutable), uri=True, timeout=TIMEOUT_S
+            )
         except sqlite3.Error:
             continue
         try:

@@ -17,9 +17,16 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from sqlalchemy.engine import make_url
-
 from racli.errors import BadInput
+
+
+def make_url(text: str):
+    """SQLAlchemy's URL parser, imported when a URL is parsed: the SQLite URIs below serve
+    shell completion (racli.store.recent), which must not load SQLAlchemy."""
+    from sqlalchemy.engine import make_url as parse
+
+    return parse(text)
+
 
 #: the kinds of location ra documents (any other SQLAlchemy dialect installed works too)
 SUPPORTED = "a SQLite file path or sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"

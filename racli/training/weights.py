@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from racli.dataprep import codec
-from racli.dataprep.paths import NOT_REGULAR, is_special, user_path
+from racli.dataprep.paths import NOT_REGULAR, is_special, listed, user_path
 from racli.dataprep.writer import TOKENIZER_FILE
 from racli.errors import BadInput, first_line
 from racli.store import checkpoints as ckpt_paths
@@ -359,16 +359,14 @@ def check_export_folder(out: str | Path) -> Path:
         if not (p.name in EXPORT_FILES or _is_export_temporary(p.name)) or not p.is_file()
     ]
     if others:
-        listed = ", ".join(repr(name) for name in others[:3])
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
         raise BadInput(
-            f"--out {out}: holds {listed}{more}, which ra runs export-weights does not "
+            f"--out {out}: holds {listed(others)}, which ra runs export-weights does not "
             f"write; choose a new or empty folder"
         )
     if names and not _holds_export(out):
-        listed = ", ".join(repr(name) for name in names[:3])
+        shown = ", ".join(repr(name) for name in names[:3])
         raise BadInput(
-            f"--out {out}: holds {listed}, not an export of ra runs export-weights (its "
+            f"--out {out}: holds {shown}, not an export of ra runs export-weights (its "
             f"{CONFIG_FILE} is missing or not of format {FORMAT}); choose a new or empty folder"
         )
     return out
