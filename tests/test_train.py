@@ -474,7 +474,10 @@ def seeded_db(tmp_path_factory):
 BAD_FRESH = {
     "unknown attention": (["--attn", "nope", "--steps", "5"], "unknown attention 'nope'"),
     "no attention": (["--steps", "5"], "--attn is required"),
-    "unknown preset": (["--attn", "ra_v5", "--steps", "5", "--model", "huge"], "huge"),
+    "unknown preset": (
+        ["--attn", "ra_v5", "--steps", "5", "--model", "huge"],
+        "--model: unknown preset 'huge'",
+    ),
     "missing data": (
         ["--attn", "ra_v5", "--steps", "5", "--data", "/no/such/file.txt"],
         "no such file",
@@ -492,7 +495,19 @@ BAD_FRESH = {
         ["--attn", "ra_v5", "--steps", "5", "--set", "model.ra_rank=500"],
         "ra_rank",
     ),
-    "bad batch size": (["--attn", "ra_v5", "--steps", "5", "--batch-size", "0"], "batch_size"),
+    "bad batch size": (
+        ["--attn", "ra_v5", "--steps", "5", "--batch-size", "0"],
+        "error: --batch-size: must be >= 1, got 0",
+    ),
+    "bad lr": (["--attn", "ra_v5", "--steps", "5", "--lr", "-1"], "error: --lr: must be > 0"),
+    "bad lr by --set": (
+        ["--attn", "ra_v5", "--steps", "5", "--set", "train.lr=-1"],
+        "error: --set: train.lr: must be > 0",
+    ),
+    "bad max epochs": (
+        ["--attn", "ra_v5", "--steps", "5", "--max-epochs", "0"],
+        "error: --max-epochs: must be > 0",
+    ),
     "unknown device": (["--attn", "ra_v5", "--steps", "5", "--device", "tpu"], "unknown device"),
     "vocab too small": (
         ["--attn", "ra_v5", "--steps", "5", "--set", "model.vocab_size=100"],

@@ -374,9 +374,15 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(
-    cfg: Config, overrides: list[str], sections: tuple[str, ...] = ("model", "train")
+    cfg: Config,
+    overrides: list[str],
+    sections: tuple[str, ...] = ("model", "train"),
+    origins: dict[str, str] | None = None,
 ) -> Config:
-    """Apply `KEY=VALUE` overrides (e.g. `model.ra_rank=8`) and validate like the file."""
+    """Apply `KEY=VALUE` overrides (e.g. `model.ra_rank=8`) and validate like the file.
+
+    `origins` names the option that gave a key (e.g. ``{"train.lr": "--lr"}``): an
+    error in that key then names the option rather than ``--set``."""
     if not overrides:
         return cfg
     data = cfg.to_dict()
@@ -394,7 +400,13 @@ def apply_overrides(
         if name not in data[section]:
             raise ConfigError("--set", key, f"unknown key (valid: {', '.join(data[section])})")
         data[section][name] = parse_value(raw)
-    return config_from_dict(data, "--set")
+    try:
+        return config_from_dict(data, "--set")
+    except ConfigError as e:
+        option = (origins or {}).get(e.key)
+        if option is None:
+            raise
+        raise ConfigError(option, "", e.reason) from None
 
 
 def resolve_db(cli_value: str | None, cfg: Config) -> str:

@@ -94,6 +94,16 @@ class TrainOptions:
             overrides.append(tensorboard.override(self.tensorboard))
         return overrides
 
+    def override_origins(self) -> dict[str, str]:
+        """The option behind each of train_overrides()' keys that is not a --set."""
+        given = {
+            "train.batch_size": ("--batch-size", self.batch_size),
+            "train.lr": ("--lr", self.lr),
+            "train.max_epochs": ("--max-epochs", self.max_epochs),
+            "train.tensorboard": ("--tensorboard", self.tensorboard),
+        }
+        return {key: option for key, (option, value) in given.items() if value is not None}
+
 
 def check_options(opts: TrainOptions) -> None:
     """What is wrong whatever the configuration: the run id and the budget's range."""
@@ -184,6 +194,7 @@ def prepare(
         device=opts.device,
         compile=opts.compile,
         overrides=opts.train_overrides(),
+        origins=opts.override_origins(),
     )
     if opts.extra_config is not None:
         if parse_extra is None:

@@ -123,19 +123,22 @@ def spec_from_config(
     device: str | None = "auto",
     compile: bool | None = None,
     overrides: list[str] | tuple = (),
+    origins: dict[str, str] | None = None,
 ) -> TrainSpec:
     """A validated TrainSpec from ra.yaml (`cfg`) and the command's options.
 
     `overrides` are `--set KEY=VALUE` items (`--model`, `--batch-size`, `--lr`
-    are passed as overrides of model.preset, train.batch_size, train.lr), so
-    they are validated exactly like the file.
+    are passed as overrides of model.preset, train.batch_size, train.lr, so
+    they are validated exactly like the file; `origins` maps such a key to its option,
+    which an error then names).
     """
     check_budget(minutes, steps)
     check_attention(attn)
-    overrides = list(overrides)
+    overrides, origins = list(overrides), dict(origins or {})
     if preset is not None:
         overrides.insert(0, f"model.preset={preset}")
-    cfg = apply_overrides(cfg, overrides)
+        origins.setdefault("model.preset", "--model")
+    cfg = apply_overrides(cfg, overrides, origins=origins)
     dev = resolve_device(device)
     preset = cfg.resolve_preset(cfg.model.preset, dev)  # `auto`: gpt2 on CUDA, tiny on CPU
     cfg = apply_overrides(cfg, [f"model.preset={preset}"]) if preset != cfg.model.preset else cfg
