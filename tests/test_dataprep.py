@@ -586,6 +586,9 @@ def test_every_bad_source_exits_2_with_one_line(tmp_path):
         (["--val-fraction", "0.9"], "--val-fraction"),
         (["--workers", "0"], "--workers"),
         (["--glob", "**/*.py"], "no SOURCE is a folder"),
+        (["--subset", "sample-10BT"], "--subset chooses a Hub dataset's configuration"),
+        (["--split", "validation"], "--split chooses a Hub dataset's split"),
+        (["--text-field", "body"], "--text-field names a record's field"),
         (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1"),
         (["--seed", "99999999999999999999"], "--seed must be between 0 and 2^63 - 1"),
     ],
@@ -597,6 +600,21 @@ def test_bad_options_exit_2(tmp_path, args, reason):
         ra_inprocess("data", "prepare", f, "--out", tmp_path / "o", "--tokenizer", "bytes", *args)
     )
     assert reason in err
+
+
+@pytest.mark.parametrize("pattern", ["../**/*.txt", "sub/../../*.txt", "..\\*.txt"])
+def test_a_glob_never_reads_outside_its_folder(tmp_path, pattern):
+    folder = tmp_path / "src"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("inside\n")
+    (tmp_path / "secret.txt").write_text("outside\n")
+    err = one_line_error(
+        ra_inprocess(
+            "data", "prepare", folder, "--glob", pattern, "--out", tmp_path / "o",
+            "--tokenizer", "bytes",
+        )  # fmt: skip
+    )
+    assert "would read outside it" in err and not (tmp_path / "o").exists()
 
 
 def test_progress_bar_shows_documents_tokens_and_speed(corpus, tmp_path):

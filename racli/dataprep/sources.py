@@ -217,6 +217,11 @@ class FolderSource(Source):
         self.path, self.spec, self.globs = path, spec, list(globs or DEFAULT_GLOBS)
         found: dict[str, Path] = {}
         for pattern in self.globs:
+            if ".." in pattern.replace("\\", "/").split("/"):
+                raise SourceError(
+                    f"--glob {pattern!r}: a pattern selects files inside the folder; '..' "
+                    "would read outside it (give that folder as a SOURCE instead)"
+                )
             try:
                 matches = list(path.glob(pattern))
             except (ValueError, NotImplementedError) as exc:
@@ -508,4 +513,15 @@ def open_sources(
             out.append(TextFileSource(path, spec))
     if globs and not any(isinstance(s, FolderSource) for s in out):
         raise SourceError("--glob selects files in folders, and no SOURCE is a folder")
+    if not any(isinstance(s, HubSource) for s in out):
+        if subset is not None:
+            raise SourceError("--subset chooses a Hub dataset's configuration, and no SOURCE is hf:")
+        if split != "train":
+            raise SourceError("--split chooses a Hub dataset's split, and no SOURCE is hf:")
+    if text_field != "text" and not any(
+        isinstance(s, (HubSource, JsonlSource, ParquetSource)) for s in out
+    ):
+        raise SourceError(
+            "--text-field names a record's field, and no SOURCE is .jsonl, .parquet or hf:"
+        )
     return out
