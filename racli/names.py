@@ -60,14 +60,23 @@ def comma_list(text: str | Iterable[str] | None) -> list[str]:
 TAG_MAX = 255
 
 
-def check_tag(tag: str | None, option: str = "--tag", max_len: int | None = TAG_MAX) -> None:
+def check_tag(
+    tag: str | None, option: str = "--tag", max_len: int | None = TAG_MAX, *, edges: bool = True
+) -> None:
     """BadInput for a tag the store cannot hold: empty or blank, not valid UTF-8 (a shell passes such
     bytes as lone surrogates), a NUL character (PostgreSQL refuses it), or (unless
-    `max_len` is None) longer than 255 characters (the column's width)."""
+    `max_len` is None) longer than 255 characters (the column's width); with `edges`, also
+    one that begins or ends with white space (filters match a tag exactly, so `ra runs
+    --tag x` would never find ' x')."""
     if tag is None:
         return
     if not tag.strip():
         raise BadInput(f"{option} is empty: give some text, or leave the option out")
+    if edges and tag != tag.strip():
+        raise BadInput(
+            f"{option} {tag!r} begins or ends with white space: filters match a tag "
+            "exactly, give it without"
+        )
     try:
         tag.encode("utf-8")
     except UnicodeEncodeError as exc:

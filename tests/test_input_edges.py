@@ -91,6 +91,9 @@ def test_the_tensorboard_folder_is_made_by_the_first_events_not_by_the_check(tmp
         (["runs", "--config", ""], "--config is empty"),
         (["--config", "", "runs"], "--config is empty"),
         ([*EXPERIMENT, *TINY, "--tag", ""], "--tag is empty"),
+        (["bench", "--tag", " a"], "begins or ends with white space"),
+        (["train", "--attn", "baseline", "--steps", "1", "--tag", "a\t"], "white space"),
+        ([*EXPERIMENT, *TINY, "--tag", "a "], "begins or ends with white space"),
         ([*EXPERIMENT, *TINY, "--tensorboard", ""], "give a folder"),
         ([*EXPERIMENT, "--devices", "\u00b2"], "--devices"),
     ],
@@ -132,3 +135,11 @@ def test_a_report_name_that_is_not_utf8_is_refused_before_any_work():
 
     with pytest.raises(BadInput, match=r"r\\xff.md: the name is not valid UTF-8"):
         check_output_file(os.fsdecode(b"r\xff.md"), "report")
+
+
+def test_a_tag_with_white_space_at_its_edges_is_refused_and_the_old_tag_kept(tmp_path):
+    make_db(tmp_path / "ra.db", [("train", "ra_v5", "finished", 1, "kept")])
+    err = one_line_error(ra_inprocess("runs", "tag", "1", "kept ", "--db", tmp_path / "ra.db"))
+    assert "begins or ends with white space" in err
+    res = ra_inprocess("runs", "--tag", "kept", "--json", "--db", tmp_path / "ra.db")
+    assert res.exit_code == 0 and '"kept"' in res.stdout

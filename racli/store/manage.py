@@ -79,7 +79,7 @@ def set_excluded(store: Store, ids, *, excluded: bool, reason: str | None = None
     them again. Returns the runs as they were before."""
     if excluded and not (reason and reason.strip()):
         raise BadInput("say why the run is excluded: --reason TEXT")
-    check_tag(reason, "--reason", max_len=REASON_MAX)
+    check_tag(reason, "--reason", max_len=REASON_MAX, edges=False)
     runs = get_runs(store, ids)
     with store.writing() as conn:
         for chunk in in_chunks([r.id for r in runs]):

@@ -186,7 +186,7 @@ class RunRecorder:
         flush_interval: float = 5.0,
         heartbeat: bool = True,
     ) -> RunRecorder:
-        check_tag(tag, max_len=None)  # the column's width: the commands check it
+        check_tag(tag, max_len=None, edges=False)  # width and edges: the commands check them
         env_id = environment_id(store, env_info)
         commit = git_commit if git_commit is not None else environment.git_commit()
         # ra's own code is part of the config (and so of its hash): runs from

@@ -63,7 +63,7 @@ def check_prompt(prompt: str) -> None:
     """BadInput for a prompt that is not UTF-8 text (bytes a shell passes as lone
     surrogates), by `check_tag`'s rule; an empty or blank prompt is allowed."""
     if prompt.strip():
-        check_tag(prompt, "--prompt", max_len=None)
+        check_tag(prompt, "--prompt", max_len=None, edges=False)
 
 
 @dataclass
