@@ -610,8 +610,15 @@ def test_a_glob_never_reads_outside_its_folder(tmp_path, pattern):
     (tmp_path / "secret.txt").write_text("outside\n")
     err = one_line_error(
         ra_inprocess(
-            "data", "prepare", folder, "--glob", pattern, "--out", tmp_path / "o",
-            "--tokenizer", "bytes",
+            "data",
+            "prepare",
+            folder,
+            "--glob",
+            pattern,
+            "--out",
+            tmp_path / "o",
+            "--tokenizer",
+            "bytes",
         )  # fmt: skip
     )
     assert "would read outside it" in err and not (tmp_path / "o").exists()

@@ -482,8 +482,17 @@ def test_runs_show_prints_clock_medians(tmp_path):
             "--max-seeds",
         ),
         (
-            ["--attn", "baseline,ra_v5", "--seeds", "1-2", "--minutes", "1", "--device", "cpu",
-             "--leave-on-interrupt"],
+            [
+                "--attn",
+                "baseline,ra_v5",
+                "--seeds",
+                "1-2",
+                "--minutes",
+                "1",
+                "--device",
+                "cpu",
+                "--leave-on-interrupt",
+            ],
             "the local launcher's runs stop with it",
         ),  # fmt: skip
     ],

@@ -515,7 +515,9 @@ def open_sources(
         raise SourceError("--glob selects files in folders, and no SOURCE is a folder")
     if not any(isinstance(s, HubSource) for s in out):
         if subset is not None:
-            raise SourceError("--subset chooses a Hub dataset's configuration, and no SOURCE is hf:")
+            raise SourceError(
+                "--subset chooses a Hub dataset's configuration, and no SOURCE is hf:"
+            )
         if split != "train":
             raise SourceError("--split chooses a Hub dataset's split, and no SOURCE is hf:")
     if text_field != "text" and not any(
