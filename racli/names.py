@@ -165,16 +165,23 @@ def sdpa_backend_context(name: str):
 # ---------------------------------------------------------------------------- devices
 
 
-def resolve_device(name: str | None) -> str:
-    """'auto' (or None) -> 'cuda' when available else 'cpu'; 'cpu', 'cuda' and 'cuda:N' as
-    given. Unknown names, and CUDA (or device N) asked for but absent, are BadInput."""
+def device_name(name: str | None) -> str:
+    """A device's name as given ('auto' for None), lower case; BadInput for an empty or
+    unknown one. Nothing about this machine is looked at."""
     if name is not None and not name.strip():
         raise BadInput(f"--device is empty (valid: {', '.join(DEVICES)})")
     name = (name or "auto").strip().lower()
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise BadInput(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
+    return name
+
+
+def resolve_device(name: str | None) -> str:
+    """'auto' (or None) -> 'cuda' when available else 'cpu'; 'cpu', 'cuda' and 'cuda:N' as
+    given. Unknown names, and CUDA (or device N) asked for but absent, are BadInput."""
+    name = device_name(name)
     if name == "cpu":
         return "cpu"
-    if name not in ("auto", "cuda") and not name.startswith("cuda:"):
-        raise BadInput(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
     import torch
 
     if name == "auto":

@@ -601,3 +601,45 @@ def test_a_run_finished_between_the_look_and_the_claim_is_not_trained_again(monk
     todo = exp_jobs.Context.pending(ctx, [job], results)
     assert todo == [] and [(r.run_id, r.status) for r in results] == [(11, "finished")]
     assert ctx.claims.released == [("finished", 11)]
+
+
+def test_a_cluster_experiment_is_planned_for_the_nodes_not_for_the_submitting_host(monkeypatch):
+    """A login node without a GPU submits GPU runs: `auto` and `cuda` mean the nodes' GPUs
+    (never this host's CUDA, nor its memory), and the node computes the same key."""
+    import torch
+
+    from racli.config import load_config
+    from racli.experiment.prepare import prepare
+    from racli.experiment.results import Settings
+    from racli.training import memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the login node
+    cfg = load_config(None)
+
+    def settings(device, launcher="slurm"):
+        return Settings(
+            arms=plan.parse_arms("baseline,ra_v5"), seeds=[1, 2], minutes=1.0,
+            devices=[device], overrides=list(TINY), launcher=launcher,
+        )  # fmt: skip
+
+    submitted = prepare(settings("auto"), cfg)
+    assert submitted.devices == ["cuda"] and submitted.specs[0].device == "cuda"
+    assert submitted.specs[0].compile and submitted.specs[0].preset == "gpt2"
+    assert prepare(settings("cuda", "ray"), cfg).key == submitted.key
+    cpu = prepare(settings("cpu"), cfg)
+    assert cpu.devices == ["cpu"] and cpu.key != submitted.key
+    with pytest.raises(BadInput, match="CUDA is not available"):  # the local launcher looks
+        prepare(settings("cuda", "local"), cfg)
+    for device, option in (("cuda:1", "--device cuda:1"), ("bogus", "unknown device")):
+        with pytest.raises(BadInput, match=option):
+            prepare(settings(device), cfg)
+    two = dataclasses.replace(settings("auto"), devices=["cuda:0", "cuda:1"])
+    with pytest.raises(BadInput, match="--devices 0,1: with --launcher slurm the scheduler"):
+        prepare(two, cfg)
+
+    # the node: CUDA there, its memory checked, the same key as the submitting host's
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    checked = []
+    monkeypatch.setattr(memory, "device_bytes", lambda device: checked.append(device))
+    node = prepare(dataclasses.replace(settings("cuda"), devices=["cuda"]), cfg, on_this_host=True)
+    assert node.key == submitted.key and checked == ["cuda", "cuda"]

@@ -38,8 +38,19 @@ def train_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.strip().startswith(EXPERIMENT_SECTIONS)]
 
 
-def arm_spec(settings: Settings, cfg, attn: str, *, device: str, steps: int, seed: int, tag):
-    """The TrainSpec of one arm's run (validated like `ra train`'s)."""
+def arm_spec(
+    settings: Settings,
+    cfg,
+    attn: str,
+    *,
+    device: str,
+    steps: int,
+    seed: int,
+    tag,
+    on_this_host: bool = True,
+):
+    """The TrainSpec of one arm's run (validated like `ra train`'s; `on_this_host=False`:
+    for a cluster's node, the device not looked for here)."""
     return spec_from_config(
         cfg,
         attn=attn,
@@ -51,6 +62,7 @@ def arm_spec(settings: Settings, cfg, attn: str, *, device: str, steps: int, see
         device=device,
         compile=settings.compile,
         overrides=train_overrides(settings.overrides),
+        on_this_host=on_this_host,
     )
 
 

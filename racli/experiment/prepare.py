@@ -11,8 +11,9 @@ from racli.errors import BadInput
 from racli.experiment import plan
 from racli.experiment.jobs import arm_spec, experiment_config
 from racli.experiment.results import Settings, check_settings
-from racli.names import resolve_device
+from racli.names import check_sdpa_backend_on_cpu, device_name, resolve_device
 from racli.training.memory import check_fits
+from racli.training.spec import model_config
 
 
 def resolve_devices(devices: list[str], processes: bool | None = None) -> list[str]:
@@ -20,6 +21,22 @@ def resolve_devices(devices: list[str], processes: bool | None = None) -> list[s
     if len(out) > 1 and any(d == "cpu" for d in out) and not processes:
         raise BadInput("several devices are GPUs: --devices takes CUDA indices")
     return out
+
+
+def cluster_devices(devices: list[str], launcher: str) -> list[str]:
+    """The device of runs that a cluster's scheduler places: ["cpu"] for --device cpu, else
+    ["cuda"] (`auto` included: the submitting host's own GPUs, or their absence, say
+    nothing of the nodes'). Picking GPUs (--devices, cuda:N) is the scheduler's, so refused."""
+    names = [device_name(d) for d in devices]
+    if len(names) > 1 or names[0].startswith("cuda:"):
+        given = ",".join(d.split(":")[1] if ":" in d else d for d in names)
+        option = "--devices" if len(names) > 1 else "--device"
+        raise BadInput(
+            f"{option} {given if len(names) > 1 else names[0]}: with --launcher {launcher} "
+            f"the scheduler picks the GPUs; give --device cuda (the default) or --device cpu, "
+            f"and the GPUs per run with --set {launcher}.gpus_per_run=N"
+        )
+    return ["cpu" if names[0] == "cpu" else "cuda"]
 
 
 def comparable_config(spec, dataset) -> dict[str, Any]:
@@ -51,20 +68,41 @@ class Prepared:
     tag: str
 
 
-def prepare(settings: Settings, cfg) -> Prepared:
+def prepare(settings: Settings, cfg, *, on_this_host: bool | None = None) -> Prepared:
     """Validate the settings and every arm's config; the experiment's key and tag.
-    BadInput before anything is recorded when the settings cannot work."""
+    BadInput before anything is recorded when the settings cannot work.
+
+    `on_this_host` (default: the local launcher) says whether the runs train on this
+    machine: for a cluster's runs the device is not looked for here, nor is their memory
+    checked against this machine's (the node's `ra train` checks it)."""
     ecfg = experiment_config(cfg, settings.overrides)
     check_settings(settings)
-    devices = resolve_devices(settings.devices, settings.processes)
+    here = settings.launcher == "local" if on_this_host is None else on_this_host
+    devices = (
+        resolve_devices(settings.devices, settings.processes)
+        if here
+        else cluster_devices(settings.devices, settings.launcher)
+    )
     specs = [
-        arm_spec(settings, ecfg, a.attn, device=devices[0], steps=1, seed=0, tag=settings.tag)
+        arm_spec(
+            settings,
+            ecfg,
+            a.attn,
+            device=devices[0],
+            steps=1,
+            seed=0,
+            tag=settings.tag,
+            on_this_host=here,
+        )  # fmt: skip
         for a in settings.arms
     ]
     dataset = training.load_data(specs[0])
     for spec in specs:
         training.run_config(spec, dataset)  # validates every arm's model config
-        check_fits(spec, dataset)
+        if here:
+            check_fits(spec, dataset)
+        elif spec.device_type == "cpu":
+            check_sdpa_backend_on_cpu(spec.train.sdpa_backend, model_config(spec, dataset).head_dim)
     key = plan.experiment_key(
         arms=settings.arms,
         comparable=comparable_config(specs[0], dataset),

@@ -142,7 +142,7 @@ def _stop_on_signals(stop: threading.Event):
 
 def _calibrate(job: WorkerJob, store, claims, stop) -> dict:
     cfg = load_config(job.settings.config_path)
-    p = prepare(job.settings, cfg)
+    p = prepare(job.settings, cfg, on_this_host=True)  # this node trains: its device, its memory
     if p.key != job.key:
         raise RuntimeError(
             f"this node computes experiment key {p.key}, the command {job.key}: the data or "

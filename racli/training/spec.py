@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from racli.config import apply_overrides, load_config, packaged_config_path
 from racli.config.schema import TrainConfig
 from racli.errors import BadInput
-from racli.names import PAIRING_RULE, check_attention, device_type, resolve_device
+from racli.names import PAIRING_RULE, check_attention, device_name, device_type, resolve_device
 from racli.store import checkpoints as ckpt_paths
 from racli.store.queries import get_run
 from racli.store.recorder import is_stale
@@ -124,13 +124,15 @@ def spec_from_config(
     compile: bool | None = None,
     overrides: list[str] | tuple = (),
     origins: dict[str, str] | None = None,
+    on_this_host: bool = True,
 ) -> TrainSpec:
     """A validated TrainSpec from ra.yaml (`cfg`) and the command's options.
 
     `overrides` are `--set KEY=VALUE` items (`--model`, `--batch-size`, `--lr`
     are passed as overrides of model.preset, train.batch_size, train.lr, so
     they are validated exactly like the file; `origins` maps such a key to its option,
-    which an error then names).
+    which an error then names). `on_this_host=False`: the run is for another machine (a
+    cluster's node), `device` ("cpu" or "cuda") is taken as it is, not looked for here.
     """
     check_budget(minutes, steps)
     check_attention(attn)
@@ -139,7 +141,7 @@ def spec_from_config(
         overrides.insert(0, f"model.preset={preset}")
         origins.setdefault("model.preset", "--model")
     cfg = apply_overrides(cfg, overrides, origins=origins)
-    dev = resolve_device(device)
+    dev = resolve_device(device) if on_this_host else device_name(device)
     preset = cfg.resolve_preset(cfg.model.preset, dev)  # `auto`: gpt2 on CUDA, tiny on CPU
     cfg = apply_overrides(cfg, [f"model.preset={preset}"]) if preset != cfg.model.preset else cfg
     model = cfg.model_fields(preset)
