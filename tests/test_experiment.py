@@ -481,20 +481,6 @@ def test_runs_show_prints_clock_medians(tmp_path):
             ],
             "--max-seeds",
         ),
-        (
-            [
-                "--attn",
-                "baseline,ra_v5",
-                "--seeds",
-                "1-2",
-                "--minutes",
-                "1",
-                "--device",
-                "cpu",
-                "--leave-on-interrupt",
-            ],
-            "the local launcher's runs stop with it",
-        ),  # fmt: skip
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, needle):

@@ -56,19 +56,13 @@ def settings_from_options(
     if ecfg.train.tensorboard is not None:
         tb_files.check_available()
         tb_files.check_folder(ecfg.train.tensorboard)
-    launcher = check_launcher(launcher)
-    if launcher == "local" and rest.get("cancel_on_interrupt") is not None:
-        raise BadInput(
-            "--cancel-on-interrupt/--leave-on-interrupt choose what Ctrl-C does to slurm or "
-            "ray jobs; the local launcher's runs stop with it"
-        )
     settings = Settings(
         arms=arms,
         seeds=seed_list,
         devices=device_list,
         overrides=overrides,
         max_seeds=max_seeds,
-        launcher=launcher,
+        launcher=check_launcher(launcher),
         **rest,
     )
     check_settings(settings)
