@@ -29,10 +29,13 @@ def cluster_devices(devices: list[str], launcher: str) -> list[str]:
     nothing of the nodes'). Picking GPUs (--devices, cuda:N) is the scheduler's, so refused."""
     names = [device_name(d) for d in devices]
     if len(names) > 1 or names[0].startswith("cuda:"):
-        given = ",".join(d.split(":")[1] if ":" in d else d for d in names)
-        option = "--devices" if len(names) > 1 else "--device"
+        given = (  # several: --devices' CUDA indices
+            f"--devices {','.join(n.split(':')[-1] for n in names)}"
+            if len(names) > 1
+            else f"--device {names[0]}"
+        )
         raise BadInput(
-            f"{option} {given if len(names) > 1 else names[0]}: with --launcher {launcher} "
+            f"{given}: with --launcher {launcher} "
             f"the scheduler picks the GPUs; give --device cuda (the default) or --device cpu, "
             f"and the GPUs per run with --set {launcher}.gpus_per_run=N"
         )
@@ -93,7 +96,7 @@ def prepare(settings: Settings, cfg, *, on_this_host: bool | None = None) -> Pre
             seed=0,
             tag=settings.tag,
             on_this_host=here,
-        )  # fmt: skip
+        )
         for a in settings.arms
     ]
     dataset = training.load_data(specs[0])
