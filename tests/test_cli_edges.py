@@ -432,12 +432,12 @@ def test_a_seed_at_the_store_limit_is_kept(tmp_path):
 @pytest.mark.parametrize(
     "args,key",
     [
-        (["--lr", 1e308], "train.lr"),
-        (["--set", "train.lr=1e308"], "train.lr"),
+        (["--lr", 1e308], "--lr"),
+        (["--set", "train.lr=1e308"], "--set: train.lr"),
         (["--set", "train.gate_lr_mult=1e308"], "train.gate_lr_mult"),
         (["--set", "model.w_std_init=1e308"], "model.w_std_init"),
         (["--set", "model.w_rec_init=-1e308"], "model.w_rec_init"),
-        (["--max-epochs", 1e39], "train.max_epochs"),
+        (["--max-epochs", 1e39], "--max-epochs"),
     ],
 )
 def test_float_settings_beyond_float32_are_bad_input_before_any_work(tmp_path, args, key):
