@@ -78,6 +78,14 @@ def setup(info: DistInfo, device: str) -> torch.device:
     return dev
 
 
+def finish() -> None:
+    """Every rank waits here for the others at the end of a run that ended well, so that no
+    rank leaves the process group while another still works in it (rank 0 writing its
+    checkpoint): a gloo rank that exits then can abort in its transport's teardown."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -71,7 +71,7 @@ def train(
             if on_recorded is not None:
                 on_recorded(rec.run_id)
         ckpt_path = ckpt_paths.checkpoint_path(store.db, rec.run_id) if info.is_main else None
-        return _train_recorded(
+        result = _train_recorded(
             spec,
             dataset,
             rec=rec,
@@ -85,6 +85,8 @@ def train(
             on_step=on_step,
             data_path=data_path,
         )
+        ddp.finish()
+        return result
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         reporter.close()
