@@ -87,8 +87,15 @@ def finish() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group. What still refers to it (a DDP model, pending work) is
+    collected first, so that gloo's threads end here rather than in the interpreter's
+    shutdown, where a thread still running aborts the process."""
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
