@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,13 @@ def test_a_pipe_nothing_reads_is_refused_at_once_even_where_streams_are_allowed(
     with pytest.raises(BadInput, match="pipe that nothing reads"):
         check_output_file(fifo, "report", special_ok=True)
     got = []
-    reader = threading.Thread(target=lambda: got.append(Path(fifo).read_bytes()))
+
+    def read():  # as `while true; do cat fifo; done` would: the check's own close ends a read
+        deadline = time.monotonic() + 10
+        while not b"".join(got) and time.monotonic() < deadline:
+            got.append(Path(fifo).read_bytes())
+
+    reader = threading.Thread(target=read)
     reader.start()
     try:
         for _ in range(200):  # the reader opens the pipe
@@ -73,8 +80,8 @@ def test_a_pipe_nothing_reads_is_refused_at_once_even_where_streams_are_allowed(
         with atomic_write(fifo) as fh:
             fh.write("# report\n")
     finally:
-        reader.join(5)
-    assert got == [b"# report\n"]
+        reader.join(15)
+    assert b"".join(got) == b"# report\n"
 
 
 def test_devices_are_streams_only_where_the_caller_says_so():
@@ -356,3 +363,16 @@ def test_exclude_reason_the_store_cannot_hold_is_one_line(tmp_path, reason, why)
         ra_inprocess("runs", "exclude", ids[1], "--reason", reason, "--db", db)
     )
     assert db_dump(db) == before
+
+
+def test_a_pipe_whose_reader_left_is_refused_at_the_write_not_waited_on(tmp_path, monkeypatch):
+    from racli.text import outputs
+
+    monkeypatch.setattr(outputs, "PIPE_WAIT_S", 0.2)
+    fifo = tmp_path / "report.md"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    with pytest.raises(BadInput, match="pipe that nothing reads"):
+        with atomic_write(fifo) as fh:
+            fh.write("never\n")
+    assert time.monotonic() - t0 < 5

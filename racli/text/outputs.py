@@ -25,6 +25,7 @@ import errno
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -106,6 +107,29 @@ def _try_special(path: Path) -> None:
     os.close(fd)
 
 
+#: how long a write waits for a pipe's reader to (re)open it
+PIPE_WAIT_S = 5.0
+
+
+def _open_special(path: Path) -> int:
+    """A device or pipe opened for writing, then blocking. A pipe whose reader is gone
+    (the up-front check's own open and close ends a reader such as `cat` at once) is waited
+    for PIPE_WAIT_S, then refused in one line rather than waited on for ever."""
+    deadline = time.monotonic() + PIPE_WAIT_S
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
+            if time.monotonic() > deadline:
+                raise BadInput(f"cannot write {path}: it is a pipe that nothing reads") from exc
+            time.sleep(0.01)
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _check_name_length(path: Path, parent: Path) -> None:
     try:
         limit = os.pathconf(parent, "PC_NAME_MAX")
@@ -162,7 +186,7 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     before unchanged, and is one line (BadInput)."""
     path = Path(path)
     if is_special(path):
-        with open(path, mode.replace("w", "a")) as fh:
+        with os.fdopen(_open_special(path), mode.replace("w", "a")) as fh:
             yield fh
         return
     tmp = None
