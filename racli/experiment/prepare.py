@@ -11,9 +11,8 @@ from racli.errors import BadInput
 from racli.experiment import plan
 from racli.experiment.jobs import arm_spec, experiment_config
 from racli.experiment.results import Settings, check_settings
-from racli.names import check_sdpa_backend_on_cpu, device_name, resolve_device
+from racli.names import device_name, resolve_device
 from racli.training.memory import check_fits
-from racli.training.spec import model_config
 
 
 def resolve_devices(devices: list[str], processes: bool | None = None) -> list[str]:
@@ -102,10 +101,7 @@ def prepare(settings: Settings, cfg, *, on_this_host: bool | None = None) -> Pre
     dataset = training.load_data(specs[0])
     for spec in specs:
         training.run_config(spec, dataset)  # validates every arm's model config
-        if here:
-            check_fits(spec, dataset)
-        elif spec.device_type == "cpu":
-            check_sdpa_backend_on_cpu(spec.train.sdpa_backend, model_config(spec, dataset).head_dim)
+        check_fits(spec, dataset, on_this_host=here)
     key = plan.experiment_key(
         arms=settings.arms,
         comparable=comparable_config(specs[0], dataset),

@@ -98,33 +98,28 @@ def check_output_file(
 
 def _try_special(path: Path) -> None:
     """Open a device or pipe for writing without waiting: a pipe with no reader is refused."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise OSError(exc.errno, "it is a pipe that nothing reads") from exc
-        raise
-    os.close(fd)
+    os.close(_open_special(path))
 
 
 #: how long a write waits for a pipe's reader to (re)open it
 PIPE_WAIT_S = 5.0
 
 
-def _open_special(path: Path) -> int:
-    """A device or pipe opened for writing, then blocking. A pipe whose reader is gone
-    (the up-front check's own open and close ends a reader such as `cat` at once) is waited
-    for PIPE_WAIT_S, then refused in one line rather than waited on for ever."""
-    deadline = time.monotonic() + PIPE_WAIT_S
+def _open_special(path: Path, wait_s: float = 0.0) -> int:
+    """A device or pipe opened for writing, then blocking. A pipe with no reader is waited
+    for `wait_s` (the up-front check's own open and close ends a reader such as `cat`
+    at once, so the write waits for it to reopen), then OSError ENXIO "it is a pipe that
+    nothing reads": never a wait for ever."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
             break
         except OSError as exc:
             if exc.errno != errno.ENXIO:
-                raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
-            if time.monotonic() > deadline:
-                raise BadInput(f"cannot write {path}: it is a pipe that nothing reads") from exc
+                raise
+            if time.monotonic() >= deadline:
+                raise OSError(exc.errno, "it is a pipe that nothing reads") from exc
             time.sleep(0.01)
     os.set_blocking(fd, True)
     return fd
@@ -186,7 +181,11 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     before unchanged, and is one line (BadInput)."""
     path = Path(path)
     if is_special(path):
-        with os.fdopen(_open_special(path), mode.replace("w", "a")) as fh:
+        try:
+            fd = _open_special(path, PIPE_WAIT_S)
+        except OSError as exc:
+            raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with os.fdopen(fd, mode.replace("w", "a")) as fh:
             yield fh
         return
     tmp = None

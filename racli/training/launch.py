@@ -81,28 +81,27 @@ class TrainOptions:
             if value not in (None, [], ())
         ]
 
-    def train_overrides(self) -> list[str]:
-        """--set items, then --batch-size, --lr and --max-epochs as train.* overrides."""
-        overrides = list(self.overrides)
+    def _option_items(self) -> list[tuple[str, str]]:
+        """(option, `--set` item) for --batch-size, --lr, --max-epochs and --tensorboard."""
+        items = []
         if self.batch_size is not None:
-            overrides.append(f"train.batch_size={self.batch_size}")
-        if self.lr is not None:
-            overrides.append(f"train.lr={self.lr:.17e}")  # YAML needs the dot and sign
+            items.append(("--batch-size", f"train.batch_size={self.batch_size}"))
+        if self.lr is not None:  # YAML needs the dot and sign
+            items.append(("--lr", f"train.lr={self.lr:.17e}"))
         if self.max_epochs is not None:
-            overrides.append(f"train.max_epochs={self.max_epochs:.17e}")
+            items.append(("--max-epochs", f"train.max_epochs={self.max_epochs:.17e}"))
         if self.tensorboard is not None:
-            overrides.append(tensorboard.override(self.tensorboard))
-        return overrides
+            items.append(("--tensorboard", tensorboard.override(self.tensorboard)))
+        return items
+
+    def train_overrides(self) -> list[str]:
+        """--set items, then --batch-size, --lr, --max-epochs and --tensorboard as train.*
+        overrides."""
+        return list(self.overrides) + [item for _, item in self._option_items()]
 
     def override_origins(self) -> dict[str, str]:
         """The option behind each of train_overrides()' keys that is not a --set."""
-        given = {
-            "train.batch_size": ("--batch-size", self.batch_size),
-            "train.lr": ("--lr", self.lr),
-            "train.max_epochs": ("--max-epochs", self.max_epochs),
-            "train.tensorboard": ("--tensorboard", self.tensorboard),
-        }
-        return {key: option for key, (option, value) in given.items() if value is not None}
+        return {item.partition("=")[0]: option for option, item in self._option_items()}
 
 
 def check_options(opts: TrainOptions) -> None:

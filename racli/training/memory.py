@@ -50,15 +50,18 @@ def device_bytes(device: str) -> int | None:
         return None
 
 
-def check_fits(spec, dataset, world_size: int = 1) -> None:
+def check_fits(spec, dataset, world_size: int = 1, *, on_this_host: bool = True) -> None:
     """BadInput when the spec's batch cannot fit on its device whatever else happens, or
-    its forced SDPA backend has no kernel there (checked on the CPU)."""
+    its forced SDPA backend has no kernel there (checked on the CPU). `on_this_host=False`:
+    the device is another machine's (a cluster's node), whose memory is not known here."""
     from racli.names import check_sdpa_backend_on_cpu
     from racli.training.spec import model_config
 
     mcfg = model_config(spec, dataset)
     if spec.device_type == "cpu":
         check_sdpa_backend_on_cpu(spec.train.sdpa_backend, mcfg.head_dim)
+    if not on_this_host:
+        return
     micro = spec.batch_layout(mcfg.block_size, world_size).micro
     t = spec.train
     evals = max(t.eval_batches, t.final_eval_batches)
