@@ -94,6 +94,35 @@ def test_unknown_ids_are_one_line_and_change_nothing(db, args):
     assert db_state(db) == before
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("runs", "tag", "99", "x"),
+        ("runs", "tag", "2", " x"),
+        ("runs", "exclude", "2", "99", "--reason", "r"),
+        ("runs", "exclude", "2", "--reason", " "),
+        ("runs", "include", "99"),
+        ("runs", "delete", "99", "--yes"),
+        ("train", "--resume", "99"),
+    ],
+)
+def test_bad_input_leaves_an_older_store_at_its_schema(tmp_path, args):
+    """A writing command migrates an older store before it works on it; given an unknown
+    run or a bad tag or reason it refuses before that, so the store stays as it was."""
+    from racli.store import migrate as store_migrate
+
+    path = tmp_path / "old.db"
+    make_db(path)
+    store = open_store(str(path), migrate=False)
+    store_migrate.downgrade(store.engine, "0003")
+    store.close()
+    before = db_state(path)
+    one_line_error(ra_inprocess(*args, "--db", path))
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+    assert db_state(path) == before
+
+
 # ---- tag -----------------------------------------------------------------------------------
 
 

@@ -111,10 +111,14 @@ def check_not_input(
     refuse_inputs(Path(path), what, inputs, folders)
 
 
-def open_db(db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False):
+def open_db(
+    db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False, run_ids=()
+):
+    """The store (racli.store.engine.open_store); `run_ids`: the runs a writing command
+    works on, each checked to be recorded before the store is migrated."""
     from racli.store.engine import open_store
 
-    return open_store(db_location(db, cfg), create=create, readonly=readonly)
+    return open_store(db_location(db, cfg), create=create, readonly=readonly, run_ids=run_ids)
 
 
 def print_json(data: Any) -> None:

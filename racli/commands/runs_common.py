@@ -54,15 +54,16 @@ IdsArg = Annotated[
 RunArg = Annotated[int, typer.Argument(help="Run id.", autocompletion=completers.complete_run_id)]
 
 
-def open_store(ctx: typer.Context, db, config, *, readonly: bool):
-    """The store of `--db` (given here or before the subcommand); writing: must exist."""
+def open_store(ctx: typer.Context, db, config, *, readonly: bool, run_ids=()):
+    """The store of `--db` (given here or before the subcommand); writing: must exist and
+    hold every run of `run_ids` (checked before the store is migrated)."""
     parent = ctx.obj or {}
     cfg = common.config(config if config is not None else parent.get("config"))
     db = db if db is not None else parent.get("db")
     return (
         common.open_db(db, cfg, readonly=True)
         if readonly
-        else common.open_db(db, cfg, create=False)
+        else common.open_db(db, cfg, create=False, run_ids=run_ids)
     )
 
 

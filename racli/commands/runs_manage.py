@@ -25,14 +25,16 @@ def tag_cmd(
     config: common.ConfigOpt = None,
 ) -> None:
     """Set (or replace) a run's tag; --clear removes it."""
-    from racli.store.manage import set_tag
+    from racli.store.manage import check_new_tag, set_tag
 
     if clear == (new_tag is not None):
         raise BadInput(
             "give either a TAG or --clear" if not clear else "give a TAG or --clear, not both"
         )
     check_run_id(run_id)
-    old, new = set_tag(runs_common.open_store(ctx, db, config, readonly=False), run_id, new_tag)
+    check_new_tag(new_tag)
+    store = runs_common.open_store(ctx, db, config, readonly=False, run_ids=[run_id])
+    old, new = set_tag(store, run_id, new_tag)
     typer.echo(f"run {run_id}: tag {one_line(old or '(none)')} -> {one_line(new or '(none)')}")
 
 
@@ -49,11 +51,12 @@ def exclude_cmd(
     config: common.ConfigOpt = None,
 ) -> None:
     """Leave runs out of every verdict; they stay recorded and shown (`ra runs include` undoes it)."""
-    from racli.store.manage import set_excluded
+    from racli.store.manage import check_reason, set_excluded
 
     runs_common.check_ids(run_ids)
+    check_reason(reason)
     for r in set_excluded(
-        runs_common.open_store(ctx, db, config, readonly=False),
+        runs_common.open_store(ctx, db, config, readonly=False, run_ids=run_ids),
         run_ids,
         excluded=True,
         reason=reason,
@@ -72,7 +75,9 @@ def include_cmd(
 
     runs_common.check_ids(run_ids)
     for r in set_excluded(
-        runs_common.open_store(ctx, db, config, readonly=False), run_ids, excluded=False
+        runs_common.open_store(ctx, db, config, readonly=False, run_ids=run_ids),
+        run_ids,
+        excluded=False,
     ):
         done = "included in verdicts again" if r.excluded else "was not excluded (nothing to do)"
         typer.echo(f"run {r.id}: {done}")
@@ -118,7 +123,7 @@ def delete_cmd(
     from racli.store.manage import check_deletable, delete_runs, row_counts
 
     runs_common.check_ids(run_ids)
-    store = runs_common.open_store(ctx, db, config, readonly=False)
+    store = runs_common.open_store(ctx, db, config, readonly=False, run_ids=run_ids)
     runs = check_deletable(store, run_ids, cascade=cascade)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):
         typer.echo("nothing deleted", err=True)

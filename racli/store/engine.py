@@ -14,12 +14,14 @@ import shlex
 import sqlite3
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import Engine, event, inspect
+from sqlalchemy import Engine, column, event, inspect, select, table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from racli.errors import BadInput, first_line
+from racli.store.chunks import in_chunks
 from racli.store.connection import BUSY_TIMEOUT_MS, Store, db_error, enable_wal, make_engine
 from racli.store.migrate import (
     HEAD_REVISION,
@@ -286,7 +288,12 @@ def _open_readonly(db: str) -> Store:
 
 
 def open_store(
-    db: str, *, create: bool = True, migrate: bool = True, readonly: bool = False
+    db: str,
+    *,
+    create: bool = True,
+    migrate: bool = True,
+    readonly: bool = False,
+    run_ids: Sequence[int] = (),
 ) -> Store:
     """Open (and by default create and migrate) the results store at `db`.
 
@@ -294,13 +301,16 @@ def open_store(
     (read commands) opens an existing store at the current schema without
     changing anything (see the module's doc). A schema newer than this
     program, or a file that is not a database, is bad input: nothing is touched.
+    `run_ids`: the runs a writing command works on; one the store does not hold is
+    bad input found before any migration, so an older store given a wrong id stays
+    at its schema.
     """
     if readonly:
         return _open_readonly(db)
     path = store_file(db)
     created = path is not None and not path.exists()
     try:
-        return _open_writable(db, path, create=create, migrate=migrate)
+        return _open_writable(db, path, create=create, migrate=migrate, run_ids=run_ids)
     except BaseException:
         if created:
             remove_if_empty(path)
@@ -352,7 +362,26 @@ def _check_file_writable(path: Path) -> None:
         )
 
 
-def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -> Store:
+def _check_run_ids(engine: Engine, db: str, run_ids: Sequence[int]) -> None:
+    """BadInput naming the first of `run_ids` that the store does not hold (the message
+    of racli.store.manage.get_runs). It reads `runs.id` alone, which every revision of
+    the schema has, so it runs before a migration."""
+    ids = list(dict.fromkeys(int(i) for i in run_ids))
+    found: set[int] = set()
+    runs = table("runs", column("id"))
+    with engine.connect() as conn:
+        if inspect(conn).has_table("runs"):
+            for chunk in in_chunks(ids):
+                found.update(conn.scalars(select(runs.c.id).where(runs.c.id.in_(chunk))))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more unknown id(s))" if len(missing) > 1 else ""
+        raise BadInput(f"no run with id {missing[0]} in {db}{more}")
+
+
+def _open_writable(
+    db: str, path: Path | None, *, create: bool, migrate: bool, run_ids: Sequence[int] = ()
+) -> Store:
     if path is not None:
         if not path.exists() and not create:
             raise BadInput(
@@ -368,12 +397,19 @@ def _open_writable(db: str, path: Path | None, *, create: bool, migrate: bool) -
         _check_file_writable(path)
     engine, rev = _connect(db)
     _check_known(engine, db, rev)
-    if rev is None:
-        try:
+    try:
+        if rev is None:
             _refuse_unversioned(engine, db, empty_ok=True)
-        except BadInput:
-            engine.dispose()
-            raise
+        if run_ids:
+            _check_run_ids(engine, db, run_ids)
+    except BadInput:
+        engine.dispose()
+        raise
+    except (DBAPIError, sqlite3.Error) as exc:
+        engine.dispose()
+        if is_damage(db_error(exc)):
+            raise damaged(db, db_error(exc)) from exc
+        raise BadInput(f"cannot open database {shown(db)}: {db_error(exc)}") from exc
     try:
         enable_wal(engine)
     except (DBAPIError, sqlite3.Error) as exc:

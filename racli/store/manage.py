@@ -51,16 +51,21 @@ def get_runs(store: Store, ids) -> list[Run]:
     return [found[i] for i in ids]
 
 
-def set_tag(store: Store, run_id: int, tag: str | None) -> tuple[str | None, str | None]:
-    """Set (or with None clear) a run's tag; returns (old tag, new tag).
-
-    A train run's config holds its tag too (what `--resume` takes up again):
-    it follows. The tag is not part of config_hash, so the run stays in its group."""
+def check_new_tag(tag: str | None) -> None:
+    """BadInput for a tag `ra runs tag` would not set (None: the tag is cleared)."""
     if tag is not None and not tag.strip():
         raise BadInput("the tag is empty (use --clear to remove a run's tag)")
     if tag is not None and len(tag) > 255:
         raise BadInput(f"the tag is {len(tag)} characters long (at most 255)")
     check_tag(tag, "the tag")
+
+
+def set_tag(store: Store, run_id: int, tag: str | None) -> tuple[str | None, str | None]:
+    """Set (or with None clear) a run's tag; returns (old tag, new tag).
+
+    A train run's config holds its tag too (what `--resume` takes up again):
+    it follows. The tag is not part of config_hash, so the run stays in its group."""
+    check_new_tag(tag)
     run = get_runs(store, [run_id])[0]
     values: dict = {"tag": tag}
     if isinstance(run.config, dict) and "tag" in run.config:
@@ -74,12 +79,20 @@ def set_tag(store: Store, run_id: int, tag: str | None) -> tuple[str | None, str
 REASON_MAX = 1000
 
 
+def check_reason(reason: str | None) -> None:
+    """BadInput for a reason of exclusion `ra runs exclude` would not record."""
+    if not (reason and reason.strip()):
+        raise BadInput("say why the run is excluded: --reason TEXT")
+    check_tag(reason, "--reason", max_len=REASON_MAX, edges=False)
+
+
 def set_excluded(store: Store, ids, *, excluded: bool, reason: str | None = None) -> list[Run]:
     """Exclude runs from verdicts (kept, shown, listed by `ra compare`) or include
     them again. Returns the runs as they were before."""
-    if excluded and not (reason and reason.strip()):
-        raise BadInput("say why the run is excluded: --reason TEXT")
-    check_tag(reason, "--reason", max_len=REASON_MAX, edges=False)
+    if excluded:
+        check_reason(reason)
+    else:
+        check_tag(reason, "--reason", max_len=REASON_MAX, edges=False)
     runs = get_runs(store, ids)
     with store.writing() as conn:
         for chunk in in_chunks([r.id for r in runs]):

@@ -154,9 +154,11 @@ def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
             f"--resume continues run {opts.resume} with its recorded configuration "
             f"and budget: drop {', '.join(conflicts)}"
         )
-    # rank 0 opens (and migrates) the store; other ranks only read it
+    # rank 0 opens (and migrates) the store; other ranks only read it. The run is looked
+    # up before any migration: a wrong id leaves an older store at its schema.
     store = open_writable(
-        lambda: open_store(location, create=False, migrate=info.is_main), location
+        lambda: open_store(location, create=False, migrate=info.is_main, run_ids=[opts.resume]),
+        location,
     )
     store.wait_s = cfg.db_wait_minutes * 60.0
     spec, dataset, _ = prepare_resume(store, opts.resume, info)
