@@ -84,6 +84,33 @@ def test_a_pipe_nothing_reads_is_refused_at_once_even_where_streams_are_allowed(
     assert b"".join(got) == b"# report\n"
 
 
+def test_a_pipe_read_once_gets_what_is_written_after_the_check(tmp_path):
+    """`cat fifo` reads until the last writer closes: the check keeps its write end open
+    until the write, so a reader that opens once receives the whole report."""
+    fifo = tmp_path / "report.md"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(Path(fifo).read_bytes()))
+    reader.start()
+    try:
+        for _ in range(500):  # until the reader has the pipe open
+            try:
+                check_output_file(fifo, "report", special_ok=True)
+                break
+            except BadInput:
+                threading.Event().wait(0.01)
+        else:
+            pytest.fail("a pipe with a reader was refused")
+        check_output_file(fifo, "report", special_ok=True)  # a second check: no second end
+        time.sleep(0.2)
+        assert reader.is_alive(), "the check ended the reader"
+        with atomic_write(fifo) as fh:
+            fh.write("# report\n")
+    finally:
+        reader.join(15)
+    assert got == [b"# report\n"]
+
+
 def test_devices_are_streams_only_where_the_caller_says_so():
     assert check_output_file("/dev/null", "report", special_ok=True) == Path("/dev/null")
     with pytest.raises(BadInput, match="not a regular file"):

@@ -5,7 +5,9 @@ way of writing them: whole or not at all (`atomic_write`).
 - The name must be a file's: not empty, not a folder, not a link to nothing, in a folder
   that exists, short enough for its file system. A device, pipe or socket is refused,
   except where the caller writes a stream (`special_ok`: a report to /dev/null or a pipe
-  something reads); a pipe nothing reads is refused instead of waiting for a reader.
+  something reads); a pipe nothing reads is refused instead of waiting for a reader, and
+  one that passed the check is kept open until the write, so its reader waits for the
+  result instead of reading an end at the check.
 - The folder is tried for writing with a probe file (created and removed), and an existing
   file is opened to append (nothing in it changes), so a read-only folder or file is
   refused before the work rather than when the result is written.
@@ -96,9 +98,33 @@ def check_output_file(
     return path
 
 
+#: pipes the check opened, by (device, inode): their write ends stay open until the write,
+#: so that a reader such as `cat fifo` is not ended by the check (it reads end-of-file at
+#: the last writer's close) and receives what is written later
+_HELD: dict[tuple[int, int], int] = {}
+
+
 def _try_special(path: Path) -> None:
-    """Open a device or pipe for writing without waiting: a pipe with no reader is refused."""
-    os.close(_open_special(path))
+    """Open a device or pipe for writing without waiting: a pipe with no reader is refused.
+    A pipe's write end is kept open for the write (`_HELD`)."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino)
+    if key in _HELD:
+        return
+    fd = _open_special(path)
+    if stat.S_ISFIFO(st.st_mode):
+        _HELD[key] = fd
+    else:
+        os.close(fd)
+
+
+def _take_held(path: Path) -> int | None:
+    """The write end the check kept open for the pipe at `path`, if any (then no longer kept)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _HELD.pop((st.st_dev, st.st_ino), None)
 
 
 #: how long a write waits for a pipe's reader to (re)open it
@@ -182,11 +208,13 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     if is_special(path):
         try:
-            fd = _open_special(path, PIPE_WAIT_S)
-        except OSError as exc:
+            fd = _take_held(path)
+            if fd is None:
+                fd = _open_special(path, PIPE_WAIT_S)
+            with os.fdopen(fd, mode.replace("w", "a")) as fh:
+                yield fh
+        except OSError as exc:  # no reader (any more), or it left mid-way (EPIPE)
             raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from exc
-        with os.fdopen(fd, mode.replace("w", "a")) as fh:
-            yield fh
         return
     tmp = None
     try:
