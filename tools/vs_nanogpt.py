@@ -17,7 +17,9 @@ Arms:
   baseline       ra's `GPT` with attn=baseline, torch.compile
   ra_v5, ...     any ra attention variant
   ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=true,
-                 or graph=false: ra's step without its CUDA-graph capture
+                 or graph=false: ra's step without its CUDA-graph capture, or
+                 inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
+                 (e.g. baseline+inductor.coordinate_descent_tuning=true)
 The arms are compiled and warmed up first, then timed in `--rounds` rounds, the
 order reversed every other round (A B C, C B A, ...), `--steps` steps per arm
 and round with CUDA events around each step. Reported per arm: median and
@@ -47,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from functools import partial
 from pathlib import Path
 
@@ -60,6 +63,7 @@ from racli_models import GPT, GPTConfig  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
 STEP_KEYS = ("graph",)  # arm settings of the step, not of the model
+INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
@@ -96,12 +100,18 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         )
     if name == "nanogpt" and extra:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings")
+    for key in extra:
+        if key.startswith(INDUCTOR):
+            import torch._inductor.config as inductor_config
+
+            if not hasattr(inductor_config, key[len(INDUCTOR) :]):
+                raise SystemExit(f"vs_nanogpt: torch._inductor.config has no '{key}'")
     return name, extra
 
 
 def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
     name, extra = parse_arm(arm)
-    extra = {k: v for k, v in extra.items() if k not in STEP_KEYS}
+    extra = {k: v for k, v in extra.items() if k not in STEP_KEYS and not k.startswith(INDUCTOR)}
     torch.manual_seed(1234)
     fused = device.startswith("cuda")
     if name == "nanogpt":
@@ -115,6 +125,18 @@ def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
         opt = model.configure_optimizer(WD, LR, BETAS, fused=fused)
     n_params = sum(p.numel() for p in model.parameters())
     return model, opt, n_params
+
+
+def own_forward(model: torch.nn.Module, tag: str) -> None:
+    """Give `model` a forward of its own code object, so that torch.compile compiles it
+    afresh (under the arm's inductor settings) instead of reusing what an earlier arm of
+    the same model class compiled: dynamo keeps compiled code per code object."""
+    base = type(model).forward
+    code = base.__code__.replace(co_name=f"forward_{abs(hash(tag))}")
+    fn = types.FunctionType(
+        code, base.__globals__, code.co_name, base.__defaults__, base.__closure__
+    )
+    model.forward = types.MethodType(fn, model)
 
 
 def autocast_of(device: str):
@@ -219,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     steps, info = {}, {}
     for arm in arms:
         model, opt, n_params = build_arm(arm, shape, device, mod)
+        name, settings = parse_arm(arm)
+        if any(k.startswith(INDUCTOR) for k in settings):
+            own_forward(model, arm)
         fwd = model if args.no_compile else torch.compile(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        name, settings = parse_arm(arm)
         if name == "nanogpt":
             step = make_step(fwd, opt, params, device)
         else:
@@ -233,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 autocast=autocast_of(device),
                 graph=bool(settings.get("graph", True)),
             )
+        patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
         t0 = time.perf_counter()
-        for i in range(args.warmup):
-            loss = step(*batches[i % 4])
-        float(loss.detach())
+        with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
+            for i in range(args.warmup):  # the first call compiles (and captures the step)
+                loss = step(*batches[i % 4])
+            float(loss.detach())
         info[arm] = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
         if isinstance(step, TrainStep):
             info[arm]["graph"] = step._graph is not None
