@@ -372,3 +372,31 @@ def test_a_recorder_refuses_such_a_tag_before_writing(store):
     with pytest.raises(BadInput, match="UTF-8"):
         _start(store, tag="\udcff")
     assert _q(store, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_a_config_that_is_not_json_leaves_every_read_working(tmp_path):
+    """SQLite keeps any text in the JSON column: one row damaged outside ra is shown as it
+    is, and every read and writing command still works on the store (none rewrites it)."""
+    db = tmp_path / "ra.db"
+    ids = make_db(db)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE runs SET config='not json{' WHERE id=?", (ids[1],))
+    for args in (
+        ("runs",),
+        ("runs", "--json"),
+        ("runs", "show", ids[1]),
+        ("runs", "diff", ids[1], ids[2]),
+        ("runs", "export"),
+        ("compare",),
+        ("runs", "tag", ids[1], "kept"),
+    ):
+        res = ra_inprocess(*args, "--db", db)
+        assert res.exit_code == 0, (args, res.stdout, res.stderr)
+    assert "not json{" in ra_inprocess("runs", "show", ids[1], "--db", db).stdout
+    with sqlite3.connect(db) as raw:
+        row = raw.execute("SELECT config, tag FROM runs WHERE id=?", (ids[1],)).fetchone()
+    assert row == ("not json{", "kept")
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE runs SET status='interrupted' WHERE id=?", (ids[1],))
+    err = one_line_error(ra_inprocess("train", "--resume", ids[1], "--db", db))
+    assert "configuration is not JSON" in err

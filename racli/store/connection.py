@@ -6,6 +6,7 @@ SQLite (the default; WAL, a busy timeout, foreign keys) or any SQLAlchemy URL
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -20,6 +21,18 @@ from racli.store.urls import database_url, sqlite_path, sqlite_ro_uri
 BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 
+#: the key of what a JSON column holds when its text is not JSON (a row damaged outside ra)
+UNREADABLE = "_unreadable_json"
+
+
+def loads_kept(text: str):
+    """A JSON column's value; text that is not JSON (SQLite stores any text) comes back as
+    {UNREADABLE: text}, so that one damaged row does not stop every read of the store."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {UNREADABLE: text}
+
 
 def make_engine(db: str, *, readonly: bool = False, immutable: bool = False) -> Engine:
     """An engine on `db`. `readonly`: SQLite through a `mode=ro` URI (or
@@ -30,9 +43,13 @@ def make_engine(db: str, *, readonly: bool = False, immutable: bool = False) -> 
         path = sqlite_path(db)
         if readonly and path is not None:
             uri = sqlite_ro_uri(path, immutable)
-            engine = create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, **args))
+            engine = create_engine(
+                url,
+                creator=lambda: sqlite3.connect(uri, uri=True, **args),
+                json_deserializer=loads_kept,
+            )
         else:
-            engine = create_engine(url, connect_args=args)
+            engine = create_engine(url, connect_args=args, json_deserializer=loads_kept)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):

@@ -15,6 +15,7 @@ from racli.config.schema import TrainConfig
 from racli.errors import BadInput
 from racli.names import PAIRING_RULE, check_attention, device_name, device_type, resolve_device
 from racli.store import checkpoints as ckpt_paths
+from racli.store.connection import UNREADABLE
 from racli.store.queries import get_run
 from racli.store.recorder import is_stale
 from racli.training.budget import check_budget
@@ -304,6 +305,11 @@ def prepare_resume(store, run_id: int, dist_info=None):
         raise BadInput(
             f"run {run_id} is still running (its heartbeat is fresh; if its process "
             f"is gone, resume it once the heartbeat is 2 minutes old)"
+        )
+    if UNREADABLE in (run.config or {}):
+        raise BadInput(
+            f"run {run_id}'s recorded configuration is not JSON (the store was changed "
+            f"outside ra): it cannot be resumed; train a new run"
         )
     path = ckpt_paths.checkpoint_path(store.db, run_id)
     written = None if path.is_file() else checkpoint_written(store, run_id)
