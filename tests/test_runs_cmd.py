@@ -103,6 +103,8 @@ def test_unknown_ids_are_one_line_and_change_nothing(db, args):
         ("runs", "exclude", "2", "--reason", " "),
         ("runs", "include", "99"),
         ("runs", "delete", "99", "--yes"),
+        ("runs", "delete", "2"),
+        ("runs", "delete", "99"),
         ("train", "--resume", "99"),
     ],
 )

@@ -67,6 +67,15 @@ def open_store(ctx: typer.Context, db, config, *, readonly: bool, run_ids=()):
     )
 
 
+def check_recorded(ctx: typer.Context, db, config, run_ids) -> None:
+    """BadInput unless the store of `--db` holds these runs; the store is only read."""
+    from racli.store.engine import check_recorded as recorded
+
+    parent = ctx.obj or {}
+    cfg = common.config(config if config is not None else parent.get("config"))
+    recorded(common.db_location(db if db is not None else parent.get("db"), cfg), run_ids)
+
+
 def check_not_input(ctx: typer.Context, db, config, path, what: str) -> None:
     """BadInput when the output `path` is the store of `--db` (see common.check_not_input)."""
     parent = ctx.obj or {}

@@ -83,17 +83,26 @@ def include_cmd(
         typer.echo(f"run {r.id}: {done}")
 
 
-def confirm_delete(runs, counts: dict, *, yes: bool, interactive: bool | None = None) -> bool:
+def stdin_is_terminal() -> bool:
+    """Whether a person can answer a prompt: a terminal on stdin."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def confirm_delete(
+    runs, counts: dict | None, *, yes: bool, interactive: bool | None = None, cascade=False
+) -> bool:
     """--yes, or a yes at the prompt; without a terminal on stdin and without --yes,
-    bad input (a script must say --yes)."""
+    bad input (a script must say --yes). `runs`: the runs or their ids."""
     if yes:
         return True
     if interactive is None:
-        interactive = sys.stdin is not None and sys.stdin.isatty()
-    what = ", ".join(str(r.id) for r in runs[:10]) + (", ..." if len(runs) > 10 else "")
+        interactive = stdin_is_terminal()
+    ids = list(dict.fromkeys(getattr(r, "id", r) for r in runs))
+    what = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
     if not interactive:
+        deps = " and the runs that depend on them" if cascade else ""
         raise BadInput(
-            f"refusing to delete {len(runs)} run(s) ({what}) without confirmation: pass --yes"
+            f"refusing to delete {len(ids)} run(s) ({what}){deps} without confirmation: pass --yes"
         )
     return typer.confirm(
         f"Delete {len(runs)} run(s) ({what}) with {counts['metrics']} metric "
@@ -123,6 +132,9 @@ def delete_cmd(
     from racli.store.manage import check_deletable, delete_runs, row_counts
 
     runs_common.check_ids(run_ids)
+    if not yes and not stdin_is_terminal():  # refused before the store is opened for writing
+        runs_common.check_recorded(ctx, db, config, run_ids)
+        confirm_delete(run_ids, None, yes=False, interactive=False, cascade=cascade)
     store = runs_common.open_store(ctx, db, config, readonly=False, run_ids=run_ids)
     runs = check_deletable(store, run_ids, cascade=cascade)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):

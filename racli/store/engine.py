@@ -287,6 +287,21 @@ def _open_readonly(db: str) -> Store:
     return Store(db=db, engine=engine, readonly=True)
 
 
+def check_recorded(db: str, run_ids: Sequence[int]) -> None:
+    """BadInput unless the store at `db` holds every run of `run_ids`, read without
+    changing the store (no migration, no journal-mode switch)."""
+    engine, rev, _ = _connect_readonly(db)
+    try:
+        _check_known(engine, db, rev)
+        if rev is None:
+            _refuse_unversioned(engine, db, empty_ok=False)
+        _check_run_ids(engine, db, run_ids)
+    except (DBAPIError, sqlite3.Error) as exc:
+        raise BadInput(f"cannot read database {shown(db)}: {db_error(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
 def open_store(
     db: str,
     *,
