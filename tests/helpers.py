@@ -232,3 +232,25 @@ def one_line_error(res) -> str:
 def in_ci() -> bool:
     """Whether the suite runs under CI (CI set and not false): missing services fail there."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def randomize_folded_ra(m) -> None:
+    """Random weights, P, gates and biases for a folded-RA block (ra_v5, ra_v5_untied),
+    none at a special value: what the tests of the fused composition compose."""
+    import math
+
+    import torch
+
+    C, D = m.n_embd, m.head_dim
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0 / math.sqrt(C))
+            elif name == "P":
+                p.normal_(0.0, 1.0 / math.sqrt(D))
+            elif name == "w_std":
+                p.uniform_(0.5, 1.5)
+            elif name == "w_rec":
+                p.uniform_(-1.0, 1.0)
+            else:  # biases
+                p.normal_(0.0, 0.1)

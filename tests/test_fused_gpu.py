@@ -7,10 +7,10 @@ shapes that are not powers of two."""
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
+from helpers import randomize_folded_ra
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from racli_models import GPTConfig, build_attention, fused
@@ -37,19 +37,7 @@ def make(attn: str, shape=(6, 48, 3), dtype=torch.float32, bias: bool = False, s
     cfg = GPTConfig.for_block(H, D, 32, attn, ra_rank=R, bias=bias)
     torch.manual_seed(seed)
     m = build_attention(attn, cfg)
-    C = H * D
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 1.0 / math.sqrt(C))
-            elif name == "P":
-                p.normal_(0.0, 1.0 / math.sqrt(D))
-            elif name == "w_std":
-                p.uniform_(0.5, 1.5)
-            elif name == "w_rec":
-                p.uniform_(-1.0, 1.0)
-            else:  # biases
-                p.normal_(0.0, 0.1)
+    randomize_folded_ra(m)
     return m.to(device=DEV, dtype=dtype)
 
 

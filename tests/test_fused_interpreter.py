@@ -7,13 +7,13 @@ is checked without a GPU."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import randomize_folded_ra
 
 # (H, D, R): C = 200 is four column tiles of 64, the last one partly outside; C = 32 is one
 SHAPES = [(5, 40, 7), (2, 16, 4)]
@@ -30,16 +30,7 @@ def _block(attn: str, shape, seed: int = 0):
     H, D, R = shape
     torch.manual_seed(seed)
     m = build_attention(attn, GPTConfig.for_block(H, D, 32, attn, ra_rank=R))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 1.0 / math.sqrt(H * D))
-            elif name == "P":
-                p.normal_(0.0, 1.0 / math.sqrt(D))
-            elif name == "w_std":
-                p.uniform_(0.5, 1.5)
-            elif name == "w_rec":
-                p.uniform_(-1.0, 1.0)
+    randomize_folded_ra(m)
     return m
 
 
@@ -95,6 +86,9 @@ def test_the_composition_kernels_in_tritons_interpreter():
             pytest.fail("Triton is not installed (pip install triton)", pytrace=False)
         pytest.skip("Triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import tests.test_fused_interpreter as t; t.check_kernels(); print('ok')"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    code = "import test_fused_interpreter as t; t.check_kernels(); print('ok')"
+    here = os.path.dirname(os.path.abspath(__file__))  # where the test modules import from
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=here
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -52,6 +52,17 @@ def test_an_output_that_cannot_be_a_file_is_one_line(tmp_path, make, why):
     assert listing(tmp_path) == before  # no probe left, nothing made
 
 
+def check_once_read(fifo) -> None:
+    """check_output_file(fifo) as a report, retried until the reader thread has opened it."""
+    for _ in range(500):
+        try:
+            check_output_file(fifo, "report", special_ok=True)
+            return
+        except BadInput:
+            threading.Event().wait(0.01)
+    pytest.fail("a pipe with a reader was refused")
+
+
 def test_a_pipe_nothing_reads_is_refused_at_once_even_where_streams_are_allowed(tmp_path):
     """A report may go to a pipe that something reads; one with no reader would wait for
     ever at the write: refused (the check itself does not wait)."""
@@ -69,14 +80,7 @@ def test_a_pipe_nothing_reads_is_refused_at_once_even_where_streams_are_allowed(
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for _ in range(200):  # the reader opens the pipe
-            try:
-                check_output_file(fifo, "report", special_ok=True)
-                break
-            except BadInput:
-                threading.Event().wait(0.01)
-        else:
-            pytest.fail("a pipe with a reader was refused")
+        check_once_read(fifo)
         with atomic_write(fifo) as fh:
             fh.write("# report\n")
     finally:
@@ -93,14 +97,7 @@ def test_a_pipe_read_once_gets_what_is_written_after_the_check(tmp_path):
     reader = threading.Thread(target=lambda: got.append(Path(fifo).read_bytes()))
     reader.start()
     try:
-        for _ in range(500):  # until the reader has the pipe open
-            try:
-                check_output_file(fifo, "report", special_ok=True)
-                break
-            except BadInput:
-                threading.Event().wait(0.01)
-        else:
-            pytest.fail("a pipe with a reader was refused")
+        check_once_read(fifo)
         check_output_file(fifo, "report", special_ok=True)  # a second check: no second end
         time.sleep(0.2)
         assert reader.is_alive(), "the check ended the reader"
