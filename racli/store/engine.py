@@ -378,8 +378,7 @@ def _check_file_writable(path: Path) -> None:
 
 
 def _check_run_ids(engine: Engine, db: str, run_ids: Sequence[int]) -> None:
-    """BadInput naming the first of `run_ids` that the store does not hold (the message
-    of racli.store.manage.get_runs). It reads `runs.id` alone, which every revision of
+    """BadInput naming the first of `run_ids` that the store does not hold. It reads `runs.id` alone, which every revision of
     the schema has, so it runs before a migration."""
     ids = list(dict.fromkeys(int(i) for i in run_ids))
     found: set[int] = set()
@@ -390,8 +389,13 @@ def _check_run_ids(engine: Engine, db: str, run_ids: Sequence[int]) -> None:
                 found.update(conn.scalars(select(runs.c.id).where(runs.c.id.in_(chunk))))
     missing = [i for i in ids if i not in found]
     if missing:
-        more = f" (and {len(missing) - 1} more unknown id(s))" if len(missing) > 1 else ""
-        raise BadInput(f"no run with id {missing[0]} in {db}{more}")
+        raise unknown_runs(db, missing)
+
+
+def unknown_runs(db: str, missing: Sequence[int]) -> BadInput:
+    """The one line for run ids a store does not hold (the first named, the rest counted)."""
+    more = f" (and {len(missing) - 1} more unknown id(s))" if len(missing) > 1 else ""
+    return BadInput(f"no run with id {missing[0]} in {db}{more}")
 
 
 def _open_writable(

@@ -21,6 +21,7 @@ from racli.store import references
 from racli.store.checkpoints import checkpoint_path
 from racli.store.chunks import in_chunks
 from racli.store.connection import Store
+from racli.store.engine import unknown_runs
 from racli.store.models import GateValue, Metric, Run, Timing
 from racli.store.recorder import is_stale
 
@@ -46,8 +47,7 @@ def get_runs(store: Store, ids) -> list[Run]:
             found.update((r.id, r) for r in s.scalars(select(Run).where(Run.id.in_(chunk))))
     missing = [i for i in ids if i not in found]
     if missing:
-        more = f" (and {len(missing) - 1} more unknown id(s))" if len(missing) > 1 else ""
-        raise BadInput(f"no run with id {missing[0]} in {store.db}{more}")
+        raise unknown_runs(store.db, missing)
     return [found[i] for i in ids]
 
 
