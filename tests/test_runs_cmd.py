@@ -125,6 +125,23 @@ def test_bad_input_leaves_an_older_store_at_its_schema(tmp_path, args):
     assert db_state(path) == before
 
 
+def test_refusals_before_writing_on_both_backends(store_url):
+    """The look-up of the runs before the store is opened for writing (and before the
+    refusal of a delete without --yes) reads PostgreSQL as it reads SQLite."""
+    store = open_store(store_url)
+    run = record_run(store, attn="baseline", seed=1)
+    store.close()
+    assert "no run with id 99" in one_line_error(
+        ra_inprocess("runs", "delete", "99", "--db", store_url)
+    )
+    assert "pass --yes" in one_line_error(ra_inprocess("runs", "delete", run, "--db", store_url))
+    assert "no run with id 98" in one_line_error(
+        ra_inprocess("runs", "tag", "98", "x", "--db", store_url)
+    )
+    assert ok("runs", "delete", run, "--yes", "--db", store_url)
+    assert "no run with id" in one_line_error(ra_inprocess("runs", "show", run, "--db", store_url))
+
+
 # ---- tag -----------------------------------------------------------------------------------
 
 
