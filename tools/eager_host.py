@@ -1,6 +1,7 @@
 """Where the host time of ra_v5's eager forward+backward goes, against the baseline's.
 
-    PYTHONPATH=. python3 tools/eager_host.py [--repeats 300] [--rounds 5]
+    PYTHONPATH=. python3 tools/eager_host.py [--repeats 300] [--rounds 5] [--switch-interval S]
+    taskset -c 3 python3 tools/eager_host.py    # every thread on one CPU
 
 The eager block (B=8, T=1024, H=12, D=64, bf16, as in tools/perf_block.py) is
 host-bound: its kernels take about 0.4 ms, the calls take more. This tool times
@@ -195,7 +196,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval(S) first: how soon a thread waiting for the interpreter "
+        "lock gets it (Python's default 0.005 s); with `taskset -c N` (every thread on one "
+        "CPU) one of the two probes of where the device thread's extra time goes",
+    )
     args = ap.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     if not torch.cuda.is_available():
         print("eager_host: needs a CUDA device", file=sys.stderr)
         return 2
