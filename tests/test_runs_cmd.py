@@ -106,6 +106,8 @@ def test_unknown_ids_are_one_line_and_change_nothing(db, args):
         ("runs", "delete", "2"),
         ("runs", "delete", "99"),
         ("train", "--resume", "99"),
+        ("train", "--resume", "1"),  # a bench run
+        ("train", "--resume", "2"),  # finished
     ],
 )
 def test_bad_input_leaves_an_older_store_at_its_schema(tmp_path, args):

@@ -14,7 +14,7 @@ import shlex
 import sqlite3
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, column, event, inspect, select, table
@@ -309,6 +309,7 @@ def open_store(
     migrate: bool = True,
     readonly: bool = False,
     run_ids: Sequence[int] = (),
+    run_check: Callable[[dict[int, RunBrief]], None] | None = None,
 ) -> Store:
     """Open (and by default create and migrate) the results store at `db`.
 
@@ -318,14 +319,17 @@ def open_store(
     program, or a file that is not a database, is bad input: nothing is touched.
     `run_ids`: the runs a writing command works on; one the store does not hold is
     bad input found before any migration, so an older store given a wrong id stays
-    at its schema.
+    at its schema; `run_check` then gets their (kind, status) for the command's own
+    refusals, also before the migration.
     """
     if readonly:
         return _open_readonly(db)
     path = store_file(db)
     created = path is not None and not path.exists()
     try:
-        return _open_writable(db, path, create=create, migrate=migrate, run_ids=run_ids)
+        return _open_writable(
+            db, path, create=create, migrate=migrate, run_ids=run_ids, run_check=run_check
+        )
     except BaseException:
         if created:
             remove_if_empty(path)
@@ -377,19 +381,33 @@ def _check_file_writable(path: Path) -> None:
         )
 
 
-def _check_run_ids(engine: Engine, db: str, run_ids: Sequence[int]) -> None:
-    """BadInput naming the first of `run_ids` that the store does not hold. It reads `runs.id` alone, which every revision of
-    the schema has, so it runs before a migration."""
+#: what a check before migrating gets of each run: columns every schema revision has
+RunBrief = tuple[str, str]  # (kind, status)
+
+
+def _check_run_ids(
+    engine: Engine,
+    db: str,
+    run_ids: Sequence[int],
+    check: Callable[[dict[int, RunBrief]], None] | None = None,
+) -> None:
+    """BadInput naming the first of `run_ids` that the store does not hold, then `check`
+    (given {id: (kind, status)}) for a command's own refusals. It reads `runs.id`, `kind`
+    and `status` alone, which every revision of the schema has, so it runs before a
+    migration."""
     ids = list(dict.fromkeys(int(i) for i in run_ids))
-    found: set[int] = set()
-    runs = table("runs", column("id"))
+    found: dict[int, RunBrief] = {}
+    runs = table("runs", column("id"), column("kind"), column("status"))
     with engine.connect() as conn:
         if inspect(conn).has_table("runs"):
             for chunk in in_chunks(ids):
-                found.update(conn.scalars(select(runs.c.id).where(runs.c.id.in_(chunk))))
+                query = select(runs.c.id, runs.c.kind, runs.c.status).where(runs.c.id.in_(chunk))
+                found.update((i, (k, st)) for i, k, st in conn.execute(query))
     missing = [i for i in ids if i not in found]
     if missing:
         raise unknown_runs(db, missing)
+    if check is not None:
+        check(found)
 
 
 def unknown_runs(db: str, missing: Sequence[int]) -> BadInput:
@@ -399,7 +417,13 @@ def unknown_runs(db: str, missing: Sequence[int]) -> BadInput:
 
 
 def _open_writable(
-    db: str, path: Path | None, *, create: bool, migrate: bool, run_ids: Sequence[int] = ()
+    db: str,
+    path: Path | None,
+    *,
+    create: bool,
+    migrate: bool,
+    run_ids: Sequence[int] = (),
+    run_check: Callable[[dict[int, RunBrief]], None] | None = None,
 ) -> Store:
     if path is not None:
         if not path.exists() and not create:
@@ -420,7 +444,7 @@ def _open_writable(
         if rev is None:
             _refuse_unversioned(engine, db, empty_ok=True)
         if run_ids:
-            _check_run_ids(engine, db, run_ids)
+            _check_run_ids(engine, db, run_ids, run_check)
     except BadInput:
         engine.dispose()
         raise

@@ -32,7 +32,14 @@ from racli.training.budget import check_budget_range
 from racli.training.memory import check_fits
 from racli.training.progress import ConsoleReporter
 from racli.training.result import TrainResult
-from racli.training.spec import TrainSpec, load_data, prepare_resume, run_config, spec_from_config
+from racli.training.spec import (
+    TrainSpec,
+    check_resumable,
+    load_data,
+    prepare_resume,
+    run_config,
+    spec_from_config,
+)
 from racli.training.stopping import EXIT_INTERRUPTED, stop_on_signals, stop_when_parent_dies
 
 
@@ -155,9 +162,16 @@ def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
             f"and budget: drop {', '.join(conflicts)}"
         )
     # rank 0 opens (and migrates) the store; other ranks only read it. The run is looked
-    # up before any migration: a wrong id leaves an older store at its schema.
+    # up before any migration: a wrong id, a finished or a bench run leaves an older
+    # store at its schema.
     store = open_writable(
-        lambda: open_store(location, create=False, migrate=info.is_main, run_ids=[opts.resume]),
+        lambda: open_store(
+            location,
+            create=False,
+            migrate=info.is_main,
+            run_ids=[opts.resume],
+            run_check=lambda runs: check_resumable(opts.resume, *runs[opts.resume]),
+        ),
         location,
     )
     store.wait_s = cfg.db_wait_minutes * 60.0

@@ -286,6 +286,15 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
 # ---------------------------------------------------------------------------- resume
 
 
+def check_resumable(run_id: int, kind: str, status: str) -> None:
+    """BadInput when a run of this kind and status cannot be resumed: not a train run, or
+    finished (what `--resume` checks before the store is migrated, and again after)."""
+    if kind != "train":
+        raise BadInput(f"run {run_id} is a {kind} run, not a train run")
+    if status == "finished":
+        raise BadInput(f"run {run_id} is finished: its budget is used up")
+
+
 def prepare_resume(store, run_id: int, dist_info=None):
     """Validate `--resume RUN` and return (spec, dataset, checkpoint path). BadInput if the run
     is unknown, not a train run, finished, still running, or its checkpoint cannot be used.
@@ -297,10 +306,7 @@ def prepare_resume(store, run_id: int, dist_info=None):
 
     info = dist_info or ddp.detect()
     run = get_run(store, run_id)
-    if run.kind != "train":
-        raise BadInput(f"run {run_id} is a {run.kind} run, not a train run")
-    if run.status == "finished":
-        raise BadInput(f"run {run_id} is finished: its budget is used up")
+    check_resumable(run_id, run.kind, run.status)
     if run.status == "running" and not is_stale(run):
         raise BadInput(
             f"run {run_id} is still running (its heartbeat is fresh; if its process "
