@@ -54,12 +54,17 @@ IdsArg = Annotated[
 RunArg = Annotated[int, typer.Argument(help="Run id.", autocompletion=completers.complete_run_id)]
 
 
+def _db_and_config(ctx: typer.Context, db, config):
+    """`--db` and the loaded config, each given here or before the subcommand."""
+    parent = ctx.obj or {}
+    cfg = common.config(config if config is not None else parent.get("config"))
+    return (db if db is not None else parent.get("db")), cfg
+
+
 def open_store(ctx: typer.Context, db, config, *, readonly: bool, run_ids=()):
     """The store of `--db` (given here or before the subcommand); writing: must exist and
     hold every run of `run_ids` (checked before the store is migrated)."""
-    parent = ctx.obj or {}
-    cfg = common.config(config if config is not None else parent.get("config"))
-    db = db if db is not None else parent.get("db")
+    db, cfg = _db_and_config(ctx, db, config)
     return (
         common.open_db(db, cfg, readonly=True)
         if readonly
@@ -71,16 +76,14 @@ def check_recorded(ctx: typer.Context, db, config, run_ids) -> None:
     """BadInput unless the store of `--db` holds these runs; the store is only read."""
     from racli.store.engine import check_recorded as recorded
 
-    parent = ctx.obj or {}
-    cfg = common.config(config if config is not None else parent.get("config"))
-    recorded(common.db_location(db if db is not None else parent.get("db"), cfg), run_ids)
+    db, cfg = _db_and_config(ctx, db, config)
+    recorded(common.db_location(db, cfg), run_ids)
 
 
 def check_not_input(ctx: typer.Context, db, config, path, what: str) -> None:
     """BadInput when the output `path` is the store of `--db` (see common.check_not_input)."""
-    parent = ctx.obj or {}
-    cfg = common.config(config if config is not None else parent.get("config"))
-    common.check_not_input(path, db if db is not None else parent.get("db"), cfg, what)
+    db, cfg = _db_and_config(ctx, db, config)
+    common.check_not_input(path, db, cfg, what)
 
 
 def check_ids(run_ids) -> None:

@@ -445,16 +445,10 @@ def _open_writable(
             _refuse_unversioned(engine, db, empty_ok=True)
         if run_ids:
             _check_run_ids(engine, db, run_ids, run_check)
+        enable_wal(engine)
     except BadInput:
         engine.dispose()
         raise
-    except (DBAPIError, sqlite3.Error) as exc:
-        engine.dispose()
-        if is_damage(db_error(exc)):
-            raise damaged(db, db_error(exc)) from exc
-        raise BadInput(f"cannot open database {shown(db)}: {db_error(exc)}") from exc
-    try:
-        enable_wal(engine)
     except (DBAPIError, sqlite3.Error) as exc:
         engine.dispose()
         if is_damage(db_error(exc)):
