@@ -60,6 +60,19 @@ def comma_list(text: str | Iterable[str] | None) -> list[str]:
 TAG_MAX = 255
 
 
+def check_utf8(text: str, option: str) -> None:
+    """BadInput for text that is not valid UTF-8: a shell passes such bytes as lone
+    surrogates, which the store (UTF-8 alone) can neither hold nor look up."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start].encode("utf-8", "surrogateescape")
+        raise BadInput(
+            f"{option} is not valid UTF-8 text (byte 0x{bad.hex()} at character "
+            f"{exc.start + 1}): give it as UTF-8"
+        ) from None
+
+
 def check_tag(
     tag: str | None, option: str = "--tag", max_len: int | None = TAG_MAX, *, edges: bool = True
 ) -> None:
@@ -77,14 +90,7 @@ def check_tag(
             f"{option} {tag!r} begins or ends with white space: filters match a tag "
             "exactly, give it without"
         )
-    try:
-        tag.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = tag[exc.start].encode("utf-8", "surrogateescape")
-        raise BadInput(
-            f"{option} is not valid UTF-8 text (byte 0x{bad.hex()} at character "
-            f"{exc.start + 1}): give it as UTF-8"
-        ) from None
+    check_utf8(tag, option)
     if "\x00" in tag:
         raise BadInput(f"{option} holds a NUL character")
     if max_len is not None and len(tag) > max_len:

@@ -42,10 +42,14 @@ def test_arms_bad_input(text):
 def test_seeds():
     assert plan.parse_seeds("1-5") == [1, 2, 3, 4, 5]
     assert plan.parse_seeds("1,3,5") == [1, 3, 5]
-    assert plan.parse_seeds("1-3,7,2") == [1, 2, 3, 7]
+    assert plan.parse_seeds("7,1-3") == [1, 2, 3, 7]
     for bad in ("", "a-b", "5-1", "1-2-3"):
         with pytest.raises(BadInput):
             plan.parse_seeds(bad)
+    # a seed is one replicate of every arm: listing it twice promises runs that never come
+    for twice, seed in (("1,1", 1), ("1-3,7,2", 2), ("1-5,4-9", 4)):
+        with pytest.raises(BadInput, match=f"seed {seed} is listed twice"):
+            plan.parse_seeds(twice)
 
 
 def test_devices():

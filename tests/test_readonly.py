@@ -344,9 +344,16 @@ def test_experiment_status_makes_no_folder_and_tries_no_report(tmp_path):
     res = ra_inprocess(
         "experiment", "--attn", "baseline,ra_v5", "--seeds", "1", "--minutes", "0.01",
         "--device", "cpu", "--status", "--tensorboard", str(tmp_path / "tb"),
-        "--report", str(tmp_path / "r.md"), "--db", str(path),
+        "--report", str(tmp_path / "r.md"), "--db", str(path), "--leave-on-interrupt",
     )  # fmt: skip
     assert res.exit_code == 0, res.stderr
     assert "not started" in res.stdout
     assert db_dump(path) == before
+    # what is left alone is said, once each, on stderr
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("ra: note:")]
+    assert notes == [
+        "ra: note: --status writes no report: --report is left alone",
+        "ra: note: --cancel-on-interrupt/--leave-on-interrupt is for slurm and ray jobs: "
+        "the local launcher stops its runs on Ctrl-C",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ra.db")) == []

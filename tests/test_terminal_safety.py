@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from helpers import ENV_INFO, record_run
@@ -149,6 +150,42 @@ def test_error_lines_show_user_input_literally(hostile_db):
         assert res.exit_code == 2, res.stderr
         assert_harmless(res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("ra: error:")
+
+
+UNDECODED = "r\udcff"  # what Python makes of the byte 0xff in a command line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["runs", "--tag", UNDECODED],
+        ["runs", "--attn", UNDECODED],
+        ["runs", "export", "--tag", UNDECODED],
+        ["compare", "--tag", UNDECODED],
+        ["compare", "--since", UNDECODED],
+        ["gates", "--tag", UNDECODED],
+        ["gates", "--runs", UNDECODED],
+    ],
+    ids=lambda a: "-".join(x for x in a if x.startswith("-") or x.isalpha()),
+)
+def test_a_filter_that_is_not_utf8_is_one_line(hostile_db, args):
+    """No run holds such text (the store is UTF-8): one line naming the byte, not the
+    encoder's error (these filters stopped with exit 1 and UnicodeEncodeError)."""
+    db, _ = hostile_db
+    before = Path(db).read_bytes()
+    res = ra(*args, "--db", db)
+    assert res.exit_code == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "is not valid UTF-8 text (byte 0xff at character 2)" in res.stderr
+    assert Path(db).read_bytes() == before
+
+
+def test_an_undecoded_byte_shows_as_the_byte(tmp_path):
+    assert terminal.visible("a\udcffb\udc80") == "a\\xffb\\x80"
+    assert terminal.one_line("\udcfe\n") == "\\xfe\\n"
+    assert terminal.visible("\udc7f\ud800") == "\udc7f\ud800"  # not a byte's stand-in
+    res = ra("runs", "--db", str(tmp_path / "\udcff.db"))
+    assert res.exit_code == 2 and "\\xff.db" in res.stderr and "\\udcff" not in res.stderr
 
 
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])

@@ -210,6 +210,16 @@ def experiment(
         db=common.db_location(db, cfg),
         cancel_on_interrupt=cancel_on_interrupt,
     )
+    for given, ignored in (
+        (status and report is not None, "--status writes no report: --report is left alone"),
+        (
+            cancel_on_interrupt is not None and settings.launcher == "local",
+            "--cancel-on-interrupt/--leave-on-interrupt is for slurm and ray jobs: the local "
+            "launcher stops its runs on Ctrl-C",
+        ),
+    ):
+        if given:
+            typer.echo(f"ra: note: {ignored}", err=True)
     if status:
         _status(settings, cfg, db, json)
         return

@@ -16,7 +16,7 @@ import typer
 
 from racli.commands import common, completers
 from racli.errors import BadInput
-from racli.names import check_attention, check_run_id
+from racli.names import check_attention, check_run_id, check_utf8
 from racli.text.outputs import check_plot_path
 from racli.text.terminal import for_stream, visible
 
@@ -92,6 +92,8 @@ def gates(
     for name, v in picks[1:]:
         if v is not None and not v.strip():
             raise BadInput(f"{name} is empty: give {'run ids' if name == '--runs' else 'a tag'}")
+        if v is not None:
+            check_utf8(v, name)
     if attn is not None and tag is None:
         raise BadInput("--attn goes with --tag (to pick runs); --run and --runs name them")
     if attn is not None:

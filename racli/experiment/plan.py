@@ -88,11 +88,11 @@ _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
 
 
 def parse_seeds(text: str | None) -> list[int]:
-    """``1-5`` / ``1,3,5`` / ``1-3,7`` -> sorted distinct seeds."""
+    """``1-5`` / ``1,3,5`` / ``1-3,7`` -> the seeds, sorted; BadInput for a seed listed twice."""
     text = text or ""
     if not text.strip():
         raise BadInput("--seeds is empty: give a range like 1-5 or a list like 1,3,5")
-    seeds: list[int] = []
+    seen: set[int] = set()
     for part in text.split(","):
         if not part.strip():
             raise BadInput(f"bad --seeds '{text}': an empty item (a comma too many)")
@@ -107,8 +107,14 @@ def parse_seeds(text: str | None) -> list[int]:
             raise BadInput(f"bad --seeds '{text}': more than 10,000 seeds")
         for seed in (lo, hi):
             check_seed(seed, "every seed of --seeds")
-        seeds.extend(range(lo, hi + 1))
-    return sorted(set(seeds))
+        twice = seen.intersection(range(lo, hi + 1))
+        if twice:
+            raise BadInput(
+                f"bad --seeds '{text}': seed {min(twice)} is listed twice (a seed is one "
+                "replicate of every arm; give each once)"
+            )
+        seen.update(range(lo, hi + 1))
+    return sorted(seen)
 
 
 def parse_devices(devices: str | None, device: str | None) -> list[str]:

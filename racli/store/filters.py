@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from racli.errors import BadInput
+from racli.names import check_utf8
 from racli.store.recorder import END_STATES
 
 KINDS = ("bench", "train", "calibration")
@@ -14,13 +15,17 @@ STATUSES = ("running", *END_STATES, "crashed")
 
 
 def check_not_blank(**options: str | None) -> None:
-    """BadInput for a filter given as an empty or blank string (`--tag ''`): it would
-    otherwise read as no filter at all. Keyword names are the options without dashes."""
+    """BadInput for a filter given as an empty or blank string (`--tag ''`), which would
+    otherwise read as no filter at all, or as text that is not valid UTF-8 (a shell passes
+    such bytes as lone surrogates; the store holds UTF-8 alone, so no run could match and
+    the query itself would fail). Keyword names are the options without dashes."""
     for name, value in options.items():
-        if value is not None and not value.strip():
-            raise BadInput(
-                f"--{name.replace('_', '-')} is empty: give a value or leave the option out"
-            )
+        if value is None:
+            continue
+        option = f"--{name.replace('_', '-')}"
+        if not value.strip():
+            raise BadInput(f"{option} is empty: give a value or leave the option out")
+        check_utf8(value, option)
 
 
 def check_kind_status(kind: str | None, status: str | None) -> None:

@@ -9,7 +9,8 @@ Every such string goes through here before it reaches the console:
 
 * :func:`visible` makes control characters visible as escapes (``\\x1b``,
   ``\\r``, ...): C0 controls, DEL, C1 controls and the Unicode bidirectional
-  overrides. Newlines and tabs are kept; :func:`one_line` escapes them too.
+  overrides, and a byte that was not UTF-8 (``\\xff``, where Python holds a lone
+  surrogate). Newlines and tabs are kept; :func:`one_line` escapes them too.
 * :func:`cut` shortens a field to a width with an ellipsis (table cells;
   ``--json`` keeps every field whole).
 * :func:`cell` is a Rich ``Text`` (never parsed as markup or emoji codes);
@@ -34,7 +35,10 @@ def _escape(code: int) -> str:
 
 
 _CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), *_BIDI]
-_ONE_LINE = {code: _escape(code) for code in _CONTROLS}
+# a byte that is not UTF-8 in an argument or a file name arrives as a lone surrogate
+# (Python's surrogateescape): shown as the byte it stands for, as outputs.py shows a name
+_UNDECODED = {code: f"\\x{code - 0xDC00:02x}" for code in range(0xDC80, 0xDD00)}
+_ONE_LINE = {code: _escape(code) for code in _CONTROLS} | _UNDECODED
 _BLOCK = {code: text for code, text in _ONE_LINE.items() if code not in (0x09, 0x0A)}
 
 
