@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 from helpers import (
+    ENV_INFO,
     GPU_ENV_INFO,
     TRAIN_CONFIG,
     db_state,
@@ -17,6 +18,7 @@ from helpers import (
     one_line_error,
     ra_inprocess,
     record_run,
+    set_heartbeat_minutes_ago,
 )
 
 from racli.commands import runs_manage
@@ -122,6 +124,30 @@ def test_bad_input_leaves_an_older_store_at_its_schema(tmp_path, args):
     store.close()
     before = db_state(path)
     one_line_error(ra_inprocess(*args, "--db", path))
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+    assert db_state(path) == before
+
+
+@pytest.mark.parametrize("args", [("runs", "delete", "{id}", "--yes"), ("train", "--resume", "{id}")])
+def test_a_live_run_leaves_an_older_store_at_its_schema(tmp_path, args):
+    """A run a process is writing (fresh heartbeat; perhaps an older ra, at the store's
+    revision) is refused before the migration, which would change the tables under it."""
+    from racli.store import migrate as store_migrate
+    from racli.store.recorder import RunRecorder
+
+    path = tmp_path / "old.db"
+    store = open_store(str(path))
+    live = RunRecorder.start(
+        store, kind="train", attn="baseline", config=dict(TRAIN_CONFIG), seed=1,
+        env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False,
+    ).run_id  # fmt: skip
+    set_heartbeat_minutes_ago(store, live, 0.1)
+    store_migrate.downgrade(store.engine, "0003")
+    store.close()
+    before = db_state(path)
+    err = one_line_error(ra_inprocess(*(a.format(id=live) for a in args), "--db", path))
+    assert f"run {live} is still running" in err
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
     assert db_state(path) == before

@@ -112,13 +112,26 @@ def check_not_input(
 
 
 def open_db(
-    db: str | None, cfg: Config, *, create: bool = True, readonly: bool = False, run_ids=()
+    db: str | None,
+    cfg: Config,
+    *,
+    create: bool = True,
+    readonly: bool = False,
+    run_ids=(),
+    run_check=None,
 ):
     """The store (racli.store.engine.open_store); `run_ids`: the runs a writing command
-    works on, each checked to be recorded before the store is migrated."""
+    works on, each checked to be recorded (and by `run_check`) before the store is
+    migrated."""
     from racli.store.engine import open_store
 
-    return open_store(db_location(db, cfg), create=create, readonly=readonly, run_ids=run_ids)
+    return open_store(
+        db_location(db, cfg),
+        create=create,
+        readonly=readonly,
+        run_ids=run_ids,
+        run_check=run_check,
+    )
 
 
 def print_json(data: Any) -> None:

@@ -61,14 +61,15 @@ def _db_and_config(ctx: typer.Context, db, config):
     return (db if db is not None else parent.get("db")), cfg
 
 
-def open_store(ctx: typer.Context, db, config, *, readonly: bool, run_ids=()):
+def open_store(ctx: typer.Context, db, config, *, readonly: bool, run_ids=(), run_check=None):
     """The store of `--db` (given here or before the subcommand); writing: must exist and
-    hold every run of `run_ids` (checked before the store is migrated)."""
+    hold every run of `run_ids`, which `run_check` may refuse (both before the store is
+    migrated)."""
     db, cfg = _db_and_config(ctx, db, config)
     return (
         common.open_db(db, cfg, readonly=True)
         if readonly
-        else common.open_db(db, cfg, create=False, run_ids=run_ids)
+        else common.open_db(db, cfg, create=False, run_ids=run_ids, run_check=run_check)
     )
 
 

@@ -129,13 +129,15 @@ def delete_cmd(
     json: common.JsonOpt = False,
 ) -> None:
     """Delete runs for good: their metrics, timings, gate values and checkpoint files too."""
-    from racli.store.manage import check_deletable, delete_runs, row_counts
+    from racli.store.manage import check_deletable, delete_runs, refuse_live, row_counts
 
     runs_common.check_ids(run_ids)
     if not yes and not stdin_is_terminal():  # refused before the store is opened for writing
         runs_common.check_recorded(ctx, db, config, run_ids)
         confirm_delete(run_ids, None, yes=False, interactive=False, cascade=cascade)
-    store = runs_common.open_store(ctx, db, config, readonly=False, run_ids=run_ids)
+    store = runs_common.open_store(
+        ctx, db, config, readonly=False, run_ids=run_ids, run_check=refuse_live
+    )
     runs = check_deletable(store, run_ids, cascade=cascade)
     if not confirm_delete(runs, row_counts(store, [r.id for r in runs]), yes=yes):
         typer.echo("nothing deleted", err=True)

@@ -15,9 +15,10 @@ import sqlite3
 import stat
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 from pathlib import Path
 
-from sqlalchemy import Engine, column, event, inspect, select, table
+from sqlalchemy import DateTime, Engine, column, event, inspect, select, table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from racli.errors import BadInput, first_line
@@ -382,7 +383,12 @@ def _check_file_writable(path: Path) -> None:
 
 
 #: what a check before migrating gets of each run: columns every schema revision has
-RunBrief = tuple[str, str]  # (kind, status)
+class RunBrief(NamedTuple):
+    """What a writing command may check of a run before a migration."""
+
+    kind: str
+    status: str
+    live: bool  # `running` with a fresh heartbeat: a process is writing it now
 
 
 def _check_run_ids(
@@ -392,17 +398,31 @@ def _check_run_ids(
     check: Callable[[dict[int, RunBrief]], None] | None = None,
 ) -> None:
     """BadInput naming the first of `run_ids` that the store does not hold, then `check`
-    (given {id: (kind, status)}) for a command's own refusals. It reads `runs.id`, `kind`
-    and `status` alone, which every revision of the schema has, so it runs before a
-    migration."""
+    (given {id: RunBrief}) for a command's own refusals. It reads `runs.id`, `kind`,
+    `status`, `started_at` and `heartbeat_at` alone, which every revision of the schema
+    has, so it runs before a migration (one that would change the tables under a live
+    run's writer, perhaps an older ra)."""
+    from racli.store.models import Run
+    from racli.store.recorder import is_stale
+
     ids = list(dict.fromkeys(int(i) for i in run_ids))
     found: dict[int, RunBrief] = {}
-    runs = table("runs", column("id"), column("kind"), column("status"))
+    runs = table(
+        "runs",
+        column("id"),
+        column("kind"),
+        column("status"),
+        column("started_at", DateTime()),
+        column("heartbeat_at", DateTime()),
+    )
     with engine.connect() as conn:
         if inspect(conn).has_table("runs"):
             for chunk in in_chunks(ids):
-                query = select(runs.c.id, runs.c.kind, runs.c.status).where(runs.c.id.in_(chunk))
-                found.update((i, (k, st)) for i, k, st in conn.execute(query))
+                query = select(runs).where(runs.c.id.in_(chunk))
+                for i, kind, status, started_at, heartbeat_at in conn.execute(query):
+                    view = Run(status=status, started_at=started_at, heartbeat_at=heartbeat_at)
+                    live = status == "running" and not is_stale(view)
+                    found[i] = RunBrief(kind, status, live)
     missing = [i for i in ids if i not in found]
     if missing:
         raise unknown_runs(db, missing)

@@ -21,7 +21,7 @@ from racli.store import references
 from racli.store.checkpoints import checkpoint_path
 from racli.store.chunks import in_chunks
 from racli.store.connection import Store
-from racli.store.engine import unknown_runs
+from racli.store.engine import RunBrief, unknown_runs
 from racli.store.models import GateValue, Metric, Run, Timing
 from racli.store.recorder import is_stale
 
@@ -152,8 +152,20 @@ def check_deletable(store: Store, ids, *, cascade: bool = False) -> list[Run]:
                     raise BadInput(_dependants_text(r.id, outside))
     for r in runs:
         if r.status == "running" and not is_stale(r):
-            raise BadInput(f"run {r.id} is still running (fresh heartbeat): stop it first")
+            raise still_running(r.id)
     return runs
+
+
+def still_running(run_id: int) -> BadInput:
+    return BadInput(f"run {run_id} is still running (fresh heartbeat): stop it first")
+
+
+def refuse_live(runs: dict[int, RunBrief]) -> None:
+    """`open_store`'s run check for `runs delete`: a run a process is writing is refused
+    before the store is migrated (the migration would change its tables under the writer)."""
+    for run_id, brief in runs.items():
+        if brief.live:
+            raise still_running(run_id)
 
 
 def _dependants_text(run_id: int, deps: list[tuple[int, str]]) -> str:
@@ -221,7 +233,7 @@ def _refuse_started_meanwhile(conn, run_ids: list[int]) -> None:
         for rid, status, heartbeat_at, started_at in conn.execute(q):
             view = Run(status=status, heartbeat_at=heartbeat_at, started_at=started_at)
             if not is_stale(view):
-                raise BadInput(f"run {rid} is still running (fresh heartbeat): stop it first")
+                raise still_running(rid)
 
 
 def row_counts(store: Store, ids) -> dict[str, int]:

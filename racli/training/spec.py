@@ -286,13 +286,19 @@ def run_config(spec: TrainSpec, dataset: Dataset, world_size: int = 1) -> dict[s
 # ---------------------------------------------------------------------------- resume
 
 
-def check_resumable(run_id: int, kind: str, status: str) -> None:
-    """BadInput when a run of this kind and status cannot be resumed: not a train run, or
-    finished (what `--resume` checks before the store is migrated, and again after)."""
+def check_resumable(run_id: int, kind: str, status: str, live: bool) -> None:
+    """BadInput when a run cannot be resumed: not a train run, finished, or still being
+    written by a process (`live`: running with a fresh heartbeat). What `--resume` checks
+    before the store is migrated, and again after."""
     if kind != "train":
         raise BadInput(f"run {run_id} is a {kind} run, not a train run")
     if status == "finished":
         raise BadInput(f"run {run_id} is finished: its budget is used up")
+    if live:
+        raise BadInput(
+            f"run {run_id} is still running (its heartbeat is fresh; if its process "
+            f"is gone, resume it once the heartbeat is 2 minutes old)"
+        )
 
 
 def prepare_resume(store, run_id: int, dist_info=None):
@@ -306,12 +312,7 @@ def prepare_resume(store, run_id: int, dist_info=None):
 
     info = dist_info or ddp.detect()
     run = get_run(store, run_id)
-    check_resumable(run_id, run.kind, run.status)
-    if run.status == "running" and not is_stale(run):
-        raise BadInput(
-            f"run {run_id} is still running (its heartbeat is fresh; if its process "
-            f"is gone, resume it once the heartbeat is 2 minutes old)"
-        )
+    check_resumable(run_id, run.kind, run.status, run.status == "running" and not is_stale(run))
     if UNREADABLE in (run.config or {}):
         raise BadInput(
             f"run {run_id}'s recorded configuration is not JSON (the store was changed "
