@@ -129,15 +129,14 @@ def test_bad_input_leaves_an_older_store_at_its_schema(tmp_path, args):
     assert db_state(path) == before
 
 
-@pytest.mark.parametrize("args", [("runs", "delete", "{id}", "--yes"), ("train", "--resume", "{id}")])
-def test_a_live_run_leaves_an_older_store_at_its_schema(tmp_path, args):
-    """A run a process is writing (fresh heartbeat; perhaps an older ra, at the store's
-    revision) is refused before the migration, which would change the tables under it."""
+def _old_store_with_a_live_run(path) -> tuple[int, int]:
+    """A store at revision 0003 holding a finished run and a run whose writer is alive
+    (fresh heartbeat): (finished id, live id)."""
     from racli.store import migrate as store_migrate
     from racli.store.recorder import RunRecorder
 
-    path = tmp_path / "old.db"
     store = open_store(str(path))
+    done = record_run(store, attn="baseline", seed=2)
     live = RunRecorder.start(
         store, kind="train", attn="baseline", config=dict(TRAIN_CONFIG), seed=1,
         env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False,
@@ -145,12 +144,46 @@ def test_a_live_run_leaves_an_older_store_at_its_schema(tmp_path, args):
     set_heartbeat_minutes_ago(store, live, 0.1)
     store_migrate.downgrade(store.engine, "0003")
     store.close()
-    before = db_state(path)
-    err = one_line_error(ra_inprocess(*(a.format(id=live) for a in args), "--db", path))
-    assert f"run {live} is still running" in err
+    return done, live
+
+
+def _revision(path) -> str:
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+        return raw.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("runs", "delete", "{live}", "--yes"), "run {live} is still running"),
+        (("train", "--resume", "{live}"), "run {live} is still running"),
+        (("runs", "tag", "{done}", "x"), "run {live} is still being written"),
+        (("runs", "delete", "{done}", "--yes"), "run {live} is still being written"),
+        (("db", "upgrade"), "run {live} is still being written"),
+    ],
+)
+def test_a_live_run_leaves_an_older_store_at_its_schema(tmp_path, args, says):
+    """While a process writes a run (fresh heartbeat; perhaps an older ra, at the store's
+    revision), no command migrates the store: the migration would change the tables under
+    that writer and stop its run."""
+    path = tmp_path / "old.db"
+    done, live = _old_store_with_a_live_run(path)
+    before = db_state(path)
+    err = one_line_error(
+        ra_inprocess(*(a.format(done=done, live=live) for a in args), "--db", path)
+    )
+    assert says.format(live=live) in err
+    assert _revision(path) == "0003"
     assert db_state(path) == before
+
+
+def test_an_older_store_migrates_once_its_writer_is_gone(tmp_path):
+    path = tmp_path / "old.db"
+    done, live = _old_store_with_a_live_run(path)
+    with sqlite3.connect(path) as raw:  # its heartbeat gone stale: the writer is gone
+        raw.execute("UPDATE runs SET heartbeat_at = datetime('now', '-10 minutes')")
+    ok("runs", "tag", done, "x", "--db", path)
+    assert _revision(path) != "0003"
 
 
 def test_refusals_before_writing_on_both_backends(store_url):

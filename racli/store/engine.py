@@ -402,32 +402,58 @@ def _check_run_ids(
     `status`, `started_at` and `heartbeat_at` alone, which every revision of the schema
     has, so it runs before a migration (one that would change the tables under a live
     run's writer, perhaps an older ra)."""
-    from racli.store.models import Run
-    from racli.store.recorder import is_stale
-
     ids = list(dict.fromkeys(int(i) for i in run_ids))
     found: dict[int, RunBrief] = {}
-    runs = table(
-        "runs",
-        column("id"),
-        column("kind"),
-        column("status"),
-        column("started_at", DateTime()),
-        column("heartbeat_at", DateTime()),
-    )
     with engine.connect() as conn:
         if inspect(conn).has_table("runs"):
             for chunk in in_chunks(ids):
-                query = select(runs).where(runs.c.id.in_(chunk))
-                for i, kind, status, started_at, heartbeat_at in conn.execute(query):
-                    view = Run(status=status, started_at=started_at, heartbeat_at=heartbeat_at)
-                    live = status == "running" and not is_stale(view)
-                    found[i] = RunBrief(kind, status, live)
+                found.update(_briefs(conn, _RUNS.c.id.in_(chunk)))
     missing = [i for i in ids if i not in found]
     if missing:
         raise unknown_runs(db, missing)
     if check is not None:
         check(found)
+
+
+# the columns of `runs` that every revision of the schema has, read before a migration
+_RUNS = table(
+    "runs",
+    column("id"),
+    column("kind"),
+    column("status"),
+    column("started_at", DateTime()),
+    column("heartbeat_at", DateTime()),
+)
+
+
+def _briefs(conn, where) -> dict[int, RunBrief]:
+    """{id: RunBrief} of the runs `where` selects (a condition on `_RUNS`)."""
+    from racli.store.models import Run
+    from racli.store.recorder import is_stale
+
+    out = {}
+    for i, kind, status, started_at, heartbeat_at in conn.execute(select(_RUNS).where(where)):
+        view = Run(status=status, started_at=started_at, heartbeat_at=heartbeat_at)
+        out[i] = RunBrief(kind, status, status == "running" and not is_stale(view))
+    return out
+
+
+def _refuse_live_writers(engine: Engine, db: str, rev: str) -> None:
+    """BadInput before a migration while a run of the store is being written (fresh
+    heartbeat): its writer, an ra of the store's revision, would meet changed tables
+    (a new column it does not fill, a table rebuilt) and its run would stop."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("runs"):
+            return
+        live = sorted(i for i, b in _briefs(conn, _RUNS.c.status == "running").items() if b.live)
+    if live:
+        more = f" and {len(live) - 1} more" if len(live) > 1 else ""
+        raise BadInput(
+            f"cannot migrate database {shown(db)} from revision {rev} to {HEAD_REVISION}: "
+            f"run {live[0]}{more} is still being written (fresh heartbeat), perhaps by an "
+            f"older ra, whose run would stop on the changed tables; run this again when "
+            f"it has ended (nothing was changed)"
+        )
 
 
 def unknown_runs(db: str, missing: Sequence[int]) -> BadInput:
@@ -465,6 +491,8 @@ def _open_writable(
             _refuse_unversioned(engine, db, empty_ok=True)
         if run_ids:
             _check_run_ids(engine, db, run_ids, run_check)
+        if migrate and rev is not None and rev != HEAD_REVISION:
+            _refuse_live_writers(engine, db, rev)
         enable_wal(engine)
     except BadInput:
         engine.dispose()
