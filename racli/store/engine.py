@@ -15,8 +15,8 @@ import sqlite3
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import DateTime, Engine, column, event, inspect, select, table
 from sqlalchemy.exc import DBAPIError, OperationalError
