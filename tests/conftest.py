@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 
 import pytest
@@ -24,6 +25,13 @@ BACKENDS = ["sqlite", "postgres"]
 # spinning against each other (the whole suite took 40% more CPU time). A setting of the
 # caller's own wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A suite started in the background (`cmd &`, nohup) has SIGINT ignored, and an ignored
+# signal stays ignored in every child it starts: the Ctrl-C tests' ra processes would
+# never see their SIGINT. Python's own handler here makes the children start with the
+# default again, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cuda_available() -> bool:
