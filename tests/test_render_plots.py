@@ -244,6 +244,28 @@ def test_plot_loss_curves_zooms_on_the_second_half(tmp_path):
     assert plot_loss_curves({"a": [(1, [(0, 2.0)])]}, tmp_path / "one.png").is_file()
 
 
+def test_plot_loss_curves_shows_both_sides_where_they_end_alike(tmp_path):
+    """Paired runs can end on the same value: the later variant's hollow marker leaves the
+    earlier one's visible (it hid it before), in both panels."""
+    from PIL import Image
+
+    from racli.text.plots import colours
+
+    curves = {"baseline": [(1, [(3, 5.0)])], "ra_v5": [(2, [(3, 5.0)])]}
+    out = plot_loss_curves(curves, tmp_path / "alike.png")
+    image = Image.open(out).convert("RGB")
+    width, height = image.size
+    for colour in colours(2):
+        rgb = tuple(round(255 * c) for c in colour[:3])
+        near = [
+            x
+            for x in range(width)
+            for y in range(60, height - 60)  # the axes, not the title or the legend
+            if max(abs(a - b) for a, b in zip(image.getpixel((x, y)), rgb, strict=True)) < 40
+        ]
+        assert near and min(near) < width / 2 < max(near), rgb  # drawn in either panel
+
+
 def test_plot_gates(tmp_path):
     rows = gate_rows()
     rep = analyse_gates(rows)
