@@ -624,10 +624,14 @@ H200_STEPS = {"baseline": 2007, "ra_v5": 1998}
 H200_LOSS = {"baseline": (2.1531, 2.1841, 2.1881), "ra_v5": (2.1902, 2.2019, 2.2026)}
 
 
-def add_h200_experiment(store, *, pairing=False, key="h200exp", seed_offset=0):
+def add_h200_experiment(
+    store, *, pairing=False, key="h200exp", seed_offset=0, curve="val_loss", ratio_ci=None
+):
     """The six runs of the H200 report (GPT-2 124M, 2 minutes a run at matched time, seeds
     1-3), as `ra experiment` records them: matched-time budgets from a calibrated ratio of
-    0.9957 [0.9910, 1.0004], val-loss curves, the experiment's key and arm in the config."""
+    0.9957 [0.9910, 1.0004] (or `ratio_ci`, unsettled), loss curves (`curve`: val_loss,
+    train_loss beside the final val_loss alone, or None: the final val_loss alone), the
+    experiment's key and arm in the config."""
     cfg = {
         "model": {"preset": "gpt2"},
         "train": {"lr": 6e-4},
@@ -640,7 +644,7 @@ def add_h200_experiment(store, *, pairing=False, key="h200exp", seed_offset=0):
     ids = {}
     for attn in ("baseline", "ra_v5"):
         steps = H200_STEPS[attn]
-        ratio, ci = (1.0, None) if attn == "baseline" else (0.9957, [0.9910, 1.0004])
+        ratio, ci = (1.0, None) if attn == "baseline" else (0.9957, ratio_ci or [0.9910, 1.0004])
         for seed, loss in zip((1, 2, 3), H200_LOSS[attn]):
             config = {
                 **cfg,
@@ -657,14 +661,18 @@ def add_h200_experiment(store, *, pairing=False, key="h200exp", seed_offset=0):
                     "ratio": ratio,
                     "ratio_ci": ci,
                     "steps": steps,
+                    **({"calibration_settled": False} if ratio_ci and ci else {}),
                 },
             }
             rec = RunRecorder.start(
                 store, kind="train", config=config, attn=attn, seed=seed + seed_offset,
                 env_info=env(gpu="NVIDIA H200"), git_commit="0123abc", heartbeat=False,
             )  # fmt: skip
-            for step in (500, 1000, 1500, steps):
-                rec.metric(step, "val_loss", loss + 0.05 * math.log(steps / step), step / 17)
+            for step in (500, 1000, 1500, steps) if curve else ():
+                value = loss + 0.05 * math.log(steps / step) + (0.1 if curve == "train_loss" else 0)
+                rec.metric(step, curve, value, step / 17)
+            if curve != "val_loss":
+                rec.metric(steps, "val_loss", loss, steps / 17)
             rec.finish(
                 iterations=steps, tokens=steps * 524_288, epochs=0.5, train_seconds=120.0,
                 val_loss=loss, tokens_per_s=steps * 524_288 / 120.0,
@@ -721,6 +729,33 @@ def test_matched_time_with_a_wide_calibration_is_invalid(db, store):
     assert any("UNSETTLED CALIBRATION" in label for label in v["labels"])
     out = ra("compare", "--db", db).stdout
     assert "UNSETTLED" in out and "step budgets imprecise" in out
+
+
+@pytest.mark.parametrize("curve", ["train_loss", None])
+def test_matched_time_without_val_loss_curves_fits_the_train_loss(db, store, tmp_path, curve):
+    """Runs shorter than train.eval_interval record their final val_loss alone: the
+    budgets' check then fits the train-loss curves (within one epoch the training loss
+    falls as the validation loss does), and says so; with no curve at all it is labelled
+    unchecked (it let such verdicts through labelled before)."""
+    wide = [0.4423, 2.0998]
+    add_h200_experiment(store, curve=curve, ratio_ci=wide)
+    v = compare_json(db)["verdict"]
+    gap = v["speed_gap"]
+    if curve is None:
+        assert gap["explained"] is None and v["outcome"] != "INVALID"
+        assert any("precision was not checked (no loss curve)" in x for x in v["labels"])
+        return
+    assert v["outcome"] == "INVALID" and v["invalid_causes"] == ["budget"]
+    assert "6 train-loss curve(s)" in gap["basis"] and "no val-loss curve" in gap["basis"]
+    # the slope the val-loss curves give (here the two differ by a constant)
+    other = open_store(str(tmp_path / "val.db"))
+    try:
+        add_h200_experiment(other, ratio_ci=wide)
+    finally:
+        other.close()
+    by_val = compare_json(str(tmp_path / "val.db"))["verdict"]["speed_gap"]
+    assert "val-loss curve(s)" in by_val["basis"] and "train-loss" not in by_val["basis"]
+    assert gap["explained"] == pytest.approx(by_val["explained"], rel=0.05)
 
 
 def test_aa_experiment_runs_on_separate_seeds_are_independent():

@@ -265,6 +265,11 @@ def test_speed_gap_on_a_constructed_curve():
     assert v.outcome == "INVALID" and v.invalid_causes == ["speed"]
     assert v.speed_gap.explained == pytest.approx(math.log(0.975) / final)
     assert v.speed_gap.too_large and "explains a 1.49% loss gap in favour of Baseline" in v.reason
+    assert "10 val-loss curve(s)" in v.speed_gap.basis
+    # train-loss curves stand in where no val-loss curve can be fitted, and the basis says so
+    v = compare_runs(c, b, wall_clock=True, curves=[curve] * 10, curve_kind="train-loss")
+    assert v.outcome == "INVALID" and "10 train-loss curve(s)" in v.speed_gap.basis
+    assert "no val-loss curve has two points there" in v.speed_gap.basis
     # both sides' curves count, with their signs: opposite slopes cancel in the median
     assert compare_runs(c, b, wall_clock=True, curves=[curve, rising, rising]).outcome == "WIN"
     # a flat curve explains nothing; a step budget skips the check

@@ -39,6 +39,7 @@ from functools import lru_cache
 from typing import Any
 
 from racli.compare import design as run_design
+from racli.compare import stats
 from racli.compare.design import UnfinishedRow, config_differences
 from racli.compare.verdict import Noise, Sample, Verdict, compare_runs, pooled_noise
 from racli.environment import device_label, env_class
@@ -348,10 +349,12 @@ def judge(
     allow_epochs: bool = False,
     configs: dict[int, dict] | None = None,
     unfinished: list[UnfinishedRow] | None = None,
+    curve_kind: str = "val-loss",
 ) -> tuple[Verdict, Noise | None]:
     """The verdict of one group (pure). ``configs``: run id -> config (the design and
-    matched-time budgets; none: independent); ``curves``: run id -> val-loss points of both
-    sides; ``unfinished``: diverged or failed runs (None: not counted)."""
+    matched-time budgets; none: independent); ``curves``: run id -> loss points of both
+    sides (``curve_kind``: val-loss, or train-loss where no val-loss curve can be fitted);
+    ``unfinished``: diverged or failed runs (None: not counted)."""
     c, b = group.candidate, group.baseline
     noise = group_noise(group, metric)
     cruns, bruns = group.side(c), group.side(b)
@@ -370,6 +373,7 @@ def judge(
             allow_epochs=allow_epochs,
             wall_clock=is_wall_clock(config),
             curves=[(curves or {}).get(r.id, []) for r in [*cruns, *bruns]],
+            curve_kind=curve_kind,
             design=run_design.pairing(cruns, bruns, configs, (c, b)),
             matched=run_design.matched_time(cruns, bruns, configs),
             unfinished=(
@@ -488,12 +492,12 @@ def load_comparison(
     )
     describe_differences(group, others, configs)
     config = configs.get(group.runs[0].id)
-    curves = None
+    curves, curve_kind = None, "val-loss"
     compared = group.side(candidate) + group.side(baseline)
     if metric != "tokens_per_s" and (
         is_wall_clock(config) or run_design.BUDGET_SOURCE_KEY in (config or {})
     ):
-        curves = queries.metric_points(store, [r.id for r in compared], "val_loss")
+        curves, curve_kind = _speed_check_curves(store, [r.id for r in compared])
     verdict, noise = judge(
         group,
         metric=metric,
@@ -504,6 +508,7 @@ def load_comparison(
         allow_epochs=allow_epochs,
         configs=configs,
         unfinished=unfinished,
+        curve_kind=curve_kind,
     )
     return Comparison(
         metric=metric,
@@ -522,6 +527,22 @@ def load_comparison(
         budget=(config or {}).get("budget"),
         noise=noise,
     )
+
+
+def _speed_check_curves(store, ids: list[int]) -> tuple[dict[int, list], str]:
+    """The loss curves the speed checks fit: the runs' val-loss curves, or their train-loss
+    curves where no val-loss curve has two points in its last half (a run shorter than
+    train.eval_interval records its final evaluation alone; within one epoch the training
+    loss falls as the validation loss does)."""
+    from racli.store import queries
+
+    curves = queries.metric_points(store, ids, "val_loss")
+    if any(stats.loss_slope(points) is not None for points in curves.values()):
+        return curves, "val-loss"
+    train = queries.metric_points(store, ids, "train_loss")
+    if any(stats.loss_slope(points) is not None for points in train.values()):
+        return train, "train-loss"
+    return curves, "val-loss"
 
 
 def metric_curves(

@@ -3,7 +3,8 @@
 * past one epoch of the data (validation loss then measures memorisation);
 * wall-clock budgets: the speed gap alone explains more than half the threshold
   (``loss ~ a + b ln(step)`` over the last half of the val-loss curves of both
-  sides, with its sign);
+  sides, with its sign; the train-loss curves where no val-loss curve has two
+  points in its last half);
 * matched-time budgets (`ra experiment`): at either end of the calibrated speed
   ratio's interval the step budgets alone explain more than half the threshold;
   labelled when the calibration had not settled or the runs measured a speed
@@ -87,9 +88,15 @@ class SpeedGap:
 
 
 def speed_gap(
-    cstats: SideStats, bstats: SideStats, curves: list[list[tuple[float, float]]], threshold: float
+    cstats: SideStats,
+    bstats: SideStats,
+    curves: list[list[tuple[float, float]]],
+    threshold: float,
+    curve_kind: str = "val-loss",
 ) -> SpeedGap | None:
-    """The speed check of a wall-clock comparison (None when a side has no throughput)."""
+    """The speed check of a wall-clock comparison (None when a side has no throughput).
+    `curve_kind`: what `curves` are, in words ("val-loss", or "train-loss" where the runs
+    have no val-loss curve to fit)."""
     if cstats.median_tokens_per_s is None or not bstats.median_tokens_per_s:
         return None
     ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
@@ -98,12 +105,16 @@ def speed_gap(
         gaps = gaps or [0.0]
     explained = float(statistics.median(gaps)) if gaps else None
     basis = (
-        f"median over {len(gaps)} val-loss curve(s) of both sides, loss ~ a + b ln(step) "
-        "over each curve's last half"
+        f"median over {len(gaps)} {curve_kind} curve(s) of both sides, loss ~ a + b ln(step) "
+        f"over each curve's last half{_standing_in(curve_kind)}"
         if gaps
-        else "no val-loss curve to estimate it from"
+        else "no loss curve to estimate it from"
     )
     return SpeedGap("wall_clock", ratio, explained, threshold / 2, basis)
+
+
+def _standing_in(curve_kind: str) -> str:
+    return "" if curve_kind == "val-loss" else " (no val-loss curve has two points there)"
 
 
 def budget_check(
@@ -113,6 +124,7 @@ def budget_check(
     curves: list[list[tuple[float, float]]],
     threshold: float,
     by_seed: float | None = None,
+    curve_kind: str = "val-loss",
 ) -> SpeedGap:
     """Matched time: the improvement the step budgets alone would explain if the true speed
     ratio lay at either end of the calibrated interval (the runs' steps as trained).
@@ -135,13 +147,13 @@ def budget_check(
     slopes = [s for s in (stats.loss_slope(c) for c in curves) if s is not None]
     steps = (cstats.iterations_mean or 0) / (bstats.iterations_mean or 1)
     if matched.ratio_ci is None or not slopes or not steps > 0:
-        why = "no interval for the calibrated ratio" if slopes else "no val-loss curve"
+        why = "no interval for the calibrated ratio" if slopes else "no loss curve"
         return SpeedGap("matched_time", matched.ratio, None, threshold / 2, why, None, **kw)
     slope = float(statistics.median(slopes))
     at = tuple(-slope * math.log(steps / q) for q in matched.ratio_ci)
     basis = (
-        f"median slope over {len(slopes)} val-loss curve(s) of both sides, loss ~ a + b ln(step) "
-        "over each curve's last half"
+        f"median slope over {len(slopes)} {curve_kind} curve(s) of both sides, loss ~ a + b "
+        f"ln(step) over each curve's last half{_standing_in(curve_kind)}"
     )
     explained = max(at, key=abs)
     return SpeedGap("matched_time", matched.ratio, explained, threshold / 2, basis, at, **kw)
@@ -222,7 +234,7 @@ def speed_labels(gap: SpeedGap | None, matched: MatchedTime | None) -> list[str]
         if abs(gap.ratio - 1) > 1e-9:
             out.append(
                 f"speed gap {gap.ratio:.3f}x under a wall-clock budget: its effect on the "
-                "loss was not estimated (no val-loss curve)"
+                "loss was not estimated (no loss curve)"
             )
     if (
         gap is not None and gap.same_budget

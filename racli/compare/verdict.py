@@ -416,7 +416,15 @@ def paired_speed_ratio(candidate: list[Sample], baseline: list[Sample]) -> float
 
 
 def _speed(
-    cstats, bstats, metric: str, curves, threshold: float, matched, wall_clock: bool, by_seed
+    cstats,
+    bstats,
+    metric: str,
+    curves,
+    threshold: float,
+    matched,
+    wall_clock: bool,
+    by_seed,
+    curve_kind: str = "val-loss",
 ):
     """(the candidate's median tokens/s over the baseline's or None, the speed check): the
     step budgets' check (matched time; `by_seed`: the paired speed ratio, or None), the
@@ -427,9 +435,9 @@ def _speed(
     gap = None
     if metric != "tokens_per_s":
         if matched is not None:
-            gap = budget_check(matched, cstats, bstats, curves, threshold, by_seed)
+            gap = budget_check(matched, cstats, bstats, curves, threshold, by_seed, curve_kind)
         elif wall_clock:
-            gap = speed_gap(cstats, bstats, curves, threshold)
+            gap = speed_gap(cstats, bstats, curves, threshold, curve_kind)
     return ratio, gap
 
 
@@ -447,6 +455,7 @@ def compare_runs(
     allow_epochs: bool = False,
     wall_clock: bool = True,
     curves: list[list[tuple[float, float]]] | None = None,
+    curve_kind: str = "val-loss",
     design: Design = INDEPENDENT,
     matched: MatchedTime | None = None,
     unfinished: tuple[Unfinished, Unfinished] | None = None,
@@ -454,7 +463,8 @@ def compare_runs(
     """The verdict between two sides of finished runs: :func:`estimate`, then :func:`decide`.
 
     ``wall_clock``: a time budget (or an unknown one): the speed check applies, from the
-    val-loss ``curves`` of both sides (each ``[(step, val_loss)]``). ``matched``: step
+    loss ``curves`` of both sides (each ``[(step, loss)]``; ``curve_kind`` says which loss,
+    "val-loss" or "train-loss"). ``matched``: step
     budgets from a calibrated speed ratio, checked at the ends of its interval. ``design``:
     paired or independent, from how the runs were made. ``unfinished``: (candidate,
     baseline) runs that diverged or failed. Raises ValueError for an empty side, a
@@ -466,7 +476,7 @@ def compare_runs(
     bstats = _side_stats(baseline, confidence, gone[1])
     by_seed = paired_speed_ratio(candidate, baseline) if design.paired else None
     ratio, gap = _speed(
-        cstats, bstats, metric, curves or [], threshold, matched, wall_clock, by_seed
+        cstats, bstats, metric, curves or [], threshold, matched, wall_clock, by_seed, curve_kind
     )
     names = (display_name(candidate_attn), display_name(baseline_attn))
     causes, reasons, labels = validity(
