@@ -730,3 +730,31 @@ def test_environment_is_per_device():
         assert b["gpu_index"] == 1 and b["gpu_uuid"] != a["gpu_uuid"]
         assert environment.fingerprint_of(a) != environment.fingerprint_of(b)
         assert env_class(a["gpu_name"], a["torch"]) == env_class(b["gpu_name"], b["torch"])
+
+
+def test_metric_points_whole_and_last_half(store):
+    """The curves the speed checks fit come back as the driver gives them, on both
+    backends: integers and floats in step order, the whole curve or its last half."""
+    from racli.store.queries import metric_points
+    from racli.store.recorder import RunRecorder
+
+    ids = []
+    for steps in ((30, 10, 20, 40), (7,), ()):
+        rec = RunRecorder.start(
+            store, kind="train", attn="baseline", config={"seed": 1}, seed=1,
+            env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False,
+        )  # fmt: skip
+        for step in steps:
+            rec.metric(step, "val_loss", 4.0 - step / 100)
+            rec.metric(step, "train_loss", 9.0)
+        rec.finish()
+        ids.append(rec.run_id)
+    whole = metric_points(store, ids, "val_loss")
+    assert whole == {
+        ids[0]: [(10, 3.9), (20, 3.8), (30, 3.7), (40, 3.6)],
+        ids[1]: [(7, 3.93)],
+        ids[2]: [],
+    }
+    assert all(type(s) is int and type(v) is float for c in whole.values() for s, v in c)
+    half = metric_points(store, ids, "val_loss", last_half=True)
+    assert half == {ids[0]: [(20, 3.8), (30, 3.7), (40, 3.6)], ids[1]: [(7, 3.93)], ids[2]: []}

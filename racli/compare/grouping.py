@@ -536,11 +536,11 @@ def _speed_check_curves(store, ids: list[int]) -> tuple[dict[int, list], str]:
     loss falls as the validation loss does)."""
     from racli.store import queries
 
-    curves = queries.metric_points(store, ids, "val_loss")
-    if any(stats.loss_slope(points) is not None for points in curves.values()):
+    curves = queries.metric_points(store, ids, "val_loss", last_half=True)
+    if any(b is not None for b in stats.loss_slopes(list(curves.values()))):
         return curves, "val-loss"
-    train = queries.metric_points(store, ids, "train_loss")
-    if any(stats.loss_slope(points) is not None for points in train.values()):
+    train = queries.metric_points(store, ids, "train_loss", last_half=True)
+    if any(b is not None for b in stats.loss_slopes(list(train.values()))):
         return train, "train-loss"
     return curves, "val-loss"
 

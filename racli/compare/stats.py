@@ -209,22 +209,47 @@ def fisher_exact_p(table: list[list[int]]) -> float:
 # ---------------------------------------------------------------------------- speed and loss
 
 
-def loss_slope(curve: list[tuple[float, float]]) -> float | None:
-    """``b / loss_final`` of ``loss ~ a + b ln(step)`` fitted over the curve's last half
-    (points at or after half the final step); None when it cannot be fitted."""
-    from racli.text.numbers import finite
+def loss_slopes(curves: list[list[tuple[float, float]]]) -> list[float | None]:
+    """``b / loss_final`` of ``loss ~ a + b ln(step)`` fitted by least squares over each
+    curve's last half (its points at or after half its last step, steps > 0, finite
+    values); None for a curve that cannot be fitted (fewer than two such points, one step
+    only, a final loss of 0). All curves at once (a compare over 10,000 runs fits 10,000)."""
+    sizes = [len(c) for c in curves]
+    total = sum(sizes)
+    out: list[float | None] = [None] * len(curves)
+    if total == 0:
+        return out
+    ids = np.repeat(np.arange(len(curves)), sizes)
+    steps = np.fromiter((s for c in curves for s, _ in c), float, total)
+    values = np.fromiter((v for c in curves for _, v in c), float, total)
+    ok = (steps > 0) & np.isfinite(values)
+    n = len(curves)
+    last = np.full(n, -np.inf)
+    np.maximum.at(last, ids[ok], steps[ok])
+    tail = ok & (steps >= last[ids] / 2)
+    i, x, y = ids[tail], np.log(steps[tail]), values[tail]
+    count = np.bincount(i, minlength=n)
+    first = np.full(n, np.inf)
+    np.minimum.at(first, i, steps[tail])
+    final = np.full(n, -np.inf)  # the loss at the last step (the largest, if several)
+    at_last = steps[tail] == last[i]
+    np.maximum.at(final, i[at_last], y[at_last])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx = np.bincount(i, x, n) / count
+        my = np.bincount(i, y, n) / count
+        dx = x - mx[i]
+        sxx = np.bincount(i, dx * dx, n)
+        sxy = np.bincount(i, dx * (y - my[i]), n)
+        slope = sxy / sxx / np.abs(final)
+    fitted = (count >= 2) & (first < last) & (final != 0) & np.isfinite(slope)
+    for k in np.flatnonzero(fitted):
+        out[k] = float(slope[k])
+    return out
 
-    pts = sorted((float(s), float(v)) for s, v in curve if s > 0 and finite(v))
-    if len(pts) < 2:
-        return None
-    tail = [(s, v) for s, v in pts if s >= pts[-1][0] / 2]
-    if len(tail) < 2:
-        return None
-    x = np.log([s for s, _ in tail])
-    y = np.array([v for _, v in tail])
-    if np.ptp(x) == 0 or y[-1] == 0:
-        return None
-    return float(np.polyfit(x, y, 1)[0]) / abs(float(y[-1]))
+
+def loss_slope(curve: list[tuple[float, float]]) -> float | None:
+    """:func:`loss_slopes` of one curve."""
+    return loss_slopes([curve])[0]
 
 
 def speed_explained_gap(curve: list[tuple[float, float]], ratio: float) -> float | None:

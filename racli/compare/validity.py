@@ -100,7 +100,7 @@ def speed_gap(
     if cstats.median_tokens_per_s is None or not bstats.median_tokens_per_s:
         return None
     ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
-    gaps = [g for g in (stats.speed_explained_gap(c, ratio) for c in curves) if g is not None]
+    gaps = [-b * math.log(ratio) for b in stats.loss_slopes(curves) if b is not None and ratio > 0]
     if ratio == 1.0:
         gaps = gaps or [0.0]
     explained = float(statistics.median(gaps)) if gaps else None
@@ -144,7 +144,7 @@ def budget_check(
     if same and matched.ratio == 1.0:
         basis = "both sides trained the same steps: one variant, one budget"
         return SpeedGap("matched_time", matched.ratio, 0.0, threshold / 2, basis, (0.0, 0.0), **kw)
-    slopes = [s for s in (stats.loss_slope(c) for c in curves) if s is not None]
+    slopes = [s for s in stats.loss_slopes(curves) if s is not None]
     steps = (cstats.iterations_mean or 0) / (bstats.iterations_mean or 1)
     if matched.ratio_ci is None or not slopes or not steps > 0:
         why = "no interval for the calibrated ratio" if slopes else "no loss curve"

@@ -309,18 +309,35 @@ def run_configs(store: Store, ids: list[int]) -> dict[int, dict]:
     return out
 
 
-def metric_points(store: Store, ids: list[int], name: str) -> dict[int, list[tuple[int, float]]]:
-    """run id -> [(step, value)] of metric `name`, in step order."""
+def metric_points(
+    store: Store, ids: list[int], name: str, *, last_half: bool = False
+) -> dict[int, list[tuple[int, float]]]:
+    """run id -> [(step, value)] of metric `name`, in step order; with `last_half`, only the
+    points at or after half of each run's last step (what the speed checks fit)."""
     points: dict[int, list[tuple[int, float]]] = {i: [] for i in ids}
     with store.engine.connect() as conn:
         for chunk in in_chunks(ids):
-            q = (
-                select(Metric.run_id, Metric.step, Metric.value)
-                .where(Metric.name == name, Metric.run_id.in_(chunk))
-                .order_by(Metric.run_id, Metric.step, Metric.id)
+            q = select(Metric.run_id, Metric.step, Metric.value).where(
+                Metric.name == name, Metric.run_id.in_(chunk)
             )
-            for row in conn.execute(q):
-                points[row.run_id].append((int(row.step), float(row.value)))
+            if last_half:
+                last = (
+                    select(Metric.run_id, func.max(Metric.step).label("last"))
+                    .where(Metric.name == name, Metric.run_id.in_(chunk))
+                    .group_by(Metric.run_id)
+                    .subquery()
+                )
+                q = q.join(last, last.c.run_id == Metric.run_id).where(
+                    Metric.step * 2 >= last.c.last
+                )
+            q = q.order_by(Metric.run_id, Metric.step, Metric.id)
+            result = conn.execute(q)
+            try:  # the driver's rows as they are (integers and floats): 3x faster than Rows
+                rows = result.cursor.fetchall()
+            finally:
+                result.close()
+            for run_id, step, value in rows:
+                points[run_id].append((step, value))
     return points
 
 
