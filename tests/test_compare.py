@@ -870,11 +870,14 @@ N_BIG = 10_000
 
 @pytest.fixture(scope="module")
 def big_db(template, tmp_path_factory) -> Path:
-    """10,000 finished train runs (plus some unfinished), inserted in one transaction."""
+    """10,000 finished train runs (plus some unfinished) with val-loss curves of 20 points
+    (the speed check fits every curve of the group), inserted in one transaction."""
     from sqlalchemy import insert
 
     from racli.environment import fingerprint_of
-    from racli.store.models import Environment, Run, utcnow
+    from sqlalchemy import select
+
+    from racli.store.models import Environment, Metric, Run, utcnow
     from racli.store.recorder import config_hash
 
     path = tmp_path_factory.mktemp("big") / "big.db"
@@ -918,6 +921,16 @@ def big_db(template, tmp_path_factory) -> Path:
             [{"fingerprint": fingerprint_of(e), **e} for e in envs],
         )
         conn.execute(insert(Run), rows)
+        ids = [i for (i,) in conn.execute(select(Run.id).order_by(Run.id))]
+        curve = [(15 * k, 3.0 + 0.5 * math.log(300 / (15 * k))) for k in range(1, 21)]
+        conn.execute(
+            insert(Metric),
+            [
+                {"run_id": i, "step": step, "name": "val_loss", "value": value}
+                for i in ids[:N_BIG]
+                for step, value in curve
+            ],
+        )
     store.close()
     return path
 
@@ -933,6 +946,7 @@ def test_compare_10000_runs(benchmark, big_db):
     assert total == N_BIG // 2  # the baseline and ra_v5 halves of the finished runs
     assert len(cmp.others) == 8  # 3 configs x 3 environment classes
     assert cmp.verdict.outcome in ("PARITY", "INCONCLUSIVE")
+    assert "val-loss curve(s)" in cmp.verdict.speed_gap.basis  # every curve fitted
 
     t0 = time.perf_counter()
     res = ra("compare", "--db", big_db, "--json")
