@@ -282,6 +282,39 @@ def test_speed_gap_on_a_constructed_curve():
     assert v.outcome == "WIN" and "not estimated" in v.labels[0]
 
 
+def test_loss_slopes_match_a_fit_curve_by_curve():
+    """All curves fitted at once give what numpy's polyfit gives for each curve's last
+    half, and None where a curve cannot be fitted (one point, one step, no finite value,
+    a final loss of 0)."""
+    from racli.compare.stats import loss_slopes
+
+    rng = np.random.default_rng(7)
+
+    def reference(curve):
+        pts = sorted((s, v) for s, v in curve if s > 0 and math.isfinite(v))
+        tail = [(s, v) for s, v in pts if pts and s >= pts[-1][0] / 2]
+        if len(tail) < 2 or tail[0][0] == tail[-1][0] or tail[-1][1] == 0:
+            return None
+        x, y = np.log([s for s, _ in tail]), np.array([v for _, v in tail])
+        return float(np.polyfit(x, y, 1)[0]) / abs(y[-1])
+
+    curves = []
+    for _ in range(400):
+        steps = sorted(rng.choice(np.arange(1, 5000), size=rng.integers(1, 25), replace=False))
+        curve = [(int(s), float(4 - 0.3 * math.log(s) + rng.normal(0, 0.05))) for s in steps]
+        rng.shuffle(curve)
+        curves.append(curve)
+    curves += [[], [(5, 3.0)], [(5, 3.0), (5, 2.0)], [(0, 3.0), (-1, 2.0)],
+               [(1, float("nan")), (2, float("inf"))], [(1, 2.0), (2, 0.0)]]  # fmt: skip
+    got = loss_slopes(curves)
+    for curve, slope in zip(curves, got, strict=True):
+        want = reference(curve)
+        assert (slope is None) == (want is None), curve
+        if want is not None:
+            assert slope == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert sum(s is not None for s in got) > 300
+
+
 def test_fisher_exact_p_is_scipys():
     from scipy.stats import fisher_exact
 
