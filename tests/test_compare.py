@@ -872,11 +872,9 @@ N_BIG = 10_000
 def big_db(template, tmp_path_factory) -> Path:
     """10,000 finished train runs (plus some unfinished) with val-loss curves of 20 points
     (the speed check fits every curve of the group), inserted in one transaction."""
-    from sqlalchemy import insert
+    from sqlalchemy import insert, select
 
     from racli.environment import fingerprint_of
-    from sqlalchemy import select
-
     from racli.store.models import Environment, Metric, Run, utcnow
     from racli.store.recorder import config_hash
 
