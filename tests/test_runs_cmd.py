@@ -177,6 +177,29 @@ def test_a_live_run_leaves_an_older_store_at_its_schema(tmp_path, args, says):
     assert db_state(path) == before
 
 
+def test_db_upgrade_refuses_while_a_run_is_live_on_both_backends(store_url):
+    """The same on both backends: `db upgrade` of an older store with a live run refuses."""
+    from racli.store import migrate as store_migrate
+    from racli.store.migrate import current_revision
+    from racli.store.recorder import RunRecorder
+
+    store = open_store(store_url)
+    live = RunRecorder.start(
+        store, kind="train", attn="baseline", config=dict(TRAIN_CONFIG), seed=1,
+        env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False,
+    ).run_id  # fmt: skip
+    set_heartbeat_minutes_ago(store, live, 0.1)
+    store_migrate.downgrade(store.engine, "0003")
+    store.close()
+    err = one_line_error(ra_inprocess("db", "upgrade", "--db", store_url))
+    assert f"run {live} is still being written" in err
+    store = open_store(store_url, migrate=False)
+    try:
+        assert current_revision(store.engine) == "0003"
+    finally:
+        store.close()
+
+
 def test_an_older_store_migrates_once_its_writer_is_gone(tmp_path):
     path = tmp_path / "old.db"
     done, live = _old_store_with_a_live_run(path)
