@@ -429,6 +429,43 @@ def test_cli_default_attns_every_mode_and_phase(tmp_path, fake_compile):
     assert "[fwd] backend cpu_flash" in out and "[fwd_bwd] backend cpu_flash" in out
 
 
+def test_cli_plot_draws_the_run_and_a_bad_plot_path_times_nothing(
+    tmp_path, fake_compile, monkeypatch
+):
+    from PIL import Image
+
+    db, png = tmp_path / "ra.db", tmp_path / "bench.png"
+    res = invoke("--modes", "all", *FAST, "--db", str(db), "--plot", str(png))
+    assert res.exit_code == 0, res.output
+    assert f"Plot written to {png}" in res.stdout
+    assert Image.open(png).size[0] >= 650  # a panel a phase
+    res = invoke("--modes", "eager", "--phase", "fwd", *FAST, "--db", str(db), "--json",
+                 "--plot", str(tmp_path / "b.svg"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["plot"] == str(tmp_path / "b.svg")
+    assert (tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
+    before = len(runs_in(db))
+    for bad, says in (
+        (tmp_path / "no" / "x.png", "does not exist"),
+        (tmp_path / "x.txt", "must end in"),
+        (db, "must end in"),
+    ):
+        res = invoke("--modes", "eager", *FAST, "--db", str(db), "--plot", str(bad))
+        assert res.exit_code == 2 and says in res.stderr, res.output
+    assert len(runs_in(db)) == before  # refused before anything was timed or recorded
+
+    # nothing timed (every compile failed): the run is recorded, the plot is not written
+    def broken(module, **kw):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    pdf = tmp_path / "none.pdf"
+    res = invoke("--modes", "compile", *FAST, "--db", str(db), "--plot", str(pdf))
+    assert res.exit_code == 1, res.output  # the failed configurations
+    assert "no plot written: no timed configuration" in res.stderr and not pdf.exists()
+    assert len(runs_in(db)) == before + 1
+
+
 def test_cli_failed_configuration_does_not_stop_the_others(tmp_path, monkeypatch):
     def broken(module, **kw):
         raise RuntimeError("no compiler here")

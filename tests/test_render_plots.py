@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_no_torch_import():
     code = (
         "import racli.compare.verdict, racli.compare.text, racli.gates.analysis, racli.gates.tables, "
-        "racli.gates.plots, racli.compare.plots, racli.bench.text, racli.bench.ranking, sys; "
+        "racli.gates.plots, racli.compare.plots, racli.bench.text, racli.bench.ranking, "
+        "racli.bench.plots, sys; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     res = subprocess.run(
@@ -264,6 +265,29 @@ def test_plot_loss_curves_shows_both_sides_where_they_end_alike(tmp_path):
             if max(abs(a - b) for a, b in zip(image.getpixel((x, y)), rgb, strict=True)) < 40
         ]
         assert near and min(near) < width / 2 < max(near), rgb  # drawn in either panel
+
+
+def test_plot_bench_draws_repeats_figures_and_what_did_not_run(tmp_path):
+    """Rows with repeats, rows recorded without them (only median and p10-p90), skipped
+    and failed rows: drawn, one panel per phase; nothing timed is a ValueError."""
+    from PIL import Image
+
+    from racli.bench.plots import plot_bench
+    from racli.bench.ranking import TimingRow
+
+    rows = [
+        TimingRow("baseline", "eager", "fwd", 1.0, 0.9, 1.2, samples=[0.9, 1.0, 1.1, 1.2]),
+        TimingRow("ra_v5", "eager", "fwd", 1.1, 1.0, 1.3),  # recorded before samples
+        TimingRow("baseline", "cuda_graph", "fwd", status="skipped", reason="no CUDA"),
+        TimingRow("ra_v5", "cuda_graph", "fwd", status="failed", reason="boom"),
+        TimingRow("baseline", "eager", "fwd_bwd", 3.0, 2.9, 3.1, samples=[2.9, 3.0, 3.1]),
+    ]
+    out = plot_bench(rows, tmp_path / "bench.png", "bench run 1")
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    assert Image.open(out).size[0] >= 650
+    with pytest.raises(ValueError, match="no timed configuration"):
+        plot_bench(rows[2:4], tmp_path / "none.png", "t")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_plot_gates(tmp_path):

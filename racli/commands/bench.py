@@ -9,12 +9,14 @@ only when the command runs.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from racli.commands import common, completers
 from racli.names import MAX_BENCH_STEPS, check_seed, check_tag
+from racli.text.outputs import check_plot_path
 from racli.text.terminal import for_stream, visible
 
 AttnOpt = Annotated[
@@ -106,6 +108,23 @@ def _echo(text: str, err: bool = False) -> None:
     stream.flush()
 
 
+def _plot(rows, p: dict, run_id: int, path: Path) -> Path | None:
+    """The bench plot, or None with a note when nothing was timed (the run is recorded:
+    a plot that cannot be drawn is not a failure of the timings)."""
+    from racli.bench.plots import plot_bench
+
+    shape = p["shape"]
+    title = (
+        f"bench run {run_id}: B={shape['batch']} T={shape['seq']} H={shape['heads']} "
+        f"D={shape['head_dim']} {p['dtype']} {p['device']}"
+    )
+    try:
+        return plot_bench(rows, path, title)
+    except ValueError as exc:
+        _echo(f"ra: note: no plot written: {exc}", err=True)
+        return None
+
+
 def bench(
     attn: AttnOpt = None,
     modes: ModesOpt = None,
@@ -118,6 +137,14 @@ def bench(
     sdpa_backend: BackendOpt = "auto",
     seed: SeedOpt = 0,
     tag: TagOpt = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also draw every configuration's repeats, a panel per phase (.png, .pdf or .svg).",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -132,7 +159,9 @@ def bench(
 
     check_seed(seed)
     check_tag(tag)
+    check_plot_path(plot)
     cfg = common.config(config)
+    common.check_not_input(plot, db, cfg, "--plot")
     p = bench_run.plan(
         cfg=cfg,
         attn=attn,
@@ -153,6 +182,7 @@ def bench(
     finally:
         store.close()
     best = best_vs_best(rows, noise_ratio=cfg.bench.noise_ratio)
+    written = _plot(rows, p, run_id, plot) if plot is not None else None
     if json:
         common.print_json(
             {
@@ -160,11 +190,14 @@ def bench(
                 "config": {**p, "seed": seed},
                 "timings": [{"index": i, **r.record()} for i, r in enumerate(rows, 1)],
                 "best_vs_best": best,
+                "plot": str(written) if written else None,
             }
         )
     else:
         for block in bench_run.result_blocks(rows, p, best, run_id, common.db_location(db, cfg)):
             _echo(block)
+        if written:
+            _echo(f"Plot written to {written}")
     if failed:
         _echo(f"ra: failed: bench run {run_id}: {failed}", err=True)
         raise typer.Exit(1)

@@ -1,0 +1,85 @@
+"""`ra bench --plot`: every configuration's repeats, one panel per phase.
+
+Within a panel the modes stand side by side and each attention variant has a box of
+its repeats (median line, p25-p75 box, p10-p90 whiskers; a row recorded without its
+repeats shows its median and p10-p90), in the variant's colour; the best row of each
+variant in the panel is starred, and a configuration that was skipped or failed says
+so where its box would be. Pure (matplotlib only, imported lazily): no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from racli.bench.ranking import TimingRow
+from racli.text.numbers import finite
+from racli.text.plots import check_path, colours, figure, save
+
+
+def _box(row: TimingRow) -> dict | None:
+    """matplotlib's `bxp` statistics of one ok row (None for a row without figures)."""
+    import numpy as np
+
+    if row.samples and len(row.samples) >= 2:
+        s = np.asarray(row.samples, dtype=float)
+        q10, q25, q50, q75, q90 = np.percentile(s, [10, 25, 50, 75, 90])
+        return {"med": q50, "q1": q25, "q3": q75, "whislo": q10, "whishi": q90, "fliers": []}
+    if not finite(row.median_ms):
+        return None
+    lo = row.p10_ms if finite(row.p10_ms) else row.median_ms
+    hi = row.p90_ms if finite(row.p90_ms) else row.median_ms
+    m = row.median_ms
+    return {"med": m, "q1": m, "q3": m, "whislo": lo, "whishi": hi, "fliers": []}
+
+
+def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
+    """Draw the rows of one bench run to an image at `path` (ValueError: nothing to draw,
+    or a path that cannot be written)."""
+    p = check_path(path)
+    phases = list(dict.fromkeys(r.phase for r in rows))
+    if not any(r.status == "ok" and _box(r) for r in rows):
+        raise ValueError("no timed configuration to plot (every one skipped or failed)")
+    attns = list(dict.fromkeys(r.attn for r in rows))
+    colour = dict(zip(attns, colours(len(attns)), strict=True))
+    width = 0.8 / len(attns)
+    fig = figure(max(6.5, 3.2 * len(phases) + 1.5 * len(attns)), 5.0)
+    for k, phase in enumerate(phases, 1):
+        ax = fig.add_subplot(1, len(phases), k)
+        here = [r for r in rows if r.phase == phase]
+        modes = list(dict.fromkeys(r.mode for r in here))
+        best: dict[str, TimingRow] = {}
+        for r in here:
+            if r.status == "ok" and finite(r.median_ms):
+                if r.attn not in best or r.median_ms < best[r.attn].median_ms:
+                    best[r.attn] = r
+        top = max((b["whishi"] for r in here if r.status == "ok" and (b := _box(r))), default=1)
+        for m, mode in enumerate(modes):
+            for a, attn in enumerate(attns):
+                x = m - 0.4 + width * (a + 0.5)
+                row = next((r for r in here if r.mode == mode and r.attn == attn), None)
+                if row is None:
+                    continue
+                stats = _box(row) if row.status == "ok" else None
+                if stats is None:
+                    ax.text(x, top * 0.02, row.status, rotation=90, ha="center", va="bottom",
+                            fontsize="small", color=colour[attn])  # fmt: skip
+                    continue
+                ax.bxp([stats], positions=[x], widths=width * 0.8, showfliers=False,
+                       patch_artist=True, boxprops={"facecolor": colour[attn], "alpha": 0.6},
+                       medianprops={"color": "black"})  # fmt: skip
+                if best.get(attn) is row:
+                    ax.plot([x], [stats["whishi"] * 1.04 + top * 0.01], marker="*",
+                            color=colour[attn], markersize=9)  # fmt: skip
+        ax.set_xticks(range(len(modes)), modes)
+        ax.set_xlim(-0.6, len(modes) - 0.4)
+        ax.set_ylim(0, top * 1.15)
+        ax.set_title(f"{phase} (best of each variant starred)", fontsize="medium")
+        ax.set_ylabel("ms per iteration")
+        ax.grid(True, axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colour[a], alpha=0.6, label=a) for a in attns]
+    fig.legend(handles=handles, loc="upper right", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    save(fig, p)
+    return p
