@@ -277,6 +277,20 @@ def test_a_failure_leaves_whole_runs_and_merging_again_completes(two_stores, tmp
     assert _counts(target) == _counts(whole)
 
 
+def test_a_long_merge_says_how_far_it_is(two_stores, tmp_path, monkeypatch):
+    """On a terminal a merge says what it will write, then how far it is at most every
+    PROGRESS_S seconds (here: after every transaction of one run)."""
+    a, _ = two_stores
+    target = tmp_path / "t.db"
+    monkeypatch.setattr(merge_mod, "GROUP_ROWS", 0)  # a transaction per run
+    monkeypatch.setattr(merge_mod, "PROGRESS_S", 0.0)
+    said: list[str] = []
+    (r,) = merge_stores(str(target), [str(a)], progress=said.append)
+    n = r.runs
+    assert n >= 3 and said[0].endswith(f"{n} run(s) to add or update")
+    assert said[1:] == [f"{a}: {k} of {n} run(s) written" for k in range(1, n)]
+
+
 def test_still_running_runs_wait(tmp_path):
     from racli.store.recorder import RunRecorder
 

@@ -38,6 +38,7 @@ BATCH = 5000  # rows per executemany
 # concurrent `ra train` on a SQLite target never waits long for the lock
 GROUP_ROWS = 100_000
 GROUP_S = 1.0
+PROGRESS_S = 2.0  # a progress line at most this often (seconds) on a terminal
 COUNTS = ("runs", "metrics", "timings", "gate_values", "environments", "already_present")
 COUNTS += ("updated", "still_running")
 CHILD_TABLES = (("metrics", Metric), ("timings", Timing), ("gate_values", GateValue))
@@ -146,9 +147,12 @@ class _Merge:
             else:
                 todo.append(r["id"])
         self.say(f"{self.out.source}: {len(todo)} run(s) to add or update")
-        k = 0
+        k, said = 0, time.monotonic()
         while k < len(todo):
             k = self._group(todo, k)
+            if k < len(todo) and time.monotonic() - said >= PROGRESS_S:
+                self.say(f"{self.out.source}: {k:,} of {len(todo):,} run(s) written")
+                said = time.monotonic()
         return self.out
 
     def _target_copies(self) -> dict[str, dict]:
