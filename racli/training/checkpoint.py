@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from racli.errors import BadInput  # noqa: F401  (re-exported for callers)
+from racli.errors import BadInput
 from racli.store.checkpoints import (
     _make_folder,
 )
@@ -141,3 +141,14 @@ def load(path: Path) -> CheckpointState:
         return CheckpointState.from_dict(data)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def read(path: Path) -> CheckpointState:
+    """`load`, with what cannot be read (a corrupt file, another format: torch raises many
+    kinds) as one line of bad input naming the file."""
+    from racli.training.load_errors import describe_load_error
+
+    try:
+        return load(path)
+    except Exception as exc:
+        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc

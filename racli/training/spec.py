@@ -21,7 +21,6 @@ from racli.store.recorder import is_stale
 from racli.training.budget import check_budget
 from racli.training.datasets import DataError, dataset_identity, load_dataset
 from racli.training.global_batch import BatchLayout, batch_layout
-from racli.training.load_errors import describe_load_error
 
 if TYPE_CHECKING:
     from racli.training.datasets import Dataset
@@ -373,10 +372,7 @@ def _checked_checkpoint(path: Path, run_id: int, spec: TrainSpec):
     """The checkpoint at `path`, readable, of run `run_id` and with budget left."""
     from racli.training import checkpoint as ckpt
 
-    try:
-        state = ckpt.load(path)
-    except Exception as exc:
-        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
+    state = ckpt.read(path)
     if state.run_id is not None and state.run_id != run_id:
         raise BadInput(f"checkpoint {path} belongs to run {state.run_id}, not run {run_id}")
     if (spec.steps is not None and state.step >= spec.steps) or (

@@ -34,7 +34,6 @@ from racli.errors import BadInput, first_line
 from racli.store import checkpoints as ckpt_paths
 from racli.store.queries import get_run
 from racli.training import checkpoint as ckpt
-from racli.training.load_errors import describe_load_error
 
 FORMAT = "ra-weights/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -165,10 +164,7 @@ def from_checkpoint(path: str | Path) -> Trained:
         raise BadInput(f"checkpoint {path} {NOT_REGULAR}")
     if not path.is_file():
         raise BadInput(f"no checkpoint file {path}")
-    try:
-        state = ckpt.load(path)
-    except Exception as exc:  # a corrupt file, another format: torch raises many kinds
-        raise BadInput(f"cannot read checkpoint {path}: {describe_load_error(exc)}") from exc
+    state = ckpt.read(path)
     config = state.config if isinstance(state.config, dict) else {}
     if "model" not in config or "attn" not in config:
         raise BadInput(f"{path}: not a checkpoint of a train run (no model in its config)")
