@@ -494,6 +494,50 @@ def test_diff_pure_helpers():
     assert "* ra_commit" in diff_text(d)
 
 
+# ---- show --plot ----------------------------------------------------------------------------
+
+
+def test_show_plot_draws_a_bench_or_a_train_run(db, tmp_path):
+    """A bench run's timings, a train run's train and val loss curves; JSON names the file;
+    the store is only read."""
+    from PIL import Image
+
+    before = db_state(db)
+    bench_png, train_svg = tmp_path / "bench.png", tmp_path / "train.svg"
+    res = ok("runs", "show", 1, "--db", db, "--plot", bench_png)
+    assert f"Plot written to {bench_png}" in res.stdout
+    assert Image.open(bench_png).size[0] >= 650
+    d = json.loads(ok("runs", "show", 2, "--db", db, "--plot", train_svg, "--json").stdout)
+    assert d["plot"] == str(train_svg) and d["id"] == 2
+    svg = train_svg.read_text()
+    assert "train_loss" in svg and "val_loss" in svg
+    assert db_state(db) == before
+
+
+def test_show_plot_refuses_what_it_cannot_draw(tmp_path):
+    path = tmp_path / "ra.db"
+    store = open_store(str(path))
+    bare = record_run(store, attn="baseline", n_metrics=0)  # its final val_loss alone
+    skipped = record_run(
+        store, kind="bench",
+        timings=[{"attn": "baseline", "mode": "cuda_graph", "phase": "fwd", "status": "skipped",
+                  "reason": "no CUDA", "batch": 2, "seq": 64, "heads": 4, "head_dim": 32,
+                  "dtype": "float32", "device": "cpu"}],
+    )  # fmt: skip
+    store.close()
+    assert (
+        "Plot written"
+        in ok("runs", "show", bare, "--db", path, "--plot", tmp_path / "a.png").stdout
+    )
+    err = one_line_error(
+        ra_inprocess("runs", "show", skipped, "--db", path, "--plot", tmp_path / "b.png")
+    )
+    assert f"run {skipped}: no timed configuration" in err and "no plot written" in err
+    err = one_line_error(ra_inprocess("runs", "show", bare, "--db", path, "--plot", path))
+    assert "must end in" in err
+    assert not (tmp_path / "b.png").exists()
+
+
 # ---- show: both commits --------------------------------------------------------------------
 
 

@@ -31,6 +31,16 @@ def _box(row: TimingRow) -> dict | None:
     return {"med": m, "q1": m, "q3": m, "whislo": lo, "whishi": hi, "fliers": []}
 
 
+def title(run_id: int, rows: list[TimingRow]) -> str:
+    """The plot's title: the run and the shape, dtype and device of its first row."""
+    r = rows[0] if rows else None
+    if r is None:
+        return f"bench run {run_id}"
+    return (
+        f"bench run {run_id}: B={r.batch} T={r.seq} H={r.heads} D={r.head_dim} {r.dtype} {r.device}"
+    )
+
+
 def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
     """Draw the rows of one bench run to an image at `path` (ValueError: nothing to draw,
     or a path that cannot be written)."""

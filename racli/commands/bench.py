@@ -108,18 +108,13 @@ def _echo(text: str, err: bool = False) -> None:
     stream.flush()
 
 
-def _plot(rows, p: dict, run_id: int, path: Path) -> Path | None:
+def _plot(rows, run_id: int, path: Path) -> Path | None:
     """The bench plot, or None with a note when nothing was timed (the run is recorded:
     a plot that cannot be drawn is not a failure of the timings)."""
-    from racli.bench.plots import plot_bench
+    from racli.bench.plots import plot_bench, title
 
-    shape = p["shape"]
-    title = (
-        f"bench run {run_id}: B={shape['batch']} T={shape['seq']} H={shape['heads']} "
-        f"D={shape['head_dim']} {p['dtype']} {p['device']}"
-    )
     try:
-        return plot_bench(rows, path, title)
+        return plot_bench(rows, path, title(run_id, rows))
     except ValueError as exc:
         _echo(f"ra: note: no plot written: {exc}", err=True)
         return None
@@ -182,7 +177,7 @@ def bench(
     finally:
         store.close()
     best = best_vs_best(rows, noise_ratio=cfg.bench.noise_ratio)
-    written = _plot(rows, p, run_id, plot) if plot is not None else None
+    written = _plot(rows, run_id, plot) if plot is not None else None
     if json:
         common.print_json(
             {

@@ -9,6 +9,7 @@ runs_common.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,6 +17,7 @@ import typer
 from racli.commands import common, completers, runs_common, runs_export, runs_manage, sample
 from racli.errors import BadInput
 from racli.names import MAX_RUN_ID, check_run_id
+from racli.text.outputs import check_plot_path
 from racli.text.terminal import visible
 
 app = typer.Typer(
@@ -92,6 +94,15 @@ def runs(
 def show(
     ctx: typer.Context,
     run_id: runs_common.RunArg,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--plot",
+            help="Also draw the run: a bench run's repeats (a panel per phase), a train "
+            "run's train and val loss curves (.png, .pdf or .svg).",
+            show_default=False,
+        ),
+    ] = None,
     db: common.DbOpt = None,
     config: common.ConfigOpt = None,
     json: common.JsonOpt = False,
@@ -102,11 +113,48 @@ def show(
     from racli.text.runs import show_text
 
     check_run_id(run_id)
-    d = run_details.show(runs_common.open_store(ctx, db, config, readonly=True), run_id)
+    check_plot_path(plot)
+    runs_common.check_not_input(ctx, db, config, plot, "--plot")
+    store = runs_common.open_store(ctx, db, config, readonly=True)
+    try:
+        d = run_details.show(store, run_id)
+        written = _plot_run(store, d, plot) if plot is not None else None
+    finally:
+        store.close()
     if json:
-        common.print_json(d)
+        common.print_json({**d, "plot": str(written)} if written else d)
     else:
         typer.echo(visible(show_text(d, fields=SHOW_FIELDS, env_fields=ENV_SHOWN)))
+        if written:
+            typer.echo(visible(f"Plot written to {written}"))
+
+
+def _plot_run(store, d: dict, path: Path) -> Path:
+    """`runs show --plot`: a bench run's timings, or a train (or calibration) run's loss
+    curves; BadInput when the run holds nothing to draw."""
+    from racli.store.queries import metric_points
+
+    run_id = d["id"]
+    try:
+        if d["kind"] == "bench":
+            from racli.bench.plots import plot_bench, title
+            from racli.bench.ranking import TimingRow
+
+            rows = [TimingRow(**t) for t in d["timings"]]
+            return plot_bench(rows, path, title(run_id, rows))
+        from racli.compare.plots import plot_loss_curves
+
+        curves = {
+            name: [(run_id, points)]
+            for name in ("train_loss", "val_loss")
+            if (points := metric_points(store, [run_id], name)[run_id])
+        }
+        if not curves:
+            raise BadInput(f"run {run_id} has no loss curve recorded: no plot written")
+        label = f"run {run_id} ({d['kind']}, {d.get('attn') or '-'}, {d['status']})"
+        return plot_loss_curves(curves, path, label, ylabel="loss")
+    except ValueError as exc:
+        raise BadInput(f"run {run_id}: {exc}: no plot written") from exc
 
 
 def diff_cmd(
