@@ -20,7 +20,7 @@ from helpers import (
     set_heartbeat_minutes_ago,
 )
 from sqlalchemy import text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from racli.errors import BadInput
 from racli.store import migrate as store_migrate
@@ -282,6 +282,26 @@ def test_a_store_away_past_the_limit_stops_the_run_with_one_line(store, monkeypa
     assert "\n" not in str(e.value) and "resumes from its last checkpoint" in str(e.value)
     with pytest.raises(StoreUnavailable):  # one last attempt at the end, then the same line
         rec.fail(e.value)
+
+
+def test_a_row_the_store_refuses_for_good_stops_the_run_at_once(store):
+    """A row no retry can write (here a timing without its shape: NOT NULL) is not an
+    outage: the run stops at its next call with one line, and its end does not wait out
+    db_wait_minutes (it waited the whole 5 minutes before)."""
+    rec = _start(store, kind="bench")
+    rec.metric(1, "train_loss", 3.0)
+    rec.flush()
+    rec.timing(attn="baseline", mode="eager", phase="fwd", status="ok")  # no batch, seq, ...
+    with pytest.raises(IntegrityError):
+        rec.flush()
+    with pytest.raises(StoreUnavailable, match="refused a row") as e:
+        rec.metric(2, "train_loss", 2.9)
+    assert "\n" not in str(e.value) and "no retry can write" in str(e.value)
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="refused a row"):
+        rec.finish()
+    assert time.monotonic() - t0 < 5
+    assert _q(store, "SELECT step FROM metrics") == [(1,)]  # what was written stays
 
 
 class _CommitThenBreak:

@@ -83,6 +83,16 @@ class Outage:
         start = self.since if self.since is not None else time.monotonic()
         return start + self.limit_s
 
+    def refused(self, run_id: int, where: str) -> StoreUnavailable:
+        """The store refused a row for good (an integrity or data error): no retry can
+        write it, so the run stops at once instead of waiting out the limit."""
+        return StoreUnavailable(
+            f"run {run_id}: its store {where} refused a row ({self.error}), which no retry "
+            f"can write. Rows not yet written are lost; the run stays `running` in the "
+            f"store (shown as crashed once its heartbeat is stale) and resumes from its "
+            f"last checkpoint"
+        )
+
     def unavailable(self, run_id: int, where: str) -> StoreUnavailable:
         return StoreUnavailable(
             f"run {run_id}: its store {where} could not be written for "

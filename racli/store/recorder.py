@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from racli import environment, provenance
 from racli.errors import BadInput, Stopped
@@ -96,6 +96,12 @@ def environment_id(store: Store, info: dict | None = None) -> int:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _refused(exc: BaseException) -> bool:
+    """A write the store refuses for good (a constraint or a value it cannot hold): unlike
+    a server restarting, a full disk or a lock, retrying cannot help."""
+    return isinstance(exc, (IntegrityError, DataError))
 
 
 def is_stale(run: Run, now: datetime | None = None) -> bool:
@@ -390,8 +396,11 @@ class RunRecorder:
                     self._fields = {**fields, **self._fields}
                 if isinstance(exc, Exception):
                     self.outage.failed(db_error(exc))
-                    if self.outage.over() and self._dead is None and not self._ended:
-                        self._dead = self.outage.unavailable(self.run_id, shown(self.store.db))
+                    if self._dead is None and not self._ended:
+                        if _refused(exc):
+                            self._dead = self.outage.refused(self.run_id, shown(self.store.db))
+                        elif self.outage.over():
+                            self._dead = self.outage.unavailable(self.run_id, shown(self.store.db))
                 raise
             self._unsure.clear()
             self.outage.ok()
@@ -444,6 +453,8 @@ class RunRecorder:
             except RunLost:
                 return  # the main thread raises it at its next call
             except Exception:  # kept for the next attempt, sooner at first
+                if self._dead is not None:
+                    return  # refused for good: the main thread raises it at its next call
                 wait = self.outage.pause(cap=self.flush_interval)
 
     # ---- ending --------------------------------------------------------
@@ -474,6 +485,8 @@ class RunRecorder:
             except Stopped:
                 raise
             except Exception as exc:
+                if _refused(exc):  # no retry can write it
+                    raise self.outage.refused(self.run_id, shown(self.store.db)) from exc
                 pause = self.outage.pause()
                 if time.monotonic() + pause > deadline:
                     raise self.outage.unavailable(self.run_id, shown(self.store.db)) from exc
