@@ -129,13 +129,13 @@ def test_bad_input_leaves_an_older_store_at_its_schema(tmp_path, args):
     assert db_state(path) == before
 
 
-def _old_store_with_a_live_run(path) -> tuple[int, int]:
-    """A store at revision 0003 holding a finished run and a run whose writer is alive
-    (fresh heartbeat): (finished id, live id)."""
+def _old_store_with_a_live_run(location) -> tuple[int, int]:
+    """A store (a path or a URL) at revision 0003 holding a finished run and a run whose
+    writer is alive (fresh heartbeat): (finished id, live id)."""
     from racli.store import migrate as store_migrate
     from racli.store.recorder import RunRecorder
 
-    store = open_store(str(path))
+    store = open_store(str(location))
     done = record_run(store, attn="baseline", seed=2)
     live = RunRecorder.start(
         store, kind="train", attn="baseline", config=dict(TRAIN_CONFIG), seed=1,
@@ -179,18 +179,9 @@ def test_a_live_run_leaves_an_older_store_at_its_schema(tmp_path, args, says):
 
 def test_db_upgrade_refuses_while_a_run_is_live_on_both_backends(store_url):
     """The same on both backends: `db upgrade` of an older store with a live run refuses."""
-    from racli.store import migrate as store_migrate
     from racli.store.migrate import current_revision
-    from racli.store.recorder import RunRecorder
 
-    store = open_store(store_url)
-    live = RunRecorder.start(
-        store, kind="train", attn="baseline", config=dict(TRAIN_CONFIG), seed=1,
-        env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False,
-    ).run_id  # fmt: skip
-    set_heartbeat_minutes_ago(store, live, 0.1)
-    store_migrate.downgrade(store.engine, "0003")
-    store.close()
+    _, live = _old_store_with_a_live_run(store_url)
     err = one_line_error(ra_inprocess("db", "upgrade", "--db", store_url))
     assert f"run {live} is still being written" in err
     store = open_store(store_url, migrate=False)
