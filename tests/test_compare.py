@@ -541,6 +541,37 @@ def test_metric_ms_best_vs_best(db, store):
     for b in g_old["best"]:
         if b["ratio"] is not None and b["attn"] != "baseline":
             assert f"{b['ratio']:.2f}x  {b['wording']}" in out
+    assert data["plot"] is None
+
+
+def test_metric_ms_plot_draws_the_best_of_each_side(db, store, tmp_path):
+    """A panel per group, phase and backend, the best row of each side as a box (the
+    medians and p10-p90 of rows without repeats), the mark in words (no emoji glyphs)."""
+    from PIL import Image
+
+    add_bench(store, SEED_TIMINGS)
+    add_bench(store, [("baseline", "eager", "fwd", 0.2, "ok"), ("ra_v5", "eager", "fwd", 0.4, "ok")],
+              shape=(2, 64, 4, 32))  # fmt: skip
+    png = tmp_path / "ms.png"
+    res = ra("compare", "--db", db, "--metric", "ms", "--plot", png)
+    assert res.exit_code == 0, res.stderr
+    assert f"Plot written to {png}" in res.stdout and "Glyph" not in res.stderr
+    assert Image.open(png).size[0] > 1000  # three panels: two phases of one group, one of the other
+    svg = tmp_path / "ms.svg"
+    assert compare_json(db, "--metric", "ms", "--plot", svg)["plot"] == str(svg)
+    from racli.bench.history import best_rows, load_bench_comparison
+
+    groups = load_bench_comparison(
+        store, candidate="ra_v5", baseline="baseline", tag=None, since=None, any_env=False
+    ).groups
+    panels = [
+        (phase, [r.attn for r in rows], w) for g in groups for phase, _, rows, w in best_rows(g)
+    ]
+    assert panels == [
+        ("fwd", ["baseline", "ra_v5"], "2.00x: ❌ overhead: 100.0% slower"),
+        ("fwd", ["baseline", "ra_v5"], "1.07x: within 15%: acceptable overhead (7.5% slower)"),
+        ("fwd_bwd", ["baseline", "ra_v5"], "1.10x: within 15%: acceptable overhead (10.0% slower)"),
+    ]
 
 
 def test_metric_ms_groups_by_environment_class(db, store):
@@ -570,7 +601,6 @@ def test_metric_ms_without_bench_runs(db, store):
         (["--baseline", "nope"], "unknown attention 'nope'"),
         (["--threshold", "1"], "--threshold is a fraction"),
         (["--since", "last week"], "bad --since 'last week'"),
-        (["--metric", "ms", "--plot", "x.png"], "does not apply to --metric ms"),
         (["--candidate", "ra_beta"], "no finished train runs of 'ra_beta' (use `ra train --attn"),
         (["--baseline", "sdpa_gate"], "no finished train runs of 'sdpa_gate'"),
     ],

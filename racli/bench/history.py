@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from racli.bench.ranking import NOISE_RATIO, TimingRow, best_vs_best
-from racli.bench.text import bench_text
+from racli.bench.text import bench_text, shape_text
 from racli.environment import env_class
 from racli.errors import BadInput
 from racli.store import queries
@@ -45,6 +46,24 @@ class BenchGroup:
             "timings": len(self.rows),
             "best": [dict(b) for b in self.best],
         }
+
+
+def best_rows(group: BenchGroup) -> list[tuple[str, str | None, list[TimingRow], str | None]]:
+    """(phase, backend, the best row of each attention, the candidate's wording) per
+    comparison of the group, in the order of `group.best` (baseline first)."""
+    out: dict[tuple[str, str | None], tuple[list[TimingRow], str | None]] = {}
+    for b in group.best:
+        row = next(
+            r
+            for r in group.rows
+            if (r.attn, r.mode, r.phase, r.backend, r.median_ms)
+            == (b["attn"], b["best_mode"], b["phase"], b["backend"], b["best_ms"])
+        )
+        rows, wording = out.setdefault((b["phase"], b["backend"]), ([], None))
+        rows.append(row)
+        if b.get("wording") and b.get("ratio") is not None and b["attn"] != rows[0].attn:
+            out[(b["phase"], b["backend"])] = (rows, f"{b['ratio']:.2f}x: {b['wording']}")
+    return [(ph, be, rows, w) for (ph, be), (rows, w) in out.items()]
 
 
 @dataclass
@@ -125,13 +144,35 @@ class BenchVerdict:
 
     comparison: BenchComparison
     excluded: list[dict]
+    plot: Path | None = None  # the plot written (--plot)
 
     def data(self) -> dict[str, Any]:
-        return {**self.comparison.to_dict(), "excluded": self.excluded}
+        plot = str(self.plot) if self.plot else None
+        return {**self.comparison.to_dict(), "excluded": self.excluded, "plot": plot}
 
     def text(self) -> str:
         excluded = "\n" + excluded_text(self.excluded) if self.excluded else ""
-        return bench_text(self.comparison) + excluded
+        written = f"\n\nPlot written to {self.plot}" if self.plot else ""
+        return bench_text(self.comparison) + excluded + written
+
+
+def plot_comparison(bc: BenchComparison, path: Path) -> Path:
+    """`--plot`: the best row of each side as a box of its repeats, a panel per group,
+    phase and backend (BadInput when there is nothing to draw)."""
+    from racli.bench.plots import plot_best_vs_best
+
+    panels = []
+    for g in bc.groups:
+        env = g.env_class if g.env_class is not None else "any environment"
+        for phase, backend, rows, wording in best_rows(g):
+            # the marks' emoji are not in matplotlib's font: the words alone
+            plain = " ".join("".join(ch for ch in wording or "" if ord(ch) < 0x2000).split())
+            panels.append((f"{shape_text(g.shape)}\n{env}\n{phase}, {backend}", rows, plain))
+    title = f"Best vs best: {bc.candidate} vs {bc.baseline} (ms per iteration)"
+    try:
+        return plot_best_vs_best(panels, path, title)
+    except ValueError as exc:
+        raise BadInput(f"{exc}: no plot written") from exc
 
 
 def compare_bench(
@@ -143,9 +184,10 @@ def compare_bench(
     since: datetime | None,
     any_env: bool,
     noise_ratio: float,
+    plot: Path | None = None,
 ) -> BenchVerdict:
     """Best vs best per shape group over the finished bench runs (load_bench_comparison),
-    with the excluded runs the filters leave out."""
+    with the excluded runs the filters leave out, and the plot of it at `plot`."""
     bc = load_bench_comparison(
         store,
         candidate=candidate,
@@ -155,4 +197,5 @@ def compare_bench(
         any_env=any_env,
         noise_ratio=noise_ratio,
     )
-    return BenchVerdict(bc, excluded_runs(store, kind="bench", tag=tag, since=since))
+    written = plot_comparison(bc, plot) if plot is not None else None
+    return BenchVerdict(bc, excluded_runs(store, kind="bench", tag=tag, since=since), written)

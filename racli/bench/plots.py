@@ -93,3 +93,40 @@ def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     save(fig, p)
     return p
+
+
+def plot_best_vs_best(panels: list[tuple[str, list[TimingRow], str]], path: str | Path,
+                      title: str) -> Path:  # fmt: skip
+    """`ra compare --metric ms --plot`: a panel per (group, phase, backend), each with the
+    best row of every variant as a box of its repeats, labelled with its mode; the panel's
+    title gives the group and the verdict's wording. `panels`: (panel title, best rows,
+    wording). ValueError when nothing can be drawn."""
+    from matplotlib.patches import Patch
+
+    p = check_path(path)
+    panels = [(t, rows, w) for t, rows, w in panels if any(_box(r) for r in rows)]
+    if not panels:
+        raise ValueError("no best timings to plot")
+    attns = list(dict.fromkeys(r.attn for _, rows, _ in panels for r in rows))
+    colour = dict(zip(attns, colours(len(attns)), strict=True))
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig = figure(4.4 * cols + 1.2, 4.4 * rows_n)
+    for k, (label, rows, wording) in enumerate(panels, 1):
+        ax = fig.add_subplot(rows_n, cols, k)
+        drawn = [(r, b) for r in rows if (b := _box(r))]
+        for x, (r, b) in enumerate(drawn):
+            ax.bxp([b], positions=[x], widths=0.5, showfliers=False, patch_artist=True,
+                   boxprops={"facecolor": colour[r.attn], "alpha": 0.6},
+                   medianprops={"color": "black"})  # fmt: skip
+        ax.set_xticks(range(len(drawn)), [f"{r.attn}\n({r.mode})" for r, _ in drawn])
+        ax.set_ylim(0, max(b["whishi"] for _, b in drawn) * 1.15)
+        ax.set_title(f"{label}\n{wording}" if wording else label, fontsize="small")
+        ax.set_ylabel("ms per iteration")
+        ax.grid(True, axis="y", alpha=0.3)
+    handles = [Patch(facecolor=colour[a], alpha=0.6, label=a) for a in attns]
+    fig.legend(handles=handles, loc="upper right", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout(rect=(0, 0, 0.88, 0.95))
+    save(fig, p)
+    return p

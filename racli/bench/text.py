@@ -154,7 +154,7 @@ def fair_comparison(best: list[dict], *, baseline: str = "baseline") -> str:
     return "\n".join(out)
 
 
-def _shape_text(shape: dict) -> str:
+def shape_text(shape: dict) -> str:
     return (
         f"B={shape['batch']} T={shape['seq']} H={shape['heads']} D={shape['head_dim']} "
         f"{shape['dtype']} {shape['device']}"
@@ -175,7 +175,7 @@ def bench_text(bc) -> str:
         env = g.env_class if g.env_class is not None else "any environment"
         lines += [
             "",
-            f"Shape {_shape_text(g.shape)} on {env} (bench runs {ids_text(g.run_ids)})",
+            f"Shape {shape_text(g.shape)} on {env} (bench runs {ids_text(g.run_ids)})",
             fair_comparison(g.best, baseline=bc.baseline),
         ]
     return "\n".join(lines)

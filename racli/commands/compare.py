@@ -93,7 +93,8 @@ def compare(
         Path | None,
         typer.Option(
             "--plot",
-            help="Write the compared runs' curves of the metric (.png, .pdf or .svg).",
+            help="Write the compared runs' curves of the metric, or with --metric ms the best "
+            "of each side's repeats (.png, .pdf or .svg).",
             show_default=False,
         ),
     ] = None,
@@ -112,8 +113,6 @@ def compare(
     threshold = cfg.verdict.threshold if threshold is None else threshold
     _fraction("--threshold", threshold)
     since_at = parse_since(since)
-    if plot is not None and metric == "ms":
-        raise BadInput("--plot draws training curves: it does not apply to --metric ms")
     check_plot_path(plot)
     common.check_not_input(plot, db, cfg, "--plot")
     store = common.open_db(db, cfg, readonly=True)
@@ -122,7 +121,9 @@ def compare(
     if metric == "ms":  # best vs best per shape group over the finished bench runs
         from racli.bench.history import compare_bench
 
-        result = compare_bench(store, **filters, any_env=any_env, noise_ratio=cfg.bench.noise_ratio)
+        result = compare_bench(
+            store, **filters, any_env=any_env, noise_ratio=cfg.bench.noise_ratio, plot=plot
+        )
     else:
         from racli.compare.view import compare_train
 
