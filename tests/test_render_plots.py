@@ -290,6 +290,21 @@ def test_plot_bench_draws_repeats_figures_and_what_did_not_run(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_plot_best_vs_best_panels_and_nothing_to_draw(tmp_path):
+    from racli.bench.plots import plot_best_vs_best
+    from racli.bench.ranking import TimingRow
+
+    rows = [
+        TimingRow("baseline", "eager", "fwd", 1.0, 0.9, 1.2, samples=[0.9, 1.0, 1.2]),
+        TimingRow("ra_v5", "compile", "fwd", 1.1, 1.0, 1.3),
+    ]
+    out = plot_best_vs_best([("group\nfwd", rows, "1.10x: overhead")] * 4, tmp_path / "b.png", "t")
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    empty = [("g", [TimingRow("ra_v5", "eager", "fwd", status="failed")], "")]
+    with pytest.raises(ValueError, match="no best timings"):
+        plot_best_vs_best(empty, tmp_path / "none.png", "t")
+
+
 def test_plot_gates(tmp_path):
     rows = gate_rows()
     rep = analyse_gates(rows)
