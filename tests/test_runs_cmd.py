@@ -20,6 +20,7 @@ from helpers import (
     record_run,
     set_heartbeat_minutes_ago,
 )
+from sqlalchemy import text
 
 from racli.commands import runs_manage
 from racli.errors import BadInput
@@ -197,6 +198,49 @@ def test_an_older_store_migrates_once_its_writer_is_gone(tmp_path):
     with sqlite3.connect(path) as raw:  # its heartbeat gone stale: the writer is gone
         raw.execute("UPDATE runs SET heartbeat_at = datetime('now', '-10 minutes')")
     ok("runs", "tag", done, "x", "--db", path)
+    assert _revision(path) != "0003"
+
+
+def test_refusals_that_need_the_current_schema_leave_an_older_store_at_its_schema(tmp_path):
+    """Refusals that read what only the current schema has (who depends on a run, whether a
+    run wrote a checkpoint, where its data is) are made on an upgraded temporary copy first:
+    the store itself stays at its revision, byte for byte."""
+    from racli.store import migrate as store_migrate
+
+    path = tmp_path / "old.db"
+    store = open_store(str(path))
+    calibration = record_run(store, kind="calibration", attn=None, seed=1)
+    depends = record_run(
+        store, attn="baseline", seed=2,
+        config={**TRAIN_CONFIG, "budget_source": {"kind": "matched_time",
+                                                  "calibration_run": calibration}},
+    )  # fmt: skip
+    checkpointed = record_run(store, attn="baseline", seed=3, status="interrupted")
+    with store.writing() as conn:  # it recorded writing a checkpoint, whose file is gone
+        conn.execute(
+            text("INSERT INTO metrics (run_id, step, name, value) VALUES (:r, 40, 'checkpoint_s', 0.1)"),
+            {"r": checkpointed},
+        )  # fmt: skip
+    no_data = record_run(store, attn="baseline", seed=4, status="interrupted")
+    store_migrate.downgrade(store.engine, "0003")
+    store.close()
+    with sqlite3.connect(path) as raw:  # revision 0003 named a run by its id alone
+        raw.execute(
+            "UPDATE runs SET config = json_remove(config, '$.budget_source.calibration_uuid')"
+        )
+    before = db_state(path)
+    for args, says in (
+        (("runs", "delete", calibration, "--yes"), f"run {calibration} is needed by other runs"),
+        (("train", "--resume", checkpointed), "wrote a checkpoint (last at step 40)"),
+        (("train", "--resume", no_data), "does not say where its data is"),
+    ):
+        err = one_line_error(ra_inprocess(*args, "--db", path))
+        assert says in err, err
+        assert _revision(path) == "0003"
+        assert db_state(path) == before
+        assert "temporary copy" not in err
+    # what passes the checks migrates the store and goes on
+    ok("runs", "delete", depends, "--yes", "--db", path)
     assert _revision(path) != "0003"
 
 

@@ -81,6 +81,17 @@ def check_recorded(ctx: typer.Context, db, config, run_ids) -> None:
     recorded(common.db_location(db, cfg), run_ids)
 
 
+def check_before_migrating(ctx: typer.Context, db, config, check) -> None:
+    """`check(store)` on the current-schema view of an older SQLite store of `--db`, so
+    that bad input leaves that store at its revision (nothing when none is pending)."""
+    from racli.store.engine import before_migrating
+
+    db, cfg = _db_and_config(ctx, db, config)
+    with before_migrating(common.db_location(db, cfg)) as view:
+        if view is not None:
+            check(view)
+
+
 def check_not_input(ctx: typer.Context, db, config, path, what: str) -> None:
     """BadInput when the output `path` is the store of `--db` (see common.check_not_input)."""
     db, cfg = _db_and_config(ctx, db, config)

@@ -135,6 +135,9 @@ def delete_cmd(
     if not yes and not stdin_is_terminal():  # refused before the store is opened for writing
         runs_common.check_recorded(ctx, db, config, run_ids)
         confirm_delete(run_ids, None, yes=False, interactive=False, cascade=cascade)
+    runs_common.check_before_migrating(
+        ctx, db, config, lambda view: check_deletable(view, run_ids, cascade=cascade)
+    )
     store = runs_common.open_store(
         ctx, db, config, readonly=False, run_ids=run_ids, run_check=refuse_live
     )

@@ -9,6 +9,7 @@ racli/store/urls.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sqlite3
@@ -286,6 +287,28 @@ def _open_readonly(db: str) -> Store:
         engine.dispose()
         raise
     return Store(db=db, engine=engine, readonly=True)
+
+
+@contextlib.contextmanager
+def before_migrating(db: str):
+    """For a writing command's own checks before it migrates an older SQLite store: the
+    store as the current schema has it, read through an upgraded temporary copy (the store
+    itself untouched, no note), or None when no migration is pending (the store is current,
+    new, empty, or behind a URL). A check that raises leaves the store at its revision."""
+    path = store_file(db)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        yield None
+        return
+    engine, rev, immutable = _connect_readonly(db)
+    engine.dispose()
+    if rev is None or rev == HEAD_REVISION or rev not in known_revisions():
+        yield None  # a newer or foreign schema: the writable open says so
+        return
+    store = Store(db=db, engine=upgraded_copy(path, immutable=immutable), readonly=True)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def check_recorded(db: str, run_ids: Sequence[int]) -> None:

@@ -23,7 +23,7 @@ from racli import training
 from racli.errors import BadInput, Interrupted
 from racli.names import check_run_id, check_tag
 from racli.store import checkpoints as ckpt_paths
-from racli.store.engine import check_writable, open_store
+from racli.store.engine import before_migrating, check_writable, open_store
 from racli.store.queries import get_run
 from racli.text import jsonout
 from racli.text import tensorboard as tb_files
@@ -35,6 +35,7 @@ from racli.training.result import TrainResult
 from racli.training.spec import (
     TrainSpec,
     check_resumable,
+    check_resume,
     load_data,
     prepare_resume,
     run_config,
@@ -162,8 +163,12 @@ def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
             f"and budget: drop {', '.join(conflicts)}"
         )
     # rank 0 opens (and migrates) the store; other ranks only read it. The run is looked
-    # up before any migration: a wrong id, a finished or a bench run leaves an older
-    # store at its schema.
+    # up before any migration: a wrong id, a finished, live or bench run, or a checkpoint
+    # that cannot be found leaves an older store at its schema.
+    if info.is_main:
+        with before_migrating(location) as view:
+            if view is not None:
+                check_resume(view, opts.resume, info)
     store = open_writable(
         lambda: open_store(
             location,

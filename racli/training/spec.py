@@ -310,6 +310,31 @@ def prepare_resume(store, run_id: int, dist_info=None):
     from racli.training import distributed as ddp
 
     info = dist_info or ddp.detect()
+    run, spec, path = check_resume(store, run_id, info)
+    data_path = run.config.get(DATA_PATH_KEY)
+    if path.is_file():
+        data_path = _checked_checkpoint(path, run_id, spec).data_path or data_path
+    dataset = load_data(spec, data_path)
+    recorded = run.config.get("data", {})
+    if (recorded.get("train_tokens"), recorded.get("val_tokens")) != (
+        dataset.train_tokens,
+        dataset.val_tokens,
+    ):
+        raise BadInput(
+            f"the data at {data_path} changed since run {run_id} started (train/val tokens differ)"
+        )
+    if recorded.get("content_hash") not in (None, dataset.content_hash):
+        raise BadInput(
+            f"the data at {data_path} changed since run {run_id} started (its content differs)"
+        )
+    return spec, dataset, path
+
+
+def check_resume(store, run_id: int, info):
+    """The checks of `--resume RUN` that read the store alone (not the checkpoint's
+    contents, not the data): the run's state, its record, where its checkpoint is or why
+    none is usable, its device and process count. Returns (run, spec, checkpoint path).
+    Also run on an older store's upgraded copy before that store is migrated."""
     run = get_run(store, run_id)
     check_resumable(run_id, run.kind, run.status, run.status == "running" and not is_stale(run))
     if UNREADABLE in (run.config or {}):
@@ -341,23 +366,7 @@ def prepare_resume(store, run_id: int, dist_info=None):
             f"run {run_id} was trained on {recorded_world} process(es); resume it "
             f"with the same number (now {info.world_size})"
         )
-    data_path = run.config.get(DATA_PATH_KEY)
-    if path.is_file():
-        data_path = _checked_checkpoint(path, run_id, spec).data_path or data_path
-    dataset = load_data(spec, data_path)
-    recorded = run.config.get("data", {})
-    if (recorded.get("train_tokens"), recorded.get("val_tokens")) != (
-        dataset.train_tokens,
-        dataset.val_tokens,
-    ):
-        raise BadInput(
-            f"the data at {data_path} changed since run {run_id} started (train/val tokens differ)"
-        )
-    if recorded.get("content_hash") not in (None, dataset.content_hash):
-        raise BadInput(
-            f"the data at {data_path} changed since run {run_id} started (its content differs)"
-        )
-    return spec, dataset, path
+    return run, spec, path
 
 
 def checkpoint_written(store, run_id: int) -> int | None:
