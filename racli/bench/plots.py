@@ -31,6 +31,27 @@ def _box(row: TimingRow) -> dict | None:
     return {"med": m, "q1": m, "q3": m, "whislo": lo, "whishi": hi, "fliers": []}
 
 
+def _draw(ax, stats: dict, x: float, width: float, colour) -> None:
+    """One box of repeats at `x`, in the variant's colour."""
+    ax.bxp([stats], positions=[x], widths=width, showfliers=False, patch_artist=True,
+           boxprops={"facecolor": colour, "alpha": 0.6}, medianprops={"color": "black"})  # fmt: skip
+
+
+def _finish(fig, p: Path, colour: dict, title: str, right: float, top: float) -> Path:
+    """The axes' common style, the variants' legend, the title; the file written."""
+    from matplotlib.patches import Patch
+
+    for ax in fig.axes:
+        ax.set_ylabel("ms per iteration")
+        ax.grid(True, axis="y", alpha=0.3)
+    handles = [Patch(facecolor=c, alpha=0.6, label=a) for a, c in colour.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout(rect=(0, 0, right, top))
+    save(fig, p)
+    return p
+
+
 def title(run_id: int, rows: list[TimingRow]) -> str:
     """The plot's title: the run and the shape, dtype and device of its first row."""
     r = rows[0] if rows else None
@@ -73,9 +94,7 @@ def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
                     ax.text(x, top * 0.02, row.status, rotation=90, ha="center", va="bottom",
                             fontsize="small", color=colour[attn])  # fmt: skip
                     continue
-                ax.bxp([stats], positions=[x], widths=width * 0.8, showfliers=False,
-                       patch_artist=True, boxprops={"facecolor": colour[attn], "alpha": 0.6},
-                       medianprops={"color": "black"})  # fmt: skip
+                _draw(ax, stats, x, width * 0.8, colour[attn])
                 if best.get(attn) is row:
                     ax.plot([x], [stats["whishi"] * 1.04 + top * 0.01], marker="*",
                             color=colour[attn], markersize=9)  # fmt: skip
@@ -83,16 +102,7 @@ def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
         ax.set_xlim(-0.6, len(modes) - 0.4)
         ax.set_ylim(0, top * 1.15)
         ax.set_title(f"{phase} (best of each variant starred)", fontsize="medium")
-        ax.set_ylabel("ms per iteration")
-        ax.grid(True, axis="y", alpha=0.3)
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor=colour[a], alpha=0.6, label=a) for a in attns]
-    fig.legend(handles=handles, loc="upper right", fontsize="small")
-    fig.suptitle(title, fontsize="medium")
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
-    save(fig, p)
-    return p
+    return _finish(fig, p, colour, title, 0.9, 1)
 
 
 def plot_best_vs_best(panels: list[tuple[str, list[TimingRow], str]], path: str | Path,
@@ -101,8 +111,6 @@ def plot_best_vs_best(panels: list[tuple[str, list[TimingRow], str]], path: str 
     best row of every variant as a box of its repeats, labelled with its mode; the panel's
     title gives the group and the verdict's wording. `panels`: (panel title, best rows,
     wording). ValueError when nothing can be drawn."""
-    from matplotlib.patches import Patch
-
     p = check_path(path)
     panels = [(t, rows, w) for t, rows, w in panels if any(_box(r) for r in rows)]
     if not panels:
@@ -116,17 +124,8 @@ def plot_best_vs_best(panels: list[tuple[str, list[TimingRow], str]], path: str 
         ax = fig.add_subplot(rows_n, cols, k)
         drawn = [(r, b) for r in rows if (b := _box(r))]
         for x, (r, b) in enumerate(drawn):
-            ax.bxp([b], positions=[x], widths=0.5, showfliers=False, patch_artist=True,
-                   boxprops={"facecolor": colour[r.attn], "alpha": 0.6},
-                   medianprops={"color": "black"})  # fmt: skip
+            _draw(ax, b, x, 0.5, colour[r.attn])
         ax.set_xticks(range(len(drawn)), [f"{r.attn}\n({r.mode})" for r, _ in drawn])
         ax.set_ylim(0, max(b["whishi"] for _, b in drawn) * 1.15)
         ax.set_title(f"{label}\n{wording}" if wording else label, fontsize="small")
-        ax.set_ylabel("ms per iteration")
-        ax.grid(True, axis="y", alpha=0.3)
-    handles = [Patch(facecolor=colour[a], alpha=0.6, label=a) for a in attns]
-    fig.legend(handles=handles, loc="upper right", fontsize="small")
-    fig.suptitle(title, fontsize="medium")
-    fig.tight_layout(rect=(0, 0, 0.88, 0.95))
-    save(fig, p)
-    return p
+    return _finish(fig, p, colour, title, 0.88, 0.95)
