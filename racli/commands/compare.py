@@ -104,10 +104,10 @@ def compare(
 ) -> None:
     """Verdict for CANDIDATE vs BASELINE from every comparable finished run."""
     from racli.compare.grouping import check_pair
-    from racli.store.filters import check_not_blank, parse_since
+    from racli.store.filters import check_filter_text, parse_since
 
     # ---- validate everything before any work
-    check_not_blank(tag=tag, since=since)
+    check_filter_text(tag=tag, since=since)
     check_pair(metric, candidate, baseline)
     cfg = common.config(config)
     threshold = cfg.verdict.threshold if threshold is None else threshold

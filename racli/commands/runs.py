@@ -66,12 +66,12 @@ def runs(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db, "config": config}
         return
-    from racli.store.filters import check_kind_status, check_not_blank
+    from racli.store.filters import check_filter_text, check_kind_status
     from racli.store.queries import parse_sort, run_rows
     from racli.text.runs import print_runs_table
 
     check_kind_status(kind, status)
-    check_not_blank(attn=attn, tag=tag, sort=sort)
+    check_filter_text(attn=attn, tag=tag, sort=sort)
     parse_sort(sort)
     if json and tsv:
         raise BadInput("give --json or --tsv, not both")

@@ -68,10 +68,10 @@ def export(
     """Export runs with their final figures as CSV or JSON, (--metrics) their curves, or
     (--tensorboard) TensorBoard event files."""
     from racli.store import export as exporting
-    from racli.store.filters import check_kind_status, check_not_blank
+    from racli.store.filters import check_filter_text, check_kind_status
     from racli.text.outputs import atomic_write
 
-    check_not_blank(attn=attn, tag=tag, name=names)
+    check_filter_text(attn=attn, tag=tag, name=names)
     if tensorboard is not None or run_ids:
         from racli.store.tensorboard_export import check_request, export_runs
 

@@ -14,7 +14,7 @@ KINDS = ("bench", "train", "calibration")
 STATUSES = ("running", *END_STATES, "crashed")
 
 
-def check_not_blank(**options: str | None) -> None:
+def check_filter_text(**options: str | None) -> None:
     """BadInput for a filter given as an empty or blank string (`--tag ''`), which would
     otherwise read as no filter at all, or as text that is not valid UTF-8 (a shell passes
     such bytes as lone surrogates; the store holds UTF-8 alone, so no run could match and
@@ -30,7 +30,7 @@ def check_not_blank(**options: str | None) -> None:
 
 def check_kind_status(kind: str | None, status: str | None) -> None:
     """BadInput for an unknown `--kind` or `--status`."""
-    check_not_blank(kind=kind, status=status)
+    check_filter_text(kind=kind, status=status)
     if kind and kind not in KINDS:
         raise BadInput(f"unknown kind '{kind}' (valid: {', '.join(KINDS)})")
     if status and status not in STATUSES:
