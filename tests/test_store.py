@@ -758,3 +758,37 @@ def test_metric_points_whole_and_last_half(store):
     assert all(type(s) is int and type(v) is float for c in whole.values() for s, v in c)
     half = metric_points(store, ids, "val_loss", last_half=True)
     assert half == {ids[0]: [(20, 3.8), (30, 3.7), (40, 3.6)], ids[1]: [(7, 3.93)], ids[2]: []}
+
+
+def test_a_store_versioned_between_two_reads_is_not_called_foreign(store_url, monkeypatch):
+    """Several processes open one fresh store at once: one reads no revision, another
+    creates the schema, the first then finds tables. It reads the revision again and goes
+    on (it refused the store as "not an ra database", seen once in the suite on
+    PostgreSQL); tables without a revision are still refused."""
+    from racli.store import engine as store_engine
+
+    first = {"read": False}
+    real = store_engine.current_revision
+
+    def late(engine):  # the first read happens before the other process's commit
+        if not first["read"]:
+            first["read"] = True
+            return None
+        return real(engine)
+
+    open_store(store_url).close()  # the schema another process created meanwhile
+    monkeypatch.setattr(store_engine, "current_revision", late)
+    store = open_store(store_url)  # was: BadInput "holds tables ... but no ra schema version"
+    try:
+        assert real(store.engine) == HEAD_REVISION and first["read"]
+    finally:
+        store.close()
+    raw = store_engine.make_engine(store_url)
+    try:
+        with raw.begin() as conn:  # tables, no version
+            conn.execute(text("DROP TABLE alembic_version"))
+    finally:
+        raw.dispose()
+    monkeypatch.setattr(store_engine, "current_revision", real)
+    with pytest.raises(BadInput, match="no ra schema version"):
+        open_store(store_url)

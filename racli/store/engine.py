@@ -198,7 +198,7 @@ def inspect_store(db: str) -> str | None:
     engine, rev, _ = _connect_readonly(db)
     try:
         if rev is None:
-            _refuse_unversioned(engine, db, empty_ok=sqlite_path(db) is None)
+            rev = _refuse_unversioned(engine, db, empty_ok=sqlite_path(db) is None)
         return rev
     finally:
         engine.dispose()
@@ -220,7 +220,7 @@ def check_writable(db: str) -> None:
     try:
         _check_known(engine, db, rev)
         if rev is None:
-            _refuse_unversioned(engine, db, empty_ok=True)
+            _refuse_unversioned(engine, db, empty_ok=True)  # a revision found then: known
     finally:
         engine.dispose()
 
@@ -236,12 +236,19 @@ def read_revision(db: str) -> str | None:
     return rev
 
 
-def _refuse_unversioned(engine: Engine, db: str, *, empty_ok: bool) -> None:
+def _refuse_unversioned(engine: Engine, db: str, *, empty_ok: bool) -> str | None:
     """BadInput for a database without an ra schema version (tables of someone
-    else, or -- unless `empty_ok` -- nothing at all)."""
+    else, or -- unless `empty_ok` -- nothing at all). The revision is read again after
+    the tables: a process that created the schema between the first read and the tables'
+    (several processes opening one fresh store at once) leaves it versioned, and that
+    revision is returned (None: still empty)."""
     with engine.connect() as conn:
         tables = inspect(conn).get_table_names()
     if tables:
+        rev = current_revision(engine)
+        if rev is not None:
+            _check_known(engine, db, rev)
+            return rev
         raise BadInput(
             f"database {shown(db)} holds tables ({', '.join(sorted(tables)[:4])}) "
             f"but no ra schema version: not an ra database"
@@ -251,6 +258,7 @@ def _refuse_unversioned(engine: Engine, db: str, *, empty_ok: bool) -> None:
             f"database {shown(db)} holds no ra store yet (record a run with `ra bench` or "
             f"`ra train`, or create the schema with `ra db upgrade`)"
         )
+    return None
 
 
 def _check_known(engine: Engine, db: str, rev: str | None) -> None:
@@ -267,7 +275,7 @@ def _open_readonly(db: str) -> Store:
     try:
         _check_known(engine, db, rev)
         if rev is None:
-            _refuse_unversioned(engine, db, empty_ok=False)
+            rev = _refuse_unversioned(engine, db, empty_ok=False)
         if rev != HEAD_REVISION:
             path = sqlite_path(db)
             if path is None:
@@ -511,7 +519,7 @@ def _open_writable(
     _check_known(engine, db, rev)
     try:
         if rev is None:
-            _refuse_unversioned(engine, db, empty_ok=True)
+            rev = _refuse_unversioned(engine, db, empty_ok=True)
         if run_ids:
             _check_run_ids(engine, db, run_ids, run_check)
         if migrate and rev is not None and rev != HEAD_REVISION:
