@@ -305,6 +305,23 @@ def test_plot_best_vs_best_panels_and_nothing_to_draw(tmp_path):
         plot_best_vs_best(empty, tmp_path / "none.png", "t")
 
 
+def test_bench_plot_axis_turns_logarithmic_when_whiskers_span_decades():
+    """A busy machine's p90 can be 100x its median (seen: 0.33 ms median, 137 ms p90): on
+    a linear axis from 0 every box is a line at the bottom, so such a panel is logarithmic."""
+    from racli.bench.plots import LOG_SPAN, _scale
+    from racli.text.plots import figure
+
+    def box(lo, hi):
+        return {"med": lo, "q1": lo, "q3": hi, "whislo": lo, "whishi": hi, "fliers": []}
+
+    ax = figure(4, 3).add_subplot(1, 1, 1)
+    assert _scale(ax, [box(0.2, 0.3), box(0.5, 0.8)]) == pytest.approx(0.8 * 0.02)
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    ax = figure(4, 3).add_subplot(1, 1, 1)
+    bottom = _scale(ax, [box(0.22, 137.5), box(0.25, 250.0)])
+    assert ax.get_yscale() == "log" and 0 < bottom < 0.22 and 137.5 / 0.22 > LOG_SPAN
+
+
 def test_plot_gates(tmp_path):
     rows = gate_rows()
     rep = analyse_gates(rows)

@@ -37,6 +37,24 @@ def _draw(ax, stats: dict, x: float, width: float, colour) -> None:
            boxprops={"facecolor": colour, "alpha": 0.6}, medianprops={"color": "black"})  # fmt: skip
 
 
+#: whiskers spanning more than this factor are drawn on a log scale (a busy machine's p90
+#: can be 100x its median: on a linear axis every box is then a line at the bottom)
+LOG_SPAN = 20.0
+
+
+def _scale(ax, boxes: list[dict]) -> float:
+    """The y axis for `boxes`: from 0 (linear), or logarithmic when their whiskers span
+    more than LOG_SPAN; returns the axis' bottom (where notes go)."""
+    low = min(b["whislo"] for b in boxes)
+    top = max(b["whishi"] for b in boxes)
+    if low > 0 and top / low > LOG_SPAN:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.5, top * 2.0)
+        return low / 1.4
+    ax.set_ylim(0, top * 1.15)
+    return top * 0.02
+
+
 def _finish(fig, p: Path, colour: dict, title: str, right: float, top: float) -> Path:
     """The axes' common style, the variants' legend, the title; the file written."""
     from matplotlib.patches import Patch
@@ -82,7 +100,8 @@ def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
             if r.status == "ok" and finite(r.median_ms):
                 if r.attn not in best or r.median_ms < best[r.attn].median_ms:
                     best[r.attn] = r
-        top = max((b["whishi"] for r in here if r.status == "ok" and (b := _box(r))), default=1)
+        bottom = _scale(ax, [b for r in here if r.status == "ok" and (b := _box(r))] or
+                        [{"whislo": 0.0, "whishi": 1.0}])  # fmt: skip
         for m, mode in enumerate(modes):
             for a, attn in enumerate(attns):
                 x = m - 0.4 + width * (a + 0.5)
@@ -91,16 +110,15 @@ def plot_bench(rows: list[TimingRow], path: str | Path, title: str) -> Path:
                     continue
                 stats = _box(row) if row.status == "ok" else None
                 if stats is None:
-                    ax.text(x, top * 0.02, row.status, rotation=90, ha="center", va="bottom",
+                    ax.text(x, bottom, row.status, rotation=90, ha="center", va="bottom",
                             fontsize="small", color=colour[attn])  # fmt: skip
                     continue
                 _draw(ax, stats, x, width * 0.8, colour[attn])
                 if best.get(attn) is row:
-                    ax.plot([x], [stats["whishi"] * 1.04 + top * 0.01], marker="*",
-                            color=colour[attn], markersize=9)  # fmt: skip
+                    ax.plot([x], [stats["whishi"] * 1.06], marker="*", color=colour[attn],
+                            markersize=9)  # fmt: skip
         ax.set_xticks(range(len(modes)), modes)
         ax.set_xlim(-0.6, len(modes) - 0.4)
-        ax.set_ylim(0, top * 1.15)
         ax.set_title(f"{phase} (best of each variant starred)", fontsize="medium")
     return _finish(fig, p, colour, title, 0.9, 1)
 
@@ -126,6 +144,6 @@ def plot_best_vs_best(panels: list[tuple[str, list[TimingRow], str]], path: str 
         for x, (r, b) in enumerate(drawn):
             _draw(ax, b, x, 0.5, colour[r.attn])
         ax.set_xticks(range(len(drawn)), [f"{r.attn}\n({r.mode})" for r, _ in drawn])
-        ax.set_ylim(0, max(b["whishi"] for _, b in drawn) * 1.15)
+        _scale(ax, [b for _, b in drawn])
         ax.set_title(f"{label}\n{wording}" if wording else label, fontsize="small")
     return _finish(fig, p, colour, title, 0.88, 0.95)
