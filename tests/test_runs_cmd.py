@@ -549,6 +549,43 @@ def test_show_plot_draws_a_bench_or_a_train_run(db, tmp_path):
     assert db_state(db) == before
 
 
+def test_show_plot_draws_a_calibration_round_by_round(tmp_path, monkeypatch):
+    """A calibration: each arm's seconds per step by round, its ratios in the title; one
+    without timed rounds says so (exit 2)."""
+    from racli.store.recorder import RunRecorder
+
+    path = tmp_path / "ra.db"
+    store = open_store(str(path))
+    rec = RunRecorder.start(store, kind="calibration", attn=None, config={"seed": 0}, seed=0,
+                            env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False)  # fmt: skip
+    for k, (b, r) in enumerate([(0.081, 0.080), (0.083, 0.088), (0.076, 0.081)], 1):
+        rec.metrics(k, {"s_per_step:baseline": b, "s_per_step:ra_v5": r})
+    rec.metrics(3, {"speed_ratio:baseline": 1.0, "speed_ratio:ra_v5": 0.9671,
+                    "speed_ratio_lo:ra_v5": 0.8746, "speed_ratio_hi:ra_v5": 1.0695,
+                    "speed_ratio_lo:baseline": 1.0, "speed_ratio_hi:baseline": 1.0})  # fmt: skip
+    rec.finish()
+    empty = RunRecorder.start(store, kind="calibration", attn=None, config={"seed": 0}, seed=0,
+                              env_info=ENV_INFO, git_commit="0123abcd", heartbeat=False)  # fmt: skip
+    empty.finish()
+    store.close()
+    from racli.compare import plots
+
+    drawn, real = [], plots.plot_loss_curves
+    monkeypatch.setattr(
+        plots, "plot_loss_curves", lambda *a, **kw: drawn.append((a, kw)) or real(*a, **kw)
+    )
+    svg = tmp_path / "cal.svg"
+    assert "Plot written" in ok("runs", "show", rec.run_id, "--db", path, "--plot", svg).stdout
+    assert svg.read_text().lstrip().startswith("<?xml")
+    (((curves, _, title), kw),) = drawn
+    assert sorted(curves) == ["baseline", "ra_v5"] and len(curves["ra_v5"][0][1]) == 3
+    assert title.endswith("ra_v5 x0.9671 [0.8746, 1.0695]") and kw["xlabel"] == "round"
+    err = one_line_error(
+        ra_inprocess("runs", "show", empty.run_id, "--db", path, "--plot", tmp_path / "e.png")
+    )
+    assert "no timed rounds recorded: no plot written" in err
+
+
 def test_show_plot_refuses_what_it_cannot_draw(tmp_path):
     path = tmp_path / "ra.db"
     store = open_store(str(path))

@@ -99,7 +99,8 @@ def show(
         typer.Option(
             "--plot",
             help="Also draw the run: a bench run's repeats (a panel per phase), a train "
-            "run's train and val loss curves (.png, .pdf or .svg).",
+            "run's train and val loss curves, a calibration's seconds per step by round "
+            "(.png, .pdf or .svg).",
             show_default=False,
         ),
     ] = None,
@@ -144,6 +145,8 @@ def _plot_run(store, d: dict, path: Path) -> Path:
             return plot_bench(rows, path, title(run_id, rows))
         from racli.compare.plots import plot_loss_curves
 
+        if d["kind"] == "calibration":
+            return _plot_calibration(store, d, path)
         curves = {
             name: [(run_id, points)]
             for name in ("train_loss", "val_loss")
@@ -155,6 +158,37 @@ def _plot_run(store, d: dict, path: Path) -> Path:
         return plot_loss_curves(curves, path, label, ylabel="loss")
     except ValueError as exc:
         raise BadInput(f"run {run_id}: {exc}: no plot written") from exc
+
+
+def _plot_calibration(store, d: dict, path: Path) -> Path:
+    """A calibration run: each arm's seconds per step, round by round (the warm-up the
+    ratio's rounds were cut for shows as a drift), the ratios and their intervals in the
+    title."""
+    from racli.compare.plots import plot_loss_curves
+    from racli.store.queries import metric_points
+
+    run_id = d["id"]
+    arms = sorted(n.split(":", 1)[1] for n in d["metrics"] if n.startswith("s_per_step:"))
+    if not arms:
+        raise BadInput(f"run {run_id} has no timed rounds recorded: no plot written")
+    curves = {
+        a: [(run_id, metric_points(store, [run_id], f"s_per_step:{a}")[run_id])] for a in arms
+    }
+    last = {n: m.get("last") for n, m in d["metrics"].items()}
+    ratios = [
+        f"{a} x{last[f'speed_ratio:{a}']:.4f} [{last[f'speed_ratio_lo:{a}']:.4f}, "
+        f"{last[f'speed_ratio_hi:{a}']:.4f}]"
+        for a in arms
+        if all(
+            last.get(f"{k}:{a}") is not None
+            for k in ("speed_ratio", "speed_ratio_lo", "speed_ratio_hi")
+        )
+        and last[f"speed_ratio:{a}"] != 1.0
+    ]
+    title = f"calibration run {run_id}: seconds per step by round" + (
+        f"; {', '.join(ratios)}" if ratios else ""
+    )
+    return plot_loss_curves(curves, path, title, ylabel="s per step", xlabel="round")
 
 
 def diff_cmd(

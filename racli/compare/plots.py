@@ -22,8 +22,10 @@ def plot_loss_curves(
     title: str = "Validation loss",
     *,
     ylabel: str = "val_loss",
+    xlabel: str = "step",
 ) -> Path:
-    """Draw ``variant -> [(run_id, [(step, value)])]`` to an image at ``path``."""
+    """Draw ``variant -> [(run_id, [(step, value)])]`` to an image at ``path`` (``xlabel``:
+    what the steps count, e.g. a calibration's rounds)."""
     p = check_path(path)
     drawn = {v: [(i, _finite(pts)) for i, pts in runs] for v, runs in curves.items()}
     if not any(pts for runs in drawn.values() for _, pts in runs):
@@ -51,9 +53,9 @@ def plot_loss_curves(
             )
     fig.suptitle(title, fontsize="medium")  # the whole width: a long title spans both panels
     whole.set_title("whole run", fontsize="medium")
-    end.set_title(f"second half (steps >= {half:,.0f}), final values marked", fontsize="medium")
+    end.set_title(f"second half ({xlabel}s >= {half:,.0f}), final values marked", fontsize="medium")
     for ax in (whole, end):
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
     whole.legend(loc="best")
