@@ -51,19 +51,17 @@ class BenchGroup:
 def best_rows(group: BenchGroup) -> list[tuple[str, str | None, list[TimingRow], str | None]]:
     """(phase, backend, the best row of each attention, the candidate's wording) per
     comparison of the group, in the order of `group.best` (baseline first)."""
-    out: dict[tuple[str, str | None], tuple[list[TimingRow], str | None]] = {}
+    rows: dict[tuple[str, str | None], list[TimingRow]] = {}
+    wording: dict[tuple[str, str | None], str] = {}
     for b in group.best:
-        row = next(
-            r
-            for r in group.rows
-            if (r.attn, r.mode, r.phase, r.backend, r.median_ms)
-            == (b["attn"], b["best_mode"], b["phase"], b["backend"], b["best_ms"])
+        key = (b["phase"], b["backend"])
+        best = (b["attn"], b["best_mode"], b["phase"], b["backend"], b["best_ms"])
+        rows.setdefault(key, []).append(
+            next(r for r in group.rows if (r.attn, r.mode, r.phase, r.backend, r.median_ms) == best)
         )
-        rows, wording = out.setdefault((b["phase"], b["backend"]), ([], None))
-        rows.append(row)
-        if b.get("wording") and b.get("ratio") is not None and b["attn"] != rows[0].attn:
-            out[(b["phase"], b["backend"])] = (rows, f"{b['ratio']:.2f}x: {b['wording']}")
-    return [(ph, be, rows, w) for (ph, be), (rows, w) in out.items()]
+        if len(rows[key]) > 1 and b.get("wording") and b.get("ratio") is not None:
+            wording[key] = f"{b['ratio']:.2f}x: {b['wording']}"  # the candidate's, not the base's
+    return [(ph, be, r, wording.get((ph, be))) for (ph, be), r in rows.items()]
 
 
 @dataclass

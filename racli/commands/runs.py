@@ -131,8 +131,8 @@ def show(
 
 
 def _plot_run(store, d: dict, path: Path) -> Path:
-    """`runs show --plot`: a bench run's timings, or a train (or calibration) run's loss
-    curves; BadInput when the run holds nothing to draw."""
+    """`runs show --plot`: a bench run's timings, a calibration's rounds, or a train run's
+    loss curves; BadInput when the run holds nothing to draw."""
     from racli.store.queries import metric_points
 
     run_id = d["id"]
@@ -143,10 +143,10 @@ def _plot_run(store, d: dict, path: Path) -> Path:
 
             rows = [TimingRow(**t) for t in d["timings"]]
             return plot_bench(rows, path, title(run_id, rows))
-        from racli.compare.plots import plot_loss_curves
-
         if d["kind"] == "calibration":
             return _plot_calibration(store, d, path)
+        from racli.compare.plots import plot_loss_curves
+
         curves = {
             name: [(run_id, points)]
             for name in ("train_loss", "val_loss")

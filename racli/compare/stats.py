@@ -247,17 +247,19 @@ def loss_slopes(curves: list[list[tuple[float, float]]]) -> list[float | None]:
     return out
 
 
-def loss_slope(curve: list[tuple[float, float]]) -> float | None:
-    """:func:`loss_slopes` of one curve."""
-    return loss_slopes([curve])[0]
+def speed_explained_gaps(
+    curves: list[list[tuple[float, float]]], ratio: float
+) -> list[float | None]:
+    """The improvement (positive = candidate better) that a speed ratio ``ratio``
+    (candidate / baseline tokens) alone explains, from each loss curve: the candidate
+    sees ``ratio`` times the tokens, so its loss moves by ``b ln(ratio)``; relative to the
+    final loss, with its sign (a loss still falling favours the faster side). None for a
+    curve that cannot be fitted, or every curve when ``ratio`` is not positive."""
+    if not ratio > 0:
+        return [None] * len(curves)
+    return [None if b is None else -b * math.log(ratio) for b in loss_slopes(curves)]
 
 
 def speed_explained_gap(curve: list[tuple[float, float]], ratio: float) -> float | None:
-    """The improvement (positive = candidate better) that a speed ratio ``ratio``
-    (candidate / baseline tokens) alone explains, from one val-loss curve: the candidate
-    sees ``ratio`` times the tokens, so its loss moves by ``b ln(ratio)``; relative to the
-    final loss, with its sign (a loss still falling favours the faster side)."""
-    slope = loss_slope(curve)
-    if slope is None or not (ratio > 0):
-        return None
-    return -slope * math.log(ratio)
+    """:func:`speed_explained_gaps` of one curve."""
+    return speed_explained_gaps([curve], ratio)[0]

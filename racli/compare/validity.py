@@ -100,7 +100,7 @@ def speed_gap(
     if cstats.median_tokens_per_s is None or not bstats.median_tokens_per_s:
         return None
     ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
-    gaps = [-b * math.log(ratio) for b in stats.loss_slopes(curves) if b is not None and ratio > 0]
+    gaps = [g for g in stats.speed_explained_gaps(curves, ratio) if g is not None]
     if ratio == 1.0:
         gaps = gaps or [0.0]
     explained = float(statistics.median(gaps)) if gaps else None
