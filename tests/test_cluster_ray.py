@@ -131,7 +131,7 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     work = tmp_path / "work"
     work.mkdir()
     env = dict(ray_nodes_cluster.env(), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    shape = {"seeds": "1", "minutes": "0.02"}
+    shape = {"seeds": "1", "minutes": "0.05"}
     # a global batch of 8 sequences: 2 processes x 4 here, 2 accumulation steps x 4 locally
     batch = ["--set", "train.batch_tokens=256"]
     argv = experiment_argv(

@@ -175,7 +175,7 @@ def test_slurm_runs_over_two_nodes_and_survive_a_requeue(slurm_cluster, pg_serve
         "slurm.nodes_per_run=2",
         "--json",
         seeds="1",
-        minutes="0.02",
+        minutes="0.05",
     )
     run_id, attn, seed, _, _, attached = _requeued_then_reattached(
         slurm_cluster, url, work, argv, env, "a run to be training", may_have_ended=True
