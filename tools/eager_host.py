@@ -14,6 +14,9 @@ process) of:
   does nothing: the price of a Python node in the backward on this host;
 - `*:st`: the same with `torch.autograd.set_multithreading_enabled(False)`: the
   backward runs on the calling thread instead of the engine's device thread;
+- `ra_v5+plain`: ra_v5 with its composition in plain torch operations
+  (`fused.disabled()`): no Python node, about fifteen small kernels launched from
+  C++ instead of two Triton launches from Python;
 
 the same control at its smallest (`micro`: an 8 x 8 CUDA weight, one multiply and
 its backward, with and without the pass-through node), which gives the node's own
@@ -68,13 +71,13 @@ def build(attn: str, noop: bool) -> torch.nn.Module:
     return m
 
 
-def caller(m: torch.nn.Module, single_thread: bool):
+def caller(m: torch.nn.Module, single_thread: bool, plain: bool = False):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, C, generator=g).to("cuda", torch.bfloat16).requires_grad_(True)
     w = torch.randn(B, T, C, generator=g).to("cuda", torch.bfloat16)
     params = list(m.parameters())
 
-    def call():
+    def once():
         for p in params:
             p.grad = None
         x.grad = None
@@ -83,6 +86,13 @@ def caller(m: torch.nn.Module, single_thread: bool):
                 m(x).backward(w)
         else:
             m(x).backward(w)
+
+    def call():
+        if plain:
+            with fused.disabled():
+                once()
+        else:
+            once()
 
     return call
 
@@ -217,6 +227,9 @@ def main() -> int:
         m = build(attn, noop)
         configs[label] = caller(m, False)
         configs[label + ":st"] = caller(m, True)
+    m = build("ra_v5", False)
+    configs["ra_v5+plain"] = caller(m, False, plain=True)
+    configs["ra_v5+plain:st"] = caller(m, True, plain=True)
     for noop in (False, True):
         label = "micro" + ("+noop" if noop else "")
         configs[label] = micro(noop, False)
