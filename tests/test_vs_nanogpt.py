@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "vs_nanogpt.py"
 
@@ -102,3 +103,21 @@ def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
 def test_missing_checkout_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no model.py in"):
         _tool().main(["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny"])
+
+
+def test_out_of_memory_names_the_arms_built(tmp_path, monkeypatch):
+    """Each ra arm keeps its captured step's memory, so many arms can fill a GPU: the
+    tool says how many were built and what to do, not a traceback."""
+    tool = _tool()
+    built = tool.build_arm
+
+    def second_fails(arm, *a, **k):
+        if arm == "ra_v5":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return built(arm, *a, **k)
+
+    monkeypatch.setattr(tool, "build_arm", second_fails)
+    args = ["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny", "--no-compile"]
+    args += ["--arms", "baseline,ra_v5", "--batch", "1", "--steps", "1", "--warmup", "1"]
+    with pytest.raises(SystemExit, match=r"out of GPU memory with 1 of 2 arms built .* fewer arms"):
+        tool.main(args)

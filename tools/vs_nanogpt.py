@@ -239,49 +239,59 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     steps, info = {}, {}
-    for arm in arms:
-        model, opt, n_params = build_arm(arm, shape, device, mod)
-        name, settings = parse_arm(arm)
-        if any(k.startswith(INDUCTOR) for k in settings):
-            own_forward(model, arm)
-        fwd = model if args.no_compile else torch.compile(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if name == "nanogpt":
-            step = make_step(fwd, opt, params, device)
-        else:
-            step = TrainStep(
-                model,
-                opt,
-                fwd=fwd,
-                clip=CLIP,
-                autocast=autocast_of(device),
-                graph=bool(settings.get("graph", True)),
+    try:
+        for arm in arms:
+            model, opt, n_params = build_arm(arm, shape, device, mod)
+            name, settings = parse_arm(arm)
+            if any(k.startswith(INDUCTOR) for k in settings):
+                own_forward(model, arm)
+            fwd = model if args.no_compile else torch.compile(model)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if name == "nanogpt":
+                step = make_step(fwd, opt, params, device)
+            else:
+                step = TrainStep(
+                    model,
+                    opt,
+                    fwd=fwd,
+                    clip=CLIP,
+                    autocast=autocast_of(device),
+                    graph=bool(settings.get("graph", True)),
+                )
+            patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
+            t0 = time.perf_counter()
+            with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
+                for i in range(args.warmup):  # the first call compiles (and captures the step)
+                    loss = step(*batches[i % 4])
+                float(loss.detach())
+            info[arm] = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
+            if isinstance(step, TrainStep):
+                info[arm]["graph"] = step._graph is not None
+                if step.graph_error:
+                    info[arm]["graph_error"] = step.graph_error
+                    print(f"{arm}: CUDA graph capture failed: {step.graph_error}", file=sys.stderr)
+            steps[arm] = step
+            print(
+                f"{arm}: {n_params:,} parameters, warm-up {info[arm]['warmup_s']} s",
+                file=sys.stderr,
             )
-        patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
-        t0 = time.perf_counter()
-        with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
-            for i in range(args.warmup):  # the first call compiles (and captures the step)
-                loss = step(*batches[i % 4])
-            float(loss.detach())
-        info[arm] = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
-        if isinstance(step, TrainStep):
-            info[arm]["graph"] = step._graph is not None
-            if step.graph_error:
-                info[arm]["graph_error"] = step.graph_error
-                print(f"{arm}: CUDA graph capture failed: {step.graph_error}", file=sys.stderr)
-        steps[arm] = step
-        print(f"{arm}: {n_params:,} parameters, warm-up {info[arm]['warmup_s']} s", file=sys.stderr)
 
-    timer = Timer(device)
-    times: dict[str, list[float]] = {a: [] for a in arms}
-    per_round: dict[str, list[float]] = {a: [] for a in arms}
-    for r in range(args.rounds):
-        order = arms if r % 2 == 0 else arms[::-1]
-        for arm in order:
-            counter = itertools.count()
-            ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
-            times[arm] += ms
-            per_round[arm].append(statistics.median(ms))
+        timer = Timer(device)
+        times: dict[str, list[float]] = {a: [] for a in arms}
+        per_round: dict[str, list[float]] = {a: [] for a in arms}
+        for r in range(args.rounds):
+            order = arms if r % 2 == 0 else arms[::-1]
+            for arm in order:
+                counter = itertools.count()
+                ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
+                times[arm] += ms
+                per_round[arm].append(statistics.median(ms))
+    except torch.OutOfMemoryError:
+        held = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
+        raise SystemExit(
+            f"vs_nanogpt: out of GPU memory with {len(steps)} of {len(arms)} arms built and "
+            f"{held:.0f} GiB held (each ra arm keeps its captured step's memory): give fewer arms"
+        ) from None
 
     first = arms[0]
     tokens = args.batch * T
