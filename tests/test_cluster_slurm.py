@@ -76,7 +76,7 @@ def _requeued_then_reattached(
     """Start the experiment; once a run trains, requeue its job and Ctrl-C the command
     (--leave-on-interrupt: the jobs go on); then the same command again re-attaches to
     the jobs it submitted and submits none. (run_id, attn, seed, job, stderr of the
-    first command, the second command). `may_have_ended`: runs of a second or so can all
+    first command, the second command). `may_have_ended`: runs of a few seconds can all
     end before the second command looks; then it finds no job to re-attach to, and
     still submits none."""
     proc = subprocess.Popen(
