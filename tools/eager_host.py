@@ -30,6 +30,7 @@ to $OUT/eager_host.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -77,22 +78,18 @@ def caller(m: torch.nn.Module, single_thread: bool, plain: bool = False):
     w = torch.randn(B, T, C, generator=g).to("cuda", torch.bfloat16)
     params = list(m.parameters())
 
-    def once():
+    composition = fused.disabled if plain else contextlib.nullcontext
+
+    def call():
         for p in params:
             p.grad = None
         x.grad = None
-        if single_thread:
-            with torch.autograd.set_multithreading_enabled(False):
+        with composition():
+            if single_thread:
+                with torch.autograd.set_multithreading_enabled(False):
+                    m(x).backward(w)
+            else:
                 m(x).backward(w)
-        else:
-            m(x).backward(w)
-
-    def call():
-        if plain:
-            with fused.disabled():
-                once()
-        else:
-            once()
 
     return call
 

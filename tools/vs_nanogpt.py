@@ -202,6 +202,57 @@ def run_bench_py(folder: Path, batch: int) -> dict:
     return {"command": " ".join(cmd), "error": (res.stderr or res.stdout).strip()[-500:]}
 
 
+def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
+    """Build an arm, compile it and run its warm-up steps (the first compiles and captures
+    the step): (step, its info), the warm-up time printed on stderr."""
+    model, opt, n_params = build_arm(arm, shape, device, nanogpt_mod)
+    name, settings = parse_arm(arm)
+    if any(k.startswith(INDUCTOR) for k in settings):
+        own_forward(model, arm)
+    fwd = model if args.no_compile else torch.compile(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "nanogpt":
+        step = make_step(fwd, opt, params, device)
+    else:
+        step = TrainStep(
+            model,
+            opt,
+            fwd=fwd,
+            clip=CLIP,
+            autocast=autocast_of(device),
+            graph=bool(settings.get("graph", True)),
+        )
+    patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
+    t0 = time.perf_counter()
+    with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
+        for i in range(args.warmup):
+            loss = step(*batches[i % 4])
+        float(loss.detach())
+    info = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
+    if isinstance(step, TrainStep):
+        info["graph"] = step._graph is not None
+        if step.graph_error:
+            info["graph_error"] = step.graph_error
+            print(f"{arm}: CUDA graph capture failed: {step.graph_error}", file=sys.stderr)
+    print(f"{arm}: {n_params:,} parameters, warm-up {info['warmup_s']} s", file=sys.stderr)
+    return step, info
+
+
+def time_rounds(steps: dict, arms: list[str], batches, args, device: str):
+    """`args.rounds` interleaved rounds (the order reversed every other round) of
+    `args.steps` timed steps per arm: (every step's ms, each round's median), per arm."""
+    timer = Timer(device)
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    per_round: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(args.rounds):
+        for arm in arms if r % 2 == 0 else arms[::-1]:
+            counter = itertools.count()
+            ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
+            times[arm] += ms
+            per_round[arm].append(statistics.median(ms))
+    return times, per_round
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nanogpt", required=True, type=Path, help="a nanoGPT checkout")
@@ -241,51 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     steps, info = {}, {}
     try:
         for arm in arms:
-            model, opt, n_params = build_arm(arm, shape, device, mod)
-            name, settings = parse_arm(arm)
-            if any(k.startswith(INDUCTOR) for k in settings):
-                own_forward(model, arm)
-            fwd = model if args.no_compile else torch.compile(model)
-            params = [p for p in model.parameters() if p.requires_grad]
-            if name == "nanogpt":
-                step = make_step(fwd, opt, params, device)
-            else:
-                step = TrainStep(
-                    model,
-                    opt,
-                    fwd=fwd,
-                    clip=CLIP,
-                    autocast=autocast_of(device),
-                    graph=bool(settings.get("graph", True)),
-                )
-            patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
-            t0 = time.perf_counter()
-            with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
-                for i in range(args.warmup):  # the first call compiles (and captures the step)
-                    loss = step(*batches[i % 4])
-                float(loss.detach())
-            info[arm] = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
-            if isinstance(step, TrainStep):
-                info[arm]["graph"] = step._graph is not None
-                if step.graph_error:
-                    info[arm]["graph_error"] = step.graph_error
-                    print(f"{arm}: CUDA graph capture failed: {step.graph_error}", file=sys.stderr)
-            steps[arm] = step
-            print(
-                f"{arm}: {n_params:,} parameters, warm-up {info[arm]['warmup_s']} s",
-                file=sys.stderr,
-            )
-
-        timer = Timer(device)
-        times: dict[str, list[float]] = {a: [] for a in arms}
-        per_round: dict[str, list[float]] = {a: [] for a in arms}
-        for r in range(args.rounds):
-            order = arms if r % 2 == 0 else arms[::-1]
-            for arm in order:
-                counter = itertools.count()
-                ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
-                times[arm] += ms
-                per_round[arm].append(statistics.median(ms))
+            steps[arm], info[arm] = warm_arm(arm, args, shape, device, mod, batches)
+        times, per_round = time_rounds(steps, arms, batches, args, device)
     except torch.OutOfMemoryError:
         held = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
         raise SystemExit(
