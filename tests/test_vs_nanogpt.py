@@ -91,13 +91,55 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
     [
         ("nanogpt,flash9", "unknown arm 'flash9'"),
         ("baseline+oops", "bad setting 'oops'"),
-        ("nanogpt+bias=1", "takes no settings"),
+        ("nanogpt+bias=1", "takes no settings but micro"),
+        ("nanogpt+micro=0", "not a positive whole number"),
+        ("baseline+micro=true", "not a positive whole number"),
+        ("baseline+micro=2.5", "not a positive whole number"),
+        ("nanogpt+micro=3", "micro=3 in arm 'nanogpt\\+micro=3' does not divide --batch 32"),
         ("baseline,baseline", "distinct arms"),
     ],
 )
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
     with pytest.raises(SystemExit, match=words):
         _tool().main(["--nanogpt", str(tmp_path), "--arms", arms, "--device", "cpu"])
+
+
+@pytest.mark.slow
+def test_micro_batches_compare_equal_work(tmp_path, capsys):
+    """Arms at different micro-batches train on the same global batch a step, and an
+    arm named nanogpt+micro=N is nanoGPT's (the checkout is loaded for it)."""
+    (tmp_path / "model.py").write_text(STAND_IN)
+    args = ["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny", "--no-compile"]
+    args += ["--arms", "nanogpt+micro=1,baseline+micro=2,ra_v5", "--batch", "4"]
+    args += ["--steps", "1", "--rounds", "1", "--warmup", "1"]
+    assert _tool().main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tokens_per_step"] == 4 * 64
+    micro = {a: v["micro"] for a, v in result["arms"].items()}
+    assert micro == {"nanogpt+micro=1": 1, "baseline+micro=2": 2, "ra_v5": 4}
+    assert "speed_vs_nanogpt+micro=1" in result["arms"]["ra_v5"]
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_accumulated_nanogpt_step_is_the_whole_batch_step(micro, monkeypatch):
+    """nanoGPT's step in micro-batches (each loss over their count) moves the weights as
+    the one-batch step does: the ratio compares the same training, not a cheaper one."""
+    from racli_models import GPT, GPTConfig
+
+    tool = _tool()
+    monkeypatch.setattr(tool, "CLIP", 1e9)  # clipping would hide a gradient twice too large
+    shape = tool.PRESETS["tiny"]
+    x = torch.randint(0, shape["vocab_size"], (4, 16))
+    y = torch.randint(0, shape["vocab_size"], (4, 16))
+    after = []
+    for m in (None, micro):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**shape, attn="baseline", bias=False, dropout=0.0)).double()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        params = list(model.parameters())
+        tool.make_step(model, opt, params, "cpu", m)(x, y)
+        after.append(torch.cat([p.detach().flatten() for p in params]))
+    torch.testing.assert_close(after[1], after[0], rtol=1e-10, atol=1e-12)
 
 
 def test_missing_checkout_is_named(tmp_path):

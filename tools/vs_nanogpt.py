@@ -3,6 +3,7 @@
     python3 tools/vs_nanogpt.py --nanogpt PATH/TO/nanoGPT            # GPT-2 124M, batch 32, CUDA
     python3 tools/vs_nanogpt.py --nanogpt DIR --arms nanogpt,baseline,ra_v5 --rounds 5
     python3 tools/vs_nanogpt.py --nanogpt DIR --bench-py              # also nanoGPT's own bench.py
+    python3 tools/vs_nanogpt.py --nanogpt DIR --batch 96 --arms nanogpt+micro=12,baseline+micro=32
 
 PATH/TO/nanoGPT is a checkout of nanoGPT (its `model.py` is imported from there;
 nothing of it is part of ra). Every arm builds GPT-2 124M (12 x 768, T = 1024,
@@ -20,6 +21,12 @@ Arms:
                  or graph=false: ra's step without its CUDA-graph capture, or
                  inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
                  (e.g. baseline+inductor.coordinate_descent_tuning=true)
+  ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
+                 micro-batches of N (gradient accumulation, each loss scaled by
+                 1/accumulation steps, as nanoGPT's train.py and `ra train` do);
+                 N divides `--batch`. Every arm still trains on `--batch` sequences
+                 a step, so the ratios compare equal work: each tool at its own
+                 best (or default) micro-batch for the same global batch.
 The arms are compiled and warmed up first, then timed in `--rounds` rounds, the
 order reversed every other round (A B C, C B A, ...), `--steps` steps per arm
 and round with CUDA events around each step. Reported per arm: median and
@@ -29,7 +36,7 @@ smallest and largest per-round ratio beside it. The figures are JSON on stdout's
 last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
 
 `--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
-the same batch) in a subprocess afterwards and reports the ms per iteration it
+the nanogpt arm's micro-batch) in a subprocess afterwards and reports the ms per iteration it
 prints, for a reader who wants nanoGPT's own number (it has no clipping and
 times 20 steps with one wall clock).
 
@@ -62,7 +69,7 @@ from racli.names import ATTENTION_NAMES, comma_list  # noqa: E402
 from racli_models import GPT, GPTConfig  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
-STEP_KEYS = ("graph",)  # arm settings of the step, not of the model
+STEP_KEYS = ("graph", "micro")  # arm settings of the step, not of the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 
 PRESETS = {
@@ -98,8 +105,10 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         raise SystemExit(
             f"vs_nanogpt: unknown arm '{name}' (nanogpt, {', '.join(ATTENTION_NAMES)})"
         )
-    if name == "nanogpt" and extra:
-        raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings")
+    if name == "nanogpt" and set(extra) - {"micro"}:
+        raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
+    if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
+        raise SystemExit(f"vs_nanogpt: micro in arm '{arm}' is not a positive whole number")
     for key in extra:
         if key.startswith(INDUCTOR):
             import torch._inductor.config as inductor_config
@@ -145,15 +154,20 @@ def autocast_of(device: str):
     return contextlib.nullcontext
 
 
-def make_step(fwd, opt, params, device: str):
-    """nanoGPT's training step (train.py, without its gradient scaler, a no-op in bf16)."""
+def make_step(fwd, opt, params, device: str, micro: int | None = None):
+    """nanoGPT's training step (train.py, without its gradient scaler, a no-op in bf16):
+    the batch in micro-batches of `micro` sequences, each loss divided by their count."""
     cuda = device.startswith("cuda")
 
     def step(x, y):
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        with ctx:
-            _, loss = fwd(x, y)
-        loss.backward()
+        n = micro or x.shape[0]
+        accum = x.shape[0] // n
+        for i in range(accum):
+            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+            with ctx:
+                _, loss = fwd(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n])
+                loss = loss / accum
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -211,13 +225,15 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
         own_forward(model, arm)
     fwd = model if args.no_compile else torch.compile(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    micro = settings.get("micro")
     if name == "nanogpt":
-        step = make_step(fwd, opt, params, device)
+        step = make_step(fwd, opt, params, device, micro)
     else:
         step = TrainStep(
             model,
             opt,
             fwd=fwd,
+            micro=micro,
             clip=CLIP,
             autocast=autocast_of(device),
             graph=bool(settings.get("graph", True)),
@@ -228,7 +244,11 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
         for i in range(args.warmup):
             loss = step(*batches[i % 4])
         float(loss.detach())
-    info = {"params": n_params, "warmup_s": round(time.perf_counter() - t0, 1)}
+    info = {
+        "params": n_params,
+        "micro": micro or args.batch,
+        "warmup_s": round(time.perf_counter() - t0, 1),
+    }
     if isinstance(step, TrainStep):
         info["graph"] = step._graph is not None
         if step.graph_error:
@@ -268,12 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     arms = comma_list(args.arms)
-    for a in arms:
-        parse_arm(a)  # every arm is checked before any work
+    for a in arms:  # every arm is checked before any work
+        micro = parse_arm(a)[1].get("micro", args.batch)
+        if args.batch % micro:
+            raise SystemExit(
+                f"vs_nanogpt: micro={micro} in arm '{a}' does not divide --batch {args.batch}"
+            )
     if len(set(arms)) != len(arms) or not arms:
         raise SystemExit("vs_nanogpt: give distinct arms")
     folder = args.nanogpt.resolve()
-    mod = load_nanogpt(folder) if "nanogpt" in arms else None
+    mod = load_nanogpt(folder) if any(parse_arm(a)[0] == "nanogpt" for a in arms) else None
     device = args.device
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -328,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             "round_ratio_min": round(min(ratios), 4),
             "round_ratio_max": round(max(ratios), 4),
         }
-    if args.bench_py:
-        result["bench_py"] = run_bench_py(folder, args.batch)
+    if args.bench_py:  # bench.py has no accumulation: it runs the nanogpt arm's micro-batch
+        nano = [info[a]["micro"] for a in arms if parse_arm(a)[0] == "nanogpt"]
+        bench_batch = nano[0] if nano else args.batch
+        result["bench_py"] = run_bench_py(folder, bench_batch)
         if "ms_per_iter" in result["bench_py"]:
             result["bench_py"]["tokens_per_s"] = round(
-                tokens / (result["bench_py"]["ms_per_iter"] / 1e3)
+                bench_batch * T / (result["bench_py"]["ms_per_iter"] / 1e3)
             )
 
     print(f"{'arm':<28} {'ms/step':>9} {'p10':>9} {'p90':>9} {'tokens/s':>11} {'vs ' + first:>12}")
