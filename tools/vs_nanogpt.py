@@ -223,7 +223,8 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     name, settings = parse_arm(arm)
     if any(k.startswith(INDUCTOR) for k in settings):
         own_forward(model, arm)
-    fwd = model if args.no_compile else torch.compile(model)
+    # static shapes: an arm at another micro-batch must not turn a shared forward dynamic
+    fwd = model if args.no_compile else torch.compile(model, dynamic=False)
     params = [p for p in model.parameters() if p.requires_grad]
     micro = settings.get("micro")
     if name == "nanogpt":
