@@ -84,12 +84,8 @@ def caller(m: torch.nn.Module, single_thread: bool, plain: bool = False):
         for p in params:
             p.grad = None
         x.grad = None
-        with composition():
-            if single_thread:
-                with torch.autograd.set_multithreading_enabled(False):
-                    m(x).backward(w)
-            else:
-                m(x).backward(w)
+        with composition(), torch.autograd.set_multithreading_enabled(not single_thread):
+            m(x).backward(w)
 
     return call
 

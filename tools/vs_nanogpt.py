@@ -157,14 +157,13 @@ def autocast_of(device: str):
 def make_step(fwd, opt, params, device: str, micro: int | None = None):
     """nanoGPT's training step (train.py, without its gradient scaler, a no-op in bf16):
     the batch in micro-batches of `micro` sequences, each loss divided by their count."""
-    cuda = device.startswith("cuda")
+    autocast = autocast_of(device)
 
     def step(x, y):
         n = micro or x.shape[0]
         accum = x.shape[0] // n
         for i in range(accum):
-            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-            with ctx:
+            with autocast():
                 _, loss = fwd(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n])
                 loss = loss / accum
             loss.backward()
@@ -289,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     arms = comma_list(args.arms)
-    for a in arms:  # every arm is checked before any work
-        micro = parse_arm(a)[1].get("micro", args.batch)
+    parsed = {a: parse_arm(a) for a in arms}  # every arm is checked before any work
+    for a, (_, settings) in parsed.items():
+        micro = settings.get("micro", args.batch)
         if args.batch % micro:
             raise SystemExit(
                 f"vs_nanogpt: micro={micro} in arm '{a}' does not divide --batch {args.batch}"
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(arms)) != len(arms) or not arms:
         raise SystemExit("vs_nanogpt: give distinct arms")
     folder = args.nanogpt.resolve()
-    mod = load_nanogpt(folder) if any(parse_arm(a)[0] == "nanogpt" for a in arms) else None
+    nano = [a for a, (name, _) in parsed.items() if name == "nanogpt"]
+    mod = load_nanogpt(folder) if nano else None
     device = args.device
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -354,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             "round_ratio_max": round(max(ratios), 4),
         }
     if args.bench_py:  # bench.py has no accumulation: it runs the nanogpt arm's micro-batch
-        nano = [info[a]["micro"] for a in arms if parse_arm(a)[0] == "nanogpt"]
-        bench_batch = nano[0] if nano else args.batch
+        bench_batch = info[nano[0]]["micro"] if nano else args.batch
         result["bench_py"] = run_bench_py(folder, bench_batch)
         if "ms_per_iter" in result["bench_py"]:
             result["bench_py"]["tokens_per_s"] = round(
