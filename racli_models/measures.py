@@ -488,6 +488,11 @@ GRAPHS_PER_MODEL = 4  # settings kept per model (each graph holds its own memory
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: graph}
 
 
+def release(model) -> None:
+    """Free the measures' captured graphs of `model` and the memory pools they hold."""
+    _GRAPHS.pop(model, None)
+
+
 def _values(model, batches, queries: int, forward_dtype) -> tuple[torch.Tensor | None, Layout]:
     """The measures without the ablation, packed (`_pack`), computed on the device."""
     return _pack(_finished(model, _forward_sums(model, batches, queries, forward_dtype)))

@@ -29,6 +29,10 @@ while the host catches up. What that needs, and what it does:
 - each replay moves the parameters' version counters (as an eager optimizer step
   does), so what is cached on them is rebuilt after it.
 A capture that fails leaves the step uncaptured: `graph_error` says why.
+`release()` frees the captured graph and the memory it holds (a next call
+captures again): a process that trains again after this step (tests, a
+library caller) gets that memory back at once, with no wait for the garbage
+collector.
 
 With `reduce` (several processes, racli.training.distributed.GradMean) the
 gradients are views into its flat buffers, zeroed by `reduce.start()` at the
@@ -130,6 +134,12 @@ class TrainStep:
         loss = loss.clone()  # the graph's own output buffer is written by every replay
         self._capture(x, y)
         return loss
+
+    def release(self) -> None:
+        """Free the captured graph, its input and output buffers and the gradients, which
+        the graph allocated in its memory pool: the pool goes back to the allocator."""
+        self._graph = self._x = self._y = self._loss = None
+        self.opt.zero_grad(set_to_none=True)
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self._x, self._y = x.clone(), y.clone()

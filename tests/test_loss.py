@@ -512,3 +512,25 @@ def test_ablation_after_replayed_steps_equals_setting_the_gate_to_zero():
             assert got == pytest.approx(want, rel=1e-3, abs=1e-6)
     finally:
         attention.REUSE = reuse
+
+
+def test_release_drops_the_captured_step_and_the_gradients():
+    """`TrainStep.release()` (called when a run ends) drops the graph, its buffers and the
+    gradients the graph allocated; the step still trains afterwards (it would capture
+    again on CUDA)."""
+    from racli_models.step import TrainStep
+
+    kw = dict(vocab_size=61, n_layer=2, n_head=2, n_embd=32, block_size=16, attn="ra_v5")
+    m = GPT(GPTConfig(**kw), seed=3)
+    x = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(1))
+    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95))
+    step = TrainStep(m, opt, graph=False)
+    step.graph_on, step._graph = True, _WritesLikeAGraph(step.params)
+    step._x, step._y, step._loss = x.clone(), x.clone(), torch.zeros(())
+    for p in step.params:
+        p.grad = torch.ones_like(p)
+    step.release()
+    assert (step._graph, step._x, step._y, step._loss) == (None,) * 4
+    assert all(p.grad is None for p in step.params)
+    step.graph_on = False  # no CUDA here: the step runs uncaptured
+    assert torch.isfinite(step(x, x))

@@ -5,6 +5,7 @@ Design notes: docs/training.md.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -189,6 +190,10 @@ def _train_recorded(spec, dataset, *, rec: Recorder, info, **trainer_args) -> Tr
             raise bad from exc
         rec.fail(exc, **figures)
         raise
+    finally:
+        if trainer is not None:  # a device in an error state never hides how the run ended
+            with contextlib.suppress(Exception):
+                trainer.release()
     config, ckpt_path = trainer_args["config"], trainer_args["ckpt_path"]
     return record_end(
         trainer, status, rec=rec, info=info, spec=spec, config=config, ckpt_path=ckpt_path

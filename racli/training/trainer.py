@@ -567,6 +567,18 @@ class Trainer:
             every = min(every, FIRST_CHECKPOINT_S)
         return time.monotonic() - self.last_checkpoint >= every
 
+    def release(self) -> None:
+        """Give the GPU memory of the run's captured graphs (the step's, the measures') back
+        to the allocator, and its cached blocks to the device: the next run in this process
+        starts with the memory this one started with."""
+        from racli_models import measures
+
+        if self.stepper is not None:
+            self.stepper.release()
+        measures.release(self.raw)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _end(self) -> str:
         """After the loop: the final evaluation and checkpoint (not for a diverged run)."""
         self._sync()
