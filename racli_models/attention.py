@@ -145,9 +145,14 @@ class _FoldedRA(CausalSelfAttention):
     """
 
     gate_names = ("w_std", "w_rec")
+    #: the variant's name in `fused.folded_linear`, and the parameters W_f is composed from
+    #: in the fused composition's order
+    variant: str = ""
+    composed_names: tuple[str, ...] = ()
 
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
+        self.has_bias = cfg.bias
         self.rank = cfg.ra_rank
         self.d_std = cfg.head_dim - cfg.ra_rank
         H = cfg.n_head
@@ -183,8 +188,15 @@ class _FoldedRA(CausalSelfAttention):
 
     def folded_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Qf, Kf, V, each (B, H, T, D), from one GEMM with the composed weight."""
-        W_f, b_f = self._weight_once()
-        qf, kf, v = F.linear(x, W_f, b_f).split(self.n_embd, dim=2)
+        if not self.has_bias and fused.overlapped(self.w_std):
+            # the same x W_f^T as one node, whose backward composes beside dx's GEMM (b_f,
+            # where there is one, is composed by torch operations: F.linear below)
+            params = [getattr(self, name) for name in self.composed_names]
+            qkv = fused.folded_linear(x, self.variant, *params)
+        else:
+            W_f, b_f = self._weight_once()
+            qkv = F.linear(x, W_f, b_f)
+        qf, kf, v = qkv.split(self.n_embd, dim=2)
         return self._heads(qf), self._heads(kf), self._heads(v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,6 +235,9 @@ class RAv5Attention(_FoldedRA):
     P^T k and P^T q has the variance of a coordinate of k and q, and the
     reciprocal term starts on the standard term's per-coordinate scale.
     """
+
+    variant = "ra_v5"
+    composed_names = ("W_q", "W_k", "W_v", "P", "w_std", "w_rec")
 
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)
@@ -272,6 +287,9 @@ class RAv5UntiedAttention(_FoldedRA):
     attention with a re-parameterised weight, which separates the effect of
     tying from that of re-parameterisation. Init: every W ~ N(0, 0.02).
     """
+
+    variant = "ra_v5_untied"
+    composed_names = ("W_qs", "W_qr", "W_ks", "W_kr", "W_v", "w_std", "w_rec")
 
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 try:  # Triton ships with CUDA builds of torch; CPU installs use the plain composition
     import triton
@@ -31,6 +32,7 @@ class FusedSettings:
     block_c: int = 64  # columns per program (H100 sweep: docs/performance.md)
     num_warps: int = 4
     use_dot: bool = True  # 16-bit operands: the small products P^T W, P G, W G^T via tl.dot
+    overlap: bool = True  # the composition's backward beside dx's GEMM (`FoldedLinear`)
 
 
 SETTINGS = FusedSettings()
@@ -419,58 +421,64 @@ def _grad_v(G: torch.Tensor, W_v: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return _alloc(W_v.shape, device=G.device, dtype=W_v.dtype), True
 
 
-class ComposeRAv5(torch.autograd.Function):
-    """W_f of ra_v5 from (W_q, W_k, W_v, P, w_std, w_rec); formulas in the module docstring."""
+def _on(stream) -> contextlib.AbstractContextManager:
+    """`torch.cuda.stream(stream)`, or nothing for None."""
+    return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
 
-    @staticmethod
-    def forward(ctx, W_q, W_k, W_v, P, w_std, w_rec, dtype):
-        W_q, W_k, W_v, P = W_q.contiguous(), W_k.contiguous(), W_v.contiguous(), P.contiguous()
-        H, DS, R = P.shape
-        C = W_v.shape[1]
-        D, BLOCK_D, n_tiles = _dims(H, C)
-        W_f = _alloc((3 * C, C), device=W_q.device, dtype=dtype)
-        _launch(
-            _ra_v5_fwd_kernel,
-            (H, n_tiles),
-            (
-                W_q,
-                W_k,
-                W_v,
-                P,
-                w_std,
-                w_rec,
-                W_f,
-                C,
-            ),
-            dict(
-                D=D,
-                DS=DS,
-                R=R,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=SETTINGS.block_c,
-                BLOCK_R=_pow2(R),
-                DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES,
-                FP64=W_q.dtype == torch.float64,
-            ),
-            SETTINGS.num_warps,
-        )
-        ctx.save_for_backward(W_q, W_k, W_v, P, w_std, w_rec)
-        return W_f
 
-    @staticmethod
-    def backward(ctx, G):
-        W_q, W_k, W_v, P, w_std, w_rec = ctx.saved_tensors
-        G = G.contiguous()
-        H, DS, R = P.shape
-        C = W_v.shape[1]
-        D, BLOCK_D, n_tiles = _dims(H, C)
-        dev, acc = G.device, _acc_dtype(W_q)
-        dW_q = _alloc(W_q.shape, device=dev, dtype=W_q.dtype)
-        dW_k = _alloc(W_k.shape, device=dev, dtype=W_k.dtype)
-        dW_v, copy_v = _grad_v(G, W_v)
-        part = _alloc((n_tiles, H, 2, DS, R), device=dev, dtype=acc)
-        std_part = _alloc((n_tiles, H), device=dev, dtype=acc)
-        fp64 = acc == torch.float64
+def _ra_v5_weight(W_q, W_k, W_v, P, w_std, w_rec, dtype) -> torch.Tensor:
+    """ra_v5's W_f (3C x C) in `dtype` from contiguous parameters, in one launch."""
+    H, DS, R = P.shape
+    C = W_v.shape[1]
+    D, BLOCK_D, n_tiles = _dims(H, C)
+    W_f = _alloc((3 * C, C), device=W_q.device, dtype=dtype)
+    _launch(
+        _ra_v5_fwd_kernel,
+        (H, n_tiles),
+        (
+            W_q,
+            W_k,
+            W_v,
+            P,
+            w_std,
+            w_rec,
+            W_f,
+            C,
+        ),
+        dict(
+            D=D,
+            DS=DS,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=SETTINGS.block_c,
+            BLOCK_R=_pow2(R),
+            DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES,
+            FP64=W_q.dtype == torch.float64,
+        ),
+        SETTINGS.num_warps,
+    )
+    return W_f
+
+
+def _ra_v5_grads(G, W_q, W_k, W_v, P, w_std, w_rec, stream=None):
+    """The parameters' gradients for dW_f = G, in two launches on `stream` (None: the current
+    one). Every buffer is allocated first, on the current stream. Returns (gradients,
+    scratch): the caller keeps `scratch` until the current stream has waited for `stream`."""
+    G = G.contiguous()
+    H, DS, R = P.shape
+    C = W_v.shape[1]
+    D, BLOCK_D, n_tiles = _dims(H, C)
+    dev, acc = G.device, _acc_dtype(W_q)
+    dW_q = _alloc(W_q.shape, device=dev, dtype=W_q.dtype)
+    dW_k = _alloc(W_k.shape, device=dev, dtype=W_k.dtype)
+    dW_v, copy_v = _grad_v(G, W_v)
+    part = _alloc((n_tiles, H, 2, DS, R), device=dev, dtype=acc)
+    std_part = _alloc((n_tiles, H), device=dev, dtype=acc)
+    dP = _alloc(P.shape, device=dev, dtype=P.dtype)
+    dw_std = _alloc(w_std.shape, device=dev, dtype=w_std.dtype)
+    dw_rec = _alloc(w_rec.shape, device=dev, dtype=w_rec.dtype)
+    fp64 = acc == torch.float64
+    with _on(stream):
         _launch(
             _ra_v5_bwd_kernel,
             (H, n_tiles),
@@ -502,9 +510,6 @@ class ComposeRAv5(torch.autograd.Function):
             ),
             SETTINGS.num_warps,
         )
-        dP = _alloc(P.shape, device=dev, dtype=P.dtype)
-        dw_std = _alloc(w_std.shape, device=dev, dtype=w_std.dtype)
-        dw_rec = _alloc(w_rec.shape, device=dev, dtype=w_rec.dtype)
         _launch(
             _ra_v5_reduce_kernel,
             (H,),
@@ -522,61 +527,60 @@ class ComposeRAv5(torch.autograd.Function):
             dict(DS=DS, R=R, BLOCK_DR=_pow2(DS * R), BLOCK_T=min(32, _pow2(n_tiles)), FP64=fp64),
             8,
         )
-        return dW_q, dW_k, dW_v, dP, dw_std, dw_rec, None
+    return (dW_q, dW_k, dW_v, dP, dw_std, dw_rec), (G, part, std_part)
 
 
-class ComposeUntied(torch.autograd.Function):
-    """W_f of ra_v5_untied from (W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec)."""
+def _untied_weight(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype) -> torch.Tensor:
+    """ra_v5_untied's W_f (3C x C) in `dtype` from contiguous parameters, in one launch."""
+    H = w_std.shape[0]
+    C = W_v.shape[1]
+    D, BLOCK_D, n_tiles = _dims(H, C)
+    R = W_qr.shape[0] // H
+    W_f = _alloc((3 * C, C), device=W_qs.device, dtype=dtype)
+    _launch(
+        _untied_fwd_kernel,
+        (H, n_tiles),
+        (
+            W_qs,
+            W_qr,
+            W_ks,
+            W_kr,
+            W_v,
+            w_std,
+            w_rec,
+            W_f,
+            C,
+        ),
+        dict(
+            D=D,
+            DS=D - R,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=SETTINGS.block_c,
+            FP64=W_qs.dtype == torch.float64,
+        ),
+        SETTINGS.num_warps,
+    )
+    return W_f
 
-    @staticmethod
-    def forward(ctx, W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype):
-        W_qs, W_qr, W_ks, W_kr, W_v = (t.contiguous() for t in (W_qs, W_qr, W_ks, W_kr, W_v))
-        H = w_std.shape[0]
-        C = W_v.shape[1]
-        D, BLOCK_D, n_tiles = _dims(H, C)
-        R = W_qr.shape[0] // H
-        W_f = _alloc((3 * C, C), device=W_qs.device, dtype=dtype)
-        _launch(
-            _untied_fwd_kernel,
-            (H, n_tiles),
-            (
-                W_qs,
-                W_qr,
-                W_ks,
-                W_kr,
-                W_v,
-                w_std,
-                w_rec,
-                W_f,
-                C,
-            ),
-            dict(
-                D=D,
-                DS=D - R,
-                R=R,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=SETTINGS.block_c,
-                FP64=W_qs.dtype == torch.float64,
-            ),
-            SETTINGS.num_warps,
-        )
-        ctx.save_for_backward(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec)
-        return W_f
 
-    @staticmethod
-    def backward(ctx, G):
-        W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec = ctx.saved_tensors
-        G = G.contiguous()
-        H = w_std.shape[0]
-        C = W_v.shape[1]
-        D, BLOCK_D, n_tiles = _dims(H, C)
-        R = W_qr.shape[0] // H
-        dev, acc = G.device, _acc_dtype(W_qs)
-        dW_qs, dW_qr, dW_ks, dW_kr = (
-            _alloc(t.shape, device=dev, dtype=t.dtype) for t in (W_qs, W_qr, W_ks, W_kr)
-        )
-        dW_v, copy_v = _grad_v(G, W_v)
-        part = _alloc((n_tiles, 2, H), device=dev, dtype=acc)
+def _untied_grads(G, W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, stream=None):
+    """As `_ra_v5_grads`, for ra_v5_untied: one launch and the gates' sum, on `stream`."""
+    G = G.contiguous()
+    H = w_std.shape[0]
+    C = W_v.shape[1]
+    D, BLOCK_D, n_tiles = _dims(H, C)
+    R = W_qr.shape[0] // H
+    dev, acc = G.device, _acc_dtype(W_qs)
+    dW_qs, dW_qr, dW_ks, dW_kr = (
+        _alloc(t.shape, device=dev, dtype=t.dtype) for t in (W_qs, W_qr, W_ks, W_kr)
+    )
+    dW_v, copy_v = _grad_v(G, W_v)
+    part = _alloc((n_tiles, 2, H), device=dev, dtype=acc)
+    gates = _alloc((2, H), device=dev, dtype=acc)
+    dw_std = _alloc(w_std.shape, device=dev, dtype=w_std.dtype)
+    dw_rec = _alloc(w_rec.shape, device=dev, dtype=w_rec.dtype)
+    with _on(stream):
         _launch(
             _untied_bwd_kernel,
             (H, n_tiles),
@@ -606,10 +610,101 @@ class ComposeUntied(torch.autograd.Function):
             ),
             SETTINGS.num_warps,
         )
-        gates = part.sum(0)  # (2, H): dw_std, dw_rec
-        dw_std = gates[0].to(w_std.dtype)
-        dw_rec = gates[1].to(w_rec.dtype)
-        return dW_qs, dW_qr, dW_ks, dW_kr, dW_v, dw_std, dw_rec, None
+        torch.sum(part, 0, out=gates)  # (2, H): dw_std, dw_rec
+        dw_std.copy_(gates[0])
+        dw_rec.copy_(gates[1])
+    return (dW_qs, dW_qr, dW_ks, dW_kr, dW_v, dw_std, dw_rec), (G, part, gates)
+
+
+class ComposeRAv5(torch.autograd.Function):
+    """W_f of ra_v5 from (W_q, W_k, W_v, P, w_std, w_rec); formulas in the module docstring."""
+
+    @staticmethod
+    def forward(ctx, W_q, W_k, W_v, P, w_std, w_rec, dtype):
+        params = tuple(t.contiguous() for t in (W_q, W_k, W_v, P, w_std, w_rec))
+        ctx.save_for_backward(*params)
+        return _ra_v5_weight(*params, dtype)
+
+    @staticmethod
+    def backward(ctx, G):
+        return *_ra_v5_grads(G, *ctx.saved_tensors)[0], None
+
+
+class ComposeUntied(torch.autograd.Function):
+    """W_f of ra_v5_untied from (W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec)."""
+
+    @staticmethod
+    def forward(ctx, W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype):
+        params = tuple(t.contiguous() for t in (W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec))
+        ctx.save_for_backward(*params)
+        return _untied_weight(*params, dtype)
+
+    @staticmethod
+    def backward(ctx, G):
+        return *_untied_grads(G, *ctx.saved_tensors)[0], None
+
+
+_VARIANTS = {
+    "ra_v5": (_ra_v5_weight, _ra_v5_grads),
+    "ra_v5_untied": (_untied_weight, _untied_grads),
+}
+_SIDE: dict[int, torch.cuda.Stream] = {}  # device index -> the composition's backward stream
+
+
+def _side_stream(t: torch.Tensor):
+    """The stream the composition's backward runs on beside dx's GEMM (None: the current)."""
+    if not (SETTINGS.overlap and t.is_cuda):
+        return None
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    side = _SIDE.get(index)
+    if side is None:
+        side = _SIDE[index] = torch.cuda.Stream(device=index)
+    return side
+
+
+class FoldedLinear(torch.autograd.Function):
+    """y = x W_f^T with W_f composed by the fused kernel: the projection and its composition
+    as one node, so that the backward can order them. The backward computes dW_f = dy^T x
+    first; the composition's backward (the parameters' gradients from dW_f) then runs on a
+    side stream while dx = dy W_f runs on the current one, and the current stream waits for
+    the side one before the node returns. On the CPU both run one after the other."""
+
+    @staticmethod
+    def forward(ctx, x, variant, dtype, *params):
+        weight, ctx.grads = _VARIANTS[variant]
+        params = tuple(t.contiguous() for t in params)
+        W_f = weight(*params, dtype)
+        xc = x.to(dtype)  # what autocast would hand F.linear
+        ctx.save_for_backward(xc, W_f, *params)
+        return F.linear(xc, W_f)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xc, W_f, *params = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        G = dy2.t().mm(xc.reshape(-1, xc.shape[-1]))  # dW_f
+        need_x = ctx.needs_input_grad[0]
+        side = _side_stream(G) if need_x else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(G.device))
+        grads, scratch = ctx.grads(G, *params, stream=side)
+        dx = dy2.mm(W_f).view(xc.shape) if need_x else None
+        if side is not None:
+            torch.cuda.current_stream(G.device).wait_stream(side)
+        del scratch  # freed on the current stream only once the side stream's work is ordered
+        return dx, None, None, *grads
+
+
+def overlapped(t: torch.Tensor) -> bool:
+    """Whether a grad-enabled projection with weights like `t` goes through `FoldedLinear`
+    (`SETTINGS.overlap`; eager or CUDA-graph capture; torch.compile keeps the composition
+    and the GEMM as two nodes, traced)."""
+    return (
+        SETTINGS.overlap
+        and torch.is_grad_enabled()
+        and use_fused(t)
+        and not torch.compiler.is_compiling()
+    )
 
 
 def compose_ra_v5(W_q, W_k, W_v, P, w_std, w_rec) -> torch.Tensor:
@@ -620,3 +715,9 @@ def compose_ra_v5(W_q, W_k, W_v, P, w_std, w_rec) -> torch.Tensor:
 def compose_untied(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec) -> torch.Tensor:
     """ra_v5_untied's W_f (3C x C) in `out_dtype(W_qs)`, in one kernel; differentiable."""
     return ComposeUntied.apply(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, out_dtype(W_qs))
+
+
+def folded_linear(x: torch.Tensor, variant: str, *params: torch.Tensor) -> torch.Tensor:
+    """x W_f^T for `variant` ("ra_v5" or "ra_v5_untied", parameters in `compose_*`'s order),
+    W_f in `out_dtype(params[0])`; differentiable (`FoldedLinear`)."""
+    return FoldedLinear.apply(x, variant, out_dtype(params[0]), *params)

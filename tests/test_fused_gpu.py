@@ -1,8 +1,9 @@
 """CUDA tests of racli_models.fused (skipped without CUDA): the Triton composition of the
 folded RA weight W_f against the plain torch composition and a float64 reference, forward
 and backward, with every kernel output poisoned with NaN first; float64 gradcheck; bf16
-autocast (W_f born in bf16, never cast again); CUDA-graph capture; torch.compile; biases;
-shapes that are not powers of two."""
+autocast (W_f born in bf16, never cast again); the projection and its composition as one
+node with a side stream; CUDA-graph capture; torch.compile; biases; shapes that are not
+powers of two."""
 
 from __future__ import annotations
 
@@ -214,6 +215,76 @@ def test_block_with_bias_fp32(attn, poison):
         assert rel_err(g_f[n], g_p[n]) < 1e-4, n
 
 
+def watch_streams(monkeypatch, attn: str) -> list:
+    """The `stream` each call of the variant's composition backward gets from FoldedLinear."""
+    weight, grads = fused._VARIANTS[attn]
+    streams: list = []
+
+    def watched(*args, stream=None):
+        streams.append(stream)
+        return grads(*args, stream=stream)
+
+    monkeypatch.setitem(fused._VARIANTS, attn, (weight, watched))
+    return streams
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "amp"])
+@pytest.mark.parametrize("attn", ATTNS)
+def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, poison, monkeypatch):
+    """`fused.FoldedLinear` (the projection and its composition as one node, the
+    composition's backward on a side stream beside dx's GEMM) gives the block's output and
+    every gradient, the input's included, as the projection and the composition as two
+    nodes in one stream, and in float32 as the plain torch composition."""
+    amp = dtype == "amp"
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp": torch.float32}[dtype]
+    m = make(attn, (12, 64, 4), dt)
+    x = torch.randn(4, 64, 768, device=DEV, dtype=dt, requires_grad=True)
+    w = torch.randn(4, 64, 768, device=DEV)
+    streams = watch_streams(monkeypatch, attn)
+
+    def run(plain=False):
+        x.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out, g = block_step(m, x, w, plain=plain)
+        return out, g, x.grad.clone()
+
+    one = run()
+    assert len(streams) == 1 and streams[0] is not None
+    assert streams[0] != torch.cuda.current_stream()
+    monkeypatch.setattr(fused.SETTINGS, "overlap", False)
+    two = run()
+    assert len(streams) == 1  # two nodes: FoldedLinear not used
+    refs = [two] + ([run(plain=True)] if dtype == "fp32" else [])
+    tol = 1e-5 if dtype == "fp32" else 1e-2
+    for out, g, dx in refs:
+        assert rel_err(one[0], out) < tol
+        assert rel_err(one[2], dx) < tol
+        for n in g:
+            assert one[1][n].dtype == g[n].dtype
+            assert rel_err(one[1][n], g[n]) < tol, n
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_one_node_gives_the_same_gradients_call_after_call(attn):
+    """Buffers the side stream reads and writes are freed only after the current stream
+    waited for it: GPT-2-sized steps back to back, with no sync between them, give the same
+    gradients (to 1e-2: the attention's backward need not be deterministic; a buffer reused
+    too early would put garbage in them)."""
+    m = make(attn, (12, 64, 4), torch.bfloat16)
+    x = torch.randn(8, 1024, 768, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(8, 1024, 768, device=DEV)
+    kept = []
+    for _ in range(20):
+        x.grad = None
+        _, g = block_step(m, x, w, plain=False)
+        g["x"] = x.grad.clone()
+        kept.append(g)
+    torch.cuda.synchronize()
+    for g in kept[1:]:
+        for n in kept[0]:
+            assert rel_err(g[n], kept[0][n]) < 1e-2, n
+
+
 class CastLog(TorchDispatchMode):
     """Records the shape of every tensor that aten::_to_copy converts."""
 
@@ -272,7 +343,8 @@ def test_no_host_sync(attn):
 
 @pytest.mark.parametrize("attn", ATTNS)
 def test_cuda_graph_replay_recomposes(attn):
-    """Captured fwd+bwd; new weights and inputs written in place are seen by the replay."""
+    """Captured fwd+bwd (the composition's backward on a side stream, forked from and joined
+    to the capture's stream); new weights and inputs written in place are seen by the replay."""
     m = make(attn, (6, 48, 3), torch.float16)
     C = 288
     x_static = torch.randn(2, 32, C, device=DEV, dtype=torch.float16)

@@ -1,6 +1,7 @@
 """The fused composition's Triton kernels (racli_models.fused) on the CPU, through Triton's
 interpreter: forward and backward of ra_v5 and ra_v5_untied against the plain torch
-composition in float64, every kernel output poisoned with NaN first. The CUDA tests
+composition in float64, every kernel output poisoned with NaN first, and the projection
+with its composition as one node (`fused.folded_linear`). The CUDA tests
 (test_fused_gpu.py) cover the compiled kernels, CUDA graphs and torch.compile; these run
 the same kernel code wherever Triton is installed, so a change to the kernels' arithmetic
 is checked without a GPU."""
@@ -72,6 +73,39 @@ def check_kernels(dtypes=tuple(TOL)) -> None:
                         err = _rel(p.grad, getattr(ref_m, n).grad)
                         assert err <= 4 * TOL[dtype], f"{case}: d{n} off by {err:.2e}"
     fused.SETTINGS.use_dot = True
+    check_folded_linear()
+
+
+def check_folded_linear() -> None:
+    """`fused.folded_linear` (the projection and its composition as one node; on the CPU
+    its backward runs in one stream) against F.linear with the plain composition, float64:
+    the output and every gradient, the input's included."""
+    import torch.nn.functional as F
+
+    from racli_models import fused
+
+    for attn, names in COMPOSED.items():
+        for shape in SHAPES:
+            H, D, _ = shape
+            x = torch.randn(3, 7, H * D, dtype=torch.float64)
+            dy = torch.randn(3, 7, 3 * H * D, dtype=torch.float64)
+            ref_m = _block(attn, shape).double()
+            x_ref = x.clone().requires_grad_(True)
+            F.linear(x_ref, ref_m.folded_weight()[0]).backward(dy)
+            for dtype in (torch.float64, torch.float32):
+                m = _block(attn, shape).to(dtype)
+                xd = x.clone().to(dtype).requires_grad_(True)
+                params = [getattr(m, n) for n in names]
+                y = fused.folded_linear(xd, attn, *params)
+                y.backward(dy.to(dtype))
+                case = f"folded_linear {attn} {shape} {dtype}"
+                err = _rel(y, F.linear(x, ref_m.folded_weight()[0]))
+                assert err <= TOL[dtype], f"{case}: y off by {err:.2e}"
+                err = _rel(xd.grad, x_ref.grad)
+                assert err <= 4 * TOL[dtype], f"{case}: dx off by {err:.2e}"
+                for n, p in zip(names, params):
+                    err = _rel(p.grad, getattr(ref_m, n).grad)
+                    assert err <= 4 * TOL[dtype], f"{case}: d{n} off by {err:.2e}"
 
 
 def test_the_composition_kernels_in_tritons_interpreter():

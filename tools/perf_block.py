@@ -13,8 +13,11 @@ interleaved rounds in the same process, so slow drifts hit them alike):
   fp16 / bf16 / amp (fp32 weights under bf16 autocast), plus a sweep of the
   fused kernels' tile width and warp count;
 - the block B=8 T=1024 H=12 D=64 (racli_models `build_attention`, the same seed
-  for every variant): `baseline`, `ra_v5` (fused composition), `ra_v5_plain`
-  (ra_v5 with the plain composition), in fp16 and bf16, modes eager, compile
+  for every variant): `baseline`, `ra_v5` (fused composition; with grad, the
+  projection and its composition as one node whose backward runs the composition's
+  backward on a side stream beside dx's GEMM), `ra_v5_serial` (the same as two
+  nodes, one stream: `fused.SETTINGS.overlap` off), `ra_v5_plain` (ra_v5 with the
+  plain composition), in fp16 and bf16, modes eager, compile
   (`torch.compile(dynamic=False)`), cuda_graph (capture of eager: warm-up on a
   side stream, capture, replay) and compile_graph (capture of the compiled
   module), phases fwd (eval, no_grad) and fwd_bwd (loss sum(out * G): forward,
@@ -59,6 +62,7 @@ VARIANTS = {  # label -> (registry name, plain composition)
     "untied": ("ra_v5_untied", False),
     "untied_plain": ("ra_v5_untied", True),
     "ra_v5_once": ("ra_v5", False),  # inside composed_once(): W_f built once (no-grad only)
+    "ra_v5_serial": ("ra_v5", False),  # fused, the projection and composition as two nodes
 }
 
 ROWS: list[dict] = []
@@ -151,12 +155,24 @@ def record(kind: str, runners: list[Runner], **key) -> None:
 # --- building ------------------------------------------------------------------------------
 
 
-def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False):
+@contextlib.contextmanager
+def serial():
+    """`fused.SETTINGS.overlap` off: the composition's backward after dx's GEMM, in one stream."""
+    before, fused.SETTINGS.overlap = fused.SETTINGS.overlap, False
+    try:
+        yield
+    finally:
+        fused.SETTINGS.overlap = before
+
+
+def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False, two: bool = False):
     """A factory of the context stack a configuration runs (and is captured) under."""
 
     @contextlib.contextmanager
     def ctx():
         with contextlib.ExitStack() as stack:
+            if two:
+                stack.enter_context(serial())
             if once:
                 stack.enter_context(composed_once())
             if backend is not None:
@@ -209,7 +225,7 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
     attn, plain = VARIANTS[label]
     amp = dtype_name == "amp"
     m = build_block(attn, dtype_name)
-    ctx = contexts(plain, amp, backend, once=label.endswith("_once"))
+    ctx = contexts(plain, amp, backend, once=label.endswith("_once"), two=label.endswith("_serial"))
     x, w = block_inputs(dtype_name)
     bwd = phase == "fwd_bwd"
     m.train(bwd)
@@ -733,7 +749,9 @@ def main() -> int:
                 f"block {dt} graph+eager",
                 20,
                 lambda dt=dt: [
-                    block_group(dt, mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W)
+                    block_group(
+                        dt, mode, ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_plain"), R, W
+                    )
                     for mode in ("cuda_graph", "eager")
                 ],
             )
@@ -782,7 +800,9 @@ def main() -> int:
                 "block amp",
                 15,
                 lambda: [
-                    block_group("amp", mode, ("baseline", "ra_v5", "ra_v5_plain"), R, W)
+                    block_group(
+                        "amp", mode, ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_plain"), R, W
+                    )
                     for mode in ("cuda_graph", "eager")
                 ],
             )
