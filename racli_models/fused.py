@@ -32,7 +32,9 @@ class FusedSettings:
     block_c: int = 64  # columns per program (H100 sweep: docs/performance.md)
     num_warps: int = 4
     use_dot: bool = True  # 16-bit operands: the small products P^T W, P G, W G^T via tl.dot
-    overlap: bool = True  # the composition's backward beside dx's GEMM (`FoldedLinear`)
+    # `FoldedLinear` (the composition's backward beside dx's GEMM) for grad-enabled projections:
+    # "graph" under CUDA-graph capture only, "always", or "never"
+    overlap: str = "graph"
 
 
 SETTINGS = FusedSettings()
@@ -652,8 +654,8 @@ _SIDE: dict[int, torch.cuda.Stream] = {}  # device index -> the composition's ba
 
 
 def _side_stream(t: torch.Tensor):
-    """The stream the composition's backward runs on beside dx's GEMM (None: the current)."""
-    if not (SETTINGS.overlap and t.is_cuda):
+    """The stream the composition's backward runs on beside dx's GEMM (None on the CPU)."""
+    if not t.is_cuda:
         return None
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     side = _SIDE.get(index)
@@ -696,15 +698,19 @@ class FoldedLinear(torch.autograd.Function):
 
 
 def overlapped(t: torch.Tensor) -> bool:
-    """Whether a grad-enabled projection with weights like `t` goes through `FoldedLinear`
-    (`SETTINGS.overlap`; eager or CUDA-graph capture; torch.compile keeps the composition
-    and the GEMM as two nodes, traced)."""
-    return (
-        SETTINGS.overlap
-        and torch.is_grad_enabled()
-        and use_fused(t)
-        and not torch.compiler.is_compiling()
-    )
+    """Whether a grad-enabled projection with weights like `t` goes through `FoldedLinear`.
+
+    By default (`SETTINGS.overlap == "graph"`) only while a CUDA graph is captured: a replay
+    runs the side stream's fork and join at no host cost, and the H100 measurement
+    (docs/performance.md) put the block's forward+backward at 1.030x the baseline's against
+    1.051x with two nodes. Launched from Python each call, the fork and join cost more host
+    time (eager forward+backward 1.71-1.81x against 1.53-1.58x), so eager calls keep two
+    nodes. torch.compile traces the two nodes whatever the setting."""
+    if SETTINGS.overlap == "never" or not torch.is_grad_enabled() or not use_fused(t):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return SETTINGS.overlap == "always" or torch.cuda.is_current_stream_capturing()
 
 
 def compose_ra_v5(W_q, W_k, W_v, P, w_std, w_rec) -> torch.Tensor:

@@ -236,6 +236,7 @@ def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, poison, monk
     every gradient, the input's included, as the projection and the composition as two
     nodes in one stream, and in float32 as the plain torch composition."""
     amp = dtype == "amp"
+    monkeypatch.setattr(fused.SETTINGS, "overlap", "always")  # eager calls too
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp": torch.float32}[dtype]
     m = make(attn, (12, 64, 4), dt)
     x = torch.randn(4, 64, 768, device=DEV, dtype=dt, requires_grad=True)
@@ -251,7 +252,7 @@ def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, poison, monk
     one = run()
     assert len(streams) == 1 and streams[0] is not None
     assert streams[0] != torch.cuda.current_stream()
-    monkeypatch.setattr(fused.SETTINGS, "overlap", False)
+    monkeypatch.setattr(fused.SETTINGS, "overlap", "never")
     two = run()
     assert len(streams) == 1  # two nodes: FoldedLinear not used
     refs = [two] + ([run(plain=True)] if dtype == "fp32" else [])
@@ -265,11 +266,12 @@ def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, poison, monk
 
 
 @pytest.mark.parametrize("attn", ATTNS)
-def test_one_node_gives_the_same_gradients_call_after_call(attn):
+def test_one_node_gives_the_same_gradients_call_after_call(attn, monkeypatch):
     """Buffers the side stream reads and writes are freed only after the current stream
     waited for it: GPT-2-sized steps back to back, with no sync between them, give the same
     gradients (to 1e-2: the attention's backward need not be deterministic; a buffer reused
     too early would put garbage in them)."""
+    monkeypatch.setattr(fused.SETTINGS, "overlap", "always")
     m = make(attn, (12, 64, 4), torch.bfloat16)
     x = torch.randn(8, 1024, 768, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(8, 1024, 768, device=DEV)
@@ -342,24 +344,27 @@ def test_no_host_sync(attn):
 
 
 @pytest.mark.parametrize("attn", ATTNS)
-def test_cuda_graph_replay_recomposes(attn):
+def test_cuda_graph_replay_recomposes(attn, monkeypatch):
     """Captured fwd+bwd (the composition's backward on a side stream, forked from and joined
     to the capture's stream); new weights and inputs written in place are seen by the replay."""
     m = make(attn, (6, 48, 3), torch.float16)
     C = 288
     x_static = torch.randn(2, 32, C, device=DEV, dtype=torch.float16)
     w = torch.randn(2, 32, C, device=DEV)
+    streams = watch_streams(monkeypatch, attn)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(3):
             block_step(m, x_static, w, plain=False)
     torch.cuda.current_stream().wait_stream(s)
+    assert streams == []  # eager calls: two nodes (SETTINGS.overlap "graph")
     m.zero_grad(set_to_none=True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out_static = m(x_static)
         (out_static.float() * w).sum().backward()
+    assert len(streams) == 1 and streams[0] is not None  # the capture: one node, a side stream
 
     with torch.no_grad():
         for p in m.parameters():

@@ -13,10 +13,10 @@ interleaved rounds in the same process, so slow drifts hit them alike):
   fp16 / bf16 / amp (fp32 weights under bf16 autocast), plus a sweep of the
   fused kernels' tile width and warp count;
 - the block B=8 T=1024 H=12 D=64 (racli_models `build_attention`, the same seed
-  for every variant): `baseline`, `ra_v5` (fused composition; with grad, the
-  projection and its composition as one node whose backward runs the composition's
-  backward on a side stream beside dx's GEMM), `ra_v5_serial` (the same as two
-  nodes, one stream: `fused.SETTINGS.overlap` off), `ra_v5_plain` (ra_v5 with the
+  for every variant): `baseline`, `ra_v5` (fused composition; with grad under
+  CUDA-graph capture, the projection and its composition as one node whose backward
+  runs the composition's backward on a side stream beside dx's GEMM), `ra_v5_serial` (the same as two
+  nodes, one stream: `fused.SETTINGS.overlap = "never"`), `ra_v5_plain` (ra_v5 with the
   plain composition), in fp16 and bf16, modes eager, compile
   (`torch.compile(dynamic=False)`), cuda_graph (capture of eager: warm-up on a
   side stream, capture, replay) and compile_graph (capture of the compiled
@@ -157,8 +157,9 @@ def record(kind: str, runners: list[Runner], **key) -> None:
 
 @contextlib.contextmanager
 def serial():
-    """`fused.SETTINGS.overlap` off: the composition's backward after dx's GEMM, in one stream."""
-    before, fused.SETTINGS.overlap = fused.SETTINGS.overlap, False
+    """`fused.SETTINGS.overlap = "never"`: the composition's backward after dx's GEMM, in one
+    stream, also under CUDA-graph capture."""
+    before, fused.SETTINGS.overlap = fused.SETTINGS.overlap, "never"
     try:
         yield
     finally:
