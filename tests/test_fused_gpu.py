@@ -349,7 +349,8 @@ def test_cuda_graph_replay_recomposes(attn, monkeypatch):
     to the capture's stream); new weights and inputs written in place are seen by the replay."""
     m = make(attn, (6, 48, 3), torch.float16)
     C = 288
-    x_static = torch.randn(2, 32, C, device=DEV, dtype=torch.float16)
+    # the input's gradient too: with it, the composition's backward goes to the side stream
+    x_static = torch.randn(2, 32, C, device=DEV, dtype=torch.float16, requires_grad=True)
     w = torch.randn(2, 32, C, device=DEV)
     streams = watch_streams(monkeypatch, attn)
     s = torch.cuda.Stream()
@@ -360,6 +361,7 @@ def test_cuda_graph_replay_recomposes(attn, monkeypatch):
     torch.cuda.current_stream().wait_stream(s)
     assert streams == []  # eager calls: two nodes (SETTINGS.overlap "graph")
     m.zero_grad(set_to_none=True)
+    x_static.grad = None  # the capture's backward then writes it (no accumulation)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out_static = m(x_static)
@@ -374,8 +376,11 @@ def test_cuda_graph_replay_recomposes(attn, monkeypatch):
     torch.cuda.synchronize()
     out_graph = out_static.clone()
     g_graph = {n: p.grad.clone() for n, p in m.named_parameters()}
-    out_e, g_e = block_step(m, x_static.clone(), w, plain=False)
+    dx_graph = x_static.grad.clone()
+    x_e = x_static.detach().clone().requires_grad_(True)
+    out_e, g_e = block_step(m, x_e, w, plain=False)
     assert rel_err(out_graph, out_e) < 1e-3
+    assert rel_err(dx_graph, x_e.grad) < 1e-3
     for n in g_e:
         assert rel_err(g_graph[n], g_e[n]) < 1e-3, n
 
