@@ -701,11 +701,9 @@ def overlapped(t: torch.Tensor) -> bool:
     """Whether a grad-enabled projection with weights like `t` goes through `FoldedLinear`.
 
     By default (`SETTINGS.overlap == "graph"`) only while a CUDA graph is captured: a replay
-    runs the side stream's fork and join at no host cost, and the H100 measurement
-    (docs/performance.md) put the block's forward+backward at 1.030x the baseline's against
-    1.051x with two nodes. Launched from Python each call, the fork and join cost more host
-    time (eager forward+backward 1.71-1.81x against 1.53-1.58x), so eager calls keep two
-    nodes. torch.compile traces the two nodes whatever the setting."""
+    pays nothing for the side stream's fork and join, which launched from Python each call
+    cost more host time than they hide (docs/performance.md, tenth round). torch.compile
+    traces the two nodes whatever the setting."""
     if SETTINGS.overlap == "never" or not torch.is_grad_enabled() or not use_fused(t):
         return False
     if torch.compiler.is_compiling():
