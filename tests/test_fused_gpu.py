@@ -287,6 +287,78 @@ def test_one_node_gives_the_same_gradients_call_after_call(attn, monkeypatch):
             assert rel_err(g[n], kept[0][n]) < 1e-2, n
 
 
+def count_splits(monkeypatch) -> list:
+    """One entry per forward that `FoldedLinear` split (`fused._split_forward`)."""
+    calls: list = []
+    split = fused._split_forward
+
+    def counted(*args):
+        calls.append(1)
+        return split(*args)
+
+    monkeypatch.setattr(fused, "_split_forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("attn", ATTNS)
+def test_split_forward_matches_one_node(attn, dtype, poison, monkeypatch):
+    """`SETTINGS.split_forward`: the V rows' GEMM beside the composition, both GEMMs into
+    one output; the block's output and every gradient as without the split."""
+    monkeypatch.setattr(fused.SETTINGS, "overlap", "always")
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    m = make(attn, (12, 64, 4), dt)
+    x = torch.randn(4, 64, 768, device=DEV, dtype=dt, requires_grad=True)
+    w = torch.randn(4, 64, 768, device=DEV)
+    splits = count_splits(monkeypatch)
+
+    def run():
+        x.grad = None
+        out, g = block_step(m, x, w, plain=False)
+        return out, g, x.grad.clone()
+
+    plain = run()
+    assert splits == []
+    monkeypatch.setattr(fused.SETTINGS, "split_forward", True)
+    split = run()
+    assert splits == [1]
+    tol = 1e-5 if dtype == "fp32" else 1e-2
+    assert rel_err(split[0], plain[0]) < tol
+    assert rel_err(split[2], plain[2]) < tol
+    for n in plain[1]:
+        assert rel_err(split[1][n], plain[1][n]) < tol, n
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_split_forward_in_a_no_grad_capture_recomposes(attn, monkeypatch):
+    """With `SETTINGS.split_forward` a no-grad capture splits its forward; the replay sees
+    weights and inputs written in place, as an eager forward does."""
+    monkeypatch.setattr(fused.SETTINGS, "split_forward", True)
+    m = make(attn, (6, 48, 3), torch.float16)
+    x_static = torch.randn(2, 32, 288, device=DEV, dtype=torch.float16)
+    splits = count_splits(monkeypatch)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        for _ in range(3):
+            m(x_static)
+    torch.cuda.current_stream().wait_stream(s)
+    assert splits == []  # eager no-grad forwards reuse the stored W_f
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out_static = m(x_static)
+    assert splits == [1]
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p) * p.abs().mean())
+        x_static.copy_(torch.randn_like(x_static))
+    graph.replay()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        out_e = m(x_static)
+    assert rel_err(out_static, out_e) < 1e-3
+
+
 class CastLog(TorchDispatchMode):
     """Records the shape of every tensor that aten::_to_copy converts."""
 

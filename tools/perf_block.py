@@ -14,10 +14,12 @@ interleaved rounds in the same process, so slow drifts hit them alike):
   fused kernels' tile width and warp count;
 - the block B=8 T=1024 H=12 D=64 (racli_models `build_attention`, the same seed
   for every variant): `baseline`, `ra_v5` (fused composition; with grad under
-  CUDA-graph capture, the projection and its composition as one node whose backward
-  runs the composition's backward on a side stream beside dx's GEMM), `ra_v5_serial` (the same as two
-  nodes, one stream: `fused.SETTINGS.overlap = "never"`), `ra_v5_plain` (ra_v5 with the
-  plain composition), in fp16 and bf16, modes eager, compile
+  CUDA-graph capture, the projection and its composition as one node whose
+  backward runs the composition's backward on a side stream beside dx's GEMM),
+  `ra_v5_serial` (the same as two nodes, one stream: `fused.SETTINGS.overlap =
+  "never"`), `ra_v5_split` (`fused.SETTINGS.split_forward`: in a capture, W_f
+  also composed on a side stream beside the V rows' GEMM, which needs no
+  composition), `ra_v5_plain` (ra_v5 with the plain composition), in fp16 and bf16, modes eager, compile
   (`torch.compile(dynamic=False)`), cuda_graph (capture of eager: warm-up on a
   side stream, capture, replay) and compile_graph (capture of the compiled
   module), phases fwd (eval, no_grad) and fwd_bwd (loss sum(out * G): forward,
@@ -63,9 +65,11 @@ VARIANTS = {  # label -> (registry name, plain composition)
     "untied_plain": ("ra_v5_untied", True),
     "ra_v5_once": ("ra_v5", False),  # inside composed_once(): W_f built once (no-grad only)
     "ra_v5_serial": ("ra_v5", False),  # fused, the projection and composition as two nodes
+    "ra_v5_split": ("ra_v5", False),  # fused.SETTINGS.split_forward: composed beside V's GEMM
 }
 
 ROWS: list[dict] = []
+GRAPH_EAGER_LABELS = ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_split", "ra_v5_plain")
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -156,6 +160,16 @@ def record(kind: str, runners: list[Runner], **key) -> None:
 
 
 @contextlib.contextmanager
+def split_forward():
+    """`fused.SETTINGS.split_forward` on: in a capture, W_f is composed beside the V rows' GEMM."""
+    before, fused.SETTINGS.split_forward = fused.SETTINGS.split_forward, True
+    try:
+        yield
+    finally:
+        fused.SETTINGS.split_forward = before
+
+
+@contextlib.contextmanager
 def serial():
     """`fused.SETTINGS.overlap = "never"`: the composition's backward after dx's GEMM, in one
     stream, also under CUDA-graph capture."""
@@ -166,7 +180,7 @@ def serial():
         fused.SETTINGS.overlap = before
 
 
-def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False, two: bool = False):
+def contexts(plain, amp, backend, once=False, two=False, split=False):
     """A factory of the context stack a configuration runs (and is captured) under."""
 
     @contextlib.contextmanager
@@ -174,6 +188,8 @@ def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False, tw
         with contextlib.ExitStack() as stack:
             if two:
                 stack.enter_context(serial())
+            if split:
+                stack.enter_context(split_forward())
             if once:
                 stack.enter_context(composed_once())
             if backend is not None:
@@ -226,7 +242,14 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
     attn, plain = VARIANTS[label]
     amp = dtype_name == "amp"
     m = build_block(attn, dtype_name)
-    ctx = contexts(plain, amp, backend, once=label.endswith("_once"), two=label.endswith("_serial"))
+    ctx = contexts(
+        plain,
+        amp,
+        backend,
+        once=label.endswith("_once"),
+        two=label.endswith("_serial"),
+        split=label.endswith("_split"),
+    )
     x, w = block_inputs(dtype_name)
     bwd = phase == "fwd_bwd"
     m.train(bwd)
@@ -750,9 +773,7 @@ def main() -> int:
                 f"block {dt} graph+eager",
                 20,
                 lambda dt=dt: [
-                    block_group(
-                        dt, mode, ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_plain"), R, W
-                    )
+                    block_group(dt, mode, GRAPH_EAGER_LABELS, R, W)
                     for mode in ("cuda_graph", "eager")
                 ],
             )
