@@ -287,6 +287,16 @@ def test_one_node_gives_the_same_gradients_call_after_call(attn, monkeypatch):
             assert rel_err(g[n], kept[0][n]) < 1e-2, n
 
 
+def perturb_and_replay(m, x_static: torch.Tensor, graph: torch.cuda.CUDAGraph) -> None:
+    """New weights and a new input, written in place; then the graph's replay."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p) * p.abs().mean())
+        x_static.copy_(torch.randn_like(x_static))
+    graph.replay()
+    torch.cuda.synchronize()
+
+
 def count_splits(monkeypatch) -> list:
     """One entry per forward that `FoldedLinear` split (`fused._split_forward`)."""
     calls: list = []
@@ -348,12 +358,7 @@ def test_split_forward_in_a_no_grad_capture_recomposes(attn, monkeypatch):
     with torch.cuda.graph(graph), torch.no_grad():
         out_static = m(x_static)
     assert splits == [1]
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p) * p.abs().mean())
-        x_static.copy_(torch.randn_like(x_static))
-    graph.replay()
-    torch.cuda.synchronize()
+    perturb_and_replay(m, x_static, graph)
     with torch.no_grad():
         out_e = m(x_static)
     assert rel_err(out_static, out_e) < 1e-3
@@ -440,12 +445,7 @@ def test_cuda_graph_replay_recomposes(attn, monkeypatch):
         (out_static.float() * w).sum().backward()
     assert len(streams) == 1 and streams[0] is not None  # the capture: one node, a side stream
 
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p) * p.abs().mean())
-        x_static.copy_(torch.randn_like(x_static))
-    graph.replay()
-    torch.cuda.synchronize()
+    perturb_and_replay(m, x_static, graph)
     out_graph = out_static.clone()
     g_graph = {n: p.grad.clone() for n, p in m.named_parameters()}
     dx_graph = x_static.grad.clone()
