@@ -675,7 +675,9 @@ class FoldedLinear(torch.autograd.Function):
     as one node, so that the backward can order them. The backward computes dW_f = dy^T x
     first; the composition's backward (the parameters' gradients from dW_f) then runs on a
     side stream while dx = dy W_f runs on the current one, and the current stream waits for
-    the side one before the node returns. On the CPU both run one after the other."""
+    the side one before the node returns. On the CPU both run one after the other. With
+    `SETTINGS.split_forward` the forward composes on the side stream too, beside the V rows'
+    GEMM (`_split_forward`)."""
 
     @staticmethod
     def forward(ctx, x, variant, dtype, *params):
