@@ -53,13 +53,21 @@ def use_fused(t: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Use the plain torch composition inside the block (reference and timing)."""
-    before, SETTINGS.enabled = SETTINGS.enabled, False
+def settings(**changes) -> Iterator[None]:
+    """`SETTINGS` with `changes` (field=value) inside the block, as they were after it."""
+    before = {name: getattr(SETTINGS, name) for name in changes}
     try:
+        for name, value in changes.items():
+            setattr(SETTINGS, name, value)
         yield
     finally:
-        SETTINGS.enabled = before
+        for name, value in before.items():
+            setattr(SETTINGS, name, value)
+
+
+def disabled() -> contextlib.AbstractContextManager:
+    """Use the plain torch composition inside the block (reference and timing)."""
+    return settings(enabled=False)
 
 
 def out_dtype(t: torch.Tensor) -> torch.dtype:

@@ -159,37 +159,16 @@ def record(kind: str, runners: list[Runner], **key) -> None:
 # --- building ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def split_forward():
-    """`fused.SETTINGS.split_forward` on: in a capture, W_f is composed beside the V rows' GEMM."""
-    before, fused.SETTINGS.split_forward = fused.SETTINGS.split_forward, True
-    try:
-        yield
-    finally:
-        fused.SETTINGS.split_forward = before
-
-
-@contextlib.contextmanager
-def serial():
-    """`fused.SETTINGS.overlap = "never"`: the composition's backward after dx's GEMM, in one
-    stream, also under CUDA-graph capture."""
-    before, fused.SETTINGS.overlap = fused.SETTINGS.overlap, "never"
-    try:
-        yield
-    finally:
-        fused.SETTINGS.overlap = before
-
-
 def contexts(plain, amp, backend, once=False, two=False, split=False):
     """A factory of the context stack a configuration runs (and is captured) under."""
 
     @contextlib.contextmanager
     def ctx():
         with contextlib.ExitStack() as stack:
-            if two:
-                stack.enter_context(serial())
-            if split:
-                stack.enter_context(split_forward())
+            if two:  # the composition's backward after dx's GEMM, one stream, also in graphs
+                stack.enter_context(fused.settings(overlap="never"))
+            if split:  # in a capture, W_f composed beside the V rows' GEMM
+                stack.enter_context(fused.settings(split_forward=True))
             if once:
                 stack.enter_context(composed_once())
             if backend is not None:
