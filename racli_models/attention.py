@@ -188,14 +188,9 @@ class _FoldedRA(CausalSelfAttention):
 
     def folded_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Qf, Kf, V, each (B, H, T, D), from one GEMM with the composed weight."""
-        # the same x W_f^T as one node, whose backward composes beside dx's GEMM (b_f, where
-        # there is one, is composed by torch operations; inside composed_once() a no-grad
-        # forward reuses the stored W_f: F.linear below)
-        if (
-            not self.has_bias
-            and fused.overlapped(self.w_std)  # False under torch.compile: nothing after is traced
-            and not (_ONCE_DEPTH and not torch.is_grad_enabled())
-        ):
+        if not self.has_bias and fused.overlapped(self.w_std):
+            # the same x W_f^T as one node, whose backward composes beside dx's GEMM (b_f,
+            # where there is one, is composed by torch operations: F.linear below)
             params = [getattr(self, name) for name in self.composed_names]
             qkv = fused.folded_linear(x, self.variant, *params)
         else:

@@ -35,8 +35,6 @@ class FusedSettings:
     # `FoldedLinear` (the composition's backward beside dx's GEMM) for grad-enabled projections:
     # "graph" under CUDA-graph capture only, "always", or "never"
     overlap: str = "graph"
-    # in `FoldedLinear`, also compose beside the V rows' GEMM in the forward (`_split_forward`)
-    split_forward: bool = False
 
 
 SETTINGS = FusedSettings()
@@ -438,39 +436,37 @@ def _on(stream) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
-def _ra_v5_weight(W_q, W_k, W_v, P, w_std, w_rec, dtype, stream=None) -> torch.Tensor:
-    """ra_v5's W_f (3C x C) in `dtype` from contiguous parameters, in one launch on `stream`
-    (None: the current one); W_f is allocated on the current stream."""
+def _ra_v5_weight(W_q, W_k, W_v, P, w_std, w_rec, dtype) -> torch.Tensor:
+    """ra_v5's W_f (3C x C) in `dtype` from contiguous parameters, in one launch."""
     H, DS, R = P.shape
     C = W_v.shape[1]
     D, BLOCK_D, n_tiles = _dims(H, C)
     W_f = _alloc((3 * C, C), device=W_q.device, dtype=dtype)
-    with _on(stream):
-        _launch(
-            _ra_v5_fwd_kernel,
-            (H, n_tiles),
-            (
-                W_q,
-                W_k,
-                W_v,
-                P,
-                w_std,
-                w_rec,
-                W_f,
-                C,
-            ),
-            dict(
-                D=D,
-                DS=DS,
-                R=R,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=SETTINGS.block_c,
-                BLOCK_R=_pow2(R),
-                DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES,
-                FP64=W_q.dtype == torch.float64,
-            ),
-            SETTINGS.num_warps,
-        )
+    _launch(
+        _ra_v5_fwd_kernel,
+        (H, n_tiles),
+        (
+            W_q,
+            W_k,
+            W_v,
+            P,
+            w_std,
+            w_rec,
+            W_f,
+            C,
+        ),
+        dict(
+            D=D,
+            DS=DS,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=SETTINGS.block_c,
+            BLOCK_R=_pow2(R),
+            DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES,
+            FP64=W_q.dtype == torch.float64,
+        ),
+        SETTINGS.num_warps,
+    )
     return W_f
 
 
@@ -544,38 +540,37 @@ def _ra_v5_grads(G, W_q, W_k, W_v, P, w_std, w_rec, stream=None):
     return (dW_q, dW_k, dW_v, dP, dw_std, dw_rec), (G, part, std_part)
 
 
-def _untied_weight(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype, stream=None) -> torch.Tensor:
+def _untied_weight(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype) -> torch.Tensor:
     """As `_ra_v5_weight`, for ra_v5_untied."""
     H = w_std.shape[0]
     C = W_v.shape[1]
     D, BLOCK_D, n_tiles = _dims(H, C)
     R = W_qr.shape[0] // H
     W_f = _alloc((3 * C, C), device=W_qs.device, dtype=dtype)
-    with _on(stream):
-        _launch(
-            _untied_fwd_kernel,
-            (H, n_tiles),
-            (
-                W_qs,
-                W_qr,
-                W_ks,
-                W_kr,
-                W_v,
-                w_std,
-                w_rec,
-                W_f,
-                C,
-            ),
-            dict(
-                D=D,
-                DS=D - R,
-                R=R,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=SETTINGS.block_c,
-                FP64=W_qs.dtype == torch.float64,
-            ),
-            SETTINGS.num_warps,
-        )
+    _launch(
+        _untied_fwd_kernel,
+        (H, n_tiles),
+        (
+            W_qs,
+            W_qr,
+            W_ks,
+            W_kr,
+            W_v,
+            w_std,
+            w_rec,
+            W_f,
+            C,
+        ),
+        dict(
+            D=D,
+            DS=D - R,
+            R=R,
+            BLOCK_D=BLOCK_D,
+            BLOCK_C=SETTINGS.block_c,
+            FP64=W_qs.dtype == torch.float64,
+        ),
+        SETTINGS.num_warps,
+    )
     return W_f
 
 
@@ -663,7 +658,6 @@ _VARIANTS = {
     "ra_v5": (_ra_v5_weight, _ra_v5_grads),
     "ra_v5_untied": (_untied_weight, _untied_grads),
 }
-_W_V = {"ra_v5": 2, "ra_v5_untied": 4}  # where W_v is among the variant's parameters
 _SIDE: dict[int, torch.cuda.Stream] = {}  # device index -> the composition's backward stream
 
 
@@ -683,23 +677,16 @@ class FoldedLinear(torch.autograd.Function):
     as one node, so that the backward can order them. The backward computes dW_f = dy^T x
     first; the composition's backward (the parameters' gradients from dW_f) then runs on a
     side stream while dx = dy W_f runs on the current one, and the current stream waits for
-    the side one before the node returns. On the CPU both run one after the other. With
-    `SETTINGS.split_forward` the forward composes on the side stream too, beside the V rows'
-    GEMM (`_split_forward`)."""
+    the side one before the node returns. On the CPU both run one after the other."""
 
     @staticmethod
     def forward(ctx, x, variant, dtype, *params):
         weight, ctx.grads = _VARIANTS[variant]
         params = tuple(t.contiguous() for t in params)
         xc = x.to(dtype)  # what autocast would hand F.linear
-        W_v = params[_W_V[variant]]
-        if SETTINGS.split_forward and x.is_cuda and W_v.dtype == dtype:
-            y, W_f = _split_forward(xc, W_v, lambda stream: weight(*params, dtype, stream=stream))
-        else:
-            W_f = weight(*params, dtype)
-            y = F.linear(xc, W_f)
+        W_f = weight(*params, dtype)
         ctx.save_for_backward(xc, W_f, *params)
-        return y
+        return F.linear(xc, W_f)
 
     @staticmethod
     def backward(ctx, dy):
@@ -718,37 +705,16 @@ class FoldedLinear(torch.autograd.Function):
         return dx, None, None, *grads
 
 
-def _split_forward(xc: torch.Tensor, W_v: torch.Tensor, compose) -> tuple:
-    """x W_f^T with the composition beside the V rows' GEMM (`SETTINGS.split_forward`).
-
-    The V rows of W_f are W_v itself, so their product x W_v^T needs no composition: it
-    runs on the current stream while `compose(side)` writes W_f on the side stream; then
-    the Q and K rows' product. Both GEMMs write into one (N, 3C) output (row stride 3C,
-    no copy). Returns (y, W_f)."""
-    C = W_v.shape[1]
-    x2 = xc.reshape(-1, C)
-    current = torch.cuda.current_stream(xc.device)
-    side = _side_stream(xc)
-    side.wait_stream(current)
-    W_f = compose(side)  # allocated here, on the current stream; written on the side one
-    y = _alloc((x2.shape[0], 3 * C), device=xc.device, dtype=xc.dtype)
-    torch.mm(x2, W_v.t(), out=y[:, 2 * C :])
-    current.wait_stream(side)
-    torch.mm(x2, W_f[: 2 * C].t(), out=y[:, : 2 * C])
-    return y.view(*xc.shape[:-1], 3 * C), W_f
-
-
 def overlapped(t: torch.Tensor) -> bool:
     """Whether a grad-enabled projection with weights like `t` goes through `FoldedLinear`.
 
     By default (`SETTINGS.overlap == "graph"`) only while a CUDA graph is captured: a replay
     pays nothing for the side stream's fork and join, which launched from Python each call
     cost more host time than they hide (docs/performance.md, tenth round). torch.compile
-    traces the two nodes whatever the setting. With `SETTINGS.split_forward` (off by default,
-    not yet timed) a no-grad capture goes through it too, for the forward's split."""
-    if torch.compiler.is_compiling() or SETTINGS.overlap == "never" or not use_fused(t):
+    traces the two nodes whatever the setting."""
+    if SETTINGS.overlap == "never" or not torch.is_grad_enabled() or not use_fused(t):
         return False
-    if not (torch.is_grad_enabled() or SETTINGS.split_forward):
+    if torch.compiler.is_compiling():
         return False
     return SETTINGS.overlap == "always" or torch.cuda.is_current_stream_capturing()
 

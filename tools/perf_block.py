@@ -17,9 +17,7 @@ interleaved rounds in the same process, so slow drifts hit them alike):
   CUDA-graph capture, the projection and its composition as one node whose
   backward runs the composition's backward on a side stream beside dx's GEMM),
   `ra_v5_serial` (the same as two nodes, one stream: `fused.SETTINGS.overlap =
-  "never"`), `ra_v5_split` (`fused.SETTINGS.split_forward`: in a capture, W_f
-  also composed on a side stream beside the V rows' GEMM, which needs no
-  composition), `ra_v5_plain` (ra_v5 with the plain composition), in fp16 and bf16, modes eager, compile
+  "never"`), `ra_v5_plain` (ra_v5 with the plain composition), in fp16 and bf16, modes eager, compile
   (`torch.compile(dynamic=False)`), cuda_graph (capture of eager: warm-up on a
   side stream, capture, replay) and compile_graph (capture of the compiled
   module), phases fwd (eval, no_grad) and fwd_bwd (loss sum(out * G): forward,
@@ -65,11 +63,10 @@ VARIANTS = {  # label -> (registry name, plain composition)
     "untied_plain": ("ra_v5_untied", True),
     "ra_v5_once": ("ra_v5", False),  # inside composed_once(): W_f built once (no-grad only)
     "ra_v5_serial": ("ra_v5", False),  # fused, the projection and composition as two nodes
-    "ra_v5_split": ("ra_v5", False),  # fused.SETTINGS.split_forward: composed beside V's GEMM
 }
 
 ROWS: list[dict] = []
-GRAPH_EAGER_LABELS = ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_split", "ra_v5_plain")
+GRAPH_EAGER_LABELS = ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_plain")
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -159,7 +156,7 @@ def record(kind: str, runners: list[Runner], **key) -> None:
 # --- building ------------------------------------------------------------------------------
 
 
-def contexts(plain, amp, backend, once=False, two=False, split=False):
+def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False, two: bool = False):
     """A factory of the context stack a configuration runs (and is captured) under."""
 
     @contextlib.contextmanager
@@ -167,8 +164,6 @@ def contexts(plain, amp, backend, once=False, two=False, split=False):
         with contextlib.ExitStack() as stack:
             if two:  # the composition's backward after dx's GEMM, one stream, also in graphs
                 stack.enter_context(fused.settings(overlap="never"))
-            if split:  # in a capture, W_f composed beside the V rows' GEMM
-                stack.enter_context(fused.settings(split_forward=True))
             if once:
                 stack.enter_context(composed_once())
             if backend is not None:
@@ -221,14 +216,7 @@ def block_runner(label, dtype_name, mode, phase, backend=None, compiled_cache=No
     attn, plain = VARIANTS[label]
     amp = dtype_name == "amp"
     m = build_block(attn, dtype_name)
-    ctx = contexts(
-        plain,
-        amp,
-        backend,
-        once=label.endswith("_once"),
-        two=label.endswith("_serial"),
-        split=label.endswith("_split"),
-    )
+    ctx = contexts(plain, amp, backend, once=label.endswith("_once"), two=label.endswith("_serial"))
     x, w = block_inputs(dtype_name)
     bwd = phase == "fwd_bwd"
     m.train(bwd)
