@@ -436,6 +436,16 @@ def _on(stream) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
+def _meta(D: int, DS: int, R: int, BLOCK_D: int, **more) -> dict:
+    """The compile-time constants a variant's forward and backward kernels share."""
+    return dict(D=D, DS=DS, R=R, BLOCK_D=BLOCK_D, BLOCK_C=SETTINGS.block_c, **more)
+
+
+def _ra_v5_meta(D: int, DS: int, R: int, BLOCK_D: int, dtype: torch.dtype) -> dict:
+    """`_meta` with ra_v5's reciprocal width and whether the small products use `tl.dot`."""
+    return _meta(D, DS, R, BLOCK_D, BLOCK_R=_pow2(R), DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES)
+
+
 def _ra_v5_weight(W_q, W_k, W_v, P, w_std, w_rec, dtype) -> torch.Tensor:
     """ra_v5's W_f (3C x C) in `dtype` from contiguous parameters, in one launch."""
     H, DS, R = P.shape
@@ -445,26 +455,8 @@ def _ra_v5_weight(W_q, W_k, W_v, P, w_std, w_rec, dtype) -> torch.Tensor:
     _launch(
         _ra_v5_fwd_kernel,
         (H, n_tiles),
-        (
-            W_q,
-            W_k,
-            W_v,
-            P,
-            w_std,
-            w_rec,
-            W_f,
-            C,
-        ),
-        dict(
-            D=D,
-            DS=DS,
-            R=R,
-            BLOCK_D=BLOCK_D,
-            BLOCK_C=SETTINGS.block_c,
-            BLOCK_R=_pow2(R),
-            DOT=SETTINGS.use_dot and dtype in _DOT_DTYPES,
-            FP64=W_q.dtype == torch.float64,
-        ),
+        (W_q, W_k, W_v, P, w_std, w_rec, W_f, C),
+        dict(**_ra_v5_meta(D, DS, R, BLOCK_D, dtype), FP64=W_q.dtype == torch.float64),
         SETTINGS.num_warps,
     )
     return W_f
@@ -507,17 +499,7 @@ def _ra_v5_grads(G, W_q, W_k, W_v, P, w_std, w_rec, stream=None):
                 C,
                 H,
             ),
-            dict(
-                D=D,
-                DS=DS,
-                R=R,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=SETTINGS.block_c,
-                BLOCK_R=_pow2(R),
-                COPY_V=copy_v,
-                DOT=SETTINGS.use_dot and G.dtype in _DOT_DTYPES,
-                FP64=fp64,
-            ),
+            dict(**_ra_v5_meta(D, DS, R, BLOCK_D, G.dtype), COPY_V=copy_v, FP64=fp64),
             SETTINGS.num_warps,
         )
         _launch(
@@ -550,25 +532,8 @@ def _untied_weight(W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, dtype) -> torch.Te
     _launch(
         _untied_fwd_kernel,
         (H, n_tiles),
-        (
-            W_qs,
-            W_qr,
-            W_ks,
-            W_kr,
-            W_v,
-            w_std,
-            w_rec,
-            W_f,
-            C,
-        ),
-        dict(
-            D=D,
-            DS=D - R,
-            R=R,
-            BLOCK_D=BLOCK_D,
-            BLOCK_C=SETTINGS.block_c,
-            FP64=W_qs.dtype == torch.float64,
-        ),
+        (W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, W_f, C),
+        _meta(D, D - R, R, BLOCK_D, FP64=W_qs.dtype == torch.float64),
         SETTINGS.num_warps,
     )
     return W_f
@@ -609,15 +574,7 @@ def _untied_grads(G, W_qs, W_qr, W_ks, W_kr, W_v, w_std, w_rec, stream=None):
                 C,
                 H,
             ),
-            dict(
-                D=D,
-                DS=D - R,
-                R=R,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=SETTINGS.block_c,
-                COPY_V=copy_v,
-                FP64=acc == torch.float64,
-            ),
+            _meta(D, D - R, R, BLOCK_D, COPY_V=copy_v, FP64=acc == torch.float64),
             SETTINGS.num_warps,
         )
         torch.sum(part, 0, out=gates)  # (2, H): dw_std, dw_rec
