@@ -165,6 +165,10 @@ class _FoldedRA(CausalSelfAttention):
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
+    def composed(self) -> list[torch.Tensor]:
+        """The parameters W_f is composed from, in `composed_names`' order."""
+        return [getattr(self, name) for name in self.composed_names]
+
     def _weight_once(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`folded_weight()`, or in an eager no-grad forward (`REUSE`, `composed_once()`)
         the W_f stored for these parameters."""
@@ -191,8 +195,7 @@ class _FoldedRA(CausalSelfAttention):
         if not self.has_bias and fused.overlapped(self.w_std):
             # the same x W_f^T as one node, whose backward composes beside dx's GEMM (b_f,
             # where there is one, is composed by torch operations: F.linear below)
-            params = [getattr(self, name) for name in self.composed_names]
-            qkv = fused.folded_linear(x, self.variant, *params)
+            qkv = fused.folded_linear(x, self.variant, *self.composed())
         else:
             W_f, b_f = self._weight_once()
             qkv = F.linear(x, W_f, b_f)
@@ -264,7 +267,7 @@ class RAv5Attention(_FoldedRA):
         """W_f (3C x C) and b_f (3C or None) such that [Qf | Kf | V] = x W_f^T + b_f."""
         H, Ds, C = self.n_head, self.d_std, self.n_embd
         if fused.use_fused(self.W_q):  # the same W_f in one Triton kernel (racli_models.fused)
-            W_f = fused.compose_ra_v5(self.W_q, self.W_k, self.W_v, self.P, self.w_std, self.w_rec)
+            W_f = fused.compose_ra_v5(*self.composed())
         else:
             W_q = self.W_q.view(H, Ds, C)
             W_k = self.W_k.view(H, Ds, C)
@@ -314,9 +317,7 @@ class RAv5UntiedAttention(_FoldedRA):
         """W_f (3C x C) and b_f (3C or None) such that [Qf | Kf | V] = x W_f^T + b_f."""
         H, R, Ds, C = self.n_head, self.rank, self.d_std, self.n_embd
         if fused.use_fused(self.W_qs):  # the same W_f in one Triton kernel (racli_models.fused)
-            W_f = fused.compose_untied(
-                self.W_qs, self.W_qr, self.W_ks, self.W_kr, self.W_v, self.w_std, self.w_rec
-            )
+            W_f = fused.compose_untied(*self.composed())
         else:
             W_f = self._fold(
                 self.W_qs.view(H, Ds, C),

@@ -287,16 +287,6 @@ def test_one_node_gives_the_same_gradients_call_after_call(attn, monkeypatch):
             assert rel_err(g[n], kept[0][n]) < 1e-2, n
 
 
-def perturb_and_replay(m, x_static: torch.Tensor, graph: torch.cuda.CUDAGraph) -> None:
-    """New weights and a new input, written in place; then the graph's replay."""
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p) * p.abs().mean())
-        x_static.copy_(torch.randn_like(x_static))
-    graph.replay()
-    torch.cuda.synchronize()
-
-
 class CastLog(TorchDispatchMode):
     """Records the shape of every tensor that aten::_to_copy converts."""
 
@@ -378,7 +368,12 @@ def test_cuda_graph_replay_recomposes(attn, monkeypatch):
         (out_static.float() * w).sum().backward()
     assert len(streams) == 1 and streams[0] is not None  # the capture: one node, a side stream
 
-    perturb_and_replay(m, x_static, graph)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p) * p.abs().mean())
+        x_static.copy_(torch.randn_like(x_static))
+    graph.replay()
+    torch.cuda.synchronize()
     out_graph = out_static.clone()
     g_graph = {n: p.grad.clone() for n, p in m.named_parameters()}
     dx_graph = x_static.grad.clone()

@@ -789,9 +789,7 @@ def main() -> int:
                 "block amp",
                 15,
                 lambda: [
-                    block_group(
-                        "amp", mode, ("baseline", "ra_v5", "ra_v5_serial", "ra_v5_plain"), R, W
-                    )
+                    block_group("amp", mode, GRAPH_EAGER_LABELS, R, W)
                     for mode in ("cuda_graph", "eager")
                 ],
             )
