@@ -28,8 +28,10 @@ ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
 #: variants trained on one seed start from the same shared weights and see the same batches
 PAIRING_RULE = {"init": "seed+name", "batches": "seed"}
 
-SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
-# backend name -> member of torch.nn.attention.SDPBackend
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "fa4")
+#: not torch's: cuDNN's forward with FlashAttention-4's backward (racli_models.flash4)
+FA4 = "fa4"
+# backend name -> member of torch.nn.attention.SDPBackend (fa4 has none)
 SDPA_KERNELS = {
     "flash": "FLASH_ATTENTION",
     "cudnn": "CUDNN_ATTENTION",
@@ -134,7 +136,7 @@ def check_sdpa_backend(name: str | None) -> str:
 
 
 def sdpa_kernel_of(name: str):
-    """The `torch.nn.attention.SDPBackend` member of a backend name (not `auto`)."""
+    """The `torch.nn.attention.SDPBackend` member of a backend name (not `auto` or `fa4`)."""
     from torch.nn.attention import SDPBackend
 
     return getattr(SDPBackend, SDPA_KERNELS[name])
@@ -146,6 +148,8 @@ def check_sdpa_backend_on_cpu(name: str, head_dim: int) -> None:
     run is recorded, rather than as a failed run. CUDA backends are left to the run."""
     if name == "auto":
         return
+    if name == FA4:
+        raise BadInput("train.sdpa_backend=fa4 runs on a CUDA GPU of compute capability 9.x only")
     import torch
     import torch.nn.functional as F
 
@@ -160,9 +164,14 @@ def check_sdpa_backend_on_cpu(name: str, head_dim: int) -> None:
 
 
 def sdpa_backend_context(name: str):
-    """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`."""
+    """`sdpa_kernel([backend])` for a forced backend; a no-op for `auto`; for `fa4`, causal
+    attention through racli_models.flash4 (SDPA's other calls keep torch's choice)."""
     if name == "auto":
         return contextlib.nullcontext()
+    if name == FA4:
+        from racli_models import flash4
+
+        return flash4.active()
     from torch.nn.attention import sdpa_kernel
 
     return sdpa_kernel([sdpa_kernel_of(name)])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from . import flash4, fused
 from .config import GPTConfig, check_attention_name
 
 INIT_STD = 0.02  # nanoGPT's std for every projection weight
@@ -106,6 +106,10 @@ class CausalSelfAttention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(D) + causal mask) v over (B, H, T, D)."""
         p = self.dropout if self.training else 0.0
+        if flash4.ACTIVE:
+            if p:
+                raise ValueError("sdpa_backend fa4 has no attention dropout (model.dropout 0)")
+            return flash4.attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:

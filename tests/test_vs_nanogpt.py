@@ -97,6 +97,8 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
         ("baseline+micro=2.5", "not a positive whole number"),
         ("nanogpt+micro=3", "micro=3 in arm 'nanogpt\\+micro=3' does not divide --batch 32"),
         ("baseline,baseline", "distinct arms"),
+        ("baseline+sdpa=xformers", "unknown SDPA backend 'xformers'"),
+        ("nanogpt+sdpa=fa4", "takes no settings but micro"),
     ],
 )
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
@@ -163,3 +165,9 @@ def test_out_of_memory_names_the_arms_built(tmp_path, monkeypatch):
     args += ["--arms", "baseline,ra_v5", "--batch", "1", "--steps", "1", "--warmup", "1"]
     with pytest.raises(SystemExit, match=r"out of GPU memory with 1 of 2 arms built .* fewer arms"):
         tool.main(args)
+
+
+def test_an_arm_names_its_sdpa_backend():
+    tool = _tool()
+    assert tool.parse_arm("baseline+sdpa=FA4") == ("baseline", {"sdpa": "fa4"})
+    assert tool.parse_arm("ra_v5+sdpa=cudnn+micro=8") == ("ra_v5", {"sdpa": "cudnn", "micro": 8})

@@ -21,6 +21,7 @@ Arms:
                  or graph=false: ra's step without its CUDA-graph capture, or
                  inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
                  (e.g. baseline+inductor.coordinate_descent_tuning=true)
+  ARM+sdpa=NAME  an ra arm under `train.sdpa_backend` NAME, e.g. baseline+sdpa=fa4
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -65,11 +66,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from racli.bench.inputs import percentiles  # noqa: E402
-from racli.names import ATTENTION_NAMES, comma_list  # noqa: E402
+from racli.errors import BadInput  # noqa: E402
+from racli.names import (  # noqa: E402
+    ATTENTION_NAMES,
+    check_sdpa_backend,
+    comma_list,
+    sdpa_backend_context,
+)
 from racli_models import GPT, GPTConfig  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
-STEP_KEYS = ("graph", "micro")  # arm settings of the step, not of the model
+STEP_KEYS = ("graph", "micro", "sdpa")  # arm settings of the step, not of the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 
 PRESETS = {
@@ -105,6 +112,11 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         raise SystemExit(
             f"vs_nanogpt: unknown arm '{name}' (nanogpt, {', '.join(ATTENTION_NAMES)})"
         )
+    if "sdpa" in extra:
+        try:
+            extra["sdpa"] = check_sdpa_backend(str(extra["sdpa"]))
+        except BadInput as exc:
+            raise SystemExit(f"vs_nanogpt: {exc}") from None
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -148,10 +160,17 @@ def own_forward(model: torch.nn.Module, tag: str) -> None:
     model.forward = types.MethodType(fn, model)
 
 
-def autocast_of(device: str):
-    if device.startswith("cuda"):
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+def autocast_of(device: str, sdpa: str = "auto"):
+    """The step's context: bf16 autocast on CUDA, under the SDPA backend `sdpa`."""
+
+    def context() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if device.startswith("cuda"):
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack.enter_context(sdpa_backend_context(sdpa))
+        return stack
+
+    return context
 
 
 def make_step(fwd, opt, params, device: str, micro: int | None = None):
@@ -235,7 +254,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
             fwd=fwd,
             micro=micro,
             clip=CLIP,
-            autocast=autocast_of(device),
+            autocast=autocast_of(device, settings.get("sdpa", "auto")),
             graph=bool(settings.get("graph", True)),
         )
     patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}

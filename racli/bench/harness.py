@@ -44,6 +44,7 @@ KERNEL_BACKENDS = {
     "_scaled_dot_product_efficient_attention": "efficient",
     "_scaled_dot_product_fused_attention_overrideable": "overrideable",
     "_scaled_dot_product_attention_math_for_mps": "mps_math",
+    "fa4_attention": "fa4",  # racli_models.flash4 (cuDNN's forward, FA4's backward)
 }
 
 

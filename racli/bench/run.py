@@ -10,7 +10,7 @@ from racli.bench.ranking import TimingRow
 from racli.bench.text import bench_progress_line, bench_results, fair_comparison
 from racli.config.schema import BenchShape
 from racli.errors import BadInput
-from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list, resolve_device
+from racli.names import ATTENTION_NAMES, FA4, check_sdpa_backend, comma_list, resolve_device
 from racli.store.recorder import RunRecorder
 
 FLOPS_NOTE = (
@@ -32,11 +32,24 @@ def plan(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup, sdpa
             f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
             "(--modes all records CUDA-graph rows as skipped instead)"
         )
+    if backend == FA4:
+        from racli_models import flash4
+
+        why = flash4.problem(dev) if dev.startswith("cuda") else "needs a CUDA GPU"
+        if why:
+            raise BadInput(f"--sdpa-backend fa4 {why}")
     dt = inputs.resolve_dtype(dtype, dev)
+    if backend == FA4 and dt == "float32":
+        raise BadInput("--sdpa-backend fa4 runs float16 or bfloat16, not float32")
     shape_text = shape if shape is not None else cfg.bench.shape
     if shape_text == "auto":
         shape_text = "gpt2" if dev.startswith("cuda") else "tiny"
     shape_name, block = inputs.parse_shape(shape_text, cfg.bench.shapes)
+    if backend == FA4 and (block.head_dim % 8 or not 8 <= block.head_dim <= 256):
+        raise BadInput(
+            f"--sdpa-backend fa4 needs a head size in 8..256, a multiple of 8; "
+            f"shape {shape_name} has {block.head_dim}"
+        )
     model_kw = {
         "ra_rank": cfg.model.ra_rank,
         "bias": cfg.model.bias,

@@ -30,7 +30,7 @@ from racli.config.schema import (
     yaml11_float,
 )
 from racli.errors import BadInput
-from racli.names import ATTENTION_NAMES
+from racli.names import ATTENTION_NAMES, FA4
 
 #: keys older ra.yaml files may hold that are read and ignored
 RETIRED_KEYS = {
@@ -238,6 +238,17 @@ def _validate_cross(cfg: Config) -> None:
             "model.ra_rank",
             f"must be between 1 and head_dim-1 = {head_dim - 1}, got {cfg.model.ra_rank}",
         )
+    if cfg.train.sdpa_backend == FA4:
+        if cfg.model.dropout:
+            raise ConfigError(
+                src, "train.sdpa_backend", "fa4 has no attention dropout: set model.dropout=0"
+            )
+        if head_dim % 8 or not 8 <= head_dim <= 256:
+            raise ConfigError(
+                src,
+                "train.sdpa_backend",
+                f"fa4 needs a head size (n_embd / n_head) in 8..256, a multiple of 8; got {head_dim}",
+            )
 
 
 def packaged_config_path() -> Path:

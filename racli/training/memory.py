@@ -54,7 +54,7 @@ def check_fits(spec, dataset, world_size: int = 1, *, on_this_host: bool = True)
     """BadInput when the spec's batch cannot fit on its device whatever else happens, or
     its forced SDPA backend has no kernel there (checked on the CPU). `on_this_host=False`:
     the device is another machine's (a cluster's node), whose memory is not known here."""
-    from racli.names import check_sdpa_backend_on_cpu
+    from racli.names import FA4, check_sdpa_backend_on_cpu
     from racli.training.spec import model_config
 
     mcfg = model_config(spec, dataset)
@@ -62,6 +62,12 @@ def check_fits(spec, dataset, world_size: int = 1, *, on_this_host: bool = True)
         check_sdpa_backend_on_cpu(spec.train.sdpa_backend, mcfg.head_dim)
     if not on_this_host:
         return
+    if spec.train.sdpa_backend == FA4:
+        from racli_models import flash4
+
+        why = flash4.problem(spec.device)
+        if why:
+            raise BadInput(f"train.sdpa_backend=fa4 {why}")
     micro = spec.batch_layout(mcfg.block_size, world_size).micro
     t = spec.train
     evals = max(t.eval_batches, t.final_eval_batches)

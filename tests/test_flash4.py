@@ -1,0 +1,222 @@
+"""`train.sdpa_backend: fa4` (racli_models/flash4.py): cuDNN's forward with FlashAttention-4's
+backward. On the CPU: the refusals, the routing, the operators' fake kernels. On a GPU of
+compute capability 9.x with flash-attn-4 installed (`gpu`): agreement with a float64
+reference, forward and gradients, under torch.compile and in a CUDA graph."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import one_line_error, ra_inprocess
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from racli.names import FA4, sdpa_backend_context
+from racli_models import GPT, GPTConfig, build_attention, flash4
+
+TINY = [
+    *("--set", "model.n_layer=1", "--set", "model.n_head=2", "--set", "model.n_embd=32"),
+    *("--set", "model.block_size=32", "--set", "train.batch_size=4", "--device", "cpu"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RA_DB", raising=False)
+
+
+# ---------------------------------------------------------------- CPU: refusals
+
+
+def test_train_refuses_fa4_on_the_cpu_before_recording(tmp_path):
+    res = ra_inprocess(
+        "train", "--attn", "baseline", "--steps", "2", *TINY,
+        "--set", "train.sdpa_backend=fa4", "--db", "new.db",
+    )  # fmt: skip
+    assert "train.sdpa_backend=fa4 runs on a CUDA GPU of compute capability 9.x" in one_line_error(
+        res
+    )
+    assert not (tmp_path / "new.db").exists()
+
+
+@pytest.mark.parametrize(
+    "sets, words",
+    [
+        (["model.dropout=0.1"], "fa4 has no attention dropout: set model.dropout=0"),
+        (["model.n_embd=36", "model.n_head=3"], "a multiple of 8; got 12"),
+        (["model.n_embd=1088", "model.n_head=2"], "in 8..256, a multiple of 8; got 544"),
+    ],
+)
+def test_config_refuses_what_fa4_cannot_run(tmp_path, sets, words):
+    extra = [a for s in sets for a in ("--set", s)]
+    res = ra_inprocess(
+        "train", "--attn", "baseline", "--steps", "2", *TINY, *extra,
+        "--set", "train.sdpa_backend=fa4", "--db", "new.db",
+    )  # fmt: skip
+    err = one_line_error(res)
+    assert "train.sdpa_backend" in err and words in err
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_bench_refuses_fa4_without_a_gpu(tmp_path):
+    res = ra_inprocess("bench", "--sdpa-backend", "fa4", "--device", "cpu", "--db", "new.db")
+    assert "--sdpa-backend fa4 needs a CUDA GPU" in one_line_error(res)
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_problem_names_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", None)  # import fails
+    why = flash4.problem()
+    assert why.startswith('needs the flash-attn-4 package (pip install -e ".[fa4]")')
+
+
+def test_float32_and_odd_head_sizes_are_refused_by_the_operator():
+    with pytest.raises(ValueError, match="float16/bfloat16 CUDA tensors"):
+        flash4._check(torch.zeros(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="a multiple of 8; got 12"):
+        flash4._check(torch.zeros(1, 2, 4, 12, dtype=torch.float16))
+
+
+# ---------------------------------------------------------------- CPU: routing and fakes
+
+
+def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatch):
+    calls = []
+
+    def pair(q, k, v):
+        calls.append(q.shape)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    monkeypatch.setattr(flash4, "attention", pair)
+    m = build_attention("ra_v5", GPTConfig.for_block(2, 8, 16, "ra_v5", ra_rank=2))
+    x = torch.randn(3, 16, 16)
+    plain = m(x)
+    assert calls == [] and not flash4.ACTIVE
+    with sdpa_backend_context(FA4):
+        assert flash4.ACTIVE
+        routed = m(x)
+    assert not flash4.ACTIVE
+    assert calls == [(3, 2, 16, 8)]
+    torch.testing.assert_close(routed, plain)
+
+
+def test_dropout_in_training_is_an_error_under_the_pair():
+    m = build_attention("baseline", GPTConfig.for_block(2, 8, 16, "baseline", dropout=0.1))
+    m.train()
+    with sdpa_backend_context(FA4), pytest.raises(ValueError, match="no attention dropout"):
+        m(torch.randn(1, 16, 16))
+
+
+def test_fake_kernels_give_token_major_outputs():
+    """What torch.compile plans with: (B, H, T, D) results laid out (B, T, H, D), the
+    layout of q, k, v cut from one projection, and a float32 (B, H, T) log-sum-exp."""
+    B, T, H, D = 2, 16, 3, 8
+    with FakeTensorMode():
+        qkv = torch.empty(B, T, 3 * H * D, dtype=torch.bfloat16)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))
+        y, lse = torch.ops.racli.fa4_attention(q, k, v)
+        dq, dk, dv = torch.ops.racli.fa4_attention_backward(q, k, v, y, y, lse)
+    token_major = (T * H * D, D, H * D, 1)
+    assert y.shape == (B, H, T, D) and y.stride() == token_major and y.dtype == torch.bfloat16
+    assert lse.shape == (B, H, T) and lse.dtype == torch.float32 and lse.is_contiguous()
+    for g in (dq, dk, dv):
+        assert g.shape == (B, H, T, D) and g.stride() == token_major
+
+
+# ---------------------------------------------------------------- GPU (compute capability 9.x)
+
+needs_fa4 = pytest.mark.skipif(
+    not torch.cuda.is_available() or flash4.problem() is not None,
+    reason="needs flash-attn-4 and a GPU of compute capability 9.x",
+)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+B, T, H, D = 2, 256, 4, 64
+C = H * D
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _block(attn: str, dtype: torch.dtype):
+    cfg = GPTConfig.for_block(H, D, T, attn, ra_rank=4)
+    m = build_attention(attn, cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0 / math.sqrt(C))
+    return m.to("cuda", dtype)
+
+
+def _fwd_bwd(m, x, w):
+    for p in m.parameters():
+        p.grad = None
+    out = m(x)
+    (out.float() * w).sum().backward()
+    return out.detach(), {n: p.grad.detach().clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.gpu
+@needs_fa4
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
+def test_pair_matches_float64_forward_and_gradients(attn, dtype):
+    m = _block(attn, dtype)
+    x = torch.randn(B, T, C, device="cuda", dtype=dtype)
+    w = torch.randn(B, T, C, device="cuda")
+    with sdpa_backend_context(FA4):
+        out, got = _fwd_bwd(m, x, w)
+    ref_m = _block(attn, torch.float64)
+    ref_m.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    with sdpa_kernel(SDPBackend.MATH):
+        ref, want = _fwd_bwd(ref_m, x.double(), w.double())
+    assert rel_err(out, ref) < TOL[dtype]
+    for name in want:
+        assert rel_err(got[name], want[name]) < TOL[dtype], name
+
+
+@pytest.mark.gpu
+@needs_fa4
+def test_operators_pass_opcheck():
+    q, k, v = (
+        torch.randn(2, 4, 128, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(3)
+    )
+    torch.library.opcheck(torch.ops.racli.fa4_attention, (q, k, v))
+
+
+@pytest.mark.gpu
+@needs_fa4
+def test_compiled_and_graphed_train_step_matches_cudnn():
+    """ra's training step (torch.compile, the step in one CUDA graph) under fa4: the same
+    losses as under cuDNN's own forward and backward, to bf16 rounding."""
+    from racli_models.step import TrainStep
+
+    losses = {}
+    for backend in ("cudnn", FA4):
+        torch.manual_seed(0)
+        cfg = GPTConfig(n_layer=2, n_head=4, n_embd=256, block_size=256, vocab_size=512)
+        model = GPT(cfg).cuda()
+        opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=True)
+
+        def context(backend=backend):
+            import contextlib
+
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            stack.enter_context(sdpa_backend_context(backend))
+            return stack
+
+        step = TrainStep(model, opt, fwd=torch.compile(model), clip=1.0, autocast=context)
+        g = torch.Generator(device="cuda").manual_seed(1)
+        x = torch.randint(0, 512, (4, 256), device="cuda", generator=g)
+        losses[backend] = [float(step(x, x.roll(-1, 1))) for _ in range(6)]
+        assert step.graph_error is None and step._graph is not None
+    for a, b in zip(losses["cudnn"], losses[FA4]):
+        assert abs(a - b) < 2e-2 * abs(a), losses
