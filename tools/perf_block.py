@@ -23,7 +23,8 @@ interleaved rounds in the same process, so slow drifts hit them alike):
   module), phases fwd (eval, no_grad) and fwd_bwd (loss sum(out * G): forward,
   backward incl. the input gradient; grads set to None outside the timed
   region, or allocated once in the graph's pool); SDPA backends forced with
-  `sdpa_kernel` (flash, cudnn, efficient) in cuda_graph mode; amp (fp32
+  `train.sdpa_backend`'s contexts (flash, cudnn, efficient, and fa4 where it runs) in
+  cuda_graph mode; amp (fp32
   weights, bf16 autocast) as in training; ra_v5_untied fused vs plain.
 
 The work is done in priority order; a group that would overrun `--budget-s`
@@ -44,16 +45,16 @@ import sys
 import time
 
 import torch
-from torch.nn.attention import sdpa_kernel
 
-from racli.names import sdpa_kernel_of
-from racli_models import GPTConfig, attention, build_attention, composed_once, fused
+from racli.names import sdpa_backend_context
+from racli_models import GPTConfig, attention, build_attention, composed_once, flash4, fused
 
 B, T, H, D = 8, 1024, 12, 64
 C = H * D
 SEED = 1234
 DEV = "cuda"
-BACKENDS = {name: sdpa_kernel_of(name) for name in ("flash", "cudnn", "efficient")}
+# forced SDPA backends of the "block backend" groups; fa4 where flash-attn-4 and the GPU serve it
+BACKENDS = ("flash", "cudnn", "efficient") + (("fa4",) if flash4.problem() is None else ())
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "amp": torch.float32}
 VARIANTS = {  # label -> (registry name, plain composition)
     "baseline": ("baseline", False),
@@ -167,7 +168,7 @@ def contexts(plain: bool, amp: bool, backend: str | None, once: bool = False, tw
             if once:
                 stack.enter_context(composed_once())
             if backend is not None:
-                stack.enter_context(sdpa_kernel([BACKENDS[backend]]))
+                stack.enter_context(sdpa_backend_context(backend))
             if plain:
                 stack.enter_context(fused.disabled())
             if amp:  # no cast cache: a cached cast made outside a capture breaks it
