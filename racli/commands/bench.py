@@ -84,7 +84,7 @@ BackendOpt = Annotated[
     str,
     typer.Option(
         "--sdpa-backend",
-        help="SDPA kernel: auto (torch's choice), flash, cudnn, efficient or math.",
+        help="SDPA kernel: auto (torch's choice), flash, cudnn, efficient, math, or fa4 (cuDNN's forward, FlashAttention-4's backward; the fa4 extra, compute capability 9.x).",
     ),
 ]
 SeedOpt = Annotated[
