@@ -135,6 +135,12 @@ def check_sdpa_backend(name: str | None) -> str:
     return name
 
 
+def fa4_head_size_ok(head_dim: int) -> bool:
+    """Whether FA4 takes heads of `head_dim`: 8..256, a multiple of 8 (racli_models.flash4
+    checks the same inside its operator, which cannot import ra)."""
+    return head_dim % 8 == 0 and 8 <= head_dim <= 256
+
+
 def sdpa_kernel_of(name: str):
     """The `torch.nn.attention.SDPBackend` member of a backend name (not `auto` or `fa4`)."""
     from torch.nn.attention import SDPBackend

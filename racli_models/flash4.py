@@ -67,6 +67,17 @@ def _bhtd(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2)
 
 
+def _token_major(t: torch.Tensor) -> torch.Tensor:
+    """`t` (B, H, T, D) laid out as (B, T, H, D) in memory, as FA4 and the fakes return it
+    (cuDNN does so already for q, k, v cut from one (B, T, 3C) projection: no copy then)."""
+    return _bhtd(_bhtd(t).contiguous())
+
+
+def _empty(x: torch.Tensor) -> torch.Tensor:
+    """An empty (B, H, T, D) tensor like `x`, laid out as `_token_major` lays it."""
+    return _bhtd(torch.empty(_bhtd(x).shape, dtype=x.dtype, device=x.device))
+
+
 @torch.library.custom_op("racli::fa4_attention", mutates_args=())
 def _forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -77,17 +88,6 @@ def _forward(
         q, k, v, None, True, 0.0, True, False
     )[:2]
     return _token_major(y), lse.reshape(q.shape[:3]).contiguous()
-
-
-def _token_major(t: torch.Tensor) -> torch.Tensor:
-    """`t` (B, H, T, D) laid out as (B, T, H, D) in memory, as FA4 and the fakes return it
-    (cuDNN does so already for q, k, v cut from one (B, T, 3C) projection: no copy then)."""
-    return _bhtd(_bhtd(t).contiguous())
-
-
-def _empty(x: torch.Tensor) -> torch.Tensor:
-    """An empty (B, H, T, D) tensor like `x`, laid out as `_token_major` lays it."""
-    return _bhtd(torch.empty(_bhtd(x).shape, dtype=x.dtype, device=x.device))
 
 
 @_forward.register_fake

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -196,6 +197,7 @@ def test_operators_pass_opcheck():
 def test_compiled_and_graphed_train_step_matches_cudnn():
     """ra's training step (torch.compile, the step in one CUDA graph) under fa4: the same
     losses as under cuDNN's own forward and backward, to bf16 rounding."""
+    from racli.training.trainer import step_context
     from racli_models.step import TrainStep
 
     losses = {}
@@ -205,14 +207,7 @@ def test_compiled_and_graphed_train_step_matches_cudnn():
         model = GPT(cfg).cuda()
         opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=True)
 
-        def context(backend=backend):
-            import contextlib
-
-            stack = contextlib.ExitStack()
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-            stack.enter_context(sdpa_backend_context(backend))
-            return stack
-
+        context = partial(step_context, True, backend)
         step = TrainStep(model, opt, fwd=torch.compile(model), clip=1.0, autocast=context)
         g = torch.Generator(device="cuda").manual_seed(1)
         x = torch.randint(0, 512, (4, 256), device="cuda", generator=g)

@@ -67,12 +67,8 @@ import torch  # noqa: E402
 
 from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
-from racli.names import (  # noqa: E402
-    ATTENTION_NAMES,
-    check_sdpa_backend,
-    comma_list,
-    sdpa_backend_context,
-)
+from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
+from racli.training.trainer import step_context  # noqa: E402
 from racli_models import GPT, GPTConfig  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
@@ -161,16 +157,8 @@ def own_forward(model: torch.nn.Module, tag: str) -> None:
 
 
 def autocast_of(device: str, sdpa: str = "auto"):
-    """The step's context: bf16 autocast on CUDA, under the SDPA backend `sdpa`."""
-
-    def context() -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        if device.startswith("cuda"):
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-        stack.enter_context(sdpa_backend_context(sdpa))
-        return stack
-
-    return context
+    """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`."""
+    return partial(step_context, device.startswith("cuda"), sdpa)
 
 
 def make_step(fwd, opt, params, device: str, micro: int | None = None):

@@ -10,13 +10,36 @@ from racli.bench.ranking import TimingRow
 from racli.bench.text import bench_progress_line, bench_results, fair_comparison
 from racli.config.schema import BenchShape
 from racli.errors import BadInput
-from racli.names import ATTENTION_NAMES, FA4, check_sdpa_backend, comma_list, resolve_device
+from racli.names import (
+    ATTENTION_NAMES,
+    FA4,
+    check_sdpa_backend,
+    comma_list,
+    fa4_head_size_ok,
+    resolve_device,
+)
 from racli.store.recorder import RunRecorder
 
 FLOPS_NOTE = (
     "TFLOP/s from nominal block FLOPs: projections 8*B*T*C^2 + causal attention "
     "2*B*H*T^2*D; fwd_bwd = 3x fwd."
 )
+
+
+def _check_fa4(dev: str, dt: str, shape_name: str, head_dim: int) -> None:
+    """BadInput when `--sdpa-backend fa4` cannot run here (racli_models.flash4)."""
+    from racli_models import flash4
+
+    why = flash4.problem(dev) if dev.startswith("cuda") else "needs a CUDA GPU"
+    if why:
+        raise BadInput(f"--sdpa-backend fa4 {why}")
+    if dt == "float32":
+        raise BadInput("--sdpa-backend fa4 runs float16 or bfloat16, not float32")
+    if not fa4_head_size_ok(head_dim):
+        raise BadInput(
+            f"--sdpa-backend fa4 needs a head size in 8..256, a multiple of 8; "
+            f"shape {shape_name} has {head_dim}"
+        )
 
 
 def plan(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup, sdpa_backend) -> dict:
@@ -32,24 +55,13 @@ def plan(*, cfg, attn, modes, phase, shape, dtype, device, repeats, warmup, sdpa
             f"--modes cuda_graph needs CUDA, and this bench runs on {dev} "
             "(--modes all records CUDA-graph rows as skipped instead)"
         )
-    if backend == FA4:
-        from racli_models import flash4
-
-        why = flash4.problem(dev) if dev.startswith("cuda") else "needs a CUDA GPU"
-        if why:
-            raise BadInput(f"--sdpa-backend fa4 {why}")
     dt = inputs.resolve_dtype(dtype, dev)
-    if backend == FA4 and dt == "float32":
-        raise BadInput("--sdpa-backend fa4 runs float16 or bfloat16, not float32")
     shape_text = shape if shape is not None else cfg.bench.shape
     if shape_text == "auto":
         shape_text = "gpt2" if dev.startswith("cuda") else "tiny"
     shape_name, block = inputs.parse_shape(shape_text, cfg.bench.shapes)
-    if backend == FA4 and (block.head_dim % 8 or not 8 <= block.head_dim <= 256):
-        raise BadInput(
-            f"--sdpa-backend fa4 needs a head size in 8..256, a multiple of 8; "
-            f"shape {shape_name} has {block.head_dim}"
-        )
+    if backend == FA4:
+        _check_fa4(dev, dt, shape_name, block.head_dim)
     model_kw = {
         "ra_rank": cfg.model.ra_rank,
         "bias": cfg.model.bias,

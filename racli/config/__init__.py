@@ -30,7 +30,7 @@ from racli.config.schema import (
     yaml11_float,
 )
 from racli.errors import BadInput
-from racli.names import ATTENTION_NAMES, FA4
+from racli.names import ATTENTION_NAMES, FA4, fa4_head_size_ok
 
 #: keys older ra.yaml files may hold that are read and ignored
 RETIRED_KEYS = {
@@ -243,7 +243,7 @@ def _validate_cross(cfg: Config) -> None:
             raise ConfigError(
                 src, "train.sdpa_backend", "fa4 has no attention dropout: set model.dropout=0"
             )
-        if head_dim % 8 or not 8 <= head_dim <= 256:
+        if not fa4_head_size_ok(head_dim):
             raise ConfigError(
                 src,
                 "train.sdpa_backend",

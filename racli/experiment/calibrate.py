@@ -398,15 +398,10 @@ def _stepper(cuda: bool, backend: str) -> Callable[[tuple, int], None]:
     """`steps(arm, n)`: n optimizer steps of an arm, gradient accumulation included."""
     import torch
 
-    from racli.names import sdpa_backend_context
-    from racli.training.trainer import accumulate_gradients
+    from racli.training.trainer import accumulate_gradients, step_context
 
     def autocast() -> contextlib.ExitStack:
-        ctx = contextlib.ExitStack()
-        if cuda:
-            ctx.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-        ctx.enter_context(sdpa_backend_context(backend))
-        return ctx
+        return step_context(cuda, backend)
 
     def steps(arm, n: int) -> None:
         fwd, opt, sampler, params, clip, micro = arm

@@ -63,6 +63,16 @@ def accumulate_gradients(
     return total
 
 
+def step_context(cuda: bool, sdpa_backend: str) -> contextlib.ExitStack:
+    """What a training step runs under: bf16 autocast on CUDA, and the SDPA backend
+    `sdpa_backend` (a name of `racli.names.SDPA_BACKENDS`)."""
+    stack = contextlib.ExitStack()
+    if cuda:
+        stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+    stack.enter_context(sdpa_backend_context(sdpa_backend))
+    return stack
+
+
 def finite(values: dict[str, float | None]) -> dict[str, float]:
     """The values that are numbers and finite (what the metrics table can store)."""
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
@@ -234,11 +244,7 @@ class Trainer:
 
     def _autocast(self):
         """bf16 autocast on CUDA, and the SDPA backend of `train.sdpa_backend`."""
-        stack = contextlib.ExitStack()
-        if self.cuda:
-            stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-        stack.enter_context(sdpa_backend_context(self.t.sdpa_backend))
-        return stack
+        return step_context(self.cuda, self.t.sdpa_backend)
 
     @property
     def epochs(self) -> float:
