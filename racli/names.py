@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from racli.errors import BadInput
 
 ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
+#: the variants that split the head dim D = D_std + R (model.ra_rank; racli_models.config.RANKED)
+RANKED_ATTENTION = ("ra_v5", "ra_v5_untied")
 
 #: recorded in every train run's config: a seed fixes the initial value of every weight (drawn
 #: from (seed, parameter name), racli_models.GPT) and the batch stream (BatchSampler), so two
@@ -106,6 +108,16 @@ def check_attention(name: str) -> None:
     """BadInput for a name that is no attention variant."""
     if name not in ATTENTION_NAMES:
         raise BadInput(f"unknown attention '{name}' (valid: {', '.join(sorted(ATTENTION_NAMES))})")
+
+
+def check_ra_rank(attn: str, ra_rank: int, head_dim: int) -> None:
+    """BadInput when `attn` splits its heads (RANKED_ATTENTION) and model.ra_rank leaves no
+    standard part: 0 < ra_rank < head_dim. The other variants do not use ra_rank."""
+    if attn in RANKED_ATTENTION and not 0 < ra_rank < head_dim:
+        raise BadInput(
+            f"model.ra_rank: must be between 1 and head_dim-1 = {head_dim - 1} for {attn} "
+            f"(head_dim = n_embd / n_head = {head_dim}), got {ra_rank}"
+        )
 
 
 def split_arm(name: str) -> tuple[str, int | None]:

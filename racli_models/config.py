@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 #: the attention variants, in the registry's order (racli_models.attention.ATTENTION)
 ATTENTION_NAMES = ("baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate")
+#: the variants that split the head dim D = D_std + R (`ra_rank`); the others ignore ra_rank
+RANKED = ("ra_v5", "ra_v5_untied")
 
 
 class UnknownAttentionError(ValueError):
@@ -29,8 +31,8 @@ class GPTConfig:
     """Shape and options of a GPT-2 style model (defaults: a tiny test model).
 
     `attn` names an attention variant of `racli_models.ATTENTION`; `ra_rank` is
-    the rank R of the reciprocal path of the RA variants (the head dim D is split
-    D = D_std + R); `w_std_init` / `w_rec_init` are the initial per-head gates of
+    the rank R of the reciprocal path of the RA variants (`RANKED`: the head dim D
+    is split D = D_std + R, so they need 0 < R < D; the others take any R > 0); `w_std_init` / `w_rec_init` are the initial per-head gates of
     the RA variants. `fused_loss` drops the logits from
     the training forward's result: on CUDA both settings compute the loss with
     `racli_models.loss.lm_head_loss` (one-pass kernel, gradient in the forward);
@@ -61,9 +63,11 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not 0 < self.ra_rank < self.head_dim:
+        if isinstance(self.ra_rank, bool) or not isinstance(self.ra_rank, numbers.Integral):
+            raise ValueError(f"ra_rank must be a positive integer, got {self.ra_rank!r}")
+        if self.ra_rank <= 0 or (self.attn in RANKED and self.ra_rank >= self.head_dim):
             raise ValueError(
-                f"ra_rank must satisfy 0 < ra_rank < head_dim ({self.head_dim}), "
+                f"ra_rank must satisfy 0 < ra_rank < head_dim ({self.head_dim}) for {self.attn}, "
                 f"got {self.ra_rank!r}"
             )
         if not isinstance(self.fused_loss, bool):

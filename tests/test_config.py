@@ -207,7 +207,7 @@ BAD_VALUES = [
     ("train.compile", "maybe", "train.compile", "must be one of"),
     ("model.preset", "huge", "model.preset", "unknown preset"),
     ("models.tiny.n_embd", 130, "models.tiny", "not divisible by n_head"),
-    ("model.ra_rank", 32, "model.ra_rank", "between 1 and head_dim-1"),
+    ("model.ra_rank", 0, "model.ra_rank", "must be >= 1"),
     ("bench.attn", ["baseline", "flash9"], "bench.attn[1]", "unknown attention"),
     ("bench.modes", ["eager", "warp"], "bench.modes[1]", "unknown mode"),
     ("bench.shape", "huge", "bench.shape", "unknown shape"),
@@ -289,7 +289,7 @@ def test_apply_overrides_sets_values():
     [
         ("model.ra_rank", "expected KEY=VALUE"),
         ("model.ra_rank=abc", "must be an integer"),
-        ("model.ra_rank=32", "between 1 and head_dim-1"),
+        ("model.ra_rank=0", "must be >= 1"),
         ("model.nope=1", "unknown key"),
         ("verdict.threshold=0.5", "SECTION.FIELD"),
         ("ra_rank=8", "SECTION.FIELD"),
@@ -310,6 +310,24 @@ def test_apply_overrides_rejects_bad_items(item, reason):
     msg = str(info.value)
     assert reason in msg and "\n" not in msg
     assert msg.startswith("--set")
+
+
+def test_a_rank_as_wide_as_the_head_is_refused_for_the_ra_variants_alone():
+    """model.ra_rank splits the heads of ra_v5 and ra_v5_untied only: a config whose head
+    dim it fills loads, trains the other variants and is refused for those two, before
+    any data is read."""
+    from racli.training.spec import spec_from_config
+
+    cfg = apply_overrides(load_config(packaged_config_path()), ["model.ra_rank=32"])  # tiny: D 32
+    for attn in ("baseline", "ra_beta", "sdpa_gate"):
+        assert spec_from_config(cfg, attn=attn, steps=1, device="cpu").model["ra_rank"] == 32
+    for attn in ("ra_v5", "ra_v5_untied"):
+        with pytest.raises(BadInput) as info:
+            spec_from_config(cfg, attn=attn, steps=1, device="cpu")
+        assert str(info.value) == (
+            f"model.ra_rank: must be between 1 and head_dim-1 = 31 for {attn} "
+            f"(head_dim = n_embd / n_head = 32), got 32"
+        )
 
 
 def test_a_learning_rate_whose_first_step_overflows_is_refused():

@@ -303,7 +303,9 @@ def test_unknown_attention_lists_valid_names():
     [
         ({"n_embd": 130, "n_head": 4}, "divisible"),
         ({"ra_rank": 0}, "ra_rank"),
-        ({"ra_rank": 32}, "ra_rank"),  # head_dim is 32
+        ({"ra_rank": 32, "attn": "ra_v5"}, "ra_rank"),  # head_dim is 32
+        ({"ra_rank": 32, "attn": "ra_v5_untied"}, "ra_rank"),
+        ({"ra_rank": True}, "ra_rank"),
         ({"n_layer": 0}, "n_layer"),
         ({"vocab_size": -1}, "vocab_size"),
         ({"dropout": 1.0}, "dropout"),
@@ -312,6 +314,13 @@ def test_unknown_attention_lists_valid_names():
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         GPTConfig(**kw)
+
+
+def test_the_rank_binds_only_the_variants_that_split_their_heads():
+    for attn in ("baseline", "ra_beta", "sdpa_gate"):  # head_dim 4, ra_rank 4
+        cfg = GPTConfig.for_block(2, 4, 8, attn, ra_rank=4)
+        model = build_attention(attn, cfg)
+        assert model(torch.randn(1, 8, 8)).shape == (1, 8, 8)
 
 
 def test_for_block():

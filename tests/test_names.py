@@ -43,6 +43,24 @@ def test_check_attention():
         names.check_attention("nope")
 
 
+def test_ranked_attention_agrees_with_the_models():
+    from racli_models import ATTENTION
+    from racli_models.attention import _FoldedRA
+    from racli_models.config import RANKED
+
+    assert names.RANKED_ATTENTION == RANKED
+    assert set(RANKED) == {n for n, cls in ATTENTION.items() if issubclass(cls, _FoldedRA)}
+
+
+def test_check_ra_rank():
+    names.check_ra_rank("ra_v5", 63, 64)
+    names.check_ra_rank("baseline", 64, 64)  # the baseline has no reciprocal part
+    names.check_ra_rank("sdpa_gate", 9, 2)
+    for rank in (0, 64, 65):
+        with pytest.raises(BadInput, match="between 1 and head_dim-1 = 63 for ra_v5_untied"):
+            names.check_ra_rank("ra_v5_untied", rank, 64)
+
+
 def test_comma_list():
     assert names.comma_list(" a, b,,c ,") == ["a", "b", "c"]
     assert names.comma_list(["a ", " ", "b"]) == ["a", "b"]

@@ -232,12 +232,7 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             src, "model", f"n_embd {fields['n_embd']} is not divisible by n_head {fields['n_head']}"
         )
-    if not 0 < cfg.model.ra_rank < head_dim:
-        raise ConfigError(
-            src,
-            "model.ra_rank",
-            f"must be between 1 and head_dim-1 = {head_dim - 1}, got {cfg.model.ra_rank}",
-        )
+    # model.ra_rank < head_dim: checked where the attention is known (names.check_ra_rank)
     if cfg.train.sdpa_backend == FA4:
         if cfg.model.dropout:
             raise ConfigError(

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 from racli.config import apply_overrides, load_config, packaged_config_path
 from racli.config.schema import TrainConfig
 from racli.errors import BadInput
-from racli.names import PAIRING_RULE, check_attention, device_name, device_type, resolve_device
+from racli.names import (
+    PAIRING_RULE,
+    check_attention,
+    check_ra_rank,
+    device_name,
+    device_type,
+    resolve_device,
+)
 from racli.store import checkpoints as ckpt_paths
 from racli.store.connection import UNREADABLE
 from racli.store.queries import get_run
@@ -145,6 +152,7 @@ def spec_from_config(
     preset = cfg.resolve_preset(cfg.model.preset, dev)  # `auto`: gpt2 on CUDA, tiny on CPU
     cfg = apply_overrides(cfg, [f"model.preset={preset}"]) if preset != cfg.model.preset else cfg
     model = cfg.model_fields(preset)
+    check_ra_rank(attn, model["ra_rank"], model["n_embd"] // model["n_head"])
     model.setdefault("vocab_size", None)
     if compile is None:
         compile = {"on": True, "off": False}.get(cfg.train.compile, dev.startswith("cuda"))
