@@ -236,6 +236,40 @@ def test_a_resume_whose_data_became_a_pipe_is_one_line(tmp_path):
     )
 
 
+def test_a_resume_whose_data_is_gone_leaves_an_older_store_at_its_schema(tmp_path):
+    """The data is looked for before an older store is migrated: the refusal changes
+    nothing in it, its revision included."""
+    import shutil
+
+    from racli.store import migrate as store_migrate
+
+    db = tmp_path / "ra.db"
+    data = write_docs(tmp_path / "docs", 4)
+    tiny = [a for o in TINY for a in ("--set", o)]
+    res = ra_inprocess(
+        "train", "--db", db, "--attn", "baseline", "--steps", 2, "--device", "cpu",
+        "--data", data, *tiny, "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    run_id = json.loads(res.stdout)["run_id"]
+    with sqlite3.connect(db) as conn:  # resumable: it stopped early
+        conn.execute("UPDATE runs SET status='interrupted'")
+        conn.execute("UPDATE runs SET config=json_set(config, '$.budget.steps', 100)")
+    s = open_store(str(db), migrate=False)
+    try:
+        store_migrate.downgrade(s.engine, "0007")
+    finally:
+        s.close()
+    with sqlite3.connect(db) as conn:
+        before = list(conn.iterdump())
+    shutil.rmtree(data)
+    err = one_line_error(ra_inprocess("train", "--db", db, "--resume", run_id))
+    assert str(data) in err, err
+    with sqlite3.connect(db) as conn:
+        assert list(conn.iterdump()) == before
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+
+
 # ---------------------------------------------------------------------------- 3. --workers
 
 

@@ -35,7 +35,6 @@ from racli.training.result import TrainResult
 from racli.training.spec import (
     TrainSpec,
     check_resumable,
-    check_resume,
     load_data,
     prepare_resume,
     run_config,
@@ -163,12 +162,13 @@ def _prepare_resume(opts: TrainOptions, cfg, location: str, info) -> Prepared:
             f"and budget: drop {', '.join(conflicts)}"
         )
     # rank 0 opens (and migrates) the store; other ranks only read it. The run is looked
-    # up before any migration: a wrong id, a finished, live or bench run, or a checkpoint
-    # that cannot be found leaves an older store at its schema.
+    # up before any migration: a wrong id, a finished, live or bench run, a checkpoint that
+    # cannot be found or read, or data that is gone or changed leaves an older store at
+    # its schema (its checkpoint and data are then read twice, once on the upgraded copy).
     if info.is_main:
         with before_migrating(location) as view:
             if view is not None:
-                check_resume(view, opts.resume, info)
+                prepare_resume(view, opts.resume, info)
     store = open_writable(
         lambda: open_store(
             location,
