@@ -206,7 +206,9 @@ def test_a_pipe_as_the_hash_cache_is_no_cache(tmp_path):
     assert _load_in_a_child(data) == "loaded 50304"
 
 
-def test_a_resume_whose_data_became_a_pipe_is_one_line(tmp_path):
+def _resumable_run(tmp_path: Path) -> tuple[Path, Path, int]:
+    """(store, data folder, run id) of a run on a folder of documents that can be resumed
+    (marked interrupted with budget left)."""
     db = tmp_path / "ra.db"
     data = write_docs(tmp_path / "docs", 4)
     tiny = [a for o in TINY for a in ("--set", o)]
@@ -215,10 +217,14 @@ def test_a_resume_whose_data_became_a_pipe_is_one_line(tmp_path):
         "--data", data, *tiny, "--json",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    run_id = json.loads(res.stdout)["run_id"]
     with sqlite3.connect(db) as conn:  # resumable: it stopped early
         conn.execute("UPDATE runs SET status='interrupted'")
         conn.execute("UPDATE runs SET config=json_set(config, '$.budget.steps', 100)")
+    return db, data, json.loads(res.stdout)["run_id"]
+
+
+def test_a_resume_whose_data_became_a_pipe_is_one_line(tmp_path):
+    db, data, run_id = _resumable_run(tmp_path)
     for p in data.iterdir():
         p.unlink()
     data.rmdir()
@@ -243,18 +249,7 @@ def test_a_resume_whose_data_is_gone_leaves_an_older_store_at_its_schema(tmp_pat
 
     from racli.store import migrate as store_migrate
 
-    db = tmp_path / "ra.db"
-    data = write_docs(tmp_path / "docs", 4)
-    tiny = [a for o in TINY for a in ("--set", o)]
-    res = ra_inprocess(
-        "train", "--db", db, "--attn", "baseline", "--steps", 2, "--device", "cpu",
-        "--data", data, *tiny, "--json",
-    )  # fmt: skip
-    assert res.exit_code == 0, res.output
-    run_id = json.loads(res.stdout)["run_id"]
-    with sqlite3.connect(db) as conn:  # resumable: it stopped early
-        conn.execute("UPDATE runs SET status='interrupted'")
-        conn.execute("UPDATE runs SET config=json_set(config, '$.budget.steps', 100)")
+    db, data, run_id = _resumable_run(tmp_path)
     s = open_store(str(db), migrate=False)
     try:
         store_migrate.downgrade(s.engine, "0007")
