@@ -68,7 +68,9 @@ for rid, attn, t, status, tps, chash, config in rows:
     c = json.loads(config)
     by[(attn, t[len(tag) + 1:])] = dict(
         run=rid, status=status, tokens_per_s=tps, config_hash=chash,
-        world_size=c.get("world_size"), grad_reduce=c.get("grad_reduce"),
+        world_size=c.get("world_size"),
+        # the setting this script gave (the config records grad_reduce only when not ddp)
+        grad_reduce=(t[len(tag) + 1:].partition("-")[2] or None),
         micro_batch_size=c.get("micro_batch_size"), grad_accum_steps=c.get("grad_accum_steps"))
 result = {"tag": tag, "processes": n, "arms": {}}
 for attn in sorted({a for a, _ in by}):
