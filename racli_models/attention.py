@@ -112,6 +112,15 @@ class CausalSelfAttention(nn.Module):
             return flash4.attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
 
+    def _attend_qkv(self, qkv: torch.Tensor) -> torch.Tensor:
+        """`_attend` of the heads of one [q | k | v] projection (B, T, 3C), merged: (B, T, C).
+        Under fa4 with `flash4.QKV` (no dropout): one operator whose backward returns the
+        projection's gradient whole, with no concatenation of dq, dk and dv."""
+        if flash4.ACTIVE and flash4.QKV and not (self.dropout and self.training):
+            return flash4.attention_qkv(qkv, self.n_head)
+        q, k, v = qkv.split(self.n_embd, dim=2)
+        return self._merge(self._attend(self._heads(q), self._heads(k), self._heads(v)))
+
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         """(B, H, T, D) -> (B, T, C)."""
         B, _, T, _ = y.shape
@@ -130,9 +139,7 @@ class BaselineAttention(CausalSelfAttention):
         _init_linears(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        y = self._attend(self._heads(q), self._heads(k), self._heads(v))
-        return self._out(self._merge(y))
+        return self._out(self._attend_qkv(self.c_attn(x)))
 
 
 class _FoldedRA(CausalSelfAttention):
@@ -194,22 +201,23 @@ class _FoldedRA(CausalSelfAttention):
         _STORE[self] = (key, W_f, b_f)
         return W_f, b_f
 
-    def folded_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Qf, Kf, V, each (B, H, T, D), from one GEMM with the composed weight."""
+    def folded_proj(self, x: torch.Tensor) -> torch.Tensor:
+        """[Qf | Kf | V] (B, T, 3C) = x W_f^T + b_f: one GEMM with the composed weight."""
         if not self.has_bias and fused.overlapped(self.w_std):
             # the same x W_f^T as one node, whose backward composes beside dx's GEMM (b_f,
             # where there is one, is composed by torch operations: F.linear below)
-            qkv = fused.folded_linear(x, self.variant, *self.composed())
-        else:
-            W_f, b_f = self._weight_once()
-            qkv = F.linear(x, W_f, b_f)
-        qf, kf, v = qkv.split(self.n_embd, dim=2)
+            return fused.folded_linear(x, self.variant, *self.composed())
+        W_f, b_f = self._weight_once()
+        return F.linear(x, W_f, b_f)
+
+    def folded_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Qf, Kf, V, each (B, H, T, D), from one GEMM with the composed weight."""
+        qf, kf, v = self.folded_proj(x).split(self.n_embd, dim=2)
         return self._heads(qf), self._heads(kf), self._heads(v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qf, kf, v = self.folded_qkv(x)
-        y = self._attend(qf, kf, v)  # softmax(Qf Kf^T / sqrt(D)) V
-        return self._out(self._merge(y))
+        y = self._attend_qkv(self.folded_proj(x))  # softmax(Qf Kf^T / sqrt(D)) V, merged
+        return self._out(y)
 
     def _fold(self, a, b, c, d, W_v):
         """Stack per-head blocks into the rows of W_f (or b_f).
@@ -394,14 +402,11 @@ class SDPAGateAttention(CausalSelfAttention):
         _init_linears(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        y = self._attend(self._heads(q), self._heads(k), self._heads(v))
-        g = torch.sigmoid(self.g_proj(x)).view(B, T, self.n_head, self.head_dim)
+        y = self._attend_qkv(self.c_attn(x))  # (B, T, C): the heads side by side
+        g = torch.sigmoid(self.g_proj(x))
         with torch.no_grad():
-            self.gate_mean.copy_(g.detach().mean(dim=(0, 1, 3)))
-        y = y.transpose(1, 2) * g  # (B, T, H, D)
-        return self._out(y.reshape(B, T, C))
+            self.gate_mean.copy_(g.detach().view(*x.shape[:2], self.n_head, -1).mean(dim=(0, 1, 3)))
+        return self._out(y * g)
 
     def gate_values(self) -> dict[str, torch.Tensor]:
         return {"gate": self.gate_mean.detach().float().clone()}

@@ -4,7 +4,12 @@ Measured on an H200 at GPT-2's attention shape (B=32, H=12, T=1024, D=64, bf16;
 docs/performance.md, eleventh round): cuDNN's forward was the fastest there (FA4's took
 1.27x its time) and FA4's backward the fastest (0.77x cuDNN's), so this pairs them. cuDNN's
 forward returns the rows' log-sum-exp, which is what FA4's backward reads; the pair computes
-the same attention as SDPA up to the kernels' rounding.
+the same attention as SDPA up to the kernels' rounding. Where q, k and v come from one
+[q | k | v] projection (every variant but ra_beta), `attention_qkv` can take that projection
+whole, and its backward writes dq, dk and dv into one gradient of the projection's layout:
+SDPA's (and `attention`'s) three gradients must be concatenated into it, a copy of the
+layer's 3 x B x T x C values (0.83 ms of the H200 step's 60 ms: docs/performance.md). It
+serves while `QKV` is on, which it is not by default until it has run on a GPU.
 
 Optional: FA4 is the `flash-attn-4` package (`pip install -e ".[fa4]"`, CuTe DSL kernels
 compiled at their first call) on a GPU of compute capability 9.x. `problem()` names what is
@@ -23,6 +28,11 @@ import torch
 #: the causal attention of every `CausalSelfAttention` uses this pair while True
 #: (`racli.names.sdpa_backend_context("fa4")`)
 ACTIVE = False
+#: True: attention over one [q | k | v] projection goes through `attention_qkv`, whose
+#: backward writes dq, dk and dv into one (B, T, 3C) gradient; False: through `attention`,
+#: whose three gradients autograd then concatenates (a copy of 3 B T C values a layer).
+#: Off until timed and tested on a GPU (`qkv_operator()`; docs/performance.md, twelfth round)
+QKV = False
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -35,6 +45,17 @@ def active() -> Iterator[None]:
         yield
     finally:
         ACTIVE = before
+
+
+@contextlib.contextmanager
+def qkv_operator(on: bool = True) -> Iterator[None]:
+    """Inside the block `QKV` is `on`: whether `attention_qkv` serves [q | k | v] projections."""
+    global QKV
+    before, QKV = QKV, on
+    try:
+        yield
+    finally:
+        QKV = before
 
 
 def problem(device: torch.device | str | None = None) -> str | None:
@@ -132,3 +153,73 @@ _forward.register_autograd(_backward, setup_context=_save)
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + causal mask) v over (B, H, T, D), float16 or bfloat16."""
     return _forward(q, k, v)[0]
+
+
+# ---- the same pair over one [q | k | v] projection: one gradient buffer, no concatenation
+
+
+def qkv_heads(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of a contiguous [q | k | v] (B, T, 3C), each (B, T, H, D): views, strided."""
+    B, T, C3 = qkv.shape
+    return qkv.view(B, T, 3, n_head, C3 // (3 * n_head)).unbind(2)
+
+
+@torch.library.custom_op("racli::fa4_attention_qkv", mutates_args=())
+def _forward_qkv(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN's causal forward over [q | k | v] (B, T, 3C): (y (B, T, C), the rows'
+    log-sum-exp (B, H, T) float32)."""
+    B, T, C3 = qkv.shape
+    q, k, v = (_bhtd(t) for t in qkv_heads(qkv.contiguous(), n_head))
+    _check(q)
+    y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, None, True, 0.0, True, False
+    )[:2]
+    return _bhtd(_token_major(y)).reshape(B, T, C3 // 3), lse.reshape(q.shape[:3]).contiguous()
+
+
+@_forward_qkv.register_fake
+def _(qkv, n_head):
+    B, T, C3 = qkv.shape
+    return qkv.new_empty(B, T, C3 // 3), qkv.new_empty(B, n_head, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("racli::fa4_attention_qkv_backward", mutates_args=())
+def _backward_qkv_op(
+    qkv: torch.Tensor, y: torch.Tensor, dy: torch.Tensor, lse: torch.Tensor, n_head: int
+) -> torch.Tensor:
+    """FA4's causal backward, dq, dk and dv written into the views of one (B, T, 3C)
+    gradient, the layout of [q | k | v] (what the projection's backward reads as it is)."""
+    from flash_attn.cute.interface import _flash_attn_bwd
+
+    q, k, v = qkv_heads(qkv.contiguous(), n_head)
+    grad = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dq, dk, dv = qkv_heads(grad, n_head)
+    shape = (*y.shape[:2], n_head, y.shape[2] // n_head)  # (B, T, H, D)
+    y, dy = y.view(shape), dy.contiguous().view(shape)
+    _flash_attn_bwd(q, k, v, y, dy, lse, causal=True, dq=dq, dk=dk, dv=dv)
+    return grad
+
+
+@_backward_qkv_op.register_fake
+def _(qkv, y, dy, lse, n_head):
+    return qkv.new_empty(qkv.shape)
+
+
+def _save_qkv(ctx, inputs, output) -> None:
+    ctx.n_head = inputs[1]
+    ctx.save_for_backward(inputs[0], *output)
+
+
+def _backward_qkv(ctx, dy, dlse):
+    qkv, y, lse = ctx.saved_tensors
+    return _backward_qkv_op(qkv, y, dy, lse, ctx.n_head), None
+
+
+_forward_qkv.register_autograd(_backward_qkv, setup_context=_save_qkv)
+
+
+def attention_qkv(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """`attention` of the heads of [q | k | v] (B, T, 3C), float16 or bfloat16: y (B, T, C),
+    the heads side by side (what the output projection reads). Its backward hands the
+    projection one (B, T, 3C) gradient, with no concatenation of dq, dk and dv."""
+    return _forward_qkv(qkv, n_head)[0]

@@ -5,6 +5,7 @@ reference, forward and gradients, under torch.compile and in a CUDA graph."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from functools import partial
@@ -86,24 +87,66 @@ def test_float32_and_odd_head_sizes_are_refused_by_the_operator():
 # ---------------------------------------------------------------- CPU: routing and fakes
 
 
-def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatch):
+def _sdpa_heads(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """What `flash4.attention_qkv` computes, by SDPA: (B, T, 3C) -> (B, T, C)."""
+    B, T, C3 = qkv.shape
+    q, k, v = (t.transpose(1, 2) for t in flash4.qkv_heads(qkv, n_head))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C3 // 3)
+
+
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate"])
+def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatch, attn):
+    """Under fa4 the heads go to `attention`; with `qkv_operator()` a variant's one
+    [q | k | v] projection goes to `attention_qkv` whole, but ra_beta's, whose second call
+    swaps q and k. The results are SDPA's."""
     calls = []
 
     def pair(q, k, v):
-        calls.append(q.shape)
+        calls.append(("heads", tuple(q.shape)))
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
+    def pair_qkv(qkv, n_head):
+        calls.append(("qkv", tuple(qkv.shape)))
+        return _sdpa_heads(qkv, n_head)
+
     monkeypatch.setattr(flash4, "attention", pair)
-    m = build_attention("ra_v5", GPTConfig.for_block(2, 8, 16, "ra_v5", ra_rank=2))
+    monkeypatch.setattr(flash4, "attention_qkv", pair_qkv)
+    m = build_attention(attn, GPTConfig.for_block(2, 8, 16, attn, ra_rank=2))
     x = torch.randn(3, 16, 16)
     plain = m(x)
     assert calls == [] and not flash4.ACTIVE
     with sdpa_backend_context(FA4):
-        assert flash4.ACTIVE
-        routed = m(x)
+        assert flash4.ACTIVE and not flash4.QKV
+        split = m(x)
+        with flash4.qkv_operator():
+            assert flash4.QKV
+            routed = m(x)
+        assert not flash4.QKV
     assert not flash4.ACTIVE
-    assert calls == [(3, 2, 16, 8)]
+    heads = ("heads", (3, 2, 16, 8))
+    if attn == "ra_beta":
+        assert calls == [heads] * 4
+    else:
+        assert calls == [heads, ("qkv", (3, 16, 48))]
     torch.testing.assert_close(routed, plain)
+    torch.testing.assert_close(split, plain)
+
+
+def test_qkv_heads_are_the_projections_thirds_in_place():
+    """`qkv_heads` sees q, k, v where `split` cuts them, as views: what FA4's backward
+    writes into the views of one gradient lands as [dq | dk | dv]."""
+    B, T, H, D = 2, 5, 3, 4
+    qkv = torch.randn(B, T, 3 * H * D)
+    for got, want in zip(flash4.qkv_heads(qkv, H), qkv.split(H * D, dim=2)):
+        assert got.shape == (B, T, H, D)
+        assert got._base is qkv or got._base is qkv._base
+        torch.testing.assert_close(got, want.reshape(B, T, H, D), rtol=0, atol=0)
+    grad = torch.empty_like(qkv)
+    parts = [torch.randn(B, T, H, D) for _ in range(3)]
+    for view, part in zip(flash4.qkv_heads(grad, H), parts):
+        view.copy_(part)
+    torch.testing.assert_close(grad, torch.cat([p.reshape(B, T, H * D) for p in parts], 2))
 
 
 def test_dropout_in_training_is_an_error_under_the_pair():
@@ -127,6 +170,55 @@ def test_fake_kernels_give_token_major_outputs():
     assert lse.shape == (B, H, T) and lse.dtype == torch.float32 and lse.is_contiguous()
     for g in (dq, dk, dv):
         assert g.shape == (B, H, T, D) and g.stride() == token_major
+
+
+def test_fake_kernels_of_the_qkv_operators():
+    """`attention_qkv`'s: y (B, T, C) and the projection's gradient (B, T, 3C), contiguous,
+    and the float32 (B, H, T) log-sum-exp."""
+    B, T, H, D = 2, 16, 3, 8
+    with FakeTensorMode():
+        qkv = torch.empty(B, T, 3 * H * D, dtype=torch.bfloat16)
+        y, lse = torch.ops.racli.fa4_attention_qkv(qkv, H)
+        grad = torch.ops.racli.fa4_attention_qkv_backward(qkv, y, y, lse, H)
+    assert y.shape == (B, T, H * D) and y.is_contiguous() and y.dtype == torch.bfloat16
+    assert lse.shape == (B, H, T) and lse.dtype == torch.float32 and lse.is_contiguous()
+    assert grad.shape == qkv.shape and grad.is_contiguous() and grad.dtype == torch.bfloat16
+
+
+def _traced_ops(attn: str, *contexts) -> list[str]:
+    """The operators of a bf16 block's forward and backward (its parameters' gradients),
+    traced with fake tensors under `contexts`: the graph torch.compile would plan from."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    m = build_attention(attn, GPTConfig.for_block(2, 8, 16, attn, ra_rank=2)).to(torch.bfloat16)
+    names = [n for n, _ in m.named_parameters()]
+    buffers = dict(m.named_buffers())  # sdpa_gate's gate mean, written by its forward
+
+    def fwd_bwd(x, *tensors):
+        params = tensors[: len(names)]
+        state = dict(zip([*names, *buffers], tensors))
+        out = torch.func.functional_call(m, state, (x,))
+        return torch.autograd.grad(out.float().sum(), params)
+
+    x = torch.randn(3, 16, 16, dtype=torch.bfloat16)
+    with contextlib.ExitStack() as stack:
+        for c in contexts:
+            stack.enter_context(c)
+        tensors = (*m.parameters(), *buffers.values())
+        graph = make_fx(fwd_bwd, tracing_mode="fake")(x, *tensors).graph
+    return [str(n.target) for n in graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5", "sdpa_gate"])
+def test_the_qkv_operator_leaves_no_concatenation_of_the_heads_gradients(attn):
+    """With `attention_qkv` the projection's gradient comes whole from the backward
+    operator; with the three-tensor operator (as with SDPA) autograd concatenates dq, dk
+    and dv: one `cat` more, a copy of 3 x B x T x C values."""
+    qkv = _traced_ops(attn, sdpa_backend_context(FA4), flash4.qkv_operator())
+    split = _traced_ops(attn, sdpa_backend_context(FA4))
+    assert "racli.fa4_attention_qkv_backward.default" in qkv
+    assert "racli.fa4_attention_backward.default" in split
+    assert split.count("aten.cat.default") == qkv.count("aten.cat.default") + 1
 
 
 # ---------------------------------------------------------------- GPU (compute capability 9.x)
@@ -165,13 +257,14 @@ def _fwd_bwd(m, x, w):
 
 @pytest.mark.gpu
 @needs_fa4
+@pytest.mark.parametrize("qkv", [True, False], ids=["qkv", "split"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("attn", ["baseline", "ra_v5"])
-def test_pair_matches_float64_forward_and_gradients(attn, dtype):
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_v5_untied", "sdpa_gate", "ra_beta"])
+def test_pair_matches_float64_forward_and_gradients(attn, dtype, qkv):
     m = _block(attn, dtype)
     x = torch.randn(B, T, C, device="cuda", dtype=dtype)
     w = torch.randn(B, T, C, device="cuda")
-    with sdpa_backend_context(FA4):
+    with sdpa_backend_context(FA4), flash4.qkv_operator(qkv):
         out, got = _fwd_bwd(m, x, w)
     ref_m = _block(attn, torch.float64)
     ref_m.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
@@ -190,6 +283,8 @@ def test_operators_pass_opcheck():
         for _ in range(3)
     )
     torch.library.opcheck(torch.ops.racli.fa4_attention, (q, k, v))
+    qkv = torch.randn(2, 128, 3 * 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(torch.ops.racli.fa4_attention_qkv, (qkv, 4))
 
 
 @pytest.mark.gpu

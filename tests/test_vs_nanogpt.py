@@ -99,6 +99,8 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
         ("baseline,baseline", "distinct arms"),
         ("baseline+sdpa=xformers", "unknown SDPA backend 'xformers'"),
         ("nanogpt+sdpa=fa4", "takes no settings but micro"),
+        ("baseline+fa4qkv=true", "is true or false, with sdpa=fa4"),
+        ("baseline+sdpa=fa4+fa4qkv=0", "is true or false, with sdpa=fa4"),
     ],
 )
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
@@ -171,3 +173,18 @@ def test_an_arm_names_its_sdpa_backend():
     tool = _tool()
     assert tool.parse_arm("baseline+sdpa=FA4") == ("baseline", {"sdpa": "fa4"})
     assert tool.parse_arm("ra_v5+sdpa=cudnn+micro=8") == ("ra_v5", {"sdpa": "cudnn", "micro": 8})
+    qkv = tool.parse_arm("baseline+sdpa=fa4+fa4qkv=true")
+    assert qkv == ("baseline", {"sdpa": "fa4", "fa4qkv": True})
+
+
+def test_an_fa4_arm_chooses_its_operator():
+    from racli_models import flash4
+
+    tool = _tool()
+    default = flash4.QKV
+    for fa4qkv in (True, False):
+        with tool.autocast_of("cpu", "math", fa4qkv)():
+            assert flash4.QKV is fa4qkv
+        assert flash4.QKV is default
+    with tool.autocast_of("cpu", "math")():
+        assert flash4.QKV is default

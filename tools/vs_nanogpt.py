@@ -21,7 +21,10 @@ Arms:
                  or graph=false: ra's step without its CUDA-graph capture, or
                  inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
                  (e.g. baseline+inductor.coordinate_descent_tuning=true)
-  ARM+sdpa=NAME  an ra arm under `train.sdpa_backend` NAME, e.g. baseline+sdpa=fa4
+  ARM+sdpa=NAME  an ra arm under `train.sdpa_backend` NAME, e.g. baseline+sdpa=fa4;
+                 with fa4, +fa4qkv=true: one operator over the [q | k | v] projection,
+                 whose backward writes dq, dk and dv into one gradient
+                 (racli_models.flash4.qkv_operator; not yet the default)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -69,10 +72,10 @@ from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
-from racli_models import GPT, GPTConfig  # noqa: E402
+from racli_models import GPT, GPTConfig, flash4  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
-STEP_KEYS = ("graph", "micro", "sdpa")  # arm settings of the step, not of the model
+STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv")  # arm settings of the step, not the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 
 PRESETS = {
@@ -113,6 +116,8 @@ def parse_arm(arm: str) -> tuple[str, dict]:
             extra["sdpa"] = check_sdpa_backend(str(extra["sdpa"]))
         except BadInput as exc:
             raise SystemExit(f"vs_nanogpt: {exc}") from None
+    if "fa4qkv" in extra and (type(extra["fa4qkv"]) is not bool or extra.get("sdpa") != "fa4"):
+        raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -156,9 +161,18 @@ def own_forward(model: torch.nn.Module, tag: str) -> None:
     model.forward = types.MethodType(fn, model)
 
 
-def autocast_of(device: str, sdpa: str = "auto"):
-    """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`."""
-    return partial(step_context, device.startswith("cuda"), sdpa)
+def autocast_of(device: str, sdpa: str = "auto", fa4qkv: bool | None = None):
+    """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`
+    (`fa4qkv`: under fa4, whether its [q | k | v] operator serves; None: ra's default)."""
+    if fa4qkv is None:
+        return partial(step_context, device.startswith("cuda"), sdpa)
+
+    def context() -> contextlib.ExitStack:
+        stack = step_context(device.startswith("cuda"), sdpa)
+        stack.enter_context(flash4.qkv_operator(fa4qkv))
+        return stack
+
+    return context
 
 
 def make_step(fwd, opt, params, device: str, micro: int | None = None):
@@ -242,7 +256,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
             fwd=fwd,
             micro=micro,
             clip=CLIP,
-            autocast=autocast_of(device, settings.get("sdpa", "auto")),
+            autocast=autocast_of(device, settings.get("sdpa", "auto"), settings.get("fa4qkv")),
             graph=bool(settings.get("graph", True)),
         )
     patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
