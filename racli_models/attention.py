@@ -402,11 +402,14 @@ class SDPAGateAttention(CausalSelfAttention):
         _init_linears(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._attend_qkv(self.c_attn(x))  # (B, T, C): the heads side by side
-        g = torch.sigmoid(self.g_proj(x))
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        y = self._attend(self._heads(q), self._heads(k), self._heads(v))
+        g = torch.sigmoid(self.g_proj(x)).view(B, T, self.n_head, self.head_dim)
         with torch.no_grad():
-            self.gate_mean.copy_(g.detach().view(*x.shape[:2], self.n_head, -1).mean(dim=(0, 1, 3)))
-        return self._out(y * g)
+            self.gate_mean.copy_(g.detach().mean(dim=(0, 1, 3)))
+        y = y.transpose(1, 2) * g  # (B, T, H, D)
+        return self._out(y.reshape(B, T, C))
 
     def gate_values(self) -> dict[str, torch.Tensor]:
         return {"gate": self.gate_mean.detach().float().clone()}

@@ -5,7 +5,7 @@ docs/performance.md, eleventh round): cuDNN's forward was the fastest there (FA4
 1.27x its time) and FA4's backward the fastest (0.77x cuDNN's), so this pairs them. cuDNN's
 forward returns the rows' log-sum-exp, which is what FA4's backward reads; the pair computes
 the same attention as SDPA up to the kernels' rounding. Where q, k and v come from one
-[q | k | v] projection (every variant but ra_beta), `attention_qkv` can take that projection
+[q | k | v] projection (baseline, ra_v5, ra_v5_untied), `attention_qkv` can take that projection
 whole, and its backward writes dq, dk and dv into one gradient of the projection's layout:
 SDPA's (and `attention`'s) three gradients must be concatenated into it, a copy of the
 layer's 3 x B x T x C values (0.83 ms of the H200 step's 60 ms: docs/performance.md). It

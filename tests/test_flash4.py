@@ -97,9 +97,10 @@ def _sdpa_heads(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate"])
 def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatch, attn):
-    """Under fa4 the heads go to `attention`; with `qkv_operator()` a variant's one
-    [q | k | v] projection goes to `attention_qkv` whole, but ra_beta's, whose second call
-    swaps q and k. The results are SDPA's."""
+    """Under fa4 the heads go to `attention`; with `qkv_operator()` the one [q | k | v]
+    projection of baseline, ra_v5 and ra_v5_untied goes to `attention_qkv` whole (ra_beta's
+    second call swaps q and k; sdpa_gate gates the heads before they are merged). The
+    results are SDPA's."""
     calls = []
 
     def pair(q, k, v):
@@ -127,6 +128,8 @@ def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatc
     heads = ("heads", (3, 2, 16, 8))
     if attn == "ra_beta":
         assert calls == [heads] * 4
+    elif attn == "sdpa_gate":
+        assert calls == [heads] * 2
     else:
         assert calls == [heads, ("qkv", (3, 16, 48))]
     torch.testing.assert_close(routed, plain)
@@ -209,7 +212,7 @@ def _traced_ops(attn: str, *contexts) -> list[str]:
     return [str(n.target) for n in graph.nodes if n.op == "call_function"]
 
 
-@pytest.mark.parametrize("attn", ["baseline", "ra_v5", "sdpa_gate"])
+@pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_v5_untied"])
 def test_the_qkv_operator_leaves_no_concatenation_of_the_heads_gradients(attn):
     """With `attention_qkv` the projection's gradient comes whole from the backward
     operator; with the three-tensor operator (as with SDPA) autograd concatenates dq, dk
