@@ -188,6 +188,48 @@ def test_fake_kernels_of_the_qkv_operators():
     assert grad.shape == qkv.shape and grad.is_contiguous() and grad.dtype == torch.bfloat16
 
 
+def test_the_qkv_backward_hands_fa4_the_thirds_of_one_gradient(monkeypatch):
+    """The backward operator's own code on the CPU, FA4's backward stood in for by
+    attention's backward written out in float64: it is given q, k, v, y, dy (B, T, H, D)
+    and the log-sum-exp,
+    writes dq, dk, dv where it is told, and those are the thirds of the projection's
+    gradient: the result is the gradient of attention over [q | k | v]."""
+    import types
+
+    B, T, H, D = 2, 6, 3, 4
+    seen = {}
+
+    def flash_attn_bwd(q, k, v, out, dout, lse, causal, dq, dk, dv):
+        assert causal and all(t.shape == (B, T, H, D) for t in (q, k, v, out, dout, dq, dk, dv))
+        assert lse.shape == (B, H, T) and dq._base is dk._base is dv._base is not None
+        seen["writes"] = dq._base
+        # attention's backward written out (an operator's own code runs below autograd)
+        q, k, v, out, dout = (t.transpose(1, 2) for t in (q, k, v, out, dout))  # (B, H, T, D)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+        p = scores.masked_fill(~torch.ones(T, T).tril().bool(), -math.inf).softmax(-1)
+        torch.testing.assert_close(p @ v, out)
+        dp = dout @ v.transpose(-1, -2)
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True)) / math.sqrt(D)
+        for g, dest in zip(
+            (ds @ k, ds.transpose(-1, -2) @ q, p.transpose(-1, -2) @ dout), (dq, dk, dv)
+        ):
+            dest.copy_(g.transpose(1, 2))
+        return dq, dk, dv, None, None
+
+    fake = types.ModuleType("flash_attn.cute.interface")
+    fake._flash_attn_bwd = flash_attn_bwd
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", fake)
+
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64, requires_grad=True)
+    y_ref = _sdpa_heads(qkv, H)
+    dy = torch.randn_like(y_ref)
+    (want,) = torch.autograd.grad(y_ref, qkv, dy)
+    lse = torch.zeros(B, H, T, dtype=torch.float64)
+    got = torch.ops.racli.fa4_attention_qkv_backward(qkv.detach(), y_ref.detach(), dy, lse, H)
+    assert seen["writes"] is got and got.is_contiguous()
+    torch.testing.assert_close(got, want)
+
+
 def _traced_ops(attn: str, *contexts) -> list[str]:
     """The operators of a bf16 block's forward and backward (its parameters' gradients),
     traced with fake tensors under `contexts`: the graph torch.compile would plan from."""
