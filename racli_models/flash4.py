@@ -99,16 +99,26 @@ def _empty(x: torch.Tensor) -> torch.Tensor:
     return _bhtd(torch.empty(_bhtd(x).shape, dtype=x.dtype, device=x.device))
 
 
+def _cudnn_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """cuDNN's causal attention over (B, H, T, D), with the rows' log-sum-exp: (y, lse)."""
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, None, True, 0.0, True, False
+    )[:2]
+
+
+def _cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair's forward over (B, H, T, D): (y laid out (B, T, H, D), lse (B, H, T) float32)."""
+    _check(q)
+    y, lse = _cudnn_kernel(q, k, v)
+    return _token_major(y), lse.reshape(q.shape[:3]).contiguous()
+
+
 @torch.library.custom_op("racli::fa4_attention", mutates_args=())
 def _forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cuDNN's causal forward over (B, H, T, D): (y, the rows' log-sum-exp (B, H, T) float32)."""
-    _check(q)
-    y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        q, k, v, None, True, 0.0, True, False
-    )[:2]
-    return _token_major(y), lse.reshape(q.shape[:3]).contiguous()
+    return _cudnn(q, k, v)
 
 
 @_forward.register_fake
@@ -169,12 +179,8 @@ def _forward_qkv(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Te
     """cuDNN's causal forward over [q | k | v] (B, T, 3C): (y (B, T, C), the rows'
     log-sum-exp (B, H, T) float32)."""
     B, T, C3 = qkv.shape
-    q, k, v = (_bhtd(t) for t in qkv_heads(qkv.contiguous(), n_head))
-    _check(q)
-    y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        q, k, v, None, True, 0.0, True, False
-    )[:2]
-    return _bhtd(_token_major(y)).reshape(B, T, C3 // 3), lse.reshape(q.shape[:3]).contiguous()
+    y, lse = _cudnn(*(_bhtd(t) for t in qkv_heads(qkv.contiguous(), n_head)))
+    return _bhtd(y).reshape(B, T, C3 // 3), lse
 
 
 @_forward_qkv.register_fake

@@ -188,6 +188,32 @@ def test_fake_kernels_of_the_qkv_operators():
     assert grad.shape == qkv.shape and grad.is_contiguous() and grad.dtype == torch.bfloat16
 
 
+def test_the_qkv_forward_gives_the_heads_side_by_side(monkeypatch):
+    """The forward operator's own code on the CPU, cuDNN's forward stood in for by SDPA
+    (float64; its result laid out (B, H, T, D), not token-major): y comes back (B, T, C)
+    with the heads side by side, the log-sum-exp (B, H, T)."""
+    B, T, H, D = 2, 6, 3, 4
+    calls = []
+
+    def cudnn_kernel(q, k, v):
+        calls.append(tuple(q.stride()))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).contiguous()
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+        lse = scores.masked_fill(~torch.ones(T, T).tril().bool(), -math.inf).logsumexp(-1)
+        return y, lse.unsqueeze(-1)  # (B, H, T, 1), as cuDNN's
+
+    monkeypatch.setattr(flash4, "_cudnn_kernel", cudnn_kernel)
+    monkeypatch.setattr(flash4, "_check", lambda q: None)
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64)
+    y, lse = torch.ops.racli.fa4_attention_qkv(qkv, H)
+    assert calls == [(T * 3 * H * D, D, 3 * H * D, 1)]  # the heads of the projection, no copy
+    assert y.shape == (B, T, H * D) and y.is_contiguous() and lse.shape == (B, H, T)
+    torch.testing.assert_close(y, _sdpa_heads(qkv, H))
+    scores = torch.einsum("bthd,bshd->bhts", *flash4.qkv_heads(qkv, H)[:2]) / math.sqrt(D)
+    mask = ~torch.ones(T, T).tril().bool()
+    torch.testing.assert_close(lse, scores.masked_fill(mask, -math.inf).logsumexp(-1))
+
+
 def test_the_qkv_backward_hands_fa4_the_thirds_of_one_gradient(monkeypatch):
     """The backward operator's own code on the CPU, FA4's backward stood in for by
     attention's backward written out in float64: it is given q, k, v, y, dy (B, T, H, D)
