@@ -32,7 +32,8 @@ class GPTConfig:
 
     `attn` names an attention variant of `racli_models.ATTENTION`; `ra_rank` is
     the rank R of the reciprocal path of the RA variants (`RANKED`: the head dim D
-    is split D = D_std + R, so they need 0 < R < D; the others take any R > 0); `w_std_init` / `w_rec_init` are the initial per-head gates of
+    is split D = D_std + R, so they need 0 < R < D; the others take any R > 0);
+    `w_std_init` / `w_rec_init` are the initial per-head gates of
     the RA variants. `fused_loss` drops the logits from
     the training forward's result: on CUDA both settings compute the loss with
     `racli_models.loss.lm_head_loss` (one-pass kernel, gradient in the forward);
