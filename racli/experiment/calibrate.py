@@ -38,11 +38,11 @@ The statistics are pure functions; torch is imported inside `measure` only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -400,8 +400,7 @@ def _stepper(cuda: bool, backend: str) -> Callable[[tuple, int], None]:
 
     from racli.training.trainer import accumulate_gradients, step_context
 
-    def autocast() -> contextlib.ExitStack:
-        return step_context(cuda, backend)
+    autocast = partial(step_context, cuda, backend)
 
     def steps(arm, n: int) -> None:
         fwd, opt, sampler, params, clip, micro = arm
