@@ -8,8 +8,9 @@ the same attention as SDPA up to the kernels' rounding. Where q, k and v come fr
 [q | k | v] projection (baseline, ra_v5, ra_v5_untied), `attention_qkv` can take that projection
 whole, and its backward writes dq, dk and dv into one gradient of the projection's layout:
 SDPA's (and `attention`'s) three gradients must be concatenated into it, a copy of the
-layer's 3 x B x T x C values (0.83 ms of the H200 step's 60 ms: docs/performance.md). It
-serves while `QKV` is on, which it is not by default until it has run on a GPU.
+layer's 3 x B x T x C values (0.83 ms of the H200 step's 60 ms). It serves while `QKV` is
+on, the default since it passed the GPU tests and gained 1.1-1.3% of an H100 step
+(docs/performance.md, twelfth round).
 
 Optional: FA4 is the `flash-attn-4` package (`pip install -e ".[fa4]"`, CuTe DSL kernels
 compiled at their first call) on a GPU of compute capability 9.x. `problem()` names what is
@@ -31,8 +32,8 @@ ACTIVE = False
 #: True: attention over one [q | k | v] projection goes through `attention_qkv`, whose
 #: backward writes dq, dk and dv into one (B, T, 3C) gradient; False: through `attention`,
 #: whose three gradients autograd then concatenates (a copy of 3 B T C values a layer).
-#: Off until timed and tested on a GPU (`qkv_operator()`; docs/performance.md, twelfth round)
-QKV = False
+#: On since timed and tested on an H100 (`qkv_operator()`; docs/performance.md, twelfth round)
+QKV = True
 _DTYPES = (torch.float16, torch.bfloat16)
 
 

@@ -97,10 +97,10 @@ def _sdpa_heads(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_v5_untied", "ra_beta", "sdpa_gate"])
 def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatch, attn):
-    """Under fa4 the heads go to `attention`; with `qkv_operator()` the one [q | k | v]
-    projection of baseline, ra_v5 and ra_v5_untied goes to `attention_qkv` whole (ra_beta's
-    second call swaps q and k; sdpa_gate gates the heads before they are merged). The
-    results are SDPA's."""
+    """Under fa4 the one [q | k | v] projection of baseline, ra_v5 and ra_v5_untied goes to
+    `attention_qkv` whole (the default); with `qkv_operator(False)` its heads go to
+    `attention`, as ra_beta's (whose second call swaps q and k) and sdpa_gate's (gated
+    before they are merged) always do. The results are SDPA's."""
     calls = []
 
     def pair(q, k, v):
@@ -118,12 +118,12 @@ def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatc
     plain = m(x)
     assert calls == [] and not flash4.ACTIVE
     with sdpa_backend_context(FA4):
-        assert flash4.ACTIVE and not flash4.QKV
-        split = m(x)
-        with flash4.qkv_operator():
-            assert flash4.QKV
-            routed = m(x)
-        assert not flash4.QKV
+        assert flash4.ACTIVE and flash4.QKV  # the operator serves by default
+        routed = m(x)
+        with flash4.qkv_operator(False):
+            assert not flash4.QKV
+            split = m(x)
+        assert flash4.QKV
     assert not flash4.ACTIVE
     heads = ("heads", (3, 2, 16, 8))
     if attn == "ra_beta":
@@ -131,7 +131,7 @@ def test_the_backend_context_routes_causal_attention_through_the_pair(monkeypatc
     elif attn == "sdpa_gate":
         assert calls == [heads] * 2
     else:
-        assert calls == [heads, ("qkv", (3, 16, 48))]
+        assert calls == [("qkv", (3, 16, 48)), heads]
     torch.testing.assert_close(routed, plain)
     torch.testing.assert_close(split, plain)
 
@@ -286,7 +286,7 @@ def test_the_qkv_operator_leaves_no_concatenation_of_the_heads_gradients(attn):
     operator; with the three-tensor operator (as with SDPA) autograd concatenates dq, dk
     and dv: one `cat` more, a copy of 3 x B x T x C values."""
     qkv = _traced_ops(attn, sdpa_backend_context(FA4), flash4.qkv_operator())
-    split = _traced_ops(attn, sdpa_backend_context(FA4))
+    split = _traced_ops(attn, sdpa_backend_context(FA4), flash4.qkv_operator(False))
     assert "racli.fa4_attention_qkv_backward.default" in qkv
     assert "racli.fa4_attention_backward.default" in split
     assert split.count("aten.cat.default") == qkv.count("aten.cat.default") + 1

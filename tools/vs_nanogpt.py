@@ -22,9 +22,9 @@ Arms:
                  inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
                  (e.g. baseline+inductor.coordinate_descent_tuning=true)
   ARM+sdpa=NAME  an ra arm under `train.sdpa_backend` NAME, e.g. baseline+sdpa=fa4;
-                 with fa4, +fa4qkv=true: one operator over the [q | k | v] projection,
-                 whose backward writes dq, dk and dv into one gradient
-                 (racli_models.flash4.qkv_operator; not yet the default)
+                 with fa4, +fa4qkv=false: the heads through the pair's operators and
+                 their gradients concatenated, instead of the default one operator over
+                 the [q | k | v] projection (racli_models.flash4.qkv_operator)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
