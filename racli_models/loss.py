@@ -18,6 +18,10 @@ HAS_TRITON = triton is not None
 KERNEL = True  # the model's CUDA loss through the kernel (False: the logits and F.cross_entropy)
 CE_BLOCK = 4096  # logits per program and loop step of the kernel (H200 sweep: performance.md)
 CE_WARPS = 8
+# How the kernel's second pass over a row can find it in L2 rather than HBM (`launch_ce`):
+CE_REVERSE = False  # the second pass reads a row's blocks last first
+CE_EVICT = False  # the first pass's loads stay in L2 (evict_last), the second's leave first
+CE_PROGRAMS_PER_SM = 0  # 0: a program a row; k: k programs an SM, each looping over rows
 IGNORE_INDEX = -1  # the model's targets mark positions without a target by -1
 CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MiB in float32): 1334 rows at V = 50304
 
@@ -114,36 +118,125 @@ if HAS_TRITON:
         loss_ptr,
         grad_ptr,
         inv_n_ptr,
+        N,
         V,
         ignore_index,
         BLOCK: tl.constexpr,
         GRAD: tl.constexpr,
+        REVERSE: tl.constexpr,
+        EVICT: tl.constexpr,
+        PERSIST: tl.constexpr,
     ):
-        row = tl.program_id(0).to(tl.int64)
-        x_row = logits_ptr + row * V
+        """Per row: the log-sum-exp in one pass (online max and sum), the loss, then the
+        gradient (softmax - onehot) / n in a second pass over the row. A program takes one
+        row, or with PERSIST every num_programs-th row."""
+        first = tl.program_id(0)
+        stop = first + 1
+        step = 1
+        if PERSIST:
+            stop = N
+            step = tl.num_programs(0)
         offs = tl.arange(0, BLOCK)
-        m = tl.zeros([], dtype=tl.float32) - float("inf")  # running max
-        s = tl.zeros([], dtype=tl.float32)  # running sum of exp(x - m)
-        for start in range(0, V, BLOCK):
-            cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
-        lse = m + tl.log(s)
-        t = tl.load(targets_ptr + row)
-        valid = t != ignore_index
-        x_t = tl.load(x_row + tl.where(valid & (t >= 0) & (t < V), t, 0)).to(tl.float32)
-        tl.store(loss_ptr + row, tl.where(valid, lse - x_t, 0.0))
-        if GRAD:
-            coef = tl.where(valid, tl.load(inv_n_ptr), 0.0)  # 1/n, or 0 on an ignored row
-            g_row = grad_ptr + row * V
+        for r in range(first, stop, step):
+            row = tl.cast(r, tl.int64)
+            x_row = logits_ptr + row * V
+            m = tl.zeros([], dtype=tl.float32) - float("inf")  # running max
+            s = tl.zeros([], dtype=tl.float32)  # running sum of exp(x - m)
             for start in range(0, V, BLOCK):
                 cols = start + offs
-                x = tl.load(x_row + cols, mask=cols < V, other=0.0).to(tl.float32)
-                p = tl.exp(x - lse)
-                g = tl.where(cols == t, p - 1.0, p) * coef
-                tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < V)
+                if EVICT:  # keep the row in L2 for the second pass
+                    x = tl.load(
+                        x_row + cols,
+                        mask=cols < V,
+                        other=-float("inf"),
+                        eviction_policy="evict_last",
+                    )
+                else:
+                    x = tl.load(x_row + cols, mask=cols < V, other=-float("inf"))
+                x = x.to(tl.float32)
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+                m = m_new
+            lse = m + tl.log(s)
+            t = tl.load(targets_ptr + row)
+            valid = t != ignore_index
+            x_t = tl.load(x_row + tl.where(valid & (t >= 0) & (t < V), t, 0)).to(tl.float32)
+            tl.store(loss_ptr + row, tl.where(valid, lse - x_t, 0.0))
+            if GRAD:
+                coef = tl.where(valid, tl.load(inv_n_ptr), 0.0)  # 1/n, or 0 on an ignored row
+                g_row = grad_ptr + row * V
+                blocks = tl.cdiv(V, BLOCK)
+                for i in range(0, blocks):
+                    b = i
+                    if REVERSE:  # the blocks the first pass read last, likelier still in L2
+                        b = blocks - 1 - i
+                    cols = b * BLOCK + offs
+                    if EVICT:
+                        x = tl.load(
+                            x_row + cols, mask=cols < V, other=0.0, eviction_policy="evict_first"
+                        )
+                    else:
+                        x = tl.load(x_row + cols, mask=cols < V, other=0.0)
+                    p = tl.exp(x.to(tl.float32) - lse)
+                    g = (tl.where(cols == t, p - 1.0, p) * coef).to(grad_ptr.dtype.element_ty)
+                    if EVICT:
+                        tl.store(g_row + cols, g, mask=cols < V, eviction_policy="evict_first")
+                    else:
+                        tl.store(g_row + cols, g, mask=cols < V)
+
+
+def launch_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    inv_n: torch.Tensor,
+    *,
+    with_grad: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+    block: int | None = None,
+    warps: int | None = None,
+    reverse: bool | None = None,
+    evict: bool | None = None,
+    programs_per_sm: int | None = None,
+) -> None:
+    """The loss kernel over contiguous logits (N, V): each row's loss into `rows` (N,),
+    and with `with_grad` the gradient of the mean loss into `grad` (N, V). The settings
+    default to the module's CE_* values."""
+    N, V = logits.shape
+    block = CE_BLOCK if block is None else block
+    per_sm = CE_PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
+    programs = N
+    if per_sm and logits.is_cuda:
+        programs = min(N, per_sm * _sm_count(logits.device))
+    elif per_sm:  # Triton's interpreter on the CPU: a few programs, each looping over rows
+        programs = min(N, per_sm * 4)
+    _ce_kernel[(programs,)](
+        logits,
+        targets,
+        rows,
+        grad,
+        inv_n,
+        N,
+        V,
+        ignore_index,
+        BLOCK=block,
+        GRAD=with_grad,
+        REVERSE=CE_REVERSE if reverse is None else reverse,
+        EVICT=CE_EVICT if evict is None else evict,
+        PERSIST=programs < N,
+        num_warps=CE_WARPS if warps is None else warps,
+    )
+
+
+_SMS: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
 def lm_head_loss(
@@ -176,23 +269,14 @@ class _LMHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index, with_grad):
         logits = h @ weight.T  # (N, V), contiguous
-        N, V = logits.shape
+        N = logits.shape[0]
         targets = targets.contiguous()
         n = (targets != ignore_index).sum().to(torch.float32)
         inv_n = 1.0 / n  # inf when every row is ignored: the loss is then 0 * inf = NaN
         rows = torch.empty(N, device=h.device, dtype=torch.float32)
         grad = torch.empty_like(logits) if with_grad else rows
-        _ce_kernel[(N,)](
-            logits,
-            targets,
-            rows,
-            grad,
-            inv_n,
-            V,
-            ignore_index,
-            BLOCK=CE_BLOCK,
-            GRAD=with_grad,
-            num_warps=CE_WARPS,
+        launch_ce(
+            logits, targets, rows, grad, inv_n, with_grad=with_grad, ignore_index=ignore_index
         )
         ctx.mark_non_differentiable(logits)
         if with_grad:

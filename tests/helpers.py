@@ -234,6 +234,31 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def in_triton_interpreter(module: str, call: str) -> None:
+    """Run `call` of the test module `module` (e.g. "check_kernel()") in a fresh process
+    under Triton's interpreter (TRITON_INTERPRET=1), on CPU tensors. Where Triton is not
+    installed (CUDA builds of torch ship it, the CPU build does not) this skips, but under
+    CI, whose .ci/run installs it, it fails."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("triton") is None:
+        if in_ci():
+            pytest.fail("Triton is not installed (pip install triton)", pytrace=False)
+        pytest.skip("Triton is not installed")
+    code = f"import {module} as t; t.{call}; print('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent,  # where the test modules import from
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 def randomize_folded_ra(m) -> None:
     """Random weights, P, gates and biases for a folded-RA block (ra_v5, ra_v5_untied),
     none at a special value: what the tests of the fused composition compose."""

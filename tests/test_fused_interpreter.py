@@ -8,13 +8,8 @@ is checked without a GPU."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-import pytest
 import torch
-from helpers import randomize_folded_ra
+from helpers import in_triton_interpreter, randomize_folded_ra
 
 # (H, D, R): C = 200 is four column tiles of 64, the last one partly outside; C = 32 is one
 SHAPES = [(5, 40, 7), (2, 16, 4)]
@@ -109,20 +104,4 @@ def check_folded_linear() -> None:
 
 
 def test_the_composition_kernels_in_tritons_interpreter():
-    """Where Triton is installed (CUDA builds of torch ship it; .ci/run installs it for
-    the CPU build), the kernels run in its interpreter on CPU tensors."""
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is None:
-        from helpers import in_ci
-
-        if in_ci():
-            pytest.fail("Triton is not installed (pip install triton)", pytrace=False)
-        pytest.skip("Triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import test_fused_interpreter as t; t.check_kernels(); print('ok')"
-    here = os.path.dirname(os.path.abspath(__file__))  # where the test modules import from
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=here
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    in_triton_interpreter("test_fused_interpreter", "check_kernels()")

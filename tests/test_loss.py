@@ -303,12 +303,17 @@ def test_cuda_bf16_gpt2_vocab_matches_the_plain_loss_with_less_memory():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("setting", [(False, False, 0), (True, True, 0), (True, False, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_kernel_matches_the_float64_loss(dtype):
+def test_cuda_kernel_matches_the_float64_loss(dtype, setting, monkeypatch):
     """`lm_head_loss` (GEMM, Triton kernel, backward GEMMs) against the float64 loss of the
     same (rounded) inputs, V off powers of two and off the kernel's block, ignored rows,
-    an upstream gradient other than 1; the gradient buffer poisoned first."""
+    an upstream gradient other than 1; the gradient buffer poisoned first. For the kernel's
+    settings (reverse, evict, programs_per_sm): the default and others `launch_ce` takes."""
     from racli_models import loss as L
+
+    for name, value in zip(("CE_REVERSE", "CE_EVICT", "CE_PROGRAMS_PER_SM"), setting):
+        monkeypatch.setattr(L, name, value)
 
     dev = torch.device("cuda")
     h, w, t = inputs(dtype, device=dev, n=300, c=64, v=5003)

@@ -11,6 +11,7 @@ import sqlite3
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import in_triton_interpreter
 
 from racli.training.reciprocity import (
     MeasureSettings,
@@ -609,30 +610,11 @@ def test_the_split_kernel_writes_the_torch_ops_bits_on_cuda():
     assert torch.equal(stacked(t, -1, False), ops)  # stacked() takes the kernel on CUDA
 
 
-def run_in_interpreter(check: str) -> None:
-    """Run this module's `check`('cpu') in a fresh process under TRITON_INTERPRET=1."""
-    import importlib.util
-    import os
-    import subprocess
-    import sys
-
-    if importlib.util.find_spec("triton") is None:
-        from helpers import in_ci
-
-        if in_ci():  # .ci/run installs Triton for these tests
-            pytest.fail("Triton is not installed (pip install triton)", pytrace=False)
-        pytest.skip("Triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = f"import tests.test_measures as t; t.{check}('cpu'); print('ok')"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
-
-
 def test_the_split_kernel_in_tritons_interpreter():
     """The same check on the CPU through Triton's interpreter, where Triton is installed
     (CUDA builds of torch ship it; the CPU build does not, and then this skips, but under
     CI, whose .ci/run installs it)."""
-    run_in_interpreter("check_split_kernel")
+    in_triton_interpreter("test_measures", "check_split_kernel('cpu')")
 
 
 FOLDED_CASES = [  # B, H, n, T, D, d_std, scale of the reciprocal dims
@@ -710,7 +692,7 @@ def test_the_folded_stats_kernel_gives_the_models_measures_on_cuda():
 def test_the_folded_stats_kernel_in_tritons_interpreter():
     """check_folded_kernel on the CPU through Triton's interpreter, where Triton is
     installed (skipped with the CPU build of torch, which does not ship it)."""
-    run_in_interpreter("check_folded_kernel")
+    in_triton_interpreter("test_measures", "check_folded_kernel('cpu')")
 
 
 def test_the_split_mode_computes_the_same_measures():

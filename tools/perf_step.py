@@ -1,6 +1,6 @@
 """Where the GPT-2 training step's time goes on one CUDA device, and the loss variants.
 
-    PYTHONPATH=. python3 tools/perf_step.py [--parts profile,loss,eager] [--steps 20]
+    PYTHONPATH=. python3 tools/perf_step.py [--parts profile,loss,ce,eager] [--steps 20]
 
 Parts (each prints its table; every row also goes to $OUT/perf_step.jsonl):
 - profile: GPT-2 124M (vocabulary 50,304), batch 32, bf16 autocast,
@@ -14,10 +14,14 @@ Parts (each prints its table; every row also goes to $OUT/perf_step.jsonl):
 - loss: the LM head and its loss alone, forward and backward, at the step's
   shape (32,768 rows x 768 -> 50,304; float32 weights under bf16 autocast, as
   in training): the compiled plain loss (F.linear + F.cross_entropy under
-  torch.compile), the kernel (`lm_head_loss`, with a sweep of its block width
-  and warps), the chunked `linear_cross_entropy`, and liger-kernel's fused
-  linear cross-entropy when it is installed; loss and gradients checked
-  against the plain loss.
+  torch.compile), the kernel (`lm_head_loss`), the chunked
+  `linear_cross_entropy`, and liger-kernel's fused linear cross-entropy when it
+  is installed; loss and gradients checked against the plain loss.
+- ce: the loss kernel alone on bf16 logits of the step's shape, over block
+  widths, warps and the ways its second pass over a row can find the row in
+  L2 (`loss.launch_ce`: reversed, cache hints, a few programs an SM), each
+  checked against the default setting, interleaved rounds; and the copy of the
+  logits, its floor.
 - eager: host time of one eager forward+backward of the attention block
   (B=8, T=1024, bf16), baseline and ra_v5: torch.profiler's CPU self time by
   operator, per call.
@@ -243,33 +247,79 @@ def loss_part(reps: int) -> None:
             )
         except Exception as e:
             emit({"part": "loss", "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
-    # the kernel alone on bf16 logits (no GEMMs), over block widths and warps
-    logits = torch.randn(N, V, device="cuda", dtype=torch.bfloat16, generator=g)
-    grad = torch.empty_like(logits)
-    rows = torch.empty(N, device="cuda")
-    inv_n = torch.tensor(1.0 / N, device="cuda")
-    for block, warps in ((4096, 8), (4096, 16), (8192, 16), (8192, 32), (16384, 32)):
 
-        def k(block=block, warps=warps):
-            L._ce_kernel[(N,)](
-                logits, t, rows, grad, inv_n, V, -1, BLOCK=block, GRAD=True, num_warps=warps
-            )
 
+# (block, warps, reverse, evict, programs_per_sm) of the loss kernel's sweep: the block and
+# warps of the H200 sweep, then the ways its second pass over a row can find the row in L2
+CE_SETTINGS = (
+    (4096, 8, False, False, 0),
+    (4096, 16, False, False, 0),
+    (8192, 16, False, False, 0),
+    (16384, 32, False, False, 0),
+    (4096, 8, True, False, 0),
+    (4096, 8, False, True, 0),
+    (4096, 8, True, True, 0),
+    *((4096, 8, rev, False, k) for rev in (False, True) for k in (1, 2, 4, 8)),
+    (4096, 8, True, True, 2),
+    (8192, 16, True, False, 2),
+    (8192, 16, True, False, 4),
+    (2048, 4, True, False, 4),
+    (2048, 4, True, False, 8),
+)
+
+
+def ce_part(reps: int, rounds: int = 5) -> None:
+    """The loss kernel alone on bf16 logits at the step's shape (no GEMMs): each setting of
+    CE_SETTINGS checked against the module's default, then timed in interleaved rounds;
+    and the copy of the logits (one read, one write), the kernel's floor."""
+    N = B * T
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(N, V, device="cuda", dtype=torch.bfloat16, generator=g) * 3
+    t = torch.randint(0, V, (N,), device="cuda", generator=g)
+    t[::97] = -1
+    inv_n = 1.0 / (t != -1).sum().float()
+    rows, grad = torch.empty(N, device="cuda"), torch.empty_like(logits)
+    L.launch_ce(logits, t, rows, grad, inv_n)
+    want_rows, want_grad = rows.clone(), grad.float()
+    runs = {}
+    for block, warps, rev, evict, per_sm in CE_SETTINGS:
+        name = f"{block}x{warps} reverse={int(rev)} evict={int(evict)} per_sm={per_sm}"
+
+        def k(block=block, warps=warps, rev=rev, evict=evict, per_sm=per_sm):
+            L.launch_ce(
+                logits, t, rows, grad, inv_n, block=block, warps=warps, reverse=rev,
+                evict=evict, programs_per_sm=per_sm,
+            )  # fmt: skip
+
+        rows.fill_(float("nan"))
+        grad.fill_(float("nan"))
         k()
-        ms = statistics.median(events(k, reps))
-        gbs = 2 * logits.numel() * 2 / (ms * 1e-3) / 1e9
+        row_err = (rows - want_rows).abs().max().item()
+        grad_err = ((grad.float() - want_grad).abs().max() / want_grad.abs().max()).item()
+        if not (row_err < 1e-4 and grad_err < 1e-2):
+            emit({"part": "ce_kernel", "setting": name, "error": f"off: {row_err} {grad_err}"})
+            continue
+        runs[name] = k
+    src = torch.empty_like(logits)
+    runs["copy of the logits"] = lambda: src.copy_(logits)
+    ms = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, k in runs.items():
+            ms[name] += events(k, max(1, reps // rounds))
+    base = statistics.median(ms[next(iter(ms))])
+    for name, xs in sorted(ms.items(), key=lambda kv: statistics.median(kv[1])):
+        med = statistics.median(xs)
         emit(
             {
                 "part": "ce_kernel",
-                "block": block,
-                "warps": warps,
-                "ms_median": round(ms, 3),
-                "GB_per_s_read_once_write_once": round(gbs),
+                "setting": name,
+                "ms_median": round(med, 3),
+                "ms_p10": round(pct(xs, 0.1), 3),
+                "ms_p90": round(pct(xs, 0.9), 3),
+                "vs_default": round(med / base, 3),
+                "GB_per_s_read_once_write_once": round(2 * logits.numel() * 2 / med / 1e6),
             }
         )
-    src = torch.empty_like(logits)
-    ms = statistics.median(events(lambda: src.copy_(logits), reps))
-    emit({"part": "ce_kernel", "copy_of_the_logits_ms": round(ms, 3)})
 
 
 def eager_part(reps: int) -> None:
@@ -322,7 +372,7 @@ def eager_one(attn: str, reps: int) -> None:
 def main() -> int:
     global SINK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="profile,loss,eager")
+    ap.add_argument("--parts", default="profile,loss,ce,eager")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
@@ -335,7 +385,7 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             {"profile": lambda: profile_part(args.steps), "loss": lambda: loss_part(args.reps),
-             "eager": lambda: eager_part(200)}[part]()  # fmt: skip
+             "ce": lambda: ce_part(max(args.reps, 50)), "eager": lambda: eager_part(200)}[part]()  # fmt: skip
         except Exception as e:
             emit({"part": part, "error": f"{type(e).__name__}: {e}"[:500]})
         print(f"[time] {part}: {time.perf_counter() - t0:.1f} s", flush=True)
