@@ -5,6 +5,9 @@ Design notes: docs/models.md.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 try:  # Triton ships with CUDA builds of torch; CPU installs use F.cross_entropy
@@ -16,14 +19,35 @@ except ImportError:  # pragma: no cover - depends on the install
 
 HAS_TRITON = triton is not None
 KERNEL = True  # the model's CUDA loss through the kernel (False: the logits and F.cross_entropy)
-CE_BLOCK = 4096  # logits per program and loop step of the kernel (H200 sweep: performance.md)
-CE_WARPS = 8
+CE_BLOCK = 8192  # logits per program and loop step of the kernel (H100 sweep: performance.md)
+CE_WARPS = 16
 # How the kernel's second pass over a row can find it in L2 rather than HBM (`launch_ce`):
-CE_REVERSE = False  # the second pass reads a row's blocks last first
-CE_EVICT = False  # the first pass's loads stay in L2 (evict_last), the second's leave first
+CE_REVERSE = True  # the second pass reads a row's blocks last first
+CE_EVICT = True  # the first pass's loads stay in L2 (evict_last), the second's leave first
 CE_PROGRAMS_PER_SM = 0  # 0: a program a row; k: k programs an SM, each looping over rows
 IGNORE_INDEX = -1  # the model's targets mark positions without a target by -1
 CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MiB in float32): 1334 rows at V = 50304
+
+
+#: the kernel's settings a caller may change for a while (`settings`), as CE_<NAME>
+SETTINGS = {"block": int, "warps": int, "reverse": bool, "evict": bool, "programs_per_sm": int}
+
+
+@contextlib.contextmanager
+def settings(**values) -> Iterator[None]:
+    """Inside the block the kernel runs with `values` (names of SETTINGS) instead of the
+    module's CE_* values; they are read where the kernel is launched or compiled."""
+    for name, value in values.items():
+        if name not in SETTINGS or type(value) is not SETTINGS[name]:
+            known = ", ".join(f"{n} ({t.__name__})" for n, t in SETTINGS.items())
+            raise ValueError(f"loss kernel setting {name}={value!r}: one of {known}")
+    names = {name: f"CE_{name.upper()}" for name in values}
+    before = {name: globals()[g] for name, g in names.items()}
+    globals().update({names[n]: v for n, v in values.items()})
+    try:
+        yield
+    finally:
+        globals().update({names[n]: v for n, v in before.items()})
 
 
 def default_chunk_rows(vocab_size: int) -> int:

@@ -302,6 +302,20 @@ def test_cuda_bf16_gpt2_vocab_matches_the_plain_loss_with_less_memory():
 # ---------------------------------------------------------------- CUDA: the one-pass kernel
 
 
+def test_kernel_settings_hold_inside_their_block_only():
+    from racli_models import loss as L
+
+    before = {n: getattr(L, f"CE_{n.upper()}") for n in L.SETTINGS}
+    with L.settings(block=1024, warps=4, reverse=False, evict=False, programs_per_sm=2):
+        assert (L.CE_BLOCK, L.CE_WARPS, L.CE_REVERSE, L.CE_EVICT, L.CE_PROGRAMS_PER_SM) == (
+            1024, 4, False, False, 2,
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="block=2.0: one of block \\(int\\)"):
+            with L.settings(block=2.0):
+                pass
+    assert {n: getattr(L, f"CE_{n.upper()}") for n in L.SETTINGS} == before
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("setting", [(False, False, 0), (True, True, 0), (True, False, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -101,6 +101,10 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
         ("nanogpt+sdpa=fa4", "takes no settings but micro"),
         ("baseline+fa4qkv=true", "is true or false, with sdpa=fa4"),
         ("baseline+sdpa=fa4+fa4qkv=0", "is true or false, with sdpa=fa4"),
+        ("baseline+ce.blocks=4096", "loss kernel setting blocks=4096: one of block"),
+        ("baseline+ce.reverse=1", "loss kernel setting reverse=1"),
+        ("baseline+ce.block=true", "loss kernel setting block=True"),
+        ("nanogpt+ce.block=4096", "takes no settings but micro"),
     ],
 )
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
@@ -188,3 +192,15 @@ def test_an_fa4_arm_chooses_its_operator():
         assert flash4.QKV is default
     with tool.autocast_of("cpu", "math")():
         assert flash4.QKV is default
+
+
+def test_an_arm_sets_the_loss_kernel_in_its_step():
+    from racli_models import loss
+
+    tool = _tool()
+    name, settings = tool.parse_arm("baseline+ce.block=4096+ce.evict=false")
+    assert (name, settings) == ("baseline", {"ce.block": 4096, "ce.evict": False})
+    before = (loss.CE_BLOCK, loss.CE_EVICT, loss.CE_REVERSE)
+    with tool.autocast_of("cpu", "math", None, {"block": 1024, "evict": not before[1]})():
+        assert (loss.CE_BLOCK, loss.CE_EVICT, loss.CE_REVERSE) == (1024, not before[1], before[2])
+    assert (loss.CE_BLOCK, loss.CE_EVICT, loss.CE_REVERSE) == before

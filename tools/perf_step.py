@@ -249,10 +249,11 @@ def loss_part(reps: int) -> None:
             emit({"part": "loss", "variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
 
 
-# (block, warps, reverse, evict, programs_per_sm) of the loss kernel's sweep: the block and
-# warps of the H200 sweep, then the ways its second pass over a row can find the row in L2
+# (block, warps, reverse, evict, programs_per_sm) of the loss kernel's sweep, beside its
+# default (loss.CE_*): the block and warps of the H200 sweep, then the ways its second pass
+# over a row can find the row in L2 (H100 sweep, 2026-12-06: performance.md)
 CE_SETTINGS = (
-    (4096, 8, False, False, 0),
+    (4096, 8, False, False, 0),  # the default before 2026-12-06
     (4096, 16, False, False, 0),
     (8192, 16, False, False, 0),
     (16384, 32, False, False, 0),
@@ -265,13 +266,23 @@ CE_SETTINGS = (
     (8192, 16, True, False, 4),
     (2048, 4, True, False, 4),
     (2048, 4, True, False, 8),
+    (2048, 4, True, True, 0),
+    (4096, 4, True, True, 0),
+    (4096, 16, True, True, 0),
+    (8192, 8, True, True, 0),
+    (8192, 16, False, True, 0),
+    (8192, 16, True, True, 0),
+    (8192, 32, True, True, 0),
+    (16384, 16, True, True, 0),
+    (16384, 32, True, True, 0),
 )
 
 
 def ce_part(reps: int, rounds: int = 5) -> None:
-    """The loss kernel alone on bf16 logits at the step's shape (no GEMMs): each setting of
-    CE_SETTINGS checked against the module's default, then timed in interleaved rounds;
-    and the copy of the logits (one read, one write), the kernel's floor."""
+    """The loss kernel alone on bf16 logits at the step's shape (no GEMMs): its default and
+    each setting of CE_SETTINGS (checked against the default), timed in interleaved rounds
+    with the copy of the logits (one read, one write), the kernel's floor; `vs_default` is
+    a row's median time over the default's."""
     N = B * T
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(N, V, device="cuda", dtype=torch.bfloat16, generator=g) * 3
@@ -281,7 +292,8 @@ def ce_part(reps: int, rounds: int = 5) -> None:
     rows, grad = torch.empty(N, device="cuda"), torch.empty_like(logits)
     L.launch_ce(logits, t, rows, grad, inv_n)
     want_rows, want_grad = rows.clone(), grad.float()
-    runs = {}
+    default = {n: getattr(L, f"CE_{n.upper()}") for n in L.SETTINGS}
+    runs = {f"default {default}": lambda: L.launch_ce(logits, t, rows, grad, inv_n)}
     for block, warps, rev, evict, per_sm in CE_SETTINGS:
         name = f"{block}x{warps} reverse={int(rev)} evict={int(evict)} per_sm={per_sm}"
 

@@ -20,7 +20,11 @@ Arms:
   ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=true,
                  or graph=false: ra's step without its CUDA-graph capture, or
                  inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
-                 (e.g. baseline+inductor.coordinate_descent_tuning=true)
+                 (e.g. baseline+inductor.coordinate_descent_tuning=true), or
+                 ce.NAME=V: the loss kernel's setting NAME (block, warps, reverse,
+                 evict, programs_per_sm: racli_models.loss.settings) in the arm's step
+                 (e.g. baseline+ce.block=4096+ce.warps=8+ce.reverse=false+ce.evict=false,
+                 the kernel as it was before 2026-12-06)
   ARM+sdpa=NAME  an ra arm under `train.sdpa_backend` NAME, e.g. baseline+sdpa=fa4;
                  with fa4, +fa4qkv=false: the heads through the pair's operators and
                  their gradients concatenated, instead of the default one operator over
@@ -73,10 +77,12 @@ from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
 from racli_models import GPT, GPTConfig, flash4  # noqa: E402
+from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
 STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv")  # arm settings of the step, not the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
+CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
 
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
@@ -122,6 +128,14 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
         raise SystemExit(f"vs_nanogpt: micro in arm '{arm}' is not a positive whole number")
+    ce = {k[len(CE) :]: v for k, v in extra.items() if k.startswith(CE)}
+    if name == "nanogpt" and ce:
+        raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
+    try:
+        with loss_settings(**ce):
+            pass
+    except ValueError as exc:
+        raise SystemExit(f"vs_nanogpt: arm '{arm}': {exc}") from None
     for key in extra:
         if key.startswith(INDUCTOR):
             import torch._inductor.config as inductor_config
@@ -133,7 +147,9 @@ def parse_arm(arm: str) -> tuple[str, dict]:
 
 def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
     name, extra = parse_arm(arm)
-    extra = {k: v for k, v in extra.items() if k not in STEP_KEYS and not k.startswith(INDUCTOR)}
+    extra = {
+        k: v for k, v in extra.items() if k not in STEP_KEYS and not k.startswith((INDUCTOR, CE))
+    }
     torch.manual_seed(1234)
     fused = device.startswith("cuda")
     if name == "nanogpt":
@@ -161,15 +177,20 @@ def own_forward(model: torch.nn.Module, tag: str) -> None:
     model.forward = types.MethodType(fn, model)
 
 
-def autocast_of(device: str, sdpa: str = "auto", fa4qkv: bool | None = None):
+def autocast_of(
+    device: str, sdpa: str = "auto", fa4qkv: bool | None = None, ce: dict | None = None
+):
     """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`
-    (`fa4qkv`: under fa4, whether its [q | k | v] operator serves; None: ra's default)."""
-    if fa4qkv is None:
+    (`fa4qkv`: under fa4, whether its [q | k | v] operator serves; None: ra's default),
+    and the loss kernel's settings `ce` (racli_models.loss.settings; None: ra's)."""
+    if fa4qkv is None and not ce:
         return partial(step_context, device.startswith("cuda"), sdpa)
 
     def context() -> contextlib.ExitStack:
         stack = step_context(device.startswith("cuda"), sdpa)
-        stack.enter_context(flash4.qkv_operator(fa4qkv))
+        if fa4qkv is not None:
+            stack.enter_context(flash4.qkv_operator(fa4qkv))
+        stack.enter_context(loss_settings(**(ce or {})))
         return stack
 
     return context
@@ -256,7 +277,12 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
             fwd=fwd,
             micro=micro,
             clip=CLIP,
-            autocast=autocast_of(device, settings.get("sdpa", "auto"), settings.get("fa4qkv")),
+            autocast=autocast_of(
+                device,
+                settings.get("sdpa", "auto"),
+                settings.get("fa4qkv"),
+                {k[len(CE) :]: v for k, v in settings.items() if k.startswith(CE)},
+            ),
             graph=bool(settings.get("graph", True)),
         )
     patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
