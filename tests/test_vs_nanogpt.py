@@ -86,6 +86,33 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
         assert a["tokens_per_s"] == pytest.approx(64 / (a["ms_median"] / 1e3), rel=1e-3)
 
 
+@pytest.mark.slow
+def test_bench_py_runs_after_the_arms_gave_their_memory_back(tmp_path, capsys, monkeypatch):
+    """nanoGPT's bench.py is another process: the arms' steps (ra's captured graphs), models
+    and optimizers are released before it starts, and its ms per iteration is reported."""
+    (tmp_path / "model.py").write_text(STAND_IN)
+    (tmp_path / "bench.py").write_text("print('time per iteration: 12.50ms, MFU: 1.00%')\n")
+    tool = _tool()
+    released, seen = [], {}
+    real_release, real_bench = tool.TrainStep.release, tool.run_bench_py
+    monkeypatch.setattr(
+        tool.TrainStep, "release", lambda self: (released.append(self), real_release(self))
+    )
+
+    def bench(folder, batch):
+        seen["released"] = len(released)
+        return real_bench(folder, batch)
+
+    monkeypatch.setattr(tool, "run_bench_py", bench)
+    args = ["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny", "--no-compile"]
+    args += ["--arms", "nanogpt,baseline,ra_v5", "--batch", "1", "--steps", "1"]
+    assert tool.main(args + ["--rounds", "1", "--warmup", "1", "--bench-py"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seen == {"released": 2}  # baseline's and ra_v5's steps, before bench.py
+    assert result["bench_py"]["ms_per_iter"] == 12.5
+    assert result["bench_py"]["tokens_per_s"] == round(64 / 12.5e-3)
+
+
 @pytest.mark.parametrize(
     "arms, words",
     [

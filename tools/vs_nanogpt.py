@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import itertools
 import json
@@ -247,6 +248,18 @@ class Timer:
         return [a.elapsed_time(b) for a, b in ev]
 
 
+def release_arms(steps: dict) -> None:
+    """Drop the arms' steps, models and optimizers, and give their GPU memory back (ra's
+    steps first free their captured graphs' pools)."""
+    for step in steps.values():
+        if isinstance(step, TrainStep):
+            step.release()
+    steps.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_bench_py(folder: Path, batch: int) -> dict:
     cmd = [sys.executable, "bench.py", f"--batch_size={batch}", "--real_data=False"]
     res = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
@@ -402,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             "round_ratio_max": round(max(ratios), 4),
         }
     if args.bench_py:  # bench.py has no accumulation: it runs the nanogpt arm's micro-batch
+        release_arms(steps)  # bench.py's own process needs the memory the arms hold
         bench_batch = info[nano[0]]["micro"] if nano else args.batch
         result["bench_py"] = run_bench_py(folder, bench_batch)
         if "ms_per_iter" in result["bench_py"]:
