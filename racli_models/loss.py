@@ -33,14 +33,19 @@ CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MiB in float32): 1334 rows at V 
 SETTINGS = {"block": int, "warps": int, "reverse": bool, "evict": bool, "programs_per_sm": int}
 
 
-@contextlib.contextmanager
-def settings(**values) -> Iterator[None]:
-    """Inside the block the kernel runs with `values` (names of SETTINGS) instead of the
-    module's CE_* values; they are read where the kernel is launched or compiled."""
+def check_settings(values: dict) -> None:
+    """ValueError naming the first of `values` that is not a setting of SETTINGS's type."""
     for name, value in values.items():
         if name not in SETTINGS or type(value) is not SETTINGS[name]:
             known = ", ".join(f"{n} ({t.__name__})" for n, t in SETTINGS.items())
             raise ValueError(f"loss kernel setting {name}={value!r}: one of {known}")
+
+
+@contextlib.contextmanager
+def settings(**values) -> Iterator[None]:
+    """Inside the block the kernel runs with `values` (names of SETTINGS) instead of the
+    module's CE_* values; they are read where the kernel is launched or compiled."""
+    check_settings(values)
     names = {name: f"CE_{name.upper()}" for name in values}
     before = {name: globals()[g] for name, g in names.items()}
     globals().update({names[n]: v for n, v in values.items()})
@@ -232,7 +237,8 @@ def launch_ce(
     per_sm = CE_PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
     programs = N
     if per_sm and logits.is_cuda:
-        programs = min(N, per_sm * _sm_count(logits.device))
+        sms = torch.cuda.get_device_properties(logits.device).multi_processor_count
+        programs = min(N, per_sm * sms)
     elif per_sm:  # Triton's interpreter on the CPU: a few programs, each looping over rows
         programs = min(N, per_sm * 4)
     _ce_kernel[(programs,)](
@@ -251,16 +257,6 @@ def launch_ce(
         PERSIST=programs < N,
         num_warps=CE_WARPS if warps is None else warps,
     )
-
-
-_SMS: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
 
 
 def lm_head_loss(

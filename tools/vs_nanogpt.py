@@ -78,6 +78,7 @@ from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
 from racli_models import GPT, GPTConfig, flash4  # noqa: E402
+from racli_models.loss import check_settings as check_loss_settings  # noqa: E402
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
@@ -129,21 +130,21 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
         raise SystemExit(f"vs_nanogpt: micro in arm '{arm}' is not a positive whole number")
-    ce = {k[len(CE) :]: v for k, v in extra.items() if k.startswith(CE)}
-    if name == "nanogpt" and ce:
-        raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     try:
-        with loss_settings(**ce):
-            pass
+        check_loss_settings(under(extra, CE))
     except ValueError as exc:
         raise SystemExit(f"vs_nanogpt: arm '{arm}': {exc}") from None
-    for key in extra:
-        if key.startswith(INDUCTOR):
-            import torch._inductor.config as inductor_config
+    for setting in under(extra, INDUCTOR):
+        import torch._inductor.config as inductor_config
 
-            if not hasattr(inductor_config, key[len(INDUCTOR) :]):
-                raise SystemExit(f"vs_nanogpt: torch._inductor.config has no '{key}'")
+        if not hasattr(inductor_config, setting):
+            raise SystemExit(f"vs_nanogpt: torch._inductor.config has no '{INDUCTOR}{setting}'")
     return name, extra
+
+
+def under(settings: dict, prefix: str) -> dict:
+    """The arm settings named PREFIX + NAME, by NAME."""
+    return {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
 
 
 def build_arm(arm: str, shape: dict, device: str, nanogpt_mod):
@@ -275,7 +276,8 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     the step): (step, its info), the warm-up time printed on stderr."""
     model, opt, n_params = build_arm(arm, shape, device, nanogpt_mod)
     name, settings = parse_arm(arm)
-    if any(k.startswith(INDUCTOR) for k in settings):
+    patch = under(settings, INDUCTOR)
+    if patch:
         own_forward(model, arm)
     # static shapes: an arm at another micro-batch must not turn a shared forward dynamic
     fwd = model if args.no_compile else torch.compile(model, dynamic=False)
@@ -294,11 +296,10 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
                 device,
                 settings.get("sdpa", "auto"),
                 settings.get("fa4qkv"),
-                {k[len(CE) :]: v for k, v in settings.items() if k.startswith(CE)},
+                under(settings, CE),
             ),
             graph=bool(settings.get("graph", True)),
         )
-    patch = {k[len(INDUCTOR) :]: v for k, v in settings.items() if k.startswith(INDUCTOR)}
     t0 = time.perf_counter()
     with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
         for i in range(args.warmup):
