@@ -47,7 +47,7 @@ def flush():  # the writer thread swallows errors: count them here
 rec.flush = flush
 metrics = gates = flushes = step = 0
 end = time.monotonic() + seconds
-while time.monotonic() < end:
+while time.monotonic() < end or flushes < 5:  # a loaded machine loops slower: 5 flushes still
     for _ in range(25):
         rec.metric(step, "train_loss", 1.0 / (step + 1), elapsed_s=step * 0.001)
         metrics += 1
@@ -181,9 +181,8 @@ def test_four_processes_record_into_one_fresh_store(store_url):
     db = store_url  # no schema yet: the workers race to create it
     results = _collect(_start_workers(db, WORKERS, time.time() + 1.5, SECONDS), timeout=90)
     assert all(r["errors"] == 0 for r in results)
-    # the runs flushed repeatedly (the overlap itself is checked in _check_rows; a loaded
-    # machine runs fewer loop iterations in the time)
-    assert all(r["flushes"] >= 5 for r in results), results
+    # each run flushed 5 times at least (the workers go on until they have, so that a loaded
+    # machine still writes in several flushes); the overlap is checked in _check_rows
     _check_rows(db, results)
     if "://" not in db:
         with sqlite3.connect(db) as raw:
