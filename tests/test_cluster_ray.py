@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,44 @@ def test_ray_runs_over_two_nodes_and_survive_a_killed_worker(
     assert "submitted" not in again.stderr and "reusing run" in again.stderr
     assert train_runs(url) == runs
     assert_same_as_local(pg_server, url, runs, data, work, env, *batch, **shape)
+
+
+UNIMPORTABLE = """
+import sys, time, types
+sys.path.insert(1, sys.argv[1])  # the driver's path only: Ray's workers do not get it
+import ra_driver_only
+from racli.experiment.ray_launcher import RayLauncher
+
+cfg = types.SimpleNamespace(poll_s=0.2, address="auto", cpus_per_job=1, max_restarts=1)
+launcher = RayLauncher(cfg)
+(sid,) = launcher.submit([ra_driver_only.Job("ra-test-unimportable")], 0, "x")
+deadline = time.monotonic() + 60
+while launcher.states([sid])[sid] != "ENDED" and time.monotonic() < deadline:
+    time.sleep(0.2)
+print(launcher.states([sid])[sid], launcher.why_ended(sid, "ENDED"), sep="|")
+launcher.close()
+"""
+
+
+def test_an_actor_whose_job_ray_cannot_load_is_gone_with_its_reason(ray_cluster, tmp_path):
+    """An actor whose argument names a module its node lacks (as when ra is not installed
+    there) dies in its constructor, leaving nothing in the store: the launcher reports
+    Ray's reason, which `ra experiment` prints instead of a bare "ended"."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "ra_driver_only.py").write_text(
+        "class Job:\n    def __init__(self, name):\n        self.name = name\n"
+    )
+    env = dict(ray_cluster.env(), PYTHONPATH=str(ROOT))
+    res = subprocess.run(
+        [sys.executable, "-c", UNIMPORTABLE, str(mods)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == (
+        "ENDED|ModuleNotFoundError: No module named 'ra_driver_only'"
+    ), res.stdout

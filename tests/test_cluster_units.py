@@ -269,6 +269,86 @@ class _FakeLauncher:
         self.cancelled += ids
 
 
+def test_the_line_that_names_the_exception():
+    from racli.experiment.text import last_error_line
+
+    trace = (
+        "\x1b[36mray::ra-k-calibration:JobActor.__init__()\x1b[39m (pid=7)\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "ModuleNotFoundError: No module named 'racli'\n"
+    )
+    assert last_error_line(trace) == "ModuleNotFoundError: No module named 'racli'"
+    chained = "ValueError: first\n\nDuring handling...\nsqlalchemy.exc.OperationalError: gone"
+    assert last_error_line(chained) == "sqlalchemy.exc.OperationalError: gone"
+    # no exception named: the first line, without colour codes, unless strict
+    assert last_error_line("\x1b[33mThe actor died\x1b[0m\n unexpectedly") == "The actor died"
+    assert last_error_line("srun: warning: x\nall went well", strict=True) is None
+    assert last_error_line("") is None and last_error_line(" \n", strict=True) is None
+    assert len(last_error_line("RuntimeError: " + "x" * 1000)) == 300
+
+
+class _EndedLauncher:
+    """A launcher whose jobs ended: `why_ended` answers for the jobs in `reasons`."""
+
+    name = "ray"
+    ENDED = ("ENDED",)
+
+    def __init__(self, reasons):
+        self.reasons, self.asked = reasons, []
+
+    def ended(self, state):
+        return state in self.ENDED
+
+    def why_ended(self, job_id, state):
+        self.asked.append(job_id)
+        return self.reasons.get(job_id)
+
+
+def test_a_job_that_ended_without_a_word_is_explained_by_its_launcher(tmp_path):
+    """A unit not done: its own note first; else, once its job ended, the launcher's reason
+    (asked once a job); nothing while the job runs or for another launcher's job."""
+    from racli.experiment.cluster import ClusterRun
+
+    store = open_store(str(tmp_path / "ra.db"))
+    try:
+        u = {a: store_jobs.Unit("k1", store_jobs.TRAIN, a, 1) for a in ("b", "r", "x")}
+        store_jobs.set_scheduler(store, [u["b"], u["r"]], launcher="ray", scheduler_job="j1")
+        store_jobs.set_scheduler(store, [u["x"]], launcher="ray", scheduler_job="j2")
+        run = object.__new__(ClusterRun)
+        run.launcher, run.store = _EndedLauncher({"j1": "ModuleNotFoundError: x"}), store
+
+        def why(unit, seen):
+            return run._why(store_jobs.get(store, unit), seen)
+
+        seen: dict[str, str] = {}
+        assert why(u["b"], seen) == "" and run.launcher.asked == []  # queued: not ended
+        store_jobs.set_scheduler_state(store, "k1", "j1", "ENDED")
+        store_jobs.set_scheduler_state(store, "k1", "j2", "ENDED")
+        assert why(u["b"], seen) == why(u["r"], seen) == "ModuleNotFoundError: x"
+        assert why(u["x"], seen) == ""  # the launcher knows nothing of j2
+        assert run.launcher.asked == ["j1", "j2"]
+        store_jobs.set_state(store, u["r"], "failed", "RuntimeError: its own")
+        assert why(u["r"], {}) == "RuntimeError: its own"
+        run.launcher.name = "slurm"  # a job of another launcher than this command's
+        assert why(u["b"], {}) == ""
+    finally:
+        store.close()
+
+
+def test_slurm_names_the_end_state_and_the_exception_of_the_jobs_log(tmp_path):
+    from racli.experiment.slurm import SlurmLauncher
+
+    launcher = object.__new__(SlurmLauncher)  # submitit's job stands in: only its log
+    log = tmp_path / "1_0_log.err"
+    launcher._job = lambda job_id: types.SimpleNamespace(paths=types.SimpleNamespace(stderr=log))
+    assert launcher.why_ended("1_0", "TIMEOUT") == "slurm state TIMEOUT"  # no log yet
+    log.write_text("submitit ERROR ...\nTraceback:\n  ...\nOSError: [Errno 28] No space\n")
+    assert launcher.why_ended("1_0", "FAILED") == "slurm state FAILED; OSError: [Errno 28] No space"
+    assert launcher.why_ended("1_0", "COMPLETED") == "OSError: [Errno 28] No space"
+    log.write_text("all went well\n")
+    assert launcher.why_ended("1_0", "COMPLETED") is None
+
+
 @pytest.mark.parametrize("cancel", [True, False])
 def test_ctrl_c_cancels_the_jobs_or_leaves_them(tmp_path, cancel):
     from racli.experiment.cluster import ClusterRun

@@ -142,8 +142,8 @@ class ClusterRun:
         self._watch({sid: [unit]}, None)
         cal = find_calibration(self.store, self.key)
         if cal is None:
-            row = store_jobs.get(self.store, unit)
-            why = f": {row.note}" if row is not None and row.note else ""
+            why = self._why(store_jobs.get(self.store, unit), {})
+            why = f": {why}" if why else ""
             raise RuntimeError(
                 f"{self.launcher.name} job {sid} ended without a calibration{why} "
                 f"(its log: {self.launcher.log_of(sid)})"
@@ -210,19 +210,30 @@ class ClusterRun:
         steps = ctx.budgets[job.arm.label].steps
         return job_state(known.get((job.arm.label, job.seed), []), steps)[0] == "done"
 
+    def _why(self, row, seen: dict[str, str]) -> str:
+        """Why a unit is not done: the note its job left, else (its job ended without
+        one) the reason the launcher gives, asked once a job (`seen`)."""
+        if row is None or row.note:
+            return row.note if row is not None else ""
+        sid, state = row.scheduler_job, row.scheduler_state or ""
+        if not sid or row.launcher != self.launcher.name or not self.launcher.ended(state):
+            return ""
+        if sid not in seen:
+            seen[sid] = self.launcher.why_ended(sid, state) or ""
+        return seen[sid]
+
     def _results(self, ctx: Context, jobs: list[Job]) -> list[JobResult]:
         known = runs_by_job(ctx.store, ctx.key)
         rows = {(r.arm, r.seed): r for r in store_jobs.experiment_jobs(ctx.store, ctx.key)}
-        out, bad = [], []
+        out, bad, seen = [], [], {}
         for j in jobs:
             action, run = job_state(
                 known.get((j.arm.label, j.seed), []), ctx.budgets[j.arm.label].steps
             )
-            row = rows.get((j.arm.label, j.seed))
-            note = (row.note or "") if row is not None else ""
             if action == "done":
                 out.append(JobResult(j, run.id, run.status))
                 continue
+            note = self._why(rows.get((j.arm.label, j.seed)), seen)
             status = "interrupted" if self.stop.is_set() else "failed"
             out.append(JobResult(j, run.id if run else None, status, note))
             if note.startswith(BAD_INPUT):

@@ -13,6 +13,7 @@ import threading
 
 from racli.errors import BadInput
 from racli.experiment import ray_nodes, worker
+from racli.experiment.text import last_error_line
 
 NAMESPACE = "ra"
 
@@ -72,6 +73,7 @@ class RayLauncher:
                 configure_logging=False,
             )
         self.actor_class = self.ray.remote(JobActor)
+        self.handles: dict[str, object] = {}  # job id -> actor handle, kept for why_ended
 
     def check_fits(self, per_run: int, nodes: int, arms: int = 1) -> None:
         """Refuse (one line) a job the live nodes of the cluster cannot hold."""
@@ -87,7 +89,7 @@ class RayLauncher:
         cpus = float(self.cfg.cpus_per_job)
         need = ray_nodes.bundle(gpus, cpus) if nodes > 1 else None
         for job in jobs:
-            self.actor_class.options(
+            self.handles[job.name] = self.actor_class.options(
                 name=job.name,
                 namespace=NAMESPACE,
                 lifetime="detached",
@@ -99,9 +101,11 @@ class RayLauncher:
 
     def _actor(self, name: str):
         try:
-            return self.ray.get_actor(name, namespace=NAMESPACE)
+            handle = self.ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
             return None
+        self.handles[name] = handle
+        return handle
 
     def states(self, ids: list[str]) -> dict[str, str]:
         """RUNNING while the actor exists (restarting included), ENDED once it is gone:
@@ -111,6 +115,20 @@ class RayLauncher:
     @staticmethod
     def ended(state: str) -> bool:
         return state == "ENDED"
+
+    def why_ended(self, job_id: str, state: str) -> str | None:
+        """Why an actor this command saw is gone, from Ray's error for a call on it (its
+        constructor's error, e.g. ra not importable on the node, or how its worker died)."""
+        handle = self.handles.get(job_id)
+        if handle is None:
+            return None
+        try:
+            self.ray.get(handle.pid.remote(), timeout=30)
+        except self.ray.exceptions.RayActorError as exc:
+            return last_error_line(str(exc))
+        except Exception:  # noqa: BLE001 - no reason to give beats a second failure
+            return None
+        return None
 
     def log_of(self, job_id: str) -> str:
         return f"the Ray worker logs of actor {job_id} (namespace {NAMESPACE})"

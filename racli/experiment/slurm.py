@@ -8,6 +8,7 @@ from pathlib import Path
 
 from racli.errors import BadInput
 from racli.experiment import worker
+from racli.experiment.text import last_error_line
 
 #: states after which a Slurm job does nothing more (a requeued job goes back to PENDING)
 ENDED = (
@@ -98,6 +99,17 @@ class SlurmLauncher:
     @staticmethod
     def ended(state: str) -> bool:
         return state.upper() in ENDED
+
+    def why_ended(self, job_id: str, state: str) -> str | None:
+        """Slurm's end state unless COMPLETED (TIMEOUT, OUT_OF_MEMORY, ...), and the
+        exception the job's stderr names, if any."""
+        try:
+            log = Path(self._job(job_id).paths.stderr).read_text(errors="replace")[-20000:]
+        except OSError:
+            log = ""
+        parts = [f"slurm state {state}"] if state.upper() != "COMPLETED" else []
+        raised = last_error_line(log, strict=True)
+        return "; ".join(parts + ([raised] if raised else [])) or None
 
     def log_of(self, job_id: str) -> str:
         return str(self._job(job_id).paths.stdout)

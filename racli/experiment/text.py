@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import math
+import re
 
 from racli.experiment import judge
 from racli.experiment.calibrate import summary_text
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)): \S.*$")
+
+
+def last_error_line(text: str, limit: int = 300, *, strict: bool = False) -> str | None:
+    """The line of a traceback or a log that names the exception (its last one, e.g.
+    "ModuleNotFoundError: No module named 'racli'"), else (unless `strict`) the first
+    non-empty line; at most `limit` characters, colour codes removed; or None."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED.match(line)]
+    if raised:
+        line = raised[-1]
+    elif lines and not strict:
+        line = lines[0]
+    else:
+        return None
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def seed_text(seeds: list[int]) -> str:
