@@ -200,14 +200,8 @@ def test_an_actor_whose_job_ray_cannot_load_is_gone_with_its_reason(ray_cluster,
         "class Job:\n    def __init__(self, name):\n        self.name = name\n"
     )
     env = dict(ray_cluster.env(), PYTHONPATH=str(ROOT))
-    res = subprocess.run(
-        [sys.executable, "-c", UNIMPORTABLE, str(mods)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    argv = [sys.executable, "-c", UNIMPORTABLE, str(mods)]
+    res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == (
         "ENDED|ModuleNotFoundError: No module named 'ra_driver_only'"
