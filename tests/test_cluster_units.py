@@ -283,6 +283,7 @@ def test_the_line_that_names_the_exception():
     # no exception named: the first line, without colour codes, unless strict
     assert last_error_line("\x1b[33mThe actor died\x1b[0m\n unexpectedly") == "The actor died"
     assert last_error_line("srun: warning: x\nall went well", strict=True) is None
+    assert last_error_line("UserWarning: TF32 is off\nall went well", strict=True) is None
     assert last_error_line("") is None and last_error_line(" \n", strict=True) is None
     assert len(last_error_line("RuntimeError: " + "x" * 1000)) == 300
 

@@ -9,7 +9,7 @@ from racli.experiment import judge
 from racli.experiment.calibrate import summary_text
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)): \S.*$")
+_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)): \S.*$")
 
 
 def last_error_line(text: str, limit: int = 300, *, strict: bool = False) -> str | None:
