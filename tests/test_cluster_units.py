@@ -307,7 +307,8 @@ class _EndedLauncher:
 
 def test_a_job_that_ended_without_a_word_is_explained_by_its_launcher(tmp_path):
     """A unit not done: its own note first; else, once its job ended, the launcher's reason
-    (asked once a job); nothing while the job runs or for another launcher's job."""
+    (asked once a job), recorded as the unit's note; nothing while the job runs or for
+    another launcher's job."""
     from racli.experiment.cluster import ClusterRun
 
     store = open_store(str(tmp_path / "ra.db"))
@@ -325,13 +326,29 @@ def test_a_job_that_ended_without_a_word_is_explained_by_its_launcher(tmp_path):
         assert why(u["b"], seen) == "" and run.launcher.asked == []  # queued: not ended
         store_jobs.set_scheduler_state(store, "k1", "j1", "ENDED")
         store_jobs.set_scheduler_state(store, "k1", "j2", "ENDED")
+        store_jobs.set_state(store, u["r"], "done")  # its run finished, under new budgets
         assert why(u["b"], seen) == why(u["r"], seen) == "ModuleNotFoundError: x"
         assert why(u["x"], seen) == ""  # the launcher knows nothing of j2
         assert run.launcher.asked == ["j1", "j2"]
+        # the reason is recorded (for --status) where the unit was neither done nor noted
+        units = {r.arm: (r.state, r.note) for r in store_jobs.experiment_jobs(store, "k1")}
+        assert units == {
+            "b": ("failed", "ModuleNotFoundError: x"),
+            "r": ("done", None),
+            "x": ("queued", None),
+        }
         store_jobs.set_state(store, u["r"], "failed", "RuntimeError: its own")
         assert why(u["r"], {}) == "RuntimeError: its own"
+        # a unit given another job meanwhile (the same command again) is left as it is
+        store_jobs.set_scheduler(store, [u["x"]], launcher="ray", scheduler_job="j3")
+        store_jobs.fail_unexplained(store, u["x"], "j2", "late word of j2")
+        assert store_jobs.get(store, u["x"]).note is None
+        store_jobs.set_scheduler_state(store, "k1", "j3", "ENDED")
+        run.launcher.reasons["j3"] = "SystemExit: 1"
         run.launcher.name = "slurm"  # a job of another launcher than this command's
-        assert why(u["b"], {}) == ""
+        assert why(u["x"], {}) == ""
+        run.launcher.name = "ray"
+        assert why(u["x"], {}) == "SystemExit: 1"
     finally:
         store.close()
 

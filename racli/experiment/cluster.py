@@ -212,7 +212,8 @@ class ClusterRun:
 
     def _why(self, row, seen: dict[str, str]) -> str:
         """Why a unit is not done: the note its job left, else (its job ended without
-        one) the reason the launcher gives, asked once a job (`seen`)."""
+        one) the reason the launcher gives, asked once a job (`seen`) and recorded as the
+        unit's note (`--status` shows it later)."""
         if row is None or row.note:
             return row.note if row is not None else ""
         sid, state = row.scheduler_job, row.scheduler_state or ""
@@ -220,6 +221,8 @@ class ClusterRun:
             return ""
         if sid not in seen:
             seen[sid] = self.launcher.why_ended(sid, state) or ""
+        if seen[sid]:
+            store_jobs.fail_unexplained(self.store, _unit(row), sid, seen[sid])
         return seen[sid]
 
     def _results(self, ctx: Context, jobs: list[Job]) -> list[JobResult]:

@@ -207,6 +207,23 @@ def set_state(store: Store, unit: Unit, state: str, note: str | None = None) -> 
         )
 
 
+def fail_unexplained(store: Store, unit: Unit, scheduler_job: str, note: str) -> None:
+    """Mark the unit failed with `note` (its scheduler's reason) where its job
+    `scheduler_job` ended leaving it neither done nor a note; a unit since given another
+    job, or done, or explained by its own job, is left as it is."""
+    with store.writing() as conn:
+        conn.execute(
+            update(ExperimentJob)
+            .where(
+                unit.where(),
+                ExperimentJob.scheduler_job == scheduler_job,
+                ExperimentJob.state != "done",
+                or_(ExperimentJob.note.is_(None), ExperimentJob.note == ""),
+            )
+            .values(state="failed", note=note, updated_at=utcnow())
+        )
+
+
 def experiment_jobs(store: Store, experiment: str) -> list[ExperimentJob]:
     """Every unit of experiment `experiment`, in the order they were made."""
     with store.session() as s:
