@@ -214,8 +214,10 @@ class ClusterRun:
         """Why a unit is not done: the note its job left, else (its job ended without
         one) the reason the launcher gives, asked once a job (`seen`) and recorded as the
         unit's note (`--status` shows it later)."""
-        if row is None or row.note:
-            return row.note if row is not None else ""
+        if row is None:
+            return ""
+        if row.note:
+            return row.note
         sid, state = row.scheduler_job, row.scheduler_state or ""
         if not sid or row.launcher != self.launcher.name or not self.launcher.ended(state):
             return ""
