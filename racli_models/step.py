@@ -11,6 +11,12 @@ A step is: the batch in micro-batches of `micro` sequences (each loss scaled by
 gradient clipping to `clip` (0: none), the optimizer step, the gradients set
 to None. Nothing in it waits for the host.
 
+With fused Adam or AdamW (ra's optimizer on CUDA) the clipping takes no pass of its
+own: the gradients' norm is computed, and the optimizer's kernel divides each gradient
+by max(1, (norm + 1e-6) / clip) as it reads it (its `grad_scale`, the hook torch's
+GradScaler uses), which is `clip_grad_norm_`'s scaling; other optimizers get
+`clip_grad_norm_`. `fold_clip=False` keeps `clip_grad_norm_` for every optimizer.
+
 With `graph=True` (the default on CUDA) the first call runs the step as
 above on a side stream (the warm-up: compilation, the optimizer's state, the
 library handles), then captures the next step into a CUDA graph without
@@ -51,6 +57,16 @@ from collections.abc import Callable
 import torch
 
 
+def folds_clip(opt: torch.optim.Optimizer) -> bool:
+    """Whether `opt` divides its gradients by a `grad_scale` tensor in its kernel: fused
+    Adam or AdamW, with no GradScaler's scale already set on it."""
+    return (
+        type(opt) in (torch.optim.Adam, torch.optim.AdamW)
+        and all(g.get("fused") for g in opt.param_groups)
+        and getattr(opt, "grad_scale", None) is None
+    )
+
+
 class TrainStep:
     def __init__(
         self,
@@ -63,11 +79,13 @@ class TrainStep:
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         graph: bool | None = None,
         reduce=None,
+        fold_clip: bool = True,
     ):
         self.model, self.opt = model, opt
         self.fwd = fwd if fwd is not None else model
         self.micro, self.clip, self.autocast = micro, clip, autocast
         self.reduce = reduce
+        self.fold_clip = fold_clip and folds_clip(opt)
         self.params = [p for p in model.parameters() if p.requires_grad]
         cuda = bool(self.params) and self.params[0].is_cuda
         self.graph_on = cuda if graph is None else (graph and cuda)
@@ -104,11 +122,25 @@ class TrainStep:
             total = part if total is None else total + part
         if self.reduce is not None:
             self.reduce()
-        if self.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
-        self.opt.step()
+        if self.clip > 0 and self.fold_clip:
+            self._step_clipped()
+        else:
+            if self.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return total
+
+    def _step_clipped(self) -> None:
+        """The optimizer step on gradients clipped to norm `clip` inside its kernel."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        # clip_grad_norm_ multiplies by min(1, clip / (norm + 1e-6)); the kernel divides
+        self.opt.grad_scale = torch.clamp((norm.float() + 1e-6) / self.clip, min=1.0)
+        try:
+            self.opt.step()
+        finally:
+            del self.opt.grad_scale
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.graph_on:

@@ -553,3 +553,78 @@ def test_release_drops_the_captured_step_and_the_gradients():
     assert all(p.grad is None for p in step.params)
     step.graph_on = False  # no CUDA here: the step runs uncaptured
     assert torch.isfinite(step(x, x))
+
+
+def _clipped_run(fold: bool | None, clip: float, device: str = "cpu", graph: bool = False):
+    """Five steps of a tiny ra_v5 GPT under fused AdamW: the parameters afterwards, and
+    whether the step folded its clipping into the optimizer. `fold=None`: the reference,
+    torch's clip_grad_norm_ then the optimizer step, written out here."""
+    from racli_models.step import TrainStep
+
+    kw = dict(vocab_size=61, n_layer=2, n_head=2, n_embd=32, block_size=16, attn="ra_v5")
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 61, (4, 17), generator=g).to(device) for _ in range(5)]
+    m = GPT(GPTConfig(**kw), seed=3).to(device)
+    opt = m.configure_optimizer(0.1, 1e-2, (0.9, 0.95), fused=True)
+    folded = None
+    for b in batches:
+        if fold is None:
+            _, loss = m(b[:, :-1], b[:, 1:])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            if folded is None:
+                step = TrainStep(m, opt, clip=clip, graph=graph, fold_clip=fold)
+                folded = step.fold_clip
+            step(b[:, :-1], b[:, 1:])
+    assert not hasattr(opt, "grad_scale")  # nothing left for a later step
+    return [p.detach().cpu().clone() for p in m.parameters()], folded
+
+
+def _largest_gap(a, b):
+    return max(float((p - q).abs().max()) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("clip", [0.05, 1e6])
+def test_clipping_inside_fused_adamw_equals_clip_grad_norm(clip):
+    """With fused AdamW the step clips through the optimizer's grad_scale (no pass of its
+    own over the gradients): the parameters after five steps are clip_grad_norm_'s, when
+    the clipping scales (0.05) and when it does not (1e6); the test can tell clipping
+    from none (the 0.05 run differs from the unclipped one)."""
+    want, _ = _clipped_run(None, clip)
+    got, folded = _clipped_run(True, clip)
+    plain, unfolded = _clipped_run(False, clip)
+    assert folded and not unfolded
+    assert _largest_gap(got, want) < 1e-5
+    assert _largest_gap(plain, want) < 1e-5
+    if clip < 1:
+        unclipped, _ = _clipped_run(None, 1e6)
+        assert _largest_gap(unclipped, want) > 1e-3
+
+
+def test_only_a_fused_adam_takes_the_clipping_inside():
+    """The fold needs a kernel that divides by grad_scale: fused Adam/AdamW only, and none
+    whose grad_scale a GradScaler already set; any other optimizer clips as before."""
+    from racli_models.step import folds_clip
+
+    w = [torch.nn.Parameter(torch.ones(3))]
+    assert folds_clip(torch.optim.AdamW(w, fused=True))
+    assert folds_clip(torch.optim.Adam(w, fused=True))
+    assert not folds_clip(torch.optim.AdamW(w))
+    assert not folds_clip(torch.optim.AdamW(w, foreach=True))
+    assert not folds_clip(torch.optim.SGD(w, lr=0.1))
+    scaled = torch.optim.AdamW(w, fused=True)
+    scaled.grad_scale = torch.ones(())
+    assert not folds_clip(scaled)
+
+
+@pytest.mark.gpu
+def test_clipping_inside_fused_adamw_in_the_replayed_graph():
+    """On CUDA, the step replayed as one CUDA graph clips inside fused AdamW as
+    clip_grad_norm_ does eagerly."""
+    want, _ = _clipped_run(None, 0.05, "cuda")
+    got, folded = _clipped_run(True, 0.05, "cuda", graph=True)
+    assert folded
+    assert _largest_gap(got, want) < 1e-5

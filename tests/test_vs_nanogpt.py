@@ -132,6 +132,8 @@ def test_bench_py_runs_after_the_arms_gave_their_memory_back(tmp_path, capsys, m
         ("baseline+ce.reverse=1", "loss kernel setting reverse=1"),
         ("baseline+ce.block=true", "loss kernel setting block=True"),
         ("nanogpt+ce.block=4096", "takes no settings but micro"),
+        ("baseline+foldclip=0", "foldclip in arm 'baseline\\+foldclip=0' is true or false"),
+        ("nanogpt+foldclip=false", "takes no settings but micro"),
     ],
 )
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
@@ -206,6 +208,7 @@ def test_an_arm_names_its_sdpa_backend():
     assert tool.parse_arm("ra_v5+sdpa=cudnn+micro=8") == ("ra_v5", {"sdpa": "cudnn", "micro": 8})
     qkv = tool.parse_arm("baseline+sdpa=fa4+fa4qkv=true")
     assert qkv == ("baseline", {"sdpa": "fa4", "fa4qkv": True})
+    assert tool.parse_arm("ra_v5+foldclip=false") == ("ra_v5", {"foldclip": False})
 
 
 def test_an_fa4_arm_chooses_its_operator():

@@ -29,6 +29,9 @@ Arms:
                  with fa4, +fa4qkv=false: the heads through the pair's operators and
                  their gradients concatenated, instead of the default one operator over
                  the [q | k | v] projection (racli_models.flash4.qkv_operator)
+  ARM+foldclip=false  an ra arm whose step clips with clip_grad_norm_ (a pass of its
+                 own over the gradients), as before 2026-12-06, instead of inside
+                 fused AdamW's kernel (racli_models.step.folds_clip)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -82,7 +85,13 @@ from racli_models.loss import check_settings as check_loss_settings  # noqa: E40
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
-STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv")  # arm settings of the step, not the model
+STEP_KEYS = (
+    "graph",
+    "micro",
+    "sdpa",
+    "fa4qkv",
+    "foldclip",
+)  # arm settings of the step, not the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
 
@@ -126,6 +135,8 @@ def parse_arm(arm: str) -> tuple[str, dict]:
             raise SystemExit(f"vs_nanogpt: {exc}") from None
     if "fa4qkv" in extra and (type(extra["fa4qkv"]) is not bool or extra.get("sdpa") != "fa4"):
         raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
+    if "foldclip" in extra and type(extra["foldclip"]) is not bool:
+        raise SystemExit(f"vs_nanogpt: foldclip in arm '{arm}' is true or false")
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -299,6 +310,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
                 under(settings, CE),
             ),
             graph=bool(settings.get("graph", True)),
+            fold_clip=settings.get("foldclip", True),
         )
     t0 = time.perf_counter()
     with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
