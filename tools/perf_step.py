@@ -10,7 +10,8 @@ Parts (each prints its table; every row also goes to $OUT/perf_step.jsonl):
   one CUDA graph: racli_models.loss and .step). Each: 3 warm-up steps, CUDA
   events around `--steps` steps (median, p10, p90), then torch.profiler over 3
   steps: GPU time per step by kernel class, the largest kernels, and the step
-  time no kernel covers (the median step minus the kernels' sum).
+  time no kernel covers (the median step minus the kernels' sum). With
+  `--attn ra_v5,...`: `after` again for each of those attention variants.
 - loss: the LM head and its loss alone, forward and backward, at the step's
   shape (32,768 rows x 768 -> 50,304; float32 weights under bf16 autocast, as
   in training): the compiled plain loss (F.linear + F.cross_entropy under
@@ -111,9 +112,11 @@ def by_class(prof, n_steps: int) -> tuple[dict, list, float]:
     return classes, top[:25], total
 
 
-def profile_part(steps: int) -> None:
-    for name, kernel, graph in (("before", False, False), ("after", True, True)):
-        profile_one(name, kernel, graph, steps)
+def profile_part(steps: int, attns: list[str]) -> None:
+    versions = [("before", False, False, "baseline"), ("after", True, True, "baseline")]
+    versions += [(f"after {a}", True, True, a) for a in attns]
+    for name, kernel, graph, attn in versions:
+        profile_one(name, kernel, graph, steps, attn)
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -121,12 +124,12 @@ def profile_part(steps: int) -> None:
     L.KERNEL = True
 
 
-def profile_one(name: str, kernel: bool, graph: bool, steps: int) -> None:
+def profile_one(name: str, kernel: bool, graph: bool, steps: int, attn: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     L.KERNEL = kernel
     torch.manual_seed(1234)
-    cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=V)
+    cfg = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=T, vocab_size=V, attn=attn)
     model = GPT(cfg).cuda()
     opt = model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), fused=True)
     step = TrainStep(
@@ -157,6 +160,7 @@ def profile_one(name: str, kernel: bool, graph: bool, steps: int) -> None:
         {
             "part": "profile",
             "step": name,
+            "attn": attn,
             "graph": step._graph is not None,
             "graph_error": step.graph_error,
             "warmup_s": round(warm, 1),
@@ -387,6 +391,7 @@ def main() -> int:
     ap.add_argument("--parts", default="profile,loss,ce,eager")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--attn", default="", help="profile: more variants' `after` step, e.g. ra_v5")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -396,7 +401,7 @@ def main() -> int:
     for part in args.parts.split(","):
         t0 = time.perf_counter()
         try:
-            {"profile": lambda: profile_part(args.steps), "loss": lambda: loss_part(args.reps),
+            {"profile": lambda: profile_part(args.steps, [a for a in args.attn.split(",") if a]), "loss": lambda: loss_part(args.reps),
              "ce": lambda: ce_part(max(args.reps, 50)), "eager": lambda: eager_part(200)}[part]()  # fmt: skip
         except Exception as e:
             emit({"part": part, "error": f"{type(e).__name__}: {e}"[:500]})
