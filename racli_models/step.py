@@ -67,6 +67,26 @@ def folds_clip(opt: torch.optim.Optimizer) -> bool:
     )
 
 
+def clipped_step(
+    opt: torch.optim.Optimizer, params: list, clip: float, *, fold: bool = True
+) -> None:
+    """`opt`'s step on the gradients of `params` clipped to norm `clip` (0: none): inside
+    the optimizer's kernel where `fold` and `folds_clip(opt)`, else `clip_grad_norm_` first."""
+    if clip > 0 and fold and folds_clip(opt):
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        # clip_grad_norm_ multiplies by min(1, clip / (norm + 1e-6)); the kernel divides
+        opt.grad_scale = torch.clamp((norm.float() + 1e-6) / clip, min=1.0)
+        try:
+            opt.step()
+        finally:
+            del opt.grad_scale
+        return
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+    opt.step()
+
+
 class TrainStep:
     def __init__(
         self,
@@ -122,25 +142,9 @@ class TrainStep:
             total = part if total is None else total + part
         if self.reduce is not None:
             self.reduce()
-        if self.clip > 0 and self.fold_clip:
-            self._step_clipped()
-        else:
-            if self.clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
-            self.opt.step()
+        clipped_step(self.opt, self.params, self.clip, fold=self.fold_clip)
         self.opt.zero_grad(set_to_none=True)
         return total
-
-    def _step_clipped(self) -> None:
-        """The optimizer step on gradients clipped to norm `clip` inside its kernel."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-        # clip_grad_norm_ multiplies by min(1, clip / (norm + 1e-6)); the kernel divides
-        self.opt.grad_scale = torch.clamp((norm.float() + 1e-6) / self.clip, min=1.0)
-        try:
-            self.opt.step()
-        finally:
-            del self.opt.grad_scale
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.graph_on:

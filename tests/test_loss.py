@@ -604,6 +604,40 @@ def test_clipping_inside_fused_adamw_equals_clip_grad_norm(clip):
         assert _largest_gap(unclipped, want) > 1e-3
 
 
+def test_the_clipped_step_of_the_ddp_path_clips_inside_a_fused_adamw():
+    """`clipped_step` (the step of `ra train`'s DDP path, and of TrainStep): a fused AdamW
+    ends where clip_grad_norm_ then its step end, with nothing left on the optimizer;
+    `fold=False` takes clip_grad_norm_'s own pass to the same end. The gradients' norms
+    change from step to step (some under the clip, some over), so that Adam's indifference
+    to one constant scale cannot hide the clipping: unclipped steps end elsewhere."""
+    from racli_models.step import clipped_step
+
+    g = torch.Generator().manual_seed(4)
+    steps = [
+        [torch.randn(5, 3, generator=g) * s, torch.randn(7, generator=g) * s]
+        for s in (10.0, 0.01, 3.0, 0.05, 30.0)
+    ]
+    ends = {}
+    for how in ("reference", "folded", "unfolded", "unclipped"):
+        params = [torch.nn.Parameter(torch.ones_like(x)) for x in steps[0]]
+        opt = torch.optim.AdamW(params, lr=0.1, fused=True)
+        for grads in steps:
+            for p, x in zip(params, grads):
+                p.grad = x.clone()
+            if how == "reference":
+                torch.nn.utils.clip_grad_norm_(params, 0.5)
+                opt.step()
+            else:
+                clipped_step(
+                    opt, params, 0.5 if how != "unclipped" else 0.0, fold=how != "unfolded"
+                )
+            assert not hasattr(opt, "grad_scale")
+        ends[how] = torch.cat([p.detach().flatten() for p in params])
+    for how in ("folded", "unfolded"):
+        assert torch.allclose(ends[how], ends["reference"], rtol=0, atol=1e-6), how
+    assert float((ends["unclipped"] - ends["reference"]).abs().max()) > 1e-2
+
+
 def test_only_a_fused_adam_takes_the_clipping_inside():
     """The fold needs a kernel that divides by grad_scale: fused Adam/AdamW only, and none
     whose grad_scale a GradScaler already set; any other optimizer clips as before."""

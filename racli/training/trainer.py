@@ -467,10 +467,10 @@ class Trainer:
         else:
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
+            from racli_models.step import clipped_step
+
             loss = accumulate_gradients(self.model, x, y, self.layout.micro, self._autocast)
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
-            self.opt.step()
+            clipped_step(self.opt, self.params, t.grad_clip)  # inside fused AdamW on CUDA
             self.opt.zero_grad(set_to_none=True)
         self.loss_acc += loss
         self.step += 1
