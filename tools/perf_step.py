@@ -398,10 +398,11 @@ def main() -> int:
     out = os.environ.get("OUT")
     SINK = open(os.path.join(out, "perf_step.jsonl"), "a") if out else None
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    attns = [a for a in args.attn.split(",") if a]
     for part in args.parts.split(","):
         t0 = time.perf_counter()
         try:
-            {"profile": lambda: profile_part(args.steps, [a for a in args.attn.split(",") if a]), "loss": lambda: loss_part(args.reps),
+            {"profile": lambda: profile_part(args.steps, attns), "loss": lambda: loss_part(args.reps),
              "ce": lambda: ce_part(max(args.reps, 50)), "eager": lambda: eager_part(200)}[part]()  # fmt: skip
         except Exception as e:
             emit({"part": part, "error": f"{type(e).__name__}: {e}"[:500]})

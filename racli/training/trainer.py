@@ -33,6 +33,7 @@ from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
 from racli.training.spec import TrainSpec, model_config
+from racli_models.step import clipped_step
 
 # a run's first checkpoint comes this soon (or at its first evaluation, if earlier), so that
 # a run killed young can be resumed; later ones every train.checkpoint_minutes
@@ -467,8 +468,6 @@ class Trainer:
         else:
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
-            from racli_models.step import clipped_step
-
             loss = accumulate_gradients(self.model, x, y, self.layout.micro, self._autocast)
             clipped_step(self.opt, self.params, t.grad_clip)  # inside fused AdamW on CUDA
             self.opt.zero_grad(set_to_none=True)
