@@ -28,8 +28,18 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+#: the residual stream as (B*T, C) rows between the blocks' GEMMs (False: as (B, T, C)).
+#: The same values either way; flat, torch.compile writes the bf16 copy of each residual
+#: gradient that the projections' backward GEMMs read in the layer norm's backward kernel,
+#: rather than in a separate pass over the float32 gradient (docs/performance.md).
+FLAT = True
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LayerNorm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+    x is (B, T, C), or (B*T, C) rows with `shape` = (B, T, C) (the attention needs T);
+    the result has x's shape."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -38,8 +48,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, shape: torch.Size | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x).view(shape or x.shape)).view(x.shape)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -148,9 +158,12 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        shape = x.shape
+        if FLAT:
+            x = x.view(-1, shape[-1])
         for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
+            x = block(x, shape)
+        x = self.transformer.ln_f(x).view(shape)
         if targets is None:
             return self.lm_head(x), None
         h, t = x.reshape(-1, x.size(-1)), targets.reshape(-1)

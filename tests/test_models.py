@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from racli_models import ATTENTION, GPT, GPTConfig, UnknownAttentionError, build_attention
+from racli_models import gpt as gpt_module
 from racli_models.reference import causal_attention, reference_forward
 
 VARIANTS = sorted(ATTENTION)
@@ -140,6 +141,25 @@ def test_every_parameter_gets_a_gradient_at_init(attn):
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().max() > 0, f"{name} got a zero gradient"
+
+
+@pytest.mark.parametrize("attn", VARIANTS)
+def test_the_flat_residual_stream_changes_no_value(attn, monkeypatch):
+    """gpt.FLAT (the residual stream as (B*T, C) rows between the blocks) only reshapes:
+    the same logits, loss and gradients, bit for bit, as the stream kept (B, T, C)."""
+    idx = torch.randint(0, 64, (B, T + 1))
+    results = {}
+    for flat in (True, False):
+        monkeypatch.setattr(gpt_module, "FLAT", flat)
+        model = tiny_gpt(attn)
+        logits, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        results[flat] = (logits, loss, grads)
+    (l1, loss1, g1), (l2, loss2, g2) = results[True], results[False]
+    assert l1.shape == (B, T, 64)
+    assert torch.equal(l1, l2) and torch.equal(loss1, loss2)
+    assert all(torch.equal(g1[n], g2[n]) for n in g1)
 
 
 @pytest.mark.parametrize("attn", GATED + ["sdpa_gate"])
