@@ -134,6 +134,9 @@ def test_bench_py_runs_after_the_arms_gave_their_memory_back(tmp_path, capsys, m
         ("nanogpt+ce.block=4096", "takes no settings but micro"),
         ("baseline+foldclip=0", "foldclip in arm 'baseline\\+foldclip=0' is true or false"),
         ("nanogpt+foldclip=false", "takes no settings but micro"),
+        ("baseline+flat=no", "flat in arm 'baseline\\+flat=no' is true or false"),
+        ("nanogpt+flat=false", "takes no settings but micro"),
+        ("baseline+inductor.triton.no_such_knob=1", "has no 'inductor.triton.no_such_knob'"),
     ],
 )
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
@@ -222,6 +225,23 @@ def test_an_fa4_arm_chooses_its_operator():
         assert flash4.QKV is default
     with tool.autocast_of("cpu", "math")():
         assert flash4.QKV is default
+
+
+def test_an_arm_keeps_the_residual_stream_as_b_t_c_in_its_step():
+    from racli_models import gpt
+
+    tool = _tool()
+    assert tool.parse_arm("ra_v5+flat=false") == ("ra_v5", {"flat": False})
+    assert tool.parse_arm("baseline+inductor.triton.mix_order_reduction=false") == (
+        "baseline",
+        {"inductor.triton.mix_order_reduction": False},
+    )
+    assert gpt.FLAT is True
+    with tool.autocast_of("cpu", "math", None, None, False)():
+        assert gpt.FLAT is False
+    assert gpt.FLAT is True
+    with tool.autocast_of("cpu", "math")():
+        assert gpt.FLAT is True
 
 
 def test_an_arm_sets_the_loss_kernel_in_its_step():

@@ -20,7 +20,8 @@ Arms:
   ARM+K=V        an ra arm with a model setting changed, e.g. baseline+fused_loss=true,
                  or graph=false: ra's step without its CUDA-graph capture, or
                  inductor.NAME=V: torch._inductor.config.NAME while the arm compiles
-                 (e.g. baseline+inductor.coordinate_descent_tuning=true), or
+                 (e.g. baseline+inductor.coordinate_descent_tuning=true,
+                 baseline+inductor.triton.mix_order_reduction=false), or
                  ce.NAME=V: the loss kernel's setting NAME (block, warps, reverse,
                  evict, programs_per_sm: racli_models.loss.settings) in the arm's step
                  (e.g. baseline+ce.block=4096+ce.warps=8+ce.reverse=false+ce.evict=false,
@@ -32,6 +33,8 @@ Arms:
   ARM+foldclip=false  an ra arm whose step clips with clip_grad_norm_ (a pass of its
                  own over the gradients), as before 2026-12-06, instead of inside
                  fused AdamW's kernel (racli_models.step.folds_clip)
+  ARM+flat=false an ra arm whose residual stream runs as (B, T, C) between the blocks,
+                 as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -80,7 +83,7 @@ from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
-from racli_models import GPT, GPTConfig, flash4  # noqa: E402
+from racli_models import GPT, GPTConfig, flash4, gpt  # noqa: E402
 from racli_models.loss import check_settings as check_loss_settings  # noqa: E402
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
@@ -91,6 +94,7 @@ STEP_KEYS = (
     "sdpa",
     "fa4qkv",
     "foldclip",
+    "flat",
 )  # arm settings of the step, not the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
@@ -137,6 +141,8 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
     if "foldclip" in extra and type(extra["foldclip"]) is not bool:
         raise SystemExit(f"vs_nanogpt: foldclip in arm '{arm}' is true or false")
+    if "flat" in extra and type(extra["flat"]) is not bool:
+        raise SystemExit(f"vs_nanogpt: flat in arm '{arm}' is true or false")
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -148,7 +154,7 @@ def parse_arm(arm: str) -> tuple[str, dict]:
     for setting in under(extra, INDUCTOR):
         import torch._inductor.config as inductor_config
 
-        if not hasattr(inductor_config, setting):
+        if setting not in inductor_config.get_config_copy():  # dotted: triton.NAME
             raise SystemExit(f"vs_nanogpt: torch._inductor.config has no '{INDUCTOR}{setting}'")
     return name, extra
 
@@ -190,13 +196,28 @@ def own_forward(model: torch.nn.Module, tag: str) -> None:
     model.forward = types.MethodType(fn, model)
 
 
+@contextlib.contextmanager
+def flat_residual(flat: bool):
+    """racli_models.gpt.FLAT set to `flat` inside the block."""
+    before, gpt.FLAT = gpt.FLAT, flat
+    try:
+        yield
+    finally:
+        gpt.FLAT = before
+
+
 def autocast_of(
-    device: str, sdpa: str = "auto", fa4qkv: bool | None = None, ce: dict | None = None
+    device: str,
+    sdpa: str = "auto",
+    fa4qkv: bool | None = None,
+    ce: dict | None = None,
+    flat: bool | None = None,
 ):
     """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`
     (`fa4qkv`: under fa4, whether its [q | k | v] operator serves; None: ra's default),
-    and the loss kernel's settings `ce` (racli_models.loss.settings; None: ra's)."""
-    if fa4qkv is None and not ce:
+    the loss kernel's settings `ce` (racli_models.loss.settings; None: ra's), and whether
+    the residual stream is (B*T, C) rows (`flat`: racli_models.gpt.FLAT; None: ra's)."""
+    if fa4qkv is None and not ce and flat is None:
         return partial(step_context, device.startswith("cuda"), sdpa)
 
     def context() -> contextlib.ExitStack:
@@ -204,6 +225,8 @@ def autocast_of(
         if fa4qkv is not None:
             stack.enter_context(flash4.qkv_operator(fa4qkv))
         stack.enter_context(loss_settings(**(ce or {})))
+        if flat is not None:
+            stack.enter_context(flat_residual(flat))
         return stack
 
     return context
@@ -288,7 +311,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     model, opt, n_params = build_arm(arm, shape, device, nanogpt_mod)
     name, settings = parse_arm(arm)
     patch = under(settings, INDUCTOR)
-    if patch:
+    if patch or "flat" in settings:
         own_forward(model, arm)
     # static shapes: an arm at another micro-batch must not turn a shared forward dynamic
     fwd = model if args.no_compile else torch.compile(model, dynamic=False)
@@ -308,6 +331,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
                 settings.get("sdpa", "auto"),
                 settings.get("fa4qkv"),
                 under(settings, CE),
+                settings.get("flat"),
             ),
             graph=bool(settings.get("graph", True)),
             fold_clip=settings.get("foldclip", True),
