@@ -332,18 +332,23 @@ def _fwd_bwd(m, x, w):
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("attn", ["baseline", "ra_v5", "ra_v5_untied", "sdpa_gate", "ra_beta"])
 def test_pair_matches_float64_forward_and_gradients(attn, dtype, qkv):
+    """Within TOL of float64, or (a gate's gradient: a few sums over every position, whose
+    terms cancel) no further than twice torch's own SDPA in the same dtype from it."""
+    torch.manual_seed(0)
     m = _block(attn, dtype)
     x = torch.randn(B, T, C, device="cuda", dtype=dtype)
     w = torch.randn(B, T, C, device="cuda")
     with sdpa_backend_context(FA4), flash4.qkv_operator(qkv):
         out, got = _fwd_bwd(m, x, w)
+    _, torch_sdpa = _fwd_bwd(m, x, w)
     ref_m = _block(attn, torch.float64)
     ref_m.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
     with sdpa_kernel(SDPBackend.MATH):
         ref, want = _fwd_bwd(ref_m, x.double(), w.double())
     assert rel_err(out, ref) < TOL[dtype]
     for name in want:
-        assert rel_err(got[name], want[name]) < TOL[dtype], name
+        bound = max(TOL[dtype], 2 * rel_err(torch_sdpa[name], want[name]))
+        assert rel_err(got[name], want[name]) < bound, name
 
 
 @pytest.mark.gpu
