@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,17 @@ class MLP(nn.Module):
 #: gradient that the projections' backward GEMMs read in the layer norm's backward kernel,
 #: rather than in a separate pass over the float32 gradient (docs/performance.md).
 FLAT = True
+
+
+@contextlib.contextmanager
+def flat_residual(flat: bool = True) -> Iterator[None]:
+    """Inside the block `FLAT` is `flat`."""
+    global FLAT
+    before, FLAT = FLAT, flat
+    try:
+        yield
+    finally:
+        FLAT = before
 
 
 class Block(nn.Module):

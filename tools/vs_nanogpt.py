@@ -196,16 +196,6 @@ def own_forward(model: torch.nn.Module, tag: str) -> None:
     model.forward = types.MethodType(fn, model)
 
 
-@contextlib.contextmanager
-def flat_residual(flat: bool):
-    """racli_models.gpt.FLAT set to `flat` inside the block."""
-    before, gpt.FLAT = gpt.FLAT, flat
-    try:
-        yield
-    finally:
-        gpt.FLAT = before
-
-
 def autocast_of(
     device: str,
     sdpa: str = "auto",
@@ -226,7 +216,7 @@ def autocast_of(
             stack.enter_context(flash4.qkv_operator(fa4qkv))
         stack.enter_context(loss_settings(**(ce or {})))
         if flat is not None:
-            stack.enter_context(flat_residual(flat))
+            stack.enter_context(gpt.flat_residual(flat))
         return stack
 
     return context
