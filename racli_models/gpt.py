@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import gelu_mm
 from .attention import INIT_STD, build_attention, composed_once
 from .config import GPTConfig
 from .loss import linear_cross_entropy, lm_head_loss, use_kernel
@@ -27,7 +28,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if gelu_mm.use_kernel(h, self.c_proj):  # GELU's backward inside dy W's GEMM
+            return self.dropout(gelu_mm.gelu_proj(h, self.c_proj.weight))
+        return self.dropout(self.c_proj(self.gelu(h)))
 
 
 #: the residual stream as (B*T, C) rows between the blocks' GEMMs (False: as (B, T, C)).

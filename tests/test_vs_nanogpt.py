@@ -254,3 +254,17 @@ def test_an_arm_sets_the_loss_kernel_in_its_step():
     with tool.autocast_of("cpu", "math", None, {"block": 1024, "evict": not before[1]})():
         assert (loss.CE_BLOCK, loss.CE_EVICT, loss.CE_REVERSE) == (1024, not before[1], before[2])
     assert (loss.CE_BLOCK, loss.CE_EVICT, loss.CE_REVERSE) == before
+
+
+def test_an_arm_computes_gelus_backward_with_torchs_ops_in_its_step():
+    from racli_models import gelu_mm
+
+    tool = _tool()
+    assert tool.parse_arm("baseline+gelumm=true") == ("baseline", {"gelumm": True})
+    with pytest.raises(SystemExit, match="gelumm in arm"):
+        tool.parse_arm("baseline+gelumm=2")
+    assert tool.parse_arm("ra_v5+gelumm=false") == ("ra_v5", {"gelumm": False})
+    assert gelu_mm.KERNEL is True
+    with tool.autocast_of("cpu", "math", None, None, None, False)():
+        assert gelu_mm.KERNEL is False
+    assert gelu_mm.KERNEL is True

@@ -35,6 +35,8 @@ Arms:
                  fused AdamW's kernel (racli_models.step.folds_clip)
   ARM+flat=false an ra arm whose residual stream runs as (B, T, C) between the blocks,
                  as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
+  ARM+gelumm=false  an ra arm whose MLP runs GELU's backward as torch's ops, as before
+                 2026-12-06, instead of inside the GEMM of dy W (racli_models.gelu_mm)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -83,7 +85,7 @@ from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
-from racli_models import GPT, GPTConfig, flash4, gpt  # noqa: E402
+from racli_models import GPT, GPTConfig, flash4, gelu_mm, gpt  # noqa: E402
 from racli_models.loss import check_settings as check_loss_settings  # noqa: E402
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
@@ -95,6 +97,7 @@ STEP_KEYS = (
     "fa4qkv",
     "foldclip",
     "flat",
+    "gelumm",
 )  # arm settings of the step, not the model
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
@@ -143,6 +146,8 @@ def parse_arm(arm: str) -> tuple[str, dict]:
         raise SystemExit(f"vs_nanogpt: foldclip in arm '{arm}' is true or false")
     if "flat" in extra and type(extra["flat"]) is not bool:
         raise SystemExit(f"vs_nanogpt: flat in arm '{arm}' is true or false")
+    if "gelumm" in extra and type(extra["gelumm"]) is not bool:
+        raise SystemExit(f"vs_nanogpt: gelumm in arm '{arm}' is true or false")
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -202,12 +207,14 @@ def autocast_of(
     fa4qkv: bool | None = None,
     ce: dict | None = None,
     flat: bool | None = None,
+    gelumm: bool | None = None,
 ):
     """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`
     (`fa4qkv`: under fa4, whether its [q | k | v] operator serves; None: ra's default),
     the loss kernel's settings `ce` (racli_models.loss.settings; None: ra's), and whether
-    the residual stream is (B*T, C) rows (`flat`: racli_models.gpt.FLAT; None: ra's)."""
-    if fa4qkv is None and not ce and flat is None:
+    the residual stream is (B*T, C) rows (`flat`: racli_models.gpt.FLAT; None: ra's), and
+    whether the MLP's GELU backward runs inside a GEMM (`gelumm`: racli_models.gelu_mm)."""
+    if fa4qkv is None and not ce and flat is None and gelumm is None:
         return partial(step_context, device.startswith("cuda"), sdpa)
 
     def context() -> contextlib.ExitStack:
@@ -217,6 +224,8 @@ def autocast_of(
         stack.enter_context(loss_settings(**(ce or {})))
         if flat is not None:
             stack.enter_context(gpt.flat_residual(flat))
+        if gelumm is not None:
+            stack.enter_context(gelu_mm.kernel(gelumm))
         return stack
 
     return context
@@ -301,7 +310,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     model, opt, n_params = build_arm(arm, shape, device, nanogpt_mod)
     name, settings = parse_arm(arm)
     patch = under(settings, INDUCTOR)
-    if patch or "flat" in settings:
+    if patch or "flat" in settings or "gelumm" in settings:
         own_forward(model, arm)
     # static shapes: an arm at another micro-batch must not turn a shared forward dynamic
     fwd = model if args.no_compile else torch.compile(model, dynamic=False)
@@ -322,6 +331,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
                 settings.get("fa4qkv"),
                 under(settings, CE),
                 settings.get("flat"),
+                settings.get("gelumm"),
             ),
             graph=bool(settings.get("graph", True)),
             fold_clip=settings.get("foldclip", True),
