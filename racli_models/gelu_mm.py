@@ -32,9 +32,10 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 HAS_TRITON = triton is not None
-#: MLP's c_proj(gelu(h)) through `gelu_proj` when training on CUDA (False: torch's ops,
-#: nn.GELU's backward). It saves gelu(h) and gelu'(h) for the backward where torch.compile
-#: saves h alone: 2 bytes a hidden unit a token more (GPT-2 124M at 32 x 1024 tokens: 2.4 GB)
+#: MLP's c_proj(gelu(h)) through `gelu_proj` when training compiled on CUDA (False:
+#: torch's ops, nn.GELU's backward). It saves gelu(h) and gelu'(h) for the backward where
+#: torch.compile saves h alone: 2 bytes a hidden unit a token more (GPT-2 124M at 32 x 1024
+#: tokens: 2.4 GB)
 KERNEL = True
 #: the GEMM: a tile a program or persistent ("tma", "pers"), rows, columns and depth of a
 #: tile, row tiles per group (the order tiles are taken in, for L2 reuse), pipeline
@@ -86,11 +87,21 @@ def kernel(on: bool = True, **tile) -> Iterator[None]:
 
 def use_kernel(h: torch.Tensor, proj: torch.nn.Linear) -> bool:
     """Whether MLP's c_proj(gelu(h)) goes through `gelu_proj`: a bias-free c_proj, h on CUDA
-    in float16 or bfloat16 or under autocast (the kernel's products run on tensor cores),
-    and a backward to come (without one, saving gelu'(h) is wasted work)."""
+    in float16 or bfloat16 or under autocast (the kernel's products run on tensor cores), a
+    backward to come (without one, saving gelu'(h) is wasted work), and torch.compile
+    tracing (which makes gelu(h) and gelu'(h) in one kernel; run eagerly, gelu'(h) takes
+    a pass over memory per operation, more than the kernel saves)."""
     half = h.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
     grad = torch.is_grad_enabled() and (h.requires_grad or proj.weight.requires_grad)
-    return KERNEL and HAS_TRITON and h.is_cuda and half and grad and proj.bias is None
+    return (
+        KERNEL
+        and HAS_TRITON
+        and h.is_cuda
+        and half
+        and grad
+        and proj.bias is None
+        and torch.compiler.is_compiling()
+    )
 
 
 def gelu_proj(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
