@@ -123,6 +123,36 @@ def test_the_mlp_keeps_torchs_ops_off_cuda_and_with_a_bias():
     assert not gelu_mm.use_kernel(x, torch.nn.Linear(4, 4, bias=True))
 
 
+def test_the_node_traced_by_torch_compile_on_the_cpu(monkeypatch):
+    """The path CUDA training takes, traced by torch.compile on the CPU: the MLP's node
+    with its custom op (here computing (a @ b) * g with torch's ops), one call a layer in
+    the backward, and every gradient of a small GPT-2 as the plain eager model's."""
+    from racli_models import GPT, GPTConfig, gelu_mm
+
+    calls = []
+
+    def by_torch(a, b, g):
+        calls.append(tuple(a.shape))
+        return (a @ b) * g
+
+    monkeypatch.setattr(gelu_mm, "mm_times", by_torch)
+    monkeypatch.setattr(
+        gelu_mm, "use_kernel", lambda h, proj: torch.compiler.is_compiling() and h.requires_grad
+    )
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, bias=False)
+    idx = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for compiled in (False, True):
+        model = GPT(cfg, seed=0)
+        fwd = torch.compile(model, dynamic=False) if compiled else model
+        _, loss = fwd(idx, idx)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert calls == [(48, 32), (48, 32)]  # c_proj's input gradient, once a layer
+    for name, want in grads[0].items():
+        assert _rel(grads[1][name], want) < 1e-5, name
+
+
 # ---------------------------------------------------------------------------- CUDA
 
 
