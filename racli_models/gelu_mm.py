@@ -88,17 +88,20 @@ def kernel(on: bool = True, **tile) -> Iterator[None]:
 def use_kernel(h: torch.Tensor, proj: torch.nn.Linear) -> bool:
     """Whether MLP's c_proj(gelu(h)) goes through `gelu_proj`: a bias-free c_proj, h on CUDA
     in float16 or bfloat16 or under autocast (the kernel's products run on tensor cores), a
-    backward to come (without one, saving gelu'(h) is wasted work), and torch.compile
+    backward to come (without one, saving gelu'(h) is wasted work), widths that are
+    multiples of 8 (TMA moves rows of a multiple of 16 bytes), and torch.compile
     tracing (which makes gelu(h) and gelu'(h) in one kernel; run eagerly, gelu'(h) takes
     a pass over memory per operation, more than the kernel saves)."""
     half = h.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
     grad = torch.is_grad_enabled() and (h.requires_grad or proj.weight.requires_grad)
+    rows16 = h.shape[-1] % 8 == 0 and proj.weight.shape[0] % 8 == 0  # TMA: 16-byte rows
     return (
         KERNEL
         and HAS_TRITON
         and h.is_cuda
         and half
         and grad
+        and rows16
         and proj.bias is None
         and torch.compiler.is_compiling()
     )

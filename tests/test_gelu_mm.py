@@ -263,5 +263,7 @@ def test_the_kernel_only_where_a_backward_follows(monkeypatch):
         assert not gelu_mm.use_kernel(h.float(), proj)
         with torch.autocast("cuda", torch.bfloat16):
             assert gelu_mm.use_kernel(h.float(), proj)
+        assert not gelu_mm.use_kernel(h[:, :60], torch.nn.Linear(60, 16, bias=False).cuda())
+        assert not gelu_mm.use_kernel(h, torch.nn.Linear(64, 12, bias=False).cuda())
     with gelu_mm.kernel(False):
         assert not gelu_mm.use_kernel(h, proj)
