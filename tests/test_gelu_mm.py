@@ -85,8 +85,7 @@ def test_settings_are_checked_and_restored():
         {"erf": "yes"},
     ):
         with pytest.raises(ValueError, match="gelu_mm setting"):
-            with gelu_mm.kernel(True, **bad):
-                pass
+            gelu_mm.kernel(True, **bad).__enter__()  # checked on entry, before any change
     with gelu_mm.kernel(True, kind="tma", block_n=64, ws=True, sub=4):
         assert gelu_mm.KERNEL and gelu_mm.TILE["kind"] == "tma" and gelu_mm.TILE["ws"]
         assert (gelu_mm.TILE["block_n"], gelu_mm.TILE["sub"]) == (64, 4)
