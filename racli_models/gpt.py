@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from . import gelu_mm
 from .attention import INIT_STD, build_attention, composed_once
@@ -39,6 +46,11 @@ class MLP(nn.Module):
 #: gradient that the projections' backward GEMMs read in the layer norm's backward kernel,
 #: rather than in a separate pass over the float32 gradient (docs/performance.md).
 FLAT = True
+#: compiled training saves each layer norm's input (which the residual stream writes
+#: anyway) and row statistics, and recomputes the normalised output in the backward,
+#: instead of saving that float32 output (`norm`): a write of B*T*C*4 bytes less a layer
+#: norm (100 MB at GPT-2's batch)
+LN_RECOMPUTE = True
 
 
 @contextlib.contextmanager
@@ -50,6 +62,57 @@ def flat_residual(flat: bool = True) -> Iterator[None]:
         yield
     finally:
         FLAT = before
+
+
+@contextlib.contextmanager
+def ln_recompute(on: bool = True) -> Iterator[None]:
+    """Inside the block `LN_RECOMPUTE` is `on`."""
+    global LN_RECOMPUTE
+    before, LN_RECOMPUTE = LN_RECOMPUTE, on
+    try:
+        yield
+    finally:
+        LN_RECOMPUTE = before
+
+
+class _KnownRegion(logging.Filter):
+    """Drops torch's one-time reminder that a selective checkpoint's region must hold no
+    in-place operation: `_layer_norm`'s holds none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "context_fn is passed to torch.utils.checkpoint" not in record.getMessage()
+
+
+logging.getLogger("torch._higher_order_ops.wrap").addFilter(_KnownRegion())
+
+
+def _save_stats(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Keep a layer norm's row statistics, recompute its pointwise ops in the backward."""
+    if op in (torch.ops.aten.var_mean.correction, torch.ops.aten.rsqrt.default):
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    """`ln(x)` written out as the compiler decomposes it: (x - mean) rstd w + b."""
+    var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + ln.eps) * ln.weight
+    return y if ln.bias is None else y + ln.bias
+
+
+def norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """`ln(x)`; with `LN_RECOMPUTE` while torch.compile traces a grad-enabled float32 forward,
+    under a selective checkpoint that saves x (written by the residual stream anyway) and
+    the row statistics, and recomputes the normalised output in the backward."""
+    if (
+        LN_RECOMPUTE
+        and x.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and torch.compiler.is_compiling()
+    ):
+        ctx = partial(create_selective_checkpoint_contexts, _save_stats)
+        return checkpoint(_layer_norm, x, ln, use_reentrant=False, context_fn=ctx)
+    return ln(x)
 
 
 class Block(nn.Module):
@@ -66,8 +129,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, shape: torch.Size | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x).view(shape or x.shape)).view(x.shape)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.attn(norm(self.ln_1, x).view(shape or x.shape)).view(x.shape)
+        return x + self.mlp(norm(self.ln_2, x))
 
 
 def _normal(seed: int, name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
@@ -180,7 +243,7 @@ class GPT(nn.Module):
             x = x.view(-1, shape[-1])
         for block in self.transformer.h:
             x = block(x, shape)
-        x = self.transformer.ln_f(x).view(shape)
+        x = norm(self.transformer.ln_f, x).view(shape)
         if targets is None:
             return self.lm_head(x), None
         h, t = x.reshape(-1, x.size(-1)), targets.reshape(-1)

@@ -162,6 +162,77 @@ def test_the_flat_residual_stream_changes_no_value(attn, monkeypatch):
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
 
 
+def _compiled_step(model, idx, recompute: bool, monkeypatch):
+    """Logits, loss, gradients and the tensors saved for the backward of one compiled
+    forward+backward with `gpt.LN_RECOMPUTE` = `recompute`."""
+    monkeypatch.setattr(gpt_module, "LN_RECOMPUTE", recompute)
+    torch._dynamo.reset()
+    model.zero_grad(set_to_none=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        logits, loss = torch.compile(model, dynamic=False, fullgraph=True)(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch._dynamo.reset()
+    return logits.detach(), loss.detach(), grads, saved
+
+
+def _holds(saved: list[torch.Tensor], t: torch.Tensor) -> bool:
+    return any(
+        s.numel() == t.numel()
+        and s.dtype == t.dtype
+        and torch.allclose(s.reshape(-1), t.reshape(-1), rtol=1e-5, atol=1e-5)
+        for s in saved
+    )
+
+
+@pytest.mark.parametrize("attn,bias", [("baseline", False), ("ra_v5", True)])
+def test_compiled_training_recomputes_layer_norms_from_their_input(attn, bias, monkeypatch):
+    """gpt.LN_RECOMPUTE: compiled training saves each layer norm's input (and its row
+    statistics), not its normalised output, and recomputes the output in the backward:
+    the same logits, loss and gradients as the layer norms saved whole (float32)."""
+    torch.manual_seed(0)
+    model = tiny_gpt(attn, bias=bias)
+    with torch.no_grad():  # a layer norm's output is then not its normalised input
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                if m.bias is not None:
+                    m.bias.normal_(0.0, 0.1)
+    idx = torch.randint(0, 64, (B, T + 1))
+    seen = {}
+    ln_2 = model.transformer.h[1].ln_2
+    hook = ln_2.register_forward_hook(lambda m, a, out: seen.update(x=a[0].detach()))
+    model(idx[:, :-1])
+    hook.remove()
+    x = seen["x"]  # the second block's ln_2 input (the residual stream), and its normalised form
+    rstd = torch.rsqrt(x.var(-1, correction=0, keepdim=True) + ln_2.eps)
+    x_hat = (x - x.mean(-1, keepdim=True)) * rstd
+    l0, loss0, g0, saved0 = _compiled_step(model, idx, False, monkeypatch)
+    l1, loss1, g1, saved1 = _compiled_step(model, idx, True, monkeypatch)
+    assert _holds(saved0, x_hat) and not _holds(saved0, x)  # the plain compiled model
+    assert _holds(saved1, x) and not _holds(saved1, x_hat)
+    assert _holds(saved1, rstd)  # the statistics saved, not recomputed
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=1e-6)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_layer_norms_are_recomputed_only_in_compiled_float32_training(monkeypatch):
+    """Eager, no-grad and half-precision forwards call the layer norm as it is."""
+    monkeypatch.setattr(gpt_module, "LN_RECOMPUTE", True)
+    calls = []
+    monkeypatch.setattr(gpt_module, "checkpoint", lambda *a, **k: calls.append(1))
+    ln = torch.nn.LayerNorm(C)
+    x = torch.randn(B, C, requires_grad=True)
+    torch.testing.assert_close(gpt_module.norm(ln, x), ln(x))
+    with torch.no_grad():
+        torch.compile(gpt_module.norm, fullgraph=True)(ln, x)
+    torch.compile(gpt_module.norm, fullgraph=True)(ln.bfloat16(), x.detach().bfloat16())
+    assert calls == []
+
+
 @pytest.mark.parametrize("attn", GATED + ["sdpa_gate"])
 def test_gate_parameters_get_nonzero_gradients(attn):
     model = tiny_gpt(attn)

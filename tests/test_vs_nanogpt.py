@@ -237,7 +237,7 @@ def test_an_arm_keeps_the_residual_stream_as_b_t_c_in_its_step():
         {"inductor.triton.mix_order_reduction": False},
     )
     assert gpt.FLAT is True
-    with tool.autocast_of("cpu", "math", None, None, False)():
+    with tool.autocast_of("cpu", "math", None, None, {"flat": False})():
         assert gpt.FLAT is False
     assert gpt.FLAT is True
     with tool.autocast_of("cpu", "math")():
@@ -265,6 +265,19 @@ def test_an_arm_computes_gelus_backward_with_torchs_ops_in_its_step():
         tool.parse_arm("baseline+gelumm=2")
     assert tool.parse_arm("ra_v5+gelumm=false") == ("ra_v5", {"gelumm": False})
     assert gelu_mm.KERNEL is True
-    with tool.autocast_of("cpu", "math", None, None, None, False)():
+    with tool.autocast_of("cpu", "math", None, None, {"gelumm": False})():
         assert gelu_mm.KERNEL is False
     assert gelu_mm.KERNEL is True
+
+
+def test_an_arm_recomputes_its_layer_norms_in_its_step():
+    from racli_models import gpt
+
+    tool = _tool()
+    assert tool.parse_arm("ra_v5+lnrecompute=true") == ("ra_v5", {"lnrecompute": True})
+    with pytest.raises(SystemExit, match="lnrecompute in arm"):
+        tool.parse_arm("baseline+lnrecompute=yes")
+    before = gpt.LN_RECOMPUTE
+    with tool.autocast_of("cpu", "math", None, None, {"lnrecompute": not before})():
+        assert gpt.LN_RECOMPUTE is (not before)
+    assert gpt.LN_RECOMPUTE is before

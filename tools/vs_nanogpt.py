@@ -37,6 +37,9 @@ Arms:
                  as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
   ARM+gelumm=false  an ra arm whose MLP runs GELU's backward as torch's ops, as before
                  2026-12-06, instead of inside the GEMM of dy W (racli_models.gelu_mm)
+  ARM+lnrecompute=false  an ra arm whose layer norms save their float32 output for the
+                 backward, as before 2026-12-06, instead of their input and row
+                 statistics with the output recomputed (racli_models.gpt.LN_RECOMPUTE)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -90,15 +93,13 @@ from racli_models.loss import check_settings as check_loss_settings  # noqa: E40
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
-STEP_KEYS = (
-    "graph",
-    "micro",
-    "sdpa",
-    "fa4qkv",
-    "foldclip",
-    "flat",
-    "gelumm",
-)  # arm settings of the step, not the model
+#: arm settings that turn one of ra's model switches on or off in the arm's step
+SWITCHES = {
+    "flat": gpt.flat_residual,
+    "gelumm": gelu_mm.kernel,
+    "lnrecompute": gpt.ln_recompute,
+}
+STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv", "foldclip", *SWITCHES)  # not the model's
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
 
@@ -142,12 +143,9 @@ def parse_arm(arm: str) -> tuple[str, dict]:
             raise SystemExit(f"vs_nanogpt: {exc}") from None
     if "fa4qkv" in extra and (type(extra["fa4qkv"]) is not bool or extra.get("sdpa") != "fa4"):
         raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
-    if "foldclip" in extra and type(extra["foldclip"]) is not bool:
-        raise SystemExit(f"vs_nanogpt: foldclip in arm '{arm}' is true or false")
-    if "flat" in extra and type(extra["flat"]) is not bool:
-        raise SystemExit(f"vs_nanogpt: flat in arm '{arm}' is true or false")
-    if "gelumm" in extra and type(extra["gelumm"]) is not bool:
-        raise SystemExit(f"vs_nanogpt: gelumm in arm '{arm}' is true or false")
+    for key in ("foldclip", *SWITCHES):
+        if key in extra and type(extra[key]) is not bool:
+            raise SystemExit(f"vs_nanogpt: {key} in arm '{arm}' is true or false")
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -206,15 +204,13 @@ def autocast_of(
     sdpa: str = "auto",
     fa4qkv: bool | None = None,
     ce: dict | None = None,
-    flat: bool | None = None,
-    gelumm: bool | None = None,
+    switches: dict | None = None,
 ):
     """The step's context, as `ra train`'s: bf16 autocast on CUDA, the SDPA backend `sdpa`
     (`fa4qkv`: under fa4, whether its [q | k | v] operator serves; None: ra's default),
-    the loss kernel's settings `ce` (racli_models.loss.settings; None: ra's), and whether
-    the residual stream is (B*T, C) rows (`flat`: racli_models.gpt.FLAT; None: ra's), and
-    whether the MLP's GELU backward runs inside a GEMM (`gelumm`: racli_models.gelu_mm)."""
-    if fa4qkv is None and not ce and flat is None and gelumm is None:
+    the loss kernel's settings `ce` (racli_models.loss.settings; None: ra's), and the model
+    switches `switches` ({name in SWITCHES: on}; those not named: ra's defaults)."""
+    if fa4qkv is None and not ce and not switches:
         return partial(step_context, device.startswith("cuda"), sdpa)
 
     def context() -> contextlib.ExitStack:
@@ -222,10 +218,8 @@ def autocast_of(
         if fa4qkv is not None:
             stack.enter_context(flash4.qkv_operator(fa4qkv))
         stack.enter_context(loss_settings(**(ce or {})))
-        if flat is not None:
-            stack.enter_context(gpt.flat_residual(flat))
-        if gelumm is not None:
-            stack.enter_context(gelu_mm.kernel(gelumm))
+        for name, on in (switches or {}).items():
+            stack.enter_context(SWITCHES[name](on))
         return stack
 
     return context
@@ -310,7 +304,8 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     model, opt, n_params = build_arm(arm, shape, device, nanogpt_mod)
     name, settings = parse_arm(arm)
     patch = under(settings, INDUCTOR)
-    if patch or "flat" in settings or "gelumm" in settings:
+    switches = {k: v for k, v in settings.items() if k in SWITCHES}
+    if patch or switches:
         own_forward(model, arm)
     # static shapes: an arm at another micro-batch must not turn a shared forward dynamic
     fwd = model if args.no_compile else torch.compile(model, dynamic=False)
@@ -330,8 +325,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
                 settings.get("sdpa", "auto"),
                 settings.get("fa4qkv"),
                 under(settings, CE),
-                settings.get("flat"),
-                settings.get("gelumm"),
+                switches,
             ),
             graph=bool(settings.get("graph", True)),
             fold_clip=settings.get("foldclip", True),
