@@ -51,6 +51,12 @@ FLAT = True
 #: instead of saving that float32 output (`norm`): a write of B*T*C*4 bytes less a layer
 #: norm (100 MB at GPT-2's batch)
 LN_RECOMPUTE = True
+#: how `norm` writes the layer norm out for the compiler: "var_mean" (as the compiler
+#: decomposes F.layer_norm; timed on an H100) or "two_pass" (the mean, then the mean of
+#: the centred square: autograd's backward then holds one row reduction fewer; not yet
+#: timed on a GPU)
+LN_FORMS = ("var_mean", "two_pass")
+LN_FORM = "var_mean"
 
 
 @contextlib.contextmanager
@@ -75,6 +81,19 @@ def ln_recompute(on: bool = True) -> Iterator[None]:
         LN_RECOMPUTE = before
 
 
+@contextlib.contextmanager
+def ln_form(form: str) -> Iterator[None]:
+    """Inside the block `LN_FORM` is `form` (one of LN_FORMS)."""
+    global LN_FORM
+    if form not in LN_FORMS:
+        raise ValueError(f"layer norm form {form!r}: one of {', '.join(LN_FORMS)}")
+    before, LN_FORM = LN_FORM, form
+    try:
+        yield
+    finally:
+        LN_FORM = before
+
+
 class _KnownRegion(logging.Filter):
     """Drops torch's one-time reminder that a selective checkpoint's region must hold no
     in-place operation: `_layer_norm`'s holds none."""
@@ -88,15 +107,23 @@ logging.getLogger("torch._higher_order_ops.wrap").addFilter(_KnownRegion())
 
 def _save_stats(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     """Keep a layer norm's row statistics, recompute its pointwise ops in the backward."""
-    if op in (torch.ops.aten.var_mean.correction, torch.ops.aten.rsqrt.default):
+    if op in (
+        torch.ops.aten.var_mean.correction,
+        torch.ops.aten.mean.dim,
+        torch.ops.aten.rsqrt.default,
+    ):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
-    """`ln(x)` written out as the compiler decomposes it: (x - mean) rstd w + b."""
-    var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + ln.eps) * ln.weight
+    """`ln(x)` written out, in `LN_FORM`: (x - mean) rstd w + b."""
+    if LN_FORM == "two_pass":
+        xc = x - x.mean(-1, keepdim=True)
+        y = xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + ln.eps) * ln.weight
+    else:
+        var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + ln.eps) * ln.weight
     return y if ln.bias is None else y + ln.bias
 
 

@@ -186,11 +186,14 @@ def _holds(saved: list[torch.Tensor], t: torch.Tensor) -> bool:
     )
 
 
+@pytest.mark.parametrize("form", gpt_module.LN_FORMS)
 @pytest.mark.parametrize("attn,bias", [("baseline", False), ("ra_v5", True)])
-def test_compiled_training_recomputes_layer_norms_from_their_input(attn, bias, monkeypatch):
+def test_compiled_training_recomputes_layer_norms_from_their_input(attn, bias, form, monkeypatch):
     """gpt.LN_RECOMPUTE: compiled training saves each layer norm's input (and its row
     statistics), not its normalised output, and recomputes the output in the backward:
-    the same logits, loss and gradients as the layer norms saved whole (float32)."""
+    the same logits, loss and gradients as the layer norms saved whole (float32), in
+    either of the forms the layer norm is written out in (gpt.LN_FORM)."""
+    monkeypatch.setattr(gpt_module, "LN_FORM", form)
     torch.manual_seed(0)
     model = tiny_gpt(attn, bias=bias)
     with torch.no_grad():  # a layer norm's output is then not its normalised input
@@ -212,7 +215,8 @@ def test_compiled_training_recomputes_layer_norms_from_their_input(attn, bias, m
     l1, loss1, g1, saved1 = _compiled_step(model, idx, True, monkeypatch)
     assert _holds(saved0, x_hat) and not _holds(saved0, x)  # the plain compiled model
     assert _holds(saved1, x) and not _holds(saved1, x_hat)
-    assert _holds(saved1, rstd)  # the statistics saved, not recomputed
+    assert not _holds(saved1, x - x.mean(-1, keepdim=True))
+    assert _holds(saved1, rstd) and _holds(saved1, x.mean(-1, keepdim=True))  # not recomputed
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=1e-6)
     for name in g0:

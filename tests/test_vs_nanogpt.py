@@ -275,8 +275,11 @@ def test_an_arm_recomputes_its_layer_norms_in_its_step():
 
     tool = _tool()
     assert tool.parse_arm("ra_v5+lnrecompute=true") == ("ra_v5", {"lnrecompute": True})
-    with pytest.raises(SystemExit, match="lnrecompute in arm"):
+    with pytest.raises(SystemExit, match="lnrecompute in arm .* is true or false"):
         tool.parse_arm("baseline+lnrecompute=yes")
+    assert tool.parse_arm("baseline+lnform=two_pass") == ("baseline", {"lnform": "two_pass"})
+    with pytest.raises(SystemExit, match='lnform in arm .* is "var_mean" or "two_pass"'):
+        tool.parse_arm("baseline+lnform=welford")
     before = gpt.LN_RECOMPUTE
     with tool.autocast_of("cpu", "math", None, None, {"lnrecompute": not before})():
         assert gpt.LN_RECOMPUTE is (not before)

@@ -40,6 +40,9 @@ Arms:
   ARM+lnrecompute=false  an ra arm whose layer norms save their float32 output for the
                  backward, as before 2026-12-06, instead of their input and row
                  statistics with the output recomputed (racli_models.gpt.LN_RECOMPUTE)
+  ARM+lnform=two_pass  an ra arm whose recomputed layer norms are written as the mean
+                 and the mean of the centred square instead of var_mean
+                 (racli_models.gpt.LN_FORM)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -93,11 +96,13 @@ from racli_models.loss import check_settings as check_loss_settings  # noqa: E40
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
-#: arm settings that turn one of ra's model switches on or off in the arm's step
+#: arm settings that set one of ra's model switches in the arm's step: name -> (its
+#: context manager, the values it takes)
 SWITCHES = {
-    "flat": gpt.flat_residual,
-    "gelumm": gelu_mm.kernel,
-    "lnrecompute": gpt.ln_recompute,
+    "flat": (gpt.flat_residual, (True, False)),
+    "gelumm": (gelu_mm.kernel, (True, False)),
+    "lnrecompute": (gpt.ln_recompute, (True, False)),
+    "lnform": (gpt.ln_form, gpt.LN_FORMS),
 }
 STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv", "foldclip", *SWITCHES)  # not the model's
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
@@ -143,9 +148,14 @@ def parse_arm(arm: str) -> tuple[str, dict]:
             raise SystemExit(f"vs_nanogpt: {exc}") from None
     if "fa4qkv" in extra and (type(extra["fa4qkv"]) is not bool or extra.get("sdpa") != "fa4"):
         raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
-    for key in ("foldclip", *SWITCHES):
-        if key in extra and type(extra[key]) is not bool:
-            raise SystemExit(f"vs_nanogpt: {key} in arm '{arm}' is true or false")
+    if "foldclip" in extra and type(extra["foldclip"]) is not bool:
+        raise SystemExit(f"vs_nanogpt: foldclip in arm '{arm}' is true or false")
+    for key, (_, values) in SWITCHES.items():
+        if key in extra and not any(
+            type(extra[key]) is type(v) and extra[key] == v for v in values
+        ):
+            shown = " or ".join(json.dumps(v) for v in values)
+            raise SystemExit(f"vs_nanogpt: {key} in arm '{arm}' is {shown}")
     if name == "nanogpt" and set(extra) - {"micro"}:
         raise SystemExit("vs_nanogpt: the nanogpt arm takes no settings but micro=N")
     if "micro" in extra and (type(extra["micro"]) is not int or extra["micro"] < 1):
@@ -219,7 +229,7 @@ def autocast_of(
             stack.enter_context(flash4.qkv_operator(fa4qkv))
         stack.enter_context(loss_settings(**(ce or {})))
         for name, on in (switches or {}).items():
-            stack.enter_context(SWITCHES[name](on))
+            stack.enter_context(SWITCHES[name][0](on))
         return stack
 
     return context
