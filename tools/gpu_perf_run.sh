@@ -22,7 +22,8 @@ export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
+  nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,clocks.max.sm,power.limit \
+    --format=csv
   python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda,
     "cudnn", torch.backends.cudnn.version(), "triton", triton.__version__)'
 } 2>&1 | tee "$LOG"
@@ -47,4 +48,6 @@ grep -E '^(arm |nanogpt |baseline|ra_v5|nanoGPT bench)' "$LOG" | grep -v paramet
 grep -E 'evaluation of|measure_batches=|could not be captured' "$LOG"
 sed -n '/^best vs best/,/^$/p' "$LOG"
 grep -E '^(fp16|bf16|amp) .*(cuda_graph|eager) ' "$LOG"
-grep -E '"part": "(profile|loss|ce_kernel)"' "$OUT/perf_step.jsonl" 2>/dev/null | cut -c1-400
+if [ -f "$OUT/perf_step.jsonl" ]; then
+  grep -E '"part": "(profile|loss|ce_kernel)"' "$OUT/perf_step.jsonl" | cut -c1-400
+fi
