@@ -126,3 +126,59 @@ def test_two_process_ddp_minutes_budget_stops_every_rank_together(tmp_path):
         ).fetchone()
     assert status == "finished" and iters % 2 == 0  # stopped at a log point (every 2 steps)
     assert secs >= 1.2 and tokens == iters * 2 * BATCH * BLOCK
+
+
+WORKER = """
+import os, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from racli_models import GPT, GPTConfig, gpt
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.set_num_threads(1)
+gpt.LN_FORM = sys.argv[1]
+cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, attn="ra_v5")
+torch.manual_seed(0)
+model, single = GPT(cfg), GPT(cfg)
+single.load_state_dict(model.state_dict())
+batches = [torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(r)) for r in range(world)]
+saved = []
+with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    ddp = DistributedDataParallel(model)  # held: its hooks reduce the gradients in backward()
+    _, loss = torch.compile(ddp)(batches[rank][:, :-1], batches[rank][:, 1:])
+loss.backward()
+for idx in batches:  # one process over both ranks' batches: the mean of their gradients
+    (single(idx[:, :-1], idx[:, 1:])[1] / world).backward()
+err = max((a.grad - b.grad).abs().max().item() for a, b in zip(model.parameters(), single.parameters()))
+x = model.transformer.wte(batches[rank][:, :-1]) + model.transformer.wpe(torch.arange(16))
+rstd = torch.rsqrt(x.var(-1, correction=0, keepdim=True) + 1e-5).reshape(-1)
+held = any(
+    s.numel() == rstd.numel() and s.dtype == rstd.dtype and torch.allclose(s.reshape(-1), rstd, atol=1e-5)
+    for s in saved
+)
+if rank == 0:
+    print(f"RESULT {err} {held}")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["var_mean", "two_pass"])
+def test_compiled_ddp_recomputes_layer_norms_with_one_process_gradients(tmp_path, form):
+    """DistributedDataParallel compiled (two gloo processes): the layer norms run under their
+    selective checkpoint (gpt.LN_RECOMPUTE, the first one's rstd among the saved tensors),
+    and the gradients are one process's over both batches."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--standalone", str(script), form]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT"))
+    err, held = line.split()[1:]
+    assert float(err) < 1e-6 and held == "True", line
