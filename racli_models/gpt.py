@@ -120,10 +120,11 @@ def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
     """`ln(x)` written out, in `LN_FORM`: (x - mean) rstd w + b."""
     if LN_FORM == "two_pass":
         xc = x - x.mean(-1, keepdim=True)
-        y = xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + ln.eps) * ln.weight
+        y = xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + ln.eps)
     else:
         var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + ln.eps) * ln.weight
+        y = (x - mean) * torch.rsqrt(var + ln.eps)
+    y = y if ln.weight is None else y * ln.weight
     return y if ln.bias is None else y + ln.bias
 
 

@@ -223,6 +223,20 @@ def test_compiled_training_recomputes_layer_norms_from_their_input(attn, bias, f
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("form", gpt_module.LN_FORMS)
+@pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)])
+def test_the_written_out_layer_norm_is_torchs(form, affine, bias, monkeypatch):
+    monkeypatch.setattr(gpt_module, "LN_FORM", form)
+    ln = torch.nn.LayerNorm(C, elementwise_affine=affine, bias=bias)
+    if affine:
+        with torch.no_grad():
+            ln.weight.uniform_(0.5, 1.5)
+            if bias:
+                ln.bias.normal_(0.0, 0.1)
+    x = torch.randn(B, T, C) * 3 + 1
+    torch.testing.assert_close(gpt_module._layer_norm(x, ln), ln(x), rtol=1e-5, atol=1e-5)
+
+
 def test_layer_norms_are_recomputed_only_in_compiled_float32_training(monkeypatch):
     """Eager, no-grad and half-precision forwards call the layer norm as it is."""
     monkeypatch.setattr(gpt_module, "LN_RECOMPUTE", True)
