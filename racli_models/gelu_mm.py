@@ -55,14 +55,18 @@ TILE = {
 KINDS = ("tma", "pers")
 
 
+_VALID = {  # TILE's settings that are not positive ints, and what they take
+    "kind": lambda v: v in KINDS,
+    "ws": lambda v: type(v) is bool,
+    "sub": lambda v: v in (1, 2, 4),
+}
+
+
 def check_tile(values: dict) -> None:
     """ValueError naming the first of `values` that TILE cannot take."""
     for name, value in values.items():
-        if name == "kind" and value in KINDS or name == "ws" and type(value) is bool:
-            continue
-        if name == "sub" and value in (1, 2, 4):
-            continue
-        if name not in TILE or name in ("kind", "sub", "ws") or type(value) is not int or value < 1:
+        valid = _VALID.get(name, lambda v: type(v) is int and v >= 1)
+        if name not in TILE or not valid(value):
             raise ValueError(
                 f"gelu_mm setting {name}={value!r}: one of {', '.join(TILE)} (kind: "
                 f"{', '.join(KINDS)}; sub: 1, 2 or 4; ws: true or false; the rest positive ints)"
@@ -155,9 +159,6 @@ def _(a, b, g):
     return a.new_empty((a.shape[0], b.shape[1]))
 
 
-_SMS: dict[int, int] = {}
-
-
 def mm_times(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """(a @ b) * g for a (M, K), b (K, N), g (M, N), in a's dtype: the product accumulated
     in float32 and multiplied by g before it is rounded and stored."""
@@ -181,11 +182,8 @@ def mm_times(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     if t["kind"] == "tma":
         _tma_kernel[(tiles,)](*descs, M, N, K, **meta)
         return out
-    dev = a.device.index or 0
-    if dev not in _SMS:
-        cuda = a.is_cuda
-        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count if cuda else 3
-    programs = min(_SMS[dev], tiles)
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 3
+    programs = min(sms, tiles)  # (3 programs in Triton's interpreter, on the CPU)
     _pers_kernel[(programs,)](*descs, M, N, K, PROGRAMS=programs, WS=t["ws"], **meta)
     return out
 

@@ -129,7 +129,7 @@ def test_two_process_ddp_minutes_budget_stops_every_rank_together(tmp_path):
 
 
 WORKER = """
-import os, sys
+import sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
