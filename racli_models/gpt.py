@@ -55,7 +55,7 @@ LN_RECOMPUTE = True
 #: decomposes F.layer_norm; timed on an H100) or "two_pass" (the mean, then the mean of
 #: the centred square: autograd's backward then holds one row reduction fewer; not yet
 #: timed on a GPU)
-LN_FORMS = ("var_mean", "two_pass")
+LN_FORMS = ("var_mean", "two_pass", "native")
 LN_FORM = "var_mean"
 
 
@@ -116,16 +116,46 @@ def _save_stats(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
-    """`ln(x)` written out, in `LN_FORM`: (x - mean) rstd w + b."""
-    if LN_FORM == "two_pass":
-        xc = x - x.mean(-1, keepdim=True)
-        y = xc * torch.rsqrt((xc * xc).mean(-1, keepdim=True) + ln.eps)
+def _written_out(x, weight, bias, eps: float, form: str) -> tuple[torch.Tensor, ...]:
+    """(x - mean) rstd w + b, and the row mean and rstd, in `form`."""
+    if form == "two_pass":
+        mean = x.mean(-1, keepdim=True)
+        xc = x - mean
+        rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
+        y = xc * rstd
     else:
         var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + ln.eps)
-    y = y if ln.weight is None else y * ln.weight
-    return y if ln.bias is None else y + ln.bias
+        rstd = torch.rsqrt(var + eps)
+        y = (x - mean) * rstd
+    y = y if weight is None else y * weight
+    return (y if bias is None else y + bias), mean, rstd
+
+
+class _NativeBackward(torch.autograd.Function):
+    """The layer norm written out (var_mean), with torch's own layer norm backward over
+    the saved input and row statistics."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = _written_out(x, weight, bias, eps, "var_mean")
+        ctx.save_for_backward(x, mean, rstd, weight, bias)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            dy, x, [x.shape[-1]], mean, rstd, weight, bias, mask
+        )
+        return dx, dw, db, None
+
+
+def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    """`ln(x)` written out, in `LN_FORM`: (x - mean) rstd w + b."""
+    if LN_FORM == "native":
+        return _NativeBackward.apply(x, ln.weight, ln.bias, ln.eps)
+    return _written_out(x, ln.weight, ln.bias, ln.eps, LN_FORM)[0]
 
 
 def norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,10 @@ With fused Adam or AdamW (ra's optimizer on CUDA) the clipping takes no pass of 
 own: the gradients' norm is computed, and the optimizer's kernel divides each gradient
 by max(1, (norm + 1e-6) / clip) as it reads it (its `grad_scale`, the hook torch's
 GradScaler uses), which is `clip_grad_norm_`'s scaling; other optimizers get
-`clip_grad_norm_`. `fold_clip=False` keeps `clip_grad_norm_` for every optimizer.
+`clip_grad_norm_`. `fold_clip=False` keeps `clip_grad_norm_` and `opt.step()` for every
+optimizer. Where racli_models.adamw serves the optimizer (fused AdamW on CUDA, Triton),
+its kernel takes the step: fused AdamW's arithmetic without writing the divided
+gradients back.
 
 With `graph=True` (the default on CUDA) the first call runs the step as
 above on a side stream (the warm-up: compilation, the optimizer's state, the
@@ -56,6 +59,8 @@ from collections.abc import Callable
 
 import torch
 
+from . import adamw
+
 
 def folds_clip(opt: torch.optim.Optimizer) -> bool:
     """Whether `opt` divides its gradients by a `grad_scale` tensor in its kernel: fused
@@ -76,7 +81,11 @@ def clipped_step(
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         # clip_grad_norm_ multiplies by min(1, clip / (norm + 1e-6)); the kernel divides
-        opt.grad_scale = torch.clamp((norm.float() + 1e-6) / clip, min=1.0)
+        scale = torch.clamp((norm.float() + 1e-6) / clip, min=1.0)
+        if adamw.serves(opt):  # the same step without writing the divided gradients back
+            adamw.step(opt, scale)
+            return
+        opt.grad_scale = scale
         try:
             opt.step()
         finally:
@@ -84,7 +93,10 @@ def clipped_step(
         return
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-    opt.step()
+    if fold and adamw.serves(opt):
+        adamw.step(opt)
+    else:
+        opt.step()
 
 
 class TrainStep:

@@ -33,6 +33,8 @@ Arms:
   ARM+foldclip=false  an ra arm whose step clips with clip_grad_norm_ (a pass of its
                  own over the gradients), as before 2026-12-06, instead of inside
                  fused AdamW's kernel (racli_models.step.folds_clip)
+  ARM+adamwk=true  an ra arm whose optimizer step is ra's AdamW kernel
+                 (racli_models.adamw) instead of torch's fused AdamW (=false: torch's)
   ARM+flat=false an ra arm whose residual stream runs as (B, T, C) between the blocks,
                  as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
   ARM+gelumm=false  an ra arm whose MLP runs GELU's backward as torch's ops, as before
@@ -41,8 +43,8 @@ Arms:
                  backward, as before 2026-12-06, instead of their input and row
                  statistics with the output recomputed (racli_models.gpt.LN_RECOMPUTE)
   ARM+lnform=two_pass  an ra arm whose recomputed layer norms are written as the mean
-                 and the mean of the centred square instead of var_mean
-                 (racli_models.gpt.LN_FORM)
+                 and the mean of the centred square instead of var_mean; =native: as
+                 var_mean with torch's layer norm backward (racli_models.gpt.LN_FORM)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -91,7 +93,7 @@ from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
-from racli_models import GPT, GPTConfig, flash4, gelu_mm, gpt  # noqa: E402
+from racli_models import GPT, GPTConfig, adamw, flash4, gelu_mm, gpt  # noqa: E402
 from racli_models.loss import check_settings as check_loss_settings  # noqa: E402
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
@@ -104,7 +106,7 @@ SWITCHES = {
     "lnrecompute": (gpt.ln_recompute, (True, False)),
     "lnform": (gpt.ln_form, gpt.LN_FORMS),
 }
-STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv", "foldclip", *SWITCHES)  # not the model's
+STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv", "foldclip", "adamwk", *SWITCHES)  # not the model's
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
 
@@ -148,8 +150,9 @@ def parse_arm(arm: str) -> tuple[str, dict]:
             raise SystemExit(f"vs_nanogpt: {exc}") from None
     if "fa4qkv" in extra and (type(extra["fa4qkv"]) is not bool or extra.get("sdpa") != "fa4"):
         raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
-    if "foldclip" in extra and type(extra["foldclip"]) is not bool:
-        raise SystemExit(f"vs_nanogpt: foldclip in arm '{arm}' is true or false")
+    for key in ("foldclip", "adamwk"):
+        if key in extra and type(extra[key]) is not bool:
+            raise SystemExit(f"vs_nanogpt: {key} in arm '{arm}' is true or false")
     for key, (_, values) in SWITCHES.items():
         if key in extra and not any(
             type(extra[key]) is type(v) and extra[key] == v for v in values
@@ -290,6 +293,7 @@ def release_arms(steps: dict) -> None:
     """Drop the arms' steps, models and optimizers, and give their GPU memory back (ra's
     steps first free their captured graphs' pools)."""
     for step in steps.values():
+        step = getattr(step, "train_step", step)
         if isinstance(step, TrainStep):
             step.release()
     steps.clear()
@@ -340,6 +344,8 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
             graph=bool(settings.get("graph", True)),
             fold_clip=settings.get("foldclip", True),
         )
+        if "adamwk" in settings:
+            step = with_adamw_kernel(step, settings["adamwk"])
     t0 = time.perf_counter()
     with torch._inductor.config.patch(patch) if patch else contextlib.nullcontext():
         for i in range(args.warmup):
@@ -350,13 +356,26 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
         "micro": micro or args.batch,
         "warmup_s": round(time.perf_counter() - t0, 1),
     }
-    if isinstance(step, TrainStep):
-        info["graph"] = step._graph is not None
-        if step.graph_error:
-            info["graph_error"] = step.graph_error
-            print(f"{arm}: CUDA graph capture failed: {step.graph_error}", file=sys.stderr)
+    train_step = getattr(step, "train_step", step)
+    if isinstance(train_step, TrainStep):
+        info["graph"] = train_step._graph is not None
+        if train_step.graph_error:
+            info["graph_error"] = train_step.graph_error
+            print(f"{arm}: CUDA graph capture failed: {train_step.graph_error}", file=sys.stderr)
     print(f"{arm}: {n_params:,} parameters, warm-up {info['warmup_s']} s", file=sys.stderr)
     return step, info
+
+
+def with_adamw_kernel(step, on: bool):
+    """`step` with racli_models.adamw.KERNEL = `on` while it runs (a captured step keeps
+    the optimizer it was captured with)."""
+
+    def run(x, y):
+        with adamw.kernel(on):
+            return step(x, y)
+
+    run.train_step = step
+    return run
 
 
 def time_rounds(steps: dict, arms: list[str], batches, args, device: str):

@@ -1,0 +1,151 @@
+"""ra's AdamW kernel (racli_models.adamw) against torch's AdamW: on the CPU through
+Triton's interpreter (the kernel's arithmetic and its walk over tensors and blocks), and
+on CUDA compiled, against fused AdamW, inside `clipped_step` and a replayed CUDA graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import in_triton_interpreter
+
+from racli_models import adamw
+from racli_models.step import TrainStep, clipped_step
+
+SHAPES = [(37,), (64, 48), (2 * 2048 + 5,), (12,), (3, 4)]
+
+
+def _groups(params: list[torch.Tensor], lr) -> list[dict]:
+    """AdamW's groups as ra's model makes them: decay, no decay, gates at 3x the lr."""
+    return [
+        {"params": params[:3], "weight_decay": 0.1},
+        {"params": params[3:4], "weight_decay": 0.0},
+        {"params": params[4:], "weight_decay": 0.0, "lr": lr * 3},
+    ]
+
+
+def _run(steps: int, lr, scale: float | None, device: str, ours: bool, *, fused: bool = False):
+    """The parameters and state after `steps` AdamW steps on fixed random gradients (the
+    gradients divided by `scale` where given), ra's kernel or torch's AdamW."""
+    torch.manual_seed(0)
+    params = [torch.randn(s, device=device) for s in SHAPES]
+    grads = [[torch.randn(s, device=device) for s in SHAPES] for _ in range(steps)]
+    opt = torch.optim.AdamW(
+        _groups(params, lr), lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None
+    )
+    for i in range(steps):
+        for j, p in enumerate(params):
+            p.grad = None if (i == 1 and j == 2) else grads[i][j].clone()  # one skipped once
+        if ours:
+            adamw.step(opt, None if scale is None else torch.tensor(scale, device=device))
+        else:
+            for p in params:
+                if p.grad is not None and scale is not None:
+                    p.grad /= scale
+            opt.step()
+    return params, [opt.state[p] for p in params]
+
+
+def check_kernel() -> None:
+    """Run under TRITON_INTERPRET=1; raises AssertionError naming the first case off."""
+    for lr in (3e-3, torch.tensor(3e-3)):
+        for scale in (None, 2.5):
+            case = f"lr={'tensor' if torch.is_tensor(lr) else 'float'} scale={scale}"
+            want, want_state = _run(4, lr, scale, "cpu", ours=False)
+            got, got_state = _run(4, lr, scale, "cpu", ours=True)
+            for i, (p, q) in enumerate(zip(got, want)):
+                assert not torch.equal(p, _run(0, lr, scale, "cpu", True)[0][i]), case
+                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"{case}: param {i}")
+            for i, (s, t) in enumerate(zip(got_state, want_state)):
+                assert s["step"].item() == t["step"].item() == (3 if i == 2 else 4), case
+                for key in ("exp_avg", "exp_avg_sq"):
+                    torch.testing.assert_close(
+                        s[key], t[key], rtol=1e-5, atol=1e-7, msg=f"{case}: {key} {i}"
+                    )
+
+
+def test_the_kernel_in_tritons_interpreter():
+    in_triton_interpreter("test_adamw", "check_kernel()")
+
+
+def test_only_fused_adamw_on_cuda_is_served(monkeypatch):
+    monkeypatch.setattr(adamw, "KERNEL", True)
+    p = torch.nn.Parameter(torch.randn(4))
+    p.grad = torch.randn(4)
+    assert not adamw.serves(torch.optim.AdamW([p]))  # on the CPU
+    assert not adamw.serves(torch.optim.SGD([p], lr=0.1))
+    if torch.cuda.is_available():
+        q = torch.nn.Parameter(torch.randn(8, device="cuda"))
+        q.grad = torch.randn(8, device="cuda")
+        assert adamw.serves(torch.optim.AdamW([q], fused=True))
+        with adamw.kernel(False):
+            assert not adamw.serves(torch.optim.AdamW([q], fused=True))
+        assert not adamw.serves(torch.optim.AdamW([q], fused=True, amsgrad=True))
+        assert not adamw.serves(torch.optim.AdamW([q]))  # foreach
+        assert not adamw.serves(torch.optim.Adam([q], fused=True))
+        q.grad = torch.randn(9, device="cuda")[1:]  # misaligned gradient
+        assert not adamw.serves(torch.optim.AdamW([q], fused=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scale", [None, 2.5])
+def test_the_kernel_equals_fused_adamw_on_cuda(scale):
+    for lr in (3e-3, torch.tensor(3e-3, device="cuda")):
+        want, want_state = _run(5, lr, scale, "cuda", ours=False, fused=True)
+        got, got_state = _run(5, lr, scale, "cuda", ours=True, fused=True)
+        for p, q in zip(got, want):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        for s, t in zip(got_state, want_state):
+            assert torch.equal(s["step"], t["step"])
+            torch.testing.assert_close(s["exp_avg"], t["exp_avg"], rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(s["exp_avg_sq"], t["exp_avg_sq"], rtol=1e-6, atol=1e-10)
+
+
+def _model_run(on: bool, graph: bool, clip: float) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 64)
+    ).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+
+    def fwd(x, y):
+        logits = model(x)
+        return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    with adamw.kernel(on):
+        step = TrainStep(model, opt, fwd=fwd, clip=clip, graph=graph)
+        g = torch.Generator(device="cuda").manual_seed(1)
+        for _ in range(6):
+            x = torch.randint(0, 64, (4, 8), device="cuda", generator=g)
+            step(x, (x * 7) % 64)
+        torch.cuda.synchronize()
+        assert step.graph_error is None
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_the_train_step_with_the_kernel_equals_fused_adamws(graph, clip):
+    """Clipped (0.05 clips every step here) or not, run as is or replayed as a CUDA graph."""
+    for p, q in zip(_model_run(True, graph, clip), _model_run(False, graph, clip)):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_the_kernel_and_fused_adamw_take_turns():
+    """The kernel works on fused AdamW's own state: steps alternating between them equal
+    fused AdamW's alone."""
+    torch.manual_seed(0)
+    params = [torch.randn(s, device="cuda") for s in SHAPES]
+    twins = [p.clone() for p in params]
+    opts = [torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True) for ps in (params, twins)]
+    for i in range(6):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        with adamw.kernel(False):
+            clipped_step(opts[0], params, 1.0)
+        with adamw.kernel(i % 2 == 0):
+            clipped_step(opts[1], twins, 1.0)
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
