@@ -29,9 +29,8 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
-#: ra's AdamW kernel serves the optimizer where it can (False: torch's fused AdamW); off
-#: until timed on a GPU against fused AdamW (vs_nanogpt's `+adamwk=true`)
-KERNEL = False
+#: ra's AdamW kernel serves the optimizer where it can (False: torch's fused AdamW)
+KERNEL = True
 #: elements a program updates
 BLOCK = 2048
 WARPS = 8
