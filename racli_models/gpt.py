@@ -52,9 +52,10 @@ FLAT = True
 #: norm (100 MB at GPT-2's batch)
 LN_RECOMPUTE = True
 #: how `norm` writes the layer norm out for the compiler: "var_mean" (as the compiler
-#: decomposes F.layer_norm; timed on an H100) or "two_pass" (the mean, then the mean of
-#: the centred square: autograd's backward then holds one row reduction fewer; not yet
-#: timed on a GPU)
+#: decomposes F.layer_norm, autograd's backward through those operators), "two_pass"
+#: (the mean, then the mean of the centred square: one row reduction fewer in that
+#: backward) or "native" (var_mean's forward, torch's layer norm backward over the saved
+#: input and statistics: the backward torch.compile runs without the recomputation)
 LN_FORMS = ("var_mean", "two_pass", "native")
 LN_FORM = "native"
 

@@ -149,3 +149,31 @@ def test_the_kernel_and_fused_adamw_take_turns():
             clipped_step(opts[1], twins, 1.0)
     for p, q in zip(params, twins):
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("clip,fold", [(1.0, True), (0.0, True), (1.0, False)])
+def test_clipped_step_hands_a_served_optimizer_to_the_kernel(clip, fold, monkeypatch):
+    """Where `serves` takes the optimizer, `clipped_step` gives the step to the kernel with
+    the clipping's scale (none unclipped) and never runs `opt.step()`; `fold=False`
+    keeps `opt.step()` after `clip_grad_norm_`."""
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    p.grad = torch.tensor([30.0, 40.0])  # norm 50
+    opt = torch.optim.AdamW([p], lr=0.1)
+    calls = []
+    monkeypatch.setattr("racli_models.step.folds_clip", lambda o: True)
+    monkeypatch.setattr(adamw, "serves", lambda o: True)
+    monkeypatch.setattr(adamw, "step", lambda o, scale=None: calls.append(("kernel", scale)))
+    monkeypatch.setattr(opt, "step", lambda: calls.append(("torch", None)))
+    clipped_step(opt, [p], clip, fold=fold)
+    if not fold:
+        assert calls == [("torch", None)]
+        torch.testing.assert_close(p.grad.norm(), torch.tensor(1.0))
+        return
+    assert len(calls) == 1 and calls[0][0] == "kernel"
+    assert not hasattr(opt, "grad_scale")
+    scale = calls[0][1]
+    if clip:
+        torch.testing.assert_close(scale, torch.tensor((50.0 + 1e-6) / clip))
+        assert torch.equal(p.grad, torch.tensor([30.0, 40.0]))  # the kernel divides it
+    else:
+        assert scale is None

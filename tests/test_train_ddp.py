@@ -12,6 +12,8 @@ import pytest
 import torch.distributed as dist
 from helpers import REPO
 
+from racli_models import gpt
+
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(),
     reason="torch.distributed with gloo is not available",
@@ -165,7 +167,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["var_mean", "two_pass"])
+@pytest.mark.parametrize("form", gpt.LN_FORMS)
 def test_compiled_ddp_recomputes_layer_norms_with_one_process_gradients(tmp_path, form):
     """DistributedDataParallel compiled (two gloo processes): the layer norms run under their
     selective checkpoint (gpt.LN_RECOMPUTE, the first one's rstd among the saved tensors),
