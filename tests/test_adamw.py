@@ -23,12 +23,17 @@ def _groups(params: list[torch.Tensor], lr) -> list[dict]:
     ]
 
 
-def _run(steps: int, lr, scale: float | None, device: str, ours: bool, *, fused: bool = False):
+def _run(steps: int, lr, scale: float | None, device: str, ours: bool, *, fused=False, dtype=None):
     """The parameters and state after `steps` AdamW steps on fixed random gradients (the
-    gradients divided by `scale` where given), ra's kernel or torch's AdamW."""
+    gradients divided by `scale` where given), ra's kernel or torch's AdamW; the values
+    drawn in float32 on the CPU whatever the device and `dtype`."""
     torch.manual_seed(0)
-    params = [torch.randn(s, device=device) for s in SHAPES]
-    grads = [[torch.randn(s, device=device) for s in SHAPES] for _ in range(steps)]
+
+    def draw(shape):
+        return torch.randn(shape).to(device, dtype or torch.float32)
+
+    params = [draw(s) for s in SHAPES]
+    grads = [[draw(s) for s in SHAPES] for _ in range(steps)]
     opt = torch.optim.AdamW(
         _groups(params, lr), lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None
     )
@@ -88,16 +93,25 @@ def test_only_fused_adamw_on_cuda_is_served(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("scale", [None, 2.5])
-def test_the_kernel_equals_fused_adamw_on_cuda(scale):
+def test_the_kernel_is_as_exact_as_fused_adamw_on_cuda(scale):
+    """Against float64 AdamW, the kernel's parameters and moments are as close as fused
+    AdamW's (both round in float32, fused AdamW some steps in float64: they differ from
+    each other by rounding)."""
     for lr in (3e-3, torch.tensor(3e-3, device="cuda")):
-        want, want_state = _run(5, lr, scale, "cuda", ours=False, fused=True)
-        got, got_state = _run(5, lr, scale, "cuda", ours=True, fused=True)
-        for p, q in zip(got, want):
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-        for s, t in zip(got_state, want_state):
-            assert torch.equal(s["step"], t["step"])
-            torch.testing.assert_close(s["exp_avg"], t["exp_avg"], rtol=1e-6, atol=1e-8)
-            torch.testing.assert_close(s["exp_avg_sq"], t["exp_avg_sq"], rtol=1e-6, atol=1e-10)
+        exact, exact_state = _run(5, float(lr), scale, "cpu", ours=False, dtype=torch.float64)
+        runs = [_run(5, lr, scale, "cuda", ours=o, fused=True) for o in (True, False)]
+        (got, got_state), (fused, fused_state) = runs
+        for i in range(len(SHAPES)):
+            tensors = [(got[i], fused[i], exact[i])] + [
+                (got_state[i][k], fused_state[i][k], exact_state[i][k])
+                for k in ("exp_avg", "exp_avg_sq")
+            ]
+            for ours, theirs, want in tensors:
+                err = (ours.double().cpu() - want).abs().max().item()
+                err_fused = (theirs.double().cpu() - want).abs().max().item()
+                scale_of = want.abs().max().item()
+                assert err <= 2 * err_fused + 1e-7 * scale_of, (i, err, err_fused)
+            assert torch.equal(got_state[i]["step"], fused_state[i]["step"])
 
 
 def _model_run(on: bool, graph: bool, clip: float) -> list[torch.Tensor]:
@@ -126,9 +140,12 @@ def _model_run(on: bool, graph: bool, clip: float) -> list[torch.Tensor]:
 @pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("clip", [0.0, 0.05])
 def test_the_train_step_with_the_kernel_equals_fused_adamws(graph, clip):
-    """Clipped (0.05 clips every step here) or not, run as is or replayed as a CUDA graph."""
+    """Clipped (0.05 clips every step here) or not, run as is or replayed as a CUDA graph.
+    The two round differently (above), and six steps feed that back through the loss,
+    where Adam's division by sqrt(v) magnifies it on near-zero gradients: equal to a
+    thousandth of one step's move (lr 1e-2)."""
     for p, q in zip(_model_run(True, graph, clip), _model_run(False, graph, clip)):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
@@ -148,7 +165,7 @@ def test_the_kernel_and_fused_adamw_take_turns():
         with adamw.kernel(i % 2 == 0):
             clipped_step(opts[1], twins, 1.0)
     for p, q in zip(params, twins):
-        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)  # rounding (above)
 
 
 @pytest.mark.parametrize("clip,fold", [(1.0, True), (0.0, True), (1.0, False)])

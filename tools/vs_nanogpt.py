@@ -33,8 +33,8 @@ Arms:
   ARM+foldclip=false  an ra arm whose step clips with clip_grad_norm_ (a pass of its
                  own over the gradients), as before 2026-12-06, instead of inside
                  fused AdamW's kernel (racli_models.step.folds_clip)
-  ARM+adamwk=false  an ra arm whose optimizer step is torch's fused AdamW, as before
-                 2026-12-06, instead of ra's AdamW kernel (racli_models.adamw)
+  ARM+adamwk=true  an ra arm whose optimizer step is ra's AdamW kernel
+                 (racli_models.adamw) instead of torch's fused AdamW (=false: torch's)
   ARM+flat=false an ra arm whose residual stream runs as (B, T, C) between the blocks,
                  as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
   ARM+gelumm=false  an ra arm whose MLP runs GELU's backward as torch's ops, as before
