@@ -60,6 +60,8 @@ def serves(opt: torch.optim.Optimizer) -> bool:
             return False
         if g.get("differentiable") or torch.is_tensor(g["betas"][0]):
             return False
+        if torch.is_tensor(g["lr"]) and not g["lr"].is_cuda:
+            return False
         for p in g["params"]:
             state = opt.state.get(p, {})
             tensors = [p, p.grad, state.get("exp_avg"), state.get("exp_avg_sq")]
@@ -91,8 +93,11 @@ def step(opt: torch.optim.Optimizer, grad_scale: torch.Tensor | None = None) -> 
         rows = []
         for p, n in zip(params, numels):
             st = states[p]
-            rows += [(t.data_ptr() - base.data_ptr()) // 16 for t in
-                     (p, p.grad, st["exp_avg"], st["exp_avg_sq"], st["step"])]  # fmt: skip
+            for t in (p, p.grad, st["exp_avg"], st["exp_avg_sq"], st["step"]):
+                offset, off = divmod(t.data_ptr() - base.data_ptr(), 16)
+                if off:
+                    raise ValueError("AdamW kernel: a tensor not 16-byte aligned")
+                rows.append(offset)
             rows.append(n // 4 if vec else n)
         owner, index = _chunks(numels, base.device)
         table = _to_device(rows, base.device)

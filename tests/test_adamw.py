@@ -194,3 +194,11 @@ def test_clipped_step_hands_a_served_optimizer_to_the_kernel(clip, fold, monkeyp
         assert torch.equal(p.grad, torch.tensor([30.0, 40.0]))  # the kernel divides it
     else:
         assert scale is None
+
+
+def test_a_misaligned_tensor_is_refused_not_misread():
+    p = torch.zeros(9)[1:]  # 4 bytes past an allocation's start
+    p.grad = torch.ones(8)
+    opt = torch.optim.AdamW([p], lr=0.1)
+    with pytest.raises(ValueError, match="16-byte"):
+        adamw.step(opt)
