@@ -18,9 +18,10 @@ GradScaler's scale set on the optimizer; anything else runs `opt.step()` (`serve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
+
+from .switch import setting
 
 try:  # Triton ships with CUDA builds of torch
     import triton
@@ -38,15 +39,9 @@ BLOCK = 2048
 WARPS = 8
 
 
-@contextlib.contextmanager
-def kernel(on: bool = True) -> Iterator[None]:
+def kernel(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Inside the block `KERNEL` is `on`."""
-    global KERNEL
-    before, KERNEL = KERNEL, on
-    try:
-        yield
-    finally:
-        KERNEL = before
+    return setting(__name__, "KERNEL", on)
 
 
 def serves(opt: torch.optim.Optimizer) -> bool:

@@ -22,9 +22,10 @@ promises no fixed summation order; its deterministic mode cost 12% more (H100).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
+
+from .switch import setting
 
 #: the causal attention of every `CausalSelfAttention` uses this pair while True
 #: (`racli.names.sdpa_backend_context("fa4")`)
@@ -37,26 +38,14 @@ QKV = True
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
-@contextlib.contextmanager
-def active() -> Iterator[None]:
+def active() -> contextlib.AbstractContextManager[None]:
     """Inside the block, causal attention runs through `attention()`."""
-    global ACTIVE
-    before, ACTIVE = ACTIVE, True
-    try:
-        yield
-    finally:
-        ACTIVE = before
+    return setting(__name__, "ACTIVE", True)
 
 
-@contextlib.contextmanager
-def qkv_operator(on: bool = True) -> Iterator[None]:
+def qkv_operator(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Inside the block `QKV` is `on`: whether `attention_qkv` serves [q | k | v] projections."""
-    global QKV
-    before, QKV = QKV, on
-    try:
-        yield
-    finally:
-        QKV = before
+    return setting(__name__, "QKV", on)
 
 
 def problem(device: torch.device | str | None = None) -> str | None:

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
 from functools import partial
 
 import torch
@@ -22,6 +21,7 @@ from . import gelu_mm
 from .attention import INIT_STD, build_attention, composed_once
 from .config import GPTConfig
 from .loss import linear_cross_entropy, lm_head_loss, use_kernel
+from .switch import setting
 
 
 class MLP(nn.Module):
@@ -60,39 +60,21 @@ LN_FORMS = ("var_mean", "two_pass", "native")
 LN_FORM = "native"
 
 
-@contextlib.contextmanager
-def flat_residual(flat: bool = True) -> Iterator[None]:
+def flat_residual(flat: bool = True) -> contextlib.AbstractContextManager[None]:
     """Inside the block `FLAT` is `flat`."""
-    global FLAT
-    before, FLAT = FLAT, flat
-    try:
-        yield
-    finally:
-        FLAT = before
+    return setting(__name__, "FLAT", flat)
 
 
-@contextlib.contextmanager
-def ln_recompute(on: bool = True) -> Iterator[None]:
+def ln_recompute(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Inside the block `LN_RECOMPUTE` is `on`."""
-    global LN_RECOMPUTE
-    before, LN_RECOMPUTE = LN_RECOMPUTE, on
-    try:
-        yield
-    finally:
-        LN_RECOMPUTE = before
+    return setting(__name__, "LN_RECOMPUTE", on)
 
 
-@contextlib.contextmanager
-def ln_form(form: str) -> Iterator[None]:
+def ln_form(form: str) -> contextlib.AbstractContextManager[None]:
     """Inside the block `LN_FORM` is `form` (one of LN_FORMS)."""
-    global LN_FORM
     if form not in LN_FORMS:
         raise ValueError(f"layer norm form {form!r}: one of {', '.join(LN_FORMS)}")
-    before, LN_FORM = LN_FORM, form
-    try:
-        yield
-    finally:
-        LN_FORM = before
+    return setting(__name__, "LN_FORM", form)
 
 
 class _KnownRegion(logging.Filter):

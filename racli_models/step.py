@@ -77,26 +77,25 @@ def clipped_step(
 ) -> None:
     """`opt`'s step on the gradients of `params` clipped to norm `clip` (0: none): inside
     the optimizer's kernel where `fold` and `folds_clip(opt)`, else `clip_grad_norm_` first."""
+    scale = None
     if clip > 0 and fold and folds_clip(opt):
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         # clip_grad_norm_ multiplies by min(1, clip / (norm + 1e-6)); the kernel divides
         scale = torch.clamp((norm.float() + 1e-6) / clip, min=1.0)
-        if adamw.serves(opt):  # the same step without writing the divided gradients back
-            adamw.step(opt, scale)
-            return
-        opt.grad_scale = scale
-        try:
-            opt.step()
-        finally:
-            del opt.grad_scale
-        return
-    if clip > 0:
+    elif clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-    if fold and adamw.serves(opt):
-        adamw.step(opt)
-    else:
+    if fold and adamw.serves(opt):  # the same step without writing the gradients back
+        adamw.step(opt, scale)
+        return
+    if scale is None:
         opt.step()
+        return
+    opt.grad_scale = scale  # fused AdamW's kernel divides by it
+    try:
+        opt.step()
+    finally:
+        del opt.grad_scale
 
 
 class TrainStep:
