@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from racli_models import GPT, GPTConfig, build_attention  # noqa: E402
+from racli_models import GPT, GPTConfig, build_attention, compiler  # noqa: E402
 from racli_models import loss as L  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
 
@@ -135,7 +135,7 @@ def profile_one(name: str, kernel: bool, graph: bool, steps: int, attn: str) -> 
     step = TrainStep(
         model,
         opt,
-        fwd=torch.compile(model),
+        fwd=compiler.compile(model),
         clip=1.0,
         autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
         graph=graph,

@@ -36,7 +36,7 @@ import time
 import torch
 
 from racli.names import comma_list
-from racli_models import GPT, GPTConfig
+from racli_models import GPT, GPTConfig, compiler
 
 PEAK = 989e12  # H100 dense bf16
 T = 1024
@@ -105,7 +105,7 @@ def run_config(c: dict, steps: int) -> dict:
         fwd = torch.compile(model, mode="max-autotune-no-cudagraphs")
     else:
         icfg.coordinate_descent_tuning = c["opt"] == "cdt"
-        fwd = torch.compile(model)
+        fwd = compiler.compile(model)
     step = make_step(model, opt, fwd, params)
     g = torch.Generator(device="cuda").manual_seed(0)
     xs = [torch.randint(0, VOCAB, (c["batch"], T), device="cuda", generator=g) for _ in range(4)]
@@ -156,7 +156,7 @@ def profile(batch: int = 32) -> dict:
 
     cfg, model, opt = build("baseline", batch)
     params = [p for p in model.parameters() if p.requires_grad]
-    step = make_step(model, opt, torch.compile(model), params)
+    step = make_step(model, opt, compiler.compile(model), params)
     x = torch.randint(0, VOCAB, (batch, T), device="cuda")
     y = torch.randint(0, VOCAB, (batch, T), device="cuda")
     for _ in range(3):

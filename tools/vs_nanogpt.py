@@ -45,6 +45,9 @@ Arms:
   ARM+lnform=two_pass  an ra arm whose recomputed layer norms are written as the mean
                  and the mean of the centred square instead of var_mean; =native: as
                  var_mean with torch's layer norm backward (racli_models.gpt.LN_FORM)
+  ARM+f32grads=true  an ra arm compiled with its weight gradients written in float32 by
+                 their GEMMs instead of cast from bf16 by a kernel of their own
+                 (racli_models.compiler; =false: cast)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -93,7 +96,7 @@ from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
-from racli_models import GPT, GPTConfig, adamw, flash4, gelu_mm, gpt  # noqa: E402
+from racli_models import GPT, GPTConfig, adamw, compiler, flash4, gelu_mm, gpt  # noqa: E402
 from racli_models.loss import check_settings as check_loss_settings  # noqa: E402
 from racli_models.loss import settings as loss_settings  # noqa: E402
 from racli_models.step import TrainStep  # noqa: E402
@@ -105,6 +108,7 @@ SWITCHES = {
     "gelumm": (gelu_mm.kernel, (True, False)),
     "lnrecompute": (gpt.ln_recompute, (True, False)),
     "lnform": (gpt.ln_form, gpt.LN_FORMS),
+    "f32grads": (compiler.f32_grads, (True, False)),
 }
 STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv", "foldclip", "adamwk", *SWITCHES)  # not the model's
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
@@ -322,7 +326,12 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     if patch or switches:
         own_forward(model, arm)
     # static shapes: an arm at another micro-batch must not turn a shared forward dynamic
-    fwd = model if args.no_compile else torch.compile(model, dynamic=False)
+    if args.no_compile:
+        fwd = model
+    elif name == "nanogpt":
+        fwd = torch.compile(model, dynamic=False)
+    else:  # as ra train compiles: with ra's graph pass (racli_models.compiler)
+        fwd = compiler.compile(model, dynamic=False)
     params = [p for p in model.parameters() if p.requires_grad]
     micro = settings.get("micro")
     if name == "nanogpt":

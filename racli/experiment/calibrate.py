@@ -375,7 +375,7 @@ def _timed_arm(spec, dataset, device, cuda: bool) -> tuple:
 
     from racli.training import model_config
     from racli.training.batches import BatchSampler
-    from racli_models import GPT
+    from racli_models import GPT, compiler
 
     t = spec.train
     torch.manual_seed(0)
@@ -389,7 +389,7 @@ def _timed_arm(spec, dataset, device, cuda: bool) -> tuple:
     sampler = BatchSampler(
         dataset.train, layout.per_rank, raw.config.block_size, seed=0, device=device
     )
-    fwd = torch.compile(raw) if spec.compile else raw
+    fwd = compiler.compile(raw) if spec.compile else raw
     params = [p for p in raw.parameters() if p.requires_grad]
     return fwd, opt, sampler, params, t.grad_clip, layout.micro
 

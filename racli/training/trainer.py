@@ -33,6 +33,7 @@ from racli.training.reciprocity import record_measures
 from racli.training.result import StepInfo
 from racli.training.schedule import lr_at, step_progress, time_progress
 from racli.training.spec import TrainSpec, model_config
+from racli_models import compiler
 from racli_models.step import clipped_step
 
 # a run's first checkpoint comes this soon (or at its first evaluation, if earlier), so that
@@ -188,7 +189,7 @@ class Trainer:
         with `train.grad_reduce: step` (rank 0's weights broadcast, then one all-reduce of
         the gradients a step inside that step)."""
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
-        self.fwd = torch.compile(self.raw) if self.spec.compile else self.raw
+        self.fwd = compiler.compile(self.raw) if self.spec.compile else self.raw
         by_step = not self.info.enabled or self.t.grad_reduce == "step"
         self.model = self.fwd if by_step else ddp.wrap_ddp(self.fwd, self.device, self.info)
         self.stepper = None

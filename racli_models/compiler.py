@@ -1,0 +1,127 @@
+"""torch.compile as ra compiles its models for training, with one graph pass of its own.
+
+    fwd = compiler.compile(model)            # torch.compile(model), the pass below added
+
+Under autocast a weight is cast to half precision for its GEMMs, so autograd returns its
+gradient as a half-precision GEMM result cast back to float32: the GEMM writes 2 bytes an
+element and a copy kernel reads them and writes 4. On CUDA the pass has the GEMM write
+float32 itself (`aten.mm.dtype`: cuBLAS's float32 accumulator stored as it is), wherever
+such a cast is an output of the compiled graph (a gradient, as autograd hands it over)
+and its GEMM's result feeds nothing else. One copy a weight less a step, and the gradient
+is the GEMM's float32 sum rather than that sum rounded to bf16 first.
+
+`F32_GRADS` (`f32_grads(on)`) turns the pass on; it is read when a graph compiles. Off by
+default until it is timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.fx
+
+from .switch import setting
+
+F32_GRADS = False
+HALF = (torch.bfloat16, torch.float16)
+
+
+def f32_grads(on: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Inside the block the pass is on (or off) for graphs compiled there."""
+    return setting(__name__, "F32_GRADS", on)
+
+
+def _transposes(node) -> bool:
+    aten = torch.ops.aten
+    if node.target is aten.t.default:
+        return True
+    return node.target is aten.permute.default and list(node.args[1]) == [1, 0]
+
+
+def f32_gemm_outputs(graph: torch.fx.Graph, devices: tuple[str, ...] = ("cuda",)) -> int:
+    """Rewrite, in `graph` (a post-grad ATen graph), each graph output
+    `convert_element_type(mm(a, b), float32)` (or of `mm(a, b)` transposed, any times) with a and b
+    half precision on one of `devices`, whose mm and transpose feed nothing else, as
+    `mm.dtype(a, b, float32)` (transposed alike): the same shape and strides, one kernel.
+    Returns how many were rewritten."""
+    aten, prims = torch.ops.aten, torch.ops.prims
+    out = graph.output_node()
+    done = 0
+    for cast in list(
+        graph.find_nodes(op="call_function", target=prims.convert_element_type.default)
+    ):
+        if cast.args[1] is not torch.float32 or set(cast.users) != {out}:
+            continue
+        chain, src = [], cast.args[0]  # transposes between the mm and the cast
+        while isinstance(src, torch.fx.Node) and _transposes(src) and len(src.users) == 1:
+            chain.append(src)
+            src = src.args[0]
+        if not isinstance(src, torch.fx.Node) or src.target is not aten.mm.default:
+            continue
+        if len(src.users) != 1:
+            continue
+        a, b = src.args
+        va, vb = a.meta.get("val"), b.meta.get("val")
+        if va is None or vb is None or va.dtype not in HALF or vb.dtype != va.dtype:
+            continue
+        if va.device.type not in devices or vb.device.type != va.device.type:
+            continue
+        product = aten.mm.dtype(va, vb, torch.float32)
+        flip = len(chain) % 2 == 1
+        val = aten.permute.default(product, [1, 0]) if flip else product
+        want = cast.meta.get("val")
+        if want is None or val.stride() != want.stride():
+            continue
+        with graph.inserting_before(cast):
+            new = graph.call_function(aten.mm.dtype, (a, b, torch.float32))
+            new.meta["val"] = product
+            if flip:
+                new = graph.call_function(aten.permute.default, (new, [1, 0]))
+                new.meta["val"] = val
+        cast.replace_all_uses_with(new)
+        for node in (cast, *chain, src):
+            graph.erase_node(node)
+        done += 1
+    return done
+
+
+def _lowered() -> bool:
+    """Whether this torch has `aten.mm.dtype` and inductor lowers it."""
+    from torch._inductor.lowering import lowerings
+
+    return hasattr(torch.ops.aten.mm, "dtype") and torch.ops.aten.mm.dtype in lowerings
+
+
+#: how many casts the pass rewrote, a compiled graph at a time (tests and tools read it)
+REWRITTEN: list[int] = []
+
+
+def _source_hash() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _pass():
+    """The pass as inductor's `post_grad_custom_post_pass`: a CustomGraphPass, whose uuid
+    (this file's hash and the switch) keys inductor's caches."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class F32Grads(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            if F32_GRADS and _lowered():
+                REWRITTEN.append(f32_gemm_outputs(graph))
+
+        def uuid(self) -> str:
+            return f"{_source_hash()}-{int(F32_GRADS)}"
+
+    return F32Grads()
+
+
+def compile(model, **kwargs):  # noqa: A001 - torch.compile's name, ra's passes
+    """torch.compile(model, **kwargs) with ra's post-grad pass (not with `mode`, which
+    torch.compile takes only without options)."""
+    options = dict(kwargs.pop("options", None) or {})
+    options.setdefault("post_grad_custom_post_pass", _pass())
+    return torch.compile(model, options=options, **kwargs)
