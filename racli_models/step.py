@@ -16,9 +16,9 @@ own: the gradients' norm is computed, and the optimizer's kernel divides each gr
 by max(1, (norm + 1e-6) / clip) as it reads it (its `grad_scale`, the hook torch's
 GradScaler uses), which is `clip_grad_norm_`'s scaling; other optimizers get
 `clip_grad_norm_`. `fold_clip=False` keeps `clip_grad_norm_` and `opt.step()` for every
-optimizer. With `racli_models.adamw.KERNEL` on (off by default), where that module
-serves the optimizer (fused AdamW on CUDA, Triton), its kernel takes the step: fused
-AdamW's arithmetic without writing the divided gradients back.
+optimizer. Where `racli_models.adamw` serves the optimizer (fused AdamW on CUDA; its
+`KERNEL` switch, on by default), its Triton kernel takes the step: fused AdamW's
+arithmetic without writing the divided gradients back.
 
 With `graph=True` (the default on CUDA) the first call runs the step as
 above on a side stream (the warm-up: compilation, the optimizer's state, the

@@ -5,6 +5,8 @@ checked; on CUDA the compiled model's gradients with and without it."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch._dynamo.backends.common import aot_autograd
@@ -125,25 +127,25 @@ def test_left_where_it_does_not_apply(dtype, device):
 
 
 def test_pass_reaches_forward_and_backward_and_keys_the_caches():
+    assert compiler._pass(True).uuid() != compiler._pass(False).uuid()
     with compiler.f32_grads(False):
-        before = compiler._pass().uuid()
-        with compiler.f32_grads(True):
-            assert compiler._pass().uuid() != before
-        assert compiler._pass().uuid() == before
+        assert compiler._pass().uuid() == compiler._pass(False).uuid()
 
-    def step():
+    def step(**on):
         torch.manual_seed(0)
         lin = torch.nn.Linear(16, 8)
+        fwd = compiler.compile(lin, dynamic=False, **on)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            compiler.compile(lin, dynamic=False)(torch.randn(4, 16)).float().sum().backward()
+            y = fwd(torch.randn(4, 16))
+        y.float().sum().backward()  # the backward compiles here, outside any setting
 
     with torch._inductor.config.patch(force_disable_caches=True):
         del compiler.REWRITTEN[:]
-        with compiler.f32_grads(True):
-            step()
+        step(f32_grads=True)
         assert compiler.REWRITTEN == [0, 0]  # forward and backward; nothing on the CPU
         with compiler.f32_grads(False):
             step()
+        step(f32_grads=False)
         assert compiler.REWRITTEN == [0, 0]
 
 
@@ -153,11 +155,9 @@ def test_pass_reaches_forward_and_backward_and_keys_the_caches():
 def test_cuda_gradients_with_and_without_the_pass(attn):
     with torch._inductor.config.patch(force_disable_caches=True):
         del compiler.REWRITTEN[:]
-        with compiler.f32_grads(True):
-            on = _grads(compiler.compile, "cuda", attn)
+        on = _grads(partial(compiler.compile, f32_grads=True), "cuda", attn)
         rewritten = sum(compiler.REWRITTEN)
-        with compiler.f32_grads(False):
-            off = _grads(compiler.compile, "cuda", attn)
+        off = _grads(partial(compiler.compile, f32_grads=False), "cuda", attn)
     assert rewritten >= 3 * CFG["n_layer"]  # the MLP's two and the output projection
     changed = 0
     for name, want in off.items():

@@ -33,8 +33,8 @@ Arms:
   ARM+foldclip=false  an ra arm whose step clips with clip_grad_norm_ (a pass of its
                  own over the gradients), as before 2026-12-06, instead of inside
                  fused AdamW's kernel (racli_models.step.folds_clip)
-  ARM+adamwk=true  an ra arm whose optimizer step is ra's AdamW kernel
-                 (racli_models.adamw) instead of torch's fused AdamW (=false: torch's)
+  ARM+adamwk=false  an ra arm whose optimizer step is torch's fused AdamW instead of
+                 ra's AdamW kernel (racli_models.adamw), as before 2026-12-06
   ARM+flat=false an ra arm whose residual stream runs as (B, T, C) between the blocks,
                  as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
   ARM+gelumm=false  an ra arm whose MLP runs GELU's backward as torch's ops, as before
@@ -45,9 +45,9 @@ Arms:
   ARM+lnform=two_pass  an ra arm whose recomputed layer norms are written as the mean
                  and the mean of the centred square instead of var_mean; =native: as
                  var_mean with torch's layer norm backward (racli_models.gpt.LN_FORM)
-  ARM+f32grads=true  an ra arm compiled with its weight gradients written in float32 by
-                 their GEMMs instead of cast from bf16 by a kernel of their own
-                 (racli_models.compiler; =false: cast)
+  ARM+f32grads=false  an ra arm compiled without ra's graph pass: its weight gradients
+                 cast from bf16 by kernels of their own, as before 2026-12-06, instead of
+                 written in float32 by their GEMMs (racli_models.compiler)
   ARM+micro=N    any arm, nanogpt included: the step's `--batch` sequences in
                  micro-batches of N (gradient accumulation, each loss scaled by
                  1/accumulation steps, as nanoGPT's train.py and `ra train` do);
@@ -108,9 +108,17 @@ SWITCHES = {
     "gelumm": (gelu_mm.kernel, (True, False)),
     "lnrecompute": (gpt.ln_recompute, (True, False)),
     "lnform": (gpt.ln_form, gpt.LN_FORMS),
-    "f32grads": (compiler.f32_grads, (True, False)),
 }
-STEP_KEYS = ("graph", "micro", "sdpa", "fa4qkv", "foldclip", "adamwk", *SWITCHES)  # not the model's
+STEP_KEYS = (
+    "graph",
+    "micro",
+    "sdpa",
+    "fa4qkv",
+    "foldclip",
+    "adamwk",
+    "f32grads",
+    *SWITCHES,
+)  # not the model's
 INDUCTOR = "inductor."  # arm settings of torch._inductor.config while the arm compiles
 CE = "ce."  # arm settings of the loss kernel (racli_models.loss.settings) in the arm's step
 
@@ -154,7 +162,7 @@ def parse_arm(arm: str) -> tuple[str, dict]:
             raise SystemExit(f"vs_nanogpt: {exc}") from None
     if "fa4qkv" in extra and (type(extra["fa4qkv"]) is not bool or extra.get("sdpa") != "fa4"):
         raise SystemExit(f"vs_nanogpt: fa4qkv in arm '{arm}' is true or false, with sdpa=fa4")
-    for key in ("foldclip", "adamwk"):
+    for key in ("foldclip", "adamwk", "f32grads"):
         if key in extra and type(extra[key]) is not bool:
             raise SystemExit(f"vs_nanogpt: {key} in arm '{arm}' is true or false")
     for key, (_, values) in SWITCHES.items():
@@ -331,7 +339,7 @@ def warm_arm(arm: str, args, shape: dict, device: str, nanogpt_mod, batches):
     elif name == "nanogpt":
         fwd = torch.compile(model, dynamic=False)
     else:  # as ra train compiles: with ra's graph pass (racli_models.compiler)
-        fwd = compiler.compile(model, dynamic=False)
+        fwd = compiler.compile(model, dynamic=False, f32_grads=settings.get("f32grads"))
     params = [p for p in model.parameters() if p.requires_grad]
     micro = settings.get("micro")
     if name == "nanogpt":
