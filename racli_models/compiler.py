@@ -32,7 +32,7 @@ HALF = (torch.bfloat16, torch.float16)
 
 
 def f32_grads(on: bool = True) -> contextlib.AbstractContextManager[None]:
-    """Inside the block the pass is on (or off) for graphs compiled there."""
+    """Inside the block `compile` gives the models it compiles the pass on (or off)."""
     return setting(__name__, "F32_GRADS", on)
 
 
@@ -45,10 +45,10 @@ def _transposes(node) -> bool:
 
 def f32_gemm_outputs(graph: torch.fx.Graph, devices: tuple[str, ...] = ("cuda",)) -> int:
     """Rewrite, in `graph` (a post-grad ATen graph), each graph output
-    `convert_element_type(mm(a, b), float32)` (or of `mm(a, b)` transposed, any times) with a and b
-    half precision on one of `devices`, whose mm and transpose feed nothing else, as
-    `mm.dtype(a, b, float32)` (transposed alike): the same shape and strides, one kernel.
-    Returns how many were rewritten."""
+    `convert_element_type(mm(a, b), float32)` (or of `mm(a, b)` transposed, any number of
+    times) with a and b half precision on one of `devices`, whose mm and transposes feed
+    nothing else, as `mm.dtype(a, b, float32)` (transposed alike): the same shape and
+    strides, one kernel. Returns how many were rewritten."""
     aten, prims = torch.ops.aten, torch.ops.prims
     out = graph.output_node()
     done = 0
