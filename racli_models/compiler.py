@@ -19,8 +19,6 @@ as fast; the step's time moved by less than its run-to-run spread (docs/results.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from pathlib import Path
 
 import torch
 import torch.fx
@@ -101,16 +99,12 @@ def _lowered() -> bool:
 REWRITTEN: list[int] = []
 
 
-def _source_hash() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
 def _pass(on: bool | None = None):
     """The pass as inductor's `post_grad_custom_post_pass`, on or off (None: `F32_GRADS`
     now) for every graph of the compiled model, the backward's included (compiled at the
     first backward, wherever that runs): a CustomGraphPass, whose uuid (this file's hash
     and the setting) keys inductor's caches."""
-    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
     class F32Grads(CustomGraphPass):
         def __init__(self, on: bool):
@@ -121,7 +115,7 @@ def _pass(on: bool | None = None):
                 REWRITTEN.append(f32_gemm_outputs(graph))
 
         def uuid(self) -> str:
-            return f"{_source_hash()}-{int(self.on)}"
+            return f"{get_hash_for_files((__file__,)).hex()[:16]}-{int(self.on)}"
 
     return F32Grads(F32_GRADS if on is None else on)
 
