@@ -161,6 +161,13 @@ def test_cuda_gradients_with_and_without_the_pass(attn):
     assert rewritten >= 3 * CFG["n_layer"]  # the MLP's two and the output projection
     changed = 0
     for name, want in off.items():
-        torch.testing.assert_close(on[name], want, rtol=2**-7, atol=1e-6)
+        # the two differ by a bf16 rounding of each GEMM's sum, which is large against an
+        # element where sums cancel (the tied embedding adds the head's GEMM to the
+        # lookup's gradient): bf16's usual tolerance element by element, and one rounding
+        # of the whole tensor in norm
+        torch.testing.assert_close(
+            on[name], want, rtol=1.6e-2, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
+        assert (on[name] - want).norm() <= 2**-8 * want.norm(), name
         changed += not _bf16_exact(on[name]).all() and _bf16_exact(want).all()
     assert changed >= 3 * CFG["n_layer"]
