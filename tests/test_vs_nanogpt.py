@@ -284,3 +284,11 @@ def test_an_arm_recomputes_its_layer_norms_in_its_step():
     with tool.autocast_of("cpu", "math", None, None, {"lnrecompute": not before})():
         assert gpt.LN_RECOMPUTE is (not before)
     assert gpt.LN_RECOMPUTE is before
+
+
+def test_an_fa4_arm_that_cannot_run_stops_before_any_arm_compiles(tmp_path, monkeypatch):
+    tool = _tool()
+    monkeypatch.setattr(tool.flash4, "problem", lambda device=None: "needs the package: gone")
+    monkeypatch.setattr(tool, "warm_arm", lambda *a, **k: pytest.fail("an arm was built"))
+    with pytest.raises(SystemExit, match="arm 'ra_v5\\+sdpa=fa4': sdpa=fa4 needs the package"):
+        tool.main(["--nanogpt", str(tmp_path), "--arms", "baseline,ra_v5+sdpa=fa4"])

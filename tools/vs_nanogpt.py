@@ -434,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     if len(set(arms)) != len(arms) or not arms:
         raise SystemExit("vs_nanogpt: give distinct arms")
+    fa4 = [a for a, (_, settings) in parsed.items() if settings.get("sdpa") == "fa4"]
+    # before any arm compiles, not at the fa4 arm's first backward
+    if fa4 and args.device.startswith("cuda") and (why := flash4.problem(args.device)):
+        raise SystemExit(f"vs_nanogpt: arm '{fa4[0]}': sdpa=fa4 {why}")
     folder = args.nanogpt.resolve()
     nano = [a for a, (name, _) in parsed.items() if name == "nanogpt"]
     mod = load_nanogpt(folder) if nano else None
