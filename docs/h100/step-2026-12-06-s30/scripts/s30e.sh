@@ -12,7 +12,7 @@ python3 -c 'import cuda.bindings' 2>/dev/null || python3 -m pip install -q --no-
 python3 -c 'import google.protobuf' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 .fa4b/opt/protobuf-*.whl
 export PYTHONPATH=$PYTHONPATH:/tmp/site2:/tmp/site2/nvidia_cutlass_dsl/dsl_packages
 python3 -c 'from importlib.metadata import version as v; from racli_models import flash4; print("flash-attn-4", v("flash-attn-4"), "nvidia-cutlass-dsl", v("nvidia-cutlass-dsl-libs-base"), "problem:", flash4.problem())' 2>&1 | tee "$OUT/fa4.txt"
-T_VS=250 T_REC=110 T_BLOCK=170 BLOCK_BUDGET=130 EXTRA_ARMS=ra_v5+sdpa=fa4 \
+T_VS=190 T_REC=80 T_BLOCK=110 BLOCK_BUDGET=90 EXTRA_ARMS=ra_v5+sdpa=fa4 \
   bash tools/gpu_perf_run.sh gpu_work/nanoGPT 2>&1 | grep -vE 'UserWarning|exe_args'
 nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv
 date -u
