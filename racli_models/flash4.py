@@ -22,6 +22,7 @@ promises no fixed summation order; its deterministic mode cost 12% more (H100).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -36,6 +37,18 @@ ACTIVE = False
 #: On since timed and tested on an H100 (`qkv_operator()`; docs/performance.md, twelfth round)
 QKV = True
 _DTYPES = (torch.float16, torch.bfloat16)
+#: the CuTe DSL's UserWarning as it compiles FA4's backward, that FA4's own `aux_data` (None
+#: here) cannot become a JIT argument: a screenful in a run's log, about nothing ra passes
+DSL_NOISE = r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"
+_quiet = False
+
+
+def _quiet_dsl() -> None:
+    """Hide `DSL_NOISE`, and no other warning, from here on (once a process)."""
+    global _quiet
+    if not _quiet:
+        warnings.filterwarnings("ignore", message=DSL_NOISE, category=UserWarning)
+        _quiet = True
 
 
 def active() -> contextlib.AbstractContextManager[None]:
@@ -128,6 +141,7 @@ def _backward_op(
     """FA4's causal backward: (dq, dk, dv) over (B, H, T, D)."""
     from flash_attn.cute.interface import _flash_attn_bwd
 
+    _quiet_dsl()
     t = _bhtd
     dq, dk, dv = _flash_attn_bwd(t(q), t(k), t(v), t(y), t(_token_major(dy)), lse, causal=True)[:3]
     return tuple(_token_major(t(g)) for g in (dq, dk, dv))
@@ -187,6 +201,7 @@ def _backward_qkv_op(
     gradient, the layout of [q | k | v] (what the projection's backward reads as it is)."""
     from flash_attn.cute.interface import _flash_attn_bwd
 
+    _quiet_dsl()
     q, k, v = qkv_heads(qkv.contiguous(), n_head)
     grad = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     dq, dk, dv = qkv_heads(grad, n_head)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import warnings
 from functools import partial
 
 import pytest
@@ -254,6 +255,37 @@ def test_the_qkv_backward_hands_fa4_the_thirds_of_one_gradient(monkeypatch):
     got = torch.ops.racli.fa4_attention_qkv_backward(qkv.detach(), y_ref.detach(), dy, lse, H)
     assert seen["writes"] is got and got.is_contiguous()
     torch.testing.assert_close(got, want)
+
+
+def test_the_backward_hides_the_dsls_jit_argument_warning_and_no_other(monkeypatch):
+    """FA4's backward compiles with a CuTe DSL UserWarning about FA4's own `aux_data`; the
+    operators hide that one message (once a process) and let every other warning through."""
+    import types
+
+    noise = (
+        "Argument aux_data (position 21) cannot be converted to a JitArgument for function "
+        "'cutlass___call___flash_attncuteflash_bwd_sm90'. Its type is not supported."
+    )
+
+    def flash_attn_bwd(q, k, v, out, dout, lse, causal, dq=None, dk=None, dv=None):
+        warnings.warn(noise, UserWarning, stacklevel=1)
+        warnings.warn("Argument lse (position 6) cannot be converted", UserWarning, stacklevel=1)
+        return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None)
+
+    fake = types.ModuleType("flash_attn.cute.interface")
+    fake._flash_attn_bwd = flash_attn_bwd
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", fake)
+    monkeypatch.setattr(flash4, "_quiet", False)
+    B, T, H, D = 1, 4, 2, 8
+    q = torch.randn(B, H, T, D)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.ops.racli.fa4_attention_backward(q, q, q, q, q, torch.zeros(B, H, T))
+        y = torch.randn(B, T, H * D)
+        torch.ops.racli.fa4_attention_qkv_backward(
+            torch.randn(B, T, 3 * H * D), y, y, torch.zeros(B, H, T), H
+        )
+    assert [str(w.message) for w in seen] == ["Argument lse (position 6) cannot be converted"] * 2
 
 
 def _traced_ops(attn: str, *contexts) -> list[str]:
