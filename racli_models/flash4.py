@@ -38,7 +38,7 @@ ACTIVE = False
 QKV = True
 _DTYPES = (torch.float16, torch.bfloat16)
 #: the CuTe DSL's UserWarning as it compiles FA4's backward, that FA4's own `aux_data` (None
-#: here) cannot become a JIT argument: a screenful in a run's log, about nothing ra passes
+#: here) cannot become a JIT argument: a long line in a run's log, about nothing ra passes
 DSL_NOISE = r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"
 _quiet = False
 
