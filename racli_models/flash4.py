@@ -40,15 +40,13 @@ _DTYPES = (torch.float16, torch.bfloat16)
 #: the CuTe DSL's UserWarning as it compiles FA4's backward, that FA4's own `aux_data` (None
 #: here) cannot become a JIT argument: a long line in a run's log, about nothing ra passes
 DSL_NOISE = r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"
-_quiet = False
 
 
 def _quiet_dsl() -> None:
-    """Hide `DSL_NOISE`, and no other warning, from here on (once a process)."""
-    global _quiet
-    if not _quiet:
+    """Hide `DSL_NOISE`, and no other warning, unless the filters hold one for it already
+    (read from them, not remembered: a `catch_warnings` block drops what was added inside)."""
+    if not any(f[1] is not None and f[1].pattern == DSL_NOISE for f in warnings.filters):
         warnings.filterwarnings("ignore", message=DSL_NOISE, category=UserWarning)
-        _quiet = True
 
 
 def active() -> contextlib.AbstractContextManager[None]:
