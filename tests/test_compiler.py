@@ -30,6 +30,10 @@ def mm_dtype_on_cpu():
 
 
 def _grads(model_fn, device="cpu", attn="baseline"):
+    # model_fn compiles: a fresh dynamo, so that GPT.forward's compiles by earlier tests in
+    # this process (eight reach dynamo's recompile limit, past which it runs the forward
+    # uncompiled) cannot leave this one eager
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CFG, attn=attn), seed=0).to(device)
     fwd = model_fn(model)
@@ -72,6 +76,18 @@ def test_weight_gradients_come_from_the_gemm_in_float32(mm_dtype_on_cpu):
             assert _bf16_exact(want).all(), f"{name}: the plain path rounds to bf16"
         else:
             torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same graph
+
+
+def test_the_gradients_compile_even_after_dynamo_s_recompile_limit(mm_dtype_on_cpu):
+    # GPT.forward compiled for as many configurations as dynamo keeps (other tests in one
+    # process do this); past that limit dynamo would run the next compile's forward eager
+    x = torch.randint(0, 128, (2, 32))
+    for n_layer in range(1, torch._dynamo.config.recompile_limit + 2):
+        model = GPT(GPTConfig(**{**CFG, "n_layer": n_layer}), seed=0)
+        torch.compile(model, backend="eager", dynamic=False)(x, x)
+    counts: list[int] = []
+    _grads(lambda m: torch.compile(m, backend=_rewriting(counts)))
+    assert counts == [0, 4 * CFG["n_layer"]]
 
 
 def _graph(fn, *shapes, dtype=torch.bfloat16, device="cuda"):
