@@ -42,6 +42,21 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dynamo_compiles_every_model():
+    """Dynamo's recompile limit raised for the session. A worker compiles `GPT.forward` for
+    many configurations across the tests it is handed; past the limit (8 a code object)
+    dynamo runs the next one uncompiled with only a warning, and a test of compiled
+    behaviour would then test eager code."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(recompile_limit=512, accumulated_recompile_limit=4096):
+        yield
+
+
 # tryfirst: pytest-xdist reads the xdist_group marks in a hook of its own, which must see
 # the one added here
 @pytest.hookimpl(tryfirst=True)
