@@ -31,8 +31,8 @@ def mm_dtype_on_cpu():
 
 def _grads(model_fn, device="cpu", attn="baseline"):
     # model_fn compiles: a fresh dynamo, so that GPT.forward's compiles by earlier tests in
-    # this process (eight reach dynamo's recompile limit, past which it runs the forward
-    # uncompiled) cannot leave this one eager
+    # this process (up to dynamo's recompile limit, 8 by default and raised by conftest.py,
+    # past which it runs the forward uncompiled) cannot leave this one eager
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CFG, attn=attn), seed=0).to(device)
