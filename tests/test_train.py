@@ -690,6 +690,33 @@ def test_compile_on_cpu(cfg, dataset, store):
     assert time.perf_counter() - t0 < 300
 
 
+@pytest.mark.slow
+def test_runs_one_after_another_in_one_process_each_compile(cfg, dataset, store):
+    """Runs trained in one process (`ra experiment` on the CPU) each compile: dynamo's graphs
+    of earlier runs do not count against its recompile limit, past which a run recorded as
+    compiled would run eager."""
+    from torch._dynamo.utils import counters
+
+    overrides = TINY + ["train.log_interval=1", "train.final_eval_batches=1"]
+    graphs = []
+    with torch._dynamo.config.patch(recompile_limit=2):  # the suite runs with a higher one
+        for seed in (0, 1):
+            spec = training.spec_from_config(
+                cfg,
+                attn="baseline",
+                steps=2,
+                seed=seed,
+                device="cpu",
+                compile=True,
+                overrides=overrides,
+            )
+            before = counters["stats"]["unique_graphs"]
+            r = training.train(spec, store, dataset=dataset)
+            assert r.status == "finished"
+            graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs[0] >= 1 and graphs[1] == graphs[0], graphs
+
+
 # ---------------------------------------------------------------------------- the recorded config
 
 # run_config of a known spec, as the dict-based builder recorded it (compact JSON, the `data`

@@ -189,6 +189,13 @@ class Trainer:
         with `train.grad_reduce: step` (rank 0's weights broadcast, then one all-reduce of
         the gradients a step inside that step)."""
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        if self.spec.compile:
+            # Dynamo keeps every graph compiled in this process under one recompile limit
+            # (8 by default): runs trained one after another in one process (`ra
+            # experiment` on the CPU) would fill it, and past it a run recorded as
+            # compiled would run eager. Each run compiles afresh; earlier graphs (which
+            # hold earlier runs' models) go.
+            torch._dynamo.reset()
         self.fwd = compiler.compile(self.raw) if self.spec.compile else self.raw
         by_step = not self.info.enabled or self.t.grad_reduce == "step"
         self.model = self.fwd if by_step else ddp.wrap_ddp(self.fwd, self.device, self.info)
