@@ -188,3 +188,21 @@ def test_a_finished_run_leaves_no_graph_memory_behind(store):
     # garbage collector (~40 MB), cuBLAS workspaces of new streams; the step's pool at
     # batch 64 is over 500 MB
     assert left < 192 * 2**20, f"{left / 2**20:.0f} MiB left reserved"
+
+
+def test_cuda_runs_one_after_another_in_one_process_each_compile(store):
+    """Compiled CUDA runs trained one after another in one process each compile their own
+    graphs: earlier runs' graphs do not count against dynamo's recompile limit, past which a
+    run recorded as compiled would run eager."""
+    from torch._dynamo.utils import counters
+
+    data = load_dataset(None, 0.1, 256)
+    graphs = []
+    with torch._dynamo.config.patch(recompile_limit=2):  # the suite runs with a higher one
+        for seed in (0, 1, 2):
+            spec = _spec("ra_v5", compile=True, steps=3, seed=seed)
+            before = counters["stats"]["unique_graphs"]
+            r = training.train(spec, store, dataset=data)
+            assert r.status == "finished" and r.compile_s > 0
+            graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs[0] >= 1 and graphs[1:] == [graphs[0]] * 2, graphs
