@@ -14,6 +14,10 @@ as fast; the step's time moved by less than its run-to-run spread (docs/results.
 
 `F32_GRADS` (`f32_grads(on)`) turns the pass off; `compile` reads it when it is called
 (its `f32_grads` argument overrides it for one model).
+
+Past dynamo's recompile limit a compiled call runs eager without a word but a warning;
+`compiled_or_error(what)` turns that into an error for the calls ra times or records as
+compiled (`ra train`'s step, `ra bench`'s compile rows).
 """
 
 from __future__ import annotations
@@ -118,6 +122,26 @@ def _pass(on: bool | None = None):
             return f"{get_hash_for_files((__file__,)).hex()[:16]}-{int(self.on)}"
 
     return F32Grads(F32_GRADS if on is None else on)
+
+
+class RecompileLimitHit(RuntimeError):
+    """A compiled call would have run eager: dynamo's recompile limit was reached."""
+
+
+@contextlib.contextmanager
+def compiled_or_error(what: str):
+    """Inside the block a compiled call past dynamo's recompile limit raises
+    RecompileLimitHit (naming `what`) instead of running eager."""
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        try:
+            yield
+        except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+            limit = torch._dynamo.config.recompile_limit
+            raise RecompileLimitHit(
+                f"{what} reached dynamo's recompile limit ({limit} compilations of one "
+                "function): past it, it would run eager while recorded as compiled "
+                "(raise torch._dynamo.config.recompile_limit, or run without compile)"
+            ) from exc
 
 
 def compile(model, *, f32_grads: bool | None = None, **kwargs):  # noqa: A001

@@ -1,7 +1,8 @@
 """`ra bench` and its harness `racli.bench`, on the CPU at the tiny shape.
 
 Only one configuration in this file really compiles (compile on the CPU is
-slow); the other compile rows go through a stand-in for `torch.compile`.
+slow); one more calls `torch.compile` past dynamo's recompile limit, where nothing
+compiles, and the other compile rows go through a stand-in for `torch.compile`.
 """
 
 from __future__ import annotations
@@ -294,6 +295,15 @@ def test_compile_failure_is_a_failed_row(monkeypatch):
     row = harness.time_config("baseline", "compile", "fwd", TINY, repeats=3, warmup=1)
     assert row.status == "failed"
     assert row.reason == "RuntimeError: backend exploded"
+
+
+def test_a_compile_row_past_the_recompile_limit_fails_rather_than_time_eager():
+    """Past dynamo's recompile limit the compiled block would run eager: the row fails
+    with the reason instead of timing eager code as compiled."""
+    with torch._dynamo.config.patch(recompile_limit=0):  # the first compilation is past it
+        row = harness.time_config("baseline", "compile", "fwd", TINY, repeats=3, warmup=1)
+    assert row.status == "failed" and row.median_ms is None
+    assert row.reason.startswith("RecompileLimitHit: this block reached dynamo's recompile")
 
 
 # ---------------------------------------------------------------- best vs best

@@ -717,6 +717,36 @@ def test_runs_one_after_another_in_one_process_each_compile(cfg, dataset, store)
     assert graphs[0] >= 1 and graphs[1] == graphs[0], graphs
 
 
+def test_a_compiled_step_past_the_recompile_limit_fails_the_run(cfg, dataset, store):
+    """Past dynamo's recompile limit a compiled step would run eager: the run fails, with
+    one line that says why, rather than finish recorded as compiled."""
+    from torch._dynamo.utils import counters
+
+    from racli_models.compiler import RecompileLimitHit
+
+    spec = training.spec_from_config(
+        cfg,
+        attn="baseline",
+        steps=2,
+        device="cpu",
+        compile=True,
+        overrides=TINY + ["train.log_interval=1", "train.final_eval_batches=1"],
+    )
+    before = counters["stats"]["unique_graphs"]
+    with (
+        torch._dynamo.config.patch(recompile_limit=0),  # the first compilation is past it
+        pytest.raises(RecompileLimitHit, match="recompile limit"),
+    ):
+        training.train(spec, store, dataset=dataset)
+    assert counters["stats"]["unique_graphs"] == before  # nothing was compiled
+    (status, error, compiled) = q(
+        store, "SELECT status, error, json_extract(config, '$.compile') FROM runs"
+    )[0]
+    assert status == "failed" and compiled == 1
+    assert "compiled model reached dynamo's recompile limit (0" in error
+    assert "\n" not in error
+
+
 # ---------------------------------------------------------------------------- the recorded config
 
 # run_config of a known spec, as the dict-based builder recorded it (compact JSON, the `data`

@@ -7,6 +7,7 @@ backend that ran is found: docs/bench.md.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 import warnings
@@ -32,9 +33,11 @@ from racli.errors import first_line
 from racli.names import check_sdpa_backend as check_sdpa_backend  # bench's input checks
 from racli.names import resolve_device as resolve_device
 from racli.names import sdpa_backend_context as backend_context
+from racli_models import compiler
 
 REASON_CHARS = 300  # the most characters of an error kept as a row's reason
 GRAPH_WARMUP = 3  # side-stream steps before a CUDA-graph capture (at least)
+_NO_CHECK = contextlib.nullcontext()
 
 # fused SDPA kernels (aten op names) -> the backend name recorded in `timings.backend`
 KERNEL_BACKENDS = {
@@ -251,16 +254,18 @@ def _prepare(c: Config, s: BenchSettings) -> _Ready:
         compiled = keep["compiled"] = torch.compile(module, dynamic=False)
         step = make_step(compiled, x, dout, c.phase)
         t0 = time.perf_counter()
-        step()
+        with compiler.compiled_or_error("this block"):  # not eager timed as compiled
+            step()
         _sync(dev)
         compile_s = time.perf_counter() - t0
         clear_grads()
     else:  # cuda_graph
         step, compile_s = _capture(eager, clear_grads, c.phase, dev, s.warmup, keep)
         before = no_op
-    for _ in range(s.warmup):
-        before()
-        step()
+    with compiler.compiled_or_error("this block") if c.mode == "compile" else _NO_CHECK:
+        for _ in range(s.warmup):
+            before()
+            step()
     _sync(dev)
     return _Ready(c, step, before, backend, compile_s, keep)
 

@@ -428,19 +428,27 @@ class Trainer:
         Returns the end status: finished, interrupted or diverged."""
         self._begin()
         self.budget.start(self)
-        while True:
-            lr = self._train_step()
-            self.epochs_stop = self.budget.after_step(self)
-            done = self._stop_decision()
-            if self.step % self.t.log_interval == 0 or done:
-                done = self._log_point(lr, done)
-            if done:
-                break
-            if self.step % self.t.eval_interval == 0:
-                self._eval_and_record(self.eval_set, final=False)
-                if self.checkpoint_step is None and self.checkpoint_error is None:
-                    self.save_checkpoint()  # the run's first: at its first evaluation
+        with self._compiled_only():
+            while True:
+                lr = self._train_step()
+                self.epochs_stop = self.budget.after_step(self)
+                done = self._stop_decision()
+                if self.step % self.t.log_interval == 0 or done:
+                    done = self._log_point(lr, done)
+                if done:
+                    break
+                if self.step % self.t.eval_interval == 0:
+                    self._eval_and_record(self.eval_set, final=False)
+                    if self.checkpoint_step is None and self.checkpoint_error is None:
+                        self.save_checkpoint()  # the run's first: at its first evaluation
         return self._end()
+
+    def _compiled_only(self) -> contextlib.AbstractContextManager[None]:
+        """Around the loop: a compiled model that would fall back to eager (dynamo's
+        recompile limit) fails the run rather than train on eager as if compiled."""
+        if not self.spec.compile:
+            return contextlib.nullcontext()
+        return compiler.compiled_or_error("the compiled model")
 
     def _begin(self) -> None:
         spec = self.spec
