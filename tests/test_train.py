@@ -667,17 +667,23 @@ def test_train_command_module_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-@pytest.mark.slow
-def test_compile_on_cpu(cfg, dataset, store):
-    """The one compile test: a few steps through torch.compile (slow on CPU)."""
-    spec = training.spec_from_config(
+def compiled_cpu_spec(cfg, attn: str, steps: int, seed: int = 0):
+    """A tiny compiled run on the CPU: a few steps, one batch for the final evaluation."""
+    return training.spec_from_config(
         cfg,
-        attn="ra_v5",
-        steps=3,
+        attn=attn,
+        steps=steps,
+        seed=seed,
         device="cpu",
         compile=True,
         overrides=TINY + ["train.log_interval=1", "train.final_eval_batches=1"],
     )
+
+
+@pytest.mark.slow
+def test_compile_on_cpu(cfg, dataset, store):
+    """The one compile test: a few steps through torch.compile (slow on CPU)."""
+    spec = compiled_cpu_spec(cfg, "ra_v5", steps=3)
     t0 = time.perf_counter()
     r = training.train(spec, store, dataset=dataset)
     assert r.status == "finished" and r.iterations == 3 and math.isfinite(r.val_loss)
@@ -697,19 +703,10 @@ def test_runs_one_after_another_in_one_process_each_compile(cfg, dataset, store)
     compiled would run eager."""
     from torch._dynamo.utils import counters
 
-    overrides = TINY + ["train.log_interval=1", "train.final_eval_batches=1"]
     graphs = []
     with torch._dynamo.config.patch(recompile_limit=2):  # the suite runs with a higher one
         for seed in (0, 1):
-            spec = training.spec_from_config(
-                cfg,
-                attn="baseline",
-                steps=2,
-                seed=seed,
-                device="cpu",
-                compile=True,
-                overrides=overrides,
-            )
+            spec = compiled_cpu_spec(cfg, "baseline", steps=2, seed=seed)
             before = counters["stats"]["unique_graphs"]
             r = training.train(spec, store, dataset=dataset)
             assert r.status == "finished"
@@ -724,14 +721,7 @@ def test_a_compiled_step_past_the_recompile_limit_fails_the_run(cfg, dataset, st
 
     from racli_models.compiler import RecompileLimitHit
 
-    spec = training.spec_from_config(
-        cfg,
-        attn="baseline",
-        steps=2,
-        device="cpu",
-        compile=True,
-        overrides=TINY + ["train.log_interval=1", "train.final_eval_batches=1"],
-    )
+    spec = compiled_cpu_spec(cfg, "baseline", steps=2)
     before = counters["stats"]["unique_graphs"]
     with (
         torch._dynamo.config.patch(recompile_limit=0),  # the first compilation is past it
