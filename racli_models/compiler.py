@@ -17,7 +17,7 @@ as fast; the step's time moved by less than its run-to-run spread (docs/results.
 
 Past dynamo's recompile limit a compiled call runs eager without a word but a warning;
 `compiled_or_error(what)` turns that into an error for the calls ra times or records as
-compiled (`ra train`'s step, `ra bench`'s compile rows).
+compiled (`ra train`'s loop, `ra bench`'s compile rows).
 """
 
 from __future__ import annotations
