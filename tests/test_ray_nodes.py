@@ -130,6 +130,7 @@ class FakeRay:
             placement_group_table=lambda group: {"bundles_to_node_id": {0: "n-a", 1: "n-b"}},
             remove_placement_group=self.removed.append,
             scheduling_strategies=strategies,
+            get_node_ip_address=lambda: "10.0.0.7",
         )
 
     def _placement_group(self, bundles, strategy):
@@ -179,6 +180,7 @@ def test_each_start_of_a_run_takes_one_node_actor_per_bundle(tmp_path, monkeypat
     monkeypatch.setattr(multinode.guard, "spawn", spawn)
     monkeypatch.setattr(multinode, "free_port", lambda: 29555)
     fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)  # what the actors import, with or without ray
     nodes = ray_nodes.RayNodes(fake, 2, {"CPU": 1.0})
     log = tmp_path / "logs" / "ra_v5-seed3.log"
     assert nodes.hosts() == ["host-a", "host-b"]  # node 0 first, as the bundles lie
@@ -194,7 +196,7 @@ def test_each_start_of_a_run_takes_one_node_actor_per_bundle(tmp_path, monkeypat
     assert fake.killed == fake.actors
     # each node's torchrun: its rank, node 0's address and port, in the job's folder
     addr = next(a[5] for a, _ in started if a[4] == "--node-rank=0")
-    assert addr.startswith("--master-addr=") and addr != "--master-addr="
+    assert addr == "--master-addr=10.0.0.7"
     heads = sorted((argv[3:7], cwd) for argv, cwd in started)
     assert heads == [
         (["--nnodes=2", f"--node-rank={rank}", addr, "--master-port=29555"], os.getcwd())
