@@ -225,8 +225,9 @@ settings = Settings(arms=plan.parse_arms("baseline,ra_v5"), seeds=[1], minutes=m
 run_experiment(settings, load_config(packaged_config_path()), open_store(db), view=PlainView())
 """
 # 900 and 720 steps: the head start one child may get over the other (its set-up ended
-# first; 264 steps seen under load) stays far short of either budget, and the children
-# notice their parent's end long before theirs
+# first; 264 steps seen under load, and one CI run failed a bound of 720 for both) stays
+# short of its own budget, and the children notice their parent's end long
+# before theirs
 CHILD_MINUTES = 900 / 360
 
 
@@ -260,9 +261,10 @@ def test_kill_9_of_the_experiment_while_its_children_train(tmp_path):
             driver.kill()
         log.close()
     wait_for(lambda: not q(db, "SELECT id FROM runs WHERE status='running'"), every=0.2)
-    stopped = q(db, "SELECT id, status, iterations, error FROM runs WHERE kind='train'")
-    assert sorted((i, s) for i, s, _, _ in stopped) == [(i, "interrupted") for i in sorted(ids)]
-    assert all(0 < its < 720 and "stopped on request" in e for _, _, its, e in stopped)
+    stopped = q(db, "SELECT id, status, attn, iterations, error FROM runs WHERE kind='train'")
+    assert sorted((i, s) for i, s, *_ in stopped) == [(i, "interrupted") for i in sorted(ids)]
+    budget = {"baseline": 900, "ra_v5": 720}  # each stopped short of its own steps
+    assert all(0 < its < budget[a] and "stopped on request" in e for *_, a, its, e in stopped)
 
     settings = Settings(
         arms=plan.parse_arms("baseline,ra_v5"),
