@@ -226,8 +226,7 @@ run_experiment(settings, load_config(packaged_config_path()), open_store(db), vi
 """
 # 900 and 720 steps: the head start one child may get over the other (its set-up ended
 # first; 264 steps seen under load, and one CI run failed a bound of 720 for both) stays
-# short of its own budget, and the children notice their parent's end long
-# before theirs
+# short of its own budget, and the children notice their parent's end long before theirs
 CHILD_MINUTES = 900 / 360
 
 
