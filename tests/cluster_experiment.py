@@ -5,7 +5,10 @@ two verdicts over runs of equal losses agree, and the same experiment again unde
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -92,9 +95,9 @@ def wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None =
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def running_run(url: str, min_age_s: float = 2.0):
+def running_run(url: str, min_age_s: float = 2.0, skip: frozenset[int] = frozenset()):
     """(run id, attn, seed, the jobs row's scheduler job and owner) of a train run that has
-    been running for `min_age_s`, or None."""
+    been running for `min_age_s`, or None; runs whose ids are in `skip` left out."""
     from datetime import datetime, timezone
 
     from sqlalchemy.exc import ProgrammingError
@@ -112,7 +115,7 @@ def running_run(url: str, min_age_s: float = 2.0):
 
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     for run_id, attn, seed, started, sid, owner in rows:
-        if (now - started).total_seconds() >= min_age_s:
+        if run_id not in skip and (now - started).total_seconds() >= min_age_s:
             return run_id, attn, seed, sid, owner
     return None
 
@@ -126,18 +129,136 @@ def train_runs(url: str) -> list[tuple]:
     )
 
 
-def training_run(url: str, work: Path):
+def run_log(work: Path, attn: str, seed: int) -> str:
+    """The text of an experiment run's log (the launcher's; node 0's), or ""."""
+    logs = list(work.glob(f"ra_experiment_logs/*/{attn}-seed{seed}.log"))
+    return logs[0].read_text(errors="replace") if logs else ""
+
+
+def training_run(url: str, work: Path, skip: frozenset[int] = frozenset()):
     """(run id, attn, seed, scheduler job, owner) of a train run whose training loop has
     begun (its log says `training <attn> run <id>:`), or None: a stop before that point
-    leaves no checkpoint to resume from."""
-    found = running_run(url, min_age_s=0.0)
+    leaves no checkpoint to resume from. Runs whose ids are in `skip` are left out."""
+    found = running_run(url, min_age_s=0.0, skip=skip)
     if found is None:
         return None
     run_id, attn, seed, _, _ = found
-    logs = list(work.glob(f"ra_experiment_logs/*/{attn}-seed{seed}.log"))
-    if logs and f"training {attn} run {run_id}:" in logs[0].read_text(errors="replace"):
+    if f"training {attn} run {run_id}:" in run_log(work, attn, seed):
         return found
     return None
+
+
+# ---- holding a run still while it is stopped --------------------------------------------
+#
+# A run of a few seconds can reach its last step between the moment a test sees it train
+# and the moment the stop the test sends (a killed worker, a requeue) reaches it; it then
+# ends `finished` and there is nothing to resume. So the test freezes the run's `ra train`
+# processes (SIGSTOP) first, checks that the run is still under way, sends its stop, waits
+# until the SIGTERM that stop causes is pending in every frozen process, and only then lets
+# them go on (SIGCONT): the run sees the SIGTERM at its next stop decision and ends
+# `interrupted`, with its checkpoint.
+
+SIGTERM_MASK = 1 << (signal.SIGTERM - 1)
+
+
+def _args_of(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def train_processes(url: str, attn: str, seed: int) -> list[int]:
+    """The pids of the `ra train` processes (not the guard, not a torchrun agent) that train
+    arm `attn`, seed `seed` into the store at `url`: one per node of the run."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        args = _args_of(int(entry.name))
+        pairs = set(zip(args, args[1:]))
+        if (
+            ("racli", "train") in pairs
+            and ("--db", url) in pairs
+            and ("--attn", attn) in pairs
+            and ("--seed", str(seed)) in pairs
+            and "torch.distributed.run" not in args
+            and "racli.experiment.guard" not in args
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, pending-signal mask) of a live process, None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    state = stat.rsplit(")", 1)[1].split()[0]
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return None if state in "ZX" else (state, pending)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _frozen(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGSTOP `pids` and wait until each is stopped (or gone)."""
+    _signal_all(pids, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [_proc_state(pid) for pid in pids]
+        if all(s is None or s[0] in "tT" for s in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"processes {pids} did not stop within {timeout:.0f} s")
+
+
+def wait_signalled(pids: list[int], timeout: float = 60.0) -> None:
+    """Wait until every frozen process in `pids` has a SIGTERM pending, was let go on by
+    someone else (Slurm sends SIGCONT before its SIGTERM) or is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [_proc_state(pid) for pid in pids]
+        if all(s is None or s[0] not in "tT" or s[1] & SIGTERM_MASK for s in states):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no SIGTERM reached the held processes {pids} in {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def held_training_run(url: str, work: Path, what: str, proc: subprocess.Popen, timeout=300):
+    """Wait for a train run whose loop has begun (as `training_run`) and freeze its `ra
+    train` processes for the block: yields ((run id, attn, seed, scheduler job, owner),
+    their pids) with the run still `running` and short of its final evaluation (a run
+    found past that point is let go and another awaited); lets them go on after."""
+    deadline = time.monotonic() + timeout
+    skip: frozenset[int] = frozenset()
+    while True:
+        found = wait_until(
+            lambda skip=skip: training_run(url, work, skip), what, deadline - time.monotonic(), proc
+        )
+        run_id, attn, seed, _, _ = found
+        pids = train_processes(url, attn, seed)
+        try:
+            _frozen(pids)
+            log = run_log(work, attn, seed)
+            ending = "final evaluation" in log[log.rfind("=== ") :]
+            status = sql(url, "SELECT status FROM runs WHERE id = :id", id=run_id)
+            if pids and not ending and status == [("running",)]:
+                yield found, pids
+                return
+        finally:
+            _signal_all(pids, signal.SIGCONT)
+        skip = skip | {run_id}
 
 
 def assert_same_verdict(

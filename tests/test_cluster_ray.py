@@ -23,11 +23,11 @@ from cluster_experiment import (
     assert_same_as_local,
     config_of,
     experiment_argv,
+    held_training_run,
     ra_cli,
     sql,
     train_runs,
-    training_run,
-    wait_until,
+    wait_signalled,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -37,18 +37,19 @@ RAY_SETTINGS = ["--set", "ray.poll_s=0.5", "--set", "ray.gpus_per_run=0"]
 
 
 def _killed_then_interrupted(url: str, work: Path, argv, env, what: str):
-    """Start the experiment; once a run trains, SIGKILL its job actor's worker process and
-    Ctrl-C the command (--leave-on-interrupt: the actors go on). (run_id, attn, seed, job
+    """Start the experiment; once a run trains (held still until the stop reaches it:
+    tests/cluster_experiment.py), SIGKILL its job actor's worker process and Ctrl-C the
+    command (--leave-on-interrupt: the actors go on). (run_id, attn, seed, job
     name, stderr of the command)."""
     proc = subprocess.Popen(
         argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        run_id, attn, seed, sid, owner = wait_until(
-            lambda: training_run(url, work), what, 300, proc
-        )
-        assert owner.startswith(f"ray:{sid}:")
-        os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the actor's worker process
+        with held_training_run(url, work, what, proc) as (found, held):
+            run_id, attn, seed, sid, owner = found
+            assert owner.startswith(f"ray:{sid}:")
+            os.kill(int(owner.split(":")[-2]), signal.SIGKILL)  # the actor's worker process
+            wait_signalled(held)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

@@ -20,10 +20,11 @@ from cluster_experiment import (
     assert_same_as_local,
     config_of,
     experiment_argv,
+    held_training_run,
     ra_cli,
     sql,
     train_runs,
-    training_run,
+    wait_signalled,
     wait_until,
 )
 
@@ -47,9 +48,8 @@ def _squeue_state(cluster, sid: str) -> str:
 
 
 def _requeue(cluster, sid: str) -> None:
-    """`scontrol requeue` (Slurm sends SIGTERM and holds the job ~2 minutes), then the
-    hold skipped with StartTime=now."""
-    cluster.run("scontrol", "requeue", sid)
+    """After `scontrol requeue` (Slurm sends SIGTERM and holds the job ~2 minutes): the
+    job leaves RUNNING, then its hold is skipped with StartTime=now."""
     wait_until(lambda: _squeue_state(cluster, sid) != "RUNNING", "the requeue", 60)
 
     def restarted() -> bool:
@@ -73,7 +73,8 @@ def _sacct_jobs(cluster) -> set[str]:
 def _requeued_then_reattached(
     cluster, url: str, work: Path, argv, env, what: str, *, may_have_ended: bool = False
 ):
-    """Start the experiment; once a run trains, requeue its job and Ctrl-C the command
+    """Start the experiment; once a run trains (held still until the stop reaches it:
+    tests/cluster_experiment.py), requeue its job and Ctrl-C the command
     (--leave-on-interrupt: the jobs go on); then the same command again re-attaches to
     the jobs it submitted and submits none. (run_id, attn, seed, job, stderr of the
     first command, the second command). `may_have_ended`: runs of a few seconds can all
@@ -83,7 +84,10 @@ def _requeued_then_reattached(
         argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        run_id, attn, seed, sid, _ = wait_until(lambda: training_run(url, work), what, 300, proc)
+        with held_training_run(url, work, what, proc) as (found, held):
+            run_id, attn, seed, sid, _ = found
+            cluster.run("scontrol", "requeue", sid)
+            wait_signalled(held)
         _requeue(cluster, sid)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
