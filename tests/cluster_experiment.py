@@ -192,15 +192,12 @@ def train_processes(url: str, attn: str, seed: int) -> list[int]:
 def _proc_state(pid: int) -> tuple[str, int] | None:
     """(state letter, pending-signal mask) of a live process, None once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    state = stat.rsplit(")", 1)[1].split()[0]
-    pending = 0
-    for line in status.splitlines():
-        if line.startswith(("SigPnd:", "ShdPnd:")):
-            pending |= int(line.split()[1], 16)
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    state = fields["State"].split()[0]
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
     return None if state in "ZX" else (state, pending)
 
 
@@ -210,28 +207,25 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _frozen(pids: list[int], timeout: float = 10.0) -> None:
+def _frozen(pids: list[int]) -> None:
     """SIGSTOP `pids` and wait until each is stopped (or gone)."""
     _signal_all(pids, signal.SIGSTOP)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = [_proc_state(pid) for pid in pids]
-        if all(s is None or s[0] in "tT" for s in states):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"processes {pids} did not stop within {timeout:.0f} s")
+
+    def stopped() -> bool:
+        return all(s is None or s[0] in "tT" for s in map(_proc_state, pids))
+
+    wait_until(stopped, f"the processes {pids} to stop", 10)
 
 
 def wait_signalled(pids: list[int], timeout: float = 60.0) -> None:
     """Wait until every frozen process in `pids` has a SIGTERM pending, was let go on by
     someone else (Slurm sends SIGCONT before its SIGTERM) or is gone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = [_proc_state(pid) for pid in pids]
-        if all(s is None or s[0] not in "tT" or s[1] & SIGTERM_MASK for s in states):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no SIGTERM reached the held processes {pids} in {timeout:.0f} s")
+
+    def signalled() -> bool:
+        states = map(_proc_state, pids)
+        return all(s is None or s[0] not in "tT" or s[1] & SIGTERM_MASK for s in states)
+
+    wait_until(signalled, f"a SIGTERM in each of the held processes {pids}", timeout)
 
 
 @contextlib.contextmanager
