@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import freeze, proc_state, signal_all, train_processes
 
 TINY = [
     "model.n_layer=1",
@@ -161,68 +161,12 @@ def training_run(url: str, work: Path, skip: frozenset[int] = frozenset()):
 SIGTERM_MASK = 1 << (signal.SIGTERM - 1)
 
 
-def _args_of(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def train_processes(url: str, attn: str, seed: int) -> list[int]:
-    """The pids of the `ra train` processes (not the guard, not a torchrun agent) that train
-    arm `attn`, seed `seed` into the store at `url`: one per node of the run."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        args = _args_of(int(entry.name))
-        pairs = set(zip(args, args[1:]))
-        if (
-            ("racli", "train") in pairs
-            and ("--db", url) in pairs
-            and ("--attn", attn) in pairs
-            and ("--seed", str(seed)) in pairs
-            and "torch.distributed.run" not in args
-            and "racli.experiment.guard" not in args
-        ):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _proc_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, pending-signal mask) of a live process, None once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    state = fields["State"].split()[0]
-    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
-    return None if state in "ZX" else (state, pending)
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _frozen(pids: list[int]) -> None:
-    """SIGSTOP `pids` and wait until each is stopped (or gone)."""
-    _signal_all(pids, signal.SIGSTOP)
-
-    def stopped() -> bool:
-        return all(s is None or s[0] in "tT" for s in map(_proc_state, pids))
-
-    wait_until(stopped, f"the processes {pids} to stop", 10)
-
-
 def wait_signalled(pids: list[int], timeout: float = 60.0) -> None:
     """Wait until every frozen process in `pids` has a SIGTERM pending, was let go on by
     someone else (Slurm sends SIGCONT before its SIGTERM) or is gone."""
 
     def signalled() -> bool:
-        states = map(_proc_state, pids)
+        states = map(proc_state, pids)
         return all(s is None or s[0] not in "tT" or s[1] & SIGTERM_MASK for s in states)
 
     wait_until(signalled, f"a SIGTERM in each of the held processes {pids}", timeout)
@@ -243,7 +187,7 @@ def held_training_run(url: str, work: Path, what: str, proc: subprocess.Popen, t
         run_id, attn, seed, _, _ = found
         pids = train_processes(url, attn, seed)
         try:
-            _frozen(pids)
+            freeze(pids)
             log = run_log(work, attn, seed)
             ending = "final evaluation" in log[log.rfind("=== ") :]
             status = sql(url, "SELECT status FROM runs WHERE id = :id", id=run_id)
@@ -251,7 +195,7 @@ def held_training_run(url: str, work: Path, what: str, proc: subprocess.Popen, t
                 yield found, pids
                 return
         finally:
-            _signal_all(pids, signal.SIGCONT)
+            signal_all(pids, signal.SIGCONT)
         skip = skip | {run_id}
 
 

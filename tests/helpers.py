@@ -6,11 +6,14 @@ Nothing here imports torch: runs are recorded with a made-up environment
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -279,3 +282,87 @@ def randomize_folded_ra(m) -> None:
                 p.uniform_(-1.0, 1.0)
             else:  # biases
                 p.normal_(0.0, 0.1)
+
+
+# ---- holding processes still -------------------------------------------------------------
+#
+# A test that stops a run (kill -9, a killed worker, a requeue) checks first that the run is
+# still under way; a short run can end between that check and the stop. So the test freezes
+# the processes (SIGSTOP), checks again while they stand still, sends its stop, and lets
+# them go on (SIGCONT) only after.
+
+
+def args_of(pid: int) -> list[str]:
+    """The command line of process `pid` ([] once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def train_processes(db: str, attn: str, seed: int) -> list[int]:
+    """The pids of the `ra train` processes (not the guard, not a torchrun agent) that train
+    arm `attn`, seed `seed` into the store `db` (a path or URL): one per node of the run."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        args = args_of(int(entry.name))
+        pairs = set(zip(args, args[1:]))
+        if (
+            ("racli", "train") in pairs
+            and ("--db", db) in pairs
+            and ("--attn", attn) in pairs
+            and ("--seed", str(seed)) in pairs
+            and "torch.distributed.run" not in args
+            and "racli.experiment.guard" not in args
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, pending-signal mask) of a live process, None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    state = fields["State"].split()[0]
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return None if state in "ZX" else (state, pending)
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def freeze(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGSTOP `pids` and wait until each is stopped (or gone)."""
+    signal_all(pids, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not all(s is None or s[0] in "tT" for s in map(proc_state, pids)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the processes {pids} did not stop in {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def held_when(check, pids_of, wait):
+    """Once `wait(check)` has returned, freeze the processes `pids_of()` names and call
+    `check()` again while they stand still: yields its value with them stopped, and lets
+    them go on after the block. Where the second call finds nothing (the moment passed
+    before they stopped), they go on and the wait starts again."""
+    while True:
+        wait(check)
+        pids = pids_of()
+        try:
+            freeze(pids)
+            value = check()
+            if value:
+                yield value
+                return
+        finally:
+            signal_all(pids, signal.SIGCONT)

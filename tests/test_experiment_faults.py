@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, db_dump, one_line_error, ra_inprocess, set_heartbeat_minutes_ago
+from helpers import (
+    REPO,
+    db_dump,
+    held_when,
+    one_line_error,
+    ra_inprocess,
+    set_heartbeat_minutes_ago,
+    train_processes,
+)
 
 from racli.config import load_config, packaged_config_path
 from racli.errors import BadInput
@@ -181,10 +189,13 @@ def test_kill_9_of_the_experiment_then_the_same_command(reference, tmp_path):
         busy = q(db, "SELECT id FROM runs WHERE kind='train' AND status='running'")
         return done and busy and checkpoint_path(str(db), busy[0][0]).is_file() and busy[0][0]
 
-    try:
-        killed = wait_for(second_run_checkpointed, why=lambda: tmp_path / "experiment.log")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+    def wait(check):
+        return wait_for(check, why=lambda: tmp_path / "experiment.log")
+
+    try:  # the experiment held still while the check is made again: its run cannot end first
+        with held_when(second_run_checkpointed, lambda: [proc.pid], wait) as killed:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -251,10 +262,18 @@ def test_kill_9_of_the_experiment_while_its_children_train(tmp_path):
         busy = [i for (i,) in q(db, "SELECT id FROM runs WHERE kind='train' AND status='running'")]
         return len(busy) == 2 and all(checkpoint_path(str(db), i).is_file() for i in busy) and busy
 
-    try:
-        ids = wait_for(both_checkpointed, why=lambda: tmp_path / "driver.log")
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(30)
+    def wait(check):
+        return wait_for(check, why=lambda: tmp_path / "driver.log")
+
+    def parent_and_children():
+        children = [p for a in ("baseline", "ra_v5") for p in train_processes(str(db), a, 1)]
+        return [driver.pid, *children]
+
+    try:  # the parent and its children held still while the check is made again and the
+        # parent killed: neither child can finish in between
+        with held_when(both_checkpointed, parent_and_children, wait) as ids:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(30)
     finally:
         if driver.poll() is None:
             driver.kill()
