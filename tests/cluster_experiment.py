@@ -5,7 +5,6 @@ two verdicts over runs of equal losses agree, and the same experiment again unde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import freeze, proc_state, signal_all, train_processes
+from helpers import held_when, proc_state, train_processes
 
 TINY = [
     "model.n_layer=1",
@@ -150,13 +149,10 @@ def training_run(url: str, work: Path, skip: frozenset[int] = frozenset()):
 
 # ---- holding a run still while it is stopped --------------------------------------------
 #
-# A run of a few seconds can reach its last step between the moment a test sees it train
-# and the moment the stop the test sends (a killed worker, a requeue) reaches it; it then
-# ends `finished` and there is nothing to resume. So the test freezes the run's `ra train`
-# processes (SIGSTOP) first, checks that the run is still under way, sends its stop, waits
-# until the SIGTERM that stop causes is pending in every frozen process, and only then lets
-# them go on (SIGCONT): the run sees the SIGTERM at its next stop decision and ends
-# `interrupted`, with its checkpoint.
+# The run's `ra train` processes are held still (helpers.held_when) from the moment the
+# test sees the run train until the SIGTERM its stop (a killed worker, a requeue) causes is
+# pending in each of them: the run then sees it at its next stop decision and ends
+# `interrupted`, with its checkpoint, instead of reaching its last step first.
 
 SIGTERM_MASK = 1 << (signal.SIGTERM - 1)
 
@@ -172,31 +168,33 @@ def wait_signalled(pids: list[int], timeout: float = 60.0) -> None:
     wait_until(signalled, f"a SIGTERM in each of the held processes {pids}", timeout)
 
 
-@contextlib.contextmanager
 def held_training_run(url: str, work: Path, what: str, proc: subprocess.Popen, timeout=300):
     """Wait for a train run whose loop has begun (as `training_run`) and freeze its `ra
     train` processes for the block: yields ((run id, attn, seed, scheduler job, owner),
     their pids) with the run still `running` and short of its final evaluation (a run
     found past that point is let go and another awaited); lets them go on after."""
     deadline = time.monotonic() + timeout
-    skip: frozenset[int] = frozenset()
-    while True:
-        found = wait_until(
-            lambda skip=skip: training_run(url, work, skip), what, deadline - time.monotonic(), proc
-        )
+    skip: set[int] = set()
+
+    def wait(find):
+        return wait_until(find, what, deadline - time.monotonic(), proc)
+
+    def still_under_way(found, pids):
         run_id, attn, seed, _, _ = found
-        pids = train_processes(url, attn, seed)
-        try:
-            freeze(pids)
-            log = run_log(work, attn, seed)
-            ending = "final evaluation" in log[log.rfind("=== ") :]
-            status = sql(url, "SELECT status FROM runs WHERE id = :id", id=run_id)
-            if pids and not ending and status == [("running",)]:
-                yield found, pids
-                return
-        finally:
-            signal_all(pids, signal.SIGCONT)
-        skip = skip | {run_id}
+        log = run_log(work, attn, seed)
+        ending = "final evaluation" in log[log.rfind("=== ") :]
+        status = sql(url, "SELECT status FROM runs WHERE id = :id", id=run_id)
+        if pids and not ending and status == [("running",)]:
+            return found, pids
+        skip.add(run_id)
+        return None
+
+    return held_when(
+        lambda: training_run(url, work, frozenset(skip)),
+        lambda found: train_processes(url, found[1], found[2]),
+        wait,
+        still_under_way,
+    )
 
 
 def assert_same_verdict(

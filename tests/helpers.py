@@ -350,17 +350,18 @@ def freeze(pids: list[int], timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def held_when(check, pids_of, wait):
-    """Once `wait(check)` has returned, freeze the processes `pids_of()` names and call
-    `check()` again while they stand still: yields its value with them stopped, and lets
-    them go on after the block. Where the second call finds nothing (the moment passed
-    before they stopped), they go on and the wait starts again."""
+def held_when(find, pids_of, wait, confirm=None):
+    """Once `wait(find)` has returned what `find` found, freeze the processes
+    `pids_of(found)` names and confirm while they stand still: `confirm(found, pids)`, by
+    default `find()` again. Yields what the confirmation returned, with the processes
+    stopped, and lets them go on after the block. Where it returns nothing (the moment
+    passed before they stopped), they go on and the wait starts again."""
     while True:
-        wait(check)
-        pids = pids_of()
+        found = wait(find)
+        pids = pids_of(found)
         try:
             freeze(pids)
-            value = check()
+            value = confirm(found, pids) if confirm is not None else find()
             if value:
                 yield value
                 return

@@ -193,7 +193,7 @@ def test_kill_9_of_the_experiment_then_the_same_command(reference, tmp_path):
         return wait_for(check, why=lambda: tmp_path / "experiment.log")
 
     try:  # the experiment held still while the check is made again: its run cannot end first
-        with held_when(second_run_checkpointed, lambda: [proc.pid], wait) as killed:
+        with held_when(second_run_checkpointed, lambda _: [proc.pid], wait) as killed:
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
     finally:
@@ -265,7 +265,7 @@ def test_kill_9_of_the_experiment_while_its_children_train(tmp_path):
     def wait(check):
         return wait_for(check, why=lambda: tmp_path / "driver.log")
 
-    def parent_and_children():
+    def parent_and_children(_):
         children = [p for a in ("baseline", "ra_v5") for p in train_processes(str(db), a, 1)]
         return [driver.pid, *children]
 
