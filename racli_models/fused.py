@@ -432,8 +432,12 @@ def _grad_v(G: torch.Tensor, W_v: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def _on(stream) -> contextlib.AbstractContextManager:
-    """`torch.cuda.stream(stream)`, or nothing for None."""
-    return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
+    """`torch.cuda.stream(stream)` once `stream` has waited for everything enqueued so far on
+    the current stream (the buffers' allocations included), or nothing for None."""
+    if stream is None:
+        return contextlib.nullcontext()
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
+    return torch.cuda.stream(stream)
 
 
 def _meta(D: int, DS: int, R: int, BLOCK_D: int, **more) -> dict:
@@ -464,8 +468,9 @@ def _ra_v5_weight(W_q, W_k, W_v, P, w_std, w_rec, dtype) -> torch.Tensor:
 
 def _ra_v5_grads(G, W_q, W_k, W_v, P, w_std, w_rec, stream=None):
     """The parameters' gradients for dW_f = G, in two launches on `stream` (None: the current
-    one). Every buffer is allocated first, on the current stream. Returns (gradients,
-    scratch): the caller keeps `scratch` until the current stream has waited for `stream`."""
+    one). Every buffer is allocated first, on the current stream, which `stream` then waits
+    for (`_on`). Returns (gradients, scratch): the caller keeps `scratch` until the current
+    stream has waited for `stream`."""
     G = G.contiguous()
     H, DS, R = P.shape
     C = W_v.shape[1]
@@ -652,9 +657,7 @@ class FoldedLinear(torch.autograd.Function):
         G = dy2.t().mm(xc.reshape(-1, xc.shape[-1]))  # dW_f
         need_x = ctx.needs_input_grad[0]
         side = _side_stream(G) if need_x else None
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream(G.device))
-        grads, scratch = ctx.grads(G, *params, stream=side)
+        grads, scratch = ctx.grads(G, *params, stream=side)  # side waits for G and the buffers
         dx = dy2.mm(W_f).view(xc.shape) if need_x else None
         if side is not None:
             torch.cuda.current_stream(G.device).wait_stream(side)

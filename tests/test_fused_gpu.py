@@ -59,6 +59,19 @@ def poison(monkeypatch):
     monkeypatch.setattr(fused, "_alloc", nan_empty)
 
 
+@pytest.fixture
+def late_poison(monkeypatch):
+    """As `poison`, each fill held back on the current stream by a spin of about 0.1 ms, so
+    that work on another stream not ordered after the allocations runs before the NaN lands
+    (and is overwritten by it) instead of only now and then."""
+
+    def late_nan_empty(shape, device=None, dtype=None):
+        torch.cuda._sleep(200_000)
+        return torch.full(tuple(shape), float("nan"), device=device, dtype=dtype)
+
+    monkeypatch.setattr(fused, "_alloc", late_nan_empty)
+
+
 def fused_weight(m) -> torch.Tensor:
     assert fused.use_fused(next(m.parameters()))
     return m.folded_weight()[0]
@@ -230,18 +243,18 @@ def watch_streams(monkeypatch, attn: str) -> list:
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "amp"])
 @pytest.mark.parametrize("attn", ATTNS)
-def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, poison, monkeypatch):
+def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, late_poison, monkeypatch):
     """`fused.FoldedLinear` (the projection and its composition as one node, the
     composition's backward on a side stream beside dx's GEMM) gives the block's output and
     every gradient, the input's included, as the projection and the composition as two
-    nodes in one stream, and in float32 as the plain torch composition."""
+    nodes in one stream, and in float32 as the plain torch composition. The buffers' NaN
+    fills come late on the current stream: the side stream must wait for them."""
     amp = dtype == "amp"
     monkeypatch.setattr(fused.SETTINGS, "overlap", "always")  # eager calls too
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp": torch.float32}[dtype]
     m = make(attn, (12, 64, 4), dt)
     x = torch.randn(4, 64, 768, device=DEV, dtype=dt, requires_grad=True)
     w = torch.randn(4, 64, 768, device=DEV)
-    streams = watch_streams(monkeypatch, attn)
 
     def run(plain=False):
         x.grad = None
@@ -249,6 +262,8 @@ def test_one_node_with_a_side_stream_matches_two_nodes(attn, dtype, poison, monk
             out, g = block_step(m, x, w, plain=plain)
         return out, g, x.grad.clone()
 
+    run()  # the kernels compiled: the side stream's launches follow the allocations closely
+    streams = watch_streams(monkeypatch, attn)
     one = run()
     assert len(streams) == 1 and streams[0] is not None
     assert streams[0] != torch.cuda.current_stream()
