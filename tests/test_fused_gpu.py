@@ -49,13 +49,13 @@ def true_float32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
+def nan_empty(shape, device=None, dtype=None) -> torch.Tensor:
+    return torch.full(tuple(shape), float("nan"), device=device, dtype=dtype)
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """Every buffer the fused kernels write starts as NaN, so an unwritten element shows."""
-
-    def nan_empty(shape, device=None, dtype=None):
-        return torch.full(tuple(shape), float("nan"), device=device, dtype=dtype)
-
     monkeypatch.setattr(fused, "_alloc", nan_empty)
 
 
@@ -67,7 +67,7 @@ def late_poison(monkeypatch):
 
     def late_nan_empty(shape, device=None, dtype=None):
         torch.cuda._sleep(200_000)
-        return torch.full(tuple(shape), float("nan"), device=device, dtype=dtype)
+        return nan_empty(shape, device, dtype)
 
     monkeypatch.setattr(fused, "_alloc", late_nan_empty)
 
