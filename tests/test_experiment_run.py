@@ -341,9 +341,13 @@ def test_clock_sampler_reads_the_gpu():
     pytest.importorskip("pynvml")
     from racli.training.clocks import ClockSampler
 
-    sample = ClockSampler("cuda:0").sample()
+    sampler = ClockSampler("cuda:0")
+    sample = sampler.sample()
     assert set(sample) == {"sm_clock_mhz", "power_w", "temp_c"}
     assert sample["sm_clock_mhz"] > 0
+    limits = sampler.limits()
+    assert set(limits) == {"power_limit_w", "max_sm_clock_mhz"}
+    assert limits["power_limit_w"] > 0 and limits["max_sm_clock_mhz"] >= sample["sm_clock_mhz"]
 
 
 @pytest.mark.gpu

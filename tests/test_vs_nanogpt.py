@@ -84,6 +84,72 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
         assert a["round_ratio_min"] <= a["round_ratio_max"]
         # tokens/s comes from the unrounded median; the printed ms has 3 decimals
         assert a["tokens_per_s"] == pytest.approx(64 / (a["ms_median"] / 1e3), rel=1e-3)
+        assert "sm_clock_mhz_median" not in a  # no clock to read on the CPU
+    assert "power_limit_w" not in result and "GPU while each arm ran" not in out
+
+
+class _FakeSampler:
+    """Reads 1, 2, 3, ... as the SM clock and ten times that as the power."""
+
+    available = True
+
+    def __init__(self):
+        self.n = 0
+
+    def sample(self):
+        self.n += 1
+        return {"sm_clock_mhz": float(self.n), "power_w": 10.0 * self.n, "temp_c": 50.0}
+
+
+def test_clock_reads_go_to_the_arm_whose_steps_run():
+    tool = _tool()
+    clocks = tool.ArmClocks(_FakeSampler(), settle=0.0)
+    clocks.read()  # between arms: not kept
+    with clocks.arm("nanogpt"):
+        clocks.read()
+        clocks.read()
+    clocks.read()
+    with clocks.arm("baseline"):
+        for _ in range(3):
+            clocks.read()
+    assert clocks.summary("nanogpt") == {
+        "sm_clock_mhz_median": 1.5,
+        "power_w_median": 15.0,
+        "clock_reads": 2,
+    }
+    assert clocks.summary("baseline") == {
+        "sm_clock_mhz_median": 4.0,
+        "power_w_median": 40.0,
+        "clock_reads": 3,
+    }
+    assert clocks.summary("ra_v5") == {}
+
+
+def test_clock_reads_wait_for_the_power_controller_to_settle():
+    tool = _tool()
+    clocks = tool.ArmClocks(_FakeSampler(), settle=60.0)
+    with clocks.arm("nanogpt"):
+        clocks.read()  # within the first minute of the window: the arm before's state
+    assert clocks.summary("nanogpt") == {}
+
+
+def test_the_clock_thread_reads_while_an_arm_runs_and_stops():
+    import time
+
+    tool = _tool()
+    sampler = _FakeSampler()
+    with tool.ArmClocks(sampler, period=0.001, settle=0.0) as clocks:
+        with clocks.arm("baseline"):
+            deadline = time.monotonic() + 5
+            while not clocks.samples and time.monotonic() < deadline:
+                time.sleep(0.005)
+    assert clocks.samples["baseline"] and not clocks._thread.is_alive()
+
+
+def test_clock_limits_are_empty_on_cpu():
+    from racli.training.clocks import ClockSampler
+
+    assert ClockSampler("cpu").limits() == {}
 
 
 @pytest.mark.slow

@@ -59,7 +59,11 @@ order reversed every other round (A B C, C B A, ...), `--steps` steps per arm
 and round with CUDA events around each step. Reported per arm: median and
 p10/p90 ms per step over all timed steps, tokens/s from the median, and the
 speed relative to the first arm (its median time over the arm's), with the
-smallest and largest per-round ratio beside it. The figures are JSON on stdout's
+smallest and largest per-round ratio beside it, and on a GPU that NVML can read
+(`nvidia-ml-py`, the `gpu` extra) the median SM clock and power while the arm's
+timed steps ran, with the card's power limit: on a card held at its power limit
+a step that leaves the SMs less idle runs at a lower clock, so part of a ratio
+can be the clock. The figures are JSON on stdout's
 last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
 
 `--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
@@ -83,6 +87,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import types
 from functools import partial
@@ -95,6 +100,7 @@ import torch  # noqa: E402
 from racli.bench.inputs import percentiles  # noqa: E402
 from racli.errors import BadInput  # noqa: E402
 from racli.names import ATTENTION_NAMES, check_sdpa_backend, comma_list  # noqa: E402
+from racli.training.clocks import ClockSampler  # noqa: E402
 from racli.training.trainer import step_context  # noqa: E402
 from racli_models import GPT, GPTConfig, adamw, compiler, flash4, gelu_mm, gpt  # noqa: E402
 from racli_models.loss import check_settings as check_loss_settings  # noqa: E402
@@ -395,16 +401,76 @@ def with_adamw_kernel(step, on: bool):
     return run
 
 
-def time_rounds(steps: dict, arms: list[str], batches, args, device: str):
+class ArmClocks:
+    """The GPU's SM clock and power, read every `period` s on a thread of its own while an
+    arm's timed steps run (`with clocks.arm(name): ...`), kept by arm. A read in the first
+    `settle` s of an arm's window is dropped: the clock follows the power controller, which
+    is still answering the arm before. Nothing is read where the sampler cannot read."""
+
+    def __init__(self, sampler, period: float = 0.05, settle: float = 0.1):
+        self.sampler, self.period, self.settle = sampler, period, settle
+        self.samples: dict[str, list[dict]] = {}
+        self._current: tuple[str, float] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        if self.sampler.available:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @contextlib.contextmanager
+    def arm(self, name: str):
+        self._current = (name, time.perf_counter())
+        try:
+            yield
+        finally:
+            self._current = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.read()
+
+    def read(self) -> None:
+        current = self._current
+        if current is None or time.perf_counter() - current[1] < self.settle:
+            return
+        sample = self.sampler.sample()
+        if sample and self._current is current:  # still the same arm's window
+            self.samples.setdefault(current[0], []).append(sample)
+
+    def summary(self, arm: str) -> dict:
+        """Median SM clock (MHz) and power (W) over the arm's reads, and how many; `{}`
+        without reads."""
+        reads = self.samples.get(arm, [])
+        out: dict = {}
+        for key in ("sm_clock_mhz", "power_w"):
+            values = [r[key] for r in reads if key in r]
+            if values:
+                out[f"{key}_median"] = round(statistics.median(values), 1)
+        if out:
+            out["clock_reads"] = len(reads)
+        return out
+
+
+def time_rounds(steps: dict, arms: list[str], batches, args, device: str, clocks=None):
     """`args.rounds` interleaved rounds (the order reversed every other round) of
-    `args.steps` timed steps per arm: (every step's ms, each round's median), per arm."""
+    `args.steps` timed steps per arm: (every step's ms, each round's median), per arm.
+    With `clocks` (an ArmClocks), the GPU's clock and power are read during each arm's steps."""
     timer = Timer(device)
     times: dict[str, list[float]] = {a: [] for a in arms}
     per_round: dict[str, list[float]] = {a: [] for a in arms}
     for r in range(args.rounds):
         for arm in arms if r % 2 == 0 else arms[::-1]:
             counter = itertools.count()
-            ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
+            with clocks.arm(arm) if clocks else contextlib.nullcontext():
+                ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
             times[arm] += ms
             per_round[arm].append(statistics.median(ms))
     return times, per_round
@@ -457,10 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     steps, info = {}, {}
+    sampler = ClockSampler(device)
+    clocks = ArmClocks(sampler)
     try:
         for arm in arms:
             steps[arm], info[arm] = warm_arm(arm, args, shape, device, mod, batches)
-        times, per_round = time_rounds(steps, arms, batches, args, device)
+        with clocks:
+            times, per_round = time_rounds(steps, arms, batches, args, device, clocks)
     except torch.OutOfMemoryError:
         held = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
         raise SystemExit(
@@ -480,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": not args.no_compile,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
+        **sampler.limits(),
         "arms": {},
     }
     for arm in arms:
@@ -494,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             f"speed_vs_{first}": round(percentiles(times[first])[0] / med, 4),
             "round_ratio_min": round(min(ratios), 4),
             "round_ratio_max": round(max(ratios), 4),
+            **clocks.summary(arm),
         }
     if args.bench_py:  # bench.py has no accumulation: it runs the nanogpt arm's micro-batch
         release_arms(steps)  # bench.py's own process needs the memory the arms hold
@@ -511,6 +582,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['tokens_per_s']:>11,} {a[f'speed_vs_{first}']:>8.4f}x "
             f"(rounds {a['round_ratio_min']:.4f}-{a['round_ratio_max']:.4f})"
         )
+    if any("sm_clock_mhz_median" in a for a in result["arms"].values()):
+        limit = result.get("power_limit_w")
+        print(
+            f"GPU while each arm ran (medians over reads every {clocks.period * 1e3:.0f} ms"
+            + (f"; power limit {limit:.0f} W" if limit else "")
+            + "):"
+        )
+        for arm, a in result["arms"].items():
+            if "sm_clock_mhz_median" in a:
+                print(
+                    f"  {arm:<26} SM clock {a['sm_clock_mhz_median']:>6.0f} MHz, "
+                    f"power {a.get('power_w_median', float('nan')):>5.0f} W "
+                    f"({a['clock_reads']} reads)"
+                )
     if "bench_py" in result:
         print(f"nanoGPT bench.py: {result['bench_py'].get('line') or result['bench_py']}")
     out = os.environ.get("OUT")

@@ -64,3 +64,19 @@ class ClockSampler:
             except Exception:
                 pass
         return out
+
+    def limits(self) -> dict[str, float]:
+        """The enforced power limit and the highest SM clock (`{}` when it cannot read them)."""
+        if self._handle is None:
+            return {}
+        nv, h = self._nvml, self._handle
+        out: dict[str, float] = {}
+        for name, read in (
+            ("power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0),
+            ("max_sm_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
+        ):
+            try:
+                out[name] = float(read())
+            except Exception:
+                pass
+        return out
