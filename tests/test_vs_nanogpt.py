@@ -146,6 +146,16 @@ def test_the_clock_thread_reads_while_an_arm_runs_and_stops():
     assert clocks.samples["baseline"] and not clocks._thread.is_alive()
 
 
+def test_no_clocks_reads_nothing(monkeypatch):
+    tool = _tool()
+    built = []
+    monkeypatch.setattr(tool, "ClockSampler", lambda device: built.append(device))
+    tool.clock_sampler("cuda", off=True)
+    tool.clock_sampler("cuda", off=False)
+    assert built == ["cpu", "cuda"]
+    assert "--no-clocks" in tool.__doc__
+
+
 def test_clock_limits_are_empty_on_cpu():
     from racli.training.clocks import ClockSampler
 

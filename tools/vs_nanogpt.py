@@ -63,7 +63,8 @@ smallest and largest per-round ratio beside it, and on a GPU that NVML can read
 (`nvidia-ml-py`, the `gpu` extra) the median SM clock and power while the arm's
 timed steps ran, with the card's power limit: on a card held at its power limit
 a step that leaves the SMs less idle runs at a lower clock, so part of a ratio
-can be the clock. The figures are JSON on stdout's
+can be the clock. The reads run on a thread of their own (three NVML calls every
+50 ms, which release the GIL while they wait); `--no-clocks` leaves them out. The figures are JSON on stdout's
 last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
 
 `--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
@@ -459,6 +460,11 @@ class ArmClocks:
         return out
 
 
+def clock_sampler(device: str, off: bool) -> ClockSampler:
+    """The device's clock sampler; with `off`, one that reads nothing (the CPU's)."""
+    return ClockSampler("cpu" if off else device)
+
+
 def time_rounds(steps: dict, arms: list[str], batches, args, device: str, clocks=None):
     """`args.rounds` interleaved rounds (the order reversed every other round) of
     `args.steps` timed steps per arm: (every step's ms, each round's median), per arm.
@@ -488,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="gpt2")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--bench-py", action="store_true", help="also run nanoGPT's bench.py")
+    ap.add_argument(
+        "--no-clocks",
+        action="store_true",
+        help="do not read the GPU's clock and power while the arms run",
+    )
     args = ap.parse_args(argv)
 
     arms = comma_list(args.arms)
@@ -523,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     steps, info = {}, {}
-    sampler = ClockSampler(device)
+    sampler = clock_sampler(device, args.no_clocks)
     clocks = ArmClocks(sampler)
     try:
         for arm in arms:
