@@ -89,16 +89,22 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
 
 
 class _FakeSampler:
-    """Reads 1, 2, 3, ... as the SM clock and ten times that as the power."""
+    """Reads 1, 2, 3, ... as the SM clock and ten times that as the power; its energy
+    counter goes up by 1000 mJ a read of it."""
 
     available = True
 
     def __init__(self):
         self.n = 0
+        self.mj = 0.0
 
     def sample(self):
         self.n += 1
         return {"sm_clock_mhz": float(self.n), "power_w": 10.0 * self.n, "temp_c": 50.0}
+
+    def energy_mj(self):
+        self.mj += 1000.0
+        return self.mj
 
 
 def test_clock_reads_go_to_the_arm_whose_steps_run():
@@ -123,6 +129,18 @@ def test_clock_reads_go_to_the_arm_whose_steps_run():
         "clock_reads": 3,
     }
     assert clocks.summary("ra_v5") == {}
+
+
+def test_energy_a_step_is_the_counter_across_an_arms_windows():
+    tool = _tool()
+    clocks = tool.ArmClocks(_FakeSampler(), settle=60.0)  # no clock reads kept
+    for _ in range(2):  # two rounds of 4 steps: the counter goes up 1 J a window
+        with clocks.arm("nanogpt", 4):
+            pass
+    with clocks.arm("baseline"):  # no step count given: no energy kept
+        pass
+    assert clocks.summary("nanogpt") == {"energy_j_per_step": 0.25}  # 2 J over 8 steps
+    assert clocks.summary("baseline") == {}
 
 
 def test_clock_reads_wait_for_the_power_controller_to_settle():
@@ -160,6 +178,7 @@ def test_clock_limits_are_empty_on_cpu():
     from racli.training.clocks import ClockSampler
 
     assert ClockSampler("cpu").limits() == {}
+    assert ClockSampler("cpu").energy_mj() is None
 
 
 @pytest.mark.slow

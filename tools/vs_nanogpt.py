@@ -63,8 +63,11 @@ smallest and largest per-round ratio beside it, and on a GPU that NVML can read
 (`nvidia-ml-py`, the `gpu` extra) the median SM clock and power while the arm's
 timed steps ran, with the card's power limit: on a card held at its power limit
 a step that leaves the SMs less idle runs at a lower clock, so part of a ratio
-can be the clock. The reads run on a thread of their own (three NVML calls every
-50 ms, which release the GIL while they wait); `--no-clocks` leaves them out. The figures are JSON on stdout's
+can be the clock; and the energy a step (the card's energy counter read as each
+arm's timed steps begin and end, idle gaps included), which sets the step's time
+at the power limit. The reads run on a thread of their own (three NVML calls
+every 50 ms, which release the GIL while they wait); `--no-clocks` leaves them
+out. The figures are JSON on stdout's
 last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
 
 `--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
@@ -404,13 +407,17 @@ def with_adamw_kernel(step, on: bool):
 
 class ArmClocks:
     """The GPU's SM clock and power, read every `period` s on a thread of its own while an
-    arm's timed steps run (`with clocks.arm(name): ...`), kept by arm. A read in the first
-    `settle` s of an arm's window is dropped: the clock follows the power controller, which
-    is still answering the arm before. Nothing is read where the sampler cannot read."""
+    arm's timed steps run (`with clocks.arm(name, steps): ...`), kept by arm. A read in the
+    first `settle` s of an arm's window is dropped: the clock follows the power controller,
+    which is still answering the arm before. The card's energy counter is read as each
+    window opens and closes (the window closes after the steps' synchronize), so the energy
+    a step counts everything the card drew while the arm ran, idle gaps included. Nothing
+    is read where the sampler cannot read."""
 
     def __init__(self, sampler, period: float = 0.05, settle: float = 0.1):
         self.sampler, self.period, self.settle = sampler, period, settle
         self.samples: dict[str, list[dict]] = {}
+        self.energy: dict[str, list[float]] = {}  # arm -> [millijoules, steps]
         self._current: tuple[str, float] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -427,12 +434,18 @@ class ArmClocks:
             self._thread.join()
 
     @contextlib.contextmanager
-    def arm(self, name: str):
+    def arm(self, name: str, steps: int = 0):
+        e0 = self.sampler.energy_mj() if self.sampler.available else None
         self._current = (name, time.perf_counter())
         try:
             yield
         finally:
             self._current = None
+            e1 = self.sampler.energy_mj() if e0 is not None else None
+            if e1 is not None and steps > 0:
+                kept = self.energy.setdefault(name, [0.0, 0])
+                kept[0] += e1 - e0
+                kept[1] += steps
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -457,6 +470,9 @@ class ArmClocks:
                 out[f"{key}_median"] = round(statistics.median(values), 1)
         if out:
             out["clock_reads"] = len(reads)
+        if self.energy.get(arm, [0, 0])[1]:
+            mj, steps = self.energy[arm]
+            out["energy_j_per_step"] = round(mj / steps / 1e3, 2)
         return out
 
 
@@ -475,7 +491,7 @@ def time_rounds(steps: dict, arms: list[str], batches, args, device: str, clocks
     for r in range(args.rounds):
         for arm in arms if r % 2 == 0 else arms[::-1]:
             counter = itertools.count()
-            with clocks.arm(arm) if clocks else contextlib.nullcontext():
+            with clocks.arm(arm, args.steps) if clocks else contextlib.nullcontext():
                 ms = timer.time(partial(_one_step, steps[arm], batches, counter), args.steps)
             times[arm] += ms
             per_round[arm].append(statistics.median(ms))
@@ -602,9 +618,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for arm, a in result["arms"].items():
             if "sm_clock_mhz_median" in a:
+                energy = (
+                    f", {a['energy_j_per_step']:.2f} J a step" if "energy_j_per_step" in a else ""
+                )
                 print(
                     f"  {arm:<26} SM clock {a['sm_clock_mhz_median']:>6.0f} MHz, "
-                    f"power {a.get('power_w_median', float('nan')):>5.0f} W "
+                    f"power {a.get('power_w_median', float('nan')):>5.0f} W{energy} "
                     f"({a['clock_reads']} reads)"
                 )
     if "bench_py" in result:

@@ -65,6 +65,16 @@ class ClockSampler:
                 pass
         return out
 
+    def energy_mj(self) -> float | None:
+        """The card's energy counter in millijoules since the driver loaded (None when it
+        cannot read it); the difference of two reads is the energy used between them."""
+        if self._handle is None:
+            return None
+        try:
+            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception:
+            return None
+
     def limits(self) -> dict[str, float]:
         """The enforced power limit and the highest SM clock (`{}` when it cannot read them)."""
         if self._handle is None:
