@@ -65,7 +65,8 @@ timed steps ran, with the card's power limit: on a card held at its power limit
 a step that leaves the SMs less idle runs at a lower clock, so part of a ratio
 can be the clock; and the energy a step (the card's energy counter read as each
 arm's timed steps begin and end, idle gaps included), which sets the step's time
-at the power limit. The reads run on a thread of their own (three NVML calls
+at the power limit (how finely the driver updates the counter over a window of
+about a second was not measured). The reads run on a thread of their own (three NVML calls
 every 50 ms, which release the GIL while they wait); `--no-clocks` leaves them
 out. The figures are JSON on stdout's
 last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
