@@ -120,10 +120,31 @@ def gelu_proj(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _GeluProj.apply(h, weight)
 
 
+#: 1/sqrt(2) as the compiler's GELU writes it (torch._refs' M_SQRT1_2, 0.7071067811865476):
+#: with the same constant, erf(h / sqrt(2)) is one expression in `gelu_slope` and in
+#: F.gelu's decomposition, so the compiled forward computes it once for both
+SQRT1_2 = math.sqrt(0.5)
+#: whether `gelu_slope` writes erf's argument with SQRT1_2 (True), or with 1.0 /
+#: math.sqrt(2.0) (0.7071067811865475) as before 2026-12-07. Both round to the same float32,
+#: so the values are the same; with the latter the forward's kernel computes erf twice.
+SHARED_ERF = True
+
+
+@contextlib.contextmanager
+def shared_erf(on: bool = True) -> Iterator[None]:
+    """Inside the block `SHARED_ERF` is `on` (the compiled forward traced there keeps it)."""
+    global SHARED_ERF
+    before, SHARED_ERF = SHARED_ERF, on
+    try:
+        yield
+    finally:
+        SHARED_ERF = before
+
+
 def gelu_slope(h: torch.Tensor) -> torch.Tensor:
     """gelu'(h) = Phi(h) + h phi(h) (gelu(h) = h Phi(h)), computed in float32, in h's dtype."""
     x = h.float()
-    cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+    cdf = 0.5 * (1.0 + torch.erf(x * (SQRT1_2 if SHARED_ERF else 1.0 / math.sqrt(2.0))))
     return (cdf + x * torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))).to(h.dtype)
 
 

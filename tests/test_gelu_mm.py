@@ -101,6 +101,9 @@ def test_gelus_slope_against_float64():
     h = torch.linspace(-12, 12, 100_001, dtype=torch.float64)
     want = gelu_mm.gelu_slope_reference(h)
     assert (gelu_mm.gelu_slope(h.float()).double() - want).abs().max() < 1e-6
+    shared = gelu_mm.gelu_slope(h.float())
+    with gelu_mm.shared_erf(False):  # the former constant rounds to the same float32
+        assert torch.equal(gelu_mm.gelu_slope(h.float()), shared)
     hg = h.clone().requires_grad_()
     torch.nn.functional.gelu(hg).sum().backward()
     assert (hg.grad - want).abs().max() < 1e-12
@@ -150,6 +153,39 @@ def test_the_node_traced_by_torch_compile_on_the_cpu(monkeypatch):
     assert calls == [(48, 32), (48, 32)]  # c_proj's input gradient, once a layer
     for name, want in grads[0].items():
         assert _rel(grads[1][name], want) < 1e-5, name
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_compiled_forward_computes_erf_once_for_gelu_and_its_slope(shared, monkeypatch):
+    """gelu(h) and gelu'(h) share erf(h / sqrt(2)) in the forward's one kernel: with a
+    constant other than the compiler's GELU's own (1 / sqrt(2) written as 0.7071067811865475,
+    `shared_erf(False)`) the kernel computes erf twice an element."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from racli_models import GPT, GPTConfig, gelu_mm
+
+    monkeypatch.setattr(gelu_mm, "mm_times", lambda a, b, g: (a @ b) * g)
+    monkeypatch.setattr(
+        gelu_mm, "use_kernel", lambda h, proj: torch.compiler.is_compiling() and h.requires_grad
+    )
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, bias=False)
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    fwd = torch.compile(GPT(cfg, seed=0), dynamic=False)
+
+    def step():
+        with gelu_mm.shared_erf(shared):
+            fwd(idx, idx)[1].backward()
+
+    _, codes = run_and_get_code(step)
+    quote = "'" * 3  # a kernel's C++ source sits between triple quotes
+    pattern = r"(cpp_fused_\w+) = async_compile\.cpp_pybinding\(.*?" + quote + "(.*?)" + quote
+    kernels = re.findall(pattern, "\n".join(codes), re.S)
+    gelu = [(name, body.count("erf")) for name, body in kernels if "gelu" in name]
+    assert gelu and all(n == (1 if shared else 2) for _, n in gelu), gelu
+    assert gelu_mm.SHARED_ERF  # restored
+    assert gelu_mm.SQRT1_2 == 0.7071067811865476  # torch._refs' M_SQRT1_2
 
 
 # ---------------------------------------------------------------------------- CUDA

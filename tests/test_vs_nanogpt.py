@@ -365,6 +365,19 @@ def test_an_arm_computes_gelus_backward_with_torchs_ops_in_its_step():
     assert gelu_mm.KERNEL is True
 
 
+def test_an_arm_computes_erf_twice_in_its_mlp_forward():
+    from racli_models import gelu_mm
+
+    tool = _tool()
+    assert tool.parse_arm("ra_v5+sharederf=false") == ("ra_v5", {"sharederf": False})
+    with pytest.raises(SystemExit, match="sharederf in arm"):
+        tool.parse_arm("baseline+sharederf=2")
+    assert gelu_mm.SHARED_ERF is True
+    with tool.autocast_of("cpu", "math", None, None, {"sharederf": False})():
+        assert gelu_mm.SHARED_ERF is False
+    assert gelu_mm.SHARED_ERF is True
+
+
 def test_an_arm_recomputes_its_layer_norms_in_its_step():
     from racli_models import gpt
 
