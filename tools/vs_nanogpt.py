@@ -440,7 +440,7 @@ class ArmClocks:
 
     @contextlib.contextmanager
     def arm(self, name: str, steps: int = 0):
-        e0 = self.sampler.energy_mj() if self.sampler.available else None
+        e0 = self.sampler.energy_mj()  # None where the sampler cannot read
         self._current = (name, time.perf_counter())
         try:
             yield

@@ -49,44 +49,38 @@ class ClockSampler:
     def available(self) -> bool:
         return self._handle is not None
 
-    def sample(self) -> dict[str, float]:
+    def _read(self, reads: dict[str, Any]) -> dict[str, float]:
+        """{name: read(nvml, handle)} for each read that succeeds; `{}` without NVML."""
         if self._handle is None:
             return {}
-        nv, h = self._nvml, self._handle
         out: dict[str, float] = {}
-        for name, read in (
-            ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
-            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
-            ("temp_c", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-        ):
+        for name, read in reads.items():
             try:
-                out[name] = float(read())
+                out[name] = float(read(self._nvml, self._handle))
             except Exception:
-                pass
+                continue  # a read this card or driver does not support
         return out
+
+    def sample(self) -> dict[str, float]:
+        return self._read(
+            {
+                "sm_clock_mhz": lambda nv, h: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+                "power_w": lambda nv, h: nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                "temp_c": lambda nv, h: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+            }
+        )
 
     def energy_mj(self) -> float | None:
         """The card's energy counter in millijoules since the driver loaded (None when it
         cannot read it); the difference of two reads is the energy used between them."""
-        if self._handle is None:
-            return None
-        try:
-            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
-        except Exception:
-            return None
+        read = self._read({"mj": lambda nv, h: nv.nvmlDeviceGetTotalEnergyConsumption(h)})
+        return read.get("mj")
 
     def limits(self) -> dict[str, float]:
         """The enforced power limit and the highest SM clock (`{}` when it cannot read them)."""
-        if self._handle is None:
-            return {}
-        nv, h = self._nvml, self._handle
-        out: dict[str, float] = {}
-        for name, read in (
-            ("power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0),
-            ("max_sm_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
-        ):
-            try:
-                out[name] = float(read())
-            except Exception:
-                pass
-        return out
+        return self._read(
+            {
+                "power_limit_w": lambda nv, h: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+                "max_sm_clock_mhz": lambda nv, h: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+            }
+        )
