@@ -143,6 +143,56 @@ def test_energy_a_step_is_the_counter_across_an_arms_windows():
     assert clocks.summary("baseline") == {}
 
 
+def test_energy_a_step_carries_the_rounding_of_the_counters_steps():
+    """The thread's reads see the counter move (1 J a read here); each window counts one
+    move more or less by its phase, so the energy a step has a standard deviation of at
+    most sqrt(windows) x move / 2 over the steps."""
+    tool = _tool()
+    clocks = tool.ArmClocks(_FakeSampler(), settle=60.0)
+    clocks.read()  # the first read only starts the count
+    assert clocks.counter_steps == []
+    clocks.read()
+    assert clocks.counter_steps == [1000.0] and clocks.counter_step_mj() == 1000.0
+    for _ in range(4):  # four windows of 5 steps, 1 J each
+        with clocks.arm("baseline", 5):
+            pass
+    assert clocks.summary("baseline") == {
+        "energy_j_per_step": 0.2,  # 4 J over 20 steps
+        "energy_j_per_step_sd": 0.05,  # sqrt(4) x 1 J / 2 / 20
+    }
+    assert tool.ArmClocks(_FakeSampler()).counter_step_mj() == 0.0  # nothing read yet
+
+
+def test_the_clock_lines_print_energy_with_its_rounding():
+    tool = _tool()
+    result = {
+        "power_limit_w": 700.0,
+        "energy_counter_step_j": 69.03,
+        "arms": {
+            "nanogpt": {
+                "sm_clock_mhz_median": 1665.0,
+                "power_w_median": 694.1,
+                "clock_reads": 117,
+                "energy_j_per_step": 45.31,
+                "energy_j_per_step_sd": 0.77,
+            },
+            "baseline": {"sm_clock_mhz_median": 1635.0, "power_w_median": 693.3, "clock_reads": 9},
+            "ra_v5": {"ms_median": 59.5},  # no reads: no line
+        },
+    }
+    lines = tool.clock_lines(result, 0.05)
+    assert lines[0] == (
+        "GPU while each arm ran (medians over reads every 50 ms; power limit 700 W; "
+        "energy counter steps of 69 J):"
+    )
+    assert lines[1].split() == (
+        "nanogpt SM clock 1665 MHz, power 694 W, 45.31 J a step (+-0.77) (117 reads)".split()
+    )
+    assert lines[2].split() == "baseline SM clock 1635 MHz, power 693 W (9 reads)".split()
+    assert len(lines) == 3
+    assert tool.clock_lines({"arms": {"ra_v5": {"ms_median": 59.5}}}, 0.05) == []
+
+
 def test_clock_reads_wait_for_the_power_controller_to_settle():
     tool = _tool()
     clocks = tool.ArmClocks(_FakeSampler(), settle=60.0)

@@ -68,10 +68,12 @@ timed steps ran, with the card's power limit: on a card held at its power limit
 a step that leaves the SMs less idle runs at a lower clock, so part of a ratio
 can be the clock; and the energy a step (the card's energy counter read as each
 arm's timed steps begin and end, idle gaps included), which sets the step's time
-at the power limit (how finely the driver updates the counter over a window of
-about a second was not measured). The reads run on a thread of their own (three NVML calls
-every 50 ms, which release the GIL while they wait); `--no-clocks` leaves them
-out. The figures are JSON on stdout's
+at the power limit. The counter moves in steps (on an H200 every 100 ms, about
+69 J at 690 W), so the energy a step is printed with its standard deviation from
+that rounding, "(+-0.77)" at 5 rounds of 20 steps: arms closer than about twice
+that are not told apart by it. The reads run on a thread of their own (four NVML
+calls every 50 ms, which release the GIL while they wait); `--no-clocks` leaves
+them out. The figures are JSON on stdout's
 last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
 
 `--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
@@ -91,6 +93,7 @@ import gc
 import importlib.util
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -416,13 +419,19 @@ class ArmClocks:
     first `settle` s of an arm's window is dropped: the clock follows the power controller,
     which is still answering the arm before. The card's energy counter is read as each
     window opens and closes (the window closes after the steps' synchronize), so the energy
-    a step counts everything the card drew while the arm ran, idle gaps included. Nothing
-    is read where the sampler cannot read."""
+    a step counts everything the card drew while the arm ran, idle gaps included. The
+    counter moves in steps (every 100 ms on an H200, about 69 J at 690 W), so a window
+    counts one step more or less by where it falls between two: the thread also reads the
+    counter and keeps its steps, and `summary` gives the energy's standard deviation from
+    that rounding, at most sqrt(windows) x step / 2 over the arm's steps. Nothing is read
+    where the sampler cannot read."""
 
     def __init__(self, sampler, period: float = 0.05, settle: float = 0.1):
         self.sampler, self.period, self.settle = sampler, period, settle
         self.samples: dict[str, list[dict]] = {}
-        self.energy: dict[str, list[float]] = {}  # arm -> [millijoules, steps]
+        self.energy: dict[str, list[float]] = {}  # arm -> [millijoules, steps, windows]
+        self.counter_steps: list[float] = []  # the energy counter's moves seen by read(), mJ
+        self._last_mj: float | None = None
         self._current: tuple[str, float] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -448,15 +457,20 @@ class ArmClocks:
             self._current = None
             e1 = self.sampler.energy_mj() if e0 is not None else None
             if e1 is not None and steps > 0:
-                kept = self.energy.setdefault(name, [0.0, 0])
+                kept = self.energy.setdefault(name, [0.0, 0, 0])
                 kept[0] += e1 - e0
                 kept[1] += steps
+                kept[2] += 1
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             self.read()
 
     def read(self) -> None:
+        mj = self.sampler.energy_mj()
+        if mj is not None and self._last_mj is not None and mj != self._last_mj:
+            self.counter_steps.append(mj - self._last_mj)
+        self._last_mj = mj
         current = self._current
         if current is None or time.perf_counter() - current[1] < self.settle:
             return
@@ -475,15 +489,49 @@ class ArmClocks:
                 out[f"{key}_median"] = round(statistics.median(values), 1)
         if out:
             out["clock_reads"] = len(reads)
-        if self.energy.get(arm, [0, 0])[1]:
-            mj, steps = self.energy[arm]
+        if self.energy.get(arm, [0, 0, 0])[1]:
+            mj, steps, windows = self.energy[arm]
             out["energy_j_per_step"] = round(mj / steps / 1e3, 2)
+            if self.counter_steps:
+                out["energy_j_per_step_sd"] = round(
+                    math.sqrt(windows) * self.counter_step_mj() / 2 / steps / 1e3, 2
+                )
         return out
+
+    def counter_step_mj(self) -> float:
+        """The median of the energy counter's moves between two reads (mJ); where the counter
+        moves more often than the reads, several moves count as one, so it errs high."""
+        return statistics.median(self.counter_steps) if self.counter_steps else 0.0
 
 
 def clock_sampler(device: str, off: bool) -> ClockSampler:
     """The device's clock sampler; with `off`, one that reads nothing (the CPU's)."""
     return ClockSampler("cpu" if off else device)
+
+
+def clock_lines(result: dict, period: float) -> list[str]:
+    """The printed lines on the GPU's clock, power and energy while each arm ran; none where
+    no arm has clock reads."""
+    arms = {arm: a for arm, a in result["arms"].items() if "sm_clock_mhz_median" in a}
+    if not arms:
+        return []
+    limit = result.get("power_limit_w")
+    head = f"GPU while each arm ran (medians over reads every {period * 1e3:.0f} ms"
+    if limit:
+        head += f"; power limit {limit:.0f} W"
+    if "energy_counter_step_j" in result:
+        head += f"; energy counter steps of {result['energy_counter_step_j']:.0f} J"
+    lines = [head + "):"]
+    for arm, a in arms.items():
+        energy = f", {a['energy_j_per_step']:.2f} J a step" if "energy_j_per_step" in a else ""
+        if "energy_j_per_step_sd" in a:
+            energy += f" (+-{a['energy_j_per_step_sd']:.2f})"
+        lines.append(
+            f"  {arm:<26} SM clock {a['sm_clock_mhz_median']:>6.0f} MHz, "
+            f"power {a.get('power_w_median', float('nan')):>5.0f} W{energy} "
+            f"({a['clock_reads']} reads)"
+        )
+    return lines
 
 
 def time_rounds(steps: dict, arms: list[str], batches, args, device: str, clocks=None):
@@ -584,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         **sampler.limits(),
         "arms": {},
     }
+    if clocks.counter_steps:
+        result["energy_counter_step_j"] = round(clocks.counter_step_mj() / 1e3, 2)
     for arm in arms:
         med, p10, p90 = percentiles(times[arm])
         ratios = [f / a for f, a in zip(per_round[first], per_round[arm], strict=True)]
@@ -614,23 +664,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['tokens_per_s']:>11,} {a[f'speed_vs_{first}']:>8.4f}x "
             f"(rounds {a['round_ratio_min']:.4f}-{a['round_ratio_max']:.4f})"
         )
-    if any("sm_clock_mhz_median" in a for a in result["arms"].values()):
-        limit = result.get("power_limit_w")
-        print(
-            f"GPU while each arm ran (medians over reads every {clocks.period * 1e3:.0f} ms"
-            + (f"; power limit {limit:.0f} W" if limit else "")
-            + "):"
-        )
-        for arm, a in result["arms"].items():
-            if "sm_clock_mhz_median" in a:
-                energy = (
-                    f", {a['energy_j_per_step']:.2f} J a step" if "energy_j_per_step" in a else ""
-                )
-                print(
-                    f"  {arm:<26} SM clock {a['sm_clock_mhz_median']:>6.0f} MHz, "
-                    f"power {a.get('power_w_median', float('nan')):>5.0f} W{energy} "
-                    f"({a['clock_reads']} reads)"
-                )
+    for line in clock_lines(result, clocks.period):
+        print(line)
     if "bench_py" in result:
         print(f"nanoGPT bench.py: {result['bench_py'].get('line') or result['bench_py']}")
     out = os.environ.get("OUT")
