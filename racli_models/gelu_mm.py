@@ -126,7 +126,8 @@ def gelu_proj(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 SQRT1_2 = math.sqrt(0.5)
 #: whether `gelu_slope` writes erf's argument with SQRT1_2 (True), or with 1.0 /
 #: math.sqrt(2.0) (0.7071067811865475) as before 2026-12-07. Both round to the same float32,
-#: so the values are the same; with the latter the forward's kernel computes erf twice.
+#: so the values are the same; with the latter the CPU's generated forward computes erf
+#: twice (Triton merges the two calls on a GPU, docs/performance.md, twenty-fourth round).
 SHARED_ERF = True
 
 

@@ -159,7 +159,8 @@ def test_the_node_traced_by_torch_compile_on_the_cpu(monkeypatch):
 def test_the_compiled_forward_computes_erf_once_for_gelu_and_its_slope(shared, monkeypatch):
     """gelu(h) and gelu'(h) share erf(h / sqrt(2)) in the forward's one kernel: with a
     constant other than the compiler's GELU's own (1 / sqrt(2) written as 0.7071067811865475,
-    `shared_erf(False)`) the kernel computes erf twice an element."""
+    `shared_erf(False)`) the CPU's kernel computes erf twice an element (Triton merges
+    the two calls on a GPU, since both constants are the same float32)."""
     import re
 
     from torch._inductor.utils import run_and_get_code

@@ -39,9 +39,9 @@ Arms:
                  as before 2026-12-06, instead of (B*T, C) rows (racli_models.gpt.FLAT)
   ARM+gelumm=false  an ra arm whose MLP runs GELU's backward as torch's ops, as before
                  2026-12-06, instead of inside the GEMM of dy W (racli_models.gelu_mm)
-  ARM+sharederf=false  an ra arm whose MLP forward computes erf twice an element (once
-                 for gelu(h), once for gelu'(h)), as before 2026-12-07, instead of once
-                 (racli_models.gelu_mm.SHARED_ERF; the same values)
+  ARM+sharederf=false  an ra arm whose gelu'(h) writes erf's argument with its former
+                 constant, as before 2026-12-07 (racli_models.gelu_mm.SHARED_ERF; the
+                 same values; on a GPU Triton computes erf once either way)
   ARM+lnrecompute=false  an ra arm whose layer norms save their float32 output for the
                  backward, as before 2026-12-06, instead of their input and row
                  statistics with the output recomputed (racli_models.gpt.LN_RECOMPUTE)

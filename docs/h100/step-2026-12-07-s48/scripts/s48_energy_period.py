@@ -1,5 +1,6 @@
 """How often the card's energy counter changes: read it in a tight loop for 3 s idle and
 3 s under a matmul load; print the intervals between changes (median, p10, p90)."""
+
 import statistics
 import threading
 import time
@@ -29,8 +30,10 @@ def report(name, changes, gaps):
         print(name, "changes", len(changes))
         return
     q = statistics.quantiles(gaps, n=10)
-    print(f"{name}: {len(changes)} changes; interval median {statistics.median(gaps)*1e3:.2f} ms, "
-          f"p10 {q[0]*1e3:.2f}, p90 {q[-1]*1e3:.2f}; mJ a change median {statistics.median([c[1] for c in changes]):.0f}")
+    print(
+        f"{name}: {len(changes)} changes; interval median {statistics.median(gaps) * 1e3:.2f} ms, "
+        f"p10 {q[0] * 1e3:.2f}, p90 {q[-1] * 1e3:.2f}; mJ a change median {statistics.median([c[1] for c in changes]):.0f}"
+    )
 
 
 report("idle", *watch(3.0))
