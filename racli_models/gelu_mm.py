@@ -23,6 +23,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from .switch import setting
+
 try:  # Triton ships with CUDA builds of torch
     import triton
     import triton.language as tl
@@ -131,15 +133,9 @@ SQRT1_2 = math.sqrt(0.5)
 SHARED_ERF = True
 
 
-@contextlib.contextmanager
-def shared_erf(on: bool = True) -> Iterator[None]:
+def shared_erf(on: bool = True) -> contextlib.AbstractContextManager[None]:
     """Inside the block `SHARED_ERF` is `on` (the compiled forward traced there keeps it)."""
-    global SHARED_ERF
-    before, SHARED_ERF = SHARED_ERF, on
-    try:
-        yield
-    finally:
-        SHARED_ERF = before
+    return setting(__name__, "SHARED_ERF", on)
 
 
 def gelu_slope(h: torch.Tensor) -> torch.Tensor:
