@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import sqlite3
+import time
 
 import pytest
 from helpers import ra_inprocess
@@ -348,8 +349,6 @@ def test_clock_sampler_reads_the_gpu():
     limits = sampler.limits()
     assert set(limits) == {"power_limit_w", "max_sm_clock_mhz"}
     assert limits["power_limit_w"] > 0 and limits["max_sm_clock_mhz"] >= sample["sm_clock_mhz"]
-    import time
-
     e0 = sampler.energy_mj()
     time.sleep(0.3)  # the card draws tens of watts idle
     assert e0 is not None and e0 > 0 and sampler.energy_mj() >= e0

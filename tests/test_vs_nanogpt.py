@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -202,8 +203,6 @@ def test_clock_reads_wait_for_the_power_controller_to_settle():
 
 
 def test_the_clock_thread_reads_while_an_arm_runs_and_stops():
-    import time
-
     tool = _tool()
     sampler = _FakeSampler()
     with tool.ArmClocks(sampler, period=0.001, settle=0.0) as clocks:

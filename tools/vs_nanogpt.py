@@ -413,6 +413,14 @@ def with_adamw_kernel(step, on: bool):
     return run
 
 
+class _Energy:
+    """The energy counter's difference summed over an arm's windows (mJ), and the steps
+    and windows it covers."""
+
+    def __init__(self):
+        self.mj, self.steps, self.windows = 0.0, 0, 0
+
+
 class ArmClocks:
     """The GPU's SM clock and power, read every `period` s on a thread of its own while an
     arm's timed steps run (`with clocks.arm(name, steps): ...`), kept by arm. A read in the
@@ -429,7 +437,7 @@ class ArmClocks:
     def __init__(self, sampler, period: float = 0.05, settle: float = 0.1):
         self.sampler, self.period, self.settle = sampler, period, settle
         self.samples: dict[str, list[dict]] = {}
-        self.energy: dict[str, list[float]] = {}  # arm -> [millijoules, steps, windows]
+        self.energy: dict[str, _Energy] = {}  # what the counter gave each arm's windows
         self.counter_steps: list[float] = []  # the energy counter's moves seen by read(), mJ
         self._last_mj: float | None = None
         self._current: tuple[str, float] | None = None
@@ -457,10 +465,10 @@ class ArmClocks:
             self._current = None
             e1 = self.sampler.energy_mj() if e0 is not None else None
             if e1 is not None and steps > 0:
-                kept = self.energy.setdefault(name, [0.0, 0, 0])
-                kept[0] += e1 - e0
-                kept[1] += steps
-                kept[2] += 1
+                kept = self.energy.setdefault(name, _Energy())
+                kept.mj += e1 - e0
+                kept.steps += steps
+                kept.windows += 1
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -489,12 +497,12 @@ class ArmClocks:
                 out[f"{key}_median"] = round(statistics.median(values), 1)
         if out:
             out["clock_reads"] = len(reads)
-        if self.energy.get(arm, [0, 0, 0])[1]:
-            mj, steps, windows = self.energy[arm]
-            out["energy_j_per_step"] = round(mj / steps / 1e3, 2)
+        kept = self.energy.get(arm)
+        if kept is not None:
+            out["energy_j_per_step"] = round(kept.mj / kept.steps / 1e3, 2)
             if self.counter_steps:
                 out["energy_j_per_step_sd"] = round(
-                    math.sqrt(windows) * self.counter_step_mj() / 2 / steps / 1e3, 2
+                    math.sqrt(kept.windows) * self.counter_step_mj() / 2 / kept.steps / 1e3, 2
                 )
         return out
 
