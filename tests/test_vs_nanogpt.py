@@ -55,10 +55,16 @@ def _tool():
 
 
 @pytest.mark.slow
-def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch, json_flag):
+    """The figures go to stdout's last line and to a file: --json's path, or by default
+    $OUT/vs_nanogpt.json."""
     (tmp_path / "model.py").write_text(STAND_IN)
-    monkeypatch.setenv("OUT", str(tmp_path))
+    (tmp_path / "out").mkdir()
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    written = tmp_path / "run1.json" if json_flag else tmp_path / "out" / "vs_nanogpt.json"
     args = ["--nanogpt", str(tmp_path), "--device", "cpu", "--preset", "tiny", "--no-compile"]
+    args += ["--json", str(written)] if json_flag else []
     args += [
         "--arms",
         "nanogpt,baseline,ra_v5",
@@ -75,7 +81,8 @@ def test_side_by_side_on_cpu(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "stand-in optimizer" not in out
     result = json.loads(out.strip().splitlines()[-1])
-    assert json.loads((tmp_path / "vs_nanogpt.json").read_text()) == result
+    assert json.loads(written.read_text()) == result
+    assert list((tmp_path / "out").iterdir()) == ([] if json_flag else [written])
     arms = result["arms"]
     assert list(arms) == ["nanogpt", "baseline", "ra_v5"]
     assert arms["nanogpt"]["params"] == arms["baseline"]["params"]  # the same model
@@ -286,6 +293,11 @@ def test_bench_py_runs_after_the_arms_gave_their_memory_back(tmp_path, capsys, m
 def test_bad_arms_stop_before_any_work(tmp_path, arms, words):
     with pytest.raises(SystemExit, match=words):
         _tool().main(["--nanogpt", str(tmp_path), "--arms", arms, "--device", "cpu"])
+
+
+def test_a_json_path_in_no_folder_stops_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="--json .*: no folder"):
+        _tool().main(["--nanogpt", str(tmp_path), "--json", str(tmp_path / "no" / "x.json")])
 
 
 @pytest.mark.slow

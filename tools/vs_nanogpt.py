@@ -74,7 +74,8 @@ that rounding, "(+-0.77)" at 5 rounds of 20 steps: arms closer than about twice
 that are not told apart by it. The reads run on a thread of their own (four NVML
 calls every 50 ms, which release the GIL while they wait); `--no-clocks` leaves
 them out. The figures are JSON on stdout's
-last line and, when $OUT is set, in $OUT/vs_nanogpt.json.
+last line and in `--json PATH` (by default $OUT/vs_nanogpt.json when $OUT is set, so
+several runs in one folder each need their own path).
 
 `--bench-py` also runs nanoGPT's unmodified `bench.py` (random data, compile,
 the nanogpt arm's micro-batch) in a subprocess afterwards and reports the ms per iteration it
@@ -572,6 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--bench-py", action="store_true", help="also run nanoGPT's bench.py")
     ap.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write the figures here (default: $OUT/vs_nanogpt.json when $OUT is set)",
+    )
+    ap.add_argument(
         "--no-clocks",
         action="store_true",
         help="do not read the GPU's clock and power while the arms run",
@@ -588,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     if len(set(arms)) != len(arms) or not arms:
         raise SystemExit("vs_nanogpt: give distinct arms")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise SystemExit(f"vs_nanogpt: --json {args.json}: no folder {args.json.parent}")
     fa4 = [a for a, (_, settings) in parsed.items() if settings.get("sdpa") == "fa4"]
     # before any arm compiles, not at the fa4 arm's first backward
     if fa4 and args.device.startswith("cuda") and (why := flash4.problem(args.device)):
@@ -676,9 +685,11 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if "bench_py" in result:
         print(f"nanoGPT bench.py: {result['bench_py'].get('line') or result['bench_py']}")
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "vs_nanogpt.json").write_text(json.dumps(result, indent=2) + "\n")
+    target = args.json or (
+        Path(os.environ["OUT"], "vs_nanogpt.json") if os.environ.get("OUT") else None
+    )
+    if target is not None:
+        target.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
 
