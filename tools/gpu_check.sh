@@ -3,8 +3,9 @@
 # GPT-2 block shape, into $OUT (results.db, logs). Used for docs/results.md.
 # Usage (from the project root on the GPU machine): bash tools/gpu_check.sh [pytest args]
 # The tests run in GPU_WORKERS pytest workers (default 4), a test file a worker at a time:
-# every gpu test of 2026-12-06 took 278 s that way on one H100 (pytest's own default, a
-# worker a core, would put 16 processes on one GPU).
+# every gpu test of 2026-12-06 took 278 s that way on one H100, the 213 of 2026-12-07
+# 313 s on another (pytest's own default, a worker a core, would put 16 processes on one
+# GPU).
 set -uo pipefail
 OUT=${OUT:-/tmp/ra_out}
 mkdir -p "$OUT"
