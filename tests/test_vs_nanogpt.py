@@ -300,6 +300,14 @@ def test_a_json_path_in_no_folder_stops_before_any_work(tmp_path):
         _tool().main(["--nanogpt", str(tmp_path), "--json", str(tmp_path / "no" / "x.json")])
 
 
+def test_an_out_folder_that_is_missing_stops_before_any_work(tmp_path, monkeypatch):
+    """The default JSON path, $OUT/vs_nanogpt.json, is checked at the start too, not
+    after the arms have run."""
+    monkeypatch.setenv("OUT", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match=r"\$OUT=.*missing: no folder"):
+        _tool().main(["--nanogpt", str(tmp_path), "--device", "cpu"])
+
+
 @pytest.mark.slow
 def test_micro_batches_compare_equal_work(tmp_path, capsys):
     """Arms at different micro-batches train on the same global batch a step, and an

@@ -595,8 +595,12 @@ def main(argv: list[str] | None = None) -> int:
             )
     if len(set(arms)) != len(arms) or not arms:
         raise SystemExit("vs_nanogpt: give distinct arms")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise SystemExit(f"vs_nanogpt: --json {args.json}: no folder {args.json.parent}")
+    target = args.json or (
+        Path(os.environ["OUT"], "vs_nanogpt.json") if os.environ.get("OUT") else None
+    )
+    if target is not None and not target.parent.is_dir():
+        given = f"--json {target}" if args.json else f"$OUT={target.parent}"
+        raise SystemExit(f"vs_nanogpt: {given}: no folder {target.parent}")
     fa4 = [a for a, (_, settings) in parsed.items() if settings.get("sdpa") == "fa4"]
     # before any arm compiles, not at the fa4 arm's first backward
     if fa4 and args.device.startswith("cuda") and (why := flash4.problem(args.device)):
@@ -685,12 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if "bench_py" in result:
         print(f"nanoGPT bench.py: {result['bench_py'].get('line') or result['bench_py']}")
-    target = args.json or (
-        Path(os.environ["OUT"], "vs_nanogpt.json") if os.environ.get("OUT") else None
-    )
+    print(json.dumps(result))
     if target is not None:
         target.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
     return 0
 
 
