@@ -13,7 +13,7 @@ import pytest
 from racli.bench.ranking import TimingRow, best_vs_best, speed_wording
 from racli.bench.text import fair_comparison
 from racli.compare.stats import speed_explained_gap
-from racli.compare.text import final_comparison
+from racli.compare.text import final_comparison, signed_pct
 from racli.compare.verdict import (
     SEEDS_NEEDED_CAP,
     Design,
@@ -463,6 +463,42 @@ def test_swapping_mirrors_the_speed_and_budget_checks():
         w = compare_runs(b, c, curves=[curve] * 8, design=PAIRED, **swapped)
         assert v.speed_gap.explained == pytest.approx(-w.speed_gap.explained)
         assert w.outcome == MIRROR.get(v.outcome, v.outcome)
+
+
+@pytest.mark.parametrize("missing", ["iterations", "tokens_per_s"])
+def test_a_side_without_step_counts_or_speed_mirrors_when_swapped(missing):
+    """A side whose runs recorded no step count (or a zero speed) leaves the budget and
+    speed checks unchecked whichever side it is on, so swapping the sides still mirrors."""
+    curve = [(s, 4.0 - math.log(s / 100)) for s in (100, 200, 400, 800, 1000)]
+    c = [Sample(i, i, v, 90.0, 900) for i, v in enumerate([3.0, 3.01])]
+    if missing == "iterations":
+        b = [Sample(10 + i, i, v, 100.0, None) for i, v in enumerate([3.02, 3.03])]
+    else:
+        b = [Sample(10 + i, i, v, 0.0, 1000) for i, v in enumerate([3.02, 3.03])]
+    for kw in ({"wall_clock": True}, {"matched": MatchedTime(0.9, (0.85, 0.95), True)}):
+        v = compare_runs(c, b, curves=[curve] * 4, design=PAIRED, **kw)
+        swapped = {"matched": kw["matched"].swapped()} if "matched" in kw else kw
+        w = compare_runs(b, c, curves=[curve] * 4, design=PAIRED, **swapped)
+        assert w.outcome == MIRROR.get(v.outcome, v.outcome)
+        assert w.invalid_causes == v.invalid_causes and len(w.labels) == len(v.labels)
+        unchecked = "matched" in kw if missing == "iterations" else "wall_clock" in kw
+        if unchecked:
+            for gap in (v.speed_gap, w.speed_gap):
+                assert gap is None or gap.explained is None
+            assert v.outcome != "INVALID"
+
+
+def test_the_tost_interval_is_labelled_at_its_own_level():
+    """At a 90% confidence the TOST interval is at 80%, and the text says so."""
+    c = [Sample(i, i, v, None, None) for i, v in enumerate([3.0, 3.01, 3.02])]
+    b = [Sample(10 + i, i, v, None, None) for i, v in enumerate([3.005, 3.012, 3.03])]
+    for confidence, level in ((0.95, "90%"), (0.9, "80%")):
+        v = compare_runs(c, b, design=PAIRED, confidence=confidence)
+        assert v.tost_level == pytest.approx(float(level[:-1]) / 100)
+        assert v.to_dict()["tost_level"] == pytest.approx(v.tost_level)
+        text = final_comparison(v)
+        lo, hi = v.interval90
+        assert f"{level} [{signed_pct(lo, 2)}, {signed_pct(hi, 2)}]" in text
 
 
 def test_the_runs_speed_is_paired_by_seed_in_a_paired_design():

@@ -208,7 +208,7 @@ def _verdict_lines(v: Verdict, cn: str) -> list[str]:
         )
         if v.interval90 is not None:
             lo90, hi90 = v.interval90
-            line += f", 90% [{signed_pct(lo90, 2)}, {signed_pct(hi90, 2)}]"
+            line += f", {v.tost_level:.0%} [{signed_pct(lo90, 2)}, {signed_pct(hi90, 2)}]"
         out.append(line + f"; threshold ±{v.threshold:.0%}")
     if v.outcome == "INCONCLUSIVE" and v.seeds_needed is not None:
         out.append(_seeds_needed_line(v, ind))

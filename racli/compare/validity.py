@@ -97,7 +97,7 @@ def speed_gap(
     """The speed check of a wall-clock comparison (None when a side has no throughput).
     `curve_kind`: what `curves` are, in words ("val-loss", or "train-loss" where the runs
     have no val-loss curve to fit)."""
-    if cstats.median_tokens_per_s is None or not bstats.median_tokens_per_s:
+    if not cstats.median_tokens_per_s or not bstats.median_tokens_per_s:
         return None
     ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
     gaps = [g for g in stats.speed_explained_gaps(curves, ratio) if g is not None]
@@ -131,7 +131,7 @@ def budget_check(
     `by_seed`: the runs' speed ratio paired by seed (a paired design), which cancels what
     a seed's runs share (a machine, a GPU); else the ratio of the sides' medians."""
     measured = by_seed
-    if measured is None and cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
+    if measured is None and cstats.median_tokens_per_s and bstats.median_tokens_per_s:
         measured = cstats.median_tokens_per_s / bstats.median_tokens_per_s
     same = (
         cstats.iterations_range is not None and cstats.iterations_range == bstats.iterations_range
@@ -145,9 +145,16 @@ def budget_check(
         basis = "both sides trained the same steps: one variant, one budget"
         return SpeedGap("matched_time", matched.ratio, 0.0, threshold / 2, basis, (0.0, 0.0), **kw)
     slopes = [s for s in stats.loss_slopes(curves) if s is not None]
-    steps = (cstats.iterations_mean or 0) / (bstats.iterations_mean or 1)
-    if matched.ratio_ci is None or not slopes or not steps > 0:
-        why = "no interval for the calibrated ratio" if slopes else "no loss curve"
+    counted = bool(cstats.iterations_mean) and bool(bstats.iterations_mean)
+    steps = cstats.iterations_mean / bstats.iterations_mean if counted else 0.0
+    if matched.ratio_ci is None or not slopes or not counted:
+        why = (
+            "no loss curve"
+            if not slopes
+            else "no step count on a side"
+            if not counted
+            else "no interval for the calibrated ratio"
+        )
         return SpeedGap("matched_time", matched.ratio, None, threshold / 2, why, None, **kw)
     slope = float(statistics.median(slopes))
     at = tuple(-slope * math.log(steps / q) for q in matched.ratio_ci)

@@ -138,7 +138,7 @@ class Verdict:
     d: float  # ln(candidate / baseline): the only raw-signed figure
     improvement: float  # positive = candidate better
     interval: tuple[float, float] | None
-    interval90: tuple[float, float] | None
+    interval90: tuple[float, float] | None  # at 1 - 2 alpha (TOST): see `tost_level`
     speed_ratio: float | None  # median tokens/s, candidate / baseline
     speed_gap: SpeedGap | None
     candidate: SideStats
@@ -162,6 +162,11 @@ class Verdict:
     @property
     def baseline_name(self) -> str:
         return display_name(self.baseline_attn)
+
+    @property
+    def tost_level(self) -> float:
+        """The level of `interval90`: 1 - 2 alpha (90% at the default 95% confidence)."""
+        return 1 - 2 * (1 - self.confidence)
 
     @property
     def clears_threshold(self) -> bool:
@@ -194,6 +199,7 @@ class Verdict:
             "improvement = -ln(candidate / baseline) for losses: positive = candidate better"
         )
         out["clears_threshold"] = self.clears_threshold
+        out["tost_level"] = round(self.tost_level, 6)
         out["seeds_needed_text"] = format_seeds_needed(self.seeds_needed)
         out["headline"] = self.headline
         out["recommendation"] = self.recommendation
@@ -430,7 +436,7 @@ def _speed(
     step budgets' check (matched time; `by_seed`: the paired speed ratio, or None), the
     speed gap (a wall-clock budget), or None."""
     ratio = None
-    if cstats.median_tokens_per_s is not None and bstats.median_tokens_per_s:
+    if cstats.median_tokens_per_s and bstats.median_tokens_per_s:
         ratio = cstats.median_tokens_per_s / bstats.median_tokens_per_s
     gap = None
     if metric != "tokens_per_s":
