@@ -104,6 +104,15 @@ def test_readme_tables_are_the_tools_output(fixed):
     assert seq in readme, "run python tools/simulate_verdicts.py --readme README.md"
 
 
+def test_readme_followed_power_is_the_tools_output():
+    """The power of the seeds-needed figure, followed after a pilot: the README's sentence
+    is what the tool writes (2,000 pilots a design, a few seconds)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sentence = _sim().followed_sentence(2000)
+    block = f"<!-- simulate_verdicts:followed -->\n{sentence}\n<!-- /simulate_verdicts:followed -->"
+    assert block in readme, "run python tools/simulate_verdicts.py --readme README.md"
+
+
 @pytest.mark.slow
 def test_until_settled_with_the_real_rules():
     table = _sim().sequential_table(100_000)

@@ -157,6 +157,19 @@ def followed_power(
     return wins / histories, float(np.median(needed))
 
 
+def followed_sentence(histories: int = 2000) -> str:
+    """The README's sentence on the seeds-needed figure followed after a 3-seed pilot."""
+    got = {name: followed_power(*DESIGNS[name], histories=histories) for name in SEQUENTIAL_DESIGNS}
+    (pi, ni), (p0, n0), (p9, n9) = (
+        got[k] for k in ("independent (Welch)", "paired, r = 0", "paired, r = 0.9")
+    )
+    return (
+        f"Followed after a 3-seed pilot ({histories:,} pilots a design), the seeds-needed "
+        f"figure gives {pi:.1%} power at a true 1% for independent runs (median {ni:g} runs a "
+        f"side), {p0:.1%} paired at r = 0 ({n0:g}) and {p9:.1%} paired at r = 0.9 ({n9:g})."
+    )
+
+
 def check_against_compare_runs(trials: int, seed: int = 0) -> int:
     """Trials whose outcome differs between `compare_runs` and the vectorised rules."""
     rng = np.random.default_rng(seed)
@@ -223,12 +236,8 @@ def main() -> None:
         f"{a.noise:.1%} noise a run"
     )
     print(head + "\n\n" + fixed + "\n\n" + head_seq + "\n\n" + seq)
-    for name in SEQUENTIAL_DESIGNS:
-        power, runs = followed_power(*DESIGNS[name], histories=a.histories // 50)
-        print(
-            f"\n{name}: seeds needed after a 3-seed pilot, followed (median {runs:g} runs a "
-            f"side), gives {power:.1%} power at a true 1% improvement"
-        )
+    followed = followed_sentence(a.histories // 50)
+    print("\n" + followed)
     if a.check:
         wrong = check_against_compare_runs(a.check)
         print(f"\ncompare_runs vs the vectorised rules: {wrong} of {a.check} trials differ")
@@ -236,6 +245,7 @@ def main() -> None:
         text = a.readme.read_text(encoding="utf-8")
         text = replace_block(text, "fixed", head + ":\n\n" + fixed)
         text = replace_block(text, "sequential", head_seq + ":\n\n" + seq)
+        text = replace_block(text, "followed", followed)
         a.readme.write_text(text, encoding="utf-8")
         print(f"\n{a.readme} rewritten")
 
