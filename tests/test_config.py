@@ -252,6 +252,26 @@ def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
     assert "YAML syntax error" in msg and "line " in msg
 
 
+def test_a_bad_value_is_shown_short_however_large(tmp_path):
+    """A long string, a long key or a nest of YAML aliases (each level eight references to
+    the one below) is one short line, printed at once: the value's repr is clipped."""
+    nest = "&a0 [x, x, x, x, x, x, x, x]"
+    for i in range(1, 10):
+        nest = f"&a{i} [{nest}" + f", *a{i - 1}" * 7 + "]"
+    cases = {
+        "nest.yaml": f"train:\n  lr: {nest}\n",
+        "attn.yaml": f"bench:\n  attn: {nest}\n",
+        "long.yaml": "train:\n  lr: '" + "x" * 1_000_000 + "'\n",
+        "key.yaml": "train:\n  " + "k" * 100_000 + ": 1\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path / name)
+        msg = str(info.value)
+        assert "\n" not in msg and len(msg) < len(str(tmp_path)) + 300, (name, msg[:400])
+
+
 def test_tab_indentation_is_a_syntax_error(tmp_path):
     path = tmp_path / "tabs.yaml"
     path.write_text("train:\n\tlr: 0.1\n")

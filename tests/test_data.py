@@ -280,6 +280,23 @@ def test_missing_path(tmp_path):
     assert str(missing) in message and "no such file" in message
 
 
+def test_a_sqlite_database_is_not_read_as_text(tmp_path):
+    """`--data ra.db` (the results store) trained on its bytes; it is refused, and the
+    store is only read."""
+    import sqlite3
+
+    db = tmp_path / "ra.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (x TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("row " * 50,)] * 200)
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(DataError, match="a SQLite database"):
+        load_dataset(str(db), 0.1, 8)
+    assert db.read_bytes() == before
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")

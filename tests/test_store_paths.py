@@ -350,6 +350,45 @@ def test_an_empty_or_blank_db_is_refused_saying_where_it_came_from(tmp_path, mon
     assert _files(tmp_path) == {"e.yaml"}
 
 
+def test_an_ra_db_set_to_nothing_is_refused_not_read_as_unset(tmp_path, monkeypatch):
+    """`RA_DB=$UNSET_NAME` would else record into ./ra.db unnoticed."""
+    make_db(tmp_path / "ra.db", ONE_RUN)
+    before = db_state(tmp_path / "ra.db")
+    monkeypatch.setenv("RA_DB", "")
+    for args in (["runs"], ["db", "upgrade"], ["runs", "tag", "1", "x"]):
+        err = one_line_error(ra_inprocess(*args))
+        assert "RA_DB '' is empty" in err and "unset it" in err, err
+    assert db_state(tmp_path / "ra.db") == before
+
+
+def test_sqlite_urls_name_the_driver_ra_uses_and_no_arguments(tmp_path):
+    """`sqlite+pysqlite:///` is the driver `sqlite:///` names: the same store. A SQLite
+    URL's query arguments (`?mode=ro`) were ignored with a library warning (and the store
+    written); `immutable=1` failed late with exit 1. Both are bad input now, as is
+    another SQLite driver, and nothing recorded changes."""
+    make_db(tmp_path / "ra.db", ONE_RUN)
+    assert _run_count("sqlite+pysqlite:///ra.db") == 1
+    assert _run_count(f"sqlite+pysqlite:///{tmp_path}/ra.db") == 1
+    assert _run_count("sqlite:///file:ra.db?uri=true") == 1
+    assert sqlite_path("sqlite+pysqlite:///ra.db") == tmp_path / "ra.db"
+    before = db_state(tmp_path / "ra.db")
+    for url, named in (
+        ("sqlite:///ra.db?mode=ro", "(mode)"),
+        ("sqlite:///file:ra.db?uri=true&immutable=1", "(immutable)"),
+        ("sqlite+pysqlite:///ra.db?timeout=5", "(timeout)"),
+        ("sqlite+aiosqlite:///ra.db", "through Python's sqlite3 driver"),
+    ):
+        for args in (["runs"], ["runs", "tag", "1", "x"], ["db", "upgrade"]):
+            res = ra_inprocess(*args, "--db", url)
+            err = one_line_error(res)
+            assert named in err and url.split("?")[0].split(":///")[0] in err, err
+            assert "Warning" not in res.stderr
+    assert db_state(tmp_path / "ra.db") == before
+    assert "sqlite:///:memory: is in memory" in one_line_error(
+        ra_inprocess("runs", "--db", "sqlite:///:memory:")
+    )
+
+
 def test_db_commands_print_the_location_safely(tmp_path):
     """A file name that is not UTF-8 is printed as \\xNN (printing it raw failed after the
     work was done); a URL's password never shows."""

@@ -14,6 +14,7 @@ This module imports neither torch nor the database.
 from __future__ import annotations
 
 import os
+import reprlib
 import stat
 import types
 from pathlib import Path
@@ -44,7 +45,8 @@ class ConfigError(BadInput):
 
     def __init__(self, source: str, key: str, reason: str):
         self.source, self.key, self.reason = source, key, reason
-        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        super().__init__(f"{source}: {shown}: {reason}" if key else f"{source}: {reason}")
 
 
 # ---- pydantic's errors -> ConfigError --------------------------------------
@@ -66,10 +68,23 @@ _BOUNDS = {
 }
 
 
+#: a bad value as an error shows it: a few items, levels and characters, so that a long
+#: string or a nest of YAML aliases gives one short line (and takes no time to print)
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
+
+
+def _brief(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_brief(value)}"
 
 
 def _bare(tp: Any) -> Any:
@@ -127,7 +142,7 @@ def _reason(err: dict) -> str:
         return "missing key"
     if kind == "literal_error":
         if isinstance(value, str):
-            return f"must be one of {', '.join(get_args(_schema_at(loc)))}, got {value!r}"
+            return f"must be one of {', '.join(get_args(_schema_at(loc)))}, got {_brief(value)}"
         kind = "string_type"
     if kind in _TYPE_REASONS:
         return f"{_TYPE_REASONS[kind]}, got {_describe(value)}"
@@ -417,11 +432,12 @@ def apply_overrides(
 
 def resolve_db(cli_value: str | None, cfg: Config) -> str:
     """--db beats RA_DB beats ra.yaml's `db`. An empty or blank location is bad input
-    naming where it came from; an empty RA_DB counts as unset."""
+    naming where it came from, an RA_DB set to nothing too (`RA_DB=$UNSET_NAME` would
+    else record into the default store unnoticed)."""
     if cli_value is not None:
         return _location(cli_value, "--db")
     env = os.environ.get("RA_DB")
-    if env:
+    if env is not None:
         return _location(env, "RA_DB")
     if not cfg.db.strip():
         raise ConfigError(cfg.source, "db", f"{cfg.db!r} is empty: give a file path or a URL")
@@ -430,5 +446,6 @@ def resolve_db(cli_value: str | None, cfg: Config) -> str:
 
 def _location(value: str, where: str) -> str:
     if not value.strip():
-        raise BadInput(f"{where} {value!r} is empty: give a database file path or URL")
+        unset = " (or unset it)" if where == "RA_DB" else ""
+        raise BadInput(f"{where} {value!r} is empty: give a database file path or URL{unset}")
     return value

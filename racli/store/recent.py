@@ -34,8 +34,10 @@ def _sqlite_file(db: str) -> Path | None:
     the rule of racli.store.urls.sqlite_path without importing SQLAlchemy."""
     if "://" not in db:
         return Path(db).expanduser()
-    if db.startswith("sqlite:///"):
-        rest = db[len("sqlite:///") :].split("?", 1)[0]
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if not db.startswith(prefix):
+            continue
+        rest = db[len(prefix) :].split("?", 1)[0]
         return Path(rest) if rest and rest != ":memory:" else None
     return None
 

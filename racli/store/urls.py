@@ -40,8 +40,45 @@ def database_url(db: str) -> str:
         return _sqlite_file_url(local_path(db))
     scheme, rest = db.split("://", 1)
     url = f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else db
+    if scheme.startswith("sqlite"):
+        url = _sqlite_driver(db, scheme, rest)
     _check_url(db, url)
+    if url.startswith("sqlite:"):
+        _check_sqlite_arguments(db, url)
     return url
+
+
+def _sqlite_driver(db: str, scheme: str, rest: str) -> str:
+    """`sqlite+pysqlite://` names the driver `sqlite://` uses: written `sqlite://`. ra opens
+    SQLite stores through that driver alone (its read-only and busy-wait settings are
+    that driver's), so another is bad input."""
+    if scheme in ("sqlite", "sqlite+pysqlite"):
+        return f"sqlite://{rest}"
+    raise BadInput(
+        f"cannot open database {shown(db)}: ra opens SQLite files through Python's sqlite3 "
+        f"driver: write sqlite:///PATH or the path"
+    )
+
+
+def _check_sqlite_arguments(db: str, url: str) -> None:
+    """A SQLite URL's query arguments are not passed on: ra opens the file itself (reading
+    commands read-only), so `?mode=ro` and the like would be ignored or fail late. Only
+    `uri=true` on a `file:` URI, the form ra writes for paths URL syntax would misread,
+    is read."""
+    parsed = make_url(url)
+    given = dict(parsed.query)
+    file_uri = (parsed.database or "").startswith("file:")
+    if not given or (file_uri and set(given) == {"uri"} and _true(given["uri"])):
+        return
+    names = ", ".join(sorted(k for k in given if not (file_uri and k == "uri")))
+    raise BadInput(
+        f"cannot open database {shown(db)}: ra does not pass a SQLite URL's arguments on "
+        f"({names}); name the file alone (reading commands open it read-only themselves)"
+    )
+
+
+def _true(value) -> bool:
+    return str(value).lower() in ("true", "1")
 
 
 def _sqlite_file_url(path: Path) -> str:
@@ -127,6 +164,8 @@ def shown(db: str) -> str:
     try:
         url = make_url(db)
         if not (url.host and "@" in url.host):  # else the password's rest sits in the host
+            if url.password is None:
+                return db  # as given: rendering would percent-encode a SQLite name's ':'
             return url.render_as_string(hide_password=True)
     except Exception:
         pass
@@ -174,16 +213,18 @@ def _path_problem(path: Path, exc: OSError) -> str:
 
 
 def sqlite_path(db: str) -> Path | None:
-    """The file of a SQLite location (a path, or a `sqlite:///` URL), None for a server or
-    an in-memory database."""
+    """The file of a SQLite location (a path, or a `sqlite:///` or `sqlite+pysqlite:///`
+    URL), None for a server or an in-memory database."""
     if "://" not in db:
         return local_path(db)
-    if not db.startswith("sqlite:///"):
+    if not db.startswith("sqlite"):
         return None
-    database_url(db)  # a URL that does not parse is bad input
-    url = make_url(db)
+    text = database_url(db)  # a URL that does not parse is bad input
+    if not text.startswith("sqlite:///"):
+        return None
+    url = make_url(text)
     name = url.database or ""
-    if name.startswith("file:") and str(url.query.get("uri", "")).lower() in ("true", "1"):
+    if name.startswith("file:") and _true(url.query.get("uri", "")):
         from urllib.parse import unquote_to_bytes
 
         name = os.fsdecode(unquote_to_bytes(name[len("file:") :].split("?", 1)[0]))

@@ -132,7 +132,16 @@ def _read_file(name: str, path: Path) -> np.ndarray:
         raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from exc
     if data.size == 0:
         raise DataError(f"{name}: file is empty")
+    if data[:16].tobytes() == _SQLITE_HEADER:
+        raise DataError(
+            f"{name}: a SQLite database (a results store?), not text: pass a text file, a "
+            f"folder of .txt files or a folder that `ra data prepare` wrote"
+        )
     return data
+
+
+#: the first bytes of every SQLite database file
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _read_txt_dir(name: str, path: Path) -> np.ndarray:
