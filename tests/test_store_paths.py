@@ -328,6 +328,22 @@ def test_a_url_that_does_not_parse_is_shown_without_its_password(tmp_path, url, 
         assert reason in err and "invalid literal" not in err, err
 
 
+def test_a_password_given_as_a_query_argument_is_masked_too(tmp_path):
+    """libpq reads `password` (and `sslpassword`) from a URL's query: masked in messages
+    and in the `origin` a merge records, as the user part's password is."""
+    from racli.store.merge import location
+    from racli.store.urls import shown
+
+    url = "postgresql://u@127.0.0.1:notaport/ra?sslmode=require&Password=SECRET"
+    assert shown(url) == "postgresql://u@127.0.0.1:notaport/ra?sslmode=require&Password=***"
+    assert "SECRET" not in location("postgresql://u:SECRET@h/ra?sslpassword=SECRET&x=1")
+    assert "SECRET" not in location(url)
+    make_db(tmp_path / "a.db", ONE_RUN)
+    for args in (["runs", "--db", url], ["db", "merge", url, "--db", "a.db"]):
+        err = one_line_error(ra_inprocess(*args))
+        assert "SECRET" not in err and "Password=***" in err, err
+
+
 # ---- 9, 10: empty locations, unknown kinds -----------------------------------------------
 
 

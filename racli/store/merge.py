@@ -31,7 +31,7 @@ from racli.store.merge_sources import _readonly_engine, _Source  # noqa: F401 (t
 from racli.store.merge_sources import open_source as _open_source
 from racli.store.models import Base, Environment, GateValue, Metric, Run, Timing, legacy_uuid
 from racli.store.recorder import is_stale
-from racli.store.urls import database_url, shown, sqlite_path
+from racli.store.urls import database_url, query_password_masked, shown, sqlite_path
 
 BATCH = 5000  # rows per executemany
 # a write transaction holds at most about this many rows or seconds (and one whole run), so a
@@ -74,14 +74,16 @@ class SourceResult:
 
 def location(db: str) -> str:
     """How a store is named in `origin`: an absolute path (bytes of a name that are not
-    UTF-8 written as \\xNN), or its URL without password."""
+    UTF-8 written as \\xNN), or its URL without password (in the user part or the query)."""
     path = sqlite_path(db)
     if path is not None:
         return os.fsencode(path).decode("utf-8", "backslashreplace")
     try:
-        return make_url(database_url(db)).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: keep it as given
-        return db
+        return query_password_masked(
+            make_url(database_url(db)).render_as_string(hide_password=True)
+        )
+    except Exception:  # not a URL SQLAlchemy parses: as given, any password masked
+        return shown(db)
 
 
 class _SourceFailed(Exception):

@@ -156,11 +156,24 @@ def _url_problem(db: str, exc: ValueError) -> str:
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@]*:)(.*)@")
 
 
+#: a password given as a query argument (libpq reads `password` and `sslpassword` there)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.I)
+
+
 def shown(db: str) -> str:
-    """`db` as messages print it: a URL's password masked, also in a URL that does not
-    parse."""
+    """`db` as messages print it: a URL's password masked (in its user part or as a query
+    argument), also in a URL that does not parse."""
     if "://" not in db:
         return db
+    return query_password_masked(_user_part_masked(db))
+
+
+def query_password_masked(url: str) -> str:
+    """`url` with the value of a `password` or `sslpassword` query argument masked."""
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def _user_part_masked(db: str) -> str:
     try:
         url = make_url(db)
         if not (url.host and "@" in url.host):  # else the password's rest sits in the host
