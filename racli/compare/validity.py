@@ -145,17 +145,16 @@ def budget_check(
         basis = "both sides trained the same steps: one variant, one budget"
         return SpeedGap("matched_time", matched.ratio, 0.0, threshold / 2, basis, (0.0, 0.0), **kw)
     slopes = [s for s in stats.loss_slopes(curves) if s is not None]
-    counted = bool(cstats.iterations_mean) and bool(bstats.iterations_mean)
-    steps = cstats.iterations_mean / bstats.iterations_mean if counted else 0.0
-    if matched.ratio_ci is None or not slopes or not counted:
-        why = (
-            "no loss curve"
-            if not slopes
-            else "no step count on a side"
-            if not counted
-            else "no interval for the calibrated ratio"
-        )
+    why = None
+    if not slopes:
+        why = "no loss curve"
+    elif not (cstats.iterations_mean and bstats.iterations_mean):
+        why = "no step count on a side"
+    elif matched.ratio_ci is None:
+        why = "no interval for the calibrated ratio"
+    if why is not None:
         return SpeedGap("matched_time", matched.ratio, None, threshold / 2, why, None, **kw)
+    steps = cstats.iterations_mean / bstats.iterations_mean
     slope = float(statistics.median(slopes))
     at = tuple(-slope * math.log(steps / q) for q in matched.ratio_ci)
     basis = (
